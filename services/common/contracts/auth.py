@@ -1,0 +1,188 @@
+"""Auth service contracts: its events, RPC payloads and the objects it returns.
+
+The gateway uses the request schemas as its HTTP body schemas too, so the HTTP
+contract (API.md "Accounts") and the RPC contract cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from services.common.contracts import EventSchema, RpcSchema, register_event
+
+EMAIL_MAX = 254
+PASSWORD_MIN = 10
+PASSWORD_MAX = 128
+DISPLAY_NAME_MAX = 80
+BIO_MAX = 500
+KEY_NAME_MAX = 64
+
+_code = validate.Regexp(r"^\d{6}$", error="must be 6 digits")
+
+
+def Email(**kw):
+    return fields.Email(validate=validate.Length(max=EMAIL_MAX), **kw)
+
+
+def Password(**kw):
+    return fields.String(validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX), **kw)
+
+
+# ---------------------------------------------------------------- events
+
+
+@register_event("auth.user_registered")
+class UserRegistered(EventSchema):
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    display_name = fields.String(allow_none=True, load_default=None)
+
+
+@register_event("auth.email_verification_requested")
+class EmailVerificationRequested(EventSchema):
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    code = fields.String(required=True, validate=_code)
+    expires_at = fields.AwareDateTime(required=True)
+    purpose = fields.String(required=True, validate=validate.OneOf(["registration", "email_change"]))
+
+
+@register_event("auth.password_reset_requested")
+class PasswordResetRequested(EventSchema):
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    token = fields.String(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+
+
+@register_event("auth.suspicious_login")
+class SuspiciousLogin(EventSchema):
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    network = fields.String(required=True)
+    user_agent = fields.String(allow_none=True, load_default=None)
+    login_at = fields.AwareDateTime(required=True)
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Register(RpcSchema):
+    email = Email(required=True)
+    password = Password(required=True)
+    display_name = fields.String(validate=validate.Length(min=1, max=DISPLAY_NAME_MAX))
+
+
+class VerifyEmail(RpcSchema):
+    email = Email(required=True)
+    code = fields.String(required=True, validate=_code)
+
+
+class EmailOnly(RpcSchema):
+    email = Email(required=True)
+
+
+class Login(RpcSchema):
+    email = Email(required=True)
+    # Login accepts any password up to the maximum: a policy tightened later
+    # must not lock out accounts whose passwords were valid when set.
+    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+    totp_code = fields.String(validate=_code)
+
+
+class ConfirmPasswordReset(RpcSchema):
+    token = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    new_password = Password(required=True)
+
+
+class UpdateProfile(RpcSchema):
+    display_name = fields.String(allow_none=True, validate=validate.Length(min=1, max=DISPLAY_NAME_MAX))
+    bio = fields.String(allow_none=True, validate=validate.Length(max=BIO_MAX))
+    avatar_image_id = fields.UUID(allow_none=True)
+
+
+class ChangeEmail(RpcSchema):
+    new_email = Email(required=True)
+    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+
+
+class CreateApiKey(RpcSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=KEY_NAME_MAX))
+
+
+class TotpCode(RpcSchema):
+    code = fields.String(required=True, validate=_code)
+
+
+class Credentials(RpcSchema):
+    """What ``auth.authenticate`` resolves: exactly one of the two."""
+
+    token = fields.String(validate=validate.Length(min=1, max=200))
+    api_key = fields.String(validate=validate.Length(min=1, max=200))
+
+
+# ---------------------------------------------------------------- responses
+
+
+class User(RpcSchema):
+    id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    email_verified = fields.Boolean(required=True)
+    display_name = fields.String(allow_none=True)
+    bio = fields.String(allow_none=True)
+    avatar_image_id = fields.UUID(allow_none=True)
+    created_at = fields.AwareDateTime(required=True)
+    plan = fields.String(required=True)
+    processing_restricted = fields.Boolean(required=True)
+    totp_enabled = fields.Boolean(required=True)
+    is_admin = fields.Boolean(required=True)
+
+
+class ApiKey(RpcSchema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    prefix = fields.String(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    last_used_at = fields.AwareDateTime(allow_none=True)
+
+
+class NewApiKey(ApiKey):
+    key = fields.String(required=True, metadata={"description": "the secret, shown only once"})
+
+
+class Session(RpcSchema):
+    id = fields.UUID(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+    last_used_at = fields.AwareDateTime(allow_none=True)
+    user_agent = fields.String(allow_none=True)
+    network = fields.String(allow_none=True)
+    current = fields.Boolean(required=True)
+
+
+class Registered(RpcSchema):
+    user = fields.Nested(User, required=True)
+    api_key = fields.Nested(NewApiKey, required=True)
+
+
+class LoggedIn(RpcSchema):
+    token = fields.String(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+    user = fields.Nested(User, required=True)
+
+
+class TotpEnrollment(RpcSchema):
+    secret = fields.String(required=True)
+    otpauth_uri = fields.String(required=True)
+
+
+class Principal(RpcSchema):
+    """Who a credential belongs to, as the gateway caches it."""
+
+    user_id = fields.UUID(required=True)
+    email_verified = fields.Boolean(required=True)
+    is_admin = fields.Boolean(required=True)
+    processing_restricted = fields.Boolean(required=True)
+    plan = fields.String(required=True)
+    credential_type = fields.String(required=True, validate=validate.OneOf(["session", "api_key"]))
+    credential_id = fields.UUID(required=True)

@@ -1,0 +1,62 @@
+"""Errors that cross the RPC boundary with their meaning intact.
+
+A service raises :class:`DomainError` (or a subclass) for anything the caller
+did wrong or asked for that cannot be done. nameko serialises the exception's
+arguments; because the class is registered with ``deserialize_to_instance`` the
+caller (the gateway) gets a real :class:`DomainError` back, not a bare
+``RemoteError``, and can turn it into the HTTP error of API.md.
+"""
+
+from __future__ import annotations
+
+from nameko.exceptions import deserialize_to_instance
+
+
+@deserialize_to_instance
+class DomainError(Exception):
+    """An expected failure with a machine-readable code and an HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400, details: dict | None = None):
+        super().__init__(code, message, status, details or {})
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details or {}
+
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return f"{self.code}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+def invalid_request(message: str, **details) -> DomainError:
+    return DomainError("invalid_request", message, 400, details)
+
+
+def not_found(what: str = "resource") -> DomainError:
+    return DomainError("not_found", f"{what} not found", 404)
+
+
+def conflict(message: str, code: str = "conflict", **details) -> DomainError:
+    return DomainError(code, message, 409, details)
+
+
+def unauthenticated(message: str = "authentication required", code: str = "unauthenticated") -> DomainError:
+    return DomainError(code, message, 401)
+
+
+def forbidden(message: str, code: str = "forbidden") -> DomainError:
+    return DomainError(code, message, 403)
+
+
+def rate_limited(message: str, retry_after: int, **details) -> DomainError:
+    return DomainError("rate_limited", message, 429, {"retry_after": int(retry_after), **details})
+
+
+class NonRetryable(Exception):
+    """Raised by an event handler for a message that can never succeed.
+
+    The message goes to its dead-letter queue at once instead of being retried
+    (a payload that fails its schema, for example).
+    """

@@ -1,0 +1,237 @@
+"""Events that are validated, enveloped, retried with backoff and dead-lettered.
+
+Publishing: :class:`EventPublisher` (``dispatch = EventPublisher()``) dumps the
+payload through its contract schema, wraps it in the envelope (``event_id``,
+``occurred_at``, ``version``) and publishes it persistent and confirmed to the
+service's events exchange, with the worker's context (correlation id) as headers.
+
+Consuming: :func:`event_handler` is nameko's ``event_handler`` made reliable.
+nameko acks a message after its worker even when the worker raised; here, a
+failed message is instead
+
+1. republished to a delay queue ``darkroom.retry.<ms>`` (TTL, then dead-lettered
+   by RabbitMQ back to the handler's own queue through the default exchange),
+   once per configured delay (``EVENT_RETRY_DELAYS_MS``, default 1 s, 10 s, 60 s);
+2. after the last attempt, or at once for a payload that fails its schema or a
+   :class:`~services.common.errors.NonRetryable` error, published to the dead
+   letter queue ``dlq.<queue>`` with the error recorded in ``x-darkroom-*``
+   headers, for ``darkroom-ops dlq``;
+
+and only then acked. If that publish fails the message is requeued, so nothing
+is acked and dropped. Consumers stay idempotent on ``event_id``
+(:func:`services.common.db.claim_event`).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from functools import partial
+
+from kombu import Exchange, Queue
+from kombu.common import maybe_declare
+from marshmallow import ValidationError
+from nameko.amqp.publish import Publisher as AmqpPublisher
+from nameko.amqp.publish import get_connection
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.containers import ContainerBeingKilled
+from nameko.events import EventDispatcher, EventHandler
+
+from services.common import contracts
+from services.common.errors import NonRetryable
+from services.common.ids import isoformat, utcnow
+from services.common.observability import EVENTS_DEAD_LETTERED, EVENTS_RETRIED
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_DELAYS_MS = [1000, 10000, 60000]
+
+DEAD_LETTER_EXCHANGE = "darkroom.dead-letter"
+DLQ_PREFIX = "dlq."
+RETRY_PREFIX = "darkroom.retry."
+HEADER_PREFIX = "x-darkroom-"
+ATTEMPT_HEADER = "x-darkroom-attempt"
+REPLAYS_HEADER = "x-darkroom-replays"
+ERROR_HEADER = "x-darkroom-error"
+TRACEBACK_HEADER = "x-darkroom-traceback"
+ORIGINAL_QUEUE_HEADER = "x-darkroom-original-queue"
+
+
+def dlq_name(queue_name: str) -> str:
+    return DLQ_PREFIX + queue_name
+
+
+def dead_letter_exchange() -> Exchange:
+    return Exchange(DEAD_LETTER_EXCHANGE, type="direct", durable=True)
+
+
+def retry_exchange(delay_ms: int) -> Exchange:
+    return Exchange(f"{RETRY_PREFIX}{delay_ms}ms", type="fanout", durable=True)
+
+
+def retry_queue(delay_ms: int) -> Queue:
+    """Messages wait here ``delay_ms``, then RabbitMQ dead-letters them to the
+    default exchange under their original routing key: the failed queue."""
+    return Queue(
+        f"{RETRY_PREFIX}{delay_ms}ms",
+        exchange=retry_exchange(delay_ms),
+        durable=True,
+        queue_arguments={"x-message-ttl": int(delay_ms), "x-dead-letter-exchange": ""},
+    )
+
+
+def dead_letter_queue(queue_name: str) -> Queue:
+    return Queue(
+        dlq_name(queue_name),
+        exchange=dead_letter_exchange(),
+        routing_key=queue_name,
+        durable=True,
+    )
+
+
+def republish_headers(headers: dict | None) -> dict:
+    """Headers to keep when a message is published again: nameko's context and
+    our replay count, never RabbitMQ's ``x-death`` or our per-attempt records."""
+    kept = {k: v for k, v in (headers or {}).items() if not k.startswith("x-")}
+    if headers and REPLAYS_HEADER in headers:
+        kept[REPLAYS_HEADER] = headers[REPLAYS_HEADER]
+    return kept
+
+
+class EventPublisher(EventDispatcher):
+    """``self.dispatch("user_registered", {...})`` → ``auth.user_registered``.
+
+    Returns the envelope's ``event_id``. Context headers are read when the
+    event is dispatched, so the worker's correlation id is always carried.
+    """
+
+    def get_dependency(self, worker_ctx):
+        service = self.container.service_name
+
+        def dispatch(event_type: str, data: dict) -> str:
+            body = contracts.make_event(f"{service}.{event_type}", data)
+            self.publisher.publish(
+                body,
+                exchange=self.exchange,
+                routing_key=event_type,
+                extra_headers=self.get_message_headers(worker_ctx),
+            )
+            return body["event_id"]
+
+        return dispatch
+
+
+class ReliableEventHandler(EventHandler):
+    """nameko's event handler with contract loading, retries and dead letters."""
+
+    def setup(self):
+        super().setup()
+        config = self.container.config
+        self.retry_delays = [
+            int(d) for d in config.get("EVENT_RETRY_DELAYS_MS", DEFAULT_RETRY_DELAYS_MS)
+        ]
+        self.event_name = f"{self.source_service}.{self.event_type}"
+        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        self.publisher = AmqpPublisher(self.amqp_uri, use_confirms=True, mandatory=True)
+        declarations = [dead_letter_exchange(), dead_letter_queue(self.queue.name)]
+        for delay in self.retry_delays:
+            declarations += [retry_exchange(delay), retry_queue(delay)]
+        with get_connection(self.amqp_uri) as connection:
+            channel = connection.channel()
+            try:
+                for entity in declarations:
+                    maybe_declare(entity, channel)
+            finally:
+                channel.close()
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_delays) + 1
+
+    def unpack_message_headers(self, message):
+        # Only nameko's own context goes into the worker (and from there into
+        # whatever it publishes); retry bookkeeping and x-death stay behind.
+        context = super().unpack_message_headers(message)
+        return {k: v for k, v in context.items() if not k.startswith("x-")}
+
+    def handle_message(self, body, message):
+        try:
+            payload = contracts.load_event(self.event_name, body)
+        except ValidationError as exc:
+            self._give_up(message, NonRetryable(f"payload fails {self.event_name}: {exc.messages}"))
+            return
+        context_data = self.unpack_message_headers(message)
+        handle_result = partial(self.handle_result, message)
+        try:
+            self.container.spawn_worker(
+                self, (payload,), {}, context_data=context_data, handle_result=handle_result
+            )
+        except ContainerBeingKilled:
+            self.queue_consumer.requeue_message(message)
+
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        if exc_info is None:
+            self.queue_consumer.ack_message(message)
+            return
+        exc = exc_info[1]
+        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+        if isinstance(exc, NonRetryable) or attempt >= self.max_attempts:
+            self._give_up(message, exc, attempt, exc_info)
+        else:
+            self._retry(message, exc, attempt)
+
+    def _publish_or_requeue(self, message, **publish_kwargs) -> bool:
+        try:
+            self.publisher.publish(
+                message.body,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                **publish_kwargs,
+            )
+        except Exception:
+            log.exception("could not republish a failed %s message; requeueing it", self.event_name)
+            self.queue_consumer.requeue_message(message)
+            return False
+        self.queue_consumer.ack_message(message)
+        return True
+
+    def _retry(self, message, exc, attempt):
+        delay = self.retry_delays[attempt - 1]
+        headers = republish_headers(message.headers)
+        headers[ATTEMPT_HEADER] = attempt + 1
+        headers[ERROR_HEADER] = _describe(exc)
+        if self._publish_or_requeue(
+            message, exchange=retry_exchange(delay), routing_key=self.queue.name, headers=headers
+        ):
+            EVENTS_RETRIED.labels(self.container.service_name, self.event_name).inc()
+            log.warning(
+                "%s handler failed (attempt %d of %d), retrying in %d ms: %s",
+                self.event_name, attempt, self.max_attempts, delay, _describe(exc),
+            )
+
+    def _give_up(self, message, exc, attempt=1, exc_info=None):
+        headers = republish_headers(message.headers)
+        headers.update({
+            ERROR_HEADER: _describe(exc),
+            TRACEBACK_HEADER: "".join(traceback.format_exception(*exc_info))[-8000:] if exc_info else "",
+            ORIGINAL_QUEUE_HEADER: self.queue.name,
+            "x-darkroom-attempts": attempt,
+            "x-darkroom-event": self.event_name,
+            "x-darkroom-service": self.container.service_name,
+            "x-darkroom-dead-lettered-at": isoformat(utcnow()),
+        })
+        if self._publish_or_requeue(
+            message, exchange=dead_letter_exchange(), routing_key=self.queue.name, headers=headers
+        ):
+            EVENTS_DEAD_LETTERED.labels(self.container.service_name, self.event_name).inc()
+            log.error(
+                "%s message dead-lettered to %s after %d attempt(s): %s",
+                self.event_name, dlq_name(self.queue.name), attempt, _describe(exc),
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+event_handler = ReliableEventHandler.decorator

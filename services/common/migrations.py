@@ -1,0 +1,84 @@
+"""Alembic, per service.
+
+Each service keeps its migrations in ``services/<name>/migrations`` with an
+``env.py`` that calls :func:`run_env` with its metadata. :func:`upgrade` applies
+them (at service start, or ``python -m services.common.migrations <service>``);
+on PostgreSQL an advisory lock lets several replicas start at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import text
+
+from services.common.config import config_path, load_config
+from services.common.db import make_engine, normalise_url
+
+SERVICES_DIR = Path(__file__).resolve().parents[1]
+
+
+def alembic_config(migrations: str | Path, url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations))
+    cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(migrations: str | Path, url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(migrations, url), revision)
+
+
+def run_env(target_metadata) -> None:
+    """The body of every service's ``migrations/env.py``."""
+    cfg = context.config
+    url = cfg.get_main_option("sqlalchemy.url")
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(url)
+    lock_key = zlib.crc32(cfg.get_main_option("script_location").encode())
+    try:
+        with engine.connect() as connection:
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
+                connection.commit()
+            try:
+                context.configure(
+                    connection=connection,
+                    target_metadata=target_metadata,
+                    render_as_batch=connection.dialect.name == "sqlite",
+                )
+                with context.begin_transaction():
+                    context.run_migrations()
+                connection.commit()
+            finally:
+                if postgres:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
+                    connection.commit()
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.common.migrations auth [notifications ...]``"""
+    names = argv if argv is not None else sys.argv[1:]
+    if not names:
+        print("usage: python -m services.common.migrations <service> [...]", file=sys.stderr)
+        return 2
+    for name in names:
+        config = load_config(config_path(name))
+        upgrade(SERVICES_DIR / name / "migrations", config["DATABASE_URL"])
+        print(f"{name}: migrated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
