@@ -6,6 +6,8 @@ contract (API.md "Accounts") and the RPC contract cannot drift apart.
 
 from __future__ import annotations
 
+import unicodedata
+
 from marshmallow import fields, validate
 
 from services.common.contracts import EventSchema, RpcSchema, register_event
@@ -20,8 +22,23 @@ KEY_NAME_MAX = 64
 _code = validate.Regexp(r"^\d{6}$", error="must be 6 digits")
 
 
+def normalise_email(value: str) -> str:
+    """The one spelling of an address the auth service stores and compares:
+    surrounding whitespace stripped, Unicode NFKC, lower case."""
+    return unicodedata.normalize("NFKC", value.strip()).lower()
+
+
+class NormalisedEmail(fields.Email):
+    """An email address, normalised (:func:`normalise_email`) before validation."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = normalise_email(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def Email(**kw):
-    return fields.Email(validate=validate.Length(max=EMAIL_MAX), **kw)
+    return NormalisedEmail(validate=validate.Length(max=EMAIL_MAX), **kw)
 
 
 def Password(**kw):
@@ -186,3 +203,27 @@ class Principal(RpcSchema):
     plan = fields.String(required=True)
     credential_type = fields.String(required=True, validate=validate.OneOf(["session", "api_key"]))
     credential_id = fields.UUID(required=True)
+
+
+class VerifiedEmail(RpcSchema):
+    """``auth.verify_email``'s answer."""
+
+    user = fields.Nested(User, required=True)
+
+
+class ApiKeyPage(RpcSchema):
+    items = fields.List(fields.Nested(ApiKey), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class SessionPage(RpcSchema):
+    items = fields.List(fields.Nested(Session), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class AdminChanged(RpcSchema):
+    """``auth.set_admin``'s answer; ``otpauth_uri`` only when TOTP was enrolled just now."""
+
+    user_id = fields.UUID(required=True)
+    is_admin = fields.Boolean(required=True)
+    otpauth_uri = fields.String(allow_none=True, required=True)

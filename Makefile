@@ -1,0 +1,65 @@
+# Darkroom entry points. Every target creates the virtual environment it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv dev test test-unit test-integration test-e2e up down logs lint bench migrate clean
+
+help:
+	@echo "make dev     run the whole stack locally as processes (needs RabbitMQ on 127.0.0.1:5672)"
+	@echo "make test    run unit, integration and end-to-end tests (RabbitMQ + PostgreSQL)"
+	@echo "make up/down start/stop the stack with docker compose (deploy/.env from deploy/.env.example)"
+	@echo "make lint    ruff;  make bench   benchmarks;  make migrate   apply database migrations"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+dev: $(STAMP)
+	@mkdir -p var/mail
+	$(BIN)/honcho --procfile deploy/Procfile --app-root . start
+
+migrate: $(STAMP)
+	$(BIN)/python -m services.common.migrations auth notifications
+
+test: $(STAMP)
+	$(BIN)/pytest -q tests
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+test-e2e: $(STAMP)
+	$(BIN)/pytest -q tests/e2e
+
+deploy/.env:
+	cp deploy/.env.example deploy/.env
+	@echo "created deploy/.env from deploy/.env.example: set its secrets before exposing the stack"
+
+up: deploy/.env
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,321 @@
+"""The whole stack as processes (the deploy/Procfile commands `make dev` runs),
+driven over HTTP the way a new user and a careless client would drive it."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import base_env, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "correct horse battery staple"
+
+
+class Stack:
+    def __init__(self, base_url: str, mail_dir: Path, processes: dict):
+        self.base_url = base_url
+        self.mail_dir = mail_dir
+        self.processes = processes
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, token: str | None = None, api_key: str | None = None, **kw):
+        headers = kw.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if api_key:
+            headers["X-API-Key"] = api_key
+        return self.http.request(method, self.base_url + path, headers=headers, timeout=30, **kw)
+
+    def mails_to(self, address: str) -> list[email.message.EmailMessage]:
+        found = []
+        for path in sorted(self.mail_dir.glob("*.eml"), key=lambda p: p.stat().st_mtime):
+            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if address.lower() in str(msg["To"]).lower():
+                found.append(msg)
+        return found
+
+    def wait_for_mail(self, address: str, count: int = 1) -> email.message.EmailMessage:
+        mails = wait_for(lambda: (m := self.mails_to(address)) and len(m) >= count and m, 30,
+                         what=f"mail #{count} to {address}")
+        return mails[count - 1]
+
+
+def body_text(msg: email.message.EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain", "html"))
+    return part.get_content()
+
+
+def code_from(msg) -> str:
+    return re.search(r"\b(\d{6})\b", body_text(msg)).group(1)
+
+
+def token_from(msg) -> str:
+    return re.search(r"\?token=([A-Za-z0-9_\-]+)", body_text(msg)).group(1)
+
+
+@pytest.fixture(scope="module")
+def stack(amqp_uri, make_database, start_process, tmp_path_factory):
+    mail_dir = tmp_path_factory.mktemp("mail")
+    port = free_port()
+    env = base_env(
+        AMQP_URI=amqp_uri,
+        AUTH_DATABASE_URL=make_database("auth"),
+        NOTIFICATIONS_DATABASE_URL=make_database("notifications"),
+        AUTH_METRICS_PORT=free_port(),
+        NOTIFICATIONS_METRICS_PORT=free_port(),
+        MAIL_URL=f"file://{mail_dir}",
+        APP_BASE_URL="http://app.example",
+        GATEWAY_PORT=port,
+        GATEWAY_AUTH_CACHE_SECONDS=2,
+        RATELIMIT_AUTH="10000 per minute",
+        RATELIMIT_DEFAULT="10000 per minute",
+        AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=5,
+        AUTH_RESEND_MIN_INTERVAL_SECONDS=0,
+    )
+    processes = {}
+    for name in ("auth", "notifications"):
+        processes[name] = start_process(name, env)
+    processes["auth"].wait_ready(f"http://127.0.0.1:{env['AUTH_METRICS_PORT']}/readyz")
+    processes["notifications"].wait_ready(f"http://127.0.0.1:{env['NOTIFICATIONS_METRICS_PORT']}/readyz")
+    processes["gateway"] = start_process("gateway", env)
+    processes["gateway"].wait_ready(f"http://127.0.0.1:{port}/readyz")
+    return Stack(f"http://127.0.0.1:{port}", mail_dir, processes)
+
+
+def new_email() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def register(stack, address=None, password=PASSWORD):
+    address = address or new_email()
+    r = stack.call("POST", "/v1/auth/register", json={"email": address, "password": password})
+    assert r.status_code == 201, r.text
+    return address, r.json()
+
+
+def verified_login(stack, address=None):
+    address, registered = register(stack, address)
+    code = code_from(stack.wait_for_mail(address))
+    assert stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": code}).status_code == 200
+    r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return address, registered, r.json()["token"]
+
+
+def refused_within(stack, seconds: float, **credential):
+    """A revoked credential stops working within the promised delay."""
+    wait_for(lambda: stack.call("GET", "/v1/me", **credential).status_code == 401, seconds,
+             interval=0.5, what="credential refused")
+
+
+def test_new_user_journey(stack):
+    address = new_email()
+    request_id = f"journey-{uuid.uuid4().hex[:8]}"
+
+    # register: the user and a first API key, shown once
+    r = stack.call("POST", "/v1/auth/register", json={"email": address.upper(), "password": PASSWORD,
+                                                        "display_name": "Ada"},
+                   headers={"X-Request-Id": request_id})
+    assert r.status_code == 201, r.text
+    assert r.headers["X-Request-Id"] == request_id
+    user, first_key = r.json()["user"], r.json()["api_key"]["key"]
+    assert user["email"] == address and user["email_verified"] is False
+
+    # the code arrives by mail; verify
+    code = code_from(stack.wait_for_mail(address))
+    r = stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": code})
+    assert r.status_code == 200, r.text
+    assert r.json()["user"]["email_verified"] is True
+
+    # log in; /v1/me with the token and with the API key
+    r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    token = r.json()["token"]
+    assert r.headers["Cache-Control"] == "no-store"
+    me = stack.call("GET", "/v1/me", token=token)
+    assert me.status_code == 200 and me.json()["id"] == user["id"]
+    assert set(me.json()) >= {"id", "email", "email_verified", "display_name", "bio", "avatar_image_id",
+                              "created_at", "plan", "processing_restricted"}
+    assert stack.call("GET", "/v1/me", api_key=first_key).json()["id"] == user["id"]
+
+    # a second key; revoke the first; the first stops working
+    r = stack.call("POST", "/v1/me/api-keys", token=token, json={"name": "ci"})
+    assert r.status_code == 201, r.text
+    second_key = r.json()["key"]
+    keys = stack.call("GET", "/v1/me/api-keys", token=token).json()["items"]
+    assert len(keys) == 2 and all("key" not in k for k in keys)
+    first_id = next(k["id"] for k in keys if first_key.startswith(f"drk_{k['prefix']}") or k["name"] == "default")
+    assert stack.call("DELETE", f"/v1/me/api-keys/{first_id}", token=token).status_code == 204
+    refused_within(stack, 30, api_key=first_key)
+    assert stack.call("GET", "/v1/me", api_key=second_key).status_code == 200
+
+    # reset the password by the mailed link; old sessions are refused
+    r = stack.call("POST", "/v1/auth/password-reset", json={"email": address})
+    assert r.status_code == 202
+    reset_mail = wait_for(
+        lambda: next((m for m in stack.mails_to(address) if "?token=" in body_text(m)), None),
+        30, what="password reset mail",
+    )
+    reset_token = token_from(reset_mail)
+    assert body_text(reset_mail).count("http://app.example/") >= 1
+    new_password = "a different long passphrase"
+    r = stack.call("POST", "/v1/auth/password-reset/confirm", json={"token": reset_token, "new_password": new_password})
+    assert r.status_code == 204, r.text
+    refused_within(stack, 30, token=token)
+    assert stack.call("POST", "/v1/auth/password-reset/confirm",
+                      json={"token": reset_token, "new_password": "yet another passphrase"}).status_code == 400
+    assert stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD}).status_code == 401
+    r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": new_password})
+    assert r.status_code == 200
+    token = r.json()["token"]
+
+    # sessions are listed; log out; the token is refused
+    sessions = stack.call("GET", "/v1/me/sessions", token=token).json()["items"]
+    assert [s["current"] for s in sessions].count(True) == 1
+    assert stack.call("POST", "/v1/auth/logout", token=token).status_code == 204
+    refused_within(stack, 30, token=token)
+
+    # the request id travelled through RPC into the auth service and, with the
+    # event, into the notifications service
+    def logged_in(name):
+        return any(
+            json.loads(line).get("correlation_id") == request_id
+            for line in stack.processes[name].logs().splitlines() if line.startswith("{")
+        )
+
+    assert logged_in("auth")
+    wait_for(lambda: logged_in("notifications"), 10, what="correlation id in notifications log")
+
+
+def test_verification_code_wrong_then_exhausted(stack):
+    address, _ = register(stack)
+    code = code_from(stack.wait_for_mail(address))
+    wrong = f"{(int(code) + 1) % 1000000:06d}"
+    r = stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": wrong})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_code"
+    for _ in range(6):
+        r = stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": wrong})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "code_expired"
+    # the right code no longer works once attempts are used up; a new one does
+    r = stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": code})
+    assert r.status_code == 400
+    assert stack.call("POST", "/v1/auth/resend-verification", json={"email": address}).status_code == 202
+    fresh = code_from(stack.wait_for_mail(address, count=2))
+    assert stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": fresh}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("{not json", None),
+        ({"email": "x@example.com"}, "password"),
+        ({"password": PASSWORD}, "email"),
+        ({"email": "x@example.com", "password": PASSWORD, "is_admin": True}, "is_admin"),
+        ({"email": "a" * 250 + "@example.com", "password": PASSWORD}, "email"),
+        ({"email": "x@example.com", "password": "p" * 129}, "password"),
+        ({"email": "x@example.com", "password": "short"}, "password"),
+        ({"email": "not-an-email", "password": PASSWORD}, "email"),
+    ],
+)
+def test_bad_registration_is_a_400_and_writes_nothing(stack, body, field):
+    address = new_email()
+    if isinstance(body, dict) and "email" in body and body["email"] == "x@example.com":
+        body = {**body, "email": address}
+    kwargs = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, str) \
+        else {"json": body}
+    r = stack.call("POST", "/v1/auth/register", **kwargs)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_request"
+    if field:
+        assert field in json.dumps(error["details"])
+    # nothing was written: the same address registers normally afterwards
+    register(stack, address)
+
+
+def test_duplicate_email_and_no_enumeration(stack):
+    address, _ = register(stack)
+    r = stack.call("POST", "/v1/auth/register", json={"email": address, "password": PASSWORD})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "email_taken"
+
+    unknown = new_email()
+    wrong_password = stack.call("POST", "/v1/auth/login", json={"email": address, "password": "wrong password!"})
+    no_account = stack.call("POST", "/v1/auth/login", json={"email": unknown, "password": "wrong password!"})
+    assert wrong_password.status_code == no_account.status_code == 401
+    assert wrong_password.json() == no_account.json()
+    for path in ("/v1/auth/password-reset", "/v1/auth/resend-verification"):
+        known = stack.call("POST", path, json={"email": address})
+        nobody = stack.call("POST", path, json={"email": unknown})
+        assert known.status_code == nobody.status_code == 202
+        assert known.content == nobody.content
+    time.sleep(1)
+    assert stack.mails_to(unknown) == []
+
+
+def test_brute_force_hits_the_lockout(stack):
+    address, _ = register(stack)
+    codes = [stack.call("POST", "/v1/auth/login", json={"email": address, "password": f"guess number {i}"})
+             for i in range(5)]
+    assert [r.status_code for r in codes] == [401] * 5
+    locked = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
+    assert locked.status_code == 429, locked.text
+    assert locked.json()["error"]["code"] == "rate_limited"
+    assert int(locked.headers["Retry-After"]) > 0
+
+
+def test_forged_revoked_and_foreign_credentials(stack):
+    _, registered, token = verified_login(stack)
+    _, _, other_token = verified_login(stack)
+
+    for headers in ({"Authorization": "Bearer drs_forged"}, {"X-API-Key": "drk_forged_secret"},
+                    {"Authorization": "Basic abc"}, {}):
+        r = stack.call("GET", "/v1/me", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+
+    # another user's key id is not found, and stays valid
+    key_id = registered["api_key"]["id"]
+    r = stack.call("DELETE", f"/v1/me/api-keys/{key_id}", token=other_token)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert stack.call("GET", "/v1/me", api_key=registered["api_key"]["key"]).status_code == 200
+    r = stack.call("DELETE", "/v1/me/api-keys/not-a-uuid", token=other_token)
+    assert r.status_code == 404
+
+    # another user's session cannot be revoked either
+    session_id = stack.call("GET", "/v1/me/sessions", token=token).json()["items"][0]["id"]
+    assert stack.call("DELETE", f"/v1/me/sessions/{session_id}", token=other_token).status_code == 404
+    assert stack.call("DELETE", f"/v1/me/sessions/{session_id}", token=token).status_code == 204
+    refused_within(stack, 30, token=token)
+
+
+def test_profile_update_and_errors_shape(stack):
+    _, _, token = verified_login(stack)
+    r = stack.call("PATCH", "/v1/me", token=token, json={"display_name": "Grace", "bio": "hello"})
+    assert r.status_code == 200 and r.json()["display_name"] == "Grace"
+    assert stack.call("GET", "/v1/me", token=token).json()["bio"] == "hello"
+    r = stack.call("PATCH", "/v1/me", token=token, json={"bio": "b" * 501})
+    assert r.status_code == 400 and "bio" in json.dumps(r.json()["error"]["details"])
+    r = stack.call("GET", "/v1/nowhere", token=token)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    for header in ("Strict-Transport-Security", "Content-Security-Policy", "X-Content-Type-Options",
+                   "X-Frame-Options"):
+        assert header in r.headers
+
+
+def test_health_metrics_and_openapi(stack):
+    assert stack.call("GET", "/healthz").status_code == 200
+    ready = stack.call("GET", "/readyz")
+    assert ready.status_code == 200, ready.text
+    assert "# TYPE" in stack.call("GET", "/metrics").text
+    spec = stack.call("GET", "/v1/openapi.json").json()
+    assert "/v1/auth/register" in spec["paths"]
+    assert any(path.startswith("/v1/me/api-keys/{") for path in spec["paths"])
