@@ -124,6 +124,28 @@ def amqp_uri(rabbit_vhost) -> str:
     return rabbit_vhost[0]
 
 
+@pytest.fixture(scope="session")
+def make_vhost(rabbit_server):
+    """``make_vhost("ops")`` → (amqp URI, vhost name) of another fresh vhost, for tests
+    whose queues must not be shared with processes other modules left running."""
+    amqp, mgmt = rabbit_server
+    user = urllib.parse.urlsplit(amqp).username or "guest"
+    created = []
+
+    def make(label: str) -> tuple[str, str]:
+        vhost = f"darkroom-test-{RUN_ID}-{label}-{len(created)}"
+        quoted = urllib.parse.quote(vhost, safe="")
+        requests.put(f"{mgmt}/api/vhosts/{quoted}", timeout=10).raise_for_status()
+        created.append(quoted)
+        requests.put(f"{mgmt}/api/permissions/{quoted}/{user}",
+                     json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+        return amqp + quoted, vhost
+
+    yield make
+    for quoted in created:
+        requests.delete(f"{mgmt}/api/vhosts/{quoted}", timeout=30)
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 
@@ -193,9 +215,9 @@ def procfile_commands() -> dict[str, str]:
 class Process:
     """A stack process started from its Procfile command, logs kept in a file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path):
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, command: str | None = None):
         self.name = name
-        self.command = procfile_commands()[name]
+        self.command = command or procfile_commands()[name]
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -267,8 +289,9 @@ def start_process(process_log_dir):
     """``start_process("auth", env)`` → a running :class:`Process`, stopped at the end."""
     started: list[Process] = []
 
-    def start(name: str, env: dict[str, str]) -> Process:
-        proc = Process(name, env, process_log_dir).start()
+    def start(name: str, env: dict[str, str], command: str | None = None) -> Process:
+        """``command`` runs something that is not in the Procfile (a test-only service)."""
+        proc = Process(name, env, process_log_dir, command).start()
         started.append(proc)
         return proc
 

@@ -10,3 +10,21 @@ timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
 graceful_timeout = 20
 accesslog = None  # the app logs each request as JSON
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+# Prometheus multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set, every worker
+# writes its samples there and the gateway's /metrics adds them all up.
+def on_starting(server):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):  # samples of a previous run
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -9,6 +9,8 @@ caller (the gateway) gets a real :class:`DomainError` back, not a bare
 
 from __future__ import annotations
 
+import json
+
 from nameko.exceptions import deserialize_to_instance
 
 
@@ -16,12 +18,18 @@ from nameko.exceptions import deserialize_to_instance
 class DomainError(Exception):
     """An expected failure with a machine-readable code and an HTTP status."""
 
-    def __init__(self, code: str, message: str, status: int = 400, details: dict | None = None):
-        super().__init__(code, message, status, details or {})
+    def __init__(self, code: str, message: str, status: int = 400, details: dict | str | None = None):
+        if isinstance(details, str):  # the JSON form it crossed RPC in (see below)
+            details = json.loads(details)
+        details = details or {}
+        # nameko serialises exception args by stringifying every non-string
+        # value (409 -> "409", None -> "None"): carry the details as JSON so
+        # they keep their types; the status is turned back into an int.
+        super().__init__(code, message, int(status), json.dumps(details, default=str))
         self.code = code
         self.message = message
-        self.status = status
-        self.details = details or {}
+        self.status = int(status)
+        self.details = details
 
     def __str__(self) -> str:  # pragma: no cover - cosmetic
         return f"{self.code}: {self.message}"

@@ -12,10 +12,10 @@ failed message is instead
 1. republished to a delay queue ``darkroom.retry.<ms>`` (TTL, then dead-lettered
    by RabbitMQ back to the handler's own queue through the default exchange),
    once per configured delay (``EVENT_RETRY_DELAYS_MS``, default 1 s, 10 s, 60 s);
-2. after the last attempt, or at once for a payload that fails its schema or a
-   :class:`~services.common.errors.NonRetryable` error, published to the dead
-   letter queue ``dlq.<queue>`` with the error recorded in ``x-darkroom-*``
-   headers, for ``darkroom-ops dlq``;
+2. after the last attempt, or at once for a payload that fails its schema (or
+   cannot even be decoded) or a :class:`~services.common.errors.NonRetryable`
+   error, published to the dead letter queue ``dlq.<queue>`` with the error
+   recorded in ``x-darkroom-*`` headers, for ``darkroom-ops dlq``;
 
 and only then acked. If that publish fails the message is requeued, so nothing
 is acked and dropped. Consumers stay idempotent on ``event_id``
@@ -36,6 +36,7 @@ from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.containers import ContainerBeingKilled
 from nameko.events import EventDispatcher, EventHandler
+from nameko.messaging import QueueConsumer
 
 from services.common import contracts
 from services.common.errors import NonRetryable
@@ -121,8 +122,28 @@ class EventPublisher(EventDispatcher):
         return dispatch
 
 
+class ReliableQueueConsumer(QueueConsumer):
+    """nameko's queue consumer, except for messages it cannot decode (a content
+    type it does not accept, malformed JSON): kombu would log and ack them,
+    dropping them; these go to the handler's dead-letter queue instead."""
+
+    def get_consumers(self, consumer_cls, channel):
+        consumers = super().get_consumers(consumer_cls, channel)
+        for provider, consumer in self._consumers.items():
+            consumer.on_decode_error = partial(self._on_decode_error, provider)
+        return consumers
+
+    def _on_decode_error(self, provider, message, exc):
+        self.container.spawn_managed_thread(
+            partial(provider.handle_undecodable, message, exc),
+            identifier=f"{type(provider).__name__}.handle_undecodable",
+        )
+
+
 class ReliableEventHandler(EventHandler):
     """nameko's event handler with contract loading, retries and dead letters."""
+
+    queue_consumer = ReliableQueueConsumer()
 
     def setup(self):
         super().setup()
@@ -154,6 +175,9 @@ class ReliableEventHandler(EventHandler):
         context = super().unpack_message_headers(message)
         return {k: v for k, v in context.items() if not k.startswith("x-")}
 
+    def handle_undecodable(self, message, exc):
+        self._give_up(message, NonRetryable(f"cannot decode the {self.event_name} message: {exc}"))
+
     def handle_message(self, body, message):
         try:
             payload = contracts.load_event(self.event_name, body)
@@ -182,10 +206,12 @@ class ReliableEventHandler(EventHandler):
 
     def _publish_or_requeue(self, message, **publish_kwargs) -> bool:
         try:
+            # A body published without a content type is raw bytes: say so,
+            # or kombu would serialise it as JSON.
             self.publisher.publish(
                 message.body,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
+                content_type=message.content_type or "application/data",
+                content_encoding=message.content_encoding or "binary",
                 **publish_kwargs,
             )
         except Exception:

@@ -1,0 +1,56 @@
+"""Start stack processes for a benchmark: a fresh RabbitMQ vhost, SQLite
+databases in a temporary directory, processes from deploy/Procfile."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.parse
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from tests.conftest import Process, base_env, free_port
+
+AMQP = os.environ.get("DARKROOM_BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+MGMT = os.environ.get("DARKROOM_BENCH_RABBIT_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+
+
+@contextmanager
+def vhost():
+    name = f"darkroom-bench-{uuid.uuid4().hex[:8]}"
+    quoted = urllib.parse.quote(name, safe="")
+    requests.put(f"{MGMT}/api/vhosts/{quoted}", timeout=10).raise_for_status()
+    requests.put(f"{MGMT}/api/permissions/{quoted}/guest",
+                 json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+    try:
+        yield AMQP.rstrip("/") + "/" + quoted
+    finally:
+        requests.delete(f"{MGMT}/api/vhosts/{quoted}", timeout=30)
+
+
+@contextmanager
+def processes():
+    """Yields start(name, **env) -> (Process, env); stops everything at the end."""
+    started: list[Process] = []
+    with tempfile.TemporaryDirectory() as tmp, vhost() as amqp_uri:
+        def start(name: str, **extra) -> tuple[Process, dict]:
+            env = base_env(
+                AMQP_URI=amqp_uri,
+                AUTH_DATABASE_URL=f"sqlite:///{tmp}/auth.db",
+                NOTIFICATIONS_DATABASE_URL=f"sqlite:///{tmp}/notifications.db",
+                MAIL_URL=f"file://{tmp}/mail",
+                LOG_LEVEL="WARNING",
+                **extra,
+            )
+            proc = Process(name, env, Path(tmp)).start()
+            started.append(proc)
+            return proc, env
+
+        try:
+            yield start, free_port
+        finally:
+            for proc in reversed(started):
+                proc.stop()

@@ -1,0 +1,231 @@
+"""Accounts (API.md "Accounts"): /v1/auth/* and /v1/me*, mapped onto the auth
+service's RPC surface. Request bodies and responses use the auth contracts."""
+
+from __future__ import annotations
+
+from flask import current_app, g, request
+from flask.views import MethodView
+from marshmallow import Schema
+
+from gateway.api.common import Blueprint, present, rpc
+from gateway.auth import authenticated, current_principal
+from services.common.contracts.auth import (
+    ApiKeyPage,
+    ChangeEmail,
+    ConfirmPasswordReset,
+    CreateApiKey,
+    EmailOnly,
+    LoggedIn,
+    Login,
+    NewApiKey,
+    Register,
+    Registered,
+    SessionPage,
+    TotpCode,
+    TotpEnrollment,
+    UpdateProfile,
+    User,
+    VerifiedEmail,
+    VerifyEmail,
+)
+from services.common.errors import DomainError
+
+USER_AGENT_MAX = 512
+
+auth_blp = Blueprint("auth", __name__, url_prefix="/v1/auth",
+                     description="Registration, email verification, login and password reset")
+me_blp = Blueprint("me", __name__, url_prefix="/v1/me",
+                   description="The caller's account: profile, API keys, sessions, two-factor")
+
+
+class Accepted(Schema):
+    """An empty object: the request was accepted."""
+
+
+def client_info() -> dict:
+    agent = request.headers.get("User-Agent")
+    return {
+        "client_ip": request.remote_addr,
+        "user_agent": agent[:USER_AGENT_MAX] if agent else None,
+    }
+
+
+def _cache():
+    return current_app.extensions["darkroom"].auth_cache
+
+
+# ------------------------------------------------------------ /v1/auth
+
+
+@auth_blp.route("/register", methods=["POST"])
+@auth_blp.arguments(Register)
+@auth_blp.response(201, Registered)
+def register(payload):
+    """Create an account; the API key in the answer is shown only here"""
+    with rpc() as proxy:
+        result = proxy.auth.register(payload, **client_info())
+    return present(Registered, result)
+
+
+@auth_blp.route("/verify-email", methods=["POST"])
+@auth_blp.arguments(VerifyEmail)
+@auth_blp.response(200, VerifiedEmail)
+def verify_email(payload):
+    """Confirm an address (after registering or changing email) with its code"""
+    with rpc() as proxy:
+        result = proxy.auth.verify_email(payload)
+    return present(VerifiedEmail, result)
+
+
+@auth_blp.route("/resend-verification", methods=["POST"])
+@auth_blp.arguments(EmailOnly)
+@auth_blp.response(202, Accepted)
+def resend_verification(payload):
+    """Send a new verification code (same answer whether or not the address has an account)"""
+    with rpc() as proxy:
+        proxy.auth.resend_verification(payload)
+    return {}
+
+
+@auth_blp.route("/login", methods=["POST"])
+@auth_blp.arguments(Login)
+@auth_blp.response(200, LoggedIn)
+def login(payload):
+    """Start a session (7 days); totp_code is needed when two-factor is on"""
+    with rpc() as proxy:
+        result = proxy.auth.login(payload, **client_info())
+    return present(LoggedIn, result)
+
+
+@auth_blp.route("/logout", methods=["POST"])
+@auth_blp.response(204)
+@authenticated
+def logout():
+    """Revoke the session used for this request (a bearer session token)"""
+    principal = current_principal()
+    if principal.credential_type != "session":
+        raise DomainError("invalid_request", "logout revokes a session: call it with the session's bearer token", 400)
+    with rpc() as proxy:
+        proxy.auth.logout(principal.credential_id)
+    _cache().evict(g.credential_key)
+    _cache().evict_credential(principal.credential_id)
+
+
+@auth_blp.route("/password-reset", methods=["POST"])
+@auth_blp.arguments(EmailOnly)
+@auth_blp.response(202, Accepted)
+def request_password_reset(payload):
+    """Mail a reset link (same answer whether or not the address has an account)"""
+    with rpc() as proxy:
+        proxy.auth.request_password_reset(payload)
+    return {}
+
+
+@auth_blp.route("/password-reset/confirm", methods=["POST"])
+@auth_blp.arguments(ConfirmPasswordReset)
+@auth_blp.response(204)
+def confirm_password_reset(payload):
+    """Set a new password with the mailed token; revokes every session of the account"""
+    with rpc() as proxy:
+        proxy.auth.confirm_password_reset(payload)
+
+
+# ------------------------------------------------------------ /v1/me
+
+
+@me_blp.route("")
+class Me(MethodView):
+    @me_blp.response(200, User)
+    @authenticated
+    def get(self):
+        """The caller's account"""
+        with rpc() as proxy:
+            return present(User, proxy.auth.get_user(current_principal().user_id))
+
+    @me_blp.response(200, User)
+    @authenticated
+    @me_blp.arguments(UpdateProfile)
+    def patch(self, payload):
+        """Change display name, bio or avatar"""
+        with rpc() as proxy:
+            return present(User, proxy.auth.update_profile(current_principal().user_id, payload))
+
+
+@me_blp.route("/email", methods=["POST"])
+@me_blp.response(202, Accepted)
+@authenticated
+@me_blp.arguments(ChangeEmail)
+def change_email(payload):
+    """Change the address: a code is mailed to the new one (confirm with /v1/auth/verify-email)"""
+    with rpc() as proxy:
+        proxy.auth.request_email_change(current_principal().user_id, payload)
+    return {}
+
+
+@me_blp.route("/api-keys")
+class ApiKeys(MethodView):
+    @me_blp.response(200, ApiKeyPage)
+    @authenticated
+    def get(self):
+        """The caller's API keys (never their secrets)"""
+        with rpc() as proxy:
+            return present(ApiKeyPage, proxy.auth.list_api_keys(current_principal().user_id))
+
+    @me_blp.response(201, NewApiKey)
+    @authenticated
+    @me_blp.arguments(CreateApiKey)
+    def post(self, payload):
+        """Create an API key; its secret (key) is shown only in this answer"""
+        with rpc() as proxy:
+            return present(NewApiKey, proxy.auth.create_api_key(current_principal().user_id, payload))
+
+
+@me_blp.route("/api-keys/<uuid:key_id>", methods=["DELETE"])
+@me_blp.response(204)
+@authenticated
+def revoke_api_key(key_id):
+    """Revoke an API key"""
+    with rpc() as proxy:
+        proxy.auth.revoke_api_key(current_principal().user_id, str(key_id))
+    _cache().evict_credential(str(key_id))
+
+
+@me_blp.route("/sessions", methods=["GET"])
+@me_blp.response(200, SessionPage)
+@authenticated
+def list_sessions():
+    """The caller's active sessions; `current` marks the one making this request"""
+    principal = current_principal()
+    current = principal.credential_id if principal.credential_type == "session" else None
+    with rpc() as proxy:
+        return present(SessionPage, proxy.auth.list_sessions(principal.user_id, current_session_id=current))
+
+
+@me_blp.route("/sessions/<uuid:session_id>", methods=["DELETE"])
+@me_blp.response(204)
+@authenticated
+def revoke_session(session_id):
+    """Revoke one of the caller's sessions"""
+    with rpc() as proxy:
+        proxy.auth.revoke_session(current_principal().user_id, str(session_id))
+    _cache().evict_credential(str(session_id))
+
+
+@me_blp.route("/totp", methods=["POST"])
+@me_blp.response(201, TotpEnrollment)
+@authenticated
+def begin_totp():
+    """Start two-factor enrollment: a secret and otpauth:// URI for an authenticator app"""
+    with rpc() as proxy:
+        return present(TotpEnrollment, proxy.auth.begin_totp_enrollment(current_principal().user_id))
+
+
+@me_blp.route("/totp/confirm", methods=["POST"])
+@me_blp.response(204)
+@authenticated
+@me_blp.arguments(TotpCode)
+def confirm_totp(payload):
+    """Turn two-factor on with a first code from the authenticator app"""
+    with rpc() as proxy:
+        proxy.auth.confirm_totp_enrollment(current_principal().user_id, payload)
+

@@ -1,0 +1,118 @@
+"""The gateway's Flask application factory.
+
+The gateway is thin: HTTP, request validation, authentication, rate limits and
+response shaping in front of the services' RPC. It is a plain (non-eventlet)
+process under gunicorn gthread workers: never monkey-patch it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flask_smorest
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway import errors, limits, middleware
+from gateway.api import BLUEPRINTS
+from gateway.api.accounts import auth_blp
+from gateway.auth import AuthCache
+from gateway.rpc import RpcPool
+from services.common.config import config_path, load_config
+from services.common.observability import configure_logging
+
+DEFAULTS: dict[str, Any] = {
+    "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
+    "LOG_LEVEL": "INFO",
+    "RPC_TIMEOUT_SECONDS": 10,
+    "RPC_POOL_SIZE": 8,
+    "READY_TIMEOUT_SECONDS": 2,
+    "AUTH_CACHE_SECONDS": 15,
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_DEFAULT": "600 per minute",
+    "RATELIMIT_AUTH": "20 per minute",
+    "RATELIMIT_ENABLED": True,
+    "TRUSTED_PROXY_COUNT": 0,
+    "HSTS_ENABLED": True,
+    "READY_SERVICES": [],
+}
+
+
+@dataclass
+class GatewayState:
+    """What the request handlers share, at ``app.extensions["darkroom"]``."""
+
+    config: dict[str, Any]
+    rpc: Any  # RpcPool, or a fake with the same ``get()`` in unit tests
+    auth_cache: AuthCache
+
+
+class Api(flask_smorest.Api):
+    ERROR_SCHEMA = errors.ErrorEnvelope
+
+    def handle_http_exception(self, error):
+        return errors.handle_http_exception(error)
+
+
+def _bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def create_app(config: dict | None = None, rpc=None) -> Flask:
+    """Build the gateway. ``config`` defaults to deploy/config/gateway.yaml
+    (with ``${VAR:default}`` filled from the environment); ``rpc`` replaces
+    the RPC pool (unit tests pass a fake). Nothing connects to the broker here."""
+    if config is None:
+        config = load_config(config_path("gateway"))
+    config = {**DEFAULTS, **config}
+    configure_logging("gateway", config.get("LOG_LEVEL"))
+
+    app = Flask("gateway")
+    app.json.sort_keys = False
+    app.config.update(
+        MAX_CONTENT_LENGTH=int(config["MAX_CONTENT_LENGTH"]),
+        API_TITLE="Darkroom API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "The HTTP API of Darkroom (see API.md)."},
+        },
+    )
+
+    hops = int(config.get("TRUSTED_PROXY_COUNT") or 0)
+    if hops > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+    if rpc is None:
+        rpc = RpcPool(
+            str(config["AMQP_URI"]),
+            size=int(config["RPC_POOL_SIZE"]),
+            timeout=float(config["RPC_TIMEOUT_SECONDS"]),
+        )
+    app.extensions["darkroom"] = GatewayState(
+        config=config,
+        rpc=rpc,
+        auth_cache=AuthCache(float(config["AUTH_CACHE_SECONDS"])),
+    )
+
+    # request ids first: every later hook (rate limits included) can use them
+    middleware.init_app(app, hsts=_bool(config["HSTS_ENABLED"]))
+    config["RATELIMIT_ENABLED"] = _bool(config["RATELIMIT_ENABLED"])
+    limits.init_app(app, config, auth_blp)
+
+    api = Api(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer",
+                       "description": "a session token from POST /v1/auth/login"})
+    api.spec.components.security_scheme(
+        "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    errors.register_error_handlers(app)
+    return app

@@ -1,0 +1,206 @@
+"""Accounts: registration, profile, email change, password reset, TOTP, admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.auth import keys, passwords, sessions, totp, verification
+from services.auth.errors import email_taken, invalid_credentials, invalid_token, invalid_totp
+from services.auth.lookup import find_user_by_email
+from services.auth.models import PasswordReset, User
+from services.auth.networks import network_of
+from services.auth.settings import AuthSettings
+from services.auth.tokens import new_reset_token, sha256_hex
+from services.common.contracts.auth import normalise_email
+from services.common.errors import conflict, invalid_request, not_found
+from services.common.ids import isoformat
+
+
+@dataclass
+class Registration:
+    user: User
+    api_key: dict  # NewApiKey, with the secret
+    verification: dict  # the auth.email_verification_requested payload
+
+
+def register(
+    db: Session,
+    settings: AuthSettings,
+    email: str,
+    password: str,
+    display_name: str | None,
+    client_ip: str | None,
+    now: datetime,
+) -> Registration:
+    """Create an unverified account with its first API key and a verification
+    code. ``email`` is normalised. 409 ``email_taken``, 400 ``weak_password``."""
+    passwords.check_policy(password, email)
+    if find_user_by_email(db, email) is not None:
+        raise email_taken()
+    user = User(
+        email=email,
+        email_verified=False,
+        password_hash=passwords.hash_password(password),
+        display_name=display_name,
+        plan=settings.default_plan,
+        processing_restricted=False,
+        is_admin=False,
+        created_at=now,
+        updated_at=now,
+    )
+    db.add(user)
+    db.flush()
+    api_key = keys.create(db, user, keys.DEFAULT_KEY_NAME, now)
+    network = network_of(client_ip)
+    if network is not None:
+        sessions.remember_network(db, settings, user, network, now)
+    event = verification.issue(db, settings, user, verification.REGISTRATION, email, now)
+    return Registration(user, api_key, event)
+
+
+def update_profile(user: User, changes: dict, now: datetime) -> User:
+    for field in ("display_name", "bio", "avatar_image_id"):
+        if field in changes:
+            setattr(user, field, changes[field])
+    user.updated_at = now
+    return user
+
+
+def request_email_change(
+    db: Session, settings: AuthSettings, user: User, new_email: str, password: str, now: datetime
+) -> dict | None:
+    """Send a code to ``new_email``; the change happens when it is verified.
+    Returns the auth.email_verification_requested payload, or None when a code
+    went to that address less than ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago."""
+    if not passwords.verify_password(user.password_hash, password):
+        raise invalid_credentials(status=403)
+    if new_email == user.email:
+        raise invalid_request(
+            "this is already the account's address",
+            fields={"new_email": ["is already the account's address"]},
+        )
+    if find_user_by_email(db, new_email) is not None:
+        raise email_taken()
+    if verification.recently_sent(db, settings, user, verification.EMAIL_CHANGE, new_email, now):
+        return None
+    return verification.issue(db, settings, user, verification.EMAIL_CHANGE, new_email, now)
+
+
+# ---------------------------------------------------------------- password reset
+
+
+def request_password_reset(
+    db: Session, settings: AuthSettings, email: str, now: datetime
+) -> dict | None:
+    """A reset token for the account with ``email``, if there is one and no
+    token was sent within ``AUTH.PASSWORD_RESET_MIN_INTERVAL_SECONDS``.
+    Returns the auth.password_reset_requested payload, or None."""
+    user = find_user_by_email(db, email)
+    if user is None:
+        return None
+    last = db.scalar(
+        select(PasswordReset.created_at)
+        .where(PasswordReset.user_id == user.id)
+        .order_by(PasswordReset.created_at.desc())
+        .limit(1)
+    )
+    if last is not None and now - last < settings.password_reset_min_interval:
+        return None
+    db.execute(
+        update(PasswordReset)
+        .where(
+            PasswordReset.user_id == user.id,
+            PasswordReset.used_at.is_(None),
+            PasswordReset.superseded_at.is_(None),
+        )
+        .values(superseded_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    token = new_reset_token()
+    expires_at = now + settings.password_reset_ttl
+    db.add(
+        PasswordReset(
+            user_id=user.id, token_hash=sha256_hex(token), created_at=now, expires_at=expires_at
+        )
+    )
+    return {
+        "user_id": str(user.id),
+        "email": user.email,
+        "token": token,
+        "expires_at": isoformat(expires_at),
+    }
+
+
+def confirm_password_reset(db: Session, token: str, new_password: str, now: datetime) -> User:
+    """Set the password; the token is spent and every session of the user ends.
+    400 ``invalid_token`` for an unknown, used, superseded or expired token."""
+    reset = db.scalar(select(PasswordReset).where(PasswordReset.token_hash == sha256_hex(token)))
+    if (
+        reset is None
+        or reset.used_at is not None
+        or reset.superseded_at is not None
+        or reset.expires_at <= now
+    ):
+        raise invalid_token()
+    user = db.get(User, reset.user_id)
+    passwords.check_policy(new_password, user.email)
+    user.password_hash = passwords.hash_password(new_password)
+    user.updated_at = now
+    reset.used_at = now
+    sessions.revoke_all(db, user, now)
+    return user
+
+
+# ---------------------------------------------------------------- TOTP and admin
+
+
+def begin_totp_enrollment(user: User, issuer: str) -> dict:
+    """A new pending secret (replacing any earlier pending one); TOTP is on only
+    once a code from it is confirmed. 409 ``totp_already_enabled``."""
+    if user.totp_enabled:
+        raise conflict("TOTP is already enabled", code="totp_already_enabled")
+    user.totp_pending_secret = totp.new_secret()
+    return {
+        "secret": user.totp_pending_secret,
+        "otpauth_uri": totp.provisioning_uri(user.totp_pending_secret, user.email, issuer),
+    }
+
+
+def confirm_totp_enrollment(user: User, code: str, now: datetime) -> None:
+    """Turn TOTP on with the pending secret; 400 ``invalid_totp`` for a wrong code."""
+    if user.totp_enabled:
+        raise conflict("TOTP is already enabled", code="totp_already_enabled")
+    if user.totp_pending_secret is None:
+        raise invalid_totp(status=400)
+    step = totp.matching_step(user.totp_pending_secret, code, now, None)
+    if step is None:
+        raise invalid_totp(status=400)
+    user.totp_secret, user.totp_pending_secret = user.totp_pending_secret, None
+    user.totp_last_step = step
+    user.updated_at = now
+
+
+def set_admin(
+    db: Session, settings: AuthSettings, email: str, is_admin: bool, now: datetime
+) -> dict:
+    """Grant or withdraw admin (ops CLI). Granting it to an account without TOTP
+    enrols TOTP at once and returns its otpauth URI (to show the operator once);
+    granting ends the account's sessions, which were opened without a second
+    factor. 404 ``not_found`` for an unknown email."""
+    user = find_user_by_email(db, normalise_email(email))
+    if user is None:
+        raise not_found("user")
+    uri = None
+    if is_admin and not user.totp_enabled:
+        secret = totp.new_secret()
+        user.totp_secret, user.totp_pending_secret, user.totp_last_step = secret, None, None
+        uri = totp.provisioning_uri(secret, user.email, settings.totp_issuer)
+    if is_admin and not user.is_admin:
+        sessions.revoke_all(db, user, now)
+    user.is_admin = is_admin
+    user.updated_at = now
+    return {"user_id": user.id, "is_admin": user.is_admin, "otpauth_uri": uri}

@@ -1,0 +1,75 @@
+"""API keys: ``drk_<prefix>_<secret>``, shown once, stored as SHA-256."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.auth.lookup import parse_id
+from services.auth.models import ApiKey, User
+from services.auth.tokens import new_api_key, sha256_hex
+from services.common.errors import conflict, not_found
+
+MAX_ACTIVE_KEYS = 20
+DEFAULT_KEY_NAME = "default"
+
+
+def create(db: Session, user: User, name: str, now: datetime) -> dict:
+    """A new key for ``user``; the returned dict (NewApiKey) is the only place
+    the secret ever appears. 409 ``too_many_keys`` past MAX_ACTIVE_KEYS."""
+    active = db.scalar(
+        select(func.count()).select_from(ApiKey).where(
+            ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None)
+        )
+    )
+    if active >= MAX_ACTIVE_KEYS:
+        raise conflict(
+            f"at most {MAX_ACTIVE_KEYS} active API keys; revoke one first",
+            code="too_many_keys",
+            limit=MAX_ACTIVE_KEYS,
+        )
+    prefix, secret = new_api_key()
+    key = ApiKey(
+        user_id=user.id, name=name, prefix=prefix, key_hash=sha256_hex(secret), created_at=now
+    )
+    db.add(key)
+    db.flush()
+    return {**view(key), "key": secret}
+
+
+def view(key: ApiKey) -> dict:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created_at": key.created_at,
+        "last_used_at": key.last_used_at,
+    }
+
+
+def list_active(db: Session, user: User) -> list[ApiKey]:
+    """The user's unrevoked keys, newest first."""
+    return list(
+        db.scalars(
+            select(ApiKey)
+            .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+            .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+        )
+    )
+
+
+def revoke(db: Session, user: User, key_id, now: datetime) -> None:
+    """404 for an id that is not one of the user's active keys."""
+    kid = parse_id(key_id)
+    key = db.get(ApiKey, kid) if kid is not None else None
+    if key is None or key.user_id != user.id or key.revoked_at is not None:
+        raise not_found("API key")
+    key.revoked_at = now
+
+
+def find_active(db: Session, secret: str) -> ApiKey | None:
+    return db.scalar(
+        select(ApiKey).where(ApiKey.key_hash == sha256_hex(secret), ApiKey.revoked_at.is_(None))
+    )

@@ -1,0 +1,169 @@
+"""The auth service's tables.
+
+Secrets are never stored in a form that can be replayed: session tokens, API
+keys and password-reset tokens as SHA-256, verification codes and login
+networks as HMACs keyed with ``AUTH.SECRET_KEY``, passwords as argon2id. TOTP
+secrets are the exception (the server must compute codes from them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    Uuid,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, KEY_NAME_MAX
+from services.common.db import UtcDateTime
+from services.common.ids import new_id
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _user_fk() -> ForeignKey:
+    return ForeignKey("users.id", ondelete="CASCADE")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    password_hash: Mapped[str] = mapped_column(String(255))
+    display_name: Mapped[str | None] = mapped_column(String(DISPLAY_NAME_MAX))
+    bio: Mapped[str | None] = mapped_column(String(BIO_MAX))
+    avatar_image_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    plan: Mapped[str] = mapped_column(String(32))
+    processing_restricted: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Base32 secret of the confirmed TOTP enrolment (None: TOTP off), one waiting
+    # for its first code, and the last time step accepted (replay protection).
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    @property
+    def totp_enabled(self) -> bool:
+        return self.totp_secret is not None
+
+
+class UserSession(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    # The client's network (IPv4 /24, IPv6 /48), shown in the sessions list.
+    network: Mapped[str | None] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
+    name: Mapped[str] = mapped_column(String(KEY_NAME_MAX))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class EmailVerification(Base):
+    """A 6-digit code sent to ``email``: to verify a new account's address
+    (purpose ``registration``) or to move an account to a new one (``email_change``)."""
+
+    __tablename__ = "email_verifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
+    purpose: Mapped[str] = mapped_column(String(20))
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), index=True)
+    code_hmac: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class PasswordReset(Base):
+    __tablename__ = "password_resets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class LoginFailure(Base):
+    """One failed login, counted against a subject: the HMAC of a normalised
+    email (known account or not) or of a client address."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_subject_created_at", "subject", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    subject: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LoginLockout(Base):
+    """A subject (as in :class:`LoginFailure`) refused until ``locked_until``."""
+
+    __tablename__ = "login_lockouts"
+    __table_args__ = (Index("ix_login_lockouts_subject_locked_until", "subject", "locked_until"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    subject: Mapped[str] = mapped_column(String(64))
+    locked_until: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class KnownNetwork(Base):
+    """A network an account has logged in from, as an HMAC (never in clear)."""
+
+    __tablename__ = "known_networks"
+    __table_args__ = (UniqueConstraint("user_id", "network_hmac"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
+    network_hmac: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -1,0 +1,302 @@
+"""The auth service: accounts, sessions, API keys, email verification, TOTP.
+
+Entrypoints are thin: load the payload through its contract, call the domain
+modules, commit, dispatch events, dump the answer through its contract.
+
+    nameko run --config deploy/config/auth.yaml services.auth.service:AuthService
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from sqlalchemy.exc import IntegrityError
+
+from services.auth import accounts, keys, lookup, sessions, verification
+from services.auth.errors import RecordedFailure, email_taken
+from services.auth.settings import AuthSettings
+from services.common.contracts import auth as c
+from services.common.contracts import load_rpc
+from services.common.db import Database
+from services.common.errors import DomainError, invalid_request
+from services.common.ids import utcnow
+from services.common.messaging import EventPublisher
+from services.common.service import DarkroomService
+
+# Audit lines carry ids, never emails, passwords, codes or tokens.
+log = logging.getLogger(__name__)
+
+
+class Settings(DependencyProvider):
+    """The ``AUTH`` config section as :class:`AuthSettings`, read once at start
+    (a missing ``AUTH.SECRET_KEY`` stops the service from starting)."""
+
+    def setup(self):
+        self.settings = AuthSettings.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings
+
+
+def _string_or_none(value, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    raise invalid_request(f"{name} must be a string", fields={name: ["Not a valid string."]})
+
+
+class AuthService(DarkroomService):
+    name = "auth"
+
+    db = Database(migrations=Path(__file__).parent / "migrations")
+    dispatch = EventPublisher()
+    settings = Settings()
+
+    # ------------------------------------------------------------ helpers
+
+    @contextmanager
+    def _recording_failures(self):
+        """Commit what a refusal recorded (attempts, failures), then refuse."""
+        try:
+            yield
+        except RecordedFailure as failure:
+            self.db.commit()
+            log.info("refused and recorded: %s", failure.error.code)
+            raise failure.error from None
+
+    def _commit(self, on_conflict: DomainError | None = None) -> None:
+        """Commit; a unique-constraint race becomes ``on_conflict`` when given."""
+        try:
+            self.db.commit()
+        except IntegrityError:
+            self.db.rollback()
+            if on_conflict is None:
+                raise
+            raise on_conflict from None
+
+    # ------------------------------------------------------------ registration
+
+    @rpc(expected_exceptions=DomainError)
+    def register(self, payload, client_ip=None, user_agent=None) -> dict:
+        data = load_rpc(c.Register, payload)
+        now = utcnow()
+        created = accounts.register(
+            self.db,
+            self.settings,
+            data["email"],
+            data["password"],
+            data.get("display_name"),
+            _string_or_none(client_ip, "client_ip"),
+            now,
+        )
+        self._commit(on_conflict=email_taken())
+        user = created.user
+        log.info("user registered", extra={"user_id": str(user.id)})
+        self.dispatch(
+            "user_registered",
+            {"user_id": str(user.id), "email": user.email, "display_name": user.display_name},
+        )
+        self.dispatch("email_verification_requested", created.verification)
+        return c.Registered().dump({"user": user, "api_key": created.api_key})
+
+    @rpc(expected_exceptions=DomainError)
+    def verify_email(self, payload) -> dict:
+        data = load_rpc(c.VerifyEmail, payload)
+        with self._recording_failures():
+            user = verification.verify(
+                self.db, self.settings, data["email"], data["code"], utcnow()
+            )
+        self._commit(on_conflict=email_taken())
+        log.info("email verified", extra={"user_id": str(user.id)})
+        return c.VerifiedEmail().dump({"user": user})
+
+    @rpc(expected_exceptions=DomainError)
+    def resend_verification(self, payload) -> None:
+        data = load_rpc(c.EmailOnly, payload)
+        events = verification.resend(self.db, self.settings, data["email"], utcnow())
+        self._commit()
+        for event in events:
+            self.dispatch("email_verification_requested", event)
+        return None
+
+    # ------------------------------------------------------------ login and sessions
+
+    @rpc(expected_exceptions=DomainError)
+    def login(self, payload, client_ip=None, user_agent=None) -> dict:
+        data = load_rpc(c.Login, payload)
+        client_ip = _string_or_none(client_ip, "client_ip")
+        user_agent = _string_or_none(user_agent, "user_agent")
+        for attempt in (1, 2):
+            try:
+                with self._recording_failures():
+                    result = sessions.login(
+                        self.db,
+                        self.settings,
+                        data["email"],
+                        data["password"],
+                        data.get("totp_code"),
+                        client_ip,
+                        user_agent,
+                        utcnow(),
+                    )
+                self.db.commit()
+                break
+            except IntegrityError:
+                # Two logins from one new network at once: the other one
+                # recorded it first. Once more, and the network is known.
+                self.db.rollback()
+                if attempt == 2:
+                    raise
+        log.info(
+            "login",
+            extra={
+                "user_id": str(result.user.id),
+                "session_id": str(result.session.id),
+                "new_network": result.suspicious_login is not None,
+            },
+        )
+        if result.suspicious_login is not None:
+            self.dispatch("suspicious_login", result.suspicious_login)
+        return c.LoggedIn().dump(
+            {"token": result.token, "expires_at": result.session.expires_at, "user": result.user}
+        )
+
+    @rpc(expected_exceptions=DomainError)
+    def logout(self, session_id) -> None:
+        sessions.end(self.db, session_id, utcnow())
+        self._commit()
+        return None
+
+    @rpc(expected_exceptions=DomainError)
+    def authenticate(self, payload) -> dict:
+        data = load_rpc(c.Credentials, payload)
+        user, kind, credential = sessions.authenticate(
+            self.db, data.get("token"), data.get("api_key"), utcnow()
+        )
+        self._commit()
+        return c.Principal().dump(sessions.principal(user, kind, credential))
+
+    @rpc(expected_exceptions=DomainError)
+    def list_sessions(self, user_id, current_session_id=None) -> dict:
+        user = lookup.get_user(self.db, user_id)
+        items = [
+            sessions.view(s, current_session_id)
+            for s in sessions.list_active(self.db, user, utcnow())
+        ]
+        return c.SessionPage().dump({"items": items, "next_cursor": None})
+
+    @rpc(expected_exceptions=DomainError)
+    def revoke_session(self, user_id, session_id) -> None:
+        user = lookup.get_user(self.db, user_id)
+        sessions.revoke(self.db, session_id, utcnow(), user=user)
+        self._commit()
+        return None
+
+    # ------------------------------------------------------------ password reset
+
+    @rpc(expected_exceptions=DomainError)
+    def request_password_reset(self, payload) -> None:
+        data = load_rpc(c.EmailOnly, payload)
+        event = accounts.request_password_reset(self.db, self.settings, data["email"], utcnow())
+        self._commit()
+        if event is not None:
+            log.info("password reset requested", extra={"user_id": event["user_id"]})
+            self.dispatch("password_reset_requested", event)
+        return None
+
+    @rpc(expected_exceptions=DomainError)
+    def confirm_password_reset(self, payload) -> None:
+        data = load_rpc(c.ConfirmPasswordReset, payload)
+        user = accounts.confirm_password_reset(
+            self.db, data["token"], data["new_password"], utcnow()
+        )
+        self._commit()
+        log.info("password reset; every session revoked", extra={"user_id": str(user.id)})
+        return None
+
+    # ------------------------------------------------------------ profile
+
+    @rpc(expected_exceptions=DomainError)
+    def get_user(self, user_id) -> dict:
+        return c.User().dump(lookup.get_user(self.db, user_id))
+
+    @rpc(expected_exceptions=DomainError)
+    def update_profile(self, user_id, payload) -> dict:
+        data = load_rpc(c.UpdateProfile, payload)
+        user = accounts.update_profile(lookup.get_user(self.db, user_id), data, utcnow())
+        self._commit()
+        return c.User().dump(user)
+
+    @rpc(expected_exceptions=DomainError)
+    def request_email_change(self, user_id, payload) -> None:
+        data = load_rpc(c.ChangeEmail, payload)
+        user = lookup.get_user(self.db, user_id)
+        event = accounts.request_email_change(
+            self.db, self.settings, user, data["new_email"], data["password"], utcnow()
+        )
+        self._commit()
+        if event is not None:
+            self.dispatch("email_verification_requested", event)
+        return None
+
+    # ------------------------------------------------------------ API keys
+
+    @rpc(expected_exceptions=DomainError)
+    def list_api_keys(self, user_id) -> dict:
+        user = lookup.get_user(self.db, user_id)
+        items = [keys.view(k) for k in keys.list_active(self.db, user)]
+        return c.ApiKeyPage().dump({"items": items, "next_cursor": None})
+
+    @rpc(expected_exceptions=DomainError)
+    def create_api_key(self, user_id, payload) -> dict:
+        data = load_rpc(c.CreateApiKey, payload)
+        user = lookup.get_user(self.db, user_id)
+        created = keys.create(self.db, user, data["name"], utcnow())
+        self._commit()
+        log.info("API key created", extra={"user_id": str(user.id), "key_id": str(created["id"])})
+        return c.NewApiKey().dump(created)
+
+    @rpc(expected_exceptions=DomainError)
+    def revoke_api_key(self, user_id, key_id) -> None:
+        user = lookup.get_user(self.db, user_id)
+        keys.revoke(self.db, user, key_id, utcnow())
+        self._commit()
+        log.info("API key revoked", extra={"user_id": str(user.id), "key_id": str(key_id)})
+        return None
+
+    # ------------------------------------------------------------ TOTP and admin
+
+    @rpc(expected_exceptions=DomainError)
+    def begin_totp_enrollment(self, user_id) -> dict:
+        user = lookup.get_user(self.db, user_id)
+        enrollment = accounts.begin_totp_enrollment(user, self.settings.totp_issuer)
+        self._commit()
+        return c.TotpEnrollment().dump(enrollment)
+
+    @rpc(expected_exceptions=DomainError)
+    def confirm_totp_enrollment(self, user_id, payload) -> None:
+        data = load_rpc(c.TotpCode, payload)
+        user = lookup.get_user(self.db, user_id)
+        accounts.confirm_totp_enrollment(user, data["code"], utcnow())
+        self._commit()
+        log.info("TOTP enabled", extra={"user_id": str(user.id)})
+        return None
+
+    @rpc(expected_exceptions=DomainError)
+    def set_admin(self, email, is_admin) -> dict:
+        if not isinstance(email, str) or not email.strip():
+            raise invalid_request("email must be a string", fields={"email": ["Not a valid email."]})
+        if not isinstance(is_admin, bool):
+            raise invalid_request(
+                "is_admin must be a boolean", fields={"is_admin": ["Not a valid boolean."]}
+            )
+        changed = accounts.set_admin(self.db, self.settings, email, is_admin, utcnow())
+        self._commit()
+        log.warning(
+            "admin %s", "granted" if is_admin else "withdrawn",
+            extra={"user_id": str(changed["user_id"]), "totp_enrolled": bool(changed["otpauth_uri"])},
+        )
+        return c.AdminChanged().dump(changed)

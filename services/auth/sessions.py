@@ -1,0 +1,220 @@
+"""Login, sessions and resolving a credential to the principal behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.auth import keys, lockout, passwords, totp
+from services.auth.errors import (
+    RecordedFailure,
+    invalid_credentials,
+    invalid_totp,
+    totp_required,
+)
+from services.auth.lookup import find_user_by_email, parse_id
+from services.auth.models import ApiKey, KnownNetwork, User, UserSession
+from services.auth.networks import network_digest, network_of
+from services.auth.settings import AuthSettings
+from services.auth.tokens import api_key_prefix, new_session_token, sha256_hex
+from services.common.errors import invalid_request, not_found, unauthenticated
+from services.common.ids import isoformat
+
+# last_used_at is written at most this often per credential (not once a request).
+TOUCH_INTERVAL = timedelta(seconds=60)
+USER_AGENT_MAX = 300
+
+
+@dataclass
+class LoginResult:
+    user: User
+    token: str
+    session: UserSession
+    suspicious_login: dict | None  # the auth.suspicious_login payload, if any
+
+
+def login(
+    db: Session,
+    settings: AuthSettings,
+    email: str,
+    password: str,
+    totp_code: str | None,
+    client_ip: str | None,
+    user_agent: str | None,
+    now: datetime,
+) -> LoginResult:
+    """Check the credentials and open a session.
+
+    Refusals that count as failures are raised as RecordedFailure (the caller
+    commits, then raises the error inside)."""
+    subjects = lockout.subjects_for(settings, email, client_ip)
+    lockout.ensure_not_locked(db, subjects, now)
+
+    user = find_user_by_email(db, email)
+    if user is None:
+        passwords.burn_dummy_verification(password)
+        _fail(db, settings, subjects, now, invalid_credentials())
+    if not passwords.verify_password(user.password_hash, password):
+        _fail(db, settings, subjects, now, invalid_credentials())
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = passwords.hash_password(password)
+
+    if user.totp_enabled or user.is_admin:
+        if not totp_code:
+            raise totp_required()
+        step = (
+            totp.matching_step(user.totp_secret, totp_code, now, user.totp_last_step)
+            if user.totp_secret
+            else None
+        )
+        if step is None:
+            _fail(db, settings, subjects, now, invalid_totp())
+        user.totp_last_step = step
+
+    lockout.clear_failures(db, subjects[0])
+    token = new_session_token()
+    network = network_of(client_ip)
+    session = UserSession(
+        user_id=user.id,
+        token_hash=sha256_hex(token),
+        created_at=now,
+        expires_at=now + settings.session_ttl,
+        user_agent=(user_agent or None) and user_agent[:USER_AGENT_MAX],
+        network=network,
+    )
+    db.add(session)
+    suspicious = None
+    if network is not None and remember_network(db, settings, user, network, now):
+        suspicious = {
+            "user_id": str(user.id),
+            "email": user.email,
+            "network": network,
+            "user_agent": session.user_agent,
+            "login_at": isoformat(now),
+        }
+    db.flush()
+    return LoginResult(user, token, session, suspicious)
+
+
+def _fail(db, settings, subjects, now, error):
+    lockout.record_failure(db, settings, subjects, now)
+    raise RecordedFailure(error)
+
+
+def remember_network(
+    db: Session, settings: AuthSettings, user: User, network: str, now: datetime
+) -> bool:
+    """Record ``network`` for ``user``; True when the account never used it before."""
+    digest = network_digest(settings.secret_key, network)
+    known = db.scalar(
+        select(KnownNetwork.id).where(
+            KnownNetwork.user_id == user.id, KnownNetwork.network_hmac == digest
+        )
+    )
+    if known is not None:
+        return False
+    db.add(KnownNetwork(user_id=user.id, network_hmac=digest, first_seen_at=now))
+    return True
+
+
+def authenticate(
+    db: Session, token: str | None, api_key: str | None, now: datetime
+) -> tuple[User, str, UserSession | ApiKey]:
+    """Resolve exactly one credential to ``(user, credential_type, credential)``.
+    400 ``invalid_request`` unless exactly one is given; 401 ``unauthenticated``
+    for an unknown, revoked or expired one."""
+    if (token is None) == (api_key is None):
+        raise invalid_request("give exactly one of token and api_key")
+    if token is not None:
+        credential = db.scalar(
+            select(UserSession).where(
+                UserSession.token_hash == sha256_hex(token),
+                UserSession.revoked_at.is_(None),
+                UserSession.expires_at > now,
+            )
+        )
+        kind = "session"
+    else:
+        credential = keys.find_active(db, api_key) if api_key_prefix(api_key) else None
+        kind = "api_key"
+    user = db.get(User, credential.user_id) if credential is not None else None
+    if user is None:
+        raise unauthenticated("the credential is not valid")
+    if credential.last_used_at is None or now - credential.last_used_at >= TOUCH_INTERVAL:
+        credential.last_used_at = now
+    return user, kind, credential
+
+
+def principal(user: User, kind: str, credential: UserSession | ApiKey) -> dict:
+    return {
+        "user_id": user.id,
+        "email_verified": user.email_verified,
+        "is_admin": user.is_admin,
+        "processing_restricted": user.processing_restricted,
+        "plan": user.plan,
+        "credential_type": kind,
+        "credential_id": credential.id,
+    }
+
+
+def list_active(db: Session, user: User, now: datetime) -> list[UserSession]:
+    """The user's live sessions, newest first."""
+    return list(
+        db.scalars(
+            select(UserSession)
+            .where(
+                UserSession.user_id == user.id,
+                UserSession.revoked_at.is_(None),
+                UserSession.expires_at > now,
+            )
+            .order_by(UserSession.created_at.desc(), UserSession.id.desc())
+        )
+    )
+
+
+def view(session: UserSession, current_id) -> dict:
+    return {
+        "id": session.id,
+        "created_at": session.created_at,
+        "expires_at": session.expires_at,
+        "last_used_at": session.last_used_at,
+        "user_agent": session.user_agent,
+        "network": session.network,
+        "current": current_id is not None and session.id == parse_id(current_id),
+    }
+
+
+def revoke(db: Session, session_id, now: datetime, user: User | None = None) -> None:
+    """Revoke one live session (of ``user`` when given); 404 otherwise."""
+    sid = parse_id(session_id)
+    session = db.get(UserSession, sid) if sid is not None else None
+    if (
+        session is None
+        or (user is not None and session.user_id != user.id)
+        or session.revoked_at is not None
+        or session.expires_at <= now
+    ):
+        raise not_found("session")
+    session.revoked_at = now
+
+
+def end(db: Session, session_id, now: datetime) -> None:
+    """Logout: revoke the session; nothing to do when it is already over."""
+    sid = parse_id(session_id)
+    if sid is None:
+        raise not_found("session")
+    session = db.get(UserSession, sid)
+    if session is not None and session.revoked_at is None:
+        session.revoked_at = now
+
+
+def revoke_all(db: Session, user: User, now: datetime) -> None:
+    db.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )

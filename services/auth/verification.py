@@ -1,0 +1,153 @@
+"""Email verification codes: for a new account's address (``registration``) and
+for moving an account to a new address (``email_change``).
+
+A code is 6 digits, stored only as an HMAC bound to its row, valid for
+``AUTH.VERIFICATION_CODE_TTL_MINUTES`` and for ``AUTH.VERIFICATION_MAX_ATTEMPTS``
+wrong tries. Issuing a code supersedes the user's earlier codes for the same
+purpose. A wrong code, or an address with no code, is ``invalid_code`` (the
+same answer, so the endpoint does not tell which addresses have accounts); an
+address whose codes are all expired or used up is ``code_expired``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.auth.errors import RecordedFailure, code_expired, email_taken, invalid_code
+from services.auth.models import EmailVerification, User
+from services.auth.settings import AuthSettings
+from services.auth.tokens import code_digest, digests_equal, new_verification_code
+from services.common.ids import isoformat, new_id
+
+REGISTRATION = "registration"
+EMAIL_CHANGE = "email_change"
+
+
+def _active(query):
+    return query.where(
+        EmailVerification.used_at.is_(None), EmailVerification.superseded_at.is_(None)
+    )
+
+
+def supersede(db: Session, user: User, now: datetime, purpose: str | None = None) -> None:
+    """Invalidate the user's unused codes (of one purpose, or all)."""
+    stmt = _active(update(EmailVerification).where(EmailVerification.user_id == user.id))
+    if purpose is not None:
+        stmt = stmt.where(EmailVerification.purpose == purpose)
+    db.execute(stmt.values(superseded_at=now).execution_options(synchronize_session=False))
+
+
+def issue(
+    db: Session, settings: AuthSettings, user: User, purpose: str, email: str, now: datetime
+) -> dict:
+    """Create a code for ``email`` (superseding the user's earlier ones for
+    ``purpose``) and return the ``auth.email_verification_requested`` payload."""
+    supersede(db, user, now, purpose)
+    code = new_verification_code()
+    verification_id = new_id()
+    expires_at = now + settings.verification_code_ttl
+    db.add(
+        EmailVerification(
+            id=verification_id,
+            user_id=user.id,
+            purpose=purpose,
+            email=email,
+            code_hmac=code_digest(settings.secret_key, str(verification_id), code),
+            attempts=0,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    return {
+        "user_id": str(user.id),
+        "email": email,
+        "code": code,
+        "expires_at": isoformat(expires_at),
+        "purpose": purpose,
+    }
+
+
+def verify(db: Session, settings: AuthSettings, email: str, code: str, now: datetime) -> User:
+    """Check ``code`` for ``email`` and apply what it confirms; returns the user.
+
+    Raises ``invalid_code`` / ``code_expired``; a wrong code uses up one attempt
+    of every live code for the address (raised as RecordedFailure so that the
+    attempt is committed)."""
+    candidates = db.scalars(
+        _active(select(EmailVerification).where(EmailVerification.email == email))
+        .order_by(EmailVerification.created_at.desc())
+    ).all()
+    if not candidates:
+        raise invalid_code()
+    usable = [
+        v for v in candidates
+        if v.expires_at > now and v.attempts < settings.verification_max_attempts
+    ]
+    if not usable:
+        raise code_expired()
+    for verification in usable:
+        expected = verification.code_hmac
+        if digests_equal(expected, code_digest(settings.secret_key, str(verification.id), code)):
+            return _complete(db, verification, now)
+    for verification in usable:
+        verification.attempts += 1
+    raise RecordedFailure(invalid_code())
+
+
+def _complete(db: Session, verification: EmailVerification, now: datetime) -> User:
+    user = db.get(User, verification.user_id)
+    verification.used_at = now
+    if verification.purpose == EMAIL_CHANGE:
+        taken = db.scalar(
+            select(User.id).where(User.email == verification.email, User.id != user.id)
+        )
+        if taken is not None:
+            raise email_taken()
+        user.email = verification.email
+        # Every other code of the account (sent to the old address) is void now.
+        supersede(db, user, now)
+    user.email_verified = True
+    user.updated_at = now
+    return user
+
+
+def resend(db: Session, settings: AuthSettings, email: str, now: datetime) -> list[dict]:
+    """New codes for ``email``: for its unverified account and for pending
+    changes to it, each at most once per ``AUTH.RESEND_MIN_INTERVAL_SECONDS``.
+    Returns the event payloads to publish (often none)."""
+    events = []
+    user = db.scalar(select(User).where(User.email == email))
+    if user is not None and not user.email_verified:
+        if not recently_sent(db, settings, user, REGISTRATION, email, now):
+            events.append(issue(db, settings, user, REGISTRATION, email, now))
+    pending = db.scalars(
+        _active(select(EmailVerification).where(
+            EmailVerification.email == email, EmailVerification.purpose == EMAIL_CHANGE
+        ))
+    ).all()
+    for verification in pending:
+        other = db.get(User, verification.user_id)
+        if other is not None and not recently_sent(db, settings, other, EMAIL_CHANGE, email, now):
+            events.append(issue(db, settings, other, EMAIL_CHANGE, email, now))
+    return events
+
+
+def recently_sent(
+    db: Session, settings: AuthSettings, user: User, purpose: str, email: str, now: datetime
+) -> bool:
+    """Whether the user got a code for ``purpose`` sent to ``email`` less than
+    ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago."""
+    last = db.scalar(
+        select(EmailVerification.created_at)
+        .where(
+            EmailVerification.user_id == user.id,
+            EmailVerification.purpose == purpose,
+            EmailVerification.email == email,
+        )
+        .order_by(EmailVerification.created_at.desc())
+        .limit(1)
+    )
+    return last is not None and now - last < settings.resend_min_interval

@@ -1,0 +1,47 @@
+"""The notifications service's tables.
+
+``notifications`` records every mail sent (who, which template, when) so the
+privacy service can export and erase it; its unique ``event_id`` and the
+``processed_events`` table make the event handlers idempotent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import MetaData, String, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.contracts.auth import EMAIL_MAX
+from services.common.db import UtcDateTime, processed_events_table
+from services.common.ids import new_id, utcnow
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SUBJECT_MAX = 300
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+processed_events = processed_events_table(Base.metadata)
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    recipient: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    template: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(SUBJECT_MAX))
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

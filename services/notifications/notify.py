@@ -1,0 +1,102 @@
+"""What the notifications service does with an event: render, send, record.
+
+Delivery is idempotent on ``event_id``: the event is claimed (a
+``processed_events`` row) in the transaction that records the mail, before the
+mail is sent and committed after it. A second delivery of the same event finds
+the claim, or, running at the same moment on PostgreSQL, waits on the claim's
+unique key and then gives up: one mail. A mailer failure raises, the worker
+rolls the claim back and the event is retried, then dead-lettered. A crash
+between the send and the commit sends the mail again on redelivery: a
+duplicate mail is better than a lost verification code.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.common.db import claim_event
+from services.common.ids import isoformat, utcnow
+from services.notifications.mailer import Mailer
+from services.notifications.models import Notification, processed_events
+from services.notifications.render import build_message, render, reset_url
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = ("email_verification", "password_reset", "suspicious_login")
+
+
+def template_context(template: str, event: dict, mail_settings: dict) -> dict:
+    base_url = str(mail_settings.get("APP_BASE_URL") or "").rstrip("/")
+    context = {**event, "app_base_url": base_url}
+    if template == "password_reset":
+        context["reset_url"] = reset_url(base_url, event["token"])
+    return context
+
+
+def claim(session: Session, event_id, consumer: str) -> bool:
+    """Claim the event in the current transaction; False if it was handled
+    (or is being handled right now) by another delivery."""
+    try:
+        return claim_event(session, processed_events, event_id, consumer)
+    except IntegrityError:  # a concurrent delivery committed the same claim
+        session.rollback()
+        return False
+
+
+def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str,
+            event: dict) -> Notification | None:
+    """Send the mail ``template`` for ``event`` (loaded through its contract)
+    once; return its record, or None when it had been sent already."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}")
+    consumer = f"notifications.{template}"
+    event_id = event["event_id"]
+    if not claim(session, event_id, consumer):
+        log.info("%s mail for event %s was sent already", template, event_id)
+        return None
+    rendered = render(template, template_context(template, event, mail_settings))
+    notification_id = uuid.uuid4()
+    message = build_message(
+        rendered,
+        sender=mail_settings.get("FROM") or "Darkroom <no-reply@darkroom.local>",
+        recipient=event["email"],
+        message_key=str(notification_id),
+        headers={"X-Darkroom-Event-Id": str(event_id), "X-Darkroom-Template": template},
+    )
+    mailer.send(message)
+    notification = Notification(
+        id=notification_id, event_id=uuid.UUID(str(event_id)), user_id=uuid.UUID(str(event["user_id"])),
+        recipient=event["email"], template=template, subject=rendered.subject, sent_at=utcnow(),
+    )
+    session.add(notification)
+    session.commit()
+    log.info("%s mail sent for user %s (notification %s)", template, event["user_id"], notification_id)
+    return notification
+
+
+def export_user(session: Session, user_id) -> list[dict]:
+    """Every mail sent to a user, for a data export."""
+    rows = session.scalars(
+        select(Notification).where(Notification.user_id == uuid.UUID(str(user_id)))
+        .order_by(Notification.sent_at)
+    )
+    return [
+        {"id": str(n.id), "template": n.template, "recipient": n.recipient, "subject": n.subject,
+         "sent_at": isoformat(n.sent_at)}
+        for n in rows
+    ]
+
+
+def erase_user(session: Session, user_id) -> int:
+    """Forget the mails sent to a user (the processed-event ids, which hold no
+    personal data, stay so a redelivered old event still sends nothing).
+    The caller commits."""
+    result = session.execute(
+        delete(Notification).where(Notification.user_id == uuid.UUID(str(user_id)))
+    )
+    return result.rowcount or 0

@@ -1,0 +1,543 @@
+"""The auth service through its real entrypoint (`nameko run`, the Procfile's
+"auth" line) against RabbitMQ and PostgreSQL, called over RPC like the gateway
+calls it, with its events captured from the ``auth.events`` exchange.
+
+The service runs once for the module, in a vhost of its own, with small
+limits: 3 failed logins lock an account, 5 lock an address, a verification
+code may be resent after 1 s and a reset mail sent again at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pyotp
+import pytest
+from kombu import Connection, Queue
+from nameko.standalone.events import get_event_exchange
+from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import text
+
+from services.common.db import make_engine
+from services.common.errors import DomainError
+from tests.conftest import base_env, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+MAX_ACCOUNT_FAILURES = 3
+MAX_ADDRESS_FAILURES = 5
+_ip_counter = itertools.count(1)
+
+
+def new_ip() -> str:
+    """A client address in a /24 no other test uses."""
+    n = next(_ip_counter)
+    return f"10.{n // 250}.{n % 250}.7"
+
+
+def new_email(label: str = "user") -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+class EventTap:
+    """Every event the auth service publishes, from a queue bound to ``auth.events``
+    before anything happens. A confirmed publish is in the queue by the time the
+    RPC that made it returns, so draining right after a call sees all it emitted."""
+
+    def __init__(self, amqp_uri: str):
+        self.connection = Connection(amqp_uri)
+        exchange = get_event_exchange("auth", {})
+        self.queue = Queue(
+            f"test-auth-events-{uuid.uuid4().hex[:8]}",
+            exchange=exchange,
+            routing_key="#",
+            exclusive=True,
+            auto_delete=True,
+        )(self.connection.channel())
+        exchange(self.queue.channel).declare()
+        self.queue.declare()
+        self.seen: list[tuple[str, dict]] = []
+
+    def drain(self) -> None:
+        while (message := self.queue.get(no_ack=True)) is not None:
+            self.seen.append((message.delivery_info["routing_key"], message.payload))
+
+    def about(self, email: str, event_type: str | None = None) -> list[tuple[str, dict]]:
+        self.drain()
+        return [
+            (kind, body) for kind, body in self.seen
+            if body.get("email") == email and (event_type is None or kind == event_type)
+        ]
+
+    def one(self, email: str, event_type: str) -> dict:
+        found = self.about(email, event_type)
+        assert len(found) == 1, f"expected one {event_type} for {email}, got {found}"
+        self.seen.remove(found[0])
+        return found[0][1]
+
+    def close(self):
+        self.connection.release()
+
+
+@pytest.fixture(scope="module")
+def auth(make_vhost, make_database, start_process):
+    amqp_uri, _ = make_vhost("auth")
+    db_url = make_database("auth")
+    port = free_port()
+    tap = EventTap(amqp_uri)
+    proc = start_process(
+        "auth",
+        base_env(
+            AMQP_URI=amqp_uri,
+            AUTH_DATABASE_URL=db_url,
+            AUTH_METRICS_PORT=port,
+            AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=MAX_ACCOUNT_FAILURES,
+            AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS=MAX_ADDRESS_FAILURES,
+            AUTH_LOGIN_LOCKOUT_SECONDS=600,
+            AUTH_RESEND_MIN_INTERVAL_SECONDS=1,
+            AUTH_PASSWORD_RESET_MIN_INTERVAL_SECONDS=0,
+        ),
+    )
+    proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
+    engine = make_engine(db_url)
+    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=20) as rpc:
+        # /readyz can answer before the RPC consumer has declared its queue.
+        wait_for(lambda: rpc.auth.ping(), 30, 0.2, "auth RPC")
+        yield SimpleNamespace(rpc=rpc.auth, tap=tap, engine=engine, proc=proc)
+    engine.dispose()
+    tap.close()
+    proc.stop()
+
+
+def refused(call, *args, **kwargs) -> DomainError:
+    with pytest.raises(DomainError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def count(auth, table: str) -> int:
+    with auth.engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def register(auth, email: str | None = None, ip: str | None = None, **extra) -> SimpleNamespace:
+    email = email or new_email()
+    result = auth.rpc.register({"email": email, "password": PASSWORD, **extra}, client_ip=ip)
+    assert auth.tap.one(email, "user_registered")["user_id"] == result["user"]["id"]
+    code = auth.tap.one(email, "email_verification_requested")["code"]
+    return SimpleNamespace(email=email, user=result["user"], api_key=result["api_key"], code=code)
+
+
+def login(auth, email: str, password: str = PASSWORD, ip: str | None = None, **extra) -> dict:
+    return auth.rpc.login(
+        {"email": email, "password": password, **extra}, client_ip=ip, user_agent="pytest"
+    )
+
+
+def other_code(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+# ---------------------------------------------------------------- registration
+
+
+def test_ping_answers(auth):
+    assert auth.rpc.ping() == {"service": "auth", "ok": True}
+
+
+def test_register_sends_a_code_that_verifies_the_email(auth):
+    email = new_email("reg")
+    result = auth.rpc.register(
+        {"email": "  " + email.upper(), "password": PASSWORD, "display_name": "Reg"},
+        client_ip=new_ip(),
+    )
+    user = result["user"]
+    assert (user["email"], user["email_verified"], user["plan"], user["display_name"]) == (
+        email, False, "free", "Reg"
+    )
+    assert user["totp_enabled"] is False and user["is_admin"] is False
+    assert user["processing_restricted"] is False
+    uuid.UUID(user["id"])
+    assert result["api_key"]["name"] == "default"
+    assert result["api_key"]["key"].startswith("drk_" + result["api_key"]["prefix"] + "_")
+
+    registered = auth.tap.one(email, "user_registered")
+    assert (registered["user_id"], registered["display_name"]) == (user["id"], "Reg")
+    assert {"event_id", "occurred_at", "version"} <= set(registered)
+    verification = auth.tap.one(email, "email_verification_requested")
+    assert verification["purpose"] == "registration" and len(verification["code"]) == 6
+
+    verified = auth.rpc.verify_email({"email": email, "code": verification["code"]})
+    assert verified["user"]["email_verified"] is True
+    assert auth.rpc.get_user(user["id"])["email_verified"] is True
+
+
+def test_duplicate_email_is_a_conflict(auth):
+    first = register(auth)
+    error = refused(auth.rpc.register, {"email": first.email.upper(), "password": PASSWORD})
+    assert (error.code, error.status) == ("email_taken", 409)
+    assert auth.tap.about(first.email) == []
+
+
+def test_invalid_or_weak_registrations_write_nothing_and_emit_nothing(auth):
+    users, keys = count(auth, "users"), count(auth, "api_keys")
+    email = new_email("bad")
+    for payload, code in [
+        ({"email": "not-an-email", "password": PASSWORD}, "invalid_request"),
+        ({"email": email, "password": "short"}, "invalid_request"),
+        ({"email": email, "password": PASSWORD, "admin": True}, "invalid_request"),
+        ({"email": email}, "invalid_request"),
+        ({"email": email, "password": "password1234"}, "weak_password"),
+        ({"email": email, "password": email.split("@")[0] + "!!"}, "weak_password"),
+    ]:
+        error = refused(auth.rpc.register, payload)
+        assert (error.code, error.status) == (code, 400)
+    error = refused(auth.rpc.register, {"email": email, "password": PASSWORD, "display_name": ""})
+    assert error.details["fields"] == {"display_name": ["Length must be between 1 and 80."]}
+    assert (count(auth, "users"), count(auth, "api_keys")) == (users, keys)
+    assert auth.tap.about(email) == []
+
+
+# ---------------------------------------------------------------- verification codes
+
+
+def test_wrong_code_and_unknown_email_give_the_same_answer(auth):
+    account = register(auth)
+    wrong = refused(auth.rpc.verify_email, {"email": account.email, "code": other_code(account.code)})
+    unknown = refused(auth.rpc.verify_email, {"email": new_email(), "code": account.code})
+    assert (wrong.code, wrong.status, wrong.message) == (unknown.code, unknown.status, unknown.message)
+    assert wrong.code == "invalid_code"
+    assert auth.rpc.verify_email({"email": account.email, "code": account.code})["user"][
+        "email_verified"
+    ]
+
+
+def test_expired_code_asks_for_a_new_one(auth):
+    account = register(auth)
+    with auth.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE email_verifications SET expires_at = :t WHERE user_id = :u"),
+            {"t": "2000-01-01T00:00:00+00:00", "u": uuid.UUID(account.user["id"])},
+        )
+    error = refused(auth.rpc.verify_email, {"email": account.email, "code": account.code})
+    assert (error.code, error.status) == ("code_expired", 400)
+
+
+def test_attempts_are_limited_per_code(auth):
+    account = register(auth)
+    for _ in range(5):
+        error = refused(
+            auth.rpc.verify_email, {"email": account.email, "code": other_code(account.code)}
+        )
+        assert error.code == "invalid_code"
+    error = refused(auth.rpc.verify_email, {"email": account.email, "code": account.code})
+    assert error.code == "code_expired"
+
+
+def test_resend_is_rate_limited_and_replaces_the_code(auth):
+    account = register(auth)
+    assert auth.rpc.resend_verification({"email": account.email}) is None
+    assert auth.tap.about(account.email) == []  # within RESEND_MIN_INTERVAL_SECONDS
+    time.sleep(1.1)
+    assert auth.rpc.resend_verification({"email": account.email}) is None
+    new_code = auth.tap.one(account.email, "email_verification_requested")["code"]
+    if new_code != account.code:
+        error = refused(auth.rpc.verify_email, {"email": account.email, "code": account.code})
+        assert error.code == "invalid_code"
+    assert auth.rpc.verify_email({"email": account.email, "code": new_code})["user"][
+        "email_verified"
+    ]
+    time.sleep(1.1)
+    auth.rpc.resend_verification({"email": account.email})  # verified now: nothing to send
+    assert auth.tap.about(account.email) == []
+
+
+def test_resend_and_reset_for_unknown_emails_answer_none_and_emit_nothing(auth):
+    email = new_email("ghost")
+    assert auth.rpc.resend_verification({"email": email}) is None
+    assert auth.rpc.request_password_reset({"email": email}) is None
+    assert auth.tap.about(email) == []
+
+
+# ---------------------------------------------------------------- login and credentials
+
+
+def test_unverified_account_logs_in_and_authenticates_by_token_and_by_key(auth):
+    ip = new_ip()
+    account = register(auth, ip=ip)
+    logged_in = login(auth, account.email, ip=ip)
+    assert logged_in["token"].startswith("drs_")
+    assert logged_in["user"]["id"] == account.user["id"]
+    lifetime = datetime.fromisoformat(logged_in["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=7) - timedelta(minutes=1) < lifetime <= timedelta(days=7)
+
+    by_token = auth.rpc.authenticate({"token": logged_in["token"]})
+    assert by_token["user_id"] == account.user["id"]
+    assert by_token["credential_type"] == "session"
+    assert (by_token["email_verified"], by_token["is_admin"], by_token["plan"]) == (
+        False, False, "free"
+    )
+    by_key = auth.rpc.authenticate({"api_key": account.api_key["key"]})
+    assert (by_key["credential_type"], by_key["credential_id"]) == ("api_key", account.api_key["id"])
+
+    for payload in [{}, {"token": logged_in["token"], "api_key": account.api_key["key"]}]:
+        assert refused(auth.rpc.authenticate, payload).code == "invalid_request"
+    for payload in [{"token": "drs_nope"}, {"api_key": "drk_abcdefgh_" + "x" * 43}]:
+        error = refused(auth.rpc.authenticate, payload)
+        assert (error.code, error.status) == ("unauthenticated", 401)
+
+    auth.rpc.logout(by_token["credential_id"])
+    assert refused(auth.rpc.authenticate, {"token": logged_in["token"]}).code == "unauthenticated"
+
+
+def test_wrong_password_and_unknown_email_are_the_same_refusal(auth):
+    account = register(auth)
+    wrong = refused(login, auth, account.email, "not the password")
+    unknown = refused(login, auth, new_email(), PASSWORD)
+    assert (wrong.code, wrong.status, wrong.message) == (unknown.code, unknown.status, unknown.message)
+    assert wrong.code == "invalid_credentials" and wrong.status == 401
+
+
+def test_account_lockout_refuses_even_the_right_password(auth):
+    account = register(auth)
+    for _ in range(MAX_ACCOUNT_FAILURES):
+        assert refused(login, auth, account.email, "not the password", ip=new_ip()).code == (
+            "invalid_credentials"
+        )
+    error = refused(login, auth, account.email, PASSWORD, ip=new_ip())
+    assert (error.code, error.status) == ("rate_limited", 429)
+    assert 590 <= error.details["retry_after"] <= 600
+
+
+def test_unknown_emails_are_locked_out_too(auth):
+    email = new_email("probe")
+    for _ in range(MAX_ACCOUNT_FAILURES):
+        assert refused(login, auth, email, PASSWORD).code == "invalid_credentials"
+    assert refused(login, auth, email, PASSWORD).code == "rate_limited"
+
+
+def test_address_lockout_covers_every_account_from_that_address(auth):
+    ip = new_ip()
+    victim = register(auth)
+    for _ in range(MAX_ADDRESS_FAILURES):
+        refused(login, auth, new_email("spray"), PASSWORD, ip=ip)
+    error = refused(login, auth, victim.email, PASSWORD, ip=ip)
+    assert error.code == "rate_limited" and error.details["retry_after"] > 0
+    assert login(auth, victim.email, ip=new_ip())["token"]
+
+
+def test_success_clears_the_failures(auth):
+    account = register(auth)
+    for _round in range(2):
+        for _ in range(MAX_ACCOUNT_FAILURES - 1):
+            refused(login, auth, account.email, "not the password")
+        assert login(auth, account.email)["token"]
+
+
+def test_suspicious_login_from_a_new_network_only(auth):
+    ip = new_ip()
+    account = register(auth, ip=ip)
+    login(auth, account.email, ip=ip.rsplit(".", 1)[0] + ".99")  # same /24 as registration
+    assert auth.tap.about(account.email, "suspicious_login") == []
+
+    elsewhere = "2001:db8:77:1::5"
+    login(auth, account.email, ip=elsewhere)
+    event = auth.tap.one(account.email, "suspicious_login")
+    assert (event["user_id"], event["network"], event["user_agent"]) == (
+        account.user["id"], "2001:db8:77::/48", "pytest"
+    )
+    login(auth, account.email, ip="2001:db8:77:ffff::1")  # the same /48 again
+    assert auth.tap.about(account.email, "suspicious_login") == []
+    with auth.engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT network_hmac FROM known_networks WHERE user_id = :u"),
+            {"u": uuid.UUID(account.user["id"])},
+        ).scalars().all()
+    assert len(stored) == 2 and not any("2001" in value or "10." in value for value in stored)
+
+
+# ---------------------------------------------------------------- password reset
+
+
+def test_password_reset_ends_every_session(auth):
+    account = register(auth)
+    tokens = [login(auth, account.email)["token"] for _ in range(2)]
+    assert auth.rpc.request_password_reset({"email": account.email.upper()}) is None
+    event = auth.tap.one(account.email, "password_reset_requested")
+    assert event["user_id"] == account.user["id"]
+
+    weak = refused(auth.rpc.confirm_password_reset, {"token": event["token"], "new_password": "1234567890"})
+    assert weak.code == "weak_password"
+    assert auth.rpc.confirm_password_reset(
+        {"token": event["token"], "new_password": "a whole new passphrase"}
+    ) is None
+    for token in tokens:
+        assert refused(auth.rpc.authenticate, {"token": token}).code == "unauthenticated"
+    reused = refused(
+        auth.rpc.confirm_password_reset, {"token": event["token"], "new_password": "yet another one!"}
+    )
+    assert (reused.code, reused.status) == ("invalid_token", 400)
+    assert refused(login, auth, account.email, PASSWORD).code == "invalid_credentials"
+    assert login(auth, account.email, "a whole new passphrase")["token"]
+    # the API key survives a password reset
+    assert auth.rpc.authenticate({"api_key": account.api_key["key"]})["user_id"] == account.user["id"]
+
+
+def test_a_newer_reset_token_voids_the_older_one(auth):
+    account = register(auth)
+    auth.rpc.request_password_reset({"email": account.email})
+    first = auth.tap.one(account.email, "password_reset_requested")["token"]
+    auth.rpc.request_password_reset({"email": account.email})
+    second = auth.tap.one(account.email, "password_reset_requested")["token"]
+    payload = {"token": first, "new_password": "a whole new passphrase"}
+    assert refused(auth.rpc.confirm_password_reset, payload).code == "invalid_token"
+    assert auth.rpc.confirm_password_reset({**payload, "token": second}) is None
+
+
+# ---------------------------------------------------------------- API keys and sessions
+
+
+def test_api_keys_create_list_revoke(auth):
+    account = register(auth)
+    user_id = account.user["id"]
+    created = auth.rpc.create_api_key(user_id, {"name": "ci"})
+    assert created["key"].startswith(f"drk_{created['prefix']}_") and created["name"] == "ci"
+    listed = auth.rpc.list_api_keys(user_id)
+    assert [k["name"] for k in listed["items"]] == ["ci", "default"]
+    assert listed["next_cursor"] is None
+    assert all("key" not in k for k in listed["items"])
+
+    assert auth.rpc.authenticate({"api_key": created["key"]})["credential_id"] == created["id"]
+    assert auth.rpc.revoke_api_key(user_id, created["id"]) is None
+    assert refused(auth.rpc.authenticate, {"api_key": created["key"]}).code == "unauthenticated"
+    assert [k["name"] for k in auth.rpc.list_api_keys(user_id)["items"]] == ["default"]
+    assert refused(auth.rpc.revoke_api_key, user_id, created["id"]).code == "not_found"
+
+    error = refused(auth.rpc.create_api_key, user_id, {"name": ""})
+    assert error.code == "invalid_request"
+
+
+def test_another_users_key_is_not_found(auth):
+    alice, bob = register(auth), register(auth)
+    for key_id in [bob.api_key["id"], str(uuid.uuid4()), "not-a-uuid"]:
+        error = refused(auth.rpc.revoke_api_key, alice.user["id"], key_id)
+        assert (error.code, error.status) == ("not_found", 404)
+    assert auth.rpc.authenticate({"api_key": bob.api_key["key"]})["user_id"] == bob.user["id"]
+
+
+def test_too_many_keys(auth):
+    account = register(auth)
+    for i in range(19):
+        auth.rpc.create_api_key(account.user["id"], {"name": f"k{i}"})
+    error = refused(auth.rpc.create_api_key, account.user["id"], {"name": "k19"})
+    assert (error.code, error.status) == ("too_many_keys", 409)
+
+
+def test_sessions_list_and_revoke(auth):
+    account, other = register(auth), register(auth)
+    user_id = account.user["id"]
+    first = login(auth, account.email)
+    second = login(auth, account.email)
+    current = auth.rpc.authenticate({"token": second["token"]})["credential_id"]
+    listed = auth.rpc.list_sessions(user_id, current_session_id=current)["items"]
+    assert len(listed) == 2
+    assert [s["current"] for s in listed] == [True, False]  # newest first
+    assert listed[0]["user_agent"] == "pytest"
+    first_id = listed[1]["id"]
+
+    error = refused(auth.rpc.revoke_session, other.user["id"], first_id)
+    assert (error.code, error.status) == ("not_found", 404)
+    assert auth.rpc.revoke_session(user_id, first_id) is None
+    assert refused(auth.rpc.authenticate, {"token": first["token"]}).code == "unauthenticated"
+    assert [s["id"] for s in auth.rpc.list_sessions(user_id)["items"]] == [current]
+    assert refused(auth.rpc.revoke_session, user_id, first_id).code == "not_found"
+
+
+# ---------------------------------------------------------------- profile and email change
+
+
+def test_profile_update(auth):
+    account = register(auth)
+    avatar = str(uuid.uuid4())
+    user = auth.rpc.update_profile(
+        account.user["id"], {"display_name": "New name", "bio": "hello", "avatar_image_id": avatar}
+    )
+    assert (user["display_name"], user["bio"], user["avatar_image_id"]) == ("New name", "hello", avatar)
+    user = auth.rpc.update_profile(account.user["id"], {"bio": None})
+    assert (user["display_name"], user["bio"]) == ("New name", None)
+    error = refused(auth.rpc.update_profile, account.user["id"], {"email": "x@example.com"})
+    assert error.code == "invalid_request"
+    assert refused(auth.rpc.get_user, str(uuid.uuid4())).code == "not_found"
+    assert refused(auth.rpc.get_user, "nope").code == "not_found"
+
+
+def test_email_change_flow(auth):
+    account, other = register(auth), register(auth)
+    user_id = account.user["id"]
+    new = new_email("moved")
+
+    wrong = refused(auth.rpc.request_email_change, user_id, {"new_email": new, "password": "nope nope"})
+    assert (wrong.code, wrong.status) == ("invalid_credentials", 403)
+    taken = refused(
+        auth.rpc.request_email_change, user_id, {"new_email": other.email, "password": PASSWORD}
+    )
+    assert (taken.code, taken.status) == ("email_taken", 409)
+    assert auth.tap.about(new) == [] and auth.tap.about(other.email) == []
+
+    assert auth.rpc.request_email_change(user_id, {"new_email": new, "password": PASSWORD}) is None
+    event = auth.tap.one(new, "email_verification_requested")
+    assert (event["purpose"], event["user_id"]) == ("email_change", user_id)
+    assert auth.rpc.get_user(user_id)["email"] == account.email  # not until verified
+
+    verified = auth.rpc.verify_email({"email": new, "code": event["code"]})["user"]
+    assert (verified["id"], verified["email"], verified["email_verified"]) == (user_id, new, True)
+    assert login(auth, new)["user"]["email"] == new
+    assert refused(login, auth, account.email).code == "invalid_credentials"
+
+
+# ---------------------------------------------------------------- TOTP and admin
+
+
+def test_admin_needs_totp_and_codes_are_single_use(auth):
+    account = register(auth)
+    session = login(auth, account.email)["token"]
+    granted = auth.rpc.set_admin(account.email, True)
+    assert (granted["user_id"], granted["is_admin"]) == (account.user["id"], True)
+    secret = pyotp.parse_uri(granted["otpauth_uri"]).secret
+    # sessions opened without a second factor end with the grant
+    assert refused(auth.rpc.authenticate, {"token": session}).code == "unauthenticated"
+
+    error = refused(login, auth, account.email)
+    assert (error.code, error.status) == ("totp_required", 401)
+    code = pyotp.TOTP(secret).now()
+    logged_in = login(auth, account.email, totp_code=code)
+    assert logged_in["user"]["is_admin"] is True and logged_in["user"]["totp_enabled"] is True
+    assert auth.rpc.authenticate({"token": logged_in["token"]})["is_admin"] is True
+    replay = refused(login, auth, account.email, totp_code=code)
+    assert (replay.code, replay.status) == ("invalid_totp", 401)
+
+    assert auth.rpc.set_admin(account.email, True)["otpauth_uri"] is None
+    assert refused(auth.rpc.set_admin, new_email(), True).code == "not_found"
+    assert refused(auth.rpc.set_admin, account.email, "yes").code == "invalid_request"
+
+
+def test_totp_enrollment_by_the_user(auth):
+    account = register(auth)
+    user_id = account.user["id"]
+    enrollment = auth.rpc.begin_totp_enrollment(user_id)
+    assert enrollment["otpauth_uri"].startswith("otpauth://totp/Darkroom:")
+    totp = pyotp.TOTP(enrollment["secret"])
+    valid = {totp.at(time.time() + d) for d in (-30, 0, 30)}
+    wrong = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in valid)
+    error = refused(auth.rpc.confirm_totp_enrollment, user_id, {"code": wrong})
+    assert (error.code, error.status) == ("invalid_totp", 400)
+    assert login(auth, account.email)["token"]  # still off
+
+    assert auth.rpc.confirm_totp_enrollment(user_id, {"code": totp.now()}) is None
+    assert auth.rpc.get_user(user_id)["totp_enabled"] is True
+    assert refused(login, auth, account.email).code == "totp_required"

@@ -1,0 +1,43 @@
+"""Auth unit tests: domain modules against an in-memory SQLite session."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from services.auth.models import Base
+from services.auth.settings import AuthSettings
+
+
+@pytest.fixture
+def db():
+    engine = create_engine(
+        "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+    )
+    Base.metadata.create_all(engine)
+    session = sessionmaker(bind=engine, expire_on_commit=False)()
+    yield session
+    session.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def settings() -> AuthSettings:
+    return AuthSettings.from_config({
+        "AUTH": {
+            "SECRET_KEY": "unit-test-secret",
+            "LOGIN_MAX_FAILURES_PER_ACCOUNT": 3,
+            "LOGIN_MAX_FAILURES_PER_ADDRESS": 5,
+            "LOGIN_FAILURE_WINDOW_SECONDS": 600,
+            "LOGIN_LOCKOUT_SECONDS": 300,
+        }
+    })
+
+
+@pytest.fixture
+def now() -> datetime:
+    return datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -1,0 +1,257 @@
+"""Registration, login, sessions, keys, password reset and admin, domain-level."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pyotp
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import func, select
+
+from services.auth import accounts, keys, sessions
+from services.auth.errors import RecordedFailure
+from services.auth.models import ApiKey, KnownNetwork, LoginFailure, User
+from services.common.errors import DomainError
+
+PASSWORD = "correct horse battery"
+IP = "203.0.113.10"
+
+
+def error_of(callable_, *args, **kwargs) -> DomainError:
+    with pytest.raises((DomainError, RecordedFailure)) as info:
+        callable_(*args, **kwargs)
+    error = info.value
+    return error.error if isinstance(error, RecordedFailure) else error
+
+
+def count(db, model) -> int:
+    return db.scalar(select(func.count()).select_from(model))
+
+
+@pytest.fixture
+def alice(db, settings, now):
+    return accounts.register(db, settings, "alice@example.com", PASSWORD, "Alice", IP, now)
+
+
+def login(db, settings, now, password=PASSWORD, totp_code=None, ip=IP, email="alice@example.com"):
+    return sessions.login(db, settings, email, password, totp_code, ip, "pytest/1", now)
+
+
+# ---------------------------------------------------------------- registration
+
+
+def test_register_creates_an_unverified_user_with_a_default_key(db, settings, now, alice):
+    user = alice.user
+    assert (user.email, user.email_verified, user.plan, user.display_name) == (
+        "alice@example.com", False, "free", "Alice"
+    )
+    assert user.password_hash.startswith("$argon2id$")
+    assert alice.api_key["name"] == "default"
+    assert alice.api_key["key"].startswith(f"drk_{alice.api_key['prefix']}_")
+    assert count(db, KnownNetwork) == 1
+    assert alice.verification["email"] == "alice@example.com"
+
+
+def test_register_refuses_a_taken_email_and_a_weak_password(db, settings, now, alice):
+    taken = error_of(accounts.register, db, settings, "alice@example.com", PASSWORD, None, None, now)
+    assert (taken.code, taken.status) == ("email_taken", 409)
+    weak = error_of(accounts.register, db, settings, "bob@example.com", "password123", None, None, now)
+    assert weak.code == "weak_password"
+    assert count(db, User) == 1
+
+
+# ---------------------------------------------------------------- login
+
+
+def test_login_opens_a_session_from_a_known_network_quietly(db, settings, now, alice):
+    result = login(db, settings, now)
+    assert result.token.startswith("drs_")
+    assert result.session.expires_at == now + timedelta(days=7)
+    assert result.session.network == "203.0.113.0/24"
+    assert result.suspicious_login is None
+    assert result.session.token_hash != result.token
+
+
+def test_login_from_a_new_network_is_reported_once(db, settings, now, alice):
+    first = login(db, settings, now, ip="198.51.100.7")
+    assert first.suspicious_login == {
+        "user_id": str(alice.user.id),
+        "email": "alice@example.com",
+        "network": "198.51.100.0/24",
+        "user_agent": "pytest/1",
+        "login_at": now.isoformat().replace("+00:00", "Z"),
+    }
+    assert login(db, settings, now, ip="198.51.100.200").suspicious_login is None
+
+
+def test_wrong_password_and_unknown_email_fail_alike_and_are_counted(db, settings, now, alice):
+    wrong = error_of(login, db, settings, now, password="not the password")
+    unknown = error_of(login, db, settings, now, email="nobody@example.com")
+    assert (wrong.code, wrong.status) == (unknown.code, unknown.status) == (
+        "invalid_credentials", 401
+    )
+    assert count(db, LoginFailure) == 4  # account and address subjects, twice
+
+
+def test_lockout_refuses_even_the_right_password(db, settings, now, alice):
+    for _ in range(3):
+        error_of(login, db, settings, now, password="not the password", ip=None)
+    error = error_of(login, db, settings, now, ip=None)
+    assert (error.code, error.details["retry_after"]) == ("rate_limited", 300)
+    assert login(db, settings, now + timedelta(seconds=300), ip=None).token
+
+
+def test_success_clears_the_accounts_failures(db, settings, now, alice):
+    for _ in range(2):
+        error_of(login, db, settings, now, password="not the password", ip=None)
+    login(db, settings, now, ip=None)
+    for _ in range(2):
+        error_of(login, db, settings, now, password="not the password", ip=None)
+    assert login(db, settings, now, ip=None).token  # 2 + 2 failures never reached 3 in a row
+
+
+def test_login_rehashes_a_password_hashed_with_old_parameters(db, settings, now, alice):
+    old = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    alice.user.password_hash = old
+    login(db, settings, now)
+    assert alice.user.password_hash != old
+    assert alice.user.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+def test_totp_is_required_checked_and_never_replayed(db, settings, now, alice):
+    enrollment = accounts.begin_totp_enrollment(alice.user, "Darkroom")
+    code = pyotp.TOTP(enrollment["secret"]).at(now)
+    accounts.confirm_totp_enrollment(alice.user, code, now)
+    assert alice.user.totp_enabled
+    assert error_of(login, db, settings, now).code == "totp_required"
+    # the enrolment code is spent; so is every code of the same step
+    assert error_of(login, db, settings, now, totp_code=code).code == "invalid_totp"
+    later = now + timedelta(seconds=30)
+    next_code = pyotp.TOTP(enrollment["secret"]).at(later)
+    assert login(db, settings, later, totp_code=next_code).token
+    assert error_of(login, db, settings, later, totp_code=next_code).code == "invalid_totp"
+
+
+def test_enrolment_refuses_a_wrong_code(db, settings, now, alice):
+    enrollment = accounts.begin_totp_enrollment(alice.user, "Darkroom")
+    valid = {pyotp.TOTP(enrollment["secret"]).at(now + timedelta(seconds=d)) for d in (-30, 0, 30)}
+    wrong = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in valid)
+    error = error_of(accounts.confirm_totp_enrollment, alice.user, wrong, now)
+    assert (error.code, error.status) == ("invalid_totp", 400)
+    assert not alice.user.totp_enabled
+
+
+# ---------------------------------------------------------------- authenticate
+
+
+def test_authenticate_by_token_and_by_key_touching_at_most_once_a_minute(db, settings, now, alice):
+    result = login(db, settings, now)
+    user, kind, credential = sessions.authenticate(db, result.token, None, now)
+    assert (user.id, kind, credential.id) == (alice.user.id, "session", result.session.id)
+    assert credential.last_used_at == now
+    sessions.authenticate(db, result.token, None, now + timedelta(seconds=59))
+    assert credential.last_used_at == now
+    sessions.authenticate(db, result.token, None, now + timedelta(seconds=60))
+    assert credential.last_used_at == now + timedelta(seconds=60)
+
+    user, kind, key = sessions.authenticate(db, None, alice.api_key["key"], now)
+    assert (kind, key.id) == ("api_key", alice.api_key["id"])
+    principal = sessions.principal(user, kind, key)
+    assert principal["credential_type"] == "api_key" and principal["plan"] == "free"
+
+
+@pytest.mark.parametrize(("token", "api_key"), [(None, None), ("drs_x", "drk_x")])
+def test_authenticate_needs_exactly_one_credential(db, now, token, api_key):
+    error = error_of(sessions.authenticate, db, token, api_key, now)
+    assert (error.code, error.status) == ("invalid_request", 400)
+
+
+def test_expired_revoked_and_unknown_credentials_are_unauthenticated(db, settings, now, alice):
+    result = login(db, settings, now)
+    expired = now + timedelta(days=7)
+    for token, api_key, at in [
+        (result.token, None, expired),
+        ("drs_unknown", None, now),
+        (None, "drk_abcdefgh_" + "x" * 43, now),
+        (None, "garbage", now),
+    ]:
+        error = error_of(sessions.authenticate, db, token, api_key, at)
+        assert (error.code, error.status) == ("unauthenticated", 401)
+    sessions.revoke(db, str(result.session.id), now, user=alice.user)
+    assert error_of(sessions.authenticate, db, result.token, None, now).code == "unauthenticated"
+
+
+# ---------------------------------------------------------------- keys and sessions
+
+
+def test_keys_are_listed_newest_first_and_limited(db, settings, now, alice):
+    for i in range(keys.MAX_ACTIVE_KEYS - 1):
+        keys.create(db, alice.user, f"k{i}", now + timedelta(seconds=i + 1))
+    listed = keys.list_active(db, alice.user)
+    assert [k.name for k in listed[:2]] == ["k18", "k17"] and listed[-1].name == "default"
+    error = error_of(keys.create, db, alice.user, "one too many", now)
+    assert (error.code, error.status) == ("too_many_keys", 409)
+    keys.revoke(db, alice.user, str(listed[0].id), now)
+    assert keys.create(db, alice.user, "replacement", now)["name"] == "replacement"
+
+
+def test_another_users_key_or_session_is_not_found(db, settings, now, alice):
+    bob = accounts.register(db, settings, "bob@example.com", PASSWORD, None, None, now)
+    bob_session = login(db, settings, now, email="bob@example.com").session
+    for key_id in [bob.api_key["id"], uuid.uuid4(), "not-a-uuid"]:
+        assert error_of(keys.revoke, db, alice.user, str(key_id), now).code == "not_found"
+    error = error_of(sessions.revoke, db, str(bob_session.id), now, user=alice.user)
+    assert error.code == "not_found"
+    assert db.get(ApiKey, bob.api_key["id"]).revoked_at is None
+
+
+# ---------------------------------------------------------------- password reset
+
+
+def test_password_reset_flow(db, settings, now, alice):
+    session = login(db, settings, now).session
+    event = accounts.request_password_reset(db, settings, "alice@example.com", now)
+    assert event["expires_at"] == (now + timedelta(minutes=60)).isoformat().replace("+00:00", "Z")
+    # within a minute: no second mail
+    assert accounts.request_password_reset(db, settings, "alice@example.com", now) is None
+    weak = error_of(accounts.confirm_password_reset, db, event["token"], "password123", now)
+    assert weak.code == "weak_password"
+    accounts.confirm_password_reset(db, event["token"], "a brand new passphrase", now)
+    db.refresh(session)
+    assert session.revoked_at == now
+    again = error_of(accounts.confirm_password_reset, db, event["token"], "another passphrase", now)
+    assert again.code == "invalid_token"
+    assert login(db, settings, now, password="a brand new passphrase").token
+
+
+def test_a_new_reset_token_voids_the_earlier_one_and_tokens_expire(db, settings, now, alice):
+    first = accounts.request_password_reset(db, settings, "alice@example.com", now)
+    later = now + timedelta(minutes=1)
+    second = accounts.request_password_reset(db, settings, "alice@example.com", later)
+    error = error_of(accounts.confirm_password_reset, db, first["token"], "a new passphrase!", later)
+    assert error.code == "invalid_token"
+    expired = later + timedelta(minutes=60)
+    error = error_of(accounts.confirm_password_reset, db, second["token"], "a new passphrase!", expired)
+    assert error.code == "invalid_token"
+    assert accounts.request_password_reset(db, settings, "nobody@example.com", now) is None
+
+
+# ---------------------------------------------------------------- admin
+
+
+def test_set_admin_enrols_totp_and_ends_sessions(db, settings, now, alice):
+    session = login(db, settings, now).session
+    result = accounts.set_admin(db, settings, " Alice@Example.com", True, now)
+    assert result["is_admin"] and result["otpauth_uri"].startswith("otpauth://totp/Darkroom:")
+    assert alice.user.totp_enabled
+    db.refresh(session)
+    assert session.revoked_at == now
+    # granting again does not enrol again; withdrawing keeps TOTP
+    assert accounts.set_admin(db, settings, "alice@example.com", True, now)["otpauth_uri"] is None
+    assert accounts.set_admin(db, settings, "alice@example.com", False, now)["is_admin"] is False
+    assert alice.user.totp_enabled
+    assert error_of(accounts.set_admin, db, settings, "no@example.com", True, now).code == (
+        "not_found"
+    )
