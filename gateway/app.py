@@ -20,7 +20,6 @@ from gateway.api.accounts import auth_blp
 from gateway.auth import AuthCache
 from gateway.rpc import RpcPool
 from services.common.config import config_path, load_config
-from services.common.observability import configure_logging
 
 DEFAULTS: dict[str, Any] = {
     "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
@@ -65,11 +64,11 @@ def _bool(value) -> bool:
 def create_app(config: dict | None = None, rpc=None) -> Flask:
     """Build the gateway. ``config`` defaults to deploy/config/gateway.yaml
     (with ``${VAR:default}`` filled from the environment); ``rpc`` replaces
-    the RPC pool (unit tests pass a fake). Nothing connects to the broker here."""
+    the RPC pool (unit tests pass a fake). Nothing connects to the broker here.
+    Logging is the process's business (gateway.wsgi configures JSON logs)."""
     if config is None:
         config = load_config(config_path("gateway"))
     config = {**DEFAULTS, **config}
-    configure_logging("gateway", config.get("LOG_LEVEL"))
 
     app = Flask("gateway")
     app.json.sort_keys = False

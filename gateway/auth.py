@@ -114,20 +114,16 @@ def request_credential() -> tuple[str, str] | None:
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise _unauthenticated("the Authorization header must be 'Bearer <token>'")
+            raise unauthenticated("the Authorization header must be 'Bearer <token>'")
         return "token", token
     if api_key is not None:
         return "api_key", api_key.strip()
     return None
 
 
-def _unauthenticated(message: str = "authentication required") -> DomainError:
-    return unauthenticated(message)
-
-
 def resolve(kind: str, credential: str) -> Principal:
     if not credential or len(credential) > CREDENTIAL_MAX or not credential.isprintable():
-        raise _unauthenticated("invalid credential")
+        raise unauthenticated("invalid credential")
     state = current_app.extensions["darkroom"]
     cache: AuthCache = state.auth_cache
     key = AuthCache.key(kind, credential)
@@ -146,7 +142,7 @@ def current_principal() -> Principal:
         return principal
     credential = request_credential()
     if credential is None:
-        raise _unauthenticated()
+        raise unauthenticated()
     principal = resolve(*credential)
     g.principal = principal
     g.credential_key = AuthCache.key(*credential)

@@ -77,7 +77,10 @@ def handle_domain_error(exc: DomainError):
     details = exc.details if isinstance(exc.details, dict) else {}
     if status >= 500:
         log.warning("domain error %s: %s", exc.code, exc.message)
-    return error_response(status, exc.code, exc.message, details, _retry_after_header(details))
+    headers = _retry_after_header(details)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="darkroom"'
+    return error_response(status, exc.code, exc.message, details, headers)
 
 
 def _rate_limit_retry_after() -> int:

@@ -4,6 +4,7 @@ calls, shaping RPC results through the contract's response schemas."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import flask_smorest
@@ -14,7 +15,14 @@ from webargs.flaskparser import FlaskParser, is_json_request
 
 from services.common.errors import DomainError
 
-BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _invalid_json() -> DomainError:
+    return DomainError("invalid_request", "the request body is not valid JSON", 400,
+                       {"fields": {"_body": ["Invalid JSON."]}})
 
 
 class Parser(FlaskParser):
@@ -30,18 +38,25 @@ class Parser(FlaskParser):
                     "unsupported_media_type", "send the request body as application/json", 415
                 )
             return core.missing
-        return core.parse_json(req.get_data(cache=True))
+        body = req.get_data(cache=True)
+        if not body.strip():
+            return core.missing
+        try:
+            data = json.loads(body, parse_constant=_reject_constant)
+            # strings must be real Unicode: no lone surrogates from \ud800 escapes
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeError are ValueErrors
+            raise _invalid_json() from None
+        return data
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
-        raise DomainError("invalid_request", "the request body is not valid JSON", 400,
-                          {"fields": {"_body": ["Invalid JSON."]}})
+        raise _invalid_json()
 
     def handle_error(self, error, req, schema, *, error_status_code, error_headers):
         messages = error.messages
-        if isinstance(messages, dict) and len(messages) == 1:
+        if isinstance(messages, dict) and len(messages) == 1 and set(messages) <= set(self.__location_map__):
             # webargs keys messages by location ({"json": {...}}): drop that level
-            (only,) = messages.values()
-            messages = only
+            (messages,) = messages.values()
         if not isinstance(messages, dict):
             messages = {"_schema": messages if isinstance(messages, list) else [str(messages)]}
         raise DomainError("invalid_request", "the request is not valid", 400, {"fields": messages})

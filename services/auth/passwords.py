@@ -8,6 +8,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from services.auth.errors import weak_password
+from services.common.concurrency import offload
 from services.common.contracts.auth import PASSWORD_MAX, PASSWORD_MIN, normalise_email
 
 # OWASP Password Storage Cheat Sheet: argon2id, m=19 MiB, t=2, p=1.
@@ -53,12 +54,12 @@ def check_policy(password: str, email: str) -> None:
 
 
 def hash_password(password: str, hasher: PasswordHasher = HASHER) -> str:
-    return hasher.hash(password)
+    return offload(hasher.hash, password)
 
 
 def verify_password(password_hash: str, password: str, hasher: PasswordHasher = HASHER) -> bool:
     try:
-        return hasher.verify(password_hash, password)
+        return offload(hasher.verify, password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
+from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
-from services.auth import accounts, keys, lookup, sessions, verification
+from services.auth import accounts, keys, lookup, retention, sessions, verification
 from services.auth.errors import RecordedFailure, email_taken
 from services.auth.settings import AuthSettings
 from services.common.contracts import auth as c
@@ -67,32 +68,33 @@ class AuthService(DarkroomService):
             log.info("refused and recorded: %s", failure.error.code)
             raise failure.error from None
 
-    def _commit(self, on_conflict: DomainError | None = None) -> None:
-        """Commit; a unique-constraint race becomes ``on_conflict`` when given."""
+    @contextmanager
+    def _unique_conflict(self, error: DomainError):
+        """A unique-constraint race lost inside the block (at a flush or at the
+        commit) becomes ``error``: two registrations of one email at once."""
         try:
-            self.db.commit()
+            yield
         except IntegrityError:
             self.db.rollback()
-            if on_conflict is None:
-                raise
-            raise on_conflict from None
+            raise error from None
 
     # ------------------------------------------------------------ registration
 
     @rpc(expected_exceptions=DomainError)
     def register(self, payload, client_ip=None, user_agent=None) -> dict:
         data = load_rpc(c.Register, payload)
-        now = utcnow()
-        created = accounts.register(
-            self.db,
-            self.settings,
-            data["email"],
-            data["password"],
-            data.get("display_name"),
-            _string_or_none(client_ip, "client_ip"),
-            now,
-        )
-        self._commit(on_conflict=email_taken())
+        client_ip = _string_or_none(client_ip, "client_ip")
+        with self._unique_conflict(email_taken()):
+            created = accounts.register(
+                self.db,
+                self.settings,
+                data["email"],
+                data["password"],
+                data.get("display_name"),
+                client_ip,
+                utcnow(),
+            )
+            self.db.commit()
         user = created.user
         log.info("user registered", extra={"user_id": str(user.id)})
         self.dispatch(
@@ -105,11 +107,11 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def verify_email(self, payload) -> dict:
         data = load_rpc(c.VerifyEmail, payload)
-        with self._recording_failures():
+        with self._unique_conflict(email_taken()), self._recording_failures():
             user = verification.verify(
                 self.db, self.settings, data["email"], data["code"], utcnow()
             )
-        self._commit(on_conflict=email_taken())
+            self.db.commit()
         log.info("email verified", extra={"user_id": str(user.id)})
         return c.VerifiedEmail().dump({"user": user})
 
@@ -117,7 +119,7 @@ class AuthService(DarkroomService):
     def resend_verification(self, payload) -> None:
         data = load_rpc(c.EmailOnly, payload)
         events = verification.resend(self.db, self.settings, data["email"], utcnow())
-        self._commit()
+        self.db.commit()
         for event in events:
             self.dispatch("email_verification_requested", event)
         return None
@@ -167,7 +169,7 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def logout(self, session_id) -> None:
         sessions.end(self.db, session_id, utcnow())
-        self._commit()
+        self.db.commit()
         return None
 
     @rpc(expected_exceptions=DomainError)
@@ -176,7 +178,7 @@ class AuthService(DarkroomService):
         user, kind, credential = sessions.authenticate(
             self.db, data.get("token"), data.get("api_key"), utcnow()
         )
-        self._commit()
+        self.db.commit()
         return c.Principal().dump(sessions.principal(user, kind, credential))
 
     @rpc(expected_exceptions=DomainError)
@@ -192,7 +194,7 @@ class AuthService(DarkroomService):
     def revoke_session(self, user_id, session_id) -> None:
         user = lookup.get_user(self.db, user_id)
         sessions.revoke(self.db, session_id, utcnow(), user=user)
-        self._commit()
+        self.db.commit()
         return None
 
     # ------------------------------------------------------------ password reset
@@ -201,7 +203,7 @@ class AuthService(DarkroomService):
     def request_password_reset(self, payload) -> None:
         data = load_rpc(c.EmailOnly, payload)
         event = accounts.request_password_reset(self.db, self.settings, data["email"], utcnow())
-        self._commit()
+        self.db.commit()
         if event is not None:
             log.info("password reset requested", extra={"user_id": event["user_id"]})
             self.dispatch("password_reset_requested", event)
@@ -213,7 +215,7 @@ class AuthService(DarkroomService):
         user = accounts.confirm_password_reset(
             self.db, data["token"], data["new_password"], utcnow()
         )
-        self._commit()
+        self.db.commit()
         log.info("password reset; every session revoked", extra={"user_id": str(user.id)})
         return None
 
@@ -227,7 +229,7 @@ class AuthService(DarkroomService):
     def update_profile(self, user_id, payload) -> dict:
         data = load_rpc(c.UpdateProfile, payload)
         user = accounts.update_profile(lookup.get_user(self.db, user_id), data, utcnow())
-        self._commit()
+        self.db.commit()
         return c.User().dump(user)
 
     @rpc(expected_exceptions=DomainError)
@@ -237,7 +239,7 @@ class AuthService(DarkroomService):
         event = accounts.request_email_change(
             self.db, self.settings, user, data["new_email"], data["password"], utcnow()
         )
-        self._commit()
+        self.db.commit()
         if event is not None:
             self.dispatch("email_verification_requested", event)
         return None
@@ -255,7 +257,7 @@ class AuthService(DarkroomService):
         data = load_rpc(c.CreateApiKey, payload)
         user = lookup.get_user(self.db, user_id)
         created = keys.create(self.db, user, data["name"], utcnow())
-        self._commit()
+        self.db.commit()
         log.info("API key created", extra={"user_id": str(user.id), "key_id": str(created["id"])})
         return c.NewApiKey().dump(created)
 
@@ -263,7 +265,7 @@ class AuthService(DarkroomService):
     def revoke_api_key(self, user_id, key_id) -> None:
         user = lookup.get_user(self.db, user_id)
         keys.revoke(self.db, user, key_id, utcnow())
-        self._commit()
+        self.db.commit()
         log.info("API key revoked", extra={"user_id": str(user.id), "key_id": str(key_id)})
         return None
 
@@ -273,7 +275,7 @@ class AuthService(DarkroomService):
     def begin_totp_enrollment(self, user_id) -> dict:
         user = lookup.get_user(self.db, user_id)
         enrollment = accounts.begin_totp_enrollment(user, self.settings.totp_issuer)
-        self._commit()
+        self.db.commit()
         return c.TotpEnrollment().dump(enrollment)
 
     @rpc(expected_exceptions=DomainError)
@@ -281,7 +283,7 @@ class AuthService(DarkroomService):
         data = load_rpc(c.TotpCode, payload)
         user = lookup.get_user(self.db, user_id)
         accounts.confirm_totp_enrollment(user, data["code"], utcnow())
-        self._commit()
+        self.db.commit()
         log.info("TOTP enabled", extra={"user_id": str(user.id)})
         return None
 
@@ -294,9 +296,20 @@ class AuthService(DarkroomService):
                 "is_admin must be a boolean", fields={"is_admin": ["Not a valid boolean."]}
             )
         changed = accounts.set_admin(self.db, self.settings, email, is_admin, utcnow())
-        self._commit()
+        self.db.commit()
         log.warning(
             "admin %s", "granted" if is_admin else "withdrawn",
             extra={"user_id": str(changed["user_id"]), "totp_enrolled": bool(changed["otpauth_uri"])},
         )
         return c.AdminChanged().dump(changed)
+
+    # ------------------------------------------------------------ retention
+
+    @timer(interval=600)
+    def purge_expired(self) -> dict:
+        """Delete dead sessions, codes, tokens and login failures (every 10 min)."""
+        deleted = retention.purge_expired(self.db, self.settings, utcnow())
+        self.db.commit()
+        if any(deleted.values()):
+            log.info("retention purge", extra={"deleted": deleted})
+        return deleted

@@ -111,7 +111,14 @@ class Observability(DependencyProvider):
         from kombu import Connection
         from sqlalchemy import text
 
+        from nameko.messaging import QueueConsumer
+
         checks: dict[str, str] = {}
+        # Ready only once every consumer (RPC and events) listens: before that
+        # an RPC call would fail with UnknownService.
+        consumers = [e for e in self.container.extensions if isinstance(e, QueueConsumer)]
+        listening = self.container.started and all(c._consumers_ready.ready() for c in consumers)
+        checks["consumers"] = "ok" if listening else "starting"
         for provider in self.container.dependencies:
             engine = getattr(provider, "engine", None)
             if engine is not None:

@@ -63,6 +63,7 @@ def test_missing_or_forged_credential_is_401(client, headers):
     response = client.get("/v1/me", headers=headers)
     assert response.status_code == 401
     assert response.get_json()["error"]["code"] == "unauthenticated"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_overlong_credential_is_rejected_without_asking_auth(client, auth):

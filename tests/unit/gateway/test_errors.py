@@ -38,6 +38,19 @@ def test_invalid_utf8_body(client):
     assert error_of(response)["code"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    "body",
+    ["[" * 100_000 + "]" * 100_000, '{"email": "a@example.com", "password": NaN}',
+     '{"email": "a@example.com", "password": "xxxxxxxxxxxx", "display_name": "\\ud800"}'],
+    ids=["deeply-nested", "nan", "lone-surrogate"],
+)
+def test_json_that_python_would_accept_but_is_not_sane(client, auth, body):
+    response = client.post(REGISTER, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_request"
+    assert auth.calls == []
+
+
 @pytest.mark.parametrize("body", ["[1, 2]", '"text"', "42", "null", "true"])
 def test_body_that_is_not_an_object(client, auth, body):
     response = client.post(REGISTER, data=body, content_type="application/json")

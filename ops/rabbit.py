@@ -1,0 +1,72 @@
+"""RabbitMQ access for the ops commands: bounded AMQP connections and the
+management API (which lists queues; counts come from AMQP, which is exact)."""
+
+from __future__ import annotations
+
+import urllib.parse
+from contextlib import contextmanager
+
+import requests
+from amqp.exceptions import NotFound
+from kombu import Connection
+
+from ops.errors import OpsError
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def vhost_of(amqp_uri: str) -> str:
+    return Connection(amqp_uri).virtual_host or "/"
+
+
+@contextmanager
+def connect(amqp_uri: str):
+    conn = Connection(amqp_uri, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=1)
+    except Exception as exc:
+        conn.release()
+        raise OpsError(f"cannot reach RabbitMQ at {safe_url(amqp_uri)}: {exc}") from None
+    try:
+        yield conn
+    finally:
+        conn.release()
+
+
+def message_count(conn: Connection, queue: str) -> int:
+    """Ready messages in ``queue``; OpsError if there is no such queue."""
+    channel = conn.channel()
+    try:
+        _, count, _ = channel.queue_declare(queue=queue, passive=True)
+    except NotFound:
+        raise OpsError(f"no queue {queue!r} in vhost {conn.virtual_host!r}") from None
+    finally:
+        try:
+            channel.close()
+        except Exception:  # already closed by the broker's 404
+            pass
+    return count
+
+
+def list_queue_names(management_url: str, vhost: str, timeout: float = 10) -> list[str]:
+    url = f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}"
+    try:
+        response = requests.get(url, params={"columns": "name"}, timeout=timeout)
+    except requests.RequestException as exc:
+        raise OpsError(f"cannot reach the RabbitMQ management API at {safe_url(management_url)}: {exc}") from None
+    if response.status_code == 404:
+        raise OpsError(f"no vhost {vhost!r} on {safe_url(management_url)}")
+    if response.status_code in (401, 403):
+        raise OpsError(f"the RabbitMQ management API refused the credentials of {safe_url(management_url)}")
+    if not response.ok:
+        raise OpsError(f"the RabbitMQ management API answered {response.status_code}: {response.text[:200]}")
+    return sorted(item["name"] for item in response.json())

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from services.auth import retention
+from services.auth.models import (
+    EmailVerification,
+    LoginFailure,
+    LoginLockout,
+    PasswordReset,
+    User,
+    UserSession,
+)
+from services.common.ids import new_id, utcnow
+
+
+def count(db, model) -> int:
+    return db.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_purge_deletes_only_what_has_outlived_its_use(db, settings):
+    now = utcnow()
+    user = User(id=new_id(), email="a@example.com", password_hash="x", plan="free",
+                created_at=now, updated_at=now)
+    db.add(user)
+    db.flush()
+
+    def session(expires, revoked=None):
+        return UserSession(id=new_id(), user_id=user.id, token_hash=new_id().hex, created_at=now,
+                           expires_at=expires, revoked_at=revoked)
+
+    live = session(now + timedelta(days=3))
+    db.add_all([live, session(now - timedelta(seconds=1)), session(now + timedelta(days=1), now)])
+
+    def code(expires):
+        return EmailVerification(id=new_id(), user_id=user.id, purpose="registration", email=user.email,
+                                 code_hmac="h", created_at=now, expires_at=expires)
+
+    db.add_all([code(now - timedelta(days=2)), code(now - timedelta(hours=1))])
+    db.add_all([
+        PasswordReset(id=new_id(), user_id=user.id, token_hash="old", created_at=now,
+                      expires_at=now - timedelta(days=2)),
+        PasswordReset(id=new_id(), user_id=user.id, token_hash="new", created_at=now,
+                      expires_at=now + timedelta(minutes=30)),
+    ])
+    window = settings.login_failure_window
+    db.add_all([
+        LoginFailure(id=new_id(), subject="s", created_at=now - window - timedelta(seconds=1)),
+        LoginFailure(id=new_id(), subject="s", created_at=now),
+        LoginLockout(id=new_id(), subject="s", locked_until=now - timedelta(seconds=1)),
+        LoginLockout(id=new_id(), subject="t", locked_until=now + timedelta(minutes=5)),
+    ])
+    db.commit()
+
+    deleted = retention.purge_expired(db, settings, now)
+    db.commit()
+
+    assert deleted == {"sessions": 2, "email_verifications": 1, "password_resets": 1,
+                       "login_failures": 1, "login_lockouts": 1}
+    assert db.execute(select(UserSession.id)).scalars().all() == [live.id]
+    assert count(db, EmailVerification) == count(db, PasswordReset) == count(db, LoginFailure) == 1
+    assert count(db, LoginLockout) == 1
+    assert count(db, User) == 1
+    # a second run finds nothing more
+    assert not any(retention.purge_expired(db, settings, now).values())
