@@ -109,9 +109,8 @@ class Observability(DependencyProvider):
     def _ready(self) -> dict[str, str]:
         """Each check: ``ok`` or the error that failed it."""
         from kombu import Connection
-        from sqlalchemy import text
-
         from nameko.messaging import QueueConsumer
+        from sqlalchemy import text
 
         checks: dict[str, str] = {}
         # Ready only once every consumer (RPC and events) listens: before that
