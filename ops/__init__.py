@@ -1,0 +1,1 @@
+"""darkroom-ops: the operators' CLI (``ops.cli:main``)."""

@@ -15,14 +15,21 @@ the environment (``AMQP_URI``, ``RABBIT_MANAGEMENT_URL``). Exit codes: 0 done,
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
-import click
+# Operators need not see the libraries' deprecation notices on every command
+# (set before nameko and eventlet are imported).
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 
-from ops import dlq as dlq_ops
-from ops import users as user_ops
-from ops.config import load_ops_config
-from ops.errors import OpsError
-from services.common.errors import DomainError
+import click  # noqa: E402
+
+from ops import dlq as dlq_ops  # noqa: E402
+from ops import users as user_ops  # noqa: E402
+from ops.config import load_ops_config  # noqa: E402
+from ops.errors import OpsError  # noqa: E402
+from services.common.errors import DomainError  # noqa: E402
 
 
 class OpsGroup(click.Group):
@@ -167,6 +174,8 @@ def revoke_admin(config, email):
 
 
 def main() -> None:
+    # py-amqp warns about frames that arrive while a channel closes: noise here
+    logging.getLogger("amqp").setLevel(logging.ERROR)
     cli(prog_name="darkroom-ops")
 
 
