@@ -103,20 +103,9 @@ def rabbit_server():
 
 
 @pytest.fixture(scope="session")
-def rabbit_vhost(rabbit_server):
-    """A fresh vhost for this run: (amqp URI, management URL, vhost name)."""
-    amqp, mgmt = rabbit_server
-    vhost = f"darkroom-test-{RUN_ID}"
-    user = urllib.parse.urlsplit(amqp).username or "guest"
-    quoted = urllib.parse.quote(vhost, safe="")
-    requests.put(f"{mgmt}/api/vhosts/{quoted}", timeout=10).raise_for_status()
-    requests.put(
-        f"{mgmt}/api/permissions/{quoted}/{user}",
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-        timeout=10,
-    ).raise_for_status()
-    yield amqp + quoted, mgmt, vhost
-    requests.delete(f"{mgmt}/api/vhosts/{quoted}", timeout=30)
+def rabbit_vhost(make_vhost):
+    """The run's shared fresh vhost: (amqp URI, vhost name)."""
+    return make_vhost("run")
 
 
 @pytest.fixture(scope="session")

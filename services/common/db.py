@@ -29,6 +29,16 @@ from services.common.ids import utcnow
 log = logging.getLogger(__name__)
 
 
+# Deterministic constraint names, so alembic migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class UtcDateTime(types.TypeDecorator):
     """Timezone-aware UTC datetimes on every backend (SQLite stores naive ones)."""
 

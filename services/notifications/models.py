@@ -14,22 +14,14 @@ from sqlalchemy import MetaData, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.contracts.auth import EMAIL_MAX
-from services.common.db import UtcDateTime, processed_events_table
+from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
 from services.common.ids import new_id, utcnow
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
 
 SUBJECT_MAX = 300
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 processed_events = processed_events_table(Base.metadata)

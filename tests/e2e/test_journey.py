@@ -299,9 +299,12 @@ def test_forged_revoked_and_foreign_credentials(stack):
 
 def test_profile_update_and_errors_shape(stack):
     _, _, token = verified_login(stack)
-    r = stack.call("PATCH", "/v1/me", token=token, json={"display_name": "Grace", "bio": "hello"})
+    avatar = str(uuid.uuid4())
+    r = stack.call("PATCH", "/v1/me", token=token,
+                   json={"display_name": "Grace", "bio": "hello", "avatar_image_id": avatar})
     assert r.status_code == 200 and r.json()["display_name"] == "Grace"
-    assert stack.call("GET", "/v1/me", token=token).json()["bio"] == "hello"
+    me = stack.call("GET", "/v1/me", token=token).json()
+    assert (me["bio"], me["avatar_image_id"]) == ("hello", avatar)
     r = stack.call("PATCH", "/v1/me", token=token, json={"bio": "b" * 501})
     assert r.status_code == 400 and "bio" in json.dumps(r.json()["error"]["details"])
     r = stack.call("GET", "/v1/nowhere", token=token)

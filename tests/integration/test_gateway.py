@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.parse
-import uuid
 
 import pytest
 import requests
@@ -27,17 +25,9 @@ LOGIN = {"email": "ada@example.com", "password": "correct horse battery"}
 
 
 @pytest.fixture(scope="module")
-def vhost_uri(rabbit_server):
+def vhost_uri(make_vhost):
     """A vhost of this module's own: no other module's services answer here."""
-    amqp, mgmt = rabbit_server
-    vhost = f"darkroom-test-gateway-{uuid.uuid4().hex[:8]}"
-    quoted = urllib.parse.quote(vhost, safe="")
-    user = urllib.parse.urlsplit(amqp).username or "guest"
-    requests.put(f"{mgmt}/api/vhosts/{quoted}", timeout=10).raise_for_status()
-    requests.put(f"{mgmt}/api/permissions/{quoted}/{user}",
-                 json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
-    yield amqp + quoted
-    requests.delete(f"{mgmt}/api/vhosts/{quoted}", timeout=30)
+    return make_vhost("gateway")[0]
 
 
 def gateway_app(amqp_uri: str, **config):

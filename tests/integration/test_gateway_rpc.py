@@ -15,11 +15,9 @@ import sys
 import threading
 import time
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import pytest
-import requests
 from nameko.contextdata import ContextDataProvider
 from nameko.rpc import rpc
 
@@ -117,16 +115,9 @@ class Relay:
 
 
 @pytest.fixture(scope="module")
-def vhost_uri(rabbit_server):
-    amqp, mgmt = rabbit_server
-    vhost = f"darkroom-test-gwrpc-{uuid.uuid4().hex[:8]}"
-    quoted = urllib.parse.quote(vhost, safe="")
-    user = urllib.parse.urlsplit(amqp).username or "guest"
-    requests.put(f"{mgmt}/api/vhosts/{quoted}", timeout=10).raise_for_status()
-    requests.put(f"{mgmt}/api/permissions/{quoted}/{user}",
-                 json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
-    yield amqp + quoted
-    requests.delete(f"{mgmt}/api/vhosts/{quoted}", timeout=30)
+def vhost_uri(make_vhost):
+    """A vhost of this module's own: no other module's services answer here."""
+    return make_vhost("gwrpc")[0]
 
 
 @pytest.fixture(scope="module")
