@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, KEY_NAME_MAX
 from services.common.db import NAMING_CONVENTION, UtcDateTime
 from services.common.ids import new_id
+from services.common.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
@@ -159,3 +160,7 @@ class KnownNetwork(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
     network_hmac: Mapped[str] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# Events waiting to be published (services.common.outbox).
+outbox = outbox_table(Base.metadata)

@@ -1,7 +1,8 @@
 """The auth service: accounts, sessions, API keys, email verification, TOTP.
 
 Entrypoints are thin: load the payload through its contract, call the domain
-modules, commit, dispatch events, dump the answer through its contract.
+modules, dispatch events (into the outbox, in the same transaction), commit,
+dump the answer through its contract.
 
     nameko run --config deploy/config/auth.yaml services.auth.service:AuthService
 """
@@ -19,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.auth import accounts, keys, lookup, retention, sessions, verification
 from services.auth.errors import RecordedFailure, email_taken
+from services.auth.models import outbox
 from services.auth.settings import AuthSettings
 from services.common.contracts import auth as c
 from services.common.contracts import load_rpc
@@ -53,7 +55,7 @@ class AuthService(DarkroomService):
     name = "auth"
 
     db = Database(migrations=Path(__file__).parent / "migrations")
-    dispatch = EventPublisher()
+    dispatch = EventPublisher(outbox=outbox)
     settings = Settings()
 
     # ------------------------------------------------------------ helpers
@@ -94,14 +96,14 @@ class AuthService(DarkroomService):
                 client_ip,
                 utcnow(),
             )
+            user = created.user
+            self.dispatch(
+                "user_registered",
+                {"user_id": str(user.id), "email": user.email, "display_name": user.display_name},
+            )
+            self.dispatch("email_verification_requested", created.verification)
             self.db.commit()
-        user = created.user
         log.info("user registered", extra={"user_id": str(user.id)})
-        self.dispatch(
-            "user_registered",
-            {"user_id": str(user.id), "email": user.email, "display_name": user.display_name},
-        )
-        self.dispatch("email_verification_requested", created.verification)
         return c.Registered().dump({"user": user, "api_key": created.api_key})
 
     @rpc(expected_exceptions=DomainError)
@@ -118,10 +120,9 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def resend_verification(self, payload) -> None:
         data = load_rpc(c.EmailOnly, payload)
-        events = verification.resend(self.db, self.settings, data["email"], utcnow())
-        self.db.commit()
-        for event in events:
+        for event in verification.resend(self.db, self.settings, data["email"], utcnow()):
             self.dispatch("email_verification_requested", event)
+        self.db.commit()
         return None
 
     # ------------------------------------------------------------ login and sessions
@@ -144,6 +145,8 @@ class AuthService(DarkroomService):
                         user_agent,
                         utcnow(),
                     )
+                if result.suspicious_login is not None:
+                    self.dispatch("suspicious_login", result.suspicious_login)
                 self.db.commit()
                 break
             except IntegrityError:
@@ -160,8 +163,6 @@ class AuthService(DarkroomService):
                 "new_network": result.suspicious_login is not None,
             },
         )
-        if result.suspicious_login is not None:
-            self.dispatch("suspicious_login", result.suspicious_login)
         return c.LoggedIn().dump(
             {"token": result.token, "expires_at": result.session.expires_at, "user": result.user}
         )
@@ -203,10 +204,11 @@ class AuthService(DarkroomService):
     def request_password_reset(self, payload) -> None:
         data = load_rpc(c.EmailOnly, payload)
         event = accounts.request_password_reset(self.db, self.settings, data["email"], utcnow())
+        if event is not None:
+            self.dispatch("password_reset_requested", event)
         self.db.commit()
         if event is not None:
             log.info("password reset requested", extra={"user_id": event["user_id"]})
-            self.dispatch("password_reset_requested", event)
         return None
 
     @rpc(expected_exceptions=DomainError)
@@ -239,9 +241,9 @@ class AuthService(DarkroomService):
         event = accounts.request_email_change(
             self.db, self.settings, user, data["new_email"], data["password"], utcnow()
         )
-        self.db.commit()
         if event is not None:
             self.dispatch("email_verification_requested", event)
+        self.db.commit()
         return None
 
     # ------------------------------------------------------------ API keys

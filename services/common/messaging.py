@@ -1,9 +1,11 @@
 """Events that are validated, enveloped, retried with backoff and dead-lettered.
 
-Publishing: :class:`EventPublisher` (``dispatch = EventPublisher()``) dumps the
-payload through its contract schema, wraps it in the envelope (``event_id``,
-``occurred_at``, ``version``) and publishes it persistent and confirmed to the
-service's events exchange, with the worker's context (correlation id) as headers.
+Publishing: :class:`EventPublisher` (``dispatch = EventPublisher(outbox=...)``)
+dumps the payload through its contract schema, wraps it in the envelope
+(``event_id``, ``occurred_at``, ``version``), writes it to the service's
+transactional outbox and, once the worker's transaction commits, publishes it
+persistent and confirmed to the service's events exchange, with the worker's
+context (correlation id) as headers.
 
 Consuming: :func:`event_handler` is nameko's ``event_handler`` made reliable.
 nameko acks a message after its worker even when the worker raised; here, a
@@ -25,7 +27,9 @@ is acked and dropped. Consumers stay idempotent on ``event_id``
 from __future__ import annotations
 
 import logging
+import time
 import traceback
+from datetime import timedelta
 from functools import partial
 
 from kombu import Exchange, Queue
@@ -37,8 +41,9 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.containers import ContainerBeingKilled
 from nameko.events import EventDispatcher, EventHandler
 from nameko.messaging import QueueConsumer
+from sqlalchemy import event as sa_event
 
-from services.common import contracts
+from services.common import contracts, outbox
 from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
 from services.common.observability import EVENTS_DEAD_LETTERED, EVENTS_RETRIED
@@ -100,26 +105,120 @@ def republish_headers(headers: dict | None) -> dict:
 
 
 class EventPublisher(EventDispatcher):
-    """``self.dispatch("user_registered", {...})`` → ``auth.user_registered``.
+    """``self.dispatch("user_registered", {...})`` → ``auth.user_registered``,
+    through the service's transactional outbox (:mod:`services.common.outbox`).
 
-    Returns the envelope's ``event_id``. Context headers are read when the
-    event is dispatched, so the worker's correlation id is always carried.
+    ``dispatch`` validates and envelopes the event and writes it to ``outbox``
+    in the worker's database transaction; it returns the ``event_id``. Dispatch
+    *before* ``self.db.commit()``: the event is published after that commit
+    (inside ``commit()``, so an RPC that returns has its events out), never if
+    the transaction rolls back. Rows left
+    behind (broker down, process killed) are published by a relay every
+    ``OUTBOX_RELAY_INTERVAL_SECONDS`` (default 5). Context headers (the
+    correlation id) are read when the event is dispatched.
     """
+
+    def __init__(self, outbox, **kwargs):
+        super().__init__(**kwargs)
+        self.outbox = outbox
+        self.relay_thread = None
+
+    def setup(self):
+        super().setup()
+        from services.common.db import Database
+
+        databases = [d for d in self.container.dependencies if isinstance(d, Database)]
+        if len(databases) != 1:
+            raise RuntimeError("EventPublisher needs the service to have exactly one Database")
+        self.database = databases[0]
+        self.relay_interval = float(self.container.config.get("OUTBOX_RELAY_INTERVAL_SECONDS", 5))
+
+    def start(self):
+        self.relay_thread = self.container.spawn_managed_thread(
+            self._relay_forever, identifier="outbox-relay"
+        )
+
+    def stop(self):
+        if self.relay_thread is not None:
+            self.relay_thread.kill()
+            self.relay_thread = None
+
+    kill = stop
 
     def get_dependency(self, worker_ctx):
         service = self.container.service_name
+        pending: list[outbox.OutboxRow] = []
+        listening = []
+
+        def on_commit(session):
+            rows = pending[:]
+            pending.clear()
+            self._flush(rows)
+
+        def on_rollback(session):
+            pending.clear()
 
         def dispatch(event_type: str, data: dict) -> str:
             body = contracts.make_event(f"{service}.{event_type}", data)
-            self.publisher.publish(
-                body,
-                exchange=self.exchange,
-                routing_key=event_type,
-                extra_headers=self.get_message_headers(worker_ctx),
+            session = self.database.sessions[worker_ctx]
+            if not listening:
+                sa_event.listen(session, "after_commit", on_commit)
+                sa_event.listen(session, "after_rollback", on_rollback)
+                listening.append(session)
+            row = outbox.OutboxRow(
+                body["event_id"], event_type, body, self.get_message_headers(worker_ctx)
             )
+            outbox.enqueue(session, self.outbox, row)
+            pending.append(row)
             return body["event_id"]
 
         return dispatch
+
+    def _flush(self, rows: list[outbox.OutboxRow]) -> None:
+        """Right after the commit that wrote them: publish, then delete. Never
+        raises (the commit has happened); what is left is the relay's."""
+        if not rows:
+            return
+        try:
+            published = self._send(rows)
+            if published:
+                with self.database.engine.begin() as conn:
+                    outbox.remove(conn, self.outbox, published)
+        except Exception:
+            log.exception("outbox flush failed; the relay will publish what is left")
+
+    def relay(self) -> int:
+        """Publish the rows left for longer than one relay interval; returns how many."""
+        with self.database.engine.begin() as conn:
+            rows = outbox.due(conn, self.outbox, timedelta(seconds=self.relay_interval))
+            published = self._send(rows)
+            outbox.remove(conn, self.outbox, published)
+        if published:
+            log.warning("outbox relay published %d event(s) left behind", len(published))
+        return len(published)
+
+    def _send(self, rows: list[outbox.OutboxRow]) -> list[str]:
+        """Publish rows in order until one fails; the ids of those published."""
+        published = []
+        for row in rows:
+            try:
+                self.publisher.publish(
+                    row.body, exchange=self.exchange, routing_key=row.routing_key,
+                    extra_headers=row.headers,
+                )
+            except Exception:
+                log.exception("publishing %s failed; the outbox relay will retry", row.event_id)
+                break
+            published.append(row.event_id)
+        return published
+
+    def _relay_forever(self):
+        while True:
+            time.sleep(self.relay_interval)  # green under `nameko run`
+            try:
+                self.relay()
+            except Exception:
+                log.exception("outbox relay failed; retrying in %s s", self.relay_interval)
 
 
 class ReliableQueueConsumer(QueueConsumer):

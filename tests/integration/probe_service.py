@@ -27,6 +27,7 @@ from services.common import contracts
 from services.common.db import Database, claim_event, processed_events_table
 from services.common.errors import DomainError, NonRetryable
 from services.common.messaging import EventPublisher, event_handler
+from services.common.outbox import outbox_table
 from services.common.service import DarkroomService
 
 
@@ -41,8 +42,10 @@ class Poked(contracts.EventSchema):
     non_retryable = fields.Boolean(load_default=False)
     # sleep this long first (to be killed mid-work)
     sleep_ms = fields.Integer(load_default=0)
-    # publish probe.forwarded once the side effect is committed
+    # publish probe.forwarded with the side effect (through the outbox)
     forward = fields.Boolean(load_default=False)
+    # fail only after the side effect and the forward were written (rolled back)
+    fail_after_forward = fields.Boolean(load_default=False)
 
 
 @contracts.register_event("probe.forwarded")
@@ -52,6 +55,7 @@ class Forwarded(contracts.EventSchema):
 
 metadata = MetaData()
 processed_events = processed_events_table(metadata)
+outbox = outbox_table(metadata)
 effects = Table(
     "effects",
     metadata,
@@ -90,7 +94,7 @@ class ProbeService(DarkroomService):
     name = "probe"
     config = Config()
     db = ProbeDatabase()
-    dispatch = EventPublisher()
+    dispatch = EventPublisher(outbox=outbox)
 
     @event_handler("probe", "poked")
     def handle_poked(self, payload: dict) -> None:
@@ -101,16 +105,18 @@ class ProbeService(DarkroomService):
             time.sleep(payload["sleep_ms"] / 1000)  # green under `nameko run`
         flagged = payload["unless_flag"] and (state_dir / f"{key}.ok").exists()
         failing = payload["fail_times"] < 0 or runs <= payload["fail_times"]
-        if failing and not flagged:
+        if failing and not flagged and not payload["fail_after_forward"]:
             if payload["non_retryable"]:
                 raise NonRetryable(f"probe gives up on {key}")
             raise RuntimeError(f"probe failure on run {runs} of {key}")
         if not claim_event(self.db, processed_events, payload["event_id"], "probe.handle_poked"):
             return
         self.db.execute(effects.insert().values(key=key, event_id=str(payload["event_id"])))
-        self.db.commit()
         if payload["forward"]:
             self.dispatch("forwarded", {"key": key})
+        if failing and not flagged:
+            raise RuntimeError(f"probe failure after writing, on run {runs} of {key}")
+        self.db.commit()
 
 
 class FakeAuthService(DarkroomService):
@@ -181,6 +187,7 @@ def start_probe(start_process, workdir: Path, amqp_uri: str, database_url: str,
         "EVENT_RETRY_DELAYS_MS": [200, 400],
         "METRICS_PORT": free_port(),
         "PROBE_STATE_DIR": str(state_dir),
+        "OUTBOX_RELAY_INTERVAL_SECONDS": 0.5,
         "LOG_LEVEL": "INFO",
         **config,
     }

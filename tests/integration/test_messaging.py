@@ -1,5 +1,6 @@
 """services.common.messaging against real RabbitMQ: retries with backoff, dead
-letters, poison messages, header hygiene, idempotence and crash safety.
+letters, poison messages, header hygiene, idempotence, crash safety and the
+transactional outbox.
 
 The probe service (tests/integration/probe_service.py) runs through `nameko run`
 in a vhost of its own, with retry delays of 200 and 400 ms (3 attempts).
@@ -12,11 +13,15 @@ import signal
 import time
 import urllib.parse
 import uuid
+from contextlib import contextmanager
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 import requests
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import MetaData, text, update
+from sqlalchemy.orm import Session
 
 from services.common.db import make_engine
 from services.common.messaging import dlq_name
@@ -215,29 +220,81 @@ def test_invalid_payload_goes_to_the_dlq_at_once_and_the_handler_never_runs(prob
     assert_queues_empty(probe)
 
 
+@contextmanager
+def forwarded_events(probe, key: str):
+    """A queue bound to ``probe.forwarded`` for one test; yields a function that
+    drains it (the messages received so far)."""
+    with Connection(probe.amqp_uri) as conn:
+        exchange = Exchange("probe.events", type="topic", durable=True)
+        queue = Queue(f"test-forwarded-{key}", exchange=exchange, routing_key="forwarded",
+                      durable=False, auto_delete=False)
+        queue(conn.default_channel).declare()
+        received = []
+
+        def drain():
+            while (message := queue(conn.default_channel).get(no_ack=True)) is not None:
+                received.append(message)
+            return received
+
+        try:
+            yield drain
+        finally:
+            queue(conn.default_channel).delete()
+
+
 def test_retry_bookkeeping_does_not_leak_into_downstream_events(probe):
     key = new_key()
     correlation_id = f"corr-{key}"
-    with Connection(probe.amqp_uri) as conn:
-        exchange = Exchange("probe.events", type="topic", durable=True)
-        downstream = Queue(f"test-forwarded-{key}", exchange=exchange, routing_key="forwarded",
-                           durable=False, auto_delete=False)
-        downstream(conn.default_channel).declare()
-
+    with forwarded_events(probe, key) as drain:
         # fails once: the delivery that succeeds is a retry, full of x-* headers
         poke(probe.amqp_uri, key=key, fail_times=1, forward=True,
              headers={"nameko.correlation_id": correlation_id})
-
-        def received():
-            return downstream(conn.default_channel).get(no_ack=True)
-
-        message = wait_for(received, 15, 0.2, "the forwarded event")
-        downstream(conn.default_channel).delete()
+        message = wait_for(drain, 15, 0.2, "the forwarded event")[0]
 
     assert runs(probe, key) == 2
     assert json.loads(message.body)["key"] == key
     assert message.headers["nameko.correlation_id"] == correlation_id
     assert all(name.startswith("nameko.") for name in message.headers), message.headers
+
+
+def test_an_event_dispatched_in_a_rolled_back_transaction_is_never_published(probe):
+    key = new_key()
+    with forwarded_events(probe, key) as drain:
+        # the first run writes its effect and dispatches, then fails: both roll back
+        poke(probe.amqp_uri, key=key, fail_times=1, fail_after_forward=True, forward=True)
+        wait_for(lambda: effects(probe, key) == 1, 15, what="the retried run's effect")
+        time.sleep(1.5)  # three relay intervals: nothing else may arrive
+        forwarded = drain()
+    assert runs(probe, key) == 2
+    assert [json.loads(m.body)["key"] for m in forwarded] == [key]
+    assert outbox_rows(probe) == 0
+
+
+def test_the_relay_publishes_what_a_crash_left_in_the_outbox(probe):
+    """A process killed between its commit and its publish leaves the row: the
+    relay publishes it (with its headers) and deletes it."""
+    from services.common import contracts
+    from services.common.ids import utcnow
+    from services.common.outbox import OutboxRow, enqueue, outbox_table
+
+    key = new_key()
+    body = contracts.make_event("probe.forwarded", {"key": key})
+    table = outbox_table(MetaData())
+    with forwarded_events(probe, key) as drain:
+        with Session(probe.engine) as session:
+            enqueue(session, table, OutboxRow(body["event_id"], "forwarded", body,
+                                              {"nameko.correlation_id": f"corr-{key}"}))
+            session.execute(update(table).values(created_at=utcnow() - timedelta(minutes=5)))
+            session.commit()
+        message = wait_for(drain, 15, 0.2, "the relayed event")[0]
+    assert json.loads(message.body) == body
+    assert message.headers["nameko.correlation_id"] == f"corr-{key}"
+    wait_for(lambda: outbox_rows(probe) == 0, 5, what="the relayed row deleted")
+
+
+def outbox_rows(probe) -> int:
+    with probe.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM outbox")).scalar_one()
 
 
 def test_same_event_delivered_twice_is_applied_once(probe):

@@ -20,6 +20,16 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table(
+        "outbox",
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("routing_key", sa.String(length=200), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("headers", sa.Text(), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_outbox")),
+    )
+    op.create_index(op.f("ix_outbox_created_at"), "outbox", ["created_at"], unique=False)
+    op.create_table(
         "login_failures",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("subject", sa.String(length=64), nullable=False),
@@ -176,6 +186,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_outbox_created_at"), table_name="outbox")
+    op.drop_table("outbox")
     op.drop_index("ix_sessions_user_id_created_at", table_name="sessions")
 
     op.drop_table("sessions")
