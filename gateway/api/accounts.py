@@ -9,6 +9,7 @@ from marshmallow import Schema
 
 from gateway.api.common import Blueprint, present, rpc
 from gateway.auth import authenticated, current_principal
+from services.common.contracts import PageQuery
 from services.common.contracts.auth import (
     ApiKeyPage,
     ChangeEmail,
@@ -164,12 +165,13 @@ def change_email(payload):
 
 @me_blp.route("/api-keys")
 class ApiKeys(MethodView):
+    @me_blp.arguments(PageQuery, location="query")
     @me_blp.response(200, ApiKeyPage)
     @authenticated
-    def get(self):
-        """The caller's API keys (never their secrets)"""
+    def get(self, page):
+        """The caller's API keys (never their secrets), newest first"""
         with rpc() as proxy:
-            return present(ApiKeyPage, proxy.auth.list_api_keys(current_principal().user_id))
+            return present(ApiKeyPage, proxy.auth.list_api_keys(current_principal().user_id, page=page))
 
     @me_blp.response(201, NewApiKey)
     @authenticated
@@ -191,14 +193,16 @@ def revoke_api_key(key_id):
 
 
 @me_blp.route("/sessions", methods=["GET"])
+@me_blp.arguments(PageQuery, location="query")
 @me_blp.response(200, SessionPage)
 @authenticated
-def list_sessions():
-    """The caller's active sessions; `current` marks the one making this request"""
+def list_sessions(page):
+    """The caller's active sessions, newest first; `current` marks the one making this request"""
     principal = current_principal()
     current = principal.credential_id if principal.credential_type == "session" else None
     with rpc() as proxy:
-        return present(SessionPage, proxy.auth.list_sessions(principal.user_id, current_session_id=current))
+        return present(SessionPage, proxy.auth.list_sessions(principal.user_id, current_session_id=current,
+                                                             page=page))
 
 
 @me_blp.route("/sessions/<uuid:session_id>", methods=["DELETE"])

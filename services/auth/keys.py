@@ -11,6 +11,7 @@ from services.auth.lookup import parse_id
 from services.auth.models import ApiKey, User
 from services.auth.tokens import new_api_key, sha256_hex
 from services.common.errors import conflict, not_found
+from services.common.pagination import paginate
 
 MAX_ACTIVE_KEYS = 20
 DEFAULT_KEY_NAME = "default"
@@ -49,15 +50,10 @@ def view(key: ApiKey) -> dict:
     }
 
 
-def list_active(db: Session, user: User) -> list[ApiKey]:
-    """The user's unrevoked keys, newest first."""
-    return list(
-        db.scalars(
-            select(ApiKey)
-            .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
-            .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
-        )
-    )
+def list_active(db: Session, user: User, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
+    """A page of the user's unrevoked keys, newest first, and the next cursor."""
+    stmt = select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+    return paginate(db, stmt, ApiKey.created_at, ApiKey.id, limit, cursor)
 
 
 def revoke(db: Session, user: User, key_id, now: datetime) -> None:

@@ -22,8 +22,8 @@ from services.auth import accounts, keys, lookup, retention, sessions, verificat
 from services.auth.errors import RecordedFailure, email_taken
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
+from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
-from services.common.contracts import load_rpc
 from services.common.db import Database
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
@@ -183,13 +183,14 @@ class AuthService(DarkroomService):
         return c.Principal().dump(sessions.principal(user, kind, credential))
 
     @rpc(expected_exceptions=DomainError)
-    def list_sessions(self, user_id, current_session_id=None) -> dict:
+    def list_sessions(self, user_id, current_session_id=None, page=None) -> dict:
+        query = load_rpc(PageQuery, page)
         user = lookup.get_user(self.db, user_id)
-        items = [
-            sessions.view(s, current_session_id)
-            for s in sessions.list_active(self.db, user, utcnow())
-        ]
-        return c.SessionPage().dump({"items": items, "next_cursor": None})
+        rows, next_cursor = sessions.list_active(
+            self.db, user, utcnow(), query["limit"], query["cursor"]
+        )
+        items = [sessions.view(s, current_session_id) for s in rows]
+        return c.SessionPage().dump({"items": items, "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def revoke_session(self, user_id, session_id) -> None:
@@ -249,10 +250,11 @@ class AuthService(DarkroomService):
     # ------------------------------------------------------------ API keys
 
     @rpc(expected_exceptions=DomainError)
-    def list_api_keys(self, user_id) -> dict:
+    def list_api_keys(self, user_id, page=None) -> dict:
+        query = load_rpc(PageQuery, page)
         user = lookup.get_user(self.db, user_id)
-        items = [keys.view(k) for k in keys.list_active(self.db, user)]
-        return c.ApiKeyPage().dump({"items": items, "next_cursor": None})
+        rows, next_cursor = keys.list_active(self.db, user, query["limit"], query["cursor"])
+        return c.ApiKeyPage().dump({"items": [keys.view(k) for k in rows], "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def create_api_key(self, user_id, payload) -> dict:

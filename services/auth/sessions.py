@@ -22,6 +22,7 @@ from services.auth.settings import AuthSettings
 from services.auth.tokens import api_key_prefix, new_session_token, sha256_hex
 from services.common.errors import invalid_request, not_found, unauthenticated
 from services.common.ids import isoformat
+from services.common.pagination import paginate
 
 # last_used_at is written at most this often per credential (not once a request).
 TOUCH_INTERVAL = timedelta(seconds=60)
@@ -160,19 +161,15 @@ def principal(user: User, kind: str, credential: UserSession | ApiKey) -> dict:
     }
 
 
-def list_active(db: Session, user: User, now: datetime) -> list[UserSession]:
-    """The user's live sessions, newest first."""
-    return list(
-        db.scalars(
-            select(UserSession)
-            .where(
-                UserSession.user_id == user.id,
-                UserSession.revoked_at.is_(None),
-                UserSession.expires_at > now,
-            )
-            .order_by(UserSession.created_at.desc(), UserSession.id.desc())
-        )
+def list_active(db: Session, user: User, now: datetime, limit: int,
+                cursor: str | None) -> tuple[list[UserSession], str | None]:
+    """A page of the user's live sessions, newest first, and the next cursor."""
+    stmt = select(UserSession).where(
+        UserSession.user_id == user.id,
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > now,
     )
+    return paginate(db, stmt, UserSession.created_at, UserSession.id, limit, cursor)
 
 
 def view(session: UserSession, current_id) -> dict:

@@ -322,3 +322,23 @@ def test_health_metrics_and_openapi(stack):
     spec = stack.call("GET", "/v1/openapi.json").json()
     assert "/v1/auth/register" in spec["paths"]
     assert any(path.startswith("/v1/me/api-keys/{") for path in spec["paths"])
+
+
+def test_lists_page_newest_first_with_a_cursor(stack):
+    _, registered, token = verified_login(stack)
+    for name in ("second", "third"):
+        assert stack.call("POST", "/v1/me/api-keys", token=token, json={"name": name}).status_code == 201
+    names, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = stack.call("GET", "/v1/me/api-keys", token=token, params=params).json()
+        assert len(page["items"]) <= 2
+        names += [k["name"] for k in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert names == ["third", "second", "default"]
+    r = stack.call("GET", "/v1/me/api-keys", token=token, params={"cursor": "not-a-cursor"})
+    assert r.status_code == 400 and "cursor" in json.dumps(r.json()["error"]["details"])
+    r = stack.call("GET", "/v1/me/sessions", token=token, params={"limit": 500})
+    assert r.status_code == 400 and "limit" in json.dumps(r.json()["error"]["details"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from services.common.errors import DomainError
 from services.common.ids import isoformat, utcnow
@@ -35,6 +35,13 @@ class RpcSchema(Schema):
 
     class Meta:
         unknown = RAISE
+
+
+class PageQuery(RpcSchema):
+    """``?limit=&cursor=`` of every list (services.common.pagination)."""
+
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
 
 
 EVENTS: dict[str, type[EventSchema]] = {}

@@ -189,8 +189,18 @@ def test_expired_revoked_and_unknown_credentials_are_unauthenticated(db, setting
 def test_keys_are_listed_newest_first_and_limited(db, settings, now, alice):
     for i in range(keys.MAX_ACTIVE_KEYS - 1):
         keys.create(db, alice.user, f"k{i}", now + timedelta(seconds=i + 1))
-    listed = keys.list_active(db, alice.user)
+    listed, next_cursor = keys.list_active(db, alice.user, 20, None)
     assert [k.name for k in listed[:2]] == ["k18", "k17"] and listed[-1].name == "default"
+    assert next_cursor is None
+    # pages of 8 walk the same list, newest first, without gaps or repeats
+    pages, cursor = [], None
+    while True:
+        page, cursor = keys.list_active(db, alice.user, 8, cursor)
+        pages.append([k.name for k in page])
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [8, 8, 4]
+    assert sum(pages, []) == [k.name for k in listed]
     error = error_of(keys.create, db, alice.user, "one too many", now)
     assert (error.code, error.status) == ("too_many_keys", 409)
     keys.revoke(db, alice.user, str(listed[0].id), now)

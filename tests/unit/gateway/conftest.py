@@ -139,7 +139,7 @@ class FakeAuth:
     def _request_email_change(self, user_id, payload):
         return None
 
-    def _list_api_keys(self, user_id):
+    def _list_api_keys(self, user_id, page=None):
         return {"items": [api_key(), api_key(str(uuid.uuid4()), "ci")], "next_cursor": None}
 
     def _create_api_key(self, user_id, payload):
@@ -148,7 +148,7 @@ class FakeAuth:
     def _revoke_api_key(self, user_id, key_id):
         return None
 
-    def _list_sessions(self, user_id, current_session_id=None):
+    def _list_sessions(self, user_id, current_session_id=None, page=None):
         return {
             "items": [
                 {"id": SESSION_ID, "created_at": NOW, "expires_at": LATER, "last_used_at": NOW,

@@ -186,6 +186,16 @@ def test_list_api_keys(client, auth):
     assert set(body["items"][0]) == {"id", "name", "prefix", "created_at", "last_used_at"}
 
 
+def test_list_paging_arguments_are_passed_on_and_checked(client, auth):
+    response = client.get("/v1/me/api-keys?limit=5&cursor=abc", headers=BEARER)
+    assert response.status_code == 200
+    assert auth.called("list_api_keys") == [((USER_ID,), {"page": {"limit": 5, "cursor": "abc"}})]
+    for query in ("limit=0", "limit=101", "limit=many", "cursor="):
+        response = client.get(f"/v1/me/api-keys?{query}", headers=BEARER)
+        assert response.status_code == 400, query
+        assert response.get_json()["error"]["code"] == "invalid_request"
+
+
 def test_create_api_key(client, auth):
     response = client.post("/v1/me/api-keys", json={"name": "ci"}, headers=BEARER)
     assert response.status_code == 201
@@ -219,13 +229,17 @@ def test_list_sessions_marks_the_current_one(client, auth):
     assert response.status_code == 200
     body = response.get_json()
     assert body["items"][0]["current"] is True
-    assert auth.called("list_sessions") == [((USER_ID,), {"current_session_id": SESSION_ID})]
+    assert auth.called("list_sessions") == [
+        ((USER_ID,), {"current_session_id": SESSION_ID, "page": {"limit": 20, "cursor": None}})
+    ]
 
 
 def test_list_sessions_with_an_api_key_has_no_current_session(client, auth):
     body = client.get("/v1/me/sessions", headers=APIKEY).get_json()
     assert body["items"][0]["current"] is False
-    assert auth.called("list_sessions") == [((USER_ID,), {"current_session_id": None})]
+    assert auth.called("list_sessions") == [
+        ((USER_ID,), {"current_session_id": None, "page": {"limit": 20, "cursor": None}})
+    ]
 
 
 def test_revoke_session(client, auth):
