@@ -14,3 +14,4 @@ SQL
 
 create auth "$AUTH_DB_PASSWORD"
 create notifications "$NOTIFICATIONS_DB_PASSWORD"
+create storage "$STORAGE_DB_PASSWORD"

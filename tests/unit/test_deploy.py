@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-DARKROOM_SERVICES = ["auth", "notifications", "gateway"]
+DARKROOM_SERVICES = ["auth", "notifications", "storage", "gateway"]
 
 
 def procfile() -> dict[str, list[str]]:
@@ -73,7 +73,7 @@ def test_compose_sets_only_variables_that_are_read(name):
 
 def test_each_service_database_is_created_by_the_postgres_init_script():
     init = (DEPLOY / "postgres" / "init-databases.sh").read_text()
-    for name in ("auth", "notifications"):
+    for name in ("auth", "notifications", "storage"):
         url = COMPOSE["services"][name]["environment"][f"{name.upper()}_DATABASE_URL"]
         assert url.endswith(f"@postgres:5432/{name}")
         assert re.search(rf"^create {name} ", init, re.M), name

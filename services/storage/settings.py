@@ -1,0 +1,75 @@
+"""The ``STORAGE`` section of deploy/config/storage.yaml as a typed value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: str = "fs"
+    fs_root: str = "var/objects"
+    public_base_url: str = "http://127.0.0.1:8000"
+    url_secret: str = "dev-only-insecure-storage-url-secret"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_public_endpoint: str = ""
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_bucket: str = "darkroom"
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    retention_days: int = 30
+    export_retention_days: int = 7
+    upload_max_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    url_ttl_seconds: int = 300
+    upload_slot_ttl_seconds: int = 900
+    purge_batch_size: int = 500
+    orphan_grace_seconds: int = 86400
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StorageSettings:
+        """From a whole service config (its ``STORAGE`` section) or the section itself."""
+        section = config.get("STORAGE", config) or {}
+        d = cls()
+
+        def get(key: str, default: Any) -> Any:
+            value = section.get(key)
+            return default if value is None or value == "" and not isinstance(default, str) else value
+
+        return cls(
+            backend=str(get("BACKEND", d.backend)).strip().lower(),
+            fs_root=str(get("FS_ROOT", d.fs_root)),
+            public_base_url=str(get("PUBLIC_BASE_URL", d.public_base_url)).rstrip("/"),
+            url_secret=str(get("URL_SECRET", d.url_secret)),
+            s3_endpoint=str(get("S3_ENDPOINT", d.s3_endpoint)),
+            s3_public_endpoint=str(get("S3_PUBLIC_ENDPOINT", d.s3_public_endpoint) or ""),
+            s3_access_key=str(get("S3_ACCESS_KEY", d.s3_access_key)),
+            s3_secret_key=str(get("S3_SECRET_KEY", d.s3_secret_key)),
+            s3_bucket=str(get("S3_BUCKET", d.s3_bucket)),
+            s3_region=str(get("S3_REGION", d.s3_region)),
+            s3_secure=_bool(get("S3_SECURE", d.s3_secure)),
+            retention_days=int(get("RETENTION_DAYS", d.retention_days)),
+            export_retention_days=int(get("EXPORT_RETENTION_DAYS", d.export_retention_days)),
+            upload_max_bytes=int(get("UPLOAD_MAX_BYTES", d.upload_max_bytes)),
+            max_image_pixels=int(get("MAX_IMAGE_PIXELS", d.max_image_pixels)),
+            url_ttl_seconds=int(get("URL_TTL_SECONDS", d.url_ttl_seconds)),
+            upload_slot_ttl_seconds=int(get("UPLOAD_SLOT_TTL_SECONDS", d.upload_slot_ttl_seconds)),
+            purge_batch_size=int(get("PURGE_BATCH_SIZE", d.purge_batch_size)),
+            orphan_grace_seconds=int(get("ORPHAN_GRACE_SECONDS", d.orphan_grace_seconds)),
+        )
+
+    def safety_expiry_days(self, longest_retention_days: int | None = None) -> int:
+        """Days after which the s3 lifecycle rule expires any object: one day
+        after the longest retention (the configured ones, or a longer one a
+        plan grants when the caller passes it)."""
+        longest = max(self.retention_days, self.export_retention_days, longest_retention_days or 0)
+        return longest + 1
