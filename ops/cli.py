@@ -6,6 +6,8 @@
     darkroom-ops dlq purge <queue> --yes
     darkroom-ops users grant-admin <email>
     darkroom-ops users revoke-admin <email>
+    darkroom-ops storage purge [--dry-run] [--batch-size N]
+    darkroom-ops storage report [--json]
 
 Settings come from deploy/config/ops.yaml (``--config`` for another file) and
 the environment (``AMQP_URI``, ``RABBIT_MANAGEMENT_URL``). Exit codes: 0 done,
@@ -26,6 +28,7 @@ warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 import click  # noqa: E402
 
 from ops import dlq as dlq_ops  # noqa: E402
+from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError  # noqa: E402
@@ -54,7 +57,7 @@ pass_config = click.make_pass_decorator(dict)
               envvar="DARKROOM_OPS_CONFIG", help="Config file (default deploy/config/ops.yaml).")
 @click.pass_context
 def cli(ctx, config_file):
-    """Darkroom operations: dead letters and administrators."""
+    """Darkroom operations: dead letters, administrators and stored files."""
     ctx.obj = load_ops_config(config_file)
 
 
@@ -171,6 +174,34 @@ def grant_admin(config, email):
 def revoke_admin(config, email):
     """Take a user's administrator rights away."""
     _set_admin(config, email, False)
+
+
+@cli.group(cls=OpsGroup)
+def storage():
+    """Stored files (through the storage service): retention purge and usage."""
+
+
+@storage.command("purge")
+@click.option("--dry-run", is_flag=True, help="Count what is past retention; delete nothing.")
+@click.option("--batch-size", type=click.IntRange(1, 10000),
+              help="Objects per batch (default: the service's STORAGE_PURGE_BATCH_SIZE).")
+@pass_config
+def storage_purge(config, dry_run, batch_size):
+    """Purge every object past its retention now (the service also does it every minute)."""
+    click.echo(storage_ops.purge_summary(storage_ops.purge(config, dry_run, batch_size)))
+
+
+@storage.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_config
+def storage_report(config, as_json):
+    """Objects and bytes by kind and by age, and what awaits the purge."""
+    result = storage_ops.report(config)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for line in storage_ops.report_lines(result):
+        click.echo(line)
 
 
 def main() -> None:

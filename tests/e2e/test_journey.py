@@ -3,120 +3,25 @@ driven over HTTP the way a new user and a careless client would drive it."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
-import re
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-import requests
 
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import wait_for
+from tests.e2e.stack import (
+    PASSWORD,
+    body_text,
+    code_from,
+    new_email,
+    refused_within,
+    register,
+    token_from,
+    verified_login,
+)
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "correct horse battery staple"
-
-
-class Stack:
-    def __init__(self, base_url: str, mail_dir: Path, processes: dict):
-        self.base_url = base_url
-        self.mail_dir = mail_dir
-        self.processes = processes
-        self.http = requests.Session()
-
-    def call(self, method: str, path: str, token: str | None = None, api_key: str | None = None, **kw):
-        headers = kw.pop("headers", {})
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if api_key:
-            headers["X-API-Key"] = api_key
-        return self.http.request(method, self.base_url + path, headers=headers, timeout=30, **kw)
-
-    def mails_to(self, address: str) -> list[email.message.EmailMessage]:
-        found = []
-        for path in sorted(self.mail_dir.glob("*.eml"), key=lambda p: p.stat().st_mtime):
-            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            if address.lower() in str(msg["To"]).lower():
-                found.append(msg)
-        return found
-
-    def wait_for_mail(self, address: str, count: int = 1) -> email.message.EmailMessage:
-        mails = wait_for(lambda: (m := self.mails_to(address)) and len(m) >= count and m, 30,
-                         what=f"mail #{count} to {address}")
-        return mails[count - 1]
-
-
-def body_text(msg: email.message.EmailMessage) -> str:
-    part = msg.get_body(preferencelist=("plain", "html"))
-    return part.get_content()
-
-
-def code_from(msg) -> str:
-    return re.search(r"\b(\d{6})\b", body_text(msg)).group(1)
-
-
-def token_from(msg) -> str:
-    return re.search(r"\?token=([A-Za-z0-9_\-]+)", body_text(msg)).group(1)
-
-
-@pytest.fixture(scope="module")
-def stack(amqp_uri, make_database, start_process, tmp_path_factory):
-    mail_dir = tmp_path_factory.mktemp("mail")
-    port = free_port()
-    env = base_env(
-        AMQP_URI=amqp_uri,
-        AUTH_DATABASE_URL=make_database("auth"),
-        NOTIFICATIONS_DATABASE_URL=make_database("notifications"),
-        AUTH_METRICS_PORT=free_port(),
-        NOTIFICATIONS_METRICS_PORT=free_port(),
-        MAIL_URL=f"file://{mail_dir}",
-        APP_BASE_URL="http://app.example",
-        GATEWAY_PORT=port,
-        GATEWAY_AUTH_CACHE_SECONDS=2,
-        RATELIMIT_AUTH="10000 per minute",
-        RATELIMIT_DEFAULT="10000 per minute",
-        AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=5,
-        AUTH_RESEND_MIN_INTERVAL_SECONDS=0,
-    )
-    processes = {}
-    for name in ("auth", "notifications"):
-        processes[name] = start_process(name, env)
-    processes["auth"].wait_ready(f"http://127.0.0.1:{env['AUTH_METRICS_PORT']}/readyz")
-    processes["notifications"].wait_ready(f"http://127.0.0.1:{env['NOTIFICATIONS_METRICS_PORT']}/readyz")
-    processes["gateway"] = start_process("gateway", env)
-    processes["gateway"].wait_ready(f"http://127.0.0.1:{port}/readyz")
-    return Stack(f"http://127.0.0.1:{port}", mail_dir, processes)
-
-
-def new_email() -> str:
-    return f"user-{uuid.uuid4().hex[:10]}@example.com"
-
-
-def register(stack, address=None, password=PASSWORD):
-    address = address or new_email()
-    r = stack.call("POST", "/v1/auth/register", json={"email": address, "password": password})
-    assert r.status_code == 201, r.text
-    return address, r.json()
-
-
-def verified_login(stack, address=None):
-    address, registered = register(stack, address)
-    code = code_from(stack.wait_for_mail(address))
-    assert stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": code}).status_code == 200
-    r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return address, registered, r.json()["token"]
-
-
-def refused_within(stack, seconds: float, **credential):
-    """A revoked credential stops working within the promised delay."""
-    wait_for(lambda: stack.call("GET", "/v1/me", **credential).status_code == 401, seconds,
-             interval=0.5, what="credential refused")
-
 
 def test_new_user_journey(stack):
     address = new_email()

@@ -6,7 +6,9 @@ every run in a file (which survives the worker's rollback) and its one side
 effect in the database, idempotently on ``event_id``.
 
 ``FakeAuthService`` answers ``auth.set_admin`` the way the auth service does,
-so the ops CLI's ``users`` commands can be tested over real RPC.
+so the ops CLI's ``users`` commands can be tested over real RPC;
+``FakeStorageService`` does the same for ``storage.purge_expired`` and
+``storage.report`` (the ``storage`` commands).
 
 Configuration (the YAML file the tests write): ``AMQP_URI``, ``DATABASE_URL``,
 ``EVENT_RETRY_DELAYS_MS``, ``METRICS_PORT``, ``PROBE_STATE_DIR`` (the run
@@ -24,6 +26,7 @@ from nameko.rpc import rpc
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 from services.common import contracts
+from services.common.contracts.storage import PurgeRequest
 from services.common.db import Database, claim_event, processed_events_table
 from services.common.errors import DomainError, NonRetryable
 from services.common.messaging import EventPublisher, event_handler
@@ -139,6 +142,37 @@ class FakeAuthService(DarkroomService):
                 "otpauth_uri": uri}
 
 
+class FakeStorageService(DarkroomService):
+    """Stands in for storage's ``purge_expired`` and ``report`` RPCs (same
+    contracts): five expired uploads of 1000 bytes await the purge, once."""
+
+    name = "storage"
+    pending = {"objects": 5, "bytes": 5000}
+    purged = {"objects": 0}
+
+    @rpc(expected_exceptions=DomainError)
+    def purge_expired(self, payload: dict) -> dict:
+        request = contracts.load_rpc(PurgeRequest, payload)
+        size = request["batch_size"] or 500
+        found = dict(self.pending)
+        if not request["dry_run"]:
+            self.purged["objects"] += found["objects"]
+            self.pending.update(objects=0, bytes=0)
+        return {"dry_run": request["dry_run"], "batches": -(-found["objects"] // size),
+                **found}
+
+    @rpc(expected_exceptions=DomainError)
+    def report(self) -> dict:
+        live = {"objects": 2, "bytes": 3 * 1024 * 1024}
+        return {
+            "by_kind": {"upload": {"objects": live["objects"] + self.pending["objects"],
+                                   "bytes": live["bytes"] + self.pending["bytes"]}},
+            "by_age_days": {"0-7": live, "30+": dict(self.pending)},
+            "expired_pending": dict(self.pending),
+            "deleted": {"objects": self.purged["objects"]},
+        }
+
+
 # ---------------------------------------------------------------- test-side helpers
 
 PROBE_QUEUE = "evt-probe-poked--probe.handle_poked"
@@ -198,7 +232,7 @@ def start_probe(start_process, workdir: Path, amqp_uri: str, database_url: str,
     proc.config_path = path
     proc.state_dir = state_dir
     proc.metrics_port = values["METRICS_PORT"]
-    queue = PROBE_QUEUE if cls == "ProbeService" else "rpc-auth"
+    queue = PROBE_QUEUE if cls == "ProbeService" else f"rpc-{globals()[cls].name}"
     wait_consuming(amqp_uri, queue, proc)
     return proc
 

@@ -1,14 +1,17 @@
 """Unit-test fixtures for the gateway: the Flask test client in front of a fake
-RPC pool whose ``auth`` answers like the auth service's RPC surface."""
+RPC pool whose ``auth`` and ``storage`` answer like those services' RPC surfaces."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from gateway.app import create_app
+from services.common import signing
 from services.common.errors import DomainError
 from services.common.observability import correlation_id
 
@@ -58,17 +61,13 @@ def api_key(key_id: str = KEY_ID, name: str = "default") -> dict:
     return {"id": key_id, "name": name, "prefix": "dr_live_ab", "created_at": NOW, "last_used_at": None}
 
 
-class FakeAuth:
-    """The auth service's RPC surface, in memory; records every call."""
+class FakeRpcService:
+    """A service's RPC surface in memory: method ``x`` is ``_x``; every call is
+    recorded; ``fail_with[name]`` makes a method raise."""
 
     def __init__(self):
         self.calls: list[tuple[str, tuple, dict]] = []
         self.correlation_ids: list[str | None] = []
-        self.credentials = {
-            ("token", TOKEN): principal(USER_ID, "session", SESSION_ID),
-            ("api_key", API_KEY): principal(USER_ID, "api_key", KEY_ID),
-            ("token", UNVERIFIED_TOKEN): principal(UNVERIFIED_ID, "session", UNVERIFIED_SESSION_ID, False),
-        }
         self.fail_with: dict[str, Exception] = {}
 
     def __getattr__(self, name):
@@ -89,6 +88,18 @@ class FakeAuth:
 
     def called(self, name: str) -> list[tuple[tuple, dict]]:
         return [(a, k) for n, a, k in self.calls if n == name]
+
+
+class FakeAuth(FakeRpcService):
+    """The auth service's RPC surface, in memory; records every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.credentials = {
+            ("token", TOKEN): principal(USER_ID, "session", SESSION_ID),
+            ("api_key", API_KEY): principal(USER_ID, "api_key", KEY_ID),
+            ("token", UNVERIFIED_TOKEN): principal(UNVERIFIED_ID, "session", UNVERIFIED_SESSION_ID, False),
+        }
 
     # -- the surface (leading underscore: see __getattr__)
 
@@ -168,6 +179,117 @@ class FakeAuth:
         return None
 
 
+FILES_SECRET = "unit-test-files-secret"
+FILES_BASE_URL = "http://127.0.0.1:8000"
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+
+
+class FakeStorage(FakeRpcService):
+    """The storage service's RPC surface the gateway uses, in memory.
+
+    Upload slots are signed ``/v1/files/staging/<id>`` URLs (the fs backend)
+    unless ``slot_url`` is set (``{upload_id}`` in it is filled in); ``finish_upload`` takes the staged bytes from
+    ``files_root`` (the gateway's FILES.ROOT) or from ``staged`` (tests fill
+    it), sniffs PNG/JPEG and answers 415 for anything else. Objects belong to
+    their owner: anyone else gets 404, as from the real service.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.files_root: Path | None = None
+        self.slot_url: str | None = None
+        self.slot_max_bytes = 20 * 1024 * 1024
+        self.staged: dict[str, bytes] = {}
+        self.slots: dict[str, str] = {}  # upload id -> owner id
+        self.objects: dict[str, dict] = {}  # id -> image object plus owner_id, deleted
+
+    def add(self, owner_id: str, kind: str = "upload", visibility: str = "private",
+            job_id: str | None = None, data: bytes = b"\x89PNG\r\n\x1a\nfake",
+            content_type: str = "image/png") -> dict:
+        """A committed object of ``owner_id``; returns it as its owner sees it."""
+        object_id = str(uuid.uuid4())
+        self.objects[object_id] = {
+            "id": object_id, "kind": kind, "content_type": content_type, "size": len(data),
+            "width": 4, "height": 3, "sha256": hashlib.sha256(data).hexdigest(),
+            "visibility": visibility, "job_id": job_id, "created_at": NOW, "expires_at": LATER,
+            "owner_id": owner_id, "deleted": False,
+        }
+        return self._view(self.objects[object_id])
+
+    def _find(self, owner_id: str | None, object_id: str) -> dict:
+        obj = self.objects.get(object_id)
+        if obj is None or obj["deleted"] or (owner_id is not None and obj["owner_id"] != owner_id):
+            raise DomainError("not_found", "image not found", 404)
+        return obj
+
+    @staticmethod
+    def _view(obj: dict, with_url: bool = True) -> dict:
+        view = {k: v for k, v in obj.items() if k not in ("owner_id", "deleted")}
+        if with_url:
+            key = f"objects/{obj['owner_id']}/{obj['id']}"
+            view["url"] = signing.sign_url(FILES_BASE_URL, FILES_SECRET, "GET", key, 300)[0]
+        return view
+
+    # -- the surface (leading underscore: see FakeRpcService.__getattr__)
+
+    def _ping(self):
+        return {"service": "storage", "ok": True}
+
+    def _create_upload_slot(self, owner_id):
+        upload_id = str(uuid.uuid4())
+        self.slots[upload_id] = owner_id
+        if self.slot_url:  # another server's URL; "{upload_id}" is filled in
+            url = self.slot_url.replace("{upload_id}", upload_id)
+        else:
+            url = signing.sign_url(FILES_BASE_URL, FILES_SECRET, "PUT", f"staging/{upload_id}", 900)[0]
+        return {"upload_id": upload_id, "url": url, "method": "PUT",
+                "headers": {"Content-Type": "application/octet-stream"},
+                "max_bytes": self.slot_max_bytes, "expires_at": LATER}
+
+    def _finish_upload(self, owner_id, upload_id):
+        if self.slots.get(upload_id) != owner_id:
+            raise DomainError("not_found", "upload not found", 404)
+        staged = self.files_root / "staging" / upload_id if self.files_root else None
+        if staged is not None and staged.is_file():
+            data = staged.read_bytes()
+            staged.unlink()
+        else:
+            data = self.staged.pop(upload_id, None)
+        if data is None:
+            raise DomainError("not_found", "nothing was uploaded to this slot", 404)
+        content_type = next((t for magic, t in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+        if content_type is None:
+            raise DomainError("unsupported_media_type", "send a PNG, JPEG or WebP image", 415)
+        del self.slots[upload_id]
+        return self.add(owner_id, data=data, content_type=content_type)
+
+    def _get_object(self, owner_id, object_id):
+        return self._view(self._find(owner_id, object_id))
+
+    def _get_public_object(self, object_id):
+        obj = self._find(None, object_id)
+        if obj["visibility"] != "public":
+            raise DomainError("not_found", "image not found", 404)
+        view = self._view(obj)
+        return {k: view[k] for k in ("id", "kind", "content_type", "size", "width", "height",
+                                     "created_at", "expires_at", "url")}
+
+    def _list_objects(self, owner_id, query):
+        items = [self._view(o) for o in reversed(self.objects.values())
+                 if o["owner_id"] == owner_id and not o["deleted"]
+                 and query.get("kind") in (None, o["kind"])
+                 and query.get("job_id") in (None, o["job_id"])]
+        return {"items": items[:query.get("limit", 20)], "next_cursor": None}
+
+    def _set_visibility(self, owner_id, object_id, payload):
+        obj = self._find(owner_id, object_id)
+        obj["visibility"] = payload["visibility"]
+        return self._view(obj)
+
+    def _delete_object(self, owner_id, object_id):
+        self._find(owner_id, object_id)["deleted"] = True
+
+
 class FakeService:
     def __init__(self, name: str, healthy: bool = True):
         self.name = name
@@ -186,7 +308,9 @@ class FakePool:
 
     def __init__(self):
         self.auth = FakeAuth()
-        self.services = {"auth": self.auth, "notifications": FakeService("notifications")}
+        self.storage = FakeStorage()
+        self.services = {"auth": self.auth, "notifications": FakeService("notifications"),
+                         "storage": self.storage}
         self.checkouts = 0
 
     @contextmanager
@@ -234,6 +358,11 @@ def client(app):
 @pytest.fixture
 def auth(pool) -> FakeAuth:
     return pool.auth
+
+
+@pytest.fixture
+def storage(pool) -> FakeStorage:
+    return pool.storage
 
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -249,6 +249,9 @@ def test_openapi_document(client):
         "/v1/me/api-keys/{key_id}": {"delete"}, "/v1/me/sessions": {"get"},
         "/v1/me/sessions/{session_id}": {"delete"}, "/v1/me/totp": {"post"},
         "/v1/me/totp/confirm": {"post"},
+        "/v1/uploads": {"post"}, "/v1/images": {"get"},
+        "/v1/images/{image_id}": {"get", "patch", "delete"}, "/v1/images/{image_id}/content": {"get"},
+        "/v1/public/images/{image_id}": {"get"}, "/v1/files/{key}": {"get", "put"},
     }
     assert {path: set(ops) - {"parameters"} for path, ops in doc["paths"].items()} == expected
     schemes = doc["components"]["securitySchemes"]

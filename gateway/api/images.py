@@ -1,0 +1,186 @@
+"""Images and uploads (API.md "Images and uploads"), over the storage service's RPC.
+
+``POST /v1/uploads`` takes the multipart field ``file`` (the client's filename
+and content type are not trusted: storage sniffs and re-encodes the bytes),
+streams it to an upload slot of the storage service and has storage finish the
+upload. Bodies larger than ``UPLOAD_MAX_BYTES`` (plus a little multipart
+framing) are refused from their ``Content-Length`` before anything is read or
+asked. Another user's images, unknown ids and ids that are not UUIDs are all
+404 ``not_found``. Every answer is ``Cache-Control: no-store``: the URLs in
+them are signed and short-lived.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from typing import BinaryIO
+
+from flask import current_app, redirect, request
+from flask.views import MethodView
+from flask_smorest.fields import Upload
+from marshmallow import Schema
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from gateway import transfer
+from gateway.api.common import Blueprint, present, rpc
+from gateway.api.files import DEFAULT_MAX_BYTES, file_store, payload_too_large
+from gateway.auth import authenticated, current_principal
+from services.common.contracts.storage import (
+    ImageObject,
+    ImagePage,
+    ImageQuery,
+    PublicImageObject,
+    SetVisibility,
+)
+from services.common.errors import DomainError, not_found
+
+# room for the multipart framing around the file (boundaries, part headers)
+MULTIPART_ALLOWANCE = 64 * 1024
+
+images_blp = Blueprint("images", __name__, url_prefix="/v1",
+                       description="Uploads and the caller's images (uploads and generated outputs)")
+public_blp = Blueprint("public_images", __name__, url_prefix="/v1/public",
+                       description="Images their owners made public (no authentication)")
+
+
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+images_blp.after_request(_no_store)
+public_blp.after_request(_no_store)
+
+
+def upload_max_bytes() -> int:
+    return int(current_app.extensions["darkroom"].config.get("UPLOAD_MAX_BYTES") or DEFAULT_MAX_BYTES)
+
+
+class UploadForm(Schema):
+    file = Upload(required=True, metadata={"description": "a PNG, JPEG or WebP image"})
+
+
+def upload_body_limit(fn):
+    """Refuse an oversized body from its Content-Length before authenticating
+    or reading it; allow this route a larger body than the JSON routes' cap."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        max_bytes = upload_max_bytes()
+        limit = max_bytes + MULTIPART_ALLOWANCE
+        if request.content_length is not None and request.content_length > limit:
+            raise payload_too_large(max_bytes)
+        request.max_content_length = limit
+        try:
+            return fn(*args, **kwargs)
+        except RequestEntityTooLarge:  # a chunked body that went past the limit
+            raise payload_too_large(max_bytes) from None
+
+    return wrapper
+
+
+def _size_of(stream: BinaryIO) -> int:
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(0)
+    return size
+
+
+def send_to_slot(slot: dict, stream: BinaryIO, size: int, max_bytes: int) -> None:
+    """Put the bytes where the slot says: straight into FILES.ROOT when the
+    slot is this gateway's own /v1/files/ URL (fs backend), else over HTTP."""
+    method = str(slot.get("method") or "PUT").upper()
+    limit = min(max_bytes, int(slot.get("max_bytes") or max_bytes))
+    store = file_store()
+    key = store.local_key(slot["url"], method) if store is not None and method == "PUT" else None
+    if key is not None:
+        store.write(key, stream, length=size, max_bytes=limit)
+    else:
+        transfer.put_file(slot["url"], stream, size, max_bytes=limit, method=method,
+                          headers=slot.get("headers") or {})
+
+
+@images_blp.route("/uploads", methods=["POST"])
+@images_blp.response(201, ImageObject)
+@images_blp.alt_response(413, description="the file is larger than UPLOAD_MAX_BYTES")
+@upload_body_limit
+@authenticated
+@images_blp.arguments(UploadForm, location="files")
+def upload(form):
+    """Upload a PNG, JPEG or WebP image (EXIF and location data are removed)"""
+    stream = form["file"].stream
+    max_bytes = upload_max_bytes()
+    size = _size_of(stream)
+    if size > max_bytes:
+        raise payload_too_large(max_bytes)
+    if size == 0:
+        raise DomainError("invalid_request", "the file is empty", 400,
+                          {"fields": {"file": ["The file is empty."]}})
+    user_id = current_principal().user_id
+    # two short checkouts: no pooled proxy is held while the bytes travel
+    with rpc() as proxy:
+        slot = proxy.storage.create_upload_slot(user_id)
+    send_to_slot(slot, stream, size, max_bytes)
+    with rpc() as proxy:
+        image = proxy.storage.finish_upload(user_id, str(slot["upload_id"]))
+    return present(ImageObject, image)
+
+
+@images_blp.route("/images", methods=["GET"])
+@images_blp.arguments(ImageQuery, location="query")
+@images_blp.response(200, ImagePage)
+@authenticated
+def list_images(query):
+    """The caller's images, newest first (filter by kind or job)"""
+    query = {k: (str(v) if k == "job_id" else v) for k, v in query.items() if v is not None}
+    with rpc() as proxy:
+        return present(ImagePage, proxy.storage.list_objects(current_principal().user_id, query))
+
+
+@images_blp.route("/images/<uuid:image_id>")
+class Image(MethodView):
+    @images_blp.response(200, ImageObject)
+    @authenticated
+    def get(self, image_id):
+        """One of the caller's images, with a signed, short-lived download URL"""
+        with rpc() as proxy:
+            return present(ImageObject, proxy.storage.get_object(current_principal().user_id,
+                                                                 str(image_id)))
+
+    @images_blp.response(200, ImageObject)
+    @authenticated
+    @images_blp.arguments(SetVisibility)
+    def patch(self, payload, image_id):
+        """Make an image public (readable by anyone with its id) or private again"""
+        with rpc() as proxy:
+            return present(ImageObject, proxy.storage.set_visibility(
+                current_principal().user_id, str(image_id), payload))
+
+    @images_blp.response(204)
+    @authenticated
+    def delete(self, image_id):
+        """Delete an image and its bytes"""
+        with rpc() as proxy:
+            proxy.storage.delete_object(current_principal().user_id, str(image_id))
+
+
+@images_blp.route("/images/<uuid:image_id>/content", methods=["GET"])
+@images_blp.response(302, description="redirect to the image's signed, short-lived URL",
+                     headers={"Location": {"schema": {"type": "string"}}})
+@authenticated
+def image_content(image_id):
+    """Redirect to the image's bytes"""
+    with rpc() as proxy:
+        image = proxy.storage.get_object(current_principal().user_id, str(image_id))
+    url = image.get("url") if isinstance(image, dict) else None
+    if not url:
+        raise not_found("image")
+    return redirect(url, 302)
+
+
+@public_blp.route("/images/<uuid:image_id>", methods=["GET"])
+@public_blp.response(200, PublicImageObject)
+def public_image(image_id):
+    """A public image (404 for private or unknown ones)"""
+    with rpc() as proxy:
+        return present(PublicImageObject, proxy.storage.get_public_object(str(image_id)))

@@ -1,0 +1,111 @@
+"""Retention and usage of stored files: ``storage.purge_expired`` and
+``storage.report`` over nameko RPC, and how the CLI prints their answers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from ops.errors import OpsError
+from ops.rabbit import connect, safe_url
+
+# a purge may work through many batches before it answers
+PURGE_TIMEOUT_SECONDS = 600
+KIND_ORDER = ("upload", "output", "export")
+AGE_ORDER = ("0-7", "7-30", "30+")
+
+
+def _call(config: dict, method: str, *args: Any, timeout: float | None = None) -> Any:
+    """``storage.<method>(*args)``; a DomainError propagates for the CLI to print."""
+    amqp_uri = config["AMQP_URI"]
+    timeout = timeout or float(config.get("RPC_TIMEOUT_SECONDS") or 30)
+    with connect(amqp_uri):  # a clear error when the broker is away
+        pass
+    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
+    try:
+        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
+            return getattr(rpc.storage, method)(*args)
+    except RpcTimeout:
+        raise OpsError(f"the storage service did not answer within {timeout:g} s "
+                       "(work it started may still finish)") from None
+    except UnknownService:
+        raise OpsError(f"no storage service is running on {safe_url(amqp_uri)}") from None
+
+
+def purge(config: dict, dry_run: bool = False, batch_size: int | None = None) -> dict:
+    """Purge what is past its retention now (or count it, with ``dry_run``):
+    ``{"dry_run", "batches", "objects", "bytes"}``."""
+    payload: dict[str, Any] = {"dry_run": dry_run}
+    if batch_size is not None:
+        payload["batch_size"] = batch_size
+    timeout = max(float(config.get("RPC_TIMEOUT_SECONDS") or 30), PURGE_TIMEOUT_SECONDS)
+    return _call(config, "purge_expired", payload, timeout=timeout)
+
+
+def report(config: dict) -> dict:
+    """Counts and bytes by kind and by age, expired objects awaiting the purge,
+    deleted objects (see the storage service's ``report``)."""
+    return _call(config, "report")
+
+
+# ------------------------------------------------------------ printing
+
+
+def human_bytes(n: int | float) -> str:
+    """1536 -> '1.5 KiB' (binary units; exact bytes below 1 KiB)."""
+    n = float(n or 0)
+    if abs(n) < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def purge_summary(result: dict) -> str:
+    objects = plural(int(result.get("objects") or 0), "object")
+    size = human_bytes(result.get("bytes") or 0)
+    batches = plural(int(result.get("batches") or 0), "batch", "batches")
+    if result.get("dry_run"):
+        return (f"dry run: {objects} ({size}) past retention would be purged in {batches}; "
+                "nothing was deleted")
+    return f"purged {objects} ({size}) in {batches}"
+
+
+def _ordered(groups: dict, order: tuple[str, ...]) -> list[str]:
+    return [k for k in order if k in groups] + sorted(k for k in groups if k not in order)
+
+
+def _table(title: str, groups: dict, order: tuple[str, ...]) -> list[str]:
+    rows = [(name, str(int(groups[name].get("objects") or 0)),
+             human_bytes(groups[name].get("bytes") or 0)) for name in _ordered(groups, order)]
+    header = (title, "OBJECTS", "BYTES")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    lines = [f"{header[0].ljust(widths[0])}  {header[1].rjust(widths[1])}  {header[2].rjust(widths[2])}"]
+    for name, objects, size in rows:
+        lines.append(f"{name.ljust(widths[0])}  {objects.rjust(widths[1])}  {size.rjust(widths[2])}")
+    if not rows:
+        lines.append("(none)")
+    return lines
+
+
+def report_lines(result: dict) -> list[str]:
+    expired = result.get("expired_pending") or {}
+    deleted = result.get("deleted") or {}
+    return [
+        *_table("KIND", result.get("by_kind") or {}, KIND_ORDER),
+        "",
+        *_table("AGE (DAYS)", result.get("by_age_days") or {}, AGE_ORDER),
+        "",
+        f"expired, awaiting purge: {plural(int(expired.get('objects') or 0), 'object')} "
+        f"({human_bytes(expired.get('bytes') or 0)})",
+        f"deleted (rows kept, bytes gone): {plural(int(deleted.get('objects') or 0), 'object')}",
+    ]

@@ -1,0 +1,109 @@
+"""The storage service's tables.
+
+An ``objects`` row describes one stored file (an upload, a job's output, an
+export archive) under the key ``objects/<owner_id>/<id>``. A row is
+``pending`` from the moment an output slot is issued until its bytes are
+verified (``commit_objects``), then ``committed`` with its ``expires_at``.
+Deleting (by the owner, by the retention purge, by an erasure) removes the
+bytes first and then sets ``deleted_at``: the row stays as a tombstone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, Integer, MetaData, String, Uuid, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
+from services.common.ids import new_id
+from services.common.outbox import outbox_table
+
+PENDING = "pending"
+COMMITTED = "committed"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class StoredObject(Base):
+    __tablename__ = "objects"
+    __table_args__ = (
+        # The gallery: an owner's objects, newest first (keyset pagination).
+        Index("ix_objects_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        # The purge: live rows by expiry.
+        Index(
+            "ix_objects_expires_at_live",
+            "expires_at",
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    kind: Mapped[str] = mapped_column(String(16))  # upload | output | export
+    status: Mapped[str] = mapped_column(String(16))  # pending | committed
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    visibility: Mapped[str] = mapped_column(String(16), default="private", server_default="private")
+    key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    committed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class UploadSlot(Base):
+    """Where a user's upload waits (``staging/<id>``) until ``finish_upload``
+    validates it; ``object_id`` is what it became."""
+
+    __tablename__ = "upload_slots"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    object_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class OwnerRetention(Base):
+    """The retention a user's plan grants (from ``billing.plan_changed``);
+    owners without a row get ``STORAGE.RETENTION_DAYS``."""
+
+    __tablename__ = "owner_retention"
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    retention_days: Mapped[int] = mapped_column(Integer)
+    # When billing said so (the event's occurred_at): an older event never
+    # overrides a newer one.
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PurgeBatch(Base):
+    """The audit trail of deletions by the service itself: one row per batch
+    of the retention purge (``reason`` "retention") or per orphan sweep
+    ("orphan")."""
+
+    __tablename__ = "purge_batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    reason: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    objects: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+# Events consumed (idempotency on event id) and events waiting to be published.
+processed_events = processed_events_table(Base.metadata)
+outbox = outbox_table(Base.metadata)

@@ -1,0 +1,230 @@
+"""The storage service: every stored file (uploads, generated outputs, export
+archives), its metadata, and the retention that deletes it.
+
+Entrypoints are thin: load the payload through its contract, call the domain
+modules (:mod:`objects`, :mod:`retention`), dispatch events (into the outbox,
+in the same transaction), commit, dump the answer through its contract.
+
+    nameko run --config deploy/config/storage.yaml services.storage.service:StorageService
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from nameko.timer import timer
+from sqlalchemy.orm import Session
+
+from services.common.contracts import load_rpc
+from services.common.contracts import storage as c
+from services.common.db import Database, claim_event
+from services.common.errors import DomainError
+from services.common.ids import utcnow
+from services.common.messaging import EventPublisher, event_handler
+from services.common.service import DarkroomService
+from services.storage import objects, retention
+from services.storage.backends import Backend, make_backend
+from services.storage.models import outbox, processed_events
+from services.storage.settings import StorageSettings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+PURGE_INTERVAL_SECONDS = 60
+ORPHAN_SWEEP_INTERVAL_SECONDS = 3600
+
+
+class Settings(DependencyProvider):
+    """The ``STORAGE`` config section as :class:`StorageSettings`, read once at start."""
+
+    def setup(self):
+        self.settings = StorageSettings.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings
+
+
+class ObjectStore(DependencyProvider):
+    """The configured backend (``self.store.backend``), made ready when the
+    service starts: bucket or directory created, and for s3 the safety
+    lifecycle rule set one day past the longest retention any owner has."""
+
+    def setup(self):
+        self.settings = StorageSettings.from_config(self.container.config)
+        self.backend: Backend = make_backend(self.settings)
+        self.safety_expiry_days = 0
+
+    def start(self):
+        database = next(d for d in self.container.dependencies if isinstance(d, Database))
+        with Session(database.engine) as session:
+            longest = retention.longest_plan_retention(session)
+        self.ensure_covers(longest)
+
+    def ensure_covers(self, retention_days: int | None) -> None:
+        """Make sure the safety expiry comes after ``retention_days``."""
+        days = self.settings.safety_expiry_days(retention_days)
+        if days > self.safety_expiry_days:
+            self.backend.ensure_ready(days)
+            self.safety_expiry_days = days
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+
+class StorageService(DarkroomService):
+    name = "storage"
+
+    db = Database(migrations=MIGRATIONS)
+    dispatch = EventPublisher(outbox=outbox)
+    settings = Settings()
+    store = ObjectStore()
+
+    def _url_view(self, obj) -> dict:
+        return c.ImageObject().dump(objects.view_with_url(self.store.backend, self.settings, obj))
+
+    # ------------------------------------------------------------ user uploads
+
+    @rpc(expected_exceptions=DomainError)
+    def create_upload_slot(self, owner_id) -> dict:
+        slot = objects.create_upload_slot(self.db, self.store.backend, self.settings, owner_id, utcnow())
+        self.db.commit()
+        return c.UploadSlot().dump(slot)
+
+    @rpc(expected_exceptions=DomainError)
+    def finish_upload(self, owner_id, upload_id) -> dict:
+        obj, staged = objects.finish_upload(
+            self.db, self.store.backend, self.settings, owner_id, upload_id, utcnow()
+        )
+        self.db.commit()
+        if staged:
+            try:
+                self.store.backend.delete_many([staged])
+            except Exception:  # the orphan sweep removes it later
+                log.exception("could not delete a finished staging upload")
+        log.info("upload stored", extra={"object_id": str(obj.id), "size": obj.size})
+        return self._url_view(obj)
+
+    # ------------------------------------------------------------ outputs
+
+    @rpc(expected_exceptions=DomainError)
+    def create_output_slot(self, owner_id, payload) -> dict:
+        data = load_rpc(c.OutputSlotRequest, payload)
+        slot = objects.create_output_slot(
+            self.db, self.store.backend, self.settings, owner_id, data, utcnow()
+        )
+        self.db.commit()
+        return c.OutputSlot().dump(slot)
+
+    @rpc(expected_exceptions=DomainError)
+    def commit_objects(self, owner_id, object_ids) -> dict:
+        rows = objects.commit_objects(
+            self.db, self.store.backend, self.settings, owner_id, object_ids, utcnow()
+        )
+        self.db.commit()
+        return {"items": [self._url_view(obj) for obj in rows]}
+
+    # ------------------------------------------------------------ gallery
+
+    @rpc(expected_exceptions=DomainError)
+    def get_object(self, owner_id, object_id) -> dict:
+        return self._url_view(objects.get_visible(self.db, owner_id, object_id, utcnow()))
+
+    @rpc(expected_exceptions=DomainError)
+    def get_public_object(self, object_id) -> dict:
+        obj = objects.get_public(self.db, object_id, utcnow())
+        return c.PublicImageObject().dump(objects.view_with_url(self.store.backend, self.settings, obj))
+
+    @rpc(expected_exceptions=DomainError)
+    def list_objects(self, owner_id, query=None) -> dict:
+        data = load_rpc(c.ImageQuery, query)
+        rows, next_cursor = objects.list_objects(self.db, owner_id, data, utcnow())
+        items = [objects.view_with_url(self.store.backend, self.settings, obj) for obj in rows]
+        return c.ImagePage().dump({"items": items, "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def set_visibility(self, owner_id, object_id, payload) -> dict:
+        data = load_rpc(c.SetVisibility, payload)
+        obj = objects.set_visibility(self.db, owner_id, object_id, data["visibility"], utcnow())
+        self.db.commit()
+        return self._url_view(obj)
+
+    @rpc(expected_exceptions=DomainError)
+    def delete_object(self, owner_id, object_id) -> None:
+        obj = objects.delete_object(self.db, self.store.backend, owner_id, object_id, utcnow())
+        self.db.commit()
+        log.info("object deleted", extra={"object_id": str(obj.id)})
+        return None
+
+    # ------------------------------------------------------------ privacy
+
+    @rpc(expected_exceptions=DomainError)
+    def export_user(self, user_id) -> dict:
+        rows = objects.export_user(self.db, user_id)
+        return {"objects": c.ImageObject(many=True).dump([objects.view(obj) for obj in rows])}
+
+    @rpc(expected_exceptions=DomainError)
+    def erase_user(self, user_id) -> dict:
+        erased = objects.erase_user(self.db, self.store.backend, user_id)
+        self.db.commit()
+        log.info("user's objects erased", extra={"user_id": str(user_id), **erased})
+        return erased
+
+    # ------------------------------------------------------------ retention
+
+    @event_handler("billing", "plan_changed")
+    def plan_changed(self, event: dict) -> None:
+        """Keep the plan's retention for the user's objects, old and new."""
+        if not claim_event(self.db, processed_events, event["event_id"], "storage.plan_changed"):
+            return
+        moved = retention.apply_plan_change(
+            self.db, event["user_id"], event["plan"], event["retention_days"], event["occurred_at"]
+        )
+        # before the commit: if the lifecycle rule cannot be moved, the event is retried
+        self.store.ensure_covers(event["retention_days"])
+        self.db.commit()
+        log.info("plan retention applied", extra={
+            "user_id": str(event["user_id"]), "retention_days": event["retention_days"],
+            "objects": moved, "stale": moved is None,
+        })
+
+    @rpc(expected_exceptions=DomainError)
+    def purge_expired(self, payload=None) -> dict:
+        data = load_rpc(c.PurgeRequest, payload)
+        result = retention.purge_expired(
+            self.db, self.store.backend, self.settings, utcnow(), self.dispatch,
+            batch_size=data["batch_size"], dry_run=data["dry_run"],
+        )
+        log.info("purge requested", extra=result)
+        return result
+
+    @timer(interval=PURGE_INTERVAL_SECONDS)
+    def purge_timer(self) -> dict:
+        """Purge expired objects, batch after batch, up to a bound per tick."""
+        result = retention.purge_expired(
+            self.db, self.store.backend, self.settings, utcnow(), self.dispatch,
+            max_batches=retention.MAX_BATCHES_PER_TICK,
+        )
+        if result["objects"]:
+            log.info("retention purge", extra=result)
+        return result
+
+    @timer(interval=ORPHAN_SWEEP_INTERVAL_SECONDS)
+    def orphan_timer(self) -> None:
+        self.sweep_orphans()
+
+    @rpc(expected_exceptions=DomainError)
+    def sweep_orphans(self) -> dict:
+        """Delete orphaned bytes now (the timer does it every hour):
+        ``{"objects", "bytes", "batch_id"}`` (zeros when another instance is sweeping)."""
+        result = retention.sweep_orphans(self.db, self.store.backend, self.settings, utcnow())
+        if result is None:
+            return {"objects": 0, "bytes": 0, "batch_id": None}
+        return {"objects": result.objects, "bytes": result.bytes,
+                "batch_id": str(result.batch_id) if result.batch_id else None}
+
+    @rpc(expected_exceptions=DomainError)
+    def report(self) -> dict:
+        return retention.report(self.db, utcnow())

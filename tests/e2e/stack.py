@@ -1,0 +1,86 @@
+"""The whole stack for end-to-end tests, and the helpers that drive it."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import uuid
+from pathlib import Path
+
+import requests
+
+from tests.conftest import wait_for
+
+PASSWORD = "correct horse battery staple"
+
+
+class Stack:
+    def __init__(self, base_url: str, mail_dir: Path, processes: dict, objects_dir: Path):
+        self.base_url = base_url
+        self.mail_dir = mail_dir
+        self.objects_dir = objects_dir
+        self.processes = processes
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, token: str | None = None, api_key: str | None = None, **kw):
+        headers = kw.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if api_key:
+            headers["X-API-Key"] = api_key
+        return self.http.request(method, self.base_url + path, headers=headers, timeout=30, **kw)
+
+    def mails_to(self, address: str) -> list[email.message.EmailMessage]:
+        found = []
+        for path in sorted(self.mail_dir.glob("*.eml"), key=lambda p: p.stat().st_mtime):
+            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if address.lower() in str(msg["To"]).lower():
+                found.append(msg)
+        return found
+
+    def wait_for_mail(self, address: str, count: int = 1) -> email.message.EmailMessage:
+        mails = wait_for(lambda: (m := self.mails_to(address)) and len(m) >= count and m, 30,
+                         what=f"mail #{count} to {address}")
+        return mails[count - 1]
+
+
+def body_text(msg: email.message.EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain", "html"))
+    return part.get_content()
+
+
+def code_from(msg) -> str:
+    return re.search(r"\b(\d{6})\b", body_text(msg)).group(1)
+
+
+def token_from(msg) -> str:
+    return re.search(r"\?token=([A-Za-z0-9_\-]+)", body_text(msg)).group(1)
+
+
+def new_email() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def register(stack, address=None, password=PASSWORD):
+    address = address or new_email()
+    r = stack.call("POST", "/v1/auth/register", json={"email": address, "password": password})
+    assert r.status_code == 201, r.text
+    return address, r.json()
+
+
+def verified_login(stack, address=None):
+    address, registered = register(stack, address)
+    code = code_from(stack.wait_for_mail(address))
+    assert stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": code}).status_code == 200
+    r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return address, registered, r.json()["token"]
+
+
+def refused_within(stack, seconds: float, **credential):
+    """A revoked credential stops working within the promised delay."""
+    wait_for(lambda: stack.call("GET", "/v1/me", **credential).status_code == 401, seconds,
+             interval=0.5, what="credential refused")
+
+

@@ -1,0 +1,194 @@
+"""`darkroom-ops storage purge|report`: arguments, RPC payloads, output, exit
+codes (the RPC itself replaced by a fake; tests/integration/test_ops_storage.py
+runs them over real RPC)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ops import cli as cli_module
+from ops import storage as storage_ops
+from ops.errors import OpsError
+from services.common.errors import DomainError
+
+REPORT = {
+    "by_kind": {"output": {"objects": 3, "bytes": 5 * 1024 ** 3}, "upload": {"objects": 12, "bytes": 3_565_158}},
+    "by_age_days": {"30+": {"objects": 1, "bytes": 10}, "0-7": {"objects": 14, "bytes": 2048}},
+    "expired_pending": {"objects": 1, "bytes": 10},
+    "deleted": {"objects": 7},
+}
+
+
+class Calls(list):
+    answers: dict
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Calls:
+    """Every storage RPC the commands make, answered from ``calls.answers``."""
+    made = Calls()
+    answers = {
+        "purge_expired": lambda payload: {"dry_run": payload["dry_run"], "batches": 3,
+                                          "objects": 1234, "bytes": 3_565_158},
+        "report": lambda: REPORT,
+    }
+
+    def fake_call(config, method, *args, timeout=None):
+        made.append((method, args, timeout, config["AMQP_URI"]))
+        return answers[method](*args)
+
+    monkeypatch.setattr(storage_ops, "_call", fake_call)
+    made.answers = answers
+    return made
+
+
+@pytest.fixture
+def run(tmp_path):
+    config = tmp_path / "ops.yaml"
+    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/x\nRPC_TIMEOUT_SECONDS: 7\n")
+
+    def invoke(*args):
+        return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args])
+
+    return invoke
+
+
+def test_purge(run, calls):
+    result = run("storage", "purge")
+    assert result.exit_code == 0, result.output
+    assert result.output == "purged 1234 objects (3.4 MiB) in 3 batches\n"
+    (method, args, timeout, amqp_uri), = calls
+    assert (method, args, amqp_uri) == ("purge_expired", ({"dry_run": False},),
+                                        "amqp://guest:guest@127.0.0.1:5672/x")
+    assert timeout >= 600  # a purge may take long: more than the usual RPC timeout
+
+
+def test_purge_dry_run_with_a_batch_size(run, calls):
+    result = run("storage", "purge", "--dry-run", "--batch-size", "50")
+    assert result.exit_code == 0, result.output
+    assert result.output == ("dry run: 1234 objects (3.4 MiB) past retention would be purged in "
+                             "3 batches; nothing was deleted\n")
+    assert calls[0][1] == ({"dry_run": True, "batch_size": 50},)
+
+
+def test_purge_of_nothing(run, calls):
+    calls.answers["purge_expired"] = lambda payload: {"dry_run": False, "batches": 1, "objects": 1,
+                                                      "bytes": 0}
+    assert run("storage", "purge").output == "purged 1 object (0 B) in 1 batch\n"
+
+
+@pytest.mark.parametrize("value", ["0", "10001", "-5", "many"])
+def test_purge_batch_size_must_be_in_range(run, calls, value):
+    result = run("storage", "purge", "--batch-size", value)
+    assert result.exit_code == 2
+    assert calls == []
+
+
+def test_report_table(run, calls):
+    result = run("storage", "report")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "KIND    OBJECTS    BYTES",
+        "upload       12  3.4 MiB",
+        "output        3  5.0 GiB",
+        "",
+        "AGE (DAYS)  OBJECTS    BYTES",
+        "0-7              14  2.0 KiB",
+        "30+               1     10 B",
+        "",
+        "expired, awaiting purge: 1 object (10 B)",
+        "deleted (rows kept, bytes gone): 7 objects",
+    ]
+    assert calls == [("report", (), None, "amqp://guest:guest@127.0.0.1:5672/x")]
+
+
+def test_report_of_an_empty_store(run, calls):
+    calls.answers["report"] = lambda: {"by_kind": {}, "by_age_days": {},
+                                       "expired_pending": {"objects": 0, "bytes": 0},
+                                       "deleted": {"objects": 0}}
+    lines = run("storage", "report").output.splitlines()
+    assert lines[:2] == ["KIND  OBJECTS  BYTES", "(none)"]
+    assert lines[-2:] == ["expired, awaiting purge: 0 objects (0 B)",
+                          "deleted (rows kept, bytes gone): 0 objects"]
+
+
+def test_report_json(run, calls):
+    result = run("storage", "report", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output) == REPORT
+
+
+def test_a_domain_error_is_its_message_and_exit_1(run, calls):
+    def refuse(payload):
+        raise DomainError("invalid_request", "the request is not valid", 400)
+
+    calls.answers["purge_expired"] = refuse
+    result = run("storage", "purge")
+    assert result.exit_code == 1
+    assert "error: the request is not valid (invalid_request)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_ops_error_is_its_message_and_exit_1(run, calls):
+    def away():
+        raise OpsError("no storage service is running on amqp://guest:***@127.0.0.1:5672/x")
+
+    calls.answers["report"] = away
+    result = run("storage", "report")
+    assert result.exit_code == 1
+    assert "error: no storage service is running" in result.output
+
+
+def test_the_rpc_timeout_comes_from_the_config(monkeypatch):
+    seen = {}
+
+    class Proxy:
+        def __init__(self, config, context_data, timeout):
+            seen["timeout"] = timeout
+            seen["correlation_id"] = context_data["correlation_id"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        class storage:  # noqa: N801 - stands in for the service proxy
+            @staticmethod
+            def report():
+                return {"ok": True}
+
+            @staticmethod
+            def purge_expired(payload):
+                return payload
+
+    class Connected:
+        def __init__(self, uri):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(storage_ops, "ClusterRpcProxy", Proxy)
+    monkeypatch.setattr(storage_ops, "connect", Connected)
+    config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
+    assert storage_ops.report(config) == {"ok": True}
+    assert seen["timeout"] == 7 and seen["correlation_id"].startswith("ops-")
+    assert storage_ops.purge(config, True, 9) == {"dry_run": True, "batch_size": 9}
+    assert seen["timeout"] == storage_ops.PURGE_TIMEOUT_SECONDS
+    assert storage_ops.purge({**config, "RPC_TIMEOUT_SECONDS": 900}) == {"dry_run": False}
+    assert seen["timeout"] == 900
+
+
+@pytest.mark.parametrize("size, text", [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+    (3 * 1024 ** 2, "3.0 MiB"), (5 * 1024 ** 3 + 1, "5.0 GiB"), (2 * 1024 ** 5, "2048.0 TiB"),
+])
+def test_human_bytes(size, text):
+    assert storage_ops.human_bytes(size) == text
