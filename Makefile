@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 dev: $(STAMP)
-	@mkdir -p var/mail
+	@mkdir -p var/mail var/objects
 	$(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
 migrate: $(STAMP)
-	$(BIN)/python -m services.common.migrations auth notifications
+	$(BIN)/python -m services.common.migrations auth notifications storage
 
 test: $(STAMP)
 	$(BIN)/pytest -q tests

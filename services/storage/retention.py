@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from services.common.ids import new_id
 from services.storage.backends.base import Backend, ObjectInfo
 from services.storage.models import (
     COMMITTED,
@@ -137,44 +138,57 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
                 batch_size: int | None, dispatch: Dispatch) -> BatchResult | None:
     """Purge up to ``batch_size`` expired objects, oldest expiry first, and
     commit. Returns None when nothing is expired (or everything expired is
-    locked by another instance's batch)."""
+    locked by another instance's batch).
+
+    One transaction: the batch's rows are locked and tombstoned first (not
+    visible to anyone before the commit), then their bytes deleted; rows
+    whose keys the store failed to delete are put back as they were."""
     started = time.monotonic()
-    limit = batch_size or settings.purge_batch_size
-    rows = db.execute(
-        select(StoredObject.id, StoredObject.key, StoredObject.size)
+    batch = (
+        select(StoredObject.id)
         .where(*_expired(now))
-        .order_by(StoredObject.expires_at, StoredObject.id)
-        .limit(limit)
+        .order_by(StoredObject.expires_at)
+        .limit(batch_size or settings.purge_batch_size)
         .with_for_update(skip_locked=True)
-    ).all()
-    if not rows:
-        db.rollback()
-        return None
+        .scalar_subquery()
+    )
     try:
+        rows = db.execute(
+            update(StoredObject)
+            .where(StoredObject.id.in_(batch))
+            .values(deleted_at=now)
+            .returning(StoredObject.id, StoredObject.key, StoredObject.size)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if not rows:
+            db.rollback()
+            return None
         failed = set(backend.delete_many([r.key for r in rows]))
-        done = [r for r in rows if r.key not in failed]
+        done = [r for r in rows if r.key not in failed] if failed else rows
         result = BatchResult(None, len(rows), [r.id for r in done], sum(r.size for r in done),
                              sorted(failed))
         if not done:
             db.rollback()
             log.warning("purge batch: the store deleted none of %d keys", len(rows))
             return result
-        db.execute(
-            update(StoredObject).where(StoredObject.id.in_(result.object_ids)).values(deleted_at=now)
-        )
-        batch = PurgeBatch(
-            reason="retention", started_at=now,
+        if failed:
+            db.execute(
+                update(StoredObject)
+                .where(StoredObject.id.in_([r.id for r in rows if r.key in failed]))
+                .values(deleted_at=None)
+                .execution_options(synchronize_session=False)
+            )
+        result.batch_id = new_id()
+        db.execute(insert(PurgeBatch).values(
+            id=result.batch_id, reason="retention", started_at=now,
             finished_at=now + timedelta(seconds=time.monotonic() - started),
             objects=result.objects, bytes=result.bytes,
-        )
-        db.add(batch)
-        db.flush()
-        result.batch_id = batch.id
+        ))
         dispatch("objects_purged", {
-            "object_ids": [str(i) for i in result.object_ids],
+            "object_ids": result.object_ids,
             "count": result.objects,
             "bytes": result.bytes,
-            "batch_id": str(batch.id),
+            "batch_id": result.batch_id,
         })
         db.commit()
     except BaseException:
