@@ -144,21 +144,21 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
     visible to anyone before the commit), then their bytes deleted; rows
     whose keys the store failed to delete are put back as they were."""
     started = time.monotonic()
+    objects = StoredObject.__table__  # Core statements: no ORM bookkeeping per row
     batch = (
-        select(StoredObject.id)
+        select(objects.c.id)
         .where(*_expired(now))
-        .order_by(StoredObject.expires_at)
+        .order_by(objects.c.expires_at)
         .limit(batch_size or settings.purge_batch_size)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     try:
         rows = db.execute(
-            update(StoredObject)
-            .where(StoredObject.id.in_(batch))
+            update(objects)
+            .where(objects.c.id.in_(batch))
             .values(deleted_at=now)
-            .returning(StoredObject.id, StoredObject.key, StoredObject.size)
-            .execution_options(synchronize_session=False)
+            .returning(objects.c.id, objects.c.key, objects.c.size)
         ).all()
         if not rows:
             db.rollback()
@@ -173,13 +173,12 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
             return result
         if failed:
             db.execute(
-                update(StoredObject)
-                .where(StoredObject.id.in_([r.id for r in rows if r.key in failed]))
+                update(objects)
+                .where(objects.c.id.in_([r.id for r in rows if r.key in failed]))
                 .values(deleted_at=None)
-                .execution_options(synchronize_session=False)
             )
         result.batch_id = new_id()
-        db.execute(insert(PurgeBatch).values(
+        db.execute(insert(PurgeBatch.__table__).values(
             id=result.batch_id, reason="retention", started_at=now,
             finished_at=now + timedelta(seconds=time.monotonic() - started),
             objects=result.objects, bytes=result.bytes,
