@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.gateway_auth"]
+BENCHMARKS = ["bench.gateway_auth", "bench.purge"]
 
 
 def main(argv: list[str]) -> int:

@@ -69,6 +69,7 @@ def upload_body_limit(fn):
         max_bytes = upload_max_bytes()
         limit = max_bytes + MULTIPART_ALLOWANCE
         if request.content_length is not None and request.content_length > limit:
+            _discard_body(request.content_length, cap=4 * limit)
             raise payload_too_large(max_bytes)
         request.max_content_length = limit
         try:
@@ -77,6 +78,21 @@ def upload_body_limit(fn):
             raise payload_too_large(max_bytes) from None
 
     return wrapper
+
+
+def _discard_body(length: int, cap: int, chunk: int = 64 * 1024) -> None:
+    """Read and drop a refused body (up to ``cap`` bytes) so the client, still
+    sending, reads the 413 instead of a reset connection. Larger bodies are
+    not worth reading: the connection is closed on them."""
+    if length > cap:
+        return
+    stream = request.environ.get("wsgi.input")
+    remaining = length
+    while stream is not None and remaining > 0:
+        data = stream.read(min(chunk, remaining))
+        if not data:
+            break
+        remaining -= len(data)
 
 
 def _size_of(stream: BinaryIO) -> int:

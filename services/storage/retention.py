@@ -5,13 +5,13 @@ sweep, and the report.
   the owner's plan retention once ``billing.plan_changed`` has told us one
   (:func:`apply_plan_change` also moves the expiry of the owner's live
   objects); export archives after ``EXPORT_RETENTION_DAYS``.
-- :func:`purge_batch` deletes one batch of expired objects: rows locked with
-  ``FOR UPDATE SKIP LOCKED`` (two instances never take the same row), bytes
-  deleted in bulk, rows tombstoned, an audit row written and
-  ``storage.objects_purged`` dispatched in one transaction. A crash before the
-  commit leaves the rows as they were: the next batch selects them again and
-  deleting keys already gone is a no-op. Keys the store failed to delete keep
-  their rows live for a later batch.
+- :func:`purge_batch` deletes one batch of expired objects in one
+  transaction: rows locked with ``FOR UPDATE SKIP LOCKED`` (two instances
+  never take the same row) and tombstoned, their bytes deleted in bulk, an
+  audit row written, ``storage.objects_purged`` dispatched, commit. A crash
+  before the commit leaves the rows as they were: the next batch selects them
+  again and deleting keys already gone is a no-op. Keys the store failed to
+  delete keep their rows live for a later batch.
 - :func:`sweep_orphans` deletes bytes no row accounts for (a crash between an
   upload and its commit, outputs never committed, stale staging uploads) once
   they are older than ``ORPHAN_GRACE_SECONDS``.
@@ -151,12 +151,17 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
         .order_by(objects.c.expires_at)
         .limit(batch_size or settings.purge_batch_size)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
+    if db.get_bind().dialect.name == "postgresql":
+        # a CTE: PostgreSQL selects and locks the batch exactly once
+        batch_ids = select(batch.cte("batch").c.id)
+    else:
+        # (pysqlite opens no transaction for a statement that starts with WITH)
+        batch_ids = batch.scalar_subquery()
     try:
         rows = db.execute(
             update(objects)
-            .where(objects.c.id.in_(batch))
+            .where(objects.c.id.in_(batch_ids))
             .values(deleted_at=now)
             .returning(objects.c.id, objects.c.key, objects.c.size)
         ).all()

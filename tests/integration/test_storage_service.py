@@ -16,7 +16,7 @@ import hashlib
 import io
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -40,7 +40,7 @@ from services.storage.backends import make_backend
 from services.storage.models import PurgeBatch, StoredObject
 from services.storage.settings import StorageSettings
 from tests.conftest import base_env, free_port, wait_for
-from tests.unit.storage.fakes import Events, MemoryBackend
+from tests.unit.storage.fakes import Events, MemoryBackend, StoreDown
 
 pytestmark = pytest.mark.integration
 
@@ -526,46 +526,82 @@ def test_orphans_are_swept_after_the_grace_period(storage):
     assert storage.rpc.finish_upload(owner, open_slot["upload_id"])["kind"] == "upload"
 
 
-# ---------------------------------------------------------------- several instances (PostgreSQL)
+# ---------------------------------------------------------------- the purge on PostgreSQL
 
 
-def test_concurrent_purges_skip_each_others_rows(make_database):
-    """Two instances purging at once: the second skips the rows the first has
-    locked (FOR UPDATE SKIP LOCKED), so no object is purged twice or skipped."""
-    url = make_database("storage_skip_locked")
+@pytest.fixture
+def pg_engine(make_database):
+    url = make_database("storage_purge")
     upgrade(SERVICES_DIR / "storage" / "migrations", url)
     engine = make_engine(url)
-    settings = StorageSettings(purge_batch_size=3)
+    yield engine
+    engine.dispose()
+
+
+def expired_rows(engine, n: int) -> list[StoredObject]:
     now = utcnow()
-    with Session(engine) as session:
-        for _ in range(6):
+    rows = []
+    with Session(engine, expire_on_commit=False) as session:
+        for _ in range(n):
             oid, owner = new_id(), new_id()
-            session.add(StoredObject(
+            rows.append(StoredObject(
                 id=oid, owner_id=owner, kind="output", status="committed", content_type="image/png",
                 size=1, sha256="0" * 64, key=f"objects/{owner}/{oid}", created_at=now,
                 committed_at=now, expires_at=now - timedelta(seconds=1)))
+        session.add_all(rows)
         session.commit()
+    return rows
 
-    first, second = Session(engine), Session(engine)
-    first_events, second_events = Events(), Events()
+
+def live_count(engine) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(StoredObject)
+                              .where(StoredObject.deleted_at.is_(None)))
+
+
+def test_concurrent_purges_skip_each_others_rows(pg_engine):
+    """Two instances purging at once: the second skips the rows the first has
+    locked (FOR UPDATE SKIP LOCKED), so no object is purged twice or skipped."""
+    expired_rows(pg_engine, 6)
+    settings, now = StorageSettings(purge_batch_size=3), utcnow()
+    first, second = Session(pg_engine), Session(pg_engine)
+    second.execute(text("SET lock_timeout = '5s'"))  # waiting for the first's rows fails the test
     inner: list = []
 
     class Interleaving(MemoryBackend):
         def delete_many(self, keys):
             # while the first instance holds its batch, the second one runs
-            inner.append(retention.purge_batch(second, MemoryBackend(), settings, now, 10, second_events))
+            inner.append(retention.purge_batch(second, MemoryBackend(), settings, now, 10, Events()))
             return super().delete_many(keys)
 
     try:
-        outer = retention.purge_batch(first, Interleaving(), settings, now, 3, first_events)
+        outer = retention.purge_batch(first, Interleaving(), settings, now, 3, Events())
     finally:
         first.close()
         second.close()
     [concurrent] = inner
     assert (outer.objects, concurrent.objects) == (3, 3)
     assert not set(outer.object_ids) & set(concurrent.object_ids)
-    with Session(engine) as session:
-        assert session.scalar(select(func.count()).select_from(StoredObject)
-                              .where(StoredObject.deleted_at.is_(None))) == 0
+    assert live_count(pg_engine) == 0
+    with Session(pg_engine) as session:
         assert session.scalar(select(func.count()).select_from(PurgeBatch)) == 2
-    engine.dispose()
+
+
+def test_an_interrupted_purge_is_resumed(pg_engine):
+    rows = expired_rows(pg_engine, 5)
+    backend = MemoryBackend()
+    for obj in rows:
+        backend.add(obj.key)
+    backend.raise_after = 2
+    settings, events = StorageSettings(purge_batch_size=10), Events()
+    with Session(pg_engine) as session, pytest.raises(StoreDown):
+        retention.purge_expired(session, backend, settings, utcnow(), events)
+    assert len(backend.deleted) == 2 and live_count(pg_engine) == 5 and events.seen == []
+
+    backend.raise_after = None
+    with Session(pg_engine) as session:
+        totals = retention.purge_expired(session, backend, settings, utcnow(), events)
+    assert totals == {"dry_run": False, "batches": 1, "objects": 5, "bytes": 5}
+    assert live_count(pg_engine) == 0 and backend.objects == {}
+    [event] = events.of("objects_purged")
+    assert sorted(event["object_ids"]) == sorted(str(o.id) for o in rows)
