@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,13 +33,13 @@ from gateway.api.common import Blueprint
 from gateway.rpc import ServiceUnavailable
 from services.common import signing
 from services.common.errors import DomainError, forbidden, not_found
+from services.storage.backends.fs import fsync_dir, temp_file, unlink_quietly
 from services.storage.backends.keys import InvalidKey, check_key
 
 log = logging.getLogger("gateway.files")
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 KEY_PREFIXES = ("objects/", "staging/")
-TEMP_PREFIX = ".tmp-"  # the fs backend's: hidden from its listings, swept when stale
 CHUNK = 1024 * 1024
 
 files_blp = Blueprint("files", __name__, url_prefix="/v1/files",
@@ -117,7 +116,7 @@ class FileStore:
             raise payload_too_large(limit)
         path = self.path_for(key)
         try:
-            fd, tmp = _temp_file(path.parent)
+            fd, tmp = temp_file(path.parent)
         except OSError as exc:
             log.warning("cannot create a file under %s: %s", path.parent, exc)
             raise ServiceUnavailable("the file could not be stored") from None
@@ -132,24 +131,13 @@ class FileStore:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException as exc:
-            _unlink(tmp)
+            unlink_quietly(tmp)
             if isinstance(exc, OSError):
                 log.warning("cannot write %s: %s", key, exc)
                 raise ServiceUnavailable("the file could not be stored") from None
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return written
-
-
-def _temp_file(directory: Path) -> tuple[int, str]:
-    for attempt in range(3):  # the fs backend prunes empty directories as it deletes
-        directory.mkdir(parents=True, exist_ok=True)
-        try:
-            return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
 
 
 def _copy(stream: BinaryIO, out: BinaryIO, limit: int) -> int:
@@ -165,27 +153,6 @@ def _copy(stream: BinaryIO, out: BinaryIO, limit: int) -> int:
         if written > limit:
             raise payload_too_large(limit)
         out.write(chunk)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename (the directory entry) on POSIX filesystems."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def file_store() -> FileStore | None:

@@ -69,14 +69,7 @@ class FsBackend:
 
     def put(self, key: str, data: BinaryIO, length: int, content_type: str) -> None:
         path = self.path_for(key)
-        for attempt in range(3):  # a concurrent delete_many may prune the new directory
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-                break
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
+        fd, tmp = temp_file(path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 remaining = length
@@ -91,12 +84,9 @@ class FsBackend:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            unlink_quietly(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -167,7 +157,30 @@ class FsBackend:
         return url, {"Content-Type": content_type}
 
 
-def _fsync_dir(directory: Path) -> None:
+# The pieces of an atomic write, shared with the gateway's /v1/files route
+# (gateway/api/files.py), which writes into the same directory.
+
+
+def temp_file(directory: Path) -> tuple[int, str]:
+    """A new temporary file (fd, path) in ``directory``, created if missing."""
+    for attempt in range(3):  # a concurrent delete_many may prune the new directory
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fsync_dir(directory: Path) -> None:
     """Persist a rename (the directory entry) on POSIX filesystems."""
     try:
         fd = os.open(directory, os.O_RDONLY)

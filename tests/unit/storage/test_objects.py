@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from PIL import Image
@@ -18,22 +18,9 @@ from services.common.ids import new_id
 from services.storage import objects, retention
 from services.storage.models import COMMITTED, PENDING, OwnerRetention, StoredObject, UploadSlot
 from services.storage.settings import StorageSettings
-from tests.unit.storage.fakes import MemoryBackend, memory_session
+from tests.unit.storage.conftest import NOW
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEFAULT_PAGE = {"limit": 20, "cursor": None, "kind": None, "job_id": None}
-
-
-@pytest.fixture
-def db():
-    session = memory_session()
-    yield session
-    session.close()
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend(now=NOW)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ sweep and the report, against in-memory SQLite and an in-memory store."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -20,22 +20,10 @@ from services.storage.models import (
     UploadSlot,
 )
 from services.storage.settings import StorageSettings
-from tests.unit.storage.fakes import Events, MemoryBackend, StoreDown, memory_session
+from tests.unit.storage.conftest import NOW
+from tests.unit.storage.fakes import Events, StoreDown
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GRACE = timedelta(hours=1)
-
-
-@pytest.fixture
-def db():
-    session = memory_session()
-    yield session
-    session.close()
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend(now=NOW)
 
 
 @pytest.fixture
