@@ -82,7 +82,24 @@ def make_engine(url: str, **kwargs) -> Engine:
     engine = create_engine(url, **kwargs)
     if engine.dialect.driver == "pg8000":
         event.listen(engine, "connect", _tcp_nodelay)
+    elif engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """The laptop database: write-ahead logging so readers do not block the
+    writer (several workers, ``make migrate`` beside a running service),
+    ``synchronous=NORMAL`` (durable across a process crash; WAL's usual
+    setting, an fsync per checkpoint rather than per commit) and a busy
+    timeout instead of an immediate "database is locked"."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    finally:
+        cursor.close()
 
 
 def _tcp_nodelay(dbapi_connection, _record) -> None:

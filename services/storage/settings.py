@@ -32,7 +32,7 @@ class StorageSettings:
     max_image_pixels: int = 40_000_000
     url_ttl_seconds: int = 300
     upload_slot_ttl_seconds: int = 900
-    purge_batch_size: int = 500
+    purge_batch_size: int = 2000
     orphan_grace_seconds: int = 86400
 
     @classmethod

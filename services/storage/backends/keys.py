@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+_SEGMENT = r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*"
+_KEY = re.compile(rf"(?:{_SEGMENT}/)*{_SEGMENT}")
 
 
 class InvalidKey(ValueError):
@@ -18,11 +19,8 @@ def check_key(key: str) -> str:
     with a dot: no ``..``, no hidden names (the fs backend's temporary files
     start with a dot), no empty segments, no leading ``/``, no backslashes.
     """
-    if not isinstance(key, str) or not key or len(key) > 1024:
+    if not isinstance(key, str) or len(key) > 1024 or not _KEY.fullmatch(key):
         raise InvalidKey(f"invalid object key: {key!r}")
-    for segment in key.split("/"):
-        if not _SEGMENT.match(segment):
-            raise InvalidKey(f"invalid object key: {key!r}")
     return key
 
 
