@@ -87,8 +87,8 @@ class FileStore:
             raise not_found("file")
         return path
 
-    def verify(self, method: str, key: str, expires, sig) -> bool:
-        return signing.verify(self.secret, method, key, expires, sig)
+    def verify(self, method: str, key: str, expires, sig, max_bytes=None) -> bool:
+        return signing.verify(self.secret, method, key, expires, sig, max_bytes=max_bytes)
 
     def local_key(self, url: str, method: str = "PUT") -> str | None:
         """The key when ``url`` is one of these files' URLs, validly signed for
@@ -101,17 +101,18 @@ class FileStore:
         query = parse_qs(parts.query)
         expires = (query.get("expires") or [None])[0]
         sig = (query.get("signature") or [None])[0]
-        return key if self.verify(method, key, expires, sig) else None
+        max_bytes = (query.get("max_bytes") or [None])[0]
+        return key if self.verify(method, key, expires, sig, max_bytes) else None
 
     def write(self, key: str, stream: BinaryIO, length: int | None = None,
               max_bytes: int | None = None) -> int:
         """Store ``stream`` as ``key`` atomically; returns the byte count.
 
-        413 ``payload_too_large`` past ``max_bytes`` (default: the store's),
-        400 when the stream ends before ``length``, 503 when the disk fails.
-        Nothing is left behind on failure.
+        413 ``payload_too_large`` past ``max_bytes`` (default: the store's
+        ``UPLOAD_MAX_BYTES``), 400 when the stream ends before ``length``, 503
+        when the disk fails. Nothing is left behind on failure.
         """
-        limit = self.max_bytes if max_bytes is None else min(max_bytes, self.max_bytes)
+        limit = self.max_bytes if max_bytes is None else max_bytes
         if length is not None and length > limit:
             raise payload_too_large(limit)
         path = self.path_for(key)
@@ -171,6 +172,8 @@ class SignedQuery(Schema):
         unknown = EXCLUDE
 
     expires = fields.String(load_default=None, metadata={"description": "unix time the URL expires at"})
+    max_bytes = fields.String(load_default=None,
+                              metadata={"description": "an upload URL's signed size cap"})
     signature = fields.String(load_default=None, metadata={"description": "hex HMAC-SHA256 of the URL"})
 
 
@@ -184,7 +187,7 @@ def _authorised(method: str, key: str, query: dict) -> tuple[FileStore, Path]:
     if store is None:
         raise not_found("file")
     path = store.path_for(key)
-    if not store.verify(method, key, query["expires"], query["signature"]):
+    if not store.verify(method, key, query["expires"], query["signature"], query["max_bytes"]):
         raise invalid_signature()
     return store, path
 
@@ -216,16 +219,19 @@ class File(MethodView):
     @files_blp.arguments(SignedQuery, location="query")
     @files_blp.response(201, StoredFile)
     @files_blp.alt_response(403, description="invalid or expired signature")
-    @files_blp.alt_response(413, description="larger than UPLOAD_MAX_BYTES")
+    @files_blp.alt_response(413, description="larger than the URL's signed max_bytes "
+                                             "(UPLOAD_MAX_BYTES for URLs without one)")
     @files_blp.doc(requestBody={"required": True,
                                 "content": {"application/octet-stream": {"schema": BINARY}}})
     def put(self, query, key):
         """Upload a file (the raw request body) with a signed PUT URL from the storage service"""
         store, _ = _authorised("PUT", key, query)
+        # an output slot's URL carries its declared size, signed; others the upload cap
+        limit = store.max_bytes if query["max_bytes"] is None else int(query["max_bytes"])
         length = request.content_length
-        if length is not None and length > store.max_bytes:
-            raise payload_too_large(store.max_bytes)
+        if length is not None and length > limit:
+            raise payload_too_large(limit)
         # the JSON routes' 1 MiB cap does not apply to files
-        request.max_content_length = store.max_bytes
-        size = store.write(key, request.stream, length=length)
+        request.max_content_length = limit
+        size = store.write(key, request.stream, length=length, max_bytes=limit)
         return {"key": key, "size": size}

@@ -3,7 +3,9 @@
 The storage service signs; the gateway, which serves ``/v1/files/<key>``,
 verifies. Both read the shared secret ``STORAGE_URL_SECRET``. A signature
 covers the method, the key and the expiry, so a download URL cannot be used
-to upload and neither outlives its expiry.
+to upload and neither outlives its expiry; an upload URL's signature also
+covers its size cap (``max_bytes``), so a slot for a 300 MB video accepts
+300 MB and a slot for a user's upload no more than the upload cap.
 """
 
 from __future__ import annotations
@@ -16,25 +18,31 @@ from urllib.parse import quote
 FILES_PREFIX = "/v1/files/"
 
 
-def signature(secret: str, method: str, key: str, expires: int) -> str:
-    message = f"{method.upper()}\n{key}\n{int(expires)}".encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+def signature(secret: str, method: str, key: str, expires: int, max_bytes: int | None = None) -> str:
+    message = f"{method.upper()}\n{key}\n{int(expires)}"
+    if max_bytes is not None:
+        message += f"\n{int(max_bytes)}"
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
 def sign_url(base_url: str, secret: str, method: str, key: str, ttl_seconds: int,
-             now: float | None = None) -> tuple[str, int]:
-    """``(url, expires)`` for ``method`` on ``key`` under ``base_url``."""
+             now: float | None = None, max_bytes: int | None = None) -> tuple[str, int]:
+    """``(url, expires)`` for ``method`` on ``key`` under ``base_url``, limited
+    to ``max_bytes`` when given."""
     expires = int((now if now is not None else time.time()) + ttl_seconds)
-    sig = signature(secret, method, key, expires)
-    return f"{base_url.rstrip('/')}{FILES_PREFIX}{quote(key)}?expires={expires}&signature={sig}", expires
+    sig = signature(secret, method, key, expires, max_bytes)
+    cap = "" if max_bytes is None else f"&max_bytes={int(max_bytes)}"
+    return (f"{base_url.rstrip('/')}{FILES_PREFIX}{quote(key)}?expires={expires}{cap}"
+            f"&signature={sig}"), expires
 
 
 def verify(secret: str, method: str, key: str, expires: str | int | None, sig: str | None,
-           now: float | None = None) -> bool:
+           now: float | None = None, max_bytes: str | int | None = None) -> bool:
     try:
         expires = int(expires)
+        max_bytes = None if max_bytes is None else int(max_bytes)
     except (TypeError, ValueError):
         return False
     if not sig or expires < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(signature(secret, method, key, expires), sig)
+    return hmac.compare_digest(signature(secret, method, key, expires, max_bytes), sig)

@@ -137,7 +137,7 @@ def create_upload_slot(db: Session, backend: Backend, settings: StorageSettings,
     slot = UploadSlot(id=upload_id, owner_id=owner, key=staging_key(upload_id), created_at=now,
                       expires_at=now + timedelta(seconds=settings.upload_slot_ttl_seconds))
     url, headers = backend.presigned_put(slot.key, settings.upload_slot_ttl_seconds,
-                                         "application/octet-stream")
+                                         "application/octet-stream", settings.upload_max_bytes)
     db.add(slot)
     return {"upload_id": slot.id, "url": url, "method": "PUT", "headers": headers,
             "max_bytes": settings.upload_max_bytes, "expires_at": slot.expires_at}
@@ -202,7 +202,12 @@ def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owne
 
 def create_output_slot(db: Session, backend: Backend, settings: StorageSettings, owner_id,
                        data: dict, now: datetime) -> dict:
-    """A pending object with its declared size and sha256, and where to PUT it."""
+    """A pending object with its declared size and sha256, and where to PUT it
+    (413 ``payload_too_large`` past ``OUTPUT_MAX_BYTES``)."""
+    if data["size"] > settings.output_max_bytes:
+        raise DomainError("payload_too_large",
+                          f"an output is limited to {settings.output_max_bytes} bytes", 413,
+                          {"max_bytes": settings.output_max_bytes})
     owner = owner_uuid(owner_id)
     obj = StoredObject(
         id=new_id(), owner_id=owner, kind=data["kind"], status=PENDING,
@@ -211,7 +216,8 @@ def create_output_slot(db: Session, backend: Backend, settings: StorageSettings,
         visibility="private", created_at=now,
     )
     obj.key = object_key(owner, obj.id)
-    url, headers = backend.presigned_put(obj.key, settings.upload_slot_ttl_seconds, obj.content_type)
+    url, headers = backend.presigned_put(obj.key, settings.upload_slot_ttl_seconds, obj.content_type,
+                                         obj.size)
     db.add(obj)
     return {"object_id": obj.id, "upload_id": obj.id, "url": url, "method": "PUT",
             "headers": headers, "max_bytes": obj.size,

@@ -29,6 +29,7 @@ class StorageSettings:
     retention_days: int = 30
     export_retention_days: int = 7
     upload_max_bytes: int = 20 * 1024 * 1024
+    output_max_bytes: int = 2 * 1024 * 1024 * 1024  # one generated output (a video)
     max_image_pixels: int = 40_000_000
     url_ttl_seconds: int = 300
     upload_slot_ttl_seconds: int = 900
@@ -64,6 +65,7 @@ class StorageSettings:
             url_ttl_seconds=int(get("URL_TTL_SECONDS", d.url_ttl_seconds)),
             upload_slot_ttl_seconds=int(get("UPLOAD_SLOT_TTL_SECONDS", d.upload_slot_ttl_seconds)),
             purge_batch_size=int(get("PURGE_BATCH_SIZE", d.purge_batch_size)),
+            output_max_bytes=int(get("OUTPUT_MAX_BYTES", d.output_max_bytes)),
             orphan_grace_seconds=int(get("ORPHAN_GRACE_SECONDS", d.orphan_grace_seconds)),
         )
 

@@ -43,7 +43,7 @@ def file_server_app(backend: FsBackend):
             return Response(status=404)
         key = unquote(request.path[len(signing.FILES_PREFIX):])
         if not signing.verify(SECRET, request.method, key, request.args.get("expires"),
-                              request.args.get("signature")):
+                              request.args.get("signature"), max_bytes=request.args.get("max_bytes")):
             return Response("invalid signature", status=403)
         if request.method == "PUT":
             body = request.get_data()
@@ -191,7 +191,7 @@ def test_presigned_get_expires(backend, prefix, s3_endpoint):
 
 def test_presigned_put_accepts_an_upload(backend, prefix):
     key = prefix.replace("objects/", "staging/", 1) + "upload"
-    url, headers = backend.presigned_put(key, 60, "image/png")
+    url, headers = backend.presigned_put(key, 60, "image/png", 1024)
     assert headers == {"Content-Type": "image/png"}
     response = requests.put(url, data=b"uploaded bytes", headers=headers, timeout=10)
     assert response.status_code == 200, response.text

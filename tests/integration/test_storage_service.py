@@ -141,10 +141,14 @@ def signed_key(url: str, method: str) -> str:
     assert url.startswith(PUBLIC_BASE_URL + signing.FILES_PREFIX), url
     parts = urlsplit(url)
     key = unquote(parts.path[len(signing.FILES_PREFIX):])
-    query = parse_qs(parts.query)
-    assert signing.verify(URL_SECRET, method, key, query["expires"][0], query["signature"][0])
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+    max_bytes = query.get("max_bytes")
+    assert (max_bytes is not None) == (method == "PUT")  # upload URLs carry their size cap
+    assert signing.verify(URL_SECRET, method, key, query["expires"], query["signature"],
+                          max_bytes=max_bytes)
     other = "GET" if method == "PUT" else "PUT"
-    assert not signing.verify(URL_SECRET, other, key, query["expires"][0], query["signature"][0])
+    assert not signing.verify(URL_SECRET, other, key, query["expires"], query["signature"],
+                              max_bytes=max_bytes)
     return key
 
 

@@ -46,5 +46,8 @@ class Backend(Protocol):
     def presigned_get(self, key: str, ttl_seconds: int) -> str:
         """A URL anyone holding it may GET until it expires."""
 
-    def presigned_put(self, key: str, ttl_seconds: int, content_type: str) -> tuple[str, dict[str, str]]:
-        """A URL (and the headers to send with it) to PUT the object until it expires."""
+    def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
+                      max_bytes: int) -> tuple[str, dict[str, str]]:
+        """A URL (and the headers to send with it) to PUT the object until it
+        expires. The fs backend's URL refuses more than ``max_bytes``; an S3
+        presigned PUT cannot limit the size (the commit checks it)."""

@@ -152,8 +152,10 @@ class FsBackend:
     def presigned_get(self, key: str, ttl_seconds: int) -> str:
         return signing.sign_url(self.public_base_url, self.url_secret, "GET", check_key(key), ttl_seconds)[0]
 
-    def presigned_put(self, key: str, ttl_seconds: int, content_type: str) -> tuple[str, dict[str, str]]:
-        url, _ = signing.sign_url(self.public_base_url, self.url_secret, "PUT", check_key(key), ttl_seconds)
+    def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
+                      max_bytes: int) -> tuple[str, dict[str, str]]:
+        url, _ = signing.sign_url(self.public_base_url, self.url_secret, "PUT", check_key(key),
+                                  ttl_seconds, max_bytes=max_bytes)
         return url, {"Content-Type": content_type}
 
 

@@ -166,7 +166,8 @@ class S3Backend:
         return self.signer.presigned_get_object(self.bucket, check_key(key),
                                                 expires=timedelta(seconds=ttl_seconds))
 
-    def presigned_put(self, key: str, ttl_seconds: int, content_type: str) -> tuple[str, dict[str, str]]:
+    def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
+                      max_bytes: int) -> tuple[str, dict[str, str]]:
         url = self.signer.presigned_put_object(self.bucket, check_key(key),
                                                expires=timedelta(seconds=ttl_seconds))
         return url, {"Content-Type": content_type}

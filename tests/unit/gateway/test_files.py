@@ -21,9 +21,10 @@ MAX_BYTES = 3 * 1024 * 1024
 
 
 def signed(method: str, key: str, ttl: int = 60, now: float | None = None,
-           secret: str = FILES_SECRET) -> str:
+           secret: str = FILES_SECRET, max_bytes: int | None = None) -> str:
     """The path and query of a URL the storage service would sign."""
-    url, _ = signing.sign_url(FILES_BASE_URL, secret, method, key, ttl, now=now)
+    url, _ = signing.sign_url(FILES_BASE_URL, secret, method, key, ttl, now=now,
+                              max_bytes=max_bytes)
     return url.removeprefix(FILES_BASE_URL)
 
 
@@ -243,6 +244,39 @@ def test_chunked_put_within_the_cap(client, root):
                           environ_overrides={"wsgi.input_terminated": True})
     assert response.status_code == 201
     assert (root / key).read_bytes() == data
+
+
+def test_an_output_slot_url_takes_its_signed_size_past_the_upload_cap(client, root):
+    """A generated video may be larger than a user's upload: the storage
+    service signs the declared size into the output slot's URL."""
+    key = f"objects/{OWNER}/01900000-0000-7000-8000-0000000000d6"
+    data = os.urandom(MAX_BYTES + 100)
+    response = client.put(signed("PUT", key, max_bytes=len(data)), data=data)
+    assert response.status_code == 201, response.get_json()
+    assert (root / key).read_bytes() == data
+
+
+def test_a_signed_size_cap_is_enforced(client, root):
+    key = f"objects/{OWNER}/01900000-0000-7000-8000-0000000000d7"
+    response = client.put(signed("PUT", key, max_bytes=1000), data=b"x" * 1001)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["details"] == {"max_bytes": 1000}
+    response = client.put(signed("PUT", key, max_bytes=1000),
+                          input_stream=io.BytesIO(b"x" * 5000),
+                          environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413
+    assert files_in(root) == []
+
+
+@pytest.mark.parametrize("change", [lambda q: q.replace("max_bytes=1000", "max_bytes=99999999"),
+                                    lambda q: q.replace("max_bytes=1000&", "")])
+def test_a_raised_or_dropped_size_cap_breaks_the_signature(client, root, change):
+    key = f"objects/{OWNER}/01900000-0000-7000-8000-0000000000d8"
+    url = change(signed("PUT", key, max_bytes=1000))
+    response = client.put(url, data=b"x" * 2000)
+    assert response.status_code == 403
+    assert error_code(response) == "invalid_signature"
+    assert files_in(root) == []
 
 
 # ------------------------------------------------------------ FileStore

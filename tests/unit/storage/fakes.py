@@ -74,8 +74,10 @@ class MemoryBackend:
     def presigned_get(self, key: str, ttl_seconds: int) -> str:
         return f"memory://{key}?method=GET&ttl={ttl_seconds}"
 
-    def presigned_put(self, key: str, ttl_seconds: int, content_type: str) -> tuple[str, dict[str, str]]:
-        return f"memory://{key}?method=PUT&ttl={ttl_seconds}", {"Content-Type": content_type}
+    def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
+                      max_bytes: int) -> tuple[str, dict[str, str]]:
+        return (f"memory://{key}?method=PUT&ttl={ttl_seconds}&max_bytes={max_bytes}",
+                {"Content-Type": content_type})
 
 
 class Events:

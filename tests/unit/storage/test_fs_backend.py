@@ -149,11 +149,18 @@ def test_presigned_urls_are_signed_for_their_method_key_and_expiry(fs):
     assert not signing.verify(SECRET, "PUT", "objects/u/1", query["expires"], query["signature"])
     assert not signing.verify(SECRET, "GET", "objects/u/2", query["expires"], query["signature"])
 
-    put_url, headers = fs.presigned_put("staging/abc", 60, "image/webp")
+    put_url, headers = fs.presigned_put("staging/abc", 60, "image/webp", 5000)
     assert headers == {"Content-Type": "image/webp"}
     query = {k: v[0] for k, v in parse_qs(urlsplit(put_url).query).items()}
-    assert signing.verify(SECRET, "PUT", "staging/abc", query["expires"], query["signature"])
-    assert not signing.verify(SECRET, "GET", "staging/abc", query["expires"], query["signature"])
+    assert query["max_bytes"] == "5000"
+    assert signing.verify(SECRET, "PUT", "staging/abc", query["expires"], query["signature"],
+                            max_bytes=5000)
+    assert not signing.verify(SECRET, "GET", "staging/abc", query["expires"], query["signature"],
+                              max_bytes=5000)
+    # the size cap is part of what is signed: raised or dropped, the URL is refused
+    assert not signing.verify(SECRET, "PUT", "staging/abc", query["expires"], query["signature"],
+                              max_bytes=50000)
+    assert not signing.verify(SECRET, "PUT", "staging/abc", query["expires"], query["signature"])
 
 
 # ------------------------------------------------------------------ make_backend

@@ -4,6 +4,7 @@ in-memory SQLite and an in-memory store."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import uuid
@@ -98,7 +99,8 @@ def count(db, model) -> int:
 def test_upload_slot_is_a_presigned_put_to_staging(db, backend, settings, owner):
     slot = objects.create_upload_slot(db, backend, settings, str(owner), NOW)
     db.commit()
-    assert slot["url"] == f"memory://staging/{slot['upload_id']}?method=PUT&ttl=600"
+    assert slot["url"] == (f"memory://staging/{slot['upload_id']}?method=PUT&ttl=600"
+                           f"&max_bytes={settings.upload_max_bytes}")
     assert (slot["method"], slot["max_bytes"], slot["expires_at"]) == ("PUT", 200_000, NOW + timedelta(minutes=10))
     row = db.get(UploadSlot, slot["upload_id"])
     assert (row.owner_id, row.key, row.finished_at) == (owner, f"staging/{slot['upload_id']}", None)
@@ -194,7 +196,8 @@ def test_output_slot_then_commit_with_the_declared_bytes(db, backend, settings, 
     job = new_id()
     slot = output(db, backend, settings, owner, data, job_id=job)
     assert slot["object_id"] == slot["upload_id"]
-    assert slot["url"] == f"memory://objects/{owner}/{slot['object_id']}?method=PUT&ttl=600"
+    assert slot["url"] == (f"memory://objects/{owner}/{slot['object_id']}?method=PUT&ttl=600"
+                           f"&max_bytes={len(data)}")
     assert (slot["max_bytes"], slot["headers"]) == (len(data), {"Content-Type": "image/png"})
     row = db.get(StoredObject, slot["object_id"])
     assert (row.status, row.expires_at, row.job_id) == (PENDING, None, job)
@@ -210,6 +213,17 @@ def test_output_slot_then_commit_with_the_declared_bytes(db, backend, settings, 
     # idempotent
     [again] = objects.commit_objects(db, backend, settings, owner, [str(row.id), str(row.id)], later)
     assert (again.id, again.committed_at) == (row.id, later)
+
+
+def test_an_output_past_the_output_cap_gets_no_slot(db, backend, settings, owner):
+    settings = dataclasses.replace(settings, output_max_bytes=1000)
+    with pytest.raises(DomainError) as info:
+        output(db, backend, settings, owner, b"x", size=1001)
+    error = info.value
+    assert (error.code, error.status, error.details) == ("payload_too_large", 413,
+                                                         {"max_bytes": 1000})
+    assert count(db, StoredObject) == 0
+    assert output(db, backend, settings, owner, b"x", size=1000)["max_bytes"] == 1000
 
 
 def test_export_archives_get_the_export_retention(db, backend, settings, owner):

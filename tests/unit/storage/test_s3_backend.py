@@ -50,7 +50,7 @@ def test_presigned_urls_for_a_public_endpoint_are_signed_offline():
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     assert query["X-Amz-Expires"] == "120"
     assert "/eu-west-1/s3/" in query["X-Amz-Credential"]
-    put_url, headers = b.presigned_put("staging/u", 60, "image/png")
+    put_url, headers = b.presigned_put("staging/u", 60, "image/png", 1024)
     assert put_url.startswith("https://files.example.test:9443/bkt/staging/u?")
     assert headers == {"Content-Type": "image/png"}
 
