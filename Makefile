@@ -28,7 +28,7 @@ dev: $(STAMP)
 	$(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
 migrate: $(STAMP)
-	$(BIN)/python -m services.common.migrations auth notifications storage
+	$(BIN)/python -m services.common.migrations auth notifications storage billing
 
 test: $(STAMP)
 	$(BIN)/pytest -q tests
@@ -42,18 +42,30 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
+# Once: deploy/.env from the example, each change-me placeholder replaced by a fresh
+# random secret (192 bits, hex: safe inside URLs). Never overwritten afterwards.
 deploy/.env:
-	cp deploy/.env.example deploy/.env
-	@echo "created deploy/.env from deploy/.env.example: set its secrets before exposing the stack"
+	@umask 077; while IFS= read -r line; do \
+	  case "$$line" in \
+	    [A-Z]*=change-me*) printf '%s=%s\n' "$${line%%=*}" \
+	      "$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" ;; \
+	    *) printf '%s\n' "$$line" ;; \
+	  esac; \
+	done < deploy/.env.example > deploy/.env.tmp && mv deploy/.env.tmp deploy/.env
+	@echo "created deploy/.env (mode 600) with fresh random secrets: keep it private"
 
+# The stack on docker compose (COMPOSE_PROFILES=mail adds Mailpit). The services
+# report healthy once migrated and consuming: `docker compose ps` shows it.
 up: deploy/.env
 	$(COMPOSE) up -d --build
 
+# Stops and removes the containers; the data volumes stay (`down -v` would delete them).
 down:
 	$(COMPOSE) down
 
+# Follows every process's JSON logs, or one's: make logs SERVICE=gateway
 logs:
-	$(COMPOSE) logs -f
+	$(COMPOSE) logs -f --tail=200 $(SERVICE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

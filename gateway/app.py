@@ -17,9 +17,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from gateway import errors, limits, middleware
 from gateway.api import BLUEPRINTS
 from gateway.api.accounts import auth_blp
+from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
 from gateway.auth import AuthCache
 from gateway.rpc import RpcPool
 from services.common.config import config_path, load_config
+from services.common.secrets import refuse_insecure_config
 
 DEFAULTS: dict[str, Any] = {
     "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXY_COUNT": 0,
     "HSTS_ENABLED": True,
     "READY_SERVICES": [],
+    "BILLING_WEBHOOK_MAX_BYTES": DEFAULT_WEBHOOK_MAX_BYTES,
 }
 
 
@@ -69,6 +72,7 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     if config is None:
         config = load_config(config_path("gateway"))
     config = {**DEFAULTS, **config}
+    refuse_insecure_config(config, "gateway", config_path("gateway"))
 
     app = Flask("gateway")
     app.json.sort_keys = False

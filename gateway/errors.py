@@ -65,10 +65,12 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
     return response
 
 
-def _retry_after_header(details: dict) -> dict:
+def _retry_after_header(details: dict, status: int) -> dict:
     value = details.get("retry_after") if isinstance(details, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return {"Retry-After": str(max(1, math.ceil(value)))}
+    if status == 429:  # API.md: every 429 says when to come back, even if the service did not
+        return {"Retry-After": "1"}
     return {}
 
 
@@ -77,7 +79,7 @@ def handle_domain_error(exc: DomainError):
     details = exc.details if isinstance(exc.details, dict) else {}
     if status >= 500:
         log.warning("domain error %s: %s", exc.code, exc.message)
-    headers = _retry_after_header(details)
+    headers = _retry_after_header(details, status)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="darkroom"'
     return error_response(status, exc.code, exc.message, details, headers)

@@ -8,6 +8,11 @@
     darkroom-ops users revoke-admin <email>
     darkroom-ops storage purge [--dry-run] [--batch-size N]
     darkroom-ops storage report [--json]
+    darkroom-ops billing verify [--user ID] [--json]
+    darkroom-ops billing adjust --user ID --credits N --reason TEXT [--idempotency-key K]
+    darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]
+    darkroom-ops jobs replay (JOB_ID... | --status failed --since 2h [--reason CODE])
+                             [--dry-run] [--yes]
 
 Settings come from deploy/config/ops.yaml (``--config`` for another file) and
 the environment (``AMQP_URI``, ``RABBIT_MANAGEMENT_URL``). Exit codes: 0 done,
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 
 # Operators need not see the libraries' deprecation notices on every command
@@ -27,11 +33,14 @@ warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 
 import click  # noqa: E402
 
+from ops import billing as billing_ops  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
+from ops import jobs as jobs_ops  # noqa: E402
 from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError  # noqa: E402
+from services.common.contracts.generation import STATUSES  # noqa: E402
 from services.common.errors import DomainError  # noqa: E402
 
 
@@ -57,7 +66,7 @@ pass_config = click.make_pass_decorator(dict)
               envvar="DARKROOM_OPS_CONFIG", help="Config file (default deploy/config/ops.yaml).")
 @click.pass_context
 def cli(ctx, config_file):
-    """Darkroom operations: dead letters, administrators and stored files."""
+    """Darkroom operations: dead letters, administrators, stored files, credits and jobs."""
     ctx.obj = load_ops_config(config_file)
 
 
@@ -202,6 +211,117 @@ def storage_report(config, as_json):
         return
     for line in storage_ops.report_lines(result):
         click.echo(line)
+
+
+@cli.group(cls=OpsGroup)
+def billing():
+    """The credit ledger (through the billing service): audit and adjustments."""
+
+
+@billing.command("verify")
+@click.option("--user", "user", metavar="ID", help="Check one account (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_config
+def billing_verify(config, user, as_json):
+    """Check the ledger: balances, holds, lots and the balance chain. Exit 1 on problems."""
+    result = billing_ops.verify(config, user)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        for line in billing_ops.verify_lines(result):
+            click.echo(line)
+    if result.get("problems"):
+        raise click.exceptions.Exit(1)
+
+
+@billing.command("adjust")
+@click.option("--user", "user", metavar="ID", required=True, help="The user's id.")
+@click.option("--credits", type=int, required=True,
+              help="Credits to add (negative: to take away); not 0.")
+@click.option("--reason", required=True, help="Why (kept in the ledger and shown to the user).")
+@click.option("--idempotency-key", "key", metavar="K",
+              help="Run again with the same key to retry without crediting twice "
+                   "(default: a new key, printed).")
+@pass_config
+def billing_adjust(config, user, credits, reason, key):
+    """Credit or debit an account by hand (an `adjustment` ledger entry)."""
+    key = key if key is not None else billing_ops.new_idempotency_key()
+    entry = billing_ops.adjust(config, user, credits, reason, key)
+    click.echo(billing_ops.adjust_line(entry, user, key))
+
+
+@cli.group(cls=OpsGroup)
+def jobs():
+    """Generation jobs (through the generation service): find failed work, run it again."""
+
+
+SINCE_HELP = "Changed since: an age (30m, 2h, 3d) or an ISO time (UTC without an offset)."
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--since", metavar="AGE|TIME", help=SINCE_HELP)
+@click.option("--reason", metavar="CODE", help="Only jobs that ended with this error code "
+                                                "(e.g. provider_unavailable).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_config
+def jobs_list(config, status, since, reason, limit, as_json):
+    """Jobs by state, age and error code, the longest unchanged first."""
+    since_at = jobs_ops.parse_since(since) if since else None
+    found = jobs_ops.find(config, status, since_at, reason, limit)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    for line in jobs_ops.list_lines(found, limit):
+        click.echo(line)
+
+
+@jobs.command("replay")
+@click.argument("job_ids", nargs=-1, metavar="[JOB_ID]...")
+@click.option("--status", type=click.Choice(["failed"]),
+              help="Select the jobs to replay by filter (only failed jobs can be replayed).")
+@click.option("--since", metavar="AGE|TIME", help=SINCE_HELP + " Needed with a filter.")
+@click.option("--reason", metavar="CODE", help="Only jobs that failed with this error code.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 10000),
+              help="At most this many jobs by filter.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; replay nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_config
+def jobs_replay(config, job_ids, status, since, reason, limit, dry_run, yes):
+    """Run failed jobs again (a new attempt each; credits are held again and charged once).
+
+    Name the jobs, or select them with --since (and --reason). Exit 1 when
+    any job could not be replayed."""
+    by_filter = bool(status or since or reason)
+    if job_ids and by_filter:
+        raise OpsError("give job ids or a filter (--status/--since/--reason), not both",
+                       exit_code=2)
+    if job_ids:
+        ids = [jobs_ops.job_id(j) for j in dict.fromkeys(job_ids)]
+    elif since:
+        found = jobs_ops.find(config, "failed", jobs_ops.parse_since(since), reason, limit)
+        if not found:
+            click.echo("no failed jobs match")
+            return
+        for line in jobs_ops.list_lines(found, limit):
+            click.echo(line)
+        ids = [str(j["id"]) for j in found]
+    else:
+        raise OpsError("name the jobs to replay, or select failed ones with --since "
+                       "(and --reason)", exit_code=2)
+    if dry_run:
+        click.echo(f"dry run: would replay {jobs_ops.plural(len(ids), 'job')}"
+                   + ("" if by_filter else ": " + ", ".join(ids)))
+        return
+    if not yes:
+        click.confirm(f"Replay {jobs_ops.plural(len(ids), 'job')}?", abort=True, err=True)
+    with click.progressbar(ids, label="replaying", file=sys.stderr, show_pos=True) as bar:
+        outcomes = jobs_ops.replay(config, bar)
+    for line in jobs_ops.summary_lines(outcomes):
+        click.echo(line)
+    if not all(o.replayed for o in outcomes):
+        raise click.exceptions.Exit(1)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ops.errors import OpsError
 from services.common.config import config_path, load_config
+from services.common.secrets import ConfigurationRefused, refuse_insecure_config
 
 DEFAULTS: dict[str, Any] = {
     "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
@@ -26,4 +27,9 @@ def load_ops_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
         raise OpsError(f"config file not found: {path}") from None
     except Exception as exc:  # YAML errors and the like: say which file
         raise OpsError(f"cannot read config file {path}: {exc}") from None
-    return {**DEFAULTS, **{k: v for k, v in loaded.items() if v is not None}}
+    config = {**DEFAULTS, **{k: v for k, v in loaded.items() if v is not None}}
+    try:
+        refuse_insecure_config(config, "darkroom-ops", path)
+    except ConfigurationRefused as exc:
+        raise OpsError(str(exc)) from None
+    return config

@@ -1,4 +1,6 @@
-"""gunicorn settings for the gateway (compose and `make dev` use this file)."""
+"""gunicorn settings for the gateway (compose and `make dev` use this file).
+
+Every value can be set from the environment; deploy/.env.example lists them."""
 
 import os
 
@@ -10,6 +12,9 @@ timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
 graceful_timeout = 20
 accesslog = None  # the app logs each request as JSON
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# No control socket: nothing uses it, its default path ($HOME/.gunicorn) is shared by
+# every gateway on a machine and read-only in the container image.
+control_socket_disable = True
 
 
 # Prometheus multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set, every worker

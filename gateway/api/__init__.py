@@ -1,8 +1,11 @@
 """The API's blueprints, registered in this order by gateway.app.create_app."""
 
 from gateway.api.accounts import auth_blp, me_blp
+from gateway.api.billing import billing_blp
 from gateway.api.files import files_blp
+from gateway.api.generation import generation_blp
 from gateway.api.health import health_blp
 from gateway.api.images import images_blp, public_blp
 
-BLUEPRINTS = (health_blp, auth_blp, me_blp, images_blp, public_blp, files_blp)
+BLUEPRINTS = (health_blp, auth_blp, me_blp, images_blp, public_blp, files_blp, billing_blp,
+              generation_blp)

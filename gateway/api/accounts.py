@@ -28,6 +28,7 @@ from services.common.contracts.auth import (
     User,
     VerifiedEmail,
     VerifyEmail,
+    WebhookSecret,
 )
 from services.common.errors import DomainError
 
@@ -36,7 +37,8 @@ USER_AGENT_MAX = 512
 auth_blp = Blueprint("auth", __name__, url_prefix="/v1/auth",
                      description="Registration, email verification, login and password reset")
 me_blp = Blueprint("me", __name__, url_prefix="/v1/me",
-                   description="The caller's account: profile, API keys, sessions, two-factor")
+                   description="The caller's account: profile, API keys, sessions, two-factor, "
+                               "webhook secret")
 
 
 class Accepted(Schema):
@@ -233,3 +235,21 @@ def confirm_totp(payload):
     with rpc() as proxy:
         proxy.auth.confirm_totp_enrollment(current_principal().user_id, payload)
 
+
+@me_blp.route("/webhook-secret", methods=["GET"])
+@me_blp.response(200, WebhookSecret)
+@authenticated
+def webhook_secret():
+    """The secret that signs the caller's webhooks (Darkroom-Signature); made on first use"""
+    with rpc() as proxy:
+        return present(WebhookSecret, proxy.auth.get_webhook_secret(current_principal().user_id))
+
+
+@me_blp.route("/webhook-secret/rotate", methods=["POST"])
+@me_blp.response(200, WebhookSecret)
+@authenticated
+def rotate_webhook_secret():
+    """Replace the webhook secret; webhooks are signed with the new one from now on"""
+    with rpc() as proxy:
+        return present(WebhookSecret,
+                       proxy.auth.rotate_webhook_secret(current_principal().user_id))

@@ -3,7 +3,8 @@
 Secrets are never stored in a form that can be replayed: session tokens, API
 keys and password-reset tokens as SHA-256, verification codes and login
 networks as HMACs keyed with ``AUTH.SECRET_KEY``, passwords as argon2id. TOTP
-secrets are the exception (the server must compute codes from them).
+secrets and webhook signing secrets are the exceptions: the server must compute
+codes and signatures from them.
 """
 
 from __future__ import annotations
@@ -160,6 +161,17 @@ class KnownNetwork(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
     network_hmac: Mapped[str] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class WebhookSecret(Base):
+    """The account's webhook signing secret (``whsec_...``), made on first use.
+    Kept in clear: the generation service signs each webhook with it."""
+
+    __tablename__ = "webhook_secrets"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 # Events waiting to be published (services.common.outbox).

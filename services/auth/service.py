@@ -18,7 +18,7 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
-from services.auth import accounts, keys, lookup, retention, sessions, verification
+from services.auth import accounts, keys, lookup, retention, sessions, verification, webhooks
 from services.auth.errors import RecordedFailure, email_taken
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
@@ -272,6 +272,35 @@ class AuthService(DarkroomService):
         self.db.commit()
         log.info("API key revoked", extra={"user_id": str(user.id), "key_id": str(key_id)})
         return None
+
+    # ------------------------------------------------------------ webhook secret
+
+    @rpc(expected_exceptions=DomainError)
+    def get_webhook_secret(self, user_id) -> dict:
+        """``{secret, created_at}``, made on first use (the generation service
+        signs each webhook with it)."""
+        return self._webhook_secret(user_id, webhooks.get_or_create)
+
+    @rpc(expected_exceptions=DomainError)
+    def rotate_webhook_secret(self, user_id) -> dict:
+        answer = self._webhook_secret(user_id, webhooks.rotate)
+        log.info("webhook secret rotated", extra={"user_id": str(user_id)})
+        return answer
+
+    def _webhook_secret(self, user_id, action) -> dict:
+        for attempt in (1, 2):
+            try:
+                row = action(self.db, lookup.get_user(self.db, user_id), utcnow())
+                answer = c.WebhookSecret().dump(webhooks.view(row))
+                self.db.commit()
+                return answer
+            except IntegrityError:
+                # A call at the same moment made this account's first secret:
+                # once more, and it is there to read (or to replace).
+                self.db.rollback()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ TOTP and admin
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from nameko.rpc import rpc
 
 from services.common.observability import Observability
+from services.common.secrets import ProductionSecrets
 
 
 class DarkroomService:
     name = "darkroom"
+    production_secrets = ProductionSecrets()  # DARKROOM_ENV=production: no weak secrets
     observe = Observability()
 
     @rpc

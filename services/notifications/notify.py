@@ -8,12 +8,19 @@ unique key and then gives up: one mail. A mailer failure raises, the worker
 rolls the claim back and the event is retried, then dead-lettered. A crash
 between the send and the commit sends the mail again on redelivery: a
 duplicate mail is better than a lost verification code.
+
+Billing's events (receipts, refunds) carry a user id but no address: the
+caller passes ``find_recipient``, asked only once the event is claimed, so a
+redelivered event costs no lookup. It raises when the address cannot be
+known now (auth away: the event is retried), or returns None when there is
+nobody to write to any more (an erased account): the claim is kept, no mail.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +34,7 @@ from services.notifications.render import build_message, render, reset_url
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("email_verification", "password_reset", "suspicious_login")
+TEMPLATES = ("email_verification", "password_reset", "suspicious_login", "receipt", "refund")
 
 
 def template_context(template: str, event: dict, mail_settings: dict) -> dict:
@@ -49,9 +56,12 @@ def claim(session: Session, event_id, consumer: str) -> bool:
 
 
 def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str,
-            event: dict) -> Notification | None:
+            event: dict, find_recipient: Callable[[dict], str | None] | None = None,
+            ) -> Notification | None:
     """Send the mail ``template`` for ``event`` (loaded through its contract)
-    once; return its record, or None when it had been sent already."""
+    once, to ``event["email"]`` or to whom ``find_recipient(event)`` names;
+    return its record, or None when it had been sent already (or has nobody
+    to go to)."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}")
     consumer = f"notifications.{template}"
@@ -59,6 +69,14 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
     if not claim(session, event_id, consumer):
         log.info("%s mail for event %s was sent already", template, event_id)
         return None
+    if find_recipient is not None:
+        recipient = find_recipient(event)
+        if recipient is None:
+            session.commit()  # the claim: a redelivery asks nobody again
+            log.warning("no %s mail for event %s: user %s has no account any more",
+                        template, event_id, event["user_id"])
+            return None
+        event = {**event, "email": recipient}
     rendered = render(template, template_context(template, event, mail_settings))
     notification_id = uuid.uuid4()
     message = build_message(

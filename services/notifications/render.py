@@ -39,6 +39,25 @@ def format_utc(value: datetime | str) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+# ISO-4217 currencies whose minor unit is not a hundredth (as Stripe counts them).
+ZERO_DECIMAL = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+)
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+
+
+def format_money(amount: int, currency: str) -> str:
+    """Minor units to a readable amount: ``(1999, "eur")`` → ``19.99 EUR``,
+    ``(500, "jpy")`` → ``500 JPY``. Integer arithmetic: no float rounding."""
+    code = str(currency).lower()
+    digits = 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+    amount = int(amount)
+    sign, amount = ("-" if amount < 0 else ""), abs(amount)
+    major, minor = divmod(amount, 10 ** digits)
+    text = f"{major:,}" + (f".{minor:0{digits}d}" if digits else "")
+    return f"{sign}{text} {code.upper()}"
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
@@ -50,6 +69,7 @@ def environment() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters["utc"] = format_utc
+    env.filters["money"] = format_money
     return env
 
 

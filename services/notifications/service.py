@@ -2,6 +2,11 @@
 
     nameko run --config deploy/config/notifications.yaml \
         services.notifications.service:NotificationsService
+
+Auth's events carry the address; billing's (receipts, refunds) only the user
+id, so the address is asked of auth (``auth.get_user``) when the mail is
+sent: it goes to the account's current address. Auth unreachable → the
+handler raises and the reliable event handler retries, then dead-letters.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from nameko.dependency_providers import Config
+from nameko.rpc import RpcProxy
 
 from services.common.db import Database
+from services.common.errors import DomainError
 from services.common.messaging import event_handler
 from services.common.service import DarkroomService
 from services.notifications import notify
@@ -24,6 +31,7 @@ class NotificationsService(DarkroomService):
     config = Config()
     db = Database(migrations=MIGRATIONS)
     mailer = MailerProvider()
+    auth = RpcProxy("auth")
 
     @event_handler("auth", "email_verification_requested")
     def email_verification_requested(self, event: dict) -> None:
@@ -40,5 +48,25 @@ class NotificationsService(DarkroomService):
         """A warning with the network, user agent and time of the sign-in."""
         self._deliver("suspicious_login", event)
 
-    def _deliver(self, template: str, event: dict) -> None:
-        notify.deliver(self.db, self.mailer, self.config.get("MAIL") or {}, template, event)
+    @event_handler("billing", "order_paid")
+    def order_paid(self, event: dict) -> None:
+        """The receipt: what was bought, credits, amount, order id, date."""
+        self._deliver("receipt", event, find_recipient=self._address_of)
+
+    @event_handler("billing", "order_refunded")
+    def order_refunded(self, event: dict) -> None:
+        """The refund: amount returned, credits taken back, order id, date."""
+        self._deliver("refund", event, find_recipient=self._address_of)
+
+    def _address_of(self, event: dict) -> str | None:
+        """The account's address, None when the account is gone (erased)."""
+        try:
+            return self.auth.get_user(str(event["user_id"]))["email"]
+        except DomainError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+
+    def _deliver(self, template: str, event: dict, find_recipient=None) -> None:
+        notify.deliver(self.db, self.mailer, self.config.get("MAIL") or {}, template, event,
+                       find_recipient=find_recipient)

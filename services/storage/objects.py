@@ -97,6 +97,11 @@ def view_with_url(backend: Backend, settings: StorageSettings, obj: StoredObject
     return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds)}
 
 
+def source_view(backend: Backend, settings: StorageSettings, obj: StoredObject) -> dict:
+    """An object a service reads (a job's source image): its internal URL."""
+    return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds, internal=True)}
+
+
 def _visible(now: datetime) -> tuple:
     return (
         StoredObject.status == COMMITTED,
@@ -136,8 +141,10 @@ def create_upload_slot(db: Session, backend: Backend, settings: StorageSettings,
     upload_id = new_id()
     slot = UploadSlot(id=upload_id, owner_id=owner, key=staging_key(upload_id), created_at=now,
                       expires_at=now + timedelta(seconds=settings.upload_slot_ttl_seconds))
+    # the gateway streams the user's file to this slot: an address on the service network
     url, headers = backend.presigned_put(slot.key, settings.upload_slot_ttl_seconds,
-                                         "application/octet-stream", settings.upload_max_bytes)
+                                         "application/octet-stream", settings.upload_max_bytes,
+                                         internal=True)
     db.add(slot)
     return {"upload_id": slot.id, "url": url, "method": "PUT", "headers": headers,
             "max_bytes": settings.upload_max_bytes, "expires_at": slot.expires_at}
@@ -216,8 +223,9 @@ def create_output_slot(db: Session, backend: Backend, settings: StorageSettings,
         visibility="private", created_at=now,
     )
     obj.key = object_key(owner, obj.id)
+    # the generation service uploads here: an address on the service network
     url, headers = backend.presigned_put(obj.key, settings.upload_slot_ttl_seconds, obj.content_type,
-                                         obj.size)
+                                         obj.size, internal=True)
     db.add(obj)
     return {"object_id": obj.id, "upload_id": obj.id, "url": url, "method": "PUT",
             "headers": headers, "max_bytes": obj.size,

@@ -133,6 +133,13 @@ class StorageService(DarkroomService):
         return self._url_view(objects.get_visible(self.db, owner_id, object_id, utcnow()))
 
     @rpc(expected_exceptions=DomainError)
+    def get_source(self, owner_id, object_id) -> dict:
+        """An object of the owner's that a service reads (a job's source
+        image), with a download URL on the service network; 404 otherwise."""
+        obj = objects.get_visible(self.db, owner_id, object_id, utcnow())
+        return c.ImageObject().dump(objects.source_view(self.store.backend, self.settings, obj))
+
+    @rpc(expected_exceptions=DomainError)
     def get_public_object(self, object_id) -> dict:
         obj = objects.get_public(self.db, object_id, utcnow())
         return c.PublicImageObject().dump(objects.view_with_url(self.store.backend, self.settings, obj))

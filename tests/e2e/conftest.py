@@ -1,4 +1,7 @@
-"""The end-to-end stack: every Procfile process, started once per session."""
+"""The end-to-end stack: every Procfile process, started once per session.
+
+Billing talks to a fake Stripe (tests/fakes/stripe.py) on a local port; the
+tests sign webhooks with ``Stack.stripe_webhook_secret``."""
 
 from __future__ import annotations
 
@@ -6,10 +9,20 @@ import pytest
 
 from tests.conftest import base_env, free_port
 from tests.e2e.stack import Stack
+from tests.fakes.stripe import FakeStripe
+
+STRIPE_WEBHOOK_SECRET = "whsec_e2e_test"
+SERVICES = ("auth", "notifications", "storage", "billing")
 
 
 @pytest.fixture(scope="session")
-def stack(amqp_uri, make_database, start_process, tmp_path_factory):
+def fake_stripe():
+    with FakeStripe() as stripe:
+        yield stripe
+
+
+@pytest.fixture(scope="session")
+def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe):
     mail_dir = tmp_path_factory.mktemp("mail")
     objects_dir = tmp_path_factory.mktemp("objects")
     port = free_port()
@@ -34,14 +47,20 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory):
         RATELIMIT_DEFAULT="10000 per minute",
         AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=5,
         AUTH_RESEND_MIN_INTERVAL_SECONDS=0,
+        BILLING_DATABASE_URL=make_database("billing"),
+        BILLING_METRICS_PORT=free_port(),
+        STRIPE_API_BASE=fake_stripe.api_base,
+        STRIPE_SECRET_KEY=fake_stripe.secret_key,
+        STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
     )
     processes = {}
-    for name in ("auth", "notifications", "storage"):
+    for name in SERVICES:  # started together, waited for together: the stack starts fast
         processes[name] = start_process(name, env)
-    for name in ("auth", "notifications", "storage"):
+    for name in SERVICES:
         processes[name].wait_ready(f"http://127.0.0.1:{env[name.upper() + '_METRICS_PORT']}/readyz")
     processes["gateway"] = start_process("gateway", env)
     processes["gateway"].wait_ready(f"http://127.0.0.1:{port}/readyz")
-    return Stack(f"http://127.0.0.1:{port}", mail_dir, processes, objects_dir)
+    return Stack(f"http://127.0.0.1:{port}", mail_dir, processes, objects_dir,
+                 stripe=fake_stripe, stripe_webhook_secret=STRIPE_WEBHOOK_SECRET)
 
 

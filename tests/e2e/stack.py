@@ -16,11 +16,14 @@ PASSWORD = "correct horse battery staple"
 
 
 class Stack:
-    def __init__(self, base_url: str, mail_dir: Path, processes: dict, objects_dir: Path):
+    def __init__(self, base_url: str, mail_dir: Path, processes: dict, objects_dir: Path,
+                 stripe=None, stripe_webhook_secret: str | None = None):
         self.base_url = base_url
         self.mail_dir = mail_dir
         self.objects_dir = objects_dir
         self.processes = processes
+        self.stripe = stripe  # tests.fakes.stripe.FakeStripe, billing's payment provider
+        self.stripe_webhook_secret = stripe_webhook_secret
         self.http = requests.Session()
 
     def call(self, method: str, path: str, token: str | None = None, api_key: str | None = None, **kw):
@@ -84,3 +87,15 @@ def refused_within(stack, seconds: float, **credential):
              interval=0.5, what="credential refused")
 
 
+
+
+def post_stripe_event(stack, event: dict, secret: str | None = None, signature: str | None = None):
+    """POST a Stripe event to the gateway's webhook as Stripe does: the raw JSON
+    body, signed with the billing service's webhook secret (or ``secret``), or
+    with the ``signature`` given."""
+    from tests.fakes.stripe import signed_body
+
+    body, header = signed_body(event, secret or stack.stripe_webhook_secret)
+    return stack.call("POST", "/v1/billing/webhooks/stripe", data=body.encode(),
+                      headers={"Stripe-Signature": signature or header,
+                               "Content-Type": "application/json; charset=utf-8"})

@@ -541,3 +541,45 @@ def test_totp_enrollment_by_the_user(auth):
     assert auth.rpc.confirm_totp_enrollment(user_id, {"code": totp.now()}) is None
     assert auth.rpc.get_user(user_id)["totp_enabled"] is True
     assert refused(login, auth, account.email).code == "totp_required"
+
+
+# ---------------------------------------------------------------- webhook secret
+
+
+def test_webhook_secret_is_made_on_first_use_and_rotated(auth):
+    account = register(auth)
+    user_id = account.user["id"]
+    with auth.engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM webhook_secrets WHERE user_id = :u"),
+                              {"u": uuid.UUID(user_id)}).scalar_one()
+    assert stored == 0  # nothing until someone asks
+    first = auth.rpc.get_webhook_secret(user_id)
+    assert set(first) == {"secret", "created_at"}
+    assert first["secret"].startswith("whsec_") and len(first["secret"]) == 6 + 43
+    made = datetime.fromisoformat(first["created_at"])
+    assert abs(datetime.now(UTC) - made) < timedelta(minutes=1)
+    assert auth.rpc.get_webhook_secret(user_id) == first
+
+    rotated = auth.rpc.rotate_webhook_secret(user_id)
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != first["secret"]
+    assert datetime.fromisoformat(rotated["created_at"]) >= made
+    assert auth.rpc.get_webhook_secret(user_id) == rotated
+    assert auth.rpc.get_webhook_secret(register(auth).user["id"])["secret"] != rotated["secret"]
+
+
+def test_concurrent_first_uses_agree_on_one_secret(auth):
+    user_id = register(auth).user["id"]
+    replies = [auth.rpc.get_webhook_secret.call_async(user_id) for _ in range(6)]
+    secrets = {reply.result()["secret"] for reply in replies}
+    assert len(secrets) == 1
+    assert auth.rpc.get_webhook_secret(user_id)["secret"] in secrets
+    with auth.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM webhook_secrets WHERE user_id = :u"),
+                            {"u": uuid.UUID(user_id)}).scalar_one() == 1
+
+
+def test_webhook_secret_of_an_unknown_user_is_not_found(auth):
+    for user_id in (str(uuid.uuid4()), "not-a-uuid"):
+        for call in (auth.rpc.get_webhook_secret, auth.rpc.rotate_webhook_secret):
+            error = refused(call, user_id)
+            assert (error.code, error.status) == ("not_found", 404)

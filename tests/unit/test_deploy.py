@@ -2,30 +2,139 @@
 
 The compose file must be valid against the Compose Specification, run the same
 commands as `make dev` (deploy/Procfile), point at config files and code that
-exist, and only set environment variables that some config actually reads.
+exist, hand each process exactly the variables its config reads, agree with
+deploy/.env.example, start things in a sound order with consistent ports and
+healthchecks, stay scalable, and build from a Dockerfile whose entrypoints
+exist. What these files do at run time (the PostgreSQL init script, the
+RabbitMQ definitions, migrations under a lock) is exercised for real in
+tests/integration/test_deploy_runtime.py.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import urllib.parse
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
+from services.common import secrets
+from services.common.messaging import DEAD_LETTER_EXCHANGE, DLQ_PREFIX, RETRY_PREFIX
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-DARKROOM_SERVICES = ["auth", "notifications", "storage", "gateway"]
+COMPOSE_TEXT = (DEPLOY / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
+SERVICES = COMPOSE["services"]
+ENV_EXAMPLE_TEXT = (DEPLOY / ".env.example").read_text()
+ENV_EXAMPLE = secrets.env_file_entries(ENV_EXAMPLE_TEXT, include_commented=True)
+ENV_REQUIRED = secrets.env_file_entries(ENV_EXAMPLE_TEXT)  # the active lines
+
+# Read by every Darkroom process outside its config file (services/common/secrets.py).
+MODE_VARIABLES = {"DARKROOM_ENV"}
+# Variables a config file reads that compose deliberately does not pass, and why.
+NOT_WIRED = {
+    "storage": {"STORAGE_FS_ROOT": "the fs backend's; compose runs the s3 backend",
+                "STORAGE_PUBLIC_BASE_URL": "the fs backend's; compose runs the s3 backend"},
+}
 
 
 def procfile() -> dict[str, list[str]]:
-    lines = [line for line in (DEPLOY / "Procfile").read_text().splitlines() if line.strip()]
-    return {name.strip(): shlex.split(cmd) for name, _, cmd in (line.partition(":") for line in lines)}
+    lines = [line for line in (DEPLOY / "Procfile").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    return {name.strip(): shlex.split(cmd)
+            for name, _, cmd in (line.partition(":") for line in lines)}
+
+
+def darkroom_services() -> list[str]:
+    """Compose services that run the Darkroom image."""
+    return sorted(name for name, svc in SERVICES.items() if svc.get("image") == "darkroom:latest")
+
+
+def long_running() -> list[str]:
+    return sorted(name for name, svc in SERVICES.items() if svc.get("restart") != "no")
+
+
+def argv_of(name: str) -> list[str]:
+    service = SERVICES[name]
+    return list(service.get("entrypoint") or []) + list(service.get("command") or [])
+
+
+def files_read_by(name: str) -> list[Path]:
+    """The files whose variables a compose service's process reads."""
+    argv = argv_of(name)
+    if argv[0] == "darkroom-ops":
+        return [DEPLOY / "config" / "ops.yaml"]
+    if argv[0] == "python":
+        return [REPO / argv[1]]
+    files = [REPO / argv[argv.index("--config") + 1]]
+    if argv[0] == "gunicorn":  # the app factory reads the gateway's YAML
+        files.append(DEPLOY / "config" / "gateway.yaml")
+    return files
+
+
+def variables_in(path: Path) -> set[str]:
+    text = "\n".join(line for line in path.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    names = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    names |= set(re.findall(r"environ\.get\(\s*['\"]([A-Z0-9_]+)", text))
+    names |= set(re.findall(r"environ\[['\"]([A-Z0-9_]+)", text))
+    return names
+
+
+def reads(name: str) -> set[str]:
+    names: set[str] = set()
+    for path in files_read_by(name):
+        names |= variables_in(path)
+    return names
+
+
+def config_defaults(name: str) -> dict[str, str]:
+    """Variable → its default in the files a process reads."""
+    defaults: dict[str, str] = {}
+    for path in files_read_by(name):
+        text = path.read_text()
+        for var, default in re.findall(r"\$\{([A-Z0-9_]+):([^}]*)\}", text):
+            defaults.setdefault(var, default)
+        for var, default in re.findall(
+                r"environ\.get\(\s*['\"]([A-Z0-9_]+)['\"]\s*,\s*['\"]([^'\"]*)['\"]", text):
+            defaults.setdefault(var, default)
+    return defaults
+
+
+def environment(name: str) -> dict:
+    return SERVICES[name].get("environment") or {}
+
+
+def interpolated(value) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z0-9_]+)", str(value or "")))
+
+
+def compose_interpolations() -> dict[str, str | None]:
+    """Every ${VAR...} of the compose file → its `:-` default (None if it has none)."""
+    found: dict[str, str | None] = {}
+    for var, op, rest in re.findall(r"\$\{([A-Z0-9_]+)(?:(:?[-?])([^}]*))?\}", COMPOSE_TEXT):
+        if op.endswith("-"):
+            found[var] = rest
+        else:
+            found.setdefault(var, None)
+    return found
+
+
+def bare_variables() -> set[str]:
+    """Variables compose passes through from deploy/.env when set (no value given)."""
+    return {var for name in SERVICES for var, value in environment(name).items() if value is None}
+
+
+# ------------------------------------------------------------------ compose and Procfile
 
 
 def test_compose_file_matches_the_compose_specification():
@@ -35,66 +144,450 @@ def test_compose_file_matches_the_compose_specification():
 
 def test_every_procfile_process_runs_in_compose_with_the_same_command():
     processes = procfile()
-    assert sorted(processes) == sorted(DARKROOM_SERVICES)
+    darkroom = set(darkroom_services()) & set(long_running())
+    assert sorted(processes) == sorted(darkroom)
     for name, argv in processes.items():
-        assert COMPOSE["services"][name]["command"] == argv, name
+        assert SERVICES[name]["command"] == argv, name
 
 
-@pytest.mark.parametrize("name", DARKROOM_SERVICES)
+@pytest.mark.parametrize("name", darkroom_services())
 def test_commands_point_at_existing_config_and_code(name):
-    argv = procfile()[name]
-    config = argv[argv.index("--config") + 1]
-    assert (REPO / config).is_file(), config
-    target = argv[-1]
-    module_name, _, attr = target.partition(":")
-    module = importlib.import_module(module_name)
-    obj = getattr(module, attr)
-    if argv[0] == "nameko":
-        assert obj.name == name  # the nameko service name is the process name
+    argv = argv_of(name)
+    for path in files_read_by(name):
+        assert path.is_file(), path
+    if argv[0] == "python":
+        return  # a script: its file exists (above), it runs in tests/integration
+    target = argv[-1] if argv[0] != "darkroom-ops" else None
+    if target:
+        module_name, _, attr = target.partition(":")
+        obj = getattr(importlib.import_module(module_name), attr)
+        if argv[0] == "nameko":
+            assert obj.name == name  # the nameko service name is the process name
+            # ...and its config file follows the convention ProductionSecrets relies on
+            assert argv[argv.index("--config") + 1] == f"deploy/config/{name}.yaml"
 
 
-def referenced_variables() -> set[str]:
-    """Environment variables the config files and gunicorn settings read."""
-    names: set[str] = set()
+def console_scripts() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="console_scripts")}
+
+
+@pytest.mark.parametrize("name", darkroom_services())
+def test_every_command_is_an_installed_entry_point(name):
+    program = argv_of(name)[0]
+    if program == "python":
+        return
+    scripts = console_scripts()
+    assert program in scripts, f"{program} is not a console script of any installed package"
+    distribution = scripts[program].dist.name.lower()
+    assert distribution in ("darkroom", "nameko", "gunicorn"), distribution
+    assert callable(scripts[program].load())
+
+
+# ------------------------------------------------------------------ environment
+
+
+@pytest.mark.parametrize("name", darkroom_services())
+def test_compose_passes_exactly_the_variables_a_process_reads(name):
+    read = reads(name)
+    given = set(environment(name))
+    unread = sorted(given - read - MODE_VARIABLES)
+    assert not unread, f"{name} sets variables no config reads: {unread}"
+    missing = sorted(read - given - set(NOT_WIRED.get(name, {})))
+    assert not missing, f"{name} reads variables compose neither sets nor passes: {missing}"
+
+
+def test_every_darkroom_process_gets_the_mode():
+    for name in darkroom_services():
+        if argv_of(name)[0] != "python":
+            assert environment(name).get("DARKROOM_ENV") == "${DARKROOM_ENV:-production}", name
+
+
+def test_env_example_lists_every_variable_compose_takes_from_it():
+    listed = set(ENV_EXAMPLE)
+    taken = set(compose_interpolations()) | bare_variables()
+    assert not sorted(taken - listed), sorted(taken - listed)
+
+
+def test_every_env_example_variable_is_used():
+    taken = set(compose_interpolations()) | bare_variables()
+    assert not sorted(set(ENV_EXAMPLE) - taken), sorted(set(ENV_EXAMPLE) - taken)
+
+
+def test_required_variables_are_active_lines_of_the_example():
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_TEXT))
+    assert not sorted(required - set(ENV_REQUIRED)), sorted(required - set(ENV_REQUIRED))
+    optional = set(ENV_REQUIRED) - required
+    assert optional == {"DARKROOM_ENV"}, "active lines are the required settings"
+
+
+def test_commented_defaults_in_the_example_are_the_real_defaults():
+    """`# NAME=value` documents the default: it must be what happens without it."""
+    compose_defaults = compose_interpolations()
+    for var, shown in ENV_EXAMPLE.items():
+        if var in ENV_REQUIRED:
+            continue
+        if compose_defaults.get(var) is not None:
+            assert shown == compose_defaults[var], var
+            continue
+        actual = {config_defaults(name).get(var) for name in darkroom_services()
+                  if var in environment(name)} - {None}
+        assert actual, f"{var}: no default found in the files that read it"
+        assert actual == {shown}, f"{var}: the example says {shown!r}, the configs {actual}"
+
+
+def test_every_config_variable_is_wired_or_deliberately_not():
+    """A variable any config file reads reaches its process from deploy/.env, is
+    fixed by compose, or is listed in NOT_WIRED with a reason."""
     for path in (DEPLOY / "config").iterdir():
-        text = path.read_text()
-        names |= set(re.findall(r"\$\{([A-Z0-9_]+)", text))
-        names |= set(re.findall(r"environ\.get\(['\"]([A-Z0-9_]+)", text))
+        for var in variables_in(path):
+            readers = [n for n in darkroom_services() if path in files_read_by(n)]
+            for name in readers:
+                assert var in environment(name) or var in NOT_WIRED.get(name, {}), (name, var)
+
+
+# ------------------------------------------------------------------ databases
+
+
+def database_services() -> list[str]:
+    return sorted(name for name in darkroom_services()
+                  if f"{name.upper()}_DATABASE_URL" in environment(name))
+
+
+def test_each_service_has_its_own_database_and_role():
+    init = SERVICES["postgres-init"]
+    assert init["command"][:2] == ["sh", "/init/init-databases.sh"]
+    assert sorted(init["command"][2:]) == database_services()
+    nameko = sorted(n for n in darkroom_services() if argv_of(n)[0] == "nameko")
+    assert database_services() == nameko  # every nameko service has a database
+    for name in database_services():
+        password = f"{name.upper()}_DB_PASSWORD"
+        url = environment(name)[f"{name.upper()}_DATABASE_URL"]
+        expected = (f"postgresql://{name}:${{{password}:?set {password} in deploy/.env}}"
+                    f"@postgres:5432/{name}")
+        assert url == expected, name
+        assert init["environment"][password] == f"${{{password}:?set {password} in deploy/.env}}"
+    assert init["environment"]["PGHOST"] == "postgres"
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in init["volumes"]}
+    assert (DEPLOY / mounted["/init/init-databases.sh"]).resolve() == (
+        DEPLOY / "postgres" / "init-databases.sh")
+
+
+def test_the_init_script_revokes_public_access_and_takes_passwords_from_the_environment():
+    script = (DEPLOY / "postgres" / "init-databases.sh").read_text()
+    assert 'REVOKE CONNECT, TEMPORARY ON DATABASE :"name" FROM PUBLIC' in script
+    assert "LOGIN NOCREATEDB NOCREATEROLE" in script
+    assert "\\getenv password DARKROOM_DB_PASSWORD" in script  # never on a command line
+    assert "${password}" not in script.split("<<'SQL'")[1]  # no splicing into SQL
+
+
+# ------------------------------------------------------------------ RabbitMQ
+
+
+def event_queue_names() -> list[str]:
+    """The queues nameko declares for every event handler of every service."""
+    from nameko.events import EventHandler
+    from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
+
+    names = []
+    for name in darkroom_services():
+        argv = argv_of(name)
+        if argv[0] != "nameko":
+            continue
+        module_name, _, attr = argv[-1].partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        for method_name in dir(cls):
+            for entrypoint in getattr(getattr(cls, method_name), ENTRYPOINT_EXTENSIONS_ATTR, ()):
+                if isinstance(entrypoint, EventHandler):
+                    names.append(f"evt-{entrypoint.source_service}-{entrypoint.event_type}"
+                                 f"--{cls.name}.{method_name}")
     return names
 
 
-@pytest.mark.parametrize("name", DARKROOM_SERVICES + ["ops"])
-def test_compose_sets_only_variables_that_are_read(name):
-    known = referenced_variables() | {"PROMETHEUS_MULTIPROC_DIR", "LOG_LEVEL"}
-    environment = COMPOSE["services"][name].get("environment", {})
-    unknown = sorted(set(environment) - known)
-    assert not unknown, f"{name} sets variables no config reads: {unknown}"
+def test_the_dead_letter_policy_covers_every_event_queue_and_nothing_else():
+    definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    policies = {p["name"]: p for p in definitions["policies"]}
+    # classic queues: the DLX alone (RabbitMQ skips a policy naming delivery-limit
+    # for them); quorum queues: a higher-priority one with the delivery limit too
+    classic, quorum = policies["darkroom-dead-letter"], policies["darkroom-dead-letter-quorum"]
+    assert set(classic["definition"]) == {"dead-letter-exchange"}
+    assert quorum["definition"]["delivery-limit"] > 0
+    assert quorum["priority"] > classic["priority"]
+    assert classic["pattern"] == quorum["pattern"]
+    pattern = re.compile(classic["pattern"])
+    queues = event_queue_names()
+    assert len(queues) >= 3
+    for queue in queues:
+        assert pattern.search(queue), queue
+    for other in ("rpc-auth", "rpc.reply-gateway-1", f"{DLQ_PREFIX}{queues[0]}",
+                  f"{RETRY_PREFIX}1000ms", "dlq.broker"):
+        assert not pattern.search(other), other
+    for policy in policies.values():
+        assert policy["apply-to"] == "queues"
+    exchange = classic["definition"]["dead-letter-exchange"]
+    assert quorum["definition"]["dead-letter-exchange"] == exchange
+    assert exchange != DEAD_LETTER_EXCHANGE  # the services declare that one (direct)
+    assert exchange in {e["name"] for e in definitions["exchanges"]}
+    bound = [b["destination"] for b in definitions["bindings"] if b["source"] == exchange]
+    assert bound and all(q.startswith(DLQ_PREFIX) for q in bound)  # `darkroom-ops dlq list`
+    assert {q["name"] for q in definitions["queues"]} == set(bound)
 
 
-def test_each_service_database_is_created_by_the_postgres_init_script():
-    init = (DEPLOY / "postgres" / "init-databases.sh").read_text()
-    for name in ("auth", "notifications", "storage"):
-        url = COMPOSE["services"][name]["environment"][f"{name.upper()}_DATABASE_URL"]
-        assert url.endswith(f"@postgres:5432/{name}")
-        assert re.search(rf"^create {name} ", init, re.M), name
-        password_var = f"{name.upper()}_DB_PASSWORD"
-        assert password_var in COMPOSE["services"]["postgres"]["environment"]
+def test_services_start_after_the_broker_and_database_init_jobs():
+    for name in database_services():
+        depends = SERVICES[name]["depends_on"]
+        assert depends["rabbitmq-init"] == {"condition": "service_completed_successfully"}
+        assert depends["postgres-init"] == {"condition": "service_completed_successfully"}
+    init = SERVICES["rabbitmq-init"]
+    assert init["command"] == ["python", "deploy/rabbitmq/apply_definitions.py"]
+    assert init["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert SERVICES["rabbitmq"]["hostname"] == "rabbitmq"  # the data dir follows the node name
+    assert SERVICES["rabbitmq"]["image"].endswith("-management")
 
 
-def test_dockerfile_copies_only_paths_that_exist():
-    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
-            sources = line.split()[1:-1]
-            for source in sources:
-                assert (REPO / source).exists(), source
+def test_minio_bucket_is_created_by_the_storage_service():
+    from services.storage.backends.s3 import S3Backend
+
+    assert "make_bucket" in Path(importlib.import_module(S3Backend.__module__).__file__).read_text()
+    assert SERVICES["storage"]["depends_on"]["minio"] == {"condition": "service_healthy"}
 
 
-def test_env_example_defines_every_required_compose_variable():
-    text = (DEPLOY / "docker-compose.yml").read_text()
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
-    example = {
-        line.split("=", 1)[0]
-        for line in (DEPLOY / ".env.example").read_text().splitlines()
-        if line and not line.startswith("#")
-    }
-    assert required <= example, sorted(required - example)
+# ------------------------------------------------------------------ order, health, ports
+
+
+def test_depends_on_waits_for_health_or_completion():
+    for name, service in SERVICES.items():
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            condition = spec["condition"]
+            target = SERVICES[dependency]
+            if condition == "service_healthy":
+                assert "test" in target.get("healthcheck", {}), (name, dependency)
+            else:
+                assert condition == "service_completed_successfully", (name, dependency)
+                assert target.get("restart") == "no", (name, dependency)
+
+
+@pytest.mark.parametrize("name", long_running())
+def test_long_running_services_restart_are_bounded_and_checked(name):
+    service = SERVICES[name]
+    assert service["restart"] == "unless-stopped"
+    limits = service["deploy"]["resources"]["limits"]
+    assert limits["memory"] and limits["cpus"]
+    assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+
+
+def healthcheck_url(name: str) -> urllib.parse.SplitResult:
+    test = SERVICES[name]["healthcheck"]["test"]
+    (url,) = re.findall(r"http://[^'\"]+", " ".join(test))
+    return urllib.parse.urlsplit(url)
+
+
+@pytest.mark.parametrize("name", sorted(set(darkroom_services()) & set(long_running())))
+def test_healthchecks_target_the_port_the_process_listens_on(name):
+    url = healthcheck_url(name)
+    argv = argv_of(name)
+    env = environment(name)
+    assert url.hostname == "127.0.0.1"
+    if argv[0] == "gunicorn":
+        assert url.port == int(env["GATEWAY_PORT"])
+        assert env["GATEWAY_HOST"] == "0.0.0.0"
+        assert url.path == "/healthz"
+        published = [p.rsplit(":", 1)[1] for p in SERVICES[name].get("ports", [])]
+        assert published == [env["GATEWAY_PORT"]]
+    else:
+        (config,) = files_read_by(name)
+        variable = secrets.config_variables(config)["METRICS_PORT"]
+        assert url.port == int(env[variable]), (variable, env.get(variable))
+        assert url.path == "/readyz"  # healthy = migrated, connected and consuming
+
+
+def test_healthcheck_ports_are_distinct_per_service():
+    ports = [healthcheck_url(n).port for n in darkroom_services() if n in long_running()]
+    assert len(ports) == len(set(ports))
+
+
+def test_the_stack_scales_with_compose_up_scale():
+    """No container_name anywhere; no Darkroom service but the gateway publishes a
+    port (metrics stay inside the network), so `--scale <service>=N` works."""
+    for name, service in SERVICES.items():
+        assert "container_name" not in service, name
+        for port in service.get("ports", []):
+            host = str(port).rsplit(":", 1)[0]
+            assert "${" in host, f"{name} publishes a fixed host port: {port}"
+    for name in darkroom_services():
+        if name != "gateway":
+            assert not SERVICES[name].get("ports"), name
+
+
+def test_mailpit_is_only_in_the_dev_and_mail_profiles():
+    assert set(SERVICES["mailpit"]["profiles"]) == {"dev", "mail"}
+    for name, service in SERVICES.items():
+        assert "mailpit" not in (service.get("depends_on") or {}), name
+
+
+# ------------------------------------------------------------------ Dockerfile
+
+
+def dockerfile_stages() -> list[list[str]]:
+    stages: list[list[str]] = []
+    for line in (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line.startswith("FROM "):
+            stages.append([])
+        if stages and line and not line.startswith("#"):
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_non_root_without_build_tools_and_healthchecked():
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    final = stages[-1]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert not any(re.search(r"apt-get install|build-essential|gcc", line) for line in final)
+    assert any("build-essential" in line for line in stages[0])
+    assert any(line.startswith("HEALTHCHECK ") for line in final)
+
+
+def test_dockerfile_copies_only_paths_that_exist_and_everything_compose_runs():
+    copied = []
+    for stage in dockerfile_stages():
+        for line in stage:
+            if line.startswith("COPY ") and "--from=" not in line:
+                sources = line.split()[1:-1]
+                for source in sources:
+                    assert (REPO / source).exists(), source
+                    copied.append(source)
+    for name in darkroom_services():
+        for path in files_read_by(name):
+            relative = path.relative_to(REPO).as_posix()
+            assert any(relative == c or relative.startswith(c.rstrip("/") + "/")
+                       for c in copied), f"{relative} is not in the image"
+    assert "deploy/.env.example" in copied  # the production check compares against it
+
+
+def test_dockerfile_default_command_is_the_gateway_and_exists():
+    (cmd,) = [line for line in dockerfile_stages()[-1] if line.startswith("CMD ")]
+    argv = json.loads(cmd[len("CMD "):])
+    assert argv == procfile()["gateway"]
+    assert argv[0] in console_scripts()
+    module_name, _, attr = argv[-1].partition(":")
+    assert callable(getattr(importlib.import_module(module_name), attr))
+
+
+def test_dockerignore_keeps_secrets_out_of_the_build_context():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    for path in ("deploy/.env", ".git", ".venv", "var"):
+        assert path in ignored, path
+
+
+# ------------------------------------------------------------------ secrets end to end
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} (what this file uses)."""
+    def replace(match):
+        var, op, rest = match.group(1), match.group(2), match.group(3)
+        current = env.get(var, "")
+        if op == ":?" and not current:
+            raise KeyError(f"{var}: {rest}")
+        if op == ":-" and not current:
+            return rest
+        return current
+    return re.sub(r"\$\{([A-Z0-9_]+)(?:(:[-?])([^}]*))?\}", replace, value)
+
+
+def container_env(name: str, dotenv: dict[str, str]) -> dict[str, str]:
+    env = {}
+    for var, value in environment(name).items():
+        if value is None:
+            if var in dotenv:
+                env[var] = dotenv[var]
+        else:
+            env[var] = interpolate(str(value), dotenv)
+    return env
+
+
+def start_check(name: str, env: dict[str, str], monkeypatch) -> None:
+    """What the process's start path does with that environment, up to the check."""
+    for var in {v for n in darkroom_services() for v in reads(n)} | MODE_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    argv = argv_of(name)
+    if argv[0] == "nameko":
+        from nameko.containers import ServiceContainer
+
+        from services.common.config import load_config
+
+        module_name, _, attr = argv[-1].partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        ServiceContainer(cls, load_config(REPO / argv[argv.index("--config") + 1]))
+    elif argv[0] == "gunicorn":
+        from gateway.app import create_app
+
+        create_app(rpc=object())
+    elif argv[0] == "darkroom-ops":
+        from ops.config import load_ops_config
+
+        load_ops_config()
+
+
+CHECKED = [n for n in darkroom_services() if argv_of(n)[0] != "python"]
+
+
+@pytest.fixture(scope="module")
+def generated_env(tmp_path_factory) -> Path:
+    """deploy/.env as `make up` creates it, made by the real Makefile rule."""
+    if shutil.which("make") is None:
+        pytest.fail("make is needed to run the Makefile's deploy/.env rule")
+    root = tmp_path_factory.mktemp("make-env")
+    (root / "deploy").mkdir()
+    shutil.copy(DEPLOY / ".env.example", root / "deploy" / ".env.example")
+    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "-C", str(root), "deploy/.env"],
+                   check=True, capture_output=True)
+    return root / "deploy" / ".env"
+
+
+def test_make_up_creates_env_with_fresh_random_secrets(generated_env):
+    assert generated_env.stat().st_mode & 0o777 == 0o600
+    made = secrets.env_file_entries(generated_env.read_text())
+    placeholders = {k for k, v in ENV_REQUIRED.items() if v.startswith("change-me")}
+    assert placeholders
+    for var in placeholders:
+        assert re.fullmatch(r"[0-9a-f]{48}", made[var]), var
+    assert len({made[v] for v in placeholders}) == len(placeholders)  # all different
+    assert {k: v for k, v in made.items() if k not in placeholders} == {
+        k: v for k, v in ENV_REQUIRED.items() if k not in placeholders}
+    before = generated_env.read_text()  # never overwritten once made
+    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "-C",
+                    str(generated_env.parent.parent), "deploy/.env"], check=True)
+    assert generated_env.read_text() == before
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_every_process_starts_in_production_with_the_generated_env(name, generated_env,
+                                                                   monkeypatch):
+    dotenv = secrets.env_file_entries(generated_env.read_text())
+    start_check(name, container_env(name, dotenv), monkeypatch)  # raises if refused
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_every_process_refuses_the_example_env_naming_its_secrets(name, monkeypatch):
+    env = container_env(name, ENV_REQUIRED)
+    assert env["DARKROOM_ENV"] == "production"
+    expected = {var for var, value in environment(name).items()
+                if value is not None and any(ENV_REQUIRED.get(v, "").startswith("change-me")
+                                             for v in interpolated(value))}
+    assert expected
+    from ops.errors import OpsError
+
+    with pytest.raises((secrets.ConfigurationRefused, OpsError)) as caught:
+        start_check(name, env, monkeypatch)
+    message = str(caught.value)
+    assert "refuses to start with DARKROOM_ENV=production" in message
+    for var in expected:
+        assert var in message, (var, message)
+    for value in ENV_REQUIRED.values():
+        if value.startswith("change-me"):
+            assert value not in message

@@ -99,4 +99,4 @@ def load_rpc(schema: type[Schema] | Schema, payload) -> dict:
 
 
 # Import the per-service modules so EVENTS is complete wherever contracts is used.
-from services.common.contracts import auth, storage  # noqa: E402,F401
+from services.common.contracts import auth, billing, generation, storage  # noqa: E402,F401

@@ -221,6 +221,14 @@ class SessionPage(RpcSchema):
     next_cursor = fields.String(allow_none=True, required=True)
 
 
+class WebhookSecret(RpcSchema):
+    """``auth.get_webhook_secret`` and ``auth.rotate_webhook_secret``'s answer."""
+
+    secret = fields.String(required=True, metadata={
+        "description": "whsec_...: the key of the HMAC-SHA256 in Darkroom-Signature"})
+    created_at = fields.AwareDateTime(required=True)
+
+
 class AdminChanged(RpcSchema):
     """``auth.set_admin``'s answer; ``otpauth_uri`` only when TOTP was enrolled just now."""
 

@@ -29,14 +29,7 @@ class ObjectsPurged(EventSchema):
     batch_id = fields.UUID(required=True)
 
 
-@register_event("billing.plan_changed")
-class PlanChanged(EventSchema):
-    """Published by billing (not built yet) when a user's plan changes; storage
-    keeps the plan's retention for the user's objects."""
-
-    user_id = fields.UUID(required=True)
-    plan = fields.String(required=True)
-    retention_days = fields.Integer(required=True, validate=validate.Range(min=1, max=3650))
+# ``billing.plan_changed``, which storage consumes, lives in contracts/billing.py.
 
 
 # ---------------------------------------------------------------- requests

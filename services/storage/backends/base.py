@@ -43,11 +43,13 @@ class Backend(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``."""
 
-    def presigned_get(self, key: str, ttl_seconds: int) -> str:
-        """A URL anyone holding it may GET until it expires."""
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+        """A URL anyone holding it may GET until it expires; ``internal`` for
+        our own services (signed for the store's address on the service
+        network rather than the public one)."""
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
-                      max_bytes: int) -> tuple[str, dict[str, str]]:
+                      max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
         """A URL (and the headers to send with it) to PUT the object until it
         expires. The fs backend's URL refuses more than ``max_bytes``; an S3
         presigned PUT cannot limit the size (the commit checks it)."""

@@ -149,11 +149,12 @@ class FsBackend:
                     continue
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
-    def presigned_get(self, key: str, ttl_seconds: int) -> str:
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+        # one address: the gateway's /v1/files (make dev runs everything on one host)
         return signing.sign_url(self.public_base_url, self.url_secret, "GET", check_key(key), ttl_seconds)[0]
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
-                      max_bytes: int) -> tuple[str, dict[str, str]]:
+                      max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
         url, _ = signing.sign_url(self.public_base_url, self.url_secret, "PUT", check_key(key),
                                   ttl_seconds, max_bytes=max_bytes)
         return url, {"Content-Type": content_type}

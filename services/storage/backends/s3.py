@@ -162,13 +162,15 @@ class S3Backend:
             if not obj.is_dir:
                 yield ObjectInfo(obj.object_name, int(obj.size or 0), obj.last_modified)
 
-    def presigned_get(self, key: str, ttl_seconds: int) -> str:
-        return self.signer.presigned_get_object(self.bucket, check_key(key),
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+        signer = self.client if internal else self.signer
+        return signer.presigned_get_object(self.bucket, check_key(key),
                                                 expires=timedelta(seconds=ttl_seconds))
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
-                      max_bytes: int) -> tuple[str, dict[str, str]]:
-        url = self.signer.presigned_put_object(self.bucket, check_key(key),
+                      max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
+        signer = self.client if internal else self.signer
+        url = signer.presigned_put_object(self.bucket, check_key(key),
                                                expires=timedelta(seconds=ttl_seconds))
         return url, {"Content-Type": content_type}
 

@@ -252,6 +252,13 @@ def test_openapi_document(client):
         "/v1/uploads": {"post"}, "/v1/images": {"get"},
         "/v1/images/{image_id}": {"get", "patch", "delete"}, "/v1/images/{image_id}/content": {"get"},
         "/v1/public/images/{image_id}": {"get"}, "/v1/files/{key}": {"get", "put"},
+        "/v1/billing/balance": {"get"}, "/v1/billing/ledger": {"get"},
+        "/v1/billing/plans": {"get"}, "/v1/billing/prices": {"get"},
+        "/v1/billing/checkout": {"post"}, "/v1/billing/orders": {"get"},
+        "/v1/billing/webhooks/stripe": {"post"},
+        "/v1/me/webhook-secret": {"get"}, "/v1/me/webhook-secret/rotate": {"post"},
+        "/v1/templates": {"get"}, "/v1/generations": {"get", "post"},
+        "/v1/generations/{job_id}": {"get", "delete"}, "/v1/generations/{job_id}/events": {"get"},
     }
     assert {path: set(ops) - {"parameters"} for path, ops in doc["paths"].items()} == expected
     schemes = doc["components"]["securitySchemes"]

@@ -71,11 +71,11 @@ class MemoryBackend:
             if key.startswith(prefix):
                 yield self.stat(key)
 
-    def presigned_get(self, key: str, ttl_seconds: int) -> str:
-        return f"memory://{key}?method=GET&ttl={ttl_seconds}"
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+        return f"memory://{key}?method=GET&ttl={ttl_seconds}" + ("&internal" if internal else "")
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
-                      max_bytes: int) -> tuple[str, dict[str, str]]:
+                      max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
         return (f"memory://{key}?method=PUT&ttl={ttl_seconds}&max_bytes={max_bytes}",
                 {"Content-Type": content_type})
 

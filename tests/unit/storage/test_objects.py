@@ -377,3 +377,11 @@ def test_export_lists_what_is_held_and_erase_forgets_everything(db, backend, set
     assert objects.erase_user(db, backend, owner) == {"objects": 0, "bytes": 0}
     assert objects.export_user(db, owner) == []
     assert f"objects/{owner}/{pending['object_id']}" not in backend.objects
+
+
+def test_a_source_for_a_service_is_read_at_the_internal_address(db, backend, settings, owner):
+    obj = committed_output(db, backend, settings, owner)
+    view = objects.source_view(backend, settings, obj)
+    assert view["id"] == obj.id and view["content_type"] == "image/png"
+    assert view["url"] == f"memory://{obj.key}?method=GET&ttl={settings.url_ttl_seconds}&internal"
+    assert "&internal" not in objects.view_with_url(backend, settings, obj)["url"]

@@ -53,6 +53,12 @@ def test_presigned_urls_for_a_public_endpoint_are_signed_offline():
     put_url, headers = b.presigned_put("staging/u", 60, "image/png", 1024)
     assert put_url.startswith("https://files.example.test:9443/bkt/staging/u?")
     assert headers == {"Content-Type": "image/png"}
+    # our own services (the gateway's upload stream, the generation workers)
+    # reach the store at its service-network address
+    internal_put, _ = b.presigned_put("staging/u", 60, "image/png", 1024, internal=True)
+    assert internal_put.startswith("http://127.0.0.1:9/bkt/staging/u?")
+    assert b.presigned_get("objects/o/i", 60, internal=True).startswith(
+        "http://127.0.0.1:9/bkt/objects/o/i?")
 
 
 def test_without_public_endpoint_urls_use_the_endpoint():

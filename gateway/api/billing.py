@@ -1,0 +1,184 @@
+"""Credits and payments (API.md "Credits and payments"), over the billing service's RPC.
+
+The caller's balance, ledger and orders; the public plan and price lists; a
+checkout for a credit pack or a plan (verified email required, honours
+``Idempotency-Key``); and the Stripe webhook.
+
+The webhook is not authenticated by a credential but by its signature, which
+covers the exact bytes Stripe sent: the gateway passes the raw body
+(``request.get_data``, never parsed here) and the ``Stripe-Signature`` header
+to ``billing.handle_stripe_webhook``, which verifies and applies it. A body
+over ``BILLING_WEBHOOK_MAX_BYTES`` is refused (413) before it is read: Stripe's
+events are a few KiB, and nothing unauthenticated gets to ship megabytes to
+the billing service.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, request
+from marshmallow import Schema, fields
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from gateway.api.common import Blueprint, present, rpc
+from gateway.api.images import _discard_body
+from gateway.auth import authenticated, current_principal, require_verified
+from services.common.contracts.billing import (
+    Balance,
+    Checkout,
+    CheckoutCreated,
+    LedgerPage,
+    LedgerQuery,
+    OrderPage,
+    OrderQuery,
+    PlanList,
+    Prices,
+)
+from services.common.errors import DomainError
+
+DEFAULT_WEBHOOK_MAX_BYTES = 256 * 1024
+IDEMPOTENCY_KEY_MAX = 200
+
+billing_blp = Blueprint("billing", __name__, url_prefix="/v1/billing",
+                        description="Credits: balance, ledger, plans, prices, checkout, orders "
+                                    "and the payment provider's webhook")
+
+IDEMPOTENCY_KEY_DOC = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    "description": "a repeat with the same key and body returns the first answer; "
+                   "with another body, 409 idempotency_key_reused",
+}
+WEBHOOK_DOC = {
+    "parameters": [{
+        "in": "header", "name": "Stripe-Signature", "required": True,
+        "schema": {"type": "string"},
+        "description": "t=<unix time>,v1=<hex HMAC-SHA256 of \"t.body\">",
+    }],
+    "requestBody": {
+        "required": True,
+        "description": "a Stripe event, exactly as Stripe sent it (the signature covers the "
+                       "raw bytes)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+}
+
+
+class WebhookAnswer(Schema):
+    received = fields.Boolean(required=True)
+
+
+def _query(query: dict) -> dict:
+    return {k: v for k, v in query.items() if v is not None}
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key``, or None; 400 when it is unusable."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise DomainError("invalid_request", "the Idempotency-Key header is not valid", 400,
+                          {"fields": {"Idempotency-Key": [
+                              f"Must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters."]}})
+    return key
+
+
+def webhook_max_bytes() -> int:
+    config = current_app.extensions["darkroom"].config
+    return int(config.get("BILLING_WEBHOOK_MAX_BYTES") or DEFAULT_WEBHOOK_MAX_BYTES)
+
+
+def _too_large(max_bytes: int) -> DomainError:
+    return DomainError("payload_too_large", f"the body is larger than {max_bytes} bytes", 413,
+                       {"max_bytes": max_bytes})
+
+
+# ------------------------------------------------------------ the caller's account
+
+
+@billing_blp.route("/balance", methods=["GET"])
+@billing_blp.response(200, Balance)
+@authenticated
+def balance():
+    """Credits available and held, the plan and this period's grants and use"""
+    with rpc() as proxy:
+        return present(Balance, proxy.billing.get_balance(current_principal().user_id))
+
+
+@billing_blp.route("/ledger", methods=["GET"])
+@billing_blp.arguments(LedgerQuery, location="query")
+@billing_blp.response(200, LedgerPage)
+@authenticated
+def ledger(query):
+    """Every change to the caller's credits, newest first"""
+    with rpc() as proxy:
+        return present(LedgerPage, proxy.billing.list_ledger(current_principal().user_id,
+                                                             _query(query)))
+
+
+@billing_blp.route("/orders", methods=["GET"])
+@billing_blp.arguments(OrderQuery, location="query")
+@billing_blp.response(200, OrderPage)
+@authenticated
+def orders(query):
+    """The caller's orders (packs and plans), newest first"""
+    with rpc() as proxy:
+        return present(OrderPage, proxy.billing.list_orders(current_principal().user_id,
+                                                            _query(query)))
+
+
+@billing_blp.route("/checkout", methods=["POST"])
+@billing_blp.response(201, CheckoutCreated)
+@billing_blp.doc(parameters=[IDEMPOTENCY_KEY_DOC])
+@require_verified
+@billing_blp.arguments(Checkout)
+def checkout(payload):
+    """Start paying for a credit pack or a plan: open checkout_url to pay"""
+    key = idempotency_key()
+    with rpc() as proxy:
+        return present(CheckoutCreated, proxy.billing.create_checkout(
+            current_principal().user_id, payload, idempotency_key=key))
+
+
+# ------------------------------------------------------------ public
+
+
+@billing_blp.route("/plans", methods=["GET"])
+@billing_blp.response(200, PlanList)
+def plans():
+    """The plans: price per period, credits granted, retention, queue priority"""
+    with rpc() as proxy:
+        return present(PlanList, proxy.billing.list_plans())
+
+
+@billing_blp.route("/prices", methods=["GET"])
+@billing_blp.response(200, Prices)
+def prices():
+    """What each job type costs in credits, and the credit packs for sale"""
+    with rpc() as proxy:
+        return present(Prices, proxy.billing.list_prices())
+
+
+@billing_blp.route("/webhooks/stripe", methods=["POST"])
+@billing_blp.response(200, WebhookAnswer)
+@billing_blp.alt_response(413, description="the body is larger than BILLING_WEBHOOK_MAX_BYTES")
+@billing_blp.doc(**WEBHOOK_DOC)
+def stripe_webhook():
+    """Stripe's events (signed; no credential): payments and refunds"""
+    max_bytes = webhook_max_bytes()
+    if request.content_length is not None and request.content_length > max_bytes:
+        _discard_body(request.content_length, cap=4 * max_bytes)  # so the sender reads the 413
+        raise _too_large(max_bytes)
+    request.max_content_length = max_bytes
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:  # a chunked body that went past the cap
+        raise _too_large(max_bytes) from None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
+    with rpc() as proxy:
+        proxy.billing.handle_stripe_webhook(text, request.headers.get("Stripe-Signature"))
+    return {"received": True}

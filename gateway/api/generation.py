@@ -1,0 +1,309 @@
+"""Generation (API.md "Generation"), over the generation service's RPC.
+
+Templates (public), submitting a job (verified email; ``Idempotency-Key``;
+``?dry_run=true`` quotes the price without creating anything), the caller's
+jobs, cancelling one, and a server-sent event stream of one job's progress.
+
+**The event stream** (``GET /v1/generations/{id}/events``) is the gateway
+polling ``generation.get_job`` every ``GENERATION_EVENTS_POLL_SECONDS`` and
+sending ``event: job`` with the job whenever its status, progress, stage or
+queue position changes. The current state is always sent first (so
+``Last-Event-ID`` is accepted but never replays missed steps), a ``:
+keepalive`` comment keeps idle proxies from closing the connection, and the
+stream ends after a final state or after ``GENERATION_EVENTS_MAX_SECONDS``
+(the client reconnects). Polling keeps the gateway free of broker consumers
+and of state: any replica can serve any stream.
+
+Under gunicorn's gthread workers **each open stream holds a thread** for its
+whole life, so a process accepts at most ``GENERATION_EVENTS_MAX_STREAMS``
+streams at once (503 ``service_unavailable`` with ``Retry-After`` past it)
+and the rest of the API keeps its threads. An RPC proxy is held only for the
+length of each poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from flask import Response, current_app, jsonify
+from flask.views import MethodView
+from marshmallow import Schema, fields, validate
+
+from gateway.api.billing import IDEMPOTENCY_KEY_DOC, idempotency_key
+from gateway.api.common import Blueprint, present, rpc
+from gateway.auth import authenticated, current_principal, require_verified
+from gateway.rpc import ServiceUnavailable
+from services.common.contracts.generation import (
+    JOB_TYPES,
+    JobPage,
+    JobQuery,
+    JobView,
+    PriceQuote,
+    SubmitJob,
+)
+from services.common.errors import DomainError
+from services.common.observability import correlation_id
+
+FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "cancelled"})
+# what the stream watches: a change in any of these sends an event
+WATCHED = ("status", "progress", "stage", "queue_position")
+
+DEFAULT_POLL_SECONDS = 0.5
+DEFAULT_KEEPALIVE_SECONDS = 15.0
+DEFAULT_MAX_SECONDS = 600.0
+DEFAULT_MAX_STREAMS = 4
+RECONNECT_MS = 2000  # the SSE ``retry:`` hint: how soon a client reconnects
+STREAMS_EXTENSION = "darkroom_event_streams"
+
+# replaced by tests (a fake clock); the stream reads them at each step
+monotonic: Callable[[], float] = time.monotonic
+sleep: Callable[[float], None] = time.sleep
+
+generation_blp = Blueprint("generation", __name__, url_prefix="/v1",
+                           description="Generation: templates, jobs, their progress as "
+                                       "server-sent events, cancellation")
+
+
+@generation_blp.record_once
+def _stream_slots(state) -> None:
+    """One semaphore per app: the event streams this process may hold open."""
+    config = state.app.extensions["darkroom"].config
+    limit = int(config.get("GENERATION_EVENTS_MAX_STREAMS") or DEFAULT_MAX_STREAMS)
+    state.app.extensions[STREAMS_EXTENSION] = threading.BoundedSemaphore(max(1, limit))
+
+
+# ------------------------------------------------------------ schemas of this API
+
+
+class JsonNumber(fields.Number):
+    """A number dumped as it is (an integer bound stays an integer)."""
+
+    num_type = float
+
+    def _format_num(self, value):
+        return value
+
+
+class TemplateField(Schema):
+    """One input of a template, as the template file declares it."""
+
+    name = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(
+        ("string", "integer", "number", "enum", "boolean")))
+    required = fields.Boolean(required=True)
+    description = fields.String()
+    enum = fields.List(fields.String(), metadata={"description": "the allowed values (enum)"})
+    min = JsonNumber(metadata={"description": "smallest value (integer, number)"})
+    max = JsonNumber(metadata={"description": "largest value (integer, number)"})
+    min_length = fields.Integer(metadata={"description": "shortest text (string)"})
+    max_length = fields.Integer(metadata={"description": "longest text (string)"})
+    default = fields.Raw(allow_none=True,
+                         metadata={"description": "the value used when the input is left out "
+                                                  "(optional inputs only)"})
+
+
+class Template(Schema):
+    id = fields.String(required=True, metadata={"description": "pass it as `template`"})
+    name = fields.String(required=True)
+    job_type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    description = fields.String(required=True)
+    storyboard = fields.Boolean(required=True,
+                                metadata={"description": "true: the template yields a storyboard "
+                                                         "of shots (video)"})
+    inputs = fields.List(fields.Nested(TemplateField), required=True,
+                         metadata={"description": "what to pass as `inputs`"})
+
+
+class TemplateList(Schema):
+    items = fields.List(fields.Nested(Template), required=True)
+
+
+class DryRunQuery(Schema):
+    dry_run = fields.Boolean(load_default=False,
+                             metadata={"description": "quote the price (200 {price, breakdown}) "
+                                                      "without creating a job"})
+
+
+# spelled out: a manual ``parameters`` list replaces the one @arguments generates
+DRY_RUN_DOC = {
+    "in": "query", "name": "dry_run", "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "true: answer 200 {price, breakdown} and create nothing",
+}
+EVENTS_DOC = {
+    "parameters": [{
+        "in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "string"},
+        "description": "accepted on reconnect; the current state is always sent first",
+    }],
+    "responses": {"200": {
+        "description": "`text/event-stream`: `event: job` with the job (as `GET "
+                       "/v1/generations/{id}`) on each change of status, progress, stage or "
+                       "queue position; `: keepalive` comments; `event: error` with API.md's "
+                       "error object if the job becomes unreadable. Ends after a final state or "
+                       "GENERATION_EVENTS_MAX_SECONDS (reconnect then).",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }},
+}
+
+
+def _config(name: str, default: float) -> float:
+    value = current_app.extensions["darkroom"].config.get(name)
+    return float(default if value is None or value == "" else value)
+
+
+# ------------------------------------------------------------ templates (public)
+
+
+@generation_blp.route("/templates", methods=["GET"])
+@generation_blp.response(200, TemplateList)
+def templates():
+    """The templates a job can use, with their input fields"""
+    with rpc() as proxy:
+        return present(TemplateList, proxy.generation.list_templates())
+
+
+# ------------------------------------------------------------ jobs
+
+
+@generation_blp.route("/generations")
+class Generations(MethodView):
+    @generation_blp.response(202, JobView, headers={
+        "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}}})
+    @generation_blp.alt_response(200, schema=PriceQuote,
+                                 description="with ?dry_run=true: the price, no job created")
+    @generation_blp.doc(parameters=[DRY_RUN_DOC, IDEMPOTENCY_KEY_DOC])
+    @require_verified
+    @generation_blp.arguments(DryRunQuery, location="query")
+    @generation_blp.arguments(SubmitJob)
+    def post(self, query, payload):
+        """Submit a job (text-to-image, image-to-image, image-to-video, or a template)"""
+        key = idempotency_key()
+        user_id = current_principal().user_id
+        body = SubmitJob().dump(payload)  # JSON types (UUIDs as strings) for the RPC
+        with rpc() as proxy:
+            answer = proxy.generation.submit(user_id, body, idempotency_key=key,
+                                             dry_run=query["dry_run"])
+        if query["dry_run"]:
+            return jsonify(PriceQuote().dump(present(PriceQuote, answer)))
+        job = present(JobView, answer)
+        return job, 202, {"Location": f"/v1/generations/{job['id']}"}
+
+    @generation_blp.arguments(JobQuery, location="query")
+    @generation_blp.response(200, JobPage)
+    @authenticated
+    def get(self, query):
+        """The caller's jobs, newest first (filter by status)"""
+        query = {k: v for k, v in query.items() if v is not None}
+        with rpc() as proxy:
+            return present(JobPage, proxy.generation.list_jobs(current_principal().user_id, query))
+
+
+@generation_blp.route("/generations/<uuid:job_id>")
+class Generation(MethodView):
+    @generation_blp.response(200, JobView)
+    @authenticated
+    def get(self, job_id):
+        """One of the caller's jobs"""
+        with rpc() as proxy:
+            return present(JobView, proxy.generation.get_job(current_principal().user_id,
+                                                             str(job_id)))
+
+    @generation_blp.response(202, JobView)
+    @authenticated
+    def delete(self, job_id):
+        """Cancel a job that has not started (409 not_cancellable once it runs)"""
+        with rpc() as proxy:
+            return present(JobView, proxy.generation.cancel_job(current_principal().user_id,
+                                                                str(job_id)))
+
+
+@generation_blp.route("/generations/<uuid:job_id>/events", methods=["GET"])
+@generation_blp.doc(**EVENTS_DOC)
+@authenticated
+def job_events(job_id):
+    """The job's status and progress as server-sent events"""
+    user_id, job = current_principal().user_id, str(job_id)
+    with rpc() as proxy:  # 404 (another user's job), 503... as plain HTTP errors
+        first = proxy.generation.get_job(user_id, job)
+    slots = current_app.extensions[STREAMS_EXTENSION]
+    if not slots.acquire(blocking=False):
+        raise ServiceUnavailable("too many open event streams on this gateway; poll "
+                                 f"GET /v1/generations/{job} instead, or retry shortly")
+    pool = current_app.extensions["darkroom"].rpc
+    cid = correlation_id.get()
+
+    def fetch() -> dict:
+        with pool.get(correlation=cid) as proxy:
+            return proxy.generation.get_job(user_id, job)
+
+    stream = event_stream(
+        first, fetch,
+        poll=_config("GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS),
+        keepalive=_config("GENERATION_EVENTS_KEEPALIVE_SECONDS", DEFAULT_KEEPALIVE_SECONDS),
+        max_seconds=_config("GENERATION_EVENTS_MAX_SECONDS", DEFAULT_MAX_SECONDS),
+    )
+    response = Response(stream, status=200, mimetype="text/event-stream")
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    # released when the server closes the response: finished, client gone, or never iterated
+    response.call_on_close(slots.release)
+    return response
+
+
+# ------------------------------------------------------------ the stream itself
+
+
+def event_id(job: dict) -> str:
+    """A short id of the watched state (the SSE ``id:`` line)."""
+    state = json.dumps([job.get(k) for k in ("attempt", *WATCHED)], default=str)
+    return hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def frame(event: str, data: dict, ident: str | None = None) -> str:
+    lines = [f"event: {event}"]
+    if ident:
+        lines.append(f"id: {ident}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
+    return "\n".join(lines) + "\n\n"
+
+
+def job_frame(job: dict) -> str:
+    return frame("job", JobView().dump(present(JobView, job)), event_id(job))
+
+
+def event_stream(first: dict, fetch: Callable[[], dict], *, poll: float, keepalive: float,
+                 max_seconds: float) -> Iterator[str]:
+    """Events for one job: its state now, then each change until it ends.
+
+    A 503 from a poll (the service or broker briefly away) is skipped and
+    the next poll tried; any other refusal (the job is gone) ends the stream
+    with ``event: error``."""
+    started = last_write = monotonic()
+    yield f"retry: {RECONNECT_MS}\n\n"
+    job, watched = first, None
+    while True:
+        if job is not None and tuple(job.get(k) for k in WATCHED) != watched:
+            watched = tuple(job.get(k) for k in WATCHED)
+            yield job_frame(job)
+            last_write = monotonic()
+            if job.get("status") in FINAL_STATES:
+                return
+        now = monotonic()
+        if now - started >= max_seconds:
+            yield ": stream time is up; reconnect for more\n\n"
+            return
+        if now - last_write >= keepalive:
+            yield ": keepalive\n\n"
+            last_write = now
+        sleep(max(0.0, min(poll, max_seconds - (now - started))))
+        try:
+            job = fetch()
+        except DomainError as exc:
+            if exc.status == 503:
+                job = None  # nothing new this time; keep the stream
+                continue
+            yield frame("error", {"error": exc.to_dict()})
+            return

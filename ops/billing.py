@@ -1,0 +1,106 @@
+"""The credit ledger for operators: ``billing.verify_ledger`` and
+``billing.adjust`` over nameko RPC, and how the CLI prints their answers.
+
+Credits are money: an adjustment always carries an idempotency key, so a
+command that timed out can be run again with the same key without crediting
+twice. When the operator gives none, one is made up and printed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from ops.errors import OpsError
+from ops.rabbit import connect, safe_url
+
+# checking every account reads the whole ledger: give it longer than one RPC
+VERIFY_TIMEOUT_SECONDS = 600
+
+
+def _call(config: dict, method: str, *args: Any, timeout: float | None = None,
+          **kwargs: Any) -> Any:
+    """``billing.<method>(*args, **kwargs)``; a DomainError propagates for the CLI to print."""
+    amqp_uri = config["AMQP_URI"]
+    timeout = timeout or float(config.get("RPC_TIMEOUT_SECONDS") or 30)
+    with connect(amqp_uri):  # a clear error when the broker is away
+        pass
+    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
+    try:
+        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
+            return getattr(rpc.billing, method)(*args, **kwargs)
+    except RpcTimeout:
+        raise OpsError(f"the billing service did not answer within {timeout:g} s "
+                       "(work it started may still finish)") from None
+    except UnknownService:
+        raise OpsError(f"no billing service is running on {safe_url(amqp_uri)}") from None
+
+
+def user_id(value: str) -> str:
+    """A user id as billing stores it (a canonical UUID); OpsError (exit 2) otherwise."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        raise OpsError(f"not a user id (a UUID): {value!r}", exit_code=2) from None
+
+
+def verify(config: dict, user: str | None = None) -> dict:
+    """``{"accounts_checked", "problems": [{user_id, problem, expected, actual}]}``."""
+    timeout = max(float(config.get("RPC_TIMEOUT_SECONDS") or 30), VERIFY_TIMEOUT_SECONDS)
+    return _call(config, "verify_ledger", user_id(user) if user else None, timeout=timeout)
+
+
+def new_idempotency_key() -> str:
+    return f"ops-adjust-{uuid.uuid4()}"
+
+
+def adjust(config: dict, user: str, credits: int, reason: str, idempotency_key: str) -> dict:
+    """Add (or, negative, take away) ``credits``; returns the ledger entry."""
+    if credits == 0:
+        raise OpsError("--credits must not be 0", exit_code=2)
+    reason = reason.strip()
+    if not reason:
+        raise OpsError("--reason must say why (the user sees it in their ledger)", exit_code=2)
+    key = idempotency_key.strip()
+    if not key:
+        raise OpsError("--idempotency-key must not be empty", exit_code=2)
+    return _call(config, "adjust", user_id(user), credits, reason, key)
+
+
+# ------------------------------------------------------------ printing
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word if n == 1 else word + 's'}"
+
+
+def verify_lines(result: dict) -> list[str]:
+    """A summary line, then one aligned row per problem."""
+    checked = int(result.get("accounts_checked") or 0)
+    problems = result.get("problems") or []
+    if not problems:
+        return [f"checked {plural(checked, 'account')}: the ledger is consistent"]
+    rows = [(str(p.get("user_id") or "-"), str(p.get("problem") or "-"),
+             _value(p.get("expected")), _value(p.get("actual"))) for p in problems]
+    header = ("USER", "PROBLEM", "EXPECTED", "ACTUAL")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def line(row) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+
+    return [f"checked {plural(checked, 'account')}: {plural(len(problems), 'problem')} found",
+            line(header), *(line(row) for row in rows)]
+
+
+def _value(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def adjust_line(entry: dict, user: str, key: str) -> str:
+    amount = int(entry.get("amount") or 0)
+    return (f"{'credited' if amount >= 0 else 'debited'} {abs(amount)} credits "
+            f"{'to' if amount >= 0 else 'from'} user {user_id(user)}: available now "
+            f"{entry.get('balance_after')} (entry {entry.get('id')}, idempotency key {key})")

@@ -1,0 +1,159 @@
+"""Generation jobs for operators: ``generation.find_jobs`` and
+``generation.replay_job`` over nameko RPC, and how the CLI prints them.
+
+A replay is a new attempt of the same failed job: billing holds its price
+again on the attempt's own ledger keys and releases or captures that hold
+like any other, so a job that failed, was replayed and then succeeded is
+charged once. The service refuses (409 ``not_replayable``) a job that has
+not failed, or whose prompt was redacted when it ended.
+
+Many jobs are replayed through one RPC connection, one call each: a refusal
+or a timeout is recorded and the next job tried, so one bad job never hides
+the rest of the outcome.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from ops.errors import OpsError
+from ops.rabbit import connect, safe_url
+from services.common.errors import DomainError
+
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """``30m``, ``2h``, ``3d`` (s, m, h, d, w) before ``now``, or an ISO-8601
+    time (UTC when it has no offset); OpsError (exit 2) for anything else."""
+    now = now or datetime.now(UTC)
+    age = _AGE.match(value)
+    if age:
+        return now - timedelta(**{_UNITS[age.group(2)]: int(age.group(1))})
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise OpsError(f"--since takes an age (30m, 2h, 3d) or an ISO time, not {value!r}",
+                       exit_code=2) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def job_id(value: str) -> str:
+    """A job id in canonical form; OpsError (exit 2) when it is not a UUID."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        raise OpsError(f"not a job id (a UUID): {value!r}", exit_code=2) from None
+
+
+@contextmanager
+def generation(config: dict) -> Iterator[Any]:
+    """The generation service's RPC proxy, with the broker checked first and
+    a missing service or a timeout turned into an OpsError."""
+    amqp_uri = config["AMQP_URI"]
+    timeout = float(config.get("RPC_TIMEOUT_SECONDS") or 30)
+    with connect(amqp_uri):  # a clear error when the broker is away
+        pass
+    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
+    try:
+        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
+            yield rpc.generation
+    except RpcTimeout:
+        raise OpsError(f"the generation service did not answer within {timeout:g} s") from None
+    except UnknownService:
+        raise OpsError(f"no generation service is running on {safe_url(amqp_uri)}") from None
+
+
+def find(config: dict, status: str | None = None, since: datetime | None = None,
+         reason: str | None = None, limit: int = 100) -> list[dict]:
+    """Jobs by status, last change and error code, oldest change first
+    (``OpsJobView``: the job with its ``user_id``)."""
+    query: dict[str, Any] = {"limit": limit}
+    if status:
+        query["status"] = status
+    if since is not None:
+        query["since"] = since.isoformat()
+    if reason:
+        query["reason"] = reason
+    with generation(config) as service:
+        return list(service.find_jobs(query)["items"])
+
+
+@dataclass
+class Outcome:
+    job_id: str
+    replayed: bool
+    code: str | None = None  # why not
+    message: str | None = None
+    attempt: int | None = None  # the new attempt's number
+
+
+def replay(config: dict, job_ids: Iterable[str]) -> list[Outcome]:
+    """Replay each job (``job_ids`` may be a progress bar wrapping the ids)."""
+    outcomes = []
+    with generation(config) as service:
+        for jid in job_ids:
+            try:
+                job = service.replay_job(jid)
+            except DomainError as exc:
+                outcomes.append(Outcome(jid, False, exc.code, exc.message))
+            except RpcTimeout:
+                outcomes.append(Outcome(jid, False, "timeout",
+                                        "no answer in time; the replay may still happen"))
+            else:
+                outcomes.append(Outcome(jid, True, attempt=job.get("attempt")))
+    return outcomes
+
+
+# ------------------------------------------------------------ printing
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word if n == 1 else word + 's'}"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+def list_lines(jobs: list[dict], limit: int | None = None) -> list[str]:
+    """One aligned row per job, then a count (and a word when the limit cut it)."""
+    if not jobs:
+        return ["no jobs match"]
+    rows = [(str(j.get("id")), str(j.get("status")), str(j.get("attempt")),
+             str((j.get("error") or {}).get("code") or "-"), str(j.get("type")),
+             str(j.get("provider") or "-"), str(j.get("user_id")),
+             str(j.get("finished_at") or j.get("created_at") or "-")) for j in jobs]
+    lines = _table(("JOB", "STATUS", "ATTEMPT", "REASON", "TYPE", "PROVIDER", "USER",
+                    "FINISHED"), rows)
+    lines.append(plural(len(jobs), "job"))
+    if limit is not None and len(jobs) >= limit:
+        lines[-1] += " (the limit: more may match; raise --limit)"
+    return lines
+
+
+def summary_lines(outcomes: list[Outcome]) -> list[str]:
+    """``replayed N of M jobs``, then one row per refused job with its reason."""
+    refused = [o for o in outcomes if not o.replayed]
+    done = len(outcomes) - len(refused)
+    head = f"replayed {done} of {plural(len(outcomes), 'job')}"
+    if not refused:
+        return [head]
+    rows = [(o.job_id, o.code or "-", o.message or "") for o in refused]
+    return [f"{head}; {len(refused)} could not be replayed:",
+            *("  " + line for line in _table(("JOB", "REASON", "MESSAGE"), rows))]

@@ -1,0 +1,155 @@
+"""``verify_ledger``: what an auditor checks, in a few aggregate queries.
+
+For every account (or one):
+
+- ``available_mismatch`` / ``held_mismatch``: the cached balances against the
+  sums of the ledger entries;
+- ``held_vs_open_holds``: the held balance against the open holds;
+- ``available_vs_lots``: the available balance against the lots' remainders;
+- ``lot_remaining_mismatch``: each lot's remainder against the movements of
+  entries into and out of it; ``lot_out_of_bounds``: a remainder below zero
+  or above the lot's credits;
+- ``entry_movements_mismatch``: each entry's amount against the lot
+  movements it made;
+- ``seq_gap``: entries numbered 1..n without a hole (a deleted row shows);
+  ``entry_count_mismatch``: the account's counter against the entries;
+- ``balance_after_chain`` / ``held_after_chain``: each entry's balances
+  against the running sums up to it;
+- ``negative_balance``; ``hold_without_entry`` / ``hold_status_mismatch``:
+  each hold against its hold, capture and release entries;
+- ``orphan_entries``: entries of a user without an account.
+
+``problems`` lists each finding as ``{user_id, problem, expected, actual}``
+(``user_id`` also names the lot, entry or hold in ``problem`` when it helps).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.billing.models import (
+    CAPTURED,
+    OPEN,
+    RELEASED,
+    Account,
+    Hold,
+    LedgerEntry,
+    Lot,
+    LotMovement,
+)
+
+MAX_PROBLEMS = 1000
+
+
+def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
+    problems: list[dict] = []
+
+    def problem(user, name, expected, actual):
+        if len(problems) < MAX_PROBLEMS:
+            problems.append({"user_id": str(user), "problem": name,
+                             "expected": expected, "actual": actual})
+
+    def only(stmt, column):
+        return stmt.where(column == user_id) if user_id is not None else stmt
+
+    accounts = {a.user_id: a for a in db.scalars(only(select(Account), Account.user_id))}
+    sums = {
+        r.user_id: r for r in db.execute(only(
+            select(LedgerEntry.user_id, func.sum(LedgerEntry.amount).label("amount"),
+                   func.sum(LedgerEntry.held_change).label("held"),
+                   func.count().label("n"), func.max(LedgerEntry.seq).label("max_seq"))
+            .group_by(LedgerEntry.user_id), LedgerEntry.user_id))
+    }
+    open_holds = dict(db.execute(only(
+        select(Hold.user_id, func.sum(Hold.amount)).where(Hold.status == OPEN)
+        .group_by(Hold.user_id), Hold.user_id)).all())
+    lot_sums = dict(db.execute(only(
+        select(Lot.user_id, func.sum(Lot.remaining)).group_by(Lot.user_id), Lot.user_id)).all())
+
+    for uid, account in accounts.items():
+        s = sums.get(uid)
+        amount, held = (int(s.amount), int(s.held)) if s else (0, 0)
+        count, max_seq = (int(s.n), int(s.max_seq)) if s else (0, 0)
+        if account.available != amount:
+            problem(uid, "available_mismatch", amount, account.available)
+        if account.held != held:
+            problem(uid, "held_mismatch", held, account.held)
+        if account.available < 0 or account.held < 0:
+            problem(uid, "negative_balance", 0, min(account.available, account.held))
+        if account.held != int(open_holds.get(uid) or 0):
+            problem(uid, "held_vs_open_holds", int(open_holds.get(uid) or 0), account.held)
+        if account.available != int(lot_sums.get(uid) or 0):
+            problem(uid, "available_vs_lots", int(lot_sums.get(uid) or 0), account.available)
+        if count != max_seq:
+            problem(uid, "seq_gap", max_seq, count)
+        if account.entry_seq != max_seq:
+            problem(uid, "entry_count_mismatch", max_seq, account.entry_seq)
+    for uid in set(sums) - set(accounts):
+        problem(uid, "orphan_entries", 0, int(sums[uid].n))
+
+    # Lots against their movements.
+    moved = (select(LotMovement.lot_id, func.sum(LotMovement.amount).label("total"))
+             .group_by(LotMovement.lot_id).subquery())
+    for lot, total in db.execute(only(
+            select(Lot, func.coalesce(moved.c.total, 0)).outerjoin(moved, moved.c.lot_id == Lot.id),
+            Lot.user_id)):
+        if lot.remaining != int(total):
+            problem(lot.user_id, f"lot_remaining_mismatch:{lot.id}", int(total), lot.remaining)
+        if not 0 <= lot.remaining <= lot.credits:
+            problem(lot.user_id, f"lot_out_of_bounds:{lot.id}", lot.credits, lot.remaining)
+
+    # Entries against the movements they made.
+    by_entry = (select(LotMovement.entry_id, func.sum(LotMovement.amount).label("total"))
+                .group_by(LotMovement.entry_id).subquery())
+    for entry_id, uid, amount, total in db.execute(only(
+            select(LedgerEntry.id, LedgerEntry.user_id, LedgerEntry.amount,
+                   func.coalesce(by_entry.c.total, 0))
+            .outerjoin(by_entry, by_entry.c.entry_id == LedgerEntry.id)
+            .where(LedgerEntry.amount != func.coalesce(by_entry.c.total, 0)),
+            LedgerEntry.user_id)):
+        problem(uid, f"entry_movements_mismatch:{entry_id}", amount, int(total))
+
+    # The balance_after / held_after chain, with running sums in SQL.
+    window = {"partition_by": LedgerEntry.user_id, "order_by": LedgerEntry.seq}
+    chain = only(select(
+        LedgerEntry.id, LedgerEntry.user_id, LedgerEntry.seq, LedgerEntry.balance_after,
+        LedgerEntry.held_after,
+        func.sum(LedgerEntry.amount).over(**window).label("running"),
+        func.sum(LedgerEntry.held_change).over(**window).label("running_held"),
+        func.row_number().over(**window).label("position"),
+    ), LedgerEntry.user_id).subquery()
+    for r in db.execute(select(chain).where(
+            (chain.c.balance_after != chain.c.running)
+            | (chain.c.held_after != chain.c.running_held)
+            | (chain.c.seq != chain.c.position))
+            .order_by(chain.c.user_id, chain.c.seq)):
+        if r.balance_after != r.running:
+            problem(r.user_id, f"balance_after_chain:{r.id}", int(r.running), r.balance_after)
+        if r.held_after != r.running_held:
+            problem(r.user_id, f"held_after_chain:{r.id}", int(r.running_held), r.held_after)
+        if r.seq != r.position:
+            problem(r.user_id, f"seq_gap:{r.id}", int(r.position), r.seq)
+
+    # Holds against their entries.
+    kinds = defaultdict(dict)
+    for hold_id, kind, held_change in db.execute(only(
+            select(LedgerEntry.hold_id, LedgerEntry.kind, LedgerEntry.held_change)
+            .where(LedgerEntry.hold_id.is_not(None)), LedgerEntry.user_id)):
+        kinds[hold_id][kind] = int(held_change)
+    expected_kinds = {OPEN: {"hold"}, CAPTURED: {"hold", "capture"}, RELEASED: {"hold", "release"}}
+    for hold in db.scalars(only(select(Hold), Hold.user_id)):
+        seen = kinds.get(hold.id, {})
+        if seen.get("hold") != hold.amount:
+            problem(hold.user_id, f"hold_without_entry:{hold.id}", hold.amount, seen.get("hold"))
+        elif set(seen) != expected_kinds.get(hold.status, set()):
+            problem(hold.user_id, f"hold_status_mismatch:{hold.id}", hold.status,
+                    ",".join(sorted(seen)))
+        elif any(v != -hold.amount for k, v in seen.items() if k != "hold"):
+            problem(hold.user_id, f"hold_close_amount_mismatch:{hold.id}", -hold.amount,
+                    [v for k, v in seen.items() if k != "hold"][0])
+
+    return {"accounts_checked": len(accounts), "problems": problems}

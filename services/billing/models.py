@@ -1,0 +1,227 @@
+"""The billing service's tables.
+
+- ``accounts``: one row per user: plan, plan expiry, and the cached
+  ``available`` and ``held`` balances, which must always equal the sums of the
+  user's ledger entries. ``entry_seq`` numbers the user's entries (1, 2, ...);
+  every balance-changing operation locks this row first.
+- ``ledger_entries``: append-only. ``amount`` is the signed change to
+  available, ``held_change`` to held, ``balance_after``/``held_after`` the
+  balances after the entry; ``idempotency_key`` is UNIQUE: the natural key of
+  the fact (``job:<job>:<attempt>:hold``, ``grant:signup:<user>``, ...).
+- ``lots``: where available credits sit: a grant, a purchase or a positive
+  adjustment, with ``expires_at`` and ``remaining``.
+- ``lot_movements``: how each entry changed each lot (a hold takes from the
+  lots expiring first, its release gives back to the same lots): the
+  per-lot allocation, and what makes lot remainders auditable.
+- ``holds``: the credits reserved for one attempt of one job.
+- ``orders`` and ``payments``: purchases and the provider's payments; kept 5
+  years, pseudonymised (``user_ref``) on erasure.
+- ``webhook_events``: Stripe events already handled (idempotency on their id).
+- ``erased_accounts``: keyed hashes of erased users, so a late event cannot
+  reopen an account (and hand out a second signup grant).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
+from services.common.ids import new_id
+from services.common.outbox import outbox_table
+
+# Hold statuses
+OPEN = "open"
+CAPTURED = "captured"
+RELEASED = "released"
+
+# Order statuses
+PENDING = "pending"
+PAID = "paid"
+FAILED = "failed"
+REFUNDED = "refunded"
+PARTIALLY_REFUNDED = "partially_refunded"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    # End of a paid plan's period (then back to the default plan); None for free.
+    plan_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    available: Mapped[int] = mapped_column(BigInteger)
+    held: Mapped[int] = mapped_column(BigInteger)
+    entry_seq: Mapped[int] = mapped_column(Integer)
+    # The last calendar month ("YYYY-MM") whose monthly grant was given (or
+    # skipped: the signup month, months on a paid plan).
+    granted_period: Mapped[str | None] = mapped_column(String(7))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("user_id", "seq"),
+        UniqueConstraint("idempotency_key"),
+        Index("ix_ledger_entries_user_id_created_at", "user_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    seq: Mapped[int] = mapped_column(Integer)
+    # grant | purchase | hold | capture | release | refund | expire | adjustment
+    kind: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    held_change: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    held_after: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    hold_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lot_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Lot(Base):
+    __tablename__ = "lots"
+    __table_args__ = (Index("ix_lots_user_id_expires_at", "user_id", "expires_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    source: Mapped[str] = mapped_column(String(16))  # grant | purchase | adjustment
+    credits: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LotMovement(Base):
+    __tablename__ = "lot_movements"
+
+    entry_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    lot_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+
+class Hold(Base):
+    __tablename__ = "holds"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt"),
+        Index("ix_holds_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    attempt: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # open | captured | released
+    release_reason: Mapped[str | None] = mapped_column(String(16))
+    plan: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("user_ref", "idempotency_key"),
+        Index("ix_orders_user_ref_created_at_id", "user_ref", "created_at", "id"),
+        Index("ix_orders_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    # The user id as a string, or "psn:<HMAC-SHA256 hex>" once erased.
+    user_ref: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(8))  # pack | plan
+    item_id: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(200))
+    credits: Mapped[int] = mapped_column(BigInteger)
+    # A pack's lot expiry, as sold (config may change before the payment).
+    lot_expires_days: Mapped[int | None] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(24))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(16), default="stripe", server_default="stripe")
+    provider_session_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    checkout_url: Mapped[str | None] = mapped_column(Text)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    credits_reversed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    failure_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    refunded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    retain_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    pseudonymised_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Payment(Base):
+    """One provider payment: the record the law says to keep (5 years)."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    order_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    user_ref: Mapped[str] = mapped_column(String(80), index=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_session_id: Mapped[str | None] = mapped_column(String(255))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    status: Mapped[str] = mapped_column(String(24))  # paid | partially_refunded | refunded
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    paid_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    refunded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    retain_until: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    pseudonymised_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class WebhookEvent(Base):
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(100))
+    outcome: Mapped[str] = mapped_column(String(100))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class ErasedAccount(Base):
+    __tablename__ = "erased_accounts"
+
+    pseudonym: Mapped[str] = mapped_column(String(80), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# Events consumed (idempotency on event id) and events waiting to be published.
+processed_events = processed_events_table(Base.metadata)
+outbox = outbox_table(Base.metadata)

@@ -1,0 +1,1 @@
+"""Payment provider code: the Stripe Checkout client and webhook handling."""

@@ -1,0 +1,153 @@
+"""Stripe webhooks: signature verification and event handling.
+
+Verification (Stripe's scheme): the ``Stripe-Signature`` header is
+``t=<unix time>,v1=<hex>[,v1=<hex>...]``; each ``v1`` may be
+HMAC-SHA256(secret, ``f"{t}.{raw body}"``). The body is accepted when any
+``v1`` matches any configured secret (``STRIPE_WEBHOOK_SECRET``, a
+comma-separated list, so a secret can be rotated without downtime), compared
+in constant time, and ``t`` is within ``STRIPE_WEBHOOK_TOLERANCE_SECONDS``
+(300) of now, so a captured request cannot be replayed later. Anything else
+is 400 ``invalid_signature``, with nothing recorded.
+
+Handling is idempotent on Stripe's event id (``webhook_events``): a
+redelivered event answers ``{"received": true, "duplicate": true}`` and
+changes nothing. Handled types: ``checkout.session.completed`` and
+``checkout.session.async_payment_succeeded`` (paid sessions pay their
+order), ``checkout.session.expired`` (a pending order fails) and
+``charge.refunded``; other types are received and ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.billing import orders
+from services.billing.models import FAILED, PENDING, Order, WebhookEvent
+from services.billing.settings import BillingSettings
+from services.common.errors import DomainError, invalid_request
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[str, dict], Any]
+MAX_SIGNATURES = 10
+
+
+def invalid_signature(reason: str) -> DomainError:
+    return DomainError("invalid_signature", "the webhook signature is not valid", 400,
+                       {"reason": reason})
+
+
+def parse_signature_header(header: str) -> tuple[int, list[str]]:
+    timestamp, signatures = None, []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                raise invalid_signature("malformed") from None
+        elif key == "v1" and value:
+            signatures.append(value.strip().lower())
+    if timestamp is None or not signatures or len(signatures) > MAX_SIGNATURES:
+        raise invalid_signature("malformed")
+    return timestamp, signatures
+
+
+def sign(payload: str, secret: str, timestamp: int) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify_signature(payload: str, header: str | None, secrets: Sequence[str],
+                     tolerance_seconds: int, now: float) -> int:
+    """Check ``header`` signs ``payload``; returns its timestamp or raises
+    400 ``invalid_signature`` (``details.reason``: missing, malformed, stale,
+    mismatch)."""
+    if not header or not isinstance(header, str):
+        raise invalid_signature("missing")
+    timestamp, signatures = parse_signature_header(header)
+    if abs(now - timestamp) > tolerance_seconds:
+        raise invalid_signature("stale")
+    matched = False
+    for secret in secrets:
+        expected = sign(payload, secret, timestamp)
+        for candidate in signatures:  # no early exit: same work for every header
+            matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise invalid_signature("mismatch")
+    return timestamp
+
+
+def parse_event(payload: str) -> dict:
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise invalid_request("the webhook body is not JSON") from None
+    if (not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]
+            or not isinstance(event.get("type"), str)
+            or not isinstance((event.get("data") or {}).get("object"), dict)):
+        raise invalid_request("the webhook body is not a Stripe event")
+    if len(event["id"]) > 255 or len(event["type"]) > 100:
+        raise invalid_request("the webhook body is not a Stripe event")
+    return event
+
+
+def _order_id_of(session: dict) -> uuid.UUID | None:
+    candidate = (session.get("metadata") or {}).get("order_id") or session.get("client_reference_id")
+    try:
+        return uuid.UUID(str(candidate)) if candidate else None
+    except ValueError:
+        return None
+
+
+def handle(db: Session, settings: BillingSettings, payload: str, signature: str | None,
+           now: datetime, dispatch: Dispatch) -> dict:
+    """Verify, parse and apply one webhook delivery in the current
+    transaction (the caller commits). Returns ``{"received", "duplicate"}``."""
+    verify_signature(payload, signature, settings.stripe_webhook_secrets,
+                     settings.stripe_webhook_tolerance_seconds, now.timestamp())
+    event = parse_event(payload)
+    if db.get(WebhookEvent, event["id"]) is not None:
+        return {"received": True, "duplicate": True}
+    outcome = apply(db, settings, event, now, dispatch)
+    db.add(WebhookEvent(id=event["id"], provider="stripe", type=event["type"], outcome=outcome,
+                        received_at=now))
+    log.info("stripe webhook", extra={"event_id": event["id"], "type": event["type"],
+                                      "outcome": outcome})
+    return {"received": True, "duplicate": False}
+
+
+def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
+          dispatch: Dispatch) -> str:
+    obj = event["data"]["object"]
+    kind = event["type"]
+    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        if obj.get("payment_status") != "paid":
+            return "not_paid_yet"  # async payment methods: async_payment_succeeded follows
+        order_id = _order_id_of(obj)
+        if order_id is None:
+            return "no_order_reference"
+        return orders.fulfil(db, settings, order_id, obj, now, dispatch)
+    if kind == "checkout.session.expired":
+        order_id = _order_id_of(obj)
+        order = db.get(Order, order_id, with_for_update=True) if order_id else None
+        if order is None or order.status != PENDING:
+            return "ignored"
+        order.status, order.failure_reason = FAILED, "checkout expired"
+        return "order_failed"
+    if kind == "charge.refunded":
+        order_id = orders.find_refunded_order(db, obj)
+        if order_id is None:
+            return "unknown_order"
+        return orders.refund(db, settings, order_id, obj, now, dispatch)
+    return "ignored"

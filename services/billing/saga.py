@@ -1,0 +1,116 @@
+"""Billing's steps of the generation saga (DESIGN.md §4).
+
+- ``generation.job_requested`` → hold the quoted ``price`` on the ledger and
+  dispatch ``billing.credits_reserved`` (with the plan's queue priority), or
+  ``billing.credits_insufficient`` when the available balance is short
+  (a price of 0 reserves 0). Each attempt of a job has its own hold.
+- ``generation.job_succeeded`` → capture the hold, ``billing.credits_captured``.
+- ``generation.job_failed`` / ``generation.job_cancelled`` → release it,
+  ``billing.credits_released`` (reason ``failed`` / ``cancelled``).
+- A hold older than ``HOLD_TTL_SECONDS`` (6 hours) is released by a timer
+  with reason ``expired``.
+
+A capture or release for a job without a hold, a capture of a released hold
+or a release of a captured one writes nothing and publishes nothing (it is
+logged). Duplicates find the first result and publish nothing again: the
+first result's event went out through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.billing import ledger, plans
+from services.billing.models import Lot
+from services.billing.settings import BillingSettings
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[str, dict], Any]
+
+
+def _ids(event: dict) -> dict:
+    return {"job_id": str(event["job_id"]), "user_id": str(event["user_id"]),
+            "attempt": int(event["attempt"])}
+
+
+def job_requested(db: Session, settings: BillingSettings, event: dict, now: datetime,
+                  dispatch: Dispatch) -> str:
+    ids, price = _ids(event), int(event["price"])
+    account = plans.locked_account(db, settings, event["user_id"], now, dispatch)
+    if account is None:  # erased: the job cannot be paid for
+        dispatch("credits_insufficient", {**ids, "required": price, "available": 0})
+        return "insufficient"
+    plan = plans.effective_plan(settings, account, now)
+    result = ledger.hold_credits(db, account, event["job_id"], ids["attempt"], price,
+                                 plan.id, plan.priority, now)
+    if result.status == "reserved":
+        dispatch("credits_reserved", {**ids, "hold_id": str(result.hold.id), "amount": price,
+                                      "plan": plan.id, "priority": plan.priority})
+    elif result.status == "insufficient":
+        dispatch("credits_insufficient", {**ids, "required": price,
+                                          "available": result.available})
+    log.info("job hold: %s", result.status, extra={**ids, "price": price})
+    return result.status
+
+
+def job_finished(db: Session, event: dict, outcome: str, now: datetime,
+                 dispatch: Dispatch) -> str:
+    """``outcome``: succeeded (capture), failed or cancelled (release)."""
+    ids = _ids(event)
+    account = ledger.lock_account(db, event["user_id"])
+    if outcome == "succeeded":
+        result = ledger.capture(db, account, event["job_id"], ids["attempt"], now)
+        if result.status == "captured":
+            dispatch("credits_captured", {**ids, "amount": result.hold.amount})
+    else:
+        result = ledger.release(db, account, event["job_id"], ids["attempt"], outcome, now)
+        if result.status == "released":
+            dispatch("credits_released", {**ids, "amount": result.hold.amount, "reason": outcome})
+    log.info("job %s: %s", outcome, result.status, extra=ids)
+    return result.status
+
+
+def release_stale_holds(db: Session, settings: BillingSettings, now: datetime,
+                        dispatch: Dispatch, limit: int = 500) -> int:
+    """Release open holds older than ``HOLD_TTL_SECONDS``, one per
+    transaction (account locked). Returns how many were released."""
+    cutoff = now - timedelta(seconds=settings.hold_ttl_seconds)
+    stale = [(h.user_id, h.job_id, h.attempt) for h in ledger.stale_holds(db, cutoff, limit)]
+    db.rollback()
+    released = 0
+    for user_id, job_id, attempt in stale:
+        account = ledger.lock_account(db, user_id)
+        result = ledger.release(db, account, job_id, attempt, "expired", now)
+        if result.status == "released":
+            dispatch("credits_released", {
+                "job_id": str(job_id), "user_id": str(user_id), "attempt": attempt,
+                "amount": result.hold.amount, "reason": "expired"})
+            released += 1
+            log.warning("hold expired", extra={"job_id": str(job_id), "attempt": attempt})
+        db.commit()
+    return released
+
+
+def expire_lots_everywhere(db: Session, now: datetime, limit: int = 500) -> int:
+    """Turn expired lot remainders into ``expire`` entries, one account per
+    transaction. Returns how many entries were written."""
+    users = db.scalars(
+        select(Lot.user_id).where(Lot.remaining > 0, Lot.expires_at.is_not(None),
+                                  Lot.expires_at <= now).distinct().limit(limit)
+    ).all()
+    db.rollback()
+    written = 0
+    for user_id in users:
+        account = ledger.lock_account(db, user_id)
+        if account is not None:
+            written += len(ledger.expire_lots(db, account, now))
+        db.commit()
+    return written
+

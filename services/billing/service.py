@@ -1,0 +1,330 @@
+"""The billing service: credits (an exactly-once ledger with lots and holds),
+plans and their grants, prices, and payments through Stripe Checkout.
+
+Entrypoints are thin: load the payload through its contract, call the domain
+modules (:mod:`ledger`, :mod:`plans`, :mod:`pricing`, :mod:`orders`,
+:mod:`saga`, :mod:`audit`, :mod:`retention`, :mod:`payments`), dispatch
+events (into the outbox, in the same transaction), commit, dump the answer
+through its contract. See docs/billing.md.
+
+    nameko run --config deploy/config/billing.yaml services.billing.service:BillingService
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from nameko.timer import timer
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from services.billing import audit, ledger, orders, plans, pricing, retention, saga
+from services.billing.models import LedgerEntry, outbox, processed_events
+from services.billing.payments import webhooks
+from services.billing.payments.stripe import PaymentProviderError, StripeClient
+from services.billing.settings import BillingSettings
+from services.common.contracts import billing as c
+from services.common.contracts import load_rpc
+from services.common.db import Database, claim_event
+from services.common.errors import DomainError, not_found
+from services.common.ids import utcnow
+from services.common.messaging import EventPublisher, event_handler
+from services.common.service import DarkroomService
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+HOUSEKEEPING_INTERVAL_SECONDS = 60
+GRANT_INTERVAL_SECONDS = 3600
+RETENTION_INTERVAL_SECONDS = 86400
+MAINTENANCE_TASKS = ("holds", "plans", "lots", "orders", "grants", "payments")
+
+
+class Settings(DependencyProvider):
+    """The ``BILLING`` config section as :class:`BillingSettings`, read and
+    checked once at start (a bad plan or price list stops the service)."""
+
+    def setup(self):
+        self.settings = BillingSettings.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings
+
+
+class Stripe(DependencyProvider):
+    def setup(self):
+        settings = BillingSettings.from_config(self.container.config)
+        self.client = StripeClient(settings.stripe_api_base, settings.stripe_secret_key,
+                                   settings.stripe_timeout_seconds)
+
+    def get_dependency(self, worker_ctx):
+        return self.client
+
+
+class BillingService(DarkroomService):
+    name = "billing"
+
+    db = Database(migrations=MIGRATIONS)
+    dispatch = EventPublisher(outbox=outbox)
+    settings = Settings()
+    stripe = Stripe()
+
+    def _user(self, user_id):
+        return load_rpc(c.UserRef, {"user_id": user_id})["user_id"]
+
+    def _retrying(self, work, attempts: int = 3):
+        """Run ``work()`` (which commits) again after losing a unique-key race
+        (two first operations of a user opening the account at once, a
+        webhook delivered twice at once): the retry sees the winner's rows."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return work()
+            except IntegrityError:
+                self.db.rollback()
+                if attempt == attempts:
+                    raise
+                log.info("unique-key race lost; retrying (%d)", attempt)
+
+    # ------------------------------------------------------------ reads
+
+    @rpc(expected_exceptions=DomainError)
+    def get_balance(self, user_id) -> dict:
+        user = self._user(user_id)
+
+        def work():
+            now = utcnow()
+            account = plans.open_account(self.db, self.settings, user, now, self.dispatch)
+            if account is None:
+                raise not_found("account")
+            self.db.commit()
+            return account, now
+
+        account, now = self._retrying(work)
+        start, end = plans.period_bounds(now)
+
+        def period_sum(expr, kind):
+            return int(self.db.scalar(select(func.coalesce(func.sum(expr), 0)).where(
+                LedgerEntry.user_id == user, LedgerEntry.kind == kind,
+                LedgerEntry.created_at >= start, LedgerEntry.created_at < end)))
+
+        plan = plans.effective_plan(self.settings, account, now)
+        return c.Balance().dump({
+            "available": account.available - ledger.expired_unsettled(self.db, user, now),
+            "held": account.held, "plan": plan.id,
+            "plan_expires_at": account.plan_expires_at if plan.paid else None,
+            "period_start": start, "period_end": end,
+            "granted_this_period": period_sum(LedgerEntry.amount, "grant"),
+            "used_this_period": period_sum(-LedgerEntry.held_change, "capture"),
+        })
+
+    @rpc(expected_exceptions=DomainError)
+    def list_ledger(self, user_id, query=None) -> dict:
+        user = self._user(user_id)
+        data = load_rpc(c.LedgerQuery, query)
+        rows, next_cursor = ledger.list_entries(self.db, user, data["limit"], data["cursor"])
+        return c.LedgerPage().dump({"items": [ledger.view(e) for e in rows],
+                                    "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def list_plans(self) -> dict:
+        items = sorted(self.settings.plans.values(), key=lambda p: (p.price_amount or 0, p.id))
+        return c.PlanList().dump({"items": [p.view() for p in items]})
+
+    @rpc(expected_exceptions=DomainError)
+    def list_prices(self) -> dict:
+        packs = sorted(self.settings.packs.values(), key=lambda p: (p.price_amount, p.id))
+        return c.Prices().dump({"currency": "credits",
+                                "job_types": pricing.price_list(self.settings.prices),
+                                "packs": [p.view() for p in packs]})
+
+    @rpc(expected_exceptions=DomainError)
+    def quote(self, payload) -> dict:
+        data = load_rpc(c.Quote, payload)
+        return c.QuoteAnswer().dump(pricing.quote(self.settings.prices, data))
+
+    @rpc(expected_exceptions=DomainError)
+    def list_orders(self, user_id, query=None) -> dict:
+        user = self._user(user_id)
+        data = load_rpc(c.OrderQuery, query)
+        rows, next_cursor = orders.list_orders(self.db, user, data)
+        return c.OrderPage().dump({"items": [orders.view(o) for o in rows],
+                                   "next_cursor": next_cursor})
+
+    # ------------------------------------------------------------ payments
+
+    @rpc(expected_exceptions=DomainError)
+    def create_checkout(self, user_id, payload, idempotency_key=None) -> dict:
+        user = self._user(user_id)
+        data = load_rpc(c.Checkout, payload)
+        key = load_rpc(c.IdempotencyKey, {"idempotency_key": idempotency_key})["idempotency_key"]
+
+        def begin():
+            found = orders.begin_checkout(self.db, self.settings, user, data, key, utcnow(),
+                                          self.dispatch)
+            self.db.commit()  # the order exists before Stripe hears of it
+            return found
+
+        order, needs_session = self._retrying(begin)
+        if needs_session:
+            try:
+                session = self.stripe.create_checkout_session(
+                    order_id=str(order.id), name=order.description, amount=int(order.amount),
+                    currency=order.currency, success_url=self.settings.checkout_success_url,
+                    cancel_url=self.settings.checkout_cancel_url,
+                )
+            except PaymentProviderError as exc:
+                orders.mark_failed(self.db, order.id, str(exc))
+                self.db.commit()
+                log.error("checkout failed: %s", exc, extra={"order_id": str(order.id)})
+                raise orders.provider_unavailable() from None
+            order = orders.attach_session(self.db, order.id, session.id, session.url)
+            self.db.commit()
+            log.info("checkout created", extra={"order_id": str(order.id), "kind": order.kind})
+        return c.CheckoutCreated().dump({"order_id": order.id, "checkout_url": order.checkout_url})
+
+    @rpc(expected_exceptions=DomainError)
+    def handle_stripe_webhook(self, payload, signature=None) -> dict:
+        data = load_rpc(c.StripeWebhook, {"payload": payload, "signature": signature})
+
+        def work():
+            result = webhooks.handle(self.db, self.settings, data["payload"], data["signature"],
+                                     utcnow(), self.dispatch)
+            self.db.commit()
+            return result
+
+        return c.WebhookReceived().dump(self._retrying(work))
+
+    # ------------------------------------------------------------ operators
+
+    @rpc(expected_exceptions=DomainError)
+    def adjust(self, user_id, amount, reason, idempotency_key) -> dict:
+        data = load_rpc(c.Adjust, {"user_id": user_id, "amount": amount, "reason": reason,
+                                   "idempotency_key": idempotency_key})
+
+        def work():
+            now = utcnow()
+            account = plans.require_account(self.db, self.settings, data["user_id"], now,
+                                            self.dispatch)
+            entry, created = ledger.adjust(self.db, account, data["amount"], data["reason"],
+                                           data["idempotency_key"], now)
+            self.db.commit()
+            return entry, created
+
+        entry, created = self._retrying(work)
+        if created:
+            log.warning("ledger adjusted", extra={"user_id": str(data["user_id"]),
+                                                  "amount": data["amount"]})
+        return c.LedgerEntry().dump(ledger.view(entry))
+
+    @rpc(expected_exceptions=DomainError)
+    def verify_ledger(self, user_id=None) -> dict:
+        user = load_rpc(c.OptionalUserRef, {"user_id": user_id})["user_id"]
+        result = audit.verify_ledger(self.db, user)
+        if result["problems"]:
+            log.error("ledger verification found %d problem(s)", len(result["problems"]))
+        return c.LedgerVerification().dump(result)
+
+    @rpc(expected_exceptions=DomainError)
+    def run_maintenance(self, tasks=None) -> dict:
+        """Run the timers' work now (all of it, or the named ``tasks``):
+        for operators, and for tests that cannot wait an hour."""
+        names = MAINTENANCE_TASKS if tasks is None else tasks
+        if not isinstance(names, list | tuple) or set(names) - set(MAINTENANCE_TASKS):
+            raise DomainError("invalid_request", "unknown maintenance task", 400,
+                              {"fields": {"tasks": [f"One of {list(MAINTENANCE_TASKS)}."]}})
+        return {name: self._maintain(name) for name in MAINTENANCE_TASKS if name in names}
+
+    def _maintain(self, task: str):
+        now = utcnow()
+        if task == "holds":
+            return saga.release_stale_holds(self.db, self.settings, now, self.dispatch)
+        if task == "plans":
+            return plans.end_expired_plans(self.db, self.settings, now, self.dispatch)
+        if task == "lots":
+            return saga.expire_lots_everywhere(self.db, now)
+        if task == "orders":
+            return orders.expire_pending(self.db, self.settings, now)
+        if task == "grants":
+            return plans.grant_monthly(self.db, self.settings, now)
+        result = retention.purge_payment_records(self.db, self.settings, now)
+        self.db.commit()
+        return result
+
+    # ------------------------------------------------------------ privacy
+
+    @rpc(expected_exceptions=DomainError)
+    def export_user(self, user_id) -> dict:
+        return retention.export_user(self.db, self.settings, self._user(user_id))
+
+    @rpc(expected_exceptions=DomainError)
+    def erase_user(self, user_id) -> dict:
+        user = self._user(user_id)
+        counts = retention.erase_user(self.db, self.settings, user, utcnow())
+        self.db.commit()
+        log.info("user's billing data erased", extra={"user_id": str(user), **counts})
+        return c.Erased().dump(counts)
+
+    # ------------------------------------------------------------ events
+
+    @event_handler("auth", "user_registered")
+    def user_registered(self, event: dict) -> None:
+        if not claim_event(self.db, processed_events, event["event_id"], "billing.user_registered"):
+            return
+        plans.open_account(self.db, self.settings, event["user_id"], utcnow(), self.dispatch)
+        self.db.commit()
+
+    def _claim(self, event: dict, consumer: str) -> bool:
+        """Lock the user's account, then claim the event: a duplicate delivered
+        at the same moment waits for the first and finds it claimed (instead
+        of failing on the primary key and being retried)."""
+        ledger.lock_account(self.db, event["user_id"])
+        return claim_event(self.db, processed_events, event["event_id"], consumer)
+
+    @event_handler("generation", "job_requested")
+    def job_requested(self, event: dict) -> None:
+        if not self._claim(event, "billing.job_requested"):
+            return
+        saga.job_requested(self.db, self.settings, event, utcnow(), self.dispatch)
+        self.db.commit()
+
+    @event_handler("generation", "job_succeeded")
+    def job_succeeded(self, event: dict) -> None:
+        self._job_finished(event, "succeeded")
+
+    @event_handler("generation", "job_failed")
+    def job_failed(self, event: dict) -> None:
+        self._job_finished(event, "failed")
+
+    @event_handler("generation", "job_cancelled")
+    def job_cancelled(self, event: dict) -> None:
+        self._job_finished(event, "cancelled")
+
+    def _job_finished(self, event: dict, outcome: str) -> None:
+        if not self._claim(event, f"billing.job_{outcome}"):
+            return
+        saga.job_finished(self.db, event, outcome, utcnow(), self.dispatch)
+        self.db.commit()
+
+    # ------------------------------------------------------------ timers
+
+    @timer(interval=HOUSEKEEPING_INTERVAL_SECONDS)
+    def housekeeping(self) -> None:
+        """Expired holds, ended plans, expired lots, orders that can no longer be paid."""
+        done = {task: self._maintain(task) for task in ("holds", "plans", "lots", "orders")}
+        if any(done.values()):
+            log.info("billing housekeeping", extra=done)
+
+    @timer(interval=GRANT_INTERVAL_SECONDS, eager=True)
+    def monthly_grants(self) -> None:
+        granted = self._maintain("grants")
+        if granted:
+            log.info("monthly grants", extra={"accounts": granted})
+
+    @timer(interval=RETENTION_INTERVAL_SECONDS, eager=True)
+    def payment_retention(self) -> None:
+        purged = self._maintain("payments")
+        if any(purged.values()):
+            log.info("payment records past retention deleted", extra=purged)

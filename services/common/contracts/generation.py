@@ -1,0 +1,187 @@
+"""Generation service contracts: the saga's job events (DESIGN.md §4) and
+the RPC payloads the gateway and the ops CLI send.
+
+``attempt`` numbers the runs of one job: a replayed job (``darkroom-ops jobs
+replay``) is attempt 2, 3, ... and billing holds and captures each attempt on
+its own ledger keys.
+"""
+
+from __future__ import annotations
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+
+JOB_TYPES = ("text-to-image", "image-to-image", "image-to-video")
+_snake = validate.Regexp(r"^[a-z][a-z0-9_]*$", error="must be a snake_case code")
+
+
+def Attempt(**kw):
+    return fields.Integer(load_default=1, validate=validate.Range(min=1), **kw)
+
+
+@register_event("generation.job_requested")
+class JobRequested(EventSchema):
+    """A job exists and waits for its credits: billing holds ``price``."""
+
+    job_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    attempt = Attempt()
+    type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    price = fields.Integer(
+        required=True, validate=validate.Range(min=0),
+        metadata={"description": "credits quoted by billing.quote when the job was submitted"},
+    )
+
+
+@register_event("generation.job_succeeded")
+class JobSucceeded(EventSchema):
+    job_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    attempt = Attempt()
+    output_ids = fields.List(fields.UUID(), required=True)
+
+
+@register_event("generation.job_failed")
+class JobFailed(EventSchema):
+    job_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    attempt = Attempt()
+    reason = fields.String(required=True, validate=[validate.Length(max=100), _snake])
+    message = fields.String(load_default="", validate=validate.Length(max=2000))
+
+
+@register_event("generation.job_cancelled")
+class JobCancelled(EventSchema):
+    job_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    attempt = Attempt()
+
+
+@register_event("generation.job_requeued")
+class JobRequeued(EventSchema):
+    """Internal: a job whose worker stopped is runnable again."""
+
+    job_id = fields.UUID(required=True)
+
+
+# ---------------------------------------------------------------- requests
+
+STATUSES = ("queued", "reserved", "running", "succeeded", "failed", "rejected", "cancelled")
+PROMPT_MAX = 4000
+SEED_MAX = 2**32 - 1
+
+
+def _size(value: str) -> None:
+    from services.common.contracts.billing import parse_size  # one rule for prices and jobs
+
+    parse_size(value)
+
+
+class SubmitJob(RpcSchema):
+    """``POST /v1/generations``: a prompt, or a template and its inputs."""
+
+    type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    prompt = fields.String(load_default=None, validate=validate.Length(min=1, max=PROMPT_MAX))
+    negative_prompt = fields.String(load_default=None, validate=validate.Length(max=PROMPT_MAX))
+    n = fields.Integer(load_default=1, validate=validate.Range(min=1, max=4))
+    size = fields.String(load_default="1024x1024", validate=_size,
+                         metadata={"description": "WIDTHxHEIGHT, sides multiples of 64, 512–1536"})
+    seed = fields.Integer(load_default=None, allow_none=True,
+                          validate=validate.Range(min=0, max=SEED_MAX))
+    source_image_id = fields.UUID(load_default=None, allow_none=True)
+    strength = fields.Float(load_default=0.6, validate=validate.Range(min=0.0, max=1.0))
+    template = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    inputs = fields.Dict(keys=fields.String(validate=validate.Length(max=64)),
+                         load_default=None, allow_none=True)
+    duration_s = fields.Integer(load_default=None, allow_none=True,
+                                validate=validate.Range(min=1, max=60))
+    webhook_url = fields.Url(load_default=None, allow_none=True, schemes={"http", "https"},
+                             require_tld=False, validate=validate.Length(max=2000))
+
+    @validates_schema
+    def _coherent(self, data, **kwargs):
+        errors: dict[str, list[str]] = {}
+        if not data.get("prompt") and not data.get("template") and data["type"] != "image-to-video":
+            errors["prompt"] = ["A prompt or a template is required."]
+        if data.get("template") and data.get("prompt"):
+            errors["template"] = ["Give a prompt or a template, not both."]
+        if data.get("inputs") is not None and not data.get("template"):
+            errors["inputs"] = ["Inputs belong to a template."]
+        needs_source = data["type"] in ("image-to-image", "image-to-video")
+        if needs_source and not data.get("source_image_id"):
+            errors["source_image_id"] = [f"{data['type']} needs a source image."]
+        if not needs_source and data.get("source_image_id"):
+            errors["source_image_id"] = ["Only image-to-image and image-to-video take a source."]
+        if data["type"] != "image-to-video" and data.get("duration_s") is not None:
+            errors["duration_s"] = ["Only image-to-video takes a duration."]
+        if data["type"] == "image-to-video" and data.get("n", 1) != 1:
+            errors["n"] = ["image-to-video makes one video."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class JobQuery(PageQuery):
+    """``GET /v1/generations?status=&limit=&cursor=``"""
+
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+
+
+class FindJobs(RpcSchema):
+    """Operators: ``darkroom-ops jobs list``."""
+
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    since = fields.AwareDateTime(load_default=None)
+    reason = fields.String(load_default=None, validate=validate.Length(max=100))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+
+
+# ---------------------------------------------------------------- answers
+
+
+class JobError(RpcSchema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class Shot(RpcSchema):
+    prompt = fields.String(allow_none=True)
+    camera = fields.String(required=True)
+    duration_s = fields.Float(required=True)
+
+
+class JobView(RpcSchema):
+    id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    attempt = fields.Integer(required=True)
+    progress = fields.Float(required=True)
+    stage = fields.String(required=True)
+    queue_position = fields.Integer(allow_none=True)
+    price = fields.Integer(required=True)
+    outputs = fields.List(fields.UUID(), required=True, metadata={"description": "image ids"})
+    error = fields.Nested(JobError, allow_none=True)
+    prompt = fields.String(allow_none=True)
+    negative_prompt = fields.String(allow_none=True)
+    prompt_redacted = fields.Boolean(required=True)
+    params = fields.Dict(required=True)
+    shots = fields.List(fields.Nested(Shot), allow_none=True)
+    webhook_url = fields.String(allow_none=True)
+    provider = fields.String(allow_none=True)
+    created_at = fields.AwareDateTime(required=True)
+    started_at = fields.AwareDateTime(allow_none=True)
+    finished_at = fields.AwareDateTime(allow_none=True)
+
+
+class OpsJobView(JobView):
+    user_id = fields.UUID(required=True)
+
+
+class JobPage(RpcSchema):
+    items = fields.List(fields.Nested(JobView), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class PriceQuote(RpcSchema):
+    price = fields.Integer(required=True)
+    breakdown = fields.Dict(required=True)

@@ -1,0 +1,408 @@
+"""Jobs: submit, the saga's transitions, the run queue, cancel and replay.
+
+Every function works in the caller's transaction and leaves the commit to it
+(the service commits after dispatching, so the job's state and the events
+that announce it are one transaction through the outbox).
+
+Transitions are conditional updates (``WHERE status = ...``), so two
+deliveries of one event, or two workers, can never both move a job: the one
+that loses sees zero rows and does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.common.errors import conflict, not_found, rate_limited
+from services.common.ids import isoformat, new_id
+from services.common.pagination import paginate
+from services.generation.models import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    REJECTED,
+    RESERVED,
+    RUNNING,
+    SUCCEEDED,
+    Job,
+    WebhookDelivery,
+)
+from services.generation.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[str, dict], str]
+
+# the stage a job shows while it is not running
+STAGES = {QUEUED: "awaiting_credits", RESERVED: "queued", SUCCEEDED: "done", FAILED: "failed",
+          REJECTED: "rejected", CANCELLED: "cancelled"}
+
+
+def as_uuid(value, what: str = "job") -> uuid.UUID:
+    """An id from a client: a malformed one names nothing, so it is not found."""
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        raise not_found(what) from None
+
+
+def request_hash(data: dict) -> str:
+    """What identifies a request body for Idempotency-Key: its canonical JSON."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ submit
+
+
+def find_idempotent(db: Session, user_id: uuid.UUID, key: str | None, digest: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created (409
+    ``idempotency_key_reused`` when that request had another body)."""
+    if not key:
+        return None
+    job = db.scalars(select(Job).where(Job.user_id == user_id, Job.idempotency_key == key)).first()
+    if job is not None and job.request_hash != digest:
+        raise conflict("this Idempotency-Key was used with another request",
+                       code="idempotency_key_reused")
+    return job
+
+
+def check_queue_cap(db: Session, settings: GenerationSettings, user_id: uuid.UUID) -> None:
+    active = db.scalar(select(func.count()).select_from(Job)
+                       .where(Job.user_id == user_id, Job.status.in_(ACTIVE)))
+    if active >= settings.max_active_jobs_per_user:
+        raise rate_limited(
+            f"at most {settings.max_active_jobs_per_user} jobs may be queued or running at once",
+            settings.queue_retry_after_seconds, limit=settings.max_active_jobs_per_user,
+        )
+
+
+def submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, request: dict,
+           expansion: dict, price: int, idempotency_key: str | None, digest: str,
+           now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
+    """Create the job and announce it (``generation.job_requested``: billing
+    holds ``price``). Returns ``(job, created)``; a repeat of an idempotent
+    request returns the first job and False."""
+    existing = find_idempotent(db, user_id, idempotency_key, digest)
+    if existing is not None:
+        return existing, False
+    check_queue_cap(db, settings, user_id)
+    params = {k: request.get(k) for k in
+              ("n", "size", "seed", "strength", "source_image_id", "template", "inputs",
+               "duration_s")}
+    job = Job(
+        id=new_id(), user_id=user_id, type=request["type"], status=QUEUED, attempt=1,
+        prompt=expansion["prompt"], negative_prompt=expansion.get("negative_prompt"),
+        params=json.loads(json.dumps(params, default=str)), shots=expansion.get("shots") or None,
+        price=price, priority=0, progress=0.0, stage=STAGES[QUEUED], output_ids=[],
+        webhook_url=request.get("webhook_url"), idempotency_key=idempotency_key,
+        request_hash=digest if idempotency_key else None, created_at=now, updated_at=now,
+    )
+    db.add(job)
+    try:
+        db.flush()
+    except IntegrityError:  # the same key, submitted at the same moment
+        db.rollback()
+        raced = find_idempotent(db, user_id, idempotency_key, digest)
+        if raced is None:
+            raise
+        return raced, False
+    dispatch("job_requested", {"job_id": job.id, "user_id": user_id, "attempt": 1,
+                               "type": job.type, "price": price})
+    return job, True
+
+
+# ------------------------------------------------------------------ the saga
+
+
+def _job_for_event(db: Session, event: dict) -> Job | None:
+    job = db.get(Job, event["job_id"])
+    if job is None:
+        log.warning("event for an unknown job %s", event["job_id"])
+        return None
+    if job.attempt != event["attempt"]:
+        log.info("event of attempt %s for job %s, now at attempt %s: ignored",
+                 event["attempt"], job.id, job.attempt)
+        return None
+    return job
+
+
+def _move(db: Session, job: Job, from_status: str | tuple[str, ...], **values) -> bool:
+    """Set ``values`` on the job if it is still in ``from_status`` (and at its
+    current attempt); False when another delivery or worker moved it first."""
+    statuses = (from_status,) if isinstance(from_status, str) else from_status
+    result = db.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.attempt == job.attempt, Job.status.in_(statuses))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        db.refresh(job)
+        return True
+    return False
+
+
+def credits_reserved(db: Session, settings: GenerationSettings, event: dict, now: datetime,
+                     dispatch: Dispatch) -> bool:
+    """The hold is taken: the job may run. True when a job became runnable.
+
+    A job cancelled (or failed) before its hold arrived announces that again,
+    so billing releases the hold it has just taken."""
+    job = _job_for_event(db, event)
+    if job is None:
+        return False
+    if _move(db, job, QUEUED, status=RESERVED, priority=int(event["priority"]), reserved_at=now,
+             stage=STAGES[RESERVED], updated_at=now):
+        return True
+    if job.status == CANCELLED:
+        dispatch("job_cancelled", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt})
+    elif job.status == FAILED:
+        dispatch("job_failed", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
+                                "reason": job.error_code or "failed",
+                                "message": job.error_message or ""})
+    return False
+
+
+def credits_insufficient(db: Session, settings: GenerationSettings, event: dict, now: datetime,
+                         dispatch: Dispatch) -> bool:
+    job = _job_for_event(db, event)
+    if job is None:
+        return False
+    message = f"the job costs {event['required']} credits; {event['available']} are available"
+    if not _move(db, job, QUEUED, status=REJECTED, stage=STAGES[REJECTED],
+                 error_code="insufficient_credits", error_message=message, finished_at=now,
+                 updated_at=now):
+        return False
+    _finished(db, settings, job, now)
+    return True
+
+
+def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job | None:
+    """Take the most urgent reserved job (plan priority, then age) and lease
+    it to this worker. Competing workers never take the same job: on
+    PostgreSQL the candidate row is locked ``FOR UPDATE SKIP LOCKED``, and the
+    update only applies to a job still ``reserved``."""
+    candidate = (
+        select(Job.id).where(Job.status == RESERVED)
+        .order_by(Job.priority.desc(), Job.reserved_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    job_id = db.scalar(candidate)
+    if job_id is None:
+        return None
+    token = str(uuid.uuid4())
+    result = db.execute(
+        update(Job).where(Job.id == job_id, Job.status == RESERVED)
+        .values(status=RUNNING, lease_token=token, stage="starting",
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                started_at=func.coalesce(Job.started_at, now), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:
+        return None
+    job = db.get(Job, job_id)
+    db.refresh(job)
+    return job
+
+
+def record_progress(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,
+                    progress: float, stage: str, now: datetime) -> bool:
+    """Progress of a running job, renewing its lease; False when the lease
+    is no longer this worker's (it ran out and another worker took the job)."""
+    result = db.execute(
+        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.lease_token == token)
+        .values(progress=max(0.0, min(1.0, float(progress))), stage=stage[:32],
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
+def succeed(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,
+            output_ids: list[uuid.UUID], provider: str, now: datetime, dispatch: Dispatch) -> bool:
+    """Finish a running job with its committed outputs (only the lease holder can)."""
+    job = db.get(Job, job_id)
+    if job is None or job.lease_token != token:
+        return False
+    if not _move(db, job, RUNNING, status=SUCCEEDED, progress=1.0, stage=STAGES[SUCCEEDED],
+                 provider=provider, output_ids=[str(i) for i in output_ids], finished_at=now,
+                 lease_token=None, lease_expires_at=None, updated_at=now):
+        return False
+    dispatch("job_succeeded", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
+                               "output_ids": list(output_ids)})
+    _finished(db, settings, job, now)
+    return True
+
+
+def fail(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str | None,
+         code: str, message: str, provider: str | None, now: datetime, dispatch: Dispatch) -> bool:
+    """Fail a running job (lease holder) and let billing release its hold."""
+    job = db.get(Job, job_id)
+    if job is None or (token is not None and job.lease_token != token):
+        return False
+    if not _move(db, job, RUNNING, status=FAILED, stage=STAGES[FAILED], error_code=code,
+                 error_message=message[:2000], provider=provider, finished_at=now,
+                 lease_token=None, lease_expires_at=None, updated_at=now):
+        return False
+    dispatch("job_failed", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
+                            "reason": code, "message": message[:2000]})
+    _finished(db, settings, job, now)
+    return True
+
+
+def requeue_expired_leases(db: Session, now: datetime) -> list[uuid.UUID]:
+    """Running jobs whose worker stopped renewing its lease (killed, hung)
+    go back to ``reserved``, keeping their hold, for another worker."""
+    ids = list(db.scalars(select(Job.id).where(Job.status == RUNNING, Job.lease_expires_at < now)))
+    if not ids:
+        return []
+    db.execute(
+        update(Job).where(Job.id.in_(ids), Job.status == RUNNING, Job.lease_expires_at < now)
+        .values(status=RESERVED, lease_token=None, lease_expires_at=None, progress=0.0,
+                stage="requeued", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return ids
+
+
+def cancel(db: Session, settings: GenerationSettings, user_id: uuid.UUID, job_id, now: datetime,
+           dispatch: Dispatch) -> Job:
+    """Cancel a job that has not started; billing releases its hold."""
+    job = get_job(db, user_id, job_id)
+    if not _move(db, job, (QUEUED, RESERVED), status=CANCELLED, stage=STAGES[CANCELLED],
+                 finished_at=now, updated_at=now):
+        raise conflict(f"the job is {job.status} and can no longer be cancelled",
+                       code="not_cancellable", status=job.status)
+    dispatch("job_cancelled", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt})
+    _finished(db, settings, job, now)
+    return job
+
+
+def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
+    """Start a new attempt of a failed job: a new hold, the saga again. The
+    earlier attempt's hold was released when it failed, so the job is charged
+    once, by the attempt that succeeds."""
+    job = db.get(Job, as_uuid(job_id))
+    if job is None:
+        raise not_found("job")
+    if job.prompt_redacted:
+        raise conflict("the job's prompt was redacted when it ended; it cannot run again",
+                       code="not_replayable", reason="prompt_redacted")
+    attempt = job.attempt
+    if not _move(db, job, FAILED, status=QUEUED, attempt=attempt + 1, stage=STAGES[QUEUED],
+                 progress=0.0, error_code=None, error_message=None, provider=None, output_ids=[],
+                 reserved_at=None, started_at=None, finished_at=None, updated_at=now):
+        raise conflict(f"only failed jobs can be replayed; this one is {job.status}",
+                       code="not_replayable", status=job.status)
+    dispatch("job_requested", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
+                               "type": job.type, "price": job.price})
+    return job
+
+
+def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime) -> None:
+    """What every final state does: the webhook, and the prompt redaction
+    when prompts are not kept."""
+    if job.webhook_url:
+        body = json.dumps({"type": f"job.{job.status}", "job": webhook_view(job)},
+                          separators=(",", ":"))
+        db.add(WebhookDelivery(
+            id=new_id(), job_id=job.id, user_id=job.user_id, attempt=job.attempt,
+            job_status=job.status, url=job.webhook_url, body=body, status="pending", tries=0,
+            next_attempt_at=now, created_at=now,
+        ))
+    if settings.prompt_retention == "redact":
+        job.prompt = job.negative_prompt = None
+        job.shots = [{**shot, "prompt": None} for shot in job.shots] if job.shots else job.shots
+        params = dict(job.params or {})
+        params.pop("inputs", None)
+        job.params = params
+        job.prompt_redacted = True
+
+
+# ------------------------------------------------------------------ reading
+
+
+def get_job(db: Session, user_id: uuid.UUID, job_id) -> Job:
+    """The user's job; 404 for anyone else's (or none)."""
+    job = db.get(Job, as_uuid(job_id))
+    if job is None or job.user_id != user_id:
+        raise not_found("job")
+    return job
+
+
+def list_jobs(db: Session, user_id: uuid.UUID, query: dict) -> tuple[list[Job], str | None]:
+    stmt = select(Job).where(Job.user_id == user_id)
+    if query.get("status"):
+        stmt = stmt.where(Job.status == query["status"])
+    return paginate(db, stmt, Job.created_at, Job.id, query["limit"], query["cursor"])
+
+
+def queue_position(db: Session, job: Job) -> int | None:
+    """1 for the next job to run; None once it runs or ended. A job still
+    waiting for its credits counts the reserved jobs of its priority or higher."""
+    if job.status == RESERVED:
+        ahead = db.scalar(select(func.count()).select_from(Job).where(
+            Job.status == RESERVED,
+            or_(Job.priority > job.priority,
+                and_(Job.priority == job.priority,
+                     or_(Job.reserved_at < job.reserved_at,
+                         and_(Job.reserved_at == job.reserved_at, Job.id < job.id)))),
+        ))
+        return ahead + 1
+    if job.status == QUEUED:
+        return db.scalar(select(func.count()).select_from(Job).where(
+            Job.status == RESERVED, Job.priority >= job.priority)) + 1
+    return None
+
+
+def find_jobs(db: Session, status: str | None, since: datetime | None, reason: str | None,
+              limit: int) -> list[Job]:
+    """For operators: jobs by status, end time and error code, oldest first."""
+    stmt = select(Job)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if since is not None:
+        stmt = stmt.where(Job.updated_at >= since)
+    if reason:
+        stmt = stmt.where(Job.error_code == reason)
+    return list(db.scalars(stmt.order_by(Job.updated_at, Job.id).limit(limit)))
+
+
+def view(job: Job, position: int | None = None) -> dict:
+    """The job as API.md shows it (dumped by contracts.generation.JobView)."""
+    return {
+        "id": job.id, "type": job.type, "status": job.status, "attempt": job.attempt,
+        "progress": job.progress, "stage": job.stage, "queue_position": position,
+        "price": job.price, "outputs": list(job.output_ids or []),
+        "error": {"code": job.error_code, "message": job.error_message or ""}
+        if job.error_code else None,
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+        "prompt_redacted": job.prompt_redacted, "params": job.params or {},
+        "shots": job.shots, "webhook_url": job.webhook_url, "provider": job.provider,
+        "created_at": job.created_at, "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def webhook_view(job: Job) -> dict:
+    """What a webhook tells: the final state, never the prompt."""
+    return {
+        "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
+        "outputs": list(job.output_ids or []), "price": job.price,
+        "error": {"code": job.error_code, "message": job.error_message or ""}
+        if job.error_code else None,
+        "created_at": isoformat(job.created_at),
+        "finished_at": isoformat(job.finished_at) if job.finished_at else None,
+    }

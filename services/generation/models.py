@@ -1,0 +1,110 @@
+"""The generation service's tables.
+
+A ``jobs`` row is one generation job from submit to its final state. The
+saga (DESIGN.md §4) moves it ``queued → reserved → running → succeeded |
+failed``, or to ``rejected`` (no credits) or ``cancelled``. ``attempt`` counts
+its runs: ``darkroom-ops jobs replay`` starts attempt 2 of a failed job, and
+every event of the saga carries the attempt so a late event of an earlier
+attempt changes nothing.
+
+A running job holds a lease (``lease_token``, ``lease_expires_at``) renewed
+while it runs; only the lease holder may finish it, and a lease that runs
+out (a worker killed mid-job) puts the job back to ``reserved`` for another
+worker: a job finishes exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import JSON, Float, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
+from services.common.ids import new_id
+from services.common.outbox import outbox_table
+
+QUEUED, RESERVED, RUNNING = "queued", "reserved", "running"
+SUCCEEDED, FAILED, REJECTED, CANCELLED = "succeeded", "failed", "rejected", "cancelled"
+STATUSES = (QUEUED, RESERVED, RUNNING, SUCCEEDED, FAILED, REJECTED, CANCELLED)
+ACTIVE = (QUEUED, RESERVED, RUNNING)
+FINAL = (SUCCEEDED, FAILED, REJECTED, CANCELLED)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # a user's jobs, newest first (keyset pagination), and their active count
+        Index("ix_jobs_user_id_created_at_id", "user_id", "created_at", "id"),
+        # the run queue: reserved jobs by priority, then age
+        Index("ix_jobs_status_priority_reserved_at", "status", "priority", "reserved_at"),
+        # Idempotency-Key: one job per user and key
+        UniqueConstraint("user_id", "idempotency_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # what the user asked for: prompt and parameters (n, size, seed, strength,
+    # source_image_id, template, inputs, duration_s); the prompts are redacted
+    # when the job is final if GENERATION.PROMPT_RETENTION is "redact"
+    prompt: Mapped[str | None] = mapped_column(Text)
+    negative_prompt: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict] = mapped_column(JSON)
+    shots: Mapped[list | None] = mapped_column(JSON)  # a storyboard video's shots
+    prompt_redacted: Mapped[bool] = mapped_column(default=False)
+    price: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str] = mapped_column(String(32))
+    provider: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(String(2000))
+    output_ids: Mapped[list] = mapped_column(JSON, default=list)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    reserved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class WebhookDelivery(Base):
+    """One POST of a job's final state to its ``webhook_url``, retried with
+    backoff until it succeeds or runs out of attempts."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        UniqueConstraint("job_id", "attempt", "job_status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt
+    job_status: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+# Events consumed (idempotency on event id) and events waiting to be published.
+processed_events = processed_events_table(Base.metadata)
+outbox = outbox_table(Base.metadata)

@@ -1,0 +1,185 @@
+"""The ``async_task`` provider: video providers that take a task, are polled,
+and answer with a result URL.
+
+The contract a provider must speak (an operator can put a thin shim in front
+of any vendor's API to speak it):
+
+``POST {base_url}/v1/tasks`` with ``Authorization: Bearer <api_key>`` and::
+
+    {"type": "image-to-video", "model": "...", "prompt": "...",
+     "negative_prompt": "...", "seed": 7, "width": 512, "height": 512,
+     "n": 1, "strength": 0.6, "duration_s": 4,
+     "image": {"content_type": "image/png", "data": "<base64>"},
+     "shots": [{"prompt": "...", "camera": "zoom_in", "duration_s": 3}]}
+
+(absent values are left out) → 2xx ``{"id": "<task id>"}``.
+
+``GET {base_url}/v1/tasks/{id}`` → ``{"status": "queued" | "running" |
+"succeeded" | "failed", "progress": 0.0-1.0, "result_url": "...",
+"result_urls": [...], "error": {"code": "...", "message": "...",
+"retryable": true}}``. ``result_url`` (or ``result_urls``) is required once
+``succeeded``; it may be relative to ``base_url``. A failed task is retried
+(transient ``provider_task_failed``) unless ``error.retryable`` is false
+(permanent ``provider_content_refused`` when ``error.code`` says it was a
+content refusal, ``provider_rejected_request`` otherwise).
+
+Polls run every ``poll_interval_s`` until ``task_timeout_s`` has passed;
+then ``DELETE {base_url}/v1/tasks/{id}`` is sent, best effort, and the
+attempt fails with the transient ``provider_timeout``. A poll that fails
+transiently is tolerated up to ``max_poll_errors`` times in a row. Results
+must be MP4 videos (or PNG/JPEG/WebP images) and are checked by decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+from services.generation.providers.base import (
+    IMAGE_TO_VIDEO,
+    PermanentProviderError,
+    ProgressCallback,
+    ProviderError,
+    ProviderOutput,
+    ProviderRequest,
+    ProviderResult,
+    TransientProviderError,
+    report,
+)
+from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp
+from services.generation.providers.media import image_output, video_output
+
+STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+class AsyncTaskProvider:
+    def __init__(self, name: str, base_url: str, api_key: str | None = None,
+                 model: str | None = None, timeout_s: float = 30.0,
+                 poll_interval_s: float = 2.0, task_timeout_s: float = 900.0,
+                 max_poll_errors: int = 3, job_types: tuple[str, ...] = (IMAGE_TO_VIDEO,),
+                 max_download_bytes: int = 500 * 1024 * 1024,
+                 result_url_allow: tuple[str, ...] = (), resolver=None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.model = model or None
+        self.poll_interval_s = float(poll_interval_s)
+        self.task_timeout_s = float(task_timeout_s)
+        self.max_poll_errors = int(max_poll_errors)
+        self.job_types = frozenset(job_types)
+        self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
+                                 result_url_allow, resolver)
+        self.sleep = sleep
+        self.clock = clock
+
+    @classmethod
+    def from_config(cls, name: str, conf: dict, **kwargs) -> AsyncTaskProvider:
+        return cls(
+            name, str(conf.get("base_url") or ""), api_key=conf.get("api_key") or None,
+            model=conf.get("model") or None, timeout_s=float(conf.get("timeout_s", 30)),
+            poll_interval_s=float(conf.get("poll_interval_s", 2)),
+            task_timeout_s=float(conf.get("task_timeout_s", 900)),
+            max_poll_errors=int(conf.get("max_poll_errors", 3)),
+            job_types=tuple(conf.get("job_types") or (IMAGE_TO_VIDEO,)),
+            max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
+            result_url_allow=tuple(conf.get("result_url_allow") or ()),
+            **kwargs,
+        )
+
+    def payload(self, request: ProviderRequest) -> dict:
+        """Exactly what is sent: the prompt, parameters and source image only."""
+        body = {
+            "type": request.job_type, "model": self.model, "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt, "seed": request.seed,
+            "width": request.width, "height": request.height, "n": request.n,
+            "strength": request.strength, "duration_s": request.duration_s,
+        }
+        if request.source_image:
+            body["image"] = {"content_type": request.source_content_type or "image/png",
+                             "data": base64.b64encode(request.source_image).decode()}
+        if request.shots:
+            body["shots"] = [shot.to_dict() for shot in request.shots]
+        return {k: v for k, v in body.items() if v is not None}
+
+    def generate(self, request: ProviderRequest,
+                 progress: ProgressCallback | None = None) -> ProviderResult:
+        if request.job_type not in self.job_types:
+            raise PermanentProviderError("unsupported_job_type",
+                                         f"{self.name} cannot run {request.job_type}")
+        report(progress, 0.0, "submitting")
+        answer = self.http.call("POST", "/v1/tasks", self.payload(request))
+        task_id = answer.get("id")
+        if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):
+            raise TransientProviderError("invalid_provider_output",
+                                         f"{self.name} answered without a task id")
+        path = f"/v1/tasks/{quote(str(task_id), safe='')}"
+        status = self._wait(path, progress)
+        urls = status.get("result_urls") or ([status["result_url"]]
+                                             if status.get("result_url") else [])
+        if not isinstance(urls, list) or len(urls) < request.n \
+                or not all(isinstance(u, str) for u in urls):
+            raise TransientProviderError(
+                "invalid_provider_output", f"{self.name} finished without a result URL per output")
+        outputs = []
+        for index, url in enumerate(urls[: request.n]):
+            report(progress, 0.9 + 0.1 * index / len(urls), "downloading")
+            data, content_type = self.http.download(url)
+            outputs.append(self._output(data, content_type))
+        report(progress, 1.0, "downloaded")
+        return ProviderResult(tuple(outputs))
+
+    def _wait(self, path: str, progress: ProgressCallback | None) -> dict:
+        deadline = self.clock() + self.task_timeout_s
+        errors = 0
+        while True:
+            try:
+                status = self.http.call("GET", path)
+                errors = 0
+            except TransientProviderError:
+                errors += 1
+                if errors > self.max_poll_errors:
+                    raise
+                status = None
+            if status is not None:
+                state = status.get("status")
+                if state not in STATUSES:
+                    raise TransientProviderError("invalid_provider_output",
+                                                 f"{self.name} sent an unknown task status")
+                if state == "succeeded":
+                    return status
+                if state == "failed":
+                    raise self._failure(status.get("error"))
+                fraction = status.get("progress")
+                if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+                    report(progress, 0.9 * float(fraction), state)
+                else:
+                    report(progress, 0.0, state)
+            if self.clock() + self.poll_interval_s > deadline:
+                self._cancel(path)
+                raise TransientProviderError(
+                    "provider_timeout",
+                    f"{self.name} did not finish the task within {self.task_timeout_s:g}s")
+            self.sleep(self.poll_interval_s)
+
+    def _failure(self, error) -> ProviderError:
+        error = error if isinstance(error, dict) else {}
+        code = str(error.get("code") or "")
+        message = f"{self.name} task failed: {code} {error.get('message') or ''}".strip()[:300]
+        if error.get("retryable", True) is False:
+            if any(hint in code.lower() for hint in REFUSAL_HINTS):
+                return PermanentProviderError("provider_content_refused", message)
+            return PermanentProviderError("provider_rejected_request", message)
+        return TransientProviderError("provider_task_failed", message)
+
+    def _cancel(self, path: str) -> None:
+        try:
+            self.http.call("DELETE", path)
+        except ProviderError:
+            pass  # best effort: the task will time out on the provider's side
+
+    def _output(self, data: bytes, content_type: str) -> ProviderOutput:
+        if data[4:8] == b"ftyp" or content_type.startswith("video/"):
+            return video_output(data, self.name)
+        return image_output(data, self.name)

@@ -1,0 +1,180 @@
+"""HTTP plumbing shared by the network adapters: one place that turns
+timeouts, connection failures and status codes into provider errors, and that
+downloads results safely.
+
+Safety of downloads: a provider answers with a result URL, and a compromised
+or buggy provider could point it at an internal address. Every connection
+goes through :func:`services.generation.webhooks.guarded_session`, which
+allows the provider's own host (it is configured by the operator, so it may
+be on the private network) plus the provider's ``result_url_allow`` entries,
+and otherwise only public addresses. The API key is sent only to the
+provider's own origin, never to a CDN it redirects to. Sizes are capped.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from services.generation.providers.base import PermanentProviderError, TransientProviderError
+from services.generation.webhooks import UnsafeUrl, UrlGuard, guarded_session
+
+MAX_REDIRECTS = 3
+REFUSAL_HINTS = ("content_policy", "content_filter", "moderation", "safety", "nsfw", "refus")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_text(response: requests.Response) -> str:
+    """The provider's error message and code, shortened, for logs and hints."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return f"{error.get('code') or error.get('type') or ''}: {error.get('message') or ''}"[:300]
+    if isinstance(error, str):
+        return error[:300]
+    return json.dumps(body)[:300]
+
+
+def raise_for_status(response: requests.Response, provider: str) -> None:
+    """Map a non-2xx answer onto the provider error taxonomy."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    text = _error_text(response)
+    where = f"{provider} answered {status}"
+    if status == 429:
+        raise TransientProviderError("provider_rate_limited", where, status=status,
+                                     retry_after=_retry_after(response))
+    if status == 408:
+        raise TransientProviderError("provider_timeout", where, status=status)
+    if status >= 500:
+        raise TransientProviderError("provider_server_error", f"{where}: {text}", status=status,
+                                     retry_after=_retry_after(response))
+    if status in (401, 403):
+        raise PermanentProviderError("provider_auth_failed", where, status=status)
+    if 400 <= status < 500:
+        if any(hint in text.lower() for hint in REFUSAL_HINTS):
+            raise PermanentProviderError("provider_content_refused", f"{where}: {text}",
+                                         status=status)
+        raise PermanentProviderError("provider_rejected_request", f"{where}: {text}",
+                                     status=status)
+    raise TransientProviderError("invalid_provider_output", f"{where} (unexpected)", status=status)
+
+
+class ProviderHttp:
+    """A provider's base URL, credentials, timeout and guarded session."""
+
+    def __init__(self, provider: str, base_url: str, api_key: str | None = None,
+                 timeout_s: float = 60.0, max_download_bytes: int = 200 * 1024 * 1024,
+                 result_url_allow: tuple[str, ...] = (), resolver=None):
+        if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"provider {provider}: base_url must be an http(s) URL")
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key or None
+        self.timeout_s = float(timeout_s)
+        self.max_download_bytes = int(max_download_bytes)
+        host = urlsplit(self.base_url).hostname or ""
+        self.guard = UrlGuard(allow=(host, *result_url_allow), resolver=resolver)
+        self.session = guarded_session(self.guard)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _auth_headers(self, url: str) -> dict:
+        if self.api_key and _origin(url) == _origin(self.base_url):
+            return {"Authorization": f"Bearer {self.api_key}"}
+        return {}
+
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+        headers = {**kwargs.pop("headers", {}), **self._auth_headers(url)}
+        try:
+            return self.session.request(method, url, headers=headers, timeout=self.timeout_s,
+                                        allow_redirects=False, **kwargs)
+        except UnsafeUrl as exc:
+            raise TransientProviderError(
+                "invalid_provider_output", f"{self.provider}: {exc.message}") from None
+        except requests.Timeout:
+            raise TransientProviderError(
+                "provider_timeout", f"{self.provider} did not answer within {self.timeout_s}s"
+            ) from None
+        except requests.ConnectionError:
+            raise TransientProviderError(
+                "provider_connection_failed", f"cannot connect to {self.provider}") from None
+        except requests.RequestException as exc:
+            raise TransientProviderError(
+                "provider_connection_failed", f"{self.provider}: {type(exc).__name__}") from None
+
+    def call(self, method: str, path: str, payload: dict | None = None) -> dict:
+        """A JSON API call on the provider's base URL; the answer as a dict."""
+        response = self._send(method, f"{self.base_url}{path}", json=payload)
+        with response:
+            raise_for_status(response, self.provider)
+            try:
+                body = response.json()
+            except ValueError:
+                raise TransientProviderError(
+                    "invalid_provider_output", f"{self.provider} answered with invalid JSON"
+                ) from None
+        if not isinstance(body, dict):
+            raise TransientProviderError("invalid_provider_output",
+                                         f"{self.provider} answered with a non-object")
+        return body
+
+    def download(self, url: str) -> tuple[bytes, str]:
+        """``(bytes, content type)`` of a result URL (relative ones are resolved
+        against the base URL), following at most three redirects, each one
+        checked by the guard."""
+        url = urljoin(self.base_url + "/", url)
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                self.guard.check(url)
+            except UnsafeUrl as exc:
+                raise TransientProviderError(
+                    "invalid_provider_output", f"{self.provider} result URL: {exc.message}"
+                ) from None
+            response = self._send("GET", url, stream=True)
+            with response:
+                if response.is_redirect and response.headers.get("Location"):
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                raise_for_status(response, self.provider)
+                return self._read_capped(response), response.headers.get("Content-Type", "")
+        raise TransientProviderError("invalid_provider_output",
+                                     f"{self.provider} result URL redirects too often")
+
+    def _read_capped(self, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_download_bytes:
+            raise TransientProviderError("invalid_provider_output",
+                                         f"{self.provider} result is too large")
+        parts, total = [], 0
+        try:
+            for chunk in response.iter_content(1024 * 1024):
+                total += len(chunk)
+                if total > self.max_download_bytes:
+                    raise TransientProviderError("invalid_provider_output",
+                                                 f"{self.provider} result is too large")
+                parts.append(chunk)
+        except requests.RequestException:
+            raise TransientProviderError(
+                "provider_connection_failed", f"{self.provider} result download broke off"
+            ) from None
+        return b"".join(parts)

@@ -1,0 +1,301 @@
+"""Choosing a provider: ordered routes, retries, circuit breakers, failover.
+
+For a request of job type T the router walks ``ROUTES[T]`` in order. Each
+provider gets up to ``RETRY.attempts`` tries: a transient error is retried
+after an exponential backoff (``base_delay_s * 2**i``, at most
+``max_delay_s``, and never sooner than a 429's ``Retry-After`` allows
+within that cap); a permanent error is not retried on that provider. Then
+the next provider is tried. The first success wins and the result names its
+provider. When every provider failed the error is the last permanent error
+if there was one (the request itself was refused), otherwise the transient
+``provider_unavailable`` (so ``darkroom-ops jobs replay --reason
+provider_unavailable`` finds the jobs an outage failed).
+
+Each provider has a circuit breaker: ``BREAKER.failures`` transient failures
+in a row open it and the provider is skipped for ``cooldown_s``; then one
+request is let through as a probe (half-open): success closes the breaker,
+failure opens it for another cooldown. A permanent error proves the provider
+is up, so it counts as a success for the breaker. Breakers live in the
+process (one per worker process), which is enough to stop hammering a dead
+provider without coordination.
+
+Clock and sleep are injectable so tests run in no time; under ``nameko run``
+the default ``time.sleep`` is eventlet's green sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from services.common.contracts.generation import JOB_TYPES
+from services.generation.providers.base import (
+    PermanentProviderError,
+    ProgressCallback,
+    Provider,
+    ProviderRequest,
+    ProviderResult,
+    TransientProviderError,
+)
+
+log = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+class ProviderConfigError(ValueError):
+    """The provider configuration cannot work; the service must not start."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def __post_init__(self):
+        if self.attempts < 1 or self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ProviderConfigError("RETRY: attempts >= 1 and non-negative delays")
+
+    def delay(self, retry_index: int, retry_after: float | None = None) -> float:
+        """Seconds before retry number ``retry_index`` (0 for the first retry)."""
+        delay = self.base_delay_s * (2 ** retry_index)
+        if retry_after:
+            delay = max(delay, retry_after)
+        return min(self.max_delay_s, delay)
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    failures: int = 5
+    cooldown_s: float = 60.0
+
+    def __post_init__(self):
+        if self.failures < 1 or self.cooldown_s < 0:
+            raise ProviderConfigError("BREAKER: failures >= 1 and a non-negative cooldown")
+
+
+class CircuitBreaker:
+    """closed → (K failures in a row) → open → (cooldown) → half_open: one probe."""
+
+    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic):
+        self.policy = policy
+        self.clock = clock
+        self.state = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._probing = False
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self.state == OPEN and self.clock() - self.opened_at >= self.policy.cooldown_s:
+                self.state, self._probing = HALF_OPEN, False
+            if self.state == CLOSED:
+                return True
+            if self.state == HALF_OPEN and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self.state, self.failures, self._probing = CLOSED, 0, False
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.state == HALF_OPEN or self.failures >= self.policy.failures:
+                self.state, self.opened_at, self._probing = OPEN, self.clock(), False
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try: ``code`` None for the success, ``circuit_open`` for a skip."""
+
+    provider: str
+    code: str | None
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RoutedResult:
+    provider: str
+    result: ProviderResult
+    attempts: tuple[Attempt, ...]
+
+
+class Router:
+    def __init__(self, providers: Mapping[str, Provider], routes: Mapping[str, Sequence[str]],
+                 retry: RetryPolicy | None = None, breaker: BreakerPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.providers = dict(providers)
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+        self.sleep = sleep
+        self.routes: dict[str, tuple[str, ...]] = {}
+        for job_type, names in routes.items():
+            if job_type not in JOB_TYPES:
+                raise ProviderConfigError(f"ROUTES: unknown job type {job_type!r}")
+            for name in names:
+                if name not in self.providers:
+                    raise ProviderConfigError(f"ROUTES.{job_type}: unknown provider {name!r}")
+                if job_type not in self.providers[name].job_types:
+                    raise ProviderConfigError(f"ROUTES.{job_type}: provider {name!r} cannot "
+                                              f"run {job_type}")
+            if len(set(names)) != len(names):
+                raise ProviderConfigError(f"ROUTES.{job_type}: a provider is listed twice")
+            if names:
+                self.routes[job_type] = tuple(names)
+        self.breakers = {name: CircuitBreaker(breaker or BreakerPolicy(), clock)
+                         for name in self.providers}
+
+    def supports(self, job_type: str) -> bool:
+        return bool(self.routes.get(job_type))
+
+    def breaker_states(self) -> dict[str, str]:
+        return {name: b.state for name, b in self.breakers.items()}
+
+    def run(self, request: ProviderRequest,
+            progress: ProgressCallback | None = None) -> RoutedResult:
+        """The first provider's success, or the error described above, which
+        carries the list of attempts as ``.attempts``."""
+        names = self.routes.get(request.job_type)
+        if not names:
+            raise PermanentProviderError("job_type_unavailable",
+                                         f"no provider is configured for {request.job_type}")
+        attempts: list[Attempt] = []
+        permanent: PermanentProviderError | None = None
+        for name in names:
+            provider, breaker = self.providers[name], self.breakers[name]
+            for retry_index in range(self.retry.attempts):
+                if not breaker.allow():
+                    attempts.append(Attempt(name, "circuit_open"))
+                    break
+                started = self.clock()
+                try:
+                    result = provider.generate(request, progress)
+                except TransientProviderError as exc:
+                    breaker.failure()
+                    attempts.append(Attempt(name, exc.code, self.clock() - started))
+                    log.warning("provider %s failed (%s), attempt %d", name, exc.code,
+                                retry_index + 1)
+                    if retry_index + 1 < self.retry.attempts and breaker.state == CLOSED:
+                        self.sleep(self.retry.delay(retry_index, exc.retry_after))
+                        continue
+                    break
+                except PermanentProviderError as exc:
+                    breaker.success()
+                    attempts.append(Attempt(name, exc.code, self.clock() - started))
+                    log.warning("provider %s refused the request (%s)", name, exc.code)
+                    permanent = exc
+                    break
+                except BaseException:
+                    breaker.failure()  # never leave a half-open probe dangling
+                    raise
+                breaker.success()
+                attempts.append(Attempt(name, None, self.clock() - started))
+                return RoutedResult(name, result, tuple(attempts))
+        if permanent is not None:
+            error = PermanentProviderError(permanent.code, permanent.message,
+                                           status=permanent.status)
+        else:
+            error = TransientProviderError(
+                "provider_unavailable",
+                f"every provider for {request.job_type} failed or is paused: "
+                + ", ".join(f"{a.provider}={a.code}" for a in attempts))
+        error.attempts = tuple(attempts)
+        raise error
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def _names(value) -> list[str]:
+    if isinstance(value, str):  # "openai,local" from an environment variable
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value or ()]
+
+
+def _enabled(conf: Mapping) -> bool:
+    value = conf.get("enabled", True)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
+                   sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic, resolver=None) -> Provider:
+    from services.generation.providers.async_task import AsyncTaskProvider
+    from services.generation.providers.local import LocalProvider
+    from services.generation.providers.openai_images import OpenAIImagesProvider
+
+    kind = conf.get("type")
+    try:
+        if kind == "local":
+            return LocalProvider.from_config(name, dict(conf), offload)
+        if kind == "openai_images":
+            provider = OpenAIImagesProvider.from_config(name, dict(conf))
+        elif kind == "async_task":
+            provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        else:
+            raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
+                                      "(local, openai_images, async_task)")
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ProviderConfigError):
+            raise
+        raise ProviderConfigError(f"PROVIDERS.{name}: {exc}") from None
+    if resolver is not None:
+        provider.http.guard.resolver = resolver
+    return provider
+
+
+def build_router(config: Mapping, *, offload: Callable | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, resolver=None) -> Router:
+    """A router from a service config (its ``GENERATION`` section) or the section
+    itself: ``PROVIDERS``, ``ROUTES``, ``RETRY``, ``BREAKER`` (docs/generation.md).
+
+    A provider with ``enabled: false`` is left out, and out of every route.
+    Without ``ROUTES`` each job type goes to every enabled provider that can
+    run it, in the order of ``PROVIDERS``. Without ``PROVIDERS``: ``local`` only.
+    """
+    section = config.get("GENERATION", config) or {}
+    configured = section.get("PROVIDERS") or {"local": {"type": "local"}}
+    providers: dict[str, Provider] = {}
+    for name, conf in configured.items():
+        if not NAME.match(str(name)):
+            raise ProviderConfigError(f"PROVIDERS: {name!r} is not a valid name "
+                                      "(lowercase letters, digits, - and _)")
+        conf = conf or {}
+        if _enabled(conf):
+            providers[name] = build_provider(name, conf, offload=offload, sleep=sleep,
+                                             clock=clock, resolver=resolver)
+    if section.get("ROUTES") is None:
+        routes = {t: [n for n, p in providers.items() if t in p.job_types] for t in JOB_TYPES}
+    else:
+        routes = {}
+        for job_type, names in section["ROUTES"].items():
+            names = _names(names)
+            unknown = [n for n in names if n not in configured]
+            if unknown:
+                raise ProviderConfigError(f"ROUTES.{job_type}: unknown provider {unknown[0]!r}")
+            routes[job_type] = [n for n in names if n in providers]
+    retry = section.get("RETRY") or {}
+    breaker = section.get("BREAKER") or {}
+    try:
+        retry_policy = RetryPolicy(int(retry.get("attempts", 3)),
+                                   float(retry.get("base_delay_s", 0.5)),
+                                   float(retry.get("max_delay_s", 8.0)))
+        breaker_policy = BreakerPolicy(int(breaker.get("failures", 5)),
+                                       float(breaker.get("cooldown_s", 60.0)))
+    except (TypeError, ValueError) as exc:
+        raise ProviderConfigError(str(exc)) from None
+    return Router(providers, routes, retry_policy, breaker_policy, clock=clock, sleep=sleep)

@@ -1,0 +1,240 @@
+"""The generation service: jobs from submit to stored output (DESIGN.md §4).
+
+    nameko run --config deploy/config/generation.yaml \
+        services.generation.service:GenerationService
+
+The saga: ``submit`` creates the job and publishes ``generation.job_requested``;
+billing answers ``billing.credits_reserved`` (the job becomes runnable and the
+worker that handles the event runs the most urgent runnable job) or
+``billing.credits_insufficient`` (rejected). A run ends in
+``generation.job_succeeded`` (outputs committed in storage first) or
+``generation.job_failed``; billing captures or releases. Every transition is
+committed together with the event that announces it (the outbox).
+
+A running job holds a lease renewed by its progress; a worker killed mid-job
+stops renewing it, and the recovery timer puts the job back in the queue and
+publishes ``generation.job_requeued`` so another worker runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy, rpc
+from nameko.timer import timer
+
+from services.common.concurrency import offload
+from services.common.contracts import generation as c
+from services.common.contracts import load_rpc
+from services.common.db import Database, claim_event
+from services.common.errors import DomainError
+from services.common.ids import utcnow
+from services.common.messaging import EventPublisher, event_handler
+from services.common.service import DarkroomService
+from services.generation import jobs, runner
+from services.generation.models import outbox, processed_events
+from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
+from services.generation.providers.router import build_router
+from services.generation.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+RECOVERY_INTERVAL_SECONDS = 10
+
+
+class Settings(DependencyProvider):
+    def setup(self):
+        self.settings = GenerationSettings.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings
+
+
+class Providers(DependencyProvider):
+    """The provider router, built once per process: its circuit breakers
+    remember failures across jobs. CPU-heavy rendering runs off the hub."""
+
+    def setup(self):
+        self.router = build_router(self.container.config, offload=offload)
+
+    def get_dependency(self, worker_ctx):
+        return self.router
+
+
+class PromptTools(DependencyProvider):
+    """Templates, prompt assist and moderation, loaded once."""
+
+    def setup(self):
+        self.prompts = Prompts.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.prompts
+
+
+class GenerationService(DarkroomService):
+    name = "generation"
+
+    db = Database(migrations=MIGRATIONS)
+    dispatch = EventPublisher(outbox=outbox)
+    settings = Settings()
+    router = Providers()
+    prompts = PromptTools()
+    billing = RpcProxy("billing")
+    storage = RpcProxy("storage")
+
+    # ------------------------------------------------------------ the API
+
+    @rpc(expected_exceptions=DomainError)
+    def submit(self, user_id, payload, idempotency_key=None, dry_run=False) -> dict:
+        """Create a job (or with ``dry_run`` only quote its price). Moderation
+        and every check run before any credit is held."""
+        data = load_rpc(c.SubmitJob, payload)
+        if data["type"] == "image-to-video" and not data["template"]:
+            data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
+        user = jobs.as_uuid(user_id, "user")
+        digest = jobs.request_hash(data)
+        if not dry_run:
+            existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
+            if existing is not None:
+                return self._view(existing)
+        expansion = self.prompts.expand(data)  # 400/404 template, 422 content policy
+        if data["source_image_id"]:
+            self.storage.get_source(user_id, str(data["source_image_id"]))  # 404 if not theirs
+        quote = self.billing.quote(pricing(data, expansion))
+        if dry_run:
+            return c.PriceQuote().dump(quote)
+        job, created = jobs.submit(self.db, self.settings, user, data, expansion, quote["price"],
+                                   idempotency_key, digest, utcnow(), self.dispatch)
+        self.db.commit()
+        if created:
+            log.info("job submitted", extra={"job_id": str(job.id), "type": job.type})
+        return self._view(job)
+
+    @rpc(expected_exceptions=DomainError)
+    def get_job(self, user_id, job_id) -> dict:
+        return self._view(jobs.get_job(self.db, jobs.as_uuid(user_id, "user"), job_id))
+
+    @rpc(expected_exceptions=DomainError)
+    def list_jobs(self, user_id, query=None) -> dict:
+        data = load_rpc(c.JobQuery, query)
+        rows, next_cursor = jobs.list_jobs(self.db, jobs.as_uuid(user_id, "user"), data)
+        items = [jobs.view(job, jobs.queue_position(self.db, job)) for job in rows]
+        return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def cancel_job(self, user_id, job_id) -> dict:
+        job = jobs.cancel(self.db, self.settings, jobs.as_uuid(user_id, "user"), job_id, utcnow(),
+                          self.dispatch)
+        self.db.commit()
+        return self._view(job)
+
+    @rpc(expected_exceptions=DomainError)
+    def list_templates(self) -> dict:
+        return {"items": self.prompts.templates.list_templates()}
+
+    # ------------------------------------------------------------ operators
+
+    @rpc(expected_exceptions=DomainError)
+    def find_jobs(self, query=None) -> dict:
+        data = load_rpc(c.FindJobs, query)
+        rows = jobs.find_jobs(self.db, data["status"], data["since"], data["reason"], data["limit"])
+        return {"items": c.OpsJobView(many=True).dump(
+            [{**jobs.view(job), "user_id": job.user_id} for job in rows])}
+
+    @rpc(expected_exceptions=DomainError)
+    def replay_job(self, job_id) -> dict:
+        job = jobs.replay(self.db, job_id, utcnow(), self.dispatch)
+        self.db.commit()
+        log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempt})
+        return c.OpsJobView().dump({**jobs.view(job), "user_id": job.user_id})
+
+    # ------------------------------------------------------------ the saga
+
+    @event_handler("billing", "credits_reserved")
+    def credits_reserved(self, event: dict) -> None:
+        if not claim_event(self.db, processed_events, event["event_id"],
+                           "generation.credits_reserved"):
+            return
+        runnable = jobs.credits_reserved(self.db, self.settings, event, utcnow(), self.dispatch)
+        self.db.commit()
+        if runnable:
+            self._run_next()
+
+    @event_handler("billing", "credits_insufficient")
+    def credits_insufficient(self, event: dict) -> None:
+        if not claim_event(self.db, processed_events, event["event_id"],
+                           "generation.credits_insufficient"):
+            return
+        jobs.credits_insufficient(self.db, self.settings, event, utcnow(), self.dispatch)
+        self.db.commit()
+
+    @event_handler("generation", "job_requeued")
+    def job_requeued(self, event: dict) -> None:
+        """A job whose worker died is runnable again: run the most urgent one."""
+        self._run_next()
+
+    @timer(interval=RECOVERY_INTERVAL_SECONDS)
+    def recover(self) -> None:
+        """Jobs whose lease ran out (their worker was killed) go back to the queue."""
+        requeued = jobs.requeue_expired_leases(self.db, utcnow())
+        for job_id in requeued:
+            self.dispatch("job_requeued", {"job_id": job_id})
+        self.db.commit()
+        if requeued:
+            log.warning("requeued %d job(s) whose worker stopped", len(requeued))
+
+    # ------------------------------------------------------------ running
+
+    def _run_next(self) -> None:
+        job = jobs.claim_next(self.db, self.settings, utcnow())
+        self.db.commit()
+        if job is None:
+            return
+        token, spec = job.lease_token, runner.JobSpec.of(job)
+        log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
+
+        def progress(fraction: float, stage: str) -> None:
+            if not jobs.record_progress(self.db, self.settings, job.id, token, fraction, stage,
+                                        utcnow()):
+                raise LeaseLost(spec.id)
+            self.db.commit()
+
+        try:
+            provider, output_ids = runner.run(spec, self.router, self.storage, progress,
+                                              self.settings.upload_timeout_seconds)
+        except LeaseLost:
+            self.db.rollback()
+            log.warning("job %s: lease lost, another worker runs it", spec.id)
+            return
+        except runner.JobFailure as failure:
+            self.db.rollback()
+            jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
+                      failure.provider, utcnow(), self.dispatch)
+            self.db.commit()
+            log.warning("job failed", extra={"job_id": spec.id, "code": failure.code})
+            return
+        done = jobs.succeed(self.db, self.settings, job.id, token, output_ids, provider, utcnow(),
+                            self.dispatch)
+        self.db.commit()
+        if done:
+            log.info("job succeeded", extra={"job_id": spec.id, "provider": provider,
+                                             "outputs": len(output_ids)})
+
+    def _view(self, job) -> dict:
+        return c.JobView().dump(jobs.view(job, jobs.queue_position(self.db, job)))
+
+
+class LeaseLost(Exception):
+    """The job's lease ran out while this worker ran it."""
+
+
+def pricing(data: dict, expansion: dict) -> dict:
+    """What billing prices a job by (billing.quote refuses anything else)."""
+    if data["type"] == "image-to-video":
+        if expansion.get("shots"):
+            return {"type": data["type"], "shots": len(expansion["shots"])}
+        return {"type": data["type"], "duration_s": data["duration_s"]}
+    return {"type": data["type"], "n": data["n"], "size": data["size"]}

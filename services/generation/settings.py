@@ -1,0 +1,61 @@
+"""The ``GENERATION`` section of deploy/config/generation.yaml, read once (its
+``PROVIDERS``, ``ROUTES``, ``RETRY`` and ``BREAKER`` go to the provider
+router, ``MODERATION_POLICY``, ``TEMPLATES_DIR`` and ``PROMPT_ASSIST`` to
+:mod:`services.generation.prompts`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PROMPT_RETENTION = ("keep", "redact")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    # jobs queued, reserved or running per user; past it, 429 rate_limited
+    max_active_jobs_per_user: int = 10
+    queue_retry_after_seconds: int = 30
+    # "keep": prompts stay with the job (the user's history); "redact": they
+    # are removed when the job ends (a redacted job cannot be replayed)
+    prompt_retention: str = "keep"
+    # a running job's lease: renewed on progress; a worker silent this long
+    # is presumed dead and its job runs again elsewhere
+    lease_seconds: int = 120
+    # where a job's outputs are uploaded from (the storage slot's URL is
+    # used as issued)
+    upload_timeout_seconds: float = 120.0
+    # webhooks: tries and the private networks an operator allows
+    webhook_max_tries: int = 8
+    webhook_timeout_seconds: float = 10.0
+    webhook_allow: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> GenerationSettings:
+        section = config.get("GENERATION", config) or {}
+        d = cls()
+
+        def get(key: str, default: Any) -> Any:
+            value = section.get(key)
+            return default if value is None or value == "" else value
+
+        retention = str(get("PROMPT_RETENTION", d.prompt_retention)).strip().lower()
+        if retention not in PROMPT_RETENTION:
+            raise ValueError(f"GENERATION.PROMPT_RETENTION must be one of {PROMPT_RETENTION}")
+        allow = get("WEBHOOK_ALLOW", ())
+        if isinstance(allow, str):
+            allow = [part.strip() for part in allow.split(",") if part.strip()]
+        return cls(
+            max_active_jobs_per_user=int(get("MAX_ACTIVE_JOBS_PER_USER",
+                                             d.max_active_jobs_per_user)),
+            queue_retry_after_seconds=int(get("QUEUE_RETRY_AFTER_SECONDS",
+                                              d.queue_retry_after_seconds)),
+            prompt_retention=retention,
+            lease_seconds=int(get("LEASE_SECONDS", d.lease_seconds)),
+            upload_timeout_seconds=float(get("UPLOAD_TIMEOUT_SECONDS", d.upload_timeout_seconds)),
+            webhook_max_tries=int(get("WEBHOOK_MAX_TRIES", d.webhook_max_tries)),
+            webhook_timeout_seconds=float(get("WEBHOOK_TIMEOUT_SECONDS",
+                                              d.webhook_timeout_seconds)),
+            webhook_allow=tuple(str(a) for a in allow),
+        )

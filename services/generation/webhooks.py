@@ -1,0 +1,352 @@
+"""Webhooks: signing, a guard against server-side request forgery, delivery.
+
+A job with a ``webhook_url`` gets a POST on each final state (API.md). Three
+concerns live here, all free of the broker so the service can call them from
+a timer or a queue:
+
+- **Signing.** ``Darkroom-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``
+  with the account's webhook secret. The timestamp is inside the MAC so a
+  captured delivery cannot be replayed later; :func:`verify` is what a
+  receiver does (and what our tests do).
+- **The URL guard.** A user chooses the URL and our server makes the request,
+  so without a guard a webhook could reach the cloud metadata endpoint, the
+  broker's management API or anything else on the private network.
+  :class:`UrlGuard` refuses non-http(s) URLs, URLs with credentials, and any
+  host that resolves to an address that is not globally routable (loopback,
+  private, link-local, CGNAT, multicast, reserved, unspecified, metadata),
+  checking every address the host resolves to. An operator allow-list of
+  CIDRs and host names lifts the refusal for internal receivers.
+  A check before connecting is not enough on its own (DNS can answer
+  differently a moment later), so :func:`guarded_session` checks the address
+  each connection actually reached, too.
+- **Delivery.** :func:`deliver` POSTs once, with a timeout and without
+  following redirects, and says whether a retry makes sense; the backoff
+  schedule says when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Darkroom-Signature"
+DELIVERY_HEADER = "Darkroom-Delivery"
+USER_AGENT = "Darkroom-Webhooks/1"
+DEFAULT_TOLERANCE_S = 300
+#: Seconds to wait before retry 1, 2, ...: about a day of attempts in all.
+BACKOFF_SCHEDULE_S = (10, 60, 300, 1800, 7200, 21600, 43200)
+MAX_URL_LENGTH = 2048
+
+#: Cloud metadata endpoints. All are non-global already except on networks
+#: where an operator allow-lists a range; they stay refused even then unless
+#: the allow-list names the exact address.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254",
+))
+METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "instance-data"})
+
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+# ------------------------------------------------------------------ signing
+
+
+def _mac(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    key = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(key, f"{int(timestamp)}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str | bytes, body: bytes, timestamp: int | None = None) -> str:
+    """The ``Darkroom-Signature`` header value for ``body``."""
+    t = int(time.time() if timestamp is None else timestamp)
+    return f"t={t},v1={_mac(secret, t, body)}"
+
+
+def verify(secret: str | bytes, header: str | None, body: bytes, *, now: float | None = None,
+           tolerance_s: int = DEFAULT_TOLERANCE_S) -> bool:
+    """True when ``header`` signs ``body`` with ``secret`` and its timestamp is
+    within ``tolerance_s`` of ``now``. Any ``v1`` entry may match (a sender may
+    sign with an old and a new secret while rotating)."""
+    if not header:
+        return False
+    timestamp, candidates = None, []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            timestamp = int(value)
+        elif key == "v1" and value:
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    expected = _mac(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, c) for c in candidates)
+
+
+def encode_body(payload: dict) -> bytes:
+    """The exact bytes that are signed and sent: compact JSON, sorted keys."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+# ------------------------------------------------------------------ the URL guard
+
+
+class UnsafeUrl(ValueError):
+    """The URL may not be called. ``reason`` is a snake_case code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _embedded_ipv4(ip: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv4-mapped, 6to4 or Teredo IPv6 address carries."""
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip.teredo is not None:
+            return ip.teredo[1]
+    return ip
+
+
+def is_public_address(ip: IPAddress | str) -> bool:
+    """True for a globally routable unicast address that is no metadata endpoint."""
+    ip = ipaddress.ip_address(str(ip).split("%", 1)[0])
+    if ip in METADATA_ADDRESSES:
+        return False
+    inner = _embedded_ipv4(ip)
+    for candidate in {ip, inner}:
+        if (not candidate.is_global or candidate.is_multicast or candidate.is_reserved
+                or candidate.is_loopback or candidate.is_link_local or candidate.is_private
+                or candidate.is_unspecified or candidate in METADATA_ADDRESSES):
+            return False
+    return True
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+class UrlGuard:
+    """Decides which URLs the server may call.
+
+    ``allow`` holds CIDRs or addresses (``10.0.0.0/8``, ``192.168.1.20``) and
+    host names (``hooks.internal``, exact and case-insensitive) that may be
+    called even though they are not public: the operator's own receivers.
+    """
+
+    def __init__(self, allow: Iterable[str] = (), resolver: Resolver | None = None,
+                 schemes: Iterable[str] = ("http", "https")):
+        self.networks: list[IPNetwork] = []
+        self.hosts: set[str] = set()
+        for entry in allow or ():
+            entry = str(entry).strip()
+            if not entry:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.hosts.add(entry.lower().rstrip("."))
+        self.resolver = resolver or system_resolver
+        self.schemes = frozenset(schemes)
+
+    def host_allowed(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def address_allowed(self, host: str, address: str) -> bool:
+        """May a connection for ``host`` go to ``address``?"""
+        if self.host_allowed(host):
+            return True
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+        if any(ip in net or _embedded_ipv4(ip) in net for net in self.networks):
+            return True
+        return is_public_address(ip)
+
+    def check(self, url: str) -> list[str]:
+        """The addresses ``url``'s host resolves to, or :class:`UnsafeUrl`."""
+        if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+            raise UnsafeUrl("invalid_url", "the URL is empty or too long")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise UnsafeUrl("invalid_url", "the URL cannot be parsed") from None
+        if parts.scheme.lower() not in self.schemes:
+            raise UnsafeUrl("scheme_not_allowed", "only http and https URLs are allowed")
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise UnsafeUrl("credentials_in_url", "the URL may not carry credentials")
+        host = (parts.hostname or "").rstrip(".")
+        if not host:
+            raise UnsafeUrl("invalid_url", "the URL has no host")
+        if host.lower() in METADATA_HOSTS and not self.host_allowed(host):
+            raise UnsafeUrl("address_not_allowed", "the URL points at a metadata service")
+        port = port or (443 if parts.scheme.lower() == "https" else 80)
+        try:
+            addresses = list(self.resolver(host, port))
+        except (OSError, UnicodeError):
+            raise UnsafeUrl("unresolvable_host", "the URL's host does not resolve") from None
+        if not addresses:
+            raise UnsafeUrl("unresolvable_host", "the URL's host does not resolve")
+        for address in addresses:
+            if not self.address_allowed(host, address):
+                raise UnsafeUrl("address_not_allowed",
+                                "the URL's host resolves to a private or reserved address")
+        return addresses
+
+
+# ------------------------------------------------------------------ guarded connections
+
+
+def _check_peer(guard: UrlGuard, host: str, sock: socket.socket) -> None:
+    address = sock.getpeername()[0]
+    if not guard.address_allowed(host, address):
+        sock.close()
+        raise UnsafeUrl("address_not_allowed",
+                        "the connection reached a private or reserved address")
+
+
+def _pool_classes(guard: UrlGuard) -> dict[str, type]:
+    class GuardedHTTPConnection(HTTPConnection):
+        def _new_conn(self):
+            sock = super()._new_conn()
+            _check_peer(guard, self.host, sock)
+            return sock
+
+    class GuardedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self):
+            sock = super()._new_conn()
+            _check_peer(guard, self.host, sock)
+            return sock
+
+    class GuardedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = GuardedHTTPConnection
+
+    class GuardedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = GuardedHTTPSConnection
+
+    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, guard: UrlGuard, **kwargs):
+        self._guard = guard
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._guard)
+
+
+def guarded_session(guard: UrlGuard) -> requests.Session:
+    """A requests session whose every connection is checked against ``guard``
+    after it connects (which defeats DNS rebinding between check and use).
+    Proxies from the environment are ignored: the peer must be the target."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = _GuardedAdapter(guard)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# ------------------------------------------------------------------ delivery
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one attempt did: ``delivered`` on a 2xx; otherwise ``retry`` says
+    whether another attempt may succeed and ``error`` says why it failed."""
+
+    delivered: bool
+    retry: bool
+    status: int | None = None
+    error: str | None = None
+
+
+def next_delay(attempts_made: int, schedule: Sequence[float] = BACKOFF_SCHEDULE_S) -> float | None:
+    """Seconds to wait before the next attempt after ``attempts_made`` failed
+    ones, or None when the schedule is exhausted (give up)."""
+    if attempts_made < 1:
+        return 0.0
+    if attempts_made > len(schedule):
+        return None
+    return float(schedule[attempts_made - 1])
+
+
+def _classify(status: int) -> Delivery:
+    if 200 <= status < 300:
+        return Delivery(True, False, status)
+    if status in (408, 425, 429) or status >= 500:
+        return Delivery(False, True, status, "receiver_error")
+    if 300 <= status < 400:  # redirects are never followed: a misconfigured URL
+        return Delivery(False, False, status, "redirect_not_followed")
+    return Delivery(False, False, status, "receiver_refused")
+
+
+def deliver(url: str, body: bytes, secret: str | bytes, *, guard: UrlGuard,
+            timeout_s: float = 10.0, delivery_id: str | None = None,
+            now: float | None = None, session: requests.Session | None = None) -> Delivery:
+    """POST ``body`` to ``url`` once, signed, and say what happened.
+
+    The URL is checked (and, through the guarded session, every connection).
+    At most 64 KiB of the answer is read. Retry on timeouts, connection
+    failures, unresolvable hosts, 408/425/429 and 5xx; not on a refused URL,
+    a redirect or another 4xx.
+    """
+    try:
+        guard.check(url)
+    except UnsafeUrl as exc:
+        return Delivery(False, exc.reason == "unresolvable_host", None, exc.reason)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        SIGNATURE_HEADER: sign(secret, body, int(time.time() if now is None else now)),
+    }
+    if delivery_id:
+        headers[DELIVERY_HEADER] = str(delivery_id)
+    own = session is None
+    session = session or guarded_session(guard)
+    try:
+        response = session.post(url, data=body, headers=headers, timeout=timeout_s,
+                                allow_redirects=False, stream=True)
+        try:
+            response.raw.read(64 * 1024, decode_content=False)
+        except Exception:  # the status is what counts; a broken body does not
+            pass
+        finally:
+            response.close()
+        return _classify(response.status_code)
+    except UnsafeUrl as exc:
+        return Delivery(False, False, None, exc.reason)
+    except requests.Timeout:
+        return Delivery(False, True, None, "timeout")
+    except requests.RequestException as exc:
+        log.info("webhook delivery failed: %s", type(exc).__name__)
+        return Delivery(False, True, None, "connection_failed")
+    finally:
+        if own:
+            session.close()

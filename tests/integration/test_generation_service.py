@@ -1,0 +1,240 @@
+"""The generation saga across real services: generation, billing and storage
+(s3 backend on the tests' S3 endpoint), each started by its Procfile command,
+on one RabbitMQ vhost and their own PostgreSQL databases. Jobs are submitted
+over RPC as the gateway submits them.
+
+The routes make failover and failure observable without a model:
+text-to-image tries ``openai`` (an OpenAI-compatible provider at an address
+where nothing listens) and fails over to ``local``; image-to-video has only
+``video``, an async-task provider at such an address, so those jobs fail and
+billing releases their hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import requests
+from nameko.standalone.rpc import ClusterRpcProxy
+from PIL import Image
+
+from services.common.errors import DomainError
+from tests.conftest import base_env, free_port, wait_for
+from tests.integration.probe_service import wait_consuming
+
+pytestmark = pytest.mark.integration
+
+DEAD_PROVIDER = f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def stack(make_vhost, make_database, start_process, s3_endpoint):
+    amqp_uri, _ = make_vhost("generation")
+    common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
+    ports = {name: free_port() for name in ("billing", "storage", "generation")}
+    billing = start_process("billing", base_env(
+        **common, BILLING_DATABASE_URL=make_database("gen_billing"),
+        BILLING_METRICS_PORT=ports["billing"]))
+    storage = start_process("storage", base_env(
+        **common, STORAGE_DATABASE_URL=make_database("gen_storage"),
+        STORAGE_METRICS_PORT=ports["storage"], STORAGE_BACKEND="s3",
+        S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
+        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name("generation"),
+        S3_REGION=s3_endpoint.region))
+    generation = start_process("generation", base_env(
+        **common, GENERATION_DATABASE_URL=make_database("gen_generation"),
+        GENERATION_METRICS_PORT=ports["generation"],
+        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=DEAD_PROVIDER,
+        GENERATION_OPENAI_API_KEY="sk-test", GENERATION_OPENAI_TIMEOUT_S=2,
+        GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=DEAD_PROVIDER,
+        GENERATION_VIDEO_TIMEOUT_S=2,
+        GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
+        GENERATION_ROUTE_IMAGE_TO_VIDEO="video", GENERATION_RETRY_ATTEMPTS=2,
+        GENERATION_RETRY_BASE_DELAY_S=0.05, GENERATION_MAX_ACTIVE_JOBS_PER_USER=3))
+    for name, proc in (("billing", billing), ("storage", storage), ("generation", generation)):
+        proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
+    wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
+                   generation)
+    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested", billing)
+    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
+        for service in ("billing", "storage", "generation"):
+            wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
+        yield SimpleNamespace(rpc=rpc, generation=generation)
+
+
+def new_user(stack) -> str:
+    """A user with the free plan's signup grant (50 credits)."""
+    user = str(uuid.uuid4())
+    assert stack.rpc.billing.get_balance(user)["available"] == 50
+    return user
+
+
+def finished(stack, user: str, job_id: str, timeout: float = 60) -> dict:
+    return wait_for(
+        lambda: (job := stack.rpc.generation.get_job(user, job_id))["status"]
+        in ("succeeded", "failed", "rejected", "cancelled") and job,
+        timeout, 0.1, f"job {job_id} to finish")
+
+
+def settled(stack, user: str) -> dict:
+    """The balance once no credit is held any more."""
+    return wait_for(lambda: (b := stack.rpc.billing.get_balance(user))["held"] == 0 and b,
+                    30, 0.1, "holds settled")
+
+
+def refused(call, *args, **kwargs) -> DomainError:
+    with pytest.raises(DomainError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def png(width=64, height=48, colour=(200, 40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def upload(stack, user: str, data: bytes) -> str:
+    slot = stack.rpc.storage.create_upload_slot(user)
+    response = requests.request(slot["method"], slot["url"], data=data, headers=slot["headers"],
+                                timeout=10)
+    assert response.status_code in (200, 201), response.text
+    return stack.rpc.storage.finish_upload(user, slot["upload_id"])["id"]
+
+
+def download(stack, user: str, object_id: str) -> tuple[dict, bytes]:
+    obj = stack.rpc.storage.get_object(user, object_id)
+    response = requests.get(obj["url"], timeout=10)
+    assert response.status_code == 200
+    return obj, response.content
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_text_to_image_fails_over_stores_its_outputs_and_is_charged_once(stack):
+    user = new_user(stack)
+    quote = stack.rpc.generation.submit(user, {"type": "text-to-image", "prompt": "a red fox",
+                                               "n": 2, "size": "512x512"}, dry_run=True)
+    assert quote["price"] == 2
+    job = stack.rpc.generation.submit(user, {"type": "text-to-image", "prompt": "a red fox",
+                                             "n": 2, "size": "512x512", "seed": 7})
+    assert job["status"] == "queued" and job["price"] == 2 and job["attempt"] == 1
+    done = finished(stack, user, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["provider"] == "local"  # the first provider is down: failover
+    assert done["progress"] == 1.0 and done["queue_position"] is None
+    assert len(done["outputs"]) == 2
+    for object_id in done["outputs"]:
+        obj, data = download(stack, user, object_id)
+        assert obj["kind"] == "output" and obj["job_id"] == job["id"]
+        assert obj["sha256"] == hashlib.sha256(data).hexdigest()
+        assert Image.open(io.BytesIO(data)).size == (512, 512)
+    balance = settled(stack, user)
+    assert (balance["available"], balance["used_this_period"]) == (48, 2)
+    kinds = [e["kind"] for e in stack.rpc.billing.list_ledger(user, {"limit": 10})["items"]]
+    assert kinds.count("capture") == 1 and kinds.count("hold") == 1
+
+
+def test_the_same_prompt_and_seed_give_the_same_pixels(stack):
+    user = new_user(stack)
+    request = {"type": "text-to-image", "prompt": "a lighthouse at dusk", "size": "512x512",
+               "seed": 42}
+    first = finished(stack, user, stack.rpc.generation.submit(user, request)["id"])
+    second = finished(stack, user, stack.rpc.generation.submit(user, request)["id"])
+    assert first["outputs"] != second["outputs"]
+    assert download(stack, user, first["outputs"][0])[1] == download(
+        stack, user, second["outputs"][0])[1]
+
+
+def test_idempotent_resubmission_returns_the_first_job(stack):
+    user = new_user(stack)
+    request = {"type": "text-to-image", "prompt": "a quiet harbour", "size": "512x512"}
+    first = stack.rpc.generation.submit(user, request, idempotency_key="key-1")
+    again = stack.rpc.generation.submit(user, request, idempotency_key="key-1")
+    assert again["id"] == first["id"]
+    error = refused(stack.rpc.generation.submit, user, {**request, "prompt": "another"},
+                    idempotency_key="key-1")
+    assert (error.code, error.status) == ("idempotency_key_reused", 409)
+    finished(stack, user, first["id"])
+    assert settled(stack, user)["available"] == 50 - 1  # one job, charged once
+
+
+def test_another_users_job_is_not_found(stack):
+    owner, other = new_user(stack), new_user(stack)
+    job = stack.rpc.generation.submit(owner, {"type": "text-to-image", "prompt": "a kite",
+                                              "size": "512x512"})
+    for call in (stack.rpc.generation.get_job, stack.rpc.generation.cancel_job):
+        error = refused(call, other, job["id"])
+        assert (error.code, error.status) == ("not_found", 404)
+    assert stack.rpc.generation.list_jobs(other)["items"] == []
+    assert [j["id"] for j in stack.rpc.generation.list_jobs(owner)["items"]] == [job["id"]]
+
+
+def test_insufficient_credits_end_rejected_with_nothing_held(stack):
+    user = new_user(stack)
+    job = stack.rpc.generation.submit(user, {"type": "image-to-video", "source_image_id":
+                                             upload(stack, user, png()), "duration_s": 60})
+    assert job["price"] > 50
+    done = finished(stack, user, job["id"])
+    assert done["status"] == "rejected"
+    assert done["error"]["code"] == "insufficient_credits"
+    assert settled(stack, user)["available"] == 50
+
+
+def test_moderation_rejects_before_any_hold(stack):
+    user = new_user(stack)
+    error = refused(stack.rpc.generation.submit, user, {
+        "type": "text-to-image", "prompt": "sexual content involving a child"})
+    assert (error.code, error.status) == ("content_policy_violation", 422)
+    assert error.details["category"]
+    assert stack.rpc.generation.list_jobs(user)["items"] == []
+    ledger = stack.rpc.billing.list_ledger(user, {"limit": 10})["items"]
+    assert [e["kind"] for e in ledger] == ["grant"]
+
+
+def test_a_source_image_must_be_the_callers(stack):
+    owner, other = new_user(stack), new_user(stack)
+    source = upload(stack, owner, png())
+    error = refused(stack.rpc.generation.submit, other, {
+        "type": "image-to-image", "prompt": "as a watercolour", "source_image_id": source})
+    assert (error.code, error.status) == ("not_found", 404)
+    assert stack.rpc.generation.list_jobs(other)["items"] == []
+
+
+def test_all_providers_failing_ends_failed_and_releases_the_hold(stack):
+    user = new_user(stack)
+    source = upload(stack, user, png())
+    job = stack.rpc.generation.submit(user, {"type": "image-to-video", "source_image_id": source,
+                                             "duration_s": 2})
+    assert job["price"] == 10
+    done = finished(stack, user, job["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "provider_unavailable"
+    balance = settled(stack, user)
+    assert (balance["available"], balance["used_this_period"]) == (50, 0)
+    # an operator replays it: a new attempt, held again; it fails again (same outage)
+    replayed = stack.rpc.generation.replay_job(job["id"])
+    assert (replayed["attempt"], replayed["status"]) == (2, "queued")
+    assert finished(stack, user, job["id"])["attempt"] == 2
+    assert settled(stack, user)["available"] == 50
+    kinds = [e["kind"] for e in stack.rpc.billing.list_ledger(user, {"limit": 20})["items"]]
+    assert (kinds.count("hold"), kinds.count("release"), kinds.count("capture")) == (2, 2, 0)
+
+
+def test_image_to_image_transforms_the_callers_upload(stack):
+    user = new_user(stack)
+    source = upload(stack, user, png(320, 240))
+    job = stack.rpc.generation.submit(user, {"type": "image-to-image", "prompt": "as a sketch",
+                                             "source_image_id": source, "size": "512x512",
+                                             "seed": 3})
+    done = finished(stack, user, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["params"]["source_image_id"] == source
+    obj, data = download(stack, user, done["outputs"][0])
+    assert obj["content_type"] == "image/png"
+    assert settled(stack, user)["available"] == 50 - job["price"]

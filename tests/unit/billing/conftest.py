@@ -1,0 +1,68 @@
+"""Fixtures for the billing domain unit tests: an in-memory SQLite database
+with the billing tables, the default settings, an event recorder, and a
+fixed clock (NOW) the tests pass to every domain function."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from services.billing import plans
+from services.billing.models import Base
+from services.billing.settings import BillingSettings
+from services.common import contracts
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+class Events:
+    """A ``dispatch`` that validates each billing event against its contract and keeps it."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+
+    def __call__(self, event_type: str, data: dict) -> str:
+        body = contracts.make_event(f"billing.{event_type}", data)
+        self.seen.append((event_type, body))
+        return body["event_id"]
+
+    def of(self, event_type: str) -> list[dict]:
+        return [body for kind, body in self.seen if kind == event_type]
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+@pytest.fixture
+def db():
+    engine = create_engine("sqlite://", connect_args={"check_same_thread": False},
+                           poolclass=StaticPool)
+    Base.metadata.create_all(engine)
+    session = sessionmaker(bind=engine, expire_on_commit=False)()
+    yield session
+    session.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def settings() -> BillingSettings:
+    return BillingSettings()
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def user(db, settings, events) -> uuid.UUID:
+    """A user whose account was opened at NOW (50 signup credits, expiring in 30 days)."""
+    user_id = uuid.uuid4()
+    plans.open_account(db, settings, user_id, NOW, events)
+    db.commit()
+    return user_id

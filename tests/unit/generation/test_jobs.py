@@ -1,0 +1,203 @@
+"""The job state machine on SQLite: submit, the saga's transitions, the run
+queue with leases, cancel, replay and prompt redaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.orm import Session
+
+from services.common.db import make_engine
+from services.common.errors import DomainError
+from services.common.migrations import SERVICES_DIR, upgrade
+from services.generation import jobs
+from services.generation.models import Job, WebhookDelivery
+from services.generation.settings import GenerationSettings
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+REQUEST = {"type": "text-to-image", "prompt": "a red fox", "negative_prompt": None, "n": 1,
+           "size": "512x512", "seed": 1, "strength": 0.6, "source_image_id": None,
+           "template": None, "inputs": None, "duration_s": None, "webhook_url": None}
+EXPANSION = {"prompt": "a red fox", "negative_prompt": None, "shots": []}
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path}/generation.db"
+    upgrade(SERVICES_DIR / "generation" / "migrations", url)
+    engine = make_engine(url)
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
+
+
+@pytest.fixture
+def settings():
+    return GenerationSettings(max_active_jobs_per_user=2, lease_seconds=60)
+
+
+class Events(list):
+    def __call__(self, event_type: str, data: dict) -> str:
+        self.append((event_type, data))
+        return str(uuid.uuid4())
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self]
+
+
+def submit(db, settings, user, events, key=None, request=REQUEST, now=NOW) -> Job:
+    job, _ = jobs.submit(db, settings, user, request, EXPANSION, 3, key,
+                         jobs.request_hash(request), now, events)
+    db.commit()
+    return job
+
+
+def reserve(db, settings, job, events, priority=0, now=NOW) -> bool:
+    ok = jobs.credits_reserved(db, settings, {"job_id": job.id, "attempt": job.attempt,
+                                              "priority": priority}, now, events)
+    db.commit()
+    return ok
+
+
+def refused(call, *args) -> DomainError:
+    with pytest.raises(DomainError) as info:
+        call(*args)
+    return info.value
+
+
+def test_submit_announces_the_job_with_its_price(db, settings):
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events)
+    assert (job.status, job.attempt, job.price, job.stage) == ("queued", 1, 3, "awaiting_credits")
+    assert events == [("job_requested", {"job_id": job.id, "user_id": user, "attempt": 1,
+                                         "type": "text-to-image", "price": 3})]
+
+
+def test_the_active_job_cap_refuses_with_429(db, settings):
+    user, events = uuid.uuid4(), Events()
+    submit(db, settings, user, events)
+    submit(db, settings, user, events)
+    error = refused(submit, db, settings, user, events)
+    assert (error.code, error.status, error.details["limit"]) == ("rate_limited", 429, 2)
+    assert error.details["retry_after"] == settings.queue_retry_after_seconds
+    submit(db, settings, uuid.uuid4(), events)  # another user is not affected
+
+
+def test_an_idempotency_key_returns_the_first_job_or_409_for_another_body(db, settings):
+    user, events = uuid.uuid4(), Events()
+    first = submit(db, settings, user, events, key="k")
+    again, created = jobs.submit(db, settings, user, REQUEST, EXPANSION, 3, "k",
+                                 jobs.request_hash(REQUEST), NOW, events)
+    assert (again.id, created) == (first.id, False)
+    other = {**REQUEST, "prompt": "a blue fox"}
+    error = refused(jobs.submit, db, settings, user, other, EXPANSION, 3, "k",
+                    jobs.request_hash(other), NOW, events)
+    assert (error.code, error.status) == ("idempotency_key_reused", 409)
+    assert events.types() == ["job_requested"]
+
+
+def test_the_run_queue_takes_the_highest_priority_then_the_oldest(db, settings):
+    events = Events()
+    low = submit(db, settings, uuid.uuid4(), events)
+    high = submit(db, settings, uuid.uuid4(), events)
+    later_low = submit(db, settings, uuid.uuid4(), events)
+    reserve(db, settings, low, events, 0, NOW)
+    reserve(db, settings, later_low, events, 0, NOW + timedelta(seconds=1))
+    reserve(db, settings, high, events, 5, NOW + timedelta(seconds=2))
+    assert jobs.queue_position(db, db.get(Job, high.id)) == 1
+    assert jobs.queue_position(db, db.get(Job, later_low.id)) == 3
+    order = [jobs.claim_next(db, settings, NOW).id for _ in range(3)]
+    assert order == [high.id, low.id, later_low.id]
+    assert jobs.claim_next(db, settings, NOW) is None
+
+
+def test_a_duplicate_reservation_changes_nothing(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    assert reserve(db, settings, job, events)
+    assert not reserve(db, settings, job, events)
+    assert db.get(Job, job.id).status == "reserved"
+
+
+def test_a_reservation_for_a_cancelled_job_is_released_again(db, settings):
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events)
+    jobs.cancel(db, settings, user, job.id, NOW, events)
+    db.commit()
+    assert not reserve(db, settings, job, events)
+    assert events.types() == ["job_requested", "job_cancelled", "job_cancelled"]
+
+
+def test_only_the_lease_holder_finishes_a_job_and_a_lapsed_lease_requeues_it(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    reserve(db, settings, job, events)
+    running = jobs.claim_next(db, settings, NOW)
+    first_token = running.lease_token
+    db.commit()
+    assert jobs.record_progress(db, settings, job.id, first_token, 0.5, "rendering",
+                                NOW + timedelta(seconds=30))
+    # the worker goes silent past its renewed lease: the job is runnable again
+    assert jobs.requeue_expired_leases(db, NOW + timedelta(seconds=89)) == []
+    assert jobs.requeue_expired_leases(db, NOW + timedelta(seconds=91)) == [job.id]
+    db.commit()
+    second = jobs.claim_next(db, settings, NOW + timedelta(seconds=92))
+    assert second.id == job.id and second.lease_token != first_token
+    # the old worker wakes up: it can neither progress nor finish the job
+    assert not jobs.record_progress(db, settings, job.id, first_token, 0.9, "x", NOW)
+    assert not jobs.succeed(db, settings, job.id, first_token, [], "local", NOW, events)
+    assert jobs.succeed(db, settings, job.id, second.lease_token, [uuid.uuid4()], "local", NOW,
+                        events)
+    db.commit()
+    assert events.types().count("job_succeeded") == 1
+    assert db.get(Job, job.id).status == "succeeded"
+
+
+def test_running_and_finished_jobs_cannot_be_cancelled(db, settings):
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events)
+    reserve(db, settings, job, events)
+    jobs.claim_next(db, settings, NOW)
+    db.commit()
+    error = refused(jobs.cancel, db, settings, user, job.id, NOW, events)
+    assert (error.code, error.status) == ("not_cancellable", 409)
+    error = refused(jobs.cancel, db, settings, uuid.uuid4(), job.id, NOW, events)
+    assert (error.code, error.status) == ("not_found", 404)
+
+
+def test_replay_starts_a_new_attempt_of_a_failed_job_only(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    reserve(db, settings, job, events)
+    running = jobs.claim_next(db, settings, NOW)
+    assert jobs.fail(db, settings, job.id, running.lease_token, "provider_unavailable", "down",
+                     None, NOW, events)
+    db.commit()
+    replayed = jobs.replay(db, job.id, NOW, events)
+    db.commit()
+    assert (replayed.status, replayed.attempt, replayed.error_code) == ("queued", 2, None)
+    assert events[-1] == ("job_requested", {"job_id": job.id, "user_id": job.user_id,
+                                            "attempt": 2, "type": job.type, "price": 3})
+    # a late reservation of attempt 1 is ignored
+    assert not jobs.credits_reserved(db, settings, {"job_id": job.id, "attempt": 1,
+                                                    "priority": 0}, NOW, events)
+    error = refused(jobs.replay, db, job.id, NOW, events)
+    assert (error.code, error.status) == ("not_replayable", 409)
+
+
+def test_redacted_prompts_leave_the_job_when_it_ends_and_webhooks_never_carry_them(db, settings):
+    settings = dataclasses.replace(settings, prompt_retention="redact")
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events,
+                 request={**REQUEST, "webhook_url": "https://hooks.example.com/x"})
+    jobs.cancel(db, settings, user, job.id, NOW, events)
+    db.commit()
+    row = db.get(Job, job.id)
+    assert (row.prompt, row.prompt_redacted) == (None, True)
+    [delivery] = db.query(WebhookDelivery).all()
+    assert delivery.job_status == "cancelled" and "fox" not in delivery.body
+    error = refused(jobs.replay, db, job.id, NOW, events)
+    assert error.code == "not_replayable"

@@ -1,0 +1,211 @@
+"""`darkroom-ops billing verify|adjust`: arguments, RPC calls, output, exit
+codes (the RPC replaced by a fake; tests/integration/test_ops_billing.py runs
+them against the real billing service)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ops import billing as billing_ops
+from ops import cli as cli_module
+from ops.errors import OpsError
+from services.common.errors import DomainError
+
+ADA = "0190a0a0-0000-7000-8000-000000000001"
+BOB = "0190a0a0-0000-7000-8000-000000000002"
+PROBLEMS = [
+    {"user_id": ADA, "problem": "available_mismatch", "expected": 70, "actual": 1070},
+    {"user_id": BOB, "problem": "balance_chain_broken", "expected": 20, "actual": None},
+]
+
+
+class Calls(list):
+    answers: dict
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Calls:
+    made = Calls()
+    answers = {
+        "verify_ledger": lambda user_id: {"accounts_checked": 1 if user_id else 12, "problems": []},
+        "adjust": lambda user_id, amount, reason, key: {
+            "id": "0190a0a0-0000-7000-8000-00000000e001", "kind": "adjustment", "amount": amount,
+            "held_change": 0, "balance_after": 70 + amount, "job_id": None, "order_id": None,
+            "created_at": "2026-01-02T03:04:05Z", "expires_at": None},
+    }
+
+    def fake_call(config, method, *args, timeout=None, **kwargs):
+        made.append((method, args, timeout))
+        return answers[method](*args, **kwargs)
+
+    monkeypatch.setattr(billing_ops, "_call", fake_call)
+    made.answers = answers
+    return made
+
+
+@pytest.fixture
+def run(tmp_path):
+    config = tmp_path / "ops.yaml"
+    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/x\nRPC_TIMEOUT_SECONDS: 7\n")
+
+    def invoke(*args):
+        return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args])
+
+    return invoke
+
+
+# ------------------------------------------------------------ verify
+
+
+def test_verify_a_consistent_ledger(run, calls):
+    result = run("billing", "verify")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "checked 12 accounts: the ledger is consistent\n"
+    [(method, args, timeout)] = calls
+    assert (method, args) == ("verify_ledger", (None,))
+    assert timeout >= billing_ops.VERIFY_TIMEOUT_SECONDS
+
+
+def test_verify_one_user(run, calls):
+    result = run("billing", "verify", "--user", ADA.upper())
+    assert result.exit_code == 0
+    assert result.stdout == "checked 1 account: the ledger is consistent\n"
+    assert calls[0][1] == (ADA,)
+
+
+def test_verify_problems_are_listed_and_exit_1(run, calls):
+    calls.answers["verify_ledger"] = lambda user_id: {"accounts_checked": 12, "problems": PROBLEMS}
+    result = run("billing", "verify")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "checked 12 accounts: 2 problems found",
+        "USER                                  PROBLEM               EXPECTED  ACTUAL",
+        f"{ADA}  available_mismatch    70        1070",
+        f"{BOB}  balance_chain_broken  20        -",
+    ]
+
+
+def test_verify_json_keeps_the_exit_code(run, calls):
+    answer = {"accounts_checked": 12, "problems": PROBLEMS}
+    calls.answers["verify_ledger"] = lambda user_id: answer
+    result = run("billing", "verify", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == answer
+    calls.answers["verify_ledger"] = lambda user_id: {"accounts_checked": 3, "problems": []}
+    result = run("billing", "verify", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"accounts_checked": 3, "problems": []}
+
+
+def test_verify_a_malformed_user_id_is_bad_usage(run, calls):
+    result = run("billing", "verify", "--user", "ada@example.com")
+    assert result.exit_code == 2
+    assert "not a user id" in result.stderr
+    assert calls == []
+
+
+# ------------------------------------------------------------ adjust
+
+
+def test_adjust_with_a_key(run, calls):
+    result = run("billing", "adjust", "--user", ADA, "--credits", "25", "--reason",
+                 " goodwill: failed render ", "--idempotency-key", "TICKET-7")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("adjust", (ADA, 25, "goodwill: failed render", "TICKET-7"), None)]
+    assert result.stdout == (f"credited 25 credits to user {ADA}: available now 95 "
+                             "(entry 0190a0a0-0000-7000-8000-00000000e001, "
+                             "idempotency key TICKET-7)\n")
+
+
+def test_adjust_without_a_key_makes_one_and_prints_it(run, calls):
+    result = run("billing", "adjust", "--user", ADA, "--credits", "-30", "--reason", "chargeback")
+    assert result.exit_code == 0, result.stderr
+    key = calls[0][1][3]
+    assert key.startswith("ops-adjust-")
+    assert result.stdout.startswith(f"debited 30 credits from user {ADA}: available now 40")
+    assert f"idempotency key {key})" in result.stdout
+    run("billing", "adjust", "--user", ADA, "--credits", "-30", "--reason", "chargeback")
+    assert calls[1][1][3] != key  # a new command, a new key
+
+
+@pytest.mark.parametrize("args", [
+    ["--credits", "5", "--reason", "x"],  # no user
+    ["--user", ADA, "--reason", "x"],  # no credits
+    ["--user", ADA, "--credits", "5"],  # no reason
+    ["--user", ADA, "--credits", "five", "--reason", "x"],
+    ["--user", ADA, "--credits", "0", "--reason", "x"],
+    ["--user", ADA, "--credits", "5", "--reason", "   "],
+    ["--user", "not-a-uuid", "--credits", "5", "--reason", "x"],
+    ["--user", ADA, "--credits", "5", "--reason", "x", "--idempotency-key", " "],
+])
+def test_adjust_bad_usage_is_exit_2_and_no_rpc(run, calls, args):
+    result = run("billing", "adjust", *args)
+    assert result.exit_code == 2, result.stdout
+    assert calls == []
+
+
+def test_a_refusal_of_billing_is_its_message_and_exit_1(run, calls):
+    def refuse(user_id, amount, reason, key):
+        raise DomainError("insufficient_credits", "the account has 70 credits available", 402)
+
+    calls.answers["adjust"] = refuse
+    result = run("billing", "adjust", "--user", ADA, "--credits", "-500", "--reason", "x")
+    assert result.exit_code == 1
+    assert "error: the account has 70 credits available (insufficient_credits)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_billing_service_is_a_clear_error(run, calls):
+    def away(user_id):
+        raise OpsError("no billing service is running on amqp://guest:***@127.0.0.1:5672/x")
+
+    calls.answers["verify_ledger"] = away
+    result = run("billing", "verify")
+    assert result.exit_code == 1
+    assert "error: no billing service is running" in result.stderr
+
+
+def test_the_rpc_goes_to_billing_with_the_configured_timeout(monkeypatch):
+    seen = {}
+
+    class Proxy:
+        def __init__(self, config, context_data, timeout):
+            seen.update(timeout=timeout, correlation_id=context_data["correlation_id"],
+                        amqp_uri=config["AMQP_URI"])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        class billing:  # noqa: N801 - stands in for the service proxy
+            @staticmethod
+            def verify_ledger(user_id):
+                return {"accounts_checked": 0, "problems": [], "user_id": user_id}
+
+            @staticmethod
+            def adjust(user_id, amount, reason, key):
+                return {"user_id": user_id, "amount": amount, "reason": reason, "key": key}
+
+    class Connected:
+        def __init__(self, uri):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(billing_ops, "ClusterRpcProxy", Proxy)
+    monkeypatch.setattr(billing_ops, "connect", Connected)
+    config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
+    assert billing_ops.adjust(config, ADA, 3, "why", "k") == \
+        {"user_id": ADA, "amount": 3, "reason": "why", "key": "k"}
+    assert seen["timeout"] == 7 and seen["correlation_id"].startswith("ops-")
+    assert billing_ops.verify(config)["user_id"] is None
+    assert seen["timeout"] == billing_ops.VERIFY_TIMEOUT_SECONDS
