@@ -29,11 +29,11 @@ from services.common.concurrency import offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
-from services.common.errors import DomainError
+from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
-from services.generation import jobs, runner
+from services.generation import deliveries, jobs, runner, webhooks
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
 from services.generation.providers.router import build_router
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECOVERY_INTERVAL_SECONDS = 10
+WEBHOOK_INTERVAL_SECONDS = 2
 
 
 class Settings(DependencyProvider):
@@ -84,6 +85,7 @@ class GenerationService(DarkroomService):
     prompts = PromptTools()
     billing = RpcProxy("billing")
     storage = RpcProxy("storage")
+    auth = RpcProxy("auth")
 
     # ------------------------------------------------------------ the API
 
@@ -95,6 +97,8 @@ class GenerationService(DarkroomService):
         if data["type"] == "image-to-video" and not data["template"]:
             data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
         user = jobs.as_uuid(user_id, "user")
+        if data["webhook_url"]:
+            self._check_webhook_url(data["webhook_url"])
         digest = jobs.request_hash(data)
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
@@ -185,6 +189,34 @@ class GenerationService(DarkroomService):
         self.db.commit()
         if requeued:
             log.warning("requeued %d job(s) whose worker stopped", len(requeued))
+
+    # ------------------------------------------------------------ webhooks
+
+    @timer(interval=WEBHOOK_INTERVAL_SECONDS)
+    def deliver_webhooks(self) -> None:
+        """POST the final states of jobs with a ``webhook_url``, signed with
+        the account's webhook secret, retried with backoff."""
+        due = deliveries.take_due(self.db, utcnow())
+        self.db.commit()
+        guard = webhooks.UrlGuard(self.settings.webhook_allow)
+        for delivery in due:
+            try:
+                secret = self.auth.get_webhook_secret(str(delivery.user_id))["secret"]
+            except DomainError as exc:  # the account is gone: nobody to sign for
+                result = webhooks.Delivery(False, False, None, exc.code)
+            else:
+                result = webhooks.deliver(delivery.url, delivery.body.encode(), secret,
+                                          guard=guard, delivery_id=str(delivery.id),
+                                          timeout_s=self.settings.webhook_timeout_seconds)
+            deliveries.record(self.db, delivery, result, utcnow(), self.settings.webhook_max_tries)
+            self.db.commit()
+
+    def _check_webhook_url(self, url: str) -> None:
+        try:
+            webhooks.UrlGuard(self.settings.webhook_allow).check(url)
+        except webhooks.UnsafeUrl as exc:
+            raise invalid_request("the webhook URL cannot be called",
+                                  fields={"webhook_url": [exc.message]}) from None
 
     # ------------------------------------------------------------ running
 

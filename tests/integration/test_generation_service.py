@@ -23,7 +23,9 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from PIL import Image
 
 from services.common.errors import DomainError
+from services.generation import webhooks
 from tests.conftest import base_env, free_port, wait_for
+from tests.fakes.providers import FakeWebhookReceiver
 from tests.integration.probe_service import wait_consuming
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,9 @@ DEAD_PROVIDER = f"http://127.0.0.1:{free_port()}"
 def stack(make_vhost, make_database, start_process, s3_endpoint):
     amqp_uri, _ = make_vhost("generation")
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
-    ports = {name: free_port() for name in ("billing", "storage", "generation")}
+    ports = {name: free_port() for name in ("auth", "billing", "storage", "generation")}
+    auth = start_process("auth", base_env(
+        **common, AUTH_DATABASE_URL=make_database("gen_auth"), AUTH_METRICS_PORT=ports["auth"]))
     billing = start_process("billing", base_env(
         **common, BILLING_DATABASE_URL=make_database("gen_billing"),
         BILLING_METRICS_PORT=ports["billing"]))
@@ -54,14 +58,16 @@ def stack(make_vhost, make_database, start_process, s3_endpoint):
         GENERATION_VIDEO_TIMEOUT_S=2,
         GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
         GENERATION_ROUTE_IMAGE_TO_VIDEO="video", GENERATION_RETRY_ATTEMPTS=2,
-        GENERATION_RETRY_BASE_DELAY_S=0.05, GENERATION_MAX_ACTIVE_JOBS_PER_USER=3))
-    for name, proc in (("billing", billing), ("storage", storage), ("generation", generation)):
+        GENERATION_RETRY_BASE_DELAY_S=0.05, GENERATION_MAX_ACTIVE_JOBS_PER_USER=3,
+        GENERATION_WEBHOOK_ALLOW="127.0.0.1"))
+    for name, proc in (("auth", auth), ("billing", billing), ("storage", storage),
+                       ("generation", generation)):
         proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
     wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
                    generation)
     wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested", billing)
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
-        for service in ("billing", "storage", "generation"):
+        for service in ("auth", "billing", "storage", "generation"):
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
         yield SimpleNamespace(rpc=rpc, generation=generation)
 
@@ -238,3 +244,34 @@ def test_image_to_image_transforms_the_callers_upload(stack):
     obj, data = download(stack, user, done["outputs"][0])
     assert obj["content_type"] == "image/png"
     assert settled(stack, user)["available"] == 50 - job["price"]
+
+
+def test_a_final_state_is_posted_to_the_webhook_signed_with_the_accounts_secret(stack):
+    registered = stack.rpc.auth.register({"email": f"hook-{uuid.uuid4().hex[:8]}@example.com",
+                                          "password": "correct horse battery staple"})
+    user = registered["user"]["id"]
+    wait_for(lambda: stack.rpc.billing.get_balance(user)["available"] == 50, 20, 0.2,
+             "the signup grant")
+    with FakeWebhookReceiver() as receiver:
+        job = stack.rpc.generation.submit(user, {
+            "type": "text-to-image", "prompt": "a paper boat", "size": "512x512",
+            "webhook_url": f"{receiver.url}/hooks/darkroom"})
+        assert finished(stack, user, job["id"])["status"] == "succeeded"
+        [hook] = wait_for(lambda: receiver.requests_to("/hooks/darkroom", "POST"), 30, 0.2,
+                          "the webhook")
+        secret = stack.rpc.auth.get_webhook_secret(user)["secret"]
+        assert webhooks.verify(secret, hook.header(webhooks.SIGNATURE_HEADER), hook.body)
+        assert not webhooks.verify("whsec_another", hook.header(webhooks.SIGNATURE_HEADER),
+                                   hook.body)
+        payload = hook.json()
+        assert payload["type"] == "job.succeeded"
+        assert payload["job"]["id"] == job["id"] and len(payload["job"]["outputs"]) == 1
+        assert "paper boat" not in hook.body.decode()  # the prompt never leaves in a webhook
+
+
+def test_a_webhook_to_a_private_address_is_refused_at_submit(stack):
+    user = new_user(stack)
+    error = refused(stack.rpc.generation.submit, user, {
+        "type": "text-to-image", "prompt": "a kite", "webhook_url": "http://10.1.2.3/hook"})
+    assert (error.code, error.status) == ("invalid_request", 400)
+    assert "webhook_url" in error.details["fields"]
