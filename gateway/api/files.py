@@ -231,7 +231,10 @@ class File(MethodView):
         length = request.content_length
         if length is not None and length > limit:
             raise payload_too_large(limit)
-        # the JSON routes' 1 MiB cap does not apply to files
-        request.max_content_length = limit
+        # the JSON routes' 1 MiB cap does not apply to files. One byte more than
+        # the limit: when the server terminates the stream (gunicorn), werkzeug
+        # refuses any read past its cap, even the one that finds the end of a
+        # body of exactly the limit; _copy enforces the limit itself.
+        request.max_content_length = limit + 1
         size = store.write(key, request.stream, length=length, max_bytes=limit)
         return {"key": key, "size": size}

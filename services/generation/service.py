@@ -19,6 +19,7 @@ publishes ``generation.job_requeued`` so another worker runs it.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from nameko.extensions import DependencyProvider
@@ -54,6 +55,19 @@ class Settings(DependencyProvider):
         return self.settings
 
 
+class RunSlots(DependencyProvider):
+    """How many jobs this process runs at once (``GENERATION.MAX_RUNNING_JOBS``):
+    the rest wait ``reserved``, most urgent first, and a worker that finishes
+    a job takes the next one. Workers stay free for RPCs and events."""
+
+    def setup(self):
+        limit = GenerationSettings.from_config(self.container.config).max_running_jobs
+        self.slots = threading.BoundedSemaphore(limit)  # green under nameko run
+
+    def get_dependency(self, worker_ctx):
+        return self.slots
+
+
 class Providers(DependencyProvider):
     """The provider router, built once per process: its circuit breakers
     remember failures across jobs. CPU-heavy rendering runs off the hub."""
@@ -81,6 +95,7 @@ class GenerationService(DarkroomService):
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
     settings = Settings()
+    run_slots = RunSlots()
     router = Providers()
     prompts = PromptTools()
     billing = RpcProxy("billing")
@@ -221,10 +236,19 @@ class GenerationService(DarkroomService):
     # ------------------------------------------------------------ running
 
     def _run_next(self) -> None:
-        job = jobs.claim_next(self.db, self.settings, utcnow())
-        self.db.commit()
-        if job is None:
-            return
+        """Run reserved jobs, most urgent first, while this process has a free
+        slot and there is one to run."""
+        while self.run_slots.acquire(blocking=False):
+            try:
+                job = jobs.claim_next(self.db, self.settings, utcnow())
+                self.db.commit()
+                if job is None:
+                    return
+                self._run(job)
+            finally:
+                self.run_slots.release()
+
+    def _run(self, job) -> None:
         token, spec = job.lease_token, runner.JobSpec.of(job)
         log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
 
@@ -246,7 +270,8 @@ class GenerationService(DarkroomService):
             jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
                       failure.provider, utcnow(), self.dispatch)
             self.db.commit()
-            log.warning("job failed", extra={"job_id": spec.id, "code": failure.code})
+            log.warning("job failed", extra={"job_id": spec.id, "code": failure.code,
+                                             "reason": failure.message[:500]})
             return
         done = jobs.succeed(self.db, self.settings, job.id, token, output_ids, provider, utcnow(),
                             self.dispatch)

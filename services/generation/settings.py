@@ -16,6 +16,8 @@ PROMPT_RETENTION = ("keep", "redact")
 class GenerationSettings:
     # jobs queued, reserved or running per user; past it, 429 rate_limited
     max_active_jobs_per_user: int = 10
+    # jobs one process runs at once (keep it below max_workers: RPCs need workers too)
+    max_running_jobs: int = 4
     queue_retry_after_seconds: int = 30
     # "keep": prompts stay with the job (the user's history); "redact": they
     # are removed when the job ends (a redacted job cannot be replayed)
@@ -49,6 +51,7 @@ class GenerationSettings:
         return cls(
             max_active_jobs_per_user=int(get("MAX_ACTIVE_JOBS_PER_USER",
                                              d.max_active_jobs_per_user)),
+            max_running_jobs=max(1, int(get("MAX_RUNNING_JOBS", d.max_running_jobs))),
             queue_retry_after_seconds=int(get("QUEUE_RETRY_AFTER_SECONDS",
                                               d.queue_retry_after_seconds)),
             prompt_retention=retention,

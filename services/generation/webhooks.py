@@ -151,19 +151,30 @@ def system_resolver(host: str, port: int) -> list[str]:
     return sorted({info[4][0] for info in infos})
 
 
+def allow_list(value: Iterable[str] | str | None) -> list[str]:
+    """Allow-list entries from a list or a comma-separated string (an
+    environment variable), blanks dropped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(entry).strip() for entry in value if str(entry).strip()]
+
+
 class UrlGuard:
     """Decides which URLs the server may call.
 
     ``allow`` holds CIDRs or addresses (``10.0.0.0/8``, ``192.168.1.20``) and
     host names (``hooks.internal``, exact and case-insensitive) that may be
     called even though they are not public: the operator's own receivers.
+    A comma-separated string works too.
     """
 
-    def __init__(self, allow: Iterable[str] = (), resolver: Resolver | None = None,
+    def __init__(self, allow: Iterable[str] | str | None = (), resolver: Resolver | None = None,
                  schemes: Iterable[str] = ("http", "https")):
         self.networks: list[IPNetwork] = []
         self.hosts: set[str] = set()
-        for entry in allow or ():
+        for entry in allow_list(allow):
             entry = str(entry).strip()
             if not entry:
                 continue

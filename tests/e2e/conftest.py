@@ -1,7 +1,12 @@
 """The end-to-end stack: every Procfile process, started once per session.
 
 Billing talks to a fake Stripe (tests/fakes/stripe.py) on a local port; the
-tests sign webhooks with ``Stack.stripe_webhook_secret``."""
+tests sign webhooks with ``Stack.stripe_webhook_secret``. Generation's model
+providers are fakes on loopback too (tests/fakes/providers.py): an
+OpenAI-compatible images API first and the local renderer second for
+text-to-image, an async task API alone for image-to-video; tests script their
+failures. Generation runs one job at a time here, so a job can be held in
+the queue behind another."""
 
 from __future__ import annotations
 
@@ -9,10 +14,24 @@ import pytest
 
 from tests.conftest import base_env, free_port
 from tests.e2e.stack import Stack
+from tests.fakes.providers import FakeAsyncTasks, FakeOpenAIImages
 from tests.fakes.stripe import FakeStripe
 
 STRIPE_WEBHOOK_SECRET = "whsec_e2e_test"
-SERVICES = ("auth", "notifications", "storage", "billing")
+PROVIDER_KEY = "sk-e2e-provider"
+SERVICES = ("auth", "notifications", "storage", "billing", "generation")
+
+
+@pytest.fixture(scope="session")
+def fake_images():
+    with FakeOpenAIImages(api_key=PROVIDER_KEY, hang_s=4) as provider:
+        yield provider
+
+
+@pytest.fixture(scope="session")
+def fake_video():
+    with FakeAsyncTasks(api_key=PROVIDER_KEY, polls_to_finish=2) as provider:
+        yield provider
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +41,8 @@ def fake_stripe():
 
 
 @pytest.fixture(scope="session")
-def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe):
+def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe, fake_images,
+          fake_video):
     mail_dir = tmp_path_factory.mktemp("mail")
     objects_dir = tmp_path_factory.mktemp("objects")
     port = free_port()
@@ -52,6 +72,18 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe)
         STRIPE_API_BASE=fake_stripe.api_base,
         STRIPE_SECRET_KEY=fake_stripe.secret_key,
         STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        GENERATION_DATABASE_URL=make_database("generation"),
+        GENERATION_METRICS_PORT=free_port(),
+        GENERATION_MAX_RUNNING_JOBS=1,
+        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=fake_images.url,
+        GENERATION_OPENAI_API_KEY=PROVIDER_KEY, GENERATION_OPENAI_TIMEOUT_S=1,
+        GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=fake_video.url,
+        GENERATION_VIDEO_API_KEY=PROVIDER_KEY, GENERATION_VIDEO_POLL_INTERVAL_S=0.1,
+        GENERATION_VIDEO_TIMEOUT_S=2, GENERATION_VIDEO_TASK_TIMEOUT_S=20,
+        GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
+        GENERATION_ROUTE_IMAGE_TO_VIDEO="video",
+        GENERATION_RETRY_ATTEMPTS=2, GENERATION_RETRY_BASE_DELAY_S=0.05,
+        GENERATION_BREAKER_FAILURES=1000, GENERATION_WEBHOOK_ALLOW="127.0.0.1",
     )
     processes = {}
     for name in SERVICES:  # started together, waited for together: the stack starts fast
@@ -61,6 +93,7 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe)
     processes["gateway"] = start_process("gateway", env)
     processes["gateway"].wait_ready(f"http://127.0.0.1:{port}/readyz")
     return Stack(f"http://127.0.0.1:{port}", mail_dir, processes, objects_dir,
-                 stripe=fake_stripe, stripe_webhook_secret=STRIPE_WEBHOOK_SECRET)
+                 stripe=fake_stripe, stripe_webhook_secret=STRIPE_WEBHOOK_SECRET, env=env,
+                 images=fake_images, video=fake_video)
 
 

@@ -17,13 +17,17 @@ PASSWORD = "correct horse battery staple"
 
 class Stack:
     def __init__(self, base_url: str, mail_dir: Path, processes: dict, objects_dir: Path,
-                 stripe=None, stripe_webhook_secret: str | None = None):
+                 stripe=None, stripe_webhook_secret: str | None = None, env: dict | None = None,
+                 images=None, video=None):
         self.base_url = base_url
         self.mail_dir = mail_dir
         self.objects_dir = objects_dir
         self.processes = processes
         self.stripe = stripe  # tests.fakes.stripe.FakeStripe, billing's payment provider
         self.stripe_webhook_secret = stripe_webhook_secret
+        self.env = env or {}  # what the processes were started with
+        self.images = images  # tests.fakes.providers.FakeOpenAIImages (text-to-image, first)
+        self.video = video  # tests.fakes.providers.FakeAsyncTasks (image-to-video, only)
         self.http = requests.Session()
 
     def call(self, method: str, path: str, token: str | None = None, api_key: str | None = None, **kw):

@@ -84,7 +84,7 @@ class AsyncTaskProvider:
             max_poll_errors=int(conf.get("max_poll_errors", 3)),
             job_types=tuple(conf.get("job_types") or (IMAGE_TO_VIDEO,)),
             max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
-            result_url_allow=tuple(conf.get("result_url_allow") or ()),
+            result_url_allow=conf.get("result_url_allow") or (),
             **kwargs,
         )
 

@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from services.generation.providers.base import PermanentProviderError, TransientProviderError
-from services.generation.webhooks import UnsafeUrl, UrlGuard, guarded_session
+from services.generation.webhooks import UnsafeUrl, UrlGuard, allow_list, guarded_session
 
 MAX_REDIRECTS = 3
 REFUSAL_HINTS = ("content_policy", "content_filter", "moderation", "safety", "nsfw", "refus")
@@ -83,7 +83,7 @@ class ProviderHttp:
 
     def __init__(self, provider: str, base_url: str, api_key: str | None = None,
                  timeout_s: float = 60.0, max_download_bytes: int = 200 * 1024 * 1024,
-                 result_url_allow: tuple[str, ...] = (), resolver=None):
+                 result_url_allow: tuple[str, ...] | str = (), resolver=None):
         if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"provider {provider}: base_url must be an http(s) URL")
         self.provider = provider
@@ -92,7 +92,7 @@ class ProviderHttp:
         self.timeout_s = float(timeout_s)
         self.max_download_bytes = int(max_download_bytes)
         host = urlsplit(self.base_url).hostname or ""
-        self.guard = UrlGuard(allow=(host, *result_url_allow), resolver=resolver)
+        self.guard = UrlGuard(allow=[host, *allow_list(result_url_allow)], resolver=resolver)
         self.session = guarded_session(self.guard)
 
     def close(self) -> None:

@@ -57,7 +57,7 @@ class OpenAIImagesProvider:
             default_size=str(conf.get("default_size", "1024x1024")),
             extended_params=_bool(conf.get("extended_params", False)),
             max_download_bytes=int(conf.get("max_download_bytes", 50 * 1024 * 1024)),
-            result_url_allow=tuple(conf.get("result_url_allow") or ()),
+            result_url_allow=conf.get("result_url_allow") or (),
         )
 
     def payload(self, request: ProviderRequest) -> dict:

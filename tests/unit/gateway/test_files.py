@@ -256,6 +256,18 @@ def test_an_output_slot_url_takes_its_signed_size_past_the_upload_cap(client, ro
     assert (root / key).read_bytes() == data
 
 
+@pytest.mark.parametrize("terminated", [False, True], ids=["content-length", "server-terminated"])
+def test_a_body_of_exactly_the_signed_size_is_accepted(client, root, terminated):
+    """gunicorn terminates the input stream: werkzeug then caps reads at the
+    request's max_content_length and must not refuse a body of exactly the cap."""
+    key = f"objects/{OWNER}/01900000-0000-7000-8000-0000000000d9"
+    data = os.urandom(1879)
+    response = client.put(signed("PUT", key, max_bytes=len(data)), data=data,
+                          environ_overrides={"wsgi.input_terminated": terminated})
+    assert response.status_code == 201, response.get_json()
+    assert (root / key).read_bytes() == data
+
+
 def test_a_signed_size_cap_is_enforced(client, root):
     key = f"objects/{OWNER}/01900000-0000-7000-8000-0000000000d7"
     response = client.put(signed("PUT", key, max_bytes=1000), data=b"x" * 1001)

@@ -13,6 +13,8 @@ from openapi_spec_validator import validate
 
 from gateway.api import generation as generation_api
 from gateway.rpc import ServiceUnavailable
+from services.common.contracts import load_rpc
+from services.common.contracts.generation import SubmitJob
 from services.common.errors import DomainError, rate_limited
 from tests.unit.gateway.conftest import (
     APIKEY,
@@ -210,16 +212,18 @@ def test_submit_answers_202_with_the_job_and_its_location(client, generation):
 
 def test_submit_sends_json_types_to_the_service(client, generation):
     source = str(uuid.uuid4())
-    response = client.post("/v1/generations", headers=APIKEY, json={
-        "type": "image-to-video", "template": "product-showcase", "source_image_id": source,
-        "inputs": {"product_name": "Lamp", "shot_count": 3}, "duration_s": 8,
-        "webhook_url": "https://hooks.example.com/darkroom"})
+    body = {"type": "image-to-video", "template": "product-showcase", "source_image_id": source,
+            "inputs": {"product_name": "Lamp", "shot_count": 3}, "duration_s": 8,
+            "webhook_url": "https://hooks.example.com/darkroom"}
+    response = client.post("/v1/generations", headers=APIKEY, json=body)
     assert response.status_code == 202, response.get_json()
     [((_, payload), _)] = generation.called("submit")
     assert payload["source_image_id"] == source  # a string, not a UUID object
     assert payload["inputs"] == {"product_name": "Lamp", "shot_count": 3}
     assert payload["webhook_url"] == "https://hooks.example.com/darkroom"
     json.dumps(payload)  # what the RPC serialiser will do
+    # the service loads it through the same contract into what the client meant
+    assert load_rpc(SubmitJob, json.loads(json.dumps(payload))) == SubmitJob().load(body)
 
 
 def test_submit_needs_a_credential_and_a_verified_email(client, generation):

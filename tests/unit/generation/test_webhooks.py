@@ -139,6 +139,14 @@ def test_an_operator_allow_list_admits_internal_receivers():
     assert not guard.address_allowed("anything", "10.0.1.1")
 
 
+def test_the_allow_list_may_be_a_comma_separated_string():
+    table = {"hooks.internal": ["10.0.0.7"], "ci.internal": ["192.168.5.5"]}
+    guard = UrlGuard(allow="10.0.0.0/24, ci.internal,", resolver=resolver(table))
+    assert guard.check("http://hooks.internal/") and guard.check("http://ci.internal/")
+    assert guard.hosts == {"ci.internal"} and len(guard.networks) == 1
+    assert UrlGuard(allow=None).hosts == set()
+
+
 # ------------------------------------------------------------------ retries
 
 
