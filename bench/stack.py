@@ -37,14 +37,14 @@ def processes():
     started: list[Process] = []
     with tempfile.TemporaryDirectory() as tmp, vhost() as amqp_uri:
         def start(name: str, **extra) -> tuple[Process, dict]:
-            env = base_env(
-                AMQP_URI=amqp_uri,
-                AUTH_DATABASE_URL=f"sqlite:///{tmp}/auth.db",
-                NOTIFICATIONS_DATABASE_URL=f"sqlite:///{tmp}/notifications.db",
-                MAIL_URL=f"file://{tmp}/mail",
-                LOG_LEVEL="WARNING",
-                **extra,
-            )
+            env = base_env(**{
+                "AMQP_URI": amqp_uri,
+                "AUTH_DATABASE_URL": f"sqlite:///{tmp}/auth.db",
+                "NOTIFICATIONS_DATABASE_URL": f"sqlite:///{tmp}/notifications.db",
+                "MAIL_URL": f"file://{tmp}/mail",
+                "LOG_LEVEL": "WARNING",
+                **extra,  # a benchmark's own settings win
+            })
             proc = Process(name, env, Path(tmp)).start()
             started.append(proc)
             return proc, env

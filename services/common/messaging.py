@@ -112,16 +112,23 @@ class EventPublisher(EventDispatcher):
     in the worker's database transaction; it returns the ``event_id``. Dispatch
     *before* ``self.db.commit()``: the event is published after that commit
     (inside ``commit()``, so an RPC that returns has its events out), never if
-    the transaction rolls back. Rows left
-    behind (broker down, process killed) are published by a relay every
-    ``OUTBOX_RELAY_INTERVAL_SECONDS`` (default 5). Context headers (the
-    correlation id) are read when the event is dispatched.
+    the transaction rolls back. Published rows are deleted in batches by a
+    sweeper (every ``SWEEP_INTERVAL_SECONDS``: one statement for all of them,
+    rather than a transaction per event). Rows left behind (broker down,
+    process killed) are published by a relay every
+    ``OUTBOX_RELAY_INTERVAL_SECONDS`` (default 5); a process killed between a
+    publish and the sweep publishes those events again from the relay, and
+    consumers are idempotent. Context headers (the correlation id) are read
+    when the event is dispatched.
     """
+
+    SWEEP_INTERVAL_SECONDS = 0.5
 
     def __init__(self, outbox, **kwargs):
         super().__init__(**kwargs)
         self.outbox = outbox
         self.relay_thread = None
+        self.published: set[str] = set()  # published, not yet deleted
 
     def setup(self):
         super().setup()
@@ -139,6 +146,10 @@ class EventPublisher(EventDispatcher):
         )
 
     def stop(self):
+        try:  # a graceful stop leaves nothing for the next start to publish again
+            self.sweep()
+        except Exception:
+            log.exception("outbox sweep at stop failed; the relay will publish those again")
         if self.relay_thread is not None:
             self.relay_thread.kill()
             self.relay_thread = None
@@ -175,22 +186,31 @@ class EventPublisher(EventDispatcher):
         return dispatch
 
     def _flush(self, rows: list[outbox.OutboxRow]) -> None:
-        """Right after the commit that wrote them: publish, then delete. Never
-        raises (the commit has happened); what is left is the relay's."""
+        """Right after the commit that wrote them: publish, and leave the rows
+        to the sweeper. Never raises (the commit has happened); what is left
+        unpublished is the relay's."""
         if not rows:
             return
         try:
-            published = self._send(rows)
-            if published:
-                with self.database.engine.begin() as conn:
-                    outbox.remove(conn, self.outbox, published)
+            self.published.update(self._send(rows))
         except Exception:
             log.exception("outbox flush failed; the relay will publish what is left")
 
+    def sweep(self) -> int:
+        """Delete the rows published since the last sweep, in one statement."""
+        done = list(self.published)
+        if done:
+            with self.database.engine.begin() as conn:
+                outbox.remove(conn, self.outbox, done)
+            self.published.difference_update(done)
+        return len(done)
+
     def relay(self) -> int:
         """Publish the rows left for longer than one relay interval; returns how many."""
+        self.sweep()
         with self.database.engine.begin() as conn:
             rows = outbox.due(conn, self.outbox, timedelta(seconds=self.relay_interval))
+            rows = [row for row in rows if row.event_id not in self.published]
             published = self._send(rows)
             outbox.remove(conn, self.outbox, published)
         if published:
@@ -213,10 +233,15 @@ class EventPublisher(EventDispatcher):
         return published
 
     def _relay_forever(self):
+        last_relay = time.monotonic()
         while True:
-            time.sleep(self.relay_interval)  # green under `nameko run`
+            time.sleep(min(self.SWEEP_INTERVAL_SECONDS, self.relay_interval))  # green
             try:
-                self.relay()
+                if time.monotonic() - last_relay >= self.relay_interval:
+                    last_relay = time.monotonic()
+                    self.relay()
+                else:
+                    self.sweep()
             except Exception:
                 log.exception("outbox relay failed; retrying in %s s", self.relay_interval)
 

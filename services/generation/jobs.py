@@ -11,6 +11,7 @@ that loses sees zero rows and does nothing.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -365,6 +366,24 @@ def queue_position(db: Session, job: Job) -> int | None:
         return db.scalar(select(func.count()).select_from(Job).where(
             Job.status == RESERVED, Job.priority >= job.priority)) + 1
     return None
+
+
+def queue_positions(db: Session, page: list[Job]) -> dict[uuid.UUID, int | None]:
+    """:func:`queue_position` of every job of a page, with one query at most."""
+    waiting = [job for job in page if job.status in (QUEUED, RESERVED)]
+    positions: dict[uuid.UUID, int | None] = {job.id: None for job in page}
+    if not waiting:
+        return positions
+    queue = [(-priority, reserved_at, job_id) for priority, reserved_at, job_id in db.execute(
+        select(Job.priority, Job.reserved_at, Job.id).where(Job.status == RESERVED)
+        .order_by(Job.priority.desc(), Job.reserved_at, Job.id))]
+    for job in waiting:
+        if job.status == RESERVED:
+            positions[job.id] = bisect.bisect_left(queue, (-job.priority, job.reserved_at,
+                                                           job.id)) + 1
+        else:  # every reserved job of its priority or higher runs first
+            positions[job.id] = sum(1 for key in queue if -key[0] >= job.priority) + 1
+    return positions
 
 
 def find_jobs(db: Session, status: str | None, since: datetime | None, reason: str | None,

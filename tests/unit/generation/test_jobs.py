@@ -201,3 +201,16 @@ def test_redacted_prompts_leave_the_job_when_it_ends_and_webhooks_never_carry_th
     assert delivery.job_status == "cancelled" and "fox" not in delivery.body
     error = refused(jobs.replay, db, job.id, NOW, events)
     assert error.code == "not_replayable"
+
+
+def test_a_pages_queue_positions_match_each_jobs_own(db, settings):
+    settings = dataclasses.replace(settings, max_active_jobs_per_user=100)
+    user, events = uuid.uuid4(), Events()
+    page = [submit(db, settings, user, events) for _ in range(6)]
+    for index, job in enumerate(page[:4]):  # two stay queued (waiting for credits)
+        reserve(db, settings, job, events, priority=index % 2, now=NOW + timedelta(seconds=index))
+    jobs.claim_next(db, settings, NOW)  # the most urgent one runs: no position any more
+    db.commit()
+    rows = [db.get(Job, job.id) for job in page]
+    assert jobs.queue_positions(db, rows) == {row.id: jobs.queue_position(db, row) for row in rows}
+    assert sorted(p for p in jobs.queue_positions(db, rows).values() if p) == [1, 2, 3, 4, 4]

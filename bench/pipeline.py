@@ -1,0 +1,249 @@
+"""The generation pipeline end to end: jobs submitted through the gateway,
+timed from the client's submit to the job's ``succeeded``.
+
+Measured: JOBS text-to-image jobs (one 512x512 image each) submitted over HTTP
+by CLIENTS threads against the whole stack as processes (gateway, auth,
+notifications, storage on the fs backend, billing, generation; SQLite
+databases, one RabbitMQ vhost), with a model provider that answers at once (a
+fake OpenAI-compatible images API on loopback). A job's time is from just
+before its POST to its ``finished_at``; throughput is jobs over the time from
+the first submit to the last ``finished_at``.
+
+Floor, in the same run through the same broker: the same number of chains of
+HOPS messages with plain AMQP (kombu), persistent and publisher-confirmed like
+the services' messages, each hop a consumer that publishes to the next queue,
+started the same way by CLIENTS threads. HOPS counts the broker messages on a
+job's path from submit to succeeded: the submit RPC and its reply (2),
+billing.quote and its reply (2), generation.job_requested (1),
+billing.credits_reserved (1), storage.create_output_slot and its reply (2),
+storage.commit_objects and its reply (2).
+
+Targets: p50 within 4x the floor's p50; throughput at least a tenth of the
+floor's chains/s.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import statistics
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import requests
+from kombu import Connection, Exchange, Queue
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from bench.stack import processes
+from tests.e2e.stack import code_from
+from tests.fakes.providers import FakeOpenAIImages
+
+JOBS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_JOBS", "500"))
+CLIENTS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_CLIENTS", "8"))
+HOPS = 10
+PASSWORD = "benchmark passphrase"
+
+
+# ---------------------------------------------------------------- the floor
+
+
+def floor(amqp_uri: str, chains: int, clients: int) -> dict:
+    """``chains`` chains of HOPS persistent, confirmed messages through the broker."""
+    exchange = Exchange("", type="direct")
+    tag = uuid.uuid4().hex[:8]
+    queues = [Queue(f"bench-floor-{tag}-{i}", durable=True, auto_delete=True) for i in range(HOPS)]
+    done: dict[str, float] = {}
+    finished = threading.Event()
+    stop = threading.Event()
+
+    def hop(index: int, ready: threading.Barrier) -> None:
+        # consume on one connection, publish (and wait for confirms) on another,
+        # as a nameko service does
+        with Connection(amqp_uri) as conn, \
+                Connection(amqp_uri, transport_options={"confirm_publish": True}) as out:
+            producer = out.Producer()
+            last = index == HOPS - 1
+
+            def on_message(body, message):
+                if last:
+                    done[body["chain"]] = time.perf_counter()
+                    if len(done) == chains:
+                        finished.set()
+                else:
+                    producer.publish(body, exchange=exchange, routing_key=queues[index + 1].name,
+                                     serializer="json", delivery_mode=2)
+                message.ack()
+
+            with conn.Consumer(queues[index], callbacks=[on_message], prefetch_count=CLIENTS):
+                ready.wait()
+                while not stop.is_set():
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        continue
+
+    ready = threading.Barrier(HOPS + 1)
+    threads = [threading.Thread(target=hop, args=(i, ready), daemon=True) for i in range(HOPS)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+
+    starts: dict[str, float] = {}
+    local = threading.local()
+
+    def start_chain(n: int) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = Connection(amqp_uri, transport_options={"confirm_publish": True})
+            local.producer = local.conn.Producer()
+        chain = f"c{n}"
+        starts[chain] = time.perf_counter()
+        local.producer.publish({"chain": chain}, exchange=exchange, routing_key=queues[0].name,
+                               serializer="json", delivery_mode=2)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(start_chain, range(chains)))
+    assert finished.wait(300), f"the floor finished {len(done)} of {chains} chains"
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+    latencies = [done[c] - starts[c] for c in starts]
+    return summary(latencies, max(done.values()) - began, chains)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def wait_ready(proc, url: str) -> None:
+    proc.wait_ready(url, timeout=120)
+
+
+def pipeline(start, free_port, provider_url: str, tmp: Path) -> tuple[dict, str]:
+    gateway_port = free_port()
+    mail_dir, objects = tmp / "mail", tmp / "objects"
+    common = dict(
+        MAIL_URL=f"file://{mail_dir}", STORAGE_BACKEND="fs", STORAGE_FS_ROOT=str(objects),
+        STORAGE_PUBLIC_BASE_URL=f"http://127.0.0.1:{gateway_port}",
+        STORAGE_URL_SECRET="bench-url-secret",
+        STORAGE_DATABASE_URL=f"sqlite:///{tmp}/storage.db",
+        BILLING_DATABASE_URL=f"sqlite:///{tmp}/billing.db",
+        GENERATION_DATABASE_URL=f"sqlite:///{tmp}/generation.db",
+        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=provider_url,
+        GENERATION_OPENAI_API_KEY="sk-bench", GENERATION_ROUTE_TEXT_TO_IMAGE="openai",
+        GENERATION_MAX_ACTIVE_JOBS_PER_USER=JOBS + 10,
+        GATEWAY_PORT=gateway_port, RATELIMIT_ENABLED="false",
+    )
+    started = []
+    for name in ("auth", "notifications", "storage", "billing", "generation"):
+        port = free_port()
+        proc, env = start(name, **common, **{f"{name.upper()}_METRICS_PORT": port})
+        started.append((proc, f"http://127.0.0.1:{port}/readyz"))
+    for proc, url in started:
+        wait_ready(proc, url)
+    gateway, env = start("gateway", **common)
+    wait_ready(gateway, f"http://127.0.0.1:{gateway_port}/readyz")
+    base = f"http://127.0.0.1:{gateway_port}"
+
+    session = requests.Session()
+    address = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+    registered = session.post(f"{base}/v1/auth/register", json={"email": address,
+                              "password": PASSWORD}, timeout=30)
+    registered.raise_for_status()
+    user_id = registered.json()["user"]["id"]
+    deadline = time.monotonic() + 30
+    while not list(mail_dir.glob("*.eml")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    message = email.message_from_bytes(next(mail_dir.glob("*.eml")).read_bytes(),
+                                       policy=email.policy.default)
+    session.post(f"{base}/v1/auth/verify-email",
+                 json={"email": address, "code": code_from(message)}, timeout=30).raise_for_status()
+    token = session.post(f"{base}/v1/auth/login", json={"email": address, "password": PASSWORD},
+                         timeout=30).json()["token"]
+    with ClusterRpcProxy({"AMQP_URI": env["AMQP_URI"]}, timeout=30) as rpc:
+        rpc.billing.get_balance(user_id)
+        rpc.billing.adjust(user_id, JOBS * 2, "benchmark credits", f"bench-{user_id}")
+
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"type": "text-to-image", "prompt": "a benchmark teapot", "size": "512x512"}
+    for _ in range(5):  # warm up every hop
+        job = session.post(f"{base}/v1/generations", json=body, headers=headers, timeout=30).json()
+        wait_done(session, base, headers, [job["id"]])
+
+    local = threading.local()
+    submitted: dict[str, float] = {}
+    answered: list[float] = []  # how long the 202 took
+
+    def submit(_):
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        t0 = time.time()
+        response = local.session.post(f"{base}/v1/generations", json=body, headers=headers,
+                                      timeout=60)
+        assert response.status_code == 202, response.text
+        submitted[response.json()["id"]] = t0
+        answered.append(time.time() - t0)
+
+    began = time.time()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(submit, range(JOBS)))
+    finished = wait_done(session, base, headers, list(submitted))
+    latencies = [finished[j] - submitted[j] for j in submitted]
+    result = summary(latencies, max(finished.values()) - began, JOBS)
+    result["submit_p50_ms"] = statistics.median(answered) * 1000
+    return result, env["AMQP_URI"]
+
+
+def wait_done(session, base: str, headers: dict, job_ids: list[str]) -> dict[str, float]:
+    """``finished_at`` (unix time) of each job once every one has succeeded."""
+    pending, finished = set(job_ids), {}
+    deadline = time.monotonic() + 600
+    while pending and time.monotonic() < deadline:
+        cursor = None
+        while True:
+            params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+            page = session.get(f"{base}/v1/generations", params=params, headers=headers,
+                               timeout=30).json()
+            for job in page["items"]:
+                if job["id"] in pending and job["status"] in ("succeeded", "failed", "rejected"):
+                    assert job["status"] == "succeeded", job
+                    finished[job["id"]] = datetime.fromisoformat(job["finished_at"]).timestamp()
+                    pending.discard(job["id"])
+            cursor = page["next_cursor"]
+            if not cursor or not pending:
+                break
+        if pending:  # finished_at is the server's: polling often would only add load
+            time.sleep(1)  # (under gunicorn's 2 s keep-alive: no reused dead socket)
+    assert not pending, f"{len(pending)} jobs did not finish"
+    return finished
+
+
+def summary(latencies: list[float], elapsed: float, count: int) -> dict:
+    q = statistics.quantiles(latencies, n=100)
+    return {"rate": count / elapsed, "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000}
+
+
+def main() -> None:
+    import tempfile
+
+    with FakeOpenAIImages(api_key="sk-bench") as provider, processes() as (start, free_port), \
+            tempfile.TemporaryDirectory() as tmp:
+        measured, amqp_uri = pipeline(start, free_port, provider.url, Path(tmp))
+        raw = floor(amqp_uri, JOBS, CLIENTS)
+    print(f"{JOBS} text-to-image jobs through the gateway, {CLIENTS} client threads, a provider "
+          f"that answers at once; floor: {JOBS} chains of {HOPS} AMQP hops, same broker")
+    print(f"  floor (plain AMQP chains)  {raw['rate']:8.1f} chains/s   p50 {raw['p50_ms']:7.1f} ms"
+          f"   p95 {raw['p95_ms']:7.1f} ms")
+    print(f"  pipeline (submit→succeeded) {measured['rate']:7.1f} jobs/s     p50 "
+          f"{measured['p50_ms']:7.1f} ms   p95 {measured['p95_ms']:7.1f} ms   (202 answered in "
+          f"{measured['submit_p50_ms']:.1f} ms, p50)")
+    print(f"  p50 ratio pipeline/floor: {measured['p50_ms'] / raw['p50_ms']:.2f} (target <= 4); "
+          f"throughput ratio: {measured['rate'] / raw['rate']:.3f} (target >= 0.1)")
+
+
+if __name__ == "__main__":
+    main()
