@@ -231,6 +231,18 @@ def record_progress(db: Session, settings: GenerationSettings, job_id: uuid.UUID
     return bool(result.rowcount)
 
 
+def renew_lease(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,
+                now: datetime) -> bool:
+    """Extend a running job's lease (its worker's heartbeat); False when the
+    lease is no longer this worker's."""
+    result = db.execute(
+        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.lease_token == token)
+        .values(lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
 def succeed(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,
             output_ids: list[uuid.UUID], provider: str, now: datetime, dispatch: Dispatch) -> bool:
     """Finish a running job with its committed outputs (only the lease holder can)."""

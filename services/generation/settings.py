@@ -22,8 +22,8 @@ class GenerationSettings:
     # "keep": prompts stay with the job (the user's history); "redact": they
     # are removed when the job ends (a redacted job cannot be replayed)
     prompt_retention: str = "keep"
-    # a running job's lease: renewed on progress; a worker silent this long
-    # is presumed dead and its job runs again elsewhere
+    # a running job's lease, renewed by its worker's heartbeat; a worker silent
+    # this long is presumed dead and its job runs again elsewhere
     lease_seconds: int = 120
     # where a job's outputs are uploaded from (the storage slot's URL is
     # used as issued)

@@ -304,3 +304,27 @@ def test_the_webhook_arrives_signed_with_the_accounts_secret(stack, user):
     payload = hook.json()
     assert (payload["type"], payload["job"]["id"]) == ("job.succeeded", created["id"])
     assert "weathervane" not in hook.body.decode()
+
+
+def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once(stack, user):
+    token = user["token"]
+    generation = stack.processes["generation"]
+    stack.video.outcome = "never"  # the provider's task runs until the worker is dead
+    try:
+        source = upload_png(stack, token)
+        tasks = len(stack.video.tasks)
+        created = submit(stack, token, {"type": "image-to-video", "source_image_id": source,
+                                        "duration_s": 2})
+        wait_for(lambda: job(stack, token, created["id"])["status"] == "running"
+                 and len(stack.video.tasks) > tasks, 30, 0.1, "the provider's task running")
+        generation.kill()  # SIGKILL
+    finally:
+        stack.video.outcome = "succeeded"
+    generation.start()
+    generation.wait_ready(f"http://127.0.0.1:{stack.env['GENERATION_METRICS_PORT']}/readyz")
+    done = finished(stack, token, created["id"], timeout=90)
+    assert (done["status"], done["attempt"], len(done["outputs"])) == ("succeeded", 1, 1)
+    assert settled(stack, token)["available"] == SIGNUP_GRANT - 10
+    kinds = ledger_kinds(stack, token)
+    assert (kinds.count("hold"), kinds.count("capture"), kinds.count("release")) == (1, 1, 0)
+    assert len(stack.video.tasks) == tasks + 2  # the killed run's task and the rerun's
