@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import uuid
 from types import SimpleNamespace
 
@@ -30,11 +31,17 @@ from tests.integration.probe_service import wait_consuming
 
 pytestmark = pytest.mark.integration
 
-DEAD_PROVIDER = f"http://127.0.0.1:{free_port()}"
+@pytest.fixture(scope="module")
+def dead_provider():
+    """A loopback address that refuses connections: a port bound (so no other
+    server of the test run can take it) and never listened on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
-def stack(make_vhost, make_database, start_process, s3_endpoint):
+def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider):
     amqp_uri, _ = make_vhost("generation")
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
     ports = {name: free_port() for name in ("auth", "billing", "storage", "generation")}
@@ -52,9 +59,9 @@ def stack(make_vhost, make_database, start_process, s3_endpoint):
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=make_database("gen_generation"),
         GENERATION_METRICS_PORT=ports["generation"],
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=DEAD_PROVIDER,
+        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=dead_provider,
         GENERATION_OPENAI_API_KEY="sk-test", GENERATION_OPENAI_TIMEOUT_S=2,
-        GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=DEAD_PROVIDER,
+        GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=dead_provider,
         GENERATION_VIDEO_TIMEOUT_S=2,
         GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
         GENERATION_ROUTE_IMAGE_TO_VIDEO="video", GENERATION_RETRY_ATTEMPTS=2,
