@@ -28,7 +28,7 @@ dev: $(STAMP)
 	$(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
 migrate: $(STAMP)
-	$(BIN)/python -m services.common.migrations auth notifications storage billing
+	$(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
 
 test: $(STAMP)
 	$(BIN)/pytest -q tests

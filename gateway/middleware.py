@@ -1,4 +1,5 @@
-"""Per-request plumbing: request ids, security headers, access log, metrics."""
+"""Per-request plumbing: request ids, security headers, access log, metrics, and the
+access-log facts for the privacy service (:mod:`gateway.access_log`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 
 from flask import Flask, g, request
 
+from gateway import access_log as access_facts
 from gateway import metrics
 from services.common.observability import correlation_id
 
@@ -41,6 +43,10 @@ def route_template() -> str:
 
 
 def init_app(app: Flask, hsts: bool) -> None:
+    state = app.extensions.get("darkroom")
+    facts = access_facts.from_config(state.config) if state is not None else None
+    app.extensions["darkroom_access_log"] = facts
+
     @app.before_request
     def start_request():
         g.started = time.perf_counter()
@@ -79,6 +85,11 @@ def init_app(app: Flask, hsts: bool) -> None:
                 "request_id": request_id,
             },
         )
+        if facts is not None:  # a put on a bounded queue: never blocks the response
+            facts.submit(access_facts.fact(
+                request.method, route, response.status_code,
+                principal.user_id if principal is not None else None, request.remote_addr,
+            ), request_id)
         return response
 
     @app.teardown_request

@@ -13,6 +13,9 @@
     darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]
     darkroom-ops jobs replay (JOB_ID... | --status failed --since 2h [--reason CODE])
                              [--dry-run] [--yes]
+    darkroom-ops privacy report [--json]
+    darkroom-ops privacy retry <request id>
+    darkroom-ops privacy publish-policy --version V (--material | --minor) --summary TEXT
 
 Settings come from deploy/config/ops.yaml (``--config`` for another file) and
 the environment (``AMQP_URI``, ``RABBIT_MANAGEMENT_URL``). Exit codes: 0 done,
@@ -36,6 +39,7 @@ import click  # noqa: E402
 from ops import billing as billing_ops  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
 from ops import jobs as jobs_ops  # noqa: E402
+from ops import privacy as privacy_ops  # noqa: E402
 from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
@@ -322,6 +326,52 @@ def jobs_replay(config, job_ids, status, since, reason, limit, dry_run, yes):
         click.echo(line)
     if not all(o.replayed for o in outcomes):
         raise click.exceptions.Exit(1)
+
+
+@cli.group(cls=OpsGroup)
+def privacy():
+    """Privacy requests and policy versions (through the privacy service)."""
+
+
+@privacy.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_config
+def privacy_report(config, as_json):
+    """Open requests by due date, overdue first, and the parts that failed.
+    Exit 1 when a request is overdue or a part failed."""
+    result = privacy_ops.report(config)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for line in privacy_ops.report_lines(result):
+            click.echo(line)
+    if result.get("failed_parts") or any(r.get("overdue") for r in result.get("open") or []):
+        raise click.exceptions.Exit(1)
+
+
+@privacy.command("retry")
+@click.argument("request_id")
+@pass_config
+def privacy_retry(config, request_id):
+    """Ask the services again for the parts of a request that did not answer
+    (with a fresh budget), or build a failed export's archive again."""
+    result = privacy_ops.retry(config, request_id)
+    asked = ", ".join(result.get("asked_again") or []) or "nobody (the archive is built again)"
+    click.echo(f"request {result['request_id']}: asked again: {asked}")
+
+
+@privacy.command("publish-policy")
+@click.option("--version", "version", required=True, help="The new version's name (e.g. 2026-12).")
+@click.option("--material/--minor", "material", required=True,
+              help="--material: every user must accept it again (/v1/me tells them); "
+                   "--minor: no new acceptance needed.")
+@click.option("--summary", required=True, help="What changed, in a sentence or two.")
+@pass_config
+def privacy_publish_policy(config, version, material, summary):
+    """Publish a new privacy policy version; it becomes the current one."""
+    policy = privacy_ops.publish_policy(config, version, material, summary)
+    kind = "material: users must accept it" if policy.get("material") else "minor"
+    click.echo(f"policy {policy['version']} published ({kind})")
 
 
 def main() -> None:

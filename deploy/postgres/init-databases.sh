@@ -2,7 +2,7 @@
 # One database and one role per Darkroom service, each role owning only its own
 # database and unable to connect to any other.
 #
-#   init-databases.sh auth notifications storage billing
+#   init-databases.sh auth notifications storage billing generation privacy
 #
 # For each name: the role (LOGIN; no CREATEDB or CREATEROLE, and like any role
 # created this way no SUPERUSER, REPLICATION or BYPASSRLS) with the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 from flask.views import MethodView
-from marshmallow import Schema
+from marshmallow import Schema, fields
 
 from gateway.api.common import Blueprint, present, rpc
 from gateway.auth import authenticated, current_principal
@@ -30,6 +30,7 @@ from services.common.contracts.auth import (
     VerifyEmail,
     WebhookSecret,
 )
+from services.common.contracts.privacy import PolicyStatus
 from services.common.errors import DomainError
 
 USER_AGENT_MAX = 512
@@ -43,6 +44,30 @@ me_blp = Blueprint("me", __name__, url_prefix="/v1/me",
 
 class Accepted(Schema):
     """An empty object: the request was accepted."""
+
+
+class Me(User):
+    """The caller's account, and where it stands with the privacy policy
+    (null when the privacy service did not answer)."""
+
+    policy = fields.Nested(PolicyStatus, allow_none=True, metadata={
+        "description": "acceptance_required: the current material policy version awaits "
+                       "acceptance (POST /v1/privacy/policy/accept)"})
+
+
+POLICY_TIMEOUT_SECONDS = 2.0
+
+
+def _policy_status(user_id: str) -> dict | None:
+    """The account's policy status; None when privacy does not answer within
+    a short wait (the account page must not fail, or hang, for it)."""
+    try:
+        with current_app.extensions["darkroom"].rpc.get(timeout=POLICY_TIMEOUT_SECONDS) as proxy:
+            return proxy.privacy.policy_status(user_id)
+    except DomainError as exc:
+        if exc.status < 500:
+            raise
+        return None
 
 
 def client_info() -> dict:
@@ -137,13 +162,15 @@ def confirm_password_reset(payload):
 
 
 @me_blp.route("")
-class Me(MethodView):
-    @me_blp.response(200, User)
+class MeView(MethodView):
+    @me_blp.response(200, Me)
     @authenticated
     def get(self):
-        """The caller's account"""
+        """The caller's account, and whether a new privacy policy version awaits acceptance"""
+        user_id = current_principal().user_id
         with rpc() as proxy:
-            return present(User, proxy.auth.get_user(current_principal().user_id))
+            user = proxy.auth.get_user(user_id)
+        return present(Me, {**user, "policy": _policy_status(user_id)})
 
     @me_blp.response(200, User)
     @authenticated

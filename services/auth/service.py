@@ -19,6 +19,7 @@ from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
 from services.auth import accounts, keys, lookup, retention, sessions, verification, webhooks
+from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure, email_taken
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
@@ -27,8 +28,9 @@ from services.common.contracts import auth as c
 from services.common.db import Database
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
-from services.common.messaging import EventPublisher
+from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
+from services.privacy import parts
 
 # Audit lines carry ids, never emails, passwords, codes or tokens.
 log = logging.getLogger(__name__)
@@ -346,3 +348,47 @@ class AuthService(DarkroomService):
         if any(deleted.values()):
             log.info("retention purge", extra={"deleted": deleted})
         return deleted
+
+    # ------------------------------------------------------------ privacy
+
+    @rpc(expected_exceptions=DomainError)
+    def revoke_all(self, user_id) -> dict:
+        """Every live session and API key of the account, revoked now (the
+        privacy service calls it when an erasure is asked for)."""
+        user = lookup.get_user(self.db, user_id)
+        revoked = privacy_data.revoke_all(self.db, user.id, utcnow())
+        self.db.commit()
+        log.info("every credential revoked", extra={"user_id": str(user.id), **revoked})
+        return revoked
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": privacy_data.retention_items(self.settings)}
+
+    @event_handler("privacy", "export_requested")
+    def privacy_export_requested(self, event: dict) -> None:
+        if self.name not in event["services"]:
+            return
+        data = privacy_data.export(self.db, event["user_id"])
+        self.dispatch("export_part_ready", parts.export_part(
+            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD))
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_requested")
+    def privacy_erasure_requested(self, event: dict) -> None:
+        """Delete the account (its address can register again); idempotent:
+        a second time finds nothing and reports zeros, which privacy ignores."""
+        if self.name not in event["services"]:
+            return
+        started = utcnow()
+        tables = privacy_data.erase(self.db, self.settings, event["user_id"])
+        self.dispatch("erasure_completed", parts.erasure_result(
+            event["request_id"], self.name, started, utcnow(), tables))
+        self.db.commit()
+        log.info("account erased", extra={"request_id": str(event["request_id"]),
+                                          "rows": sum(tables.values())})
+
+    @event_handler("privacy", "restriction_changed")
+    def privacy_restriction_changed(self, event: dict) -> None:
+        privacy_data.set_restricted(self.db, event["user_id"], event["restricted"])
+        self.db.commit()

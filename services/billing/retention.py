@@ -46,6 +46,34 @@ RETENTION_NOTE = (
     "user id is replaced by a keyed hash) rather than deleted, and deleted when that period ends. "
     "Billing stores no email address or name."
 )
+ABOUT = (
+    "Your credits and payments: the account (plan, balance), every ledger entry (grants, "
+    "purchases, holds and captures for generation jobs, releases, refunds, expiries, "
+    "adjustments), credit lots, holds, orders and payments."
+)
+WITHHELD = [
+    {"what": "card or bank details", "why": "never stored here: payments are made with Stripe"},
+]
+
+
+def retention_items(settings: BillingSettings) -> list[dict]:
+    """What billing keeps, and for how long (GET /v1/privacy/retention)."""
+    years = settings.payment_retention_years
+    items = [
+        {"data": "orders and payment records",
+         "kept": f"{years} years after the payment; pseudonymised (not deleted) when the "
+                 "account is erased", "days": float(years * 365),
+         "enforced_by": "the billing service's daily purge"},
+        {"data": "credit account, ledger, lots and holds", "kept": "until the account is erased",
+         "days": None, "enforced_by": "erasure (privacy request)"},
+    ]
+    for plan in settings.plans.values():
+        items.append({
+            "data": f"uploads and generated outputs of accounts on the {plan.name} plan",
+            "kept": f"{plan.retention_days} days", "days": float(plan.retention_days),
+            "enforced_by": "the storage service's purge, every minute (billing sends each "
+                           "account's plan retention)"})
+    return items
 
 
 def pseudonym(settings: BillingSettings, user_id) -> str:
@@ -97,17 +125,25 @@ def erase_user(db: Session, settings: BillingSettings, user_id: uuid.UUID,
                now: datetime) -> dict:
     """Delete the user's credit data and pseudonymise their payment records,
     in one transaction (the caller commits)."""
+    deleted, pseudonymised = erase_user_tables(db, settings, user_id, now)
+    return {"rows_deleted": sum(deleted.values()),
+            "rows_pseudonymised": sum(pseudonymised.values())}
+
+
+def erase_user_tables(db: Session, settings: BillingSettings, user_id: uuid.UUID,
+                      now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    """:func:`erase_user`, counted per table: (rows deleted, rows pseudonymised)."""
     ledger.lock_account(db, user_id)  # no balance change may run alongside
-    deleted = 0
+    deleted = {}
     for model in (LotMovement, LedgerEntry, Lot, Hold, Account):
-        deleted += db.execute(
+        deleted[model.__tablename__] = db.execute(
             delete(model).where(model.user_id == user_id)
             .execution_options(synchronize_session=False)
         ).rowcount
     ref, alias = str(user_id), pseudonym(settings, user_id)
-    pseudonymised = 0
+    pseudonymised = {}
     for model in (Order, Payment):
-        pseudonymised += db.execute(
+        pseudonymised[model.__tablename__] = db.execute(
             update(model).where(model.user_ref == ref)
             .values(user_ref=alias, pseudonymised_at=now)
             .execution_options(synchronize_session=False)
@@ -116,7 +152,7 @@ def erase_user(db: Session, settings: BillingSettings, user_id: uuid.UUID,
         db.add(ErasedAccount(pseudonym=alias, erased_at=now))
     db.flush()
     db.expire_all()
-    return {"rows_deleted": deleted, "rows_pseudonymised": pseudonymised}
+    return deleted, pseudonymised
 
 
 def purge_payment_records(db: Session, settings: BillingSettings, now: datetime) -> dict:

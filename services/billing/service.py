@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
+from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,7 @@ from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
+from services.privacy import parts
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class BillingService(DarkroomService):
     dispatch = EventPublisher(outbox=outbox)
     settings = Settings()
     stripe = Stripe()
+    storage = RpcProxy("storage")  # a big export part is stored there
 
     def _user(self, user_id):
         return load_rpc(c.UserRef, {"user_id": user_id})["user_id"]
@@ -266,6 +268,37 @@ class BillingService(DarkroomService):
         self.db.commit()
         log.info("user's billing data erased", extra={"user_id": str(user), **counts})
         return c.Erased().dump(counts)
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": retention.retention_items(self.settings)}
+
+    @event_handler("privacy", "export_requested")
+    def privacy_export_requested(self, event: dict) -> None:
+        if self.name not in event["services"]:
+            return
+        data = retention.export_user(self.db, self.settings, event["user_id"])
+        store = parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
+        self.dispatch("export_part_ready", parts.export_part(
+            event["request_id"], self.name, data, retention.ABOUT, retention.WITHHELD, store))
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_requested")
+    def privacy_erasure_requested(self, event: dict) -> None:
+        """Credit data deleted, payment records pseudonymised; idempotent (a
+        second time counts zeros, which privacy ignores)."""
+        if self.name not in event["services"]:
+            return
+        started = utcnow()
+        deleted, pseudonymised = retention.erase_user_tables(
+            self.db, self.settings, event["user_id"], started)
+        self.dispatch("erasure_completed", parts.erasure_result(
+            event["request_id"], self.name, started, utcnow(), deleted,
+            rows_pseudonymised=sum(pseudonymised.values())))
+        self.db.commit()
+        log.info("user's billing data erased", extra={
+            "request_id": str(event["request_id"]), "rows_deleted": sum(deleted.values()),
+            "rows_pseudonymised": sum(pseudonymised.values())})
 
     # ------------------------------------------------------------ events
 

@@ -105,6 +105,18 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
+class RestrictedUser(Base):
+    """The privacy service's processing restriction of an account, as of its
+    newest ``privacy.restriction_changed`` event: while ``restricted``,
+    ``submit`` refuses new jobs (403 ``processing_restricted``)."""
+
+    __tablename__ = "restricted_users"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    restricted: Mapped[bool] = mapped_column(default=False)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 # Events consumed (idempotency on event id) and events waiting to be published.
 processed_events = processed_events_table(Base.metadata)
 outbox = outbox_table(Base.metadata)

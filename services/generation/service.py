@@ -11,8 +11,9 @@ worker that handles the event runs the most urgent runnable job) or
 ``generation.job_failed``; billing captures or releases. Every transition is
 committed together with the event that announces it (the outbox).
 
-A running job holds a lease renewed by its progress; a worker killed mid-job
-stops renewing it, and the recovery timer puts the job back in the queue and
+A running job holds a lease its worker renews from a heartbeat (every third
+of the lease) whatever a provider call takes; a worker killed mid-job stops
+renewing it, and the recovery timer puts the job back in the queue and
 publishes ``generation.job_requeued`` so another worker runs it.
 """
 
@@ -20,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
+from sqlalchemy.orm import Session
 
-from services.common.concurrency import offload
+from services.common.concurrency import Heartbeat, offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
@@ -35,16 +38,19 @@ from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
 from services.generation import deliveries, jobs, runner, webhooks
+from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
 from services.generation.providers.router import build_router
 from services.generation.settings import GenerationSettings
+from services.privacy import parts
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECOVERY_INTERVAL_SECONDS = 10
 WEBHOOK_INTERVAL_SECONDS = 2
+PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
 
 
 class Settings(DependencyProvider):
@@ -112,6 +118,7 @@ class GenerationService(DarkroomService):
         if data["type"] == "image-to-video" and not data["template"]:
             data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
         user = jobs.as_uuid(user_id, "user")
+        privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
         digest = jobs.request_hash(data)
@@ -140,7 +147,8 @@ class GenerationService(DarkroomService):
     def list_jobs(self, user_id, query=None) -> dict:
         data = load_rpc(c.JobQuery, query)
         rows, next_cursor = jobs.list_jobs(self.db, jobs.as_uuid(user_id, "user"), data)
-        items = [jobs.view(job, jobs.queue_position(self.db, job)) for job in rows]
+        positions = jobs.queue_positions(self.db, rows)
+        items = [jobs.view(job, positions[job.id]) for job in rows]
         return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
@@ -153,6 +161,43 @@ class GenerationService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def list_templates(self) -> dict:
         return {"items": self.prompts.templates.list_templates()}
+
+    # ------------------------------------------------------------ privacy
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": privacy_data.retention_items(self.settings)}
+
+    @event_handler("privacy", "restriction_changed")
+    def privacy_restriction_changed(self, event: dict) -> None:
+        privacy_data.apply_restriction(self.db, event["user_id"], event["restricted"],
+                                       event["occurred_at"])
+        self.db.commit()
+
+    @event_handler("privacy", "export_requested")
+    def privacy_export_requested(self, event: dict) -> None:
+        if self.name not in event["services"]:
+            return
+        data = privacy_data.export(self.db, event["user_id"])
+        store = parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
+        self.dispatch("export_part_ready", parts.export_part(
+            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD,
+            store))
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_requested")
+    def privacy_erasure_requested(self, event: dict) -> None:
+        """Jobs, deliveries and restriction deleted; retried while a job of
+        the user runs (privacy erases everything else only after this)."""
+        if self.name not in event["services"]:
+            return
+        started = utcnow()
+        tables = privacy_data.erase(self.db, event["user_id"])
+        self.dispatch("erasure_completed", parts.erasure_result(
+            event["request_id"], self.name, started, utcnow(), tables))
+        self.db.commit()
+        log.info("user's jobs erased", extra={"request_id": str(event["request_id"]),
+                                              "jobs": tables["jobs"]})
 
     # ------------------------------------------------------------ operators
 
@@ -252,15 +297,35 @@ class GenerationService(DarkroomService):
         token, spec = job.lease_token, runner.JobSpec.of(job)
         log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
 
+        last_write = [0.0]
+
         def progress(fraction: float, stage: str) -> None:
+            if not heartbeat.alive:
+                raise LeaseLost(spec.id)
+            # at most one write a second: enough for watchers
+            if time.monotonic() - last_write[0] < PROGRESS_WRITE_INTERVAL_SECONDS:
+                return
             if not jobs.record_progress(self.db, self.settings, job.id, token, fraction, stage,
                                         utcnow()):
                 raise LeaseLost(spec.id)
             self.db.commit()
+            last_write[0] = time.monotonic()
 
+        def renew() -> bool:
+            # its own session: the worker's is busy with the job
+            with Session(self.db.get_bind()) as session:
+                kept = jobs.renew_lease(session, self.settings, job.id, token, utcnow())
+                session.commit()
+                return kept
+
+        # the lease is renewed while the job runs, whatever a provider call takes
+        heartbeat = Heartbeat(self.settings.lease_seconds / 3, renew)
         try:
-            provider, output_ids = runner.run(spec, self.router, self.storage, progress,
-                                              self.settings.upload_timeout_seconds)
+            with heartbeat:
+                provider, output_ids = runner.run(spec, self.router, self.storage, progress,
+                                                  self.settings.upload_timeout_seconds)
+            if not heartbeat.alive:
+                raise LeaseLost(spec.id)
         except LeaseLost:
             self.db.rollback()
             log.warning("job %s: lease lost, another worker runs it", spec.id)

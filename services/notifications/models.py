@@ -3,6 +3,10 @@
 ``notifications`` records every mail sent (who, which template, when) so the
 privacy service can export and erase it; its unique ``event_id`` and the
 ``processed_events`` table make the event handlers idempotent.
+``marketing_preferences`` mirrors the privacy service's marketing consent and
+restriction (from its events): marketing mail goes only to an account that
+opted in and is not restricted. ``outbox`` holds this service's answers to
+privacy requests on their way to the broker.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import MetaData, String, Uuid
+from sqlalchemy import Boolean, MetaData, String, Uuid, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.contracts.auth import EMAIL_MAX
 from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
 from services.common.ids import new_id, utcnow
+from services.common.outbox import outbox_table
 
 SUBJECT_MAX = 300
 
@@ -37,3 +42,19 @@ class Notification(Base):
     template: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(SUBJECT_MAX))
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class MarketingPreference(Base):
+    """The account's marketing consent and restriction, as of the newest
+    privacy event of each kind (an older one arriving late changes nothing)."""
+
+    __tablename__ = "marketing_preferences"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    marketing_email: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    consent_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    restriction_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+outbox = outbox_table(Base.metadata)

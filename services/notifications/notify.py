@@ -34,7 +34,8 @@ from services.notifications.render import build_message, render, reset_url
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("email_verification", "password_reset", "suspicious_login", "receipt", "refund")
+TEMPLATES = ("email_verification", "password_reset", "suspicious_login", "receipt", "refund",
+             "export_ready", "news")
 
 
 def template_context(template: str, event: dict, mail_settings: dict) -> dict:

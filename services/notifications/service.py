@@ -7,6 +7,11 @@ Auth's events carry the address; billing's (receipts, refunds) only the user
 id, so the address is asked of auth (``auth.get_user``) when the mail is
 sent: it goes to the account's current address. Auth unreachable → the
 handler raises and the reliable event handler retries, then dead-letters.
+
+Privacy: this service answers export and erasure requests (the mails it
+recorded), mails the "export ready" notice, and mirrors marketing consent
+and restriction so that marketing mail (``send_marketing``) reaches only
+accounts that opted in and are not restricted; security mail always goes out.
 """
 
 from __future__ import annotations
@@ -14,14 +19,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
+from nameko.rpc import RpcProxy, rpc
 
+from services.common.contracts import load_rpc
+from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
 from services.common.errors import DomainError
-from services.common.messaging import event_handler
+from services.common.ids import utcnow
+from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
 from services.notifications import notify
+from services.notifications import privacy as privacy_data
 from services.notifications.mailer import MailerProvider
+from services.notifications.models import outbox
+from services.privacy import parts
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -30,6 +41,7 @@ class NotificationsService(DarkroomService):
     name = "notifications"
     config = Config()
     db = Database(migrations=MIGRATIONS)
+    dispatch = EventPublisher(outbox=outbox)
     mailer = MailerProvider()
     auth = RpcProxy("auth")
 
@@ -58,6 +70,65 @@ class NotificationsService(DarkroomService):
         """The refund: amount returned, credits taken back, order id, date."""
         self._deliver("refund", event, find_recipient=self._address_of)
 
+    @event_handler("privacy", "export_ready")
+    def export_ready(self, event: dict) -> None:
+        """The archive is ready: where to download it, until when."""
+        self._deliver("export_ready", event, find_recipient=self._address_of)
+
+    # ------------------------------------------------------------ privacy
+
+    @event_handler("privacy", "export_requested")
+    def privacy_export_requested(self, event: dict) -> None:
+        if self.name not in event["services"]:
+            return
+        data = privacy_data.export(self.db, event["user_id"])
+        self.dispatch("export_part_ready", parts.export_part(
+            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD))
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_requested")
+    def privacy_erasure_requested(self, event: dict) -> None:
+        if self.name not in event["services"]:
+            return
+        started = utcnow()
+        tables = privacy_data.erase(self.db, event["user_id"])
+        self.dispatch("erasure_completed", parts.erasure_result(
+            event["request_id"], self.name, started, utcnow(), tables))
+        self.db.commit()
+
+    @event_handler("privacy", "consent_changed")
+    def consent_changed(self, event: dict) -> None:
+        privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
+                                     event["occurred_at"])
+        self.db.commit()
+
+    @event_handler("privacy", "restriction_changed")
+    def restriction_changed(self, event: dict) -> None:
+        privacy_data.restriction_changed(self.db, event["user_id"], event["restricted"],
+                                         event["occurred_at"])
+        self.db.commit()
+
+    @rpc(expected_exceptions=DomainError)
+    def send_marketing(self, payload) -> dict:
+        """Mail one campaign to the given users who opted in and are not
+        restricted, each once however often it is sent: ``{sent, skipped}``."""
+        data = load_rpc(privacy_contracts.MarketingMail, payload)
+        allowed = privacy_data.marketing_allowed(self.db, data["user_ids"])
+        self.db.commit()
+        sent = 0
+        for user_id in dict.fromkeys(data["user_ids"]):
+            if user_id not in allowed:
+                continue
+            event = privacy_data.marketing_event(data["campaign_id"], user_id, data["subject"],
+                                                 data["text"])
+            if self._deliver("news", event, find_recipient=self._address_of) is not None:
+                sent += 1
+        return {"sent": sent, "skipped": len(set(data["user_ids"])) - sent}
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": privacy_data.retention_items()}
+
     def _address_of(self, event: dict) -> str | None:
         """The account's address, None when the account is gone (erased)."""
         try:
@@ -67,6 +138,6 @@ class NotificationsService(DarkroomService):
                 return None
             raise
 
-    def _deliver(self, template: str, event: dict, find_recipient=None) -> None:
-        notify.deliver(self.db, self.mailer, self.config.get("MAIL") or {}, template, event,
-                       find_recipient=find_recipient)
+    def _deliver(self, template: str, event: dict, find_recipient=None):
+        return notify.deliver(self.db, self.mailer, self.config.get("MAIL") or {}, template,
+                              event, find_recipient=find_recipient)

@@ -342,6 +342,12 @@ def erase_user(db: Session, backend: Backend, user_id) -> dict:
     pending, tombstones), upload slots and their staged bytes, the plan
     retention. If the store fails to delete anything, nothing is forgotten
     (503; calling again finishes the job)."""
+    erased = erase_user_tables(db, backend, user_id)
+    return {"objects": erased["objects"], "bytes": erased["bytes"]}
+
+
+def erase_user_tables(db: Session, backend: Backend, user_id) -> dict:
+    """:func:`erase_user`, with the rows deleted per table (``tables``)."""
     owner = owner_uuid(user_id)
     live = db.execute(
         select(StoredObject.key, StoredObject.size)
@@ -351,7 +357,26 @@ def erase_user(db: Session, backend: Backend, user_id) -> dict:
     staged = db.scalars(select(UploadSlot.key).where(UploadSlot.owner_id == owner)).all()
     if _delete_keys(backend, [r.key for r in live] + list(staged)):
         raise storage_unavailable("erase every object")
-    db.execute(delete(StoredObject).where(StoredObject.owner_id == owner))
-    db.execute(delete(UploadSlot).where(UploadSlot.owner_id == owner))
-    db.execute(delete(OwnerRetention).where(OwnerRetention.owner_id == owner))
-    return {"objects": len(live), "bytes": sum(r.size for r in live)}
+    tables = {}
+    for model in (StoredObject, UploadSlot, OwnerRetention):
+        tables[model.__tablename__] = db.execute(
+            delete(model).where(model.owner_id == owner)
+            .execution_options(synchronize_session=False)).rowcount or 0
+    return {"objects": len(live), "bytes": sum(r.size for r in live), "tables": tables}
+
+
+def store_export(db: Session, backend: Backend, settings: StorageSettings, owner_id,
+                 job_id, data: bytes, now: datetime) -> StoredObject:
+    """A committed ``export`` object holding ``data`` (a zip), for a part of
+    a privacy export that is too big to travel in its event."""
+    owner = owner_uuid(owner_id)
+    obj = StoredObject(
+        id=new_id(), owner_id=owner, kind="export", status=COMMITTED,
+        content_type="application/zip", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        job_id=job_id, visibility="private", created_at=now, committed_at=now,
+    )
+    obj.key = object_key(owner, obj.id)
+    obj.expires_at = retention.expiry(db, settings, owner, obj.kind, now)
+    backend.put(obj.key, io.BytesIO(data), len(data), obj.content_type)
+    db.add(obj)
+    return obj

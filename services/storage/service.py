@@ -25,7 +25,9 @@ from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
+from services.privacy import parts
 from services.storage import objects, retention
+from services.storage import privacy as privacy_data
 from services.storage.backends import Backend, make_backend
 from services.storage.models import outbox, processed_events
 from services.storage.settings import StorageSettings
@@ -178,6 +180,43 @@ class StorageService(DarkroomService):
         self.db.commit()
         log.info("user's objects erased", extra={"user_id": str(user_id), **erased})
         return erased
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": privacy_data.retention_items(self.settings)}
+
+    @event_handler("privacy", "export_requested")
+    def privacy_export_requested(self, event: dict) -> None:
+        """The list of the user's objects; a big list is stored here as an
+        export object of the user's (the privacy service reads it back)."""
+        if self.name not in event["services"]:
+            return
+        now = utcnow()
+
+        def store(blob: bytes):
+            return objects.store_export(self.db, self.store.backend, self.settings,
+                                        event["user_id"], event["request_id"], blob, now).id
+
+        data = privacy_data.export(self.db, event["user_id"])
+        self.dispatch("export_part_ready", parts.export_part(
+            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD,
+            store))
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_requested")
+    def privacy_erasure_requested(self, event: dict) -> None:
+        """Every object of the user's, bytes and rows; idempotent (a second
+        time finds nothing). A store that fails a delete: retried."""
+        if self.name not in event["services"]:
+            return
+        started = utcnow()
+        erased = objects.erase_user_tables(self.db, self.store.backend, event["user_id"])
+        self.dispatch("erasure_completed", parts.erasure_result(
+            event["request_id"], self.name, started, utcnow(), erased["tables"],
+            objects_deleted=erased["objects"], bytes_deleted=erased["bytes"]))
+        self.db.commit()
+        log.info("user's objects erased", extra={"request_id": str(event["request_id"]),
+                                                 "objects": erased["objects"]})
 
     # ------------------------------------------------------------ retention
 

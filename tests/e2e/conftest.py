@@ -19,7 +19,7 @@ from tests.fakes.stripe import FakeStripe
 
 STRIPE_WEBHOOK_SECRET = "whsec_e2e_test"
 PROVIDER_KEY = "sk-e2e-provider"
-SERVICES = ("auth", "notifications", "storage", "billing", "generation")
+SERVICES = ("auth", "notifications", "storage", "billing", "generation", "privacy")
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,7 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe,
         STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
         GENERATION_DATABASE_URL=make_database("generation"),
         GENERATION_METRICS_PORT=free_port(),
-        GENERATION_MAX_RUNNING_JOBS=1,
+        GENERATION_MAX_RUNNING_JOBS=1, GENERATION_LEASE_SECONDS=3,
         GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=fake_images.url,
         GENERATION_OPENAI_API_KEY=PROVIDER_KEY, GENERATION_OPENAI_TIMEOUT_S=1,
         GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=fake_video.url,
@@ -84,6 +84,10 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe,
         GENERATION_ROUTE_IMAGE_TO_VIDEO="video",
         GENERATION_RETRY_ATTEMPTS=2, GENERATION_RETRY_BASE_DELAY_S=0.05,
         GENERATION_BREAKER_FAILURES=1000, GENERATION_WEBHOOK_ALLOW="127.0.0.1",
+        PRIVACY_DATABASE_URL=make_database("privacy"),
+        PRIVACY_METRICS_PORT=free_port(),
+        # longer than GATEWAY_AUTH_CACHE_SECONDS, as in production; short, for speed
+        PRIVACY_ERASURE_SETTLE_SECONDS=3,
     )
     processes = {}
     for name in SERVICES:  # started together, waited for together: the stack starts fast

@@ -99,4 +99,10 @@ def load_rpc(schema: type[Schema] | Schema, payload) -> dict:
 
 
 # Import the per-service modules so EVENTS is complete wherever contracts is used.
-from services.common.contracts import auth, billing, generation, storage  # noqa: E402,F401
+from services.common.contracts import (  # noqa: E402,F401
+    auth,
+    billing,
+    generation,
+    privacy,
+    storage,
+)

@@ -303,6 +303,17 @@ class FakeService:
         return {"service": self.name, "ok": True}
 
 
+class FakePrivacy(FakeService):
+    """What GET /v1/me asks of the privacy service (tests/unit/privacy has the rest)."""
+
+    def __init__(self):
+        super().__init__("privacy")
+        self.status = {"current": None, "accepted": None, "acceptance_required": False}
+
+    def policy_status(self, user_id):
+        return dict(self.status)
+
+
 class FakePool:
     """Stands in for gateway.rpc.RpcPool: ``with pool.get() as rpc: rpc.auth...``."""
 
@@ -310,7 +321,7 @@ class FakePool:
         self.auth = FakeAuth()
         self.storage = FakeStorage()
         self.services = {"auth": self.auth, "notifications": FakeService("notifications"),
-                         "storage": self.storage}
+                         "storage": self.storage, "privacy": FakePrivacy()}
         self.checkouts = 0
 
     @contextmanager
@@ -327,6 +338,7 @@ class FakePool:
 
 BASE_CONFIG = {
     "RATELIMIT_ENABLED": False,
+    "ACCESS_LOG_EVENTS": False,  # no publishing thread, no broker: tests/unit/privacy checks it
     "LOG_LEVEL": "WARNING",
     "READY_SERVICES": ["auth", "notifications"],
 }

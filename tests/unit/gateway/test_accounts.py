@@ -138,7 +138,8 @@ def test_get_me(client, auth, headers):
     response = client.get("/v1/me", headers=headers)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == USER_FIELDS
+    assert set(body) == USER_FIELDS | {"policy"}
+    assert body["policy"] == {"current": None, "accepted": None, "acceptance_required": False}
     assert body["id"] == USER_ID
     assert body["totp_enabled"] is False
     assert auth.called("get_user") == [((USER_ID,), {})]
@@ -151,7 +152,7 @@ def test_get_me_drops_fields_the_contract_does_not_have(client, auth, monkeypatc
                         lambda self, uid: {**original(self, uid), "password_hash": "$argon2..."})
     body = client.get("/v1/me", headers=BEARER).get_json()
     assert "password_hash" not in body
-    assert set(body) == USER_FIELDS
+    assert set(body) == USER_FIELDS | {"policy"}
 
 
 def test_patch_me(client, auth):

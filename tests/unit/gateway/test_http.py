@@ -259,6 +259,11 @@ def test_openapi_document(client):
         "/v1/me/webhook-secret": {"get"}, "/v1/me/webhook-secret/rotate": {"post"},
         "/v1/templates": {"get"}, "/v1/generations": {"get", "post"},
         "/v1/generations/{job_id}": {"get", "delete"}, "/v1/generations/{job_id}/events": {"get"},
+        "/v1/privacy/requests": {"get", "post"},
+        "/v1/privacy/requests/{request_id}": {"get", "delete"},
+        "/v1/privacy/certificates/{request_id}": {"get"}, "/v1/privacy/consents": {"get", "put"},
+        "/v1/privacy/policy": {"get"}, "/v1/privacy/policy/accept": {"post"},
+        "/v1/privacy/retention": {"get"},
     }
     assert {path: set(ops) - {"parameters"} for path, ops in doc["paths"].items()} == expected
     schemes = doc["components"]["securitySchemes"]

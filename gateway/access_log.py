@@ -1,0 +1,156 @@
+"""Access-log facts for the privacy service: one ``gateway.request_logged``
+event per request, published without slowing any request down.
+
+The response hook only puts a small dict on a bounded in-process queue
+(``put_nowait``: it never blocks, never touches the network); a daemon thread
+per process takes them off and publishes each, persistent and confirmed, to
+the ``gateway.events`` exchange (nameko's event exchange for a service named
+``gateway``, where the privacy service's handler listens). When the queue is
+full (the broker is away, or slower than the traffic), the fact is dropped
+and counted in ``darkroom_access_log_dropped_total``; a fact that cannot be
+published after a few tries is dropped and counted too. Access logs are a
+record, not a ledger: losing some under an outage is accepted, blocking the
+API is not.
+
+What a fact holds (and nothing else): the user id when the request was
+authenticated, the method, the route template (``/v1/images/<uuid:image_id>``,
+never the path with its ids, never a query string), the status, the time,
+and the client's network truncated to /24 (IPv4) or /48 (IPv6).
+
+Health checks and metrics scrapes (``/healthz``, ``/readyz``, ``/metrics``)
+are not users' requests and are not published (a compose healthcheck alone
+would add a row every ten seconds, forever).
+
+The thread starts on first use in each process (gunicorn forks its workers
+after the app may have been built) and again after a fork.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import queue
+import threading
+import time
+
+from nameko.amqp.publish import Publisher
+from nameko.standalone.events import get_event_exchange
+from prometheus_client import Counter
+
+from services.common.contracts import make_event
+from services.common.contracts import privacy as _privacy_contracts  # noqa: F401 (registers it)
+from services.common.ids import isoformat, utcnow
+
+log = logging.getLogger("gateway.access_log")
+
+EVENT = "gateway.request_logged"
+ROUTING_KEY = "request_logged"
+DEFAULT_QUEUE_SIZE = 10_000
+PUBLISH_TRIES = 3
+NOT_LOGGED = frozenset({"/healthz", "/readyz", "/metrics"})
+RETRY_PAUSE_SECONDS = 1.0
+
+DROPPED = Counter("darkroom_access_log_dropped_total",
+                  "Access-log facts not published (queue full, or the broker refused them)",
+                  ["reason"])
+
+
+def client_network(address: str | None) -> str | None:
+    """``203.0.113.7`` → ``203.0.113.0/24``; an IPv6 address → its /48;
+    an IPv4-mapped IPv6 address counts as IPv4; None for anything else."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def fact(method: str, route: str, status: int, user_id: str | None, address: str | None) -> dict:
+    return {"user_id": user_id, "method": method[:10], "route": route[:200], "status": int(status),
+            "network": client_network(address), "at": isoformat(utcnow())}
+
+
+class AccessLogPublisher:
+    def __init__(self, amqp_uri: str, max_queue: int = DEFAULT_QUEUE_SIZE, publisher=None):
+        self.amqp_uri = amqp_uri
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_queue)))
+        self._publisher = publisher
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self.published = 0
+
+    # -- the request side: never blocks
+
+    def submit(self, payload: dict, correlation_id: str | None = None) -> bool:
+        if payload["route"] in NOT_LOGGED:
+            return False
+        self._ensure_thread()
+        try:
+            self.queue.put_nowait((payload, correlation_id))
+        except queue.Full:
+            DROPPED.labels("queue_full").inc()
+            return False
+        return True
+
+    def _ensure_thread(self) -> None:
+        pid = os.getpid()
+        if self._thread is not None and self._pid == pid and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == pid and self._thread.is_alive():
+                return
+            if self._pid != pid:  # a forked child: the parent's queue and thread are not ours
+                self.queue = queue.Queue(maxsize=self.queue.maxsize)
+            self._pid = pid
+            self._thread = threading.Thread(target=self._run, name="access-log-publisher",
+                                            daemon=True)
+            self._thread.start()
+
+    # -- the publishing thread
+
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.amqp_uri, use_confirms=True, serializer="json",
+                                        declare=[get_event_exchange("gateway", {})])
+        return self._publisher
+
+    def _run(self) -> None:
+        while True:
+            payload, correlation_id = self.queue.get()
+            self.publish_one(payload, correlation_id)
+
+    def publish_one(self, payload: dict, correlation_id: str | None = None) -> bool:
+        body = make_event(EVENT, payload)
+        headers = {"nameko.correlation_id": correlation_id} if correlation_id else {}
+        for attempt in range(1, PUBLISH_TRIES + 1):
+            try:
+                self.publisher().publish(body, exchange=get_event_exchange("gateway", {}),
+                                         routing_key=ROUTING_KEY, extra_headers=headers)
+                self.published += 1
+                return True
+            except Exception as exc:  # the broker is away: wait a little, then give up
+                log.warning("access log not published (try %d of %d): %s", attempt,
+                            PUBLISH_TRIES, exc)
+                if attempt < PUBLISH_TRIES:
+                    time.sleep(RETRY_PAUSE_SECONDS * attempt)
+        DROPPED.labels("publish_failed").inc()
+        return False
+
+
+def from_config(config: dict) -> AccessLogPublisher | None:
+    """The publisher the app's config asks for (``ACCESS_LOG_EVENTS``, default
+    on; ``ACCESS_LOG_QUEUE_SIZE``, default 10000), or None."""
+    enabled = config.get("ACCESS_LOG_EVENTS", True)
+    if isinstance(enabled, str):
+        enabled = enabled.strip().lower() in ("1", "true", "yes", "on")
+    if not enabled:
+        return None
+    return AccessLogPublisher(str(config["AMQP_URI"]),
+                              int(config.get("ACCESS_LOG_QUEUE_SIZE") or DEFAULT_QUEUE_SIZE))

@@ -1,0 +1,142 @@
+"""Privacy (API.md "Privacy"), over the privacy service's RPC.
+
+Requests (export, erasure, restriction, lifting it), consents, the policy
+and its acceptance, the retention schedule actually enforced, and erasure
+certificates. Another user's request is 404, like an unknown one. Every
+answer is ``Cache-Control: no-store`` (a finished export carries a signed
+download URL).
+
+Asking for an erasure revokes every session and API key of the account at
+once (the privacy service asks auth); this gateway process forgets the
+caller's credential at once too, the others within their credential cache.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, g
+from flask.views import MethodView
+
+from gateway.api.common import Blueprint, present, rpc
+from gateway.auth import authenticated, current_principal
+from services.common.contracts.privacy import (
+    AcceptPolicy,
+    Certificate,
+    Consents,
+    CreateRequest,
+    Policy,
+    PolicyStatus,
+    RequestPage,
+    RequestQuery,
+    RequestView,
+    Retention,
+    UpdateConsents,
+)
+
+privacy_blp = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
+                        description="Your data: export, erasure, restriction, consents, the "
+                                    "privacy policy and the retention schedule")
+
+
+@privacy_blp.after_request
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _user_id() -> str:
+    return current_principal().user_id
+
+
+@privacy_blp.route("/requests")
+class Requests(MethodView):
+    @privacy_blp.arguments(RequestQuery, location="query")
+    @privacy_blp.response(200, RequestPage)
+    @authenticated
+    def get(self, query):
+        """The caller's privacy requests, newest first"""
+        with rpc() as proxy:
+            return present(RequestPage, proxy.privacy.list_requests(_user_id(), query))
+
+    @privacy_blp.response(202, RequestView)
+    @authenticated
+    @privacy_blp.arguments(CreateRequest)
+    def post(self, payload):
+        """Ask for an export, an erasure (sessions and API keys are revoked at once), a
+        restriction of processing or its lifting; 409 while one of that type is open"""
+        with rpc() as proxy:
+            answer = proxy.privacy.create_request(_user_id(), payload)
+        if payload["type"] == "erasure":
+            current_app.extensions["darkroom"].auth_cache.evict(g.credential_key)
+        return present(RequestView, answer), 202, {
+            "Location": f"/v1/privacy/requests/{answer['id']}"}
+
+
+@privacy_blp.route("/requests/<uuid:request_id>")
+class OneRequest(MethodView):
+    @privacy_blp.response(200, RequestView)
+    @authenticated
+    def get(self, request_id):
+        """A request with its per-service parts; a finished export has a download_url"""
+        with rpc() as proxy:
+            return present(RequestView, proxy.privacy.get_request(_user_id(), str(request_id)))
+
+    @privacy_blp.response(200, RequestView)
+    @authenticated
+    def delete(self, request_id):
+        """Cancel an erasure that has not started (its grace period); 409 not_cancellable"""
+        with rpc() as proxy:
+            return present(RequestView,
+                           proxy.privacy.cancel_request(_user_id(), str(request_id)))
+
+
+@privacy_blp.route("/certificates/<uuid:request_id>", methods=["GET"])
+@privacy_blp.response(200, Certificate)
+def certificate(request_id):
+    """A completed erasure's certificate (no personal data; no authentication: the
+    account is gone). 404 until the erasure has completed"""
+    with rpc() as proxy:
+        return present(Certificate, proxy.privacy.get_certificate(str(request_id)))
+
+
+@privacy_blp.route("/consents")
+class ConsentsView(MethodView):
+    @privacy_blp.response(200, Consents)
+    @authenticated
+    def get(self):
+        """The caller's consents and every change of them"""
+        with rpc() as proxy:
+            return present(Consents, proxy.privacy.get_consents(_user_id()))
+
+    @privacy_blp.response(200, Consents)
+    @authenticated
+    @privacy_blp.arguments(UpdateConsents)
+    def put(self, payload):
+        """Give or withdraw consent to marketing mail and analytics"""
+        with rpc() as proxy:
+            return present(Consents, proxy.privacy.update_consents(_user_id(), payload, "api"))
+
+
+@privacy_blp.route("/policy", methods=["GET"])
+@privacy_blp.response(200, Policy)
+def policy():
+    """The current privacy policy version (404 before any is published)"""
+    with rpc() as proxy:
+        return present(Policy, proxy.privacy.get_policy())
+
+
+@privacy_blp.route("/policy/accept", methods=["POST"])
+@privacy_blp.response(200, PolicyStatus)
+@authenticated
+@privacy_blp.arguments(AcceptPolicy)
+def accept_policy(payload):
+    """Accept the current policy version (409 policy_version_outdated for another one)"""
+    with rpc() as proxy:
+        return present(PolicyStatus, proxy.privacy.accept_policy(_user_id(), payload))
+
+
+@privacy_blp.route("/retention", methods=["GET"])
+@privacy_blp.response(200, Retention)
+def retention():
+    """The retention schedule the running services enforce, from their own settings"""
+    with rpc() as proxy:
+        return present(Retention, proxy.privacy.get_retention())

@@ -1,0 +1,304 @@
+"""Privacy contracts: data-subject requests orchestrated by events, consent,
+policy versions, the retention schedule and the gateway's access-log facts.
+
+The privacy service publishes ``privacy.export_requested`` and
+``privacy.erasure_requested``; every service that holds personal data
+(:data:`PART_SERVICES`) answers with ``<service>.export_part_ready`` or
+``<service>.erasure_completed`` (registered below for each of them). Those
+answers carry the part (its JSON, or the id of an object stored through the
+storage service when it is big) and, for an erasure, counts and times only:
+never personal data, since they end up in the erasure certificate.
+
+The gateway uses the request and response schemas for the HTTP API of
+API.md "Privacy"; ``gateway.request_logged`` is the gateway's access-log fact
+(it has no service of its own, so its contract lives here, with its consumer).
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+
+# Every service that holds personal data and answers export and erasure requests.
+PART_SERVICES = ("auth", "billing", "generation", "notifications", "storage", "privacy")
+REQUEST_TYPES = ("export", "erasure", "restriction", "lift_restriction")
+STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+OPEN_STATUSES = ("pending", "in_progress", "failed")
+# waiting: a later phase, not asked yet; pending: asked, no answer yet.
+PART_STATUSES = ("waiting", "pending", "completed", "failed")
+CONSENT_PURPOSES = ("marketing_email", "analytics")
+# A part whose JSON is larger than this travels as a stored object, not in the event.
+PART_INLINE_MAX_BYTES = 1_000_000
+POLICY_VERSION = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
+                                 error="1 to 32 letters, digits, '.', '_' or '-'")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+# ---------------------------------------------------------------- events
+
+
+@register_event("privacy.export_requested")
+class ExportRequested(EventSchema):
+    """Each service in ``services`` exports what it holds about ``user_id``."""
+
+    request_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    services = fields.List(fields.String(validate=validate.OneOf(PART_SERVICES)), required=True)
+
+
+@register_event("privacy.erasure_requested")
+class ErasureRequested(EventSchema):
+    """Each service in ``services`` deletes (or pseudonymises) what it holds."""
+
+    request_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    services = fields.List(fields.String(validate=validate.OneOf(PART_SERVICES)), required=True)
+
+
+@register_event("privacy.export_ready")
+class ExportReady(EventSchema):
+    """The archive is stored; notifications mails the owner."""
+
+    request_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    expires_at = fields.AwareDateTime(allow_none=True, load_default=None)
+
+
+@register_event("privacy.restriction_changed")
+class RestrictionChanged(EventSchema):
+    """While ``restricted``, no new generation runs and no marketing or
+    analytics use is made of the account (its data is kept)."""
+
+    user_id = fields.UUID(required=True)
+    restricted = fields.Boolean(required=True)
+
+
+@register_event("privacy.consent_changed")
+class ConsentChanged(EventSchema):
+    """The user's consents after a change (notifications keeps marketing_email)."""
+
+    user_id = fields.UUID(required=True)
+    marketing_email = fields.Boolean(required=True)
+    analytics = fields.Boolean(required=True)
+    policy_version = fields.String(allow_none=True, load_default=None)
+
+
+@register_event("gateway.request_logged")
+class RequestLogged(EventSchema):
+    """One HTTP request: no body, no query string, no credential, and the
+    client's network (IPv4 /24, IPv6 /48) rather than its address."""
+
+    user_id = fields.UUID(allow_none=True, load_default=None)
+    method = fields.String(required=True, validate=validate.Length(max=10))
+    route = fields.String(required=True, validate=validate.Length(max=200))
+    status = fields.Integer(required=True, validate=validate.Range(min=100, max=599))
+    network = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=64))
+    at = fields.AwareDateTime(required=True)
+
+
+class Withheld(Schema):
+    """Something a service holds but leaves out of the export, and why."""
+
+    what = fields.String(required=True)
+    why = fields.String(required=True)
+
+
+class ExportPartReady(EventSchema):
+    """A service's part of an export: ``data`` (its JSON) or, past
+    :data:`PART_INLINE_MAX_BYTES`, ``object_id``: a zip holding ``part.json``,
+    stored through the storage service as one of the user's ``export`` objects."""
+
+    request_id = fields.UUID(required=True)
+    service = fields.String(required=True, validate=validate.OneOf(PART_SERVICES))
+    data = fields.Dict(keys=fields.String(), allow_none=True, load_default=None)
+    object_id = fields.UUID(allow_none=True, load_default=None)
+    about = fields.String(required=True, validate=validate.Length(max=4000))
+    withheld = fields.List(fields.Nested(Withheld), load_default=list)
+
+    @validates_schema
+    def one_of_data_or_object(self, data, **kwargs):
+        if (data.get("data") is None) == (data.get("object_id") is None):
+            raise ValidationError("give exactly one of data and object_id")
+
+
+class ErasureCompleted(EventSchema):
+    """What a service removed: counts per table (table names, no personal
+    data) and the time it worked. Rows a law makes it keep are
+    pseudonymised and counted apart."""
+
+    request_id = fields.UUID(required=True)
+    service = fields.String(required=True, validate=validate.OneOf(PART_SERVICES))
+    rows_deleted = fields.Integer(required=True, validate=validate.Range(min=0))
+    rows_pseudonymised = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    objects_deleted = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    bytes_deleted = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    tables = fields.Dict(keys=fields.String(), values=fields.Integer(), load_default=dict)
+    started_at = fields.AwareDateTime(required=True)
+    finished_at = fields.AwareDateTime(required=True)
+
+
+# One event name per answering service (privacy records its own part directly).
+for _service in PART_SERVICES:
+    if _service == "privacy":
+        continue
+    _title = _service.title()
+    register_event(f"{_service}.export_part_ready")(
+        type(f"{_title}ExportPartReady", (ExportPartReady,), {"__module__": __name__}))
+    register_event(f"{_service}.erasure_completed")(
+        type(f"{_title}ErasureCompleted", (ErasureCompleted,), {"__module__": __name__}))
+del _service, _title
+
+
+# ---------------------------------------------------------------- requests
+
+
+class CreateRequest(RpcSchema):
+    """``POST /v1/privacy/requests``"""
+
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+
+
+class RequestQuery(PageQuery):
+    """``GET /v1/privacy/requests?limit=&cursor=``"""
+
+
+class UpdateConsents(RpcSchema):
+    """``PUT /v1/privacy/consents``: the purposes to change (at least one)."""
+
+    marketing_email = fields.Boolean()
+    analytics = fields.Boolean()
+
+    @validates_schema
+    def at_least_one(self, data, **kwargs):
+        if not data:
+            raise ValidationError(f"give at least one of {', '.join(CONSENT_PURPOSES)}")
+
+
+class AcceptPolicy(RpcSchema):
+    """``POST /v1/privacy/policy/accept``"""
+
+    version = fields.String(required=True, validate=POLICY_VERSION)
+
+
+class PublishPolicy(RpcSchema):
+    """``darkroom-ops privacy publish-policy``: a material version must be
+    accepted again by every user; a minor one need not be."""
+
+    version = fields.String(required=True, validate=POLICY_VERSION)
+    material = fields.Boolean(required=True)
+    summary = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+
+
+class MarketingMail(RpcSchema):
+    """``notifications.send_marketing``: one campaign's mail to these users;
+    only those who opted in (and are not restricted) get it, each once."""
+
+    campaign_id = fields.UUID(required=True)
+    subject = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    text = fields.String(required=True, validate=validate.Length(min=1, max=20000))
+    user_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1, max=1000))
+
+
+# ---------------------------------------------------------------- responses
+
+
+class PartView(RpcSchema):
+    service = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(PART_STATUSES))
+    completed_at = fields.AwareDateTime(allow_none=True)
+    overdue = fields.Boolean(required=True)
+
+
+class RequestView(RpcSchema):
+    id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    created_at = fields.AwareDateTime(required=True)
+    due_at = fields.AwareDateTime(required=True)
+    overdue = fields.Boolean(required=True)
+    starts_at = fields.AwareDateTime(
+        allow_none=True, metadata={"description": "an erasure: when it starts (cancellable until then)"})
+    completed_at = fields.AwareDateTime(allow_none=True)
+    cancelled_at = fields.AwareDateTime(allow_none=True)
+    parts = fields.List(fields.Nested(PartView), required=True)
+    download_url = fields.String(
+        allow_none=True, metadata={"description": "a finished export: signed, short-lived"})
+    download_expires_at = fields.AwareDateTime(
+        allow_none=True, metadata={"description": "when the stored archive is deleted"})
+    certificate_url = fields.String(
+        allow_none=True, metadata={"description": "a finished erasure: its certificate"})
+
+
+class RequestPage(RpcSchema):
+    items = fields.List(fields.Nested(RequestView), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class CertificatePart(RpcSchema):
+    service = fields.String(required=True)
+    rows_deleted = fields.Integer(required=True)
+    rows_pseudonymised = fields.Integer(required=True)
+    objects_deleted = fields.Integer(required=True)
+    bytes_deleted = fields.Integer(required=True)
+    tables = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    started_at = fields.AwareDateTime(allow_none=True)
+    finished_at = fields.AwareDateTime(allow_none=True)
+    confirmed_at = fields.AwareDateTime(required=True)
+
+
+class Certificate(RpcSchema):
+    """An erasure's certificate: what every service removed, and when. No
+    personal data: not the user's id, not their address."""
+
+    request_id = fields.UUID(required=True)
+    requested_at = fields.AwareDateTime(required=True)
+    started_at = fields.AwareDateTime(allow_none=True)
+    completed_at = fields.AwareDateTime(required=True)
+    services = fields.List(fields.Nested(CertificatePart), required=True)
+    totals = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class ConsentChange(RpcSchema):
+    purpose = fields.String(required=True, validate=validate.OneOf(CONSENT_PURPOSES))
+    granted = fields.Boolean(required=True)
+    source = fields.String(required=True)
+    policy_version = fields.String(allow_none=True)
+    changed_at = fields.AwareDateTime(required=True)
+
+
+class Consents(RpcSchema):
+    marketing_email = fields.Boolean(required=True)
+    analytics = fields.Boolean(required=True)
+    updated_at = fields.AwareDateTime(allow_none=True)
+    history = fields.List(fields.Nested(ConsentChange), required=True,
+                          metadata={"description": "every change, newest first"})
+
+
+class Policy(RpcSchema):
+    version = fields.String(required=True)
+    material = fields.Boolean(required=True)
+    summary = fields.String(required=True)
+    published_at = fields.AwareDateTime(required=True)
+    material_version = fields.String(
+        allow_none=True, metadata={"description": "the latest version users must accept"})
+
+
+class PolicyStatus(RpcSchema):
+    current = fields.String(allow_none=True, required=True)
+    accepted = fields.String(allow_none=True, required=True)
+    acceptance_required = fields.Boolean(required=True)
+
+
+class RetentionItem(RpcSchema):
+    service = fields.String(required=True)
+    data = fields.String(required=True)
+    kept = fields.String(required=True)
+    days = fields.Float(allow_none=True, metadata={"description": "the period in days, when fixed"})
+    enforced_by = fields.String(required=True)
+
+
+class Retention(RpcSchema):
+    items = fields.List(fields.Nested(RetentionItem), required=True)
+    unavailable = fields.List(fields.String(), required=True,
+                              metadata={"description": "services that did not answer just now"})

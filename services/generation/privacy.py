@@ -1,0 +1,141 @@
+"""The generation service's part of privacy: the user's jobs and webhook
+deliveries in an export and an erasure, the processing restriction (no new
+job while restricted), and the retention schedule this service enforces.
+
+An erasure waits for the user's running jobs (:class:`JobsRunning`: the event
+is retried) so no output is stored behind it; it is the first phase of every
+erasure, before storage and billing erase theirs. Jobs that have not started
+are deleted with the rest (billing erases their holds).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from services.common.errors import forbidden
+from services.common.ids import isoformat
+from services.generation.models import RUNNING, Job, RestrictedUser, WebhookDelivery
+from services.generation.settings import GenerationSettings
+
+ABOUT = (
+    "Your generation jobs: what you asked for (prompt, negative prompt, parameters, template "
+    "and inputs, source image), how it went (status, attempts, provider, price, error, outputs) "
+    "and when; the webhook calls made for them (URL, status, tries, times); and whether "
+    "processing of your account is restricted."
+)
+WITHHELD = [
+    {"what": "webhook request bodies",
+     "why": "they are the job's final state, which is listed here already"},
+    {"what": "lease tokens and request fingerprints of jobs",
+     "why": "internal bookkeeping with no information about you"},
+]
+
+
+class JobsRunning(Exception):
+    """A job of the user is running: erase once it has ended (the event is retried)."""
+
+
+def _uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+# ---------------------------------------------------------------- restriction
+
+
+def is_restricted(db: Session, user_id) -> bool:
+    row = db.get(RestrictedUser, _uuid(user_id))
+    return bool(row and row.restricted)
+
+
+def check_not_restricted(db: Session, user_id) -> None:
+    """403 ``processing_restricted`` while the user has restricted processing."""
+    if is_restricted(db, user_id):
+        raise forbidden("processing of this account is restricted: no new generation runs "
+                        "until the restriction is lifted", code="processing_restricted")
+
+
+def apply_restriction(db: Session, user_id, restricted: bool, at: datetime) -> bool:
+    """Record a ``privacy.restriction_changed`` unless a newer one was; the caller commits."""
+    uid = _uuid(user_id)
+    row = db.get(RestrictedUser, uid, with_for_update=True)
+    if row is None:
+        db.add(RestrictedUser(user_id=uid, restricted=bool(restricted), changed_at=at))
+    elif row.changed_at > at:
+        return False
+    else:
+        row.restricted, row.changed_at = bool(restricted), at
+    db.flush()
+    return True
+
+
+# ---------------------------------------------------------------- export and erasure
+
+
+def _job(job: Job) -> dict:
+    return {
+        "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+        "prompt_redacted": job.prompt_redacted, "params": job.params or {}, "shots": job.shots,
+        "price": job.price, "provider": job.provider,
+        "error": {"code": job.error_code, "message": job.error_message}
+        if job.error_code else None,
+        "outputs": [str(o) for o in job.output_ids or []], "webhook_url": job.webhook_url,
+        "idempotency_key": job.idempotency_key,
+        "created_at": isoformat(job.created_at), "started_at": isoformat(job.started_at),
+        "finished_at": isoformat(job.finished_at),
+    }
+
+
+def export(db: Session, user_id) -> dict:
+    uid = _uuid(user_id)
+    jobs = db.scalars(select(Job).where(Job.user_id == uid).order_by(Job.created_at, Job.id))
+    deliveries = db.scalars(select(WebhookDelivery).where(WebhookDelivery.user_id == uid)
+                            .order_by(WebhookDelivery.created_at))
+    return {
+        "jobs": [_job(job) for job in jobs],
+        "webhook_deliveries": [
+            {"job_id": str(d.job_id), "job_status": d.job_status, "url": d.url,
+             "status": d.status, "tries": d.tries, "last_error": d.last_error,
+             "created_at": isoformat(d.created_at), "delivered_at": isoformat(d.delivered_at)}
+            for d in deliveries
+        ],
+        "processing_restricted": is_restricted(db, uid),
+    }
+
+
+def erase(db: Session, user_id) -> dict[str, int]:
+    """Delete the user's jobs, webhook deliveries and restriction; rows per
+    table. Raises :class:`JobsRunning` while a job of theirs runs. The caller commits."""
+    uid = _uuid(user_id)
+    running = db.scalar(select(func.count()).select_from(Job)
+                        .where(Job.user_id == uid, Job.status == RUNNING))
+    if running:
+        raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
+    tables = {}
+    for name, model in (("webhook_deliveries", WebhookDelivery), ("jobs", Job),
+                        ("restricted_users", RestrictedUser)):
+        tables[name] = db.execute(delete(model).where(model.user_id == uid)
+                                  .execution_options(synchronize_session=False)).rowcount or 0
+    return tables
+
+
+def retention_items(settings: GenerationSettings) -> list[dict]:
+    prompts = ("removed from each job when it ends" if settings.prompt_retention == "redact"
+               else "kept with the job until the account is erased (your history)")
+    return [
+        {"data": "generation jobs (parameters, status, price, outputs' ids)",
+         "kept": "until the account is erased", "days": None,
+         "enforced_by": "erasure (privacy request)"},
+        {"data": "prompts", "kept": prompts, "days": None,
+         "enforced_by": "GENERATION_PROMPT_RETENTION="
+                        f"{settings.prompt_retention}, then erasure"},
+        {"data": "webhook deliveries", "kept": "until the account is erased", "days": None,
+         "enforced_by": "erasure (privacy request)"},
+        {"data": "what model providers get", "kept": "prompts and source images only: never an "
+         "email, a user id or an account key", "days": None,
+         "enforced_by": "the generation service's provider adapters"},
+    ]

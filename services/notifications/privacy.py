@@ -1,0 +1,110 @@
+"""The notifications service's part of privacy: the mails it recorded, in
+an export and in an erasure; the marketing preferences it mirrors from the
+privacy service's events (marketing mail only to accounts that opted in and
+are not restricted; security mail always goes out); and the retention
+schedule it enforces."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from services.common.ids import isoformat
+from services.notifications import notify
+from services.notifications.models import MarketingPreference, Notification
+
+ABOUT = (
+    "The mails we sent you: when, to which address, which kind (verification, password "
+    "reset, sign-in warning, receipt, refund, export ready, news) and the subject; and "
+    "whether you get news by mail."
+)
+WITHHELD = [
+    {"what": "the bodies of the mails",
+     "why": "they are not stored: they went to your mailbox (which has them)"},
+]
+MARKETING_NAMESPACE = uuid.UUID("6f2c0a4e-7e0f-4d0a-9a51-2c1f3f8b9d10")
+
+
+def _uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def export(db: Session, user_id) -> dict:
+    preference = db.get(MarketingPreference, _uuid(user_id))
+    return {
+        "mails": notify.export_user(db, user_id),
+        "marketing": {
+            "marketing_email": bool(preference and preference.marketing_email),
+            "restricted": bool(preference and preference.restricted),
+            "changed_at": isoformat(preference.consent_changed_at) if preference else None,
+        },
+    }
+
+
+def erase(db: Session, user_id) -> dict[str, int]:
+    """Rows deleted per table; the caller commits."""
+    uid = _uuid(user_id)
+    return {
+        "notifications": db.execute(delete(Notification).where(Notification.user_id == uid)
+                                    .execution_options(synchronize_session=False)).rowcount or 0,
+        "marketing_preferences": db.execute(
+            delete(MarketingPreference).where(MarketingPreference.user_id == uid)
+            .execution_options(synchronize_session=False)).rowcount or 0,
+    }
+
+
+def _preference(db: Session, user_id: uuid.UUID) -> MarketingPreference:
+    row = db.get(MarketingPreference, user_id, with_for_update=True)
+    if row is None:
+        row = MarketingPreference(user_id=user_id, marketing_email=False, restricted=False)
+        db.add(row)
+    return row
+
+
+def consent_changed(db: Session, user_id, marketing_email: bool, at: datetime) -> bool:
+    """Apply a consent event unless a newer one was applied; the caller commits."""
+    row = _preference(db, _uuid(user_id))
+    if row.consent_changed_at is not None and row.consent_changed_at > at:
+        return False
+    row.marketing_email, row.consent_changed_at = bool(marketing_email), at
+    db.flush()
+    return True
+
+
+def restriction_changed(db: Session, user_id, restricted: bool, at: datetime) -> bool:
+    row = _preference(db, _uuid(user_id))
+    if row.restriction_changed_at is not None and row.restriction_changed_at > at:
+        return False
+    row.restricted, row.restriction_changed_at = bool(restricted), at
+    db.flush()
+    return True
+
+
+def marketing_allowed(db: Session, user_ids) -> set[uuid.UUID]:
+    """Of ``user_ids``, those that opted in to marketing mail and are not
+    restricted (no record: never opted in)."""
+    ids = [_uuid(u) for u in user_ids]
+    return set(db.scalars(select(MarketingPreference.user_id).where(
+        MarketingPreference.user_id.in_(ids), MarketingPreference.marketing_email.is_(True),
+        MarketingPreference.restricted.is_(False))))
+
+
+def marketing_event(campaign_id, user_id, subject: str, text: str) -> dict:
+    """The mail of one campaign to one user, as :func:`notify.deliver` takes
+    it: its id is derived from both, so a campaign sent twice mails nobody twice."""
+    return {"event_id": uuid.uuid5(MARKETING_NAMESPACE, f"{campaign_id}:{user_id}"),
+            "user_id": _uuid(user_id), "subject": subject, "text": text}
+
+
+def retention_items() -> list[dict]:
+    return [
+        {"data": "record of each mail sent (address, kind, subject, time; no body)",
+         "kept": "until the account is erased", "days": None,
+         "enforced_by": "erasure (privacy request)"},
+        {"data": "marketing preference (mirrored from the privacy service)",
+         "kept": "until the account is erased", "days": None,
+         "enforced_by": "erasure (privacy request)"},
+    ]

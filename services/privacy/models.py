@@ -1,0 +1,184 @@
+"""The privacy service's tables.
+
+- ``privacy_requests`` and ``request_parts``: data-subject requests and each
+  service's part of them. When an erasure completes, the user id is removed
+  from every request of that user: what stays (types, statuses, times,
+  per-service counts, ``request_log``) is the audit trail, with no personal
+  data in it. ``open_type`` is the request's type while it is open and NULL
+  after; a unique key on ``(user_id, open_type)`` keeps one open request of
+  each type per user, even under concurrent requests.
+- ``consent_changes`` (every change kept), ``policy_versions``,
+  ``policy_acceptances``, ``restrictions``.
+- ``access_logs``: the gateway's ``gateway.request_logged`` facts, purged
+  after ``ACCESS_LOG_RETENTION_DAYS``; the row id is the event id, so a
+  redelivered event is stored once.
+- ``erased_subjects``: a keyed hash (``psn:`` + HMAC) of each erased user's
+  id, so access logs still on their way when the erasure completed are
+  dropped instead of stored. It cannot be turned back into the id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.common.db import NAMING_CONVENTION, UtcDateTime
+from services.common.ids import new_id
+from services.common.outbox import outbox_table
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PrivacyRequest(Base):
+    __tablename__ = "privacy_requests"
+    __table_args__ = (
+        UniqueConstraint("user_id", "open_type"),
+        Index("ix_privacy_requests_user_id_created_at_id", "user_id", "created_at", "id"),
+        Index("ix_privacy_requests_status_due_at", "status", "due_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # NULL once erased
+    type: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(16))
+    open_type: Mapped[str | None] = mapped_column(String(20))
+    phase: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # an erasure starts then (grace period, and the gateways' credential cache)
+    starts_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # an export: the archive (a storage object of the user's), and its assembly
+    export_object_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    export_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    export_size: Mapped[int | None] = mapped_column(BigInteger)
+    assembly_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    assembling_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RequestPart(Base):
+    """One service's part of a request. An export part's JSON (``data``) or
+    stored object (``object_id``) is kept only until the archive is built."""
+
+    __tablename__ = "request_parts"
+    __table_args__ = (Index("ix_request_parts_status_published_at", "status", "published_at"),)
+
+    request_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("privacy_requests.id", ondelete="CASCADE"), primary_key=True)
+    service: Mapped[str] = mapped_column(String(32), primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times the request was published
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # an erasure part: what the service reports (counts and times, no personal data)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    rows_deleted: Mapped[int | None] = mapped_column(BigInteger)
+    rows_pseudonymised: Mapped[int | None] = mapped_column(BigInteger)
+    objects_deleted: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_deleted: Mapped[int | None] = mapped_column(BigInteger)
+    tables: Mapped[dict | None] = mapped_column(JSON)
+    # an export part
+    data: Mapped[str | None] = mapped_column(Text)
+    object_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    about: Mapped[str | None] = mapped_column(Text)
+    withheld: Mapped[list | None] = mapped_column(JSON)
+
+
+class RequestLog(Base):
+    """The audit trail of a request: what happened when. No personal data."""
+
+    __tablename__ = "request_log"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    action: Mapped[str] = mapped_column(String(40))
+    service: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(500))
+
+
+class ConsentChange(Base):
+    __tablename__ = "consent_changes"
+    __table_args__ = (Index("ix_consent_changes_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    purpose: Mapped[str] = mapped_column(String(32))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(32))
+    policy_version: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PolicyVersion(Base):
+    __tablename__ = "policy_versions"
+
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    material: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class PolicyAcceptance(Base):
+    __tablename__ = "policy_acceptances"
+    __table_args__ = (UniqueConstraint("user_id", "version"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    accepted_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Restriction(Base):
+    __tablename__ = "restrictions"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    restricted: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AccessLog(Base):
+    __tablename__ = "access_logs"
+    __table_args__ = (Index("ix_access_logs_user_id_at", "user_id", "at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # the event id
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    method: Mapped[str] = mapped_column(String(10))
+    route: Mapped[str] = mapped_column(String(200))
+    status: Mapped[int] = mapped_column(Integer)
+    network: Mapped[str | None] = mapped_column(String(64))
+
+
+class ErasedSubject(Base):
+    __tablename__ = "erased_subjects"
+
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+outbox = outbox_table(Base.metadata)

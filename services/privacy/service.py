@@ -1,0 +1,415 @@
+"""The privacy service: data-subject requests (export, erasure, restriction),
+consent, policy versions, access logs and the published retention schedule.
+
+    nameko run --config deploy/config/privacy.yaml services.privacy.service:PrivacyService
+
+Exports and erasures are orchestrated by events (see :mod:`requests`): this
+service publishes ``privacy.export_requested`` / ``privacy.erasure_requested``
+and records each service's answer; a service that is down answers when it
+returns. Its own part (consents, acceptances, restriction, access logs) is
+handled by its own handlers of those events, like everyone else's.
+Entrypoints are thin: load the payload through its contract, call the domain
+modules, dispatch events (into the outbox), commit, dump the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import requests as http
+from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy, rpc
+from nameko.timer import timer
+from sqlalchemy.exc import IntegrityError
+
+from services.common.contracts import load_rpc
+from services.common.contracts import privacy as c
+from services.common.db import Database
+from services.common.errors import DomainError, invalid_request, not_found
+from services.common.ids import isoformat, utcnow
+from services.common.messaging import EventPublisher, event_handler
+from services.common.service import DarkroomService
+from services.privacy import access_logs, archive, calls, consent, own_data, parts, schedule
+from services.privacy import requests as subject_requests
+from services.privacy.models import PrivacyRequest, outbox
+from services.privacy.settings import PrivacySettings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+TICK_SECONDS = 2
+PURGE_INTERVAL_SECONDS = 3600
+RETENTION_WAIT_SECONDS = 3.0
+# shorter than the gateway's RPC timeout (10 s): when auth is slow the user is
+# told 503 and nothing is recorded, never 503 while the request goes ahead
+REVOKE_TIMEOUT_SECONDS = 5.0
+
+
+class Settings(DependencyProvider):
+    def setup(self):
+        self.settings = PrivacySettings.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings
+
+
+def _user(user_id) -> uuid.UUID:
+    """The user a trusted caller (the gateway) names; malformed is its bug."""
+    try:
+        return user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+    except ValueError:
+        raise invalid_request("user_id is not a valid id",
+                              fields={"user_id": ["Not a valid UUID."]}) from None
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return isoformat(value)
+    return value
+
+
+class PrivacyService(DarkroomService):
+    name = "privacy"
+
+    db = Database(migrations=MIGRATIONS)
+    dispatch = EventPublisher(outbox=outbox)
+    settings = Settings()
+    auth = RpcProxy("auth")
+    storage = RpcProxy("storage")
+    billing = RpcProxy("billing")
+    generation = RpcProxy("generation")
+    notifications = RpcProxy("notifications")
+
+    def _bounded_storage(self) -> calls.Bounded:
+        return calls.Bounded(self.storage, "storage", self.settings.rpc_timeout_seconds)
+
+    # ------------------------------------------------------------ requests
+
+    @rpc(expected_exceptions=DomainError)
+    def create_request(self, user_id, payload) -> dict:
+        data = load_rpc(c.CreateRequest, payload)
+        user = _user(user_id)
+        now = utcnow()
+        if data["type"] == "erasure":
+            existing = subject_requests.open_request(self.db, user, "erasure")
+            if existing is not None:
+                raise subject_requests.request_open("erasure", existing)
+            # sessions and API keys at once, before anything else is recorded
+            revoked = calls.call(self.auth, "auth", "revoke_all", str(user),
+                                 timeout=min(REVOKE_TIMEOUT_SECONDS,
+                                             self.settings.rpc_timeout_seconds))
+            log.info("erasure requested: credentials revoked",
+                     extra={"user_id": str(user), **(revoked or {})})
+        try:
+            request = subject_requests.create(self.db, self.settings, user, data["type"], now,
+                                              self.dispatch)
+            self.db.commit()
+        except IntegrityError:  # the same request at the same moment: one wins
+            self.db.rollback()
+            raise subject_requests.request_open(
+                data["type"], subject_requests.open_request(self.db, user, data["type"])) from None
+        log.info("privacy request created", extra={"request_id": str(request.id),
+                                                   "type": request.type})
+        return self._view(request)
+
+    @rpc(expected_exceptions=DomainError)
+    def list_requests(self, user_id, query=None) -> dict:
+        data = load_rpc(c.RequestQuery, query)
+        rows, next_cursor = subject_requests.list_for_user(self.db, _user(user_id), data)
+        items = [self._view(r, with_download=False) for r in rows]
+        return c.RequestPage().dump({"items": items, "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def get_request(self, user_id, request_id) -> dict:
+        return self._view(subject_requests.get_for_user(self.db, _user(user_id), request_id))
+
+    @rpc(expected_exceptions=DomainError)
+    def cancel_request(self, user_id, request_id) -> dict:
+        request = subject_requests.cancel(self.db, _user(user_id), request_id, utcnow())
+        self.db.commit()
+        log.info("erasure cancelled", extra={"request_id": str(request.id)})
+        return self._view(request)
+
+    @rpc(expected_exceptions=DomainError)
+    def get_certificate(self, request_id) -> dict:
+        return c.Certificate().dump(subject_requests.certificate(self.db, request_id))
+
+    def _view(self, request: PrivacyRequest, with_download: bool = True) -> dict:
+        download = None
+        if with_download and request.export_object_id is not None and request.user_id:
+            try:
+                download = self._bounded_storage().get_object(str(request.user_id),
+                                                              str(request.export_object_id))
+            except DomainError as exc:
+                if exc.code != "not_found":
+                    raise
+        parts_ = subject_requests.parts_of(self.db, request.id)
+        return c.RequestView().dump(
+            subject_requests.view(self.settings, request, parts_, utcnow(), download))
+
+    # ------------------------------------------------------------ consent and policy
+
+    @rpc(expected_exceptions=DomainError)
+    def get_consents(self, user_id) -> dict:
+        return c.Consents().dump(consent.view(self.db, _user(user_id)))
+
+    @rpc(expected_exceptions=DomainError)
+    def update_consents(self, user_id, payload, source="api") -> dict:
+        data = load_rpc(c.UpdateConsents, payload)
+        user = _user(user_id)
+        current, changed = consent.update(self.db, user, data, source, utcnow())
+        if changed:
+            self.dispatch("consent_changed", {
+                "user_id": str(user), "marketing_email": current["marketing_email"],
+                "analytics": current["analytics"],
+                "policy_version": current["history"][0]["policy_version"]})
+        self.db.commit()
+        return c.Consents().dump(current)
+
+    @rpc(expected_exceptions=DomainError)
+    def get_policy(self) -> dict:
+        policy = consent.current_policy(self.db)
+        if policy is None:
+            raise not_found("policy")
+        return c.Policy().dump(consent.policy_view(self.db, policy))
+
+    @rpc(expected_exceptions=DomainError)
+    def publish_policy(self, payload) -> dict:
+        data = load_rpc(c.PublishPolicy, payload)
+        try:
+            policy = consent.publish(self.db, data, utcnow())
+            answer = c.Policy().dump(consent.policy_view(self.db, policy))
+            self.db.commit()
+        except IntegrityError:
+            self.db.rollback()
+            raise DomainError("policy_version_exists",
+                              f"policy version {data['version']} was published before", 409) from None
+        log.warning("policy version published", extra={"version": data["version"],
+                                                       "material": data["material"]})
+        return answer
+
+    @rpc(expected_exceptions=DomainError)
+    def accept_policy(self, user_id, payload) -> dict:
+        data = load_rpc(c.AcceptPolicy, payload)
+        user = _user(user_id)
+        try:
+            consent.accept(self.db, user, data["version"], utcnow())
+            self.db.commit()
+        except IntegrityError:  # accepted twice at the same moment: once is kept
+            self.db.rollback()
+        return c.PolicyStatus().dump(consent.status(self.db, user))
+
+    @rpc(expected_exceptions=DomainError)
+    def policy_status(self, user_id) -> dict:
+        return c.PolicyStatus().dump(consent.status(self.db, _user(user_id)))
+
+    # ------------------------------------------------------------ retention schedule
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": schedule.own_items(self.settings)}
+
+    @rpc(expected_exceptions=DomainError)
+    def get_retention(self) -> dict:
+        deadline = time.monotonic() + RETENTION_WAIT_SECONDS
+
+        def ask(service):
+            wait = calls.begin(getattr(self, service), service, "retention_schedule")
+            return lambda: wait(deadline - time.monotonic())
+
+        items, unavailable = schedule.gather(ask)
+        return c.Retention().dump({"items": schedule.own_items(self.settings) + items,
+                                   "unavailable": unavailable})
+
+    # ------------------------------------------------------------ operators
+
+    @rpc(expected_exceptions=DomainError)
+    def report(self) -> dict:
+        return _jsonable(subject_requests.report(self.db, self.settings, utcnow()))
+
+    @rpc(expected_exceptions=DomainError)
+    def retry_request(self, request_id) -> dict:
+        result = subject_requests.retry(self.db, self.settings, request_id, utcnow(), self.dispatch)
+        self.db.commit()
+        log.warning("privacy request retried by an operator", extra=result)
+        return result
+
+    # ------------------------------------------------------------ this service's own part
+
+    @event_handler("privacy", "export_requested")
+    def export_requested(self, event: dict) -> None:
+        """Recorded at once: the archive reads this service's data when it is built."""
+        if "privacy" not in event["services"]:
+            return
+        about = own_data.ABOUT.format(days=self.settings.access_log_retention_days)
+        self._export_part({"request_id": event["request_id"], "service": "privacy", "data": None,
+                           "object_id": None, "about": about, "withheld": []})
+
+    @event_handler("privacy", "erasure_requested")
+    def erasure_requested(self, event: dict) -> None:
+        if "privacy" not in event["services"]:
+            return
+        started = utcnow()
+        tables = own_data.erase(self.db, event["user_id"])
+        result = parts.erasure_result(event["request_id"], "privacy", started, utcnow(), tables)
+        self._erasure_part({**result, "started_at": started, "finished_at": utcnow()})
+
+    # ------------------------------------------------------------ the other services' answers
+
+    @event_handler("auth", "export_part_ready")
+    def auth_export_part_ready(self, event: dict) -> None:
+        self._export_part(event)
+
+    @event_handler("billing", "export_part_ready")
+    def billing_export_part_ready(self, event: dict) -> None:
+        self._export_part(event)
+
+    @event_handler("generation", "export_part_ready")
+    def generation_export_part_ready(self, event: dict) -> None:
+        self._export_part(event)
+
+    @event_handler("notifications", "export_part_ready")
+    def notifications_export_part_ready(self, event: dict) -> None:
+        self._export_part(event)
+
+    @event_handler("storage", "export_part_ready")
+    def storage_export_part_ready(self, event: dict) -> None:
+        self._export_part(event)
+
+    @event_handler("auth", "erasure_completed")
+    def auth_erasure_completed(self, event: dict) -> None:
+        self._erasure_part(event)
+
+    @event_handler("billing", "erasure_completed")
+    def billing_erasure_completed(self, event: dict) -> None:
+        self._erasure_part(event)
+
+    @event_handler("generation", "erasure_completed")
+    def generation_erasure_completed(self, event: dict) -> None:
+        self._erasure_part(event)
+
+    @event_handler("notifications", "erasure_completed")
+    def notifications_erasure_completed(self, event: dict) -> None:
+        self._erasure_part(event)
+
+    @event_handler("storage", "erasure_completed")
+    def storage_erasure_completed(self, event: dict) -> None:
+        self._erasure_part(event)
+
+    def _export_part(self, event: dict) -> None:
+        now = utcnow()
+        request = subject_requests.record_export_part(self.db, event, now)
+        outcome = subject_requests.advance(self.db, self.settings, request, now, self.dispatch) \
+            if request is not None else None
+        self.db.commit()
+        if request is None:
+            log.info("export part ignored (answered before, or the request is closed)",
+                     extra={"request_id": str(event["request_id"]), "service": event["service"]})
+        elif outcome == "assemble":
+            self._assemble(request.id)
+
+    def _erasure_part(self, event: dict) -> None:
+        now = utcnow()
+        request = subject_requests.record_erasure_part(self.db, event, now)
+        outcome = subject_requests.advance(self.db, self.settings, request, now, self.dispatch) \
+            if request is not None else None
+        self.db.commit()
+        if outcome == "completed":
+            log.info("erasure completed", extra={"request_id": str(event["request_id"])})
+
+    # ------------------------------------------------------------ the archive
+
+    def _assemble(self, request_id) -> None:
+        """Build, store and announce an export's archive. Never raises: a
+        failure is recorded and the timer tries again (up to a bound)."""
+        now = utcnow()
+        request = subject_requests.claim_assembly(self.db, self.settings, request_id, now)
+        if request is None:
+            self.db.rollback()
+            return
+        user_id = str(request.user_id)
+        parts_ = []
+        for part in subject_requests.parts_of(self.db, request.id):
+            data = None
+            if part.service == "privacy":
+                data = own_data.export(self.db, request.user_id,
+                                       self.settings.access_log_retention_days)
+            elif part.data is not None:
+                data = json.loads(part.data)
+            parts_.append(archive.Part(part.service, data,
+                                       str(part.object_id) if part.object_id else None,
+                                       part.about or "", list(part.withheld or [])))
+        self.db.commit()
+        storage = self._bounded_storage()
+        timeout = self.settings.rpc_timeout_seconds
+        built = None
+        try:
+            built = archive.build(storage, http, str(request_id), user_id, parts_, now,
+                                  self.settings.work_dir, timeout)
+            stored = archive.store(storage, http, user_id, str(request_id), built, timeout)
+        except (archive.ArchiveError, DomainError, OSError) as exc:
+            self.db.rollback()
+            subject_requests.assembly_failed(self.db, self.settings, request_id, str(exc), utcnow())
+            self.db.commit()
+            log.warning("export archive not built", extra={"request_id": str(request_id),
+                                                           "error": str(exc)[:500]})
+            return
+        finally:
+            if built is not None:
+                archive.discard(built)
+        request = self.db.get(PrivacyRequest, request.id, with_for_update=True)
+        leftovers = subject_requests.finish_export(self.db, request, stored, utcnow(),
+                                                   self.dispatch)
+        self.db.commit()
+        log.info("export archive stored", extra={"request_id": str(request_id),
+                                                 "size": built.size, "media": built.media})
+        for object_id in leftovers:  # the big parts, now inside the archive
+            try:
+                storage.delete_object(user_id, str(object_id))
+            except DomainError:
+                log.warning("a stored export part was not deleted; it expires with its retention",
+                            extra={"object_id": str(object_id)})
+
+    # ------------------------------------------------------------ access logs
+
+    @event_handler("gateway", "request_logged")
+    def request_logged(self, event: dict) -> None:
+        try:
+            if access_logs.store(self.db, self.settings.pseudonym_key, event):
+                self.db.commit()
+        except IntegrityError:  # the same event delivered twice at once: one row
+            self.db.rollback()
+
+    @timer(interval=PURGE_INTERVAL_SECONDS, eager=True)
+    def purge_access_logs(self) -> int:
+        purged = 0
+        while True:
+            batch = access_logs.purge(self.db, utcnow(), self.settings.access_log_retention_days)
+            self.db.commit()
+            purged += batch
+            if batch < access_logs.PURGE_BATCH:
+                break
+        if purged:
+            log.info("access logs past retention deleted", extra={"rows": purged})
+        return purged
+
+    # ------------------------------------------------------------ the timer
+
+    @timer(interval=TICK_SECONDS)
+    def tick(self) -> None:
+        """Start erasures whose grace is over, ask again for late parts, build
+        archives whose parts are all in."""
+        result = subject_requests.tick(self.db, self.settings, utcnow(), self.dispatch)
+        self.db.commit()
+        if any(result.values()):
+            log.info("privacy timer", extra=result)
+        for request_id in subject_requests.buildable_exports(self.db, self.settings, utcnow()):
+            self._assemble(request_id)

@@ -1,0 +1,64 @@
+"""The privacy service's settings: the ``PRIVACY`` section of deploy/config/privacy.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    pseudonym_key: bytes
+    # a request's legal deadline, from its receipt
+    due: timedelta = timedelta(days=30)
+    # an erasure can be cancelled this long; default none
+    erasure_grace: timedelta = timedelta(0)
+    # and it starts no sooner than this, so credentials a gateway still has
+    # cached (GATEWAY_AUTH_CACHE_SECONDS, at most 30) cannot add data behind it
+    erasure_settle: timedelta = timedelta(seconds=30)
+    # a part not confirmed this long after it was asked is asked again...
+    part_timeout: timedelta = timedelta(hours=1)
+    # ...at most this many times in all; then it is failed (shown, retried by hand)
+    part_max_attempts: int = 5
+    assembly_max_attempts: int = 5
+    assembly_lease: timedelta = timedelta(minutes=30)
+    access_log_retention_days: int = 180
+    rpc_timeout_seconds: float = 30.0
+    work_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PrivacySettings:
+        raw = dict(config.get("PRIVACY") or {})
+        key = str(raw.get("PSEUDONYM_KEY") or "")
+        if not key:
+            raise ValueError("PRIVACY.PSEUDONYM_KEY must be set")
+        d = cls(pseudonym_key=b"")
+
+        def number(name: str, default: float) -> float:
+            value = raw.get(name)
+            return float(default if value is None or value == "" else value)
+
+        settings = cls(
+            pseudonym_key=key.encode(),
+            due=timedelta(days=number("DUE_DAYS", d.due.days)),
+            erasure_grace=timedelta(seconds=number("ERASURE_GRACE_SECONDS", 0)),
+            erasure_settle=timedelta(seconds=number("ERASURE_SETTLE_SECONDS", 30)),
+            part_timeout=timedelta(seconds=number("PART_TIMEOUT_SECONDS", 3600)),
+            part_max_attempts=int(number("PART_MAX_ATTEMPTS", d.part_max_attempts)),
+            assembly_max_attempts=int(number("ASSEMBLY_MAX_ATTEMPTS", d.assembly_max_attempts)),
+            access_log_retention_days=int(number("ACCESS_LOG_RETENTION_DAYS",
+                                                 d.access_log_retention_days)),
+            rpc_timeout_seconds=number("RPC_TIMEOUT_SECONDS", d.rpc_timeout_seconds),
+            work_dir=str(raw.get("WORK_DIR") or "") or None,
+        )
+        if settings.due <= timedelta(0) or settings.part_timeout <= timedelta(0):
+            raise ValueError("PRIVACY.DUE_DAYS and PRIVACY.PART_TIMEOUT_SECONDS must be positive")
+        if min(settings.erasure_grace, settings.erasure_settle) < timedelta(0):
+            raise ValueError("PRIVACY.ERASURE_GRACE_SECONDS and ERASURE_SETTLE_SECONDS must be >= 0")
+        if settings.part_max_attempts < 1 or settings.assembly_max_attempts < 1:
+            raise ValueError("PRIVACY.PART_MAX_ATTEMPTS and ASSEMBLY_MAX_ATTEMPTS must be >= 1")
+        if settings.access_log_retention_days < 1:
+            raise ValueError("PRIVACY.ACCESS_LOG_RETENTION_DAYS must be >= 1")
+        return settings

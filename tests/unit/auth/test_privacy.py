@@ -1,0 +1,114 @@
+"""The auth service's part of privacy requests: every credential revoked at
+once, the export (nothing secret in it), the erasure (every row, the
+address free to register again), the restriction flag, the schedule."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from services.auth import accounts, sessions
+from services.auth import privacy as privacy_data
+from services.auth.errors import RecordedFailure
+from services.auth.models import (
+    ApiKey,
+    EmailVerification,
+    KnownNetwork,
+    LoginFailure,
+    User,
+    UserSession,
+)
+from services.common.errors import DomainError
+
+PASSWORD = "correct horse battery"
+IP = "203.0.113.10"
+
+
+@pytest.fixture
+def alice(db, settings, now):
+    created = accounts.register(db, settings, "alice@example.com", PASSWORD, "Alice", IP, now)
+    db.commit()
+    return created
+
+
+def login(db, settings, now, password=PASSWORD):
+    return sessions.login(db, settings, "alice@example.com", password, None, IP, "pytest/1", now)
+
+
+def count(db, model, *where) -> int:
+    return db.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_revoking_all_ends_every_session_and_key_at_once(db, settings, now, alice):
+    result = login(db, settings, now)
+    db.commit()
+    user_id = alice.user.id
+    assert privacy_data.revoke_all(db, user_id, now) == {"sessions": 1, "api_keys": 1}
+    db.commit()
+    for token, key in ((result.token, None), (None, alice.api_key["key"])):
+        with pytest.raises(DomainError) as info:
+            sessions.authenticate(db, token, key, now)
+        assert info.value.status == 401
+    assert privacy_data.revoke_all(db, user_id, now) == {"sessions": 0, "api_keys": 0}
+
+
+def test_the_export_holds_the_account_and_nothing_secret(db, settings, now, alice):
+    login(db, settings, now)
+    db.commit()
+    data = privacy_data.export(db, alice.user.id)
+    assert data["account"]["email"] == "alice@example.com"
+    assert data["account"]["two_factor_enabled"] is False
+    assert len(data["sessions"]) == 1 and data["sessions"][0]["network"] == "203.0.113.0/24"
+    assert [k["prefix"] for k in data["api_keys"]] == [alice.api_key["prefix"]]
+    assert [v["purpose"] for v in data["email_verifications"]] == ["registration"]
+    assert data["known_networks"]["count"] == 1
+    text = json.dumps(data)
+    user = db.get(User, alice.user.id)
+    secrets = [user.password_hash, alice.api_key["key"],
+               *db.scalars(select(UserSession.token_hash)), *db.scalars(select(ApiKey.key_hash)),
+               *db.scalars(select(EmailVerification.code_hmac)),
+               *db.scalars(select(KnownNetwork.network_hmac))]
+    assert not [s for s in secrets if s in text]
+    assert {w["what"] for w in privacy_data.WITHHELD} >= {"your password"}
+    assert privacy_data.export(db, uuid.uuid4()) == {"account": None}
+
+
+def test_erasure_deletes_every_row_and_frees_the_address(db, settings, now, alice):
+    login(db, settings, now)
+    with pytest.raises((DomainError, RecordedFailure)):
+        login(db, settings, now, password="wrong")
+    db.commit()
+    bob = accounts.register(db, settings, "bob@example.com", PASSWORD, "Bob", IP, now)
+    db.commit()
+    tables = privacy_data.erase(db, settings, alice.user.id)
+    db.commit()
+    assert tables["users"] == 1 and tables["sessions"] == 1 and tables["api_keys"] == 1
+    assert tables["email_verifications"] == 1 and tables["known_networks"] == 1
+    assert tables["login_failures"] == 1  # the failures counted against the address
+    for model in (UserSession, ApiKey, EmailVerification, KnownNetwork):
+        assert count(db, model, model.user_id == alice.user.id) == 0
+    assert db.get(User, alice.user.id) is None
+    assert db.get(User, bob.user.id) is not None and count(db, ApiKey) == 1
+    assert count(db, LoginFailure) == 1  # the address (network) subject is not the account's
+    again = accounts.register(db, settings, "alice@example.com", PASSWORD, None, IP, now)
+    assert again.user.id != alice.user.id
+    # a second erasure finds nothing
+    assert set(privacy_data.erase(db, settings, alice.user.id).values()) == {0}
+
+
+def test_the_restriction_flag_mirrors_the_privacy_service(db, settings, now, alice):
+    assert privacy_data.set_restricted(db, alice.user.id, True) is True
+    db.commit()
+    db.expire_all()
+    assert db.get(User, alice.user.id).processing_restricted is True
+    assert privacy_data.set_restricted(db, uuid.uuid4(), True) is False
+
+
+def test_the_schedule_is_read_from_the_settings(settings):
+    items = {i["data"]: i for i in privacy_data.retention_items(settings)}
+    assert items["sessions"]["days"] == 7
+    assert items["failed sign-in attempts (keyed hashes of address and network)"]["kept"] == \
+        f"{settings.login_failure_window.total_seconds():g} seconds"

@@ -1,0 +1,99 @@
+"""The generation service's part of privacy: the restriction that stops new
+jobs, the jobs and webhook deliveries in an export and an erasure (which
+waits for running jobs), and the schedule it publishes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.orm import Session
+
+from services.common.db import make_engine
+from services.common.errors import DomainError
+from services.common.migrations import SERVICES_DIR, upgrade
+from services.generation import privacy as privacy_data
+from services.generation.models import Job, RestrictedUser, WebhookDelivery
+from services.generation.settings import GenerationSettings
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path}/generation.db"
+    upgrade(SERVICES_DIR / "generation" / "migrations", url)
+    engine = make_engine(url)
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
+
+
+def add_job(db, user_id, status="succeeded", prompt="a red fox") -> Job:
+    job = Job(id=uuid.uuid4(), user_id=user_id, type="text-to-image", status=status, attempt=1,
+              prompt=prompt, params={"n": 1}, price=2, priority=0, progress=1.0, stage="done",
+              output_ids=[str(uuid.uuid4())], created_at=NOW, updated_at=NOW)
+    db.add(job)
+    db.add(WebhookDelivery(job_id=job.id, user_id=user_id, attempt=1, job_status=status,
+                           url="https://hooks.example/x", body="{}", status="delivered", tries=1,
+                           next_attempt_at=NOW, created_at=NOW))
+    db.commit()
+    return job
+
+
+def test_a_restricted_user_cannot_submit(db):
+    user = uuid.uuid4()
+    privacy_data.check_not_restricted(db, user)  # no record: not restricted
+    assert privacy_data.apply_restriction(db, user, True, NOW)
+    db.commit()
+    with pytest.raises(DomainError) as info:
+        privacy_data.check_not_restricted(db, user)
+    assert (info.value.status, info.value.code) == (403, "processing_restricted")
+    # an older event arriving late changes nothing; a newer one lifts it
+    assert privacy_data.apply_restriction(db, user, False, NOW - timedelta(seconds=1)) is False
+    assert privacy_data.is_restricted(db, user)
+    assert privacy_data.apply_restriction(db, user, False, NOW + timedelta(seconds=1))
+    db.commit()
+    privacy_data.check_not_restricted(db, user)
+    privacy_data.check_not_restricted(db, uuid.uuid4())
+
+
+def test_the_export_holds_the_users_jobs_and_deliveries_only(db):
+    user, other = uuid.uuid4(), uuid.uuid4()
+    job = add_job(db, user, prompt="a lighthouse")
+    add_job(db, other, prompt="someone else's")
+    data = privacy_data.export(db, user)
+    assert [(j["id"], j["prompt"]) for j in data["jobs"]] == [(str(job.id), "a lighthouse")]
+    assert data["webhook_deliveries"][0]["url"] == "https://hooks.example/x"
+    assert "body" not in data["webhook_deliveries"][0]
+    assert data["processing_restricted"] is False
+
+
+def test_erasure_waits_for_running_jobs_then_deletes_everything(db):
+    user, other = uuid.uuid4(), uuid.uuid4()
+    add_job(db, user)
+    running = add_job(db, user, status="running")
+    add_job(db, other)
+    privacy_data.apply_restriction(db, user, True, NOW)
+    db.commit()
+    with pytest.raises(privacy_data.JobsRunning):
+        privacy_data.erase(db, user)
+    db.rollback()
+    db.get(Job, running.id).status = "failed"
+    db.commit()
+    assert privacy_data.erase(db, user) == {"webhook_deliveries": 2, "jobs": 2,
+                                            "restricted_users": 1}
+    db.commit()
+    assert db.query(Job).filter(Job.user_id == user).count() == 0
+    assert db.get(RestrictedUser, user) is None
+    assert db.query(Job).filter(Job.user_id == other).count() == 1
+    assert set(privacy_data.erase(db, user).values()) == {0}
+
+
+def test_the_schedule_says_what_happens_to_prompts():
+    keep = {i["data"]: i for i in privacy_data.retention_items(GenerationSettings())}
+    redact = {i["data"]: i for i in privacy_data.retention_items(
+        GenerationSettings(prompt_retention="redact"))}
+    assert "until the account is erased" in keep["prompts"]["kept"]
+    assert "removed from each job when it ends" in redact["prompts"]["kept"]

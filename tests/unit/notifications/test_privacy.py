@@ -1,0 +1,75 @@
+"""Notifications' part of privacy: marketing mail only to accounts that
+opted in and are not restricted (each campaign once), the export-ready mail,
+the mails recorded in an export and an erasure."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from services.notifications import notify
+from services.notifications import privacy as privacy_data
+from services.notifications.models import MarketingPreference, Notification
+from services.notifications.render import render
+from tests.unit.notifications.test_notify import SETTINGS, FakeMailer, session  # noqa: F401
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def test_marketing_goes_only_to_opted_in_unrestricted_accounts(session):  # noqa: F811
+    yes, no, restricted, unknown = (uuid.uuid4() for _ in range(4))
+    privacy_data.consent_changed(session, yes, True, NOW)
+    privacy_data.consent_changed(session, no, False, NOW)
+    privacy_data.consent_changed(session, restricted, True, NOW)
+    privacy_data.restriction_changed(session, restricted, True, NOW)
+    session.commit()
+    assert privacy_data.marketing_allowed(session, [yes, no, restricted, unknown]) == {yes}
+    # an older consent event arriving late changes nothing
+    assert privacy_data.consent_changed(session, yes, False, NOW - timedelta(minutes=1)) is False
+    assert privacy_data.marketing_allowed(session, [yes]) == {yes}
+    assert privacy_data.consent_changed(session, yes, False, NOW + timedelta(minutes=1)) is True
+    assert privacy_data.marketing_allowed(session, [yes]) == set()
+
+
+def test_a_campaign_mails_each_user_once(session):  # noqa: F811
+    user, campaign = uuid.uuid4(), uuid.uuid4()
+    mailer = FakeMailer()
+    event = privacy_data.marketing_event(campaign, user, "New styles", "Try them.")
+    assert event == privacy_data.marketing_event(campaign, user, "New styles", "Try them.")
+    assert event["event_id"] != privacy_data.marketing_event(uuid.uuid4(), user, "x", "y")["event_id"]
+    sent = notify.deliver(session, mailer, SETTINGS, "news", event,
+                          find_recipient=lambda e: "ada@example.com")
+    again = notify.deliver(session, mailer, SETTINGS, "news", event,
+                           find_recipient=lambda e: "ada@example.com")
+    assert sent is not None and again is None and len(mailer.sent) == 1
+    body = mailer.sent[0].get_body(("plain",)).get_content()
+    assert mailer.sent[0]["Subject"] == "New styles" and "marketing_email" in body
+
+
+def test_the_export_ready_mail_says_where_and_until_when():
+    request_id = uuid.uuid4()
+    mail = render("export_ready", notify.template_context("export_ready", {
+        "event_id": uuid.uuid4(), "user_id": uuid.uuid4(), "request_id": request_id,
+        "expires_at": NOW, "email": "ada@example.com"}, SETTINGS))
+    assert mail.subject == "Your Darkroom data export is ready"
+    assert f"http://app.example/privacy/requests/{request_id}" in mail.text
+    assert "2026-11-22 12:00 UTC" in mail.text and str(request_id) in mail.html
+
+
+def test_export_and_erasure_of_a_users_mails_and_preference(session):  # noqa: F811
+    ada, bob = uuid.uuid4(), uuid.uuid4()
+    mailer = FakeMailer()
+    for user in (ada, bob):
+        notify.deliver(session, mailer, SETTINGS, "export_ready",
+                       {"event_id": uuid.uuid4(), "user_id": user, "request_id": uuid.uuid4(),
+                        "expires_at": None}, find_recipient=lambda e: "someone@example.com")
+        privacy_data.consent_changed(session, user, True, NOW)
+    session.commit()
+    data = privacy_data.export(session, ada)
+    assert [m["template"] for m in data["mails"]] == ["export_ready"]
+    assert data["marketing"]["marketing_email"] is True
+    assert privacy_data.erase(session, ada) == {"notifications": 1, "marketing_preferences": 1}
+    session.commit()
+    assert session.query(Notification).filter(Notification.user_id == ada).count() == 0
+    assert session.get(MarketingPreference, bob) is not None
+    assert privacy_data.export(session, ada)["mails"] == []

@@ -1,0 +1,62 @@
+"""Fixtures for the privacy unit tests: a SQLite database built by the real
+migrations, settings, a fixed clock, and a ``dispatch`` that validates each
+event against its contract and keeps it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.orm import Session
+
+from services.common import contracts
+from services.common.contracts import privacy as _privacy  # noqa: F401 (registers the events)
+from services.common.db import make_engine
+from services.common.migrations import SERVICES_DIR, upgrade
+from services.privacy.settings import PrivacySettings
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class Events:
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+
+    def __call__(self, event_type: str, data: dict) -> str:
+        body = contracts.make_event(f"privacy.{event_type}", data)
+        self.seen.append((event_type, body))
+        return body["event_id"]
+
+    def of(self, event_type: str) -> list[dict]:
+        return [body for kind, body in self.seen if kind == event_type]
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path}/privacy.db"
+    upgrade(SERVICES_DIR / "privacy" / "migrations", url)
+    engine = make_engine(url)
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
+
+
+@pytest.fixture
+def settings() -> PrivacySettings:
+    return PrivacySettings.from_config({"PRIVACY": {
+        "PSEUDONYM_KEY": "unit-test-key", "ERASURE_SETTLE_SECONDS": 0,
+        "PART_TIMEOUT_SECONDS": 600, "PART_MAX_ATTEMPTS": 3, "ASSEMBLY_MAX_ATTEMPTS": 2}})
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def user() -> uuid.UUID:
+    return uuid.uuid4()

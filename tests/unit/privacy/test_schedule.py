@@ -1,0 +1,43 @@
+"""The published retention schedule: the privacy service's own items from
+its settings, and the other services' answers gathered, a silent one listed
+as unavailable rather than guessed."""
+
+from __future__ import annotations
+
+from services.privacy import schedule
+from services.privacy.settings import PrivacySettings
+
+
+def test_own_items_come_from_the_settings():
+    settings = PrivacySettings.from_config({"PRIVACY": {
+        "PSEUDONYM_KEY": "k", "ACCESS_LOG_RETENTION_DAYS": 90, "ERASURE_GRACE_SECONDS": 86400}})
+    items = {i["data"].split(" (")[0]: i for i in schedule.own_items(settings)}
+    assert items["access logs"]["days"] == 90 and items["access logs"]["kept"] == "90 days"
+    closed = items["closed"]
+    assert "86400 s" in closed["kept"] and closed["days"] == round((86400 + 30) / 86400, 6)
+
+
+def test_every_service_is_asked_before_any_answer_is_awaited():
+    asked, awaited = [], []
+
+    def ask(service):
+        asked.append(service)
+        if service == "billing":
+            raise RuntimeError("not running")
+
+        def wait():
+            awaited.append(service)
+            if service == "generation":
+                raise TimeoutError("no answer")
+            return {"items": [{"data": f"{service} data", "kept": "1 day", "days": 1.0,
+                               "enforced_by": "a timer", "service": "forged"}]}
+
+        return wait
+
+    items, unavailable = schedule.gather(ask)
+    assert asked == list(schedule.SERVICES) and awaited == [s for s in schedule.SERVICES
+                                                            if s != "billing"]
+    assert unavailable == ["billing", "generation"]
+    assert {(i["service"], i["data"]) for i in items} == {
+        ("auth", "auth data"), ("storage", "storage data"),
+        ("notifications", "notifications data")}

@@ -1,0 +1,40 @@
+"""The PRIVACY section: defaults, and values that must refuse to start."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from services.privacy.settings import PrivacySettings
+
+
+def test_defaults_are_the_documented_ones():
+    settings = PrivacySettings.from_config({"PRIVACY": {"PSEUDONYM_KEY": "k"}})
+    assert settings.due == timedelta(days=30)
+    assert settings.erasure_grace == timedelta(0)
+    assert settings.erasure_settle == timedelta(seconds=30)
+    assert settings.part_timeout == timedelta(hours=1)
+    assert (settings.part_max_attempts, settings.access_log_retention_days) == (5, 180)
+    assert settings.work_dir is None
+
+
+@pytest.mark.parametrize("section", [
+    {},
+    {"PSEUDONYM_KEY": ""},
+    {"PSEUDONYM_KEY": "k", "DUE_DAYS": 0},
+    {"PSEUDONYM_KEY": "k", "ERASURE_GRACE_SECONDS": -1},
+    {"PSEUDONYM_KEY": "k", "PART_MAX_ATTEMPTS": 0},
+    {"PSEUDONYM_KEY": "k", "ACCESS_LOG_RETENTION_DAYS": 0},
+    {"PSEUDONYM_KEY": "k", "PART_TIMEOUT_SECONDS": "soon"},
+])
+def test_bad_settings_stop_the_service(section):
+    with pytest.raises(ValueError):
+        PrivacySettings.from_config({"PRIVACY": section})
+
+
+def test_the_deployed_config_file_loads():
+    from services.common.config import config_path, load_config
+
+    settings = PrivacySettings.from_config(load_config(config_path("privacy")))
+    assert settings.access_log_retention_days == 180 and settings.pseudonym_key
