@@ -23,6 +23,7 @@ from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure, email_taken
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
+from services.common import privacy_parts as parts
 from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
 from services.common.db import Database
@@ -30,7 +31,6 @@ from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
-from services.privacy import parts
 
 # Audit lines carry ids, never emails, passwords, codes or tokens.
 log = logging.getLogger(__name__)

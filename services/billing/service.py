@@ -26,6 +26,7 @@ from services.billing.models import LedgerEntry, outbox, processed_events
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.billing.settings import BillingSettings
+from services.common import privacy_parts as parts
 from services.common.contracts import billing as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
@@ -33,7 +34,6 @@ from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
-from services.privacy import parts
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy.orm import Session
 
+from services.common import privacy_parts as parts
 from services.common.concurrency import Heartbeat, offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
@@ -43,7 +44,6 @@ from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
 from services.generation.providers.router import build_router
 from services.generation.settings import GenerationSettings
-from services.privacy import parts
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy, rpc
 
+from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
@@ -32,7 +33,6 @@ from services.notifications import notify
 from services.notifications import privacy as privacy_data
 from services.notifications.mailer import MailerProvider
 from services.notifications.models import outbox
-from services.privacy import parts
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 

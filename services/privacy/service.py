@@ -26,6 +26,7 @@ from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
+from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as c
 from services.common.db import Database
@@ -33,7 +34,7 @@ from services.common.errors import DomainError, invalid_request, not_found
 from services.common.ids import isoformat, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
-from services.privacy import access_logs, archive, calls, consent, own_data, parts, schedule
+from services.privacy import access_logs, archive, calls, consent, own_data, schedule
 from services.privacy import requests as subject_requests
 from services.privacy.models import PrivacyRequest, outbox
 from services.privacy.settings import PrivacySettings

@@ -18,6 +18,7 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.orm import Session
 
+from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import storage as c
 from services.common.db import Database, claim_event
@@ -25,7 +26,6 @@ from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService
-from services.privacy import parts
 from services.storage import objects, retention
 from services.storage import privacy as privacy_data
 from services.storage.backends import Backend, make_backend

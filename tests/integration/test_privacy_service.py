@@ -36,10 +36,10 @@ from sqlalchemy import create_engine, text
 
 from gateway.access_log import AccessLogPublisher, fact
 from services.common import contracts
+from services.common import privacy_parts as parts
 from services.common.contracts import privacy as _privacy  # noqa: F401 (registers the events)
 from services.common.db import normalise_url
 from services.common.errors import DomainError
-from services.privacy import parts
 from tests.conftest import base_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,9 @@ import zipfile
 import pytest
 import requests
 
+from services.common import privacy_parts as parts
 from services.common.errors import DomainError, not_found
-from services.privacy import archive, parts
+from services.privacy import archive
 from tests.unit.privacy.conftest import NOW
 
 USER = str(uuid.uuid4())

@@ -14,7 +14,7 @@ import pytest
 from marshmallow import ValidationError
 
 from services.common import contracts
-from services.privacy import parts
+from services.common import privacy_parts as parts
 
 REQUEST = uuid.uuid4()
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

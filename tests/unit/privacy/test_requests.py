@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.common import contracts
+from services.common import privacy_parts as parts
 from services.common.contracts.privacy import PART_SERVICES
 from services.common.errors import DomainError
-from services.privacy import access_logs, consent, own_data, parts
+from services.privacy import access_logs, consent, own_data
 from services.privacy import requests as subject_requests
 from services.privacy.models import (
     ConsentChange,
