@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from services.auth import keys, passwords, sessions, totp, verification
+from services.auth import history, keys, passwords, sessions, totp, verification
 from services.auth.errors import email_taken, invalid_credentials, invalid_token, invalid_totp
 from services.auth.lookup import find_user_by_email
 from services.auth.models import PasswordReset, User
@@ -62,10 +62,17 @@ def register(
     return Registration(user, api_key, event)
 
 
-def update_profile(user: User, changes: dict, now: datetime) -> User:
+def update_profile(db: Session, user: User, changes: dict, now: datetime) -> User:
+    """Apply the profile fields given, and keep what changed in the account's
+    history (its owner's export shows each rectification)."""
+    changed = {}
     for field in ("display_name", "bio", "avatar_image_id"):
-        if field in changes:
+        if field in changes and changes[field] != getattr(user, field):
+            changed[field] = {"from": history.plain(getattr(user, field)),
+                              "to": history.plain(changes[field])}
             setattr(user, field, changes[field])
+    if changed:
+        history.record(db, user, history.PROFILE_UPDATED, changed, now)
     user.updated_at = now
     return user
 

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     ForeignKey,
@@ -171,6 +172,20 @@ class WebhookSecret(Base):
 
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), primary_key=True)
     secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AccountChange(Base):
+    """The history of an account's rectifications, for its owner's export:
+    each address change (from, to) and profile change (the fields, before
+    and after). Kept until the account is erased."""
+
+    __tablename__ = "account_changes"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # email_changed | profile_updated
+    changes: Mapped[dict] = mapped_column(JSON)  # {field: {"from": ..., "to": ...}}
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

@@ -15,8 +15,10 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from services.auth import history
 from services.auth.lockout import subjects_for
 from services.auth.models import (
+    AccountChange,
     ApiKey,
     EmailVerification,
     KnownNetwork,
@@ -31,7 +33,8 @@ from services.auth.settings import AuthSettings
 from services.common.ids import isoformat
 
 ABOUT = (
-    "Your account: address, profile, plan, whether two-factor sign-in is on; your "
+    "Your account: address, profile, plan, whether two-factor sign-in is on; the "
+    "history of its address and profile changes (when, from what, to what); your "
     "sessions (when, which browser, which network: a /24 or /48, never a full address) "
     "and API keys (name and prefix) until they are purged; verification codes and "
     "password resets still on record (when, for which address; never the code or token)."
@@ -51,7 +54,7 @@ WITHHELD = [
             "guessing, and are not linked to the account"},
 ]
 CHILD_TABLES = (
-    ("sessions", UserSession), ("api_keys", ApiKey), ("email_verifications", EmailVerification),
+    ("account_changes", AccountChange), ("sessions", UserSession), ("api_keys", ApiKey), ("email_verifications", EmailVerification),
     ("password_resets", PasswordReset), ("known_networks", KnownNetwork),
     ("webhook_secrets", WebhookSecret),
 )
@@ -120,6 +123,7 @@ def export(db: Session, user_id) -> dict:
         "known_networks": {"count": len(networks),
                            "first_seen": [isoformat(n.first_seen_at) for n in networks]},
         "webhook_secret": {"created_at": isoformat(secret.created_at)} if secret else None,
+        "changes": history.export(db, uid),
     }
 
 

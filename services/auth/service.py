@@ -233,7 +233,7 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def update_profile(self, user_id, payload) -> dict:
         data = load_rpc(c.UpdateProfile, payload)
-        user = accounts.update_profile(lookup.get_user(self.db, user_id), data, utcnow())
+        user = accounts.update_profile(self.db, lookup.get_user(self.db, user_id), data, utcnow())
         self.db.commit()
         return c.User().dump(user)
 

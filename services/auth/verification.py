@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from services.auth import history
 from services.auth.errors import RecordedFailure, code_expired, email_taken, invalid_code
 from services.auth.models import EmailVerification, User
 from services.auth.settings import AuthSettings
@@ -106,6 +107,8 @@ def _complete(db: Session, verification: EmailVerification, now: datetime) -> Us
         )
         if taken is not None:
             raise email_taken()
+        history.record(db, user, history.EMAIL_CHANGED,
+                       {"email": {"from": user.email, "to": verification.email}}, now)
         user.email = verification.email
         # Every other code of the account (sent to the old address) is void now.
         supersede(db, user, now)

@@ -112,3 +112,28 @@ def test_the_schedule_is_read_from_the_settings(settings):
     assert items["sessions"]["days"] == 7
     assert items["failed sign-in attempts (keyed hashes of address and network)"]["kept"] == \
         f"{settings.login_failure_window.total_seconds():g} seconds"
+
+
+def test_the_export_holds_the_history_of_rectifications_and_erasure_removes_it(
+        db, settings, now, alice):
+    from datetime import timedelta
+
+    from services.auth import verification
+    from services.auth.models import AccountChange
+
+    user = db.get(User, alice.user.id)
+    accounts.update_profile(db, user, {"display_name": "Alice B.", "bio": None}, now)
+    accounts.update_profile(db, user, {"display_name": "Alice B."}, now)  # no change: no entry
+    event = accounts.request_email_change(db, settings, user, "alice@new.example", PASSWORD, now)
+    db.commit()
+    verification.verify(db, settings, "alice@new.example", event["code"],
+                        now + timedelta(minutes=1))
+    db.commit()
+    changes = privacy_data.export(db, alice.user.id)["changes"]
+    assert [c["kind"] for c in changes] == ["profile_updated", "email_changed"]
+    assert changes[0]["changes"] == {"display_name": {"from": "Alice", "to": "Alice B."}}
+    assert changes[1]["changes"] == {"email": {"from": "alice@example.com",
+                                               "to": "alice@new.example"}}
+    assert privacy_data.erase(db, settings, alice.user.id)["account_changes"] == 2
+    db.commit()
+    assert count(db, AccountChange) == 0
