@@ -11,11 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.standalone.rpc import ClusterRpcProxy
-
+from ops import rpc
 from ops.errors import OpsError
-from ops.rabbit import connect, safe_url
 
 # checking every account reads the whole ledger: give it longer than one RPC
 VERIFY_TIMEOUT_SECONDS = 600
@@ -24,19 +21,7 @@ VERIFY_TIMEOUT_SECONDS = 600
 def _call(config: dict, method: str, *args: Any, timeout: float | None = None,
           **kwargs: Any) -> Any:
     """``billing.<method>(*args, **kwargs)``; a DomainError propagates for the CLI to print."""
-    amqp_uri = config["AMQP_URI"]
-    timeout = timeout or float(config.get("RPC_TIMEOUT_SECONDS") or 30)
-    with connect(amqp_uri):  # a clear error when the broker is away
-        pass
-    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
-    try:
-        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
-            return getattr(rpc.billing, method)(*args, **kwargs)
-    except RpcTimeout:
-        raise OpsError(f"the billing service did not answer within {timeout:g} s "
-                       "(work it started may still finish)") from None
-    except UnknownService:
-        raise OpsError(f"no billing service is running on {safe_url(amqp_uri)}") from None
+    return rpc.call(config, "billing", method, *args, timeout=timeout, **kwargs)
 
 
 def user_id(value: str) -> str:

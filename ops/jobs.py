@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.exceptions import RpcTimeout
 
+from ops import rpc
 from ops.errors import OpsError
-from ops.rabbit import connect, safe_url
 from services.common.errors import DomainError
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -56,22 +54,10 @@ def job_id(value: str) -> str:
         raise OpsError(f"not a job id (a UUID): {value!r}", exit_code=2) from None
 
 
-@contextmanager
-def generation(config: dict) -> Iterator[Any]:
-    """The generation service's RPC proxy, with the broker checked first and
-    a missing service or a timeout turned into an OpsError."""
-    amqp_uri = config["AMQP_URI"]
-    timeout = float(config.get("RPC_TIMEOUT_SECONDS") or 30)
-    with connect(amqp_uri):  # a clear error when the broker is away
-        pass
-    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
-    try:
-        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
-            yield rpc.generation
-    except RpcTimeout:
-        raise OpsError(f"the generation service did not answer within {timeout:g} s") from None
-    except UnknownService:
-        raise OpsError(f"no generation service is running on {safe_url(amqp_uri)}") from None
+def generation(config: dict):
+    """The generation service's RPC proxy (a context manager), with the broker
+    checked first and a missing service or a timeout turned into an OpsError."""
+    return rpc.service(config, "generation")
 
 
 def find(config: dict, status: str | None = None, since: datetime | None = None,

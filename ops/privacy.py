@@ -12,27 +12,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.standalone.rpc import ClusterRpcProxy
-
+from ops import rpc
 from ops.errors import OpsError
-from ops.rabbit import connect, safe_url
 
 
 def _call(config: dict, method: str, *args: Any) -> Any:
     """``privacy.<method>(*args)``; a DomainError propagates for the CLI to print."""
-    amqp_uri = config["AMQP_URI"]
-    timeout = float(config.get("RPC_TIMEOUT_SECONDS") or 30)
-    with connect(amqp_uri):  # a clear error when the broker is away
-        pass
-    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
-    try:
-        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
-            return getattr(rpc.privacy, method)(*args)
-    except RpcTimeout:
-        raise OpsError(f"the privacy service did not answer within {timeout:g} s") from None
-    except UnknownService:
-        raise OpsError(f"no privacy service is running on {safe_url(amqp_uri)}") from None
+    return rpc.call(config, "privacy", method, *args)
 
 
 def report(config: dict) -> dict:

@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.standalone.rpc import ClusterRpcProxy
-
-from ops.errors import OpsError
-from ops.rabbit import connect, safe_url
+from ops import rpc
 
 # a purge may work through many batches before it answers
 PURGE_TIMEOUT_SECONDS = 600
@@ -20,19 +15,7 @@ AGE_ORDER = ("0-7", "7-30", "30+")
 
 def _call(config: dict, method: str, *args: Any, timeout: float | None = None) -> Any:
     """``storage.<method>(*args)``; a DomainError propagates for the CLI to print."""
-    amqp_uri = config["AMQP_URI"]
-    timeout = timeout or float(config.get("RPC_TIMEOUT_SECONDS") or 30)
-    with connect(amqp_uri):  # a clear error when the broker is away
-        pass
-    context = {"correlation_id": f"ops-{uuid.uuid4().hex}"}
-    try:
-        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, context_data=context, timeout=timeout) as rpc:
-            return getattr(rpc.storage, method)(*args)
-    except RpcTimeout:
-        raise OpsError(f"the storage service did not answer within {timeout:g} s "
-                       "(work it started may still finish)") from None
-    except UnknownService:
-        raise OpsError(f"no storage service is running on {safe_url(amqp_uri)}") from None
+    return rpc.call(config, "storage", method, *args, timeout=timeout)
 
 
 def purge(config: dict, dry_run: bool = False, batch_size: int | None = None) -> dict:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from ops import billing as billing_ops
 from ops import cli as cli_module
+from ops import rpc as rpc_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
 
@@ -201,8 +202,8 @@ def test_the_rpc_goes_to_billing_with_the_configured_timeout(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(billing_ops, "ClusterRpcProxy", Proxy)
-    monkeypatch.setattr(billing_ops, "connect", Connected)
+    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", Proxy)
+    monkeypatch.setattr(rpc_ops, "connect", Connected)
     config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
     assert billing_ops.adjust(config, ADA, 3, "why", "k") == \
         {"user_id": ADA, "amount": 3, "reason": "why", "key": "k"}

@@ -13,6 +13,7 @@ from nameko.exceptions import RpcTimeout, UnknownService
 
 from ops import cli as cli_module
 from ops import jobs as jobs_ops
+from ops import rpc as rpc_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
 
@@ -296,8 +297,8 @@ def fake_proxy(seen: dict, generation):
 def test_the_rpc_goes_to_generation_with_the_configured_timeout(monkeypatch):
     seen: dict = {}
     fake = FakeGeneration()
-    monkeypatch.setattr(jobs_ops, "ClusterRpcProxy", fake_proxy(seen, fake))
-    monkeypatch.setattr(jobs_ops, "connect", Connected)
+    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", fake_proxy(seen, fake))
+    monkeypatch.setattr(rpc_ops, "connect", Connected)
     config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
     since = datetime(2026, 3, 1, tzinfo=UTC)
     assert [j["id"] for j in jobs_ops.find(config, "failed", since)] == JOBS[:3]
@@ -316,8 +317,8 @@ def test_a_missing_or_silent_service_is_an_ops_error(monkeypatch, error, message
         def find_jobs(self, query):
             raise error
 
-    monkeypatch.setattr(jobs_ops, "ClusterRpcProxy", fake_proxy({}, Refusing()))
-    monkeypatch.setattr(jobs_ops, "connect", Connected)
+    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", fake_proxy({}, Refusing()))
+    monkeypatch.setattr(rpc_ops, "connect", Connected)
     with pytest.raises(OpsError) as info:
         jobs_ops.find({"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7})
     assert info.value.message == message

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ops import cli as cli_module
+from ops import rpc as rpc_ops
 from ops import storage as storage_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
@@ -175,8 +176,8 @@ def test_the_rpc_timeout_comes_from_the_config(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(storage_ops, "ClusterRpcProxy", Proxy)
-    monkeypatch.setattr(storage_ops, "connect", Connected)
+    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", Proxy)
+    monkeypatch.setattr(rpc_ops, "connect", Connected)
     config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
     assert storage_ops.report(config) == {"ok": True}
     assert seen["timeout"] == 7 and seen["correlation_id"].startswith("ops-")
