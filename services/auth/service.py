@@ -13,7 +13,6 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
@@ -30,21 +29,10 @@ from services.common.db import Database
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.service import DarkroomService
+from services.common.service import DarkroomService, FromConfig
 
 # Audit lines carry ids, never emails, passwords, codes or tokens.
 log = logging.getLogger(__name__)
-
-
-class Settings(DependencyProvider):
-    """The ``AUTH`` config section as :class:`AuthSettings`, read once at start
-    (a missing ``AUTH.SECRET_KEY`` stops the service from starting)."""
-
-    def setup(self):
-        self.settings = AuthSettings.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return self.settings
 
 
 def _string_or_none(value, name: str) -> str | None:
@@ -58,7 +46,7 @@ class AuthService(DarkroomService):
 
     db = Database(migrations=Path(__file__).parent / "migrations")
     dispatch = EventPublisher(outbox=outbox)
-    settings = Settings()
+    settings = FromConfig(AuthSettings.from_config)  # a missing SECRET_KEY stops the start
 
     # ------------------------------------------------------------ helpers
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy import func, select
@@ -33,7 +32,7 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.service import DarkroomService
+from services.common.service import DarkroomService, FromConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +43,10 @@ RETENTION_INTERVAL_SECONDS = 86400
 MAINTENANCE_TASKS = ("holds", "plans", "lots", "orders", "grants", "payments")
 
 
-class Settings(DependencyProvider):
-    """The ``BILLING`` config section as :class:`BillingSettings`, read and
-    checked once at start (a bad plan or price list stops the service)."""
-
-    def setup(self):
-        self.settings = BillingSettings.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return self.settings
-
-
-class Stripe(DependencyProvider):
-    def setup(self):
-        settings = BillingSettings.from_config(self.container.config)
-        self.client = StripeClient(settings.stripe_api_base, settings.stripe_secret_key,
-                                   settings.stripe_timeout_seconds)
-
-    def get_dependency(self, worker_ctx):
-        return self.client
+def stripe_client(config) -> StripeClient:
+    settings = BillingSettings.from_config(config)
+    return StripeClient(settings.stripe_api_base, settings.stripe_secret_key,
+                        settings.stripe_timeout_seconds)
 
 
 class BillingService(DarkroomService):
@@ -70,8 +54,8 @@ class BillingService(DarkroomService):
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
-    settings = Settings()
-    stripe = Stripe()
+    settings = FromConfig(BillingSettings.from_config)  # a bad plan or price list stops the start
+    stripe = FromConfig(stripe_client)
     storage = RpcProxy("storage")  # a big export part is stored there
 
     def _user(self, user_id):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
 from services.common.observability import Observability
@@ -22,3 +23,19 @@ class DarkroomService:
     def ping(self) -> dict:
         """Answered by every service; the gateway's /readyz calls it."""
         return {"service": self.name, "ok": True}
+
+
+class FromConfig(DependencyProvider):
+    """``factory(config)``, made once when the service starts (a bad setting
+    stops it there) and handed to every worker: a service's settings, a
+    client, a router... ``settings = FromConfig(StorageSettings.from_config)``."""
+
+    def __init__(self, factory, **kwargs):
+        super().__init__(**kwargs)
+        self.factory = factory
+
+    def setup(self):
+        self.value = self.factory(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.value

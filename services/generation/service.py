@@ -24,7 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy.orm import Session
@@ -37,12 +36,12 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.service import DarkroomService
+from services.common.service import DarkroomService, FromConfig
 from services.generation import deliveries, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
-from services.generation.providers.router import build_router
+from services.generation.providers.router import Router, build_router
 from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -53,46 +52,18 @@ WEBHOOK_INTERVAL_SECONDS = 2
 PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
 
 
-class Settings(DependencyProvider):
-    def setup(self):
-        self.settings = GenerationSettings.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return self.settings
-
-
-class RunSlots(DependencyProvider):
+def make_run_slots(config) -> threading.BoundedSemaphore:
     """How many jobs this process runs at once (``GENERATION.MAX_RUNNING_JOBS``):
     the rest wait ``reserved``, most urgent first, and a worker that finishes
     a job takes the next one. Workers stay free for RPCs and events."""
-
-    def setup(self):
-        limit = GenerationSettings.from_config(self.container.config).max_running_jobs
-        self.slots = threading.BoundedSemaphore(limit)  # green under nameko run
-
-    def get_dependency(self, worker_ctx):
-        return self.slots
+    limit = GenerationSettings.from_config(config).max_running_jobs
+    return threading.BoundedSemaphore(limit)  # green under nameko run
 
 
-class Providers(DependencyProvider):
-    """The provider router, built once per process: its circuit breakers
-    remember failures across jobs. CPU-heavy rendering runs off the hub."""
-
-    def setup(self):
-        self.router = build_router(self.container.config, offload=offload)
-
-    def get_dependency(self, worker_ctx):
-        return self.router
-
-
-class PromptTools(DependencyProvider):
-    """Templates, prompt assist and moderation, loaded once."""
-
-    def setup(self):
-        self.prompts = Prompts.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return self.prompts
+def make_router(config) -> Router:
+    """Built once per process: its circuit breakers remember failures across
+    jobs. CPU-heavy rendering runs off the hub."""
+    return build_router(config, offload=offload)
 
 
 class GenerationService(DarkroomService):
@@ -100,10 +71,10 @@ class GenerationService(DarkroomService):
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
-    settings = Settings()
-    run_slots = RunSlots()
-    router = Providers()
-    prompts = PromptTools()
+    settings = FromConfig(GenerationSettings.from_config)
+    run_slots = FromConfig(make_run_slots)
+    router = FromConfig(make_router)
+    prompts = FromConfig(Prompts.from_config)  # templates, prompt assist, moderation
     billing = RpcProxy("billing")
     storage = RpcProxy("storage")
     auth = RpcProxy("auth")

@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import requests as http
-from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +32,7 @@ from services.common.db import Database
 from services.common.errors import DomainError, invalid_request, not_found
 from services.common.ids import isoformat, utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.service import DarkroomService
+from services.common.service import DarkroomService, FromConfig
 from services.privacy import access_logs, archive, calls, consent, own_data, schedule
 from services.privacy import requests as subject_requests
 from services.privacy.models import PrivacyRequest, outbox
@@ -48,14 +47,6 @@ RETENTION_WAIT_SECONDS = 3.0
 # shorter than the gateway's RPC timeout (10 s): when auth is slow the user is
 # told 503 and nothing is recorded, never 503 while the request goes ahead
 REVOKE_TIMEOUT_SECONDS = 5.0
-
-
-class Settings(DependencyProvider):
-    def setup(self):
-        self.settings = PrivacySettings.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return self.settings
 
 
 def _user(user_id) -> uuid.UUID:
@@ -82,7 +73,7 @@ class PrivacyService(DarkroomService):
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
-    settings = Settings()
+    settings = FromConfig(PrivacySettings.from_config)
     auth = RpcProxy("auth")
     storage = RpcProxy("storage")
     billing = RpcProxy("billing")

@@ -25,7 +25,7 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.service import DarkroomService
+from services.common.service import DarkroomService, FromConfig
 from services.storage import objects, retention
 from services.storage import privacy as privacy_data
 from services.storage.backends import Backend, make_backend
@@ -37,16 +37,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PURGE_INTERVAL_SECONDS = 60
 ORPHAN_SWEEP_INTERVAL_SECONDS = 3600
-
-
-class Settings(DependencyProvider):
-    """The ``STORAGE`` config section as :class:`StorageSettings`, read once at start."""
-
-    def setup(self):
-        self.settings = StorageSettings.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return self.settings
 
 
 class ObjectStore(DependencyProvider):
@@ -81,7 +71,7 @@ class StorageService(DarkroomService):
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
-    settings = Settings()
+    settings = FromConfig(StorageSettings.from_config)
     store = ObjectStore()
 
     def _url_view(self, obj) -> dict:
