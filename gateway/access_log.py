@@ -27,7 +27,6 @@ after the app may have been built) and again after a fork.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import queue
@@ -41,6 +40,7 @@ from prometheus_client import Counter
 from services.common.contracts import make_event
 from services.common.contracts import privacy as _privacy_contracts  # noqa: F401 (registers it)
 from services.common.ids import isoformat, utcnow
+from services.common.networks import network_of
 
 log = logging.getLogger("gateway.access_log")
 
@@ -56,24 +56,9 @@ DROPPED = Counter("darkroom_access_log_dropped_total",
                   ["reason"])
 
 
-def client_network(address: str | None) -> str | None:
-    """``203.0.113.7`` → ``203.0.113.0/24``; an IPv6 address → its /48;
-    an IPv4-mapped IPv6 address counts as IPv4; None for anything else."""
-    if not address:
-        return None
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
 def fact(method: str, route: str, status: int, user_id: str | None, address: str | None) -> dict:
     return {"user_id": user_id, "method": method[:10], "route": route[:200], "status": int(status),
-            "network": client_network(address), "at": isoformat(utcnow())}
+            "network": network_of(address), "at": isoformat(utcnow())}
 
 
 class AccessLogPublisher:

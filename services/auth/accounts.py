@@ -12,12 +12,12 @@ from services.auth import history, keys, passwords, sessions, totp, verification
 from services.auth.errors import email_taken, invalid_credentials, invalid_token, invalid_totp
 from services.auth.lookup import find_user_by_email
 from services.auth.models import PasswordReset, User
-from services.auth.networks import network_of
 from services.auth.settings import AuthSettings
 from services.auth.tokens import new_reset_token, sha256_hex
 from services.common.contracts.auth import normalise_email
 from services.common.errors import conflict, invalid_request, not_found
 from services.common.ids import isoformat
+from services.common.networks import network_of
 
 
 @dataclass

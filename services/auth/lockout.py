@@ -19,10 +19,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.auth.models import LoginFailure, LoginLockout
-from services.auth.networks import parse_address
 from services.auth.settings import AuthSettings
 from services.auth.tokens import keyed_digest
 from services.common.errors import rate_limited
+from services.common.networks import parse_address
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,12 @@ from services.auth.errors import (
 )
 from services.auth.lookup import find_user_by_email, parse_id
 from services.auth.models import ApiKey, KnownNetwork, User, UserSession
-from services.auth.networks import network_digest, network_of
+from services.auth.networks import network_digest
 from services.auth.settings import AuthSettings
 from services.auth.tokens import api_key_prefix, new_session_token, sha256_hex
 from services.common.errors import invalid_request, not_found, unauthenticated
 from services.common.ids import isoformat
+from services.common.networks import network_of
 from services.common.pagination import paginate
 
 # last_used_at is written at most this often per credential (not once a request).

@@ -40,7 +40,8 @@ from services.storage.backends import make_backend
 from services.storage.models import PurgeBatch, StoredObject
 from services.storage.settings import StorageSettings
 from tests.conftest import base_env, free_port, wait_for
-from tests.unit.storage.fakes import Events, MemoryBackend, StoreDown
+from tests.unit.events import Events
+from tests.unit.storage.fakes import MemoryBackend, StoreDown
 
 pytestmark = pytest.mark.integration
 
@@ -575,11 +576,12 @@ def test_concurrent_purges_skip_each_others_rows(pg_engine):
     class Interleaving(MemoryBackend):
         def delete_many(self, keys):
             # while the first instance holds its batch, the second one runs
-            inner.append(retention.purge_batch(second, MemoryBackend(), settings, now, 10, Events()))
+            inner.append(retention.purge_batch(second, MemoryBackend(), settings, now, 10,
+                                               Events("storage")))
             return super().delete_many(keys)
 
     try:
-        outer = retention.purge_batch(first, Interleaving(), settings, now, 3, Events())
+        outer = retention.purge_batch(first, Interleaving(), settings, now, 3, Events("storage"))
     finally:
         first.close()
         second.close()
@@ -597,7 +599,7 @@ def test_an_interrupted_purge_is_resumed(pg_engine):
     for obj in rows:
         backend.add(obj.key)
     backend.raise_after = 2
-    settings, events = StorageSettings(purge_batch_size=10), Events()
+    settings, events = StorageSettings(purge_batch_size=10), Events("storage")
     with Session(pg_engine) as session, pytest.raises(StoreDown):
         retention.purge_expired(session, backend, settings, utcnow(), events)
     assert len(backend.deleted) == 2 and live_count(pg_engine) == 5 and events.seen == []

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.auth.networks import network_digest, network_of
+from services.auth.networks import network_digest
+from services.common.networks import network_of
 
 
 @pytest.mark.parametrize(

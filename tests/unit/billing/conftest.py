@@ -15,27 +15,9 @@ from sqlalchemy.pool import StaticPool
 from services.billing import plans
 from services.billing.models import Base
 from services.billing.settings import BillingSettings
-from services.common import contracts
+from tests.unit.events import Events
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-class Events:
-    """A ``dispatch`` that validates each billing event against its contract and keeps it."""
-
-    def __init__(self):
-        self.seen: list[tuple[str, dict]] = []
-
-    def __call__(self, event_type: str, data: dict) -> str:
-        body = contracts.make_event(f"billing.{event_type}", data)
-        self.seen.append((event_type, body))
-        return body["event_id"]
-
-    def of(self, event_type: str) -> list[dict]:
-        return [body for kind, body in self.seen if kind == event_type]
-
-    def clear(self) -> None:
-        self.seen.clear()
 
 
 @pytest.fixture
@@ -56,7 +38,7 @@ def settings() -> BillingSettings:
 
 @pytest.fixture
 def events() -> Events:
-    return Events()
+    return Events("billing")
 
 
 @pytest.fixture

@@ -5,25 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from sqlalchemy.orm import Session
-
-from services.common.db import make_engine
-from services.common.migrations import SERVICES_DIR, upgrade
 from services.generation import deliveries, webhooks
 from services.generation.models import WebhookDelivery
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path}/generation.db"
-    upgrade(SERVICES_DIR / "generation" / "migrations", url)
-    engine = make_engine(url)
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-    engine.dispose()
 
 
 def delivery(db, due=NOW) -> WebhookDelivery:

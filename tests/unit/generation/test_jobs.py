@@ -8,11 +8,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy.orm import Session
 
-from services.common.db import make_engine
 from services.common.errors import DomainError
-from services.common.migrations import SERVICES_DIR, upgrade
 from services.generation import jobs
 from services.generation.models import Job, WebhookDelivery
 from services.generation.settings import GenerationSettings
@@ -22,16 +19,6 @@ REQUEST = {"type": "text-to-image", "prompt": "a red fox", "negative_prompt": No
            "size": "512x512", "seed": 1, "strength": 0.6, "source_image_id": None,
            "template": None, "inputs": None, "duration_s": None, "webhook_url": None}
 EXPANSION = {"prompt": "a red fox", "negative_prompt": None, "shots": []}
-
-
-@pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path}/generation.db"
-    upgrade(SERVICES_DIR / "generation" / "migrations", url)
-    engine = make_engine(url)
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
-    engine.dispose()
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from ops import billing as billing_ops
-from ops import cli as cli_module
 from ops import rpc as rpc_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
+from tests.unit.ops.conftest import Calls
 
 ADA = "0190a0a0-0000-7000-8000-000000000001"
 BOB = "0190a0a0-0000-7000-8000-000000000002"
@@ -21,10 +20,6 @@ PROBLEMS = [
     {"user_id": ADA, "problem": "available_mismatch", "expected": 70, "actual": 1070},
     {"user_id": BOB, "problem": "balance_chain_broken", "expected": 20, "actual": None},
 ]
-
-
-class Calls(list):
-    answers: dict
 
 
 @pytest.fixture
@@ -45,17 +40,6 @@ def calls(monkeypatch) -> Calls:
     monkeypatch.setattr(billing_ops, "_call", fake_call)
     made.answers = answers
     return made
-
-
-@pytest.fixture
-def run(tmp_path):
-    config = tmp_path / "ops.yaml"
-    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/x\nRPC_TIMEOUT_SECONDS: 7\n")
-
-    def invoke(*args):
-        return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args])
-
-    return invoke
 
 
 # ------------------------------------------------------------ verify

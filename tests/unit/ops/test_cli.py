@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from ops import cli as cli_module
 from ops.dlq import DeadLetter
 from ops.errors import OpsError
 from services.common.errors import DomainError
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch):
-    config = tmp_path / "ops.yaml"
-    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/x\n")
-
-    def invoke(*args):
-        return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args])
-
-    return invoke
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

@@ -8,10 +8,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from click.testing import CliRunner
 from nameko.exceptions import RpcTimeout, UnknownService
 
-from ops import cli as cli_module
 from ops import jobs as jobs_ops
 from ops import rpc as rpc_ops
 from ops.errors import OpsError
@@ -76,17 +74,6 @@ def service(monkeypatch) -> FakeGeneration:
     monkeypatch.setattr(jobs_ops, "generation", generation)
     fake.opened = opened
     return fake
-
-
-@pytest.fixture
-def run(tmp_path):
-    config = tmp_path / "ops.yaml"
-    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/x\nRPC_TIMEOUT_SECONDS: 7\n")
-
-    def invoke(*args, input=None):
-        return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args], input=input)
-
-    return invoke
 
 
 # ------------------------------------------------------------ --since

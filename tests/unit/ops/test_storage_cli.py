@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from ops import cli as cli_module
 from ops import rpc as rpc_ops
 from ops import storage as storage_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
+from tests.unit.ops.conftest import Calls
 
 REPORT = {
     "by_kind": {"output": {"objects": 3, "bytes": 5 * 1024 ** 3}, "upload": {"objects": 12, "bytes": 3_565_158}},
@@ -21,10 +20,6 @@ REPORT = {
     "expired_pending": {"objects": 1, "bytes": 10},
     "deleted": {"objects": 7},
 }
-
-
-class Calls(list):
-    answers: dict
 
 
 @pytest.fixture
@@ -44,17 +39,6 @@ def calls(monkeypatch) -> Calls:
     monkeypatch.setattr(storage_ops, "_call", fake_call)
     made.answers = answers
     return made
-
-
-@pytest.fixture
-def run(tmp_path):
-    config = tmp_path / "ops.yaml"
-    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/x\nRPC_TIMEOUT_SECONDS: 7\n")
-
-    def invoke(*args):
-        return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args])
-
-    return invoke
 
 
 def test_purge(run, calls):

@@ -10,29 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.orm import Session
 
-from services.common import contracts
 from services.common.contracts import privacy as _privacy  # noqa: F401 (registers the events)
 from services.common.db import make_engine
 from services.common.migrations import SERVICES_DIR, upgrade
 from services.privacy.settings import PrivacySettings
+from tests.unit.events import Events
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-class Events:
-    def __init__(self):
-        self.seen: list[tuple[str, dict]] = []
-
-    def __call__(self, event_type: str, data: dict) -> str:
-        body = contracts.make_event(f"privacy.{event_type}", data)
-        self.seen.append((event_type, body))
-        return body["event_id"]
-
-    def of(self, event_type: str) -> list[dict]:
-        return [body for kind, body in self.seen if kind == event_type]
-
-    def clear(self) -> None:
-        self.seen.clear()
 
 
 @pytest.fixture
@@ -54,7 +38,7 @@ def settings() -> PrivacySettings:
 
 @pytest.fixture
 def events() -> Events:
-    return Events()
+    return Events("privacy")
 
 
 @pytest.fixture

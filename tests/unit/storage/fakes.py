@@ -11,7 +11,6 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from services.common import contracts
 from services.storage.backends.base import ObjectInfo
 from services.storage.models import Base
 
@@ -78,22 +77,6 @@ class MemoryBackend:
                       max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
         return (f"memory://{key}?method=PUT&ttl={ttl_seconds}&max_bytes={max_bytes}",
                 {"Content-Type": content_type})
-
-
-class Events:
-    """A ``dispatch`` that validates each event against its contract and keeps it."""
-
-    def __init__(self, service: str = "storage"):
-        self.service = service
-        self.seen: list[tuple[str, dict]] = []
-
-    def __call__(self, event_type: str, data: dict) -> str:
-        body = contracts.make_event(f"{self.service}.{event_type}", data)
-        self.seen.append((event_type, body))
-        return body["event_id"]
-
-    def of(self, event_type: str) -> list[dict]:
-        return [body for kind, body in self.seen if kind == event_type]
 
 
 def memory_session() -> Session:

@@ -20,8 +20,9 @@ from services.storage.models import (
     UploadSlot,
 )
 from services.storage.settings import StorageSettings
+from tests.unit.events import Events
 from tests.unit.storage.conftest import NOW
-from tests.unit.storage.fakes import Events, StoreDown
+from tests.unit.storage.fakes import StoreDown
 
 GRACE = timedelta(hours=1)
 
@@ -34,7 +35,7 @@ def settings() -> StorageSettings:
 
 @pytest.fixture
 def events() -> Events:
-    return Events()
+    return Events("storage")
 
 
 def stored(db, backend, owner=None, *, kind="upload", status=COMMITTED, created_at=NOW,
