@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from services.common.contracts.billing import parse_size
 from services.common.errors import DomainError
@@ -31,6 +33,21 @@ log = logging.getLogger(__name__)
 
 # how the job's progress is split: the providers' work, then the uploads
 PROVIDER_SHARE = 0.85
+
+
+def transfer_session() -> requests.Session:
+    """Transfers to and from storage reuse connections (a pool per host, shared
+    by the process's jobs) instead of a TCP handshake for every file. A pooled
+    connection the server has just closed (keep-alive ran out) is retried once
+    on a new one: GET and PUT of a slot are idempotent."""
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=Retry(total=1, connect=1, read=1, status=0, redirect=0))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+transfers = transfer_session()
 
 
 class JobFailure(Exception):
@@ -71,7 +88,7 @@ def fetch_source(storage, spec: JobSpec, timeout: float) -> tuple[bytes | None, 
             raise JobFailure("source_unavailable", "the source image is gone") from None
         raise
     try:
-        response = requests.get(source["url"], timeout=timeout)
+        response = transfers.get(source["url"], timeout=timeout)
         response.raise_for_status()
     except requests.RequestException as exc:
         raise JobFailure("storage_unavailable", f"cannot read the source image: {exc}") from None
@@ -104,7 +121,7 @@ def upload_outputs(storage, spec: JobSpec, outputs: tuple[ProviderOutput, ...], 
             "width": output.width, "height": output.height,
         })
         try:
-            response = requests.request(slot["method"], slot["url"], data=output.data,
+            response = transfers.request(slot["method"], slot["url"], data=output.data,
                                         headers=slot["headers"], timeout=timeout)
             response.raise_for_status()
         except requests.RequestException as exc:

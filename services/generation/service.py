@@ -42,6 +42,7 @@ from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
 from services.generation.providers.router import Router, build_router
+from services.generation.quotes import QuoteCache
 from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ def make_run_slots(config) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(limit)  # green under nameko run
 
 
+def make_quotes(config) -> QuoteCache:
+    return QuoteCache(GenerationSettings.from_config(config).quote_cache_seconds)
+
+
 def make_router(config) -> Router:
     """Built once per process: its circuit breakers remember failures across
     jobs. CPU-heavy rendering runs off the hub."""
@@ -75,6 +80,7 @@ class GenerationService(DarkroomService):
     run_slots = FromConfig(make_run_slots)
     router = FromConfig(make_router)
     prompts = FromConfig(Prompts.from_config)  # templates, prompt assist, moderation
+    quotes = FromConfig(make_quotes)  # billing's prices, kept a minute
     billing = RpcProxy("billing")
     storage = RpcProxy("storage")
     auth = RpcProxy("auth")
@@ -100,7 +106,7 @@ class GenerationService(DarkroomService):
         expansion = self.prompts.expand(data)  # 400/404 template, 422 content policy
         if data["source_image_id"]:
             self.storage.get_source(user_id, str(data["source_image_id"]))  # 404 if not theirs
-        quote = self.billing.quote(pricing(data, expansion))
+        quote = self.quotes.quote(pricing(data, expansion), self.billing.quote)
         if dry_run:
             return c.PriceQuote().dump(quote)
         job, created = jobs.submit(self.db, self.settings, user, data, expansion, quote["price"],

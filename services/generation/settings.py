@@ -28,6 +28,8 @@ class GenerationSettings:
     # where a job's outputs are uploaded from (the storage slot's URL is
     # used as issued)
     upload_timeout_seconds: float = 120.0
+    # how long a price billing quoted is used for new jobs (0: ask every time)
+    quote_cache_seconds: float = 60.0
     # webhooks: tries and the private networks an operator allows
     webhook_max_tries: int = 8
     webhook_timeout_seconds: float = 10.0
@@ -57,6 +59,7 @@ class GenerationSettings:
             prompt_retention=retention,
             lease_seconds=int(get("LEASE_SECONDS", d.lease_seconds)),
             upload_timeout_seconds=float(get("UPLOAD_TIMEOUT_SECONDS", d.upload_timeout_seconds)),
+            quote_cache_seconds=float(get("QUOTE_CACHE_SECONDS", d.quote_cache_seconds)),
             webhook_max_tries=int(get("WEBHOOK_MAX_TRIES", d.webhook_max_tries)),
             webhook_timeout_seconds=float(get("WEBHOOK_TIMEOUT_SECONDS",
                                               d.webhook_timeout_seconds)),

@@ -1,0 +1,45 @@
+"""Prices of jobs, asked of billing (``billing.quote``) and kept a short while.
+
+A price depends only on a job's pricing inputs (its type and ``n`` and
+``size``, or its shots or duration): a handful of distinct keys, and prices
+change only when billing's configuration does. Keeping each answer
+``GENERATION.QUOTE_CACHE_SECONDS`` (60) spares a round trip to billing on
+nearly every submit; a price change reaches new jobs within that time. A
+job's price is fixed when it is submitted (it is the amount billing holds),
+so a cached price is never applied to a job after the user saw another.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+MAX_ENTRIES = 1024
+
+
+class QuoteCache:
+    """Thread-safe: one per process, shared by its workers."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.ttl = float(ttl_seconds)
+        self.clock = clock
+        self._answers: dict[tuple, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def quote(self, pricing: dict, ask: Callable[[dict], dict]) -> dict:
+        """billing's answer for ``pricing``: kept, or ``ask(pricing)`` (the RPC)."""
+        if self.ttl <= 0:
+            return ask(pricing)
+        key = tuple(sorted(pricing.items()))
+        now = self.clock()
+        with self._lock:
+            kept = self._answers.get(key)
+        if kept is not None and kept[0] > now:
+            return dict(kept[1])
+        answer = ask(pricing)  # errors are not kept: the next submit asks again
+        with self._lock:
+            if len(self._answers) >= MAX_ENTRIES:
+                self._answers.clear()
+            self._answers[key] = (now + self.ttl, dict(answer))
+        return answer
