@@ -1,21 +1,27 @@
-"""Access-log facts for the privacy service: one ``gateway.request_logged``
-event per request, published without slowing any request down.
+"""Access-log facts for the privacy service, published in batches
+(``gateway.requests_logged``) without slowing any request down.
 
 The response hook only puts a small dict on a bounded in-process queue
 (``put_nowait``: it never blocks, never touches the network); a daemon thread
-per process takes them off and publishes each, persistent and confirmed, to
-the ``gateway.events`` exchange (nameko's event exchange for a service named
-``gateway``, where the privacy service's handler listens). When the queue is
-full (the broker is away, or slower than the traffic), the fact is dropped
-and counted in ``darkroom_access_log_dropped_total``; a fact that cannot be
-published after a few tries is dropped and counted too. Access logs are a
-record, not a ledger: losing some under an outage is accepted, blocking the
-API is not.
+per process takes one fact off it (waiting for it), then whatever else is
+already queued, up to :data:`BATCH_MAX`, and publishes them as one event,
+persistent and confirmed, to the ``gateway.events`` exchange (nameko's event
+exchange for a service named ``gateway``, where the privacy service's handler
+listens). There is no timer and no waiting for a batch to fill: under light
+traffic each event carries one fact, under a burst up to :data:`BATCH_MAX`.
+When the queue is full (the broker is away, or slower than the traffic), the
+fact is dropped and counted in ``darkroom_access_log_dropped_total``; the facts
+of an event that cannot be published after a few tries are dropped and counted
+too (facts, not events). Access logs are a record, not a ledger: losing some
+under an outage is accepted, blocking the API is not.
 
-What a fact holds (and nothing else): the user id when the request was
-authenticated, the method, the route template (``/v1/images/<uuid:image_id>``,
-never the path with its ids, never a query string), the status, the time,
-and the client's network truncated to /24 (IPv4) or /48 (IPv6).
+What a fact holds (and nothing else): its own id (a uuid4 made with the fact:
+the privacy service's row id, so a redelivered event stores each fact once),
+the user id when the request was authenticated, the method, the route
+template (``/v1/images/<uuid:image_id>``, never the path with its ids, never a
+query string), the status, the time, and the client's network truncated to
+/24 (IPv4) or /48 (IPv6). The event carries the request id as its correlation
+id only when all its facts come from one request (a batch of one).
 
 Health checks and metrics scrapes (``/healthz``, ``/readyz``, ``/metrics``)
 are not users' requests and are not published (a compose healthcheck alone
@@ -32,33 +38,37 @@ import os
 import queue
 import threading
 import time
+import uuid
 
 from nameko.amqp.publish import Publisher
 from nameko.standalone.events import get_event_exchange
 from prometheus_client import Counter
 
 from services.common.contracts import make_event
-from services.common.contracts import privacy as _privacy_contracts  # noqa: F401 (registers it)
+from services.common.contracts import privacy as _privacy_contracts
 from services.common.ids import isoformat, utcnow
 from services.common.networks import network_of
 
 log = logging.getLogger("gateway.access_log")
 
-EVENT = "gateway.request_logged"
-ROUTING_KEY = "request_logged"
+EVENT = "gateway.requests_logged"
+ROUTING_KEY = "requests_logged"
+BATCH_MAX = _privacy_contracts.ACCESS_LOG_BATCH_MAX  # 100 facts per event at most
 DEFAULT_QUEUE_SIZE = 10_000
 PUBLISH_TRIES = 3
 NOT_LOGGED = frozenset({"/healthz", "/readyz", "/metrics"})
 RETRY_PAUSE_SECONDS = 1.0
 
 DROPPED = Counter("darkroom_access_log_dropped_total",
-                  "Access-log facts not published (queue full, or the broker refused them)",
+                  "Access-log facts not published (queue full, the broker refused them, "
+                  "or they did not fit their contract)",
                   ["reason"])
 
 
 def fact(method: str, route: str, status: int, user_id: str | None, address: str | None) -> dict:
-    return {"user_id": user_id, "method": method[:10], "route": route[:200], "status": int(status),
-            "network": network_of(address), "at": isoformat(utcnow())}
+    return {"id": str(uuid.uuid4()), "user_id": user_id, "method": method[:10],
+            "route": route[:200], "status": int(status), "network": network_of(address),
+            "at": isoformat(utcnow())}
 
 
 class AccessLogPublisher:
@@ -108,24 +118,48 @@ class AccessLogPublisher:
 
     def _run(self) -> None:
         while True:
-            payload, correlation_id = self.queue.get()
-            self.publish_one(payload, correlation_id)
+            self._send(self.take())
 
-    def publish_one(self, payload: dict, correlation_id: str | None = None) -> bool:
-        body = make_event(EVENT, payload)
+    def _send(self, batch: list[tuple[dict, str | None]]) -> None:
+        correlation_ids = {correlation_id for _, correlation_id in batch}
+        try:
+            self.publish([payload for payload, _ in batch],
+                         correlation_ids.pop() if len(correlation_ids) == 1 else None)
+        except Exception:  # a fact that does not fit its contract: a bug, not a reason to stop
+            if len(batch) > 1:  # the others still go out
+                for item in batch:
+                    self._send([item])
+                return
+            log.exception("an access log fact does not fit its contract; dropped")
+            DROPPED.labels("invalid").inc()
+
+    def take(self) -> list[tuple[dict, str | None]]:
+        """One fact (waiting for it), then those already queued, up to BATCH_MAX."""
+        batch = [self.queue.get()]
+        while len(batch) < BATCH_MAX:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def publish(self, facts: list[dict], correlation_id: str | None = None) -> bool:
+        """Publish ``facts`` (1 to BATCH_MAX) as one event, trying a few times;
+        False (and the facts counted as dropped) when the broker refused it."""
+        body = make_event(EVENT, {"entries": facts})
         headers = {"nameko.correlation_id": correlation_id} if correlation_id else {}
         for attempt in range(1, PUBLISH_TRIES + 1):
             try:
                 self.publisher().publish(body, exchange=get_event_exchange("gateway", {}),
                                          routing_key=ROUTING_KEY, extra_headers=headers)
-                self.published += 1
+                self.published += len(facts)
                 return True
             except Exception as exc:  # the broker is away: wait a little, then give up
-                log.warning("access log not published (try %d of %d): %s", attempt,
-                            PUBLISH_TRIES, exc)
+                log.warning("%d access log fact(s) not published (try %d of %d): %s",
+                            len(facts), attempt, PUBLISH_TRIES, exc)
                 if attempt < PUBLISH_TRIES:
                     time.sleep(RETRY_PAUSE_SECONDS * attempt)
-        DROPPED.labels("publish_failed").inc()
+        DROPPED.labels("publish_failed").inc(len(facts))
         return False
 
 

@@ -1,10 +1,13 @@
-"""Access logs: the gateway's ``gateway.request_logged`` facts, kept
-``ACCESS_LOG_RETENTION_DAYS`` (180) and included in the user's exports.
+"""Access logs: the facts of the gateway's ``gateway.requests_logged``
+events, kept ``ACCESS_LOG_RETENTION_DAYS`` (180) and included in the user's
+exports.
 
-A log of a user whose erasure has completed is dropped, never stored: the
-gateway publishes asynchronously, and a request made just before the erasure
-can arrive after it. The row id is the event id, so a redelivered event is
-stored once.
+An event carries a batch of facts; :func:`store_all` keeps a batch with one
+query for the ids already stored and one for the users already erased. A log
+of a user whose erasure has completed is dropped, never stored: the gateway
+publishes asynchronously, and a request made just before the erasure can
+arrive after it. The row id is the fact's id, so a redelivered event stores
+each fact once.
 """
 
 from __future__ import annotations
@@ -28,21 +31,48 @@ def subject(key: bytes, user_id: uuid.UUID) -> str:
     return PSEUDONYM_PREFIX + hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()
 
 
-def is_erased(db: Session, key: bytes, user_id: uuid.UUID) -> bool:
-    return db.get(ErasedSubject, subject(key, user_id)) is not None
+def erased_users(db: Session, key: bytes, user_ids) -> set[uuid.UUID]:
+    """Which of ``user_ids`` have been erased, in one query."""
+    by_subject = {subject(key, u): u for u in user_ids}
+    if not by_subject:
+        return set()
+    found = db.scalars(select(ErasedSubject.subject)
+                       .where(ErasedSubject.subject.in_(list(by_subject))))
+    return {by_subject[s] for s in found}
 
 
-def store(db: Session, key: bytes, event: dict) -> bool:
+def _uuid(value) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def store_all(db: Session, key: bytes, facts: list[dict]) -> int:
+    """Add a batch of access-log facts to the session (the caller commits);
+    returns how many were added. A fact kept before (its id is a row's id) or
+    of an erased user is left out."""
+    fresh: dict[uuid.UUID, dict] = {}
+    for entry in facts:
+        fresh.setdefault(_uuid(entry["id"]), entry)
+    if not fresh:
+        return 0
+    existing = set(db.scalars(select(AccessLog.id).where(AccessLog.id.in_(list(fresh)))))
+    users = {_uuid(e["user_id"]) for i, e in fresh.items()
+             if i not in existing and e.get("user_id") is not None}
+    erased = erased_users(db, key, users)
+    added = 0
+    for fact_id, entry in fresh.items():
+        user_id = _uuid(entry["user_id"]) if entry.get("user_id") is not None else None
+        if fact_id in existing or user_id in erased:
+            continue
+        db.add(AccessLog(id=fact_id, user_id=user_id, at=entry["at"], method=entry["method"],
+                         route=entry["route"], status=entry["status"],
+                         network=entry.get("network")))
+        added += 1
+    return added
+
+
+def store(db: Session, key: bytes, entry: dict) -> bool:
     """Keep one access-log fact; False when it was kept before or its user is erased."""
-    event_id = uuid.UUID(str(event["event_id"]))
-    if db.get(AccessLog, event_id) is not None:
-        return False
-    user_id = event.get("user_id")
-    if user_id is not None and is_erased(db, key, user_id):
-        return False
-    db.add(AccessLog(id=event_id, user_id=user_id, at=event["at"], method=event["method"],
-                     route=event["route"], status=event["status"], network=event.get("network")))
-    return True
+    return store_all(db, key, [entry]) == 1
 
 
 def purge(db: Session, now: datetime, retention_days: int, batch: int = PURGE_BATCH) -> int:

@@ -9,8 +9,8 @@
   each type per user, even under concurrent requests.
 - ``consent_changes`` (every change kept), ``policy_versions``,
   ``policy_acceptances``, ``restrictions``.
-- ``access_logs``: the gateway's ``gateway.request_logged`` facts, purged
-  after ``ACCESS_LOG_RETENTION_DAYS``; the row id is the event id, so a
+- ``access_logs``: the gateway's ``gateway.requests_logged`` facts, purged
+  after ``ACCESS_LOG_RETENTION_DAYS``; the row id is the fact id, so a
   redelivered event is stored once.
 - ``erased_subjects``: a keyed hash (``psn:`` + HMAC) of each erased user's
   id, so access logs still on their way when the erasure completed are
@@ -165,7 +165,7 @@ class AccessLog(Base):
     __tablename__ = "access_logs"
     __table_args__ = (Index("ix_access_logs_user_id_at", "user_id", "at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # the event id
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # the fact id
     user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     method: Mapped[str] = mapped_column(String(10))

@@ -372,13 +372,20 @@ class PrivacyService(DarkroomService):
 
     # ------------------------------------------------------------ access logs
 
-    @event_handler("gateway", "request_logged")
-    def request_logged(self, event: dict) -> None:
+    @event_handler("gateway", "requests_logged")
+    def requests_logged(self, event: dict) -> None:
+        """A batch of access-log facts, in one transaction. When the same
+        batch is delivered twice at once, the commit that loses the race fails
+        on the row ids: roll back and store again, which skips the facts now
+        there (should that fail too, the event is retried later)."""
+        key = self.settings.pseudonym_key
         try:
-            if access_logs.store(self.db, self.settings.pseudonym_key, event):
-                self.db.commit()
-        except IntegrityError:  # the same event delivered twice at once: one row
+            access_logs.store_all(self.db, key, event["entries"])
+            self.db.commit()
+        except IntegrityError:
             self.db.rollback()
+            access_logs.store_all(self.db, key, event["entries"])
+            self.db.commit()
 
     @timer(interval=PURGE_INTERVAL_SECONDS, eager=True)
     def purge_access_logs(self) -> int:

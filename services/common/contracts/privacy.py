@@ -10,13 +10,14 @@ storage service when it is big) and, for an erasure, counts and times only:
 never personal data, since they end up in the erasure certificate.
 
 The gateway uses the request and response schemas for the HTTP API of
-API.md "Privacy"; ``gateway.request_logged`` is the gateway's access-log fact
-(it has no service of its own, so its contract lives here, with its consumer).
+API.md "Privacy"; ``gateway.requests_logged`` carries the gateway's access-log
+facts, up to :data:`ACCESS_LOG_BATCH_MAX` of them per event (the gateway has
+no service of its own, so its contract lives here, with its consumer).
 """
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
 
@@ -33,6 +34,8 @@ PART_INLINE_MAX_BYTES = 1_000_000
 POLICY_VERSION = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
                                  error="1 to 32 letters, digits, '.', '_' or '-'")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# The most access-log facts one gateway.requests_logged event carries.
+ACCESS_LOG_BATCH_MAX = 100
 
 
 # ---------------------------------------------------------------- events
@@ -84,17 +87,31 @@ class ConsentChanged(EventSchema):
     policy_version = fields.String(allow_none=True, load_default=None)
 
 
-@register_event("gateway.request_logged")
-class RequestLogged(EventSchema):
+class AccessFact(Schema):
     """One HTTP request: no body, no query string, no credential, and the
-    client's network (IPv4 /24, IPv6 /48) rather than its address."""
+    client's network (IPv4 /24, IPv6 /48) rather than its address. ``id`` is
+    made with the fact and is the stored row's id, so a fact delivered twice
+    is stored once."""
 
+    class Meta:
+        unknown = EXCLUDE  # like the envelope: consumers ignore what they do not know
+
+    id = fields.UUID(required=True)
     user_id = fields.UUID(allow_none=True, load_default=None)
     method = fields.String(required=True, validate=validate.Length(max=10))
     route = fields.String(required=True, validate=validate.Length(max=200))
     status = fields.Integer(required=True, validate=validate.Range(min=100, max=599))
     network = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=64))
     at = fields.AwareDateTime(required=True)
+
+
+@register_event("gateway.requests_logged")
+class RequestsLogged(EventSchema):
+    """The access-log facts the gateway had queued when it published: one
+    at least, :data:`ACCESS_LOG_BATCH_MAX` at most."""
+
+    entries = fields.List(fields.Nested(AccessFact), required=True,
+                          validate=validate.Length(min=1, max=ACCESS_LOG_BATCH_MAX))
 
 
 class Withheld(Schema):

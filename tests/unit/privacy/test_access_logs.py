@@ -1,18 +1,29 @@
-"""Access logs: stored once per event, never for an erased user, purged
-past their retention, exported with the rest of the privacy service's data."""
+"""Access logs: stored once per fact (a batch in one transaction, a
+redelivered or concurrently delivered batch once), never for an erased user,
+purged past their retention, exported with the rest of the privacy service's
+data."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
 
+import pytest
+from nameko.testing.services import worker_factory
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway import access_log as gateway_access_log
+from services.common import contracts
 from services.privacy import access_logs, own_data
 from services.privacy.models import AccessLog, ErasedSubject
+from services.privacy.service import PrivacyService
 from tests.unit.privacy.conftest import NOW
 
 
 def fact(user_id, at=NOW, **fields) -> dict:
-    return {"event_id": uuid.uuid4(), "user_id": user_id, "at": at, "method": "GET",
+    return {"id": uuid.uuid4(), "user_id": user_id, "at": at, "method": "GET",
             "route": "/v1/images/<uuid:image_id>", "status": 200, "network": "203.0.113.0/24",
             **fields}
 
@@ -64,3 +75,137 @@ def test_the_privacy_part_of_an_export_holds_consents_requests_and_logs(db, sett
     assert own_data.erase(db, user) == {"consent_changes": 0, "policy_acceptances": 0,
                                         "restrictions": 1, "access_logs": 1}
     assert own_data.export(db, user, 180)["access_log"] == []
+
+
+# ---------------------------------------------------------------- batches
+
+
+def batch_event(facts: list[dict]) -> dict:
+    """The gateway's event, as the privacy handler receives it (through its contract)."""
+    body = contracts.make_event(gateway_access_log.EVENT, {"entries": [
+        {**f, "id": str(f["id"]), "user_id": None if f["user_id"] is None else str(f["user_id"]),
+         "at": f["at"].isoformat()} for f in facts]})
+    return contracts.load_event(gateway_access_log.EVENT, body)
+
+
+def rows(db: Session) -> dict[uuid.UUID, AccessLog]:
+    db.expire_all()
+    return {a.id: a for a in db.scalars(select(AccessLog))}
+
+
+class Statements:
+    """The SELECTs and INSERTs a session sends while counting."""
+
+    def __init__(self, db: Session):
+        self.seen: list[str] = []
+        sa_event.listen(db.get_bind(), "before_cursor_execute", self.record)
+        self.engine = db.get_bind()
+
+    def record(self, conn, cursor, statement, parameters, context, executemany):
+        self.seen.append(statement.split()[0].upper())
+
+    def close(self):
+        sa_event.remove(self.engine, "before_cursor_execute", self.record)
+
+
+@pytest.fixture
+def handler(db, settings):
+    return worker_factory(PrivacyService, db=db, settings=settings)
+
+
+def test_a_batch_is_stored_in_one_transaction_with_two_queries(db, settings, handler):
+    users = [uuid.uuid4() for _ in range(3)]
+    facts = [fact(users[i % 3], status=200 + i) for i in range(30)] + [fact(None)]
+    statements = Statements(db)
+    commits = []
+    sa_event.listen(db, "after_commit", lambda session: commits.append(1))
+    try:
+        handler.requests_logged(batch_event(facts))
+    finally:
+        statements.close()
+    assert len(commits) == 1
+    assert statements.seen.count("SELECT") == 2  # the ids already kept, the erased users
+    stored = rows(db)
+    assert set(stored) == {f["id"] for f in facts}
+    kept = stored[facts[4]["id"]]
+    assert (kept.user_id, kept.status, kept.route, kept.at) == (
+        users[1], 204, "/v1/images/<uuid:image_id>", NOW)
+    assert stored[facts[-1]["id"]].user_id is None
+
+
+def test_a_redelivered_batch_stores_each_fact_once(db, settings, handler, user):
+    facts = [fact(user), fact(None), fact(uuid.uuid4())]
+    event = batch_event(facts)
+    handler.requests_logged(event)
+    handler.requests_logged(event)  # the broker delivers it again
+    assert len(rows(db)) == 3
+    # a later batch that repeats one of them adds only the new ones
+    again = fact(user)
+    handler.requests_logged(batch_event([facts[0], again]))
+    assert set(rows(db)) == {f["id"] for f in facts} | {again["id"]}
+    # a batch that names one fact twice keeps it once
+    twice = fact(None)
+    assert access_logs.store_all(db, settings.pseudonym_key, [twice, twice]) == 1
+    db.commit()
+    assert db.scalar(select(func.count()).select_from(AccessLog)) == 5
+
+
+def test_an_erased_users_facts_in_a_mixed_batch_are_dropped_the_others_kept(
+        db, settings, handler, user):
+    db.add(ErasedSubject(subject=access_logs.subject(settings.pseudonym_key, user), erased_at=NOW))
+    db.commit()
+    other = uuid.uuid4()
+    erased = [fact(user), fact(user, status=401)]
+    kept = [fact(other), fact(None), fact(other, status=404)]
+    handler.requests_logged(batch_event([erased[0], kept[0], kept[1], erased[1], kept[2]]))
+    stored = rows(db)
+    assert set(stored) == {f["id"] for f in kept}
+    assert user not in {a.user_id for a in stored.values()}
+    assert access_logs.erased_users(db, settings.pseudonym_key, {user, other}) == {user}
+
+
+def test_the_same_batch_delivered_twice_at_once_ends_as_one_row_per_fact(
+        db, settings, handler, monkeypatch):
+    """Another worker commits the same batch between this one's check for
+    existing ids and its commit: this commit fails on the row ids, and the
+    handler stores again, skipping what is there now."""
+    facts = [fact(uuid.uuid4()) for _ in range(4)]
+    event = batch_event(facts)
+    real = access_logs.store_all
+    calls = []
+
+    def racing(session, key, entries):
+        calls.append(len(entries))
+        added = real(session, key, entries)  # nothing there yet: all four added
+        if len(calls) == 1:
+            with Session(db.get_bind()) as other:  # the other delivery wins the race
+                real(other, key, event["entries"])
+                other.commit()
+        return added
+
+    monkeypatch.setattr(access_logs, "store_all", racing)
+    handler.requests_logged(event)
+    assert calls == [4, 4]
+    assert set(rows(db)) == {f["id"] for f in facts}
+
+
+def test_a_batch_that_overlaps_a_concurrent_one_keeps_its_other_facts(
+        db, settings, handler, monkeypatch):
+    facts = [fact(uuid.uuid4()) for _ in range(4)]
+    event = batch_event(facts)
+    real = access_logs.store_all
+    calls = []
+
+    def racing(session, key, entries):
+        calls.append(1)
+        added = real(session, key, entries)
+        if len(calls) == 1:
+            with Session(db.get_bind()) as other:  # two of the four, committed meanwhile
+                real(other, key, event["entries"][:2])
+                other.commit()
+        return added
+
+    monkeypatch.setattr(access_logs, "store_all", racing)
+    handler.requests_logged(event)
+    assert len(calls) == 2
+    assert set(rows(db)) == {f["id"] for f in facts}

@@ -147,7 +147,7 @@ def test_an_erasure_starts_after_its_grace_and_erases_generation_first(db, event
 def test_a_completed_erasure_leaves_no_user_id_behind(db, settings, events, user):
     consent.update(db, user, {"marketing_email": True}, "api", NOW)
     access_logs.store(db, settings.pseudonym_key, {
-        "event_id": uuid.uuid4(), "user_id": user, "at": NOW, "method": "GET", "route": "/v1/me",
+        "id": uuid.uuid4(), "user_id": user, "at": NOW, "method": "GET", "route": "/v1/me",
         "status": 200, "network": "10.0.0.0/24"})
     export = create(db, settings, events, user)
     erasure = create(db, settings, events, user, "erasure")
