@@ -16,8 +16,9 @@ PROMPT_RETENTION = ("keep", "redact")
 class GenerationSettings:
     # jobs queued, reserved or running per user; past it, 429 rate_limited
     max_active_jobs_per_user: int = 10
-    # jobs one process runs at once (keep it below max_workers: RPCs need workers too)
-    max_running_jobs: int = 8
+    # jobs one process runs at once (keep it below max_workers: RPCs need workers too);
+    # a running job mostly waits (on its provider, on storage), so a process runs many
+    max_running_jobs: int = 32
     queue_retry_after_seconds: int = 30
     # "keep": prompts stay with the job (the user's history); "redact": they
     # are removed when the job ends (a redacted job cannot be replayed)
