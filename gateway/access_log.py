@@ -3,12 +3,14 @@
 
 The response hook only puts a small dict on a bounded in-process queue
 (``put_nowait``: it never blocks, never touches the network); a daemon thread
-per process takes one fact off it (waiting for it), then whatever else is
-already queued, up to :data:`BATCH_MAX`, and publishes them as one event,
+per process takes one fact off it (waiting for it), then whatever else comes
+within :data:`BATCH_WAIT_SECONDS` (half a second), up to :data:`BATCH_MAX`,
+and publishes them as one event,
 persistent and confirmed, to the ``gateway.events`` exchange (nameko's event
 exchange for a service named ``gateway``, where the privacy service's handler
-listens). There is no timer and no waiting for a batch to fill: under light
-traffic each event carries one fact, under a burst up to :data:`BATCH_MAX`.
+listens). A fact reaches the privacy service within about half a second;
+under load an event carries many facts (one message and one privacy
+transaction for them all), under a burst up to :data:`BATCH_MAX`.
 When the queue is full (the broker is away, or slower than the traffic), the
 fact is dropped and counted in ``darkroom_access_log_dropped_total``; the facts
 of an event that cannot be published after a few tries are dropped and counted
@@ -54,6 +56,7 @@ log = logging.getLogger("gateway.access_log")
 EVENT = "gateway.requests_logged"
 ROUTING_KEY = "requests_logged"
 BATCH_MAX = _privacy_contracts.ACCESS_LOG_BATCH_MAX  # 100 facts per event at most
+BATCH_WAIT_SECONDS = 0.5  # how long the first fact of an event waits for others
 DEFAULT_QUEUE_SIZE = 10_000
 PUBLISH_TRIES = 3
 NOT_LOGGED = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -72,8 +75,10 @@ def fact(method: str, route: str, status: int, user_id: str | None, address: str
 
 
 class AccessLogPublisher:
-    def __init__(self, amqp_uri: str, max_queue: int = DEFAULT_QUEUE_SIZE, publisher=None):
+    def __init__(self, amqp_uri: str, max_queue: int = DEFAULT_QUEUE_SIZE, publisher=None,
+                 batch_wait: float = BATCH_WAIT_SECONDS):
         self.amqp_uri = amqp_uri
+        self.batch_wait = batch_wait
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_queue)))
         self._publisher = publisher
         self._lock = threading.Lock()
@@ -134,11 +139,13 @@ class AccessLogPublisher:
             DROPPED.labels("invalid").inc()
 
     def take(self) -> list[tuple[dict, str | None]]:
-        """One fact (waiting for it), then those already queued, up to BATCH_MAX."""
+        """One fact (waiting for it), then those that come within
+        ``batch_wait`` seconds, up to BATCH_MAX."""
         batch = [self.queue.get()]
+        deadline = time.monotonic() + self.batch_wait
         while len(batch) < BATCH_MAX:
             try:
-                batch.append(self.queue.get_nowait())
+                batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         return batch

@@ -192,3 +192,16 @@ def test_publishing_can_be_switched_off():
     assert access_log.from_config({"AMQP_URI": "amqp://x", "ACCESS_LOG_EVENTS": "false"}) is None
     on = access_log.from_config({"AMQP_URI": "amqp://x", "ACCESS_LOG_QUEUE_SIZE": 7})
     assert on is not None and on.queue.maxsize == 7
+
+
+def test_facts_within_the_batch_wait_share_one_event_and_later_ones_do_not():
+    recorder = RecordingPublisher()
+    publisher = access_log.AccessLogPublisher("amqp://unused", publisher=recorder, batch_wait=0.3)
+    for i in range(5):  # a few requests a few milliseconds apart
+        publisher.submit(access_log.fact("GET", f"/v1/r{i}", 200, None, None), f"req-{i}")
+        time.sleep(0.01)
+    wait_until(lambda: len(recorder.entries()) == 5)
+    time.sleep(0.6)  # past the wait: the next fact starts a new event
+    publisher.submit(access_log.fact("GET", "/v1/later", 200, None, None), "req-later")
+    wait_until(lambda: len(recorder.entries()) == 6)
+    assert [len(body["entries"]) for body, _ in recorder.bodies] == [5, 1]
