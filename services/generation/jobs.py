@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import isoformat, new_id
@@ -149,7 +150,8 @@ def _move(db: Session, job: Job, from_status: str | tuple[str, ...], **values) -
         .execution_options(synchronize_session=False)
     )
     if result.rowcount:
-        db.refresh(job)
+        for key, value in values.items():  # what the row now holds, without reading it again
+            set_committed_value(job, key, value)
         return True
     return False
 
@@ -213,9 +215,7 @@ def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job 
     )
     if not result.rowcount:
         return None
-    job = db.get(Job, job_id)
-    db.refresh(job)
-    return job
+    return db.get(Job, job_id, populate_existing=True)
 
 
 def record_progress(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,

@@ -30,6 +30,7 @@ protocol promises).
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import secrets
@@ -68,7 +69,9 @@ def _json(status: int, body, headers: dict | None = None) -> Response:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
 
 
+@functools.lru_cache(maxsize=64)
 def png_bytes(width: int = 64, height: int = 64, colour=(200, 80, 40)) -> bytes:
+    """A plain PNG, made once per size and colour: a fake answers at once."""
     buf = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buf, format="PNG")
     return buf.getvalue()
