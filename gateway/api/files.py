@@ -87,8 +87,9 @@ class FileStore:
             raise not_found("file")
         return path
 
-    def verify(self, method: str, key: str, expires, sig, max_bytes=None) -> bool:
-        return signing.verify(self.secret, method, key, expires, sig, max_bytes=max_bytes)
+    def verify(self, method: str, key: str, expires, sig, max_bytes=None, content_type=None) -> bool:
+        return signing.verify(self.secret, method, key, expires, sig, max_bytes=max_bytes,
+                              content_type=content_type)
 
     def local_key(self, url: str, method: str = "PUT") -> str | None:
         """The key when ``url`` is one of these files' URLs, validly signed for
@@ -174,6 +175,8 @@ class SignedQuery(Schema):
     expires = fields.String(load_default=None, metadata={"description": "unix time the URL expires at"})
     max_bytes = fields.String(load_default=None,
                               metadata={"description": "an upload URL's signed size cap"})
+    content_type = fields.String(load_default=None,
+                                 metadata={"description": "a download URL's signed media type"})
     signature = fields.String(load_default=None, metadata={"description": "hex HMAC-SHA256 of the URL"})
 
 
@@ -187,7 +190,8 @@ def _authorised(method: str, key: str, query: dict) -> tuple[FileStore, Path]:
     if store is None:
         raise not_found("file")
     path = store.path_for(key)
-    if not store.verify(method, key, query["expires"], query["signature"], query["max_bytes"]):
+    if not store.verify(method, key, query["expires"], query["signature"], query["max_bytes"],
+                        query["content_type"]):
         raise invalid_signature()
     return store, path
 
@@ -209,8 +213,8 @@ class File(MethodView):
         """Download a file with a signed GET URL from the storage service"""
         _, path = _authorised("GET", key, query)  # HEAD is answered by this view too
         try:
-            response = send_file(path, mimetype="application/octet-stream", conditional=True,
-                                 max_age=None)
+            response = send_file(path, mimetype=query["content_type"] or "application/octet-stream",
+                                 conditional=True, max_age=None)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise not_found("file") from None
         response.headers["Content-Disposition"] = "inline"

@@ -94,12 +94,14 @@ def view(obj: StoredObject) -> dict:
 
 
 def view_with_url(backend: Backend, settings: StorageSettings, obj: StoredObject) -> dict:
-    return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds)}
+    return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds,
+                                                      content_type=obj.content_type)}
 
 
 def source_view(backend: Backend, settings: StorageSettings, obj: StoredObject) -> dict:
     """An object a service reads (a job's source image): its internal URL."""
-    return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds, internal=True)}
+    return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds,
+                                                      internal=True, content_type=obj.content_type)}
 
 
 def _visible(now: datetime) -> tuple:

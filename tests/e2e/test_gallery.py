@@ -55,6 +55,7 @@ def test_upload_strips_location_and_lives_in_the_gallery(stack, users):
     detail = stack.call("GET", f"/v1/images/{image['id']}", token=token).json()
     stored = requests.get(detail["url"], timeout=10)
     assert stored.status_code == 200
+    assert stored.headers["Content-Type"] == detail["content_type"]
     assert not Image.open(io.BytesIO(stored.content)).getexif()  # no EXIF, no GPS
     redirect = stack.call("GET", f"/v1/images/{image['id']}/content", token=token, allow_redirects=False)
     assert redirect.status_code == 302 and "/v1/files/" in redirect.headers["Location"]

@@ -90,7 +90,9 @@ def content(stack, token, image_id: str) -> tuple[str, bytes]:
     assert described.status_code == 200, described.text
     response = stack.call("GET", f"/v1/images/{image_id}/content", token=token)
     assert response.status_code == 200, response.text
-    return described.json()["content_type"], response.content
+    kind = described.json()["content_type"]
+    assert response.headers["Content-Type"] == kind  # the bytes are served with their type
+    return kind, response.content
 
 
 def ops(stack, *args: str) -> subprocess.CompletedProcess:

@@ -43,7 +43,8 @@ def file_server_app(backend: FsBackend):
             return Response(status=404)
         key = unquote(request.path[len(signing.FILES_PREFIX):])
         if not signing.verify(SECRET, request.method, key, request.args.get("expires"),
-                              request.args.get("signature"), max_bytes=request.args.get("max_bytes")):
+                              request.args.get("signature"), max_bytes=request.args.get("max_bytes"),
+                              content_type=request.args.get("content_type")):
             return Response("invalid signature", status=403)
         if request.method == "PUT":
             body = request.get_data()

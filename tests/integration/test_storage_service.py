@@ -145,11 +145,13 @@ def signed_key(url: str, method: str) -> str:
     query = {name: values[0] for name, values in parse_qs(parts.query).items()}
     max_bytes = query.get("max_bytes")
     assert (max_bytes is not None) == (method == "PUT")  # upload URLs carry their size cap
+    content_type = query.get("content_type")
+    assert (content_type is not None) == (method == "GET")  # downloads carry the object's type
     assert signing.verify(URL_SECRET, method, key, query["expires"], query["signature"],
-                          max_bytes=max_bytes)
+                          max_bytes=max_bytes, content_type=content_type)
     other = "GET" if method == "PUT" else "PUT"
     assert not signing.verify(URL_SECRET, other, key, query["expires"], query["signature"],
-                              max_bytes=max_bytes)
+                              max_bytes=max_bytes, content_type=content_type)
     return key
 
 
@@ -290,8 +292,12 @@ def test_signed_urls_are_short_lived(storage):
     if storage.kind == "fs":
         key, expires, sig = signed_key(url, "GET"), int(query["expires"][0]), query["signature"][0]
         assert abs(expires - (time.time() + URL_TTL_SECONDS)) < 5
-        assert not signing.verify(URL_SECRET, "GET", key, expires, sig, now=expires + 1)
-        assert not signing.verify(URL_SECRET, "GET", key_of(owner, str(new_id())), expires, sig)
+        kind = query["content_type"][0]
+        assert kind == obj["content_type"]
+        assert not signing.verify(URL_SECRET, "GET", key, expires, sig, now=expires + 1,
+                                  content_type=kind)
+        assert not signing.verify(URL_SECRET, "GET", key_of(owner, str(new_id())), expires, sig,
+                                  content_type=kind)
     else:
         assert query["X-Amz-Expires"] == [str(URL_TTL_SECONDS)]
         assert urlsplit(url).path.endswith(key_of(owner, obj["id"]))

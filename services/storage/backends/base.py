@@ -43,10 +43,12 @@ class Backend(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``."""
 
-    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
+                      content_type: str | None = None) -> str:
         """A URL anyone holding it may GET until it expires; ``internal`` for
         our own services (signed for the store's address on the service
-        network rather than the public one)."""
+        network rather than the public one). The bytes are served as
+        ``content_type`` (S3 has the type stored with the object)."""
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
                       max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:

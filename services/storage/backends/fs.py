@@ -149,9 +149,11 @@ class FsBackend:
                     continue
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
-    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
+                      content_type: str | None = None) -> str:
         # one address: the gateway's /v1/files (make dev runs everything on one host)
-        return signing.sign_url(self.public_base_url, self.url_secret, "GET", check_key(key), ttl_seconds)[0]
+        return signing.sign_url(self.public_base_url, self.url_secret, "GET", check_key(key),
+                                ttl_seconds, content_type=content_type)[0]
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
                       max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:

@@ -162,7 +162,8 @@ class S3Backend:
             if not obj.is_dir:
                 yield ObjectInfo(obj.object_name, int(obj.size or 0), obj.last_modified)
 
-    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
+                      content_type: str | None = None) -> str:
         signer = self.client if internal else self.signer
         return signer.presigned_get_object(self.bucket, check_key(key),
                                                 expires=timedelta(seconds=ttl_seconds))

@@ -21,10 +21,11 @@ MAX_BYTES = 3 * 1024 * 1024
 
 
 def signed(method: str, key: str, ttl: int = 60, now: float | None = None,
-           secret: str = FILES_SECRET, max_bytes: int | None = None) -> str:
+           secret: str = FILES_SECRET, max_bytes: int | None = None,
+           content_type: str | None = None) -> str:
     """The path and query of a URL the storage service would sign."""
     url, _ = signing.sign_url(FILES_BASE_URL, secret, method, key, ttl, now=now,
-                              max_bytes=max_bytes)
+                              max_bytes=max_bytes, content_type=content_type)
     return url.removeprefix(FILES_BASE_URL)
 
 
@@ -70,6 +71,21 @@ def test_get_with_a_valid_signature_streams_the_file(client, stored):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Content-Length"] == str(len(stored))
+
+
+def test_a_get_url_serves_the_type_it_was_signed_with(client, stored):
+    url = signed("GET", KEY, content_type="image/png")
+    assert "content_type=image%2Fpng" in url
+    response = client.get(url)
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert response.data == stored
+
+
+def test_a_changed_or_added_type_breaks_the_signature(client, stored):
+    url = signed("GET", KEY, content_type="image/png")
+    assert client.get(url.replace("image%2Fpng", "text%2Fhtml")).status_code == 403
+    assert client.get(signed("GET", KEY) + "&content_type=text%2Fhtml").status_code == 403
 
 
 def test_head_and_ranges_work_with_a_get_signature(client, stored):

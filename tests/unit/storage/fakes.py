@@ -70,8 +70,10 @@ class MemoryBackend:
             if key.startswith(prefix):
                 yield self.stat(key)
 
-    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False) -> str:
-        return f"memory://{key}?method=GET&ttl={ttl_seconds}" + ("&internal" if internal else "")
+    def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
+                      content_type: str | None = None) -> str:
+        return (f"memory://{key}?method=GET&ttl={ttl_seconds}" + ("&internal" if internal else "")
+                + (f"&type={content_type}" if content_type else ""))
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
                       max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:

@@ -271,7 +271,7 @@ def test_commit_is_all_or_nothing_and_owner_checked(db, backend, settings, owner
 def test_get_is_owner_only_and_hides_deleted_expired_and_pending(db, backend, settings, owner):
     obj = committed_output(db, backend, settings, owner)
     assert objects.get_visible(db, str(owner), str(obj.id), NOW).id == obj.id
-    assert objects.view_with_url(backend, settings, obj)["url"] == f"memory://{obj.key}?method=GET&ttl=120"
+    assert objects.view_with_url(backend, settings, obj)["url"] == f"memory://{obj.key}?method=GET&ttl=120&type={obj.content_type}"
     for who, oid, now in [
         (new_id(), obj.id, NOW),
         (owner, new_id(), NOW),
@@ -383,5 +383,5 @@ def test_a_source_for_a_service_is_read_at_the_internal_address(db, backend, set
     obj = committed_output(db, backend, settings, owner)
     view = objects.source_view(backend, settings, obj)
     assert view["id"] == obj.id and view["content_type"] == "image/png"
-    assert view["url"] == f"memory://{obj.key}?method=GET&ttl={settings.url_ttl_seconds}&internal"
+    assert view["url"] == f"memory://{obj.key}?method=GET&ttl={settings.url_ttl_seconds}&internal&type={obj.content_type}"
     assert "&internal" not in objects.view_with_url(backend, settings, obj)["url"]
