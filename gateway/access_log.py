@@ -5,10 +5,9 @@ The response hook only puts a small dict on a bounded in-process queue
 (``put_nowait``: it never blocks, never touches the network); a daemon thread
 per process takes one fact off it (waiting for it), then whatever else comes
 within :data:`BATCH_WAIT_SECONDS` (half a second), up to :data:`BATCH_MAX`,
-and publishes them as one event,
-persistent and confirmed, to the ``gateway.events`` exchange (nameko's event
-exchange for a service named ``gateway``, where the privacy service's handler
-listens). A fact reaches the privacy service within about half a second;
+and publishes them as one event, persistent and confirmed, to the
+``gateway.events`` exchange (nameko's event exchange for a service named
+``gateway``, where the privacy service's handler listens). A fact reaches the privacy service within about half a second;
 under load an event carries many facts (one message and one privacy
 transaction for them all), under a burst up to :data:`BATCH_MAX`.
 When the queue is full (the broker is away, or slower than the traffic), the

@@ -107,8 +107,8 @@ class AccessFact(Schema):
 
 @register_event("gateway.requests_logged")
 class RequestsLogged(EventSchema):
-    """The access-log facts the gateway had queued when it published: one
-    at least, :data:`ACCESS_LOG_BATCH_MAX` at most."""
+    """The access-log facts a gateway process collected within half a
+    second: one at least, :data:`ACCESS_LOG_BATCH_MAX` at most."""
 
     entries = fields.List(fields.Nested(AccessFact), required=True,
                           validate=validate.Length(min=1, max=ACCESS_LOG_BATCH_MAX))
