@@ -9,8 +9,6 @@ it, except ids starting ``00000000`` (no account: erased).
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import uuid
 from pathlib import Path
@@ -26,7 +24,7 @@ from services.common.errors import DomainError
 from services.common.service import DarkroomService
 from tests.conftest import base_env, free_port, procfile_commands, wait_for
 from tests.integration.probe_service import queue_state, wait_consuming, write_config
-from tests.integration.test_notifications import take_dead_letter
+from tests.integration.test_notifications import Mailbox, take_dead_letter
 from tests.integration.test_ops_users import ops
 
 pytestmark = pytest.mark.integration
@@ -83,23 +81,6 @@ def refunded(user_id: str | None = None, **fields) -> dict:
     return {"order_id": str(uuid.uuid4()), "user_id": user_id or str(uuid.uuid4()),
             "credits_reversed": 200, "amount_refunded": 1999, "currency": "eur",
             "status": "refunded", **fields}
-
-
-class Mailbox:
-    def __init__(self, directory: Path):
-        self.directory = directory
-
-    def to(self, address: str) -> list:
-        found = []
-        for path in sorted(self.directory.glob("*.eml")):
-            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            if message["To"] == address:
-                found.append(message)
-        return found
-
-    def wait(self, address: str, count: int = 1) -> list:
-        return wait_for(lambda: len(m := self.to(address)) >= count and m, 20, 0.1,
-                        f"{count} mail(s) to {address}")
 
 
 def body_text(message) -> str:

@@ -5,24 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import StaticPool
 
 from services.auth.models import Base
 from services.auth.settings import AuthSettings
+from tests.unit.databases import memory_database
 
 
 @pytest.fixture
 def db():
-    engine = create_engine(
-        "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
-    )
-    Base.metadata.create_all(engine)
-    session = sessionmaker(bind=engine, expire_on_commit=False)()
-    yield session
-    session.close()
-    engine.dispose()
+    with memory_database(Base.metadata) as session:
+        yield session
 
 
 @pytest.fixture

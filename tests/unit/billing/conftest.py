@@ -8,13 +8,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import StaticPool
 
 from services.billing import plans
 from services.billing.models import Base
 from services.billing.settings import BillingSettings
+from tests.unit.databases import memory_database
 from tests.unit.events import Events
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -22,13 +20,8 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def db():
-    engine = create_engine("sqlite://", connect_args={"check_same_thread": False},
-                           poolclass=StaticPool)
-    Base.metadata.create_all(engine)
-    session = sessionmaker(bind=engine, expire_on_commit=False)()
-    yield session
-    session.close()
-    engine.dispose()
+    with memory_database(Base.metadata) as session:
+        yield session
 
 
 @pytest.fixture

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy.orm import Session
 
-from services.common.db import make_engine
-from services.common.migrations import SERVICES_DIR, upgrade
+from tests.unit.databases import migrated_database
 
 
 @pytest.fixture
 def db(tmp_path):
-    url = f"sqlite:///{tmp_path}/generation.db"
-    upgrade(SERVICES_DIR / "generation" / "migrations", url)
-    engine = make_engine(url)
-    with Session(engine, expire_on_commit=False) as session:
+    with migrated_database("generation", tmp_path) as session:
         yield session
-    engine.dispose()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 from click.testing import CliRunner
 
 from ops import cli as cli_module
+from ops import rpc as rpc_ops
 
 
 class Calls(list):
@@ -25,3 +28,32 @@ def run(tmp_path):
         return CliRunner().invoke(cli_module.cli, ["--config", str(config), *args], input=input)
 
     return invoke
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """``cluster(billing=fake)`` puts ``fake`` behind ops.rpc in place of
+    nameko's ClusterRpcProxy (and the broker check); returns a dict that
+    records the timeout, correlation id and broker of the last proxy made."""
+
+    def install(**services) -> dict:
+        seen: dict = {}
+
+        class Proxy:
+            def __init__(self, config, context_data, timeout):
+                seen.update(timeout=timeout, correlation_id=context_data["correlation_id"],
+                            amqp_uri=config["AMQP_URI"])
+                for name, service in services.items():
+                    setattr(self, name, service)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", Proxy)
+        monkeypatch.setattr(rpc_ops, "connect", lambda uri: nullcontext())
+        return seen
+
+    return install

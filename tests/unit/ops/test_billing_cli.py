@@ -9,7 +9,6 @@ import json
 import pytest
 
 from ops import billing as billing_ops
-from ops import rpc as rpc_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
 from tests.unit.ops.conftest import Calls
@@ -153,41 +152,17 @@ def test_no_billing_service_is_a_clear_error(run, calls):
     assert "error: no billing service is running" in result.stderr
 
 
-def test_the_rpc_goes_to_billing_with_the_configured_timeout(monkeypatch):
-    seen = {}
+def test_the_rpc_goes_to_billing_with_the_configured_timeout(cluster):
+    class Billing:
+        @staticmethod
+        def verify_ledger(user_id):
+            return {"accounts_checked": 0, "problems": [], "user_id": user_id}
 
-    class Proxy:
-        def __init__(self, config, context_data, timeout):
-            seen.update(timeout=timeout, correlation_id=context_data["correlation_id"],
-                        amqp_uri=config["AMQP_URI"])
+        @staticmethod
+        def adjust(user_id, amount, reason, key):
+            return {"user_id": user_id, "amount": amount, "reason": reason, "key": key}
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        class billing:  # noqa: N801 - stands in for the service proxy
-            @staticmethod
-            def verify_ledger(user_id):
-                return {"accounts_checked": 0, "problems": [], "user_id": user_id}
-
-            @staticmethod
-            def adjust(user_id, amount, reason, key):
-                return {"user_id": user_id, "amount": amount, "reason": reason, "key": key}
-
-    class Connected:
-        def __init__(self, uri):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", Proxy)
-    monkeypatch.setattr(rpc_ops, "connect", Connected)
+    seen = cluster(billing=Billing())
     config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
     assert billing_ops.adjust(config, ADA, 3, "why", "k") == \
         {"user_id": ADA, "amount": 3, "reason": "why", "key": "k"}

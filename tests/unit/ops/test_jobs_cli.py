@@ -11,7 +11,6 @@ import pytest
 from nameko.exceptions import RpcTimeout, UnknownService
 
 from ops import jobs as jobs_ops
-from ops import rpc as rpc_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
 
@@ -254,38 +253,9 @@ def test_no_generation_service_is_a_clear_error(run, monkeypatch):
 # ------------------------------------------------------------ the RPC plumbing
 
 
-class Connected:
-    def __init__(self, uri):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def fake_proxy(seen: dict, generation):
-    class Proxy:
-        def __init__(self, config, context_data, timeout):
-            seen.update(timeout=timeout, correlation_id=context_data["correlation_id"],
-                        amqp_uri=config["AMQP_URI"])
-            self.generation = generation
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    return Proxy
-
-
-def test_the_rpc_goes_to_generation_with_the_configured_timeout(monkeypatch):
-    seen: dict = {}
+def test_the_rpc_goes_to_generation_with_the_configured_timeout(cluster):
     fake = FakeGeneration()
-    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", fake_proxy(seen, fake))
-    monkeypatch.setattr(rpc_ops, "connect", Connected)
+    seen = cluster(generation=fake)
     config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
     since = datetime(2026, 3, 1, tzinfo=UTC)
     assert [j["id"] for j in jobs_ops.find(config, "failed", since)] == JOBS[:3]
@@ -299,13 +269,12 @@ def test_the_rpc_goes_to_generation_with_the_configured_timeout(monkeypatch):
     (UnknownService("generation"), "no generation service is running on amqp://x"),
     (RpcTimeout(), "the generation service did not answer within 7 s"),
 ])
-def test_a_missing_or_silent_service_is_an_ops_error(monkeypatch, error, message):
+def test_a_missing_or_silent_service_is_an_ops_error(cluster, error, message):
     class Refusing:
         def find_jobs(self, query):
             raise error
 
-    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", fake_proxy({}, Refusing()))
-    monkeypatch.setattr(rpc_ops, "connect", Connected)
+    cluster(generation=Refusing())
     with pytest.raises(OpsError) as info:
         jobs_ops.find({"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7})
     assert info.value.message == message

@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-from ops import rpc as rpc_ops
 from ops import storage as storage_ops
 from ops.errors import OpsError
 from services.common.errors import DomainError
@@ -127,41 +126,17 @@ def test_an_ops_error_is_its_message_and_exit_1(run, calls):
     assert "error: no storage service is running" in result.output
 
 
-def test_the_rpc_timeout_comes_from_the_config(monkeypatch):
-    seen = {}
+def test_the_rpc_timeout_comes_from_the_config(cluster):
+    class Storage:
+        @staticmethod
+        def report():
+            return {"ok": True}
 
-    class Proxy:
-        def __init__(self, config, context_data, timeout):
-            seen["timeout"] = timeout
-            seen["correlation_id"] = context_data["correlation_id"]
+        @staticmethod
+        def purge_expired(payload):
+            return payload
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        class storage:  # noqa: N801 - stands in for the service proxy
-            @staticmethod
-            def report():
-                return {"ok": True}
-
-            @staticmethod
-            def purge_expired(payload):
-                return payload
-
-    class Connected:
-        def __init__(self, uri):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(rpc_ops, "ClusterRpcProxy", Proxy)
-    monkeypatch.setattr(rpc_ops, "connect", Connected)
+    seen = cluster(storage=Storage())
     config = {"AMQP_URI": "amqp://x", "RPC_TIMEOUT_SECONDS": 7}
     assert storage_ops.report(config) == {"ok": True}
     assert seen["timeout"] == 7 and seen["correlation_id"].startswith("ops-")

@@ -8,12 +8,10 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy.orm import Session
 
 from services.common.contracts import privacy as _privacy  # noqa: F401 (registers the events)
-from services.common.db import make_engine
-from services.common.migrations import SERVICES_DIR, upgrade
 from services.privacy.settings import PrivacySettings
+from tests.unit.databases import migrated_database
 from tests.unit.events import Events
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -21,12 +19,8 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def db(tmp_path):
-    url = f"sqlite:///{tmp_path}/privacy.db"
-    upgrade(SERVICES_DIR / "privacy" / "migrations", url)
-    engine = make_engine(url)
-    with Session(engine, expire_on_commit=False) as session:
+    with migrated_database("privacy", tmp_path) as session:
         yield session
-    engine.dispose()
 
 
 @pytest.fixture

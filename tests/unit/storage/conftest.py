@@ -7,16 +7,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.unit.storage.fakes import MemoryBackend, memory_session
+from services.storage.models import Base
+from tests.unit.databases import memory_database
+from tests.unit.storage.fakes import MemoryBackend
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def db():
-    session = memory_session()
-    yield session
-    session.close()
+    with memory_database(Base.metadata) as session:
+        yield session
 
 
 @pytest.fixture

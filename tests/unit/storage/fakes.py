@@ -7,12 +7,7 @@ import io
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
-
 from services.storage.backends.base import ObjectInfo
-from services.storage.models import Base
 
 
 class StoreDown(ConnectionError):
@@ -79,9 +74,3 @@ class MemoryBackend:
                       max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
         return (f"memory://{key}?method=PUT&ttl={ttl_seconds}&max_bytes={max_bytes}",
                 {"Content-Type": content_type})
-
-
-def memory_session() -> Session:
-    engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
-    Base.metadata.create_all(engine)
-    return sessionmaker(bind=engine, expire_on_commit=False)()
