@@ -18,6 +18,7 @@ from gateway import errors, limits, middleware
 from gateway.api import BLUEPRINTS
 from gateway.api.accounts import auth_blp
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
+from gateway.api.common import SchemaExtras
 from gateway.auth import AuthCache
 from gateway.rpc import RpcPool
 from services.common.config import config_path, load_config
@@ -109,7 +110,7 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     config["RATELIMIT_ENABLED"] = _bool(config["RATELIMIT_ENABLED"])
     limits.init_app(app, config, auth_blp)
 
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [SchemaExtras()]})
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer",
                        "description": "a session token from POST /v1/auth/login"})

@@ -1,7 +1,8 @@
 """Who is calling: credentials resolved by the auth service, briefly cached.
 
-``Authorization: Bearer <session token>`` or ``X-API-Key: <key>`` is resolved
-with ``auth.authenticate`` into a :class:`Principal`, cached in this process
+``Authorization: Bearer <session token>`` or ``X-API-Key: <key>`` (or both, when
+they belong to the same account) is resolved with ``auth.authenticate`` into a
+:class:`Principal`, cached in this process
 under the sha256 of the credential for ``AUTH_CACHE_SECONDS`` (at most 30), so
 a revoked credential stops working within that time everywhere and at once in
 the process that revoked it. Failures are not cached.
@@ -23,7 +24,7 @@ from functools import wraps
 from flask import current_app, g, request
 from flask_smorest import Blueprint
 
-from services.common.errors import DomainError, forbidden, unauthenticated
+from services.common.errors import forbidden, unauthenticated
 
 MAX_CACHE_SECONDS = 30.0
 CREDENTIAL_MAX = 200
@@ -104,21 +105,22 @@ class AuthCache:
         return len(self._entries)
 
 
-def request_credential() -> tuple[str, str] | None:
-    """("token" | "api_key", value) from the request headers, or None."""
+def request_credentials() -> list[tuple[str, str]]:
+    """The request's credentials, ("token" | "api_key", value) each: the bearer
+    token first. Both may be sent (the OpenAPI document's security alternatives
+    allow it); :func:`current_principal` then requires that they agree."""
     header = request.headers.get("Authorization")
     api_key = request.headers.get("X-API-Key")
-    if header is not None and api_key is not None:
-        raise DomainError("invalid_request", "send either a bearer token or an API key, not both", 400)
+    credentials = []
     if header is not None:
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise unauthenticated("the Authorization header must be 'Bearer <token>'")
-        return "token", token
+        credentials.append(("token", token))
     if api_key is not None:
-        return "api_key", api_key.strip()
-    return None
+        credentials.append(("api_key", api_key.strip()))
+    return credentials
 
 
 def resolve(kind: str, credential: str) -> Principal:
@@ -140,12 +142,15 @@ def current_principal() -> Principal:
     principal = g.get("principal")
     if principal is not None:
         return principal
-    credential = request_credential()
-    if credential is None:
+    credentials = request_credentials()
+    if not credentials:
         raise unauthenticated()
-    principal = resolve(*credential)
+    principals = [resolve(*credential) for credential in credentials]
+    if any(other.user_id != principals[0].user_id for other in principals[1:]):
+        raise unauthenticated("the bearer token and the API key belong to different accounts")
+    principal = principals[0]  # with both, the session: logout revokes it
     g.principal = principal
-    g.credential_key = AuthCache.key(*credential)
+    g.credential_key = AuthCache.key(*credentials[0])
     return principal
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from functools import wraps
 from typing import Any
 
 import flask_smorest
-from flask import current_app
+from apispec import BasePlugin
+from flask import current_app, request
 from marshmallow import Schema, fields
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -49,6 +51,15 @@ class Parser(FlaskParser):
             raise _invalid_json() from None
         return data
 
+    def _load_location_data(self, *, schema, req, location):
+        data = super()._load_location_data(schema=schema, req=req, location=location)
+        if location == "json" and isinstance(data, dict):
+            errors = json_type_errors(schema, data)
+            if errors:
+                raise DomainError("invalid_request", "the request is not valid", 400,
+                                  {"fields": errors})
+        return data
+
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         raise _invalid_json()
 
@@ -62,8 +73,92 @@ class Parser(FlaskParser):
         raise DomainError("invalid_request", "the request is not valid", 400, {"fields": messages})
 
 
+# JSON types each marshmallow field takes, as the OpenAPI document says: marshmallow
+# itself would also take "5" for an integer, 1 for a boolean or "0.5" for a number.
+_JSON_TYPES: tuple[tuple[type[fields.Field], tuple[type, ...], str], ...] = (
+    (fields.Boolean, (bool,), "boolean"),
+    (fields.Integer, (int,), "integer"),
+    (fields.Number, (int, float), "number"),
+    (fields.String, (str,), "string"),
+    (fields.UUID, (str,), "string"),
+    (fields.DateTime, (str,), "string"),
+    (fields.Dict, (dict,), "object"),
+    (fields.List, (list,), "array"),
+    (fields.Nested, (dict,), "object"),
+)
+
+
+def json_type_errors(schema: Schema, data: dict) -> dict:
+    """Fields of a JSON body whose JSON type is not the one the schema (and so
+    the OpenAPI document) declares: {name: [message]}, nested for objects."""
+    errors: dict[str, Any] = {}
+    for name, field in schema.fields.items():
+        key = field.data_key or name
+        if key not in data or (data[key] is None and field.allow_none):
+            continue
+        problem = _json_type_error(field, data[key])
+        if problem:
+            errors[key] = problem
+    return errors
+
+
+def _json_type_error(field: fields.Field, value: Any) -> Any:
+    for kind, types, label in _JSON_TYPES:
+        if isinstance(field, kind):
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                return [f"Must be a JSON {label}."]
+            if isinstance(field, fields.Nested) and not field.many:
+                return json_type_errors(field.schema, value) or None
+            if isinstance(field, fields.List):
+                inner = {i: e for i, item in enumerate(value)
+                         if item is not None and (e := _json_type_error(field.inner, item))}
+                return inner or None
+            return None
+    return None
+
+
+def _body_required() -> DomainError:
+    return DomainError("invalid_request", "the request needs a JSON body", 400,
+                       {"fields": {"_body": ["Missing data for required field."]}})
+
+
+class SchemaExtras(BasePlugin):
+    """apispec plugin: a schema's ``OPENAPI_EXTRA`` (a dict of JSON-schema
+    keywords, such as ``oneOf`` or ``minProperties``) is added to its component,
+    so that a rule a ``@validates_schema`` method enforces is in the document too."""
+
+    def schema_helper(self, name, definition, **kwargs):
+        schema = kwargs.get("schema")
+        schema_cls = schema if isinstance(schema, type) else type(schema)
+        return dict(getattr(schema_cls, "OPENAPI_EXTRA", None) or {})
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
+
+    def arguments(self, schema, *, location="json", required=True, **kwargs):
+        """flask-smorest's, and a JSON body documented as required is required:
+        a request without one is 400 ``invalid_request`` (not an empty object)."""
+        decorator = super().arguments(schema, location=location, required=required, **kwargs)
+        if location != "json" or not required:
+            return decorator
+
+        instance = schema() if isinstance(schema, type) else schema
+        if any(field.required for field in instance.fields.values()):
+            return decorator  # a missing body already fails on its required fields
+
+        def require_body(func):
+            view = decorator(func)
+
+            @wraps(view)
+            def wrapper(*args, **kw):
+                if not request.get_data(cache=True).strip():
+                    raise _body_required()
+                return view(*args, **kw)
+
+            return wrapper
+
+        return require_body
 
 
 def rpc():

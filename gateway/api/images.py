@@ -124,6 +124,11 @@ def send_to_slot(slot: dict, stream: BinaryIO, size: int, max_bytes: int) -> Non
 @images_blp.arguments(UploadForm, location="files")
 def upload(form):
     """Upload a PNG, JPEG or WebP image (EXIF and location data are removed)"""
+    unknown = sorted((set(request.files) | set(request.form)) - {"file"})
+    if unknown or len(request.files.getlist("file")) > 1:
+        raise DomainError("invalid_request", "send one multipart field, file", 400,
+                          {"fields": {name: ["Unknown field."] for name in unknown}
+                           or {"file": ["Send one file."]}})
     stream = form["file"].stream
     max_bytes = upload_max_bytes()
     size = _size_of(stream)

@@ -179,6 +179,8 @@ class Quote(RpcSchema):
 class Checkout(RpcSchema):
     """``POST /v1/billing/checkout``: exactly one of ``pack_id`` and ``plan_id``."""
 
+    OPENAPI_EXTRA = {"oneOf": [{"required": ["pack_id"]}, {"required": ["plan_id"]}]}
+
     pack_id = fields.String(validate=_id)
     plan_id = fields.String(validate=_id)
 

@@ -8,6 +8,8 @@ its own ledger keys.
 
 from __future__ import annotations
 
+import re
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
@@ -78,6 +80,25 @@ def _size(value: str) -> None:
     parse_size(value)
 
 
+# An absolute http(s) URL of printable ASCII: a host name (labels of letters,
+# digits and inner hyphens), an IPv4 address or a bracketed IPv6 one, an optional
+# port, then a path, query or fragment. The same pattern validates requests and
+# is in the OpenAPI document, so the two agree exactly.
+WEBHOOK_URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+    r"|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::[0-9]{1,5})?(?:[/?#][\x21-\x7e]*)?$"
+)
+WEBHOOK_URL_MAX = 2000
+_WEBHOOK_URL = re.compile(WEBHOOK_URL_PATTERN)
+
+
+def _webhook_url(value: str) -> None:
+    if not _WEBHOOK_URL.fullmatch(value):  # fullmatch: no trailing newline before "$"
+        raise ValidationError("Not a valid http(s) URL.")
+
+
 class SubmitJob(RpcSchema):
     """``POST /v1/generations``: a prompt, or a template and its inputs."""
 
@@ -96,8 +117,12 @@ class SubmitJob(RpcSchema):
                          load_default=None, allow_none=True)
     duration_s = fields.Integer(load_default=None, allow_none=True,
                                 validate=validate.Range(min=1, max=60))
-    webhook_url = fields.Url(load_default=None, allow_none=True, schemes={"http", "https"},
-                             require_tld=False, validate=validate.Length(max=2000))
+    webhook_url = fields.String(
+        load_default=None, allow_none=True,
+        validate=[validate.Length(max=WEBHOOK_URL_MAX), _webhook_url],
+        metadata={"pattern": WEBHOOK_URL_PATTERN,
+                  "description": "an absolute http(s) URL, called on each final state of the "
+                                 "job; its host must resolve to addresses the service may call"})
 
     @validates_schema
     def _coherent(self, data, **kwargs):

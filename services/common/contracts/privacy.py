@@ -183,6 +183,8 @@ class RequestQuery(PageQuery):
 class UpdateConsents(RpcSchema):
     """``PUT /v1/privacy/consents``: the purposes to change (at least one)."""
 
+    OPENAPI_EXTRA = {"minProperties": 1}
+
     marketing_email = fields.Boolean()
     analytics = fields.Boolean()
 

@@ -71,10 +71,32 @@ def test_overlong_credential_is_rejected_without_asking_auth(client, auth):
     assert authenticate_calls(auth) == []
 
 
-def test_both_credentials_at_once_is_invalid(client):
+def test_both_credentials_of_one_account_are_accepted(client, auth):
+    # the OpenAPI document's security alternatives allow sending both
     response = client.get("/v1/me", headers={**BEARER, **APIKEY})
-    assert response.status_code == 400
-    assert response.get_json()["error"]["code"] == "invalid_request"
+    assert response.status_code == 200
+    assert authenticate_calls(auth) == [{"token": TOKEN}, {"api_key": API_KEY}]
+
+
+def test_with_both_credentials_the_session_is_the_one_in_use(client, auth):
+    # logout revokes the bearer session, also when an API key comes with it
+    assert client.post("/v1/auth/logout", headers={**BEARER, **APIKEY}).status_code == 204
+    assert auth.called("logout") == [((SESSION_ID,), {})]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {**BEARER, "X-API-Key": "dr_live_forged"},
+        {"Authorization": "Bearer forged-token", **APIKEY},
+        {"Authorization": f"Bearer {UNVERIFIED_TOKEN}", **APIKEY},
+    ],
+    ids=["forged-key", "forged-token", "two-accounts"],
+)
+def test_both_credentials_must_be_valid_and_of_one_account(client, headers):
+    response = client.get("/v1/me", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthenticated"
 
 
 def test_principal_is_cached_within_ttl_and_resolved_again_after(app, client, auth):

@@ -1,0 +1,183 @@
+"""Fuzzing the whole API against its own OpenAPI document (schemathesis).
+
+Every operation of ``GET /v1/openapi.json`` is fuzzed on the e2e stack, so an
+endpoint added later is fuzzed without a change here. Each operation runs
+schemathesis' examples, coverage and fuzzing phases with every built-in check
+(no server error; status codes, content types, headers and bodies as
+documented; schema-invalid requests refused; schema-valid requests accepted;
+missing required headers refused; authentication not ignored; unsupported
+methods refused...), as a verified user with a session token.
+
+The run is bounded and reproducible: ``MAX_EXAMPLES`` cases per operation in
+the fuzzing phase, Hypothesis derandomized (a fixed seed per test) and without
+an example database.
+
+**Refusals that no schema can express.** Some operations refuse a schema-valid
+request because of something only the server knows: a mailed code or token,
+a TOTP code, a Stripe signature, the deny-list of common passwords, a cursor
+the server did not issue, the bytes of an upload that are not an image.
+``REFUSALS`` lists them (status and error code, with the reason) per
+operation; for these and only these, ``positive_data_acceptance`` accepts
+those statuses, and :func:`refusal_is_documented` fails any other refusal of
+a schema-valid request (400 ``invalid_request`` above all: the server's
+validation disagrees with the document).
+
+**Operations that would end the fuzzing user's session** get their own
+credentials: logout gets a fresh session per case, and privacy requests (an
+erasure revokes every credential and deletes the account) a user of their own,
+replaced after an erasure was accepted. Nothing is excluded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from schemathesis import Config
+from schemathesis.config._checks import POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES
+
+from tests.e2e.stack import PASSWORD, verified_login
+
+MAX_EXAMPLES = 25
+
+CURSOR = "a cursor is opaque: only one the server issued (next_cursor) is valid"
+# (method, path) -> {(status, error code, the one field it names or None): why a
+# schema-valid request may meet it}
+REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
+    ("POST", "/v1/auth/register"): {
+        (400, "weak_password", None): "a very common password, or the address's local part"},
+    ("POST", "/v1/auth/verify-email"): {
+        (400, "invalid_code", None): "the code is mailed",
+        (400, "code_expired", None): "the code is mailed"},
+    ("POST", "/v1/auth/password-reset/confirm"): {
+        (400, "invalid_token", None): "the token is mailed"},
+    ("POST", "/v1/me/totp/confirm"): {(400, "invalid_totp", None): "the code comes from the app"},
+    ("POST", "/v1/billing/webhooks/stripe"): {
+        (400, "invalid_signature", None): "an HMAC of the body with Stripe's secret"},
+    ("POST", "/v1/uploads"): {
+        (415, "unsupported_media_type", None): "the bytes are not a PNG, JPEG or WebP image",
+        (400, "invalid_image", None): "the bytes are an image that cannot be decoded",
+        (422, "image_too_large", None): "the image is over STORAGE_MAX_IMAGE_PIXELS"},
+    ("POST", "/v1/generations"): {
+        (400, "invalid_request", "webhook_url"): "the URL's host must resolve to addresses "
+                                                 "the service may call (GENERATION_WEBHOOK_ALLOW)",
+        (422, "content_policy_violation", None): "the prompt meets the moderation policy"},
+    **{("GET", path): {(400, "invalid_request", "cursor"): CURSOR} for path in (
+        "/v1/me/api-keys", "/v1/me/sessions", "/v1/images", "/v1/billing/ledger",
+        "/v1/billing/orders", "/v1/generations", "/v1/privacy/requests")},
+}
+ACCEPTED = set(POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES)
+DEDICATED_USER = {("POST", "/v1/privacy/requests")}
+FRESH_SESSION = {("POST", "/v1/auth/logout")}
+
+
+def _error(response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _is_accepted(status: int) -> bool:
+    return str(status) in ACCEPTED or f"{str(status)[0]}xx" in ACCEPTED
+
+
+@schemathesis.check
+def refusal_is_documented(ctx, response, case):
+    """A schema-valid request refused with a status ``positive_data_acceptance``
+    would not accept must be one of the operation's ``REFUSALS``."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or _is_accepted(response.status_code):
+        return None
+    error = _error(response)
+    fields = set((error.get("details") or {}).get("fields") or {})
+    for status, code, field in REFUSALS.get((case.method.upper(), case.path), {}):
+        if (status, code) == (response.status_code, error.get("code")) \
+                and (field is None or fields == {field}):
+            return None
+    raise AssertionError(f"schema-valid request refused with {response.status_code} {error}")
+
+
+def fuzz_config() -> Config:
+    operations = [
+        {"include-method": method, "include-path": path,
+         "checks": {"positive_data_acceptance": {"expected-statuses": sorted(
+             ACCEPTED | {str(status) for status, _, _ in refusals})}}}
+        for (method, path), refusals in REFUSALS.items()
+    ]
+    return Config.from_dict({
+        "generation": {
+            "max-examples": MAX_EXAMPLES,
+            "deterministic": True,
+            "database": "none",
+            # the test sends its own credential; a generated X-API-Key beside it
+            # would only ever be refused
+            "with-security-parameters": False,
+        },
+        "checks": {"enabled": True},
+        "operations": operations,
+        "request-timeout": 30,
+    })
+
+
+class Credentials:
+    """The fuzzing users' credentials."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        _, _, self.token = verified_login(stack)
+        self.address, _, self.own_token = verified_login(stack)
+
+    def login(self, address: str) -> str:
+        r = self.stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        return r.json()["token"]
+
+    def headers_for(self, case) -> dict:
+        op = (case.method.upper(), case.path)
+        if op in FRESH_SESSION:
+            return {"Authorization": f"Bearer {self.login(self.address)}"}
+        if op in DEDICATED_USER:
+            return {"Authorization": f"Bearer {self.own_token}"}
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def after(self, case, response) -> None:
+        if (case.method.upper(), case.path) in DEDICATED_USER and response.status_code == 202 \
+                and isinstance(case.body, dict) and case.body.get("type") == "erasure":
+            self.address, _, self.own_token = verified_login(self.stack)
+
+
+@pytest.fixture(scope="module")
+def credentials(stack):
+    creds = Credentials(stack)
+    yield creds
+    # the fuzzed jobs must not hold the stack's one generation runner for later tests
+    page = stack.call("GET", "/v1/generations?limit=100", token=creds.token).json()
+    for job in page.get("items", []):
+        if job["status"] in ("queued", "reserved"):
+            stack.call("DELETE", f"/v1/generations/{job['id']}", token=creds.token)
+
+
+def served_document() -> dict:
+    """The OpenAPI document, as the gateway generates it (in process, at
+    collection, so that each operation is a test of its own; the stack serves
+    the same: test_the_stack_serves_the_fuzzed_document)."""
+    from gateway.app import create_app
+
+    app = create_app({"ACCESS_LOG_EVENTS": False, "RATELIMIT_ENABLED": False}, rpc=object())
+    return app.test_client().get("/v1/openapi.json").get_json()
+
+
+DOCUMENT = served_document()
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=fuzz_config())
+
+
+def test_the_stack_serves_the_fuzzed_document(stack):
+    assert stack.call("GET", "/v1/openapi.json").json() == DOCUMENT
+
+
+@schema.parametrize()
+def test_api_agrees_with_its_document(case, stack, credentials):
+    response = case.call_and_validate(base_url=stack.base_url, headers=credentials.headers_for(case))
+    credentials.after(case, response)
