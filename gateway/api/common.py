@@ -124,13 +124,15 @@ def _body_required() -> DomainError:
 
 class SchemaExtras(BasePlugin):
     """apispec plugin: a schema's ``OPENAPI_EXTRA`` (a dict of JSON-schema
-    keywords, such as ``oneOf`` or ``minProperties``) is added to its component,
+    keywords, such as ``oneOf`` or ``minProperties``, or a function returning
+    one) is added to its component,
     so that a rule a ``@validates_schema`` method enforces is in the document too."""
 
     def schema_helper(self, name, definition, **kwargs):
         schema = kwargs.get("schema")
         schema_cls = schema if isinstance(schema, type) else type(schema)
-        return dict(getattr(schema_cls, "OPENAPI_EXTRA", None) or {})
+        extra = getattr(schema_cls, "OPENAPI_EXTRA", None)
+        return dict((extra() if callable(extra) else extra) or {})
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -55,6 +55,7 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
         (400, "invalid_signature", None): "an HMAC of the body with Stripe's secret"},
     ("POST", "/v1/uploads"): {
         (415, "unsupported_media_type", None): "the bytes are not a PNG, JPEG or WebP image",
+        (400, "invalid_request", "file"): "the file is empty",
         (400, "invalid_image", None): "the bytes are an image that cannot be decoded",
         (422, "image_too_large", None): "the image is over STORAGE_MAX_IMAGE_PIXELS"},
     ("POST", "/v1/generations"): {
@@ -101,7 +102,7 @@ def refusal_is_documented(ctx, response, case):
 
 def fuzz_config() -> Config:
     operations = [
-        {"include-method": method, "include-path": path,
+        {"include-name": f"{method} {path}",
          "checks": {"positive_data_acceptance": {"expected-statuses": sorted(
              ACCEPTED | {str(status) for status, _, _ in refusals})}}}
         for (method, path), refusals in REFUSALS.items()

@@ -29,12 +29,14 @@ SIZE_STEP = 64
 N_MAX = 4
 DURATION_MAX_S = 60
 SHOTS_MAX = 16
-_SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_SIZE_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # fullmatch: ASCII digits, no newline
+_SIDE = "(?:" + "|".join(str(side) for side in range(SIZE_MIN, SIZE_MAX + 1, SIZE_STEP)) + ")"
+SIZE_PATTERN = f"^{_SIDE}x{_SIDE}$"  # what parse_size accepts, for the OpenAPI document
 
 
 def parse_size(value: str) -> tuple[int, int]:
     """``"768x1024"`` → ``(768, 1024)``; ValidationError for anything else."""
-    match = _SIZE_RE.match(value or "")
+    match = _SIZE_RE.fullmatch(value or "")
     if not match:
         raise ValidationError("must be WIDTHxHEIGHT, e.g. 1024x1024")
     width, height = int(match.group(1)), int(match.group(2))

@@ -99,8 +99,37 @@ def _webhook_url(value: str) -> None:
         raise ValidationError("Not a valid http(s) URL.")
 
 
+def _given(name: str, json_type: str) -> dict:
+    """JSON schema: ``name`` is present and not null."""
+    return {"required": [name], "properties": {name: {"type": json_type}}}
+
+
+def _type_is(*types: str) -> dict:
+    return {"properties": {"type": {"enum": list(types)}}}
+
+
 class SubmitJob(RpcSchema):
     """``POST /v1/generations``: a prompt, or a template and its inputs."""
+
+    @staticmethod
+    def OPENAPI_EXTRA() -> dict:  # noqa: N802 - read by gateway.api.common.SchemaExtras
+        """_coherent's rules and parse_size's sizes, for the OpenAPI document."""
+        from services.common.contracts.billing import SIZE_PATTERN
+
+        return {"allOf": [
+            {"properties": {"size": {"pattern": SIZE_PATTERN}}},
+            {"anyOf": [_type_is("image-to-video"), _given("prompt", "string"),
+                       _given("template", "string")]},
+            {"not": {"allOf": [_given("prompt", "string"), _given("template", "string")]}},
+            {"anyOf": [{"not": _given("inputs", "object")}, _given("template", "string")]},
+            {"anyOf": [{"allOf": [_type_is("image-to-image", "image-to-video"),
+                                  _given("source_image_id", "string")]},
+                       {"allOf": [_type_is("text-to-image"),
+                                  {"not": _given("source_image_id", "string")}]}]},
+            {"anyOf": [_type_is("image-to-video"), {"not": _given("duration_s", "integer")}]},
+            {"anyOf": [{"not": _type_is("image-to-video")},
+                       {"properties": {"n": {"enum": [1]}}}]},
+        ]}
 
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
     prompt = fields.String(load_default=None, validate=validate.Length(min=1, max=PROMPT_MAX))
