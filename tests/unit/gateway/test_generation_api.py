@@ -248,6 +248,16 @@ def test_submit_needs_a_credential_and_a_verified_email(client, generation):
     ({**TEXT, "source_image_id": "not-a-uuid"}, "source_image_id"),
     ({**TEXT, "duration_s": 5}, "duration_s"),
     ({**TEXT, "webhook_url": "ftp://example.com/x"}, "webhook_url"),
+    ({**TEXT, "webhook_url": ""}, "webhook_url"),
+    ({**TEXT, "webhook_url": "https://example.com/hook\n"}, "webhook_url"),
+    ({**TEXT, "size": "1024x1024\n"}, "size"),
+    ({**TEXT, "size": "\u0661\u0660\u0662\u0664x1024"}, "size"),  # Arabic-Indic digits
+    # JSON types as the document says them (marshmallow alone would coerce these)
+    ({**TEXT, "n": "2"}, "n"),
+    ({**TEXT, "n": True}, "n"),
+    ({**TEXT, "seed": 1.5}, "seed"),
+    ({"type": "image-to-image", "prompt": "x", "source_image_id": str(uuid.uuid4()),
+      "strength": "0.5"}, "strength"),
     ({**TEXT, "user_id": UNVERIFIED_ID}, "user_id"),
 ])
 def test_bad_bodies_are_400_with_the_field_and_never_reach_the_service(client, generation, body,

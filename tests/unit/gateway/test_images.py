@@ -161,6 +161,15 @@ def test_upload_through_the_fs_slot(client, storage, root, monkeypatch):
     assert [p for p in root.rglob("*") if p.is_file()] == []
 
 
+def test_upload_refuses_unknown_multipart_fields(client, storage):
+    data = {"file": (io.BytesIO(PNG), "a.png", "image/png"), "extra": "42"}
+    response = client.post("/v1/uploads", headers=BEARER, data=data,
+                           content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"]["fields"] == {"extra": ["Unknown field."]}
+    assert storage.called("create_upload_slot") == []
+
+
 def test_upload_with_an_api_key(client, storage):
     assert client.post("/v1/uploads", headers=APIKEY, **multipart(PNG)).status_code == 201
 
