@@ -8,6 +8,7 @@ process under gunicorn gthread workers: never monkey-patch it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import flask_smorest
@@ -57,6 +58,38 @@ class Api(flask_smorest.Api):
 
     def handle_http_exception(self, error):
         return errors.handle_http_exception(error)
+
+    def document_errors(self) -> None:
+        """Add to every operation the error answers any request to it can get,
+        each with the error body (``default`` covers the rest): 401 when it
+        takes a credential, 404 when its path names a resource, 413 and 415
+        when it takes a body (JSON: 415 for another type), and for the API's
+        paths 429 (rate limits) and 503 (a service that does not answer)."""
+        for path, operations in self.spec._paths.items():
+            for method, operation in operations.items():
+                if method == "parameters":
+                    continue
+                statuses = []
+                if operation.get("security"):
+                    statuses.append(HTTPStatus.UNAUTHORIZED)
+                if "{" in path:
+                    statuses.append(HTTPStatus.NOT_FOUND)
+                body = operation.get("requestBody")
+                if body:
+                    statuses.append(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                    if "application/json" in body.get("content", {}):
+                        statuses.append(HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+                if path.startswith("/v1/"):
+                    statuses += [HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE]
+                responses = operation.setdefault("responses", {})
+                for code, response in responses.items():  # an alt_response with a description only
+                    if code.isdigit() and int(code) >= 400 and "$ref" not in response \
+                            and "content" not in response:
+                        response["content"] = {"application/json": {"schema": self.spec.components
+                                               .get_ref("schema", "ErrorEnvelope")}}
+                for status in statuses:
+                    if str(status.value) not in responses:
+                        responses[str(status.value)] = self.spec.components.get_ref("response", status.name)
 
 
 def _bool(value) -> bool:
@@ -118,5 +151,6 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
         "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
+    api.document_errors()
     errors.register_error_handlers(app)
     return app

@@ -154,8 +154,8 @@ def current_principal() -> Principal:
     return principal
 
 
-def _with_security_doc(wrapper):
-    return Blueprint.doc(security=SECURITY)(wrapper)
+def _with_security_doc(wrapper, **responses):
+    return Blueprint.doc(security=SECURITY, responses=responses)(wrapper)
 
 
 def authenticated(fn):
@@ -179,4 +179,4 @@ def require_verified(fn):
             raise forbidden("verify your email address first", code="email_unverified")
         return fn(*args, **kwargs)
 
-    return _with_security_doc(wrapper)
+    return _with_security_doc(wrapper, **{"403": "FORBIDDEN"})

@@ -7,7 +7,7 @@ from flask import current_app, g, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from gateway.api.common import Blueprint, present, rpc
+from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.auth import authenticated, current_principal
 from services.common.contracts import PageQuery
 from services.common.contracts.auth import (
@@ -86,6 +86,7 @@ def _cache():
 
 
 @auth_blp.route("/register", methods=["POST"])
+@errors(409)
 @auth_blp.arguments(Register)
 @auth_blp.response(201, Registered)
 def register(payload):
@@ -116,6 +117,7 @@ def resend_verification(payload):
 
 
 @auth_blp.route("/login", methods=["POST"])
+@errors(401)
 @auth_blp.arguments(Login)
 @auth_blp.response(200, LoggedIn)
 def login(payload):
@@ -183,6 +185,7 @@ class MeView(MethodView):
 
 @me_blp.route("/email", methods=["POST"])
 @me_blp.response(202, Accepted)
+@errors(403, 409)
 @authenticated
 @me_blp.arguments(ChangeEmail)
 def change_email(payload):
@@ -203,6 +206,7 @@ class ApiKeys(MethodView):
             return present(ApiKeyPage, proxy.auth.list_api_keys(current_principal().user_id, page=page))
 
     @me_blp.response(201, NewApiKey)
+    @errors(409)
     @authenticated
     @me_blp.arguments(CreateApiKey)
     def post(self, payload):
@@ -246,6 +250,7 @@ def revoke_session(session_id):
 
 @me_blp.route("/totp", methods=["POST"])
 @me_blp.response(201, TotpEnrollment)
+@errors(409)
 @authenticated
 def begin_totp():
     """Start two-factor enrollment: a secret and otpauth:// URI for an authenticator app"""

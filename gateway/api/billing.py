@@ -19,7 +19,7 @@ from flask import current_app, request
 from marshmallow import Schema, fields
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from gateway.api.common import Blueprint, present, rpc
+from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.api.images import _discard_body
 from gateway.auth import authenticated, current_principal, require_verified
 from services.common.contracts.billing import (
@@ -131,6 +131,7 @@ def orders(query):
 @billing_blp.route("/checkout", methods=["POST"])
 @billing_blp.response(201, CheckoutCreated)
 @billing_blp.doc(parameters=[IDEMPOTENCY_KEY_DOC])
+@errors(404, 409)
 @require_verified
 @billing_blp.arguments(Checkout)
 def checkout(payload):
@@ -164,6 +165,7 @@ def prices():
 @billing_blp.response(200, WebhookAnswer)
 @billing_blp.alt_response(413, description="the body is larger than BILLING_WEBHOOK_MAX_BYTES")
 @billing_blp.doc(**WEBHOOK_DOC)
+@errors(400)
 def stripe_webhook():
     """Stripe's events (signed; no credential): payments and refunds"""
     max_bytes = webhook_max_bytes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from functools import wraps
+from http import HTTPStatus
 from typing import Any
 
 import flask_smorest
@@ -161,6 +162,14 @@ class Blueprint(flask_smorest.Blueprint):
             return wrapper
 
         return require_body
+
+
+def errors(*statuses: int):
+    """View decorator documenting the error answers (with the error body) an
+    operation can give beyond those every operation of its kind can
+    (gateway.app.Api.document_errors adds 401, 404, 413, 415, 429, 503)."""
+    return flask_smorest.Blueprint.doc(
+        responses={str(status): HTTPStatus(status).name for status in statuses})
 
 
 def rpc():

@@ -34,7 +34,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from gateway.api.billing import IDEMPOTENCY_KEY_DOC, idempotency_key
-from gateway.api.common import Blueprint, present, rpc
+from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.auth import authenticated, current_principal, require_verified
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts.generation import (
@@ -176,6 +176,7 @@ class Generations(MethodView):
     @generation_blp.alt_response(200, schema=PriceQuote,
                                  description="with ?dry_run=true: the price, no job created")
     @generation_blp.doc(parameters=[DRY_RUN_DOC, IDEMPOTENCY_KEY_DOC])
+    @errors(404, 409, 422)
     @require_verified
     @generation_blp.arguments(DryRunQuery, location="query")
     @generation_blp.arguments(SubmitJob)
@@ -213,6 +214,7 @@ class Generation(MethodView):
                                                              str(job_id)))
 
     @generation_blp.response(202, JobView)
+    @errors(409)
     @authenticated
     def delete(self, job_id):
         """Cancel a job that has not started (409 not_cancellable once it runs)"""

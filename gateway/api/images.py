@@ -22,7 +22,7 @@ from marshmallow import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import transfer
-from gateway.api.common import Blueprint, present, rpc
+from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.api.files import DEFAULT_MAX_BYTES, file_store, payload_too_large
 from gateway.auth import authenticated, current_principal
 from services.common.contracts.storage import (
@@ -119,6 +119,7 @@ def send_to_slot(slot: dict, stream: BinaryIO, size: int, max_bytes: int) -> Non
 @images_blp.route("/uploads", methods=["POST"])
 @images_blp.response(201, ImageObject)
 @images_blp.alt_response(413, description="the file is larger than UPLOAD_MAX_BYTES")
+@errors(415, 422)
 @upload_body_limit
 @authenticated
 @images_blp.arguments(UploadForm, location="files")

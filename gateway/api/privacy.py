@@ -16,7 +16,7 @@ from __future__ import annotations
 from flask import current_app, g
 from flask.views import MethodView
 
-from gateway.api.common import Blueprint, present, rpc
+from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.auth import authenticated, current_principal
 from services.common.contracts.privacy import (
     AcceptPolicy,
@@ -58,6 +58,7 @@ class Requests(MethodView):
             return present(RequestPage, proxy.privacy.list_requests(_user_id(), query))
 
     @privacy_blp.response(202, RequestView)
+    @errors(409)
     @authenticated
     @privacy_blp.arguments(CreateRequest)
     def post(self, payload):
@@ -81,6 +82,7 @@ class OneRequest(MethodView):
             return present(RequestView, proxy.privacy.get_request(_user_id(), str(request_id)))
 
     @privacy_blp.response(200, RequestView)
+    @errors(409)
     @authenticated
     def delete(self, request_id):
         """Cancel an erasure that has not started (its grace period); 409 not_cancellable"""
@@ -118,6 +120,7 @@ class ConsentsView(MethodView):
 
 @privacy_blp.route("/policy", methods=["GET"])
 @privacy_blp.response(200, Policy)
+@errors(404)
 def policy():
     """The current privacy policy version (404 before any is published)"""
     with rpc() as proxy:
@@ -126,6 +129,7 @@ def policy():
 
 @privacy_blp.route("/policy/accept", methods=["POST"])
 @privacy_blp.response(200, PolicyStatus)
+@errors(404, 409)
 @authenticated
 @privacy_blp.arguments(AcceptPolicy)
 def accept_policy(payload):

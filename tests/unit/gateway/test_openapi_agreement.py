@@ -101,3 +101,33 @@ def test_json_types_are_the_documented_ones(client, body, field):
     response = client.patch("/v1/me", headers=BEARER, json=body)
     assert response.status_code == 400
     assert field in response.get_json()["error"]["details"]["fields"]
+
+
+def test_every_error_answer_is_documented_with_the_error_body(doc):
+    error = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            responses = operation["responses"]
+            if operation.get("security"):
+                assert "401" in responses, (method, path)
+            if "{" in path:
+                assert "404" in responses, (method, path)
+            if path.startswith("/v1/"):
+                assert {"429", "503"} <= set(responses), (method, path)
+            for code, response in responses.items():
+                if code == "default" or int(code) >= 400:
+                    if "$ref" in response:
+                        name = response["$ref"].rsplit("/", 1)[1]
+                        response = doc["components"]["responses"][name]
+                    schema = response["content"]["application/json"]["schema"]
+                    # /readyz answers 503 with its checks; every other error with the error body
+                    assert schema == error or (path, code) == ("/readyz", "503"), (method, path, code)
+
+
+def test_operation_specific_errors_are_documented(doc):
+    submit = doc["paths"]["/v1/generations"]["post"]["responses"]
+    assert {"400", "401", "403", "404", "409", "422", "429", "503"} <= set(submit)
+    assert {"415", "422"} <= set(doc["paths"]["/v1/uploads"]["post"]["responses"])
+    assert "403" in doc["paths"]["/v1/billing/checkout"]["post"]["responses"]  # unverified
