@@ -25,13 +25,17 @@ validation disagrees with the document).
 **Operations that would end the fuzzing user's session** get their own
 credentials: logout gets a fresh session per case, and privacy requests (an
 erasure revokes every credential and deletes the account) a user of their own,
-replaced after an erasure was accepted. Nothing is excluded.
+replaced after an erasure was accepted. Nothing is excluded. The fuzzer sends
+from its own loopback address (``FUZZ_SOURCE_ADDRESS``), so the failed logins it
+makes lock that address out, not the one every other e2e test logs in from.
 """
 
 from __future__ import annotations
 
 import pytest
+import requests
 import schemathesis
+from requests.adapters import HTTPAdapter
 from schemathesis import Config
 from schemathesis.config._checks import POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES
 
@@ -68,6 +72,9 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
 }
 ACCEPTED = set(POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES)
 DEDICATED_USER = {("POST", "/v1/privacy/requests")}
+# The fuzzer's own client address: its failed logins lock that address out
+# (auth's per-address lockout), not 127.0.0.1 that the other e2e tests use.
+FUZZ_SOURCE_ADDRESS = "127.0.0.2"
 FRESH_SESSION = {("POST", "/v1/auth/logout")}
 
 
@@ -149,6 +156,19 @@ class Credentials:
             self.address, _, self.own_token = verified_login(self.stack)
 
 
+class SourceAddressAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (FUZZ_SOURCE_ADDRESS, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fuzz_session():
+    with requests.Session() as session:
+        session.mount("http://", SourceAddressAdapter())
+        yield session
+
+
 @pytest.fixture(scope="module")
 def credentials(stack):
     creds = Credentials(stack)
@@ -179,6 +199,7 @@ def test_the_stack_serves_the_fuzzed_document(stack):
 
 
 @schema.parametrize()
-def test_api_agrees_with_its_document(case, stack, credentials):
-    response = case.call_and_validate(base_url=stack.base_url, headers=credentials.headers_for(case))
+def test_api_agrees_with_its_document(case, stack, credentials, fuzz_session):
+    response = case.call_and_validate(base_url=stack.base_url, session=fuzz_session,
+                                      headers=credentials.headers_for(case))
     credentials.after(case, response)
