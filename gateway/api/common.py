@@ -23,6 +23,16 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def _invalid_json() -> DomainError:
     return DomainError("invalid_request", "the request body is not valid JSON", 400,
                        {"fields": {"_body": ["Invalid JSON."]}})
@@ -50,6 +60,9 @@ class Parser(FlaskParser):
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except (ValueError, RecursionError):  # JSONDecodeError, UnicodeError are ValueErrors
             raise _invalid_json() from None
+        if _has_nul(data):  # no database stores U+0000 in text (PostgreSQL refuses it)
+            raise DomainError("invalid_request", "strings may not contain U+0000", 400,
+                              {"fields": {"_body": ["Strings may not contain U+0000."]}})
         return data
 
     def _load_location_data(self, *, schema, req, location):

@@ -131,3 +131,21 @@ def test_operation_specific_errors_are_documented(doc):
     assert {"400", "401", "403", "404", "409", "422", "429", "503"} <= set(submit)
     assert {"415", "422"} <= set(doc["paths"]["/v1/uploads"]["post"]["responses"])
     assert "403" in doc["paths"]["/v1/billing/checkout"]["post"]["responses"]  # unverified
+
+
+@pytest.mark.parametrize("body", [
+    {"email": "ada@example.com", "password": "correct horse battery", "display_name": "a\x00b"},
+    {"email": "ada@example.com", "password": "correct horse battery\x00"},
+])
+def test_nul_in_a_string_is_400_and_never_reaches_a_service(client, auth, body):
+    # PostgreSQL refuses U+0000 in text: it was a 500 from auth.register
+    response = client.post("/v1/auth/register", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_request"
+    assert auth.called("register") == []
+
+
+def test_an_escaped_backslash_u0000_is_just_text(client, auth):
+    body = {"email": "ada@example.com", "password": "correct horse battery",
+            "display_name": "\\u0000"}
+    assert client.post("/v1/auth/register", json=body).status_code == 201
