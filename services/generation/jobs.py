@@ -27,6 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import isoformat, new_id
 from services.common.pagination import paginate
+from services.generation import webhooks
 from services.generation.models import (
     ACTIVE,
     CANCELLED,
@@ -325,14 +326,16 @@ def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
 
 
 def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime) -> None:
-    """What every final state does: the webhook, and the prompt redaction
-    when prompts are not kept."""
-    if job.webhook_url:
+    """What every final state does: the webhook (not for a job rejected at
+    submit: it never ran, and its submitter had the answer), and the prompt
+    redaction when prompts are not kept."""
+    if job.webhook_url and job.status != REJECTED:
         body = json.dumps({"type": f"job.{job.status}", "job": webhook_view(job)},
                           separators=(",", ":"))
         db.add(WebhookDelivery(
             id=new_id(), job_id=job.id, user_id=job.user_id, attempt=job.attempt,
-            job_status=job.status, url=job.webhook_url, body=body, status="pending", tries=0,
+            job_status=job.status, url=job.webhook_url,
+            receiver=webhooks.receiver_of(job.webhook_url), body=body, status="pending", tries=0,
             next_attempt_at=now, created_at=now,
         ))
     if settings.prompt_retention == "redact":

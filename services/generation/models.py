@@ -96,6 +96,8 @@ class WebhookDelivery(Base):
     attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt
     job_status: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(String(2000))
+    # the URL's origin (scheme://host:port): what per-receiver limits and backoff key on
+    receiver: Mapped[str | None] = mapped_column(String(300))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
     tries: Mapped[int] = mapped_column(Integer, default=0)
@@ -103,6 +105,20 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class WebhookReceiver(Base):
+    """A receiver (an origin) that keeps failing: its deliveries wait until
+    ``blocked_until`` once ``failures`` in a row reach the threshold. The row
+    exists only while the receiver fails; a success deletes it."""
+
+    __tablename__ = "webhook_receivers"
+
+    receiver: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class RestrictedUser(Base):

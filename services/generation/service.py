@@ -19,6 +19,7 @@ publishes ``generation.job_requeued`` so another worker runs it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -65,6 +66,11 @@ def make_quotes(config) -> QuoteCache:
     return QuoteCache(GenerationSettings.from_config(config).quote_cache_seconds)
 
 
+def make_webhook_sender(config) -> deliveries.Sender:
+    settings = GenerationSettings.from_config(config)
+    return deliveries.Sender(settings.webhook_concurrency, settings.webhook_receiver_concurrency)
+
+
 def make_router(config) -> Router:
     """Built once per process: its circuit breakers remember failures across
     jobs. CPU-heavy rendering runs off the hub."""
@@ -81,6 +87,7 @@ class GenerationService(DarkroomService):
     router = FromConfig(make_router)
     prompts = FromConfig(Prompts.from_config)  # templates, prompt assist, moderation
     quotes = FromConfig(make_quotes)  # billing's prices, kept a minute
+    webhook_sender = FromConfig(make_webhook_sender)  # the pool of webhook attempts
     billing = RpcProxy("billing")
     storage = RpcProxy("storage")
     auth = RpcProxy("auth")
@@ -231,22 +238,38 @@ class GenerationService(DarkroomService):
 
     @timer(interval=WEBHOOK_INTERVAL_SECONDS)
     def deliver_webhooks(self) -> None:
-        """POST the final states of jobs with a ``webhook_url``, signed with
-        the account's webhook secret, retried with backoff."""
-        due = deliveries.take_due(self.db, utcnow())
+        """Hand the due webhook deliveries to the process's pool (as many as
+        it has free slots, at most a few per receiver, none for a receiver
+        that is backed off) and return: each attempt runs on its own green
+        thread with its deadline, so a slow receiver delays only its own."""
+        sender, settings = self.webhook_sender, self.settings
+        now = utcnow()
+        deliveries.forget_receivers(self.db, now)
+        due = deliveries.take_due(
+            self.db, now, sender.free(),
+            lease_seconds=settings.webhook_timeout_seconds + deliveries.LEASE_MARGIN_SECONDS,
+            per_receiver=sender.per_receiver, in_flight=sender.in_flight())
         self.db.commit()
-        guard = webhooks.UrlGuard(self.settings.webhook_allow)
+        if not due:
+            return
+        guard = webhooks.UrlGuard(settings.webhook_allow)
+        backoff = settings.receiver_backoff()
+        secrets: dict = {}
         for delivery in due:
             try:
-                secret = self.auth.get_webhook_secret(str(delivery.user_id))["secret"]
+                if delivery.user_id not in secrets:
+                    secrets[delivery.user_id] = self.auth.get_webhook_secret(
+                        str(delivery.user_id))["secret"]
             except DomainError as exc:  # the account is gone: nobody to sign for
-                result = webhooks.Delivery(False, False, None, exc.code)
-            else:
-                result = webhooks.deliver(delivery.url, delivery.body.encode(), secret,
-                                          guard=guard, delivery_id=str(delivery.id),
-                                          timeout_s=self.settings.webhook_timeout_seconds)
-            deliveries.record(self.db, delivery, result, utcnow(), self.settings.webhook_max_tries)
-            self.db.commit()
+                deliveries.record(self.db, delivery, webhooks.Delivery(False, False, None,
+                                                                       exc.code),
+                                  utcnow(), settings.webhook_max_tries, backoff)
+                self.db.commit()
+                continue
+            sender.start(delivery.receiver, functools.partial(
+                deliveries.attempt, self.db.get_bind(), delivery.id, secrets[delivery.user_id],
+                guard=guard, timeout_s=settings.webhook_timeout_seconds,
+                max_tries=settings.webhook_max_tries, backoff=backoff))
 
     def _check_webhook_url(self, url: str) -> None:
         try:
