@@ -201,3 +201,18 @@ def test_a_pages_queue_positions_match_each_jobs_own(db, settings):
     rows = [db.get(Job, job.id) for job in page]
     assert jobs.queue_positions(db, rows) == {row.id: jobs.queue_position(db, row) for row in rows}
     assert sorted(p for p in jobs.queue_positions(db, rows).values() if p) == [1, 2, 3, 4, 4]
+
+
+def test_a_job_rejected_at_submit_sends_no_webhook_and_a_cancelled_one_does(db, settings):
+    user, events = uuid.uuid4(), Events()
+    hooked = {**REQUEST, "webhook_url": "https://hooks.example.com/x"}
+    rejected = submit(db, settings, user, events, request=hooked)
+    assert jobs.credits_insufficient(db, settings, {"job_id": rejected.id, "attempt": 1,
+                                                    "required": 4, "available": 1}, NOW, events)
+    cancelled = submit(db, settings, user, events, request=hooked)
+    jobs.cancel(db, settings, user, cancelled.id, NOW, events)
+    db.commit()
+    assert db.get(Job, rejected.id).status == "rejected"
+    [delivery] = db.query(WebhookDelivery).all()
+    assert (delivery.job_id, delivery.job_status) == (cancelled.id, "cancelled")
+    assert delivery.receiver == "https://hooks.example.com:443"
