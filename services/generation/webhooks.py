@@ -1,13 +1,17 @@
 """Webhooks: signing, a guard against server-side request forgery, delivery.
 
-A job with a ``webhook_url`` gets a POST on each final state (API.md). Three
+A job with a ``webhook_url`` gets a POST on each final state but ``rejected``
+(API.md). Three
 concerns live here, all free of the broker so the service can call them from
 a timer or a queue:
 
-- **Signing.** ``Darkroom-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``
-  with the account's webhook secret. The timestamp is inside the MAC so a
-  captured delivery cannot be replayed later; :func:`verify` is what a
-  receiver does (and what our tests do).
+- **Signing.** Standard Webhooks (https://www.standardwebhooks.com):
+  ``webhook-id`` (the delivery's id, the same on every retry),
+  ``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64
+  HMAC-SHA256 of "id.timestamp.body">`` keyed with the bytes of the account's
+  ``whsec_<base64>`` secret. Id and timestamp are inside the MAC so a captured
+  delivery cannot be replayed later or as another message; :func:`verify` is
+  what a receiver does (as the ``standardwebhooks`` library does).
 - **The URL guard.** A user chooses the URL and our server makes the request,
   so without a guard a webhook could reach the cloud metadata endpoint, the
   broker's management API or anything else on the private network.
@@ -19,9 +23,10 @@ a timer or a queue:
   A check before connecting is not enough on its own (DNS can answer
   differently a moment later), so :func:`guarded_session` checks the address
   each connection actually reached, too.
-- **Delivery.** :func:`deliver` POSTs once, with a timeout and without
-  following redirects, and says whether a retry makes sense; the backoff
-  schedule says when.
+- **Delivery.** :func:`deliver` POSTs once, within a total deadline (DNS,
+  connect, TLS, the answer's headers and body), without following
+  redirects, and says whether a retry makes sense; the backoff schedule says
+  when (:mod:`services.generation.deliveries` runs the attempts).
 """
 
 from __future__ import annotations

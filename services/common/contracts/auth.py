@@ -225,7 +225,8 @@ class WebhookSecret(RpcSchema):
     """``auth.get_webhook_secret`` and ``auth.rotate_webhook_secret``'s answer."""
 
     secret = fields.String(required=True, metadata={
-        "description": "whsec_...: the key of the HMAC-SHA256 in Darkroom-Signature"})
+        "description": "whsec_<base64>: the Standard Webhooks secret whose decoded bytes "
+                       "key the HMAC-SHA256 in webhook-signature"})
     created_at = fields.AwareDateTime(required=True)
 
 
