@@ -112,7 +112,9 @@ def take_due(db: Session, now: datetime, limit: int = BATCH, *,
     ))
     taken, counts = [], dict(in_flight)
     for row in candidates:
-        receiver = row.receiver or webhooks.receiver_of(row.url)
+        if row.receiver is None:  # a row written before receivers were recorded
+            row.receiver = webhooks.receiver_of(row.url)
+        receiver = row.receiver
         if per_receiver and counts.get(receiver, 0) >= per_receiver:
             continue
         counts[receiver] = counts.get(receiver, 0) + 1
