@@ -4,7 +4,6 @@ one receiver recorded at once all count towards its backoff."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +14,7 @@ from services.common.db import make_engine
 from services.common.migrations import SERVICES_DIR, upgrade
 from services.generation import deliveries, webhooks
 from services.generation.models import WebhookDelivery, WebhookReceiver
+from tests.integration.test_billing_concurrency import run_together  # threads at one barrier
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +29,6 @@ def factory(make_database):
     engine = make_engine(url, pool_size=THREADS + 2)
     yield sessionmaker(bind=engine, expire_on_commit=False)
     engine.dispose()
-
-
-def run_together(count: int, work) -> list:
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(i):
-        barrier.wait()
-        try:
-            results[i] = work(i)
-        except Exception as exc:  # reported by the assertions
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return results
 
 
 def add_deliveries(factory, count: int, host: str) -> list[uuid.UUID]:
