@@ -312,7 +312,7 @@ def test_a_dripping_receiver_is_cut_at_the_deadline_while_the_others_get_theirs(
             done = finished(stack, user, job["id"])
             assert done["status"] == "succeeded"
             late = (received - datetime.fromisoformat(done["finished_at"])).total_seconds()
-            assert late < 5, f"delivered {late:.1f} s after the job ended"  # a tick is 2 s
+            assert late < 6, f"delivered {late:.1f} s after the job ended"  # a tick is 2 s
             assert standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)["job"]["id"] \
                 == job["id"]
         assert first.closed is None  # both arrived while the drip still held its attempt
