@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -37,6 +37,7 @@ from services.generation.models import (
     RUNNING,
     SUCCEEDED,
     Job,
+    SubmitLock,
     WebhookDelivery,
 )
 from services.generation.settings import GenerationSettings
@@ -94,7 +95,38 @@ def submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reques
            now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
     """Create the job and announce it (``generation.job_requested``: billing
     holds ``price``). Returns ``(job, created)``; a repeat of an idempotent
-    request returns the first job and False."""
+    request returns the first job and False.
+
+    The per-user cap on active jobs is atomic: the user's submit lock is held
+    from before the count until the caller's commit, so parallel submits of
+    one user (several workers, several replicas) are decided one at a time
+    and cannot get past the cap together."""
+    lock_submits(db, user_id)
+    try:
+        return _submit(db, settings, user_id, request, expansion, price, idempotency_key, digest,
+                       now, dispatch)
+    finally:
+        unlock_submits(db, user_id)
+
+
+def lock_submits(db: Session, user_id: uuid.UUID) -> None:
+    """Take the user's submit lock until the transaction ends: the user's row
+    in ``submit_locks``. A concurrent submit of the same user blocks on the
+    row's key until this transaction commits or rolls back (the row is gone
+    by then, see :func:`unlock_submits`), so the active-job count it makes
+    next includes this transaction's job."""
+    db.execute(insert(SubmitLock).values(user_id=user_id))
+
+
+def unlock_submits(db: Session, user_id: uuid.UUID) -> None:
+    """Delete the lock row in the same transaction: the commit (or rollback)
+    lets the next submit in, and nothing is left behind."""
+    db.execute(delete(SubmitLock).where(SubmitLock.user_id == user_id))
+
+
+def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, request: dict,
+            expansion: dict, price: int, idempotency_key: str | None, digest: str,
+            now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
     existing = find_idempotent(db, user_id, idempotency_key, digest)
     if existing is not None:
         return existing, False

@@ -8,10 +8,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from services.common.errors import DomainError
 from services.generation import jobs
-from services.generation.models import Job, WebhookDelivery
+from services.generation.models import Job, SubmitLock, WebhookDelivery
 from services.generation.settings import GenerationSettings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -71,6 +72,8 @@ def test_the_active_job_cap_refuses_with_429(db, settings):
     assert (error.code, error.status, error.details["limit"]) == ("rate_limited", 429, 2)
     assert error.details["retry_after"] == settings.queue_retry_after_seconds
     submit(db, settings, uuid.uuid4(), events)  # another user is not affected
+    # the submit lock lives only inside a submit's transaction, refused or not
+    assert db.scalar(select(func.count()).select_from(SubmitLock)) == 0
 
 
 def test_an_idempotency_key_returns_the_first_job_or_409_for_another_body(db, settings):
