@@ -27,6 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import isoformat, new_id
 from services.common.pagination import paginate
+from services.generation import error_text
 from services.generation.models import (
     ACTIVE,
     CANCELLED,
@@ -449,8 +450,7 @@ def view(job: Job, position: int | None = None) -> dict:
         "id": job.id, "type": job.type, "status": job.status, "attempt": job.attempt,
         "progress": job.progress, "stage": job.stage, "queue_position": position,
         "price": job.price, "outputs": list(job.output_ids or []),
-        "error": {"code": job.error_code, "message": job.error_message or ""}
-        if job.error_code else None,
+        "error": error_view(job),
         "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "prompt_redacted": job.prompt_redacted, "params": job.params or {},
         "shots": job.shots, "webhook_url": job.webhook_url, "provider": job.provider,
@@ -459,13 +459,21 @@ def view(job: Job, position: int | None = None) -> dict:
     }
 
 
+def error_view(job: Job) -> dict | None:
+    """A job's error as users and webhooks see it. Messages are cleaned when
+    a job fails (:class:`services.generation.runner.JobFailure`); cleaning
+    again here covers rows written before that and any other writer."""
+    if not job.error_code:
+        return None
+    return {"code": job.error_code, "message": error_text.clean(job.error_message)}
+
+
 def webhook_view(job: Job) -> dict:
     """What a webhook tells: the final state, never the prompt."""
     return {
         "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
         "outputs": list(job.output_ids or []), "price": job.price,
-        "error": {"code": job.error_code, "message": job.error_message or ""}
-        if job.error_code else None,
+        "error": error_view(job),
         "created_at": isoformat(job.created_at),
         "finished_at": isoformat(job.finished_at) if job.finished_at else None,
     }
