@@ -4,6 +4,7 @@ queue with leases, cancel, replay and prompt redaction."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -204,3 +205,24 @@ def test_a_pages_queue_positions_match_each_jobs_own(db, settings):
     rows = [db.get(Job, job.id) for job in page]
     assert jobs.queue_positions(db, rows) == {row.id: jobs.queue_position(db, row) for row in rows}
     assert sorted(p for p in jobs.queue_positions(db, rows).values() if p) == [1, 2, 3, 4, 4]
+
+
+def test_a_stored_error_is_shown_and_sent_without_signed_urls_or_internal_hosts(db, settings):
+    """A row failed with a raw message (written before errors were cleaned,
+    or by any writer): its view and its webhook body are cleaned anyway."""
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events,
+                 request={**REQUEST, "webhook_url": "https://hooks.example.com/x"})
+    reserve(db, settings, job, events)
+    running = jobs.claim_next(db, settings, NOW)
+    raw = ("cannot upload an output: 403 Client Error: Forbidden for url: http://minio:9000/"
+           "darkroom/objects/o?X-Amz-Credential=AKIAIOSFODNN7EXAMPLE&X-Amz-Signature=" + "ab" * 32)
+    assert jobs.fail(db, settings, job.id, running.lease_token, "storage_unavailable", raw, None,
+                     NOW, events)
+    db.commit()
+    row = db.get(Job, job.id)
+    expected = "cannot upload an output: 403 Client Error: Forbidden for url: http://[internal]"
+    assert jobs.view(row)["error"] == {"code": "storage_unavailable", "message": expected}
+    [delivery] = db.query(WebhookDelivery).all()
+    assert json.loads(delivery.body)["job"]["error"]["message"] == expected
+    assert "AKIA" not in delivery.body and "minio" not in delivery.body
