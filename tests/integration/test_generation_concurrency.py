@@ -12,9 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from services.common.db import make_engine
 from services.common.errors import DomainError
-from services.common.migrations import SERVICES_DIR, upgrade
 from services.generation import jobs
 from services.generation.models import ACTIVE, Job, SubmitLock
 from services.generation.settings import GenerationSettings
@@ -31,16 +29,8 @@ EXPANSION = {"prompt": "a red fox", "negative_prompt": None, "shots": []}
 
 
 @pytest.fixture(scope="module")
-def engine(make_database):
-    url = make_database("generation_concurrency")
-    upgrade(SERVICES_DIR / "generation" / "migrations", url)
-    engine = make_engine(url, pool_size=THREADS + 2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def factory(engine):
+def factory(make_migrated_engine):
+    engine = make_migrated_engine("generation", pool_size=THREADS + 2)
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
