@@ -5,8 +5,8 @@ its request waits in the callee's durable queue, and a reply lost with the
 broker (a restart drops the caller's reply queue) never comes. A worker that
 must finish (a running job holding a lease) wraps its proxy in
 :class:`BoundedProxy` and gets :class:`RpcTimeout` instead, which it can
-retry or turn into a failure. A reply that arrives after the timeout is
-dropped by nameko's reply listener.
+retry or turn into a failure. The reply listener forgets a timed-out call,
+so a reply that arrives after the timeout is dropped.
 """
 
 from __future__ import annotations
@@ -43,6 +43,22 @@ class BoundedProxy:
     def call(self, method: str, *args: Any, **kwargs: Any):
         import eventlet
 
+        # the request is published first (the publisher has its own bounded
+        # retries; a timeout must not interrupt a frame half-written)
         reply = getattr(self.proxy, method).call_async(*args, **kwargs)
-        with eventlet.Timeout(self.timeout, RpcTimeout(self.service, method, self.timeout)):
-            return reply.result()
+        try:
+            with eventlet.Timeout(self.timeout, RpcTimeout(self.service, method, self.timeout)):
+                return reply.result()
+        except RpcTimeout:
+            self._forget(reply)
+            raise
+
+    def _forget(self, reply) -> None:
+        """Drop the reply listener's entry for a reply nobody waits for any
+        more (nameko keeps it until a reply comes, which may be never)."""
+        listener = getattr(self.proxy, "reply_listener", None)
+        pending = getattr(listener, "_reply_events", None)
+        if isinstance(pending, dict):
+            for correlation_id, event in list(pending.items()):
+                if event is getattr(reply, "reply_event", None):
+                    pending.pop(correlation_id, None)

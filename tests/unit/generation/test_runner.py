@@ -327,41 +327,59 @@ def test_a_job_failure_message_is_clean():
 
 
 class Reply:
+    """nameko's RpcReply: ``result()`` waits on the reply listener's event."""
+
     def __init__(self, event):
-        self.event = event
+        self.reply_event = event
 
     def result(self):
-        return self.event.wait()
+        return self.reply_event.wait()
 
 
 class Proxy:
-    """A nameko service proxy whose replies come when ``answer`` says so."""
+    """A nameko service proxy (``ServiceProxy``) whose replies come when the
+    test sends ``event``; its reply listener keeps an event per pending call."""
 
     service_name = "storage"
 
     def __init__(self):
         self.event = eventlet.event.Event()
+        self.reply_listener = type("ReplyListener", (), {"_reply_events": {}})()
 
     def __getattr__(self, method):
         proxy = self
 
         class Method:
             def call_async(self, *args):
+                proxy.reply_listener._reply_events[str(uuid.uuid4())] = proxy.event
                 return Reply(proxy.event)
 
         return Method()
 
 
-def test_a_bounded_proxy_gives_up_after_its_timeout():
-    bounded = BoundedProxy(Proxy(), 0.2)
+def test_a_bounded_proxy_gives_up_after_its_timeout_and_forgets_the_call():
+    proxy = Proxy()
+    bounded = BoundedProxy(proxy, 0.2)
     started = time.monotonic()
     with pytest.raises(RpcTimeout) as info:
         bounded.commit_objects("user", ["id"])
     assert 0.2 <= time.monotonic() - started < 2
     assert str(info.value) == "storage did not answer commit_objects within 0.2s"
+    assert proxy.reply_listener._reply_events == {}
 
 
 def test_a_bounded_proxy_returns_the_reply():
     proxy = Proxy()
     eventlet.spawn_after(0.05, proxy.event.send, {"ok": True})
     assert BoundedProxy(proxy, 5).get_source("user", "id") == {"ok": True}
+
+
+def test_the_outage_settings_come_from_the_generation_section():
+    from services.generation.settings import GenerationSettings
+
+    settings = GenerationSettings.from_config({"GENERATION": {
+        "INFRA_RETRY_SECONDS": "45", "RPC_TIMEOUT_SECONDS": 5}})
+    assert (settings.infra_retry_seconds, settings.rpc_timeout_seconds) == (45.0, 5.0)
+    defaults = GenerationSettings.from_config({"GENERATION": {
+        "INFRA_RETRY_SECONDS": "", "RPC_TIMEOUT_SECONDS": None}})
+    assert (defaults.infra_retry_seconds, defaults.rpc_timeout_seconds) == (120.0, 30.0)
