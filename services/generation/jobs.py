@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -27,7 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import isoformat, new_id
 from services.common.pagination import paginate
-from services.generation import webhooks
+from services.generation import error_text, webhooks
 from services.generation.models import (
     ACTIVE,
     CANCELLED,
@@ -38,6 +38,7 @@ from services.generation.models import (
     RUNNING,
     SUCCEEDED,
     Job,
+    SubmitLock,
     WebhookDelivery,
 )
 from services.generation.settings import GenerationSettings
@@ -95,7 +96,38 @@ def submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reques
            now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
     """Create the job and announce it (``generation.job_requested``: billing
     holds ``price``). Returns ``(job, created)``; a repeat of an idempotent
-    request returns the first job and False."""
+    request returns the first job and False.
+
+    The per-user cap on active jobs is atomic: the user's submit lock is held
+    from before the count until the caller's commit, so parallel submits of
+    one user (several workers, several replicas) are decided one at a time
+    and cannot get past the cap together."""
+    lock_submits(db, user_id)
+    try:
+        return _submit(db, settings, user_id, request, expansion, price, idempotency_key, digest,
+                       now, dispatch)
+    finally:
+        unlock_submits(db, user_id)
+
+
+def lock_submits(db: Session, user_id: uuid.UUID) -> None:
+    """Take the user's submit lock until the transaction ends: the user's row
+    in ``submit_locks``. A concurrent submit of the same user blocks on the
+    row's key until this transaction commits or rolls back (the row is gone
+    by then, see :func:`unlock_submits`), so the active-job count it makes
+    next includes this transaction's job."""
+    db.execute(insert(SubmitLock).values(user_id=user_id))
+
+
+def unlock_submits(db: Session, user_id: uuid.UUID) -> None:
+    """Delete the lock row in the same transaction: the commit (or rollback)
+    lets the next submit in, and nothing is left behind."""
+    db.execute(delete(SubmitLock).where(SubmitLock.user_id == user_id))
+
+
+def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, request: dict,
+            expansion: dict, price: int, idempotency_key: str | None, digest: str,
+            now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
     existing = find_idempotent(db, user_id, idempotency_key, digest)
     if existing is not None:
         return existing, False
@@ -420,8 +452,7 @@ def view(job: Job, position: int | None = None) -> dict:
         "id": job.id, "type": job.type, "status": job.status, "attempt": job.attempt,
         "progress": job.progress, "stage": job.stage, "queue_position": position,
         "price": job.price, "outputs": list(job.output_ids or []),
-        "error": {"code": job.error_code, "message": job.error_message or ""}
-        if job.error_code else None,
+        "error": error_view(job),
         "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "prompt_redacted": job.prompt_redacted, "params": job.params or {},
         "shots": job.shots, "webhook_url": job.webhook_url, "provider": job.provider,
@@ -430,13 +461,21 @@ def view(job: Job, position: int | None = None) -> dict:
     }
 
 
+def error_view(job: Job) -> dict | None:
+    """A job's error as users and webhooks see it. Messages are cleaned when
+    a job fails (:class:`services.generation.runner.JobFailure`); cleaning
+    again here covers rows written before that and any other writer."""
+    if not job.error_code:
+        return None
+    return {"code": job.error_code, "message": error_text.clean(job.error_message)}
+
+
 def webhook_view(job: Job) -> dict:
     """What a webhook tells: the final state, never the prompt."""
     return {
         "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
         "outputs": list(job.output_ids or []), "price": job.price,
-        "error": {"code": job.error_code, "message": job.error_message or ""}
-        if job.error_code else None,
+        "error": error_view(job),
         "created_at": isoformat(job.created_at),
         "finished_at": isoformat(job.finished_at) if job.finished_at else None,
     }

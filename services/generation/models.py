@@ -121,6 +121,19 @@ class WebhookReceiver(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class SubmitLock(Base):
+    """A user's submit lock: :func:`services.generation.jobs.submit` inserts
+    the user's row, counts the active jobs, adds the new one and deletes the
+    row again, all in its transaction. A second submit of the same user
+    waits on the row's primary key until the first commits, so the count
+    and the new job are one decision. The row never outlives a transaction:
+    nothing is kept here."""
+
+    __tablename__ = "submit_locks"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+
+
 class RestrictedUser(Base):
     """The privacy service's processing restriction of an account, as of its
     newest ``privacy.restriction_changed`` event: while ``restricted``,

@@ -23,6 +23,7 @@ import functools
 import logging
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from nameko.rpc import RpcProxy, rpc
@@ -30,6 +31,7 @@ from nameko.timer import timer
 from sqlalchemy.orm import Session
 
 from services.common import privacy_parts as parts
+from services.common.bounded_rpc import BoundedProxy
 from services.common.concurrency import Heartbeat, offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
@@ -38,7 +40,7 @@ from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService, FromConfig
-from services.generation import deliveries, jobs, runner, webhooks
+from services.generation import deliveries, error_text, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
@@ -319,11 +321,14 @@ class GenerationService(DarkroomService):
                 return kept
 
         # the lease is renewed while the job runs, whatever a provider call takes
+        # (or an outage of storage the job waits out)
         heartbeat = Heartbeat(self.settings.lease_seconds / 3, renew)
+        storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
+        outages = runner.OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
         try:
             with heartbeat:
-                provider, output_ids = runner.run(spec, self.router, self.storage, progress,
-                                                  self.settings.upload_timeout_seconds)
+                provider, output_ids = runner.run(spec, self.router, storage, progress,
+                                                  self.settings.upload_timeout_seconds, outages)
             if not heartbeat.alive:
                 raise LeaseLost(spec.id)
         except LeaseLost:
@@ -331,12 +336,18 @@ class GenerationService(DarkroomService):
             log.warning("job %s: lease lost, another worker runs it", spec.id)
             return
         except runner.JobFailure as failure:
-            self.db.rollback()
-            jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
-                      failure.provider, utcnow(), self.dispatch)
-            self.db.commit()
-            log.warning("job failed", extra={"job_id": spec.id, "code": failure.code,
-                                             "reason": failure.message[:500]})
+            self._fail(job, token, failure)
+            return
+        except Exception as exc:
+            # a bug, or a failure nothing expects: the job fails now rather than
+            # staying "running" until its lease lapses and a paid provider call
+            # is made again; the log names the place, not the text (it may hold
+            # a URL)
+            self._fail(job, token, runner.JobFailure(
+                "internal_error", "the job failed on an internal error"))
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("job %s: %s at %s:%s: %s", spec.id, type(exc).__name__,
+                      Path(frame.filename).name, frame.lineno, error_text.clean(exc))
             return
         done = jobs.succeed(self.db, self.settings, job.id, token, output_ids, provider, utcnow(),
                             self.dispatch)
@@ -344,6 +355,16 @@ class GenerationService(DarkroomService):
         if done:
             log.info("job succeeded", extra={"job_id": spec.id, "provider": provider,
                                              "outputs": len(output_ids)})
+
+    def _fail(self, job, token: str, failure: runner.JobFailure) -> None:
+        """Fail the running job with ``failure`` (whose message is already
+        clean: it is what the user, the webhook and the log see)."""
+        self.db.rollback()
+        jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
+                  failure.provider, utcnow(), self.dispatch)
+        self.db.commit()
+        log.warning("job failed", extra={"job_id": str(job.id), "code": failure.code,
+                                         "reason": failure.message})
 
     def _view(self, job) -> dict:
         return c.JobView().dump(jobs.view(job, jobs.queue_position(self.db, job)))

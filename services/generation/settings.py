@@ -29,6 +29,12 @@ class GenerationSettings:
     # where a job's outputs are uploaded from (the storage slot's URL is
     # used as issued)
     upload_timeout_seconds: float = 120.0
+    # a running job waits out an outage of storage, the object store or the
+    # broker this long (retrying the failed step) before it fails
+    infra_retry_seconds: float = 120.0
+    # a running job's RPC to storage gives up after this long (then retried
+    # as an outage): longer than a commit of the largest output takes
+    rpc_timeout_seconds: float = 30.0
     # how long a price billing quoted is used for new jobs (0: ask every time)
     quote_cache_seconds: float = 60.0
     # webhooks: tries and the private networks an operator allows
@@ -82,6 +88,10 @@ class GenerationSettings:
             prompt_retention=retention,
             lease_seconds=int(get("LEASE_SECONDS", d.lease_seconds)),
             upload_timeout_seconds=float(get("UPLOAD_TIMEOUT_SECONDS", d.upload_timeout_seconds)),
+            infra_retry_seconds=max(0.0, float(get("INFRA_RETRY_SECONDS",
+                                                   d.infra_retry_seconds))),
+            rpc_timeout_seconds=max(0.1, float(get("RPC_TIMEOUT_SECONDS",
+                                                   d.rpc_timeout_seconds))),
             quote_cache_seconds=float(get("QUOTE_CACHE_SECONDS", d.quote_cache_seconds)),
             webhook_max_tries=int(get("WEBHOOK_MAX_TRIES", d.webhook_max_tries)),
             webhook_timeout_seconds=positive("WEBHOOK_TIMEOUT_SECONDS",

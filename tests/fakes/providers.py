@@ -19,6 +19,8 @@ scripts the next calls of the main endpoint; ``mode`` is the behaviour once
 the script is used up. A behaviour is ``"ok"``, an HTTP status (``500``,
 ``429``, ``400``, ``401``...), ``"refuse"`` (400 content policy refusal),
 ``"hang"`` (answer nothing until ``hang_s`` passes or the server stops),
+``"slow"`` (answer normally once the test calls ``proceed()``, or after
+``hang_s``), ``(status, body)`` (answer ``status`` with the JSON ``body``),
 ``"drop"`` (close the connection without an answer), ``"redirect"`` (302
 to ``/elsewhere``) or ``"garbage"`` (200 with a body that is not what the
 protocol promises).
@@ -113,6 +115,7 @@ class FakeHTTPServer:
         self._script: deque = deque()
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self._proceed = threading.Semaphore(0)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -164,6 +167,10 @@ class FakeHTTPServer:
         with self._lock:
             self._script.extend(behaviours)
 
+    def proceed(self) -> None:
+        """Let one "slow" call answer now."""
+        self._proceed.release()
+
     def requests_to(self, path_prefix: str, method: str | None = None) -> list[Recorded]:
         return [r for r in self.requests
                 if r.path.startswith(path_prefix) and (method is None or r.method == method)]
@@ -201,6 +208,9 @@ class FakeHTTPServer:
         if behaviour == "hang":
             self._release.wait(self.hang_s)
             behaviour = 504
+        if behaviour == "slow":
+            self._proceed.acquire(timeout=self.hang_s)
+            behaviour = "ok"
         if behaviour == "drop":
             handler.close_connection = True
             try:
@@ -221,6 +231,8 @@ class FakeHTTPServer:
             response = 302, {"Location": "/elsewhere"}, b""
         elif behaviour == "garbage":
             response = self.garbage(request)
+        elif isinstance(behaviour, tuple):
+            response = _json(*behaviour)
         else:
             response = self.error(int(behaviour))
         status, headers, payload = response

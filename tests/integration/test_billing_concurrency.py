@@ -17,8 +17,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.billing import audit, ledger, plans, saga
 from services.billing.models import Account, Hold, LedgerEntry
 from services.billing.settings import BillingSettings
-from services.common.db import make_engine
-from services.common.migrations import SERVICES_DIR, upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +34,8 @@ class Events:
 
 
 @pytest.fixture(scope="module")
-def engine(make_database):
-    url = make_database("billing_concurrency")
-    upgrade(SERVICES_DIR / "billing" / "migrations", url)
-    engine = make_engine(url, pool_size=THREADS + 2)
-    yield engine
-    engine.dispose()
+def engine(make_migrated_engine):
+    return make_migrated_engine("billing", pool_size=THREADS + 2)
 
 
 @pytest.fixture

@@ -4,14 +4,16 @@ queue with leases, cancel, replay and prompt redaction."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from services.common.errors import DomainError
 from services.generation import jobs
-from services.generation.models import Job, WebhookDelivery
+from services.generation.models import Job, SubmitLock, WebhookDelivery
 from services.generation.settings import GenerationSettings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -71,6 +73,8 @@ def test_the_active_job_cap_refuses_with_429(db, settings):
     assert (error.code, error.status, error.details["limit"]) == ("rate_limited", 429, 2)
     assert error.details["retry_after"] == settings.queue_retry_after_seconds
     submit(db, settings, uuid.uuid4(), events)  # another user is not affected
+    # the submit lock lives only inside a submit's transaction, refused or not
+    assert db.scalar(select(func.count()).select_from(SubmitLock)) == 0
 
 
 def test_an_idempotency_key_returns_the_first_job_or_409_for_another_body(db, settings):
@@ -216,3 +220,24 @@ def test_a_job_rejected_at_submit_sends_no_webhook_and_a_cancelled_one_does(db, 
     [delivery] = db.query(WebhookDelivery).all()
     assert (delivery.job_id, delivery.job_status) == (cancelled.id, "cancelled")
     assert delivery.receiver == "https://hooks.example.com:443"
+
+
+def test_a_stored_error_is_shown_and_sent_without_signed_urls_or_internal_hosts(db, settings):
+    """A row failed with a raw message (written before errors were cleaned,
+    or by any writer): its view and its webhook body are cleaned anyway."""
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events,
+                 request={**REQUEST, "webhook_url": "https://hooks.example.com/x"})
+    reserve(db, settings, job, events)
+    running = jobs.claim_next(db, settings, NOW)
+    raw = ("cannot upload an output: 403 Client Error: Forbidden for url: http://minio:9000/"
+           "darkroom/objects/o?X-Amz-Credential=AKIAIOSFODNN7EXAMPLE&X-Amz-Signature=" + "ab" * 32)
+    assert jobs.fail(db, settings, job.id, running.lease_token, "storage_unavailable", raw, None,
+                     NOW, events)
+    db.commit()
+    row = db.get(Job, job.id)
+    expected = "cannot upload an output: 403 Client Error: Forbidden for url: http://[internal]"
+    assert jobs.view(row)["error"] == {"code": "storage_unavailable", "message": expected}
+    [delivery] = db.query(WebhookDelivery).all()
+    assert json.loads(delivery.body)["job"]["error"]["message"] == expected
+    assert "AKIA" not in delivery.body and "minio" not in delivery.body
