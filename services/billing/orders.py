@@ -255,6 +255,20 @@ def find_refunded_order(db: Session, charge: dict) -> uuid.UUID | None:
         return None
 
 
+def _lock_paid_order(db: Session, settings: BillingSettings, order_id: uuid.UUID, now: datetime,
+                     dispatch: Dispatch, what: str) -> tuple[Order | None, Account | None, str | None]:
+    """The paid order money goes back for (a refund, a dispute), and its
+    account, locked; or the outcome refusing it (``unknown_order``, ``not_paid``)."""
+    order, account = _lock_order_and_account(db, settings, order_id, now, dispatch)
+    if order is None:
+        log.warning("%s for an unknown order", what, extra={"order_id": str(order_id)})
+        return None, None, "unknown_order"
+    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
+        log.error("%s for an order that is not paid", what, extra={"order_id": str(order_id)})
+        return None, None, "not_paid"
+    return order, account, None
+
+
 def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: dict,
            now: datetime, dispatch: Dispatch) -> str:
     """Stripe refunded (part of) a payment. ``charge.amount_refunded`` is the
@@ -262,13 +276,9 @@ def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: 
     (:mod:`reversals`: the unspent part now, the part held by jobs when those
     holds are released; credits already spent cannot be taken back). A full
     refund of the current paid plan ends it."""
-    order, account = _lock_order_and_account(db, settings, order_id, now, dispatch)
-    if order is None:
-        log.warning("refund for an unknown order", extra={"order_id": str(order_id)})
-        return "unknown_order"
-    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
-        log.error("refund for an order that is not paid", extra={"order_id": str(order_id)})
-        return "not_paid"
+    order, account, refusal = _lock_paid_order(db, settings, order_id, now, dispatch, "refund")
+    if refusal:
+        return refusal
     if str(charge.get("currency") or "").lower() != order.currency:
         log.error("refund currency does not match the order", extra={"order_id": str(order_id)})
         return "currency_mismatch"
@@ -276,15 +286,9 @@ def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: 
     if total <= order.amount_refunded:
         return "stale"
     previous = order.amount_refunded
-    before = reversals.money_back(order)
-    order.amount_refunded = total
-    due = reversals.credits_due(order, reversals.money_back(order)) - \
-        reversals.credits_due(order, before)
-    reversed_now = pending = 0
-    if account is not None:
-        reversed_now, pending = reversals.reverse(
-            db, account, order, due, f"order:{order.id}:refund:{total}",
-            f"refund of {total} {order.currency}", now)
+    reversed_now, pending = reversals.money_returned(
+        db, account, order, amount_refunded=total, key=f"order:{order.id}:refund:{total}",
+        reason=f"refund of {total} {order.currency}", now=now)
     order.status = REFUNDED if total >= order.amount else PARTIALLY_REFUNDED
     order.refunded_at = now
     payment = db.scalars(select(Payment).where(Payment.order_id == order.id)).first()
@@ -331,12 +335,9 @@ def dispute_opened(db: Session, settings: BillingSettings, order_id: uuid.UUID, 
                    now: datetime, dispatch: Dispatch) -> str:
     """``charge.dispute.created``: the buyer disputes the payment. The
     order's credits are frozen until the dispute closes."""
-    order, account = _lock_order_and_account(db, settings, order_id, now, dispatch)
-    if order is None:
-        return "unknown_order"
-    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
-        log.error("dispute for an order that is not paid", extra={"order_id": str(order_id)})
-        return "not_paid"
+    order, account, refusal = _lock_paid_order(db, settings, order_id, now, dispatch, "dispute")
+    if refusal:
+        return refusal
     dispute_id = _string(dispute.get("id"))
     if order.dispute_id == dispute_id and order.dispute_status != DISPUTE_OPEN:
         return "stale"  # closed already: a late notification of its opening
@@ -353,12 +354,9 @@ def dispute_closed(db: Session, settings: BillingSettings, order_id: uuid.UUID, 
     proportion to the disputed amount (like a refund: the unspent part now,
     the held part when its holds are released, the spent part stays spent);
     ``won`` (``warning_closed``, ``prevented``) unfreezes them."""
-    order, account = _lock_order_and_account(db, settings, order_id, now, dispatch)
-    if order is None:
-        return "unknown_order"
-    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
-        log.error("dispute for an order that is not paid", extra={"order_id": str(order_id)})
-        return "not_paid"
+    order, account, refusal = _lock_paid_order(db, settings, order_id, now, dispatch, "dispute")
+    if refusal:
+        return refusal
     dispute_id = _string(dispute.get("id"))
     if order.dispute_id == dispute_id and order.dispute_status not in (None, DISPUTE_OPEN):
         return "stale"
@@ -374,17 +372,13 @@ def dispute_closed(db: Session, settings: BillingSettings, order_id: uuid.UUID, 
         return "dispute_won"
     if str(dispute.get("currency") or order.currency).lower() != order.currency:
         log.error("dispute currency does not match the order", extra={"order_id": str(order_id)})
-    before = reversals.money_back(order)
     disputed = int(dispute.get("amount") or order.amount)
-    order.amount_charged_back = max(0, min(disputed, int(order.amount) - int(order.amount_refunded)))
+    charged_back = max(0, min(disputed, int(order.amount) - int(order.amount_refunded)))
     order.dispute_status = DISPUTE_LOST
-    due = reversals.credits_due(order, reversals.money_back(order)) - \
-        reversals.credits_due(order, before)
-    taken = pending = 0
-    if account is not None:
-        taken, pending = reversals.reverse(
-            db, account, order, due, f"order:{order.id}:chargeback:{dispute_id}",
-            f"chargeback of {order.amount_charged_back} {order.currency} (dispute lost)", now)
+    taken, pending = reversals.money_returned(
+        db, account, order, amount_charged_back=charged_back,
+        key=f"order:{order.id}:chargeback:{dispute_id}",
+        reason=f"chargeback of {charged_back} {order.currency} (dispute lost)", now=now)
     _end_plan_if_all_back(settings, account, order, now, dispatch)
     log.warning("dispute lost: the order's credits are taken back", extra={
         "order_id": str(order.id), "dispute_id": dispute_id, "credits_reversed": taken,

@@ -52,6 +52,24 @@ def order_lots(db: Session, order: Order, user_id) -> list[Lot]:
                            .order_by(Lot.created_at, Lot.id)))
 
 
+def money_returned(db: Session, account: Account | None, order: Order, *, key: str, reason: str,
+                   now: datetime, amount_refunded: int | None = None,
+                   amount_charged_back: int | None = None) -> tuple[int, int]:
+    """Money went back to the buyer: record the order's new refunded or
+    charged-back total and take back the credits it calls for beyond what
+    earlier money back did (none for an erased account). Returns (taken now,
+    pending)."""
+    before = money_back(order)
+    if amount_refunded is not None:
+        order.amount_refunded = amount_refunded
+    if amount_charged_back is not None:
+        order.amount_charged_back = amount_charged_back
+    due = credits_due(order, money_back(order)) - credits_due(order, before)
+    if account is None:
+        return 0, 0
+    return reverse(db, account, order, due, key, reason, now)
+
+
 def reverse(db: Session, account: Account, order: Order, due: int, key: str, reason: str,
             now: datetime) -> tuple[int, int]:
     """Take ``due`` credits of the order back: the unspent part now, the part

@@ -245,12 +245,15 @@ def test_bad_signatures_record_nothing(db, settings, events, stripe, user):
     assert db.get(Order, order.id).status == "pending"
 
 
-def spend(db, settings, events, user, credits):
+def spend(db, settings, events, user, credits) -> uuid.UUID:
+    """Hold ``credits`` for a new job; returns the job's id."""
+    job_id = uuid.uuid4()
     status = saga.job_requested(db, settings, {
-        "job_id": uuid.uuid4(), "user_id": user, "attempt": 1, "type": "text-to-image",
+        "job_id": job_id, "user_id": user, "attempt": 1, "type": "text-to-image",
         "price": credits}, NOW, events)
     db.commit()
     assert status == "reserved"
+    return job_id
 
 
 def test_a_refund_reverses_only_unspent_credits_of_the_order(db, settings, events, stripe, user):
@@ -286,7 +289,9 @@ def test_a_refund_for_an_unknown_payment_is_received(db, settings, events):
     assert db.get(WebhookEvent, evt["id"]).outcome == "unknown_order"
 
 
-def test_a_paid_plan_starts_and_a_full_refund_ends_it(db, settings, events, stripe, user):
+@pytest.mark.parametrize("money_back", ["refund", "lost dispute"])
+def test_a_paid_plan_starts_and_all_its_money_back_ends_it(db, settings, events, stripe, user,
+                                                          money_back):
     order = checkout(db, settings, events, stripe, user, {"plan_id": "pro"})
     deliver(db, settings, events, stripe.checkout_completed(order.provider_session_id))
     account = db.get(Account, user, populate_existing=True)
@@ -294,7 +299,12 @@ def test_a_paid_plan_starts_and_a_full_refund_ends_it(db, settings, events, stri
     assert balance(db, user) == (550, 0)
     assert events.of("plan_changed")[-1]["plan"] == "pro"
     assert events.of("order_paid")[-1]["kind"] == "plan"
-    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 1500))
+    if money_back == "refund":
+        deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 1500))
+    else:
+        deliver(db, settings, events, stripe.dispute(order.provider_session_id))
+        assert ledger.frozen_credits(db, user, NOW) == 500
+        deliver(db, settings, events, stripe.dispute(order.provider_session_id, closed_as="lost"))
     account = db.get(Account, user, populate_existing=True)
     assert (account.plan, account.plan_expires_at) == ("free", None)
     assert balance(db, user) == (50, 0)
@@ -331,16 +341,6 @@ def test_the_ledger_of_a_refund_is_an_ordinary_entry(db, settings, events, strip
 # ---------------------------------------------------------------- refunds of held credits
 
 
-def job(db, settings, events, user, credits) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    status = saga.job_requested(db, settings, {
-        "job_id": job_id, "user_id": user, "attempt": 1, "type": "text-to-image",
-        "price": credits}, NOW, events)
-    db.commit()
-    assert status == "reserved"
-    return job_id
-
-
 def end(db, events, user, job_id, outcome) -> str:
     status = saga.job_finished(db, {"job_id": job_id, "user_id": user, "attempt": 1}, outcome,
                                NOW, events)
@@ -357,7 +357,7 @@ def paid_pack(db, settings, events, stripe, user) -> Order:
 def test_a_refund_of_held_credits_is_taken_when_the_hold_is_released(db, settings, events,
                                                                      stripe, user):
     order = paid_pack(db, settings, events, stripe, user)
-    held = job(db, settings, events, user, 80)  # 50 signup + 30 of the pack
+    held = spend(db, settings, events, user, 80)  # 50 signup + 30 of the pack
     deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 500))
     order = db.get(Order, order.id, populate_existing=True)
     assert (order.credits_reversed, order.credits_pending) == (70, 30)
@@ -380,7 +380,7 @@ def test_a_refund_of_held_credits_is_taken_when_the_hold_is_released(db, setting
 def test_a_refund_of_held_credits_is_taken_when_the_hold_expires(db, settings, events, stripe,
                                                                  user):
     order = paid_pack(db, settings, events, stripe, user)
-    job(db, settings, events, user, 130)  # 50 signup + 80 of the pack
+    spend(db, settings, events, user, 130)  # 50 signup + 80 of the pack
     deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 250))
     order = db.get(Order, order.id, populate_existing=True)
     # half the money back: 50 credits due, 20 unspent, 30 held
@@ -396,8 +396,8 @@ def test_a_refund_of_held_credits_is_taken_when_the_hold_expires(db, settings, e
 def test_what_a_job_captured_from_a_refunded_order_stays_spent(db, settings, events, stripe,
                                                                user):
     order = paid_pack(db, settings, events, stripe, user)
-    first = job(db, settings, events, user, 60)  # 50 signup + 10 of the pack
-    second = job(db, settings, events, user, 20)  # 20 of the pack
+    first = spend(db, settings, events, user, 60)  # 50 signup + 10 of the pack
+    second = spend(db, settings, events, user, 20)  # 20 of the pack
     deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 500))
     assert db.get(Order, order.id, populate_existing=True).credits_pending == 30
     # the second job succeeds: its 20 stay spent, only 10 can still be taken
@@ -417,7 +417,7 @@ def test_what_a_job_captured_from_a_refunded_order_stays_spent(db, settings, eve
 def test_a_dispute_freezes_the_orders_credits_and_a_lost_one_takes_them_back(
         db, settings, events, stripe, user):
     order = paid_pack(db, settings, events, stripe, user)
-    held = job(db, settings, events, user, 60)  # 50 signup + 10 of the pack
+    held = spend(db, settings, events, user, 60)  # 50 signup + 10 of the pack
     deliver(db, settings, events, stripe.dispute(order.provider_session_id))
     order = db.get(Order, order.id, populate_existing=True)
     assert (order.dispute_id, order.dispute_status) == ("dp_test_1", "open")
@@ -460,7 +460,7 @@ def test_a_dispute_closed_in_our_favour_restores_the_credits(db, settings, event
                                                              closed_as):
     order = paid_pack(db, settings, events, stripe, user)
     deliver(db, settings, events, stripe.dispute(order.provider_session_id))
-    job(db, settings, events, user, 50)  # the signup credits are not frozen
+    spend(db, settings, events, user, 50)  # the signup credits are not frozen
     assert ledger.frozen_credits(db, user, NOW) == 100
     closed = stripe.dispute(order.provider_session_id, closed_as=closed_as)
     deliver(db, settings, events, closed)
@@ -469,21 +469,8 @@ def test_a_dispute_closed_in_our_favour_restores_the_credits(db, settings, event
     assert (order.dispute_status, order.credits_reversed, order.amount_charged_back) == \
         (closed_as, 0, 0)
     assert ledger.frozen_credits(db, user, NOW) == 0
-    job(db, settings, events, user, 100)
+    spend(db, settings, events, user, 100)
     assert balance(db, user) == (0, 150)
-    assert_clean(db)
-
-
-def test_a_lost_dispute_of_a_paid_plan_ends_it(db, settings, events, stripe, user):
-    order = checkout(db, settings, events, stripe, user, {"plan_id": "pro"})
-    deliver(db, settings, events, stripe.checkout_completed(order.provider_session_id))
-    deliver(db, settings, events, stripe.dispute(order.provider_session_id))
-    assert balance(db, user) == (550, 0) and ledger.frozen_credits(db, user, NOW) == 500
-    deliver(db, settings, events, stripe.dispute(order.provider_session_id, closed_as="lost"))
-    account = db.get(Account, user, populate_existing=True)
-    assert (account.plan, account.plan_expires_at) == ("free", None)
-    assert balance(db, user) == (50, 0)
-    assert events.of("plan_changed")[-1]["plan"] == "free"
     assert_clean(db)
 
 
