@@ -7,9 +7,9 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from services.billing import ledger, orders, saga
+from services.billing import audit, ledger, orders, saga
 from services.billing.models import Account, Hold, LedgerEntry, Lot, Order, Payment, WebhookEvent
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
@@ -375,6 +375,20 @@ def test_a_refund_of_held_credits_is_taken_when_the_hold_is_released(db, setting
     assert end(db, events, user, held, "failed") == "duplicate"
     assert balance(db, user) == (50, 0)
     assert_clean(db)
+
+
+def test_the_audit_finds_a_refund_waiting_for_more_than_is_held(db, settings, events, stripe,
+                                                                user):
+    order = paid_pack(db, settings, events, stripe, user)
+    spend(db, settings, events, user, 80)  # 30 of the pack held
+    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 500))
+    assert_clean(db, user)
+    db.execute(update(Order).where(Order.id == order.id).values(credits_pending=31))
+    db.commit()
+    problems = {p["problem"]: (p["expected"], p["actual"])
+                for p in audit.verify_ledger(db, user)["problems"]}
+    assert problems == {f"refund_pending_exceeds_held:{order.id}": (30, 31),
+                        f"order_over_reversed:{order.id}": (100, 101)}
 
 
 def test_a_refund_of_held_credits_is_taken_when_the_hold_expires(db, settings, events, stripe,
