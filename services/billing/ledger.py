@@ -25,9 +25,11 @@ grant       +N       0            ``grant:signup:<user>``, ``grant:monthly:<user
                                   ``order:<id>:grant``
 purchase    +N       0            ``order:<id>:purchase``
 hold        -N       +N           ``job:<job>:<attempt>:hold``
-capture     0        -N           ``job:<job>:<attempt>:capture``
+capture     0 (-N)   -N (0)       ``job:<job>:<attempt>:capture`` (in brackets: after the hold expired)
 release     +N       -N           ``job:<job>:<attempt>:release``
-refund      -N       0            ``order:<id>:refund:<cumulative minor units refunded>``
+refund      -N       0            ``order:<id>:refund:<cumulative minor units refunded>``,
+                                  ``order:<id>:chargeback:<dispute>``,
+                                  ``order:<id>:refund:hold:<hold>`` (see :mod:`reversals`)
 expire      -N       0            ``lot:<lot>:expire:<n>``
 adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 =========== ======== ============ ======================================
