@@ -97,13 +97,16 @@ class BillingService(DarkroomService):
                 LedgerEntry.created_at >= start, LedgerEntry.created_at < end)))
 
         plan = plans.effective_plan(self.settings, account, now)
+        frozen = ledger.frozen_credits(self.db, user, now)
         return c.Balance().dump({
-            "available": account.available - ledger.expired_unsettled(self.db, user, now),
-            "held": account.held, "plan": plan.id,
+            "available": account.available - ledger.expired_unsettled(self.db, user, now) - frozen,
+            "held": account.held, "frozen": frozen, "plan": plan.id,
             "plan_expires_at": account.plan_expires_at if plan.paid else None,
             "period_start": start, "period_end": end,
             "granted_this_period": period_sum(LedgerEntry.amount, "grant"),
-            "used_this_period": period_sum(-LedgerEntry.held_change, "capture"),
+            # a capture spends held credits, or available ones after its hold expired
+            "used_this_period": period_sum(-LedgerEntry.held_change - LedgerEntry.amount,
+                                           "capture"),
         })
 
     @rpc(expected_exceptions=DomainError)

@@ -75,6 +75,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     reserved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # when billing releases this attempt's hold (``billing.credits_reserved``):
+    # the job is not claimed after it, and fails ``hold_expired``
+    hold_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

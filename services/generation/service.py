@@ -221,6 +221,15 @@ class GenerationService(DarkroomService):
         jobs.credits_insufficient(self.db, self.settings, event, utcnow(), self.dispatch)
         self.db.commit()
 
+    @event_handler("billing", "credits_released")
+    def credits_released(self, event: dict) -> None:
+        """A hold released as ``expired``: the job fails ``hold_expired``."""
+        if event["reason"] != "expired" or not claim_event(
+                self.db, processed_events, event["event_id"], "generation.credits_released"):
+            return
+        jobs.credits_released(self.db, self.settings, event, utcnow(), self.dispatch)
+        self.db.commit()
+
     @event_handler("generation", "job_requeued")
     def job_requeued(self, event: dict) -> None:
         """A job whose worker died is runnable again: run the most urgent one."""
@@ -228,13 +237,16 @@ class GenerationService(DarkroomService):
 
     @timer(interval=RECOVERY_INTERVAL_SECONDS)
     def recover(self) -> None:
-        """Jobs whose lease ran out (their worker was killed) go back to the queue."""
+        """Jobs whose lease ran out (their worker was killed) go back to the
+        queue; jobs past their hold's expiry fail ``hold_expired``."""
         requeued = jobs.requeue_expired_leases(self.db, utcnow())
         for job_id in requeued:
             self.dispatch("job_requeued", {"job_id": job_id})
         self.db.commit()
         if requeued:
             log.warning("requeued %d job(s) whose worker stopped", len(requeued))
+        if jobs.fail_expired_holds(self.db, self.settings, utcnow(), self.dispatch):
+            self.db.commit()
 
     # ------------------------------------------------------------ webhooks
 
@@ -355,6 +367,16 @@ class GenerationService(DarkroomService):
         if done:
             log.info("job succeeded", extra={"job_id": spec.id, "provider": provider,
                                              "outputs": len(output_ids)})
+        else:  # not this worker's to finish, or its hold expired: not delivered
+            self._discard_outputs(spec, output_ids)
+
+    def _discard_outputs(self, spec, output_ids) -> None:
+        for object_id in output_ids:
+            try:
+                self.storage.delete_object(spec.user_id, str(object_id))
+            except DomainError as exc:
+                log.warning("could not delete an undelivered output: %s", exc.code,
+                            extra={"job_id": spec.id, "object_id": str(object_id)})
 
     def _fail(self, job, token: str, failure: runner.JobFailure) -> None:
         """Fail the running job with ``failure`` (whose message is already

@@ -241,3 +241,91 @@ def test_a_stored_error_is_shown_and_sent_without_signed_urls_or_internal_hosts(
     [delivery] = db.query(WebhookDelivery).all()
     assert json.loads(delivery.body)["job"]["error"]["message"] == expected
     assert "AKIA" not in delivery.body and "minio" not in delivery.body
+
+
+# ------------------------------------------------------------------ holds that expire
+
+
+def reserve_until(db, settings, job, events, expires_at, now=NOW) -> bool:
+    ok = jobs.credits_reserved(db, settings, {"job_id": job.id, "attempt": job.attempt,
+                                              "priority": 0, "hold_expires_at": expires_at},
+                               now, events)
+    db.commit()
+    return ok
+
+
+def released(db, settings, job, events, reason="expired", now=NOW, attempt=None) -> bool:
+    ok = jobs.credits_released(db, settings, {
+        "job_id": job.id, "user_id": job.user_id, "attempt": attempt or job.attempt,
+        "amount": 3, "reason": reason}, now, events)
+    db.commit()
+    return ok
+
+
+def assert_hold_expired(db, job_id, events):
+    job = db.get(Job, job_id, populate_existing=True)
+    assert (job.status, job.error_code, job.lease_token) == ("failed", "hold_expired", None)
+    view = jobs.view(job)
+    assert view["error"]["code"] == "hold_expired" and "replay" in view["error"]["message"]
+    failed = [data for kind, data in events if kind == "job_failed" and data["job_id"] == job_id]
+    assert failed and failed[-1]["reason"] == "hold_expired"
+
+
+def test_a_job_whose_hold_expired_is_not_claimed_and_fails_then_replays(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    assert reserve_until(db, settings, job, events, NOW + timedelta(hours=6))
+    later = NOW + timedelta(hours=6, seconds=1)
+    assert jobs.claim_next(db, settings, later) is None
+    assert jobs.fail_expired_holds(db, settings, NOW + timedelta(hours=5), events) == 0
+    assert jobs.fail_expired_holds(db, settings, later, events) == 1
+    db.commit()
+    assert_hold_expired(db, job.id, events)
+    assert jobs.fail_expired_holds(db, settings, later, events) == 0
+    # the replay holds the price again and runs
+    replayed = jobs.replay(db, job.id, later, events)
+    db.commit()
+    assert (replayed.status, replayed.attempt, replayed.hold_expires_at) == ("queued", 2, None)
+    assert events[-1][0] == "job_requested" and events[-1][1]["attempt"] == 2
+    reserve_until(db, settings, replayed, events, later + timedelta(hours=6), now=later)
+    assert jobs.claim_next(db, settings, later).id == job.id
+
+
+def test_a_hold_released_as_expired_fails_a_waiting_queued_or_running_job(db, settings):
+    events = Events()
+    queued = submit(db, settings, uuid.uuid4(), events)
+    waiting = submit(db, settings, uuid.uuid4(), events)
+    running = submit(db, settings, uuid.uuid4(), events)
+    reserve(db, settings, waiting, events, priority=0)
+    reserve(db, settings, running, events, priority=5)
+    leased = jobs.claim_next(db, settings, NOW)
+    db.commit()
+    assert leased.id == running.id
+    # releases for failures and cancellations are this service's own: nothing changes
+    assert not released(db, settings, waiting, events, reason="failed")
+    assert db.get(Job, waiting.id).status == "reserved"
+    for job in (queued, waiting, running):
+        assert released(db, settings, job, events)
+        assert_hold_expired(db, job.id, events)
+    assert not released(db, settings, waiting, events)  # a duplicate changes nothing
+    # the running job's worker finishes: refused, nothing delivered
+    assert not jobs.succeed(db, settings, running.id, leased.lease_token, [uuid.uuid4()],
+                            "local", NOW, events)
+    assert "job_succeeded" not in events.types()
+    # the queued job's reservation arrives late: it does not run
+    assert not reserve(db, settings, queued, events)
+    assert jobs.claim_next(db, settings, NOW) is None
+
+
+def test_a_job_finishing_after_its_hold_expired_is_not_delivered(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    reserve_until(db, settings, job, events, NOW + timedelta(hours=6))
+    leased = jobs.claim_next(db, settings, NOW)
+    db.commit()
+    assert not jobs.succeed(db, settings, job.id, leased.lease_token, [uuid.uuid4()], "local",
+                            NOW + timedelta(hours=6), events)
+    db.commit()
+    assert_hold_expired(db, job.id, events)
+    assert "job_succeeded" not in events.types()
+    assert db.get(Job, job.id).output_ids == []
