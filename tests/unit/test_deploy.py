@@ -388,11 +388,13 @@ def test_healthchecks_target_the_port_the_process_listens_on(name):
     env = environment(name)
     assert url.hostname == "127.0.0.1"
     if argv[0] == "gunicorn":
-        assert url.port == int(env["GATEWAY_PORT"])
+        # the internal listener: /metrics and /readyz live there, never on the public port
+        assert url.port == int(env["GATEWAY_INTERNAL_PORT"])
+        assert env["GATEWAY_INTERNAL_PORT"] != env["GATEWAY_PORT"]
         assert env["GATEWAY_HOST"] == "0.0.0.0"
         assert url.path == "/healthz"
         published = [p.rsplit(":", 1)[1] for p in SERVICES[name].get("ports", [])]
-        assert published == [env["GATEWAY_PORT"]]
+        assert published == [env["GATEWAY_PORT"]]  # the internal port is not published
     else:
         (config,) = files_read_by(name)
         variable = secrets.config_variables(config)["METRICS_PORT"]
