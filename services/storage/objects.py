@@ -21,6 +21,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, delete, or_, select
@@ -163,11 +164,13 @@ def _read_staged(backend: Backend, key: str, limit: int) -> bytes:
 
 
 def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owner_id, upload_id,
-                  now: datetime) -> tuple[StoredObject, str | None]:
+                  now: datetime, decodes: images.DecodeGate | None = None
+                  ) -> tuple[StoredObject, str | None]:
     """Validate and re-encode what was PUT to the slot, store it as a new
     ``upload`` object. Returns the object and the staging key to delete once
     the caller has committed (None when the slot was finished before: the
-    same object again)."""
+    same object again). The bytes are read and decoded inside a turn of
+    ``decodes`` (the process's bound; 503 ``storage_busy`` past its wait)."""
     owner, uid = owner_uuid(owner_id), object_uuid(upload_id, "upload")
     slot = db.get(UploadSlot, uid, with_for_update=True)
     if slot is None or slot.owner_id != owner:
@@ -185,8 +188,11 @@ def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owne
     try:
         if info.size > settings.upload_max_bytes:
             raise images.payload_too_large(settings.upload_max_bytes)
-        data = _read_staged(backend, slot.key, settings.upload_max_bytes)
-        image = offload(images.process_upload, data, settings.max_image_pixels)
+        # nothing is read into memory before the turn comes
+        with decodes.slot() if decodes is not None else nullcontext():
+            data = _read_staged(backend, slot.key, settings.upload_max_bytes)
+            image = offload(images.process_upload, data, settings.max_image_pixels)
+            del data
     except DomainError as error:
         if error.code != "upload_missing":
             # A refused upload is not kept, not even staged; the slot stays

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from services.common.errors import DomainError
 from services.common.ids import new_id
-from services.storage import objects, retention
+from services.storage import images, objects, retention
 from services.storage.models import COMMITTED, PENDING, OwnerRetention, StoredObject, UploadSlot
 from services.storage.settings import StorageSettings
 from tests.unit.storage.conftest import NOW
@@ -385,3 +385,20 @@ def test_a_source_for_a_service_is_read_at_the_internal_address(db, backend, set
     assert view["id"] == obj.id and view["content_type"] == "image/png"
     assert view["url"] == f"memory://{obj.key}?method=GET&ttl={settings.url_ttl_seconds}&internal&type={obj.content_type}"
     assert "&internal" not in objects.view_with_url(backend, settings, obj)["url"]
+
+
+def test_an_upload_waits_for_a_decode_turn_and_is_503_when_none_comes(db, backend, settings,
+                                                                        owner, monkeypatch):
+    gate = images.DecodeGate(limit=1, wait_seconds=0.05)
+    slot = objects.create_upload_slot(db, backend, settings, owner, NOW)
+    db.commit()
+    backend.add(f"staging/{slot['upload_id']}", image_bytes())
+    decoded = []
+    monkeypatch.setattr(images, "process_upload", lambda *a, **k: decoded.append(a))
+    with gate.slot():  # another upload is decoding
+        error = refused(objects.finish_upload, db, backend, settings, owner, slot["upload_id"],
+                        NOW, gate)
+    assert (error.code, error.status) == ("storage_busy", 503)
+    assert decoded == []  # nothing read or decoded while waiting in vain
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(StoredObject)) == 0
