@@ -183,6 +183,47 @@ def replay(config: dict, queue: str, limit: int | None = None) -> int:
     return replayed
 
 
+def restamp(config: dict, queue: str) -> int:
+    """Move every dead letter there now to the back of its own queue,
+    unchanged (body, properties, headers), so that it gets the queue's TTL.
+
+    RabbitMQ stamps a message's expiry when it enters a queue: dead letters
+    queued before the ``darkroom-dead-letter-ttl`` policy existed never
+    expire, and (classic queues drop expired messages from the head only)
+    hold up the expiry of every newer one behind them. Run once after the
+    upgrade; each moved message then expires DEAD_LETTER_TTL_DAYS from now.
+    Returns how many were moved."""
+    dlq = resolve(queue)
+    amqp_uri = config["AMQP_URI"]
+    publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True, retry=False)
+    with connect(amqp_uri) as conn:
+        todo = message_count(conn, dlq)  # only what is there now: moved ones come back behind
+        channel = conn.channel()
+        moved = 0
+        try:
+            while moved < todo:
+                raw = channel.basic_get(dlq, no_ack=False)
+                if raw is None:
+                    break
+                message = channel.message_to_python(raw)
+                try:
+                    publisher.publish(
+                        message.body, exchange="", routing_key=dlq,
+                        headers=dict(message.headers or {}),
+                        content_type=message.content_type or "application/data",
+                        content_encoding=message.content_encoding or "binary",
+                    )
+                except Exception as exc:
+                    message.requeue()
+                    raise OpsError(f"moved {moved}; could not republish to {dlq!r} (the dead "
+                                   f"letter stays there): {type(exc).__name__}: {exc}") from None
+                message.ack()
+                moved += 1
+        finally:
+            channel.close()
+    return moved
+
+
 def purge(config: dict, queue: str) -> int:
     """Delete every message of a DLQ; return how many there were."""
     dlq = resolve(queue)
