@@ -140,9 +140,10 @@ class StorageService(DarkroomService):
         return c.ImageObject().dump(objects.source_view(self.store.backend, self.settings, obj))
 
     @rpc(expected_exceptions=DomainError)
-    def get_public_object(self, object_id) -> dict:
-        obj = objects.get_public(self.db, object_id, utcnow())
-        return c.PublicImageObject().dump(objects.view_with_url(self.store.backend, self.settings, obj))
+    def get_public_object(self, public_id) -> dict:
+        """A public object by its public id (the ``public_id`` its owner sees)."""
+        obj = objects.get_public(self.db, public_id, utcnow())
+        return c.PublicImageObject().dump(objects.public_view(self.store.backend, self.settings, obj))
 
     @rpc(expected_exceptions=DomainError)
     def list_objects(self, owner_id, query=None) -> dict:
@@ -154,7 +155,8 @@ class StorageService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def set_visibility(self, owner_id, object_id, payload) -> dict:
         data = load_rpc(c.SetVisibility, payload)
-        obj = objects.set_visibility(self.db, owner_id, object_id, data["visibility"], utcnow())
+        obj = objects.set_visibility(self.db, self.store.backend, owner_id, object_id,
+                                     data["visibility"], utcnow())
         self.db.commit()
         return self._url_view(obj)
 
