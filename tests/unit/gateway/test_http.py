@@ -254,7 +254,7 @@ def test_openapi_document(client):
         "/v1/me/totp/confirm": {"post"},
         "/v1/uploads": {"post"}, "/v1/images": {"get"},
         "/v1/images/{image_id}": {"get", "patch", "delete"}, "/v1/images/{image_id}/content": {"get"},
-        "/v1/public/images/{image_id}": {"get"}, "/v1/files/{key}": {"get", "put"},
+        "/v1/public/images/{public_id}": {"get"}, "/v1/files/{key}": {"get", "put"},
         "/v1/billing/balance": {"get"}, "/v1/billing/ledger": {"get"},
         "/v1/billing/plans": {"get"}, "/v1/billing/prices": {"get"},
         "/v1/billing/checkout": {"post"}, "/v1/billing/orders": {"get"},
