@@ -28,12 +28,12 @@ from services.common.errors import DomainError, invalid_request
 from services.common.ids import isoformat
 
 MAX_CURSOR_LENGTH = 200
-MAX_SEQ = 2**63 - 1  # a BIGINT
+MAX_SEQ = 2**31 - 1  # an INTEGER (the ledger's seq column): PostgreSQL refuses a larger bound
 _BASE64URL = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CURSOR_LENGTH}}}")
 # what isoformat() writes: UTC, "Z", optional microseconds
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_SEQ = re.compile(r"seq:(0|[1-9][0-9]{0,18})")
+_SEQ = re.compile(r"seq:(0|[1-9][0-9]{0,9})")
 
 
 def invalid_cursor() -> DomainError:
@@ -75,7 +75,7 @@ def encode_seq_cursor(seq: int) -> str:
 
 
 def decode_seq_cursor(cursor) -> int:
-    """The sequence number of a cursor (0 to a BIGINT's largest); 400 otherwise."""
+    """The sequence number of a cursor (0 to an INTEGER's largest); 400 otherwise."""
     match = _SEQ.fullmatch(_unpack(cursor))
     if match is None or int(match.group(1)) > MAX_SEQ:
         raise invalid_cursor()

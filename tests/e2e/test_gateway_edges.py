@@ -36,7 +36,7 @@ CRAFTED = [
     pack(f"2020-01-01|{ROW_ID}"), pack(f"99999999-01-01T00:00:00Z|{ROW_ID}"),
     pack("2020-01-01T00:00:00Z|12345678123456781234567812345678"),
     pack("2020-01-01T00:00:00Z|" + "1" * 40), pack(f"2020-01-01T00:00:00Z\x00|{ROW_ID}"),
-    pack(f"seq:{2**63}"), pack(f"seq:{10**30}"), pack("seq:-1"), pack("seq:1e9"),
+    pack(f"seq:{2**31}"), pack(f"seq:{2**63}"), pack(f"seq:{10**30}"), pack("seq:-1"), pack("seq:1e9"),
 ]
 
 

@@ -55,7 +55,7 @@ CRAFTED = [
 
 CRAFTED_SEQ = [
     "", "!!!", "é", pack("seq:"), pack("seq:-1"), pack("seq:1.5"), pack("seq:1e3"), pack("seq: 1"),
-    pack("seq:1_000"), pack("seq:01"), pack("seq:٣"), pack(f"seq:{2**63}"), pack(f"seq:{10**400}"),
+    pack("seq:1_000"), pack("seq:01"), pack("seq:٣"), pack(f"seq:{2**31}"), pack(f"seq:{2**63}"), pack(f"seq:{10**400}"),
     pack("seq:nan"), pack("seq:1\x00"), pack("SEQ:1"), pack("1"), pack(f"2020-01-01T00:00:00Z|{ROW_ID}"),
     pack(b"seq:\xff"), "a" * 300,
 ]
@@ -90,7 +90,7 @@ def test_cursors_made_here_decode_to_what_they_encode(when, row_id):
     assert decode_cursor(encode_cursor(when, row_id)) == (when, row_id)
 
 
-@given(st.integers(min_value=0, max_value=2**63 - 1))
+@given(st.integers(min_value=0, max_value=2**31 - 1))
 def test_sequence_cursors_round_trip(seq):
     assert decode_seq_cursor(encode_seq_cursor(seq)) == seq
 
@@ -113,7 +113,7 @@ def test_any_cursor_decodes_to_a_usable_pair_or_is_refused(cursor):
         assert when.tzinfo is UTC and isinstance(row_id, uuid.UUID)
         assert when.astimezone(UTC) == when  # bindable: no overflow
     seq = decoded_or_refused(decode_seq_cursor, cursor)
-    assert seq is None or 0 <= seq < 2**63
+    assert seq is None or 0 <= seq < 2**31
 
 
 # ---------------------------------------------------------------- through a query
