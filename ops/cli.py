@@ -125,6 +125,7 @@ def dlq_show(config, queue, limit, as_json, with_traceback):
             ("attempts", letter.attempts),
             ("replays", letter.replays),
             ("dead-lettered at", letter.dead_lettered_at),
+            ("expires at", letter.expires_at),
             ("original queue", letter.original_queue),
             ("correlation id", letter.correlation_id),
             ("content type", letter.content_type),

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.amqp.publish import Publisher
 
 from ops.errors import OpsError
-from ops.rabbit import connect, list_queue_names, message_count, vhost_of
+from ops.rabbit import connect, list_queue_names, message_count, queue_message_ttl, vhost_of
+from services.common.ids import isoformat, utcnow
 from services.common.messaging import (
     DLQ_PREFIX,
     ERROR_HEADER,
@@ -30,6 +32,7 @@ from services.common.messaging import (
 )
 
 CORRELATION_HEADER = "nameko.correlation_id"
+RESTAMPED_HEADER = "x-darkroom-restamped-at"  # when `dlq restamp` moved it (its TTL restarted)
 
 
 def resolve(queue: str) -> str:
@@ -77,12 +80,26 @@ class DeadLetter:
     content_type: str | None
     body: Any
     traceback: str | None = None
+    expires_at: str | None = None  # when the queue's TTL drops it (None: no TTL, or unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def describe(dlq: str, message) -> DeadLetter:
+def expiry(headers: dict, ttl_ms: int | None) -> str | None:
+    """When a dead letter expires: TTL after it entered the queue (its last
+    restamp, else when it was dead-lettered), if both are known."""
+    entered = headers.get(RESTAMPED_HEADER) or headers.get("x-darkroom-dead-lettered-at")
+    if not ttl_ms or not entered:
+        return None
+    try:
+        when = datetime.fromisoformat(str(entered).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return isoformat(when + timedelta(milliseconds=ttl_ms)) if when.tzinfo else None
+
+
+def describe(dlq: str, message, ttl_ms: int | None = None) -> DeadLetter:
     headers = dict(message.headers or {})
     raw = raw_body(message)
     body: Any
@@ -102,6 +119,7 @@ def describe(dlq: str, message) -> DeadLetter:
         content_type=message.content_type,
         body=body,
         traceback=headers.get(TRACEBACK_HEADER) or None,
+        expires_at=expiry(headers, ttl_ms),
     )
 
 
@@ -123,6 +141,7 @@ def list_dlqs(config: dict) -> list[tuple[str, int]]:
 def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
     """Peek at up to ``limit`` dead letters; they all stay in the queue."""
     dlq = resolve(queue)
+    ttl_ms = queue_message_ttl(config["RABBIT_MANAGEMENT_URL"], vhost_of(config["AMQP_URI"]), dlq)
     with connect(config["AMQP_URI"]) as conn:
         message_count(conn, dlq)  # exists?
         channel = conn.channel()
@@ -132,7 +151,7 @@ def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
                 message = channel.basic_get(dlq, no_ack=False)
                 if message is None:
                     break
-                letters.append(describe(dlq, channel.message_to_python(message)))
+                letters.append(describe(dlq, channel.message_to_python(message), ttl_ms))
         finally:
             # unacked messages go back to the queue, in their order
             channel.basic_recover(requeue=True)
@@ -185,7 +204,8 @@ def replay(config: dict, queue: str, limit: int | None = None) -> int:
 
 def restamp(config: dict, queue: str) -> int:
     """Move every dead letter there now to the back of its own queue,
-    unchanged (body, properties, headers), so that it gets the queue's TTL.
+    unchanged (body, properties, headers; ``x-darkroom-restamped-at`` added),
+    so that it gets the queue's TTL.
 
     RabbitMQ stamps a message's expiry when it enters a queue: dead letters
     queued before the ``darkroom-dead-letter-ttl`` policy existed never
@@ -209,7 +229,8 @@ def restamp(config: dict, queue: str) -> int:
                 try:
                     publisher.publish(
                         message.body, exchange="", routing_key=dlq,
-                        headers=dict(message.headers or {}),
+                        headers={**(message.headers or {}),
+                                 RESTAMPED_HEADER: isoformat(utcnow())},
                         content_type=message.content_type or "application/data",
                         content_encoding=message.content_encoding or "binary",
                     )

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -284,14 +285,25 @@ def test_dead_letters_expire_after_the_ttl_even_those_there_before_the_policy(ma
         assert queued(conn, "dlq.broker") == 0  # dropped, not dead-lettered anywhere else
 
 
-def test_dead_letters_are_kept_14_days_by_default(broker):
+def test_dead_letters_are_kept_14_days_by_default_and_ops_shows_when_they_expire(broker):
     amqp_uri, vhost, management_url = broker
+    failed_queue = "evt-probe-poked--default.on_poked"
     with Connection(amqp_uri) as conn:
-        dead_letter_queue("evt-probe-poked--default.on_poked")(conn.default_channel).declare()
-    wait_for(lambda: queue_info(management_url, vhost, "dlq.evt-probe-poked--default.on_poked")
+        dead_letter_queue(failed_queue)(conn.default_channel).declare()
+        conn.default_channel.basic_publish(
+            conn.default_channel.prepare_message(
+                b"{}", content_type="application/json",
+                headers={"x-darkroom-dead-lettered-at": "2026-01-01T00:00:00Z"}),
+            exchange=DEAD_LETTER_EXCHANGE, routing_key=failed_queue)
+    wait_for(lambda: queue_info(management_url, vhost, dlq_name(failed_queue))
              .get("effective_policy_definition") == {"message-ttl": 14 * 86_400_000}, 30,
              what="the default TTL policy")
     assert queue_info(management_url, vhost, "dlq.broker")["policy"] == "darkroom-dead-letter-ttl"
+    env = base_env(AMQP_URI=amqp_uri, RABBIT_MANAGEMENT_URL=management_url)
+    shown = subprocess.run([OPS, "dlq", "show", failed_queue, "--json"], env=env,
+                           capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)[0]["expires_at"] == "2026-01-15T00:00:00Z"
 
 
 # ------------------------------------------------------------------ migrations
