@@ -12,6 +12,7 @@ once the broker confirmed the publish.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -159,47 +160,58 @@ def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
         return letters
 
 
-def replay(config: dict, queue: str, limit: int | None = None) -> int:
-    """Replay up to ``limit`` dead letters (all that are there now if None);
-    return how many were replayed."""
-    dlq = resolve(queue)
+def _republish(config: dict, dlq: str, limit: int | None, verb: str,
+               target: Callable[[Any], str], headers: Callable[[Any], dict]) -> int:
+    """Take the dead letters there now (at most ``limit``), publish each again
+    to the default exchange under ``target(message)`` with ``headers(message)``
+    and its body and content type, and ack it only once the broker confirmed;
+    a failed publish puts it back and stops. Returns how many were moved."""
     amqp_uri = config["AMQP_URI"]
     publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True, retry=False)
     with connect(amqp_uri) as conn:
-        # Only what is there now: a replay that fails again comes back to the
-        # DLQ and must not be replayed in a loop.
+        # Only what is there now: a message that comes back (a replay failing
+        # again, a restamped one) must not be taken again in a loop.
         todo = message_count(conn, dlq)
         if limit is not None:
             todo = min(todo, limit)
         channel = conn.channel()
-        replayed = 0
+        done = 0
         try:
-            while replayed < todo:
+            while done < todo:
                 raw = channel.basic_get(dlq, no_ack=False)
                 if raw is None:
                     break
                 message = channel.message_to_python(raw)
-                target = original_queue(dlq, message.headers or {})
+                to = target(message)
                 try:
                     publisher.publish(
                         message.body,
                         exchange="",
-                        routing_key=target,
-                        headers=replay_headers(message.headers),
+                        routing_key=to,
+                        headers=headers(message),
                         content_type=message.content_type or "application/data",
                         content_encoding=message.content_encoding or "binary",
                     )
                 except Exception as exc:
                     message.requeue()
                     raise OpsError(
-                        f"replayed {replayed}; could not republish to {target!r} "
+                        f"{verb} {done}; could not republish to {to!r} "
                         f"(the dead letter stays in {dlq}): {type(exc).__name__}: {exc}"
                     ) from None
                 message.ack()
-                replayed += 1
+                done += 1
         finally:
             channel.close()
-    return replayed
+    return done
+
+
+def replay(config: dict, queue: str, limit: int | None = None) -> int:
+    """Replay up to ``limit`` dead letters (all that are there now if None) to
+    the queue that failed each; return how many were replayed."""
+    dlq = resolve(queue)
+    return _republish(config, dlq, limit, "replayed",
+                      target=lambda message: original_queue(dlq, message.headers or {}),
+                      headers=lambda message: replay_headers(message.headers))
 
 
 def restamp(config: dict, queue: str) -> int:
@@ -214,35 +226,9 @@ def restamp(config: dict, queue: str) -> int:
     upgrade; each moved message then expires DEAD_LETTER_TTL_DAYS from now.
     Returns how many were moved."""
     dlq = resolve(queue)
-    amqp_uri = config["AMQP_URI"]
-    publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True, retry=False)
-    with connect(amqp_uri) as conn:
-        todo = message_count(conn, dlq)  # only what is there now: moved ones come back behind
-        channel = conn.channel()
-        moved = 0
-        try:
-            while moved < todo:
-                raw = channel.basic_get(dlq, no_ack=False)
-                if raw is None:
-                    break
-                message = channel.message_to_python(raw)
-                try:
-                    publisher.publish(
-                        message.body, exchange="", routing_key=dlq,
-                        headers={**(message.headers or {}),
-                                 RESTAMPED_HEADER: isoformat(utcnow())},
-                        content_type=message.content_type or "application/data",
-                        content_encoding=message.content_encoding or "binary",
-                    )
-                except Exception as exc:
-                    message.requeue()
-                    raise OpsError(f"moved {moved}; could not republish to {dlq!r} (the dead "
-                                   f"letter stays there): {type(exc).__name__}: {exc}") from None
-                message.ack()
-                moved += 1
-        finally:
-            channel.close()
-    return moved
+    return _republish(config, dlq, None, "moved", target=lambda message: dlq,
+                      headers=lambda message: {**(message.headers or {}),
+                                               RESTAMPED_HEADER: isoformat(utcnow())})
 
 
 def purge(config: dict, queue: str) -> int:
