@@ -37,8 +37,6 @@ adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from services.billing.models import (
 )
 from services.common.errors import DomainError, conflict, invalid_request
 from services.common.ids import new_id
+from services.common.pagination import decode_seq_cursor, encode_seq_cursor
 
 log = logging.getLogger(__name__)
 
@@ -397,31 +396,15 @@ def view(entry: LedgerEntry) -> dict:
     }
 
 
-def _encode_seq(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_seq(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, seq = raw.partition(":")
-        if prefix != "seq":
-            raise ValueError(cursor)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid_request("the cursor is not valid",
-                              fields={"cursor": ["Not a valid cursor."]}) from None
-
-
 def list_entries(db: Session, user_id: uuid.UUID, limit: int,
                  cursor: str | None) -> tuple[list[LedgerEntry], str | None]:
     """A page of the user's entries, newest first. Keyed on the entry's
     sequence number: entries written in one transaction share a time."""
     stmt = select(LedgerEntry).where(LedgerEntry.user_id == user_id)
     if cursor:
-        stmt = stmt.where(LedgerEntry.seq < _decode_seq(cursor))
+        stmt = stmt.where(LedgerEntry.seq < decode_seq_cursor(cursor))
     rows = list(db.scalars(stmt.order_by(LedgerEntry.seq.desc()).limit(limit + 1)))
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, _encode_seq(rows[-1].seq)
+    return rows, encode_seq_cursor(rows[-1].seq)
