@@ -76,16 +76,20 @@ def export_part(request_id, service: str, data: dict, about: str, withheld=(),
 
 def erasure_result(request_id, service: str, started_at: datetime, finished_at: datetime,
                    tables: dict[str, int], rows_pseudonymised: int = 0, objects_deleted: int = 0,
-                   bytes_deleted: int = 0) -> dict:
+                   bytes_deleted: int = 0, recheck: bool = False) -> dict:
     """The payload of ``<service>.erasure_completed``: rows deleted per table
     (their sum is ``rows_deleted``), rows kept but pseudonymised, objects and
-    bytes removed from the object store."""
+    bytes removed from the object store; ``recheck`` when it answers the
+    request's second asking (``privacy.erasure_requested`` with ``recheck``)."""
     tables = {str(name): int(count) for name, count in tables.items()}
-    return {"request_id": str(request_id), "service": service,
-            "rows_deleted": sum(tables.values()), "rows_pseudonymised": int(rows_pseudonymised),
-            "objects_deleted": int(objects_deleted), "bytes_deleted": int(bytes_deleted),
-            "tables": tables, "started_at": isoformat(started_at),
-            "finished_at": isoformat(finished_at)}
+    result = {"request_id": str(request_id), "service": service,
+              "rows_deleted": sum(tables.values()), "rows_pseudonymised": int(rows_pseudonymised),
+              "objects_deleted": int(objects_deleted), "bytes_deleted": int(bytes_deleted),
+              "tables": tables, "started_at": isoformat(started_at),
+              "finished_at": isoformat(finished_at)}
+    if recheck:
+        result["recheck"] = True
+    return result
 
 
 def store_through_storage(storage, user_id, request_id, http=requests,

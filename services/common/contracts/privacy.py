@@ -180,6 +180,8 @@ class ErasureCompleted(EventSchema):
     tables = fields.Dict(keys=fields.String(), values=fields.Integer(), load_default=dict)
     started_at = fields.AwareDateTime(required=True)
     finished_at = fields.AwareDateTime(required=True)
+    # the answer to the second asking of an erasure (generation's recheck)
+    recheck = fields.Boolean(load_default=False)
 
 
 # One event name per answering service (privacy records its own part directly).
