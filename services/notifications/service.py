@@ -75,6 +75,12 @@ class NotificationsService(DarkroomService):
         """The archive is ready: where to download it, until when."""
         self._deliver("export_ready", event, find_recipient=self._address_of)
 
+    @event_handler("privacy", "erasure_scheduled")
+    def erasure_scheduled(self, event: dict) -> None:
+        """The erasure waits out its grace period: when it starts, and the
+        single-use link that cancels it."""
+        self._deliver("erasure_scheduled", event, find_recipient=self._address_of)
+
     # ------------------------------------------------------------ privacy
 
     @event_handler("privacy", "export_requested")
