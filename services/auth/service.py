@@ -370,7 +370,9 @@ class AuthService(DarkroomService):
         if self.name not in event["services"]:
             return
         started = utcnow()
+        email = privacy_data.email_of(self.db, event["user_id"])  # before it is gone
         tables = privacy_data.erase(self.db, self.settings, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"], email)
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables))
         self.db.commit()

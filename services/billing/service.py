@@ -278,6 +278,7 @@ class BillingService(DarkroomService):
         deleted, pseudonymised = retention.erase_user_tables(
             self.db, self.settings, event["user_id"], started)
         deleted.update(privacy_data.erase(self.db, event["user_id"]))
+        deleted["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), deleted,
             rows_pseudonymised=sum(pseudonymised.values())))

@@ -183,6 +183,7 @@ class GenerationService(DarkroomService):
             return
         started = utcnow()
         tables = privacy_data.erase(self.db, event["user_id"], started, event["recheck"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables,
             recheck=event["recheck"]))

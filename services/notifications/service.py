@@ -98,6 +98,7 @@ class NotificationsService(DarkroomService):
             return
         started = utcnow()
         tables = privacy_data.erase(self.db, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables))
         self.db.commit()

@@ -264,6 +264,7 @@ class PrivacyService(DarkroomService):
             return
         started = utcnow()
         tables = own_data.erase(self.db, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         result = parts.erasure_result(event["request_id"], "privacy", started, utcnow(), tables)
         self._erasure_part({**result, "started_at": started, "finished_at": utcnow()})
 
