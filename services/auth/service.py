@@ -17,9 +17,17 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
-from services.auth import accounts, keys, lookup, retention, sessions, verification, webhooks
+from services.auth import (
+    accounts,
+    keys,
+    lookup,
+    reauth,
+    retention,
+    sessions,
+    verification,
+    webhooks,
+)
 from services.auth import privacy as privacy_data
-from services.auth import reauth
 from services.auth.errors import RecordedFailure, email_taken
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings

@@ -13,8 +13,8 @@ from gateway.app import create_app
 from gateway.rpc import ServiceUnavailable
 from services.common.errors import DomainError, not_found
 from tests.unit.gateway.conftest import (
-    BASE_CONFIG,
     API_KEY,
+    BASE_CONFIG,
     BEARER,
     NOW,
     USER_ID,
