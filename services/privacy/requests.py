@@ -562,8 +562,9 @@ def cancel(db: Session, user_id: uuid.UUID, request_id, now: datetime, dispatch:
     request = get_for_user(db, user_id, request_id)
     if credential_type != "session":
         raise session_required()
-    return _cancel(db, db.get(PrivacyRequest, request.id, with_for_update=True), now, dispatch,
-                   "by the user")
+    # locked and read again: the timer may be revoking the credentials right now
+    locked = db.get(PrivacyRequest, request.id, with_for_update=True, populate_existing=True)
+    return _cancel(db, locked, now, dispatch, "by the user")
 
 
 def cancel_with_token(db: Session, request_id, token: str, now: datetime,
