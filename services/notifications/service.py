@@ -16,6 +16,7 @@ accounts that opted in and are not restricted; security mail always goes out.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nameko.dependency_providers import Config
@@ -33,6 +34,8 @@ from services.notifications import notify
 from services.notifications import privacy as privacy_data
 from services.notifications.mailer import MailerProvider
 from services.notifications.models import outbox
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -105,8 +108,10 @@ class NotificationsService(DarkroomService):
 
     @event_handler("privacy", "consent_changed")
     def consent_changed(self, event: dict) -> None:
-        privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
-                                     event["occurred_at"])
+        if not privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
+                                            event["occurred_at"]):
+            log.info("consent event %s changed nothing (older, or the account is erased)",
+                     event["event_id"])
         self.db.commit()
 
     @event_handler("privacy", "restriction_changed")
