@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from services.billing import saga
 from services.billing.models import ErasurePending
 from services.billing.settings import BillingSettings
+from services.common.privacy_parts import record_newest
 
 
 def _uuid(value) -> uuid.UUID:
@@ -29,16 +30,7 @@ def _uuid(value) -> uuid.UUID:
 def apply_erasure_pending(db: Session, user_id, pending: bool, at: datetime) -> bool:
     """Record ``privacy.erasure_scheduled`` (True) or ``erasure_cancelled``
     (False) unless a newer one was; the caller commits."""
-    uid = _uuid(user_id)
-    row = db.get(ErasurePending, uid, with_for_update=True)
-    if row is None:
-        db.add(ErasurePending(user_id=uid, pending=bool(pending), changed_at=at))
-    elif row.changed_at > at:
-        return False
-    else:
-        row.pending, row.changed_at = bool(pending), at
-    db.flush()
-    return True
+    return record_newest(db, ErasurePending, user_id, "pending", pending, at)
 
 
 def erasure_pending(db: Session, user_id) -> bool:

@@ -11,6 +11,8 @@ decides *what* it exports or erases; this decides how the answer travels).
   counts per table and times, never personal data.
 - :func:`store_through_storage`: the storing of a big part, for services
   that reach storage by RPC.
+- :func:`record_newest`: a service's copy of a per-user privacy state
+  (restricted, erasure pending) from the privacy service's events.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import requests
+from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import PART_INLINE_MAX_BYTES
 from services.common.ids import isoformat
@@ -108,3 +111,21 @@ def store_through_storage(storage, user_id, request_id, http=requests,
         return str(slot["object_id"])
 
     return store
+
+
+def record_newest(db: Session, model, user_id, field: str, value: bool, at: datetime) -> bool:
+    """Set ``field`` of the user's ``model`` row (primary key ``user_id``,
+    and ``changed_at``) from an event of time ``at``, unless a newer event
+    was recorded (events may arrive out of order); False then. The caller
+    commits."""
+    uid = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+    row = db.get(model, uid, with_for_update=True)
+    if row is None:
+        db.add(model(user_id=uid, changed_at=at, **{field: bool(value)}))
+    elif row.changed_at > at:
+        return False
+    else:
+        setattr(row, field, bool(value))
+        row.changed_at = at
+    db.flush()
+    return True

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from services.common.errors import forbidden
 from services.common.ids import isoformat
+from services.common.privacy_parts import record_newest
 from services.generation.models import (
     RUNNING,
     ErasurePending,
@@ -73,16 +74,7 @@ def check_not_restricted(db: Session, user_id) -> None:
 
 def apply_restriction(db: Session, user_id, restricted: bool, at: datetime) -> bool:
     """Record a ``privacy.restriction_changed`` unless a newer one was; the caller commits."""
-    uid = _uuid(user_id)
-    row = db.get(RestrictedUser, uid, with_for_update=True)
-    if row is None:
-        db.add(RestrictedUser(user_id=uid, restricted=bool(restricted), changed_at=at))
-    elif row.changed_at > at:
-        return False
-    else:
-        row.restricted, row.changed_at = bool(restricted), at
-    db.flush()
-    return True
+    return record_newest(db, RestrictedUser, user_id, "restricted", restricted, at)
 
 
 # ---------------------------------------------------------------- pending erasure
@@ -99,16 +91,7 @@ def check_no_erasure_pending(db: Session, user_id) -> None:
 def apply_erasure_pending(db: Session, user_id, pending: bool, at: datetime) -> bool:
     """Record ``privacy.erasure_scheduled`` (True) or ``erasure_cancelled``
     (False) unless a newer one was; the caller commits."""
-    uid = _uuid(user_id)
-    row = db.get(ErasurePending, uid, with_for_update=True)
-    if row is None:
-        db.add(ErasurePending(user_id=uid, pending=bool(pending), changed_at=at))
-    elif row.changed_at > at:
-        return False
-    else:
-        row.pending, row.changed_at = bool(pending), at
-    db.flush()
-    return True
+    return record_newest(db, ErasurePending, user_id, "pending", pending, at)
 
 
 # ---------------------------------------------------------------- export and erasure
