@@ -279,7 +279,9 @@ class RequestView(RpcSchema):
     due_at = fields.AwareDateTime(required=True)
     overdue = fields.Boolean(required=True)
     starts_at = fields.AwareDateTime(
-        allow_none=True, metadata={"description": "an erasure: when it starts (cancellable until then)"})
+        allow_none=True, metadata={"description": "an erasure: the end of its grace period "
+                                                  "(cancellable until then); every credential "
+                                                  "is revoked then and it runs shortly after"})
     completed_at = fields.AwareDateTime(allow_none=True)
     cancelled_at = fields.AwareDateTime(allow_none=True)
     parts = fields.List(fields.Nested(PartView), required=True)
