@@ -116,4 +116,7 @@ def retention_items() -> list[dict]:
         {"data": "marketing preference (mirrored from the privacy service)",
          "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
+        {"data": "erased accounts (a SHA-256 digest of the id: nothing is written for them "
+                 "again)", "kept": "indefinitely; it holds nothing about the person",
+         "days": None, "enforced_by": "written by the erasure"},
     ]
