@@ -116,8 +116,8 @@ def session_required() -> DomainError:
 
 
 def check_erasure_caller(credential_type: str | None, password: str | None) -> None:
-    """An erasure (and its cancellation without the link) is asked with a
-    session, never an API key (403 ``session_required``), and carries the
+    """An erasure is asked with a session, never an API key (403
+    ``session_required``: a leaked key cannot erase the account), and carries the
     account's password (401 ``reauthentication_required``; auth checks it,
     and the TOTP code when two-factor sign-in is on)."""
     if credential_type != "session":
@@ -299,12 +299,11 @@ def advance(db: Session, settings: PrivacySettings, request: PrivacyRequest, now
     current = _phase_parts(request, parts, request.phase)
     if not current or any(p.status != "completed" for p in current):
         return None
-    if request.type == "erasure" and request.phase < RECHECK_PHASE:
-        # the next phase, or after the last one generation once more: a job
-        # submitted while the erasure ran is erased before the certificate
-        _start_phase(db, request, request.phase + 1, now, dispatch)
-        return "phase"
-    if any(p.phase > request.phase for p in parts):
+    # the next phase; after an erasure's last one, generation once more (a job
+    # submitted while the erasure ran is erased before the certificate)
+    more = (request.phase < RECHECK_PHASE if request.type == "erasure"
+            else any(p.phase > request.phase for p in parts))
+    if more:
         _start_phase(db, request, request.phase + 1, now, dispatch)
         return "phase"
     if request.type == "erasure":
