@@ -29,6 +29,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Index,
     Integer,
     MetaData,
@@ -237,5 +238,18 @@ class ErasedAccount(Base):
 
 
 # Events consumed (idempotency on event id) and events waiting to be published.
+class ErasurePending(Base):
+    """An erasure of the account asked for and not cancelled, as of the
+    newest ``privacy.erasure_scheduled`` / ``privacy.erasure_cancelled``:
+    while ``pending`` no credit is held for a job (the job is refused as
+    not payable). Deleted with the account's other rows at the erasure."""
+
+    __tablename__ = "erasure_pending"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    pending: Mapped[bool] = mapped_column(Boolean, default=True)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 processed_events = processed_events_table(Base.metadata)
 outbox = outbox_table(Base.metadata)

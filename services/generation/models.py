@@ -149,6 +149,20 @@ class RestrictedUser(Base):
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class ErasurePending(Base):
+    """An erasure of the account asked for and not cancelled, as of the
+    newest ``privacy.erasure_scheduled`` / ``privacy.erasure_cancelled``:
+    while ``pending``, ``submit`` refuses new jobs (403 ``erasure_pending``).
+    The erasure keeps the row (and sets it) until its recheck, when the
+    account is gone."""
+
+    __tablename__ = "erasure_pending"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    pending: Mapped[bool] = mapped_column(default=True)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 # Events consumed (idempotency on event id) and events waiting to be published.
 processed_events = processed_events_table(Base.metadata)
 outbox = outbox_table(Base.metadata)

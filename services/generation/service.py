@@ -105,6 +105,7 @@ class GenerationService(DarkroomService):
             data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
         user = jobs.as_uuid(user_id, "user")
         privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
+        privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
         digest = jobs.request_hash(data)
@@ -160,6 +161,17 @@ class GenerationService(DarkroomService):
                                        event["occurred_at"])
         self.db.commit()
 
+    @event_handler("privacy", "erasure_scheduled")
+    def privacy_erasure_scheduled(self, event: dict) -> None:
+        """No new job while the erasure's grace period runs."""
+        privacy_data.apply_erasure_pending(self.db, event["user_id"], True, event["occurred_at"])
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_cancelled")
+    def privacy_erasure_cancelled(self, event: dict) -> None:
+        privacy_data.apply_erasure_pending(self.db, event["user_id"], False, event["occurred_at"])
+        self.db.commit()
+
     @event_handler("privacy", "export_requested")
     def privacy_export_requested(self, event: dict) -> None:
         if self.name not in event["services"]:
@@ -174,13 +186,16 @@ class GenerationService(DarkroomService):
     @event_handler("privacy", "erasure_requested")
     def privacy_erasure_requested(self, event: dict) -> None:
         """Jobs, deliveries and restriction deleted; retried while a job of
-        the user runs (privacy erases everything else only after this)."""
+        the user runs (privacy erases everything else only after this, then
+        asks again: ``recheck``)."""
         if self.name not in event["services"]:
             return
         started = utcnow()
-        tables = privacy_data.erase(self.db, event["user_id"])
+        tables = privacy_data.erase(self.db, event["user_id"], started, event["recheck"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), tables))
+            event["request_id"], self.name, started, utcnow(), tables,
+            recheck=event["recheck"]))
         self.db.commit()
         log.info("user's jobs erased", extra={"request_id": str(event["request_id"]),
                                               "jobs": tables["jobs"]})

@@ -211,6 +211,7 @@ class StorageService(DarkroomService):
             return
         started = utcnow()
         erased = objects.erase_user_tables(self.db, self.store.backend, event["user_id"])
+        erased["tables"]["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), erased["tables"],
             objects_deleted=erased["objects"], bytes_deleted=erased["bytes"]))

@@ -660,3 +660,30 @@ def test_export_and_erase_with_pseudonymised_payments(billing):
     late = request_job(billing, user, 1)["job_id"]
     billing.tap.wait("credits_insufficient", job_id=late)
     assert sql(billing, "SELECT count(*) FROM accounts WHERE user_id = :u", u=uid).scalar() == 0
+
+
+def test_no_credit_is_held_while_an_erasure_is_pending(billing):
+    """privacy.erasure_scheduled: a job is refused as not payable, nothing is
+    spent; privacy.erasure_cancelled: holds again."""
+    user = new_user(billing)
+    for event_type in ("erasure_scheduled", "erasure_cancelled"):
+        wait_consuming(billing.amqp_uri, f"evt-privacy-{event_type}--billing.privacy_{event_type}",
+                       billing.proc)
+    request_id = str(uuid.uuid4())
+    publish(billing.amqp_uri, "privacy", "erasure_scheduled", {
+        "request_id": request_id, "user_id": user, "starts_at": "2026-12-06T09:00:00Z",
+        "cancel_token": "t" * 43})
+    pending = "SELECT pending FROM erasure_pending WHERE user_id = :u"
+    wait_for(lambda: sql(billing, pending, u=uuid.UUID(user)).scalar() is True, 20, 0.1,
+             "the pending erasure recorded")
+    job = request_job(billing, user, 5)["job_id"]
+    [short] = billing.tap.wait("credits_insufficient", job_id=job)
+    assert (short["required"], short["available"]) == (5, 0)
+    assert not billing.tap.of("credits_reserved", job_id=job)
+    assert [e["kind"] for e in entries(billing, user)] == ["grant"]
+    assert billing.rpc.get_balance(user)["available"] == 50
+    publish(billing.amqp_uri, "privacy", "erasure_cancelled",
+            {"request_id": request_id, "user_id": user})
+    wait_for(lambda: sql(billing, pending, u=uuid.UUID(user)).scalar() is False, 20, 0.1,
+             "the cancellation recorded")
+    reserved(billing, user, 5)

@@ -236,3 +236,13 @@ class AdminChanged(RpcSchema):
     user_id = fields.UUID(required=True)
     is_admin = fields.Boolean(required=True)
     otpauth_uri = fields.String(allow_none=True, required=True)
+
+
+class Reauthenticate(RpcSchema):
+    """``auth.reauthenticate``: a signed-in user proves again who they are
+    (the password, and the TOTP code when two-factor sign-in is on) before
+    an irreversible act, an erasure."""
+
+    user_id = fields.UUID(required=True)
+    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+    totp_code = fields.String(allow_none=True, load_default=None, validate=_code)

@@ -264,6 +264,7 @@ def test_openapi_document(client):
         "/v1/generations/{job_id}": {"get", "delete"}, "/v1/generations/{job_id}/events": {"get"},
         "/v1/privacy/requests": {"get", "post"},
         "/v1/privacy/requests/{request_id}": {"get", "delete"},
+        "/v1/privacy/requests/{request_id}/cancel": {"post"},
         "/v1/privacy/certificates/{request_id}": {"get"}, "/v1/privacy/consents": {"get", "put"},
         "/v1/privacy/policy": {"get"}, "/v1/privacy/policy/accept": {"post"},
         "/v1/privacy/retention": {"get"},
