@@ -1,7 +1,7 @@
-"""erasure pending (privacy: no credit held while an erasure of the account is pending)
+"""erasure pending (privacy: no new job while an erasure of the account is pending)
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from services.common.db import UtcDateTime
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,4 +1,4 @@
-"""erasure pending (privacy: no new job while an erasure of the account is pending)
+"""erasure pending (privacy: no credit held while an erasure of the account is pending)
 
 Revision ID: 0003
 Revises: 0002
