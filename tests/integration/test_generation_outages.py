@@ -64,7 +64,9 @@ def stack(make_vhost, make_database, start_process, s3_endpoint):
         GENERATION_OPENAI_API_KEY=API_KEY, GENERATION_OPENAI_TIMEOUT_S=120,
         GENERATION_ROUTE_TEXT_TO_IMAGE="openai", GENERATION_RETRY_ATTEMPTS=1,
         GENERATION_INFRA_RETRY_SECONDS=INFRA_RETRY_SECONDS,
-        GENERATION_RPC_TIMEOUT_SECONDS=RPC_TIMEOUT_SECONDS, GENERATION_LEASE_SECONDS=6,
+        GENERATION_RPC_TIMEOUT_SECONDS=RPC_TIMEOUT_SECONDS,
+        # renewed every 3 s: a loaded CI machine must not let it lapse by a late renewal
+        GENERATION_LEASE_SECONDS=9,
         GENERATION_WEBHOOK_ALLOW="127.0.0.1"))
 
     def start_storage():

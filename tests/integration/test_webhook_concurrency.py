@@ -58,7 +58,15 @@ def test_replicas_taking_due_rows_at_once_never_take_the_same_one(factory):
     assert not [r for r in results if isinstance(r, Exception)], results
     taken = [i for r in results for i in r]
     assert len(taken) == len(set(taken))  # no row twice
-    assert set(taken) <= ids and len(taken) == 24  # each replica took a share, all were due
+    assert set(taken) <= ids and len(taken) >= 12  # the replicas shared the work
+    # A replica skips rows another one holds, so a round may leave a few for
+    # the next tick; the next rounds take exactly those (the taken stay leased).
+    for _ in range(5):
+        more = take(None)
+        if not more:
+            break
+        taken += more
+    assert len(taken) == len(set(taken)) and set(taken) == ids
 
 
 def test_failures_of_one_receiver_recorded_at_once_all_count(factory):
