@@ -74,27 +74,34 @@ class AuthService(DarkroomService):
 
     @rpc(expected_exceptions=DomainError)
     def register(self, payload, client_ip=None, user_agent=None) -> dict:
+        """The same answer whether or not the address has an account (the
+        owner of one is told by mail); never an API key."""
         data = load_rpc(c.Register, payload)
         client_ip = _string_or_none(client_ip, "client_ip")
-        with self._unique_conflict(email_taken()):
-            created = accounts.register(
-                self.db,
-                self.settings,
-                data["email"],
-                data["password"],
-                data.get("display_name"),
-                client_ip,
-                utcnow(),
-            )
-            user = created.user
-            self.dispatch(
-                "user_registered",
-                {"user_id": str(user.id), "email": user.email, "display_name": user.display_name},
-            )
-            self.dispatch("email_verification_requested", created.verification)
-            self.db.commit()
-        log.info("user registered", extra={"user_id": str(user.id)})
-        return c.Registered().dump({"user": user, "api_key": created.api_key})
+        for attempt in (1, 2):
+            try:
+                created = accounts.register(
+                    self.db,
+                    self.settings,
+                    data["email"],
+                    data["password"],
+                    data.get("display_name"),
+                    client_ip,
+                    utcnow(),
+                )
+                for event_type, event in created.events:
+                    self.dispatch(event_type, event)
+                self.db.commit()
+                break
+            except IntegrityError:
+                # A registration of the same address at the same moment won:
+                # once more, and it is an address that has an account.
+                self.db.rollback()
+                if attempt == 2:
+                    raise
+        log.info("registration answered", extra={"new_account": any(
+            kind == "user_registered" for kind, _ in created.events)})
+        return c.Registered().dump({"user": created.user, "api_key": None})
 
     @rpc(expected_exceptions=DomainError)
     def verify_email(self, payload) -> dict:
@@ -122,18 +129,24 @@ class AuthService(DarkroomService):
         data = load_rpc(c.Login, payload)
         client_ip = _string_or_none(client_ip, "client_ip")
         user_agent = _string_or_none(user_agent, "user_agent")
+        now = utcnow()
+        # The attempt is counted (and committed) before the password is
+        # checked: parallel guesses cannot get past the lockout.
+        subjects = sessions.begin_login(self.db, self.settings, data["email"], client_ip, now)
+        self.db.commit()
         for attempt in (1, 2):
             try:
                 with self._recording_failures():
                     result = sessions.login(
                         self.db,
                         self.settings,
+                        subjects,
                         data["email"],
                         data["password"],
                         data.get("totp_code"),
                         client_ip,
                         user_agent,
-                        utcnow(),
+                        now,
                     )
                 if result.suspicious_login is not None:
                     self.dispatch("suspicious_login", result.suspicious_login)
@@ -205,11 +218,14 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def confirm_password_reset(self, payload) -> None:
         data = load_rpc(c.ConfirmPasswordReset, payload)
-        user = accounts.confirm_password_reset(
+        changed = accounts.confirm_password_reset(
             self.db, data["token"], data["new_password"], utcnow()
         )
+        self.dispatch("password_changed", changed)
         self.db.commit()
-        log.info("password reset; every session revoked", extra={"user_id": str(user.id)})
+        log.info("password reset; every session and API key revoked",
+                 extra={"user_id": changed["user_id"], "sessions": changed["sessions"],
+                        "api_keys": changed["api_keys"]})
         return None
 
     # ------------------------------------------------------------ profile
@@ -226,12 +242,19 @@ class AuthService(DarkroomService):
         return c.User().dump(user)
 
     @rpc(expected_exceptions=DomainError)
-    def request_email_change(self, user_id, payload) -> None:
+    def request_email_change(self, user_id, payload, client_ip=None) -> None:
         data = load_rpc(c.ChangeEmail, payload)
+        client_ip = _string_or_none(client_ip, "client_ip")
         user = lookup.get_user(self.db, user_id)
-        event = accounts.request_email_change(
-            self.db, self.settings, user, data["new_email"], data["password"], utcnow()
-        )
+        lookup.ensure_verified(user)  # 403 email_unverified, before an attempt is taken
+        now = utcnow()
+        # The password is a guess like a login's: counted first, committed.
+        subjects = sessions.begin_login(self.db, self.settings, user.email, client_ip, now)
+        self.db.commit()
+        with self._recording_failures():
+            event = accounts.request_email_change(
+                self.db, self.settings, user, data["new_email"], data["password"], subjects, now
+            )
         if event is not None:
             self.dispatch("email_verification_requested", event)
         self.db.commit()
@@ -322,7 +345,8 @@ class AuthService(DarkroomService):
         self.db.commit()
         log.warning(
             "admin %s", "granted" if is_admin else "withdrawn",
-            extra={"user_id": str(changed["user_id"]), "totp_enrolled": bool(changed["otpauth_uri"])},
+            extra={"user_id": str(changed["user_id"]), "totp_enrolled": bool(changed["otpauth_uri"]),
+                   "api_keys_revoked": changed["api_keys_revoked"]},
         )
         return c.AdminChanged().dump(changed)
 

@@ -27,22 +27,34 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.db import claim_event
+from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
+from services.common.sealed import Sealer, UnreadableSecret
 from services.notifications.mailer import Mailer
 from services.notifications.models import Notification, processed_events
 from services.notifications.render import build_message, render, reset_url
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("email_verification", "password_reset", "suspicious_login", "receipt", "refund",
-             "export_ready", "news")
+TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup_attempted",
+             "suspicious_login", "receipt", "refund", "export_ready", "news")
 
 
-def template_context(template: str, event: dict, mail_settings: dict) -> dict:
+def template_context(template: str, event: dict, mail_settings: dict,
+                     sealer: Sealer | None = None) -> dict:
+    """What ``template`` is rendered with: the event, the app's base URL, and
+    the secret the event carries sealed, opened (``code``, ``reset_url``).
+    A secret that cannot be opened (``MAIL_SECRETS_KEY`` differs from auth's)
+    is NonRetryable: the event is dead-lettered at once, still sealed."""
     base_url = str(mail_settings.get("APP_BASE_URL") or "").rstrip("/")
     context = {**event, "app_base_url": base_url}
-    if template == "password_reset":
-        context["reset_url"] = reset_url(base_url, event["token"])
+    try:
+        if "sealed_code" in event:
+            context["code"] = sealer.open(event["sealed_code"])
+        if "sealed_token" in event:
+            context["reset_url"] = reset_url(base_url, sealer.open(event["sealed_token"]))
+    except UnreadableSecret as exc:
+        raise NonRetryable(str(exc)) from None
     return context
 
 
@@ -58,7 +70,7 @@ def claim(session: Session, event_id, consumer: str) -> bool:
 
 def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str,
             event: dict, find_recipient: Callable[[dict], str | None] | None = None,
-            ) -> Notification | None:
+            sealer: Sealer | None = None) -> Notification | None:
     """Send the mail ``template`` for ``event`` (loaded through its contract)
     once, to ``event["email"]`` or to whom ``find_recipient(event)`` names;
     return its record, or None when it had been sent already (or has nobody
@@ -78,7 +90,7 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
                         template, event_id, event["user_id"])
             return None
         event = {**event, "email": recipient}
-    rendered = render(template, template_context(template, event, mail_settings))
+    rendered = render(template, template_context(template, event, mail_settings, sealer))
     notification_id = uuid.uuid4()
     message = build_message(
         rendered,
