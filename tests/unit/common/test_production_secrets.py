@@ -241,6 +241,7 @@ def test_a_nameko_service_refuses_to_start_before_touching_its_database(tmp_path
     assert result.returncode != 0
     assert "ConfigurationRefused: auth refuses to start with DARKROOM_ENV=production" in output
     assert "AUTH_SECRET_KEY (AUTH.SECRET_KEY) still has a built-in development default" in output
+    assert "MAIL_SECRETS_KEY still has a built-in development default" in output
     assert "dev-only-insecure-auth-secret" not in output
     assert not database.exists()  # refused before the migrations ran
 
@@ -248,7 +249,7 @@ def test_a_nameko_service_refuses_to_start_before_touching_its_database(tmp_path
 def test_a_nameko_service_with_real_secrets_gets_past_the_check(tmp_path):
     database = tmp_path / "auth.db"
     env = process_env(AUTH_DATABASE_URL=f"sqlite:///{database}", AUTH_METRICS_PORT="0",
-                      AUTH_SECRET_KEY=STRONG,
+                      AUTH_SECRET_KEY=STRONG, MAIL_SECRETS_KEY=STRONG,
                       AMQP_URI=f"amqp://darkroom:{STRONG}@127.0.0.1:1/")  # no broker there
     proc = subprocess.Popen(procfile_argv("auth"), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
