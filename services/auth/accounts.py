@@ -243,7 +243,7 @@ def set_admin(
         uri = totp.provisioning_uri(secret, user.email, settings.totp_issuer)
     if is_admin and not user.is_admin:
         sessions.revoke_all(db, user, now)
-    revoked = keys.revoke_all(db, user, now)
+    revoked = keys.revoke_all(db, user, now) if is_admin or user.is_admin else 0
     user.is_admin = is_admin
     user.updated_at = now
     return {"user_id": user.id, "is_admin": user.is_admin, "otpauth_uri": uri,
