@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.auth import history, keys, lockout, passwords, sessions, totp, verification
 from services.auth.errors import email_taken, invalid_credentials, invalid_token, invalid_totp
-from services.auth.lookup import find_user_by_email
+from services.auth.lookup import ensure_verified, find_user_by_email
 from services.auth.models import PasswordReset, User
 from services.auth.settings import AuthSettings
 from services.auth.tokens import new_reset_token, sha256_hex
@@ -199,7 +199,10 @@ def revoke_credentials(db: Session, user: User, now: datetime) -> dict:
 
 def begin_totp_enrollment(user: User, issuer: str) -> dict:
     """A new pending secret (replacing any earlier pending one); TOTP is on only
-    once a code from it is confirmed. 409 ``totp_already_enabled``."""
+    once a code from it is confirmed. 409 ``totp_already_enabled``; 403
+    ``email_unverified`` before the address is verified (whoever squatted an
+    address must not be able to lock its owner out after a password reset)."""
+    ensure_verified(user)
     if user.totp_enabled:
         raise conflict("TOTP is already enabled", code="totp_already_enabled")
     user.totp_pending_secret = totp.new_secret()

@@ -627,7 +627,10 @@ def test_admins_hold_no_api_keys(auth):
 
 
 def test_totp_enrollment_by_the_user(auth):
-    account = register(auth)
+    unverified = register(auth)
+    error = refused(auth.rpc.begin_totp_enrollment, unverified.user["id"])
+    assert (error.code, error.status) == ("email_unverified", 403)
+    account = verified(auth)
     user_id = account.user["id"]
     enrollment = auth.rpc.begin_totp_enrollment(user_id)
     assert enrollment["otpauth_uri"].startswith("otpauth://totp/Darkroom:")
@@ -717,7 +720,7 @@ def test_parallel_wrong_passwords_cannot_outrun_the_lockout(auth):
 
 
 def test_one_totp_code_lets_in_only_one_of_parallel_logins(auth):
-    account = register(auth)
+    account = verified(auth)
     user_id = account.user["id"]
     totp = pyotp.TOTP(auth.rpc.begin_totp_enrollment(user_id)["secret"])
     auth.rpc.confirm_totp_enrollment(user_id, {"code": totp.now()})

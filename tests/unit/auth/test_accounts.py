@@ -175,7 +175,7 @@ def test_login_rehashes_a_password_hashed_with_old_parameters(db, settings, now,
 
 
 def test_totp_is_required_checked_and_never_replayed(db, settings, now, alice):
-    enrollment = accounts.begin_totp_enrollment(alice.user, "Darkroom")
+    enrollment = accounts.begin_totp_enrollment(verified(alice.user), "Darkroom")
     code = pyotp.TOTP(enrollment["secret"]).at(now)
     accounts.confirm_totp_enrollment(alice.user, code, now)
     assert alice.user.totp_enabled
@@ -189,7 +189,7 @@ def test_totp_is_required_checked_and_never_replayed(db, settings, now, alice):
 
 
 def test_a_totp_step_is_claimed_by_a_conditional_update(db, settings, now, alice):
-    stale = accounts.begin_totp_enrollment(alice.user, "Darkroom")
+    stale = accounts.begin_totp_enrollment(verified(alice.user), "Darkroom")
     accounts.confirm_totp_enrollment(alice.user, pyotp.TOTP(stale["secret"]).at(now), now)
     db.commit()
     step = alice.user.totp_last_step
@@ -202,7 +202,7 @@ def test_a_totp_step_is_claimed_by_a_conditional_update(db, settings, now, alice
 
 def test_asking_for_the_second_factor_is_not_a_guess_but_cannot_reset_the_count(
         db, settings, now, alice):
-    secret = accounts.begin_totp_enrollment(alice.user, "Darkroom")["secret"]
+    secret = accounts.begin_totp_enrollment(verified(alice.user), "Darkroom")["secret"]
     accounts.confirm_totp_enrollment(alice.user, pyotp.TOTP(secret).at(now), now)
     db.commit()
     later = now + timedelta(seconds=30)
@@ -215,8 +215,14 @@ def test_asking_for_the_second_factor_is_not_a_guess_but_cannot_reset_the_count(
     assert error_of(login, db, settings, later, ip=None).code == "rate_limited"
 
 
+def test_enrolment_needs_a_verified_address(db, settings, now, alice):
+    error = error_of(accounts.begin_totp_enrollment, alice.user, "Darkroom")
+    assert (error.code, error.status) == ("email_unverified", 403)
+    assert alice.user.totp_pending_secret is None
+
+
 def test_enrolment_refuses_a_wrong_code(db, settings, now, alice):
-    enrollment = accounts.begin_totp_enrollment(alice.user, "Darkroom")
+    enrollment = accounts.begin_totp_enrollment(verified(alice.user), "Darkroom")
     valid = {pyotp.TOTP(enrollment["secret"]).at(now + timedelta(seconds=d)) for d in (-30, 0, 30)}
     wrong = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in valid)
     error = error_of(accounts.confirm_totp_enrollment, alice.user, wrong, now)
