@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.auth import history, keys, lockout, passwords, sessions, totp, verification
-from services.auth.errors import email_taken, invalid_credentials, invalid_token, invalid_totp
+from services.auth.errors import email_taken, invalid_token, invalid_totp
 from services.auth.lookup import ensure_verified, find_user_by_email
 from services.auth.models import PasswordReset, User
 from services.auth.settings import AuthSettings
@@ -95,19 +95,16 @@ def update_profile(db: Session, user: User, changes: dict, now: datetime) -> Use
 
 
 def request_email_change(
-    db: Session, settings: AuthSettings, user: User, new_email: str, password: str,
-    subjects: list[lockout.Subject], now: datetime,
+    db: Session, settings: AuthSettings, user: User, new_email: str, now: datetime
 ) -> dict | None:
     """Send a code to ``new_email``; the change happens when it is verified.
-    Only a verified account may move (the caller checks
-    :func:`lookup.ensure_verified` before taking the attempt). The password
-    is checked after :func:`sessions.begin_login` took an attempt for it
-    (``subjects``): a wrong one counts toward the lockout (403
-    ``invalid_credentials``, raised as RecordedFailure). Returns the
-    auth.email_verification_requested payload, or None when a code went to
-    that address less than ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago (asking
-    again later re-sends the code: the only resend of an address change)."""
-    sessions.check_password(db, user, password, subjects, now, invalid_credentials(status=403))
+    The caller has checked that the account is verified
+    (:func:`lookup.ensure_verified`) and its password
+    (:func:`sessions.check_password`, which counts a wrong one toward the
+    lockout). Returns the auth.email_verification_requested payload, or None
+    when a code went to that address less than
+    ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago (asking again later re-sends the
+    code: the only resend of an address change)."""
     if new_email == user.email:
         raise invalid_request(
             "this is already the account's address",

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.auth import accounts, keys, lookup, retention, sessions, verification, webhooks
 from services.auth import privacy as privacy_data
-from services.auth.errors import RecordedFailure, email_taken
+from services.auth.errors import RecordedFailure, email_taken, invalid_credentials
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
 from services.common import privacy_parts as parts
@@ -60,6 +60,20 @@ class AuthService(DarkroomService):
             log.info("refused and recorded: %s", failure.error.code)
             raise failure.error from None
 
+    def _once_more_if_raced(self, action):
+        """``action()`` (which commits), run once more when a unique-constraint
+        race was lost inside it: the second time, what the winner wrote is
+        there to be found (an address now registered, a network now known, a
+        webhook secret now made)."""
+        for attempt in (1, 2):
+            try:
+                return action()
+            except IntegrityError:
+                self.db.rollback()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _unique_conflict(self, error: DomainError):
         """A unique-constraint race lost inside the block (at a flush or at the
@@ -78,27 +92,18 @@ class AuthService(DarkroomService):
         owner of one is told by mail); never an API key."""
         data = load_rpc(c.Register, payload)
         client_ip = _string_or_none(client_ip, "client_ip")
-        for attempt in (1, 2):
-            try:
-                created = accounts.register(
-                    self.db,
-                    self.settings,
-                    data["email"],
-                    data["password"],
-                    data.get("display_name"),
-                    client_ip,
-                    utcnow(),
-                )
-                for event_type, event in created.events:
-                    self.dispatch(event_type, event)
-                self.db.commit()
-                break
-            except IntegrityError:
-                # A registration of the same address at the same moment won:
-                # once more, and it is an address that has an account.
-                self.db.rollback()
-                if attempt == 2:
-                    raise
+
+        def register_once():
+            created = accounts.register(self.db, self.settings, data["email"], data["password"],
+                                        data.get("display_name"), client_ip, utcnow())
+            for event_type, event in created.events:
+                self.dispatch(event_type, event)
+            self.db.commit()
+            return created
+
+        # A registration of the same address at the same moment may win: then
+        # it is an address that has an account, answered the same way.
+        created = self._once_more_if_raced(register_once)
         log.info("registration answered", extra={"new_account": any(
             kind == "user_registered" for kind, _ in created.events)})
         return c.Registered().dump({"user": created.user, "api_key": None})
@@ -134,30 +139,20 @@ class AuthService(DarkroomService):
         # checked: parallel guesses cannot get past the lockout.
         subjects = sessions.begin_login(self.db, self.settings, data["email"], client_ip, now)
         self.db.commit()
-        for attempt in (1, 2):
-            try:
-                with self._recording_failures():
-                    result = sessions.login(
-                        self.db,
-                        self.settings,
-                        subjects,
-                        data["email"],
-                        data["password"],
-                        data.get("totp_code"),
-                        client_ip,
-                        user_agent,
-                        now,
-                    )
-                if result.suspicious_login is not None:
-                    self.dispatch("suspicious_login", result.suspicious_login)
-                self.db.commit()
-                break
-            except IntegrityError:
-                # Two logins from one new network at once: the other one
-                # recorded it first. Once more, and the network is known.
-                self.db.rollback()
-                if attempt == 2:
-                    raise
+
+        def login_once():
+            with self._recording_failures():
+                result = sessions.login(self.db, self.settings, subjects, data["email"],
+                                        data["password"], data.get("totp_code"), client_ip,
+                                        user_agent, now)
+            if result.suspicious_login is not None:
+                self.dispatch("suspicious_login", result.suspicious_login)
+            self.db.commit()
+            return result
+
+        # Two logins from one new network at once: the other one may record it
+        # first; once more, and the network is known.
+        result = self._once_more_if_raced(login_once)
         log.info(
             "login",
             extra={
@@ -248,13 +243,15 @@ class AuthService(DarkroomService):
         user = lookup.get_user(self.db, user_id)
         lookup.ensure_verified(user)  # 403 email_unverified, before an attempt is taken
         now = utcnow()
-        # The password is a guess like a login's: counted first, committed.
+        # The password is a guess like a login's: counted first (committed),
+        # then checked; a wrong one stays counted, a right one is given back.
         subjects = sessions.begin_login(self.db, self.settings, user.email, client_ip, now)
         self.db.commit()
         with self._recording_failures():
-            event = accounts.request_email_change(
-                self.db, self.settings, user, data["new_email"], data["password"], subjects, now
-            )
+            sessions.check_password(self.db, user, data["password"], subjects, now,
+                                    invalid_credentials(status=403))
+        self.db.commit()
+        event = accounts.request_email_change(self.db, self.settings, user, data["new_email"], now)
         if event is not None:
             self.dispatch("email_verification_requested", event)
         self.db.commit()
@@ -301,19 +298,15 @@ class AuthService(DarkroomService):
         return answer
 
     def _webhook_secret(self, user_id, action) -> dict:
-        for attempt in (1, 2):
-            try:
-                row = action(self.db, lookup.get_user(self.db, user_id), utcnow())
-                answer = c.WebhookSecret().dump(webhooks.view(row))
-                self.db.commit()
-                return answer
-            except IntegrityError:
-                # A call at the same moment made this account's first secret:
-                # once more, and it is there to read (or to replace).
-                self.db.rollback()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        def once():
+            row = action(self.db, lookup.get_user(self.db, user_id), utcnow())
+            answer = c.WebhookSecret().dump(webhooks.view(row))
+            self.db.commit()
+            return answer
+
+        # A call at the same moment may make this account's first secret:
+        # once more, and it is there to read (or to replace).
+        return self._once_more_if_raced(once)
 
     # ------------------------------------------------------------ TOTP and admin
 

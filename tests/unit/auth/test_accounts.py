@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import func, select
 
 from services.auth import accounts, keys, sessions
-from services.auth.errors import RecordedFailure
+from services.auth.errors import RecordedFailure, invalid_credentials
 from services.auth.models import ApiKey, KnownNetwork, Throttle, User
 from services.common.errors import DomainError
 from tests.unit.auth.conftest import MAIL_SECRETS_KEY
@@ -416,8 +416,9 @@ def change_email(db, settings, now, user, new_email, password=PASSWORD, ip=IP):
 
     lookup.ensure_verified(user)
     subjects = like_the_service(db, sessions.begin_login, db, settings, user.email, ip, now)
-    return like_the_service(db, accounts.request_email_change, db, settings, user, new_email,
-                            password, subjects, now)
+    like_the_service(db, sessions.check_password, db, user, password, subjects, now,
+                     invalid_credentials(status=403))
+    return like_the_service(db, accounts.request_email_change, db, settings, user, new_email, now)
 
 
 def test_an_unverified_account_cannot_change_its_address(db, settings, now, alice):
@@ -439,3 +440,13 @@ def test_wrong_passwords_for_an_email_change_count_toward_the_lockout(db, settin
     later = now + timedelta(seconds=300)
     event = change_email(db, settings, later, alice.user, "new@example.com")
     assert (event["purpose"], event["email"]) == ("email_change", "new@example.com")
+
+
+def test_a_right_password_with_a_refused_change_does_not_count(db, settings, now, alice):
+    verified(alice.user)
+    accounts.register(db, settings, "bob@example.com", PASSWORD, None, None, now)
+    db.commit()
+    for _ in range(4):  # more than the account's 3
+        error = error_of(change_email, db, settings, now, alice.user, "bob@example.com")
+        assert error.code == "email_taken"
+    assert login(db, settings, now).token

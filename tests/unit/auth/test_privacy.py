@@ -137,9 +137,7 @@ def test_the_export_holds_the_history_of_rectifications_and_erasure_removes_it(
     accounts.update_profile(db, user, {"display_name": "Alice B.", "bio": None}, now)
     accounts.update_profile(db, user, {"display_name": "Alice B."}, now)  # no change: no entry
     user.email_verified = True
-    subjects = sessions.begin_login(db, settings, user.email, None, now)
-    event = accounts.request_email_change(db, settings, user, "alice@new.example", PASSWORD,
-                                          subjects, now)
+    event = accounts.request_email_change(db, settings, user, "alice@new.example", now)
     db.commit()
     verification.verify(db, settings, "alice@new.example", settings.sealer.open(event["sealed_code"]),
                         now + timedelta(minutes=1))

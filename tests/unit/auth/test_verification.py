@@ -4,11 +4,10 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-
 from sqlalchemy.exc import IntegrityError
 
 from services.auth import accounts, sessions, verification
-from services.auth.errors import RecordedFailure
+from services.auth.errors import RecordedFailure, invalid_credentials
 from services.auth.models import EmailVerification, User
 from services.common.errors import DomainError
 
@@ -44,7 +43,8 @@ def change(db, settings, user, new_email, password, now) -> dict | None:
     after an attempt was taken for the password)."""
     user.email_verified = True
     subjects = sessions.begin_login(db, settings, user.email, None, now)
-    event = accounts.request_email_change(db, settings, user, new_email, password, subjects, now)
+    sessions.check_password(db, user, password, subjects, now, invalid_credentials(status=403))
+    event = accounts.request_email_change(db, settings, user, new_email, now)
     if event is not None:
         event["code"] = code_of(settings, event)
     return event
