@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.auth.models import Throttle
@@ -101,35 +101,49 @@ def take_attempt(db: Session, subjects: list[Subject], now: datetime) -> None:
     between two calls with the same subjects). The caller commits (so the
     count stands while the check runs) or rolls back a refusal."""
     for subject in sorted(subjects, key=lambda s: s.key):
-        if not try_take(db, subject, now):
-            row = db.execute(select(Throttle.locked_until, Throttle.window_started_at)
-                             .where(Throttle.subject == subject.key)).one()
-            until = row.locked_until if row.locked_until and row.locked_until > now \
-                else row.window_started_at + subject.window
+        refusing = _take(db, subject, now)
+        if refusing is not None:
             raise rate_limited("too many attempts; try again later",
-                               retry_after_seconds(until, now))
+                               retry_after_seconds(refusing, now))
 
 
 def try_take(db: Session, subject: Subject, now: datetime) -> bool:
-    """Take one attempt from ``subject``'s budget if it has one (a conditional
-    update of its row, made first if need be); False when it has none."""
-    db.execute(_insert(db).values(subject=subject.key, attempts=0, window_started_at=now)
-               .on_conflict_do_nothing(index_elements=["subject"]))
+    """Take one attempt from ``subject``'s budget if it has one; False when it
+    has none."""
+    return _take(db, subject, now) is None
+
+
+def _take(db: Session, subject: Subject, now: datetime) -> datetime | None:
+    """Take an attempt with one conditional update of the subject's row (made
+    first if need be); None when taken, else until when it is refused."""
     expired = Throttle.window_started_at <= now - subject.window
-    return bool(db.execute(
-        update(Throttle)
-        .where(
-            Throttle.subject == subject.key,
-            or_(Throttle.locked_until.is_(None), Throttle.locked_until <= now),
-            or_(Throttle.attempts < subject.max_attempts, expired),
-        )
-        .values(
-            attempts=case((expired, 1), else_=Throttle.attempts + 1),
-            window_started_at=case((expired, now), else_=Throttle.window_started_at),
-            locked_until=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount)
+    for _ in range(3):
+        db.execute(_insert(db).values(subject=subject.key, attempts=0, window_started_at=now)
+                   .on_conflict_do_nothing(index_elements=["subject"]))
+        taken = db.execute(
+            update(Throttle)
+            .where(
+                Throttle.subject == subject.key,
+                or_(Throttle.locked_until.is_(None), Throttle.locked_until <= now),
+                or_(Throttle.attempts < subject.max_attempts, expired),
+            )
+            .values(
+                attempts=case((expired, 1), else_=Throttle.attempts + 1),
+                window_started_at=case((expired, now), else_=Throttle.window_started_at),
+                locked_until=None,
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken:
+            return None
+        row = db.execute(select(Throttle.locked_until, Throttle.window_started_at)
+                         .where(Throttle.subject == subject.key)).one_or_none()
+        if row is not None:
+            if row.locked_until is not None and row.locked_until > now:
+                return row.locked_until
+            return row.window_started_at + subject.window
+        # A success forgot the row between the insert and the update: again.
+    return now  # refused (for a second) rather than counted wrong
 
 
 def record_failure(db: Session, subjects: list[Subject], now: datetime) -> bool:
@@ -149,9 +163,13 @@ def record_failure(db: Session, subjects: list[Subject], now: datetime) -> bool:
 
 def succeeded(db: Session, subjects: list[Subject]) -> None:
     """The attempt succeeded: the first subject (the account, the address
-    verified) forgets its count; the others (the client address) get back the
-    attempt taken for it."""
+    verified) forgets its count (its row goes, unless it is locked: an attempt
+    taken before the lock may still succeed); the others (the client address)
+    get back the attempt taken for it."""
     first, *others = subjects
+    db.execute(delete(Throttle).where(Throttle.subject == first.key,
+                                      Throttle.locked_until.is_(None))
+               .execution_options(synchronize_session=False))
     db.execute(update(Throttle).where(Throttle.subject == first.key).values(attempts=0)
                .execution_options(synchronize_session=False))
     give_back(db, others)

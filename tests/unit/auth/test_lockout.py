@@ -94,9 +94,20 @@ def test_success_forgets_the_accounts_count_and_gives_the_address_its_attempt(
     fail(db, subjects, now)
     lockout.take_attempt(db, subjects, now)
     lockout.succeeded(db, subjects)
-    assert attempts(db) == {subjects[0].key: 0, subjects[1].key: 2}
+    assert attempts(db) == {subjects[1].key: 2}  # the account's row is gone: it counts nothing
     lockout.give_back(db, subjects)
-    assert attempts(db) == {subjects[0].key: 0, subjects[1].key: 1}
+    assert attempts(db) == {subjects[1].key: 1}
+
+
+def test_a_success_keeps_a_lock_that_began_while_it_was_being_checked(db, settings, now):
+    subjects = lockout.subjects_for(settings, "a@example.com", None)
+    lockout.take_attempt(db, subjects, now)  # the right password, being checked...
+    db.commit()
+    for _ in range(2):
+        fail(db, subjects, now)  # ...while two wrong ones lock the account
+    lockout.succeeded(db, subjects)
+    db.commit()
+    assert refusal(db, subjects, now).details["retry_after"] == 300
 
 
 @pytest.mark.parametrize(("seconds", "expected"), [(0.2, 1), (1.0, 1), (1.01, 2), (899.5, 900)])
