@@ -272,7 +272,7 @@ def confirm_totp(payload):
 @me_blp.response(200, WebhookSecret)
 @authenticated
 def webhook_secret():
-    """The secret that signs the caller's webhooks (Darkroom-Signature); made on first use"""
+    """The whsec_ secret that signs the caller's webhooks (Standard Webhooks); made on first use"""
     with rpc() as proxy:
         return present(WebhookSecret, proxy.auth.get_webhook_secret(current_principal().user_id))
 

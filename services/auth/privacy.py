@@ -126,6 +126,12 @@ def export(db: Session, user_id) -> dict:
     }
 
 
+def email_of(db: Session, user_id) -> str | None:
+    """The account's address (to find the dead letters that name it), None once erased."""
+    user = db.get(User, _user_uuid(user_id))
+    return user.email if user is not None else None
+
+
 def erase(db: Session, settings: AuthSettings, user_id) -> dict[str, int]:
     """Delete the account and everything hanging off it, and the sign-in
     failures and lockouts counted against its address; the address is free

@@ -17,7 +17,16 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
-from services.auth import accounts, keys, lookup, retention, sessions, verification, webhooks
+from services.auth import (
+    accounts,
+    keys,
+    lookup,
+    reauth,
+    retention,
+    sessions,
+    verification,
+    webhooks,
+)
 from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure, email_taken, invalid_credentials
 from services.auth.models import outbox
@@ -386,7 +395,9 @@ class AuthService(DarkroomService):
         if self.name not in event["services"]:
             return
         started = utcnow()
+        email = privacy_data.email_of(self.db, event["user_id"])  # before it is gone
         tables = privacy_data.erase(self.db, self.settings, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"], email)
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables))
         self.db.commit()
@@ -397,3 +408,22 @@ class AuthService(DarkroomService):
     def privacy_restriction_changed(self, event: dict) -> None:
         privacy_data.set_restricted(self.db, event["user_id"], event["restricted"])
         self.db.commit()
+
+    # ------------------------------------------------------------ re-authentication
+
+    @rpc(expected_exceptions=DomainError)
+    def reauthenticate(self, user_id, password, totp_code=None) -> dict:
+        """The signed-in user's password (and TOTP code when two-factor sign-in
+        is on) checked again before an erasure: 401 ``reauthentication_required``;
+        a wrong one counts toward the account's lockout like a failed login."""
+        data = load_rpc(c.Reauthenticate, {"user_id": user_id, "password": password,
+                                           "totp_code": totp_code})
+        now = utcnow()
+        user, subjects = reauth.begin(self.db, self.settings, data["user_id"], now)
+        self.db.commit()  # the attempt is counted before the password is checked
+        with self._recording_failures():
+            reauth.reauthenticate(self.db, user, subjects, data["password"],
+                                  data["totp_code"], now)
+        self.db.commit()
+        log.info("re-authenticated", extra={"user_id": str(user.id)})
+        return {"user_id": str(user.id)}

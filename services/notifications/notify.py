@@ -14,10 +14,14 @@ caller passes ``find_recipient``, asked only once the event is claimed, so a
 redelivered event costs no lookup. It raises when the address cannot be
 known now (auth away: the event is retried), or returns None when there is
 nobody to write to any more (an erased account): the claim is kept, no mail.
+
+Nothing at all is written for an erased account (:func:`account_erased`: a
+late event of it, whatever carries the address): no mail, no record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -31,13 +35,14 @@ from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
 from services.common.sealed import Sealer, UnreadableSecret
 from services.notifications.mailer import Mailer
-from services.notifications.models import Notification, processed_events
-from services.notifications.render import build_message, render, reset_url
+from services.notifications.models import ErasedAccount, Notification, processed_events
+from services.notifications.render import build_message, cancel_erasure_url, render, reset_url
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup_attempted",
-             "suspicious_login", "receipt", "refund", "export_ready", "news")
+             "suspicious_login", "receipt", "refund", "export_ready", "news",
+             "erasure_scheduled")
 
 
 def template_context(template: str, event: dict, mail_settings: dict,
@@ -55,7 +60,25 @@ def template_context(template: str, event: dict, mail_settings: dict,
             context["reset_url"] = reset_url(base_url, sealer.open(event["sealed_token"]))
     except UnreadableSecret as exc:
         raise NonRetryable(str(exc)) from None
+    if template == "erasure_scheduled":
+        context["cancel_url"] = cancel_erasure_url(base_url, event["request_id"],
+                                                   event["cancel_token"])
     return context
+
+
+def erased_subject(user_id) -> str:
+    return hashlib.sha256(f"darkroom-erased-account:{uuid.UUID(str(user_id))}".encode()).hexdigest()
+
+
+def account_erased(session: Session, user_id) -> bool:
+    """True once the account's erasure reached this service."""
+    return session.get(ErasedAccount, erased_subject(user_id)) is not None
+
+
+def forget_account(session: Session, user_id) -> None:
+    """Remember that the account is erased (a digest of its id); the caller commits."""
+    if not account_erased(session, user_id):
+        session.add(ErasedAccount(subject=erased_subject(user_id), erased_at=utcnow()))
 
 
 def claim(session: Session, event_id, consumer: str) -> bool:
@@ -79,6 +102,9 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
         raise ValueError(f"unknown template {template!r}")
     consumer = f"notifications.{template}"
     event_id = event["event_id"]
+    if account_erased(session, event["user_id"]):
+        log.warning("no %s mail for event %s: the account was erased", template, event_id)
+        return None
     if not claim(session, event_id, consumer):
         log.info("%s mail for event %s was sent already", template, event_id)
         return None

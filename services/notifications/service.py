@@ -16,6 +16,7 @@ accounts that opted in and are not restricted; security mail always goes out.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nameko.dependency_providers import Config
@@ -34,6 +35,8 @@ from services.notifications import notify
 from services.notifications import privacy as privacy_data
 from services.notifications.mailer import MailerProvider
 from services.notifications.models import outbox
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -90,6 +93,12 @@ class NotificationsService(DarkroomService):
         """The archive is ready: where to download it, until when."""
         self._deliver("export_ready", event, find_recipient=self._address_of)
 
+    @event_handler("privacy", "erasure_scheduled")
+    def erasure_scheduled(self, event: dict) -> None:
+        """The erasure waits out its grace period: when it starts, and the
+        single-use link that cancels it."""
+        self._deliver("erasure_scheduled", event, find_recipient=self._address_of)
+
     # ------------------------------------------------------------ privacy
 
     @event_handler("privacy", "export_requested")
@@ -107,14 +116,17 @@ class NotificationsService(DarkroomService):
             return
         started = utcnow()
         tables = privacy_data.erase(self.db, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables))
         self.db.commit()
 
     @event_handler("privacy", "consent_changed")
     def consent_changed(self, event: dict) -> None:
-        privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
-                                     event["occurred_at"])
+        if not privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
+                                            event["occurred_at"]):
+            log.info("consent event %s changed nothing (older, or the account is erased)",
+                     event["event_id"])
         self.db.commit()
 
     @event_handler("privacy", "restriction_changed")

@@ -15,6 +15,7 @@ PostgreSQL: many RPCs at once, served by its concurrent workers.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 import uuid
@@ -658,7 +659,9 @@ def test_webhook_secret_is_made_on_first_use_and_rotated(auth):
     assert stored == 0  # nothing until someone asks
     first = auth.rpc.get_webhook_secret(user_id)
     assert set(first) == {"secret", "created_at"}
-    assert first["secret"].startswith("whsec_") and len(first["secret"]) == 6 + 43
+    assert first["secret"].startswith("whsec_") and len(first["secret"]) == 6 + 44
+    # standard base64 of 32 bytes: what Standard Webhooks libraries decode
+    assert len(base64.b64decode(first["secret"][6:], validate=True)) == 32
     made = datetime.fromisoformat(first["created_at"])
     assert abs(datetime.now(UTC) - made) < timedelta(minutes=1)
     assert auth.rpc.get_webhook_secret(user_id) == first

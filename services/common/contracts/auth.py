@@ -257,7 +257,8 @@ class WebhookSecret(RpcSchema):
     """``auth.get_webhook_secret`` and ``auth.rotate_webhook_secret``'s answer."""
 
     secret = fields.String(required=True, metadata={
-        "description": "whsec_...: the key of the HMAC-SHA256 in Darkroom-Signature"})
+        "description": "whsec_<base64>: the Standard Webhooks secret whose decoded bytes "
+                       "key the HMAC-SHA256 in webhook-signature"})
     created_at = fields.AwareDateTime(required=True)
 
 
@@ -268,3 +269,13 @@ class AdminChanged(RpcSchema):
     is_admin = fields.Boolean(required=True)
     otpauth_uri = fields.String(allow_none=True, required=True)
     api_keys_revoked = fields.Integer(required=True)
+
+
+class Reauthenticate(RpcSchema):
+    """``auth.reauthenticate``: a signed-in user proves again who they are
+    (the password, and the TOTP code when two-factor sign-in is on) before
+    an irreversible act, an erasure."""
+
+    user_id = fields.UUID(required=True)
+    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+    totp_code = fields.String(allow_none=True, load_default=None, validate=_code)

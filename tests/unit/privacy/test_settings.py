@@ -12,7 +12,7 @@ from services.privacy.settings import PrivacySettings
 def test_defaults_are_the_documented_ones():
     settings = PrivacySettings.from_config({"PRIVACY": {"PSEUDONYM_KEY": "k"}})
     assert settings.due == timedelta(days=30)
-    assert settings.erasure_grace == timedelta(0)
+    assert settings.erasure_grace == timedelta(hours=72)
     assert settings.erasure_settle == timedelta(seconds=30)
     assert settings.part_timeout == timedelta(hours=1)
     assert (settings.part_max_attempts, settings.access_log_retention_days) == (5, 180)
@@ -23,7 +23,10 @@ def test_defaults_are_the_documented_ones():
     {},
     {"PSEUDONYM_KEY": ""},
     {"PSEUDONYM_KEY": "k", "DUE_DAYS": 0},
-    {"PSEUDONYM_KEY": "k", "ERASURE_GRACE_SECONDS": -1},
+    {"PSEUDONYM_KEY": "k", "ERASURE_GRACE_HOURS": -1},
+    # the grace period may not eat the legal month: at most half of DUE_DAYS
+    {"PSEUDONYM_KEY": "k", "ERASURE_GRACE_HOURS": 24 * 15 + 1},
+    {"PSEUDONYM_KEY": "k", "DUE_DAYS": 4, "ERASURE_GRACE_HOURS": 72},
     {"PSEUDONYM_KEY": "k", "PART_MAX_ATTEMPTS": 0},
     {"PSEUDONYM_KEY": "k", "ACCESS_LOG_RETENTION_DAYS": 0},
     {"PSEUDONYM_KEY": "k", "PART_TIMEOUT_SECONDS": "soon"},
@@ -31,6 +34,12 @@ def test_defaults_are_the_documented_ones():
 def test_bad_settings_stop_the_service(section):
     with pytest.raises(ValueError):
         PrivacySettings.from_config({"PRIVACY": section})
+
+
+def test_the_grace_period_is_in_hours_and_may_be_a_fraction():
+    settings = PrivacySettings.from_config({"PRIVACY": {"PSEUDONYM_KEY": "k",
+                                                         "ERASURE_GRACE_HOURS": "0.001"}})
+    assert settings.erasure_grace == timedelta(seconds=3.6)
 
 
 def test_the_deployed_config_file_loads():
