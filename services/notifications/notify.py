@@ -48,9 +48,10 @@ TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup
 def template_context(template: str, event: dict, mail_settings: dict,
                      sealer: Sealer | None = None) -> dict:
     """What ``template`` is rendered with: the event, the app's base URL, and
-    the secret the event carries sealed, opened (``code``, ``reset_url``).
-    A secret that cannot be opened (``MAIL_SECRETS_KEY`` differs from auth's)
-    is NonRetryable: the event is dead-lettered at once, still sealed."""
+    the secret the event carries sealed, opened (``code``, ``reset_url``,
+    ``cancel_url``). A secret that cannot be opened (``MAIL_SECRETS_KEY``
+    differs from the sealing service's: auth's or privacy's) is NonRetryable:
+    the event is dead-lettered at once, still sealed."""
     base_url = str(mail_settings.get("APP_BASE_URL") or "").rstrip("/")
     context = {**event, "app_base_url": base_url}
     try:
@@ -58,11 +59,11 @@ def template_context(template: str, event: dict, mail_settings: dict,
             context["code"] = sealer.open(event["sealed_code"])
         if "sealed_token" in event:
             context["reset_url"] = reset_url(base_url, sealer.open(event["sealed_token"]))
+        if "sealed_cancel_token" in event:
+            context["cancel_url"] = cancel_erasure_url(
+                base_url, event["request_id"], sealer.open(event["sealed_cancel_token"]))
     except UnreadableSecret as exc:
         raise NonRetryable(str(exc)) from None
-    if template == "erasure_scheduled":
-        context["cancel_url"] = cancel_erasure_url(base_url, event["request_id"],
-                                                   event["cancel_token"])
     return context
 
 

@@ -47,7 +47,7 @@ class NotificationsService(DarkroomService):
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
     mailer = MailerProvider()
-    # Opens the codes and tokens auth's events carry sealed (MAIL_SECRETS_KEY).
+    # Opens the codes and tokens auth's and privacy's events carry sealed (MAIL_SECRETS_KEY).
     sealer = FromConfig(Sealer.from_config)
     auth = RpcProxy("auth")
 
@@ -96,7 +96,7 @@ class NotificationsService(DarkroomService):
     @event_handler("privacy", "erasure_scheduled")
     def erasure_scheduled(self, event: dict) -> None:
         """The erasure waits out its grace period: when it starts, and the
-        single-use link that cancels it."""
+        single-use link that cancels it (its token arrives sealed)."""
         self._deliver("erasure_scheduled", event, find_recipient=self._address_of)
 
     # ------------------------------------------------------------ privacy

@@ -167,8 +167,9 @@ def test_the_refusal_names_variables_never_values(production):
 # The secrets each process's config file names, all on their built-in defaults
 # when nothing is set: production mode must name every one.
 EXPECTED = {
-    "auth": {"AMQP_URI", "AUTH_SECRET_KEY"},
-    "notifications": {"AMQP_URI"},
+    "auth": {"AMQP_URI", "AUTH_SECRET_KEY", "MAIL_SECRETS_KEY"},
+    "notifications": {"AMQP_URI", "MAIL_SECRETS_KEY"},
+    "privacy": {"AMQP_URI", "PRIVACY_PSEUDONYM_KEY", "MAIL_SECRETS_KEY"},
     "storage": {"AMQP_URI", "STORAGE_URL_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY"},
     "gateway": {"AMQP_URI", "STORAGE_URL_SECRET"},
     "ops": {"AMQP_URI", "RABBIT_MANAGEMENT_URL"},
