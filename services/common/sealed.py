@@ -1,11 +1,12 @@
 """Secrets inside events, encrypted: what a dead-letter queue keeps is useless.
 
-Auth's mail events carry a secret the mail must show (a verification code, a
-password-reset token). Events sit in outbox rows, retry queues and dead-letter
-queues that operators read, so the secret travels *sealed*: encrypted and
-authenticated with Fernet (AES-128-CBC + HMAC-SHA256, cryptography) under
-``MAIL_SECRETS_KEY``, a secret only the auth service (which seals) and the
-notifications service (which opens, to write the mail) hold.
+Some events carry a secret the mail must show: auth's a verification code or
+a password-reset token, privacy's ``erasure_scheduled`` the erasure's cancel
+token. Events sit in outbox rows, retry queues and dead-letter queues that
+operators read, so the secret travels *sealed*: encrypted and authenticated
+with Fernet (AES-128-CBC + HMAC-SHA256, cryptography) under
+``MAIL_SECRETS_KEY``, a secret only the services that seal (auth, privacy) and
+the notifications service (which opens, to write the mail) hold.
 
 ``MAIL_SECRETS_KEY`` is any long random string; the Fernet key is derived
 from it with HKDF-SHA256. A comma-separated list rotates it: the first value
