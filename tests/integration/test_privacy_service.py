@@ -149,12 +149,22 @@ def dead_letter(stack, queue: str, body: dict) -> None:
 
 def dead_letters(stack, queue: str) -> list[dict]:
     """The bodies in ``dlq.<queue>`` (they stay there)."""
+    return [json.loads(m.body) for m in dead_letter_messages(stack, queue)]
+
+
+def dead_letter_messages(stack, queue: str) -> list[SimpleNamespace]:
+    """The messages in ``dlq.<queue>``, raw body and headers (they stay there)."""
     with Connection(stack.amqp_uri) as conn:
         channel = conn.channel()
         try:
             _, count, _ = channel.queue_declare(dlq_name(queue), passive=True)
-            return [json.loads(channel.basic_get(dlq_name(queue), no_ack=False).body)
-                    for _ in range(count)]
+            found = []
+            for _ in range(count):
+                if (message := channel.basic_get(dlq_name(queue), no_ack=False)) is None:
+                    break
+                body = message.body if isinstance(message.body, str) else message.body.decode()
+                found.append(SimpleNamespace(body=body, headers=message.headers))
+            return found
         finally:
             channel.close()
 
@@ -395,23 +405,6 @@ def test_a_dead_lettered_erasure_scheduled_event_holds_the_cancel_token_sealed_o
     assert token not in message.body and token not in json.dumps(message.headers, default=str)
     assert cancel_hash is not None and token_hash(token) == cancel_hash
     assert not list((tmp_path / "mail").glob("*.eml"))  # no mail without the link
-
-
-def dead_letter_messages(stack, queue: str) -> list[SimpleNamespace]:
-    """The messages in ``dlq.<queue>``, raw body and headers (they stay there)."""
-    with Connection(stack.amqp_uri) as conn:
-        channel = conn.channel()
-        try:
-            _, count, _ = channel.queue_declare(dlq_name(queue), passive=True)
-            found = []
-            for _ in range(count):
-                if (message := channel.basic_get(dlq_name(queue), no_ack=False)) is None:
-                    break
-                body = message.body if isinstance(message.body, str) else message.body.decode()
-                found.append(SimpleNamespace(body=body, headers=message.headers))
-            return found
-        finally:
-            channel.close()
 
 
 def test_after_the_grace_period_every_credential_is_revoked(stack):
