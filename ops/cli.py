@@ -184,6 +184,9 @@ def _set_admin(config, email: str, is_admin: bool):
     answer = user_ops.set_admin(config, email, is_admin)
     state = "now an administrator" if answer.get("is_admin") else "no longer an administrator"
     click.echo(f"{email} is {state} (user {answer.get('user_id')})")
+    if answer.get("api_keys_revoked"):
+        click.echo(f"{answer['api_keys_revoked']} API key(s) revoked: administrators use a "
+                   "session and TOTP only")
     if answer.get("otpauth_uri"):
         click.echo("Two-factor enrolment (scan or paste into an authenticator app):")
         click.echo(answer["otpauth_uri"])

@@ -22,9 +22,8 @@ from services.auth.models import (
     ApiKey,
     EmailVerification,
     KnownNetwork,
-    LoginFailure,
-    LoginLockout,
     PasswordReset,
+    Throttle,
     User,
     UserSession,
     WebhookSecret,
@@ -144,17 +143,14 @@ def erase(db: Session, settings: AuthSettings, user_id) -> dict[str, int]:
     for name, model in CHILD_TABLES:
         tables[name] = db.execute(delete(model).where(model.user_id == uid)
                                   .execution_options(synchronize_session=False)).rowcount or 0
-    failures = lockouts = 0
+    throttles = 0
     if user is not None:
         subject = subjects_for(settings, user.email, None)[0].key
-        failures = db.execute(delete(LoginFailure).where(LoginFailure.subject == subject)
-                              .execution_options(synchronize_session=False)).rowcount or 0
-        lockouts = db.execute(delete(LoginLockout).where(LoginLockout.subject == subject)
-                              .execution_options(synchronize_session=False)).rowcount or 0
+        throttles = db.execute(delete(Throttle).where(Throttle.subject == subject)
+                               .execution_options(synchronize_session=False)).rowcount or 0
         db.delete(user)
         db.flush()
-    tables.update(login_failures=failures, login_lockouts=lockouts,
-                  users=1 if user is not None else 0)
+    tables.update(throttles=throttles, users=1 if user is not None else 0)
     return tables
 
 

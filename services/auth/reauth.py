@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from services.auth import lockout, passwords, totp
+from services.auth import lockout, passwords, sessions, totp
 from services.auth.errors import RecordedFailure
 from services.auth.lookup import get_user
 from services.auth.models import User
@@ -30,25 +30,33 @@ def reauthentication_required(reason: str) -> DomainError:
                        {"reason": reason})
 
 
-def reauthenticate(db: Session, settings: AuthSettings, user_id, password: str,
-                   totp_code: str | None, now: datetime) -> User:
-    """The user when ``password`` (and ``totp_code`` where needed) are right.
-    Wrong ones are recorded as failed logins and raised as RecordedFailure
-    (the caller commits, then raises the error inside)."""
+def begin(db: Session, settings: AuthSettings, user_id, now: datetime):
+    """Take one attempt from the account's login budget before anything is
+    checked (429 while locked or while the budget is in use); the caller
+    commits, so parallel guesses are counted before any is checked. Returns
+    ``(user, subjects)`` for :func:`reauthenticate`."""
     user = get_user(db, user_id)
     subjects = lockout.subjects_for(settings, user.email, None)
-    lockout.ensure_not_locked(db, subjects, now)
+    lockout.take_attempt(db, subjects, now)
+    return user, subjects
+
+
+def reauthenticate(db: Session, user: User, subjects: list[lockout.Subject], password: str,
+                   totp_code: str | None, now: datetime) -> User:
+    """The user when ``password`` (and ``totp_code`` where needed) are right
+    (after :func:`begin`). Wrong ones are recorded as failed logins and raised
+    as RecordedFailure (the caller commits, then raises the error inside)."""
     if not passwords.verify_password(user.password_hash, password):
-        lockout.record_failure(db, settings, subjects, now)
+        lockout.record_failure(db, subjects, now)
         raise RecordedFailure(reauthentication_required("password"))
     if user.totp_enabled or user.is_admin:
         if not totp_code:
-            raise reauthentication_required("totp")
+            lockout.give_back(db, subjects)  # not a guess: the code is missing
+            raise RecordedFailure(reauthentication_required("totp"))
         step = (totp.matching_step(user.totp_secret, totp_code, now, user.totp_last_step)
                 if user.totp_secret else None)
-        if step is None:
-            lockout.record_failure(db, settings, subjects, now)
+        if step is None or not sessions.claim_totp_step(db, user, step):
+            lockout.record_failure(db, subjects, now)
             raise RecordedFailure(reauthentication_required("totp"))
-        user.totp_last_step = step
-    lockout.clear_failures(db, subjects[0])
+    lockout.succeeded(db, subjects)
     return user

@@ -31,25 +31,39 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.db import claim_event
+from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
+from services.common.sealed import Sealer, UnreadableSecret
 from services.notifications.mailer import Mailer
 from services.notifications.models import ErasedAccount, Notification, processed_events
 from services.notifications.render import build_message, cancel_erasure_url, render, reset_url
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("email_verification", "password_reset", "suspicious_login", "receipt", "refund",
-             "export_ready", "news", "erasure_scheduled")
+TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup_attempted",
+             "suspicious_login", "receipt", "refund", "export_ready", "news",
+             "erasure_scheduled")
 
 
-def template_context(template: str, event: dict, mail_settings: dict) -> dict:
+def template_context(template: str, event: dict, mail_settings: dict,
+                     sealer: Sealer | None = None) -> dict:
+    """What ``template`` is rendered with: the event, the app's base URL, and
+    the secret the event carries sealed, opened (``code``, ``reset_url``,
+    ``cancel_url``). A secret that cannot be opened (``MAIL_SECRETS_KEY``
+    differs from the sealing service's: auth's or privacy's) is NonRetryable:
+    the event is dead-lettered at once, still sealed."""
     base_url = str(mail_settings.get("APP_BASE_URL") or "").rstrip("/")
     context = {**event, "app_base_url": base_url}
-    if template == "password_reset":
-        context["reset_url"] = reset_url(base_url, event["token"])
-    if template == "erasure_scheduled":
-        context["cancel_url"] = cancel_erasure_url(base_url, event["request_id"],
-                                                   event["cancel_token"])
+    try:
+        if "sealed_code" in event:
+            context["code"] = sealer.open(event["sealed_code"])
+        if "sealed_token" in event:
+            context["reset_url"] = reset_url(base_url, sealer.open(event["sealed_token"]))
+        if "sealed_cancel_token" in event:
+            context["cancel_url"] = cancel_erasure_url(
+                base_url, event["request_id"], sealer.open(event["sealed_cancel_token"]))
+    except UnreadableSecret as exc:
+        raise NonRetryable(str(exc)) from None
     return context
 
 
@@ -80,7 +94,7 @@ def claim(session: Session, event_id, consumer: str) -> bool:
 
 def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str,
             event: dict, find_recipient: Callable[[dict], str | None] | None = None,
-            ) -> Notification | None:
+            sealer: Sealer | None = None) -> Notification | None:
     """Send the mail ``template`` for ``event`` (loaded through its contract)
     once, to ``event["email"]`` or to whom ``find_recipient(event)`` names;
     return its record, or None when it had been sent already (or has nobody
@@ -103,7 +117,7 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
                         template, event_id, event["user_id"])
             return None
         event = {**event, "email": recipient}
-    rendered = render(template, template_context(template, event, mail_settings))
+    rendered = render(template, template_context(template, event, mail_settings, sealer))
     notification_id = uuid.uuid4()
     message = build_message(
         rendered,

@@ -25,7 +25,9 @@ An erasure is asked with a session and a fresh re-authentication
 (:func:`check_erasure_caller`; the password is checked by auth). It then
 waits out its grace period (``PRIVACY_ERASURE_GRACE_HOURS``):
 ``privacy.erasure_scheduled`` makes generation refuse new jobs and billing
-refuse holds, and notifications mails the owner a single-use cancel link;
+refuse holds, and notifications mails the owner a single-use cancel link
+(the event carries its token sealed under ``MAIL_SECRETS_KEY``; the request
+keeps only its hash);
 :func:`cancel` (a session of the owner) or :func:`cancel_with_token` (the
 link) ends it with ``privacy.erasure_cancelled``. When the grace period is
 over the service revokes every credential of the account (auth's
@@ -161,7 +163,7 @@ def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_t
     if token is not None:
         dispatch("erasure_scheduled", {"request_id": str(request.id), "user_id": str(user_id),
                                        "starts_at": request.starts_at.isoformat(),
-                                       "cancel_token": token})
+                                       "sealed_cancel_token": settings.sealer.seal(token)})
     else:
         start(db, request, now, dispatch)
     db.flush()

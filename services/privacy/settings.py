@@ -1,4 +1,5 @@
-"""The privacy service's settings: the ``PRIVACY`` section of deploy/config/privacy.yaml."""
+"""The privacy service's settings: the ``PRIVACY`` section of deploy/config/privacy.yaml
+(and ``MAIL_SECRETS_KEY``, which seals the erasure cancel token in its event)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from services.common.sealed import Sealer
+
 
 @dataclass(frozen=True)
 class PrivacySettings:
     pseudonym_key: bytes
+    # Seals the cancel token privacy.erasure_scheduled carries to notifications
+    # (MAIL_SECRETS_KEY, the same value as notifications').
+    sealer: Sealer
     # a request's legal deadline, from its receipt
     due: timedelta = timedelta(days=30)
     # an erasure can be cancelled this long (PRIVACY_ERASURE_GRACE_HOURS);
@@ -31,11 +37,14 @@ class PrivacySettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PrivacySettings:
+        """Build from the whole service config (its ``PRIVACY`` section and
+        ``MAIL_SECRETS_KEY``)."""
         raw = dict(config.get("PRIVACY") or {})
         key = str(raw.get("PSEUDONYM_KEY") or "")
         if not key:
             raise ValueError("PRIVACY.PSEUDONYM_KEY must be set")
-        d = cls(pseudonym_key=b"")
+        sealer = Sealer.from_config(config)
+        d = cls(pseudonym_key=b"", sealer=sealer)
 
         def number(name: str, default: float) -> float:
             value = raw.get(name)
@@ -43,6 +52,7 @@ class PrivacySettings:
 
         settings = cls(
             pseudonym_key=key.encode(),
+            sealer=sealer,
             due=timedelta(days=number("DUE_DAYS", d.due.days)),
             # hours, fractions allowed (tests run with a few seconds)
             erasure_grace=timedelta(hours=number("ERASURE_GRACE_HOURS", 72)),

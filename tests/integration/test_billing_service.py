@@ -25,6 +25,7 @@ from sqlalchemy import text
 from services.common import contracts
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 from tests.fakes.stripe import FakeStripe, event, sign, signed_body
 from tests.integration.probe_service import wait_consuming
@@ -672,7 +673,7 @@ def test_no_credit_is_held_while_an_erasure_is_pending(billing):
     request_id = str(uuid.uuid4())
     publish(billing.amqp_uri, "privacy", "erasure_scheduled", {
         "request_id": request_id, "user_id": user, "starts_at": "2026-12-06T09:00:00Z",
-        "cancel_token": "t" * 43})
+        "sealed_cancel_token": Sealer("integration-test-mail-secrets-key").seal("t" * 43)})
     pending = "SELECT pending FROM erasure_pending WHERE user_id = :u"
     wait_for(lambda: sql(billing, pending, u=uuid.UUID(user)).scalar() is True, 20, 0.1,
              "the pending erasure recorded")

@@ -27,7 +27,8 @@ from tests.unit.events import Events
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
-SETTINGS = PrivacySettings.from_config({"PRIVACY": {"PSEUDONYM_KEY": "k",
+SETTINGS = PrivacySettings.from_config({"MAIL_SECRETS_KEY": "integration-test-mail-secrets-key",
+                                        "PRIVACY": {"PSEUDONYM_KEY": "k",
                                                     "ERASURE_GRACE_HOURS": 1}})
 OVER = NOW + timedelta(hours=1)
 
@@ -46,7 +47,8 @@ def scheduled(factory) -> tuple[uuid.UUID, uuid.UUID, str]:
     with factory() as db:
         request = subject_requests.create(db, SETTINGS, user, "erasure", NOW, events)
         db.commit()
-    return request.id, user, events.of("erasure_scheduled")[0]["cancel_token"]
+    token = SETTINGS.sealer.open(events.of("erasure_scheduled")[0]["sealed_cancel_token"])
+    return request.id, user, token
 
 
 def test_a_cancellation_waits_for_the_revocation_and_is_then_refused(factory):

@@ -9,8 +9,10 @@ publishes and answers them as those services would, or does not.
   stored as an export object and downloadable; the stored part is deleted.
 - An erasure needs a session and the password (auth checks it; wrong ones
   lock the account like failed logins); it waits out its grace period
-  (``erasure_scheduled`` carries the cancel token, which cancels it once),
-  then auth revokes every credential and it starts.
+  (``erasure_scheduled`` carries the cancel token sealed under
+  ``MAIL_SECRETS_KEY``, which cancels it once), then auth revokes every
+  credential and it starts. The event, published or dead-lettered by a real
+  notifications service that cannot open it, never holds the token in clear.
 - A service that never answers is asked again, then its part is failed and
   shown in the report; an operator's retry asks again, generation is asked
   once more after everyone else, and the erasure completes with a
@@ -47,13 +49,19 @@ from services.common.contracts import privacy as _privacy  # noqa: F401 (registe
 from services.common.db import normalise_url
 from services.common.errors import DomainError
 from services.common.messaging import dead_letter_exchange, dlq_name
+from services.common.sealed import Sealer
+from services.privacy.requests import token_hash
 from tests.conftest import base_env, free_port, wait_for
+from tests.integration.probe_service import wait_consuming
 
 pytestmark = pytest.mark.integration
 
 STAND_INS = ("billing", "generation", "notifications")
 PASSWORD = "correct horse battery"
 GRACE_HOURS = 1 / 1800  # two seconds
+# privacy seals the erasure cancel token with it (notifications would open it)
+MAIL_SECRETS_KEY = "integration-test-mail-secrets-key"
+SEALER = Sealer(MAIL_SECRETS_KEY)
 
 
 class PrivacyTap:
@@ -95,6 +103,7 @@ def stack(make_vhost, make_database, start_process, s3_endpoint):
         PRIVACY_ERASURE_GRACE_HOURS=GRACE_HOURS,
         PRIVACY_ERASURE_SETTLE_SECONDS=0, PRIVACY_PART_TIMEOUT_SECONDS=1,
         PRIVACY_PART_MAX_ATTEMPTS=2, PRIVACY_RPC_TIMEOUT_SECONDS=3,
+        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
     )
     tap = PrivacyTap(amqp_uri)
     processes = {name: start_process(name, env) for name in ports}
@@ -140,12 +149,22 @@ def dead_letter(stack, queue: str, body: dict) -> None:
 
 def dead_letters(stack, queue: str) -> list[dict]:
     """The bodies in ``dlq.<queue>`` (they stay there)."""
+    return [json.loads(m.body) for m in dead_letter_messages(stack, queue)]
+
+
+def dead_letter_messages(stack, queue: str) -> list[SimpleNamespace]:
+    """The messages in ``dlq.<queue>``, raw body and headers (they stay there)."""
     with Connection(stack.amqp_uri) as conn:
         channel = conn.channel()
         try:
             _, count, _ = channel.queue_declare(dlq_name(queue), passive=True)
-            return [json.loads(channel.basic_get(dlq_name(queue), no_ack=False).body)
-                    for _ in range(count)]
+            found = []
+            for _ in range(count):
+                if (message := channel.basic_get(dlq_name(queue), no_ack=False)) is None:
+                    break
+                body = message.body if isinstance(message.body, str) else message.body.decode()
+                found.append(SimpleNamespace(body=body, headers=message.headers))
+            return found
         finally:
             channel.close()
 
@@ -337,18 +356,55 @@ def test_the_mailed_token_cancels_the_erasure_in_its_grace_period(stack):
     (scheduled,) = wait_for(lambda: stack.tap.events("erasure_scheduled", request_id=created["id"]),
                             10, 0.1, "erasure_scheduled")
     assert scheduled["user_id"] == user
-    cancelled = stack.rpc.privacy.cancel_with_token(created["id"],
-                                                    {"token": scheduled["cancel_token"]})
+    token = SEALER.open(scheduled["sealed_cancel_token"])
+    assert "cancel_token" not in scheduled and token not in json.dumps(scheduled)
+    cancelled = stack.rpc.privacy.cancel_with_token(created["id"], {"token": token})
     assert cancelled["status"] == "cancelled"
     wait_for(lambda: stack.tap.events("erasure_cancelled", request_id=created["id"]), 10, 0.1,
              "erasure_cancelled")
     error = refusal(lambda: stack.rpc.privacy.cancel_with_token(
-        created["id"], {"token": scheduled["cancel_token"]}))
+        created["id"], {"token": token}))
     assert (error.status, error.code) == (400, "invalid_token")  # single use
     # well past the grace period: nothing was revoked, nothing erased
     time.sleep(GRACE_HOURS * 3600 + 2.5)
     assert stack.rpc.auth.authenticate({"token": login["token"]})["user_id"] == user
     assert stack.tap.events("erasure_requested", request_id=created["id"]) == []
+
+
+def test_a_dead_lettered_erasure_scheduled_event_holds_the_cancel_token_sealed_only(
+        stack, make_database, start_process, tmp_path):
+    """A real notifications service whose MAIL_SECRETS_KEY is not privacy's
+    (a botched rotation) cannot open the token: the event is dead-lettered at
+    once. What operators read there holds the token sealed only, and privacy's
+    key opens it to the request's cancel token (the one whose hash the request
+    keeps; the grace period here is too short to race the dead-lettering)."""
+    port = free_port()
+    notifications = start_process("notifications", base_env(
+        AMQP_URI=stack.amqp_uri, NOTIFICATIONS_DATABASE_URL=make_database("notifications"),
+        NOTIFICATIONS_METRICS_PORT=port, MAIL_URL=f"file://{tmp_path / 'mail'}",
+        APP_BASE_URL="http://app.example", MAIL_SECRETS_KEY="not-privacys-mail-secrets-key"))
+    queue = "evt-privacy-erasure_scheduled--notifications.erasure_scheduled"
+    try:
+        notifications.wait_ready(f"http://127.0.0.1:{port}/readyz")
+        wait_consuming(stack.amqp_uri, queue, notifications)
+        user = new_user(stack)
+        created = stack.rpc.privacy.create_request(user, erasure(), "session")
+        with stack.engine.connect() as conn:  # before the grace period ends and voids it
+            cancel_hash = conn.execute(text("SELECT cancel_token_hash FROM privacy_requests "
+                                            "WHERE id = :id"), {"id": uuid.UUID(created["id"])}).scalar()
+        dead = wait_for(lambda: [m for m in dead_letter_messages(stack, queue)
+                                 if created["id"] in m.body], 20, 0.2, "the dead letter")
+    finally:
+        notifications.stop()
+    (message,) = dead
+    assert "the sealed secret cannot be opened" in message.headers["x-darkroom-error"]
+    assert message.headers["x-darkroom-attempts"] == 1  # NonRetryable: at once
+    body = json.loads(message.body)
+    assert body["request_id"] == created["id"] and "cancel_token" not in body
+    token = SEALER.open(body["sealed_cancel_token"])
+    assert token not in message.body and token not in json.dumps(message.headers, default=str)
+    assert cancel_hash is not None and token_hash(token) == cancel_hash
+    assert not list((tmp_path / "mail").glob("*.eml"))  # no mail without the link
 
 
 def test_after_the_grace_period_every_credential_is_revoked(stack):

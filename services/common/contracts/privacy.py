@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, Sealed, register_event
 from services.common.contracts.auth import PASSWORD_MAX
 
 # Every service that holds personal data and answers export and erasure requests.
@@ -68,13 +68,15 @@ class ErasureRequested(EventSchema):
 class ErasureScheduled(EventSchema):
     """An erasure was asked for and waits out its grace period: generation
     refuses new jobs and billing refuses holds of ``user_id`` until it is
-    cancelled (or done); notifications mails the owner the cancel link
-    (``cancel_token``, single use, valid until ``starts_at``)."""
+    cancelled (or done); notifications mails the owner the cancel link (the
+    token, single use, valid until ``starts_at``, travels sealed under
+    ``MAIL_SECRETS_KEY``: only notifications opens it)."""
 
     request_id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
     starts_at = fields.AwareDateTime(required=True)
-    cancel_token = fields.String(required=True, validate=validate.Length(min=16, max=200))
+    sealed_cancel_token = Sealed(required=True,
+                                 metadata={"description": "the cancel token, sealed"})
 
 
 @register_event("privacy.erasure_cancelled")

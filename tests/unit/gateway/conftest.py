@@ -110,7 +110,7 @@ class FakeAuth(FakeRpcService):
     def _register(self, payload, client_ip=None, user_agent=None):
         return {
             "user": user(email=payload["email"], verified=False),
-            "api_key": {**api_key(), "key": "dr_live_secret"},
+            "api_key": None,  # keys are made once the address is verified
         }
 
     def _verify_email(self, payload):
@@ -148,7 +148,7 @@ class FakeAuth(FakeRpcService):
     def _update_profile(self, user_id, payload):
         return {**user(user_id=user_id), **payload}
 
-    def _request_email_change(self, user_id, payload):
+    def _request_email_change(self, user_id, payload, client_ip=None):
         return None
 
     def _list_api_keys(self, user_id, page=None):

@@ -8,6 +8,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from services.common.errors import NonRetryable
+from services.common.sealed import Sealer
 from services.notifications import notify
 from services.notifications import privacy as privacy_data
 from services.notifications.models import (
@@ -17,7 +21,13 @@ from services.notifications.models import (
     processed_events,
 )
 from services.notifications.render import render
-from tests.unit.notifications.test_notify import SETTINGS, FakeMailer, session  # noqa: F401
+from tests.unit.notifications.test_notify import (  # noqa: F401
+    SEALER,
+    SETTINGS,
+    FakeMailer,
+    deliver,
+    session,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -81,18 +91,34 @@ def test_export_and_erasure_of_a_users_mails_and_preference(session):  # noqa: F
     assert privacy_data.export(session, ada)["mails"] == []
 
 
+def erasure_scheduled(request_id, token: str, sealer: Sealer = SEALER) -> dict:
+    """As privacy publishes it: the cancel token sealed."""
+    return {"event_id": uuid.uuid4(), "user_id": uuid.uuid4(), "request_id": request_id,
+            "starts_at": NOW + timedelta(hours=72), "sealed_cancel_token": sealer.seal(token)}
+
+
 def test_the_erasure_scheduled_mail_carries_the_cancel_link(session):  # noqa: F811
     request_id, token = uuid.uuid4(), "tok-en_" + "x" * 36
     mailer = FakeMailer()
-    event = {"event_id": uuid.uuid4(), "user_id": uuid.uuid4(), "request_id": request_id,
-             "starts_at": NOW + timedelta(hours=72), "cancel_token": token}
-    note = notify.deliver(session, mailer, SETTINGS, "erasure_scheduled", event,
-                          find_recipient=lambda e: "ada@example.com")
+    event = erasure_scheduled(request_id, token)
+    assert token not in str(event)
+    note = deliver(session, mailer, SETTINGS, "erasure_scheduled", event,
+                   find_recipient=lambda e: "ada@example.com")
     assert note is not None and note.template == "erasure_scheduled"
     body = mailer.sent[0].get_body(("plain",)).get_content()
     assert f"http://app.example/privacy/requests/{request_id}/cancel?token={token}" in body
     assert "2026-11-25 12:00 UTC" in mailer.sent[0]["Subject"]
     assert token not in note.subject  # the record keeps no token
+
+
+def test_a_cancel_token_sealed_under_another_key_is_dead_lettered_at_once(session):  # noqa: F811
+    token = "tok-en_" + "y" * 36
+    event = erasure_scheduled(uuid.uuid4(), token, Sealer("not privacy's key"))
+    mailer = FakeMailer()
+    with pytest.raises(NonRetryable) as info:
+        deliver(session, mailer, SETTINGS, "erasure_scheduled", event,
+                find_recipient=lambda e: "ada@example.com")
+    assert token not in str(info.value) and mailer.sent == []
 
 
 def test_nothing_is_written_for_an_erased_account(session):  # noqa: F811

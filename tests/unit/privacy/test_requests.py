@@ -17,6 +17,7 @@ from services.common import contracts
 from services.common import privacy_parts as parts
 from services.common.contracts.privacy import PART_SERVICES
 from services.common.errors import DomainError
+from services.common.sealed import Sealer, UnreadableSecret
 from services.privacy import access_logs, consent, own_data
 from services.privacy import requests as subject_requests
 from services.privacy.models import (
@@ -26,8 +27,7 @@ from services.privacy.models import (
     RequestLog,
     RequestPart,
 )
-from services.privacy.settings import PrivacySettings
-from tests.unit.privacy.conftest import NOW
+from tests.unit.privacy.conftest import NOW, cancel_token, privacy_settings
 
 OTHERS = [s for s in PART_SERVICES if s != "generation"]
 
@@ -139,14 +139,14 @@ def test_an_export_is_ready_to_assemble_when_every_part_answered_once(db, settin
 
 def test_an_erasure_waits_its_grace_then_revokes_then_settles_then_erases_generation_first(
         db, events, user):
-    settings = PrivacySettings.from_config({"PRIVACY": {"PSEUDONYM_KEY": "k"}})
+    settings = privacy_settings(PSEUDONYM_KEY="k")
     request = create(db, settings, events, user, "erasure")
     # 72 hours of grace by default, the due date still 30 days from the request
     assert (request.status, request.starts_at) == ("pending", NOW + timedelta(hours=72))
     assert request.due_at == NOW + timedelta(days=30)
     (scheduled,) = events.of("erasure_scheduled")
-    assert scheduled["user_id"] == str(user) and len(scheduled["cancel_token"]) >= 32
-    assert request.cancel_token_hash == subject_requests.token_hash(scheduled["cancel_token"])
+    assert scheduled["user_id"] == str(user) and len(cancel_token(scheduled)) >= 32
+    assert request.cancel_token_hash == subject_requests.token_hash(cancel_token(scheduled))
     assert events.of("erasure_requested") == []
     # nothing to revoke or start before the grace is over
     before = NOW + timedelta(hours=72) - timedelta(seconds=1)
@@ -260,8 +260,7 @@ def test_the_certificate_exists_only_for_a_completed_erasure(db, settings, event
 
 
 def test_only_an_erasure_in_its_grace_period_can_be_cancelled(db, events, user):
-    settings = PrivacySettings.from_config({"PRIVACY": {
-        "PSEUDONYM_KEY": "k", "ERASURE_GRACE_HOURS": 1}})
+    settings = privacy_settings(PSEUDONYM_KEY="k", ERASURE_GRACE_HOURS=1)
     erasure = create(db, settings, events, user, "erasure")
     assert refused(subject_requests.cancel, db, uuid.uuid4(), erasure.id, NOW,
                    events).status == 404
@@ -286,7 +285,7 @@ def test_only_an_erasure_in_its_grace_period_can_be_cancelled(db, events, user):
 
 def test_the_mailed_link_cancels_once_without_signing_in(db, settings, events, user):
     erasure = create(db, settings, events, user, "erasure")
-    token = events.of("erasure_scheduled")[0]["cancel_token"]
+    token = cancel_token(events.of("erasure_scheduled")[0])
     for request_id, wrong in ((erasure.id, token[:-1] + ("A" if token[-1] != "A" else "B")),
                               (erasure.id, ""), (uuid.uuid4(), token), ("not-an-id", token)):
         error = refused(subject_requests.cancel_with_token, db, request_id, wrong, NOW, events)
@@ -299,10 +298,22 @@ def test_the_mailed_link_cancels_once_without_signing_in(db, settings, events, u
                    events).code == "invalid_token"
     # and dead once the grace period is over
     other = begin_erasure(db, settings, events, user)
-    token = events.of("erasure_scheduled")[-1]["cancel_token"]
+    token = cancel_token(events.of("erasure_scheduled")[-1])
     assert refused(subject_requests.cancel_with_token, db, other.id, token, NOW,
                    events).code == "invalid_token"
     assert db.get(PrivacyRequest, other.id).status == "in_progress"
+
+
+def test_the_scheduled_event_carries_the_cancel_token_only_sealed(db, settings, events, user):
+    erasure = create(db, settings, events, user, "erasure")
+    (event,) = events.of("erasure_scheduled")
+    token = cancel_token(event)  # opens with MAIL_SECRETS_KEY...
+    assert "cancel_token" not in event
+    assert token not in json.dumps(event)  # ...and is nowhere in clear
+    with pytest.raises(UnreadableSecret):  # nor opens under another key
+        Sealer("not-the-mail-secrets-key").open(event["sealed_cancel_token"])
+    assert subject_requests.cancel_with_token(db, erasure.id, token, NOW,
+                                              events).status == "cancelled"
 
 
 def test_an_erasure_needs_a_session_and_the_password(db, settings, events, user):

@@ -5,12 +5,12 @@ as unavailable rather than guessed."""
 from __future__ import annotations
 
 from services.privacy import schedule
-from services.privacy.settings import PrivacySettings
+from tests.unit.privacy.conftest import privacy_settings
 
 
 def test_own_items_come_from_the_settings():
-    settings = PrivacySettings.from_config({"PRIVACY": {
-        "PSEUDONYM_KEY": "k", "ACCESS_LOG_RETENTION_DAYS": 90, "ERASURE_GRACE_HOURS": 24}})
+    settings = privacy_settings(PSEUDONYM_KEY="k", ACCESS_LOG_RETENTION_DAYS=90,
+                                ERASURE_GRACE_HOURS=24)
     items = {i["data"].split(" (")[0]: i for i in schedule.own_items(settings)}
     assert items["access logs"]["days"] == 90 and items["access logs"]["kept"] == "90 days"
     closed = items["closed"]
