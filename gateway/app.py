@@ -20,6 +20,7 @@ from gateway.api import BLUEPRINTS
 from gateway.api.accounts import auth_blp
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
 from gateway.api.common import SchemaExtras
+from gateway.api.health import init_internal_port
 from gateway.auth import AuthCache
 from gateway.rpc import RpcPool
 from services.common.config import config_path, load_config
@@ -31,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "RPC_TIMEOUT_SECONDS": 10,
     "RPC_POOL_SIZE": 8,
     "READY_TIMEOUT_SECONDS": 2,
+    "READY_CACHE_SECONDS": 1,
+    "INTERNAL_PORT": None,
     "AUTH_CACHE_SECONDS": 15,
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -125,6 +128,8 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     hops = int(config.get("TRUSTED_PROXY_COUNT") or 0)
     if hops > 0:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    # outermost: the listener is told apart before any forwarded header is applied
+    init_internal_port(app, int(config["INTERNAL_PORT"]) if config.get("INTERNAL_PORT") else None)
 
     if rpc is None:
         rpc = RpcPool(

@@ -4,6 +4,7 @@
     darkroom-ops dlq show <queue> [--limit N] [--json] [--traceback]
     darkroom-ops dlq replay <queue> [--limit N]
     darkroom-ops dlq purge <queue> --yes
+    darkroom-ops dlq restamp (<queue> | --all)
     darkroom-ops users grant-admin <email>
     darkroom-ops users revoke-admin <email>
     darkroom-ops storage purge [--dry-run] [--batch-size N]
@@ -124,6 +125,7 @@ def dlq_show(config, queue, limit, as_json, with_traceback):
             ("attempts", letter.attempts),
             ("replays", letter.replays),
             ("dead-lettered at", letter.dead_lettered_at),
+            ("expires at", letter.expires_at),
             ("original queue", letter.original_queue),
             ("correlation id", letter.correlation_id),
             ("content type", letter.content_type),
@@ -144,6 +146,20 @@ def dlq_replay(config, queue, limit):
     """Send dead letters back to the queue that failed them, and only to it."""
     replayed = dlq_ops.replay(config, queue, limit)
     click.echo(f"replayed {replayed} message{'s' if replayed != 1 else ''} from {dlq_ops.resolve(queue)}")
+
+
+@dlq.command("restamp")
+@click.argument("queue", required=False)
+@click.option("--all", "every", is_flag=True, help="Every dlq.* queue of the vhost.")
+@pass_config
+def dlq_restamp(config, queue, every):
+    """Requeue dead letters older than the TTL policy so they expire (once, after upgrading)."""
+    if bool(queue) == every:
+        raise OpsError("name one queue or pass --all", exit_code=2)
+    names = [name for name, _ in dlq_ops.list_dlqs(config)] if every else [queue]
+    for name in names:
+        moved = dlq_ops.restamp(config, name)
+        click.echo(f"restamped {moved} message{'s' if moved != 1 else ''} in {dlq_ops.resolve(name)}")
 
 
 @dlq.command("purge")
@@ -168,6 +184,9 @@ def _set_admin(config, email: str, is_admin: bool):
     answer = user_ops.set_admin(config, email, is_admin)
     state = "now an administrator" if answer.get("is_admin") else "no longer an administrator"
     click.echo(f"{email} is {state} (user {answer.get('user_id')})")
+    if answer.get("api_keys_revoked"):
+        click.echo(f"{answer['api_keys_revoked']} API key(s) revoked: administrators use a "
+                   "session and TOTP only")
     if answer.get("otpauth_uri"):
         click.echo("Two-factor enrolment (scan or paste into an authenticator app):")
         click.echo(answer["otpauth_uri"])

@@ -12,13 +12,16 @@ once the broker confirmed the publish.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.amqp.publish import Publisher
 
 from ops.errors import OpsError
-from ops.rabbit import connect, list_queue_names, message_count, vhost_of
+from ops.rabbit import connect, list_queue_names, message_count, queue_message_ttl, vhost_of
+from services.common.ids import isoformat, utcnow
 from services.common.messaging import (
     DLQ_PREFIX,
     ERROR_HEADER,
@@ -30,6 +33,7 @@ from services.common.messaging import (
 )
 
 CORRELATION_HEADER = "nameko.correlation_id"
+RESTAMPED_HEADER = "x-darkroom-restamped-at"  # when `dlq restamp` moved it (its TTL restarted)
 
 
 def resolve(queue: str) -> str:
@@ -77,12 +81,26 @@ class DeadLetter:
     content_type: str | None
     body: Any
     traceback: str | None = None
+    expires_at: str | None = None  # when the queue's TTL drops it (None: no TTL, or unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def describe(dlq: str, message) -> DeadLetter:
+def expiry(headers: dict, ttl_ms: int | None) -> str | None:
+    """When a dead letter expires: TTL after it entered the queue (its last
+    restamp, else when it was dead-lettered), if both are known."""
+    entered = headers.get(RESTAMPED_HEADER) or headers.get("x-darkroom-dead-lettered-at")
+    if not ttl_ms or not entered:
+        return None
+    try:
+        when = datetime.fromisoformat(str(entered).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return isoformat(when + timedelta(milliseconds=ttl_ms)) if when.tzinfo else None
+
+
+def describe(dlq: str, message, ttl_ms: int | None = None) -> DeadLetter:
     headers = dict(message.headers or {})
     raw = raw_body(message)
     body: Any
@@ -102,6 +120,7 @@ def describe(dlq: str, message) -> DeadLetter:
         content_type=message.content_type,
         body=body,
         traceback=headers.get(TRACEBACK_HEADER) or None,
+        expires_at=expiry(headers, ttl_ms),
     )
 
 
@@ -123,6 +142,7 @@ def list_dlqs(config: dict) -> list[tuple[str, int]]:
 def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
     """Peek at up to ``limit`` dead letters; they all stay in the queue."""
     dlq = resolve(queue)
+    ttl_ms = queue_message_ttl(config["RABBIT_MANAGEMENT_URL"], vhost_of(config["AMQP_URI"]), dlq)
     with connect(config["AMQP_URI"]) as conn:
         message_count(conn, dlq)  # exists?
         channel = conn.channel()
@@ -132,7 +152,7 @@ def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
                 message = channel.basic_get(dlq, no_ack=False)
                 if message is None:
                     break
-                letters.append(describe(dlq, channel.message_to_python(message)))
+                letters.append(describe(dlq, channel.message_to_python(message), ttl_ms))
         finally:
             # unacked messages go back to the queue, in their order
             channel.basic_recover(requeue=True)
@@ -140,47 +160,75 @@ def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
         return letters
 
 
-def replay(config: dict, queue: str, limit: int | None = None) -> int:
-    """Replay up to ``limit`` dead letters (all that are there now if None);
-    return how many were replayed."""
-    dlq = resolve(queue)
+def _republish(config: dict, dlq: str, limit: int | None, verb: str,
+               target: Callable[[Any], str], headers: Callable[[Any], dict]) -> int:
+    """Take the dead letters there now (at most ``limit``), publish each again
+    to the default exchange under ``target(message)`` with ``headers(message)``
+    and its body and content type, and ack it only once the broker confirmed;
+    a failed publish puts it back and stops. Returns how many were moved."""
     amqp_uri = config["AMQP_URI"]
     publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True, retry=False)
     with connect(amqp_uri) as conn:
-        # Only what is there now: a replay that fails again comes back to the
-        # DLQ and must not be replayed in a loop.
+        # Only what is there now: a message that comes back (a replay failing
+        # again, a restamped one) must not be taken again in a loop.
         todo = message_count(conn, dlq)
         if limit is not None:
             todo = min(todo, limit)
         channel = conn.channel()
-        replayed = 0
+        done = 0
         try:
-            while replayed < todo:
+            while done < todo:
                 raw = channel.basic_get(dlq, no_ack=False)
                 if raw is None:
                     break
                 message = channel.message_to_python(raw)
-                target = original_queue(dlq, message.headers or {})
+                to = target(message)
                 try:
                     publisher.publish(
                         message.body,
                         exchange="",
-                        routing_key=target,
-                        headers=replay_headers(message.headers),
+                        routing_key=to,
+                        headers=headers(message),
                         content_type=message.content_type or "application/data",
                         content_encoding=message.content_encoding or "binary",
                     )
                 except Exception as exc:
                     message.requeue()
                     raise OpsError(
-                        f"replayed {replayed}; could not republish to {target!r} "
+                        f"{verb} {done}; could not republish to {to!r} "
                         f"(the dead letter stays in {dlq}): {type(exc).__name__}: {exc}"
                     ) from None
                 message.ack()
-                replayed += 1
+                done += 1
         finally:
             channel.close()
-    return replayed
+    return done
+
+
+def replay(config: dict, queue: str, limit: int | None = None) -> int:
+    """Replay up to ``limit`` dead letters (all that are there now if None) to
+    the queue that failed each; return how many were replayed."""
+    dlq = resolve(queue)
+    return _republish(config, dlq, limit, "replayed",
+                      target=lambda message: original_queue(dlq, message.headers or {}),
+                      headers=lambda message: replay_headers(message.headers))
+
+
+def restamp(config: dict, queue: str) -> int:
+    """Move every dead letter there now to the back of its own queue,
+    unchanged (body, properties, headers; ``x-darkroom-restamped-at`` added),
+    so that it gets the queue's TTL.
+
+    RabbitMQ stamps a message's expiry when it enters a queue: dead letters
+    queued before the ``darkroom-dead-letter-ttl`` policy existed never
+    expire, and (classic queues drop expired messages from the head only)
+    hold up the expiry of every newer one behind them. Run once after the
+    upgrade; each moved message then expires DEAD_LETTER_TTL_DAYS from now.
+    Returns how many were moved."""
+    dlq = resolve(queue)
+    return _republish(config, dlq, None, "moved", target=lambda message: dlq,
+                      headers=lambda message: {**(message.headers or {}),
+                                               RESTAMPED_HEADER: isoformat(utcnow())})
 
 
 def purge(config: dict, queue: str) -> int:

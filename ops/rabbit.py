@@ -70,3 +70,19 @@ def list_queue_names(management_url: str, vhost: str, timeout: float = 10) -> li
     if not response.ok:
         raise OpsError(f"the RabbitMQ management API answered {response.status_code}: {response.text[:200]}")
     return sorted(item["name"] for item in response.json())
+
+
+def queue_message_ttl(management_url: str, vhost: str, queue: str,
+                      timeout: float = 10) -> int | None:
+    """The message TTL (ms) in force on ``queue`` (its policy's, else its
+    argument's), or None when it has none or the management API cannot say."""
+    url = (f"{management_url.rstrip('/')}/api/queues/{urllib.parse.quote(vhost, safe='')}/"
+           f"{urllib.parse.quote(queue, safe='')}")
+    try:
+        response = requests.get(url, timeout=timeout)
+        info = response.json() if response.ok else {}
+    except (requests.RequestException, ValueError):
+        return None
+    ttl = ((info.get("effective_policy_definition") or {}).get("message-ttl")
+           or (info.get("arguments") or {}).get("x-message-ttl"))
+    return int(ttl) if isinstance(ttl, int | float) and ttl > 0 else None

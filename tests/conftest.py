@@ -191,6 +191,27 @@ def make_database(postgres_server):
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="module")
+def make_migrated_engine(make_database):
+    """``make_migrated_engine("billing", pool_size=14)`` → an engine on a fresh
+    database with that service's migrations applied (for tests that run
+    domain code from many threads at once), disposed after the module."""
+    from services.common.db import make_engine
+    from services.common.migrations import SERVICES_DIR, upgrade
+
+    engines = []
+
+    def make(service: str, pool_size: int = 10):
+        url = make_database(f"{service}_concurrency")
+        upgrade(SERVICES_DIR / service / "migrations", url)
+        engines.append(make_engine(url, pool_size=pool_size))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
 # ---------------------------------------------------------------- processes
 
 

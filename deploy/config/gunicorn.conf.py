@@ -4,7 +4,11 @@ Every value can be set from the environment; deploy/.env.example lists them."""
 
 import os
 
-bind = f"{os.environ.get('GATEWAY_HOST', '127.0.0.1')}:{os.environ.get('GATEWAY_PORT', '8000')}"
+bind = [f"{os.environ.get('GATEWAY_HOST', '127.0.0.1')}:{os.environ.get('GATEWAY_PORT', '8000')}"]
+# /metrics and /readyz only here when set (gateway.yaml's INTERNAL_PORT reads the same variable)
+if os.environ.get("GATEWAY_INTERNAL_PORT", ""):
+    bind.append(f"{os.environ.get('GATEWAY_INTERNAL_HOST', '127.0.0.1')}:"
+                f"{os.environ['GATEWAY_INTERNAL_PORT']}")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GATEWAY_THREADS", "8"))

@@ -24,6 +24,16 @@ gets one policy, and RabbitMQ does not apply a policy naming
 for classic queues, ``darkroom-dead-letter-quorum`` (higher priority) for
 quorum queues.
 
+Dead letters expire: the ``darkroom-dead-letter-ttl`` policy gives every
+``dlq.*`` queue (the services' ``dlq.<queue>`` and ``dlq.broker``) a message
+TTL of ``DEAD_LETTER_TTL_DAYS`` (default 14; a fraction is allowed), written
+into the policy from the environment before the import. A policy again, not an
+``x-message-ttl`` argument: the services declare their dead-letter queues
+without one, and redeclaring an existing queue with another argument fails
+with PRECONDITION_FAILED. A policy applies to queues that already exist, so
+an upgraded broker needs nothing but this script (compose runs it at every
+``up``); changing the days and running it again changes the TTL in place.
+
 Why not RabbitMQ's ``load_definitions`` at boot: a node that imports
 definitions at boot does not create its default user, and the broker's
 credentials come from deploy/.env (``RABBITMQ_DEFAULT_USER``/``_PASS``).
@@ -46,6 +56,30 @@ import urllib.request
 from pathlib import Path
 
 DEFINITIONS = Path(__file__).with_name("definitions.json")
+TTL_POLICY = "darkroom-dead-letter-ttl"
+DAY_MS = 86_400_000
+
+
+def dead_letter_ttl_ms(days: str) -> int:
+    """``DEAD_LETTER_TTL_DAYS`` in milliseconds (a positive number of days)."""
+    try:
+        value = float(days)
+    except ValueError:
+        raise SystemExit(f"rabbitmq-init: DEAD_LETTER_TTL_DAYS={days!r} is not a number") from None
+    if not value > 0 or value * DAY_MS >= 2**32:  # RabbitMQ's largest TTL is 2^32-1 ms
+        raise SystemExit(f"rabbitmq-init: DEAD_LETTER_TTL_DAYS={days!r} must be above 0 "
+                         "and below 49 days")
+    return max(1, round(value * DAY_MS))
+
+
+def with_dead_letter_ttl(definitions: dict, ttl_ms: int) -> dict:
+    """The definitions with the dead-letter TTL policy set to ``ttl_ms``."""
+    policies = []
+    for policy in definitions.get("policies", []):
+        if policy["name"] == TTL_POLICY:
+            policy = {**policy, "definition": {**policy["definition"], "message-ttl": ttl_ms}}
+        policies.append(policy)
+    return {**definitions, "policies": policies}
 
 
 def vhost_of(amqp_uri: str) -> str:
@@ -121,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     definitions = json.loads(args.definitions.read_text())
     api = Management(management_url)
     try:
+        ttl_ms = dead_letter_ttl_ms(os.environ.get("DEAD_LETTER_TTL_DAYS", "14") or "14")
+        definitions = with_dead_letter_ttl(definitions, ttl_ms)
         wait_until_up(api, time.monotonic() + args.wait)
         apply(api, vhost, definitions)
     except SystemExit as exc:

@@ -90,7 +90,8 @@ def _cache():
 @auth_blp.arguments(Register)
 @auth_blp.response(201, Registered)
 def register(payload):
-    """Create an account; the API key in the answer is shown only here"""
+    """Create an account and mail a code to verify it (the same answer for an address that has
+    an account; its owner is told by mail). No API key: create one once the address is verified"""
     with rpc() as proxy:
         result = proxy.auth.register(payload, **client_info())
     return present(Registered, result)
@@ -155,7 +156,8 @@ def request_password_reset(payload):
 @auth_blp.arguments(ConfirmPasswordReset)
 @auth_blp.response(204)
 def confirm_password_reset(payload):
-    """Set a new password with the mailed token; revokes every session of the account"""
+    """Set a new password with the mailed token; revokes every session and API key of the
+    account, and the owner is told by mail"""
     with rpc() as proxy:
         proxy.auth.confirm_password_reset(payload)
 
@@ -189,9 +191,11 @@ class MeView(MethodView):
 @authenticated
 @me_blp.arguments(ChangeEmail)
 def change_email(payload):
-    """Change the address: a code is mailed to the new one (confirm with /v1/auth/verify-email)"""
+    """Change the address (verified accounts): a code is mailed to the new one (confirm with
+    /v1/auth/verify-email); a wrong password counts toward the login lockout"""
     with rpc() as proxy:
-        proxy.auth.request_email_change(current_principal().user_id, payload)
+        proxy.auth.request_email_change(current_principal().user_id, payload,
+                                        client_ip=client_info()["client_ip"])
     return {}
 
 
@@ -210,7 +214,8 @@ class ApiKeys(MethodView):
     @authenticated
     @me_blp.arguments(CreateApiKey)
     def post(self, payload):
-        """Create an API key; its secret (key) is shown only in this answer"""
+        """Create an API key (verified accounts, not administrators); its secret (key) is shown
+        only in this answer"""
         with rpc() as proxy:
             return present(NewApiKey, proxy.auth.create_api_key(current_principal().user_id, payload))
 
@@ -272,7 +277,7 @@ def confirm_totp(payload):
 @me_blp.response(200, WebhookSecret)
 @authenticated
 def webhook_secret():
-    """The secret that signs the caller's webhooks (Darkroom-Signature); made on first use"""
+    """The whsec_ secret that signs the caller's webhooks (Standard Webhooks); made on first use"""
     with rpc() as proxy:
         return present(WebhookSecret, proxy.auth.get_webhook_secret(current_principal().user_id))
 

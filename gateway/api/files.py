@@ -3,8 +3,9 @@
 The storage service signs these URLs (services.common.signing) for the method,
 the key and an expiry; the signature is the whole authorisation (no bearer
 token), so a download URL cannot upload and neither outlives its expiry (403
-``invalid_signature``). Only ``objects/...`` and ``staging/...`` keys of plain
-path segments are served, always inside ``FILES.ROOT``. Without ``FILES.ROOT``
+``invalid_signature``). Only ``objects/...``, ``staging/...`` and ``public/...``
+(public images' copies) keys of plain path segments are served, always inside
+``FILES.ROOT``. Without ``FILES.ROOT``
 (s3 deployments) every such path is a 404.
 
 The layout on disk is the fs backend's (services/storage/backends/fs.py): the
@@ -34,12 +35,12 @@ from gateway.rpc import ServiceUnavailable
 from services.common import signing
 from services.common.errors import DomainError, forbidden, not_found
 from services.storage.backends.fs import fsync_dir, temp_file, unlink_quietly
-from services.storage.backends.keys import InvalidKey, check_key
+from services.storage.backends.keys import PUBLIC_PREFIX, InvalidKey, check_key
 
 log = logging.getLogger("gateway.files")
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-KEY_PREFIXES = ("objects/", "staging/")
+KEY_PREFIXES = ("objects/", "staging/", PUBLIC_PREFIX)
 CHUNK = 1024 * 1024
 
 files_blp = Blueprint("files", __name__, url_prefix="/v1/files",
@@ -75,7 +76,7 @@ class FileStore:
 
     def path_for(self, key: str) -> Path:
         """The file of ``key``; 404 ``not_found`` for a key that is not a plain
-        ``objects/...`` or ``staging/...`` path inside the root."""
+        ``objects/...``, ``staging/...`` or ``public/...`` path inside the root."""
         try:
             check_key(key)
         except InvalidKey:

@@ -15,10 +15,14 @@ stream ends after a final state or after ``GENERATION_EVENTS_MAX_SECONDS``
 and of state: any replica can serve any stream.
 
 Under gunicorn's gthread workers **each open stream holds a thread** for its
-whole life, so a process accepts at most ``GENERATION_EVENTS_MAX_STREAMS``
-streams at once (503 ``service_unavailable`` with ``Retry-After`` past it)
-and the rest of the API keeps its threads. An RPC proxy is held only for the
-length of each poll.
+whole life, so a process holds at most ``GENERATION_EVENTS_MAX_STREAMS``
+streams at once (``GATEWAY_EVENT_STREAMS``; 503 ``service_unavailable`` with
+``Retry-After`` past it) and at most ``GENERATION_EVENTS_PER_USER`` (2) of one
+user's (429 ``too_many_streams``), so the rest of the API keeps its threads
+and one user cannot take every stream. Both limits count per gateway
+process (a gunicorn worker): they are not shared between workers or
+replicas. A slot is freed when the stream ends or its client goes away. An
+RPC proxy is held only for the length of each poll.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from flask import Response, current_app, jsonify
@@ -56,6 +61,7 @@ DEFAULT_POLL_SECONDS = 0.5
 DEFAULT_KEEPALIVE_SECONDS = 15.0
 DEFAULT_MAX_SECONDS = 600.0
 DEFAULT_MAX_STREAMS = 4
+DEFAULT_STREAMS_PER_USER = 2
 RECONNECT_MS = 2000  # the SSE ``retry:`` hint: how soon a client reconnects
 STREAMS_EXTENSION = "darkroom_event_streams"
 
@@ -68,12 +74,58 @@ generation_blp = Blueprint("generation", __name__, url_prefix="/v1",
                                        "server-sent events, cancellation")
 
 
+class StreamSlots:
+    """The event streams this process holds open: at most ``total``, and at
+    most ``per_user`` of any one user's."""
+
+    def __init__(self, total: int, per_user: int):
+        self.total, self.per_user = max(1, total), max(1, per_user)
+        self._lock = threading.Lock()
+        self._open: Counter[str] = Counter()
+
+    def open_streams(self, user_id: str | None = None) -> int:
+        with self._lock:
+            return self._open[user_id] if user_id is not None else sum(self._open.values())
+
+    def acquire(self, user_id: str) -> Callable[[], None]:
+        """A slot for one of ``user_id``'s streams, or 429 ``too_many_streams``
+        (the user has ``per_user`` open) / 503 ``service_unavailable`` (the
+        process has ``total``). Returns the release function (idempotent)."""
+        with self._lock:
+            if self._open[user_id] >= self.per_user:
+                raise too_many_streams(self.per_user)
+            if sum(self._open.values()) >= self.total:
+                raise ServiceUnavailable("too many open event streams on this gateway; poll "
+                                         "the job instead, or retry shortly")
+            self._open[user_id] += 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if released.is_set():
+                    return
+                released.set()
+                self._open[user_id] -= 1
+                if self._open[user_id] <= 0:
+                    del self._open[user_id]
+
+        return release
+
+
+def too_many_streams(per_user: int) -> DomainError:
+    return DomainError("too_many_streams",
+                       f"at most {per_user} event streams per user are open at once; close one, "
+                       "or poll the job instead", 429,
+                       {"max_streams_per_user": per_user, "retry_after": 5})
+
+
 @generation_blp.record_once
 def _stream_slots(state) -> None:
-    """One semaphore per app: the event streams this process may hold open."""
+    """One set of slots per app: the event streams this process may hold open."""
     config = state.app.extensions["darkroom"].config
-    limit = int(config.get("GENERATION_EVENTS_MAX_STREAMS") or DEFAULT_MAX_STREAMS)
-    state.app.extensions[STREAMS_EXTENSION] = threading.BoundedSemaphore(max(1, limit))
+    state.app.extensions[STREAMS_EXTENSION] = StreamSlots(
+        int(config.get("GENERATION_EVENTS_MAX_STREAMS") or DEFAULT_MAX_STREAMS),
+        int(config.get("GENERATION_EVENTS_PER_USER") or DEFAULT_STREAMS_PER_USER))
 
 
 # ------------------------------------------------------------ schemas of this API
@@ -225,33 +277,36 @@ class Generation(MethodView):
 
 @generation_blp.route("/generations/<uuid:job_id>/events", methods=["GET"])
 @generation_blp.doc(**EVENTS_DOC)
+@generation_blp.alt_response(429, description="too_many_streams: the caller has "
+                             "GENERATION_EVENTS_PER_USER streams open on this gateway process")
 @authenticated
 def job_events(job_id):
     """The job's status and progress as server-sent events"""
     user_id, job = current_principal().user_id, str(job_id)
     with rpc() as proxy:  # 404 (another user's job), 503... as plain HTTP errors
         first = proxy.generation.get_job(user_id, job)
-    slots = current_app.extensions[STREAMS_EXTENSION]
-    if not slots.acquire(blocking=False):
-        raise ServiceUnavailable("too many open event streams on this gateway; poll "
-                                 f"GET /v1/generations/{job} instead, or retry shortly")
-    pool = current_app.extensions["darkroom"].rpc
-    cid = correlation_id.get()
+    release = current_app.extensions[STREAMS_EXTENSION].acquire(user_id)  # 429 / 503
+    try:
+        pool = current_app.extensions["darkroom"].rpc
+        cid = correlation_id.get()
 
-    def fetch() -> dict:
-        with pool.get(correlation=cid) as proxy:
-            return proxy.generation.get_job(user_id, job)
+        def fetch() -> dict:
+            with pool.get(correlation=cid) as proxy:
+                return proxy.generation.get_job(user_id, job)
 
-    stream = event_stream(
-        first, fetch,
-        poll=_config("GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS),
-        keepalive=_config("GENERATION_EVENTS_KEEPALIVE_SECONDS", DEFAULT_KEEPALIVE_SECONDS),
-        max_seconds=_config("GENERATION_EVENTS_MAX_SECONDS", DEFAULT_MAX_SECONDS),
-    )
-    response = Response(stream, status=200, mimetype="text/event-stream")
-    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
-    # released when the server closes the response: finished, client gone, or never iterated
-    response.call_on_close(slots.release)
+        stream = event_stream(
+            first, fetch,
+            poll=_config("GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS),
+            keepalive=_config("GENERATION_EVENTS_KEEPALIVE_SECONDS", DEFAULT_KEEPALIVE_SECONDS),
+            max_seconds=_config("GENERATION_EVENTS_MAX_SECONDS", DEFAULT_MAX_SECONDS),
+        )
+        response = Response(stream, status=200, mimetype="text/event-stream")
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        # released when the server closes the response: finished, client gone, or never iterated
+        response.call_on_close(release)
+    except BaseException:
+        release()
+        raise
     return response
 
 

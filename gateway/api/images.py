@@ -173,7 +173,7 @@ class Image(MethodView):
     @authenticated
     @images_blp.arguments(SetVisibility)
     def patch(self, payload, image_id):
-        """Make an image public (readable by anyone with its id) or private again"""
+        """Make an image public (readable by anyone with its new `public_id`) or private again"""
         with rpc() as proxy:
             return present(ImageObject, proxy.storage.set_visibility(
                 current_principal().user_id, str(image_id), payload))
@@ -200,9 +200,9 @@ def image_content(image_id):
     return redirect(url, 302)
 
 
-@public_blp.route("/images/<uuid:image_id>", methods=["GET"])
+@public_blp.route("/images/<string:public_id>", methods=["GET"])
 @public_blp.response(200, PublicImageObject)
-def public_image(image_id):
-    """A public image (404 for private or unknown ones)"""
+def public_image(public_id):
+    """A public image by its public id (404 for private or unknown ones)"""
     with rpc() as proxy:
-        return present(PublicImageObject, proxy.storage.get_public_object(str(image_id)))
+        return present(PublicImageObject, proxy.storage.get_public_object(public_id))

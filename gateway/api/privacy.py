@@ -6,20 +6,21 @@ certificates. Another user's request is 404, like an unknown one. Every
 answer is ``Cache-Control: no-store`` (a finished export carries a signed
 download URL).
 
-Asking for an erasure revokes every session and API key of the account at
-once (the privacy service asks auth); this gateway process forgets the
-caller's credential at once too, the others within their credential cache.
+An erasure is asked with a session and the account's password (the privacy
+service decides: this passes the caller's credential type along) and waits
+out a grace period; it is cancelled with the mailed link's token (no sign-in)
+or by the owner's session.
 """
 
 from __future__ import annotations
 
-from flask import current_app, g
 from flask.views import MethodView
 
 from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.auth import authenticated, current_principal
 from services.common.contracts.privacy import (
     AcceptPolicy,
+    CancelRequest,
     Certificate,
     Consents,
     CreateRequest,
@@ -62,12 +63,15 @@ class Requests(MethodView):
     @authenticated
     @privacy_blp.arguments(CreateRequest)
     def post(self, payload):
-        """Ask for an export, an erasure (sessions and API keys are revoked at once), a
-        restriction of processing or its lifting; 409 while one of that type is open"""
+        """Ask for an export, an erasure (with a session, not an API key: 403
+        session_required; with the password and the TOTP code when two-factor sign-in
+        is on: 401 reauthentication_required; it waits out a grace period, cancellable
+        with the mailed link), a restriction of processing or its lifting; 409 while
+        one of that type is open"""
+        principal = current_principal()
         with rpc() as proxy:
-            answer = proxy.privacy.create_request(_user_id(), payload)
-        if payload["type"] == "erasure":
-            current_app.extensions["darkroom"].auth_cache.evict(g.credential_key)
+            answer = proxy.privacy.create_request(principal.user_id, payload,
+                                                  principal.credential_type)
         return present(RequestView, answer), 202, {
             "Location": f"/v1/privacy/requests/{answer['id']}"}
 
@@ -85,10 +89,31 @@ class OneRequest(MethodView):
     @errors(409)
     @authenticated
     def delete(self, request_id):
-        """Cancel an erasure that has not started (its grace period); 409 not_cancellable"""
+        """Cancel an erasure in its grace period with a session (403 session_required);
+        409 not_cancellable"""
+        return _cancel_signed_in(request_id)
+
+
+def _cancel_signed_in(request_id):
+    principal = current_principal()
+    with rpc() as proxy:
+        return present(RequestView, proxy.privacy.cancel_request(
+            principal.user_id, str(request_id), principal.credential_type))
+
+
+@privacy_blp.route("/requests/<uuid:request_id>/cancel", methods=["POST"])
+@privacy_blp.response(200, RequestView)
+@privacy_blp.arguments(CancelRequest)
+@privacy_blp.doc(security=[{}, {"bearerAuth": []}])
+def cancel_request(payload, request_id):
+    """Cancel an erasure in its grace period: with the mailed link's token (no sign-in;
+    400 invalid_token) or, without one, with a session of the owner (403
+    session_required); 409 not_cancellable"""
+    if payload.get("token"):
         with rpc() as proxy:
             return present(RequestView,
-                           proxy.privacy.cancel_request(_user_id(), str(request_id)))
+                           proxy.privacy.cancel_with_token(str(request_id), payload))
+    return _cancel_signed_in(request_id)
 
 
 @privacy_blp.route("/certificates/<uuid:request_id>", methods=["GET"])

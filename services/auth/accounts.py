@@ -8,23 +8,22 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from services.auth import history, keys, passwords, sessions, totp, verification
-from services.auth.errors import email_taken, invalid_credentials, invalid_token, invalid_totp
-from services.auth.lookup import find_user_by_email
+from services.auth import history, keys, lockout, passwords, sessions, totp, verification
+from services.auth.errors import email_taken, invalid_token, invalid_totp
+from services.auth.lookup import ensure_verified, find_user_by_email
 from services.auth.models import PasswordReset, User
 from services.auth.settings import AuthSettings
 from services.auth.tokens import new_reset_token, sha256_hex
 from services.common.contracts.auth import normalise_email
 from services.common.errors import conflict, invalid_request, not_found
-from services.common.ids import isoformat
+from services.common.ids import isoformat, new_id
 from services.common.networks import network_of
 
 
 @dataclass
 class Registration:
-    user: User
-    api_key: dict  # NewApiKey, with the secret
-    verification: dict  # the auth.email_verification_requested payload
+    user: User  # for an address that has an account: a stand-in, never stored
+    events: list[tuple[str, dict]]  # (event type, payload) to publish
 
 
 def register(
@@ -36,15 +35,22 @@ def register(
     client_ip: str | None,
     now: datetime,
 ) -> Registration:
-    """Create an unverified account with its first API key and a verification
-    code. ``email`` is normalised. 409 ``email_taken``, 400 ``weak_password``."""
+    """Create an unverified account (no API key: keys come once the address is
+    verified) and send a verification code. ``email`` is normalised. 400
+    ``weak_password``.
+
+    An address that already has an account gets the same answer, built on a
+    stand-in user that is never stored, and its owner a mail saying someone
+    tried to sign up with it (at most one per ``RESEND_MIN_INTERVAL_SECONDS``):
+    registering tells nobody which addresses have accounts. The password is
+    hashed either way, so the two take the same time."""
     passwords.check_policy(password, email)
-    if find_user_by_email(db, email) is not None:
-        raise email_taken()
+    password_hash = passwords.hash_password(password)
     user = User(
+        id=new_id(),
         email=email,
         email_verified=False,
-        password_hash=passwords.hash_password(password),
+        password_hash=password_hash,
         display_name=display_name,
         plan=settings.default_plan,
         processing_restricted=False,
@@ -52,14 +58,25 @@ def register(
         created_at=now,
         updated_at=now,
     )
+    existing = find_user_by_email(db, email)
+    if existing is not None:
+        events = []
+        if lockout.try_take(db, lockout.signup_notice_subject(settings, email), now):
+            events.append(("signup_attempted", {
+                "user_id": str(existing.id), "email": existing.email,
+                "attempted_at": isoformat(now)}))
+        return Registration(user, events)
     db.add(user)
     db.flush()
-    api_key = keys.create(db, user, keys.DEFAULT_KEY_NAME, now)
     network = network_of(client_ip)
     if network is not None:
         sessions.remember_network(db, settings, user, network, now)
-    event = verification.issue(db, settings, user, verification.REGISTRATION, email, now)
-    return Registration(user, api_key, event)
+    events = [("user_registered", {"user_id": str(user.id), "email": user.email,
+                                   "display_name": user.display_name})]
+    code = verification.issue(db, settings, user, verification.REGISTRATION, email, now)
+    if code is not None:
+        events.append(("email_verification_requested", code))
+    return Registration(user, events)
 
 
 def update_profile(db: Session, user: User, changes: dict, now: datetime) -> User:
@@ -78,13 +95,16 @@ def update_profile(db: Session, user: User, changes: dict, now: datetime) -> Use
 
 
 def request_email_change(
-    db: Session, settings: AuthSettings, user: User, new_email: str, password: str, now: datetime
+    db: Session, settings: AuthSettings, user: User, new_email: str, now: datetime
 ) -> dict | None:
     """Send a code to ``new_email``; the change happens when it is verified.
-    Returns the auth.email_verification_requested payload, or None when a code
-    went to that address less than ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago."""
-    if not passwords.verify_password(user.password_hash, password):
-        raise invalid_credentials(status=403)
+    The caller has checked that the account is verified
+    (:func:`lookup.ensure_verified`) and its password
+    (:func:`sessions.check_password`, which counts a wrong one toward the
+    lockout). Returns the auth.email_verification_requested payload, or None
+    when a code went to that address less than
+    ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago (asking again later re-sends the
+    code: the only resend of an address change)."""
     if new_email == user.email:
         raise invalid_request(
             "this is already the account's address",
@@ -137,14 +157,17 @@ def request_password_reset(
     return {
         "user_id": str(user.id),
         "email": user.email,
-        "token": token,
+        "sealed_token": settings.sealer.seal(token),
         "expires_at": isoformat(expires_at),
     }
 
 
-def confirm_password_reset(db: Session, token: str, new_password: str, now: datetime) -> User:
-    """Set the password; the token is spent and every session of the user ends.
-    400 ``invalid_token`` for an unknown, used, superseded or expired token."""
+def confirm_password_reset(db: Session, token: str, new_password: str, now: datetime) -> dict:
+    """Set the password; the token is spent and every session and API key of
+    the account is revoked (whoever held the account before the reset keeps
+    nothing). Returns the ``auth.password_changed`` payload (the owner is told
+    by mail). 400 ``invalid_token`` for an unknown, used, superseded or
+    expired token."""
     reset = db.scalar(select(PasswordReset).where(PasswordReset.token_hash == sha256_hex(token)))
     if (
         reset is None
@@ -158,8 +181,14 @@ def confirm_password_reset(db: Session, token: str, new_password: str, now: date
     user.password_hash = passwords.hash_password(new_password)
     user.updated_at = now
     reset.used_at = now
-    sessions.revoke_all(db, user, now)
-    return user
+    revoked = revoke_credentials(db, user, now)
+    return {"user_id": str(user.id), "email": user.email, "changed_at": isoformat(now), **revoked}
+
+
+def revoke_credentials(db: Session, user: User, now: datetime) -> dict:
+    """Revoke every live session and API key of ``user``: ``{sessions, api_keys}``."""
+    return {"sessions": sessions.revoke_all(db, user, now),
+            "api_keys": keys.revoke_all(db, user, now)}
 
 
 # ---------------------------------------------------------------- TOTP and admin
@@ -167,7 +196,10 @@ def confirm_password_reset(db: Session, token: str, new_password: str, now: date
 
 def begin_totp_enrollment(user: User, issuer: str) -> dict:
     """A new pending secret (replacing any earlier pending one); TOTP is on only
-    once a code from it is confirmed. 409 ``totp_already_enabled``."""
+    once a code from it is confirmed. 409 ``totp_already_enabled``; 403
+    ``email_unverified`` before the address is verified (whoever squatted an
+    address must not be able to lock its owner out after a password reset)."""
+    ensure_verified(user)
     if user.totp_enabled:
         raise conflict("TOTP is already enabled", code="totp_already_enabled")
     user.totp_pending_secret = totp.new_secret()
@@ -197,7 +229,10 @@ def set_admin(
     """Grant or withdraw admin (ops CLI). Granting it to an account without TOTP
     enrols TOTP at once and returns its otpauth URI (to show the operator once);
     granting ends the account's sessions, which were opened without a second
-    factor. 404 ``not_found`` for an unknown email."""
+    factor. Granting or withdrawing revokes every API key of the account (an
+    administrator signs in with a session and TOTP only; keys made while it
+    was one must not outlive the change either). 404 ``not_found`` for an
+    unknown email."""
     user = find_user_by_email(db, normalise_email(email))
     if user is None:
         raise not_found("user")
@@ -208,6 +243,8 @@ def set_admin(
         uri = totp.provisioning_uri(secret, user.email, settings.totp_issuer)
     if is_admin and not user.is_admin:
         sessions.revoke_all(db, user, now)
+    revoked = keys.revoke_all(db, user, now) if is_admin or user.is_admin else 0
     user.is_admin = is_admin
     user.updated_at = now
-    return {"user_id": user.id, "is_admin": user.is_admin, "otpauth_uri": uri}
+    return {"user_id": user.id, "is_admin": user.is_admin, "otpauth_uri": uri,
+            "api_keys_revoked": revoked}

@@ -4,22 +4,44 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.auth.lookup import parse_id
+from services.auth.lookup import ensure_verified, parse_id
 from services.auth.models import ApiKey, User
 from services.auth.tokens import new_api_key, sha256_hex
-from services.common.errors import conflict, not_found
+from services.common.errors import conflict, forbidden, not_found, unauthenticated
 from services.common.pagination import paginate
 
 MAX_ACTIVE_KEYS = 20
 DEFAULT_KEY_NAME = "default"
 
 
+def ensure_allowed(user: User) -> None:
+    """Only a verified account that is not an administrator holds API keys:
+    403 ``email_unverified`` before the address is verified (an address
+    squatted before its owner came must not leave a working key behind), 403
+    ``admin_api_keys_refused`` for an administrator (who signs in with a
+    session and a one-time code only)."""
+    if user.is_admin:
+        raise forbidden("administrators sign in with a session and a one-time code; "
+                        "they hold no API keys", code="admin_api_keys_refused")
+    ensure_verified(user)
+
+
+def ensure_usable(user: User) -> None:
+    """A key of an account that may not hold one (an administrator's, or one
+    made before its address was verified) authenticates nobody: 401."""
+    if user.is_admin or not user.email_verified:
+        raise unauthenticated("this API key cannot be used: administrators sign in with a "
+                              "session and a one-time code, and keys need a verified address")
+
+
 def create(db: Session, user: User, name: str, now: datetime) -> dict:
-    """A new key for ``user``; the returned dict (NewApiKey) is the only place
-    the secret ever appears. 409 ``too_many_keys`` past MAX_ACTIVE_KEYS."""
+    """A new key for ``user`` (see :func:`ensure_allowed`); the returned dict
+    (NewApiKey) is the only place the secret ever appears. 409
+    ``too_many_keys`` past MAX_ACTIVE_KEYS."""
+    ensure_allowed(user)
     active = db.scalar(
         select(func.count()).select_from(ApiKey).where(
             ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None)
@@ -69,3 +91,11 @@ def find_active(db: Session, secret: str) -> ApiKey | None:
     return db.scalar(
         select(ApiKey).where(ApiKey.key_hash == sha256_hex(secret), ApiKey.revoked_at.is_(None))
     )
+
+
+def revoke_all(db: Session, user: User, now: datetime) -> int:
+    """Revoke every live key of ``user``; returns how many."""
+    return db.execute(
+        update(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now).execution_options(synchronize_session=False)
+    ).rowcount or 0

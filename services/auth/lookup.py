@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.auth.models import User
-from services.common.errors import not_found
+from services.common.errors import forbidden, not_found
 
 
 def parse_id(value) -> uuid.UUID | None:
@@ -33,3 +33,9 @@ def get_user(db: Session, user_id) -> User:
 def find_user_by_email(db: Session, email: str) -> User | None:
     """``email`` must already be normalised (the request schemas do it)."""
     return db.scalar(select(User).where(User.email == email))
+
+
+def ensure_verified(user: User) -> None:
+    """403 ``email_unverified`` until the account's address is verified."""
+    if not user.email_verified:
+        raise forbidden("verify your email address first", code="email_unverified")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -104,6 +105,13 @@ class EmailVerification(Base):
     (purpose ``registration``) or to move an account to a new one (``email_change``)."""
 
     __tablename__ = "email_verifications"
+    # One live code per account and address: a second request made at the same
+    # moment as the first cannot leave two codes to guess at.
+    __table_args__ = (
+        Index("uq_email_verifications_live", "user_id", "email", unique=True,
+              postgresql_where=text("used_at IS NULL AND superseded_at IS NULL"),
+              sqlite_where=text("used_at IS NULL AND superseded_at IS NULL")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
@@ -129,27 +137,21 @@ class PasswordReset(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class LoginFailure(Base):
-    """One failed login, counted against a subject: the HMAC of a normalised
-    email (known account or not) or of a client address."""
+class Throttle(Base):
+    """Attempts counted against a subject: the HMAC of a normalised email
+    (a login to that account, known or not), of a client address (logins from
+    it), or of an address being verified (codes tried for it, whatever the
+    account). ``attempts`` is taken *before* the password or code is checked
+    (a conditional update, so parallel attempts cannot outrun the budget) and
+    counts from ``window_started_at``; a subject that uses up its budget is
+    refused until ``locked_until`` (services/auth/lockout.py)."""
 
-    __tablename__ = "login_failures"
-    __table_args__ = (Index("ix_login_failures_subject_created_at", "subject", "created_at"),)
+    __tablename__ = "throttles"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    subject: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-class LoginLockout(Base):
-    """A subject (as in :class:`LoginFailure`) refused until ``locked_until``."""
-
-    __tablename__ = "login_lockouts"
-    __table_args__ = (Index("ix_login_lockouts_subject_locked_until", "subject", "locked_until"),)
-
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
-    subject: Mapped[str] = mapped_column(String(64))
-    locked_until: Mapped[datetime] = mapped_column(UtcDateTime())
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class KnownNetwork(Base):

@@ -22,9 +22,8 @@ from services.auth.models import (
     ApiKey,
     EmailVerification,
     KnownNetwork,
-    LoginFailure,
-    LoginLockout,
     PasswordReset,
+    Throttle,
     User,
     UserSession,
     WebhookSecret,
@@ -127,6 +126,12 @@ def export(db: Session, user_id) -> dict:
     }
 
 
+def email_of(db: Session, user_id) -> str | None:
+    """The account's address (to find the dead letters that name it), None once erased."""
+    user = db.get(User, _user_uuid(user_id))
+    return user.email if user is not None else None
+
+
 def erase(db: Session, settings: AuthSettings, user_id) -> dict[str, int]:
     """Delete the account and everything hanging off it, and the sign-in
     failures and lockouts counted against its address; the address is free
@@ -138,17 +143,14 @@ def erase(db: Session, settings: AuthSettings, user_id) -> dict[str, int]:
     for name, model in CHILD_TABLES:
         tables[name] = db.execute(delete(model).where(model.user_id == uid)
                                   .execution_options(synchronize_session=False)).rowcount or 0
-    failures = lockouts = 0
+    throttles = 0
     if user is not None:
         subject = subjects_for(settings, user.email, None)[0].key
-        failures = db.execute(delete(LoginFailure).where(LoginFailure.subject == subject)
-                              .execution_options(synchronize_session=False)).rowcount or 0
-        lockouts = db.execute(delete(LoginLockout).where(LoginLockout.subject == subject)
-                              .execution_options(synchronize_session=False)).rowcount or 0
+        throttles = db.execute(delete(Throttle).where(Throttle.subject == subject)
+                               .execution_options(synchronize_session=False)).rowcount or 0
         db.delete(user)
         db.flush()
-    tables.update(login_failures=failures, login_lockouts=lockouts,
-                  users=1 if user is not None else 0)
+    tables.update(throttles=throttles, users=1 if user is not None else 0)
     return tables
 
 

@@ -1,8 +1,8 @@
 """Retention of the auth database: what is dead is deleted, on a timer.
 
 Expired or revoked sessions, verification codes and reset tokens a day past
-their end, login failures outside the counting window and lockouts that have
-ended. Accounts and API keys (revoked ones included, for the audit of who
+their end, and throttles (attempts counted against a login or an address)
+whose window and lock have both run out: such a row counts nothing any more. Accounts and API keys (revoked ones included, for the audit of who
 could call the API when) are kept until the account is erased.
 """
 
@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_
+from sqlalchemy import and_, delete, or_
 from sqlalchemy.orm import Session
 
-from services.auth.models import (
-    EmailVerification,
-    LoginFailure,
-    LoginLockout,
-    PasswordReset,
-    UserSession,
-)
+from services.auth.models import EmailVerification, PasswordReset, Throttle, UserSession
 from services.auth.settings import AuthSettings
 
 GRACE = timedelta(days=1)
@@ -27,7 +21,8 @@ GRACE = timedelta(days=1)
 
 def purge_expired(db: Session, settings: AuthSettings, now: datetime) -> dict[str, int]:
     """Delete what has outlived its use; returns the rows deleted per table."""
-    window = settings.login_failure_window
+    window = max(settings.login_failure_window, settings.verification_address_window,
+                 settings.resend_min_interval)
     statements = {
         "sessions": delete(UserSession).where(
             or_(UserSession.expires_at < now, UserSession.revoked_at.is_not(None))
@@ -36,7 +31,9 @@ def purge_expired(db: Session, settings: AuthSettings, now: datetime) -> dict[st
             EmailVerification.expires_at < now - GRACE
         ),
         "password_resets": delete(PasswordReset).where(PasswordReset.expires_at < now - GRACE),
-        "login_failures": delete(LoginFailure).where(LoginFailure.created_at < now - window),
-        "login_lockouts": delete(LoginLockout).where(LoginLockout.locked_until < now),
+        "throttles": delete(Throttle).where(and_(
+            Throttle.window_started_at < now - window,
+            or_(Throttle.locked_until.is_(None), Throttle.locked_until < now),
+        )),
     }
     return {table: db.execute(stmt).rowcount for table, stmt in statements.items()}

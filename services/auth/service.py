@@ -17,9 +17,18 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.exc import IntegrityError
 
-from services.auth import accounts, keys, lookup, retention, sessions, verification, webhooks
+from services.auth import (
+    accounts,
+    keys,
+    lookup,
+    reauth,
+    retention,
+    sessions,
+    verification,
+    webhooks,
+)
 from services.auth import privacy as privacy_data
-from services.auth.errors import RecordedFailure, email_taken
+from services.auth.errors import RecordedFailure, email_taken, invalid_credentials
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
 from services.common import privacy_parts as parts
@@ -60,6 +69,20 @@ class AuthService(DarkroomService):
             log.info("refused and recorded: %s", failure.error.code)
             raise failure.error from None
 
+    def _once_more_if_raced(self, action):
+        """``action()`` (which commits), run once more when a unique-constraint
+        race was lost inside it: the second time, what the winner wrote is
+        there to be found (an address now registered, a network now known, a
+        webhook secret now made)."""
+        for attempt in (1, 2):
+            try:
+                return action()
+            except IntegrityError:
+                self.db.rollback()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _unique_conflict(self, error: DomainError):
         """A unique-constraint race lost inside the block (at a flush or at the
@@ -74,27 +97,25 @@ class AuthService(DarkroomService):
 
     @rpc(expected_exceptions=DomainError)
     def register(self, payload, client_ip=None, user_agent=None) -> dict:
+        """The same answer whether or not the address has an account (the
+        owner of one is told by mail); never an API key."""
         data = load_rpc(c.Register, payload)
         client_ip = _string_or_none(client_ip, "client_ip")
-        with self._unique_conflict(email_taken()):
-            created = accounts.register(
-                self.db,
-                self.settings,
-                data["email"],
-                data["password"],
-                data.get("display_name"),
-                client_ip,
-                utcnow(),
-            )
-            user = created.user
-            self.dispatch(
-                "user_registered",
-                {"user_id": str(user.id), "email": user.email, "display_name": user.display_name},
-            )
-            self.dispatch("email_verification_requested", created.verification)
+
+        def register_once():
+            created = accounts.register(self.db, self.settings, data["email"], data["password"],
+                                        data.get("display_name"), client_ip, utcnow())
+            for event_type, event in created.events:
+                self.dispatch(event_type, event)
             self.db.commit()
-        log.info("user registered", extra={"user_id": str(user.id)})
-        return c.Registered().dump({"user": user, "api_key": created.api_key})
+            return created
+
+        # A registration of the same address at the same moment may win: then
+        # it is an address that has an account, answered the same way.
+        created = self._once_more_if_raced(register_once)
+        log.info("registration answered", extra={"new_account": any(
+            kind == "user_registered" for kind, _ in created.events)})
+        return c.Registered().dump({"user": created.user, "api_key": None})
 
     @rpc(expected_exceptions=DomainError)
     def verify_email(self, payload) -> dict:
@@ -122,29 +143,25 @@ class AuthService(DarkroomService):
         data = load_rpc(c.Login, payload)
         client_ip = _string_or_none(client_ip, "client_ip")
         user_agent = _string_or_none(user_agent, "user_agent")
-        for attempt in (1, 2):
-            try:
-                with self._recording_failures():
-                    result = sessions.login(
-                        self.db,
-                        self.settings,
-                        data["email"],
-                        data["password"],
-                        data.get("totp_code"),
-                        client_ip,
-                        user_agent,
-                        utcnow(),
-                    )
-                if result.suspicious_login is not None:
-                    self.dispatch("suspicious_login", result.suspicious_login)
-                self.db.commit()
-                break
-            except IntegrityError:
-                # Two logins from one new network at once: the other one
-                # recorded it first. Once more, and the network is known.
-                self.db.rollback()
-                if attempt == 2:
-                    raise
+        now = utcnow()
+        # The attempt is counted (and committed) before the password is
+        # checked: parallel guesses cannot get past the lockout.
+        subjects = sessions.begin_login(self.db, self.settings, data["email"], client_ip, now)
+        self.db.commit()
+
+        def login_once():
+            with self._recording_failures():
+                result = sessions.login(self.db, self.settings, subjects, data["email"],
+                                        data["password"], data.get("totp_code"), client_ip,
+                                        user_agent, now)
+            if result.suspicious_login is not None:
+                self.dispatch("suspicious_login", result.suspicious_login)
+            self.db.commit()
+            return result
+
+        # Two logins from one new network at once: the other one may record it
+        # first; once more, and the network is known.
+        result = self._once_more_if_raced(login_once)
         log.info(
             "login",
             extra={
@@ -205,11 +222,14 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def confirm_password_reset(self, payload) -> None:
         data = load_rpc(c.ConfirmPasswordReset, payload)
-        user = accounts.confirm_password_reset(
+        changed = accounts.confirm_password_reset(
             self.db, data["token"], data["new_password"], utcnow()
         )
+        self.dispatch("password_changed", changed)
         self.db.commit()
-        log.info("password reset; every session revoked", extra={"user_id": str(user.id)})
+        log.info("password reset; every session and API key revoked",
+                 extra={"user_id": changed["user_id"], "sessions": changed["sessions"],
+                        "api_keys": changed["api_keys"]})
         return None
 
     # ------------------------------------------------------------ profile
@@ -226,12 +246,21 @@ class AuthService(DarkroomService):
         return c.User().dump(user)
 
     @rpc(expected_exceptions=DomainError)
-    def request_email_change(self, user_id, payload) -> None:
+    def request_email_change(self, user_id, payload, client_ip=None) -> None:
         data = load_rpc(c.ChangeEmail, payload)
+        client_ip = _string_or_none(client_ip, "client_ip")
         user = lookup.get_user(self.db, user_id)
-        event = accounts.request_email_change(
-            self.db, self.settings, user, data["new_email"], data["password"], utcnow()
-        )
+        lookup.ensure_verified(user)  # 403 email_unverified, before an attempt is taken
+        now = utcnow()
+        # The password is a guess like a login's: counted first (committed),
+        # then checked; a wrong one stays counted, a right one is given back.
+        subjects = sessions.begin_login(self.db, self.settings, user.email, client_ip, now)
+        self.db.commit()
+        with self._recording_failures():
+            sessions.check_password(self.db, user, data["password"], subjects, now,
+                                    invalid_credentials(status=403))
+        self.db.commit()
+        event = accounts.request_email_change(self.db, self.settings, user, data["new_email"], now)
         if event is not None:
             self.dispatch("email_verification_requested", event)
         self.db.commit()
@@ -278,19 +307,15 @@ class AuthService(DarkroomService):
         return answer
 
     def _webhook_secret(self, user_id, action) -> dict:
-        for attempt in (1, 2):
-            try:
-                row = action(self.db, lookup.get_user(self.db, user_id), utcnow())
-                answer = c.WebhookSecret().dump(webhooks.view(row))
-                self.db.commit()
-                return answer
-            except IntegrityError:
-                # A call at the same moment made this account's first secret:
-                # once more, and it is there to read (or to replace).
-                self.db.rollback()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        def once():
+            row = action(self.db, lookup.get_user(self.db, user_id), utcnow())
+            answer = c.WebhookSecret().dump(webhooks.view(row))
+            self.db.commit()
+            return answer
+
+        # A call at the same moment may make this account's first secret:
+        # once more, and it is there to read (or to replace).
+        return self._once_more_if_raced(once)
 
     # ------------------------------------------------------------ TOTP and admin
 
@@ -322,7 +347,8 @@ class AuthService(DarkroomService):
         self.db.commit()
         log.warning(
             "admin %s", "granted" if is_admin else "withdrawn",
-            extra={"user_id": str(changed["user_id"]), "totp_enrolled": bool(changed["otpauth_uri"])},
+            extra={"user_id": str(changed["user_id"]), "totp_enrolled": bool(changed["otpauth_uri"]),
+                   "api_keys_revoked": changed["api_keys_revoked"]},
         )
         return c.AdminChanged().dump(changed)
 
@@ -369,7 +395,9 @@ class AuthService(DarkroomService):
         if self.name not in event["services"]:
             return
         started = utcnow()
+        email = privacy_data.email_of(self.db, event["user_id"])  # before it is gone
         tables = privacy_data.erase(self.db, self.settings, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"], email)
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables))
         self.db.commit()
@@ -380,3 +408,22 @@ class AuthService(DarkroomService):
     def privacy_restriction_changed(self, event: dict) -> None:
         privacy_data.set_restricted(self.db, event["user_id"], event["restricted"])
         self.db.commit()
+
+    # ------------------------------------------------------------ re-authentication
+
+    @rpc(expected_exceptions=DomainError)
+    def reauthenticate(self, user_id, password, totp_code=None) -> dict:
+        """The signed-in user's password (and TOTP code when two-factor sign-in
+        is on) checked again before an erasure: 401 ``reauthentication_required``;
+        a wrong one counts toward the account's lockout like a failed login."""
+        data = load_rpc(c.Reauthenticate, {"user_id": user_id, "password": password,
+                                           "totp_code": totp_code})
+        now = utcnow()
+        user, subjects = reauth.begin(self.db, self.settings, data["user_id"], now)
+        self.db.commit()  # the attempt is counted before the password is checked
+        with self._recording_failures():
+            reauth.reauthenticate(self.db, user, subjects, data["password"],
+                                  data["totp_code"], now)
+        self.db.commit()
+        log.info("re-authenticated", extra={"user_id": str(user.id)})
+        return {"user_id": str(user.id)}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.auth import keys, lockout, passwords, totp
 from services.auth.errors import (
@@ -38,9 +39,22 @@ class LoginResult:
     suspicious_login: dict | None  # the auth.suspicious_login payload, if any
 
 
+def begin_login(
+    db: Session, settings: AuthSettings, email: str, client_ip: str | None, now: datetime
+) -> list[lockout.Subject]:
+    """Take one attempt from the account's and the client address's budgets
+    (429 ``rate_limited`` when there is none left). The caller commits before
+    the password is checked, so parallel guesses are counted before any of
+    them is checked; returns the subjects for :func:`login`."""
+    subjects = lockout.subjects_for(settings, email, client_ip)
+    lockout.take_attempt(db, subjects, now)
+    return subjects
+
+
 def login(
     db: Session,
     settings: AuthSettings,
+    subjects: list[lockout.Subject],
     email: str,
     password: str,
     totp_code: str | None,
@@ -48,35 +62,34 @@ def login(
     user_agent: str | None,
     now: datetime,
 ) -> LoginResult:
-    """Check the credentials and open a session.
+    """Check the credentials (after :func:`begin_login`) and open a session.
 
     Refusals that count as failures are raised as RecordedFailure (the caller
     commits, then raises the error inside)."""
-    subjects = lockout.subjects_for(settings, email, client_ip)
-    lockout.ensure_not_locked(db, subjects, now)
-
     user = find_user_by_email(db, email)
     if user is None:
         passwords.burn_dummy_verification(password)
-        _fail(db, settings, subjects, now, invalid_credentials())
+        _fail(db, subjects, now, invalid_credentials())
     if not passwords.verify_password(user.password_hash, password):
-        _fail(db, settings, subjects, now, invalid_credentials())
+        _fail(db, subjects, now, invalid_credentials())
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
 
     if user.totp_enabled or user.is_admin:
         if not totp_code:
-            raise totp_required()
+            # The password was right, the second factor missing: the attempt
+            # is given back (not forgotten: TOTP guesses keep counting).
+            lockout.give_back(db, subjects)
+            raise RecordedFailure(totp_required())
         step = (
             totp.matching_step(user.totp_secret, totp_code, now, user.totp_last_step)
             if user.totp_secret
             else None
         )
-        if step is None:
-            _fail(db, settings, subjects, now, invalid_totp())
-        user.totp_last_step = step
+        if step is None or not claim_totp_step(db, user, step):
+            _fail(db, subjects, now, invalid_totp())
 
-    lockout.clear_failures(db, subjects[0])
+    lockout.succeeded(db, subjects)
     token = new_session_token()
     network = network_of(client_ip)
     session = UserSession(
@@ -101,8 +114,36 @@ def login(
     return LoginResult(user, token, session, suspicious)
 
 
-def _fail(db, settings, subjects, now, error):
-    lockout.record_failure(db, settings, subjects, now)
+def check_password(
+    db: Session, user: User, password: str, subjects: list[lockout.Subject], now: datetime,
+    error,
+) -> None:
+    """The account's password, re-entered to confirm a sensitive change (after
+    :func:`begin_login` took the attempt): a wrong one counts toward the
+    lockout like a failed login and raises RecordedFailure(``error``)."""
+    if not passwords.verify_password(user.password_hash, password):
+        _fail(db, subjects, now, error)
+    lockout.succeeded(db, subjects)
+
+
+def claim_totp_step(db: Session, user: User, step: int) -> bool:
+    """Record ``step`` as the account's last accepted TOTP step, only if it is
+    newer than the one stored: one conditional update, so a code used by two
+    logins at once lets only one of them in."""
+    claimed = db.execute(
+        update(User)
+        .where(User.id == user.id,
+               or_(User.totp_last_step.is_(None), User.totp_last_step < step))
+        .values(totp_last_step=step)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed:
+        set_committed_value(user, "totp_last_step", step)
+    return bool(claimed)
+
+
+def _fail(db, subjects, now, error):
+    lockout.record_failure(db, subjects, now)
     raise RecordedFailure(error)
 
 
@@ -145,6 +186,8 @@ def authenticate(
     user = db.get(User, credential.user_id) if credential is not None else None
     if user is None:
         raise unauthenticated("the credential is not valid")
+    if kind == "api_key":
+        keys.ensure_usable(user)
     if credential.last_used_at is None or now - credential.last_used_at >= TOUCH_INTERVAL:
         credential.last_used_at = now
     return user, kind, credential
@@ -209,10 +252,11 @@ def end(db: Session, session_id, now: datetime) -> None:
         session.revoked_at = now
 
 
-def revoke_all(db: Session, user: User, now: datetime) -> None:
-    db.execute(
+def revoke_all(db: Session, user: User, now: datetime) -> int:
+    """Revoke every live session of ``user``; returns how many."""
+    return db.execute(
         update(UserSession)
         .where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount or 0

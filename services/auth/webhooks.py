@@ -1,8 +1,10 @@
 """The account's webhook signing secret.
 
-Webhooks (API.md "Generation") are signed ``Darkroom-Signature: t=<unix>,
-v1=<hex HMAC-SHA256 of "t.body">`` with this secret; receivers verify with
-the same value, so it is stored as it is and shown to its owner on request
+Webhooks (API.md "Generation") follow Standard Webhooks: ``webhook-signature:
+v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` keyed with the bytes this
+``whsec_<base64>`` secret encodes; receivers verify with the same value (any
+Standard Webhooks library takes it as it is), so it is stored as it is and
+shown to its owner on request
 (``GET /v1/me/webhook-secret``). It is made on first use, so accounts that
 never use webhooks never get one. Rotating replaces it at once: a delivery
 signed after the rotation carries the new secret's signature.
@@ -10,6 +12,7 @@ signed after the rotation carries the new secret's signature.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from datetime import datetime
 
@@ -22,8 +25,9 @@ SECRET_BYTES = 32
 
 
 def new_secret() -> str:
-    """``whsec_`` and 32 random bytes in base64url (43 characters)."""
-    return PREFIX + secrets.token_urlsafe(SECRET_BYTES)
+    """``whsec_`` and 32 random bytes in standard base64 (44 characters), the
+    form Standard Webhooks libraries decode."""
+    return PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
 def get_or_create(db: Session, user: User, now: datetime) -> WebhookSecret:

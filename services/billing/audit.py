@@ -17,7 +17,10 @@ For every account (or one):
   against the running sums up to it;
 - ``negative_balance``; ``hold_without_entry`` / ``hold_status_mismatch``:
   each hold against its hold, capture and release entries;
-- ``orphan_entries``: entries of a user without an account.
+- ``orphan_entries``: entries of a user without an account;
+- ``refund_pending_exceeds_held``: an order waiting to take back more held
+  credits than open holds still hold of its lots; ``order_over_reversed``:
+  taken and pending together beyond the order's credits.
 
 ``problems`` lists each finding as ``{user_id, problem, expected, actual}``
 (``user_id`` also names the lot, entry or hold in ``problem`` when it helps).
@@ -31,6 +34,7 @@ from collections import defaultdict
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from services.billing.ledger import held_from_lot
 from services.billing.models import (
     CAPTURED,
     OPEN,
@@ -40,6 +44,7 @@ from services.billing.models import (
     LedgerEntry,
     Lot,
     LotMovement,
+    Order,
 )
 
 MAX_PROBLEMS = 1000
@@ -151,5 +156,20 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
         elif any(v != -hold.amount for k, v in seen.items() if k != "hold"):
             problem(hold.user_id, f"hold_close_amount_mismatch:{hold.id}", -hold.amount,
                     [v for k, v in seen.items() if k != "hold"][0])
+
+    # Refunds waiting for held credits: never more than open holds still hold
+    # of the order's lots, never more than the order's credits in all.
+    waiting = select(Order).where(Order.credits_pending > 0, Order.pseudonymised_at.is_(None))
+    if user_id is not None:
+        waiting = waiting.where(Order.user_ref == str(user_id))
+    for order in db.scalars(waiting):
+        lots = db.scalars(select(Lot.id).where(Lot.order_id == order.id)).all()
+        held = sum(held_from_lot(db, lot_id) for lot_id in lots)
+        if order.credits_pending > held:
+            problem(order.user_ref, f"refund_pending_exceeds_held:{order.id}", held,
+                    int(order.credits_pending))
+        if order.credits_pending + order.credits_reversed > order.credits:
+            problem(order.user_ref, f"order_over_reversed:{order.id}", int(order.credits),
+                    int(order.credits_pending + order.credits_reversed))
 
     return {"accounts_checked": len(accounts), "problems": problems}

@@ -25,9 +25,11 @@ grant       +N       0            ``grant:signup:<user>``, ``grant:monthly:<user
                                   ``order:<id>:grant``
 purchase    +N       0            ``order:<id>:purchase``
 hold        -N       +N           ``job:<job>:<attempt>:hold``
-capture     0        -N           ``job:<job>:<attempt>:capture``
+capture     0 (-N)   -N (0)       ``job:<job>:<attempt>:capture`` (in brackets: after the hold expired)
 release     +N       -N           ``job:<job>:<attempt>:release``
-refund      -N       0            ``order:<id>:refund:<cumulative minor units refunded>``
+refund      -N       0            ``order:<id>:refund:<cumulative minor units refunded>``,
+                                  ``order:<id>:chargeback:<dispute>``,
+                                  ``order:<id>:refund:hold:<hold>`` (see :mod:`reversals`)
 expire      -N       0            ``lot:<lot>:expire:<n>``
 adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 =========== ======== ============ ======================================
@@ -35,8 +37,6 @@ adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from dataclasses import dataclass
@@ -57,6 +57,7 @@ from services.billing.models import (
 )
 from services.common.errors import DomainError, conflict, invalid_request
 from services.common.ids import new_id
+from services.common.pagination import decode_seq_cursor, encode_seq_cursor
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,32 @@ def credit(db: Session, account: Account, *, kind: str, key: str, credits: int, 
 
 
 def spendable_lots(db: Session, user_id: uuid.UUID, now: datetime) -> list[Lot]:
-    """The user's lots with credits left, the one expiring first first (lots
-    that never expire last; ties by age)."""
+    """The user's lots with credits left and not frozen by a dispute, the one
+    expiring first first (lots that never expire last; ties by age)."""
     return list(db.scalars(
         select(Lot)
-        .where(Lot.user_id == user_id, Lot.remaining > 0,
+        .where(Lot.user_id == user_id, Lot.remaining > 0, Lot.frozen.is_(False),
                (Lot.expires_at.is_(None)) | (Lot.expires_at > now))
         .order_by(Lot.expires_at.asc().nulls_last(), Lot.created_at, Lot.id)
     ))
+
+
+def frozen_credits(db: Session, user_id: uuid.UUID, now: datetime) -> int:
+    """Credits in lots frozen by an open dispute (and not expired): counted in
+    ``available`` (they are the user's until the dispute is lost) but not
+    spendable."""
+    return int(db.scalar(
+        select(func.coalesce(func.sum(Lot.remaining), 0)).where(
+            Lot.user_id == user_id, Lot.remaining > 0, Lot.frozen.is_(True),
+            (Lot.expires_at.is_(None)) | (Lot.expires_at > now))
+    ))
+
+
+def spendable(db: Session, account: Account, now: datetime) -> int:
+    """What the (locked) account can spend now: expired lots settled first,
+    frozen credits left out."""
+    expire_lots(db, account, now)
+    return account.available - frozen_credits(db, account.user_id, now)
 
 
 def draw(db: Session, user_id: uuid.UUID, amount: int, now: datetime) -> list[tuple[Lot, int]]:
@@ -221,22 +240,23 @@ def hold_credits(db: Session, account: Account, job_id: uuid.UUID, attempt: int,
     existing = db.scalars(select(Hold).where(Hold.job_id == job_id, Hold.attempt == attempt)).first()
     if existing is not None:
         return HoldResult("duplicate", existing, price, account.available)
-    expire_lots(db, account, now)
-    if account.available < price:
-        return HoldResult("insufficient", None, price, account.available)
+    can_spend = spendable(db, account, now)
+    if can_spend < price:
+        return HoldResult("insufficient", None, price, can_spend)
     hold = Hold(id=new_id(), user_id=account.user_id, job_id=job_id, attempt=attempt, amount=price,
                 status=OPEN, plan=plan, priority=priority, created_at=now)
     db.add(hold)
     post(db, account, kind="hold", key=hold_key(job_id, attempt, "hold"), amount=-price,
          held_change=price, now=now, movements=draw(db, account.user_id, price, now),
          job_id=job_id, attempt=attempt, hold_id=hold.id)
-    return HoldResult("reserved", hold, price, account.available)
+    return HoldResult("reserved", hold, price, can_spend - price)
 
 
 @dataclass
 class CloseResult:
     status: str  # captured | released | duplicate | no_hold | refused
     hold: Hold | None = None
+    amount: int = 0  # credits captured or released
 
 
 def _find_hold(db: Session, user_id, job_id, attempt: int) -> Hold | None:
@@ -254,13 +274,39 @@ def capture(db: Session, account: Account | None, job_id: uuid.UUID, attempt: in
     if hold.status == CAPTURED:
         return CloseResult("duplicate", hold)
     if hold.status == RELEASED:
+        if hold.release_reason == "expired":
+            return _capture_after_expiry(db, account, hold, now)
         log.error("capture refused: the hold was released (%s)", hold.release_reason,
                   extra={"job_id": str(job_id), "attempt": attempt, "hold_id": str(hold.id)})
         return CloseResult("refused", hold)
     post(db, account, kind="capture", key=hold_key(job_id, attempt, "capture"), amount=0,
          held_change=-hold.amount, now=now, job_id=job_id, attempt=attempt, hold_id=hold.id)
     hold.status, hold.closed_at = CAPTURED, now
-    return CloseResult("captured", hold)
+    return CloseResult("captured", hold, hold.amount)
+
+
+def _capture_after_expiry(db: Session, account: Account, hold: Hold, now: datetime) -> CloseResult:
+    """A job that succeeded although its hold had expired (its success was
+    sent just before the expiry and arrived after it): the job is not free.
+    Its price is taken from what the user can spend now (never below zero),
+    as a ``capture`` entry that spends available credits directly (no
+    ``hold_id``: the hold stays released)."""
+    key = hold_key(hold.job_id, hold.attempt, "capture")
+    existing = find_entry(db, key)
+    if existing is not None:
+        return CloseResult("duplicate", hold, -existing.amount)
+    ids = {"job_id": str(hold.job_id), "attempt": hold.attempt, "hold_id": str(hold.id)}
+    taken = min(hold.amount, spendable(db, account, now))
+    if taken < hold.amount:
+        log.error("capture after the hold expired: %d of %d credits available", taken,
+                  hold.amount, extra=ids)
+    if taken <= 0 < hold.amount:
+        return CloseResult("refused", hold)
+    post(db, account, kind="capture", key=key, amount=-taken, held_change=0, now=now,
+         movements=draw(db, account.user_id, taken, now), job_id=hold.job_id,
+         attempt=hold.attempt, reason="captured after the hold expired")
+    log.warning("captured after the hold expired", extra={**ids, "amount": taken})
+    return CloseResult("captured", hold, taken)
 
 
 def release(db: Session, account: Account | None, job_id: uuid.UUID, attempt: int, reason: str,
@@ -277,16 +323,32 @@ def release(db: Session, account: Account | None, job_id: uuid.UUID, attempt: in
         log.error("release refused: the hold was captured",
                   extra={"job_id": str(job_id), "attempt": attempt, "hold_id": str(hold.id)})
         return CloseResult("refused", hold)
-    hold_entry = find_entry(db, hold_key(job_id, attempt, "hold"))
-    taken = db.execute(
-        select(Lot, LotMovement.amount).join(LotMovement, LotMovement.lot_id == Lot.id)
-        .where(LotMovement.entry_id == hold_entry.id).order_by(Lot.id)
-    ).all()
+    taken = hold_movements(db, hold, "hold")
     post(db, account, kind="release", key=hold_key(job_id, attempt, "release"), amount=hold.amount,
          held_change=-hold.amount, now=now, movements=[(lot, -delta) for lot, delta in taken],
          job_id=job_id, attempt=attempt, hold_id=hold.id, reason=reason)
     hold.status, hold.release_reason, hold.closed_at = RELEASED, reason, now
-    return CloseResult("released", hold)
+    return CloseResult("released", hold, hold.amount)
+
+
+def held_from_lot(db: Session, lot_id: uuid.UUID) -> int:
+    """Credits of the lot that open holds have drawn (a release gives them back)."""
+    return int(db.scalar(
+        select(func.coalesce(-func.sum(LotMovement.amount), 0))
+        .join(LedgerEntry, LedgerEntry.id == LotMovement.entry_id)
+        .join(Hold, Hold.id == LedgerEntry.hold_id)
+        .where(LotMovement.lot_id == lot_id, LedgerEntry.kind == "hold", Hold.status == OPEN)
+    ))
+
+
+def hold_movements(db: Session, hold: Hold, kind: str) -> list[tuple[Lot, int]]:
+    """What the hold's ``hold`` or ``release`` entry did to each lot."""
+    entry = find_entry(db, hold_key(hold.job_id, hold.attempt, kind))
+    if entry is None:
+        return []
+    return [tuple(row) for row in db.execute(
+        select(Lot, LotMovement.amount).join(LotMovement, LotMovement.lot_id == Lot.id)
+        .where(LotMovement.entry_id == entry.id).order_by(Lot.id))]
 
 
 def stale_holds(db: Session, older_than: datetime, limit: int) -> list[Hold]:
@@ -314,9 +376,9 @@ def adjust(db: Session, account: Account, amount: int, reason: str, key: str,
     if amount > 0:
         return credit(db, account, kind="adjustment", key=full_key, credits=amount, now=now,
                       expires_at=None, reason=reason)
-    expire_lots(db, account, now)
-    if account.available < -amount:
-        raise insufficient_credits(-amount, account.available)
+    can_spend = spendable(db, account, now)
+    if can_spend < -amount:
+        raise insufficient_credits(-amount, can_spend)
     entry = post(db, account, kind="adjustment", key=full_key, amount=amount, held_change=0,
                  now=now, movements=draw(db, account.user_id, -amount, now), reason=reason)
     return entry, True
@@ -334,31 +396,15 @@ def view(entry: LedgerEntry) -> dict:
     }
 
 
-def _encode_seq(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_seq(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, seq = raw.partition(":")
-        if prefix != "seq":
-            raise ValueError(cursor)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid_request("the cursor is not valid",
-                              fields={"cursor": ["Not a valid cursor."]}) from None
-
-
 def list_entries(db: Session, user_id: uuid.UUID, limit: int,
                  cursor: str | None) -> tuple[list[LedgerEntry], str | None]:
     """A page of the user's entries, newest first. Keyed on the entry's
     sequence number: entries written in one transaction share a time."""
     stmt = select(LedgerEntry).where(LedgerEntry.user_id == user_id)
     if cursor:
-        stmt = stmt.where(LedgerEntry.seq < _decode_seq(cursor))
+        stmt = stmt.where(LedgerEntry.seq < decode_seq_cursor(cursor))
     rows = list(db.scalars(stmt.order_by(LedgerEntry.seq.desc()).limit(limit + 1)))
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, _encode_seq(rows[-1].seq)
+    return rows, encode_seq_cursor(rows[-1].seq)

@@ -9,7 +9,8 @@
   balances after the entry; ``idempotency_key`` is UNIQUE: the natural key of
   the fact (``job:<job>:<attempt>:hold``, ``grant:signup:<user>``, ...).
 - ``lots``: where available credits sit: a grant, a purchase or a positive
-  adjustment, with ``expires_at`` and ``remaining``.
+  adjustment, with ``expires_at`` and ``remaining``; ``frozen`` while the
+  payment of the lot's order is disputed (nothing is drawn from it).
 - ``lot_movements``: how each entry changed each lot (a hold takes from the
   lots expiring first, its release gives back to the same lots): the
   per-lot allocation, and what makes lot remainders auditable.
@@ -28,6 +29,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Index,
     Integer,
     MetaData,
@@ -35,6 +37,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -115,6 +118,8 @@ class Lot(Base):
     remaining: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    # The payment of the lot's order is disputed: its credits cannot be spent.
+    frozen: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -175,6 +180,16 @@ class Order(Base):
     payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     credits_reversed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Credits a refund or a lost dispute called for that were held by jobs at
+    # the time: taken when those holds are released (a capture keeps them).
+    credits_pending: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The payment's dispute (chargeback): Stripe's id, its last status
+    # (open, won, lost, warning_closed, prevented) and the amount lost.
+    dispute_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    dispute_status: Mapped[str | None] = mapped_column(String(32))
+    amount_charged_back: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    disputed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    dispute_closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     failure_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     paid_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -223,5 +238,18 @@ class ErasedAccount(Base):
 
 
 # Events consumed (idempotency on event id) and events waiting to be published.
+class ErasurePending(Base):
+    """An erasure of the account asked for and not cancelled, as of the
+    newest ``privacy.erasure_scheduled`` / ``privacy.erasure_cancelled``:
+    while ``pending`` no credit is held for a job (the job is refused as
+    not payable). Deleted with the account's other rows at the erasure."""
+
+    __tablename__ = "erasure_pending"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    pending: Mapped[bool] = mapped_column(Boolean, default=True)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 processed_events = processed_events_table(Base.metadata)
 outbox = outbox_table(Base.metadata)

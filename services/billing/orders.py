@@ -12,8 +12,10 @@
    ``PENDING_ORDER_TIMEOUT_SECONDS`` (and a session never paid after
    ``CHECKOUT_SESSION_TTL_SECONDS``).
 3. Stripe's signed webhook (``payments/webhooks.py``) pays the order
-   (:func:`fulfil`) or refunds it (:func:`refund`). A payment for an order
-   already failed by the timeout is still honoured: the money was taken.
+   (:func:`fulfil`), refunds it (:func:`refund`) or reports a dispute
+   (:func:`dispute_opened`, :func:`dispute_closed`; the credits taken back
+   are :mod:`reversals`'). A payment for an order already failed by the
+   timeout is still honoured: the money was taken.
 
 With an ``Idempotency-Key`` the same request gets the same order back (and
 the same checkout URL); the same key with another body is refused with 409
@@ -34,7 +36,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.billing import ledger, plans
+from services.billing import ledger, plans, reversals
 from services.billing.models import (
     FAILED,
     PAID,
@@ -42,7 +44,6 @@ from services.billing.models import (
     PENDING,
     REFUNDED,
     Account,
-    Lot,
     Order,
     Payment,
 )
@@ -78,6 +79,7 @@ def view(order: Order) -> dict:
         "description": order.description, "credits": order.credits, "amount": order.amount,
         "currency": order.currency, "status": order.status, "created_at": order.created_at,
         "paid_at": order.paid_at, "amount_refunded": order.amount_refunded,
+        "dispute_status": order.dispute_status,
     }
 
 
@@ -253,19 +255,30 @@ def find_refunded_order(db: Session, charge: dict) -> uuid.UUID | None:
         return None
 
 
+def _lock_paid_order(db: Session, settings: BillingSettings, order_id: uuid.UUID, now: datetime,
+                     dispatch: Dispatch, what: str) -> tuple[Order | None, Account | None, str | None]:
+    """The paid order money goes back for (a refund, a dispute), and its
+    account, locked; or the outcome refusing it (``unknown_order``, ``not_paid``)."""
+    order, account = _lock_order_and_account(db, settings, order_id, now, dispatch)
+    if order is None:
+        log.warning("%s for an unknown order", what, extra={"order_id": str(order_id)})
+        return None, None, "unknown_order"
+    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
+        log.error("%s for an order that is not paid", what, extra={"order_id": str(order_id)})
+        return None, None, "not_paid"
+    return order, account, None
+
+
 def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: dict,
            now: datetime, dispatch: Dispatch) -> str:
     """Stripe refunded (part of) a payment. ``charge.amount_refunded`` is the
-    total refunded so far: the order's credits are reversed in proportion,
-    but only what is still unspent in the order's lot (credits already used
-    cannot be taken back). A full refund of the current paid plan ends it."""
-    order, account = _lock_order_and_account(db, settings, order_id, now, dispatch)
-    if order is None:
-        log.warning("refund for an unknown order", extra={"order_id": str(order_id)})
-        return "unknown_order"
-    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
-        log.error("refund for an order that is not paid", extra={"order_id": str(order_id)})
-        return "not_paid"
+    total refunded so far: the order's credits are reversed in proportion
+    (:mod:`reversals`: the unspent part now, the part held by jobs when those
+    holds are released; credits already spent cannot be taken back). A full
+    refund of the current paid plan ends it."""
+    order, account, refusal = _lock_paid_order(db, settings, order_id, now, dispatch, "refund")
+    if refusal:
+        return refusal
     if str(charge.get("currency") or "").lower() != order.currency:
         log.error("refund currency does not match the order", extra={"order_id": str(order_id)})
         return "currency_mismatch"
@@ -273,29 +286,15 @@ def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: 
     if total <= order.amount_refunded:
         return "stale"
     previous = order.amount_refunded
-    due = (order.credits * total // order.amount) - (order.credits * previous // order.amount)
-    reversed_now = 0
-    if account is not None and due > 0:
-        ledger.expire_lots(db, account, now)
-        lot = db.scalars(select(Lot).where(Lot.order_id == order.id, Lot.user_id == account.user_id)
-                         .order_by(Lot.created_at)).first()
-        unspent = lot.remaining if lot is not None else 0
-        reversed_now = min(due, unspent)
-        if reversed_now:
-            ledger.post(db, account, kind="refund", key=f"order:{order.id}:refund:{total}",
-                        amount=-reversed_now, held_change=0, now=now,
-                        movements=[(lot, -reversed_now)], order_id=order.id, lot_id=lot.id,
-                        reason=f"refund of {total} {order.currency}")
-    order.amount_refunded = total
-    order.credits_reversed += reversed_now
+    reversed_now, pending = reversals.money_returned(
+        db, account, order, amount_refunded=total, key=f"order:{order.id}:refund:{total}",
+        reason=f"refund of {total} {order.currency}", now=now)
     order.status = REFUNDED if total >= order.amount else PARTIALLY_REFUNDED
     order.refunded_at = now
     payment = db.scalars(select(Payment).where(Payment.order_id == order.id)).first()
     if payment is not None:
         payment.amount_refunded, payment.status, payment.refunded_at = total, order.status, now
-    if (account is not None and order.kind == "plan" and order.status == REFUNDED
-            and account.plan == order.item_id):
-        plans.end_plan(settings, account, now, dispatch)
+    _end_plan_if_all_back(settings, account, order, now, dispatch)
     if account is not None:
         dispatch("order_refunded", {
             "order_id": str(order.id), "user_id": order.user_ref,
@@ -303,8 +302,88 @@ def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: 
             "total_amount_refunded": total, "currency": order.currency, "status": order.status,
         })
     log.info("order refunded", extra={"order_id": str(order.id), "refunded": total,
-                                      "credits_reversed": reversed_now})
+                                      "credits_reversed": reversed_now,
+                                      "credits_pending": pending})
     return order.status
+
+
+def _end_plan_if_all_back(settings: BillingSettings, account: Account | None, order: Order,
+                          now: datetime, dispatch: Dispatch) -> None:
+    """All the money of the current paid plan went back: the plan ends."""
+    if (account is not None and order.kind == "plan"
+            and reversals.money_back(order) >= order.amount and account.plan == order.item_id):
+        plans.end_plan(settings, account, now, dispatch)
+
+
+# ---------------------------------------------------------------- disputes (chargebacks)
+
+DISPUTE_OPEN, DISPUTE_LOST = "open", "lost"
+DISPUTE_RESTORED = ("won", "warning_closed", "prevented")
+
+
+def find_disputed_order(db: Session, dispute: dict) -> uuid.UUID | None:
+    """The order of a dispute: by its ``payment_intent``, else by the one
+    already recorded for this dispute id."""
+    found = find_refunded_order(db, {"payment_intent": dispute.get("payment_intent"),
+                                     "metadata": dispute.get("metadata")})
+    if found is None and dispute.get("id"):
+        found = db.scalar(select(Order.id).where(Order.dispute_id == str(dispute["id"])))
+    return found
+
+
+def dispute_opened(db: Session, settings: BillingSettings, order_id: uuid.UUID, dispute: dict,
+                   now: datetime, dispatch: Dispatch) -> str:
+    """``charge.dispute.created``: the buyer disputes the payment. The
+    order's credits are frozen until the dispute closes."""
+    order, account, refusal = _lock_paid_order(db, settings, order_id, now, dispatch, "dispute")
+    if refusal:
+        return refusal
+    dispute_id = _string(dispute.get("id"))
+    if order.dispute_id == dispute_id and order.dispute_status != DISPUTE_OPEN:
+        return "stale"  # closed already: a late notification of its opening
+    order.dispute_id, order.dispute_status, order.disputed_at = dispute_id, DISPUTE_OPEN, now
+    frozen = reversals.freeze(db, order, account.user_id, True) if account is not None else 0
+    log.warning("payment disputed: the order's credits are frozen", extra={
+        "order_id": str(order.id), "dispute_id": dispute_id, "frozen": frozen})
+    return "dispute_opened"
+
+
+def dispute_closed(db: Session, settings: BillingSettings, order_id: uuid.UUID, dispute: dict,
+                   now: datetime, dispatch: Dispatch) -> str:
+    """``charge.dispute.closed``: ``lost`` takes the order's credits back in
+    proportion to the disputed amount (like a refund: the unspent part now,
+    the held part when its holds are released, the spent part stays spent);
+    ``won`` (``warning_closed``, ``prevented``) unfreezes them."""
+    order, account, refusal = _lock_paid_order(db, settings, order_id, now, dispatch, "dispute")
+    if refusal:
+        return refusal
+    dispute_id = _string(dispute.get("id"))
+    if order.dispute_id == dispute_id and order.dispute_status not in (None, DISPUTE_OPEN):
+        return "stale"
+    status = str(dispute.get("status") or "")
+    order.dispute_id, order.dispute_closed_at = dispute_id, now
+    order.disputed_at = order.disputed_at or now
+    if account is not None:
+        reversals.freeze(db, order, account.user_id, False)
+    if status != DISPUTE_LOST:
+        order.dispute_status = status if status in DISPUTE_RESTORED else "won"
+        log.info("dispute closed in our favour: credits restored", extra={
+            "order_id": str(order.id), "dispute_id": dispute_id, "status": status})
+        return "dispute_won"
+    if str(dispute.get("currency") or order.currency).lower() != order.currency:
+        log.error("dispute currency does not match the order", extra={"order_id": str(order_id)})
+    disputed = int(dispute.get("amount") or order.amount)
+    charged_back = max(0, min(disputed, int(order.amount) - int(order.amount_refunded)))
+    order.dispute_status = DISPUTE_LOST
+    taken, pending = reversals.money_returned(
+        db, account, order, amount_charged_back=charged_back,
+        key=f"order:{order.id}:chargeback:{dispute_id}",
+        reason=f"chargeback of {charged_back} {order.currency} (dispute lost)", now=now)
+    _end_plan_if_all_back(settings, account, order, now, dispatch)
+    log.warning("dispute lost: the order's credits are taken back", extra={
+        "order_id": str(order.id), "dispute_id": dispute_id, "credits_reversed": taken,
+        "credits_pending": pending})
+    return "dispute_lost"
 
 
 def _string(value) -> str | None:

@@ -8,7 +8,12 @@
 - ``generation.job_failed`` / ``generation.job_cancelled`` → release it,
   ``billing.credits_released`` (reason ``failed`` / ``cancelled``).
 - A hold older than ``HOLD_TTL_SECONDS`` (6 hours) is released by a timer
-  with reason ``expired``.
+  with reason ``expired`` (``credits_reserved`` told generation when:
+  ``hold_expires_at``, so it does not start the job after that). A success
+  arriving after the expiry is still paid for: the price is taken from what
+  the user can spend (see :func:`ledger.capture`).
+- A release gives credits back to the lots they came from; what a refund of
+  such a lot's order still waits for is taken then (:mod:`reversals`).
 
 A capture or release for a job without a hold, a capture of a released hold
 or a release of a captured one writes nothing and publishes nothing (it is
@@ -26,7 +31,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.billing import ledger, plans
+from services.billing import ledger, plans, reversals
 from services.billing.models import Lot
 from services.billing.settings import BillingSettings
 
@@ -51,8 +56,10 @@ def job_requested(db: Session, settings: BillingSettings, event: dict, now: date
     result = ledger.hold_credits(db, account, event["job_id"], ids["attempt"], price,
                                  plan.id, plan.priority, now)
     if result.status == "reserved":
+        expires_at = result.hold.created_at + timedelta(seconds=settings.hold_ttl_seconds)
         dispatch("credits_reserved", {**ids, "hold_id": str(result.hold.id), "amount": price,
-                                      "plan": plan.id, "priority": plan.priority})
+                                      "plan": plan.id, "priority": plan.priority,
+                                      "hold_expires_at": expires_at.isoformat()})
     elif result.status == "insufficient":
         dispatch("credits_insufficient", {**ids, "required": price,
                                           "available": result.available})
@@ -68,13 +75,26 @@ def job_finished(db: Session, event: dict, outcome: str, now: datetime,
     if outcome == "succeeded":
         result = ledger.capture(db, account, event["job_id"], ids["attempt"], now)
         if result.status == "captured":
-            dispatch("credits_captured", {**ids, "amount": result.hold.amount})
+            reversals.after_capture(db, result.hold)
+            dispatch("credits_captured", {**ids, "amount": result.amount})
     else:
-        result = ledger.release(db, account, event["job_id"], ids["attempt"], outcome, now)
-        if result.status == "released":
-            dispatch("credits_released", {**ids, "amount": result.hold.amount, "reason": outcome})
+        result = release(db, account, event["job_id"], ids["attempt"], outcome, now, dispatch)
     log.info("job %s: %s", outcome, result.status, extra=ids)
     return result.status
+
+
+def release(db: Session, account, job_id, attempt: int, reason: str, now: datetime,
+            dispatch: Dispatch) -> ledger.CloseResult:
+    """Release the hold of one attempt of a job (reason failed, cancelled or
+    expired), take what a refund of the lots it gives back to still waits
+    for, and publish ``billing.credits_released``."""
+    result = ledger.release(db, account, job_id, attempt, reason, now)
+    if result.status == "released":
+        reversals.after_release(db, account, result.hold, now)
+        dispatch("credits_released", {
+            "job_id": str(job_id), "user_id": str(account.user_id), "attempt": int(attempt),
+            "amount": result.amount, "reason": reason})
+    return result
 
 
 def release_stale_holds(db: Session, settings: BillingSettings, now: datetime,
@@ -87,11 +107,8 @@ def release_stale_holds(db: Session, settings: BillingSettings, now: datetime,
     released = 0
     for user_id, job_id, attempt in stale:
         account = ledger.lock_account(db, user_id)
-        result = ledger.release(db, account, job_id, attempt, "expired", now)
+        result = release(db, account, job_id, attempt, "expired", now, dispatch)
         if result.status == "released":
-            dispatch("credits_released", {
-                "job_id": str(job_id), "user_id": str(user_id), "attempt": attempt,
-                "amount": result.hold.amount, "reason": "expired"})
             released += 1
             log.warning("hold expired", extra={"job_id": str(job_id), "attempt": attempt})
         db.commit()

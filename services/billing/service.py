@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from services.billing import audit, ledger, orders, plans, pricing, retention, saga
+from services.billing import privacy as privacy_data
 from services.billing.models import LedgerEntry, outbox, processed_events
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
@@ -97,13 +98,16 @@ class BillingService(DarkroomService):
                 LedgerEntry.created_at >= start, LedgerEntry.created_at < end)))
 
         plan = plans.effective_plan(self.settings, account, now)
+        frozen = ledger.frozen_credits(self.db, user, now)
         return c.Balance().dump({
-            "available": account.available - ledger.expired_unsettled(self.db, user, now),
-            "held": account.held, "plan": plan.id,
+            "available": account.available - ledger.expired_unsettled(self.db, user, now) - frozen,
+            "held": account.held, "frozen": frozen, "plan": plan.id,
             "plan_expires_at": account.plan_expires_at if plan.paid else None,
             "period_start": start, "period_end": end,
             "granted_this_period": period_sum(LedgerEntry.amount, "grant"),
-            "used_this_period": period_sum(-LedgerEntry.held_change, "capture"),
+            # a capture spends held credits, or available ones after its hold expired
+            "used_this_period": period_sum(-LedgerEntry.held_change - LedgerEntry.amount,
+                                           "capture"),
         })
 
     @rpc(expected_exceptions=DomainError)
@@ -276,6 +280,8 @@ class BillingService(DarkroomService):
         started = utcnow()
         deleted, pseudonymised = retention.erase_user_tables(
             self.db, self.settings, event["user_id"], started)
+        deleted.update(privacy_data.erase(self.db, event["user_id"]))
+        deleted["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), deleted,
             rows_pseudonymised=sum(pseudonymised.values())))
@@ -283,6 +289,17 @@ class BillingService(DarkroomService):
         log.info("user's billing data erased", extra={
             "request_id": str(event["request_id"]), "rows_deleted": sum(deleted.values()),
             "rows_pseudonymised": sum(pseudonymised.values())})
+
+    @event_handler("privacy", "erasure_scheduled")
+    def privacy_erasure_scheduled(self, event: dict) -> None:
+        """No credit is held for the account while its erasure is pending."""
+        privacy_data.apply_erasure_pending(self.db, event["user_id"], True, event["occurred_at"])
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_cancelled")
+    def privacy_erasure_cancelled(self, event: dict) -> None:
+        privacy_data.apply_erasure_pending(self.db, event["user_id"], False, event["occurred_at"])
+        self.db.commit()
 
     # ------------------------------------------------------------ events
 
@@ -304,7 +321,8 @@ class BillingService(DarkroomService):
     def job_requested(self, event: dict) -> None:
         if not self._claim(event, "billing.job_requested"):
             return
-        saga.job_requested(self.db, self.settings, event, utcnow(), self.dispatch)
+        # the saga's hold, or a refusal while an erasure of the account is pending
+        privacy_data.job_requested(self.db, self.settings, event, utcnow(), self.dispatch)
         self.db.commit()
 
     @event_handler("generation", "job_succeeded")

@@ -11,6 +11,8 @@ decides *what* it exports or erases; this decides how the answer travels).
   counts per table and times, never personal data.
 - :func:`store_through_storage`: the storing of a big part, for services
   that reach storage by RPC.
+- :func:`record_newest`: a service's copy of a per-user privacy state
+  (restricted, erasure pending) from the privacy service's events.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import requests
+from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import PART_INLINE_MAX_BYTES
 from services.common.ids import isoformat
@@ -76,16 +79,20 @@ def export_part(request_id, service: str, data: dict, about: str, withheld=(),
 
 def erasure_result(request_id, service: str, started_at: datetime, finished_at: datetime,
                    tables: dict[str, int], rows_pseudonymised: int = 0, objects_deleted: int = 0,
-                   bytes_deleted: int = 0) -> dict:
+                   bytes_deleted: int = 0, recheck: bool = False) -> dict:
     """The payload of ``<service>.erasure_completed``: rows deleted per table
     (their sum is ``rows_deleted``), rows kept but pseudonymised, objects and
-    bytes removed from the object store."""
+    bytes removed from the object store; ``recheck`` when it answers the
+    request's second asking (``privacy.erasure_requested`` with ``recheck``)."""
     tables = {str(name): int(count) for name, count in tables.items()}
-    return {"request_id": str(request_id), "service": service,
-            "rows_deleted": sum(tables.values()), "rows_pseudonymised": int(rows_pseudonymised),
-            "objects_deleted": int(objects_deleted), "bytes_deleted": int(bytes_deleted),
-            "tables": tables, "started_at": isoformat(started_at),
-            "finished_at": isoformat(finished_at)}
+    result = {"request_id": str(request_id), "service": service,
+              "rows_deleted": sum(tables.values()), "rows_pseudonymised": int(rows_pseudonymised),
+              "objects_deleted": int(objects_deleted), "bytes_deleted": int(bytes_deleted),
+              "tables": tables, "started_at": isoformat(started_at),
+              "finished_at": isoformat(finished_at)}
+    if recheck:
+        result["recheck"] = True
+    return result
 
 
 def store_through_storage(storage, user_id, request_id, http=requests,
@@ -104,3 +111,21 @@ def store_through_storage(storage, user_id, request_id, http=requests,
         return str(slot["object_id"])
 
     return store
+
+
+def record_newest(db: Session, model, user_id, field: str, value: bool, at: datetime) -> bool:
+    """Set ``field`` of the user's ``model`` row (primary key ``user_id``,
+    and ``changed_at``) from an event of time ``at``, unless a newer event
+    was recorded (events may arrive out of order); False then. The caller
+    commits."""
+    uid = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+    row = db.get(model, uid, with_for_update=True)
+    if row is None:
+        db.add(model(user_id=uid, changed_at=at, **{field: bool(value)}))
+    elif row.changed_at > at:
+        return False
+    else:
+        setattr(row, field, bool(value))
+        row.changed_at = at
+    db.flush()
+    return True

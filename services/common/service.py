@@ -1,4 +1,5 @@
-"""What every Darkroom nameko service has: observability and a ``ping`` RPC.
+"""What every Darkroom nameko service has: observability, a ``ping`` RPC and
+the removal of its dead letters that name an erased user.
 
     class AuthService(DarkroomService):
         name = "auth"
@@ -10,6 +11,7 @@ from __future__ import annotations
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
+from services.common.dead_letters import DeadLetters
 from services.common.observability import Observability
 from services.common.secrets import ProductionSecrets
 
@@ -18,6 +20,9 @@ class DarkroomService:
     name = "darkroom"
     production_secrets = ProductionSecrets()  # DARKROOM_ENV=production: no weak secrets
     observe = Observability()
+    # at an erasure: self.dead_letters(user_id, ...) removes this service's
+    # dead letters that name the user
+    dead_letters = DeadLetters()
 
     @rpc
     def ping(self) -> dict:

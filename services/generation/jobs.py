@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -27,6 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import isoformat, new_id
 from services.common.pagination import paginate
+from services.generation import error_text, webhooks
 from services.generation.models import (
     ACTIVE,
     CANCELLED,
@@ -37,6 +38,7 @@ from services.generation.models import (
     RUNNING,
     SUCCEEDED,
     Job,
+    SubmitLock,
     WebhookDelivery,
 )
 from services.generation.settings import GenerationSettings
@@ -94,7 +96,38 @@ def submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reques
            now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
     """Create the job and announce it (``generation.job_requested``: billing
     holds ``price``). Returns ``(job, created)``; a repeat of an idempotent
-    request returns the first job and False."""
+    request returns the first job and False.
+
+    The per-user cap on active jobs is atomic: the user's submit lock is held
+    from before the count until the caller's commit, so parallel submits of
+    one user (several workers, several replicas) are decided one at a time
+    and cannot get past the cap together."""
+    lock_submits(db, user_id)
+    try:
+        return _submit(db, settings, user_id, request, expansion, price, idempotency_key, digest,
+                       now, dispatch)
+    finally:
+        unlock_submits(db, user_id)
+
+
+def lock_submits(db: Session, user_id: uuid.UUID) -> None:
+    """Take the user's submit lock until the transaction ends: the user's row
+    in ``submit_locks``. A concurrent submit of the same user blocks on the
+    row's key until this transaction commits or rolls back (the row is gone
+    by then, see :func:`unlock_submits`), so the active-job count it makes
+    next includes this transaction's job."""
+    db.execute(insert(SubmitLock).values(user_id=user_id))
+
+
+def unlock_submits(db: Session, user_id: uuid.UUID) -> None:
+    """Delete the lock row in the same transaction: the commit (or rollback)
+    lets the next submit in, and nothing is left behind."""
+    db.execute(delete(SubmitLock).where(SubmitLock.user_id == user_id))
+
+
+def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, request: dict,
+            expansion: dict, price: int, idempotency_key: str | None, digest: str,
+            now: datetime, dispatch: Dispatch) -> tuple[Job, bool]:
     existing = find_idempotent(db, user_id, idempotency_key, digest)
     if existing is not None:
         return existing, False
@@ -166,7 +199,8 @@ def credits_reserved(db: Session, settings: GenerationSettings, event: dict, now
     if job is None:
         return False
     if _move(db, job, QUEUED, status=RESERVED, priority=int(event["priority"]), reserved_at=now,
-             stage=STAGES[RESERVED], updated_at=now):
+             hold_expires_at=event.get("hold_expires_at"), stage=STAGES[RESERVED],
+             updated_at=now):
         return True
     if job.status == CANCELLED:
         dispatch("job_cancelled", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt})
@@ -191,13 +225,19 @@ def credits_insufficient(db: Session, settings: GenerationSettings, event: dict,
     return True
 
 
+def _hold_alive(now: datetime):
+    """A job's hold is still there: billing has not released it as expired."""
+    return or_(Job.hold_expires_at.is_(None), Job.hold_expires_at > now)
+
+
 def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job | None:
-    """Take the most urgent reserved job (plan priority, then age) and lease
-    it to this worker. Competing workers never take the same job: on
-    PostgreSQL the candidate row is locked ``FOR UPDATE SKIP LOCKED``, and the
-    update only applies to a job still ``reserved``."""
+    """Take the most urgent reserved job (plan priority, then age) whose hold
+    has not expired and lease it to this worker. Competing workers never take
+    the same job: on PostgreSQL the candidate row is locked ``FOR UPDATE SKIP
+    LOCKED``, and the update only applies to a job still ``reserved``. A job
+    whose hold expired is left to :func:`fail_expired_holds`."""
     candidate = (
-        select(Job.id).where(Job.status == RESERVED)
+        select(Job.id).where(Job.status == RESERVED, _hold_alive(now))
         .order_by(Job.priority.desc(), Job.reserved_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -207,7 +247,7 @@ def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job 
         return None
     token = str(uuid.uuid4())
     result = db.execute(
-        update(Job).where(Job.id == job_id, Job.status == RESERVED)
+        update(Job).where(Job.id == job_id, Job.status == RESERVED, _hold_alive(now))
         .values(status=RUNNING, lease_token=token, stage="starting",
                 lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
                 started_at=func.coalesce(Job.started_at, now), updated_at=now)
@@ -245,9 +285,14 @@ def renew_lease(db: Session, settings: GenerationSettings, job_id: uuid.UUID, to
 
 def succeed(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,
             output_ids: list[uuid.UUID], provider: str, now: datetime, dispatch: Dispatch) -> bool:
-    """Finish a running job with its committed outputs (only the lease holder can)."""
+    """Finish a running job with its committed outputs (only the lease holder
+    can). A job whose hold has expired by now fails ``hold_expired`` instead:
+    billing has given its credits back, so it is not delivered (False)."""
     job = db.get(Job, job_id)
     if job is None or job.lease_token != token:
+        return False
+    if job.hold_expires_at is not None and job.hold_expires_at <= now:
+        _fail_hold_expired(db, settings, job, RUNNING, now, dispatch)
         return False
     if not _move(db, job, RUNNING, status=SUCCEEDED, progress=1.0, stage=STAGES[SUCCEEDED],
                  provider=provider, output_ids=[str(i) for i in output_ids], finished_at=now,
@@ -273,6 +318,55 @@ def fail(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: st
                             "reason": code, "message": message[:2000]})
     _finished(db, settings, job, now)
     return True
+
+
+HOLD_EXPIRED = "hold_expired"
+HOLD_EXPIRED_MESSAGE = ("the credits held for this job were released before it finished "
+                        "(a hold is kept for a limited time); nothing was charged, and the "
+                        "job can be replayed")
+
+
+def _fail_hold_expired(db: Session, settings: GenerationSettings, job: Job,
+                       from_status: str | tuple[str, ...], now: datetime,
+                       dispatch: Dispatch) -> bool:
+    """Fail a job whose hold billing released as expired (``hold_expired``):
+    visible in its error, replayable (a replay holds the price again)."""
+    if not _move(db, job, from_status, status=FAILED, stage=STAGES[FAILED],
+                 error_code=HOLD_EXPIRED, error_message=HOLD_EXPIRED_MESSAGE, finished_at=now,
+                 lease_token=None, lease_expires_at=None, updated_at=now):
+        return False
+    # billing released the hold already: this release finds it released
+    dispatch("job_failed", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
+                            "reason": HOLD_EXPIRED, "message": HOLD_EXPIRED_MESSAGE})
+    _finished(db, settings, job, now)
+    log.warning("job failed: its hold expired", extra={"job_id": str(job.id),
+                                                       "attempt": job.attempt})
+    return True
+
+
+def credits_released(db: Session, settings: GenerationSettings, event: dict, now: datetime,
+                     dispatch: Dispatch) -> bool:
+    """``billing.credits_released``: with reason ``expired``, billing gave the
+    credits of a job that had not finished back; the job fails ``hold_expired``
+    whether it waits, is queued or runs (its worker's success is refused).
+    Other reasons answer this service's own ``job_failed`` / ``job_cancelled``."""
+    if event["reason"] != "expired":
+        return False
+    job = _job_for_event(db, event)
+    if job is None:
+        return False
+    return _fail_hold_expired(db, settings, job, ACTIVE, now, dispatch)
+
+
+def fail_expired_holds(db: Session, settings: GenerationSettings, now: datetime,
+                       dispatch: Dispatch, limit: int = 100) -> int:
+    """Jobs still waiting or running past their hold's expiry fail
+    ``hold_expired`` (should billing's ``credits_released`` be late)."""
+    rows = list(db.scalars(
+        select(Job).where(Job.status.in_((RESERVED, RUNNING)), Job.hold_expires_at <= now)
+        .order_by(Job.hold_expires_at).limit(limit)))
+    return sum(_fail_hold_expired(db, settings, job, (RESERVED, RUNNING), now, dispatch)
+               for job in rows)
 
 
 def requeue_expired_leases(db: Session, now: datetime) -> list[uuid.UUID]:
@@ -316,7 +410,8 @@ def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
     attempt = job.attempt
     if not _move(db, job, FAILED, status=QUEUED, attempt=attempt + 1, stage=STAGES[QUEUED],
                  progress=0.0, error_code=None, error_message=None, provider=None, output_ids=[],
-                 reserved_at=None, started_at=None, finished_at=None, updated_at=now):
+                 reserved_at=None, hold_expires_at=None, started_at=None, finished_at=None,
+                 updated_at=now):
         raise conflict(f"only failed jobs can be replayed; this one is {job.status}",
                        code="not_replayable", status=job.status)
     dispatch("job_requested", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
@@ -325,14 +420,16 @@ def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
 
 
 def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime) -> None:
-    """What every final state does: the webhook, and the prompt redaction
-    when prompts are not kept."""
-    if job.webhook_url:
+    """What every final state does: the webhook (not for a job rejected at
+    submit: it never ran, and its submitter had the answer), and the prompt
+    redaction when prompts are not kept."""
+    if job.webhook_url and job.status != REJECTED:
         body = json.dumps({"type": f"job.{job.status}", "job": webhook_view(job)},
                           separators=(",", ":"))
         db.add(WebhookDelivery(
             id=new_id(), job_id=job.id, user_id=job.user_id, attempt=job.attempt,
-            job_status=job.status, url=job.webhook_url, body=body, status="pending", tries=0,
+            job_status=job.status, url=job.webhook_url,
+            receiver=webhooks.receiver_of(job.webhook_url), body=body, status="pending", tries=0,
             next_attempt_at=now, created_at=now,
         ))
     if settings.prompt_retention == "redact":
@@ -417,8 +514,7 @@ def view(job: Job, position: int | None = None) -> dict:
         "id": job.id, "type": job.type, "status": job.status, "attempt": job.attempt,
         "progress": job.progress, "stage": job.stage, "queue_position": position,
         "price": job.price, "outputs": list(job.output_ids or []),
-        "error": {"code": job.error_code, "message": job.error_message or ""}
-        if job.error_code else None,
+        "error": error_view(job),
         "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "prompt_redacted": job.prompt_redacted, "params": job.params or {},
         "shots": job.shots, "webhook_url": job.webhook_url, "provider": job.provider,
@@ -427,13 +523,21 @@ def view(job: Job, position: int | None = None) -> dict:
     }
 
 
+def error_view(job: Job) -> dict | None:
+    """A job's error as users and webhooks see it. Messages are cleaned when
+    a job fails (:class:`services.generation.runner.JobFailure`); cleaning
+    again here covers rows written before that and any other writer."""
+    if not job.error_code:
+        return None
+    return {"code": job.error_code, "message": error_text.clean(job.error_message)}
+
+
 def webhook_view(job: Job) -> dict:
     """What a webhook tells: the final state, never the prompt."""
     return {
         "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
         "outputs": list(job.output_ids or []), "price": job.price,
-        "error": {"code": job.error_code, "message": job.error_message or ""}
-        if job.error_code else None,
+        "error": error_view(job),
         "created_at": isoformat(job.created_at),
         "finished_at": isoformat(job.finished_at) if job.finished_at else None,
     }

@@ -75,6 +75,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     reserved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # when billing releases this attempt's hold (``billing.credits_reserved``):
+    # the job is not claimed after it, and fails ``hold_expired``
+    hold_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -96,6 +99,8 @@ class WebhookDelivery(Base):
     attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt
     job_status: Mapped[str] = mapped_column(String(16))
     url: Mapped[str] = mapped_column(String(2000))
+    # the URL's origin (scheme://host:port): what per-receiver limits and backoff key on
+    receiver: Mapped[str | None] = mapped_column(String(300))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
     tries: Mapped[int] = mapped_column(Integer, default=0)
@@ -103,6 +108,33 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class WebhookReceiver(Base):
+    """A receiver (an origin) that keeps failing: its deliveries wait until
+    ``blocked_until`` once ``failures`` in a row reach the threshold. The row
+    exists only while the receiver fails; a success deletes it."""
+
+    __tablename__ = "webhook_receivers"
+
+    receiver: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class SubmitLock(Base):
+    """A user's submit lock: :func:`services.generation.jobs.submit` inserts
+    the user's row, counts the active jobs, adds the new one and deletes the
+    row again, all in its transaction. A second submit of the same user
+    waits on the row's primary key until the first commits, so the count
+    and the new job are one decision. The row never outlives a transaction:
+    nothing is kept here."""
+
+    __tablename__ = "submit_locks"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
 
 
 class RestrictedUser(Base):
@@ -114,6 +146,20 @@ class RestrictedUser(Base):
 
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     restricted: Mapped[bool] = mapped_column(default=False)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ErasurePending(Base):
+    """An erasure of the account asked for and not cancelled, as of the
+    newest ``privacy.erasure_scheduled`` / ``privacy.erasure_cancelled``:
+    while ``pending``, ``submit`` refuses new jobs (403 ``erasure_pending``).
+    The erasure keeps the row (and sets it) until its recheck, when the
+    account is gone."""
+
+    __tablename__ = "erasure_pending"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    pending: Mapped[bool] = mapped_column(default=True)
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

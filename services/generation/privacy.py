@@ -2,10 +2,17 @@
 deliveries in an export and an erasure, the processing restriction (no new
 job while restricted), and the retention schedule this service enforces.
 
+While an erasure of the account is pending (``privacy.erasure_scheduled``,
+until ``privacy.erasure_cancelled``) no new job is accepted either (403
+``erasure_pending``).
+
 An erasure waits for the user's running jobs (:class:`JobsRunning`: the event
 is retried) so no output is stored behind it; it is the first phase of every
 erasure, before storage and billing erase theirs. Jobs that have not started
-are deleted with the rest (billing erases their holds).
+are deleted with the rest (billing erases their holds). The privacy service
+asks again after every other part (``recheck``): a job submitted while the
+erasure ran (a submit that passed its check just before) is deleted then,
+and so is the pending-erasure record, the account being gone.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from sqlalchemy.orm import Session
 
 from services.common.errors import forbidden
 from services.common.ids import isoformat
-from services.generation.models import RUNNING, Job, RestrictedUser, WebhookDelivery
+from services.common.privacy_parts import record_newest
+from services.generation.models import (
+    RUNNING,
+    ErasurePending,
+    Job,
+    RestrictedUser,
+    WebhookDelivery,
+)
 from services.generation.settings import GenerationSettings
 
 ABOUT = (
@@ -60,16 +74,24 @@ def check_not_restricted(db: Session, user_id) -> None:
 
 def apply_restriction(db: Session, user_id, restricted: bool, at: datetime) -> bool:
     """Record a ``privacy.restriction_changed`` unless a newer one was; the caller commits."""
-    uid = _uuid(user_id)
-    row = db.get(RestrictedUser, uid, with_for_update=True)
-    if row is None:
-        db.add(RestrictedUser(user_id=uid, restricted=bool(restricted), changed_at=at))
-    elif row.changed_at > at:
-        return False
-    else:
-        row.restricted, row.changed_at = bool(restricted), at
-    db.flush()
-    return True
+    return record_newest(db, RestrictedUser, user_id, "restricted", restricted, at)
+
+
+# ---------------------------------------------------------------- pending erasure
+
+
+def check_no_erasure_pending(db: Session, user_id) -> None:
+    """403 ``erasure_pending`` while an erasure of the account is pending."""
+    row = db.get(ErasurePending, _uuid(user_id))
+    if row is not None and row.pending:
+        raise forbidden("an erasure of this account is pending: no new generation runs; "
+                        "cancel the erasure to generate again", code="erasure_pending")
+
+
+def apply_erasure_pending(db: Session, user_id, pending: bool, at: datetime) -> bool:
+    """Record ``privacy.erasure_scheduled`` (True) or ``erasure_cancelled``
+    (False) unless a newer one was; the caller commits."""
+    return record_newest(db, ErasurePending, user_id, "pending", pending, at)
 
 
 # ---------------------------------------------------------------- export and erasure
@@ -107,17 +129,25 @@ def export(db: Session, user_id) -> dict:
     }
 
 
-def erase(db: Session, user_id) -> dict[str, int]:
+def erase(db: Session, user_id, now: datetime, recheck: bool = False) -> dict[str, int]:
     """Delete the user's jobs, webhook deliveries and restriction; rows per
-    table. Raises :class:`JobsRunning` while a job of theirs runs. The caller commits."""
+    table. Raises :class:`JobsRunning` while a job of theirs runs. The first
+    time the pending-erasure record is set (no job is accepted from now on,
+    whatever order the events came in); at the ``recheck`` it is deleted too.
+    The caller commits."""
     uid = _uuid(user_id)
+    if not recheck:
+        apply_erasure_pending(db, uid, True, now)
     running = db.scalar(select(func.count()).select_from(Job)
                         .where(Job.user_id == uid, Job.status == RUNNING))
     if running:
         raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
     tables = {}
-    for name, model in (("webhook_deliveries", WebhookDelivery), ("jobs", Job),
-                        ("restricted_users", RestrictedUser)):
+    models = [("webhook_deliveries", WebhookDelivery), ("jobs", Job),
+              ("restricted_users", RestrictedUser)]
+    if recheck:
+        models.append(("erasure_pending", ErasurePending))
+    for name, model in models:
         tables[name] = db.execute(delete(model).where(model.user_id == uid)
                                   .execution_options(synchronize_session=False)).rowcount or 0
     return tables

@@ -19,9 +19,11 @@ publishes ``generation.job_requeued`` so another worker runs it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from nameko.rpc import RpcProxy, rpc
@@ -29,6 +31,7 @@ from nameko.timer import timer
 from sqlalchemy.orm import Session
 
 from services.common import privacy_parts as parts
+from services.common.bounded_rpc import BoundedProxy
 from services.common.concurrency import Heartbeat, offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
@@ -37,7 +40,7 @@ from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService, FromConfig
-from services.generation import deliveries, jobs, runner, webhooks
+from services.generation import deliveries, error_text, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
@@ -65,6 +68,11 @@ def make_quotes(config) -> QuoteCache:
     return QuoteCache(GenerationSettings.from_config(config).quote_cache_seconds)
 
 
+def make_webhook_sender(config) -> deliveries.Sender:
+    settings = GenerationSettings.from_config(config)
+    return deliveries.Sender(settings.webhook_concurrency, settings.webhook_receiver_concurrency)
+
+
 def make_router(config) -> Router:
     """Built once per process: its circuit breakers remember failures across
     jobs. CPU-heavy rendering runs off the hub."""
@@ -81,6 +89,7 @@ class GenerationService(DarkroomService):
     router = FromConfig(make_router)
     prompts = FromConfig(Prompts.from_config)  # templates, prompt assist, moderation
     quotes = FromConfig(make_quotes)  # billing's prices, kept a minute
+    webhook_sender = FromConfig(make_webhook_sender)  # the pool of webhook attempts
     billing = RpcProxy("billing")
     storage = RpcProxy("storage")
     auth = RpcProxy("auth")
@@ -96,6 +105,7 @@ class GenerationService(DarkroomService):
             data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
         user = jobs.as_uuid(user_id, "user")
         privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
+        privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
         digest = jobs.request_hash(data)
@@ -151,6 +161,17 @@ class GenerationService(DarkroomService):
                                        event["occurred_at"])
         self.db.commit()
 
+    @event_handler("privacy", "erasure_scheduled")
+    def privacy_erasure_scheduled(self, event: dict) -> None:
+        """No new job while the erasure's grace period runs."""
+        privacy_data.apply_erasure_pending(self.db, event["user_id"], True, event["occurred_at"])
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_cancelled")
+    def privacy_erasure_cancelled(self, event: dict) -> None:
+        privacy_data.apply_erasure_pending(self.db, event["user_id"], False, event["occurred_at"])
+        self.db.commit()
+
     @event_handler("privacy", "export_requested")
     def privacy_export_requested(self, event: dict) -> None:
         if self.name not in event["services"]:
@@ -165,13 +186,16 @@ class GenerationService(DarkroomService):
     @event_handler("privacy", "erasure_requested")
     def privacy_erasure_requested(self, event: dict) -> None:
         """Jobs, deliveries and restriction deleted; retried while a job of
-        the user runs (privacy erases everything else only after this)."""
+        the user runs (privacy erases everything else only after this, then
+        asks again: ``recheck``)."""
         if self.name not in event["services"]:
             return
         started = utcnow()
-        tables = privacy_data.erase(self.db, event["user_id"])
+        tables = privacy_data.erase(self.db, event["user_id"], started, event["recheck"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), tables))
+            event["request_id"], self.name, started, utcnow(), tables,
+            recheck=event["recheck"]))
         self.db.commit()
         log.info("user's jobs erased", extra={"request_id": str(event["request_id"]),
                                               "jobs": tables["jobs"]})
@@ -212,6 +236,15 @@ class GenerationService(DarkroomService):
         jobs.credits_insufficient(self.db, self.settings, event, utcnow(), self.dispatch)
         self.db.commit()
 
+    @event_handler("billing", "credits_released")
+    def credits_released(self, event: dict) -> None:
+        """A hold released as ``expired``: the job fails ``hold_expired``."""
+        if event["reason"] != "expired" or not claim_event(
+                self.db, processed_events, event["event_id"], "generation.credits_released"):
+            return
+        jobs.credits_released(self.db, self.settings, event, utcnow(), self.dispatch)
+        self.db.commit()
+
     @event_handler("generation", "job_requeued")
     def job_requeued(self, event: dict) -> None:
         """A job whose worker died is runnable again: run the most urgent one."""
@@ -219,34 +252,53 @@ class GenerationService(DarkroomService):
 
     @timer(interval=RECOVERY_INTERVAL_SECONDS)
     def recover(self) -> None:
-        """Jobs whose lease ran out (their worker was killed) go back to the queue."""
+        """Jobs whose lease ran out (their worker was killed) go back to the
+        queue; jobs past their hold's expiry fail ``hold_expired``."""
         requeued = jobs.requeue_expired_leases(self.db, utcnow())
         for job_id in requeued:
             self.dispatch("job_requeued", {"job_id": job_id})
         self.db.commit()
         if requeued:
             log.warning("requeued %d job(s) whose worker stopped", len(requeued))
+        if jobs.fail_expired_holds(self.db, self.settings, utcnow(), self.dispatch):
+            self.db.commit()
 
     # ------------------------------------------------------------ webhooks
 
     @timer(interval=WEBHOOK_INTERVAL_SECONDS)
     def deliver_webhooks(self) -> None:
-        """POST the final states of jobs with a ``webhook_url``, signed with
-        the account's webhook secret, retried with backoff."""
-        due = deliveries.take_due(self.db, utcnow())
+        """Hand the due webhook deliveries to the process's pool (as many as
+        it has free slots, at most a few per receiver, none for a receiver
+        that is backed off) and return: each attempt runs on its own green
+        thread with its deadline, so a slow receiver delays only its own."""
+        sender, settings = self.webhook_sender, self.settings
+        now = utcnow()
+        deliveries.forget_receivers(self.db, now)
+        due = deliveries.take_due(
+            self.db, now, sender.free(),
+            lease_seconds=settings.webhook_timeout_seconds + deliveries.LEASE_MARGIN_SECONDS,
+            per_receiver=sender.per_receiver, in_flight=sender.in_flight())
         self.db.commit()
-        guard = webhooks.UrlGuard(self.settings.webhook_allow)
+        if not due:
+            return
+        guard = webhooks.UrlGuard(settings.webhook_allow)
+        backoff = settings.receiver_backoff()
+        secrets: dict = {}
         for delivery in due:
             try:
-                secret = self.auth.get_webhook_secret(str(delivery.user_id))["secret"]
+                if delivery.user_id not in secrets:
+                    secrets[delivery.user_id] = self.auth.get_webhook_secret(
+                        str(delivery.user_id))["secret"]
             except DomainError as exc:  # the account is gone: nobody to sign for
-                result = webhooks.Delivery(False, False, None, exc.code)
-            else:
-                result = webhooks.deliver(delivery.url, delivery.body.encode(), secret,
-                                          guard=guard, delivery_id=str(delivery.id),
-                                          timeout_s=self.settings.webhook_timeout_seconds)
-            deliveries.record(self.db, delivery, result, utcnow(), self.settings.webhook_max_tries)
-            self.db.commit()
+                deliveries.record(self.db, delivery, webhooks.Delivery(False, False, None,
+                                                                       exc.code),
+                                  utcnow(), settings.webhook_max_tries, backoff)
+                self.db.commit()
+                continue
+            sender.start(delivery.receiver, functools.partial(
+                deliveries.attempt, self.db.get_bind(), delivery.id, secrets[delivery.user_id],
+                guard=guard, timeout_s=settings.webhook_timeout_seconds,
+                max_tries=settings.webhook_max_tries, backoff=backoff))
 
     def _check_webhook_url(self, url: str) -> None:
         try:
@@ -296,11 +348,14 @@ class GenerationService(DarkroomService):
                 return kept
 
         # the lease is renewed while the job runs, whatever a provider call takes
+        # (or an outage of storage the job waits out)
         heartbeat = Heartbeat(self.settings.lease_seconds / 3, renew)
+        storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
+        outages = runner.OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
         try:
             with heartbeat:
-                provider, output_ids = runner.run(spec, self.router, self.storage, progress,
-                                                  self.settings.upload_timeout_seconds)
+                provider, output_ids = runner.run(spec, self.router, storage, progress,
+                                                  self.settings.upload_timeout_seconds, outages)
             if not heartbeat.alive:
                 raise LeaseLost(spec.id)
         except LeaseLost:
@@ -308,12 +363,18 @@ class GenerationService(DarkroomService):
             log.warning("job %s: lease lost, another worker runs it", spec.id)
             return
         except runner.JobFailure as failure:
-            self.db.rollback()
-            jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
-                      failure.provider, utcnow(), self.dispatch)
-            self.db.commit()
-            log.warning("job failed", extra={"job_id": spec.id, "code": failure.code,
-                                             "reason": failure.message[:500]})
+            self._fail(job, token, failure)
+            return
+        except Exception as exc:
+            # a bug, or a failure nothing expects: the job fails now rather than
+            # staying "running" until its lease lapses and a paid provider call
+            # is made again; the log names the place, not the text (it may hold
+            # a URL)
+            self._fail(job, token, runner.JobFailure(
+                "internal_error", "the job failed on an internal error"))
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("job %s: %s at %s:%s: %s", spec.id, type(exc).__name__,
+                      Path(frame.filename).name, frame.lineno, error_text.clean(exc))
             return
         done = jobs.succeed(self.db, self.settings, job.id, token, output_ids, provider, utcnow(),
                             self.dispatch)
@@ -321,6 +382,26 @@ class GenerationService(DarkroomService):
         if done:
             log.info("job succeeded", extra={"job_id": spec.id, "provider": provider,
                                              "outputs": len(output_ids)})
+        else:  # not this worker's to finish, or its hold expired: not delivered
+            self._discard_outputs(spec, output_ids)
+
+    def _discard_outputs(self, spec, output_ids) -> None:
+        for object_id in output_ids:
+            try:
+                self.storage.delete_object(spec.user_id, str(object_id))
+            except DomainError as exc:
+                log.warning("could not delete an undelivered output: %s", exc.code,
+                            extra={"job_id": spec.id, "object_id": str(object_id)})
+
+    def _fail(self, job, token: str, failure: runner.JobFailure) -> None:
+        """Fail the running job with ``failure`` (whose message is already
+        clean: it is what the user, the webhook and the log see)."""
+        self.db.rollback()
+        jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
+                  failure.provider, utcnow(), self.dispatch)
+        self.db.commit()
+        log.warning("job failed", extra={"job_id": str(job.id), "code": failure.code,
+                                         "reason": failure.message})
 
     def _view(self, job) -> dict:
         return c.JobView().dump(jobs.view(job, jobs.queue_position(self.db, job)))

@@ -29,12 +29,34 @@ class GenerationSettings:
     # where a job's outputs are uploaded from (the storage slot's URL is
     # used as issued)
     upload_timeout_seconds: float = 120.0
+    # a running job waits out an outage of storage, the object store or the
+    # broker this long (retrying the failed step) before it fails
+    infra_retry_seconds: float = 120.0
+    # a running job's RPC to storage gives up after this long (then retried
+    # as an outage): longer than a commit of the largest output takes
+    rpc_timeout_seconds: float = 30.0
     # how long a price billing quoted is used for new jobs (0: ask every time)
     quote_cache_seconds: float = 60.0
     # webhooks: tries and the private networks an operator allows
     webhook_max_tries: int = 8
-    webhook_timeout_seconds: float = 10.0
+    # the total deadline of one attempt: DNS, connect, TLS, the answer's headers and body
+    webhook_timeout_seconds: float = 15.0
     webhook_allow: tuple[str, ...] = ()
+    # attempts one process runs at once, and at most this many for one receiver (origin)
+    webhook_concurrency: int = 16
+    webhook_receiver_concurrency: int = 2
+    # a receiver failing this many attempts in a row is left alone for the backoff,
+    # doubling with each further failure up to the maximum
+    webhook_receiver_failures: int = 5
+    webhook_receiver_backoff_seconds: float = 60.0
+    webhook_receiver_backoff_max_seconds: float = 3600.0
+
+    def receiver_backoff(self):
+        from services.generation.deliveries import ReceiverBackoff
+
+        return ReceiverBackoff(self.webhook_receiver_failures,
+                               self.webhook_receiver_backoff_seconds,
+                               self.webhook_receiver_backoff_max_seconds)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> GenerationSettings:
@@ -44,6 +66,12 @@ class GenerationSettings:
         def get(key: str, default: Any) -> Any:
             value = section.get(key)
             return default if value is None or value == "" else value
+
+        def positive(key: str, default: Any, kind: type) -> Any:
+            value = kind(get(key, default))
+            if value <= 0:
+                raise ValueError(f"GENERATION.{key} must be positive")
+            return value
 
         retention = str(get("PROMPT_RETENTION", d.prompt_retention)).strip().lower()
         if retention not in PROMPT_RETENTION:
@@ -60,9 +88,23 @@ class GenerationSettings:
             prompt_retention=retention,
             lease_seconds=int(get("LEASE_SECONDS", d.lease_seconds)),
             upload_timeout_seconds=float(get("UPLOAD_TIMEOUT_SECONDS", d.upload_timeout_seconds)),
+            infra_retry_seconds=max(0.0, float(get("INFRA_RETRY_SECONDS",
+                                                   d.infra_retry_seconds))),
+            rpc_timeout_seconds=max(0.1, float(get("RPC_TIMEOUT_SECONDS",
+                                                   d.rpc_timeout_seconds))),
             quote_cache_seconds=float(get("QUOTE_CACHE_SECONDS", d.quote_cache_seconds)),
             webhook_max_tries=int(get("WEBHOOK_MAX_TRIES", d.webhook_max_tries)),
-            webhook_timeout_seconds=float(get("WEBHOOK_TIMEOUT_SECONDS",
-                                              d.webhook_timeout_seconds)),
+            webhook_timeout_seconds=positive("WEBHOOK_TIMEOUT_SECONDS",
+                                             d.webhook_timeout_seconds, float),
             webhook_allow=tuple(str(a) for a in allow),
+            webhook_concurrency=positive("WEBHOOK_CONCURRENCY", d.webhook_concurrency, int),
+            webhook_receiver_concurrency=positive("WEBHOOK_RECEIVER_CONCURRENCY",
+                                                  d.webhook_receiver_concurrency, int),
+            webhook_receiver_failures=positive("WEBHOOK_RECEIVER_FAILURES",
+                                               d.webhook_receiver_failures, int),
+            webhook_receiver_backoff_seconds=positive("WEBHOOK_RECEIVER_BACKOFF_SECONDS",
+                                                      d.webhook_receiver_backoff_seconds, float),
+            webhook_receiver_backoff_max_seconds=positive(
+                "WEBHOOK_RECEIVER_BACKOFF_MAX_SECONDS", d.webhook_receiver_backoff_max_seconds,
+                float),
         )

@@ -1,13 +1,17 @@
 """Webhooks: signing, a guard against server-side request forgery, delivery.
 
-A job with a ``webhook_url`` gets a POST on each final state (API.md). Three
+A job with a ``webhook_url`` gets a POST on each final state but ``rejected``
+(API.md). Three
 concerns live here, all free of the broker so the service can call them from
 a timer or a queue:
 
-- **Signing.** ``Darkroom-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``
-  with the account's webhook secret. The timestamp is inside the MAC so a
-  captured delivery cannot be replayed later; :func:`verify` is what a
-  receiver does (and what our tests do).
+- **Signing.** Standard Webhooks (https://www.standardwebhooks.com):
+  ``webhook-id`` (the delivery's id, the same on every retry),
+  ``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64
+  HMAC-SHA256 of "id.timestamp.body">`` keyed with the bytes of the account's
+  ``whsec_<base64>`` secret. Id and timestamp are inside the MAC so a captured
+  delivery cannot be replayed later or as another message; :func:`verify` is
+  what a receiver does (as the ``standardwebhooks`` library does).
 - **The URL guard.** A user chooses the URL and our server makes the request,
   so without a guard a webhook could reach the cloud metadata endpoint, the
   broker's management API or anything else on the private network.
@@ -19,13 +23,16 @@ a timer or a queue:
   A check before connecting is not enough on its own (DNS can answer
   differently a moment later), so :func:`guarded_session` checks the address
   each connection actually reached, too.
-- **Delivery.** :func:`deliver` POSTs once, with a timeout and without
-  following redirects, and says whether a retry makes sense; the backoff
-  schedule says when.
+- **Delivery.** :func:`deliver` POSTs once, within a total deadline (DNS,
+  connect, TLS, the answer's headers and body), without following
+  redirects, and says whether a retry makes sense; the backoff schedule says
+  when (:mod:`services.generation.deliveries` runs the attempts).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -33,24 +40,34 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "Darkroom-Signature"
-DELIVERY_HEADER = "Darkroom-Delivery"
+# Standard Webhooks (https://www.standardwebhooks.com): lower-case names, as the spec writes them
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
 USER_AGENT = "Darkroom-Webhooks/1"
 DEFAULT_TOLERANCE_S = 300
 #: Seconds to wait before retry 1, 2, ...: about a day of attempts in all.
 BACKOFF_SCHEDULE_S = (10, 60, 300, 1800, 7200, 21600, 43200)
 MAX_URL_LENGTH = 2048
+#: The total deadline of one attempt (GENERATION_WEBHOOK_TIMEOUT_SECONDS).
+DEFAULT_TIMEOUT_S = 15.0
+#: How much of a receiver's answer is read (the status is what counts).
+MAX_ANSWER_BYTES = 64 * 1024
 
 #: Cloud metadata endpoints. All are non-global already except on networks
 #: where an operator allow-lists a range; they stay refused even then unless
@@ -66,37 +83,59 @@ Resolver = Callable[[str, int], Sequence[str]]
 # ------------------------------------------------------------------ signing
 
 
-def _mac(secret: str | bytes, timestamp: int, body: bytes) -> str:
-    key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, f"{int(timestamp)}.".encode() + body, hashlib.sha256).hexdigest()
+def secret_key(secret: str | bytes) -> bytes:
+    """The HMAC key of a ``whsec_`` secret: the base64 after the prefix,
+    decoded (Standard Webhooks). Bytes are the key itself. The URL-safe
+    alphabet of secrets made before Standard Webhooks decodes to the same key."""
+    if isinstance(secret, bytes):
+        key = secret
+    else:
+        text = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+        text = text.strip().translate(_URLSAFE).rstrip("=")
+        try:
+            key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("a webhook secret is whsec_ and base64") from None
+    if not key:
+        raise ValueError("a webhook secret may not be empty")
+    return key
 
 
-def sign(secret: str | bytes, body: bytes, timestamp: int | None = None) -> str:
-    """The ``Darkroom-Signature`` header value for ``body``."""
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _mac(key: bytes, delivery_id: str, timestamp: int, body: bytes) -> str:
+    content = f"{delivery_id}.{int(timestamp)}.".encode() + body
+    return base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+
+
+def sign(secret: str | bytes, delivery_id: str, body: bytes,
+         timestamp: int | None = None) -> dict[str, str]:
+    """The Standard Webhooks headers for ``body``: ``webhook-id``,
+    ``webhook-timestamp`` and ``webhook-signature`` (``v1,<base64 HMAC-SHA256
+    of "id.timestamp.body">``)."""
     t = int(time.time() if timestamp is None else timestamp)
-    return f"t={t},v1={_mac(secret, t, body)}"
+    return {ID_HEADER: str(delivery_id), TIMESTAMP_HEADER: str(t),
+            SIGNATURE_HEADER: "v1," + _mac(secret_key(secret), str(delivery_id), t, body)}
 
 
-def verify(secret: str | bytes, header: str | None, body: bytes, *, now: float | None = None,
-           tolerance_s: int = DEFAULT_TOLERANCE_S) -> bool:
-    """True when ``header`` signs ``body`` with ``secret`` and its timestamp is
-    within ``tolerance_s`` of ``now``. Any ``v1`` entry may match (a sender may
+def verify(secret: str | bytes, headers: Mapping[str, str], body: bytes, *,
+           now: float | None = None, tolerance_s: int = DEFAULT_TOLERANCE_S) -> bool:
+    """What a receiver does: True when ``headers`` (any case) sign ``body``
+    with ``secret`` and the timestamp is within ``tolerance_s`` of ``now``.
+    Any of several space-separated ``v1,`` signatures may match (a sender may
     sign with an old and a new secret while rotating)."""
-    if not header:
+    lowered = {str(k).lower(): v for k, v in (headers or {}).items()}
+    delivery_id = lowered.get(ID_HEADER)
+    timestamp = str(lowered.get(TIMESTAMP_HEADER) or "")
+    signatures = lowered.get(SIGNATURE_HEADER)
+    if not delivery_id or not timestamp.isdigit() or not signatures:
         return False
-    timestamp, candidates = None, []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
-            timestamp = int(value)
-        elif key == "v1" and value:
-            candidates.append(value)
-    if timestamp is None or not candidates:
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance_s:
         return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
-        return False
-    expected = _mac(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, c) for c in candidates)
+    expected = _mac(secret_key(secret), delivery_id, int(timestamp), body)
+    return any(hmac.compare_digest(expected.encode(), candidate[3:].encode())
+               for candidate in signatures.split() if candidate.startswith("v1,"))
 
 
 def encode_body(payload: dict) -> bytes:
@@ -229,6 +268,19 @@ class UrlGuard:
         return addresses
 
 
+def receiver_of(url: str) -> str | None:
+    """The receiver a URL names, for per-receiver limits and backoff: its
+    origin, ``scheme://host:port`` (lower case, default port filled in)."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port or (443 if scheme == "https" else 80)
+    except (ValueError, AttributeError):
+        return None
+    host = (parts.hostname or "").rstrip(".").lower()
+    return f"{scheme}://{host}:{port}"[:300] if host else None
+
+
 # ------------------------------------------------------------------ guarded connections
 
 
@@ -318,39 +370,84 @@ def _classify(status: int) -> Delivery:
     return Delivery(False, False, status, "receiver_refused")
 
 
-def deliver(url: str, body: bytes, secret: str | bytes, *, guard: UrlGuard,
-            timeout_s: float = 10.0, delivery_id: str | None = None,
-            now: float | None = None, session: requests.Session | None = None) -> Delivery:
-    """POST ``body`` to ``url`` once, signed, and say what happened.
+class DeadlineExceeded(BaseException):
+    """A delivery's total deadline passed. A BaseException (like
+    ``eventlet.Timeout``) so no ``except Exception`` on the way swallows it."""
 
-    The URL is checked (and, through the guarded session, every connection).
-    At most 64 KiB of the answer is read. Retry on timeouts, connection
-    failures, unresolvable hosts, 408/425/429 and 5xx; not on a refused URL,
-    a redirect or another 4xx.
-    """
+
+@contextmanager
+def total_deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`DeadlineExceeded` in this (green) thread once ``seconds``
+    have passed, wherever it is: resolving the host, connecting, the TLS
+    handshake, waiting for or reading the answer. Under ``nameko run``
+    (sockets green) it is an ``eventlet.Timeout``; elsewhere (plain scripts,
+    tests that call :func:`deliver` directly) nothing can interrupt a
+    blocking call, and :func:`deliver` falls back to per-call timeouts capped
+    at the time left and a check between reads of the answer."""
+    from eventlet import patcher
+
+    if not patcher.is_monkey_patched("socket"):
+        yield
+        return
+    import eventlet
+
+    timer = eventlet.Timeout(seconds, DeadlineExceeded)
     try:
-        guard.check(url)
-    except UnsafeUrl as exc:
-        return Delivery(False, exc.reason == "unresolvable_host", None, exc.reason)
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign(secret, body, int(time.time() if now is None else now)),
-    }
-    if delivery_id:
-        headers[DELIVERY_HEADER] = str(delivery_id)
+        yield
+    finally:
+        timer.cancel()
+
+
+def _read_answer(response, deadline: float) -> None:
+    """Read up to :data:`MAX_ANSWER_BYTES` of the answer, as it comes, within
+    the deadline (a receiver that drips its answer is cut at the deadline)."""
+    read = 0
+    while read < MAX_ANSWER_BYTES:
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded
+        chunk = response.raw.read1(min(8192, MAX_ANSWER_BYTES - read))
+        if not chunk:
+            return
+        read += len(chunk)
+
+
+def deliver(url: str, body: bytes, secret: str | bytes, *, guard: UrlGuard,
+            timeout_s: float = DEFAULT_TIMEOUT_S, delivery_id: str | None = None,
+            now: float | None = None, session: requests.Session | None = None) -> Delivery:
+    """POST ``body`` to ``url`` once, signed (Standard Webhooks), and say what
+    happened.
+
+    ``timeout_s`` is the total deadline of the attempt: resolving, connecting,
+    TLS, sending, the status line, the headers and the answer's body (at most
+    64 KiB of it is read) all fit in it, or the attempt is a ``timeout``.
+    The URL is checked (and, through the guarded session, every connection).
+    Retry on timeouts, connection failures, unresolvable hosts, 408/425/429
+    and 5xx; not on a refused URL, a redirect or another 4xx.
+    """
+    deadline = time.monotonic() + timeout_s
+    delivery_id = str(delivery_id or uuid.uuid4())
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               **sign(secret, delivery_id, body, int(time.time() if now is None else now))}
     own = session is None
     session = session or guarded_session(guard)
     try:
-        response = session.post(url, data=body, headers=headers, timeout=timeout_s,
-                                allow_redirects=False, stream=True)
-        try:
-            response.raw.read(64 * 1024, decode_content=False)
-        except Exception:  # the status is what counts; a broken body does not
-            pass
-        finally:
-            response.close()
-        return _classify(response.status_code)
+        with total_deadline(timeout_s):
+            try:
+                guard.check(url)
+            except UnsafeUrl as exc:
+                return Delivery(False, exc.reason == "unresolvable_host", None, exc.reason)
+            left = max(0.001, deadline - time.monotonic())
+            response = session.post(url, data=body, headers=headers, timeout=(left, left),
+                                    allow_redirects=False, stream=True)
+            try:
+                _read_answer(response, deadline)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+                pass  # the status is what counts; a broken body does not
+            finally:
+                response.close()
+            return _classify(response.status_code)
+    except DeadlineExceeded:
+        return Delivery(False, True, None, "timeout")
     except UnsafeUrl as exc:
         return Delivery(False, False, None, exc.reason)
     except requests.Timeout:

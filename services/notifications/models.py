@@ -3,7 +3,8 @@
 ``notifications`` records every mail sent (who, which template, when) so the
 privacy service can export and erase it; its unique ``event_id`` and the
 ``processed_events`` table make the event handlers idempotent.
-``marketing_preferences`` mirrors the privacy service's marketing consent and
+``erased_accounts`` keeps a digest of each erased account's id so nothing is
+written for it again. ``marketing_preferences`` mirrors the privacy service's marketing consent and
 restriction (from its events): marketing mail goes only to an account that
 opted in and is not restricted. ``outbox`` holds this service's answers to
 privacy requests on their way to the broker.
@@ -55,6 +56,17 @@ class MarketingPreference(Base):
     restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     consent_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     restriction_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ErasedAccount(Base):
+    """An erased account, as a SHA-256 digest of its (random) id: no row is
+    written for it any more (a late receipt, consent or sign-in event of the
+    account finds it here). The digest holds nothing about the person."""
+
+    __tablename__ = "erased_accounts"
+
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 outbox = outbox_table(Base.metadata)

@@ -14,10 +14,14 @@ caller passes ``find_recipient``, asked only once the event is claimed, so a
 redelivered event costs no lookup. It raises when the address cannot be
 known now (auth away: the event is retried), or returns None when there is
 nobody to write to any more (an erased account): the claim is kept, no mail.
+
+Nothing at all is written for an erased account (:func:`account_erased`: a
+late event of it, whatever carries the address): no mail, no record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -27,23 +31,55 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.db import claim_event
+from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
+from services.common.sealed import Sealer, UnreadableSecret
 from services.notifications.mailer import Mailer
-from services.notifications.models import Notification, processed_events
-from services.notifications.render import build_message, render, reset_url
+from services.notifications.models import ErasedAccount, Notification, processed_events
+from services.notifications.render import build_message, cancel_erasure_url, render, reset_url
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("email_verification", "password_reset", "suspicious_login", "receipt", "refund",
-             "export_ready", "news")
+TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup_attempted",
+             "suspicious_login", "receipt", "refund", "export_ready", "news",
+             "erasure_scheduled")
 
 
-def template_context(template: str, event: dict, mail_settings: dict) -> dict:
+def template_context(template: str, event: dict, mail_settings: dict,
+                     sealer: Sealer | None = None) -> dict:
+    """What ``template`` is rendered with: the event, the app's base URL, and
+    the secret the event carries sealed, opened (``code``, ``reset_url``,
+    ``cancel_url``). A secret that cannot be opened (``MAIL_SECRETS_KEY``
+    differs from the sealing service's: auth's or privacy's) is NonRetryable:
+    the event is dead-lettered at once, still sealed."""
     base_url = str(mail_settings.get("APP_BASE_URL") or "").rstrip("/")
     context = {**event, "app_base_url": base_url}
-    if template == "password_reset":
-        context["reset_url"] = reset_url(base_url, event["token"])
+    try:
+        if "sealed_code" in event:
+            context["code"] = sealer.open(event["sealed_code"])
+        if "sealed_token" in event:
+            context["reset_url"] = reset_url(base_url, sealer.open(event["sealed_token"]))
+        if "sealed_cancel_token" in event:
+            context["cancel_url"] = cancel_erasure_url(
+                base_url, event["request_id"], sealer.open(event["sealed_cancel_token"]))
+    except UnreadableSecret as exc:
+        raise NonRetryable(str(exc)) from None
     return context
+
+
+def erased_subject(user_id) -> str:
+    return hashlib.sha256(f"darkroom-erased-account:{uuid.UUID(str(user_id))}".encode()).hexdigest()
+
+
+def account_erased(session: Session, user_id) -> bool:
+    """True once the account's erasure reached this service."""
+    return session.get(ErasedAccount, erased_subject(user_id)) is not None
+
+
+def forget_account(session: Session, user_id) -> None:
+    """Remember that the account is erased (a digest of its id); the caller commits."""
+    if not account_erased(session, user_id):
+        session.add(ErasedAccount(subject=erased_subject(user_id), erased_at=utcnow()))
 
 
 def claim(session: Session, event_id, consumer: str) -> bool:
@@ -58,7 +94,7 @@ def claim(session: Session, event_id, consumer: str) -> bool:
 
 def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str,
             event: dict, find_recipient: Callable[[dict], str | None] | None = None,
-            ) -> Notification | None:
+            sealer: Sealer | None = None) -> Notification | None:
     """Send the mail ``template`` for ``event`` (loaded through its contract)
     once, to ``event["email"]`` or to whom ``find_recipient(event)`` names;
     return its record, or None when it had been sent already (or has nobody
@@ -67,6 +103,9 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
         raise ValueError(f"unknown template {template!r}")
     consumer = f"notifications.{template}"
     event_id = event["event_id"]
+    if account_erased(session, event["user_id"]):
+        log.warning("no %s mail for event %s: the account was erased", template, event_id)
+        return None
     if not claim(session, event_id, consumer):
         log.info("%s mail for event %s was sent already", template, event_id)
         return None
@@ -78,7 +117,7 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
                         template, event_id, event["user_id"])
             return None
         event = {**event, "email": recipient}
-    rendered = render(template, template_context(template, event, mail_settings))
+    rendered = render(template, template_context(template, event, mail_settings, sealer))
     notification_id = uuid.uuid4()
     message = build_message(
         rendered,

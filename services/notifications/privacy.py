@@ -18,7 +18,8 @@ from services.notifications.models import MarketingPreference, Notification
 
 ABOUT = (
     "The mails we sent you: when, to which address, which kind (verification, password "
-    "reset, sign-in warning, receipt, refund, export ready, news) and the subject; and "
+    "reset, sign-in warning, receipt, refund, export ready, erasure scheduled, news) and the "
+    "subject; and "
     "whether you get news by mail."
 )
 WITHHELD = [
@@ -45,8 +46,11 @@ def export(db: Session, user_id) -> dict:
 
 
 def erase(db: Session, user_id) -> dict[str, int]:
-    """Rows deleted per table; the caller commits."""
+    """Rows deleted per table, and the account remembered as erased (a
+    digest) so that nothing is written for it again; the caller commits."""
     uid = _uuid(user_id)
+    notify.forget_account(db, uid)
+    db.flush()
     return {
         "notifications": db.execute(delete(Notification).where(Notification.user_id == uid)
                                     .execution_options(synchronize_session=False)).rowcount or 0,
@@ -65,7 +69,10 @@ def _preference(db: Session, user_id: uuid.UUID) -> MarketingPreference:
 
 
 def consent_changed(db: Session, user_id, marketing_email: bool, at: datetime) -> bool:
-    """Apply a consent event unless a newer one was applied; the caller commits."""
+    """Apply a consent event unless a newer one was applied (or the account
+    is erased); the caller commits."""
+    if notify.account_erased(db, user_id):
+        return False
     row = _preference(db, _uuid(user_id))
     if row.consent_changed_at is not None and row.consent_changed_at > at:
         return False
@@ -75,6 +82,8 @@ def consent_changed(db: Session, user_id, marketing_email: bool, at: datetime) -
 
 
 def restriction_changed(db: Session, user_id, restricted: bool, at: datetime) -> bool:
+    if notify.account_erased(db, user_id):
+        return False
     row = _preference(db, _uuid(user_id))
     if row.restriction_changed_at is not None and row.restriction_changed_at > at:
         return False
@@ -107,4 +116,7 @@ def retention_items() -> list[dict]:
         {"data": "marketing preference (mirrored from the privacy service)",
          "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
+        {"data": "erased accounts (a SHA-256 digest of the id: nothing is written for them "
+                 "again)", "kept": "indefinitely; it holds nothing about the person",
+         "days": None, "enforced_by": "written by the erasure"},
     ]

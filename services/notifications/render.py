@@ -95,6 +95,13 @@ def reset_url(app_base_url: str, token: str) -> str:
     return f"{app_base_url.rstrip('/')}/reset-password?token={quote(token, safe='')}"
 
 
+def cancel_erasure_url(app_base_url: str, request_id, token: str) -> str:
+    """The erasure's cancel link: its page POSTs the token to
+    ``/v1/privacy/requests/<id>/cancel``."""
+    return (f"{app_base_url.rstrip('/')}/privacy/requests/{quote(str(request_id), safe='')}"
+            f"/cancel?token={quote(token, safe='')}")
+
+
 def build_message(rendered: Rendered, *, sender: str, recipient: str, message_key: str,
                   headers: dict[str, str] | None = None) -> EmailMessage:
     """A MIME message whose bodies stay readable in the raw .eml (no

@@ -16,6 +16,7 @@ accounts that opted in and are not restricted; security mail always goes out.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nameko.dependency_providers import Config
@@ -28,11 +29,14 @@ from services.common.db import Database
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.service import DarkroomService
+from services.common.sealed import Sealer
+from services.common.service import DarkroomService, FromConfig
 from services.notifications import notify
 from services.notifications import privacy as privacy_data
 from services.notifications.mailer import MailerProvider
 from services.notifications.models import outbox
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -43,17 +47,31 @@ class NotificationsService(DarkroomService):
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
     mailer = MailerProvider()
+    # Opens the codes and tokens auth's and privacy's events carry sealed (MAIL_SECRETS_KEY).
+    sealer = FromConfig(Sealer.from_config)
     auth = RpcProxy("auth")
 
     @event_handler("auth", "email_verification_requested")
     def email_verification_requested(self, event: dict) -> None:
-        """The 6-digit code, for a new account or a new address (``purpose``)."""
+        """The 6-digit code (sealed in the event), for a new account or a new
+        address (``purpose``)."""
         self._deliver("email_verification", event)
 
     @event_handler("auth", "password_reset_requested")
     def password_reset_requested(self, event: dict) -> None:
-        """The link ``{APP_BASE_URL}/reset-password?token=<token>``."""
+        """The link ``{APP_BASE_URL}/reset-password?token=<token>`` (the token
+        arrives sealed and is opened only to write the mail)."""
         self._deliver("password_reset", event)
+
+    @event_handler("auth", "password_changed")
+    def password_changed(self, event: dict) -> None:
+        """The password was changed, every session and API key revoked."""
+        self._deliver("password_changed", event)
+
+    @event_handler("auth", "signup_attempted")
+    def signup_attempted(self, event: dict) -> None:
+        """Someone tried to register the address, which has an account already."""
+        self._deliver("signup_attempted", event)
 
     @event_handler("auth", "suspicious_login")
     def suspicious_login(self, event: dict) -> None:
@@ -75,6 +93,12 @@ class NotificationsService(DarkroomService):
         """The archive is ready: where to download it, until when."""
         self._deliver("export_ready", event, find_recipient=self._address_of)
 
+    @event_handler("privacy", "erasure_scheduled")
+    def erasure_scheduled(self, event: dict) -> None:
+        """The erasure waits out its grace period: when it starts, and the
+        single-use link that cancels it (its token arrives sealed)."""
+        self._deliver("erasure_scheduled", event, find_recipient=self._address_of)
+
     # ------------------------------------------------------------ privacy
 
     @event_handler("privacy", "export_requested")
@@ -92,14 +116,17 @@ class NotificationsService(DarkroomService):
             return
         started = utcnow()
         tables = privacy_data.erase(self.db, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), tables))
         self.db.commit()
 
     @event_handler("privacy", "consent_changed")
     def consent_changed(self, event: dict) -> None:
-        privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
-                                     event["occurred_at"])
+        if not privacy_data.consent_changed(self.db, event["user_id"], event["marketing_email"],
+                                            event["occurred_at"]):
+            log.info("consent event %s changed nothing (older, or the account is erased)",
+                     event["event_id"])
         self.db.commit()
 
     @event_handler("privacy", "restriction_changed")
@@ -140,4 +167,4 @@ class NotificationsService(DarkroomService):
 
     def _deliver(self, template: str, event: dict, find_recipient=None):
         return notify.deliver(self.db, self.mailer, self.config.get("MAIL") or {}, template,
-                              event, find_recipient=find_recipient)
+                              event, find_recipient=find_recipient, sealer=self.sealer)

@@ -62,8 +62,14 @@ class PrivacyRequest(Base):
     phase: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     due_at: Mapped[datetime] = mapped_column(UtcDateTime())
-    # an erasure starts then (grace period, and the gateways' credential cache)
+    # an erasure: its grace period ends then (cancellable until then); the
+    # account's credentials are revoked then (revoked_at) and it starts the
+    # settle time after that (longer than the gateways' credential cache)
     starts_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # SHA-256 of the mailed cancel link's token (single use: the request is
+    # no longer pending once it is used)
+    cancel_token_hash: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

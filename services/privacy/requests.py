@@ -21,10 +21,24 @@ then it is ``failed`` and so is the request: it shows in ``darkroom-ops privacy
 report`` until an operator retries it (:func:`retry`). Nothing is dropped: a
 late answer still completes the part.
 
-An erasure starts after the grace period (cancellable until then) plus the
-settle time, which outlasts the gateways' credential cache. When it
-completes, the user id is removed from every request of the user: the
-requests, their parts' counts and ``request_log`` are the audit trail.
+An erasure is asked with a session and a fresh re-authentication
+(:func:`check_erasure_caller`; the password is checked by auth). It then
+waits out its grace period (``PRIVACY_ERASURE_GRACE_HOURS``):
+``privacy.erasure_scheduled`` makes generation refuse new jobs and billing
+refuse holds, and notifications mails the owner a single-use cancel link
+(the event carries its token sealed under ``MAIL_SECRETS_KEY``; the request
+keeps only its hash);
+:func:`cancel` (a session of the owner) or :func:`cancel_with_token` (the
+link) ends it with ``privacy.erasure_cancelled``. When the grace period is
+over the service revokes every credential of the account (auth's
+``revoke_all``, :func:`claim_revocation` / :func:`credentials_revoked`) and
+the erasure starts the settle time later, which outlasts the gateways'
+credential cache. After its last phase generation is asked once more
+(:data:`RECHECK_PHASE`): a job submitted while the erasure ran is erased
+too, before the certificate exists. When it completes, the user id is
+removed from every request of the user: the requests, their parts' counts
+and ``request_log`` are the audit trail. The due date is counted from the
+request, grace period included.
 
 Restriction and lifting it take effect at once: the state is recorded here
 and ``privacy.restriction_changed`` tells generation, notifications and auth.
@@ -32,7 +46,10 @@ and ``privacy.restriction_changed`` tells generation, notifications and auth.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,7 +59,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES
-from services.common.errors import DomainError, conflict, not_found
+from services.common.errors import DomainError, conflict, forbidden, not_found
 from services.common.ids import new_id
 from services.common.pagination import paginate
 from services.privacy import access_logs, own_data
@@ -61,6 +78,17 @@ def phases(request_type: str) -> tuple[tuple[str, ...], ...]:
     if request_type == "erasure":
         return (ERASURE_FIRST, tuple(s for s in PART_SERVICES if s not in ERASURE_FIRST))
     return ()
+
+
+# After the last phase of an erasure, generation is asked once more.
+RECHECK_PHASE = len(phases("erasure")) + 1
+
+
+def _phase_parts(request: PrivacyRequest, parts: list[RequestPart], number: int
+                 ) -> list[RequestPart]:
+    if request.type == "erasure" and number == RECHECK_PHASE:
+        return [p for p in parts if p.service in ERASURE_FIRST]
+    return [p for p in parts if p.phase == number]
 
 
 def as_uuid(value, what: str = "request") -> uuid.UUID:
@@ -85,10 +113,32 @@ def parts_of(db: Session, request_id: uuid.UUID) -> list[RequestPart]:
 # ---------------------------------------------------------------- creating
 
 
+def session_required() -> DomainError:
+    return forbidden("this needs a signed-in session, not an API key", code="session_required")
+
+
+def check_erasure_caller(credential_type: str | None, password: str | None) -> None:
+    """An erasure is asked with a session, never an API key (403
+    ``session_required``: a leaked key cannot erase the account), and carries the
+    account's password (401 ``reauthentication_required``; auth checks it,
+    and the TOTP code when two-factor sign-in is on)."""
+    if credential_type != "session":
+        raise session_required()
+    if not password:
+        raise DomainError("reauthentication_required",
+                          "confirm it is you: give the account's password", 401,
+                          {"reason": "password"})
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_type: str,
            now: datetime, dispatch: Dispatch) -> PrivacyRequest:
     """A new request (the caller commits; a concurrent duplicate fails the
-    flush or the commit on ``(user_id, open_type)``)."""
+    flush or the commit on ``(user_id, open_type)``). An erasure waits for
+    its grace period (:func:`tick`); an export starts at once."""
     if request_type in RESTRICTION_TYPES:
         return _restriction(db, user_id, request_type == "restriction", now, dispatch)
     existing = open_request(db, user_id, request_type)
@@ -98,8 +148,11 @@ def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_t
         id=new_id(), user_id=user_id, type=request_type, status="pending", open_type=request_type,
         phase=0, created_at=now, due_at=now + settings.due, updated_at=now, assembly_attempts=0,
     )
+    token = None
     if request_type == "erasure":
-        request.starts_at = now + settings.erasure_grace + settings.erasure_settle
+        token = secrets.token_urlsafe(32)
+        request.starts_at = now + settings.erasure_grace
+        request.cancel_token_hash = token_hash(token)
     db.add(request)
     db.flush()
     for number, services in enumerate(phases(request_type), start=1):
@@ -107,7 +160,11 @@ def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_t
             db.add(RequestPart(request_id=request.id, service=service, phase=number,
                                status="waiting", attempts=0))
     log(db, request.id, "created", now, detail=request_type)
-    if request.starts_at is None or request.starts_at <= now:
+    if token is not None:
+        dispatch("erasure_scheduled", {"request_id": str(request.id), "user_id": str(user_id),
+                                       "starts_at": request.starts_at.isoformat(),
+                                       "sealed_cancel_token": settings.sealer.seal(token)})
+    else:
         start(db, request, now, dispatch)
     db.flush()
     return request
@@ -146,18 +203,26 @@ def start(db: Session, request: PrivacyRequest, now: datetime, dispatch: Dispatc
 
 def _start_phase(db: Session, request: PrivacyRequest, number: int, now: datetime,
                  dispatch: Dispatch) -> None:
-    parts = [p for p in parts_of(db, request.id) if p.phase == number]
+    parts = _phase_parts(request, parts_of(db, request.id), number)
     for part in parts:
         part.status, part.attempts, part.published_at = "pending", 1, now
     request.phase, request.status, request.updated_at = number, "in_progress", now
     _publish(request, [p.service for p in parts], dispatch)
-    log(db, request.id, "phase_started", now, detail=f"phase {number}: "
+    what = "recheck" if _rechecking(request) else f"phase {number}"
+    log(db, request.id, "phase_started", now, detail=f"{what}: "
         + ", ".join(p.service for p in parts))
 
 
+def _rechecking(request: PrivacyRequest) -> bool:
+    return request.type == "erasure" and request.phase == RECHECK_PHASE
+
+
 def _publish(request: PrivacyRequest, services: list[str], dispatch: Dispatch) -> None:
-    dispatch(f"{request.type}_requested", {
-        "request_id": str(request.id), "user_id": str(request.user_id), "services": services})
+    payload = {"request_id": str(request.id), "user_id": str(request.user_id),
+               "services": services}
+    if _rechecking(request):
+        payload["recheck"] = True
+    dispatch(f"{request.type}_requested", payload)
 
 
 # ---------------------------------------------------------------- answers
@@ -194,16 +259,32 @@ def record_export_part(db: Session, event: dict, now: datetime) -> PrivacyReques
 
 
 def record_erasure_part(db: Session, event: dict, now: datetime) -> PrivacyRequest | None:
+    """Record a service's answer. While generation is asked again (the
+    recheck) only its answer to that is taken (a late copy of its first one
+    is not) and its counts are added to the first ones."""
+    request = db.get(PrivacyRequest, as_uuid(event["request_id"]), with_for_update=True)
+    if request is not None and _rechecking(request) != bool(event.get("recheck")):
+        return None
     found = _confirm(db, event["request_id"], event["service"], now)
     if found is None:
         return None
     request, part = found
-    part.rows_deleted = int(event["rows_deleted"])
-    part.rows_pseudonymised = int(event.get("rows_pseudonymised") or 0)
-    part.objects_deleted = int(event.get("objects_deleted") or 0)
-    part.bytes_deleted = int(event.get("bytes_deleted") or 0)
-    part.tables = {str(k): int(v) for k, v in (event.get("tables") or {}).items()}
-    part.started_at, part.finished_at = event["started_at"], event["finished_at"]
+    counts = {"rows_deleted": int(event["rows_deleted"]),
+              "rows_pseudonymised": int(event.get("rows_pseudonymised") or 0),
+              "objects_deleted": int(event.get("objects_deleted") or 0),
+              "bytes_deleted": int(event.get("bytes_deleted") or 0)}
+    tables = {str(k): int(v) for k, v in (event.get("tables") or {}).items()}
+    if _rechecking(request):
+        for key, value in counts.items():
+            counts[key] = value + (getattr(part, key) or 0)
+        for name, value in (part.tables or {}).items():
+            tables[name] = tables.get(name, 0) + int(value)
+        part.finished_at = event["finished_at"]
+    else:
+        part.started_at, part.finished_at = event["started_at"], event["finished_at"]
+    for key, value in counts.items():
+        setattr(part, key, value)
+    part.tables = tables
     log(db, request.id, "part_confirmed", now, service=part.service,
         detail=f"{part.rows_deleted} rows deleted, {part.rows_pseudonymised} pseudonymised, "
                f"{part.objects_deleted} objects")
@@ -217,10 +298,14 @@ def advance(db: Session, settings: PrivacySettings, request: PrivacyRequest, now
     if request.status not in ("in_progress", "failed") or request.user_id is None:
         return None
     parts = parts_of(db, request.id)
-    current = [p for p in parts if p.phase == request.phase]
+    current = _phase_parts(request, parts, request.phase)
     if not current or any(p.status != "completed" for p in current):
         return None
-    if any(p.phase > request.phase for p in parts):
+    # the next phase; after an erasure's last one, generation once more (a job
+    # submitted while the erasure ran is erased before the certificate)
+    more = (request.phase < RECHECK_PHASE if request.type == "erasure"
+            else any(p.phase > request.phase for p in parts))
+    if more:
         _start_phase(db, request, request.phase + 1, now, dispatch)
         return "phase"
     if request.type == "erasure":
@@ -344,16 +429,46 @@ def buildable_exports(db: Session, settings: PrivacySettings, now: datetime,
 # ---------------------------------------------------------------- the timer
 
 
+def grace_over(db: Session, now: datetime, limit: int = 100) -> list[uuid.UUID]:
+    """Erasures whose grace period is over and whose account's credentials
+    are not revoked yet: the service revokes them (:func:`claim_revocation`)."""
+    return list(db.scalars(
+        select(PrivacyRequest.id).where(PrivacyRequest.status == "pending",
+                                        PrivacyRequest.type == "erasure",
+                                        PrivacyRequest.revoked_at.is_(None),
+                                        PrivacyRequest.starts_at <= now)
+        .order_by(PrivacyRequest.starts_at).limit(limit)))
+
+
+def claim_revocation(db: Session, request_id, now: datetime) -> PrivacyRequest | None:
+    """Lock an erasure whose grace is over for the revocation of its
+    account's credentials (a cancellation waits for the lock and then finds
+    it no longer cancellable); None when it is not due or taken."""
+    request = db.scalar(select(PrivacyRequest).where(
+        PrivacyRequest.id == as_uuid(request_id), PrivacyRequest.status == "pending",
+        PrivacyRequest.revoked_at.is_(None), PrivacyRequest.starts_at <= now,
+    ).with_for_update(skip_locked=True))
+    return request
+
+
+def credentials_revoked(db: Session, request: PrivacyRequest, now: datetime,
+                        detail: str | None = None) -> None:
+    """Auth revoked every credential: no cancelling any more; the erasure
+    starts the settle time later (:func:`tick`). The caller commits."""
+    request.revoked_at, request.cancel_token_hash, request.updated_at = now, None, now
+    log(db, request.id, "credentials_revoked", now, detail=detail)
+
+
 def tick(db: Session, settings: PrivacySettings, now: datetime, dispatch: Dispatch) -> dict:
-    """Start erasures whose grace is over; ask again for parts that did not
-    answer in time (or fail them past the bound); move on requests whose
-    phase is complete (should an answer's own advance have been lost).
-    The caller commits."""
+    """Start erasures whose credentials were revoked the settle time ago;
+    ask again for parts that did not answer in time (or fail them past the
+    bound); move on requests whose phase is complete (should an answer's own
+    advance have been lost). The caller commits."""
     started = 0
     for request in db.scalars(
         select(PrivacyRequest).where(PrivacyRequest.status == "pending",
-                                     PrivacyRequest.starts_at <= now)
-        .order_by(PrivacyRequest.starts_at).limit(100).with_for_update(skip_locked=True)
+                                     PrivacyRequest.revoked_at <= now - settings.erasure_settle)
+        .order_by(PrivacyRequest.revoked_at).limit(100).with_for_update(skip_locked=True)
     ):
         start(db, request, now, dispatch)
         started += 1
@@ -410,8 +525,8 @@ def retry(db: Session, settings: PrivacySettings, request_id, now: datetime,
         raise not_found("request")
     if request.status not in ("in_progress", "failed") or request.user_id is None:
         raise conflict(f"the request is {request.status}: nothing to retry", code="not_open")
-    asked = [p for p in parts_of(db, request.id)
-             if p.phase == request.phase and p.status in ("pending", "failed")]
+    asked = [p for p in _phase_parts(request, parts_of(db, request.id), request.phase)
+             if p.status in ("pending", "failed")]
     for part in asked:
         part.status, part.attempts, part.published_at = "pending", 1, now
     if asked:
@@ -440,16 +555,53 @@ def list_for_user(db: Session, user_id: uuid.UUID, query: dict
                     query["cursor"])
 
 
-def cancel(db: Session, user_id: uuid.UUID, request_id, now: datetime) -> PrivacyRequest:
-    """Cancel an erasure that has not started; 409 ``not_cancellable`` otherwise."""
+def cancel(db: Session, user_id: uuid.UUID, request_id, now: datetime, dispatch: Dispatch,
+           credential_type: str | None = "session") -> PrivacyRequest:
+    """The owner cancels an erasure in its grace period, signed in with a
+    session (403 ``session_required`` with an API key); 409
+    ``not_cancellable`` once the grace period is over."""
     request = get_for_user(db, user_id, request_id)
-    request = db.get(PrivacyRequest, request.id, with_for_update=True)
-    if request.type != "erasure" or request.status != "pending":
-        raise conflict("only an erasure that has not started can be cancelled",
-                       code="not_cancellable", status=request.status)
+    if credential_type != "session":
+        raise session_required()
+    # locked and read again: the timer may be revoking the credentials right now
+    locked = db.get(PrivacyRequest, request.id, with_for_update=True, populate_existing=True)
+    return _cancel(db, locked, now, dispatch, "by the user")
+
+
+def cancel_with_token(db: Session, request_id, token: str, now: datetime,
+                      dispatch: Dispatch) -> PrivacyRequest:
+    """The mailed cancel link, without signing in: 400 ``invalid_token``
+    for a wrong, used or expired token and for an unknown request (one
+    answer for all, so the link tells a stranger nothing)."""
+    try:
+        request = db.get(PrivacyRequest, as_uuid(request_id), with_for_update=True)
+    except DomainError:
+        request = None
+    # the token is forgotten once used or once the grace period is over
+    if (request is None or request.type != "erasure" or request.cancel_token_hash is None
+            or not hmac.compare_digest(request.cancel_token_hash, token_hash(token or ""))):
+        raise invalid_link()
+    return _cancel(db, request, now, dispatch, "with the mailed link")
+
+
+def invalid_link() -> DomainError:
+    return DomainError("invalid_token", "the cancel link is not valid, was used already, or "
+                       "the grace period is over", 400)
+
+
+def not_cancellable(request: PrivacyRequest) -> DomainError:
+    return conflict("only an erasure in its grace period can be cancelled",
+                    code="not_cancellable", status=request.status)
+
+
+def _cancel(db: Session, request: PrivacyRequest, now: datetime, dispatch: Dispatch,
+            by: str) -> PrivacyRequest:
+    if request.type != "erasure" or request.status != "pending" or request.revoked_at is not None:
+        raise not_cancellable(request)
     request.status, request.cancelled_at, request.open_type = "cancelled", now, None
-    request.updated_at = now
-    log(db, request.id, "cancelled", now, detail="by the user")
+    request.cancel_token_hash, request.updated_at = None, now
+    dispatch("erasure_cancelled", {"request_id": str(request.id), "user_id": str(request.user_id)})
+    log(db, request.id, "cancelled", now, detail=by)
     return request
 
 

@@ -30,8 +30,9 @@ def own_items(settings: PrivacySettings) -> list[dict]:
          "kept": "indefinitely, without any personal data once the account is erased",
          "days": None, "enforced_by": "erasure removes the user id from every request"},
         {"service": "privacy", "data": "closed (erased) accounts",
-         "kept": f"deleted everywhere {int(grace)} s after the erasure request "
-                 f"(grace period, cancellable) plus {int(settle)} s (credential caches expire)",
+         "kept": f"deleted everywhere {grace / 3600:g} hours after the erasure request "
+                 f"(grace period, cancellable; no jobs, no spending meanwhile) plus "
+                 f"{int(settle)} s (credential caches expire)",
          "days": round((grace + settle) / 86400, 6),
          "enforced_by": "the privacy service's timer starts the erasure; every service confirms"},
         {"service": "privacy", "data": "a request's legal deadline",

@@ -46,7 +46,7 @@ PURGE_INTERVAL_SECONDS = 3600
 RETENTION_WAIT_SECONDS = 3.0
 # shorter than the gateway's RPC timeout (10 s): when auth is slow the user is
 # told 503 and nothing is recorded, never 503 while the request goes ahead
-REVOKE_TIMEOUT_SECONDS = 5.0
+REAUTH_TIMEOUT_SECONDS = 5.0
 
 
 def _user(user_id) -> uuid.UUID:
@@ -86,20 +86,21 @@ class PrivacyService(DarkroomService):
     # ------------------------------------------------------------ requests
 
     @rpc(expected_exceptions=DomainError)
-    def create_request(self, user_id, payload) -> dict:
+    def create_request(self, user_id, payload, credential_type=None) -> dict:
+        """``credential_type``: how the caller signed in (``session`` or
+        ``api_key``, as auth resolved it); an erasure needs a session and a
+        fresh re-authentication (the password, checked by auth)."""
         data = load_rpc(c.CreateRequest, payload)
         user = _user(user_id)
         now = utcnow()
         if data["type"] == "erasure":
+            subject_requests.check_erasure_caller(credential_type, data.get("password"))
             existing = subject_requests.open_request(self.db, user, "erasure")
             if existing is not None:
                 raise subject_requests.request_open("erasure", existing)
-            # sessions and API keys at once, before anything else is recorded
-            revoked = calls.call(self.auth, "auth", "revoke_all", str(user),
-                                 timeout=min(REVOKE_TIMEOUT_SECONDS,
-                                             self.settings.rpc_timeout_seconds))
-            log.info("erasure requested: credentials revoked",
-                     extra={"user_id": str(user), **(revoked or {})})
+            calls.call(self.auth, "auth", "reauthenticate", str(user), data["password"],
+                       data.get("totp_code"),
+                       timeout=min(REAUTH_TIMEOUT_SECONDS, self.settings.rpc_timeout_seconds))
         try:
             request = subject_requests.create(self.db, self.settings, user, data["type"], now,
                                               self.dispatch)
@@ -124,11 +125,23 @@ class PrivacyService(DarkroomService):
         return self._view(subject_requests.get_for_user(self.db, _user(user_id), request_id))
 
     @rpc(expected_exceptions=DomainError)
-    def cancel_request(self, user_id, request_id) -> dict:
-        request = subject_requests.cancel(self.db, _user(user_id), request_id, utcnow())
+    def cancel_request(self, user_id, request_id, credential_type=None) -> dict:
+        """The owner cancels an erasure in its grace period, with a session."""
+        request = subject_requests.cancel(self.db, _user(user_id), request_id, utcnow(),
+                                          self.dispatch, credential_type)
         self.db.commit()
         log.info("erasure cancelled", extra={"request_id": str(request.id)})
         return self._view(request)
+
+    @rpc(expected_exceptions=DomainError)
+    def cancel_with_token(self, request_id, payload) -> dict:
+        """The mailed cancel link, without signing in."""
+        data = load_rpc(c.CancelRequest, payload)
+        request = subject_requests.cancel_with_token(self.db, request_id, data.get("token"),
+                                                     utcnow(), self.dispatch)
+        self.db.commit()
+        log.info("erasure cancelled with the mailed link", extra={"request_id": str(request.id)})
+        return self._view(request, with_download=False)
 
     @rpc(expected_exceptions=DomainError)
     def get_certificate(self, request_id) -> dict:
@@ -251,6 +264,7 @@ class PrivacyService(DarkroomService):
             return
         started = utcnow()
         tables = own_data.erase(self.db, event["user_id"])
+        tables["dead_letters"] = self.dead_letters(event["user_id"])
         result = parts.erasure_result(event["request_id"], "privacy", started, utcnow(), tables)
         self._erasure_part({**result, "started_at": started, "finished_at": utcnow()})
 
@@ -402,10 +416,44 @@ class PrivacyService(DarkroomService):
 
     # ------------------------------------------------------------ the timer
 
+    def _revoke_after_grace(self) -> int:
+        """Every session and API key of an account whose erasure's grace
+        period is over, revoked by auth, one request at a time with the
+        request locked (a cancellation waits, then finds it not
+        cancellable). Auth away: the request stays as it is and the next
+        tick tries again."""
+        revoked = 0
+        for request_id in subject_requests.grace_over(self.db, utcnow()):
+            self.db.rollback()
+            request = subject_requests.claim_revocation(self.db, request_id, utcnow())
+            if request is None:
+                continue
+            try:
+                counts = calls.call(self.auth, "auth", "revoke_all", str(request.user_id),
+                                    timeout=min(REAUTH_TIMEOUT_SECONDS,
+                                                self.settings.rpc_timeout_seconds))
+                detail = ", ".join(f"{v} {k}" for k, v in sorted((counts or {}).items()))
+            except DomainError as exc:
+                if exc.code != "not_found":  # no account: nothing to revoke
+                    self.db.rollback()
+                    log.warning("credentials not revoked yet; trying again",
+                                extra={"request_id": str(request_id), "error": exc.code})
+                    continue
+                detail = "no account"
+            subject_requests.credentials_revoked(self.db, request, utcnow(), detail)
+            self.db.commit()
+            revoked += 1
+            log.info("erasure's grace period over: credentials revoked",
+                     extra={"request_id": str(request_id)})
+        self.db.rollback()
+        return revoked
+
     @timer(interval=TICK_SECONDS)
     def tick(self) -> None:
-        """Start erasures whose grace is over, ask again for late parts, build
-        archives whose parts are all in."""
+        """Revoke the credentials of accounts whose erasure's grace is over,
+        start erasures the settle time after that, ask again for late parts,
+        build archives whose parts are all in."""
+        self._revoke_after_grace()
         result = subject_requests.tick(self.db, self.settings, utcnow(), self.dispatch)
         self.db.commit()
         if any(result.values()):

@@ -8,6 +8,13 @@ sniffed format, with its own bomb guard set to the same cap), apply the EXIF
 orientation and re-encode into the same format with no metadata: no EXIF (so
 no GPS), no XMP, no comments; an embedded ICC profile is applied (pixels
 converted to sRGB) and not carried over.
+
+Memory: one decode holds up to ``MAX_IMAGE_PIXELS`` × 4 bytes (and copies of
+it while cleaning), whatever the file's size: a 100 KB PNG can decode to
+160 MB. So a process decodes at most ``STORAGE_MAX_CONCURRENT_DECODES``
+images at once (:class:`DecodeGate`); an upload that waits longer than
+``STORAGE_DECODE_WAIT_SECONDS`` for its turn is refused with 503
+``storage_busy`` (retry later) instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -60,6 +70,40 @@ def invalid_image(reason: str) -> DomainError:
 def image_too_large(width: int, height: int, max_pixels: int) -> DomainError:
     return DomainError("image_too_large", f"the image has more than {max_pixels} pixels", 422,
                        {"width": width, "height": height, "max_pixels": max_pixels})
+
+
+def storage_busy(retry_after: int) -> DomainError:
+    return DomainError("storage_busy", "too many images are being processed; try again shortly",
+                       503, {"retry_after": retry_after})
+
+
+# ------------------------------------------------------------------ the decode bound
+
+
+class DecodeGate:
+    """At most ``limit`` decodes at once in this process; a caller waits up to
+    ``wait_seconds`` for a turn, then gets 503 ``storage_busy``.
+
+    Take the slot in the worker (a green thread under ``nameko run``, where
+    ``threading`` is eventlet's) and run the decode itself in the native
+    thread pool (:func:`services.common.concurrency.offload`) inside it: the
+    semaphore is made when the service starts, after the monkey-patching, so
+    it is a green one there and a plain one in tests."""
+
+    def __init__(self, limit: int, wait_seconds: float):
+        if limit < 1:
+            raise ValueError("STORAGE_MAX_CONCURRENT_DECODES must be at least 1")
+        self.limit, self.wait_seconds = limit, max(0.0, wait_seconds)
+        self._slots = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.wait_seconds):
+            raise storage_busy(max(1, round(self.wait_seconds)))
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 # ------------------------------------------------------------------ reading

@@ -1,7 +1,10 @@
 """The storage service's tables.
 
 An ``objects`` row describes one stored file (an upload, a job's output, an
-export archive) under the key ``objects/<owner_id>/<id>``. A row is
+export archive) under the key ``objects/<owner_id>/<id>``. A public object
+also has a copy under ``public/<public_id>``: ``public_id`` is random, made
+anew each time the object is made public, and unrelated to the owner and the
+object id, so its URLs link nothing together. A row is
 ``pending`` from the moment an output slot is issued until its bytes are
 verified (``commit_objects``), then ``committed`` with its ``expires_at``.
 Deleting (by the owner, by the retention purge, by an erasure) removes the
@@ -53,6 +56,7 @@ class StoredObject(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     visibility: Mapped[str] = mapped_column(String(16), default="private", server_default="private")
+    public_id: Mapped[str | None] = mapped_column(String(64), unique=True)  # while public
     key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     committed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -10,7 +10,12 @@ that survives a crash:
   deleted after the commit (a crash in between leaves bytes the orphan sweep
   removes, never a row without bytes);
 - a deletion removes the bytes first, then tombstones the row (a failed
-  delete leaves the object as it was, visible and retryable).
+  delete leaves the object as it was, visible and retryable);
+- making an object public copies its bytes to ``public/<public_id>`` (a
+  random id, new each time) before the row says so; making it private (or
+  deleting it) deletes that copy first. Its public URLs therefore carry
+  nothing of the owner or of the object id, two public objects of one owner
+  share nothing, and an object made private stops being served at once.
 
 Another owner's object is "not found", exactly like an unknown one.
 """
@@ -21,6 +26,7 @@ import hashlib
 import io
 import uuid
 from collections.abc import Iterable
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, delete, or_, select
@@ -32,6 +38,12 @@ from services.common.ids import new_id
 from services.common.pagination import paginate
 from services.storage import images, retention
 from services.storage.backends.base import Backend
+from services.storage.backends.keys import (
+    PUBLIC_ID,
+    new_public_id,
+    public_key,
+    stored_keys,
+)
 from services.storage.models import COMMITTED, PENDING, OwnerRetention, StoredObject, UploadSlot
 from services.storage.settings import StorageSettings
 
@@ -88,7 +100,7 @@ def view(obj: StoredObject) -> dict:
     return {
         "id": obj.id, "kind": obj.kind, "content_type": obj.content_type, "size": obj.size,
         "width": obj.width, "height": obj.height, "sha256": obj.sha256,
-        "visibility": obj.visibility, "job_id": obj.job_id,
+        "visibility": obj.visibility, "public_id": obj.public_id, "job_id": obj.job_id,
         "created_at": obj.created_at, "expires_at": obj.expires_at,
     }
 
@@ -96,6 +108,18 @@ def view(obj: StoredObject) -> dict:
 def view_with_url(backend: Backend, settings: StorageSettings, obj: StoredObject) -> dict:
     return {**view(obj), "url": backend.presigned_get(obj.key, settings.url_ttl_seconds,
                                                       content_type=obj.content_type)}
+
+
+def public_view(backend: Backend, settings: StorageSettings, obj: StoredObject) -> dict:
+    """What anyone may see of a public object: its public id and a URL of its
+    public copy (nothing of the owner, the object id or the job)."""
+    return {
+        "id": obj.public_id, "kind": obj.kind, "content_type": obj.content_type,
+        "size": obj.size, "width": obj.width, "height": obj.height,
+        "created_at": obj.created_at, "expires_at": obj.expires_at,
+        "url": backend.presigned_get(public_key(obj.public_id), settings.url_ttl_seconds,
+                                     content_type=obj.content_type),
+    }
 
 
 def source_view(backend: Backend, settings: StorageSettings, obj: StoredObject) -> dict:
@@ -112,22 +136,25 @@ def _visible(now: datetime) -> tuple:
     )
 
 
-def get_visible(db: Session, owner_id, object_id, now: datetime) -> StoredObject:
-    """The owner's committed, live object, or 404."""
+def get_visible(db: Session, owner_id, object_id, now: datetime,
+                lock: bool = False) -> StoredObject:
+    """The owner's committed, live object, or 404 (``lock``: FOR UPDATE)."""
     owner, oid = owner_uuid(owner_id), object_uuid(object_id)
-    obj = db.scalars(
-        select(StoredObject).where(StoredObject.id == oid, StoredObject.owner_id == owner, *_visible(now))
-    ).first()
+    stmt = select(StoredObject).where(StoredObject.id == oid, StoredObject.owner_id == owner,
+                                      *_visible(now))
+    obj = db.scalars(stmt.with_for_update() if lock else stmt).first()
     if obj is None:
         raise not_found("object")
     return obj
 
 
-def get_public(db: Session, object_id, now: datetime) -> StoredObject:
-    oid = object_uuid(object_id)
+def get_public(db: Session, public_id, now: datetime) -> StoredObject:
+    """A public object by its public id (404 for anything else, object ids included)."""
+    if not isinstance(public_id, str) or not PUBLIC_ID.fullmatch(public_id):
+        raise not_found("object")
     obj = db.scalars(
-        select(StoredObject).where(StoredObject.id == oid, StoredObject.visibility == "public",
-                                   *_visible(now))
+        select(StoredObject).where(StoredObject.public_id == public_id,
+                                   StoredObject.visibility == "public", *_visible(now))
     ).first()
     if obj is None:
         raise not_found("object")
@@ -163,11 +190,13 @@ def _read_staged(backend: Backend, key: str, limit: int) -> bytes:
 
 
 def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owner_id, upload_id,
-                  now: datetime) -> tuple[StoredObject, str | None]:
+                  now: datetime, decodes: images.DecodeGate | None = None
+                  ) -> tuple[StoredObject, str | None]:
     """Validate and re-encode what was PUT to the slot, store it as a new
     ``upload`` object. Returns the object and the staging key to delete once
     the caller has committed (None when the slot was finished before: the
-    same object again)."""
+    same object again). The bytes are read and decoded inside a turn of
+    ``decodes`` (the process's bound; 503 ``storage_busy`` past its wait)."""
     owner, uid = owner_uuid(owner_id), object_uuid(upload_id, "upload")
     slot = db.get(UploadSlot, uid, with_for_update=True)
     if slot is None or slot.owner_id != owner:
@@ -185,8 +214,11 @@ def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owne
     try:
         if info.size > settings.upload_max_bytes:
             raise images.payload_too_large(settings.upload_max_bytes)
-        data = _read_staged(backend, slot.key, settings.upload_max_bytes)
-        image = offload(images.process_upload, data, settings.max_image_pixels)
+        # nothing is read into memory before the turn comes
+        with decodes.slot() if decodes is not None else nullcontext():
+            data = _read_staged(backend, slot.key, settings.upload_max_bytes)
+            image = offload(images.process_upload, data, settings.max_image_pixels)
+            del data
     except DomainError as error:
         if error.code != "upload_missing":
             # A refused upload is not kept, not even staged; the slot stays
@@ -301,18 +333,37 @@ def list_objects(db: Session, owner_id, query: dict, now: datetime) -> tuple[lis
     return paginate(db, stmt, StoredObject.created_at, StoredObject.id, query["limit"], query["cursor"])
 
 
-def set_visibility(db: Session, owner_id, object_id, visibility: str, now: datetime) -> StoredObject:
-    obj = get_visible(db, owner_id, object_id, now)
+def set_visibility(db: Session, backend: Backend, owner_id, object_id, visibility: str,
+                   now: datetime) -> StoredObject:
+    """Public: a new public id and a copy of the bytes under it (copied before
+    the row says public; a crash in between leaves bytes the orphan sweep
+    removes). Private: the copy deleted first, then the public id forgotten,
+    so the old public URLs stop at once. Setting what is already set changes
+    nothing (the public id stays)."""
+    obj = get_visible(db, owner_id, object_id, now, lock=True)
+    if visibility == "public" and obj.public_id is None:
+        public_id = new_public_id()
+        try:
+            backend.copy(obj.key, public_key(public_id))
+        except KeyError:
+            raise storage_unavailable("find the object's bytes") from None
+        except Exception as exc:
+            raise storage_unavailable(f"publish the object ({type(exc).__name__})") from None
+        obj.public_id = public_id
+    elif visibility == "private" and obj.public_id is not None:
+        if backend.delete_many([public_key(obj.public_id)]):
+            raise storage_unavailable("unpublish the object")
+        obj.public_id = None
     obj.visibility = visibility
     return obj
 
 
 def delete_object(db: Session, backend: Backend, owner_id, object_id, now: datetime) -> StoredObject:
-    """Delete the bytes now, then tombstone the row."""
-    obj = get_visible(db, owner_id, object_id, now)
-    if backend.delete_many([obj.key]):
+    """Delete the bytes now (the public copy too), then tombstone the row."""
+    obj = get_visible(db, owner_id, object_id, now, lock=True)
+    if backend.delete_many(stored_keys(obj)):
         raise storage_unavailable("delete the object")
-    obj.deleted_at = now
+    obj.deleted_at, obj.public_id = now, None
     return obj
 
 
@@ -352,12 +403,12 @@ def erase_user_tables(db: Session, backend: Backend, user_id) -> dict:
     """:func:`erase_user`, with the rows deleted per table (``tables``)."""
     owner = owner_uuid(user_id)
     live = db.execute(
-        select(StoredObject.key, StoredObject.size)
+        select(StoredObject.key, StoredObject.size, StoredObject.public_id)
         .where(StoredObject.owner_id == owner, StoredObject.deleted_at.is_(None))
         .with_for_update()
     ).all()
     staged = db.scalars(select(UploadSlot.key).where(UploadSlot.owner_id == owner)).all()
-    if _delete_keys(backend, [r.key for r in live] + list(staged)):
+    if _delete_keys(backend, [k for r in live for k in stored_keys(r)] + list(staged)):
         raise storage_unavailable("erase every object")
     tables = {}
     for model in (StoredObject, UploadSlot, OwnerRetention):

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from services.common.ids import new_id
 from services.storage.backends.base import Backend, ObjectInfo
+from services.storage.backends.keys import PUBLIC_PREFIX, stored_keys
 from services.storage.models import (
     COMMITTED,
     PENDING,
@@ -163,12 +164,14 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
             update(objects)
             .where(objects.c.id.in_(batch_ids))
             .values(deleted_at=now)
-            .returning(objects.c.id, objects.c.key, objects.c.size)
+            .returning(objects.c.id, objects.c.key, objects.c.size, objects.c.public_id)
         ).all()
         if not rows:
             db.rollback()
             return None
-        failed = set(backend.delete_many([r.key for r in rows]))
+        # the object's bytes and its public copy, if it has one
+        failed_keys = set(backend.delete_many([k for r in rows for k in stored_keys(r)]))
+        failed = {r.key for r in rows if failed_keys & set(stored_keys(r))}
         done = [r for r in rows if r.key not in failed] if failed else rows
         result = BatchResult(None, len(rows), [r.id for r in done], sum(r.size for r in done),
                              sorted(failed))
@@ -274,6 +277,18 @@ def _orphaned_objects(db: Session, infos: list[ObjectInfo]) -> list[ObjectInfo]:
     return [info for info in infos if info.key not in live]
 
 
+def _orphaned_public(db: Session, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+    """Public copies (``public/<public_id>``) of no live public object: what a
+    crash between the copy and the commit of a publication left."""
+    ids = {info.key[len(PUBLIC_PREFIX):] for info in infos}
+    live = set(db.execute(
+        select(StoredObject.public_id).where(StoredObject.public_id.in_(ids),
+                                             StoredObject.visibility == "public",
+                                             StoredObject.deleted_at.is_(None))
+    ).scalars()) if ids else set()
+    return [info for info in infos if info.key[len(PUBLIC_PREFIX):] not in live]
+
+
 def _orphaned_staging(db: Session, infos: list[ObjectInfo], now: datetime) -> list[ObjectInfo]:
     """Staging keys whose slot is unknown, finished or expired."""
     ids = {i for i in (_uuid_at(info.key, 1) for info in infos) if i is not None}
@@ -321,6 +336,9 @@ def sweep_orphans(db: Session, backend: Backend, settings: StorageSettings,
         old = (info for info in backend.list("staging/") if info.last_modified <= cutoff)
         for chunk in _chunks(old, SWEEP_CHUNK):
             doomed += _orphaned_staging(db, chunk, now)
+        old = (info for info in backend.list(PUBLIC_PREFIX) if info.last_modified <= cutoff)
+        for chunk in _chunks(old, SWEEP_CHUNK):
+            doomed += _orphaned_public(db, chunk)
         failed: set[str] = set()
         for start in range(0, len(doomed), SWEEP_CHUNK):
             failed |= set(backend.delete_many([i.key for i in doomed[start:start + SWEEP_CHUNK]]))

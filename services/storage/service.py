@@ -26,7 +26,7 @@ from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService, FromConfig
-from services.storage import objects, retention
+from services.storage import images, objects, retention
 from services.storage import privacy as privacy_data
 from services.storage.backends import Backend, make_backend
 from services.storage.models import outbox, processed_events
@@ -66,6 +66,11 @@ class ObjectStore(DependencyProvider):
         return self
 
 
+def decode_gate(config) -> images.DecodeGate:
+    settings = StorageSettings.from_config(config)
+    return images.DecodeGate(settings.max_concurrent_decodes, settings.decode_wait_seconds)
+
+
 class StorageService(DarkroomService):
     name = "storage"
 
@@ -73,6 +78,8 @@ class StorageService(DarkroomService):
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(StorageSettings.from_config)
     store = ObjectStore()
+    # the process's bound on images decoded at once (made at start: a green semaphore)
+    decodes = FromConfig(decode_gate)
 
     def _url_view(self, obj) -> dict:
         return c.ImageObject().dump(objects.view_with_url(self.store.backend, self.settings, obj))
@@ -88,7 +95,8 @@ class StorageService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def finish_upload(self, owner_id, upload_id) -> dict:
         obj, staged = objects.finish_upload(
-            self.db, self.store.backend, self.settings, owner_id, upload_id, utcnow()
+            self.db, self.store.backend, self.settings, owner_id, upload_id, utcnow(),
+            decodes=self.decodes,
         )
         self.db.commit()
         if staged:
@@ -132,9 +140,10 @@ class StorageService(DarkroomService):
         return c.ImageObject().dump(objects.source_view(self.store.backend, self.settings, obj))
 
     @rpc(expected_exceptions=DomainError)
-    def get_public_object(self, object_id) -> dict:
-        obj = objects.get_public(self.db, object_id, utcnow())
-        return c.PublicImageObject().dump(objects.view_with_url(self.store.backend, self.settings, obj))
+    def get_public_object(self, public_id) -> dict:
+        """A public object by its public id (the ``public_id`` its owner sees)."""
+        obj = objects.get_public(self.db, public_id, utcnow())
+        return c.PublicImageObject().dump(objects.public_view(self.store.backend, self.settings, obj))
 
     @rpc(expected_exceptions=DomainError)
     def list_objects(self, owner_id, query=None) -> dict:
@@ -146,7 +155,8 @@ class StorageService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def set_visibility(self, owner_id, object_id, payload) -> dict:
         data = load_rpc(c.SetVisibility, payload)
-        obj = objects.set_visibility(self.db, owner_id, object_id, data["visibility"], utcnow())
+        obj = objects.set_visibility(self.db, self.store.backend, owner_id, object_id,
+                                     data["visibility"], utcnow())
         self.db.commit()
         return self._url_view(obj)
 
@@ -201,6 +211,7 @@ class StorageService(DarkroomService):
             return
         started = utcnow()
         erased = objects.erase_user_tables(self.db, self.store.backend, event["user_id"])
+        erased["tables"]["dead_letters"] = self.dead_letters(event["user_id"])
         self.dispatch("erasure_completed", parts.erasure_result(
             event["request_id"], self.name, started, utcnow(), erased["tables"],
             objects_deleted=erased["objects"], bytes_deleted=erased["bytes"]))

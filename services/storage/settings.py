@@ -31,6 +31,8 @@ class StorageSettings:
     upload_max_bytes: int = 20 * 1024 * 1024
     output_max_bytes: int = 2 * 1024 * 1024 * 1024  # one generated output (a video)
     max_image_pixels: int = 40_000_000
+    max_concurrent_decodes: int = 4  # images decoded at once per process
+    decode_wait_seconds: float = 5.0  # then 503 storage_busy
     url_ttl_seconds: int = 300
     upload_slot_ttl_seconds: int = 900
     purge_batch_size: int = 2000
@@ -62,6 +64,8 @@ class StorageSettings:
             export_retention_days=int(get("EXPORT_RETENTION_DAYS", d.export_retention_days)),
             upload_max_bytes=int(get("UPLOAD_MAX_BYTES", d.upload_max_bytes)),
             max_image_pixels=int(get("MAX_IMAGE_PIXELS", d.max_image_pixels)),
+            max_concurrent_decodes=int(get("MAX_CONCURRENT_DECODES", d.max_concurrent_decodes)),
+            decode_wait_seconds=float(get("DECODE_WAIT_SECONDS", d.decode_wait_seconds)),
             url_ttl_seconds=int(get("URL_TTL_SECONDS", d.url_ttl_seconds)),
             upload_slot_ttl_seconds=int(get("UPLOAD_SLOT_TTL_SECONDS", d.upload_slot_ttl_seconds)),
             purge_batch_size=int(get("PURGE_BATCH_SIZE", d.purge_batch_size)),

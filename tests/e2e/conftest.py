@@ -86,6 +86,8 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe,
         GENERATION_BREAKER_FAILURES=1000, GENERATION_WEBHOOK_ALLOW="127.0.0.1",
         PRIVACY_DATABASE_URL=make_database("privacy"),
         PRIVACY_METRICS_PORT=free_port(),
+        # an erasure's grace period: 8 seconds here (72 hours by default)
+        PRIVACY_ERASURE_GRACE_HOURS=8 / 3600,
         # longer than GATEWAY_AUTH_CACHE_SECONDS, as in production; short, for speed
         PRIVACY_ERASURE_SETTLE_SECONDS=3,
     )

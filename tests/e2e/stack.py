@@ -77,12 +77,18 @@ def register(stack, address=None, password=PASSWORD):
 
 
 def verified_login(stack, address=None):
+    """A new account, verified and logged in: ``(address, registered, token)``.
+    ``registered`` is the register answer with ``api_key`` the account's first
+    API key, made once verified (registration issues none)."""
     address, registered = register(stack, address)
     code = code_from(stack.wait_for_mail(address))
     assert stack.call("POST", "/v1/auth/verify-email", json={"email": address, "code": code}).status_code == 200
     r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
     assert r.status_code == 200, r.text
-    return address, registered, r.json()["token"]
+    token = r.json()["token"]
+    key = stack.call("POST", "/v1/me/api-keys", token=token, json={"name": "default"})
+    assert key.status_code == 201, key.text
+    return address, {**registered, "api_key": key.json()}, token
 
 
 def refused_within(stack, seconds: float, **credential):

@@ -181,6 +181,29 @@ def test_a_refund_takes_back_the_unspent_credits_and_mails(stack):
     assert "5.00 USD" in body_text(mail) and created["order_id"] in body_text(mail)
 
 
+def test_a_dispute_freezes_the_credits_and_a_lost_one_takes_them_back(stack):
+    _, _, token = verified_login(stack)
+    wait_for(lambda: balance(stack, token)["available"] == SIGNUP_GRANT, 15,
+             what="the signup grant")
+    created, session = buy(stack, token)
+    assert post_stripe_event(stack, stack.stripe.checkout_completed(session["id"])).status_code == 200
+    opened = stack.stripe.dispute(session["id"], dispute_id="dp_test_e2e")
+    assert post_stripe_event(stack, opened).status_code == 200
+    held = balance(stack, token)
+    assert (held["available"], held["frozen"]) == (SIGNUP_GRANT, PACK["credits"])
+    [order] = [o for o in orders(stack, token) if o["id"] == created["order_id"]]
+    assert order["dispute_status"] == "open"
+
+    lost = stack.stripe.dispute(session["id"], closed_as="lost", dispute_id="dp_test_e2e")
+    assert post_stripe_event(stack, lost).status_code == 200
+    after = balance(stack, token)
+    assert (after["available"], after["frozen"]) == (SIGNUP_GRANT, 0)
+    [order] = [o for o in orders(stack, token) if o["id"] == created["order_id"]]
+    assert order["dispute_status"] == "lost"
+    [entry] = [e for e in ledger(stack, token) if e["kind"] == "refund"]
+    assert (entry["amount"], entry["order_id"]) == (-PACK["credits"], created["order_id"])
+
+
 def test_another_users_billing_is_never_visible(stack, buyer, other):
     _, token = buyer
     mine_now, theirs_now = buy(stack, token)[0]["order_id"], buy(stack, other)[0]["order_id"]

@@ -4,6 +4,7 @@ served by the gateway under signed URLs)."""
 from __future__ import annotations
 
 import io
+import urllib.parse
 import uuid
 
 import pytest
@@ -69,13 +70,18 @@ def test_upload_strips_location_and_lives_in_the_gallery(stack, users):
     assert image["id"] not in [i["id"] for i in stack.call("GET", "/v1/images", token=other).json()["items"]]
 
     # public, then private again
+    assert image["public_id"] is None
     assert stack.call("GET", f"/v1/public/images/{image['id']}").status_code == 404
     r = stack.call("PATCH", f"/v1/images/{image['id']}", token=token, json={"visibility": "public"})
     assert r.status_code == 200 and r.json()["visibility"] == "public"
-    public = stack.call("GET", f"/v1/public/images/{image['id']}")
-    assert public.status_code == 200 and requests.get(public.json()["url"], timeout=10).status_code == 200
+    public_id = r.json()["public_id"]
+    assert stack.call("GET", f"/v1/public/images/{image['id']}").status_code == 404  # not by id
+    public = stack.call("GET", f"/v1/public/images/{public_id}")
+    public_url = public.json()["url"]
+    assert public.status_code == 200 and requests.get(public_url, timeout=10).status_code == 200
     stack.call("PATCH", f"/v1/images/{image['id']}", token=token, json={"visibility": "private"})
-    assert stack.call("GET", f"/v1/public/images/{image['id']}").status_code == 404
+    assert stack.call("GET", f"/v1/public/images/{public_id}").status_code == 404
+    assert requests.get(public_url, timeout=10).status_code == 404  # its signed URL too
 
     # deletion removes the bytes
     assert stack.call("DELETE", f"/v1/images/{image['id']}", token=token).status_code == 204
@@ -107,3 +113,32 @@ def test_tampered_or_foreign_file_urls_are_refused(stack, users):
     assert requests.put(url, data=b"overwrite", timeout=10).status_code == 403  # a GET URL cannot upload
     assert stack.call("GET", f"/v1/images/{uuid.uuid4()}", token=token).status_code == 404
     assert stack.call("GET", "/v1/images/not-a-uuid", token=token).status_code == 404
+
+
+def test_two_public_images_of_one_user_share_nothing_and_name_nobody(stack, users):
+    token, _ = users
+    me = stack.call("GET", "/v1/me", token=token).json()
+    user_id = me.get("id") or me["user"]["id"]
+    ids = [upload(stack, token, jpeg_with_gps()).json()["id"] for _ in range(2)]
+    answers = []
+    for image_id in ids:
+        made = stack.call("PATCH", f"/v1/images/{image_id}", token=token,
+                          json={"visibility": "public"}).json()
+        public = stack.call("GET", f"/v1/public/images/{made['public_id']}")
+        assert public.status_code == 200, public.text
+        answers.append((image_id, made["public_id"], public.json()))
+    fixed = {"", "v1", "files", "public", "images"}
+    components = []
+    for image_id, public_id, body in answers:
+        page = f"{stack.base_url}/v1/public/images/{public_id}"
+        for text in (page, body["url"], body["id"]):
+            for needle in (user_id, uuid.UUID(user_id).hex, image_id, uuid.UUID(image_id).hex):
+                assert needle not in text, (needle, text)
+        split = urllib.parse.urlsplit(body["url"])
+        query = urllib.parse.parse_qsl(split.query)
+        components.append(({*split.path.split("/"), *page.split("/")[3:]} - fixed,
+                           {value for name, value in query if name not in ("expires", "content_type")}))
+        assert requests.get(body["url"], timeout=10).status_code == 200
+    (paths_a, query_a), (paths_b, query_b) = components
+    assert not paths_a & paths_b, (paths_a, paths_b)
+    assert not query_a & query_b, (query_a, query_b)

@@ -27,14 +27,18 @@ def test_new_user_journey(stack):
     address = new_email()
     request_id = f"journey-{uuid.uuid4().hex[:8]}"
 
-    # register: the user and a first API key, shown once
+    # register: the user, no API key before the address is verified
     r = stack.call("POST", "/v1/auth/register", json={"email": address.upper(), "password": PASSWORD,
                                                         "display_name": "Ada"},
                    headers={"X-Request-Id": request_id})
     assert r.status_code == 201, r.text
     assert r.headers["X-Request-Id"] == request_id
-    user, first_key = r.json()["user"], r.json()["api_key"]["key"]
+    user = r.json()["user"]
+    assert r.json()["api_key"] is None
     assert user["email"] == address and user["email_verified"] is False
+    r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
+    unverified = stack.call("POST", "/v1/me/api-keys", token=r.json()["token"], json={"name": "x"})
+    assert (unverified.status_code, unverified.json()["error"]["code"]) == (403, "email_unverified")
 
     # the code arrives by mail; verify
     code = code_from(stack.wait_for_mail(address))
@@ -42,11 +46,14 @@ def test_new_user_journey(stack):
     assert r.status_code == 200, r.text
     assert r.json()["user"]["email_verified"] is True
 
-    # log in; /v1/me with the token and with the API key
+    # log in; the first API key; /v1/me with the token and with the key
     r = stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
     assert r.status_code == 200, r.text
     token = r.json()["token"]
     assert r.headers["Cache-Control"] == "no-store"
+    r = stack.call("POST", "/v1/me/api-keys", token=token, json={"name": "default"})
+    assert r.status_code == 201, r.text
+    first_key = r.json()["key"]
     me = stack.call("GET", "/v1/me", token=token)
     assert me.status_code == 200 and me.json()["id"] == user["id"]
     assert set(me.json()) >= {"id", "email", "email_verified", "display_name", "bio", "avatar_image_id",
@@ -59,7 +66,7 @@ def test_new_user_journey(stack):
     second_key = r.json()["key"]
     keys = stack.call("GET", "/v1/me/api-keys", token=token).json()["items"]
     assert len(keys) == 2 and all("key" not in k for k in keys)
-    first_id = next(k["id"] for k in keys if first_key.startswith(f"drk_{k['prefix']}") or k["name"] == "default")
+    first_id = next(k["id"] for k in keys if k["name"] == "default")
     assert stack.call("DELETE", f"/v1/me/api-keys/{first_id}", token=token).status_code == 204
     refused_within(stack, 30, api_key=first_key)
     assert stack.call("GET", "/v1/me", api_key=second_key).status_code == 200
@@ -76,7 +83,13 @@ def test_new_user_journey(stack):
     new_password = "a different long passphrase"
     r = stack.call("POST", "/v1/auth/password-reset/confirm", json={"token": reset_token, "new_password": new_password})
     assert r.status_code == 204, r.text
+    # every session and every API key ends with the reset, and the owner is told
     refused_within(stack, 30, token=token)
+    refused_within(stack, 30, api_key=second_key)
+    notice = wait_for(lambda: next((m for m in stack.mails_to(address)
+                                    if m["Subject"] == "Your Darkroom password was changed"), None),
+                      30, what="password changed mail")
+    assert "1 API keys" in " ".join(body_text(notice).split())
     assert stack.call("POST", "/v1/auth/password-reset/confirm",
                       json={"token": reset_token, "new_password": "yet another passphrase"}).status_code == 400
     assert stack.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD}).status_code == 401
@@ -149,9 +162,19 @@ def test_bad_registration_is_a_400_and_writes_nothing(stack, body, field):
 
 
 def test_duplicate_email_and_no_enumeration(stack):
-    address, _ = register(stack)
-    r = stack.call("POST", "/v1/auth/register", json={"email": address, "password": PASSWORD})
-    assert r.status_code == 409 and r.json()["error"]["code"] == "email_taken"
+    address, first = register(stack)
+    code_from(stack.wait_for_mail(address))
+    # registering a taken address answers as a new registration does
+    again = stack.call("POST", "/v1/auth/register", json={"email": address, "password": PASSWORD})
+    fresh = stack.call("POST", "/v1/auth/register", json={"email": new_email(), "password": PASSWORD})
+    assert again.status_code == fresh.status_code == 201
+    assert set(again.json()) == set(fresh.json()) == {"user", "api_key"}
+    assert set(again.json()["user"]) == set(fresh.json()["user"])
+    assert again.json()["api_key"] is fresh.json()["api_key"] is None
+    assert again.json()["user"]["id"] != first["user"]["id"]
+    # ...and the address's owner learns of it by mail
+    notice = stack.wait_for_mail(address, count=2)
+    assert notice["Subject"] == "Someone tried to sign up to Darkroom with your address"
 
     unknown = new_email()
     wrong_password = stack.call("POST", "/v1/auth/login", json={"email": address, "password": "wrong password!"})

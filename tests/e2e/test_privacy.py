@@ -2,12 +2,16 @@
 
 A user with a verified address, an upload, a generated output, a payment,
 consents, an accepted policy and access logs asks for an export and gets a
-ZIP holding all of it and nothing of another user's; then asks for erasure,
-and when it completes every service's database and the object store are
+ZIP holding all of it and nothing of another user's; then asks for erasure
+(with a session and the password: an API key or no password is refused),
+gets the mail with the cancel link, cannot generate during the grace
+period, and when it completes every service's database and the object store are
 scanned: no trace of the address, the id, the prompt or the files remains
 except the pseudonymised payment records, the certificate's counts match
-what was there, and the address can register again. A service that is down
-during an erasure delays it, and it completes when the service returns.
+what was there, and the address can register again. The mailed link
+cancels an erasure without signing in, and the account generates again. A
+service that is down during an erasure delays it, and it completes when the
+service returns.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -30,7 +35,7 @@ from sqlalchemy import create_engine, inspect, text
 from ops import privacy as privacy_ops
 from services.common.db import normalise_url
 from tests.conftest import wait_for
-from tests.e2e.stack import PASSWORD, body_text, post_stripe_event, verified_login
+from tests.e2e.stack import PASSWORD, body_text, post_stripe_event, token_from, verified_login
 
 pytestmark = pytest.mark.e2e
 
@@ -83,6 +88,14 @@ def quote(stack, token):
     """A dry run of a job: refused like a job while processing is restricted, creates nothing."""
     return stack.call("POST", "/v1/generations", token=token, params={"dry_run": "true"},
                       json={"type": "text-to-image", "prompt": "a quote", "size": "512x512"})
+
+
+ERASURE = {"type": "erasure", "password": PASSWORD}
+
+
+def api_key(stack, token) -> str:
+    return call_ok(stack, "POST", "/v1/me/api-keys", 201, token=token,
+                   json={"name": "e2e"})["key"]
 
 
 def mail_with(stack, address, subject_part):
@@ -284,25 +297,44 @@ def test_export_then_erasure_leave_no_trace(stack, bystander):
     wait_for(lambda: query(urls["notifications"], "SELECT count(*) FROM notifications "
                            "WHERE user_id = :u", u=uid) == len(stack.mails_to(address)),
              20, 0.2, "every mail recorded")
+    key = api_key(stack, token)
     before = counts_before_erasure(stack, uid)
     assert before["storage_objects"] == len(files)  # upload, output, the export archive
-    erasure = call_ok(stack, "POST", "/v1/privacy/requests", 202, token=token,
-                      json={"type": "erasure"})
-    assert erasure["status"] == "pending" and erasure["starts_at"]
-    # sessions and keys revoked at once
-    assert stack.call("GET", "/v1/me", token=token).status_code == 401
-    assert stack.call("GET", "/v1/me", api_key=registered["api_key"]["key"]).status_code == 401
+    # not with an API key, not without the password
+    refused = stack.call("POST", "/v1/privacy/requests", api_key=key, json=ERASURE)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "session_required"
+    for body in ({"type": "erasure"}, {"type": "erasure", "password": "not my password"}):
+        refused = stack.call("POST", "/v1/privacy/requests", token=token, json=body)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "reauthentication_required"
+    erasure = call_ok(stack, "POST", "/v1/privacy/requests", 202, token=token, json=ERASURE)
+    assert erasure["status"] == "pending" and erasure["starts_at"] > erasure["created_at"]
+    assert erasure["due_at"] > erasure["starts_at"]
+    scheduled = mail_with(stack, address, "will be erased")
+    assert f"/privacy/requests/{erasure['id']}/cancel?token=" in body_text(scheduled)
+    # the grace period: still signed in, but no job and no spending
+    assert stack.call("GET", "/v1/me", token=token).status_code == 200
+    refused = wait_for(lambda: (r := quote(stack, token)).status_code == 403 and r.json(), 20,
+                       0.3, "generation to refuse during the grace period")
+    assert refused["error"]["code"] == "erasure_pending"
     cert = certificate(stack, erasure["id"])
+    # then every session and key revoked
+    assert stack.call("GET", "/v1/me", token=token).status_code == 401
+    assert stack.call("GET", "/v1/me", api_key=key).status_code == 401
 
     by_service = {p["service"]: p for p in cert["services"]}
     assert set(by_service) == set(SERVICES)
     assert by_service["storage"]["objects_deleted"] == before["storage_objects"]
     assert by_service["storage"]["bytes_deleted"] == before["storage_bytes"]
-    assert by_service["billing"]["rows_deleted"] == before["billing_deleted"]
+    # and the pending-erasure record each of billing and generation kept meanwhile
+    assert by_service["billing"]["tables"]["erasure_pending"] == 1
+    assert by_service["billing"]["rows_deleted"] == before["billing_deleted"] + 1
     assert by_service["billing"]["rows_pseudonymised"] == before["billing_pseudonymised"] == 2
     assert by_service["generation"]["tables"]["jobs"] == 1
-    assert by_service["generation"]["rows_deleted"] == before["generation"]
-    assert by_service["notifications"]["rows_deleted"] == before["notifications"]
+    assert by_service["generation"]["tables"]["erasure_pending"] == 1
+    assert by_service["generation"]["rows_deleted"] == before["generation"] + 1
+    # and the mail with the cancel link, sent since
+    assert by_service["notifications"]["rows_deleted"] == before["notifications"] + 1
     assert by_service["auth"]["tables"]["users"] == 1
     assert by_service["auth"]["rows_deleted"] == before["auth"]
     assert by_service["privacy"]["tables"]["consent_changes"] == before["consent_changes"] == 1
@@ -343,6 +375,25 @@ def test_export_then_erasure_leave_no_trace(stack, bystander):
     assert again.json()["user"]["id"] != uid
 
 
+def test_the_mailed_link_cancels_an_erasure_without_signing_in(stack):
+    address, _, token = verified_login(stack)
+    erasure = call_ok(stack, "POST", "/v1/privacy/requests", 202, token=token, json=ERASURE)
+    wait_for(lambda: quote(stack, token).status_code == 403, 20, 0.3, "jobs refused")
+    link = token_from(mail_with(stack, address, "will be erased"))
+    path = f"/v1/privacy/requests/{erasure['id']}/cancel"
+    wrong = stack.call("POST", path, json={"token": link[:-2] + "xx"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_token"
+    cancelled = call_ok(stack, "POST", path, json={"token": link})
+    assert cancelled["status"] == "cancelled"
+    assert stack.call("POST", path, json={"token": link}).status_code == 400  # used
+    wait_for(lambda: quote(stack, token).status_code == 200, 20, 0.3, "jobs allowed again")
+    # well past the grace period: still signed in, nothing erased
+    time.sleep(8 + 3 + 2)
+    assert stack.call("GET", "/v1/me", token=token).status_code == 200
+    assert call_ok(stack, "GET", f"/v1/privacy/requests/{erasure['id']}",
+                   token=token)["status"] == "cancelled"
+
+
 def test_a_service_down_during_erasure_delays_it_until_it_returns(stack, start_process):
     address, registered, token = verified_login(stack)
     config = {"AMQP_URI": stack.env["AMQP_URI"], "RPC_TIMEOUT_SECONDS": 30}
@@ -350,7 +401,7 @@ def test_a_service_down_during_erasure_delays_it_until_it_returns(stack, start_p
     notifications.stop()
     try:
         erasure = call_ok(stack, "POST", "/v1/privacy/requests", 202, token=token,
-                          json={"type": "erasure"})
+                          json=ERASURE)
 
         def waiting_for_notifications():
             mine = [r for r in privacy_ops.report(config)["open"] if r["id"] == erasure["id"]]

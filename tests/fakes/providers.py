@@ -10,6 +10,8 @@ One server per protocol, each a ``ThreadingHTTPServer`` in a thread:
 - :class:`FakeChatCompletions`: ``POST /v1/chat/completions`` answering
   ``content`` (a string, or a function of the request body).
 - :class:`FakeWebhookReceiver`: records every POST and answers ``status``.
+- :class:`DripReceiver`: takes a POST and answers one byte at a time, every
+  ``every_s``, for as long as the client stays (a receiver that never finishes).
 
 Every request is recorded (method, path, headers, body) in ``requests``, so
 tests can assert what a provider was sent. ``fail_next(*behaviours)``
@@ -17,6 +19,8 @@ scripts the next calls of the main endpoint; ``mode`` is the behaviour once
 the script is used up. A behaviour is ``"ok"``, an HTTP status (``500``,
 ``429``, ``400``, ``401``...), ``"refuse"`` (400 content policy refusal),
 ``"hang"`` (answer nothing until ``hang_s`` passes or the server stops),
+``"slow"`` (answer normally once the test calls ``proceed()``, or after
+``hang_s``), ``(status, body)`` (answer ``status`` with the JSON ``body``),
 ``"drop"`` (close the connection without an answer), ``"redirect"`` (302
 to ``/elsewhere``) or ``"garbage"`` (200 with a body that is not what the
 protocol promises).
@@ -111,6 +115,7 @@ class FakeHTTPServer:
         self._script: deque = deque()
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self._proceed = threading.Semaphore(0)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -162,6 +167,10 @@ class FakeHTTPServer:
         with self._lock:
             self._script.extend(behaviours)
 
+    def proceed(self) -> None:
+        """Let one "slow" call answer now."""
+        self._proceed.release()
+
     def requests_to(self, path_prefix: str, method: str | None = None) -> list[Recorded]:
         return [r for r in self.requests
                 if r.path.startswith(path_prefix) and (method is None or r.method == method)]
@@ -199,6 +208,9 @@ class FakeHTTPServer:
         if behaviour == "hang":
             self._release.wait(self.hang_s)
             behaviour = 504
+        if behaviour == "slow":
+            self._proceed.acquire(timeout=self.hang_s)
+            behaviour = "ok"
         if behaviour == "drop":
             handler.close_connection = True
             try:
@@ -219,6 +231,8 @@ class FakeHTTPServer:
             response = 302, {"Location": "/elsewhere"}, b""
         elif behaviour == "garbage":
             response = self.garbage(request)
+        elif isinstance(behaviour, tuple):
+            response = _json(*behaviour)
         else:
             response = self.error(int(behaviour))
         status, headers, payload = response
@@ -368,3 +382,80 @@ class FakeWebhookReceiver(FakeHTTPServer):
         if request.method == "POST":
             return 204, {}, b""
         return super().route(request)
+
+
+@dataclass
+class Drip:
+    """One connection to a :class:`DripReceiver`: when it came and when the
+    client gave up (monotonic seconds), and the request."""
+
+    opened: float
+    request: bytes = b""
+    closed: float | None = None
+
+
+class DripReceiver:
+    """A webhook receiver that drips its answer: after reading the request it
+    sends one byte every ``every_s`` (from the status line on, or, with
+    ``status_line=False``, headers at once and then the body) until the
+    client closes the connection. ``connections`` records each one."""
+
+    def __init__(self, every_s: float = 1.0, status_line: bool = True):
+        self.every_s, self.status_line = every_s, status_line
+        self.connections: list[Drip] = []
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self):
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        import select
+        import time
+
+        drip = Drip(time.monotonic())
+        self.connections.append(drip)
+        body = b"x" * 1000
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        with conn:
+            conn.settimeout(5)
+            try:
+                while b"\r\n\r\n" not in drip.request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    drip.request += chunk
+                if not self.status_line:
+                    conn.sendall(answer)
+                    answer = body
+                for byte in answer:
+                    if self._stop.is_set():
+                        return
+                    readable, _, _ = select.select([conn], [], [], self.every_s)
+                    if readable and not conn.recv(65536):  # the client closed it
+                        break
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                pass
+            finally:
+                drip.closed = time.monotonic()

@@ -21,8 +21,8 @@ client_reference_id, metadata, payment_intent, payment_status, status}``.
 Webhook helpers (module functions, also usable without a server):
 :func:`sign` makes a ``Stripe-Signature`` header, :func:`signed_body` a
 (body, header) pair, :func:`event` an event envelope;
-``checkout_completed`` / ``charge_refunded`` build the two events the
-billing service acts on, from a session this fake created.
+``checkout_completed`` / ``charge_refunded`` / ``dispute`` build the events
+the billing service acts on, from a session this fake created.
 """
 
 from __future__ import annotations
@@ -216,6 +216,17 @@ class FakeStripe:
         return charge_refunded(session["_payment_intent"], session["amount_total"],
                                amount_refunded, session["currency"], **overrides)
 
+    def dispute(self, session_id: str, closed_as: str | None = None, dispute_id: str = "dp_test_1",
+                **overrides) -> dict:
+        """``charge.dispute.created`` for the payment of a completed session,
+        or with ``closed_as`` (won, lost...) ``charge.dispute.closed``."""
+        session = self.session(session_id)
+        kind = "charge.dispute.closed" if closed_as else "charge.dispute.created"
+        return charge_dispute(kind, session["_payment_intent"],
+                              overrides.pop("amount", session["amount_total"]),
+                              session["currency"], closed_as or "needs_response", dispute_id,
+                              **overrides)
+
 
 def event(event_type: str, obj: dict, event_id: str | None = None) -> dict:
     return {
@@ -243,6 +254,27 @@ def charge_refunded(payment_intent: str, amount: int, amount_refunded: int, curr
     }
     obj.update(overrides)
     return event("charge.refunded", obj)
+
+
+def charge_dispute(event_type: str, payment_intent: str, amount: int, currency: str = "usd",
+                   status: str = "needs_response", dispute_id: str | None = None,
+                   **overrides) -> dict:
+    """``charge.dispute.created`` / ``charge.dispute.closed`` (``status`` won,
+    lost, warning_closed...) for a payment, as Stripe sends them: the dispute
+    object names its ``charge`` and ``payment_intent``."""
+    obj = {
+        "id": dispute_id or f"dp_test_{secrets.token_hex(12)}",
+        "object": "dispute",
+        "amount": amount,
+        "charge": f"ch_test_{secrets.token_hex(12)}",
+        "currency": currency,
+        "payment_intent": payment_intent,
+        "reason": "fraudulent",
+        "status": status,
+        "metadata": {},
+    }
+    obj.update(overrides)
+    return event(event_type, obj)
 
 
 def sign(payload: str, secret: str, timestamp: int | None = None) -> str:

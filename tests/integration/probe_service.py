@@ -139,7 +139,7 @@ class FakeAuthService(DarkroomService):
             self.admins.discard(email)
             uri = None
         return {"user_id": "0190a0a0-0000-7000-8000-000000000001", "is_admin": is_admin,
-                "otpauth_uri": uri}
+                "otpauth_uri": uri, "api_keys_revoked": 0}
 
 
 class FakeStorageService(DarkroomService):

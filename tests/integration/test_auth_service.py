@@ -4,11 +4,18 @@ calls it, with its events captured from the ``auth.events`` exchange.
 
 The service runs once for the module, in a vhost of its own, with small
 limits: 3 failed logins lock an account, 5 lock an address, a verification
-code may be resent after 1 s and a reset mail sent again at once.
+code may be resent after 1 s and a reset mail sent again at once. Codes and
+reset tokens come sealed in the events; the tap opens them with the key the
+service was given.
+
+The races (parallel guesses of a password, a TOTP code, a verification code;
+parallel requests for one code) are run against the service itself, on
+PostgreSQL: many RPCs at once, served by its concurrent workers.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 import uuid
@@ -24,6 +31,7 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,6 +39,8 @@ pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
 MAX_ACCOUNT_FAILURES = 3
 MAX_ADDRESS_FAILURES = 5
+MAIL_SECRETS_KEY = "integration-test-mail-secrets-key"
+SEALER = Sealer(MAIL_SECRETS_KEY)
 _ip_counter = itertools.count(1)
 
 
@@ -101,6 +111,7 @@ def auth(make_vhost, make_database, start_process):
             AUTH_LOGIN_LOCKOUT_SECONDS=600,
             AUTH_RESEND_MIN_INTERVAL_SECONDS=1,
             AUTH_PASSWORD_RESET_MIN_INTERVAL_SECONDS=0,
+            MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
         ),
     )
     proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
@@ -129,8 +140,28 @@ def register(auth, email: str | None = None, ip: str | None = None, **extra) -> 
     email = email or new_email()
     result = auth.rpc.register({"email": email, "password": PASSWORD, **extra}, client_ip=ip)
     assert auth.tap.one(email, "user_registered")["user_id"] == result["user"]["id"]
-    code = auth.tap.one(email, "email_verification_requested")["code"]
-    return SimpleNamespace(email=email, user=result["user"], api_key=result["api_key"], code=code)
+    assert result["api_key"] is None
+    code = code_in(auth.tap.one(email, "email_verification_requested"))
+    return SimpleNamespace(email=email, user=result["user"], code=code)
+
+
+def verified(auth, ip: str | None = None) -> SimpleNamespace:
+    """A registered account whose address is verified, with an API key."""
+    account = register(auth, ip=ip)
+    auth.rpc.verify_email({"email": account.email, "code": account.code})
+    account.api_key = auth.rpc.create_api_key(account.user["id"], {"name": "default"})
+    return account
+
+
+def code_in(event: dict) -> str:
+    """The code an auth.email_verification_requested event carries sealed."""
+    assert "code" not in event
+    return SEALER.open(event["sealed_code"])
+
+
+def token_in(event: dict) -> str:
+    assert "token" not in event
+    return SEALER.open(event["sealed_token"])
 
 
 def login(auth, email: str, password: str = PASSWORD, ip: str | None = None, **extra) -> dict:
@@ -163,25 +194,39 @@ def test_register_sends_a_code_that_verifies_the_email(auth):
     assert user["totp_enabled"] is False and user["is_admin"] is False
     assert user["processing_restricted"] is False
     uuid.UUID(user["id"])
-    assert result["api_key"]["name"] == "default"
-    assert result["api_key"]["key"].startswith("drk_" + result["api_key"]["prefix"] + "_")
+    assert result["api_key"] is None  # no key before the address is verified
 
     registered = auth.tap.one(email, "user_registered")
     assert (registered["user_id"], registered["display_name"]) == (user["id"], "Reg")
     assert {"event_id", "occurred_at", "version"} <= set(registered)
     verification = auth.tap.one(email, "email_verification_requested")
-    assert verification["purpose"] == "registration" and len(verification["code"]) == 6
+    assert verification["purpose"] == "registration" and len(code_in(verification)) == 6
 
-    verified = auth.rpc.verify_email({"email": email, "code": verification["code"]})
+    verified = auth.rpc.verify_email({"email": email, "code": code_in(verification)})
     assert verified["user"]["email_verified"] is True
     assert auth.rpc.get_user(user["id"])["email_verified"] is True
 
 
-def test_duplicate_email_is_a_conflict(auth):
+def test_a_registered_address_answers_like_a_new_one_and_its_owner_is_told(auth):
     first = register(auth)
-    error = refused(auth.rpc.register, {"email": first.email.upper(), "password": PASSWORD})
-    assert (error.code, error.status) == ("email_taken", 409)
-    assert auth.tap.about(first.email) == []
+    users = count(auth, "users")
+    again = auth.rpc.register({"email": first.email.upper(), "password": "another passphrase",
+                               "display_name": "Eve"})
+    fresh_email = new_email()
+    fresh = auth.rpc.register({"email": fresh_email, "password": PASSWORD, "display_name": "Eve"})
+    # the same shape, field by field: nothing tells the two apart
+    assert set(again) == set(fresh) and set(again["user"]) == set(fresh["user"])
+    assert again["api_key"] is None and fresh["api_key"] is None
+    assert again["user"]["id"] != first.user["id"]
+    assert {k: v for k, v in again["user"].items() if k not in ("id", "email", "created_at")} == \
+        {k: v for k, v in fresh["user"].items() if k not in ("id", "email", "created_at")}
+    assert count(auth, "users") == users + 1  # the fresh one only
+    assert auth.rpc.get_user(first.user["id"])["display_name"] is None
+    notice = auth.tap.one(first.email, "signup_attempted")
+    assert notice["user_id"] == first.user["id"]
+    assert auth.tap.about(first.email) == []  # no account, no code for anyone else
+    assert auth.tap.one(fresh_email, "user_registered")["user_id"] == fresh["user"]["id"]
+    auth.tap.one(fresh_email, "email_verification_requested")
 
 
 def test_invalid_or_weak_registrations_write_nothing_and_emit_nothing(auth):
@@ -245,7 +290,7 @@ def test_resend_is_rate_limited_and_replaces_the_code(auth):
     assert auth.tap.about(account.email) == []  # within RESEND_MIN_INTERVAL_SECONDS
     time.sleep(1.1)
     assert auth.rpc.resend_verification({"email": account.email}) is None
-    new_code = auth.tap.one(account.email, "email_verification_requested")["code"]
+    new_code = code_in(auth.tap.one(account.email, "email_verification_requested"))
     if new_code != account.code:
         error = refused(auth.rpc.verify_email, {"email": account.email, "code": account.code})
         assert error.code == "invalid_code"
@@ -267,7 +312,7 @@ def test_resend_and_reset_for_unknown_emails_answer_none_and_emit_nothing(auth):
 # ---------------------------------------------------------------- login and credentials
 
 
-def test_unverified_account_logs_in_and_authenticates_by_token_and_by_key(auth):
+def test_unverified_account_logs_in_but_gets_no_api_key(auth):
     ip = new_ip()
     account = register(auth, ip=ip)
     logged_in = login(auth, account.email, ip=ip)
@@ -275,13 +320,22 @@ def test_unverified_account_logs_in_and_authenticates_by_token_and_by_key(auth):
     assert logged_in["user"]["id"] == account.user["id"]
     lifetime = datetime.fromisoformat(logged_in["expires_at"]) - datetime.now(UTC)
     assert timedelta(days=7) - timedelta(minutes=1) < lifetime <= timedelta(days=7)
-
     by_token = auth.rpc.authenticate({"token": logged_in["token"]})
-    assert by_token["user_id"] == account.user["id"]
-    assert by_token["credential_type"] == "session"
     assert (by_token["email_verified"], by_token["is_admin"], by_token["plan"]) == (
         False, False, "free"
     )
+    error = refused(auth.rpc.create_api_key, account.user["id"], {"name": "ci"})
+    assert (error.code, error.status) == ("email_unverified", 403)
+    assert count(auth, f"api_keys WHERE user_id = '{account.user['id']}'") == 0
+
+
+def test_verified_account_authenticates_by_token_and_by_key(auth):
+    ip = new_ip()
+    account = verified(auth, ip=ip)
+    logged_in = login(auth, account.email, ip=ip)
+    by_token = auth.rpc.authenticate({"token": logged_in["token"]})
+    assert by_token["user_id"] == account.user["id"]
+    assert by_token["credential_type"] == "session"
     by_key = auth.rpc.authenticate({"api_key": account.api_key["key"]})
     assert (by_key["credential_type"], by_key["credential_id"]) == ("api_key", account.api_key["id"])
 
@@ -364,36 +418,41 @@ def test_suspicious_login_from_a_new_network_only(auth):
 # ---------------------------------------------------------------- password reset
 
 
-def test_password_reset_ends_every_session(auth):
-    account = register(auth)
+def test_password_reset_ends_every_session_and_api_key_and_tells_the_owner(auth):
+    account = verified(auth)
     tokens = [login(auth, account.email)["token"] for _ in range(2)]
     assert auth.rpc.request_password_reset({"email": account.email.upper()}) is None
     event = auth.tap.one(account.email, "password_reset_requested")
     assert event["user_id"] == account.user["id"]
+    token = token_in(event)
 
-    weak = refused(auth.rpc.confirm_password_reset, {"token": event["token"], "new_password": "1234567890"})
+    weak = refused(auth.rpc.confirm_password_reset, {"token": token, "new_password": "1234567890"})
     assert weak.code == "weak_password"
     assert auth.rpc.confirm_password_reset(
-        {"token": event["token"], "new_password": "a whole new passphrase"}
+        {"token": token, "new_password": "a whole new passphrase"}
     ) is None
-    for token in tokens:
-        assert refused(auth.rpc.authenticate, {"token": token}).code == "unauthenticated"
+    for token_ in tokens:
+        assert refused(auth.rpc.authenticate, {"token": token_}).code == "unauthenticated"
+    # the key a squatter (or a thief) held before the reset is dead too
+    assert refused(auth.rpc.authenticate, {"api_key": account.api_key["key"]}).code == (
+        "unauthenticated")
+    changed = auth.tap.one(account.email, "password_changed")
+    assert (changed["user_id"], changed["sessions"], changed["api_keys"]) == (
+        account.user["id"], 2, 1)
     reused = refused(
-        auth.rpc.confirm_password_reset, {"token": event["token"], "new_password": "yet another one!"}
+        auth.rpc.confirm_password_reset, {"token": token, "new_password": "yet another one!"}
     )
     assert (reused.code, reused.status) == ("invalid_token", 400)
     assert refused(login, auth, account.email, PASSWORD).code == "invalid_credentials"
     assert login(auth, account.email, "a whole new passphrase")["token"]
-    # the API key survives a password reset
-    assert auth.rpc.authenticate({"api_key": account.api_key["key"]})["user_id"] == account.user["id"]
 
 
 def test_a_newer_reset_token_voids_the_older_one(auth):
     account = register(auth)
     auth.rpc.request_password_reset({"email": account.email})
-    first = auth.tap.one(account.email, "password_reset_requested")["token"]
+    first = token_in(auth.tap.one(account.email, "password_reset_requested"))
     auth.rpc.request_password_reset({"email": account.email})
-    second = auth.tap.one(account.email, "password_reset_requested")["token"]
+    second = token_in(auth.tap.one(account.email, "password_reset_requested"))
     payload = {"token": first, "new_password": "a whole new passphrase"}
     assert refused(auth.rpc.confirm_password_reset, payload).code == "invalid_token"
     assert auth.rpc.confirm_password_reset({**payload, "token": second}) is None
@@ -403,7 +462,7 @@ def test_a_newer_reset_token_voids_the_older_one(auth):
 
 
 def test_api_keys_create_list_revoke(auth):
-    account = register(auth)
+    account = verified(auth)
     user_id = account.user["id"]
     created = auth.rpc.create_api_key(user_id, {"name": "ci"})
     assert created["key"].startswith(f"drk_{created['prefix']}_") and created["name"] == "ci"
@@ -423,7 +482,7 @@ def test_api_keys_create_list_revoke(auth):
 
 
 def test_another_users_key_is_not_found(auth):
-    alice, bob = register(auth), register(auth)
+    alice, bob = register(auth), verified(auth)
     for key_id in [bob.api_key["id"], str(uuid.uuid4()), "not-a-uuid"]:
         error = refused(auth.rpc.revoke_api_key, alice.user["id"], key_id)
         assert (error.code, error.status) == ("not_found", 404)
@@ -431,7 +490,7 @@ def test_another_users_key_is_not_found(auth):
 
 
 def test_too_many_keys(auth):
-    account = register(auth)
+    account = verified(auth)
     for i in range(19):
         auth.rpc.create_api_key(account.user["id"], {"name": f"k{i}"})
     error = refused(auth.rpc.create_api_key, account.user["id"], {"name": "k19"})
@@ -477,7 +536,7 @@ def test_profile_update(auth):
 
 
 def test_email_change_flow(auth):
-    account, other = register(auth), register(auth)
+    account, other = verified(auth), register(auth)
     user_id = account.user["id"]
     new = new_email("moved")
 
@@ -493,11 +552,37 @@ def test_email_change_flow(auth):
     event = auth.tap.one(new, "email_verification_requested")
     assert (event["purpose"], event["user_id"]) == ("email_change", user_id)
     assert auth.rpc.get_user(user_id)["email"] == account.email  # not until verified
+    # a stranger's resend for the new address renews nothing of this account's
+    time.sleep(1.1)
+    auth.rpc.resend_verification({"email": new})
+    assert auth.tap.about(new) == []
 
-    verified = auth.rpc.verify_email({"email": new, "code": event["code"]})["user"]
-    assert (verified["id"], verified["email"], verified["email_verified"]) == (user_id, new, True)
+    verified_user = auth.rpc.verify_email({"email": new, "code": code_in(event)})["user"]
+    assert (verified_user["id"], verified_user["email"], verified_user["email_verified"]) == (
+        user_id, new, True)
     assert login(auth, new)["user"]["email"] == new
     assert refused(login, auth, account.email).code == "invalid_credentials"
+
+
+def test_an_unverified_account_cannot_change_its_address(auth):
+    account = register(auth)
+    error = refused(auth.rpc.request_email_change, account.user["id"],
+                    {"new_email": new_email(), "password": PASSWORD})
+    assert (error.code, error.status) == ("email_unverified", 403)
+
+
+def test_wrong_passwords_for_an_email_change_lock_the_account(auth):
+    account = verified(auth)
+    ip = new_ip()
+    for _ in range(MAX_ACCOUNT_FAILURES):
+        error = refused(auth.rpc.request_email_change, account.user["id"],
+                        {"new_email": new_email(), "password": "not the password"}, client_ip=ip)
+        assert error.code == "invalid_credentials"
+    error = refused(login, auth, account.email)
+    assert (error.code, error.status) == ("rate_limited", 429)
+    error = refused(auth.rpc.request_email_change, account.user["id"],
+                    {"new_email": new_email(), "password": PASSWORD})
+    assert error.code == "rate_limited"
 
 
 # ---------------------------------------------------------------- TOTP and admin
@@ -526,8 +611,27 @@ def test_admin_needs_totp_and_codes_are_single_use(auth):
     assert refused(auth.rpc.set_admin, account.email, "yes").code == "invalid_request"
 
 
+def test_admins_hold_no_api_keys(auth):
+    account = verified(auth)
+    granted = auth.rpc.set_admin(account.email, True)
+    assert granted["api_keys_revoked"] == 1
+    assert refused(auth.rpc.authenticate, {"api_key": account.api_key["key"]}).code == (
+        "unauthenticated")
+    error = refused(auth.rpc.create_api_key, account.user["id"], {"name": "ops"})
+    assert (error.code, error.status) == ("admin_api_keys_refused", 403)
+    withdrawn = auth.rpc.set_admin(account.email, False)
+    assert (withdrawn["is_admin"], withdrawn["api_keys_revoked"]) == (False, 0)
+    key = auth.rpc.create_api_key(account.user["id"], {"name": "after"})
+    assert auth.rpc.authenticate({"api_key": key["key"]})["is_admin"] is False
+    # withdrawing from an account that is no admin changes nothing
+    assert auth.rpc.set_admin(account.email, False)["api_keys_revoked"] == 0
+
+
 def test_totp_enrollment_by_the_user(auth):
-    account = register(auth)
+    unverified = register(auth)
+    error = refused(auth.rpc.begin_totp_enrollment, unverified.user["id"])
+    assert (error.code, error.status) == ("email_unverified", 403)
+    account = verified(auth)
     user_id = account.user["id"]
     enrollment = auth.rpc.begin_totp_enrollment(user_id)
     assert enrollment["otpauth_uri"].startswith("otpauth://totp/Darkroom:")
@@ -555,7 +659,9 @@ def test_webhook_secret_is_made_on_first_use_and_rotated(auth):
     assert stored == 0  # nothing until someone asks
     first = auth.rpc.get_webhook_secret(user_id)
     assert set(first) == {"secret", "created_at"}
-    assert first["secret"].startswith("whsec_") and len(first["secret"]) == 6 + 43
+    assert first["secret"].startswith("whsec_") and len(first["secret"]) == 6 + 44
+    # standard base64 of 32 bytes: what Standard Webhooks libraries decode
+    assert len(base64.b64decode(first["secret"][6:], validate=True)) == 32
     made = datetime.fromisoformat(first["created_at"])
     assert abs(datetime.now(UTC) - made) < timedelta(minutes=1)
     assert auth.rpc.get_webhook_secret(user_id) == first
@@ -583,3 +689,74 @@ def test_webhook_secret_of_an_unknown_user_is_not_found(auth):
         for call in (auth.rpc.get_webhook_secret, auth.rpc.rotate_webhook_secret):
             error = refused(call, user_id)
             assert (error.code, error.status) == ("not_found", 404)
+
+
+# ---------------------------------------------------------------- races (PostgreSQL)
+
+
+def at_once(call, payloads: list) -> list:
+    """Every call made before any answer is read: the service's workers serve
+    them concurrently. Each result is the answer or the DomainError."""
+    replies = [call.call_async(*args, **kwargs) for args, kwargs in payloads]
+    results = []
+    for reply in replies:
+        try:
+            results.append(reply.result())
+        except DomainError as exc:
+            results.append(exc)
+    return results
+
+
+def codes(results: list) -> list[str]:
+    return sorted(r.code if isinstance(r, DomainError) else "ok" for r in results)
+
+
+def test_parallel_wrong_passwords_cannot_outrun_the_lockout(auth):
+    account = register(auth)
+    guesses = [(({"email": account.email, "password": f"guess number {i}"},), {})
+               for i in range(10)]
+    results = at_once(auth.rpc.login, guesses)
+    # exactly the account's budget of passwords was checked; the rest refused unchecked
+    assert codes(results) == ["invalid_credentials"] * MAX_ACCOUNT_FAILURES + \
+        ["rate_limited"] * (10 - MAX_ACCOUNT_FAILURES)
+    assert refused(login, auth, account.email).code == "rate_limited"  # locked now
+
+
+def test_one_totp_code_lets_in_only_one_of_parallel_logins(auth):
+    account = verified(auth)
+    user_id = account.user["id"]
+    totp = pyotp.TOTP(auth.rpc.begin_totp_enrollment(user_id)["secret"])
+    auth.rpc.confirm_totp_enrollment(user_id, {"code": totp.now()})
+    code = totp.at(time.time() + 30)  # the next step: newer than the one enrolment used
+    logins = [(({"email": account.email, "password": PASSWORD, "totp_code": code},), {})
+              for _ in range(MAX_ACCOUNT_FAILURES)]
+    results = at_once(auth.rpc.login, logins)
+    assert codes(results) == ["invalid_totp"] * (MAX_ACCOUNT_FAILURES - 1) + ["ok"]
+
+
+def test_parallel_wrong_codes_cannot_outrun_the_attempts(auth):
+    account = register(auth)
+    wrong = [f"{(int(account.code) + i) % 1_000_000:06d}" for i in range(1, 11)]
+    results = at_once(auth.rpc.verify_email,
+                      [(({"email": account.email, "code": c},), {}) for c in wrong])
+    # one code, 5 attempts: the code was checked 5 times, then never again
+    assert codes(results).count("invalid_code") == 5
+    assert set(codes(results)) == {"invalid_code", "code_expired"}
+    assert refused(auth.rpc.verify_email, {"email": account.email, "code": account.code}).code \
+        == "code_expired"
+
+
+def test_parallel_requests_leave_one_live_code_per_account_and_address(auth):
+    account = verified(auth)
+    target = new_email("target")
+    requests_ = [((account.user["id"], {"new_email": target, "password": PASSWORD}), {})
+                 for _ in range(MAX_ACCOUNT_FAILURES)]
+    results = at_once(auth.rpc.request_email_change, requests_)
+    assert all(r is None for r in results), results
+    with auth.engine.connect() as conn:
+        live = conn.execute(text(
+            "SELECT count(*) FROM email_verifications WHERE user_id = :u AND email = :e"
+            " AND used_at IS NULL AND superseded_at IS NULL"),
+            {"u": uuid.UUID(account.user["id"]), "e": target}).scalar_one()
+    assert live == 1
+    assert len(auth.tap.about(target, "email_verification_requested")) == 1

@@ -17,8 +17,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.billing import audit, ledger, plans, saga
 from services.billing.models import Account, Hold, LedgerEntry
 from services.billing.settings import BillingSettings
-from services.common.db import make_engine
-from services.common.migrations import SERVICES_DIR, upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +34,8 @@ class Events:
 
 
 @pytest.fixture(scope="module")
-def engine(make_database):
-    url = make_database("billing_concurrency")
-    upgrade(SERVICES_DIR / "billing" / "migrations", url)
-    engine = make_engine(url, pool_size=THREADS + 2)
-    yield engine
-    engine.dispose()
+def engine(make_migrated_engine):
+    return make_migrated_engine("billing", pool_size=THREADS + 2)
 
 
 @pytest.fixture
@@ -193,3 +187,66 @@ def test_lock_account_blocks_a_second_writer_until_commit(factory):
     assert acquired.wait(5)
     thread.join(5)
     first.close()
+
+
+def paid_pack_with_two_holds(factory, settings) -> tuple[uuid.UUID, uuid.UUID, dict]:
+    """A user with a paid 100-credit pack (500 usd) and two jobs holding
+    60 (50 signup + 10 of the pack) and 20 (of the pack)."""
+    from services.billing import orders
+
+    user, now = open_user(factory, settings), datetime.now(UTC)
+    with factory() as db:
+        order, _ = orders.begin_checkout(db, settings, user, {"pack_id": "small"}, None, now,
+                                         Events())
+        db.commit()
+        orders.fulfil(db, settings, order.id, {"id": "cs_race", "amount_total": 500,
+                                               "currency": "usd",
+                                               "payment_intent": f"pi_{order.id}"}, now, Events())
+        db.commit()
+        jobs = {}
+        for name, price in (("failing", 60), ("succeeding", 20)):
+            jobs[name] = uuid.uuid4()
+            assert saga.job_requested(db, settings, {
+                "job_id": jobs[name], "user_id": user, "attempt": 1, "type": "text-to-image",
+                "price": price}, now, Events()) == "reserved"
+            db.commit()
+    return user, order.id, jobs
+
+
+def race_refund_release_capture(factory, settings, user, order_id, jobs) -> list:
+    from services.billing import orders
+
+    def work(i):
+        with factory() as db:
+            when = datetime.now(UTC)
+            if i == 0:
+                result = orders.refund(db, settings, order_id, {
+                    "amount_refunded": 500, "currency": "usd"}, when, Events())
+            else:
+                outcome, job = (("failed", jobs["failing"]) if i == 1
+                                else ("succeeded", jobs["succeeding"]))
+                result = saga.job_finished(db, {"job_id": job, "user_id": user, "attempt": 1},
+                                           outcome, when, Events())
+            db.commit()
+            return result
+
+    return run_together(3, work)
+
+
+def test_a_refund_racing_the_release_and_capture_of_its_held_credits(factory):
+    """A full refund of a pack while two jobs hold some of it, one failing and
+    one succeeding at the same moment: in every interleaving the refund takes
+    back all but what the succeeding job spent, once, and the audit is clean."""
+    from services.billing.models import Order
+
+    settings = BillingSettings()
+    for _ in range(5):
+        user, order_id, jobs = paid_pack_with_two_holds(factory, settings)
+        results = race_refund_release_capture(factory, settings, user, order_id, jobs)
+        assert results == ["refunded", "released", "captured"]
+        with factory() as db:
+            account = db.get(Account, user)
+            assert (account.available, account.held) == (50, 0)
+            order = db.get(Order, order_id)
+            assert (order.credits_reversed, order.credits_pending) == (80, 0)
+            assert audit.verify_ledger(db, user)["problems"] == []

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from services.common import contracts
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 from tests.fakes.stripe import FakeStripe, event, sign, signed_body
 from tests.integration.probe_service import wait_consuming
@@ -324,19 +325,25 @@ def test_a_replayed_job_is_held_again_and_captured_once(billing):
         ["grant", "hold", "release", "hold", "capture"]
 
 
-def test_a_forgotten_hold_expires_and_cannot_be_captured_after(billing):
+def test_a_forgotten_hold_expires_and_a_late_success_is_still_paid_for(billing):
     user = new_user(billing)
     job = reserved(billing, user, 8)
+    [hold] = billing.tap.wait("credits_reserved", job_id=job)
+    assert hold["hold_expires_at"]  # generation does not start the job after it
     sql(billing, "UPDATE holds SET created_at = created_at - interval '7 hours' WHERE job_id = :j",
         j=uuid.UUID(job))
     assert billing.rpc.run_maintenance(["holds"]) == {"holds": 1}
     assert billing.rpc.run_maintenance(["holds"]) == {"holds": 0}
     [released] = billing.tap.wait("credits_released", job_id=job)
     assert released["reason"] == "expired"
-    finish_job(billing, user, job, "succeeded")  # too late: refused, nothing written
-    time.sleep(1.5)
-    assert not billing.tap.of("credits_captured", job_id=job)
     assert billing.rpc.get_balance(user)["available"] == 50
+    # a success sent just before the expiry arrives after it: not free
+    finish_job(billing, user, job, "succeeded")
+    [captured] = billing.tap.wait("credits_captured", job_id=job)
+    assert captured["amount"] == 8
+    balance = billing.rpc.get_balance(user)
+    assert (balance["available"], balance["held"], balance["used_this_period"]) == (42, 0, 8)
+    assert [(e["kind"], e["amount"]) for e in entries(billing, user)][-1] == ("capture", -8)
     assert_clean(billing, user)
 
 
@@ -555,6 +562,74 @@ def test_a_refund_after_partial_spend_reverses_only_what_is_left(billing):
     assert_clean(billing, user)
 
 
+def paid_pack(billing, user: str) -> tuple[dict, dict]:
+    answer = checkout(billing, user, {"pack_id": "small"})  # 100 credits for 500
+    session = billing.stripe.session_for_order(answer["order_id"])
+    webhook(billing, billing.stripe.checkout_completed(session["id"]))
+    billing.tap.wait("order_paid", order_id=answer["order_id"])
+    return answer, session
+
+
+def test_a_refund_while_credits_are_held_takes_them_when_released(billing):
+    user = new_user(billing)
+    answer, session = paid_pack(billing, user)
+    failing = reserved(billing, user, 60)  # the 50 signup credits, then 10 of the pack
+    succeeding = reserved(billing, user, 20)  # 20 of the pack
+    webhook(billing, billing.stripe.charge_refunded(session["id"], 500))
+    [refunded] = billing.tap.wait("order_refunded", order_id=answer["order_id"])
+    assert refunded["credits_reversed"] == 70  # the unspent part; 30 are held
+    assert (billing.rpc.get_balance(user)["available"], billing.rpc.get_balance(user)["held"]) \
+        == (0, 80)
+    assert_clean(billing, user)
+    # what the succeeding job captures stays spent
+    finish_job(billing, user, succeeding, "succeeded")
+    billing.tap.wait("credits_captured", job_id=succeeding)
+    # the failing job's 10 of the pack are taken instead of coming back
+    finish_job(billing, user, failing, "failed")
+    billing.tap.wait("credits_released", job_id=failing)
+    balance = billing.rpc.get_balance(user)
+    assert (balance["available"], balance["held"]) == (50, 0)
+    assert [(e["kind"], e["amount"]) for e in entries(billing, user)][-2:] == \
+        [("release", 60), ("refund", -10)]
+    assert billing.rpc.verify_ledger()["problems"] == []
+
+
+def test_a_dispute_freezes_the_credits_and_a_lost_one_takes_them_back(billing):
+    user = new_user(billing)
+    answer, session = paid_pack(billing, user)
+    opened = billing.stripe.dispute(session["id"], dispute_id="dp_test_lost")
+    assert webhook(billing, opened) == {"received": True, "duplicate": False}
+    assert webhook(billing, opened)["duplicate"] is True
+    balance = billing.rpc.get_balance(user)
+    assert (balance["available"], balance["frozen"]) == (50, 100)
+    assert order_of(billing, user, answer["order_id"])["dispute_status"] == "open"
+    job = request_job(billing, user, 60)["job_id"]  # more than the unfrozen 50
+    [short] = billing.tap.wait("credits_insufficient", job_id=job)
+    assert (short["required"], short["available"]) == (60, 50)
+    webhook(billing, billing.stripe.dispute(session["id"], closed_as="lost",
+                                            dispute_id="dp_test_lost"))
+    balance = billing.rpc.get_balance(user)
+    assert (balance["available"], balance["frozen"]) == (50, 0)
+    assert order_of(billing, user, answer["order_id"])["dispute_status"] == "lost"
+    assert [(e["kind"], e["amount"]) for e in entries(billing, user)][-1] == ("refund", -100)
+    assert_clean(billing, user)
+
+
+def test_a_won_dispute_restores_the_credits(billing):
+    user = new_user(billing)
+    answer, session = paid_pack(billing, user)
+    webhook(billing, billing.stripe.dispute(session["id"], dispute_id="dp_test_won"))
+    assert billing.rpc.get_balance(user)["frozen"] == 100
+    webhook(billing, billing.stripe.dispute(session["id"], closed_as="won",
+                                            dispute_id="dp_test_won"))
+    balance = billing.rpc.get_balance(user)
+    assert (balance["available"], balance["frozen"]) == (150, 0)
+    assert order_of(billing, user, answer["order_id"])["dispute_status"] == "won"
+    job = reserved(billing, user, 150)
+    assert billing.tap.of("credits_reserved", job_id=job)
+    assert_clean(billing, user)
+
+
 def test_export_and_erase_with_pseudonymised_payments(billing):
     user = new_user(billing)
     answer = checkout(billing, user, {"pack_id": "small"})
@@ -586,3 +661,30 @@ def test_export_and_erase_with_pseudonymised_payments(billing):
     late = request_job(billing, user, 1)["job_id"]
     billing.tap.wait("credits_insufficient", job_id=late)
     assert sql(billing, "SELECT count(*) FROM accounts WHERE user_id = :u", u=uid).scalar() == 0
+
+
+def test_no_credit_is_held_while_an_erasure_is_pending(billing):
+    """privacy.erasure_scheduled: a job is refused as not payable, nothing is
+    spent; privacy.erasure_cancelled: holds again."""
+    user = new_user(billing)
+    for event_type in ("erasure_scheduled", "erasure_cancelled"):
+        wait_consuming(billing.amqp_uri, f"evt-privacy-{event_type}--billing.privacy_{event_type}",
+                       billing.proc)
+    request_id = str(uuid.uuid4())
+    publish(billing.amqp_uri, "privacy", "erasure_scheduled", {
+        "request_id": request_id, "user_id": user, "starts_at": "2026-12-06T09:00:00Z",
+        "sealed_cancel_token": Sealer("integration-test-mail-secrets-key").seal("t" * 43)})
+    pending = "SELECT pending FROM erasure_pending WHERE user_id = :u"
+    wait_for(lambda: sql(billing, pending, u=uuid.UUID(user)).scalar() is True, 20, 0.1,
+             "the pending erasure recorded")
+    job = request_job(billing, user, 5)["job_id"]
+    [short] = billing.tap.wait("credits_insufficient", job_id=job)
+    assert (short["required"], short["available"]) == (5, 0)
+    assert not billing.tap.of("credits_reserved", job_id=job)
+    assert [e["kind"] for e in entries(billing, user)] == ["grant"]
+    assert billing.rpc.get_balance(user)["available"] == 50
+    publish(billing.amqp_uri, "privacy", "erasure_cancelled",
+            {"request_id": request_id, "user_id": user})
+    wait_for(lambda: sql(billing, pending, u=uuid.UUID(user)).scalar() is False, 20, 0.1,
+             "the cancellation recorded")
+    reserved(billing, user, 5)

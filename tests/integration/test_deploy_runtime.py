@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 import uuid
 import zlib
@@ -28,6 +30,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from services.common.db import normalise_url
+from services.common.messaging import DEAD_LETTER_EXCHANGE, dead_letter_queue, dlq_name
 from services.common.migrations import SERVICES_DIR, upgrade
 from tests.conftest import REPO, RUN_ID, base_env, free_port, wait_for
 
@@ -143,8 +146,8 @@ def test_init_script_refuses_a_missing_password_or_a_bad_name(pg):
 # ------------------------------------------------------------------ RabbitMQ policy
 
 
-def apply_definitions(amqp_uri: str, management_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AMQP_URI": amqp_uri, "RABBIT_MANAGEMENT_URL": management_url}
+def apply_definitions(amqp_uri: str, management_url: str, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AMQP_URI": amqp_uri, "RABBIT_MANAGEMENT_URL": management_url, **extra}
     return subprocess.run([sys.executable, str(APPLY_DEFINITIONS), "--wait", "10"], env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -229,6 +232,78 @@ def test_a_quorum_event_queue_dead_letters_a_message_redelivered_past_the_limit(
         assert message.headers["x-first-death-queue"] == queue
         assert redeliveries >= 20  # the policy's delivery-limit
         message.ack()
+
+
+def queued(conn: Connection, queue: str) -> int:
+    return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+
+
+def test_dead_letters_expire_after_the_ttl_even_those_there_before_the_policy(make_vhost,
+                                                                              rabbit_server):
+    amqp_uri, vhost = make_vhost("dlq-ttl")
+    management_url = rabbit_server[1]
+    failed_queue = "evt-probe-poked--ttl.on_poked"
+    dlq = dlq_name(failed_queue)
+
+    def dead_letter(conn: Connection, body: bytes) -> None:  # what messaging.py publishes
+        conn.default_channel.basic_publish(conn.default_channel.prepare_message(body),
+                                           exchange=DEAD_LETTER_EXCHANGE, routing_key=failed_queue)
+
+    with Connection(amqp_uri) as conn:
+        # an existing broker: the queue as the services declare it, a dead letter in it
+        dead_letter_queue(failed_queue)(conn.default_channel).declare()
+        dead_letter(conn, b"old")
+        wait_for(lambda: queued(conn, dlq) == 1, 10, what="the dead letter")
+
+    # the upgrade: rabbitmq-init with a TTL of about 1.7 s
+    applied = apply_definitions(amqp_uri, management_url, DEAD_LETTER_TTL_DAYS="0.00002")
+    assert applied.returncode == 0, applied.stderr
+    wait_for(lambda: queue_info(management_url, vhost, dlq).get("policy")
+             == "darkroom-dead-letter-ttl", 30, what="the TTL policy on the dead-letter queue")
+    assert queue_info(management_url, vhost, dlq)["effective_policy_definition"] == {
+        "message-ttl": 1728}
+    with Connection(amqp_uri) as conn:
+        # the services' own declaration still succeeds (no PRECONDITION_FAILED)
+        dead_letter_queue(failed_queue)(conn.default_channel).declare()
+        dead_letter(conn, b"new")
+        time.sleep(3)
+        # RabbitMQ stamps the expiry when a message enters the queue: the one from
+        # before the policy never expires, and holds up the newer one behind it
+        assert queued(conn, dlq) == 2
+
+    # the documented upgrade step: move what predates the policy behind the TTL
+    env = base_env(AMQP_URI=amqp_uri, RABBIT_MANAGEMENT_URL=management_url)
+    restamped = subprocess.run([OPS, "dlq", "restamp", "--all"], env=env, capture_output=True,
+                               text=True, timeout=90, cwd=REPO)
+    assert restamped.returncode == 0, restamped.stderr
+    assert f"restamped 2 messages in {dlq}" in restamped.stdout
+    with Connection(amqp_uri) as conn:
+        wait_for(lambda: queued(conn, dlq) == 0, 20, 0.2, "both dead letters to expire")
+        dead_letter(conn, b"later")  # and from now on, each one expires by itself
+        wait_for(lambda: queued(conn, dlq) == 1, 1.5, 0.02, "the new dead letter")
+        wait_for(lambda: queued(conn, dlq) == 0, 20, 0.2, "a new dead letter to expire")
+        assert queued(conn, "dlq.broker") == 0  # dropped, not dead-lettered anywhere else
+
+
+def test_dead_letters_are_kept_14_days_by_default_and_ops_shows_when_they_expire(broker):
+    amqp_uri, vhost, management_url = broker
+    failed_queue = "evt-probe-poked--default.on_poked"
+    with Connection(amqp_uri) as conn:
+        dead_letter_queue(failed_queue)(conn.default_channel).declare()
+        conn.default_channel.basic_publish(
+            conn.default_channel.prepare_message(
+                b"{}", content_type="application/json",
+                headers={"x-darkroom-dead-lettered-at": "2026-01-01T00:00:00Z"}),
+            exchange=DEAD_LETTER_EXCHANGE, routing_key=failed_queue)
+    wait_for(lambda: queue_info(management_url, vhost, dlq_name(failed_queue))
+             .get("effective_policy_definition") == {"message-ttl": 14 * 86_400_000}, 30,
+             what="the default TTL policy")
+    assert queue_info(management_url, vhost, "dlq.broker")["policy"] == "darkroom-dead-letter-ttl"
+    env = base_env(AMQP_URI=amqp_uri, RABBIT_MANAGEMENT_URL=management_url)
+    shown = subprocess.run([OPS, "dlq", "show", failed_queue, "--json"], env=env,
+                           capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)[0]["expires_at"] == "2026-01-15T00:00:00Z"
 
 
 # ------------------------------------------------------------------ migrations

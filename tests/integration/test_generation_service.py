@@ -12,21 +12,24 @@ billing releases their hold.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import socket
 import uuid
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 import requests
+import standardwebhooks
 from nameko.standalone.rpc import ClusterRpcProxy
 from PIL import Image
 
 from services.common.errors import DomainError
 from services.generation import webhooks
 from tests.conftest import base_env, free_port, wait_for
-from tests.fakes.providers import FakeWebhookReceiver
+from tests.fakes.providers import DripReceiver, FakeWebhookReceiver
 from tests.integration.probe_service import wait_consuming
 
 pytestmark = pytest.mark.integration
@@ -66,7 +69,7 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider):
         GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
         GENERATION_ROUTE_IMAGE_TO_VIDEO="video", GENERATION_RETRY_ATTEMPTS=2,
         GENERATION_RETRY_BASE_DELAY_S=0.05, GENERATION_MAX_ACTIVE_JOBS_PER_USER=3,
-        GENERATION_WEBHOOK_ALLOW="127.0.0.1"))
+        GENERATION_WEBHOOK_ALLOW="127.0.0.1", GENERATION_WEBHOOK_TIMEOUT_SECONDS=10))
     for name, proc in (("auth", auth), ("billing", billing), ("storage", storage),
                        ("generation", generation)):
         proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
@@ -253,12 +256,19 @@ def test_image_to_image_transforms_the_callers_upload(stack):
     assert settled(stack, user)["available"] == 50 - job["price"]
 
 
-def test_a_final_state_is_posted_to_the_webhook_signed_with_the_accounts_secret(stack):
+def registered_user(stack) -> str:
+    """A user auth knows (webhooks are signed with the account's secret),
+    with the signup grant."""
     registered = stack.rpc.auth.register({"email": f"hook-{uuid.uuid4().hex[:8]}@example.com",
                                           "password": "correct horse battery staple"})
     user = registered["user"]["id"]
     wait_for(lambda: stack.rpc.billing.get_balance(user)["available"] == 50, 20, 0.2,
              "the signup grant")
+    return user
+
+
+def test_a_final_state_is_posted_to_the_webhook_signed_with_the_accounts_secret(stack):
+    user = registered_user(stack)
     with FakeWebhookReceiver() as receiver:
         job = stack.rpc.generation.submit(user, {
             "type": "text-to-image", "prompt": "a paper boat", "size": "512x512",
@@ -267,13 +277,52 @@ def test_a_final_state_is_posted_to_the_webhook_signed_with_the_accounts_secret(
         [hook] = wait_for(lambda: receiver.requests_to("/hooks/darkroom", "POST"), 30, 0.2,
                           "the webhook")
         secret = stack.rpc.auth.get_webhook_secret(user)["secret"]
-        assert webhooks.verify(secret, hook.header(webhooks.SIGNATURE_HEADER), hook.body)
-        assert not webhooks.verify("whsec_another", hook.header(webhooks.SIGNATURE_HEADER),
-                                   hook.body)
-        payload = hook.json()
+        # Standard Webhooks: what any receiver's library accepts
+        payload = standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)
+        assert webhooks.verify(secret, hook.headers, hook.body)
+        another = "whsec_" + base64.b64encode(b"another account's 32-byte secret").decode()
+        with pytest.raises(standardwebhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(another).verify(hook.body, hook.headers)
         assert payload["type"] == "job.succeeded"
         assert payload["job"]["id"] == job["id"] and len(payload["job"]["outputs"]) == 1
         assert "paper boat" not in hook.body.decode()  # the prompt never leaves in a webhook
+
+
+def test_a_dripping_receiver_is_cut_at_the_deadline_while_the_others_get_theirs(stack):
+    """A receiver that answers one byte a second holds one pool slot until the
+    10 s deadline (GENERATION_WEBHOOK_TIMEOUT_SECONDS) cuts it, and is retried
+    after the backoff; deliveries to other receivers go out meanwhile, each at
+    the timer's next tick."""
+    user = registered_user(stack)
+    secret = stack.rpc.auth.get_webhook_secret(user)["secret"]
+    with DripReceiver(every_s=1.0) as drip, FakeWebhookReceiver() as fast_a, \
+            FakeWebhookReceiver() as fast_b:
+        slow_job = stack.rpc.generation.submit(user, {
+            "type": "text-to-image", "prompt": "a snail", "size": "512x512",
+            "webhook_url": f"{drip.url}/hooks/slow"})
+        wait_for(lambda: drip.connections, 60, 0.05, "the dripping receiver's first attempt")
+        first = drip.connections[0]
+        fast_jobs = [stack.rpc.generation.submit(user, {
+            "type": "text-to-image", "prompt": "a hare", "size": "512x512",
+            "webhook_url": f"{receiver.url}/hooks/fast"}) for receiver in (fast_a, fast_b)]
+        for receiver, job in zip((fast_a, fast_b), fast_jobs, strict=True):
+            [hook] = wait_for(lambda r=receiver: r.requests_to("/hooks/fast", "POST"), 30, 0.05,
+                              "a fast receiver's webhook")
+            received = datetime.now(UTC)
+            done = finished(stack, user, job["id"])
+            assert done["status"] == "succeeded"
+            late = (received - datetime.fromisoformat(done["finished_at"])).total_seconds()
+            assert late < 6, f"delivered {late:.1f} s after the job ended"  # a tick is 2 s
+            assert standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)["job"]["id"] \
+                == job["id"]
+        assert first.closed is None  # both arrived while the drip still held its attempt
+        wait_for(lambda: first.closed, 30, 0.05, "the drip to be cut")
+        assert 9.5 <= first.closed - first.opened < 12.5, first.closed - first.opened
+        assert b"webhook-signature:" in first.request.lower()
+        # retried after the first backoff step (10 s), not at once and not never
+        wait_for(lambda: len(drip.connections) > 1, 40, 0.1, "the drip's retry")
+        assert drip.connections[1].opened - first.closed >= webhooks.BACKOFF_SCHEDULE_S[0] - 1
+        assert finished(stack, user, slow_job["id"])["status"] == "succeeded"
 
 
 def test_a_webhook_to_a_private_address_is_refused_at_submit(stack):

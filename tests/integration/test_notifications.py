@@ -23,6 +23,7 @@ from services.common import contracts
 from services.common.db import make_engine
 from services.common.ids import isoformat, utcnow
 from services.common.messaging import dlq_name
+from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 from tests.integration.probe_service import wait_consuming
 
@@ -31,8 +32,13 @@ pytestmark = pytest.mark.integration
 HANDLERS = {
     "email_verification_requested": "email_verification_requested",
     "password_reset_requested": "password_reset_requested",
+    "password_changed": "password_changed",
+    "signup_attempted": "signup_attempted",
     "suspicious_login": "suspicious_login",
 }
+# The key the services under test share: auth seals with it, notifications opens.
+MAIL_SECRETS_KEY = "integration-test-mail-secrets-key"
+SEALER = Sealer(MAIL_SECRETS_KEY)
 
 
 def queue_of(event_type: str) -> str:
@@ -57,12 +63,13 @@ def new_address() -> str:
 
 
 def verification(address: str, purpose: str = "registration", code: str = "493817") -> dict:
-    return {"user_id": str(uuid.uuid4()), "email": address, "code": code, "purpose": purpose,
-            "expires_at": isoformat(utcnow() + timedelta(minutes=15))}
+    """As auth publishes it: the code sealed."""
+    return {"user_id": str(uuid.uuid4()), "email": address, "sealed_code": SEALER.seal(code),
+            "purpose": purpose, "expires_at": isoformat(utcnow() + timedelta(minutes=15))}
 
 
 def reset(address: str, token: str) -> dict:
-    return {"user_id": str(uuid.uuid4()), "email": address, "token": token,
+    return {"user_id": str(uuid.uuid4()), "email": address, "sealed_token": SEALER.seal(token),
             "expires_at": isoformat(utcnow() + timedelta(hours=1))}
 
 
@@ -79,6 +86,7 @@ def start_notifications(start_process, amqp_uri: str, database_url: str, mail_ur
         MAIL_URL=mail_url,
         MAIL_TIMEOUT_SECONDS=3,
         APP_BASE_URL="http://app.example",
+        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
     )
     proc = start_process("notifications", env)
     proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
@@ -175,6 +183,26 @@ class TestFileBackend:
         assert links == [f"http://app.example/reset-password?token={token}"]
         assert re.search(r"\?token=([A-Za-z0-9_\-]+)", body_text(message)).group(1) == token
 
+    def test_password_changed_notice(self, file_stack, vhost_uri):
+        mailbox, records, _ = file_stack
+        address = new_address()
+        event = publish(vhost_uri, "password_changed", {
+            "user_id": str(uuid.uuid4()), "email": address, "changed_at": "2026-05-06T07:08:09Z",
+            "sessions": 2, "api_keys": 1})
+        message = mailbox.wait(address)[0]
+        assert message["Subject"] == "Your Darkroom password was changed"
+        assert "(2 sessions,\n1 API keys)" in body_text(message)
+        assert wait_for(lambda: records.for_event(event["event_id"]), 10, what="the record")
+
+    def test_signup_attempted_notice(self, file_stack, vhost_uri):
+        mailbox, _, _ = file_stack
+        address = new_address()
+        publish(vhost_uri, "signup_attempted", {
+            "user_id": str(uuid.uuid4()), "email": address, "attempted_at": "2026-05-06T07:08:09Z"})
+        message = mailbox.wait(address)[0]
+        assert message["Subject"] == "Someone tried to sign up to Darkroom with your address"
+        assert f"{address} at 2026-05-06 07:08 UTC" in body_text(message)
+
     def test_suspicious_login_warning(self, file_stack, vhost_uri):
         mailbox, _, _ = file_stack
         address = new_address()
@@ -209,10 +237,10 @@ class TestFileBackend:
         mailbox, _, proc = file_stack
         address = new_address()
         body = contracts.make_event("auth.email_verification_requested", verification(address))
-        body["code"] = "12ab"  # fails the contract
+        body["sealed_code"] = ""  # fails the contract
         publish(vhost_uri, "email_verification_requested", body=body)
         dead = take_dead_letter(vhost_uri, queue_of("email_verification_requested"), body["event_id"])
-        assert "code" in dead.headers["x-darkroom-error"]
+        assert "sealed_code" in dead.headers["x-darkroom-error"]
         assert dead.headers["x-darkroom-attempts"] == 1
         assert mailbox.to(address) == []
         assert proc.alive()
@@ -292,9 +320,15 @@ class TestSmtpBackend:
         controller.stop()  # the mail server goes away
         inbox.server_stopped = True
         address = new_address()
-        event = publish(vhost_uri, "email_verification_requested", verification(address))
+        code = "731904"
+        event = publish(vhost_uri, "email_verification_requested", verification(address, code=code))
         queue = queue_of("email_verification_requested")
         dead = take_dead_letter(vhost_uri, queue, event["event_id"])
+        # what operators read in the dead-letter queue holds the code sealed only
+        raw = dead.body if isinstance(dead.body, str) else dead.body.decode()
+        assert code not in raw
+        assert code not in json.dumps(dead.headers, default=str)
+        assert SEALER.open(json.loads(dead.body)["sealed_code"]) == code
         assert dead.headers["x-darkroom-attempts"] == 3
         assert "ConnectionRefusedError" in dead.headers["x-darkroom-error"]
         assert dead.headers["x-darkroom-original-queue"] == queue
@@ -333,8 +367,10 @@ def test_records_on_sqlite_and_postgresql(make_database, tmp_path):
             "auth.email_verification_requested", verification(new_address())))
         with Session(engine) as session:
             settings = {"APP_BASE_URL": "http://app.example"}
-            note = notify.deliver(session, outbox, settings, "email_verification", event)
-            assert notify.deliver(session, outbox, settings, "email_verification", event) is None
+            note = notify.deliver(session, outbox, settings, "email_verification", event,
+                                  sealer=SEALER)
+            assert notify.deliver(session, outbox, settings, "email_verification", event,
+                                  sealer=SEALER) is None
             assert len(outbox.sent) == 1
             [exported] = notify.export_user(session, event["user_id"])
             assert exported["id"] == str(note.id) and exported["sent_at"].endswith("Z")

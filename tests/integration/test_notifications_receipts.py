@@ -248,3 +248,59 @@ def queue_state_empty_of(amqp_uri: str, event_type: str) -> bool:
         _, ready, _ = conn.default_channel.queue_declare(queue=queue_of(event_type), passive=True)
     return ready == 0
 
+
+
+def publish_privacy(amqp_uri: str, event_type: str, data: dict) -> dict:
+    body = contracts.make_event(f"privacy.{event_type}", data)
+    exchange = Exchange("privacy.events", type="topic", durable=True)
+    with Connection(amqp_uri, transport_options={"confirm_publish": True}) as conn:
+        conn.Producer().publish(
+            json.dumps(body), exchange=exchange, routing_key=event_type, declare=[exchange],
+            content_type="application/json", content_encoding="utf-8", delivery_mode=2)
+    return body
+
+
+def test_after_its_erasure_nothing_is_written_for_the_account(stack):
+    """Notifications' part of an erasure removes its dead letters naming the
+    user; a late receipt or consent event of the account then writes no row
+    and sends no mail, even while auth (erasing in parallel) still answers."""
+    from tests.integration.test_dead_letters import dead_letter, drain
+
+    for event_type in ("erasure_requested", "consent_changed"):
+        wait_consuming(stack.amqp_uri,
+                       f"evt-privacy-{event_type}--notifications.{_method(event_type)}",
+                       stack.notifications)
+    user_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    dead_letter(stack.amqp_uri, queue_of("order_paid"), paid(user_id))
+    dead_letter(stack.amqp_uri, queue_of("order_paid"), paid(other))
+    request_id = str(uuid.uuid4())
+    publish_privacy(stack.amqp_uri, "erasure_requested", {
+        "request_id": request_id, "user_id": user_id, "services": ["notifications"]})
+    wait_for(lambda: _erased(stack), 20, 0.2, "notifications' part of the erasure")
+    assert [e["user_id"] for e, _ in drain(stack.amqp_uri, queue_of("order_paid"))] == [other]
+
+    late = publish(stack.amqp_uri, "order_paid", paid(user_id))
+    consent = publish_privacy(stack.amqp_uri, "consent_changed", {
+        "user_id": user_id, "marketing_email": True, "analytics": False, "policy_version": None})
+    wait_for(lambda: _log_has(stack, late["event_id"]), 20, 0.2, "the late receipt handled")
+    wait_for(lambda: _log_has(stack, consent["event_id"]), 20, 0.2, "the consent event handled")
+    with stack.engine.connect() as conn:
+        for table in ("notifications", "marketing_preferences"):
+            count = conn.execute(text(f"SELECT count(*) FROM {table} WHERE user_id = :u"),
+                                 {"u": uuid.UUID(user_id)}).scalar()
+            assert count == 0, table
+    assert stack.claimed(late["event_id"]) == [] and stack.records(late["event_id"]) == []
+    assert stack.mailbox.to(address_of(user_id)) == []
+
+
+def _method(event_type: str) -> str:
+    return "privacy_erasure_requested" if event_type == "erasure_requested" else event_type
+
+
+def _erased(stack) -> bool:
+    with stack.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM erased_accounts")).scalar() > 0
+
+
+def _log_has(stack, marker: str) -> bool:
+    return str(marker) in stack.notifications.logs()

@@ -362,14 +362,28 @@ def test_every_call_hides_other_owners_objects(storage):
 
 def test_public_and_private_again(storage):
     owner = new_owner()
-    obj = output(storage, owner)
-    assert storage.rpc.set_visibility(owner, obj["id"], {"visibility": "public"})["visibility"] == "public"
-    public = storage.rpc.get_public_object(obj["id"])
+    obj, other = output(storage, owner), output(storage, owner)
+    shown = storage.rpc.set_visibility(owner, obj["id"], {"visibility": "public"})
+    assert shown["visibility"] == "public" and shown["public_id"]
+    public = storage.rpc.get_public_object(shown["public_id"])
     assert set(public) == {"id", "kind", "content_type", "size", "width", "height", "created_at",
                            "expires_at", "url"}
+    assert public["id"] == shown["public_id"]
     assert download(storage, public["url"]) == download(storage, obj["url"])
+    # the public URL names neither the owner nor the object, nor anything another one names
+    second = storage.rpc.get_public_object(
+        storage.rpc.set_visibility(owner, other["id"], {"visibility": "public"})["public_id"])
+    for view, source in ((public, obj), (second, other)):
+        path = urlsplit(view["url"]).path
+        assert owner not in view["url"] and source["id"] not in view["url"]
+        assert view["id"] in path
+    assert public["id"] not in second["url"] and second["id"] not in public["url"]
+    assert refused(storage.rpc.get_public_object, obj["id"]).status == 404  # not by object id
     storage.rpc.set_visibility(owner, obj["id"], {"visibility": "private"})
-    assert refused(storage.rpc.get_public_object, obj["id"]).status == 404
+    assert refused(storage.rpc.get_public_object, shown["public_id"]).status == 404
+    with pytest.raises((FileNotFoundError, requests.HTTPError)):  # the copy is gone
+        download(storage, public["url"])
+    assert download(storage, obj["url"])  # the object itself is untouched
     assert refused(storage.rpc.set_visibility, owner, obj["id"], {"visibility": "secret"}).code == (
         "invalid_request")
 

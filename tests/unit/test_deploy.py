@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import re
 import shlex
@@ -332,6 +333,48 @@ def test_the_dead_letter_policy_covers_every_event_queue_and_nothing_else():
     assert {q["name"] for q in definitions["queues"]} == set(bound)
 
 
+def load_apply_definitions():
+    spec = importlib.util.spec_from_file_location(
+        "apply_definitions", DEPLOY / "rabbitmq" / "apply_definitions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dead_letters_expire_by_a_policy_on_every_dead_letter_queue_only():
+    definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    apply = load_apply_definitions()
+    (ttl,) = [p for p in definitions["policies"] if p["name"] == apply.TTL_POLICY]
+    assert ttl["definition"] == {"message-ttl": 14 * 86_400_000}  # the documented default
+    assert ttl["apply-to"] == "queues"
+    pattern = re.compile(ttl["pattern"])
+    queues = event_queue_names()
+    for dlq in [f"{DLQ_PREFIX}{q}" for q in queues] + ["dlq.broker"]:
+        assert pattern.search(dlq), dlq
+        # the only policy a dead-letter queue matches (a queue gets one policy)
+        others = [p["name"] for p in definitions["policies"]
+                  if p is not ttl and re.search(p["pattern"], dlq)]
+        assert others == [], (dlq, others)
+    for other in [*queues, "rpc-auth", f"{RETRY_PREFIX}1000ms"]:
+        assert not pattern.search(other), other
+
+
+def test_the_dead_letter_ttl_comes_from_the_setting():
+    apply = load_apply_definitions()
+    definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    assert apply.dead_letter_ttl_ms("14") == 14 * 86_400_000
+    assert apply.dead_letter_ttl_ms("0.5") == 43_200_000
+    for bad in ("0", "-1", "x", "nan", "50"):  # RabbitMQ's TTL timer ends at 2^32-1 ms
+        with pytest.raises(SystemExit):
+            apply.dead_letter_ttl_ms(bad)
+    changed = apply.with_dead_letter_ttl(definitions, 1234)
+    (ttl,) = [p for p in changed["policies"] if p["name"] == apply.TTL_POLICY]
+    assert ttl["definition"]["message-ttl"] == 1234
+    assert [p for p in changed["policies"] if p["name"] != apply.TTL_POLICY] == [
+        p for p in definitions["policies"] if p["name"] != apply.TTL_POLICY]
+    assert SERVICES["rabbitmq-init"]["environment"]["DEAD_LETTER_TTL_DAYS"] is None
+
+
 def test_services_start_after_the_broker_and_database_init_jobs():
     for name in database_services():
         depends = SERVICES[name]["depends_on"]
@@ -388,11 +431,13 @@ def test_healthchecks_target_the_port_the_process_listens_on(name):
     env = environment(name)
     assert url.hostname == "127.0.0.1"
     if argv[0] == "gunicorn":
-        assert url.port == int(env["GATEWAY_PORT"])
+        # the internal listener: /metrics and /readyz live there, never on the public port
+        assert url.port == int(env["GATEWAY_INTERNAL_PORT"])
+        assert env["GATEWAY_INTERNAL_PORT"] != env["GATEWAY_PORT"]
         assert env["GATEWAY_HOST"] == "0.0.0.0"
         assert url.path == "/healthz"
         published = [p.rsplit(":", 1)[1] for p in SERVICES[name].get("ports", [])]
-        assert published == [env["GATEWAY_PORT"]]
+        assert published == [env["GATEWAY_PORT"]]  # the internal port is not published
     else:
         (config,) = files_read_by(name)
         variable = secrets.config_variables(config)["METRICS_PORT"]

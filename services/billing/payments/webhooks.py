@@ -13,8 +13,10 @@ Handling is idempotent on Stripe's event id (``webhook_events``): a
 redelivered event answers ``{"received": true, "duplicate": true}`` and
 changes nothing. Handled types: ``checkout.session.completed`` and
 ``checkout.session.async_payment_succeeded`` (paid sessions pay their
-order), ``checkout.session.expired`` (a pending order fails) and
-``charge.refunded``; other types are received and ignored.
+order), ``checkout.session.expired`` (a pending order fails),
+``charge.refunded``, ``charge.dispute.created`` (the order's credits are
+frozen) and ``charge.dispute.closed`` (lost: taken back like a refund; won:
+unfrozen); other types are received and ignored.
 """
 
 from __future__ import annotations
@@ -150,4 +152,13 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
         if order_id is None:
             return "unknown_order"
         return orders.refund(db, settings, order_id, obj, now, dispatch)
+    if kind in DISPUTE_EVENTS:
+        order_id = orders.find_disputed_order(db, obj)
+        if order_id is None:
+            return "unknown_order"
+        return DISPUTE_EVENTS[kind](db, settings, order_id, obj, now, dispatch)
     return "ignored"
+
+
+DISPUTE_EVENTS = {"charge.dispute.created": orders.dispute_opened,
+                  "charge.dispute.closed": orders.dispute_closed}

@@ -37,6 +37,14 @@ class RpcSchema(Schema):
         unknown = RAISE
 
 
+# Secrets a mail must show (a verification code, a reset token, an erasure's
+# cancel token) travel sealed (services/common/sealed.py): the event, in the
+# outbox, a retry queue or a dead-letter queue, never holds them in clear; only
+# the notifications service opens them.
+def Sealed(**kw):
+    return fields.String(validate=validate.Length(min=1, max=1000), **kw)
+
+
 class PageQuery(RpcSchema):
     """``?limit=&cursor=`` of every list (services.common.pagination)."""
 

@@ -10,7 +10,7 @@ import unicodedata
 
 from marshmallow import fields, validate
 
-from services.common.contracts import EventSchema, RpcSchema, register_event
+from services.common.contracts import EventSchema, RpcSchema, Sealed, register_event
 
 EMAIL_MAX = 254
 PASSWORD_MIN = 10
@@ -59,7 +59,7 @@ class UserRegistered(EventSchema):
 class EmailVerificationRequested(EventSchema):
     user_id = fields.UUID(required=True)
     email = fields.Email(required=True)
-    code = fields.String(required=True, validate=_code)
+    sealed_code = Sealed(required=True, metadata={"description": "the 6-digit code, sealed"})
     expires_at = fields.AwareDateTime(required=True)
     purpose = fields.String(required=True, validate=validate.OneOf(["registration", "email_change"]))
 
@@ -68,8 +68,28 @@ class EmailVerificationRequested(EventSchema):
 class PasswordResetRequested(EventSchema):
     user_id = fields.UUID(required=True)
     email = fields.Email(required=True)
-    token = fields.String(required=True)
+    sealed_token = Sealed(required=True, metadata={"description": "the reset token, sealed"})
     expires_at = fields.AwareDateTime(required=True)
+
+
+@register_event("auth.password_changed")
+class PasswordChanged(EventSchema):
+    """A new password was set (a reset): every session and API key was revoked."""
+
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    changed_at = fields.AwareDateTime(required=True)
+    sessions = fields.Integer(required=True, metadata={"description": "sessions revoked"})
+    api_keys = fields.Integer(required=True, metadata={"description": "API keys revoked"})
+
+
+@register_event("auth.signup_attempted")
+class SignupAttempted(EventSchema):
+    """Someone registered an address that already has this account."""
+
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    attempted_at = fields.AwareDateTime(required=True)
 
 
 @register_event("auth.suspicious_login")
@@ -178,8 +198,13 @@ class Session(RpcSchema):
 
 
 class Registered(RpcSchema):
+    """The same for a new address and one that has an account (which is not
+    told apart). No API key: create one with ``POST /v1/me/api-keys`` once the
+    address is verified."""
+
     user = fields.Nested(User, required=True)
-    api_key = fields.Nested(NewApiKey, required=True)
+    api_key = fields.Nested(NewApiKey, required=True, allow_none=True, metadata={
+        "description": "always null: API keys are made once the address is verified"})
 
 
 class LoggedIn(RpcSchema):
@@ -225,7 +250,8 @@ class WebhookSecret(RpcSchema):
     """``auth.get_webhook_secret`` and ``auth.rotate_webhook_secret``'s answer."""
 
     secret = fields.String(required=True, metadata={
-        "description": "whsec_...: the key of the HMAC-SHA256 in Darkroom-Signature"})
+        "description": "whsec_<base64>: the Standard Webhooks secret whose decoded bytes "
+                       "key the HMAC-SHA256 in webhook-signature"})
     created_at = fields.AwareDateTime(required=True)
 
 
@@ -235,3 +261,14 @@ class AdminChanged(RpcSchema):
     user_id = fields.UUID(required=True)
     is_admin = fields.Boolean(required=True)
     otpauth_uri = fields.String(allow_none=True, required=True)
+    api_keys_revoked = fields.Integer(required=True)
+
+
+class Reauthenticate(RpcSchema):
+    """``auth.reauthenticate``: a signed-in user proves again who they are
+    (the password, and the TOTP code when two-factor sign-in is on) before
+    an irreversible act, an erasure."""
+
+    user_id = fields.UUID(required=True)
+    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+    totp_code = fields.String(allow_none=True, load_default=None, validate=_code)

@@ -20,6 +20,9 @@ from services.common.contracts.generation import JOB_TYPES
 RELEASE_REASONS = ("failed", "cancelled", "expired")
 ORDER_KINDS = ("pack", "plan")
 ORDER_STATUSES = ("pending", "paid", "failed", "refunded", "partially_refunded")
+# open, then how Stripe closed it (warning_closed: an inquiry that never became
+# a chargeback; prevented: stopped before it became one)
+DISPUTE_STATUSES = ("open", "won", "lost", "warning_closed", "prevented")
 ENTRY_KINDS = ("grant", "purchase", "hold", "capture", "release", "refund", "expire", "adjustment")
 
 # Image sizes: "WxH", each side a multiple of SIZE_STEP within [SIZE_MIN, SIZE_MAX].
@@ -70,6 +73,11 @@ class CreditsReserved(EventSchema):
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
     plan = fields.String(required=True)
     priority = fields.Integer(required=True)
+    hold_expires_at = fields.AwareDateTime(
+        load_default=None, allow_none=True,
+        metadata={"description": "when billing releases the hold (reason expired) unless "
+                                 "the job ended first; the job must not start after it"},
+    )
 
 
 @register_event("billing.credits_insufficient")
@@ -231,8 +239,13 @@ class Money(RpcSchema):
 
 
 class Balance(RpcSchema):
-    available = fields.Integer(required=True)
+    available = fields.Integer(required=True, metadata={"description": "spendable now"})
     held = fields.Integer(required=True)
+    frozen = fields.Integer(
+        load_default=0,
+        metadata={"description": "credits of orders whose payment is disputed: not spendable "
+                                 "until the dispute is won"},
+    )
     plan = fields.String(required=True)
     period_start = fields.AwareDateTime(required=True)
     period_end = fields.AwareDateTime(required=True)
@@ -346,6 +359,11 @@ class Order(RpcSchema):
     created_at = fields.AwareDateTime(required=True)
     paid_at = fields.AwareDateTime(allow_none=True)
     amount_refunded = fields.Integer(allow_none=True)
+    dispute_status = fields.String(
+        allow_none=True, validate=validate.OneOf(DISPUTE_STATUSES),
+        metadata={"description": "the payment's dispute (chargeback), if any: open while the "
+                                 "order's credits are frozen, then won or lost"},
+    )
 
 
 class OrderPage(RpcSchema):

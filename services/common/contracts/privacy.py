@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, Sealed, register_event
+from services.common.contracts.auth import PASSWORD_MAX
 
 # Every service that holds personal data and answers export and erasure requests.
 PART_SERVICES = ("auth", "billing", "generation", "notifications", "storage", "privacy")
@@ -52,11 +53,39 @@ class ExportRequested(EventSchema):
 
 @register_event("privacy.erasure_requested")
 class ErasureRequested(EventSchema):
-    """Each service in ``services`` deletes (or pseudonymises) what it holds."""
+    """Each service in ``services`` deletes (or pseudonymises) what it holds.
+    ``recheck``: generation asked once more after every other part, so a job
+    submitted while the erasure ran is erased too (and its refusal record of
+    the user is dropped: the account is gone by then)."""
 
     request_id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
     services = fields.List(fields.String(validate=validate.OneOf(PART_SERVICES)), required=True)
+    recheck = fields.Boolean(load_default=False)
+
+
+@register_event("privacy.erasure_scheduled")
+class ErasureScheduled(EventSchema):
+    """An erasure was asked for and waits out its grace period: generation
+    refuses new jobs and billing refuses holds of ``user_id`` until it is
+    cancelled (or done); notifications mails the owner the cancel link (the
+    token, single use, valid until ``starts_at``, travels sealed under
+    ``MAIL_SECRETS_KEY``: only notifications opens it)."""
+
+    request_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    starts_at = fields.AwareDateTime(required=True)
+    sealed_cancel_token = Sealed(required=True,
+                                 metadata={"description": "the cancel token, sealed"})
+
+
+@register_event("privacy.erasure_cancelled")
+class ErasureCancelled(EventSchema):
+    """The owner cancelled the erasure in its grace period: jobs and spending
+    are allowed again."""
+
+    request_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
 
 
 @register_event("privacy.export_ready")
@@ -153,6 +182,8 @@ class ErasureCompleted(EventSchema):
     tables = fields.Dict(keys=fields.String(), values=fields.Integer(), load_default=dict)
     started_at = fields.AwareDateTime(required=True)
     finished_at = fields.AwareDateTime(required=True)
+    # the answer to the second asking of an erasure (generation's recheck)
+    recheck = fields.Boolean(load_default=False)
 
 
 # One event name per answering service (privacy records its own part directly).
@@ -171,9 +202,24 @@ del _service, _title
 
 
 class CreateRequest(RpcSchema):
-    """``POST /v1/privacy/requests``"""
+    """``POST /v1/privacy/requests``. An erasure must be asked with a session
+    (not an API key) and carry the account's ``password``, and a
+    ``totp_code`` when two-factor sign-in is on: a fresh re-authentication."""
 
     type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    password = fields.String(load_only=True, validate=validate.Length(min=1, max=PASSWORD_MAX),
+                             metadata={"description": "an erasure: the account's password"})
+    totp_code = fields.String(load_only=True, validate=validate.Regexp(r"^[0-9]{6}$"),
+                              metadata={"description": "an erasure: the current TOTP code, "
+                                                       "when two-factor sign-in is on"})
+
+
+class CancelRequest(RpcSchema):
+    """``POST /v1/privacy/requests/{id}/cancel``: the token of the mailed
+    cancel link, or nothing when called with a session of the owner."""
+
+    token = fields.String(validate=validate.Length(min=16, max=200),
+                          metadata={"description": "the token of the mailed cancel link"})
 
 
 class RequestQuery(PageQuery):
@@ -237,7 +283,9 @@ class RequestView(RpcSchema):
     due_at = fields.AwareDateTime(required=True)
     overdue = fields.Boolean(required=True)
     starts_at = fields.AwareDateTime(
-        allow_none=True, metadata={"description": "an erasure: when it starts (cancellable until then)"})
+        allow_none=True, metadata={"description": "an erasure: the end of its grace period "
+                                                  "(cancellable until then); every credential "
+                                                  "is revoked then and it runs shortly after"})
     completed_at = fields.AwareDateTime(allow_none=True)
     cancelled_at = fields.AwareDateTime(allow_none=True)
     parts = fields.List(fields.Nested(PartView), required=True)

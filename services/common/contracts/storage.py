@@ -75,6 +75,9 @@ class ImageObject(RpcSchema):
     height = fields.Integer(allow_none=True)
     sha256 = fields.String(required=True)
     visibility = fields.String(required=True, validate=validate.OneOf(VISIBILITIES))
+    public_id = fields.String(allow_none=True, metadata={
+        "description": "while public: its address for anyone, GET /v1/public/images/{public_id} "
+                       "(random, new each time the image is made public; null when private)"})
     job_id = fields.UUID(allow_none=True)
     created_at = fields.AwareDateTime(required=True)
     expires_at = fields.AwareDateTime(allow_none=True)
@@ -82,9 +85,9 @@ class ImageObject(RpcSchema):
 
 
 class PublicImageObject(RpcSchema):
-    """What anyone may see of a public object (no owner, no job)."""
+    """What anyone may see of a public object (no owner, no object id, no job)."""
 
-    id = fields.UUID(required=True)
+    id = fields.String(required=True, metadata={"description": "the image's public id"})
     kind = fields.String(required=True)
     content_type = fields.String(required=True)
     size = fields.Integer(required=True)

@@ -48,7 +48,7 @@ from services.generation.providers.base import (
     TransientProviderError,
     report,
 )
-from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp
+from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_code
 from services.generation.providers.media import image_output, video_output
 
 STATUSES = ("queued", "running", "succeeded", "failed")
@@ -166,7 +166,9 @@ class AsyncTaskProvider:
     def _failure(self, error) -> ProviderError:
         error = error if isinstance(error, dict) else {}
         code = str(error.get("code") or "")
-        message = f"{self.name} task failed: {code} {error.get('message') or ''}".strip()[:300]
+        # the code only: a task's error message may echo the request or a URL
+        shown = error_code(code)
+        message = f"{self.name} task failed" + (f": {shown}" if shown else "")
         if error.get("retryable", True) is False:
             if any(hint in code.lower() for hint in REFUSAL_HINTS):
                 return PermanentProviderError("provider_content_refused", message)

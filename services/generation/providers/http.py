@@ -14,15 +14,18 @@ provider's own origin, never to a CDN it redirects to. Sizes are capped.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from services.generation.error_text import INTERNAL, peer
 from services.generation.providers.base import PermanentProviderError, TransientProviderError
 from services.generation.webhooks import UnsafeUrl, UrlGuard, allow_list, guarded_session
 
 MAX_REDIRECTS = 3
 REFUSAL_HINTS = ("content_policy", "content_filter", "moderation", "safety", "nsfw", "refus")
+_ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -39,7 +42,8 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 def _error_text(response: requests.Response) -> str:
-    """The provider's error message and code, shortened, for logs and hints."""
+    """The provider's error message and code, shortened: only to recognise a
+    content refusal, never passed on (it may echo a key, a URL, the prompt)."""
     try:
         body = response.json()
     except ValueError:
@@ -52,29 +56,49 @@ def _error_text(response: requests.Response) -> str:
     return json.dumps(body)[:300]
 
 
+def error_code(value) -> str | None:
+    """A provider's own error code when it is one (a short machine token such
+    as ``content_policy_violation``): the one part of an error body that an
+    error message repeats."""
+    value = str(value or "")
+    return value if _ERROR_CODE.fullmatch(value) else None
+
+
+def _body_code(response: requests.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return error_code(error.get("code")) or error_code(error.get("type"))
+    return None
+
+
 def raise_for_status(response: requests.Response, provider: str) -> None:
-    """Map a non-2xx answer onto the provider error taxonomy."""
+    """Map a non-2xx answer onto the provider error taxonomy. The message
+    says who answered (``provider``), the status and the provider's error
+    code, nothing of the body."""
     status = response.status_code
     if 200 <= status < 300:
         return
     text = _error_text(response)
-    where = f"{provider} answered {status}"
+    code = _body_code(response)
+    where = f"{provider} answered {status}" + (f" ({code})" if code else "")
     if status == 429:
         raise TransientProviderError("provider_rate_limited", where, status=status,
                                      retry_after=_retry_after(response))
     if status == 408:
         raise TransientProviderError("provider_timeout", where, status=status)
     if status >= 500:
-        raise TransientProviderError("provider_server_error", f"{where}: {text}", status=status,
+        raise TransientProviderError("provider_server_error", where, status=status,
                                      retry_after=_retry_after(response))
     if status in (401, 403):
         raise PermanentProviderError("provider_auth_failed", where, status=status)
     if 400 <= status < 500:
         if any(hint in text.lower() for hint in REFUSAL_HINTS):
-            raise PermanentProviderError("provider_content_refused", f"{where}: {text}",
-                                         status=status)
-        raise PermanentProviderError("provider_rejected_request", f"{where}: {text}",
-                                     status=status)
+            raise PermanentProviderError("provider_content_refused", where, status=status)
+        raise PermanentProviderError("provider_rejected_request", where, status=status)
     raise TransientProviderError("invalid_provider_output", f"{where} (unexpected)", status=status)
 
 
@@ -92,6 +116,9 @@ class ProviderHttp:
         self.timeout_s = float(timeout_s)
         self.max_download_bytes = int(max_download_bytes)
         host = urlsplit(self.base_url).hostname or ""
+        # how errors name the provider: its name, and its host when that is public
+        where = peer(self.base_url)
+        self.who = provider if where == INTERNAL else f"{provider} ({where})"
         self.guard = UrlGuard(allow=[host, *allow_list(result_url_allow)], resolver=resolver)
         self.session = guarded_session(self.guard)
 
@@ -113,11 +140,11 @@ class ProviderHttp:
                 "invalid_provider_output", f"{self.provider}: {exc.message}") from None
         except requests.Timeout:
             raise TransientProviderError(
-                "provider_timeout", f"{self.provider} did not answer within {self.timeout_s}s"
+                "provider_timeout", f"{self.who} did not answer within {self.timeout_s:g}s"
             ) from None
         except requests.ConnectionError:
             raise TransientProviderError(
-                "provider_connection_failed", f"cannot connect to {self.provider}") from None
+                "provider_connection_failed", f"cannot connect to {self.who}") from None
         except requests.RequestException as exc:
             raise TransientProviderError(
                 "provider_connection_failed", f"{self.provider}: {type(exc).__name__}") from None
@@ -126,7 +153,7 @@ class ProviderHttp:
         """A JSON API call on the provider's base URL; the answer as a dict."""
         response = self._send(method, f"{self.base_url}{path}", json=payload)
         with response:
-            raise_for_status(response, self.provider)
+            raise_for_status(response, self.who)
             try:
                 body = response.json()
             except ValueError:
@@ -155,7 +182,7 @@ class ProviderHttp:
                 if response.is_redirect and response.headers.get("Location"):
                     url = urljoin(url, response.headers["Location"])
                     continue
-                raise_for_status(response, self.provider)
+                raise_for_status(response, self.who)
                 return self._read_capped(response), response.headers.get("Content-Type", "")
         raise TransientProviderError("invalid_provider_output",
                                      f"{self.provider} result URL redirects too often")

@@ -33,6 +33,10 @@ class Backend(Protocol):
     def open(self, key: str) -> BinaryIO:
         """A readable stream of the object (close it); KeyError when absent."""
 
+    def copy(self, source: str, target: str) -> None:
+        """Store a copy of ``source`` as ``target`` (server-side where the store
+        can); KeyError when ``source`` is absent."""
+
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and time of the object, or None when absent."""
 

@@ -88,6 +88,13 @@ class FsBackend:
             raise
         fsync_dir(path.parent)
 
+    def copy(self, source: str, target: str) -> None:
+        info = self.stat(source)
+        if info is None:
+            raise KeyError(source)
+        with self.open(source) as stream:
+            self.put(target, stream, info.size, "application/octet-stream")
+
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self.path_for(key), "rb")

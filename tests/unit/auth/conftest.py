@@ -17,9 +17,13 @@ def db():
         yield session
 
 
+MAIL_SECRETS_KEY = "unit-test-mail-secrets-key"
+
+
 @pytest.fixture
 def settings() -> AuthSettings:
     return AuthSettings.from_config({
+        "MAIL_SECRETS_KEY": MAIL_SECRETS_KEY,
         "AUTH": {
             "SECRET_KEY": "unit-test-secret",
             "LOGIN_MAX_FAILURES_PER_ACCOUNT": 3,

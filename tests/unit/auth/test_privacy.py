@@ -10,14 +10,14 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from services.auth import accounts, sessions
+from services.auth import accounts, keys, sessions
 from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure
 from services.auth.models import (
     ApiKey,
     EmailVerification,
     KnownNetwork,
-    LoginFailure,
+    Throttle,
     User,
     UserSession,
 )
@@ -35,7 +35,14 @@ def alice(db, settings, now):
 
 
 def login(db, settings, now, password=PASSWORD):
-    return sessions.login(db, settings, "alice@example.com", password, None, IP, "pytest/1", now)
+    subjects = sessions.begin_login(db, settings, "alice@example.com", IP, now)
+    return sessions.login(db, settings, subjects, "alice@example.com", password, None, IP,
+                          "pytest/1", now)
+
+
+def verified_key(db, alice, now) -> dict:
+    alice.user.email_verified = True
+    return keys.create(db, alice.user, "default", now)
 
 
 def count(db, model, *where) -> int:
@@ -44,11 +51,12 @@ def count(db, model, *where) -> int:
 
 def test_revoking_all_ends_every_session_and_key_at_once(db, settings, now, alice):
     result = login(db, settings, now)
+    api_key = verified_key(db, alice, now)
     db.commit()
     user_id = alice.user.id
     assert privacy_data.revoke_all(db, user_id, now) == {"sessions": 1, "api_keys": 1}
     db.commit()
-    for token, key in ((result.token, None), (None, alice.api_key["key"])):
+    for token, key in ((result.token, None), (None, api_key["key"])):
         with pytest.raises(DomainError) as info:
             sessions.authenticate(db, token, key, now)
         assert info.value.status == 401
@@ -57,17 +65,18 @@ def test_revoking_all_ends_every_session_and_key_at_once(db, settings, now, alic
 
 def test_the_export_holds_the_account_and_nothing_secret(db, settings, now, alice):
     login(db, settings, now)
+    api_key = verified_key(db, alice, now)
     db.commit()
     data = privacy_data.export(db, alice.user.id)
     assert data["account"]["email"] == "alice@example.com"
     assert data["account"]["two_factor_enabled"] is False
     assert len(data["sessions"]) == 1 and data["sessions"][0]["network"] == "203.0.113.0/24"
-    assert [k["prefix"] for k in data["api_keys"]] == [alice.api_key["prefix"]]
+    assert [k["prefix"] for k in data["api_keys"]] == [api_key["prefix"]]
     assert [v["purpose"] for v in data["email_verifications"]] == ["registration"]
     assert data["known_networks"]["count"] == 1
     text = json.dumps(data)
     user = db.get(User, alice.user.id)
-    secrets = [user.password_hash, alice.api_key["key"],
+    secrets = [user.password_hash, api_key["key"],
                *db.scalars(select(UserSession.token_hash)), *db.scalars(select(ApiKey.key_hash)),
                *db.scalars(select(EmailVerification.code_hmac)),
                *db.scalars(select(KnownNetwork.network_hmac))]
@@ -78,21 +87,24 @@ def test_the_export_holds_the_account_and_nothing_secret(db, settings, now, alic
 
 def test_erasure_deletes_every_row_and_frees_the_address(db, settings, now, alice):
     login(db, settings, now)
+    verified_key(db, alice, now)
     with pytest.raises((DomainError, RecordedFailure)):
         login(db, settings, now, password="wrong")
     db.commit()
     bob = accounts.register(db, settings, "bob@example.com", PASSWORD, "Bob", IP, now)
+    bob.user.email_verified = True
+    keys.create(db, bob.user, "default", now)
     db.commit()
     tables = privacy_data.erase(db, settings, alice.user.id)
     db.commit()
     assert tables["users"] == 1 and tables["sessions"] == 1 and tables["api_keys"] == 1
     assert tables["email_verifications"] == 1 and tables["known_networks"] == 1
-    assert tables["login_failures"] == 1  # the failures counted against the address
+    assert tables["throttles"] == 1  # the attempts counted against the address
     for model in (UserSession, ApiKey, EmailVerification, KnownNetwork):
         assert count(db, model, model.user_id == alice.user.id) == 0
     assert db.get(User, alice.user.id) is None
     assert db.get(User, bob.user.id) is not None and count(db, ApiKey) == 1
-    assert count(db, LoginFailure) == 1  # the address (network) subject is not the account's
+    assert count(db, Throttle) == 1  # the client address's subject is not the account's
     again = accounts.register(db, settings, "alice@example.com", PASSWORD, None, IP, now)
     assert again.user.id != alice.user.id
     # a second erasure finds nothing
@@ -124,9 +136,10 @@ def test_the_export_holds_the_history_of_rectifications_and_erasure_removes_it(
     user = db.get(User, alice.user.id)
     accounts.update_profile(db, user, {"display_name": "Alice B.", "bio": None}, now)
     accounts.update_profile(db, user, {"display_name": "Alice B."}, now)  # no change: no entry
-    event = accounts.request_email_change(db, settings, user, "alice@new.example", PASSWORD, now)
+    user.email_verified = True
+    event = accounts.request_email_change(db, settings, user, "alice@new.example", now)
     db.commit()
-    verification.verify(db, settings, "alice@new.example", event["code"],
+    verification.verify(db, settings, "alice@new.example", settings.sealer.open(event["sealed_code"]),
                         now + timedelta(minutes=1))
     db.commit()
     changes = privacy_data.export(db, alice.user.id)["changes"]

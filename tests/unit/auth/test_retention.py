@@ -5,14 +5,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from services.auth import retention
-from services.auth.models import (
-    EmailVerification,
-    LoginFailure,
-    LoginLockout,
-    PasswordReset,
-    User,
-    UserSession,
-)
+from services.auth.models import EmailVerification, PasswordReset, Throttle, User, UserSession
 from services.common.ids import new_id, utcnow
 
 
@@ -34,23 +27,28 @@ def test_purge_deletes_only_what_has_outlived_its_use(db, settings):
     live = session(now + timedelta(days=3))
     db.add_all([live, session(now - timedelta(seconds=1)), session(now + timedelta(days=1), now)])
 
-    def code(expires):
+    def code(expires, superseded=None):
         return EmailVerification(id=new_id(), user_id=user.id, purpose="registration", email=user.email,
-                                 code_hmac="h", created_at=now, expires_at=expires)
+                                 code_hmac="h", created_at=now, expires_at=expires,
+                                 superseded_at=superseded)
 
-    db.add_all([code(now - timedelta(days=2)), code(now - timedelta(hours=1))])
+    db.add_all([code(now - timedelta(days=2), superseded=now), code(now - timedelta(hours=1))])
     db.add_all([
         PasswordReset(id=new_id(), user_id=user.id, token_hash="old", created_at=now,
                       expires_at=now - timedelta(days=2)),
         PasswordReset(id=new_id(), user_id=user.id, token_hash="new", created_at=now,
                       expires_at=now + timedelta(minutes=30)),
     ])
-    window = settings.login_failure_window
+    # the longest window of any throttle (verification's hour here)
+    window = settings.verification_address_window
+    old = now - window - timedelta(seconds=1)
     db.add_all([
-        LoginFailure(id=new_id(), subject="s", created_at=now - window - timedelta(seconds=1)),
-        LoginFailure(id=new_id(), subject="s", created_at=now),
-        LoginLockout(id=new_id(), subject="s", locked_until=now - timedelta(seconds=1)),
-        LoginLockout(id=new_id(), subject="t", locked_until=now + timedelta(minutes=5)),
+        Throttle(subject="window over", attempts=3, window_started_at=old),
+        Throttle(subject="lock over", attempts=0, window_started_at=old,
+                 locked_until=now - timedelta(seconds=1)),
+        Throttle(subject="still locked", attempts=0, window_started_at=old,
+                 locked_until=now + timedelta(minutes=5)),
+        Throttle(subject="still counting", attempts=1, window_started_at=now - window / 2),
     ])
     db.commit()
 
@@ -58,10 +56,10 @@ def test_purge_deletes_only_what_has_outlived_its_use(db, settings):
     db.commit()
 
     assert deleted == {"sessions": 2, "email_verifications": 1, "password_resets": 1,
-                       "login_failures": 1, "login_lockouts": 1}
+                       "throttles": 2}
     assert db.execute(select(UserSession.id)).scalars().all() == [live.id]
-    assert count(db, EmailVerification) == count(db, PasswordReset) == count(db, LoginFailure) == 1
-    assert count(db, LoginLockout) == 1
+    assert count(db, EmailVerification) == count(db, PasswordReset) == 1
+    assert sorted(db.scalars(select(Throttle.subject))) == ["still counting", "still locked"]
     assert count(db, User) == 1
     # a second run finds nothing more
     assert not any(retention.purge_expired(db, settings, now).values())

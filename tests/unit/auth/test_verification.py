@@ -4,10 +4,11 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from services.auth import accounts, verification
-from services.auth.errors import RecordedFailure
-from services.auth.models import EmailVerification
+from services.auth import accounts, sessions, verification
+from services.auth.errors import RecordedFailure, invalid_credentials
+from services.auth.models import EmailVerification, User
 from services.common.errors import DomainError
 
 PASSWORD = "correct horse battery"
@@ -15,7 +16,15 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def registered(db, settings, now):
-    return accounts.register(db, settings, "alice@example.com", PASSWORD, None, None, now)
+    created = accounts.register(db, settings, "alice@example.com", PASSWORD, None, None, now)
+    created.verification = dict(created.events)["email_verification_requested"]
+    created.verification["code"] = code_of(settings, created.verification)
+    return created
+
+
+def code_of(settings, event: dict) -> str:
+    """The code an auth.email_verification_requested payload carries sealed."""
+    return settings.sealer.open(event["sealed_code"])
 
 
 def error_of(callable_, *args) -> DomainError:
@@ -29,11 +38,24 @@ def wrong(code: str) -> str:
     return f"{(int(code) + 1) % 1_000_000:06d}"
 
 
-def test_code_is_stored_only_as_an_hmac(db, registered):
+def change(db, settings, user, new_email, password, now) -> dict | None:
+    """request_email_change as the service calls it (for a verified account,
+    after an attempt was taken for the password)."""
+    user.email_verified = True
+    subjects = sessions.begin_login(db, settings, user.email, None, now)
+    sessions.check_password(db, user, password, subjects, now, invalid_credentials(status=403))
+    event = accounts.request_email_change(db, settings, user, new_email, now)
+    if event is not None:
+        event["code"] = code_of(settings, event)
+    return event
+
+
+def test_code_is_stored_only_as_an_hmac_and_sent_only_sealed(db, registered):
     row = db.scalar(select(EmailVerification))
     assert registered.verification["code"] not in row.code_hmac
     assert len(row.code_hmac) == 64
     assert registered.verification["purpose"] == "registration"
+    assert registered.verification["code"] not in registered.verification["sealed_code"]
 
 
 def test_right_code_verifies_and_cannot_be_used_again(db, settings, now, registered):
@@ -78,7 +100,7 @@ def test_resend_is_rate_limited_and_supersedes_the_old_code(db, settings, now, r
     assert verification.resend(db, settings, "alice@example.com", now + timedelta(seconds=59)) == []
     events = verification.resend(db, settings, "alice@example.com", now + timedelta(seconds=60))
     assert [e["purpose"] for e in events] == ["registration"]
-    new = events[0]["code"]
+    new = code_of(settings, events[0])
     at = now + timedelta(seconds=61)
     if new != old:
         assert error_of(verification.verify, db, settings, "alice@example.com", old, at).code == (
@@ -98,13 +120,12 @@ def test_email_change_is_completed_by_the_code_sent_to_the_new_address(
     db, settings, now, registered
 ):
     user = registered.user
-    event = accounts.request_email_change(db, settings, user, "alice@new.example", PASSWORD, now)
-    assert (event["email"], event["purpose"]) == ("alice@new.example", "email_change")
-    # a pending change can be resent to the new address
-    events = verification.resend(db, settings, "alice@new.example", now + timedelta(minutes=2))
-    assert [e["purpose"] for e in events] == ["email_change"]
+    first = change(db, settings, user, "alice@new.example", PASSWORD, now)
+    assert (first["email"], first["purpose"]) == ("alice@new.example", "email_change")
+    # resending is asking again (authenticated, with the password)
+    event = change(db, settings, user, "alice@new.example", PASSWORD, now + timedelta(minutes=2))
     changed = verification.verify(
-        db, settings, "alice@new.example", events[0]["code"], now + timedelta(minutes=3)
+        db, settings, "alice@new.example", event["code"], now + timedelta(minutes=3)
     )
     assert (changed.id, changed.email, changed.email_verified) == (
         user.id, "alice@new.example", True
@@ -117,9 +138,7 @@ def test_email_change_is_completed_by_the_code_sent_to_the_new_address(
 
 
 def test_email_change_to_an_address_taken_meanwhile_is_refused(db, settings, now, registered):
-    event = accounts.request_email_change(
-        db, settings, registered.user, "bob@example.com", PASSWORD, now
-    )
+    event = change(db, settings, registered.user, "bob@example.com", PASSWORD, now)
     accounts.register(db, settings, "bob@example.com", PASSWORD, None, None, now)
     error = error_of(verification.verify, db, settings, "bob@example.com", event["code"], now)
     # bob's own registration code is a candidate too, but this code is the change's
@@ -128,25 +147,75 @@ def test_email_change_to_an_address_taken_meanwhile_is_refused(db, settings, now
 
 def test_email_change_codes_to_one_address_are_rate_limited(db, settings, now, registered):
     user = registered.user
-    assert accounts.request_email_change(db, settings, user, "new@example.com", PASSWORD, now)
+    assert change(db, settings, user, "new@example.com", PASSWORD, now)
     soon = now + timedelta(seconds=30)
-    assert accounts.request_email_change(db, settings, user, "new@example.com", PASSWORD, soon) is None
+    assert change(db, settings, user, "new@example.com", PASSWORD, soon) is None
     # a corrected address gets its code at once, and voids the first one
-    other = accounts.request_email_change(db, settings, user, "newer@example.com", PASSWORD, soon)
+    other = change(db, settings, user, "newer@example.com", PASSWORD, soon)
     assert other["email"] == "newer@example.com"
-    assert verification.resend(db, settings, "new@example.com", now + timedelta(hours=1)) == []
+
+
+def test_a_resend_reissues_only_the_addresss_own_registration_code(db, settings, now, registered):
+    bob = accounts.register(db, settings, "bob@example.com", PASSWORD, None, None, now).user
+    pending = change(db, settings, bob, "alice@new.example", PASSWORD, now)
+    later = now + timedelta(hours=1)
+    # a stranger asking for the new address renews nothing of bob's
+    assert verification.resend(db, settings, "alice@new.example", later) == []
+    assert verification.verify(db, settings, "alice@new.example", pending["code"],
+                               now + timedelta(minutes=1)).id == bob.id
+    # the unverified account's own address gets its own new code only
+    events = verification.resend(db, settings, "alice@example.com", later)
+    assert [(e["user_id"], e["purpose"]) for e in events] == [
+        (str(registered.user.id), "registration")]
 
 
 def test_email_change_needs_the_password_and_a_new_free_address(db, settings, now, registered):
     user = registered.user
-    wrong = error_of(accounts.request_email_change, db, settings, user, "x@example.com", "bad", now)
-    assert (wrong.code, wrong.status) == ("invalid_credentials", 403)
-    same = error_of(
-        accounts.request_email_change, db, settings, user, "alice@example.com", PASSWORD, now
-    )
+    wrong_password = error_of(change, db, settings, user, "x@example.com", "bad", now)
+    assert (wrong_password.code, wrong_password.status) == ("invalid_credentials", 403)
+    same = error_of(change, db, settings, user, "alice@example.com", PASSWORD, now)
     assert same.code == "invalid_request"
     accounts.register(db, settings, "bob@example.com", PASSWORD, None, None, now)
-    taken = error_of(
-        accounts.request_email_change, db, settings, user, "bob@example.com", PASSWORD, now
-    )
+    taken = error_of(change, db, settings, user, "bob@example.com", PASSWORD, now)
     assert (taken.code, taken.status) == ("email_taken", 409)
+
+
+def test_an_address_has_one_budget_of_tries_across_accounts(db, settings, now):
+    # Each new account moving to the address brings a fresh code with 5 tries
+    # of its own; the address's budget (10) caps the guesses all the same.
+    codes, tried, results = [], iter(f"{n:06d}" for n in range(10**6)), []
+    for i in range(3):
+        mover = accounts.register(db, settings, f"mover{i}@example.com", PASSWORD, None, None,
+                                  now).user
+        codes.append(change(db, settings, mover, "victim@example.com", PASSWORD, now)["code"])
+        for _ in range(settings.verification_max_attempts):
+            guess = next(g for g in tried if g not in codes)
+            results.append(error_of(verification.verify, db, settings, "victim@example.com",
+                                    guess, now))
+    budget = settings.verification_max_attempts_per_address
+    assert [e.code for e in results] == ["invalid_code"] * budget + ["rate_limited"] * (15 - budget)
+    assert results[-1].status == 429 and results[-1].details["retry_after"] == 3600
+    # even the right code waits for the window to end
+    right = error_of(verification.verify, db, settings, "victim@example.com", codes[-1], now)
+    assert right.code == "rate_limited"
+    later = now + timedelta(seconds=3600)  # the window is over: only the code has run out
+    assert error_of(verification.verify, db, settings, "victim@example.com", codes[-1],
+                    later).code == "code_expired"
+
+
+def test_an_account_has_one_live_code_per_address(db, settings, now, registered, monkeypatch):
+    db.commit()
+    user = registered.user
+    live = EmailVerification(user_id=user.id, purpose="email_change", email="alice@example.com",
+                             code_hmac="x" * 64, attempts=0, created_at=now, expires_at=now)
+    db.add(live)
+    with pytest.raises(IntegrityError):
+        db.flush()  # a second live code for the same account and address
+    db.rollback()
+    # a request racing another one (which made the live code after this one
+    # superseded the old codes) sends nothing rather than a second code
+    user = db.scalar(select(User))
+    monkeypatch.setattr(verification, "supersede", lambda *args, **kwargs: None)
+    assert verification.issue(db, settings, user, verification.REGISTRATION,
+                              "alice@example.com", now) is None
+    assert len(db.scalars(select(EmailVerification)).all()) == 1

@@ -17,7 +17,7 @@ from services.auth.models import Base, WebhookSecret
 from services.common.contracts.auth import WebhookSecret as WebhookSecretSchema
 
 PASSWORD = "correct horse battery"
-SECRET = re.compile(r"^whsec_[A-Za-z0-9_-]{43}$")
+SECRET = re.compile(r"^whsec_[A-Za-z0-9+/]{43}=$")  # standard base64: Standard Webhooks
 
 
 def register(db, settings, now, email: str):
@@ -33,7 +33,7 @@ def test_the_first_call_makes_a_secret_and_later_calls_return_it(db, alice, now)
     assert db.get(WebhookSecret, alice.id) is None  # nothing until someone asks
     first = webhooks.get_or_create(db, alice, now)
     assert SECRET.match(first.secret)
-    assert len(base64.urlsafe_b64decode(first.secret[6:] + "=")) == 32
+    assert len(base64.b64decode(first.secret[6:], validate=True)) == 32
     again = webhooks.get_or_create(db, alice, now + timedelta(days=3))
     assert (again.secret, again.created_at) == (first.secret, now)
     assert db.scalar(select(func.count()).select_from(WebhookSecret)) == 1

@@ -186,9 +186,34 @@ def test_stale_holds_are_released_as_expired(db, settings, events, user):
     [released] = events.of("credits_released")
     assert (released["job_id"], released["reason"]) == (str(old), "expired")
     assert db.scalars(select(Hold).where(Hold.job_id == old)).one().release_reason == "expired"
-    assert finish(db, events, user, old, "succeeded") == "refused"
     assert finish(db, events, user, fresh, "succeeded") == "captured"
     assert balance(db, user) == (40, 0)
+    clean(db)
+
+
+def test_a_success_after_the_hold_expired_is_still_paid_for(db, settings, events, user):
+    """The success was sent just before the expiry and arrived after it: the
+    price is taken from the available credits (the job is not free), once."""
+    _, old = request(db, settings, events, user, 10, now=NOW - timedelta(hours=7))
+    saga.release_stale_holds(db, settings, NOW, events)
+    assert balance(db, user) == (50, 0)
+    assert finish(db, events, user, old, "succeeded") == "captured"
+    assert finish(db, events, user, old, "succeeded") == "duplicate"
+    assert finish(db, events, user, old, "failed") == "duplicate"
+    assert balance(db, user) == (40, 0)
+    [late] = entries(db, user, "capture")
+    assert (late.amount, late.held_change, late.hold_id, late.job_id) == (-10, 0, None, old)
+    assert [e["amount"] for e in events.of("credits_captured")] == [10]
+    assert db.scalars(select(Hold).where(Hold.job_id == old)).one().status == "released"
+    clean(db)
+    # never below zero: with 5 left, a late success of 8 takes the 5
+    _, other = request(db, settings, events, user, 8, now=NOW - timedelta(hours=7))
+    saga.release_stale_holds(db, settings, NOW, events)
+    _, spend = request(db, settings, events, user, 35)
+    finish(db, events, user, spend, "succeeded")
+    assert balance(db, user) == (5, 0)
+    assert finish(db, events, user, other, "succeeded") == "captured"
+    assert balance(db, user) == (0, 0)
     clean(db)
 
 

@@ -7,10 +7,10 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from services.billing import ledger, orders, saga
-from services.billing.models import Account, LedgerEntry, Lot, Order, Payment, WebhookEvent
+from services.billing import audit, ledger, orders, saga
+from services.billing.models import Account, Hold, LedgerEntry, Lot, Order, Payment, WebhookEvent
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.common.errors import DomainError
@@ -245,12 +245,15 @@ def test_bad_signatures_record_nothing(db, settings, events, stripe, user):
     assert db.get(Order, order.id).status == "pending"
 
 
-def spend(db, settings, events, user, credits):
+def spend(db, settings, events, user, credits) -> uuid.UUID:
+    """Hold ``credits`` for a new job; returns the job's id."""
+    job_id = uuid.uuid4()
     status = saga.job_requested(db, settings, {
-        "job_id": uuid.uuid4(), "user_id": user, "attempt": 1, "type": "text-to-image",
+        "job_id": job_id, "user_id": user, "attempt": 1, "type": "text-to-image",
         "price": credits}, NOW, events)
     db.commit()
     assert status == "reserved"
+    return job_id
 
 
 def test_a_refund_reverses_only_unspent_credits_of_the_order(db, settings, events, stripe, user):
@@ -286,7 +289,9 @@ def test_a_refund_for_an_unknown_payment_is_received(db, settings, events):
     assert db.get(WebhookEvent, evt["id"]).outcome == "unknown_order"
 
 
-def test_a_paid_plan_starts_and_a_full_refund_ends_it(db, settings, events, stripe, user):
+@pytest.mark.parametrize("money_back", ["refund", "lost dispute"])
+def test_a_paid_plan_starts_and_all_its_money_back_ends_it(db, settings, events, stripe, user,
+                                                          money_back):
     order = checkout(db, settings, events, stripe, user, {"plan_id": "pro"})
     deliver(db, settings, events, stripe.checkout_completed(order.provider_session_id))
     account = db.get(Account, user, populate_existing=True)
@@ -294,7 +299,12 @@ def test_a_paid_plan_starts_and_a_full_refund_ends_it(db, settings, events, stri
     assert balance(db, user) == (550, 0)
     assert events.of("plan_changed")[-1]["plan"] == "pro"
     assert events.of("order_paid")[-1]["kind"] == "plan"
-    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 1500))
+    if money_back == "refund":
+        deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 1500))
+    else:
+        deliver(db, settings, events, stripe.dispute(order.provider_session_id))
+        assert ledger.frozen_credits(db, user, NOW) == 500
+        deliver(db, settings, events, stripe.dispute(order.provider_session_id, closed_as="lost"))
     account = db.get(Account, user, populate_existing=True)
     assert (account.plan, account.plan_expires_at) == ("free", None)
     assert balance(db, user) == (50, 0)
@@ -326,3 +336,174 @@ def test_the_ledger_of_a_refund_is_an_ordinary_entry(db, settings, events, strip
     assert (refund.amount, refund.held_change, refund.order_id) == (-100, 0, order.id)
     assert refund.idempotency_key == f"order:{order.id}:refund:500"
     assert ledger.find_entry(db, refund.idempotency_key).id == refund.id
+
+
+# ---------------------------------------------------------------- refunds of held credits
+
+
+def end(db, events, user, job_id, outcome) -> str:
+    status = saga.job_finished(db, {"job_id": job_id, "user_id": user, "attempt": 1}, outcome,
+                               NOW, events)
+    db.commit()
+    return status
+
+
+def paid_pack(db, settings, events, stripe, user) -> Order:
+    order = checkout(db, settings, events, stripe, user, {"pack_id": "small"})  # 100 for 500
+    deliver(db, settings, events, stripe.checkout_completed(order.provider_session_id))
+    return order
+
+
+def test_a_refund_of_held_credits_is_taken_when_the_hold_is_released(db, settings, events,
+                                                                     stripe, user):
+    order = paid_pack(db, settings, events, stripe, user)
+    held = spend(db, settings, events, user, 80)  # 50 signup + 30 of the pack
+    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 500))
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.credits_reversed, order.credits_pending) == (70, 30)
+    assert balance(db, user) == (0, 80)
+    assert_clean(db)
+    # the job fails: its 50 signup credits come back, the pack's 30 are taken
+    assert end(db, events, user, held, "failed") == "released"
+    assert balance(db, user) == (50, 0)
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.credits_reversed, order.credits_pending) == (100, 0)
+    hold = db.scalars(select(Hold).where(Hold.job_id == held)).one()
+    taken = ledger.find_entry(db, f"order:{order.id}:refund:hold:{hold.id}")
+    assert (taken.kind, taken.amount, taken.held_change, taken.job_id) == ("refund", -30, 0, held)
+    assert events.of("credits_released")[-1]["amount"] == 80
+    assert end(db, events, user, held, "failed") == "duplicate"
+    assert balance(db, user) == (50, 0)
+    assert_clean(db)
+
+
+def test_the_audit_finds_a_refund_waiting_for_more_than_is_held(db, settings, events, stripe,
+                                                                user):
+    order = paid_pack(db, settings, events, stripe, user)
+    spend(db, settings, events, user, 80)  # 30 of the pack held
+    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 500))
+    assert_clean(db, user)
+    db.execute(update(Order).where(Order.id == order.id).values(credits_pending=31))
+    db.commit()
+    problems = {p["problem"]: (p["expected"], p["actual"])
+                for p in audit.verify_ledger(db, user)["problems"]}
+    assert problems == {f"refund_pending_exceeds_held:{order.id}": (30, 31),
+                        f"order_over_reversed:{order.id}": (100, 101)}
+
+
+def test_a_refund_of_held_credits_is_taken_when_the_hold_expires(db, settings, events, stripe,
+                                                                 user):
+    order = paid_pack(db, settings, events, stripe, user)
+    spend(db, settings, events, user, 130)  # 50 signup + 80 of the pack
+    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 250))
+    order = db.get(Order, order.id, populate_existing=True)
+    # half the money back: 50 credits due, 20 unspent, 30 held
+    assert (order.credits_reversed, order.credits_pending) == (20, 30)
+    assert saga.release_stale_holds(db, settings, NOW + timedelta(hours=7), events) == 1
+    db.commit()
+    # 50 + 80 come back, 30 of them taken: the pack's 50 the user still paid for stay
+    assert balance(db, user) == (100, 0)
+    assert db.scalars(select(Lot).where(Lot.order_id == order.id)).one().remaining == 50
+    assert_clean(db)
+
+
+def test_what_a_job_captured_from_a_refunded_order_stays_spent(db, settings, events, stripe,
+                                                               user):
+    order = paid_pack(db, settings, events, stripe, user)
+    first = spend(db, settings, events, user, 60)  # 50 signup + 10 of the pack
+    second = spend(db, settings, events, user, 20)  # 20 of the pack
+    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 500))
+    assert db.get(Order, order.id, populate_existing=True).credits_pending == 30
+    # the second job succeeds: its 20 stay spent, only 10 can still be taken
+    assert end(db, events, user, second, "succeeded") == "captured"
+    assert db.get(Order, order.id, populate_existing=True).credits_pending == 10
+    assert balance(db, user) == (0, 60)
+    assert end(db, events, user, first, "failed") == "released"
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.credits_reversed, order.credits_pending) == (80, 0)
+    assert balance(db, user) == (50, 0)
+    assert_clean(db)
+
+
+# ---------------------------------------------------------------- disputes (chargebacks)
+
+
+def test_a_dispute_freezes_the_orders_credits_and_a_lost_one_takes_them_back(
+        db, settings, events, stripe, user):
+    order = paid_pack(db, settings, events, stripe, user)
+    held = spend(db, settings, events, user, 60)  # 50 signup + 10 of the pack
+    deliver(db, settings, events, stripe.dispute(order.provider_session_id))
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.dispute_id, order.dispute_status) == ("dp_test_1", "open")
+    assert orders.view(order)["dispute_status"] == "open"
+    account = ledger.lock_account(db, user)
+    assert (ledger.frozen_credits(db, user, NOW), ledger.spendable(db, account, NOW)) == (90, 0)
+    db.rollback()
+    # nothing of the frozen 90 can be spent: not by a job, not by an adjustment
+    refused_job = uuid.uuid4()
+    assert saga.job_requested(db, settings, {"job_id": refused_job, "user_id": user, "attempt": 1,
+                                             "type": "text-to-image", "price": 1},
+                              NOW, events) == "insufficient"
+    db.commit()
+    assert events.of("credits_insufficient")[-1]["available"] == 0
+    error = refused(ledger.adjust, db, ledger.lock_account(db, user), -1, "test", "k", NOW)
+    assert error.code == "insufficient_credits"
+    db.rollback()
+    # lost: the 90 unspent are taken now, the 10 held when the job ends
+    lost = stripe.dispute(order.provider_session_id, closed_as="lost")
+    deliver(db, settings, events, lost)
+    assert deliver(db, settings, events, lost)["duplicate"]
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.dispute_status, order.amount_charged_back) == ("lost", 500)
+    assert (order.credits_reversed, order.credits_pending) == (90, 10)
+    assert db.get(WebhookEvent, lost["id"]).outcome == "dispute_lost"
+    assert balance(db, user) == (0, 60)
+    end(db, events, user, held, "failed")
+    assert balance(db, user) == (50, 0)
+    assert ledger.frozen_credits(db, user, NOW) == 0
+    chargeback = ledger.find_entry(db, f"order:{order.id}:chargeback:dp_test_1")
+    assert (chargeback.kind, chargeback.amount) == ("refund", -90)
+    # a late notification of its opening changes nothing
+    deliver(db, settings, events, stripe.dispute(order.provider_session_id))
+    assert db.get(Order, order.id, populate_existing=True).dispute_status == "lost"
+    assert_clean(db)
+
+
+@pytest.mark.parametrize("closed_as", ["won", "warning_closed"])
+def test_a_dispute_closed_in_our_favour_restores_the_credits(db, settings, events, stripe, user,
+                                                             closed_as):
+    order = paid_pack(db, settings, events, stripe, user)
+    deliver(db, settings, events, stripe.dispute(order.provider_session_id))
+    spend(db, settings, events, user, 50)  # the signup credits are not frozen
+    assert ledger.frozen_credits(db, user, NOW) == 100
+    closed = stripe.dispute(order.provider_session_id, closed_as=closed_as)
+    deliver(db, settings, events, closed)
+    assert db.get(WebhookEvent, closed["id"]).outcome == "dispute_won"
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.dispute_status, order.credits_reversed, order.amount_charged_back) == \
+        (closed_as, 0, 0)
+    assert ledger.frozen_credits(db, user, NOW) == 0
+    spend(db, settings, events, user, 100)
+    assert balance(db, user) == (0, 150)
+    assert_clean(db)
+
+
+def test_a_partial_chargeback_after_a_partial_refund(db, settings, events, stripe, user):
+    order = paid_pack(db, settings, events, stripe, user)
+    deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 100))  # 20
+    deliver(db, settings, events, stripe.dispute(order.provider_session_id, amount=400))
+    deliver(db, settings, events, stripe.dispute(order.provider_session_id, closed_as="lost",
+                                                 amount=400))
+    order = db.get(Order, order.id, populate_existing=True)
+    assert (order.amount_refunded, order.amount_charged_back, order.credits_reversed) == \
+        (100, 400, 100)
+    assert balance(db, user) == (50, 0)
+    assert_clean(db)
+
+
+def test_a_dispute_of_an_unknown_payment_is_received(db, settings, events):
+    from tests.fakes.stripe import charge_dispute
+
+    evt = charge_dispute("charge.dispute.created", "pi_test_unknown", 500)
+    assert deliver(db, settings, events, evt)["received"]
+    assert db.get(WebhookEvent, evt["id"]).outcome == "unknown_order"

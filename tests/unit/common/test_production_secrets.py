@@ -167,8 +167,9 @@ def test_the_refusal_names_variables_never_values(production):
 # The secrets each process's config file names, all on their built-in defaults
 # when nothing is set: production mode must name every one.
 EXPECTED = {
-    "auth": {"AMQP_URI", "AUTH_SECRET_KEY"},
-    "notifications": {"AMQP_URI"},
+    "auth": {"AMQP_URI", "AUTH_SECRET_KEY", "MAIL_SECRETS_KEY"},
+    "notifications": {"AMQP_URI", "MAIL_SECRETS_KEY"},
+    "privacy": {"AMQP_URI", "PRIVACY_PSEUDONYM_KEY", "MAIL_SECRETS_KEY"},
     "storage": {"AMQP_URI", "STORAGE_URL_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY"},
     "gateway": {"AMQP_URI", "STORAGE_URL_SECRET"},
     "ops": {"AMQP_URI", "RABBIT_MANAGEMENT_URL"},
@@ -241,6 +242,7 @@ def test_a_nameko_service_refuses_to_start_before_touching_its_database(tmp_path
     assert result.returncode != 0
     assert "ConfigurationRefused: auth refuses to start with DARKROOM_ENV=production" in output
     assert "AUTH_SECRET_KEY (AUTH.SECRET_KEY) still has a built-in development default" in output
+    assert "MAIL_SECRETS_KEY still has a built-in development default" in output
     assert "dev-only-insecure-auth-secret" not in output
     assert not database.exists()  # refused before the migrations ran
 
@@ -248,7 +250,7 @@ def test_a_nameko_service_refuses_to_start_before_touching_its_database(tmp_path
 def test_a_nameko_service_with_real_secrets_gets_past_the_check(tmp_path):
     database = tmp_path / "auth.db"
     env = process_env(AUTH_DATABASE_URL=f"sqlite:///{database}", AUTH_METRICS_PORT="0",
-                      AUTH_SECRET_KEY=STRONG,
+                      AUTH_SECRET_KEY=STRONG, MAIL_SECRETS_KEY=STRONG,
                       AMQP_URI=f"amqp://darkroom:{STRONG}@127.0.0.1:1/")  # no broker there
     proc = subprocess.Popen(procfile_argv("auth"), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -4,6 +4,7 @@ RPC pool whose ``auth`` and ``storage`` answer like those services' RPC surfaces
 from __future__ import annotations
 
 import hashlib
+import secrets
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,7 +110,7 @@ class FakeAuth(FakeRpcService):
     def _register(self, payload, client_ip=None, user_agent=None):
         return {
             "user": user(email=payload["email"], verified=False),
-            "api_key": {**api_key(), "key": "dr_live_secret"},
+            "api_key": None,  # keys are made once the address is verified
         }
 
     def _verify_email(self, payload):
@@ -147,7 +148,7 @@ class FakeAuth(FakeRpcService):
     def _update_profile(self, user_id, payload):
         return {**user(user_id=user_id), **payload}
 
-    def _request_email_change(self, user_id, payload):
+    def _request_email_change(self, user_id, payload, client_ip=None):
         return None
 
     def _list_api_keys(self, user_id, page=None):
@@ -211,10 +212,15 @@ class FakeStorage(FakeRpcService):
         self.objects[object_id] = {
             "id": object_id, "kind": kind, "content_type": content_type, "size": len(data),
             "width": 4, "height": 3, "sha256": hashlib.sha256(data).hexdigest(),
-            "visibility": visibility, "job_id": job_id, "created_at": NOW, "expires_at": LATER,
+            "visibility": visibility, "public_id": self._public_id(visibility),
+            "job_id": job_id, "created_at": NOW, "expires_at": LATER,
             "owner_id": owner_id, "deleted": False,
         }
         return self._view(self.objects[object_id])
+
+    @staticmethod
+    def _public_id(visibility: str) -> str | None:
+        return secrets.token_urlsafe(24) if visibility == "public" else None
 
     def _find(self, owner_id: str | None, object_id: str) -> dict:
         obj = self.objects.get(object_id)
@@ -266,13 +272,15 @@ class FakeStorage(FakeRpcService):
     def _get_object(self, owner_id, object_id):
         return self._view(self._find(owner_id, object_id))
 
-    def _get_public_object(self, object_id):
-        obj = self._find(None, object_id)
-        if obj["visibility"] != "public":
+    def _get_public_object(self, public_id):
+        found = [o for o in self.objects.values()
+                 if o["public_id"] == public_id and not o["deleted"]]
+        if not found or public_id is None:
             raise DomainError("not_found", "image not found", 404)
-        view = self._view(obj)
-        return {k: view[k] for k in ("id", "kind", "content_type", "size", "width", "height",
-                                     "created_at", "expires_at", "url")}
+        (obj,) = found
+        url = signing.sign_url(FILES_BASE_URL, FILES_SECRET, "GET", f"public/{public_id}", 300)[0]
+        return {**{k: obj[k] for k in ("kind", "content_type", "size", "width", "height",
+                                       "created_at", "expires_at")}, "id": public_id, "url": url}
 
     def _list_objects(self, owner_id, query):
         items = [self._view(o) for o in reversed(self.objects.values())
@@ -283,6 +291,8 @@ class FakeStorage(FakeRpcService):
 
     def _set_visibility(self, owner_id, object_id, payload):
         obj = self._find(owner_id, object_id)
+        if obj["visibility"] != payload["visibility"]:
+            obj["public_id"] = self._public_id(payload["visibility"])
         obj["visibility"] = payload["visibility"]
         return self._view(obj)
 

@@ -30,7 +30,7 @@ def test_register_creates_account_and_passes_client_info(client, auth):
     body = response.get_json()
     assert set(body) == {"user", "api_key"}
     assert set(body["user"]) == USER_FIELDS
-    assert body["api_key"]["key"] == "dr_live_secret"
+    assert body["api_key"] is None
     assert body["user"]["created_at"] == "2026-01-02T03:04:05.123456+00:00"
     ((payload,), kwargs) = auth.called("register")[0]
     assert payload == {"email": "ada@example.com", "password": "correct horse battery",
@@ -169,12 +169,26 @@ def test_patch_me_rejects_unknown_fields(client, auth):
     assert auth.called("update_profile") == []
 
 
-def test_change_email(client, auth):
+def test_change_email_passes_the_client_address_for_the_lockout(client, auth):
     response = client.post("/v1/me/email", json={"new_email": "new@example.com", "password": "pw"},
-                           headers=BEARER)
+                           headers=BEARER, environ_base={"REMOTE_ADDR": "203.0.113.7"})
     assert response.status_code == 202
     assert auth.called("request_email_change") == [
-        ((USER_ID, {"new_email": "new@example.com", "password": "pw"}), {})]
+        ((USER_ID, {"new_email": "new@example.com", "password": "pw"}),
+         {"client_ip": "203.0.113.7"})]
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (DomainError("email_unverified", "verify your email address first", 403), 403),
+    (DomainError("invalid_credentials", "wrong email or password", 403), 403),
+    (DomainError("rate_limited", "too many attempts", 429, {"retry_after": 30}), 429),
+])
+def test_change_email_refusals_reach_the_client(client, auth, error, status):
+    auth.fail_with["request_email_change"] = error
+    response = client.post("/v1/me/email", json={"new_email": "new@example.com", "password": "pw"},
+                           headers=BEARER)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == error.code
 
 
 def test_list_api_keys(client, auth):

@@ -21,14 +21,18 @@ from tests.unit.gateway.conftest import (
     BEARER,
     LATER,
     NOW,
+    SESSION_ID,
     UNVERIFIED_ID,
     UNVERIFIED_TOKEN,
     USER_ID,
     FakeAuth,
     FakeRpcService,
+    principal,
 )
 
 OTHER = {"Authorization": f"Bearer {UNVERIFIED_TOKEN}"}  # another user, email unverified
+OTHER_USER = "01900000-0000-7000-8000-0000000000e1"
+THIRD_USER = "01900000-0000-7000-8000-0000000000e2"
 JOB_FIELDS = {"id", "type", "status", "attempt", "progress", "stage", "queue_position", "price",
               "outputs", "error", "prompt", "negative_prompt", "prompt_redacted", "params",
               "shots", "webhook_url", "provider", "created_at", "started_at", "finished_at"}
@@ -601,6 +605,54 @@ def test_open_streams_are_capped_per_process_and_released(make_app, generation, 
     assert jobs_in(events_of(again))[-1]["status"] == "succeeded"
     again.close()  # what the WSGI server does once the stream ended
     assert client.get(f"/v1/generations/{job}/events", headers=BEARER).status_code == 200
+
+
+def test_one_user_holds_at_most_two_streams_and_others_still_get_theirs(make_app, generation,
+                                                                       clock, auth):
+    app = make_app(GENERATION_EVENTS_MAX_STREAMS=3)
+    client = app.test_client()
+    slots = app.extensions[generation_api.STREAMS_EXTENSION]
+    auth.credentials[("token", "other-user")] = principal(OTHER_USER, "session", SESSION_ID)
+    other = {"Authorization": "Bearer other-user"}
+    mine = generation.add(USER_ID, status="running", stage="rendering")
+    theirs = generation.add(OTHER_USER, status="running", stage="rendering")
+    streams = [client.get(f"/v1/generations/{mine}/events", headers=BEARER, buffered=False)
+               for _ in range(2)]
+    assert [s.status_code for s in streams] == [200, 200]
+    refused = client.get(f"/v1/generations/{mine}/events", headers=BEARER)
+    assert refused.status_code == 429
+    assert error_of(refused)["code"] == "too_many_streams"
+    assert error_of(refused)["details"]["max_streams_per_user"] == 2
+    assert refused.headers["Retry-After"] == "5"
+    assert slots.open_streams(USER_ID) == 2
+    # another user is not refused because of the first one's streams...
+    theirs_stream = client.get(f"/v1/generations/{theirs}/events", headers=other, buffered=False)
+    assert theirs_stream.status_code == 200
+    # ...but the process total (3) is reached now: 503 for anyone
+    auth.credentials[("token", "third-user")] = principal(THIRD_USER, "session", SESSION_ID)
+    third = generation.add(THIRD_USER, status="running", stage="rendering")
+    full = client.get(f"/v1/generations/{third}/events",
+                      headers={"Authorization": "Bearer third-user"})
+    assert (full.status_code, error_of(full)["code"]) == (503, "service_unavailable")
+    streams[0].close()  # a client went away: its slot is free again
+    assert slots.open_streams(USER_ID) == 1
+    again = client.get(f"/v1/generations/{mine}/events", headers=BEARER, buffered=False)
+    assert again.status_code == 200
+    for response in (streams[1], again, theirs_stream):
+        response.close()
+    assert slots.open_streams() == 0
+
+
+def test_stream_slots_release_once():
+    slots = generation_api.StreamSlots(total=2, per_user=2)
+    release = slots.acquire("u1")
+    release()
+    release()  # a second close changes nothing
+    assert slots.open_streams() == 0
+    slots.acquire("u1"), slots.acquire("u1")
+    with pytest.raises(DomainError) as caught:
+        slots.acquire("u1")
+    assert caught.value.code == "too_many_streams"
 
 
 def test_event_stream_framing():

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from openapi_spec_validator import validate
 from prometheus_client import REGISTRY
 
+from gateway.api import health
 from tests.unit.gateway.conftest import BEARER, FakePool, FakeService
 
 LOGIN = {"email": "ada@example.com", "password": "correct horse battery"}
@@ -251,7 +254,7 @@ def test_openapi_document(client):
         "/v1/me/totp/confirm": {"post"},
         "/v1/uploads": {"post"}, "/v1/images": {"get"},
         "/v1/images/{image_id}": {"get", "patch", "delete"}, "/v1/images/{image_id}/content": {"get"},
-        "/v1/public/images/{image_id}": {"get"}, "/v1/files/{key}": {"get", "put"},
+        "/v1/public/images/{public_id}": {"get"}, "/v1/files/{key}": {"get", "put"},
         "/v1/billing/balance": {"get"}, "/v1/billing/ledger": {"get"},
         "/v1/billing/plans": {"get"}, "/v1/billing/prices": {"get"},
         "/v1/billing/checkout": {"post"}, "/v1/billing/orders": {"get"},
@@ -261,6 +264,7 @@ def test_openapi_document(client):
         "/v1/generations/{job_id}": {"get", "delete"}, "/v1/generations/{job_id}/events": {"get"},
         "/v1/privacy/requests": {"get", "post"},
         "/v1/privacy/requests/{request_id}": {"get", "delete"},
+        "/v1/privacy/requests/{request_id}/cancel": {"post"},
         "/v1/privacy/certificates/{request_id}": {"get"}, "/v1/privacy/consents": {"get", "put"},
         "/v1/privacy/policy": {"get"}, "/v1/privacy/policy/accept": {"post"},
         "/v1/privacy/retention": {"get"},
@@ -286,3 +290,73 @@ def test_openapi_documents_schemas_security_and_errors(client):
     assert error["properties"]["error"] == {"$ref": "#/components/schemas/ErrorBody"}
     user = doc["components"]["schemas"]["User"]["properties"]
     assert {"id", "email", "email_verified", "totp_enabled", "plan"} <= set(user)
+
+
+def test_readyz_answers_a_burst_with_one_round_of_pings_a_second(make_app, auth, monkeypatch):
+    pings = []
+
+    def slow_ping():
+        pings.append(time.monotonic())
+        time.sleep(0.2)  # the burst arrives while the round runs
+        return {"service": "auth", "ok": True}
+
+    monkeypatch.setattr(type(auth), "_ping", lambda self: slow_ping())
+    app = make_app(READY_SERVICES=["auth"], READY_CACHE_SECONDS=1)
+
+    def probe(_):
+        return app.test_client().get("/readyz").status_code
+
+    with ThreadPoolExecutor(max_workers=20) as executor:
+        statuses = list(executor.map(probe, range(100)))
+    assert statuses == [200] * 100
+    assert len(pings) == 1  # every caller shared one round
+    time.sleep(1.05)  # the cached answer is a second old now: the next probe pings again
+    assert probe(0) == 200
+    assert len(pings) == 2
+
+
+def test_readyz_caches_a_failure_too_and_sees_the_recovery(make_app):
+    pool = FakePool()
+    pool.services["notifications"] = FakeService("notifications", healthy=False)
+    client = make_app(pool, READY_CACHE_SECONDS=0.3).test_client()
+    assert client.get("/readyz").status_code == 503
+    pool.services["notifications"] = FakeService("notifications")
+    assert client.get("/readyz").status_code == 503  # within the cache time: the same answer
+    time.sleep(0.35)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_internal_port_serves_metrics_and_readiness_and_the_public_one_does_not(make_app):
+    app = make_app(INTERNAL_PORT="9100", TRUSTED_PROXY_COUNT=1)
+    public = app.test_client()
+    internal = app.test_client()
+    internal_url = "http://127.0.0.1:9100"
+    for path in ("/metrics", "/readyz"):
+        refused = public.get(path)
+        assert refused.status_code == 404, path
+        assert refused.get_json()["error"]["code"] == "not_found"
+        # a forwarded host naming the internal port changes nothing
+        assert public.get(path, headers={"X-Forwarded-Host": "127.0.0.1:9100"}).status_code == 404
+        assert internal.get(path, base_url=internal_url).status_code == 200, path
+    assert public.get("/healthz").status_code == 200
+    assert internal.get("/healthz", base_url=internal_url).status_code == 200
+    # the internal listener serves health only: no API there
+    assert internal.get("/v1/templates", base_url=internal_url).status_code == 404
+    assert internal.get("/v1/openapi.json", base_url=internal_url).status_code == 404
+    assert public.get("/v1/openapi.json").status_code == 200
+
+
+def test_without_an_internal_port_everything_is_on_the_one_port(make_app):
+    client = make_app(INTERNAL_PORT="").test_client()
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_the_listener_is_the_accepted_sockets_port_under_gunicorn():
+    class Sock:
+        def getsockname(self):
+            return ("0.0.0.0", 9100)
+
+    assert health.local_port({"gunicorn.socket": Sock(), "SERVER_PORT": "8000"}) == 9100
+    assert health.local_port({"SERVER_PORT": "8000"}) == 8000
+    assert health.local_port({"SERVER_PORT": "x"}) is None

@@ -32,6 +32,7 @@ OTHER = {"Authorization": f"Bearer {UNVERIFIED_TOKEN}"}  # another (authenticate
 MAX_BYTES = 200_000
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(150_000)
 IMAGE_FIELDS = {"id", "kind", "content_type", "size", "width", "height", "sha256", "visibility",
+                "public_id",
                 "job_id", "created_at", "expires_at", "url"}
 PUBLIC_FIELDS = {"id", "kind", "content_type", "size", "width", "height", "created_at", "expires_at",
                  "url"}
@@ -494,23 +495,24 @@ def test_image_endpoints_need_authentication(client, storage):
 
 def test_public_image_without_authentication(client, storage, auth):
     image = storage.add(USER_ID, visibility="public", job_id=str(uuid.uuid4()))
-    response = client.get(f"/v1/public/images/{image['id']}")
+    response = client.get(f"/v1/public/images/{image['public_id']}")
     assert response.status_code == 200
     body = response.get_json()
     assert set(body) == PUBLIC_FIELDS  # no owner, no job, no sha256
-    assert body["url"] == image["url"]
+    assert body["id"] == image["public_id"] != image["id"]
+    assert USER_ID not in body["url"] and image["id"] not in body["url"]
     assert response.headers["Cache-Control"] == "no-store"
     assert auth.calls == []
-    assert storage.called("get_public_object") == [((image["id"],), {})]
+    assert storage.called("get_public_object") == [((image["public_id"],), {})]
 
 
-def test_private_unknown_and_malformed_public_ids_are_404(client, storage):
+def test_private_unknown_and_object_ids_are_404_on_the_public_route(client, storage):
     private = storage.add(USER_ID)
-    for image_id in (private["id"], str(uuid.uuid4()), "nope"):
+    public = storage.add(USER_ID, visibility="public")
+    for image_id in (private["id"], public["id"], str(uuid.uuid4()), "nope"):
         response = client.get(f"/v1/public/images/{image_id}")
         assert response.status_code == 404
         assert error_of(response)["code"] == "not_found"
-    assert len(storage.called("get_public_object")) == 2
 
 
 # ------------------------------------------------------------ OpenAPI
@@ -525,7 +527,7 @@ def test_openapi_documents_the_upload_as_multipart(client):
     assert upload["responses"]["201"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ImageObject"}
     assert upload["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}]
-    assert "security" not in doc["paths"]["/v1/public/images/{image_id}"]["get"]
+    assert "security" not in doc["paths"]["/v1/public/images/{public_id}"]["get"]
     assert "302" in doc["paths"]["/v1/images/{image_id}/content"]["get"]["responses"]
     files = doc["paths"]["/v1/files/{key}"]
     assert "security" not in files["get"] and "security" not in files["put"]

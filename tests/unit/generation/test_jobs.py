@@ -4,14 +4,16 @@ queue with leases, cancel, replay and prompt redaction."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from services.common.errors import DomainError
 from services.generation import jobs
-from services.generation.models import Job, WebhookDelivery
+from services.generation.models import Job, SubmitLock, WebhookDelivery
 from services.generation.settings import GenerationSettings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -71,6 +73,8 @@ def test_the_active_job_cap_refuses_with_429(db, settings):
     assert (error.code, error.status, error.details["limit"]) == ("rate_limited", 429, 2)
     assert error.details["retry_after"] == settings.queue_retry_after_seconds
     submit(db, settings, uuid.uuid4(), events)  # another user is not affected
+    # the submit lock lives only inside a submit's transaction, refused or not
+    assert db.scalar(select(func.count()).select_from(SubmitLock)) == 0
 
 
 def test_an_idempotency_key_returns_the_first_job_or_409_for_another_body(db, settings):
@@ -201,3 +205,127 @@ def test_a_pages_queue_positions_match_each_jobs_own(db, settings):
     rows = [db.get(Job, job.id) for job in page]
     assert jobs.queue_positions(db, rows) == {row.id: jobs.queue_position(db, row) for row in rows}
     assert sorted(p for p in jobs.queue_positions(db, rows).values() if p) == [1, 2, 3, 4, 4]
+
+
+def test_a_job_rejected_at_submit_sends_no_webhook_and_a_cancelled_one_does(db, settings):
+    user, events = uuid.uuid4(), Events()
+    hooked = {**REQUEST, "webhook_url": "https://hooks.example.com/x"}
+    rejected = submit(db, settings, user, events, request=hooked)
+    assert jobs.credits_insufficient(db, settings, {"job_id": rejected.id, "attempt": 1,
+                                                    "required": 4, "available": 1}, NOW, events)
+    cancelled = submit(db, settings, user, events, request=hooked)
+    jobs.cancel(db, settings, user, cancelled.id, NOW, events)
+    db.commit()
+    assert db.get(Job, rejected.id).status == "rejected"
+    [delivery] = db.query(WebhookDelivery).all()
+    assert (delivery.job_id, delivery.job_status) == (cancelled.id, "cancelled")
+    assert delivery.receiver == "https://hooks.example.com:443"
+
+
+def test_a_stored_error_is_shown_and_sent_without_signed_urls_or_internal_hosts(db, settings):
+    """A row failed with a raw message (written before errors were cleaned,
+    or by any writer): its view and its webhook body are cleaned anyway."""
+    user, events = uuid.uuid4(), Events()
+    job = submit(db, settings, user, events,
+                 request={**REQUEST, "webhook_url": "https://hooks.example.com/x"})
+    reserve(db, settings, job, events)
+    running = jobs.claim_next(db, settings, NOW)
+    raw = ("cannot upload an output: 403 Client Error: Forbidden for url: http://minio:9000/"
+           "darkroom/objects/o?X-Amz-Credential=AKIAIOSFODNN7EXAMPLE&X-Amz-Signature=" + "ab" * 32)
+    assert jobs.fail(db, settings, job.id, running.lease_token, "storage_unavailable", raw, None,
+                     NOW, events)
+    db.commit()
+    row = db.get(Job, job.id)
+    expected = "cannot upload an output: 403 Client Error: Forbidden for url: http://[internal]"
+    assert jobs.view(row)["error"] == {"code": "storage_unavailable", "message": expected}
+    [delivery] = db.query(WebhookDelivery).all()
+    assert json.loads(delivery.body)["job"]["error"]["message"] == expected
+    assert "AKIA" not in delivery.body and "minio" not in delivery.body
+
+
+# ------------------------------------------------------------------ holds that expire
+
+
+def reserve_until(db, settings, job, events, expires_at, now=NOW) -> bool:
+    ok = jobs.credits_reserved(db, settings, {"job_id": job.id, "attempt": job.attempt,
+                                              "priority": 0, "hold_expires_at": expires_at},
+                               now, events)
+    db.commit()
+    return ok
+
+
+def released(db, settings, job, events, reason="expired", now=NOW, attempt=None) -> bool:
+    ok = jobs.credits_released(db, settings, {
+        "job_id": job.id, "user_id": job.user_id, "attempt": attempt or job.attempt,
+        "amount": 3, "reason": reason}, now, events)
+    db.commit()
+    return ok
+
+
+def assert_hold_expired(db, job_id, events):
+    job = db.get(Job, job_id, populate_existing=True)
+    assert (job.status, job.error_code, job.lease_token) == ("failed", "hold_expired", None)
+    view = jobs.view(job)
+    assert view["error"]["code"] == "hold_expired" and "replay" in view["error"]["message"]
+    failed = [data for kind, data in events if kind == "job_failed" and data["job_id"] == job_id]
+    assert failed and failed[-1]["reason"] == "hold_expired"
+
+
+def test_a_job_whose_hold_expired_is_not_claimed_and_fails_then_replays(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    assert reserve_until(db, settings, job, events, NOW + timedelta(hours=6))
+    later = NOW + timedelta(hours=6, seconds=1)
+    assert jobs.claim_next(db, settings, later) is None
+    assert jobs.fail_expired_holds(db, settings, NOW + timedelta(hours=5), events) == 0
+    assert jobs.fail_expired_holds(db, settings, later, events) == 1
+    db.commit()
+    assert_hold_expired(db, job.id, events)
+    assert jobs.fail_expired_holds(db, settings, later, events) == 0
+    # the replay holds the price again and runs
+    replayed = jobs.replay(db, job.id, later, events)
+    db.commit()
+    assert (replayed.status, replayed.attempt, replayed.hold_expires_at) == ("queued", 2, None)
+    assert events[-1][0] == "job_requested" and events[-1][1]["attempt"] == 2
+    reserve_until(db, settings, replayed, events, later + timedelta(hours=6), now=later)
+    assert jobs.claim_next(db, settings, later).id == job.id
+
+
+def test_a_hold_released_as_expired_fails_a_waiting_queued_or_running_job(db, settings):
+    events = Events()
+    queued = submit(db, settings, uuid.uuid4(), events)
+    waiting = submit(db, settings, uuid.uuid4(), events)
+    running = submit(db, settings, uuid.uuid4(), events)
+    reserve(db, settings, waiting, events, priority=0)
+    reserve(db, settings, running, events, priority=5)
+    leased = jobs.claim_next(db, settings, NOW)
+    db.commit()
+    assert leased.id == running.id
+    # releases for failures and cancellations are this service's own: nothing changes
+    assert not released(db, settings, waiting, events, reason="failed")
+    assert db.get(Job, waiting.id).status == "reserved"
+    for job in (queued, waiting, running):
+        assert released(db, settings, job, events)
+        assert_hold_expired(db, job.id, events)
+    assert not released(db, settings, waiting, events)  # a duplicate changes nothing
+    # the running job's worker finishes: refused, nothing delivered
+    assert not jobs.succeed(db, settings, running.id, leased.lease_token, [uuid.uuid4()],
+                            "local", NOW, events)
+    assert "job_succeeded" not in events.types()
+    # the queued job's reservation arrives late: it does not run
+    assert not reserve(db, settings, queued, events)
+    assert jobs.claim_next(db, settings, NOW) is None
+
+
+def test_a_job_finishing_after_its_hold_expired_is_not_delivered(db, settings):
+    events = Events()
+    job = submit(db, settings, uuid.uuid4(), events)
+    reserve_until(db, settings, job, events, NOW + timedelta(hours=6))
+    leased = jobs.claim_next(db, settings, NOW)
+    db.commit()
+    assert not jobs.succeed(db, settings, job.id, leased.lease_token, [uuid.uuid4()], "local",
+                            NOW + timedelta(hours=6), events)
+    db.commit()
+    assert_hold_expired(db, job.id, events)
+    assert "job_succeeded" not in events.types()
+    assert db.get(Job, job.id).output_ids == []

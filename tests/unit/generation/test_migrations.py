@@ -25,3 +25,30 @@ def test_migration_creates_exactly_the_models_tables_on_sqlite(tmp_path):
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     finally:
         engine.dispose()
+
+
+def test_pending_deliveries_get_their_receiver(tmp_path):
+    import uuid
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'generation.db'}"
+    config = alembic_config(MIGRATIONS, url)
+    command.upgrade(config, "0002")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for status, target in (("pending", "https://Hooks.Example.com/x"),
+                                   ("delivered", "https://done.example.com/x")):
+                conn.execute(text(
+                    "INSERT INTO webhook_deliveries (id, job_id, user_id, attempt, job_status, "
+                    "url, body, status, tries, next_attempt_at, created_at) VALUES (:id, :id, "
+                    ":id, 1, 'succeeded', :url, '{}', :status, 0, '2026-01-01 00:00:00.000000', "
+                    "'2026-01-01 00:00:00.000000')"),
+                    {"id": uuid.uuid4().hex, "url": target, "status": status})
+        command.upgrade(config, "0003")
+        with engine.connect() as conn:
+            rows = dict(conn.execute(text("SELECT status, receiver FROM webhook_deliveries")).all())
+        assert rows == {"pending": "https://hooks.example.com:443", "delivered": None}
+    finally:
+        engine.dispose()

@@ -11,7 +11,7 @@ import pytest
 
 from services.common.errors import DomainError
 from services.generation import privacy as privacy_data
-from services.generation.models import Job, RestrictedUser, WebhookDelivery
+from services.generation.models import ErasurePending, Job, RestrictedUser, WebhookDelivery
 from services.generation.settings import GenerationSettings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -65,17 +65,58 @@ def test_erasure_waits_for_running_jobs_then_deletes_everything(db):
     privacy_data.apply_restriction(db, user, True, NOW)
     db.commit()
     with pytest.raises(privacy_data.JobsRunning):
-        privacy_data.erase(db, user)
+        privacy_data.erase(db, user, NOW)
     db.rollback()
     db.get(Job, running.id).status = "failed"
     db.commit()
-    assert privacy_data.erase(db, user) == {"webhook_deliveries": 2, "jobs": 2,
-                                            "restricted_users": 1}
+    assert privacy_data.erase(db, user, NOW) == {"webhook_deliveries": 2, "jobs": 2,
+                                                 "restricted_users": 1}
     db.commit()
     assert db.query(Job).filter(Job.user_id == user).count() == 0
     assert db.get(RestrictedUser, user) is None
     assert db.query(Job).filter(Job.user_id == other).count() == 1
-    assert set(privacy_data.erase(db, user).values()) == {0}
+    assert set(privacy_data.erase(db, user, NOW).values()) == {0}
+
+
+def refused_submit(db, user) -> DomainError:
+    with pytest.raises(DomainError) as info:
+        privacy_data.check_no_erasure_pending(db, user)
+    return info.value
+
+
+def test_no_job_while_an_erasure_is_pending_and_again_once_it_is_cancelled(db):
+    user = uuid.uuid4()
+    privacy_data.check_no_erasure_pending(db, user)  # no record: nothing pending
+    assert privacy_data.apply_erasure_pending(db, user, True, NOW)
+    db.commit()
+    error = refused_submit(db, user)
+    assert (error.status, error.code) == (403, "erasure_pending")
+    # a late, older cancellation changes nothing; a newer one allows jobs again
+    assert privacy_data.apply_erasure_pending(db, user, False, NOW - timedelta(seconds=1)) is False
+    assert privacy_data.apply_erasure_pending(db, user, False, NOW + timedelta(seconds=1))
+    db.commit()
+    privacy_data.check_no_erasure_pending(db, user)
+
+
+def test_a_job_submitted_while_the_erasure_runs_is_erased_by_the_recheck(db):
+    user = uuid.uuid4()
+    add_job(db, user)
+    # the erasure's first pass refuses new jobs from now on, even if the
+    # erasure_scheduled event has not arrived (or arrives later)
+    assert privacy_data.erase(db, user, NOW)["jobs"] == 1
+    db.commit()
+    assert refused_submit(db, user).code == "erasure_pending"
+    assert privacy_data.apply_erasure_pending(db, user, True, NOW - timedelta(hours=1)) is False
+    # a submit that passed its check just before the first pass committed
+    add_job(db, user, status="queued")
+    tables = privacy_data.erase(db, user, NOW, recheck=True)
+    db.commit()
+    assert tables == {"webhook_deliveries": 1, "jobs": 1, "restricted_users": 0,
+                      "erasure_pending": 1}
+    assert db.query(Job).filter(Job.user_id == user).count() == 0
+    # nothing of the user is left (counted in the database: the bulk delete
+    # leaves the session's copy of the row in its identity map)
+    assert db.query(ErasurePending).filter(ErasurePending.user_id == user).count() == 0
 
 
 def test_the_schedule_says_what_happens_to_prompts():

@@ -3,10 +3,15 @@ real HTTP is in tests/integration/test_generation_providers.py)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
+import time
+from datetime import UTC, datetime
 
 import pytest
+import standardwebhooks
 
 from services.generation.webhooks import (
     BACKOFF_SCHEDULE_S,
@@ -16,40 +21,76 @@ from services.generation.webhooks import (
     encode_body,
     is_public_address,
     next_delay,
+    receiver_of,
+    secret_key,
     sign,
     verify,
 )
 
-SECRET = "whsec_test"
+KEY = bytes(range(32))
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
 BODY = encode_body({"job_id": "j", "status": "succeeded"})
 
 
-# ------------------------------------------------------------------ signatures
+# ------------------------------------------------------------------ signatures (Standard Webhooks)
 
 
-def test_the_signature_is_an_hmac_of_timestamp_dot_body():
-    header = sign(SECRET, BODY, timestamp=1700000000)
-    expected = hmac.new(SECRET.encode(), b"1700000000." + BODY, hashlib.sha256).hexdigest()
-    assert header == f"t=1700000000,v1={expected}"
+def test_the_signature_is_a_base64_hmac_of_id_timestamp_and_body_with_the_decoded_key():
+    headers = sign(SECRET, "msg_1", BODY, timestamp=1700000000)
+    expected = hmac.new(KEY, b"msg_1.1700000000." + BODY, hashlib.sha256).digest()
+    assert headers == {"webhook-id": "msg_1", "webhook-timestamp": "1700000000",
+                       "webhook-signature": "v1," + base64.b64encode(expected).decode()}
+
+
+def test_the_standardwebhooks_library_verifies_our_signature():
+    now = int(time.time())
+    headers = sign(SECRET, "d-42", BODY, timestamp=now)
+    assert standardwebhooks.Webhook(SECRET).verify(BODY, headers) == json.loads(BODY)
+    other = "whsec_" + base64.b64encode(b"x" * 32).decode()
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(other).verify(BODY, headers)
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(SECRET).verify(BODY + b" ", headers)
+    # and our verify accepts what the library signs
+    signed = standardwebhooks.Webhook(SECRET).sign(
+        "d-42", datetime.fromtimestamp(now, UTC), BODY.decode())
+    assert verify(SECRET, {"Webhook-Id": "d-42", "Webhook-Timestamp": str(now),
+                           "Webhook-Signature": signed}, BODY)
+
+
+def test_secrets_made_in_the_url_safe_alphabet_give_the_same_key():
+    urlsafe = "whsec_" + base64.urlsafe_b64encode(b"\xfb\xff" * 16).decode().rstrip("=")
+    standard = "whsec_" + base64.b64encode(b"\xfb\xff" * 16).decode()
+    assert "-" in urlsafe or "_" in urlsafe[6:]
+    assert secret_key(urlsafe) == secret_key(standard) == b"\xfb\xff" * 16
+    for broken in ("whsec_", "whsec_***", ""):
+        with pytest.raises(ValueError):
+            secret_key(broken)
 
 
 def test_a_receiver_verifies_it_within_the_tolerance():
-    header = sign(SECRET, BODY, timestamp=1700000000)
-    assert verify(SECRET, header, BODY, now=1700000100)
-    assert not verify(SECRET, header, BODY, now=1700000000 + 301)  # too old: replayed
-    assert not verify(SECRET, header, BODY + b" ", now=1700000000)  # body changed
-    assert not verify("another secret", header, BODY, now=1700000000)
-    assert not verify(SECRET, header.replace("t=1700000000", "t=1700000001"), BODY,
+    headers = sign(SECRET, "msg_1", BODY, timestamp=1700000000)
+    assert verify(SECRET, headers, BODY, now=1700000100)
+    assert not verify(SECRET, headers, BODY, now=1700000000 + 301)  # too old: replayed
+    assert not verify(SECRET, headers, BODY + b" ", now=1700000000)  # body changed
+    other = "whsec_" + base64.b64encode(b"y" * 32).decode()
+    assert not verify(other, headers, BODY, now=1700000000)
+    assert not verify(SECRET, {**headers, "webhook-timestamp": "1700000001"}, BODY,
                       now=1700000000)  # timestamp changed
-    for broken in (None, "", "v1=abc", "t=1700000000", "t=soon,v1=abc"):
+    assert not verify(SECRET, {**headers, "webhook-id": "msg_2"}, BODY,
+                      now=1700000000)  # another message's signature
+    for broken in ({}, {**headers, "webhook-signature": ""},
+                   {**headers, "webhook-timestamp": "soon"},
+                   {**headers, "webhook-signature": headers["webhook-signature"][3:]}):
         assert not verify(SECRET, broken, BODY, now=1700000000)
 
 
 def test_any_of_several_signatures_may_match_while_rotating():
-    old = sign("old", BODY, 1700000000).split(",")[1]
-    header = sign(SECRET, BODY, 1700000000) + "," + old
-    assert verify("old", header, BODY, now=1700000000)
-    assert verify(SECRET, header, BODY, now=1700000000)
+    old = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    both = {**sign(SECRET, "m", BODY, 1700000000)}
+    both["webhook-signature"] += " " + sign(old, "m", BODY, 1700000000)["webhook-signature"]
+    assert verify(old, both, BODY, now=1700000000)
+    assert verify(SECRET, both, BODY, now=1700000000)
 
 
 def test_the_body_is_compact_sorted_json():
@@ -148,6 +189,17 @@ def test_the_allow_list_may_be_a_comma_separated_string():
 
 
 # ------------------------------------------------------------------ retries
+
+
+@pytest.mark.parametrize("url, receiver", [
+    ("https://Hooks.Example.com/a?b=c", "https://hooks.example.com:443"),
+    ("http://hooks.example.com./x", "http://hooks.example.com:80"),
+    ("https://hooks.example.com:8443/x", "https://hooks.example.com:8443"),
+    ("http://[2001:db8::1]:81/x", "http://2001:db8::1:81"),
+    ("not a url", None), ("http://:80/x", None),
+])
+def test_the_receiver_of_a_url_is_its_origin(url, receiver):
+    assert receiver_of(url) == receiver
 
 
 def test_the_backoff_schedule_grows_then_gives_up():

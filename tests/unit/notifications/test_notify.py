@@ -11,11 +11,18 @@ from sqlalchemy.orm import Session
 
 from services.common.db import make_engine
 from services.common.migrations import upgrade
+from services.common.sealed import Sealer
 from services.notifications import notify
 from services.notifications.models import Notification
 from services.notifications.service import MIGRATIONS
 
 SETTINGS = {"APP_BASE_URL": "http://app.example", "FROM": "Darkroom <no-reply@darkroom.local>"}
+SEALER = Sealer("unit-test-mail-secrets-key")
+
+
+def deliver(*args, **kwargs):
+    """notify.deliver with the key that opens the codes these events carry sealed."""
+    return notify.deliver(*args, sealer=SEALER, **kwargs)
 
 
 class FakeMailer:
@@ -41,7 +48,7 @@ def session(tmp_path):
 
 def verification_event(user_id=None, **fields) -> dict:
     return {"event_id": uuid.uuid4(), "user_id": user_id or uuid.uuid4(), "email": "ada@example.com",
-            "code": "123456", "purpose": "registration",
+            "sealed_code": SEALER.seal("123456"), "purpose": "registration",
             "expires_at": datetime(2026, 1, 1, tzinfo=UTC), **fields}
 
 
@@ -52,7 +59,7 @@ def count(session) -> int:
 def test_delivers_and_records(session):
     mailer = FakeMailer()
     event = verification_event()
-    note = notify.deliver(session, mailer, SETTINGS, "email_verification", event)
+    note = deliver(session, mailer, SETTINGS, "email_verification", event)
     [message] = mailer.sent
     assert message["To"] == "ada@example.com"
     assert message["X-Darkroom-Event-Id"] == str(event["event_id"])
@@ -68,27 +75,27 @@ def test_delivers_and_records(session):
 def test_the_same_event_twice_sends_one_mail(session):
     mailer = FakeMailer()
     event = verification_event()
-    assert notify.deliver(session, mailer, SETTINGS, "email_verification", event) is not None
-    assert notify.deliver(session, mailer, SETTINGS, "email_verification", dict(event)) is None
+    assert deliver(session, mailer, SETTINGS, "email_verification", event) is not None
+    assert deliver(session, mailer, SETTINGS, "email_verification", dict(event)) is None
     assert len(mailer.sent) == 1 and count(session) == 1
 
 
 def test_a_delivery_failure_raises_and_records_nothing(session):
     event = verification_event()
     with pytest.raises(ConnectionRefusedError):
-        notify.deliver(session, FakeMailer(fail=ConnectionRefusedError()), SETTINGS,
+        deliver(session, FakeMailer(fail=ConnectionRefusedError()), SETTINGS,
                        "email_verification", event)
     session.rollback()
     assert count(session) == 0
     # the retry, once the mail server is back, sends it
     mailer = FakeMailer()
-    assert notify.deliver(session, mailer, SETTINGS, "email_verification", event) is not None
+    assert deliver(session, mailer, SETTINGS, "email_verification", event) is not None
     assert len(mailer.sent) == 1
 
 
 def test_unknown_template_is_refused(session):
     with pytest.raises(ValueError):
-        notify.deliver(session, FakeMailer(), SETTINGS, "marketing", verification_event())
+        deliver(session, FakeMailer(), SETTINGS, "marketing", verification_event())
 
 
 def test_export_and_erase_one_users_mails(session):
@@ -96,7 +103,7 @@ def test_export_and_erase_one_users_mails(session):
     mailer = FakeMailer()
     first = verification_event(ada)
     for event in (first, verification_event(ada), verification_event(bob)):
-        notify.deliver(session, mailer, SETTINGS, "email_verification", event)
+        deliver(session, mailer, SETTINGS, "email_verification", event)
     exported = notify.export_user(session, ada)
     assert len(exported) == 2
     assert set(exported[0]) == {"id", "template", "recipient", "subject", "sent_at"}
@@ -107,5 +114,5 @@ def test_export_and_erase_one_users_mails(session):
     assert notify.export_user(session, ada) == []
     assert len(notify.export_user(session, bob)) == 1
     # a redelivered old event does not mail the erased user again
-    assert notify.deliver(session, mailer, SETTINGS, "email_verification", first) is None
+    assert deliver(session, mailer, SETTINGS, "email_verification", first) is None
     assert len(mailer.sent) == 3

@@ -1,17 +1,33 @@
 """Notifications' part of privacy: marketing mail only to accounts that
-opted in and are not restricted (each campaign once), the export-ready mail,
-the mails recorded in an export and an erasure."""
+opted in and are not restricted (each campaign once), the export-ready and
+erasure-scheduled mails, the mails recorded in an export and an erasure, and
+nothing written for an erased account."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from services.common.errors import NonRetryable
+from services.common.sealed import Sealer
 from services.notifications import notify
 from services.notifications import privacy as privacy_data
-from services.notifications.models import MarketingPreference, Notification
+from services.notifications.models import (
+    ErasedAccount,
+    MarketingPreference,
+    Notification,
+    processed_events,
+)
 from services.notifications.render import render
-from tests.unit.notifications.test_notify import SETTINGS, FakeMailer, session  # noqa: F401
+from tests.unit.notifications.test_notify import (  # noqa: F401
+    SEALER,
+    SETTINGS,
+    FakeMailer,
+    deliver,
+    session,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -73,3 +89,64 @@ def test_export_and_erasure_of_a_users_mails_and_preference(session):  # noqa: F
     assert session.query(Notification).filter(Notification.user_id == ada).count() == 0
     assert session.get(MarketingPreference, bob) is not None
     assert privacy_data.export(session, ada)["mails"] == []
+
+
+def erasure_scheduled(request_id, token: str, sealer: Sealer = SEALER) -> dict:
+    """As privacy publishes it: the cancel token sealed."""
+    return {"event_id": uuid.uuid4(), "user_id": uuid.uuid4(), "request_id": request_id,
+            "starts_at": NOW + timedelta(hours=72), "sealed_cancel_token": sealer.seal(token)}
+
+
+def test_the_erasure_scheduled_mail_carries_the_cancel_link(session):  # noqa: F811
+    request_id, token = uuid.uuid4(), "tok-en_" + "x" * 36
+    mailer = FakeMailer()
+    event = erasure_scheduled(request_id, token)
+    assert token not in str(event)
+    note = deliver(session, mailer, SETTINGS, "erasure_scheduled", event,
+                   find_recipient=lambda e: "ada@example.com")
+    assert note is not None and note.template == "erasure_scheduled"
+    body = mailer.sent[0].get_body(("plain",)).get_content()
+    assert f"http://app.example/privacy/requests/{request_id}/cancel?token={token}" in body
+    assert "2026-11-25 12:00 UTC" in mailer.sent[0]["Subject"]
+    assert token not in note.subject  # the record keeps no token
+
+
+def test_a_cancel_token_sealed_under_another_key_is_dead_lettered_at_once(session):  # noqa: F811
+    token = "tok-en_" + "y" * 36
+    event = erasure_scheduled(uuid.uuid4(), token, Sealer("not privacy's key"))
+    mailer = FakeMailer()
+    with pytest.raises(NonRetryable) as info:
+        deliver(session, mailer, SETTINGS, "erasure_scheduled", event,
+                find_recipient=lambda e: "ada@example.com")
+    assert token not in str(info.value) and mailer.sent == []
+
+
+def test_nothing_is_written_for_an_erased_account(session):  # noqa: F811
+    ada = uuid.uuid4()
+    mailer = FakeMailer()
+    privacy_data.consent_changed(session, ada, True, NOW)
+    session.commit()
+    assert privacy_data.erase(session, ada) == {"notifications": 0, "marketing_preferences": 1}
+    session.commit()
+    # late events of the erased account: a receipt, a sign-in warning (it carries the
+    # address), a consent and a restriction change
+    receipt = {"event_id": uuid.uuid4(), "user_id": ada, "request_id": uuid.uuid4(),
+               "expires_at": None}
+    assert notify.deliver(session, mailer, SETTINGS, "export_ready", receipt,
+                          find_recipient=lambda e: "ada@example.com") is None
+    warning = {"event_id": uuid.uuid4(), "user_id": ada, "email": "ada@example.com",
+               "network": "10.0.0.0/24", "user_agent": None, "login_at": NOW}
+    assert notify.deliver(session, mailer, SETTINGS, "suspicious_login", warning) is None
+    assert privacy_data.consent_changed(session, ada, True, NOW + timedelta(minutes=1)) is False
+    assert privacy_data.restriction_changed(session, ada, True, NOW + timedelta(minutes=1)) is False
+    session.commit()
+    assert mailer.sent == []
+    assert session.query(Notification).count() == 0
+    assert session.query(MarketingPreference).count() == 0
+    assert session.query(processed_events).count() == 0
+    # the digest says nothing about the person
+    (erased,) = session.query(ErasedAccount).all()
+    assert str(ada) not in erased.subject
+    # other accounts are mailed as before
+    assert notify.deliver(session, mailer, SETTINGS, "suspicious_login",
+                          {**warning, "event_id": uuid.uuid4(), "user_id": uuid.uuid4()})

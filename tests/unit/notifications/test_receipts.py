@@ -214,7 +214,8 @@ def test_an_unknown_user_has_no_address_but_other_errors_raise():
 def test_the_billing_handlers_mail_through_notify(monkeypatch):
     delivered = []
     monkeypatch.setattr(notify, "deliver",
-                        lambda db, mailer, settings, template, event, find_recipient=None:
+                        lambda db, mailer, settings, template, event, find_recipient=None,
+                        sealer=None:
                         delivered.append((template, event, find_recipient)))
     auth = FakeAuth()
     service = worker_factory(NotificationsService, auth=auth, config={"MAIL": SETTINGS})

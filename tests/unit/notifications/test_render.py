@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 import pytest
 from jinja2 import UndefinedError
 
+from services.common.errors import NonRetryable
+from services.common.sealed import Sealer
 from services.notifications.notify import template_context
 from services.notifications.render import build_message, format_utc, render, reset_url
 
@@ -18,13 +20,43 @@ SETTINGS = {"APP_BASE_URL": "https://app.example/", "FROM": "Darkroom <no-reply@
 EXPIRES = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
+SEALER = Sealer("unit-test-mail-secrets-key")
+
+
 def event(**fields) -> dict:
+    """The event as auth publishes it: a ``code`` or ``token`` given here travels sealed."""
+    for plain, sealed in (("code", "sealed_code"), ("token", "sealed_token")):
+        if plain in fields:
+            fields[sealed] = SEALER.seal(fields.pop(plain))
     return {"event_id": uuid.uuid4(), "user_id": uuid.uuid4(), "email": "ada@example.com",
             "expires_at": EXPIRES, **fields}
 
 
 def rendered(template: str, **fields):
-    return render(template, template_context(template, event(**fields), SETTINGS))
+    return render(template, template_context(template, event(**fields), SETTINGS, SEALER))
+
+
+@pytest.mark.parametrize("template, field", [("email_verification", "code"),
+                                             ("password_reset", "token")])
+def test_a_secret_sealed_under_another_key_is_dead_lettered_at_once(template, field):
+    sealed = event(**{field: "123456"})
+    with pytest.raises(NonRetryable) as info:
+        template_context(template, sealed, SETTINGS, Sealer("not auth's key"))
+    assert "123456" not in str(info.value)
+
+
+def test_password_changed_mail_says_what_was_revoked():
+    mail = rendered("password_changed", changed_at=EXPIRES, sessions=2, api_keys=3)
+    assert mail.subject == "Your Darkroom password was changed"
+    assert "2026-03-04 05:06 UTC" in mail.text and "(2 sessions," in mail.text
+    assert "3 API keys" in mail.text and "https://app.example" in mail.text
+
+
+def test_signup_attempted_mail_tells_the_owner_and_how_to_take_the_account_back():
+    mail = rendered("signup_attempted", attempted_at=EXPIRES)
+    assert mail.subject == "Someone tried to sign up to Darkroom with your address"
+    assert "ada@example.com at 2026-03-04 05:06 UTC" in mail.text
+    assert "resetting its password makes it yours" in " ".join(mail.text.split())
 
 
 def first_code(text: str) -> str:

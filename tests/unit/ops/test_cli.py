@@ -99,16 +99,19 @@ def test_grant_admin_prints_the_otpauth_uri(run, monkeypatch):
     def fake_set_admin(config, email, is_admin):
         calls.append((email, is_admin))
         return {"user_id": "u-1", "is_admin": is_admin,
-                "otpauth_uri": "otpauth://totp/Darkroom:ada?secret=X" if is_admin else None}
+                "otpauth_uri": "otpauth://totp/Darkroom:ada?secret=X" if is_admin else None,
+                "api_keys_revoked": 2 if is_admin else 0}
 
     monkeypatch.setattr(cli_module.user_ops, "set_admin", fake_set_admin)
     result = run("users", "grant-admin", "ada@example.com")
     assert result.exit_code == 0
     assert "ada@example.com is now an administrator (user u-1)" in result.output
     assert "otpauth://totp/Darkroom:ada?secret=X" in result.output
+    assert "2 API key(s) revoked" in result.output
     result = run("users", "revoke-admin", "ada@example.com")
     assert result.exit_code == 0
     assert "no longer an administrator" in result.output and "otpauth" not in result.output
+    assert "revoked" not in result.output
     assert calls == [("ada@example.com", True), ("ada@example.com", False)]
 
 

@@ -79,8 +79,17 @@ def test_describe_a_dead_letter():
         "content_type": "application/json",
         "body": {"key": "k1"},
         "traceback": "Traceback ...",
+        "expires_at": None,  # no TTL known
     }
 
+
+def test_a_dead_letter_expires_ttl_after_it_entered_its_queue():
+    ttl = 14 * 86_400_000
+    assert describe("dlq.q", message("{}"), ttl).expires_at == "2026-01-15T00:00:00Z"
+    restamped = {**DEAD, "x-darkroom-restamped-at": "2026-03-01T12:00:00Z"}
+    assert describe("dlq.q", message("{}", headers=restamped), ttl).expires_at == (
+        "2026-03-15T12:00:00Z")
+    assert describe("dlq.q", message("{}", headers={}), ttl).expires_at is None  # dlq.broker
 
 @pytest.mark.parametrize("body, content_type, expected", [
     (b'{"key": "k1"}', "application/json", {"key": "k1"}),

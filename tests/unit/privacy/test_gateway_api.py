@@ -1,6 +1,6 @@
 """The gateway's privacy endpoints against a fake privacy service: status
-codes, shapes, who may see what, the credential forgotten after an erasure
-request, and /v1/me's policy status."""
+codes, shapes, who may see what, the credential type passed along for an
+erasure, the cancel link, and /v1/me's policy status."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.app import create_app
 from gateway.rpc import ServiceUnavailable
 from services.common.errors import DomainError, not_found
 from tests.unit.gateway.conftest import (
+    API_KEY,
     BASE_CONFIG,
     BEARER,
     NOW,
@@ -41,7 +42,7 @@ class FakePrivacy(FakeRpcService):
     def _ping(self):
         return {"service": "privacy", "ok": True}
 
-    def _create_request(self, user_id, payload):
+    def _create_request(self, user_id, payload, credential_type=None):
         return request_view(payload["type"])
 
     def _list_requests(self, user_id, query):
@@ -52,8 +53,11 @@ class FakePrivacy(FakeRpcService):
             raise not_found("request")
         return request_view(status="completed", download_url="https://files/signed")
 
-    def _cancel_request(self, user_id, request_id):
+    def _cancel_request(self, user_id, request_id, credential_type=None):
         raise DomainError("not_cancellable", "only an erasure that has not started", 409)
+
+    def _cancel_with_token(self, request_id, payload):
+        return request_view("erasure", status="cancelled")
 
     def _get_certificate(self, request_id):
         return {"request_id": request_id, "requested_at": NOW, "started_at": NOW,
@@ -112,19 +116,35 @@ def test_asking_for_an_export_is_accepted_with_its_location(client, privacy):
     assert response.headers["Cache-Control"] == "no-store"
     body = response.get_json()
     assert body["type"] == "export" and "user_id" not in body
-    assert privacy.called("create_request") == [((USER_ID, {"type": "export"}), {})]
+    assert privacy.called("create_request") == [((USER_ID, {"type": "export"}, "session"), {})]
 
 
-def test_asking_for_erasure_forgets_the_callers_credential_at_once(client, pool):
-    assert client.get("/v1/privacy/consents", headers=BEARER).status_code == 200
-    assert client.post("/v1/privacy/requests", json={"type": "erasure"},
-                       headers=BEARER).status_code == 202
-    before = len(pool.auth.called("authenticate"))
-    client.get("/v1/privacy/consents", headers=BEARER)
-    assert len(pool.auth.called("authenticate")) == before + 1  # asked auth again
+def test_an_erasure_request_passes_the_password_and_the_credential_type(client, privacy):
+    body = {"type": "erasure", "password": "correct horse battery", "totp_code": "123456"}
+    assert client.post("/v1/privacy/requests", json=body, headers=BEARER).status_code == 202
+    assert client.post("/v1/privacy/requests", json=body,
+                       headers={"X-API-Key": API_KEY}).status_code == 202
+    assert privacy.called("create_request") == [((USER_ID, body, "session"), {}),
+                                                ((USER_ID, body, "api_key"), {})]
 
 
-@pytest.mark.parametrize("body", [{}, {"type": "delete_everything"}, {"type": "export", "x": 1}])
+def test_the_cancel_link_needs_no_credential_and_no_token_needs_a_session(client, privacy):
+    token = "t" * 43
+    response = client.post(f"/v1/privacy/requests/{REQUEST_ID}/cancel", json={"token": token})
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    assert privacy.called("cancel_with_token") == [((REQUEST_ID, {"token": token}), {})]
+    assert client.post(f"/v1/privacy/requests/{REQUEST_ID}/cancel", json={}).status_code == 401
+    response = client.post(f"/v1/privacy/requests/{REQUEST_ID}/cancel", json={},
+                           headers={"X-API-Key": API_KEY})
+    assert response.status_code == 409  # the fake refuses; what matters is who was asked
+    assert privacy.called("cancel_request") == [((USER_ID, REQUEST_ID, "api_key"), {})]
+    assert client.post(f"/v1/privacy/requests/{REQUEST_ID}/cancel",
+                       json={"token": "short"}).status_code == 400
+
+
+@pytest.mark.parametrize("body", [{}, {"type": "delete_everything"}, {"type": "export", "x": 1},
+                                  {"type": "erasure", "password": ""},
+                                  {"type": "erasure", "password": "p", "totp_code": "12"}])
 def test_a_bad_request_body_is_400(client, privacy, body):
     response = client.post("/v1/privacy/requests", json=body, headers=BEARER)
     assert response.status_code == 400

@@ -17,6 +17,7 @@ from services.common import contracts
 from services.common import privacy_parts as parts
 from services.common.contracts.privacy import PART_SERVICES
 from services.common.errors import DomainError
+from services.common.sealed import Sealer, UnreadableSecret
 from services.privacy import access_logs, consent, own_data
 from services.privacy import requests as subject_requests
 from services.privacy.models import (
@@ -26,8 +27,7 @@ from services.privacy.models import (
     RequestLog,
     RequestPart,
 )
-from services.privacy.settings import PrivacySettings
-from tests.unit.privacy.conftest import NOW
+from tests.unit.privacy.conftest import NOW, cancel_token, privacy_settings
 
 OTHERS = [s for s in PART_SERVICES if s != "generation"]
 
@@ -41,15 +41,28 @@ def export_answer(request_id, service: str, data: dict | None = None) -> dict:
                                 contracts.make_event(f"{service}.export_part_ready", payload))
 
 
-def erasure_answer(request_id, service: str, **tables) -> dict:
+def erasure_answer(request_id, service: str, recheck: bool = False, **tables) -> dict:
     payload = parts.erasure_result(request_id, service, NOW, NOW + timedelta(seconds=1),
-                                   tables or {"rows": 2}, objects_deleted=1, bytes_deleted=10)
+                                   tables or {"rows": 2}, objects_deleted=1, bytes_deleted=10,
+                                   recheck=recheck)
     return contracts.load_event(f"{service}.erasure_completed",
                                 contracts.make_event(f"{service}.erasure_completed", payload))
 
 
 def create(db, settings, events, user, kind="export", now=NOW):
     request = subject_requests.create(db, settings, user, kind, now, events)
+    db.commit()
+    return request
+
+
+def begin_erasure(db, settings, events, user, now=NOW):
+    """An erasure past its grace period, credentials revoked, started."""
+    request = create(db, settings, events, user, "erasure", now)
+    later = request.starts_at
+    claimed = subject_requests.claim_revocation(db, request.id, later)
+    subject_requests.credentials_revoked(db, claimed, later)
+    assert subject_requests.tick(db, settings, later + settings.erasure_settle,
+                                 events)["started"] == 1
     db.commit()
     return request
 
@@ -124,14 +137,33 @@ def test_an_export_is_ready_to_assemble_when_every_part_answered_once(db, settin
     assert subject_requests.record_export_part(db, export_answer(uuid.uuid4(), "auth"), NOW) is None
 
 
-def test_an_erasure_starts_after_its_grace_and_erases_generation_first(db, events, user):
-    settings = PrivacySettings.from_config({"PRIVACY": {
-        "PSEUDONYM_KEY": "k", "ERASURE_GRACE_SECONDS": 60, "ERASURE_SETTLE_SECONDS": 30}})
+def test_an_erasure_waits_its_grace_then_revokes_then_settles_then_erases_generation_first(
+        db, events, user):
+    settings = privacy_settings(PSEUDONYM_KEY="k")
     request = create(db, settings, events, user, "erasure")
-    assert (request.status, request.starts_at) == ("pending", NOW + timedelta(seconds=90))
-    assert events.seen == []
-    assert subject_requests.tick(db, settings, NOW + timedelta(seconds=89), events)["started"] == 0
-    assert subject_requests.tick(db, settings, NOW + timedelta(seconds=90), events)["started"] == 1
+    # 72 hours of grace by default, the due date still 30 days from the request
+    assert (request.status, request.starts_at) == ("pending", NOW + timedelta(hours=72))
+    assert request.due_at == NOW + timedelta(days=30)
+    (scheduled,) = events.of("erasure_scheduled")
+    assert scheduled["user_id"] == str(user) and len(cancel_token(scheduled)) >= 32
+    assert request.cancel_token_hash == subject_requests.token_hash(cancel_token(scheduled))
+    assert events.of("erasure_requested") == []
+    # nothing to revoke or start before the grace is over
+    before = NOW + timedelta(hours=72) - timedelta(seconds=1)
+    assert subject_requests.grace_over(db, before) == []
+    assert subject_requests.claim_revocation(db, request.id, before) is None
+    assert subject_requests.tick(db, settings, NOW + timedelta(days=29), events)["started"] == 0
+    over = NOW + timedelta(hours=72)
+    assert subject_requests.grace_over(db, over) == [request.id]
+    subject_requests.credentials_revoked(db, subject_requests.claim_revocation(db, request.id, over),
+                                         over)
+    db.commit()
+    assert subject_requests.grace_over(db, over) == []
+    assert db.get(PrivacyRequest, request.id).cancel_token_hash is None  # the link is dead
+    settle = settings.erasure_settle
+    assert subject_requests.tick(db, settings, over + settle - timedelta(seconds=1),
+                                 events)["started"] == 0
+    assert subject_requests.tick(db, settings, over + settle, events)["started"] == 1
     db.commit()
     (first,) = events.of("erasure_requested")
     assert first["services"] == ["generation"]
@@ -144,20 +176,56 @@ def test_an_erasure_starts_after_its_grace_and_erases_generation_first(db, event
     assert events.of("erasure_requested")[1]["services"] == OTHERS
 
 
+def test_generation_is_asked_again_before_the_certificate_and_its_counts_add_up(
+        db, settings, events, user):
+    request = begin_erasure(db, settings, events, user)
+    found = subject_requests.record_erasure_part(db, erasure_answer(request.id, "generation",
+                                                                    jobs=2), NOW)
+    assert subject_requests.advance(db, settings, found, NOW, events) == "phase"
+    for service in OTHERS:
+        answer = erasure_answer(request.id, service) if service != "privacy" else {
+            **parts.erasure_result(request.id, "privacy", NOW, NOW, {"rows": 2}),
+            "started_at": NOW, "finished_at": NOW}
+        found = subject_requests.record_erasure_part(db, answer, NOW)
+        outcome = subject_requests.advance(db, settings, found, NOW, events)
+    # every part in, but no certificate yet: generation is asked once more
+    assert outcome == "phase"
+    db.commit()
+    recheck = events.of("erasure_requested")[-1]
+    assert (recheck["services"], recheck["recheck"]) == (["generation"], True)
+    assert db.get(PrivacyRequest, request.id).status == "in_progress"
+    assert refused(subject_requests.certificate, db, request.id).status == 404
+    # a late copy of generation's first answer is not taken for the second one
+    late = erasure_answer(request.id, "generation", jobs=2)
+    assert subject_requests.record_erasure_part(db, late, NOW) is None
+    # a job submitted meanwhile was erased by the recheck: its counts are added
+    again = erasure_answer(request.id, "generation", recheck=True, jobs=1)
+    found = subject_requests.record_erasure_part(db, again, NOW)
+    assert subject_requests.advance(db, settings, found, NOW, events) == "completed"
+    db.commit()
+    generation = [s for s in subject_requests.certificate(db, request.id)["services"]
+                  if s["service"] == "generation"][0]
+    assert (generation["tables"], generation["rows_deleted"]) == ({"jobs": 3}, 3)
+    assert generation["bytes_deleted"] == 20
+    assert generation["objects_deleted"] == 2
+
+
 def test_a_completed_erasure_leaves_no_user_id_behind(db, settings, events, user):
     consent.update(db, user, {"marketing_email": True}, "api", NOW)
     access_logs.store(db, settings.pseudonym_key, {
         "id": uuid.uuid4(), "user_id": user, "at": NOW, "method": "GET", "route": "/v1/me",
         "status": 200, "network": "10.0.0.0/24"})
     export = create(db, settings, events, user)
-    erasure = create(db, settings, events, user, "erasure")
-    for service in ["generation", *OTHERS]:
+    erasure = begin_erasure(db, settings, events, user)
+    outcome = None
+    for service in ["generation", *OTHERS, "generation"]:
         if service == "privacy":
             tables = own_data.erase(db, user)
             answer = {**parts.erasure_result(erasure.id, "privacy", NOW, NOW, tables),
                       "started_at": NOW, "finished_at": NOW}
         else:
-            answer = erasure_answer(erasure.id, service)
+            answer = erasure_answer(erasure.id, service, recheck=outcome == "phase"
+                                    and service == "generation" and erasure.phase == 3)
         found = subject_requests.record_erasure_part(db, answer, NOW)
         outcome = subject_requests.advance(db, settings, found, NOW, events)
     assert outcome == "completed"
@@ -171,8 +239,8 @@ def test_a_completed_erasure_leaves_no_user_id_behind(db, settings, events, user
     # the audit trail stays, without the id
     assert str(user) not in " ".join(r.detail or "" for r in db.scalars(select(RequestLog)))
     certificate = subject_requests.certificate(db, erasure.id)
-    assert certificate["totals"] == {"rows_deleted": 2 * 5 + 2, "rows_pseudonymised": 0,
-                                     "objects_deleted": 5, "bytes_deleted": 50}
+    assert certificate["totals"] == {"rows_deleted": 2 * 6 + 2, "rows_pseudonymised": 0,
+                                     "objects_deleted": 6, "bytes_deleted": 60}
     privacy = [s for s in certificate["services"] if s["service"] == "privacy"][0]
     assert privacy["tables"] == {"consent_changes": 1, "policy_acceptances": 0, "restrictions": 0,
                                  "access_logs": 1}
@@ -192,21 +260,69 @@ def test_the_certificate_exists_only_for_a_completed_erasure(db, settings, event
 
 
 def test_only_an_erasure_in_its_grace_period_can_be_cancelled(db, events, user):
-    settings = PrivacySettings.from_config({"PRIVACY": {
-        "PSEUDONYM_KEY": "k", "ERASURE_GRACE_SECONDS": 3600}})
+    settings = privacy_settings(PSEUDONYM_KEY="k", ERASURE_GRACE_HOURS=1)
     erasure = create(db, settings, events, user, "erasure")
-    assert refused(subject_requests.cancel, db, uuid.uuid4(), erasure.id, NOW).status == 404
-    cancelled = subject_requests.cancel(db, user, erasure.id, NOW)
+    assert refused(subject_requests.cancel, db, uuid.uuid4(), erasure.id, NOW,
+                   events).status == 404
+    error = refused(subject_requests.cancel, db, user, erasure.id, NOW, events, "api_key")
+    assert (error.status, error.code) == (403, "session_required")
+    cancelled = subject_requests.cancel(db, user, erasure.id, NOW, events, "session")
     db.commit()
     assert (cancelled.status, cancelled.open_type) == ("cancelled", None)
+    (event,) = events.of("erasure_cancelled")
+    assert (event["request_id"], event["user_id"]) == (str(erasure.id), str(user))
+    assert subject_requests.grace_over(db, NOW + timedelta(days=1)) == []
     assert subject_requests.tick(db, settings, NOW + timedelta(days=1), events)["started"] == 0
-    assert events.seen == []
+    assert events.of("erasure_requested") == []
     export = create(db, settings, events, user)
-    error = refused(subject_requests.cancel, db, user, export.id, NOW)
+    error = refused(subject_requests.cancel, db, user, export.id, NOW, events)
     assert (error.status, error.code) == (409, "not_cancellable")
-    started = create(db, settings, events, user, "erasure", NOW)
-    subject_requests.tick(db, settings, NOW + timedelta(hours=2), events)
-    assert refused(subject_requests.cancel, db, user, started.id, NOW).code == "not_cancellable"
+    # once the grace is over (credentials revoked) it is too late
+    started = begin_erasure(db, settings, events, user)
+    assert refused(subject_requests.cancel, db, user, started.id, NOW,
+                   events).code == "not_cancellable"
+
+
+def test_the_mailed_link_cancels_once_without_signing_in(db, settings, events, user):
+    erasure = create(db, settings, events, user, "erasure")
+    token = cancel_token(events.of("erasure_scheduled")[0])
+    for request_id, wrong in ((erasure.id, token[:-1] + ("A" if token[-1] != "A" else "B")),
+                              (erasure.id, ""), (uuid.uuid4(), token), ("not-an-id", token)):
+        error = refused(subject_requests.cancel_with_token, db, request_id, wrong, NOW, events)
+        assert (error.status, error.code) == (400, "invalid_token")
+    cancelled = subject_requests.cancel_with_token(db, erasure.id, token, NOW, events)
+    db.commit()
+    assert cancelled.status == "cancelled" and len(events.of("erasure_cancelled")) == 1
+    # single use
+    assert refused(subject_requests.cancel_with_token, db, erasure.id, token, NOW,
+                   events).code == "invalid_token"
+    # and dead once the grace period is over
+    other = begin_erasure(db, settings, events, user)
+    token = cancel_token(events.of("erasure_scheduled")[-1])
+    assert refused(subject_requests.cancel_with_token, db, other.id, token, NOW,
+                   events).code == "invalid_token"
+    assert db.get(PrivacyRequest, other.id).status == "in_progress"
+
+
+def test_the_scheduled_event_carries_the_cancel_token_only_sealed(db, settings, events, user):
+    erasure = create(db, settings, events, user, "erasure")
+    (event,) = events.of("erasure_scheduled")
+    token = cancel_token(event)  # opens with MAIL_SECRETS_KEY...
+    assert "cancel_token" not in event
+    assert token not in json.dumps(event)  # ...and is nowhere in clear
+    with pytest.raises(UnreadableSecret):  # nor opens under another key
+        Sealer("not-the-mail-secrets-key").open(event["sealed_cancel_token"])
+    assert subject_requests.cancel_with_token(db, erasure.id, token, NOW,
+                                              events).status == "cancelled"
+
+
+def test_an_erasure_needs_a_session_and_the_password(db, settings, events, user):
+    error = refused(subject_requests.check_erasure_caller, "api_key", "pw")
+    assert (error.status, error.code) == (403, "session_required")
+    for password in (None, ""):
+        error = refused(subject_requests.check_erasure_caller, "session", password)
+        assert (error.status, error.code) == (401, "reauthentication_required")
+    subject_requests.check_erasure_caller("session", "pw")  # auth checks the password itself
 
 
 # ---------------------------------------------------------------- the timer

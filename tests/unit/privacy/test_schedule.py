@@ -5,16 +5,16 @@ as unavailable rather than guessed."""
 from __future__ import annotations
 
 from services.privacy import schedule
-from services.privacy.settings import PrivacySettings
+from tests.unit.privacy.conftest import privacy_settings
 
 
 def test_own_items_come_from_the_settings():
-    settings = PrivacySettings.from_config({"PRIVACY": {
-        "PSEUDONYM_KEY": "k", "ACCESS_LOG_RETENTION_DAYS": 90, "ERASURE_GRACE_SECONDS": 86400}})
+    settings = privacy_settings(PSEUDONYM_KEY="k", ACCESS_LOG_RETENTION_DAYS=90,
+                                ERASURE_GRACE_HOURS=24)
     items = {i["data"].split(" (")[0]: i for i in schedule.own_items(settings)}
     assert items["access logs"]["days"] == 90 and items["access logs"]["kept"] == "90 days"
     closed = items["closed"]
-    assert "86400 s" in closed["kept"] and closed["days"] == round((86400 + 30) / 86400, 6)
+    assert "24 hours" in closed["kept"] and closed["days"] == round((86400 + 30) / 86400, 6)
 
 
 def test_every_service_is_asked_before_any_answer_is_awaited():

@@ -35,6 +35,12 @@ class MemoryBackend:
     def put(self, key: str, data, length: int, content_type: str) -> None:
         self.add(key, data.read(length), content_type=content_type)
 
+    def copy(self, source: str, target: str) -> None:
+        if source not in self.objects:
+            raise KeyError(source)
+        data, content_type, _ = self.objects[source]
+        self.add(target, data, content_type=content_type)
+
     def open(self, key: str):
         if key not in self.objects:
             raise KeyError(key)

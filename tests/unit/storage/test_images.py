@@ -241,3 +241,117 @@ def test_read_capped_stops_at_the_limit():
         read_capped(Endless(), 10_000)
     assert (caught.value.status, caught.value.code) == (413, "payload_too_large")
     assert Endless.read_total <= 10_001
+
+
+# ------------------------------------------------------------------ the decode bound
+
+
+def _png(size=(64, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_no_more_than_n_images_are_decoded_at_once(monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    running, peak, lock = 0, 0, threading.Lock()
+    clean = images._clean
+
+    def counting_clean(im, fmt):  # runs while the decoded pixels are held
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return clean(im, fmt)
+
+    monkeypatch.setattr(images, "_clean", counting_clean)
+    gate = images.DecodeGate(limit=2, wait_seconds=30)
+    data = _png()
+
+    def upload(_):
+        with gate.slot():
+            return images.process_upload(data)
+
+    with ThreadPoolExecutor(max_workers=10) as executor:
+        results = list(executor.map(upload, range(20)))
+    assert len(results) == 20 and all(r.content_type == "image/png" for r in results)
+    assert peak == 2
+
+
+def test_a_turn_that_does_not_come_in_time_is_503_storage_busy():
+    import threading
+
+    gate = images.DecodeGate(limit=1, wait_seconds=0.05)
+    errors = []
+    with gate.slot():
+        def other():
+            try:
+                with gate.slot():
+                    pass
+            except DomainError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(5)
+    (error,) = errors
+    assert (error.code, error.status) == ("storage_busy", 503)
+    assert error.details["retry_after"] >= 1
+    with gate.slot():  # free again once the holder is done
+        pass
+
+
+def test_the_bound_holds_for_green_threads_decoding_in_the_native_pool():
+    """Under ``nameko run`` the slot is taken by a green thread and the decode
+    runs in eventlet's native thread pool (services.common.concurrency)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import eventlet
+eventlet.monkey_patch()
+import io, threading, time
+from PIL import Image
+from services.common.concurrency import offload
+from services.storage import images
+
+state = {"running": 0, "peak": 0}
+lock = threading.Lock()  # green, like the service's
+real = images._clean
+
+def counting_clean(im, fmt):
+    with lock:
+        state["running"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+    time.sleep(0.05)
+    with lock:
+        state["running"] -= 1
+    return real(im, fmt)
+
+images._clean = counting_clean
+out = io.BytesIO()
+Image.new("RGB", (32, 32)).save(out, "PNG")
+data = out.getvalue()
+gate = images.DecodeGate(limit=3, wait_seconds=30)
+
+def upload():
+    with gate.slot():
+        return offload(images.process_upload, data)
+
+pool = eventlet.GreenPool(12)
+results = list(pool.imap(lambda _: upload(), range(24)))
+assert len(results) == 24
+print("peak", state["peak"])
+"""
+    repo = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "peak 3"

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from services.common.errors import DomainError
 from services.common.ids import new_id
-from services.storage import objects, retention
+from services.storage import images, objects, retention
 from services.storage.models import COMMITTED, PENDING, OwnerRetention, StoredObject, UploadSlot
 from services.storage.settings import StorageSettings
 from tests.unit.storage.conftest import NOW
@@ -284,14 +284,65 @@ def test_get_is_owner_only_and_hides_deleted_expired_and_pending(db, backend, se
 def test_public_objects_are_readable_by_anyone_until_private_again(db, backend, settings, owner):
     obj = committed_output(db, backend, settings, owner)
     assert refused(objects.get_public, db, obj.id, NOW).code == "not_found"
-    assert refused(objects.set_visibility, db, new_id(), obj.id, "public", NOW).code == "not_found"
-    objects.set_visibility(db, owner, obj.id, "public", NOW)
+    assert refused(objects.set_visibility, db, backend, new_id(), obj.id, "public",
+                   NOW).code == "not_found"
+    objects.set_visibility(db, backend, owner, obj.id, "public", NOW)
     db.commit()
-    assert objects.get_public(db, str(obj.id), NOW).id == obj.id
-    assert refused(objects.get_public, db, obj.id, obj.expires_at).code == "not_found"
-    objects.set_visibility(db, owner, obj.id, "private", NOW)
+    public_id = obj.public_id
+    assert objects.get_public(db, public_id, NOW).id == obj.id
+    assert refused(objects.get_public, db, str(obj.id), NOW).code == "not_found"  # not by object id
+    assert refused(objects.get_public, db, public_id, obj.expires_at).code == "not_found"
+    assert backend.objects[f"public/{public_id}"][0] == backend.objects[obj.key][0]
+    objects.set_visibility(db, backend, owner, obj.id, "public", NOW)  # again: nothing changes
+    assert obj.public_id == public_id
+    objects.set_visibility(db, backend, owner, obj.id, "private", NOW)
     db.commit()
-    assert refused(objects.get_public, db, obj.id, NOW).code == "not_found"
+    assert obj.public_id is None
+    assert refused(objects.get_public, db, public_id, NOW).code == "not_found"
+    assert f"public/{public_id}" not in backend.objects  # the old public URL serves nothing
+    assert obj.key in backend.objects
+
+
+def test_public_urls_carry_nothing_of_the_owner_or_the_object(db, backend, settings, owner):
+    first, second = (committed_output(db, backend, settings, owner) for _ in range(2))
+    for obj in (first, second):
+        objects.set_visibility(db, backend, owner, obj.id, "public", NOW)
+    db.commit()
+    views = [objects.public_view(backend, settings, obj) for obj in (first, second)]
+    for view, obj in zip(views, (first, second), strict=True):
+        assert str(owner) not in view["url"] and str(obj.id) not in view["url"]
+        assert owner.hex not in view["url"] and obj.id.hex not in view["url"]
+        assert view["id"] == obj.public_id and len(view["id"]) == 32
+    # nothing in common between the two: no path segment, no id
+    parts = [set(view["url"].split("?")[0].split("/")[1:]) | {view["id"]} for view in views]
+    assert parts[0] & parts[1] <= {"", "public"}
+    # made public again: a new public id, the old one is dead
+    old = first.public_id
+    objects.set_visibility(db, backend, owner, first.id, "private", NOW)
+    objects.set_visibility(db, backend, owner, first.id, "public", NOW)
+    assert first.public_id not in (None, old)
+    assert refused(objects.get_public, db, old, NOW).code == "not_found"
+
+
+def test_deleting_a_public_object_deletes_its_public_copy(db, backend, settings, owner):
+    obj = committed_output(db, backend, settings, owner)
+    objects.set_visibility(db, backend, owner, obj.id, "public", NOW)
+    public_id = obj.public_id
+    objects.delete_object(db, backend, owner, obj.id, NOW)
+    db.commit()
+    assert f"public/{public_id}" not in backend.objects and obj.key not in backend.objects
+    assert refused(objects.get_public, db, public_id, NOW).code == "not_found"
+
+
+def test_a_store_failing_to_unpublish_keeps_the_object_public(db, backend, settings, owner):
+    obj = committed_output(db, backend, settings, owner)
+    objects.set_visibility(db, backend, owner, obj.id, "public", NOW)
+    db.commit()
+    backend.refuse.add(f"public/{obj.public_id}")
+    error = refused(objects.set_visibility, db, backend, owner, obj.id, "private", NOW)
+    assert (error.code, error.status) == ("storage_unavailable", 503)
+    db.rollback()
+    assert objects.get_public(db, obj.public_id, NOW).id == obj.id
 
 
 def test_list_is_newest_first_filtered_and_paged(db, backend, settings, owner):
@@ -385,3 +436,31 @@ def test_a_source_for_a_service_is_read_at_the_internal_address(db, backend, set
     assert view["id"] == obj.id and view["content_type"] == "image/png"
     assert view["url"] == f"memory://{obj.key}?method=GET&ttl={settings.url_ttl_seconds}&internal&type={obj.content_type}"
     assert "&internal" not in objects.view_with_url(backend, settings, obj)["url"]
+
+
+def test_an_upload_waits_for_a_decode_turn_and_is_503_when_none_comes(db, backend, settings,
+                                                                        owner, monkeypatch):
+    gate = images.DecodeGate(limit=1, wait_seconds=0.05)
+    slot = objects.create_upload_slot(db, backend, settings, owner, NOW)
+    db.commit()
+    backend.add(f"staging/{slot['upload_id']}", image_bytes())
+    decoded = []
+    monkeypatch.setattr(images, "process_upload", lambda *a, **k: decoded.append(a))
+    with gate.slot():  # another upload is decoding
+        error = refused(objects.finish_upload, db, backend, settings, owner, slot["upload_id"],
+                        NOW, gate)
+    assert (error.code, error.status) == ("storage_busy", 503)
+    assert decoded == []  # nothing read or decoded while waiting in vain
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(StoredObject)) == 0
+
+
+def test_erasing_a_user_deletes_the_public_copies_too(db, backend, settings, owner):
+    obj = committed_output(db, backend, settings, owner)
+    objects.set_visibility(db, backend, owner, obj.id, "public", NOW)
+    db.commit()
+    copy = f"public/{obj.public_id}"
+    assert copy in backend.objects
+    objects.erase_user(db, backend, owner)
+    db.commit()
+    assert copy not in backend.objects and obj.key not in backend.objects

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from services.common.ids import new_id
 from services.storage import retention
+from services.storage.backends.keys import new_public_id, public_key
 from services.storage.models import (
     COMMITTED,
     PENDING,
@@ -325,3 +326,47 @@ def test_report_counts_by_kind_age_expiry_and_tombstones(db, backend):
         "deleted": {"objects": 1},
     }
     assert db.execute(select(func.count()).select_from(StoredObject)).scalar_one() == 6
+
+
+# ---------------------------------------------------------------- public copies
+
+
+def published(db, backend, obj: StoredObject, last_modified=NOW) -> str:
+    obj.visibility, obj.public_id = "public", new_public_id()
+    db.commit()
+    backend.add(public_key(obj.public_id), b"p" * obj.size, last_modified=last_modified)
+    return public_key(obj.public_id)
+
+
+def test_the_purge_deletes_an_expired_objects_public_copy_too(db, backend, settings, events):
+    expired = stored(db, backend, expires_at=NOW - timedelta(seconds=1), size=4)
+    copy = published(db, backend, expired)
+    kept = stored(db, backend, expires_at=NOW + timedelta(days=1))
+    kept_copy = published(db, backend, kept)
+    result = retention.purge_batch(db, backend, settings, NOW, None, events)
+    assert result.object_ids == [expired.id] and result.bytes == 4
+    assert expired.key not in backend.objects and copy not in backend.objects
+    assert kept_copy in backend.objects
+
+
+def test_an_object_stays_unpurged_while_its_public_copy_cannot_be_deleted(db, backend, settings,
+                                                                            events):
+    expired = stored(db, backend, expires_at=NOW - timedelta(seconds=1))
+    copy = published(db, backend, expired)
+    backend.refuse = {copy}
+    result = retention.purge_batch(db, backend, settings, NOW, None, events)
+    assert result.object_ids == [] and result.failed_keys == [expired.key]
+    assert live_ids(db) == {expired.id}  # tried again by a later batch
+
+
+def test_the_orphan_sweep_deletes_public_copies_of_no_public_object(db, backend, settings):
+    old = NOW - GRACE - timedelta(seconds=1)
+    public = stored(db, backend, created_at=old, expires_at=NOW + timedelta(days=1))
+    live_copy = published(db, backend, public, last_modified=old)
+    crashed = public_key(new_public_id())  # copied, then a crash before the commit
+    backend.add(crashed, b"c", last_modified=old)
+    young = public_key(new_public_id())
+    backend.add(young, b"y", last_modified=NOW)
+    result = retention.sweep_orphans(db, backend, settings, NOW)
+    assert result.keys == [crashed]
+    assert live_copy in backend.objects and young in backend.objects
