@@ -59,7 +59,7 @@ class Requests(MethodView):
             return present(RequestPage, proxy.privacy.list_requests(_user_id(), query))
 
     @privacy_blp.response(202, RequestView)
-    @errors(409)
+    @errors(403, 409)
     @authenticated
     @privacy_blp.arguments(CreateRequest)
     def post(self, payload):
@@ -104,6 +104,7 @@ def _cancel_signed_in(request_id):
 @privacy_blp.route("/requests/<uuid:request_id>/cancel", methods=["POST"])
 @privacy_blp.response(200, RequestView)
 @privacy_blp.arguments(CancelRequest)
+@errors(400, 403, 409)
 @privacy_blp.doc(security=[{}, {"bearerAuth": []}])
 def cancel_request(payload, request_id):
     """Cancel an erasure in its grace period: with the mailed link's token (no sign-in;

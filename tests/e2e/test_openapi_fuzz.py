@@ -60,6 +60,8 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
         (400, "code_expired", None): "the code is mailed"},
     ("POST", "/v1/auth/password-reset/confirm"): {
         (400, "invalid_token", None): "the token is mailed"},
+    ("POST", "/v1/privacy/requests/{request_id}/cancel"): {
+        (400, "invalid_token", None): "the token is mailed"},
     ("POST", "/v1/me/totp/confirm"): {(400, "invalid_totp", None): "the code comes from the app"},
     ("POST", "/v1/billing/webhooks/stripe"): {
         (400, "invalid_signature", None): "an HMAC of the body with Stripe's secret"},
