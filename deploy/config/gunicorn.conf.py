@@ -7,6 +7,9 @@ import os
 bind = [f"{os.environ.get('GATEWAY_HOST', '127.0.0.1')}:{os.environ.get('GATEWAY_PORT', '8000')}"]
 # /metrics and /readyz only here when set (gateway.yaml's INTERNAL_PORT reads the same variable)
 if os.environ.get("GATEWAY_INTERNAL_PORT", ""):
+    if os.environ["GATEWAY_INTERNAL_PORT"] == os.environ.get("GATEWAY_PORT", "8000"):
+        # the API would answer 404 to everything but the health paths
+        raise SystemExit("GATEWAY_INTERNAL_PORT must differ from GATEWAY_PORT")
     bind.append(f"{os.environ.get('GATEWAY_INTERNAL_HOST', '127.0.0.1')}:"
                 f"{os.environ['GATEWAY_INTERNAL_PORT']}")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))

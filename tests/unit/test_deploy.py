@@ -636,3 +636,21 @@ def test_every_process_refuses_the_example_env_naming_its_secrets(name, monkeypa
     for value in ENV_REQUIRED.values():
         if value.startswith("change-me"):
             assert value not in message
+
+
+def _gunicorn_binds(monkeypatch, **env) -> list[str]:
+    import runpy
+
+    for name in ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_INTERNAL_HOST", "GATEWAY_INTERNAL_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(DEPLOY / "config" / "gunicorn.conf.py"))["bind"]
+
+
+def test_gunicorn_binds_the_internal_port_only_when_set_and_never_onto_the_api(monkeypatch):
+    assert _gunicorn_binds(monkeypatch, GATEWAY_PORT="8000") == ["127.0.0.1:8000"]
+    assert _gunicorn_binds(monkeypatch, GATEWAY_PORT="8000", GATEWAY_INTERNAL_HOST="0.0.0.0",
+                           GATEWAY_INTERNAL_PORT="9100") == ["127.0.0.1:8000", "0.0.0.0:9100"]
+    with pytest.raises(SystemExit, match="must differ from GATEWAY_PORT"):
+        _gunicorn_binds(monkeypatch, GATEWAY_PORT="8000", GATEWAY_INTERNAL_PORT="8000")
