@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Stored files are served by the gateway in dev: their URLs follow GATEWAY_PORT.
 dev: $(STAMP)
 	@mkdir -p var/mail var/objects
-	$(BIN)/honcho --procfile deploy/Procfile --app-root . start
+	STORAGE_PUBLIC_BASE_URL="$${STORAGE_PUBLIC_BASE_URL:-http://127.0.0.1:$${GATEWAY_PORT:-8000}}" \
+	  $(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
 migrate: $(STAMP)
 	$(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
