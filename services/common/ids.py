@@ -1,4 +1,13 @@
-"""Identifiers and clocks: time-ordered UUIDs (version 7) and UTC times."""
+"""Identifiers and clocks: time-ordered UUIDs (version 7), UTC times, and the
+two ways a service reads an id it is given:
+
+- :func:`trusted_id`: an id a trusted caller (the gateway, another service, the
+  ops CLI) names, such as the signed-in user's. A malformed one is the caller's
+  bug: 400 ``invalid_request`` naming the field.
+- :func:`client_id`: an id an API client put in a path or a body, such as a job
+  or object id. A malformed one names nothing: 404 ``not_found``, exactly as a
+  well-formed id of something that does not exist (or is not the caller's).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,8 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+
+from services.common.errors import invalid_request, not_found
 
 
 def new_id() -> uuid.UUID:
@@ -34,3 +45,19 @@ def isoformat(dt: datetime | None) -> str | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def trusted_id(value, name: str = "user_id") -> uuid.UUID:
+    """The UUID a trusted caller names in ``name``; 400 ``invalid_request`` if malformed."""
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        raise invalid_request(f"{name} is not a valid id", fields={name: ["Not a valid UUID."]}) from None
+
+
+def client_id(value, what: str = "resource") -> uuid.UUID:
+    """The UUID of a ``what`` a client names; 404 ``not_found`` if malformed."""
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        raise not_found(what) from None

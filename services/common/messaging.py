@@ -31,6 +31,7 @@ import time
 import traceback
 from datetime import timedelta
 from functools import partial
+from typing import Any, Callable
 
 from kombu import Exchange, Queue
 from kombu.common import maybe_declare
@@ -61,6 +62,11 @@ REPLAYS_HEADER = "x-darkroom-replays"
 ERROR_HEADER = "x-darkroom-error"
 TRACEBACK_HEADER = "x-darkroom-traceback"
 ORIGINAL_QUEUE_HEADER = "x-darkroom-original-queue"
+
+# What domain modules are given to publish an event: ``dispatch(event_type,
+# payload)``, a service's ``EventPublisher`` (its return value, the event id, is
+# not for domain code to rely on).
+Dispatch = Callable[[str, dict], Any]
 
 
 def dlq_name(queue_name: str) -> str:
