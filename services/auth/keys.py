@@ -7,10 +7,11 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.auth.lookup import ensure_verified, parse_id
+from services.auth.lookup import ensure_verified
 from services.auth.models import ApiKey, User
 from services.auth.tokens import new_api_key, sha256_hex
 from services.common.errors import conflict, forbidden, not_found, unauthenticated
+from services.common.ids import client_id
 from services.common.pagination import paginate
 
 MAX_ACTIVE_KEYS = 20
@@ -80,8 +81,7 @@ def list_active(db: Session, user: User, limit: int, cursor: str | None) -> tupl
 
 def revoke(db: Session, user: User, key_id, now: datetime) -> None:
     """404 for an id that is not one of the user's active keys."""
-    kid = parse_id(key_id)
-    key = db.get(ApiKey, kid) if kid is not None else None
+    key = db.get(ApiKey, client_id(key_id, "API key"))
     if key is None or key.user_id != user.id or key.revoked_at is not None:
         raise not_found("API key")
     key.revoked_at = now

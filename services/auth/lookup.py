@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.auth.models import User
 from services.common.errors import forbidden, not_found
-
-
-def parse_id(value) -> uuid.UUID | None:
-    """A UUID from a caller, or None when it is not one (callers answer 404)."""
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        return None
+from services.common.ids import trusted_id
 
 
 def get_user(db: Session, user_id) -> User:
-    """The user, or 404 ``not_found``."""
-    uid = parse_id(user_id)
-    user = db.get(User, uid) if uid is not None else None
+    """The user a trusted caller names (400 ``invalid_request`` for a malformed
+    id), or 404 ``not_found``."""
+    user = db.get(User, trusted_id(user_id))
     if user is None:
         raise not_found("user")
     return user

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from nameko.rpc import rpc
 from nameko.timer import timer
-from sqlalchemy.exc import IntegrityError
 
 from services.auth import (
     accounts,
@@ -38,6 +37,7 @@ from services.common.db import Database
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 
 # Audit lines carry ids, never emails, passwords, codes or tokens.
@@ -69,30 +69,6 @@ class AuthService(DarkroomService):
             log.info("refused and recorded: %s", failure.error.code)
             raise failure.error from None
 
-    def _once_more_if_raced(self, action):
-        """``action()`` (which commits), run once more when a unique-constraint
-        race was lost inside it: the second time, what the winner wrote is
-        there to be found (an address now registered, a network now known, a
-        webhook secret now made)."""
-        for attempt in (1, 2):
-            try:
-                return action()
-            except IntegrityError:
-                self.db.rollback()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    @contextmanager
-    def _unique_conflict(self, error: DomainError):
-        """A unique-constraint race lost inside the block (at a flush or at the
-        commit) becomes ``error``: two registrations of one email at once."""
-        try:
-            yield
-        except IntegrityError:
-            self.db.rollback()
-            raise error from None
-
     # ------------------------------------------------------------ registration
 
     @rpc(expected_exceptions=DomainError)
@@ -112,7 +88,7 @@ class AuthService(DarkroomService):
 
         # A registration of the same address at the same moment may win: then
         # it is an address that has an account, answered the same way.
-        created = self._once_more_if_raced(register_once)
+        created = first_wins(self.db, register_once)
         log.info("registration answered", extra={"new_account": any(
             kind == "user_registered" for kind, _ in created.events)})
         return c.Registered().dump({"user": created.user, "api_key": None})
@@ -120,11 +96,17 @@ class AuthService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def verify_email(self, payload) -> dict:
         data = load_rpc(c.VerifyEmail, payload)
-        with self._unique_conflict(email_taken()), self._recording_failures():
-            user = verification.verify(
-                self.db, self.settings, data["email"], data["code"], utcnow()
-            )
-            self.db.commit()
+
+        def verify():
+            with self._recording_failures():
+                user = verification.verify(
+                    self.db, self.settings, data["email"], data["code"], utcnow()
+                )
+                self.db.commit()
+            return user
+
+        # two accounts verifying one address at once: the second is refused
+        user = first_wins(self.db, verify, email_taken())
         log.info("email verified", extra={"user_id": str(user.id)})
         return c.VerifiedEmail().dump({"user": user})
 
@@ -161,7 +143,7 @@ class AuthService(DarkroomService):
 
         # Two logins from one new network at once: the other one may record it
         # first; once more, and the network is known.
-        result = self._once_more_if_raced(login_once)
+        result = first_wins(self.db, login_once)
         log.info(
             "login",
             extra={
@@ -315,7 +297,7 @@ class AuthService(DarkroomService):
 
         # A call at the same moment may make this account's first secret:
         # once more, and it is there to read (or to replace).
-        return self._once_more_if_raced(once)
+        return first_wins(self.db, once)
 
     # ------------------------------------------------------------ TOTP and admin
 

@@ -16,13 +16,13 @@ from services.auth.errors import (
     invalid_totp,
     totp_required,
 )
-from services.auth.lookup import find_user_by_email, parse_id
+from services.auth.lookup import find_user_by_email
 from services.auth.models import ApiKey, KnownNetwork, User, UserSession
 from services.auth.networks import network_digest
 from services.auth.settings import AuthSettings
 from services.auth.tokens import api_key_prefix, new_session_token, sha256_hex
 from services.common.errors import invalid_request, not_found, unauthenticated
-from services.common.ids import isoformat
+from services.common.ids import client_id, isoformat, trusted_id
 from services.common.networks import network_of
 from services.common.pagination import paginate
 
@@ -224,14 +224,13 @@ def view(session: UserSession, current_id) -> dict:
         "last_used_at": session.last_used_at,
         "user_agent": session.user_agent,
         "network": session.network,
-        "current": current_id is not None and session.id == parse_id(current_id),
+        "current": current_id is not None and session.id == trusted_id(current_id, "current_session_id"),
     }
 
 
 def revoke(db: Session, session_id, now: datetime, user: User | None = None) -> None:
     """Revoke one live session (of ``user`` when given); 404 otherwise."""
-    sid = parse_id(session_id)
-    session = db.get(UserSession, sid) if sid is not None else None
+    session = db.get(UserSession, client_id(session_id, "session"))
     if (
         session is None
         or (user is not None and session.user_id != user.id)
@@ -244,10 +243,7 @@ def revoke(db: Session, session_id, now: datetime, user: User | None = None) -> 
 
 def end(db: Session, session_id, now: datetime) -> None:
     """Logout: revoke the session; nothing to do when it is already over."""
-    sid = parse_id(session_id)
-    if sid is None:
-        raise not_found("session")
-    session = db.get(UserSession, sid)
+    session = db.get(UserSession, client_id(session_id, "session"))
     if session is not None and session.revoked_at is None:
         session.revoked_at = now
 

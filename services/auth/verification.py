@@ -24,7 +24,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.auth import history, lockout
@@ -33,6 +32,7 @@ from services.auth.models import EmailVerification, User
 from services.auth.settings import AuthSettings
 from services.auth.tokens import code_digest, digests_equal, new_verification_code
 from services.common.ids import isoformat, new_id
+from services.common.races import first_wins
 
 REGISTRATION = "registration"
 EMAIL_CHANGE = "email_change"
@@ -63,21 +63,23 @@ def issue(
     code = new_verification_code()
     verification_id = new_id()
     expires_at = now + settings.verification_code_ttl
-    try:
-        with db.begin_nested():
-            db.add(
-                EmailVerification(
-                    id=verification_id,
-                    user_id=user.id,
-                    purpose=purpose,
-                    email=email,
-                    code_hmac=code_digest(settings.secret_key, str(verification_id), code),
-                    attempts=0,
-                    created_at=now,
-                    expires_at=expires_at,
-                )
+
+    def add() -> bool:
+        db.add(
+            EmailVerification(
+                id=verification_id,
+                user_id=user.id,
+                purpose=purpose,
+                email=email,
+                code_hmac=code_digest(settings.secret_key, str(verification_id), code),
+                attempts=0,
+                created_at=now,
+                expires_at=expires_at,
             )
-    except IntegrityError:
+        )
+        return True
+
+    if not first_wins(db, add, lambda: False, savepoint=True):
         return None
     return {
         "user_id": str(user.id),

@@ -55,18 +55,11 @@ from services.billing.models import (
     Lot,
     LotMovement,
 )
-from services.common.errors import DomainError, conflict, invalid_request
+from services.common.errors import DomainError, conflict
 from services.common.ids import new_id
 from services.common.pagination import decode_seq_cursor, encode_seq_cursor
 
 log = logging.getLogger(__name__)
-
-
-def as_uuid(value, name: str = "user_id") -> uuid.UUID:
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise invalid_request(f"{name} is not a valid id", fields={name: ["Not a valid UUID."]}) from None
 
 
 def insufficient_credits(required: int, available: int) -> DomainError:

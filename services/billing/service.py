@@ -18,7 +18,6 @@ from pathlib import Path
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from services.billing import audit, ledger, orders, plans, pricing, retention, saga
 from services.billing import privacy as privacy_data
@@ -33,6 +32,7 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,7 @@ class BillingService(DarkroomService):
         """Run ``work()`` (which commits) again after losing a unique-key race
         (two first operations of a user opening the account at once, a
         webhook delivered twice at once): the retry sees the winner's rows."""
-        for attempt in range(1, attempts + 1):
-            try:
-                return work()
-            except IntegrityError:
-                self.db.rollback()
-                if attempt == attempts:
-                    raise
-                log.info("unique-key race lost; retrying (%d)", attempt)
+        return first_wins(self.db, work, attempts=attempts)
 
     # ------------------------------------------------------------ reads
 

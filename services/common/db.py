@@ -1,12 +1,15 @@
 """SQLAlchemy 2 for nameko services.
 
-- :class:`Database` is a dependency provider: one session per worker, rolled
-  back when the worker raised, committed otherwise, closed at teardown; the
-  engine is disposed when the container stops. Service code commits explicitly
-  (``self.db.commit()``) before it dispatches events or returns, so a failed
-  commit is the worker's failure, never a silent loss.
-- PostgreSQL URLs are driven by pg8000, a pure-Python driver: under eventlet its
-  sockets are green, so a slow query never stalls the hub.
+- :class:`Database` is a dependency provider: one session per worker, closed
+  at teardown; the engine is disposed when the container stops. Service code
+  commits explicitly (``self.db.commit()``) before it returns, after it has
+  dispatched its events (they are written to the outbox in the same
+  transaction and published by the commit), so a failed commit is the
+  worker's failure, never a silent loss. What a worker leaves uncommitted is
+  rolled back, with a warning naming the entrypoint: nameko has answered the
+  caller (or acked the event) before the provider sees the result, so a commit
+  there could fail after "done" was said.
+- Engines come from :mod:`services.common.engine` (pg8000 for PostgreSQL).
 - Each service owns its database and its alembic migrations
   (``services/<name>/migrations``); :class:`Database` applies them at start
   unless ``DB_MIGRATE_ON_START`` is false (``make migrate`` does it by hand).
@@ -15,17 +18,18 @@
 from __future__ import annotations
 
 import logging
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from nameko.extensions import DependencyProvider
-from sqlalchemy import Column, DateTime, String, Table, create_engine, event, select, types
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import Column, DateTime, String, Table, event, select, types
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.engine import make_engine, normalise_url  # noqa: F401 (imported from here too)
 from services.common.ids import utcnow
+from services.common.migrations import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -59,56 +63,6 @@ class UtcDateTime(types.TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
-
-
-def normalise_url(url: str) -> str:
-    """Use the pure-Python pg8000 driver for plain ``postgresql://`` URLs."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+pg8000")
-    return parsed.render_as_string(hide_password=False)
-
-
-def make_engine(url: str, **kwargs) -> Engine:
-    url = normalise_url(url)
-    if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        kwargs.setdefault("connect_args", {"check_same_thread": False})
-    else:
-        kwargs.setdefault("pool_pre_ping", True)
-        kwargs.setdefault("pool_size", 10)
-    engine = create_engine(url, **kwargs)
-    if engine.dialect.driver == "pg8000":
-        event.listen(engine, "connect", _tcp_nodelay)
-    elif engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    """The laptop database: write-ahead logging so readers do not block the
-    writer (several workers, ``make migrate`` beside a running service),
-    ``synchronous=NORMAL`` (durable across a process crash; WAL's usual
-    setting, an fsync per checkpoint rather than per commit) and a busy
-    timeout instead of an immediate "database is locked"."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
-    finally:
-        cursor.close()
-
-
-def _tcp_nodelay(dbapi_connection, _record) -> None:
-    """pg8000 leaves Nagle's algorithm on: a statement larger than a TCP
-    segment (an outbox row with a long event) then waits for the server's
-    delayed ACK, about 40 ms per statement."""
-    sock = getattr(dbapi_connection, "_usock", None)
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def processed_events_table(metadata) -> Table:
@@ -159,8 +113,6 @@ class Database(DependencyProvider):
         config = self.container.config
         url = config["DATABASE_URL"]
         if self.migrations and config.get("DB_MIGRATE_ON_START", True):
-            from services.common.migrations import upgrade
-
             upgrade(self.migrations, url)
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
@@ -175,27 +127,54 @@ class Database(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         session = self.sessionmaker()
+        _track_writes(session)
         self.sessions[worker_ctx] = session
         return session
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
+        """Roll back whatever the worker left uncommitted; a worker that
+        succeeded yet left writes behind is a bug, and is named."""
         session = self.sessions.get(worker_ctx)
         if session is None:
             return
-        if exc_info is not None:
-            session.rollback()
-            return
-        if session.new or session.dirty or session.deleted:
-            try:
-                session.commit()
-            except Exception:  # the worker already answered: say so loudly
-                log.exception("commit after %s failed", worker_ctx.entrypoint.method_name)
-                session.rollback()
+        if exc_info is None and uncommitted_writes(session):
+            log.warning("%s left uncommitted changes; rolled back (service code commits "
+                        "before it returns)", worker_ctx.entrypoint.method_name)
+        session.rollback()
 
     def worker_teardown(self, worker_ctx):
         session = self.sessions.pop(worker_ctx, None)
         if session is not None:
             session.close()
+
+
+_WROTE = "darkroom_uncommitted_writes"
+
+
+def _track_writes(session: Session) -> None:
+    """Note in ``session.info`` whether the open transaction has written."""
+
+    def wrote(*_args):
+        session.info[_WROTE] = True
+
+    def on_execute(state):
+        if state.is_insert or state.is_update or state.is_delete:
+            wrote()
+
+    def ended(sess, *_args):
+        if not sess.in_nested_transaction():  # a savepoint's end leaves the outer writes
+            sess.info.pop(_WROTE, None)
+
+    event.listen(session, "after_flush", wrote)
+    event.listen(session, "do_orm_execute", on_execute)
+    event.listen(session, "after_commit", ended)
+    event.listen(session, "after_rollback", ended)
+
+
+def uncommitted_writes(session: Session) -> bool:
+    """True when the session holds changes not yet committed (pending objects,
+    or statements flushed or executed since the last commit)."""
+    return bool(session.new or session.dirty or session.deleted or session.info.get(_WROTE))
 
 
 def aware(dt: datetime | None) -> datetime | None:

@@ -29,9 +29,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from kombu import Exchange, Queue
 from kombu.common import maybe_declare

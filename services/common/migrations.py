@@ -17,7 +17,7 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from services.common.config import config_path, load_config
-from services.common.db import make_engine, normalise_url
+from services.common.engine import make_engine, normalise_url
 
 SERVICES_DIR = Path(__file__).resolve().parents[1]
 

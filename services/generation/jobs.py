@@ -12,21 +12,20 @@ that loses sees zero rows and does nothing.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.common.errors import conflict, not_found, rate_limited
-from services.common.ids import isoformat, new_id
+from services.common.ids import client_id, isoformat, new_id
+from services.common.messaging import Dispatch
 from services.common.pagination import paginate
+from services.common.races import first_wins
 from services.generation import error_text, webhooks
 from services.generation.models import (
     ACTIVE,
@@ -45,25 +44,9 @@ from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, dict], str]
-
 # the stage a job shows while it is not running
 STAGES = {QUEUED: "awaiting_credits", RESERVED: "queued", SUCCEEDED: "done", FAILED: "failed",
           REJECTED: "rejected", CANCELLED: "cancelled"}
-
-
-def as_uuid(value, what: str = "job") -> uuid.UUID:
-    """An id from a client: a malformed one names nothing, so it is not found."""
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise not_found(what) from None
-
-
-def request_hash(data: dict) -> str:
-    """What identifies a request body for Idempotency-Key: its canonical JSON."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # ------------------------------------------------------------------ submit
@@ -144,13 +127,16 @@ def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reque
         request_hash=digest if idempotency_key else None, created_at=now, updated_at=now,
     )
     db.add(job)
-    try:
-        db.flush()
-    except IntegrityError:  # the same key, submitted at the same moment
-        db.rollback()
+
+    def winner() -> Job:  # the same key, submitted at the same moment
         raced = find_idempotent(db, user_id, idempotency_key, digest)
         if raced is None:
-            raise
+            raise RuntimeError("a unique key of the new job is taken, but not by a job "
+                               "with its idempotency key")
+        return raced
+
+    raced = first_wins(db, db.flush, winner)
+    if raced is not None:
         return raced, False
     dispatch("job_requested", {"job_id": job.id, "user_id": user_id, "attempt": 1,
                                "type": job.type, "price": price})
@@ -401,7 +387,7 @@ def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
     """Start a new attempt of a failed job: a new hold, the saga again. The
     earlier attempt's hold was released when it failed, so the job is charged
     once, by the attempt that succeeds."""
-    job = db.get(Job, as_uuid(job_id))
+    job = db.get(Job, client_id(job_id, "job"))
     if job is None:
         raise not_found("job")
     if job.prompt_redacted:
@@ -446,7 +432,7 @@ def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime
 
 def get_job(db: Session, user_id: uuid.UUID, job_id) -> Job:
     """The user's job; 404 for anyone else's (or none)."""
-    job = db.get(Job, as_uuid(job_id))
+    job = db.get(Job, client_id(job_id, "job"))
     if job is None or job.user_id != user_id:
         raise not_found("job")
     return job

@@ -37,7 +37,8 @@ from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
 from services.common.errors import DomainError, invalid_request
-from services.common.ids import utcnow
+from services.common.idempotency import request_hash
+from services.common.ids import trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.service import DarkroomService, FromConfig
 from services.generation import deliveries, error_text, jobs, runner, webhooks
@@ -103,12 +104,12 @@ class GenerationService(DarkroomService):
         data = load_rpc(c.SubmitJob, payload)
         if data["type"] == "image-to-video" and not data["template"]:
             data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
-        user = jobs.as_uuid(user_id, "user")
+        user = trusted_id(user_id)
         privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
         privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
-        digest = jobs.request_hash(data)
+        digest = request_hash(data)
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
             if existing is not None:
@@ -128,19 +129,19 @@ class GenerationService(DarkroomService):
 
     @rpc(expected_exceptions=DomainError)
     def get_job(self, user_id, job_id) -> dict:
-        return self._view(jobs.get_job(self.db, jobs.as_uuid(user_id, "user"), job_id))
+        return self._view(jobs.get_job(self.db, trusted_id(user_id), job_id))
 
     @rpc(expected_exceptions=DomainError)
     def list_jobs(self, user_id, query=None) -> dict:
         data = load_rpc(c.JobQuery, query)
-        rows, next_cursor = jobs.list_jobs(self.db, jobs.as_uuid(user_id, "user"), data)
+        rows, next_cursor = jobs.list_jobs(self.db, trusted_id(user_id), data)
         positions = jobs.queue_positions(self.db, rows)
         items = [jobs.view(job, positions[job.id]) for job in rows]
         return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def cancel_job(self, user_id, job_id) -> dict:
-        job = jobs.cancel(self.db, self.settings, jobs.as_uuid(user_id, "user"), job_id, utcnow(),
+        job = jobs.cancel(self.db, self.settings, trusted_id(user_id), job_id, utcnow(),
                           self.dispatch)
         self.db.commit()
         return self._view(job)

@@ -27,12 +27,12 @@ import uuid
 from collections.abc import Callable
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.db import claim_event
 from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
+from services.common.races import first_wins
 from services.common.sealed import Sealer, UnreadableSecret
 from services.notifications.mailer import Mailer
 from services.notifications.models import ErasedAccount, Notification, processed_events
@@ -85,11 +85,8 @@ def forget_account(session: Session, user_id) -> None:
 def claim(session: Session, event_id, consumer: str) -> bool:
     """Claim the event in the current transaction; False if it was handled
     (or is being handled right now) by another delivery."""
-    try:
-        return claim_event(session, processed_events, event_id, consumer)
-    except IntegrityError:  # a concurrent delivery committed the same claim
-        session.rollback()
-        return False
+    return first_wins(session, lambda: claim_event(session, processed_events, event_id, consumer),
+                      lambda: False)  # a concurrent delivery committed the same claim
 
 
 def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str,

@@ -52,7 +52,6 @@ import json
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, select
@@ -60,13 +59,13 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES
 from services.common.errors import DomainError, conflict, forbidden, not_found
-from services.common.ids import new_id
+from services.common.ids import client_id, new_id
+from services.common.messaging import Dispatch
 from services.common.pagination import paginate
 from services.privacy import access_logs, own_data
 from services.privacy.models import ErasedSubject, PrivacyRequest, RequestLog, RequestPart
 from services.privacy.settings import PrivacySettings
 
-Dispatch = Callable[[str, dict], str]
 RESTRICTION_TYPES = ("restriction", "lift_restriction")
 ERASURE_FIRST = ("generation",)
 ASSEMBLY_BACKOFF = timedelta(seconds=30)
@@ -89,13 +88,6 @@ def _phase_parts(request: PrivacyRequest, parts: list[RequestPart], number: int
     if request.type == "erasure" and number == RECHECK_PHASE:
         return [p for p in parts if p.service in ERASURE_FIRST]
     return [p for p in parts if p.phase == number]
-
-
-def as_uuid(value, what: str = "request") -> uuid.UUID:
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise not_found(what) from None
 
 
 def log(db: Session, request_id: uuid.UUID, action: str, now: datetime,
@@ -233,7 +225,7 @@ def _confirm(db: Session, request_id, service: str, now: datetime
     """Lock the request (answers of one request are recorded one at a time,
     so exactly one of them sees the phase complete) and mark the part done;
     None when there is nothing to record (done before, unknown, cancelled)."""
-    request = db.get(PrivacyRequest, as_uuid(request_id), with_for_update=True)
+    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
     if request is None or request.status in ("cancelled", "completed") or request.user_id is None:
         return None
     part = db.get(RequestPart, (request.id, service), with_for_update=True)
@@ -262,7 +254,7 @@ def record_erasure_part(db: Session, event: dict, now: datetime) -> PrivacyReque
     """Record a service's answer. While generation is asked again (the
     recheck) only its answer to that is taken (a late copy of its first one
     is not) and its counts are added to the first ones."""
-    request = db.get(PrivacyRequest, as_uuid(event["request_id"]), with_for_update=True)
+    request = db.get(PrivacyRequest, client_id(event["request_id"], "request"), with_for_update=True)
     if request is not None and _rechecking(request) != bool(event.get("recheck")):
         return None
     found = _confirm(db, event["request_id"], event["service"], now)
@@ -352,7 +344,7 @@ def claim_assembly(db: Session, settings: PrivacySettings, request_id, now: date
                    ) -> PrivacyRequest | None:
     """Take the right to build an export's archive for a while (the caller
     commits before building); None when it is not buildable or taken."""
-    request = db.get(PrivacyRequest, as_uuid(request_id), with_for_update=True)
+    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
     if (request is None or request.type != "export" or request.status != "in_progress"
             or request.user_id is None or request.export_object_id is not None
             or request.assembly_attempts >= settings.assembly_max_attempts
@@ -390,7 +382,7 @@ def finish_export(db: Session, request: PrivacyRequest, stored: dict, now: datet
 
 def assembly_failed(db: Session, settings: PrivacySettings, request_id, error: str,
                     now: datetime) -> PrivacyRequest | None:
-    request = db.get(PrivacyRequest, as_uuid(request_id), with_for_update=True)
+    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
     if request is None or request.status != "in_progress":
         return None
     # the next try waits a while (30 s, 1 min, 2 min...): storage may be restarting
@@ -445,7 +437,7 @@ def claim_revocation(db: Session, request_id, now: datetime) -> PrivacyRequest |
     account's credentials (a cancellation waits for the lock and then finds
     it no longer cancellable); None when it is not due or taken."""
     request = db.scalar(select(PrivacyRequest).where(
-        PrivacyRequest.id == as_uuid(request_id), PrivacyRequest.status == "pending",
+        PrivacyRequest.id == client_id(request_id, "request"), PrivacyRequest.status == "pending",
         PrivacyRequest.revoked_at.is_(None), PrivacyRequest.starts_at <= now,
     ).with_for_update(skip_locked=True))
     return request
@@ -520,7 +512,7 @@ def retry(db: Session, settings: PrivacySettings, request_id, now: datetime,
     """An operator's retry of an open request: its unanswered parts of the
     current phase are asked again with a fresh budget, a failed archive is
     built again. 404 unknown, 409 ``not_open``."""
-    request = db.get(PrivacyRequest, as_uuid(request_id), with_for_update=True)
+    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
     if request is None:
         raise not_found("request")
     if request.status not in ("in_progress", "failed") or request.user_id is None:
@@ -542,7 +534,7 @@ def retry(db: Session, settings: PrivacySettings, request_id, now: datetime,
 
 def get_for_user(db: Session, user_id: uuid.UUID, request_id) -> PrivacyRequest:
     """The user's request; another user's is not found, like an unknown one."""
-    request = db.get(PrivacyRequest, as_uuid(request_id))
+    request = db.get(PrivacyRequest, client_id(request_id, "request"))
     if request is None or request.user_id is None or request.user_id != user_id:
         raise not_found("request")
     return request
@@ -574,7 +566,7 @@ def cancel_with_token(db: Session, request_id, token: str, now: datetime,
     for a wrong, used or expired token and for an unknown request (one
     answer for all, so the link tells a stranger nothing)."""
     try:
-        request = db.get(PrivacyRequest, as_uuid(request_id), with_for_update=True)
+        request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
     except DomainError:
         request = None
     # the token is forgotten once used or once the grace period is over
@@ -637,7 +629,7 @@ def view(settings: PrivacySettings, request: PrivacyRequest, parts: list[Request
 def certificate(db: Session, request_id) -> dict:
     """A completed erasure's certificate: per-service counts and times, no
     personal data. 404 for anything else."""
-    request = db.get(PrivacyRequest, as_uuid(request_id))
+    request = db.get(PrivacyRequest, client_id(request_id, "request"))
     if request is None or request.type != "erasure" or request.status != "completed":
         raise not_found("certificate")
     services = []

@@ -17,21 +17,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 
 import requests as http
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
-from sqlalchemy.exc import IntegrityError
 
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as c
 from services.common.db import Database
-from services.common.errors import DomainError, invalid_request, not_found
-from services.common.ids import isoformat, utcnow
+from services.common.errors import DomainError, not_found
+from services.common.ids import isoformat, trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 from services.privacy import access_logs, archive, calls, consent, own_data, schedule
 from services.privacy import requests as subject_requests
@@ -47,15 +46,6 @@ RETENTION_WAIT_SECONDS = 3.0
 # shorter than the gateway's RPC timeout (10 s): when auth is slow the user is
 # told 503 and nothing is recorded, never 503 while the request goes ahead
 REAUTH_TIMEOUT_SECONDS = 5.0
-
-
-def _user(user_id) -> uuid.UUID:
-    """The user a trusted caller (the gateway) names; malformed is its bug."""
-    try:
-        return user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
-    except ValueError:
-        raise invalid_request("user_id is not a valid id",
-                              fields={"user_id": ["Not a valid UUID."]}) from None
 
 
 def _jsonable(value):
@@ -91,7 +81,7 @@ class PrivacyService(DarkroomService):
         ``api_key``, as auth resolved it); an erasure needs a session and a
         fresh re-authentication (the password, checked by auth)."""
         data = load_rpc(c.CreateRequest, payload)
-        user = _user(user_id)
+        user = trusted_id(user_id)
         now = utcnow()
         if data["type"] == "erasure":
             subject_requests.check_erasure_caller(credential_type, data.get("password"))
@@ -101,14 +91,18 @@ class PrivacyService(DarkroomService):
             calls.call(self.auth, "auth", "reauthenticate", str(user), data["password"],
                        data.get("totp_code"),
                        timeout=min(REAUTH_TIMEOUT_SECONDS, self.settings.rpc_timeout_seconds))
-        try:
+
+        def create():
             request = subject_requests.create(self.db, self.settings, user, data["type"], now,
                                               self.dispatch)
             self.db.commit()
-        except IntegrityError:  # the same request at the same moment: one wins
-            self.db.rollback()
+            return request
+
+        def already_open():  # the same request at the same moment: one wins
             raise subject_requests.request_open(
-                data["type"], subject_requests.open_request(self.db, user, data["type"])) from None
+                data["type"], subject_requests.open_request(self.db, user, data["type"]))
+
+        request = first_wins(self.db, create, already_open)
         log.info("privacy request created", extra={"request_id": str(request.id),
                                                    "type": request.type})
         return self._view(request)
@@ -116,18 +110,18 @@ class PrivacyService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def list_requests(self, user_id, query=None) -> dict:
         data = load_rpc(c.RequestQuery, query)
-        rows, next_cursor = subject_requests.list_for_user(self.db, _user(user_id), data)
+        rows, next_cursor = subject_requests.list_for_user(self.db, trusted_id(user_id), data)
         items = [self._view(r, with_download=False) for r in rows]
         return c.RequestPage().dump({"items": items, "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def get_request(self, user_id, request_id) -> dict:
-        return self._view(subject_requests.get_for_user(self.db, _user(user_id), request_id))
+        return self._view(subject_requests.get_for_user(self.db, trusted_id(user_id), request_id))
 
     @rpc(expected_exceptions=DomainError)
     def cancel_request(self, user_id, request_id, credential_type=None) -> dict:
         """The owner cancels an erasure in its grace period, with a session."""
-        request = subject_requests.cancel(self.db, _user(user_id), request_id, utcnow(),
+        request = subject_requests.cancel(self.db, trusted_id(user_id), request_id, utcnow(),
                                           self.dispatch, credential_type)
         self.db.commit()
         log.info("erasure cancelled", extra={"request_id": str(request.id)})
@@ -164,12 +158,12 @@ class PrivacyService(DarkroomService):
 
     @rpc(expected_exceptions=DomainError)
     def get_consents(self, user_id) -> dict:
-        return c.Consents().dump(consent.view(self.db, _user(user_id)))
+        return c.Consents().dump(consent.view(self.db, trusted_id(user_id)))
 
     @rpc(expected_exceptions=DomainError)
     def update_consents(self, user_id, payload, source="api") -> dict:
         data = load_rpc(c.UpdateConsents, payload)
-        user = _user(user_id)
+        user = trusted_id(user_id)
         current, changed = consent.update(self.db, user, data, source, utcnow())
         if changed:
             self.dispatch("consent_changed", {
@@ -189,14 +183,15 @@ class PrivacyService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def publish_policy(self, payload) -> dict:
         data = load_rpc(c.PublishPolicy, payload)
-        try:
+
+        def publish():
             policy = consent.publish(self.db, data, utcnow())
             answer = c.Policy().dump(consent.policy_view(self.db, policy))
             self.db.commit()
-        except IntegrityError:
-            self.db.rollback()
-            raise DomainError("policy_version_exists",
-                              f"policy version {data['version']} was published before", 409) from None
+            return answer
+
+        answer = first_wins(self.db, publish, DomainError(
+            "policy_version_exists", f"policy version {data['version']} was published before", 409))
         log.warning("policy version published", extra={"version": data["version"],
                                                        "material": data["material"]})
         return answer
@@ -204,17 +199,18 @@ class PrivacyService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def accept_policy(self, user_id, payload) -> dict:
         data = load_rpc(c.AcceptPolicy, payload)
-        user = _user(user_id)
-        try:
+        user = trusted_id(user_id)
+
+        def accept():
             consent.accept(self.db, user, data["version"], utcnow())
             self.db.commit()
-        except IntegrityError:  # accepted twice at the same moment: once is kept
-            self.db.rollback()
+
+        first_wins(self.db, accept, lambda: None)  # accepted twice at once: once is kept
         return c.PolicyStatus().dump(consent.status(self.db, user))
 
     @rpc(expected_exceptions=DomainError)
     def policy_status(self, user_id) -> dict:
-        return c.PolicyStatus().dump(consent.status(self.db, _user(user_id)))
+        return c.PolicyStatus().dump(consent.status(self.db, trusted_id(user_id)))
 
     # ------------------------------------------------------------ retention schedule
 
@@ -393,13 +389,12 @@ class PrivacyService(DarkroomService):
         on the row ids: roll back and store again, which skips the facts now
         there (should that fail too, the event is retried later)."""
         key = self.settings.pseudonym_key
-        try:
+
+        def store():
             access_logs.store_all(self.db, key, event["entries"])
             self.db.commit()
-        except IntegrityError:
-            self.db.rollback()
-            access_logs.store_all(self.db, key, event["entries"])
-            self.db.commit()
+
+        first_wins(self.db, store)
 
     @timer(interval=PURGE_INTERVAL_SECONDS, eager=True)
     def purge_access_logs(self) -> int:

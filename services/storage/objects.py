@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from services.common.concurrency import offload
 from services.common.errors import DomainError, invalid_request, not_found
-from services.common.ids import new_id
+from services.common.ids import client_id, new_id, trusted_id
 from services.common.pagination import paginate
 from services.storage import images, retention
 from services.storage.backends.base import Backend
@@ -69,22 +69,6 @@ def storage_unavailable(what: str) -> DomainError:
 
 
 # ---------------------------------------------------------------- ids and views
-
-
-def owner_uuid(value) -> uuid.UUID:
-    """The owner a trusted caller names: a malformed one is the caller's bug."""
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except ValueError:
-        raise invalid_request("owner_id is not a valid id", fields={"owner_id": ["Not a valid UUID."]}) from None
-
-
-def object_uuid(value, what: str = "object") -> uuid.UUID:
-    """An id from a client: a malformed one names nothing, so it is not found."""
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise not_found(what) from None
 
 
 def object_key(owner_id: uuid.UUID, object_id: uuid.UUID) -> str:
@@ -139,7 +123,7 @@ def _visible(now: datetime) -> tuple:
 def get_visible(db: Session, owner_id, object_id, now: datetime,
                 lock: bool = False) -> StoredObject:
     """The owner's committed, live object, or 404 (``lock``: FOR UPDATE)."""
-    owner, oid = owner_uuid(owner_id), object_uuid(object_id)
+    owner, oid = trusted_id(owner_id, "owner_id"), client_id(object_id, "object")
     stmt = select(StoredObject).where(StoredObject.id == oid, StoredObject.owner_id == owner,
                                       *_visible(now))
     obj = db.scalars(stmt.with_for_update() if lock else stmt).first()
@@ -166,7 +150,7 @@ def get_public(db: Session, public_id, now: datetime) -> StoredObject:
 
 def create_upload_slot(db: Session, backend: Backend, settings: StorageSettings, owner_id,
                        now: datetime) -> dict:
-    owner = owner_uuid(owner_id)
+    owner = trusted_id(owner_id, "owner_id")
     upload_id = new_id()
     slot = UploadSlot(id=upload_id, owner_id=owner, key=staging_key(upload_id), created_at=now,
                       expires_at=now + timedelta(seconds=settings.upload_slot_ttl_seconds))
@@ -197,7 +181,7 @@ def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owne
     the caller has committed (None when the slot was finished before: the
     same object again). The bytes are read and decoded inside a turn of
     ``decodes`` (the process's bound; 503 ``storage_busy`` past its wait)."""
-    owner, uid = owner_uuid(owner_id), object_uuid(upload_id, "upload")
+    owner, uid = trusted_id(owner_id, "owner_id"), client_id(upload_id, "upload")
     slot = db.get(UploadSlot, uid, with_for_update=True)
     if slot is None or slot.owner_id != owner:
         raise not_found("upload")
@@ -249,7 +233,7 @@ def create_output_slot(db: Session, backend: Backend, settings: StorageSettings,
         raise DomainError("payload_too_large",
                           f"an output is limited to {settings.output_max_bytes} bytes", 413,
                           {"max_bytes": settings.output_max_bytes})
-    owner = owner_uuid(owner_id)
+    owner = trusted_id(owner_id, "owner_id")
     obj = StoredObject(
         id=new_id(), owner_id=owner, kind=data["kind"], status=PENDING,
         content_type=data["content_type"], size=data["size"], sha256=data["sha256"],
@@ -297,12 +281,12 @@ def commit_objects(db: Session, backend: Backend, settings: StorageSettings, own
                    object_ids, now: datetime) -> list[StoredObject]:
     """Commit the owner's pending objects once their bytes check out, all or
     none; objects committed before are returned as they are (idempotent)."""
-    owner = owner_uuid(owner_id)
+    owner = trusted_id(owner_id, "owner_id")
     if (not isinstance(object_ids, list | tuple) or not object_ids or len(object_ids) > MAX_COMMIT
             or not all(isinstance(i, str | uuid.UUID) for i in object_ids)):
         raise invalid_request(f"object_ids must be a list of 1 to {MAX_COMMIT} ids",
                               fields={"object_ids": ["Not a valid list of ids."]})
-    ids = list(dict.fromkeys(object_uuid(i) for i in object_ids))
+    ids = list(dict.fromkeys(client_id(i, "object") for i in object_ids))
     rows = []
     for oid in ids:
         obj = db.get(StoredObject, oid, with_for_update=True)
@@ -322,7 +306,7 @@ def commit_objects(db: Session, backend: Backend, settings: StorageSettings, own
 
 
 def list_objects(db: Session, owner_id, query: dict, now: datetime) -> tuple[list[StoredObject], str | None]:
-    owner = owner_uuid(owner_id)
+    owner = trusted_id(owner_id, "owner_id")
     stmt: Select = select(StoredObject).where(StoredObject.owner_id == owner, *_visible(now))
     if query.get("kind"):
         stmt = stmt.where(StoredObject.kind == query["kind"])
@@ -373,7 +357,7 @@ def delete_object(db: Session, backend: Backend, owner_id, object_id, now: datet
 def export_user(db: Session, user_id) -> list[StoredObject]:
     """Every object the user has stored with us (committed and not deleted,
     expired or not), oldest first."""
-    owner = owner_uuid(user_id)
+    owner = trusted_id(user_id)
     return list(db.scalars(
         select(StoredObject)
         .where(StoredObject.owner_id == owner, StoredObject.status == COMMITTED,
@@ -401,7 +385,7 @@ def erase_user(db: Session, backend: Backend, user_id) -> dict:
 
 def erase_user_tables(db: Session, backend: Backend, user_id) -> dict:
     """:func:`erase_user`, with the rows deleted per table (``tables``)."""
-    owner = owner_uuid(user_id)
+    owner = trusted_id(user_id)
     live = db.execute(
         select(StoredObject.key, StoredObject.size, StoredObject.public_id)
         .where(StoredObject.owner_id == owner, StoredObject.deleted_at.is_(None))
@@ -422,7 +406,7 @@ def store_export(db: Session, backend: Backend, settings: StorageSettings, owner
                  job_id, data: bytes, now: datetime) -> StoredObject:
     """A committed ``export`` object holding ``data`` (a zip), for a part of
     a privacy export that is too big to travel in its event."""
-    owner = owner_uuid(owner_id)
+    owner = trusted_id(owner_id, "owner_id")
     obj = StoredObject(
         id=new_id(), owner_id=owner, kind="export", status=COMMITTED,
         content_type="application/zip", size=len(data), sha256=hashlib.sha256(data).hexdigest(),

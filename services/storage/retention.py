@@ -25,15 +25,15 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from services.common.ids import new_id
+from services.common.messaging import Dispatch
 from services.storage.backends.base import Backend, ObjectInfo
 from services.storage.backends.keys import PUBLIC_PREFIX, stored_keys
 from services.storage.models import (
@@ -47,8 +47,6 @@ from services.storage.models import (
 from services.storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
-
-Dispatch = Callable[[str, dict], Any]
 
 # Kinds whose retention follows the owner's plan.
 PLAN_KINDS = ("upload", "output")

@@ -313,12 +313,6 @@ def test_ledger_pages_newest_first_by_sequence(db, settings, events, user):
     assert info.value.code == "invalid_request"
 
 
-def test_user_ids_are_validated():
-    with pytest.raises(DomainError) as info:
-        ledger.as_uuid("nope")
-    assert (info.value.code, info.value.status) == ("invalid_request", 400)
-
-
 # ---------------------------------------------------------------- the audit
 
 

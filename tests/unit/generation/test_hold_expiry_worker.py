@@ -9,6 +9,7 @@ from datetime import timedelta
 from nameko.testing.services import worker_factory
 
 from services.common.errors import DomainError
+from services.common.idempotency import request_hash
 from services.common.ids import utcnow
 from services.generation import jobs, runner
 from services.generation.models import Job
@@ -42,7 +43,7 @@ class Storage:
 def running_job(db, settings, events, hold_expires_at) -> Job:
     now = utcnow()
     job, _ = jobs.submit(db, settings, uuid.uuid4(), REQUEST, {"prompt": "a red fox"}, 8, None,
-                         jobs.request_hash(REQUEST), now, events)
+                         request_hash(REQUEST), now, events)
     jobs.credits_reserved(db, settings, {"job_id": job.id, "attempt": 1, "priority": 0,
                                          "hold_expires_at": now + timedelta(minutes=1)},
                           now, events)
