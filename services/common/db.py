@@ -173,7 +173,7 @@ def _track_writes(session: Session) -> None:
 
 def uncommitted_writes(session: Session) -> bool:
     """True when the session holds changes not yet committed (pending objects,
-    or statements flushed or executed since the last commit)."""
+    or ORM and Core statements flushed or executed since the last commit)."""
     return bool(session.new or session.dirty or session.deleted or session.info.get(_WROTE))
 
 

@@ -1,10 +1,17 @@
-"""The engine factory's per-dialect connection settings."""
+"""The engine factory's per-dialect connection settings, and what the
+worker's session does with what a worker left uncommitted."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import logging
 
-from services.common.db import make_engine, normalise_url
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
+
+from services.common.db import Database
+from services.common.engine import make_engine, normalise_url
+
+things = Table("things", MetaData(), Column("id", Integer, primary_key=True))
 
 
 def test_plain_postgresql_urls_use_pg8000():
@@ -22,3 +29,80 @@ def test_sqlite_files_use_wal_with_a_busy_timeout(tmp_path):
     finally:
         engine.dispose()
     assert (tmp_path / "nested" / "dir" / "service.db").exists()
+
+
+# ---------------------------------------------------------------- the worker's session
+
+
+class _Entrypoint:
+    method_name = "do_work"
+
+
+class _WorkerCtx:  # weak-referenceable, as nameko's WorkerContext
+    entrypoint = _Entrypoint()
+
+
+@pytest.fixture
+def database(tmp_path):
+    from sqlalchemy.orm import sessionmaker
+
+    database = Database()
+    database.engine = make_engine(f"sqlite:///{tmp_path}/worker.db")
+    database.sessionmaker = sessionmaker(bind=database.engine, expire_on_commit=False)
+    with database.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE things (id INTEGER PRIMARY KEY)"))
+    yield database
+    database.stop()
+
+
+def _count(database) -> int:
+    with database.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM things")).scalar()
+
+
+def _run(database, work, exc_info=None):
+    ctx = _WorkerCtx()
+    session = database.get_dependency(ctx)
+    work(session)
+    database.worker_result(ctx, exc_info=exc_info)
+    database.worker_teardown(ctx)
+
+
+@pytest.mark.parametrize("write", [
+    lambda s: s.execute(text("INSERT INTO things (id) VALUES (1)")),  # plain SQL
+    lambda s: s.execute(insert(things).values(id=1)),  # a Core statement
+    lambda s: (s.execute(insert(things).values(id=1)), s.flush()),
+])
+def test_what_a_worker_left_uncommitted_is_rolled_back(database, write, caplog):
+    caplog.set_level(logging.WARNING, logger="services.common.db")
+    _run(database, write)
+    assert _count(database) == 0
+
+
+def test_leftover_writes_are_named_in_a_warning(database, caplog):
+    caplog.set_level(logging.WARNING, logger="services.common.db")
+    _run(database, lambda s: s.execute(insert(things).values(id=1)))
+    assert _count(database) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "do_work left uncommitted changes; rolled back (service code commits before it returns)"]
+
+
+def test_committed_work_stays_and_reads_warn_of_nothing(database, caplog):
+    caplog.set_level(logging.WARNING, logger="services.common.db")
+
+    def work(session):
+        session.execute(insert(things).values(id=1))
+        session.commit()
+        session.execute(select(things.c.id)).all()  # a read after the commit
+
+    _run(database, work)
+    assert _count(database) == 1
+    assert caplog.records == []
+
+
+def test_a_worker_that_raised_is_rolled_back_without_a_warning(database, caplog):
+    caplog.set_level(logging.WARNING, logger="services.common.db")
+    _run(database, lambda s: s.execute(insert(things).values(id=1)),
+         exc_info=(ValueError, ValueError("boom"), None))
+    assert _count(database) == 0
+    assert caplog.records == []
