@@ -169,6 +169,8 @@ class EventPublisher(EventDispatcher):
         listening = []
 
         def on_commit(session):
+            if session.in_nested_transaction():  # a savepoint released: not committed yet
+                return
             rows = pending[:]
             pending.clear()
             self._flush(rows)

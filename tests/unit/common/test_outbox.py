@@ -1,12 +1,18 @@
+"""The outbox table, and the publisher that fills it in the worker's
+transaction and publishes after the commit."""
+
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import MetaData, create_engine, update
 from sqlalchemy.orm import Session
 
-from services.common import outbox
+from services.common import messaging, outbox
 from services.common.ids import utcnow
+from services.common.messaging import EventPublisher
 
 
 def test_rows_come_due_oldest_first_after_the_delay_and_go_when_removed():
@@ -31,3 +37,52 @@ def test_rows_come_due_oldest_first_after_the_delay_and_go_when_removed():
         outbox.remove(conn, table, ["e1"])
     with engine.begin() as conn:
         assert [r.event_id for r in outbox.due(conn, table, timedelta(0), now=now)] == ["e0", "e2"]
+
+
+# ---------------------------------------------------------------- publishing after the commit
+
+
+class _WorkerCtx:
+    pass
+
+
+@pytest.fixture
+def publisher(monkeypatch):
+    """An EventPublisher wired by hand to one session; what it sends is recorded."""
+    metadata = MetaData()
+    table = outbox.outbox_table(metadata)
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    ctx = _WorkerCtx()
+    session = Session(engine)
+    publisher = EventPublisher(outbox=table)
+    publisher.container = SimpleNamespace(service_name="svc")
+    publisher.database = SimpleNamespace(sessions={ctx: session})
+    monkeypatch.setattr(publisher, "get_message_headers", lambda worker_ctx: {})
+    monkeypatch.setattr(messaging.contracts, "make_event",
+                        lambda name, data: {"event_id": data["id"], "name": name})
+    sent = []
+    monkeypatch.setattr(publisher, "_send", lambda rows: sent.extend(r.event_id for r in rows) or [])
+    yield publisher.get_dependency(ctx), session, sent
+    session.close()
+    engine.dispose()
+
+
+def test_events_are_published_by_the_commit_and_never_by_a_rollback(publisher):
+    dispatch, session, sent = publisher
+    dispatch("happened", {"id": "e1"})
+    assert sent == []  # dispatched into the outbox, not yet out
+    session.rollback()
+    dispatch("happened", {"id": "e2"})
+    session.commit()
+    assert sent == ["e2"]
+
+
+def test_a_released_savepoint_publishes_nothing_before_the_commit(publisher):
+    dispatch, session, sent = publisher
+    dispatch("happened", {"id": "e1"})
+    with session.begin_nested():
+        dispatch("happened", {"id": "e2"})
+    assert sent == []
+    session.commit()
+    assert sent == ["e1", "e2"]
