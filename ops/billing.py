@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from ops import rpc
-from ops.errors import OpsError
+from ops.errors import OpsError, id_argument
 
 # checking every account reads the whole ledger: give it longer than one RPC
 VERIFY_TIMEOUT_SECONDS = 600
@@ -26,10 +26,7 @@ def _call(config: dict, method: str, *args: Any, timeout: float | None = None,
 
 def user_id(value: str) -> str:
     """A user id as billing stores it (a canonical UUID); OpsError (exit 2) otherwise."""
-    try:
-        return str(uuid.UUID(value.strip()))
-    except (ValueError, AttributeError):
-        raise OpsError(f"not a user id (a UUID): {value!r}", exit_code=2) from None
+    return id_argument(value, "user id")
 
 
 def verify(config: dict, user: str | None = None) -> dict:

@@ -15,7 +15,6 @@ the rest of the outcome.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from typing import Any
 from nameko.exceptions import RpcTimeout
 
 from ops import rpc
-from ops.errors import OpsError
+from ops.errors import OpsError, id_argument
 from services.common.errors import DomainError
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -48,10 +47,7 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
 
 def job_id(value: str) -> str:
     """A job id in canonical form; OpsError (exit 2) when it is not a UUID."""
-    try:
-        return str(uuid.UUID(value.strip()))
-    except (ValueError, AttributeError):
-        raise OpsError(f"not a job id (a UUID): {value!r}", exit_code=2) from None
+    return id_argument(value, "job id")
 
 
 def generation(config: dict):

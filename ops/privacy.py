@@ -8,12 +8,11 @@ an answer). Request ids only: the report names no user.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from ops import rpc
-from ops.errors import OpsError
+from ops.errors import id_argument
 
 
 def _call(config: dict, method: str, *args: Any) -> Any:
@@ -26,11 +25,7 @@ def report(config: dict) -> dict:
 
 
 def retry(config: dict, request_id: str) -> dict:
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
-        raise OpsError(f"not a request id: {request_id}", exit_code=2) from None
-    return _call(config, "retry_request", request_id)
+    return _call(config, "retry_request", id_argument(request_id, "request id"))
 
 
 def publish_policy(config: dict, version: str, material: bool, summary: str) -> dict:

@@ -49,6 +49,7 @@ from services.billing.models import (
 )
 from services.billing.settings import BillingSettings
 from services.common.errors import DomainError, conflict, not_found
+from services.common.ids import parse_uuid
 from services.common.pagination import paginate
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,7 @@ def find_refunded_order(db: Session, charge: dict) -> uuid.UUID | None:
         if found is not None:
             return found
     order_id = (charge.get("metadata") or {}).get("order_id")
-    try:
-        return uuid.UUID(str(order_id)) if order_id else None
-    except ValueError:
-        return None
+    return parse_uuid(order_id) if order_id else None
 
 
 def _lock_paid_order(db: Session, settings: BillingSettings, order_id: uuid.UUID, now: datetime,

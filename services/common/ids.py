@@ -1,5 +1,5 @@
 """Identifiers and clocks: time-ordered UUIDs (version 7), UTC times, and the
-two ways a service reads an id it is given:
+two ways a service reads an id it is given (both through :func:`parse_uuid`):
 
 - :func:`trusted_id`: an id a trusted caller (the gateway, another service, the
   ops CLI) names, such as the signed-in user's. A malformed one is the caller's
@@ -47,17 +47,31 @@ def isoformat(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def parse_uuid(value) -> uuid.UUID | None:
+    """``value`` as a UUID, or None when it is not one (nor a string of one).
+
+    For ids found in data from outside that may or may not be ours (a Stripe
+    event's metadata, an object store key); ids a caller names go through
+    :func:`trusted_id` or :func:`client_id`."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def trusted_id(value, name: str = "user_id") -> uuid.UUID:
     """The UUID a trusted caller names in ``name``; 400 ``invalid_request`` if malformed."""
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise invalid_request(f"{name} is not a valid id", fields={name: ["Not a valid UUID."]}) from None
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise invalid_request(f"{name} is not a valid id", fields={name: ["Not a valid UUID."]})
+    return parsed
 
 
 def client_id(value, what: str = "resource") -> uuid.UUID:
     """The UUID of a ``what`` a client names; 404 ``not_found`` if malformed."""
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise not_found(what) from None
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise not_found(what)
+    return parsed

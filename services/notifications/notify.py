@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from services.common.db import claim_event
 from services.common.errors import NonRetryable
-from services.common.ids import isoformat, utcnow
+from services.common.ids import isoformat, trusted_id, utcnow
 from services.common.races import first_wins
 from services.common.sealed import Sealer, UnreadableSecret
 from services.notifications.mailer import Mailer
@@ -68,7 +68,7 @@ def template_context(template: str, event: dict, mail_settings: dict,
 
 
 def erased_subject(user_id) -> str:
-    return hashlib.sha256(f"darkroom-erased-account:{uuid.UUID(str(user_id))}".encode()).hexdigest()
+    return hashlib.sha256(f"darkroom-erased-account:{trusted_id(user_id)}".encode()).hexdigest()
 
 
 def account_erased(session: Session, user_id) -> bool:
@@ -125,7 +125,7 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
     )
     mailer.send(message)
     notification = Notification(
-        id=notification_id, event_id=uuid.UUID(str(event_id)), user_id=uuid.UUID(str(event["user_id"])),
+        id=notification_id, event_id=trusted_id(event_id, "event_id"), user_id=trusted_id(event["user_id"]),
         recipient=event["email"], template=template, subject=rendered.subject, sent_at=utcnow(),
     )
     session.add(notification)
@@ -137,7 +137,7 @@ def deliver(session: Session, mailer: Mailer, mail_settings: dict, template: str
 def export_user(session: Session, user_id) -> list[dict]:
     """Every mail sent to a user, for a data export."""
     rows = session.scalars(
-        select(Notification).where(Notification.user_id == uuid.UUID(str(user_id)))
+        select(Notification).where(Notification.user_id == trusted_id(user_id))
         .order_by(Notification.sent_at)
     )
     return [
@@ -152,6 +152,6 @@ def erase_user(session: Session, user_id) -> int:
     personal data, stay so a redelivered old event still sends nothing).
     The caller commits."""
     result = session.execute(
-        delete(Notification).where(Notification.user_id == uuid.UUID(str(user_id)))
+        delete(Notification).where(Notification.user_id == trusted_id(user_id))
     )
     return result.rowcount or 0

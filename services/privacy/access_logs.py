@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from services.common.ids import trusted_id
 from services.privacy.models import AccessLog, ErasedSubject
 
 PSEUDONYM_PREFIX = "psn:"
@@ -41,26 +42,22 @@ def erased_users(db: Session, key: bytes, user_ids) -> set[uuid.UUID]:
     return {by_subject[s] for s in found}
 
 
-def _uuid(value) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
 def store_all(db: Session, key: bytes, facts: list[dict]) -> int:
     """Add a batch of access-log facts to the session (the caller commits);
     returns how many were added. A fact kept before (its id is a row's id) or
     of an erased user is left out."""
     fresh: dict[uuid.UUID, dict] = {}
     for entry in facts:
-        fresh.setdefault(_uuid(entry["id"]), entry)
+        fresh.setdefault(trusted_id(entry["id"], "id"), entry)
     if not fresh:
         return 0
     existing = set(db.scalars(select(AccessLog.id).where(AccessLog.id.in_(list(fresh)))))
-    users = {_uuid(e["user_id"]) for i, e in fresh.items()
+    users = {trusted_id(e["user_id"]) for i, e in fresh.items()
              if i not in existing and e.get("user_id") is not None}
     erased = erased_users(db, key, users)
     added = 0
     for fact_id, entry in fresh.items():
-        user_id = _uuid(entry["user_id"]) if entry.get("user_id") is not None else None
+        user_id = trusted_id(entry["user_id"]) if entry.get("user_id") is not None else None
         if fact_id in existing or user_id in erased:
             continue
         db.add(AccessLog(id=fact_id, user_id=user_id, at=entry["at"], method=entry["method"],

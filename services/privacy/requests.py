@@ -59,7 +59,7 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES
 from services.common.errors import DomainError, conflict, forbidden, not_found
-from services.common.ids import client_id, new_id
+from services.common.ids import client_id, new_id, trusted_id
 from services.common.messaging import Dispatch
 from services.common.pagination import paginate
 from services.privacy import access_logs, own_data
@@ -362,7 +362,7 @@ def finish_export(db: Session, request: PrivacyRequest, stored: dict, now: datet
                   dispatch: Dispatch) -> list[uuid.UUID]:
     """The archive is stored: complete the request, forget the parts' data,
     announce it. Returns the parts' stored objects, to delete."""
-    request.export_object_id = uuid.UUID(str(stored["id"]))
+    request.export_object_id = trusted_id(stored["id"], "id")
     request.export_size = int(stored["size"])
     expires = stored.get("expires_at")
     request.export_expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00")) \

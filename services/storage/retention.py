@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from services.common.ids import new_id
+from services.common.ids import new_id, parse_uuid
 from services.common.messaging import Dispatch
 from services.storage.backends.base import Backend, ObjectInfo
 from services.storage.backends.keys import PUBLIC_PREFIX, stored_keys
@@ -259,10 +259,7 @@ def _chunks(items: Iterable[ObjectInfo], size: int) -> Iterator[list[ObjectInfo]
 
 def _uuid_at(key: str, index: int) -> uuid.UUID | None:
     parts = key.split("/")
-    try:
-        return uuid.UUID(parts[index])
-    except (IndexError, ValueError):
-        return None
+    return parse_uuid(parts[index]) if len(parts) > index else None
 
 
 def _orphaned_objects(db: Session, infos: list[ObjectInfo]) -> list[ObjectInfo]:

@@ -532,7 +532,7 @@ def test_profile_update(auth):
     error = refused(auth.rpc.update_profile, account.user["id"], {"email": "x@example.com"})
     assert error.code == "invalid_request"
     assert refused(auth.rpc.get_user, str(uuid.uuid4())).code == "not_found"
-    assert refused(auth.rpc.get_user, "nope").code == "not_found"
+    assert refused(auth.rpc.get_user, "nope").code == "invalid_request"  # a trusted id: the caller's bug
 
 
 def test_email_change_flow(auth):
@@ -685,10 +685,12 @@ def test_concurrent_first_uses_agree_on_one_secret(auth):
 
 
 def test_webhook_secret_of_an_unknown_user_is_not_found(auth):
-    for user_id in (str(uuid.uuid4()), "not-a-uuid"):
+    # a user id is a trusted caller's: unknown is 404, malformed is the caller's bug (400)
+    for user_id, answer in ((str(uuid.uuid4()), ("not_found", 404)),
+                            ("not-a-uuid", ("invalid_request", 400))):
         for call in (auth.rpc.get_webhook_secret, auth.rpc.rotate_webhook_secret):
             error = refused(call, user_id)
-            assert (error.code, error.status) == ("not_found", 404)
+            assert (error.code, error.status) == answer
 
 
 # ---------------------------------------------------------------- races (PostgreSQL)

@@ -36,6 +36,7 @@ from services.billing import orders
 from services.billing.models import FAILED, PENDING, Order, WebhookEvent
 from services.billing.settings import BillingSettings
 from services.common.errors import DomainError, invalid_request
+from services.common.ids import parse_uuid
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,7 @@ def parse_event(payload: str) -> dict:
 
 def _order_id_of(session: dict) -> uuid.UUID | None:
     candidate = (session.get("metadata") or {}).get("order_id") or session.get("client_reference_id")
-    try:
-        return uuid.UUID(str(candidate)) if candidate else None
-    except ValueError:
-        return None
+    return parse_uuid(candidate) if candidate else None
 
 
 def handle(db: Session, settings: BillingSettings, payload: str, signature: str | None,
