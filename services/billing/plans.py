@@ -2,7 +2,7 @@
 
 - The billing period is the UTC calendar month (:func:`period_bounds`):
   ``get_balance`` reports on it, and plans without a price get their
-  ``monthly_grant`` once per month from an hourly timer (:func:`grant_monthly`,
+  ``monthly_grant`` once per month from an hourly timer (:func:`grant_month`,
   key ``grant:monthly:<user>:<YYYY-MM>``). Granted credits expire at the end
   of the month they were granted for (``GRANTS_EXPIRE_AT_PERIOD_END``).
 - An account opens on the default (free) plan with its ``signup_grant``
@@ -14,7 +14,7 @@
   payment (buying the current plan again extends it): the plan's
   ``monthly_grant`` is granted at once (``order:<id>:grant``), expiring with
   the period. When the period ends a timer returns the account to the
-  default plan (:func:`end_expired_plans`), and the free monthly grant
+  default plan (:func:`end_expired_plan`), and the free monthly grant
   resumes for the month.
 - Every plan change dispatches ``billing.plan_changed`` (storage keeps the
   plan's retention for the user's objects).
