@@ -33,6 +33,9 @@ refund      -N       0            ``order:<id>:refund:<cumulative minor units re
 expire      -N       0            ``lot:<lot>:expire:<n>``
 adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 =========== ======== ============ ======================================
+
+Nothing here commits: every function works in the caller's transaction (under
+the account lock it took), and the caller commits.
 """
 
 from __future__ import annotations

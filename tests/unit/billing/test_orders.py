@@ -312,7 +312,8 @@ def test_a_paid_plan_starts_and_all_its_money_back_ends_it(db, settings, events,
     assert_clean(db)
 
 
-def test_a_payment_after_the_order_timed_out_is_honoured(db, settings, events, stripe, user, maintain):
+def test_a_payment_after_the_order_timed_out_is_honoured(db, settings, events, stripe, user,
+                                                         maintain):
     order = checkout(db, settings, events, stripe, user, {"pack_id": "small"})
     maintain("orders", NOW + timedelta(hours=26))
     assert db.get(Order, order.id, populate_existing=True).status == "failed"

@@ -37,7 +37,8 @@ def test_the_signup_month_has_no_monthly_grant(db, settings, user, maintain):
     assert len(grants(db, user)) == 1
 
 
-def test_monthly_grants_are_given_once_per_month_and_expire_at_its_end(db, settings, user, maintain):
+def test_monthly_grants_are_given_once_per_month_and_expire_at_its_end(db, settings, user,
+                                                                       maintain):
     april = datetime(2026, 4, 2, 3, 0, tzinfo=UTC)
     assert maintain("grants", april) == 1
     assert maintain("grants", april + timedelta(hours=1)) == 0
