@@ -3,6 +3,7 @@ handling: payment, refunds after partial spend, duplicates, mismatches."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from services.billing.models import Account, Hold, LedgerEntry, Lot, Order, Paym
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.common.errors import DomainError
+from services.common.idempotency import request_hash
 from tests.fakes.stripe import FakeStripe, charge_refunded, event, signed_body
 from tests.unit.billing.audit_helpers import assert_clean
 from tests.unit.billing.conftest import NOW
@@ -109,6 +111,24 @@ def test_an_idempotency_key_returns_the_first_order(db, settings, events, stripe
     theirs, needs = begin(db, settings, events, other_user, {"pack_id": "small"}, key="k1")
     assert needs and theirs.id != first.id
     assert len(stripe.sessions) == 1
+
+
+def test_an_order_keyed_before_the_shared_request_hash_is_still_found(db, settings, events,
+                                                                      stripe, user):
+    """Orders stored the hash of ``json.dumps(body, sort_keys=True)``; new ones
+    store ``services.common.idempotency.request_hash``. A retry after the
+    upgrade of a request made before it finds its order; another body is
+    still refused."""
+    first = checkout(db, settings, events, stripe, user, {"pack_id": "small"}, key="k1")
+    assert first.request_hash == request_hash({"pack_id": "small"})
+    legacy = hashlib.sha256(b'{"pack_id": "small"}').hexdigest()
+    assert legacy != first.request_hash
+    db.get(Order, first.id).request_hash = legacy
+    db.commit()
+    again, needs = begin(db, settings, events, user, {"pack_id": "small"}, key="k1")
+    assert not needs and again.id == first.id
+    error = refused(begin, db, settings, events, user, {"pack_id": "large"}, "k1")
+    assert (error.code, error.status) == ("idempotency_key_reused", 409)
 
 
 def test_a_failed_order_is_retried_under_its_key(db, settings, events, user):
