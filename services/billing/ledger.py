@@ -35,7 +35,7 @@ adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 =========== ======== ============ ======================================
 
 Nothing here commits: every function works in the caller's transaction (under
-the account lock it took), and the caller commits.
+the account lock the caller took with :func:`lock_account`), and the caller commits.
 """
 
 from __future__ import annotations
