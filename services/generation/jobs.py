@@ -135,7 +135,7 @@ def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reque
                                "with its idempotency key")
         return raced
 
-    raced = first_wins(db, db.flush, winner)
+    raced = first_wins(db, db.flush, winner)  # None: the job was written
     if raced is not None:
         return raced, False
     dispatch("job_requested", {"job_id": job.id, "user_id": user_id, "attempt": 1,
