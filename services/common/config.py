@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,19 @@ class Section:
         if value is None or (value == "" and not isinstance(default, str)):
             return default
         return value
+
+    def required(self, key: str) -> str:
+        """The value of ``key``; ValueError when it is missing or empty."""
+        value = str(self.values.get(key) or "")
+        if not value:
+            raise ValueError(f"{self.name}.{key} must be set")
+        return value
+
+    def duration(self, key: str, default: timedelta, unit: str) -> timedelta:
+        """``key``: a number (fractions allowed) of ``unit`` (days, hours,
+        minutes or seconds); ``default`` when missing."""
+        one = timedelta(**{unit: 1})
+        return one * float(self.get(key, default / one))
 
     def positive(self, key: str, default: Any, kind: type) -> Any:
         """``kind(get(key, default))``; ValueError unless it is above 0."""
