@@ -40,9 +40,8 @@ from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from nameko.exceptions import RemoteError, ReplyQueueExpiredWithPendingReplies, UnknownService
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
 from sqlalchemy.orm import Session
+from urllib3.util.retry import Retry
 
 from services.common.bounded_rpc import BoundedProxy, RpcTimeout
 from services.common.concurrency import Heartbeat

@@ -13,8 +13,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from services.common.ids import utcnow
 from services.common.idempotency import request_hash
+from services.common.ids import utcnow
 from services.generation import jobs, runner
 from services.generation.models import Job
 from services.generation.settings import GenerationSettings
