@@ -10,7 +10,7 @@ import unicodedata
 
 from marshmallow import fields, validate
 
-from services.common.contracts import EventSchema, RpcSchema, Sealed, page_of, register_event
+from services.common.contracts.base import EventSchema, RpcSchema, Sealed, page_of, register_event
 
 EMAIL_MAX = 254
 PASSWORD_MIN = 10

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, page_of, register_event
+from services.common.contracts.base import (
+    EventSchema,
+    PageQuery,
+    RpcSchema,
+    page_of,
+    register_event,
+)
 from services.common.contracts.generation import (
     DEFAULT_N,
     DURATION_MAX_S,

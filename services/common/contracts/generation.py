@@ -13,7 +13,13 @@ from enum import StrEnum
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, page_of, register_event
+from services.common.contracts.base import (
+    EventSchema,
+    PageQuery,
+    RpcSchema,
+    page_of,
+    register_event,
+)
 
 JOB_TYPES = ("text-to-image", "image-to-image", "image-to-video")
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import (
+from services.common.contracts.auth import PASSWORD_MAX
+from services.common.contracts.base import (
     EventSchema,
     PageQuery,
     RpcSchema,
@@ -27,7 +28,6 @@ from services.common.contracts import (
     page_of,
     register_event,
 )
-from services.common.contracts.auth import PASSWORD_MAX
 
 # Every service that holds personal data and answers export and erasure requests.
 PART_SERVICES = ("auth", "billing", "generation", "notifications", "storage", "privacy")

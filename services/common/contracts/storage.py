@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, page_of, register_event
+from services.common.contracts.base import (
+    EventSchema,
+    PageQuery,
+    RpcSchema,
+    page_of,
+    register_event,
+)
 
 KINDS = ("upload", "output", "export")
 VISIBILITIES = ("private", "public")
