@@ -24,7 +24,7 @@ from functools import wraps
 from flask import current_app, g, request
 from flask_smorest import Blueprint
 
-from services.common.errors import forbidden, unauthenticated
+from services.common.errors import email_unverified, unauthenticated
 
 MAX_CACHE_SECONDS = 30.0
 CREDENTIAL_MAX = 200
@@ -176,7 +176,7 @@ def require_verified(fn):
     @wraps(fn)
     def wrapper(*args, **kwargs):
         if not current_principal().email_verified:
-            raise forbidden("verify your email address first", code="email_unverified")
+            raise email_unverified()
         return fn(*args, **kwargs)
 
     return _with_security_doc(wrapper, **{"403": "FORBIDDEN"})

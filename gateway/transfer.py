@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 from gateway.rpc import ServiceUnavailable
-from services.common.errors import DomainError
+from services.common.errors import payload_too_large
 
 log = logging.getLogger("gateway.transfer")
 
@@ -68,17 +68,12 @@ class CountingReader:
         return chunk
 
 
-def too_large(max_bytes: int) -> DomainError:
-    return DomainError("payload_too_large", f"the file is larger than {max_bytes} bytes", 413,
-                       {"max_bytes": max_bytes})
-
-
 def put_file(url: str, source: BinaryIO, length: int, *, max_bytes: int, method: str = "PUT",
              headers: Mapping[str, str] | None = None,
              timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)) -> None:
     """Send ``length`` bytes of ``source`` (from its current position) to ``url``."""
     if length > max_bytes:
-        raise too_large(max_bytes)
+        raise payload_too_large(max_bytes)
     host = urlsplit(url).netloc
     send_headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-length"}
     body = CountingReader(source, length)
@@ -86,14 +81,14 @@ def put_file(url: str, source: BinaryIO, length: int, *, max_bytes: int, method:
         response = requests.request(method, url, data=body, headers=send_headers, timeout=timeout,
                                     allow_redirects=False)
     except _SourceTooLong:
-        raise too_large(length) from None
+        raise payload_too_large(length) from None
     except (_SourceTooShort, requests.RequestException) as exc:
         log.warning("upload transfer to %s failed after %d of %d bytes: %s",
                     host, body.sent, length, type(exc).__name__)
         raise ServiceUnavailable("the file could not be stored, try again shortly") from None
     try:
         if response.status_code == 413:
-            raise too_large(max_bytes)
+            raise payload_too_large(max_bytes)
         if not 200 <= response.status_code < 300:
             log.warning("upload transfer to %s answered %d", host, response.status_code)
             raise ServiceUnavailable("the file could not be stored, try again shortly")

@@ -7,7 +7,7 @@ from flask import current_app, g, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from gateway.api.common import Blueprint, errors, present, rpc
+from gateway.api.common import Blueprint, errors, for_caller, present, rpc
 from gateway.auth import authenticated, current_principal
 from services.common.contracts import PageQuery
 from services.common.contracts.auth import (
@@ -181,8 +181,7 @@ class MeView(MethodView):
     @me_blp.arguments(UpdateProfile)
     def patch(self, payload):
         """Change display name, bio or avatar"""
-        with rpc() as proxy:
-            return present(User, proxy.auth.update_profile(current_principal().user_id, payload))
+        return for_caller(User, "auth.update_profile", payload)
 
 
 @me_blp.route("/email", methods=["POST"])
@@ -206,8 +205,7 @@ class ApiKeys(MethodView):
     @authenticated
     def get(self, page):
         """The caller's API keys (never their secrets), newest first"""
-        with rpc() as proxy:
-            return present(ApiKeyPage, proxy.auth.list_api_keys(current_principal().user_id, page=page))
+        return for_caller(ApiKeyPage, "auth.list_api_keys", page=page)
 
     @me_blp.response(201, NewApiKey)
     @errors(409)
@@ -216,8 +214,7 @@ class ApiKeys(MethodView):
     def post(self, payload):
         """Create an API key (verified accounts, not administrators); its secret (key) is shown
         only in this answer"""
-        with rpc() as proxy:
-            return present(NewApiKey, proxy.auth.create_api_key(current_principal().user_id, payload))
+        return for_caller(NewApiKey, "auth.create_api_key", payload)
 
 
 @me_blp.route("/api-keys/<uuid:key_id>", methods=["DELETE"])
@@ -225,8 +222,7 @@ class ApiKeys(MethodView):
 @authenticated
 def revoke_api_key(key_id):
     """Revoke an API key"""
-    with rpc() as proxy:
-        proxy.auth.revoke_api_key(current_principal().user_id, str(key_id))
+    for_caller(None, "auth.revoke_api_key", str(key_id))
     _cache().evict_credential(str(key_id))
 
 
@@ -248,8 +244,7 @@ def list_sessions(page):
 @authenticated
 def revoke_session(session_id):
     """Revoke one of the caller's sessions"""
-    with rpc() as proxy:
-        proxy.auth.revoke_session(current_principal().user_id, str(session_id))
+    for_caller(None, "auth.revoke_session", str(session_id))
     _cache().evict_credential(str(session_id))
 
 
@@ -259,8 +254,7 @@ def revoke_session(session_id):
 @authenticated
 def begin_totp():
     """Start two-factor enrollment: a secret and otpauth:// URI for an authenticator app"""
-    with rpc() as proxy:
-        return present(TotpEnrollment, proxy.auth.begin_totp_enrollment(current_principal().user_id))
+    return for_caller(TotpEnrollment, "auth.begin_totp_enrollment")
 
 
 @me_blp.route("/totp/confirm", methods=["POST"])
@@ -269,8 +263,7 @@ def begin_totp():
 @me_blp.arguments(TotpCode)
 def confirm_totp(payload):
     """Turn two-factor on with a first code from the authenticator app"""
-    with rpc() as proxy:
-        proxy.auth.confirm_totp_enrollment(current_principal().user_id, payload)
+    for_caller(None, "auth.confirm_totp_enrollment", payload)
 
 
 @me_blp.route("/webhook-secret", methods=["GET"])
@@ -278,8 +271,7 @@ def confirm_totp(payload):
 @authenticated
 def webhook_secret():
     """The whsec_ secret that signs the caller's webhooks (Standard Webhooks); made on first use"""
-    with rpc() as proxy:
-        return present(WebhookSecret, proxy.auth.get_webhook_secret(current_principal().user_id))
+    return for_caller(WebhookSecret, "auth.get_webhook_secret")
 
 
 @me_blp.route("/webhook-secret/rotate", methods=["POST"])
@@ -287,6 +279,4 @@ def webhook_secret():
 @authenticated
 def rotate_webhook_secret():
     """Replace the webhook secret; webhooks are signed with the new one from now on"""
-    with rpc() as proxy:
-        return present(WebhookSecret,
-                       proxy.auth.rotate_webhook_secret(current_principal().user_id))
+    return for_caller(WebhookSecret, "auth.rotate_webhook_secret")

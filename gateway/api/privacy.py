@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from gateway.api.common import Blueprint, errors, present, rpc
+from gateway.api.common import Blueprint, errors, for_caller, no_store, present, rpc
 from gateway.auth import authenticated, current_principal
 from services.common.contracts.privacy import (
     AcceptPolicy,
@@ -38,14 +38,7 @@ privacy_blp = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
                                     "privacy policy and the retention schedule")
 
 
-@privacy_blp.after_request
-def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _user_id() -> str:
-    return current_principal().user_id
+privacy_blp.after_request(no_store)
 
 
 @privacy_blp.route("/requests")
@@ -55,8 +48,7 @@ class Requests(MethodView):
     @authenticated
     def get(self, query):
         """The caller's privacy requests, newest first"""
-        with rpc() as proxy:
-            return present(RequestPage, proxy.privacy.list_requests(_user_id(), query))
+        return for_caller(RequestPage, "privacy.list_requests", query)
 
     @privacy_blp.response(202, RequestView)
     @errors(403, 409)
@@ -82,8 +74,7 @@ class OneRequest(MethodView):
     @authenticated
     def get(self, request_id):
         """A request with its per-service parts; a finished export has a download_url"""
-        with rpc() as proxy:
-            return present(RequestView, proxy.privacy.get_request(_user_id(), str(request_id)))
+        return for_caller(RequestView, "privacy.get_request", str(request_id))
 
     @privacy_blp.response(200, RequestView)
     @errors(409)
@@ -95,10 +86,8 @@ class OneRequest(MethodView):
 
 
 def _cancel_signed_in(request_id):
-    principal = current_principal()
-    with rpc() as proxy:
-        return present(RequestView, proxy.privacy.cancel_request(
-            principal.user_id, str(request_id), principal.credential_type))
+    return for_caller(RequestView, "privacy.cancel_request", str(request_id),
+                      current_principal().credential_type)
 
 
 @privacy_blp.route("/requests/<uuid:request_id>/cancel", methods=["POST"])
@@ -132,16 +121,14 @@ class ConsentsView(MethodView):
     @authenticated
     def get(self):
         """The caller's consents and every change of them"""
-        with rpc() as proxy:
-            return present(Consents, proxy.privacy.get_consents(_user_id()))
+        return for_caller(Consents, "privacy.get_consents")
 
     @privacy_blp.response(200, Consents)
     @authenticated
     @privacy_blp.arguments(UpdateConsents)
     def put(self, payload):
         """Give or withdraw consent to marketing mail and analytics"""
-        with rpc() as proxy:
-            return present(Consents, proxy.privacy.update_consents(_user_id(), payload, "api"))
+        return for_caller(Consents, "privacy.update_consents", payload, "api")
 
 
 @privacy_blp.route("/policy", methods=["GET"])
@@ -160,8 +147,7 @@ def policy():
 @privacy_blp.arguments(AcceptPolicy)
 def accept_policy(payload):
     """Accept the current policy version (409 policy_version_outdated for another one)"""
-    with rpc() as proxy:
-        return present(PolicyStatus, proxy.privacy.accept_policy(_user_id(), payload))
+    return for_caller(PolicyStatus, "privacy.accept_policy", payload)
 
 
 @privacy_blp.route("/retention", methods=["GET"])
