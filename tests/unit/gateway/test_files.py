@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.api.files import signed_files, store_file

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from services.common import signing
-from services.storage.backends import InvalidKey, check_key, make_backend
 from services.common.errors import DomainError
+from services.storage.backends import InvalidKey, check_key, make_backend
 from services.storage.backends.fs import TEMP_PREFIX, FsBackend, ShortStream, SignedFiles
 from services.storage.backends.s3 import S3Backend
 from services.storage.settings import StorageSettings
