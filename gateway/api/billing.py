@@ -21,13 +21,12 @@ from marshmallow import Schema, fields
 from gateway.api.common import (
     IDEMPOTENCY_KEY_DOC,
     Blueprint,
+    call,
     capped_body,
     errors,
     for_caller,
     given,
     idempotency_key,
-    present,
-    rpc,
 )
 from gateway.auth import authenticated, require_verified
 from services.common.contracts.billing import (
@@ -121,16 +120,14 @@ def checkout(payload):
 @billing_blp.response(200, PlanList)
 def plans():
     """The plans: price per period, credits granted, retention, queue priority"""
-    with rpc() as proxy:
-        return present(PlanList, proxy.billing.list_plans())
+    return call(PlanList, "billing.list_plans")
 
 
 @billing_blp.route("/prices", methods=["GET"])
 @billing_blp.response(200, Prices)
 def prices():
     """What each job type costs in credits, and the credit packs for sale"""
-    with rpc() as proxy:
-        return present(Prices, proxy.billing.list_prices())
+    return call(Prices, "billing.list_prices")
 
 
 @billing_blp.route("/webhooks/stripe", methods=["POST"])
@@ -146,6 +143,5 @@ def stripe_webhook():
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
-    with rpc() as proxy:
-        proxy.billing.handle_stripe_webhook(text, request.headers.get("Stripe-Signature"))
+    call(None, "billing.handle_stripe_webhook", text, request.headers.get("Stripe-Signature"))
     return {"received": True}

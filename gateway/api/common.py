@@ -202,15 +202,18 @@ def rpc():
     return current_app.extensions["darkroom"].rpc.get()
 
 
-def for_caller(schema: type[Schema] | None, method: str, *args: Any, **kwargs: Any) -> Any:
-    """``present(schema, <service>.<name>(caller's user id, *args, **kwargs))``
-    for ``method`` ``"<service>.<name>"``, over one pooled proxy; the raw
-    result without a schema."""
+def call(schema: type[Schema] | None, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``present(schema, <service>.<name>(*args, **kwargs))`` for ``method``
+    ``"<service>.<name>"``, over one pooled proxy; the raw result without a schema."""
     service, name = method.split(".")
-    user_id = current_principal().user_id
     with rpc() as proxy:
-        result = getattr(getattr(proxy, service), name)(user_id, *args, **kwargs)
+        result = getattr(getattr(proxy, service), name)(*args, **kwargs)
     return result if schema is None else present(schema, result)
+
+
+def for_caller(schema: type[Schema] | None, method: str, *args: Any, **kwargs: Any) -> Any:
+    """:func:`call` with the caller's user id first."""
+    return call(schema, method, current_principal().user_id, *args, **kwargs)
 
 
 def given(values: dict) -> dict:

@@ -41,6 +41,7 @@ from marshmallow import Schema, fields, validate
 from gateway.api.common import (
     IDEMPOTENCY_KEY_DOC,
     Blueprint,
+    call,
     errors,
     for_caller,
     given,
@@ -222,8 +223,7 @@ def _config(name: str, default: float) -> float:
 @generation_blp.response(200, TemplateList)
 def templates():
     """The templates a job can use, with their input fields"""
-    with rpc() as proxy:
-        return present(TemplateList, proxy.generation.list_templates())
+    return call(TemplateList, "generation.list_templates")
 
 
 # ------------------------------------------------------------ jobs
@@ -242,12 +242,9 @@ class Generations(MethodView):
     @generation_blp.arguments(SubmitJob)
     def post(self, query, payload):
         """Submit a job (text-to-image, image-to-image, image-to-video, or a template)"""
-        key = idempotency_key()
-        user_id = current_principal().user_id
         body = SubmitJob().dump(payload)  # JSON types (UUIDs as strings) for the RPC
-        with rpc() as proxy:
-            answer = proxy.generation.submit(user_id, body, idempotency_key=key,
-                                             dry_run=query["dry_run"])
+        answer = for_caller(None, "generation.submit", body, idempotency_key=idempotency_key(),
+                            dry_run=query["dry_run"])
         if query["dry_run"]:
             return jsonify(PriceQuote().dump(present(PriceQuote, answer)))
         job = present(JobView, answer)

@@ -20,18 +20,9 @@ from flask_smorest.fields import Upload
 from marshmallow import Schema
 
 from gateway import transfer
-from gateway.api.common import (
-    Blueprint,
-    capped_body,
-    errors,
-    for_caller,
-    given,
-    no_store,
-    present,
-    rpc,
-)
+from gateway.api.common import Blueprint, call, capped_body, errors, for_caller, given, no_store
 from gateway.api.files import signed_files, store_file, upload_max_bytes
-from gateway.auth import authenticated, current_principal
+from gateway.auth import authenticated
 from services.common.contracts.storage import (
     ImageObject,
     ImagePage,
@@ -100,14 +91,10 @@ def upload(form):
     if size == 0:
         raise DomainError("invalid_request", "the file is empty", 400,
                           {"fields": {"file": ["The file is empty."]}})
-    user_id = current_principal().user_id
     # two short checkouts: no pooled proxy is held while the bytes travel
-    with rpc() as proxy:
-        slot = proxy.storage.create_upload_slot(user_id)
+    slot = for_caller(None, "storage.create_upload_slot")
     send_to_slot(slot, stream, size, max_bytes)
-    with rpc() as proxy:
-        image = proxy.storage.finish_upload(user_id, str(slot["upload_id"]))
-    return present(ImageObject, image)
+    return for_caller(ImageObject, "storage.finish_upload", str(slot["upload_id"]))
 
 
 @images_blp.route("/images", methods=["GET"])
@@ -159,5 +146,4 @@ def image_content(image_id):
 @public_blp.response(200, PublicImageObject)
 def public_image(public_id):
     """A public image by its public id (404 for private or unknown ones)"""
-    with rpc() as proxy:
-        return present(PublicImageObject, proxy.storage.get_public_object(public_id))
+    return call(PublicImageObject, "storage.get_public_object", public_id)

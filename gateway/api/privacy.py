@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from gateway.api.common import Blueprint, errors, for_caller, no_store, present, rpc
+from gateway.api.common import Blueprint, call, errors, for_caller, no_store, present
 from gateway.auth import authenticated, current_principal
 from services.common.contracts.privacy import (
     AcceptPolicy,
@@ -60,10 +60,8 @@ class Requests(MethodView):
         is on: 401 reauthentication_required; it waits out a grace period, cancellable
         with the mailed link), a restriction of processing or its lifting; 409 while
         one of that type is open"""
-        principal = current_principal()
-        with rpc() as proxy:
-            answer = proxy.privacy.create_request(principal.user_id, payload,
-                                                  principal.credential_type)
+        answer = for_caller(None, "privacy.create_request", payload,
+                            current_principal().credential_type)
         return present(RequestView, answer), 202, {
             "Location": f"/v1/privacy/requests/{answer['id']}"}
 
@@ -100,9 +98,7 @@ def cancel_request(payload, request_id):
     400 invalid_token) or, without one, with a session of the owner (403
     session_required); 409 not_cancellable"""
     if payload.get("token"):
-        with rpc() as proxy:
-            return present(RequestView,
-                           proxy.privacy.cancel_with_token(str(request_id), payload))
+        return call(RequestView, "privacy.cancel_with_token", str(request_id), payload)
     return _cancel_signed_in(request_id)
 
 
@@ -111,8 +107,7 @@ def cancel_request(payload, request_id):
 def certificate(request_id):
     """A completed erasure's certificate (no personal data; no authentication: the
     account is gone). 404 until the erasure has completed"""
-    with rpc() as proxy:
-        return present(Certificate, proxy.privacy.get_certificate(str(request_id)))
+    return call(Certificate, "privacy.get_certificate", str(request_id))
 
 
 @privacy_blp.route("/consents")
@@ -136,8 +131,7 @@ class ConsentsView(MethodView):
 @errors(404)
 def policy():
     """The current privacy policy version (404 before any is published)"""
-    with rpc() as proxy:
-        return present(Policy, proxy.privacy.get_policy())
+    return call(Policy, "privacy.get_policy")
 
 
 @privacy_blp.route("/policy/accept", methods=["POST"])
@@ -154,5 +148,4 @@ def accept_policy(payload):
 @privacy_blp.response(200, Retention)
 def retention():
     """The retention schedule the running services enforce, from their own settings"""
-    with rpc() as proxy:
-        return present(Retention, proxy.privacy.get_retention())
+    return call(Retention, "privacy.get_retention")
