@@ -171,7 +171,9 @@ def authenticated(fn):
 
 def require_verified(fn):
     """View decorator: like :func:`authenticated`, and the account's email
-    address must be verified (403 ``email_unverified``)."""
+    address must be verified (403 ``email_unverified``). An early answer from
+    the resolved credential: the services that spend enforce the rule
+    themselves (services.common.spending)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
