@@ -8,31 +8,24 @@ path is a 404.
 
 The layout on disk, the keys served, the signature check and the atomic write
 are the fs backend's :class:`~services.storage.backends.fs.SignedFiles`; this
-module is only their HTTP side (and turns a failing disk into 503).
-``POST /v1/uploads`` writes here directly with :func:`store_file` when its
-upload slot is one of these URLs, instead of an HTTP call to itself.
+module is only their HTTP side (the write, with its HTTP errors, is
+:func:`gateway.transfer.store_file`, which ``POST /v1/uploads`` also uses
+when its upload slot is one of these URLs, instead of an HTTP call to itself).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import BinaryIO
 
-from flask import current_app, request, send_file
+from flask import request, send_file
 from flask.views import MethodView
 from marshmallow import EXCLUDE, Schema, fields
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.api.common import Blueprint, no_store
-from gateway.rpc import ServiceUnavailable
+from gateway.transfer import signed_files, store_file, upload_max_bytes
 from services.common.errors import DomainError, forbidden, not_found, payload_too_large
-from services.storage.backends.fs import ShortStream, SignedFiles
+from services.storage.backends.fs import SignedFiles
 from services.storage.backends.keys import InvalidKey
-
-log = logging.getLogger("gateway.files")
-
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
 files_blp = Blueprint("files", __name__, url_prefix="/v1/files",
                       description="Files of the fs storage backend, under signed, expiring URLs")
@@ -41,39 +34,6 @@ files_blp.after_request(no_store)
 
 def invalid_signature() -> DomainError:
     return forbidden("the URL's signature is invalid or has expired", code="invalid_signature")
-
-
-def upload_max_bytes() -> int:
-    """``UPLOAD_MAX_BYTES``: the cap of uploads (and of file URLs without a signed one)."""
-    return int(current_app.extensions["darkroom"].config.get("UPLOAD_MAX_BYTES")
-               or DEFAULT_MAX_BYTES)
-
-
-def signed_files() -> SignedFiles | None:
-    """This gateway's files: None unless ``FILES.ROOT`` and ``FILES.URL_SECRET`` are set."""
-    files = current_app.extensions["darkroom"].config.get("FILES") or {}
-    root, secret = files.get("ROOT"), files.get("URL_SECRET")
-    if not root or not secret:
-        return None
-    return SignedFiles(str(root), str(secret))
-
-
-def store_file(files: SignedFiles, key: str, stream: BinaryIO, length: int | None,
-               max_bytes: int) -> int:
-    """:meth:`SignedFiles.write` with HTTP's answers: 413 past ``max_bytes``,
-    400 for a body shorter than its ``Content-Length``, 503 when the disk fails."""
-    try:
-        return files.write(key, stream, length=length, max_bytes=max_bytes)
-    except RequestEntityTooLarge:  # werkzeug's own cap on the request stream
-        raise payload_too_large(max_bytes) from None
-    except ShortStream:
-        raise DomainError("invalid_request", "the body is shorter than its Content-Length",
-                          400) from None
-    except InvalidKey:
-        raise not_found("file") from None
-    except OSError as exc:
-        log.warning("cannot write %s: %s", key, exc)
-        raise ServiceUnavailable("the file could not be stored") from None
 
 
 # ------------------------------------------------------------ routes

@@ -21,8 +21,8 @@ from marshmallow import Schema
 
 from gateway import transfer
 from gateway.api.common import Blueprint, call, capped_body, errors, for_caller, given, no_store
-from gateway.api.files import signed_files, store_file, upload_max_bytes
 from gateway.auth import authenticated
+from gateway.transfer import upload_max_bytes
 from services.common.contracts.storage import (
     ImageObject,
     ImagePage,
@@ -55,20 +55,6 @@ def _size_of(stream: BinaryIO) -> int:
     return size
 
 
-def send_to_slot(slot: dict, stream: BinaryIO, size: int, max_bytes: int) -> None:
-    """Put the bytes where the slot says: straight into FILES.ROOT when the
-    slot is this gateway's own /v1/files/ URL (fs backend), else over HTTP."""
-    method = str(slot.get("method") or "PUT").upper()
-    limit = min(max_bytes, int(slot.get("max_bytes") or max_bytes))
-    files = signed_files()
-    key = files.key_of_url(slot["url"], method) if files is not None and method == "PUT" else None
-    if key is not None:
-        store_file(files, key, stream, size, limit)
-    else:
-        transfer.put_file(slot["url"], stream, size, max_bytes=limit, method=method,
-                          headers=slot.get("headers") or {})
-
-
 @images_blp.route("/uploads", methods=["POST"])
 @images_blp.response(201, ImageObject)
 @images_blp.alt_response(413, description="the file is larger than UPLOAD_MAX_BYTES")
@@ -93,7 +79,7 @@ def upload(form):
                           {"fields": {"file": ["The file is empty."]}})
     # two short checkouts: no pooled proxy is held while the bytes travel
     slot = for_caller(None, "storage.create_upload_slot")
-    send_to_slot(slot, stream, size, max_bytes)
+    transfer.send_to_slot(slot, stream, size, max_bytes)
     return for_caller(ImageObject, "storage.finish_upload", str(slot["upload_id"]))
 
 

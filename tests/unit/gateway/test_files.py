@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from gateway.api.files import signed_files, store_file
+from gateway.transfer import signed_files, store_file
 from services.common import signing
 from services.common.errors import DomainError
 from services.storage.backends.fs import SignedFiles
