@@ -28,6 +28,7 @@ from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 
 from services.common import privacy_parts as parts
+from services.common import spending
 from services.common.concurrency import offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
@@ -100,6 +101,8 @@ class GenerationService(DarkroomService):
         if data["type"] == "image-to-video" and not data["template"]:
             data["duration_s"] = data["duration_s"] or c.DEFAULT_VIDEO_DURATION_S
         user = trusted_id(user_id)
+        if not dry_run:  # a quote spends nothing
+            spending.require_verified(self.auth, user, self.settings.rpc_timeout_seconds)
         privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
         privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
         if data["webhook_url"]:
@@ -208,6 +211,8 @@ class GenerationService(DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def replay_job(self, job_id) -> dict:
         job = jobs.replay(self.db, job_id, utcnow(), self.dispatch)
+        # a new hold on the owner's credits; a refusal rolls the replay back
+        spending.require_verified(self.auth, job.user_id, self.settings.rpc_timeout_seconds)
         self.db.commit()
         log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempt})
         return c.OpsJobView().dump({**jobs.view(job), "user_id": job.user_id})
