@@ -14,6 +14,7 @@ HOPS messages with plain AMQP (kombu), persistent and publisher-confirmed like
 the services' messages, each hop a consumer that publishes to the next queue,
 started the same way by CLIENTS threads. HOPS counts the broker messages on a
 job's path from submit to succeeded: the submit RPC and its reply (2),
+auth.get_user and its reply (2: spending needs a verified address),
 billing.quote and its reply (2), generation.job_requested (1),
 billing.credits_reserved (1), storage.create_output_slot and its reply (2),
 storage.commit_objects and its reply (2).
@@ -52,7 +53,7 @@ from tests.fakes.providers import FakeOpenAIImages
 JOBS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_JOBS", "500"))
 CLIENTS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_CLIENTS", "8"))
 ROUNDS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_ROUNDS", "3"))
-HOPS = 10
+HOPS = 12
 JOB = {"type": "text-to-image", "prompt": "a benchmark teapot", "size": "512x512"}
 OPEN = ("queued", "reserved", "running")  # a job in none of these has finished
 PASSWORD = "benchmark passphrase"

@@ -24,7 +24,7 @@ from functools import wraps
 from flask import current_app, g, request
 from flask_smorest import Blueprint
 
-from services.common.errors import forbidden, unauthenticated
+from services.common.errors import email_unverified, unauthenticated
 
 MAX_CACHE_SECONDS = 30.0
 CREDENTIAL_MAX = 200
@@ -171,12 +171,14 @@ def authenticated(fn):
 
 def require_verified(fn):
     """View decorator: like :func:`authenticated`, and the account's email
-    address must be verified (403 ``email_unverified``)."""
+    address must be verified (403 ``email_unverified``). An early answer from
+    the resolved credential: the services that spend enforce the rule
+    themselves (services.common.spending)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         if not current_principal().email_verified:
-            raise forbidden("verify your email address first", code="email_unverified")
+            raise email_unverified()
         return fn(*args, **kwargs)
 
     return _with_security_doc(wrapper, **{"403": "FORBIDDEN"})

@@ -1,5 +1,8 @@
-"""Streaming a file to an upload slot's URL (a presigned S3 PUT, or the
-``/v1/files/`` URL of a gateway serving the fs backend).
+"""Putting a file where an upload slot says: :func:`send_to_slot` writes it
+straight into ``FILES.ROOT`` when the slot is this gateway's own ``/v1/files/``
+URL (the fs backend's :class:`~services.storage.backends.fs.SignedFiles`,
+:func:`store_file`), else streams it to the slot's URL with :func:`put_file`
+(a presigned S3 PUT, or the ``/v1/files/`` URL of another gateway).
 
 The body is streamed from the file object with an exact ``Content-Length``
 (presigned S3 PUTs accept no chunked bodies); nothing is read into memory
@@ -19,12 +22,17 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import requests
+from flask import current_app
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.rpc import ServiceUnavailable
-from services.common.errors import DomainError
+from services.common.errors import DomainError, not_found, payload_too_large
+from services.storage.backends.fs import ShortStream, SignedFiles
+from services.storage.backends.keys import InvalidKey
 
 log = logging.getLogger("gateway.transfer")
 
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 CONNECT_TIMEOUT_SECONDS = 5.0
 # waiting for the answer once the body is sent (S3 may checksum a large object first)
 READ_TIMEOUT_SECONDS = 60.0
@@ -68,17 +76,12 @@ class CountingReader:
         return chunk
 
 
-def too_large(max_bytes: int) -> DomainError:
-    return DomainError("payload_too_large", f"the file is larger than {max_bytes} bytes", 413,
-                       {"max_bytes": max_bytes})
-
-
 def put_file(url: str, source: BinaryIO, length: int, *, max_bytes: int, method: str = "PUT",
              headers: Mapping[str, str] | None = None,
              timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)) -> None:
     """Send ``length`` bytes of ``source`` (from its current position) to ``url``."""
     if length > max_bytes:
-        raise too_large(max_bytes)
+        raise payload_too_large(max_bytes)
     host = urlsplit(url).netloc
     send_headers = {k: v for k, v in (headers or {}).items() if k.lower() != "content-length"}
     body = CountingReader(source, length)
@@ -86,16 +89,66 @@ def put_file(url: str, source: BinaryIO, length: int, *, max_bytes: int, method:
         response = requests.request(method, url, data=body, headers=send_headers, timeout=timeout,
                                     allow_redirects=False)
     except _SourceTooLong:
-        raise too_large(length) from None
+        raise payload_too_large(length) from None
     except (_SourceTooShort, requests.RequestException) as exc:
         log.warning("upload transfer to %s failed after %d of %d bytes: %s",
                     host, body.sent, length, type(exc).__name__)
         raise ServiceUnavailable("the file could not be stored, try again shortly") from None
     try:
         if response.status_code == 413:
-            raise too_large(max_bytes)
+            raise payload_too_large(max_bytes)
         if not 200 <= response.status_code < 300:
             log.warning("upload transfer to %s answered %d", host, response.status_code)
             raise ServiceUnavailable("the file could not be stored, try again shortly")
     finally:
         response.close()
+
+
+# ------------------------------------------------------------ the fs backend's files
+
+
+def upload_max_bytes() -> int:
+    """``UPLOAD_MAX_BYTES``: the cap of uploads (and of file URLs without a signed one)."""
+    return int(current_app.extensions["darkroom"].config.get("UPLOAD_MAX_BYTES")
+               or DEFAULT_MAX_BYTES)
+
+
+def signed_files() -> SignedFiles | None:
+    """This gateway's files: None unless ``FILES.ROOT`` and ``FILES.URL_SECRET`` are set."""
+    files = current_app.extensions["darkroom"].config.get("FILES") or {}
+    root, secret = files.get("ROOT"), files.get("URL_SECRET")
+    if not root or not secret:
+        return None
+    return SignedFiles(str(root), str(secret))
+
+
+def store_file(files: SignedFiles, key: str, stream: BinaryIO, length: int | None,
+               max_bytes: int) -> int:
+    """:meth:`SignedFiles.write` with HTTP's answers: 413 past ``max_bytes``,
+    400 for a body shorter than its ``Content-Length``, 503 when the disk fails."""
+    try:
+        return files.write(key, stream, length=length, max_bytes=max_bytes)
+    except RequestEntityTooLarge:  # werkzeug's own cap on the request stream
+        raise payload_too_large(max_bytes) from None
+    except ShortStream:
+        raise DomainError("invalid_request", "the body is shorter than its Content-Length",
+                          400) from None
+    except InvalidKey:
+        raise not_found("file") from None
+    except OSError as exc:
+        log.warning("cannot write %s: %s", key, exc)
+        raise ServiceUnavailable("the file could not be stored") from None
+
+
+def send_to_slot(slot: dict, stream: BinaryIO, size: int, max_bytes: int) -> None:
+    """Put the bytes where the slot says: straight into FILES.ROOT when the
+    slot is this gateway's own /v1/files/ URL (fs backend), else over HTTP."""
+    method = str(slot.get("method") or "PUT").upper()
+    limit = min(max_bytes, int(slot.get("max_bytes") or max_bytes))
+    files = signed_files()
+    key = files.key_of_url(slot["url"], method) if files is not None and method == "PUT" else None
+    if key is not None:
+        store_file(files, key, stream, size, limit)
+    else:
+        put_file(slot["url"], stream, size, max_bytes=limit, method=method,
+                 headers=slot.get("headers") or {})

@@ -7,7 +7,7 @@ from flask import current_app, g, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from gateway.api.common import Blueprint, errors, present, rpc
+from gateway.api.common import Blueprint, call, errors, for_caller, present
 from gateway.auth import authenticated, current_principal
 from services.common.contracts import PageQuery
 from services.common.contracts.auth import (
@@ -92,9 +92,7 @@ def _cache():
 def register(payload):
     """Create an account and mail a code to verify it (the same answer for an address that has
     an account; its owner is told by mail). No API key: create one once the address is verified"""
-    with rpc() as proxy:
-        result = proxy.auth.register(payload, **client_info())
-    return present(Registered, result)
+    return call(Registered, "auth.register", payload, **client_info())
 
 
 @auth_blp.route("/verify-email", methods=["POST"])
@@ -102,9 +100,7 @@ def register(payload):
 @auth_blp.response(200, VerifiedEmail)
 def verify_email(payload):
     """Confirm an address (after registering or changing email) with its code"""
-    with rpc() as proxy:
-        result = proxy.auth.verify_email(payload)
-    return present(VerifiedEmail, result)
+    return call(VerifiedEmail, "auth.verify_email", payload)
 
 
 @auth_blp.route("/resend-verification", methods=["POST"])
@@ -112,8 +108,7 @@ def verify_email(payload):
 @auth_blp.response(202, Accepted)
 def resend_verification(payload):
     """Send a new verification code (same answer whether or not the address has an account)"""
-    with rpc() as proxy:
-        proxy.auth.resend_verification(payload)
+    call(None, "auth.resend_verification", payload)
     return {}
 
 
@@ -123,9 +118,7 @@ def resend_verification(payload):
 @auth_blp.response(200, LoggedIn)
 def login(payload):
     """Start a session (7 days); totp_code is needed when two-factor is on"""
-    with rpc() as proxy:
-        result = proxy.auth.login(payload, **client_info())
-    return present(LoggedIn, result)
+    return call(LoggedIn, "auth.login", payload, **client_info())
 
 
 @auth_blp.route("/logout", methods=["POST"])
@@ -136,8 +129,7 @@ def logout():
     principal = current_principal()
     if principal.credential_type != "session":
         raise DomainError("invalid_request", "logout revokes a session: call it with the session's bearer token", 400)
-    with rpc() as proxy:
-        proxy.auth.logout(principal.credential_id)
+    call(None, "auth.logout", principal.credential_id)
     _cache().evict(g.credential_key)
     _cache().evict_credential(principal.credential_id)
 
@@ -147,8 +139,7 @@ def logout():
 @auth_blp.response(202, Accepted)
 def request_password_reset(payload):
     """Mail a reset link (same answer whether or not the address has an account)"""
-    with rpc() as proxy:
-        proxy.auth.request_password_reset(payload)
+    call(None, "auth.request_password_reset", payload)
     return {}
 
 
@@ -158,8 +149,7 @@ def request_password_reset(payload):
 def confirm_password_reset(payload):
     """Set a new password with the mailed token; revokes every session and API key of the
     account, and the owner is told by mail"""
-    with rpc() as proxy:
-        proxy.auth.confirm_password_reset(payload)
+    call(None, "auth.confirm_password_reset", payload)
 
 
 # ------------------------------------------------------------ /v1/me
@@ -172,8 +162,7 @@ class MeView(MethodView):
     def get(self):
         """The caller's account, and whether a new privacy policy version awaits acceptance"""
         user_id = current_principal().user_id
-        with rpc() as proxy:
-            user = proxy.auth.get_user(user_id)
+        user = call(None, "auth.get_user", user_id)
         return present(Me, {**user, "policy": _policy_status(user_id)})
 
     @me_blp.response(200, User)
@@ -181,8 +170,7 @@ class MeView(MethodView):
     @me_blp.arguments(UpdateProfile)
     def patch(self, payload):
         """Change display name, bio or avatar"""
-        with rpc() as proxy:
-            return present(User, proxy.auth.update_profile(current_principal().user_id, payload))
+        return for_caller(User, "auth.update_profile", payload)
 
 
 @me_blp.route("/email", methods=["POST"])
@@ -193,9 +181,7 @@ class MeView(MethodView):
 def change_email(payload):
     """Change the address (verified accounts): a code is mailed to the new one (confirm with
     /v1/auth/verify-email); a wrong password counts toward the login lockout"""
-    with rpc() as proxy:
-        proxy.auth.request_email_change(current_principal().user_id, payload,
-                                        client_ip=client_info()["client_ip"])
+    for_caller(None, "auth.request_email_change", payload, client_ip=client_info()["client_ip"])
     return {}
 
 
@@ -206,8 +192,7 @@ class ApiKeys(MethodView):
     @authenticated
     def get(self, page):
         """The caller's API keys (never their secrets), newest first"""
-        with rpc() as proxy:
-            return present(ApiKeyPage, proxy.auth.list_api_keys(current_principal().user_id, page=page))
+        return for_caller(ApiKeyPage, "auth.list_api_keys", page=page)
 
     @me_blp.response(201, NewApiKey)
     @errors(409)
@@ -216,8 +201,7 @@ class ApiKeys(MethodView):
     def post(self, payload):
         """Create an API key (verified accounts, not administrators); its secret (key) is shown
         only in this answer"""
-        with rpc() as proxy:
-            return present(NewApiKey, proxy.auth.create_api_key(current_principal().user_id, payload))
+        return for_caller(NewApiKey, "auth.create_api_key", payload)
 
 
 @me_blp.route("/api-keys/<uuid:key_id>", methods=["DELETE"])
@@ -225,8 +209,7 @@ class ApiKeys(MethodView):
 @authenticated
 def revoke_api_key(key_id):
     """Revoke an API key"""
-    with rpc() as proxy:
-        proxy.auth.revoke_api_key(current_principal().user_id, str(key_id))
+    for_caller(None, "auth.revoke_api_key", str(key_id))
     _cache().evict_credential(str(key_id))
 
 
@@ -238,9 +221,8 @@ def list_sessions(page):
     """The caller's active sessions, newest first; `current` marks the one making this request"""
     principal = current_principal()
     current = principal.credential_id if principal.credential_type == "session" else None
-    with rpc() as proxy:
-        return present(SessionPage, proxy.auth.list_sessions(principal.user_id, current_session_id=current,
-                                                             page=page))
+    return call(SessionPage, "auth.list_sessions", principal.user_id, current_session_id=current,
+                page=page)
 
 
 @me_blp.route("/sessions/<uuid:session_id>", methods=["DELETE"])
@@ -248,8 +230,7 @@ def list_sessions(page):
 @authenticated
 def revoke_session(session_id):
     """Revoke one of the caller's sessions"""
-    with rpc() as proxy:
-        proxy.auth.revoke_session(current_principal().user_id, str(session_id))
+    for_caller(None, "auth.revoke_session", str(session_id))
     _cache().evict_credential(str(session_id))
 
 
@@ -259,8 +240,7 @@ def revoke_session(session_id):
 @authenticated
 def begin_totp():
     """Start two-factor enrollment: a secret and otpauth:// URI for an authenticator app"""
-    with rpc() as proxy:
-        return present(TotpEnrollment, proxy.auth.begin_totp_enrollment(current_principal().user_id))
+    return for_caller(TotpEnrollment, "auth.begin_totp_enrollment")
 
 
 @me_blp.route("/totp/confirm", methods=["POST"])
@@ -269,8 +249,7 @@ def begin_totp():
 @me_blp.arguments(TotpCode)
 def confirm_totp(payload):
     """Turn two-factor on with a first code from the authenticator app"""
-    with rpc() as proxy:
-        proxy.auth.confirm_totp_enrollment(current_principal().user_id, payload)
+    for_caller(None, "auth.confirm_totp_enrollment", payload)
 
 
 @me_blp.route("/webhook-secret", methods=["GET"])
@@ -278,8 +257,7 @@ def confirm_totp(payload):
 @authenticated
 def webhook_secret():
     """The whsec_ secret that signs the caller's webhooks (Standard Webhooks); made on first use"""
-    with rpc() as proxy:
-        return present(WebhookSecret, proxy.auth.get_webhook_secret(current_principal().user_id))
+    return for_caller(WebhookSecret, "auth.get_webhook_secret")
 
 
 @me_blp.route("/webhook-secret/rotate", methods=["POST"])
@@ -287,6 +265,4 @@ def webhook_secret():
 @authenticated
 def rotate_webhook_secret():
     """Replace the webhook secret; webhooks are signed with the new one from now on"""
-    with rpc() as proxy:
-        return present(WebhookSecret,
-                       proxy.auth.rotate_webhook_secret(current_principal().user_id))
+    return for_caller(WebhookSecret, "auth.rotate_webhook_secret")

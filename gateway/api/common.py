@@ -1,10 +1,12 @@
 """What every API blueprint shares: request parsing with API.md's errors, RPC
-calls, shaping RPC results through the contract's response schemas."""
+calls, shaping RPC results through the contract's response schemas, the
+``Idempotency-Key`` header, capped request bodies and ``Cache-Control: no-store``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from functools import wraps
 from http import HTTPStatus
 from typing import Any
@@ -15,8 +17,18 @@ from flask import current_app, request
 from marshmallow import Schema, fields
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from services.common.errors import DomainError
+from gateway.auth import current_principal
+from services.common.errors import DomainError, payload_too_large
+
+IDEMPOTENCY_KEY_MAX = 200
+IDEMPOTENCY_KEY_DOC = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    "description": "a repeat with the same key and body returns the first answer; "
+                   "with another body, 409 idempotency_key_reused",
+}
 
 
 def _reject_constant(name: str):
@@ -188,6 +200,87 @@ def errors(*statuses: int):
 def rpc():
     """``with rpc() as proxy: proxy.auth.get_user(...)`` — a pooled proxy."""
     return current_app.extensions["darkroom"].rpc.get()
+
+
+def call(schema: type[Schema] | None, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``present(schema, <service>.<name>(*args, **kwargs))`` for ``method``
+    ``"<service>.<name>"``, over one pooled proxy; the raw result without a schema."""
+    service, name = method.split(".")
+    with rpc() as proxy:
+        result = getattr(getattr(proxy, service), name)(*args, **kwargs)
+    return result if schema is None else present(schema, result)
+
+
+def for_caller(schema: type[Schema] | None, method: str, *args: Any, **kwargs: Any) -> Any:
+    """:func:`call` with the caller's user id first."""
+    return call(schema, method, current_principal().user_id, *args, **kwargs)
+
+
+def given(values: dict) -> dict:
+    """``values`` without the ones left out (None): a query's filters for an RPC."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# ------------------------------------------------------------ headers and bodies
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key``, or None; 400 when it is unusable."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable():
+        raise DomainError("invalid_request", "the Idempotency-Key header is not valid", 400,
+                          {"fields": {"Idempotency-Key": [
+                              f"Must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters."]}})
+    return key
+
+
+def no_store(response):
+    """``after_request`` of blueprints whose answers carry signed, short-lived URLs."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def capped_body(max_bytes: Callable[[], int], what: str = "body", framing: int = 0):
+    """View decorator: a body over ``max_bytes()`` (plus ``framing`` bytes of
+    multipart framing) is refused, 413 ``payload_too_large``: from its
+    ``Content-Length`` before the view runs, or when a chunked body goes past
+    it; and this route may take a body larger than the JSON routes' cap."""
+
+    def decorator(fn):
+        @wraps(fn)
+        def wrapper(*args, **kwargs):
+            cap = max_bytes()
+            limit = cap + framing
+            if request.content_length is not None and request.content_length > limit:
+                discard_body(request.content_length, cap=4 * limit)
+                raise payload_too_large(cap, what)
+            request.max_content_length = limit
+            try:
+                return fn(*args, **kwargs)
+            except RequestEntityTooLarge:  # a chunked body that went past the limit
+                raise payload_too_large(cap, what) from None
+
+        return wrapper
+
+    return decorator
+
+
+def discard_body(length: int, cap: int, chunk: int = 64 * 1024) -> None:
+    """Read and drop a refused body (up to ``cap`` bytes) so the client, still
+    sending, reads the 413 instead of a reset connection. Larger bodies are
+    not worth reading: the connection is closed on them."""
+    if length > cap:
+        return
+    stream = request.environ.get("wsgi.input")
+    remaining = length
+    while stream is not None and remaining > 0:
+        data = stream.read(min(chunk, remaining))
+        if not data:
+            break
+        remaining -= len(data)
 
 
 # ------------------------------------------------------------ response shaping

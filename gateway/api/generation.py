@@ -38,11 +38,21 @@ from flask import Response, current_app, jsonify
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from gateway.api.billing import IDEMPOTENCY_KEY_DOC, idempotency_key
-from gateway.api.common import Blueprint, errors, present, rpc
+from gateway.api.common import (
+    IDEMPOTENCY_KEY_DOC,
+    Blueprint,
+    call,
+    errors,
+    for_caller,
+    given,
+    idempotency_key,
+    present,
+    rpc,
+)
 from gateway.auth import authenticated, current_principal, require_verified
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts.generation import (
+    FINAL,
     JOB_TYPES,
     JobPage,
     JobQuery,
@@ -53,7 +63,6 @@ from services.common.contracts.generation import (
 from services.common.errors import DomainError
 from services.common.observability import correlation_id
 
-FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 # what the stream watches: a change in any of these sends an event
 WATCHED = ("status", "progress", "stage", "queue_position")
 
@@ -214,8 +223,7 @@ def _config(name: str, default: float) -> float:
 @generation_blp.response(200, TemplateList)
 def templates():
     """The templates a job can use, with their input fields"""
-    with rpc() as proxy:
-        return present(TemplateList, proxy.generation.list_templates())
+    return call(TemplateList, "generation.list_templates")
 
 
 # ------------------------------------------------------------ jobs
@@ -234,12 +242,9 @@ class Generations(MethodView):
     @generation_blp.arguments(SubmitJob)
     def post(self, query, payload):
         """Submit a job (text-to-image, image-to-image, image-to-video, or a template)"""
-        key = idempotency_key()
-        user_id = current_principal().user_id
         body = SubmitJob().dump(payload)  # JSON types (UUIDs as strings) for the RPC
-        with rpc() as proxy:
-            answer = proxy.generation.submit(user_id, body, idempotency_key=key,
-                                             dry_run=query["dry_run"])
+        answer = for_caller(None, "generation.submit", body, idempotency_key=idempotency_key(),
+                            dry_run=query["dry_run"])
         if query["dry_run"]:
             return jsonify(PriceQuote().dump(present(PriceQuote, answer)))
         job = present(JobView, answer)
@@ -250,9 +255,7 @@ class Generations(MethodView):
     @authenticated
     def get(self, query):
         """The caller's jobs, newest first (filter by status)"""
-        query = {k: v for k, v in query.items() if v is not None}
-        with rpc() as proxy:
-            return present(JobPage, proxy.generation.list_jobs(current_principal().user_id, query))
+        return for_caller(JobPage, "generation.list_jobs", given(query))
 
 
 @generation_blp.route("/generations/<uuid:job_id>")
@@ -261,18 +264,14 @@ class Generation(MethodView):
     @authenticated
     def get(self, job_id):
         """One of the caller's jobs"""
-        with rpc() as proxy:
-            return present(JobView, proxy.generation.get_job(current_principal().user_id,
-                                                             str(job_id)))
+        return for_caller(JobView, "generation.get_job", str(job_id))
 
     @generation_blp.response(202, JobView)
     @errors(409)
     @authenticated
     def delete(self, job_id):
         """Cancel a job that has not started (409 not_cancellable once it runs)"""
-        with rpc() as proxy:
-            return present(JobView, proxy.generation.cancel_job(current_principal().user_id,
-                                                                str(job_id)))
+        return for_caller(JobView, "generation.cancel_job", str(job_id))
 
 
 @generation_blp.route("/generations/<uuid:job_id>/events", methods=["GET"])
@@ -346,7 +345,7 @@ def event_stream(first: dict, fetch: Callable[[], dict], *, poll: float, keepali
             watched = tuple(job.get(k) for k in WATCHED)
             yield job_frame(job)
             last_write = monotonic()
-            if job.get("status") in FINAL_STATES:
+            if job.get("status") in FINAL:
                 return
         now = monotonic()
         if now - started >= max_seconds:

@@ -12,19 +12,17 @@ them are signed and short-lived.
 
 from __future__ import annotations
 
-from functools import wraps
 from typing import BinaryIO
 
-from flask import current_app, redirect, request
+from flask import redirect, request
 from flask.views import MethodView
 from flask_smorest.fields import Upload
 from marshmallow import Schema
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import transfer
-from gateway.api.common import Blueprint, errors, present, rpc
-from gateway.api.files import DEFAULT_MAX_BYTES, file_store, payload_too_large
-from gateway.auth import authenticated, current_principal
+from gateway.api.common import Blueprint, call, capped_body, errors, for_caller, given, no_store
+from gateway.auth import authenticated
+from gateway.transfer import upload_max_bytes
 from services.common.contracts.storage import (
     ImageObject,
     ImagePage,
@@ -32,7 +30,7 @@ from services.common.contracts.storage import (
     PublicImageObject,
     SetVisibility,
 )
-from services.common.errors import DomainError, not_found
+from services.common.errors import DomainError, not_found, payload_too_large
 
 # room for the multipart framing around the file (boundaries, part headers)
 MULTIPART_ALLOWANCE = 64 * 1024
@@ -42,57 +40,12 @@ images_blp = Blueprint("images", __name__, url_prefix="/v1",
 public_blp = Blueprint("public_images", __name__, url_prefix="/v1/public",
                        description="Images their owners made public (no authentication)")
 
-
-def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-images_blp.after_request(_no_store)
-public_blp.after_request(_no_store)
-
-
-def upload_max_bytes() -> int:
-    return int(current_app.extensions["darkroom"].config.get("UPLOAD_MAX_BYTES") or DEFAULT_MAX_BYTES)
+images_blp.after_request(no_store)
+public_blp.after_request(no_store)
 
 
 class UploadForm(Schema):
     file = Upload(required=True, metadata={"description": "a PNG, JPEG or WebP image"})
-
-
-def upload_body_limit(fn):
-    """Refuse an oversized body from its Content-Length before authenticating
-    or reading it; allow this route a larger body than the JSON routes' cap."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        max_bytes = upload_max_bytes()
-        limit = max_bytes + MULTIPART_ALLOWANCE
-        if request.content_length is not None and request.content_length > limit:
-            _discard_body(request.content_length, cap=4 * limit)
-            raise payload_too_large(max_bytes)
-        request.max_content_length = limit
-        try:
-            return fn(*args, **kwargs)
-        except RequestEntityTooLarge:  # a chunked body that went past the limit
-            raise payload_too_large(max_bytes) from None
-
-    return wrapper
-
-
-def _discard_body(length: int, cap: int, chunk: int = 64 * 1024) -> None:
-    """Read and drop a refused body (up to ``cap`` bytes) so the client, still
-    sending, reads the 413 instead of a reset connection. Larger bodies are
-    not worth reading: the connection is closed on them."""
-    if length > cap:
-        return
-    stream = request.environ.get("wsgi.input")
-    remaining = length
-    while stream is not None and remaining > 0:
-        data = stream.read(min(chunk, remaining))
-        if not data:
-            break
-        remaining -= len(data)
 
 
 def _size_of(stream: BinaryIO) -> int:
@@ -102,25 +55,11 @@ def _size_of(stream: BinaryIO) -> int:
     return size
 
 
-def send_to_slot(slot: dict, stream: BinaryIO, size: int, max_bytes: int) -> None:
-    """Put the bytes where the slot says: straight into FILES.ROOT when the
-    slot is this gateway's own /v1/files/ URL (fs backend), else over HTTP."""
-    method = str(slot.get("method") or "PUT").upper()
-    limit = min(max_bytes, int(slot.get("max_bytes") or max_bytes))
-    store = file_store()
-    key = store.local_key(slot["url"], method) if store is not None and method == "PUT" else None
-    if key is not None:
-        store.write(key, stream, length=size, max_bytes=limit)
-    else:
-        transfer.put_file(slot["url"], stream, size, max_bytes=limit, method=method,
-                          headers=slot.get("headers") or {})
-
-
 @images_blp.route("/uploads", methods=["POST"])
 @images_blp.response(201, ImageObject)
 @images_blp.alt_response(413, description="the file is larger than UPLOAD_MAX_BYTES")
 @errors(415, 422)
-@upload_body_limit
+@capped_body(upload_max_bytes, "file", framing=MULTIPART_ALLOWANCE)
 @authenticated
 @images_blp.arguments(UploadForm, location="files")
 def upload(form):
@@ -138,14 +77,10 @@ def upload(form):
     if size == 0:
         raise DomainError("invalid_request", "the file is empty", 400,
                           {"fields": {"file": ["The file is empty."]}})
-    user_id = current_principal().user_id
     # two short checkouts: no pooled proxy is held while the bytes travel
-    with rpc() as proxy:
-        slot = proxy.storage.create_upload_slot(user_id)
-    send_to_slot(slot, stream, size, max_bytes)
-    with rpc() as proxy:
-        image = proxy.storage.finish_upload(user_id, str(slot["upload_id"]))
-    return present(ImageObject, image)
+    slot = for_caller(None, "storage.create_upload_slot")
+    transfer.send_to_slot(slot, stream, size, max_bytes)
+    return for_caller(ImageObject, "storage.finish_upload", str(slot["upload_id"]))
 
 
 @images_blp.route("/images", methods=["GET"])
@@ -154,9 +89,8 @@ def upload(form):
 @authenticated
 def list_images(query):
     """The caller's images, newest first (filter by kind or job)"""
-    query = {k: (str(v) if k == "job_id" else v) for k, v in query.items() if v is not None}
-    with rpc() as proxy:
-        return present(ImagePage, proxy.storage.list_objects(current_principal().user_id, query))
+    query = {k: (str(v) if k == "job_id" else v) for k, v in given(query).items()}
+    return for_caller(ImagePage, "storage.list_objects", query)
 
 
 @images_blp.route("/images/<uuid:image_id>")
@@ -165,25 +99,20 @@ class Image(MethodView):
     @authenticated
     def get(self, image_id):
         """One of the caller's images, with a signed, short-lived download URL"""
-        with rpc() as proxy:
-            return present(ImageObject, proxy.storage.get_object(current_principal().user_id,
-                                                                 str(image_id)))
+        return for_caller(ImageObject, "storage.get_object", str(image_id))
 
     @images_blp.response(200, ImageObject)
     @authenticated
     @images_blp.arguments(SetVisibility)
     def patch(self, payload, image_id):
         """Make an image public (readable by anyone with its new `public_id`) or private again"""
-        with rpc() as proxy:
-            return present(ImageObject, proxy.storage.set_visibility(
-                current_principal().user_id, str(image_id), payload))
+        return for_caller(ImageObject, "storage.set_visibility", str(image_id), payload)
 
     @images_blp.response(204)
     @authenticated
     def delete(self, image_id):
         """Delete an image and its bytes"""
-        with rpc() as proxy:
-            proxy.storage.delete_object(current_principal().user_id, str(image_id))
+        for_caller(None, "storage.delete_object", str(image_id))
 
 
 @images_blp.route("/images/<uuid:image_id>/content", methods=["GET"])
@@ -192,8 +121,7 @@ class Image(MethodView):
 @authenticated
 def image_content(image_id):
     """Redirect to the image's bytes"""
-    with rpc() as proxy:
-        image = proxy.storage.get_object(current_principal().user_id, str(image_id))
+    image = for_caller(None, "storage.get_object", str(image_id))
     url = image.get("url") if isinstance(image, dict) else None
     if not url:
         raise not_found("image")
@@ -204,5 +132,4 @@ def image_content(image_id):
 @public_blp.response(200, PublicImageObject)
 def public_image(public_id):
     """A public image by its public id (404 for private or unknown ones)"""
-    with rpc() as proxy:
-        return present(PublicImageObject, proxy.storage.get_public_object(public_id))
+    return call(PublicImageObject, "storage.get_public_object", public_id)

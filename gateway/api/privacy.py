@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from gateway.api.common import Blueprint, errors, present, rpc
+from gateway.api.common import Blueprint, call, errors, for_caller, no_store, present
 from gateway.auth import authenticated, current_principal
 from services.common.contracts.privacy import (
     AcceptPolicy,
@@ -38,14 +38,7 @@ privacy_blp = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
                                     "privacy policy and the retention schedule")
 
 
-@privacy_blp.after_request
-def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _user_id() -> str:
-    return current_principal().user_id
+privacy_blp.after_request(no_store)
 
 
 @privacy_blp.route("/requests")
@@ -55,8 +48,7 @@ class Requests(MethodView):
     @authenticated
     def get(self, query):
         """The caller's privacy requests, newest first"""
-        with rpc() as proxy:
-            return present(RequestPage, proxy.privacy.list_requests(_user_id(), query))
+        return for_caller(RequestPage, "privacy.list_requests", query)
 
     @privacy_blp.response(202, RequestView)
     @errors(403, 409)
@@ -68,10 +60,8 @@ class Requests(MethodView):
         is on: 401 reauthentication_required; it waits out a grace period, cancellable
         with the mailed link), a restriction of processing or its lifting; 409 while
         one of that type is open"""
-        principal = current_principal()
-        with rpc() as proxy:
-            answer = proxy.privacy.create_request(principal.user_id, payload,
-                                                  principal.credential_type)
+        answer = for_caller(None, "privacy.create_request", payload,
+                            current_principal().credential_type)
         return present(RequestView, answer), 202, {
             "Location": f"/v1/privacy/requests/{answer['id']}"}
 
@@ -82,8 +72,7 @@ class OneRequest(MethodView):
     @authenticated
     def get(self, request_id):
         """A request with its per-service parts; a finished export has a download_url"""
-        with rpc() as proxy:
-            return present(RequestView, proxy.privacy.get_request(_user_id(), str(request_id)))
+        return for_caller(RequestView, "privacy.get_request", str(request_id))
 
     @privacy_blp.response(200, RequestView)
     @errors(409)
@@ -95,10 +84,8 @@ class OneRequest(MethodView):
 
 
 def _cancel_signed_in(request_id):
-    principal = current_principal()
-    with rpc() as proxy:
-        return present(RequestView, proxy.privacy.cancel_request(
-            principal.user_id, str(request_id), principal.credential_type))
+    return for_caller(RequestView, "privacy.cancel_request", str(request_id),
+                      current_principal().credential_type)
 
 
 @privacy_blp.route("/requests/<uuid:request_id>/cancel", methods=["POST"])
@@ -111,9 +98,7 @@ def cancel_request(payload, request_id):
     400 invalid_token) or, without one, with a session of the owner (403
     session_required); 409 not_cancellable"""
     if payload.get("token"):
-        with rpc() as proxy:
-            return present(RequestView,
-                           proxy.privacy.cancel_with_token(str(request_id), payload))
+        return call(RequestView, "privacy.cancel_with_token", str(request_id), payload)
     return _cancel_signed_in(request_id)
 
 
@@ -122,8 +107,7 @@ def cancel_request(payload, request_id):
 def certificate(request_id):
     """A completed erasure's certificate (no personal data; no authentication: the
     account is gone). 404 until the erasure has completed"""
-    with rpc() as proxy:
-        return present(Certificate, proxy.privacy.get_certificate(str(request_id)))
+    return call(Certificate, "privacy.get_certificate", str(request_id))
 
 
 @privacy_blp.route("/consents")
@@ -132,16 +116,14 @@ class ConsentsView(MethodView):
     @authenticated
     def get(self):
         """The caller's consents and every change of them"""
-        with rpc() as proxy:
-            return present(Consents, proxy.privacy.get_consents(_user_id()))
+        return for_caller(Consents, "privacy.get_consents")
 
     @privacy_blp.response(200, Consents)
     @authenticated
     @privacy_blp.arguments(UpdateConsents)
     def put(self, payload):
         """Give or withdraw consent to marketing mail and analytics"""
-        with rpc() as proxy:
-            return present(Consents, proxy.privacy.update_consents(_user_id(), payload, "api"))
+        return for_caller(Consents, "privacy.update_consents", payload, "api")
 
 
 @privacy_blp.route("/policy", methods=["GET"])
@@ -149,8 +131,7 @@ class ConsentsView(MethodView):
 @errors(404)
 def policy():
     """The current privacy policy version (404 before any is published)"""
-    with rpc() as proxy:
-        return present(Policy, proxy.privacy.get_policy())
+    return call(Policy, "privacy.get_policy")
 
 
 @privacy_blp.route("/policy/accept", methods=["POST"])
@@ -160,13 +141,11 @@ def policy():
 @privacy_blp.arguments(AcceptPolicy)
 def accept_policy(payload):
     """Accept the current policy version (409 policy_version_outdated for another one)"""
-    with rpc() as proxy:
-        return present(PolicyStatus, proxy.privacy.accept_policy(_user_id(), payload))
+    return for_caller(PolicyStatus, "privacy.accept_policy", payload)
 
 
 @privacy_blp.route("/retention", methods=["GET"])
 @privacy_blp.response(200, Retention)
 def retention():
     """The retention schedule the running services enforce, from their own settings"""
-    with rpc() as proxy:
-        return present(Retention, proxy.privacy.get_retention())
+    return call(Retention, "privacy.get_retention")

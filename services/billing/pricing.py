@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from services.billing.settings import BillingSettings, PriceRule
-from services.common.contracts.billing import parse_size
+from services.common.contracts.generation import parse_size
 from services.common.errors import invalid_request
 
 

@@ -29,6 +29,7 @@ from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.billing.settings import BillingSettings
 from services.common import privacy_parts as parts
+from services.common import spending
 from services.common.contracts import billing as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
@@ -63,6 +64,7 @@ class BillingService(DarkroomService):
     settings = FromConfig(BillingSettings.from_config)  # a bad plan or price list stops the start
     stripe = FromConfig(stripe_client)
     storage = RpcProxy("storage")  # a big export part is stored there
+    auth = RpcProxy("auth")  # whether an address is verified (services.common.spending)
 
     def _user(self, user_id):
         return load_rpc(c.UserRef, {"user_id": user_id})["user_id"]
@@ -126,6 +128,7 @@ class BillingService(DarkroomService):
         user = self._user(user_id)
         data = load_rpc(c.Checkout, payload)
         key = load_rpc(c.IdempotencyKey, {"idempotency_key": idempotency_key})["idempotency_key"]
+        spending.require_verified(self.auth, user)  # 403 email_unverified
 
         def begin():
             found = orders.begin_checkout(self.db, self.settings, user, data, key, utcnow(),

@@ -3,7 +3,12 @@
 Plans, packs and prices are data: operators change them in config, the code
 only knows their shape. The configuration is checked when the service starts
 (a plan list without the default plan, a job type without a price, a paid
-plan without a currency stop it), so a typo never reaches a customer.
+plan without a currency stop it), so a typo never reaches a customer. The
+price list's default image size and video duration are the job rules'
+(``DEFAULT_SIZE``, ``DEFAULT_VIDEO_DURATION_S`` in
+services/common/contracts/generation.py): the price a user is quoted for a
+job that names neither is the price of the job generation makes, and a
+configuration that says otherwise stops the service.
 """
 
 from __future__ import annotations
@@ -14,14 +19,13 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from services.common.contracts.billing import parse_size
-from services.common.contracts.generation import JOB_TYPES
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+from services.common.config import Section, flag
+from services.common.contracts.generation import (
+    DEFAULT_SIZE,
+    DEFAULT_VIDEO_DURATION_S,
+    JOB_TYPES,
+    parse_size,
+)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -112,11 +116,11 @@ DEFAULT_PACKS: dict[str, dict] = {
 }
 DEFAULT_PRICES: dict[str, dict] = {
     "text-to-image": {"unit": "image", "area_pixels": 262144, "credits_per_area": 1,
-                      "default_size": "1024x1024", "minimum": 1},
+                      "default_size": DEFAULT_SIZE, "minimum": 1},
     "image-to-image": {"unit": "image", "area_pixels": 262144, "credits_per_area": 1,
-                       "default_size": "1024x1024", "minimum": 2},
+                       "default_size": DEFAULT_SIZE, "minimum": 2},
     "image-to-video": {"unit": "second", "credits_per_second": 5, "credits_per_shot": 15,
-                       "default_duration_s": 4, "minimum": 10},
+                       "default_duration_s": DEFAULT_VIDEO_DURATION_S, "minimum": 10},
 }
 
 
@@ -163,6 +167,21 @@ def _prices(raw: Mapping[str, Any]) -> dict[str, PriceRule]:
             default_duration_s=_int_or_none(item.get("default_duration_s")),
         )
     return rules
+
+
+def check_job_defaults(rule: PriceRule) -> None:
+    """The rule's default size or duration is the one generation gives a job
+    that names none (the generation contract's); ValueError otherwise."""
+    expected = {"image": ("default_size", DEFAULT_SIZE),
+                "second": ("default_duration_s", DEFAULT_VIDEO_DURATION_S)}.get(rule.unit)
+    if expected is None:
+        return
+    name, value = expected
+    if getattr(rule, name) != value:
+        raise ValueError(
+            f"BILLING.PRICES.{rule.type}.{name} is {getattr(rule, name)!r}, but a job that "
+            f"names none is made with {value!r} (services/common/contracts/generation.py): "
+            f"set it to {value!r}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +231,7 @@ class BillingSettings:
                     raise ValueError(f"BILLING.PRICES.{rule.type}.default_size: {exc}") from None
             if rule.unit not in ("image", "second"):
                 raise ValueError(f"BILLING.PRICES.{rule.type}: unit must be image or second")
+            check_job_defaults(rule)
         if not self.stripe_webhook_secrets:
             raise ValueError("BILLING.STRIPE_WEBHOOK_SECRET must be set")
         if not self.pseudonym_key:
@@ -224,13 +244,8 @@ class BillingSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> BillingSettings:
         """From a whole service config (its ``BILLING`` section) or the section itself."""
-        section = config.get("BILLING", config) or {}
-        d = cls()
-
-        def get(key: str, default: Any) -> Any:
-            value = section.get(key)
-            return default if value is None or value == "" and not isinstance(default, str) else value
-
+        reader, d = Section(config, "BILLING"), cls()
+        section, get = reader.values, reader.get
         secrets = section.get("STRIPE_WEBHOOK_SECRET", d.stripe_webhook_secrets)
         if isinstance(secrets, str):
             secrets = secrets.split(",")
@@ -244,7 +259,7 @@ class BillingSettings:
             signup_grant_expires_days=_int_or_none(
                 section.get("SIGNUP_GRANT_EXPIRES_DAYS", d.signup_grant_expires_days)
             ) or None,
-            grants_expire_at_period_end=_bool(
+            grants_expire_at_period_end=flag(
                 get("GRANTS_EXPIRE_AT_PERIOD_END", d.grants_expire_at_period_end)
             ),
             plan_period_days=int(get("PLAN_PERIOD_DAYS", d.plan_period_days)),

@@ -58,6 +58,17 @@ def forbidden(message: str, code: str = "forbidden") -> DomainError:
     return DomainError(code, message, 403)
 
 
+def payload_too_large(max_bytes: int, what: str = "file") -> DomainError:
+    """413: ``what`` (the file, the body, an output) is larger than ``max_bytes``."""
+    return DomainError("payload_too_large", f"the {what} is larger than {max_bytes} bytes", 413,
+                       {"max_bytes": int(max_bytes)})
+
+
+def email_unverified() -> DomainError:
+    """403: spending credits or money needs a verified email address."""
+    return forbidden("verify your email address first", code="email_unverified")
+
+
 def rate_limited(message: str, retry_after: int, **details) -> DomainError:
     return DomainError("rate_limited", message, 429, {"retry_after": int(retry_after), **details})
 

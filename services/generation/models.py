@@ -2,7 +2,8 @@
 
 A ``jobs`` row is one generation job from submit to its final state. The
 saga (DESIGN.md §4) moves it ``queued → reserved → running → succeeded |
-failed``, or to ``rejected`` (no credits) or ``cancelled``. ``attempt`` counts
+failed``, or to ``rejected`` (no credits) or ``cancelled`` (the states are
+``JobState`` in services/common/contracts/generation.py). ``attempt`` counts
 its runs: ``darkroom-ops jobs replay`` starts attempt 2 of a failed job, and
 every event of the saga carries the attempt so a late event of an earlier
 attempt changes nothing.
@@ -18,25 +19,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, Float, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
-from services.common.ids import new_id
+from services.common.db import UtcDateTime, processed_events_table
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
-QUEUED, RESERVED, RUNNING = "queued", "reserved", "running"
-SUCCEEDED, FAILED, REJECTED, CANCELLED = "succeeded", "failed", "rejected", "cancelled"
-STATUSES = (QUEUED, RESERVED, RUNNING, SUCCEEDED, FAILED, REJECTED, CANCELLED)
-ACTIVE = (QUEUED, RESERVED, RUNNING)
-FINAL = (SUCCEEDED, FAILED, REJECTED, CANCELLED)
+Base = service_base()
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Job(Base):
+class Job(IdMixin, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         # a user's jobs, newest first (keyset pagination), and their active count
@@ -47,10 +40,9 @@ class Job(Base):
         UniqueConstraint("user_id", "idempotency_key"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     type: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # a contracts.generation.JobState
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     # what the user asked for: prompt and parameters (n, size, seed, strength,
     # source_image_id, template, inputs, duration_s); the prompts are redacted
@@ -83,7 +75,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class WebhookDelivery(Base):
+class WebhookDelivery(IdMixin, Base):
     """One POST of a job's final state to its ``webhook_url``, retried with
     backoff until it succeeds or runs out of attempts."""
 
@@ -93,7 +85,6 @@ class WebhookDelivery(Base):
         UniqueConstraint("job_id", "attempt", "job_status"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt

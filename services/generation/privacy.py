@@ -23,11 +23,11 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from services.common.contracts.generation import JobState
 from services.common.errors import forbidden
 from services.common.ids import isoformat
 from services.common.privacy_parts import record_newest
 from services.generation.models import (
-    RUNNING,
     ErasurePending,
     Job,
     RestrictedUser,
@@ -139,7 +139,7 @@ def erase(db: Session, user_id, now: datetime, recheck: bool = False) -> dict[st
     if not recheck:
         apply_erasure_pending(db, uid, True, now)
     running = db.scalar(select(func.count()).select_from(Job)
-                        .where(Job.user_id == uid, Job.status == RUNNING))
+                        .where(Job.user_id == uid, Job.status == JobState.RUNNING))
     if running:
         raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
     tables = {}

@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageCms, ImageOps
 
-from services.common.errors import DomainError
+from services.common.errors import DomainError, payload_too_large
 
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 ALLOWED = sorted(CONTENT_TYPES.values())
@@ -51,11 +51,6 @@ class CleanImage:
 
 
 # ------------------------------------------------------------------ errors
-
-
-def payload_too_large(max_bytes: int) -> DomainError:
-    return DomainError("payload_too_large", f"the file is larger than {max_bytes} bytes", 413,
-                       {"max_bytes": max_bytes})
 
 
 def unsupported_media_type() -> DomainError:

@@ -33,7 +33,7 @@ from sqlalchemy import Select, delete, or_, select
 from sqlalchemy.orm import Session
 
 from services.common.concurrency import offload
-from services.common.errors import DomainError, invalid_request, not_found
+from services.common.errors import DomainError, invalid_request, not_found, payload_too_large
 from services.common.ids import client_id, new_id, trusted_id
 from services.common.pagination import paginate
 from services.storage import images, retention
@@ -197,7 +197,7 @@ def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owne
         raise upload_missing()
     try:
         if info.size > settings.upload_max_bytes:
-            raise images.payload_too_large(settings.upload_max_bytes)
+            raise payload_too_large(settings.upload_max_bytes)
         # nothing is read into memory before the turn comes
         with decodes.slot() if decodes is not None else nullcontext():
             data = _read_staged(backend, slot.key, settings.upload_max_bytes)
@@ -230,9 +230,7 @@ def create_output_slot(db: Session, backend: Backend, settings: StorageSettings,
     """A pending object with its declared size and sha256, and where to PUT it
     (413 ``payload_too_large`` past ``OUTPUT_MAX_BYTES``)."""
     if data["size"] > settings.output_max_bytes:
-        raise DomainError("payload_too_large",
-                          f"an output is limited to {settings.output_max_bytes} bytes", 413,
-                          {"max_bytes": settings.output_max_bytes})
+        raise payload_too_large(settings.output_max_bytes, "output")
     owner = trusted_id(owner_id, "owner_id")
     obj = StoredObject(
         id=new_id(), owner_id=owner, kind=data["kind"], status=PENDING,

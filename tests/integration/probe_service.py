@@ -6,7 +6,9 @@ every run in a file (which survives the worker's rollback) and its one side
 effect in the database, idempotently on ``event_id``.
 
 ``FakeAuthService`` answers ``auth.set_admin`` the way the auth service does,
-so the ops CLI's ``users`` commands can be tested over real RPC;
+so the ops CLI's ``users`` commands can be tested over real RPC, and
+``auth.get_user`` for the stacks of services that ask whether a user's address
+is verified before spending;
 ``FakeStorageService`` does the same for ``storage.purge_expired`` and
 ``storage.report`` (the ``storage`` commands).
 
@@ -122,11 +124,25 @@ class ProbeService(DarkroomService):
         self.db.commit()
 
 
+# FakeAuthService.get_user: the users of a test stack without auth are verified,
+# but for those whose id starts with this
+UNVERIFIED_PREFIX = "00000000-"
+
+
 class FakeAuthService(DarkroomService):
-    """Stands in for auth's ``set_admin`` RPC (same answer, same errors)."""
+    """Stands in for auth's ``set_admin`` RPC (same answer, same errors), and
+    for ``get_user`` where services ask whether an address is verified
+    (services.common.spending): every user is, except ids that start with
+    :data:`UNVERIFIED_PREFIX`."""
 
     name = "auth"
     admins: set[str] = set()
+
+    @rpc(expected_exceptions=DomainError)
+    def get_user(self, user_id) -> dict:
+        user_id = str(user_id)
+        return {"id": user_id, "email": f"{user_id}@example.com",
+                "email_verified": not user_id.startswith(UNVERIFIED_PREFIX)}
 
     @rpc
     def set_admin(self, email: str, is_admin: bool) -> dict:
@@ -151,7 +167,7 @@ class FakeStorageService(DarkroomService):
     purged = {"objects": 0}
 
     @rpc(expected_exceptions=DomainError)
-    def purge_expired(self, payload: dict) -> dict:
+    def purge_expired(self, payload: dict | None = None) -> dict:
         request = contracts.load_rpc(PurgeRequest, payload)
         size = request["batch_size"] or 500
         found = dict(self.pending)
@@ -259,3 +275,10 @@ def poke(amqp_uri: str, body: dict | None = None, *, raw: bytes | None = None,
         )
         channel.basic_publish(message, exchange="probe.events", routing_key="poked")
     return body
+
+
+def start_fake_auth(start_process, workdir: Path, amqp_uri: str):
+    """:class:`FakeAuthService` on ``amqp_uri``: the ``auth`` that services
+    ask before spending, in a stack that runs no auth service."""
+    return start_probe(start_process, workdir, amqp_uri, f"sqlite:///{workdir}/unused.db",
+                       cls="FakeAuthService")

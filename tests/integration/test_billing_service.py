@@ -28,7 +28,7 @@ from services.common.errors import DomainError
 from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 from tests.fakes.stripe import FakeStripe, event, sign, signed_body
-from tests.integration.probe_service import wait_consuming
+from tests.integration.probe_service import UNVERIFIED_PREFIX, start_fake_auth, wait_consuming
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +91,9 @@ def publish(amqp_uri: str, source: str, event_type: str, data: dict | None = Non
 
 
 @pytest.fixture(scope="module")
-def billing(make_vhost, make_database, start_process):
+def billing(make_vhost, make_database, start_process, tmp_path_factory):
     amqp_uri, _ = make_vhost("billing")
+    start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)  # verified users
     db_url = make_database("billing")
     stripe = FakeStripe().start()
     port = free_port()
@@ -478,6 +479,17 @@ def test_checkout_against_stripe_and_the_paid_webhook(billing):
 def test_checkout_refusals(billing, payload, code, status):
     error = refused(billing.rpc.create_checkout, new_user(billing), payload)
     assert (error.code, error.status) == (code, status)
+
+
+def test_a_checkout_needs_a_verified_address_whoever_calls(billing):
+    """Not only the gateway's rule: the RPC itself refuses, and opens no order."""
+    user = UNVERIFIED_PREFIX + str(uuid.uuid4())[len(UNVERIFIED_PREFIX):]
+    sent = len(billing.stripe.requests)
+    for payload in ({"pack_id": "small"}, {"plan_id": "pro"}):
+        error = refused(billing.rpc.create_checkout, user, payload, "unverified-1")
+        assert (error.code, error.status) == ("email_unverified", 403)
+    assert billing.rpc.list_orders(user)["items"] == []
+    assert len(billing.stripe.requests) == sent
 
 
 def test_a_paid_plan_and_the_current_plan_conflict(billing):

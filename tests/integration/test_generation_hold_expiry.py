@@ -18,7 +18,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from tests.conftest import base_env, free_port, wait_for
 from tests.fakes.providers import FakeOpenAIImages
-from tests.integration.probe_service import wait_consuming
+from tests.integration.probe_service import start_fake_auth, wait_consuming
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +37,11 @@ class SlowImages(FakeOpenAIImages):
 
 
 @pytest.fixture(scope="module")
-def stack(make_vhost, make_database, start_process, s3_endpoint):
+def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factory):
     amqp_uri, _ = make_vhost("generation-hold-expiry")
     provider = SlowImages(api_key="sk-expiry").start()
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
+    start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)  # verified users
     ports = {name: free_port() for name in ("billing", "storage", "generation")}
     billing = start_process("billing", base_env(
         **common, BILLING_DATABASE_URL=make_database("exp_billing"),

@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 from services.common.db import normalise_url
 from tests.conftest import base_env, free_port, wait_for
 from tests.fakes.providers import FakeOpenAIImages, FakeWebhookReceiver
-from tests.integration.probe_service import wait_consuming
+from tests.integration.probe_service import start_fake_auth, wait_consuming
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +41,12 @@ SECRETS = (SIGNATURE, "AKIAIOSFODNN7EXAMPLE", API_KEY, "minio", "10.0.3.7", "sto
 
 
 @pytest.fixture(scope="module")
-def stack(make_vhost, make_database, start_process, s3_endpoint):
+def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factory):
     amqp_uri, _ = make_vhost("generation-outages")
     provider = FakeOpenAIImages(api_key=API_KEY, hang_s=60).start()
     receiver = FakeWebhookReceiver().start()
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
+    start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)  # verified users
     ports = {name: free_port() for name in ("billing", "storage", "generation")}
     generation_db = make_database("out_generation")
     billing = start_process("billing", base_env(

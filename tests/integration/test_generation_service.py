@@ -25,7 +25,10 @@ import requests
 import standardwebhooks
 from nameko.standalone.rpc import ClusterRpcProxy
 from PIL import Image
+from sqlalchemy import update
 
+from services.auth.models import User
+from services.common.db import make_engine
 from services.common.errors import DomainError
 from services.generation import webhooks
 from tests.conftest import base_env, free_port, wait_for
@@ -48,8 +51,9 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider):
     amqp_uri, _ = make_vhost("generation")
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
     ports = {name: free_port() for name in ("auth", "billing", "storage", "generation")}
+    auth_db = make_database("gen_auth")
     auth = start_process("auth", base_env(
-        **common, AUTH_DATABASE_URL=make_database("gen_auth"), AUTH_METRICS_PORT=ports["auth"]))
+        **common, AUTH_DATABASE_URL=auth_db, AUTH_METRICS_PORT=ports["auth"]))
     billing = start_process("billing", base_env(
         **common, BILLING_DATABASE_URL=make_database("gen_billing"),
         BILLING_METRICS_PORT=ports["billing"]))
@@ -79,14 +83,27 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider):
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
         for service in ("auth", "billing", "storage", "generation"):
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
-        yield SimpleNamespace(rpc=rpc, generation=generation)
+        engine = make_engine(auth_db)
+        yield SimpleNamespace(rpc=rpc, generation=generation, auth_db=engine)
+        engine.dispose()
 
 
-def new_user(stack) -> str:
-    """A user with the free plan's signup grant (50 credits)."""
-    user = str(uuid.uuid4())
-    assert stack.rpc.billing.get_balance(user)["available"] == 50
-    return user
+def new_user(stack, verified: bool = True) -> str:
+    """A user auth knows, with a verified address unless asked (set in auth's
+    database: no mail round trip), and the free plan's signup grant (50 credits)."""
+    user, now = uuid.uuid4(), datetime.now(UTC)
+    with stack.auth_db.begin() as conn:
+        conn.execute(User.__table__.insert().values(
+            id=user, email=f"u-{user.hex[:12]}@example.com", email_verified=verified,
+            password_hash="!", plan="free", created_at=now, updated_at=now))
+    assert stack.rpc.billing.get_balance(str(user))["available"] == 50
+    return str(user)
+
+
+def set_verified(stack, user: str, verified: bool) -> None:
+    with stack.auth_db.begin() as conn:
+        conn.execute(update(User).where(User.id == uuid.UUID(user))
+                     .values(email_verified=verified))
 
 
 def finished(stack, user: str, job_id: str, timeout: float = 60) -> dict:
@@ -154,6 +171,20 @@ def test_text_to_image_fails_over_stores_its_outputs_and_is_charged_once(stack):
     assert (balance["available"], balance["used_this_period"]) == (48, 2)
     kinds = [e["kind"] for e in stack.rpc.billing.list_ledger(user, {"limit": 10})["items"]]
     assert kinds.count("capture") == 1 and kinds.count("hold") == 1
+
+
+def test_submitting_needs_a_verified_address_whoever_calls(stack):
+    """Not only the gateway's rule: the RPC itself refuses, before anything is
+    created or held; a dry run (a quote) spends nothing and is answered."""
+    user = new_user(stack, verified=False)
+    request = {"type": "text-to-image", "prompt": "a red fox", "size": "512x512"}
+    assert stack.rpc.generation.submit(user, request, dry_run=True)["price"] == 1
+    error = refused(stack.rpc.generation.submit, user, request, idempotency_key="k-1")
+    assert (error.code, error.status) == ("email_unverified", 403)
+    assert stack.rpc.generation.list_jobs(user)["items"] == []
+    assert stack.rpc.billing.get_balance(user)["held"] == 0
+    set_verified(stack, user, True)  # verifying counts at once: nothing is cached
+    assert stack.rpc.generation.submit(user, request, idempotency_key="k-1")["status"] == "queued"
 
 
 def test_the_same_prompt_and_seed_give_the_same_pixels(stack):
@@ -225,6 +256,13 @@ def test_a_source_image_must_be_the_callers(stack):
 def test_all_providers_failing_ends_failed_and_releases_the_hold(stack):
     user = new_user(stack)
     source = upload(stack, user, png())
+    # a video that names no duration is quoted what the price list says it costs
+    published = next(item for item in stack.rpc.billing.list_prices()["job_types"]
+                     if item["type"] == "image-to-video")
+    quote = stack.rpc.generation.submit(user, {"type": "image-to-video",
+                                               "source_image_id": source}, dry_run=True)
+    assert quote["price"] == max(published["minimum"], published["credits_per_second"]
+                                 * published["default_duration_s"])
     job = stack.rpc.generation.submit(user, {"type": "image-to-video", "source_image_id": source,
                                              "duration_s": 2})
     assert job["price"] == 10
@@ -233,6 +271,12 @@ def test_all_providers_failing_ends_failed_and_releases_the_hold(stack):
     assert done["error"]["code"] == "provider_unavailable"
     balance = settled(stack, user)
     assert (balance["available"], balance["used_this_period"]) == (50, 0)
+    # a replay holds the owner's credits again: not while the address is unverified
+    set_verified(stack, user, False)
+    error = refused(stack.rpc.generation.replay_job, job["id"])
+    assert (error.code, error.status) == ("email_unverified", 403)
+    assert stack.rpc.generation.get_job(user, job["id"])["status"] == "failed"
+    set_verified(stack, user, True)
     # an operator replays it: a new attempt, held again; it fails again (same outage)
     replayed = stack.rpc.generation.replay_job(job["id"])
     assert (replayed["attempt"], replayed["status"]) == (2, "queued")
@@ -262,6 +306,7 @@ def registered_user(stack) -> str:
     registered = stack.rpc.auth.register({"email": f"hook-{uuid.uuid4().hex[:8]}@example.com",
                                           "password": "correct horse battery staple"})
     user = registered["user"]["id"]
+    set_verified(stack, user, True)
     wait_for(lambda: stack.rpc.billing.get_balance(user)["available"] == 50, 20, 0.2,
              "the signup grant")
     return user

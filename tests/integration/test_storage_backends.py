@@ -35,20 +35,20 @@ SAFETY_DAYS = 31
 
 
 def file_server_app(backend: FsBackend):
-    """What the gateway does for fs URLs: verify the signature, then GET or PUT the file."""
+    """What the gateway does for fs URLs (with the backend's SignedFiles): verify the
+    signature, then GET or PUT the file."""
 
     @Request.application
     def app(request: Request) -> Response:
         if not request.path.startswith(signing.FILES_PREFIX):
             return Response(status=404)
         key = unquote(request.path[len(signing.FILES_PREFIX):])
-        if not signing.verify(SECRET, request.method, key, request.args.get("expires"),
-                              request.args.get("signature"), max_bytes=request.args.get("max_bytes"),
-                              content_type=request.args.get("content_type")):
+        if not backend.files.verify(request.method, key, request.args.get("expires"),
+                                    request.args.get("signature"), request.args.get("max_bytes"),
+                                    request.args.get("content_type")):
             return Response("invalid signature", status=403)
         if request.method == "PUT":
-            body = request.get_data()
-            backend.put(key, io.BytesIO(body), len(body), request.content_type or "")
+            backend.files.write(key, request.stream, request.content_length)
             return Response(status=200)
         try:
             with backend.open(key) as fh:

@@ -10,12 +10,22 @@ Credits are integers; money is integer minor units with an ISO-4217 currency
 
 from __future__ import annotations
 
-import re
-
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
-from services.common.contracts.generation import JOB_TYPES
+from services.common.contracts.base import (
+    EventSchema,
+    PageQuery,
+    RpcSchema,
+    page_of,
+    register_event,
+)
+from services.common.contracts.generation import (
+    DEFAULT_N,
+    DURATION_MAX_S,
+    JOB_TYPES,
+    N_MAX,
+    validate_size,
+)
 
 RELEASE_REASONS = ("failed", "cancelled", "expired")
 ORDER_KINDS = ("pack", "plan")
@@ -25,34 +35,7 @@ ORDER_STATUSES = ("pending", "paid", "failed", "refunded", "partially_refunded")
 DISPUTE_STATUSES = ("open", "won", "lost", "warning_closed", "prevented")
 ENTRY_KINDS = ("grant", "purchase", "hold", "capture", "release", "refund", "expire", "adjustment")
 
-# Image sizes: "WxH", each side a multiple of SIZE_STEP within [SIZE_MIN, SIZE_MAX].
-SIZE_MIN = 512
-SIZE_MAX = 1536
-SIZE_STEP = 64
-N_MAX = 4
-DURATION_MAX_S = 60
-SHOTS_MAX = 16
-_SIZE_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # fullmatch: ASCII digits, no newline
-_SIDE = "(?:" + "|".join(str(side) for side in range(SIZE_MIN, SIZE_MAX + 1, SIZE_STEP)) + ")"
-SIZE_PATTERN = f"^{_SIDE}x{_SIDE}$"  # what parse_size accepts, for the OpenAPI document
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    """``"768x1024"`` → ``(768, 1024)``; ValidationError for anything else."""
-    match = _SIZE_RE.fullmatch(value or "")
-    if not match:
-        raise ValidationError("must be WIDTHxHEIGHT, e.g. 1024x1024")
-    width, height = int(match.group(1)), int(match.group(2))
-    for side in (width, height):
-        if not SIZE_MIN <= side <= SIZE_MAX or side % SIZE_STEP:
-            raise ValidationError(
-                f"each side must be a multiple of {SIZE_STEP} from {SIZE_MIN} to {SIZE_MAX}"
-            )
-    return width, height
-
-
-def _validate_size(value: str) -> None:
-    parse_size(value)
+SHOTS_MAX = 16  # storyboard shots a quote prices
 
 
 _id = validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$", error="not a valid id")
@@ -62,13 +45,18 @@ _currency = validate.Regexp(r"^[a-z]{3}$", error="must be a lower-case ISO-4217 
 # ---------------------------------------------------------------- events
 
 
-@register_event("billing.credits_reserved")
-class CreditsReserved(EventSchema):
-    """The job's price is held: the job may run (``priority`` is the plan's)."""
+class JobCreditsEvent(EventSchema):
+    """Base of billing's answers about the credits of one attempt of a job."""
 
     job_id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
     attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+@register_event("billing.credits_reserved")
+class CreditsReserved(JobCreditsEvent):
+    """The job's price is held: the job may run (``priority`` is the plan's)."""
+
     hold_id = fields.UUID(required=True)
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
     plan = fields.String(required=True)
@@ -81,27 +69,18 @@ class CreditsReserved(EventSchema):
 
 
 @register_event("billing.credits_insufficient")
-class CreditsInsufficient(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+class CreditsInsufficient(JobCreditsEvent):
     required = fields.Integer(required=True)
     available = fields.Integer(required=True)
 
 
 @register_event("billing.credits_captured")
-class CreditsCaptured(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+class CreditsCaptured(JobCreditsEvent):
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
 
 
 @register_event("billing.credits_released")
-class CreditsReleased(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+class CreditsReleased(JobCreditsEvent):
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
     reason = fields.String(required=True, validate=validate.OneOf(RELEASE_REASONS))
 
@@ -176,8 +155,8 @@ class Quote(RpcSchema):
     """What a job would cost: the fields of a generation request that set its price."""
 
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
-    n = fields.Integer(load_default=1, validate=validate.Range(min=1, max=N_MAX))
-    size = fields.String(load_default=None, allow_none=True, validate=_validate_size)
+    n = fields.Integer(load_default=DEFAULT_N, validate=validate.Range(min=1, max=N_MAX))
+    size = fields.String(load_default=None, allow_none=True, validate=validate_size)
     duration_s = fields.Integer(
         load_default=None, allow_none=True, validate=validate.Range(min=1, max=DURATION_MAX_S)
     )
@@ -268,9 +247,7 @@ class LedgerEntry(RpcSchema):
     reason = fields.String(allow_none=True)
 
 
-class LedgerPage(RpcSchema):
-    items = fields.List(fields.Nested(LedgerEntry), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+LedgerPage = page_of(LedgerEntry, "LedgerPage")
 
 
 class Plan(RpcSchema):
@@ -366,9 +343,7 @@ class Order(RpcSchema):
     )
 
 
-class OrderPage(RpcSchema):
-    items = fields.List(fields.Nested(Order), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+OrderPage = page_of(Order, "OrderPage")
 
 
 class WebhookReceived(RpcSchema):

@@ -4,6 +4,10 @@ Writes are atomic (a hidden temporary file in the target directory, fsync,
 rename), so a reader never sees half an object. Downloads and uploads go
 through the gateway's ``/v1/files/<key>`` under URLs signed with the shared
 secret (services.common.signing).
+
+:class:`SignedFiles` is the one home of that layout: the path of a key, the
+atomic write, the signed URLs and their check. The backend (here) and the
+gateway's ``/v1/files`` routes (gateway/api/files.py, HTTP only) both use it.
 """
 
 from __future__ import annotations
@@ -16,24 +20,38 @@ from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from services.common import signing
+from services.common.errors import payload_too_large
 
 from .base import ObjectInfo
-from .keys import InvalidKey, check_key, check_prefix
+from .keys import PUBLIC_PREFIX, InvalidKey, check_key, check_prefix
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600
 
 
-class FsBackend:
-    name = "fs"
+class ShortStream(OSError):
+    """The stream ended before the length it was declared with."""
 
-    def __init__(self, root: str | os.PathLike, public_base_url: str, url_secret: str):
+
+class SignedFiles:
+    """Files under ``root``, one per key (``<root>/<key>``), reached through
+    ``<public_base_url>/v1/files/<key>`` URLs signed with ``url_secret``.
+
+    Only ``objects/...``, ``staging/...`` and ``public/...`` keys are served
+    over those URLs (:meth:`served_path`); no path leaves the root, not even
+    through a symlink.
+    """
+
+    SERVED_PREFIXES = ("objects/", "staging/", PUBLIC_PREFIX)
+
+    def __init__(self, root: str | os.PathLike, url_secret: str, public_base_url: str = ""):
         self.root = Path(root).resolve()
-        self.public_base_url = public_base_url.rstrip("/")
         self.url_secret = url_secret
+        self.public_base_url = public_base_url.rstrip("/")
 
     # ------------------------------------------------------------ paths
 
@@ -43,6 +61,93 @@ class FsBackend:
         if not path.is_relative_to(self.root) or path == self.root:
             raise InvalidKey(f"invalid object key: {key!r}")
         return path
+
+    def served_path(self, key: str) -> Path:
+        """:meth:`path_for` of a key the signed URLs serve (:class:`InvalidKey` for others)."""
+        path = self.path_for(key)
+        if not key.startswith(self.SERVED_PREFIXES):
+            raise InvalidKey(f"not a served key: {key!r}")
+        return path
+
+    # ------------------------------------------------------------ signed URLs
+
+    def sign(self, method: str, key: str, ttl_seconds: int, *, max_bytes: int | None = None,
+             content_type: str | None = None) -> str:
+        """A URL for ``method`` on ``key``, expiring in ``ttl_seconds``."""
+        return signing.sign_url(self.public_base_url, self.url_secret, method, check_key(key),
+                                ttl_seconds, max_bytes=max_bytes, content_type=content_type)[0]
+
+    def verify(self, method: str, key: str, expires, sig, max_bytes=None,
+               content_type=None) -> bool:
+        return signing.verify(self.url_secret, method, key, expires, sig, max_bytes=max_bytes,
+                              content_type=content_type)
+
+    def key_of_url(self, url: str, method: str = "PUT") -> str | None:
+        """The key when ``url`` is one of these files' URLs, validly signed for
+        ``method``; None otherwise."""
+        parts = urlsplit(url)
+        _, found, quoted_key = parts.path.partition(signing.FILES_PREFIX)
+        if not found:
+            return None
+        key = unquote(quoted_key)
+        query = parse_qs(parts.query)
+        expires, sig, max_bytes = ((query.get(name) or [None])[0]
+                                   for name in ("expires", "signature", "max_bytes"))
+        return key if self.verify(method, key, expires, sig, max_bytes) else None
+
+    # ------------------------------------------------------------ writing
+
+    def write(self, key: str, stream: BinaryIO, length: int | None = None,
+              max_bytes: int | None = None) -> int:
+        """Store ``stream`` as ``key`` atomically; returns the byte count.
+
+        With ``length``, exactly that many bytes are read (:class:`ShortStream`
+        when the stream ends first); without, up to its end. 413
+        ``payload_too_large`` past ``max_bytes``. ``OSError`` when the disk
+        fails. Nothing is left behind on failure.
+        """
+        if max_bytes is not None and length is not None and length > max_bytes:
+            raise payload_too_large(max_bytes)
+        path = self.path_for(key)
+        fd, tmp = temp_file(path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                written = _copy(stream, out, length, max_bytes)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        fsync_dir(path.parent)
+        return written
+
+
+def _copy(stream: BinaryIO, out: BinaryIO, length: int | None, max_bytes: int | None) -> int:
+    written = 0
+    while length is None or written < length:
+        chunk = stream.read(CHUNK if length is None else min(CHUNK, length - written))
+        if not chunk:
+            if length is not None:
+                raise ShortStream(f"stream ended {length - written} bytes short of {length}")
+            break
+        written += len(chunk)
+        if max_bytes is not None and written > max_bytes:
+            raise payload_too_large(max_bytes)
+        out.write(chunk)
+    return written
+
+
+class FsBackend:
+    name = "fs"
+
+    def __init__(self, root: str | os.PathLike, public_base_url: str, url_secret: str):
+        self.files = SignedFiles(root, url_secret, public_base_url)
+        self.root = self.files.root
+
+    def path_for(self, key: str) -> Path:
+        return self.files.path_for(key)
 
     def _key_of(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -68,25 +173,7 @@ class FsBackend:
                         pass
 
     def put(self, key: str, data: BinaryIO, length: int, content_type: str) -> None:
-        path = self.path_for(key)
-        fd, tmp = temp_file(path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                remaining = length
-                while remaining > 0:
-                    chunk = data.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise OSError(f"stream ended {remaining} bytes short of {length}")
-                    out.write(chunk)
-                    remaining -= len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
-        fsync_dir(path.parent)
+        self.files.write(key, data, length)
 
     def copy(self, source: str, target: str) -> None:
         info = self.stat(source)
@@ -159,18 +246,15 @@ class FsBackend:
     def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
                       content_type: str | None = None) -> str:
         # one address: the gateway's /v1/files (make dev runs everything on one host)
-        return signing.sign_url(self.public_base_url, self.url_secret, "GET", check_key(key),
-                                ttl_seconds, content_type=content_type)[0]
+        return self.files.sign("GET", key, ttl_seconds, content_type=content_type)
 
     def presigned_put(self, key: str, ttl_seconds: int, content_type: str,
                       max_bytes: int, internal: bool = False) -> tuple[str, dict[str, str]]:
-        url, _ = signing.sign_url(self.public_base_url, self.url_secret, "PUT", check_key(key),
-                                  ttl_seconds, max_bytes=max_bytes)
+        url = self.files.sign("PUT", key, ttl_seconds, max_bytes=max_bytes)
         return url, {"Content-Type": content_type}
 
 
-# The pieces of an atomic write, shared with the gateway's /v1/files route
-# (gateway/api/files.py), which writes into the same directory.
+# ------------------------------------------------------------ the pieces of an atomic write
 
 
 def temp_file(directory: Path) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """/v1/files/<key>: the fs backend's files under signed, expiring URLs, and
-FileStore (the atomic, size-capped writer the upload route shares)."""
+store_file (the fs backend's atomic write with HTTP's answers, which the upload
+route shares)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from gateway.api.files import FileStore
+from gateway.transfer import signed_files, store_file
 from services.common import signing
 from services.common.errors import DomainError
+from services.storage.backends.fs import SignedFiles
 from tests.unit.gateway.conftest import FILES_BASE_URL, FILES_SECRET
 
 OWNER = "01900000-0000-7000-8000-000000000001"
@@ -307,12 +310,13 @@ def test_a_raised_or_dropped_size_cap_breaks_the_signature(client, root, change)
     assert files_in(root) == []
 
 
-# ------------------------------------------------------------ FileStore
+# ------------------------------------------------------------ store_file and signed_files
+# (SignedFiles itself, the fs backend's, is tested in tests/unit/storage/test_fs_backend.py)
 
 
 @pytest.fixture
-def store(root) -> FileStore:
-    return FileStore(root.resolve(), FILES_SECRET, 1000)
+def files(root) -> SignedFiles:
+    return SignedFiles(root, FILES_SECRET)
 
 
 class Exploding(io.RawIOBase):
@@ -333,60 +337,36 @@ class Exploding(io.RawIOBase):
         return b"y" * n
 
 
-def test_a_failed_write_leaves_the_old_file_whole(store, root, stored):
+def test_a_failing_disk_is_503_and_leaves_the_old_file_whole(files, root, stored):
     with pytest.raises(DomainError) as caught:
-        store.write(KEY, Exploding(500, OSError("disk on fire")))
+        store_file(files, KEY, Exploding(500, OSError("disk on fire")), None, 1000)
     assert (caught.value.status, caught.value.code) == (503, "service_unavailable")
     assert (root / KEY).read_bytes() == stored
     assert files_in(root) == [KEY]
 
 
-def test_a_failed_write_of_a_new_file_leaves_nothing(store, root):
+def test_a_stream_past_werkzeugs_cap_is_413(files, root):
     key = "staging/01900000-0000-7000-8000-0000000000e1"
-    with pytest.raises(RuntimeError):
-        store.write(key, Exploding(500, RuntimeError("client went away")))
-    assert files_in(root) == []
-
-
-def test_write_counts_bytes_past_the_cap(store, root):
-    key = "staging/01900000-0000-7000-8000-0000000000e2"
     with pytest.raises(DomainError) as caught:
-        store.write(key, io.BytesIO(b"z" * 1001))  # no length given: counted
+        store_file(files, key, Exploding(500, RequestEntityTooLarge()), None, 1000)
     assert (caught.value.status, caught.value.details) == (413, {"max_bytes": 1000})
-    with pytest.raises(DomainError):
-        store.write(key, io.BytesIO(b"z" * 10), length=1001)  # declared too large: refused at once
-    with pytest.raises(DomainError) as caught:
-        store.write(key, io.BytesIO(b"z" * 600), max_bytes=500)
-    assert caught.value.details == {"max_bytes": 500}
     assert files_in(root) == []
-    assert store.write(key, io.BytesIO(b"z" * 1000)) == 1000
-    assert (root / key).stat().st_size == 1000
 
 
-def test_write_refuses_a_short_stream(store, root):
+def test_a_short_body_is_400(files, root):
     key = "staging/01900000-0000-7000-8000-0000000000e3"
     with pytest.raises(DomainError) as caught:
-        store.write(key, io.BytesIO(b"z" * 10), length=20)
+        store_file(files, key, io.BytesIO(b"z" * 10), 20, 1000)
     assert (caught.value.status, caught.value.code) == (400, "invalid_request")
     assert files_in(root) == []
+    assert store_file(files, key, io.BytesIO(b"z" * 20), 20, 1000) == 20
 
 
-def test_local_key_recognises_its_own_signed_put_urls(store):
-    key = "staging/01900000-0000-7000-8000-0000000000f1"
-    url = signing.sign_url("https://darkroom.example/api", FILES_SECRET, "PUT", key, 60)[0]
-    assert store.local_key(url) == key
-    assert store.local_key(signing.sign_url(FILES_BASE_URL, FILES_SECRET, "PUT", key, 60)[0]) == key
-    # signed for GET, with another secret, expired, or not a files URL at all
-    assert store.local_key(signing.sign_url(FILES_BASE_URL, FILES_SECRET, "GET", key, 60)[0]) is None
-    assert store.local_key(signing.sign_url(FILES_BASE_URL, "other", "PUT", key, 60)[0]) is None
-    assert store.local_key(signing.sign_url(FILES_BASE_URL, FILES_SECRET, "PUT", key, 60,
-                                            now=time.time() - 120)[0]) is None
-    assert store.local_key("https://s3.example/bucket/staging/x?X-Amz-Signature=abc") is None
-
-
-def test_from_config(root):
-    store = FileStore.from_config({"FILES": {"ROOT": str(root), "URL_SECRET": "s"},
-                                   "UPLOAD_MAX_BYTES": 123})
-    assert (store.root, store.secret, store.max_bytes) == (root.resolve(), "s", 123)
-    assert FileStore.from_config({"FILES": {"ROOT": None, "URL_SECRET": "s"}}) is None
-    assert FileStore.from_config({}) is None
+def test_signed_files_follow_the_files_section(make_app, root):
+    with make_app(FILES={"ROOT": str(root), "URL_SECRET": "s"}).app_context():
+        files = signed_files()
+        assert (files.root, files.url_secret) == (root.resolve(), "s")
+    with make_app(FILES={"ROOT": None, "URL_SECRET": "s"}).app_context():
+        assert signed_files() is None
+    with make_app(FILES={}).app_context():
+        assert signed_files() is None

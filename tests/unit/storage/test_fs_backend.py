@@ -11,8 +11,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from services.common import signing
+from services.common.errors import DomainError
 from services.storage.backends import InvalidKey, check_key, make_backend
-from services.storage.backends.fs import TEMP_PREFIX, FsBackend
+from services.storage.backends.fs import TEMP_PREFIX, FsBackend, ShortStream, SignedFiles
 from services.storage.backends.s3 import S3Backend
 from services.storage.settings import StorageSettings
 
@@ -178,3 +179,80 @@ def test_make_backend_follows_the_storage_section(tmp_path):
     assert isinstance(s3, S3Backend) and s3.name == "s3" and s3.bucket == "bkt"
     with pytest.raises(ValueError, match="BACKEND"):
         make_backend(StorageSettings(backend="ftp"))
+
+
+# ------------------------------------------------------------ SignedFiles (shared with the gateway)
+
+
+@pytest.fixture
+def files(tmp_path) -> SignedFiles:
+    return SignedFiles(tmp_path / "root", SECRET, BASE)
+
+
+def test_a_failed_write_leaves_the_old_file_whole(files):
+    key = "objects/u/a"
+    files.write(key, io.BytesIO(b"old"))
+    with pytest.raises(OSError):
+        files.write(key, _Failing(b"y" * 500, OSError("disk on fire")))
+    with pytest.raises(RuntimeError):
+        files.write("staging/new", _Failing(b"y" * 500, RuntimeError("client went away")))
+    assert (files.root / key).read_bytes() == b"old"
+    assert files_under(files.root) == ["objects/u/a"]
+
+
+def test_write_counts_bytes_past_the_cap(files):
+    key = "staging/x"
+    with pytest.raises(DomainError) as caught:
+        files.write(key, io.BytesIO(b"z" * 1001), max_bytes=1000)  # no length given: counted
+    assert (caught.value.status, caught.value.code, caught.value.details) == (
+        413, "payload_too_large", {"max_bytes": 1000})
+    with pytest.raises(DomainError):  # declared too large: refused before reading
+        files.write(key, io.BytesIO(b"z" * 10), length=1001, max_bytes=1000)
+    assert files_under(files.root) == []
+    assert files.write(key, io.BytesIO(b"z" * 1000), max_bytes=1000) == 1000
+    assert (files.root / key).stat().st_size == 1000
+
+
+def test_write_refuses_a_short_stream_and_reads_no_more_than_length(files):
+    with pytest.raises(ShortStream):
+        files.write("staging/short", io.BytesIO(b"z" * 10), length=20)
+    assert files_under(files.root) == []
+    assert files.write("staging/long", io.BytesIO(b"z" * 30), length=20) == 20
+
+
+def test_only_objects_staging_and_public_keys_are_served(files):
+    assert files.served_path("objects/u/a") == files.root / "objects/u/a"
+    assert files.served_path("public/p") == files.root / "public/p"
+    for key in ("other/x", "staginga", "../objects/x"):
+        with pytest.raises(InvalidKey):
+            files.served_path(key)
+
+
+def test_key_of_url_recognises_its_own_signed_put_urls(files):
+    key = "staging/01900000-0000-7000-8000-0000000000f1"
+    assert files.key_of_url(files.sign("PUT", key, 60)) == key
+    url = signing.sign_url("https://darkroom.example/api", SECRET, "PUT", key, 60)[0]
+    assert files.key_of_url(url) == key  # any host: the signature decides
+    # signed for GET, with another secret, expired, or not a files URL at all
+    assert files.key_of_url(files.sign("GET", key, 60)) is None
+    assert files.key_of_url(signing.sign_url(BASE, "other", "PUT", key, 60)[0]) is None
+    assert files.key_of_url(signing.sign_url(BASE, SECRET, "PUT", key, 60,
+                                             now=time.time() - 120)[0]) is None
+    assert files.key_of_url("https://s3.example/bucket/staging/x?X-Amz-Signature=abc") is None
+
+
+class _Failing(io.RawIOBase):
+    """Gives ``good``, then fails like a broken disk or connection."""
+
+    def __init__(self, good: bytes, error: Exception):
+        self.good, self.error = good, error
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        if not self.good:
+            raise self.error
+        n = size if size > 0 else len(self.good)
+        chunk, self.good = self.good[:n], self.good[n:]
+        return chunk

@@ -1,0 +1,69 @@
+"""services.common.spending: spending needs a verified address, as auth says it."""
+
+from __future__ import annotations
+
+import eventlet
+import pytest
+
+from services.common import spending
+from services.common.errors import DomainError
+
+USER = "01900000-0000-7000-8000-000000000001"
+
+
+class Reply:
+    def __init__(self, answer, delay: float = 0.0):
+        self.answer, self.delay = answer, delay
+
+    def result(self):
+        if self.delay:
+            eventlet.sleep(self.delay)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class FakeAuth:
+    """``RpcProxy("auth")``: ``get_user.call_async`` as nameko's proxy has it."""
+
+    def __init__(self, answer, delay: float = 0.0):
+        self.calls: list[tuple] = []
+        self.answer, self.delay = answer, delay
+
+    @property
+    def get_user(self):
+        auth = self
+
+        class Method:
+            @staticmethod
+            def call_async(*args):
+                auth.calls.append(args)
+                return Reply(auth.answer, auth.delay)
+
+        return Method
+
+
+def test_a_verified_address_may_spend():
+    auth = FakeAuth({"id": USER, "email_verified": True})
+    assert spending.require_verified(auth, USER) is None
+    assert auth.calls == [(USER,)]
+
+
+@pytest.mark.parametrize("user", [{"id": USER, "email_verified": False}, {"id": USER}])
+def test_an_unverified_address_is_403_email_unverified(user):
+    with pytest.raises(DomainError) as caught:
+        spending.require_verified(FakeAuth(user), USER)
+    assert (caught.value.status, caught.value.code) == (403, "email_unverified")
+
+
+def test_auths_refusal_passes_through():
+    with pytest.raises(DomainError) as caught:
+        spending.require_verified(FakeAuth(DomainError("not_found", "user not found", 404)), USER)
+    assert (caught.value.status, caught.value.code) == (404, "not_found")
+
+
+def test_no_answer_in_time_is_503():
+    with pytest.raises(DomainError) as caught:
+        spending.require_verified(FakeAuth({"email_verified": True}, delay=1.0), USER,
+                                  timeout=0.05)
+    assert (caught.value.status, caught.value.code) == (503, "service_unavailable")
