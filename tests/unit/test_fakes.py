@@ -74,7 +74,8 @@ STANDS_IN_FOR = {
         StorageService, "what the export archive calls: sources, an output slot, commit"),
     # nameko services run in place of the real ones (tests/integration)
     "tests.integration.probe_service.FakeAuthService": Imitates(
-        AuthService, "what `darkroom-ops users set-admin` calls (set_admin)"),
+        AuthService, "what `darkroom-ops users set-admin` calls (set_admin) and what a "
+                     "spending service asks (get_user)"),
     "tests.integration.probe_service.FakeStorageService": Imitates(
         StorageService, "what `darkroom-ops storage` calls (purge_expired, report)"),
 }
@@ -86,6 +87,7 @@ NOT_OURS = {
     "tests.unit.gateway.test_rpc_pool.FakeStandalone": "nameko's ServiceRpcProxy",
     "tests.unit.privacy.test_parts.FakeHttp": "requests",
     "tests.unit.privacy.test_archive.FakeHttp": "requests",
+    "tests.unit.common.test_spending.FakeAuth": "nameko's RpcProxy (get_user.call_async and its timing)",
     "tests.fakes.stripe.FakeStripe": "Stripe's HTTP API",
     "tests.fakes.providers.FakeHTTPServer": "the base of the providers' HTTP APIs",
     "tests.fakes.providers.FakeOpenAIImages": "a provider's HTTP API",
@@ -131,10 +133,12 @@ def offered(cls: type) -> dict[str, list[tuple]]:
 
 
 def called_by_gateway(service: str) -> set[str]:
-    """The RPCs gateway/ calls on ``service`` (``proxy.<service>.<rpc>(`` or ``rpc.…``)."""
-    call = re.compile(rf"\b(?:proxy|rpc)\.{service}\.(\w+)\(")
-    return {name for path in (ROOT / "gateway").rglob("*.py")
-            for name in call.findall(path.read_text())}
+    """The RPCs gateway/ calls on ``service``: ``proxy.<service>.<rpc>(`` (or ``rpc.…``),
+    or ``call(...)``/``for_caller(...)`` naming ``"<service>.<rpc>"``."""
+    call = re.compile(rf"\b(?:proxy|rpc)\.{service}\.(\w+)\(|\b(?:call|for_caller)\("
+                      rf"[^\"()]*\"{service}\.(\w+)\"")
+    return {direct or named for path in (ROOT / "gateway").rglob("*.py")
+            for direct, named in call.findall(path.read_text())}
 
 
 def test_every_fake_in_tests_is_listed():
