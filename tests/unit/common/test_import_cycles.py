@@ -9,10 +9,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 
-# services/common/contracts is left out until its billing <-> generation cycle
-# goes (issue 14, item 1); then this can cover ("services", "gateway").
-CHECKED = ("services/common",)
-LEFT_OUT = ("services.common.contracts",)
+CHECKED = ("services", "gateway", "ops")
+# Known, and on its way out (issue 14, item 5: add_years and pseudonym move);
+# delete this once it is gone.
+BILLING_CYCLE = ["services.billing.orders", "services.billing.plans", "services.billing.retention"]
 
 
 def import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
@@ -83,8 +83,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles(graph) == [["a", "b", "c"]]
 
 
-def test_services_common_has_no_import_cycle():
-    graph = {name: {t for t in targets if not t.startswith(LEFT_OUT)}
-             for name, targets in import_graph(CHECKED).items() if not name.startswith(LEFT_OUT)}
+def test_services_gateway_and_ops_have_no_import_cycle():
+    graph = import_graph(CHECKED)
     assert "services.common.migrations" in graph["services.common.db"]  # the graph sees imports
-    assert cycles(graph) == []
+    assert [cycle for cycle in cycles(graph) if cycle != BILLING_CYCLE] == []
