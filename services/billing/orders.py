@@ -49,6 +49,7 @@ from services.billing.models import (
 )
 from services.billing.settings import BillingSettings
 from services.common.errors import DomainError, conflict, not_found
+from services.common.ids import add_years
 from services.common.pagination import paginate
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,6 @@ def provider_unavailable() -> DomainError:
 
 def request_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def add_years(when: datetime, years: int) -> datetime:
-    try:
-        return when.replace(year=when.year + years)
-    except ValueError:  # 29 February
-        return when.replace(year=when.year + years, day=28)
 
 
 def view(order: Order) -> dict:
