@@ -14,11 +14,14 @@ help:
 	@echo "make up/down start/stop the stack with docker compose (deploy/.env from deploy/.env.example)"
 	@echo "make lint    ruff;  make bench   benchmarks;  make migrate   apply database migrations"
 
-$(STAMP): pyproject.toml
+# The locked versions, each checked against its hash, then the project itself without
+# resolving anything (docs/operations.md: how to update the locks).
+$(STAMP): pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -45,7 +45,7 @@ from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError  # noqa: E402
-from services.common.contracts.generation import STATUSES  # noqa: E402
+from services.common.contracts.generation import JobState  # noqa: E402
 from services.common.errors import DomainError  # noqa: E402
 
 
@@ -282,7 +282,8 @@ SINCE_HELP = "Changed since: an age (30m, 2h, 3d) or an ISO time (UTC without an
 
 
 @jobs.command("list")
-@click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--status", type=click.Choice([state.value for state in JobState]),
+              help="Only jobs in this state.")
 @click.option("--since", metavar="AGE|TIME", help=SINCE_HELP)
 @click.option("--reason", metavar="CODE", help="Only jobs that ended with this error code "
                                                 "(e.g. provider_unavailable).")

@@ -1,5 +1,10 @@
 """RabbitMQ access for the ops commands: bounded AMQP connections and the
-management API (which lists queues; counts come from AMQP, which is exact)."""
+management API (which lists queues; counts come from AMQP, which is exact).
+
+AMQP goes through kombu, nameko's own client, used synchronously: the same URI
+and vhost parsing as the services, and replays published by nameko's Publisher
+with the properties its consumers expect. A second client (pika) would read the
+queues no better."""
 
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ from gateway.api.common import Blueprint, errors, present, rpc
 from gateway.auth import authenticated, current_principal, require_verified
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts.generation import (
+    FINAL,
     JOB_TYPES,
     JobPage,
     JobQuery,
@@ -53,7 +54,6 @@ from services.common.contracts.generation import (
 from services.common.errors import DomainError
 from services.common.observability import correlation_id
 
-FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "cancelled"})
 # what the stream watches: a change in any of these sends an event
 WATCHED = ("status", "progress", "stage", "queue_position")
 
@@ -346,7 +346,7 @@ def event_stream(first: dict, fetch: Callable[[], dict], *, poll: float, keepali
             watched = tuple(job.get(k) for k in WATCHED)
             yield job_frame(job)
             last_write = monotonic()
-            if job.get("status") in FINAL_STATES:
+            if job.get("status") in FINAL:
                 return
         now = monotonic()
         if now - started >= max_seconds:

@@ -33,6 +33,9 @@ refund      -N       0            ``order:<id>:refund:<cumulative minor units re
 expire      -N       0            ``lot:<lot>:expire:<n>``
 adjustment  ±N       0            ``adjust:<user>:<operator's key>``
 =========== ======== ============ ======================================
+
+Nothing here commits: every function works in the caller's transaction (under
+the account lock the caller took with :func:`lock_account`), and the caller commits.
 """
 
 from __future__ import annotations
@@ -217,6 +220,28 @@ def expired_unsettled(db: Session, user_id: uuid.UUID, now: datetime) -> int:
             Lot.user_id == user_id, Lot.remaining > 0, Lot.expires_at.is_not(None),
             Lot.expires_at <= now)
     )
+
+
+def balance(db: Session, account: Account, now: datetime) -> dict:
+    """What ``get_balance`` says of the account's credits now, read only:
+    ``available`` without expired credits the timer has not settled yet nor
+    frozen ones (``frozen`` apart), and ``held``."""
+    frozen = frozen_credits(db, account.user_id, now)
+    return {"available": account.available - expired_unsettled(db, account.user_id, now) - frozen,
+            "held": account.held, "frozen": frozen}
+
+
+def period_totals(db: Session, user_id: uuid.UUID, start: datetime, end: datetime) -> dict:
+    """Credits granted and credits used by jobs in [start, end)."""
+
+    def total(expr, kind: str) -> int:
+        return int(db.scalar(select(func.coalesce(func.sum(expr), 0)).where(
+            LedgerEntry.user_id == user_id, LedgerEntry.kind == kind,
+            LedgerEntry.created_at >= start, LedgerEntry.created_at < end)))
+
+    return {"granted_this_period": total(LedgerEntry.amount, "grant"),
+            # a capture spends held credits, or available ones after its hold expired
+            "used_this_period": total(-LedgerEntry.held_change - LedgerEntry.amount, "capture")}
 
 
 # ---------------------------------------------------------------- holds (the generation saga)

@@ -2,7 +2,8 @@
 
 1. :func:`begin_checkout` validates the request and writes the order
    (``pending``); the service commits it *before* calling Stripe, so a paid
-   session can always find its order.
+   session can always find its order (and no transaction stays open, no row
+   stays locked, while Stripe answers).
 2. The service asks Stripe for a Checkout Session (``payments/stripe.py``)
    outside any transaction, then :func:`attach_session` stores its id and
    URL, or :func:`mark_failed` fails the order when Stripe is unreachable or
@@ -21,6 +22,8 @@ With an ``Idempotency-Key`` the same request gets the same order back (and
 the same checkout URL); the same key with another body is refused with 409
 ``idempotency_key_reused``. A repeat of a request whose order failed before it
 got a session asks Stripe again for that same order.
+
+Every function here runs in the caller's transaction; the caller commits.
 """
 
 from __future__ import annotations
@@ -29,9 +32,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -49,12 +50,13 @@ from services.billing.models import (
 )
 from services.billing.settings import BillingSettings
 from services.common.errors import DomainError, conflict, not_found
+from services.common.idempotency import request_hash
 from services.common.ids import add_years
+from services.common.messaging import Dispatch
 from services.common.pagination import paginate
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, dict], Any]
 DEFAULT_PACK_EXPIRY_DAYS = 365
 
 
@@ -63,8 +65,14 @@ def provider_unavailable() -> DomainError:
                        "the payment provider is unavailable; try again later", 503)
 
 
-def request_hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+def same_request(order: Order, data: dict) -> bool:
+    """Whether ``data`` is the request that created ``order`` under the same
+    Idempotency-Key. Orders written before the one canonical JSON of
+    :mod:`services.common.idempotency` hold the hash of
+    ``json.dumps(data, sort_keys=True)`` (default separators): those match too,
+    so a retry across the upgrade still finds its order."""
+    legacy = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return order.request_hash in (request_hash(data), legacy)
 
 
 def view(order: Order) -> dict:
@@ -94,7 +102,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
         existing = db.scalars(select(Order).where(
             Order.user_ref == user_ref, Order.idempotency_key == idempotency_key)).first()
         if existing is not None:
-            if existing.request_hash != digest:
+            if not same_request(existing, data):
                 raise conflict("this Idempotency-Key was used with another request",
                                code="idempotency_key_reused")
             if existing.checkout_url:
@@ -146,7 +154,7 @@ def mark_failed(db: Session, order_id: uuid.UUID, reason: str) -> None:
 def expire_pending(db: Session, settings: BillingSettings, now: datetime) -> int:
     """Fail orders that can no longer be paid: no session after the pending
     timeout (a crash between the order and Stripe's answer), or a session
-    older than Stripe keeps it open."""
+    older than Stripe keeps it open. Returns how many; the caller commits."""
     no_session = now - timedelta(seconds=settings.pending_order_timeout_seconds)
     too_old = now - timedelta(seconds=settings.checkout_session_ttl_seconds)
     rows = db.scalars(select(Order).where(Order.status == PENDING, Order.created_at <= no_session)
@@ -160,7 +168,6 @@ def expire_pending(db: Session, settings: BillingSettings, now: datetime) -> int
         else:
             continue
         failed += 1
-    db.commit()
     return failed
 
 

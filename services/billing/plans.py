@@ -2,7 +2,7 @@
 
 - The billing period is the UTC calendar month (:func:`period_bounds`):
   ``get_balance`` reports on it, and plans without a price get their
-  ``monthly_grant`` once per month from an hourly timer (:func:`grant_monthly`,
+  ``monthly_grant`` once per month from an hourly timer (:func:`grant_month`,
   key ``grant:monthly:<user>:<YYYY-MM>``). Granted credits expire at the end
   of the month they were granted for (``GRANTS_EXPIRE_AT_PERIOD_END``).
 - An account opens on the default (free) plan with its ``signup_grant``
@@ -14,19 +14,22 @@
   payment (buying the current plan again extends it): the plan's
   ``monthly_grant`` is granted at once (``order:<id>:grant``), expiring with
   the period. When the period ends a timer returns the account to the
-  default plan (:func:`end_expired_plans`), and the free monthly grant
+  default plan (:func:`end_expired_plan`), and the free monthly grant
   resumes for the month.
 - Every plan change dispatches ``billing.plan_changed`` (storage keeps the
   plan's retention for the user's objects).
+
+Everything here runs in the caller's transaction and the caller commits. The
+timers' sweeps are a query for the candidates (:func:`due_grants`,
+:func:`expired_plans`) and a step for one account (:func:`grant_month`,
+:func:`end_expired_plan`), which the service runs one account per transaction.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -36,10 +39,9 @@ from services.billing.models import Account, ErasedAccount, Order
 from services.billing.settings import BillingSettings, Plan
 from services.common.errors import not_found
 from services.common.ids import pseudonym
+from services.common.messaging import Dispatch
 
 log = logging.getLogger(__name__)
-
-Dispatch = Callable[[str, dict], Any]
 
 
 # ---------------------------------------------------------------- periods
@@ -73,6 +75,22 @@ def effective_plan(settings: BillingSettings, account: Account, now: datetime) -
     if plan is None or (account.plan_expires_at is not None and account.plan_expires_at <= now):
         return settings.free_plan
     return plan
+
+
+def balance(db: Session, settings: BillingSettings, account: Account, now: datetime) -> dict:
+    """The account's balance (``billing.get_balance``): its credits, its plan
+    in force, and what was granted and used in the current period."""
+    start, end = period_bounds(now)
+    plan = effective_plan(settings, account, now)
+    return {**ledger.balance(db, account, now), "plan": plan.id,
+            "plan_expires_at": account.plan_expires_at if plan.paid else None,
+            "period_start": start, "period_end": end,
+            **ledger.period_totals(db, account.user_id, start, end)}
+
+
+def listed(settings: BillingSettings) -> list[Plan]:
+    """The plans as ``billing.list_plans`` shows them: the cheapest first."""
+    return sorted(settings.plans.values(), key=lambda p: (p.price_amount or 0, p.id))
 
 
 # ---------------------------------------------------------------- accounts
@@ -130,52 +148,39 @@ def require_account(db: Session, settings: BillingSettings, user_id: uuid.UUID, 
 # ---------------------------------------------------------------- grants and plan periods
 
 
-def grant_monthly(db: Session, settings: BillingSettings, now: datetime, batch: int = 500,
-                  max_batches: int = 1000) -> int:
-    """Give this month's grant to every account on a plan without a price
-    that has not had it; one account per transaction. Returns how many
-    accounts were granted. Running it twice grants nothing more."""
-    granted = 0
-    for _ in range(max_batches):
-        done, selected = _grant_batch(db, settings, now, batch)
-        granted += done
-        if selected < batch:
-            break
-    return granted
-
-
-def _grant_batch(db: Session, settings: BillingSettings, now: datetime,
-                 limit: int) -> tuple[int, int]:
+def due_grants(db: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` accounts that have not had this month's grant and are
+    not on a paid period (whose grant came with the payment)."""
     period = period_key(now)
-    _, end = period_bounds(now)
-    candidates = db.scalars(
+    return list(db.scalars(
         select(Account.user_id).where(
             or_(Account.granted_period.is_(None), Account.granted_period != period),
             # paid plans always have an end; their grant came with the payment
             or_(Account.plan_expires_at.is_(None), Account.plan_expires_at <= now),
         ).order_by(Account.user_id).limit(limit)
-    ).all()
-    db.rollback()
-    granted = 0
-    for user_id in candidates:
-        account = ledger.lock_account(db, user_id)
-        if account is None or account.granted_period == period:
-            db.rollback()
-            continue
-        plan = effective_plan(settings, account, now)
-        if plan.paid:  # bought since: the plan's own grant covers the period
-            db.rollback()
-            continue
-        ledger.expire_lots(db, account, now)
-        _, created = ledger.credit(
-            db, account, kind="grant", key=f"grant:monthly:{user_id}:{period}",
-            credits=plan.monthly_grant, now=now, expires_at=grant_expiry(settings, end),
-            reason=f"monthly {plan.id} {period}",
-        )
-        account.granted_period = period
-        db.commit()
-        granted += created
-    return granted, len(candidates)
+    ))
+
+
+def grant_month(db: Session, settings: BillingSettings, user_id: uuid.UUID, now: datetime) -> int:
+    """Give the account this month's grant if its plan has no price and it
+    has not had it (key ``grant:monthly:<user>:<YYYY-MM>``); locks the
+    account. Returns 1 if granted, else 0: running it twice grants nothing more."""
+    period = period_key(now)
+    account = ledger.lock_account(db, user_id)
+    if account is None or account.granted_period == period:
+        return 0
+    plan = effective_plan(settings, account, now)
+    if plan.paid:  # bought since: the plan's own grant covers the period
+        return 0
+    ledger.expire_lots(db, account, now)
+    _, end = period_bounds(now)
+    _, created = ledger.credit(
+        db, account, kind="grant", key=f"grant:monthly:{user_id}:{period}",
+        credits=plan.monthly_grant, now=now, expires_at=grant_expiry(settings, end),
+        reason=f"monthly {plan.id} {period}",
+    )
+    account.granted_period = period
+    return int(created)
 
 
 def activate_plan(db: Session, settings: BillingSettings, account: Account, order: Order,
@@ -208,26 +213,24 @@ def end_plan(settings: BillingSettings, account: Account, now: datetime, dispatc
     plan_changed(dispatch, account.user_id, free)
 
 
-def end_expired_plans(db: Session, settings: BillingSettings, now: datetime, dispatch: Dispatch,
-                      limit: int = 500) -> int:
-    """Return accounts whose paid period is over to the default plan; one
-    account per transaction. Returns how many."""
-    candidates = db.scalars(
+def expired_plans(db: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` accounts whose paid period is over, the oldest first."""
+    return list(db.scalars(
         select(Account.user_id).where(Account.plan_expires_at.is_not(None),
                                       Account.plan_expires_at <= now)
         .order_by(Account.plan_expires_at).limit(limit)
-    ).all()
-    db.rollback()
-    ended = 0
-    for user_id in candidates:
-        account = ledger.lock_account(db, user_id)
-        if account is None or account.plan_expires_at is None or account.plan_expires_at > now:
-            db.rollback()
-            continue
-        old = account.plan
-        end_plan(settings, account, now, dispatch)
-        ledger.expire_lots(db, account, now)
-        db.commit()
-        ended += 1
-        log.info("paid plan ended", extra={"user_id": str(user_id), "plan": old})
-    return ended
+    ))
+
+
+def end_expired_plan(db: Session, settings: BillingSettings, user_id: uuid.UUID, now: datetime,
+                     dispatch: Dispatch) -> int:
+    """Return the account to the default plan if its paid period is over
+    (locks it; expired lots are settled). Returns 1 if it ended, else 0."""
+    account = ledger.lock_account(db, user_id)
+    if account is None or account.plan_expires_at is None or account.plan_expires_at > now:
+        return 0
+    old = account.plan
+    end_plan(settings, account, now, dispatch)
+    ledger.expire_lots(db, account, now)
+    log.info("paid plan ended", extra={"user_id": str(user_id), "plan": old})
+    return 1

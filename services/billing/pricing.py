@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-from services.billing.settings import PriceRule
-from services.common.contracts.billing import parse_size
+from services.billing.settings import BillingSettings, PriceRule
+from services.common.contracts.generation import parse_size
 from services.common.errors import invalid_request
 
 
@@ -64,3 +64,11 @@ def quote(prices: dict[str, PriceRule], request: dict) -> dict:
 
 def price_list(prices: dict[str, PriceRule]) -> list[dict]:
     return [prices[t].view() for t in sorted(prices)]
+
+
+def prices(settings: BillingSettings) -> dict:
+    """The published prices (``billing.list_prices``): every job type's rule
+    in credits, and the credit packs for sale, the cheapest first."""
+    packs = sorted(settings.packs.values(), key=lambda p: (p.price_amount, p.id))
+    return {"currency": "credits", "job_types": price_list(settings.prices),
+            "packs": [p.view() for p in packs]}

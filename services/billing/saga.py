@@ -19,14 +19,19 @@ A capture or release for a job without a hold, a capture of a released hold
 or a release of a captured one writes nothing and publishes nothing (it is
 logged). Duplicates find the first result and publish nothing again: the
 first result's event went out through the outbox.
+
+Everything here runs in the caller's transaction and the caller commits. The
+timer's sweeps are a query for the candidates (:func:`stale_holds`,
+:func:`accounts_with_expired_lots`) and a step for one account
+(:func:`release_stale_hold`, :func:`expire_lots_of`), which the service runs
+one account per transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,10 +39,9 @@ from sqlalchemy.orm import Session
 from services.billing import ledger, plans, reversals
 from services.billing.models import Lot
 from services.billing.settings import BillingSettings
+from services.common.messaging import Dispatch
 
 log = logging.getLogger(__name__)
-
-Dispatch = Callable[[str, dict], Any]
 
 
 def _ids(event: dict) -> dict:
@@ -97,37 +101,36 @@ def release(db: Session, account, job_id, attempt: int, reason: str, now: dateti
     return result
 
 
-def release_stale_holds(db: Session, settings: BillingSettings, now: datetime,
-                        dispatch: Dispatch, limit: int = 500) -> int:
-    """Release open holds older than ``HOLD_TTL_SECONDS``, one per
-    transaction (account locked). Returns how many were released."""
+def stale_holds(db: Session, settings: BillingSettings, now: datetime,
+                limit: int) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """Up to ``limit`` open holds older than ``HOLD_TTL_SECONDS``, the oldest
+    first, as (user, job, attempt)."""
     cutoff = now - timedelta(seconds=settings.hold_ttl_seconds)
-    stale = [(h.user_id, h.job_id, h.attempt) for h in ledger.stale_holds(db, cutoff, limit)]
-    db.rollback()
-    released = 0
-    for user_id, job_id, attempt in stale:
-        account = ledger.lock_account(db, user_id)
-        result = release(db, account, job_id, attempt, "expired", now, dispatch)
-        if result.status == "released":
-            released += 1
-            log.warning("hold expired", extra={"job_id": str(job_id), "attempt": attempt})
-        db.commit()
-    return released
+    return [(h.user_id, h.job_id, h.attempt) for h in ledger.stale_holds(db, cutoff, limit)]
 
 
-def expire_lots_everywhere(db: Session, now: datetime, limit: int = 500) -> int:
-    """Turn expired lot remainders into ``expire`` entries, one account per
-    transaction. Returns how many entries were written."""
-    users = db.scalars(
+def release_stale_hold(db: Session, hold: tuple[uuid.UUID, uuid.UUID, int], now: datetime,
+                       dispatch: Dispatch) -> int:
+    """Release one hold :func:`stale_holds` found (reason ``expired``; locks
+    the account). Returns 1 if it was released, 0 if it was closed meanwhile."""
+    user_id, job_id, attempt = hold
+    account = ledger.lock_account(db, user_id)
+    if release(db, account, job_id, attempt, "expired", now, dispatch).status != "released":
+        return 0
+    log.warning("hold expired", extra={"job_id": str(job_id), "attempt": attempt})
+    return 1
+
+
+def accounts_with_expired_lots(db: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` accounts with credits left in a lot past its expiry."""
+    return list(db.scalars(
         select(Lot.user_id).where(Lot.remaining > 0, Lot.expires_at.is_not(None),
                                   Lot.expires_at <= now).distinct().limit(limit)
-    ).all()
-    db.rollback()
-    written = 0
-    for user_id in users:
-        account = ledger.lock_account(db, user_id)
-        if account is not None:
-            written += len(ledger.expire_lots(db, account, now))
-        db.commit()
-    return written
+    ))
 
+
+def expire_lots_of(db: Session, user_id: uuid.UUID, now: datetime) -> int:
+    """Turn the account's expired lot remainders into ``expire`` entries
+    (locks it). Returns how many entries were written."""
+    account = ledger.lock_account(db, user_id)
+    return len(ledger.expire_lots(db, account, now)) if account is not None else 0

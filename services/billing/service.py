@@ -3,9 +3,12 @@ plans and their grants, prices, and payments through Stripe Checkout.
 
 Entrypoints are thin: load the payload through its contract, call the domain
 modules (:mod:`ledger`, :mod:`plans`, :mod:`pricing`, :mod:`orders`,
-:mod:`saga`, :mod:`audit`, :mod:`privacy`, :mod:`retention`, :mod:`payments`), dispatch
-events (into the outbox, in the same transaction), commit, dump the answer
-through its contract. See docs/billing.md.
+:mod:`saga`, :mod:`audit`, :mod:`privacy`, :mod:`retention`, :mod:`payments`),
+which dispatch events into the outbox in the worker's transaction, commit, dump the answer
+through its contract. The domain modules never commit: the entrypoint does,
+before it answers; ``create_checkout`` commits the order before it calls
+Stripe (no transaction open while Stripe answers); the timers' sweeps commit
+once per account (:meth:`BillingService._per_account`). See docs/billing.md.
 
     nameko run --config deploy/config/billing.yaml services.billing.service:BillingService
 """
@@ -13,16 +16,16 @@ through its contract. See docs/billing.md.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from services.billing import audit, ledger, orders, plans, pricing, retention, saga
 from services.billing import privacy as privacy_data
-from services.billing.models import LedgerEntry, outbox, processed_events
+from services.billing.models import outbox, processed_events
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.billing.settings import BillingSettings
@@ -43,6 +46,8 @@ HOUSEKEEPING_INTERVAL_SECONDS = 60
 GRANT_INTERVAL_SECONDS = 3600
 RETENTION_INTERVAL_SECONDS = 86400
 MAINTENANCE_TASKS = ("holds", "plans", "lots", "orders", "grants", "payments")
+SWEEP_BATCH = 500  # accounts (or holds) a sweep takes per run; grants go on to the end
+MAX_GRANT_BATCHES = 1000
 
 
 def stripe_client(config) -> StripeClient:
@@ -92,25 +97,7 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
             return account, now
 
         account, now = self._retrying(work)
-        start, end = plans.period_bounds(now)
-
-        def period_sum(expr, kind):
-            return int(self.db.scalar(select(func.coalesce(func.sum(expr), 0)).where(
-                LedgerEntry.user_id == user, LedgerEntry.kind == kind,
-                LedgerEntry.created_at >= start, LedgerEntry.created_at < end)))
-
-        plan = plans.effective_plan(self.settings, account, now)
-        frozen = ledger.frozen_credits(self.db, user, now)
-        return c.Balance().dump({
-            "available": account.available - ledger.expired_unsettled(self.db, user, now) - frozen,
-            "held": account.held, "frozen": frozen, "plan": plan.id,
-            "plan_expires_at": account.plan_expires_at if plan.paid else None,
-            "period_start": start, "period_end": end,
-            "granted_this_period": period_sum(LedgerEntry.amount, "grant"),
-            # a capture spends held credits, or available ones after its hold expired
-            "used_this_period": period_sum(-LedgerEntry.held_change - LedgerEntry.amount,
-                                           "capture"),
-        })
+        return c.Balance().dump(plans.balance(self.db, self.settings, account, now))
 
     @rpc(expected_exceptions=DomainError)
     def list_ledger(self, user_id, query=None) -> dict:
@@ -122,15 +109,11 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
 
     @rpc(expected_exceptions=DomainError)
     def list_plans(self) -> dict:
-        items = sorted(self.settings.plans.values(), key=lambda p: (p.price_amount or 0, p.id))
-        return c.PlanList().dump({"items": [p.view() for p in items]})
+        return c.PlanList().dump({"items": [p.view() for p in plans.listed(self.settings)]})
 
     @rpc(expected_exceptions=DomainError)
     def list_prices(self) -> dict:
-        packs = sorted(self.settings.packs.values(), key=lambda p: (p.price_amount, p.id))
-        return c.Prices().dump({"currency": "credits",
-                                "job_types": pricing.price_list(self.settings.prices),
-                                "packs": [p.view() for p in packs]})
+        return c.Prices().dump(pricing.prices(self.settings))
 
     @rpc(expected_exceptions=DomainError)
     def quote(self, payload) -> dict:
@@ -229,21 +212,46 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
                               {"fields": {"tasks": [f"One of {list(MAINTENANCE_TASKS)}."]}})
         return {name: self._maintain(name) for name in MAINTENANCE_TASKS if name in names}
 
-    def _maintain(self, task: str):
-        now = utcnow()
+    def _maintain(self, task: str, now: datetime | None = None):
+        """One maintenance task; the sweeps over accounts commit one account at a time."""
+        db, settings, dispatch, now = self.db, self.settings, self.dispatch, now or utcnow()
         if task == "holds":
-            return saga.release_stale_holds(self.db, self.settings, now, self.dispatch)
+            return self._per_account(saga.stale_holds(db, settings, now, SWEEP_BATCH),
+                                     lambda hold: saga.release_stale_hold(db, hold, now, dispatch))
         if task == "plans":
-            return plans.end_expired_plans(self.db, self.settings, now, self.dispatch)
+            return self._per_account(
+                plans.expired_plans(db, now, SWEEP_BATCH),
+                lambda user: plans.end_expired_plan(db, settings, user, now, dispatch))
         if task == "lots":
-            return saga.expire_lots_everywhere(self.db, now)
-        if task == "orders":
-            return orders.expire_pending(self.db, self.settings, now)
+            return self._per_account(saga.accounts_with_expired_lots(db, now, SWEEP_BATCH),
+                                     lambda user: saga.expire_lots_of(db, user, now))
         if task == "grants":
-            return plans.grant_monthly(self.db, self.settings, now)
-        result = retention.purge_payment_records(self.db, self.settings, now)
-        self.db.commit()
+            granted = 0
+            for _ in range(MAX_GRANT_BATCHES):  # every account due, a batch at a time
+                due = plans.due_grants(db, now, SWEEP_BATCH)
+                granted += self._per_account(
+                    due, lambda user: plans.grant_month(db, settings, user, now))
+                if len(due) < SWEEP_BATCH:
+                    break
+            return granted
+        if task == "orders":
+            result = orders.expire_pending(db, settings, now)
+        else:
+            result = retention.purge_payment_records(db, settings, now)
+        db.commit()
         return result
+
+    def _per_account(self, candidates: list, step) -> int:
+        """``step(candidate)`` for each candidate, each in a transaction of its
+        own: one account locked at a time, each account's events out with its
+        commit, and a failure keeps what the accounts before it did. Returns
+        the sum of what the steps return."""
+        self.db.rollback()  # end the read that found the candidates
+        done = 0
+        for candidate in candidates:
+            done += step(candidate)
+            self.db.commit()
+        return done
 
     # ------------------------------------------------------------ privacy
 

@@ -3,7 +3,12 @@
 Plans, packs and prices are data: operators change them in config, the code
 only knows their shape. The configuration is checked when the service starts
 (a plan list without the default plan, a job type without a price, a paid
-plan without a currency stop it), so a typo never reaches a customer.
+plan without a currency stop it), so a typo never reaches a customer. The
+price list's default image size and video duration are the job rules'
+(``DEFAULT_SIZE``, ``DEFAULT_VIDEO_DURATION_S`` in
+services/common/contracts/generation.py): the price a user is quoted for a
+job that names neither is the price of the job generation makes, and a
+configuration that says otherwise stops the service.
 """
 
 from __future__ import annotations
@@ -14,8 +19,12 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from services.common.contracts.billing import parse_size
-from services.common.contracts.generation import JOB_TYPES
+from services.common.contracts.generation import (
+    DEFAULT_SIZE,
+    DEFAULT_VIDEO_DURATION_S,
+    JOB_TYPES,
+    parse_size,
+)
 
 
 def _bool(value: Any) -> bool:
@@ -112,11 +121,11 @@ DEFAULT_PACKS: dict[str, dict] = {
 }
 DEFAULT_PRICES: dict[str, dict] = {
     "text-to-image": {"unit": "image", "area_pixels": 262144, "credits_per_area": 1,
-                      "default_size": "1024x1024", "minimum": 1},
+                      "default_size": DEFAULT_SIZE, "minimum": 1},
     "image-to-image": {"unit": "image", "area_pixels": 262144, "credits_per_area": 1,
-                       "default_size": "1024x1024", "minimum": 2},
+                       "default_size": DEFAULT_SIZE, "minimum": 2},
     "image-to-video": {"unit": "second", "credits_per_second": 5, "credits_per_shot": 15,
-                       "default_duration_s": 4, "minimum": 10},
+                       "default_duration_s": DEFAULT_VIDEO_DURATION_S, "minimum": 10},
 }
 
 
@@ -163,6 +172,21 @@ def _prices(raw: Mapping[str, Any]) -> dict[str, PriceRule]:
             default_duration_s=_int_or_none(item.get("default_duration_s")),
         )
     return rules
+
+
+def check_job_defaults(rule: PriceRule) -> None:
+    """The rule's default size or duration is the one generation gives a job
+    that names none (the generation contract's); ValueError otherwise."""
+    expected = {"image": ("default_size", DEFAULT_SIZE),
+                "second": ("default_duration_s", DEFAULT_VIDEO_DURATION_S)}.get(rule.unit)
+    if expected is None:
+        return
+    name, value = expected
+    if getattr(rule, name) != value:
+        raise ValueError(
+            f"BILLING.PRICES.{rule.type}.{name} is {getattr(rule, name)!r}, but a job that "
+            f"names none is made with {value!r} (services/common/contracts/generation.py): "
+            f"set it to {value!r}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +236,7 @@ class BillingSettings:
                     raise ValueError(f"BILLING.PRICES.{rule.type}.default_size: {exc}") from None
             if rule.unit not in ("image", "second"):
                 raise ValueError(f"BILLING.PRICES.{rule.type}: unit must be image or second")
+            check_job_defaults(rule)
         if not self.stripe_webhook_secrets:
             raise ValueError("BILLING.STRIPE_WEBHOOK_SECRET must be set")
         if not self.pseudonym_key:

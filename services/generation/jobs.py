@@ -12,11 +12,9 @@ that loses sees zero rows and does nothing.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
@@ -24,46 +22,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from services.common.contracts.generation import ACTIVE, JobState
 from services.common.errors import conflict, not_found, rate_limited
-from services.common.ids import isoformat, new_id
+from services.common.ids import client_id, isoformat, new_id
+from services.common.messaging import Dispatch
 from services.common.pagination import paginate
 from services.generation import error_text, webhooks
-from services.generation.models import (
-    ACTIVE,
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    REJECTED,
-    RESERVED,
-    RUNNING,
-    SUCCEEDED,
-    Job,
-    SubmitLock,
-    WebhookDelivery,
-)
+from services.generation.models import Job, SubmitLock, WebhookDelivery
 from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, dict], str]
-
 # the stage a job shows while it is not running
-STAGES = {QUEUED: "awaiting_credits", RESERVED: "queued", SUCCEEDED: "done", FAILED: "failed",
-          REJECTED: "rejected", CANCELLED: "cancelled"}
-
-
-def as_uuid(value, what: str = "job") -> uuid.UUID:
-    """An id from a client: a malformed one names nothing, so it is not found."""
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        raise not_found(what) from None
-
-
-def request_hash(data: dict) -> str:
-    """What identifies a request body for Idempotency-Key: its canonical JSON."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+STAGES = {JobState.QUEUED: "awaiting_credits", JobState.RESERVED: "queued",
+          JobState.SUCCEEDED: "done", JobState.FAILED: "failed", JobState.REJECTED: "rejected",
+          JobState.CANCELLED: "cancelled"}
 
 
 # ------------------------------------------------------------------ submit
@@ -136,10 +109,10 @@ def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reque
               ("n", "size", "seed", "strength", "source_image_id", "template", "inputs",
                "duration_s")}
     job = Job(
-        id=new_id(), user_id=user_id, type=request["type"], status=QUEUED, attempt=1,
+        id=new_id(), user_id=user_id, type=request["type"], status=JobState.QUEUED, attempt=1,
         prompt=expansion["prompt"], negative_prompt=expansion.get("negative_prompt"),
         params=json.loads(json.dumps(params, default=str)), shots=expansion.get("shots") or None,
-        price=price, priority=0, progress=0.0, stage=STAGES[QUEUED], output_ids=[],
+        price=price, priority=0, progress=0.0, stage=STAGES[JobState.QUEUED], output_ids=[],
         webhook_url=request.get("webhook_url"), idempotency_key=idempotency_key,
         request_hash=digest if idempotency_key else None, created_at=now, updated_at=now,
     )
@@ -198,13 +171,13 @@ def credits_reserved(db: Session, settings: GenerationSettings, event: dict, now
     job = _job_for_event(db, event)
     if job is None:
         return False
-    if _move(db, job, QUEUED, status=RESERVED, priority=int(event["priority"]), reserved_at=now,
-             hold_expires_at=event.get("hold_expires_at"), stage=STAGES[RESERVED],
-             updated_at=now):
+    if _move(db, job, JobState.QUEUED, status=JobState.RESERVED, priority=int(event["priority"]),
+             reserved_at=now, hold_expires_at=event.get("hold_expires_at"),
+             stage=STAGES[JobState.RESERVED], updated_at=now):
         return True
-    if job.status == CANCELLED:
+    if job.status == JobState.CANCELLED:
         dispatch("job_cancelled", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt})
-    elif job.status == FAILED:
+    elif job.status == JobState.FAILED:
         dispatch("job_failed", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
                                 "reason": job.error_code or "failed",
                                 "message": job.error_message or ""})
@@ -217,9 +190,9 @@ def credits_insufficient(db: Session, settings: GenerationSettings, event: dict,
     if job is None:
         return False
     message = f"the job costs {event['required']} credits; {event['available']} are available"
-    if not _move(db, job, QUEUED, status=REJECTED, stage=STAGES[REJECTED],
-                 error_code="insufficient_credits", error_message=message, finished_at=now,
-                 updated_at=now):
+    if not _move(db, job, JobState.QUEUED, status=JobState.REJECTED,
+                 stage=STAGES[JobState.REJECTED], error_code="insufficient_credits",
+                 error_message=message, finished_at=now, updated_at=now):
         return False
     _finished(db, settings, job, now)
     return True
@@ -237,7 +210,7 @@ def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job 
     LOCKED``, and the update only applies to a job still ``reserved``. A job
     whose hold expired is left to :func:`fail_expired_holds`."""
     candidate = (
-        select(Job.id).where(Job.status == RESERVED, _hold_alive(now))
+        select(Job.id).where(Job.status == JobState.RESERVED, _hold_alive(now))
         .order_by(Job.priority.desc(), Job.reserved_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -247,8 +220,8 @@ def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job 
         return None
     token = str(uuid.uuid4())
     result = db.execute(
-        update(Job).where(Job.id == job_id, Job.status == RESERVED, _hold_alive(now))
-        .values(status=RUNNING, lease_token=token, stage="starting",
+        update(Job).where(Job.id == job_id, Job.status == JobState.RESERVED, _hold_alive(now))
+        .values(status=JobState.RUNNING, lease_token=token, stage="starting",
                 lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
                 started_at=func.coalesce(Job.started_at, now), updated_at=now)
         .execution_options(synchronize_session=False)
@@ -263,7 +236,8 @@ def record_progress(db: Session, settings: GenerationSettings, job_id: uuid.UUID
     """Progress of a running job, renewing its lease; False when the lease
     is no longer this worker's (it ran out and another worker took the job)."""
     result = db.execute(
-        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.lease_token == token)
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobState.RUNNING, Job.lease_token == token)
         .values(progress=max(0.0, min(1.0, float(progress))), stage=stage[:32],
                 lease_expires_at=now + timedelta(seconds=settings.lease_seconds), updated_at=now)
         .execution_options(synchronize_session=False)
@@ -276,7 +250,8 @@ def renew_lease(db: Session, settings: GenerationSettings, job_id: uuid.UUID, to
     """Extend a running job's lease (its worker's heartbeat); False when the
     lease is no longer this worker's."""
     result = db.execute(
-        update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.lease_token == token)
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobState.RUNNING, Job.lease_token == token)
         .values(lease_expires_at=now + timedelta(seconds=settings.lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -292,10 +267,11 @@ def succeed(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token:
     if job is None or job.lease_token != token:
         return False
     if job.hold_expires_at is not None and job.hold_expires_at <= now:
-        _fail_hold_expired(db, settings, job, RUNNING, now, dispatch)
+        _fail_hold_expired(db, settings, job, JobState.RUNNING, now, dispatch)
         return False
-    if not _move(db, job, RUNNING, status=SUCCEEDED, progress=1.0, stage=STAGES[SUCCEEDED],
-                 provider=provider, output_ids=[str(i) for i in output_ids], finished_at=now,
+    if not _move(db, job, JobState.RUNNING, status=JobState.SUCCEEDED, progress=1.0,
+                 stage=STAGES[JobState.SUCCEEDED], provider=provider,
+                 output_ids=[str(i) for i in output_ids], finished_at=now,
                  lease_token=None, lease_expires_at=None, updated_at=now):
         return False
     dispatch("job_succeeded", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
@@ -310,9 +286,9 @@ def fail(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: st
     job = db.get(Job, job_id)
     if job is None or (token is not None and job.lease_token != token):
         return False
-    if not _move(db, job, RUNNING, status=FAILED, stage=STAGES[FAILED], error_code=code,
-                 error_message=message[:2000], provider=provider, finished_at=now,
-                 lease_token=None, lease_expires_at=None, updated_at=now):
+    if not _move(db, job, JobState.RUNNING, status=JobState.FAILED, stage=STAGES[JobState.FAILED],
+                 error_code=code, error_message=message[:2000], provider=provider,
+                 finished_at=now, lease_token=None, lease_expires_at=None, updated_at=now):
         return False
     dispatch("job_failed", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt,
                             "reason": code, "message": message[:2000]})
@@ -331,7 +307,7 @@ def _fail_hold_expired(db: Session, settings: GenerationSettings, job: Job,
                        dispatch: Dispatch) -> bool:
     """Fail a job whose hold billing released as expired (``hold_expired``):
     visible in its error, replayable (a replay holds the price again)."""
-    if not _move(db, job, from_status, status=FAILED, stage=STAGES[FAILED],
+    if not _move(db, job, from_status, status=JobState.FAILED, stage=STAGES[JobState.FAILED],
                  error_code=HOLD_EXPIRED, error_message=HOLD_EXPIRED_MESSAGE, finished_at=now,
                  lease_token=None, lease_expires_at=None, updated_at=now):
         return False
@@ -358,26 +334,31 @@ def credits_released(db: Session, settings: GenerationSettings, event: dict, now
     return _fail_hold_expired(db, settings, job, ACTIVE, now, dispatch)
 
 
+# the states in which a job's hold may expire under it (a queued job has none yet)
+HOLDING = (JobState.RESERVED, JobState.RUNNING)
+
+
 def fail_expired_holds(db: Session, settings: GenerationSettings, now: datetime,
                        dispatch: Dispatch, limit: int = 100) -> int:
     """Jobs still waiting or running past their hold's expiry fail
     ``hold_expired`` (should billing's ``credits_released`` be late)."""
     rows = list(db.scalars(
-        select(Job).where(Job.status.in_((RESERVED, RUNNING)), Job.hold_expires_at <= now)
+        select(Job).where(Job.status.in_(HOLDING), Job.hold_expires_at <= now)
         .order_by(Job.hold_expires_at).limit(limit)))
-    return sum(_fail_hold_expired(db, settings, job, (RESERVED, RUNNING), now, dispatch)
-               for job in rows)
+    return sum(_fail_hold_expired(db, settings, job, HOLDING, now, dispatch) for job in rows)
 
 
 def requeue_expired_leases(db: Session, now: datetime) -> list[uuid.UUID]:
     """Running jobs whose worker stopped renewing its lease (killed, hung)
     go back to ``reserved``, keeping their hold, for another worker."""
-    ids = list(db.scalars(select(Job.id).where(Job.status == RUNNING, Job.lease_expires_at < now)))
+    ids = list(db.scalars(select(Job.id).where(Job.status == JobState.RUNNING,
+                                               Job.lease_expires_at < now)))
     if not ids:
         return []
     db.execute(
-        update(Job).where(Job.id.in_(ids), Job.status == RUNNING, Job.lease_expires_at < now)
-        .values(status=RESERVED, lease_token=None, lease_expires_at=None, progress=0.0,
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == JobState.RUNNING, Job.lease_expires_at < now)
+        .values(status=JobState.RESERVED, lease_token=None, lease_expires_at=None, progress=0.0,
                 stage="requeued", updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -388,8 +369,8 @@ def cancel(db: Session, settings: GenerationSettings, user_id: uuid.UUID, job_id
            dispatch: Dispatch) -> Job:
     """Cancel a job that has not started; billing releases its hold."""
     job = get_job(db, user_id, job_id)
-    if not _move(db, job, (QUEUED, RESERVED), status=CANCELLED, stage=STAGES[CANCELLED],
-                 finished_at=now, updated_at=now):
+    if not _move(db, job, (JobState.QUEUED, JobState.RESERVED), status=JobState.CANCELLED,
+                 stage=STAGES[JobState.CANCELLED], finished_at=now, updated_at=now):
         raise conflict(f"the job is {job.status} and can no longer be cancelled",
                        code="not_cancellable", status=job.status)
     dispatch("job_cancelled", {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempt})
@@ -401,16 +382,17 @@ def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
     """Start a new attempt of a failed job: a new hold, the saga again. The
     earlier attempt's hold was released when it failed, so the job is charged
     once, by the attempt that succeeds."""
-    job = db.get(Job, as_uuid(job_id))
+    job = db.get(Job, client_id(job_id, "job"))
     if job is None:
         raise not_found("job")
     if job.prompt_redacted:
         raise conflict("the job's prompt was redacted when it ended; it cannot run again",
                        code="not_replayable", reason="prompt_redacted")
     attempt = job.attempt
-    if not _move(db, job, FAILED, status=QUEUED, attempt=attempt + 1, stage=STAGES[QUEUED],
-                 progress=0.0, error_code=None, error_message=None, provider=None, output_ids=[],
-                 reserved_at=None, hold_expires_at=None, started_at=None, finished_at=None,
+    if not _move(db, job, JobState.FAILED, status=JobState.QUEUED, attempt=attempt + 1,
+                 stage=STAGES[JobState.QUEUED], progress=0.0, error_code=None,
+                 error_message=None, provider=None, output_ids=[], reserved_at=None,
+                 hold_expires_at=None, started_at=None, finished_at=None,
                  updated_at=now):
         raise conflict(f"only failed jobs can be replayed; this one is {job.status}",
                        code="not_replayable", status=job.status)
@@ -423,7 +405,7 @@ def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime
     """What every final state does: the webhook (not for a job rejected at
     submit: it never ran, and its submitter had the answer), and the prompt
     redaction when prompts are not kept."""
-    if job.webhook_url and job.status != REJECTED:
+    if job.webhook_url and job.status != JobState.REJECTED:
         body = json.dumps({"type": f"job.{job.status}", "job": webhook_view(job)},
                           separators=(",", ":"))
         db.add(WebhookDelivery(
@@ -446,7 +428,7 @@ def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime
 
 def get_job(db: Session, user_id: uuid.UUID, job_id) -> Job:
     """The user's job; 404 for anyone else's (or none)."""
-    job = db.get(Job, as_uuid(job_id))
+    job = db.get(Job, client_id(job_id, "job"))
     if job is None or job.user_id != user_id:
         raise not_found("job")
     return job
@@ -462,32 +444,32 @@ def list_jobs(db: Session, user_id: uuid.UUID, query: dict) -> tuple[list[Job], 
 def queue_position(db: Session, job: Job) -> int | None:
     """1 for the next job to run; None once it runs or ended. A job still
     waiting for its credits counts the reserved jobs of its priority or higher."""
-    if job.status == RESERVED:
+    if job.status == JobState.RESERVED:
         ahead = db.scalar(select(func.count()).select_from(Job).where(
-            Job.status == RESERVED,
+            Job.status == JobState.RESERVED,
             or_(Job.priority > job.priority,
                 and_(Job.priority == job.priority,
                      or_(Job.reserved_at < job.reserved_at,
                          and_(Job.reserved_at == job.reserved_at, Job.id < job.id)))),
         ))
         return ahead + 1
-    if job.status == QUEUED:
+    if job.status == JobState.QUEUED:
         return db.scalar(select(func.count()).select_from(Job).where(
-            Job.status == RESERVED, Job.priority >= job.priority)) + 1
+            Job.status == JobState.RESERVED, Job.priority >= job.priority)) + 1
     return None
 
 
 def queue_positions(db: Session, page: list[Job]) -> dict[uuid.UUID, int | None]:
     """:func:`queue_position` of every job of a page, with one query at most."""
-    waiting = [job for job in page if job.status in (QUEUED, RESERVED)]
+    waiting = [job for job in page if job.status in (JobState.QUEUED, JobState.RESERVED)]
     positions: dict[uuid.UUID, int | None] = {job.id: None for job in page}
     if not waiting:
         return positions
     queue = [(-priority, reserved_at, job_id) for priority, reserved_at, job_id in db.execute(
-        select(Job.priority, Job.reserved_at, Job.id).where(Job.status == RESERVED)
+        select(Job.priority, Job.reserved_at, Job.id).where(Job.status == JobState.RESERVED)
         .order_by(Job.priority.desc(), Job.reserved_at, Job.id))]
     for job in waiting:
-        if job.status == RESERVED:
+        if job.status == JobState.RESERVED:
             positions[job.id] = bisect.bisect_left(queue, (-job.priority, job.reserved_at,
                                                            job.id)) + 1
         else:  # every reserved job of its priority or higher runs first

@@ -2,7 +2,8 @@
 
 A ``jobs`` row is one generation job from submit to its final state. The
 saga (DESIGN.md §4) moves it ``queued → reserved → running → succeeded |
-failed``, or to ``rejected`` (no credits) or ``cancelled``. ``attempt`` counts
+failed``, or to ``rejected`` (no credits) or ``cancelled`` (the states are
+``JobState`` in services/common/contracts/generation.py). ``attempt`` counts
 its runs: ``darkroom-ops jobs replay`` starts attempt 2 of a failed job, and
 every event of the saga carries the attempt so a late event of an earlier
 attempt changes nothing.
@@ -25,12 +26,6 @@ from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_
 from services.common.ids import new_id
 from services.common.outbox import outbox_table
 
-QUEUED, RESERVED, RUNNING = "queued", "reserved", "running"
-SUCCEEDED, FAILED, REJECTED, CANCELLED = "succeeded", "failed", "rejected", "cancelled"
-STATUSES = (QUEUED, RESERVED, RUNNING, SUCCEEDED, FAILED, REJECTED, CANCELLED)
-ACTIVE = (QUEUED, RESERVED, RUNNING)
-FINAL = (SUCCEEDED, FAILED, REJECTED, CANCELLED)
-
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
@@ -50,7 +45,7 @@ class Job(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     type: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # a contracts.generation.JobState
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     # what the user asked for: prompt and parameters (n, size, seed, strength,
     # source_image_id, template, inputs, duration_s); the prompts are redacted

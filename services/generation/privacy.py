@@ -23,11 +23,11 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from services.common.contracts.generation import JobState
 from services.common.errors import forbidden
 from services.common.ids import isoformat, trusted_id
 from services.common.privacy_parts import Erasure, record_newest, recorded
 from services.generation.models import (
-    RUNNING,
     ErasurePending,
     Job,
     RestrictedUser,
@@ -134,7 +134,7 @@ def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
     if not recheck:
         apply_erasure_pending(db, uid, True, now)
     running = db.scalar(select(func.count()).select_from(Job)
-                        .where(Job.user_id == uid, Job.status == RUNNING))
+                        .where(Job.user_id == uid, Job.status == JobState.RUNNING))
     if running:
         raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
     tables = {}

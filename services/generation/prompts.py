@@ -15,8 +15,6 @@ from services.generation.moderation import Moderator, request_texts
 from services.generation.prompt_assist import PromptAssistant, expand_with_assist
 from services.generation.templates.engine import TemplateEngine
 
-DEFAULT_VIDEO_SECONDS = 5
-
 
 @dataclass
 class Prompts:

@@ -1,5 +1,10 @@
 """Prices of jobs, asked of billing (``billing.quote``) and kept a short while.
 
+:func:`pricing` says what of a request billing prices it by; billing applies
+its price list (docs/billing.md "Prices"). The request's defaults are filled
+in before (the contract's, services/common/contracts/generation.py: a video
+without ``duration_s`` is priced, and made, at ``DEFAULT_VIDEO_DURATION_S``).
+
 A price depends only on a job's pricing inputs (its type and ``n`` and
 ``size``, or its shots or duration): a handful of distinct keys, and prices
 change only when billing's configuration does. Keeping each answer
@@ -43,3 +48,14 @@ class QuoteCache:
                 self._answers.clear()
             self._answers[key] = (now + self.ttl, dict(answer))
         return answer
+
+
+def pricing(data: dict, expansion: dict) -> dict:
+    """What billing prices a job by (billing.quote refuses anything else): a
+    loaded SubmitJob payload and its expansion (a template's storyboard is
+    priced by its shots)."""
+    if data["type"] == "image-to-video":
+        if expansion.get("shots"):
+            return {"type": data["type"], "shots": len(expansion["shots"])}
+        return {"type": data["type"], "duration_s": data["duration_s"]}
+    return {"type": data["type"], "n": data["n"], "size": data["size"]}

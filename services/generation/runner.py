@@ -1,10 +1,18 @@
-"""Running one leased job: the source image in, the providers, the outputs
-out to storage (an output slot per file, PUT, then one commit that checks
-every declared size and hash).
+"""Running leased jobs, in two layers.
 
-Nothing here touches the database: the service passes a ``progress``
-callback that records progress and renews the lease, and finishes the job
-with what :func:`run` returns or raises.
+:func:`run` runs one job: the source image in, the providers, the outputs
+out to storage (an output slot per file, PUT, then one commit that checks
+every declared size and hash). It does not touch the database: it reports
+through a ``progress`` callback and returns the outputs or raises
+:class:`JobFailure`.
+
+:class:`Worker` is what the service's worker does with the run queue: it
+claims the most urgent reserved job while the process has a free run slot,
+holds the job's :class:`Lease` while :func:`run` runs (a heartbeat renews it,
+progress is written at most once a second, a lost lease stops the job
+without a word: another worker runs it), and finishes the job with what
+:func:`run` returned (``succeeded``, or outputs deleted when the job is no
+longer this worker's to deliver) or raised (``failed``).
 
 An outage of our own infrastructure in the middle of a job (storage or its
 object store restarting, an RPC without an answer, the broker reconnecting)
@@ -19,22 +27,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import requests
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from nameko.exceptions import RemoteError, ReplyQueueExpiredWithPendingReplies, UnknownService
 from requests.adapters import HTTPAdapter
+from sqlalchemy.orm import Session
 from urllib3.util.retry import Retry
 
-from services.common.bounded_rpc import RpcTimeout
-from services.common.contracts.billing import parse_size
+from services.common.bounded_rpc import BoundedProxy, RpcTimeout
+from services.common.concurrency import Heartbeat
+from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, parse_size
 from services.common.errors import DomainError
-from services.generation import error_text
+from services.common.ids import utcnow
+from services.common.messaging import Dispatch
+from services.generation import error_text, jobs
 from services.generation.providers.base import (
     ProgressCallback,
     ProviderError,
@@ -43,12 +58,15 @@ from services.generation.providers.base import (
     Shot,
 )
 from services.generation.providers.router import Router
+from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # how the job's progress is split: the providers' work, then the uploads
 PROVIDER_SHARE = 0.85
+# progress is written at most this often: enough for watchers
+PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
 
 
 def transfer_session() -> requests.Session:
@@ -219,10 +237,10 @@ def fetch_source(storage, spec: JobSpec, timeout: float,
 
 def provider_request(spec: JobSpec, source: bytes | None, source_type: str | None) -> ProviderRequest:
     """What providers see: prompt, parameters and source bytes, never who asked."""
-    width, height = parse_size(spec.params.get("size") or "1024x1024")
+    width, height = parse_size(spec.params.get("size") or DEFAULT_SIZE)
     return ProviderRequest(
         job_type=spec.type, prompt=spec.prompt, negative_prompt=spec.negative_prompt,
-        n=int(spec.params.get("n") or 1), width=width, height=height,
+        n=int(spec.params.get("n") or DEFAULT_N), width=width, height=height,
         seed=spec.params.get("seed"), strength=spec.params.get("strength"),
         source_image=source, source_content_type=source_type,
         duration_s=spec.params.get("duration_s"),
@@ -294,3 +312,142 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
         exc.provider = routed.provider
         raise
     return routed.provider, object_ids
+
+
+# ------------------------------------------------------------------ the worker
+
+
+class LeaseLost(Exception):
+    """The job's lease ran out while this worker ran it."""
+
+
+class Lease:
+    """This worker's lease on a running job, held ``with`` it while the job
+    runs: a heartbeat renews it every third of ``GENERATION.LEASE_SECONDS``
+    whatever a provider call (or an outage the job waits out) takes, on its
+    own session (the worker's is busy with the job). :meth:`progress` writes
+    the job's progress, also renewing the lease, at most once per
+    ``PROGRESS_WRITE_INTERVAL_SECONDS``. Either one finding the lease gone
+    (it ran out and another worker took the job) raises :class:`LeaseLost`."""
+
+    def __init__(self, db: Session, settings: GenerationSettings, job_id, token: str,
+                 clock: Callable[[], float] = time.monotonic):
+        self.db, self.settings, self.job_id, self.token, self.clock = (
+            db, settings, job_id, token, clock)
+        self.last_write: float | None = None
+        self.heartbeat = Heartbeat(settings.lease_seconds / 3, self.renew)
+
+    def __enter__(self) -> Lease:
+        self.heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.heartbeat.__exit__(*exc)
+
+    def renew(self) -> bool:
+        with Session(self.db.get_bind()) as session:
+            kept = jobs.renew_lease(session, self.settings, self.job_id, self.token, utcnow())
+            session.commit()
+            return kept
+
+    def check(self) -> None:
+        if not self.heartbeat.alive:
+            raise LeaseLost(str(self.job_id))
+
+    def progress(self, fraction: float, stage: str) -> None:
+        self.check()
+        now = self.clock()
+        if self.last_write is not None and now - self.last_write < PROGRESS_WRITE_INTERVAL_SECONDS:
+            return
+        if not jobs.record_progress(self.db, self.settings, self.job_id, self.token, fraction,
+                                    stage, utcnow()):
+            raise LeaseLost(str(self.job_id))
+        self.db.commit()
+        self.last_write = now
+
+
+@dataclass
+class Worker:
+    """Runs reserved jobs on a service worker's session. ``storage`` is the
+    storage service's proxy: :func:`run` calls it through a
+    :class:`~services.common.bounded_rpc.BoundedProxy`."""
+
+    db: Session
+    settings: GenerationSettings
+    router: Router
+    storage: Any
+    dispatch: Dispatch
+
+    def run_next(self, slots: threading.BoundedSemaphore) -> None:
+        """Run reserved jobs, most urgent first, while the process has a free
+        slot in ``slots`` and there is one to run."""
+        while slots.acquire(blocking=False):
+            try:
+                job = jobs.claim_next(self.db, self.settings, utcnow())
+                self.db.commit()
+                if job is None:
+                    return
+                self.execute(job)
+            finally:
+                slots.release()
+
+    def execute(self, job) -> None:
+        """Run a job this worker has just leased (``jobs.claim_next``) to its end."""
+        token, spec = job.lease_token, JobSpec.of(job)
+        log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
+        storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
+        outages = OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
+        lease = Lease(self.db, self.settings, job.id, token)
+        try:
+            with lease:
+                provider, output_ids = run(spec, self.router, storage, lease.progress,
+                                           self.settings.upload_timeout_seconds, outages)
+            lease.check()
+        except LeaseLost:
+            self.db.rollback()
+            log.warning("job %s: lease lost, another worker runs it", spec.id)
+            return
+        except JobFailure as failure:
+            self.fail(job, token, failure)
+            return
+        except Exception as exc:
+            # a bug, or a failure nothing expects: the job fails now rather than
+            # staying "running" until its lease lapses and a paid provider call
+            # is made again; the log names the place, not the text (it may hold
+            # a URL)
+            self.fail(job, token, JobFailure("internal_error",
+                                             "the job failed on an internal error"))
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("job %s: %s at %s:%s: %s", spec.id, type(exc).__name__,
+                      Path(frame.filename).name, frame.lineno, error_text.clean(exc))
+            return
+        self.succeed(job, token, spec, provider, output_ids)
+
+    def succeed(self, job, token: str, spec: JobSpec, provider: str,
+                output_ids: list[str]) -> None:
+        """Deliver the outputs; a job that is no longer this worker's to finish,
+        or whose hold expired (billing gave its credits back), is not
+        delivered: its outputs are deleted."""
+        done = jobs.succeed(self.db, self.settings, job.id, token, output_ids, provider, utcnow(),
+                            self.dispatch)
+        self.db.commit()
+        if done:
+            log.info("job succeeded", extra={"job_id": spec.id, "provider": provider,
+                                             "outputs": len(output_ids)})
+            return
+        for object_id in output_ids:
+            try:
+                self.storage.delete_object(spec.user_id, str(object_id))
+            except DomainError as exc:
+                log.warning("could not delete an undelivered output: %s", exc.code,
+                            extra={"job_id": spec.id, "object_id": str(object_id)})
+
+    def fail(self, job, token: str, failure: JobFailure) -> None:
+        """Fail the running job with ``failure`` (whose message is already
+        clean: it is what the user, the webhook and the log see)."""
+        self.db.rollback()
+        jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
+                  failure.provider, utcnow(), self.dispatch)
+        self.db.commit()
+        log.warning("job failed", extra={"job_id": str(job.id), "code": failure.code,
+                                         "reason": failure.message})

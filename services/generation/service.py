@@ -22,31 +22,28 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
-import traceback
 from pathlib import Path
 
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
-from sqlalchemy.orm import Session
 
 from services.common import privacy_parts as parts
-from services.common.bounded_rpc import BoundedProxy
-from services.common.concurrency import Heartbeat, offload
+from services.common.concurrency import offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
 from services.common.errors import DomainError, invalid_request
-from services.common.ids import utcnow
+from services.common.idempotency import request_hash
+from services.common.ids import trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.service import DarkroomService, FromConfig
-from services.generation import deliveries, error_text, jobs, runner, webhooks
+from services.generation import deliveries, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
-from services.generation.prompts import DEFAULT_VIDEO_SECONDS, Prompts
+from services.generation.prompts import Prompts
 from services.generation.providers.router import Router, build_router
-from services.generation.quotes import QuoteCache
+from services.generation.quotes import QuoteCache, pricing
 from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -54,7 +51,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECOVERY_INTERVAL_SECONDS = 10
 WEBHOOK_INTERVAL_SECONDS = 2
-PROGRESS_WRITE_INTERVAL_SECONDS = 1.0
 
 
 def make_run_slots(config) -> threading.BoundedSemaphore:
@@ -104,13 +100,13 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         and every check run before any credit is held."""
         data = load_rpc(c.SubmitJob, payload)
         if data["type"] == "image-to-video" and not data["template"]:
-            data["duration_s"] = data["duration_s"] or DEFAULT_VIDEO_SECONDS
-        user = jobs.as_uuid(user_id, "user")
+            data["duration_s"] = data["duration_s"] or c.DEFAULT_VIDEO_DURATION_S
+        user = trusted_id(user_id)
         privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
         privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
-        digest = jobs.request_hash(data)
+        digest = request_hash(data)
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
             if existing is not None:
@@ -130,19 +126,19 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
 
     @rpc(expected_exceptions=DomainError)
     def get_job(self, user_id, job_id) -> dict:
-        return self._view(jobs.get_job(self.db, jobs.as_uuid(user_id, "user"), job_id))
+        return self._view(jobs.get_job(self.db, trusted_id(user_id), job_id))
 
     @rpc(expected_exceptions=DomainError)
     def list_jobs(self, user_id, query=None) -> dict:
         data = load_rpc(c.JobQuery, query)
-        rows, next_cursor = jobs.list_jobs(self.db, jobs.as_uuid(user_id, "user"), data)
+        rows, next_cursor = jobs.list_jobs(self.db, trusted_id(user_id), data)
         positions = jobs.queue_positions(self.db, rows)
         items = [jobs.view(job, positions[job.id]) for job in rows]
         return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def cancel_job(self, user_id, job_id) -> dict:
-        job = jobs.cancel(self.db, self.settings, jobs.as_uuid(user_id, "user"), job_id, utcnow(),
+        job = jobs.cancel(self.db, self.settings, trusted_id(user_id), job_id, utcnow(),
                           self.dispatch)
         self.db.commit()
         return self._view(job)
@@ -273,111 +269,9 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
     # ------------------------------------------------------------ running
 
     def _run_next(self) -> None:
-        """Run reserved jobs, most urgent first, while this process has a free
-        slot and there is one to run."""
-        while self.run_slots.acquire(blocking=False):
-            try:
-                job = jobs.claim_next(self.db, self.settings, utcnow())
-                self.db.commit()
-                if job is None:
-                    return
-                self._run(job)
-            finally:
-                self.run_slots.release()
-
-    def _run(self, job) -> None:
-        token, spec = job.lease_token, runner.JobSpec.of(job)
-        log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
-
-        last_write = [0.0]
-
-        def progress(fraction: float, stage: str) -> None:
-            if not heartbeat.alive:
-                raise LeaseLost(spec.id)
-            # at most one write a second: enough for watchers
-            if time.monotonic() - last_write[0] < PROGRESS_WRITE_INTERVAL_SECONDS:
-                return
-            if not jobs.record_progress(self.db, self.settings, job.id, token, fraction, stage,
-                                        utcnow()):
-                raise LeaseLost(spec.id)
-            self.db.commit()
-            last_write[0] = time.monotonic()
-
-        def renew() -> bool:
-            # its own session: the worker's is busy with the job
-            with Session(self.db.get_bind()) as session:
-                kept = jobs.renew_lease(session, self.settings, job.id, token, utcnow())
-                session.commit()
-                return kept
-
-        # the lease is renewed while the job runs, whatever a provider call takes
-        # (or an outage of storage the job waits out)
-        heartbeat = Heartbeat(self.settings.lease_seconds / 3, renew)
-        storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
-        outages = runner.OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
-        try:
-            with heartbeat:
-                provider, output_ids = runner.run(spec, self.router, storage, progress,
-                                                  self.settings.upload_timeout_seconds, outages)
-            if not heartbeat.alive:
-                raise LeaseLost(spec.id)
-        except LeaseLost:
-            self.db.rollback()
-            log.warning("job %s: lease lost, another worker runs it", spec.id)
-            return
-        except runner.JobFailure as failure:
-            self._fail(job, token, failure)
-            return
-        except Exception as exc:
-            # a bug, or a failure nothing expects: the job fails now rather than
-            # staying "running" until its lease lapses and a paid provider call
-            # is made again; the log names the place, not the text (it may hold
-            # a URL)
-            self._fail(job, token, runner.JobFailure(
-                "internal_error", "the job failed on an internal error"))
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("job %s: %s at %s:%s: %s", spec.id, type(exc).__name__,
-                      Path(frame.filename).name, frame.lineno, error_text.clean(exc))
-            return
-        done = jobs.succeed(self.db, self.settings, job.id, token, output_ids, provider, utcnow(),
-                            self.dispatch)
-        self.db.commit()
-        if done:
-            log.info("job succeeded", extra={"job_id": spec.id, "provider": provider,
-                                             "outputs": len(output_ids)})
-        else:  # not this worker's to finish, or its hold expired: not delivered
-            self._discard_outputs(spec, output_ids)
-
-    def _discard_outputs(self, spec, output_ids) -> None:
-        for object_id in output_ids:
-            try:
-                self.storage.delete_object(spec.user_id, str(object_id))
-            except DomainError as exc:
-                log.warning("could not delete an undelivered output: %s", exc.code,
-                            extra={"job_id": spec.id, "object_id": str(object_id)})
-
-    def _fail(self, job, token: str, failure: runner.JobFailure) -> None:
-        """Fail the running job with ``failure`` (whose message is already
-        clean: it is what the user, the webhook and the log see)."""
-        self.db.rollback()
-        jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
-                  failure.provider, utcnow(), self.dispatch)
-        self.db.commit()
-        log.warning("job failed", extra={"job_id": str(job.id), "code": failure.code,
-                                         "reason": failure.message})
+        """Run reserved jobs while this process has a free run slot (runner.Worker)."""
+        runner.Worker(self.db, self.settings, self.router, self.storage,
+                      self.dispatch).run_next(self.run_slots)
 
     def _view(self, job) -> dict:
         return c.JobView().dump(jobs.view(job, jobs.queue_position(self.db, job)))
-
-
-class LeaseLost(Exception):
-    """The job's lease ran out while this worker ran it."""
-
-
-def pricing(data: dict, expansion: dict) -> dict:
-    """What billing prices a job by (billing.quote refuses anything else)."""
-    if data["type"] == "image-to-video":
-        if expansion.get("shots"):
-            return {"type": data["type"], "shots": len(expansion["shots"])}
-        return {"type": data["type"], "duration_s": data["duration_s"]}
-    return {"type": data["type"], "n": data["n"], "size": data["size"]}

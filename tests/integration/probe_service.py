@@ -151,7 +151,7 @@ class FakeStorageService(DarkroomService):
     purged = {"objects": 0}
 
     @rpc(expected_exceptions=DomainError)
-    def purge_expired(self, payload: dict) -> dict:
+    def purge_expired(self, payload: dict | None = None) -> dict:
         request = contracts.load_rpc(PurgeRequest, payload)
         size = request["batch_size"] or 500
         found = dict(self.pending)

@@ -12,9 +12,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from services.common.contracts.generation import ACTIVE
 from services.common.errors import DomainError
+from services.common.idempotency import request_hash
 from services.generation import jobs
-from services.generation.models import ACTIVE, Job, SubmitLock
+from services.generation.models import Job, SubmitLock
 from services.generation.settings import GenerationSettings
 from tests.integration.test_billing_concurrency import Events, run_together
 
@@ -41,7 +43,7 @@ def submitter(factory, user, events, key=None):
         with factory() as db:
             try:
                 job, created = jobs.submit(db, settings, user, REQUEST, EXPANSION, 1, key,
-                                           jobs.request_hash(REQUEST), datetime.now(UTC), events)
+                                           request_hash(REQUEST), datetime.now(UTC), events)
                 db.commit()
                 return ("created" if created else "repeat", job.id)
             except DomainError as exc:

@@ -225,6 +225,13 @@ def test_a_source_image_must_be_the_callers(stack):
 def test_all_providers_failing_ends_failed_and_releases_the_hold(stack):
     user = new_user(stack)
     source = upload(stack, user, png())
+    # a video that names no duration is quoted what the price list says it costs
+    published = next(item for item in stack.rpc.billing.list_prices()["job_types"]
+                     if item["type"] == "image-to-video")
+    quote = stack.rpc.generation.submit(user, {"type": "image-to-video",
+                                               "source_image_id": source}, dry_run=True)
+    assert quote["price"] == max(published["minimum"], published["credits_per_second"]
+                                 * published["default_duration_s"])
     job = stack.rpc.generation.submit(user, {"type": "image-to-video", "source_image_id": source,
                                              "duration_s": 2})
     assert job["price"] == 10

@@ -26,9 +26,8 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -36,10 +35,10 @@ from services.billing import orders
 from services.billing.models import FAILED, PENDING, Order, WebhookEvent
 from services.billing.settings import BillingSettings
 from services.common.errors import DomainError, invalid_request
+from services.common.messaging import Dispatch
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, dict], Any]
 MAX_SIGNATURES = 10
 
 

@@ -10,12 +10,16 @@ Credits are integers; money is integer minor units with an ISO-4217 currency
 
 from __future__ import annotations
 
-import re
-
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
-from services.common.contracts.generation import JOB_TYPES
+from services.common.contracts.generation import (
+    DEFAULT_N,
+    DURATION_MAX_S,
+    JOB_TYPES,
+    N_MAX,
+    validate_size,
+)
 
 RELEASE_REASONS = ("failed", "cancelled", "expired")
 ORDER_KINDS = ("pack", "plan")
@@ -25,34 +29,7 @@ ORDER_STATUSES = ("pending", "paid", "failed", "refunded", "partially_refunded")
 DISPUTE_STATUSES = ("open", "won", "lost", "warning_closed", "prevented")
 ENTRY_KINDS = ("grant", "purchase", "hold", "capture", "release", "refund", "expire", "adjustment")
 
-# Image sizes: "WxH", each side a multiple of SIZE_STEP within [SIZE_MIN, SIZE_MAX].
-SIZE_MIN = 512
-SIZE_MAX = 1536
-SIZE_STEP = 64
-N_MAX = 4
-DURATION_MAX_S = 60
-SHOTS_MAX = 16
-_SIZE_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # fullmatch: ASCII digits, no newline
-_SIDE = "(?:" + "|".join(str(side) for side in range(SIZE_MIN, SIZE_MAX + 1, SIZE_STEP)) + ")"
-SIZE_PATTERN = f"^{_SIDE}x{_SIDE}$"  # what parse_size accepts, for the OpenAPI document
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    """``"768x1024"`` → ``(768, 1024)``; ValidationError for anything else."""
-    match = _SIZE_RE.fullmatch(value or "")
-    if not match:
-        raise ValidationError("must be WIDTHxHEIGHT, e.g. 1024x1024")
-    width, height = int(match.group(1)), int(match.group(2))
-    for side in (width, height):
-        if not SIZE_MIN <= side <= SIZE_MAX or side % SIZE_STEP:
-            raise ValidationError(
-                f"each side must be a multiple of {SIZE_STEP} from {SIZE_MIN} to {SIZE_MAX}"
-            )
-    return width, height
-
-
-def _validate_size(value: str) -> None:
-    parse_size(value)
+SHOTS_MAX = 16  # storyboard shots a quote prices
 
 
 _id = validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,63}$", error="not a valid id")
@@ -176,8 +153,8 @@ class Quote(RpcSchema):
     """What a job would cost: the fields of a generation request that set its price."""
 
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
-    n = fields.Integer(load_default=1, validate=validate.Range(min=1, max=N_MAX))
-    size = fields.String(load_default=None, allow_none=True, validate=_validate_size)
+    n = fields.Integer(load_default=DEFAULT_N, validate=validate.Range(min=1, max=N_MAX))
+    size = fields.String(load_default=None, allow_none=True, validate=validate_size)
     duration_s = fields.Integer(
         load_default=None, allow_none=True, validate=validate.Range(min=1, max=DURATION_MAX_S)
     )

@@ -9,12 +9,75 @@ its own ledger keys.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
 
 JOB_TYPES = ("text-to-image", "image-to-image", "image-to-video")
+
+
+# ---------------------------------------------------------------- job rules
+#
+# The one home of what a job may ask for and what it gets when it asks for
+# nothing. The gateway validates requests with SubmitJob, generation fills the
+# defaults in before it asks billing for the price, billing's Quote takes the
+# same limits (and billing refuses to start when its configured default size
+# or duration differs from these), the providers render with them and
+# docs/generation.md quotes them.
+
+DEFAULT_N = 1
+N_MAX = 4  # images per job; a video job makes one
+# Image sizes: "WxH", each side a multiple of SIZE_STEP within [SIZE_MIN, SIZE_MAX].
+SIZE_MIN = 512
+SIZE_MAX = 1536
+SIZE_STEP = 64
+DEFAULT_SIZE = "1024x1024"
+DEFAULT_VIDEO_DURATION_S = 4  # a video without duration_s (or a template) is this long
+DURATION_MAX_S = 60
+_SIZE_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # fullmatch: ASCII digits, no newline
+_SIDE = "(?:" + "|".join(str(side) for side in range(SIZE_MIN, SIZE_MAX + 1, SIZE_STEP)) + ")"
+SIZE_PATTERN = f"^{_SIDE}x{_SIDE}$"  # what parse_size accepts, for the OpenAPI document
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """``"768x1024"`` → ``(768, 1024)``; ValidationError for anything else."""
+    match = _SIZE_RE.fullmatch(value or "")
+    if not match:
+        raise ValidationError("must be WIDTHxHEIGHT, e.g. 1024x1024")
+    width, height = int(match.group(1)), int(match.group(2))
+    for side in (width, height):
+        if not SIZE_MIN <= side <= SIZE_MAX or side % SIZE_STEP:
+            raise ValidationError(
+                f"each side must be a multiple of {SIZE_STEP} from {SIZE_MIN} to {SIZE_MAX}"
+            )
+    return width, height
+
+
+def validate_size(value: str) -> None:
+    """A marshmallow validator: :func:`parse_size` without its answer."""
+    parse_size(value)
+
+
+class JobState(StrEnum):
+    """A job's ``status``: ``queued`` (waiting for its credits) → ``reserved``
+    (credits held, waiting for a worker) → ``running`` → ``succeeded`` or
+    ``failed``; or ``rejected`` (no credits) or ``cancelled`` before it ran."""
+
+    QUEUED = "queued"
+    RESERVED = "reserved"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = frozenset({JobState.QUEUED, JobState.RESERVED, JobState.RUNNING})  # count to the cap
+FINAL = frozenset(JobState) - ACTIVE  # never change again (a failed job may be replayed)
+_STATES = [state.value for state in JobState]  # plain strings, for schemas and the OpenAPI
+
 _snake = validate.Regexp(r"^[a-z][a-z0-9_]*$", error="must be a snake_case code")
 
 
@@ -69,15 +132,8 @@ class JobRequeued(EventSchema):
 
 # ---------------------------------------------------------------- requests
 
-STATUSES = ("queued", "reserved", "running", "succeeded", "failed", "rejected", "cancelled")
 PROMPT_MAX = 4000
 SEED_MAX = 2**32 - 1
-
-
-def _size(value: str) -> None:
-    from services.common.contracts.billing import parse_size  # one rule for prices and jobs
-
-    parse_size(value)
 
 
 # An absolute http(s) URL of printable ASCII: a host name (labels of letters,
@@ -114,8 +170,6 @@ class SubmitJob(RpcSchema):
     @staticmethod
     def OPENAPI_EXTRA() -> dict:  # noqa: N802 - read by gateway.api.common.SchemaExtras
         """_coherent's rules and parse_size's sizes, for the OpenAPI document."""
-        from services.common.contracts.billing import SIZE_PATTERN
-
         return {"allOf": [
             {"properties": {"size": {"pattern": SIZE_PATTERN}}},
             {"anyOf": [_type_is("image-to-video"), _given("prompt", "string"),
@@ -134,9 +188,9 @@ class SubmitJob(RpcSchema):
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
     prompt = fields.String(load_default=None, validate=validate.Length(min=1, max=PROMPT_MAX))
     negative_prompt = fields.String(load_default=None, validate=validate.Length(max=PROMPT_MAX))
-    n = fields.Integer(load_default=1, validate=validate.Range(min=1, max=4))
-    size = fields.String(load_default="1024x1024", validate=_size,
-                         metadata={"description": "WIDTHxHEIGHT, sides multiples of 64, 512–1536"})
+    n = fields.Integer(load_default=DEFAULT_N, validate=validate.Range(min=1, max=N_MAX))
+    size = fields.String(load_default=DEFAULT_SIZE, validate=validate_size, metadata={
+        "description": f"WIDTHxHEIGHT, sides multiples of {SIZE_STEP}, {SIZE_MIN}–{SIZE_MAX}"})
     seed = fields.Integer(load_default=None, allow_none=True,
                           validate=validate.Range(min=0, max=SEED_MAX))
     source_image_id = fields.UUID(load_default=None, allow_none=True)
@@ -144,8 +198,10 @@ class SubmitJob(RpcSchema):
     template = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
     inputs = fields.Dict(keys=fields.String(validate=validate.Length(max=64)),
                          load_default=None, allow_none=True)
-    duration_s = fields.Integer(load_default=None, allow_none=True,
-                                validate=validate.Range(min=1, max=60))
+    duration_s = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=1, max=DURATION_MAX_S),
+        metadata={"description": f"image-to-video only; {DEFAULT_VIDEO_DURATION_S} when absent "
+                                 "(a template's storyboard sets its own)"})
     webhook_url = fields.String(
         load_default=None, allow_none=True,
         validate=[validate.Length(max=WEBHOOK_URL_MAX), _webhook_url],
@@ -169,7 +225,7 @@ class SubmitJob(RpcSchema):
             errors["source_image_id"] = ["Only image-to-image and image-to-video take a source."]
         if data["type"] != "image-to-video" and data.get("duration_s") is not None:
             errors["duration_s"] = ["Only image-to-video takes a duration."]
-        if data["type"] == "image-to-video" and data.get("n", 1) != 1:
+        if data["type"] == "image-to-video" and data.get("n", DEFAULT_N) != 1:
             errors["n"] = ["image-to-video makes one video."]
         if errors:
             raise ValidationError(errors)
@@ -178,13 +234,13 @@ class SubmitJob(RpcSchema):
 class JobQuery(PageQuery):
     """``GET /v1/generations?status=&limit=&cursor=``"""
 
-    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    status = fields.String(load_default=None, validate=validate.OneOf(_STATES))
 
 
 class FindJobs(RpcSchema):
     """Operators: ``darkroom-ops jobs list``."""
 
-    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
+    status = fields.String(load_default=None, validate=validate.OneOf(_STATES))
     since = fields.AwareDateTime(load_default=None)
     reason = fields.String(load_default=None, validate=validate.Length(max=100))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
@@ -207,7 +263,7 @@ class Shot(RpcSchema):
 class JobView(RpcSchema):
     id = fields.UUID(required=True)
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
-    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf(_STATES))
     attempt = fields.Integer(required=True)
     progress = fields.Float(required=True)
     stage = fields.String(required=True)

@@ -40,7 +40,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from services.common.contracts.generation import JOB_TYPES
+from services.common.contracts.generation import (
+    DEFAULT_VIDEO_DURATION_S,
+    DURATION_MAX_S,
+    JOB_TYPES,
+    SIZE_MAX,
+)
 from services.generation.providers.base import (
     CAMERA_MOVES,
     IMAGE_TO_IMAGE,
@@ -61,13 +66,17 @@ PAN_MARGIN = 1.25  # the canvas a camera moves over, relative to the frame
 
 @dataclass(frozen=True)
 class LocalSettings:
+    """How the placeholder draws. A request always has a size and (video) a
+    duration; the defaults here serve callers that give none, and the caps
+    are the job rules' (services/common/contracts/generation.py)."""
+
     default_size: int = 512
-    max_side: int = 1536
+    max_side: int = SIZE_MAX
     video_size: int = 256
     video_max_side: int = 512
     video_fps: int = 12
-    default_duration_s: float = 4.0
-    max_video_s: float = 60.0
+    default_duration_s: float = float(DEFAULT_VIDEO_DURATION_S)
+    max_video_s: float = float(DURATION_MAX_S)
     crf: int = 28
     default_strength: float = 0.6
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from services.common.contracts.generation import DEFAULT_SIZE
 from services.generation.providers.base import (
     TEXT_TO_IMAGE,
     PermanentProviderError,
@@ -35,7 +36,7 @@ class OpenAIImagesProvider:
 
     def __init__(self, name: str, base_url: str, api_key: str | None = None,
                  model: str | None = None, timeout_s: float = 120.0,
-                 response_format: str = "b64_json", default_size: str = "1024x1024",
+                 response_format: str = "b64_json", default_size: str = DEFAULT_SIZE,
                  extended_params: bool = False, max_download_bytes: int = 50 * 1024 * 1024,
                  result_url_allow: tuple[str, ...] = (), resolver=None):
         if response_format not in ("b64_json", "url"):
@@ -54,7 +55,7 @@ class OpenAIImagesProvider:
             name, str(conf.get("base_url") or ""), api_key=conf.get("api_key") or None,
             model=conf.get("model") or None, timeout_s=float(conf.get("timeout_s", 120)),
             response_format=str(conf.get("response_format", "b64_json")),
-            default_size=str(conf.get("default_size", "1024x1024")),
+            default_size=str(conf.get("default_size", DEFAULT_SIZE)),
             extended_params=_bool(conf.get("extended_params", False)),
             max_download_bytes=int(conf.get("max_download_bytes", 50 * 1024 * 1024)),
             result_url_allow=conf.get("result_url_allow") or (),

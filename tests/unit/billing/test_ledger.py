@@ -178,11 +178,11 @@ def test_holds_never_overdraw(db, settings, events, user):
     clean(db)
 
 
-def test_stale_holds_are_released_as_expired(db, settings, events, user):
+def test_stale_holds_are_released_as_expired(db, settings, events, user, maintain):
     _, old = request(db, settings, events, user, 10, now=NOW - timedelta(hours=7))
     _, fresh = request(db, settings, events, user, 10, now=NOW - timedelta(hours=1))
-    assert saga.release_stale_holds(db, settings, NOW, events) == 1
-    assert saga.release_stale_holds(db, settings, NOW, events) == 0
+    assert maintain("holds", NOW) == 1
+    assert maintain("holds", NOW) == 0
     [released] = events.of("credits_released")
     assert (released["job_id"], released["reason"]) == (str(old), "expired")
     assert db.scalars(select(Hold).where(Hold.job_id == old)).one().release_reason == "expired"
@@ -191,11 +191,11 @@ def test_stale_holds_are_released_as_expired(db, settings, events, user):
     clean(db)
 
 
-def test_a_success_after_the_hold_expired_is_still_paid_for(db, settings, events, user):
+def test_a_success_after_the_hold_expired_is_still_paid_for(db, settings, events, user, maintain):
     """The success was sent just before the expiry and arrived after it: the
     price is taken from the available credits (the job is not free), once."""
     _, old = request(db, settings, events, user, 10, now=NOW - timedelta(hours=7))
-    saga.release_stale_holds(db, settings, NOW, events)
+    maintain("holds", NOW)
     assert balance(db, user) == (50, 0)
     assert finish(db, events, user, old, "succeeded") == "captured"
     assert finish(db, events, user, old, "succeeded") == "duplicate"
@@ -208,7 +208,7 @@ def test_a_success_after_the_hold_expired_is_still_paid_for(db, settings, events
     clean(db)
     # never below zero: with 5 left, a late success of 8 takes the 5
     _, other = request(db, settings, events, user, 8, now=NOW - timedelta(hours=7))
-    saga.release_stale_holds(db, settings, NOW, events)
+    maintain("holds", NOW)
     _, spend = request(db, settings, events, user, 35)
     finish(db, events, user, spend, "succeeded")
     assert balance(db, user) == (5, 0)
@@ -238,12 +238,12 @@ def test_holds_draw_from_the_lots_expiring_first(db, settings, events, user):
     clean(db)
 
 
-def test_expired_lots_become_expire_entries_once(db, settings, events, user):
+def test_expired_lots_become_expire_entries_once(db, settings, events, user, maintain):
     add_lot(db, user, 30, None, "test:never")
     later = NOW + timedelta(days=31)  # the signup grant has expired
     assert ledger.expired_unsettled(db, user, later) == 50
-    assert saga.expire_lots_everywhere(db, later) == 1
-    assert saga.expire_lots_everywhere(db, later) == 0
+    assert maintain("lots", later) == 1
+    assert maintain("lots", later) == 0
     [expire] = entries(db, user, "expire")
     assert (expire.amount, expire.balance_after) == (-50, 30)
     assert balance(db, user) == (30, 0)
@@ -260,12 +260,12 @@ def test_a_hold_never_counts_expired_credits(db, settings, events, user):
     clean(db)
 
 
-def test_credits_released_into_an_expired_lot_expire_again(db, settings, events, user):
+def test_credits_released_into_an_expired_lot_expire_again(db, settings, events, user, maintain):
     _, job = request(db, settings, events, user, 20)  # from the signup lot
     later = NOW + timedelta(days=31)
-    assert saga.expire_lots_everywhere(db, later) == 1  # the 30 left
+    assert maintain("lots", later) == 1  # the 30 left
     finish(db, events, user, job, "failed", now=later)  # 20 back into the expired lot
-    assert saga.expire_lots_everywhere(db, later) == 1
+    assert maintain("lots", later) == 1
     keys = [e.idempotency_key for e in entries(db, user, "expire")]
     assert len(keys) == 2 and keys[0].endswith(":expire:1") and keys[1].endswith(":expire:2")
     assert balance(db, user) == (0, 0)

@@ -3,6 +3,7 @@ handling: payment, refunds after partial spend, duplicates, mismatches."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from services.billing.models import Account, Hold, LedgerEntry, Lot, Order, Paym
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.common.errors import DomainError
+from services.common.idempotency import request_hash
 from tests.fakes.stripe import FakeStripe, charge_refunded, event, signed_body
 from tests.unit.billing.audit_helpers import assert_clean
 from tests.unit.billing.conftest import NOW
@@ -111,6 +113,24 @@ def test_an_idempotency_key_returns_the_first_order(db, settings, events, stripe
     assert len(stripe.sessions) == 1
 
 
+def test_an_order_keyed_before_the_shared_request_hash_is_still_found(db, settings, events,
+                                                                      stripe, user):
+    """Orders stored the hash of ``json.dumps(body, sort_keys=True)``; new ones
+    store ``services.common.idempotency.request_hash``. A retry after the
+    upgrade of a request made before it finds its order; another body is
+    still refused."""
+    first = checkout(db, settings, events, stripe, user, {"pack_id": "small"}, key="k1")
+    assert first.request_hash == request_hash({"pack_id": "small"})
+    legacy = hashlib.sha256(b'{"pack_id": "small"}').hexdigest()
+    assert legacy != first.request_hash
+    db.get(Order, first.id).request_hash = legacy
+    db.commit()
+    again, needs = begin(db, settings, events, user, {"pack_id": "small"}, key="k1")
+    assert not needs and again.id == first.id
+    error = refused(begin, db, settings, events, user, {"pack_id": "large"}, "k1")
+    assert (error.code, error.status) == ("idempotency_key_reused", 409)
+
+
 def test_a_failed_order_is_retried_under_its_key(db, settings, events, user):
     order, _ = begin(db, settings, events, user, {"pack_id": "small"}, key="k2")
     orders.mark_failed(db, order.id, "stripe unreachable")
@@ -120,13 +140,13 @@ def test_a_failed_order_is_retried_under_its_key(db, settings, events, user):
     assert needs and again.id == order.id and again.status == "pending"
 
 
-def test_orders_that_can_no_longer_be_paid_fail(db, settings, events, stripe, user):
+def test_orders_that_can_no_longer_be_paid_fail(db, settings, events, stripe, user, maintain):
     stuck, _ = begin(db, settings, events, user, {"pack_id": "small"})
     open_session = checkout(db, settings, events, stripe, user, {"pack_id": "large"})
-    assert orders.expire_pending(db, settings, NOW + timedelta(minutes=16)) == 1
+    assert maintain("orders", NOW + timedelta(minutes=16)) == 1
     assert db.get(Order, stuck.id, populate_existing=True).failure_reason == "no checkout session"
     assert db.get(Order, open_session.id).status == "pending"
-    assert orders.expire_pending(db, settings, NOW + timedelta(hours=26)) == 1
+    assert maintain("orders", NOW + timedelta(hours=26)) == 1
     assert db.get(Order, open_session.id, populate_existing=True).status == "failed"
 
 
@@ -312,9 +332,10 @@ def test_a_paid_plan_starts_and_all_its_money_back_ends_it(db, settings, events,
     assert_clean(db)
 
 
-def test_a_payment_after_the_order_timed_out_is_honoured(db, settings, events, stripe, user):
+def test_a_payment_after_the_order_timed_out_is_honoured(db, settings, events, stripe, user,
+                                                         maintain):
     order = checkout(db, settings, events, stripe, user, {"pack_id": "small"})
-    orders.expire_pending(db, settings, NOW + timedelta(hours=26))
+    maintain("orders", NOW + timedelta(hours=26))
     assert db.get(Order, order.id, populate_existing=True).status == "failed"
     deliver(db, settings, events, stripe.checkout_completed(order.provider_session_id))
     assert db.get(Order, order.id, populate_existing=True).status == "paid"
@@ -392,14 +413,14 @@ def test_the_audit_finds_a_refund_waiting_for_more_than_is_held(db, settings, ev
 
 
 def test_a_refund_of_held_credits_is_taken_when_the_hold_expires(db, settings, events, stripe,
-                                                                 user):
+                                                                 user, maintain):
     order = paid_pack(db, settings, events, stripe, user)
     spend(db, settings, events, user, 130)  # 50 signup + 80 of the pack
     deliver(db, settings, events, stripe.charge_refunded(order.provider_session_id, 250))
     order = db.get(Order, order.id, populate_existing=True)
     # half the money back: 50 credits due, 20 unspent, 30 held
     assert (order.credits_reversed, order.credits_pending) == (20, 30)
-    assert saga.release_stale_holds(db, settings, NOW + timedelta(hours=7), events) == 1
+    assert maintain("holds", NOW + timedelta(hours=7)) == 1
     db.commit()
     # 50 + 80 come back, 30 of them taken: the pack's 50 the user still paid for stay
     assert balance(db, user) == (100, 0)

@@ -33,26 +33,27 @@ def grants(db, user) -> list[LedgerEntry]:
         LedgerEntry.user_id == user, LedgerEntry.kind == "grant").order_by(LedgerEntry.seq)))
 
 
-def test_the_signup_month_has_no_monthly_grant(db, settings, user):
-    assert plans.grant_monthly(db, settings, NOW) == 0
+def test_the_signup_month_has_no_monthly_grant(db, settings, user, maintain):
+    assert maintain("grants", NOW) == 0
     assert len(grants(db, user)) == 1
 
 
-def test_monthly_grants_are_given_once_per_month_and_expire_at_its_end(db, settings, user):
+def test_monthly_grants_are_given_once_per_month_and_expire_at_its_end(db, settings, user,
+                                                                       maintain):
     april = datetime(2026, 4, 2, 3, 0, tzinfo=UTC)
-    assert plans.grant_monthly(db, settings, april) == 1
-    assert plans.grant_monthly(db, settings, april + timedelta(hours=1)) == 0
+    assert maintain("grants", april) == 1
+    assert maintain("grants", april + timedelta(hours=1)) == 0
     monthly = grants(db, user)[-1]
     assert monthly.idempotency_key == f"grant:monthly:{user}:2026-04"
     assert (monthly.amount, monthly.expires_at) == (20, datetime(2026, 5, 1, tzinfo=UTC))
     # even with the account's marker reset, the key stops a second grant
     db.get(Account, user).granted_period = "2026-03"
     db.commit()
-    assert plans.grant_monthly(db, settings, april) == 0
+    assert maintain("grants", april) == 0
     assert len(grants(db, user)) == 2
     assert db.get(Account, user).granted_period == "2026-04"
     may = datetime(2026, 5, 1, 0, 30, tzinfo=UTC)
-    assert plans.grant_monthly(db, settings, may) == 1
+    assert maintain("grants", may) == 1
     # April's grant (and the signup grant) expired before May's was given
     expired = db.scalars(select(LedgerEntry).where(LedgerEntry.kind == "expire")
                          .order_by(LedgerEntry.seq)).all()
@@ -60,12 +61,12 @@ def test_monthly_grants_are_given_once_per_month_and_expire_at_its_end(db, setti
     assert grants(db, user)[-1].balance_after == 20
 
 
-def test_grants_can_be_configured_never_to_expire(db, events):
+def test_grants_can_be_configured_never_to_expire(db, events, maintain):
     settings = BillingSettings(grants_expire_at_period_end=False, signup_grant_expires_days=None)
     user = uuid.uuid4()
     plans.open_account(db, settings, user, NOW, events)
     db.commit()
-    plans.grant_monthly(db, settings, datetime(2026, 4, 2, tzinfo=UTC))
+    maintain("grants", datetime(2026, 4, 2, tzinfo=UTC), settings)
     assert [g.expires_at for g in grants(db, user)] == [None, None]
 
 
@@ -78,7 +79,7 @@ def paid_order(db, user, plan="pro", credits=500) -> Order:
     return order
 
 
-def test_a_paid_plan_lasts_one_period_with_its_grant(db, settings, events, user):
+def test_a_paid_plan_lasts_one_period_with_its_grant(db, settings, events, user, maintain):
     account = ledger.lock_account(db, user)
     plans.activate_plan(db, settings, account, paid_order(db, user), NOW, events)
     db.commit()
@@ -88,17 +89,17 @@ def test_a_paid_plan_lasts_one_period_with_its_grant(db, settings, events, user)
     assert events.of("plan_changed")[-1]["plan"] == "pro"
     assert plans.effective_plan(settings, account, NOW).priority == 5
     # no free grant while the paid plan runs
-    assert plans.grant_monthly(db, settings, datetime(2026, 4, 1, 1, tzinfo=UTC)) == 0
+    assert maintain("grants", datetime(2026, 4, 1, 1, tzinfo=UTC)) == 0
     # the end: back to free, and the free grant resumes for the month
     later = NOW + timedelta(days=30, minutes=1)
     assert plans.effective_plan(settings, account, later).id == "free"
-    assert plans.end_expired_plans(db, settings, later, events) == 1
-    assert plans.end_expired_plans(db, settings, later, events) == 0
+    assert maintain("plans", later) == 1
+    assert maintain("plans", later) == 0
     account = db.get(Account, user, populate_existing=True)
     assert (account.plan, account.plan_expires_at) == ("free", None)
     assert events.of("plan_changed")[-1]["plan"] == "free"
     assert events.of("plan_changed")[-1]["retention_days"] == 30
-    assert plans.grant_monthly(db, settings, later) == 1
+    assert maintain("grants", later) == 1
 
 
 def test_buying_the_current_plan_again_extends_it(db, settings, events, user):

@@ -63,7 +63,8 @@ def api_key(key_id: str = KEY_ID, name: str = "default") -> dict:
 
 
 class FakeRpcService:
-    """A service's RPC surface in memory: method ``x`` is ``_x``; every call is
+    """A service's RPC surface in memory: RPC ``x`` is method ``rpc_x`` (with the
+    real RPC's parameters: tests/unit/test_fakes.py checks them); every call is
     recorded; ``fail_with[name]`` makes a method raise."""
 
     def __init__(self):
@@ -74,7 +75,7 @@ class FakeRpcService:
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        impl = getattr(type(self), "_" + name, None)
+        impl = getattr(type(self), "rpc_" + name, None)
         if impl is None:
             raise AttributeError(name)
 
@@ -101,66 +102,67 @@ class FakeAuth(FakeRpcService):
             ("api_key", API_KEY): principal(USER_ID, "api_key", KEY_ID),
             ("token", UNVERIFIED_TOKEN): principal(UNVERIFIED_ID, "session", UNVERIFIED_SESSION_ID, False),
         }
+        self.webhook_secrets: dict[str, dict] = {}  # user id -> its secret
 
-    # -- the surface (leading underscore: see __getattr__)
+    # -- the surface (rpc_ prefix: see FakeRpcService)
 
-    def _ping(self):
+    def rpc_ping(self):
         return {"service": "auth", "ok": True}
 
-    def _register(self, payload, client_ip=None, user_agent=None):
+    def rpc_register(self, payload, client_ip=None, user_agent=None):
         return {
             "user": user(email=payload["email"], verified=False),
             "api_key": None,  # keys are made once the address is verified
         }
 
-    def _verify_email(self, payload):
+    def rpc_verify_email(self, payload):
         if payload["code"] != "123456":
             raise DomainError("invalid_code", "the code is not valid", 400)
         return {"user": user(email=payload["email"])}
 
-    def _resend_verification(self, payload):
+    def rpc_resend_verification(self, payload):
         return None
 
-    def _login(self, payload, client_ip=None, user_agent=None):
+    def rpc_login(self, payload, client_ip=None, user_agent=None):
         if payload["password"] != "correct horse battery":
             raise DomainError("invalid_credentials", "wrong email or password", 401)
         return {"token": TOKEN, "expires_at": LATER, "user": user(email=payload["email"])}
 
-    def _logout(self, session_id):
+    def rpc_logout(self, session_id):
         return None
 
-    def _request_password_reset(self, payload):
+    def rpc_request_password_reset(self, payload):
         return None
 
-    def _confirm_password_reset(self, payload):
+    def rpc_confirm_password_reset(self, payload):
         return None
 
-    def _authenticate(self, credential):
-        ((kind, value),) = credential.items()
+    def rpc_authenticate(self, payload):
+        ((kind, value),) = payload.items()
         found = self.credentials.get((kind, value))
         if found is None:
             raise DomainError("unauthenticated", "invalid credential", 401)
         return found
 
-    def _get_user(self, user_id):
+    def rpc_get_user(self, user_id):
         return user(user_id=user_id)
 
-    def _update_profile(self, user_id, payload):
+    def rpc_update_profile(self, user_id, payload):
         return {**user(user_id=user_id), **payload}
 
-    def _request_email_change(self, user_id, payload, client_ip=None):
+    def rpc_request_email_change(self, user_id, payload, client_ip=None):
         return None
 
-    def _list_api_keys(self, user_id, page=None):
+    def rpc_list_api_keys(self, user_id, page=None):
         return {"items": [api_key(), api_key(str(uuid.uuid4()), "ci")], "next_cursor": None}
 
-    def _create_api_key(self, user_id, payload):
+    def rpc_create_api_key(self, user_id, payload):
         return {**api_key(str(uuid.uuid4()), payload["name"]), "key": "dr_live_newsecret"}
 
-    def _revoke_api_key(self, user_id, key_id):
+    def rpc_revoke_api_key(self, user_id, key_id):
         return None
 
-    def _list_sessions(self, user_id, current_session_id=None, page=None):
+    def rpc_list_sessions(self, user_id, current_session_id=None, page=None):
         return {
             "items": [
                 {"id": SESSION_ID, "created_at": NOW, "expires_at": LATER, "last_used_at": NOW,
@@ -170,14 +172,23 @@ class FakeAuth(FakeRpcService):
             "next_cursor": None,
         }
 
-    def _revoke_session(self, user_id, session_id):
+    def rpc_revoke_session(self, user_id, session_id):
         return None
 
-    def _begin_totp_enrollment(self, user_id):
+    def rpc_begin_totp_enrollment(self, user_id):
         return {"secret": "JBSWY3DPEHPK3PXP", "otpauth_uri": "otpauth://totp/Darkroom:ada?secret=JBSWY3DPEHPK3PXP"}
 
-    def _confirm_totp_enrollment(self, user_id, payload):
+    def rpc_confirm_totp_enrollment(self, user_id, payload):
         return None
+
+    def rpc_get_webhook_secret(self, user_id):
+        return self.webhook_secrets.setdefault(user_id, {"secret": f"whsec_{uuid.uuid4().hex}",
+                                                         "created_at": NOW, "user_id": user_id})
+
+    def rpc_rotate_webhook_secret(self, user_id):
+        self.webhook_secrets[user_id] = {"secret": f"whsec_{uuid.uuid4().hex}",
+                                         "created_at": LATER, "user_id": user_id}
+        return self.webhook_secrets[user_id]
 
 
 FILES_SECRET = "unit-test-files-secret"
@@ -236,12 +247,12 @@ class FakeStorage(FakeRpcService):
             view["url"] = signing.sign_url(FILES_BASE_URL, FILES_SECRET, "GET", key, 300)[0]
         return view
 
-    # -- the surface (leading underscore: see FakeRpcService.__getattr__)
+    # -- the surface (rpc_ prefix: see FakeRpcService)
 
-    def _ping(self):
+    def rpc_ping(self):
         return {"service": "storage", "ok": True}
 
-    def _create_upload_slot(self, owner_id):
+    def rpc_create_upload_slot(self, owner_id):
         upload_id = str(uuid.uuid4())
         self.slots[upload_id] = owner_id
         if self.slot_url:  # another server's URL; "{upload_id}" is filled in
@@ -252,7 +263,7 @@ class FakeStorage(FakeRpcService):
                 "headers": {"Content-Type": "application/octet-stream"},
                 "max_bytes": self.slot_max_bytes, "expires_at": LATER}
 
-    def _finish_upload(self, owner_id, upload_id):
+    def rpc_finish_upload(self, owner_id, upload_id):
         if self.slots.get(upload_id) != owner_id:
             raise DomainError("not_found", "upload not found", 404)
         staged = self.files_root / "staging" / upload_id if self.files_root else None
@@ -269,10 +280,10 @@ class FakeStorage(FakeRpcService):
         del self.slots[upload_id]
         return self.add(owner_id, data=data, content_type=content_type)
 
-    def _get_object(self, owner_id, object_id):
+    def rpc_get_object(self, owner_id, object_id):
         return self._view(self._find(owner_id, object_id))
 
-    def _get_public_object(self, public_id):
+    def rpc_get_public_object(self, public_id):
         found = [o for o in self.objects.values()
                  if o["public_id"] == public_id and not o["deleted"]]
         if not found or public_id is None:
@@ -282,21 +293,22 @@ class FakeStorage(FakeRpcService):
         return {**{k: obj[k] for k in ("kind", "content_type", "size", "width", "height",
                                        "created_at", "expires_at")}, "id": public_id, "url": url}
 
-    def _list_objects(self, owner_id, query):
+    def rpc_list_objects(self, owner_id, query=None):
+        query = query or {}
         items = [self._view(o) for o in reversed(self.objects.values())
                  if o["owner_id"] == owner_id and not o["deleted"]
                  and query.get("kind") in (None, o["kind"])
                  and query.get("job_id") in (None, o["job_id"])]
         return {"items": items[:query.get("limit", 20)], "next_cursor": None}
 
-    def _set_visibility(self, owner_id, object_id, payload):
+    def rpc_set_visibility(self, owner_id, object_id, payload):
         obj = self._find(owner_id, object_id)
         if obj["visibility"] != payload["visibility"]:
             obj["public_id"] = self._public_id(payload["visibility"])
         obj["visibility"] = payload["visibility"]
         return self._view(obj)
 
-    def _delete_object(self, owner_id, object_id):
+    def rpc_delete_object(self, owner_id, object_id):
         self._find(owner_id, object_id)["deleted"] = True
 
 

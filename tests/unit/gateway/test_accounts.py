@@ -147,8 +147,8 @@ def test_get_me(client, auth, headers):
 
 
 def test_get_me_drops_fields_the_contract_does_not_have(client, auth, monkeypatch):
-    original = type(auth)._get_user
-    monkeypatch.setattr(type(auth), "_get_user",
+    original = type(auth).rpc_get_user
+    monkeypatch.setattr(type(auth), "rpc_get_user",
                         lambda self, uid: {**original(self, uid), "password_hash": "$argon2..."})
     body = client.get("/v1/me", headers=BEARER).get_json()
     assert "password_hash" not in body

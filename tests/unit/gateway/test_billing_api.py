@@ -73,12 +73,12 @@ class FakeBilling(FakeRpcService):
         entries.insert(0, entry)
         return entry
 
-    # -- the surface (leading underscore: see FakeRpcService.__getattr__)
+    # -- the surface (rpc_ prefix: see FakeRpcService)
 
-    def _ping(self):
+    def rpc_ping(self):
         return {"service": "billing", "ok": True}
 
-    def _get_balance(self, user_id):
+    def rpc_get_balance(self, user_id):
         entries = self.entries.get(user_id, [])
         return {"available": entries[0]["balance_after"] if entries else 0, "held": 0,
                 "plan": "free", "period_start": "2026-01-01T00:00:00Z",
@@ -86,7 +86,7 @@ class FakeBilling(FakeRpcService):
                 "granted_this_period": sum(e["amount"] for e in entries if e["kind"] == "grant"),
                 "used_this_period": 0, "plan_expires_at": None, "account_id": "internal"}
 
-    def _list_ledger(self, user_id, query=None):
+    def rpc_list_ledger(self, user_id, query=None):
         query = query or {}
         limit = query.get("limit", 20)
         items = self.entries.get(user_id, [])
@@ -95,11 +95,11 @@ class FakeBilling(FakeRpcService):
         more = start + limit < len(items)
         return {"items": page, "next_cursor": str(start + limit) if more else None}
 
-    def _list_orders(self, user_id, query=None):
+    def rpc_list_orders(self, user_id, query=None):
         return {"items": self.orders.get(user_id, [])[: (query or {}).get("limit", 20)],
                 "next_cursor": None}
 
-    def _list_plans(self):
+    def rpc_list_plans(self):
         return {"items": [
             {"id": plan_id, "name": plan_id.title(),
              "price": None if amount is None else {"amount": amount, "currency": "eur"},
@@ -108,7 +108,7 @@ class FakeBilling(FakeRpcService):
              "retention_days": 30, "priority": 0, "stripe_price": "internal"}
             for plan_id, amount in PLANS.items()]}
 
-    def _list_prices(self):
+    def rpc_list_prices(self):
         return {"currency": "credits",
                 "job_types": [{"type": "text-to-image", "unit": "image", "area_pixels": 262144,
                                "credits_per_area": 1, "default_size": "1024x1024",
@@ -118,7 +118,7 @@ class FakeBilling(FakeRpcService):
                            "price": {"amount": p["amount"], "currency": "eur"}, "expires_days": 365}
                           for pack_id, p in PACKS.items()]}
 
-    def _create_checkout(self, user_id, payload, idempotency_key=None):
+    def rpc_create_checkout(self, user_id, payload, idempotency_key=None):
         if idempotency_key is not None and (user_id, idempotency_key) in self.checkouts:
             first_payload, answer = self.checkouts[(user_id, idempotency_key)]
             if first_payload != payload:
@@ -144,7 +144,7 @@ class FakeBilling(FakeRpcService):
             self.checkouts[(user_id, idempotency_key)] = (payload, answer)
         return answer
 
-    def _handle_stripe_webhook(self, payload, signature):
+    def rpc_handle_stripe_webhook(self, payload, signature=None):
         if not isinstance(payload, str):
             raise AssertionError(f"the raw body must arrive as a str, not {type(payload)}")
         fields = dict(part.split("=", 1) for part in (signature or "").split(",") if "=" in part)

@@ -211,7 +211,7 @@ def test_unexpected_exception_is_500_without_traceback(make_app, auth):
 
 
 def test_a_bug_in_a_view_with_a_bad_rpc_answer_is_500(client, auth, monkeypatch):
-    monkeypatch.setattr(type(auth), "_get_user", lambda self, uid: {"created_at": "not a date"})
+    monkeypatch.setattr(type(auth), "rpc_get_user", lambda self, uid: {"created_at": "not a date"})
     response = client.get("/v1/me", headers=BEARER)
     assert response.status_code == 500
     assert error_of(response)["code"] == "internal_error"

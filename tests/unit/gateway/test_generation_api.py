@@ -19,7 +19,6 @@ from services.common.errors import DomainError, rate_limited
 from tests.unit.gateway.conftest import (
     APIKEY,
     BEARER,
-    LATER,
     NOW,
     SESSION_ID,
     UNVERIFIED_ID,
@@ -99,15 +98,15 @@ class FakeGeneration(FakeRpcService):
     def _view(job: dict) -> dict:
         return {k: v for k, v in job.items() if k != "owner"}
 
-    # -- the surface (leading underscore: see FakeRpcService.__getattr__)
+    # -- the surface (rpc_ prefix: see FakeRpcService)
 
-    def _ping(self):
+    def rpc_ping(self):
         return {"service": "generation", "ok": True}
 
-    def _list_templates(self):
+    def rpc_list_templates(self):
         return {"items": TEMPLATES}
 
-    def _submit(self, user_id, payload, idempotency_key=None, dry_run=False):
+    def rpc_submit(self, user_id, payload, idempotency_key=None, dry_run=False):
         if payload.get("template") not in (None, "product-showcase"):
             raise DomainError("not_found", "template not found", 404)
         if "forbidden" in (payload.get("prompt") or ""):
@@ -127,7 +126,7 @@ class FakeGeneration(FakeRpcService):
             self.keys[(user_id, idempotency_key)] = (payload, job_id)
         return self._view(self.jobs[job_id])
 
-    def _get_job(self, user_id, job_id):
+    def rpc_get_job(self, user_id, job_id):
         job = self._find(user_id, job_id)
         script = self.script.get(job_id)
         if script:
@@ -137,7 +136,8 @@ class FakeGeneration(FakeRpcService):
             job.update(step)
         return self._view(job)
 
-    def _list_jobs(self, user_id, query):
+    def rpc_list_jobs(self, user_id, query=None):
+        query = query or {}
         items = [self._view(j) for j in reversed(self.jobs.values())
                  if j["owner"] == user_id and query.get("status") in (None, j["status"])]
         start = int(query.get("cursor") or 0)
@@ -145,7 +145,7 @@ class FakeGeneration(FakeRpcService):
         more = start + limit < len(items)
         return {"items": items[start:start + limit], "next_cursor": str(start + limit) if more else None}
 
-    def _cancel_job(self, user_id, job_id):
+    def rpc_cancel_job(self, user_id, job_id):
         job = self._find(user_id, job_id)
         if job["status"] not in ("queued", "reserved"):
             raise DomainError("not_cancellable", f"the job is {job['status']}", 409,
@@ -696,28 +696,9 @@ def test_openapi_documents_generation(client):
 # ------------------------------------------------------------ the webhook secret (auth)
 
 
-class FakeAuthWithSecrets(FakeAuth):
-    """The auth fake plus the webhook-secret RPCs, a secret per user."""
-
-    def __init__(self):
-        super().__init__()
-        self.secrets: dict[str, dict] = {}
-
-    def _get_webhook_secret(self, user_id):
-        return self.secrets.setdefault(user_id, {"secret": f"whsec_{uuid.uuid4().hex}",
-                                                 "created_at": NOW, "user_id": user_id})
-
-    def _rotate_webhook_secret(self, user_id):
-        self.secrets[user_id] = {"secret": f"whsec_{uuid.uuid4().hex}", "created_at": LATER,
-                                 "user_id": user_id}
-        return self.secrets[user_id]
-
-
 @pytest.fixture
-def secrets_auth(pool) -> FakeAuthWithSecrets:
-    fake = FakeAuthWithSecrets()
-    pool.auth = pool.services["auth"] = fake
-    return fake
+def secrets_auth(pool) -> FakeAuth:
+    return pool.auth
 
 
 def test_webhook_secret_is_the_callers_and_stable(client, secrets_auth):

@@ -300,7 +300,7 @@ def test_readyz_answers_a_burst_with_one_round_of_pings_a_second(make_app, auth,
         time.sleep(0.2)  # the burst arrives while the round runs
         return {"service": "auth", "ok": True}
 
-    monkeypatch.setattr(type(auth), "_ping", lambda self: slow_ping())
+    monkeypatch.setattr(type(auth), "rpc_ping", lambda self: slow_ping())
     app = make_app(READY_SERVICES=["auth"], READY_CACHE_SECONDS=1)
 
     def probe(_):

@@ -6,13 +6,11 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from nameko.testing.services import worker_factory
-
 from services.common.errors import DomainError
+from services.common.idempotency import request_hash
 from services.common.ids import utcnow
 from services.generation import jobs, runner
 from services.generation.models import Job
-from services.generation.service import GenerationService
 from services.generation.settings import GenerationSettings
 
 REQUEST = {"type": "text-to-image", "prompt": "a red fox", "negative_prompt": None, "n": 2,
@@ -42,7 +40,7 @@ class Storage:
 def running_job(db, settings, events, hold_expires_at) -> Job:
     now = utcnow()
     job, _ = jobs.submit(db, settings, uuid.uuid4(), REQUEST, {"prompt": "a red fox"}, 8, None,
-                         jobs.request_hash(REQUEST), now, events)
+                         request_hash(REQUEST), now, events)
     jobs.credits_reserved(db, settings, {"job_id": job.id, "attempt": 1, "priority": 0,
                                          "hold_expires_at": now + timedelta(minutes=1)},
                           now, events)
@@ -56,10 +54,9 @@ def run(db, monkeypatch, hold_expires_at, storage):
     settings, events = GenerationSettings(lease_seconds=60), Events()
     outputs = [str(uuid.uuid4()), str(uuid.uuid4())]
     monkeypatch.setattr(runner, "run", lambda *args: ("local", outputs))
-    service = worker_factory(GenerationService, db=db, settings=settings, storage=storage,
-                             dispatch=events)
+    worker = runner.Worker(db, settings, router=None, storage=storage, dispatch=events)
     job = running_job(db, settings, events, hold_expires_at)
-    service._run(job)
+    worker.execute(job)
     return db.get(Job, job.id, populate_existing=True), outputs, events
 
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.common.errors import DomainError
+from services.common.idempotency import request_hash
 from services.generation import jobs
 from services.generation.models import Job, SubmitLock, WebhookDelivery
 from services.generation.settings import GenerationSettings
@@ -39,7 +40,7 @@ class Events(list):
 
 def submit(db, settings, user, events, key=None, request=REQUEST, now=NOW) -> Job:
     job, _ = jobs.submit(db, settings, user, request, EXPANSION, 3, key,
-                         jobs.request_hash(request), now, events)
+                         request_hash(request), now, events)
     db.commit()
     return job
 
@@ -81,11 +82,11 @@ def test_an_idempotency_key_returns_the_first_job_or_409_for_another_body(db, se
     user, events = uuid.uuid4(), Events()
     first = submit(db, settings, user, events, key="k")
     again, created = jobs.submit(db, settings, user, REQUEST, EXPANSION, 3, "k",
-                                 jobs.request_hash(REQUEST), NOW, events)
+                                 request_hash(REQUEST), NOW, events)
     assert (again.id, created) == (first.id, False)
     other = {**REQUEST, "prompt": "a blue fox"}
     error = refused(jobs.submit, db, settings, user, other, EXPANSION, 3, "k",
-                    jobs.request_hash(other), NOW, events)
+                    request_hash(other), NOW, events)
     assert (error.code, error.status) == ("idempotency_key_reused", 409)
     assert events.types() == ["job_requested"]
 

@@ -38,12 +38,13 @@ class FakeGeneration:
         self.replayed: list[str] = []
         self.timeout_on: set[str] = set()
 
-    def find_jobs(self, query):
+    def find_jobs(self, query=None):
         self.queries.append(query)
+        query = query or {}
         items = [j for j in self.jobs.values()
                  if query.get("status") in (None, j["status"])
                  and query.get("reason") in (None, (j["error"] or {}).get("code"))]
-        return {"items": items[:query["limit"]]}
+        return {"items": items[:query.get("limit", 100)]}  # FindJobs' default
 
     def replay_job(self, job_id):
         if job_id in self.timeout_on:

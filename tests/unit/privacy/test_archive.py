@@ -80,8 +80,8 @@ class FakeStorage:
         return {"object_id": "archive-1", "method": "PUT", "url": "http://internal/archive-1",
                 "headers": {}}
 
-    def commit_objects(self, owner_id, ids):
-        return {"items": [{"id": ids[0], "size": self.slots[-1]["size"],
+    def commit_objects(self, owner_id, object_ids):
+        return {"items": [{"id": object_ids[0], "size": self.slots[-1]["size"],
                            "expires_at": "2026-11-29T12:00:00Z"}]}
 
 

@@ -39,50 +39,50 @@ class FakePrivacy(FakeRpcService):
         super().__init__()
         self.status = {"current": "v2", "accepted": "v1", "acceptance_required": True}
 
-    def _ping(self):
+    def rpc_ping(self):
         return {"service": "privacy", "ok": True}
 
-    def _create_request(self, user_id, payload, credential_type=None):
+    def rpc_create_request(self, user_id, payload, credential_type=None):
         return request_view(payload["type"])
 
-    def _list_requests(self, user_id, query):
+    def rpc_list_requests(self, user_id, query=None):
         return {"items": [request_view()], "next_cursor": None}
 
-    def _get_request(self, user_id, request_id):
+    def rpc_get_request(self, user_id, request_id):
         if user_id != USER_ID or request_id != REQUEST_ID:
             raise not_found("request")
         return request_view(status="completed", download_url="https://files/signed")
 
-    def _cancel_request(self, user_id, request_id, credential_type=None):
+    def rpc_cancel_request(self, user_id, request_id, credential_type=None):
         raise DomainError("not_cancellable", "only an erasure that has not started", 409)
 
-    def _cancel_with_token(self, request_id, payload):
+    def rpc_cancel_with_token(self, request_id, payload):
         return request_view("erasure", status="cancelled")
 
-    def _get_certificate(self, request_id):
+    def rpc_get_certificate(self, request_id):
         return {"request_id": request_id, "requested_at": NOW, "started_at": NOW,
                 "completed_at": NOW, "services": [], "totals": {"rows_deleted": 3}}
 
-    def _get_consents(self, user_id):
+    def rpc_get_consents(self, user_id):
         return {"marketing_email": False, "analytics": False, "updated_at": None, "history": []}
 
-    def _update_consents(self, user_id, payload, source):
+    def rpc_update_consents(self, user_id, payload, source="api"):
         return {"marketing_email": payload.get("marketing_email", False), "analytics": False,
                 "updated_at": NOW, "history": [
                     {"purpose": "marketing_email", "granted": True, "source": source,
                      "policy_version": "v2", "changed_at": NOW}]}
 
-    def _get_policy(self):
+    def rpc_get_policy(self):
         return {"version": "v2", "material": True, "summary": "s", "published_at": NOW,
                 "material_version": "v2"}
 
-    def _accept_policy(self, user_id, payload):
+    def rpc_accept_policy(self, user_id, payload):
         return {"current": "v2", "accepted": payload["version"], "acceptance_required": False}
 
-    def _policy_status(self, user_id):
+    def rpc_policy_status(self, user_id):
         return dict(self.status)
 
-    def _get_retention(self):
+    def rpc_get_retention(self):
         return {"items": [{"service": "privacy", "data": "access logs", "kept": "180 days",
                            "days": 180.0, "enforced_by": "a timer"}], "unavailable": ["billing"]}
 

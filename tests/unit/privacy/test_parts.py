@@ -77,9 +77,9 @@ class FakeStorage:
         return {"object_id": "obj-1", "method": "PUT", "url": "http://store/obj-1",
                 "headers": {"Content-Type": "application/zip"}}
 
-    def commit_objects(self, owner_id, ids):
-        self.calls.append(("commit", owner_id, ids))
-        return {"items": [{"id": ids[0]}]}
+    def commit_objects(self, owner_id, object_ids):
+        self.calls.append(("commit", owner_id, object_ids))
+        return {"items": [{"id": object_ids[0]}]}
 
 
 class FakeHttp:
