@@ -64,6 +64,16 @@ class OpsGroup(click.Group):
 
 
 pass_config = click.make_pass_decorator(dict)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def show(result, as_json: bool, lines) -> None:
+    """A command's ``result``: as JSON with ``--json``, else as ``lines(result)``."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        for line in lines(result):
+            click.echo(line)
 
 
 @click.group(cls=OpsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -224,16 +234,11 @@ def storage_purge(config, dry_run, batch_size):
 
 
 @storage.command("report")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_config
 def storage_report(config, as_json):
     """Objects and bytes by kind and by age, and what awaits the purge."""
-    result = storage_ops.report(config)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    for line in storage_ops.report_lines(result):
-        click.echo(line)
+    show(storage_ops.report(config), as_json, storage_ops.report_lines)
 
 
 @cli.group(cls=OpsGroup)
@@ -243,16 +248,12 @@ def billing():
 
 @billing.command("verify")
 @click.option("--user", "user", metavar="ID", help="Check one account (default: all).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_config
 def billing_verify(config, user, as_json):
     """Check the ledger: balances, holds, lots and the balance chain. Exit 1 on problems."""
     result = billing_ops.verify(config, user)
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
-    else:
-        for line in billing_ops.verify_lines(result):
-            click.echo(line)
+    show(result, as_json, billing_ops.verify_lines)
     if result.get("problems"):
         raise click.exceptions.Exit(1)
 
@@ -288,17 +289,13 @@ SINCE_HELP = "Changed since: an age (30m, 2h, 3d) or an ISO time (UTC without an
 @click.option("--reason", metavar="CODE", help="Only jobs that ended with this error code "
                                                 "(e.g. provider_unavailable).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_config
 def jobs_list(config, status, since, reason, limit, as_json):
     """Jobs by state, age and error code, the longest unchanged first."""
     since_at = jobs_ops.parse_since(since) if since else None
     found = jobs_ops.find(config, status, since_at, reason, limit)
-    if as_json:
-        click.echo(json.dumps(found, indent=2, default=str))
-        return
-    for line in jobs_ops.list_lines(found, limit):
-        click.echo(line)
+    show(found, as_json, lambda jobs: jobs_ops.list_lines(jobs, limit))
 
 
 @jobs.command("replay")
@@ -354,17 +351,13 @@ def privacy():
 
 
 @privacy.command("report")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @pass_config
 def privacy_report(config, as_json):
     """Open requests by due date, overdue first, and the parts that failed.
     Exit 1 when a request is overdue or a part failed."""
     result = privacy_ops.report(config)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        for line in privacy_ops.report_lines(result):
-            click.echo(line)
+    show(result, as_json, privacy_ops.report_lines)
     if result.get("failed_parts") or any(r.get("overdue") for r in result.get("open") or []):
         raise click.exceptions.Exit(1)
 

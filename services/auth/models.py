@@ -19,33 +19,29 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     UniqueConstraint,
     Uuid,
     false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, KEY_NAME_MAX
-from services.common.db import NAMING_CONVENTION, UtcDateTime
-from services.common.ids import new_id
+from services.common.db import UtcDateTime
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Base = service_base()
 
 
 def _user_fk() -> ForeignKey:
     return ForeignKey("users.id", ondelete="CASCADE")
 
 
-class User(Base):
+class User(IdMixin, Base):
     __tablename__ = "users"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     password_hash: Mapped[str] = mapped_column(String(255))
@@ -70,11 +66,10 @@ class User(Base):
         return self.totp_secret is not None
 
 
-class UserSession(Base):
+class UserSession(IdMixin, Base):
     __tablename__ = "sessions"
     __table_args__ = (Index("ix_sessions_user_id_created_at", "user_id", "created_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -86,11 +81,10 @@ class UserSession(Base):
     network: Mapped[str | None] = mapped_column(String(64))
 
 
-class ApiKey(Base):
+class ApiKey(IdMixin, Base):
     __tablename__ = "api_keys"
     __table_args__ = (Index("ix_api_keys_user_id_created_at", "user_id", "created_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
     name: Mapped[str] = mapped_column(String(KEY_NAME_MAX))
     prefix: Mapped[str] = mapped_column(String(16))
@@ -100,7 +94,7 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class EmailVerification(Base):
+class EmailVerification(IdMixin, Base):
     """A 6-digit code sent to ``email``: to verify a new account's address
     (purpose ``registration``) or to move an account to a new one (``email_change``)."""
 
@@ -113,7 +107,6 @@ class EmailVerification(Base):
               sqlite_where=text("used_at IS NULL AND superseded_at IS NULL")),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
     purpose: Mapped[str] = mapped_column(String(20))
     email: Mapped[str] = mapped_column(String(EMAIL_MAX), index=True)
@@ -125,10 +118,9 @@ class EmailVerification(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class PasswordReset(Base):
+class PasswordReset(IdMixin, Base):
     __tablename__ = "password_resets"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -154,13 +146,12 @@ class Throttle(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class KnownNetwork(Base):
+class KnownNetwork(IdMixin, Base):
     """A network an account has logged in from, as an HMAC (never in clear)."""
 
     __tablename__ = "known_networks"
     __table_args__ = (UniqueConstraint("user_id", "network_hmac"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
     network_hmac: Mapped[str] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -177,14 +168,13 @@ class WebhookSecret(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class AccountChange(Base):
+class AccountChange(IdMixin, Base):
     """The history of an account's rectifications, for its owner's export:
     each address change (from, to) and profile change (the fields, before
     and after). Kept until the account is erased."""
 
     __tablename__ = "account_changes"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
     kind: Mapped[str] = mapped_column(String(32))  # email_changed | profile_updated
     changes: Mapped[dict] = mapped_column(JSON)  # {field: {"from": ..., "to": ...}}

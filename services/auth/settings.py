@@ -4,26 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
+from services.common.config import Section
 from services.common.sealed import Sealer
-
-DEFAULTS: dict[str, Any] = {
-    "SESSION_TTL_DAYS": 7,
-    "VERIFICATION_CODE_TTL_MINUTES": 15,
-    "VERIFICATION_MAX_ATTEMPTS": 5,
-    "VERIFICATION_MAX_ATTEMPTS_PER_ADDRESS": 10,
-    "VERIFICATION_ADDRESS_WINDOW_SECONDS": 3600,
-    "RESEND_MIN_INTERVAL_SECONDS": 60,
-    "PASSWORD_RESET_TTL_MINUTES": 60,
-    "PASSWORD_RESET_MIN_INTERVAL_SECONDS": 60,
-    "LOGIN_MAX_FAILURES_PER_ACCOUNT": 5,
-    "LOGIN_MAX_FAILURES_PER_ADDRESS": 20,
-    "LOGIN_FAILURE_WINDOW_SECONDS": 900,
-    "LOGIN_LOCKOUT_SECONDS": 900,
-    "TOTP_ISSUER": "Darkroom",
-    "DEFAULT_PLAN": "free",
-}
 
 
 @dataclass(frozen=True)
@@ -51,29 +34,33 @@ class AuthSettings:
     def from_config(cls, config: dict) -> AuthSettings:
         """Build from the whole service config (its ``AUTH`` section and
         ``MAIL_SECRETS_KEY``)."""
-        raw = {**DEFAULTS, **(config.get("AUTH") or {})}
-        secret = str(raw.get("SECRET_KEY") or "")
-        if not secret:
-            raise ValueError("AUTH.SECRET_KEY must be set")
+        section, d = Section(config, "AUTH"), cls  # the class holds each field's default
+        get, duration = section.get, section.duration
         return cls(
-            secret_key=secret.encode(),
+            secret_key=section.required("SECRET_KEY").encode(),
             sealer=Sealer.from_config(config),
-            session_ttl=timedelta(days=float(raw["SESSION_TTL_DAYS"])),
-            verification_code_ttl=timedelta(minutes=float(raw["VERIFICATION_CODE_TTL_MINUTES"])),
-            verification_max_attempts=int(raw["VERIFICATION_MAX_ATTEMPTS"]),
-            verification_max_attempts_per_address=int(raw["VERIFICATION_MAX_ATTEMPTS_PER_ADDRESS"]),
-            verification_address_window=timedelta(
-                seconds=float(raw["VERIFICATION_ADDRESS_WINDOW_SECONDS"])
-            ),
-            resend_min_interval=timedelta(seconds=float(raw["RESEND_MIN_INTERVAL_SECONDS"])),
-            password_reset_ttl=timedelta(minutes=float(raw["PASSWORD_RESET_TTL_MINUTES"])),
-            password_reset_min_interval=timedelta(
-                seconds=float(raw["PASSWORD_RESET_MIN_INTERVAL_SECONDS"])
-            ),
-            login_max_failures_per_account=int(raw["LOGIN_MAX_FAILURES_PER_ACCOUNT"]),
-            login_max_failures_per_address=int(raw["LOGIN_MAX_FAILURES_PER_ADDRESS"]),
-            login_failure_window=timedelta(seconds=float(raw["LOGIN_FAILURE_WINDOW_SECONDS"])),
-            login_lockout=timedelta(seconds=float(raw["LOGIN_LOCKOUT_SECONDS"])),
-            totp_issuer=str(raw["TOTP_ISSUER"]),
-            default_plan=str(raw["DEFAULT_PLAN"]),
+            session_ttl=duration("SESSION_TTL_DAYS", d.session_ttl, "days"),
+            verification_code_ttl=duration("VERIFICATION_CODE_TTL_MINUTES",
+                                           d.verification_code_ttl, "minutes"),
+            verification_max_attempts=int(get("VERIFICATION_MAX_ATTEMPTS",
+                                              d.verification_max_attempts)),
+            verification_max_attempts_per_address=int(get(
+                "VERIFICATION_MAX_ATTEMPTS_PER_ADDRESS", d.verification_max_attempts_per_address)),
+            verification_address_window=duration("VERIFICATION_ADDRESS_WINDOW_SECONDS",
+                                                 d.verification_address_window, "seconds"),
+            resend_min_interval=duration("RESEND_MIN_INTERVAL_SECONDS", d.resend_min_interval,
+                                         "seconds"),
+            password_reset_ttl=duration("PASSWORD_RESET_TTL_MINUTES", d.password_reset_ttl,
+                                        "minutes"),
+            password_reset_min_interval=duration("PASSWORD_RESET_MIN_INTERVAL_SECONDS",
+                                                 d.password_reset_min_interval, "seconds"),
+            login_max_failures_per_account=int(get("LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                                                   d.login_max_failures_per_account)),
+            login_max_failures_per_address=int(get("LOGIN_MAX_FAILURES_PER_ADDRESS",
+                                                   d.login_max_failures_per_address)),
+            login_failure_window=duration("LOGIN_FAILURE_WINDOW_SECONDS", d.login_failure_window,
+                                          "seconds"),
+            login_lockout=duration("LOGIN_LOCKOUT_SECONDS", d.login_lockout, "seconds"),
+            totp_issuer=str(get("TOTP_ISSUER", d.totp_issuer)),
+            default_plan=str(get("DEFAULT_PLAN", d.default_plan)),
         )

@@ -284,20 +284,28 @@ class CloseResult:
     amount: int = 0  # credits captured or released
 
 
-def _find_hold(db: Session, user_id, job_id, attempt: int) -> Hold | None:
-    return db.scalars(select(Hold).where(
-        Hold.job_id == job_id, Hold.attempt == attempt, Hold.user_id == user_id)).first()
+def _hold_to_close(db: Session, account: Account | None, job_id: uuid.UUID, attempt: int,
+                   action: str, closed: str) -> Hold | CloseResult:
+    """The attempt's hold, for ``action`` (capture or release) to close; or the
+    answer when there is none (``no_hold``) or it is ``closed`` already (``duplicate``)."""
+    hold = db.scalars(select(Hold).where(
+        Hold.job_id == job_id, Hold.attempt == attempt, Hold.user_id == account.user_id)
+    ).first() if account is not None else None
+    if hold is None:
+        log.warning("%s for a job without a hold", action,
+                    extra={"job_id": str(job_id), "attempt": attempt})
+        return CloseResult("no_hold")
+    if hold.status == closed:
+        return CloseResult("duplicate", hold)
+    return hold
 
 
 def capture(db: Session, account: Account | None, job_id: uuid.UUID, attempt: int,
             now: datetime) -> CloseResult:
     """The job succeeded: the held credits are spent."""
-    hold = _find_hold(db, account.user_id, job_id, attempt) if account is not None else None
-    if hold is None:
-        log.warning("capture for a job without a hold", extra={"job_id": str(job_id), "attempt": attempt})
-        return CloseResult("no_hold")
-    if hold.status == CAPTURED:
-        return CloseResult("duplicate", hold)
+    hold = _hold_to_close(db, account, job_id, attempt, "capture", CAPTURED)
+    if isinstance(hold, CloseResult):
+        return hold
     if hold.status == RELEASED:
         if hold.release_reason == "expired":
             return _capture_after_expiry(db, account, hold, now)
@@ -338,12 +346,9 @@ def release(db: Session, account: Account | None, job_id: uuid.UUID, attempt: in
             now: datetime) -> CloseResult:
     """The job failed, was cancelled, or its hold expired: the credits go back
     to the lots they came from."""
-    hold = _find_hold(db, account.user_id, job_id, attempt) if account is not None else None
-    if hold is None:
-        log.warning("release for a job without a hold", extra={"job_id": str(job_id), "attempt": attempt})
-        return CloseResult("no_hold")
-    if hold.status == RELEASED:
-        return CloseResult("duplicate", hold)
+    hold = _hold_to_close(db, account, job_id, attempt, "release", RELEASED)
+    if isinstance(hold, CloseResult):
+        return hold
     if hold.status == CAPTURED:
         log.error("release refused: the hold was captured",
                   extra={"job_id": str(job_id), "attempt": attempt, "hold_id": str(hold.id)})

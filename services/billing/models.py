@@ -32,17 +32,16 @@ from sqlalchemy import (
     Boolean,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
     Uuid,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
-from services.common.ids import new_id
+from services.common.db import UtcDateTime, processed_events_table
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
 # Hold statuses
@@ -58,8 +57,7 @@ REFUNDED = "refunded"
 PARTIALLY_REFUNDED = "partially_refunded"
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Base = service_base()
 
 
 class Account(Base):
@@ -79,7 +77,7 @@ class Account(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class LedgerEntry(Base):
+class LedgerEntry(IdMixin, Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         UniqueConstraint("user_id", "seq"),
@@ -87,7 +85,6 @@ class LedgerEntry(Base):
         Index("ix_ledger_entries_user_id_created_at", "user_id", "created_at"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     seq: Mapped[int] = mapped_column(Integer)
     # grant | purchase | hold | capture | release | refund | expire | adjustment
@@ -107,11 +104,10 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class Lot(Base):
+class Lot(IdMixin, Base):
     __tablename__ = "lots"
     __table_args__ = (Index("ix_lots_user_id_expires_at", "user_id", "expires_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     source: Mapped[str] = mapped_column(String(16))  # grant | purchase | adjustment
     credits: Mapped[int] = mapped_column(BigInteger)
@@ -132,14 +128,13 @@ class LotMovement(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
 
 
-class Hold(Base):
+class Hold(IdMixin, Base):
     __tablename__ = "holds"
     __table_args__ = (
         UniqueConstraint("job_id", "attempt"),
         Index("ix_holds_status_created_at", "status", "created_at"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     attempt: Mapped[int] = mapped_column(Integer)
@@ -152,7 +147,7 @@ class Hold(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class Order(Base):
+class Order(IdMixin, Base):
     __tablename__ = "orders"
     __table_args__ = (
         UniqueConstraint("user_ref", "idempotency_key"),
@@ -160,7 +155,6 @@ class Order(Base):
         Index("ix_orders_status_created_at", "status", "created_at"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     # The user id as a string, or "psn:<HMAC-SHA256 hex>" once erased.
     user_ref: Mapped[str] = mapped_column(String(80))
     kind: Mapped[str] = mapped_column(String(8))  # pack | plan
@@ -198,12 +192,11 @@ class Order(Base):
     pseudonymised_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class Payment(Base):
+class Payment(IdMixin, Base):
     """One provider payment: the record the law says to keep (5 years)."""
 
     __tablename__ = "payments"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     order_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     user_ref: Mapped[str] = mapped_column(String(80), index=True)
     provider: Mapped[str] = mapped_column(String(16))

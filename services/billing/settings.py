@@ -19,18 +19,13 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from services.common.config import Section, flag
 from services.common.contracts.generation import (
     DEFAULT_SIZE,
     DEFAULT_VIDEO_DURATION_S,
     JOB_TYPES,
     parse_size,
 )
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -249,13 +244,8 @@ class BillingSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> BillingSettings:
         """From a whole service config (its ``BILLING`` section) or the section itself."""
-        section = config.get("BILLING", config) or {}
-        d = cls()
-
-        def get(key: str, default: Any) -> Any:
-            value = section.get(key)
-            return default if value is None or value == "" and not isinstance(default, str) else value
-
+        reader, d = Section(config, "BILLING"), cls()
+        section, get = reader.values, reader.get
         secrets = section.get("STRIPE_WEBHOOK_SECRET", d.stripe_webhook_secrets)
         if isinstance(secrets, str):
             secrets = secrets.split(",")
@@ -269,7 +259,7 @@ class BillingSettings:
             signup_grant_expires_days=_int_or_none(
                 section.get("SIGNUP_GRANT_EXPIRES_DAYS", d.signup_grant_expires_days)
             ) or None,
-            grants_expire_at_period_end=_bool(
+            grants_expire_at_period_end=flag(
                 get("GRANTS_EXPIRE_AT_PERIOD_END", d.grants_expire_at_period_end)
             ),
             plan_period_days=int(get("PLAN_PERIOD_DAYS", d.plan_period_days)),

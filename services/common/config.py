@@ -8,6 +8,8 @@ so that one file means the same thing everywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,47 @@ def config_path(name: str) -> Path:
     """
     base = Path(os.environ.get("DARKROOM_CONFIG_DIR", CONFIG_DIR))
     return base / f"{name}.yaml"
+
+
+def flag(value: Any) -> bool:
+    """A yes/no setting: a bool, or a string "1", "true", "yes" or "on" (any case)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class Section:
+    """One section of a service's config (``config[name]``, or ``config`` itself
+    when it is that section), read with the defaults of its settings class."""
+
+    def __init__(self, config: Mapping[str, Any], name: str):
+        self.name = name
+        self.values: Mapping[str, Any] = config.get(name, config) or {}
+
+    def get(self, key: str, default: Any) -> Any:
+        """The value of ``key``; ``default`` when it is missing or null, or
+        empty where the default is not a string (an empty string stays empty)."""
+        value = self.values.get(key)
+        if value is None or (value == "" and not isinstance(default, str)):
+            return default
+        return value
+
+    def required(self, key: str) -> str:
+        """The value of ``key``; ValueError when it is missing or empty."""
+        value = str(self.values.get(key) or "")
+        if not value:
+            raise ValueError(f"{self.name}.{key} must be set")
+        return value
+
+    def duration(self, key: str, default: timedelta, unit: str) -> timedelta:
+        """``key``: a number (fractions allowed) of ``unit`` (days, hours,
+        minutes or seconds); ``default`` when missing."""
+        one = timedelta(**{unit: 1})
+        return one * float(self.get(key, default / one))
+
+    def positive(self, key: str, default: Any, kind: type) -> Any:
+        """``kind(get(key, default))``; ValueError unless it is above 0."""
+        value = kind(self.get(key, default))
+        if value <= 0:
+            raise ValueError(f"{self.name}.{key} must be positive")
+        return value

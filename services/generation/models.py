@@ -19,19 +19,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, Float, Index, Integer, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
-from services.common.ids import new_id
+from services.common.db import UtcDateTime, processed_events_table
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Base = service_base()
 
 
-class Job(Base):
+class Job(IdMixin, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         # a user's jobs, newest first (keyset pagination), and their active count
@@ -42,7 +40,6 @@ class Job(Base):
         UniqueConstraint("user_id", "idempotency_key"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     type: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))  # a contracts.generation.JobState
@@ -78,7 +75,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class WebhookDelivery(Base):
+class WebhookDelivery(IdMixin, Base):
     """One POST of a job's final state to its ``webhook_url``, retried with
     backoff until it succeeds or runs out of attempts."""
 
@@ -88,7 +85,6 @@ class WebhookDelivery(Base):
         UniqueConstraint("job_id", "attempt", "job_status"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt

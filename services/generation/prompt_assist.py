@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from services.common.config import flag
 from services.generation.moderation import Moderator, request_texts
 from services.generation.providers.base import CAMERA_MOVES, Shot
 from services.generation.templates.engine import Expansion, Template, TemplateEngine
@@ -55,12 +56,6 @@ class AssistFailed(Exception):
         self.reason = reason
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class PromptAssistant:
     def __init__(self, base_url: str, api_key: str | None = None, model: str = "gpt-4o-mini",
                  timeout_s: float = 15.0, temperature: float = 0.4,
@@ -76,7 +71,7 @@ class PromptAssistant:
     def from_config(cls, config: Mapping) -> PromptAssistant | None:
         """The configured assistant, or None when prompt assist is off."""
         section = (config.get("GENERATION", config) or {}).get("PROMPT_ASSIST") or {}
-        if not _bool(section.get("enabled", False)) or not section.get("base_url"):
+        if not flag(section.get("enabled", False)) or not section.get("base_url"):
             return None
         return cls(str(section["base_url"]), section.get("api_key") or None,
                    str(section.get("model") or "gpt-4o-mini"),

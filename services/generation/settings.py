@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.config import Section
+
 PROMPT_RETENTION = ("keep", "redact")
 
 
@@ -60,20 +62,10 @@ class GenerationSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> GenerationSettings:
-        section = config.get("GENERATION", config) or {}
-        d = cls()
-
-        def get(key: str, default: Any) -> Any:
-            value = section.get(key)
-            return default if value is None or value == "" else value
-
-        def positive(key: str, default: Any, kind: type) -> Any:
-            value = kind(get(key, default))
-            if value <= 0:
-                raise ValueError(f"GENERATION.{key} must be positive")
-            return value
-
-        retention = str(get("PROMPT_RETENTION", d.prompt_retention)).strip().lower()
+        section, d = Section(config, "GENERATION"), cls()
+        get, positive = section.get, section.positive
+        # an empty PROMPT_RETENTION is the default too
+        retention = str(get("PROMPT_RETENTION", "") or d.prompt_retention).strip().lower()
         if retention not in PROMPT_RETENTION:
             raise ValueError(f"GENERATION.PROMPT_RETENTION must be one of {PROMPT_RETENTION}")
         allow = get("WEBHOOK_ALLOW", ())

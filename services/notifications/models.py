@@ -15,28 +15,27 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, MetaData, String, Uuid, false
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Boolean, String, Uuid, false
+from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.contracts.auth import EMAIL_MAX
-from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
-from services.common.ids import new_id, utcnow
+from services.common.db import UtcDateTime, processed_events_table
+from services.common.ids import utcnow
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
 SUBJECT_MAX = 300
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Base = service_base()
 
 
 processed_events = processed_events_table(Base.metadata)
 
 
-class Notification(Base):
+class Notification(IdMixin, Base):
     __tablename__ = "notifications"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     recipient: Mapped[str] = mapped_column(String(EMAIL_MAX))

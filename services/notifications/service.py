@@ -40,6 +40,20 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+def mail(event: str, template: str):
+    """The handler of ``event`` (``<service>.<type>``) that mails ``template``:
+    to the address auth's events carry, or else to the account's current
+    address, asked of auth."""
+    source, event_type = event.split(".")
+
+    def handler(self, body: dict) -> None:
+        self._deliver(template, body,
+                      find_recipient=None if source == "auth" else self._address_of)
+
+    handler.__doc__ = f"``{event}``: mail {template}.eml.j2."
+    return event_handler(source, event_type)(handler)
+
+
 class NotificationsService(PrivacyParticipant, DarkroomService):
     name = "notifications"
     privacy = privacy_data  # its part of privacy requests
@@ -51,53 +65,16 @@ class NotificationsService(PrivacyParticipant, DarkroomService):
     sealer = FromConfig(Sealer.from_config)
     auth = RpcProxy("auth")
 
-    @event_handler("auth", "email_verification_requested")
-    def email_verification_requested(self, event: dict) -> None:
-        """The 6-digit code (sealed in the event), for a new account or a new
-        address (``purpose``)."""
-        self._deliver("email_verification", event)
-
-    @event_handler("auth", "password_reset_requested")
-    def password_reset_requested(self, event: dict) -> None:
-        """The link ``{APP_BASE_URL}/reset-password?token=<token>`` (the token
-        arrives sealed and is opened only to write the mail)."""
-        self._deliver("password_reset", event)
-
-    @event_handler("auth", "password_changed")
-    def password_changed(self, event: dict) -> None:
-        """The password was changed, every session and API key revoked."""
-        self._deliver("password_changed", event)
-
-    @event_handler("auth", "signup_attempted")
-    def signup_attempted(self, event: dict) -> None:
-        """Someone tried to register the address, which has an account already."""
-        self._deliver("signup_attempted", event)
-
-    @event_handler("auth", "suspicious_login")
-    def suspicious_login(self, event: dict) -> None:
-        """A warning with the network, user agent and time of the sign-in."""
-        self._deliver("suspicious_login", event)
-
-    @event_handler("billing", "order_paid")
-    def order_paid(self, event: dict) -> None:
-        """The receipt: what was bought, credits, amount, order id, date."""
-        self._deliver("receipt", event, find_recipient=self._address_of)
-
-    @event_handler("billing", "order_refunded")
-    def order_refunded(self, event: dict) -> None:
-        """The refund: amount returned, credits taken back, order id, date."""
-        self._deliver("refund", event, find_recipient=self._address_of)
-
-    @event_handler("privacy", "export_ready")
-    def export_ready(self, event: dict) -> None:
-        """The archive is ready: where to download it, until when."""
-        self._deliver("export_ready", event, find_recipient=self._address_of)
-
-    @event_handler("privacy", "erasure_scheduled")
-    def erasure_scheduled(self, event: dict) -> None:
-        """The erasure waits out its grace period: when it starts, and the
-        single-use link that cancels it (its token arrives sealed)."""
-        self._deliver("erasure_scheduled", event, find_recipient=self._address_of)
+    # The mails for other services' facts: the event, and its template (in templates/).
+    email_verification_requested = mail("auth.email_verification_requested", "email_verification")
+    password_reset_requested = mail("auth.password_reset_requested", "password_reset")
+    password_changed = mail("auth.password_changed", "password_changed")
+    signup_attempted = mail("auth.signup_attempted", "signup_attempted")
+    suspicious_login = mail("auth.suspicious_login", "suspicious_login")
+    order_paid = mail("billing.order_paid", "receipt")
+    order_refunded = mail("billing.order_refunded", "refund")
+    export_ready = mail("privacy.export_ready", "export_ready")
+    erasure_scheduled = mail("privacy.erasure_scheduled", "erasure_scheduled")
 
     # ------------------------------------------------------------ privacy
 

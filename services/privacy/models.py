@@ -29,24 +29,21 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
     Uuid,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import NAMING_CONVENTION, UtcDateTime
-from services.common.ids import new_id
+from services.common.db import UtcDateTime
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Base = service_base()
 
 
-class PrivacyRequest(Base):
+class PrivacyRequest(IdMixin, Base):
     __tablename__ = "privacy_requests"
     __table_args__ = (
         UniqueConstraint("user_id", "open_type"),
@@ -54,7 +51,6 @@ class PrivacyRequest(Base):
         Index("ix_privacy_requests_status_due_at", "status", "due_at"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # NULL once erased
     type: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(16))
@@ -114,12 +110,11 @@ class RequestPart(Base):
     withheld: Mapped[list | None] = mapped_column(JSON)
 
 
-class RequestLog(Base):
+class RequestLog(IdMixin, Base):
     """The audit trail of a request: what happened when. No personal data."""
 
     __tablename__ = "request_log"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     request_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     action: Mapped[str] = mapped_column(String(40))
@@ -127,11 +122,10 @@ class RequestLog(Base):
     detail: Mapped[str | None] = mapped_column(String(500))
 
 
-class ConsentChange(Base):
+class ConsentChange(IdMixin, Base):
     __tablename__ = "consent_changes"
     __table_args__ = (Index("ix_consent_changes_user_id_created_at", "user_id", "created_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     purpose: Mapped[str] = mapped_column(String(32))
     granted: Mapped[bool] = mapped_column(Boolean)
@@ -149,11 +143,10 @@ class PolicyVersion(Base):
     published_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
-class PolicyAcceptance(Base):
+class PolicyAcceptance(IdMixin, Base):
     __tablename__ = "policy_acceptances"
     __table_args__ = (UniqueConstraint("user_id", "version"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     version: Mapped[str] = mapped_column(String(32))
     accepted_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -16,22 +16,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, MetaData, String, Uuid, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import BigInteger, Index, Integer, String, Uuid, text
+from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import NAMING_CONVENTION, UtcDateTime, processed_events_table
-from services.common.ids import new_id
+from services.common.db import UtcDateTime, processed_events_table
+from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
 PENDING = "pending"
 COMMITTED = "committed"
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+Base = service_base()
 
 
-class StoredObject(Base):
+class StoredObject(IdMixin, Base):
     __tablename__ = "objects"
     __table_args__ = (
         # The gallery: an owner's objects, newest first (keyset pagination).
@@ -45,7 +44,6 @@ class StoredObject(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     kind: Mapped[str] = mapped_column(String(16))  # upload | output | export
     status: Mapped[str] = mapped_column(String(16))  # pending | committed
@@ -64,13 +62,12 @@ class StoredObject(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
-class UploadSlot(Base):
+class UploadSlot(IdMixin, Base):
     """Where a user's upload waits (``staging/<id>``) until ``finish_upload``
     validates it; ``object_id`` is what it became."""
 
     __tablename__ = "upload_slots"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
     key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -93,14 +90,13 @@ class OwnerRetention(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class PurgeBatch(Base):
+class PurgeBatch(IdMixin, Base):
     """The audit trail of deletions by the service itself: one row per batch
     of the retention purge (``reason`` "retention") or per orphan sweep
     ("orphan")."""
 
     __tablename__ = "purge_batches"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     reason: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     finished_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -6,11 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+from services.common.config import Section, flag
 
 
 @dataclass(frozen=True)
@@ -41,13 +37,7 @@ class StorageSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> StorageSettings:
         """From a whole service config (its ``STORAGE`` section) or the section itself."""
-        section = config.get("STORAGE", config) or {}
-        d = cls()
-
-        def get(key: str, default: Any) -> Any:
-            value = section.get(key)
-            return default if value is None or value == "" and not isinstance(default, str) else value
-
+        get, d = Section(config, "STORAGE").get, cls()
         return cls(
             backend=str(get("BACKEND", d.backend)).strip().lower(),
             fs_root=str(get("FS_ROOT", d.fs_root)),
@@ -59,7 +49,7 @@ class StorageSettings:
             s3_secret_key=str(get("S3_SECRET_KEY", d.s3_secret_key)),
             s3_bucket=str(get("S3_BUCKET", d.s3_bucket)),
             s3_region=str(get("S3_REGION", d.s3_region)),
-            s3_secure=_bool(get("S3_SECURE", d.s3_secure)),
+            s3_secure=flag(get("S3_SECURE", d.s3_secure)),
             retention_days=int(get("RETENTION_DAYS", d.retention_days)),
             export_retention_days=int(get("EXPORT_RETENTION_DAYS", d.export_retention_days)),
             upload_max_bytes=int(get("UPLOAD_MAX_BYTES", d.upload_max_bytes)),

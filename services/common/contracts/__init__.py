@@ -52,6 +52,16 @@ class PageQuery(RpcSchema):
     cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
 
 
+def page_of(item: type[Schema], name: str) -> type[RpcSchema]:
+    """The schema ``name`` of one page of a list of ``item``: its ``items``
+    and the ``next_cursor`` of the page after it (null on the last page)."""
+    return type(name, (RpcSchema,), {
+        "__module__": item.__module__,
+        "items": fields.List(fields.Nested(item), required=True),
+        "next_cursor": fields.String(allow_none=True, required=True),
+    })
+
+
 EVENTS: dict[str, type[EventSchema]] = {}
 
 

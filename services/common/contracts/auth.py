@@ -10,7 +10,7 @@ import unicodedata
 
 from marshmallow import fields, validate
 
-from services.common.contracts import EventSchema, RpcSchema, Sealed, register_event
+from services.common.contracts import EventSchema, RpcSchema, Sealed, page_of, register_event
 
 EMAIL_MAX = 254
 PASSWORD_MIN = 10
@@ -48,54 +48,49 @@ def Password(**kw):
 # ---------------------------------------------------------------- events
 
 
-@register_event("auth.user_registered")
-class UserRegistered(EventSchema):
+class AccountEvent(EventSchema):
+    """Base of auth's events: the account, and the address to mail about it."""
+
     user_id = fields.UUID(required=True)
     email = fields.Email(required=True)
+
+
+@register_event("auth.user_registered")
+class UserRegistered(AccountEvent):
     display_name = fields.String(allow_none=True, load_default=None)
 
 
 @register_event("auth.email_verification_requested")
-class EmailVerificationRequested(EventSchema):
-    user_id = fields.UUID(required=True)
-    email = fields.Email(required=True)
+class EmailVerificationRequested(AccountEvent):
     sealed_code = Sealed(required=True, metadata={"description": "the 6-digit code, sealed"})
     expires_at = fields.AwareDateTime(required=True)
     purpose = fields.String(required=True, validate=validate.OneOf(["registration", "email_change"]))
 
 
 @register_event("auth.password_reset_requested")
-class PasswordResetRequested(EventSchema):
-    user_id = fields.UUID(required=True)
-    email = fields.Email(required=True)
+class PasswordResetRequested(AccountEvent):
     sealed_token = Sealed(required=True, metadata={"description": "the reset token, sealed"})
     expires_at = fields.AwareDateTime(required=True)
 
 
 @register_event("auth.password_changed")
-class PasswordChanged(EventSchema):
+class PasswordChanged(AccountEvent):
     """A new password was set (a reset): every session and API key was revoked."""
 
-    user_id = fields.UUID(required=True)
-    email = fields.Email(required=True)
     changed_at = fields.AwareDateTime(required=True)
     sessions = fields.Integer(required=True, metadata={"description": "sessions revoked"})
     api_keys = fields.Integer(required=True, metadata={"description": "API keys revoked"})
 
 
 @register_event("auth.signup_attempted")
-class SignupAttempted(EventSchema):
+class SignupAttempted(AccountEvent):
     """Someone registered an address that already has this account."""
 
-    user_id = fields.UUID(required=True)
-    email = fields.Email(required=True)
     attempted_at = fields.AwareDateTime(required=True)
 
 
 @register_event("auth.suspicious_login")
-class SuspiciousLogin(EventSchema):
-    user_id = fields.UUID(required=True)
-    email = fields.Email(required=True)
+class SuspiciousLogin(AccountEvent):
     network = fields.String(required=True)
     user_agent = fields.String(allow_none=True, load_default=None)
     login_at = fields.AwareDateTime(required=True)
@@ -236,14 +231,8 @@ class VerifiedEmail(RpcSchema):
     user = fields.Nested(User, required=True)
 
 
-class ApiKeyPage(RpcSchema):
-    items = fields.List(fields.Nested(ApiKey), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
-
-
-class SessionPage(RpcSchema):
-    items = fields.List(fields.Nested(Session), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+ApiKeyPage = page_of(ApiKey, "ApiKeyPage")
+SessionPage = page_of(Session, "SessionPage")
 
 
 class WebhookSecret(RpcSchema):

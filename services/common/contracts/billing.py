@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, page_of, register_event
 from services.common.contracts.generation import (
     DEFAULT_N,
     DURATION_MAX_S,
@@ -39,13 +39,18 @@ _currency = validate.Regexp(r"^[a-z]{3}$", error="must be a lower-case ISO-4217 
 # ---------------------------------------------------------------- events
 
 
-@register_event("billing.credits_reserved")
-class CreditsReserved(EventSchema):
-    """The job's price is held: the job may run (``priority`` is the plan's)."""
+class JobCreditsEvent(EventSchema):
+    """Base of billing's answers about the credits of one attempt of a job."""
 
     job_id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
     attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+@register_event("billing.credits_reserved")
+class CreditsReserved(JobCreditsEvent):
+    """The job's price is held: the job may run (``priority`` is the plan's)."""
+
     hold_id = fields.UUID(required=True)
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
     plan = fields.String(required=True)
@@ -58,27 +63,18 @@ class CreditsReserved(EventSchema):
 
 
 @register_event("billing.credits_insufficient")
-class CreditsInsufficient(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+class CreditsInsufficient(JobCreditsEvent):
     required = fields.Integer(required=True)
     available = fields.Integer(required=True)
 
 
 @register_event("billing.credits_captured")
-class CreditsCaptured(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+class CreditsCaptured(JobCreditsEvent):
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
 
 
 @register_event("billing.credits_released")
-class CreditsReleased(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+class CreditsReleased(JobCreditsEvent):
     amount = fields.Integer(required=True, validate=validate.Range(min=0))
     reason = fields.String(required=True, validate=validate.OneOf(RELEASE_REASONS))
 
@@ -245,9 +241,7 @@ class LedgerEntry(RpcSchema):
     reason = fields.String(allow_none=True)
 
 
-class LedgerPage(RpcSchema):
-    items = fields.List(fields.Nested(LedgerEntry), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+LedgerPage = page_of(LedgerEntry, "LedgerPage")
 
 
 class Plan(RpcSchema):
@@ -343,9 +337,7 @@ class Order(RpcSchema):
     )
 
 
-class OrderPage(RpcSchema):
-    items = fields.List(fields.Nested(Order), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+OrderPage = page_of(Order, "OrderPage")
 
 
 class WebhookReceived(RpcSchema):

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, page_of, register_event
 
 JOB_TYPES = ("text-to-image", "image-to-image", "image-to-video")
 
@@ -85,13 +85,18 @@ def Attempt(**kw):
     return fields.Integer(load_default=1, validate=validate.Range(min=1), **kw)
 
 
-@register_event("generation.job_requested")
-class JobRequested(EventSchema):
-    """A job exists and waits for its credits: billing holds ``price``."""
+class JobEvent(EventSchema):
+    """Base of the saga's events about one attempt of a user's job."""
 
     job_id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
     attempt = Attempt()
+
+
+@register_event("generation.job_requested")
+class JobRequested(JobEvent):
+    """A job exists and waits for its credits: billing holds ``price``."""
+
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
     price = fields.Integer(
         required=True, validate=validate.Range(min=0),
@@ -100,27 +105,19 @@ class JobRequested(EventSchema):
 
 
 @register_event("generation.job_succeeded")
-class JobSucceeded(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = Attempt()
+class JobSucceeded(JobEvent):
     output_ids = fields.List(fields.UUID(), required=True)
 
 
 @register_event("generation.job_failed")
-class JobFailed(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = Attempt()
+class JobFailed(JobEvent):
     reason = fields.String(required=True, validate=[validate.Length(max=100), _snake])
     message = fields.String(load_default="", validate=validate.Length(max=2000))
 
 
 @register_event("generation.job_cancelled")
-class JobCancelled(EventSchema):
-    job_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-    attempt = Attempt()
+class JobCancelled(JobEvent):
+    """The user cancelled the job (billing releases its hold)."""
 
 
 @register_event("generation.job_requeued")
@@ -287,9 +284,7 @@ class OpsJobView(JobView):
     user_id = fields.UUID(required=True)
 
 
-class JobPage(RpcSchema):
-    items = fields.List(fields.Nested(JobView), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+JobPage = page_of(JobView, "JobPage")
 
 
 class PriceQuote(RpcSchema):

@@ -20,7 +20,14 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, Sealed, register_event
+from services.common.contracts import (
+    EventSchema,
+    PageQuery,
+    RpcSchema,
+    Sealed,
+    page_of,
+    register_event,
+)
 from services.common.contracts.auth import PASSWORD_MAX
 
 # Every service that holds personal data and takes part in export and erasure
@@ -47,58 +54,54 @@ ACCESS_LOG_BATCH_MAX = 100
 # ---------------------------------------------------------------- events
 
 
-@register_event("privacy.export_requested")
-class ExportRequested(EventSchema):
-    """Each service in ``services`` exports what it holds about ``user_id``."""
+class RequestEvent(EventSchema):
+    """Base of the events about one data-subject request of a user."""
 
     request_id = fields.UUID(required=True)
     user_id = fields.UUID(required=True)
+
+
+@register_event("privacy.export_requested")
+class ExportRequested(RequestEvent):
+    """Each service in ``services`` exports what it holds about ``user_id``."""
+
     services = fields.List(fields.String(validate=validate.OneOf(PART_SERVICES)), required=True)
 
 
 @register_event("privacy.erasure_requested")
-class ErasureRequested(EventSchema):
+class ErasureRequested(RequestEvent):
     """Each service in ``services`` deletes (or pseudonymises) what it holds.
     ``recheck``: generation asked once more after every other part, so a job
     submitted while the erasure ran is erased too (and its refusal record of
     the user is dropped: the account is gone by then)."""
 
-    request_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
     services = fields.List(fields.String(validate=validate.OneOf(PART_SERVICES)), required=True)
     recheck = fields.Boolean(load_default=False)
 
 
 @register_event("privacy.erasure_scheduled")
-class ErasureScheduled(EventSchema):
+class ErasureScheduled(RequestEvent):
     """An erasure was asked for and waits out its grace period: generation
     refuses new jobs and billing refuses holds of ``user_id`` until it is
     cancelled (or done); notifications mails the owner the cancel link (the
     token, single use, valid until ``starts_at``, travels sealed under
     ``MAIL_SECRETS_KEY``: only notifications opens it)."""
 
-    request_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
     starts_at = fields.AwareDateTime(required=True)
     sealed_cancel_token = Sealed(required=True,
                                  metadata={"description": "the cancel token, sealed"})
 
 
 @register_event("privacy.erasure_cancelled")
-class ErasureCancelled(EventSchema):
+class ErasureCancelled(RequestEvent):
     """The owner cancelled the erasure in its grace period: jobs and spending
     are allowed again."""
 
-    request_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
-
 
 @register_event("privacy.export_ready")
-class ExportReady(EventSchema):
+class ExportReady(RequestEvent):
     """The archive is stored; notifications mails the owner."""
 
-    request_id = fields.UUID(required=True)
-    user_id = fields.UUID(required=True)
     expires_at = fields.AwareDateTime(allow_none=True, load_default=None)
 
 
@@ -300,9 +303,7 @@ class RequestView(RpcSchema):
         allow_none=True, metadata={"description": "a finished erasure: its certificate"})
 
 
-class RequestPage(RpcSchema):
-    items = fields.List(fields.Nested(RequestView), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+RequestPage = page_of(RequestView, "RequestPage")
 
 
 class CertificatePart(RpcSchema):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from services.common.contracts import EventSchema, PageQuery, RpcSchema, register_event
+from services.common.contracts import EventSchema, PageQuery, RpcSchema, page_of, register_event
 
 KINDS = ("upload", "output", "export")
 VISIBILITIES = ("private", "public")
@@ -98,9 +98,7 @@ class PublicImageObject(RpcSchema):
     url = fields.String(required=True)
 
 
-class ImagePage(RpcSchema):
-    items = fields.List(fields.Nested(ImageObject), required=True)
-    next_cursor = fields.String(allow_none=True, required=True)
+ImagePage = page_of(ImageObject, "ImagePage")
 
 
 class UploadSlot(RpcSchema):

@@ -47,6 +47,7 @@ from services.generation.providers.base import (
     ProviderResult,
     TransientProviderError,
     report,
+    submitting,
 )
 from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_code
 from services.generation.providers.media import image_output, video_output
@@ -105,10 +106,7 @@ class AsyncTaskProvider:
 
     def generate(self, request: ProviderRequest,
                  progress: ProgressCallback | None = None) -> ProviderResult:
-        if request.job_type not in self.job_types:
-            raise PermanentProviderError("unsupported_job_type",
-                                         f"{self.name} cannot run {request.job_type}")
-        report(progress, 0.0, "submitting")
+        submitting(self, request, progress)
         answer = self.http.call("POST", "/v1/tasks", self.payload(request))
         task_id = answer.get("id")
         if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):

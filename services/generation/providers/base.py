@@ -152,3 +152,13 @@ class Provider(Protocol):
 def report(progress: ProgressCallback | None, fraction: float, stage: str) -> None:
     if progress is not None:
         progress(max(0.0, min(1.0, float(fraction))), stage)
+
+
+def submitting(provider: Provider, request: ProviderRequest,
+               progress: ProgressCallback | None) -> None:
+    """A remote provider's first step: a job type it cannot run is a permanent
+    error (the router tries the next provider), then progress "submitting"."""
+    if request.job_type not in provider.job_types:
+        raise PermanentProviderError("unsupported_job_type",
+                                     f"{provider.name} cannot run {request.job_type}")
+    report(progress, 0.0, "submitting")

@@ -15,15 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 
+from services.common.config import flag
 from services.common.contracts.generation import DEFAULT_SIZE
 from services.generation.providers.base import (
     TEXT_TO_IMAGE,
-    PermanentProviderError,
     ProgressCallback,
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
     report,
+    submitting,
 )
 from services.generation.providers.http import ProviderHttp
 from services.generation.providers.media import image_output
@@ -56,7 +57,7 @@ class OpenAIImagesProvider:
             model=conf.get("model") or None, timeout_s=float(conf.get("timeout_s", 120)),
             response_format=str(conf.get("response_format", "b64_json")),
             default_size=str(conf.get("default_size", DEFAULT_SIZE)),
-            extended_params=_bool(conf.get("extended_params", False)),
+            extended_params=flag(conf.get("extended_params", False)),
             max_download_bytes=int(conf.get("max_download_bytes", 50 * 1024 * 1024)),
             result_url_allow=conf.get("result_url_allow") or (),
         )
@@ -77,10 +78,7 @@ class OpenAIImagesProvider:
 
     def generate(self, request: ProviderRequest,
                  progress: ProgressCallback | None = None) -> ProviderResult:
-        if request.job_type not in self.job_types:
-            raise PermanentProviderError("unsupported_job_type",
-                                         f"{self.name} cannot run {request.job_type}")
-        report(progress, 0.0, "submitting")
+        submitting(self, request, progress)
         answer = self.http.call("POST", PATH, self.payload(request))
         items = answer.get("data")
         if not isinstance(items, list) or len(items) < request.n:
@@ -108,9 +106,3 @@ class OpenAIImagesProvider:
             return data
         raise TransientProviderError("invalid_provider_output",
                                      f"{self.name} sent an image without b64_json or url")
-
-
-def _bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

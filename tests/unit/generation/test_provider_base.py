@@ -11,7 +11,9 @@ from services.generation.providers.base import (
     ProviderRequest,
     Shot,
     TransientProviderError,
+    submitting,
 )
+from services.generation.providers.openai_images import OpenAIImagesProvider
 
 IDENTITY_WORDS = ("user", "email", "account", "owner", "key", "id", "webhook", "token",
                   "session", "address")
@@ -54,3 +56,17 @@ def test_the_two_error_kinds_say_whether_a_retry_makes_sense():
     assert transient.retry_after == 2 and permanent.status == 400
     assert transient.message == "provider timeout"
     assert str(permanent) == "provider_rejected_request: no"
+
+
+def test_a_remote_provider_refuses_a_job_type_it_cannot_run_before_it_calls_anything():
+    provider = OpenAIImagesProvider.from_config("images", {"base_url": "http://127.0.0.1:9"})
+    progress = []
+    video = ProviderRequest(job_type="image-to-video", prompt="p", source_image=b"x")
+    with pytest.raises(PermanentProviderError) as refused:
+        provider.generate(video, lambda fraction, stage: progress.append((fraction, stage)))
+    assert refused.value.code == "unsupported_job_type"
+    assert refused.value.message == "images cannot run image-to-video"
+    assert progress == []
+    submitting(provider, ProviderRequest(job_type="text-to-image", prompt="p"),
+               lambda fraction, stage: progress.append((fraction, stage)))
+    assert progress == [(0.0, "submitting")]
