@@ -12,18 +12,8 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from services.billing import ledger, orders, plans, saga
+from services.billing import ledger, models, orders, plans, saga
 from services.billing import privacy as billing_privacy
-from services.billing.models import (
-    Account,
-    ErasedAccount,
-    Hold,
-    LedgerEntry,
-    Lot,
-    LotMovement,
-    Order,
-    Payment,
-)
 from services.billing.payments import webhooks
 from services.billing.settings import BillingSettings
 from services.common.ids import pseudonym
@@ -87,23 +77,23 @@ def test_erasure_deletes_credits_and_pseudonymises_payments_once(db, events):
     # 1 account, 5 entries, 2 holds, 2 lots, 4 lot movements (grant, purchase, 2 holds)
     expected_deleted = 1 + 5 + 2 + 2 + 4
     assert (sum(erased.tables.values()), erased.rows_pseudonymised) == (expected_deleted, 2)
-    for model in (Account, LedgerEntry, Lot, LotMovement, Hold):
+    for model in (models.Account, models.LedgerEntry, models.Lot, models.LotMovement, models.Hold):
         assert count(db, model, model.user_id == user) == 0
     alias = "psn:" + hmac.new(b"k" * 32, str(user).encode(), hashlib.sha256).hexdigest()
     assert pseudonym(settings.pseudonym_key.encode(), user) == alias
-    order = db.get(Order, order.id, populate_existing=True)
-    payment = db.scalars(select(Payment)).one()
+    order = db.get(models.Order, order.id, populate_existing=True)
+    payment = db.scalars(select(models.Payment)).one()
     assert order.user_ref == payment.user_ref == alias
     assert order.pseudonymised_at == payment.pseudonymised_at == NOW
     assert payment.retain_until == NOW.replace(year=NOW.year + 5)
-    assert db.get(ErasedAccount, alias) is not None
+    assert db.get(models.ErasedAccount, alias) is not None
     left = billing_privacy.export(db, settings, user)
     assert str(user) not in json.dumps({k: v for k, v in left.items() if k != "user_id"})
     assert left["orders"] == left["payments"] == left["ledger"] == []
     # idempotent, and the bystander untouched
     again = billing_privacy.erase(db, settings, user, NOW)
     assert (sum(again.tables.values()), again.rows_pseudonymised) == (0, 0)
-    assert db.get(Account, bystander).available == 50
+    assert db.get(models.Account, bystander).available == 50
     assert_clean(db)
 
 
@@ -119,7 +109,7 @@ def test_late_events_for_an_erased_user_change_nothing(db, events):
     assert saga.job_finished(db, {"job_id": job, "user_id": user, "attempt": 1}, "succeeded",
                              NOW, events) == "no_hold"
     db.commit()
-    assert count(db, LedgerEntry, LedgerEntry.user_id == user) == 0
+    assert count(db, models.LedgerEntry, models.LedgerEntry.user_id == user) == 0
     assert [kind for kind, _ in events.seen] == ["credits_insufficient"]
 
 
