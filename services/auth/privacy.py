@@ -1,7 +1,8 @@
-"""The auth service's part of privacy requests: revoking every credential at
-once, the account's export, its erasure (which frees the address: it can
-register again as a new account), restriction, and the retention schedule
-this service enforces.
+"""The auth service's part of privacy requests (the protocol of
+:mod:`services.common.privacy_parts`): the account's export, its erasure
+(which frees the address: it can register again as a new account), and the
+retention schedule this service enforces; besides, revoking every credential
+at once, and restriction.
 
 The database's ON DELETE CASCADE is not relied on (SQLite enforces it only
 with a pragma): the erasure deletes each table's rows itself, and counts them.
@@ -9,7 +10,6 @@ with a pragma): the erasure deletes each table's rows itself, and counts them.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import delete, select, update
@@ -29,7 +29,8 @@ from services.auth.models import (
     WebhookSecret,
 )
 from services.auth.settings import AuthSettings
-from services.common.ids import isoformat
+from services.common.ids import isoformat, trusted_id
+from services.common.privacy_parts import Erasure
 
 ABOUT = (
     "Your account: address, profile, plan, whether two-factor sign-in is on; the "
@@ -59,14 +60,10 @@ CHILD_TABLES = (
 )
 
 
-def _user_uuid(value) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
 def revoke_all(db: Session, user_id, now: datetime) -> dict:
     """Revoke every live session and API key of the user (an erasure was
     asked for): ``{"sessions": n, "api_keys": m}``. Zeros for an unknown user."""
-    uid = _user_uuid(user_id)
+    uid = trusted_id(user_id)
     sessions = db.execute(
         update(UserSession).where(UserSession.user_id == uid, UserSession.revoked_at.is_(None))
         .values(revoked_at=now).execution_options(synchronize_session=False)).rowcount or 0
@@ -76,8 +73,8 @@ def revoke_all(db: Session, user_id, now: datetime) -> dict:
     return {"sessions": sessions, "api_keys": keys}
 
 
-def export(db: Session, user_id) -> dict:
-    uid = _user_uuid(user_id)
+def export(db: Session, settings: AuthSettings, user_id) -> dict:
+    uid = trusted_id(user_id)
     user = db.get(User, uid)
     if user is None:
         return {"account": None}
@@ -126,19 +123,15 @@ def export(db: Session, user_id) -> dict:
     }
 
 
-def email_of(db: Session, user_id) -> str | None:
-    """The account's address (to find the dead letters that name it), None once erased."""
-    user = db.get(User, _user_uuid(user_id))
-    return user.email if user is not None else None
-
-
-def erase(db: Session, settings: AuthSettings, user_id) -> dict[str, int]:
+def erase(db: Session, settings: AuthSettings, user_id, now: datetime,
+          recheck: bool = False) -> Erasure:
     """Delete the account and everything hanging off it, and the sign-in
     failures and lockouts counted against its address; the address is free
-    to register again. Rows deleted per table (zeros when already erased).
-    The caller commits."""
-    uid = _user_uuid(user_id)
+    to register again. Rows deleted per table (zeros when already erased);
+    the address names the user in dead letters too. The caller commits."""
+    uid = trusted_id(user_id)
     user = db.get(User, uid, with_for_update=True)
+    named = (user.email,) if user is not None else ()  # read before the row is gone
     tables = {}
     for name, model in CHILD_TABLES:
         tables[name] = db.execute(delete(model).where(model.user_id == uid)
@@ -151,14 +144,14 @@ def erase(db: Session, settings: AuthSettings, user_id) -> dict[str, int]:
         db.delete(user)
         db.flush()
     tables.update(throttles=throttles, users=1 if user is not None else 0)
-    return tables
+    return Erasure(tables, also_named=named)
 
 
 def set_restricted(db: Session, user_id, restricted: bool) -> bool:
     """Mirror the privacy service's restriction on the account (``/v1/me``
     and the gateway's principal show it); False for an unknown account."""
     return bool(db.execute(
-        update(User).where(User.id == _user_uuid(user_id)).values(processing_restricted=restricted)
+        update(User).where(User.id == trusted_id(user_id)).values(processing_restricted=restricted)
         .execution_options(synchronize_session=False)).rowcount)
 
 

@@ -30,13 +30,13 @@ from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure, email_taken, invalid_credentials
 from services.auth.models import outbox
 from services.auth.settings import AuthSettings
-from services.common import privacy_parts as parts
 from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
 from services.common.db import Database
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.privacy_parts import PrivacyParticipant
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 
@@ -50,8 +50,9 @@ def _string_or_none(value, name: str) -> str | None:
     raise invalid_request(f"{name} must be a string", fields={name: ["Not a valid string."]})
 
 
-class AuthService(DarkroomService):
+class AuthService(PrivacyParticipant, DarkroomService):
     name = "auth"
+    privacy = privacy_data  # its part of privacy requests
 
     db = Database(migrations=Path(__file__).parent / "migrations")
     dispatch = EventPublisher(outbox=outbox)
@@ -356,35 +357,6 @@ class AuthService(DarkroomService):
         self.db.commit()
         log.info("every credential revoked", extra={"user_id": str(user.id), **revoked})
         return revoked
-
-    @rpc(expected_exceptions=DomainError)
-    def retention_schedule(self) -> dict:
-        return {"items": privacy_data.retention_items(self.settings)}
-
-    @event_handler("privacy", "export_requested")
-    def privacy_export_requested(self, event: dict) -> None:
-        if self.name not in event["services"]:
-            return
-        data = privacy_data.export(self.db, event["user_id"])
-        self.dispatch("export_part_ready", parts.export_part(
-            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD))
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_requested")
-    def privacy_erasure_requested(self, event: dict) -> None:
-        """Delete the account (its address can register again); idempotent:
-        a second time finds nothing and reports zeros, which privacy ignores."""
-        if self.name not in event["services"]:
-            return
-        started = utcnow()
-        email = privacy_data.email_of(self.db, event["user_id"])  # before it is gone
-        tables = privacy_data.erase(self.db, self.settings, event["user_id"])
-        tables["dead_letters"] = self.dead_letters(event["user_id"], email)
-        self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), tables))
-        self.db.commit()
-        log.info("account erased", extra={"request_id": str(event["request_id"]),
-                                          "rows": sum(tables.values())})
 
     @event_handler("privacy", "restriction_changed")
     def privacy_restriction_changed(self, event: dict) -> None:

@@ -51,7 +51,7 @@ from services.billing.models import (
 from services.billing.settings import BillingSettings
 from services.common.errors import DomainError, conflict, not_found
 from services.common.idempotency import request_hash
-from services.common.ids import parse_uuid
+from services.common.ids import add_years, parse_uuid
 from services.common.messaging import Dispatch
 from services.common.pagination import paginate
 
@@ -73,13 +73,6 @@ def same_request(order: Order, data: dict) -> bool:
     so a retry across the upgrade still finds its order."""
     legacy = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return order.request_hash in (request_hash(data), legacy)
-
-
-def add_years(when: datetime, years: int) -> datetime:
-    try:
-        return when.replace(year=when.year + years)
-    except ValueError:  # 29 February
-        return when.replace(year=when.year + years, day=28)
 
 
 def view(order: Order) -> dict:

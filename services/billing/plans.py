@@ -38,6 +38,7 @@ from services.billing import ledger
 from services.billing.models import Account, ErasedAccount, Order
 from services.billing.settings import BillingSettings, Plan
 from services.common.errors import not_found
+from services.common.ids import pseudonym
 from services.common.messaging import Dispatch
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,7 @@ def listed(settings: BillingSettings) -> list[Plan]:
 
 
 def is_erased(db: Session, settings: BillingSettings, user_id: uuid.UUID) -> bool:
-    from services.billing.retention import pseudonym
-
-    return db.get(ErasedAccount, pseudonym(settings, user_id)) is not None
+    return db.get(ErasedAccount, pseudonym(settings.pseudonym_key.encode(), user_id)) is not None
 
 
 def plan_changed(dispatch: Dispatch, user_id: uuid.UUID, plan: Plan) -> None:

@@ -3,8 +3,8 @@ plans and their grants, prices, and payments through Stripe Checkout.
 
 Entrypoints are thin: load the payload through its contract, call the domain
 modules (:mod:`ledger`, :mod:`plans`, :mod:`pricing`, :mod:`orders`,
-:mod:`saga`, :mod:`audit`, :mod:`retention`, :mod:`payments`), which dispatch
-events into the outbox in the worker's transaction, commit, dump the answer
+:mod:`saga`, :mod:`audit`, :mod:`privacy`, :mod:`retention`, :mod:`payments`),
+which dispatch events into the outbox in the worker's transaction, commit, dump the answer
 through its contract. The domain modules never commit: the entrypoint does,
 before it answers; ``create_checkout`` commits the order before it calls
 Stripe (no transaction open while Stripe answers); the timers' sweeps commit
@@ -36,6 +36,7 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 
@@ -56,8 +57,9 @@ def stripe_client(config) -> StripeClient:
                         settings.stripe_timeout_seconds)
 
 
-class BillingService(DarkroomService):
+class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
     name = "billing"
+    privacy = privacy_data  # its part of privacy requests
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
@@ -249,61 +251,9 @@ class BillingService(DarkroomService):
 
     # ------------------------------------------------------------ privacy
 
-    @rpc(expected_exceptions=DomainError)
-    def export_user(self, user_id) -> dict:
-        return retention.export_user(self.db, self.settings, self._user(user_id))
-
-    @rpc(expected_exceptions=DomainError)
-    def erase_user(self, user_id) -> dict:
-        user = self._user(user_id)
-        counts = retention.erase_user(self.db, self.settings, user, utcnow())
-        self.db.commit()
-        log.info("user's billing data erased", extra={"user_id": str(user), **counts})
-        return c.Erased().dump(counts)
-
-    @rpc(expected_exceptions=DomainError)
-    def retention_schedule(self) -> dict:
-        return {"items": retention.retention_items(self.settings)}
-
-    @event_handler("privacy", "export_requested")
-    def privacy_export_requested(self, event: dict) -> None:
-        if self.name not in event["services"]:
-            return
-        data = retention.export_user(self.db, self.settings, event["user_id"])
-        store = parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
-        self.dispatch("export_part_ready", parts.export_part(
-            event["request_id"], self.name, data, retention.ABOUT, retention.WITHHELD, store))
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_requested")
-    def privacy_erasure_requested(self, event: dict) -> None:
-        """Credit data deleted, payment records pseudonymised; idempotent (a
-        second time counts zeros, which privacy ignores)."""
-        if self.name not in event["services"]:
-            return
-        started = utcnow()
-        deleted, pseudonymised = retention.erase_user_tables(
-            self.db, self.settings, event["user_id"], started)
-        deleted.update(privacy_data.erase(self.db, event["user_id"]))
-        deleted["dead_letters"] = self.dead_letters(event["user_id"])
-        self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), deleted,
-            rows_pseudonymised=sum(pseudonymised.values())))
-        self.db.commit()
-        log.info("user's billing data erased", extra={
-            "request_id": str(event["request_id"]), "rows_deleted": sum(deleted.values()),
-            "rows_pseudonymised": sum(pseudonymised.values())})
-
-    @event_handler("privacy", "erasure_scheduled")
-    def privacy_erasure_scheduled(self, event: dict) -> None:
-        """No credit is held for the account while its erasure is pending."""
-        privacy_data.apply_erasure_pending(self.db, event["user_id"], True, event["occurred_at"])
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_cancelled")
-    def privacy_erasure_cancelled(self, event: dict) -> None:
-        privacy_data.apply_erasure_pending(self.db, event["user_id"], False, event["occurred_at"])
-        self.db.commit()
+    def privacy_store(self, event: dict) -> parts.Store:
+        """A big export part is stored through the storage service."""
+        return parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
 
     # ------------------------------------------------------------ events
 

@@ -1,5 +1,7 @@
-"""Identifiers and clocks: time-ordered UUIDs (version 7), UTC times, and the
-two ways a service reads an id it is given (both through :func:`parse_uuid`):
+"""Identifiers and clocks: time-ordered UUIDs (version 7), UTC times, whole
+calendar years (:func:`add_years`), the keyed pseudonym that stands for an
+erased user (:func:`pseudonym`), and the two ways a service reads an id it is
+given (both through :func:`parse_uuid`):
 
 - :func:`trusted_id`: an id a trusted caller (the gateway, another service, the
   ops CLI) names, such as the signed-in user's. A malformed one is the caller's
@@ -11,6 +13,8 @@ two ways a service reads an id it is given (both through :func:`parse_uuid`):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import time
 import uuid
@@ -45,6 +49,24 @@ def isoformat(dt: datetime | None) -> str | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def add_years(when: datetime, years: int) -> datetime:
+    """``when`` moved by whole calendar years (29 February becomes the 28th)."""
+    try:
+        return when.replace(year=when.year + years)
+    except ValueError:  # 29 February
+        return when.replace(year=when.year + years, day=28)
+
+
+PSEUDONYM_PREFIX = "psn:"
+
+
+def pseudonym(key: bytes, user_id) -> str:
+    """``psn:`` + HMAC-SHA256(``key``, user id): stands for an erased user in
+    the records kept about them; it cannot be turned back into the id, but
+    whoever has the key can tell which records were the user's."""
+    return PSEUDONYM_PREFIX + hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()
 
 
 def parse_uuid(value) -> uuid.UUID | None:

@@ -13,6 +13,27 @@ decides *what* it exports or erases; this decides how the answer travels).
   that reach storage by RPC.
 - :func:`record_newest`: a service's copy of a per-user privacy state
   (restricted, erasure pending) from the privacy service's events.
+
+Taking part is one protocol. A participating service (one of
+:data:`~services.common.contracts.privacy.PART_SERVICES`) mixes
+:class:`PrivacyParticipant` into its class and points ``privacy`` at its own
+``privacy`` module, which exposes:
+
+- ``ABOUT``: what its export part holds; ``WITHHELD``: what it keeps out of
+  the export, and why (``[{"what", "why"}]``);
+- ``export(db, deps, user_id) -> dict``: the part's JSON;
+- ``erase(db, deps, user_id, now, recheck) -> Erasure``: deletes (or
+  pseudonymises) what it holds; the caller commits;
+- ``retention_items(settings) -> list[dict]``: what it keeps and for how long,
+  for ``GET /v1/privacy/retention``.
+
+``deps`` is what the service's :meth:`~PrivacyParticipant.privacy_deps`
+returns (its settings; storage: its object store). The mixin supplies the
+``privacy.export_requested`` and ``privacy.erasure_requested`` handlers and
+the ``retention_schedule`` RPC; :class:`ErasurePendingMirror` supplies
+``privacy.erasure_scheduled`` / ``erasure_cancelled`` for the services that
+refuse to spend while an erasure is pending (the module exposes
+``apply_erasure_pending``).
 """
 
 from __future__ import annotations
@@ -20,17 +41,25 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import uuid
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from types import ModuleType
 
 import requests
+from nameko.rpc import rpc
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import PART_INLINE_MAX_BYTES
-from services.common.ids import isoformat
+from services.common.errors import DomainError
+from services.common.ids import isoformat, trusted_id, utcnow
+from services.common.messaging import event_handler
+
+log = logging.getLogger(__name__)
 
 PART_FILE = "part.json"
 UPLOAD_TIMEOUT_SECONDS = 120
@@ -118,7 +147,7 @@ def record_newest(db: Session, model, user_id, field: str, value: bool, at: date
     and ``changed_at``) from an event of time ``at``, unless a newer event
     was recorded (events may arrive out of order); False then. The caller
     commits."""
-    uid = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+    uid = trusted_id(user_id)
     row = db.get(model, uid, with_for_update=True)
     if row is None:
         db.add(model(user_id=uid, changed_at=at, **{field: bool(value)}))
@@ -129,3 +158,100 @@ def record_newest(db: Session, model, user_id, field: str, value: bool, at: date
         row.changed_at = at
     db.flush()
     return True
+
+
+def recorded(db: Session, model, user_id, field: str) -> bool:
+    """The user's copy of a per-user privacy state (see :func:`record_newest`):
+    False without a row."""
+    row = db.get(model, trusted_id(user_id))
+    return bool(row is not None and getattr(row, field))
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+@dataclass
+class Erasure:
+    """What a service's ``privacy.erase`` did: rows deleted per table, rows
+    kept but pseudonymised, objects and bytes removed from the object store,
+    and the other strings that name the user in its dead letters (auth: the
+    address, read before the account is gone)."""
+
+    tables: dict[str, int]
+    rows_pseudonymised: int = 0
+    objects_deleted: int = 0
+    bytes_deleted: int = 0
+    also_named: tuple[str, ...] = field(default=())
+
+
+class PrivacyParticipant:
+    """The export and erasure handlers of a service that takes part in
+    privacy requests, and its ``retention_schedule`` RPC (see the module
+    docstring). The service class sets ``privacy`` to its privacy module and
+    has ``db``, ``dispatch`` and ``dead_letters``."""
+
+    privacy: ModuleType
+
+    def privacy_deps(self):
+        """What the privacy module's ``export`` and ``erase`` get besides the
+        session: the service's settings (None for a service without)."""
+        return getattr(self, "settings", None)
+
+    def privacy_store(self, event: dict) -> Store | None:
+        """How a big export part is stored (see :func:`export_part`): not at
+        all by default (it travels inline)."""
+        return None
+
+    @rpc(expected_exceptions=DomainError)
+    def retention_schedule(self) -> dict:
+        return {"items": self.privacy.retention_items(getattr(self, "settings", None))}
+
+    @event_handler("privacy", "export_requested")
+    def privacy_export_requested(self, event: dict) -> None:
+        if self.name not in event["services"]:
+            return
+        data = self.privacy.export(self.db, self.privacy_deps(), event["user_id"])
+        self.dispatch("export_part_ready", export_part(
+            event["request_id"], self.name, data, self.privacy.ABOUT, self.privacy.WITHHELD,
+            self.privacy_store(event)))
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_requested")
+    def privacy_erasure_requested(self, event: dict) -> None:
+        """Idempotent: a second erasure finds nothing and counts zeros, which
+        privacy ignores. An error (generation: a job of the user runs; storage:
+        the store failed a delete) retries the event."""
+        if self.name not in event["services"]:
+            return
+        started = utcnow()
+        erased = self.privacy.erase(self.db, self.privacy_deps(), event["user_id"], started,
+                                    event["recheck"])
+        tables = {**erased.tables,
+                  "dead_letters": self.dead_letters(event["user_id"], *erased.also_named)}
+        self.dispatch("erasure_completed", erasure_result(
+            event["request_id"], self.name, started, utcnow(), tables,
+            rows_pseudonymised=erased.rows_pseudonymised, objects_deleted=erased.objects_deleted,
+            bytes_deleted=erased.bytes_deleted, recheck=event["recheck"]))
+        self.db.commit()
+        log.info("%s's part of an erasure done", self.name, extra={
+            "request_id": str(event["request_id"]), "rows_deleted": sum(tables.values()),
+            "rows_pseudonymised": erased.rows_pseudonymised,
+            "objects_deleted": erased.objects_deleted})
+
+
+class ErasurePendingMirror:
+    """For a service that refuses to spend while an erasure of the account
+    waits out its grace period: ``privacy.apply_erasure_pending`` records the
+    privacy service's ``erasure_scheduled`` and ``erasure_cancelled``."""
+
+    privacy: ModuleType
+
+    @event_handler("privacy", "erasure_scheduled")
+    def privacy_erasure_scheduled(self, event: dict) -> None:
+        self.privacy.apply_erasure_pending(self.db, event["user_id"], True, event["occurred_at"])
+        self.db.commit()
+
+    @event_handler("privacy", "erasure_cancelled")
+    def privacy_erasure_cancelled(self, event: dict) -> None:
+        self.privacy.apply_erasure_pending(self.db, event["user_id"], False, event["occurred_at"])
+        self.db.commit()

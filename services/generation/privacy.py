@@ -1,6 +1,7 @@
-"""The generation service's part of privacy: the user's jobs and webhook
-deliveries in an export and an erasure, the processing restriction (no new
-job while restricted), and the retention schedule this service enforces.
+"""The generation service's part of privacy requests (the protocol of
+:mod:`services.common.privacy_parts`): the user's jobs and webhook deliveries
+in an export and an erasure, and the retention schedule this service
+enforces; besides, the processing restriction (no new job while restricted).
 
 While an erasure of the account is pending (``privacy.erasure_scheduled``,
 until ``privacy.erasure_cancelled``) no new job is accepted either (403
@@ -17,7 +18,6 @@ and so is the pending-erasure record, the account being gone.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.generation import JobState
 from services.common.errors import forbidden
-from services.common.ids import isoformat
-from services.common.privacy_parts import record_newest
+from services.common.ids import isoformat, trusted_id
+from services.common.privacy_parts import Erasure, record_newest, recorded
 from services.generation.models import (
     ErasurePending,
     Job,
@@ -53,16 +53,11 @@ class JobsRunning(Exception):
     """A job of the user is running: erase once it has ended (the event is retried)."""
 
 
-def _uuid(value) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
 # ---------------------------------------------------------------- restriction
 
 
 def is_restricted(db: Session, user_id) -> bool:
-    row = db.get(RestrictedUser, _uuid(user_id))
-    return bool(row and row.restricted)
+    return recorded(db, RestrictedUser, user_id, "restricted")
 
 
 def check_not_restricted(db: Session, user_id) -> None:
@@ -82,8 +77,7 @@ def apply_restriction(db: Session, user_id, restricted: bool, at: datetime) -> b
 
 def check_no_erasure_pending(db: Session, user_id) -> None:
     """403 ``erasure_pending`` while an erasure of the account is pending."""
-    row = db.get(ErasurePending, _uuid(user_id))
-    if row is not None and row.pending:
+    if recorded(db, ErasurePending, user_id, "pending"):
         raise forbidden("an erasure of this account is pending: no new generation runs; "
                         "cancel the erasure to generate again", code="erasure_pending")
 
@@ -112,8 +106,8 @@ def _job(job: Job) -> dict:
     }
 
 
-def export(db: Session, user_id) -> dict:
-    uid = _uuid(user_id)
+def export(db: Session, settings: GenerationSettings, user_id) -> dict:
+    uid = trusted_id(user_id)
     jobs = db.scalars(select(Job).where(Job.user_id == uid).order_by(Job.created_at, Job.id))
     deliveries = db.scalars(select(WebhookDelivery).where(WebhookDelivery.user_id == uid)
                             .order_by(WebhookDelivery.created_at))
@@ -129,13 +123,14 @@ def export(db: Session, user_id) -> dict:
     }
 
 
-def erase(db: Session, user_id, now: datetime, recheck: bool = False) -> dict[str, int]:
+def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
+          recheck: bool = False) -> Erasure:
     """Delete the user's jobs, webhook deliveries and restriction; rows per
     table. Raises :class:`JobsRunning` while a job of theirs runs. The first
     time the pending-erasure record is set (no job is accepted from now on,
     whatever order the events came in); at the ``recheck`` it is deleted too.
     The caller commits."""
-    uid = _uuid(user_id)
+    uid = trusted_id(user_id)
     if not recheck:
         apply_erasure_pending(db, uid, True, now)
     running = db.scalar(select(func.count()).select_from(Job)
@@ -150,7 +145,7 @@ def erase(db: Session, user_id, now: datetime, recheck: bool = False) -> dict[st
     for name, model in models:
         tables[name] = db.execute(delete(model).where(model.user_id == uid)
                                   .execution_options(synchronize_session=False)).rowcount or 0
-    return tables
+    return Erasure(tables)
 
 
 def retention_items(settings: GenerationSettings) -> list[dict]:

@@ -37,6 +37,7 @@ from services.common.errors import DomainError, invalid_request
 from services.common.idempotency import request_hash
 from services.common.ids import trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.service import DarkroomService, FromConfig
 from services.generation import deliveries, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
@@ -76,8 +77,9 @@ def make_router(config) -> Router:
     return build_router(config, offload=offload)
 
 
-class GenerationService(DarkroomService):
+class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
     name = "generation"
+    privacy = privacy_data  # its part of privacy requests
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
@@ -150,54 +152,15 @@ class GenerationService(DarkroomService):
 
     # ------------------------------------------------------------ privacy
 
-    @rpc(expected_exceptions=DomainError)
-    def retention_schedule(self) -> dict:
-        return {"items": privacy_data.retention_items(self.settings)}
+    def privacy_store(self, event: dict) -> parts.Store:
+        """A big export part is stored through the storage service."""
+        return parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
 
     @event_handler("privacy", "restriction_changed")
     def privacy_restriction_changed(self, event: dict) -> None:
         privacy_data.apply_restriction(self.db, event["user_id"], event["restricted"],
                                        event["occurred_at"])
         self.db.commit()
-
-    @event_handler("privacy", "erasure_scheduled")
-    def privacy_erasure_scheduled(self, event: dict) -> None:
-        """No new job while the erasure's grace period runs."""
-        privacy_data.apply_erasure_pending(self.db, event["user_id"], True, event["occurred_at"])
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_cancelled")
-    def privacy_erasure_cancelled(self, event: dict) -> None:
-        privacy_data.apply_erasure_pending(self.db, event["user_id"], False, event["occurred_at"])
-        self.db.commit()
-
-    @event_handler("privacy", "export_requested")
-    def privacy_export_requested(self, event: dict) -> None:
-        if self.name not in event["services"]:
-            return
-        data = privacy_data.export(self.db, event["user_id"])
-        store = parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
-        self.dispatch("export_part_ready", parts.export_part(
-            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD,
-            store))
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_requested")
-    def privacy_erasure_requested(self, event: dict) -> None:
-        """Jobs, deliveries and restriction deleted; retried while a job of
-        the user runs (privacy erases everything else only after this, then
-        asks again: ``recheck``)."""
-        if self.name not in event["services"]:
-            return
-        started = utcnow()
-        tables = privacy_data.erase(self.db, event["user_id"], started, event["recheck"])
-        tables["dead_letters"] = self.dead_letters(event["user_id"])
-        self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), tables,
-            recheck=event["recheck"]))
-        self.db.commit()
-        log.info("user's jobs erased", extra={"request_id": str(event["request_id"]),
-                                              "jobs": tables["jobs"]})
 
     # ------------------------------------------------------------ operators
 

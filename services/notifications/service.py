@@ -22,13 +22,12 @@ from pathlib import Path
 from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy, rpc
 
-from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
 from services.common.errors import DomainError
-from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.privacy_parts import PrivacyParticipant
 from services.common.sealed import Sealer
 from services.common.service import DarkroomService, FromConfig
 from services.notifications import notify
@@ -55,8 +54,9 @@ def mail(event: str, template: str):
     return event_handler(source, event_type)(handler)
 
 
-class NotificationsService(DarkroomService):
+class NotificationsService(PrivacyParticipant, DarkroomService):
     name = "notifications"
+    privacy = privacy_data  # its part of privacy requests
     config = Config()
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
@@ -77,26 +77,6 @@ class NotificationsService(DarkroomService):
     erasure_scheduled = mail("privacy.erasure_scheduled", "erasure_scheduled")
 
     # ------------------------------------------------------------ privacy
-
-    @event_handler("privacy", "export_requested")
-    def privacy_export_requested(self, event: dict) -> None:
-        if self.name not in event["services"]:
-            return
-        data = privacy_data.export(self.db, event["user_id"])
-        self.dispatch("export_part_ready", parts.export_part(
-            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD))
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_requested")
-    def privacy_erasure_requested(self, event: dict) -> None:
-        if self.name not in event["services"]:
-            return
-        started = utcnow()
-        tables = privacy_data.erase(self.db, event["user_id"])
-        tables["dead_letters"] = self.dead_letters(event["user_id"])
-        self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), tables))
-        self.db.commit()
 
     @event_handler("privacy", "consent_changed")
     def consent_changed(self, event: dict) -> None:
@@ -128,10 +108,6 @@ class NotificationsService(DarkroomService):
             if self._deliver("news", event, find_recipient=self._address_of) is not None:
                 sent += 1
         return {"sent": sent, "skipped": len(set(data["user_ids"])) - sent}
-
-    @rpc(expected_exceptions=DomainError)
-    def retention_schedule(self) -> dict:
-        return {"items": privacy_data.retention_items()}
 
     def _address_of(self, event: dict) -> str | None:
         """The account's address, None when the account is gone (erased)."""

@@ -12,29 +12,21 @@ each fact once.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from services.common.ids import trusted_id
+from services.common.ids import pseudonym, trusted_id
 from services.privacy.models import AccessLog, ErasedSubject
 
-PSEUDONYM_PREFIX = "psn:"
 PURGE_BATCH = 5000
-
-
-def subject(key: bytes, user_id: uuid.UUID) -> str:
-    """A keyed hash of a user id (it cannot be turned back into the id)."""
-    return PSEUDONYM_PREFIX + hmac.new(key, str(user_id).encode(), hashlib.sha256).hexdigest()
 
 
 def erased_users(db: Session, key: bytes, user_ids) -> set[uuid.UUID]:
     """Which of ``user_ids`` have been erased, in one query."""
-    by_subject = {subject(key, u): u for u in user_ids}
+    by_subject = {pseudonym(key, u): u for u in user_ids}
     if not by_subject:
         return set()
     found = db.scalars(select(ErasedSubject.subject)

@@ -59,10 +59,10 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES
 from services.common.errors import DomainError, conflict, forbidden, not_found
-from services.common.ids import client_id, new_id, trusted_id
+from services.common.ids import client_id, new_id, pseudonym, trusted_id
 from services.common.messaging import Dispatch
 from services.common.pagination import paginate
-from services.privacy import access_logs, own_data
+from services.privacy import own_data
 from services.privacy.models import ErasedSubject, PrivacyRequest, RequestLog, RequestPart
 from services.privacy.settings import PrivacySettings
 
@@ -325,7 +325,7 @@ def complete_erasure(db: Session, settings: PrivacySettings, request: PrivacyReq
                 tables[name] = tables.get(name, 0) + count
             mine.tables = tables
             mine.rows_deleted = (mine.rows_deleted or 0) + sum(late.values())
-    subject = access_logs.subject(settings.pseudonym_key, user_id)
+    subject = pseudonym(settings.pseudonym_key, user_id)
     if db.get(ErasedSubject, subject) is None:
         db.add(ErasedSubject(subject=subject, erased_at=now))
     for other in db.scalars(select(PrivacyRequest).where(PrivacyRequest.user_id == user_id)):

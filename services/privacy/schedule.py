@@ -10,9 +10,8 @@ waiting a few seconds at most. A service that does not answer is listed as
 
 from __future__ import annotations
 
+from services.common.contracts.privacy import PARTICIPANTS
 from services.privacy.settings import PrivacySettings
-
-SERVICES = ("auth", "storage", "generation", "billing", "notifications")
 
 
 def own_items(settings: PrivacySettings) -> list[dict]:
@@ -43,11 +42,11 @@ def own_items(settings: PrivacySettings) -> list[dict]:
 
 def gather(ask) -> tuple[list[dict], list[str]]:
     """``ask(service)`` returns a zero-argument callable that waits for the
-    service's answer (or raises). Every service is asked before any answer
-    is awaited."""
+    service's answer (or raises). Every participant is asked before any
+    answer is awaited."""
     pending = {}
     unavailable = []
-    for service in SERVICES:
+    for service in PARTICIPANTS:
         try:
             pending[service] = ask(service)
         except Exception:

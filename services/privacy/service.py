@@ -58,17 +58,37 @@ def _jsonable(value):
     return value
 
 
+def _answering(record):
+    def handler(self, event: dict) -> None:
+        record(self, event)
+
+    return handler
+
+
+def _participants(cls):
+    """For each service in :data:`~services.common.contracts.privacy.PARTICIPANTS`:
+    its RPC proxy, ``self.<service>`` (retention schedules; auth's
+    reauthentication and revocation, storage's objects), and the handlers of
+    its two answers, ``<service>.export_part_ready`` and
+    ``<service>.erasure_completed`` (methods ``<service>_export_part_ready``
+    and ``<service>_erasure_completed``, whose names name their queues)."""
+    for service in c.PARTICIPANTS:
+        setattr(cls, service, RpcProxy(service))
+        for answer, record in (("export_part_ready", cls._export_part),
+                               ("erasure_completed", cls._erasure_part)):
+            setattr(cls, f"{service}_{answer}",
+                    event_handler(service, answer)(_answering(record)))
+    return cls
+
+
+@_participants
 class PrivacyService(DarkroomService):
     name = "privacy"
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(PrivacySettings.from_config)
-    auth = RpcProxy("auth")
-    storage = RpcProxy("storage")
-    billing = RpcProxy("billing")
-    generation = RpcProxy("generation")
-    notifications = RpcProxy("notifications")
+    # and, from :func:`_participants`, self.auth, self.billing... (RPC proxies)
 
     def _bounded_storage(self) -> calls.Bounded:
         return calls.Bounded(self.storage, "storage", self.settings.rpc_timeout_seconds)
@@ -265,46 +285,7 @@ class PrivacyService(DarkroomService):
         self._erasure_part({**result, "started_at": started, "finished_at": utcnow()})
 
     # ------------------------------------------------------------ the other services' answers
-
-    @event_handler("auth", "export_part_ready")
-    def auth_export_part_ready(self, event: dict) -> None:
-        self._export_part(event)
-
-    @event_handler("billing", "export_part_ready")
-    def billing_export_part_ready(self, event: dict) -> None:
-        self._export_part(event)
-
-    @event_handler("generation", "export_part_ready")
-    def generation_export_part_ready(self, event: dict) -> None:
-        self._export_part(event)
-
-    @event_handler("notifications", "export_part_ready")
-    def notifications_export_part_ready(self, event: dict) -> None:
-        self._export_part(event)
-
-    @event_handler("storage", "export_part_ready")
-    def storage_export_part_ready(self, event: dict) -> None:
-        self._export_part(event)
-
-    @event_handler("auth", "erasure_completed")
-    def auth_erasure_completed(self, event: dict) -> None:
-        self._erasure_part(event)
-
-    @event_handler("billing", "erasure_completed")
-    def billing_erasure_completed(self, event: dict) -> None:
-        self._erasure_part(event)
-
-    @event_handler("generation", "erasure_completed")
-    def generation_erasure_completed(self, event: dict) -> None:
-        self._erasure_part(event)
-
-    @event_handler("notifications", "erasure_completed")
-    def notifications_erasure_completed(self, event: dict) -> None:
-        self._erasure_part(event)
-
-    @event_handler("storage", "erasure_completed")
-    def storage_erasure_completed(self, event: dict) -> None:
-        self._erasure_part(event)
+    # (their handlers are made by :func:`_participants`)
 
     def _export_part(self, event: dict) -> None:
         now = utcnow()

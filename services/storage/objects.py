@@ -375,14 +375,9 @@ def _delete_keys(backend: Backend, keys: Iterable[str]) -> list[str]:
 def erase_user(db: Session, backend: Backend, user_id) -> dict:
     """Delete every byte and every row the user has here: objects (live,
     pending, tombstones), upload slots and their staged bytes, the plan
-    retention. If the store fails to delete anything, nothing is forgotten
-    (503; calling again finishes the job)."""
-    erased = erase_user_tables(db, backend, user_id)
-    return {"objects": erased["objects"], "bytes": erased["bytes"]}
-
-
-def erase_user_tables(db: Session, backend: Backend, user_id) -> dict:
-    """:func:`erase_user`, with the rows deleted per table (``tables``)."""
+    retention: ``{objects, bytes, tables}`` (rows deleted per table). If the
+    store fails to delete anything, nothing is forgotten (503; calling again
+    finishes the job)."""
     owner = trusted_id(user_id)
     live = db.execute(
         select(StoredObject.key, StoredObject.size, StoredObject.public_id)

@@ -1,12 +1,17 @@
-"""The storage service's part of privacy requests: the list of the user's
-objects (the privacy service downloads the files themselves into the
-archive), their erasure (rows and bytes, in :mod:`objects`), and the
-retention schedule this service enforces."""
+"""The storage service's part of privacy requests (the protocol of
+:mod:`services.common.privacy_parts`): the list of the user's objects (the
+privacy service downloads the files themselves into the archive), their
+erasure (rows and bytes, in :mod:`objects`), and the retention schedule this
+service enforces. ``export`` and ``erase`` get the service's object store
+(its settings and backend)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
+from services.common.privacy_parts import Erasure
 from services.storage import objects
 from services.storage.settings import StorageSettings
 
@@ -23,8 +28,17 @@ WITHHELD = [
 ]
 
 
-def export(db: Session, user_id) -> dict:
+def export(db: Session, store, user_id) -> dict:
     return {"objects": [objects.view(obj) for obj in objects.export_user(db, user_id)]}
+
+
+def erase(db: Session, store, user_id, now: datetime, recheck: bool = False) -> Erasure:
+    """Every object of the user's, bytes and rows; a store that fails a
+    delete raises (503): nothing is forgotten, and the retried event
+    finishes the job. The caller commits."""
+    erased = objects.erase_user(db, store.backend, user_id)
+    return Erasure(erased["tables"], objects_deleted=erased["objects"],
+                   bytes_deleted=erased["bytes"])
 
 
 def retention_items(settings: StorageSettings) -> list[dict]:

@@ -25,6 +25,7 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.privacy_parts import PrivacyParticipant
 from services.common.service import DarkroomService, FromConfig
 from services.storage import images, objects, retention
 from services.storage import privacy as privacy_data
@@ -71,8 +72,9 @@ def decode_gate(config) -> images.DecodeGate:
     return images.DecodeGate(settings.max_concurrent_decodes, settings.decode_wait_seconds)
 
 
-class StorageService(DarkroomService):
+class StorageService(PrivacyParticipant, DarkroomService):
     name = "storage"
+    privacy = privacy_data  # its part of privacy requests
 
     db = Database(migrations=MIGRATIONS)
     dispatch = EventPublisher(outbox=outbox)
@@ -169,55 +171,19 @@ class StorageService(DarkroomService):
 
     # ------------------------------------------------------------ privacy
 
-    @rpc(expected_exceptions=DomainError)
-    def export_user(self, user_id) -> dict:
-        rows = objects.export_user(self.db, user_id)
-        return {"objects": c.ImageObject(many=True).dump([objects.view(obj) for obj in rows])}
+    def privacy_deps(self) -> ObjectStore:
+        return self.store  # the privacy module's export and erase use the backend
 
-    @rpc(expected_exceptions=DomainError)
-    def erase_user(self, user_id) -> dict:
-        erased = objects.erase_user(self.db, self.store.backend, user_id)
-        self.db.commit()
-        log.info("user's objects erased", extra={"user_id": str(user_id), **erased})
-        return erased
-
-    @rpc(expected_exceptions=DomainError)
-    def retention_schedule(self) -> dict:
-        return {"items": privacy_data.retention_items(self.settings)}
-
-    @event_handler("privacy", "export_requested")
-    def privacy_export_requested(self, event: dict) -> None:
-        """The list of the user's objects; a big list is stored here as an
-        export object of the user's (the privacy service reads it back)."""
-        if self.name not in event["services"]:
-            return
+    def privacy_store(self, event: dict) -> parts.Store:
+        """A big export part is stored here, as an export object of the user's
+        (the privacy service reads it back)."""
         now = utcnow()
 
         def store(blob: bytes):
             return objects.store_export(self.db, self.store.backend, self.settings,
                                         event["user_id"], event["request_id"], blob, now).id
 
-        data = privacy_data.export(self.db, event["user_id"])
-        self.dispatch("export_part_ready", parts.export_part(
-            event["request_id"], self.name, data, privacy_data.ABOUT, privacy_data.WITHHELD,
-            store))
-        self.db.commit()
-
-    @event_handler("privacy", "erasure_requested")
-    def privacy_erasure_requested(self, event: dict) -> None:
-        """Every object of the user's, bytes and rows; idempotent (a second
-        time finds nothing). A store that fails a delete: retried."""
-        if self.name not in event["services"]:
-            return
-        started = utcnow()
-        erased = objects.erase_user_tables(self.db, self.store.backend, event["user_id"])
-        erased["tables"]["dead_letters"] = self.dead_letters(event["user_id"])
-        self.dispatch("erasure_completed", parts.erasure_result(
-            event["request_id"], self.name, started, utcnow(), erased["tables"],
-            objects_deleted=erased["objects"], bytes_deleted=erased["bytes"]))
-        self.db.commit()
-        log.info("user's objects erased", extra={"request_id": str(event["request_id"]),
-                                                 "objects": erased["objects"]})
+        return store
 
     # ------------------------------------------------------------ retention
 

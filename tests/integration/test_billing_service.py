@@ -642,13 +642,26 @@ def test_a_won_dispute_restores_the_credits(billing):
     assert_clean(billing, user)
 
 
+def privacy_part(billing, kind: str, user: str) -> dict:
+    """Billing's answer to a privacy request (``export`` or ``erasure``) for
+    ``user``, asked by event as the privacy service asks it."""
+    wait_consuming(billing.amqp_uri, f"evt-privacy-{kind}_requested--billing.privacy_{kind}"
+                   "_requested", billing.proc)
+    request_id = str(uuid.uuid4())
+    publish(billing.amqp_uri, "privacy", f"{kind}_requested",
+            {"request_id": request_id, "user_id": user, "services": ["billing"]})
+    answer = "export_part_ready" if kind == "export" else "erasure_completed"
+    [event] = billing.tap.wait(answer, request_id=request_id)
+    return event
+
+
 def test_export_and_erase_with_pseudonymised_payments(billing):
     user = new_user(billing)
     answer = checkout(billing, user, {"pack_id": "small"})
     session = billing.stripe.session_for_order(answer["order_id"])
     webhook(billing, billing.stripe.checkout_completed(session["id"]))
     reserved(billing, user, 3)
-    exported = billing.rpc.export_user(user)
+    exported = privacy_part(billing, "export", user)["data"]
     assert exported["account"]["available"] == 147
     assert [e["kind"] for e in exported["ledger"]] == ["grant", "purchase", "hold"]
     assert len(exported["lots"]) == 2 and len(exported["holds"]) == 1
@@ -656,9 +669,10 @@ def test_export_and_erase_with_pseudonymised_payments(billing):
     assert exported["payments"][0]["amount"] == 500
     assert "5 years" in exported["retention"]
 
-    counts = billing.rpc.erase_user(user)
+    counts = privacy_part(billing, "erasure", user)
     assert counts["rows_pseudonymised"] == 2 and counts["rows_deleted"] >= 9
-    assert billing.rpc.erase_user(user) == {"rows_deleted": 0, "rows_pseudonymised": 0}
+    again = privacy_part(billing, "erasure", user)
+    assert (again["rows_deleted"], again["rows_pseudonymised"]) == (0, 0)
     uid = uuid.UUID(user)
     for table in ("accounts", "ledger_entries", "lots", "lot_movements", "holds"):
         assert sql(billing, f"SELECT count(*) FROM {table} WHERE user_id = :u", u=uid).scalar() == 0

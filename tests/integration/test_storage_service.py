@@ -352,8 +352,9 @@ def test_every_call_hides_other_owners_objects(storage):
         error = refused(call, *args)
         assert (error.code, error.status) == ("not_found", 404), call
     assert storage.rpc.list_objects(intruder, {})["items"] == []
-    assert storage.rpc.export_user(intruder) == {"objects": []}
-    assert storage.rpc.erase_user(intruder) == {"objects": 0, "bytes": 0}
+    assert privacy_part(storage, "export", intruder)["data"] == {"objects": []}
+    erased = privacy_part(storage, "erasure", intruder)
+    assert (erased["objects_deleted"], erased["bytes_deleted"], erased["rows_deleted"]) == (0, 0, 0)
     assert storage.rpc.get_object(owner, obj["id"])["visibility"] == "private"
     assert storage.backend.stat(key_of(owner, obj["id"])) is not None
     assert row(storage, pending["object_id"]).status == "pending"
@@ -427,17 +428,34 @@ def test_delete_removes_the_bytes(storage):
     assert storage.rpc.list_objects(owner, {})["items"] == []
 
 
+def privacy_part(storage, kind: str, user: str) -> dict:
+    """Storage's answer to a privacy request (``export`` or ``erasure``) for
+    ``user``, asked by event as the privacy service asks it."""
+    request_id = str(new_id())
+    dispatch = event_dispatcher({"AMQP_URI": storage.amqp_uri})
+    dispatch("privacy", f"{kind}_requested", contracts.make_event(
+        f"privacy.{kind}_requested", {"request_id": request_id, "user_id": user,
+                                      "services": ["storage"]}))
+    answer = "export_part_ready" if kind == "export" else "erasure_completed"
+    [event] = wait_for(lambda: [e for e in storage.tap.drain(answer)
+                                if e["request_id"] == request_id], 15, 0.1, answer)
+    return event
+
+
 def test_export_and_erase_a_user(storage):
     owner = new_owner()
     objs = [output(storage, owner), upload(storage, owner, image_bytes("JPEG"))]
-    exported = storage.rpc.export_user(owner)["objects"]
+    exported = privacy_part(storage, "export", owner)["data"]["objects"]
     assert {o["id"] for o in exported} == {o["id"] for o in objs}
     assert all("url" not in o for o in exported)
 
-    assert storage.rpc.erase_user(owner) == {"objects": 2, "bytes": sum(o["size"] for o in objs)}
+    erased = privacy_part(storage, "erasure", owner)
+    assert (erased["objects_deleted"], erased["bytes_deleted"]) == (
+        2, sum(o["size"] for o in objs))
+    assert erased["tables"]["objects"] == 2
     assert owner_keys(storage, owner) == []
     assert all(row(storage, o["id"]) is None for o in objs)
-    assert storage.rpc.export_user(owner) == {"objects": []}
+    assert privacy_part(storage, "export", owner)["data"] == {"objects": []}
 
 
 # ---------------------------------------------------------------- retention

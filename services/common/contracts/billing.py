@@ -361,8 +361,3 @@ class LedgerProblem(RpcSchema):
 class LedgerVerification(RpcSchema):
     accounts_checked = fields.Integer(required=True)
     problems = fields.List(fields.Nested(LedgerProblem), required=True)
-
-
-class Erased(RpcSchema):
-    rows_deleted = fields.Integer(required=True)
-    rows_pseudonymised = fields.Integer(required=True)

@@ -3,8 +3,9 @@ policy versions, the retention schedule and the gateway's access-log facts.
 
 The privacy service publishes ``privacy.export_requested`` and
 ``privacy.erasure_requested``; every service that holds personal data
-(:data:`PART_SERVICES`) answers with ``<service>.export_part_ready`` or
-``<service>.erasure_completed`` (registered below for each of them). Those
+(:data:`PARTICIPANTS`) answers with ``<service>.export_part_ready`` or
+``<service>.erasure_completed`` (registered below for each of them; how a
+service takes part is :mod:`services.common.privacy_parts`). Those
 answers carry the part (its JSON, or the id of an object stored through the
 storage service when it is big) and, for an erasure, counts and times only:
 never personal data, since they end up in the erasure certificate.
@@ -29,8 +30,12 @@ from services.common.contracts.base import (
     register_event,
 )
 
-# Every service that holds personal data and answers export and erasure requests.
+# Every service that holds personal data and takes part in export and erasure
+# requests: the one list of them (the privacy service asks these, registers
+# their answers and gathers their retention schedules from it).
 PART_SERVICES = ("auth", "billing", "generation", "notifications", "storage", "privacy")
+# Those that answer by event (and the privacy service records its own part directly).
+PARTICIPANTS = tuple(s for s in PART_SERVICES if s != "privacy")
 REQUEST_TYPES = ("export", "erasure", "restriction", "lift_restriction")
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 OPEN_STATUSES = ("pending", "in_progress", "failed")
@@ -189,10 +194,8 @@ class ErasureCompleted(EventSchema):
     recheck = fields.Boolean(load_default=False)
 
 
-# One event name per answering service (privacy records its own part directly).
-for _service in PART_SERVICES:
-    if _service == "privacy":
-        continue
+# One event name per answering service.
+for _service in PARTICIPANTS:
     _title = _service.title()
     register_event(f"{_service}.export_part_ready")(
         type(f"{_title}ExportPartReady", (ExportPartReady,), {"__module__": __name__}))

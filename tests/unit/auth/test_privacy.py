@@ -67,7 +67,7 @@ def test_the_export_holds_the_account_and_nothing_secret(db, settings, now, alic
     login(db, settings, now)
     api_key = verified_key(db, alice, now)
     db.commit()
-    data = privacy_data.export(db, alice.user.id)
+    data = privacy_data.export(db, settings, alice.user.id)
     assert data["account"]["email"] == "alice@example.com"
     assert data["account"]["two_factor_enabled"] is False
     assert len(data["sessions"]) == 1 and data["sessions"][0]["network"] == "203.0.113.0/24"
@@ -82,7 +82,7 @@ def test_the_export_holds_the_account_and_nothing_secret(db, settings, now, alic
                *db.scalars(select(KnownNetwork.network_hmac))]
     assert not [s for s in secrets if s in text]
     assert {w["what"] for w in privacy_data.WITHHELD} >= {"your password"}
-    assert privacy_data.export(db, uuid.uuid4()) == {"account": None}
+    assert privacy_data.export(db, settings, uuid.uuid4()) == {"account": None}
 
 
 def test_erasure_deletes_every_row_and_frees_the_address(db, settings, now, alice):
@@ -95,8 +95,10 @@ def test_erasure_deletes_every_row_and_frees_the_address(db, settings, now, alic
     bob.user.email_verified = True
     keys.create(db, bob.user, "default", now)
     db.commit()
-    tables = privacy_data.erase(db, settings, alice.user.id)
+    erased = privacy_data.erase(db, settings, alice.user.id, now)
+    tables = erased.tables
     db.commit()
+    assert erased.also_named == ("alice@example.com",)  # its dead letters are found by it too
     assert tables["users"] == 1 and tables["sessions"] == 1 and tables["api_keys"] == 1
     assert tables["email_verifications"] == 1 and tables["known_networks"] == 1
     assert tables["throttles"] == 1  # the attempts counted against the address
@@ -108,7 +110,8 @@ def test_erasure_deletes_every_row_and_frees_the_address(db, settings, now, alic
     again = accounts.register(db, settings, "alice@example.com", PASSWORD, None, IP, now)
     assert again.user.id != alice.user.id
     # a second erasure finds nothing
-    assert set(privacy_data.erase(db, settings, alice.user.id).values()) == {0}
+    again = privacy_data.erase(db, settings, alice.user.id, now)
+    assert set(again.tables.values()) == {0} and again.also_named == ()
 
 
 def test_the_restriction_flag_mirrors_the_privacy_service(db, settings, now, alice):
@@ -142,11 +145,11 @@ def test_the_export_holds_the_history_of_rectifications_and_erasure_removes_it(
     verification.verify(db, settings, "alice@new.example", settings.sealer.open(event["sealed_code"]),
                         now + timedelta(minutes=1))
     db.commit()
-    changes = privacy_data.export(db, alice.user.id)["changes"]
+    changes = privacy_data.export(db, settings, alice.user.id)["changes"]
     assert [c["kind"] for c in changes] == ["profile_updated", "email_changed"]
     assert changes[0]["changes"] == {"display_name": {"from": "Alice", "to": "Alice B."}}
     assert changes[1]["changes"] == {"email": {"from": "alice@example.com",
                                                "to": "alice@new.example"}}
-    assert privacy_data.erase(db, settings, alice.user.id)["account_changes"] == 2
+    assert privacy_data.erase(db, settings, alice.user.id, now).tables["account_changes"] == 2
     db.commit()
     assert count(db, AccountChange) == 0

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from services.billing import ledger, plans
+from services.billing import privacy as billing_privacy
 from services.billing.models import Account, LedgerEntry, Order
 from services.billing.settings import BillingSettings
 from tests.unit.billing.conftest import NOW
@@ -111,9 +112,7 @@ def test_buying_the_current_plan_again_extends_it(db, settings, events, user):
 
 
 def test_an_erased_user_never_gets_an_account_again(db, settings, events, user):
-    from services.billing import retention
-
-    retention.erase_user(db, settings, user, NOW)
+    billing_privacy.erase(db, settings, user, NOW)
     db.commit()
     assert plans.open_account(db, settings, user, NOW, events) is None
     assert db.get(Account, user) is None

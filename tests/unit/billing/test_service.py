@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.billing import ledger, plans, saga
+from services.billing import privacy as billing_privacy
 from services.billing import service as billing_service
 from services.billing.models import Account, Base, Hold, LedgerEntry, Lot, Order
 from services.billing.payments.stripe import CheckoutSession, PaymentProviderError
@@ -128,15 +129,13 @@ def test_get_balance_of_a_paid_plan_says_when_it_ends(db, settings, events):
 
 
 def test_get_balance_refuses_a_malformed_user_and_an_erased_one(db, settings, events, seen):
-    from services.billing import retention
-
     with pytest.raises(DomainError) as malformed:
         shell(db, settings, events).get_balance("not-a-uuid")
     assert (malformed.value.code, malformed.value.status) == ("invalid_request", 400)
     user = uuid.uuid4()
     plans.open_account(db, settings, user, NOW, events)
     db.commit()
-    retention.erase_user(db, settings, user, NOW)
+    billing_privacy.erase(db, settings, user, NOW)
     db.commit()
     with pytest.raises(DomainError) as erased:
         shell(db, settings, events).get_balance(str(user))

@@ -15,6 +15,7 @@ from services.generation.models import ErasurePending, Job, RestrictedUser, Webh
 from services.generation.settings import GenerationSettings
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SETTINGS = GenerationSettings()
 
 
 def add_job(db, user_id, status="succeeded", prompt="a red fox") -> Job:
@@ -50,7 +51,7 @@ def test_the_export_holds_the_users_jobs_and_deliveries_only(db):
     user, other = uuid.uuid4(), uuid.uuid4()
     job = add_job(db, user, prompt="a lighthouse")
     add_job(db, other, prompt="someone else's")
-    data = privacy_data.export(db, user)
+    data = privacy_data.export(db, SETTINGS, user)
     assert [(j["id"], j["prompt"]) for j in data["jobs"]] == [(str(job.id), "a lighthouse")]
     assert data["webhook_deliveries"][0]["url"] == "https://hooks.example/x"
     assert "body" not in data["webhook_deliveries"][0]
@@ -65,17 +66,17 @@ def test_erasure_waits_for_running_jobs_then_deletes_everything(db):
     privacy_data.apply_restriction(db, user, True, NOW)
     db.commit()
     with pytest.raises(privacy_data.JobsRunning):
-        privacy_data.erase(db, user, NOW)
+        privacy_data.erase(db, SETTINGS, user, NOW)
     db.rollback()
     db.get(Job, running.id).status = "failed"
     db.commit()
-    assert privacy_data.erase(db, user, NOW) == {"webhook_deliveries": 2, "jobs": 2,
+    assert privacy_data.erase(db, SETTINGS, user, NOW).tables == {"webhook_deliveries": 2, "jobs": 2,
                                                  "restricted_users": 1}
     db.commit()
     assert db.query(Job).filter(Job.user_id == user).count() == 0
     assert db.get(RestrictedUser, user) is None
     assert db.query(Job).filter(Job.user_id == other).count() == 1
-    assert set(privacy_data.erase(db, user, NOW).values()) == {0}
+    assert set(privacy_data.erase(db, SETTINGS, user, NOW).tables.values()) == {0}
 
 
 def refused_submit(db, user) -> DomainError:
@@ -103,13 +104,13 @@ def test_a_job_submitted_while_the_erasure_runs_is_erased_by_the_recheck(db):
     add_job(db, user)
     # the erasure's first pass refuses new jobs from now on, even if the
     # erasure_scheduled event has not arrived (or arrives later)
-    assert privacy_data.erase(db, user, NOW)["jobs"] == 1
+    assert privacy_data.erase(db, SETTINGS, user, NOW).tables["jobs"] == 1
     db.commit()
     assert refused_submit(db, user).code == "erasure_pending"
     assert privacy_data.apply_erasure_pending(db, user, True, NOW - timedelta(hours=1)) is False
     # a submit that passed its check just before the first pass committed
     add_job(db, user, status="queued")
-    tables = privacy_data.erase(db, user, NOW, recheck=True)
+    tables = privacy_data.erase(db, SETTINGS, user, NOW, recheck=True).tables
     db.commit()
     assert tables == {"webhook_deliveries": 1, "jobs": 1, "restricted_users": 0,
                       "erasure_pending": 1}

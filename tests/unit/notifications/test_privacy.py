@@ -81,14 +81,14 @@ def test_export_and_erasure_of_a_users_mails_and_preference(session):  # noqa: F
                         "expires_at": None}, find_recipient=lambda e: "someone@example.com")
         privacy_data.consent_changed(session, user, True, NOW)
     session.commit()
-    data = privacy_data.export(session, ada)
+    data = privacy_data.export(session, None, ada)
     assert [m["template"] for m in data["mails"]] == ["export_ready"]
     assert data["marketing"]["marketing_email"] is True
-    assert privacy_data.erase(session, ada) == {"notifications": 1, "marketing_preferences": 1}
+    assert privacy_data.erase(session, None, ada, NOW).tables == {"notifications": 1, "marketing_preferences": 1}
     session.commit()
     assert session.query(Notification).filter(Notification.user_id == ada).count() == 0
     assert session.get(MarketingPreference, bob) is not None
-    assert privacy_data.export(session, ada)["mails"] == []
+    assert privacy_data.export(session, None, ada)["mails"] == []
 
 
 def erasure_scheduled(request_id, token: str, sealer: Sealer = SEALER) -> dict:
@@ -126,7 +126,7 @@ def test_nothing_is_written_for_an_erased_account(session):  # noqa: F811
     mailer = FakeMailer()
     privacy_data.consent_changed(session, ada, True, NOW)
     session.commit()
-    assert privacy_data.erase(session, ada) == {"notifications": 0, "marketing_preferences": 1}
+    assert privacy_data.erase(session, None, ada, NOW).tables == {"notifications": 0, "marketing_preferences": 1}
     session.commit()
     # late events of the erased account: a receipt, a sign-in warning (it carries the
     # address), a consent and a restriction change

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from gateway import access_log as gateway_access_log
 from services.common import contracts
+from services.common.ids import pseudonym
 from services.privacy import access_logs, own_data
 from services.privacy.models import AccessLog, ErasedSubject
 from services.privacy.service import PrivacyService
@@ -40,9 +41,9 @@ def test_a_fact_is_stored_once(db, settings, user):
 
 
 def test_an_erased_users_late_facts_are_dropped(db, settings, user):
-    subject = access_logs.subject(settings.pseudonym_key, user)
+    subject = pseudonym(settings.pseudonym_key, user)
     assert subject.startswith("psn:") and str(user) not in subject
-    assert subject != access_logs.subject(b"another key", user)
+    assert subject != pseudonym(b"another key", user)
     db.add(ErasedSubject(subject=subject, erased_at=NOW))
     db.commit()
     assert access_logs.store(db, settings.pseudonym_key, fact(user)) is False
@@ -152,7 +153,7 @@ def test_a_redelivered_batch_stores_each_fact_once(db, settings, handler, user):
 
 def test_an_erased_users_facts_in_a_mixed_batch_are_dropped_the_others_kept(
         db, settings, handler, user):
-    db.add(ErasedSubject(subject=access_logs.subject(settings.pseudonym_key, user), erased_at=NOW))
+    db.add(ErasedSubject(subject=pseudonym(settings.pseudonym_key, user), erased_at=NOW))
     db.commit()
     other = uuid.uuid4()
     erased = [fact(user), fact(user, status=401)]

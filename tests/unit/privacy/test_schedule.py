@@ -4,6 +4,7 @@ as unavailable rather than guessed."""
 
 from __future__ import annotations
 
+from services.common.contracts.privacy import PARTICIPANTS
 from services.privacy import schedule
 from tests.unit.privacy.conftest import privacy_settings
 
@@ -35,8 +36,7 @@ def test_every_service_is_asked_before_any_answer_is_awaited():
         return wait
 
     items, unavailable = schedule.gather(ask)
-    assert asked == list(schedule.SERVICES) and awaited == [s for s in schedule.SERVICES
-                                                            if s != "billing"]
+    assert asked == list(PARTICIPANTS) and awaited == [s for s in PARTICIPANTS if s != "billing"]
     assert unavailable == ["billing", "generation"]
     assert {(i["service"], i["data"]) for i in items} == {
         ("auth", "auth data"), ("storage", "storage data"),

@@ -420,12 +420,14 @@ def test_export_lists_what_is_held_and_erase_forgets_everything(db, backend, set
 
     erased = objects.erase_user(db, backend, owner)
     db.commit()
-    assert erased == {"objects": 3, "bytes": sum(o.size for o in kept) + len(image_bytes())}
+    assert (erased["objects"], erased["bytes"]) == (3, sum(o.size for o in kept) + len(image_bytes()))
+    assert erased["tables"] == {"objects": 4, "upload_slots": 1, "owner_retention": 1}
     assert [k for k in backend.objects if str(owner) in k or k.endswith(str(slot["upload_id"]))] == []
     assert other.key in backend.objects
     assert db.scalars(select(StoredObject).where(StoredObject.owner_id == owner)).all() == []
     assert db.get(UploadSlot, slot["upload_id"]) is None and db.get(OwnerRetention, owner) is None
-    assert objects.erase_user(db, backend, owner) == {"objects": 0, "bytes": 0}
+    assert objects.erase_user(db, backend, owner) == {
+        "objects": 0, "bytes": 0, "tables": {"objects": 0, "upload_slots": 0, "owner_retention": 0}}
     assert objects.export_user(db, owner) == []
     assert f"objects/{owner}/{pending['object_id']}" not in backend.objects
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_the_export_lists_the_users_live_objects(db, backend, settings):
     mine = add_object(db, backend, owner)
     add_object(db, backend, owner, deleted=True)
     add_object(db, backend, other)
-    listed = privacy_data.export(db, owner)["objects"]
+    listed = privacy_data.export(db, SimpleNamespace(backend=backend), owner)["objects"]
     assert [o["id"] for o in listed] == [mine.id] and listed[0]["sha256"] == mine.sha256
 
 
@@ -67,12 +68,14 @@ def test_the_erasure_counts_rows_objects_and_bytes(db, backend, settings):
                       created_at=NOW, expires_at=NOW))
     backend.add(objects.staging_key(slot_id), b"half an upload")
     db.commit()
-    erased = objects.erase_user_tables(db, backend, owner)
+    store = SimpleNamespace(backend=backend)  # the service's object store
+    erased = privacy_data.erase(db, store, owner, NOW)
     db.commit()
-    assert erased == {"objects": 2, "bytes": sum(o.size for o in live),
-                      "tables": {"objects": 3, "upload_slots": 1, "owner_retention": 0}}
+    assert (erased.objects_deleted, erased.bytes_deleted) == (2, sum(o.size for o in live))
+    assert erased.tables == {"objects": 3, "upload_slots": 1, "owner_retention": 0}
     assert set(backend.objects) == {kept.key}
-    assert objects.erase_user(db, backend, owner) == {"objects": 0, "bytes": 0}
+    again = privacy_data.erase(db, store, owner, NOW)
+    assert (again.objects_deleted, again.bytes_deleted, set(again.tables.values())) == (0, 0, {0})
 
 
 def test_the_schedule_comes_from_the_settings(settings):
