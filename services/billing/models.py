@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -34,17 +35,25 @@ from services.common.db import UtcDateTime, processed_events_table
 from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
-# Hold statuses
-OPEN = "open"
-CAPTURED = "captured"
-RELEASED = "released"
 
-# Order statuses
-PENDING = "pending"
-PAID = "paid"
-FAILED = "failed"
-REFUNDED = "refunded"
-PARTIALLY_REFUNDED = "partially_refunded"
+class HoldStatus(StrEnum):
+    """A hold's ``status``: ``open`` until its job's attempt ends, then
+    ``captured`` (the credits are spent) or ``released`` (given back)."""
+
+    OPEN = "open"
+    CAPTURED = "captured"
+    RELEASED = "released"
+
+
+class OrderStatus(StrEnum):
+    """An order's ``status``: ``pending`` until paid (``paid``) or given up
+    (``failed``); ``partially_refunded`` or ``refunded`` after refunds."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
 
 
 Base = service_base()
