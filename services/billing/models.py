@@ -45,17 +45,6 @@ class HoldStatus(StrEnum):
     RELEASED = "released"
 
 
-class OrderStatus(StrEnum):
-    """An order's ``status``: ``pending`` until paid (``paid``) or given up
-    (``failed``); ``partially_refunded`` or ``refunded`` after refunds."""
-
-    PENDING = "pending"
-    PAID = "paid"
-    FAILED = "failed"
-    REFUNDED = "refunded"
-    PARTIALLY_REFUNDED = "partially_refunded"
-
-
 Base = service_base()
 
 

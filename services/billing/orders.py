@@ -38,8 +38,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.billing import ledger, plans, reversals
-from services.billing.models import Account, Order, OrderStatus, Payment
+from services.billing.models import Account, Order, Payment
 from services.billing.settings import BillingSettings
+from services.common.contracts.billing import OrderStatus
 from services.common.errors import DomainError, conflict, not_found
 from services.common.idempotency import request_hash
 from services.common.ids import add_years, parse_uuid

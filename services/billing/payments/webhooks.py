@@ -32,8 +32,9 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from services.billing import orders
-from services.billing.models import Order, OrderStatus, WebhookEvent
+from services.billing.models import Order, WebhookEvent
 from services.billing.settings import BillingSettings
+from services.common.contracts.billing import OrderStatus
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import parse_uuid
 from services.common.messaging import Dispatch
