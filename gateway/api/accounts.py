@@ -10,26 +10,7 @@ from marshmallow import Schema, fields
 from gateway.api.common import Blueprint, call, errors, for_caller, present
 from gateway.auth import authenticated, current_principal
 from services.common.contracts import PageQuery
-from services.common.contracts.auth import (
-    ApiKeyPage,
-    ChangeEmail,
-    ConfirmPasswordReset,
-    CreateApiKey,
-    EmailOnly,
-    LoggedIn,
-    Login,
-    NewApiKey,
-    Register,
-    Registered,
-    SessionPage,
-    TotpCode,
-    TotpEnrollment,
-    UpdateProfile,
-    User,
-    VerifiedEmail,
-    VerifyEmail,
-    WebhookSecret,
-)
+from services.common.contracts import auth as c
 from services.common.contracts.privacy import PolicyStatus
 from services.common.errors import DomainError
 
@@ -46,7 +27,7 @@ class Accepted(Schema):
     """An empty object: the request was accepted."""
 
 
-class Me(User):
+class Me(c.User):
     """The caller's account, and where it stands with the privacy policy
     (null when the privacy service did not answer)."""
 
@@ -87,24 +68,24 @@ def _cache():
 
 @auth_blp.route("/register", methods=["POST"])
 @errors(409)
-@auth_blp.arguments(Register)
-@auth_blp.response(201, Registered)
+@auth_blp.arguments(c.Register)
+@auth_blp.response(201, c.Registered)
 def register(payload):
     """Create an account and mail a code to verify it (the same answer for an address that has
     an account; its owner is told by mail). No API key: create one once the address is verified"""
-    return call(Registered, "auth.register", payload, **client_info())
+    return call(c.Registered, "auth.register", payload, **client_info())
 
 
 @auth_blp.route("/verify-email", methods=["POST"])
-@auth_blp.arguments(VerifyEmail)
-@auth_blp.response(200, VerifiedEmail)
+@auth_blp.arguments(c.VerifyEmail)
+@auth_blp.response(200, c.VerifiedEmail)
 def verify_email(payload):
     """Confirm an address (after registering or changing email) with its code"""
-    return call(VerifiedEmail, "auth.verify_email", payload)
+    return call(c.VerifiedEmail, "auth.verify_email", payload)
 
 
 @auth_blp.route("/resend-verification", methods=["POST"])
-@auth_blp.arguments(EmailOnly)
+@auth_blp.arguments(c.EmailOnly)
 @auth_blp.response(202, Accepted)
 def resend_verification(payload):
     """Send a new verification code (same answer whether or not the address has an account)"""
@@ -114,11 +95,11 @@ def resend_verification(payload):
 
 @auth_blp.route("/login", methods=["POST"])
 @errors(401)
-@auth_blp.arguments(Login)
-@auth_blp.response(200, LoggedIn)
+@auth_blp.arguments(c.Login)
+@auth_blp.response(200, c.LoggedIn)
 def login(payload):
     """Start a session (7 days); totp_code is needed when two-factor is on"""
-    return call(LoggedIn, "auth.login", payload, **client_info())
+    return call(c.LoggedIn, "auth.login", payload, **client_info())
 
 
 @auth_blp.route("/logout", methods=["POST"])
@@ -135,7 +116,7 @@ def logout():
 
 
 @auth_blp.route("/password-reset", methods=["POST"])
-@auth_blp.arguments(EmailOnly)
+@auth_blp.arguments(c.EmailOnly)
 @auth_blp.response(202, Accepted)
 def request_password_reset(payload):
     """Mail a reset link (same answer whether or not the address has an account)"""
@@ -144,7 +125,7 @@ def request_password_reset(payload):
 
 
 @auth_blp.route("/password-reset/confirm", methods=["POST"])
-@auth_blp.arguments(ConfirmPasswordReset)
+@auth_blp.arguments(c.ConfirmPasswordReset)
 @auth_blp.response(204)
 def confirm_password_reset(payload):
     """Set a new password with the mailed token; revokes every session and API key of the
@@ -165,19 +146,19 @@ class MeView(MethodView):
         user = call(None, "auth.get_user", user_id)
         return present(Me, {**user, "policy": _policy_status(user_id)})
 
-    @me_blp.response(200, User)
+    @me_blp.response(200, c.User)
     @authenticated
-    @me_blp.arguments(UpdateProfile)
+    @me_blp.arguments(c.UpdateProfile)
     def patch(self, payload):
         """Change display name, bio or avatar"""
-        return for_caller(User, "auth.update_profile", payload)
+        return for_caller(c.User, "auth.update_profile", payload)
 
 
 @me_blp.route("/email", methods=["POST"])
 @me_blp.response(202, Accepted)
 @errors(403, 409)
 @authenticated
-@me_blp.arguments(ChangeEmail)
+@me_blp.arguments(c.ChangeEmail)
 def change_email(payload):
     """Change the address (verified accounts): a code is mailed to the new one (confirm with
     /v1/auth/verify-email); a wrong password counts toward the login lockout"""
@@ -188,20 +169,20 @@ def change_email(payload):
 @me_blp.route("/api-keys")
 class ApiKeys(MethodView):
     @me_blp.arguments(PageQuery, location="query")
-    @me_blp.response(200, ApiKeyPage)
+    @me_blp.response(200, c.ApiKeyPage)
     @authenticated
     def get(self, page):
         """The caller's API keys (never their secrets), newest first"""
-        return for_caller(ApiKeyPage, "auth.list_api_keys", page=page)
+        return for_caller(c.ApiKeyPage, "auth.list_api_keys", page=page)
 
-    @me_blp.response(201, NewApiKey)
+    @me_blp.response(201, c.NewApiKey)
     @errors(409)
     @authenticated
-    @me_blp.arguments(CreateApiKey)
+    @me_blp.arguments(c.CreateApiKey)
     def post(self, payload):
         """Create an API key (verified accounts, not administrators); its secret (key) is shown
         only in this answer"""
-        return for_caller(NewApiKey, "auth.create_api_key", payload)
+        return for_caller(c.NewApiKey, "auth.create_api_key", payload)
 
 
 @me_blp.route("/api-keys/<uuid:key_id>", methods=["DELETE"])
@@ -215,13 +196,13 @@ def revoke_api_key(key_id):
 
 @me_blp.route("/sessions", methods=["GET"])
 @me_blp.arguments(PageQuery, location="query")
-@me_blp.response(200, SessionPage)
+@me_blp.response(200, c.SessionPage)
 @authenticated
 def list_sessions(page):
     """The caller's active sessions, newest first; `current` marks the one making this request"""
     principal = current_principal()
     current = principal.credential_id if principal.credential_type == "session" else None
-    return call(SessionPage, "auth.list_sessions", principal.user_id, current_session_id=current,
+    return call(c.SessionPage, "auth.list_sessions", principal.user_id, current_session_id=current,
                 page=page)
 
 
@@ -235,34 +216,34 @@ def revoke_session(session_id):
 
 
 @me_blp.route("/totp", methods=["POST"])
-@me_blp.response(201, TotpEnrollment)
+@me_blp.response(201, c.TotpEnrollment)
 @errors(409)
 @authenticated
 def begin_totp():
     """Start two-factor enrollment: a secret and otpauth:// URI for an authenticator app"""
-    return for_caller(TotpEnrollment, "auth.begin_totp_enrollment")
+    return for_caller(c.TotpEnrollment, "auth.begin_totp_enrollment")
 
 
 @me_blp.route("/totp/confirm", methods=["POST"])
 @me_blp.response(204)
 @authenticated
-@me_blp.arguments(TotpCode)
+@me_blp.arguments(c.TotpCode)
 def confirm_totp(payload):
     """Turn two-factor on with a first code from the authenticator app"""
     for_caller(None, "auth.confirm_totp_enrollment", payload)
 
 
 @me_blp.route("/webhook-secret", methods=["GET"])
-@me_blp.response(200, WebhookSecret)
+@me_blp.response(200, c.WebhookSecret)
 @authenticated
 def webhook_secret():
     """The whsec_ secret that signs the caller's webhooks (Standard Webhooks); made on first use"""
-    return for_caller(WebhookSecret, "auth.get_webhook_secret")
+    return for_caller(c.WebhookSecret, "auth.get_webhook_secret")
 
 
 @me_blp.route("/webhook-secret/rotate", methods=["POST"])
-@me_blp.response(200, WebhookSecret)
+@me_blp.response(200, c.WebhookSecret)
 @authenticated
 def rotate_webhook_secret():
     """Replace the webhook secret; webhooks are signed with the new one from now on"""
-    return for_caller(WebhookSecret, "auth.rotate_webhook_secret")
+    return for_caller(c.WebhookSecret, "auth.rotate_webhook_secret")

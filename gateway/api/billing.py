@@ -29,17 +29,7 @@ from gateway.api.common import (
     idempotency_key,
 )
 from gateway.auth import authenticated, require_verified
-from services.common.contracts.billing import (
-    Balance,
-    Checkout,
-    CheckoutCreated,
-    LedgerPage,
-    LedgerQuery,
-    OrderPage,
-    OrderQuery,
-    PlanList,
-    Prices,
-)
+from services.common.contracts import billing as c
 from services.common.errors import DomainError
 
 DEFAULT_WEBHOOK_MAX_BYTES = 256 * 1024
@@ -76,40 +66,40 @@ def webhook_max_bytes() -> int:
 
 
 @billing_blp.route("/balance", methods=["GET"])
-@billing_blp.response(200, Balance)
+@billing_blp.response(200, c.Balance)
 @authenticated
 def balance():
     """Credits available and held, the plan and this period's grants and use"""
-    return for_caller(Balance, "billing.get_balance")
+    return for_caller(c.Balance, "billing.get_balance")
 
 
 @billing_blp.route("/ledger", methods=["GET"])
-@billing_blp.arguments(LedgerQuery, location="query")
-@billing_blp.response(200, LedgerPage)
+@billing_blp.arguments(c.LedgerQuery, location="query")
+@billing_blp.response(200, c.LedgerPage)
 @authenticated
 def ledger(query):
     """Every change to the caller's credits, newest first"""
-    return for_caller(LedgerPage, "billing.list_ledger", given(query))
+    return for_caller(c.LedgerPage, "billing.list_ledger", given(query))
 
 
 @billing_blp.route("/orders", methods=["GET"])
-@billing_blp.arguments(OrderQuery, location="query")
-@billing_blp.response(200, OrderPage)
+@billing_blp.arguments(c.OrderQuery, location="query")
+@billing_blp.response(200, c.OrderPage)
 @authenticated
 def orders(query):
     """The caller's orders (packs and plans), newest first"""
-    return for_caller(OrderPage, "billing.list_orders", given(query))
+    return for_caller(c.OrderPage, "billing.list_orders", given(query))
 
 
 @billing_blp.route("/checkout", methods=["POST"])
-@billing_blp.response(201, CheckoutCreated)
+@billing_blp.response(201, c.CheckoutCreated)
 @billing_blp.doc(parameters=[IDEMPOTENCY_KEY_DOC])
 @errors(404, 409)
 @require_verified
-@billing_blp.arguments(Checkout)
+@billing_blp.arguments(c.Checkout)
 def checkout(payload):
     """Start paying for a credit pack or a plan: open checkout_url to pay"""
-    return for_caller(CheckoutCreated, "billing.create_checkout", payload,
+    return for_caller(c.CheckoutCreated, "billing.create_checkout", payload,
                       idempotency_key=idempotency_key())
 
 
@@ -117,17 +107,17 @@ def checkout(payload):
 
 
 @billing_blp.route("/plans", methods=["GET"])
-@billing_blp.response(200, PlanList)
+@billing_blp.response(200, c.PlanList)
 def plans():
     """The plans: price per period, credits granted, retention, queue priority"""
-    return call(PlanList, "billing.list_plans")
+    return call(c.PlanList, "billing.list_plans")
 
 
 @billing_blp.route("/prices", methods=["GET"])
-@billing_blp.response(200, Prices)
+@billing_blp.response(200, c.Prices)
 def prices():
     """What each job type costs in credits, and the credit packs for sale"""
-    return call(Prices, "billing.list_prices")
+    return call(c.Prices, "billing.list_prices")
 
 
 @billing_blp.route("/webhooks/stripe", methods=["POST"])

@@ -51,15 +51,7 @@ from gateway.api.common import (
 )
 from gateway.auth import authenticated, current_principal, require_verified
 from gateway.rpc import ServiceUnavailable
-from services.common.contracts.generation import (
-    FINAL,
-    JOB_TYPES,
-    JobPage,
-    JobQuery,
-    JobView,
-    PriceQuote,
-    SubmitJob,
-)
+from services.common.contracts import generation as c
 from services.common.errors import DomainError
 from services.common.observability import correlation_id
 
@@ -170,7 +162,7 @@ class TemplateField(Schema):
 class Template(Schema):
     id = fields.String(required=True, metadata={"description": "pass it as `template`"})
     name = fields.String(required=True)
-    job_type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    job_type = fields.String(required=True, validate=validate.OneOf(c.JOB_TYPES))
     description = fields.String(required=True)
     storyboard = fields.Boolean(required=True,
                                 metadata={"description": "true: the template yields a storyboard "
@@ -231,47 +223,47 @@ def templates():
 
 @generation_blp.route("/generations")
 class Generations(MethodView):
-    @generation_blp.response(202, JobView, headers={
+    @generation_blp.response(202, c.JobView, headers={
         "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}}})
-    @generation_blp.alt_response(200, schema=PriceQuote,
+    @generation_blp.alt_response(200, schema=c.PriceQuote,
                                  description="with ?dry_run=true: the price, no job created")
     @generation_blp.doc(parameters=[DRY_RUN_DOC, IDEMPOTENCY_KEY_DOC])
     @errors(404, 409, 422)
     @require_verified
     @generation_blp.arguments(DryRunQuery, location="query")
-    @generation_blp.arguments(SubmitJob)
+    @generation_blp.arguments(c.SubmitJob)
     def post(self, query, payload):
         """Submit a job (text-to-image, image-to-image, image-to-video, or a template)"""
-        body = SubmitJob().dump(payload)  # JSON types (UUIDs as strings) for the RPC
+        body = c.SubmitJob().dump(payload)  # JSON types (UUIDs as strings) for the RPC
         answer = for_caller(None, "generation.submit", body, idempotency_key=idempotency_key(),
                             dry_run=query["dry_run"])
         if query["dry_run"]:
-            return jsonify(PriceQuote().dump(present(PriceQuote, answer)))
-        job = present(JobView, answer)
+            return jsonify(c.PriceQuote().dump(present(c.PriceQuote, answer)))
+        job = present(c.JobView, answer)
         return job, 202, {"Location": f"/v1/generations/{job['id']}"}
 
-    @generation_blp.arguments(JobQuery, location="query")
-    @generation_blp.response(200, JobPage)
+    @generation_blp.arguments(c.JobQuery, location="query")
+    @generation_blp.response(200, c.JobPage)
     @authenticated
     def get(self, query):
         """The caller's jobs, newest first (filter by status)"""
-        return for_caller(JobPage, "generation.list_jobs", given(query))
+        return for_caller(c.JobPage, "generation.list_jobs", given(query))
 
 
 @generation_blp.route("/generations/<uuid:job_id>")
 class Generation(MethodView):
-    @generation_blp.response(200, JobView)
+    @generation_blp.response(200, c.JobView)
     @authenticated
     def get(self, job_id):
         """One of the caller's jobs"""
-        return for_caller(JobView, "generation.get_job", str(job_id))
+        return for_caller(c.JobView, "generation.get_job", str(job_id))
 
-    @generation_blp.response(202, JobView)
+    @generation_blp.response(202, c.JobView)
     @errors(409)
     @authenticated
     def delete(self, job_id):
         """Cancel a job that has not started (409 not_cancellable once it runs)"""
-        return for_caller(JobView, "generation.cancel_job", str(job_id))
+        return for_caller(c.JobView, "generation.cancel_job", str(job_id))
 
 
 @generation_blp.route("/generations/<uuid:job_id>/events", methods=["GET"])
@@ -327,7 +319,7 @@ def frame(event: str, data: dict, ident: str | None = None) -> str:
 
 
 def job_frame(job: dict) -> str:
-    return frame("job", JobView().dump(present(JobView, job)), event_id(job))
+    return frame("job", c.JobView().dump(present(c.JobView, job)), event_id(job))
 
 
 def event_stream(first: dict, fetch: Callable[[], dict], *, poll: float, keepalive: float,
@@ -345,7 +337,7 @@ def event_stream(first: dict, fetch: Callable[[], dict], *, poll: float, keepali
             watched = tuple(job.get(k) for k in WATCHED)
             yield job_frame(job)
             last_write = monotonic()
-            if job.get("status") in FINAL:
+            if job.get("status") in c.FINAL:
                 return
         now = monotonic()
         if now - started >= max_seconds:

@@ -23,13 +23,7 @@ from gateway import transfer
 from gateway.api.common import Blueprint, call, capped_body, errors, for_caller, given, no_store
 from gateway.auth import authenticated
 from gateway.transfer import upload_max_bytes
-from services.common.contracts.storage import (
-    ImageObject,
-    ImagePage,
-    ImageQuery,
-    PublicImageObject,
-    SetVisibility,
-)
+from services.common.contracts import storage as c
 from services.common.errors import DomainError, not_found, payload_too_large
 
 # room for the multipart framing around the file (boundaries, part headers)
@@ -56,7 +50,7 @@ def _size_of(stream: BinaryIO) -> int:
 
 
 @images_blp.route("/uploads", methods=["POST"])
-@images_blp.response(201, ImageObject)
+@images_blp.response(201, c.ImageObject)
 @images_blp.alt_response(413, description="the file is larger than UPLOAD_MAX_BYTES")
 @errors(415, 422)
 @capped_body(upload_max_bytes, "file", framing=MULTIPART_ALLOWANCE)
@@ -80,33 +74,33 @@ def upload(form):
     # two short checkouts: no pooled proxy is held while the bytes travel
     slot = for_caller(None, "storage.create_upload_slot")
     transfer.send_to_slot(slot, stream, size, max_bytes)
-    return for_caller(ImageObject, "storage.finish_upload", str(slot["upload_id"]))
+    return for_caller(c.ImageObject, "storage.finish_upload", str(slot["upload_id"]))
 
 
 @images_blp.route("/images", methods=["GET"])
-@images_blp.arguments(ImageQuery, location="query")
-@images_blp.response(200, ImagePage)
+@images_blp.arguments(c.ImageQuery, location="query")
+@images_blp.response(200, c.ImagePage)
 @authenticated
 def list_images(query):
     """The caller's images, newest first (filter by kind or job)"""
     query = {k: (str(v) if k == "job_id" else v) for k, v in given(query).items()}
-    return for_caller(ImagePage, "storage.list_objects", query)
+    return for_caller(c.ImagePage, "storage.list_objects", query)
 
 
 @images_blp.route("/images/<uuid:image_id>")
 class Image(MethodView):
-    @images_blp.response(200, ImageObject)
+    @images_blp.response(200, c.ImageObject)
     @authenticated
     def get(self, image_id):
         """One of the caller's images, with a signed, short-lived download URL"""
-        return for_caller(ImageObject, "storage.get_object", str(image_id))
+        return for_caller(c.ImageObject, "storage.get_object", str(image_id))
 
-    @images_blp.response(200, ImageObject)
+    @images_blp.response(200, c.ImageObject)
     @authenticated
-    @images_blp.arguments(SetVisibility)
+    @images_blp.arguments(c.SetVisibility)
     def patch(self, payload, image_id):
         """Make an image public (readable by anyone with its new `public_id`) or private again"""
-        return for_caller(ImageObject, "storage.set_visibility", str(image_id), payload)
+        return for_caller(c.ImageObject, "storage.set_visibility", str(image_id), payload)
 
     @images_blp.response(204)
     @authenticated
@@ -129,7 +123,7 @@ def image_content(image_id):
 
 
 @public_blp.route("/images/<string:public_id>", methods=["GET"])
-@public_blp.response(200, PublicImageObject)
+@public_blp.response(200, c.PublicImageObject)
 def public_image(public_id):
     """A public image by its public id (404 for private or unknown ones)"""
-    return call(PublicImageObject, "storage.get_public_object", public_id)
+    return call(c.PublicImageObject, "storage.get_public_object", public_id)

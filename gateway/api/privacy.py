@@ -18,20 +18,7 @@ from flask.views import MethodView
 
 from gateway.api.common import Blueprint, call, errors, for_caller, no_store, present
 from gateway.auth import authenticated, current_principal
-from services.common.contracts.privacy import (
-    AcceptPolicy,
-    CancelRequest,
-    Certificate,
-    Consents,
-    CreateRequest,
-    Policy,
-    PolicyStatus,
-    RequestPage,
-    RequestQuery,
-    RequestView,
-    Retention,
-    UpdateConsents,
-)
+from services.common.contracts import privacy as c
 
 privacy_blp = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
                         description="Your data: export, erasure, restriction, consents, the "
@@ -43,17 +30,17 @@ privacy_blp.after_request(no_store)
 
 @privacy_blp.route("/requests")
 class Requests(MethodView):
-    @privacy_blp.arguments(RequestQuery, location="query")
-    @privacy_blp.response(200, RequestPage)
+    @privacy_blp.arguments(c.RequestQuery, location="query")
+    @privacy_blp.response(200, c.RequestPage)
     @authenticated
     def get(self, query):
         """The caller's privacy requests, newest first"""
-        return for_caller(RequestPage, "privacy.list_requests", query)
+        return for_caller(c.RequestPage, "privacy.list_requests", query)
 
-    @privacy_blp.response(202, RequestView)
+    @privacy_blp.response(202, c.RequestView)
     @errors(403, 409)
     @authenticated
-    @privacy_blp.arguments(CreateRequest)
+    @privacy_blp.arguments(c.CreateRequest)
     def post(self, payload):
         """Ask for an export, an erasure (with a session, not an API key: 403
         session_required; with the password and the TOTP code when two-factor sign-in
@@ -62,19 +49,19 @@ class Requests(MethodView):
         one of that type is open"""
         answer = for_caller(None, "privacy.create_request", payload,
                             current_principal().credential_type)
-        return present(RequestView, answer), 202, {
+        return present(c.RequestView, answer), 202, {
             "Location": f"/v1/privacy/requests/{answer['id']}"}
 
 
 @privacy_blp.route("/requests/<uuid:request_id>")
 class OneRequest(MethodView):
-    @privacy_blp.response(200, RequestView)
+    @privacy_blp.response(200, c.RequestView)
     @authenticated
     def get(self, request_id):
         """A request with its per-service parts; a finished export has a download_url"""
-        return for_caller(RequestView, "privacy.get_request", str(request_id))
+        return for_caller(c.RequestView, "privacy.get_request", str(request_id))
 
-    @privacy_blp.response(200, RequestView)
+    @privacy_blp.response(200, c.RequestView)
     @errors(409)
     @authenticated
     def delete(self, request_id):
@@ -84,13 +71,13 @@ class OneRequest(MethodView):
 
 
 def _cancel_signed_in(request_id):
-    return for_caller(RequestView, "privacy.cancel_request", str(request_id),
+    return for_caller(c.RequestView, "privacy.cancel_request", str(request_id),
                       current_principal().credential_type)
 
 
 @privacy_blp.route("/requests/<uuid:request_id>/cancel", methods=["POST"])
-@privacy_blp.response(200, RequestView)
-@privacy_blp.arguments(CancelRequest)
+@privacy_blp.response(200, c.RequestView)
+@privacy_blp.arguments(c.CancelRequest)
 @errors(400, 403, 409)
 @privacy_blp.doc(security=[{}, {"bearerAuth": []}])
 def cancel_request(payload, request_id):
@@ -98,54 +85,54 @@ def cancel_request(payload, request_id):
     400 invalid_token) or, without one, with a session of the owner (403
     session_required); 409 not_cancellable"""
     if payload.get("token"):
-        return call(RequestView, "privacy.cancel_with_token", str(request_id), payload)
+        return call(c.RequestView, "privacy.cancel_with_token", str(request_id), payload)
     return _cancel_signed_in(request_id)
 
 
 @privacy_blp.route("/certificates/<uuid:request_id>", methods=["GET"])
-@privacy_blp.response(200, Certificate)
+@privacy_blp.response(200, c.Certificate)
 def certificate(request_id):
     """A completed erasure's certificate (no personal data; no authentication: the
     account is gone). 404 until the erasure has completed"""
-    return call(Certificate, "privacy.get_certificate", str(request_id))
+    return call(c.Certificate, "privacy.get_certificate", str(request_id))
 
 
 @privacy_blp.route("/consents")
 class ConsentsView(MethodView):
-    @privacy_blp.response(200, Consents)
+    @privacy_blp.response(200, c.Consents)
     @authenticated
     def get(self):
         """The caller's consents and every change of them"""
-        return for_caller(Consents, "privacy.get_consents")
+        return for_caller(c.Consents, "privacy.get_consents")
 
-    @privacy_blp.response(200, Consents)
+    @privacy_blp.response(200, c.Consents)
     @authenticated
-    @privacy_blp.arguments(UpdateConsents)
+    @privacy_blp.arguments(c.UpdateConsents)
     def put(self, payload):
         """Give or withdraw consent to marketing mail and analytics"""
-        return for_caller(Consents, "privacy.update_consents", payload, "api")
+        return for_caller(c.Consents, "privacy.update_consents", payload, "api")
 
 
 @privacy_blp.route("/policy", methods=["GET"])
-@privacy_blp.response(200, Policy)
+@privacy_blp.response(200, c.Policy)
 @errors(404)
 def policy():
     """The current privacy policy version (404 before any is published)"""
-    return call(Policy, "privacy.get_policy")
+    return call(c.Policy, "privacy.get_policy")
 
 
 @privacy_blp.route("/policy/accept", methods=["POST"])
-@privacy_blp.response(200, PolicyStatus)
+@privacy_blp.response(200, c.PolicyStatus)
 @errors(404, 409)
 @authenticated
-@privacy_blp.arguments(AcceptPolicy)
+@privacy_blp.arguments(c.AcceptPolicy)
 def accept_policy(payload):
     """Accept the current policy version (409 policy_version_outdated for another one)"""
-    return for_caller(PolicyStatus, "privacy.accept_policy", payload)
+    return for_caller(c.PolicyStatus, "privacy.accept_policy", payload)
 
 
 @privacy_blp.route("/retention", methods=["GET"])
-@privacy_blp.response(200, Retention)
+@privacy_blp.response(200, c.Retention)
 def retention():
     """The retention schedule the running services enforce, from their own settings"""
-    return call(Retention, "privacy.get_retention")
+    return call(c.Retention, "privacy.get_retention")

@@ -12,19 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    UniqueConstraint,
-    Uuid,
-    false,
-    text,
-)
+import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, KEY_NAME_MAX
@@ -35,29 +23,31 @@ from services.common.outbox import outbox_table
 Base = service_base()
 
 
-def _user_fk() -> ForeignKey:
-    return ForeignKey("users.id", ondelete="CASCADE")
+def _user_fk() -> sa.ForeignKey:
+    return sa.ForeignKey("users.id", ondelete="CASCADE")
 
 
 class User(IdMixin, Base):
     __tablename__ = "users"
 
-    email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
-    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    password_hash: Mapped[str] = mapped_column(String(255))
-    display_name: Mapped[str | None] = mapped_column(String(DISPLAY_NAME_MAX))
-    bio: Mapped[str | None] = mapped_column(String(BIO_MAX))
-    avatar_image_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    plan: Mapped[str] = mapped_column(String(32))
-    processing_restricted: Mapped[bool] = mapped_column(
-        Boolean, default=False, server_default=false()
+    email: Mapped[str] = mapped_column(sa.String(EMAIL_MAX), unique=True)
+    email_verified: Mapped[bool] = mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
     )
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    display_name: Mapped[str | None] = mapped_column(sa.String(DISPLAY_NAME_MAX))
+    bio: Mapped[str | None] = mapped_column(sa.String(BIO_MAX))
+    avatar_image_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    plan: Mapped[str] = mapped_column(sa.String(32))
+    processing_restricted: Mapped[bool] = mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     # Base32 secret of the confirmed TOTP enrolment (None: TOTP off), one waiting
     # for its first code, and the last time step accepted (replay protection).
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
-    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
-    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    totp_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    totp_pending_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -68,27 +58,27 @@ class User(IdMixin, Base):
 
 class UserSession(IdMixin, Base):
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (sa.Index("ix_sessions_user_id_created_at", "user_id", "created_at"),)
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk())
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    user_agent: Mapped[str | None] = mapped_column(String(300))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(300))
     # The client's network (IPv4 /24, IPv6 /48), shown in the sessions list.
-    network: Mapped[str | None] = mapped_column(String(64))
+    network: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class ApiKey(IdMixin, Base):
     __tablename__ = "api_keys"
-    __table_args__ = (Index("ix_api_keys_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (sa.Index("ix_api_keys_user_id_created_at", "user_id", "created_at"),)
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
-    name: Mapped[str] = mapped_column(String(KEY_NAME_MAX))
-    prefix: Mapped[str] = mapped_column(String(16))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk())
+    name: Mapped[str] = mapped_column(sa.String(KEY_NAME_MAX))
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -102,16 +92,16 @@ class EmailVerification(IdMixin, Base):
     # One live code per account and address: a second request made at the same
     # moment as the first cannot leave two codes to guess at.
     __table_args__ = (
-        Index("uq_email_verifications_live", "user_id", "email", unique=True,
-              postgresql_where=text("used_at IS NULL AND superseded_at IS NULL"),
-              sqlite_where=text("used_at IS NULL AND superseded_at IS NULL")),
+        sa.Index("uq_email_verifications_live", "user_id", "email", unique=True,
+              postgresql_where=sa.text("used_at IS NULL AND superseded_at IS NULL"),
+              sqlite_where=sa.text("used_at IS NULL AND superseded_at IS NULL")),
     )
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
-    purpose: Mapped[str] = mapped_column(String(20))
-    email: Mapped[str] = mapped_column(String(EMAIL_MAX), index=True)
-    code_hmac: Mapped[str] = mapped_column(String(64))
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(20))
+    email: Mapped[str] = mapped_column(sa.String(EMAIL_MAX), index=True)
+    code_hmac: Mapped[str] = mapped_column(sa.String(64))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -121,8 +111,8 @@ class EmailVerification(IdMixin, Base):
 class PasswordReset(IdMixin, Base):
     __tablename__ = "password_resets"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -140,8 +130,8 @@ class Throttle(Base):
 
     __tablename__ = "throttles"
 
-    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    subject: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     window_started_at: Mapped[datetime] = mapped_column(UtcDateTime())
     locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
@@ -150,10 +140,10 @@ class KnownNetwork(IdMixin, Base):
     """A network an account has logged in from, as an HMAC (never in clear)."""
 
     __tablename__ = "known_networks"
-    __table_args__ = (UniqueConstraint("user_id", "network_hmac"),)
+    __table_args__ = (sa.UniqueConstraint("user_id", "network_hmac"),)
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk())
-    network_hmac: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk())
+    network_hmac: Mapped[str] = mapped_column(sa.String(64))
     first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -163,8 +153,8 @@ class WebhookSecret(Base):
 
     __tablename__ = "webhook_secrets"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), primary_key=True)
-    secret: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), primary_key=True)
+    secret: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -175,9 +165,9 @@ class AccountChange(IdMixin, Base):
 
     __tablename__ = "account_changes"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, _user_fk(), index=True)
-    kind: Mapped[str] = mapped_column(String(32))  # email_changed | profile_updated
-    changes: Mapped[dict] = mapped_column(JSON)  # {field: {"from": ..., "to": ...}}
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))  # email_changed | profile_updated
+    changes: Mapped[dict] = mapped_column(sa.JSON)  # {field: {"from": ..., "to": ...}}
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

@@ -35,17 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.billing.ledger import held_from_lot
-from services.billing.models import (
-    CAPTURED,
-    OPEN,
-    RELEASED,
-    Account,
-    Hold,
-    LedgerEntry,
-    Lot,
-    LotMovement,
-    Order,
-)
+from services.billing.models import Account, Hold, HoldStatus, LedgerEntry, Lot, LotMovement, Order
 
 MAX_PROBLEMS = 1000
 
@@ -70,7 +60,7 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
             .group_by(LedgerEntry.user_id), LedgerEntry.user_id))
     }
     open_holds = dict(db.execute(only(
-        select(Hold.user_id, func.sum(Hold.amount)).where(Hold.status == OPEN)
+        select(Hold.user_id, func.sum(Hold.amount)).where(Hold.status == HoldStatus.OPEN)
         .group_by(Hold.user_id), Hold.user_id)).all())
     lot_sums = dict(db.execute(only(
         select(Lot.user_id, func.sum(Lot.remaining)).group_by(Lot.user_id), Lot.user_id)).all())
@@ -145,7 +135,8 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
             select(LedgerEntry.hold_id, LedgerEntry.kind, LedgerEntry.held_change)
             .where(LedgerEntry.hold_id.is_not(None)), LedgerEntry.user_id)):
         kinds[hold_id][kind] = int(held_change)
-    expected_kinds = {OPEN: {"hold"}, CAPTURED: {"hold", "capture"}, RELEASED: {"hold", "release"}}
+    expected_kinds = {HoldStatus.OPEN: {"hold"}, HoldStatus.CAPTURED: {"hold", "capture"},
+                      HoldStatus.RELEASED: {"hold", "release"}}
     for hold in db.scalars(only(select(Hold), Hold.user_id)):
         seen = kinds.get(hold.id, {})
         if seen.get("hold") != hold.amount:

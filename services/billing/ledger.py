@@ -48,16 +48,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.billing.models import (
-    CAPTURED,
-    OPEN,
-    RELEASED,
-    Account,
-    Hold,
-    LedgerEntry,
-    Lot,
-    LotMovement,
-)
+from services.billing.models import Account, Hold, HoldStatus, LedgerEntry, Lot, LotMovement
 from services.common.errors import DomainError, conflict
 from services.common.ids import new_id
 from services.common.pagination import decode_seq_cursor, encode_seq_cursor
@@ -262,7 +253,7 @@ def hold_credits(db: Session, account: Account, job_id: uuid.UUID, attempt: int,
     if can_spend < price:
         return HoldResult("insufficient", None, price, can_spend)
     hold = Hold(id=new_id(), user_id=account.user_id, job_id=job_id, attempt=attempt, amount=price,
-                status=OPEN, plan=plan, priority=priority, created_at=now)
+                status=HoldStatus.OPEN, plan=plan, priority=priority, created_at=now)
     db.add(hold)
     post(db, account, kind="hold", key=hold_key(job_id, attempt, "hold"), amount=-price,
          held_change=price, now=now, movements=draw(db, account.user_id, price, now),
@@ -296,10 +287,10 @@ def _hold_to_close(db: Session, account: Account | None, job_id: uuid.UUID, atte
 def capture(db: Session, account: Account | None, job_id: uuid.UUID, attempt: int,
             now: datetime) -> CloseResult:
     """The job succeeded: the held credits are spent."""
-    hold = _hold_to_close(db, account, job_id, attempt, "capture", CAPTURED)
+    hold = _hold_to_close(db, account, job_id, attempt, "capture", HoldStatus.CAPTURED)
     if isinstance(hold, CloseResult):
         return hold
-    if hold.status == RELEASED:
+    if hold.status == HoldStatus.RELEASED:
         if hold.release_reason == "expired":
             return _capture_after_expiry(db, account, hold, now)
         log.error("capture refused: the hold was released (%s)", hold.release_reason,
@@ -307,7 +298,7 @@ def capture(db: Session, account: Account | None, job_id: uuid.UUID, attempt: in
         return CloseResult("refused", hold)
     post(db, account, kind="capture", key=hold_key(job_id, attempt, "capture"), amount=0,
          held_change=-hold.amount, now=now, job_id=job_id, attempt=attempt, hold_id=hold.id)
-    hold.status, hold.closed_at = CAPTURED, now
+    hold.status, hold.closed_at = HoldStatus.CAPTURED, now
     return CloseResult("captured", hold, hold.amount)
 
 
@@ -339,10 +330,10 @@ def release(db: Session, account: Account | None, job_id: uuid.UUID, attempt: in
             now: datetime) -> CloseResult:
     """The job failed, was cancelled, or its hold expired: the credits go back
     to the lots they came from."""
-    hold = _hold_to_close(db, account, job_id, attempt, "release", RELEASED)
+    hold = _hold_to_close(db, account, job_id, attempt, "release", HoldStatus.RELEASED)
     if isinstance(hold, CloseResult):
         return hold
-    if hold.status == CAPTURED:
+    if hold.status == HoldStatus.CAPTURED:
         log.error("release refused: the hold was captured",
                   extra={"job_id": str(job_id), "attempt": attempt, "hold_id": str(hold.id)})
         return CloseResult("refused", hold)
@@ -350,7 +341,7 @@ def release(db: Session, account: Account | None, job_id: uuid.UUID, attempt: in
     post(db, account, kind="release", key=hold_key(job_id, attempt, "release"), amount=hold.amount,
          held_change=-hold.amount, now=now, movements=[(lot, -delta) for lot, delta in taken],
          job_id=job_id, attempt=attempt, hold_id=hold.id, reason=reason)
-    hold.status, hold.release_reason, hold.closed_at = RELEASED, reason, now
+    hold.status, hold.release_reason, hold.closed_at = HoldStatus.RELEASED, reason, now
     return CloseResult("released", hold, hold.amount)
 
 
@@ -360,7 +351,8 @@ def held_from_lot(db: Session, lot_id: uuid.UUID) -> int:
         select(func.coalesce(-func.sum(LotMovement.amount), 0))
         .join(LedgerEntry, LedgerEntry.id == LotMovement.entry_id)
         .join(Hold, Hold.id == LedgerEntry.hold_id)
-        .where(LotMovement.lot_id == lot_id, LedgerEntry.kind == "hold", Hold.status == OPEN)
+        .where(LotMovement.lot_id == lot_id, LedgerEntry.kind == "hold",
+               Hold.status == HoldStatus.OPEN)
     ))
 
 
@@ -376,7 +368,7 @@ def hold_movements(db: Session, hold: Hold, kind: str) -> list[tuple[Lot, int]]:
 
 def stale_holds(db: Session, older_than: datetime, limit: int) -> list[Hold]:
     return list(db.scalars(
-        select(Hold).where(Hold.status == OPEN, Hold.created_at <= older_than)
+        select(Hold).where(Hold.status == HoldStatus.OPEN, Hold.created_at <= older_than)
         .order_by(Hold.created_at).limit(limit)
     ))
 

@@ -38,17 +38,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.billing import ledger, plans, reversals
-from services.billing.models import (
-    FAILED,
-    PAID,
-    PARTIALLY_REFUNDED,
-    PENDING,
-    REFUNDED,
-    Account,
-    Order,
-    Payment,
-)
+from services.billing.models import Account, Order, Payment
 from services.billing.settings import BillingSettings
+from services.common.contracts.billing import OrderStatus
 from services.common.errors import DomainError, conflict, not_found
 from services.common.idempotency import request_hash
 from services.common.ids import add_years, parse_uuid
@@ -107,7 +99,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
                                code="idempotency_key_reused")
             if existing.checkout_url:
                 return existing, False
-            existing.status, existing.failure_reason = PENDING, None
+            existing.status, existing.failure_reason = OrderStatus.PENDING, None
             return existing, True
     if "pack_id" in data:
         pack = settings.packs.get(data["pack_id"])
@@ -127,7 +119,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
         order = Order(kind="plan", item_id=plan.id, description=f"{plan.name} plan",
                       credits=plan.monthly_grant, amount=plan.price_amount,
                       currency=plan.currency)
-    order.user_ref, order.status, order.created_at = user_ref, PENDING, now
+    order.user_ref, order.status, order.created_at = user_ref, OrderStatus.PENDING, now
     order.idempotency_key, order.request_hash = idempotency_key, digest
     order.amount_refunded, order.credits_reversed = 0, 0
     db.add(order)
@@ -140,15 +132,15 @@ def attach_session(db: Session, order_id: uuid.UUID, session_id: str, url: str) 
     if order.provider_session_id is None:
         order.provider_session_id = session_id
     order.checkout_url = url
-    if order.status == FAILED:  # the timeout failed it while Stripe answered
-        order.status, order.failure_reason = PENDING, None
+    if order.status == OrderStatus.FAILED:  # the timeout failed it while Stripe answered
+        order.status, order.failure_reason = OrderStatus.PENDING, None
     return order
 
 
 def mark_failed(db: Session, order_id: uuid.UUID, reason: str) -> None:
     order = db.get(Order, order_id, with_for_update=True, populate_existing=True)
-    if order is not None and order.status == PENDING and order.checkout_url is None:
-        order.status, order.failure_reason = FAILED, reason[:200]
+    if order is not None and order.status == OrderStatus.PENDING and order.checkout_url is None:
+        order.status, order.failure_reason = OrderStatus.FAILED, reason[:200]
 
 
 def expire_pending(db: Session, settings: BillingSettings, now: datetime) -> int:
@@ -157,14 +149,15 @@ def expire_pending(db: Session, settings: BillingSettings, now: datetime) -> int
     older than Stripe keeps it open. Returns how many; the caller commits."""
     no_session = now - timedelta(seconds=settings.pending_order_timeout_seconds)
     too_old = now - timedelta(seconds=settings.checkout_session_ttl_seconds)
-    rows = db.scalars(select(Order).where(Order.status == PENDING, Order.created_at <= no_session)
+    rows = db.scalars(select(Order)
+                      .where(Order.status == OrderStatus.PENDING, Order.created_at <= no_session)
                       .with_for_update(skip_locked=True)).all()
     failed = 0
     for order in rows:
         if order.checkout_url is None:
-            order.status, order.failure_reason = FAILED, "no checkout session"
+            order.status, order.failure_reason = OrderStatus.FAILED, "no checkout session"
         elif order.created_at <= too_old:
-            order.status, order.failure_reason = FAILED, "checkout expired"
+            order.status, order.failure_reason = OrderStatus.FAILED, "checkout expired"
         else:
             continue
         failed += 1
@@ -201,7 +194,7 @@ def fulfil(db: Session, settings: BillingSettings, order_id: uuid.UUID, session:
     if order is None:
         log.warning("payment for an unknown order", extra={"order_id": str(order_id)})
         return "unknown_order"
-    if order.status in (PAID, REFUNDED, PARTIALLY_REFUNDED):
+    if order.status in (OrderStatus.PAID, OrderStatus.REFUNDED, OrderStatus.PARTIALLY_REFUNDED):
         return "already_paid"
     if order.provider_session_id and session.get("id") != order.provider_session_id:
         log.error("payment session does not match the order's", extra={"order_id": str(order_id)})
@@ -221,14 +214,14 @@ def fulfil(db: Session, settings: BillingSettings, order_id: uuid.UUID, session:
                       order_id=order.id, reason=order.description)
     else:
         plans.activate_plan(db, settings, account, order, now, dispatch)
-    order.status, order.paid_at, order.failure_reason = PAID, now, None
+    order.status, order.paid_at, order.failure_reason = OrderStatus.PAID, now, None
     order.provider_session_id = order.provider_session_id or session.get("id")
     order.payment_intent_id = _string(session.get("payment_intent"))
     order.retain_until = add_years(now, settings.payment_retention_years)
     db.add(Payment(
         order_id=order.id, user_ref=order.user_ref, provider=order.provider,
         provider_session_id=order.provider_session_id, payment_intent_id=order.payment_intent_id,
-        amount=order.amount, currency=order.currency, amount_refunded=0, status=PAID,
+        amount=order.amount, currency=order.currency, amount_refunded=0, status=OrderStatus.PAID,
         created_at=now, paid_at=now, retain_until=order.retain_until,
         pseudonymised_at=order.pseudonymised_at,
     ))
@@ -261,7 +254,7 @@ def _lock_paid_order(db: Session, settings: BillingSettings, order_id: uuid.UUID
     if order is None:
         log.warning("%s for an unknown order", what, extra={"order_id": str(order_id)})
         return None, None, "unknown_order"
-    if order.status not in (PAID, PARTIALLY_REFUNDED, REFUNDED):
+    if order.status not in (OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED, OrderStatus.REFUNDED):
         log.error("%s for an order that is not paid", what, extra={"order_id": str(order_id)})
         return None, None, "not_paid"
     return order, account, None
@@ -287,7 +280,7 @@ def refund(db: Session, settings: BillingSettings, order_id: uuid.UUID, charge: 
     reversed_now, pending = reversals.money_returned(
         db, account, order, amount_refunded=total, key=f"order:{order.id}:refund:{total}",
         reason=f"refund of {total} {order.currency}", now=now)
-    order.status = REFUNDED if total >= order.amount else PARTIALLY_REFUNDED
+    order.status = OrderStatus.REFUNDED if total >= order.amount else OrderStatus.PARTIALLY_REFUNDED
     order.refunded_at = now
     payment = db.scalars(select(Payment).where(Payment.order_id == order.id)).first()
     if payment is not None:

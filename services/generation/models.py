@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, Index, Integer, String, Text, UniqueConstraint, Uuid
+import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import UtcDateTime, processed_events_table
@@ -33,37 +33,37 @@ class Job(IdMixin, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         # a user's jobs, newest first (keyset pagination), and their active count
-        Index("ix_jobs_user_id_created_at_id", "user_id", "created_at", "id"),
+        sa.Index("ix_jobs_user_id_created_at_id", "user_id", "created_at", "id"),
         # the run queue: reserved jobs by priority, then age
-        Index("ix_jobs_status_priority_reserved_at", "status", "priority", "reserved_at"),
+        sa.Index("ix_jobs_status_priority_reserved_at", "status", "priority", "reserved_at"),
         # Idempotency-Key: one job per user and key
-        UniqueConstraint("user_id", "idempotency_key"),
+        sa.UniqueConstraint("user_id", "idempotency_key"),
     )
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    type: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))  # a contracts.generation.JobState
-    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    type: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16))  # a contracts.generation.JobState
+    attempt: Mapped[int] = mapped_column(sa.Integer, default=1)
     # what the user asked for: prompt and parameters (n, size, seed, strength,
     # source_image_id, template, inputs, duration_s); the prompts are redacted
     # when the job is final if GENERATION.PROMPT_RETENTION is "redact"
-    prompt: Mapped[str | None] = mapped_column(Text)
-    negative_prompt: Mapped[str | None] = mapped_column(Text)
-    params: Mapped[dict] = mapped_column(JSON)
-    shots: Mapped[list | None] = mapped_column(JSON)  # a storyboard video's shots
+    prompt: Mapped[str | None] = mapped_column(sa.Text)
+    negative_prompt: Mapped[str | None] = mapped_column(sa.Text)
+    params: Mapped[dict] = mapped_column(sa.JSON)
+    shots: Mapped[list | None] = mapped_column(sa.JSON)  # a storyboard video's shots
     prompt_redacted: Mapped[bool] = mapped_column(default=False)
-    price: Mapped[int] = mapped_column(Integer)
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    progress: Mapped[float] = mapped_column(Float, default=0.0)
-    stage: Mapped[str] = mapped_column(String(32))
-    provider: Mapped[str | None] = mapped_column(String(64))
-    error_code: Mapped[str | None] = mapped_column(String(100))
-    error_message: Mapped[str | None] = mapped_column(String(2000))
-    output_ids: Mapped[list] = mapped_column(JSON, default=list)
-    webhook_url: Mapped[str | None] = mapped_column(String(2000))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200))
-    request_hash: Mapped[str | None] = mapped_column(String(64))
-    lease_token: Mapped[str | None] = mapped_column(String(36))
+    price: Mapped[int] = mapped_column(sa.Integer)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=0)
+    progress: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    stage: Mapped[str] = mapped_column(sa.String(32))
+    provider: Mapped[str | None] = mapped_column(sa.String(64))
+    error_code: Mapped[str | None] = mapped_column(sa.String(100))
+    error_message: Mapped[str | None] = mapped_column(sa.String(2000))
+    output_ids: Mapped[list] = mapped_column(sa.JSON, default=list)
+    webhook_url: Mapped[str | None] = mapped_column(sa.String(2000))
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+    request_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_token: Mapped[str | None] = mapped_column(sa.String(36))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     reserved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -81,21 +81,21 @@ class WebhookDelivery(IdMixin, Base):
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
-        UniqueConstraint("job_id", "attempt", "job_status"),
+        sa.Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        sa.UniqueConstraint("job_id", "attempt", "job_status"),
     )
 
-    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    attempt: Mapped[int] = mapped_column(Integer)  # the job's attempt
-    job_status: Mapped[str] = mapped_column(String(16))
-    url: Mapped[str] = mapped_column(String(2000))
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    attempt: Mapped[int] = mapped_column(sa.Integer)  # the job's attempt
+    job_status: Mapped[str] = mapped_column(sa.String(16))
+    url: Mapped[str] = mapped_column(sa.String(2000))
     # the URL's origin (scheme://host:port): what per-receiver limits and backoff key on
-    receiver: Mapped[str | None] = mapped_column(String(300))
-    body: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
-    tries: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(String(500))
+    receiver: Mapped[str | None] = mapped_column(sa.String(300))
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16))  # pending | delivered | failed
+    tries: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -108,10 +108,10 @@ class WebhookReceiver(Base):
 
     __tablename__ = "webhook_receivers"
 
-    receiver: Mapped[str] = mapped_column(String(300), primary_key=True)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
+    receiver: Mapped[str] = mapped_column(sa.String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0)
     blocked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -125,7 +125,7 @@ class SubmitLock(Base):
 
     __tablename__ = "submit_locks"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
 
 
 class RestrictedUser(Base):
@@ -135,7 +135,7 @@ class RestrictedUser(Base):
 
     __tablename__ = "restricted_users"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     restricted: Mapped[bool] = mapped_column(default=False)
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -149,7 +149,7 @@ class ErasurePending(Base):
 
     __tablename__ = "erasure_pending"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     pending: Mapped[bool] = mapped_column(default=True)
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 

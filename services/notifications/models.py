@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, String, Uuid, false
+import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.contracts.auth import EMAIL_MAX
@@ -36,11 +36,11 @@ processed_events = processed_events_table(Base.metadata)
 class Notification(IdMixin, Base):
     __tablename__ = "notifications"
 
-    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    recipient: Mapped[str] = mapped_column(String(EMAIL_MAX))
-    template: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str] = mapped_column(String(SUBJECT_MAX))
+    event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, unique=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    recipient: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
+    template: Mapped[str] = mapped_column(sa.String(64))
+    subject: Mapped[str] = mapped_column(sa.String(SUBJECT_MAX))
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -50,9 +50,11 @@ class MarketingPreference(Base):
 
     __tablename__ = "marketing_preferences"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    marketing_email: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    restricted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    marketing_email: Mapped[bool] = mapped_column(
+        sa.Boolean, default=False, server_default=sa.false()
+    )
+    restricted: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     consent_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     restriction_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
@@ -64,7 +66,7 @@ class ErasedAccount(Base):
 
     __tablename__ = "erased_accounts"
 
-    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

@@ -22,18 +22,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    Uuid,
-)
+import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -46,16 +35,16 @@ Base = service_base()
 class PrivacyRequest(IdMixin, Base):
     __tablename__ = "privacy_requests"
     __table_args__ = (
-        UniqueConstraint("user_id", "open_type"),
-        Index("ix_privacy_requests_user_id_created_at_id", "user_id", "created_at", "id"),
-        Index("ix_privacy_requests_status_due_at", "status", "due_at"),
+        sa.UniqueConstraint("user_id", "open_type"),
+        sa.Index("ix_privacy_requests_user_id_created_at_id", "user_id", "created_at", "id"),
+        sa.Index("ix_privacy_requests_status_due_at", "status", "due_at"),
     )
 
-    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # NULL once erased
-    type: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(16))
-    open_type: Mapped[str | None] = mapped_column(String(20))
-    phase: Mapped[int] = mapped_column(Integer, default=0)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)  # NULL once erased
+    type: Mapped[str] = mapped_column(sa.String(20))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    open_type: Mapped[str | None] = mapped_column(sa.String(20))
+    phase: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     due_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # an erasure: its grace period ends then (cancellable until then); the
@@ -65,18 +54,18 @@ class PrivacyRequest(IdMixin, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # SHA-256 of the mailed cancel link's token (single use: the request is
     # no longer pending once it is used)
-    cancel_token_hash: Mapped[str | None] = mapped_column(String(64))
+    cancel_token_hash: Mapped[str | None] = mapped_column(sa.String(64))
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # an export: the archive (a storage object of the user's), and its assembly
-    export_object_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    export_object_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     export_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    export_size: Mapped[int | None] = mapped_column(BigInteger)
-    assembly_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    export_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    assembly_attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     assembling_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -85,29 +74,29 @@ class RequestPart(Base):
     stored object (``object_id``) is kept only until the archive is built."""
 
     __tablename__ = "request_parts"
-    __table_args__ = (Index("ix_request_parts_status_published_at", "status", "published_at"),)
+    __table_args__ = (sa.Index("ix_request_parts_status_published_at", "status", "published_at"),)
 
     request_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("privacy_requests.id", ondelete="CASCADE"), primary_key=True)
-    service: Mapped[str] = mapped_column(String(32), primary_key=True)
-    phase: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times the request was published
+        sa.Uuid, sa.ForeignKey("privacy_requests.id", ondelete="CASCADE"), primary_key=True)
+    service: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    phase: Mapped[int] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)  # times the request was published
     published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # an erasure part: what the service reports (counts and times, no personal data)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    rows_deleted: Mapped[int | None] = mapped_column(BigInteger)
-    rows_pseudonymised: Mapped[int | None] = mapped_column(BigInteger)
-    objects_deleted: Mapped[int | None] = mapped_column(BigInteger)
-    bytes_deleted: Mapped[int | None] = mapped_column(BigInteger)
-    tables: Mapped[dict | None] = mapped_column(JSON)
+    rows_deleted: Mapped[int | None] = mapped_column(sa.BigInteger)
+    rows_pseudonymised: Mapped[int | None] = mapped_column(sa.BigInteger)
+    objects_deleted: Mapped[int | None] = mapped_column(sa.BigInteger)
+    bytes_deleted: Mapped[int | None] = mapped_column(sa.BigInteger)
+    tables: Mapped[dict | None] = mapped_column(sa.JSON)
     # an export part
-    data: Mapped[str | None] = mapped_column(Text)
-    object_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    about: Mapped[str | None] = mapped_column(Text)
-    withheld: Mapped[list | None] = mapped_column(JSON)
+    data: Mapped[str | None] = mapped_column(sa.Text)
+    object_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    about: Mapped[str | None] = mapped_column(sa.Text)
+    withheld: Mapped[list | None] = mapped_column(sa.JSON)
 
 
 class RequestLog(IdMixin, Base):
@@ -115,68 +104,68 @@ class RequestLog(IdMixin, Base):
 
     __tablename__ = "request_log"
 
-    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
-    action: Mapped[str] = mapped_column(String(40))
-    service: Mapped[str | None] = mapped_column(String(32))
-    detail: Mapped[str | None] = mapped_column(String(500))
+    action: Mapped[str] = mapped_column(sa.String(40))
+    service: Mapped[str | None] = mapped_column(sa.String(32))
+    detail: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 class ConsentChange(IdMixin, Base):
     __tablename__ = "consent_changes"
-    __table_args__ = (Index("ix_consent_changes_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (sa.Index("ix_consent_changes_user_id_created_at", "user_id", "created_at"),)
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    purpose: Mapped[str] = mapped_column(String(32))
-    granted: Mapped[bool] = mapped_column(Boolean)
-    source: Mapped[str] = mapped_column(String(32))
-    policy_version: Mapped[str | None] = mapped_column(String(32))
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    purpose: Mapped[str] = mapped_column(sa.String(32))
+    granted: Mapped[bool] = mapped_column(sa.Boolean)
+    source: Mapped[str] = mapped_column(sa.String(32))
+    policy_version: Mapped[str | None] = mapped_column(sa.String(32))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class PolicyVersion(Base):
     __tablename__ = "policy_versions"
 
-    version: Mapped[str] = mapped_column(String(32), primary_key=True)
-    material: Mapped[bool] = mapped_column(Boolean)
-    summary: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    material: Mapped[bool] = mapped_column(sa.Boolean)
+    summary: Mapped[str] = mapped_column(sa.Text)
     published_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 class PolicyAcceptance(IdMixin, Base):
     __tablename__ = "policy_acceptances"
-    __table_args__ = (UniqueConstraint("user_id", "version"),)
+    __table_args__ = (sa.UniqueConstraint("user_id", "version"),)
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    version: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    version: Mapped[str] = mapped_column(sa.String(32))
     accepted_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Restriction(Base):
     __tablename__ = "restrictions"
 
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    restricted: Mapped[bool] = mapped_column(Boolean)
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    restricted: Mapped[bool] = mapped_column(sa.Boolean)
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class AccessLog(Base):
     __tablename__ = "access_logs"
-    __table_args__ = (Index("ix_access_logs_user_id_at", "user_id", "at"),)
+    __table_args__ = (sa.Index("ix_access_logs_user_id_at", "user_id", "at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # the fact id
-    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)  # the fact id
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
-    method: Mapped[str] = mapped_column(String(10))
-    route: Mapped[str] = mapped_column(String(200))
-    status: Mapped[int] = mapped_column(Integer)
-    network: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(sa.String(10))
+    route: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[int] = mapped_column(sa.Integer)
+    network: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class ErasedSubject(Base):
     __tablename__ = "erased_subjects"
 
-    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    subject: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

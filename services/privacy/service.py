@@ -288,11 +288,7 @@ class PrivacyService(DarkroomService):
     # (their handlers are made by :func:`_participants`)
 
     def _export_part(self, event: dict) -> None:
-        now = utcnow()
-        request = subject_requests.record_export_part(self.db, event, now)
-        outcome = subject_requests.advance(self.db, self.settings, request, now, self.dispatch) \
-            if request is not None else None
-        self.db.commit()
+        request, outcome = self._record_part(subject_requests.record_export_part, event)
         if request is None:
             log.info("export part ignored (answered before, or the request is closed)",
                      extra={"request_id": str(event["request_id"]), "service": event["service"]})
@@ -300,13 +296,20 @@ class PrivacyService(DarkroomService):
             self._assemble(request.id)
 
     def _erasure_part(self, event: dict) -> None:
+        _, outcome = self._record_part(subject_requests.record_erasure_part, event)
+        if outcome == "completed":
+            log.info("erasure completed", extra={"request_id": str(event["request_id"])})
+
+    def _record_part(self, record, event: dict) -> tuple[PrivacyRequest | None, str | None]:
+        """Record one service's answer with ``record``, advance its request and
+        commit. Returns ``(request, outcome)``; ``request`` is None when the
+        answer was ignored (answered before, or the request is closed)."""
         now = utcnow()
-        request = subject_requests.record_erasure_part(self.db, event, now)
+        request = record(self.db, event, now)
         outcome = subject_requests.advance(self.db, self.settings, request, now, self.dispatch) \
             if request is not None else None
         self.db.commit()
-        if outcome == "completed":
-            log.info("erasure completed", extra={"request_id": str(event["request_id"])})
+        return request, outcome
 
     # ------------------------------------------------------------ the archive
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String, Uuid, text
+import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import UtcDateTime, processed_events_table
@@ -34,28 +34,30 @@ class StoredObject(IdMixin, Base):
     __tablename__ = "objects"
     __table_args__ = (
         # The gallery: an owner's objects, newest first (keyset pagination).
-        Index("ix_objects_owner_id_created_at_id", "owner_id", "created_at", "id"),
+        sa.Index("ix_objects_owner_id_created_at_id", "owner_id", "created_at", "id"),
         # The purge: live rows by expiry.
-        Index(
+        sa.Index(
             "ix_objects_expires_at_live",
             "expires_at",
-            postgresql_where=text("deleted_at IS NULL"),
-            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+            sqlite_where=sa.text("deleted_at IS NULL"),
         ),
     )
 
-    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    kind: Mapped[str] = mapped_column(String(16))  # upload | output | export
-    status: Mapped[str] = mapped_column(String(16))  # pending | committed
-    content_type: Mapped[str] = mapped_column(String(100))
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
-    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    visibility: Mapped[str] = mapped_column(String(16), default="private", server_default="private")
-    public_id: Mapped[str | None] = mapped_column(String(64), unique=True)  # while public
-    key: Mapped[str] = mapped_column(String(255))
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # upload | output | export
+    status: Mapped[str] = mapped_column(sa.String(16))  # pending | committed
+    content_type: Mapped[str] = mapped_column(sa.String(100))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    width: Mapped[int | None] = mapped_column(sa.Integer)
+    height: Mapped[int | None] = mapped_column(sa.Integer)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    visibility: Mapped[str] = mapped_column(
+        sa.String(16), default="private", server_default="private"
+    )
+    public_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)  # while public
+    key: Mapped[str] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     committed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -68,12 +70,12 @@ class UploadSlot(IdMixin, Base):
 
     __tablename__ = "upload_slots"
 
-    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    key: Mapped[str] = mapped_column(String(255))
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    key: Mapped[str] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    object_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    object_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
 
 
 class OwnerRetention(Base):
@@ -82,9 +84,9 @@ class OwnerRetention(Base):
 
     __tablename__ = "owner_retention"
 
-    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    plan: Mapped[str] = mapped_column(String(64))
-    retention_days: Mapped[int] = mapped_column(Integer)
+    owner_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    plan: Mapped[str] = mapped_column(sa.String(64))
+    retention_days: Mapped[int] = mapped_column(sa.Integer)
     # When billing said so (the event's occurred_at): an older event never
     # overrides a newer one.
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -97,11 +99,11 @@ class PurgeBatch(IdMixin, Base):
 
     __tablename__ = "purge_batches"
 
-    reason: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(sa.String(16))
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     finished_at: Mapped[datetime] = mapped_column(UtcDateTime())
-    objects: Mapped[int] = mapped_column(Integer)
-    bytes: Mapped[int] = mapped_column(BigInteger)
+    objects: Mapped[int] = mapped_column(sa.Integer)
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 # Events consumed (idempotency on event id) and events waiting to be published.

@@ -32,8 +32,9 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from services.billing import orders
-from services.billing.models import FAILED, PENDING, Order, WebhookEvent
+from services.billing.models import Order, WebhookEvent
 from services.billing.settings import BillingSettings
+from services.common.contracts.billing import OrderStatus
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import parse_uuid
 from services.common.messaging import Dispatch
@@ -140,9 +141,9 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
     if kind == "checkout.session.expired":
         order_id = _order_id_of(obj)
         order = db.get(Order, order_id, with_for_update=True) if order_id else None
-        if order is None or order.status != PENDING:
+        if order is None or order.status != OrderStatus.PENDING:
             return "ignored"
-        order.status, order.failure_reason = FAILED, "checkout expired"
+        order.status, order.failure_reason = OrderStatus.FAILED, "checkout expired"
         return "order_failed"
     if kind == "charge.refunded":
         order_id = orders.find_refunded_order(db, obj)

@@ -10,6 +10,8 @@ Credits are integers; money is integer minor units with an ISO-4217 currency
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from services.common.contracts.base import (
@@ -29,7 +31,21 @@ from services.common.contracts.generation import (
 
 RELEASE_REASONS = ("failed", "cancelled", "expired")
 ORDER_KINDS = ("pack", "plan")
-ORDER_STATUSES = ("pending", "paid", "failed", "refunded", "partially_refunded")
+
+
+class OrderStatus(StrEnum):
+    """An order's ``status``: ``pending`` until paid (``paid``) or given up
+    (``failed``); ``partially_refunded`` or ``refunded`` after refunds."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+
+
+ORDER_STATUSES = [status.value for status in OrderStatus]  # plain strings, for the OpenAPI
+
 # open, then how Stripe closed it (warning_closed: an inquiry that never became
 # a chargeback; prevented: stopped before it became one)
 DISPUTE_STATUSES = ("open", "won", "lost", "warning_closed", "prevented")
