@@ -29,6 +29,7 @@ from services.auth.models import (
     WebhookSecret,
 )
 from services.auth.settings import AuthSettings
+from services.common.db import locked
 from services.common.ids import isoformat, trusted_id
 from services.common.privacy_parts import Erasure
 
@@ -130,7 +131,7 @@ def erase(db: Session, settings: AuthSettings, user_id, now: datetime,
     to register again. Rows deleted per table (zeros when already erased);
     the address names the user in dead letters too. The caller commits."""
     uid = trusted_id(user_id)
-    user = db.get(User, uid, with_for_update=True)
+    user = locked(db, User, uid)
     named = (user.email,) if user is not None else ()  # read before the row is gone
     tables = {}
     for name, model in CHILD_TABLES:

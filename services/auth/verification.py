@@ -165,7 +165,13 @@ def recently_sent(
     db: Session, settings: AuthSettings, user: User, purpose: str, email: str, now: datetime
 ) -> bool:
     """Whether the user got a code for ``purpose`` sent to ``email`` less than
-    ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago."""
+    ``AUTH.RESEND_MIN_INTERVAL_SECONDS`` ago.
+
+    The account's row is locked first, until the caller commits: two requests at
+    once are then answered one after the other, and the second sees the code the
+    first sent. (Without the lock, a request that checked before the first
+    committed could supersede its code just after, and send a second one.)"""
+    db.execute(select(User.id).where(User.id == user.id).with_for_update())
     last = db.scalar(
         select(EmailVerification.created_at)
         .where(

@@ -41,6 +41,7 @@ from services.billing import ledger, plans, reversals
 from services.billing.models import Account, Order, Payment
 from services.billing.settings import BillingSettings
 from services.common.contracts.billing import OrderStatus
+from services.common.db import locked
 from services.common.errors import DomainError, conflict, not_found
 from services.common.idempotency import request_hash
 from services.common.ids import add_years, parse_uuid
@@ -128,7 +129,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
 
 
 def attach_session(db: Session, order_id: uuid.UUID, session_id: str, url: str) -> Order:
-    order = db.get(Order, order_id, with_for_update=True, populate_existing=True)
+    order = locked(db, Order, order_id)
     if order.provider_session_id is None:
         order.provider_session_id = session_id
     order.checkout_url = url
@@ -138,7 +139,7 @@ def attach_session(db: Session, order_id: uuid.UUID, session_id: str, url: str) 
 
 
 def mark_failed(db: Session, order_id: uuid.UUID, reason: str) -> None:
-    order = db.get(Order, order_id, with_for_update=True, populate_existing=True)
+    order = locked(db, Order, order_id)
     if order is not None and order.status == OrderStatus.PENDING and order.checkout_url is None:
         order.status, order.failure_reason = OrderStatus.FAILED, reason[:200]
 
@@ -181,7 +182,7 @@ def _lock_order_and_account(db: Session, settings: BillingSettings, order_id: uu
     account = None
     if order.pseudonymised_at is None:
         account = plans.locked_account(db, settings, uuid.UUID(order.user_ref), now, dispatch)
-    order = db.get(Order, order_id, with_for_update=True, populate_existing=True)
+    order = locked(db, Order, order_id)
     return order, account
 
 

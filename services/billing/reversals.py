@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from services.billing import ledger
 from services.billing.models import Account, Hold, Lot, Order
+from services.common.db import locked
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def after_release(db: Session, account: Account, hold: Hold, now: datetime) -> i
     for lot, returned in ledger.hold_movements(db, hold, "release"):
         if lot.order_id is None or returned <= 0:
             continue
-        order = db.get(Order, lot.order_id, with_for_update=True, populate_existing=True)
+        order = locked(db, Order, lot.order_id)
         if order is None or order.credits_pending <= 0:
             continue
         taken = min(int(order.credits_pending), returned, lot.remaining)
@@ -124,7 +125,7 @@ def after_capture(db: Session, hold: Hold) -> None:
     for lot, _ in ledger.hold_movements(db, hold, "hold"):
         if lot.order_id is None:
             continue
-        order = db.get(Order, lot.order_id, with_for_update=True, populate_existing=True)
+        order = locked(db, Order, lot.order_id)
         if order is None or order.credits_pending <= 0:
             continue
         order.credits_pending = min(int(order.credits_pending), ledger.held_from_lot(db, lot.id))

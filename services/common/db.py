@@ -76,6 +76,18 @@ def processed_events_table(metadata) -> Table:
     )
 
 
+def locked(session: Session, model, key):
+    """The row of ``model`` with primary key ``key``, locked (``SELECT ... FOR
+    UPDATE``) until the transaction ends and read afresh, or None.
+
+    A check made after waiting for the lock must see what the transaction it
+    waited for committed, although the session may hold the row from before
+    (sessions keep objects across commits): ``populate_existing`` says so
+    explicitly rather than relying on how a SQLAlchemy version treats a
+    locking ``get`` of a row already in the identity map."""
+    return session.get(model, key, with_for_update=True, populate_existing=True)
+
+
 def claim_event(session: Session, table: Table, event_id: str, consumer: str) -> bool:
     """Record that ``consumer`` handles ``event_id`` in the current transaction.
 

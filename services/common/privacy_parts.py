@@ -55,6 +55,7 @@ from nameko.rpc import rpc
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import PART_INLINE_MAX_BYTES
+from services.common.db import locked
 from services.common.errors import DomainError
 from services.common.ids import isoformat, trusted_id, utcnow
 from services.common.messaging import event_handler
@@ -148,7 +149,7 @@ def record_newest(db: Session, model, user_id, field: str, value: bool, at: date
     was recorded (events may arrive out of order); False then. The caller
     commits."""
     uid = trusted_id(user_id)
-    row = db.get(model, uid, with_for_update=True)
+    row = locked(db, model, uid)
     if row is None:
         db.add(model(user_id=uid, changed_at=at, **{field: bool(value)}))
     elif row.changed_at > at:

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from services.common.db import locked
 from services.common.ids import isoformat, trusted_id
 from services.common.privacy_parts import Erasure
 from services.notifications import notify
@@ -61,7 +62,7 @@ def erase(db: Session, settings: None, user_id, now: datetime,
 
 
 def _preference(db: Session, user_id: uuid.UUID) -> MarketingPreference:
-    row = db.get(MarketingPreference, user_id, with_for_update=True)
+    row = locked(db, MarketingPreference, user_id)
     if row is None:
         row = MarketingPreference(user_id=user_id, marketing_email=False, restricted=False)
         db.add(row)

@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import CONSENT_PURPOSES
+from services.common.db import locked
 from services.common.errors import conflict
 from services.common.ids import isoformat
 from services.privacy import access_logs, consent
@@ -42,7 +43,7 @@ def is_restricted(db: Session, user_id: uuid.UUID) -> bool:
 
 def set_restricted(db: Session, user_id: uuid.UUID, restricted: bool, now: datetime) -> None:
     """409 ``already_restricted`` / ``not_restricted`` when nothing would change."""
-    row = db.get(Restriction, user_id, with_for_update=True)
+    row = locked(db, Restriction, user_id)
     if bool(row and row.restricted) == restricted:
         raise conflict("processing of this account is already restricted" if restricted
                        else "processing of this account is not restricted",

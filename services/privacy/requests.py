@@ -58,6 +58,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES
+from services.common.db import locked
 from services.common.errors import DomainError, conflict, forbidden, not_found
 from services.common.ids import client_id, new_id, pseudonym, trusted_id
 from services.common.messaging import Dispatch
@@ -225,10 +226,10 @@ def _confirm(db: Session, request_id, service: str, now: datetime
     """Lock the request (answers of one request are recorded one at a time,
     so exactly one of them sees the phase complete) and mark the part done;
     None when there is nothing to record (done before, unknown, cancelled)."""
-    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
+    request = locked(db, PrivacyRequest, client_id(request_id, "request"))
     if request is None or request.status in ("cancelled", "completed") or request.user_id is None:
         return None
-    part = db.get(RequestPart, (request.id, service), with_for_update=True)
+    part = locked(db, RequestPart, (request.id, service))
     if part is None or part.status in ("completed", "waiting"):
         return None
     part.status, part.completed_at = "completed", now
@@ -254,7 +255,7 @@ def record_erasure_part(db: Session, event: dict, now: datetime) -> PrivacyReque
     """Record a service's answer. While generation is asked again (the
     recheck) only its answer to that is taken (a late copy of its first one
     is not) and its counts are added to the first ones."""
-    request = db.get(PrivacyRequest, client_id(event["request_id"], "request"), with_for_update=True)
+    request = locked(db, PrivacyRequest, client_id(event["request_id"], "request"))
     if request is not None and _rechecking(request) != bool(event.get("recheck")):
         return None
     found = _confirm(db, event["request_id"], event["service"], now)
@@ -344,7 +345,7 @@ def claim_assembly(db: Session, settings: PrivacySettings, request_id, now: date
                    ) -> PrivacyRequest | None:
     """Take the right to build an export's archive for a while (the caller
     commits before building); None when it is not buildable or taken."""
-    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
+    request = locked(db, PrivacyRequest, client_id(request_id, "request"))
     if (request is None or request.type != "export" or request.status != "in_progress"
             or request.user_id is None or request.export_object_id is not None
             or request.assembly_attempts >= settings.assembly_max_attempts
@@ -382,7 +383,7 @@ def finish_export(db: Session, request: PrivacyRequest, stored: dict, now: datet
 
 def assembly_failed(db: Session, settings: PrivacySettings, request_id, error: str,
                     now: datetime) -> PrivacyRequest | None:
-    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
+    request = locked(db, PrivacyRequest, client_id(request_id, "request"))
     if request is None or request.status != "in_progress":
         return None
     # the next try waits a while (30 s, 1 min, 2 min...): storage may be restarting
@@ -512,7 +513,7 @@ def retry(db: Session, settings: PrivacySettings, request_id, now: datetime,
     """An operator's retry of an open request: its unanswered parts of the
     current phase are asked again with a fresh budget, a failed archive is
     built again. 404 unknown, 409 ``not_open``."""
-    request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
+    request = locked(db, PrivacyRequest, client_id(request_id, "request"))
     if request is None:
         raise not_found("request")
     if request.status not in ("in_progress", "failed") or request.user_id is None:
@@ -556,8 +557,8 @@ def cancel(db: Session, user_id: uuid.UUID, request_id, now: datetime, dispatch:
     if credential_type != "session":
         raise session_required()
     # locked and read again: the timer may be revoking the credentials right now
-    locked = db.get(PrivacyRequest, request.id, with_for_update=True, populate_existing=True)
-    return _cancel(db, locked, now, dispatch, "by the user")
+    fresh = locked(db, PrivacyRequest, request.id)
+    return _cancel(db, fresh, now, dispatch, "by the user")
 
 
 def cancel_with_token(db: Session, request_id, token: str, now: datetime,
@@ -566,7 +567,7 @@ def cancel_with_token(db: Session, request_id, token: str, now: datetime,
     for a wrong, used or expired token and for an unknown request (one
     answer for all, so the link tells a stranger nothing)."""
     try:
-        request = db.get(PrivacyRequest, client_id(request_id, "request"), with_for_update=True)
+        request = locked(db, PrivacyRequest, client_id(request_id, "request"))
     except DomainError:
         request = None
     # the token is forgotten once used or once the grace period is over

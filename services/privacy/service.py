@@ -26,7 +26,7 @@ from nameko.timer import timer
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as c
-from services.common.db import Database
+from services.common.db import Database, locked
 from services.common.errors import DomainError, not_found
 from services.common.ids import isoformat, trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
@@ -351,7 +351,7 @@ class PrivacyService(DarkroomService):
         finally:
             if built is not None:
                 archive.discard(built)
-        request = self.db.get(PrivacyRequest, request.id, with_for_update=True)
+        request = locked(self.db, PrivacyRequest, request.id)
         leftovers = subject_requests.finish_export(self.db, request, stored, utcnow(),
                                                    self.dispatch)
         self.db.commit()

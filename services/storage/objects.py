@@ -33,6 +33,7 @@ from sqlalchemy import Select, delete, or_, select
 from sqlalchemy.orm import Session
 
 from services.common.concurrency import offload
+from services.common.db import locked
 from services.common.errors import DomainError, invalid_request, not_found, payload_too_large
 from services.common.ids import client_id, new_id, trusted_id
 from services.common.pagination import paginate
@@ -182,7 +183,7 @@ def finish_upload(db: Session, backend: Backend, settings: StorageSettings, owne
     same object again). The bytes are read and decoded inside a turn of
     ``decodes`` (the process's bound; 503 ``storage_busy`` past its wait)."""
     owner, uid = trusted_id(owner_id, "owner_id"), client_id(upload_id, "upload")
-    slot = db.get(UploadSlot, uid, with_for_update=True)
+    slot = locked(db, UploadSlot, uid)
     if slot is None or slot.owner_id != owner:
         raise not_found("upload")
     if slot.finished_at is not None:
@@ -287,7 +288,7 @@ def commit_objects(db: Session, backend: Backend, settings: StorageSettings, own
     ids = list(dict.fromkeys(client_id(i, "object") for i in object_ids))
     rows = []
     for oid in ids:
-        obj = db.get(StoredObject, oid, with_for_update=True)
+        obj = locked(db, StoredObject, oid)
         if obj is None or obj.owner_id != owner or obj.deleted_at is not None:
             raise not_found("object")
         rows.append(obj)

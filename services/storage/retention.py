@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from services.common.db import locked
 from services.common.ids import new_id, parse_uuid
 from services.common.messaging import Dispatch
 from services.storage.backends.base import Backend, ObjectInfo
@@ -86,7 +87,7 @@ def apply_plan_change(db: Session, owner_id: uuid.UUID, plan: str, days: int,
     uploads and outputs to ``created_at + days``. An event older than the
     one already applied changes nothing (returns None); otherwise returns
     how many objects got a new expiry."""
-    own = db.get(OwnerRetention, owner_id, with_for_update=True)
+    own = locked(db, OwnerRetention, owner_id)
     if own is not None and own.updated_at > occurred_at:
         return None
     if own is None:

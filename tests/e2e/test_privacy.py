@@ -299,7 +299,9 @@ def test_export_then_erasure_leave_no_trace(stack, bystander):
              20, 0.2, "every mail recorded")
     key = api_key(stack, token)
     before = counts_before_erasure(stack, uid)
-    assert before["storage_objects"] == len(files)  # upload, output, the export archive
+    assert before["storage_objects"] == len(files), (  # upload, output, the export archive
+        query(database_urls(stack)["storage"], "SELECT string_agg(kind || ':' || status || ':' "
+              "|| id::text, ', ') FROM objects WHERE owner_id = :u AND deleted_at IS NULL", u=uid))
     # not with an API key, not without the password
     refused = stack.call("POST", "/v1/privacy/requests", api_key=key, json=ERASURE)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "session_required"

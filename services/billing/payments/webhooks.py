@@ -35,6 +35,7 @@ from services.billing import orders
 from services.billing.models import Order, WebhookEvent
 from services.billing.settings import BillingSettings
 from services.common.contracts.billing import OrderStatus
+from services.common.db import locked
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import parse_uuid
 from services.common.messaging import Dispatch
@@ -140,7 +141,7 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
         return orders.fulfil(db, settings, order_id, obj, now, dispatch)
     if kind == "checkout.session.expired":
         order_id = _order_id_of(obj)
-        order = db.get(Order, order_id, with_for_update=True) if order_id else None
+        order = locked(db, Order, order_id) if order_id else None
         if order is None or order.status != OrderStatus.PENDING:
             return "ignored"
         order.status, order.failure_reason = OrderStatus.FAILED, "checkout expired"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from services.common.db import Database
+from services.common.db import Database, locked
 from services.common.engine import make_engine, normalise_url
 
 things = Table("things", MetaData(), Column("id", Integer, primary_key=True))
@@ -106,3 +107,25 @@ def test_a_worker_that_raised_is_rolled_back_without_a_warning(database, caplog)
          exc_info=(ValueError, ValueError("boom"), None))
     assert _count(database) == 0
     assert caplog.records == []
+
+
+def test_locked_reads_a_row_afresh_although_the_session_holds_it(tmp_path):
+    class Base(DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = "rows"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        status: Mapped[str] = mapped_column(String(20))
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'locked.db'}")
+    Base.metadata.create_all(engine)
+    with Session(engine, expire_on_commit=False) as mine, Session(engine) as theirs:
+        mine.add(Row(id=1, status="pending"))
+        mine.commit()
+        assert mine.get(Row, 1).status == "pending"  # the session keeps this copy
+        theirs.get(Row, 1).status = "claimed"
+        theirs.commit()
+        # a check made after waiting for the lock must see what was committed meanwhile
+        assert locked(mine, Row, 1).status == "claimed"
+        assert locked(mine, Row, 2) is None
