@@ -38,6 +38,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from services.generation.providers.base import (
+    CONTENT_REFUSED,
     IMAGE_TO_VIDEO,
     PermanentProviderError,
     ProgressCallback,
@@ -169,7 +170,7 @@ class AsyncTaskProvider:
         message = f"{self.name} task failed" + (f": {shown}" if shown else "")
         if error.get("retryable", True) is False:
             if any(hint in code.lower() for hint in REFUSAL_HINTS):
-                return PermanentProviderError("provider_content_refused", message)
+                return PermanentProviderError(CONTENT_REFUSED, message)
             return PermanentProviderError("provider_rejected_request", message)
         return TransientProviderError("provider_task_failed", message)
 

@@ -26,6 +26,10 @@ TEXT_TO_IMAGE, IMAGE_TO_IMAGE, IMAGE_TO_VIDEO = JOB_TYPES
 #: the templates only use these.
 CAMERA_MOVES = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out")
 
+#: The error code of a vendor's content-policy refusal (every adapter raises
+#: ``PermanentProviderError(CONTENT_REFUSED, ...)`` for one).
+CONTENT_REFUSED = "provider_content_refused"
+
 #: ``progress(fraction, stage)``: fraction in [0, 1], stage a short snake_case word.
 ProgressCallback = Callable[[float, str], None]
 

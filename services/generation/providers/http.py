@@ -20,7 +20,11 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from services.generation.error_text import INTERNAL, peer
-from services.generation.providers.base import PermanentProviderError, TransientProviderError
+from services.generation.providers.base import (
+    CONTENT_REFUSED,
+    PermanentProviderError,
+    TransientProviderError,
+)
 from services.generation.webhooks import UnsafeUrl, UrlGuard, allow_list, guarded_session
 
 MAX_REDIRECTS = 3
@@ -97,7 +101,7 @@ def raise_for_status(response: requests.Response, provider: str) -> None:
         raise PermanentProviderError("provider_auth_failed", where, status=status)
     if 400 <= status < 500:
         if any(hint in text.lower() for hint in REFUSAL_HINTS):
-            raise PermanentProviderError("provider_content_refused", where, status=status)
+            raise PermanentProviderError(CONTENT_REFUSED, where, status=status)
         raise PermanentProviderError("provider_rejected_request", where, status=status)
     raise TransientProviderError("invalid_provider_output", f"{where} (unexpected)", status=status)
 
