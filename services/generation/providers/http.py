@@ -111,7 +111,14 @@ class ProviderHttp:
 
     def __init__(self, provider: str, base_url: str, api_key: str | None = None,
                  timeout_s: float = 60.0, max_download_bytes: int = 200 * 1024 * 1024,
-                 result_url_allow: tuple[str, ...] | str = (), resolver=None):
+                 result_url_allow: tuple[str, ...] | str = (), resolver=None, *,
+                 allow_private_network: bool = False, auth_header: str = "Authorization",
+                 auth_scheme: str | None = "Bearer"):
+        """``auth_header``/``auth_scheme``: how the vendor takes its key
+        (``Authorization: Bearer <key>`` unless it documents another, e.g.
+        ``Authorization: Key <key>`` or ``x-goog-api-key: <key>`` with no scheme).
+        ``allow_private_network``: the provider's API and result URLs may be on
+        private addresses (a self-hosted engine; loopback in tests)."""
         if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"provider {provider}: base_url must be an http(s) URL")
         self.provider = provider
@@ -123,7 +130,10 @@ class ProviderHttp:
         # how errors name the provider: its name, and its host when that is public
         where = peer(self.base_url)
         self.who = provider if where == INTERNAL else f"{provider} ({where})"
-        self.guard = UrlGuard(allow=[host, *allow_list(result_url_allow)], resolver=resolver)
+        self.auth_header, self.auth_scheme = auth_header, auth_scheme
+        private = ["0.0.0.0/0", "::/0"] if allow_private_network else []
+        self.guard = UrlGuard(allow=[host, *allow_list(result_url_allow), *private],
+                              resolver=resolver)
         self.session = guarded_session(self.guard)
 
     def close(self) -> None:
@@ -131,7 +141,8 @@ class ProviderHttp:
 
     def _auth_headers(self, url: str) -> dict:
         if self.api_key and _origin(url) == _origin(self.base_url):
-            return {"Authorization": f"Bearer {self.api_key}"}
+            value = f"{self.auth_scheme} {self.api_key}" if self.auth_scheme else self.api_key
+            return {self.auth_header: value}
         return {}
 
     def _send(self, method: str, url: str, **kwargs) -> requests.Response:
