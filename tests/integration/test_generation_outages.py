@@ -24,7 +24,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import create_engine, text
 
 from services.common.db import normalise_url
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeOpenAIImages, FakeWebhookReceiver
 from tests.integration.probe_service import start_fake_auth, wait_consuming
 
@@ -61,9 +61,11 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=generation_db,
         GENERATION_METRICS_PORT=ports["generation"],
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=provider.url,
-        GENERATION_OPENAI_API_KEY=API_KEY, GENERATION_OPENAI_TIMEOUT_S=120,
-        GENERATION_ROUTE_TEXT_TO_IMAGE="openai", GENERATION_RETRY_ATTEMPTS=1,
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp_path_factory.mktemp("providers"),
+            {"openai": {"type": "openai_images", "base_url": provider.url,
+                        "api_key": API_KEY, "timeout_s": 120}},
+            {"text-to-image": ["openai"]}, retry={"attempts": 1}),
         GENERATION_INFRA_RETRY_SECONDS=INFRA_RETRY_SECONDS,
         GENERATION_RPC_TIMEOUT_SECONDS=RPC_TIMEOUT_SECONDS,
         # renewed every 3 s: a loaded CI machine must not let it lapse by a late renewal

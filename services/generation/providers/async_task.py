@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
+from services.common.config import flag
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     IMAGE_TO_VIDEO,
@@ -63,6 +64,7 @@ class AsyncTaskProvider:
                  max_poll_errors: int = 3, job_types: tuple[str, ...] = (IMAGE_TO_VIDEO,),
                  max_download_bytes: int = 500 * 1024 * 1024,
                  result_url_allow: tuple[str, ...] = (), resolver=None,
+                 allow_private_network: bool = False,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self.name = name
@@ -72,7 +74,8 @@ class AsyncTaskProvider:
         self.max_poll_errors = int(max_poll_errors)
         self.job_types = frozenset(job_types)
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
-                                 result_url_allow, resolver)
+                                 result_url_allow, resolver,
+                                 allow_private_network=allow_private_network)
         self.sleep = sleep
         self.clock = clock
 
@@ -87,6 +90,7 @@ class AsyncTaskProvider:
             job_types=tuple(conf.get("job_types") or (IMAGE_TO_VIDEO,)),
             max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
             result_url_allow=conf.get("result_url_allow") or (),
+            allow_private_network=flag(conf.get("allow_private_network", False)),
             **kwargs,
         )
 
