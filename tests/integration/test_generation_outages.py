@@ -206,3 +206,14 @@ def test_an_error_body_echoing_secrets_never_reaches_the_user(stack, status, cod
             assert secret not in place, (secret, place[-2000:])
     if status == 400:  # the kind of failure, the peer and the status remain
         assert done["error"]["message"] == "openai answered 400 (upstream_failed)"
+
+
+def test_a_content_refusal_fails_the_job_content_refused_and_releases_the_hold(stack):
+    user = new_user(stack)
+    stack.provider.fail_next("refuse")
+    job = stack.rpc.generation.submit(user, {"type": "text-to-image", "prompt": "a fox",
+                                             "size": "512x512"})
+    done = finished(stack, user, job["id"], 60)
+    assert done["status"] == "failed" and done["error"]["code"] == "content_refused", done
+    balance = settled(stack, user)  # the hold released, nothing captured
+    assert (balance["available"], balance["used_this_period"]) == (50, 0)

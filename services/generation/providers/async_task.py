@@ -20,7 +20,7 @@ of any vendor's API to speak it):
 "retryable": true}}``. ``result_url`` (or ``result_urls``) is required once
 ``succeeded``; it may be relative to ``base_url``. A failed task is retried
 (transient ``provider_task_failed``) unless ``error.retryable`` is false
-(permanent ``provider_content_refused`` when ``error.code`` says it was a
+(permanent ``content_refused`` when ``error.code`` says it was a
 content refusal, ``provider_rejected_request`` otherwise).
 
 Polls run every ``poll_interval_s`` until ``task_timeout_s`` has passed;
