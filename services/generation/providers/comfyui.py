@@ -399,10 +399,12 @@ class ComfyUIProvider:
             try:
                 return self._run(host, workflow, request, progress)
             except _NotSubmitted as failed:
-                # nothing runs on that host yet: mark it down and try the next
+                # the host is unwell and nothing was queued on it (a timeout may
+                # have been queued, so it is not handed over): try the next host
                 self.pool.mark_down(host)
                 tried.append(host)
-                if len(tried) == len(self.pool.hosts):
+                if failed.error.code == "provider_timeout" \
+                        or len(tried) == len(self.pool.hosts):
                     raise failed.error from None
             finally:
                 self.pool.release(host)
@@ -567,7 +569,12 @@ class ComfyUIProvider:
     def _download(self, host: Host, ref: dict) -> ProviderOutput:
         query = urlencode({"filename": ref["filename"], "subfolder": ref.get("subfolder") or "",
                            "type": ref.get("type") or "output"})
-        data, content_type = host.http.download(f"{host.http.base_url}/view?{query}")
+        try:
+            data, content_type = host.http.download(f"{host.http.base_url}/view?{query}")
+        except PermanentProviderError as exc:  # the file it just listed is not there
+            raise TransientProviderError(
+                "invalid_provider_output", f"{self.name} cannot serve its output file "
+                f"({exc.status})") from None
         if data[4:8] == b"ftyp" or content_type.startswith("video/"):
             return video_output(data, self.name)
         return image_output(data, self.name)
