@@ -433,7 +433,7 @@ class ComfyUIProvider:
                     f"{self.name} finished with {len(found)} output files, expected {per_run}")
             files += [(prompt_id, f) for f in found[:per_run]]
         outputs = []
-        for index, (prompt_id, ref) in enumerate(files):
+        for index, (_, ref) in enumerate(files):
             report(progress, 0.9 + 0.1 * index / len(files), "downloading")
             outputs.append(self._download(host, ref))
         for prompt_id in dict.fromkeys(p for p, _ in files):
@@ -494,6 +494,8 @@ class ComfyUIProvider:
                 if not isinstance(status, dict):
                     status = {}
                 if status.get("status_str") == "error":
+                    if not self.keep_history:
+                        self._quietly(host, "/history", {"delete": [prompt_id]})
                     raise self._failure(status.get("messages"))
                 return entry
             report(progress, fraction, "running")
