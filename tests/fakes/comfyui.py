@@ -37,6 +37,13 @@ from PIL import Image
 from tests.fakes.providers import FakeHTTPServer, Recorded, Response, _json, png_bytes
 
 OUTPUT_CLASSES = {"SaveImage": "output", "PreviewImage": "temp"}
+#: The issue's example mappings for the workflows shipped in deploy/providers/comfyui.
+TXT2IMG = {"file": "comfyui/txt2img.json",
+           "inputs": {"prompt": "6.text", "negative_prompt": "7.text", "seed": "3.seed",
+                      "width": "5.width", "height": "5.height", "n": "5.batch_size"}}
+IMG2IMG = {"file": "comfyui/img2img.json",
+           "inputs": {"prompt": "6.text", "seed": "3.seed", "image": "10.image",
+                      "strength": "3.denoise"}}
 
 
 def _form(request: Recorded) -> dict[str, tuple[str | None, bytes]]:

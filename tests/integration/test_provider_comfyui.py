@@ -6,7 +6,6 @@ identifying an account reaches a host."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import threading
@@ -19,46 +18,25 @@ from PIL import Image
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     PermanentProviderError,
-    ProviderRequest,
     TransientProviderError,
 )
 from services.generation.providers.comfyui import ComfyUIProvider
 from services.generation.providers.router import build_router
-from tests.fakes.comfyui import FakeComfyUI
+from tests.fakes.comfyui import IMG2IMG, TXT2IMG, FakeComfyUI
 from tests.fakes.providers import png_bytes
+from tests.integration.test_generation_providers import JOB as GENERATION_JOB
+from tests.integration.test_generation_providers import provider_request
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-# What the service knows about the job's owner; none of it may reach a host.
-JOB = {
-    "job_id": "0190a5c3-0000-7000-8000-00000000abcd",
-    "user_id": "0190a5c3-1111-7000-8000-00000000dcba",
-    "email": "owner.sentinel@example.org",
-    "api_key": "drk_live_sentinelsentinel",
-    "ip": "203.0.113.77",
-    "job_type": "text-to-image",
-    "prompt": "a paper boat on a puddle",
-    "negative_prompt": "blurry",
-    "n": 2,
-    "width": 64,
-    "height": 48,
-    "seed": 11,
-}
-IDENTITY = [JOB[k] for k in ("job_id", "user_id", "email", "api_key", "ip")]
+# What the service knows about the job's owner (and where the request came
+# from); none of it may reach a host.
+JOB = {**GENERATION_JOB, "ip": "203.0.113.77"}
+IDENTITY = [JOB[k] for k in (
+    "job_id", "user_id", "email", "api_key", "webhook_url", "ip")]
 ALLOWED_HEADERS = {"host", "user-agent", "accept-encoding", "accept", "connection",
                    "content-length", "content-type"}
-TXT2IMG = {"file": "comfyui/txt2img.json",
-           "inputs": {"prompt": "6.text", "negative_prompt": "7.text", "seed": "3.seed",
-                      "width": "5.width", "height": "5.height", "n": "5.batch_size"}}
-IMG2IMG = {"file": "comfyui/img2img.json",
-           "inputs": {"prompt": "6.text", "seed": "3.seed", "image": "10.image",
-                      "strength": "3.denoise"}}
-
-
-def provider_request(job: dict, **changes) -> ProviderRequest:
-    fields = {f.name for f in dataclasses.fields(ProviderRequest)}
-    return ProviderRequest(**{k: v for k, v in {**job, **changes}.items() if k in fields})
 
 
 def conf(*fakes, **changes) -> dict:

@@ -17,15 +17,10 @@ from services.generation.providers.base import (
 )
 from services.generation.providers.comfyui import ComfyUIProvider, Workflow
 from services.generation.providers.router import ProviderConfigError, build_provider
+from tests.fakes.comfyui import IMG2IMG, TXT2IMG
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "deploy" / "providers"
-TXT2IMG = {"file": "comfyui/txt2img.json",
-           "inputs": {"prompt": "6.text", "negative_prompt": "7.text", "seed": "3.seed",
-                      "width": "5.width", "height": "5.height", "n": "5.batch_size"}}
-IMG2IMG = {"file": "comfyui/img2img.json",
-           "inputs": {"prompt": "6.text", "seed": "3.seed", "image": "10.image",
-                      "strength": "3.denoise"}}
 
 
 def studio(**changes) -> dict:
