@@ -23,7 +23,7 @@ from services.generation.providers.base import (
 from services.generation.providers.comfyui import ComfyUIProvider
 from services.generation.providers.router import build_router
 from tests.fakes.comfyui import IMG2IMG, TXT2IMG, FakeComfyUI
-from tests.fakes.providers import png_bytes
+from tests.fakes.providers import mp4_bytes, png_bytes
 from tests.integration.test_generation_providers import JOB as GENERATION_JOB
 from tests.integration.test_generation_providers import provider_request
 
@@ -180,6 +180,37 @@ def test_routes_under_api_work_as_well(fake):
         .generate(provider_request(JOB, n=1))
     assert len(result.outputs) == 1
     assert all(r.path.startswith("/api/") for r in fake.requests)
+
+
+def test_an_image_to_video_workflow_returns_the_video_it_saved(fake, tmp_path):
+    graph = json.loads((ROOT / "deploy/providers/comfyui/img2img.json").read_text())
+    (tmp_path / "i2v.json").write_text(json.dumps(graph))
+    real_route = fake.route
+
+    def video(request):
+        if request.path.startswith("/view"):
+            return 200, {"Content-Type": "video/mp4"}, mp4_bytes(48, 32)
+        return real_route(request)
+
+    fake.route = video
+    provider = comfy(fake, base_dir=str(tmp_path), workflows={"image-to-video": {
+        "file": "i2v.json", "inputs": {"prompt": "6.text", "image": "10.image"}}})
+    assert provider.job_types == {"image-to-video"}
+    request = provider_request(JOB, job_type="image-to-video", n=1, duration_s=1.0,
+                               source_image=png_bytes(48, 32), source_content_type="image/png")
+    [output] = provider.generate(request).outputs
+    assert (output.content_type, output.width, output.height) == ("video/mp4", 48, 32)
+    assert output.duration_s and output.duration_s > 0
+
+
+def test_an_api_key_goes_to_the_host_as_a_bearer_token():
+    """For a reverse proxy in front of ComfyUI; without api_key nothing is sent."""
+    with FakeComfyUI(api_key="proxy-token") as guarded:
+        comfy(guarded, api_key="proxy-token").generate(provider_request(JOB, n=1))
+        assert all(r.header("Authorization") == "Bearer proxy-token" for r in guarded.requests)
+        with pytest.raises(PermanentProviderError) as caught:
+            comfy(guarded, api_key="wrong").generate(provider_request(JOB, n=1))
+        assert caught.value.code == "provider_auth_failed"
 
 
 def test_keep_history_leaves_the_entry(fake):

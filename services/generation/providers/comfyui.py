@@ -56,8 +56,9 @@ once; a run goes to the healthy host with the fewest runs in flight. A host
 is health-checked (``GET {health_path}``, default ``/system_stats``) before
 its first use and then at most every ``health_interval_s``; a host that fails
 a check, or a call with a connection failure, timeout or 5xx, is skipped for
-``health_interval_s``. If the chosen host cannot take the submission, the
-next host is tried (nothing ran yet). When every host is busy, a run waits up
+``health_interval_s``. If the chosen host cannot take the submission
+(connection failure or 5xx: nothing was queued), the next host is tried; a
+submission that timed out may have been queued, so it is not handed over. When every host is busy, a run waits up
 to ``queue_timeout_s`` for a free slot (then the transient ``provider_busy``).
 
 What is sent
