@@ -220,7 +220,7 @@ class Workflow:
         return graph
 
 
-@dataclass
+@dataclass(eq=False)  # a host is itself, whatever its counters say
 class Host:
     url: str
     http: ProviderHttp
@@ -229,7 +229,7 @@ class Host:
     down_until: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Pool:
     """ComfyUI hosts with a per-host concurrency limit and health checks."""
 
