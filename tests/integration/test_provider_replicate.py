@@ -18,7 +18,7 @@ from services.generation.providers.base import (
     ProviderRequest,
     TransientProviderError,
 )
-from services.generation.providers.router import build_provider, build_router
+from services.generation.providers.router import RetryPolicy, Router, build_provider
 from tests.fakes.providers import png_bytes
 from tests.fakes.replicate import FakeReplicate
 
@@ -290,12 +290,13 @@ def test_a_few_failed_polls_are_tolerated_then_the_prediction_is_cancelled(fake)
 
 def test_the_router_fails_over_to_the_next_vendor_on_a_429(fake):
     with FakeReplicate(api_key=KEY) as backup:
-        config = {"PROVIDERS": {"primary": conf(fake), "backup": conf(backup)},
-                  "ROUTES": {"text-to-image": ["primary", "backup"]},
-                  "RETRY": {"attempts": 1}}
+        router = Router({"primary": replicate(fake), "backup": replicate(backup)},
+                        {"text-to-image": ["primary", "backup"]}, RetryPolicy(attempts=1),
+                        sleep=lambda s: None)
         fake.fail_next(429)
-        routed = build_router(config, sleep=lambda s: None).run(request())
-        assert routed.provider == "backup"
+        routed = router.run(request())
+    assert routed.provider == "backup"
+    assert [a.code for a in routed.attempts] == ["provider_rate_limited", None]
 
 
 # ------------------------------------------------------------------ data minimisation

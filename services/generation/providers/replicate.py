@@ -285,7 +285,7 @@ class ReplicateProvider:
         """One prediction, created and followed until it succeeded."""
         headers = {"Prefer": f"wait={self.wait_s}"} if self.wait_s else {}
         prediction = self.http.call("POST", self.create_path, self.payload(request, index),
-                                    headers)
+                                    headers=headers)
         pid = prediction.get("id")
         if not isinstance(pid, str) or not pid:
             raise TransientProviderError("invalid_provider_output",

@@ -77,7 +77,7 @@ def test_a_versioned_model_or_a_version_creates_through_the_predictions_endpoint
 def test_a_bad_config_stops_the_service_naming_the_key(changes, key):
     with pytest.raises(ProviderConfigError) as caught:
         provider(**changes)
-    assert str(caught.value).startswith("PROVIDERS.flux: ")
+    assert str(caught.value).lower().startswith("providers.flux: ")
     assert key in str(caught.value)
 
 
