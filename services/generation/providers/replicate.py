@@ -20,9 +20,9 @@ The protocol: ``POST {base_url}/models/{owner}/{name}/predictions`` with
 ``{"input": {...}}`` (``model: owner/name``), or ``POST {base_url}/predictions``
 with ``{"version": "<id>", "input": {...}}`` (``version:``, or ``model:
 owner/name:<id>``), ``Authorization: Bearer <api_key>`` and ``Prefer:
-wait=N``: Replicate holds the request open up to N seconds (at most 60, and
-never more than 80% of ``timeout_s``) and answers with the prediction,
-finished or not. An unfinished one is polled, ``GET`` on its ``urls.get``
+wait=N``: Replicate holds the request open up to N seconds (``wait_s``, at
+most 60, never more than 80% of ``timeout_s`` nor than ``task_timeout_s``;
+0: no ``Prefer`` header) and answers with the prediction, finished or not. An unfinished one is polled, ``GET`` on its ``urls.get``
 (when that lies under ``base_url``, else ``{base_url}/predictions/{id}``),
 every ``poll_interval_s`` until its ``status`` is ``succeeded``, ``failed``,
 ``canceled`` or ``aborted``. When ``task_timeout_s`` has passed it is
@@ -115,10 +115,15 @@ INPUT_NAME = re.compile(r"^[A-Za-z_][\w.-]{0,99}$")
 ERROR_CODE = re.compile(r"\bE\d{3,4}\b")
 
 
-def _positive(conf: Mapping, key: str, default: float) -> float:
-    value = float(conf.get(key, default))
-    if not value > 0:
-        raise ValueError(f"{key} must be positive")
+def _number(conf: Mapping, key: str, default: float, *, minimum: float = 0.0,
+            whole: bool = False) -> float:
+    """``conf[key]`` as a number above ``minimum`` (at least it, for a ``whole`` one)."""
+    try:
+        value = (int if whole else float)(conf.get(key, default))
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a {'whole ' if whole else ''}number") from None
+    if value < minimum or (not whole and value == minimum):
+        raise ValueError(f"{key} must be {'at least' if whole else 'above'} {minimum:g}")
     return value
 
 
@@ -188,8 +193,8 @@ class ReplicateProvider:
             raise ValueError(f"wait_s must be between 0 and {MAX_WAIT_S}")
         self.name = name
         self.job_types = frozenset(job_types)
-        # the request is held open no longer than our own read timeout allows
-        self.wait_s = min(int(wait_s), int(float(timeout_s) * 0.8))
+        # the request is held open no longer than our read timeout and the deadline allow
+        self.wait_s = min(int(wait_s), int(float(timeout_s) * 0.8), int(task_timeout_s))
         self.poll_interval_s = float(poll_interval_s)
         self.task_timeout_s = float(task_timeout_s)
         self.max_poll_errors = int(max_poll_errors)
@@ -208,19 +213,18 @@ class ReplicateProvider:
         fixed = conf.get("fixed_inputs")
         if fixed is not None and not isinstance(fixed, Mapping):
             raise ValueError("fixed_inputs must map model input names to values")
-        max_poll_errors = int(conf.get("max_poll_errors", 3))
-        if max_poll_errors < 0:
-            raise ValueError("max_poll_errors must not be negative")
         return cls(
             name, str(conf.get("api_key") or ""), model=conf.get("model") or None,
             version=conf.get("version") or None, inputs=conf.get("inputs"), fixed_inputs=fixed,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             job_types=tuple(str(t) for t in job_types),
-            timeout_s=_positive(conf, "timeout_s", 75), wait_s=int(conf.get("wait_s", MAX_WAIT_S)),
-            poll_interval_s=_positive(conf, "poll_interval_s", 1),
-            task_timeout_s=_positive(conf, "task_timeout_s", 600),
-            max_poll_errors=max_poll_errors,
-            max_download_bytes=int(_positive(conf, "max_download_bytes", 200 * 1024 * 1024)),
+            timeout_s=_number(conf, "timeout_s", 75),
+            wait_s=int(_number(conf, "wait_s", MAX_WAIT_S, whole=True)),
+            poll_interval_s=_number(conf, "poll_interval_s", 1),
+            task_timeout_s=_number(conf, "task_timeout_s", 600),
+            max_poll_errors=int(_number(conf, "max_poll_errors", 3, whole=True)),
+            max_download_bytes=int(_number(conf, "max_download_bytes", 200 * 1024 * 1024,
+                                           minimum=1, whole=True)),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
             **kwargs,

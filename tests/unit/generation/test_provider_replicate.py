@@ -69,6 +69,10 @@ def test_a_versioned_model_or_a_version_creates_through_the_predictions_endpoint
     ({"fixed_inputs": ["x"]}, "fixed_inputs"),
     ({"wait_s": 61}, "wait_s"),
     ({"timeout_s": 0}, "timeout_s"),
+    ({"timeout_s": "soon"}, "timeout_s"),
+    ({"wait_s": "x"}, "wait_s"),
+    ({"wait_s": -1}, "wait_s"),
+    ({"max_download_bytes": 0}, "max_download_bytes"),
     ({"task_timeout_s": -1}, "task_timeout_s"),
     ({"poll_interval_s": 0}, "poll_interval_s"),
     ({"max_poll_errors": -1}, "max_poll_errors"),
@@ -85,6 +89,7 @@ def test_the_wait_never_outlasts_our_own_read_timeout():
     assert provider(timeout_s=30).wait_s == 24
     assert provider(timeout_s=1).wait_s == 0
     assert provider(wait_s=0).wait_s == 0
+    assert provider(task_timeout_s=10).wait_s == 10
 
 
 def test_without_inputs_only_the_prompt_is_sent():
