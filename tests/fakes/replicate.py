@@ -2,7 +2,8 @@
 
 It speaks the documented API under ``/v1`` (use ``fake.base_url``):
 
-- ``POST /v1/models/{owner}/{name}/predictions`` ``{"input": {...}}`` and
+- ``POST /v1/models/{owner}/{name}/predictions`` (and
+  ``/v1/deployments/{owner}/{name}/predictions``) ``{"input": {...}}`` and
   ``POST /v1/predictions`` ``{"version": "...", "input": {...}}`` → 201 with
   the prediction ``{id, model, version, input, output, error, logs, status,
   created_at, urls: {get, cancel}}``. ``Prefer: wait`` / ``Prefer: wait=N``
@@ -35,7 +36,7 @@ from urllib.parse import urlsplit
 
 from tests.fakes.providers import FakeHTTPServer, Recorded, Response, _json, mp4_bytes, png_bytes
 
-CREATE_MODEL = re.compile(r"^/v1/models/([\w.-]+)/([\w.-]+)/predictions$")
+CREATE_MODEL = re.compile(r"^/v1/(?:models|deployments)/([\w.-]+)/([\w.-]+)/predictions$")
 PREDICTION = re.compile(r"^/v1/predictions/([\w-]+)(/cancel)?$")
 PREFER = re.compile(r"^wait(=(\d+))?$")
 OPTIONAL = {"webhook", "webhook_events_filter", "stream"}

@@ -109,6 +109,13 @@ def test_a_model_version_is_created_through_the_predictions_endpoint(fake):
                            "input": {"prompt": "a teapot on a hill", "num_outputs": 1}}
 
 
+def test_a_deployment_is_run_through_the_deployments_endpoint(fake):
+    replicate(fake, model=None, deployment="acme/flux-house").generate(request())
+    (sent,) = fake.requests_to("/v1/deployments/", "POST")
+    assert sent.path == "/v1/deployments/acme/flux-house/predictions"
+    assert sent.json() == {"input": {"prompt": "a teapot on a hill", "num_outputs": 1}}
+
+
 def test_without_an_n_mapping_n_predictions_run_with_distinct_seeds(fake):
     fake.count_input = "batch"  # the model makes one image per prediction
     provider = replicate(fake, inputs={"prompt": "prompt", "seed": "seed"})

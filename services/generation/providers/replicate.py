@@ -6,7 +6,8 @@ Config (the providers file)::
       type: replicate
       base_url: https://api.replicate.com/v1      # the default
       api_key: ${REPLICATE_API_TOKEN}
-      model: black-forest-labs/flux-schnell       # or owner/name:<version id>, or `version: <id>`
+      model: black-forest-labs/flux-schnell       # or owner/name:<version id>;
+                                                  # or `version: <id>`, or `deployment: owner/name`
       job_types: [text-to-image]                  # the default
       inputs: {prompt: prompt, seed: seed, n: num_outputs, aspect_ratio: aspect_ratio}
       fixed_inputs: {output_format: png}          # optional constants of the operator's
@@ -17,9 +18,11 @@ Config (the providers file)::
       max_poll_errors: 3
 
 The protocol: ``POST {base_url}/models/{owner}/{name}/predictions`` with
-``{"input": {...}}`` (``model: owner/name``), or ``POST {base_url}/predictions``
+``{"input": {...}}`` (``model: owner/name``), ``POST {base_url}/predictions``
 with ``{"version": "<id>", "input": {...}}`` (``version:``, or ``model:
-owner/name:<id>``), ``Authorization: Bearer <api_key>`` and ``Prefer:
+owner/name:<id>``), or ``POST {base_url}/deployments/{owner}/{name}/predictions``
+with ``{"input": {...}}`` (``deployment: owner/name``, the operator's own
+deployment), with ``Authorization: Bearer <api_key>`` and ``Prefer:
 wait=N``: Replicate holds the request open up to N seconds (``wait_s``, at
 most 60, never more than 80% of ``timeout_s`` nor than ``task_timeout_s``;
 0: no ``Prefer`` header) and answers with the prediction, finished or not. An unfinished one is polled, ``GET`` on its ``urls.get``
@@ -152,7 +155,7 @@ def _aspect_ratio(width: int, height: int) -> str:
 
 class ReplicateProvider:
     def __init__(self, name: str, api_key: str, *, model: str | None = None,
-                 version: str | None = None, inputs: Mapping[str, str] | None = None,
+                 version: str | None = None, deployment: str | None = None, inputs: Mapping[str, str] | None = None,
                  fixed_inputs: Mapping | None = None, base_url: str = DEFAULT_BASE_URL,
                  job_types: tuple[str, ...] = (TEXT_TO_IMAGE,), timeout_s: float = 75.0,
                  wait_s: int = MAX_WAIT_S, poll_interval_s: float = 1.0,
@@ -163,10 +166,17 @@ class ReplicateProvider:
                  clock: Callable[[], float] = time.monotonic):
         if not api_key:
             raise ValueError("api_key: Replicate needs an API token")
-        if bool(model) == bool(version):
-            raise ValueError("model: set either model (owner/name[:version]) or version")
+        if sum(bool(x) for x in (model, version, deployment)) != 1:
+            raise ValueError("model: set one of model (owner/name[:version]), version "
+                             "and deployment (owner/name)")
         self.create_path, self.version = "/predictions", None
-        if model:
+        if deployment:
+            match = MODEL.match(str(deployment))
+            if not match or match.group(3):
+                raise ValueError(f"deployment: {deployment!r} is not owner/name")
+            self.create_path = "/deployments/{}/{}/predictions".format(
+                *(quote(part, safe="") for part in match.groups()[:2]))
+        elif model:
             match = MODEL.match(str(model))
             if not match:
                 raise ValueError(f"model: {model!r} is not owner/name or owner/name:version")
@@ -215,7 +225,8 @@ class ReplicateProvider:
             raise ValueError("fixed_inputs must map model input names to values")
         return cls(
             name, str(conf.get("api_key") or ""), model=conf.get("model") or None,
-            version=conf.get("version") or None, inputs=conf.get("inputs"), fixed_inputs=fixed,
+            version=conf.get("version") or None, deployment=conf.get("deployment") or None,
+            inputs=conf.get("inputs"), fixed_inputs=fixed,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             job_types=tuple(str(t) for t in job_types),
             timeout_s=_number(conf, "timeout_s", 75),

@@ -53,11 +53,19 @@ def test_a_versioned_model_or_a_version_creates_through_the_predictions_endpoint
         assert flux.payload(request())["version"] == "39ed52f2a78e"
 
 
+def test_a_deployment_creates_through_its_own_endpoint():
+    flux = provider(model=None, deployment="acme/flux-house")
+    assert flux.create_path == "/deployments/acme/flux-house/predictions"
+    assert "version" not in flux.payload(request())
+
+
 @pytest.mark.parametrize("changes, key", [
     ({"api_key": None}, "api_key"),
     ({"model": None}, "model"),
     ({"version": "abc"}, "model"),
     ({"model": "just-a-name"}, "model"),
+    ({"deployment": "acme/flux"}, "model"),
+    ({"model": None, "deployment": "acme/flux:abc"}, "deployment"),
     ({"model": None, "version": "a b"}, "version"),
     ({"inputs": {"user_id": "user"}}, "inputs.user_id"),
     ({"inputs": {"prompt": ""}}, "inputs.prompt"),
