@@ -17,58 +17,71 @@ Config (the providers file)::
       task_timeout_s: 600    # the whole generation; then the prediction is cancelled
       max_poll_errors: 3
 
-The protocol: ``POST {base_url}/models/{owner}/{name}/predictions`` with
-``{"input": {...}}`` (``model: owner/name``), ``POST {base_url}/predictions``
-with ``{"version": "<id>", "input": {...}}`` (``version:``, or ``model:
-owner/name:<id>``), or ``POST {base_url}/deployments/{owner}/{name}/predictions``
-with ``{"input": {...}}`` (``deployment: owner/name``, the operator's own
-deployment), with ``Authorization: Bearer <api_key>`` and ``Prefer:
-wait=N``: Replicate holds the request open up to N seconds (``wait_s``, at
-most 60, never more than 80% of ``timeout_s`` nor than ``task_timeout_s``;
-0: no ``Prefer`` header) and answers with the prediction, finished or not. An unfinished one is polled, ``GET`` on its ``urls.get``
-(when that lies under ``base_url``, else ``{base_url}/predictions/{id}``),
-every ``poll_interval_s`` until its ``status`` is ``succeeded``, ``failed``,
-``canceled`` or ``aborted``. When ``task_timeout_s`` has passed it is
-cancelled (``POST urls.cancel``, or ``.../predictions/{id}/cancel``, best
-effort) and the attempt fails with the transient ``provider_timeout``.
+Protocol
+--------
+``POST {base_url}/models/{owner}/{name}/predictions`` with ``{"input": {...}}``
+(``model: owner/name``); ``POST {base_url}/predictions`` with ``{"version":
+"<id>", "input": {...}}`` (``version: <id>``, or ``model: owner/name:<id>``);
+or ``POST {base_url}/deployments/{owner}/{name}/predictions`` with ``{"input":
+{...}}`` (``deployment: owner/name``, the operator's own deployment). Headers:
+``Authorization: Bearer <api_key>`` and ``Prefer: wait=N``: Replicate holds
+the request open up to N seconds (``wait_s``, at most 60, never more than 80%
+of ``timeout_s`` nor more than ``task_timeout_s``; 0: no ``Prefer`` header)
+and answers with the prediction, finished or not. An unfinished one is polled
+with ``GET`` on its ``urls.get`` (when that lies under ``base_url``, else
+``{base_url}/predictions/{id}``) every ``poll_interval_s`` until its
+``status`` is ``succeeded``, ``failed``, ``canceled`` or ``aborted``; up to
+``max_poll_errors`` transient poll failures in a row are tolerated. When
+``task_timeout_s`` has passed (or the polls keep failing) the prediction is
+cancelled (``POST urls.cancel``, or ``{base_url}/predictions/{id}/cancel``,
+best effort) and the attempt fails with the transient ``provider_timeout``.
 
-What is sent: ``input`` holds exactly the fields that ``inputs`` maps
-(Darkroom field -> the model's input name), plus ``fixed_inputs``; a field
-without a mapping is not sent. Darkroom fields: ``prompt``,
-``negative_prompt``, ``seed``, ``n``, ``width``, ``height``, ``size``
-(``"WxH"``), ``aspect_ratio`` (``"W:H"``, reduced: 1024x768 is ``"4:3"``),
-``strength``, ``duration_s`` and ``image`` (the source image as a
-``data:<type>;base64,...`` URI). Without ``inputs`` only the prompt is sent
-(as ``prompt``). Absent values (no seed, no size) are left out. Nothing else
-goes: no user id, email, job id, webhook or key of ours; the API key goes
-only to ``base_url``'s origin, never to the CDN the outputs are on.
+What is sent
+------------
+``input`` holds exactly the fields that ``inputs`` maps (Darkroom field ->
+the model's input name), plus the operator's ``fixed_inputs``; a field
+without a mapping is not sent, nor is an absent value (no seed, no size).
+Darkroom fields: ``prompt``, ``negative_prompt``, ``seed``, ``n``, ``width``,
+``height``, ``size`` (``"WxH"``), ``aspect_ratio`` (``"W:H"`` reduced:
+1024x768 is ``"4:3"``), ``strength``, ``duration_s`` and ``image`` (the
+source image as a ``data:<type>;base64,...`` URI). Without ``inputs`` only
+the prompt is sent (as ``prompt``). Nothing else goes: no user id, email, job
+id, IP, webhook or key of ours, no request id (Replicate needs none). The API
+key goes only to ``base_url``'s origin, never to the CDN the outputs are on.
 
 Outputs: ``output`` is a URL or a list of URLs (``https://replicate.delivery/...``;
 ``data:`` URIs are decoded too); each is downloaded through the SSRF guard
-with a size cap and checked by decoding (PNG/JPEG/WebP images; MP4 videos for
-image-to-video).
+with a size cap and checked by decoding (PNG/JPEG/WebP images; an MP4 video
+for image-to-video).
 
-Errors: 429 (with Retry-After), 5xx, timeouts, connection failures are
-transient (providers/http.py); other 4xx (Replicate's RFC 7807 problem
-bodies: 401, 402, 404, 422) are permanent. A ``failed`` prediction whose
-``error`` is a content refusal (``E005``, "flagged as sensitive", "NSFW
-content detected", ...) is the permanent ``provider_content_refused``; out of
-memory (``E1001``, "reduce the input") is the permanent
+Errors
+------
+429 (with Retry-After), 5xx, timeouts and connection failures are transient
+(providers/http.py); other 4xx (Replicate's RFC 7807 problem bodies: 401,
+402, 404, 422) are permanent. A ``failed`` prediction whose ``error`` is a
+content refusal (``E005`` "flagged as sensitive", "NSFW content detected",
+...) is the permanent ``provider_content_refused``; out of memory
+(``E1001``: the same input fails again) is the permanent
 ``provider_rejected_request``; any other failure, and a ``canceled`` or
 ``aborted`` prediction, is the transient ``provider_task_failed``. Only the
 error's ``E####`` code is kept, never its text (it may echo the input).
 
-Limits: ``n`` without a mapping runs ``n`` predictions one after another
-(seed, when mapped, is ``seed + i`` for the i-th, so they differ) and takes
-the first output of each; with a mapping, one prediction and its first ``n``
-outputs. Fewer outputs than asked is a malformed answer (transient). Source
-images go inline as a data URI (Replicate recommends its Files API above
-about 256 KB; that API is not used, so nothing stays stored at Replicate
-beyond the prediction). Which inputs a model takes, and their ranges, is the
-model's: a wrong mapping is the model's 422. Replicate's ``Cancel-After``
-deadline header and webhooks are not used. Replicate keeps an API
-prediction's inputs and outputs for one hour. Region: Replicate documents
-none (the operator's ``region`` says what users are shown).
+Limits
+------
+- ``n`` without a mapping: ``n`` predictions one after another (``seed``,
+  when mapped, is ``seed + i`` for the i-th, so they differ), the first
+  output of each. With a mapping: one prediction, its first ``n`` outputs.
+  Fewer outputs than asked is a malformed answer (transient).
+- No negative prompt, seed or size unless the model has an input for it and
+  ``inputs`` maps it; which inputs a model takes, and their ranges, is the
+  model's (a wrong name is ignored or refused with 422 by the model).
+- Source images go inline as a data URI (Replicate suggests its Files API
+  above about 256 KB; it is not used, so nothing of ours is stored at
+  Replicate beyond the prediction itself).
+- Replicate's ``Cancel-After`` deadline header and webhooks are not used.
+- Replicate keeps an API prediction's inputs and outputs for one hour.
+- Region: Replicate documents none; the operator's ``region`` is what users
+  are shown.
 """
 
 from __future__ import annotations
