@@ -32,9 +32,10 @@ with ``GET`` on its ``urls.get`` (when that lies under ``base_url``, else
 ``{base_url}/predictions/{id}``) every ``poll_interval_s`` until its
 ``status`` is ``succeeded``, ``failed``, ``canceled`` or ``aborted``; up to
 ``max_poll_errors`` transient poll failures in a row are tolerated. When
-``task_timeout_s`` has passed (or the polls keep failing) the prediction is
-cancelled (``POST urls.cancel``, or ``{base_url}/predictions/{id}/cancel``,
-best effort) and the attempt fails with the transient ``provider_timeout``.
+``task_timeout_s`` has passed the prediction is cancelled (``POST
+urls.cancel``, or ``{base_url}/predictions/{id}/cancel``, best effort) and
+the attempt fails with the transient ``provider_timeout``; when the polls
+keep failing it is cancelled too, and the last poll's error is raised.
 
 What is sent
 ------------
