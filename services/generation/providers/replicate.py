@@ -79,6 +79,8 @@ Limits
 - Source images go inline as a data URI (Replicate suggests its Files API
   above about 256 KB; it is not used, so nothing of ours is stored at
   Replicate beyond the prediction itself).
+- A storyboard's ``shots`` are not sent (models take one prompt); the video's
+  length only as ``duration_s`` when mapped.
 - Replicate's ``Cancel-After`` deadline header and webhooks are not used.
 - Replicate keeps an API prediction's inputs and outputs for one hour.
 - Region: Replicate documents none; the operator's ``region`` is what users
