@@ -18,8 +18,9 @@ refused; the job fails with ``content_refused``.
 ``max_concurrency`` (per provider): at most that many calls of the provider
 run at once in this process; a request waiting for a slot just waits (the
 job keeps its lease; the wait is not counted against the provider's
-``timeout_s``, which is per HTTP call). ``region`` is kept per provider
-(:meth:`Router.region_of`).
+``timeout_s``, which is per HTTP call); adapters that apply it themselves
+(:data:`OWN_CONCURRENCY`: ComfyUI, per host) get no router limit.
+``region`` is kept per provider (:meth:`Router.region_of`).
 
 Each provider has a circuit breaker: ``breaker.failures`` transient failures
 in a row open it and the provider is skipped for ``cooldown_s``; then one
@@ -58,6 +59,9 @@ from services.generation.providers.config import ProviderConfigError, providers_
 log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+#: Adapter types that apply ``max_concurrency`` themselves (per host of a pool):
+#: the router adds no limit of its own for them.
+OWN_CONCURRENCY = frozenset({"comfyui"})
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 
@@ -279,7 +283,7 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
                                                    resolver=resolver)
         else:
             raise ProviderConfigError(f"providers.{name}: unknown type {kind!r} "
-                                      "(local, openai_images, async_task)")
+                                      "(local, openai_images, async_task, replicate, comfyui)")
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ProviderConfigError):
             raise
@@ -331,7 +335,7 @@ def build_router(config: Mapping, *, offload: Callable | None = None,
                                          clock=clock, resolver=resolver)
         if region not in (None, ""):
             regions[name] = str(region)
-        if limit:
+        if limit and conf.get("type") not in OWN_CONCURRENCY:
             limits[name] = limit
     if section.get("routes") is None:
         routes = {t: [n for n, p in providers.items() if t in p.job_types] for t in JOB_TYPES}
