@@ -8,8 +8,10 @@ the error codes).
   included, is 400 ``InvalidParameter``); ``size`` a preset (1K/2K/4K) or
   ``WxH`` within ``[min_pixels, 4096*4096]`` pixels and an aspect ratio
   within 1/16..16; ``image`` a URL or ``data:image/<type>;base64,...``.
-  Answers one PNG of that size, as ``url`` (served from ``/tos/<id>.png``,
-  or under ``result_base``) or ``b64_json``.
+  Answers one PNG of that size, as ``url`` or ``b64_json``. Result files
+  are served from ``/tos/<id>`` under ``result_base``, by default this
+  server named ``localhost``: another origin than the API's ``127.0.0.1``,
+  as Ark's storage host (TOS) is another origin than its API.
 - ``POST /api/v3/contents/generations/tasks``: ``model`` and ``content``
   (``text`` / ``image_url`` items with their ``role``) and the documented
   top-level parameters → ``{"id": "cgt-..."}``.
@@ -131,6 +133,10 @@ class FakeArk(FakeHTTPServer):
         self.tasks: dict[str, dict] = {}
         self._poll_script: deque = deque()
 
+    @property
+    def files_url(self) -> str:
+        return self.result_base or self.url.replace("://127.0.0.1:", "://localhost:")
+
     def fail_polls(self, *statuses: int) -> None:
         with self._lock:
             self._poll_script.extend(statuses)
@@ -233,7 +239,7 @@ class FakeArk(FakeHTTPServer):
         if response_format == "url":
             name = secrets.token_hex(8) + ".png"
             self.files[name] = ("image/png", image)
-            item["url"] = f"{self.result_base or self.url}/tos/{name}?X-Tos-Expires=86400"
+            item["url"] = f"{self.files_url}/tos/{name}?X-Tos-Expires=86400"
         else:
             item["b64_json"] = base64.b64encode(image).decode()
         tokens = width * height // 256
@@ -308,8 +314,8 @@ class FakeArk(FakeHTTPServer):
         if task["status"] == "succeeded":
             name = f"{task_id}.mp4"
             self.files[name] = ("video/mp4", self.video if self.video is not None else mp4_bytes())
-            answer["content"] = {"video_url": self.video_url or f"{self.result_base or self.url}"
-                                 f"/tos/{name}?X-Tos-Expires=86400"}
+            answer["content"] = {
+                "video_url": self.video_url or f"{self.files_url}/tos/{name}?X-Tos-Expires=86400"}
             answer["usage"] = {"completion_tokens": 108900, "total_tokens": 108900}
         elif task["status"] == "failed":
             answer["error"] = self.failure
