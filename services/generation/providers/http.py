@@ -13,6 +13,8 @@ provider's own origin, never to a CDN it redirects to. Sizes are capped.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Callable
@@ -234,3 +236,17 @@ class ProviderHttp:
                 "provider_connection_failed", f"{self.provider} result download broke off"
             ) from None
         return b"".join(parts)
+
+
+def base64_bytes(text: str, provider: str, max_bytes: int) -> bytes:
+    """An output a vendor sent inline as base64 (``b64_json``, ``inlineData``),
+    decoded; too large (over ``max_bytes`` decoded) or not base64 is a
+    malformed answer."""
+    if len(text) > max_bytes * 4 // 3 + 4:
+        raise TransientProviderError("invalid_provider_output",
+                                     f"{provider} sent an output that is too large")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise TransientProviderError("invalid_provider_output",
+                                     f"{provider} sent invalid base64") from None

@@ -80,7 +80,6 @@ transient although Ark answers 400. Other 4xx are permanent.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import re
 import time
@@ -103,8 +102,9 @@ from services.generation.providers.base import (
     TransientProviderError,
     report,
     submitting,
+    wait_for_task,
 )
-from services.generation.providers.http import ProviderHttp, error_code
+from services.generation.providers.http import ProviderHttp, base64_bytes, error_code
 from services.generation.providers.media import image_output, video_output
 
 DEFAULT_BASE_URL = "https://ark.cn-beijing.volces.com/api/v3"
@@ -124,7 +124,6 @@ REFUSAL_MARKS = ("sensitivecontentdetected", "riskdetection")
 TRANSIENT_CODES = frozenset({"ContentSecurityDetectionError", "InvalidEndpoint.ClosedEndpoint"})
 #: A failed task's codes that say the request itself was wrong.
 REJECTED_PREFIXES = ("InvalidParameter", "MissingParameter", "InvalidArgument")
-TASK_RUNNING = ("queued", "running")
 TASK_FRACTION = {"queued": 0.1, "running": 0.4}
 
 
@@ -350,7 +349,7 @@ class ArkProvider:
             if isinstance(items, list) else []
         for item in items:
             if isinstance(item.get("b64_json"), str) and item["b64_json"]:
-                return self._decode(item["b64_json"])
+                return base64_bytes(item["b64_json"], self.name, self.http.max_download_bytes)
             if isinstance(item.get("url"), str) and item["url"]:
                 return self.http.download(item["url"])[0]
         errors = [item["error"] for item in items if item.get("error")]
@@ -358,16 +357,6 @@ class ArkProvider:
             raise failure(self.name, errors[0] if errors else answer["error"], "image")
         raise TransientProviderError("invalid_provider_output",
                                      f"{self.name} answered without an image")
-
-    def _decode(self, text: str) -> bytes:
-        if len(text) > self.http.max_download_bytes * 4 // 3 + 4:
-            raise TransientProviderError("invalid_provider_output",
-                                         f"{self.name} sent an image that is too large")
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise TransientProviderError("invalid_provider_output",
-                                         f"{self.name} sent invalid base64") from None
 
     def _video(self, request: ProviderRequest, progress: ProgressCallback | None) -> ProviderOutput:
         if request.n != 1:
@@ -393,21 +382,10 @@ class ArkProvider:
         return output
 
     def _until_done(self, path: str, progress: ProgressCallback | None) -> dict:
-        """Poll the task until it succeeds (returned) or ends otherwise (raised);
-        a few failed polls in a row are tolerated; past the deadline it is
-        cancelled."""
-        deadline = self.clock() + self.task_timeout_s
-        failed_polls = 0
-        while True:
-            task = None
-            try:
-                task = self.http.call("GET", path, errors=ark_errors)
-                failed_polls = 0
-            except TransientProviderError:
-                failed_polls += 1
-                if failed_polls > self.max_poll_errors:
-                    raise
-            state = task.get("status") if task is not None else None
+        """The task once it succeeded; how it ended otherwise, raised."""
+
+        def read(task: dict) -> dict | None:
+            state = task.get("status")
             if state == "succeeded":
                 return task
             if state == "failed":
@@ -415,20 +393,15 @@ class ArkProvider:
             if state in ("cancelled", "expired"):
                 raise TransientProviderError("provider_task_failed",
                                              f"{self.name} task ended as {state}")
-            if task is not None and state not in TASK_RUNNING:
+            if state not in TASK_FRACTION:
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent an unknown task status")
-            if state:
-                report(progress, TASK_FRACTION[state], state)
-            if self.clock() + self.poll_interval_s > deadline:
-                self._cancel(path)
-                raise TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish the task within {self.task_timeout_s:g}s")
-            self.sleep(self.poll_interval_s)
+            report(progress, TASK_FRACTION[state], state)
+            return None
 
-    def _cancel(self, path: str) -> None:
-        try:
-            self.http.call("DELETE", path, errors=ark_errors)
-        except ProviderError:
-            pass  # best effort: Ark cancels queued tasks only; a running one expires
+        return wait_for_task(
+            lambda: self.http.call("GET", path, errors=ark_errors), read, who=self.name,
+            interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
+            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock,
+            # Ark cancels a queued task; a running one cannot be, and expires
+            cancel=lambda: self.http.call("DELETE", path, errors=ark_errors))

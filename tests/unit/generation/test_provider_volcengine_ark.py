@@ -13,7 +13,9 @@ from services.generation.providers.base import (
     ProviderRequest,
     Shot,
     TransientProviderError,
+    wait_for_task,
 )
+from services.generation.providers.http import base64_bytes
 from services.generation.providers.router import ProviderConfigError, build_provider
 from services.generation.providers.volcengine_ark import (
     DEFAULT_BASE_URL,
@@ -288,3 +290,45 @@ def test_a_job_type_not_configured_is_refused_before_any_call():
         provider.generate(image_request(job_type="image-to-image", source_image=SOURCE))
     assert caught.value.code == "unsupported_job_type"
     assert provider.http.call.calls == []
+
+
+# ------------------------------------------------------------------ the shared helpers it uses
+
+
+def test_wait_for_task_tolerates_a_few_failed_polls_and_cancels_at_the_deadline():
+    now, cancelled = [0.0], []
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    answers = iter([TransientProviderError("provider_server_error"), {"s": "run"},
+                    {"s": "done"}])
+
+    def fetch():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def read(answer):
+        return answer if answer["s"] == "done" else None
+
+    assert wait_for_task(fetch, read, who="v", interval_s=1, timeout_s=10, max_errors=1,
+                         sleep=sleep, clock=lambda: now[0]) == {"s": "done"}
+
+    def cancel():
+        cancelled.append(True)
+        raise TransientProviderError("provider_server_error")  # best effort: swallowed
+
+    with pytest.raises(TransientProviderError) as caught:
+        wait_for_task(lambda: {"s": "run"}, read, who="v", interval_s=1, timeout_s=3,
+                      max_errors=1, sleep=sleep, clock=lambda: now[0], cancel=cancel)
+    assert caught.value.code == "provider_timeout" and cancelled == [True]
+
+
+def test_base64_bytes_checks_size_and_alphabet():
+    assert base64_bytes(base64.b64encode(b"abc").decode(), "v", 10) == b"abc"
+    for text in ("not base64!", base64.b64encode(b"x" * 100).decode()):
+        with pytest.raises(TransientProviderError) as caught:
+            base64_bytes(text, "v", 10)
+        assert caught.value.code == "invalid_provider_output"
