@@ -14,6 +14,7 @@ Configuration (one entry of the providers file)::
       timeout_s: 120                         # per HTTP call
       # optional: response_format (url | b64_json, default url), size (a fixed
       # size such as 2K; default: the request's), min_pixels (3686400),
+      # max_pixels (16777216),
       # watermark (unset: Ark's default), resolution (480p | 720p | 1080p),
       # ratio (adaptive), min_duration_s (2), max_duration_s (12),
       # poll_interval_s (5), task_timeout_s (900), max_poll_errors (3),
@@ -55,11 +56,11 @@ Limits
   would give the same picture ``n`` times).
 - No negative prompt and no ``strength``: neither is sent. Image-to-image
   follows the prompt and the source image as Seedream weighs them.
-- Size: Seedream takes ``WxH`` with at least ``min_pixels`` pixels (3686400 =
-  2560x1440 for Seedream 4.5 and 5.0; 921600 for 4.0; 0 turns scaling off),
-  so a smaller request is scaled up keeping its aspect ratio (1024x1024 asks
-  for 1920x1920). Outputs are measured as they come, so the job records the
-  size Ark made.
+- Size: Seedream takes ``WxH`` within ``[min_pixels, max_pixels]`` pixels
+  (3686400 = 2560x1440 to 4096x4096 for Seedream 4.5 and 5.0; 4.0 from
+  921600; 3.0 from 262144 to 4194304), so a request outside is scaled
+  keeping its aspect ratio (1024x1024 asks for 1920x1920). Outputs are
+  measured as they come, so the job records the size Ark made.
 - Video: one video per request (``n`` must be 1). The request's size is not
   sent; ``ratio`` (default ``adaptive``: the source image's aspect ratio)
   is. The duration is rounded to whole seconds and kept within
@@ -204,6 +205,7 @@ class ArkProvider:
                  job_types: tuple[str, ...] = (TEXT_TO_IMAGE, IMAGE_TO_IMAGE),
                  timeout_s: float = 120.0, response_format: str = "url",
                  size: str | None = None, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_PIXELS,
                  watermark: bool | None = None, resolution: str | None = None,
                  ratio: str = "adaptive", min_duration_s: int = 2, max_duration_s: int = 12,
                  poll_interval_s: float = 5.0, task_timeout_s: float = 900.0,
@@ -229,15 +231,15 @@ class ArkProvider:
             raise ValueError("ratio must be W:H (e.g. 16:9), adaptive or keep_ratio")
         if not 1 <= min_duration_s <= max_duration_s:
             raise ValueError("min_duration_s and max_duration_s: 1 <= min <= max")
-        if min_pixels < 0:
-            raise ValueError("min_pixels must not be negative")
+        if not 0 <= min_pixels < max_pixels:
+            raise ValueError("min_pixels and max_pixels: 0 <= min_pixels < max_pixels")
         self.name = name
         self.model = model
         self.video_model = video_model or model
         self.job_types = frozenset(job_types)
         self.response_format = response_format
         self.size = size or None
-        self.min_pixels = int(min_pixels)
+        self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
         self.watermark = watermark
         self.resolution = resolution or None
         self.ratio = ratio
@@ -261,11 +263,11 @@ class ArkProvider:
         watermark = conf.get("watermark")
         try:
             integers = {key: int(conf.get(key, default)) for key, default in (
-                ("min_pixels", MIN_PIXELS), ("min_duration_s", 2), ("max_duration_s", 12),
+                ("min_pixels", MIN_PIXELS), ("max_pixels", MAX_PIXELS), ("min_duration_s", 2), ("max_duration_s", 12),
                 ("max_poll_errors", 3), ("max_download_bytes", 200 * 1024 * 1024))}
         except (TypeError, ValueError):
-            raise ValueError("min_pixels, min/max_duration_s, max_poll_errors and "
-                             "max_download_bytes are whole numbers") from None
+            raise ValueError("min_pixels, max_pixels, min/max_duration_s, max_poll_errors "
+                             "and max_download_bytes are whole numbers") from None
         return cls(
             name, api_key=str(conf.get("api_key") or ""), model=str(conf.get("model") or ""),
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
@@ -291,7 +293,7 @@ class ArkProvider:
         if self.size:
             size = self.size
         elif request.width and request.height:
-            size = scaled_size(request.width, request.height, self.min_pixels)
+            size = scaled_size(request.width, request.height, self.min_pixels, self.max_pixels)
         else:
             size = DEFAULT_SIZE
         body = {"model": self.model, "prompt": request.prompt, "size": size,

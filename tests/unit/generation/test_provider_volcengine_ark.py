@@ -81,6 +81,7 @@ def test_the_router_builds_it_and_ignores_the_keys_it_owns():
     ({"task_timeout_s": -1}, "task_timeout_s"),
     ({"min_duration_s": 13}, "min_duration_s"),
     ({"min_pixels": -1}, "min_pixels"),
+    ({"min_pixels": 4096 * 4096, "max_pixels": 2048 * 2048}, "max_pixels"),
     ({"max_poll_errors": "many"}, "max_poll_errors"),
 ])
 def test_a_bad_config_is_refused_naming_the_key(conf, key):
@@ -127,6 +128,8 @@ def test_a_configured_size_wins_and_no_size_falls_back_to_2k():
     assert ark(size="4K").payload(image_request())["size"] == "4K"
     assert ark().payload(image_request(width=None, height=None))["size"] == "2K"
     assert ark(min_pixels=0).payload(image_request(width=768, height=512))["size"] == "768x512"
+    seedream_3 = ark(min_pixels=512 * 512, max_pixels=2048 * 2048)
+    assert seedream_3.payload(image_request(width=1536, height=1536))["size"] == "1536x1536"
 
 
 @pytest.mark.parametrize("width, height, min_pixels, expected", [
