@@ -245,8 +245,14 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
             provider = OpenAIImagesProvider.from_config(name, dict(conf))
         elif kind == "async_task":
             provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind == "comfyui":
+            from services.generation.providers.comfyui import ComfyUIProvider
+
+            provider = ComfyUIProvider.from_config(name, dict(conf), sleep=sleep, clock=clock,
+                                                   resolver=resolver)
         elif kind == "volcengine_ark":
             from services.generation.providers.volcengine_ark import ArkProvider
+
             provider = ArkProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         else:
             raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
