@@ -69,8 +69,8 @@ Limits
   (``[0-2s] a boat drifts, camera pan left``), after the prompt.
 - Result URLs live 24 hours on Ark's side; they are downloaded at once.
 
-Errors: 429, 5xx, timeouts and connection failures are transient (Ark sends
-no Retry-After). Ark's content refusals (``*SensitiveContentDetected*``,
+Errors: 429, 5xx, timeouts and connection failures are transient (Ark documents
+no Retry-After; one sent is honoured). Ark's content refusals (``*SensitiveContentDetected*``,
 ``*RiskDetection``, at submission or as a failed task, or as a per-image
 ``error`` in a 200 answer) are the permanent ``CONTENT_REFUSED``.
 ``ContentSecurityDetectionError`` (Ark's moderation service failed) and
