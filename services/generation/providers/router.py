@@ -254,6 +254,10 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
 
             provider = ComfyUIProvider.from_config(name, dict(conf), sleep=sleep, clock=clock,
                                                    resolver=resolver)
+        elif kind == "volcengine_ark":
+            from services.generation.providers.volcengine_ark import ArkProvider
+
+            provider = ArkProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         else:
             raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
                                       "(local, openai_images, async_task)")
