@@ -56,8 +56,9 @@ class FakeOpenRouter(FakeHTTPServer):
             return f"unexpected fields {sorted(set(body) - FIELDS)}"
         if not isinstance(body.get("model"), str) or not body["model"]:
             return "model is required"
-        if "image" not in (body.get("modalities") or ()):
-            return "modalities must include image"
+        modalities = body.get("modalities") or ()
+        if "image" not in modalities or not set(modalities) <= {"image", "text"}:
+            return "modalities must be image, or image and text"
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return "messages is required"
