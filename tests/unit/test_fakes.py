@@ -94,6 +94,8 @@ NOT_OURS = {
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
+    "tests.fakes.openrouter.FakeOpenRouter": "OpenRouter's HTTP API (chat completions)",
+    "tests.fakes.gemini.FakeGemini": "Google's Gemini API (generateContent, predict, Veo)",
 }
 
 
