@@ -16,6 +16,7 @@ import pytest
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     PermanentProviderError,
+    ProviderError,
     TransientProviderError,
 )
 from services.generation.providers.router import build_provider
@@ -120,22 +121,22 @@ def test_refusals_come_with_http_200(fake, outcome, error, code):
     assert len(fake.requests) == 1  # the first refusal ends it
 
 
-@pytest.mark.parametrize("behaviour, error, code", [
-    (500, TransientProviderError, "provider_server_error"),
-    (503, TransientProviderError, "provider_server_error"),
-    (504, TransientProviderError, "provider_server_error"),
-    (400, PermanentProviderError, "provider_rejected_request"),
-    (404, PermanentProviderError, "provider_rejected_request"),
-    (403, PermanentProviderError, "provider_auth_failed"),
-    ("drop", TransientProviderError, "provider_connection_failed"),
-    ("garbage", TransientProviderError, "invalid_provider_output"),
-    ("redirect", TransientProviderError, "invalid_provider_output"),
-])
-def test_failures_are_classified(fake, behaviour, error, code):
+FAILURES = {  # behaviour of the fake -> the error's code (permanent unless transient)
+    500: "provider_server_error", 503: "provider_server_error", 504: "provider_server_error",
+    400: "provider_rejected_request", 404: "provider_rejected_request",
+    403: "provider_auth_failed", "drop": "provider_connection_failed",
+    "garbage": "invalid_provider_output", "redirect": "invalid_provider_output",
+}
+TRANSIENT = {500, 503, 504, "drop", "garbage", "redirect"}
+
+
+@pytest.mark.parametrize("behaviour", FAILURES)
+def test_failures_are_classified(fake, behaviour):
     fake.fail_next(behaviour)
-    with pytest.raises(error) as caught:
+    with pytest.raises(ProviderError) as caught:
         gemini(fake).generate(provider_request(JOB, n=1))
-    assert caught.value.code == code
+    assert (caught.value.code, caught.value.transient) == \
+        (FAILURES[behaviour], behaviour in TRANSIENT)
 
 
 def test_429_takes_its_retry_delay_from_retry_info(fake):

@@ -336,26 +336,28 @@ class GeminiProvider:
         return outputs
 
     def wait(self, path: str, progress: ProgressCallback | None) -> dict:
+        """Poll the operation until it is done, tolerating ``max_poll_errors``
+        transient poll failures in a row; past ``task_timeout_s`` it is abandoned."""
         deadline = self.clock() + self.task_timeout_s
-        errors = 0
-        while True:
-            if self.clock() + self.poll_interval_s > deadline:
-                raise TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish the video within {self.task_timeout_s:g}s")
+        failures = 0
+        while self.clock() + self.poll_interval_s <= deadline:
             self.sleep(self.poll_interval_s)
-            try:
-                operation = self.http.call("GET", path)
-                errors = 0
-            except TransientProviderError:
-                errors += 1
-                if errors > self.max_poll_errors:
-                    raise
-                continue
+            operation, failures = self._poll(path, failures)
             if operation.get("done"):
                 return operation
             elapsed = 1 - (deadline - self.clock()) / self.task_timeout_s
             report(progress, 0.05 + 0.8 * elapsed, "running")
+        raise TransientProviderError(
+            "provider_timeout",
+            f"{self.name} did not finish the video within {self.task_timeout_s:g}s")
+
+    def _poll(self, path: str, failures: int) -> tuple[dict, int]:
+        try:
+            return self.http.call("GET", path), 0
+        except TransientProviderError:
+            if failures >= self.max_poll_errors:
+                raise
+            return {}, failures + 1
 
     def finished(self, operation: dict) -> dict:
         """The ``response`` of a done operation, or its error as a provider error."""

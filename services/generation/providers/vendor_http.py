@@ -56,10 +56,9 @@ class VendorHttp(ProviderHttp):
 def error_body(response: requests.Response) -> dict:
     """The ``error`` object of a JSON error answer, or ``{}``."""
     try:
-        body = response.json()
-    except ValueError:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):  # not JSON, or not an object
         return {}
-    error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, dict) else {}
 
 
