@@ -14,7 +14,9 @@ Every call needs ``x-goog-api-key: <key>`` (else 403 ``PERMISSION_DENIED``).
   ``instances[{prompt, image{bytesBase64Encoded, mimeType}}]``, ``parameters``
   → ``{"name": "models/{model}/operations/{id}"}``; ``GET /v1beta/{name}``
   answers ``done: false`` for ``polls_to_finish - 1`` polls, then the result
-  with a video URI ``/v1beta/files/{id}:download?alt=media`` (served with the key).
+  with a video URI ``/v1beta/files/{id}:download?alt=media`` (served with the key;
+  ``video_delivery = "redirect"`` makes it a 302 to ``http://localhost:<port>/storage/{id}``,
+  another origin that needs no key; ``"inline"`` puts the video in ``encodedVideo``).
 
 Unknown fields anywhere in these bodies are a 400 ``INVALID_ARGUMENT`` (as
 Google's "Unknown name" errors). ``outcome`` scripts the answer: ``"ok"``,
@@ -41,6 +43,7 @@ STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
 CALL = re.compile(r"^/v1beta/models/([A-Za-z0-9._-]+):(generateContent|predict|predictLongRunning)$")
 OPERATION = re.compile(r"^/v1beta/(models/[A-Za-z0-9._-]+/operations/[a-z0-9]+)$")
 FILE = re.compile(r"^/v1beta/files/([a-z0-9]+):download$")
+STORAGE = re.compile(r"^/storage/([a-z0-9]+)$")
 PARAMETERS = {"predict": {"sampleCount", "aspectRatio", "sampleImageSize", "personGeneration",
                           "includeRaiReason"},
               "predictLongRunning": {"aspectRatio", "durationSeconds", "negativePrompt",
@@ -70,6 +73,8 @@ class FakeGemini(FakeHTTPServer):
         self.failure_code = 3  # google.rpc.Code of a failed operation (3 INVALID_ARGUMENT)
         self.failure_message = "the fake broke"
         self.retry_delay = "2s"
+        self.video_delivery = "uri"  # "redirect": the download 302s to another origin;
+        # "inline": the video comes in the operation as ``encodedVideo``
         self.polls_to_finish = polls_to_finish
         self.operations: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
@@ -99,9 +104,12 @@ class FakeGemini(FakeHTTPServer):
     # ------------------------------------------------------------ routing
 
     def route(self, request: Recorded) -> Response:
+        path = urlsplit(request.path).path
+        stored = STORAGE.match(path)  # a signed storage URL: no key needed (nor wanted)
+        if stored and request.method == "GET" and stored.group(1) in self.files:
+            return 200, {"Content-Type": "video/mp4"}, self.files[stored.group(1)]
         if self.key and request.header("x-goog-api-key") != self.key:
             return self.error(403, "Method doesn't allow unregistered callers")
-        path = urlsplit(request.path).path
         call = CALL.match(path)
         if call and request.method == "POST":
             try:
@@ -115,6 +123,9 @@ class FakeGemini(FakeHTTPServer):
             return self.poll(operation.group(1))
         file = FILE.match(path)
         if file and request.method == "GET" and file.group(1) in self.files:
+            if self.video_delivery == "redirect":
+                port = self._server.server_address[1]
+                return 302, {"Location": f"http://localhost:{port}/storage/{file.group(1)}"}, b""
             return 200, {"Content-Type": "video/mp4"}, self.files[file.group(1)]
         return self.error(404, "not found")
 
@@ -209,6 +220,10 @@ class FakeGemini(FakeHTTPServer):
             for _ in range(operation["count"]):
                 file_id = secrets.token_hex(6)
                 self.files[file_id] = mp4_bytes()
+                if self.video_delivery == "inline":
+                    samples.append({"video": {"encodedVideo": base64.b64encode(
+                        self.files[file_id]).decode(), "encoding": "video/mp4"}})
+                    continue
                 samples.append({"video": {"uri": f"{self.url}/v1beta/files/{file_id}"
                                                  ":download?alt=media"}})
             result["generateVideoResponse"] = {"generatedSamples": samples}

@@ -208,6 +208,18 @@ def test_veo_submits_polls_and_downloads_the_video_with_the_key(fake):
     assert_only_whitelisted_data(fake)
 
 
+def test_a_redirected_download_goes_without_the_key_and_inline_videos_are_decoded(fake):
+    fake.video_delivery = "redirect"
+    assert gemini(fake, VEO).generate(video_request()).outputs[0].content_type == "video/mp4"
+    [stored] = fake.requests_to("/storage/")
+    assert stored.header("x-goog-api-key") is None and stored.header("Host").startswith("localhost")
+    fake.video_delivery = "inline"
+    output = gemini(fake, VEO).generate(video_request()).outputs[0]
+    assert (output.content_type, output.width) == ("video/mp4", 64)
+    assert not [r for r in fake.requests_to("/v1beta/files/")
+                if r.header("x-goog-api-key") is None]
+
+
 def test_veo_filtered_is_a_refusal_and_a_failed_operation_is_classified(fake):
     fake.outcome = "filtered"
     with pytest.raises(PermanentProviderError) as caught:

@@ -15,7 +15,8 @@ model (or ``method`` in config):
   /v1beta/{name}`` every ``poll_interval_s`` until ``done``; the video is
   downloaded from ``response.generateVideoResponse.generatedSamples[].video.uri``
   with the key (the URI is on the API's own host; redirects elsewhere go
-  without it). image-to-video.
+  without it), or decoded from ``video.encodedVideo`` when it comes inline.
+  image-to-video.
 
 Config: ``base_url``, ``api_key`` (required), ``model`` (required),
 ``method`` (``generateContent`` | ``predict`` | ``predictLongRunning``;
@@ -24,6 +25,7 @@ run), ``timeout_s`` (120, per HTTP call), ``image_size`` (``1K``/``2K``/``4K``
 for Gemini, ``1K``/``2K`` for Imagen; default none), ``person_generation``
 (Imagen/Veo ``personGeneration``, default none), ``resolution`` (Veo
 ``720p``/``1080p``, default none), ``send_seed`` (true; Gemini only),
+``send_negative_prompt`` (true; Veo only: some Veo models refuse it with a 400),
 ``poll_interval_s`` (10), ``task_timeout_s`` (900), ``max_poll_errors`` (3),
 ``max_download_bytes``. ``region``, ``max_concurrency``, ``enabled``,
 ``allow_private_network`` as for every provider.
@@ -167,7 +169,8 @@ class GeminiProvider:
     def __init__(self, name: str, http: VendorHttp, model: str, *, method: str | None = None,
                  job_types=None, image_size: str | None = None,
                  person_generation: str | None = None, resolution: str | None = None,
-                 send_seed: bool = True, poll_interval_s: float = 10.0,
+                 send_seed: bool = True, send_negative_prompt: bool = True,
+                 poll_interval_s: float = 10.0,
                  task_timeout_s: float = 900.0, max_poll_errors: int = 3,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic):
@@ -182,6 +185,7 @@ class GeminiProvider:
         self.person_generation = person_generation
         self.resolution = resolution
         self.send_seed = send_seed
+        self.send_negative_prompt = send_negative_prompt
         self.poll_interval_s = float(poll_interval_s)
         self.task_timeout_s = float(task_timeout_s)
         self.max_poll_errors = int(max_poll_errors)
@@ -200,6 +204,7 @@ class GeminiProvider:
                    person_generation=conf.get("person_generation") or None,
                    resolution=conf_choice(conf, "resolution", ("720p", "1080p")),
                    send_seed=flag(conf.get("send_seed", True)),
+                   send_negative_prompt=flag(conf.get("send_negative_prompt", True)),
                    poll_interval_s=float(conf.get("poll_interval_s", 10)),
                    task_timeout_s=float(conf.get("task_timeout_s", 900)),
                    max_poll_errors=int(conf.get("max_poll_errors", 3)), **kwargs)
@@ -237,7 +242,8 @@ class GeminiProvider:
                                      "mimeType": request.source_content_type or "image/png"}
             duration = round(request.duration_s) if request.duration_s else None
             parameters = {"aspectRatio": ratio, "durationSeconds": duration,
-                          "negativePrompt": request.negative_prompt or None,
+                          "negativePrompt": (request.negative_prompt or None)
+                          if self.send_negative_prompt else None,
                           "resolution": self.resolution,
                           "personGeneration": self.person_generation,
                           "sampleCount": request.n if request.n > 1 else None}
@@ -321,17 +327,21 @@ class GeminiProvider:
             operation = self.wait(f"/{name}", progress)
         response = self.finished(operation)
         result = response.get("generateVideoResponse") or {}
-        samples = [s for s in (result.get("generatedSamples") or ())
-                   if isinstance(s, dict) and isinstance((s.get("video") or {}).get("uri"), str)]
+        samples = [s["video"] for s in (result.get("generatedSamples") or ())
+                   if isinstance(s, dict) and isinstance(s.get("video"), dict)
+                   and (s["video"].get("uri") or s["video"].get("encodedVideo"))]
         if len(samples) < n:
             if result.get("raiMediaFilteredCount") or result.get("raiMediaFilteredReasons"):
                 raise self.refused("video filtered by the safety filter")
             raise TransientProviderError("invalid_provider_output",
                                          f"{self.name} finished without a video")
         outputs = []
-        for index, sample in enumerate(samples[:n]):
+        for index, video in enumerate(samples[:n]):
             report(progress, 0.9 + 0.1 * index / n, "downloading")
-            data, _ = self.http.download(sample["video"]["uri"])
+            if isinstance(video.get("uri"), str):
+                data, _ = self.http.download(video["uri"])
+            else:  # the video inline instead of a URI
+                data = decode_b64(video["encodedVideo"], self.name, self.http.max_download_bytes)
             outputs.append(video_output(data, self.name))
         return outputs
 

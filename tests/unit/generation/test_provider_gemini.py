@@ -103,6 +103,14 @@ def test_veo_sends_the_image_and_video_parameters():
                        "resolution": "720p"}}
 
 
+def test_veo_can_be_told_not_to_send_the_negative_prompt():
+    request = ProviderRequest("image-to-video", "waves", negative_prompt="people",
+                              source_image=SOURCE, source_content_type="image/png")
+    body = provider(model="veo-3.1-lite-generate-preview", send_negative_prompt="false")\
+        .payload(request)
+    assert body["parameters"] == {}
+
+
 def test_an_image_part_is_read_and_thoughts_are_skipped():
     thought, final = png_bytes(4, 4), png_bytes(6, 6)
     answer = {"candidates": [{"content": {"parts": [
