@@ -91,6 +91,7 @@ def test_generate_content_makes_one_request_per_image(fake):
         "contents": [{"role": "user", "parts": [{"text": "a paper boat on a puddle"}]}],
         "generationConfig": {"responseModalities": ["TEXT", "IMAGE"], "seed": 11,
                              "imageConfig": {"aspectRatio": "4:3"}}}
+    assert sent[1].json()["generationConfig"]["seed"] == 12  # a different image each
     assert [stage for _, stage in events] == ["submitting", "downloading", "downloading",
                                               "downloaded"]
     assert_only_whitelisted_data(fake)

@@ -60,7 +60,8 @@ Nothing else: no request id, no user or job reference, no query-string key.
 
 Limits
 ------
-- Gemini: no ``n`` for image output (n images are n requests) and no negative
+- Gemini: no ``n`` for image output (n images are n requests, image i with
+  seed + i when a seed was given) and no negative
   prompt (not sent); width/height become the nearest supported ``aspectRatio``.
 - Imagen: the Developer API takes no seed and no negative prompt (neither is
   sent); n is ``sampleCount`` (1-4); no image-to-image.
@@ -114,6 +115,8 @@ from services.generation.providers.vendor_http import (
     conf_str,
     decode_b64,
     error_body,
+    one_request_per_image,
+    seed_for,
 )
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
@@ -130,6 +133,9 @@ REFUSED_FINISH = ("SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATI
 # google.rpc.Code values worth retrying: UNKNOWN, DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE (and their HTTP forms)
 TRANSIENT_CODES = {2, 4, 8, 10, 13, 14, 408, 429, 500, 502, 503, 504}
+# how a failed Veo operation's message says it was a policy refusal
+OPERATION_REFUSAL_HINTS = (*REFUSAL_HINTS, "usage guidelines", "responsible ai", "violat",
+                           "filtered")
 OPERATION_NAME = re.compile(r"^(?:models/[A-Za-z0-9._-]+/)?operations/[A-Za-z0-9._-]+$")
 MODEL = re.compile(r"^(?:models/)?[A-Za-z0-9._-]+$")
 
@@ -215,8 +221,8 @@ class GeminiProvider:
 
     # ------------------------------------------------------------ payloads
 
-    def payload(self, request: ProviderRequest) -> dict:
-        """Exactly what is sent (per request; generateContent sends it n times)."""
+    def payload(self, request: ProviderRequest, index: int = 0) -> dict:
+        """Exactly what is sent (generateContent: for image ``index``, one call each)."""
         ratio = aspect_ratio(request.width, request.height, ASPECT_RATIOS[self.method])
         if self.method == GENERATE:
             parts = [{"text": request.prompt}]
@@ -225,7 +231,7 @@ class GeminiProvider:
                                              or "image/png", "data": b64(request.source_image)}})
             config: dict = {"responseModalities": ["TEXT", "IMAGE"]}
             if self.send_seed and request.seed is not None:
-                config["seed"] = request.seed
+                config["seed"] = seed_for(request, index)
             image_config = {"aspectRatio": ratio, "imageSize": self.image_size}
             image_config = {k: v for k, v in image_config.items() if v}
             if image_config:
@@ -255,20 +261,17 @@ class GeminiProvider:
     def generate(self, request: ProviderRequest,
                  progress: ProgressCallback | None = None) -> ProviderResult:
         submitting(self, request, progress)
-        body = self.payload(request)
         if self.method == GENERATE:
-            outputs = []
-            for index in range(request.n):
-                answer = self.http.call("POST", self.path, body)
-                report(progress, (index + 0.5) / request.n, "downloading")
-                outputs.append(image_output(self.content_image(answer), self.name))
+            outputs = one_request_per_image(
+                request, progress, lambda index: self.content_image(
+                    self.http.call("POST", self.path, self.payload(request, index))), self.name)
         elif self.method == PREDICT:
-            answer = self.http.call("POST", self.path, body)
+            answer = self.http.call("POST", self.path, self.payload(request))
             report(progress, 0.5, "downloading")
             outputs = [image_output(data, self.name)
                        for data in self.predicted_images(answer, request.n)]
         else:
-            outputs = self.video(body, request.n, progress)
+            outputs = self.video(self.payload(request), request.n, progress)
         report(progress, 1.0, "downloaded")
         return ProviderResult(tuple(outputs))
 
@@ -376,7 +379,7 @@ class GeminiProvider:
             code = error.get("code")
             shown = f"{self.name} video failed (code {code})"
             message = str(error.get("message") or "").lower()
-            if any(hint in message for hint in REFUSAL_HINTS):
+            if any(hint in message for hint in OPERATION_REFUSAL_HINTS):
                 return_error: ProviderError = PermanentProviderError(CONTENT_REFUSED, shown)
             elif code in TRANSIENT_CODES:
                 return_error = TransientProviderError("provider_task_failed", shown)

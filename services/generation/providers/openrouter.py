@@ -32,7 +32,8 @@ no attribution headers (``HTTP-Referer``, ``X-Title``), no request id.
 
 Limits
 ------
-- No ``n`` on this route: n images are n requests (with the same seed, if any).
+- No ``n`` on this route: n images are n requests; image i gets seed + i (when
+  a seed was given), so a seeded request still gives n different images.
 - No negative prompt: it is not sent.
 - No exact size: width/height become the nearest supported aspect ratio; the
   output's real size is measured from the image.
@@ -64,7 +65,6 @@ from services.generation.providers.base import (
     report,
     submitting,
 )
-from services.generation.providers.media import image_output
 from services.generation.providers.vendor_http import (
     VendorHttp,
     aspect_ratio,
@@ -73,6 +73,8 @@ from services.generation.providers.vendor_http import (
     conf_str,
     data_uri,
     decode_b64,
+    one_request_per_image,
+    seed_for,
 )
 
 BASE_URL = "https://openrouter.ai/api/v1"
@@ -133,8 +135,8 @@ class OpenRouterProvider:
                    modalities=modalities, image_size=conf_choice(conf, "image_size", IMAGE_SIZES),
                    send_seed=flag(conf.get("send_seed", True)))
 
-    def payload(self, request: ProviderRequest) -> dict:
-        """Exactly what is sent for one image: prompt, parameters, source image."""
+    def payload(self, request: ProviderRequest, index: int = 0) -> dict:
+        """Exactly what is sent for image ``index``: prompt, parameters, source image."""
         content: str | list = request.prompt
         if request.source_image is not None and request.job_type == IMAGE_TO_IMAGE:
             content = [{"type": "text", "text": request.prompt},
@@ -151,18 +153,16 @@ class OpenRouterProvider:
         if image_config:
             body["image_config"] = image_config
         if self.send_seed and request.seed is not None:
-            body["seed"] = request.seed
+            body["seed"] = seed_for(request, index)
         return body
 
     def generate(self, request: ProviderRequest,
                  progress: ProgressCallback | None = None) -> ProviderResult:
         submitting(self, request, progress)
-        body = self.payload(request)
-        outputs = []
-        for index in range(request.n):
-            answer = self.http.call("POST", PATH, body)
-            report(progress, (index + 0.5) / request.n, "downloading")
-            outputs.append(image_output(self.image_bytes(answer), self.name))
+        outputs = one_request_per_image(
+            request, progress,
+            lambda index: self.image_bytes(self.http.call("POST", PATH, self.payload(request, index))),
+            self.name)
         report(progress, 1.0, "downloaded")
         return ProviderResult(tuple(outputs))
 

@@ -6,6 +6,7 @@
   refusal, not an auth failure; Google puts its retry hint in the body).
 - :func:`conf_job_types`, :func:`conf_str`: config checks that name the key.
 - :func:`decode_b64`, :func:`data_uri`, :func:`aspect_ratio`: payload pieces.
+- :func:`one_request_per_image`: n images from a vendor that makes one per call.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from fractions import Fraction
 import requests
 
 from services.common.config import flag
-from services.generation.providers.base import ProviderError, TransientProviderError
+from services.generation.providers.base import (
+    ProgressCallback,
+    ProviderError,
+    ProviderOutput,
+    ProviderRequest,
+    TransientProviderError,
+    report,
+)
 from services.generation.providers.http import ProviderHttp
+from services.generation.providers.media import image_output
 
 #: ``classify(response)`` → the error to raise for this non-2xx answer, or None
 #: to let the generic mapping decide.
@@ -124,3 +133,21 @@ def aspect_ratio(width: int | None, height: int | None, choices: Iterable[str]) 
         return abs(float(Fraction(w, h) / wanted) - 1.0)
 
     return min(choices, key=distance)
+
+
+def one_request_per_image(request: ProviderRequest, progress: ProgressCallback | None,
+                          fetch: Callable[[int], bytes], provider: str) -> list[ProviderOutput]:
+    """For a vendor without ``n``: ``fetch(index)`` makes image ``index`` (its
+    payload carries seed + index, so a seeded request still gives n different
+    images); each result is checked as an image."""
+    outputs = []
+    for index in range(request.n):
+        data = fetch(index)
+        report(progress, (index + 0.5) / request.n, "downloading")
+        outputs.append(image_output(data, provider))
+    return outputs
+
+
+def seed_for(request: ProviderRequest, index: int) -> int | None:
+    """The seed of image ``index`` of a request (None: the vendor picks)."""
+    return None if request.seed is None else request.seed + index
