@@ -160,6 +160,8 @@ def test_imagen_predictions_and_filtering():
     ({"code": 3, "message": "bad duration"}, PermanentProviderError, "provider_rejected_request"),
     ({"code": 3, "message": "blocked by the safety filter"}, PermanentProviderError,
      CONTENT_REFUSED),
+    ({"code": 3, "message": "This prompt contains words that violate the usage guidelines"},
+     PermanentProviderError, CONTENT_REFUSED),
 ])
 def test_a_failed_operation_is_classified_by_its_code(error, kind, code):
     with pytest.raises(kind) as caught:
