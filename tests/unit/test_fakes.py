@@ -97,6 +97,8 @@ NOT_OURS = {
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
     "tests.fakes.comfyui.FakeComfyUI": "ComfyUI's HTTP API",
     "tests.fakes.ark.FakeArk": "Volcano Engine Ark's HTTP API (Seedream, Seedance)",
+    "tests.fakes.openrouter.FakeOpenRouter": "OpenRouter's HTTP API (chat completions)",
+    "tests.fakes.gemini.FakeGemini": "Google's Gemini API (generateContent, predict, Veo)",
 }
 
 
