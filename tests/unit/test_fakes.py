@@ -96,6 +96,9 @@ NOT_OURS = {
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
     "tests.fakes.comfyui.FakeComfyUI": "ComfyUI's HTTP API",
+    "tests.fakes.ark.FakeArk": "Volcano Engine Ark's HTTP API (Seedream, Seedance)",
+    "tests.fakes.openrouter.FakeOpenRouter": "OpenRouter's HTTP API (chat completions)",
+    "tests.fakes.gemini.FakeGemini": "Google's Gemini API (generateContent, predict, Veo)",
 }
 
 

@@ -281,6 +281,16 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
 
             provider = ComfyUIProvider.from_config(name, dict(conf), sleep=sleep, clock=clock,
                                                    resolver=resolver)
+        elif kind == "volcengine_ark":
+            from services.generation.providers.volcengine_ark import ArkProvider
+
+            provider = ArkProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind in ("openrouter", "gemini"):
+            from services.generation.providers.gemini import GeminiProvider
+            from services.generation.providers.openrouter import OpenRouterProvider
+
+            provider = (OpenRouterProvider.from_config(name, dict(conf)) if kind == "openrouter"
+                        else GeminiProvider.from_config(name, dict(conf), sleep=sleep, clock=clock))
         else:
             raise ProviderConfigError(f"providers.{name}: unknown type {kind!r} "
                                       "(local, openai_images, async_task, replicate, comfyui)")
