@@ -257,6 +257,11 @@ def _enabled(conf: Mapping) -> bool:
     return bool(value)
 
 
+#: The adapter types, as an unknown ``type`` lists them (each has a branch below).
+TYPES = ("local", "openai_images", "async_task", "replicate", "comfyui", "volcengine_ark",
+         "openrouter", "gemini")
+
+
 def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
                    sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.monotonic, resolver=None) -> Provider:
@@ -293,7 +298,7 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
                         else GeminiProvider.from_config(name, dict(conf), sleep=sleep, clock=clock))
         else:
             raise ProviderConfigError(f"providers.{name}: unknown type {kind!r} "
-                                      "(local, openai_images, async_task, replicate, comfyui)")
+                                      f"({', '.join(TYPES)})")
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ProviderConfigError):
             raise

@@ -455,3 +455,13 @@ def test_the_bundled_file_is_local_only_and_the_default():
     assert list(data["providers"]) == ["local"]
     r = build_router({"GENERATION": {"PROVIDERS_FILE": ""}})
     assert set(r.providers) == {"local"} and r.supports("image-to-video")
+
+
+def test_every_listed_type_is_known_to_the_registry():
+    from services.generation.providers.router import TYPES, build_provider
+
+    for kind in TYPES:
+        try:
+            build_provider("x", {"type": kind})
+        except ProviderConfigError as exc:
+            assert "unknown type" not in str(exc), kind
