@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from tests.fakes.providers import FakeHTTPServer, Recorded, Response, _json, mp4_bytes, png_bytes
 
@@ -147,6 +147,8 @@ class FakeFal(FakeHTTPServer):
         with self._lock:
             failing = self._poll_script.popleft() if self._poll_script else None
         if isinstance(failing, tuple):
+            if failing[1].get("status") in ("COMPLETED", "FAILED", "CANCELED"):
+                entry["state"] = "COMPLETED"  # a scripted end ends the request
             return _json(*failing)
         if failing:
             return self.error(int(failing))
@@ -206,7 +208,3 @@ class FakeFal(FakeHTTPServer):
 
     def cancelled(self) -> list[str]:
         return [rid for rid, entry in self.queue.items() if entry["cancelled"]]
-
-    @staticmethod
-    def query(recorded: Recorded) -> dict:
-        return parse_qs(urlsplit(recorded.path).query)

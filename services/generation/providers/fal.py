@@ -196,6 +196,16 @@ def _check_inputs(inputs, job_types: frozenset[str]) -> dict[str, str]:
     return checked
 
 
+def _number(conf: dict, key: str, default, kind=float):
+    value = conf.get(key)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number, not {value!r}") from None
+
+
 def _put(body: dict, target: str, value) -> None:
     """``body[a][b] = value`` for ``a.b``; a ``[]`` suffix wraps it in a list."""
     if target.endswith("[]"):
@@ -262,12 +272,12 @@ class FalProvider:
             name, str(conf["model"]), api_key=conf.get("api_key") or None,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             job_types=tuple(job_types), inputs=conf.get("inputs"),
-            timeout_s=float(conf.get("timeout_s", 30)),
-            poll_interval_s=float(conf.get("poll_interval_s", 1)),
-            task_timeout_s=float(conf.get("task_timeout_s", 600)),
-            max_poll_errors=int(conf.get("max_poll_errors", 3)),
-            output_expiration_s=int(conf.get("output_expiration_s", 3600) or 0),
-            max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
+            timeout_s=_number(conf, "timeout_s", 30.0),
+            poll_interval_s=_number(conf, "poll_interval_s", 1.0),
+            task_timeout_s=_number(conf, "task_timeout_s", 600.0),
+            max_poll_errors=_number(conf, "max_poll_errors", 3, int),
+            output_expiration_s=_number(conf, "output_expiration_s", 3600, int),
+            max_download_bytes=_number(conf, "max_download_bytes", 500 * 1024 * 1024, int),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
             **kwargs,
