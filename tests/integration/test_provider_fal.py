@@ -6,7 +6,6 @@ that never finishes, and that nothing identifying an account is sent."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import time
@@ -17,6 +16,7 @@ from PIL import Image
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     PermanentProviderError,
+    ProviderError,
     ProviderRequest,
     TransientProviderError,
 )
@@ -24,42 +24,23 @@ from services.generation.providers.fal import FalProvider
 from services.generation.providers.router import build_provider, build_router
 from tests.fakes.fal import INVALID, REFUSED, FakeFal
 from tests.fakes.providers import png_bytes
+from tests.integration.test_generation_providers import JOB as OTHER_JOB
+from tests.integration.test_generation_providers import progress_log, provider_request
 
 pytestmark = pytest.mark.integration
 
 KEY = "fal-key-0123:secret"
 MODEL = "fal-ai/flux/dev"
-# What the service knows about the job's owner; none of it may reach fal.
-JOB = {
-    "job_id": "0190a5c3-0000-7000-8000-00000000fa1a",
-    "user_id": "0190a5c3-1111-7000-8000-0000000f0a1b",
-    "email": "fal.owner.sentinel@example.org",
-    "api_key": "drk_live_falsentinelsentinel",
-    "webhook_url": "https://hooks.sentinel.example/fal",
-    "ip": "203.0.113.77",
-    "job_type": "text-to-image",
-    "prompt": "a paper boat on a puddle",
-    "negative_prompt": "blurry",
-    "n": 2,
-    "width": 64,
-    "height": 48,
-    "seed": 11,
-}
+# What the service knows about the job's owner (the same job as the other
+# adapters' tests, with an owner of its own and the caller's IP); none of it
+# may reach fal.
+JOB = {**OTHER_JOB, "job_id": "0190a5c3-0000-7000-8000-00000000fa1a",
+       "user_id": "0190a5c3-1111-7000-8000-0000000f0a1b",
+       "email": "fal.owner.sentinel@example.org", "ip": "203.0.113.77"}
 IDENTITY = [JOB[k] for k in ("job_id", "user_id", "email", "api_key", "webhook_url", "ip")]
 ALLOWED_HEADERS = {"host", "user-agent", "accept-encoding", "accept", "connection",
                    "content-length", "content-type", "authorization",
                    "x-fal-object-lifecycle-preference"}
-
-
-def provider_request(job: dict, **changes) -> ProviderRequest:
-    """How a job becomes a provider request: only the request's own fields."""
-    fields = {f.name for f in dataclasses.fields(ProviderRequest)}
-    return ProviderRequest(**{k: v for k, v in {**job, **changes}.items() if k in fields})
-
-
-def progress_log():
-    events = []
-    return events, lambda fraction, stage: events.append((fraction, stage))
 
 
 @pytest.fixture
@@ -181,27 +162,34 @@ def test_through_the_router_from_a_providers_config(fake):
 # ------------------------------------------------------------------ errors
 
 
-@pytest.mark.parametrize("behaviour, error, code", [
-    (500, TransientProviderError, "provider_server_error"),
-    (503, TransientProviderError, "provider_server_error"),
-    (504, TransientProviderError, "provider_server_error"),
-    (429, TransientProviderError, "provider_rate_limited"),
-    ((422, REFUSED), PermanentProviderError, CONTENT_REFUSED),
-    ((422, INVALID), PermanentProviderError, "provider_rejected_request"),
-    ((400, {"detail": "Bad request"}), PermanentProviderError, "provider_rejected_request"),
-    ((403, {"detail": "Forbidden"}), PermanentProviderError, "provider_auth_failed"),
-    ("drop", TransientProviderError, "provider_connection_failed"),
-    ("garbage", TransientProviderError, "invalid_provider_output"),
-    ("redirect", TransientProviderError, "invalid_provider_output"),  # never followed
-])
-def test_submit_failures_are_classified(fake, behaviour, error, code):
+# fal's answer to the submit → the code; the permanent ones say the request
+# itself was refused (no retry on fal), the rest are worth retrying
+SUBMIT_FAILURES = {
+    "server error": (500, "provider_server_error"),
+    "overloaded": (503, "provider_server_error"),
+    "request timeout": (504, "provider_server_error"),
+    "rate limited": (429, "provider_rate_limited"),
+    "content policy": ((422, REFUSED), CONTENT_REFUSED),
+    "invalid input": ((422, INVALID), "provider_rejected_request"),
+    "bad request": ((400, {"detail": "Bad request"}), "provider_rejected_request"),
+    "forbidden": ((403, {"detail": "Forbidden"}), "provider_auth_failed"),
+    "dropped": ("drop", "provider_connection_failed"),
+    "no request id": ("garbage", "invalid_provider_output"),
+    "redirect, never followed": ("redirect", "invalid_provider_output"),
+}
+PERMANENT = {CONTENT_REFUSED, "provider_rejected_request", "provider_auth_failed"}
+
+
+@pytest.mark.parametrize("case", SUBMIT_FAILURES)
+def test_submit_failures_are_classified(fake, case):
+    behaviour, code = SUBMIT_FAILURES[case]
     fake.fail_next(behaviour)
-    with pytest.raises(error) as caught:
+    with pytest.raises(ProviderError) as caught:
         fal(fake).generate(provider_request(JOB))
-    assert caught.value.code == code
-    if behaviour == 429:
-        assert caught.value.retry_after == 0
+    assert (caught.value.code, caught.value.transient) == (code, code not in PERMANENT)
+    assert caught.value.retry_after == (0 if behaviour == 429 else None)
     assert JOB["prompt"] not in caught.value.message
+    assert fake.queue == {}
 
 
 def test_a_wrong_key_is_an_auth_failure(fake):
@@ -269,11 +257,12 @@ def test_status_polls_that_keep_failing_fail_the_attempt_and_cancel(fake):
 
 def test_a_submit_that_hangs_times_out(fake):
     fake.fail_next("hang")
+    provider = fal(fake, timeout_s=0.3)
     started = time.monotonic()
-    with pytest.raises(TransientProviderError) as caught:
-        fal(fake, timeout_s=0.3).generate(provider_request(JOB))
-    assert caught.value.code == "provider_timeout"
-    assert time.monotonic() - started < 2
+    with pytest.raises(TransientProviderError, match="did not answer within 0.3s") as caught:
+        provider.generate(provider_request(JOB, n=1))
+    elapsed = time.monotonic() - started
+    assert (caught.value.code, elapsed < 2) == ("provider_timeout", True)
 
 
 def test_a_request_that_never_finishes_is_cancelled(fake):
