@@ -358,15 +358,15 @@ class FalProvider:
             report(progress, 0.05, "submitted")
             results = []
             for index, item in enumerate(queued):
-                self._wait(item, deadline, lambda f, stage, i=index: report(
+                status = self._wait(item, deadline, lambda f, stage, i=index: report(
                     progress, 0.05 + 0.85 * (i + f) / len(queued), stage))
                 item.done = True
-                results.append(self.http.fetch("GET", item.response_url))
+                results.append((self.http.fetch("GET", item.response_url), status))
         except BaseException:
             self._cancel([item for item in queued if not item.done])
             raise
         want = request.n if len(queued) == 1 else 1
-        items = [entry for result in results for entry in self._outputs(result, want)]
+        items = [url for result, status in results for url in self._outputs(result, want, status)]
         outputs = []
         for index, item in enumerate(items):
             report(progress, 0.9 + 0.1 * index / len(items), "downloading")
@@ -375,7 +375,7 @@ class FalProvider:
         return ProviderResult(tuple(outputs))
 
     def _wait(self, item: Queued, deadline: float,
-              progress: Callable[[float, str], None]) -> None:
+              progress: Callable[[float, str], None]) -> dict:
         errors = 0
         while True:
             try:
@@ -390,7 +390,7 @@ class FalProvider:
                 state = status.get("status")
                 if state == "COMPLETED":
                     progress(1.0, "completed")
-                    return
+                    return status
                 if state in FAILED:
                     self._failed(item, state)
                 if state not in PENDING:
@@ -433,8 +433,9 @@ class FalProvider:
 
     # ------------------------------------------------------------ the outputs
 
-    def _outputs(self, result: dict, want: int) -> list[str]:
-        """The output URLs of one result, ``want`` of them at least."""
+    def _outputs(self, result: dict, want: int, status: dict | None = None) -> list[str]:
+        """The output URLs of one result, ``want`` of them at least. A result
+        without them whose status carried an error fails as that error."""
         flagged = result.get("has_nsfw_concepts")
         if flagged is True or (isinstance(flagged, list) and any(v is True for v in flagged)):
             raise PermanentProviderError(CONTENT_REFUSED,
@@ -448,6 +449,12 @@ class FalProvider:
                 items.append(result[key])
         urls = [item["url"] for item in items
                 if isinstance(item, dict) and isinstance(item.get("url"), str)]
+        if len(urls) < want and (status or {}).get("error"):
+            kind = error_code((status or {}).get("error_type"))
+            if kind in REFUSED_TYPES:
+                raise PermanentProviderError(CONTENT_REFUSED, f"{self.name} request failed ({kind})")
+            raise TransientProviderError("provider_task_failed", f"{self.name} request failed"
+                                         + (f" ({kind})" if kind else ""))
         if len(urls) < want:
             raise TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered with fewer outputs than asked")

@@ -236,6 +236,19 @@ def test_the_outputs_of_a_result():
         provider._outputs({"images": [{"uri": "x"}]}, 1)
 
 
+def test_a_result_without_outputs_after_a_status_with_an_error_fails_as_that_error():
+    empty = {"detail": "Internal error"}
+    with pytest.raises(PermanentProviderError) as refused:
+        fal()._outputs(empty, 1, {"status": "COMPLETED", "error": "flagged",
+                                  "error_type": "content_policy_violation"})
+    assert refused.value.code == CONTENT_REFUSED
+    with pytest.raises(TransientProviderError) as failed:
+        fal()._outputs(empty, 1, {"status": "COMPLETED", "error": "boom",
+                                  "error_type": "runner_disconnected"})
+    assert (failed.value.code, failed.value.message) == \
+        ("provider_task_failed", "flux request failed (runner_disconnected)")
+
+
 def test_a_result_fals_safety_checker_flagged_is_a_content_refusal():
     with pytest.raises(PermanentProviderError) as caught:
         fal()._outputs({"images": [{"url": "u"}, {"url": "v"}],
