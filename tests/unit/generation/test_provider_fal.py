@@ -267,3 +267,70 @@ def test_data_uri_outputs_are_decoded_and_checked():
         with pytest.raises(TransientProviderError) as caught:
             provider._bytes(bad)
         assert caught.value.code == "invalid_provider_output"
+
+
+# ------------------------------------------------------------------ the queue, without a network
+
+
+class Script:
+    """Stands in for FalHttp.fetch: answers (or raises) what it is given, in
+    order, and records the calls; a clock that advances only when slept."""
+
+    def __init__(self, *answers):
+        self.answers, self.calls, self.now, self.slept = list(answers), [], 0.0, []
+
+    def fetch(self, method, url, payload=None, headers=None):
+        self.calls.append((method, url))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def scripted(script: Script, **conf) -> FalProvider:
+    provider = FalProvider.from_config("flux", {**CONF, "poll_interval_s": 2, **conf},
+                                       sleep=script.sleep, clock=lambda: script.now)
+    provider.http.fetch = script.fetch
+    return provider
+
+
+def test_a_poll_answered_429_waits_as_long_as_retry_after_says():
+    script = Script({"request_id": "r1"},
+                    TransientProviderError("provider_rate_limited", retry_after=7),
+                    {"status": "IN_PROGRESS"}, {"status": "COMPLETED"},
+                    {"images": [{"url": "data:image/png;base64,"
+                                 + base64.b64encode(png_bytes(4, 4)).decode()}]})
+    stages = []
+    result = scripted(script).generate(request(), lambda f, stage: stages.append(stage))
+    assert len(result.outputs) == 1
+    assert script.slept == [7, 2]
+    assert stages == ["submitting", "submitted", "in_progress", "completed", "downloading",
+                      "downloaded"]
+    assert [method for method, _ in script.calls] == ["POST", "GET", "GET", "GET", "GET"]
+
+
+def test_the_deadline_cancels_a_request_still_queued():
+    script = Script({"request_id": "r1"}, *[{"status": "IN_QUEUE", "queue_position": 3}] * 5,
+                    {"status": "CANCELLATION_REQUESTED"})
+    with pytest.raises(TransientProviderError) as caught:
+        scripted(script, task_timeout_s=9).generate(request())
+    assert caught.value.code == "provider_timeout"
+    assert script.slept == [2, 2, 2, 2] and script.now == 8
+    assert script.calls[-1] == ("PUT", "https://queue.fal.run/fal-ai/flux/requests/r1/cancel")
+
+
+@pytest.mark.parametrize("status, stage, fraction", [
+    ({"status": "IN_QUEUE", "queue_position": 0}, "queue_position_0", 0.3),
+    ({"status": "IN_QUEUE", "queue_position": 5}, "queue_position_5", 0.05),
+    ({"status": "IN_QUEUE"}, "in_queue", 0.0),
+    ({"status": "IN_QUEUE", "queue_position": "7"}, "in_queue", 0.0),
+    ({"status": "IN_PROGRESS", "logs": []}, "in_progress", 0.5),
+])
+def test_progress_from_a_status(status, stage, fraction):
+    seen = []
+    FalProvider._progress(status, lambda f, s: seen.append((f, s)))
+    assert seen == [(pytest.approx(fraction), stage)]
