@@ -13,7 +13,8 @@
   error here;
 - ``PUT /{owner}/{app}/requests/{id}/cancel`` → 202 ``CANCELLATION_REQUESTED``,
   400 ``ALREADY_COMPLETED`` or 404 ``NOT_FOUND``;
-- ``GET /files/{name}`` → an output (fal serves them from its CDN).
+- ``GET /files/{name}`` → an output (fal serves them from its CDN; ``cdn``
+  set to another fake serves them from there, another origin).
 
 Errors use fal's shapes: model errors ``{"detail": [{loc, msg, type}]}``
 (422 ``content_policy_violation`` for a refusal, see :data:`REFUSED`),
@@ -58,7 +59,7 @@ class FakeFal(FakeHTTPServer):
         self.outcome = "completed"
         self.return_urls = True      # False: the submit answer carries no URLs
         self.url_base: str | None = None  # the origin the returned URLs name
-        self.result_base: str | None = None  # where output URLs point
+        self.cdn: FakeFal | None = None  # another fake serving the outputs (fal's CDN)
         self.max_images: int | None = None
         self.queue: dict[str, dict] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
@@ -197,8 +198,9 @@ class FakeFal(FakeHTTPServer):
 
     def _file(self, data: bytes, content_type: str, ext: str) -> str:
         name = f"{secrets.token_hex(8)}.{ext}"
-        self.files[name] = (data, content_type)
-        return f"{self.result_base or self.url}/files/{name}"
+        server = self.cdn or self
+        server.files[name] = (data, content_type)
+        return f"{server.url}/files/{name}"
 
     # ------------------------------------------------------------ for tests
 

@@ -152,6 +152,16 @@ def test_returned_urls_on_another_origin_are_not_followed(fake):
     assert fake.requests_to(f"/fal-ai/flux/requests/{request_id}/status")
 
 
+def test_outputs_on_fals_cdn_are_fetched_without_the_key(fake):
+    with FakeFal() as cdn:
+        fake.cdn = cdn  # another origin, as v3.fal.media is
+        assert images(fal(fake).generate(provider_request(JOB))) == [("image/png", 64, 48)] * 2
+    downloads = cdn.requests_to("/files/", "GET")
+    assert len(downloads) == 2
+    assert all(d.header("Authorization") is None for d in downloads)
+    assert fake.requests_to("/files/") == []
+
+
 def test_through_the_router_from_a_providers_config(fake):
     router = build_router({"PROVIDERS": {"flux": conf(fake)},
                            "ROUTES": {"text-to-image": ["flux"]}})
