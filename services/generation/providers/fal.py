@@ -19,6 +19,16 @@ endpoint sub-path), so the URLs the submit answer returns are used; one on
 another origin than ``base_url`` is not followed (the key would not go with
 it, and it could point anywhere): the URL is then built from the model id.
 
+Configuration
+-------------
+``model`` (required, the endpoint id), ``api_key``, ``base_url`` (default
+``https://queue.fal.run``; fal has no version path), ``job_types`` (default
+``[text-to-image]``), ``inputs`` (below), ``timeout_s`` (each HTTP call, 30),
+``poll_interval_s`` (1), ``task_timeout_s`` (submit to result, 600),
+``max_poll_errors`` (3), ``output_expiration_s`` (3600, 0 = fal's default),
+``max_download_bytes``, ``result_url_allow``, ``allow_private_network``.
+``region``, ``max_concurrency`` and ``enabled`` are read by the router.
+
 What is sent
 ------------
 Only what the provider's ``inputs`` mapping names (Darkroom field → the
