@@ -93,6 +93,7 @@ NOT_OURS = {
     "tests.fakes.providers.FakeHTTPServer": "the base of the providers' HTTP APIs",
     "tests.fakes.providers.FakeOpenAIImages": "a provider's HTTP API",
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
+    "tests.fakes.fal.FakeFal": "fal.ai's queue API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
     "tests.fakes.comfyui.FakeComfyUI": "ComfyUI's HTTP API",

@@ -279,6 +279,10 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
             provider = ReplicateProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "openai_images":
             provider = OpenAIImagesProvider.from_config(name, dict(conf))
+        elif kind == "fal":
+            from services.generation.providers.fal import FalProvider
+
+            provider = FalProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "async_task":
             provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "comfyui":
