@@ -163,8 +163,8 @@ def test_outputs_on_fals_cdn_are_fetched_without_the_key(fake):
 
 
 def test_through_the_router_from_a_providers_config(fake):
-    router = build_router({"PROVIDERS": {"flux": conf(fake)},
-                           "ROUTES": {"text-to-image": ["flux"]}})
+    router = build_router({"providers": {"flux": conf(fake)},
+                           "routes": {"text-to-image": ["flux"]}})
     routed = router.run(provider_request(JOB, n=1))
     assert routed.provider == "flux" and len(routed.result.outputs) == 1
 

@@ -258,7 +258,7 @@ def _enabled(conf: Mapping) -> bool:
 
 
 #: The adapter types, as an unknown ``type`` lists them (each has a branch below).
-TYPES = ("local", "openai_images", "async_task", "replicate", "comfyui", "volcengine_ark",
+TYPES = ("local", "openai_images", "async_task", "replicate", "fal", "comfyui", "volcengine_ark",
          "openrouter", "gemini")
 
 

@@ -87,7 +87,7 @@ def test_region_and_the_router_settings_are_accepted_and_ignored():
 def test_a_bad_config_stops_the_service_naming_the_key(conf, key):
     with pytest.raises(ProviderConfigError) as refused:
         build_provider("flux", {**CONF, **conf})
-    assert "PROVIDERS.flux" in str(refused.value) and key in str(refused.value)
+    assert "providers.flux" in str(refused.value) and key in str(refused.value)
 
 
 # ------------------------------------------------------------------ what is sent
