@@ -93,6 +93,7 @@ NOT_OURS = {
     "tests.fakes.providers.FakeOpenAIImages": "a provider's HTTP API",
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
+    "tests.fakes.dashscope.FakeDashScope": "Alibaba Cloud DashScope's task API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
 }
 

@@ -245,6 +245,9 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
             provider = OpenAIImagesProvider.from_config(name, dict(conf))
         elif kind == "async_task":
             provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind == "dashscope":
+            from services.generation.providers.dashscope import DashScopeProvider
+            provider = DashScopeProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         else:
             raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
                                       "(local, openai_images, async_task)")
