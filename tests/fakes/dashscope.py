@@ -15,8 +15,8 @@ loopback, as its public API reference describes it (base path ``/api/v1``):
   unknown id is ``UNKNOWN``;
 - ``POST /api/v1/tasks/<id>/cancel``: cancels a PENDING task, else 400
   ``UnsupportedOperation``;
-- ``GET /oss/<file>``: the results (PNG or MP4), without the API key (the
-  real ones are signed OSS URLs on another host).
+- ``GET /oss/<file>``: the results (PNG or MP4); the real ones are signed
+  OSS URLs on another host, which ``oss`` (another instance) stands for.
 
 Errors use DashScope's flat body ``{"request_id", "code", "message"}``:
 behaviour ``"refuse"`` is 400 ``DataInspectionFailed``, ``429`` is
@@ -57,6 +57,7 @@ class FakeDashScope(FakeHTTPServer):
         self.retry_after: str | None = None
         self.tasks: dict[str, dict] = {}
         self.files: dict[str, tuple[str, bytes]] = {}
+        self.oss: FakeDashScope | None = None  # where results are served (default: here)
         self._poll_script: deque = deque()
 
     def fail_polls(self, *behaviours) -> None:
@@ -226,5 +227,6 @@ class FakeDashScope(FakeHTTPServer):
 
     def _file(self, content_type: str, data: bytes, ext: str) -> str:
         name = f"{secrets.token_hex(8)}.{ext}?Expires=1700000000&Signature=x"
-        self.files[name.split("?")[0]] = (content_type, data)
-        return f"{self.url}/oss/{name}"
+        host = self.oss or self
+        host.files[name.split("?")[0]] = (content_type, data)
+        return f"{host.url}/oss/{name}"

@@ -357,7 +357,7 @@ class DashScopeProvider:
                 output = self._wait(task, deadline, progress, index / len(tasks))
                 finished.add(task)
                 for url in self._result_urls(request, output, bodies[index]):
-                    report(progress, 0.9, "downloading")
+                    report(progress, 0.05 + 0.9 * (index + 1) / len(tasks), "downloading")
                     data, _ = self.http.download(url)
                     outputs.append(video_output(data, self.name)
                                    if request.job_type == IMAGE_TO_VIDEO
@@ -408,7 +408,7 @@ class DashScopeProvider:
             if state not in WAITING:
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent an unknown task status")
-            report(progress, 0.05 + 0.85 * done, str(state).lower())
+            report(progress, 0.05 + 0.9 * done, str(state).lower())
             if self.clock() + self.poll_interval_s > deadline:
                 raise TransientProviderError(
                     "provider_timeout",
