@@ -7,7 +7,6 @@ identifying an account reaches the vendor."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import time
@@ -25,19 +24,16 @@ from services.generation.providers.dashscope import DashScopeProvider
 from services.generation.providers.router import build_provider
 from tests.fakes.dashscope import IMAGE_PATH, VIDEO_PATH, FakeDashScope
 from tests.fakes.providers import png_bytes
+from tests.integration.test_generation_providers import JOB as BASE_JOB
+from tests.integration.test_generation_providers import provider_request
 
 pytestmark = pytest.mark.integration
 
 KEY = "sk-dashscope-test"
-# What the service knows about the job's owner; none of it may reach DashScope.
-ACCOUNT = {
-    "job_id": "0190a5c3-0000-7000-8000-0000000d5c0e",
-    "user_id": "0190a5c3-1111-7000-8000-0000000d5c0f",
-    "email": "qwen.owner.sentinel@example.org",
-    "api_key": "drk_live_dashscopesentinel",
-    "webhook_url": "https://hooks.sentinel.example/ds",
-    "ip": "203.0.113.77",
-}
+# What the service knows about the job's owner (the sentinels every provider
+# test uses, and an IP address); none of it may reach DashScope.
+ACCOUNT = {**{k: BASE_JOB[k] for k in ("job_id", "user_id", "email", "api_key", "webhook_url")},
+           "ip": "203.0.113.77"}
 JOB = {**ACCOUNT, "job_type": "text-to-image", "prompt": "a paper lantern on a river",
        "negative_prompt": "blurry", "n": 2, "width": 1024, "height": 1024, "seed": 11}
 SOURCE = png_bytes(96, 64, (10, 200, 90))
@@ -46,12 +42,6 @@ VIDEO_JOB = {**ACCOUNT, "job_type": "image-to-video", "prompt": "the lantern dri
              "source_image": SOURCE, "source_content_type": "image/png"}
 SENT_HEADERS = {"host", "user-agent", "accept-encoding", "accept", "connection",
                 "content-length", "content-type", "authorization", "x-dashscope-async"}
-
-
-def provider_request(job: dict, **changes) -> ProviderRequest:
-    """How a job becomes a provider request: only the request's own fields."""
-    fields = {f.name for f in dataclasses.fields(ProviderRequest)}
-    return ProviderRequest(**{k: v for k, v in {**job, **changes}.items() if k in fields})
 
 
 @pytest.fixture
