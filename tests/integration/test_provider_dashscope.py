@@ -17,7 +17,6 @@ from PIL import Image
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     PermanentProviderError,
-    ProviderRequest,
     TransientProviderError,
 )
 from services.generation.providers.dashscope import DashScopeProvider

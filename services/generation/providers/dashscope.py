@@ -8,7 +8,9 @@ The protocol (DashScope's documented HTTP API, ``Authorization: Bearer <api_key>
   (video), with header ``X-DashScope-Async: enable`` and
   ``{"model", "input": {...}, "parameters": {...}}`` → ``{"output":
   {"task_id", "task_status": "PENDING"}, "request_id"}``;
-- poll ``GET {base_url}/tasks/{task_id}`` every ``poll_interval_s``:
+- poll ``GET {base_url}/tasks/{task_id}`` (after 1 s, then more slowly, the
+  pause doubling every three polls up to ``poll_interval_s``, as DashScope's
+  SDK does):
   ``output.task_status`` is PENDING, RUNNING or SUSPENDED (keep waiting),
   SUCCEEDED (images: ``output.results[].url``, items that failed carry
   ``code``/``message`` instead; video: ``output.video_url``), FAILED
@@ -69,9 +71,13 @@ Limits
   permanent; 5xx, timeouts and broken connections are transient. A failed
   task whose code says the request was invalid (``Invalid*``,
   ``BadRequest*``, ``Arrearage``, ``AccessDenied*``) is permanent, any other
-  failure transient. A task still unfinished after ``task_timeout_s`` is
-  cancelled (best effort) and the attempt fails with the transient
-  ``provider_timeout``.
+  failure transient. A task still unfinished ``timeout_s`` after the
+  submit (``task_timeout_s`` when set) is cancelled (best effort) and the
+  attempt fails with the transient ``provider_timeout``.
+
+Timeouts: ``timeout_s`` (default 600) is how long one attempt may wait for
+its tasks; each HTTP call has ``request_timeout_s`` (default: 30, at most
+``timeout_s``).
 """
 
 from __future__ import annotations
@@ -113,6 +119,10 @@ RESOLUTIONS = ("480P", "720P", "1080P")
 SEED_LIMIT = 2**31
 REFUSAL_CODES = ("DataInspection", "IPInfringement")  # prefixes: DataInspectionFailed, ...
 PERMANENT_CODES = ("Invalid", "BadRequest", "Arrearage", "AccessDenied")
+
+
+def _number(value) -> float | None:
+    return None if value in (None, "") else float(value)
 
 
 def _code(body) -> str:
@@ -175,8 +185,9 @@ class DashScopeHttp(ProviderHttp):
 class DashScopeProvider:
     def __init__(self, name: str, model: str, base_url: str = DEFAULT_BASE_URL,
                  api_key: str | None = None, job_types: tuple[str, ...] = (TEXT_TO_IMAGE,),
-                 timeout_s: float = 30.0, poll_interval_s: float = 5.0,
-                 task_timeout_s: float = 900.0, max_poll_errors: int = 3,
+                 timeout_s: float = 600.0, request_timeout_s: float | None = None,
+                 poll_interval_s: float = 5.0, task_timeout_s: float | None = None,
+                 max_poll_errors: int = 3,
                  sizes: tuple[str, ...] | None = QWEN_IMAGE_SIZES, images_per_task: int = 1,
                  resolution: str | None = None, durations: tuple[int, ...] = (),
                  prompt_extend: bool | None = None, watermark: bool | None = None,
@@ -203,8 +214,14 @@ class DashScopeProvider:
             raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}")
         if any(int(d) < 1 for d in durations):
             raise ValueError("durations must be positive whole seconds")
-        if not float(poll_interval_s) > 0 or not float(task_timeout_s) > 0:
-            raise ValueError("poll_interval_s and task_timeout_s must be positive")
+        task_timeout_s = float(timeout_s if task_timeout_s is None else task_timeout_s)
+        request_timeout_s = float(min(30.0, float(timeout_s)) if request_timeout_s is None
+                                  else request_timeout_s)
+        for key, value in (("timeout_s", timeout_s), ("task_timeout_s", task_timeout_s),
+                           ("request_timeout_s", request_timeout_s),
+                           ("poll_interval_s", poll_interval_s)):
+            if not float(value) > 0:
+                raise ValueError(f"{key} must be positive")
         self.name = name
         self.model = str(model)
         self.job_types = frozenset(job_types)
@@ -217,7 +234,7 @@ class DashScopeProvider:
         self.durations = tuple(sorted(int(d) for d in durations))
         self.prompt_extend = prompt_extend
         self.watermark = watermark
-        self.http = DashScopeHttp(name, base_url, api_key, timeout_s, max_download_bytes,
+        self.http = DashScopeHttp(name, base_url, api_key, request_timeout_s, max_download_bytes,
                                   result_url_allow, resolver, workspace=workspace or None,
                                   allow_private_network=allow_private_network)
         self.sleep = sleep
@@ -244,9 +261,10 @@ class DashScopeProvider:
         return cls(
             name, model, base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             api_key=conf.get("api_key") or None, job_types=tuple(job_types),
-            timeout_s=float(conf.get("timeout_s", 30)),
+            timeout_s=float(conf.get("timeout_s", 600)),
+            request_timeout_s=_number(conf.get("request_timeout_s")),
             poll_interval_s=float(conf.get("poll_interval_s", 5)),
-            task_timeout_s=float(conf.get("task_timeout_s", 900)),
+            task_timeout_s=_number(conf.get("task_timeout_s")),
             max_poll_errors=int(conf.get("max_poll_errors", 3)), sizes=sizes,
             images_per_task=int(conf.get("images_per_task", 1)),
             resolution=conf.get("resolution") or None, durations=tuple(durations),
@@ -384,8 +402,9 @@ class DashScopeProvider:
 
     def _wait(self, task: str, deadline: float, progress: ProgressCallback | None,
               done: float) -> dict:
-        errors = 0
+        errors, polls, pause = 0, 0, min(1.0, self.poll_interval_s)
         while True:
+            polls += 1
             try:
                 output = self.http.call("GET", self._path(task)).get("output")
                 errors = 0
@@ -409,15 +428,20 @@ class DashScopeProvider:
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent an unknown task status")
             report(progress, 0.05 + 0.9 * done, str(state).lower())
-            if self.clock() + self.poll_interval_s > deadline:
+            left = deadline - self.clock()
+            if left <= 0:
                 raise TransientProviderError(
                     "provider_timeout",
                     f"{self.name} did not finish the task within {self.task_timeout_s:g}s")
-            self.sleep(self.poll_interval_s)
+            if polls % 3 == 0:
+                pause = min(pause * 2, self.poll_interval_s)
+            self.sleep(min(pause, left))  # the last poll is at the deadline
 
     def _result_urls(self, request: ProviderRequest, output: dict, body: dict) -> list[str]:
         if request.job_type == IMAGE_TO_VIDEO:
-            url = output.get("video_url")
+            results = output.get("results")  # where some Wan models put it
+            url = output.get("video_url") or (results.get("video_url")
+                                              if isinstance(results, dict) else None)
             if not isinstance(url, str) or not url:
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} finished without a video URL")

@@ -49,6 +49,15 @@ def test_defaults_follow_the_documented_api():
     assert provider.http.auth_header == "Authorization" and provider.http.auth_scheme == "Bearer"
 
 
+def test_timeout_s_bounds_the_attempt_and_caps_each_call():
+    default = build()
+    assert (default.task_timeout_s, default.http.timeout_s) == (600, 30)
+    short = build(timeout_s=5)
+    assert (short.task_timeout_s, short.http.timeout_s) == (5, 5)
+    explicit = build(timeout_s=120, request_timeout_s=10, task_timeout_s=300)
+    assert (explicit.task_timeout_s, explicit.http.timeout_s) == (300, 10)
+
+
 def test_a_wan_i2v_model_runs_image_to_video_by_default():
     assert build(model="wan2.2-i2v-plus").job_types == {"image-to-video"}
 
@@ -188,7 +197,7 @@ class Clock:
 def stubbed(polls, files=None, **conf):
     clock = Clock()
     provider = build_provider("qwen", {"type": "dashscope", "model": "qwen-image",
-                                       "poll_interval_s": 1, "task_timeout_s": 10, **conf},
+                                       "poll_interval_s": 1, **conf},
                               sleep=clock.sleep, clock=clock)
     provider.http = StubHttp(polls, files)
     return provider, clock
@@ -209,11 +218,21 @@ def test_suspended_and_running_tasks_are_waited_for():
                                                    if s in ("pending", "suspended", "running")]
 
 
-def test_a_video_result_is_its_video_url():
-    provider, _ = stubbed([state("SUCCEEDED", video_url="v")], files={"v": mp4_bytes()},
+@pytest.mark.parametrize("output", [{"video_url": "v"}, {"results": {"video_url": "v"}}])
+def test_a_video_result_is_its_video_url(output):
+    provider, _ = stubbed([state("SUCCEEDED", **output)], files={"v": mp4_bytes()},
                           model="wan2.2-i2v-flash")
     (video,) = provider.generate(video_request()).outputs
     assert video.content_type == "video/mp4"
+
+
+def test_polls_slow_down_like_the_sdk_up_to_poll_interval_s():
+    provider, clock = stubbed([state("RUNNING")], poll_interval_s=5, timeout_s=30)
+    pauses = []
+    provider.sleep = lambda s: (pauses.append(s), clock.sleep(s))
+    with pytest.raises(TransientProviderError):
+        provider.generate(image_request())
+    assert pauses == [1, 1, 2, 2, 2, 4, 4, 4, 5, 5]  # the last one ends at the deadline (30 s)
 
 
 @pytest.mark.parametrize("answer, code", [
@@ -233,7 +252,7 @@ def test_odd_task_states_are_transient(answer, code):
 
 
 def test_a_task_past_its_deadline_is_cancelled():
-    provider, clock = stubbed([state("RUNNING")])
+    provider, clock = stubbed([state("RUNNING")], timeout_s=10)
     with pytest.raises(TransientProviderError) as caught:
         provider.generate(image_request())
     assert caught.value.code == "provider_timeout" and clock.now == 10  # the last poll at 10 s
