@@ -177,11 +177,11 @@ def test_the_content_refusal_names_the_vendor_code_not_the_prompt(fake):
 
 
 def test_a_429_carries_retry_after_when_dashscope_sends_one(fake):
-    fake.retry_after = "7"
+    fake.retry_after = "7.5"
     fake.fail_next(429)
     with pytest.raises(TransientProviderError) as caught:
         provider(fake).generate(provider_request(JOB, n=1))
-    assert (caught.value.code, caught.value.retry_after) == ("provider_rate_limited", 7.0)
+    assert (caught.value.code, caught.value.retry_after) == ("provider_rate_limited", 7.5)
     assert "Throttling.RateQuota" in caught.value.message
 
 

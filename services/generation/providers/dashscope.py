@@ -104,7 +104,7 @@ from services.generation.providers.base import (
     report,
     submitting,
 )
-from services.generation.providers.http import ProviderHttp, error_code
+from services.generation.providers.http import ProviderHttp, _retry_after, error_code
 from services.generation.providers.media import image_output, video_output
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
@@ -117,8 +117,10 @@ WAITING = ("PENDING", "RUNNING", "SUSPENDED")
 QWEN_IMAGE_SIZES = ("1664*928", "1472*1104", "1328*1328", "1104*1472", "928*1664")
 RESOLUTIONS = ("480P", "720P", "1080P")
 SEED_LIMIT = 2**31
-REFUSAL_CODES = ("DataInspection", "IPInfringement")  # prefixes: DataInspectionFailed, ...
-PERMANENT_CODES = ("Invalid", "BadRequest", "Arrearage", "AccessDenied")
+# code prefixes, compared without case and underscores (DataInspectionFailed,
+# data_inspection_failed in the OpenAI-compatible mode, IPInfringementSuspect)
+REFUSAL_CODES = ("datainspection", "ipinfringement")
+PERMANENT_CODES = ("invalid", "badrequest", "arrearage", "accessdenied")
 
 
 def _number(value) -> float | None:
@@ -136,13 +138,14 @@ def classify(code: str, who: str, *, status: int | None = None,
     shown = error_code(code)
     where = who + (f" answered {status}" if status else " task failed") \
         + (f" ({shown})" if shown else "")
-    if code.startswith(REFUSAL_CODES):
+    key = code.replace("_", "").lower()
+    if key.startswith(REFUSAL_CODES):
         return PermanentProviderError(CONTENT_REFUSED, where, status=status)
-    if code.startswith("Throttling"):
+    if key.startswith("throttling"):
         return TransientProviderError("provider_rate_limited", where, status=status,
                                       retry_after=retry_after)
     if status is None:  # a failed task: its code is all there is
-        if code.startswith(PERMANENT_CODES):
+        if key.startswith(PERMANENT_CODES):
             return PermanentProviderError("provider_rejected_request", where)
         return TransientProviderError("provider_task_failed", where)
     return None
@@ -173,9 +176,8 @@ class DashScopeHttp(ProviderHttp):
                 code = _code(response.json())
             except ValueError:
                 code = ""
-            retry = response.headers.get("Retry-After", "")
             error = classify(code, self.who, status=response.status_code,
-                             retry_after=float(retry) if retry.isdigit() else None)
+                             retry_after=_retry_after(response))
             if error is not None:
                 response.close()
                 raise error

@@ -272,6 +272,7 @@ def test_poll_errors_in_a_row_are_tolerated_up_to_the_limit():
 @pytest.mark.parametrize("code, kind, expected", [
     ("DataInspectionFailed", PermanentProviderError, CONTENT_REFUSED),
     ("IPInfringementSuspect", PermanentProviderError, CONTENT_REFUSED),
+    ("data_inspection_failed", PermanentProviderError, CONTENT_REFUSED),
     ("InvalidParameter", PermanentProviderError, "provider_rejected_request"),
     ("InvalidFile.Resolution", PermanentProviderError, "provider_rejected_request"),
     ("Arrearage", PermanentProviderError, "provider_rejected_request"),
