@@ -382,7 +382,7 @@ class DashScopeProvider:
                     outputs.append(video_output(data, self.name)
                                    if request.job_type == IMAGE_TO_VIDEO
                                    else image_output(data, self.name))
-        except BaseException:
+        except Exception:
             for task in tasks:
                 if task not in finished:
                     self._cancel(task)
