@@ -89,12 +89,14 @@ NOT_OURS = {
     "tests.unit.privacy.test_archive.FakeHttp": "requests",
     "tests.unit.common.test_spending.FakeAuth": "nameko's RpcProxy (get_user.call_async and its timing)",
     "tests.fakes.stripe.FakeStripe": "Stripe's HTTP API",
+    "tests.fakes.replicate.FakeReplicate": "Replicate's predictions API",
     "tests.fakes.providers.FakeHTTPServer": "the base of the providers' HTTP APIs",
     "tests.fakes.providers.FakeOpenAIImages": "a provider's HTTP API",
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
     "tests.fakes.dashscope.FakeDashScope": "Alibaba Cloud DashScope's task API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
+    "tests.fakes.comfyui.FakeComfyUI": "ComfyUI's HTTP API",
 }
 
 

@@ -164,9 +164,12 @@ class ProviderHttp:
             raise TransientProviderError(
                 "provider_connection_failed", f"{self.provider}: {type(exc).__name__}") from None
 
-    def call(self, method: str, path: str, payload: dict | None = None) -> dict:
-        """A JSON API call on the provider's base URL; the answer as a dict."""
-        response = self._send(method, f"{self.base_url}{path}", json=payload)
+    def call(self, method: str, path: str, payload: dict | None = None, *,
+             headers: dict | None = None) -> dict:
+        """A JSON API call on the provider's base URL; the answer as a dict.
+        ``headers``: the vendor's own request headers (never the key: see above)."""
+        response = self._send(method, f"{self.base_url}{path}", json=payload,
+                              headers=headers or {})
         with response:
             raise_for_status(response, self.who)
             try:

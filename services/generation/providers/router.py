@@ -241,13 +241,23 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
     try:
         if kind == "local":
             return LocalProvider.from_config(name, dict(conf), offload)
-        if kind == "openai_images":
+        if kind == "replicate":
+            from services.generation.providers.replicate import ReplicateProvider
+
+            provider = ReplicateProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind == "openai_images":
             provider = OpenAIImagesProvider.from_config(name, dict(conf))
-        elif kind == "async_task":
-            provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "dashscope":
             from services.generation.providers.dashscope import DashScopeProvider
+
             provider = DashScopeProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind == "async_task":
+            provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind == "comfyui":
+            from services.generation.providers.comfyui import ComfyUIProvider
+
+            provider = ComfyUIProvider.from_config(name, dict(conf), sleep=sleep, clock=clock,
+                                                   resolver=resolver)
         else:
             raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
                                       "(local, openai_images, async_task)")
