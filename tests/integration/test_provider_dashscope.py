@@ -303,3 +303,10 @@ def test_nothing_identifying_the_account_reaches_dashscope(fake):
     for recorded in fake.requests:
         if recorded.method == "GET" or recorded.path.endswith("/cancel"):
             assert recorded.body == b""
+
+
+def test_a_configured_workspace_goes_to_the_api_only(fake, oss):
+    provider(fake, workspace="llm-ws123").generate(provider_request(JOB, n=1))
+    api = [r for r in fake.requests if r.path.startswith("/api/v1/")]
+    assert api and all(r.header("X-DashScope-WorkSpace") == "llm-ws123" for r in api)
+    assert all(r.header("X-DashScope-WorkSpace") is None for r in oss.requests)
