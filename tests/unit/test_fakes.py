@@ -93,10 +93,14 @@ NOT_OURS = {
     "tests.fakes.providers.FakeHTTPServer": "the base of the providers' HTTP APIs",
     "tests.fakes.providers.FakeOpenAIImages": "a provider's HTTP API",
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
+    "tests.fakes.fal.FakeFal": "fal.ai's queue API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
     "tests.fakes.dashscope.FakeDashScope": "Alibaba Cloud DashScope's task API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
     "tests.fakes.comfyui.FakeComfyUI": "ComfyUI's HTTP API",
+    "tests.fakes.ark.FakeArk": "Volcano Engine Ark's HTTP API (Seedream, Seedance)",
+    "tests.fakes.openrouter.FakeOpenRouter": "OpenRouter's HTTP API (chat completions)",
+    "tests.fakes.gemini.FakeGemini": "Google's Gemini API (generateContent, predict, Veo)",
 }
 
 

@@ -166,3 +166,37 @@ def submitting(provider: Provider, request: ProviderRequest,
         raise PermanentProviderError("unsupported_job_type",
                                      f"{provider.name} cannot run {request.job_type}")
     report(progress, 0.0, "submitting")
+
+
+def wait_for_task(fetch: Callable[[], dict], read: Callable[[dict], object | None], *,
+                  who: str, interval_s: float, timeout_s: float, max_errors: int,
+                  sleep: Callable[[float], None], clock: Callable[[], float],
+                  cancel: Callable[[], None] | None = None):
+    """Poll a vendor's task until it is done: ``fetch()`` asks the vendor (a
+    transient failure is tolerated ``max_errors`` times in a row), ``read(answer)``
+    returns the result when done, None while it runs, or raises how it ended.
+    Past ``timeout_s`` the task is cancelled (``cancel``, best effort) and the
+    attempt fails with the transient ``provider_timeout``."""
+    deadline = clock() + timeout_s
+    failed = 0
+    while True:
+        try:
+            answer = fetch()
+        except TransientProviderError:
+            failed += 1
+            if failed > max_errors:
+                raise
+        else:
+            failed = 0
+            result = read(answer)
+            if result is not None:
+                return result
+        if clock() + interval_s > deadline:
+            if cancel is not None:
+                try:
+                    cancel()
+                except ProviderError:
+                    pass  # best effort: the task ends on the vendor's side anyway
+            raise TransientProviderError(
+                "provider_timeout", f"{who} did not finish the task within {timeout_s:g}s")
+        sleep(interval_s)

@@ -13,8 +13,11 @@ provider's own origin, never to a CDN it redirects to. Sizes are capped.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
+from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -23,6 +26,7 @@ from services.generation.error_text import INTERNAL, peer
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     PermanentProviderError,
+    ProviderError,
     TransientProviderError,
 )
 from services.generation.webhooks import UnsafeUrl, UrlGuard, allow_list, guarded_session
@@ -79,16 +83,26 @@ def _body_code(response: requests.Response) -> str | None:
     return None
 
 
-def raise_for_status(response: requests.Response, provider: str) -> None:
+#: A vendor's own reading of an error answer: ``(status, the vendor's error
+#: code, "<provider> answered <status> (<code>)")`` -> the error to raise, or
+#: None for the default mapping (e.g. its content-refusal codes).
+ErrorMapper = Callable[[int, str | None, str], ProviderError | None]
+
+
+def raise_for_status(response: requests.Response, provider: str,
+                     errors: ErrorMapper | None = None) -> None:
     """Map a non-2xx answer onto the provider error taxonomy. The message
     says who answered (``provider``), the status and the provider's error
-    code, nothing of the body."""
+    code, nothing of the body. ``errors`` reads the vendor's codes first."""
     status = response.status_code
     if 200 <= status < 300:
         return
     text = _error_text(response)
     code = _body_code(response)
     where = f"{provider} answered {status}" + (f" ({code})" if code else "")
+    mapped = errors(status, code, where) if errors is not None else None
+    if mapped is not None:
+        raise mapped
     if status == 429:
         raise TransientProviderError("provider_rate_limited", where, status=status,
                                      retry_after=_retry_after(response))
@@ -165,13 +179,14 @@ class ProviderHttp:
                 "provider_connection_failed", f"{self.provider}: {type(exc).__name__}") from None
 
     def call(self, method: str, path: str, payload: dict | None = None, *,
-             headers: dict | None = None) -> dict:
+             headers: dict | None = None, errors: ErrorMapper | None = None) -> dict:
         """A JSON API call on the provider's base URL; the answer as a dict.
-        ``headers``: the vendor's own request headers (never the key: see above)."""
+        ``headers``: the vendor's own request headers (never the key: see above);
+        ``errors``: the vendor's own error codes (see :data:`ErrorMapper`)."""
         response = self._send(method, f"{self.base_url}{path}", json=payload,
                               headers=headers or {})
         with response:
-            raise_for_status(response, self.who)
+            raise_for_status(response, self.who, errors)
             try:
                 body = response.json()
             except ValueError:
@@ -223,3 +238,17 @@ class ProviderHttp:
                 "provider_connection_failed", f"{self.provider} result download broke off"
             ) from None
         return b"".join(parts)
+
+
+def base64_bytes(text: str, provider: str, max_bytes: int) -> bytes:
+    """An output a vendor sent inline as base64 (``b64_json``, ``inlineData``),
+    decoded; too large (over ``max_bytes`` decoded) or not base64 is a
+    malformed answer."""
+    if len(text) > max_bytes * 4 // 3 + 4:
+        raise TransientProviderError("invalid_provider_output",
+                                     f"{provider} sent an output that is too large")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise TransientProviderError("invalid_provider_output",
+                                     f"{provider} sent invalid base64") from None

@@ -247,10 +247,10 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
             provider = ReplicateProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "openai_images":
             provider = OpenAIImagesProvider.from_config(name, dict(conf))
-        elif kind == "dashscope":
-            from services.generation.providers.dashscope import DashScopeProvider
+        elif kind == "fal":
+            from services.generation.providers.fal import FalProvider
 
-            provider = DashScopeProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+            provider = FalProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "async_task":
             provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "comfyui":
@@ -258,6 +258,20 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
 
             provider = ComfyUIProvider.from_config(name, dict(conf), sleep=sleep, clock=clock,
                                                    resolver=resolver)
+        elif kind == "volcengine_ark":
+            from services.generation.providers.volcengine_ark import ArkProvider
+
+            provider = ArkProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
+        elif kind in ("openrouter", "gemini"):
+            from services.generation.providers.gemini import GeminiProvider
+            from services.generation.providers.openrouter import OpenRouterProvider
+
+            provider = (OpenRouterProvider.from_config(name, dict(conf)) if kind == "openrouter"
+                        else GeminiProvider.from_config(name, dict(conf), sleep=sleep, clock=clock))
+        elif kind == "dashscope":
+            from services.generation.providers.dashscope import DashScopeProvider
+
+            provider = DashScopeProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         else:
             raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
                                       "(local, openai_images, async_task)")
