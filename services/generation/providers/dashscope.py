@@ -8,9 +8,9 @@ The protocol (DashScope's documented HTTP API, ``Authorization: Bearer <api_key>
   (video), with header ``X-DashScope-Async: enable`` and
   ``{"model", "input": {...}, "parameters": {...}}`` → ``{"output":
   {"task_id", "task_status": "PENDING"}, "request_id"}``;
-- poll ``GET {base_url}/tasks/{task_id}`` (after 1 s, then more slowly, the
-  pause doubling every three polls up to ``poll_interval_s``, as DashScope's
-  SDK does):
+- poll ``GET {base_url}/tasks/{task_id}`` every ``poll_interval_s`` (5 s;
+  a tenth of ``timeout_s`` when that is shorter), a transiently failing poll
+  tolerated ``max_poll_errors`` (3) times in a row:
   ``output.task_status`` is PENDING, RUNNING or SUSPENDED (keep waiting),
   SUCCEEDED (images: ``output.results[].url``, items that failed carry
   ``code``/``message`` instead; video: ``output.video_url``), FAILED
@@ -77,12 +77,13 @@ Limits
 
 Timeouts: ``timeout_s`` (default 600) is how long one attempt may wait for
 its tasks; each HTTP call has ``request_timeout_s`` (default: 30, at most
-``timeout_s``).
+``timeout_s``). Errors and polling go through the shared helpers
+(:class:`.vendor_http.VendorHttp` reads DashScope's flat error body,
+:func:`.base.wait_for_task` polls).
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from urllib.parse import quote
@@ -103,9 +104,11 @@ from services.generation.providers.base import (
     TransientProviderError,
     report,
     submitting,
+    wait_for_task,
 )
-from services.generation.providers.http import ProviderHttp, _retry_after, error_code
+from services.generation.providers.http import _retry_after, error_code
 from services.generation.providers.media import image_output, video_output
+from services.generation.providers.vendor_http import VendorHttp, data_uri, seed_for
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 SUBMIT_PATHS = {
@@ -151,37 +154,20 @@ def classify(code: str, who: str, *, status: int | None = None,
     return None
 
 
-class DashScopeHttp(ProviderHttp):
-    """ProviderHttp that speaks DashScope's dialect: ``X-DashScope-Async``
-    on every submit, and the flat error body ``{"code", "message",
-    "request_id"}`` of an API answer read for its code before the status
-    decides (a content refusal is a 400 like any bad request)."""
+def classify_response(who: str) -> Callable[[requests.Response], ProviderError | None]:
+    """How an API answer that is not 2xx is read: DashScope's flat error body
+    ``{"code", "message", "request_id"}`` first (a content refusal is a 400
+    like any bad request), then the status (:func:`.http.raise_for_status`)."""
 
-    def __init__(self, *args, workspace: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.workspace = workspace
+    def read(response: requests.Response) -> ProviderError | None:
+        try:
+            code = _code(response.json())
+        except ValueError:
+            return None
+        return classify(code, who, status=response.status_code,
+                        retry_after=_retry_after(response))
 
-    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
-        api = url.startswith(self.base_url + "/")
-        if api:
-            headers = dict(kwargs.pop("headers", None) or {})
-            if method == "POST" and url.startswith(self.base_url + "/services/"):
-                headers.update(ASYNC_HEADER)
-            if self.workspace:
-                headers["X-DashScope-WorkSpace"] = self.workspace
-            kwargs["headers"] = headers
-        response = super()._send(method, url, **kwargs)
-        if api and response.status_code >= 400:
-            try:
-                code = _code(response.json())
-            except ValueError:
-                code = ""
-            error = classify(code, self.who, status=response.status_code,
-                             retry_after=_retry_after(response))
-            if error is not None:
-                response.close()
-                raise error
-        return response
+    return read
 
 
 class DashScopeProvider:
@@ -228,6 +214,8 @@ class DashScopeProvider:
         self.model = str(model)
         self.job_types = frozenset(job_types)
         self.poll_interval_s = float(poll_interval_s)
+        # a short timeout_s still gets about ten polls
+        self.interval_s = min(self.poll_interval_s, task_timeout_s / 10)
         self.task_timeout_s = float(task_timeout_s)
         self.max_poll_errors = int(max_poll_errors)
         self.sizes = tuple(sizes) if sizes is not None else None
@@ -236,9 +224,11 @@ class DashScopeProvider:
         self.durations = tuple(sorted(int(d) for d in durations))
         self.prompt_extend = prompt_extend
         self.watermark = watermark
-        self.http = DashScopeHttp(name, base_url, api_key, request_timeout_s, max_download_bytes,
-                                  result_url_allow, resolver, workspace=workspace or None,
-                                  allow_private_network=allow_private_network)
+        self.http = VendorHttp(name, base_url, api_key, request_timeout_s, max_download_bytes,
+                               result_url_allow, resolver,
+                               allow_private_network=allow_private_network)
+        self.http.classify = classify_response(self.http.who)
+        self.headers = {"X-DashScope-WorkSpace": workspace} if workspace else {}
         self.sleep = sleep
         self.clock = clock
 
@@ -292,7 +282,7 @@ class DashScopeProvider:
 
     def _common(self, parameters: dict, request: ProviderRequest, index: int = 0) -> dict:
         if request.seed is not None:
-            parameters["seed"] = (request.seed + index) % SEED_LIMIT
+            parameters["seed"] = seed_for(request, index) % SEED_LIMIT
         if self.prompt_extend is not None:
             parameters["prompt_extend"] = self.prompt_extend
         if self.watermark is not None:
@@ -329,14 +319,13 @@ class DashScopeProvider:
         if request.source_image is None:
             raise PermanentProviderError("provider_rejected_request",
                                          f"{self.name} animates a source image; none was given")
-        image = base64.b64encode(request.source_image).decode()
         inputs: dict = {}
         prompt = self.video_prompt(request)
         if prompt:
             inputs["prompt"] = prompt
         if request.negative_prompt:
             inputs["negative_prompt"] = request.negative_prompt
-        inputs["img_url"] = f"data:{request.source_content_type or 'image/png'};base64,{image}"
+        inputs["img_url"] = data_uri(request.source_image, request.source_content_type)
         parameters: dict = {}
         if self.resolution:
             parameters["resolution"] = self.resolution
@@ -391,7 +380,8 @@ class DashScopeProvider:
         return ProviderResult(tuple(outputs))
 
     def _submit(self, job_type: str, body: dict) -> str:
-        answer = self.http.call("POST", SUBMIT_PATHS[job_type], body)
+        answer = self.http.call("POST", SUBMIT_PATHS[job_type], body,
+                                headers={**ASYNC_HEADER, **self.headers})
         output = answer.get("output")
         task = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(task, str) or not task:
@@ -404,17 +394,8 @@ class DashScopeProvider:
 
     def _wait(self, task: str, deadline: float, progress: ProgressCallback | None,
               done: float) -> dict:
-        errors, polls, pause = 0, 0, min(1.0, self.poll_interval_s)
-        while True:
-            polls += 1
-            try:
-                output = self.http.call("GET", self._path(task)).get("output")
-                errors = 0
-            except TransientProviderError:
-                errors += 1
-                if errors > self.max_poll_errors:
-                    raise
-                output = {"task_status": "PENDING"}
+        def read(answer: dict) -> dict | None:
+            output = answer.get("output")
             if not isinstance(output, dict):
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent a task without output")
@@ -430,14 +411,13 @@ class DashScopeProvider:
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent an unknown task status")
             report(progress, 0.05 + 0.9 * done, str(state).lower())
-            left = deadline - self.clock()
-            if left <= 0:
-                raise TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish the task within {self.task_timeout_s:g}s")
-            if polls % 3 == 0:
-                pause = min(pause * 2, self.poll_interval_s)
-            self.sleep(min(pause, left))  # the last poll is at the deadline
+            return None
+
+        # cancelling is generate's (it cancels every task left behind)
+        return wait_for_task(
+            lambda: self.http.call("GET", self._path(task), headers=self.headers), read,
+            who=self.name, interval_s=self.interval_s, timeout_s=max(0.0, deadline - self.clock()),
+            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock)
 
     def _result_urls(self, request: ProviderRequest, output: dict, body: dict) -> list[str]:
         if request.job_type == IMAGE_TO_VIDEO:
@@ -463,6 +443,6 @@ class DashScopeProvider:
 
     def _cancel(self, task: str) -> None:
         try:
-            self.http.call("POST", f"{self._path(task)}/cancel")
+            self.http.call("POST", f"{self._path(task)}/cancel", headers=self.headers)
         except ProviderError:
             pass  # best effort: only a PENDING task can be cancelled

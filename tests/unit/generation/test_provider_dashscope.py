@@ -169,8 +169,8 @@ class StubHttp:
         self.calls = []
         self.files = files or {}
 
-    def call(self, method, path, payload=None):
-        self.calls.append((method, path))
+    def call(self, method, path, payload=None, *, headers=None):
+        self.calls.append((method, path, headers))
         if method == "POST" and path.startswith("/services/"):
             return {"output": {"task_id": "t-1", "task_status": "PENDING"}, "request_id": "r"}
         if method == "POST":
@@ -200,10 +200,14 @@ def state(status, **output):
 def test_suspended_and_running_tasks_are_waited_for():
     provider, clock = stubbed([state("PENDING"), state("SUSPENDED"), state("RUNNING"),
                                state("SUCCEEDED", results=[{"url": "u"}])],
-                              files={"u": png_bytes(8, 8)})
+                              files={"u": png_bytes(8, 8)}, workspace="ws-1")
     events = []
     result = provider.generate(image_request(), lambda f, s: events.append(s))
     assert len(result.outputs) == 1 and clock.sleeps == [1, 1, 1]
+    submit, *polls = provider.http.calls
+    assert submit == ("POST", "/services/aigc/text2image/image-synthesis",
+                      {"X-DashScope-Async": "enable", "X-DashScope-WorkSpace": "ws-1"})
+    assert polls == [("GET", "/tasks/t-1", {"X-DashScope-WorkSpace": "ws-1"})] * 4
     assert ["pending", "suspended", "running"] == [s for s in events
                                                    if s in ("pending", "suspended", "running")]
 
@@ -216,11 +220,15 @@ def test_a_video_result_is_its_video_url(output):
     assert video.content_type == "video/mp4"
 
 
-def test_polls_slow_down_like_the_sdk_up_to_poll_interval_s():
-    provider, clock = stubbed([state("RUNNING")], poll_interval_s=5, timeout_s=30)
+@pytest.mark.parametrize("conf, pause", [
+    ({"poll_interval_s": 5, "timeout_s": 600}, 5),
+    ({"poll_interval_s": 5, "timeout_s": 2}, 0.2),  # a short timeout still gets ~10 polls
+])
+def test_polls_come_every_poll_interval_s(conf, pause):
+    provider, clock = stubbed([state("RUNNING")], **conf)
     with pytest.raises(TransientProviderError):
         provider.generate(image_request())
-    assert clock.sleeps == [1, 1, 2, 2, 2, 4, 4, 4, 5, 5]  # the last one ends at the deadline
+    assert set(clock.sleeps) == {pause} and sum(clock.sleeps) <= conf["timeout_s"]
 
 
 @pytest.mark.parametrize("answer, code", [
@@ -244,8 +252,10 @@ def test_a_task_past_its_deadline_is_cancelled():
     with pytest.raises(TransientProviderError) as caught:
         provider.generate(image_request())
     assert caught.value.code == "provider_timeout"
-    assert sum(clock.sleeps) == 10  # the last poll at the deadline
-    assert provider.http.calls[-1] == ("POST", "/tasks/t-1/cancel")
+    assert sum(clock.sleeps) == 10  # polls every second until the next would be late
+    assert provider.http.calls[-1] == ("POST", "/tasks/t-1/cancel", {})
+    assert [c for c in provider.http.calls if c[1].endswith("/cancel")] == \
+        [("POST", "/tasks/t-1/cancel", {})]  # once
 
 
 def test_poll_errors_in_a_row_are_tolerated_up_to_the_limit():
