@@ -95,6 +95,7 @@ NOT_OURS = {
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
     "tests.fakes.fal.FakeFal": "fal.ai's queue API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
+    "tests.fakes.dashscope.FakeDashScope": "Alibaba Cloud DashScope's task API",
     "tests.fakes.providers.FakeWebhookReceiver": "a webhook receiver",
     "tests.fakes.comfyui.FakeComfyUI": "ComfyUI's HTTP API",
     "tests.fakes.ark.FakeArk": "Volcano Engine Ark's HTTP API (Seedream, Seedance)",

@@ -300,6 +300,10 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
 
             provider = (OpenRouterProvider.from_config(name, dict(conf)) if kind == "openrouter"
                         else GeminiProvider.from_config(name, dict(conf), sleep=sleep, clock=clock))
+        elif kind == "dashscope":
+            from services.generation.providers.dashscope import DashScopeProvider
+
+            provider = DashScopeProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         else:
             raise ProviderConfigError(f"providers.{name}: unknown type {kind!r} "
                                       f"({', '.join(TYPES)})")
