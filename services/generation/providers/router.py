@@ -259,7 +259,7 @@ def _enabled(conf: Mapping) -> bool:
 
 #: The adapter types, as an unknown ``type`` lists them (each has a branch below).
 TYPES = ("local", "openai_images", "async_task", "replicate", "fal", "comfyui", "volcengine_ark",
-         "openrouter", "gemini")
+         "dashscope", "openrouter", "gemini")
 
 
 def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
