@@ -1,6 +1,6 @@
 """Generation (API.md "Generation"), over the generation service's RPC.
 
-Templates (public), submitting a job (verified email; ``Idempotency-Key``;
+Templates and models (public), submitting a job (verified email; ``Idempotency-Key``;
 ``?dry_run=true`` quotes the price without creating anything), the caller's
 jobs, cancelling one, and a server-sent event stream of one job's progress.
 
@@ -71,7 +71,7 @@ monotonic: Callable[[], float] = time.monotonic
 sleep: Callable[[float], None] = time.sleep
 
 generation_blp = Blueprint("generation", __name__, url_prefix="/v1",
-                           description="Generation: templates, jobs, their progress as "
+                           description="Generation: templates, models, jobs, their progress as "
                                        "server-sent events, cancellation")
 
 
@@ -216,6 +216,13 @@ def _config(name: str, default: float) -> float:
 def templates():
     """The templates a job can use, with their input fields"""
     return call(TemplateList, "generation.list_templates")
+
+
+@generation_blp.route("/models", methods=["GET"])
+@generation_blp.response(200, c.ModelList)
+def models():
+    """The models a job can name (`model`): job types, price of a default job, region"""
+    return call(c.ModelList, "generation.list_models")
 
 
 # ------------------------------------------------------------ jobs

@@ -12,6 +12,10 @@ answers with it, the generation service puts its result in
 - Video (``unit: second``): ``credits_per_second`` × ``duration_s`` (default
   ``default_duration_s``), or for a storyboard ``credits_per_shot`` ×
   ``shots``; never less than ``minimum`` per video, times ``n``.
+- Per model: a job that names a ``model`` (a provider entry) is priced by
+  that model's override under its job type (``models:``), which may change
+  the amounts above but not the unit or the defaults; a model without an
+  override pays the job type's price.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def quote(prices: dict[str, PriceRule], request: dict) -> dict:
     rule = prices.get(request["type"])
     if rule is None:
         raise invalid_request("unknown job type", fields={"type": ["Unknown job type."]})
+    model = request.get("model")
+    rule = rule.for_model(model)
     n = request.get("n") or 1
     if rule.unit == "image":
         for name in ("duration_s", "shots"):
@@ -59,6 +65,8 @@ def quote(prices: dict[str, PriceRule], request: dict) -> dict:
         "units_per_item": units, "credits_per_unit": per_unit, "per_item": per_item,
         "minimum": rule.minimum, **extra,
     }
+    if model:
+        breakdown["model"] = model
     return {"price": per_item * n, "breakdown": breakdown}
 
 

@@ -14,7 +14,7 @@ configuration that says otherwise stops the service.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from marshmallow import ValidationError
@@ -95,9 +95,16 @@ class PriceRule:
     credits_per_second: int | None = None
     credits_per_shot: int | None = None
     default_duration_s: int | None = None
+    # per-model overrides (``models:`` under the job type): the rule for a job
+    # run by that provider entry; a model without one pays the type's rule
+    models: Mapping[str, PriceRule] = field(default_factory=dict, compare=False)
 
     def view(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "models"}
+
+    def for_model(self, model: str | None) -> PriceRule:
+        """The rule a job run by provider entry ``model`` is priced by."""
+        return self.models.get(model, self) if model else self
 
 
 DEFAULT_PLANS: dict[str, dict] = {
@@ -153,11 +160,17 @@ def _packs(raw: Mapping[str, Any]) -> dict[str, Pack]:
     }
 
 
+#: What a per-model override may change: amounts only. The unit and the job
+#: defaults (default_size, default_duration_s) stay the job type's.
+MODEL_OVERRIDES = ("minimum", "area_pixels", "credits_per_area", "credits_per_second",
+                   "credits_per_shot")
+
+
 def _prices(raw: Mapping[str, Any]) -> dict[str, PriceRule]:
     rules = {}
     for job_type, item in raw.items():
         unit = str(item.get("unit") or "image")
-        rules[str(job_type)] = PriceRule(
+        rule = PriceRule(
             type=str(job_type), unit=unit, minimum=int(item.get("minimum") or 0),
             area_pixels=_int_or_none(item.get("area_pixels")),
             credits_per_area=_int_or_none(item.get("credits_per_area")),
@@ -166,7 +179,24 @@ def _prices(raw: Mapping[str, Any]) -> dict[str, PriceRule]:
             credits_per_shot=_int_or_none(item.get("credits_per_shot")),
             default_duration_s=_int_or_none(item.get("default_duration_s")),
         )
+        rules[str(job_type)] = replace(rule, models=_model_rules(rule, item.get("models") or {}))
     return rules
+
+
+def _model_rules(rule: PriceRule, raw: Mapping[str, Any]) -> dict[str, PriceRule]:
+    """``BILLING.PRICES.<type>.models``: provider entry -> overrides of the type's amounts."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"BILLING.PRICES.{rule.type}.models: a mapping of model -> prices")
+    models = {}
+    for model, item in raw.items():
+        item = item or {}
+        wrong = sorted(set(item) - set(MODEL_OVERRIDES)) if isinstance(item, Mapping) else [item]
+        if wrong:
+            raise ValueError(f"BILLING.PRICES.{rule.type}.models.{model}: only "
+                             f"{', '.join(MODEL_OVERRIDES)} may differ per model, not {wrong[0]}")
+        amounts = {k: (int(v) if k == "minimum" else _int_or_none(v)) for k, v in item.items()}
+        models[str(model)] = replace(rule, **amounts)
+    return models
 
 
 def check_job_defaults(rule: PriceRule) -> None:
@@ -215,7 +245,8 @@ class BillingSettings:
         missing = set(JOB_TYPES) - set(self.prices)
         if missing:
             raise ValueError(f"BILLING.PRICES lacks {sorted(missing)}")
-        for rule in self.prices.values():
+        rules = [r for rule in self.prices.values() for r in (rule, *rule.models.values())]
+        for rule in rules:
             if rule.unit == "image" and not (rule.area_pixels and rule.credits_per_area is not None
                                              and rule.default_size):
                 raise ValueError(f"BILLING.PRICES.{rule.type}: area_pixels, credits_per_area "

@@ -108,6 +108,8 @@ def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reque
     params = {k: request.get(k) for k in
               ("n", "size", "seed", "strength", "source_image_id", "template", "inputs",
                "duration_s")}
+    if request.get("model"):  # the provider entry that alone runs the job
+        params["model"] = request["model"]
     job = Job(
         id=new_id(), user_id=user_id, type=request["type"], status=JobState.QUEUED, attempt=1,
         prompt=expansion["prompt"], negative_prompt=expansion.get("negative_prompt"),
@@ -503,6 +505,7 @@ def view(job: Job, position: int | None = None) -> dict:
         "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "prompt_redacted": job.prompt_redacted, "params": job.params or {},
         "shots": job.shots, "webhook_url": job.webhook_url, "provider": job.provider,
+        "model": (job.params or {}).get("model"),
         "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at,
     }

@@ -6,7 +6,7 @@ in before (the contract's, services/common/contracts/generation.py: a video
 without ``duration_s`` is priced, and made, at ``DEFAULT_VIDEO_DURATION_S``).
 
 A price depends only on a job's pricing inputs (its type and ``n`` and
-``size``, or its shots or duration): a handful of distinct keys, and prices
+``size``, or its shots or duration, and the ``model`` it names): a handful of distinct keys, and prices
 change only when billing's configuration does. Keeping each answer
 ``GENERATION.QUOTE_CACHE_SECONDS`` (60) spares a round trip to billing on
 nearly every submit; a price change reaches new jobs within that time. A
@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+
+from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, DEFAULT_VIDEO_DURATION_S
 
 MAX_ENTRIES = 1024
 
@@ -54,8 +56,16 @@ def pricing(data: dict, expansion: dict) -> dict:
     """What billing prices a job by (billing.quote refuses anything else): a
     loaded SubmitJob payload and its expansion (a template's storyboard is
     priced by its shots)."""
+    model = {"model": data["model"]} if data.get("model") else {}
     if data["type"] == "image-to-video":
         if expansion.get("shots"):
-            return {"type": data["type"], "shots": len(expansion["shots"])}
-        return {"type": data["type"], "duration_s": data["duration_s"]}
-    return {"type": data["type"], "n": data["n"], "size": data["size"]}
+            return {"type": data["type"], "shots": len(expansion["shots"]), **model}
+        return {"type": data["type"], "duration_s": data["duration_s"], **model}
+    return {"type": data["type"], "n": data["n"], "size": data["size"], **model}
+
+
+def default_pricing(job_type: str, model: str) -> dict:
+    """What billing prices one job of ``job_type`` with the defaults, run by ``model``."""
+    if job_type == "image-to-video":
+        return {"type": job_type, "duration_s": DEFAULT_VIDEO_DURATION_S, "model": model}
+    return {"type": job_type, "n": DEFAULT_N, "size": DEFAULT_SIZE, "model": model}

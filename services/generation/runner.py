@@ -299,7 +299,8 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     request = provider_request(spec, source, source_type)
     try:
         routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage))
+                                                             stage),
+                            model=spec.params.get("model"))
     except ProviderError as exc:
         raise JobFailure(exc.code, exc.message) from None
     report(PROVIDER_SHARE, "uploading")

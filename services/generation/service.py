@@ -44,7 +44,7 @@ from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import Prompts
 from services.generation.providers.router import Router, build_router
-from services.generation.quotes import QuoteCache, pricing
+from services.generation.quotes import QuoteCache, default_pricing, pricing
 from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         data = load_rpc(c.SubmitJob, payload)
         if data["type"] == "image-to-video" and not data["template"]:
             data["duration_s"] = data["duration_s"] or c.DEFAULT_VIDEO_DURATION_S
+        if data["model"]:
+            self._check_model(data["model"], data["type"])  # 400 unknown_model
         user = trusted_id(user_id)
         if not dry_run:  # a quote spends nothing
             spending.require_verified(self.auth, user, self.settings.rpc_timeout_seconds)
@@ -109,7 +111,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
-        digest = request_hash(data)
+        digest = request_hash({k: v for k, v in data.items() if k != "model" or v})
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
             if existing is not None:
@@ -149,6 +151,22 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
     @rpc(expected_exceptions=DomainError)
     def list_templates(self) -> dict:
         return {"items": self.prompts.templates.list_templates()}
+
+    @rpc(expected_exceptions=DomainError)
+    def list_models(self) -> dict:
+        """The providers a job may name as ``model``: job types, region, and
+        billing's price of a default job of each type on it."""
+        items = [{"name": name, "job_types": list(types), "region": self.router.region_of(name),
+                  "prices": [{"job_type": t, **self.quotes.quote(default_pricing(t, name),
+                                                                self.billing.quote)}
+                             for t in types]}
+                 for name, types in self.router.models().items()]
+        return c.ModelList().dump({"items": items})
+
+    def _check_model(self, model: str, job_type: str) -> None:
+        if job_type not in self.router.models().get(model, ()):
+            raise DomainError("unknown_model", f"there is no model {model!r} for {job_type} "
+                              "(GET /v1/models lists them)", 400, {"model": model})
 
     # ------------------------------------------------------------ privacy
 

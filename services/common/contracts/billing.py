@@ -25,6 +25,7 @@ from services.common.contracts.generation import (
     DEFAULT_N,
     DURATION_MAX_S,
     JOB_TYPES,
+    MODEL_MAX,
     N_MAX,
     validate_size,
 )
@@ -179,6 +180,10 @@ class Quote(RpcSchema):
     shots = fields.Integer(
         load_default=None, allow_none=True, validate=validate.Range(min=1, max=SHOTS_MAX)
     )
+    model = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=MODEL_MAX),
+        metadata={"description": "the provider entry that runs the job: its price override "
+                                 "if the price list has one, else the job type's price"})
 
 
 class Checkout(RpcSchema):
@@ -328,6 +333,7 @@ class QuoteBreakdown(RpcSchema):
     size = fields.String(allow_none=True)
     duration_s = fields.Integer(allow_none=True)
     shots = fields.Integer(allow_none=True)
+    model = fields.String(allow_none=True)
 
 
 class QuoteAnswer(RpcSchema):

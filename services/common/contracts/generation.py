@@ -136,6 +136,7 @@ class JobRequeued(EventSchema):
 # ---------------------------------------------------------------- requests
 
 PROMPT_MAX = 4000
+MODEL_MAX = 40  # a provider entry's name (providers file)
 SEED_MAX = 2**32 - 1
 
 
@@ -211,6 +212,11 @@ class SubmitJob(RpcSchema):
         metadata={"pattern": WEBHOOK_URL_PATTERN,
                   "description": "an absolute http(s) URL, called on each final state of the "
                                  "job; its host must resolve to addresses the service may call"})
+    model = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=MODEL_MAX),
+        metadata={"description": "a model of `GET /v1/models` that can run this job type: only "
+                                 "it runs the job (no failover); 400 unknown_model otherwise. "
+                                 "Without it the job type's route applies"})
 
     @validates_schema
     def _coherent(self, data, **kwargs):
@@ -281,6 +287,8 @@ class JobView(RpcSchema):
     shots = fields.List(fields.Nested(Shot), allow_none=True)
     webhook_url = fields.String(allow_none=True)
     provider = fields.String(allow_none=True)
+    model = fields.String(allow_none=True, metadata={
+        "description": "the model the job asked for (`model`); null: its type's route"})
     created_at = fields.AwareDateTime(required=True)
     started_at = fields.AwareDateTime(allow_none=True)
     finished_at = fields.AwareDateTime(allow_none=True)
@@ -296,3 +304,27 @@ JobPage = page_of(JobView, "JobPage")
 class PriceQuote(RpcSchema):
     price = fields.Integer(required=True)
     breakdown = fields.Dict(required=True)
+
+
+class ModelPrice(RpcSchema):
+    job_type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    price = fields.Integer(required=True, metadata={
+        "description": "credits for one job of this type with the defaults (one "
+                       f"{DEFAULT_SIZE} image, or a {DEFAULT_VIDEO_DURATION_S} s video)"})
+    breakdown = fields.Dict(required=True, metadata={
+        "description": "billing's breakdown of that price: its rule for this model"})
+
+
+class Model(RpcSchema):
+    """``GET /v1/models``: one entry of the operator's providers file that a route uses."""
+
+    name = fields.String(required=True, metadata={"description": "pass it as `model`"})
+    job_types = fields.List(fields.String(validate=validate.OneOf(JOB_TYPES)), required=True)
+    region = fields.String(allow_none=True, metadata={
+        "description": "where the vendor processes the data (cn, us, eu, on-premises, ...); "
+                       "null: not stated"})
+    prices = fields.List(fields.Nested(ModelPrice), required=True)
+
+
+class ModelList(RpcSchema):
+    items = fields.List(fields.Nested(Model), required=True)

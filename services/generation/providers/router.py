@@ -22,6 +22,10 @@ job keeps its lease; the wait is not counted against the provider's
 (:data:`OWN_CONCURRENCY`: ComfyUI, per host) get no router limit.
 ``region`` is kept per provider (:meth:`Router.region_of`).
 
+A job that names a ``model`` (a provider in its type's route) runs on that
+provider only: its retries and breaker apply, but no other provider is
+tried (the user chose the vendor and its price).
+
 Each provider has a circuit breaker: ``breaker.failures`` transient failures
 in a row open it and the provider is skipped for ``cooldown_s``; then one
 request is let through as a probe (half-open): success closes the breaker,
@@ -179,6 +183,12 @@ class Router:
     def supports(self, job_type: str) -> bool:
         return bool(self.routes.get(job_type))
 
+    def models(self) -> dict[str, tuple[str, ...]]:
+        """The providers a job may name as ``model``: those in a route, each
+        with the job types whose route lists it (in ``providers`` order)."""
+        return {name: tuple(t for t in JOB_TYPES if name in self.routes.get(t, ()))
+                for name in self.providers if any(name in r for r in self.routes.values())}
+
     def region_of(self, name: str) -> str | None:
         """Where provider ``name`` processes data (its ``region``), if configured."""
         return self.regions.get(name)
@@ -186,14 +196,21 @@ class Router:
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
 
-    def run(self, request: ProviderRequest,
-            progress: ProgressCallback | None = None) -> RoutedResult:
+    def run(self, request: ProviderRequest, progress: ProgressCallback | None = None,
+            model: str | None = None) -> RoutedResult:
         """The first provider's success, or the error described above, which
-        carries the list of attempts as ``.attempts``."""
+        carries the list of attempts as ``.attempts``. With ``model`` only
+        that provider runs (its retries and breaker apply, no failover); it
+        must be in the job type's route (``unknown_model`` otherwise)."""
         names = self.routes.get(request.job_type)
         if not names:
             raise PermanentProviderError("job_type_unavailable",
                                          f"no provider is configured for {request.job_type}")
+        if model is not None:
+            if model not in names:
+                raise PermanentProviderError("unknown_model", f"model {model!r} does not run "
+                                             f"{request.job_type} here")
+            names = (model,)
         attempts: list[Attempt] = []
         permanent: PermanentProviderError | None = None
         for name in names:
