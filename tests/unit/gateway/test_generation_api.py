@@ -34,7 +34,8 @@ OTHER_USER = "01900000-0000-7000-8000-0000000000e1"
 THIRD_USER = "01900000-0000-7000-8000-0000000000e2"
 JOB_FIELDS = {"id", "type", "status", "attempt", "progress", "stage", "queue_position", "price",
               "outputs", "error", "prompt", "negative_prompt", "prompt_redacted", "params",
-              "shots", "webhook_url", "provider", "created_at", "started_at", "finished_at"}
+              "shots", "webhook_url", "provider", "model", "created_at", "started_at",
+              "finished_at"}
 TEXT = {"type": "text-to-image", "prompt": "a lighthouse at dawn"}
 PRICE = 4
 
@@ -51,7 +52,7 @@ def job_view(job_id: str, status: str = "queued", progress: float = 0.0,
         "progress": progress, "stage": stage, "queue_position": queue_position, "price": PRICE,
         "outputs": [], "error": None, "prompt": "a lighthouse at dawn", "negative_prompt": None,
         "prompt_redacted": False, "params": {"n": 1, "size": "1024x1024"}, "shots": None,
-        "webhook_url": None, "provider": None, "created_at": NOW, "started_at": None,
+        "webhook_url": None, "provider": None, "model": None, "created_at": NOW, "started_at": None,
         "finished_at": None, "lease_token": "internal", **extra,
     }
 
@@ -67,6 +68,15 @@ TEMPLATES = [{
          "default": 4},
     ],
 }]
+
+
+MODELS = [{
+    "name": "seedream", "job_types": ["text-to-image"], "region": "cn", "internal": "x",
+    "prices": [{"job_type": "text-to-image", "price": 8,
+                "breakdown": {"unit": "image", "credits_per_unit": 2, "model": "seedream"}}],
+}, {"name": "studio", "job_types": ["text-to-image", "image-to-image"], "region": None,
+    "prices": [{"job_type": "text-to-image", "price": 4, "breakdown": {}},
+               {"job_type": "image-to-image", "price": 4, "breakdown": {}}]}]
 
 
 class FakeGeneration(FakeRpcService):
@@ -106,12 +116,18 @@ class FakeGeneration(FakeRpcService):
     def rpc_list_templates(self):
         return {"items": TEMPLATES}
 
+    def rpc_list_models(self):
+        return {"items": MODELS}
+
     def rpc_submit(self, user_id, payload, idempotency_key=None, dry_run=False):
         if payload.get("template") not in (None, "product-showcase"):
             raise DomainError("not_found", "template not found", 404)
         if "forbidden" in (payload.get("prompt") or ""):
             raise DomainError("content_policy_violation", "the prompt breaks the content policy",
                               422, {"category": "violence"})
+        if payload.get("model") not in (None, "seedream", "studio"):
+            raise DomainError("unknown_model", "there is no such model", 400,
+                              {"model": payload["model"]})
         if dry_run:
             return {"price": PRICE * payload["n"], "breakdown": {"unit": "image", "n": payload["n"]},
                     "internal": True}
@@ -195,6 +211,20 @@ def test_templates_are_public_with_their_documented_fields(client, generation, a
     assert template["inputs"][2]["min"] == 1 and isinstance(template["inputs"][2]["min"], int)
     assert template["inputs"][1]["enum"] == ["studio", "bold"]
     assert auth.calls == []  # no credential needed
+
+
+def test_models_are_public_with_job_types_prices_and_region(client, generation, auth):
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    seedream, studio = response.get_json()["items"]
+    assert seedream == {k: v for k, v in MODELS[0].items() if k != "internal"}
+    assert studio["region"] is None and [p["price"] for p in studio["prices"]] == [4, 4]
+    assert auth.calls == []  # no credential needed, as /v1/templates
+
+
+def test_models_unavailable_is_503(client, generation):
+    generation.fail_with["list_models"] = ServiceUnavailable()
+    assert client.get("/v1/models").status_code == 503
 
 
 # ------------------------------------------------------------ submit
@@ -315,6 +345,19 @@ def test_dry_run_quotes_the_price_and_creates_nothing(client, generation):
     assert "Location" not in response.headers
     assert generation.called("submit")[0][1] == {"idempotency_key": None, "dry_run": True}
     assert generation.jobs == {}
+
+
+def test_submit_passes_the_model_and_an_unknown_one_is_400(client, generation):
+    response = client.post("/v1/generations", headers=BEARER, json={**TEXT, "model": "seedream"})
+    assert response.status_code == 202
+    assert generation.called("submit")[0][0][1]["model"] == "seedream"
+    response = client.post("/v1/generations?dry_run=true", headers=BEARER,
+                           json={**TEXT, "model": "nope"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "unknown_model"
+    assert error_of(response)["details"] == {"model": "nope"}
+    response = client.post("/v1/generations", headers=BEARER, json={**TEXT, "model": ""})
+    assert response.status_code == 400 and "model" in error_of(response)["details"]["fields"]
 
 
 def test_dry_run_must_be_a_boolean(client, generation):
@@ -674,13 +717,20 @@ def test_openapi_documents_generation(client):
     doc = client.get("/v1/openapi.json").get_json()
     validate(doc)
     paths = {path: set(ops) - {"parameters"} for path, ops in doc["paths"].items()
-             if path.startswith(("/v1/generations", "/v1/templates"))}
+             if path.startswith(("/v1/generations", "/v1/templates", "/v1/models"))}
     assert paths == {
-        "/v1/templates": {"get"}, "/v1/generations": {"get", "post"},
+        "/v1/templates": {"get"}, "/v1/models": {"get"}, "/v1/generations": {"get", "post"},
         "/v1/generations/{job_id}": {"get", "delete"},
         "/v1/generations/{job_id}/events": {"get"},
     }
     assert "security" not in doc["paths"]["/v1/templates"]["get"]
+    assert "security" not in doc["paths"]["/v1/models"]["get"]
+    assert doc["paths"]["/v1/models"]["get"]["responses"]["200"]["content"][
+        "application/json"]["schema"] == {"$ref": "#/components/schemas/ModelList"}
+    assert {"name", "job_types", "region", "prices"} <= set(
+        doc["components"]["schemas"]["Model"]["properties"])
+    assert "model" in doc["components"]["schemas"]["SubmitJob"]["properties"]
+    assert "model" in doc["components"]["schemas"]["JobView"]["properties"]
     secured = [{"bearerAuth": []}, {"apiKeyAuth": []}]
     post = doc["paths"]["/v1/generations"]["post"]
     assert post["security"] == secured
