@@ -298,9 +298,9 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     source, source_type = fetch_source(storage, spec, timeout, steps)
     request = provider_request(spec, source, source_type)
     try:
+        named = {"model": spec.params["model"]} if spec.params.get("model") else {}
         routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage),
-                            model=spec.params.get("model"))
+                                                             stage), **named)
     except ProviderError as exc:
         raise JobFailure(exc.code, exc.message) from None
     report(PROVIDER_SHARE, "uploading")
