@@ -25,7 +25,8 @@ from services.generation.models import Job
 from services.generation.prompts import Prompts
 from services.generation.providers.base import TransientProviderError
 from services.generation.providers.router import BreakerPolicy, RetryPolicy, Router
-from services.generation.quotes import QuoteCache, default_pricing, pricing as job_pricing
+from services.generation.quotes import QuoteCache, default_pricing
+from services.generation.quotes import pricing as job_pricing
 from services.generation.service import GenerationService
 from services.generation.settings import GenerationSettings
 from tests.unit.events import Events
