@@ -7,20 +7,14 @@ model's price."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from nameko.standalone.rpc import ClusterRpcProxy
 
-from services.auth.models import User
-from services.common.db import make_engine
 from services.common.errors import DomainError
-from tests.conftest import base_env, free_port, procfile_commands, providers_file, wait_for
+from tests.conftest import base_env, free_port, procfile_commands, providers_file
 from tests.fakes.providers import FakeOpenAIImages
-from tests.integration.probe_service import wait_consuming
+from tests.integration.test_generation_service import finished, new_user, ready, settled
 
 pytestmark = pytest.mark.integration
 
@@ -81,40 +75,9 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, images, tmp_pat
             {"text-to-image": ["openai", "local"], "image-to-image": ["local"],
              "image-to-video": ["local"]},
             retry={"attempts": 2, "base_delay_s": 0.05, "max_delay_s": 1})))
-    for name, proc in (("auth", auth), ("billing", billing), ("storage", storage),
-                       ("generation", generation)):
-        proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
-    wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
-                   generation)
-    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested", billing)
-    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
-        for service in ("auth", "billing", "storage", "generation"):
-            wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
-        engine = make_engine(auth_db)
-        yield SimpleNamespace(rpc=rpc, auth_db=engine)
-        engine.dispose()
-
-
-def new_user(stack) -> str:
-    user, now = uuid.uuid4(), datetime.now(UTC)
-    with stack.auth_db.begin() as conn:
-        conn.execute(User.__table__.insert().values(
-            id=user, email=f"m-{user.hex[:12]}@example.com", email_verified=True,
-            password_hash="!", plan="free", created_at=now, updated_at=now))
-    assert stack.rpc.billing.get_balance(str(user))["available"] == 50
-    return str(user)
-
-
-def finished(stack, user: str, job_id: str) -> dict:
-    return wait_for(
-        lambda: (job := stack.rpc.generation.get_job(user, job_id))["status"]
-        in ("succeeded", "failed", "rejected", "cancelled") and job,
-        60, 0.1, f"job {job_id} to finish")
-
-
-def settled(stack, user: str) -> dict:
-    return wait_for(lambda: (b := stack.rpc.billing.get_balance(user))["held"] == 0 and b,
-                    30, 0.1, "holds settled")
+    procs = {"auth": auth, "billing": billing, "storage": storage, "generation": generation}
+    with ready(amqp_uri, procs, ports, auth_db) as ready_stack:
+        yield ready_stack
 
 
 def test_models_lists_the_routed_providers_with_prices_and_regions(stack):

@@ -17,6 +17,7 @@ import hashlib
 import io
 import socket
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -79,17 +80,26 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
             retry={"attempts": 2, "base_delay_s": 0.05, "max_delay_s": 30}),
         GENERATION_MAX_ACTIVE_JOBS_PER_USER=3,
         GENERATION_WEBHOOK_ALLOW="127.0.0.1", GENERATION_WEBHOOK_TIMEOUT_SECONDS=10))
-    for name, proc in (("auth", auth), ("billing", billing), ("storage", storage),
-                       ("generation", generation)):
+    procs = {"auth": auth, "billing": billing, "storage": storage, "generation": generation}
+    with ready(amqp_uri, procs, ports, auth_db) as ready_stack:
+        yield SimpleNamespace(**vars(ready_stack), generation=generation)
+
+
+@contextmanager
+def ready(amqp_uri: str, procs: dict, ports: dict, auth_db: str):
+    """Waits for the auth, billing, storage and generation processes to serve
+    and consume the saga's events; yields ``rpc`` and auth's engine ``auth_db``."""
+    for name, proc in procs.items():
         proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
     wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
-                   generation)
-    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested", billing)
+                   procs["generation"])
+    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested",
+                   procs["billing"])
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
-        for service in ("auth", "billing", "storage", "generation"):
+        for service in procs:
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
         engine = make_engine(auth_db)
-        yield SimpleNamespace(rpc=rpc, generation=generation, auth_db=engine)
+        yield SimpleNamespace(rpc=rpc, auth_db=engine)
         engine.dispose()
 
 
