@@ -104,20 +104,18 @@ from services.generation.providers.base import (
     report,
     submitting,
 )
-from services.generation.providers.http import REFUSAL_HINTS
-from services.generation.providers.media import image_output, video_output
-from services.generation.providers.vendor_http import (
-    VendorHttp,
+from services.generation.providers.common import (
     aspect_ratio,
     b64,
+    base64_bytes,
     conf_choice,
     conf_job_types,
     conf_str,
-    decode_b64,
-    error_body,
     one_request_per_image,
     seed_for,
 )
+from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_body
+from services.generation.providers.media import image_output, video_output
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 GENERATE, PREDICT, LONG_RUNNING = "generateContent", "predict", "predictLongRunning"
@@ -150,16 +148,15 @@ def retry_delay(error: dict) -> float | None:
     return None
 
 
-def classify(provider: str):
-    def check(response) -> ProviderError | None:
-        if response.status_code == 429 and "Retry-After" not in response.headers:
-            delay = retry_delay(error_body(response))
-            if delay is not None:
-                return TransientProviderError("provider_rate_limited",
-                                              f"{provider} answered 429 (RESOURCE_EXHAUSTED)",
-                                              status=429, retry_after=delay)
-        return None  # the generic mapping
-    return check
+def google_errors(status: int, code: str | None, where: str, response) -> ProviderError | None:
+    """Google's retry hint in the body of a 429 without ``Retry-After``; the
+    rest is the generic mapping (providers/http.py)."""
+    if status == 429 and "Retry-After" not in response.headers:
+        delay = retry_delay(error_body(response))
+        if delay is not None:
+            return TransientProviderError("provider_rate_limited", f"{where} (RESOURCE_EXHAUSTED)",
+                                          status=429, retry_after=delay)
+    return None
 
 
 def method_for(model: str) -> str:
@@ -172,7 +169,7 @@ def method_for(model: str) -> str:
 
 
 class GeminiProvider:
-    def __init__(self, name: str, http: VendorHttp, model: str, *, method: str | None = None,
+    def __init__(self, name: str, http: ProviderHttp, model: str, *, method: str | None = None,
                  job_types=None, image_size: str | None = None,
                  person_generation: str | None = None, resolution: str | None = None,
                  send_seed: bool = True, send_negative_prompt: bool = True,
@@ -202,8 +199,8 @@ class GeminiProvider:
     def from_config(cls, name: str, conf: dict, **kwargs) -> GeminiProvider:
         model = conf_str(conf, "model")
         method = conf_choice(conf, "method", JOB_TYPES) or method_for(model)
-        http = VendorHttp.from_config(name, conf, BASE_URL, classify=classify(name),
-                                      auth_header="x-goog-api-key", auth_scheme=None)
+        http = ProviderHttp.from_config(name, conf, BASE_URL, errors=google_errors,
+                                        auth_header="x-goog-api-key", auth_scheme=None)
         return cls(name, http, model, method=method,
                    job_types=conf_job_types(conf, JOB_TYPES[method]),
                    image_size=conf_choice(conf, "image_size", IMAGE_SIZES.get(method, ())),
@@ -291,7 +288,7 @@ class GeminiProvider:
             inline = part.get("inlineData") if isinstance(part, dict) else None
             if isinstance(inline, dict) and not part.get("thought") \
                     and str(inline.get("mimeType", "image/")).startswith("image/"):
-                return decode_b64(inline.get("data"), self.name, self.http.max_download_bytes)
+                return base64_bytes(inline.get("data"), self.name, self.http.max_download_bytes)
         finish = str(candidate.get("finishReason") or "")
         if finish in REFUSED_FINISH:
             raise self.refused(f"no image ({_token(finish)})")
@@ -306,7 +303,7 @@ class GeminiProvider:
             if not isinstance(prediction, dict):
                 continue
             if prediction.get("bytesBase64Encoded"):
-                images.append(decode_b64(prediction["bytesBase64Encoded"], self.name,
+                images.append(base64_bytes(prediction["bytesBase64Encoded"], self.name,
                                          self.http.max_download_bytes))
             elif prediction.get("raiFilteredReason"):
                 filtered += 1
@@ -344,7 +341,7 @@ class GeminiProvider:
             if isinstance(video.get("uri"), str):
                 data, _ = self.http.download(video["uri"])
             else:  # the video inline instead of a URI
-                data = decode_b64(video["encodedVideo"], self.name, self.http.max_download_bytes)
+                data = base64_bytes(video["encodedVideo"], self.name, self.http.max_download_bytes)
             outputs.append(video_output(data, self.name))
         return outputs
 
