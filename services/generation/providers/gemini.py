@@ -103,6 +103,7 @@ from services.generation.providers.base import (
     TransientProviderError,
     report,
     submitting,
+    wait_for_task,
 )
 from services.generation.providers.common import (
     aspect_ratio,
@@ -324,7 +325,7 @@ class GeminiProvider:
                                          f"{self.name} answered without an operation name")
         if not operation.get("done"):
             report(progress, 0.05, "queued")
-            operation = self.wait(f"/{name}", progress)
+            operation = self.wait(f"/{name}", progress, operation)
         response = self.finished(operation)
         result = response.get("generateVideoResponse") or {}
         samples = [s["video"] for s in (result.get("generatedSamples") or ())
@@ -345,29 +346,24 @@ class GeminiProvider:
             outputs.append(video_output(data, self.name))
         return outputs
 
-    def wait(self, path: str, progress: ProgressCallback | None) -> dict:
+    def wait(self, path: str, progress: ProgressCallback | None, first: dict) -> dict:
         """Poll the operation until it is done, tolerating ``max_poll_errors``
-        transient poll failures in a row; past ``task_timeout_s`` it is abandoned."""
-        deadline = self.clock() + self.task_timeout_s
-        failures = 0
-        while self.clock() + self.poll_interval_s <= deadline:
-            self.sleep(self.poll_interval_s)
-            operation, failures = self._poll(path, failures)
+        transient poll failures in a row; past ``task_timeout_s`` it is
+        abandoned (Veo documents no cancel call)."""
+        start = self.clock()
+
+        def read(operation: dict) -> dict | None:
             if operation.get("done"):
                 return operation
-            elapsed = 1 - (deadline - self.clock()) / self.task_timeout_s
-            report(progress, 0.05 + 0.8 * elapsed, "running")
-        raise TransientProviderError(
-            "provider_timeout",
-            f"{self.name} did not finish the video within {self.task_timeout_s:g}s")
+            if operation is not first:
+                elapsed = (self.clock() - start) / self.task_timeout_s
+                report(progress, 0.05 + 0.8 * elapsed, "running")
+            return None
 
-    def _poll(self, path: str, failures: int) -> tuple[dict, int]:
-        try:
-            return self.http.call("GET", path), 0
-        except TransientProviderError:
-            if failures >= self.max_poll_errors:
-                raise
-            return {}, failures + 1
+        return wait_for_task(
+            lambda: self.http.call("GET", path), read, who=self.name, first=first,
+            what="the video", interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
+            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock)
 
     def finished(self, operation: dict) -> dict:
         """The ``response`` of a done operation, or its error as a provider error."""
