@@ -171,6 +171,15 @@ def submitting(provider: Provider, request: ProviderRequest,
 _UNSET = object()
 
 
+def polling(adapter) -> dict:
+    """:func:`wait_for_task`'s timing from an adapter's ``poll_interval_s``,
+    ``task_timeout_s``, ``max_poll_errors``, ``sleep`` and ``clock`` (read
+    at each wait, so a test may swap them)."""
+    return {"interval_s": adapter.poll_interval_s, "timeout_s": adapter.task_timeout_s,
+            "max_errors": adapter.max_poll_errors, "sleep": adapter.sleep,
+            "clock": adapter.clock}
+
+
 def wait_for_task(fetch: Callable[[], dict], read: Callable[[dict], object | None], *,
                   who: str, interval_s: float, timeout_s: float, max_errors: int,
                   sleep: Callable[[float], None], clock: Callable[[], float],

@@ -112,6 +112,7 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
     wait_for_task,
@@ -498,9 +499,7 @@ class ComfyUIProvider:
 
         return wait_for_task(
             lambda: host.http.call("GET", path), read, who=self.name, what="the workflow",
-            interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
-            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock,
-            cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
+            **polling(self), cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
 
     def _failure(self, messages) -> ProviderError:
         """A failed run: refused by a safety node (permanent), or anything else."""

@@ -101,6 +101,7 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
     wait_for_task,
@@ -362,8 +363,7 @@ class GeminiProvider:
 
         return wait_for_task(
             lambda: self.http.call("GET", path), read, who=self.name, first=first,
-            what="the video", interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
-            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock)
+            what="the video", **polling(self))
 
     def finished(self, operation: dict) -> dict:
         """The ``response`` of a done operation, or its error as a provider error."""

@@ -109,6 +109,7 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
     wait_for_task,
@@ -328,9 +329,7 @@ class ReplicateProvider:
 
         return wait_for_task(
             lambda: self.http.call("GET", get), read, who=self.name, first=prediction,
-            what="the prediction", deadline=deadline,
-            interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
-            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock,
+            what="the prediction", deadline=deadline, **polling(self),
             cancel=lambda: self.http.call("POST", cancel),
             # the polls keep failing: cancel it, the last poll's error is raised
             gave_up=lambda error: self._cancel(cancel))

@@ -100,6 +100,7 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
     wait_for_task,
@@ -396,8 +397,6 @@ class ArkProvider:
             return None
 
         return wait_for_task(
-            lambda: self.http.call("GET", path), read, who=self.name,
-            interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
-            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock,
+            lambda: self.http.call("GET", path), read, who=self.name, **polling(self),
             # Ark cancels a queued task; a running one cannot be, and expires
             cancel=lambda: self.http.call("DELETE", path))
