@@ -1,7 +1,7 @@
 """What the vendor adapters share besides HTTP (that is providers/http.py):
 
-- config checks that name the key: :func:`conf_str`, :func:`conf_job_types`,
-  :func:`conf_choice`, :func:`conf_number`;
+- config checks that name the key: :func:`conf_str`, :func:`job_types_of`
+  and :func:`conf_job_types`, :func:`conf_choice`, :func:`conf_number`;
 - base64 both ways: :func:`b64`, :func:`data_uri` (a source image inline),
   :func:`base64_bytes` and :func:`data_uri_bytes` (an output a vendor sent
   inline, size-capped);
@@ -38,16 +38,27 @@ def conf_str(conf: dict, key: str, default: str | None = None) -> str:
     return value.strip()
 
 
-def conf_job_types(conf: dict, supported: Iterable[str]) -> frozenset[str]:
-    """``job_types`` from config, each one the adapter can run (default: all of them)."""
+def job_types_of(value, supported: Iterable[str]) -> frozenset[str]:
+    """Job types (a list, or a comma-separated string), each one the adapter
+    can run (``supported``), at least one."""
     supported = tuple(supported)
-    value = conf.get("job_types") or supported
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple | set | frozenset) \
+            or not all(isinstance(v, str) for v in value):
         raise ValueError("job_types must be a list of job types")
+    if not value:
+        raise ValueError(f"job_types: none given (one of {', '.join(supported)})")
     unknown = sorted(set(value) - set(supported))
     if unknown:
         raise ValueError(f"job_types: {unknown[0]!r} is not one of {', '.join(supported)}")
     return frozenset(value)
+
+
+def conf_job_types(conf: dict, supported: Iterable[str]) -> frozenset[str]:
+    """``job_types`` from config (default: all ``supported``)."""
+    supported = tuple(supported)
+    return job_types_of(conf.get("job_types") or supported, supported)
 
 
 def conf_choice(conf: dict, key: str, choices: Iterable[str]) -> str | None:

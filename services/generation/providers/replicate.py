@@ -114,7 +114,13 @@ from services.generation.providers.base import (
     submitting,
     wait_for_task,
 )
-from services.generation.providers.common import conf_number, data_uri, data_uri_bytes, seed_for
+from services.generation.providers.common import (
+    conf_number,
+    data_uri,
+    data_uri_bytes,
+    job_types_of,
+    seed_for,
+)
 from services.generation.providers.http import ProviderHttp
 from services.generation.providers.media import image_output, video_output
 
@@ -198,9 +204,7 @@ class ReplicateProvider:
         clash = set(self.fixed_inputs) & set(self.inputs.values())
         if clash:
             raise ValueError(f"fixed_inputs.{sorted(clash)[0]}: also mapped in inputs")
-        unknown = [t for t in job_types if t not in JOB_TYPES]
-        if unknown or not job_types:
-            raise ValueError(f"job_types: {unknown[0] if unknown else 'none'} is not a job type")
+        job_types = job_types_of(job_types, JOB_TYPES)
         if {IMAGE_TO_IMAGE, IMAGE_TO_VIDEO} & set(job_types) and "image" not in self.inputs:
             raise ValueError("inputs.image: image-to-image and image-to-video need the "
                              "model's image input")
@@ -222,9 +226,6 @@ class ReplicateProvider:
     def from_config(cls, name: str, conf: dict, **kwargs) -> ReplicateProvider:
         """From the providers file's entry; ``region``, ``max_concurrency``,
         ``enabled`` and ``base_dir`` are the router's, not read here."""
-        job_types = conf.get("job_types") or (TEXT_TO_IMAGE,)
-        if isinstance(job_types, str):
-            job_types = [job_types]
         fixed = conf.get("fixed_inputs")
         if fixed is not None and not isinstance(fixed, Mapping):
             raise ValueError("fixed_inputs must map model input names to values")
@@ -233,7 +234,7 @@ class ReplicateProvider:
             version=conf.get("version") or None, deployment=conf.get("deployment") or None,
             inputs=conf.get("inputs"), fixed_inputs=fixed,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
-            job_types=tuple(str(t) for t in job_types),
+            job_types=conf.get("job_types") or (TEXT_TO_IMAGE,),
             timeout_s=conf_number(conf, "timeout_s", 75),
             wait_s=int(conf_number(conf, "wait_s", MAX_WAIT_S, whole=True)),
             poll_interval_s=conf_number(conf, "poll_interval_s", 1),

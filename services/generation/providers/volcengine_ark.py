@@ -109,6 +109,7 @@ from services.generation.providers.common import (
     base64_bytes,
     conf_number,
     data_uri,
+    job_types_of,
     one_request_per_image,
     seed_for,
 )
@@ -214,10 +215,7 @@ class ArkProvider:
             raise ValueError("api_key is required (Ark takes a bearer key)")
         if not model:
             raise ValueError("model is required (a Seedream/Seedance model id or endpoint id)")
-        unknown = [t for t in job_types if t not in JOB_TYPES]
-        if unknown or not job_types:
-            raise ValueError(f"job_types: {unknown[0] if unknown else 'none'} is not one of "
-                             + ", ".join(JOB_TYPES))
+        job_types = job_types_of(job_types, JOB_TYPES)
         images = {TEXT_TO_IMAGE, IMAGE_TO_IMAGE} & set(job_types)
         if images and IMAGE_TO_VIDEO in job_types and not video_model:
             raise ValueError("video_model is required when one entry runs images and "
@@ -255,9 +253,6 @@ class ArkProvider:
     def from_config(cls, name: str, conf: dict, **kwargs) -> ArkProvider:
         """The provider from its providers-file entry. ``region``,
         ``max_concurrency``, ``enabled`` and ``base_dir`` are the router's."""
-        job_types = conf.get("job_types") or (TEXT_TO_IMAGE, IMAGE_TO_IMAGE)
-        if isinstance(job_types, str):
-            job_types = [part.strip() for part in job_types.split(",") if part.strip()]
         watermark = conf.get("watermark")
         try:
             integers = {key: int(conf.get(key, default)) for key, default in (
@@ -270,7 +265,7 @@ class ArkProvider:
             name, api_key=str(conf.get("api_key") or ""), model=str(conf.get("model") or ""),
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             video_model=str(conf.get("video_model") or "") or None,
-            job_types=tuple(str(t) for t in job_types),
+            job_types=conf.get("job_types") or (TEXT_TO_IMAGE, IMAGE_TO_IMAGE),
             timeout_s=conf_number(conf, "timeout_s", 120),
             response_format=str(conf.get("response_format") or "url"),
             size=str(conf.get("size") or "") or None,
