@@ -112,6 +112,7 @@ from services.generation.providers.common import (
     base64_bytes,
     conf_choice,
     conf_job_types,
+    conf_number,
     conf_str,
     one_request_per_image,
     seed_for,
@@ -210,9 +211,10 @@ class GeminiProvider:
                    resolution=conf_choice(conf, "resolution", ("720p", "1080p")),
                    send_seed=flag(conf.get("send_seed", True)),
                    send_negative_prompt=flag(conf.get("send_negative_prompt", True)),
-                   poll_interval_s=float(conf.get("poll_interval_s", 10)),
-                   task_timeout_s=float(conf.get("task_timeout_s", 900)),
-                   max_poll_errors=int(conf.get("max_poll_errors", 3)), **kwargs)
+                   poll_interval_s=conf_number(conf, "poll_interval_s", 10),
+                   task_timeout_s=conf_number(conf, "task_timeout_s", 900),
+                   max_poll_errors=int(conf_number(conf, "max_poll_errors", 3, whole=True)),
+                   **kwargs)
 
     @property
     def path(self) -> str:

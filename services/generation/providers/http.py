@@ -28,7 +28,7 @@ from services.generation.providers.base import (
     ProviderError,
     TransientProviderError,
 )
-from services.generation.providers.common import conf_str
+from services.generation.providers.common import conf_number, conf_str
 from services.generation.webhooks import UnsafeUrl, UrlGuard, allow_list, guarded_session
 
 MAX_REDIRECTS = 3
@@ -170,8 +170,9 @@ class ProviderHttp:
         ``api_key`` (required), ``timeout_s``, ``max_download_bytes``,
         ``result_url_allow``, ``allow_private_network``; ``kwargs`` as above."""
         return cls(name, str(conf.get("base_url") or default_base_url),
-                   conf_str(conf, "api_key"), float(conf.get("timeout_s", default_timeout_s)),
-                   int(conf.get("max_download_bytes", 200 * 1024 * 1024)),
+                   conf_str(conf, "api_key"), conf_number(conf, "timeout_s", default_timeout_s),
+                   int(conf_number(conf, "max_download_bytes", 200 * 1024 * 1024, minimum=1,
+                                   whole=True)),
                    conf.get("result_url_allow") or (),
                    allow_private_network=flag(conf.get("allow_private_network", False)),
                    **kwargs)
