@@ -47,6 +47,7 @@ from kombu import Connection, Exchange, Queue
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from bench.stack import processes
+from tests.conftest import providers_file
 from tests.e2e.stack import code_from
 from tests.fakes.providers import FakeOpenAIImages
 
@@ -156,8 +157,9 @@ def stack(start, free_port, provider_url: str, tmp: Path) -> Client:
         BILLING_DATABASE_URL=f"sqlite:///{tmp}/billing.db",
         GENERATION_DATABASE_URL=f"sqlite:///{tmp}/generation.db",
         PRIVACY_DATABASE_URL=f"sqlite:///{tmp}/privacy.db",
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=provider_url,
-        GENERATION_OPENAI_API_KEY="sk-bench", GENERATION_ROUTE_TEXT_TO_IMAGE="openai",
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp, {"openai": {"type": "openai_images", "base_url": provider_url,
+                             "api_key": "sk-bench"}}, {"text-to-image": ["openai"]}),
         GENERATION_MAX_ACTIVE_JOBS_PER_USER=JOBS + 10,
         GATEWAY_PORT=gateway_port, RATELIMIT_ENABLED="false",
     )

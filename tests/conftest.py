@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PROCFILE = REPO / "deploy" / "Procfile"
@@ -296,6 +297,19 @@ def base_env(**extra) -> dict[str, str]:
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def providers_file(directory, providers: dict, routes: dict | None = None, **sections) -> str:
+    """Writes a providers file (docs/providers.md) into ``directory`` and returns its
+    path, for ``GENERATION_PROVIDERS_FILE``. The fakes run on loopback, so every
+    network provider gets ``allow_private_network: true``."""
+    providers = {name: ({**conf, "allow_private_network": True} if conf.get("base_url")
+                        else dict(conf)) for name, conf in providers.items()}
+    data = {"providers": providers, **({"routes": routes} if routes is not None else {}),
+            **sections}
+    path = Path(directory) / "providers.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """Optional prompt assist: an OpenAI-compatible chat model polishes a
 template's prompts; the template engine's result is always the fallback.
 
-Configured with ``GENERATION.PROMPT_ASSIST: {enabled, base_url, api_key,
-model, timeout_s}``; without it (the default) nothing is called. The model
+Configured in the providers file (docs/providers.md) as ``prompt_assist:
+{type: openai_chat, base_url, api_key, model, timeout_s, temperature,
+enabled}``; without it (the default) nothing is called. The model
 gets the template's id, name and job type, the brief (the validated template
 inputs) and the engine's draft: no user id, email, key or job id.
 
@@ -70,8 +71,15 @@ class PromptAssistant:
     @classmethod
     def from_config(cls, config: Mapping) -> PromptAssistant | None:
         """The configured assistant, or None when prompt assist is off."""
-        section = (config.get("GENERATION", config) or {}).get("PROMPT_ASSIST") or {}
-        if not flag(section.get("enabled", False)) or not section.get("base_url"):
+        from services.generation.providers.config import ProviderConfigError, providers_config
+
+        section = providers_config(config).get("prompt_assist") or {}
+        if not isinstance(section, Mapping):
+            raise ProviderConfigError("prompt_assist: a mapping (type, base_url, api_key, model)")
+        if section.get("type", "openai_chat") != "openai_chat":
+            raise ProviderConfigError(f"prompt_assist: unknown type {section.get('type')!r} "
+                                      "(openai_chat)")
+        if not flag(section.get("enabled", True)) or not section.get("base_url"):
             return None
         return cls(str(section["base_url"]), section.get("api_key") or None,
                    str(section.get("model") or "gpt-4o-mini"),

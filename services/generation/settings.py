@@ -1,7 +1,7 @@
 """The ``GENERATION`` section of deploy/config/generation.yaml, read once (its
-``PROVIDERS``, ``ROUTES``, ``RETRY`` and ``BREAKER`` go to the provider
-router, ``MODERATION_POLICY``, ``TEMPLATES_DIR`` and ``PROMPT_ASSIST`` to
-:mod:`services.generation.prompts`)."""
+``PROVIDERS_FILE`` names the providers file, read by the provider router and
+prompt assist: docs/providers.md; ``MODERATION_POLICY`` and ``TEMPLATES_DIR``
+go to :mod:`services.generation.prompts`)."""
 
 from __future__ import annotations
 

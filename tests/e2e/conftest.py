@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import base_env, free_port
+from tests.conftest import base_env, free_port, providers_file
 from tests.e2e.stack import Stack
 from tests.fakes.providers import FakeAsyncTasks, FakeOpenAIImages
 from tests.fakes.stripe import FakeStripe
@@ -75,15 +75,21 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe,
         GENERATION_DATABASE_URL=make_database("generation"),
         GENERATION_METRICS_PORT=free_port(),
         GENERATION_MAX_RUNNING_JOBS=1, GENERATION_LEASE_SECONDS=3,
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=fake_images.url,
-        GENERATION_OPENAI_API_KEY=PROVIDER_KEY, GENERATION_OPENAI_TIMEOUT_S=1,
-        GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=fake_video.url,
-        GENERATION_VIDEO_API_KEY=PROVIDER_KEY, GENERATION_VIDEO_POLL_INTERVAL_S=0.1,
-        GENERATION_VIDEO_TIMEOUT_S=2, GENERATION_VIDEO_TASK_TIMEOUT_S=20,
-        GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
-        GENERATION_ROUTE_IMAGE_TO_VIDEO="video",
-        GENERATION_RETRY_ATTEMPTS=2, GENERATION_RETRY_BASE_DELAY_S=0.05,
-        GENERATION_BREAKER_FAILURES=1000, GENERATION_WEBHOOK_ALLOW="127.0.0.1",
+        # the vendors: a providers file whose keys come from the environment, as in production
+        E2E_PROVIDER_KEY=PROVIDER_KEY,
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp_path_factory.mktemp("providers"),
+            {"openai": {"type": "openai_images", "base_url": fake_images.url,
+                        "api_key": "${E2E_PROVIDER_KEY}", "timeout_s": 1, "region": "us"},
+             "video": {"type": "async_task", "base_url": fake_video.url,
+                       "api_key": "${E2E_PROVIDER_KEY}", "poll_interval_s": 0.1,
+                       "timeout_s": 2, "task_timeout_s": 20, "region": "eu"},
+             "local": {"type": "local", "region": "on-premises"}},
+            {"text-to-image": ["openai", "local"], "image-to-image": ["local"],
+             "image-to-video": ["video"]},
+            retry={"attempts": 2, "base_delay_s": 0.05, "max_delay_s": 30},
+            breaker={"failures": 1000, "cooldown_s": 60}),
+        GENERATION_WEBHOOK_ALLOW="127.0.0.1",
         PRIVACY_DATABASE_URL=make_database("privacy"),
         PRIVACY_METRICS_PORT=free_port(),
         # an erasure's grace period: 8 seconds here (72 hours by default)

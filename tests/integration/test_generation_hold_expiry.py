@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeOpenAIImages
 from tests.integration.probe_service import start_fake_auth, wait_consuming
 
@@ -55,9 +55,11 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=make_database("exp_generation"),
         GENERATION_METRICS_PORT=ports["generation"], GENERATION_MAX_RUNNING_JOBS=1,
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=provider.url,
-        GENERATION_OPENAI_API_KEY="sk-expiry", GENERATION_OPENAI_TIMEOUT_S=60,
-        GENERATION_ROUTE_TEXT_TO_IMAGE="openai", GENERATION_RETRY_ATTEMPTS=1))
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp_path_factory.mktemp("providers"),
+            {"openai": {"type": "openai_images", "base_url": provider.url,
+                        "api_key": "sk-expiry", "timeout_s": 60}},
+            {"text-to-image": ["openai"]}, retry={"attempts": 1})))
     for name, proc in (("billing", billing), ("storage", storage), ("generation", generation)):
         proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
     wait_consuming(amqp_uri, "evt-billing-credits_released--generation.credits_released",

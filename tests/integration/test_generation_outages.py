@@ -24,7 +24,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import create_engine, text
 
 from services.common.db import normalise_url
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeOpenAIImages, FakeWebhookReceiver
 from tests.integration.probe_service import start_fake_auth, wait_consuming
 
@@ -61,9 +61,11 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=generation_db,
         GENERATION_METRICS_PORT=ports["generation"],
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=provider.url,
-        GENERATION_OPENAI_API_KEY=API_KEY, GENERATION_OPENAI_TIMEOUT_S=120,
-        GENERATION_ROUTE_TEXT_TO_IMAGE="openai", GENERATION_RETRY_ATTEMPTS=1,
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp_path_factory.mktemp("providers"),
+            {"openai": {"type": "openai_images", "base_url": provider.url,
+                        "api_key": API_KEY, "timeout_s": 120}},
+            {"text-to-image": ["openai"]}, retry={"attempts": 1}),
         GENERATION_INFRA_RETRY_SECONDS=INFRA_RETRY_SECONDS,
         GENERATION_RPC_TIMEOUT_SECONDS=RPC_TIMEOUT_SECONDS,
         # renewed every 3 s: a loaded CI machine must not let it lapse by a late renewal
@@ -204,3 +206,14 @@ def test_an_error_body_echoing_secrets_never_reaches_the_user(stack, status, cod
             assert secret not in place, (secret, place[-2000:])
     if status == 400:  # the kind of failure, the peer and the status remain
         assert done["error"]["message"] == "openai answered 400 (upstream_failed)"
+
+
+def test_a_content_refusal_fails_the_job_content_refused_and_releases_the_hold(stack):
+    user = new_user(stack)
+    stack.provider.fail_next("refuse")
+    job = stack.rpc.generation.submit(user, {"type": "text-to-image", "prompt": "a fox",
+                                             "size": "512x512"})
+    done = finished(stack, user, job["id"], 60)
+    assert done["status"] == "failed" and done["error"]["code"] == "content_refused", done
+    balance = settled(stack, user)  # the hold released, nothing captured
+    assert (balance["available"], balance["used_this_period"]) == (50, 0)

@@ -95,13 +95,15 @@ def tasks():
 
 def openai(fake, **kw) -> OpenAIImagesProvider:
     return OpenAIImagesProvider("openai", fake.url, api_key=KEY, model="img-1",
-                                timeout_s=kw.pop("timeout_s", 2), **kw)
+                                timeout_s=kw.pop("timeout_s", 2),
+                                allow_private_network=kw.pop("allow_private_network", True), **kw)
 
 
 def video(fake, **kw) -> AsyncTaskProvider:
     return AsyncTaskProvider("video", fake.url, api_key=KEY, model="vid-1", timeout_s=2,
                              poll_interval_s=kw.pop("poll_interval_s", 0.01),
-                             task_timeout_s=kw.pop("task_timeout_s", 5), **kw)
+                             task_timeout_s=kw.pop("task_timeout_s", 5),
+                             allow_private_network=True, **kw)
 
 
 # ------------------------------------------------------------------ openai_images
@@ -145,7 +147,7 @@ def test_extended_params_send_the_seed_and_negative_prompt(images):
     (408, TransientProviderError, "provider_timeout"),
     (400, PermanentProviderError, "provider_rejected_request"),
     (404, PermanentProviderError, "provider_rejected_request"),
-    ("refuse", PermanentProviderError, "provider_content_refused"),
+    ("refuse", PermanentProviderError, "content_refused"),
     (401, PermanentProviderError, "provider_auth_failed"),
     ("drop", TransientProviderError, "provider_connection_failed"),
     ("garbage", TransientProviderError, "invalid_provider_output"),
@@ -177,25 +179,46 @@ def test_fewer_images_than_asked_is_a_malformed_answer(images):
 
 
 def test_a_wrong_api_key_is_an_auth_failure(images):
-    provider = OpenAIImagesProvider("openai", images.url, api_key="sk-wrong", timeout_s=2)
+    provider = OpenAIImagesProvider("openai", images.url, api_key="sk-wrong", timeout_s=2,
+                                    allow_private_network=True)
     with pytest.raises(PermanentProviderError) as caught:
         provider.generate(provider_request(JOB))
     assert caught.value.code == "provider_auth_failed"
 
 
-def test_a_result_url_on_another_private_host_is_refused(images):
-    images.result_base = "http://127.0.0.2:9"  # not the provider's host, not public
+@pytest.mark.parametrize("address", ["169.254.169.254", "100.100.100.200", "0.0.0.0"])
+def test_a_result_url_on_a_metadata_address_is_refused_even_on_a_private_network(images,
+                                                                                 address):
+    images.result_base = f"http://{address}:9"  # a cloud metadata service
     with pytest.raises(TransientProviderError) as caught:
         openai(images, response_format="url").generate(provider_request(JOB))
     assert caught.value.code == "invalid_provider_output" and "result URL" in caught.value.message
     assert images.requests_to("/files/") == []
 
 
+def test_without_allow_private_network_a_loopback_provider_is_refused(images, tasks):
+    """The operator's base_url is not trusted implicitly: without the flag every
+    address the provider's API or result URLs resolve to must be public."""
+    with pytest.raises(TransientProviderError) as caught:
+        openai(images, allow_private_network=False).generate(provider_request(JOB))
+    assert caught.value.code == "invalid_provider_output"
+    assert images.requests == []  # nothing left the process
+    config = router_config(images.url, tasks.url)
+    del config["providers"]["openai"]["allow_private_network"]
+    config["routes"] = {"text-to-image": ["openai"]}
+    with pytest.raises(TransientProviderError) as caught:
+        build_router(config).run(provider_request(JOB))
+    assert caught.value.code == "provider_unavailable" and images.requests == []
+    config["providers"]["openai"]["allow_private_network"] = "true"
+    assert build_router(config).run(provider_request(JOB)).provider == "openai"
+
+
 def test_a_connection_refused_is_transient():
     with FakeOpenAIImages() as fake:
         url = fake.url
     with pytest.raises(TransientProviderError) as caught:
-        OpenAIImagesProvider("openai", url, timeout_s=1).generate(provider_request(JOB))
+        OpenAIImagesProvider("openai", url, timeout_s=1,
+                             allow_private_network=True).generate(provider_request(JOB))
     assert caught.value.code == "provider_connection_failed"
 
 
@@ -238,7 +261,7 @@ def test_a_failed_task_is_transient_unless_the_provider_says_otherwise(tasks):
     tasks.failure = {"code": "content_policy", "message": "no", "retryable": False}
     with pytest.raises(PermanentProviderError) as caught:
         video(tasks).generate(video_request())
-    assert caught.value.code == "provider_content_refused"
+    assert caught.value.code == "content_refused"
     tasks.failure = {"code": "bad_size", "retryable": False}
     with pytest.raises(PermanentProviderError) as caught:
         video(tasks).generate(video_request())
@@ -288,19 +311,21 @@ def test_async_task_refuses_job_types_it_was_not_configured_for(tasks):
 
 
 def router_config(images_url: str, tasks_url: str, **extra) -> dict:
-    return {"GENERATION": {
-        "PROVIDERS": {
+    """The providers file's structure (docs/providers.md); the fakes are on loopback."""
+    return {
+        "providers": {
             "openai": {"type": "openai_images", "base_url": images_url, "api_key": KEY,
-                       "timeout_s": 0.5},
+                       "timeout_s": 0.5, "allow_private_network": True},
             "video": {"type": "async_task", "base_url": tasks_url, "api_key": KEY,
-                      "poll_interval_s": 0.01, "task_timeout_s": 5},
+                      "poll_interval_s": 0.01, "task_timeout_s": 5,
+                      "allow_private_network": True},
             "local": {"type": "local", "video_size": 64, "video_fps": 4},
         },
-        "ROUTES": {"text-to-image": ["openai", "local"], "image-to-video": ["video", "local"]},
-        "RETRY": {"attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.05},
-        "BREAKER": {"failures": 2, "cooldown_s": 60},
+        "routes": {"text-to-image": ["openai", "local"], "image-to-video": ["video", "local"]},
+        "retry": {"attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.05},
+        "breaker": {"failures": 2, "cooldown_s": 60},
         **extra,
-    }}
+    }
 
 
 def test_a_transient_failure_is_retried_on_the_same_provider(images, tasks):
@@ -332,10 +357,30 @@ def test_video_fails_over_from_the_task_api_to_the_local_renderer(images, tasks)
     assert routed.result.outputs[0].duration_s == pytest.approx(3.5)
 
 
+def test_a_content_refusal_does_not_fail_over(images, tasks):
+    """Provider A refuses on content policy, B would succeed: B is never asked."""
+    images.fail_next("refuse")
+    with FakeOpenAIImages(api_key=KEY) as backup:
+        config = router_config(images.url, tasks.url)
+        config["providers"]["backup"] = {**config["providers"]["openai"], "base_url": backup.url}
+        config["routes"] = {"text-to-image": ["openai", "backup", "local"]}
+        router = build_router(config)
+        with pytest.raises(PermanentProviderError) as caught:
+            router.run(provider_request(JOB))
+        assert caught.value.code == "content_refused"
+        assert [(a.provider, a.code) for a in caught.value.attempts] == [
+            ("openai", "content_refused")]
+        assert len(images.requests) == 1 and backup.requests == []
+        # an outage of A still fails over to B
+        images.fail_next(503, 503)
+        assert router.run(provider_request(JOB)).provider == "backup"
+        assert len(backup.requests) == 1
+
+
 def test_when_every_provider_fails_the_job_gets_provider_unavailable(images, tasks):
     images.mode = 503
     config = router_config(images.url, tasks.url)
-    config["GENERATION"]["ROUTES"] = {"text-to-image": ["openai"]}
+    config["routes"] = {"text-to-image": ["openai"]}
     with pytest.raises(TransientProviderError) as caught:
         build_router(config).run(provider_request(JOB))
     assert caught.value.code == "provider_unavailable"

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeOpenAIImages
 from tests.integration.probe_service import start_fake_auth, wait_consuming
 
@@ -40,9 +40,11 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     generation_env = base_env(
         **common, GENERATION_DATABASE_URL=make_database("rec_generation"),
         GENERATION_METRICS_PORT=ports["generation"], GENERATION_LEASE_SECONDS=LEASE_SECONDS,
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=provider.url,
-        GENERATION_OPENAI_API_KEY="sk-recovery", GENERATION_OPENAI_TIMEOUT_S=120,
-        GENERATION_ROUTE_TEXT_TO_IMAGE="openai", GENERATION_RETRY_ATTEMPTS=1)
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp_path_factory.mktemp("providers"),
+            {"openai": {"type": "openai_images", "base_url": provider.url,
+                        "api_key": "sk-recovery", "timeout_s": 120}},
+            {"text-to-image": ["openai"]}, retry={"attempts": 1}))
 
     def start_generation():
         proc = start_process("generation", generation_env)

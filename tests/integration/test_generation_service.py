@@ -31,7 +31,7 @@ from services.auth.models import User
 from services.common.db import make_engine
 from services.common.errors import DomainError
 from services.generation import webhooks
-from tests.conftest import base_env, free_port, wait_for
+from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import DripReceiver, FakeWebhookReceiver
 from tests.integration.probe_service import wait_consuming
 
@@ -47,7 +47,8 @@ def dead_provider():
 
 
 @pytest.fixture(scope="module")
-def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider):
+def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
+          tmp_path_factory):
     amqp_uri, _ = make_vhost("generation")
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
     ports = {name: free_port() for name in ("auth", "billing", "storage", "generation")}
@@ -66,13 +67,17 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider):
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=make_database("gen_generation"),
         GENERATION_METRICS_PORT=ports["generation"],
-        GENERATION_OPENAI_ENABLED="true", GENERATION_OPENAI_BASE_URL=dead_provider,
-        GENERATION_OPENAI_API_KEY="sk-test", GENERATION_OPENAI_TIMEOUT_S=2,
-        GENERATION_VIDEO_ENABLED="true", GENERATION_VIDEO_BASE_URL=dead_provider,
-        GENERATION_VIDEO_TIMEOUT_S=2,
-        GENERATION_ROUTE_TEXT_TO_IMAGE="openai,local", GENERATION_ROUTE_IMAGE_TO_IMAGE="local",
-        GENERATION_ROUTE_IMAGE_TO_VIDEO="video", GENERATION_RETRY_ATTEMPTS=2,
-        GENERATION_RETRY_BASE_DELAY_S=0.05, GENERATION_MAX_ACTIVE_JOBS_PER_USER=3,
+        GENERATION_PROVIDERS_FILE=providers_file(
+            tmp_path_factory.mktemp("providers"),
+            {"openai": {"type": "openai_images", "base_url": dead_provider,
+                        "api_key": "sk-test", "timeout_s": 2},
+             "video": {"type": "async_task", "base_url": dead_provider, "timeout_s": 2,
+                       "task_timeout_s": 600, "poll_interval_s": 2},
+             "local": {"type": "local"}},
+            {"text-to-image": ["openai", "local"], "image-to-image": ["local"],
+             "image-to-video": ["video"]},
+            retry={"attempts": 2, "base_delay_s": 0.05, "max_delay_s": 30}),
+        GENERATION_MAX_ACTIVE_JOBS_PER_USER=3,
         GENERATION_WEBHOOK_ALLOW="127.0.0.1", GENERATION_WEBHOOK_TIMEOUT_SECONDS=10))
     for name, proc in (("auth", auth), ("billing", billing), ("storage", storage),
                        ("generation", generation)):

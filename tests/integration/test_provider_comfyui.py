@@ -439,8 +439,14 @@ def test_every_host_busy_beyond_the_queue_timeout_is_transient(fake):
 
 
 def test_the_router_builds_the_pool_from_the_providers_file_shape(fake, second):
-    router = build_router({"PROVIDERS": {"studio": conf(fake, second, max_concurrency=2)},
-                           "ROUTES": {"text-to-image": ["studio"],
+    router = build_router({"providers": {"studio": conf(fake, second, max_concurrency=2)},
+                           "routes": {"text-to-image": ["studio"],
                                       "image-to-image": ["studio"]}})
     routed = router.run(provider_request(JOB))
     assert routed.provider == "studio" and len(routed.result.outputs) == 2
+
+
+def test_the_router_leaves_comfyuis_per_host_limit_to_the_pool(fake, second):
+    router = build_router({"providers": {"studio": conf(fake, second, max_concurrency=2),
+                                         "local": {"type": "local", "max_concurrency": 1}}})
+    assert set(router.slots) == {"local"}  # the pool limits per host, the router does not

@@ -152,9 +152,9 @@ def test_a_wrong_key_is_an_auth_failure(fake):
 
 
 def test_the_router_fails_over_on_an_outage_and_retries_after_429(fake):
-    router = build_router({"PROVIDERS": {"openrouter": conf(fake)},
-                           "ROUTES": {"text-to-image": ["openrouter"]},
-                           "RETRY": {"attempts": 3, "base_delay_s": 0, "max_delay_s": 0}},
+    router = build_router({"providers": {"openrouter": conf(fake)},
+                           "routes": {"text-to-image": ["openrouter"]},
+                           "retry": {"attempts": 3, "base_delay_s": 0, "max_delay_s": 0}},
                           sleep=lambda s: None)
     fake.fail_next(429, 503)
     routed = router.run(provider_request(JOB, n=1))

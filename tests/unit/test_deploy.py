@@ -46,6 +46,13 @@ NOT_WIRED = {
     "storage": {"STORAGE_FS_ROOT": "the fs backend's; compose runs the s3 backend",
                 "STORAGE_PUBLIC_BASE_URL": "the fs backend's; compose runs the s3 backend"},
 }
+# The vendors' keys generation passes through for a providers file to name as ${NAME}
+# (docs/providers.md): no config reads them by name; one a file names but that is unset
+# stops generation at start, so they have no default.
+PROVIDER_KEYS = {"OPENAI_API_KEY", "ARK_API_KEY", "DASHSCOPE_API_KEY", "DEEPSEEK_API_KEY",
+                 "OPENROUTER_API_KEY", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY",
+                 "VIDEO_API_KEY"}
+PROVIDER_FILES = sorted((DEPLOY / "providers").glob("*.yaml"))
 
 
 def procfile() -> dict[str, list[str]]:
@@ -191,7 +198,8 @@ def test_every_command_is_an_installed_entry_point(name):
 def test_compose_passes_exactly_the_variables_a_process_reads(name):
     read = reads(name)
     given = set(environment(name))
-    unread = sorted(given - read - MODE_VARIABLES)
+    unread = sorted(given - read - MODE_VARIABLES
+                    - (PROVIDER_KEYS if name == "generation" else set()))
     assert not unread, f"{name} sets variables no config reads: {unread}"
     missing = sorted(read - given - set(NOT_WIRED.get(name, {})))
     assert not missing, f"{name} reads variables compose neither sets nor passes: {missing}"
@@ -225,7 +233,7 @@ def test_commented_defaults_in_the_example_are_the_real_defaults():
     """`# NAME=value` documents the default: it must be what happens without it."""
     compose_defaults = compose_interpolations()
     for var, shown in ENV_EXAMPLE.items():
-        if var in ENV_REQUIRED:
+        if var in ENV_REQUIRED or var in PROVIDER_KEYS:
             continue
         if compose_defaults.get(var) is not None:
             assert shown == compose_defaults[var], var
@@ -244,6 +252,18 @@ def test_every_config_variable_is_wired_or_deliberately_not():
             readers = [n for n in darkroom_services() if path in files_read_by(n)]
             for name in readers:
                 assert var in environment(name) or var in NOT_WIRED.get(name, {}), (name, var)
+
+
+def test_the_bundled_providers_files_variables_reach_generation():
+    """Every ${NAME} an example providers file names is passed to generation, and the
+    compose file mounts the files where GENERATION_PROVIDERS_FILE finds them."""
+    assert any(p.name == "local.yaml" for p in PROVIDER_FILES)
+    for path in PROVIDER_FILES:
+        for var in variables_in(path):
+            assert var in environment("generation"), (path.name, var)
+            assert var in ENV_EXAMPLE, (path.name, var)
+    assert "./providers:/app/deploy/providers:ro" in SERVICES["generation"]["volumes"]
+    assert PROVIDER_KEYS <= set(environment("generation")) & set(ENV_EXAMPLE)
 
 
 # ------------------------------------------------------------------ databases

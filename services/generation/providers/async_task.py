@@ -20,7 +20,7 @@ of any vendor's API to speak it):
 "retryable": true}}``. ``result_url`` (or ``result_urls``) is required once
 ``succeeded``; it may be relative to ``base_url``. A failed task is retried
 (transient ``provider_task_failed``) unless ``error.retryable`` is false
-(permanent ``provider_content_refused`` when ``error.code`` says it was a
+(permanent ``content_refused`` when ``error.code`` says it was a
 content refusal, ``provider_rejected_request`` otherwise).
 
 Polls run every ``poll_interval_s`` until ``task_timeout_s`` has passed;
@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
+from services.common.config import flag
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     IMAGE_TO_VIDEO,
@@ -65,6 +66,7 @@ class AsyncTaskProvider:
                  max_poll_errors: int = 3, job_types: tuple[str, ...] = (IMAGE_TO_VIDEO,),
                  max_download_bytes: int = 500 * 1024 * 1024,
                  result_url_allow: tuple[str, ...] = (), resolver=None,
+                 allow_private_network: bool = False,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self.name = name
@@ -74,7 +76,8 @@ class AsyncTaskProvider:
         self.max_poll_errors = int(max_poll_errors)
         self.job_types = frozenset(job_types)
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
-                                 result_url_allow, resolver)
+                                 result_url_allow, resolver,
+                                 allow_private_network=allow_private_network)
         self.sleep = sleep
         self.clock = clock
 
@@ -89,6 +92,7 @@ class AsyncTaskProvider:
             job_types=tuple(conf.get("job_types") or (IMAGE_TO_VIDEO,)),
             max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
             result_url_allow=conf.get("result_url_allow") or (),
+            allow_private_network=flag(conf.get("allow_private_network", False)),
             **kwargs,
         )
 

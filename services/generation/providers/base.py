@@ -28,7 +28,7 @@ CAMERA_MOVES = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom
 
 #: The error code of a vendor's content-policy refusal (every adapter raises
 #: ``PermanentProviderError(CONTENT_REFUSED, ...)`` for one).
-CONTENT_REFUSED = "provider_content_refused"
+CONTENT_REFUSED = "content_refused"
 
 #: ``progress(fraction, stage)``: fraction in [0, 1], stage a short snake_case word.
 ProgressCallback = Callable[[float, str], None]

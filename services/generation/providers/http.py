@@ -5,14 +5,21 @@ downloads results safely.
 Safety of downloads: a provider answers with a result URL, and a compromised
 or buggy provider could point it at an internal address. Every connection
 goes through :func:`services.generation.webhooks.guarded_session`, which
-allows the provider's own host (it is configured by the operator, so it may
-be on the private network) plus the provider's ``result_url_allow`` entries,
-and otherwise only public addresses. The API key is sent only to the
+allows public addresses only, plus the provider's ``result_url_allow``
+entries. A provider whose API sits on a private network (a self-hosted
+engine; loopback fakes in tests) says so with ``allow_private_network: true``
+in its config: then its API and result URLs may reach loopback and the
+private ranges (:data:`PRIVATE_NETWORKS`; link-local, where cloud metadata
+lives, never).
+Without the flag a private base_url is refused at the first call (transient
+``invalid_provider_output``, like any unsafe URL): the operator's host is
+not allowed implicitly. The API key is sent only to the
 provider's own origin, never to a CDN it redirects to. Sizes are capped.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -29,9 +36,34 @@ from services.generation.providers.base import (
     TransientProviderError,
 )
 from services.generation.providers.common import conf_number, conf_str
-from services.generation.webhooks import UnsafeUrl, UrlGuard, allow_list, guarded_session
+from services.generation.webhooks import (
+    METADATA_ADDRESSES,
+    UnsafeUrl,
+    UrlGuard,
+    allow_list,
+    guarded_session,
+)
 
 MAX_REDIRECTS = 3
+#: What ``allow_private_network`` opens: loopback and the private ranges (RFC 1918,
+#: carrier-grade NAT, IPv6 unique-local), less the cloud metadata addresses. Never
+#: link-local (169.254.0.0/16, the metadata service) nor unspecified/multicast.
+PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                    "100.64.0.0/10", "::1/128", "fc00::/7")
+
+
+def _private_networks() -> tuple[str, ...]:
+    networks = [ipaddress.ip_network(n) for n in PRIVATE_NETWORKS]
+    for address in METADATA_ADDRESSES:
+        metadata = ipaddress.ip_network(address)
+        networks = [part for net in networks
+                    for part in (net.address_exclude(metadata)
+                                 if net.version == metadata.version and metadata.subnet_of(net)
+                                 else [net])]
+    return tuple(str(net) for net in networks)
+
+
+_PRIVATE = _private_networks()
 REFUSAL_HINTS = ("content_policy", "content_filter", "moderation", "safety", "nsfw", "refus")
 _ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
@@ -153,13 +185,12 @@ class ProviderHttp:
         self.timeout_s = float(timeout_s)
         self.max_download_bytes = int(max_download_bytes)
         self.errors = errors
-        host = urlsplit(self.base_url).hostname or ""
         # how errors name the provider: its name, and its host when that is public
         where = peer(self.base_url)
         self.who = provider if where == INTERNAL else f"{provider} ({where})"
         self.auth_header, self.auth_scheme = auth_header, auth_scheme
-        private = ["0.0.0.0/0", "::/0"] if allow_private_network else []
-        self.guard = UrlGuard(allow=[host, *allow_list(result_url_allow), *private],
+        private = list(_PRIVATE) if allow_private_network else []
+        self.guard = UrlGuard(allow=[*allow_list(result_url_allow), *private],
                               resolver=resolver)
         self.session = guarded_session(self.guard)
 

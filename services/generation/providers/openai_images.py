@@ -37,7 +37,8 @@ class OpenAIImagesProvider:
                  model: str | None = None, timeout_s: float = 120.0,
                  response_format: str = "b64_json", default_size: str = DEFAULT_SIZE,
                  extended_params: bool = False, max_download_bytes: int = 50 * 1024 * 1024,
-                 result_url_allow: tuple[str, ...] = (), resolver=None):
+                 result_url_allow: tuple[str, ...] = (), resolver=None,
+                 allow_private_network: bool = False):
         if response_format not in ("b64_json", "url"):
             raise ValueError(f"provider {name}: response_format must be b64_json or url")
         self.name = name
@@ -46,7 +47,8 @@ class OpenAIImagesProvider:
         self.default_size = default_size
         self.extended_params = extended_params
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
-                                 result_url_allow, resolver)
+                                 result_url_allow, resolver,
+                                 allow_private_network=allow_private_network)
 
     @classmethod
     def from_config(cls, name: str, conf: dict) -> OpenAIImagesProvider:
@@ -58,6 +60,7 @@ class OpenAIImagesProvider:
             extended_params=flag(conf.get("extended_params", False)),
             max_download_bytes=int(conf.get("max_download_bytes", 50 * 1024 * 1024)),
             result_url_allow=conf.get("result_url_allow") or (),
+            allow_private_network=flag(conf.get("allow_private_network", False)),
         )
 
     def payload(self, request: ProviderRequest) -> dict:

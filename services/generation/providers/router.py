@@ -1,7 +1,7 @@
 """Choosing a provider: ordered routes, retries, circuit breakers, failover.
 
-For a request of job type T the router walks ``ROUTES[T]`` in order. Each
-provider gets up to ``RETRY.attempts`` tries: a transient error is retried
+For a request of job type T the router walks ``routes[T]`` in order. Each
+provider gets up to ``retry.attempts`` tries: a transient error is retried
 after an exponential backoff (``base_delay_s * 2**i``, at most
 ``max_delay_s``, and never sooner than a 429's ``Retry-After`` allows
 within that cap); a permanent error is not retried on that provider. Then
@@ -11,7 +11,18 @@ if there was one (the request itself was refused), otherwise the transient
 ``provider_unavailable`` (so ``darkroom-ops jobs replay --reason
 provider_unavailable`` finds the jobs an outage failed).
 
-Each provider has a circuit breaker: ``BREAKER.failures`` transient failures
+A vendor's content-policy refusal (``content_refused``) is the exception: it
+stops the route at once. Another vendor is not asked to render what one
+refused; the job fails with ``content_refused``.
+
+``max_concurrency`` (per provider): at most that many calls of the provider
+run at once in this process; a request waiting for a slot just waits (the
+job keeps its lease; the wait is not counted against the provider's
+``timeout_s``, which is per HTTP call); adapters that apply it themselves
+(:data:`OWN_CONCURRENCY`: ComfyUI, per host) get no router limit.
+``region`` is kept per provider (:meth:`Router.region_of`).
+
+Each provider has a circuit breaker: ``breaker.failures`` transient failures
 in a row open it and the provider is skipped for ``cooldown_s``; then one
 request is let through as a probe (half-open): success closes the breaker,
 failure opens it for another cooldown. A permanent error proves the provider
@@ -25,6 +36,7 @@ the default ``time.sleep`` is eventlet's green sleep.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -34,6 +46,7 @@ from dataclasses import dataclass
 
 from services.common.contracts.generation import JOB_TYPES
 from services.generation.providers.base import (
+    CONTENT_REFUSED,
     PermanentProviderError,
     ProgressCallback,
     Provider,
@@ -41,15 +54,15 @@ from services.generation.providers.base import (
     ProviderResult,
     TransientProviderError,
 )
+from services.generation.providers.config import ProviderConfigError, providers_config
 
 log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+#: Adapter types that apply ``max_concurrency`` themselves (per host of a pool):
+#: the router adds no limit of its own for them.
+OWN_CONCURRENCY = frozenset({"comfyui"})
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-
-
-class ProviderConfigError(ValueError):
-    """The provider configuration cannot work; the service must not start."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,7 @@ class RetryPolicy:
 
     def __post_init__(self):
         if self.attempts < 1 or self.base_delay_s < 0 or self.max_delay_s < 0:
-            raise ProviderConfigError("RETRY: attempts >= 1 and non-negative delays")
+            raise ProviderConfigError("retry: attempts >= 1 and non-negative delays")
 
     def delay(self, retry_index: int, retry_after: float | None = None) -> float:
         """Seconds before retry number ``retry_index`` (0 for the first retry)."""
@@ -77,7 +90,7 @@ class BreakerPolicy:
 
     def __post_init__(self):
         if self.failures < 1 or self.cooldown_s < 0:
-            raise ProviderConfigError("BREAKER: failures >= 1 and a non-negative cooldown")
+            raise ProviderConfigError("breaker: failures >= 1 and a non-negative cooldown")
 
 
 class CircuitBreaker:
@@ -134,23 +147,30 @@ class Router:
     def __init__(self, providers: Mapping[str, Provider], routes: Mapping[str, Sequence[str]],
                  retry: RetryPolicy | None = None, breaker: BreakerPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 regions: Mapping[str, str] | None = None,
+                 max_concurrency: Mapping[str, int] | None = None):
         self.providers = dict(providers)
+        self.regions = {name: str(region) for name, region in (regions or {}).items()
+                        if name in self.providers and region}
+        self.slots = {name: threading.BoundedSemaphore(int(limit))
+                      for name, limit in (max_concurrency or {}).items()
+                      if name in self.providers and limit}
         self.retry = retry or RetryPolicy()
         self.clock = clock
         self.sleep = sleep
         self.routes: dict[str, tuple[str, ...]] = {}
         for job_type, names in routes.items():
             if job_type not in JOB_TYPES:
-                raise ProviderConfigError(f"ROUTES: unknown job type {job_type!r}")
+                raise ProviderConfigError(f"routes: unknown job type {job_type!r}")
             for name in names:
                 if name not in self.providers:
-                    raise ProviderConfigError(f"ROUTES.{job_type}: unknown provider {name!r}")
+                    raise ProviderConfigError(f"routes.{job_type}: unknown provider {name!r}")
                 if job_type not in self.providers[name].job_types:
-                    raise ProviderConfigError(f"ROUTES.{job_type}: provider {name!r} cannot "
+                    raise ProviderConfigError(f"routes.{job_type}: provider {name!r} cannot "
                                               f"run {job_type}")
             if len(set(names)) != len(names):
-                raise ProviderConfigError(f"ROUTES.{job_type}: a provider is listed twice")
+                raise ProviderConfigError(f"routes.{job_type}: a provider is listed twice")
             if names:
                 self.routes[job_type] = tuple(names)
         self.breakers = {name: CircuitBreaker(breaker or BreakerPolicy(), clock)
@@ -158,6 +178,10 @@ class Router:
 
     def supports(self, job_type: str) -> bool:
         return bool(self.routes.get(job_type))
+
+    def region_of(self, name: str) -> str | None:
+        """Where provider ``name`` processes data (its ``region``), if configured."""
+        return self.regions.get(name)
 
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
@@ -180,7 +204,8 @@ class Router:
                     break
                 started = self.clock()
                 try:
-                    result = provider.generate(request, progress)
+                    with self.slots.get(name) or contextlib.nullcontext():
+                        result = provider.generate(request, progress)
                 except TransientProviderError as exc:
                     breaker.failure()
                     attempts.append(Attempt(name, exc.code, self.clock() - started))
@@ -202,6 +227,8 @@ class Router:
                 breaker.success()
                 attempts.append(Attempt(name, None, self.clock() - started))
                 return RoutedResult(name, result, tuple(attempts))
+            if permanent is not None and permanent.code == CONTENT_REFUSED:
+                break  # no failover: another vendor is not asked what one refused
         if permanent is not None:
             error = PermanentProviderError(permanent.code, permanent.message,
                                            status=permanent.status)
@@ -230,6 +257,11 @@ def _enabled(conf: Mapping) -> bool:
     return bool(value)
 
 
+#: The adapter types, as an unknown ``type`` lists them (each has a branch below).
+TYPES = ("local", "openai_images", "async_task", "replicate", "fal", "comfyui", "volcengine_ark",
+         "dashscope", "openrouter", "gemini")
+
+
 def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
                    sleep: Callable[[float], None] = time.sleep,
                    clock: Callable[[], float] = time.monotonic, resolver=None) -> Provider:
@@ -247,6 +279,10 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
             provider = ReplicateProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "openai_images":
             provider = OpenAIImagesProvider.from_config(name, dict(conf))
+        elif kind == "fal":
+            from services.generation.providers.fal import FalProvider
+
+            provider = FalProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "async_task":
             provider = AsyncTaskProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         elif kind == "comfyui":
@@ -264,13 +300,17 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
 
             provider = (OpenRouterProvider.from_config(name, dict(conf)) if kind == "openrouter"
                         else GeminiProvider.from_config(name, dict(conf), sleep=sleep, clock=clock))
+        elif kind == "dashscope":
+            from services.generation.providers.dashscope import DashScopeProvider
+
+            provider = DashScopeProvider.from_config(name, dict(conf), sleep=sleep, clock=clock)
         else:
-            raise ProviderConfigError(f"PROVIDERS.{name}: unknown type {kind!r} "
-                                      "(local, openai_images, async_task)")
+            raise ProviderConfigError(f"providers.{name}: unknown type {kind!r} "
+                                      f"({', '.join(TYPES)})")
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ProviderConfigError):
             raise
-        raise ProviderConfigError(f"PROVIDERS.{name}: {exc}") from None
+        raise ProviderConfigError(f"providers.{name}: {exc}") from None
     if resolver is not None:
         provider.http.guard.resolver = resolver
     return provider
@@ -279,36 +319,59 @@ def build_provider(name: str, conf: Mapping, *, offload: Callable | None = None,
 def build_router(config: Mapping, *, offload: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, resolver=None) -> Router:
-    """A router from a service config (its ``GENERATION`` section) or the section
-    itself: ``PROVIDERS``, ``ROUTES``, ``RETRY``, ``BREAKER`` (docs/generation.md).
+    """A router from a service config (the providers file named by its
+    ``GENERATION.PROVIDERS_FILE``, see :mod:`.config`) or from the file's
+    structure itself: ``providers``, ``routes``, ``retry``, ``breaker``
+    (docs/providers.md).
 
     A provider with ``enabled: false`` is left out, and out of every route.
-    Without ``ROUTES`` each job type goes to every enabled provider that can
-    run it, in the order of ``PROVIDERS``. Without ``PROVIDERS``: ``local`` only.
+    Without ``routes`` each job type goes to every enabled provider that can
+    run it, in the order of ``providers``. Without ``providers``: ``local`` only.
     """
-    section = config.get("GENERATION", config) or {}
-    configured = section.get("PROVIDERS") or {"local": {"type": "local"}}
+    section = providers_config(config)
+    configured = section.get("providers") or {"local": {"type": "local"}}
+    if not isinstance(configured, Mapping):
+        raise ProviderConfigError("providers: a mapping of name -> provider config")
     providers: dict[str, Provider] = {}
+    regions: dict[str, str] = {}
+    limits: dict[str, int] = {}
     for name, conf in configured.items():
         if not NAME.match(str(name)):
-            raise ProviderConfigError(f"PROVIDERS: {name!r} is not a valid name "
+            raise ProviderConfigError(f"providers: {name!r} is not a valid name "
                                       "(lowercase letters, digits, - and _)")
         conf = conf or {}
-        if _enabled(conf):
-            providers[name] = build_provider(name, conf, offload=offload, sleep=sleep,
-                                             clock=clock, resolver=resolver)
-    if section.get("ROUTES") is None:
+        if not isinstance(conf, Mapping):
+            raise ProviderConfigError(f"providers.{name}: a mapping of settings")
+        if not _enabled(conf):
+            continue
+        region, limit = conf.get("region"), conf.get("max_concurrency")
+        if region is not None and not isinstance(region, str | int):
+            raise ProviderConfigError(f"providers.{name}: region must be a string (cn, us, ...)")
+        try:
+            limit = int(limit) if limit not in (None, "") else None
+        except (TypeError, ValueError):
+            limit = 0
+        if limit is not None and limit < 1:
+            raise ProviderConfigError(f"providers.{name}: max_concurrency must be a whole "
+                                      "number >= 1")
+        providers[name] = build_provider(name, conf, offload=offload, sleep=sleep,
+                                         clock=clock, resolver=resolver)
+        if region not in (None, ""):
+            regions[name] = str(region)
+        if limit and conf.get("type") not in OWN_CONCURRENCY:
+            limits[name] = limit
+    if section.get("routes") is None:
         routes = {t: [n for n, p in providers.items() if t in p.job_types] for t in JOB_TYPES}
     else:
         routes = {}
-        for job_type, names in section["ROUTES"].items():
+        for job_type, names in section["routes"].items():
             names = _names(names)
             unknown = [n for n in names if n not in configured]
             if unknown:
-                raise ProviderConfigError(f"ROUTES.{job_type}: unknown provider {unknown[0]!r}")
+                raise ProviderConfigError(f"routes.{job_type}: unknown provider {unknown[0]!r}")
             routes[job_type] = [n for n in names if n in providers]
-    retry = section.get("RETRY") or {}
-    breaker = section.get("BREAKER") or {}
+    retry = section.get("retry") or {}
+    breaker = section.get("breaker") or {}
     try:
         retry_policy = RetryPolicy(int(retry.get("attempts", 3)),
                                    float(retry.get("base_delay_s", 0.5)),
@@ -317,4 +380,5 @@ def build_router(config: Mapping, *, offload: Callable | None = None,
                                        float(breaker.get("cooldown_s", 60.0)))
     except (TypeError, ValueError) as exc:
         raise ProviderConfigError(str(exc)) from None
-    return Router(providers, routes, retry_policy, breaker_policy, clock=clock, sleep=sleep)
+    return Router(providers, routes, retry_policy, breaker_policy, clock=clock, sleep=sleep,
+                  regions=regions, max_concurrency=limits)

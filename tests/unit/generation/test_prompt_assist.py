@@ -172,13 +172,25 @@ def test_the_callers_mistakes_still_raise(engine):
 
 
 def test_prompt_assist_is_off_unless_configured():
-    assert PromptAssistant.from_config({}) is None
-    assert PromptAssistant.from_config({"GENERATION": {"PROMPT_ASSIST": {
-        "enabled": "false", "base_url": "http://chat.example"}}}) is None
-    assert PromptAssistant.from_config({"GENERATION": {"PROMPT_ASSIST": {
-        "enabled": True, "base_url": ""}}}) is None
-    configured = PromptAssistant.from_config({"GENERATION": {"PROMPT_ASSIST": {
-        "enabled": "true", "base_url": "http://chat.example/", "api_key": "k",
-        "model": "small", "timeout_s": 4}}})
+    assert PromptAssistant.from_config({}) is None  # the bundled providers file: none
+    assert PromptAssistant.from_config({"prompt_assist": {
+        "enabled": "false", "base_url": "http://chat.example"}}) is None
+    assert PromptAssistant.from_config({"prompt_assist": {
+        "enabled": True, "base_url": ""}}) is None
+    configured = PromptAssistant.from_config({"prompt_assist": {
+        "type": "openai_chat", "base_url": "http://chat.example/", "api_key": "k",
+        "model": "small", "timeout_s": 4}})
     assert (configured.url, configured.model, configured.timeout_s) == (
         "http://chat.example/v1/chat/completions", "small", 4.0)
+
+
+def test_prompt_assist_comes_from_the_providers_file(tmp_path):
+    from services.generation.providers.config import ProviderConfigError
+
+    path = tmp_path / "providers.yaml"
+    path.write_text("prompt_assist: {type: openai_chat, base_url: 'http://chat.example',"
+                    " api_key: '${CHAT_KEY_FOR_TEST}', model: small}\n")
+    with pytest.raises(ProviderConfigError, match="CHAT_KEY_FOR_TEST"):
+        PromptAssistant.from_config({"GENERATION": {"PROVIDERS_FILE": str(path)}})
+    with pytest.raises(ProviderConfigError, match="unknown type"):
+        PromptAssistant.from_config({"prompt_assist": {"type": "chat9", "base_url": "http://x"}})

@@ -36,7 +36,7 @@ def refused(conf: dict) -> str:
     with pytest.raises(ProviderConfigError) as caught:
         build_provider("studio", conf)
     message = str(caught.value)
-    assert message.startswith("PROVIDERS.studio: "), message
+    assert message.startswith("providers.studio: "), message
     return message
 
 

@@ -59,12 +59,12 @@ def test_the_model_family_picks_the_call(model, path, job_types):
     ({"model": "veo-3.1-generate-preview", "job_types": ["text-to-image"]}, "job_types"),
     ({"image_size": "8K"}, "image_size"),
     ({"resolution": "4k"}, "resolution"),
-    ({"poll_interval_s": "soon"}, "PROVIDERS.gm"),
+    ({"poll_interval_s": "soon"}, "providers.gm"),
 ])
 def test_a_bad_config_is_refused_naming_the_key(change, key):
     with pytest.raises(ProviderConfigError) as caught:
         build_provider("gm", {**CONF, **change})
-    assert key in str(caught.value) and "PROVIDERS.gm" in str(caught.value)
+    assert key in str(caught.value) and "providers.gm" in str(caught.value)
 
 
 def test_generate_content_sends_prompt_source_and_parameters_only():

@@ -44,7 +44,7 @@ def test_the_registry_builds_it_with_the_documented_defaults():
 def test_a_bad_config_is_refused_naming_the_key(change, key):
     with pytest.raises(ProviderConfigError) as caught:
         build_provider("or", {**CONF, **change})
-    assert key in str(caught.value) and "PROVIDERS.or" in str(caught.value)
+    assert key in str(caught.value) and "providers.or" in str(caught.value)
 
 
 def test_text_to_image_sends_the_prompt_and_parameters_only():

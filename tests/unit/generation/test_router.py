@@ -8,6 +8,7 @@ import pytest
 
 from services.common.contracts.generation import JOB_TYPES
 from services.generation.providers.base import (
+    CONTENT_REFUSED,
     PermanentProviderError,
     ProviderOutput,
     ProviderRequest,
@@ -137,12 +138,27 @@ def test_when_all_fail_transiently_the_error_is_provider_unavailable():
 
 
 def test_when_all_fail_and_one_refused_the_error_is_the_refusal():
-    a = Scripted("a", PermanentProviderError("provider_content_refused", "no"))
+    a = Scripted("a", PermanentProviderError("provider_rejected_request", "no"))
     b = Scripted("b", *[transient() for _ in range(3)])
     r, _ = router(a, b)
     with pytest.raises(PermanentProviderError) as caught:
         r.run(REQUEST)
-    assert caught.value.code == "provider_content_refused"
+    assert caught.value.code == "provider_rejected_request"
+
+
+def test_a_content_refusal_stops_the_route_without_failover():
+    assert CONTENT_REFUSED == "content_refused"
+    down = Scripted("down", *[transient() for _ in range(3)])
+    strict = Scripted("strict", PermanentProviderError(CONTENT_REFUSED, "no"))
+    backup = Scripted("backup")
+    r, clock = router(down, strict, backup)
+    with pytest.raises(PermanentProviderError) as caught:
+        r.run(REQUEST)
+    assert caught.value.code == "content_refused"
+    assert strict.calls == 1 and backup.calls == 0  # the backup is never asked
+    assert [(x.provider, x.code) for x in caught.value.attempts][-1] == ("strict",
+                                                                          "content_refused")
+    assert r.breakers["strict"].state == CLOSED  # a refusal proves the vendor is up
 
 
 def test_a_job_type_without_a_route_is_unavailable():
@@ -258,8 +274,8 @@ def test_the_default_configuration_routes_everything_to_local():
 
 
 def test_a_full_configuration_builds_each_adapter_and_its_routes():
-    config = {"GENERATION": {
-        "PROVIDERS": {
+    config = {
+        "providers": {
             "local": {"type": "local", "video_fps": 8},
             "openai": {"type": "openai_images", "base_url": "http://images.example",
                        "api_key": "k", "model": "m", "timeout_s": 5},
@@ -267,10 +283,10 @@ def test_a_full_configuration_builds_each_adapter_and_its_routes():
                       "poll_interval_s": 1, "task_timeout_s": 60},
             "spare": {"type": "openai_images", "base_url": "http://x.example", "enabled": "false"},
         },
-        "ROUTES": {"text-to-image": ["openai", "spare", "local"], "image-to-video": "video,local"},
-        "RETRY": {"attempts": 2, "base_delay_s": 1, "max_delay_s": 4},
-        "BREAKER": {"failures": 3, "cooldown_s": 20},
-    }}
+        "routes": {"text-to-image": ["openai", "spare", "local"], "image-to-video": "video,local"},
+        "retry": {"attempts": 2, "base_delay_s": 1, "max_delay_s": 4},
+        "breaker": {"failures": 3, "cooldown_s": 20},
+    }
     r = build_router(config)
     assert r.routes == {"text-to-image": ("openai", "local"), "image-to-video": ("video", "local")}
     assert r.retry == RetryPolicy(2, 1.0, 4.0)
@@ -281,7 +297,7 @@ def test_a_full_configuration_builds_each_adapter_and_its_routes():
 
 
 def test_without_routes_each_type_goes_to_every_capable_provider_in_order():
-    r = build_router({"PROVIDERS": {
+    r = build_router({"providers": {
         "openai": {"type": "openai_images", "base_url": "http://images.example"},
         "local": {"type": "local"}}})
     assert r.routes["text-to-image"] == ("openai", "local")
@@ -289,19 +305,163 @@ def test_without_routes_each_type_goes_to_every_capable_provider_in_order():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"PROVIDERS": {"x": {"type": "dalle"}}}, "unknown type"),
-    ({"PROVIDERS": {"Bad Name": {"type": "local"}}}, "not a valid name"),
-    ({"PROVIDERS": {"o": {"type": "openai_images"}}}, "base_url"),
-    ({"PROVIDERS": {"o": {"type": "openai_images", "base_url": "ftp://x"}}}, "base_url"),
-    ({"PROVIDERS": {"local": {"type": "local"}}, "ROUTES": {"text-to-image": ["nope"]}},
+    ({"providers": {"x": {"type": "dalle"}}}, "unknown type"),
+    ({"providers": {"Bad Name": {"type": "local"}}}, "not a valid name"),
+    ({"providers": {"o": {"type": "openai_images"}}}, "base_url"),
+    ({"providers": {"o": {"type": "openai_images", "base_url": "ftp://x"}}}, "base_url"),
+    ({"providers": {"local": {"type": "local"}}, "routes": {"text-to-image": ["nope"]}},
      "unknown provider"),
-    ({"PROVIDERS": {"o": {"type": "openai_images", "base_url": "http://x"}},
-      "ROUTES": {"image-to-video": ["o"]}}, "cannot run"),
-    ({"ROUTES": {"text-to-music": ["local"]}}, "unknown job type"),
-    ({"ROUTES": {"text-to-image": ["local", "local"]}}, "listed twice"),
-    ({"RETRY": {"attempts": 0}}, "attempts"),
-    ({"BREAKER": {"failures": "many"}}, "many"),
+    ({"providers": {"o": {"type": "openai_images", "base_url": "http://x"}},
+      "routes": {"image-to-video": ["o"]}}, "cannot run"),
+    ({"routes": {"text-to-music": ["local"]}}, "unknown job type"),
+    ({"routes": {"text-to-image": ["local", "local"]}}, "listed twice"),
+    ({"retry": {"attempts": 0}}, "attempts"),
+    ({"breaker": {"failures": "many"}}, "many"),
 ])
 def test_a_configuration_that_cannot_work_is_refused_at_start(config, message):
     with pytest.raises(ProviderConfigError, match=message):
         build_router(config)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"providers": {"local": {"type": "local", "max_concurrency": 0}}},
+     "providers.local: max_concurrency"),
+    ({"providers": {"local": {"type": "local", "max_concurrency": "lots"}}}, "max_concurrency"),
+    ({"providers": {"local": {"type": "local", "region": ["cn"]}}}, "providers.local: region"),
+    ({"providers": {"o": {"type": "openai_images", "base_url": "http://x", "timeout_s": "x"}}},
+     "providers.o:"),
+])
+def test_validation_errors_name_the_provider(config, message):
+    with pytest.raises(ProviderConfigError, match=message):
+        build_router(config)
+
+
+def test_an_unknown_type_lists_the_known_ones():
+    with pytest.raises(ProviderConfigError, match=r"providers\.x: unknown type 'dalle' \(local, "):
+        build_router({"providers": {"x": {"type": "dalle"}}})
+
+
+def test_region_and_max_concurrency_are_kept_per_provider():
+    r = build_router({"providers": {
+        "local": {"type": "local", "region": "on-premises", "max_concurrency": 2,
+                  "allow_private_network": True},
+        "openai": {"type": "openai_images", "base_url": "https://images.example", "region": "us"},
+    }})
+    assert r.region_of("local") == "on-premises" and r.region_of("openai") == "us"
+    assert r.region_of("nope") is None
+    assert set(r.slots) == {"local"}
+
+
+def test_max_concurrency_lets_only_that_many_calls_in_at_once():
+    import threading
+
+    inside, most, lock, gate = [0], [0], threading.Lock(), threading.Event()
+
+    class Slow(Scripted):
+        def generate(self, request, progress=None):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            gate.wait(0.2)
+            with lock:
+                inside[0] -= 1
+            return super().generate(request, progress)
+
+    slow = Slow("slow")
+    r = Router({"slow": slow}, {"text-to-image": ["slow"]}, max_concurrency={"slow": 2})
+    threads = [threading.Thread(target=r.run, args=(REQUEST,)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert slow.calls == 5 and most[0] == 2
+
+
+# ------------------------------------------------------------------ the providers file
+
+
+def write(tmp_path, text, name="providers.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_providers_file_is_read_and_its_variables_filled_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_IMAGES_KEY", "sk-from-env")
+    path = write(tmp_path, """
+providers:
+  openai:
+    type: openai_images
+    base_url: https://images.example/v1x
+    api_key: ${TEST_IMAGES_KEY}
+    region: us
+    max_concurrency: 4
+    job_types: [text-to-image]
+    timeout_s: 30
+  local: {type: local, region: on-premises}
+routes:
+  text-to-image: [openai, local]
+retry: {attempts: 2, base_delay_s: 0, max_delay_s: 1}
+breaker: {failures: 2, cooldown_s: 5}
+""")
+    r = build_router({"GENERATION": {"PROVIDERS_FILE": str(path)}})
+    assert r.routes == {"text-to-image": ("openai", "local")}
+    assert r.providers["openai"].http.api_key == "sk-from-env"
+    assert r.region_of("openai") == "us" and r.region_of("local") == "on-premises"
+    assert r.retry == RetryPolicy(2, 0.0, 1.0) and r.breakers["local"].policy.failures == 2
+
+
+def test_a_missing_variable_stops_the_start_naming_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_MISSING_KEY", raising=False)
+    path = write(tmp_path, "providers:\n  o: {type: openai_images, base_url: 'https://x',"
+                           " api_key: '${TEST_MISSING_KEY}'}\n")
+    with pytest.raises(ProviderConfigError, match=r"providers\.o\.api_key: environment "
+                                                  r"variable TEST_MISSING_KEY is not set"):
+        build_router({"GENERATION": {"PROVIDERS_FILE": str(path)}})
+
+
+def test_every_provider_gets_the_files_directory_as_base_dir(tmp_path):
+    from services.generation.providers.config import load_providers_file
+
+    path = write(tmp_path, "providers:\n  local: {type: local}\n  other: {type: local,"
+                           " base_dir: /elsewhere}\n")
+    data = load_providers_file(path, environ={})
+    assert data["providers"]["local"]["base_dir"] == str(tmp_path.resolve())
+    assert data["providers"]["other"]["base_dir"] == "/elsewhere"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("providers: [a, b]\n", "providers: a mapping"),
+    ("provider: {}\n", "unknown key 'provider'"),
+    ("- a\n", "a mapping of providers"),
+    ("providers: {local: {type: local}}\nroutes: {text-to-image: [local, nope]}\n",
+     r"routes\.text-to-image: unknown provider 'nope'"),
+])
+def test_a_bad_providers_file_is_refused(tmp_path, text, message):
+    with pytest.raises(ProviderConfigError, match=message):
+        build_router({"GENERATION": {"PROVIDERS_FILE": str(write(tmp_path, text))}})
+
+
+def test_an_unreadable_providers_file_is_named(tmp_path):
+    with pytest.raises(ProviderConfigError, match="cannot read it"):
+        build_router({"GENERATION": {"PROVIDERS_FILE": str(tmp_path / "absent.yaml")}})
+
+
+def test_the_bundled_file_is_local_only_and_the_default():
+    from services.generation.providers.config import DEFAULT_FILE, load_providers_file
+
+    assert DEFAULT_FILE.name == "local.yaml" and DEFAULT_FILE.parent.name == "providers"
+    data = load_providers_file(None, environ={})
+    assert list(data["providers"]) == ["local"]
+    r = build_router({"GENERATION": {"PROVIDERS_FILE": ""}})
+    assert set(r.providers) == {"local"} and r.supports("image-to-video")
+
+
+def test_every_listed_type_is_known_to_the_registry():
+    from services.generation.providers.router import TYPES, build_provider
+
+    for kind in TYPES:
+        try:
+            build_provider("x", {"type": kind})
+        except ProviderConfigError as exc:
+            assert "unknown type" not in str(exc), kind
