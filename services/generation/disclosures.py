@@ -111,11 +111,12 @@ class Recorder:
 
 
 def view(row: Disclosure) -> dict:
+    """A row as ``DisclosureView`` takes it."""
     return {
         "id": str(row.id), "job_id": str(row.job_id), "attempt": row.attempt,
         "provider": row.provider, "region": row.region, "categories": list(row.categories),
         "outcome": row.outcome, "error_code": row.error_code,
-        "created_at": isoformat(row.created_at),
+        "created_at": row.created_at,
     }
 
 
@@ -131,4 +132,4 @@ def of_user(db: Session, user_id: uuid.UUID) -> list[dict]:
     """Every row of the user, oldest first (the export)."""
     rows = db.scalars(select(Disclosure).where(Disclosure.user_id == user_id)
                       .order_by(Disclosure.created_at, Disclosure.id))
-    return [view(row) for row in rows]
+    return [{**view(row), "created_at": isoformat(row.created_at)} for row in rows]
