@@ -766,3 +766,15 @@ def test_disclosures_need_a_caller_and_a_valid_query(client, generation):
     assert client.get("/v1/privacy/disclosures").status_code == 401
     assert client.get("/v1/privacy/disclosures?limit=0", headers=BEARER).status_code == 400
     assert generation.called("list_disclosures") == []
+
+
+def test_the_disclosure_log_is_documented(client):
+    doc = client.get("/v1/openapi.json").get_json()
+    get = doc["paths"]["/v1/privacy/disclosures"]["get"]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DisclosurePage"}
+    assert {p["name"] for p in get["parameters"]} == {"limit", "cursor"}
+    view = doc["components"]["schemas"]["DisclosureView"]["properties"]
+    assert view["outcome"]["enum"] == ["succeeded", "failed", "refused"]
+    assert view["categories"]["items"]["enum"] == ["prompt", "negative_prompt", "source_image",
+                                                   "parameters"]
