@@ -429,7 +429,8 @@ class Worker:
     def disclosures(self, job) -> disclosures.Recorder:
         """The job's disclosure log: a row per request sent to a vendor."""
         return disclosures.Recorder(
-            self.db.get_bind(), job.user_id, job.id, job.attempt, self.router.region_of,
+            self.db.get_bind(), job.user_id, job.id, job.attempt,
+            lambda name: self.router.region_of(name),
             lambda name: disclosures.sends_data(self.router.providers.get(name)))
 
     def succeed(self, job, token: str, spec: JobSpec, provider: str,
