@@ -14,7 +14,13 @@ import pytest
 from services.common.errors import DomainError
 from tests.conftest import base_env, free_port, procfile_commands, providers_file
 from tests.fakes.providers import FakeOpenAIImages
-from tests.integration.test_generation_service import finished, new_user, ready, settled
+from tests.integration.test_generation_service import (
+    finished,
+    new_user,
+    ready,
+    settled,
+    storage_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +61,8 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, images, tmp_pat
         BILLING_METRICS_PORT=ports["billing"]),
         command=procfile_commands()["billing"].replace("deploy/config/billing.yaml",
                                                        str(billing_config(work))))
-    storage = start_process("storage", base_env(
-        **common, STORAGE_DATABASE_URL=make_database("models_storage"),
-        STORAGE_METRICS_PORT=ports["storage"], STORAGE_BACKEND="s3",
-        S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
-        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name("models"),
-        S3_REGION=s3_endpoint.region))
+    storage = start_process("storage", storage_env(
+        common, make_database("models_storage"), ports["storage"], s3_endpoint, "models"))
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=make_database("models_generation"),
         GENERATION_METRICS_PORT=ports["generation"],

@@ -59,12 +59,8 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
     billing = start_process("billing", base_env(
         **common, BILLING_DATABASE_URL=make_database("gen_billing"),
         BILLING_METRICS_PORT=ports["billing"]))
-    storage = start_process("storage", base_env(
-        **common, STORAGE_DATABASE_URL=make_database("gen_storage"),
-        STORAGE_METRICS_PORT=ports["storage"], STORAGE_BACKEND="s3",
-        S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
-        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name("generation"),
-        S3_REGION=s3_endpoint.region))
+    storage = start_process("storage", storage_env(
+        common, make_database("gen_storage"), ports["storage"], s3_endpoint, "generation"))
     generation = start_process("generation", base_env(
         **common, GENERATION_DATABASE_URL=make_database("gen_generation"),
         GENERATION_METRICS_PORT=ports["generation"],
@@ -83,6 +79,15 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
     procs = {"auth": auth, "billing": billing, "storage": storage, "generation": generation}
     with ready(amqp_uri, procs, ports, auth_db) as ready_stack:
         yield SimpleNamespace(**vars(ready_stack), generation=generation)
+
+
+def storage_env(common: dict, database: str, port: int, s3_endpoint, bucket: str) -> dict:
+    """The storage process's environment: the s3 backend on the tests' endpoint."""
+    return base_env(
+        **common, STORAGE_DATABASE_URL=database, STORAGE_METRICS_PORT=port,
+        STORAGE_BACKEND="s3", S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
+        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name(bucket),
+        S3_REGION=s3_endpoint.region)
 
 
 @contextmanager
