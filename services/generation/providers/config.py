@@ -58,13 +58,27 @@ def fill_variables(value: Any, environ: Mapping[str, str], where: str = "") -> A
     return value
 
 
+def plain_yaml(text: str):
+    """YAML as ``yaml.safe_load`` reads it before nameko's config loader adds
+    its ``${VAR}`` resolver to ``SafeLoader`` (which every nameko process and
+    ``services.common.config.load_config`` do): here ``${NAME}`` must stay
+    text, for :func:`fill_variables` to fill in or refuse naming the variable."""
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {
+            first: [(tag, rx) for tag, rx in resolvers if tag.startswith("tag:yaml.org,2002:")]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    return yaml.load(text, Loader=Loader)  # a SafeLoader
+
+
 def load_providers_file(path: str | os.PathLike | None = None,
                         environ: Mapping[str, str] | None = None) -> dict:
     """The providers file at ``path`` (the bundled one when empty), its
     variables filled in and ``base_dir`` set on every provider."""
     path = Path(path) if path else DEFAULT_FILE
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = plain_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ProviderConfigError(f"providers file {path}: cannot read it "
                                   f"({exc.strerror or exc})") from None

@@ -60,3 +60,18 @@ def test_the_policy_004_example_is_seedream_then_qwen_with_deepseek_prompt_help(
     assert structure["providers"]["qwen"]["type"] == "dashscope"
     assistant = PromptAssistant.from_config(structure)
     assert assistant is not None and assistant.model == "deepseek-chat"
+
+
+def test_a_variable_is_ours_to_fill_even_after_nameko_set_up_its_yaml_parser(tmp_path):
+    """nameko's config loader teaches SafeLoader to read ${VAR} itself (an
+    unset one becomes null); the providers file must still name what is missing."""
+    from nameko.cli.main import setup_yaml_parser
+
+    setup_yaml_parser()
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers:\n  o:\n    type: openai_images\n    api_key: ${NOT_SET_ANYWHERE}\n"
+                    "    base_url: https://api.openai.com\n")
+    with pytest.raises(ProviderConfigError, match="NOT_SET_ANYWHERE is not set"):
+        load_providers_file(path, {})
+    loaded = load_providers_file(path, {"NOT_SET_ANYWHERE": "k-1"})
+    assert loaded["providers"]["o"]["api_key"] == "k-1"
