@@ -7,6 +7,10 @@ While an erasure of the account is pending (``privacy.erasure_scheduled``,
 until ``privacy.erasure_cancelled``) no new job is accepted either (403
 ``erasure_pending``).
 
+The regions the user refuses processing in (from ``privacy.consent_changed``,
+the newest event wins) are kept too: routes skip providers there, and a job
+no provider is left for is refused at submit (409 ``no_provider_for_region``).
+
 An erasure waits for the user's running jobs (:class:`JobsRunning`: the event
 is retried) so no output is stored behind it; it is the first phase of every
 erasure, before storage and billing erase theirs. Jobs that have not started
@@ -24,12 +28,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.common.contracts.generation import JobState
-from services.common.errors import forbidden
+from services.common.db import locked
+from services.common.errors import conflict, forbidden
 from services.common.ids import isoformat, trusted_id
 from services.common.privacy_parts import Erasure, record_newest, recorded
 from services.generation.models import (
     ErasurePending,
     Job,
+    RefusedRegions,
     RestrictedUser,
     WebhookDelivery,
 )
@@ -38,8 +44,9 @@ from services.generation.settings import GenerationSettings
 ABOUT = (
     "Your generation jobs: what you asked for (prompt, negative prompt, parameters, template "
     "and inputs, source image), how it went (status, attempts, provider, price, error, outputs) "
-    "and when; the webhook calls made for them (URL, status, tries, times); and whether "
-    "processing of your account is restricted."
+    "and when; the webhook calls made for them (URL, status, tries, times); whether "
+    "processing of your account is restricted; and the regions you refuse processing in, "
+    "as this service applies them."
 )
 WITHHELD = [
     {"what": "webhook request bodies",
@@ -88,6 +95,43 @@ def apply_erasure_pending(db: Session, user_id, pending: bool, at: datetime) -> 
     return record_newest(db, ErasurePending, user_id, "pending", pending, at)
 
 
+# ---------------------------------------------------------------- refused regions
+
+
+def refused_regions(db: Session, user_id) -> frozenset[str]:
+    """The regions the user refuses processing in (none without a record)."""
+    row = db.get(RefusedRegions, trusted_id(user_id))
+    return frozenset(row.regions) if row is not None else frozenset()
+
+
+def apply_refused_regions(db: Session, user_id, regions: list[str] | None,
+                          at: datetime) -> bool:
+    """Record the refused regions of a ``privacy.consent_changed`` unless a
+    newer event was (an event without them changes nothing); the caller commits."""
+    if regions is None:
+        return False
+    uid = trusted_id(user_id)
+    row = locked(db, RefusedRegions, uid)
+    if row is None:
+        db.add(RefusedRegions(user_id=uid, regions=sorted(set(regions)), changed_at=at))
+    elif row.changed_at > at:
+        return False
+    else:
+        row.regions, row.changed_at = sorted(set(regions)), at
+    db.flush()
+    return True
+
+
+def check_route_allowed(db: Session, router, user_id, job_type: str) -> None:
+    """409 ``no_provider_for_region`` when every provider of the job type's
+    route is in a region the user refuses."""
+    refused = refused_regions(db, user_id)
+    if refused and router.supports(job_type) and not router.route_for(job_type, refused):
+        raise conflict(f"every provider for {job_type} processes data in a region you refuse "
+                       f"({', '.join(sorted(refused))}); allow one of them in your consents "
+                       "to generate", code="no_provider_for_region", job_type=job_type)
+
+
 # ---------------------------------------------------------------- export and erasure
 
 
@@ -120,12 +164,14 @@ def export(db: Session, settings: GenerationSettings, user_id) -> dict:
             for d in deliveries
         ],
         "processing_restricted": is_restricted(db, uid),
+        "refused_regions": sorted(refused_regions(db, uid)),
     }
 
 
 def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
           recheck: bool = False) -> Erasure:
-    """Delete the user's jobs, webhook deliveries and restriction; rows per
+    """Delete the user's jobs, webhook deliveries, restriction and refused
+    regions; rows per
     table. Raises :class:`JobsRunning` while a job of theirs runs. The first
     time the pending-erasure record is set (no job is accepted from now on,
     whatever order the events came in); at the ``recheck`` it is deleted too.
@@ -139,7 +185,7 @@ def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
         raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
     tables = {}
     models = [("webhook_deliveries", WebhookDelivery), ("jobs", Job),
-              ("restricted_users", RestrictedUser)]
+              ("restricted_users", RestrictedUser), ("refused_regions", RefusedRegions)]
     if recheck:
         models.append(("erasure_pending", ErasurePending))
     for name, model in models:

@@ -49,7 +49,7 @@ from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, parse_
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import Dispatch
-from services.generation import error_text, jobs
+from services.generation import error_text, jobs, privacy
 from services.generation.providers.base import (
     ProgressCallback,
     ProviderError,
@@ -283,7 +283,8 @@ def upload_outputs(storage, spec: JobSpec, outputs: tuple[ProviderOutput, ...], 
 
 
 def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str], None],
-        timeout: float, outages: OutagePolicy | None = None) -> tuple[str, list[str]]:
+        timeout: float, outages: OutagePolicy | None = None,
+        refused_regions: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
     """Run the job; ``(provider, output ids)`` or :class:`JobFailure`.
     ``storage`` is the storage service's proxy (its calls bounded by a
     timeout, :class:`services.common.bounded_rpc.BoundedProxy`)."""
@@ -299,7 +300,7 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     request = provider_request(spec, source, source_type)
     try:
         routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage))
+                                                             stage), refused_regions)
     except ProviderError as exc:
         raise JobFailure(exc.code, exc.message) from None
     report(PROVIDER_SHARE, "uploading")
@@ -401,7 +402,8 @@ class Worker:
         try:
             with lease:
                 provider, output_ids = run(spec, self.router, storage, lease.progress,
-                                           self.settings.upload_timeout_seconds, outages)
+                                           self.settings.upload_timeout_seconds, outages,
+                                           privacy.refused_regions(self.db, spec.user_id))
             lease.check()
         except LeaseLost:
             self.db.rollback()
