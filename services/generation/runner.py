@@ -202,11 +202,15 @@ class JobSpec:
     negative_prompt: str | None
     params: dict
     shots: tuple[dict, ...]
+    # the regions the user refuses processing in, as the job starts: its
+    # route skips providers there
+    refused_regions: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, job) -> JobSpec:
+    def of(cls, job, refused_regions: frozenset[str] = frozenset()) -> JobSpec:
         return cls(str(job.id), str(job.user_id), job.type, job.prompt or "",
-                   job.negative_prompt, dict(job.params or {}), tuple(job.shots or ()))
+                   job.negative_prompt, dict(job.params or {}), tuple(job.shots or ()),
+                   refused_regions)
 
 
 def fetch_source(storage, spec: JobSpec, timeout: float,
@@ -283,8 +287,7 @@ def upload_outputs(storage, spec: JobSpec, outputs: tuple[ProviderOutput, ...], 
 
 
 def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str], None],
-        timeout: float, outages: OutagePolicy | None = None,
-        refused_regions: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+        timeout: float, outages: OutagePolicy | None = None) -> tuple[str, list[str]]:
     """Run the job; ``(provider, output ids)`` or :class:`JobFailure`.
     ``storage`` is the storage service's proxy (its calls bounded by a
     timeout, :class:`services.common.bounded_rpc.BoundedProxy`)."""
@@ -300,7 +303,8 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     request = provider_request(spec, source, source_type)
     try:
         routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage), refused_regions)
+                                                             stage),
+                            refused_regions=spec.refused_regions)
     except ProviderError as exc:
         raise JobFailure(exc.code, exc.message) from None
     report(PROVIDER_SHARE, "uploading")
@@ -394,7 +398,8 @@ class Worker:
 
     def execute(self, job) -> None:
         """Run a job this worker has just leased (``jobs.claim_next``) to its end."""
-        token, spec = job.lease_token, JobSpec.of(job)
+        token = job.lease_token
+        spec = JobSpec.of(job, privacy.refused_regions(self.db, job.user_id))
         log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
         storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
         outages = OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
@@ -402,8 +407,7 @@ class Worker:
         try:
             with lease:
                 provider, output_ids = run(spec, self.router, storage, lease.progress,
-                                           self.settings.upload_timeout_seconds, outages,
-                                           privacy.refused_regions(self.db, spec.user_id))
+                                           self.settings.upload_timeout_seconds, outages)
             lease.check()
         except LeaseLost:
             self.db.rollback()
