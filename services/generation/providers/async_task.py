@@ -32,7 +32,6 @@ must be MP4 videos (or PNG/JPEG/WebP images) and are checked by decoding.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from urllib.parse import quote
@@ -48,9 +47,12 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
+    wait_for_task,
 )
+from services.generation.providers.common import b64
 from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_code
 from services.generation.providers.media import image_output, video_output
 
@@ -104,7 +106,7 @@ class AsyncTaskProvider:
         }
         if request.source_image:
             body["image"] = {"content_type": request.source_content_type or "image/png",
-                             "data": base64.b64encode(request.source_image).decode()}
+                             "data": b64(request.source_image)}
         if request.shots:
             body["shots"] = [shot.to_dict() for shot in request.shots]
         return {k: v for k, v in body.items() if v is not None}
@@ -134,37 +136,25 @@ class AsyncTaskProvider:
         return ProviderResult(tuple(outputs))
 
     def _wait(self, path: str, progress: ProgressCallback | None) -> dict:
-        deadline = self.clock() + self.task_timeout_s
-        errors = 0
-        while True:
-            try:
-                status = self.http.call("GET", path)
-                errors = 0
-            except TransientProviderError:
-                errors += 1
-                if errors > self.max_poll_errors:
-                    raise
-                status = None
-            if status is not None:
-                state = status.get("status")
-                if state not in STATUSES:
-                    raise TransientProviderError("invalid_provider_output",
-                                                 f"{self.name} sent an unknown task status")
-                if state == "succeeded":
-                    return status
-                if state == "failed":
-                    raise self._failure(status.get("error"))
-                fraction = status.get("progress")
-                if isinstance(fraction, int | float) and not isinstance(fraction, bool):
-                    report(progress, 0.9 * float(fraction), state)
-                else:
-                    report(progress, 0.0, state)
-            if self.clock() + self.poll_interval_s > deadline:
-                self._cancel(path)
-                raise TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish the task within {self.task_timeout_s:g}s")
-            self.sleep(self.poll_interval_s)
+        def read(status: dict) -> dict | None:
+            state = status.get("status")
+            if state not in STATUSES:
+                raise TransientProviderError("invalid_provider_output",
+                                             f"{self.name} sent an unknown task status")
+            if state == "succeeded":
+                return status
+            if state == "failed":
+                raise self._failure(status.get("error"))
+            fraction = status.get("progress")
+            if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+                report(progress, 0.9 * float(fraction), state)
+            else:
+                report(progress, 0.0, state)
+            return None
+
+        return wait_for_task(
+            lambda: self.http.call("GET", path), read, who=self.name, **polling(self),
+            cancel=lambda: self.http.call("DELETE", path))
 
     def _failure(self, error) -> ProviderError:
         error = error if isinstance(error, dict) else {}
@@ -177,12 +167,6 @@ class AsyncTaskProvider:
                 return PermanentProviderError(CONTENT_REFUSED, message)
             return PermanentProviderError("provider_rejected_request", message)
         return TransientProviderError("provider_task_failed", message)
-
-    def _cancel(self, path: str) -> None:
-        try:
-            self.http.call("DELETE", path)
-        except ProviderError:
-            pass  # best effort: the task will time out on the provider's side
 
     def _output(self, data: bytes, content_type: str) -> ProviderOutput:
         if data[4:8] == b"ftyp" or content_type.startswith("video/"):

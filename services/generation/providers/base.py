@@ -168,29 +168,53 @@ def submitting(provider: Provider, request: ProviderRequest,
     report(progress, 0.0, "submitting")
 
 
+_UNSET = object()
+
+
+def polling(adapter) -> dict:
+    """:func:`wait_for_task`'s timing from an adapter's ``poll_interval_s``,
+    ``task_timeout_s``, ``max_poll_errors``, ``sleep`` and ``clock`` (read
+    at each wait, so a test may swap them)."""
+    return {"interval_s": adapter.poll_interval_s, "timeout_s": adapter.task_timeout_s,
+            "max_errors": adapter.max_poll_errors, "sleep": adapter.sleep,
+            "clock": adapter.clock}
+
+
 def wait_for_task(fetch: Callable[[], dict], read: Callable[[dict], object | None], *,
                   who: str, interval_s: float, timeout_s: float, max_errors: int,
                   sleep: Callable[[float], None], clock: Callable[[], float],
-                  cancel: Callable[[], None] | None = None):
+                  cancel: Callable[[], None] | None = None, first=_UNSET,
+                  deadline: float | None = None, what: str = "the task",
+                  gave_up: Callable[[ProviderError], None] | None = None):
     """Poll a vendor's task until it is done: ``fetch()`` asks the vendor (a
-    transient failure is tolerated ``max_errors`` times in a row), ``read(answer)``
+    transient failure is tolerated ``max_errors`` times in a row; then
+    ``gave_up(error)`` is called and the error raised), ``read(answer)``
     returns the result when done, None while it runs, or raises how it ended.
-    Past ``timeout_s`` the task is cancelled (``cancel``, best effort) and the
+    ``first``: an answer already in hand (the submission's), read before the
+    first poll. Past ``timeout_s`` (or the absolute ``deadline`` on ``clock``
+    when given) the task is cancelled (``cancel``, best effort) and the
     attempt fails with the transient ``provider_timeout``."""
-    deadline = clock() + timeout_s
+    if deadline is None:
+        deadline = clock() + timeout_s
     failed = 0
+    answer = first
     while True:
-        try:
-            answer = fetch()
-        except TransientProviderError:
-            failed += 1
-            if failed > max_errors:
-                raise
-        else:
-            failed = 0
+        if answer is _UNSET:
+            try:
+                answer = fetch()
+            except TransientProviderError as error:
+                failed += 1
+                if failed > max_errors:
+                    if gave_up is not None:
+                        gave_up(error)
+                    raise
+            else:
+                failed = 0
+        if answer is not _UNSET:
             result = read(answer)
             if result is not None:
                 return result
+        answer = _UNSET
         if clock() + interval_s > deadline:
             if cancel is not None:
                 try:
@@ -198,5 +222,5 @@ def wait_for_task(fetch: Callable[[], dict], read: Callable[[dict], object | Non
                 except ProviderError:
                     pass  # best effort: the task ends on the vendor's side anyway
             raise TransientProviderError(
-                "provider_timeout", f"{who} did not finish the task within {timeout_s:g}s")
+                "provider_timeout", f"{who} did not finish {what} within {timeout_s:g}s")
         sleep(interval_s)

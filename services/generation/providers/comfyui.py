@@ -112,8 +112,10 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
+    wait_for_task,
 )
 from services.generation.providers.http import (
     REFUSAL_HINTS,
@@ -295,7 +297,7 @@ class Pool:
         if host.checked_at is not None and now - host.checked_at < self.health_interval_s:
             return True
         try:
-            response = host.http._send("GET", f"{host.http.base_url}{self.health_path}")
+            response = host.http.send("GET", f"{host.http.base_url}{self.health_path}")
             with response:
                 raise_for_status(response, host.http.who)
         except ProviderError:
@@ -448,11 +450,11 @@ class ComfyUIProvider:
             return None
         content_type = request.source_content_type or "image/png"
         filename = f"{secrets.token_hex(12)}.{EXTENSIONS.get(content_type, 'png')}"
-        response = host.http._send(
+        response = host.http.send(
             "POST", f"{host.http.base_url}/upload/image",
             files={"image": (filename, request.source_image, content_type)},
             data={"type": "input", "overwrite": "true"})
-        body = _json_answer(response, host.http)
+        body = host.http.answer(response)
         name, subfolder = body.get("name"), body.get("subfolder") or ""
         if not isinstance(name, str) or not name or not isinstance(subfolder, str):
             raise TransientProviderError("invalid_provider_output",
@@ -475,20 +477,9 @@ class ComfyUIProvider:
 
     def _wait(self, host: Host, prompt_id: str, progress: ProgressCallback | None,
               fraction: float) -> dict:
-        deadline = self.clock() + self.task_timeout_s
-        errors = 0
         path = f"/history/{quote(prompt_id, safe='')}"
-        while True:
-            try:
-                history = host.http.call("GET", path)
-                errors = 0
-            except TransientProviderError as exc:
-                errors += 1
-                if errors > self.max_poll_errors:
-                    if exc.code in HOST_DOWN:
-                        self.pool.mark_down(host)
-                    raise
-                history = {}
+
+        def read(history: dict) -> dict | None:
             entry = history.get(prompt_id)
             if isinstance(entry, dict):
                 status = entry.get("status") or {}
@@ -500,12 +491,15 @@ class ComfyUIProvider:
                     raise self._failure(status.get("messages"))
                 return entry
             report(progress, fraction, "running")
-            if self.clock() + self.poll_interval_s > deadline:
-                self._cancel(host, prompt_id)
-                raise TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish the workflow within {self.task_timeout_s:g}s")
-            self.sleep(self.poll_interval_s)
+            return None
+
+        def gave_up(error: ProviderError) -> None:
+            if error.code in HOST_DOWN:
+                self.pool.mark_down(host)
+
+        return wait_for_task(
+            lambda: host.http.call("GET", path), read, who=self.name, what="the workflow",
+            **polling(self), cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
 
     def _failure(self, messages) -> ProviderError:
         """A failed run: refused by a safety node (permanent), or anything else."""
@@ -544,7 +538,7 @@ class ComfyUIProvider:
     def _quietly(self, host: Host, path: str, payload: dict) -> None:
         """A POST whose answer is an empty 200; failures are ignored."""
         try:
-            response = host.http._send("POST", f"{host.http.base_url}{path}", json=payload)
+            response = host.http.send("POST", f"{host.http.base_url}{path}", json=payload)
             response.close()
         except ProviderError:
             pass
@@ -594,15 +588,3 @@ class _NotSubmitted(Exception):
 def _node_order(node: str):
     return (0, int(node), "") if node.isdigit() else (1, 0, node)
 
-
-def _json_answer(response, http: ProviderHttp) -> dict:
-    with response:
-        raise_for_status(response, http.who)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-    if not isinstance(body, dict):
-        raise TransientProviderError("invalid_provider_output",
-                                     f"{http.provider} answered with invalid JSON")
-    return body

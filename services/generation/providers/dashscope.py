@@ -78,7 +78,7 @@ Limits
 Timeouts: ``timeout_s`` (default 600) is how long one attempt may wait for
 its tasks; each HTTP call has ``request_timeout_s`` (default: 30, at most
 ``timeout_s``). Errors and polling go through the shared helpers
-(:class:`.vendor_http.VendorHttp` reads DashScope's flat error body,
+(:class:`.http.ProviderHttp` with ``errors`` reads DashScope's flat error body,
 :func:`.base.wait_for_task` polls).
 """
 
@@ -106,9 +106,9 @@ from services.generation.providers.base import (
     submitting,
     wait_for_task,
 )
-from services.generation.providers.http import _retry_after, error_code
+from services.generation.providers.common import data_uri, seed_for
+from services.generation.providers.http import ErrorMapper, ProviderHttp, _retry_after, error_code
 from services.generation.providers.media import image_output, video_output
-from services.generation.providers.vendor_http import VendorHttp, data_uri, seed_for
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 SUBMIT_PATHS = {
@@ -154,17 +154,18 @@ def classify(code: str, who: str, *, status: int | None = None,
     return None
 
 
-def classify_response(who: str) -> Callable[[requests.Response], ProviderError | None]:
+def classify_response(who: str) -> ErrorMapper:
     """How an API answer that is not 2xx is read: DashScope's flat error body
     ``{"code", "message", "request_id"}`` first (a content refusal is a 400
     like any bad request), then the status (:func:`.http.raise_for_status`)."""
 
-    def read(response: requests.Response) -> ProviderError | None:
+    def read(status: int, _code_: str | None, _where: str,
+             response: requests.Response) -> ProviderError | None:
         try:
             code = _code(response.json())
         except ValueError:
             return None
-        return classify(code, who, status=response.status_code,
+        return classify(code, who, status=status,
                         retry_after=_retry_after(response))
 
     return read
@@ -224,10 +225,10 @@ class DashScopeProvider:
         self.durations = tuple(sorted(int(d) for d in durations))
         self.prompt_extend = prompt_extend
         self.watermark = watermark
-        self.http = VendorHttp(name, base_url, api_key, request_timeout_s, max_download_bytes,
-                               result_url_allow, resolver,
-                               allow_private_network=allow_private_network)
-        self.http.classify = classify_response(self.http.who)
+        self.http = ProviderHttp(name, base_url, api_key, request_timeout_s, max_download_bytes,
+                                 result_url_allow, resolver,
+                                 allow_private_network=allow_private_network)
+        self.http.errors = classify_response(self.http.who)
         self.headers = {"X-DashScope-WorkSpace": workspace} if workspace else {}
         self.sleep = sleep
         self.clock = clock

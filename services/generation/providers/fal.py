@@ -149,7 +149,7 @@ class FalHttp(ProviderHttp):
 
     def fetch(self, method: str, url: str, payload: dict | None = None,
               headers: dict | None = None) -> dict:
-        response = self._send(method, url, json=payload, headers=headers or {})
+        response = self.send(method, url, json=payload, headers=headers or {})
         with response:
             if not 200 <= response.status_code < 300:
                 self._raise(response)

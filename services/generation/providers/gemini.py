@@ -101,23 +101,24 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
+    wait_for_task,
 )
-from services.generation.providers.http import REFUSAL_HINTS
-from services.generation.providers.media import image_output, video_output
-from services.generation.providers.vendor_http import (
-    VendorHttp,
+from services.generation.providers.common import (
     aspect_ratio,
     b64,
+    base64_bytes,
     conf_choice,
     conf_job_types,
+    conf_number,
     conf_str,
-    decode_b64,
-    error_body,
     one_request_per_image,
     seed_for,
 )
+from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_body
+from services.generation.providers.media import image_output, video_output
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 GENERATE, PREDICT, LONG_RUNNING = "generateContent", "predict", "predictLongRunning"
@@ -150,16 +151,15 @@ def retry_delay(error: dict) -> float | None:
     return None
 
 
-def classify(provider: str):
-    def check(response) -> ProviderError | None:
-        if response.status_code == 429 and "Retry-After" not in response.headers:
-            delay = retry_delay(error_body(response))
-            if delay is not None:
-                return TransientProviderError("provider_rate_limited",
-                                              f"{provider} answered 429 (RESOURCE_EXHAUSTED)",
-                                              status=429, retry_after=delay)
-        return None  # the generic mapping
-    return check
+def google_errors(status: int, code: str | None, where: str, response) -> ProviderError | None:
+    """Google's retry hint in the body of a 429 without ``Retry-After``; the
+    rest is the generic mapping (providers/http.py)."""
+    if status == 429 and "Retry-After" not in response.headers:
+        delay = retry_delay(error_body(response))
+        if delay is not None:
+            return TransientProviderError("provider_rate_limited", f"{where} (RESOURCE_EXHAUSTED)",
+                                          status=429, retry_after=delay)
+    return None
 
 
 def method_for(model: str) -> str:
@@ -172,7 +172,7 @@ def method_for(model: str) -> str:
 
 
 class GeminiProvider:
-    def __init__(self, name: str, http: VendorHttp, model: str, *, method: str | None = None,
+    def __init__(self, name: str, http: ProviderHttp, model: str, *, method: str | None = None,
                  job_types=None, image_size: str | None = None,
                  person_generation: str | None = None, resolution: str | None = None,
                  send_seed: bool = True, send_negative_prompt: bool = True,
@@ -202,8 +202,8 @@ class GeminiProvider:
     def from_config(cls, name: str, conf: dict, **kwargs) -> GeminiProvider:
         model = conf_str(conf, "model")
         method = conf_choice(conf, "method", JOB_TYPES) or method_for(model)
-        http = VendorHttp.from_config(name, conf, BASE_URL, classify=classify(name),
-                                      auth_header="x-goog-api-key", auth_scheme=None)
+        http = ProviderHttp.from_config(name, conf, BASE_URL, errors=google_errors,
+                                        auth_header="x-goog-api-key", auth_scheme=None)
         return cls(name, http, model, method=method,
                    job_types=conf_job_types(conf, JOB_TYPES[method]),
                    image_size=conf_choice(conf, "image_size", IMAGE_SIZES.get(method, ())),
@@ -211,9 +211,10 @@ class GeminiProvider:
                    resolution=conf_choice(conf, "resolution", ("720p", "1080p")),
                    send_seed=flag(conf.get("send_seed", True)),
                    send_negative_prompt=flag(conf.get("send_negative_prompt", True)),
-                   poll_interval_s=float(conf.get("poll_interval_s", 10)),
-                   task_timeout_s=float(conf.get("task_timeout_s", 900)),
-                   max_poll_errors=int(conf.get("max_poll_errors", 3)), **kwargs)
+                   poll_interval_s=conf_number(conf, "poll_interval_s", 10),
+                   task_timeout_s=conf_number(conf, "task_timeout_s", 900),
+                   max_poll_errors=int(conf_number(conf, "max_poll_errors", 3, whole=True)),
+                   **kwargs)
 
     @property
     def path(self) -> str:
@@ -291,7 +292,7 @@ class GeminiProvider:
             inline = part.get("inlineData") if isinstance(part, dict) else None
             if isinstance(inline, dict) and not part.get("thought") \
                     and str(inline.get("mimeType", "image/")).startswith("image/"):
-                return decode_b64(inline.get("data"), self.name, self.http.max_download_bytes)
+                return base64_bytes(inline.get("data"), self.name, self.http.max_download_bytes)
         finish = str(candidate.get("finishReason") or "")
         if finish in REFUSED_FINISH:
             raise self.refused(f"no image ({_token(finish)})")
@@ -306,7 +307,7 @@ class GeminiProvider:
             if not isinstance(prediction, dict):
                 continue
             if prediction.get("bytesBase64Encoded"):
-                images.append(decode_b64(prediction["bytesBase64Encoded"], self.name,
+                images.append(base64_bytes(prediction["bytesBase64Encoded"], self.name,
                                          self.http.max_download_bytes))
             elif prediction.get("raiFilteredReason"):
                 filtered += 1
@@ -327,7 +328,7 @@ class GeminiProvider:
                                          f"{self.name} answered without an operation name")
         if not operation.get("done"):
             report(progress, 0.05, "queued")
-            operation = self.wait(f"/{name}", progress)
+            operation = self.wait(f"/{name}", progress, operation)
         response = self.finished(operation)
         result = response.get("generateVideoResponse") or {}
         samples = [s["video"] for s in (result.get("generatedSamples") or ())
@@ -344,33 +345,27 @@ class GeminiProvider:
             if isinstance(video.get("uri"), str):
                 data, _ = self.http.download(video["uri"])
             else:  # the video inline instead of a URI
-                data = decode_b64(video["encodedVideo"], self.name, self.http.max_download_bytes)
+                data = base64_bytes(video["encodedVideo"], self.name, self.http.max_download_bytes)
             outputs.append(video_output(data, self.name))
         return outputs
 
-    def wait(self, path: str, progress: ProgressCallback | None) -> dict:
+    def wait(self, path: str, progress: ProgressCallback | None, first: dict) -> dict:
         """Poll the operation until it is done, tolerating ``max_poll_errors``
-        transient poll failures in a row; past ``task_timeout_s`` it is abandoned."""
-        deadline = self.clock() + self.task_timeout_s
-        failures = 0
-        while self.clock() + self.poll_interval_s <= deadline:
-            self.sleep(self.poll_interval_s)
-            operation, failures = self._poll(path, failures)
+        transient poll failures in a row; past ``task_timeout_s`` it is
+        abandoned (Veo documents no cancel call)."""
+        start = self.clock()
+
+        def read(operation: dict) -> dict | None:
             if operation.get("done"):
                 return operation
-            elapsed = 1 - (deadline - self.clock()) / self.task_timeout_s
-            report(progress, 0.05 + 0.8 * elapsed, "running")
-        raise TransientProviderError(
-            "provider_timeout",
-            f"{self.name} did not finish the video within {self.task_timeout_s:g}s")
+            if operation is not first:
+                elapsed = (self.clock() - start) / self.task_timeout_s
+                report(progress, 0.05 + 0.8 * elapsed, "running")
+            return None
 
-    def _poll(self, path: str, failures: int) -> tuple[dict, int]:
-        try:
-            return self.http.call("GET", path), 0
-        except TransientProviderError:
-            if failures >= self.max_poll_errors:
-                raise
-            return {}, failures + 1
+        return wait_for_task(
+            lambda: self.http.call("GET", path), read, who=self.name, first=first,
+            what="the video", **polling(self))
 
     def finished(self, operation: dict) -> dict:
         """The ``response`` of a done operation, or its error as a provider error."""

@@ -19,8 +19,6 @@ provider's own origin, never to a CDN it redirects to. Sizes are capped.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import re
@@ -29,6 +27,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from services.common.config import flag
 from services.generation.error_text import INTERNAL, peer
 from services.generation.providers.base import (
     CONTENT_REFUSED,
@@ -36,6 +35,7 @@ from services.generation.providers.base import (
     ProviderError,
     TransientProviderError,
 )
+from services.generation.providers.common import conf_number, conf_str
 from services.generation.webhooks import (
     METADATA_ADDRESSES,
     UnsafeUrl,
@@ -115,10 +115,21 @@ def _body_code(response: requests.Response) -> str | None:
     return None
 
 
-#: A vendor's own reading of an error answer: ``(status, the vendor's error
-#: code, "<provider> answered <status> (<code>)")`` -> the error to raise, or
-#: None for the default mapping (e.g. its content-refusal codes).
-ErrorMapper = Callable[[int, str | None, str], ProviderError | None]
+#: A vendor's own reading of an error answer, consulted before the generic
+#: mapping: ``(status, the vendor's error code, "<provider> answered <status>
+#: (<code>)", the response)`` -> the error to raise, or None for the generic
+#: mapping (e.g. Ark's content-refusal codes, OpenRouter's 403 moderation
+#: refusal, Google's retry hint in the body).
+ErrorMapper = Callable[[int, str | None, str, requests.Response], ProviderError | None]
+
+
+def error_body(response: requests.Response) -> dict:
+    """The ``error`` object of a JSON error answer, or ``{}``."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return {}
+    return error if isinstance(error, dict) else {}
 
 
 def raise_for_status(response: requests.Response, provider: str,
@@ -132,7 +143,7 @@ def raise_for_status(response: requests.Response, provider: str,
     text = _error_text(response)
     code = _body_code(response)
     where = f"{provider} answered {status}" + (f" ({code})" if code else "")
-    mapped = errors(status, code, where) if errors is not None else None
+    mapped = errors(status, code, where, response) if errors is not None else None
     if mapped is not None:
         raise mapped
     if status == 429:
@@ -159,12 +170,13 @@ class ProviderHttp:
                  timeout_s: float = 60.0, max_download_bytes: int = 200 * 1024 * 1024,
                  result_url_allow: tuple[str, ...] | str = (), resolver=None, *,
                  allow_private_network: bool = False, auth_header: str = "Authorization",
-                 auth_scheme: str | None = "Bearer"):
+                 auth_scheme: str | None = "Bearer", errors: ErrorMapper | None = None):
         """``auth_header``/``auth_scheme``: how the vendor takes its key
         (``Authorization: Bearer <key>`` unless it documents another, e.g.
         ``Authorization: Key <key>`` or ``x-goog-api-key: <key>`` with no scheme).
         ``allow_private_network``: the provider's API and result URLs may be on
-        private addresses (a self-hosted engine; loopback in tests)."""
+        private addresses (a self-hosted engine; loopback in tests).
+        ``errors``: the vendor's own error codes (see :data:`ErrorMapper`)."""
         if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError(f"provider {provider}: base_url must be an http(s) URL")
         self.provider = provider
@@ -172,6 +184,7 @@ class ProviderHttp:
         self.api_key = api_key or None
         self.timeout_s = float(timeout_s)
         self.max_download_bytes = int(max_download_bytes)
+        self.errors = errors
         # how errors name the provider: its name, and its host when that is public
         where = peer(self.base_url)
         self.who = provider if where == INTERNAL else f"{provider} ({where})"
@@ -180,6 +193,20 @@ class ProviderHttp:
         self.guard = UrlGuard(allow=[*allow_list(result_url_allow), *private],
                               resolver=resolver)
         self.session = guarded_session(self.guard)
+
+    @classmethod
+    def from_config(cls, name: str, conf: dict, default_base_url: str, *,
+                    default_timeout_s: float = 120.0, **kwargs) -> ProviderHttp:
+        """From a providers-file entry: ``base_url`` (``default_base_url``),
+        ``api_key`` (required), ``timeout_s``, ``max_download_bytes``,
+        ``result_url_allow``, ``allow_private_network``; ``kwargs`` as above."""
+        return cls(name, str(conf.get("base_url") or default_base_url),
+                   conf_str(conf, "api_key"), conf_number(conf, "timeout_s", default_timeout_s),
+                   int(conf_number(conf, "max_download_bytes", 200 * 1024 * 1024, minimum=1,
+                                   whole=True)),
+                   conf.get("result_url_allow") or (),
+                   allow_private_network=flag(conf.get("allow_private_network", False)),
+                   **kwargs)
 
     def close(self) -> None:
         self.session.close()
@@ -190,7 +217,12 @@ class ProviderHttp:
             return {self.auth_header: value}
         return {}
 
-    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+    def send(self, method: str, url: str, **kwargs) -> requests.Response:
+        """One request to ``url`` (an absolute URL), through the guard, with the
+        key when it is the provider's own origin, no redirects followed; the
+        answer whatever its status (see :meth:`answer`). ``kwargs`` as for
+        ``requests`` (``json``, ``files``, ``data``, ``headers``, ``stream``).
+        Timeouts and connection failures raise transient provider errors."""
         headers = {**kwargs.pop("headers", {}), **self._auth_headers(url)}
         try:
             return self.session.request(method, url, headers=headers, timeout=self.timeout_s,
@@ -210,14 +242,16 @@ class ProviderHttp:
                 "provider_connection_failed", f"{self.provider}: {type(exc).__name__}") from None
 
     def call(self, method: str, path: str, payload: dict | None = None, *,
-             headers: dict | None = None, errors: ErrorMapper | None = None) -> dict:
+             headers: dict | None = None) -> dict:
         """A JSON API call on the provider's base URL; the answer as a dict.
-        ``headers``: the vendor's own request headers (never the key: see above);
-        ``errors``: the vendor's own error codes (see :data:`ErrorMapper`)."""
-        response = self._send(method, f"{self.base_url}{path}", json=payload,
-                              headers=headers or {})
+        ``headers``: the vendor's own request headers (never the key: see above)."""
+        return self.answer(self.send(method, f"{self.base_url}{path}", json=payload,
+                                     headers=headers or {}))
+
+    def answer(self, response: requests.Response) -> dict:
+        """A JSON object answer of :meth:`send`, its status checked (closed after)."""
         with response:
-            raise_for_status(response, self.who, errors)
+            raise_for_status(response, self.who, self.errors)
             try:
                 body = response.json()
             except ValueError:
@@ -241,12 +275,12 @@ class ProviderHttp:
                 raise TransientProviderError(
                     "invalid_provider_output", f"{self.provider} result URL: {exc.message}"
                 ) from None
-            response = self._send("GET", url, stream=True)
+            response = self.send("GET", url, stream=True)
             with response:
                 if response.is_redirect and response.headers.get("Location"):
                     url = urljoin(url, response.headers["Location"])
                     continue
-                raise_for_status(response, self.who)
+                raise_for_status(response, self.who, self.errors)
                 return self._read_capped(response), response.headers.get("Content-Type", "")
         raise TransientProviderError("invalid_provider_output",
                                      f"{self.provider} result URL redirects too often")
@@ -270,16 +304,3 @@ class ProviderHttp:
             ) from None
         return b"".join(parts)
 
-
-def base64_bytes(text: str, provider: str, max_bytes: int) -> bytes:
-    """An output a vendor sent inline as base64 (``b64_json``, ``inlineData``),
-    decoded; too large (over ``max_bytes`` decoded) or not base64 is a
-    malformed answer."""
-    if len(text) > max_bytes * 4 // 3 + 4:
-        raise TransientProviderError("invalid_provider_output",
-                                     f"{provider} sent an output that is too large")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise TransientProviderError("invalid_provider_output",
-                                     f"{provider} sent invalid base64") from None

@@ -12,9 +12,6 @@ Only text-to-image: image edits (``/v1/images/edits``) are not wired.
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from services.common.config import flag
 from services.common.contracts.generation import DEFAULT_SIZE
 from services.generation.providers.base import (
@@ -26,6 +23,7 @@ from services.generation.providers.base import (
     report,
     submitting,
 )
+from services.generation.providers.common import base64_bytes
 from services.generation.providers.http import ProviderHttp
 from services.generation.providers.media import image_output
 
@@ -96,14 +94,7 @@ class OpenAIImagesProvider:
 
     def _image_bytes(self, item) -> bytes:
         if isinstance(item, dict) and isinstance(item.get("b64_json"), str):
-            if len(item["b64_json"]) > self.http.max_download_bytes * 4 // 3 + 4:
-                raise TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent an image that is too large")
-            try:
-                return base64.b64decode(item["b64_json"], validate=True)
-            except (binascii.Error, ValueError):
-                raise TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent invalid base64") from None
+            return base64_bytes(item["b64_json"], self.name, self.http.max_download_bytes)
         if isinstance(item, dict) and isinstance(item.get("url"), str):
             data, _ = self.http.download(item["url"])
             return data

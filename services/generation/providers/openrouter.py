@@ -65,17 +65,17 @@ from services.generation.providers.base import (
     report,
     submitting,
 )
-from services.generation.providers.vendor_http import (
-    VendorHttp,
+from services.generation.providers.common import (
     aspect_ratio,
     conf_choice,
     conf_job_types,
     conf_str,
     data_uri,
-    decode_b64,
+    data_uri_bytes,
     one_request_per_image,
     seed_for,
 )
+from services.generation.providers.http import ProviderHttp
 
 BASE_URL = "https://openrouter.ai/api/v1"
 PATH = "/chat/completions"
@@ -103,15 +103,15 @@ def error_for(code, provider: str, *, status: int | None = None) -> ProviderErro
 
 
 def classify(provider: str):
-    def check(response) -> ProviderError | None:
-        if response.status_code == 403:  # documented: "your input was flagged"
+    def check(status: int, code, where: str, response) -> ProviderError | None:
+        if status == 403:  # documented: "your input was flagged"
             return error_for(403, provider, status=403)
         return None  # the generic mapping (429 Retry-After, 5xx, 401...)
     return check
 
 
 class OpenRouterProvider:
-    def __init__(self, name: str, http: VendorHttp, model: str, *,
+    def __init__(self, name: str, http: ProviderHttp, model: str, *,
                  job_types=frozenset({TEXT_TO_IMAGE, IMAGE_TO_IMAGE}),
                  modalities=("image", "text"), image_size: str | None = None,
                  send_seed: bool = True):
@@ -129,7 +129,7 @@ class OpenRouterProvider:
         if isinstance(modalities, str) or "image" not in modalities \
                 or not set(modalities) <= {"image", "text"}:
             raise ValueError('modalities must be ["image", "text"] or ["image"]')
-        http = VendorHttp.from_config(name, conf, BASE_URL, classify=classify(name))
+        http = ProviderHttp.from_config(name, conf, BASE_URL, errors=classify(name))
         return cls(name, http, conf_str(conf, "model"),
                    job_types=conf_job_types(conf, (TEXT_TO_IMAGE, IMAGE_TO_IMAGE)),
                    modalities=modalities, image_size=conf_choice(conf, "image_size", IMAGE_SIZES),
@@ -181,9 +181,8 @@ class OpenRouterProvider:
         for image in message.get("images") or ():
             url = (image.get("image_url") or {}).get("url") if isinstance(image, dict) else None
             if isinstance(url, str) and url.startswith("data:"):
-                header, _, data = url.partition(",")
-                if header.endswith(";base64"):
-                    return decode_b64(data, self.name, self.http.max_download_bytes)
+                if url.partition(",")[0].endswith(";base64"):
+                    return data_uri_bytes(url, self.name, self.http.max_download_bytes)
             elif isinstance(url, str) and url.startswith("https://"):
                 return self.http.download(url)[0]
         reasons = f"{choice.get('finish_reason')} {choice.get('native_finish_reason')}".lower()

@@ -89,8 +89,6 @@ Limits
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 import time
@@ -111,8 +109,17 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
+    wait_for_task,
+)
+from services.generation.providers.common import (
+    conf_number,
+    data_uri,
+    data_uri_bytes,
+    job_types_of,
+    seed_for,
 )
 from services.generation.providers.http import ProviderHttp
 from services.generation.providers.media import image_output, video_output
@@ -132,18 +139,6 @@ MODEL = re.compile(r"^([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?::([\w.-]+))?$"
 VERSION = re.compile(r"^[\w.:/-]+$")
 INPUT_NAME = re.compile(r"^[A-Za-z_][\w.-]{0,99}$")
 ERROR_CODE = re.compile(r"\bE\d{3,4}\b")
-
-
-def _number(conf: Mapping, key: str, default: float, *, minimum: float = 0.0,
-            whole: bool = False) -> float:
-    """``conf[key]`` as a number above ``minimum`` (at least it, for a ``whole`` one)."""
-    try:
-        value = (int if whole else float)(conf.get(key, default))
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a {'whole ' if whole else ''}number") from None
-    if value < minimum or (not whole and value == minimum):
-        raise ValueError(f"{key} must be {'at least' if whole else 'above'} {minimum:g}")
-    return value
 
 
 def _inputs(value) -> dict[str, str]:
@@ -209,9 +204,7 @@ class ReplicateProvider:
         clash = set(self.fixed_inputs) & set(self.inputs.values())
         if clash:
             raise ValueError(f"fixed_inputs.{sorted(clash)[0]}: also mapped in inputs")
-        unknown = [t for t in job_types if t not in JOB_TYPES]
-        if unknown or not job_types:
-            raise ValueError(f"job_types: {unknown[0] if unknown else 'none'} is not a job type")
+        job_types = job_types_of(job_types, JOB_TYPES)
         if {IMAGE_TO_IMAGE, IMAGE_TO_VIDEO} & set(job_types) and "image" not in self.inputs:
             raise ValueError("inputs.image: image-to-image and image-to-video need the "
                              "model's image input")
@@ -233,9 +226,6 @@ class ReplicateProvider:
     def from_config(cls, name: str, conf: dict, **kwargs) -> ReplicateProvider:
         """From the providers file's entry; ``region``, ``max_concurrency``,
         ``enabled`` and ``base_dir`` are the router's, not read here."""
-        job_types = conf.get("job_types") or (TEXT_TO_IMAGE,)
-        if isinstance(job_types, str):
-            job_types = [job_types]
         fixed = conf.get("fixed_inputs")
         if fixed is not None and not isinstance(fixed, Mapping):
             raise ValueError("fixed_inputs must map model input names to values")
@@ -244,13 +234,13 @@ class ReplicateProvider:
             version=conf.get("version") or None, deployment=conf.get("deployment") or None,
             inputs=conf.get("inputs"), fixed_inputs=fixed,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
-            job_types=tuple(str(t) for t in job_types),
-            timeout_s=_number(conf, "timeout_s", 75),
-            wait_s=int(_number(conf, "wait_s", MAX_WAIT_S, whole=True)),
-            poll_interval_s=_number(conf, "poll_interval_s", 1),
-            task_timeout_s=_number(conf, "task_timeout_s", 600),
-            max_poll_errors=int(_number(conf, "max_poll_errors", 3, whole=True)),
-            max_download_bytes=int(_number(conf, "max_download_bytes", 200 * 1024 * 1024,
+            job_types=conf.get("job_types") or (TEXT_TO_IMAGE,),
+            timeout_s=conf_number(conf, "timeout_s", 75),
+            wait_s=int(conf_number(conf, "wait_s", MAX_WAIT_S, whole=True)),
+            poll_interval_s=conf_number(conf, "poll_interval_s", 1),
+            task_timeout_s=conf_number(conf, "task_timeout_s", 600),
+            max_poll_errors=int(conf_number(conf, "max_poll_errors", 3, whole=True)),
+            max_download_bytes=int(conf_number(conf, "max_download_bytes", 200 * 1024 * 1024,
                                            minimum=1, whole=True)),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
@@ -261,13 +251,11 @@ class ReplicateProvider:
 
     def values(self, request: ProviderRequest, index: int = 0) -> dict:
         """Every Darkroom field's value for the ``index``-th prediction."""
-        seed = request.seed
-        if seed is not None and "n" not in self.inputs:
-            seed += index  # n predictions with one seed would draw one image n times
+        # n predictions with one seed would draw one image n times
+        seed = seed_for(request, 0 if "n" in self.inputs else index)
         image = None
         if request.source_image is not None:
-            image = (f"data:{request.source_content_type or 'image/png'};base64,"
-                     + base64.b64encode(request.source_image).decode())
+            image = data_uri(request.source_image, request.source_content_type)
         sized = request.width and request.height
         return {
             "prompt": request.prompt, "negative_prompt": request.negative_prompt or None,
@@ -323,9 +311,9 @@ class ReplicateProvider:
                                          f"{self.name} answered without a prediction id")
         get = self._path(prediction, "get", f"/predictions/{quote(pid, safe='')}")
         cancel = self._path(prediction, "cancel", f"/predictions/{quote(pid, safe='')}/cancel")
-        errors = 0
-        while True:
-            status = prediction.get("status") if prediction is not None else None
+
+        def read(prediction: dict) -> dict | None:
+            status = prediction.get("status")
             if status == "succeeded":
                 return prediction
             if status == "failed":
@@ -333,26 +321,19 @@ class ReplicateProvider:
             if status in ("canceled", "aborted"):
                 raise TransientProviderError("provider_task_failed",
                                              f"{self.name} prediction was {status}")
-            if prediction is not None and status not in RUNNING:
+            if status not in RUNNING:
                 raise TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent an unknown prediction status")
-            if status:
-                report(progress, 0.9 * (index + (0.5 if status == "processing" else 0.1)) / runs,
-                       status)
-            if self.clock() + self.poll_interval_s > deadline:
-                self._cancel(cancel)
-                raise TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish within {self.task_timeout_s:g}s")
-            self.sleep(self.poll_interval_s)
-            try:
-                prediction, errors = self.http.call("GET", get), 0
-            except TransientProviderError:
-                errors += 1
-                if errors > self.max_poll_errors:
-                    self._cancel(cancel)
-                    raise
-                prediction = None
+            report(progress, 0.9 * (index + (0.5 if status == "processing" else 0.1)) / runs,
+                   status)
+            return None
+
+        return wait_for_task(
+            lambda: self.http.call("GET", get), read, who=self.name, first=prediction,
+            what="the prediction", deadline=deadline, **polling(self),
+            cancel=lambda: self.http.call("POST", cancel),
+            # the polls keep failing: cancel it, the last poll's error is raised
+            gave_up=lambda error: self._cancel(cancel))
 
     def _path(self, prediction: dict, kind: str, fallback: str) -> str:
         """``urls.get``/``urls.cancel`` when under our base URL (the key is sent
@@ -394,16 +375,7 @@ class ReplicateProvider:
     def _fetch(self, url: str) -> bytes:
         if not url.startswith("data:"):
             return self.http.download(url)[0]
-        header, _, encoded = url.partition(",")
-        if not header.endswith(";base64") or \
-                len(encoded) > self.http.max_download_bytes * 4 // 3 + 4:
-            raise TransientProviderError("invalid_provider_output",
-                                         f"{self.name} sent an output data URI we cannot take")
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise TransientProviderError("invalid_provider_output",
-                                         f"{self.name} sent invalid base64") from None
+        return data_uri_bytes(url, self.name, self.http.max_download_bytes)
 
     def _output(self, request: ProviderRequest, data: bytes) -> ProviderOutput:
         if request.job_type == IMAGE_TO_VIDEO:

@@ -80,7 +80,6 @@ transient although Ark answers 400. Other 4xx are permanent.
 
 from __future__ import annotations
 
-import base64
 import math
 import re
 import time
@@ -101,12 +100,21 @@ from services.generation.providers.base import (
     ProviderRequest,
     ProviderResult,
     TransientProviderError,
+    polling,
     report,
     submitting,
     wait_for_task,
 )
-from services.generation.providers.http import ProviderHttp, base64_bytes, error_code
-from services.generation.providers.media import image_output, video_output
+from services.generation.providers.common import (
+    base64_bytes,
+    conf_number,
+    data_uri,
+    job_types_of,
+    one_request_per_image,
+    seed_for,
+)
+from services.generation.providers.http import ProviderHttp, error_code
+from services.generation.providers.media import video_output
 
 DEFAULT_BASE_URL = "https://ark.cn-beijing.volces.com/api/v3"
 IMAGES_PATH = "/images/generations"
@@ -134,7 +142,8 @@ def refused(code: str | None) -> bool:
     return any(mark in lowered for mark in REFUSAL_MARKS)
 
 
-def ark_errors(status: int, code: str | None, where: str) -> ProviderError | None:
+def ark_errors(status: int, code: str | None, where: str,
+               response=None) -> ProviderError | None:
     """How Ark's error codes differ from the common mapping (providers/http.py)."""
     if refused(code):
         return PermanentProviderError(CONTENT_REFUSED, where, status=status)
@@ -170,10 +179,9 @@ def scaled_size(width: int, height: int, min_pixels: int, max_pixels: int = MAX_
     return f"{width}x{height}"
 
 
-def data_uri(request: ProviderRequest) -> str:
+def source_uri(request: ProviderRequest) -> str:
     """The source image as Ark takes it inline: ``data:image/png;base64,...``."""
-    content_type = (request.source_content_type or "image/png").lower()
-    return f"data:{content_type};base64,{base64.b64encode(request.source_image).decode()}"
+    return data_uri(request.source_image, (request.source_content_type or "image/png").lower())
 
 
 def video_text(request: ProviderRequest) -> str:
@@ -187,16 +195,6 @@ def video_text(request: ProviderRequest) -> str:
             lines.append(f"[{start:g}-{end:g}s] {shot.prompt.strip()}{camera}")
         start = end
     return "\n".join(lines)
-
-
-def _positive(conf: dict, key: str, default: float) -> float:
-    try:
-        value = float(conf.get(key, default))
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a number") from None
-    if not value > 0:
-        raise ValueError(f"{key} must be positive")
-    return value
 
 
 class ArkProvider:
@@ -217,10 +215,7 @@ class ArkProvider:
             raise ValueError("api_key is required (Ark takes a bearer key)")
         if not model:
             raise ValueError("model is required (a Seedream/Seedance model id or endpoint id)")
-        unknown = [t for t in job_types if t not in JOB_TYPES]
-        if unknown or not job_types:
-            raise ValueError(f"job_types: {unknown[0] if unknown else 'none'} is not one of "
-                             + ", ".join(JOB_TYPES))
+        job_types = job_types_of(job_types, JOB_TYPES)
         images = {TEXT_TO_IMAGE, IMAGE_TO_IMAGE} & set(job_types)
         if images and IMAGE_TO_VIDEO in job_types and not video_model:
             raise ValueError("video_model is required when one entry runs images and "
@@ -249,7 +244,8 @@ class ArkProvider:
         self.max_poll_errors = int(max_poll_errors)
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
                                  result_url_allow, resolver,
-                                 allow_private_network=allow_private_network)
+                                 allow_private_network=allow_private_network,
+                                 errors=ark_errors)
         self.sleep = sleep
         self.clock = clock
 
@@ -257,9 +253,6 @@ class ArkProvider:
     def from_config(cls, name: str, conf: dict, **kwargs) -> ArkProvider:
         """The provider from its providers-file entry. ``region``,
         ``max_concurrency``, ``enabled`` and ``base_dir`` are the router's."""
-        job_types = conf.get("job_types") or (TEXT_TO_IMAGE, IMAGE_TO_IMAGE)
-        if isinstance(job_types, str):
-            job_types = [part.strip() for part in job_types.split(",") if part.strip()]
         watermark = conf.get("watermark")
         try:
             integers = {key: int(conf.get(key, default)) for key, default in (
@@ -272,15 +265,15 @@ class ArkProvider:
             name, api_key=str(conf.get("api_key") or ""), model=str(conf.get("model") or ""),
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             video_model=str(conf.get("video_model") or "") or None,
-            job_types=tuple(str(t) for t in job_types),
-            timeout_s=_positive(conf, "timeout_s", 120),
+            job_types=conf.get("job_types") or (TEXT_TO_IMAGE, IMAGE_TO_IMAGE),
+            timeout_s=conf_number(conf, "timeout_s", 120),
             response_format=str(conf.get("response_format") or "url"),
             size=str(conf.get("size") or "") or None,
             watermark=None if watermark is None else flag(watermark),
             resolution=str(conf.get("resolution") or "") or None,
             ratio=str(conf.get("ratio") or "adaptive"),
-            poll_interval_s=_positive(conf, "poll_interval_s", 5),
-            task_timeout_s=_positive(conf, "task_timeout_s", 900),
+            poll_interval_s=conf_number(conf, "poll_interval_s", 5),
+            task_timeout_s=conf_number(conf, "task_timeout_s", 900),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
             **integers, **kwargs,
@@ -299,9 +292,9 @@ class ArkProvider:
         body = {"model": self.model, "prompt": request.prompt, "size": size,
                 "response_format": self.response_format}
         if request.seed is not None:
-            body["seed"] = (request.seed + index) % SEED_LIMIT
+            body["seed"] = seed_for(request, index) % SEED_LIMIT
         if request.job_type == IMAGE_TO_IMAGE:
-            body["image"] = data_uri(request)
+            body["image"] = source_uri(request)
         if self.watermark is not None:
             body["watermark"] = self.watermark
         return body
@@ -312,7 +305,7 @@ class ArkProvider:
         text = video_text(request)
         if text:
             content.append({"type": "text", "text": text})
-        content.append({"type": "image_url", "image_url": {"url": data_uri(request)},
+        content.append({"type": "image_url", "image_url": {"url": source_uri(request)},
                         "role": "first_frame"})
         body = {"model": self.video_model, "content": content, "ratio": self.ratio}
         seconds = request.duration_s or sum(shot.duration_s for shot in request.shots)
@@ -334,12 +327,10 @@ class ArkProvider:
         submitting(self, request, progress)
         if request.job_type == IMAGE_TO_VIDEO:
             return ProviderResult((self._video(request, progress),))
-        outputs = []
-        for index in range(request.n):
-            report(progress, 0.9 * index / request.n, "generating")
-            answer = self.http.call("POST", IMAGES_PATH, self.payload(request, index),
-                                    errors=ark_errors)
-            outputs.append(image_output(self._image_bytes(answer), self.name))
+        outputs = one_request_per_image(
+            request, progress, lambda index: self._image_bytes(
+                self.http.call("POST", IMAGES_PATH, self.payload(request, index))), self.name,
+            stage="generating")
         report(progress, 1.0, "downloaded")
         return ProviderResult(tuple(outputs))
 
@@ -364,8 +355,7 @@ class ArkProvider:
         if request.n != 1:
             raise PermanentProviderError("provider_rejected_request",
                                          f"{self.name} makes one video per request")
-        created = self.http.call("POST", TASKS_PATH, self.task_payload(request),
-                                 errors=ark_errors)
+        created = self.http.call("POST", TASKS_PATH, self.task_payload(request))
         task_id = created.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise TransientProviderError("invalid_provider_output",
@@ -402,8 +392,6 @@ class ArkProvider:
             return None
 
         return wait_for_task(
-            lambda: self.http.call("GET", path, errors=ark_errors), read, who=self.name,
-            interval_s=self.poll_interval_s, timeout_s=self.task_timeout_s,
-            max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock,
+            lambda: self.http.call("GET", path), read, who=self.name, **polling(self),
             # Ark cancels a queued task; a running one cannot be, and expires
-            cancel=lambda: self.http.call("DELETE", path, errors=ark_errors))
+            cancel=lambda: self.http.call("DELETE", path))

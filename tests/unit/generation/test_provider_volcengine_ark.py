@@ -15,7 +15,7 @@ from services.generation.providers.base import (
     TransientProviderError,
     wait_for_task,
 )
-from services.generation.providers.http import base64_bytes
+from services.generation.providers.common import base64_bytes
 from services.generation.providers.router import ProviderConfigError, build_provider
 from services.generation.providers.volcengine_ark import (
     DEFAULT_BASE_URL,
