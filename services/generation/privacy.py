@@ -206,6 +206,9 @@ def retention_items(settings: GenerationSettings) -> list[dict]:
                         f"{settings.prompt_retention}, then erasure"},
         {"data": "webhook deliveries", "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
+        {"data": "the regions you refuse processing in (a copy of your consent)",
+         "kept": "until changed or the account is erased", "days": None,
+         "enforced_by": "privacy.consent_changed, then erasure"},
         {"data": "what model providers get", "kept": "prompts and source images only: never an "
          "email, a user id or an account key", "days": None,
          "enforced_by": "the generation service's provider adapters"},
