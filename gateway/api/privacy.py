@@ -1,8 +1,9 @@
 """Privacy (API.md "Privacy"), over the privacy service's RPC.
 
 Requests (export, erasure, restriction, lifting it), consents, the policy
-and its acceptance, the retention schedule actually enforced, and erasure
-certificates. Another user's request is 404, like an unknown one. Every
+and its acceptance, the retention schedule actually enforced, erasure
+certificates, and the disclosure log (over the generation service's RPC,
+which owns it). Another user's request is 404, like an unknown one. Every
 answer is ``Cache-Control: no-store`` (a finished export carries a signed
 download URL).
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from gateway.api.common import Blueprint, call, errors, for_caller, no_store, present
+from gateway.api.common import Blueprint, call, errors, for_caller, given, no_store, present
 from gateway.auth import authenticated, current_principal
+from services.common.contracts import generation as g
 from services.common.contracts import privacy as c
 
 privacy_blp = Blueprint("privacy", __name__, url_prefix="/v1/privacy",
@@ -130,6 +132,17 @@ def policy():
 def accept_policy(payload):
     """Accept the current policy version (409 policy_version_outdated for another one)"""
     return for_caller(c.PolicyStatus, "privacy.accept_policy", payload)
+
+
+@privacy_blp.route("/disclosures", methods=["GET"])
+@privacy_blp.arguments(g.DisclosureQuery, location="query")
+@privacy_blp.response(200, g.DisclosurePage)
+@authenticated
+def disclosures(query):
+    """The caller's disclosure log, newest first: each request sent to a model vendor
+    (vendor, region, categories of data sent, outcome, when). The built-in renderer
+    sends nothing anywhere and has no entries"""
+    return for_caller(g.DisclosurePage, "generation.list_disclosures", given(query))
 
 
 @privacy_blp.route("/retention", methods=["GET"])

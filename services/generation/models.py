@@ -167,6 +167,28 @@ class RefusedRegions(Base):
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class Disclosure(IdMixin, Base):
+    """One request that left for a model vendor (services/generation/disclosures.py):
+    whose, for which job, to which provider and region, which categories of
+    data, when, and how it went. Deleted by the user's erasure."""
+
+    __tablename__ = "disclosures"
+    __table_args__ = (
+        # a user's disclosures, newest first (keyset pagination)
+        sa.Index("ix_disclosures_user_id_created_at_id", "user_id", "created_at", "id"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    attempt: Mapped[int] = mapped_column(sa.Integer)  # the job's attempt
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    region: Mapped[str | None] = mapped_column(sa.String(64))
+    categories: Mapped[list] = mapped_column(sa.JSON)  # prompt, negative_prompt, ...
+    outcome: Mapped[str] = mapped_column(sa.String(16))  # succeeded | failed | refused
+    error_code: Mapped[str | None] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 # Events consumed (idempotency on event id) and events waiting to be published.
 processed_events = processed_events_table(Base.metadata)
 outbox = outbox_table(Base.metadata)

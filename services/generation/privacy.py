@@ -32,7 +32,9 @@ from services.common.db import locked
 from services.common.errors import conflict, forbidden
 from services.common.ids import isoformat, trusted_id
 from services.common.privacy_parts import Erasure, record_newest, recorded
+from services.generation import disclosures
 from services.generation.models import (
+    Disclosure,
     ErasurePending,
     Job,
     RefusedRegions,
@@ -44,9 +46,10 @@ from services.generation.settings import GenerationSettings
 ABOUT = (
     "Your generation jobs: what you asked for (prompt, negative prompt, parameters, template "
     "and inputs, source image), how it went (status, attempts, provider, price, error, outputs) "
-    "and when; the webhook calls made for them (URL, status, tries, times); whether "
-    "processing of your account is restricted; and the regions you refuse processing in, "
-    "as this service applies them."
+    "and when; the webhook calls made for them (URL, status, tries, times); the disclosure "
+    "log (each request sent to a model vendor: vendor, region, categories of data, outcome, "
+    "when); whether processing of your account is restricted; and the regions you refuse "
+    "processing in, as this service applies them."
 )
 WITHHELD = [
     {"what": "webhook request bodies",
@@ -163,6 +166,7 @@ def export(db: Session, settings: GenerationSettings, user_id) -> dict:
              "created_at": isoformat(d.created_at), "delivered_at": isoformat(d.delivered_at)}
             for d in deliveries
         ],
+        "disclosures": disclosures.of_user(db, uid),
         "processing_restricted": is_restricted(db, uid),
         "refused_regions": sorted(refused_regions(db, uid)),
     }
@@ -170,8 +174,8 @@ def export(db: Session, settings: GenerationSettings, user_id) -> dict:
 
 def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
           recheck: bool = False) -> Erasure:
-    """Delete the user's jobs, webhook deliveries, restriction and refused
-    regions; rows per
+    """Delete the user's jobs, webhook deliveries, disclosures, restriction and
+    refused regions; rows per
     table. Raises :class:`JobsRunning` while a job of theirs runs. The first
     time the pending-erasure record is set (no job is accepted from now on,
     whatever order the events came in); at the ``recheck`` it is deleted too.
@@ -184,7 +188,7 @@ def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
     if running:
         raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
     tables = {}
-    models = [("webhook_deliveries", WebhookDelivery), ("jobs", Job),
+    models = [("webhook_deliveries", WebhookDelivery), ("disclosures", Disclosure), ("jobs", Job),
               ("restricted_users", RestrictedUser), ("refused_regions", RefusedRegions)]
     if recheck:
         models.append(("erasure_pending", ErasurePending))
@@ -206,6 +210,10 @@ def retention_items(settings: GenerationSettings) -> list[dict]:
                         f"{settings.prompt_retention}, then erasure"},
         {"data": "webhook deliveries", "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
+        {"data": "disclosure log (each request sent to a model vendor: vendor, region, "
+                 "categories of data, outcome, time; GET /v1/privacy/disclosures)",
+         "kept": "until the account is erased (then deleted, not kept as counts)",
+         "days": None, "enforced_by": "erasure (privacy request)"},
         {"data": "the regions you refuse processing in (a copy of your consent)",
          "kept": "until changed or the account is erased", "days": None,
          "enforced_by": "privacy.consent_changed, then erasure"},

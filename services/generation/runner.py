@@ -49,7 +49,7 @@ from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, parse_
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import Dispatch
-from services.generation import error_text, jobs, privacy
+from services.generation import disclosures, error_text, jobs, privacy
 from services.generation.providers.base import (
     ProgressCallback,
     ProviderError,
@@ -57,7 +57,7 @@ from services.generation.providers.base import (
     ProviderRequest,
     Shot,
 )
-from services.generation.providers.router import Router
+from services.generation.providers.router import AttemptCallback, Router
 from services.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -287,10 +287,12 @@ def upload_outputs(storage, spec: JobSpec, outputs: tuple[ProviderOutput, ...], 
 
 
 def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str], None],
-        timeout: float, outages: OutagePolicy | None = None) -> tuple[str, list[str]]:
+        timeout: float, outages: OutagePolicy | None = None,
+        on_attempt: AttemptCallback | None = None) -> tuple[str, list[str]]:
     """Run the job; ``(provider, output ids)`` or :class:`JobFailure`.
     ``storage`` is the storage service's proxy (its calls bounded by a
-    timeout, :class:`services.common.bounded_rpc.BoundedProxy`)."""
+    timeout, :class:`services.common.bounded_rpc.BoundedProxy`); ``on_attempt``
+    hears of each provider try (the disclosure log)."""
     last = [0.0]
 
     def report(fraction: float, stage: str) -> None:
@@ -303,7 +305,7 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     request = provider_request(spec, source, source_type)
     try:
         routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage),
+                                                             stage), on_attempt,
                             refused_regions=spec.refused_regions)
     except ProviderError as exc:
         raise JobFailure(exc.code, exc.message) from None
@@ -407,7 +409,8 @@ class Worker:
         try:
             with lease:
                 provider, output_ids = run(spec, self.router, storage, lease.progress,
-                                           self.settings.upload_timeout_seconds, outages)
+                                           self.settings.upload_timeout_seconds, outages,
+                                           self.disclosures(job))
             lease.check()
         except LeaseLost:
             self.db.rollback()
@@ -428,6 +431,13 @@ class Worker:
                       Path(frame.filename).name, frame.lineno, error_text.clean(exc))
             return
         self.succeed(job, token, spec, provider, output_ids)
+
+    def disclosures(self, job) -> disclosures.Recorder:
+        """The job's disclosure log: a row per request sent to a vendor."""
+        return disclosures.Recorder(
+            self.db.get_bind(), job.user_id, job.id, job.attempt,
+            lambda name: self.router.region_of(name),
+            lambda name: disclosures.sends_data(self.router.providers.get(name)))
 
     def succeed(self, job, token: str, spec: JobSpec, provider: str,
                 output_ids: list[str]) -> None:

@@ -39,7 +39,7 @@ from services.common.ids import trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.service import DarkroomService, FromConfig
-from services.generation import deliveries, jobs, runner, webhooks
+from services.generation import deliveries, disclosures, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
 from services.generation.prompts import Prompts
@@ -139,6 +139,14 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         positions = jobs.queue_positions(self.db, rows)
         items = [jobs.view(job, positions[job.id]) for job in rows]
         return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def list_disclosures(self, user_id, query=None) -> dict:
+        """The user's own disclosure log (each request sent to a vendor), newest first."""
+        data = load_rpc(c.DisclosureQuery, query)
+        rows, next_cursor = disclosures.list_disclosures(self.db, trusted_id(user_id), data)
+        return c.DisclosurePage().dump({"items": [disclosures.view(row) for row in rows],
+                                        "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def cancel_job(self, user_id, job_id) -> dict:

@@ -22,6 +22,10 @@ from services.common.contracts.base import (
 )
 
 JOB_TYPES = ("text-to-image", "image-to-image", "image-to-video")
+# The disclosure log (services/generation/disclosures.py): what a request sent
+# to a model vendor carried, and how it went.
+DISCLOSURE_CATEGORIES = ("prompt", "negative_prompt", "source_image", "parameters")
+DISCLOSURE_OUTCOMES = ("succeeded", "failed", "refused")
 
 
 # ---------------------------------------------------------------- job rules
@@ -291,6 +295,31 @@ class OpsJobView(JobView):
 
 
 JobPage = page_of(JobView, "JobPage")
+
+
+class DisclosureQuery(PageQuery):
+    """``GET /v1/privacy/disclosures?limit=&cursor=``"""
+
+
+class DisclosureView(RpcSchema):
+    """One request sent to a model vendor (services/generation/disclosures.py)."""
+
+    id = fields.UUID(required=True)
+    job_id = fields.UUID(required=True)
+    attempt = fields.Integer(required=True, metadata={"description": "the job's attempt"})
+    provider = fields.String(required=True, metadata={
+        "description": "the vendor: the provider's name in the operator's configuration"})
+    region = fields.String(allow_none=True, metadata={
+        "description": "where the vendor processes data (cn, us, eu, ...), if configured"})
+    categories = fields.List(fields.String(validate=validate.OneOf(DISCLOSURE_CATEGORIES)),
+                             required=True, metadata={"description": "the data sent"})
+    outcome = fields.String(required=True, validate=validate.OneOf(DISCLOSURE_OUTCOMES))
+    error_code = fields.String(allow_none=True, metadata={
+        "description": "why a failed or refused request failed"})
+    created_at = fields.AwareDateTime(required=True, metadata={"description": "when it was sent"})
+
+
+DisclosurePage = page_of(DisclosureView, "DisclosurePage")
 
 
 class PriceQuote(RpcSchema):

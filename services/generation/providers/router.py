@@ -64,6 +64,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 #: the router adds no limit of its own for them.
 OWN_CONCURRENCY = frozenset({"comfyui"})
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+#: ``on_attempt(provider name, request, error code or None)``: one try was made.
+AttemptCallback = Callable[[str, ProviderRequest, "str | None"], None]
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,15 @@ class Router:
         return {name: b.state for name, b in self.breakers.items()}
 
     def run(self, request: ProviderRequest, progress: ProgressCallback | None = None,
+            on_attempt: AttemptCallback | None = None,
             refused_regions: Collection[str] = frozenset()) -> RoutedResult:
         """The first provider's success, or the error described above, which
-        carries the list of attempts as ``.attempts``. Providers in
-        ``refused_regions`` (the user's) are skipped."""
+        carries the list of attempts as ``.attempts``. ``on_attempt(name,
+        request, code)`` is called after each try of a provider (``code`` None
+        for the success; not for a provider skipped by its breaker): the
+        disclosure log (services/generation/disclosures.py). Providers in
+        ``refused_regions`` (the user's) are skipped, and never tried."""
+        tried = on_attempt or (lambda name, request, code: None)
         if not self.routes.get(request.job_type):
             raise PermanentProviderError("job_type_unavailable",
                                          f"no provider is configured for {request.job_type}")
@@ -224,6 +231,7 @@ class Router:
                 except TransientProviderError as exc:
                     breaker.failure()
                     attempts.append(Attempt(name, exc.code, self.clock() - started))
+                    tried(name, request, exc.code)
                     log.warning("provider %s failed (%s), attempt %d", name, exc.code,
                                 retry_index + 1)
                     if retry_index + 1 < self.retry.attempts and breaker.state == CLOSED:
@@ -233,14 +241,17 @@ class Router:
                 except PermanentProviderError as exc:
                     breaker.success()
                     attempts.append(Attempt(name, exc.code, self.clock() - started))
+                    tried(name, request, exc.code)
                     log.warning("provider %s refused the request (%s)", name, exc.code)
                     permanent = exc
                     break
                 except BaseException:
                     breaker.failure()  # never leave a half-open probe dangling
+                    tried(name, request, "internal_error")
                     raise
                 breaker.success()
                 attempts.append(Attempt(name, None, self.clock() - started))
+                tried(name, request, None)
                 return RoutedResult(name, result, tuple(attempts))
             if permanent is not None and permanent.code == CONTENT_REFUSED:
                 break  # no failover: another vendor is not asked what one refused

@@ -82,6 +82,7 @@ class FakeGeneration(FakeRpcService):
         self.jobs: dict[str, dict] = {}  # id -> view, plus owner
         self.keys: dict[tuple[str, str], tuple[dict, str]] = {}
         self.script: dict[str, list] = {}
+        self.disclosures: list[dict] = []  # views, plus owner (newest first)
 
     def add(self, owner_id: str, **state) -> str:
         job_id = str(uuid.uuid4())
@@ -144,6 +145,11 @@ class FakeGeneration(FakeRpcService):
         limit = query.get("limit", 20)
         more = start + limit < len(items)
         return {"items": items[start:start + limit], "next_cursor": str(start + limit) if more else None}
+
+    def rpc_list_disclosures(self, user_id, query=None):
+        items = [d for d in self.disclosures if d["owner"] == user_id]
+        return {"items": [{k: v for k, v in d.items() if k != "owner"} for d in items],
+                "next_cursor": None, "internal": True}
 
     def rpc_cancel_job(self, user_id, job_id):
         job = self._find(user_id, job_id)
@@ -731,3 +737,44 @@ def test_webhook_secret_needs_a_credential(client, secrets_auth):
     assert client.get("/v1/me/webhook-secret/rotate").status_code == 405
     assert secrets_auth.called("get_webhook_secret") == []
     assert secrets_auth.called("rotate_webhook_secret") == []
+
+
+# ------------------------------------------------------------ the disclosure log
+
+
+def disclosure(owner: str, **changes) -> dict:
+    return {"id": str(uuid.uuid4()), "job_id": str(uuid.uuid4()), "attempt": 1,
+            "provider": "seedream", "region": "cn",
+            "categories": ["prompt", "parameters"], "outcome": "succeeded", "error_code": None,
+            "created_at": "2026-12-03T10:00:00Z", "owner": owner, **changes}
+
+
+def test_disclosures_are_the_callers_own_from_generation(client, generation):
+    mine = disclosure(USER_ID)
+    generation.disclosures += [mine, disclosure(UNVERIFIED_ID)]
+    response = client.get("/v1/privacy/disclosures?limit=5", headers=BEARER)
+    assert response.status_code == 200, response.get_json()
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    expected = {k: v for k, v in mine.items() if k != "owner"}
+    assert body == {"items": [{**expected, "created_at": "2026-12-03T10:00:00+00:00"}],
+                    "next_cursor": None}  # nothing the contract does not name
+    assert generation.called("list_disclosures") == [((USER_ID, {"limit": 5}), {})]
+
+
+def test_disclosures_need_a_caller_and_a_valid_query(client, generation):
+    assert client.get("/v1/privacy/disclosures").status_code == 401
+    assert client.get("/v1/privacy/disclosures?limit=0", headers=BEARER).status_code == 400
+    assert generation.called("list_disclosures") == []
+
+
+def test_the_disclosure_log_is_documented(client):
+    doc = client.get("/v1/openapi.json").get_json()
+    get = doc["paths"]["/v1/privacy/disclosures"]["get"]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DisclosurePage"}
+    assert {p["name"] for p in get["parameters"]} == {"limit", "cursor"}
+    view = doc["components"]["schemas"]["DisclosureView"]["properties"]
+    assert view["outcome"]["enum"] == ["succeeded", "failed", "refused"]
+    assert view["categories"]["items"]["enum"] == ["prompt", "negative_prompt", "source_image",
+                                                   "parameters"]

@@ -267,7 +267,7 @@ def test_openapi_document(client):
         "/v1/privacy/requests/{request_id}/cancel": {"post"},
         "/v1/privacy/certificates/{request_id}": {"get"}, "/v1/privacy/consents": {"get", "put"},
         "/v1/privacy/policy": {"get"}, "/v1/privacy/policy/accept": {"post"},
-        "/v1/privacy/retention": {"get"},
+        "/v1/privacy/retention": {"get"}, "/v1/privacy/disclosures": {"get"},
     }
     assert {path: set(ops) - {"parameters"} for path, ops in doc["paths"].items()} == expected
     schemes = doc["components"]["securitySchemes"]

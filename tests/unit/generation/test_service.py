@@ -152,7 +152,7 @@ def test_reserved_credits_run_the_job_to_success(service, events, db, monkeypatc
     outputs = [str(uuid.uuid4())]
     ran = []
 
-    def run(spec, router, storage, progress, timeout, outages):
+    def run(spec, router, storage, progress, timeout, outages, on_attempt):
         ran.append(spec.id)
         progress(0.5, "rendering")
         return "local", outputs

@@ -22,6 +22,7 @@ def service(db):
 @pytest.mark.parametrize("call", [
     lambda s: s.get_job("not-a-uuid", str(uuid.uuid4())),
     lambda s: s.list_jobs("not-a-uuid"),
+    lambda s: s.list_disclosures("not-a-uuid"),
     lambda s: s.cancel_job("not-a-uuid", str(uuid.uuid4())),
     lambda s: s.submit("not-a-uuid", {"type": "text-to-image", "prompt": "a red fox"}),
 ])

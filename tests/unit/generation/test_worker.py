@@ -119,7 +119,7 @@ def worker(db, events, storage=None) -> runner.Worker:
 def test_a_lost_lease_leaves_the_job_to_the_worker_that_has_it(db, events, monkeypatch):
     job = leased_job(db, events)
 
-    def run(spec, router, storage, progress, timeout, outages):
+    def run(spec, router, storage, progress, timeout, outages, on_attempt):
         steal(db, job)
         progress(0.5, "rendering")
         return "local", [str(uuid.uuid4())]
