@@ -133,6 +133,10 @@ def test_a_refused_region_is_skipped_and_the_allowed_vendor_runs_the_job(stack):
     assert (done["status"], done["provider"]) == ("succeeded", "west")
     assert len(stack.east.requests) == east_calls  # not one request went to the refused region
     assert stack.west.requests_to("/v1/images/generations", "POST")
+    # the disclosure log agrees: this job's data went to west (us) only
+    log = stack.rpc.generation.list_disclosures(user)["items"]
+    assert {(d["provider"], d["region"]) for d in log if d["job_id"] == job["id"]} == {
+        ("west", "us")}
 
     refuse(stack, user, [])  # allowed again: the route as configured
     job = stack.rpc.generation.submit(user, {"type": "text-to-image", "prompt": "a fox",
