@@ -15,20 +15,19 @@ west alone, and image-to-video is refused at submit with 409
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import select
 
-from services.auth.models import User
 from services.common.db import make_engine
 from services.common.errors import DomainError
 from services.generation.models import RefusedRegions
 from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeOpenAIImages
 from tests.integration.probe_service import wait_consuming
+from tests.integration.test_generation_service import finished, new_user
 
 pytestmark = pytest.mark.integration
 
@@ -85,18 +84,6 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
         generation.dispose()
 
 
-def new_user(stack) -> str:
-    """A user with a verified address and the free plan's signup grant."""
-    user, now = uuid.uuid4(), datetime.now(UTC)
-    with stack.auth_db.begin() as conn:
-        conn.execute(User.__table__.insert().values(
-            id=user, email=f"r-{user.hex[:12]}@example.com", email_verified=True,
-            password_hash="!", plan="free", created_at=now, updated_at=now))
-    wait_for(lambda: stack.rpc.billing.get_balance(str(user))["available"] == 50, 30, 0.1,
-             "the signup grant")
-    return str(user)
-
-
 def refuse(stack, user: str, regions: list[str]) -> None:
     """What PUT /v1/privacy/consents does; returns once generation has the event."""
     consents = stack.rpc.privacy.update_consents(user, {"refused_regions": regions}, "api")
@@ -109,13 +96,6 @@ def refuse(stack, user: str, regions: list[str]) -> None:
         return row is not None and row.regions == sorted(set(regions))
 
     wait_for(applied, 30, 0.1, "generation to apply the consent event")
-
-
-def finished(stack, user: str, job_id: str) -> dict:
-    return wait_for(
-        lambda: (job := stack.rpc.generation.get_job(user, job_id))["status"]
-        in ("succeeded", "failed", "rejected", "cancelled") and job,
-        60, 0.1, f"job {job_id} to finish")
 
 
 def test_a_refused_region_is_skipped_and_the_allowed_vendor_runs_the_job(stack):
