@@ -111,7 +111,8 @@ class ConsentsView(MethodView):
     @authenticated
     @privacy_blp.arguments(c.UpdateConsents)
     def put(self, payload):
-        """Give or withdraw consent to marketing mail and analytics"""
+        """Give or withdraw consent to marketing mail and analytics, and set the
+        regions where your data must not be processed (``refused_regions``)"""
         return for_caller(c.Consents, "privacy.update_consents", payload, "api")
 
 

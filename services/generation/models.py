@@ -154,6 +154,19 @@ class ErasurePending(Base):
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class RefusedRegions(Base):
+    """The regions the user refuses processing in, as of the newest
+    ``privacy.consent_changed`` that carried them: routes skip providers
+    there, and ``submit`` refuses a job no provider is left for (409
+    ``no_provider_for_region``)."""
+
+    __tablename__ = "refused_regions"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    regions: Mapped[list] = mapped_column(sa.JSON, default=list)
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class Disclosure(IdMixin, Base):
     """One request that left for a model vendor (services/generation/disclosures.py):
     whose, for which job, to which provider and region, which categories of

@@ -7,6 +7,10 @@ While an erasure of the account is pending (``privacy.erasure_scheduled``,
 until ``privacy.erasure_cancelled``) no new job is accepted either (403
 ``erasure_pending``).
 
+The regions the user refuses processing in (from ``privacy.consent_changed``,
+the newest event wins) are kept too: routes skip providers there, and a job
+no provider is left for is refused at submit (409 ``no_provider_for_region``).
+
 An erasure waits for the user's running jobs (:class:`JobsRunning`: the event
 is retried) so no output is stored behind it; it is the first phase of every
 erasure, before storage and billing erase theirs. Jobs that have not started
@@ -24,7 +28,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.common.contracts.generation import JobState
-from services.common.errors import forbidden
+from services.common.db import locked
+from services.common.errors import conflict, forbidden
 from services.common.ids import isoformat, trusted_id
 from services.common.privacy_parts import Erasure, record_newest, recorded
 from services.generation import disclosures
@@ -32,6 +37,7 @@ from services.generation.models import (
     Disclosure,
     ErasurePending,
     Job,
+    RefusedRegions,
     RestrictedUser,
     WebhookDelivery,
 )
@@ -42,7 +48,8 @@ ABOUT = (
     "and inputs, source image), how it went (status, attempts, provider, price, error, outputs) "
     "and when; the webhook calls made for them (URL, status, tries, times); the disclosure "
     "log (each request sent to a model vendor: vendor, region, categories of data, outcome, "
-    "when); and whether processing of your account is restricted."
+    "when); whether processing of your account is restricted; and the regions you refuse "
+    "processing in, as this service applies them."
 )
 WITHHELD = [
     {"what": "webhook request bodies",
@@ -91,6 +98,46 @@ def apply_erasure_pending(db: Session, user_id, pending: bool, at: datetime) -> 
     return record_newest(db, ErasurePending, user_id, "pending", pending, at)
 
 
+# ---------------------------------------------------------------- refused regions
+
+
+def refused_regions(db: Session, user_id) -> frozenset[str]:
+    """The regions the user refuses processing in (none without a record)."""
+    row = db.get(RefusedRegions, trusted_id(user_id))
+    return frozenset(row.regions) if row is not None else frozenset()
+
+
+def apply_refused_regions(db: Session, user_id, regions: list[str] | None,
+                          at: datetime) -> bool:
+    """Record the refused regions of a ``privacy.consent_changed`` unless a
+    newer event was (an event without them changes nothing); the caller commits."""
+    if regions is None:
+        return False
+    uid = trusted_id(user_id)
+    row = locked(db, RefusedRegions, uid)
+    if row is None:
+        db.add(RefusedRegions(user_id=uid, regions=sorted(set(regions)), changed_at=at))
+    elif row.changed_at > at:
+        return False
+    else:
+        row.regions, row.changed_at = sorted(set(regions)), at
+    db.flush()
+    return True
+
+
+def check_route_allowed(db: Session, router, user_id, job_type: str,
+                        model: str | None = None) -> None:
+    """409 ``no_provider_for_region`` when every provider of the job type's
+    route (or the named ``model``) is in a region the user refuses."""
+    refused = refused_regions(db, user_id)
+    allowed = router.route_for(job_type, refused) if refused and router.supports(job_type) else None
+    if allowed is not None and (not allowed or (model is not None and model not in allowed)):
+        what = f"the model {model}" if allowed else f"every provider for {job_type}"
+        raise conflict(f"{what} processes data in a region you refuse "
+                       f"({', '.join(sorted(refused))}); allow it in your consents "
+                       "to generate", code="no_provider_for_region", job_type=job_type)
+
+
 # ---------------------------------------------------------------- export and erasure
 
 
@@ -124,12 +171,14 @@ def export(db: Session, settings: GenerationSettings, user_id) -> dict:
         ],
         "disclosures": disclosures.of_user(db, uid),
         "processing_restricted": is_restricted(db, uid),
+        "refused_regions": sorted(refused_regions(db, uid)),
     }
 
 
 def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
           recheck: bool = False) -> Erasure:
-    """Delete the user's jobs, webhook deliveries, disclosures and restriction; rows per
+    """Delete the user's jobs, webhook deliveries, disclosures, restriction and
+    refused regions; rows per
     table. Raises :class:`JobsRunning` while a job of theirs runs. The first
     time the pending-erasure record is set (no job is accepted from now on,
     whatever order the events came in); at the ``recheck`` it is deleted too.
@@ -143,7 +192,7 @@ def erase(db: Session, settings: GenerationSettings, user_id, now: datetime,
         raise JobsRunning(f"{running} job(s) of the user are running; erasing when they end")
     tables = {}
     models = [("webhook_deliveries", WebhookDelivery), ("disclosures", Disclosure), ("jobs", Job),
-              ("restricted_users", RestrictedUser)]
+              ("restricted_users", RestrictedUser), ("refused_regions", RefusedRegions)]
     if recheck:
         models.append(("erasure_pending", ErasurePending))
     for name, model in models:
@@ -168,6 +217,9 @@ def retention_items(settings: GenerationSettings) -> list[dict]:
                  "categories of data, outcome, time; GET /v1/privacy/disclosures)",
          "kept": "until the account is erased (then deleted, not kept as counts)",
          "days": None, "enforced_by": "erasure (privacy request)"},
+        {"data": "the regions you refuse processing in (a copy of your consent)",
+         "kept": "until changed or the account is erased", "days": None,
+         "enforced_by": "privacy.consent_changed, then erasure"},
         {"data": "what model providers get", "kept": "prompts and source images only: never an "
          "email, a user id or an account key", "days": None,
          "enforced_by": "the generation service's provider adapters"},

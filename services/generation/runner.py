@@ -49,7 +49,7 @@ from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, parse_
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import Dispatch
-from services.generation import disclosures, error_text, jobs
+from services.generation import disclosures, error_text, jobs, privacy
 from services.generation.providers.base import (
     ProgressCallback,
     ProviderError,
@@ -202,11 +202,15 @@ class JobSpec:
     negative_prompt: str | None
     params: dict
     shots: tuple[dict, ...]
+    # the regions the user refuses processing in, as the job starts: its
+    # route skips providers there
+    refused_regions: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, job) -> JobSpec:
+    def of(cls, job, refused_regions: frozenset[str] = frozenset()) -> JobSpec:
         return cls(str(job.id), str(job.user_id), job.type, job.prompt or "",
-                   job.negative_prompt, dict(job.params or {}), tuple(job.shots or ()))
+                   job.negative_prompt, dict(job.params or {}), tuple(job.shots or ()),
+                   refused_regions)
 
 
 def fetch_source(storage, spec: JobSpec, timeout: float,
@@ -302,7 +306,8 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     try:
         named = {"model": spec.params["model"]} if spec.params.get("model") else {}
         routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage), on_attempt, **named)
+                                                             stage), on_attempt,
+                            refused_regions=spec.refused_regions, **named)
     except ProviderError as exc:
         raise JobFailure(exc.code, exc.message) from None
     report(PROVIDER_SHARE, "uploading")
@@ -396,7 +401,8 @@ class Worker:
 
     def execute(self, job) -> None:
         """Run a job this worker has just leased (``jobs.claim_next``) to its end."""
-        token, spec = job.lease_token, JobSpec.of(job)
+        token = job.lease_token
+        spec = JobSpec.of(job, privacy.refused_regions(self.db, job.user_id))
         log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
         storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
         outages = OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)

@@ -109,6 +109,8 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
             spending.require_verified(self.auth, user, self.settings.rpc_timeout_seconds)
         privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
         privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
+        privacy_data.check_route_allowed(self.db, self.router, user, data["type"],
+                                         data["model"] or None)  # 409
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
         digest = request_hash({k: v for k, v in data.items() if k != "model" or v})
@@ -181,6 +183,12 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
     def privacy_store(self, event: dict) -> parts.Store:
         """A big export part is stored through the storage service."""
         return parts.store_through_storage(self.storage, event["user_id"], event["request_id"])
+
+    @event_handler("privacy", "consent_changed")
+    def privacy_consent_changed(self, event: dict) -> None:
+        privacy_data.apply_refused_regions(self.db, event["user_id"],
+                                           event.get("refused_regions"), event["occurred_at"])
+        self.db.commit()
 
     @event_handler("privacy", "restriction_changed")
     def privacy_restriction_changed(self, event: dict) -> None:

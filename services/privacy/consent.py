@@ -5,6 +5,10 @@ its time, its source and the policy version in force, so the history of a
 choice can be shown, exported and proven; the current state is the newest row
 per purpose. A PUT that changes nothing records nothing.
 
+The regions a user refuses processing in (``refused_regions``) are kept the
+same way, as a whole list per change (``region_refusals``): generation's
+routes skip providers in them (it mirrors them from ``consent_changed``).
+
 Policy versions are published by operators (``darkroom-ops privacy
 publish-policy``). The newest is the current one; a *material* version must
 be accepted again by every user (``/v1/me`` says ``acceptance_required``
@@ -21,7 +25,12 @@ from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import CONSENT_PURPOSES
 from services.common.errors import DomainError, conflict, not_found
-from services.privacy.models import ConsentChange, PolicyAcceptance, PolicyVersion
+from services.privacy.models import (
+    ConsentChange,
+    PolicyAcceptance,
+    PolicyVersion,
+    RegionRefusal,
+)
 
 SOURCES = ("api", "ops")
 
@@ -42,12 +51,24 @@ def change_view(row: ConsentChange) -> dict:
             "policy_version": row.policy_version, "changed_at": row.created_at}
 
 
+def region_history(db: Session, user_id: uuid.UUID) -> list[RegionRefusal]:
+    """Every change of the user's refused regions, newest first."""
+    return list(db.scalars(
+        select(RegionRefusal).where(RegionRefusal.user_id == user_id)
+        .order_by(RegionRefusal.created_at.desc(), RegionRefusal.id.desc())
+    ))
+
+
 def view(db: Session, user_id: uuid.UUID) -> dict:
     rows = history(db, user_id)
     state = {purpose: False for purpose in CONSENT_PURPOSES}
     for row in reversed(rows):  # oldest first: the newest wins
         state[row.purpose] = row.granted
-    return {**state, "updated_at": rows[0].created_at if rows else None,
+    regions = region_history(db, user_id)
+    times = [r[0].created_at for r in (rows, regions) if r]
+    return {**state, "refused_regions": list(regions[0].regions) if regions else [],
+            "refused_regions_changed_at": regions[0].created_at if regions else None,
+            "updated_at": max(times) if times else None,
             "history": [change_view(r) for r in rows]}
 
 
@@ -61,12 +82,17 @@ def update(db: Session, user_id: uuid.UUID, changes: dict, source: str,
     before = view(db, user_id)
     policy = current_policy(db)
     changed = False
+    version = policy.version if policy else None
     for purpose in CONSENT_PURPOSES:
         if purpose in changes and bool(changes[purpose]) != before[purpose]:
             db.add(ConsentChange(user_id=user_id, purpose=purpose, granted=bool(changes[purpose]),
-                                 source=source, policy_version=policy.version if policy else None,
-                                 created_at=now))
+                                 source=source, policy_version=version, created_at=now))
             changed = True
+    regions = changes.get("refused_regions")
+    if regions is not None and sorted(set(regions)) != sorted(before["refused_regions"]):
+        db.add(RegionRefusal(user_id=user_id, regions=sorted(set(regions)), source=source,
+                             policy_version=version, created_at=now))
+        changed = True
     if changed:
         db.flush()
     return view(db, user_id), changed

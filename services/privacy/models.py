@@ -7,7 +7,9 @@
   data in it. ``open_type`` is the request's type while it is open and NULL
   after; a unique key on ``(user_id, open_type)`` keeps one open request of
   each type per user, even under concurrent requests.
-- ``consent_changes`` (every change kept), ``policy_versions``,
+- ``consent_changes`` (every change kept), ``region_refusals`` (every change
+  of the refused regions kept, the newest row is the current list),
+  ``policy_versions``,
   ``policy_acceptances``, ``restrictions``.
 - ``access_logs``: the gateway's ``gateway.requests_logged`` facts, purged
   after ``ACCESS_LOG_RETENTION_DAYS``; the row id is the fact id, so a
@@ -118,6 +120,19 @@ class ConsentChange(IdMixin, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     purpose: Mapped[str] = mapped_column(sa.String(32))
     granted: Mapped[bool] = mapped_column(sa.Boolean)
+    source: Mapped[str] = mapped_column(sa.String(32))
+    policy_version: Mapped[str | None] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RegionRefusal(IdMixin, Base):
+    """The regions a user refuses processing in, from this change on."""
+
+    __tablename__ = "region_refusals"
+    __table_args__ = (sa.Index("ix_region_refusals_user_id_created_at", "user_id", "created_at"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    regions: Mapped[list] = mapped_column(sa.JSON)
     source: Mapped[str] = mapped_column(sa.String(32))
     policy_version: Mapped[str | None] = mapped_column(sa.String(32))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -20,12 +20,14 @@ from services.privacy.models import (
     ConsentChange,
     PolicyAcceptance,
     PrivacyRequest,
+    RegionRefusal,
     Restriction,
 )
 
 ABOUT = (
-    "What the privacy service holds about you: every change of your consents (with its "
-    "time, source and the policy version then in force), the policy versions you accepted, "
+    "What the privacy service holds about you: every change of your consents and of the "
+    "regions you refuse processing in (with its time, source and the policy version then in "
+    "force), the policy versions you accepted, "
     "whether processing of your data is restricted, your privacy requests, and the access "
     "log of your requests to the API (method, route, status, time and your network truncated "
     "to a /24 or /48, never a full address, a request body or a query string), kept "
@@ -70,6 +72,12 @@ def export(db: Session, user_id: uuid.UUID, retention_days: int) -> dict:
             {**consent.change_view(r), "changed_at": isoformat(r.created_at)}
             for r in reversed(consent.history(db, user_id))
         ],
+        "refused_regions": consents["refused_regions"],
+        "refused_regions_history": [
+            {"refused_regions": list(r.regions), "source": r.source,
+             "policy_version": r.policy_version, "changed_at": isoformat(r.created_at)}
+            for r in reversed(consent.region_history(db, user_id))
+        ],
         "policy_acceptances": [
             {"version": a.version, "accepted_at": isoformat(a.accepted_at)}
             for a in consent.acceptances(db, user_id)
@@ -91,11 +99,11 @@ def export(db: Session, user_id: uuid.UUID, retention_days: int) -> dict:
 
 
 def erase(db: Session, user_id: uuid.UUID) -> dict[str, int]:
-    """Delete the user's consents, acceptances, restriction and access logs
+    """Delete the user's consents, refused regions, acceptances, restriction and access logs
     (their requests lose the user id when the erasure completes); returns
     rows deleted per table. The caller commits."""
     tables = {}
-    for name, model in (("consent_changes", ConsentChange),
+    for name, model in (("consent_changes", ConsentChange), ("region_refusals", RegionRefusal),
                         ("policy_acceptances", PolicyAcceptance),
                         ("restrictions", Restriction), ("access_logs", AccessLog)):
         tables[name] = db.execute(

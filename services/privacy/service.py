@@ -189,7 +189,8 @@ class PrivacyService(DarkroomService):
             self.dispatch("consent_changed", {
                 "user_id": str(user), "marketing_email": current["marketing_email"],
                 "analytics": current["analytics"],
-                "policy_version": current["history"][0]["policy_version"]})
+                "refused_regions": current["refused_regions"],
+                "policy_version": getattr(consent.current_policy(self.db), "version", None)})
         self.db.commit()
         return c.Consents().dump(current)
 

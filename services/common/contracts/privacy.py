@@ -18,7 +18,15 @@ no service of its own, so its contract lives here, with its consumer).
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from services.common.contracts.auth import PASSWORD_MAX
 from services.common.contracts.base import (
@@ -42,6 +50,11 @@ OPEN_STATUSES = ("pending", "in_progress", "failed")
 # waiting: a later phase, not asked yet; pending: asked, no answer yet.
 PART_STATUSES = ("waiting", "pending", "completed", "failed")
 CONSENT_PURPOSES = ("marketing_email", "analytics")
+# Regions a user refuses processing in (``refused_regions``): names as the
+# operator gives providers' ``region`` (cn, us, eu, on-premises, ...).
+REGION = validate.Regexp(r"^[a-z0-9][a-z0-9._-]{0,31}$",
+                         error="a region: 1 to 32 lowercase letters, digits, '.', '_' or '-'")
+REFUSED_REGIONS_MAX = 20
 # A part whose JSON is larger than this travels as a stored object, not in the event.
 PART_INLINE_MAX_BYTES = 1_000_000
 POLICY_VERSION = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
@@ -122,6 +135,10 @@ class ConsentChanged(EventSchema):
     marketing_email = fields.Boolean(required=True)
     analytics = fields.Boolean(required=True)
     policy_version = fields.String(allow_none=True, load_default=None)
+    # the regions the user refuses processing in (generation's routes skip
+    # them); None: an event from before there were any (changes nothing)
+    refused_regions = fields.List(fields.String(validate=REGION), allow_none=True,
+                                  load_default=None)
 
 
 class AccessFact(Schema):
@@ -232,18 +249,35 @@ class RequestQuery(PageQuery):
     """``GET /v1/privacy/requests?limit=&cursor=``"""
 
 
+def RefusedRegions(**kw):
+    return fields.List(
+        fields.String(validate=REGION), validate=validate.Length(max=REFUSED_REGIONS_MAX),
+        metadata={"description": "regions where your data must not be processed: "
+                                 "generation skips providers in them (an empty list "
+                                 "refuses none)"}, **kw)
+
+
 class UpdateConsents(RpcSchema):
-    """``PUT /v1/privacy/consents``: the purposes to change (at least one)."""
+    """``PUT /v1/privacy/consents``: the purposes to change and/or the
+    refused regions (replaced as a whole; at least one field)."""
 
     OPENAPI_EXTRA = {"minProperties": 1}
 
     marketing_email = fields.Boolean()
     analytics = fields.Boolean()
+    refused_regions = RefusedRegions()
 
     @validates_schema
     def at_least_one(self, data, **kwargs):
         if not data:
-            raise ValidationError(f"give at least one of {', '.join(CONSENT_PURPOSES)}")
+            raise ValidationError(f"give at least one of {', '.join(CONSENT_PURPOSES)}, "
+                                  "refused_regions")
+
+    @post_load
+    def deduplicated(self, data, **kwargs):
+        if "refused_regions" in data:
+            data["refused_regions"] = sorted(set(data["refused_regions"]))
+        return data
 
 
 class AcceptPolicy(RpcSchema):
@@ -341,6 +375,8 @@ class ConsentChange(RpcSchema):
 class Consents(RpcSchema):
     marketing_email = fields.Boolean(required=True)
     analytics = fields.Boolean(required=True)
+    refused_regions = RefusedRegions(required=True)
+    refused_regions_changed_at = fields.AwareDateTime(allow_none=True)
     updated_at = fields.AwareDateTime(allow_none=True)
     history = fields.List(fields.Nested(ConsentChange), required=True,
                           metadata={"description": "every change, newest first"})

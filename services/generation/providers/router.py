@@ -20,7 +20,8 @@ run at once in this process; a request waiting for a slot just waits (the
 job keeps its lease; the wait is not counted against the provider's
 ``timeout_s``, which is per HTTP call); adapters that apply it themselves
 (:data:`OWN_CONCURRENCY`: ComfyUI, per host) get no router limit.
-``region`` is kept per provider (:meth:`Router.region_of`).
+``region`` is kept per provider (:meth:`Router.region_of`); a run skips the
+providers in the regions its user refuses (:meth:`Router.route_for`).
 
 A job that names a ``model`` (a provider in its type's route) runs on that
 provider only: its retries and breaker apply, but no other provider is
@@ -45,7 +46,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.common.contracts.generation import JOB_TYPES
@@ -195,29 +196,45 @@ class Router:
         """Where provider ``name`` processes data (its ``region``), if configured."""
         return self.regions.get(name)
 
+    def route_for(self, job_type: str,
+                  refused_regions: Collection[str] = frozenset()) -> tuple[str, ...]:
+        """The route of ``job_type`` without the providers whose region is
+        refused (regions compare case-insensitively; a provider without a
+        configured region is never skipped)."""
+        refused = {r.lower() for r in refused_regions}
+        return tuple(name for name in self.routes.get(job_type, ())
+                     if self.regions.get(name, "").lower() not in refused)
+
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
 
     def run(self, request: ProviderRequest, progress: ProgressCallback | None = None,
             on_attempt: AttemptCallback | None = None,
-            model: str | None = None) -> RoutedResult:
+            model: str | None = None,
+            refused_regions: Collection[str] = frozenset()) -> RoutedResult:
         """The first provider's success, or the error described above, which
         carries the list of attempts as ``.attempts``. ``on_attempt(name,
         request, code)`` is called after each try of a provider (``code`` None
         for the success; not for a provider skipped by its breaker): the
-        disclosure log (services/generation/disclosures.py). With ``model``
-        only that provider runs (its retries and breaker apply, no failover);
-        it must be in the job type's route (``unknown_model`` otherwise)."""
+        disclosure log (services/generation/disclosures.py). Providers in
+        ``refused_regions`` (the user's) are skipped, and never tried. With
+        ``model`` only that provider runs (its retries and breaker apply, no
+        failover); it must be in the job type's route (``unknown_model``
+        otherwise) and not in a refused region."""
         tried = on_attempt or (lambda name, request, code: None)
-        names = self.routes.get(request.job_type)
-        if not names:
+        if not self.routes.get(request.job_type):
             raise PermanentProviderError("job_type_unavailable",
                                          f"no provider is configured for {request.job_type}")
+        names = self.route_for(request.job_type, refused_regions)
         if model is not None:
-            if model not in names:
+            if model not in self.routes[request.job_type]:
                 raise PermanentProviderError("unknown_model", f"model {model!r} does not run "
                                              f"{request.job_type} here")
-            names = (model,)
+            names = (model,) if model in names else ()
+        if not names:
+            raise PermanentProviderError("no_provider_for_region",
+                                         f"every provider for {request.job_type} is in a "
+                                         "region the user refuses")
         attempts: list[Attempt] = []
         permanent: PermanentProviderError | None = None
         for name in names:

@@ -71,7 +71,8 @@ def test_erasure_waits_for_running_jobs_then_deletes_everything(db):
     db.get(Job, running.id).status = "failed"
     db.commit()
     assert privacy_data.erase(db, SETTINGS, user, NOW).tables == {
-        "webhook_deliveries": 2, "disclosures": 0, "jobs": 2, "restricted_users": 1}
+        "webhook_deliveries": 2, "disclosures": 0, "jobs": 2, "restricted_users": 1,
+        "refused_regions": 0}
     db.commit()
     assert db.query(Job).filter(Job.user_id == user).count() == 0
     assert db.get(RestrictedUser, user) is None
@@ -113,7 +114,7 @@ def test_a_job_submitted_while_the_erasure_runs_is_erased_by_the_recheck(db):
     tables = privacy_data.erase(db, SETTINGS, user, NOW, recheck=True).tables
     db.commit()
     assert tables == {"webhook_deliveries": 1, "disclosures": 0, "jobs": 1, "restricted_users": 0,
-                      "erasure_pending": 1}
+                      "refused_regions": 0, "erasure_pending": 1}
     assert db.query(Job).filter(Job.user_id == user).count() == 0
     # nothing of the user is left (counted in the database: the bulk delete
     # leaves the session's copy of the row in its identity map)

@@ -108,7 +108,7 @@ class Router:
     def __init__(self):
         self.calls = 0
 
-    def run(self, request, progress, on_attempt=None):
+    def run(self, request, progress, on_attempt=None, refused_regions=frozenset()):
         self.calls += 1
         data = png_bytes(64, 64)
         return RoutedResult("local", ProviderResult((ProviderOutput(data, "image/png", 64, 64),)),

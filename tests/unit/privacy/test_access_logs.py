@@ -73,8 +73,9 @@ def test_the_privacy_part_of_an_export_holds_consents_requests_and_logs(db, sett
                                    "route": "/v1/images/<uuid:image_id>", "status": 200,
                                    "network": "203.0.113.0/24"}]
     assert "180 days" in data["about"]
-    assert own_data.erase(db, user) == {"consent_changes": 0, "policy_acceptances": 0,
-                                        "restrictions": 1, "access_logs": 1}
+    assert own_data.erase(db, user) == {"consent_changes": 0, "region_refusals": 0,
+                                        "policy_acceptances": 0, "restrictions": 1,
+                                        "access_logs": 1}
     assert own_data.export(db, user, 180)["access_log"] == []
 
 

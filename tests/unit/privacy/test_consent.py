@@ -22,6 +22,7 @@ def publish(db, version, material=True, at=NOW):
 
 def test_consents_are_opt_in_and_every_change_is_kept(db, user):
     assert consent.view(db, user) == {"marketing_email": False, "analytics": False,
+                                      "refused_regions": [], "refused_regions_changed_at": None,
                                       "updated_at": None, "history": []}
     publish(db, "v1")
     view, changed = consent.update(db, user, {"marketing_email": True}, "api", NOW)

@@ -243,8 +243,8 @@ def test_a_completed_erasure_leaves_no_user_id_behind(db, settings, events, user
     assert certificate["totals"] == {"rows_deleted": 2 * 6 + 2, "rows_pseudonymised": 0,
                                      "objects_deleted": 6, "bytes_deleted": 60}
     privacy = [s for s in certificate["services"] if s["service"] == "privacy"][0]
-    assert privacy["tables"] == {"consent_changes": 1, "policy_acceptances": 0, "restrictions": 0,
-                                 "access_logs": 1}
+    assert privacy["tables"] == {"consent_changes": 1, "region_refusals": 0,
+                                 "policy_acceptances": 0, "restrictions": 0, "access_logs": 1}
     assert str(user) not in json.dumps(certificate, default=str)
     # the user can ask for nothing more (they are gone); a new account could
     assert subject_requests.list_for_user(db, user, {"limit": 20, "cursor": None}) == ([], None)
