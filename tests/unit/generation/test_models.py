@@ -220,7 +220,8 @@ def test_the_runner_passes_the_model_to_the_router():
     calls = []
 
     class Recording:
-        def run(self, request, progress=None, on_attempt=None, model=None):
+        def run(self, request, progress=None, on_attempt=None, model=None,
+                refused_regions=frozenset()):
             calls.append(model)
             raise TransientProviderError("provider_timeout")
 

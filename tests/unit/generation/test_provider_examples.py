@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from services.generation.prompt_assist import PromptAssistant
 from services.generation.providers.config import (
     VARIABLE,
     ProviderConfigError,
     load_providers_file,
+    plain_yaml,
 )
 from services.generation.providers.router import build_router
 
@@ -30,7 +30,7 @@ def variables(value) -> set[str]:
 
 def keys_of(path: Path) -> dict[str, str]:
     return {name: f"test-key-{name.lower()}"
-            for name in variables(yaml.safe_load(path.read_text()))}
+            for name in variables(plain_yaml(path.read_text()))}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
