@@ -37,21 +37,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from services.common.config import flag
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_VIDEO,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderOutput,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    polling,
-    report,
-    submitting,
-    wait_for_task,
-)
+from services.generation.providers import base
 from services.generation.providers.common import b64
 from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_code
 from services.generation.providers.media import image_output, video_output
@@ -63,7 +49,7 @@ class AsyncTaskProvider:
     def __init__(self, name: str, base_url: str, api_key: str | None = None,
                  model: str | None = None, timeout_s: float = 30.0,
                  poll_interval_s: float = 2.0, task_timeout_s: float = 900.0,
-                 max_poll_errors: int = 3, job_types: tuple[str, ...] = (IMAGE_TO_VIDEO,),
+                 max_poll_errors: int = 3, job_types: tuple[str, ...] = (base.IMAGE_TO_VIDEO,),
                  max_download_bytes: int = 500 * 1024 * 1024,
                  result_url_allow: tuple[str, ...] = (), resolver=None,
                  allow_private_network: bool = False,
@@ -71,15 +57,11 @@ class AsyncTaskProvider:
                  clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.model = model or None
-        self.poll_interval_s = float(poll_interval_s)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         self.job_types = frozenset(job_types)
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
                                  result_url_allow, resolver,
                                  allow_private_network=allow_private_network)
-        self.sleep = sleep
-        self.clock = clock
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> AsyncTaskProvider:
@@ -89,14 +71,14 @@ class AsyncTaskProvider:
             poll_interval_s=float(conf.get("poll_interval_s", 2)),
             task_timeout_s=float(conf.get("task_timeout_s", 900)),
             max_poll_errors=int(conf.get("max_poll_errors", 3)),
-            job_types=tuple(conf.get("job_types") or (IMAGE_TO_VIDEO,)),
+            job_types=tuple(conf.get("job_types") or (base.IMAGE_TO_VIDEO,)),
             max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
             **kwargs,
         )
 
-    def payload(self, request: ProviderRequest) -> dict:
+    def payload(self, request: base.ProviderRequest) -> dict:
         """Exactly what is sent: the prompt, parameters and source image only."""
         body = {
             "type": request.job_type, "model": self.model, "prompt": request.prompt,
@@ -111,13 +93,13 @@ class AsyncTaskProvider:
             body["shots"] = [shot.to_dict() for shot in request.shots]
         return {k: v for k, v in body.items() if v is not None}
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
         answer = self.http.call("POST", "/v1/tasks", self.payload(request))
         task_id = answer.get("id")
         if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a task id")
         path = f"/v1/tasks/{quote(str(task_id), safe='')}"
         status = self._wait(path, progress)
@@ -125,38 +107,37 @@ class AsyncTaskProvider:
                                              if status.get("result_url") else [])
         if not isinstance(urls, list) or len(urls) < request.n \
                 or not all(isinstance(u, str) for u in urls):
-            raise TransientProviderError(
+            raise base.TransientProviderError(
                 "invalid_provider_output", f"{self.name} finished without a result URL per output")
         outputs = []
         for index, url in enumerate(urls[: request.n]):
-            report(progress, 0.9 + 0.1 * index / len(urls), "downloading")
+            base.report(progress, 0.9 + 0.1 * index / len(urls), "downloading")
             data, content_type = self.http.download(url)
             outputs.append(self._output(data, content_type))
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
-    def _wait(self, path: str, progress: ProgressCallback | None) -> dict:
+    def _wait(self, path: str, progress: base.ProgressCallback | None) -> dict:
         def read(status: dict) -> dict | None:
             state = status.get("status")
             if state not in STATUSES:
-                raise TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent an unknown task status")
+                raise base.unknown_status(self.name, "task")
             if state == "succeeded":
                 return status
             if state == "failed":
                 raise self._failure(status.get("error"))
             fraction = status.get("progress")
             if isinstance(fraction, int | float) and not isinstance(fraction, bool):
-                report(progress, 0.9 * float(fraction), state)
+                base.report(progress, 0.9 * float(fraction), state)
             else:
-                report(progress, 0.0, state)
+                base.report(progress, 0.0, state)
             return None
 
-        return wait_for_task(
-            lambda: self.http.call("GET", path), read, who=self.name, **polling(self),
+        return base.wait_for_task(
+            lambda: self.http.call("GET", path), read, who=self.name, **base.polling(self),
             cancel=lambda: self.http.call("DELETE", path))
 
-    def _failure(self, error) -> ProviderError:
+    def _failure(self, error) -> base.ProviderError:
         error = error if isinstance(error, dict) else {}
         code = str(error.get("code") or "")
         # the code only: a task's error message may echo the request or a URL
@@ -164,11 +145,11 @@ class AsyncTaskProvider:
         message = f"{self.name} task failed" + (f": {shown}" if shown else "")
         if error.get("retryable", True) is False:
             if any(hint in code.lower() for hint in REFUSAL_HINTS):
-                return PermanentProviderError(CONTENT_REFUSED, message)
-            return PermanentProviderError("provider_rejected_request", message)
-        return TransientProviderError("provider_task_failed", message)
+                return base.PermanentProviderError(base.CONTENT_REFUSED, message)
+            return base.PermanentProviderError("provider_rejected_request", message)
+        return base.TransientProviderError("provider_task_failed", message)
 
-    def _output(self, data: bytes, content_type: str) -> ProviderOutput:
+    def _output(self, data: bytes, content_type: str) -> base.ProviderOutput:
         if data[4:8] == b"ftyp" or content_type.startswith("video/"):
             return video_output(data, self.name)
         return image_output(data, self.name)

@@ -171,6 +171,27 @@ def submitting(provider: Provider, request: ProviderRequest,
 _UNSET = object()
 
 
+def task_ended(provider: str, what: str, status: str) -> TransientProviderError:
+    """A vendor's task that ended without a result (cancelled, expired,
+    aborted): worth another try, here or at the next provider."""
+    return TransientProviderError("provider_task_failed", f"{provider} {what} ended as {status}")
+
+
+def unknown_status(provider: str, what: str) -> TransientProviderError:
+    """A vendor's task in a status its documentation does not list."""
+    return TransientProviderError("invalid_provider_output",
+                                  f"{provider} sent an unknown {what} status")
+
+
+def keep_polling(adapter, poll_interval_s, task_timeout_s, max_poll_errors,
+                 sleep: Callable[[float], None], clock: Callable[[], float]) -> None:
+    """Set an async adapter's polling settings, the ones :func:`polling` reads."""
+    adapter.poll_interval_s = float(poll_interval_s)
+    adapter.task_timeout_s = float(task_timeout_s)
+    adapter.max_poll_errors = int(max_poll_errors)
+    adapter.sleep, adapter.clock = sleep, clock
+
+
 def polling(adapter) -> dict:
     """:func:`wait_for_task`'s timing from an adapter's ``poll_interval_s``,
     ``task_timeout_s``, ``max_poll_errors``, ``sleep`` and ``clock`` (read

@@ -101,22 +101,7 @@ from urllib.parse import quote, urlencode
 
 from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_IMAGE,
-    IMAGE_TO_VIDEO,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderOutput,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    polling,
-    report,
-    submitting,
-    wait_for_task,
-)
+from services.generation.providers import base
 from services.generation.providers.http import (
     REFUSAL_HINTS,
     ProviderHttp,
@@ -191,7 +176,7 @@ class Workflow:
             if not parsed:
                 raise ValueError(f"{where}.inputs.{name}: no target")
             inputs[name] = tuple(parsed)
-        if job_type in (IMAGE_TO_IMAGE, IMAGE_TO_VIDEO) and "image" not in inputs:
+        if job_type in (base.IMAGE_TO_IMAGE, base.IMAGE_TO_VIDEO) and "image" not in inputs:
             raise ValueError(f"{where}.inputs.image: {job_type} needs the node input that "
                              "takes the source image (e.g. a LoadImage node's \"image\")")
         outputs = tuple(str(node) for node in conf.get("outputs") or ())
@@ -205,7 +190,7 @@ class Workflow:
         """Does one run make ``n`` images (``n`` is mapped to a batch size)?"""
         return "n" in self.inputs
 
-    def values(self, request: ProviderRequest, image: str | None, seed: int | None) -> dict:
+    def values(self, request: base.ProviderRequest, image: str | None, seed: int | None) -> dict:
         """The mapped fields that have a value, typed as ComfyUI expects."""
         values = {"prompt": request.prompt, "negative_prompt": request.negative_prompt,
                   "seed": seed, "width": request.width, "height": request.height,
@@ -213,7 +198,7 @@ class Workflow:
                   "duration_s": request.duration_s, "image": image}
         return {k: v for k, v in values.items() if k in self.inputs and v is not None}
 
-    def build(self, request: ProviderRequest, image: str | None, seed: int | None) -> dict:
+    def build(self, request: base.ProviderRequest, image: str | None, seed: int | None) -> dict:
         """The graph to submit: a copy of the workflow with the mapped inputs set."""
         graph = copy.deepcopy(self.graph)
         for name, value in self.values(request, image, seed).items():
@@ -261,10 +246,10 @@ class Pool:
                 exclude.append(host)
                 continue
             if not busy:
-                raise TransientProviderError(
+                raise base.TransientProviderError(
                     "provider_connection_failed", f"{self.name}: no ComfyUI host is reachable")
             if self.clock() + self.poll_interval_s > deadline:
-                raise TransientProviderError(
+                raise base.TransientProviderError(
                     "provider_busy", f"{self.name}: every ComfyUI host is busy "
                     f"(max_concurrency {self.max_concurrency} each)")
             self.sleep(self.poll_interval_s)
@@ -300,7 +285,7 @@ class Pool:
             response = host.http.send("GET", f"{host.http.base_url}{self.health_path}")
             with response:
                 raise_for_status(response, host.http.who)
-        except ProviderError:
+        except base.ProviderError:
             self.mark_down(host)
             return False
         host.checked_at = now
@@ -347,11 +332,8 @@ class ComfyUIProvider:
         self.name = name
         self.job_types = job_types
         self.workflows = workflows
-        self.poll_interval_s = float(poll_interval_s)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         self.keep_history = keep_history
-        self.sleep, self.clock = sleep, clock
         self.pool = Pool(name, [
             Host(url, ProviderHttp(name, url, api_key, timeout_s, max_download_bytes,
                                    resolver=resolver,
@@ -392,9 +374,9 @@ class ComfyUIProvider:
 
     # ------------------------------------------------------------ a job
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
         workflow = self.workflows[request.job_type]
         tried: list[Host] = []
         while True:
@@ -412,14 +394,14 @@ class ComfyUIProvider:
             finally:
                 self.pool.release(host)
 
-    def _run(self, host: Host, workflow: Workflow, request: ProviderRequest,
-             progress: ProgressCallback | None) -> ProviderResult:
+    def _run(self, host: Host, workflow: Workflow, request: base.ProviderRequest,
+             progress: base.ProgressCallback | None) -> base.ProviderResult:
         runs = 1 if workflow.batched else request.n
         per_run = request.n if workflow.batched else 1
         try:
             image = self._upload(host, request) if "image" in workflow.inputs else None
             prompt_id = self._submit(host, workflow, request, image, 0)
-        except TransientProviderError as exc:
+        except base.TransientProviderError as exc:
             if exc.code in HOST_DOWN:
                 raise _NotSubmitted(exc) from None
             raise
@@ -427,25 +409,25 @@ class ComfyUIProvider:
         for index in range(runs):
             if index:
                 prompt_id = self._submit(host, workflow, request, image, index)
-            report(progress, 0.1 + 0.8 * index / runs, "queued")
+            base.report(progress, 0.1 + 0.8 * index / runs, "queued")
             entry = self._wait(host, prompt_id, progress, 0.1 + 0.8 * index / runs)
             found = self._files(entry, workflow)
             if len(found) < per_run:
-                raise TransientProviderError(
+                raise base.TransientProviderError(
                     "invalid_provider_output",
                     f"{self.name} finished with {len(found)} output files, expected {per_run}")
             files += [(prompt_id, f) for f in found[:per_run]]
         outputs = []
         for index, (_, ref) in enumerate(files):
-            report(progress, 0.9 + 0.1 * index / len(files), "downloading")
+            base.report(progress, 0.9 + 0.1 * index / len(files), "downloading")
             outputs.append(self._download(host, ref))
         for prompt_id in dict.fromkeys(p for p, _ in files):
             if not self.keep_history:
                 self._quietly(host, "/history", {"delete": [prompt_id]})
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
-    def _upload(self, host: Host, request: ProviderRequest) -> str | None:
+    def _upload(self, host: Host, request: base.ProviderRequest) -> str | None:
         if request.source_image is None:
             return None
         content_type = request.source_content_type or "image/png"
@@ -457,11 +439,11 @@ class ComfyUIProvider:
         body = host.http.answer(response)
         name, subfolder = body.get("name"), body.get("subfolder") or ""
         if not isinstance(name, str) or not name or not isinstance(subfolder, str):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered an upload without a name")
         return f"{subfolder}/{name}" if subfolder else name
 
-    def _submit(self, host: Host, workflow: Workflow, request: ProviderRequest,
+    def _submit(self, host: Host, workflow: Workflow, request: base.ProviderRequest,
                 image: str | None, index: int) -> str:
         seed = request.seed
         if "seed" in workflow.inputs:
@@ -471,11 +453,11 @@ class ComfyUIProvider:
         answer = host.http.call("POST", "/prompt", body)
         prompt_id = answer.get("prompt_id")
         if not isinstance(prompt_id, str) or not prompt_id:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a prompt_id")
         return prompt_id
 
-    def _wait(self, host: Host, prompt_id: str, progress: ProgressCallback | None,
+    def _wait(self, host: Host, prompt_id: str, progress: base.ProgressCallback | None,
               fraction: float) -> dict:
         path = f"/history/{quote(prompt_id, safe='')}"
 
@@ -490,18 +472,18 @@ class ComfyUIProvider:
                         self._quietly(host, "/history", {"delete": [prompt_id]})
                     raise self._failure(status.get("messages"))
                 return entry
-            report(progress, fraction, "running")
+            base.report(progress, fraction, "running")
             return None
 
-        def gave_up(error: ProviderError) -> None:
+        def gave_up(error: base.ProviderError) -> None:
             if error.code in HOST_DOWN:
                 self.pool.mark_down(host)
 
-        return wait_for_task(
+        return base.wait_for_task(
             lambda: host.http.call("GET", path), read, who=self.name, what="the workflow",
-            **polling(self), cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
+            **base.polling(self), cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
 
-    def _failure(self, messages) -> ProviderError:
+    def _failure(self, messages) -> base.ProviderError:
         """A failed run: refused by a safety node (permanent), or anything else."""
         for message in messages if isinstance(messages, list) else ():
             if not (isinstance(message, list | tuple) and len(message) == 2
@@ -515,12 +497,12 @@ class ComfyUIProvider:
                 shown = error_code(kind)
                 where = f"{self.name} workflow failed" + (f": {shown}" if shown else "")
                 if any(hint in text for hint in REFUSAL_HINTS):
-                    return PermanentProviderError(CONTENT_REFUSED, where)
-                return TransientProviderError("provider_task_failed", where)
+                    return base.PermanentProviderError(base.CONTENT_REFUSED, where)
+                return base.TransientProviderError("provider_task_failed", where)
             if event == "execution_interrupted":
-                return TransientProviderError("provider_task_failed",
+                return base.TransientProviderError("provider_task_failed",
                                               f"{self.name} workflow was interrupted")
-        return TransientProviderError("provider_task_failed", f"{self.name} workflow failed")
+        return base.TransientProviderError("provider_task_failed", f"{self.name} workflow failed")
 
     def _cancel(self, host: Host, prompt_id: str) -> None:
         """Take the run off the queue, or interrupt it if it is running (best effort)."""
@@ -529,7 +511,7 @@ class ComfyUIProvider:
             queue = host.http.call("GET", "/queue")
             running = any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
                           for item in queue.get("queue_running") or ())
-        except ProviderError:
+        except base.ProviderError:
             pass
         self._quietly(host, "/queue", {"delete": [prompt_id]})
         if running:
@@ -540,14 +522,14 @@ class ComfyUIProvider:
         try:
             response = host.http.send("POST", f"{host.http.base_url}{path}", json=payload)
             response.close()
-        except ProviderError:
+        except base.ProviderError:
             pass
 
     def _files(self, entry: dict, workflow: Workflow) -> list[dict]:
         """The file references of a finished run, in node order."""
         outputs = entry.get("outputs")
         if not isinstance(outputs, dict):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} finished without outputs")
         nodes = workflow.outputs or tuple(sorted(outputs, key=_node_order))
         found = []
@@ -563,13 +545,13 @@ class ComfyUIProvider:
         saved = [f for f in found if f.get("type", "output") == "output"]
         return saved or found
 
-    def _download(self, host: Host, ref: dict) -> ProviderOutput:
+    def _download(self, host: Host, ref: dict) -> base.ProviderOutput:
         query = urlencode({"filename": ref["filename"], "subfolder": ref.get("subfolder") or "",
                            "type": ref.get("type") or "output"})
         try:
             data, content_type = host.http.download(f"{host.http.base_url}/view?{query}")
-        except PermanentProviderError as exc:  # the file it just listed is not there
-            raise TransientProviderError(
+        except base.PermanentProviderError as exc:  # the file it just listed is not there
+            raise base.TransientProviderError(
                 "invalid_provider_output", f"{self.name} cannot serve its output file "
                 f"({exc.status})") from None
         if data[4:8] == b"ftyp" or content_type.startswith("video/"):
@@ -580,7 +562,7 @@ class ComfyUIProvider:
 class _NotSubmitted(Exception):
     """The host failed before it accepted the run: another host may take it."""
 
-    def __init__(self, error: TransientProviderError):
+    def __init__(self, error: base.TransientProviderError):
         super().__init__(error.code)
         self.error = error
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 
 from services.generation.providers.base import (
@@ -154,3 +154,22 @@ def one_request_per_image(request: ProviderRequest, progress: ProgressCallback |
         report(progress, (index + 0.5) / request.n, stage)
         outputs.append(image_output(data, provider))
     return outputs
+
+
+def field_mapping(value, fields: tuple[str, ...], input_name, default: dict[str, str]
+                  ) -> dict[str, str]:
+    """A hosted engine's ``inputs`` setting, checked: Darkroom field -> the
+    model's input name (``input_name``, a compiled pattern, says what a name may
+    be); ``default`` when unset. A ``ValueError`` names the key."""
+    if value is None:
+        return dict(default)
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("inputs must map Darkroom fields to the model's input names")
+    checked = {}
+    for field, name in value.items():
+        if field not in fields:
+            raise ValueError(f"inputs.{field}: not a Darkroom field ({', '.join(fields)})")
+        if not isinstance(name, str) or not input_name.fullmatch(name):
+            raise ValueError(f"inputs.{field}: {name!r} is not an input name")
+        checked[str(field)] = name
+    return checked

@@ -91,29 +91,15 @@ from urllib.parse import quote
 import requests
 
 from services.common.config import flag
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_IMAGE,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderOutput,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    report,
-    submitting,
-    wait_for_task,
-)
+from services.generation.providers import base
 from services.generation.providers.common import data_uri, seed_for
 from services.generation.providers.http import ErrorMapper, ProviderHttp, _retry_after, error_code
 from services.generation.providers.media import image_output, video_output
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 SUBMIT_PATHS = {
-    TEXT_TO_IMAGE: "/services/aigc/text2image/image-synthesis",
-    IMAGE_TO_VIDEO: "/services/aigc/video-generation/video-synthesis",
+    base.TEXT_TO_IMAGE: "/services/aigc/text2image/image-synthesis",
+    base.IMAGE_TO_VIDEO: "/services/aigc/video-generation/video-synthesis",
 }
 ASYNC_HEADER = {"X-DashScope-Async": "enable"}
 WAITING = ("PENDING", "RUNNING", "SUSPENDED")
@@ -135,7 +121,7 @@ def _code(body) -> str:
 
 
 def classify(code: str, who: str, *, status: int | None = None,
-             retry_after: float | None = None) -> ProviderError | None:
+             retry_after: float | None = None) -> base.ProviderError | None:
     """The provider error for a DashScope error code, or None when the code
     alone does not decide it (then the HTTP status does)."""
     shown = error_code(code)
@@ -143,14 +129,14 @@ def classify(code: str, who: str, *, status: int | None = None,
         + (f" ({shown})" if shown else "")
     key = code.replace("_", "").lower()
     if key.startswith(REFUSAL_CODES):
-        return PermanentProviderError(CONTENT_REFUSED, where, status=status)
+        return base.PermanentProviderError(base.CONTENT_REFUSED, where, status=status)
     if key.startswith("throttling"):
-        return TransientProviderError("provider_rate_limited", where, status=status,
+        return base.TransientProviderError("provider_rate_limited", where, status=status,
                                       retry_after=retry_after)
     if status is None:  # a failed task: its code is all there is
         if key.startswith(PERMANENT_CODES):
-            return PermanentProviderError("provider_rejected_request", where)
-        return TransientProviderError("provider_task_failed", where)
+            return base.PermanentProviderError("provider_rejected_request", where)
+        return base.TransientProviderError("provider_task_failed", where)
     return None
 
 
@@ -160,7 +146,7 @@ def classify_response(who: str) -> ErrorMapper:
     like any bad request), then the status (:func:`.http.raise_for_status`)."""
 
     def read(status: int, _code_: str | None, _where: str,
-             response: requests.Response) -> ProviderError | None:
+             response: requests.Response) -> base.ProviderError | None:
         try:
             code = _code(response.json())
         except ValueError:
@@ -173,7 +159,7 @@ def classify_response(who: str) -> ErrorMapper:
 
 class DashScopeProvider:
     def __init__(self, name: str, model: str, base_url: str = DEFAULT_BASE_URL,
-                 api_key: str | None = None, job_types: tuple[str, ...] = (TEXT_TO_IMAGE,),
+                 api_key: str | None = None, job_types: tuple[str, ...] = (base.TEXT_TO_IMAGE,),
                  timeout_s: float = 600.0, request_timeout_s: float | None = None,
                  poll_interval_s: float = 5.0, task_timeout_s: float | None = None,
                  max_poll_errors: int = 3,
@@ -214,11 +200,9 @@ class DashScopeProvider:
         self.name = name
         self.model = str(model)
         self.job_types = frozenset(job_types)
-        self.poll_interval_s = float(poll_interval_s)
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         # a short timeout_s still gets about ten polls
         self.interval_s = min(self.poll_interval_s, task_timeout_s / 10)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
         self.sizes = tuple(sizes) if sizes is not None else None
         self.images_per_task = int(images_per_task)
         self.resolution = resolution
@@ -230,14 +214,12 @@ class DashScopeProvider:
                                  allow_private_network=allow_private_network)
         self.http.errors = classify_response(self.http.who)
         self.headers = {"X-DashScope-WorkSpace": workspace} if workspace else {}
-        self.sleep = sleep
-        self.clock = clock
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> DashScopeProvider:
         """``region``, ``max_concurrency``, ``enabled`` are read by the router."""
         model = str(conf.get("model") or "")
-        default_type = IMAGE_TO_VIDEO if "i2v" in model else TEXT_TO_IMAGE
+        default_type = base.IMAGE_TO_VIDEO if "i2v" in model else base.TEXT_TO_IMAGE
         job_types = conf.get("job_types") or (default_type,)
         if isinstance(job_types, str):
             job_types = [part.strip() for part in job_types.split(",") if part.strip()]
@@ -270,9 +252,9 @@ class DashScopeProvider:
 
     # ------------------------------------------------------------ what is sent
 
-    def payloads(self, request: ProviderRequest) -> list[dict]:
+    def payloads(self, request: base.ProviderRequest) -> list[dict]:
         """Exactly what is sent, one body per task."""
-        if request.job_type == IMAGE_TO_VIDEO:
+        if request.job_type == base.IMAGE_TO_VIDEO:
             return [self._video_payload(request)]
         bodies, made = [], 0
         while made < request.n:
@@ -281,7 +263,7 @@ class DashScopeProvider:
             made += count
         return bodies
 
-    def _common(self, parameters: dict, request: ProviderRequest, index: int = 0) -> dict:
+    def _common(self, parameters: dict, request: base.ProviderRequest, index: int = 0) -> dict:
         if request.seed is not None:
             parameters["seed"] = seed_for(request, index) % SEED_LIMIT
         if self.prompt_extend is not None:
@@ -290,7 +272,7 @@ class DashScopeProvider:
             parameters["watermark"] = self.watermark
         return parameters
 
-    def _image_payload(self, request: ProviderRequest, count: int, index: int) -> dict:
+    def _image_payload(self, request: base.ProviderRequest, count: int, index: int) -> dict:
         inputs: dict = {"prompt": request.prompt}
         parameters: dict = {"n": count}
         size = self.size(request)
@@ -302,7 +284,7 @@ class DashScopeProvider:
         return {"model": self.model, "input": inputs,
                 "parameters": self._common(parameters, request, index)}
 
-    def size(self, request: ProviderRequest) -> str | None:
+    def size(self, request: base.ProviderRequest) -> str | None:
         """``W*H`` for the request: the configured size nearest its aspect ratio."""
         if not (request.width and request.height):
             return None
@@ -316,9 +298,9 @@ class DashScopeProvider:
 
         return min(self.sizes, key=distance)
 
-    def _video_payload(self, request: ProviderRequest) -> dict:
+    def _video_payload(self, request: base.ProviderRequest) -> dict:
         if request.source_image is None:
-            raise PermanentProviderError("provider_rejected_request",
+            raise base.PermanentProviderError("provider_rejected_request",
                                          f"{self.name} animates a source image; none was given")
         inputs: dict = {}
         prompt = self.video_prompt(request)
@@ -337,7 +319,7 @@ class DashScopeProvider:
                 "parameters": self._common(parameters, request)}
 
     @staticmethod
-    def video_prompt(request: ProviderRequest) -> str:
+    def video_prompt(request: base.ProviderRequest) -> str:
         parts = [request.prompt] if request.prompt else []
         for i, shot in enumerate(request.shots, 1):
             parts.append(f"Shot {i} ({shot.camera.replace('_', ' ')}, "
@@ -351,9 +333,9 @@ class DashScopeProvider:
 
     # ------------------------------------------------------------ the task API
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
         bodies = self.payloads(request)
         deadline = self.clock() + self.task_timeout_s
         tasks: list[str] = []
@@ -361,24 +343,24 @@ class DashScopeProvider:
         try:
             for body in bodies:
                 tasks.append(self._submit(request.job_type, body))
-            report(progress, 0.05, "submitted")
-            outputs: list[ProviderOutput] = []
+            base.report(progress, 0.05, "submitted")
+            outputs: list[base.ProviderOutput] = []
             for index, task in enumerate(tasks):
                 output = self._wait(task, deadline, progress, index / len(tasks))
                 finished.add(task)
                 for url in self._result_urls(request, output, bodies[index]):
-                    report(progress, 0.05 + 0.9 * (index + 1) / len(tasks), "downloading")
+                    base.report(progress, 0.05 + 0.9 * (index + 1) / len(tasks), "downloading")
                     data, _ = self.http.download(url)
                     outputs.append(video_output(data, self.name)
-                                   if request.job_type == IMAGE_TO_VIDEO
+                                   if request.job_type == base.IMAGE_TO_VIDEO
                                    else image_output(data, self.name))
         except Exception:
             for task in tasks:
                 if task not in finished:
                     self._cancel(task)
             raise
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
     def _submit(self, job_type: str, body: dict) -> str:
         answer = self.http.call("POST", SUBMIT_PATHS[job_type], body,
@@ -386,19 +368,19 @@ class DashScopeProvider:
         output = answer.get("output")
         task = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(task, str) or not task:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a task id")
         return task
 
     def _path(self, task: str) -> str:
         return f"/tasks/{quote(task, safe='')}"
 
-    def _wait(self, task: str, deadline: float, progress: ProgressCallback | None,
+    def _wait(self, task: str, deadline: float, progress: base.ProgressCallback | None,
               done: float) -> dict:
         def read(answer: dict) -> dict | None:
             output = answer.get("output")
             if not isinstance(output, dict):
-                raise TransientProviderError("invalid_provider_output",
+                raise base.TransientProviderError("invalid_provider_output",
                                              f"{self.name} sent a task without output")
             state = output.get("task_status")
             if state == "SUCCEEDED":
@@ -406,27 +388,26 @@ class DashScopeProvider:
             if state == "FAILED":
                 raise classify(_code(output), self.name)
             if state in ("CANCELED", "UNKNOWN"):
-                raise TransientProviderError(
+                raise base.TransientProviderError(
                     "provider_task_failed", f"{self.name} task is {str(state).lower()}")
             if state not in WAITING:
-                raise TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent an unknown task status")
-            report(progress, 0.05 + 0.9 * done, str(state).lower())
+                raise base.unknown_status(self.name, "task")
+            base.report(progress, 0.05 + 0.9 * done, str(state).lower())
             return None
 
         # cancelling is generate's (it cancels every task left behind)
-        return wait_for_task(
+        return base.wait_for_task(
             lambda: self.http.call("GET", self._path(task), headers=self.headers), read,
             who=self.name, interval_s=self.interval_s, timeout_s=max(0.0, deadline - self.clock()),
             max_errors=self.max_poll_errors, sleep=self.sleep, clock=self.clock)
 
-    def _result_urls(self, request: ProviderRequest, output: dict, body: dict) -> list[str]:
-        if request.job_type == IMAGE_TO_VIDEO:
+    def _result_urls(self, request: base.ProviderRequest, output: dict, body: dict) -> list[str]:
+        if request.job_type == base.IMAGE_TO_VIDEO:
             results = output.get("results")  # where some Wan models put it
             url = output.get("video_url") or (results.get("video_url")
                                               if isinstance(results, dict) else None)
             if not isinstance(url, str) or not url:
-                raise TransientProviderError("invalid_provider_output",
+                raise base.TransientProviderError("invalid_provider_output",
                                              f"{self.name} finished without a video URL")
             return [url]
         results = output.get("results")
@@ -439,11 +420,11 @@ class DashScopeProvider:
             error = classify(_code(item), self.name) if _code(item) else None
             if error is not None:
                 raise error
-        raise TransientProviderError("invalid_provider_output",
+        raise base.TransientProviderError("invalid_provider_output",
                                      f"{self.name} answered with fewer images than asked")
 
     def _cancel(self, task: str) -> None:
         try:
             self.http.call("POST", f"{self._path(task)}/cancel", headers=self.headers)
-        except ProviderError:
+        except base.ProviderError:
             pass  # best effort: only a PENDING task can be cancelled

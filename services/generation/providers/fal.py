@@ -89,21 +89,7 @@ import requests
 
 from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_IMAGE,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_IMAGE,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderOutput,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    report,
-    submitting,
-)
+from services.generation.providers import base, common
 from services.generation.providers.http import ProviderHttp, error_code, raise_for_status
 from services.generation.providers.media import image_output, video_output
 
@@ -158,7 +144,7 @@ class FalHttp(ProviderHttp):
             except ValueError:
                 body = None
         if not isinstance(body, dict):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.provider} answered with something not a JSON object")
         return body
 
@@ -166,10 +152,10 @@ class FalHttp(ProviderHttp):
         kind = _fal_error_type(response)
         where = f"{self.who} answered {response.status_code}" + (f" ({kind})" if kind else "")
         if 400 <= response.status_code < 500 and kind in REFUSED_TYPES:
-            raise PermanentProviderError(CONTENT_REFUSED, where, status=response.status_code)
+            raise base.PermanentProviderError(base.CONTENT_REFUSED, where, status=response.status_code)
         try:
             raise_for_status(response, self.who)
-        except ProviderError as exc:
+        except base.ProviderError as exc:
             if kind and kind not in exc.message:
                 exc.message = f"{exc.message} ({kind})"
             raise
@@ -187,20 +173,10 @@ class Queued:
 
 
 def _check_inputs(inputs, job_types: frozenset[str]) -> dict[str, str]:
-    if inputs is None:
-        return dict(DEFAULT_INPUTS)
-    if not isinstance(inputs, dict):
-        raise ValueError("inputs must be a mapping of Darkroom field to the model's input name")
-    checked = {}
-    for field, target in inputs.items():
-        if field not in FIELDS:
-            raise ValueError(f"inputs.{field}: not a Darkroom field ({', '.join(FIELDS)})")
-        if not isinstance(target, str) or not _INPUT_NAME.fullmatch(target):
-            raise ValueError(f"inputs.{field}: {target!r} is not an input name")
-        checked[field] = target
+    checked = common.field_mapping(inputs, FIELDS, _INPUT_NAME, DEFAULT_INPUTS)
     if "prompt" not in checked:
         raise ValueError("inputs.prompt: the prompt must be mapped to an input")
-    if job_types & {IMAGE_TO_IMAGE, IMAGE_TO_VIDEO} and "image" not in checked:
+    if job_types & {base.IMAGE_TO_IMAGE, base.IMAGE_TO_VIDEO} and "image" not in checked:
         raise ValueError("inputs.image: image-to-image and image-to-video need the source "
                          "image mapped to an input")
     return checked
@@ -229,14 +205,14 @@ def _put(body: dict, target: str, value) -> None:
     body[leaf] = value
 
 
-def _data_uri(request: ProviderRequest) -> str:
+def _data_uri(request: base.ProviderRequest) -> str:
     content_type = request.source_content_type or "image/png"
     return f"data:{content_type};base64,{base64.b64encode(request.source_image).decode()}"
 
 
 class FalProvider:
     def __init__(self, name: str, model: str, api_key: str | None = None,
-                 base_url: str = DEFAULT_BASE_URL, job_types: tuple[str, ...] = (TEXT_TO_IMAGE,),
+                 base_url: str = DEFAULT_BASE_URL, job_types: tuple[str, ...] = (base.TEXT_TO_IMAGE,),
                  inputs: dict | None = None, timeout_s: float = 30.0,
                  poll_interval_s: float = 1.0, task_timeout_s: float = 600.0,
                  max_poll_errors: int = 3, output_expiration_s: int = 3600,
@@ -259,19 +235,15 @@ class FalProvider:
         self.model = model
         self.job_types = frozenset(job_types)
         self.inputs = _check_inputs(inputs, self.job_types)
-        self.poll_interval_s = float(poll_interval_s)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         self.output_expiration_s = int(output_expiration_s)
         self.http = FalHttp(name, base_url, api_key, timeout_s, max_download_bytes,
                             result_url_allow, resolver,
                             allow_private_network=allow_private_network, auth_scheme="Key")
-        self.sleep = sleep
-        self.clock = clock
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> FalProvider:
-        job_types = conf.get("job_types") or (TEXT_TO_IMAGE,)
+        job_types = conf.get("job_types") or (base.TEXT_TO_IMAGE,)
         if isinstance(job_types, str):
             job_types = [part.strip() for part in job_types.split(",") if part.strip()]
         if not conf.get("model"):
@@ -295,14 +267,14 @@ class FalProvider:
 
     # ------------------------------------------------------------ what is sent
 
-    def payloads(self, request: ProviderRequest) -> list[dict]:
+    def payloads(self, request: base.ProviderRequest) -> list[dict]:
         """Exactly what is sent, one body per queued request: the mapped fields
         of the request, nothing else (several bodies when ``n`` has no input)."""
         if "n" in self.inputs:
             return [self.payload(request, n=request.n)]
         return [self.payload(request, seed_offset=i) for i in range(request.n)]
 
-    def payload(self, request: ProviderRequest, n: int | None = None,
+    def payload(self, request: base.ProviderRequest, n: int | None = None,
                 seed_offset: int = 0) -> dict:
         sized = request.width and request.height
         values = {
@@ -346,7 +318,7 @@ class FalProvider:
     def _queued(self, answer: dict) -> Queued:
         request_id = answer.get("request_id")
         if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a request id")
         built = f"{self._app_url()}/requests/{quote(request_id, safe='')}"
         urls = {key: answer[key] if self._same_origin(answer.get(key)) else default
@@ -354,9 +326,9 @@ class FalProvider:
                                      ("cancel_url", f"{built}/cancel"))}
         return Queued(request_id, **urls)
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
         deadline = self.clock() + self.task_timeout_s
         bodies = self.payloads(request)
         queued: list[Queued] = []
@@ -365,10 +337,10 @@ class FalProvider:
                 answer = self.http.fetch("POST", f"{self.http.base_url}/{self.model}", body,
                                          self.headers())
                 queued.append(self._queued(answer))
-            report(progress, 0.05, "submitted")
+            base.report(progress, 0.05, "submitted")
             results = []
             for index, item in enumerate(queued):
-                status = self._wait(item, deadline, lambda f, stage, i=index: report(
+                status = self._wait(item, deadline, lambda f, stage, i=index: base.report(
                     progress, 0.05 + 0.85 * (i + f) / len(queued), stage))
                 item.done = True
                 results.append((self.http.fetch("GET", item.response_url), status))
@@ -379,10 +351,10 @@ class FalProvider:
         items = [url for result, status in results for url in self._outputs(result, want, status)]
         outputs = []
         for index, item in enumerate(items):
-            report(progress, 0.9 + 0.1 * index / len(items), "downloading")
+            base.report(progress, 0.9 + 0.1 * index / len(items), "downloading")
             outputs.append(self._output(*self._bytes(item)))
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
     def _wait(self, item: Queued, deadline: float,
               progress: Callable[[float, str], None]) -> dict:
@@ -391,7 +363,7 @@ class FalProvider:
             try:
                 status = self.http.fetch("GET", item.status_url)
                 errors = 0
-            except TransientProviderError as exc:
+            except base.TransientProviderError as exc:
                 errors += 1
                 if errors > self.max_poll_errors:
                     raise
@@ -404,12 +376,11 @@ class FalProvider:
                 if state in FAILED:
                     self._failed(item, state)
                 if state not in PENDING:
-                    raise TransientProviderError("invalid_provider_output",
-                                                 f"{self.name} sent an unknown request status")
+                    raise base.unknown_status(self.name, "request")
                 self._progress(status, progress)
                 wait = self.poll_interval_s
             if self.clock() + wait > deadline:
-                raise TransientProviderError(
+                raise base.TransientProviderError(
                     "provider_timeout",
                     f"{self.name} did not finish the request within {self.task_timeout_s:g}s")
             self.sleep(wait)
@@ -431,14 +402,13 @@ class FalProvider:
         """A request fal reports as failed: its result carries the error."""
         if state in ("FAILED", "ERROR"):
             self.http.fetch("GET", item.response_url)  # raises the classified error
-        raise TransientProviderError("provider_task_failed",
-                                     f"{self.name} request ended as {state.lower()}")
+        raise base.task_ended(self.name, "request", state.lower())
 
     def _cancel(self, pending: list[Queued]) -> None:
         for item in pending:
             try:
                 self.http.fetch("PUT", item.cancel_url)
-            except ProviderError:
+            except base.ProviderError:
                 pass  # best effort: fal answers 400 once a request has completed
 
     # ------------------------------------------------------------ the outputs
@@ -448,7 +418,7 @@ class FalProvider:
         without them whose status carried an error fails as that error."""
         flagged = result.get("has_nsfw_concepts")
         if flagged is True or (isinstance(flagged, list) and any(v is True for v in flagged)):
-            raise PermanentProviderError(CONTENT_REFUSED,
+            raise base.PermanentProviderError(base.CONTENT_REFUSED,
                                          f"{self.name} flagged the output (has_nsfw_concepts)")
         items = []
         for key in ("images", "videos"):
@@ -462,11 +432,11 @@ class FalProvider:
         if len(urls) < want and (status or {}).get("error"):
             kind = error_code((status or {}).get("error_type"))
             if kind in REFUSED_TYPES:
-                raise PermanentProviderError(CONTENT_REFUSED, f"{self.name} request failed ({kind})")
-            raise TransientProviderError("provider_task_failed", f"{self.name} request failed"
+                raise base.PermanentProviderError(base.CONTENT_REFUSED, f"{self.name} request failed ({kind})")
+            raise base.TransientProviderError("provider_task_failed", f"{self.name} request failed"
                                          + (f" ({kind})" if kind else ""))
         if len(urls) < want:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered with fewer outputs than asked")
         return urls[:want]
 
@@ -475,15 +445,15 @@ class FalProvider:
             return self.http.download(url)
         header, _, data = url.partition(",")
         if ";base64" not in header or len(data) > self.http.max_download_bytes * 4 // 3 + 4:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} sent an unusable data URI")
         try:
             return base64.b64decode(data, validate=True), header[5:].split(";")[0]
         except (binascii.Error, ValueError):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} sent invalid base64") from None
 
-    def _output(self, data: bytes, content_type: str) -> ProviderOutput:
+    def _output(self, data: bytes, content_type: str) -> base.ProviderOutput:
         if data[4:8] == b"ftyp" or content_type.startswith("video/"):
             return video_output(data, self.name)
         return image_output(data, self.name)

@@ -90,40 +90,14 @@ import time
 from collections.abc import Callable
 
 from services.common.config import flag
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_IMAGE,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_IMAGE,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    polling,
-    report,
-    submitting,
-    wait_for_task,
-)
-from services.generation.providers.common import (
-    aspect_ratio,
-    b64,
-    base64_bytes,
-    conf_choice,
-    conf_job_types,
-    conf_number,
-    conf_str,
-    one_request_per_image,
-    seed_for,
-)
+from services.generation.providers import base, common
 from services.generation.providers.http import REFUSAL_HINTS, ProviderHttp, error_body
 from services.generation.providers.media import image_output, video_output
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 GENERATE, PREDICT, LONG_RUNNING = "generateContent", "predict", "predictLongRunning"
-JOB_TYPES = {GENERATE: (TEXT_TO_IMAGE, IMAGE_TO_IMAGE), PREDICT: (TEXT_TO_IMAGE,),
-             LONG_RUNNING: (IMAGE_TO_VIDEO,)}
+JOB_TYPES = {GENERATE: (base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE), PREDICT: (base.TEXT_TO_IMAGE,),
+             LONG_RUNNING: (base.IMAGE_TO_VIDEO,)}
 ASPECT_RATIOS = {GENERATE: ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9",
                             "21:9"),
                  PREDICT: ("1:1", "3:4", "4:3", "9:16", "16:9"),
@@ -151,13 +125,13 @@ def retry_delay(error: dict) -> float | None:
     return None
 
 
-def google_errors(status: int, code: str | None, where: str, response) -> ProviderError | None:
+def google_errors(status: int, code: str | None, where: str, response) -> base.ProviderError | None:
     """Google's retry hint in the body of a 429 without ``Retry-After``; the
     rest is the generic mapping (providers/http.py)."""
     if status == 429 and "Retry-After" not in response.headers:
         delay = retry_delay(error_body(response))
         if delay is not None:
-            return TransientProviderError("provider_rate_limited", f"{where} (RESOURCE_EXHAUSTED)",
+            return base.TransientProviderError("provider_rate_limited", f"{where} (RESOURCE_EXHAUSTED)",
                                           status=429, retry_after=delay)
     return None
 
@@ -192,28 +166,24 @@ class GeminiProvider:
         self.resolution = resolution
         self.send_seed = send_seed
         self.send_negative_prompt = send_negative_prompt
-        self.poll_interval_s = float(poll_interval_s)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
-        self.sleep = sleep
-        self.clock = clock
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> GeminiProvider:
-        model = conf_str(conf, "model")
-        method = conf_choice(conf, "method", JOB_TYPES) or method_for(model)
+        model = common.conf_str(conf, "model")
+        method = common.conf_choice(conf, "method", JOB_TYPES) or method_for(model)
         http = ProviderHttp.from_config(name, conf, BASE_URL, errors=google_errors,
                                         auth_header="x-goog-api-key", auth_scheme=None)
         return cls(name, http, model, method=method,
-                   job_types=conf_job_types(conf, JOB_TYPES[method]),
-                   image_size=conf_choice(conf, "image_size", IMAGE_SIZES.get(method, ())),
+                   job_types=common.conf_job_types(conf, JOB_TYPES[method]),
+                   image_size=common.conf_choice(conf, "image_size", IMAGE_SIZES.get(method, ())),
                    person_generation=conf.get("person_generation") or None,
-                   resolution=conf_choice(conf, "resolution", ("720p", "1080p")),
+                   resolution=common.conf_choice(conf, "resolution", ("720p", "1080p")),
                    send_seed=flag(conf.get("send_seed", True)),
                    send_negative_prompt=flag(conf.get("send_negative_prompt", True)),
-                   poll_interval_s=conf_number(conf, "poll_interval_s", 10),
-                   task_timeout_s=conf_number(conf, "task_timeout_s", 900),
-                   max_poll_errors=int(conf_number(conf, "max_poll_errors", 3, whole=True)),
+                   poll_interval_s=common.conf_number(conf, "poll_interval_s", 10),
+                   task_timeout_s=common.conf_number(conf, "task_timeout_s", 900),
+                   max_poll_errors=int(common.conf_number(conf, "max_poll_errors", 3, whole=True)),
                    **kwargs)
 
     @property
@@ -222,17 +192,17 @@ class GeminiProvider:
 
     # ------------------------------------------------------------ payloads
 
-    def payload(self, request: ProviderRequest, index: int = 0) -> dict:
+    def payload(self, request: base.ProviderRequest, index: int = 0) -> dict:
         """Exactly what is sent (generateContent: for image ``index``, one call each)."""
-        ratio = aspect_ratio(request.width, request.height, ASPECT_RATIOS[self.method])
+        ratio = common.aspect_ratio(request.width, request.height, ASPECT_RATIOS[self.method])
         if self.method == GENERATE:
             parts = [{"text": request.prompt}]
-            if request.source_image is not None and request.job_type == IMAGE_TO_IMAGE:
+            if request.source_image is not None and request.job_type == base.IMAGE_TO_IMAGE:
                 parts.append({"inlineData": {"mimeType": request.source_content_type
-                                             or "image/png", "data": b64(request.source_image)}})
+                                             or "image/png", "data": common.b64(request.source_image)}})
             config: dict = {"responseModalities": ["TEXT", "IMAGE"]}
             if self.send_seed and request.seed is not None:
-                config["seed"] = seed_for(request, index)
+                config["seed"] = common.seed_for(request, index)
             image_config = {"aspectRatio": ratio, "imageSize": self.image_size}
             image_config = {k: v for k, v in image_config.items() if v}
             if image_config:
@@ -245,7 +215,7 @@ class GeminiProvider:
                           "personGeneration": self.person_generation, "includeRaiReason": True}
         else:
             if request.source_image is not None:
-                instance["image"] = {"bytesBase64Encoded": b64(request.source_image),
+                instance["image"] = {"bytesBase64Encoded": common.b64(request.source_image),
                                      "mimeType": request.source_content_type or "image/png"}
             duration = round(request.duration_s) if request.duration_s else None
             parameters = {"aspectRatio": ratio, "durationSeconds": duration,
@@ -259,25 +229,25 @@ class GeminiProvider:
 
     # ------------------------------------------------------------ running
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
         if self.method == GENERATE:
-            outputs = one_request_per_image(
+            outputs = common.one_request_per_image(
                 request, progress, lambda index: self.content_image(
                     self.http.call("POST", self.path, self.payload(request, index))), self.name)
         elif self.method == PREDICT:
             answer = self.http.call("POST", self.path, self.payload(request))
-            report(progress, 0.5, "downloading")
+            base.report(progress, 0.5, "downloading")
             outputs = [image_output(data, self.name)
                        for data in self.predicted_images(answer, request.n)]
         else:
             outputs = self.video(self.payload(request), request.n, progress)
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
-    def refused(self, why: str) -> PermanentProviderError:
-        return PermanentProviderError(CONTENT_REFUSED, f"{self.name}: {why}")
+    def refused(self, why: str) -> base.PermanentProviderError:
+        return base.PermanentProviderError(base.CONTENT_REFUSED, f"{self.name}: {why}")
 
     def content_image(self, answer: dict) -> bytes:
         """The image of a generateContent answer, or why there is none."""
@@ -292,11 +262,11 @@ class GeminiProvider:
             inline = part.get("inlineData") if isinstance(part, dict) else None
             if isinstance(inline, dict) and not part.get("thought") \
                     and str(inline.get("mimeType", "image/")).startswith("image/"):
-                return base64_bytes(inline.get("data"), self.name, self.http.max_download_bytes)
+                return common.base64_bytes(inline.get("data"), self.name, self.http.max_download_bytes)
         finish = str(candidate.get("finishReason") or "")
         if finish in REFUSED_FINISH:
             raise self.refused(f"no image ({_token(finish)})")
-        raise TransientProviderError(
+        raise base.TransientProviderError(
             "invalid_provider_output",
             f"{self.name} answered without an image" + (f" ({_token(finish)})" if finish else ""))
 
@@ -307,7 +277,7 @@ class GeminiProvider:
             if not isinstance(prediction, dict):
                 continue
             if prediction.get("bytesBase64Encoded"):
-                images.append(base64_bytes(prediction["bytesBase64Encoded"], self.name,
+                images.append(common.base64_bytes(prediction["bytesBase64Encoded"], self.name,
                                          self.http.max_download_bytes))
             elif prediction.get("raiFilteredReason"):
                 filtered += 1
@@ -315,19 +285,19 @@ class GeminiProvider:
             return images[:n]
         if filtered or not images:  # Imagen drops filtered images (all: no predictions)
             raise self.refused("images filtered by the safety filter")
-        raise TransientProviderError("invalid_provider_output",
+        raise base.TransientProviderError("invalid_provider_output",
                                      f"{self.name} answered with fewer images than asked")
 
     # ------------------------------------------------------------ Veo
 
-    def video(self, body: dict, n: int, progress: ProgressCallback | None) -> list:
+    def video(self, body: dict, n: int, progress: base.ProgressCallback | None) -> list:
         operation = self.http.call("POST", self.path, body)
         name = operation.get("name")
         if not isinstance(name, str) or not OPERATION_NAME.match(name):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without an operation name")
         if not operation.get("done"):
-            report(progress, 0.05, "queued")
+            base.report(progress, 0.05, "queued")
             operation = self.wait(f"/{name}", progress, operation)
         response = self.finished(operation)
         result = response.get("generateVideoResponse") or {}
@@ -337,19 +307,19 @@ class GeminiProvider:
         if len(samples) < n:
             if result.get("raiMediaFilteredCount") or result.get("raiMediaFilteredReasons"):
                 raise self.refused("video filtered by the safety filter")
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} finished without a video")
         outputs = []
         for index, video in enumerate(samples[:n]):
-            report(progress, 0.9 + 0.1 * index / n, "downloading")
+            base.report(progress, 0.9 + 0.1 * index / n, "downloading")
             if isinstance(video.get("uri"), str):
                 data, _ = self.http.download(video["uri"])
             else:  # the video inline instead of a URI
-                data = base64_bytes(video["encodedVideo"], self.name, self.http.max_download_bytes)
+                data = common.base64_bytes(video["encodedVideo"], self.name, self.http.max_download_bytes)
             outputs.append(video_output(data, self.name))
         return outputs
 
-    def wait(self, path: str, progress: ProgressCallback | None, first: dict) -> dict:
+    def wait(self, path: str, progress: base.ProgressCallback | None, first: dict) -> dict:
         """Poll the operation until it is done, tolerating ``max_poll_errors``
         transient poll failures in a row; past ``task_timeout_s`` it is
         abandoned (Veo documents no cancel call)."""
@@ -360,12 +330,12 @@ class GeminiProvider:
                 return operation
             if operation is not first:
                 elapsed = (self.clock() - start) / self.task_timeout_s
-                report(progress, 0.05 + 0.8 * elapsed, "running")
+                base.report(progress, 0.05 + 0.8 * elapsed, "running")
             return None
 
-        return wait_for_task(
+        return base.wait_for_task(
             lambda: self.http.call("GET", path), read, who=self.name, first=first,
-            what="the video", **polling(self))
+            what="the video", **base.polling(self))
 
     def finished(self, operation: dict) -> dict:
         """The ``response`` of a done operation, or its error as a provider error."""
@@ -375,15 +345,15 @@ class GeminiProvider:
             shown = f"{self.name} video failed (code {code})"
             message = str(error.get("message") or "").lower()
             if any(hint in message for hint in OPERATION_REFUSAL_HINTS):
-                return_error: ProviderError = PermanentProviderError(CONTENT_REFUSED, shown)
+                return_error: base.ProviderError = base.PermanentProviderError(base.CONTENT_REFUSED, shown)
             elif code in TRANSIENT_CODES:
-                return_error = TransientProviderError("provider_task_failed", shown)
+                return_error = base.TransientProviderError("provider_task_failed", shown)
             else:
-                return_error = PermanentProviderError("provider_rejected_request", shown)
+                return_error = base.PermanentProviderError("provider_rejected_request", shown)
             raise return_error
         response = operation.get("response")
         if not isinstance(response, dict):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} finished without a response")
         return response
 

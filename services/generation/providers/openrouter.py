@@ -52,29 +52,7 @@ or in the choice) and is classified by its ``code`` the same way; a
 from __future__ import annotations
 
 from services.common.config import flag
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_IMAGE,
-    TEXT_TO_IMAGE,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    report,
-    submitting,
-)
-from services.generation.providers.common import (
-    aspect_ratio,
-    conf_choice,
-    conf_job_types,
-    conf_str,
-    data_uri,
-    data_uri_bytes,
-    one_request_per_image,
-    seed_for,
-)
+from services.generation.providers import base, common
 from services.generation.providers.http import ProviderHttp
 
 BASE_URL = "https://openrouter.ai/api/v1"
@@ -84,26 +62,26 @@ IMAGE_SIZES = ("1K", "2K", "4K")
 REFUSAL_REASONS = ("content_filter", "safety", "prohibited", "blocklist", "spii")
 
 
-def error_for(code, provider: str, *, status: int | None = None) -> ProviderError:
+def error_for(code, provider: str, *, status: int | None = None) -> base.ProviderError:
     """OpenRouter's ``error.code`` (an HTTP status number) as a provider error."""
     code = code if isinstance(code, int) and not isinstance(code, bool) else 0
     where = f"{provider} answered error {code}" if code else f"{provider} answered an error"
     status = status or code or None
     if code == 403:
-        return PermanentProviderError(CONTENT_REFUSED, f"{where} (moderation)", status=status)
+        return base.PermanentProviderError(base.CONTENT_REFUSED, f"{where} (moderation)", status=status)
     if code == 401:
-        return PermanentProviderError("provider_auth_failed", where, status=status)
+        return base.PermanentProviderError("provider_auth_failed", where, status=status)
     if code == 429:
-        return TransientProviderError("provider_rate_limited", where, status=status)
+        return base.TransientProviderError("provider_rate_limited", where, status=status)
     if code == 408:
-        return TransientProviderError("provider_timeout", where, status=status)
+        return base.TransientProviderError("provider_timeout", where, status=status)
     if 400 <= code < 500:
-        return PermanentProviderError("provider_rejected_request", where, status=status)
-    return TransientProviderError("provider_server_error", where, status=status)
+        return base.PermanentProviderError("provider_rejected_request", where, status=status)
+    return base.TransientProviderError("provider_server_error", where, status=status)
 
 
 def classify(provider: str):
-    def check(status: int, code, where: str, response) -> ProviderError | None:
+    def check(status: int, code, where: str, response) -> base.ProviderError | None:
         if status == 403:  # documented: "your input was flagged"
             return error_for(403, provider, status=403)
         return None  # the generic mapping (429 Retry-After, 5xx, 401...)
@@ -112,7 +90,7 @@ def classify(provider: str):
 
 class OpenRouterProvider:
     def __init__(self, name: str, http: ProviderHttp, model: str, *,
-                 job_types=frozenset({TEXT_TO_IMAGE, IMAGE_TO_IMAGE}),
+                 job_types=frozenset({base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE}),
                  modalities=("image", "text"), image_size: str | None = None,
                  send_seed: bool = True):
         self.name = name
@@ -130,22 +108,22 @@ class OpenRouterProvider:
                 or not set(modalities) <= {"image", "text"}:
             raise ValueError('modalities must be ["image", "text"] or ["image"]')
         http = ProviderHttp.from_config(name, conf, BASE_URL, errors=classify(name))
-        return cls(name, http, conf_str(conf, "model"),
-                   job_types=conf_job_types(conf, (TEXT_TO_IMAGE, IMAGE_TO_IMAGE)),
-                   modalities=modalities, image_size=conf_choice(conf, "image_size", IMAGE_SIZES),
+        return cls(name, http, common.conf_str(conf, "model"),
+                   job_types=common.conf_job_types(conf, (base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE)),
+                   modalities=modalities, image_size=common.conf_choice(conf, "image_size", IMAGE_SIZES),
                    send_seed=flag(conf.get("send_seed", True)))
 
-    def payload(self, request: ProviderRequest, index: int = 0) -> dict:
+    def payload(self, request: base.ProviderRequest, index: int = 0) -> dict:
         """Exactly what is sent for image ``index``: prompt, parameters, source image."""
         content: str | list = request.prompt
-        if request.source_image is not None and request.job_type == IMAGE_TO_IMAGE:
+        if request.source_image is not None and request.job_type == base.IMAGE_TO_IMAGE:
             content = [{"type": "text", "text": request.prompt},
                        {"type": "image_url", "image_url": {
-                           "url": data_uri(request.source_image, request.source_content_type)}}]
+                           "url": common.data_uri(request.source_image, request.source_content_type)}}]
         body = {"model": self.model, "modalities": self.modalities,
                 "messages": [{"role": "user", "content": content}]}
         image_config = {}
-        ratio = aspect_ratio(request.width, request.height, ASPECT_RATIOS)
+        ratio = common.aspect_ratio(request.width, request.height, ASPECT_RATIOS)
         if ratio:
             image_config["aspect_ratio"] = ratio
         if self.image_size:
@@ -153,18 +131,18 @@ class OpenRouterProvider:
         if image_config:
             body["image_config"] = image_config
         if self.send_seed and request.seed is not None:
-            body["seed"] = seed_for(request, index)
+            body["seed"] = common.seed_for(request, index)
         return body
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
-        outputs = one_request_per_image(
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
+        outputs = common.one_request_per_image(
             request, progress,
             lambda index: self.image_bytes(self.http.call("POST", PATH, self.payload(request, index))),
             self.name)
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
     def image_bytes(self, answer: dict) -> bytes:
         """The first image of a chat completion, or the error it carries."""
@@ -173,7 +151,7 @@ class OpenRouterProvider:
         choices = answer.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         if not isinstance(choice, dict):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a choice")
         if isinstance(choice.get("error"), dict):
             raise error_for(choice["error"].get("code"), self.name)
@@ -182,12 +160,12 @@ class OpenRouterProvider:
             url = (image.get("image_url") or {}).get("url") if isinstance(image, dict) else None
             if isinstance(url, str) and url.startswith("data:"):
                 if url.partition(",")[0].endswith(";base64"):
-                    return data_uri_bytes(url, self.name, self.http.max_download_bytes)
+                    return common.data_uri_bytes(url, self.name, self.http.max_download_bytes)
             elif isinstance(url, str) and url.startswith("https://"):
                 return self.http.download(url)[0]
         reasons = f"{choice.get('finish_reason')} {choice.get('native_finish_reason')}".lower()
         if any(reason in reasons for reason in REFUSAL_REASONS):
-            raise PermanentProviderError(CONTENT_REFUSED,
+            raise base.PermanentProviderError(base.CONTENT_REFUSED,
                                          f"{self.name}: the model refused (content filter)")
-        raise TransientProviderError("invalid_provider_output",
+        raise base.TransientProviderError("invalid_provider_output",
                                      f"{self.name} answered without an image")

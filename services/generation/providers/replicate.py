@@ -97,30 +97,7 @@ from urllib.parse import quote
 
 from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_IMAGE,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_IMAGE,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderOutput,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    polling,
-    report,
-    submitting,
-    wait_for_task,
-)
-from services.generation.providers.common import (
-    conf_number,
-    data_uri,
-    data_uri_bytes,
-    job_types_of,
-    seed_for,
-)
+from services.generation.providers import base, common
 from services.generation.providers.http import ProviderHttp
 from services.generation.providers.media import image_output, video_output
 
@@ -143,17 +120,7 @@ ERROR_CODE = re.compile(r"\bE\d{3,4}\b")
 
 def _inputs(value) -> dict[str, str]:
     """The ``inputs`` mapping, checked: Darkroom field -> model input name."""
-    if value is None:
-        return {"prompt": "prompt"}
-    if not isinstance(value, Mapping) or not value:
-        raise ValueError("inputs must map Darkroom fields to the model's input names")
-    inputs = {}
-    for field, name in value.items():
-        if field not in FIELDS:
-            raise ValueError(f"inputs.{field}: not a Darkroom field ({', '.join(FIELDS)})")
-        if not isinstance(name, str) or not INPUT_NAME.match(name):
-            raise ValueError(f"inputs.{field}: the model's input name must be a word")
-        inputs[str(field)] = name
+    inputs = common.field_mapping(value, FIELDS, INPUT_NAME, {"prompt": "prompt"})
     if len(set(inputs.values())) != len(inputs):
         raise ValueError("inputs: two fields map to the same model input")
     return inputs
@@ -168,7 +135,7 @@ class ReplicateProvider:
     def __init__(self, name: str, api_key: str, *, model: str | None = None,
                  version: str | None = None, deployment: str | None = None, inputs: Mapping[str, str] | None = None,
                  fixed_inputs: Mapping | None = None, base_url: str = DEFAULT_BASE_URL,
-                 job_types: tuple[str, ...] = (TEXT_TO_IMAGE,), timeout_s: float = 75.0,
+                 job_types: tuple[str, ...] = (base.TEXT_TO_IMAGE,), timeout_s: float = 75.0,
                  wait_s: int = MAX_WAIT_S, poll_interval_s: float = 1.0,
                  task_timeout_s: float = 600.0, max_poll_errors: int = 3,
                  max_download_bytes: int = 200 * 1024 * 1024,
@@ -204,8 +171,8 @@ class ReplicateProvider:
         clash = set(self.fixed_inputs) & set(self.inputs.values())
         if clash:
             raise ValueError(f"fixed_inputs.{sorted(clash)[0]}: also mapped in inputs")
-        job_types = job_types_of(job_types, JOB_TYPES)
-        if {IMAGE_TO_IMAGE, IMAGE_TO_VIDEO} & set(job_types) and "image" not in self.inputs:
+        job_types = common.job_types_of(job_types, JOB_TYPES)
+        if {base.IMAGE_TO_IMAGE, base.IMAGE_TO_VIDEO} & set(job_types) and "image" not in self.inputs:
             raise ValueError("inputs.image: image-to-image and image-to-video need the "
                              "model's image input")
         if not 0 <= int(wait_s) <= MAX_WAIT_S:
@@ -214,13 +181,10 @@ class ReplicateProvider:
         self.job_types = frozenset(job_types)
         # the request is held open no longer than our read timeout and the deadline allow
         self.wait_s = min(int(wait_s), int(float(timeout_s) * 0.8), int(task_timeout_s))
-        self.poll_interval_s = float(poll_interval_s)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
                                  result_url_allow, resolver,
                                  allow_private_network=allow_private_network)
-        self.sleep, self.clock = sleep, clock
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> ReplicateProvider:
@@ -234,13 +198,13 @@ class ReplicateProvider:
             version=conf.get("version") or None, deployment=conf.get("deployment") or None,
             inputs=conf.get("inputs"), fixed_inputs=fixed,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
-            job_types=conf.get("job_types") or (TEXT_TO_IMAGE,),
-            timeout_s=conf_number(conf, "timeout_s", 75),
-            wait_s=int(conf_number(conf, "wait_s", MAX_WAIT_S, whole=True)),
-            poll_interval_s=conf_number(conf, "poll_interval_s", 1),
-            task_timeout_s=conf_number(conf, "task_timeout_s", 600),
-            max_poll_errors=int(conf_number(conf, "max_poll_errors", 3, whole=True)),
-            max_download_bytes=int(conf_number(conf, "max_download_bytes", 200 * 1024 * 1024,
+            job_types=conf.get("job_types") or (base.TEXT_TO_IMAGE,),
+            timeout_s=common.conf_number(conf, "timeout_s", 75),
+            wait_s=int(common.conf_number(conf, "wait_s", MAX_WAIT_S, whole=True)),
+            poll_interval_s=common.conf_number(conf, "poll_interval_s", 1),
+            task_timeout_s=common.conf_number(conf, "task_timeout_s", 600),
+            max_poll_errors=int(common.conf_number(conf, "max_poll_errors", 3, whole=True)),
+            max_download_bytes=int(common.conf_number(conf, "max_download_bytes", 200 * 1024 * 1024,
                                            minimum=1, whole=True)),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
@@ -249,13 +213,13 @@ class ReplicateProvider:
 
     # ------------------------------------------------------------------ what is sent
 
-    def values(self, request: ProviderRequest, index: int = 0) -> dict:
+    def values(self, request: base.ProviderRequest, index: int = 0) -> dict:
         """Every Darkroom field's value for the ``index``-th prediction."""
         # n predictions with one seed would draw one image n times
-        seed = seed_for(request, 0 if "n" in self.inputs else index)
+        seed = common.seed_for(request, 0 if "n" in self.inputs else index)
         image = None
         if request.source_image is not None:
-            image = data_uri(request.source_image, request.source_content_type)
+            image = common.data_uri(request.source_image, request.source_content_type)
         sized = request.width and request.height
         return {
             "prompt": request.prompt, "negative_prompt": request.negative_prompt or None,
@@ -265,7 +229,7 @@ class ReplicateProvider:
             "strength": request.strength, "duration_s": request.duration_s, "image": image,
         }
 
-    def payload(self, request: ProviderRequest, index: int = 0) -> dict:
+    def payload(self, request: base.ProviderRequest, index: int = 0) -> dict:
         """Exactly what is sent: the mapped fields and the operator's fixed inputs."""
         values = self.values(request, index)
         model_input = dict(self.fixed_inputs)
@@ -279,9 +243,9 @@ class ReplicateProvider:
 
     # ------------------------------------------------------------------ running
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
         deadline = self.clock() + self.task_timeout_s
         runs = 1 if "n" in self.inputs else request.n
         urls: list[str] = []
@@ -290,24 +254,24 @@ class ReplicateProvider:
             found = self._output_urls(prediction)
             urls.extend(found if runs == 1 else found[:1])
         if len(urls) < request.n:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered with fewer outputs than asked")
         outputs = []
         for index, url in enumerate(urls[: request.n]):
-            report(progress, 0.9 + 0.1 * index / request.n, "downloading")
+            base.report(progress, 0.9 + 0.1 * index / request.n, "downloading")
             outputs.append(self._output(request, self._fetch(url)))
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
-    def _run(self, request: ProviderRequest, index: int, deadline: float,
-             progress: ProgressCallback | None, runs: int) -> dict:
+    def _run(self, request: base.ProviderRequest, index: int, deadline: float,
+             progress: base.ProgressCallback | None, runs: int) -> dict:
         """One prediction, created and followed until it succeeded."""
         headers = {"Prefer": f"wait={self.wait_s}"} if self.wait_s else {}
         prediction = self.http.call("POST", self.create_path, self.payload(request, index),
                                     headers=headers)
         pid = prediction.get("id")
         if not isinstance(pid, str) or not pid:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a prediction id")
         get = self._path(prediction, "get", f"/predictions/{quote(pid, safe='')}")
         cancel = self._path(prediction, "cancel", f"/predictions/{quote(pid, safe='')}/cancel")
@@ -319,18 +283,16 @@ class ReplicateProvider:
             if status == "failed":
                 raise self._failure(prediction.get("error"))
             if status in ("canceled", "aborted"):
-                raise TransientProviderError("provider_task_failed",
-                                             f"{self.name} prediction was {status}")
+                raise base.task_ended(self.name, "prediction", status)
             if status not in RUNNING:
-                raise TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent an unknown prediction status")
-            report(progress, 0.9 * (index + (0.5 if status == "processing" else 0.1)) / runs,
+                raise base.unknown_status(self.name, "prediction")
+            base.report(progress, 0.9 * (index + (0.5 if status == "processing" else 0.1)) / runs,
                    status)
             return None
 
-        return wait_for_task(
+        return base.wait_for_task(
             lambda: self.http.call("GET", get), read, who=self.name, first=prediction,
-            what="the prediction", deadline=deadline, **polling(self),
+            what="the prediction", deadline=deadline, **base.polling(self),
             cancel=lambda: self.http.call("POST", cancel),
             # the polls keep failing: cancel it, the last poll's error is raised
             gave_up=lambda error: self._cancel(cancel))
@@ -340,27 +302,27 @@ class ReplicateProvider:
         there), else the documented path built from the id."""
         urls = prediction.get("urls")
         url = urls.get(kind) if isinstance(urls, dict) else None
-        base = self.http.base_url + "/"
-        if isinstance(url, str) and url.startswith(base):
-            return "/" + url[len(base):]
+        ours = self.http.base_url + "/"
+        if isinstance(url, str) and url.startswith(ours):
+            return "/" + url[len(ours):]
         return fallback
 
     def _cancel(self, path: str) -> None:
         try:
             self.http.call("POST", path)
-        except ProviderError:
+        except base.ProviderError:
             pass  # best effort: Replicate may finish or expire it on its own
 
-    def _failure(self, error) -> ProviderError:
+    def _failure(self, error) -> base.ProviderError:
         text = str(error or "")
         # the code only: a model's error text may echo the input
         code = ERROR_CODE.search(text)
         message = f"{self.name} prediction failed" + (f": {code.group()}" if code else "")
         if any(hint in text.lower() for hint in REFUSALS):
-            return PermanentProviderError(CONTENT_REFUSED, message)
+            return base.PermanentProviderError(base.CONTENT_REFUSED, message)
         if code and code.group() in REJECTIONS:
-            return PermanentProviderError("provider_rejected_request", message)
-        return TransientProviderError("provider_task_failed", message)
+            return base.PermanentProviderError("provider_rejected_request", message)
+        return base.TransientProviderError("provider_task_failed", message)
 
     # ------------------------------------------------------------------ outputs
 
@@ -368,16 +330,16 @@ class ReplicateProvider:
         output = prediction.get("output")
         urls = [output] if isinstance(output, str) else output
         if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} finished without output URLs")
         return urls
 
     def _fetch(self, url: str) -> bytes:
         if not url.startswith("data:"):
             return self.http.download(url)[0]
-        return data_uri_bytes(url, self.name, self.http.max_download_bytes)
+        return common.data_uri_bytes(url, self.name, self.http.max_download_bytes)
 
-    def _output(self, request: ProviderRequest, data: bytes) -> ProviderOutput:
-        if request.job_type == IMAGE_TO_VIDEO:
+    def _output(self, request: base.ProviderRequest, data: bytes) -> base.ProviderOutput:
+        if request.job_type == base.IMAGE_TO_VIDEO:
             return video_output(data, self.name)
         return image_output(data, self.name)

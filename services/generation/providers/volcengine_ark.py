@@ -88,31 +88,7 @@ from urllib.parse import quote
 
 from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
-from services.generation.providers.base import (
-    CONTENT_REFUSED,
-    IMAGE_TO_IMAGE,
-    IMAGE_TO_VIDEO,
-    TEXT_TO_IMAGE,
-    PermanentProviderError,
-    ProgressCallback,
-    ProviderError,
-    ProviderOutput,
-    ProviderRequest,
-    ProviderResult,
-    TransientProviderError,
-    polling,
-    report,
-    submitting,
-    wait_for_task,
-)
-from services.generation.providers.common import (
-    base64_bytes,
-    conf_number,
-    data_uri,
-    job_types_of,
-    one_request_per_image,
-    seed_for,
-)
+from services.generation.providers import base, common
 from services.generation.providers.http import ProviderHttp, error_code
 from services.generation.providers.media import video_output
 
@@ -143,16 +119,16 @@ def refused(code: str | None) -> bool:
 
 
 def ark_errors(status: int, code: str | None, where: str,
-               response=None) -> ProviderError | None:
+               response=None) -> base.ProviderError | None:
     """How Ark's error codes differ from the common mapping (providers/http.py)."""
     if refused(code):
-        return PermanentProviderError(CONTENT_REFUSED, where, status=status)
+        return base.PermanentProviderError(base.CONTENT_REFUSED, where, status=status)
     if status < 500 and code in TRANSIENT_CODES:
-        return TransientProviderError("provider_server_error", where, status=status)
+        return base.TransientProviderError("provider_server_error", where, status=status)
     return None
 
 
-def failure(name: str, error, what: str) -> ProviderError:
+def failure(name: str, error, what: str) -> base.ProviderError:
     """A generation that Ark reports as failed inside a 2xx answer: a failed
     task, or an image's ``error``. Classified by the code alone (Ark's
     message may repeat the prompt)."""
@@ -160,10 +136,10 @@ def failure(name: str, error, what: str) -> ProviderError:
     code = error_code(error.get("code"))
     message = f"{name} {what} failed" + (f": {code}" if code else "")
     if refused(code):
-        return PermanentProviderError(CONTENT_REFUSED, message)
+        return base.PermanentProviderError(base.CONTENT_REFUSED, message)
     if code and code.startswith(REJECTED_PREFIXES):
-        return PermanentProviderError("provider_rejected_request", message)
-    return TransientProviderError("provider_task_failed", message)
+        return base.PermanentProviderError("provider_rejected_request", message)
+    return base.TransientProviderError("provider_task_failed", message)
 
 
 def scaled_size(width: int, height: int, min_pixels: int, max_pixels: int = MAX_PIXELS) -> str:
@@ -179,12 +155,12 @@ def scaled_size(width: int, height: int, min_pixels: int, max_pixels: int = MAX_
     return f"{width}x{height}"
 
 
-def source_uri(request: ProviderRequest) -> str:
+def source_uri(request: base.ProviderRequest) -> str:
     """The source image as Ark takes it inline: ``data:image/png;base64,...``."""
-    return data_uri(request.source_image, (request.source_content_type or "image/png").lower())
+    return common.data_uri(request.source_image, (request.source_content_type or "image/png").lower())
 
 
-def video_text(request: ProviderRequest) -> str:
+def video_text(request: base.ProviderRequest) -> str:
     """The prompt, then one line per storyboard shot with its time span."""
     lines = [request.prompt.strip()] if request.prompt and request.prompt.strip() else []
     start = 0.0
@@ -200,7 +176,7 @@ def video_text(request: ProviderRequest) -> str:
 class ArkProvider:
     def __init__(self, name: str, *, api_key: str, model: str, base_url: str = DEFAULT_BASE_URL,
                  video_model: str | None = None,
-                 job_types: tuple[str, ...] = (TEXT_TO_IMAGE, IMAGE_TO_IMAGE),
+                 job_types: tuple[str, ...] = (base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE),
                  timeout_s: float = 120.0, response_format: str = "url",
                  size: str | None = None, min_pixels: int = MIN_PIXELS,
                  max_pixels: int = MAX_PIXELS,
@@ -215,9 +191,9 @@ class ArkProvider:
             raise ValueError("api_key is required (Ark takes a bearer key)")
         if not model:
             raise ValueError("model is required (a Seedream/Seedance model id or endpoint id)")
-        job_types = job_types_of(job_types, JOB_TYPES)
-        images = {TEXT_TO_IMAGE, IMAGE_TO_IMAGE} & set(job_types)
-        if images and IMAGE_TO_VIDEO in job_types and not video_model:
+        job_types = common.job_types_of(job_types, JOB_TYPES)
+        images = {base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE} & set(job_types)
+        if images and base.IMAGE_TO_VIDEO in job_types and not video_model:
             raise ValueError("video_model is required when one entry runs images and "
                              "image-to-video (model is the image model)")
         if response_format not in ("url", "b64_json"):
@@ -239,15 +215,11 @@ class ArkProvider:
         self.resolution = resolution or None
         self.ratio = ratio
         self.min_duration_s, self.max_duration_s = int(min_duration_s), int(max_duration_s)
-        self.poll_interval_s = float(poll_interval_s)
-        self.task_timeout_s = float(task_timeout_s)
-        self.max_poll_errors = int(max_poll_errors)
+        base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         self.http = ProviderHttp(name, base_url, api_key, timeout_s, max_download_bytes,
                                  result_url_allow, resolver,
                                  allow_private_network=allow_private_network,
                                  errors=ark_errors)
-        self.sleep = sleep
-        self.clock = clock
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> ArkProvider:
@@ -265,15 +237,15 @@ class ArkProvider:
             name, api_key=str(conf.get("api_key") or ""), model=str(conf.get("model") or ""),
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
             video_model=str(conf.get("video_model") or "") or None,
-            job_types=conf.get("job_types") or (TEXT_TO_IMAGE, IMAGE_TO_IMAGE),
-            timeout_s=conf_number(conf, "timeout_s", 120),
+            job_types=conf.get("job_types") or (base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE),
+            timeout_s=common.conf_number(conf, "timeout_s", 120),
             response_format=str(conf.get("response_format") or "url"),
             size=str(conf.get("size") or "") or None,
             watermark=None if watermark is None else flag(watermark),
             resolution=str(conf.get("resolution") or "") or None,
             ratio=str(conf.get("ratio") or "adaptive"),
-            poll_interval_s=conf_number(conf, "poll_interval_s", 5),
-            task_timeout_s=conf_number(conf, "task_timeout_s", 900),
+            poll_interval_s=common.conf_number(conf, "poll_interval_s", 5),
+            task_timeout_s=common.conf_number(conf, "task_timeout_s", 900),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
             **integers, **kwargs,
@@ -281,7 +253,7 @@ class ArkProvider:
 
     # ------------------------------------------------------------------ payloads
 
-    def payload(self, request: ProviderRequest, index: int = 0) -> dict:
+    def payload(self, request: base.ProviderRequest, index: int = 0) -> dict:
         """Exactly what is sent for image ``index`` of an image request."""
         if self.size:
             size = self.size
@@ -292,14 +264,14 @@ class ArkProvider:
         body = {"model": self.model, "prompt": request.prompt, "size": size,
                 "response_format": self.response_format}
         if request.seed is not None:
-            body["seed"] = seed_for(request, index) % SEED_LIMIT
-        if request.job_type == IMAGE_TO_IMAGE:
+            body["seed"] = common.seed_for(request, index) % SEED_LIMIT
+        if request.job_type == base.IMAGE_TO_IMAGE:
             body["image"] = source_uri(request)
         if self.watermark is not None:
             body["watermark"] = self.watermark
         return body
 
-    def task_payload(self, request: ProviderRequest) -> dict:
+    def task_payload(self, request: base.ProviderRequest) -> dict:
         """Exactly what is sent to create an image-to-video task."""
         content = []
         text = video_text(request)
@@ -322,17 +294,17 @@ class ArkProvider:
 
     # ------------------------------------------------------------------ generate
 
-    def generate(self, request: ProviderRequest,
-                 progress: ProgressCallback | None = None) -> ProviderResult:
-        submitting(self, request, progress)
-        if request.job_type == IMAGE_TO_VIDEO:
-            return ProviderResult((self._video(request, progress),))
-        outputs = one_request_per_image(
+    def generate(self, request: base.ProviderRequest,
+                 progress: base.ProgressCallback | None = None) -> base.ProviderResult:
+        base.submitting(self, request, progress)
+        if request.job_type == base.IMAGE_TO_VIDEO:
+            return base.ProviderResult((self._video(request, progress),))
+        outputs = common.one_request_per_image(
             request, progress, lambda index: self._image_bytes(
                 self.http.call("POST", IMAGES_PATH, self.payload(request, index))), self.name,
             stage="generating")
-        report(progress, 1.0, "downloaded")
-        return ProviderResult(tuple(outputs))
+        base.report(progress, 1.0, "downloaded")
+        return base.ProviderResult(tuple(outputs))
 
     def _image_bytes(self, answer: dict) -> bytes:
         """The first image of an answer; a per-image or top-level ``error``
@@ -342,38 +314,38 @@ class ArkProvider:
             if isinstance(items, list) else []
         for item in items:
             if isinstance(item.get("b64_json"), str) and item["b64_json"]:
-                return base64_bytes(item["b64_json"], self.name, self.http.max_download_bytes)
+                return common.base64_bytes(item["b64_json"], self.name, self.http.max_download_bytes)
             if isinstance(item.get("url"), str) and item["url"]:
                 return self.http.download(item["url"])[0]
         errors = [item["error"] for item in items if item.get("error")]
         if errors or answer.get("error"):
             raise failure(self.name, errors[0] if errors else answer["error"], "image")
-        raise TransientProviderError("invalid_provider_output",
+        raise base.TransientProviderError("invalid_provider_output",
                                      f"{self.name} answered without an image")
 
-    def _video(self, request: ProviderRequest, progress: ProgressCallback | None) -> ProviderOutput:
+    def _video(self, request: base.ProviderRequest, progress: base.ProgressCallback | None) -> base.ProviderOutput:
         if request.n != 1:
-            raise PermanentProviderError("provider_rejected_request",
+            raise base.PermanentProviderError("provider_rejected_request",
                                          f"{self.name} makes one video per request")
         created = self.http.call("POST", TASKS_PATH, self.task_payload(request))
         task_id = created.get("id")
         if not isinstance(task_id, str) or not task_id:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} answered without a task id")
         path = f"{TASKS_PATH}/{quote(task_id, safe='')}"
         task = self._until_done(path, progress)
         content = task.get("content")
         url = content.get("video_url") if isinstance(content, dict) else None
         if not isinstance(url, str) or not url:
-            raise TransientProviderError("invalid_provider_output",
+            raise base.TransientProviderError("invalid_provider_output",
                                          f"{self.name} finished the task without a video URL")
-        report(progress, 0.9, "downloading")
+        base.report(progress, 0.9, "downloading")
         data, _ = self.http.download(url)
         output = video_output(data, self.name)
-        report(progress, 1.0, "downloaded")
+        base.report(progress, 1.0, "downloaded")
         return output
 
-    def _until_done(self, path: str, progress: ProgressCallback | None) -> dict:
+    def _until_done(self, path: str, progress: base.ProgressCallback | None) -> dict:
         """The task once it succeeded; how it ended otherwise, raised."""
 
         def read(task: dict) -> dict | None:
@@ -383,15 +355,13 @@ class ArkProvider:
             if state == "failed":
                 raise failure(self.name, task.get("error"), "task")
             if state in ("cancelled", "expired"):
-                raise TransientProviderError("provider_task_failed",
-                                             f"{self.name} task ended as {state}")
+                raise base.task_ended(self.name, "task", state)
             if state not in TASK_FRACTION:
-                raise TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent an unknown task status")
-            report(progress, TASK_FRACTION[state], state)
+                raise base.unknown_status(self.name, "task")
+            base.report(progress, TASK_FRACTION[state], state)
             return None
 
-        return wait_for_task(
-            lambda: self.http.call("GET", path), read, who=self.name, **polling(self),
+        return base.wait_for_task(
+            lambda: self.http.call("GET", path), read, who=self.name, **base.polling(self),
             # Ark cancels a queued task; a running one cannot be, and expires
             cancel=lambda: self.http.call("DELETE", path))
