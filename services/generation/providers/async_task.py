@@ -100,7 +100,7 @@ class AsyncTaskProvider:
         task_id = answer.get("id")
         if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a task id")
+                                              f"{self.name} answered without a task id")
         path = f"/v1/tasks/{quote(str(task_id), safe='')}"
         status = self._wait(path, progress)
         urls = status.get("result_urls") or ([status["result_url"]]

@@ -440,7 +440,7 @@ class ComfyUIProvider:
         name, subfolder = body.get("name"), body.get("subfolder") or ""
         if not isinstance(name, str) or not name or not isinstance(subfolder, str):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered an upload without a name")
+                                              f"{self.name} answered an upload without a name")
         return f"{subfolder}/{name}" if subfolder else name
 
     def _submit(self, host: Host, workflow: Workflow, request: base.ProviderRequest,
@@ -454,7 +454,7 @@ class ComfyUIProvider:
         prompt_id = answer.get("prompt_id")
         if not isinstance(prompt_id, str) or not prompt_id:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a prompt_id")
+                                              f"{self.name} answered without a prompt_id")
         return prompt_id
 
     def _wait(self, host: Host, prompt_id: str, progress: base.ProgressCallback | None,
@@ -501,7 +501,7 @@ class ComfyUIProvider:
                 return base.TransientProviderError("provider_task_failed", where)
             if event == "execution_interrupted":
                 return base.TransientProviderError("provider_task_failed",
-                                              f"{self.name} workflow was interrupted")
+                                                   f"{self.name} workflow was interrupted")
         return base.TransientProviderError("provider_task_failed", f"{self.name} workflow failed")
 
     def _cancel(self, host: Host, prompt_id: str) -> None:
@@ -530,7 +530,7 @@ class ComfyUIProvider:
         outputs = entry.get("outputs")
         if not isinstance(outputs, dict):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} finished without outputs")
+                                              f"{self.name} finished without outputs")
         nodes = workflow.outputs or tuple(sorted(outputs, key=_node_order))
         found = []
         for node in nodes:

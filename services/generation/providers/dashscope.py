@@ -132,7 +132,7 @@ def classify(code: str, who: str, *, status: int | None = None,
         return base.PermanentProviderError(base.CONTENT_REFUSED, where, status=status)
     if key.startswith("throttling"):
         return base.TransientProviderError("provider_rate_limited", where, status=status,
-                                      retry_after=retry_after)
+                                           retry_after=retry_after)
     if status is None:  # a failed task: its code is all there is
         if key.startswith(PERMANENT_CODES):
             return base.PermanentProviderError("provider_rejected_request", where)
@@ -301,7 +301,7 @@ class DashScopeProvider:
     def _video_payload(self, request: base.ProviderRequest) -> dict:
         if request.source_image is None:
             raise base.PermanentProviderError("provider_rejected_request",
-                                         f"{self.name} animates a source image; none was given")
+                                              f"{self.name} animates a source image; none was given")
         inputs: dict = {}
         prompt = self.video_prompt(request)
         if prompt:
@@ -369,7 +369,7 @@ class DashScopeProvider:
         task = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(task, str) or not task:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a task id")
+                                              f"{self.name} answered without a task id")
         return task
 
     def _path(self, task: str) -> str:
@@ -381,7 +381,7 @@ class DashScopeProvider:
             output = answer.get("output")
             if not isinstance(output, dict):
                 raise base.TransientProviderError("invalid_provider_output",
-                                             f"{self.name} sent a task without output")
+                                                  f"{self.name} sent a task without output")
             state = output.get("task_status")
             if state == "SUCCEEDED":
                 return output
@@ -408,7 +408,7 @@ class DashScopeProvider:
                                               if isinstance(results, dict) else None)
             if not isinstance(url, str) or not url:
                 raise base.TransientProviderError("invalid_provider_output",
-                                             f"{self.name} finished without a video URL")
+                                                  f"{self.name} finished without a video URL")
             return [url]
         results = output.get("results")
         results = results if isinstance(results, list) else []
@@ -421,7 +421,7 @@ class DashScopeProvider:
             if error is not None:
                 raise error
         raise base.TransientProviderError("invalid_provider_output",
-                                     f"{self.name} answered with fewer images than asked")
+                                          f"{self.name} answered with fewer images than asked")
 
     def _cancel(self, task: str) -> None:
         try:

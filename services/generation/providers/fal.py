@@ -145,7 +145,7 @@ class FalHttp(ProviderHttp):
                 body = None
         if not isinstance(body, dict):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.provider} answered with something not a JSON object")
+                                              f"{self.provider} answered with something not a JSON object")
         return body
 
     def _raise(self, response: requests.Response) -> None:
@@ -319,7 +319,7 @@ class FalProvider:
         request_id = answer.get("request_id")
         if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a request id")
+                                              f"{self.name} answered without a request id")
         built = f"{self._app_url()}/requests/{quote(request_id, safe='')}"
         urls = {key: answer[key] if self._same_origin(answer.get(key)) else default
                 for key, default in (("status_url", f"{built}/status"), ("response_url", built),
@@ -419,7 +419,7 @@ class FalProvider:
         flagged = result.get("has_nsfw_concepts")
         if flagged is True or (isinstance(flagged, list) and any(v is True for v in flagged)):
             raise base.PermanentProviderError(base.CONTENT_REFUSED,
-                                         f"{self.name} flagged the output (has_nsfw_concepts)")
+                                              f"{self.name} flagged the output (has_nsfw_concepts)")
         items = []
         for key in ("images", "videos"):
             if isinstance(result.get(key), list):
@@ -434,10 +434,10 @@ class FalProvider:
             if kind in REFUSED_TYPES:
                 raise base.PermanentProviderError(base.CONTENT_REFUSED, f"{self.name} request failed ({kind})")
             raise base.TransientProviderError("provider_task_failed", f"{self.name} request failed"
-                                         + (f" ({kind})" if kind else ""))
+                                              + (f" ({kind})" if kind else ""))
         if len(urls) < want:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered with fewer outputs than asked")
+                                              f"{self.name} answered with fewer outputs than asked")
         return urls[:want]
 
     def _bytes(self, url: str) -> tuple[bytes, str]:
@@ -446,12 +446,12 @@ class FalProvider:
         header, _, data = url.partition(",")
         if ";base64" not in header or len(data) > self.http.max_download_bytes * 4 // 3 + 4:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} sent an unusable data URI")
+                                              f"{self.name} sent an unusable data URI")
         try:
             return base64.b64decode(data, validate=True), header[5:].split(";")[0]
         except (binascii.Error, ValueError):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} sent invalid base64") from None
+                                              f"{self.name} sent invalid base64") from None
 
     def _output(self, data: bytes, content_type: str) -> base.ProviderOutput:
         if data[4:8] == b"ftyp" or content_type.startswith("video/"):

@@ -132,7 +132,7 @@ def google_errors(status: int, code: str | None, where: str, response) -> base.P
         delay = retry_delay(error_body(response))
         if delay is not None:
             return base.TransientProviderError("provider_rate_limited", f"{where} (RESOURCE_EXHAUSTED)",
-                                          status=429, retry_after=delay)
+                                               status=429, retry_after=delay)
     return None
 
 
@@ -286,7 +286,7 @@ class GeminiProvider:
         if filtered or not images:  # Imagen drops filtered images (all: no predictions)
             raise self.refused("images filtered by the safety filter")
         raise base.TransientProviderError("invalid_provider_output",
-                                     f"{self.name} answered with fewer images than asked")
+                                          f"{self.name} answered with fewer images than asked")
 
     # ------------------------------------------------------------ Veo
 
@@ -295,7 +295,7 @@ class GeminiProvider:
         name = operation.get("name")
         if not isinstance(name, str) or not OPERATION_NAME.match(name):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without an operation name")
+                                              f"{self.name} answered without an operation name")
         if not operation.get("done"):
             base.report(progress, 0.05, "queued")
             operation = self.wait(f"/{name}", progress, operation)
@@ -308,7 +308,7 @@ class GeminiProvider:
             if result.get("raiMediaFilteredCount") or result.get("raiMediaFilteredReasons"):
                 raise self.refused("video filtered by the safety filter")
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} finished without a video")
+                                              f"{self.name} finished without a video")
         outputs = []
         for index, video in enumerate(samples[:n]):
             base.report(progress, 0.9 + 0.1 * index / n, "downloading")
@@ -354,7 +354,7 @@ class GeminiProvider:
         response = operation.get("response")
         if not isinstance(response, dict):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} finished without a response")
+                                              f"{self.name} finished without a response")
         return response
 
 

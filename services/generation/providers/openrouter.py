@@ -152,7 +152,7 @@ class OpenRouterProvider:
         choice = choices[0] if isinstance(choices, list) and choices else None
         if not isinstance(choice, dict):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a choice")
+                                              f"{self.name} answered without a choice")
         if isinstance(choice.get("error"), dict):
             raise error_for(choice["error"].get("code"), self.name)
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -166,6 +166,6 @@ class OpenRouterProvider:
         reasons = f"{choice.get('finish_reason')} {choice.get('native_finish_reason')}".lower()
         if any(reason in reasons for reason in REFUSAL_REASONS):
             raise base.PermanentProviderError(base.CONTENT_REFUSED,
-                                         f"{self.name}: the model refused (content filter)")
+                                              f"{self.name}: the model refused (content filter)")
         raise base.TransientProviderError("invalid_provider_output",
-                                     f"{self.name} answered without an image")
+                                          f"{self.name} answered without an image")

@@ -255,7 +255,7 @@ class ReplicateProvider:
             urls.extend(found if runs == 1 else found[:1])
         if len(urls) < request.n:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered with fewer outputs than asked")
+                                              f"{self.name} answered with fewer outputs than asked")
         outputs = []
         for index, url in enumerate(urls[: request.n]):
             base.report(progress, 0.9 + 0.1 * index / request.n, "downloading")
@@ -272,7 +272,7 @@ class ReplicateProvider:
         pid = prediction.get("id")
         if not isinstance(pid, str) or not pid:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a prediction id")
+                                              f"{self.name} answered without a prediction id")
         get = self._path(prediction, "get", f"/predictions/{quote(pid, safe='')}")
         cancel = self._path(prediction, "cancel", f"/predictions/{quote(pid, safe='')}/cancel")
 
@@ -287,7 +287,7 @@ class ReplicateProvider:
             if status not in RUNNING:
                 raise base.unknown_status(self.name, "prediction")
             base.report(progress, 0.9 * (index + (0.5 if status == "processing" else 0.1)) / runs,
-                   status)
+                        status)
             return None
 
         return base.wait_for_task(
@@ -331,7 +331,7 @@ class ReplicateProvider:
         urls = [output] if isinstance(output, str) else output
         if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} finished without output URLs")
+                                              f"{self.name} finished without output URLs")
         return urls
 
     def _fetch(self, url: str) -> bytes:

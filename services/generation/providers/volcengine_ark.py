@@ -321,24 +321,24 @@ class ArkProvider:
         if errors or answer.get("error"):
             raise failure(self.name, errors[0] if errors else answer["error"], "image")
         raise base.TransientProviderError("invalid_provider_output",
-                                     f"{self.name} answered without an image")
+                                          f"{self.name} answered without an image")
 
     def _video(self, request: base.ProviderRequest, progress: base.ProgressCallback | None) -> base.ProviderOutput:
         if request.n != 1:
             raise base.PermanentProviderError("provider_rejected_request",
-                                         f"{self.name} makes one video per request")
+                                              f"{self.name} makes one video per request")
         created = self.http.call("POST", TASKS_PATH, self.task_payload(request))
         task_id = created.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} answered without a task id")
+                                              f"{self.name} answered without a task id")
         path = f"{TASKS_PATH}/{quote(task_id, safe='')}"
         task = self._until_done(path, progress)
         content = task.get("content")
         url = content.get("video_url") if isinstance(content, dict) else None
         if not isinstance(url, str) or not url:
             raise base.TransientProviderError("invalid_provider_output",
-                                         f"{self.name} finished the task without a video URL")
+                                              f"{self.name} finished the task without a video URL")
         base.report(progress, 0.9, "downloading")
         data, _ = self.http.download(url)
         output = video_output(data, self.name)
