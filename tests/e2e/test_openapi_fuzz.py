@@ -73,10 +73,12 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
     ("POST", "/v1/generations"): {
         (400, "invalid_request", "webhook_url"): "the URL's host must resolve to addresses "
                                                  "the service may call (GENERATION_WEBHOOK_ALLOW)",
-        (422, "content_policy_violation", None): "the prompt meets the moderation policy"},
+        (422, "content_policy_violation", None): "the prompt meets the moderation policy",
+        (400, "unknown_model", None): "the models are the operator's (GET /v1/models)"},
     **{("GET", path): {(400, "invalid_request", "cursor"): CURSOR} for path in (
         "/v1/me/api-keys", "/v1/me/sessions", "/v1/images", "/v1/billing/ledger",
-        "/v1/billing/orders", "/v1/generations", "/v1/privacy/requests")},
+        "/v1/billing/orders", "/v1/generations", "/v1/privacy/requests",
+        "/v1/privacy/disclosures")},
 }
 ACCEPTED = set(POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES)
 DEDICATED_USER = {("POST", "/v1/privacy/requests")}

@@ -172,7 +172,8 @@ def counts_before_erasure(stack, uid: str) -> dict[str, int]:
                                ("accounts", "ledger_entries", "lots", "lot_movements", "holds")),
         "billing_pseudonymised": sum(count("billing", t, "user_ref") for t in ("orders", "payments")),
         "generation": sum(count("generation", t) for t in
-                          ("jobs", "webhook_deliveries", "disclosures", "restricted_users")),
+                          ("jobs", "webhook_deliveries", "disclosures", "restricted_users",
+                           "refused_regions")),
         "notifications": sum(count("notifications", t) for t in
                              ("notifications", "marketing_preferences")),
         "auth": count("auth", "users", "id") + sum(count("auth", t) for t in (

@@ -141,6 +141,8 @@ class JobRequeued(EventSchema):
 
 PROMPT_MAX = 4000
 MODEL_MAX = 40  # a provider entry's name (providers file)
+# A provider's name in the providers file, which a job names as its ``model``.
+MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
 SEED_MAX = 2**32 - 1
 
 
@@ -217,8 +219,11 @@ class SubmitJob(RpcSchema):
                   "description": "an absolute http(s) URL, called on each final state of the "
                                  "job; its host must resolve to addresses the service may call"})
     model = fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(min=1, max=MODEL_MAX),
-        metadata={"description": "a model of `GET /v1/models` that can run this job type: only "
+        load_default=None, allow_none=True,
+        validate=[validate.Length(min=1, max=MODEL_MAX),
+                  validate.Regexp(MODEL_NAME_PATTERN, error="not a model name")],
+        metadata={"pattern": MODEL_NAME_PATTERN,
+                  "description": "a model of `GET /v1/models` that can run this job type: only "
                                  "it runs the job (no failover); 400 unknown_model otherwise. "
                                  "Without it the job type's route applies"})
 

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.contracts.generation import JOB_TYPES
+from services.common.contracts.generation import JOB_TYPES, MODEL_NAME_PATTERN
 from services.generation.providers.base import (
     CONTENT_REFUSED,
     PermanentProviderError,
@@ -67,7 +67,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 #: Adapter types that apply ``max_concurrency`` themselves (per host of a pool):
 #: the router adds no limit of its own for them.
 OWN_CONCURRENCY = frozenset({"comfyui"})
-NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+NAME = re.compile(MODEL_NAME_PATTERN)  # the names a job may give as its model
 #: ``on_attempt(provider name, request, error code or None)``: one try was made.
 AttemptCallback = Callable[[str, ProviderRequest, "str | None"], None]
 
