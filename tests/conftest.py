@@ -312,20 +312,32 @@ def providers_file(directory, providers: dict, routes: dict | None = None, **sec
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def start_process(process_log_dir):
-    """``start_process("auth", env)`` → a running :class:`Process`, stopped at the end."""
+def processes(log_dir: Path):
+    """A ``start(name, env, command=None)`` → running :class:`Process`, and
+    what stops every process it started."""
     started: list[Process] = []
 
     def start(name: str, env: dict[str, str], command: str | None = None) -> Process:
         """``command`` runs something that is not in the Procfile (a test-only service)."""
-        proc = Process(name, env, process_log_dir, command).start()
+        proc = Process(name, env, log_dir, command).start()
         started.append(proc)
         return proc
 
+    def stop_all() -> None:
+        for proc in reversed(started):
+            proc.stop()
+
+    return start, stop_all
+
+
+@pytest.fixture(scope="session")
+def start_process(process_log_dir):
+    """``start_process("auth", env)`` → a running :class:`Process`, stopped at the
+    end of the session (the end-to-end stack; tests/integration's own
+    ``start_process`` stops each module's processes when the module ends)."""
+    start, stop_all = processes(process_log_dir)
     yield start
-    for proc in reversed(started):
-        proc.stop()
+    stop_all()
 
 
 # ---------------------------------------------------------------- S3 (object storage)
