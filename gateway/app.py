@@ -151,9 +151,14 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     api = Api(app, spec_kwargs={"extra_plugins": [SchemaExtras()]})
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer",
-                       "description": "a session token from POST /v1/auth/login"})
+                       "description": "a session token (`drs_…`) from POST /v1/auth/login, or "
+                                      "an API key (`drk_…`), as OpenAI-style clients send it. "
+                                      "With X-API-Key too, both must name the same account "
+                                      "(401 otherwise)"})
     api.spec.components.security_scheme(
-        "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+        "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                       "description": "an API key (`drk_…`); the same key may instead be sent "
+                                      "as `Authorization: Bearer`. Administrators hold no keys"})
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     api.document_errors()

@@ -1,8 +1,12 @@
 """Who is calling: credentials resolved by the auth service, briefly cached.
 
-``Authorization: Bearer <session token>`` or ``X-API-Key: <key>`` (or both, when
-they belong to the same account) is resolved with ``auth.authenticate`` into a
-:class:`Principal`, cached in this process
+``Authorization: Bearer <session token or API key>`` or ``X-API-Key: <key>``
+(or both, when they belong to the same account) is resolved with
+``auth.authenticate`` into a :class:`Principal`. A bearer value goes to auth
+as a ``token`` whatever it is: auth tells an API key from a session token
+(``services.auth.tokens.is_api_key``), so OpenAI-style clients that send their
+key as a bearer token work, and the gateway knows nothing of the formats.
+Principals are cached in this process
 under the sha256 of the credential for ``AUTH_CACHE_SECONDS`` (at most 30), so
 a revoked credential stops working within that time everywhere and at once in
 the process that revoked it. Failures are not cached.

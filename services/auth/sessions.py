@@ -20,7 +20,7 @@ from services.auth.lookup import find_user_by_email
 from services.auth.models import ApiKey, KnownNetwork, User, UserSession
 from services.auth.networks import network_digest
 from services.auth.settings import AuthSettings
-from services.auth.tokens import api_key_prefix, new_session_token, sha256_hex
+from services.auth.tokens import api_key_prefix, is_api_key, new_session_token, sha256_hex
 from services.common.errors import invalid_request, not_found, unauthenticated
 from services.common.ids import client_id, isoformat, trusted_id
 from services.common.networks import network_of
@@ -168,9 +168,14 @@ def authenticate(
 ) -> tuple[User, str, UserSession | ApiKey]:
     """Resolve exactly one credential to ``(user, credential_type, credential)``.
     400 ``invalid_request`` unless exactly one is given; 401 ``unauthenticated``
-    for an unknown, revoked or expired one."""
+    for an unknown, revoked or expired one. A ``token`` that is an API key
+    (:func:`services.auth.tokens.is_api_key`: a bearer API key) is resolved
+    as the key, with the same rules (an administrator's key authenticates
+    nobody)."""
     if (token is None) == (api_key is None):
         raise invalid_request("give exactly one of token and api_key")
+    if token is not None and is_api_key(token):
+        token, api_key = None, token
     if token is not None:
         credential = db.scalar(
             select(UserSession).where(

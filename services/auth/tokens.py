@@ -48,6 +48,14 @@ def new_api_key() -> tuple[str, str]:
     return prefix, f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
 
 
+def is_api_key(credential: str) -> bool:
+    """Whether a bearer credential is an API key (``drk_``) rather than a
+    session token (``drs_``): OpenAI-style clients send their key as
+    ``Authorization: Bearer <key>``, so a bearer value is told apart by its
+    prefix, here and nowhere else."""
+    return credential.startswith(API_KEY_PREFIX)
+
+
 def api_key_prefix(key: str) -> str | None:
     """The prefix of a well-formed API key, else None."""
     match = _API_KEY_RE.match(key)

@@ -119,7 +119,7 @@ def auth(make_vhost, make_database, start_process):
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=20) as rpc:
         # /readyz can answer before the RPC consumer has declared its queue.
         wait_for(lambda: rpc.auth.ping(), 30, 0.2, "auth RPC")
-        yield SimpleNamespace(rpc=rpc.auth, tap=tap, engine=engine, proc=proc)
+        yield SimpleNamespace(rpc=rpc.auth, tap=tap, engine=engine, proc=proc, amqp_uri=amqp_uri)
     engine.dispose()
     tap.close()
     proc.stop()
@@ -347,6 +347,34 @@ def test_verified_account_authenticates_by_token_and_by_key(auth):
 
     auth.rpc.logout(by_token["credential_id"])
     assert refused(auth.rpc.authenticate, {"token": logged_in["token"]}).code == "unauthenticated"
+
+
+def test_the_gateway_takes_an_api_key_as_a_bearer_token(auth):
+    """Through the real gateway app (its RPC pool, its cache) and this
+    service: ``Authorization: Bearer <api key>`` works as ``X-API-Key`` does;
+    both at once are accepted when they name one account, refused otherwise;
+    an administrator's key works neither way."""
+    from gateway.app import create_app
+
+    app = create_app({"AMQP_URI": auth.amqp_uri, "RPC_TIMEOUT_SECONDS": 20,
+                      "RATELIMIT_ENABLED": False, "AUTH_CACHE_SECONDS": 0})
+    client = app.test_client()
+    account, other = verified(auth), verified(auth)
+    key = account.api_key["key"]
+    for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key},
+                    {"Authorization": f"Bearer {key}", "X-API-Key": key}):
+        response = client.get("/v1/me", headers=headers)
+        assert response.status_code == 200, (headers, response.get_json())
+        assert response.get_json()["id"] == account.user["id"]
+    mixed = client.get("/v1/me", headers={"Authorization": f"Bearer {key}",
+                                          "X-API-Key": other.api_key["key"]})
+    assert (mixed.status_code, mixed.get_json()["error"]["code"]) == (401, "unauthenticated")
+    # a bearer key is no session
+    assert client.post("/v1/auth/logout",
+                       headers={"Authorization": f"Bearer {key}"}).status_code == 400
+    auth.rpc.set_admin(account.email, True)
+    for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+        assert client.get("/v1/me", headers=headers).status_code == 401
 
 
 def test_wrong_password_and_unknown_email_are_the_same_refusal(auth):

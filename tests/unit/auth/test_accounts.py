@@ -265,6 +265,25 @@ def test_only_verified_accounts_that_are_not_admins_get_and_use_api_keys(db, set
     assert error_of(sessions.authenticate, db, None, created["key"], now).code == "unauthenticated"
 
 
+def test_an_api_key_sent_as_the_bearer_token_is_resolved_as_the_key(db, settings, now, alice):
+    # OpenAI-style clients send `Authorization: Bearer <key>`: the gateway
+    # passes it on as the token, and the key's prefix says what it is
+    created = keys.create(db, verified(alice.user), "sdk", now)
+    user, kind, key = sessions.authenticate(db, created["key"], None, now)
+    assert (user.id, kind, key.id) == (alice.user.id, "api_key", created["id"])
+    keys.revoke(db, alice.user, created["id"], now)
+    assert error_of(sessions.authenticate, db, created["key"], None, now).status == 401
+    # an administrator's key is refused as a bearer token too
+    other = keys.create(db, alice.user, "again", now)
+    alice.user.is_admin = True
+    error = error_of(sessions.authenticate, db, other["key"], None, now)
+    assert (error.code, error.status) == ("unauthenticated", 401)
+    # a session token is never taken for a key
+    alice.user.is_admin = False
+    token = login(db, settings, now).token
+    assert sessions.authenticate(db, token, None, now)[1] == "session"
+
+
 @pytest.mark.parametrize(("token", "api_key"), [(None, None), ("drs_x", "drk_x")])
 def test_authenticate_needs_exactly_one_credential(db, now, token, api_key):
     error = error_of(sessions.authenticate, db, token, api_key, now)

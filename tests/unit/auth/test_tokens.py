@@ -55,3 +55,9 @@ def test_keyed_digests_are_separated_by_purpose():
 def test_digests_equal():
     assert tokens.digests_equal("abc", "abc")
     assert not tokens.digests_equal("abc", "abd")
+
+
+def test_bearer_credentials_are_told_apart_by_their_prefix():
+    assert tokens.is_api_key(tokens.new_api_key()[1])
+    assert not tokens.is_api_key(tokens.new_session_token())
+    assert not tokens.is_api_key("forged-token")

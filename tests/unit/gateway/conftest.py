@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import create_app
+from services.auth.tokens import is_api_key
 from services.common import signing
 from services.common.errors import DomainError
 from services.common.observability import correlation_id
@@ -26,7 +27,7 @@ KEY_ID = "01900000-0000-7000-8000-00000000b001"
 UNVERIFIED_SESSION_ID = "01900000-0000-7000-8000-00000000a002"
 
 TOKEN = "session-token-verified"
-API_KEY = "dr_live_apikey-verified"
+API_KEY = "drk_verified_apikey-verified"
 UNVERIFIED_TOKEN = "session-token-unverified"
 
 
@@ -139,6 +140,8 @@ class FakeAuth(FakeRpcService):
 
     def rpc_authenticate(self, payload):
         ((kind, value),) = payload.items()
+        if kind == "token" and is_api_key(value):  # a bearer API key, as auth resolves it
+            kind = "api_key"
         found = self.credentials.get((kind, value))
         if found is None:
             raise DomainError("unauthenticated", "invalid credential", 401)

@@ -41,6 +41,20 @@ def test_api_key(client, auth):
     assert authenticate_calls(auth) == [{"api_key": API_KEY}]
 
 
+def test_an_api_key_works_as_a_bearer_token(client, auth):
+    # OpenAI-style SDKs send the key as `Authorization: Bearer <key>`: the
+    # gateway passes the bearer value on, and auth tells a key by its prefix
+    response = client.get("/v1/me", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 200
+    assert authenticate_calls(auth) == [{"token": API_KEY}]
+    # the same key both ways names one account: accepted
+    both = {"Authorization": f"Bearer {API_KEY}", **APIKEY}
+    assert client.get("/v1/me", headers=both).status_code == 200
+    # a bearer API key is no session: logout refuses it
+    response = client.post("/v1/auth/logout", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 400
+
+
 def test_bearer_scheme_is_case_insensitive(client, auth):
     assert client.get("/v1/me", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
 
