@@ -19,7 +19,6 @@ import pytest
 import standardwebhooks
 from PIL import Image
 
-from services.generation import webhooks
 from tests.conftest import wait_for
 from tests.e2e.stack import verified_login
 from tests.fakes.providers import FakeWebhookReceiver
@@ -305,7 +304,6 @@ def test_the_webhook_arrives_signed_with_the_accounts_secret(stack, user):
     secret = stack.call("GET", "/v1/me/webhook-secret", token=token).json()["secret"]
     # Standard Webhooks, as a receiver checks it with the standardwebhooks library
     payload = standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)
-    assert webhooks.verify(secret, hook.headers, hook.body)
     assert (payload["type"], payload["job"]["id"]) == ("job.succeeded", created["id"])
     assert "weathervane" not in hook.body.decode()
 

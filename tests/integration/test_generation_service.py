@@ -344,7 +344,6 @@ def test_a_final_state_is_posted_to_the_webhook_signed_with_the_accounts_secret(
         secret = stack.rpc.auth.get_webhook_secret(user)["secret"]
         # Standard Webhooks: what any receiver's library accepts
         payload = standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)
-        assert webhooks.verify(secret, hook.headers, hook.body)
         another = "whsec_" + base64.b64encode(b"another account's 32-byte secret").decode()
         with pytest.raises(standardwebhooks.WebhookVerificationError):
             standardwebhooks.Webhook(another).verify(hook.body, hook.headers)

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import UTC, datetime
 
 import pytest
 import standardwebhooks
@@ -22,9 +21,7 @@ from services.generation.webhooks import (
     is_public_address,
     next_delay,
     receiver_of,
-    secret_key,
     sign,
-    verify,
 )
 
 KEY = bytes(range(32))
@@ -47,50 +44,18 @@ def test_the_standardwebhooks_library_verifies_our_signature():
     headers = sign(SECRET, "d-42", BODY, timestamp=now)
     assert standardwebhooks.Webhook(SECRET).verify(BODY, headers) == json.loads(BODY)
     other = "whsec_" + base64.b64encode(b"x" * 32).decode()
-    with pytest.raises(standardwebhooks.WebhookVerificationError):
-        standardwebhooks.Webhook(other).verify(BODY, headers)
-    with pytest.raises(standardwebhooks.WebhookVerificationError):
-        standardwebhooks.Webhook(SECRET).verify(BODY + b" ", headers)
-    # and our verify accepts what the library signs
-    signed = standardwebhooks.Webhook(SECRET).sign(
-        "d-42", datetime.fromtimestamp(now, UTC), BODY.decode())
-    assert verify(SECRET, {"Webhook-Id": "d-42", "Webhook-Timestamp": str(now),
-                           "Webhook-Signature": signed}, BODY)
+    for secret, body, changed in ((other, BODY, {}), (SECRET, BODY + b" ", {}),
+                                  (SECRET, BODY, {"webhook-id": "d-43"}),
+                                  (SECRET, BODY, {"webhook-timestamp": str(now + 1)}),
+                                  (SECRET, BODY, {"webhook-timestamp": str(now - 301)})):
+        with pytest.raises(standardwebhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(secret).verify(body, {**headers, **changed})
 
 
-def test_secrets_made_in_the_url_safe_alphabet_give_the_same_key():
-    urlsafe = "whsec_" + base64.urlsafe_b64encode(b"\xfb\xff" * 16).decode().rstrip("=")
-    standard = "whsec_" + base64.b64encode(b"\xfb\xff" * 16).decode()
-    assert "-" in urlsafe or "_" in urlsafe[6:]
-    assert secret_key(urlsafe) == secret_key(standard) == b"\xfb\xff" * 16
-    for broken in ("whsec_", "whsec_***", ""):
+def test_a_secret_without_a_key_is_refused():
+    for broken in ("whsec_", ""):
         with pytest.raises(ValueError):
-            secret_key(broken)
-
-
-def test_a_receiver_verifies_it_within_the_tolerance():
-    headers = sign(SECRET, "msg_1", BODY, timestamp=1700000000)
-    assert verify(SECRET, headers, BODY, now=1700000100)
-    assert not verify(SECRET, headers, BODY, now=1700000000 + 301)  # too old: replayed
-    assert not verify(SECRET, headers, BODY + b" ", now=1700000000)  # body changed
-    other = "whsec_" + base64.b64encode(b"y" * 32).decode()
-    assert not verify(other, headers, BODY, now=1700000000)
-    assert not verify(SECRET, {**headers, "webhook-timestamp": "1700000001"}, BODY,
-                      now=1700000000)  # timestamp changed
-    assert not verify(SECRET, {**headers, "webhook-id": "msg_2"}, BODY,
-                      now=1700000000)  # another message's signature
-    for broken in ({}, {**headers, "webhook-signature": ""},
-                   {**headers, "webhook-timestamp": "soon"},
-                   {**headers, "webhook-signature": headers["webhook-signature"][3:]}):
-        assert not verify(SECRET, broken, BODY, now=1700000000)
-
-
-def test_any_of_several_signatures_may_match_while_rotating():
-    old = "whsec_" + base64.b64encode(b"o" * 32).decode()
-    both = {**sign(SECRET, "m", BODY, 1700000000)}
-    both["webhook-signature"] += " " + sign(old, "m", BODY, 1700000000)["webhook-signature"]
-    assert verify(old, both, BODY, now=1700000000)
-    assert verify(SECRET, both, BODY, now=1700000000)
+            sign(broken, "m", BODY)
 
 
 def test_the_body_is_compact_sorted_json():
