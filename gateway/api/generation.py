@@ -273,6 +273,16 @@ class Generation(MethodView):
         return for_caller(c.JobView, "generation.cancel_job", str(job_id))
 
 
+@generation_blp.route("/generations/<uuid:job_id>/webhook-deliveries", methods=["GET"])
+@generation_blp.arguments(c.WebhookDeliveryQuery, location="query")
+@generation_blp.response(200, c.WebhookDeliveryPage)
+@authenticated
+def webhook_deliveries(query, job_id):
+    """The webhook deliveries of one of the caller's jobs, newest first"""
+    return for_caller(c.WebhookDeliveryPage, "generation.list_webhook_deliveries", str(job_id),
+                      given(query))
+
+
 @generation_blp.route("/generations/<uuid:job_id>/events", methods=["GET"])
 @generation_blp.doc(**EVENTS_DOC)
 @generation_blp.alt_response(429, description="too_many_streams: the caller has "

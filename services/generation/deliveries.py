@@ -41,7 +41,10 @@ from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from services.common.ids import utcnow
+from services.common.contracts.generation import WEBHOOK_EVENT_OF_STATE
+from services.common.errors import conflict, not_found
+from services.common.ids import client_id, utcnow
+from services.common.pagination import paginate
 from services.generation import webhooks
 from services.generation.models import WebhookDelivery, WebhookReceiver
 
@@ -139,6 +142,7 @@ def record(db: Session, delivery: WebhookDelivery, result: webhooks.Delivery, no
     """What one attempt did, for the delivery and for its receiver (the
     caller commits)."""
     delivery.tries += 1
+    delivery.last_attempt_at, delivery.response_status = now, result.status
     note_receiver(db, delivery.receiver or webhooks.receiver_of(delivery.url), result, now,
                   backoff or ReceiverBackoff())
     if result.delivered:
@@ -224,6 +228,63 @@ def attempt(engine: Engine, delivery_id: uuid.UUID, secret: str, *, guard: webho
         record(db, row, result, utcnow(), max_tries, backoff)
         db.commit()
         return result
+
+
+# ------------------------------------------------------------------ listing, redelivering
+
+
+def view(row: WebhookDelivery) -> dict:
+    """A delivery as its job's owner sees it (``contracts.WebhookDeliveryView``)."""
+    return {
+        "id": row.id, "job_id": row.job_id, "job_attempt": row.attempt,
+        "event": WEBHOOK_EVENT_OF_STATE[row.job_status], "url": row.url, "status": row.status,
+        "attempts": row.tries, "response_status": row.response_status,
+        "last_error": row.last_error, "created_at": row.created_at,
+        "last_attempt_at": row.last_attempt_at,
+        "next_attempt_at": row.next_attempt_at if row.status == PENDING else None,
+        "delivered_at": row.delivered_at,
+    }
+
+
+def list_for_job(db: Session, job_id: uuid.UUID, limit: int,
+                 cursor: str | None) -> tuple[list[WebhookDelivery], str | None]:
+    """A page of a job's deliveries, newest first (the caller checked the
+    job is the user's)."""
+    stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    return paginate(db, stmt, WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor)
+
+
+def find(db: Session, job_id: uuid.UUID | None, user_id: uuid.UUID | None,
+         status: str | None, limit: int) -> list[WebhookDelivery]:
+    """For operators: deliveries by job, user and status, newest first."""
+    stmt = select(WebhookDelivery)
+    if job_id is not None:
+        stmt = stmt.where(WebhookDelivery.job_id == job_id)
+    if user_id is not None:
+        stmt = stmt.where(WebhookDelivery.user_id == user_id)
+    if status:
+        stmt = stmt.where(WebhookDelivery.status == status)
+    return list(db.scalars(stmt.order_by(WebhookDelivery.created_at.desc(),
+                                         WebhookDelivery.id.desc()).limit(limit)))
+
+
+def redeliver(db: Session, delivery_id, now: datetime) -> WebhookDelivery:
+    """Send a delivery again at the timer's next tick (the caller commits):
+    the same body and the same ``webhook-id``, so a receiver that has it
+    already can tell. Its attempts are kept; as a failed delivery has used
+    its tries, a redelivery that fails again is failed at once, while a
+    receiver's 5xx on a delivery with tries left is retried as usual. 404
+    for an unknown id; 409 ``delivery_pending`` for one that is still
+    pending (it may be in flight: sending it at once too would send it
+    twice)."""
+    row = db.get(WebhookDelivery, client_id(delivery_id, "webhook delivery"))
+    if row is None:
+        raise not_found("webhook delivery")
+    if row.status == PENDING:
+        raise conflict("the delivery is still pending: it is sent at next_attempt_at",
+                       code="delivery_pending", next_attempt_at=row.next_attempt_at.isoformat())
+    row.status, row.next_attempt_at, row.delivered_at = PENDING, now, None
+    return row
 
 
 # ------------------------------------------------------------------ the pool

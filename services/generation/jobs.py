@@ -21,7 +21,12 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from services.common.contracts.generation import ACTIVE, JobState
+from services.common.contracts.generation import (
+    ACTIVE,
+    WEBHOOK_EVENT_OF_STATE,
+    WEBHOOK_EVENTS,
+    JobState,
+)
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import client_id, isoformat, new_id
 from services.common.messaging import Dispatch
@@ -115,7 +120,10 @@ def _submit(db: Session, settings: GenerationSettings, user_id: uuid.UUID, reque
         prompt=expansion["prompt"], negative_prompt=expansion.get("negative_prompt"),
         params=json.loads(json.dumps(params, default=str)), shots=expansion.get("shots") or None,
         price=price, priority=0, progress=0.0, stage=STAGES[JobState.QUEUED], output_ids=[],
-        webhook_url=request.get("webhook_url"), idempotency_key=idempotency_key,
+        webhook_url=request.get("webhook_url"),
+        webhook_events=list(dict.fromkeys(request["webhook_events"]))
+        if request.get("webhook_events") else None,
+        idempotency_key=idempotency_key,
         request_hash=digest if idempotency_key else None, created_at=now, updated_at=now,
     )
     db.add(job)
@@ -233,7 +241,10 @@ def claim_next(db: Session, settings: GenerationSettings, now: datetime) -> Job 
     )
     if not result.rowcount:
         return None
-    return db.get(Job, job_id, populate_existing=True)
+    job = db.get(Job, job_id, populate_existing=True)
+    if job.started_at == now:  # its first start in this attempt, not a requeued job's
+        queue_webhook(db, job, now)
+    return job
 
 
 def record_progress(db: Session, settings: GenerationSettings, job_id: uuid.UUID, token: str,
@@ -406,19 +417,29 @@ def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
     return job
 
 
+def queue_webhook(db: Session, job: Job, now: datetime) -> WebhookDelivery | None:
+    """The delivery of the event the job's state is (``WEBHOOK_EVENT_OF_STATE``),
+    when the job has a webhook and chose that event (all when it chose none);
+    written in the transaction that moved the job, sent by the timer."""
+    event = WEBHOOK_EVENT_OF_STATE.get(job.status)
+    if not job.webhook_url or event is None or event not in (job.webhook_events or WEBHOOK_EVENTS):
+        return None
+    body = json.dumps({"type": f"job.{event}", "job": webhook_view(job)}, separators=(",", ":"))
+    delivery = WebhookDelivery(
+        id=new_id(), job_id=job.id, user_id=job.user_id, attempt=job.attempt,
+        job_status=job.status, url=job.webhook_url,
+        receiver=webhooks.receiver_of(job.webhook_url), body=body, status="pending", tries=0,
+        next_attempt_at=now, created_at=now,
+    )
+    db.add(delivery)
+    return delivery
+
+
 def _finished(db: Session, settings: GenerationSettings, job: Job, now: datetime) -> None:
     """What every final state does: the webhook (not for a job rejected at
     submit: it never ran, and its submitter had the answer), and the prompt
     redaction when prompts are not kept."""
-    if job.webhook_url and job.status != JobState.REJECTED:
-        body = json.dumps({"type": f"job.{job.status}", "job": webhook_view(job)},
-                          separators=(",", ":"))
-        db.add(WebhookDelivery(
-            id=new_id(), job_id=job.id, user_id=job.user_id, attempt=job.attempt,
-            job_status=job.status, url=job.webhook_url,
-            receiver=webhooks.receiver_of(job.webhook_url), body=body, status="pending", tries=0,
-            next_attempt_at=now, created_at=now,
-        ))
+    queue_webhook(db, job, now)
     if settings.prompt_retention == "redact":
         job.prompt = job.negative_prompt = None
         job.shots = [{**shot, "prompt": None} for shot in job.shots] if job.shots else job.shots
@@ -504,7 +525,8 @@ def view(job: Job, position: int | None = None) -> dict:
         "error": error_view(job),
         "prompt": job.prompt, "negative_prompt": job.negative_prompt,
         "prompt_redacted": job.prompt_redacted, "params": job.params or {},
-        "shots": job.shots, "webhook_url": job.webhook_url, "provider": job.provider,
+        "shots": job.shots, "webhook_url": job.webhook_url,
+        "webhook_events": job.webhook_events, "provider": job.provider,
         "model": (job.params or {}).get("model"),
         "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at,

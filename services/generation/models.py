@@ -61,6 +61,8 @@ class Job(IdMixin, Base):
     error_message: Mapped[str | None] = mapped_column(sa.String(2000))
     output_ids: Mapped[list] = mapped_column(sa.JSON, default=list)
     webhook_url: Mapped[str | None] = mapped_column(sa.String(2000))
+    # the events the webhook is sent on (contracts WEBHOOK_EVENTS); null: all
+    webhook_events: Mapped[list | None] = mapped_column(sa.JSON)
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     lease_token: Mapped[str | None] = mapped_column(sa.String(36))
@@ -76,8 +78,9 @@ class Job(IdMixin, Base):
 
 
 class WebhookDelivery(IdMixin, Base):
-    """One POST of a job's final state to its ``webhook_url``, retried with
-    backoff until it succeeds or runs out of attempts."""
+    """One POST of a job's event (its start or final state) to its
+    ``webhook_url``, retried with backoff until it succeeds or runs out of
+    attempts. ``job_status`` is the state the event was sent on."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
@@ -96,8 +99,10 @@ class WebhookDelivery(IdMixin, Base):
     status: Mapped[str] = mapped_column(sa.String(16))  # pending | delivered | failed
     tries: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    response_status: Mapped[int | None] = mapped_column(sa.Integer)  # the last answer's
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 

@@ -113,7 +113,9 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
                                          data["model"] or None)  # 409
         if data["webhook_url"]:
             self._check_webhook_url(data["webhook_url"])
-        digest = request_hash({k: v for k, v in data.items() if k != "model" or v})
+        # fields added later count only when given: earlier requests keep their hashes
+        digest = request_hash({k: v for k, v in data.items()
+                               if k not in ("model", "webhook_events") or v})
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
             if existing is not None:
@@ -142,6 +144,16 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         positions = jobs.queue_positions(self.db, rows)
         items = [jobs.view(job, positions[job.id]) for job in rows]
         return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def list_webhook_deliveries(self, user_id, job_id, query=None) -> dict:
+        """The deliveries of the user's own job, newest first; 404 for anyone else's."""
+        data = load_rpc(c.WebhookDeliveryQuery, query)
+        job = jobs.get_job(self.db, trusted_id(user_id), job_id)
+        rows, next_cursor = deliveries.list_for_job(self.db, job.id, data["limit"],
+                                                    data["cursor"])
+        return c.WebhookDeliveryPage().dump({"items": [deliveries.view(row) for row in rows],
+                                             "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
     def list_disclosures(self, user_id, query=None) -> dict:
@@ -204,6 +216,23 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         rows = jobs.find_jobs(self.db, data["status"], data["since"], data["reason"], data["limit"])
         return {"items": c.OpsJobView(many=True).dump(
             [{**jobs.view(job), "user_id": job.user_id} for job in rows])}
+
+    @rpc(expected_exceptions=DomainError)
+    def find_webhook_deliveries(self, query=None) -> dict:
+        """Operators: ``darkroom-ops webhooks list``."""
+        data = load_rpc(c.FindWebhookDeliveries, query)
+        rows = deliveries.find(self.db, data["job_id"], data["user_id"], data["status"],
+                               data["limit"])
+        return {"items": c.OpsWebhookDeliveryView(many=True).dump(
+            [{**deliveries.view(row), "user_id": row.user_id} for row in rows])}
+
+    @rpc(expected_exceptions=DomainError)
+    def redeliver_webhook(self, delivery_id) -> dict:
+        """Operators: ``darkroom-ops webhooks redeliver``."""
+        row = deliveries.redeliver(self.db, delivery_id, utcnow())
+        self.db.commit()
+        log.info("webhook redelivery requested", extra={"delivery_id": str(row.id)})
+        return c.OpsWebhookDeliveryView().dump({**deliveries.view(row), "user_id": row.user_id})
 
     @rpc(expected_exceptions=DomainError)
     def replay_job(self, job_id) -> dict:

@@ -88,6 +88,14 @@ ACTIVE = frozenset({JobState.QUEUED, JobState.RESERVED, JobState.RUNNING})  # co
 FINAL = frozenset(JobState) - ACTIVE  # never change again (a failed job may be replayed)
 _STATES = [state.value for state in JobState]  # plain strings, for schemas and the OpenAPI
 
+# A job's webhook events (``webhook_events``; all when absent): each is sent
+# once per attempt, when the job enters the state below, as a POST whose
+# ``type`` is ``job.<event>``. A job rejected at submit sends none.
+WEBHOOK_EVENTS = ("started", "completed", "failed", "cancelled")
+WEBHOOK_EVENT_OF_STATE = {JobState.RUNNING: "started", JobState.SUCCEEDED: "completed",
+                          JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}
+WEBHOOK_DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
 _snake = validate.Regexp(r"^[a-z][a-z0-9_]*$", error="must be a snake_case code")
 
 
@@ -216,8 +224,15 @@ class SubmitJob(RpcSchema):
         load_default=None, allow_none=True,
         validate=[validate.Length(max=WEBHOOK_URL_MAX), _webhook_url],
         metadata={"pattern": WEBHOOK_URL_PATTERN,
-                  "description": "an absolute http(s) URL, called on each final state of the "
-                                 "job; its host must resolve to addresses the service may call"})
+                  "description": "an absolute http(s) URL, called on the job's "
+                                 "`webhook_events`; its host must resolve to addresses the "
+                                 "service may call"})
+    webhook_events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=None,
+        allow_none=True, validate=validate.Length(min=1, max=len(WEBHOOK_EVENTS)),
+        metadata={"description": "the events `webhook_url` is called on; all when absent. "
+                                 "An unknown event is 400 invalid_request with "
+                                 "`details.fields.webhook_events`"})
     model = fields.String(
         load_default=None, allow_none=True,
         validate=[validate.Length(min=1, max=MODEL_MAX),
@@ -245,6 +260,8 @@ class SubmitJob(RpcSchema):
             errors["duration_s"] = ["Only image-to-video takes a duration."]
         if data["type"] == "image-to-video" and data.get("n", DEFAULT_N) != 1:
             errors["n"] = ["image-to-video makes one video."]
+        if data.get("webhook_events") is not None and not data.get("webhook_url"):
+            errors["webhook_events"] = ["Events belong to a webhook_url."]
         if errors:
             raise ValidationError(errors)
 
@@ -295,6 +312,9 @@ class JobView(RpcSchema):
     params = fields.Dict(required=True)
     shots = fields.List(fields.Nested(Shot), allow_none=True)
     webhook_url = fields.String(allow_none=True)
+    webhook_events = fields.List(fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+                                 allow_none=True, metadata={
+                                     "description": "null: every event (WEBHOOK_EVENTS)"})
     provider = fields.String(allow_none=True)
     model = fields.String(allow_none=True, metadata={
         "description": "the model the job asked for (`model`); null: its type's route"})
@@ -333,6 +353,48 @@ class DisclosureView(RpcSchema):
 
 
 DisclosurePage = page_of(DisclosureView, "DisclosurePage")
+
+
+class WebhookDeliveryQuery(PageQuery):
+    """``GET /v1/generations/{id}/webhook-deliveries?limit=&cursor=``"""
+
+
+class WebhookDeliveryView(RpcSchema):
+    """One webhook delivery of a job (services/generation/deliveries.py):
+    its ``id`` is the ``webhook-id`` header, the same on every attempt."""
+
+    id = fields.UUID(required=True)
+    job_id = fields.UUID(required=True)
+    job_attempt = fields.Integer(required=True, metadata={"description": "the job's attempt"})
+    event = fields.String(required=True, validate=validate.OneOf(WEBHOOK_EVENTS))
+    url = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(WEBHOOK_DELIVERY_STATUSES))
+    attempts = fields.Integer(required=True, metadata={"description": "POSTs made so far"})
+    response_status = fields.Integer(allow_none=True, metadata={
+        "description": "the HTTP status of the last answer; null: none yet, or no answer"})
+    last_error = fields.String(allow_none=True)
+    created_at = fields.AwareDateTime(required=True)
+    last_attempt_at = fields.AwareDateTime(allow_none=True)
+    next_attempt_at = fields.AwareDateTime(allow_none=True, metadata={
+        "description": "when a pending delivery is tried next; null once it ended"})
+    delivered_at = fields.AwareDateTime(allow_none=True)
+
+
+class OpsWebhookDeliveryView(WebhookDeliveryView):
+    user_id = fields.UUID(required=True)
+
+
+WebhookDeliveryPage = page_of(WebhookDeliveryView, "WebhookDeliveryPage")
+
+
+class FindWebhookDeliveries(RpcSchema):
+    """Operators: ``darkroom-ops webhooks list``."""
+
+    job_id = fields.UUID(load_default=None)
+    user_id = fields.UUID(load_default=None)
+    status = fields.String(load_default=None,
+                           validate=validate.OneOf(WEBHOOK_DELIVERY_STATUSES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
 
 
 class PriceQuote(RpcSchema):

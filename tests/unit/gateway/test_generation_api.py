@@ -34,8 +34,8 @@ OTHER_USER = "01900000-0000-7000-8000-0000000000e1"
 THIRD_USER = "01900000-0000-7000-8000-0000000000e2"
 JOB_FIELDS = {"id", "type", "status", "attempt", "progress", "stage", "queue_position", "price",
               "outputs", "error", "prompt", "negative_prompt", "prompt_redacted", "params",
-              "shots", "webhook_url", "provider", "model", "created_at", "started_at",
-              "finished_at"}
+              "shots", "webhook_url", "webhook_events", "provider", "model", "created_at",
+              "started_at", "finished_at"}
 TEXT = {"type": "text-to-image", "prompt": "a lighthouse at dawn"}
 PRICE = 4
 
@@ -52,7 +52,8 @@ def job_view(job_id: str, status: str = "queued", progress: float = 0.0,
         "progress": progress, "stage": stage, "queue_position": queue_position, "price": PRICE,
         "outputs": [], "error": None, "prompt": "a lighthouse at dawn", "negative_prompt": None,
         "prompt_redacted": False, "params": {"n": 1, "size": "1024x1024"}, "shots": None,
-        "webhook_url": None, "provider": None, "model": None, "created_at": NOW, "started_at": None,
+        "webhook_url": None, "webhook_events": None, "provider": None, "model": None,
+        "created_at": NOW, "started_at": None,
         "finished_at": None, "lease_token": "internal", **extra,
     }
 
@@ -162,6 +163,11 @@ class FakeGeneration(FakeRpcService):
         more = start + limit < len(items)
         return {"items": items[start:start + limit], "next_cursor": str(start + limit) if more else None}
 
+    def rpc_list_webhook_deliveries(self, user_id, job_id, query=None):
+        job = self._find(user_id, job_id)
+        return {"items": [{**delivery, "user_id": "internal"}
+                          for delivery in job.get("deliveries", [])], "next_cursor": None}
+
     def rpc_list_disclosures(self, user_id, query=None):
         items = [d for d in self.disclosures if d["owner"] == user_id]
         return {"items": [{k: v for k, v in d.items() if k != "owner"} for d in items],
@@ -266,6 +272,42 @@ def test_submit_sends_json_types_to_the_service(client, generation):
     assert load_rpc(SubmitJob, json.loads(json.dumps(payload))) == SubmitJob().load(body)
 
 
+def test_submit_passes_the_chosen_webhook_events(client, generation):
+    body = {**TEXT, "webhook_url": "https://hooks.example.com/d",
+            "webhook_events": ["started", "completed"]}
+    assert client.post("/v1/generations", headers=BEARER, json=body).status_code == 202
+    [((_, payload), _)] = generation.called("submit")
+    assert payload["webhook_events"] == ["started", "completed"]
+
+
+def test_an_unknown_webhook_event_is_400_naming_the_field(client, generation):
+    body = {**TEXT, "webhook_url": "https://hooks.example.com/d",
+            "webhook_events": ["started", "exploded"]}
+    response = client.post("/v1/generations", headers=BEARER, json=body)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "invalid_request" and "webhook_events" in error["details"]["fields"]
+    assert generation.calls == []
+
+
+def test_webhook_deliveries_of_the_callers_job_only(client, generation):
+    delivery = {"id": str(uuid.uuid4()), "event": "completed", "status": "delivered",
+                "attempts": 2, "response_status": 204, "last_error": None,
+                "url": "https://hooks.example.com/d", "job_attempt": 1, "created_at": NOW,
+                "last_attempt_at": NOW, "next_attempt_at": None, "delivered_at": NOW}
+    mine = generation.add(USER_ID, deliveries=[{**delivery, "job_id": None}])
+    generation.jobs[mine]["deliveries"][0]["job_id"] = mine
+    theirs = generation.add(UNVERIFIED_ID)
+    response = client.get(f"/v1/generations/{mine}/webhook-deliveries?limit=5", headers=BEARER)
+    assert response.status_code == 200
+    [item] = response.get_json()["items"]
+    assert item == {**delivery, "job_id": mine}  # user_id, internal, is dropped
+    assert generation.called("list_webhook_deliveries")[0][0] == (USER_ID, mine, {"limit": 5})
+    response = client.get(f"/v1/generations/{theirs}/webhook-deliveries", headers=BEARER)
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    assert client.get(f"/v1/generations/{mine}/webhook-deliveries").status_code == 401
+
+
 def test_submit_needs_a_credential_and_a_verified_email(client, generation):
     assert client.post("/v1/generations", json=TEXT).status_code == 401
     response = client.post("/v1/generations", headers=OTHER, json=TEXT)
@@ -290,6 +332,10 @@ def test_submit_needs_a_credential_and_a_verified_email(client, generation):
     ({**TEXT, "webhook_url": "ftp://example.com/x"}, "webhook_url"),
     ({**TEXT, "webhook_url": ""}, "webhook_url"),
     ({**TEXT, "webhook_url": "https://example.com/hook\n"}, "webhook_url"),
+    ({**TEXT, "webhook_url": "https://example.com/h", "webhook_events": ["finished"]},
+     "webhook_events"),
+    ({**TEXT, "webhook_url": "https://example.com/h", "webhook_events": []}, "webhook_events"),
+    ({**TEXT, "webhook_events": ["started"]}, "webhook_events"),  # no webhook_url
     ({**TEXT, "size": "1024x1024\n"}, "size"),
     ({**TEXT, "size": "\u0661\u0660\u0662\u0664x1024"}, "size"),  # Arabic-Indic digits
     # JSON types as the document says them (marshmallow alone would coerce these)
@@ -728,6 +774,7 @@ def test_openapi_documents_generation(client):
         "/v1/templates": {"get"}, "/v1/models": {"get"}, "/v1/generations": {"get", "post"},
         "/v1/generations/{job_id}": {"get", "delete"},
         "/v1/generations/{job_id}/events": {"get"},
+        "/v1/generations/{job_id}/webhook-deliveries": {"get"},
     }
     assert "security" not in doc["paths"]["/v1/templates"]["get"]
     assert "security" not in doc["paths"]["/v1/models"]["get"]
@@ -747,6 +794,11 @@ def test_openapi_documents_generation(client):
     events = doc["paths"]["/v1/generations/{job_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
     assert events["security"] == secured
+    deliveries = doc["paths"]["/v1/generations/{job_id}/webhook-deliveries"]["get"]
+    assert deliveries["security"] == secured
+    assert {p["name"] for p in deliveries["parameters"]} >= {"limit", "cursor"}
+    events_field = doc["components"]["schemas"]["SubmitJob"]["properties"]["webhook_events"]
+    assert events_field["items"]["enum"] == ["started", "completed", "failed", "cancelled"]
 
 
 # ------------------------------------------------------------ the webhook secret (auth)

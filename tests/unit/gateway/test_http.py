@@ -262,6 +262,7 @@ def test_openapi_document(client):
         "/v1/me/webhook-secret": {"get"}, "/v1/me/webhook-secret/rotate": {"post"},
         "/v1/templates": {"get"}, "/v1/models": {"get"}, "/v1/generations": {"get", "post"},
         "/v1/generations/{job_id}": {"get", "delete"}, "/v1/generations/{job_id}/events": {"get"},
+        "/v1/generations/{job_id}/webhook-deliveries": {"get"},
         "/v1/privacy/requests": {"get", "post"},
         "/v1/privacy/requests/{request_id}": {"get", "delete"},
         "/v1/privacy/requests/{request_id}/cancel": {"post"},
