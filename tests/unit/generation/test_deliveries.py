@@ -7,6 +7,9 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from services.common.errors import DomainError
 from services.generation import deliveries, webhooks
 from services.generation.models import WebhookDelivery, WebhookReceiver
 
@@ -135,3 +138,61 @@ def test_the_sender_is_bounded_overall_and_per_receiver():
     assert (sender.free(), sender.in_flight()) == (3, {})
     sender.start(SLOW, lambda: 1 / 0)  # a crash frees its slot too
     assert sender.wait_idle(5) and sender.free() == 3
+
+
+def test_an_attempt_records_its_answer_and_the_view_names_the_event(db):
+    row = delivery(db)
+    deliveries.record(db, row, webhooks.Delivery(False, True, 503, "receiver_error"), NOW, 8)
+    view = deliveries.view(row)
+    assert (view["event"], view["attempts"], view["response_status"]) == ("completed", 1, 503)
+    assert view["last_attempt_at"] == NOW and view["next_attempt_at"] > NOW
+    later = NOW + timedelta(minutes=1)
+    deliveries.record(db, row, webhooks.Delivery(False, True, None, "timeout"), later, 8)
+    assert (row.response_status, row.last_attempt_at) == (None, later)  # no answer this time
+    deliveries.record(db, row, webhooks.Delivery(True, False, 204), later, 8)
+    view = deliveries.view(row)
+    assert (view["status"], view["response_status"], view["next_attempt_at"]) == (
+        "delivered", 204, None)
+
+
+def test_a_jobs_deliveries_come_in_pages_newest_first(db):
+    job_id = uuid.uuid4()
+    rows = [delivery(db) for _ in range(3)]
+    for index, (row, status) in enumerate(zip(rows, ("running", "failed", "failed"),
+                                              strict=True)):
+        row.job_id, row.created_at = job_id, NOW + timedelta(seconds=index)
+        row.job_status, row.attempt = status, 1 + index // 2  # started, failed; replayed, failed
+    delivery(db)  # another job's
+    db.commit()
+    first, cursor = deliveries.list_for_job(db, job_id, 2, None)
+    rest, end = deliveries.list_for_job(db, job_id, 2, cursor)
+    assert [r.id for r in first + rest] == [rows[2].id, rows[1].id, rows[0].id]
+    assert end is None
+
+
+def test_a_redelivery_sends_an_ended_delivery_again_with_its_id(db):
+    row = delivery(db)
+    deliveries.record(db, row, webhooks.Delivery(False, False, 410, "receiver_refused"), NOW, 8)
+    assert row.status == deliveries.FAILED
+    later = NOW + timedelta(hours=1)
+    again = deliveries.redeliver(db, str(row.id), later)
+    db.commit()
+    assert (again.id, again.status, again.next_attempt_at, again.tries) == (
+        row.id, deliveries.PENDING, later, 1)
+    assert [r.id for r in deliveries.take_due(db, later)] == [row.id]
+    with pytest.raises(DomainError) as info:  # pending (maybe in flight): not twice
+        deliveries.redeliver(db, row.id, later)
+    assert (info.value.code, info.value.status) == ("delivery_pending", 409)
+    for unknown in (uuid.uuid4(), "not-an-id"):
+        with pytest.raises(DomainError) as info:
+            deliveries.redeliver(db, unknown, later)
+        assert info.value.status == 404
+
+
+def test_operators_find_deliveries_by_job_user_and_status(db):
+    a, b = delivery(db), delivery(db)
+    deliveries.record(db, b, webhooks.Delivery(True, False, 200), NOW, 8)
+    db.commit()
+    assert [r.id for r in deliveries.find(db, a.job_id, None, None, 10)] == [a.id]
+    assert [r.id for r in deliveries.find(db, None, b.user_id, None, 10)] == [b.id]
+    assert [r.id for r in deliveries.find(db, None, None, "delivered", 10)] == [b.id]

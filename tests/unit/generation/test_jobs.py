@@ -239,9 +239,41 @@ def test_a_stored_error_is_shown_and_sent_without_signed_urls_or_internal_hosts(
     row = db.get(Job, job.id)
     expected = "cannot upload an output: 403 Client Error: Forbidden for url: http://[internal]"
     assert jobs.view(row)["error"] == {"code": "storage_unavailable", "message": expected}
-    [delivery] = db.query(WebhookDelivery).all()
+    [delivery] = db.query(WebhookDelivery).filter_by(job_status="failed").all()
     assert json.loads(delivery.body)["job"]["error"]["message"] == expected
     assert "AKIA" not in delivery.body and "minio" not in delivery.body
+
+
+def test_a_job_sends_the_webhook_events_it_chose_once_per_attempt(db, settings):
+    user, events = uuid.uuid4(), Events()
+    hooked = {**REQUEST, "webhook_url": "https://hooks.example.com/x"}
+    every = submit(db, settings, user, events, request=hooked)
+    chosen = submit(db, settings, user, events,
+                    request={**hooked, "webhook_events": ["started", "completed", "started"]})
+    assert db.get(Job, chosen.id).webhook_events == ["started", "completed"]
+    assert jobs.view(db.get(Job, every.id))["webhook_events"] is None  # all of them
+    for job in (every, chosen):
+        reserve(db, settings, job, events)
+        running = jobs.claim_next(db, settings, NOW)
+        db.commit()
+        if running.id == every.id:  # the first start: started; a requeued one's: none again
+            assert jobs.requeue_expired_leases(db, NOW + timedelta(seconds=61)) == [every.id]
+            db.commit()
+            running = jobs.claim_next(db, settings, NOW + timedelta(seconds=62))
+        assert jobs.fail(db, settings, running.id, running.lease_token, "provider_error", "x",
+                         None, NOW + timedelta(seconds=70), events)
+        db.commit()
+
+    def sent(job) -> list[tuple[str, str]]:
+        rows = db.query(WebhookDelivery).filter_by(job_id=job.id).order_by(
+            WebhookDelivery.created_at).all()
+        return [(row.job_status, json.loads(row.body)["type"]) for row in rows]
+
+    assert sent(every) == [("running", "job.started"), ("failed", "job.failed")]
+    assert sent(chosen) == [("running", "job.started")]  # it did not choose failed
+    started = json.loads(db.query(WebhookDelivery).filter_by(job_id=every.id,
+                                                             job_status="running").one().body)
+    assert started["job"]["status"] == "running" and "fox" not in json.dumps(started)
 
 
 # ------------------------------------------------------------------ holds that expire
