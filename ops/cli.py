@@ -14,6 +14,8 @@
     darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]
     darkroom-ops jobs replay (JOB_ID... | --status failed --since 2h [--reason CODE])
                              [--dry-run] [--yes]
+    darkroom-ops webhooks list [--job ID] [--user ID] [--status S] [--limit N] [--json]
+    darkroom-ops webhooks redeliver DELIVERY_ID... [--json]
     darkroom-ops privacy report [--json]
     darkroom-ops privacy retry <request id>
     darkroom-ops privacy publish-policy --version V (--material | --minor) --summary TEXT
@@ -43,9 +45,13 @@ from ops import jobs as jobs_ops  # noqa: E402
 from ops import privacy as privacy_ops  # noqa: E402
 from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
+from ops import webhooks as webhook_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
-from ops.errors import OpsError  # noqa: E402
-from services.common.contracts.generation import JobState  # noqa: E402
+from ops.errors import OpsError, id_argument  # noqa: E402
+from services.common.contracts.generation import (  # noqa: E402
+    WEBHOOK_DELIVERY_STATUSES,
+    JobState,
+)
 from services.common.errors import DomainError  # noqa: E402
 
 
@@ -342,6 +348,44 @@ def jobs_replay(config, job_ids, status, since, reason, limit, dry_run, yes):
     for line in jobs_ops.summary_lines(outcomes):
         click.echo(line)
     if not all(o.replayed for o in outcomes):
+        raise click.exceptions.Exit(1)
+
+
+@cli.group(cls=OpsGroup)
+def webhooks():
+    """Job webhook deliveries (through the generation service): see them, send them again."""
+
+
+@webhooks.command("list")
+@click.option("--job", "job_id", metavar="ID", help="Only this job's deliveries.")
+@click.option("--user", "user_id", metavar="ID", help="Only this user's deliveries.")
+@click.option("--status", type=click.Choice(WEBHOOK_DELIVERY_STATUSES),
+              help="Only deliveries in this state.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@json_option
+@pass_config
+def webhooks_list(config, job_id, user_id, status, limit, as_json):
+    """Webhook deliveries, newest first: event, state, attempts, the last answer."""
+    job_id = jobs_ops.job_id(job_id) if job_id else None
+    user_id = id_argument(user_id, "user id") if user_id else None
+    found = webhook_ops.find(config, job_id, user_id, status, limit)
+    show(found, as_json, lambda items: webhook_ops.list_lines(items, limit))
+
+
+@webhooks.command("redeliver")
+@click.argument("delivery_ids", nargs=-1, required=True, metavar="DELIVERY_ID...")
+@json_option
+@pass_config
+def webhooks_redeliver(config, delivery_ids, as_json):
+    """Send ended deliveries again (same body, same webhook-id) at the service's next tick.
+
+    Exit 1 when any could not be queued (unknown, or still pending)."""
+    ids = [webhook_ops.delivery_id(d) for d in dict.fromkeys(delivery_ids)]
+    with click.progressbar(ids, label="queueing", file=sys.stderr, show_pos=True) as bar:
+        outcomes = webhook_ops.redeliver(config, bar)
+    show(webhook_ops.as_json(outcomes) if as_json else outcomes, as_json,
+         webhook_ops.summary_lines)
+    if not all(o.queued for o in outcomes):
         raise click.exceptions.Exit(1)
 
 

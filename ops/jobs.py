@@ -100,11 +100,11 @@ def replay(config: dict, job_ids: Iterable[str]) -> list[Outcome]:
 # ------------------------------------------------------------ printing
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word if n == 1 else word + 's'}"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(row) -> str:
@@ -121,7 +121,7 @@ def list_lines(jobs: list[dict], limit: int | None = None) -> list[str]:
              str((j.get("error") or {}).get("code") or "-"), str(j.get("type")),
              str(j.get("provider") or "-"), str(j.get("user_id")),
              str(j.get("finished_at") or j.get("created_at") or "-")) for j in jobs]
-    lines = _table(("JOB", "STATUS", "ATTEMPT", "REASON", "TYPE", "PROVIDER", "USER",
+    lines = table(("JOB", "STATUS", "ATTEMPT", "REASON", "TYPE", "PROVIDER", "USER",
                     "FINISHED"), rows)
     lines.append(plural(len(jobs), "job"))
     if limit is not None and len(jobs) >= limit:
@@ -138,4 +138,4 @@ def summary_lines(outcomes: list[Outcome]) -> list[str]:
         return [head]
     rows = [(o.job_id, o.code or "-", o.message or "") for o in refused]
     return [f"{head}; {len(refused)} could not be replayed:",
-            *("  " + line for line in _table(("JOB", "REASON", "MESSAGE"), rows))]
+            *("  " + line for line in table(("JOB", "REASON", "MESSAGE"), rows))]
