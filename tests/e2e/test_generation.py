@@ -298,13 +298,14 @@ def test_the_webhook_arrives_signed_with_the_accounts_secret(stack, user):
     token = user["token"]
     with FakeWebhookReceiver() as receiver:
         created = submit(stack, token, {"type": "text-to-image", "prompt": "a weathervane",
-                                        "size": "512x512", "webhook_url": f"{receiver.url}/hook"})
+                                        "size": "512x512", "webhook_url": f"{receiver.url}/hook",
+                                        "webhook_events": ["completed"]})
         assert finished(stack, token, created["id"])["status"] == "succeeded"
         [hook] = wait_for(lambda: receiver.requests_to("/hook", "POST"), 30, 0.2, "the webhook")
     secret = stack.call("GET", "/v1/me/webhook-secret", token=token).json()["secret"]
     # Standard Webhooks, as a receiver checks it with the standardwebhooks library
     payload = standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)
-    assert (payload["type"], payload["job"]["id"]) == ("job.succeeded", created["id"])
+    assert (payload["type"], payload["job"]["id"]) == ("job.completed", created["id"])
     assert "weathervane" not in hook.body.decode()
 
 

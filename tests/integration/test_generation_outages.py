@@ -190,7 +190,8 @@ def test_an_error_body_echoing_secrets_never_reaches_the_user(stack, status, cod
                                                  "code": "upstream_failed"}}))
     job = stack.rpc.generation.submit(user, {
         "type": "text-to-image", "prompt": "a fox", "size": "512x512",
-        "webhook_url": f"{stack.receiver.url}/hooks/{uuid.uuid4().hex}"})
+        "webhook_url": f"{stack.receiver.url}/hooks/{uuid.uuid4().hex}",
+        "webhook_events": ["failed"]})
     done = finished(stack, user, job["id"], 60)
     assert done["status"] == "failed" and done["error"]["code"] == code, done
     shown = [done["error"]["message"], str(stack.rpc.generation.list_jobs(user, {"limit": 5}))]

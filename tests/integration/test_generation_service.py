@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import socket
 import uuid
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from services.generation import webhooks
 from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import DripReceiver, FakeWebhookReceiver
 from tests.integration.probe_service import wait_consuming
+from tests.integration.test_ops_users import ops
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +80,7 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
         GENERATION_WEBHOOK_ALLOW="127.0.0.1", GENERATION_WEBHOOK_TIMEOUT_SECONDS=10))
     procs = {"auth": auth, "billing": billing, "storage": storage, "generation": generation}
     with ready(amqp_uri, procs, ports, auth_db) as ready_stack:
-        yield SimpleNamespace(**vars(ready_stack), generation=generation)
+        yield SimpleNamespace(**vars(ready_stack), generation=generation, amqp_uri=amqp_uri)
 
 
 def storage_env(common: dict, database: str, port: int, s3_endpoint, bucket: str) -> dict:
@@ -339,17 +341,80 @@ def test_a_final_state_is_posted_to_the_webhook_signed_with_the_accounts_secret(
             "type": "text-to-image", "prompt": "a paper boat", "size": "512x512",
             "webhook_url": f"{receiver.url}/hooks/darkroom"})
         assert finished(stack, user, job["id"])["status"] == "succeeded"
-        [hook] = wait_for(lambda: receiver.requests_to("/hooks/darkroom", "POST"), 30, 0.2,
-                          "the webhook")
+        # every event when the job chose none: its start and its end
+        hooks = wait_for(lambda: (lambda got: got if len(got) == 2 else None)(
+            receiver.requests_to("/hooks/darkroom", "POST")), 30, 0.2, "the webhooks")
         secret = stack.rpc.auth.get_webhook_secret(user)["secret"]
         # Standard Webhooks: what any receiver's library accepts
-        payload = standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)
-        another = "whsec_" + base64.b64encode(b"another account's 32-byte secret").decode()
-        with pytest.raises(standardwebhooks.WebhookVerificationError):
-            standardwebhooks.Webhook(another).verify(hook.body, hook.headers)
-        assert payload["type"] == "job.succeeded"
+        payloads = {}
+        for hook in hooks:
+            payload = standardwebhooks.Webhook(secret).verify(hook.body, hook.headers)
+            payloads[payload["type"]] = payload
+            another = "whsec_" + base64.b64encode(b"another account's 32-byte secret").decode()
+            with pytest.raises(standardwebhooks.WebhookVerificationError):
+                standardwebhooks.Webhook(another).verify(hook.body, hook.headers)
+            assert "paper boat" not in hook.body.decode()  # the prompt never leaves in a webhook
+        assert set(payloads) == {"job.started", "job.completed"}
+        payload = payloads["job.completed"]
         assert payload["job"]["id"] == job["id"] and len(payload["job"]["outputs"]) == 1
-        assert "paper boat" not in hook.body.decode()  # the prompt never leaves in a webhook
+
+
+def test_chosen_events_are_listed_and_redelivered_by_the_ops_cli_with_their_webhook_id(stack):
+    """A job chooses ``started`` and ``completed``; the receiver refuses the
+    first POST for good (410). Its owner lists both deliveries (another user
+    gets 404); ``darkroom-ops webhooks list`` shows them and ``webhooks
+    redeliver`` sends the refused one again with the same ``webhook-id``, and
+    it verifies with the library."""
+    user, other = registered_user(stack), new_user(stack)
+    secret = stack.rpc.auth.get_webhook_secret(user)["secret"]
+    with FakeWebhookReceiver() as receiver:
+        receiver.fail_next(410)
+        job = stack.rpc.generation.submit(user, {
+            "type": "text-to-image", "prompt": "a lantern", "size": "512x512",
+            "webhook_url": f"{receiver.url}/hooks/events",
+            "webhook_events": ["started", "completed"]})
+        assert job["webhook_events"] == ["started", "completed"]
+        assert finished(stack, user, job["id"])["status"] == "succeeded"
+        hooks = wait_for(lambda: (lambda got: got if len(got) == 2 else None)(
+            receiver.requests_to("/hooks/events", "POST")), 30, 0.2, "both events")
+        payloads = [standardwebhooks.Webhook(secret).verify(h.body, h.headers) for h in hooks]
+        assert sorted(p["type"] for p in payloads) == ["job.completed", "job.started"]
+        refused_id = hooks[0].header("webhook-id")
+
+        def listed() -> dict:
+            page = stack.rpc.generation.list_webhook_deliveries(user, job["id"], {"limit": 10})
+            ended = all(d["status"] != "pending" for d in page["items"])
+            return {d["id"]: d for d in page["items"]} if ended else None
+
+        by_id = wait_for(listed, 30, 0.2, "both deliveries to end")
+        assert set(by_id) == {h.header("webhook-id") for h in hooks}
+        refused_one = by_id[refused_id]
+        assert (refused_one["status"], refused_one["attempts"],
+                refused_one["response_status"]) == ("failed", 1, 410)
+        [done] = [d for d in by_id.values() if d["id"] != refused_id]
+        assert (done["status"], done["response_status"]) == ("delivered", 204)
+        assert {d["event"] for d in by_id.values()} == {
+            p["type"].removeprefix("job.") for p in payloads}
+        error = refused(stack.rpc.generation.list_webhook_deliveries, other, job["id"])
+        assert (error.code, error.status) == ("not_found", 404)
+
+        env = base_env(AMQP_URI=stack.amqp_uri, OPS_RPC_TIMEOUT_SECONDS=20)
+        result = ops(env, "webhooks", "list", "--job", job["id"], "--status", "failed", "--json")
+        assert result.returncode == 0, result.stderr
+        assert [(d["id"], d["user_id"]) for d in json.loads(result.stdout)] == [(refused_id, user)]
+        result = ops(env, "webhooks", "redeliver", refused_id)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "queued 1 of 1 delivery for redelivery"
+        [again] = wait_for(lambda: receiver.requests_to("/hooks/events", "POST")[2:], 30, 0.2,
+                           "the redelivery")
+        assert again.header("webhook-id") == refused_id and again.body == hooks[0].body
+        assert standardwebhooks.Webhook(secret).verify(again.body, again.headers)
+        redone = wait_for(lambda: (listed() or {}).get(refused_id, {}).get("status")
+                          == "delivered" and listed()[refused_id], 30, 0.2, "delivered")
+        assert (redone["attempts"], redone["response_status"]) == (2, 204)
+        # an unknown one is named, and the command fails
+        result = ops(env, "webhooks", "redeliver", str(uuid.uuid4()))
+        assert result.returncode == 1 and "not_found" in result.stdout
 
 
 def test_a_dripping_receiver_is_cut_at_the_deadline_while_the_others_get_theirs(stack):
@@ -363,12 +428,13 @@ def test_a_dripping_receiver_is_cut_at_the_deadline_while_the_others_get_theirs(
             FakeWebhookReceiver() as fast_b:
         slow_job = stack.rpc.generation.submit(user, {
             "type": "text-to-image", "prompt": "a snail", "size": "512x512",
-            "webhook_url": f"{drip.url}/hooks/slow"})
+            "webhook_url": f"{drip.url}/hooks/slow", "webhook_events": ["completed"]})
         wait_for(lambda: drip.connections, 60, 0.05, "the dripping receiver's first attempt")
         first = drip.connections[0]
         fast_jobs = [stack.rpc.generation.submit(user, {
             "type": "text-to-image", "prompt": "a hare", "size": "512x512",
-            "webhook_url": f"{receiver.url}/hooks/fast"}) for receiver in (fast_a, fast_b)]
+            "webhook_url": f"{receiver.url}/hooks/fast", "webhook_events": ["completed"]})
+            for receiver in (fast_a, fast_b)]
         for receiver, job in zip((fast_a, fast_b), fast_jobs, strict=True):
             [hook] = wait_for(lambda r=receiver: r.requests_to("/hooks/fast", "POST"), 30, 0.05,
                               "a fast receiver's webhook")
