@@ -1,7 +1,7 @@
 """Webhooks: signing, a guard against server-side request forgery, delivery.
 
-A job with a ``webhook_url`` gets a POST on each final state but ``rejected``
-(API.md). Three
+A job with a ``webhook_url`` gets a POST for each of its ``webhook_events``
+(``contracts.generation.WEBHOOK_EVENTS``; docs/api.md). Three
 concerns live here, all free of the broker so the service can call them from
 a timer or a queue:
 
