@@ -78,7 +78,7 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
     **{("GET", path): {(400, "invalid_request", "cursor"): CURSOR} for path in (
         "/v1/me/api-keys", "/v1/me/sessions", "/v1/images", "/v1/billing/ledger",
         "/v1/billing/orders", "/v1/generations", "/v1/privacy/requests",
-        "/v1/privacy/disclosures")},
+        "/v1/privacy/disclosures", "/v1/generations/{job_id}/webhook-deliveries")},
 }
 ACCEPTED = set(POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES)
 DEDICATED_USER = {("POST", "/v1/privacy/requests")}

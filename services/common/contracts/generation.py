@@ -201,6 +201,8 @@ class SubmitJob(RpcSchema):
             {"anyOf": [_type_is("image-to-video"), {"not": _given("duration_s", "integer")}]},
             {"anyOf": [{"not": _type_is("image-to-video")},
                        {"properties": {"n": {"enum": [1]}}}]},
+            {"anyOf": [{"not": _given("webhook_events", "array")},
+                       _given("webhook_url", "string")]},
         ]}
 
     type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))

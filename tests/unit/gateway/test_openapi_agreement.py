@@ -61,6 +61,15 @@ SUBMIT_BODIES = [
     {"type": "text-to-image", "prompt": "x", "webhook_url": "ftp://example.com"},
     {"type": "text-to-image", "prompt": "x", "webhook_url": "http://exa mple.com"},
     {"type": "text-to-image", "prompt": "x", "webhook_url": "http://example.com/\n"},
+    {"type": "text-to-image", "prompt": "x", "webhook_url": "https://example.com/h",
+     "webhook_events": ["started", "completed"]},
+    {"type": "text-to-image", "prompt": "x", "webhook_url": "https://example.com/h",
+     "webhook_events": ["exploded"]},
+    {"type": "text-to-image", "prompt": "x", "webhook_url": "https://example.com/h",
+     "webhook_events": []},
+    {"type": "text-to-image", "prompt": "x", "webhook_events": ["started"]},
+    {"type": "text-to-image", "prompt": "x", "webhook_url": "https://example.com/h",
+     "webhook_events": ["failed"] * 5},
 ]
 
 
