@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nameko.exceptions import RpcTimeout
-
 from ops import rpc
 from ops.errors import OpsError, id_argument
-from services.common.errors import DomainError
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -82,19 +79,12 @@ class Outcome:
 
 def replay(config: dict, job_ids: Iterable[str]) -> list[Outcome]:
     """Replay each job (``job_ids`` may be a progress bar wrapping the ids)."""
-    outcomes = []
     with generation(config) as service:
-        for jid in job_ids:
-            try:
-                job = service.replay_job(jid)
-            except DomainError as exc:
-                outcomes.append(Outcome(jid, False, exc.code, exc.message))
-            except RpcTimeout:
-                outcomes.append(Outcome(jid, False, "timeout",
-                                        "no answer in time; the replay may still happen"))
-            else:
-                outcomes.append(Outcome(jid, True, attempt=job.get("attempt")))
-    return outcomes
+        return [Outcome(jid, answer is not None, code, message,
+                        attempt=answer.get("attempt") if answer else None)
+                for jid, answer, code, message in rpc.each(
+                    service.replay_job, job_ids,
+                    "no answer in time; the replay may still happen")]
 
 
 # ------------------------------------------------------------ printing

@@ -9,7 +9,7 @@ service propagates for the CLI to print with its code.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from ops.errors import OpsError
 from ops.rabbit import connect, safe_url
+from services.common.errors import DomainError
 
 
 @contextmanager
@@ -42,3 +43,19 @@ def call(config: dict, name: str, method: str, *args: Any, timeout: float | None
     """``<name>.<method>(*args, **kwargs)``."""
     with service(config, name, timeout) as proxy:
         return getattr(proxy, method)(*args, **kwargs)
+
+
+def each(call_one: Callable[[str], Any], ids: Iterable[str],
+         late: str) -> Iterator[tuple[str, Any, str | None, str | None]]:
+    """``call_one(id)`` for each id, in turn: ``(id, answer, None, None)``, or
+    ``(id, None, code, message)`` for a refusal or a timeout (``late`` says
+    what a timeout may mean), so one bad id never hides the others' outcome."""
+    for one in ids:
+        try:
+            answer = call_one(one)
+        except DomainError as exc:
+            yield one, None, exc.code, exc.message
+        except RpcTimeout:
+            yield one, None, "timeout", late
+        else:
+            yield one, answer, None, None

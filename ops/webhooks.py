@@ -14,11 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nameko.exceptions import RpcTimeout
-
+from ops import rpc
 from ops.errors import id_argument
 from ops.jobs import generation, plural, table
-from services.common.errors import DomainError
 
 
 def delivery_id(value: str) -> str:
@@ -46,21 +44,12 @@ class Outcome:
 
 
 def redeliver(config: dict, delivery_ids: Iterable[str]) -> list[Outcome]:
-    """Queue each delivery again; a refusal or a timeout is recorded and the
-    next one tried."""
-    outcomes = []
+    """Queue each delivery again (``delivery_ids`` may be a progress bar)."""
     with generation(config) as service:
-        for did in delivery_ids:
-            try:
-                service.redeliver_webhook(did)
-            except DomainError as exc:
-                outcomes.append(Outcome(did, False, exc.code, exc.message))
-            except RpcTimeout:
-                outcomes.append(Outcome(did, False, "timeout",
-                                        "no answer in time; the redelivery may still happen"))
-            else:
-                outcomes.append(Outcome(did, True))
-    return outcomes
+        return [Outcome(did, answer is not None, code, message)
+                for did, answer, code, message in rpc.each(
+                    service.redeliver_webhook, delivery_ids,
+                    "no answer in time; the redelivery may still happen")]
 
 
 # ------------------------------------------------------------ printing
