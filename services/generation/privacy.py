@@ -150,7 +150,7 @@ def _job(job: Job) -> dict:
         "error": {"code": job.error_code, "message": job.error_message}
         if job.error_code else None,
         "outputs": [str(o) for o in job.output_ids or []], "webhook_url": job.webhook_url,
-        "idempotency_key": job.idempotency_key,
+        "webhook_events": job.webhook_events, "idempotency_key": job.idempotency_key,
         "created_at": isoformat(job.created_at), "started_at": isoformat(job.started_at),
         "finished_at": isoformat(job.finished_at),
     }
@@ -166,7 +166,9 @@ def export(db: Session, settings: GenerationSettings, user_id) -> dict:
         "webhook_deliveries": [
             {"job_id": str(d.job_id), "job_status": d.job_status, "url": d.url,
              "status": d.status, "tries": d.tries, "last_error": d.last_error,
-             "created_at": isoformat(d.created_at), "delivered_at": isoformat(d.delivered_at)}
+             "response_status": d.response_status, "created_at": isoformat(d.created_at),
+             "last_attempt_at": isoformat(d.last_attempt_at),
+             "delivered_at": isoformat(d.delivered_at)}
             for d in deliveries
         ],
         "disclosures": disclosures.of_user(db, uid),

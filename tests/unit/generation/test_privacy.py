@@ -55,6 +55,8 @@ def test_the_export_holds_the_users_jobs_and_deliveries_only(db):
     assert [(j["id"], j["prompt"]) for j in data["jobs"]] == [(str(job.id), "a lighthouse")]
     assert data["webhook_deliveries"][0]["url"] == "https://hooks.example/x"
     assert "body" not in data["webhook_deliveries"][0]
+    assert {"response_status", "last_attempt_at"} <= set(data["webhook_deliveries"][0])
+    assert data["jobs"][0]["webhook_events"] is None  # every event
     assert data["processing_restricted"] is False
 
 
