@@ -64,6 +64,9 @@ STANDS_IN_FOR = {
     # one caller's view each
     "tests.unit.ops.test_jobs_cli.FakeGeneration": Imitates(
         GenerationService, "what `darkroom-ops jobs` calls: find_jobs and replay_job"),
+    "tests.unit.ops.test_webhooks_cli.FakeGeneration": Imitates(
+        GenerationService, "what `darkroom-ops webhooks` calls: find_webhook_deliveries and "
+                           "redeliver_webhook"),
     "tests.unit.notifications.test_receipts.FakeAuth": Imitates(
         AuthService, "what notifications asks auth: a recipient's address (get_user)"),
     "tests.unit.notifications.test_notify.FakeMailer": Imitates(Mailer),
