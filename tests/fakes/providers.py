@@ -72,6 +72,32 @@ class Recorded:
 
 Response = tuple[int, dict[str, str], bytes]
 
+#: What the service knows about a job and its owner; none of it may reach a provider.
+ACCOUNT = {
+    "job_id": "0190a5c3-0000-7000-8000-00000000abcd",
+    "user_id": "0190a5c3-1111-7000-8000-00000000dcba",
+    "email": "owner.sentinel@example.org",
+    "api_key": "drk_live_sentinelsentinel",
+    "ip": "203.0.113.77",
+    "webhook_url": "https://hooks.sentinel.example/x",
+}
+#: The headers any request of ours may carry (an HTTP client's, and the key's).
+PLAIN_HEADERS = frozenset({"host", "user-agent", "accept-encoding", "accept", "connection",
+                           "content-length", "content-type", "authorization"})
+
+
+def assert_nothing_identifying(fake: FakeHTTPServer, also_headers=()) -> None:
+    """Every request ``fake`` received carries only :data:`PLAIN_HEADERS` (and
+    ``also_headers``, the vendor's own) and nothing of :data:`ACCOUNT` in its
+    path, headers or body."""
+    allowed = PLAIN_HEADERS | {name.lower() for name in also_headers}
+    assert fake.requests, "the fake received nothing"
+    for recorded in fake.requests:
+        assert {h.lower() for h in recorded.headers} <= allowed, recorded.headers
+        raw = json.dumps(recorded.headers) + recorded.path + recorded.body.decode("latin-1")
+        for value in ACCOUNT.values():
+            assert value not in raw, value
+
 
 def _json(status: int, body, headers: dict | None = None) -> Response:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
 
 import pytest
@@ -23,22 +22,16 @@ from services.generation.providers.base import (
     TransientProviderError,
 )
 from services.generation.providers.router import build_provider, build_router
-from tests.fakes.providers import FakeOpenAIImages, multipart_form, png_bytes
+from tests.fakes.providers import (
+    FakeOpenAIImages,
+    assert_nothing_identifying,
+    multipart_form,
+    png_bytes,
+)
 
 pytestmark = pytest.mark.integration
 
 KEY = "sk-openai-fake-key"
-# What the service knows about the job and its owner; none of it may reach the vendor.
-ACCOUNT = {
-    "job_id": "0190a5c3-0000-7000-8000-00000000abcd",
-    "user_id": "0190a5c3-1111-7000-8000-00000000dcba",
-    "email": "owner.sentinel@example.org",
-    "api_key": "drk_live_sentinelsentinel",
-    "ip": "203.0.113.77",
-    "webhook_url": "https://hooks.sentinel.example/x",
-}
-ALLOWED_HEADERS = {"host", "user-agent", "accept-encoding", "accept", "connection",
-                   "content-length", "content-type", "authorization"}
 
 
 @pytest.fixture
@@ -69,16 +62,6 @@ def sizes(result):
 def texts(form) -> dict[str, str]:
     return {name: values[0][2].decode() for name, values in form.items()
             if name not in ("image", "image[]")}
-
-
-def assert_nothing_identifying(fake) -> None:
-    assert fake.requests, "the fake received nothing"
-    for recorded in fake.requests:
-        assert {h.lower() for h in recorded.headers} <= ALLOWED_HEADERS, recorded.headers
-        assert recorded.header("Authorization") in (None, f"Bearer {KEY}")
-        raw = json.dumps(recorded.headers) + recorded.path + recorded.body.decode("latin-1")
-        for value in ACCOUNT.values():
-            assert value not in raw
 
 
 # ------------------------------------------------------------------ success

@@ -46,9 +46,9 @@ class OpenAIImagesProvider:
                  allow_private_network: bool = False,
                  job_types: tuple[str, ...] = (base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE)):
         if response_format not in RESPONSE_FORMATS:
-            raise ValueError(f"provider {name}: response_format must be b64_json or url")
+            raise ValueError("response_format must be b64_json or url")
         if response_format == "url" and gpt_image_model(model):
-            raise ValueError(f"provider {name}: response_format: {model} answers b64_json only")
+            raise ValueError(f"response_format: {model} answers b64_json only")
         self.name = name
         self.model = model or None
         self.job_types = common.job_types_of(job_types, (base.TEXT_TO_IMAGE,
@@ -64,11 +64,12 @@ class OpenAIImagesProvider:
     def from_config(cls, name: str, conf: dict) -> OpenAIImagesProvider:
         return cls(
             name, str(conf.get("base_url") or ""), api_key=conf.get("api_key") or None,
-            model=conf.get("model") or None, timeout_s=float(conf.get("timeout_s", 120)),
+            model=conf.get("model") or None, timeout_s=common.conf_number(conf, "timeout_s", 120),
             response_format=str(conf.get("response_format", "b64_json")),
             default_size=str(conf.get("default_size", DEFAULT_SIZE)),
             extended_params=flag(conf.get("extended_params", False)),
-            max_download_bytes=int(conf.get("max_download_bytes", 50 * 1024 * 1024)),
+            max_download_bytes=int(common.conf_number(conf, "max_download_bytes",
+                                                      50 * 1024 * 1024, minimum=1, whole=True)),
             result_url_allow=conf.get("result_url_allow") or (),
             allow_private_network=flag(conf.get("allow_private_network", False)),
             job_types=conf.get("job_types") or (base.TEXT_TO_IMAGE, base.IMAGE_TO_IMAGE),
