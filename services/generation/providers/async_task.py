@@ -174,6 +174,8 @@ class Call:
 
     @classmethod
     def from_config(cls, value, key: str, default: Call, *, needs_id: bool) -> Call:
+        """``value`` (``{method, path}``; the method defaults to ``default``'s)
+        checked, or ``default`` when None."""
         if value is None:
             return default
         if not isinstance(value, Mapping):
@@ -185,7 +187,9 @@ class Call:
         method = str(value.get("method", default.method)).upper()
         if method not in METHODS:
             raise ValueError(f"{key}.method must be one of {', '.join(METHODS)}")
-        path = value.get("path", default.path)
+        if "path" not in value:
+            raise ValueError(f"{key}.path is required (a path under base_url)")
+        path = value["path"]
         if not isinstance(path, str) or not PATH.fullmatch(path) \
                 or set(path.replace("{id}", "")) & set("{}"):
             raise ValueError(f"{key}.path: {path!r} is not a path under base_url "
@@ -219,9 +223,15 @@ def _pointers(value, key: str) -> tuple[tuple[str, ...], ...]:
     return tuple(pointer_tokens(item, f"{key}[{i}]") for i, item in enumerate(items))
 
 
-def _optional_pointer(conf: Mapping, key: str, default: str) -> tuple[str, ...] | None:
-    value = conf.get(key, default)
-    return None if value is None else pointer_tokens(value, key)
+def _pointer(conf: Mapping, key: str, default: tuple[str, ...] | None, *,
+             optional: bool = False) -> tuple[str, ...] | None:
+    """``conf[key]`` as a pointer's tokens (``default`` when absent; null
+    switches an ``optional`` one off)."""
+    if key not in conf:
+        return default
+    if conf[key] is None and optional:
+        return None
+    return pointer_tokens(conf[key], key)
 
 
 def _statuses(value) -> dict[str, frozenset[str]]:
@@ -312,16 +322,17 @@ class TaskApi:
                     for name, text in inputs.items()},
             fixed_inputs=tuple((pointer_tokens(text, f"fixed_inputs.{text}", write=True), value)
                                for text, value in fixed.items()),
-            task_id=pointer_tokens(conf.get("task_id", "/id"), "task_id"),
-            status=pointer_tokens(conf.get("status", "/status"), "status"),
+            task_id=_pointer(conf, "task_id", default.task_id),
+            status=_pointer(conf, "status", default.status),
             statuses=_statuses(conf.get("statuses")),
-            progress=_optional_pointer(conf, "progress", "/progress"),
-            progress_scale=common.conf_number(conf, "progress_scale", 1.0),
-            result_urls=_pointers(conf.get("result_urls", ["/result_urls", "/result_url"]),
-                                  "result_urls"),
-            error_code=_optional_pointer(conf, "error_code", "/error/code"),
-            error_message=_optional_pointer(conf, "error_message", "/error/message"),
-            error_retryable=_optional_pointer(conf, "error_retryable", "/error/retryable"),
+            progress=_pointer(conf, "progress", default.progress, optional=True),
+            progress_scale=common.conf_number(conf, "progress_scale", default.progress_scale),
+            result_urls=_pointers(conf["result_urls"], "result_urls")
+            if "result_urls" in conf else default.result_urls,
+            error_code=_pointer(conf, "error_code", default.error_code, optional=True),
+            error_message=_pointer(conf, "error_message", default.error_message, optional=True),
+            error_retryable=_pointer(conf, "error_retryable", default.error_retryable,
+                                     optional=True),
             refused_codes=frozenset(codes),
             headers=_headers(conf.get("headers"), auth_header),
         )
