@@ -6,7 +6,8 @@
   :func:`base64_bytes` and :func:`data_uri_bytes` (an output a vendor sent
   inline, size-capped);
 - payload pieces: :func:`aspect_ratio`, :func:`seed_for`;
-- :func:`one_request_per_image`: n images from a vendor that makes one per call.
+- :func:`one_request_per_image`: n images from a vendor that makes one per call;
+- :func:`retry_after_polls`: polls that honour a vendor's ``Retry-After``.
 
 Polling a task until it is done is :func:`services.generation.providers.base.wait_for_task`.
 """
@@ -154,6 +155,27 @@ def one_request_per_image(request: ProviderRequest, progress: ProgressCallback |
         report(progress, (index + 0.5) / request.n, stage)
         outputs.append(image_output(data, provider))
     return outputs
+
+
+def retry_after_polls(fetch: Callable[[], dict], sleep: Callable[[float], None]
+                      ) -> tuple[Callable[[], dict], Callable[[float], None]]:
+    """``(fetch, sleep)`` for :func:`.base.wait_for_task` that, after a poll
+    failed with a ``Retry-After`` (a 429), wait as long as the vendor asked
+    when that is longer than the poll interval."""
+    hint = [0.0]
+
+    def polled() -> dict:
+        hint[0] = 0.0
+        try:
+            return fetch()
+        except TransientProviderError as error:
+            hint[0] = error.retry_after or 0.0
+            raise
+
+    def waited(seconds: float) -> None:
+        sleep(max(seconds, hint[0]))
+
+    return polled, waited
 
 
 def field_mapping(value, fields: tuple[str, ...], input_name, default: dict[str, str]
