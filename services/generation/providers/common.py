@@ -7,7 +7,8 @@
   inline, size-capped);
 - payload pieces: :func:`aspect_ratio`, :func:`seed_for`;
 - :func:`one_request_per_image`: n images from a vendor that makes one per call;
-- :func:`retry_after_polls`: polls that honour a vendor's ``Retry-After``.
+- :func:`retry_after_polls`: polls that honour a vendor's ``Retry-After``;
+- :func:`media_output`: a result that may be an image or a video.
 
 Polling a task until it is done is :func:`services.generation.providers.base.wait_for_task`.
 """
@@ -26,7 +27,7 @@ from services.generation.providers.base import (
     TransientProviderError,
     report,
 )
-from services.generation.providers.media import image_output
+from services.generation.providers.media import image_output, video_output
 
 # ------------------------------------------------------------------ config
 
@@ -176,6 +177,15 @@ def retry_after_polls(fetch: Callable[[], dict], sleep: Callable[[float], None]
         sleep(max(seconds, hint[0]))
 
     return polled, waited
+
+
+def media_output(data: bytes, content_type: str, provider: str) -> ProviderOutput:
+    """A downloaded result that may be either kind: an MP4 (by its ``ftyp``
+    box, or a ``video/*`` content type) is checked as a video, anything else
+    as an image."""
+    if data[4:8] == b"ftyp" or content_type.startswith("video/"):
+        return video_output(data, provider)
+    return image_output(data, provider)
 
 
 def field_mapping(value, fields: tuple[str, ...], input_name, default: dict[str, str]

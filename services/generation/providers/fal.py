@@ -94,7 +94,6 @@ from services.generation.providers.http import (
     error_code,
     raise_for_status,
 )
-from services.generation.providers.media import image_output, video_output
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
 FIELDS = ("prompt", "negative_prompt", "seed", "n", "width", "height", "size", "image",
@@ -426,6 +425,4 @@ class FalProvider:
         return common.data_uri_bytes(url, self.name, self.http.max_download_bytes), content_type
 
     def _output(self, data: bytes, content_type: str) -> base.ProviderOutput:
-        if data[4:8] == b"ftyp" or content_type.startswith("video/"):
-            return video_output(data, self.name)
-        return image_output(data, self.name)
+        return common.media_output(data, content_type, self.name)
