@@ -38,6 +38,13 @@ The API (ComfyUI's ``server.py``; every route is also served under ``/api``):
    check is the permanent ``provider_content_refused``; any other failure of
    the run (out of memory, interrupted, a node's exception) is the transient
    ``provider_task_failed``, so the router may retry or fail over.
+   With ``follow: websocket``, a ``GET /ws?clientId=<client_id>`` websocket,
+   opened before the first submission (under the address checks of every
+   call: :func:`open_websocket`), says when the run ended instead
+   (``executing`` with ``node: null``, ``execution_success``,
+   ``execution_error``, ``execution_interrupted``; ``progress`` is
+   reported), and ``/history`` is read once; a socket that cannot open,
+   breaks off or stays silent until the deadline hands over to polling.
 4. ``GET /view?filename=&subfolder=&type=`` for each file of the outputs
    (``images``, ``gifs``, ``videos`` lists): the files of type ``output``
    (``SaveImage``), or ``temp`` ones (``PreviewImage``) when there are none,
@@ -66,7 +73,8 @@ What is sent
 Only the workflow graph with the mapped fields filled in (prompt, negative
 prompt, seed, width, height, n, strength, duration, the uploaded image's
 name), the source image bytes under a random file name, and a random
-``client_id`` per run. No account identifier: no user id, email, job id or
+``client_id`` per attempt on a host (its runs share it; the websocket
+listens for it). No account identifier: no user id, email, job id or
 key of ours. No authentication header unless ``api_key`` is set (for a reverse
 proxy in front of ComfyUI; then ``Authorization: Bearer <api_key>``).
 
