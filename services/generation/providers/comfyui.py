@@ -564,11 +564,7 @@ class ComfyUIProvider:
             seed = seed + index if not workflow.batched else seed
         body = {"prompt": workflow.build(request, image, seed), "client_id": client_id}
         answer = host.http.call("POST", "/prompt", body)
-        prompt_id = answer.get("prompt_id")
-        if not isinstance(prompt_id, str) or not prompt_id:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} answered without a prompt_id")
-        return prompt_id
+        return common.answer_id(answer.get("prompt_id"), self.name, "a prompt_id")
 
     def _wait(self, host: Host, prompt_id: str, progress: base.ProgressCallback | None,
               fraction: float, span: float, ws: websocket.WebSocket | None) -> dict:

@@ -232,10 +232,7 @@ class DashScopeProvider:
                                                    whole=True)),
             resolution=common.conf_choice(conf, "resolution", RESOLUTIONS),
             durations=tuple(durations), workspace=conf.get("workspace") or None,
-            max_download_bytes=int(common.conf_number(conf, "max_download_bytes",
-                                                      500 * 1024 * 1024, minimum=1, whole=True)),
-            result_url_allow=conf.get("result_url_allow") or (),
-            allow_private_network=flag(conf.get("allow_private_network", False)),
+            **common.download_settings(conf, 500 * 1024 * 1024),
             **optional, **kwargs,
         )
 
@@ -355,11 +352,8 @@ class DashScopeProvider:
         answer = self.http.call("POST", SUBMIT_PATHS[job_type], body,
                                 headers={**ASYNC_HEADER, **self.headers})
         output = answer.get("output")
-        task = output.get("task_id") if isinstance(output, dict) else None
-        if not isinstance(task, str) or not task:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} answered without a task id")
-        return task
+        return common.answer_id(output.get("task_id") if isinstance(output, dict) else None,
+                                self.name, "a task id")
 
     def _path(self, task: str) -> str:
         return f"/tasks/{quote(task, safe='')}"

@@ -85,7 +85,6 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
 from services.generation.providers import base, common
 from services.generation.providers.http import (
@@ -244,10 +243,7 @@ class FalProvider:
             max_poll_errors=int(common.conf_number(conf, "max_poll_errors", 3, whole=True)),
             output_expiration_s=int(common.conf_number(conf, "output_expiration_s", 3600,
                                                        whole=True)),
-            max_download_bytes=int(common.conf_number(conf, "max_download_bytes",
-                                                      500 * 1024 * 1024, minimum=1, whole=True)),
-            result_url_allow=conf.get("result_url_allow") or (),
-            allow_private_network=flag(conf.get("allow_private_network", False)),
+            **common.download_settings(conf, 500 * 1024 * 1024),
             **kwargs,
         )
 
