@@ -24,12 +24,11 @@ from PIL import Image
 
 from tests.conftest import wait_for
 from tests.e2e.stack import verified_login
+from tests.e2e.test_generation import SIGNUP_GRANT, balance, finished, settled, submit, upload_png
 from tests.fakes.ark import REFUSAL
 
 pytestmark = pytest.mark.e2e
 
-SIGNUP_GRANT = 50
-FINAL = ("succeeded", "failed", "rejected", "cancelled")
 TEXT = ["prompt", "parameters"]  # a disclosure's categories without a source image
 WITH_SOURCE = ["prompt", "source_image", "parameters"]
 
@@ -69,21 +68,12 @@ def ok(response, status: int = 200) -> dict:
     return response.json()
 
 
-def balance(stack, token) -> dict:
-    return ok(stack.call("GET", "/v1/billing/balance", token=token))
-
-
 def ledger(stack, token) -> list[dict]:
     return ok(stack.call("GET", "/v1/billing/ledger", token=token, params={"limit": 50}))["items"]
 
 
 def kinds_for(stack, token, job_id: str) -> list[str]:
     return sorted(e["kind"] for e in ledger(stack, token) if e["job_id"] == job_id)
-
-
-def settled(stack, token) -> dict:
-    return wait_for(lambda: (b := balance(stack, token))["held"] == 0 and b, 30, 0.2,
-                    "credits to settle")
 
 
 def disclosures(stack, token, job_id: str) -> list[tuple]:
@@ -93,13 +83,6 @@ def disclosures(stack, token, job_id: str) -> list[tuple]:
                           params={"limit": 50}))["items"]
     return [(d["provider"], d["region"], d["categories"], d["outcome"], d["error_code"])
             for d in reversed(items) if d["job_id"] == job_id]
-
-
-def upload_png(stack, token) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (96, 64), (30, 120, 200)).save(buf, "PNG")
-    return ok(stack.call("POST", "/v1/uploads", token=token,
-                         files={"file": ("source.png", buf.getvalue(), "image/png")}), 201)["id"]
 
 
 def job_body(stack, token, job_type: str, prompt: str, **extra) -> dict:
@@ -116,16 +99,6 @@ def job_body(stack, token, job_type: str, prompt: str, **extra) -> dict:
 def quote(stack, token, body: dict) -> int:
     return ok(stack.call("POST", "/v1/generations", token=token, params={"dry_run": "true"},
                          json=body))["price"]
-
-
-def submit(stack, token, body: dict) -> dict:
-    return ok(stack.call("POST", "/v1/generations", token=token, json=body), 202)
-
-
-def finished(stack, token, job_id: str) -> dict:
-    return wait_for(lambda: (j := ok(stack.call("GET", f"/v1/generations/{job_id}",
-                                                token=token)))["status"] in FINAL and j,
-                    60, 0.1, f"job {job_id} to finish")
 
 
 def refuse_regions(stack, token, regions: list[str], probe: dict) -> None:
