@@ -46,6 +46,14 @@ TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup
              "erasure_scheduled")
 
 
+def resolved_mail_settings(config: dict) -> dict:
+    """A notifications config's ``MAIL`` section with ``APP_BASE_URL``, the base
+    of the links in mail, resolved (``PUBLIC_BASE_URL`` when it is unset);
+    ValueError when it is not an absolute http(s) URL."""
+    section = dict(config.get("MAIL") or {})
+    return {**section, "APP_BASE_URL": app_base_url(section)}
+
+
 def template_context(template: str, event: dict, mail_settings: dict,
                      sealer: Sealer | None = None) -> dict:
     """What ``template`` is rendered with: the event, the app's base URL, and

@@ -8,7 +8,7 @@ import pytest
 
 from services.billing.settings import BillingSettings
 from services.common.config import CONFIG_DIR, app_base_url, load_config, public_base_url
-from services.notifications.notify import template_context
+from services.notifications.notify import resolved_mail_settings, template_context
 from services.storage.settings import StorageSettings
 
 
@@ -27,6 +27,15 @@ def test_a_base_that_is_not_an_absolute_http_url_stops_the_start(bad):
         app_base_url({"APP_BASE_URL": bad})
 
 
+def test_every_service_refuses_a_bad_base_at_start(monkeypatch):
+    monkeypatch.setenv("PUBLIC_BASE_URL", "localhost:8000")
+    for build, name in ((StorageSettings.from_config, "storage"),
+                        (BillingSettings.from_config, "billing"),
+                        (resolved_mail_settings, "notifications")):
+        with pytest.raises(ValueError, match="PUBLIC_BASE_URL must be"):
+            build(load_config(CONFIG_DIR / f"{name}.yaml"))
+
+
 def test_the_app_base_is_the_public_base_unless_a_web_app_is_named():
     assert app_base_url({"PUBLIC_BASE_URL": "https://api.example", "APP_BASE_URL": ""}) \
         == "https://api.example"
@@ -40,7 +49,7 @@ def test_one_variable_moves_every_url_of_every_service(monkeypatch):
     base = "http://127.0.0.1:18000"
     storage = StorageSettings.from_config(load_config(CONFIG_DIR / "storage.yaml"))
     billing = BillingSettings.from_config(load_config(CONFIG_DIR / "billing.yaml"))
-    mail = load_config(CONFIG_DIR / "notifications.yaml")["MAIL"]
+    mail = resolved_mail_settings(load_config(CONFIG_DIR / "notifications.yaml"))
     assert storage.public_base_url == base
     assert (billing.checkout_success_url, billing.checkout_cancel_url) \
         == (f"{base}/checkout/success", f"{base}/checkout/cancel")
@@ -48,7 +57,7 @@ def test_one_variable_moves_every_url_of_every_service(monkeypatch):
 
     monkeypatch.setenv("APP_BASE_URL", "https://app.example")
     billing = BillingSettings.from_config(load_config(CONFIG_DIR / "billing.yaml"))
-    mail = load_config(CONFIG_DIR / "notifications.yaml")["MAIL"]
+    mail = resolved_mail_settings(load_config(CONFIG_DIR / "notifications.yaml"))
     assert billing.checkout_success_url == "https://app.example/checkout/success"
     assert template_context("news", {}, mail)["app_base_url"] == "https://app.example"
     assert StorageSettings.from_config(load_config(CONFIG_DIR / "storage.yaml")).public_base_url \
