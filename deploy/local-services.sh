@@ -29,8 +29,8 @@ wait_for() {  # wait_for <what> <seconds> <command...> (LOCAL_SERVICES_TIMEOUT: 
   return 1
 }
 
-missing() {  # missing <server> <what to install>
-  say "$1 is not running on 127.0.0.1 and is not installed: install $2 (or point the" \
+missing() {  # missing <what does not answer> <what to install>
+  say "$1, and it is not installed here: install $2 (or point the" \
       "DARKROOM_TEST_* variables at a server, README \"Tests\")"
   failed=1
 }
@@ -44,7 +44,8 @@ rabbitmq() {
     return 0
   fi
   if ! installed rabbitmq-diagnostics || ! installed rabbitmq-plugins; then
-    missing RabbitMQ "rabbitmq-server (e.g. apt-get install rabbitmq-server)"
+    missing "RabbitMQ's management API does not answer on 127.0.0.1:15672" \
+      "rabbitmq-server (e.g. apt-get install rabbitmq-server)"
     return
   fi
   if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
@@ -62,7 +63,8 @@ postgres_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
 postgres() {
   [ -n "${DARKROOM_TEST_POSTGRES_URL:-}" ] && return 0
   if ! installed pg_isready; then
-    missing PostgreSQL "postgresql (e.g. apt-get install postgresql)"
+    missing "PostgreSQL is not checked on 127.0.0.1:5432 (no pg_isready)" \
+      "postgresql (e.g. apt-get install postgresql)"
     return
   fi
   postgres_up >/dev/null 2>&1 && return 0
@@ -93,7 +95,8 @@ redis() {
     return 0
   fi
   if ! installed redis-cli || ! installed redis-server; then
-    missing Redis "redis-server (e.g. apt-get install redis-server)"
+    missing "Redis does not answer on 127.0.0.1:6379" \
+      "redis-server (e.g. apt-get install redis-server)"
     return
   fi
   say "starting Redis"

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# make dev's gateway (GATEWAY_PORT 8000); the Makefile derives the real one from GATEWAY_PORT.
-DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
 CONFIG_DIR = REPO_ROOT / "deploy" / "config"
+# make dev's gateway on its default port; the Makefile derives it from GATEWAY_PORT.
+DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
 
 _registered = False
 

@@ -119,8 +119,16 @@ def test_a_server_that_is_not_installed_fails_with_what_to_install(machine):
     installed = [name for name in STUBS if not name.startswith("redis")]
     result = machine(up=("rabbitmq", "management", "postgres"), installed=installed)
     assert result.returncode == 1
-    assert "Redis is not running on 127.0.0.1 and is not installed" in result.stderr
+    assert "Redis does not answer on 127.0.0.1:6379, and it is not installed here" \
+        in result.stderr
     assert "apt-get install redis-server" in result.stderr
+
+
+def test_nothing_installed_names_every_missing_server(machine):
+    result = machine(installed=())
+    assert result.returncode == 1
+    for name in ("rabbitmq-server", "postgresql", "redis-server"):
+        assert f"install {name} (e.g. apt-get install {name})" in result.stderr, name
 
 
 def test_a_server_that_does_not_come_up_fails_the_run(machine):
