@@ -151,7 +151,7 @@ def stack(start, free_port, provider_url: str, tmp: Path) -> Client:
     mail_dir, objects = tmp / "mail", tmp / "objects"
     common = dict(
         MAIL_URL=f"file://{mail_dir}", STORAGE_BACKEND="fs", STORAGE_FS_ROOT=str(objects),
-        STORAGE_PUBLIC_BASE_URL=f"http://127.0.0.1:{gateway_port}",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{gateway_port}",
         STORAGE_URL_SECRET="bench-url-secret",
         STORAGE_DATABASE_URL=f"sqlite:///{tmp}/storage.db",
         BILLING_DATABASE_URL=f"sqlite:///{tmp}/billing.db",

@@ -1,7 +1,7 @@
 """Webhooks: signing, a guard against server-side request forgery, delivery.
 
 A job with a ``webhook_url`` gets a POST on each final state but ``rejected``
-(API.md). Three
+(docs/api.md). Three
 concerns live here, all free of the broker so the service can call them from
 a timer or a queue:
 

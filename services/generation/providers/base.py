@@ -3,7 +3,7 @@
 A :class:`ProviderRequest` carries what a provider needs to render and nothing
 that identifies an account: no user id, email, API key, job id or webhook. The
 router hands the same request to each provider it tries, so keeping identity
-out of this type keeps it out of every adapter (DESIGN.md §4).
+out of this type keeps it out of every adapter (docs/design.md §4).
 
 Errors split in two because the router treats them differently:
 :class:`TransientProviderError` (timeouts, connection failures, 429, 5xx, a
