@@ -37,6 +37,7 @@ import requests
 
 from bench.pipeline import stack
 from bench.stack import processes
+from services.storage.backends.fs import TEMP_PREFIX
 from tests.fakes.providers import FakeAsyncTasks, Streamed, padded_mp4, png_bytes
 
 SIZE_MB = int(os.environ.get("DARKROOM_BENCH_STREAMING_MB", "100"))
@@ -110,6 +111,41 @@ class Timed:
             self.last = time.time()
 
         return Streamed(self.streamed.length, chunks, self.streamed.declared)
+
+
+class DiskWatch:
+    """Watches storage's directory (every 10 ms) for the large output: when
+    its temporary file first has bytes (the PUT reached the disk), when it
+    is complete, and when it is in place under its key (fsynced, renamed)."""
+
+    def __init__(self, root: Path, size: int):
+        self.root, self.size = root, size
+        self.started = self.written = self.stored = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            for path in self.root.rglob("*") if self.root.exists() else ():
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                temporary = path.name.startswith(TEMP_PREFIX)
+                if temporary and size and self.started is None:
+                    self.started = time.time()
+                if size == self.size and temporary and self.written is None:
+                    self.written = time.time()
+                if size == self.size and not temporary and self.stored is None:
+                    self.stored = time.time()
+
+    def __enter__(self) -> DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def floor(url: str, tmp: Path) -> float:
@@ -201,7 +237,7 @@ def main() -> None:
         before = snapshot(pids)
 
         vendor.result = big.result()
-        with Sampler(pids) as sampler:
+        with Sampler(pids) as sampler, DiskWatch(tmp / "objects", SIZE_MB * MB) as disk:
             job = run_job(client, source_id)
             size, download_s = download(client, job["outputs"][0], tmp)
         after = snapshot(pids)
@@ -228,7 +264,13 @@ def main() -> None:
     print(f"  vendor -> generation download      {vendor_s:7.2f}   "
           f"({vendor_s / floor_s:.1f}x floor)")
     print(f"  then check, upload, hash, commit   {finished - vendor_done:7.2f}   "
-          f"({(finished - vendor_done) / floor_s:.1f}x floor)")
+          f"({(finished - vendor_done) / floor_s:.1f}x floor), of which:")
+    if disk.started and disk.written and disk.stored:
+        print(f"    video check, slot RPC, PUT start {disk.started - vendor_done:7.2f}")
+        print(f"    PUT -> gateway -> storage's file {disk.written - disk.started:7.2f}   "
+              f"({(disk.written - disk.started) / floor_s:.1f}x floor)")
+        print(f"    fsync and rename                 {disk.stored - disk.written:7.2f}")
+        print(f"    PUT answered, commit (re-hash)   {finished - disk.stored:7.2f}")
     print(f"  job: submit -> succeeded           {job_s:7.2f}   ({job_s / floor_s:.1f}x floor; "
           f"polls every 0.1 s before the download)")
     print(f"  client download through gateway    {download_s:7.2f}   "
