@@ -68,26 +68,41 @@ def children(pid: int) -> list[int]:
     return found
 
 
-class Sampler:
-    """Samples ``VmRSS`` of ``pids`` (name -> pid) every 20 ms, keeping each one's peak."""
+class Poller:
+    """Calls ``poll()`` every ``interval`` seconds on a thread while ``with`` it."""
 
-    def __init__(self, pids: dict[str, int]):
-        self.pids, self.peak = pids, {name: 0 for name in pids}
+    interval = 0.02
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            for name, pid in self.pids.items():
-                self.peak[name] = max(self.peak[name], status_kb(pid, "VmRSS"))
+        while not self._stop.wait(self.interval):
+            self.poll()
 
-    def __enter__(self) -> Sampler:
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Sampler(Poller):
+    """Samples ``VmRSS`` of ``pids`` (name -> pid) every 20 ms, keeping each one's peak."""
+
+    def __init__(self, pids: dict[str, int]):
+        super().__init__()
+        self.pids, self.peak = pids, {name: 0 for name in pids}
+
+    def poll(self) -> None:
+        for name, pid in self.pids.items():
+            self.peak[name] = max(self.peak[name], status_kb(pid, "VmRSS"))
 
 
 def snapshot(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -113,39 +128,31 @@ class Timed:
         return Streamed(self.streamed.length, chunks, self.streamed.declared)
 
 
-class DiskWatch:
+class DiskWatch(Poller):
     """Watches storage's directory (every 10 ms) for the large output: when
     its temporary file first has bytes (the PUT reached the disk), when it
     is complete, and when it is in place under its key (fsynced, renamed)."""
 
+    interval = 0.01
+
     def __init__(self, root: Path, size: int):
+        super().__init__()
         self.root, self.size = root, size
         self.started = self.written = self.stored = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            for path in self.root.rglob("*") if self.root.exists() else ():
-                try:
-                    size = path.stat().st_size
-                except OSError:
-                    continue
-                temporary = path.name.startswith(TEMP_PREFIX)
-                if temporary and size and self.started is None:
-                    self.started = time.time()
-                if size == self.size and temporary and self.written is None:
-                    self.written = time.time()
-                if size == self.size and not temporary and self.stored is None:
-                    self.stored = time.time()
-
-    def __enter__(self) -> DiskWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        for path in self.root.rglob("*") if self.root.exists() else ():
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            temporary = path.name.startswith(TEMP_PREFIX)
+            if temporary and size and self.started is None:
+                self.started = time.time()
+            if size == self.size and temporary and self.written is None:
+                self.written = time.time()
+            if size == self.size and not temporary and self.stored is None:
+                self.stored = time.time()
 
 
 def floor(url: str, tmp: Path) -> float:
