@@ -121,7 +121,9 @@ _collectors = threading.local()  # green under nameko's eventlet: one stack per 
 def collecting() -> Iterator[list[Body]]:
     """Every :class:`Body` made in this thread (greenlet) inside the block is
     closed when it ends, on success or failure; nested blocks each close their own."""
-    stack = _collectors.__dict__.setdefault("stack", [])
+    stack = getattr(_collectors, "stack", None)
+    if stack is None:
+        stack = _collectors.stack = []
     bodies: list[Body] = []
     stack.append(bodies)
     try:
@@ -136,9 +138,9 @@ class _Reader(io.RawIOBase):
     """A read-only view of a body's temporary file with its own position
     (``os.pread``): readers never disturb each other or the writer."""
 
-    def __init__(self, fd: int, size: int):
+    def __init__(self, file: BinaryIO, size: int):
         super().__init__()
-        self._fd, self._size, self._pos = fd, size, 0
+        self._file, self._size, self._pos = file, size, 0
 
     def readable(self) -> bool:
         return True
@@ -150,7 +152,9 @@ class _Reader(io.RawIOBase):
         wanted = min(len(buffer), self._size - self._pos)
         if wanted <= 0:
             return 0
-        data = os.pread(self._fd, wanted, self._pos)
+        if self._file.closed:  # never a read of whatever file reuses the number
+            raise ValueError("the body is closed")
+        data = os.pread(self._file.fileno(), wanted, self._pos)
         buffer[:len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -227,7 +231,7 @@ class Body:
                 self._bytes, self._memory = b"".join(self._memory), None
             return io.BytesIO(self._bytes)  # shares the bytes, no copy
         self._file.flush()
-        return io.BufferedReader(_Reader(self._file.fileno(), self.size), 1024 * 1024)
+        return io.BufferedReader(_Reader(self._file, self.size), 1024 * 1024)
 
     def read_all(self) -> bytes:
         """Every byte at once: for small images and tests, never for a video."""

@@ -266,3 +266,43 @@ def test_a_reader_seeks_like_a_file():
             assert reader.read(1) == b""
             reader.seek(-4, io.SEEK_END)
             assert reader.read() == body[-4:]
+
+
+def test_collecting_keeps_each_greenthreads_bodies_apart(monkeypatch):
+    """Under nameko, threading.local is eventlet's: one job's block never
+    closes another's bodies, however their greenthreads interleave."""
+    import eventlet
+    from eventlet import corolocal
+
+    monkeypatch.setattr(base, "_collectors", corolocal.local())
+    kept: dict[str, list] = {}
+
+    def job(name: str, fail: bool) -> None:
+        try:
+            with collecting() as bodies:
+                Body().write(b"x")
+                eventlet.sleep(0.01)  # the other job runs meanwhile
+                Body()
+                kept[name] = [(b, b.closed) for b in bodies]
+                if fail:
+                    raise RuntimeError
+        except RuntimeError:
+            pass
+
+    pool = eventlet.GreenPool()
+    pool.spawn(job, "a", True)
+    pool.spawn(job, "b", False)
+    pool.waitall()
+    assert [len(kept[n]) for n in "ab"] == [2, 2]
+    assert not any(closed for n in "ab" for _, closed in kept[n])  # open inside its block
+    assert all(b.closed for n in "ab" for b, _ in kept[n])
+    assert not {id(b) for b, _ in kept["a"]} & {id(b) for b, _ in kept["b"]}
+
+
+def test_a_reader_of_a_closed_body_refuses_to_read():
+    body = Body()
+    body.write(os.urandom(2 * base.SPOOL_BYTES))
+    reader = body.open()
+    body.close()
+    with pytest.raises(ValueError):
+        reader.read(10)
