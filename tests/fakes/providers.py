@@ -17,6 +17,10 @@ One server per protocol, each a ``ThreadingHTTPServer`` in a thread:
 - :class:`DripReceiver`: takes a POST and answers one byte at a time, every
   ``every_s``, for as long as the client stays (a receiver that never finishes).
 
+A route may answer a :class:`Streamed` body instead of bytes (a large result
+written chunk by chunk, e.g. :func:`padded_mp4`); ``FakeAsyncTasks.result``
+may be one.
+
 Every request is recorded (method, path, headers, body) in ``requests``, so
 tests can assert what a provider was sent. ``fail_next(*behaviours)``
 scripts the next calls of the main endpoint; ``mode`` is the behaviour once
@@ -43,9 +47,10 @@ import io
 import json
 import secrets
 import socket
+import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -70,7 +75,18 @@ class Recorded:
         return None
 
 
-Response = tuple[int, dict[str, str], bytes]
+@dataclass(frozen=True)
+class Streamed:
+    """A large answer body, written chunk by chunk as ``chunks()`` makes them
+    (never whole in memory): ``length`` bytes. ``declared`` False sends no
+    Content-Length: the body ends when the server closes the connection."""
+
+    length: int
+    chunks: Callable[[], Iterable[bytes]]
+    declared: bool = True
+
+
+Response = tuple[int, dict[str, str], "bytes | Streamed"]
 
 #: What the service knows about a job and its owner; none of it may reach a provider.
 ACCOUNT = {
@@ -132,6 +148,23 @@ def mp4_bytes(width: int = 64, height: int = 64, frames: int = 8, fps: int = 8) 
                 out.mux(packet)
         _MP4_CACHE[key] = buf.getvalue()
     return _MP4_CACHE[key]
+
+
+def padded_mp4(total: int, declared: bool = True) -> Streamed:
+    """A valid MP4 of ``total`` bytes: :func:`mp4_bytes` followed by a ``free``
+    box of zeros (players and PyAV skip it), streamed in 1 MiB chunks."""
+    head = mp4_bytes()
+    padding = total - len(head) - 8
+    if padding < 0:
+        raise ValueError(f"an MP4 is at least {len(head) + 8} bytes")
+
+    def chunks():
+        yield head + struct.pack(">I4s", padding + 8, b"free")
+        zeros = bytes(1024 * 1024)
+        for left in range(padding, 0, -len(zeros)):
+            yield zeros if left >= len(zeros) else zeros[:left]
+
+    return Streamed(total, chunks, declared)
 
 
 class FakeHTTPServer:
@@ -273,9 +306,19 @@ class FakeHTTPServer:
             handler.send_response(status)
             for key, value in headers.items():
                 handler.send_header(key, value)
-            handler.send_header("Content-Length", str(len(payload)))
+            if not isinstance(payload, Streamed):
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+                return
+            if payload.declared:
+                handler.send_header("Content-Length", str(payload.length))
+            else:
+                handler.send_header("Connection", "close")
+                handler.close_connection = True
             handler.end_headers()
-            handler.wfile.write(payload)
+            for chunk in payload.chunks():
+                handler.wfile.write(chunk)
         except OSError:  # the client gave up (a timeout test)
             pass
 
@@ -412,7 +455,7 @@ class FakeAsyncTasks(FakeHTTPServer):
     a failed task reports ``failure`` as its error."""
 
     def __init__(self, api_key: str | None = None, hang_s: float = 5.0,
-                 polls_to_finish: int = 2, result: bytes | None = None,
+                 polls_to_finish: int = 2, result: bytes | Streamed | None = None,
                  result_type: str = "video/mp4"):
         super().__init__(api_key, hang_s)
         self.polls_to_finish = polls_to_finish
