@@ -4,13 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
+# Starts the local servers a target needs when they are installed but stopped
+# (never restarts one that runs), enables RabbitMQ's management plugin.
+LOCAL_SERVICES := deploy/local-services.sh
+# Where clients reach the API: every URL Darkroom hands out starts with it.
+GATEWAY_PORT ?= 8000
+PUBLIC_BASE_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv dev test test-unit test-integration test-e2e up down logs lint bench migrate clean
 
 help:
-	@echo "make dev     run the whole stack locally as processes (needs RabbitMQ on 127.0.0.1:5672)"
-	@echo "make test    run unit, integration and end-to-end tests (RabbitMQ + PostgreSQL)"
+	@echo "make dev     run the whole stack locally as processes (starts RabbitMQ if installed and stopped)"
+	@echo "make test    run unit, integration and end-to-end tests (starts RabbitMQ, PostgreSQL, Redis as needed)"
 	@echo "make up/down start/stop the stack with docker compose (deploy/.env from deploy/.env.example)"
 	@echo "make lint    ruff;  make bench   benchmarks;  make migrate   apply database migrations"
 
@@ -26,25 +32,31 @@ $(STAMP): pyproject.toml requirements-dev.lock
 
 venv: $(STAMP)
 
-# Stored files are served by the gateway in dev: their URLs follow GATEWAY_PORT.
+# GATEWAY_PORT=18000 make dev moves the API, and with it PUBLIC_BASE_URL (signed
+# file URLs, mail links, checkout return URLs) unless that is set too.
 dev: $(STAMP)
+	@$(LOCAL_SERVICES) rabbitmq
 	@mkdir -p var/mail var/objects
-	STORAGE_PUBLIC_BASE_URL="$${STORAGE_PUBLIC_BASE_URL:-http://127.0.0.1:$${GATEWAY_PORT:-8000}}" \
+	GATEWAY_PORT=$(GATEWAY_PORT) PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \
 	  $(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
 migrate: $(STAMP)
 	$(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
 
 test: $(STAMP)
+	@$(LOCAL_SERVICES)
 	$(BIN)/pytest -q tests
 
+# The unit tests need no server.
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 test-integration: $(STAMP)
+	@$(LOCAL_SERVICES)
 	$(BIN)/pytest -q tests/integration
 
 test-e2e: $(STAMP)
+	@$(LOCAL_SERVICES) rabbitmq postgres
 	$(BIN)/pytest -q tests/e2e
 
 # Once: deploy/.env from the example, each change-me placeholder replaced by a fresh
@@ -76,6 +88,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	@$(LOCAL_SERVICES) rabbitmq
 	$(BIN)/python -m bench
 
 clean:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.gateway_auth", "bench.purge", "bench.pipeline"]
+BENCHMARKS = ["bench.gateway_auth", "bench.purge", "bench.pipeline", "bench.streaming"]
 
 
 def main(argv: list[str]) -> int:

@@ -144,22 +144,26 @@ class Client:
     session: requests.Session = field(default_factory=requests.Session)
 
 
-def stack(start, free_port, provider_url: str, tmp: Path) -> Client:
+def stack(start, free_port, provider_url: str, tmp: Path, *, providers: dict | None = None,
+          routes: dict | None = None, warm_up: bool = True) -> Client:
     """The whole stack as processes, an account with credits for every round,
-    and every hop warmed up."""
+    and every hop warmed up. ``providers``/``routes``: another providers file
+    than the fake OpenAI images API at ``provider_url`` (then ``warm_up``
+    False skips the text-to-image warm-up jobs)."""
     gateway_port = free_port()
     mail_dir, objects = tmp / "mail", tmp / "objects"
     common = dict(
         MAIL_URL=f"file://{mail_dir}", STORAGE_BACKEND="fs", STORAGE_FS_ROOT=str(objects),
-        STORAGE_PUBLIC_BASE_URL=f"http://127.0.0.1:{gateway_port}",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{gateway_port}",
         STORAGE_URL_SECRET="bench-url-secret",
         STORAGE_DATABASE_URL=f"sqlite:///{tmp}/storage.db",
         BILLING_DATABASE_URL=f"sqlite:///{tmp}/billing.db",
         GENERATION_DATABASE_URL=f"sqlite:///{tmp}/generation.db",
         PRIVACY_DATABASE_URL=f"sqlite:///{tmp}/privacy.db",
         GENERATION_PROVIDERS_FILE=providers_file(
-            tmp, {"openai": {"type": "openai_images", "base_url": provider_url,
-                             "api_key": "sk-bench"}}, {"text-to-image": ["openai"]}),
+            tmp, providers or {"openai": {"type": "openai_images", "base_url": provider_url,
+                                          "api_key": "sk-bench"}},
+            routes or {"text-to-image": ["openai"]}),
         GENERATION_MAX_ACTIVE_JOBS_PER_USER=JOBS + 10,
         GATEWAY_PORT=gateway_port, RATELIMIT_ENABLED="false",
     )
@@ -194,7 +198,7 @@ def stack(start, free_port, provider_url: str, tmp: Path) -> Client:
         rpc.billing.adjust(user_id, (JOBS + 10) * ROUNDS, "benchmark credits", f"bench-{user_id}")
 
     client = Client(base, {"Authorization": f"Bearer {token}"}, env["AMQP_URI"], session)
-    for _ in range(5):  # warm up every hop
+    for _ in range(5 if warm_up else 0):  # warm up every hop
         job = session.post(f"{base}/v1/generations", json=JOB, headers=client.headers,
                            timeout=30).json()
         wait_done(client, [job["id"]])

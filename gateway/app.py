@@ -121,7 +121,7 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
         OPENAPI_URL_PREFIX="/v1",
         OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={
-            "info": {"description": "The HTTP API of Darkroom (see API.md)."},
+            "info": {"description": "The HTTP API of Darkroom (see docs/api.md)."},
         },
     )
 

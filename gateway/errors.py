@@ -1,4 +1,4 @@
-"""API.md's error shape for everything that can go wrong in a request.
+"""docs/api.md's error shape for everything that can go wrong in a request.
 
 Every error leaves the gateway as ``{"error": {"code", "message", "details"}}``
 with the matching HTTP status: a :class:`DomainError` (from a service over RPC
@@ -22,7 +22,7 @@ from services.common.errors import DomainError
 
 log = logging.getLogger("gateway.errors")
 
-# HTTP status -> API.md code, for errors raised by the HTTP layer itself.
+# HTTP status -> docs/api.md code, for errors raised by the HTTP layer itself.
 HTTP_CODES = {
     400: "invalid_request",
     401: "unauthenticated",
@@ -51,7 +51,7 @@ class ErrorBody(Schema):
 
 
 class ErrorEnvelope(Schema):
-    """The body of every error response (API.md "Conventions")."""
+    """The body of every error response (docs/api.md "Conventions")."""
 
     error = fields.Nested(ErrorBody, required=True)
 
@@ -69,7 +69,7 @@ def _retry_after_header(details: dict, status: int) -> dict:
     value = details.get("retry_after") if isinstance(details, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return {"Retry-After": str(max(1, math.ceil(value)))}
-    if status == 429:  # API.md: every 429 says when to come back, even if the service did not
+    if status == 429:  # docs/api.md: every 429 says when to come back, even if the service did not
         return {"Retry-After": "1"}
     return {}
 

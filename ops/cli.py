@@ -1,5 +1,6 @@
 """``darkroom-ops``: the operators' command line.
 
+    darkroom-ops --version
     darkroom-ops dlq list
     darkroom-ops dlq show <queue> [--limit N] [--json] [--traceback]
     darkroom-ops dlq replay <queue> [--limit N]
@@ -53,6 +54,7 @@ from services.common.contracts.generation import (  # noqa: E402
     JobState,
 )
 from services.common.errors import DomainError  # noqa: E402
+from services.common.version import darkroom_version  # noqa: E402
 
 
 class OpsGroup(click.Group):
@@ -83,6 +85,8 @@ def show(result, as_json: bool, lines) -> None:
 
 
 @click.group(cls=OpsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(darkroom_version(), "--version", prog_name="darkroom-ops",
+                      message="%(prog)s %(version)s")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               envvar="DARKROOM_OPS_CONFIG", help="Config file (default deploy/config/ops.yaml).")
 @click.pass_context

@@ -1,4 +1,4 @@
-"""Accounts (API.md "Accounts"): /v1/auth/* and /v1/me*, mapped onto the auth
+"""Accounts (docs/api.md "Accounts"): /v1/auth/* and /v1/me*, mapped onto the auth
 service's RPC surface. Request bodies and responses use the auth contracts."""
 
 from __future__ import annotations

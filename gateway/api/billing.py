@@ -1,4 +1,4 @@
-"""Credits and payments (API.md "Credits and payments"), over the billing service's RPC.
+"""Credits and payments (docs/api.md "Credits and payments"), over the billing service's RPC.
 
 The caller's balance, ledger and orders; the public plan and price lists; a
 checkout for a credit pack or a plan (verified email required, honours

@@ -1,4 +1,4 @@
-"""What every API blueprint shares: request parsing with API.md's errors, RPC
+"""What every API blueprint shares: request parsing with docs/api.md's errors, RPC
 calls, shaping RPC results through the contract's response schemas, the
 ``Idempotency-Key`` header, capped request bodies and ``Cache-Control: no-store``."""
 

@@ -1,4 +1,4 @@
-"""Generation (API.md "Generation"), over the generation service's RPC.
+"""Generation (docs/api.md "Generation"), over the generation service's RPC.
 
 Templates and models (public), submitting a job (verified email; ``Idempotency-Key``;
 ``?dry_run=true`` quotes the price without creating anything), the caller's
@@ -195,7 +195,7 @@ EVENTS_DOC = {
     "responses": {"200": {
         "description": "`text/event-stream`: `event: job` with the job (as `GET "
                        "/v1/generations/{id}`) on each change of status, progress, stage or "
-                       "queue position; `: keepalive` comments; `event: error` with API.md's "
+                       "queue position; `: keepalive` comments; `event: error` with docs/api.md's "
                        "error object if the job becomes unreadable. Ends after a final state or "
                        "GENERATION_EVENTS_MAX_SECONDS (reconnect then).",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

@@ -28,6 +28,7 @@ from werkzeug.exceptions import NotFound
 
 from gateway import metrics
 from gateway.api.common import Blueprint
+from services.common.version import darkroom_version
 
 log = logging.getLogger("gateway.health")
 
@@ -119,13 +120,14 @@ class Health(Schema):
     status = fields.String(required=True, metadata={"description": "ok | unavailable"})
     checks = fields.Dict(keys=fields.String(), values=fields.String(),
                          metadata={"description": "per service: ok or what failed"})
+    version = fields.String(metadata={"description": "the Darkroom version (/healthz)"})
 
 
 @health_blp.route("/healthz", methods=["GET"])
 @health_blp.response(200, Health)
 def healthz():
-    """Liveness: the gateway process answers"""
-    return {"status": "ok"}
+    """Liveness: the gateway process answers, with the Darkroom version"""
+    return {"status": "ok", "version": darkroom_version()}
 
 
 @health_blp.route("/readyz", methods=["GET"])

@@ -1,4 +1,4 @@
-"""Images and uploads (API.md "Images and uploads"), over the storage service's RPC.
+"""Images and uploads (docs/api.md "Images and uploads"), over the storage service's RPC.
 
 ``POST /v1/uploads`` takes the multipart field ``file`` (the client's filename
 and content type are not trusted: storage sniffs and re-encodes the bytes),

@@ -1,4 +1,4 @@
-"""Privacy (API.md "Privacy"), over the privacy service's RPC.
+"""Privacy (docs/api.md "Privacy"), over the privacy service's RPC.
 
 Requests (export, erasure, restriction, lifting it), consents, the policy
 and its acceptance, the retention schedule actually enforced, erasure

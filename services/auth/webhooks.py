@@ -1,6 +1,6 @@
 """The account's webhook signing secret.
 
-Webhooks (API.md "Generation") follow Standard Webhooks: ``webhook-signature:
+Webhooks (docs/api.md "Generation") follow Standard Webhooks: ``webhook-signature:
 v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` keyed with the bytes this
 ``whsec_<base64>`` secret encodes; receivers verify with the same value (any
 Standard Webhooks library takes it as it is), so it is stored as it is and

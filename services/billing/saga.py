@@ -1,4 +1,4 @@
-"""Billing's steps of the generation saga (DESIGN.md §4).
+"""Billing's steps of the generation saga (docs/design.md §4).
 
 - ``generation.job_requested`` → hold the quoted ``price`` on the ledger and
   dispatch ``billing.credits_reserved`` (with the plan's queue priority), or

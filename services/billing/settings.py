@@ -19,7 +19,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from services.common.config import Section, flag
+from services.common.config import DEFAULT_PUBLIC_BASE_URL, Section, app_base_url, flag
 from services.common.contracts.generation import (
     DEFAULT_SIZE,
     DEFAULT_VIDEO_DURATION_S,
@@ -233,8 +233,9 @@ class BillingSettings:
     stripe_webhook_secrets: tuple[str, ...] = ("whsec_dev_only",)
     stripe_webhook_tolerance_seconds: int = 300
     stripe_timeout_seconds: float = 10.0
-    checkout_success_url: str = "http://127.0.0.1:8000/checkout/success"
-    checkout_cancel_url: str = "http://127.0.0.1:8000/checkout/cancel"
+    # Where Stripe sends the customer back: pages under APP_BASE_URL (PUBLIC_BASE_URL).
+    checkout_success_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/success"
+    checkout_cancel_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/cancel"
 
     def __post_init__(self):
         default = self.plans.get(self.default_plan)
@@ -308,6 +309,6 @@ class BillingSettings:
                 get("STRIPE_WEBHOOK_TOLERANCE_SECONDS", d.stripe_webhook_tolerance_seconds)
             ),
             stripe_timeout_seconds=float(get("STRIPE_TIMEOUT_SECONDS", d.stripe_timeout_seconds)),
-            checkout_success_url=str(get("CHECKOUT_SUCCESS_URL", d.checkout_success_url)),
-            checkout_cancel_url=str(get("CHECKOUT_CANCEL_URL", d.checkout_cancel_url)),
+            checkout_success_url=f"{app_base_url(section)}/checkout/success",
+            checkout_cancel_url=f"{app_base_url(section)}/checkout/cancel",
         )

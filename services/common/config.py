@@ -12,11 +12,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "deploy" / "config"
+# make dev's gateway on its default port; the Makefile derives it from GATEWAY_PORT.
+DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
 
 _registered = False
 
@@ -53,6 +56,34 @@ def flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _base_url(name: str, value: Any) -> str:
+    url = str(value).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment:
+        raise ValueError(f"{name} must be an absolute http(s) URL without query, not {url!r}")
+    return url
+
+
+def public_base_url(config: Mapping[str, Any]) -> str:
+    """``PUBLIC_BASE_URL`` of a config section (each service's section reads the
+    one ``PUBLIC_BASE_URL`` variable of the environment): where clients reach
+    the gateway, without a trailing slash. Every URL Darkroom hands out starts
+    with it (signed file URLs of the fs backend; mail links and checkout return
+    URLs unless ``APP_BASE_URL`` names a separate web app). ValueError at start
+    when it is not an absolute http(s) URL."""
+    return _base_url("PUBLIC_BASE_URL",
+                     config.get("PUBLIC_BASE_URL") or DEFAULT_PUBLIC_BASE_URL)
+
+
+def app_base_url(config: Mapping[str, Any]) -> str:
+    """``APP_BASE_URL``: the base of the pages people open from a mail or come
+    back to from a checkout, when a separate web app serves them;
+    :func:`public_base_url` when it is unset."""
+    value = config.get("APP_BASE_URL")
+    return _base_url("APP_BASE_URL", value) if value else public_base_url(config)
 
 
 class Section:

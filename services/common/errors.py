@@ -4,7 +4,7 @@ A service raises :class:`DomainError` (or a subclass) for anything the caller
 did wrong or asked for that cannot be done. nameko serialises the exception's
 arguments; because the class is registered with ``deserialize_to_instance`` the
 caller (the gateway) gets a real :class:`DomainError` back, not a bare
-``RemoteError``, and can turn it into the HTTP error of API.md.
+``RemoteError``, and can turn it into the HTTP error of docs/api.md.
 """
 
 from __future__ import annotations

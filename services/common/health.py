@@ -1,7 +1,7 @@
 """The small HTTP server of a nameko service: /healthz, /readyz, /metrics.
 
 It runs on eventlet's WSGI server in a thread managed by the service container;
-this is one of the few places that knows about eventlet (see NAMEKO-NOTES.md).
+this is one of the few places that knows about eventlet (see docs/nameko-notes.md).
 """
 
 from __future__ import annotations

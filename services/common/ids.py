@@ -43,7 +43,7 @@ def utcnow() -> datetime:
 
 
 def isoformat(dt: datetime | None) -> str | None:
-    """ISO-8601 in UTC with a ``Z`` suffix, as API.md wants."""
+    """ISO-8601 in UTC with a ``Z`` suffix, as docs/api.md wants."""
     if dt is None:
         return None
     if dt.tzinfo is None:

@@ -1,4 +1,4 @@
-"""Keyset pagination, newest first, as API.md's list convention wants:
+"""Keyset pagination, newest first, as docs/api.md's list convention wants:
 ``?limit=`` (1–100, default 20) and an opaque ``?cursor=``; answers are
 ``{"items": [...], "next_cursor": "..." | None}``.
 

@@ -517,7 +517,7 @@ def find_jobs(db: Session, status: str | None, since: datetime | None, reason: s
 
 
 def view(job: Job, position: int | None = None) -> dict:
-    """The job as API.md shows it (dumped by contracts.generation.JobView)."""
+    """The job as docs/api.md shows it (dumped by contracts.generation.JobView)."""
     return {
         "id": job.id, "type": job.type, "status": job.status, "attempt": job.attempt,
         "progress": job.progress, "stage": job.stage, "queue_position": position,

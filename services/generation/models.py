@@ -1,7 +1,7 @@
 """The generation service's tables.
 
 A ``jobs`` row is one generation job from submit to its final state. The
-saga (DESIGN.md §4) moves it ``queued → reserved → running → succeeded |
+saga (docs/design.md §4) moves it ``queued → reserved → running → succeeded |
 failed``, or to ``rejected`` (no credits) or ``cancelled`` (the states are
 ``JobState`` in services/common/contracts/generation.py). ``attempt`` counts
 its runs: ``darkroom-ops jobs replay`` starts attempt 2 of a failed job, and

@@ -25,7 +25,6 @@ failures.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -56,6 +55,7 @@ from services.generation.providers.base import (
     ProviderOutput,
     ProviderRequest,
     Shot,
+    collecting,
 )
 from services.generation.providers.router import AttemptCallback, Router
 from services.generation.settings import GenerationSettings
@@ -258,20 +258,24 @@ def upload_outputs(storage, spec: JobSpec, outputs: tuple[ProviderOutput, ...], 
     """Each output into a storage slot, then one commit (which verifies the
     bytes); returns the committed object ids. Each step is retried through
     an outage: a slot is asked for again, the same slot is PUT again (a PUT
-    to a slot is idempotent), the commit is asked again (so is a commit)."""
+    to a slot is idempotent), the commit is asked again (so is a commit).
+    A body is streamed from its file with its exact length (its size and hash
+    were counted as it was downloaded): never read into memory whole."""
     object_ids = []
     for index, output in enumerate(outputs):
+        body = output.body
         declared = {
-            "job_id": spec.id, "content_type": output.content_type, "size": len(output.data),
-            "sha256": hashlib.sha256(output.data).hexdigest(),
-            "width": output.width, "height": output.height,
+            "job_id": spec.id, "content_type": output.content_type, "size": body.size,
+            "sha256": body.sha256, "width": output.width, "height": output.height,
         }
         slot = steps.run("get an output slot",
                          lambda d=declared: storage.create_output_slot(spec.user_id, d))
 
-        def put(slot=slot, output=output) -> None:
-            response = transfers.request(slot["method"], slot["url"], data=output.data,
-                                         headers=slot["headers"], timeout=timeout)
+        def put(slot=slot, body=body) -> None:
+            headers = {**slot["headers"], "Content-Length": str(body.size)}
+            with body.open() as reader:
+                response = transfers.request(slot["method"], slot["url"], data=reader,
+                                             headers=headers, timeout=timeout)
             response.raise_for_status()
 
         try:
@@ -279,6 +283,7 @@ def upload_outputs(storage, spec: JobSpec, outputs: tuple[ProviderOutput, ...], 
         except requests.RequestException as exc:
             raise JobFailure("storage_unavailable", "cannot upload an output: "
                              + error_text.describe_http_failure(exc)) from None
+        body.close()  # uploaded: its temporary file is not needed any more
         object_ids.append(slot["object_id"])
         progress(PROVIDER_SHARE + (1 - PROVIDER_SHARE) * (index + 1) / (len(outputs) + 1),
                  "uploading")
@@ -303,22 +308,26 @@ def run(spec: JobSpec, router: Router, storage, progress: Callable[[float, str],
     report(0.02, "preparing")
     source, source_type = fetch_source(storage, spec, timeout, steps)
     request = provider_request(spec, source, source_type)
-    try:
-        named = {"model": spec.params["model"]} if spec.params.get("model") else {}
-        routed = router.run(request, lambda f, stage: report(0.05 + (PROVIDER_SHARE - 0.05) * f,
-                                                             stage), on_attempt,
-                            refused_regions=spec.refused_regions, **named)
-    except ProviderError as exc:
-        raise JobFailure(exc.code, exc.message) from None
-    report(PROVIDER_SHARE, "uploading")
-    try:
-        object_ids = upload_outputs(storage, spec, routed.result.outputs, timeout, report, steps)
-    except DomainError as exc:
-        raise JobFailure("storage_unavailable" if exc.status >= 500 else "output_rejected",
-                         exc.message, routed.provider) from None
-    except JobFailure as exc:
-        exc.provider = routed.provider
-        raise
+    # every output body downloaded for the job (a failed attempt's too) is
+    # closed, its temporary file deleted, when the job's run ends, however
+    with collecting():
+        try:
+            named = {"model": spec.params["model"]} if spec.params.get("model") else {}
+            routed = router.run(request, lambda f, stage: report(
+                0.05 + (PROVIDER_SHARE - 0.05) * f, stage), on_attempt,
+                refused_regions=spec.refused_regions, **named)
+        except ProviderError as exc:
+            raise JobFailure(exc.code, exc.message) from None
+        report(PROVIDER_SHARE, "uploading")
+        try:
+            object_ids = upload_outputs(storage, spec, routed.result.outputs, timeout, report,
+                                        steps)
+        except DomainError as exc:
+            raise JobFailure("storage_unavailable" if exc.status >= 500 else "output_rejected",
+                             exc.message, routed.provider) from None
+        except JobFailure as exc:
+            exc.provider = routed.provider
+            raise
     return routed.provider, object_ids
 
 

@@ -1,4 +1,4 @@
-"""The generation service: jobs from submit to stored output (DESIGN.md §4).
+"""The generation service: jobs from submit to stored output (docs/design.md §4).
 
     nameko run --config deploy/config/generation.yaml \
         services.generation.service:GenerationService

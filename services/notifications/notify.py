@@ -29,6 +29,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from services.common.config import app_base_url
 from services.common.db import claim_event
 from services.common.errors import NonRetryable
 from services.common.ids import isoformat, trusted_id, utcnow
@@ -45,6 +46,14 @@ TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup
              "erasure_scheduled")
 
 
+def resolved_mail_settings(config: dict) -> dict:
+    """A notifications config's ``MAIL`` section with ``APP_BASE_URL``, the base
+    of the links in mail, resolved (``PUBLIC_BASE_URL`` when it is unset);
+    ValueError when it is not an absolute http(s) URL."""
+    section = dict(config.get("MAIL") or {})
+    return {**section, "APP_BASE_URL": app_base_url(section)}
+
+
 def template_context(template: str, event: dict, mail_settings: dict,
                      sealer: Sealer | None = None) -> dict:
     """What ``template`` is rendered with: the event, the app's base URL, and
@@ -52,7 +61,7 @@ def template_context(template: str, event: dict, mail_settings: dict,
     ``cancel_url``). A secret that cannot be opened (``MAIL_SECRETS_KEY``
     differs from the sealing service's: auth's or privacy's) is NonRetryable:
     the event is dead-lettered at once, still sealed."""
-    base_url = str(mail_settings.get("APP_BASE_URL") or "").rstrip("/")
+    base_url = app_base_url(mail_settings)
     context = {**event, "app_base_url": base_url}
     try:
         if "sealed_code" in event:

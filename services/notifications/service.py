@@ -63,6 +63,8 @@ class NotificationsService(PrivacyParticipant, DarkroomService):
     mailer = MailerProvider()
     # Opens the codes and tokens auth's and privacy's events carry sealed (MAIL_SECRETS_KEY).
     sealer = FromConfig(Sealer.from_config)
+    # The MAIL section with its links' base resolved (a bad base URL stops the start).
+    mail_settings = FromConfig(notify.resolved_mail_settings)
     auth = RpcProxy("auth")
 
     # The mails for other services' facts: the event, and its template (in templates/).
@@ -119,5 +121,5 @@ class NotificationsService(PrivacyParticipant, DarkroomService):
             raise
 
     def _deliver(self, template: str, event: dict, find_recipient=None):
-        return notify.deliver(self.db, self.mailer, self.config.get("MAIL") or {}, template,
+        return notify.deliver(self.db, self.mailer, self.mail_settings, template,
                               event, find_recipient=find_recipient, sealer=self.sealer)

@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.config import Section, flag
+from services.common.config import DEFAULT_PUBLIC_BASE_URL, Section, flag, public_base_url
 
 
 @dataclass(frozen=True)
 class StorageSettings:
     backend: str = "fs"
     fs_root: str = "var/objects"
-    public_base_url: str = "http://127.0.0.1:8000"
+    public_base_url: str = DEFAULT_PUBLIC_BASE_URL  # the fs backend's signed URLs
     url_secret: str = "dev-only-insecure-storage-url-secret"
     s3_endpoint: str = "127.0.0.1:9000"
     s3_public_endpoint: str = ""
@@ -37,11 +37,12 @@ class StorageSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> StorageSettings:
         """From a whole service config (its ``STORAGE`` section) or the section itself."""
-        get, d = Section(config, "STORAGE").get, cls()
+        section, d = Section(config, "STORAGE"), cls()
+        get = section.get
         return cls(
             backend=str(get("BACKEND", d.backend)).strip().lower(),
             fs_root=str(get("FS_ROOT", d.fs_root)),
-            public_base_url=str(get("PUBLIC_BASE_URL", d.public_base_url)).rstrip("/"),
+            public_base_url=public_base_url(section.values),
             url_secret=str(get("URL_SECRET", d.url_secret)),
             s3_endpoint=str(get("S3_ENDPOINT", d.s3_endpoint)),
             s3_public_endpoint=str(get("S3_PUBLIC_ENDPOINT", d.s3_public_endpoint) or ""),

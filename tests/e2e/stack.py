@@ -18,7 +18,7 @@ PASSWORD = "correct horse battery staple"
 class Stack:
     def __init__(self, base_url: str, mail_dir: Path, processes: dict, objects_dir: Path,
                  stripe=None, stripe_webhook_secret: str | None = None, env: dict | None = None,
-                 images=None, video=None):
+                 images=None, video=None, vendors: dict | None = None):
         self.base_url = base_url
         self.mail_dir = mail_dir
         self.objects_dir = objects_dir
@@ -27,7 +27,8 @@ class Stack:
         self.stripe_webhook_secret = stripe_webhook_secret
         self.env = env or {}  # what the processes were started with
         self.images = images  # tests.fakes.providers.FakeOpenAIImages (text-to-image, first)
-        self.video = video  # tests.fakes.providers.FakeAsyncTasks (image-to-video, only)
+        self.video = video  # tests.fakes.providers.FakeAsyncTasks (image-to-video, first)
+        self.vendors = vendors or {}  # the other adapter types' fakes, by vendor (conftest.py)
         self.http = requests.Session()
 
     def call(self, method: str, path: str, token: str | None = None, api_key: str | None = None, **kw):

@@ -5,7 +5,7 @@ idempotency, isolation, the event stream and a signed webhook.
 
 The providers are fakes on loopback (see conftest.py): ``stack.images`` is the
 OpenAI-compatible images API text-to-image tries first (the local renderer is
-second), ``stack.video`` the async task API image-to-video uses alone."""
+second), ``stack.video`` the async task API image-to-video tries first."""
 
 from __future__ import annotations
 
@@ -172,8 +172,10 @@ def test_an_outage_fails_the_job_releases_its_credits_and_a_replay_charges_once(
     token = user["token"]
     stack.video.outcome = "failed"
     try:
+        # the model named: the route's other vendors would take over (test_vendors.py)
         created = submit(stack, token, {"type": "image-to-video", "source_image_id":
-                                        upload_png(stack, token), "duration_s": 2})
+                                        upload_png(stack, token), "duration_s": 2,
+                                        "model": "video"})
         failed = finished(stack, token, created["id"])
     finally:
         stack.video.outcome = "succeeded"

@@ -18,6 +18,15 @@ ComfyUI's ``server.py`` (also under ``/api``):
 - ``GET /queue``, ``POST /queue {"delete": [...]}``, ``POST /interrupt``,
   ``POST /history {"delete": [...]}``, ``GET /system_stats``, ``GET /prompt``.
 
+- ``GET /ws?clientId=<id>`` (a websocket, RFC 6455): ``status`` on connect;
+  a prompt submitted with that ``client_id`` then runs by itself, without
+  ``/history`` being polled: ``execution_start``, ``executing`` (node),
+  ``progress`` (value/max), then, once it is in the history, ``executed`` and
+  ``execution_success``, or ``execution_error`` (``outcome == "failed"``),
+  and last ``executing`` with ``node: null``. ``websocket = False`` answers
+  the upgrade 404 (a ComfyUI behind a proxy without websockets);
+  ``ws_drop_after = N`` closes the socket after N messages of a run.
+
 ``healthy = False`` makes ``/system_stats`` answer 503. ``hold`` (an Event,
 set) keeps every run unfinished until it is cleared. Every request is
 recorded; ``fail_next`` scripts ``POST /prompt`` (see tests/fakes/providers.py).
@@ -25,11 +34,18 @@ recorded; ``fail_next`` scripts ``POST /prompt`` (see tests/fakes/providers.py).
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
+import hashlib
 import io
+import json
+import socket
+import struct
 import threading
+import time
 import uuid
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
@@ -37,6 +53,7 @@ from PIL import Image
 from tests.fakes.providers import FakeHTTPServer, Recorded, Response, _json, png_bytes
 
 OUTPUT_CLASSES = {"SaveImage": "output", "PreviewImage": "temp"}
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 #: The issue's example mappings for the workflows shipped in deploy/providers/comfyui.
 TXT2IMG = {"file": "comfyui/txt2img.json",
            "inputs": {"prompt": "6.text", "negative_prompt": "7.text", "seed": "3.seed",
@@ -77,6 +94,97 @@ class FakeComfyUI(FakeHTTPServer):
         self.deleted: list[str] = []
         self.interrupted: list[str] = []
         self._number = 0
+        self.websocket = True
+        self.ws_drop_after: int | None = None
+        self.sockets: dict[str, _Socket] = {}  # client id -> open websocket
+        self.ws_sent: list[dict] = []  # every websocket message sent
+
+    # ------------------------------------------------------------ the websocket
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        if self._path(Recorded(handler.command, handler.path, {}, b"")) == "/ws" \
+                and self.websocket \
+                and (handler.headers.get("Upgrade") or "").lower() == "websocket":
+            self._websocket(handler)
+        else:
+            super()._handle(handler)
+
+    def _websocket(self, handler: BaseHTTPRequestHandler) -> None:
+        """The handshake, then hold the connection (answering pings and the
+        close) while runs send their messages from their own threads."""
+        request = Recorded(handler.command, handler.path, dict(handler.headers.items()), b"")
+        with self._lock:
+            self.requests.append(request)
+        key = handler.headers.get("Sec-WebSocket-Key") or ""
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        handler.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                             ).encode())
+        handler.wfile.flush()
+        handler.close_connection = True
+        client_id = (parse_qs(urlsplit(handler.path).query).get("clientId") or [""])[0]
+        sock = _Socket(handler.connection)
+        self.sockets[client_id] = sock
+        self._send(sock, "status", {"status": {"exec_info": {"queue_remaining": 0}},
+                                    "sid": client_id})
+        try:
+            while not self._release.is_set():
+                opcode, payload = sock.read()
+                if opcode == 0x8:  # close: answer it and end
+                    sock.write(0x8, payload[:2])
+                    break
+                if opcode == 0x9:
+                    sock.write(0xA, payload)
+        except OSError:
+            pass
+        finally:
+            sock.closed = True
+            if self.sockets.get(client_id) is sock:
+                del self.sockets[client_id]
+
+    def _send(self, sock: _Socket, kind: str, data: dict) -> None:
+        message = {"type": kind, "data": data}
+        with self._lock:
+            self.ws_sent.append(message)
+        sock.write(0x1, json.dumps(message).encode())
+
+    def _run_over_websocket(self, prompt_id: str, sock: _Socket) -> None:
+        """What ComfyUI's prompt worker sends while it runs a prompt."""
+        prompt = self.prompts[prompt_id]
+        first = next(iter(prompt["graph"]))
+        steps = [("execution_start", {"prompt_id": prompt_id}),
+                 ("execution_cached", {"nodes": [], "prompt_id": prompt_id}),
+                 ("executing", {"node": first, "display_node": first, "prompt_id": prompt_id}),
+                 ("progress", {"value": 1, "max": 2, "prompt_id": prompt_id, "node": first}),
+                 ("progress", {"value": 2, "max": 2, "prompt_id": prompt_id, "node": first})]
+        sent = 0
+        try:
+            for kind, data in steps:
+                if self.ws_drop_after is not None and sent >= self.ws_drop_after:
+                    sock.drop()
+                    return
+                self._send(sock, kind, data)
+                sent += 1
+            while (self.hold.is_set() or self.outcome == "never") \
+                    and not self._release.is_set() and not sock.closed:
+                time.sleep(0.02)
+            if sock.closed or self._release.is_set():
+                return
+            with self._lock:
+                if prompt_id not in self.history:
+                    self.history[prompt_id] = self._finish(prompt_id, prompt)
+                entry = self.history[prompt_id]
+            if self.outcome == "failed":
+                error = entry["status"]["messages"][-1][1]
+                self._send(sock, "execution_error", error)
+            else:
+                for node, output in entry["outputs"].items():
+                    self._send(sock, "executed", {"node": node, "display_node": node,
+                                                  "output": output, "prompt_id": prompt_id})
+                self._send(sock, "execution_success", {"prompt_id": prompt_id})
+            self._send(sock, "executing", {"node": None, "prompt_id": prompt_id})
+        except OSError:
+            pass
 
     @staticmethod
     def _path(request: Recorded) -> str:
@@ -183,6 +291,10 @@ class FakeComfyUI(FakeHTTPServer):
             self._number += 1
             self.prompts[prompt_id] = {"graph": graph, "client_id": body.get("client_id"),
                                        "polls": 0, "number": self._number}
+        sock = self.sockets.get(str(body.get("client_id")))
+        if sock is not None:
+            threading.Thread(target=self._run_over_websocket, args=(prompt_id, sock),
+                             daemon=True).start()
         return _json(200, {"prompt_id": prompt_id, "number": self._number, "node_errors": {}})
 
     def _upload(self, request: Recorded) -> Response:
@@ -245,3 +357,51 @@ class FakeComfyUI(FakeHTTPServer):
             "status_str": "success", "completed": True,
             "messages": [["execution_start", {"prompt_id": prompt_id}],
                          ["execution_success", {"prompt_id": prompt_id}]]}}
+
+
+class _Socket:
+    """The server side of one websocket: unmasked frames out, masked ones in."""
+
+    def __init__(self, connection: socket.socket):
+        self.connection = connection
+        self.closed = False
+        self._write = threading.Lock()
+
+    def write(self, opcode: int, payload: bytes) -> None:
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x80 | opcode, size)
+        elif size < 1 << 16:
+            header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+        with self._write:
+            self.connection.sendall(header + payload)
+
+    def _exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.connection.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the client went away")
+            data += chunk
+        return data
+
+    def read(self) -> tuple[int, bytes]:
+        first, second = self._exactly(2)
+        size = second & 0x7F
+        if size == 126:
+            size, = struct.unpack("!H", self._exactly(2))
+        elif size == 127:
+            size, = struct.unpack("!Q", self._exactly(8))
+        mask = self._exactly(4) if second & 0x80 else b"\0\0\0\0"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self._exactly(size)))
+        return first & 0x0F, payload
+
+    def drop(self) -> None:
+        """Close the connection without a close frame (a proxy that cut it)."""
+        self.closed = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -2,16 +2,24 @@
 
 One server per protocol, each a ``ThreadingHTTPServer`` in a thread:
 
-- :class:`FakeOpenAIImages`: ``POST /v1/images/generations`` (OpenAI images
-  API: ``b64_json`` or ``url`` results; urls served from ``/files/<id>``).
+- :class:`FakeOpenAIImages`: ``POST /v1/images/generations`` and the
+  multipart ``POST /v1/images/edits`` (OpenAI images API: ``b64_json`` or
+  ``url`` results; urls served from ``/files/<id>``).
 - :class:`FakeAsyncTasks`: ``POST /v1/tasks``, ``GET /v1/tasks/<id>`` (queued,
   running with progress, then succeeded with a relative ``result_url`` or
   failed), ``DELETE /v1/tasks/<id>``; results served from ``/results/<id>``.
+- :class:`FakeVendorTasks`: a vendor's own task API in another shape
+  (``{"data": {"task": {"id"}}}``, states ``SUCCESS``/``FAILED``/...), for the
+  generic ``async_task`` adapter configured with non-default paths and pointers.
 - :class:`FakeChatCompletions`: ``POST /v1/chat/completions`` answering
   ``content`` (a string, or a function of the request body).
 - :class:`FakeWebhookReceiver`: records every POST and answers ``status``.
 - :class:`DripReceiver`: takes a POST and answers one byte at a time, every
   ``every_s``, for as long as the client stays (a receiver that never finishes).
+
+A route may answer a :class:`Streamed` body instead of bytes (a large result
+written chunk by chunk, e.g. :func:`padded_mp4`); ``FakeAsyncTasks.result``
+may be one.
 
 Every request is recorded (method, path, headers, body) in ``requests``, so
 tests can assert what a provider was sent. ``fail_next(*behaviours)``
@@ -39,9 +47,10 @@ import io
 import json
 import secrets
 import socket
+import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -66,7 +75,44 @@ class Recorded:
         return None
 
 
-Response = tuple[int, dict[str, str], bytes]
+@dataclass(frozen=True)
+class Streamed:
+    """A large answer body, written chunk by chunk as ``chunks()`` makes them
+    (never whole in memory): ``length`` bytes. ``declared`` False sends no
+    Content-Length: the body ends when the server closes the connection."""
+
+    length: int
+    chunks: Callable[[], Iterable[bytes]]
+    declared: bool = True
+
+
+Response = tuple[int, dict[str, str], "bytes | Streamed"]
+
+#: What the service knows about a job and its owner; none of it may reach a provider.
+ACCOUNT = {
+    "job_id": "0190a5c3-0000-7000-8000-00000000abcd",
+    "user_id": "0190a5c3-1111-7000-8000-00000000dcba",
+    "email": "owner.sentinel@example.org",
+    "api_key": "drk_live_sentinelsentinel",
+    "ip": "203.0.113.77",
+    "webhook_url": "https://hooks.sentinel.example/x",
+}
+#: The headers any request of ours may carry (an HTTP client's, and the key's).
+PLAIN_HEADERS = frozenset({"host", "user-agent", "accept-encoding", "accept", "connection",
+                           "content-length", "content-type", "authorization"})
+
+
+def assert_nothing_identifying(fake: FakeHTTPServer, also_headers=()) -> None:
+    """Every request ``fake`` received carries only :data:`PLAIN_HEADERS` (and
+    ``also_headers``, the vendor's own) and nothing of :data:`ACCOUNT` in its
+    path, headers or body."""
+    allowed = PLAIN_HEADERS | {name.lower() for name in also_headers}
+    assert fake.requests, "the fake received nothing"
+    for recorded in fake.requests:
+        assert {h.lower() for h in recorded.headers} <= allowed, recorded.headers
+        raw = json.dumps(recorded.headers) + recorded.path + recorded.body.decode("latin-1")
+        for value in ACCOUNT.values():
+            assert value not in raw, value
 
 
 def _json(status: int, body, headers: dict | None = None) -> Response:
@@ -102,6 +148,23 @@ def mp4_bytes(width: int = 64, height: int = 64, frames: int = 8, fps: int = 8) 
                 out.mux(packet)
         _MP4_CACHE[key] = buf.getvalue()
     return _MP4_CACHE[key]
+
+
+def padded_mp4(total: int, declared: bool = True) -> Streamed:
+    """A valid MP4 of ``total`` bytes: :func:`mp4_bytes` followed by a ``free``
+    box of zeros (players and PyAV skip it), streamed in 1 MiB chunks."""
+    head = mp4_bytes()
+    padding = total - len(head) - 8
+    if padding < 0:
+        raise ValueError(f"an MP4 is at least {len(head) + 8} bytes")
+
+    def chunks():
+        yield head + struct.pack(">I4s", padding + 8, b"free")
+        zeros = bytes(1024 * 1024)
+        for left in range(padding, 0, -len(zeros)):
+            yield zeros if left >= len(zeros) else zeros[:left]
+
+    return Streamed(total, chunks, declared)
 
 
 class FakeHTTPServer:
@@ -196,6 +259,10 @@ class FakeHTTPServer:
     def garbage(self, request: Recorded) -> Response:
         return 200, {"Content-Type": "application/json"}, b'{"unexpected": true}'
 
+    def authorized(self, request: Recorded) -> bool:
+        """Does the request carry the key (``Authorization: Bearer <api_key>``)?"""
+        return request.header("Authorization") == f"Bearer {self.api_key}"
+
     # ------------------------------------------------------------ handling
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
@@ -218,8 +285,7 @@ class FakeHTTPServer:
             except OSError:
                 pass
             return
-        if self.api_key and request.header("Authorization") != f"Bearer {self.api_key}" \
-                and self.scripted(request):
+        if self.api_key and not self.authorized(request) and self.scripted(request):
             response = self.error(401)
         elif behaviour == "ok":
             response = self.route(request)
@@ -240,16 +306,62 @@ class FakeHTTPServer:
             handler.send_response(status)
             for key, value in headers.items():
                 handler.send_header(key, value)
-            handler.send_header("Content-Length", str(len(payload)))
+            if not isinstance(payload, Streamed):
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+                return
+            if payload.declared:
+                handler.send_header("Content-Length", str(payload.length))
+            else:
+                handler.send_header("Connection", "close")
+                handler.close_connection = True
             handler.end_headers()
-            handler.wfile.write(payload)
+            for chunk in payload.chunks():
+                handler.wfile.write(chunk)
         except OSError:  # the client gave up (a timeout test)
             pass
 
 
+def multipart_form(request: Recorded) -> dict[str, list[tuple[str | None, str, bytes]]]:
+    """A ``multipart/form-data`` body's parts: name -> [(file name, content
+    type, bytes)] in order; ``ValueError`` when the body is not one."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    content_type = request.header("Content-Type") or ""
+    if not content_type.startswith("multipart/form-data") or "boundary=" not in content_type:
+        raise ValueError("not multipart/form-data")
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + request.body)
+    if not message.is_multipart():
+        raise ValueError("no parts")
+    parts: dict[str, list[tuple[str | None, str, bytes]]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.get_content_disposition() != "form-data" or not name:
+            raise ValueError("a part without a form-data name")
+        parts.setdefault(name, []).append((part.get_filename(), part.get_content_type(),
+                                           part.get_payload(decode=True) or b""))
+    return parts
+
+
 class FakeOpenAIImages(FakeHTTPServer):
-    """An OpenAI-compatible images API. ``result_base`` (default: this server)
-    is where ``url`` results point."""
+    """An OpenAI-compatible images API: ``POST /v1/images/generations`` (JSON)
+    and ``POST /v1/images/edits`` (``multipart/form-data`` as OpenAI documents
+    it: the ``image`` file, or ``image[]`` files, a ``prompt``, optional
+    ``mask``, ``model``, ``n``, ``size``, ``response_format``, ...; any other
+    part, a missing image or prompt, or a non-image file is a 400
+    ``invalid_request_error``). A GPT image model (``gpt-image-*``) refuses
+    ``response_format``, as OpenAI does. ``result_base`` (default: this
+    server) is where ``url`` results point; ``edits`` records each edit's
+    parsed form."""
+
+    EDIT_FIELDS = {"image", "image[]", "prompt", "mask", "model", "n", "size", "quality",
+                   "response_format", "input_fidelity", "output_format", "output_compression",
+                   "background", "user"}
+    #: what self-hosted servers take besides OpenAI's (``extended_params``)
+    EXTENDED_FIELDS = {"negative_prompt", "seed", "strength"}
 
     def __init__(self, api_key: str | None = None, hang_s: float = 5.0,
                  result_base: str | None = None):
@@ -257,16 +369,67 @@ class FakeOpenAIImages(FakeHTTPServer):
         self.result_base = result_base
         self.max_images: int | None = None  # answer with fewer images than asked
         self.files: dict[str, bytes] = {}
+        self.edits: list[dict[str, list[tuple[str | None, str, bytes]]]] = []
 
     def scripted(self, request: Recorded) -> bool:
-        return request.method == "POST" and request.path == "/v1/images/generations"
+        return request.method == "POST" and request.path in ("/v1/images/generations",
+                                                             "/v1/images/edits")
 
     def garbage(self, request: Recorded) -> Response:
         return _json(200, {"data": [{"b64_json": base64.b64encode(b"not an image").decode()}]})
 
+    @staticmethod
+    def invalid(message: str, param: str | None = None,
+                code: str | None = "invalid_value") -> Response:
+        return _json(400, {"error": {"message": message, "type": "invalid_request_error",
+                                     "param": param, "code": code}})
+
+    def _edit_body(self, request: Recorded) -> dict | Response:
+        """An edit's text parts as a body, after checking the form's shape."""
+        try:
+            form = multipart_form(request)
+        except ValueError as exc:
+            return self.invalid(f"Invalid multipart body: {exc}", None, None)
+        unknown = sorted(set(form) - self.EDIT_FIELDS - self.EXTENDED_FIELDS)
+        if unknown:
+            return self.invalid(f"Unknown parameter: '{unknown[0]}'.", unknown[0],
+                                "unknown_parameter")
+        images = form.get("image", []) + form.get("image[]", [])
+        if not images:
+            return self.invalid("Missing required parameter: 'image'.", "image",
+                                "missing_required_parameter")
+        for filename, content_type, data in images:
+            if not filename or content_type not in ("image/png", "image/jpeg", "image/webp"):
+                return self.invalid("Invalid file 'image': unsupported mimetype "
+                                    f"('{content_type}').", "image", "invalid_image_format")
+            try:
+                Image.open(io.BytesIO(data)).verify()
+            except Exception:
+                return self.invalid("Invalid image file.", "image", "invalid_image")
+        texts = {}
+        for name, values in form.items():
+            if name in ("image", "image[]", "mask"):
+                continue
+            if len(values) != 1 or values[0][0] is not None:
+                return self.invalid(f"Invalid value for '{name}'.", name)
+            texts[name] = values[0][2].decode()
+        if not texts.get("prompt"):
+            return self.invalid("Missing required parameter: 'prompt'.", "prompt",
+                                "missing_required_parameter")
+        self.edits.append(form)
+        return texts
+
     def route(self, request: Recorded) -> Response:
         if self.scripted(request):
-            body = request.json() or {}
+            if request.path == "/v1/images/edits":
+                body = self._edit_body(request)
+                if isinstance(body, tuple):
+                    return body
+            else:
+                body = request.json() or {}
+            if str(body.get("model") or "").startswith("gpt-image") and "response_format" in body:
+                return self.invalid("Unknown parameter: 'response_format'.", "response_format",
+                                    "unknown_parameter")
             width, height = (int(v) for v in str(body.get("size", "64x64")).split("x"))
             data = []
             count = int(body.get("n", 1))
@@ -292,7 +455,7 @@ class FakeAsyncTasks(FakeHTTPServer):
     a failed task reports ``failure`` as its error."""
 
     def __init__(self, api_key: str | None = None, hang_s: float = 5.0,
-                 polls_to_finish: int = 2, result: bytes | None = None,
+                 polls_to_finish: int = 2, result: bytes | Streamed | None = None,
                  result_type: str = "video/mp4"):
         super().__init__(api_key, hang_s)
         self.polls_to_finish = polls_to_finish
@@ -344,6 +507,90 @@ class FakeAsyncTasks(FakeHTTPServer):
         if request.method == "GET" and path.startswith("/results/"):
             data = self.result if self.result is not None else mp4_bytes()
             return 200, {"Content-Type": self.result_type}, data
+        return super().route(request)
+
+
+class FakeVendorTasks(FakeHTTPServer):
+    """A vendor's own asynchronous image-to-video task API, in a shape unlike
+    Darkroom's default protocol (the one deploy/providers/seed-001.yaml maps):
+
+    - ``POST /v2/videos`` ``{"model", "input": {"prompt", "image" (a
+      ``data:image/...;base64,`` URI), "shots"?}, "parameters"?}`` -> 200
+      ``{"data": {"task": {"id": "<id>"}}}`` (a 400 ``invalid_request`` when the
+      image is not a data URI or the prompt is missing);
+    - ``GET /v2/videos/<id>`` -> ``{"data": {"state": "PENDING" | "RUNNING" |
+      "SUCCESS" | "FAILED" | "BLOCKED" | "CANCELLED", "percent": 0-100,
+      "outputs": ["<absolute URL>"], "error": {"code", "message"}}}``;
+    - ``POST /v2/videos/<id>/cancel`` -> ``{"data": {"state": "CANCELLED"}}``;
+    - results at ``/media/<id>.mp4``.
+
+    A task runs ``polls_to_finish`` polls, then ends as ``outcome``: ``"SUCCESS"``,
+    ``"FAILED"`` (with ``failure`` as its error), ``"BLOCKED"``, ``"CANCELLED"``,
+    ``"LOST"`` (a state the vendor never documented) or ``"never"``. The key
+    goes in ``auth_header`` (``auth_scheme`` before it, when set).
+    """
+
+    def __init__(self, api_key: str | None = None, hang_s: float = 5.0,
+                 polls_to_finish: int = 2, auth_header: str = "Authorization",
+                 auth_scheme: str | None = "Bearer"):
+        super().__init__(api_key, hang_s)
+        self.polls_to_finish = polls_to_finish
+        self.auth_header, self.auth_scheme = auth_header, auth_scheme
+        self.outcome = "SUCCESS"
+        self.failure: dict = {"code": "gpu_lost", "message": "the worker went away"}
+        self.tasks: dict[str, dict] = {}
+        self._poll_script: deque = deque()
+
+    def fail_polls(self, *statuses: int) -> None:
+        with self._lock:
+            self._poll_script.extend(statuses)
+
+    def authorized(self, request: Recorded) -> bool:
+        key = f"{self.auth_scheme} {self.api_key}" if self.auth_scheme else self.api_key
+        return request.header(self.auth_header) == key
+
+    def scripted(self, request: Recorded) -> bool:
+        return request.method == "POST" and request.path == "/v2/videos"
+
+    def garbage(self, request: Recorded) -> Response:
+        return _json(200, {"data": {"job": "no task here"}})
+
+    def route(self, request: Recorded) -> Response:
+        if self.scripted(request):
+            body = request.json() or {}
+            given = body.get("input") if isinstance(body, dict) else None
+            if not isinstance(given, dict) or not given.get("prompt") \
+                    or not str(given.get("image", "")).startswith("data:image/"):
+                return _json(400, {"error": {"code": "invalid_request",
+                                             "message": "input.prompt and input.image needed"}})
+            task_id = "vt-" + secrets.token_hex(6)
+            self.tasks[task_id] = {"polls": 0, "request": body, "cancelled": False}
+            return _json(200, {"data": {"task": {"id": task_id}}, "request_id": "r-1"})
+        path = urlsplit(request.path).path
+        if path.startswith("/v2/videos/"):
+            task_id, _, action = path[len("/v2/videos/"):].partition("/")
+            task = self.tasks.get(task_id)
+            if task is None or not self.authorized(request):
+                return _json(404, {"error": {"code": "not_found", "message": "no such task"}})
+            if request.method == "POST" and action == "cancel":
+                task["cancelled"] = True
+                return _json(200, {"data": {"state": "CANCELLED"}})
+            with self._lock:
+                failing = self._poll_script.popleft() if self._poll_script else None
+            if failing:
+                return self.error(failing)
+            task["polls"] += 1
+            if self.outcome == "never" or task["polls"] < self.polls_to_finish:
+                state = "PENDING" if task["polls"] == 1 else "RUNNING"
+                return _json(200, {"data": {"state": state, "percent": 100 * task["polls"]
+                                            // (self.polls_to_finish + 1)}})
+            if self.outcome == "SUCCESS":
+                return _json(200, {"data": {"state": "SUCCESS", "percent": 100,
+                                            "outputs": [f"{self.url}/media/{task_id}.mp4"]}})
+            error = self.failure if self.outcome == "FAILED" else None
+            return _json(200, {"data": {"state": self.outcome, "error": error}})
+        if request.method == "GET" and path.startswith("/media/"):
+            return 200, {"Content-Type": "video/mp4"}, mp4_bytes()
         return super().route(request)
 
 

@@ -20,7 +20,8 @@ from services.generation.providers.base import (
     PermanentProviderError,
     TransientProviderError,
 )
-from services.generation.providers.comfyui import ComfyUIProvider
+from services.generation.providers.comfyui import ComfyUIProvider, open_websocket
+from services.generation.providers.http import ProviderHttp
 from services.generation.providers.router import build_router
 from tests.fakes.comfyui import IMG2IMG, TXT2IMG, FakeComfyUI
 from tests.fakes.providers import mp4_bytes, png_bytes
@@ -450,3 +451,123 @@ def test_the_router_leaves_comfyuis_per_host_limit_to_the_pool(fake, second):
     router = build_router({"providers": {"studio": conf(fake, second, max_concurrency=2),
                                          "local": {"type": "local", "max_concurrency": 1}}})
     assert set(router.slots) == {"local"}  # the pool limits per host, the router does not
+
+
+# ------------------------------------------------------------------ follow: websocket
+
+WS_HEADERS = {"host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"}
+
+
+def history_polls(fake) -> list:
+    return fake.requests_to("/history/", "GET")
+
+
+def test_following_over_the_websocket_needs_no_history_polling(fake):
+    events = []
+    result = comfy(fake, follow="websocket").generate(
+        provider_request(JOB), lambda fraction, stage: events.append((fraction, stage)))
+    assert [(o.content_type, o.width, o.height) for o in result.outputs] == \
+        [("image/png", 64, 48)] * 2
+    [socket_request] = fake.requests_to("/ws")
+    [body] = submitted(fake)
+    # the websocket listens for the very client id the prompt was submitted with
+    assert socket_request.path == f"/ws?clientId={body['client_id']}"
+    assert {h.lower() for h in socket_request.headers} <= WS_HEADERS, socket_request.headers
+    raw = json.dumps(socket_request.headers) + socket_request.path
+    assert not [value for value in IDENTITY if value in raw]
+    # the run ended on the socket: /history was read once, for the outputs
+    assert len(history_polls(fake)) == 1
+    assert [m["type"] for m in fake.ws_sent][-1] == "executing"
+    running = [f for f, stage in events if stage == "running"]
+    assert len(running) == 2 and running == sorted(running) and running[-1] <= 0.9
+    assert [f for f, _ in events] == sorted(f for f, _ in events)
+    assert events[-1] == (1.0, "downloaded")
+    assert fake.history == {}  # deleted as without the websocket
+    deadline = time.monotonic() + 2
+    while fake.sockets and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.sockets == {}  # closed after the run
+    assert_only_whitelisted_but_the_socket(fake)
+
+
+def assert_only_whitelisted_but_the_socket(fake) -> None:
+    fake.requests = [r for r in fake.requests if not r.path.startswith("/ws")]
+    assert_only_whitelisted(fake)
+
+
+def test_several_runs_share_one_websocket(fake, tmp_path):
+    workflow = {**TXT2IMG, "inputs": {k: v for k, v in TXT2IMG["inputs"].items() if k != "n"}}
+    result = comfy(fake, follow="websocket", workflows={"text-to-image": workflow}).generate(
+        provider_request(JOB, n=3))
+    assert len(result.outputs) == 3
+    assert len(fake.requests_to("/ws")) == 1
+    assert len({b["client_id"] for b in submitted(fake)}) == 1
+    assert len(history_polls(fake)) == 3  # once per run, after its end
+
+
+@pytest.mark.parametrize("failure, error, code", [
+    ({"exception_type": "torch.OutOfMemoryError", "exception_message": "CUDA out of memory"},
+     TransientProviderError, "provider_task_failed"),
+    ({"exception_type": "NSFWContentDetected", "exception_message": "flagged as NSFW"},
+     PermanentProviderError, CONTENT_REFUSED),
+])
+def test_an_execution_error_on_the_websocket_fails_the_run(fake, failure, error, code):
+    fake.outcome, fake.failure = "failed", failure
+    with pytest.raises(error) as caught:
+        comfy(fake, follow="websocket").generate(provider_request(JOB))
+    assert caught.value.code == code
+    assert "CUDA" not in caught.value.message
+    assert "execution_error" in [m["type"] for m in fake.ws_sent]
+    assert len(history_polls(fake)) == 1
+    assert fake.history == {}
+
+
+def test_without_a_websocket_the_run_is_followed_through_history(fake):
+    fake.websocket = False  # /ws answers 404
+    result = comfy(fake, follow="websocket").generate(provider_request(JOB))
+    assert len(result.outputs) == 2
+    assert fake.requests_to("/ws") and fake.ws_sent == []
+    assert len(history_polls(fake)) == fake.polls_to_finish
+
+
+def test_a_websocket_that_breaks_off_hands_over_to_history(fake):
+    fake.ws_drop_after = 2
+    result = comfy(fake, follow="websocket").generate(provider_request(JOB))
+    assert len(result.outputs) == 2
+    assert len(fake.ws_sent) == 1 + 2  # the status, then two of the run's messages
+    assert len(history_polls(fake)) == fake.polls_to_finish
+
+
+def test_a_silent_websocket_times_out_and_cancels_the_run(fake):
+    fake.outcome = "never"
+    started = time.monotonic()
+    with pytest.raises(TransientProviderError) as caught:
+        comfy(fake, follow="websocket", task_timeout_s=0.3).generate(provider_request(JOB))
+    assert caught.value.code == "provider_timeout"
+    assert time.monotonic() - started < 2
+    [prompt_id] = fake.prompts
+    assert fake.requests_to("/queue", "POST")[0].json() == {"delete": [prompt_id]}
+    assert fake.interrupted == [prompt_id]
+
+
+def test_the_websocket_goes_through_the_private_network_rule(fake):
+    with pytest.raises(TransientProviderError) as caught:
+        open_websocket(ProviderHttp("studio", fake.url), "/ws?clientId=x")
+    assert caught.value.code == "invalid_provider_output"
+    # a name that resolves to a public address for the check but connects to
+    # loopback (DNS rebinding) is refused once connected, before the handshake
+    port = fake.url.rsplit(":", 1)[1]
+    rebound = ProviderHttp("studio", f"http://localhost:{port}",
+                           resolver=lambda host, port: ["203.0.113.5"])
+    with pytest.raises(TransientProviderError) as caught:
+        open_websocket(rebound, "/ws?clientId=x")
+    assert caught.value.code == "invalid_provider_output"
+    assert fake.requests_to("/ws") == []
+    # allowed, it connects (and sends the key to its own host only)
+    http = ProviderHttp("studio", fake.url, "proxy-key", allow_private_network=True)
+    ws = open_websocket(http, "/ws?clientId=x")
+    try:
+        assert json.loads(ws.recv())["type"] == "status"
+    finally:
+        ws.close()
+    assert fake.requests_to("/ws")[0].header("Authorization") == "Bearer proxy-key"

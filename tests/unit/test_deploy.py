@@ -43,8 +43,7 @@ ENV_REQUIRED = secrets.env_file_entries(ENV_EXAMPLE_TEXT)  # the active lines
 MODE_VARIABLES = {"DARKROOM_ENV"}
 # Variables a config file reads that compose deliberately does not pass, and why.
 NOT_WIRED = {
-    "storage": {"STORAGE_FS_ROOT": "the fs backend's; compose runs the s3 backend",
-                "STORAGE_PUBLIC_BASE_URL": "the fs backend's; compose runs the s3 backend"},
+    "storage": {"STORAGE_FS_ROOT": "the fs backend's; compose runs the s3 backend"},
 }
 # The vendors' keys generation passes through for a providers file to name as ${NAME}
 # (docs/providers.md): no config reads them by name; one a file names but that is unset

@@ -96,6 +96,7 @@ NOT_OURS = {
     "tests.fakes.providers.FakeHTTPServer": "the base of the providers' HTTP APIs",
     "tests.fakes.providers.FakeOpenAIImages": "a provider's HTTP API",
     "tests.fakes.providers.FakeAsyncTasks": "a provider's HTTP API",
+    "tests.fakes.providers.FakeVendorTasks": "a vendor's own task API (async_task's mapping)",
     "tests.fakes.fal.FakeFal": "fal.ai's queue API",
     "tests.fakes.providers.FakeChatCompletions": "a provider's HTTP API",
     "tests.fakes.dashscope.FakeDashScope": "Alibaba Cloud DashScope's task API",

@@ -1,7 +1,7 @@
 """Auth service contracts: its events, RPC payloads and the objects it returns.
 
 The gateway uses the request schemas as its HTTP body schemas too, so the HTTP
-contract (API.md "Accounts") and the RPC contract cannot drift apart.
+contract (docs/api.md "Accounts") and the RPC contract cannot drift apart.
 """
 
 from __future__ import annotations

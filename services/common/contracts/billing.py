@@ -2,7 +2,7 @@
 
 The gateway uses the request schemas (``Quote``, ``Checkout``, ``LedgerQuery``,
 ``OrderQuery``) as its HTTP body/query schemas and the response schemas to
-shape API.md's "Credits and payments" answers.
+shape docs/api.md's "Credits and payments" answers.
 
 Credits are integers; money is integer minor units with an ISO-4217 currency
 (lower case, as Stripe spells it).

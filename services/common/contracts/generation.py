@@ -1,4 +1,4 @@
-"""Generation service contracts: the saga's job events (DESIGN.md §4) and
+"""Generation service contracts: the saga's job events (docs/design.md §4) and
 the RPC payloads the gateway and the ops CLI send.
 
 ``attempt`` numbers the runs of one job: a replayed job (``darkroom-ops jobs

@@ -11,7 +11,7 @@ storage service when it is big) and, for an erasure, counts and times only:
 never personal data, since they end up in the erasure certificate.
 
 The gateway uses the request and response schemas for the HTTP API of
-API.md "Privacy"; ``gateway.requests_logged`` carries the gateway's access-log
+docs/api.md "Privacy"; ``gateway.requests_logged`` carries the gateway's access-log
 facts, up to :data:`ACCESS_LOG_BATCH_MAX` of them per event (the gateway has
 no service of its own, so its contract lives here, with its consumer).
 """

@@ -1,7 +1,7 @@
 """Storage service contracts: its events, RPC payloads and the image object.
 
 The gateway uses ``ImageObject`` / ``ImagePage`` / ``ImageQuery`` /
-``SetVisibility`` for the HTTP API of API.md "Images and uploads".
+``SetVisibility`` for the HTTP API of docs/api.md "Images and uploads".
 """
 
 from __future__ import annotations

@@ -3,20 +3,33 @@
 A :class:`ProviderRequest` carries what a provider needs to render and nothing
 that identifies an account: no user id, email, API key, job id or webhook. The
 router hands the same request to each provider it tries, so keeping identity
-out of this type keeps it out of every adapter (DESIGN.md §4).
+out of this type keeps it out of every adapter (docs/design.md §4).
 
 Errors split in two because the router treats them differently:
 :class:`TransientProviderError` (timeouts, connection failures, 429, 5xx, a
 malformed answer) is retried with backoff and counts against the provider's
 circuit breaker; :class:`PermanentProviderError` (any other 4xx, a content
 refusal) is about the request, so it is not retried on the same provider.
+
+An output's bytes are a :class:`Body`: a download is written to it chunk by
+chunk (in memory up to :data:`SPOOL_BYTES`, then in an anonymous temporary
+file), its size and SHA-256 counted on the way, so a video is never held
+whole in memory. Bodies made while :func:`collecting` runs (the runner wraps
+a job in it) are closed when it ends, whatever happened: a failed attempt's
+downloads are freed by the same rule as a delivered job's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from services.common.contracts.generation import JOB_TYPES
 
@@ -98,13 +111,182 @@ class ProviderRequest:
         return None
 
 
+#: A body up to this size stays in memory; a larger one goes to a temporary file.
+SPOOL_BYTES = 1024 * 1024
+
+_collectors = threading.local()  # green under nameko's eventlet: one stack per job
+
+
+@contextmanager
+def collecting() -> Iterator[list[Body]]:
+    """Every :class:`Body` made in this thread (greenlet) inside the block is
+    closed when it ends, on success or failure; nested blocks each close their own."""
+    stack = getattr(_collectors, "stack", None)
+    if stack is None:
+        stack = _collectors.stack = []
+    bodies: list[Body] = []
+    stack.append(bodies)
+    try:
+        yield bodies
+    finally:
+        stack.remove(bodies)
+        for body in bodies:
+            body.close()
+
+
+class _Reader(io.RawIOBase):
+    """A read-only view of a body's temporary file with its own position
+    (``os.pread``): readers never disturb each other or the writer."""
+
+    def __init__(self, file: BinaryIO, size: int):
+        super().__init__()
+        self._file, self._size, self._pos = file, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self._size - self._pos)
+        if wanted <= 0:
+            return 0
+        if self._file.closed:  # never a read of whatever file reuses the number
+            raise ValueError("the body is closed")
+        data = os.pread(self._file.fileno(), wanted, self._pos)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, start + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class Body:
+    """An output's bytes, written once (:meth:`write`, or :meth:`of` some
+    bytes) and then read (:meth:`open`, as often as needed, each reader with
+    its own position). Up to ``spool_bytes`` they stay in memory, beyond that
+    they move to an anonymous temporary file, removed by :meth:`close` (or by
+    the system when the process ends). ``size`` and ``sha256`` are counted as
+    the bytes are written. ``len(body)`` is its size and ``body[4:8]`` reads
+    a few bytes (adapters sniff a file's magic number that way)."""
+
+    def __init__(self, spool_bytes: int = SPOOL_BYTES):
+        self.spool_bytes = spool_bytes
+        self.size = 0
+        self.closed = False
+        self._memory: list[bytes] | None = []
+        self._bytes: bytes | None = None
+        self._file: BinaryIO | None = None
+        self._sha = hashlib.sha256()
+        stack = getattr(_collectors, "stack", None)
+        if stack:
+            stack[-1].append(self)
+
+    @classmethod
+    def of(cls, data: bytes | bytearray | memoryview) -> Body:
+        """Bytes already in memory (a base64 answer, the local renderer's) as a body."""
+        body = cls(spool_bytes=max(len(data), SPOOL_BYTES))
+        body._memory, body._bytes, body.size = None, bytes(data), len(data)
+        body._sha = None  # hashed when asked
+        return body
+
+    def write(self, chunk: bytes) -> None:
+        if self.closed or self._bytes is not None:
+            raise ValueError("the body is closed for writing")
+        self._sha.update(chunk)
+        self.size += len(chunk)
+        if self._file is None and self.size <= self.spool_bytes:
+            self._memory.append(bytes(chunk))
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()
+            self._file.writelines(self._memory)
+            self._memory = None
+        self._file.write(chunk)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha is None:
+            self._sha = hashlib.sha256(self._bytes)
+        return self._sha.hexdigest()
+
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None
+
+    def open(self) -> BinaryIO:
+        """A new reader of the whole body, from its first byte (closing it
+        leaves the body open)."""
+        if self.closed:
+            raise ValueError("the body is closed")
+        if self._file is None:
+            if self._bytes is None:
+                self._bytes, self._memory = b"".join(self._memory), None
+            return io.BytesIO(self._bytes)  # shares the bytes, no copy
+        self._file.flush()
+        return io.BufferedReader(_Reader(self._file, self.size), 1024 * 1024)
+
+    def read_all(self) -> bytes:
+        """Every byte at once: for small images and tests, never for a video."""
+        with self.open() as reader:
+            return reader.read()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: slice) -> bytes:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a body is read by contiguous slices only")
+        start, stop, _ = index.indices(self.size)
+        with self.open() as reader:
+            reader.seek(start)
+            return reader.read(max(0, stop - start))
+
+    def close(self) -> None:
+        """Free the bytes (the temporary file is deleted); idempotent."""
+        self.closed = True
+        self._memory = self._bytes = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Body:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "closed" if self.closed else "memory" if self.in_memory else "file"
+        return f"<Body {self.size} bytes, {where}>"
+
+
 @dataclass(frozen=True)
 class ProviderOutput:
-    data: bytes = field(repr=False)
+    """One output. ``body`` may be given as bytes: it is wrapped in a :class:`Body`."""
+
+    body: Body = field(repr=False)
     content_type: str
     width: int
     height: int
     duration_s: float | None = None  # videos only
+
+    def __post_init__(self):
+        if not isinstance(self.body, Body):
+            object.__setattr__(self, "body", Body.of(self.body))
+
+    @property
+    def data(self) -> bytes:
+        """All of the bytes at once: for tests and small images; the runner
+        streams :attr:`body`."""
+        return self.body.read_all()
 
 
 @dataclass(frozen=True)

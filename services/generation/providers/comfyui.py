@@ -38,6 +38,13 @@ The API (ComfyUI's ``server.py``; every route is also served under ``/api``):
    check is the permanent ``provider_content_refused``; any other failure of
    the run (out of memory, interrupted, a node's exception) is the transient
    ``provider_task_failed``, so the router may retry or fail over.
+   With ``follow: websocket``, a ``GET /ws?clientId=<client_id>`` websocket,
+   opened before the first submission (under the address checks of every
+   call: :func:`open_websocket`), says when the run ended instead
+   (``executing`` with ``node: null``, ``execution_success``,
+   ``execution_error``, ``execution_interrupted``; ``progress`` is
+   reported), and ``/history`` is read once; a socket that cannot open,
+   breaks off or stays silent until the deadline hands over to polling.
 4. ``GET /view?filename=&subfolder=&type=`` for each file of the outputs
    (``images``, ``gifs``, ``videos`` lists): the files of type ``output``
    (``SaveImage``), or ``temp`` ones (``PreviewImage``) when there are none,
@@ -66,7 +73,8 @@ What is sent
 Only the workflow graph with the mapped fields filled in (prompt, negative
 prompt, seed, width, height, n, strength, duration, the uploaded image's
 name), the source image bytes under a random file name, and a random
-``client_id`` per run. No account identifier: no user id, email, job id or
+``client_id`` per attempt on a host (its runs share it; the websocket
+listens for it). No account identifier: no user id, email, job id or
 key of ours. No authentication header unless ``api_key`` is set (for a reverse
 proxy in front of ComfyUI; then ``Authorization: Bearer <api_key>``).
 
@@ -90,25 +98,32 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import secrets
+import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
+
+import websocket
 
 from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
-from services.generation.providers import base
+from services.generation.providers import base, common
 from services.generation.providers.http import (
     REFUSAL_HINTS,
     ProviderHttp,
     error_code,
     raise_for_status,
 )
-from services.generation.providers.media import image_output, video_output
+from services.generation.webhooks import UnsafeUrl
+
+log = logging.getLogger(__name__)
 
 #: Darkroom's fields a workflow input may take.
 FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "n", "strength",
@@ -118,6 +133,10 @@ FILE_LISTS = ("images", "gifs", "videos")
 #: Errors that say a host is unwell (as opposed to the request being wrong).
 HOST_DOWN = ("provider_connection_failed", "provider_timeout", "provider_server_error")
 SEED_RANGE = 2 ** 32
+#: How a run is followed: polling ``/history``, or ComfyUI's ``/ws`` messages.
+FOLLOW = ("history", "websocket")
+#: ``/ws`` messages that end a run (``executing`` with ``node: null`` too).
+RUN_FAILED = ("execution_error", "execution_interrupted")
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -306,6 +325,72 @@ def _hosts(conf: dict) -> list[str]:
     return hosts
 
 
+def open_websocket(http: ProviderHttp, path: str) -> websocket.WebSocket:
+    """A websocket to ``path`` on ``http``'s base URL, under the rules of its
+    HTTP calls: the host resolved and checked by its guard before connecting
+    (private addresses only with ``allow_private_network``), the peer address
+    checked again once connected (no DNS rebinding in between), no proxy,
+    the key only to this origin, ``timeout_s`` to connect. Failing is
+    transient: ``invalid_provider_output`` for an address the guard refuses,
+    ``provider_connection_failed`` otherwise."""
+    url = f"{http.base_url}{path}"
+    parts = urlsplit(url)
+    host, secure = parts.hostname or "", parts.scheme == "https"
+    sock = None
+    try:
+        http.guard.check(url)
+        sock = socket.create_connection((host, parts.port or (443 if secure else 80)),
+                                        timeout=http.timeout_s)
+        if not http.guard.address_allowed(host, sock.getpeername()[0]):
+            raise UnsafeUrl("address_not_allowed",
+                            "the connection reached a private or reserved address")
+        if secure:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        return websocket.create_connection(
+            ("wss" if secure else "ws") + url[len(parts.scheme):], timeout=http.timeout_s,
+            socket=sock, suppress_origin=True,
+            header=[f"{k}: {v}" for k, v in http._auth_headers(url).items()])
+    except UnsafeUrl as exc:
+        _close(sock)
+        raise base.TransientProviderError(
+            "invalid_provider_output", f"{http.provider} websocket: {exc.message}") from None
+    except (OSError, websocket.WebSocketException):
+        _close(sock)
+        raise base.TransientProviderError(
+            "provider_connection_failed", f"cannot open a websocket to {http.who}") from None
+
+
+def _close(sock) -> None:
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _message(frame) -> tuple[str, dict] | None:
+    """A ``/ws`` text frame as ``(type, data)``; None for anything else
+    (binary frames are previews)."""
+    if not isinstance(frame, str):
+        return None
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and isinstance(message.get("type"), str) \
+            and isinstance(message.get("data"), dict):
+        return message["type"], message["data"]
+    return None
+
+
+def _done(data: dict) -> float | None:
+    """How far a ``progress`` message says the current node is (0..1)."""
+    value, most = data.get("value"), data.get("max")
+    if isinstance(value, int | float) and isinstance(most, int | float) and most > 0:
+        return max(0.0, min(1.0, value / most))
+    return None
+
+
 class ComfyUIProvider:
     def __init__(self, name: str, hosts: list[str], workflows: dict[str, Workflow], *,
                  api_key: str | None = None, timeout_s: float = 30.0,
@@ -313,6 +398,7 @@ class ComfyUIProvider:
                  max_poll_errors: int = 3, max_concurrency: int = 1,
                  health_path: str = "/system_stats", health_interval_s: float = 30.0,
                  queue_timeout_s: float = 60.0, keep_history: bool = False,
+                 follow: str = "history",
                  job_types: Iterable[str] | None = None,
                  max_download_bytes: int = 200 * 1024 * 1024,
                  allow_private_network: bool = False, resolver=None,
@@ -329,6 +415,9 @@ class ComfyUIProvider:
                 raise ValueError(f"{key}: must be positive")
         if not health_path.startswith("/"):
             raise ValueError("health_path: a path such as /system_stats or /queue")
+        if follow not in FOLLOW:
+            raise ValueError(f"follow must be one of {', '.join(FOLLOW)}")
+        self.follow = follow
         self.name = name
         self.job_types = job_types
         self.workflows = workflows
@@ -366,6 +455,7 @@ class ComfyUIProvider:
             health_interval_s=float(conf.get("health_interval_s", 30)),
             queue_timeout_s=float(conf.get("queue_timeout_s", 60)),
             keep_history=flag(conf.get("keep_history", False)),
+            follow=common.conf_choice(conf, "follow", FOLLOW) or "history",
             job_types=conf.get("job_types") or None,
             max_download_bytes=int(conf.get("max_download_bytes", 200 * 1024 * 1024)),
             allow_private_network=flag(conf.get("allow_private_network", False)),
@@ -396,11 +486,33 @@ class ComfyUIProvider:
 
     def _run(self, host: Host, workflow: Workflow, request: base.ProviderRequest,
              progress: base.ProgressCallback | None) -> base.ProviderResult:
+        client_id = uuid.uuid4().hex
+        ws = self._listen(host, client_id) if self.follow == "websocket" else None
+        try:
+            return self._run_on(host, workflow, request, progress, client_id, ws)
+        finally:
+            if ws is not None:
+                ws.close(timeout=1)
+
+    def _listen(self, host: Host, client_id: str) -> websocket.WebSocket | None:
+        """The host's ``/ws`` for this client id's messages, opened before the
+        first submission so none is missed; None (follow ``/history``
+        instead) when it cannot be opened."""
+        try:
+            return open_websocket(host.http, f"/ws?clientId={client_id}")
+        except base.TransientProviderError as exc:
+            log.warning("%s: no websocket (%s), following the run through /history",
+                        self.name, exc.code)
+            return None
+
+    def _run_on(self, host: Host, workflow: Workflow, request: base.ProviderRequest,
+                progress: base.ProgressCallback | None, client_id: str,
+                ws: websocket.WebSocket | None) -> base.ProviderResult:
         runs = 1 if workflow.batched else request.n
         per_run = request.n if workflow.batched else 1
         try:
             image = self._upload(host, request) if "image" in workflow.inputs else None
-            prompt_id = self._submit(host, workflow, request, image, 0)
+            prompt_id = self._submit(host, workflow, request, image, 0, client_id)
         except base.TransientProviderError as exc:
             if exc.code in HOST_DOWN:
                 raise _NotSubmitted(exc) from None
@@ -408,9 +520,10 @@ class ComfyUIProvider:
         files = []
         for index in range(runs):
             if index:
-                prompt_id = self._submit(host, workflow, request, image, index)
+                prompt_id = self._submit(host, workflow, request, image, index, client_id)
             base.report(progress, 0.1 + 0.8 * index / runs, "queued")
-            entry = self._wait(host, prompt_id, progress, 0.1 + 0.8 * index / runs)
+            entry = self._wait(host, prompt_id, progress, 0.1 + 0.8 * index / runs,
+                               0.8 / runs, ws)
             found = self._files(entry, workflow)
             if len(found) < per_run:
                 raise base.TransientProviderError(
@@ -444,21 +557,23 @@ class ComfyUIProvider:
         return f"{subfolder}/{name}" if subfolder else name
 
     def _submit(self, host: Host, workflow: Workflow, request: base.ProviderRequest,
-                image: str | None, index: int) -> str:
+                image: str | None, index: int, client_id: str) -> str:
         seed = request.seed
         if "seed" in workflow.inputs:
             seed = secrets.randbelow(SEED_RANGE) if seed is None else seed
             seed = seed + index if not workflow.batched else seed
-        body = {"prompt": workflow.build(request, image, seed), "client_id": uuid.uuid4().hex}
+        body = {"prompt": workflow.build(request, image, seed), "client_id": client_id}
         answer = host.http.call("POST", "/prompt", body)
-        prompt_id = answer.get("prompt_id")
-        if not isinstance(prompt_id, str) or not prompt_id:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} answered without a prompt_id")
-        return prompt_id
+        return common.answer_id(answer.get("prompt_id"), self.name, "a prompt_id")
 
     def _wait(self, host: Host, prompt_id: str, progress: base.ProgressCallback | None,
-              fraction: float) -> dict:
+              fraction: float, span: float, ws: websocket.WebSocket | None) -> dict:
+        """The run's ``/history`` entry once it is done: looked for when the
+        websocket says the run ended (or broke off), polled without one."""
+        deadline = self.clock() + self.task_timeout_s
+        if ws is not None:
+            self._follow(ws, prompt_id, deadline, lambda done: base.report(
+                progress, fraction + span * done, "running"))
         path = f"/history/{quote(prompt_id, safe='')}"
 
         def read(history: dict) -> dict | None:
@@ -481,7 +596,36 @@ class ComfyUIProvider:
 
         return base.wait_for_task(
             lambda: host.http.call("GET", path), read, who=self.name, what="the workflow",
-            **base.polling(self), cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
+            deadline=deadline, **base.polling(self),
+            cancel=lambda: self._cancel(host, prompt_id), gave_up=gave_up)
+
+    def _follow(self, ws: websocket.WebSocket, prompt_id: str, deadline: float,
+                progress: Callable[[float], None]) -> None:
+        """Read the run's ``/ws`` messages until it ends (``executing`` with
+        ``node: null``, ``execution_success``, ``execution_error``,
+        ``execution_interrupted``): its outcome is then in ``/history``. A
+        socket that breaks off or stays silent until the deadline hands over
+        to polling ``/history``, which says how the run ended or times it out."""
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return
+            try:
+                ws.settimeout(remaining)
+                message = _message(ws.recv())
+            except (websocket.WebSocketException, OSError) as exc:
+                log.warning("%s: the websocket broke off (%s), following the run through "
+                            "/history", self.name, type(exc).__name__)
+                return
+            if message is None or message[1].get("prompt_id") != prompt_id:
+                continue  # another run's, a status broadcast, a preview
+            kind, data = message
+            if kind in RUN_FAILED or kind == "execution_success" \
+                    or (kind == "executing" and data.get("node") is None):
+                return
+            done = _done(data) if kind == "progress" else None
+            if done is not None:
+                progress(done)
 
     def _failure(self, messages) -> base.ProviderError:
         """A failed run: refused by a safety node (permanent), or anything else."""
@@ -554,9 +698,7 @@ class ComfyUIProvider:
             raise base.TransientProviderError(
                 "invalid_provider_output", f"{self.name} cannot serve its output file "
                 f"({exc.status})") from None
-        if data[4:8] == b"ftyp" or content_type.startswith("video/"):
-            return video_output(data, self.name)
-        return image_output(data, self.name)
+        return common.media_output(data, content_type, self.name)
 
 
 class _NotSubmitted(Exception):

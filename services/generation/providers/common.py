@@ -1,12 +1,16 @@
 """What the vendor adapters share besides HTTP (that is providers/http.py):
 
 - config checks that name the key: :func:`conf_str`, :func:`job_types_of`
-  and :func:`conf_job_types`, :func:`conf_choice`, :func:`conf_number`;
+  and :func:`conf_job_types`, :func:`conf_choice`, :func:`conf_number`,
+  :func:`download_settings`;
 - base64 both ways: :func:`b64`, :func:`data_uri` (a source image inline),
   :func:`base64_bytes` and :func:`data_uri_bytes` (an output a vendor sent
   inline, size-capped);
 - payload pieces: :func:`aspect_ratio`, :func:`seed_for`;
-- :func:`one_request_per_image`: n images from a vendor that makes one per call.
+- :func:`one_request_per_image`: n images from a vendor that makes one per call;
+- :func:`retry_after_polls`: polls that honour a vendor's ``Retry-After``;
+- :func:`media_output`: a result that may be an image or a video;
+- :func:`answer_id`: the task id an answer must carry.
 
 Polling a task until it is done is :func:`services.generation.providers.base.wait_for_task`.
 """
@@ -18,6 +22,7 @@ import binascii
 from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 
+from services.common.config import flag
 from services.generation.providers.base import (
     ProgressCallback,
     ProviderOutput,
@@ -25,7 +30,7 @@ from services.generation.providers.base import (
     TransientProviderError,
     report,
 )
-from services.generation.providers.media import image_output
+from services.generation.providers.media import image_output, video_output
 
 # ------------------------------------------------------------------ config
 
@@ -84,6 +89,16 @@ def conf_number(conf: dict, key: str, default: float, *, minimum: float = 0.0,
     return value
 
 
+def download_settings(conf: dict, max_download_bytes: int) -> dict:
+    """The adapter keyword arguments of the HTTP side's shared settings:
+    ``max_download_bytes`` (a whole number >= 1; the adapter's default),
+    ``result_url_allow``, ``allow_private_network`` (see providers/http.py)."""
+    return {"max_download_bytes": int(conf_number(conf, "max_download_bytes", max_download_bytes,
+                                                  minimum=1, whole=True)),
+            "result_url_allow": conf.get("result_url_allow") or (),
+            "allow_private_network": flag(conf.get("allow_private_network", False))}
+
+
 # ------------------------------------------------------------------ base64
 
 
@@ -117,6 +132,15 @@ def data_uri_bytes(uri: str, provider: str, max_bytes: int) -> bytes:
         raise TransientProviderError("invalid_provider_output",
                                      f"{provider} sent an output data URI we cannot take")
     return base64_bytes(encoded, provider, max_bytes)
+
+
+def answer_id(value, provider: str, what: str) -> str:
+    """The id a vendor's answer names its task by (``what``: "a task id"),
+    which must be a non-empty string: anything else is a malformed answer."""
+    if not isinstance(value, str) or not value:
+        raise TransientProviderError("invalid_provider_output",
+                                     f"{provider} answered without {what}")
+    return value
 
 
 # ------------------------------------------------------------------ payloads
@@ -154,6 +178,36 @@ def one_request_per_image(request: ProviderRequest, progress: ProgressCallback |
         report(progress, (index + 0.5) / request.n, stage)
         outputs.append(image_output(data, provider))
     return outputs
+
+
+def retry_after_polls(fetch: Callable[[], dict], sleep: Callable[[float], None]
+                      ) -> tuple[Callable[[], dict], Callable[[float], None]]:
+    """``(fetch, sleep)`` for :func:`.base.wait_for_task` that, after a poll
+    failed with a ``Retry-After`` (a 429), wait as long as the vendor asked
+    when that is longer than the poll interval."""
+    hint = [0.0]
+
+    def polled() -> dict:
+        hint[0] = 0.0
+        try:
+            return fetch()
+        except TransientProviderError as error:
+            hint[0] = error.retry_after or 0.0
+            raise
+
+    def waited(seconds: float) -> None:
+        sleep(max(seconds, hint[0]))
+
+    return polled, waited
+
+
+def media_output(data: bytes, content_type: str, provider: str) -> ProviderOutput:
+    """A downloaded result that may be either kind: an MP4 (by its ``ftyp``
+    box, or a ``video/*`` content type) is checked as a video, anything else
+    as an image."""
+    if data[4:8] == b"ftyp" or content_type.startswith("video/"):
+        return video_output(data, provider)
+    return image_output(data, provider)
 
 
 def field_mapping(value, fields: tuple[str, ...], input_name, default: dict[str, str]

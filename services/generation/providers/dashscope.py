@@ -91,8 +91,7 @@ from urllib.parse import quote
 import requests
 
 from services.common.config import flag
-from services.generation.providers import base
-from services.generation.providers.common import data_uri, seed_for
+from services.generation.providers import base, common
 from services.generation.providers.http import ErrorMapper, ProviderHttp, _retry_after, error_code
 from services.generation.providers.media import image_output, video_output
 
@@ -110,10 +109,6 @@ SEED_LIMIT = 2**31
 # data_inspection_failed in the OpenAI-compatible mode, IPInfringementSuspect)
 REFUSAL_CODES = ("datainspection", "ipinfringement")
 PERMANENT_CODES = ("invalid", "badrequest", "arrearage", "accessdenied")
-
-
-def _number(value) -> float | None:
-    return None if value in (None, "") else float(value)
 
 
 def _code(body) -> str:
@@ -172,10 +167,8 @@ class DashScopeProvider:
                  clock: Callable[[], float] = time.monotonic):
         if not model:
             raise ValueError("model is required (e.g. qwen-image, wan2.2-i2v-plus)")
-        job_types = tuple(job_types)
-        if not job_types or any(t not in SUBMIT_PATHS for t in job_types):
-            raise ValueError("job_types: dashscope runs text-to-image or image-to-video")
-        if len(set(job_types)) > 1:
+        job_types = common.job_types_of(job_types, SUBMIT_PATHS)
+        if len(job_types) > 1:
             raise ValueError("job_types: one DashScope model runs one job type "
                              "(configure a provider per model)")
         if sizes is not None:
@@ -185,21 +178,14 @@ class DashScopeProvider:
                     raise ValueError(f"sizes: {size!r} is not WIDTH*HEIGHT")
         if not 1 <= int(images_per_task) <= 4:
             raise ValueError("images_per_task must be between 1 and 4")
-        if resolution is not None and resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}")
         if any(int(d) < 1 for d in durations):
             raise ValueError("durations must be positive whole seconds")
         task_timeout_s = float(timeout_s if task_timeout_s is None else task_timeout_s)
         request_timeout_s = float(min(30.0, float(timeout_s)) if request_timeout_s is None
                                   else request_timeout_s)
-        for key, value in (("timeout_s", timeout_s), ("task_timeout_s", task_timeout_s),
-                           ("request_timeout_s", request_timeout_s),
-                           ("poll_interval_s", poll_interval_s)):
-            if not float(value) > 0:
-                raise ValueError(f"{key} must be positive")
         self.name = name
         self.model = str(model)
-        self.job_types = frozenset(job_types)
+        self.job_types = job_types
         base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         # a short timeout_s still gets about ten polls
         self.interval_s = min(self.poll_interval_s, task_timeout_s / 10)
@@ -220,9 +206,6 @@ class DashScopeProvider:
         """``region``, ``max_concurrency``, ``enabled`` are read by the router."""
         model = str(conf.get("model") or "")
         default_type = base.IMAGE_TO_VIDEO if "i2v" in model else base.TEXT_TO_IMAGE
-        job_types = conf.get("job_types") or (default_type,)
-        if isinstance(job_types, str):
-            job_types = [part.strip() for part in job_types.split(",") if part.strip()]
         sizes = conf.get("sizes", QWEN_IMAGE_SIZES)
         if sizes == "any":
             sizes = None
@@ -233,20 +216,23 @@ class DashScopeProvider:
             raise ValueError("durations must be a list of seconds")
         optional = {key: flag(conf[key]) for key in ("prompt_extend", "watermark")
                     if conf.get(key) is not None}
+        timeout_s = common.conf_number(conf, "timeout_s", 600)
         return cls(
             name, model, base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
-            api_key=conf.get("api_key") or None, job_types=tuple(job_types),
-            timeout_s=float(conf.get("timeout_s", 600)),
-            request_timeout_s=_number(conf.get("request_timeout_s")),
-            poll_interval_s=float(conf.get("poll_interval_s", 5)),
-            task_timeout_s=_number(conf.get("task_timeout_s")),
-            max_poll_errors=int(conf.get("max_poll_errors", 3)), sizes=sizes,
-            images_per_task=int(conf.get("images_per_task", 1)),
-            resolution=conf.get("resolution") or None, durations=tuple(durations),
-            workspace=conf.get("workspace") or None,
-            max_download_bytes=int(conf.get("max_download_bytes", 500 * 1024 * 1024)),
-            result_url_allow=conf.get("result_url_allow") or (),
-            allow_private_network=flag(conf.get("allow_private_network", False)),
+            api_key=conf.get("api_key") or None,
+            job_types=tuple(common.job_types_of(conf.get("job_types") or (default_type,),
+                                                SUBMIT_PATHS)),
+            timeout_s=timeout_s,
+            request_timeout_s=common.conf_number(conf, "request_timeout_s", min(30.0, timeout_s)),
+            poll_interval_s=common.conf_number(conf, "poll_interval_s", 5),
+            task_timeout_s=common.conf_number(conf, "task_timeout_s", timeout_s),
+            max_poll_errors=int(common.conf_number(conf, "max_poll_errors", 3, whole=True)),
+            sizes=sizes,
+            images_per_task=int(common.conf_number(conf, "images_per_task", 1, minimum=1,
+                                                   whole=True)),
+            resolution=common.conf_choice(conf, "resolution", RESOLUTIONS),
+            durations=tuple(durations), workspace=conf.get("workspace") or None,
+            **common.download_settings(conf, 500 * 1024 * 1024),
             **optional, **kwargs,
         )
 
@@ -265,7 +251,7 @@ class DashScopeProvider:
 
     def _common(self, parameters: dict, request: base.ProviderRequest, index: int = 0) -> dict:
         if request.seed is not None:
-            parameters["seed"] = seed_for(request, index) % SEED_LIMIT
+            parameters["seed"] = common.seed_for(request, index) % SEED_LIMIT
         if self.prompt_extend is not None:
             parameters["prompt_extend"] = self.prompt_extend
         if self.watermark is not None:
@@ -308,7 +294,7 @@ class DashScopeProvider:
             inputs["prompt"] = prompt
         if request.negative_prompt:
             inputs["negative_prompt"] = request.negative_prompt
-        inputs["img_url"] = data_uri(request.source_image, request.source_content_type)
+        inputs["img_url"] = common.data_uri(request.source_image, request.source_content_type)
         parameters: dict = {}
         if self.resolution:
             parameters["resolution"] = self.resolution
@@ -366,11 +352,8 @@ class DashScopeProvider:
         answer = self.http.call("POST", SUBMIT_PATHS[job_type], body,
                                 headers={**ASYNC_HEADER, **self.headers})
         output = answer.get("output")
-        task = output.get("task_id") if isinstance(output, dict) else None
-        if not isinstance(task, str) or not task:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} answered without a task id")
-        return task
+        return common.answer_id(output.get("task_id") if isinstance(output, dict) else None,
+                                self.name, "a task id")
 
     def _path(self, task: str) -> str:
         return f"/tasks/{quote(task, safe='')}"

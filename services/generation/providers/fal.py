@@ -76,8 +76,6 @@ requests still pending too.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import time
@@ -87,11 +85,14 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from services.common.config import flag
 from services.common.contracts.generation import JOB_TYPES
 from services.generation.providers import base, common
-from services.generation.providers.http import ProviderHttp, error_code, raise_for_status
-from services.generation.providers.media import image_output, video_output
+from services.generation.providers.http import (
+    ErrorMapper,
+    ProviderHttp,
+    error_code,
+    raise_for_status,
+)
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
 FIELDS = ("prompt", "negative_prompt", "seed", "n", "width", "height", "size", "image",
@@ -129,36 +130,45 @@ def _fal_error_type(response: requests.Response) -> str | None:
     return (refused or codes or [None])[0]
 
 
+def read_error(who: str) -> ErrorMapper:
+    """How an answer that is not 2xx is read (the ``errors`` hook of
+    :class:`.http.ProviderHttp`): a 4xx whose fal error type is
+    ``content_policy_violation`` is a content refusal; otherwise the generic
+    mapping decides, and the message names fal's error type."""
+
+    def read(status: int, _code: str | None, _where: str,
+             response: requests.Response) -> base.ProviderError | None:
+        kind = _fal_error_type(response)
+        if kind is None:
+            return None
+        if 400 <= status < 500 and kind in REFUSED_TYPES:
+            return base.PermanentProviderError(
+                base.CONTENT_REFUSED, f"{who} answered {status} ({kind})", status=status)
+        try:
+            raise_for_status(response, who)
+        except base.ProviderError as exc:
+            if kind not in exc.message:
+                exc.message = f"{exc.message} ({kind})"
+            return exc
+        return None
+
+    return read
+
+
 class FalHttp(ProviderHttp):
-    """ProviderHttp that reads fal's error shapes and calls absolute URLs (the
-    status/result/cancel URLs fal returns)."""
+    """ProviderHttp that reads fal's error shapes (:func:`read_error`) and
+    calls absolute URLs (the status/result/cancel URLs fal returns)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.errors = read_error(self.who)
 
     def fetch(self, method: str, url: str, payload: dict | None = None,
               headers: dict | None = None) -> dict:
-        response = self.send(method, url, json=payload, headers=headers or {})
-        with response:
-            if not 200 <= response.status_code < 300:
-                self._raise(response)
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-        if not isinstance(body, dict):
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.provider} answered with something not a JSON object")
-        return body
+        return self.answer(self.send(method, url, json=payload, headers=headers or {}))
 
     def _raise(self, response: requests.Response) -> None:
-        kind = _fal_error_type(response)
-        where = f"{self.who} answered {response.status_code}" + (f" ({kind})" if kind else "")
-        if 400 <= response.status_code < 500 and kind in REFUSED_TYPES:
-            raise base.PermanentProviderError(base.CONTENT_REFUSED, where, status=response.status_code)
-        try:
-            raise_for_status(response, self.who)
-        except base.ProviderError as exc:
-            if kind and kind not in exc.message:
-                exc.message = f"{exc.message} ({kind})"
-            raise
+        raise_for_status(response, self.who, self.errors)
 
 
 @dataclass
@@ -182,16 +192,6 @@ def _check_inputs(inputs, job_types: frozenset[str]) -> dict[str, str]:
     return checked
 
 
-def _number(conf: dict, key: str, default, kind=float):
-    value = conf.get(key)
-    if value is None:
-        return default
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a number, not {value!r}") from None
-
-
 def _put(body: dict, target: str, value) -> None:
     """``body[a][b] = value`` for ``a.b``; a ``[]`` suffix wraps it in a list."""
     if target.endswith("[]"):
@@ -203,11 +203,6 @@ def _put(body: dict, target: str, value) -> None:
             child = body[part] = {}
         body = child
     body[leaf] = value
-
-
-def _data_uri(request: base.ProviderRequest) -> str:
-    content_type = request.source_content_type or "image/png"
-    return f"data:{content_type};base64,{base64.b64encode(request.source_image).decode()}"
 
 
 class FalProvider:
@@ -222,18 +217,9 @@ class FalProvider:
                  clock: Callable[[], float] = time.monotonic):
         if not isinstance(model, str) or not _MODEL.fullmatch(model):
             raise ValueError("model must be a fal endpoint id such as fal-ai/flux/dev")
-        unknown = [t for t in job_types if t not in JOB_TYPES]
-        if unknown or not job_types:
-            raise ValueError(f"job_types: {unknown[0] if unknown else 'none'} is not a job type")
-        for key, value in (("poll_interval_s", poll_interval_s),
-                           ("task_timeout_s", task_timeout_s), ("timeout_s", timeout_s)):
-            if not value > 0:
-                raise ValueError(f"{key} must be positive")
-        if max_poll_errors < 0 or output_expiration_s < 0:
-            raise ValueError("max_poll_errors and output_expiration_s must not be negative")
         self.name = name
         self.model = model
-        self.job_types = frozenset(job_types)
+        self.job_types = common.job_types_of(job_types, JOB_TYPES)
         self.inputs = _check_inputs(inputs, self.job_types)
         base.keep_polling(self, poll_interval_s, task_timeout_s, max_poll_errors, sleep, clock)
         self.output_expiration_s = int(output_expiration_s)
@@ -243,9 +229,6 @@ class FalProvider:
 
     @classmethod
     def from_config(cls, name: str, conf: dict, **kwargs) -> FalProvider:
-        job_types = conf.get("job_types") or (base.TEXT_TO_IMAGE,)
-        if isinstance(job_types, str):
-            job_types = [part.strip() for part in job_types.split(",") if part.strip()]
         if not conf.get("model"):
             raise ValueError("model is required (the fal endpoint id, e.g. fal-ai/flux/dev)")
         if conf.get("base_url") is not None and not str(conf.get("base_url")).strip():
@@ -253,15 +236,14 @@ class FalProvider:
         return cls(
             name, str(conf["model"]), api_key=conf.get("api_key") or None,
             base_url=str(conf.get("base_url") or DEFAULT_BASE_URL),
-            job_types=tuple(job_types), inputs=conf.get("inputs"),
-            timeout_s=_number(conf, "timeout_s", 30.0),
-            poll_interval_s=_number(conf, "poll_interval_s", 1.0),
-            task_timeout_s=_number(conf, "task_timeout_s", 600.0),
-            max_poll_errors=_number(conf, "max_poll_errors", 3, int),
-            output_expiration_s=_number(conf, "output_expiration_s", 3600, int),
-            max_download_bytes=_number(conf, "max_download_bytes", 500 * 1024 * 1024, int),
-            result_url_allow=conf.get("result_url_allow") or (),
-            allow_private_network=flag(conf.get("allow_private_network", False)),
+            job_types=conf.get("job_types") or (base.TEXT_TO_IMAGE,), inputs=conf.get("inputs"),
+            timeout_s=common.conf_number(conf, "timeout_s", 30.0),
+            poll_interval_s=common.conf_number(conf, "poll_interval_s", 1.0),
+            task_timeout_s=common.conf_number(conf, "task_timeout_s", 600.0),
+            max_poll_errors=int(common.conf_number(conf, "max_poll_errors", 3, whole=True)),
+            output_expiration_s=int(common.conf_number(conf, "output_expiration_s", 3600,
+                                                       whole=True)),
+            **common.download_settings(conf, 500 * 1024 * 1024),
             **kwargs,
         )
 
@@ -280,12 +262,13 @@ class FalProvider:
         values = {
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt or None,
-            "seed": None if request.seed is None else request.seed + seed_offset,
+            "seed": common.seed_for(request, seed_offset),
             "n": n,
             "width": request.width,
             "height": request.height,
             "size": {"width": request.width, "height": request.height} if sized else None,
-            "image": _data_uri(request) if request.source_image else None,
+            "image": common.data_uri(request.source_image, request.source_content_type)
+            if request.source_image else None,
             "strength": request.strength,
             "duration_s": request.duration_s,
         }
@@ -358,32 +341,23 @@ class FalProvider:
 
     def _wait(self, item: Queued, deadline: float,
               progress: Callable[[float, str], None]) -> dict:
-        errors = 0
-        while True:
-            try:
-                status = self.http.fetch("GET", item.status_url)
-                errors = 0
-            except base.TransientProviderError as exc:
-                errors += 1
-                if errors > self.max_poll_errors:
-                    raise
-                status, wait = None, max(self.poll_interval_s, exc.retry_after or 0.0)
-            if status is not None:
-                state = status.get("status")
-                if state == "COMPLETED":
-                    progress(1.0, "completed")
-                    return status
-                if state in FAILED:
-                    self._failed(item, state)
-                if state not in PENDING:
-                    raise base.unknown_status(self.name, "request")
-                self._progress(status, progress)
-                wait = self.poll_interval_s
-            if self.clock() + wait > deadline:
-                raise base.TransientProviderError(
-                    "provider_timeout",
-                    f"{self.name} did not finish the request within {self.task_timeout_s:g}s")
-            self.sleep(wait)
+        def read(status: dict) -> dict | None:
+            state = status.get("status")
+            if state == "COMPLETED":
+                progress(1.0, "completed")
+                return status
+            if state in FAILED:
+                self._failed(item, state)
+            if state not in PENDING:
+                raise base.unknown_status(self.name, "request")
+            self._progress(status, progress)
+            return None
+
+        # cancelling is generate's (it cancels every request left behind)
+        fetch, sleep = common.retry_after_polls(
+            lambda: self.http.fetch("GET", item.status_url), self.sleep)
+        return base.wait_for_task(fetch, read, who=self.name, what="the request",
+                                  deadline=deadline, **{**base.polling(self), "sleep": sleep})
 
     @staticmethod
     def _progress(status: dict, progress: Callable[[float, str], None]) -> None:
@@ -443,17 +417,8 @@ class FalProvider:
     def _bytes(self, url: str) -> tuple[bytes, str]:
         if not url.startswith("data:"):
             return self.http.download(url)
-        header, _, data = url.partition(",")
-        if ";base64" not in header or len(data) > self.http.max_download_bytes * 4 // 3 + 4:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} sent an unusable data URI")
-        try:
-            return base64.b64decode(data, validate=True), header[5:].split(";")[0]
-        except (binascii.Error, ValueError):
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} sent invalid base64") from None
+        content_type = url[5:].partition(",")[0].split(";")[0]
+        return common.data_uri_bytes(url, self.name, self.http.max_download_bytes), content_type
 
     def _output(self, data: bytes, content_type: str) -> base.ProviderOutput:
-        if data[4:8] == b"ftyp" or content_type.startswith("video/"):
-            return video_output(data, self.name)
-        return image_output(data, self.name)
+        return common.media_output(data, content_type, self.name)

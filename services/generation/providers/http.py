@@ -14,7 +14,8 @@ lives, never).
 Without the flag a private base_url is refused at the first call (transient
 ``invalid_provider_output``, like any unsafe URL): the operator's host is
 not allowed implicitly. The API key is sent only to the
-provider's own origin, never to a CDN it redirects to. Sizes are capped.
+provider's own origin, never to a CDN it redirects to. Sizes are capped
+(``max_download_bytes``) while the result streams to a temporary file.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.common.config import flag
 from services.generation.error_text import INTERNAL, peer
 from services.generation.providers.base import (
     CONTENT_REFUSED,
+    Body,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
@@ -45,6 +47,7 @@ from services.generation.webhooks import (
 )
 
 MAX_REDIRECTS = 3
+DOWNLOAD_CHUNK = 256 * 1024
 #: What ``allow_private_network`` opens: loopback and the private ranges (RFC 1918,
 #: carrier-grade NAT, IPv6 unique-local), less the cloud metadata addresses. Never
 #: link-local (169.254.0.0/16, the metadata service) nor unspecified/multicast.
@@ -263,10 +266,11 @@ class ProviderHttp:
                                          f"{self.provider} answered with a non-object")
         return body
 
-    def download(self, url: str) -> tuple[bytes, str]:
-        """``(bytes, content type)`` of a result URL (relative ones are resolved
+    def download(self, url: str) -> tuple[Body, str]:
+        """``(body, content type)`` of a result URL (relative ones are resolved
         against the base URL), following at most three redirects, each one
-        checked by the guard."""
+        checked by the guard. The bytes are streamed into a :class:`Body` (a
+        temporary file past a megabyte), never held whole in memory."""
         url = urljoin(self.base_url + "/", url)
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -281,26 +285,35 @@ class ProviderHttp:
                     url = urljoin(url, response.headers["Location"])
                     continue
                 raise_for_status(response, self.who, self.errors)
-                return self._read_capped(response), response.headers.get("Content-Type", "")
+                return self._stream_capped(response), response.headers.get("Content-Type", "")
         raise TransientProviderError("invalid_provider_output",
                                      f"{self.provider} result URL redirects too often")
 
-    def _read_capped(self, response: requests.Response) -> bytes:
+    def _stream_capped(self, response: requests.Response) -> Body:
+        """The answer's body, written chunk by chunk, within ``max_download_bytes``:
+        a declared ``Content-Length`` over it is refused before reading, and the
+        running total is checked as the bytes arrive (a missing or false length,
+        a compressed body). On any failure the partial body is deleted."""
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_download_bytes:
-            raise TransientProviderError("invalid_provider_output",
-                                         f"{self.provider} result is too large")
-        parts, total = [], 0
+            raise self._too_large()
+        body = Body()
         try:
-            for chunk in response.iter_content(1024 * 1024):
-                total += len(chunk)
-                if total > self.max_download_bytes:
-                    raise TransientProviderError("invalid_provider_output",
-                                                 f"{self.provider} result is too large")
-                parts.append(chunk)
+            for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                if body.size + len(chunk) > self.max_download_bytes:
+                    raise self._too_large()
+                body.write(chunk)
         except requests.RequestException:
+            body.close()
             raise TransientProviderError(
                 "provider_connection_failed", f"{self.provider} result download broke off"
             ) from None
-        return b"".join(parts)
+        except BaseException:
+            body.close()
+            raise
+        return body
 
+    def _too_large(self) -> TransientProviderError:
+        return TransientProviderError(
+            "invalid_provider_output",
+            f"{self.provider} result is too large (over {self.max_download_bytes} bytes)")

@@ -269,10 +269,7 @@ class ReplicateProvider:
         headers = {"Prefer": f"wait={self.wait_s}"} if self.wait_s else {}
         prediction = self.http.call("POST", self.create_path, self.payload(request, index),
                                     headers=headers)
-        pid = prediction.get("id")
-        if not isinstance(pid, str) or not pid:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} answered without a prediction id")
+        pid = common.answer_id(prediction.get("id"), self.name, "a prediction id")
         get = self._path(prediction, "get", f"/predictions/{quote(pid, safe='')}")
         cancel = self._path(prediction, "cancel", f"/predictions/{quote(pid, safe='')}/cancel")
 

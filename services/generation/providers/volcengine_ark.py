@@ -328,10 +328,7 @@ class ArkProvider:
             raise base.PermanentProviderError("provider_rejected_request",
                                               f"{self.name} makes one video per request")
         created = self.http.call("POST", TASKS_PATH, self.task_payload(request))
-        task_id = created.get("id")
-        if not isinstance(task_id, str) or not task_id:
-            raise base.TransientProviderError("invalid_provider_output",
-                                              f"{self.name} answered without a task id")
+        task_id = common.answer_id(created.get("id"), self.name, "a task id")
         path = f"{TASKS_PATH}/{quote(task_id, safe='')}"
         task = self._until_done(path, progress)
         content = task.get("content")

@@ -1,4 +1,4 @@
-"""Bad input and failures become API.md's error JSON with the right status."""
+"""Bad input and failures become docs/api.md's error JSON with the right status."""
 
 from __future__ import annotations
 

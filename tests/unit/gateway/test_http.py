@@ -13,6 +13,7 @@ from openapi_spec_validator import validate
 from prometheus_client import REGISTRY
 
 from gateway.api import health
+from services.common.version import darkroom_version
 from tests.unit.gateway.conftest import BEARER, FakePool, FakeService
 
 LOGIN = {"email": "ada@example.com", "password": "correct horse battery"}
@@ -156,7 +157,7 @@ def test_rate_limits_can_be_switched_off(make_app):
 def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
+    assert response.get_json() == {"status": "ok", "version": darkroom_version()}
 
 
 def test_readyz_when_every_service_answers(client):

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import websocket
 
 from services.generation.providers.base import (
     CONTENT_REFUSED,
@@ -308,3 +309,65 @@ def test_a_marked_down_host_comes_back_after_the_interval(monkeypatch):
     assert {hosts.acquire().url for _ in range(3)} == {"http://a:1"}
     clock.now = 11
     assert {hosts.acquire().url for _ in range(3)} == {"http://b:1", "http://c:1"}
+
+
+# ------------------------------------------------------------------ follow: websocket
+
+
+def test_follow_is_history_unless_set_to_websocket():
+    assert build_provider("studio", studio()).follow == "history"
+    assert build_provider("studio", studio(follow="websocket")).follow == "websocket"
+    assert "follow must be one of history, websocket" in refused(studio(follow="sse"))
+
+
+class Socket:
+    """Stands in for a websocket: hands out the frames it is given, then
+    raises as a connection that closed."""
+
+    def __init__(self, *frames):
+        self.frames, self.timeouts = list(frames), []
+
+    def settimeout(self, seconds):
+        self.timeouts.append(seconds)
+
+    def recv(self):
+        if not self.frames:
+            raise websocket.WebSocketConnectionClosedException("closed")
+        return self.frames.pop(0)
+
+
+def message(kind: str, **data) -> str:
+    return json.dumps({"type": kind, "data": data})
+
+
+@pytest.mark.parametrize("last", [
+    message("executing", node=None, prompt_id="p1"),
+    message("execution_success", prompt_id="p1"),
+    message("execution_error", prompt_id="p1", exception_type="X"),
+    message("execution_interrupted", prompt_id="p1"),
+])
+def test_the_websocket_is_read_until_the_run_ends(last):
+    provider = build_provider("studio", studio(follow="websocket", task_timeout_s=60))
+    ws = Socket(message("status", status={"exec_info": {"queue_remaining": 1}}, sid="c"),
+                b"\x00\x00\x00\x01preview bytes", "not json", json.dumps([1, 2]),
+                message("progress", value=3, max=4, prompt_id="other"),
+                message("executing", node=None, prompt_id="other"),
+                message("executing", node="3", prompt_id="p1"),
+                message("progress", value=5, max=20, prompt_id="p1", node="3"),
+                message("progress", value="5", max=0, prompt_id="p1", node="3"),
+                last, message("executing", node=None, prompt_id="p1"))
+    seen = []
+    provider._follow(ws, "p1", provider.clock() + 60, seen.append)
+    assert seen == [0.25]
+    assert ws.frames == [message("executing", node=None, prompt_id="p1")]  # stopped at the end
+    assert all(0 < t <= 60 for t in ws.timeouts)
+
+
+def test_a_socket_that_closes_or_a_passed_deadline_hands_over_to_history():
+    provider = build_provider("studio", studio(follow="websocket"))
+    closed = Socket(message("executing", node="3", prompt_id="p1"))
+    provider._follow(closed, "p1", provider.clock() + 60, lambda done: None)
+    assert closed.frames == []
+    late = Socket(message("executing", node=None, prompt_id="p1"))
+    provider._follow(late, "p1", provider.clock() - 1, lambda done: None)
+    assert late.timeouts == [] and len(late.frames) == 1  # not even read
