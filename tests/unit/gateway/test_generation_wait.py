@@ -11,14 +11,11 @@ import pytest
 from gateway.api import generation as generation_api
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts.generation import WAIT_MAX_S
+from tests.unit.gateway import test_generation_api as api_tests
 from tests.unit.gateway.conftest import BEARER, USER_ID
-from tests.unit.gateway.test_generation_api import (  # noqa: F401 - the clock fixture
-    JOB_FIELDS,
-    TEXT,
-    FakeGeneration,
-    clock,
-    state,
-)
+from tests.unit.gateway.test_generation_api import JOB_FIELDS, TEXT, FakeGeneration, state
+
+clock = api_tests.clock  # the fake clock of the event stream's tests
 
 DONE = state("succeeded", 1.0, "done", outputs=["01900000-0000-7000-8000-0000000000f1"])
 

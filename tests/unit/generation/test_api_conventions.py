@@ -12,14 +12,10 @@ import pytest
 from services.common.contracts import generation as c
 from services.generation import jobs
 from services.generation.models import WebhookDelivery
-from tests.unit.generation.test_jobs import (  # noqa: F401 - the settings fixture
-    NOW,
-    REQUEST,
-    Events,
-    reserve,
-    settings,
-    submit,
-)
+from tests.unit.generation import test_jobs
+from tests.unit.generation.test_jobs import NOW, REQUEST, Events, reserve, submit
+
+settings = test_jobs.settings  # the job tests' settings fixture
 
 
 @pytest.mark.parametrize("values, seconds", [
