@@ -1,8 +1,15 @@
 """Generation (API.md "Generation"), over the generation service's RPC.
 
 Templates and models (public), submitting a job (verified email; ``Idempotency-Key``;
-``?dry_run=true`` quotes the price without creating anything), the caller's
-jobs, cancelling one, and a server-sent event stream of one job's progress.
+``?dry_run=true`` quotes the price without creating anything; ``Prefer: wait=N``
+answers 200 with the job if it ends within N seconds), the caller's jobs,
+cancelling one, and a server-sent event stream of one job's progress.
+
+**Synchronous mode** (``Prefer: wait=N``, RFC 7240; the rule is
+``contracts.generation.prefer_wait``) polls ``generation.get_job`` the way the
+stream does, from 0.1 s doubling up to ``GENERATION_EVENTS_POLL_SECONDS``, and
+holds one of the stream slots below while it waits: with none free it does
+not wait (202, no ``Preference-Applied``).
 
 **The event stream** (``GET /v1/generations/{id}/events``) is the gateway
 polling ``generation.get_job`` every ``GENERATION_EVENTS_POLL_SECONDS`` and
