@@ -315,15 +315,8 @@ def job_events(job_id):
         first = proxy.generation.get_job(user_id, job)
     release = current_app.extensions[STREAMS_EXTENSION].acquire(user_id)  # 429 / 503
     try:
-        pool = current_app.extensions["darkroom"].rpc
-        cid = correlation_id.get()
-
-        def fetch() -> dict:
-            with pool.get(correlation=cid) as proxy:
-                return proxy.generation.get_job(user_id, job)
-
         stream = event_stream(
-            first, fetch,
+            first, job_fetcher(user_id, job),
             poll=_config("GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS),
             keepalive=_config("GENERATION_EVENTS_KEEPALIVE_SECONDS", DEFAULT_KEEPALIVE_SECONDS),
             max_seconds=_config("GENERATION_EVENTS_MAX_SECONDS", DEFAULT_MAX_SECONDS),
@@ -354,16 +347,23 @@ def awaited(job: dict, seconds: int) -> tuple[dict, bool]:
     except DomainError:  # 429 too_many_streams / 503: the preference is not applied
         return job, False
     try:
-        pool, cid, job_id = current_app.extensions["darkroom"].rpc, correlation_id.get(), job["id"]
-
-        def fetch() -> dict:
-            with pool.get(correlation=cid) as proxy:
-                return proxy.generation.get_job(user_id, job_id)
-
-        return wait_until_final(job, fetch, seconds, poll=_config(
+        return wait_until_final(job, job_fetcher(user_id, job["id"]), seconds, poll=_config(
             "GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS)), True
     finally:
         release()
+
+
+def job_fetcher(user_id: str, job_id: str) -> Callable[[], dict]:
+    """``generation.get_job`` of the user's job, callable after the request's
+    own code has returned (a stream): with the request's correlation id, and
+    a pooled proxy held only for the length of each call."""
+    pool, cid = current_app.extensions["darkroom"].rpc, correlation_id.get()
+
+    def fetch() -> dict:
+        with pool.get(correlation=cid) as proxy:
+            return proxy.generation.get_job(user_id, job_id)
+
+    return fetch
 
 
 WAIT_FIRST_POLL_SECONDS = 0.1  # then twice as long each time, up to the stream's poll interval
