@@ -7,6 +7,7 @@ process under gunicorn gthread workers: never monkey-patch it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -15,7 +16,7 @@ import flask_smorest
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import errors, limits, middleware
+from gateway import docs, errors, limits, middleware
 from gateway.api import BLUEPRINTS
 from gateway.api.accounts import auth_blp
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
@@ -62,6 +63,15 @@ class Api(flask_smorest.Api):
     def handle_http_exception(self, error):
         return errors.handle_http_exception(error)
 
+    def name_operations(self) -> None:
+        """Give every operation without one an ``operationId``: its method and
+        its path's words in camel case (``GET /v1/generations/{job_id}`` is
+        ``getGenerationsByJobId``), unique because method and path are."""
+        for path, operations in self.spec._paths.items():
+            for method, operation in operations.items():
+                if method != "parameters" and "operationId" not in operation:
+                    operation["operationId"] = operation_id(method, path)
+
     def document_errors(self) -> None:
         """Add to every operation the error answers any request to it can get,
         each with the error body (``default`` covers the rest): 401 when it
@@ -95,6 +105,16 @@ class Api(flask_smorest.Api):
                         responses[str(status.value)] = self.spec.components.get_ref("response", status.name)
 
 
+def operation_id(method: str, path: str) -> str:
+    words = [method.lower()]
+    segments = path.strip("/").split("/")
+    for segment in segments[1:] if re.fullmatch(r"v[0-9]+", segments[0]) else segments:
+        parameter = segment.startswith("{")
+        parts = [p for p in re.split(r"[^A-Za-z0-9]+", segment) if p]
+        words += (["by"] if parameter else []) + parts
+    return words[0] + "".join(word[:1].upper() + word[1:] for word in words[1:])
+
+
 def _bool(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -117,11 +137,13 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
         MAX_CONTENT_LENGTH=int(config["MAX_CONTENT_LENGTH"]),
         API_TITLE="Darkroom API",
         API_VERSION="v1",
-        OPENAPI_VERSION="3.0.3",
+        OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/v1",
         OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={
-            "info": {"description": "The HTTP API of Darkroom (see docs/api.md)."},
+            "info": {"description": "The HTTP API of Darkroom (see docs/api.md). The job "
+                                    "webhooks are under `webhooks`; this document is browsable "
+                                    "at /v1/docs."},
         },
     )
 
@@ -162,5 +184,8 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     api.document_errors()
+    docs.document_webhooks(api.spec)
+    api.name_operations()
+    docs.init_app(app)
     errors.register_error_handlers(app)
     return app

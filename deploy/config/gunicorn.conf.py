@@ -17,6 +17,10 @@ worker_class = "gthread"
 threads = int(os.environ.get("GATEWAY_THREADS", "8"))
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
 graceful_timeout = 20
+# gunicorn's longest request line (its default is 4094 bytes): a query of several
+# fields each at its documented maximum length, in multi-byte characters, fits and
+# gets the API's own 400 rather than gunicorn's HTML 414
+limit_request_line = 8190
 accesslog = None  # the app logs each request as JSON
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # No control socket: nothing uses it, its default path ($HOME/.gunicorn) is shared by

@@ -100,7 +100,8 @@ class Parser(FlaskParser):
 
 
 # JSON types each marshmallow field takes, as the OpenAPI document says: marshmallow
-# itself would also take "5" for an integer, 1 for a boolean or "0.5" for a number.
+# itself would also take "5" for an integer, 1 for a boolean or "0.5" for a number
+# (and 1.5 for an integer, as 1; a number without a fraction, 1.0, is an integer).
 _JSON_TYPES: tuple[tuple[type[fields.Field], tuple[type, ...], str], ...] = (
     (fields.Boolean, (bool,), "boolean"),
     (fields.Integer, (int,), "integer"),
@@ -129,6 +130,8 @@ def json_type_errors(schema: Schema, data: dict) -> dict:
 
 
 def _json_type_error(field: fields.Field, value: Any) -> Any:
+    if isinstance(field, fields.Integer) and isinstance(value, float) and value.is_integer():
+        return None  # 1.0 is an integer to JSON Schema 2020-12 (OpenAPI 3.1): 1 is loaded
     for kind, types, label in _JSON_TYPES:
         if isinstance(field, kind):
             if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):

@@ -1,8 +1,15 @@
 """Generation (docs/api.md "Generation"), over the generation service's RPC.
 
 Templates and models (public), submitting a job (verified email; ``Idempotency-Key``;
-``?dry_run=true`` quotes the price without creating anything), the caller's
-jobs, cancelling one, and a server-sent event stream of one job's progress.
+``?dry_run=true`` quotes the price without creating anything; ``Prefer: wait=N``
+answers 200 with the job if it ends within N seconds), the caller's jobs,
+cancelling one, and a server-sent event stream of one job's progress.
+
+**Synchronous mode** (``Prefer: wait=N``, RFC 7240; the rule is
+``contracts.generation.prefer_wait``) polls ``generation.get_job`` the way the
+stream does, from 0.1 s doubling up to ``GENERATION_EVENTS_POLL_SECONDS``, and
+holds one of the stream slots below while it waits: with none free it does
+not wait (202, no ``Preference-Applied``).
 
 **The event stream** (``GET /v1/generations/{id}/events``) is the gateway
 polling ``generation.get_job`` every ``GENERATION_EVENTS_POLL_SECONDS`` and
@@ -34,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
@@ -187,6 +194,18 @@ DRY_RUN_DOC = {
     "schema": {"type": "boolean", "default": False},
     "description": "true: answer 200 {price, breakdown} and create nothing",
 }
+PREFER_DOC = {
+    "in": "header", "name": "Prefer", "required": False, "schema": {"type": "string"},
+    "description": f"`wait=N` (RFC 7240): answer 200 with the job if it ends (succeeded, "
+                   f"failed, rejected or cancelled) within N seconds, else the usual 202. N "
+                   f"over {c.WAIT_MAX_S} is taken as {c.WAIT_MAX_S}; other preferences, and a "
+                   "`wait` whose value is not a number of seconds, are ignored",
+}
+WAIT_HEADERS_DOC = {
+    "Preference-Applied": {"description": "`wait=N` when the gateway waited for the job "
+                                          "(`Prefer: wait=N`)", "schema": {"type": "string"}},
+    "Vary": {"description": "`Prefer`", "schema": {"type": "string"}},
+}
 EVENTS_DOC = {
     "parameters": [{
         "in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "string"},
@@ -231,10 +250,14 @@ def models():
 @generation_blp.route("/generations")
 class Generations(MethodView):
     @generation_blp.response(202, c.JobView, headers={
-        "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}}})
-    @generation_blp.alt_response(200, schema=c.PriceQuote,
-                                 description="with ?dry_run=true: the price, no job created")
-    @generation_blp.doc(parameters=[DRY_RUN_DOC, IDEMPOTENCY_KEY_DOC])
+        "Location": {"description": "/v1/generations/{id}", "schema": {"type": "string"}},
+        **WAIT_HEADERS_DOC})
+    @generation_blp.alt_response(200, schema={"anyOf": [c.PriceQuote, c.JobView]},
+                                 headers=WAIT_HEADERS_DOC,
+                                 description="with ?dry_run=true: the price, no job created "
+                                             "(PriceQuote); with `Prefer: wait=N`: the job, "
+                                             "which ended within N seconds (JobView)")
+    @generation_blp.doc(parameters=[DRY_RUN_DOC, IDEMPOTENCY_KEY_DOC, PREFER_DOC])
     @errors(404, 409, 422)
     @require_verified
     @generation_blp.arguments(DryRunQuery, location="query")
@@ -246,8 +269,15 @@ class Generations(MethodView):
                             dry_run=query["dry_run"])
         if query["dry_run"]:
             return jsonify(c.PriceQuote().dump(present(c.PriceQuote, answer)))
-        job = present(c.JobView, answer)
-        return job, 202, {"Location": f"/v1/generations/{job['id']}"}
+        headers = {"Location": f"/v1/generations/{answer['id']}", "Vary": "Prefer"}
+        wait = c.prefer_wait(request.headers.getlist("Prefer"))
+        if wait is not None:
+            answer, applied = awaited(answer, wait)
+            if applied:
+                headers["Preference-Applied"] = f"wait={wait}"
+                if answer.get("status") in c.FINAL:
+                    return jsonify(c.JobView().dump(present(c.JobView, answer))), 200, headers
+        return present(c.JobView, answer), 202, headers
 
     @generation_blp.arguments(c.JobQuery, location="query")
     @generation_blp.response(200, c.JobPage)
@@ -295,15 +325,8 @@ def job_events(job_id):
         first = proxy.generation.get_job(user_id, job)
     release = current_app.extensions[STREAMS_EXTENSION].acquire(user_id)  # 429 / 503
     try:
-        pool = current_app.extensions["darkroom"].rpc
-        cid = correlation_id.get()
-
-        def fetch() -> dict:
-            with pool.get(correlation=cid) as proxy:
-                return proxy.generation.get_job(user_id, job)
-
         stream = event_stream(
-            first, fetch,
+            first, job_fetcher(user_id, job),
             poll=_config("GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS),
             keepalive=_config("GENERATION_EVENTS_KEEPALIVE_SECONDS", DEFAULT_KEEPALIVE_SECONDS),
             max_seconds=_config("GENERATION_EVENTS_MAX_SECONDS", DEFAULT_MAX_SECONDS),
@@ -316,6 +339,66 @@ def job_events(job_id):
         release()
         raise
     return response
+
+
+# ------------------------------------------------------------ waiting for a job (Prefer: wait)
+
+
+def awaited(job: dict, seconds: int) -> tuple[dict, bool]:
+    """``(job, True)``: the job once it ends, or as it is after ``seconds``;
+    ``(job, False)``: not waited for, because this process holds all its event
+    streams or the caller all of theirs (a wait takes a stream's slot, so
+    waits and streams together keep within the same threads)."""
+    if job.get("status") in c.FINAL or seconds <= 0:
+        return job, True
+    user_id = current_principal().user_id
+    try:
+        release = current_app.extensions[STREAMS_EXTENSION].acquire(user_id)
+    except DomainError:  # 429 too_many_streams / 503: the preference is not applied
+        return job, False
+    try:
+        return wait_until_final(job, job_fetcher(user_id, job["id"]), seconds, poll=_config(
+            "GENERATION_EVENTS_POLL_SECONDS", DEFAULT_POLL_SECONDS)), True
+    finally:
+        release()
+
+
+def job_fetcher(user_id: str, job_id: str) -> Callable[[], dict]:
+    """``generation.get_job`` of the user's job, callable after the request's
+    own code has returned (a stream): with the request's correlation id, and
+    a pooled proxy held only for the length of each call."""
+    pool, cid = current_app.extensions["darkroom"].rpc, correlation_id.get()
+
+    def fetch() -> dict:
+        with pool.get(correlation=cid) as proxy:
+            return proxy.generation.get_job(user_id, job_id)
+
+    return fetch
+
+
+WAIT_FIRST_POLL_SECONDS = 0.1  # then twice as long each time, up to the stream's poll interval
+
+
+def wait_until_final(job: dict, fetch: Callable[[], dict], seconds: float, *,
+                     poll: float) -> dict:
+    """Poll ``fetch`` (the job) with a doubling interval, from
+    ``WAIT_FIRST_POLL_SECONDS`` up to ``poll``, until the job is in a final
+    state or ``seconds`` have passed; the job as last read. A 503 from a poll
+    is skipped; any other refusal ends the wait with the job as it was."""
+    deadline = monotonic() + seconds
+    delay = min(WAIT_FIRST_POLL_SECONDS, poll)
+    while job.get("status") not in c.FINAL:
+        left = deadline - monotonic()
+        if left <= 0:
+            break
+        sleep(min(delay, left))
+        delay = min(delay * 2, max(poll, WAIT_FIRST_POLL_SECONDS))
+        try:
+            job = fetch()
+        except DomainError as exc:
+            if exc.status != 503:
+                break
+    return job
 
 
 # ------------------------------------------------------------ the stream itself

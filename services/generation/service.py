@@ -29,6 +29,7 @@ from nameko.timer import timer
 
 from services.common import privacy_parts as parts
 from services.common import spending
+from services.common.bounded_rpc import BoundedProxy, RpcTimeout
 from services.common.concurrency import offload
 from services.common.contracts import generation as c
 from services.common.contracts import load_rpc
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 RECOVERY_INTERVAL_SECONDS = 10
 WEBHOOK_INTERVAL_SECONDS = 2
+# how long a job's view waits for storage to sign its outputs' URLs (then goes without)
+SIGN_TIMEOUT_SECONDS = 5.0
 
 
 def make_run_slots(config) -> threading.BoundedSemaphore:
@@ -143,7 +146,9 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         rows, next_cursor = jobs.list_jobs(self.db, trusted_id(user_id), data)
         positions = jobs.queue_positions(self.db, rows)
         items = [jobs.view(job, positions[job.id]) for job in rows]
-        return c.JobPage().dump({"items": items, "next_cursor": next_cursor})
+        page = c.JobPage().dump({"items": items, "next_cursor": next_cursor})
+        self._add_output_urls(user_id, page["items"])
+        return page
 
     @rpc(expected_exceptions=DomainError)
     def list_webhook_deliveries(self, user_id, job_id, query=None) -> dict:
@@ -342,4 +347,33 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
                       self.dispatch).run_next(self.run_slots)
 
     def _view(self, job) -> dict:
-        return c.JobView().dump(jobs.view(job, jobs.queue_position(self.db, job)))
+        view = c.JobView().dump(jobs.view(job, jobs.queue_position(self.db, job)))
+        self._add_output_urls(job.user_id, [view])
+        return view
+
+    def _add_output_urls(self, user_id, views: list[dict]) -> None:
+        """Give each (dumped) job view its ``output_urls``: for a succeeded
+        job, storage's signed URLs of its outputs still in the gallery (one
+        ``storage.sign_outputs`` call for all the views, which storage answers
+        for ``user_id``'s objects only); ``[]`` for any other job. If storage
+        does not answer in time the field is left out of the succeeded jobs:
+        the job is still shown."""
+        wanted = [oid for view in views if view["status"] == c.JobState.SUCCEEDED
+                  for oid in view["outputs"]]
+        for view in views:
+            view["output_urls"] = []
+        if not wanted:
+            return
+        try:
+            signed = BoundedProxy(self.storage, SIGN_TIMEOUT_SECONDS, "storage").sign_outputs(
+                str(user_id), {"object_ids": wanted})["items"]
+        except (RpcTimeout, DomainError) as exc:
+            log.warning("output URLs left out: %s", exc)
+            signed = None
+        by_id = {item["id"]: item for item in signed or ()}
+        for view in views:
+            if view["status"] == c.JobState.SUCCEEDED:
+                if signed is None:
+                    del view["output_urls"]
+                else:
+                    view["output_urls"] = [by_id[oid] for oid in view["outputs"] if oid in by_id]

@@ -155,6 +155,15 @@ class StorageService(PrivacyParticipant, DarkroomService):
         return c.ImagePage().dump({"items": items, "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
+    def sign_outputs(self, owner_id, payload) -> dict:
+        """Signed download URLs of the owner's objects among ``object_ids``
+        (a page of jobs' outputs at once); others are left out."""
+        data = load_rpc(c.SignOutputs, payload)
+        items = objects.signed_urls(self.db, self.store.backend, self.settings, owner_id,
+                                    data["object_ids"], utcnow())
+        return {"items": c.OutputUrl(many=True).dump(items)}
+
+    @rpc(expected_exceptions=DomainError)
     def set_visibility(self, owner_id, object_id, payload) -> dict:
         data = load_rpc(c.SetVisibility, payload)
         obj = objects.set_visibility(self.db, self.store.backend, owner_id, object_id,

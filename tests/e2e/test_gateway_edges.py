@@ -7,6 +7,7 @@ about once, and live progress streams limited per user and per process."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -206,3 +207,18 @@ def _png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (64, 48), (30, 90, 160)).save(out, "PNG")
     return out.getvalue()
+
+
+def test_the_docs_page_and_every_file_it_loads_come_from_the_gateway(stack):
+    """/v1/docs (Swagger UI) works offline: the gunicorn gateway serves the
+    page and each script and style it names, and the document it shows."""
+    page = stack.http.get(f"{stack.base_url}/v1/docs", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(urls) == 4 and all(url.startswith("/v1/docs/") for url in urls)  # no CDN
+    for url in urls:
+        served = stack.http.get(f"{stack.base_url}{url}", timeout=10)
+        assert served.status_code == 200 and len(served.content) > 100, url
+    doc = stack.call("GET", "/v1/openapi.json").json()
+    assert doc["openapi"] == "3.1.0" and set(doc["webhooks"]) == {
+        "job.succeeded", "job.failed", "job.cancelled"}

@@ -333,3 +333,51 @@ def test_a_worker_killed_mid_job_is_restarted_and_the_job_finishes_once(stack, u
     kinds = ledger_kinds(stack, token)
     assert (kinds.count("hold"), kinds.count("capture"), kinds.count("release")) == (1, 1, 0)
     assert len(stack.video.tasks) == tasks + 2  # the killed run's task and the rerun's
+
+
+# ---------------------------------------------------------------- synchronous mode, output URLs
+
+
+def test_prefer_wait_answers_a_fast_job_finished_and_a_slow_one_202(stack, user):
+    """``Prefer: wait=N``: a job that ends within N seconds is answered 200
+    with its final state; one that does not is the usual 202."""
+    token = user["token"]
+    fast = stack.call("POST", "/v1/generations", token=token, headers={"Prefer": "wait=10"},
+                      json={"type": "text-to-image", "prompt": "a quick sketch", "size": "512x512"})
+    assert fast.status_code == 200, fast.text
+    assert (fast.json()["status"], fast.headers["Preference-Applied"]) == ("succeeded", "wait=10")
+    assert len(fast.json()["output_urls"]) == 1  # no second request needed for the image
+
+    stack.images.fail_next("hang", "hang")  # the first provider takes its time
+    slow = stack.call("POST", "/v1/generations", token=token, headers={"Prefer": "wait=1"},
+                      json={"type": "text-to-image", "prompt": "a slow one", "size": "512x512"})
+    assert slow.status_code == 202, slow.text
+    assert slow.json()["status"] not in FINAL and slow.headers["Preference-Applied"] == "wait=1"
+    assert slow.headers["Location"] == f"/v1/generations/{slow.json()['id']}"
+    assert finished(stack, token, slow.json()["id"])["status"] == "succeeded"
+    assert settled(stack, token)["available"] == SIGNUP_GRANT - 2
+
+
+def test_a_finished_job_carries_signed_output_urls_that_download(stack, user):
+    token = user["token"]
+    created = submit(stack, token, {"type": "text-to-image", "prompt": "two boats", "n": 2,
+                                    "size": "512x512"})
+    assert created["output_urls"] == []  # not finished yet
+    done = finished(stack, token, created["id"])
+    assert [link["id"] for link in done["output_urls"]] == done["outputs"]
+    for link in done["output_urls"]:
+        response = stack.http.get(link["url"], timeout=30)  # no credential: the URL is signed
+        assert response.status_code == 200, response.text
+        assert Image.open(io.BytesIO(response.content)).size == (512, 512)
+        assert link["url_expires_at"] > done["finished_at"]
+    [listed] = [j for j in stack.call("GET", "/v1/generations", token=token).json()["items"]
+                if j["id"] == created["id"]]
+    assert [link["id"] for link in listed["output_urls"]] == done["outputs"]
+    # an image deleted from the gallery is no longer offered
+    deleted = stack.call("DELETE", f"/v1/images/{done['outputs'][0]}", token=token)
+    assert deleted.status_code == 204, deleted.text
+    assert [link["id"] for link in job(stack, token, created["id"])["output_urls"]] == \
+        done["outputs"][1:]
+    # another user sees neither the job nor its URLs
+    other = verified_login(stack)[2]
+    assert stack.call("GET", f"/v1/generations/{created['id']}", token=other).status_code == 404

@@ -428,6 +428,24 @@ def test_delete_removes_the_bytes(storage):
     assert storage.rpc.list_objects(owner, {})["items"] == []
 
 
+def test_sign_outputs_signs_the_owners_live_objects_only(storage):
+    """A job's ``output_urls``: one call signs a page's outputs; another owner's,
+    deleted or unknown objects are left out; the URLs download the bytes."""
+    owner, data = new_owner(), image_bytes()
+    first, second, deleted = output(storage, owner, data=data), output(storage, owner), \
+        output(storage, owner)
+    theirs = output(storage, new_owner())
+    storage.rpc.delete_object(owner, deleted["id"])
+    asked = [first["id"], theirs["id"], deleted["id"], str(new_id()), second["id"]]
+    signed = storage.rpc.sign_outputs(owner, {"object_ids": asked})["items"]
+    assert [item["id"] for item in signed] == [first["id"], second["id"]]
+    expires = datetime.fromisoformat(signed[0]["url_expires_at"])
+    assert abs(expires.timestamp() - (time.time() + URL_TTL_SECONDS)) < 5
+    assert download(storage, signed[0]["url"]) == data
+    too_many = {"object_ids": [str(new_id()) for _ in range(401)]}
+    assert refused(storage.rpc.sign_outputs, owner, too_many).status == 400
+
+
 def privacy_part(storage, kind: str, user: str) -> dict:
     """Storage's answer to a privacy request (``export`` or ``erasure``) for
     ``user``, asked by event as the privacy service asks it."""

@@ -20,6 +20,7 @@ from services.common.contracts.base import (
     page_of,
     register_event,
 )
+from services.common.contracts.storage import OutputUrl
 
 JOB_TYPES = ("text-to-image", "image-to-image", "image-to-video")
 # The disclosure log (services/generation/disclosures.py): what a request sent
@@ -268,6 +269,34 @@ class SubmitJob(RpcSchema):
             raise ValidationError(errors)
 
 
+# ``Prefer: wait=N`` (RFC 7240) on ``POST /v1/generations``: answer the job
+# once it ends if that is within N seconds. The one home of the rule; the
+# gateway only relays it.
+WAIT_MAX_S = 60  # a larger wait is taken as this one
+_PREFERENCE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')  # commas outside quoted strings
+
+
+def prefer_wait(values: list[str]) -> int | None:
+    """The seconds asked by RFC 7240's ``wait`` preference in the ``Prefer``
+    header values ``values``, at most :data:`WAIT_MAX_S`; None when no
+    ``wait`` is asked or its value is not delta-seconds (digits), which is
+    ignored as RFC 7240 has a server ignore a preference it cannot use. Only
+    the first ``wait`` counts (RFC 7240 §2); names are case-insensitive and
+    the value may be a quoted string; parameters after ``;`` are ignored."""
+    for value in values:
+        for match in _PREFERENCE.finditer(value or ""):
+            name, equals, word = match.group().split(";", 1)[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            word = word.strip()
+            if len(word) >= 2 and word[0] == word[-1] == '"':
+                word = word[1:-1]
+            if not equals or not word or not (word.isascii() and word.isdigit()):
+                return None
+            return WAIT_MAX_S if len(word) > 6 else min(int(word), WAIT_MAX_S)
+    return None
+
+
 class JobQuery(PageQuery):
     """``GET /v1/generations?status=&limit=&cursor=``"""
 
@@ -307,6 +336,9 @@ class JobView(RpcSchema):
     queue_position = fields.Integer(allow_none=True)
     price = fields.Integer(required=True)
     outputs = fields.List(fields.UUID(), required=True, metadata={"description": "image ids"})
+    output_urls = fields.List(fields.Nested(OutputUrl), metadata={
+        "description": "a succeeded job's outputs that are still in the gallery, each with a "
+                       "signed, short-lived download URL (`[]` for any other job)"})
     error = fields.Nested(JobError, allow_none=True)
     prompt = fields.String(allow_none=True)
     negative_prompt = fields.String(allow_none=True)
@@ -426,3 +458,33 @@ class Model(RpcSchema):
 
 class ModelList(RpcSchema):
     items = fields.List(fields.Nested(Model), required=True)
+
+
+# ---------------------------------------------------------------- webhooks
+#
+# What a job's webhook POSTs (services/generation/jobs.py builds it): described
+# in the OpenAPI document's ``webhooks``; a test checks the builder against it.
+
+WEBHOOK_TYPES = tuple(f"job.{event}" for event in WEBHOOK_EVENTS)
+
+
+class WebhookJob(RpcSchema):
+    """The job in a webhook: its state when the event happened, never its prompt."""
+
+    id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(JOB_TYPES))
+    status = fields.String(required=True, validate=validate.OneOf(_STATES))
+    attempt = fields.Integer(required=True)
+    outputs = fields.List(fields.UUID(), required=True, metadata={"description": "image ids"})
+    price = fields.Integer(required=True)
+    error = fields.Nested(JobError, required=True, allow_none=True)
+    created_at = fields.AwareDateTime(required=True)
+    finished_at = fields.AwareDateTime(required=True, allow_none=True)
+
+
+class JobWebhook(RpcSchema):
+    """The body of a job's webhook."""
+
+    type = fields.String(required=True, validate=validate.OneOf(WEBHOOK_TYPES),
+                         metadata={"description": "`job.` and the event (WEBHOOK_EVENTS)"})
+    job = fields.Nested(WebhookJob, required=True)

@@ -106,6 +106,26 @@ class PublicImageObject(RpcSchema):
 
 ImagePage = page_of(ImageObject, "ImagePage")
 
+# the outputs of a page of jobs (100 jobs of at most 4 images each)
+SIGN_OUTPUTS_MAX = 400
+
+
+class SignOutputs(RpcSchema):
+    """``storage.sign_outputs``: the objects to sign download URLs for."""
+
+    object_ids = fields.List(fields.UUID(), required=True,
+                             validate=validate.Length(max=SIGN_OUTPUTS_MAX))
+
+
+class OutputUrl(RpcSchema):
+    """A signed, short-lived download URL of one of the owner's objects (a
+    succeeded job's output, in the job: ``output_urls``)."""
+
+    id = fields.UUID(required=True, metadata={"description": "the image id"})
+    url = fields.String(required=True, metadata={
+        "description": "GET it without credentials until `url_expires_at`"})
+    url_expires_at = fields.AwareDateTime(required=True)
+
 
 class UploadSlot(RpcSchema):
     """Where to PUT the bytes: ``url`` (presigned S3 URL or signed gateway URL

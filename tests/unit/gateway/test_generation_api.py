@@ -787,7 +787,7 @@ def test_openapi_documents_generation(client):
     secured = [{"bearerAuth": []}, {"apiKeyAuth": []}]
     post = doc["paths"]["/v1/generations"]["post"]
     assert post["security"] == secured
-    assert {p["name"] for p in post["parameters"]} == {"dry_run", "Idempotency-Key"}
+    assert {p["name"] for p in post["parameters"]} == {"dry_run", "Idempotency-Key", "Prefer"}
     assert set(post["responses"]) >= {"200", "202"}
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SubmitJob"}

@@ -158,3 +158,21 @@ def test_an_escaped_backslash_u0000_is_just_text(client, auth):
     body = {"email": "ada@example.com", "password": "correct horse battery",
             "display_name": "\\u0000"}
     assert client.post("/v1/auth/register", json=body).status_code == 201
+
+
+@pytest.mark.parametrize("n, status", [(2.0, 202), (1.5, 400), (2, 202)])
+def test_an_integer_is_what_json_schema_2020_12_says(client, pool, n, status):
+    """OpenAPI 3.1 validates with JSON Schema 2020-12, where 2.0 is an integer:
+    the server takes it (as 2), and a number with a fraction is still refused."""
+    from tests.unit.gateway.test_generation_api import FakeGeneration
+
+    pool.services["generation"] = generation = FakeGeneration()
+    response = client.post("/v1/generations", headers=BEARER,
+                           json={"type": "text-to-image", "prompt": "x", "n": n})
+    assert response.status_code == status, response.get_json()
+    if status == 400:
+        assert response.get_json()["error"]["details"]["fields"] == {
+            "n": ["Must be a JSON integer."]}
+    else:
+        [((_, payload), _)] = generation.called("submit")
+        assert payload["n"] == 2 and isinstance(payload["n"], int)

@@ -204,3 +204,65 @@ def test_recover_requeues_a_job_whose_worker_stopped(service, events, db, monkey
     row = db.get(Job, uuid.UUID(job["id"]), populate_existing=True)
     assert (row.status, row.stage, row.lease_token) == ("reserved", "requeued", None)
     assert [e["job_id"] for e in events.of("job_requeued")] == [job["id"]]
+
+
+# ---------------------------------------------------------------- output URLs
+
+
+def signed(object_id: str) -> dict:
+    return {"id": object_id, "url": f"http://files.invalid/{object_id}?sig=x",
+            "url_expires_at": "2030-01-01T00:05:00+00:00"}
+
+
+def succeeded_jobs(service, monkeypatch, user: str, outputs: list[list[str]]) -> list[dict]:
+    made = iter(outputs)
+    monkeypatch.setattr(runner, "run", lambda *args: ("local", next(made)))
+    jobs = []
+    for _ in outputs:
+        job = service.submit(user, {"type": "text-to-image", "prompt": "a fox"})
+        reserve(service, job)
+        jobs.append(job)
+    return jobs
+
+
+def test_a_succeeded_job_carries_its_outputs_signed_urls(service, monkeypatch):
+    user, kept, gone = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    [job] = succeeded_jobs(service, monkeypatch, user, [[kept, gone]])
+    sign = service.storage.sign_outputs.call_async
+    sign.return_value.result.return_value = {"items": [signed(kept)]}  # `gone` was deleted
+    done = service.get_job(user, job["id"])
+    assert done["output_urls"] == [signed(kept)]
+    [((asked_for, payload), _)] = sign.call_args_list
+    assert (asked_for, payload) == (user, {"object_ids": [kept, gone]})  # storage checks the owner
+    queued = service.submit(user, {"type": "text-to-image", "prompt": "a hare"})
+    assert queued["output_urls"] == [] and sign.call_count == 1  # nothing to sign
+
+
+def test_a_page_of_jobs_is_signed_with_one_storage_call(service, monkeypatch):
+    user = str(uuid.uuid4())
+    outputs = [[str(uuid.uuid4())], [str(uuid.uuid4()), str(uuid.uuid4())]]
+    succeeded_jobs(service, monkeypatch, user, outputs)
+    monkeypatch.setattr(service, "_run_next", lambda: None)
+    service.submit(user, {"type": "text-to-image", "prompt": "still queued"})
+    sign = service.storage.sign_outputs.call_async
+    sign.reset_mock()
+    sign.return_value.result.return_value = {"items": [signed(o) for o in sum(outputs, [])]}
+    page = service.list_jobs(user, {})
+    assert sign.call_count == 1
+    assert sorted(sign.call_args.args[1]["object_ids"]) == sorted(sum(outputs, []))
+    by_status = {}
+    for job in page["items"]:
+        by_status.setdefault(job["status"], []).append(
+            [u["id"] for u in job["output_urls"]] == job["outputs"])
+    assert by_status == {"succeeded": [True, True], "queued": [True]}  # queued: [] == []
+
+
+def test_output_urls_are_left_out_when_storage_does_not_answer(service, monkeypatch):
+    from services.common.bounded_rpc import RpcTimeout
+
+    user = str(uuid.uuid4())
+    [job] = succeeded_jobs(service, monkeypatch, user, [[str(uuid.uuid4())]])
+    service.storage.sign_outputs.call_async.return_value.result.side_effect = RpcTimeout(
+        "storage", "sign_outputs", 5)
+    done = service.get_job(user, job["id"])
+    assert done["status"] == "succeeded" and "output_urls" not in done

@@ -466,3 +466,26 @@ def test_erasing_a_user_deletes_the_public_copies_too(db, backend, settings, own
     objects.erase_user(db, backend, owner)
     db.commit()
     assert copy not in backend.objects and obj.key not in backend.objects
+
+
+# ---------------------------------------------------------------- a job's output URLs
+
+
+def test_signed_urls_are_the_owners_live_objects_in_the_order_asked(db, backend, settings, owner,
+                                                                    monkeypatch):
+    first, second, deleted = (committed_output(db, backend, settings, owner) for _ in range(3))
+    expired = committed_output(db, backend, settings, owner, now=NOW - timedelta(days=1))
+    theirs = committed_output(db, backend, settings, new_id())
+    objects.delete_object(db, backend, owner, deleted.id, NOW)
+    db.commit()
+    statements = []
+    monkeypatch.setattr(db, "scalars", lambda stmt, *a, **k: statements.append(stmt) or
+                        type(db).scalars(db, stmt, *a, **k))
+    asked = [second.id, theirs.id, first.id, deleted.id, new_id(), expired.id, second.id]
+    signed = objects.signed_urls(db, backend, settings, str(owner), asked,
+                                 expired.expires_at)  # `expired` has just expired
+    assert len(statements) == 1  # one query for the lot
+    assert [item["id"] for item in signed] == [second.id, first.id]  # asked once, in order
+    assert signed[1] == {"id": first.id, "url_expires_at": expired.expires_at + timedelta(
+        seconds=120), "url": f"memory://{first.key}?method=GET&ttl=120&type=image/png"}
+    assert objects.signed_urls(db, backend, settings, owner, [], NOW) == []
