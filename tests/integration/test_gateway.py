@@ -17,6 +17,7 @@ from kombu import Connection, Exchange, Queue
 from openapi_spec_validator import validate
 
 from gateway.app import create_app
+from services.common.version import darkroom_version
 from tests.conftest import base_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -181,7 +182,7 @@ def test_gunicorn_serves_health_and_openapi(gunicorn_gateway):
     base = gunicorn_gateway.base
     health = requests.get(f"{base}/healthz", headers={"X-Request-Id": "gunicorn-1"}, timeout=5)
     assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
+    assert health.json() == {"status": "ok", "version": darkroom_version()}
     assert health.headers["X-Request-Id"] == "gunicorn-1"
     assert health.headers["X-Frame-Options"] == "DENY"
     assert health.headers["Strict-Transport-Security"].startswith("max-age=")
