@@ -75,4 +75,12 @@ def report_lines(result: dict) -> list[str]:
                          f"last {_day(part.get('asked_at'))}")
     else:
         lines.append("no failed parts")
+    breaches = result.get("breaches_overdue") or []
+    if breaches:
+        lines.append("")
+        lines.append(f"breach incidents open 48 hours after detection ({len(breaches)}): report "
+                     "them (`darkroom-ops breach report`; docs/runbooks/breach.md)")
+        for item in breaches:
+            lines.append(f"  {item['id']}  detected {_day(item['detected_at'])}, regulator "
+                         f"deadline {_day(item['deadline_at'])}")
     return lines
