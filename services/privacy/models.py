@@ -22,6 +22,7 @@
   document breaches, so a user's erasure does not delete them: a subject is
   its keyed hash (``psn:``), and its user id only until the notice is sent or
   the user is erased. ``breach_log`` has an audit row per change.
+"""
 
 
 from __future__ import annotations
