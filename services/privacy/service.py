@@ -277,6 +277,7 @@ class PrivacyService(DarkroomService):
                                           data["detected_at"], now)
         view = breaches.view(self.db, incident, now)
         self.db.commit()
+        self.count_overdue_breaches()  # an incident detected long ago is overdue at once
         log.warning("breach incident opened", extra={"incident_id": view["id"]})
         return view
 
@@ -333,6 +334,7 @@ class PrivacyService(DarkroomService):
 
     @timer(interval=BREACH_METRIC_INTERVAL_SECONDS, eager=True)
     def count_overdue_breaches(self) -> int:
+        """The ``darkroom_privacy_breaches_overdue`` gauge (an alert can fire on it)."""
         overdue = len(breaches.overdue(self.db, utcnow()))
         self.db.rollback()
         BREACHES_OVERDUE.set(overdue)
