@@ -33,14 +33,14 @@ from gateway.access_log import AccessLogPublisher, fact
 from services.common import privacy_parts as parts
 from services.common.db import normalise_url
 from services.common.ids import pseudonym
-from tests.conftest import REPO, base_env, free_port, wait_for
+from tests.conftest import REPO, free_port, wait_for
 from tests.integration.probe_service import wait_consuming
 from tests.integration.test_privacy_service import (
-    MAIL_SECRETS_KEY,
     PrivacyTap,
     answer,
     erasure,
     new_user,
+    stack_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,21 +56,12 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     mail_dir = tmp_path_factory.mktemp("breach-mail")
     ports = {name: free_port() for name in ("auth", "storage", "privacy", "notifications")}
     privacy_db = make_database("privacy")
-    env = base_env(
-        AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
-        AUTH_DATABASE_URL=make_database("auth"), AUTH_METRICS_PORT=ports["auth"],
-        STORAGE_DATABASE_URL=make_database("storage"), STORAGE_METRICS_PORT=ports["storage"],
-        STORAGE_BACKEND="s3", S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
-        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name("breach"),
-        S3_REGION=s3_endpoint.region,
-        NOTIFICATIONS_DATABASE_URL=make_database("notifications"),
-        NOTIFICATIONS_METRICS_PORT=ports["notifications"], MAIL_URL=f"file://{mail_dir}",
-        PRIVACY_DATABASE_URL=privacy_db, PRIVACY_METRICS_PORT=ports["privacy"],
-        PRIVACY_PSEUDONYM_KEY=PSEUDONYM_KEY, PRIVACY_ERASURE_GRACE_HOURS=1 / 1800,
-        PRIVACY_ERASURE_SETTLE_SECONDS=0, PRIVACY_PART_TIMEOUT_SECONDS=60,
-        PRIVACY_RPC_TIMEOUT_SECONDS=10, MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
-        OPS_RPC_TIMEOUT_SECONDS=30,
-    )
+    env = stack_env(make_database, s3_endpoint, amqp_uri, ports, privacy_db, "breach",
+                    NOTIFICATIONS_DATABASE_URL=make_database("notifications"),
+                    NOTIFICATIONS_METRICS_PORT=ports["notifications"],
+                    MAIL_URL=f"file://{mail_dir}", PRIVACY_PSEUDONYM_KEY=PSEUDONYM_KEY,
+                    PRIVACY_PART_TIMEOUT_SECONDS=60, PRIVACY_RPC_TIMEOUT_SECONDS=10,
+                    OPS_RPC_TIMEOUT_SECONDS=30)
     tap = PrivacyTap(amqp_uri)
     processes = {name: start_process(name, env) for name in ports}
     for name, port in ports.items():
