@@ -208,7 +208,7 @@ class BreachIncident(IdMixin, Base):
     affected_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     affected_count: Mapped[int] = mapped_column(sa.Integer, default=0)
     records_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    sources: Mapped[dict | None] = mapped_column(sa.JSON)  # users found per source
+    sources: Mapped[dict | None] = mapped_column(sa.JSON)  # users found per source, last run
     notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     report: Mapped[dict | None] = mapped_column(sa.JSON)
