@@ -41,6 +41,7 @@ from tests.integration.test_privacy_service import (
     erasure,
     new_user,
     stack_env,
+    stored,
 )
 
 pytestmark = pytest.mark.integration
@@ -125,6 +126,8 @@ def test_open_affected_erase_notify_twice_report_list(stack, tmp_path):
     with stack.engine.connect() as conn:
         wait_for(lambda: conn.execute(text("SELECT count(*) FROM access_logs")).scalar() == 2,
                  15, 0.2, "the access logs stored")
+    for _ in range(2):
+        stored(stack, keep_b, b"\x89PNG an output", "output", "image/png")
 
     # bad input: a clear refusal, never a traceback
     bad = ops(stack, "breach", "open", "--summary", "x", "--detected-at", "yesterday-ish",
@@ -135,7 +138,7 @@ def test_open_affected_erase_notify_twice_report_list(stack, tmp_path):
 
     detected = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     opened = ops(stack, "breach", "open", "--summary", "API database snapshot exposed",
-                 "--detected-at", detected, "--categories", "account,access_logs")
+                 "--detected-at", detected, "--categories", "account,access_logs,images")
     assert opened.returncode == 0, opened.stderr
     incident = re.search(r"incident ([0-9a-f-]{36}) opened", opened.stdout).group(1)
     assert "70 h left" in opened.stdout
@@ -145,7 +148,7 @@ def test_open_affected_erase_notify_twice_report_list(stack, tmp_path):
 
     affected = ops(stack, "breach", "affected", incident, "--from", "1h", "--to", "now")
     assert affected.returncode == 0, affected.stderr
-    assert "access_logs 1" in affected.stdout
+    assert "access_logs 1" in affected.stdout and "storage 1" in affected.stdout
     counts = re.search(r"(\d+) affected users, (\d+) records", affected.stdout)
     assert int(counts.group(1)) >= 3  # other modules' users may share the window: never fewer
     with stack.engine.connect() as conn:
@@ -179,7 +182,8 @@ def test_open_affected_erase_notify_twice_report_list(stack, tmp_path):
     assert reported.returncode == 0, reported.stderr
     report = json.loads((out / f"breach-{incident}.json").read_text())
     assert report["approximate_people"] == int(counts.group(1))
-    assert report["categories"] == ["account", "access_logs"]
+    assert report["categories"] == ["account", "access_logs", "images"]
+    assert report["approximate_records"] >= 3 + 2 + 2  # accounts, access logs, objects
     assert report["measures_taken"] == ["snapshot deleted", "keys rotated"]
     assert report["users_not_notified_erased"] >= 1 and report["users_pending_notice"] == 0
     assert report["reported_within_deadline"] is True
