@@ -360,10 +360,12 @@ def privacy():
 @pass_config
 def privacy_report(config, as_json):
     """Open requests by due date, overdue first, and the parts that failed.
-    Exit 1 when a request is overdue or a part failed."""
+    Exit 1 when a request is overdue, a part failed or a breach incident is
+    still open 48 hours after detection."""
     result = privacy_ops.report(config)
     show(result, as_json, privacy_ops.report_lines)
-    if result.get("failed_parts") or any(r.get("overdue") for r in result.get("open") or []):
+    if result.get("failed_parts") or result.get("breaches_overdue") or any(
+            r.get("overdue") for r in result.get("open") or []):
         raise click.exceptions.Exit(1)
 
 

@@ -3,7 +3,8 @@ and ``privacy.publish_policy`` over nameko RPC, and how the CLI prints them.
 
 The report lists open requests by due date with the overdue ones first, and
 every service's part that failed (asked the bounded number of times without
-an answer). Request ids only: the report names no user.
+an answer), and the breach incidents still open 48 hours after detection.
+Request and incident ids only: the report names no user.
 """
 
 from __future__ import annotations
