@@ -1,5 +1,6 @@
 """The privacy service: data-subject requests (export, erasure, restriction),
-consent, policy versions, access logs and the published retention schedule.
+consent, policy versions, access logs, the published retention schedule and
+personal-data breaches (:mod:`breaches`, for ``darkroom-ops breach``).
 
     nameko run --config deploy/config/privacy.yaml services.privacy.service:PrivacyService
 

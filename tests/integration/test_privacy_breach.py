@@ -213,6 +213,7 @@ def test_an_incident_open_48_hours_shows_in_the_privacy_report_and_the_metric(st
     assert opened.returncode == 0, opened.stderr
     incident = re.search(r"incident ([0-9a-f-]{36}) opened", opened.stdout).group(1)
     report = ops(stack, "privacy", "report")
+    assert report.returncode == 1  # an alert on the exit code fires
     assert "breach incidents open 48 hours after detection" in report.stdout
     assert incident in report.stdout
     listed = ops(stack, "breach", "list")
