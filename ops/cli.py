@@ -41,6 +41,7 @@ warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 import click  # noqa: E402
 
 from ops import billing as billing_ops  # noqa: E402
+from ops import breach as breach_ops  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
 from ops import jobs as jobs_ops  # noqa: E402
 from ops import privacy as privacy_ops  # noqa: E402
@@ -403,10 +404,12 @@ def privacy():
 @pass_config
 def privacy_report(config, as_json):
     """Open requests by due date, overdue first, and the parts that failed.
-    Exit 1 when a request is overdue or a part failed."""
+    Exit 1 when a request is overdue, a part failed or a breach incident is
+    still open 48 hours after detection."""
     result = privacy_ops.report(config)
     show(result, as_json, privacy_ops.report_lines)
-    if result.get("failed_parts") or any(r.get("overdue") for r in result.get("open") or []):
+    if result.get("failed_parts") or result.get("breaches_overdue") or any(
+            r.get("overdue") for r in result.get("open") or []):
         raise click.exceptions.Exit(1)
 
 
@@ -433,6 +436,9 @@ def privacy_publish_policy(config, version, material, summary):
     policy = privacy_ops.publish_policy(config, version, material, summary)
     kind = "material: users must accept it" if policy.get("material") else "minor"
     click.echo(f"policy {policy['version']} published ({kind})")
+
+
+cli.add_command(breach_ops.breach)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ and ``privacy.publish_policy`` over nameko RPC, and how the CLI prints them.
 
 The report lists open requests by due date with the overdue ones first, and
 every service's part that failed (asked the bounded number of times without
-an answer). Request ids only: the report names no user.
+an answer), and the breach incidents still open 48 hours after detection.
+Request and incident ids only: the report names no user.
 """
 
 from __future__ import annotations
@@ -75,4 +76,12 @@ def report_lines(result: dict) -> list[str]:
                          f"last {_day(part.get('asked_at'))}")
     else:
         lines.append("no failed parts")
+    breaches = result.get("breaches_overdue") or []
+    if breaches:
+        lines.append("")
+        lines.append(f"breach incidents open 48 hours after detection ({len(breaches)}): report "
+                     "them (`darkroom-ops breach report`; docs/runbooks/breach.md)")
+        for item in breaches:
+            lines.append(f"  {item['id']}  detected {_day(item['detected_at'])}, regulator "
+                         f"deadline {_day(item['deadline_at'])}")
     return lines

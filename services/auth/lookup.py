@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.auth.models import User
+from services.auth.models import User, UserSession
 from services.common.errors import forbidden, not_found
 from services.common.ids import trusted_id
 
@@ -28,3 +28,19 @@ def ensure_verified(user: User) -> None:
     """403 ``email_unverified`` until the account's address is verified."""
     if not user.email_verified:
         raise forbidden("verify your email address first", code="email_unverified")
+
+
+def users_active_between(db: Session, window_from, window_to) -> dict[str, int]:
+    """Accounts created, or signed in (a session started), within
+    ``[window_from, window_to)``: ``{user_id: sessions started + 1 if created}``
+    (a breach's affected users; services/privacy/breaches.py)."""
+    found: dict[str, int] = {}
+    for (user_id,) in db.execute(select(User.id).where(User.created_at >= window_from,
+                                                       User.created_at < window_to)):
+        found[str(user_id)] = 1
+    for user_id, count in db.execute(
+            select(UserSession.user_id, func.count())
+            .where(UserSession.created_at >= window_from, UserSession.created_at < window_to)
+            .group_by(UserSession.user_id)):
+        found[str(user_id)] = found.get(str(user_id), 0) + count
+    return found

@@ -32,6 +32,7 @@ from services.auth.models import outbox
 from services.auth.settings import AuthSettings
 from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
+from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
 from services.common.errors import DomainError, invalid_request
 from services.common.ids import utcnow
@@ -220,6 +221,14 @@ class AuthService(PrivacyParticipant, DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def get_user(self, user_id) -> dict:
         return c.User().dump(lookup.get_user(self.db, user_id))
+
+    @rpc(expected_exceptions=DomainError)
+    def users_active_between(self, window) -> dict:
+        """For a breach (privacy): ``{user_id: records}`` of the accounts
+        created or signed in within ``window`` (``{"from", "to"}``)."""
+        data = load_rpc(privacy_contracts.Window, window)
+        found = lookup.users_active_between(self.db, data["window_from"], data["window_to"])
+        return found
 
     @rpc(expected_exceptions=DomainError)
     def update_profile(self, user_id, payload) -> dict:

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = ("email_verification", "password_reset", "password_changed", "signup_attempted",
              "suspicious_login", "receipt", "refund", "export_ready", "news",
-             "erasure_scheduled")
+             "erasure_scheduled", "breach_notice")
 
 
 def resolved_mail_settings(config: dict) -> dict:

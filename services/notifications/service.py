@@ -77,6 +77,7 @@ class NotificationsService(PrivacyParticipant, DarkroomService):
     order_refunded = mail("billing.order_refunded", "refund")
     export_ready = mail("privacy.export_ready", "export_ready")
     erasure_scheduled = mail("privacy.erasure_scheduled", "erasure_scheduled")
+    breach_notice = mail("privacy.breach_notice", "breach_notice")
 
     # ------------------------------------------------------------ privacy
 

@@ -17,7 +17,13 @@
 - ``erased_subjects``: a keyed hash (``psn:`` + HMAC) of each erased user's
   id, so access logs still on their way when the erasure completed are
   dropped instead of stored. It cannot be turned back into the id.
+- ``breach_incidents``, ``breach_subjects`` and ``breach_log``: personal-data
+  breaches (services/privacy/breaches.py). Kept for the legal obligation to
+  document breaches, so a user's erasure does not delete them: a subject is
+  its keyed hash (``psn:``), and its user id only until the notice is sent or
+  the user is erased. ``breach_log`` has an audit row per change.
 """
+
 
 from __future__ import annotations
 
@@ -182,6 +188,58 @@ class ErasedSubject(Base):
 
     subject: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class BreachIncident(IdMixin, Base):
+    """A personal-data breach and its 72-hour regulator clock (from ``detected_at``)."""
+
+    __tablename__ = "breach_incidents"
+    __table_args__ = (sa.Index("ix_breach_incidents_state_detected_at", "state", "detected_at"),)
+
+    summary: Mapped[str] = mapped_column(sa.Text)
+    categories: Mapped[list] = mapped_column(sa.JSON)
+    state: Mapped[str] = mapped_column(sa.String(16))  # open, reported
+    detected_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    deadline_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # the window the affected users were computed for, and when
+    window_from: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    window_to: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    affected_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    affected_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    records_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    sources: Mapped[dict | None] = mapped_column(sa.JSON)  # users found per source, last run
+    notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    report: Mapped[dict | None] = mapped_column(sa.JSON)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class BreachSubject(Base):
+    """One affected user of an incident, and their notice."""
+
+    __tablename__ = "breach_subjects"
+    __table_args__ = (sa.Index("ix_breach_subjects_incident_id_notice", "incident_id", "notice"),)
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("breach_incidents.id"), primary_key=True)
+    subject: Mapped[str] = mapped_column(sa.String(80), primary_key=True)  # psn: keyed hash
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)  # until notified or erased
+    sources: Mapped[list] = mapped_column(sa.JSON)
+    records: Mapped[int] = mapped_column(sa.Integer, default=0)
+    notice: Mapped[str] = mapped_column(sa.String(16))  # pending, sent, skipped_erased
+    notice_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class BreachLog(IdMixin, Base):
+    """The audit trail of an incident: an entry per change. No personal data."""
+
+    __tablename__ = "breach_log"
+
+    incident_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    action: Mapped[str] = mapped_column(sa.String(40))
+    detail: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 outbox = outbox_table(Base.metadata)

@@ -29,6 +29,14 @@ def own_items(settings: PrivacySettings) -> list[dict]:
         {"service": "privacy", "data": "privacy requests and their audit trail",
          "kept": "indefinitely, without any personal data once the account is erased",
          "days": None, "enforced_by": "erasure removes the user id from every request"},
+        {"service": "privacy",
+         "data": "breach records (incidents, affected users as keyed hashes, notice status, "
+                 "regulator reports, their audit log)",
+         "kept": "indefinitely, as the documentation of breaches the law requires; not deleted "
+                 "by an erasure; a user id only until the user's notice is sent or the user "
+                 "is erased",
+         "days": None,
+         "enforced_by": "the notice and the erasure drop the user id (docs/runbooks/breach.md)"},
         {"service": "privacy", "data": "closed (erased) accounts",
          "kept": f"deleted everywhere {grace / 3600:g} hours after the erasure request "
                  f"(grace period, cancellable; no jobs, no spending meanwhile) plus "

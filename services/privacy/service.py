@@ -1,5 +1,6 @@
 """The privacy service: data-subject requests (export, erasure, restriction),
-consent, policy versions, access logs and the published retention schedule.
+consent, policy versions, access logs, the published retention schedule and
+personal-data breaches (:mod:`breaches`, for ``darkroom-ops breach``).
 
     nameko run --config deploy/config/privacy.yaml services.privacy.service:PrivacyService
 
@@ -22,17 +23,18 @@ from pathlib import Path
 import requests as http
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
+from prometheus_client import Gauge
 
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as c
 from services.common.db import Database, locked
 from services.common.errors import DomainError, not_found
-from services.common.ids import isoformat, trusted_id, utcnow
+from services.common.ids import client_id, isoformat, trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
-from services.privacy import access_logs, archive, calls, consent, own_data, schedule
+from services.privacy import access_logs, archive, breaches, calls, consent, own_data, schedule
 from services.privacy import requests as subject_requests
 from services.privacy.models import PrivacyRequest, outbox
 from services.privacy.settings import PrivacySettings
@@ -46,6 +48,13 @@ RETENTION_WAIT_SECONDS = 3.0
 # shorter than the gateway's RPC timeout (10 s): when auth is slow the user is
 # told 503 and nothing is recorded, never 503 while the request goes ahead
 REAUTH_TIMEOUT_SECONDS = 5.0
+BREACH_METRIC_INTERVAL_SECONDS = 60
+
+BREACHES_OVERDUE = Gauge(
+    "darkroom_privacy_breaches_overdue",
+    "Breach incidents still open (not reported) 48 hours after detection; the regulator "
+    "deadline is 72 hours (docs/runbooks/breach.md)",
+)
 
 
 def _jsonable(value):
@@ -255,7 +264,82 @@ class PrivacyService(DarkroomService):
 
     @rpc(expected_exceptions=DomainError)
     def report(self) -> dict:
-        return _jsonable(subject_requests.report(self.db, self.settings, utcnow()))
+        now = utcnow()
+        return _jsonable({**subject_requests.report(self.db, self.settings, now),
+                          "breaches_overdue": breaches.overdue(self.db, now)})
+
+    # ------------------------------------------------------------ breaches (operators)
+
+    @rpc(expected_exceptions=DomainError)
+    def breach_open(self, payload) -> dict:
+        data = load_rpc(c.OpenBreach, payload)
+        now = utcnow()
+        incident = breaches.open_incident(self.db, data["summary"], data["categories"],
+                                          data["detected_at"], now)
+        view = breaches.view(self.db, incident, now)
+        self.db.commit()
+        self.count_overdue_breaches()  # an incident detected long ago is overdue at once
+        log.warning("breach incident opened", extra={"incident_id": view["id"]})
+        return view
+
+    @rpc(expected_exceptions=DomainError)
+    def breach_affected(self, incident_id, payload) -> dict:
+        """Compute the affected users within a window from the access logs
+        (this service's), auth's accounts and storage's objects, as the
+        incident's categories (or the given ones) say; store the set."""
+        data = load_rpc(c.BreachWindow, payload)
+        start, end = data["window_from"], data["window_to"]
+        breaches.check_window(start, end)
+        sources = breaches.sources_for(breaches.get(self.db, incident_id), data["categories"])
+        window = {"from": isoformat(start), "to": isoformat(end)}
+        found = {}
+        for source in sources:
+            if source == "access_logs":
+                found[source] = breaches.access_log_users(self.db, start, end)
+            else:
+                method = "users_active_between" if source == "auth" else "owners_between"
+                found[source] = calls.call(getattr(self, source), source, method, window,
+                                           timeout=self.settings.rpc_timeout_seconds)
+        self.db.rollback()
+        incident = breaches.get(self.db, incident_id, lock=True)
+        now = utcnow()
+        result = breaches.record_affected(self.db, self.settings.pseudonym_key, incident,
+                                          start, end, found, now)
+        view = breaches.view(self.db, incident, now)
+        self.db.commit()
+        return {**result, "incident": view}
+
+    @rpc(expected_exceptions=DomainError)
+    def breach_notify(self, incident_id, limit=100) -> dict:
+        """One batch of notices; call again while ``pending`` is not 0."""
+        incident = breaches.get(self.db, incident_id, lock=True)
+        result = breaches.notify_batch(self.db, self.settings.pseudonym_key, incident, utcnow(),
+                                       self.dispatch, limit)
+        self.db.commit()
+        return result
+
+    @rpc(expected_exceptions=DomainError)
+    def breach_report(self, incident_id, payload) -> dict:
+        data = load_rpc(c.BreachReport, payload)
+        incident = breaches.get(self.db, incident_id, lock=True)
+        report = breaches.build_report(self.db, incident, data["contact"], data["measures"],
+                                       data["consequences"], utcnow())
+        self.db.commit()
+        self.count_overdue_breaches()
+        log.warning("breach reported", extra={"incident_id": str(client_id(incident_id))})
+        return report
+
+    @rpc(expected_exceptions=DomainError)
+    def breach_list(self) -> dict:
+        return {"items": breaches.list_incidents(self.db, utcnow())}
+
+    @timer(interval=BREACH_METRIC_INTERVAL_SECONDS, eager=True)
+    def count_overdue_breaches(self) -> int:
+        """The ``darkroom_privacy_breaches_overdue`` gauge (an alert can fire on it)."""
+        overdue = len(breaches.overdue(self.db, utcnow()))
+        self.db.rollback()
+        BREACHES_OVERDUE.set(overdue)
+        return overdue
 
     @rpc(expected_exceptions=DomainError)
     def retry_request(self, request_id) -> dict:
@@ -281,6 +365,8 @@ class PrivacyService(DarkroomService):
             return
         started = utcnow()
         tables = own_data.erase(self.db, event["user_id"])
+        # kept (a legal obligation), as the keyed hash only; no notice any more
+        breaches.forget_user(self.db, self.settings.pseudonym_key, trusted_id(event["user_id"]))
         tables["dead_letters"] = self.dead_letters(event["user_id"])
         result = parts.erasure_result(event["request_id"], "privacy", started, utcnow(), tables)
         self._erasure_part({**result, "started_at": started, "finished_at": utcnow()})

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, delete, or_, select
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.common.concurrency import offload
@@ -429,3 +429,15 @@ def store_export(db: Session, backend: Backend, settings: StorageSettings, owner
     backend.put(obj.key, io.BytesIO(data), len(data), obj.content_type)
     db.add(obj)
     return obj
+
+
+def owners_between(db: Session, window_from: datetime, window_to: datetime) -> dict[str, int]:
+    """Owners of the objects stored at some time within ``[window_from,
+    window_to)`` (created before its end, not deleted before its start):
+    ``{owner_id: objects}`` (a breach's affected users; services/privacy/breaches.py)."""
+    rows = db.execute(
+        select(StoredObject.owner_id, func.count())
+        .where(StoredObject.created_at < window_to,
+               or_(StoredObject.deleted_at.is_(None), StoredObject.deleted_at >= window_from))
+        .group_by(StoredObject.owner_id)).all()
+    return {str(owner): count for owner, count in rows}

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
+from services.common.contracts import privacy as privacy_contracts
 from services.common.contracts import storage as c
 from services.common.db import Database, claim_event
 from services.common.errors import DomainError
@@ -162,6 +163,14 @@ class StorageService(PrivacyParticipant, DarkroomService):
         items = objects.signed_urls(self.db, self.store.backend, self.settings, owner_id,
                                     data["object_ids"], utcnow())
         return {"items": c.OutputUrl(many=True).dump(items)}
+
+    @rpc(expected_exceptions=DomainError)
+    def owners_between(self, window) -> dict:
+        """For a breach (privacy): ``{owner_id: objects}`` of the objects
+        stored at some time within ``window`` (``{"from", "to"}``)."""
+        data = load_rpc(privacy_contracts.Window, window)
+        found = objects.owners_between(self.db, data["window_from"], data["window_to"])
+        return found
 
     @rpc(expected_exceptions=DomainError)
     def set_visibility(self, owner_id, object_id, payload) -> dict:

@@ -87,24 +87,32 @@ class PrivacyTap:
         self.connection.release()
 
 
+def stack_env(make_database, s3_endpoint, amqp_uri: str, ports: dict, privacy_db: str,
+              label: str, **extra) -> dict:
+    """The environment of auth, storage (S3) and privacy (and any other
+    service ``extra`` configures) on fresh databases, with erasures starting
+    two seconds after they are asked."""
+    return base_env(
+        AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
+        AUTH_DATABASE_URL=make_database("auth"), AUTH_METRICS_PORT=ports["auth"],
+        STORAGE_DATABASE_URL=make_database("storage"), STORAGE_METRICS_PORT=ports["storage"],
+        STORAGE_BACKEND="s3", S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
+        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name(label),
+        S3_REGION=s3_endpoint.region,
+        PRIVACY_DATABASE_URL=privacy_db, PRIVACY_METRICS_PORT=ports["privacy"],
+        PRIVACY_ERASURE_GRACE_HOURS=GRACE_HOURS, PRIVACY_ERASURE_SETTLE_SECONDS=0,
+        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY, **extra,
+    )
+
+
 @pytest.fixture(scope="module")
 def stack(make_vhost, make_database, start_process, s3_endpoint):
     amqp_uri, _ = make_vhost("privacy")
     ports = {name: free_port() for name in ("auth", "storage", "privacy")}
     privacy_db = make_database("privacy")
-    env = base_env(
-        AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
-        AUTH_DATABASE_URL=make_database("auth"), AUTH_METRICS_PORT=ports["auth"],
-        STORAGE_DATABASE_URL=make_database("storage"), STORAGE_METRICS_PORT=ports["storage"],
-        STORAGE_BACKEND="s3", S3_ENDPOINT=s3_endpoint.url, S3_ACCESS_KEY=s3_endpoint.access_key,
-        S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=s3_endpoint.bucket_name("privacy"),
-        S3_REGION=s3_endpoint.region,
-        PRIVACY_DATABASE_URL=privacy_db, PRIVACY_METRICS_PORT=ports["privacy"],
-        PRIVACY_ERASURE_GRACE_HOURS=GRACE_HOURS,
-        PRIVACY_ERASURE_SETTLE_SECONDS=0, PRIVACY_PART_TIMEOUT_SECONDS=1,
-        PRIVACY_PART_MAX_ATTEMPTS=2, PRIVACY_RPC_TIMEOUT_SECONDS=3,
-        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
-    )
+    env = stack_env(make_database, s3_endpoint, amqp_uri, ports, privacy_db, "privacy",
+                    PRIVACY_PART_TIMEOUT_SECONDS=1, PRIVACY_PART_MAX_ATTEMPTS=2,
+                    PRIVACY_RPC_TIMEOUT_SECONDS=3)
     tap = PrivacyTap(amqp_uri)
     processes = {name: start_process(name, env) for name in ports}
     for name, port in ports.items():

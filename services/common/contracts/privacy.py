@@ -409,3 +409,50 @@ class Retention(RpcSchema):
     items = fields.List(fields.Nested(RetentionItem), required=True)
     unavailable = fields.List(fields.String(), required=True,
                               metadata={"description": "services that did not answer just now"})
+
+
+# ---------------------------------------------------------------- breaches
+# (services/privacy/breaches.py; docs/runbooks/breach.md)
+
+BREACH_CATEGORIES = ("account", "credentials", "payments", "images", "prompts", "access_logs")
+
+
+@register_event("privacy.breach_notice")
+class BreachNotice(EventSchema):
+    """Notifications mails ``user_id`` (the account's current address, asked
+    of auth; nobody when the account is gone) the breach notice."""
+
+    incident_id = fields.UUID(required=True)
+    user_id = fields.UUID(required=True)
+    summary = fields.String(required=True, validate=validate.Length(min=1, max=5000))
+    categories = fields.List(fields.String(validate=validate.OneOf(BREACH_CATEGORIES)),
+                             required=True)
+    detected_at = fields.AwareDateTime(required=True)
+
+
+class OpenBreach(RpcSchema):
+    summary = fields.String(required=True, validate=validate.Length(min=1, max=5000))
+    categories = fields.List(fields.String(validate=validate.OneOf(BREACH_CATEGORIES)),
+                             required=True, validate=validate.Length(min=1))
+    detected_at = fields.AwareDateTime(required=True)
+
+
+class Window(RpcSchema):
+    """A time window ``[from, to)``: auth's ``users_active_between`` and
+    storage's ``owners_between`` take one (who a breach may have touched)."""
+
+    window_from = fields.AwareDateTime(required=True, data_key="from")
+    window_to = fields.AwareDateTime(required=True, data_key="to")
+
+
+class BreachWindow(Window):
+    categories = fields.List(fields.String(validate=validate.OneOf(BREACH_CATEGORIES)),
+                             load_default=list)
+
+
+class BreachReport(RpcSchema):
+    contact = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    measures = fields.List(fields.String(validate=validate.Length(min=1, max=2000)),
+                           required=True, validate=validate.Length(min=1))
+    consequences = fields.List(fields.String(validate=validate.Length(min=1, max=2000)),
+                               load_default=list)

@@ -150,3 +150,16 @@ def test_nothing_is_written_for_an_erased_account(session):  # noqa: F811
     # other accounts are mailed as before
     assert notify.deliver(session, mailer, SETTINGS, "suspicious_login",
                           {**warning, "event_id": uuid.uuid4(), "user_id": uuid.uuid4()})
+
+
+def test_the_breach_notice_says_what_happened_and_what_to_do():
+    incident_id = uuid.uuid4()
+    mail = render("breach_notice", notify.template_context("breach_notice", {
+        "event_id": uuid.uuid4(), "user_id": uuid.uuid4(), "incident_id": incident_id,
+        "summary": "a backup <copy> was exposed", "categories": ["account", "images"],
+        "detected_at": NOW, "email": "ada@example.com"}, SETTINGS))
+    assert mail.subject == "Important: a security incident affected your Darkroom data"
+    assert "What happened: a backup <copy> was exposed" in mail.text
+    assert "2026-11-22 12:00 UTC" in mail.text and "account, images" in mail.text
+    assert str(incident_id) in mail.text and "change your password" in mail.text
+    assert "a backup &lt;copy&gt; was exposed" in mail.html  # escaped in HTML

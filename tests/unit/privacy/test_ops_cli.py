@@ -78,6 +78,18 @@ def test_a_clean_report_exits_0(calls):
     assert json.loads(run("report", "--json").output) == {"open": [], "failed_parts": []}
 
 
+def test_a_breach_open_48_hours_is_listed_and_exits_1(calls):
+    incident = "01900000-0000-7000-8000-00000000b001"
+    calls.answers["report"] = lambda: {"open": [], "failed_parts": [], "breaches_overdue": [
+        {"id": incident, "summary": "leak", "detected_at": "2026-11-20T10:00:00Z",
+         "deadline_at": "2026-11-23T10:00:00Z"}]}
+    result = run("report")
+    assert result.exit_code == 1
+    assert "breach incidents open 48 hours after detection (1)" in result.output
+    assert f"  {incident}  detected 2026-11-20 10:00, regulator deadline 2026-11-23 10:00" \
+        in result.output
+
+
 def test_retry_names_what_was_asked_again(calls):
     result = run("retry", OVERDUE)
     assert result.exit_code == 0 and result.output.strip() == (
