@@ -25,7 +25,7 @@ import click
 
 from ops import rpc
 from ops.errors import OpsError, id_argument
-from ops.jobs import _table, parse_since
+from ops.jobs import parse_since, table
 from services.common.contracts.privacy import BREACH_CATEGORIES
 
 pass_config = click.make_pass_decorator(dict)
@@ -82,7 +82,7 @@ def list_lines(items: list[dict]) -> list[str]:
                      str(i["affected"]),
                      f"{notices['sent']} sent, {notices['pending']} pending, "
                      f"{notices['skipped_erased']} erased"))
-    return _table(("INCIDENT", "STATE", "DETECTED (UTC)", "DEADLINE (UTC)", "CLOCK", "AFFECTED",
+    return table(("INCIDENT", "STATE", "DETECTED (UTC)", "DEADLINE (UTC)", "CLOCK", "AFFECTED",
                    "NOTICES"), rows)
 
 
