@@ -35,7 +35,9 @@ def verify_webhook(secret: str, body: bytes | str, headers: Mapping[str, str]) -
     raw = body.encode() if isinstance(body, str) else bytes(body)
     try:
         payload = standardwebhooks.Webhook(secret).verify(raw, lowered)
-    except standardwebhooks.WebhookVerificationError as exc:
+    except (standardwebhooks.WebhookVerificationError, ValueError) as exc:
+        # ValueError: the library's own, for a signature without "v1," or bad base64,
+        # a body that is not UTF-8 or not JSON
         raise WebhookVerificationError(str(exc) or "the webhook does not verify") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("job"), dict):
         raise WebhookVerificationError("the webhook's body is not a job event")
