@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from darkroom_client import Client, DarkroomError
+from darkroom_client import Client, DarkroomError, OutputURL
 from darkroom_client.client import BACKOFF_MAX_S, _retry_after
 
 from .conftest import API_KEY, answer, error, job
@@ -137,3 +137,14 @@ def test_a_body_that_is_not_the_envelope_still_gives_a_code(api, client):
         client.cancel_job("j1")
     assert (caught.value.status, caught.value.code) == (409, "http_409")
     assert "Conflict" in caught.value.message
+
+
+def test_a_signed_url_is_downloaded_without_the_api_key(api, client):
+    api.answer_with("GET", "/files/o/img-1", (200, {"Content-Type": "image/png"}, b"PNGDATA"))
+    link = OutputURL(id="img-1", url=f"{api.url}/files/o/img-1?signature=s")
+    assert client.download(link) == b"PNGDATA"
+    [fetched] = api.calls("GET", "/files/o/img-1")
+    assert fetched.header("Authorization") is None and fetched.header("X-API-Key") is None
+    api.answer_with("GET", "/v1/me", answer(200, {"id": "u1"}))
+    client.me()
+    assert api.calls("GET", "/v1/me")[0].header("Authorization") == f"Bearer {API_KEY}"

@@ -106,3 +106,12 @@ def test_a_wait_over_60_seconds_asks_for_60(api, client):
     api.answer_with("POST", GENERATIONS, answer(202, job()))
     client.submit("text-to-image", "a kite", wait=600)
     assert api.calls("POST", GENERATIONS)[0].header("Prefer") == "wait=60"
+
+
+def test_a_refused_repeat_falls_back_to_polling(api, client, sleeps):
+    api.answer_with("POST", GENERATIONS, answer(202, job()),
+                    error(403, "processing_restricted"))
+    api.answer_with("GET", f"{GENERATIONS}/{JOB_ID}", answer(200, DONE))
+    done = client.submit("text-to-image", "a kite").wait()
+    assert done.status == "succeeded" and len(api.calls("POST", GENERATIONS)) == 2
+    assert len(api.calls("GET", f"{GENERATIONS}/{JOB_ID}")) == 1

@@ -163,7 +163,8 @@ class Client:
         wait`` (the API answers with that same job, no second one, once it
         ends or the wait is over). When the server does not apply the
         preference (its waiting slots are taken), or for a job only known by
-        its id, the client polls ``GET /v1/generations/{id}`` instead, from
+        its id, or when the repeat is refused (a 4xx: the account was
+        restricted since...), the client polls ``GET /v1/generations/{id}`` instead, from
         0.25 s up to ``poll_interval`` between reads."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(job, str):
@@ -175,7 +176,13 @@ class Client:
                 raise WaitTimeout(job, timeout)
             if submission is not None:
                 seconds = WAIT_MAX_S if left is None else max(1, min(WAIT_MAX_S, int(left)))
-                answer, applied = self._submit(*submission, seconds)
+                try:
+                    answer, applied = self._submit(*submission, seconds)
+                except DarkroomError as exc:  # refused now (restricted since...): poll instead
+                    if exc.status is None or exc.status >= 500:
+                        raise
+                    submission = None
+                    continue
                 if answer.id != job.id:  # the key was forgotten: never wait this way again
                     submission = None
                     continue
