@@ -73,7 +73,10 @@ def test_stream_follows_a_job_to_its_end(stack, client):
     for event in client.stream(job.id):
         events.append(event)
         if len(events) == 1:
-            stack.images.proceed()  # seen before it ended: now let it finish
+            # the first event arrives while the job runs (the stream is live, not
+            # buffered to its end): the provider still holds its answer
+            assert not client.get_job(job.id).done
+            stack.images.proceed()  # now let it finish
     statuses = [event.job.status for event in events]
     assert statuses[0] != "succeeded" and statuses[-1] == "succeeded"
     assert all(event.event == "job" and event.job.id == job.id for event in events)
