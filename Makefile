@@ -21,13 +21,15 @@ help:
 	@echo "make lint    ruff;  make bench   benchmarks;  make migrate   apply database migrations"
 
 # The locked versions, each checked against its hash, then the project itself without
-# resolving anything (docs/operations.md: how to update the locks).
-$(STAMP): pyproject.toml requirements-dev.lock
+# resolving anything (docs/operations.md: how to update the locks), and the Python
+# client (clients/python, its dependencies are in the locks) editable, for its tests.
+$(STAMP): pyproject.toml requirements-dev.lock clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e clients/python
 	@touch $(STAMP)
 
 venv: $(STAMP)
