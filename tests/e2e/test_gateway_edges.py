@@ -221,4 +221,4 @@ def test_the_docs_page_and_every_file_it_loads_come_from_the_gateway(stack):
         assert served.status_code == 200 and len(served.content) > 100, url
     doc = stack.call("GET", "/v1/openapi.json").json()
     assert doc["openapi"] == "3.1.0" and set(doc["webhooks"]) == {
-        "job.succeeded", "job.failed", "job.cancelled"}
+        "job.started", "job.completed", "job.failed", "job.cancelled"}
