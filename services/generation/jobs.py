@@ -21,7 +21,8 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from services.common.contracts.generation import ACTIVE, JobState
+from services.common import metrics
+from services.common.contracts.generation import ACTIVE, FINAL, JobState
 from services.common.errors import conflict, not_found, rate_limited
 from services.common.ids import client_id, isoformat, new_id
 from services.common.messaging import Dispatch
@@ -529,3 +530,23 @@ def webhook_view(job: Job) -> dict:
         "created_at": isoformat(job.created_at),
         "finished_at": isoformat(job.finished_at) if job.finished_at else None,
     }
+
+
+def state_metrics(engine, now: datetime) -> list[metrics.Sample]:
+    """Jobs by state and provider (``none``: not yet given to one), read at
+    each scrape (services.common.metrics): every active job, and the jobs
+    that reached a final state in the last hour (a bounded window: the
+    history itself is not counted at each scrape)."""
+    with Session(engine) as db:
+        rows = db.execute(
+            select(Job.status, Job.provider, func.count())
+            .where(or_(Job.status.in_([s.value for s in ACTIVE]),
+                       and_(Job.status.in_([s.value for s in FINAL]),
+                            Job.finished_at >= now - timedelta(hours=1))))
+            .group_by(Job.status, Job.provider)
+        ).all()
+    counts = {(s.value, "none"): 0 for s in ACTIVE}
+    for state, provider, count in rows:
+        counts[(state, provider or "none")] = count
+    return [("darkroom_jobs", {"state": state, "provider": provider}, float(n))
+            for (state, provider), n in counts.items()]
