@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from nameko.extensions import DependencyProvider
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
@@ -183,6 +184,24 @@ class StateCollector:
 
 STATE = StateCollector()
 REGISTRY.register(STATE)
+
+
+class StateMetrics(DependencyProvider):
+    """Declared by every service (:class:`services.common.service.DarkroomService`):
+    while the service serves /metrics (``METRICS_PORT``), its state gauges are
+    read at each scrape."""
+
+    def setup(self):
+        self.watching = bool(int(self.container.config.get("METRICS_PORT") or 0))
+        if self.watching:
+            STATE.watch(self.container)
+
+    def stop(self):
+        if self.watching:
+            STATE.unwatch(self.container)
+
+    def kill(self):
+        self.stop()
 
 
 def defined_names() -> set[str]:

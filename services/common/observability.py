@@ -7,8 +7,7 @@
 - :class:`Observability` is the dependency every service declares: it sets the
   correlation id of each worker, counts and times workers, and serves
   ``/healthz``, ``/readyz`` (database and broker reachable) and ``/metrics`` on
-  ``METRICS_PORT`` (0 turns the endpoint off), with the domain metrics of
-  :mod:`services.common.metrics`.
+  ``METRICS_PORT`` (0 turns the endpoint off).
 """
 
 from __future__ import annotations
@@ -99,16 +98,11 @@ class Observability(DependencyProvider):
         port = int(config.get("METRICS_PORT") or 0)
         if port:
             from services.common.health import serve
-            from services.common.metrics import STATE
 
-            STATE.watch(self.container)  # its state gauges, read at each scrape
             self.server = serve(self.container, port, self._ready)
 
     def stop(self):
         if self.server is not None:
-            from services.common.metrics import STATE
-
-            STATE.unwatch(self.container)
             self.server.kill()
             self.server = None
 
