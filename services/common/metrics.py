@@ -2,8 +2,9 @@
 
 Two kinds:
 
-- **Events**, counted where they happen: provider calls (the router), webhook
-  deliveries, purged objects, ledger verifications.
+- **Events**, counted where they happen: provider calls (the router), jobs
+  reaching a final state, webhook deliveries, purged objects, ledger
+  verifications.
 - **State**, read at each scrape (:class:`StateCollector`): a service whose
   class names ``state_metrics`` (a function ``(engine, now) -> samples``)
   has it run against its database, and every service reports the depth of
@@ -46,6 +47,11 @@ PROVIDER_CIRCUIT_OPEN = Gauge(
     "1 while a provider's circuit breaker is open or half-open (probing), 0 when closed",
     ["provider"],
 )
+JOBS_FINISHED = Counter(
+    "darkroom_jobs_finished_total",
+    "Generation jobs that reached a final state, by state and provider (none: never given to one)",
+    ["state", "provider"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "darkroom_webhook_deliveries_total",
     "Webhook delivery attempts, by outcome (delivered, retrying, failed: given up)",
@@ -70,8 +76,8 @@ LEDGER_VERIFIED_AT = Gauge(
 #: name -> (help, label names): every gauge a :class:`StateCollector` may report.
 STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "darkroom_jobs": (
-        "Generation jobs by state and provider: the active ones, and those that "
-        "reached a final state in the last hour", ("state", "provider")),
+        "Active generation jobs (queued, reserved, running) by state and provider",
+        ("state", "provider")),
     "darkroom_privacy_requests": (
         "Open privacy requests by type and due (overdue, due_7d: due within 7 days, later)",
         ("type", "due")),

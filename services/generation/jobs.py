@@ -164,6 +164,8 @@ def _move(db: Session, job: Job, from_status: str | tuple[str, ...], **values) -
     if result.rowcount:
         for key, value in values.items():  # what the row now holds, without reading it again
             set_committed_value(job, key, value)
+        if values.get("status") in FINAL:
+            metrics.JOBS_FINISHED.labels(str(values["status"]), job.provider or "none").inc()
         return True
     return False
 
@@ -533,16 +535,13 @@ def webhook_view(job: Job) -> dict:
 
 
 def state_metrics(engine, now: datetime) -> list[metrics.Sample]:
-    """Jobs by state and provider (``none``: not yet given to one), read at
-    each scrape (services.common.metrics): every active job, and the jobs
-    that reached a final state in the last hour (a bounded window: the
-    history itself is not counted at each scrape)."""
+    """The active jobs by state and provider (``none``: not yet given to
+    one), read at each scrape (services.common.metrics) through the status
+    index; the finished ones are counted as they finish (``JOBS_FINISHED``)."""
     with Session(engine) as db:
         rows = db.execute(
             select(Job.status, Job.provider, func.count())
-            .where(or_(Job.status.in_([s.value for s in ACTIVE]),
-                       and_(Job.status.in_([s.value for s in FINAL]),
-                            Job.finished_at >= now - timedelta(hours=1))))
+            .where(Job.status.in_([s.value for s in ACTIVE]))
             .group_by(Job.status, Job.provider)
         ).all()
     counts = {(s.value, "none"): 0 for s in ACTIVE}

@@ -11,10 +11,12 @@ import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common import metrics
+from services.common.errors import DomainError
 from services.common.health import health_app
 from services.generation import deliveries, webhooks
 from services.generation.models import WebhookDelivery
@@ -108,6 +110,26 @@ def test_webhook_delivery_outcomes_are_counted(tmp_path):
     for outcome in ("delivered", "retrying", "failed"):
         assert (value(after, "darkroom_webhook_deliveries_total", outcome=outcome)
                 == value(before, "darkroom_webhook_deliveries_total", outcome=outcome) + 1)
+
+
+def test_jobs_reaching_a_final_state_are_counted(tmp_path):
+    """A cancelled job (never given to a provider) counts once under
+    ``cancelled``/``none``; a failed cancel counts nothing."""
+    from services.generation import jobs
+    from services.generation.settings import GenerationSettings
+    from tests.unit.generation.test_jobs import Events, submit
+
+    settings = GenerationSettings(max_active_jobs_per_user=2, lease_seconds=60)
+    before = value(scrape(), "darkroom_jobs_finished_total", state="cancelled", provider="none")
+    with migrated_database("generation", tmp_path) as db:
+        user, events = uuid.uuid4(), Events()
+        job = submit(db, settings, user, events)
+        jobs.cancel(db, settings, user, job.id, NOW, events)
+        db.commit()
+        with pytest.raises(DomainError):  # already cancelled: not counted again
+            jobs.cancel(db, settings, user, job.id, NOW, events)
+    assert value(scrape(), "darkroom_jobs_finished_total", state="cancelled",
+                 provider="none") == before + 1
 
 
 def test_a_services_metrics_app_serves_its_state_and_survives_what_it_cannot_read():
