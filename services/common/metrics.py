@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from nameko.extensions import DependencyProvider
@@ -94,7 +93,6 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 Sample = tuple[str, dict[str, str], float]  # (gauge name, labels, value)
-StateSampler = Callable[[object, datetime], Iterable[Sample]]
 
 
 def queue_samples(container) -> list[Sample]:
@@ -209,13 +207,3 @@ class StateMetrics(DependencyProvider):
     def kill(self):
         self.stop()
 
-
-def defined_names() -> set[str]:
-    """Every metric family Darkroom defines (this module, the workers' and the
-    gateway's): what the alert rules and the dashboard may name."""
-    import gateway.access_log  # noqa: F401  (registers its counter)
-    import gateway.metrics  # noqa: F401
-    import services.common.observability  # noqa: F401
-
-    return {name for collector in list(REGISTRY._collector_to_names)
-            for name in REGISTRY._collector_to_names[collector]}
