@@ -28,8 +28,8 @@ from services.billing.models import outbox, processed_events
 from services.billing.payments import webhooks
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.billing.settings import BillingSettings
+from services.common import metrics, spending
 from services.common import privacy_parts as parts
-from services.common import spending
 from services.common.contracts import billing as c
 from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
@@ -194,6 +194,9 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
     def verify_ledger(self, user_id=None) -> dict:
         user = load_rpc(c.OptionalUserRef, {"user_id": user_id})["user_id"]
         result = audit.verify_ledger(self.db, user)
+        if user is None:  # the whole ledger: what the metrics report
+            metrics.LEDGER_PROBLEMS.set(len(result["problems"]))
+            metrics.LEDGER_VERIFIED_AT.set_to_current_time()
         if result["problems"]:
             log.error("ledger verification found %d problem(s)", len(result["problems"]))
         return c.LedgerVerification().dump(result)

@@ -23,6 +23,13 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+#: PostgreSQL connections one process may hold: ``POOL_SIZE`` kept, plus up to
+#: ``POOL_OVERFLOW`` more under load. docs/scaling.md's connection budget is
+#: built on them (tests/unit/test_observability.py checks compose covers it).
+POOL_SIZE = 10
+POOL_OVERFLOW = 10
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -32,7 +39,8 @@ def make_engine(url: str, **kwargs) -> Engine:
         kwargs.setdefault("connect_args", {"check_same_thread": False})
     else:
         kwargs.setdefault("pool_pre_ping", True)
-        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     engine = create_engine(url, **kwargs)
     if engine.dialect.driver == "pg8000":
         event.listen(engine, "connect", _tcp_nodelay)

@@ -1,4 +1,5 @@
-"""What every Darkroom nameko service has: observability, a ``ping`` RPC and
+"""What every Darkroom nameko service has: observability (with the state
+gauges of services/common/metrics.py), a ``ping`` RPC and
 the removal of its dead letters that name an erased user.
 
     class AuthService(DarkroomService):
@@ -12,6 +13,7 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
 from services.common.dead_letters import DeadLetters
+from services.common.metrics import StateMetrics
 from services.common.observability import Observability
 from services.common.secrets import ProductionSecrets
 
@@ -20,6 +22,7 @@ class DarkroomService:
     name = "darkroom"
     production_secrets = ProductionSecrets()  # DARKROOM_ENV=production: no weak secrets
     observe = Observability()
+    state_gauges = StateMetrics()  # services.common.metrics: read at each scrape
     # at an erasure: self.dead_letters(user_id, ...) removes this service's
     # dead letters that name the user
     dead_letters = DeadLetters()

@@ -41,6 +41,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from services.common import metrics
 from services.common.contracts.generation import WEBHOOK_EVENT_OF_STATE
 from services.common.errors import conflict, not_found
 from services.common.ids import client_id, utcnow
@@ -147,15 +148,18 @@ def record(db: Session, delivery: WebhookDelivery, result: webhooks.Delivery, no
                   backoff or ReceiverBackoff())
     if result.delivered:
         delivery.status, delivery.delivered_at, delivery.last_error = DELIVERED, now, None
+        metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
         return
     delivery.last_error = (result.error or f"http_{result.status}")[:500]
     delay = webhooks.next_delay(delivery.tries) if result.retry else None
     if delay is None or delivery.tries >= max_tries:
         delivery.status = FAILED
+        metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
         log.warning("webhook for job %s given up after %d tries: %s", delivery.job_id,
                     delivery.tries, delivery.last_error)
         return
     delivery.next_attempt_at = now + timedelta(seconds=delay)
+    metrics.WEBHOOK_DELIVERIES.labels("retrying").inc()
 
 
 def note_receiver(db: Session, receiver: str | None, result: webhooks.Delivery, now: datetime,

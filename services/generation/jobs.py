@@ -21,8 +21,10 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from services.common import metrics
 from services.common.contracts.generation import (
     ACTIVE,
+    FINAL,
     WEBHOOK_EVENT_OF_STATE,
     WEBHOOK_EVENTS,
     JobState,
@@ -171,6 +173,8 @@ def _move(db: Session, job: Job, from_status: str | tuple[str, ...], **values) -
     if result.rowcount:
         for key, value in values.items():  # what the row now holds, without reading it again
             set_committed_value(job, key, value)
+        if values.get("status") in FINAL:
+            metrics.JOBS_FINISHED.labels(str(values["status"]), job.provider or "none").inc()
         return True
     return False
 
@@ -551,3 +555,20 @@ def webhook_view(job: Job) -> dict:
         "created_at": isoformat(job.created_at),
         "finished_at": isoformat(job.finished_at) if job.finished_at else None,
     }
+
+
+def state_metrics(engine, now: datetime) -> list[metrics.Sample]:
+    """The active jobs by state and provider (``none``: not yet given to
+    one), read at each scrape (services.common.metrics) through the status
+    index; the finished ones are counted as they finish (``JOBS_FINISHED``)."""
+    with Session(engine) as db:
+        rows = db.execute(
+            select(Job.status, Job.provider, func.count())
+            .where(Job.status.in_([s.value for s in ACTIVE]))
+            .group_by(Job.status, Job.provider)
+        ).all()
+    counts = {(s.value, "none"): 0 for s in ACTIVE}
+    for state, provider, count in rows:
+        counts[(state, provider or "none")] = count
+    return [("darkroom_jobs", {"state": state, "provider": provider}, float(n))
+            for (state, provider), n in counts.items()]

@@ -85,6 +85,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
     privacy = privacy_data  # its part of privacy requests
 
     db = Database(migrations=MIGRATIONS)
+    state_metrics = staticmethod(jobs.state_metrics)  # gauges read at each scrape
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(GenerationSettings.from_config)
     run_slots = FromConfig(make_run_slots)

@@ -57,8 +57,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES
-from services.common.db import locked
+from services.common import metrics
+from services.common.contracts.privacy import OPEN_STATUSES, PART_SERVICES, REQUEST_TYPES
+from services.common.db import aware, locked
 from services.common.errors import DomainError, conflict, forbidden, not_found
 from services.common.ids import client_id, new_id, pseudonym, trusted_id
 from services.common.messaging import Dispatch
@@ -600,6 +601,22 @@ def _cancel(db: Session, request: PrivacyRequest, now: datetime, dispatch: Dispa
 
 def is_overdue(request: PrivacyRequest, now: datetime) -> bool:
     return request.status in OPEN_STATUSES and now > request.due_at
+
+
+def state_metrics(engine, now: datetime) -> list[metrics.Sample]:
+    """Open requests by type and how soon they are due (``overdue`` as
+    :func:`is_overdue` says), read at each scrape (services.common.metrics)."""
+    counts = {(t, d): 0 for t in REQUEST_TYPES for d in ("overdue", "due_7d", "later")}
+    with Session(engine) as db:
+        rows = db.scalars(select(PrivacyRequest)
+                          .where(PrivacyRequest.status.in_(OPEN_STATUSES))).all()
+    for request in rows:
+        due_at = aware(request.due_at)
+        when = ("overdue" if now > due_at else
+                "due_7d" if due_at - now <= timedelta(days=7) else "later")
+        counts[(request.type, when)] = counts.get((request.type, when), 0) + 1
+    return [("darkroom_privacy_requests", {"type": t, "due": d}, float(n))
+            for (t, d), n in counts.items()]
 
 
 def part_overdue(settings: PrivacySettings, part: RequestPart, now: datetime) -> bool:

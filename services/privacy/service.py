@@ -95,6 +95,7 @@ class PrivacyService(DarkroomService):
     name = "privacy"
 
     db = Database(migrations=MIGRATIONS)
+    state_metrics = staticmethod(subject_requests.state_metrics)  # gauges read at each scrape
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(PrivacySettings.from_config)
     # and, from :func:`_participants`, self.auth, self.billing... (RPC proxies)

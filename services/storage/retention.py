@@ -32,7 +32,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from services.common.db import locked
+from services.common import metrics
+from services.common.db import aware, locked
 from services.common.ids import new_id, parse_uuid
 from services.common.messaging import Dispatch
 from services.storage.backends.base import Backend, ObjectInfo
@@ -176,6 +177,7 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
                              sorted(failed))
         if not done:
             db.rollback()
+            metrics.PURGED_OBJECTS.labels("failed").inc(len(rows))
             log.warning("purge batch: the store deleted none of %d keys", len(rows))
             return result
         if failed:
@@ -200,7 +202,9 @@ def purge_batch(db: Session, backend: Backend, settings: StorageSettings, now: d
     except BaseException:
         db.rollback()
         raise
+    metrics.PURGED_OBJECTS.labels("purged").inc(result.objects)
     if failed:
+        metrics.PURGED_OBJECTS.labels("failed").inc(len(failed))
         log.warning("purge batch: %d key(s) not deleted, left for a later batch", len(failed))
     return result
 
@@ -369,6 +373,19 @@ def sweep_orphans(db: Session, backend: Backend, settings: StorageSettings,
 
 
 # ---------------------------------------------------------------- report
+
+
+def state_metrics(engine, now: datetime) -> list[metrics.Sample]:
+    """The purge's backlog, read at each scrape (services.common.metrics):
+    expired objects not yet purged, and how long the oldest has waited."""
+    with Session(engine) as db:
+        count, oldest = db.execute(
+            select(func.count(), func.min(StoredObject.expires_at)).where(*_expired(now))
+        ).one()
+    waited = (now - aware(oldest)).total_seconds() if oldest is not None else 0.0
+    return [("darkroom_purge_backlog_objects", {}, float(count)),
+            ("darkroom_purge_backlog_seconds", {}, max(waited, 0.0))]
+
 
 
 def _counts(db: Session, *where) -> dict:

@@ -78,6 +78,7 @@ class StorageService(PrivacyParticipant, DarkroomService):
     privacy = privacy_data  # its part of privacy requests
 
     db = Database(migrations=MIGRATIONS)
+    state_metrics = staticmethod(retention.state_metrics)  # gauges read at each scrape
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(StorageSettings.from_config)
     store = ObjectStore()

@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from services.common import metrics
 from services.common.contracts.generation import JOB_TYPES, MODEL_NAME_PATTERN
 from services.generation.providers.base import (
     CONTENT_REFUSED,
@@ -182,6 +183,8 @@ class Router:
                 self.routes[job_type] = tuple(names)
         self.breakers = {name: CircuitBreaker(breaker or BreakerPolicy(), clock)
                          for name in self.providers}
+        for name in self.providers:
+            metrics.PROVIDER_CIRCUIT_OPEN.labels(name).set(0)
 
     def supports(self, job_type: str) -> bool:
         return bool(self.routes.get(job_type))
@@ -207,6 +210,16 @@ class Router:
 
     def breaker_states(self) -> dict[str, str]:
         return {name: b.state for name, b in self.breakers.items()}
+
+    def _observe(self, name: str, outcome: str | None, code: str | None,
+                 elapsed_s: float | None) -> None:
+        """The metrics of one try (``outcome`` None: skipped by the breaker)."""
+        if outcome is not None:
+            metrics.PROVIDER_SECONDS.labels(name, outcome).observe(elapsed_s or 0.0)
+        if code is not None:
+            metrics.PROVIDER_ERRORS.labels(name, code).inc()
+        metrics.PROVIDER_CIRCUIT_OPEN.labels(name).set(
+            0 if self.breakers[name].state == CLOSED else 1)
 
     def run(self, request: ProviderRequest, progress: ProgressCallback | None = None,
             on_attempt: AttemptCallback | None = None,
@@ -242,6 +255,7 @@ class Router:
             for retry_index in range(self.retry.attempts):
                 if not breaker.allow():
                     attempts.append(Attempt(name, "circuit_open"))
+                    self._observe(name, None, None, None)
                     break
                 started = self.clock()
                 try:
@@ -250,6 +264,7 @@ class Router:
                 except TransientProviderError as exc:
                     breaker.failure()
                     attempts.append(Attempt(name, exc.code, self.clock() - started))
+                    self._observe(name, "transient", exc.code, attempts[-1].elapsed_s)
                     tried(name, request, exc.code)
                     log.warning("provider %s failed (%s), attempt %d", name, exc.code,
                                 retry_index + 1)
@@ -260,16 +275,19 @@ class Router:
                 except PermanentProviderError as exc:
                     breaker.success()
                     attempts.append(Attempt(name, exc.code, self.clock() - started))
+                    self._observe(name, "permanent", exc.code, attempts[-1].elapsed_s)
                     tried(name, request, exc.code)
                     log.warning("provider %s refused the request (%s)", name, exc.code)
                     permanent = exc
                     break
                 except BaseException:
                     breaker.failure()  # never leave a half-open probe dangling
+                    self._observe(name, "transient", "internal_error", self.clock() - started)
                     tried(name, request, "internal_error")
                     raise
                 breaker.success()
                 attempts.append(Attempt(name, None, self.clock() - started))
+                self._observe(name, "ok", None, attempts[-1].elapsed_s)
                 tried(name, request, None)
                 return RoutedResult(name, result, tuple(attempts))
             if permanent is not None and permanent.code == CONTENT_REFUSED:
