@@ -19,8 +19,8 @@ from pathlib import Path
 
 from flask import Response, request
 from flask.views import MethodView
-from werkzeug.wsgi import wrap_file
 from marshmallow import EXCLUDE, Schema, fields
+from werkzeug.wsgi import wrap_file
 
 from gateway.api.common import Blueprint, no_store
 from gateway.transfer import signed_files, store_file, upload_max_bytes

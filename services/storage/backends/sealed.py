@@ -105,7 +105,7 @@ class KeyRing:
             try:
                 key = base64.b64decode(encoded.strip(), validate=True)
             except (binascii.Error, ValueError):
-                raise KeyRingError(f"{variable} entry {number} ({key_id}): the key is not base64")
+                raise KeyRingError(f"{variable} entry {number} ({key_id}): the key is not base64") from None
             if len(key) != MASTER_KEY_BYTES:
                 raise KeyRingError(f"{variable} entry {number} ({key_id}): the key must be "
                                    f"{MASTER_KEY_BYTES} bytes, not {len(key)}")

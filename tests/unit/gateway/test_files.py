@@ -16,6 +16,9 @@ from gateway.transfer import signed_files, store_file
 from services.common import signing
 from services.common.errors import DomainError
 from services.storage.backends.fs import SignedFiles
+from services.storage.backends.sealed import KeyRing
+from services.storage.settings import DEV_ENCRYPTION_KEYS
+from tests.sealed import plaintext
 from tests.unit.gateway.conftest import FILES_BASE_URL, FILES_SECRET
 
 OWNER = "01900000-0000-7000-8000-000000000001"
@@ -186,7 +189,7 @@ def test_without_files_root_every_file_route_is_404(make_app, root, stored):
         client = make_app(**config).test_client()
         assert client.get(signed("GET", KEY)).status_code == 404
         assert client.put(signed("PUT", KEY), data=b"x").status_code == 404
-    assert (root / KEY).read_bytes() == stored
+    assert plaintext(root / KEY) == stored
 
 
 def test_file_routes_need_no_bearer_and_ignore_one(client, stored, auth):
@@ -204,14 +207,14 @@ def test_put_writes_the_file(client, root):
     assert response.status_code == 201
     assert response.get_json() == {"key": key, "size": len(data)}
     assert response.headers["Cache-Control"] == "no-store"
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
     assert files_in(root) == [key]  # no temporary file left behind
 
 
 def test_put_replaces_an_existing_file(client, root, stored):
     response = client.put(signed("PUT", KEY), data=b"new bytes")
     assert response.status_code == 201
-    assert (root / KEY).read_bytes() == b"new bytes"
+    assert plaintext(root / KEY) == b"new bytes"
     assert files_in(root) == [KEY]
 
 
@@ -219,7 +222,7 @@ def test_a_get_url_cannot_upload(client, root, stored):
     response = client.put(signed("GET", KEY), data=b"overwrite")
     assert response.status_code == 403
     assert error_code(response) == "invalid_signature"
-    assert (root / KEY).read_bytes() == stored
+    assert plaintext(root / KEY) == stored
 
 
 def test_expired_put_is_refused(client, root):
@@ -262,7 +265,7 @@ def test_chunked_put_within_the_cap(client, root):
     response = client.put(signed("PUT", key), input_stream=io.BytesIO(data),
                           environ_overrides={"wsgi.input_terminated": True})
     assert response.status_code == 201
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
 
 
 def test_an_output_slot_url_takes_its_signed_size_past_the_upload_cap(client, root):
@@ -272,7 +275,7 @@ def test_an_output_slot_url_takes_its_signed_size_past_the_upload_cap(client, ro
     data = os.urandom(MAX_BYTES + 100)
     response = client.put(signed("PUT", key, max_bytes=len(data)), data=data)
     assert response.status_code == 201, response.get_json()
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
 
 
 @pytest.mark.parametrize("terminated", [False, True], ids=["content-length", "server-terminated"])
@@ -284,7 +287,7 @@ def test_a_body_of_exactly_the_signed_size_is_accepted(client, root, terminated)
     response = client.put(signed("PUT", key, max_bytes=len(data)), data=data,
                           environ_overrides={"wsgi.input_terminated": terminated})
     assert response.status_code == 201, response.get_json()
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
 
 
 def test_a_signed_size_cap_is_enforced(client, root):
@@ -316,7 +319,7 @@ def test_a_raised_or_dropped_size_cap_breaks_the_signature(client, root, change)
 
 @pytest.fixture
 def files(root) -> SignedFiles:
-    return SignedFiles(root, FILES_SECRET)
+    return SignedFiles(root, FILES_SECRET, keys=KeyRing.parse(DEV_ENCRYPTION_KEYS))
 
 
 class Exploding(io.RawIOBase):
@@ -341,7 +344,7 @@ def test_a_failing_disk_is_503_and_leaves_the_old_file_whole(files, root, stored
     with pytest.raises(DomainError) as caught:
         store_file(files, KEY, Exploding(500, OSError("disk on fire")), None, 1000)
     assert (caught.value.status, caught.value.code) == (503, "service_unavailable")
-    assert (root / KEY).read_bytes() == stored
+    assert plaintext(root / KEY) == stored
     assert files_in(root) == [KEY]
 
 
