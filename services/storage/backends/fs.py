@@ -314,6 +314,16 @@ class FsBackend:
             directory = directory.parent
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for key, path in self._walk(prefix):
+            info = self._info(key, path)
+            if info is not None:  # None: deleted while listing
+                yield info
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix``, without opening a file (sorted per directory)."""
+        return (key for key, _ in self._walk(prefix))
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, Path]]:
         check_prefix(prefix)
         # walk from the deepest directory the prefix names completely
         start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
@@ -324,11 +334,8 @@ class FsBackend:
                     continue
                 path = Path(dirpath, name)
                 key = self._key_of(path)
-                if not key.startswith(prefix):
-                    continue
-                info = self._info(key, path)
-                if info is not None:  # None: deleted while listing
-                    yield info
+                if key.startswith(prefix):
+                    yield key, path
 
     # ------------------------------------------------------------ re-keying
 
