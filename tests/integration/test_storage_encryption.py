@@ -18,7 +18,7 @@ from PIL import Image
 
 from services.storage.backends.fs import SignedFiles
 from services.storage.backends.s3 import PROBE_KEY, SSE_HEADER, S3Backend
-from services.storage.backends.sealed import KeyRing, new_key_entry
+from services.storage.backends.sealed import HEADER_SIZE, KeyRing, new_key_entry
 from tests.conftest import base_env, free_port, wait_for
 from tests.integration.test_ops_users import ops
 from tests.sealed import plaintext
@@ -124,8 +124,8 @@ def test_encryption_at_rest_rotation_and_refusals(stack, start_process):
     assert result.returncode == 0, result.stderr
     assert "re-wrapped" in result.stdout and "k1 may now be removed" in result.stdout
     assert "re-keying" in result.stderr  # the progress bar
-    body = (stack.root / key).read_bytes()[128:]
-    assert body == on_disk[key][128:]  # chunks untouched: only the header changed
+    body = (stack.root / key).read_bytes()[HEADER_SIZE:]
+    assert body == on_disk[key][HEADER_SIZE:]  # chunks untouched: only the header changed
     again = ops(rotating, "storage", "rekey")  # resumable: a rerun has nothing left to do
     assert again.returncode == 0 and "re-wrapped 0 files" in again.stdout, again.stdout
 
