@@ -373,3 +373,35 @@ def test_signed_files_follow_the_files_section(make_app, root):
         assert signed_files() is None
     with make_app(FILES={}).app_context():
         assert signed_files() is None
+
+
+def test_the_gateway_refuses_to_start_with_an_empty_or_malformed_key_ring(make_app, root):
+    from services.storage.backends import KeyRingError
+
+    for ring in ("", "k1:not-a-key"):
+        with pytest.raises(KeyRingError, match="STORAGE_ENCRYPTION_KEYS"):
+            make_app(FILES={"ROOT": str(root), "URL_SECRET": FILES_SECRET, "ENCRYPTION_KEYS": ring})
+
+
+def test_downloads_are_decrypted_while_streaming_and_ranges_cross_chunks(make_app, root):
+    from services.storage.backends.sealed import CHUNK_SIZE, new_key_entry
+
+    ring = new_key_entry("gw")
+    client = make_app(FILES={"ROOT": str(root), "URL_SECRET": FILES_SECRET,
+                             "ENCRYPTION_KEYS": ring}).test_client()
+    data = os.urandom(2 * CHUNK_SIZE + 10)
+    put = client.put(signed("PUT", KEY, max_bytes=MAX_BYTES), data=data)
+    assert put.status_code == 201, put.get_json()
+    assert data[:64] not in (root / KEY).read_bytes()
+    assert plaintext(root / KEY, KeyRing.parse(ring)) == data
+    response = client.get(signed("GET", KEY))
+    assert response.data == data and response.headers["Content-Length"] == str(len(data))
+    start = CHUNK_SIZE - 3
+    part = client.get(signed("GET", KEY), headers={"Range": f"bytes={start}-{start + 9}"})
+    assert part.status_code == 206 and part.data == data[start:start + 10]
+    # tampered on disk: an error, never altered bytes
+    raw = bytearray((root / KEY).read_bytes())
+    raw[-5] ^= 1
+    (root / KEY).write_bytes(bytes(raw))
+    with pytest.raises(OSError):
+        client.get(signed("GET", KEY)).data  # noqa: B018
