@@ -15,6 +15,7 @@ gateway's ``/v1/files`` routes (gateway/api/files.py, HTTP only) both use it.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -32,6 +33,8 @@ from . import sealed
 from .base import ObjectInfo
 from .keys import PUBLIC_PREFIX, InvalidKey, check_key, check_prefix
 from .sealed import KeyRing, KeyRingError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
@@ -284,6 +287,9 @@ class FsBackend:
             size = self.files.size_of(path, st.st_size)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except sealed.TamperedObject:  # reading it fails; listings and sweeps go on
+            log.warning("stored file %s is damaged (its size cannot be a sealed file's)", key)
+            size = st.st_size
         return ObjectInfo(key, size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def delete_many(self, keys: Iterable[str]) -> list[str]:

@@ -243,3 +243,12 @@ def test_rekey_never_brings_back_a_file_deleted_meanwhile(fs, monkeypatch):
     assert fs.rekey("objects/u/legacy") == "gone"
     assert not path.exists()
     assert [p.name for p in path.parent.iterdir()] == []  # no temporary file left
+
+
+def test_a_damaged_file_is_listed_with_its_disk_size_but_never_read(fs):
+    put(fs, "objects/u/a", content(100))
+    path = fs.root / "objects/u/a"
+    path.write_bytes(path.read_bytes()[:HEADER_SIZE + 3])  # shorter than any sealed file
+    assert [(i.key, i.size) for i in fs.list("objects/")] == [("objects/u/a", HEADER_SIZE + 3)]
+    with pytest.raises(TamperedObject):
+        read(fs, "objects/u/a")
