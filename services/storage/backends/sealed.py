@@ -238,11 +238,12 @@ class SealingWriter:
     def write(self, data: bytes) -> int:
         self._buffer += data
         self.plaintext_bytes += len(data)
-        size = self._chunk_size
+        size, start = self._chunk_size, 0
         # keep the last (possibly full) chunk: only finish() knows it is the last
-        while len(self._buffer) > size:
-            self._seal(bytes(self._buffer[:size]), final=False)
-            del self._buffer[:size]
+        while len(self._buffer) - start > size:
+            self._seal(bytes(self._buffer[start:start + size]), final=False)
+            start += size
+        del self._buffer[:start]
         return len(data)
 
     def finish(self) -> None:
