@@ -36,10 +36,16 @@ venv: $(STAMP)
 
 # GATEWAY_PORT=18000 make dev moves the API, and with it PUBLIC_BASE_URL (signed
 # file URLs, mail links, checkout return URLs) unless that is set too.
+# The fs backend's key ring is generated into var/storage-encryption-keys on the
+# first run (mode 600) and used from then on (STORAGE_ENCRYPTION_KEYS overrides it).
 dev: $(STAMP)
 	@$(LOCAL_SERVICES) rabbitmq
 	@mkdir -p var/mail var/objects
+	@test -s var/storage-encryption-keys || (umask 077; \
+	  printf 'dev-%s:%s\n' "$$(date +%Y%m%d)" "$$(head -c 32 /dev/urandom | base64)" \
+	  > var/storage-encryption-keys && echo "generated var/storage-encryption-keys")
 	GATEWAY_PORT=$(GATEWAY_PORT) PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \
+	  STORAGE_ENCRYPTION_KEYS="$${STORAGE_ENCRYPTION_KEYS:-$$(cat var/storage-encryption-keys)}" \
 	  $(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
 migrate: $(STAMP)
@@ -62,10 +68,13 @@ test-e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
 # Once: deploy/.env from the example, each change-me placeholder replaced by a fresh
-# random secret (192 bits, hex: safe inside URLs). Never overwritten afterwards.
+# random secret (192 bits, hex: safe inside URLs), each change-me-key-ring-NAME by
+# a key ring of one fresh 256-bit key NAME-1:base64. Never overwritten afterwards.
 deploy/.env:
 	@umask 077; while IFS= read -r line; do \
 	  case "$$line" in \
+	    [A-Z]*=change-me-key-ring-*) printf '%s=%s:%s\n' "$${line%%=*}" \
+	      "$${line##*=change-me-key-ring-}-1" "$$(head -c 32 /dev/urandom | base64)" ;; \
 	    [A-Z]*=change-me*) printf '%s=%s\n' "$${line%%=*}" \
 	      "$$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" ;; \
 	    *) printf '%s\n' "$$line" ;; \

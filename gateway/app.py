@@ -24,8 +24,10 @@ from gateway.api.common import SchemaExtras
 from gateway.api.health import init_internal_port
 from gateway.auth import AuthCache
 from gateway.rpc import RpcPool
+from gateway.transfer import key_ring
 from services.common.config import config_path, load_config
 from services.common.secrets import refuse_insecure_config
+from services.storage.settings import DEV_ENCRYPTION_KEYS
 
 DEFAULTS: dict[str, Any] = {
     "AMQP_URI": "amqp://guest:guest@127.0.0.1:5672/",
@@ -130,6 +132,9 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
         config = load_config(config_path("gateway"))
     config = {**DEFAULTS, **config}
     refuse_insecure_config(config, "gateway", config_path("gateway"))
+    files = config.get("FILES") or {}
+    if files.get("ROOT") and files.get("URL_SECRET"):  # an empty or malformed key ring stops it
+        key_ring(files.get("ENCRYPTION_KEYS", DEV_ENCRYPTION_KEYS))
 
     app = Flask("gateway")
     app.json.sort_keys = False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -29,6 +30,8 @@ from gateway.rpc import ServiceUnavailable
 from services.common.errors import DomainError, not_found, payload_too_large
 from services.storage.backends.fs import ShortStream, SignedFiles
 from services.storage.backends.keys import InvalidKey
+from services.storage.backends.sealed import KeyRing
+from services.storage.settings import DEV_ENCRYPTION_KEYS
 
 log = logging.getLogger("gateway.transfer")
 
@@ -114,12 +117,26 @@ def upload_max_bytes() -> int:
 
 
 def signed_files() -> SignedFiles | None:
-    """This gateway's files: None unless ``FILES.ROOT`` and ``FILES.URL_SECRET`` are set."""
+    """This gateway's files: None unless ``FILES.ROOT`` and ``FILES.URL_SECRET``
+    are set. They are sealed with the key ring ``FILES.ENCRYPTION_KEYS`` (the
+    storage service's ``STORAGE_ENCRYPTION_KEYS``; the built-in development
+    ring when the config has none, which production refuses)."""
     files = current_app.extensions["darkroom"].config.get("FILES") or {}
     root, secret = files.get("ROOT"), files.get("URL_SECRET")
     if not root or not secret:
         return None
-    return SignedFiles(str(root), str(secret))
+    return SignedFiles(str(root), str(secret), keys=key_ring(files.get("ENCRYPTION_KEYS",
+                                                                        DEV_ENCRYPTION_KEYS)))
+
+
+@lru_cache(maxsize=4)
+def _parsed_ring(value: str) -> KeyRing:
+    return KeyRing.parse(value)
+
+
+def key_ring(value) -> KeyRing:
+    """The key ring of a config value (a comma-separated string or a list), parsed once."""
+    return _parsed_ring(",".join(value) if isinstance(value, list | tuple) else str(value or ""))
 
 
 def store_file(files: SignedFiles, key: str, stream: BinaryIO, length: int | None,

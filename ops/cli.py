@@ -10,6 +10,7 @@
     darkroom-ops users revoke-admin <email>
     darkroom-ops storage purge [--dry-run] [--batch-size N]
     darkroom-ops storage report [--json]
+    darkroom-ops storage rekey [--storage-config PATH]
     darkroom-ops billing verify [--user ID] [--json]
     darkroom-ops billing adjust --user ID --credits N --reason TEXT [--idempotency-key K]
     darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]
@@ -250,6 +251,9 @@ def storage_purge(config, dry_run, batch_size):
 def storage_report(config, as_json):
     """Objects and bytes by kind and by age, and what awaits the purge."""
     show(storage_ops.report(config), as_json, storage_ops.report_lines)
+
+
+storage.add_command(storage_ops.rekey_command())
 
 
 @cli.group(cls=OpsGroup)

@@ -1,11 +1,13 @@
 """Retention and usage of stored files: ``storage.purge_expired`` and
-``storage.report`` over nameko RPC, and how the CLI prints their answers."""
+``storage.report`` over nameko RPC, and how the CLI prints their answers;
+``storage rekey``, which works on the fs backend's files directly."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ops import rpc
+from ops.errors import OpsError
 
 # a purge may work through many batches before it answers
 PURGE_TIMEOUT_SECONDS = 600
@@ -92,3 +94,102 @@ def report_lines(result: dict) -> list[str]:
         f"({human_bytes(expired.get('bytes') or 0)})",
         f"deleted (rows kept, bytes gone): {plural(int(deleted.get('objects') or 0), 'object')}",
     ]
+
+
+# ------------------------------------------------------------ encryption keys (fs backend)
+
+
+REKEY_OUTCOMES = ("rewrapped", "sealed", "current", "gone", "failed")
+
+
+def storage_backend(path: str | None = None):
+    """The storage service's backend, from its config file (``deploy/config/
+    storage.yaml``, ``--storage-config``): ``storage rekey`` works on the files
+    themselves, so it runs where the storage service's FS_ROOT is mounted,
+    with its STORAGE_ENCRYPTION_KEYS. Refused like the service in production
+    with weak secrets; a key ring that cannot read the files is refused too."""
+    from services.common.config import config_path, load_config
+    from services.common.secrets import ConfigurationRefused, refuse_insecure_config
+    from services.storage.backends import KeyRingError, make_backend
+
+    source = path or config_path("storage")
+    try:
+        config = load_config(source)
+        refuse_insecure_config(config, "darkroom-ops storage", source)
+        backend = make_backend(config)
+        if backend.name == "fs":
+            backend.files.check_keys()
+    except FileNotFoundError:
+        raise OpsError(f"config file not found: {source}") from None
+    except (ConfigurationRefused, KeyRingError, ValueError) as exc:
+        raise OpsError(str(exc)) from None
+    return backend
+
+
+def rekey(backend, keys, on_error=None) -> dict[str, int]:
+    """Bring each file of ``keys`` under the newest master key
+    (:meth:`FsBackend.rekey`): counts per outcome. Idempotent, so an
+    interrupted run is resumed by running it again (done files are skipped
+    after reading their header). A file that cannot be read (tampered, or
+    sealed with a key the ring lacks) counts as failed and is reported to
+    ``on_error(key, message)``; the others go on."""
+    from services.storage.backends import TamperedObject
+
+    counts = dict.fromkeys(REKEY_OUTCOMES, 0)
+    for key in keys:
+        try:
+            counts[backend.rekey(key)] += 1
+        except (TamperedObject, OSError) as exc:
+            counts["failed"] += 1
+            if on_error is not None:
+                on_error(key, str(exc))
+    return counts
+
+
+def rekey_summary(counts: dict[str, int], current: str, forgotten: list[str]) -> list[str]:
+    lines = [f"re-wrapped {plural(counts['rewrapped'], 'file')}, sealed "
+             f"{plural(counts['sealed'], 'plaintext file')}, "
+             f"{counts['current']} already under {current}"
+             + (f", {counts['gone']} deleted meanwhile" if counts["gone"] else "")]
+    if counts["failed"]:
+        lines.append(f"{plural(counts['failed'], 'file')} could not be re-keyed (listed above): "
+                     "keep every old key until they are dealt with")
+    elif forgotten:
+        lines.append(f"every file is sealed under {current}: the key(s) {', '.join(forgotten)} "
+                     "may now be removed from STORAGE_ENCRYPTION_KEYS")
+    return lines
+
+
+def rekey_command():
+    """``darkroom-ops storage rekey`` (a click command; ops/cli.py adds it to ``storage``)."""
+    import sys
+
+    import click
+
+    @click.command("rekey")
+    @click.option("--storage-config", type=click.Path(dir_okay=False),
+                  help="The storage service's config (default: deploy/config/storage.yaml).")
+    def storage_rekey(storage_config):
+        """Re-wrap every stored file's data key under the newest key of
+        STORAGE_ENCRYPTION_KEYS (and seal files from before encryption).
+        Resumable: run it again after an interruption. fs backend only; run it
+        where the storage service's files are."""
+        backend = storage_backend(storage_config)
+        if backend.name != "fs":
+            click.echo("nothing to re-key: the s3 backend's objects are encrypted by the store "
+                       "(server-side encryption, STORAGE_S3_SSE)")
+            return
+        total = sum(1 for _ in backend.keys())
+        errors: list[str] = []
+        with click.progressbar(backend.keys(), length=total, label="re-keying",
+                               file=sys.stderr, show_pos=True) as bar:
+            counts = rekey(backend, bar, lambda key, msg: errors.append(f"{key}: {msg}"))
+        for line in errors:
+            click.echo(f"failed: {line}", err=True)
+        forgotten = [] if counts["failed"] else backend.files.forget_old_keys()
+        for line in rekey_summary(counts, backend.files.keys.current_id, forgotten):
+            click.echo(line)
+        if counts["failed"]:
+            raise click.exceptions.Exit(1)
+
+    return storage_rekey

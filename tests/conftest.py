@@ -14,6 +14,7 @@ tests that need it are skipped with the reason.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import os
@@ -397,7 +398,9 @@ def s3_endpoint():
     if docker_reachable():
         from testcontainers.community.minio import MinioContainer
 
-        container = MinioContainer()
+        # MinIO refuses server-side encryption (which the s3 backend requires) without a KMS key
+        container = MinioContainer().with_env(
+            "MINIO_KMS_SECRET_KEY", "darkroom-test:" + base64.b64encode(os.urandom(32)).decode())
         container.start()
         try:
             yield S3Endpoint(

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import request, send_file
+from flask import Response, request
 from flask.views import MethodView
 from marshmallow import EXCLUDE, Schema, fields
+from werkzeug.wsgi import wrap_file
 
 from gateway.api.common import Blueprint, no_store
 from gateway.transfer import signed_files, store_file, upload_max_bytes
@@ -82,14 +83,22 @@ class File(MethodView):
     @files_blp.alt_response(403, description="invalid or expired signature")
     def get(self, query, key):
         """Download a file with a signed GET URL from the storage service"""
-        _, path = _authorised("GET", key, query)  # HEAD is answered by this view too
+        files, path = _authorised("GET", key, query)  # HEAD is answered by this view too
         try:
-            response = send_file(path, mimetype=query["content_type"] or "application/octet-stream",
-                                 conditional=True, max_age=None)
+            # decrypted while it streams; a range decrypts only the chunks it covers
+            mtime = path.stat().st_mtime
+            stream, size = files.open(path)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise not_found("file") from None
+        response = Response(wrap_file(request.environ, stream),
+                            mimetype=query["content_type"] or "application/octet-stream",
+                            direct_passthrough=True)
+        response.content_length = size
+        response.last_modified = mtime  # type: ignore[assignment]
+        response.set_etag(f"{mtime}-{size}")
         response.headers["Content-Disposition"] = "inline"
-        return response
+        return response.make_conditional(request.environ, accept_ranges=True,
+                                         complete_length=size)
 
     @files_blp.arguments(SignedQuery, location="query")
     @files_blp.response(201, StoredFile)

@@ -11,7 +11,8 @@ value of ``deploy/.env.example``. The refusal names the environment variable
 (and the config key) of each such secret, never its value.
 
 A secret is a config value whose key ends in ``SECRET``, ``PASSWORD``,
-``TOKEN`` or ``KEY`` (``AUTH.SECRET_KEY``, ``STORAGE.S3_ACCESS_KEY``...), or
+``TOKEN``, ``KEY`` or ``KEYS`` (``AUTH.SECRET_KEY``, ``STORAGE.S3_ACCESS_KEY``,
+the key ring ``STORAGE.ENCRYPTION_KEYS``...), or
 the password inside any URL (``AMQP_URI``, ``*_DATABASE_URL``, ``MAIL.URL``,
 ``RABBIT_MANAGEMENT_URL``). Every secret a config file names must be real in
 production, even one the current settings leave unused (the S3 keys with the
@@ -42,7 +43,7 @@ PRODUCTION = "production"
 MODES = ("development", PRODUCTION)
 ENV_EXAMPLE = REPO_ROOT / "deploy" / ".env.example"
 
-SECRET_NAME = re.compile(r"(SECRETS?|PASSWORD|TOKEN|(^|_)KEY)$")
+SECRET_NAME = re.compile(r"(SECRETS?|PASSWORD|TOKEN|(^|_)KEYS?)$")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::([^}]*))?\}")
 WELL_KNOWN = frozenset({"guest", "minioadmin", "postgres", "password", "secret", "admin"})
 DEV_MARKERS = ("dev-only", "dev_only", "insecure")

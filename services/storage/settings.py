@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.config import DEFAULT_PUBLIC_BASE_URL, Section, flag, public_base_url
+
+# The fs backend's key ring when none is configured: development and tests only
+# (production refuses it, like every dev-only default; make dev generates its own).
+DEV_ENCRYPTION_KEYS = "dev-only-insecure:ZGV2LW9ubHktaW5zZWN1cmUtc3RvcmFnZS1rZXktMzI="
+SSE_MODES = ("s3", "kms")
 
 
 @dataclass(frozen=True)
@@ -15,6 +20,8 @@ class StorageSettings:
     fs_root: str = "var/objects"
     public_base_url: str = DEFAULT_PUBLIC_BASE_URL  # the fs backend's signed URLs
     url_secret: str = "dev-only-insecure-storage-url-secret"
+    # fs backend: id:base64key entries, the first wraps new files (backends/sealed.py)
+    encryption_keys: str = field(default=DEV_ENCRYPTION_KEYS, repr=False)
     s3_endpoint: str = "127.0.0.1:9000"
     s3_public_endpoint: str = ""
     s3_access_key: str = "minioadmin"
@@ -22,6 +29,8 @@ class StorageSettings:
     s3_bucket: str = "darkroom"
     s3_region: str = "us-east-1"
     s3_secure: bool = False
+    s3_sse: str = "s3"  # server-side encryption of every object: s3 (SSE-S3) or kms (SSE-KMS)
+    s3_kms_key_id: str = ""  # the KMS key of kms
     retention_days: int = 30
     export_retention_days: int = 7
     upload_max_bytes: int = 20 * 1024 * 1024
@@ -44,6 +53,7 @@ class StorageSettings:
             fs_root=str(get("FS_ROOT", d.fs_root)),
             public_base_url=public_base_url(section.values),
             url_secret=str(get("URL_SECRET", d.url_secret)),
+            encryption_keys=_key_list(get("ENCRYPTION_KEYS", d.encryption_keys)),
             s3_endpoint=str(get("S3_ENDPOINT", d.s3_endpoint)),
             s3_public_endpoint=str(get("S3_PUBLIC_ENDPOINT", d.s3_public_endpoint) or ""),
             s3_access_key=str(get("S3_ACCESS_KEY", d.s3_access_key)),
@@ -51,6 +61,8 @@ class StorageSettings:
             s3_bucket=str(get("S3_BUCKET", d.s3_bucket)),
             s3_region=str(get("S3_REGION", d.s3_region)),
             s3_secure=flag(get("S3_SECURE", d.s3_secure)),
+            s3_sse=_sse_mode(get("S3_SSE", d.s3_sse)),
+            s3_kms_key_id=str(get("S3_KMS_KEY_ID", d.s3_kms_key_id) or "").strip(),
             retention_days=int(get("RETENTION_DAYS", d.retention_days)),
             export_retention_days=int(get("EXPORT_RETENTION_DAYS", d.export_retention_days)),
             upload_max_bytes=int(get("UPLOAD_MAX_BYTES", d.upload_max_bytes)),
@@ -70,3 +82,17 @@ class StorageSettings:
         plan grants when the caller passes it)."""
         longest = max(self.retention_days, self.export_retention_days, longest_retention_days or 0)
         return longest + 1
+
+
+def _key_list(value: Any) -> str:
+    """A key ring as one comma-separated string (YAML may give a list)."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _sse_mode(value: Any) -> str:
+    mode = str(value or "s3").strip().lower()
+    if mode not in SSE_MODES:
+        raise ValueError(f"STORAGE.S3_SSE must be one of {', '.join(SSE_MODES)}, not {mode!r}")
+    return mode

@@ -36,6 +36,7 @@ from ops import privacy as privacy_ops
 from services.common.db import normalise_url
 from tests.conftest import wait_for
 from tests.e2e.stack import PASSWORD, body_text, post_stripe_event, token_from, verified_login
+from tests.sealed import plaintext
 
 pytestmark = pytest.mark.e2e
 
@@ -147,13 +148,14 @@ def scan_databases(stack, needles: list[str]) -> list[tuple[str, str, str, str]]
 
 
 def stored_files(stack) -> dict[str, str]:
-    """Every file of the object store (the fs backend's directory): relative path → sha256."""
+    """Every file of the object store (the fs backend's directory): relative path
+    → sha256 of its plaintext (the files are sealed under the development key ring)."""
     files = {}
     for root, _, names in os.walk(stack.objects_dir):
         for name in names:
             path = Path(root) / name
             files[str(path.relative_to(stack.objects_dir))] = hashlib.sha256(
-                path.read_bytes()).hexdigest()
+                plaintext(path)).hexdigest()
     return files
 
 

@@ -23,9 +23,10 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from services.common import signing
-from services.storage.backends import InvalidKey
+from services.storage.backends import InvalidKey, KeyRing
 from services.storage.backends.fs import FsBackend
 from services.storage.backends.s3 import LIFECYCLE_RULE_ID, PART_SIZE, S3Backend
+from services.storage.settings import DEV_ENCRYPTION_KEYS
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,8 @@ def backend(request, tmp_path_factory):
     if request.param == "fs":
         port = free_port()
         fs = FsBackend(tmp_path_factory.mktemp("fs-backend") / "objects-root",
-                       f"http://127.0.0.1:{port}", SECRET)
+                       f"http://127.0.0.1:{port}", SECRET,
+                       keys=KeyRing.parse(DEV_ENCRYPTION_KEYS))
         server = make_server("127.0.0.1", port, file_server_app(fs), threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()

@@ -40,6 +40,7 @@ from services.storage.backends import make_backend
 from services.storage.models import PurgeBatch, StoredObject
 from services.storage.settings import StorageSettings
 from tests.conftest import base_env, free_port, wait_for
+from tests.sealed import plaintext
 from tests.unit.events import Events
 from tests.unit.storage.fakes import MemoryBackend, StoreDown
 
@@ -166,7 +167,7 @@ def put_to_slot(st, slot: dict, data: bytes) -> None:
 
 def download(st, url: str) -> bytes:
     if st.kind == "fs":
-        return (Path(st.root) / signed_key(url, "GET")).read_bytes()
+        return plaintext(Path(st.root) / signed_key(url, "GET"))
     response = requests.get(url, timeout=10)
     response.raise_for_status()
     return response.content

@@ -12,6 +12,7 @@ tests/integration/test_deploy_runtime.py.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.metadata
 import importlib.util
@@ -619,7 +620,12 @@ def test_make_up_creates_env_with_fresh_random_secrets(generated_env):
     placeholders = {k for k, v in ENV_REQUIRED.items() if v.startswith("change-me")}
     assert placeholders
     for var in placeholders:
-        assert re.fullmatch(r"[0-9a-f]{48}", made[var]), var
+        if ENV_REQUIRED[var].startswith("change-me-key-ring-"):  # a key ring of one 256-bit key
+            key_id, _, key = made[var].partition(":")
+            assert key_id == ENV_REQUIRED[var].removeprefix("change-me-key-ring-") + "-1", var
+            assert len(base64.b64decode(key, validate=True)) == 32, var
+        else:
+            assert re.fullmatch(r"[0-9a-f]{48}", made[var]), var
     assert len({made[v] for v in placeholders}) == len(placeholders)  # all different
     assert {k: v for k, v in made.items() if k not in placeholders} == {
         k: v for k, v in ENV_REQUIRED.items() if k not in placeholders}

@@ -9,8 +9,10 @@ from services.storage.settings import StorageSettings
 
 from .base import Backend, ObjectInfo
 from .keys import InvalidKey, check_key
+from .sealed import KeyRing, KeyRingError, TamperedObject
 
-__all__ = ["Backend", "InvalidKey", "ObjectInfo", "check_key", "make_backend"]
+__all__ = ["Backend", "InvalidKey", "KeyRing", "KeyRingError", "ObjectInfo", "TamperedObject",
+           "check_key", "make_backend"]
 
 
 def make_backend(settings: StorageSettings | Mapping[str, Any]) -> Backend:
@@ -20,7 +22,8 @@ def make_backend(settings: StorageSettings | Mapping[str, Any]) -> Backend:
     if settings.backend == "fs":
         from .fs import FsBackend
 
-        return FsBackend(settings.fs_root, settings.public_base_url, settings.url_secret)
+        return FsBackend(settings.fs_root, settings.public_base_url, settings.url_secret,
+                         keys=KeyRing.parse(settings.encryption_keys))
     if settings.backend == "s3":
         from .s3 import S3Backend
 
@@ -28,5 +31,6 @@ def make_backend(settings: StorageSettings | Mapping[str, Any]) -> Backend:
             settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
             region=settings.s3_region, secure=settings.s3_secure,
             public_endpoint=settings.s3_public_endpoint,
+            sse=settings.s3_sse, kms_key_id=settings.s3_kms_key_id,
         )
     raise ValueError(f"unknown STORAGE.BACKEND {settings.backend!r} (expected fs or s3)")

@@ -1,7 +1,10 @@
 """``fs`` backend: objects are files under a root directory.
 
 Writes are atomic (a hidden temporary file in the target directory, fsync,
-rename), so a reader never sees half an object. Downloads and uploads go
+rename), so a reader never sees half an object. Every file is sealed
+(AES-256-GCM, a data key per file wrapped by the key ring
+``STORAGE_ENCRYPTION_KEYS``: :mod:`.sealed`); reads decrypt while streaming,
+sizes are the plaintext's. Downloads and uploads go
 through the gateway's ``/v1/files/<key>`` under URLs signed with the shared
 secret (services.common.signing).
 
@@ -12,6 +15,7 @@ gateway's ``/v1/files`` routes (gateway/api/files.py, HTTP only) both use it.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -25,12 +29,20 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from services.common import signing
 from services.common.errors import payload_too_large
 
+from . import sealed
 from .base import ObjectInfo
 from .keys import PUBLIC_PREFIX, InvalidKey, check_key, check_prefix
+from .sealed import KeyRing, KeyRingError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600
+# <root>/.keycheck-<key id>: a sealed canary per master key files may still be
+# sealed with (hidden: never listed nor served)
+KEYCHECK_PREFIX = ".keycheck-"
+KEYCHECK_TEXT = b"darkroom storage key check"
 
 
 class ShortStream(OSError):
@@ -43,15 +55,17 @@ class SignedFiles:
 
     Only ``objects/...``, ``staging/...`` and ``public/...`` keys are served
     over those URLs (:meth:`served_path`); no path leaves the root, not even
-    through a symlink.
+    through a symlink. Files are sealed with ``keys`` (:mod:`.sealed`).
     """
 
     SERVED_PREFIXES = ("objects/", "staging/", PUBLIC_PREFIX)
 
-    def __init__(self, root: str | os.PathLike, url_secret: str, public_base_url: str = ""):
+    def __init__(self, root: str | os.PathLike, url_secret: str, public_base_url: str = "", *,
+                 keys: KeyRing):
         self.root = Path(root).resolve()
         self.url_secret = url_secret
         self.public_base_url = public_base_url.rstrip("/")
+        self.keys = keys
 
     # ------------------------------------------------------------ paths
 
@@ -99,7 +113,8 @@ class SignedFiles:
 
     def write(self, key: str, stream: BinaryIO, length: int | None = None,
               max_bytes: int | None = None) -> int:
-        """Store ``stream`` as ``key`` atomically; returns the byte count.
+        """Store ``stream`` as ``key`` atomically, sealed; returns the
+        (plaintext) byte count.
 
         With ``length``, exactly that many bytes are read (:class:`ShortStream`
         when the stream ends first); without, up to its end. 413
@@ -108,20 +123,90 @@ class SignedFiles:
         """
         if max_bytes is not None and length is not None and length > max_bytes:
             raise payload_too_large(max_bytes)
-        path = self.path_for(key)
+        written = self.write_sealed(self.path_for(key),
+                                    lambda out: _copy(stream, out, length, max_bytes))
+        assert written is not None
+        return written
+
+    def write_sealed(self, path: Path, fill, expected_inode: tuple[int, int] | None = None
+                     ) -> int | None:
+        """Write a sealed temporary file with ``fill(writer)`` (which returns
+        the byte count) and rename it to ``path``. With ``expected_inode``
+        (device, inode) only while ``path`` is still that file: a file deleted
+        or replaced meanwhile is left alone (None)."""
         fd, tmp = temp_file(path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                written = _copy(stream, out, length, max_bytes)
+                writer = sealed.SealingWriter(self.keys, out)
+                written = fill(writer)
+                writer.finish()
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(tmp, 0o644)
+            if expected_inode is not None:
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    unlink_quietly(tmp)
+                    return None
+                if (st.st_dev, st.st_ino) != expected_inode:
+                    unlink_quietly(tmp)
+                    return None
             os.replace(tmp, path)
         except BaseException:
             unlink_quietly(tmp)
             raise
         fsync_dir(path.parent)
         return written
+
+    # ------------------------------------------------------------ reading
+
+    def open(self, path: Path) -> tuple[BinaryIO, int]:
+        """The plaintext of the file at ``path`` (seekable) and its size;
+        FileNotFoundError & co. when absent, :class:`~.sealed.TamperedObject`
+        when it does not authenticate."""
+        return sealed.open_file(path, self.keys)
+
+    def size_of(self, path: Path, file_size: int) -> int:
+        return sealed.stored_size(path, file_size)
+
+    # ------------------------------------------------------------ keys
+
+    def check_keys(self) -> None:
+        """Refuse (:class:`KeyRingError`) a key ring that cannot read the files:
+        a master key files may still be sealed with is missing, or one of the
+        ring's keys is not the key of that id the files were sealed with. Then
+        leave a canary for the current key (:data:`KEYCHECK_PREFIX`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for canary in sorted(self.root.glob(KEYCHECK_PREFIX + "*")):
+            key_id = canary.name[len(KEYCHECK_PREFIX):]
+            if key_id not in self.keys.ids():
+                raise KeyRingError(
+                    f"{sealed.ENV_VAR} lacks the master key {key_id!r}, which stored files may "
+                    "still be sealed with (run `darkroom-ops storage rekey` before removing a key)")
+            try:
+                stream, _ = self.open(canary)
+                with stream:
+                    ok = stream.read() == KEYCHECK_TEXT
+            except sealed.TamperedObject:
+                ok = False
+            if not ok:
+                raise KeyRingError(f"the master key {key_id!r} in {sealed.ENV_VAR} is not the "
+                                   "key of that id the stored files were sealed with")
+        current = self.root / (KEYCHECK_PREFIX + self.keys.current_id)
+        if not current.exists():
+            self.write_sealed(current, lambda out: out.write(KEYCHECK_TEXT))
+
+    def forget_old_keys(self) -> list[str]:
+        """Remove the canaries of every key but the current one (once every
+        file is sealed with it): those keys may then leave the ring."""
+        removed = []
+        for canary in self.root.glob(KEYCHECK_PREFIX + "*"):
+            key_id = canary.name[len(KEYCHECK_PREFIX):]
+            if key_id != self.keys.current_id:
+                unlink_quietly(str(canary))
+                removed.append(key_id)
+        return sorted(removed)
 
 
 def _copy(stream: BinaryIO, out: BinaryIO, length: int | None, max_bytes: int | None) -> int:
@@ -142,8 +227,9 @@ def _copy(stream: BinaryIO, out: BinaryIO, length: int | None, max_bytes: int | 
 class FsBackend:
     name = "fs"
 
-    def __init__(self, root: str | os.PathLike, public_base_url: str, url_secret: str):
-        self.files = SignedFiles(root, url_secret, public_base_url)
+    def __init__(self, root: str | os.PathLike, public_base_url: str, url_secret: str, *,
+                 keys: KeyRing):
+        self.files = SignedFiles(root, url_secret, public_base_url, keys=keys)
         self.root = self.files.root
 
     def path_for(self, key: str) -> Path:
@@ -159,8 +245,10 @@ class FsBackend:
 
         ``safety_expiry_days`` is an s3 lifecycle setting: a directory has no
         equivalent (the purge and the orphan sweep are the retention mechanism).
+        Refuses a key ring that cannot read the stored files
+        (:meth:`SignedFiles.check_keys`).
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.files.check_keys()
         cutoff = time.time() - STALE_TEMP_SECONDS
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
@@ -184,18 +272,25 @@ class FsBackend:
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self.path_for(key), "rb")
+            return self.files.open(self.path_for(key))[0]
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyError(key) from None
 
     def stat(self, key: str) -> ObjectInfo | None:
+        return self._info(key, self.path_for(key))
+
+    def _info(self, key: str, path: Path) -> ObjectInfo | None:
         try:
-            st = os.stat(self.path_for(key))
+            st = os.stat(path)
+            if not S_ISREG(st.st_mode):
+                return None
+            size = self.files.size_of(path, st.st_size)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not S_ISREG(st.st_mode):
-            return None
-        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        except sealed.TamperedObject:  # reading it fails; listings and sweeps go on
+            log.warning("stored file %s is damaged (its size cannot be a sealed file's)", key)
+            size = st.st_size
+        return ObjectInfo(key, size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def delete_many(self, keys: Iterable[str]) -> list[str]:
         failed: list[str] = []
@@ -225,6 +320,16 @@ class FsBackend:
             directory = directory.parent
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for key, path in self._walk(prefix):
+            info = self._info(key, path)
+            if info is not None:  # None: deleted while listing
+                yield info
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix``, without opening a file (sorted per directory)."""
+        return (key for key, _ in self._walk(prefix))
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, Path]]:
         check_prefix(prefix)
         # walk from the deepest directory the prefix names completely
         start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
@@ -235,13 +340,30 @@ class FsBackend:
                     continue
                 path = Path(dirpath, name)
                 key = self._key_of(path)
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    st = path.stat()
-                except FileNotFoundError:  # deleted while listing
-                    continue
-                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+                if key.startswith(prefix):
+                    yield key, path
+
+    # ------------------------------------------------------------ re-keying
+
+    def rekey(self, key: str) -> str:
+        """Bring one file under the current master key: ``"rewrapped"`` (its
+        header rewritten in place), ``"sealed"`` (a plaintext file from before
+        encryption, sealed atomically), ``"current"`` (nothing to do) or
+        ``"gone"`` (deleted meanwhile). Idempotent: a rerun skips what is done."""
+        path = self.path_for(key)
+        try:
+            if not sealed.needs_rekey(path, self.files.keys):
+                return "current"
+            with open(path, "rb") as raw:
+                if not sealed.is_sealed(raw.read(len(sealed.MAGIC))):
+                    raw.seek(0)
+                    st = os.fstat(raw.fileno())
+                    done = self.files.write_sealed(path, lambda out: _copy(raw, out, None, None),
+                                                   expected_inode=(st.st_dev, st.st_ino))
+                    return "gone" if done is None else "sealed"
+            return "rewrapped" if sealed.rewrap_in_place(path, self.files.keys) else "current"
+        except (FileNotFoundError, NotADirectoryError):
+            return "gone"
 
     def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
                       content_type: str | None = None) -> str:

@@ -9,6 +9,16 @@ on, with a warning in the log). Larger objects go multipart: minio-py cannot att
 checksums there, so each part is protected by the signed
 ``x-amz-content-sha256`` (plain HTTP) or ``Content-MD5`` (HTTPS) that the
 server verifies before accepting the part.
+
+Encryption at rest: every object the backend writes (put, multipart, copy)
+asks for server-side encryption, SSE-S3 (``x-amz-server-side-encryption:
+AES256``) or, with ``STORAGE.S3_SSE: kms``, SSE-KMS under
+``STORAGE.S3_KMS_KEY_ID``. Presigned PUT URLs cannot make the uploader send
+that header (minio-py signs only the host), so :meth:`S3Backend.ensure_ready`
+also sets the same rule as the bucket's default encryption, which the store
+applies to those uploads. It then writes, checks and deletes a probe object:
+a store that refuses or ignores the encryption stops the service from
+starting (:class:`EncryptionRefused`).
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from minio.commonconfig import ENABLED, CopySource, Filter
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
+from minio.sse import Sse, SseKMS, SseS3
+from minio.sseconfig import Rule as SseRule
+from minio.sseconfig import SSEConfig
 
 from .base import ObjectInfo
 from .keys import check_key, check_prefix
@@ -38,6 +51,14 @@ PART_SIZE = 16 * 1024 * 1024
 DELETE_CHUNK = 1000  # the most one DeleteObjects request accepts
 LIFECYCLE_RULE_ID = "darkroom-safety-expiry"
 _MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NotFound")
+PROBE_KEY = "darkroom-probes/server-side-encryption"
+SSE_HEADER = "x-amz-server-side-encryption"
+SSE_KMS_KEY_HEADER = "x-amz-server-side-encryption-aws-kms-key-id"
+SSE_ALGORITHMS = {"s3": "AES256", "kms": "aws:kms"}
+
+
+class EncryptionRefused(RuntimeError):
+    """The bucket does not encrypt objects as configured: the service must not start."""
 
 
 def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
@@ -53,9 +74,15 @@ class S3Backend:
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, *,
                  region: str = "us-east-1", secure: bool = False, public_endpoint: str = "",
-                 part_size: int = PART_SIZE):
+                 part_size: int = PART_SIZE, sse: str = "s3", kms_key_id: str = ""):
         host, secure = split_endpoint(endpoint, secure)
         self.bucket = bucket
+        if sse not in SSE_ALGORITHMS:
+            raise ValueError(f"unknown server-side encryption {sse!r} (expected s3 or kms)")
+        if sse == "kms" and not kms_key_id:
+            raise ValueError("STORAGE.S3_SSE is kms but STORAGE_S3_KMS_KEY_ID is not set")
+        self.sse_mode, self.kms_key_id = sse, kms_key_id
+        self.sse: Sse = SseKMS(kms_key_id, None) if sse == "kms" else SseS3()
         self.part_size = part_size
         self.checksums = True  # until the store says it does not support them
         self.client = Minio(host, access_key=access_key, secret_key=secret_key,
@@ -78,7 +105,38 @@ class S3Backend:
         except S3Error as exc:  # another instance created it meanwhile
             if exc.code != "BucketAlreadyOwnedByYou":
                 raise
+        self.require_encryption()
         self.set_safety_expiry(safety_expiry_days)
+
+    def require_encryption(self) -> None:
+        """Make the configured server-side encryption the bucket's default
+        (presigned uploads get it), then prove the store applies it: a probe
+        object written with the encryption header must come back encrypted
+        that way. :class:`EncryptionRefused` otherwise."""
+        rule = (SseRule.new_sse_kms_rule(self.kms_key_id) if self.sse_mode == "kms"
+                else SseRule.new_sse_s3_rule())
+        algorithm = SSE_ALGORITHMS[self.sse_mode]
+        try:
+            self.client.set_bucket_encryption(self.bucket, SSEConfig(rule))
+            self.client.put_object(self.bucket, PROBE_KEY, io.BytesIO(b"probe"), 5,
+                                   content_type="text/plain", sse=self.sse)
+            stat = self.client.stat_object(self.bucket, PROBE_KEY)
+        except S3Error as exc:
+            raise EncryptionRefused(
+                f"the bucket {self.bucket!r} refuses server-side encryption {algorithm} "
+                f"({exc.code}: {exc.message}); fix the store or STORAGE_S3_SSE") from None
+        headers = {k.lower(): v for k, v in (stat.metadata or {}).items()}
+        applied = headers.get(SSE_HEADER)
+        if applied != algorithm:
+            raise EncryptionRefused(
+                f"the bucket {self.bucket!r} stored a probe object without server-side "
+                f"encryption {algorithm} (it answered {applied or 'none'})")
+        if self.sse_mode == "kms" and not _same_kms_key(headers.get(SSE_KMS_KEY_HEADER),
+                                                         self.kms_key_id):
+            raise EncryptionRefused(
+                f"the bucket {self.bucket!r} encrypted the probe object with another KMS key "
+                "than STORAGE_S3_KMS_KEY_ID")
+        self.client.remove_object(self.bucket, PROBE_KEY)
 
     def set_safety_expiry(self, days: int) -> None:
         """Expire every object ``days`` after creation (and abandoned multipart
@@ -113,6 +171,7 @@ class S3Backend:
                         self.bucket, key, io.BytesIO(body), length, content_type=content_type,
                         metadata={"x-amz-checksum-sha256": checksum,
                                   "x-amz-sdk-checksum-algorithm": "SHA256"},
+                        sse=self.sse,
                     )
                     return
                 except S3Error as exc:
@@ -123,16 +182,16 @@ class S3Backend:
                     self.checksums = False
             # the signed x-amz-content-sha256 (http) or Content-MD5 (https) still protects it
             self.client.put_object(self.bucket, key, io.BytesIO(body), length,
-                                   content_type=content_type)
+                                   content_type=content_type, sse=self.sse)
         else:
             self.client.put_object(self.bucket, key, data, length, content_type=content_type,
-                                   part_size=self.part_size)
+                                   part_size=self.part_size, sse=self.sse)
 
     def copy(self, source: str, target: str) -> None:
         """A server-side copy (the content type goes with it); up to 5 GiB."""
         try:
             self.client.copy_object(self.bucket, check_key(target),
-                                    CopySource(self.bucket, check_key(source)))
+                                    CopySource(self.bucket, check_key(source)), sse=self.sse)
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise KeyError(source) from None
@@ -184,6 +243,15 @@ class S3Backend:
         url = signer.presigned_put_object(self.bucket, check_key(key),
                                                expires=timedelta(seconds=ttl_seconds))
         return url, {"Content-Type": content_type}
+
+
+def _same_kms_key(answered: str | None, configured: str) -> bool:
+    """AWS answers the key's full ARN for a key configured by id or alias ARN:
+    the configured id must be (the end of) what the store answers."""
+    if "alias/" in configured:  # the store answers the key an alias points to
+        return bool(answered)
+    return bool(answered) and (answered == configured or answered.endswith("/" + configured)
+                               or answered.endswith(":" + configured))
 
 
 def _checksum_unsupported(exc: S3Error) -> bool:

@@ -164,14 +164,30 @@ def test_the_refusal_names_variables_never_values(production):
         assert value not in message
 
 
+@pytest.mark.parametrize("ring, reason", [
+    ("", "is empty"),
+    ("dev-only-insecure:ZGV2LW9ubHktaW5zZWN1cmUtc3RvcmFnZS1rZXktMzI=",
+     "still has a built-in development default"),
+    ("k2:" + "A" * 43 + "=,dev-only-insecure:ZGV2LW9ubHktaW5zZWN1cmUtc3RvcmFnZS1rZXktMzI=",
+     "still has a built-in development default"),  # an old dev key left in the ring
+])
+def test_a_missing_or_development_key_ring_is_refused_by_name(production, ring, reason):
+    config = {"STORAGE": {"URL_SECRET": STRONG, "ENCRYPTION_KEYS": ring,
+                          "S3_ACCESS_KEY": STRONG, "S3_SECRET_KEY": STRONG}}
+    with pytest.raises(ConfigurationRefused) as caught:
+        refuse_insecure_config(config, "storage", CONFIG_DIR / "storage.yaml")
+    assert f"STORAGE_ENCRYPTION_KEYS (STORAGE.ENCRYPTION_KEYS) {reason}" in str(caught.value)
+
+
 # The secrets each process's config file names, all on their built-in defaults
 # when nothing is set: production mode must name every one.
 EXPECTED = {
     "auth": {"AMQP_URI", "AUTH_SECRET_KEY", "MAIL_SECRETS_KEY"},
     "notifications": {"AMQP_URI", "MAIL_SECRETS_KEY"},
     "privacy": {"AMQP_URI", "PRIVACY_PSEUDONYM_KEY", "MAIL_SECRETS_KEY"},
-    "storage": {"AMQP_URI", "STORAGE_URL_SECRET", "S3_ACCESS_KEY", "S3_SECRET_KEY"},
-    "gateway": {"AMQP_URI", "STORAGE_URL_SECRET"},
+    "storage": {"AMQP_URI", "STORAGE_URL_SECRET", "STORAGE_ENCRYPTION_KEYS", "S3_ACCESS_KEY",
+                "S3_SECRET_KEY"},
+    "gateway": {"AMQP_URI", "STORAGE_URL_SECRET", "STORAGE_ENCRYPTION_KEYS"},
     "ops": {"AMQP_URI", "RABBIT_MANAGEMENT_URL"},
     "billing": {"AMQP_URI", "BILLING_PSEUDONYM_KEY", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"},
     "generation": {"AMQP_URI"},

@@ -16,6 +16,7 @@ from services.auth.tokens import is_api_key
 from services.common import signing
 from services.common.errors import DomainError
 from services.common.observability import correlation_id
+from tests.sealed import plaintext
 
 NOW = "2026-01-02T03:04:05.123456+00:00"
 LATER = "2026-01-09T03:04:05+00:00"
@@ -271,7 +272,7 @@ class FakeStorage(FakeRpcService):
             raise DomainError("not_found", "upload not found", 404)
         staged = self.files_root / "staging" / upload_id if self.files_root else None
         if staged is not None and staged.is_file():
-            data = staged.read_bytes()
+            data = plaintext(staged)  # the gateway seals what it writes, like the backend
             staged.unlink()
         else:
             data = self.staged.pop(upload_id, None)

@@ -16,6 +16,9 @@ from gateway.transfer import signed_files, store_file
 from services.common import signing
 from services.common.errors import DomainError
 from services.storage.backends.fs import SignedFiles
+from services.storage.backends.sealed import KeyRing
+from services.storage.settings import DEV_ENCRYPTION_KEYS
+from tests.sealed import plaintext
 from tests.unit.gateway.conftest import FILES_BASE_URL, FILES_SECRET
 
 OWNER = "01900000-0000-7000-8000-000000000001"
@@ -186,7 +189,7 @@ def test_without_files_root_every_file_route_is_404(make_app, root, stored):
         client = make_app(**config).test_client()
         assert client.get(signed("GET", KEY)).status_code == 404
         assert client.put(signed("PUT", KEY), data=b"x").status_code == 404
-    assert (root / KEY).read_bytes() == stored
+    assert plaintext(root / KEY) == stored
 
 
 def test_file_routes_need_no_bearer_and_ignore_one(client, stored, auth):
@@ -204,14 +207,14 @@ def test_put_writes_the_file(client, root):
     assert response.status_code == 201
     assert response.get_json() == {"key": key, "size": len(data)}
     assert response.headers["Cache-Control"] == "no-store"
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
     assert files_in(root) == [key]  # no temporary file left behind
 
 
 def test_put_replaces_an_existing_file(client, root, stored):
     response = client.put(signed("PUT", KEY), data=b"new bytes")
     assert response.status_code == 201
-    assert (root / KEY).read_bytes() == b"new bytes"
+    assert plaintext(root / KEY) == b"new bytes"
     assert files_in(root) == [KEY]
 
 
@@ -219,7 +222,7 @@ def test_a_get_url_cannot_upload(client, root, stored):
     response = client.put(signed("GET", KEY), data=b"overwrite")
     assert response.status_code == 403
     assert error_code(response) == "invalid_signature"
-    assert (root / KEY).read_bytes() == stored
+    assert plaintext(root / KEY) == stored
 
 
 def test_expired_put_is_refused(client, root):
@@ -262,7 +265,7 @@ def test_chunked_put_within_the_cap(client, root):
     response = client.put(signed("PUT", key), input_stream=io.BytesIO(data),
                           environ_overrides={"wsgi.input_terminated": True})
     assert response.status_code == 201
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
 
 
 def test_an_output_slot_url_takes_its_signed_size_past_the_upload_cap(client, root):
@@ -272,7 +275,7 @@ def test_an_output_slot_url_takes_its_signed_size_past_the_upload_cap(client, ro
     data = os.urandom(MAX_BYTES + 100)
     response = client.put(signed("PUT", key, max_bytes=len(data)), data=data)
     assert response.status_code == 201, response.get_json()
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
 
 
 @pytest.mark.parametrize("terminated", [False, True], ids=["content-length", "server-terminated"])
@@ -284,7 +287,7 @@ def test_a_body_of_exactly_the_signed_size_is_accepted(client, root, terminated)
     response = client.put(signed("PUT", key, max_bytes=len(data)), data=data,
                           environ_overrides={"wsgi.input_terminated": terminated})
     assert response.status_code == 201, response.get_json()
-    assert (root / key).read_bytes() == data
+    assert plaintext(root / key) == data
 
 
 def test_a_signed_size_cap_is_enforced(client, root):
@@ -316,7 +319,7 @@ def test_a_raised_or_dropped_size_cap_breaks_the_signature(client, root, change)
 
 @pytest.fixture
 def files(root) -> SignedFiles:
-    return SignedFiles(root, FILES_SECRET)
+    return SignedFiles(root, FILES_SECRET, keys=KeyRing.parse(DEV_ENCRYPTION_KEYS))
 
 
 class Exploding(io.RawIOBase):
@@ -341,7 +344,7 @@ def test_a_failing_disk_is_503_and_leaves_the_old_file_whole(files, root, stored
     with pytest.raises(DomainError) as caught:
         store_file(files, KEY, Exploding(500, OSError("disk on fire")), None, 1000)
     assert (caught.value.status, caught.value.code) == (503, "service_unavailable")
-    assert (root / KEY).read_bytes() == stored
+    assert plaintext(root / KEY) == stored
     assert files_in(root) == [KEY]
 
 
@@ -370,3 +373,35 @@ def test_signed_files_follow_the_files_section(make_app, root):
         assert signed_files() is None
     with make_app(FILES={}).app_context():
         assert signed_files() is None
+
+
+def test_the_gateway_refuses_to_start_with_an_empty_or_malformed_key_ring(make_app, root):
+    from services.storage.backends import KeyRingError
+
+    for ring in ("", "k1:not-a-key"):
+        with pytest.raises(KeyRingError, match="STORAGE_ENCRYPTION_KEYS"):
+            make_app(FILES={"ROOT": str(root), "URL_SECRET": FILES_SECRET, "ENCRYPTION_KEYS": ring})
+
+
+def test_downloads_are_decrypted_while_streaming_and_ranges_cross_chunks(make_app, root):
+    from services.storage.backends.sealed import CHUNK_SIZE, new_key_entry
+
+    ring = new_key_entry("gw")
+    client = make_app(FILES={"ROOT": str(root), "URL_SECRET": FILES_SECRET,
+                             "ENCRYPTION_KEYS": ring}).test_client()
+    data = os.urandom(2 * CHUNK_SIZE + 10)
+    put = client.put(signed("PUT", KEY, max_bytes=MAX_BYTES), data=data)
+    assert put.status_code == 201, put.get_json()
+    assert data[:64] not in (root / KEY).read_bytes()
+    assert plaintext(root / KEY, KeyRing.parse(ring)) == data
+    response = client.get(signed("GET", KEY))
+    assert response.data == data and response.headers["Content-Length"] == str(len(data))
+    start = CHUNK_SIZE - 3
+    part = client.get(signed("GET", KEY), headers={"Range": f"bytes={start}-{start + 9}"})
+    assert part.status_code == 206 and part.data == data[start:start + 10]
+    # tampered on disk: an error, never altered bytes
+    raw = bytearray((root / KEY).read_bytes())
+    raw[-5] ^= 1
+    (root / KEY).write_bytes(bytes(raw))
+    with pytest.raises(OSError):
+        client.get(signed("GET", KEY)).data  # noqa: B018

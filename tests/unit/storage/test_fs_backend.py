@@ -12,18 +12,26 @@ import pytest
 
 from services.common import signing
 from services.common.errors import DomainError
-from services.storage.backends import InvalidKey, check_key, make_backend
-from services.storage.backends.fs import TEMP_PREFIX, FsBackend, ShortStream, SignedFiles
+from services.storage.backends import InvalidKey, KeyRing, check_key, make_backend
+from services.storage.backends.fs import (
+    KEYCHECK_PREFIX,
+    TEMP_PREFIX,
+    FsBackend,
+    ShortStream,
+    SignedFiles,
+)
 from services.storage.backends.s3 import S3Backend
-from services.storage.settings import StorageSettings
+from services.storage.settings import DEV_ENCRYPTION_KEYS, StorageSettings
+from tests.sealed import plaintext
 
 SECRET = "unit-test-secret"
 BASE = "http://files.example.test:8000"
+KEYS = KeyRing.parse(DEV_ENCRYPTION_KEYS)
 
 
 @pytest.fixture
 def fs(tmp_path) -> FsBackend:
-    backend = FsBackend(tmp_path / "root", BASE, SECRET)
+    backend = FsBackend(tmp_path / "root", BASE, SECRET, keys=KEYS)
     backend.ensure_ready(31)
     return backend
 
@@ -33,7 +41,9 @@ def put(backend, key: str, data: bytes = b"data"):
 
 
 def files_under(root) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    """Every file but the key-check canaries at the top (``.keycheck-<id>``)."""
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                  if not f.startswith(KEYCHECK_PREFIX))
 
 
 BAD_KEYS = ["", "/etc/passwd", "../outside", "objects/../../outside", "objects//x", "objects/./x",
@@ -102,7 +112,7 @@ def test_delete_many_prunes_empty_directories_but_not_the_root_or_siblings(fs):
     assert not (fs.root / "staging").exists()
     assert (fs.root / "objects" / "b" / "1").exists()
     assert fs.delete_many(["objects/b/1"]) == []
-    assert fs.root.is_dir() and list(fs.root.iterdir()) == []
+    assert fs.root.is_dir() and [p.name for p in fs.root.iterdir()] == [KEYCHECK_PREFIX + "dev-only-insecure"]
 
 
 def test_delete_many_reports_what_it_could_not_delete(fs):
@@ -125,7 +135,7 @@ def test_list_matches_prefixes_mid_segment_and_hides_temporary_files(fs):
 
 
 def test_ensure_ready_creates_the_root_and_removes_stale_temporary_files(tmp_path):
-    backend = FsBackend(tmp_path / "new" / "root", BASE, SECRET)
+    backend = FsBackend(tmp_path / "new" / "root", BASE, SECRET, keys=KEYS)
     backend.ensure_ready(31)
     assert backend.root.is_dir()
     stale = backend.root / "objects" / f"{TEMP_PREFIX}stale"
@@ -186,7 +196,7 @@ def test_make_backend_follows_the_storage_section(tmp_path):
 
 @pytest.fixture
 def files(tmp_path) -> SignedFiles:
-    return SignedFiles(tmp_path / "root", SECRET, BASE)
+    return SignedFiles(tmp_path / "root", SECRET, BASE, keys=KEYS)
 
 
 def test_a_failed_write_leaves_the_old_file_whole(files):
@@ -196,7 +206,7 @@ def test_a_failed_write_leaves_the_old_file_whole(files):
         files.write(key, _Failing(b"y" * 500, OSError("disk on fire")))
     with pytest.raises(RuntimeError):
         files.write("staging/new", _Failing(b"y" * 500, RuntimeError("client went away")))
-    assert (files.root / key).read_bytes() == b"old"
+    assert plaintext(files.root / key) == b"old"
     assert files_under(files.root) == ["objects/u/a"]
 
 
@@ -210,7 +220,7 @@ def test_write_counts_bytes_past_the_cap(files):
         files.write(key, io.BytesIO(b"z" * 10), length=1001, max_bytes=1000)
     assert files_under(files.root) == []
     assert files.write(key, io.BytesIO(b"z" * 1000), max_bytes=1000) == 1000
-    assert (files.root / key).stat().st_size == 1000
+    assert plaintext(files.root / key) == b"z" * 1000
 
 
 def test_write_refuses_a_short_stream_and_reads_no_more_than_length(files):

@@ -119,3 +119,72 @@ def test_a_checksum_mismatch_is_an_error_not_a_downgrade():
     with pytest.raises(S3Error):
         b.put("objects/o/1", io.BytesIO(b"abc"), 3, "text/plain")
     assert b.checksums is True
+
+
+# ------------------------------------------------------------------ server-side encryption
+
+
+class _Stat:
+    def __init__(self, metadata):
+        self.metadata = metadata
+
+
+def probing(b: S3Backend, *, refuse: bool = False, answered: dict | None = None) -> list:
+    """Stub the calls of the start probe; returns what was asked of the store."""
+    calls = []
+
+    def set_bucket_encryption(bucket, config):
+        calls.append(("bucket-default", config.rule.sse_algorithm, config.rule.kms_master_key_id))
+
+    def put_object(bucket, key, data, length, content_type=None, sse=None, **kwargs):
+        calls.append(("put", key, sse.headers() if sse else {}))
+        if refuse:
+            raise S3Error("NotImplemented", "Server side encryption specified but KMS is not "
+                          "configured", key, "r", "h", None)
+
+    b.client.set_bucket_encryption = set_bucket_encryption
+    b.client.put_object = put_object
+    b.client.stat_object = lambda bucket, key: _Stat(answered or {})
+    b.client.remove_object = lambda bucket, key: calls.append(("removed", key))
+    return calls
+
+
+def test_the_start_probe_accepts_a_store_that_encrypts():
+    b = backend()
+    calls = probing(b, answered={"X-Amz-Server-Side-Encryption": "AES256"})
+    b.require_encryption()
+    assert calls[0] == ("bucket-default", "AES256", None)
+    assert calls[1][2] == {"X-Amz-Server-Side-Encryption": "AES256"}
+    assert calls[-1][0] == "removed"
+
+
+def test_the_start_probe_refuses_a_store_that_rejects_or_ignores_encryption():
+    from services.storage.backends.s3 import EncryptionRefused
+
+    b = backend()
+    probing(b, refuse=True)
+    with pytest.raises(EncryptionRefused, match="refuses server-side encryption AES256"):
+        b.require_encryption()
+    probing(b, answered={})  # stored, but in clear
+    with pytest.raises(EncryptionRefused, match="without server-side encryption AES256"):
+        b.require_encryption()
+
+
+def test_kms_asks_for_the_configured_key_and_checks_the_store_used_it():
+    from services.storage.backends.s3 import EncryptionRefused
+
+    b = backend(sse="kms", kms_key_id="1234abcd-12ab-34cd-56ef-1234567890ab")
+    calls = probing(b, answered={
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id":
+            "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"})
+    b.require_encryption()
+    assert calls[0] == ("bucket-default", "aws:kms", "1234abcd-12ab-34cd-56ef-1234567890ab")
+    assert calls[1][2]["X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id"] == \
+        "1234abcd-12ab-34cd-56ef-1234567890ab"
+    probing(b, answered={"x-amz-server-side-encryption": "aws:kms",
+                         "x-amz-server-side-encryption-aws-kms-key-id": "arn:...:key/another"})
+    with pytest.raises(EncryptionRefused, match="another KMS key"):
+        b.require_encryption()
+    with pytest.raises(ValueError, match="STORAGE_S3_KMS_KEY_ID is not set"):
+        backend(sse="kms")
