@@ -7,6 +7,8 @@ COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
 # Starts the local servers a target needs when they are installed but stopped
 # (never restarts one that runs), enables RabbitMQ's management plugin.
 LOCAL_SERVICES := deploy/local-services.sh
+# promtool and caddy, which some unit tests run on our configs (apt-get when root)
+TEST_TOOLS := deploy/test-tools.sh
 # Where clients reach the API: every URL Darkroom hands out starts with it.
 GATEWAY_PORT ?= 8000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
@@ -53,10 +55,12 @@ migrate: $(STAMP)
 
 test: $(STAMP)
 	@$(LOCAL_SERVICES)
+	@-$(TEST_TOOLS)
 	$(BIN)/pytest -q tests
 
 # The unit tests need no server.
 test-unit: $(STAMP)
+	@-$(TEST_TOOLS)
 	$(BIN)/pytest -q tests/unit
 
 test-integration: $(STAMP)

@@ -27,6 +27,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from services.common import engine, secrets
+from tests.conftest import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -140,10 +141,16 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port_and_every_replica(
     assert PROMETHEUS["rule_files"] == ["alerts.yml"]
 
 
-@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool is not installed; "
-                    "the static checks of this module still run")
+def needs(tool: str, package: str) -> None:
+    """``make test`` installs the tool (deploy/test-tools.sh); without it the
+    test skips, or fails with CI=true."""
+    if not shutil.which(tool):
+        unavailable(tool, f"not installed (apt-get install {package})")
+
+
 def test_promtool_accepts_the_config_and_the_rules(tmp_path):
     """Prometheus's own checker (Debian's `prometheus` package ships it)."""
+    needs("promtool", "prometheus")
     shutil.copy(OBS / "prometheus.yml", tmp_path / "prometheus.yml")
     shutil.copy(OBS / "alerts.yml", tmp_path / "alerts.yml")
     for argv in (["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
@@ -319,11 +326,10 @@ def test_caddy_fronts_the_gateway_and_minios_public_endpoint():
     assert {"80", "443", "443/udp"} <= published
 
 
-@pytest.mark.skipif(not shutil.which("caddy"), reason="caddy is not installed; "
-                    "test_caddy_fronts_the_gateway_and_minios_public_endpoint still runs")
 def test_caddy_validates_the_caddyfile():
     """Caddy's own checker (Debian's `caddy` package): adapts and provisions
     the config without serving it."""
+    needs("caddy", "caddy")
     env = {**os.environ, "DARKROOM_DOMAIN": "api.example.com",
            "FILES_DOMAIN": "files.example.com", "HOME": "/tmp",
            "XDG_DATA_HOME": "/tmp/caddy-validate", "XDG_CONFIG_HOME": "/tmp/caddy-validate"}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the command-line checkers some tests run on our configuration files:
+#   promtool  (Debian package prometheus)  Prometheus config and alert rules
+#   caddy     (Debian package caddy)       the TLS profile's Caddyfile
+#
+#   deploy/test-tools.sh
+#
+# A tool already on PATH is left alone (a run where all is there takes no
+# time). A missing one is installed with apt-get when this runs as root (CI, a
+# fresh container); otherwise the command to run is printed. Exit 1 when a tool
+# is still missing: with CI=true the tests that need it fail instead of skipping.
+set -uo pipefail
+
+declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy)
+missing=()
+for tool in "${!PACKAGE[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE[$tool]}")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "test-tools: installing ${missing[*]} (apt-get)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # Only the tools: packages must not start their daemons here.
+  policy=/usr/sbin/policy-rc.d; made_policy=
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1; fi
+  { apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 &&
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; }; }
+  status=$?
+  [ -n "$made_policy" ] && rm -f "$policy"
+  [ "$status" -eq 0 ] && exit 0
+  echo "test-tools: apt-get install ${missing[*]} failed" >&2
+  exit 1
+fi
+echo "test-tools: missing ${missing[*]}: run 'sudo apt-get install ${missing[*]}'" \
+     "(the tests that use them skip, or fail with CI=true)" >&2
+exit 1
