@@ -38,8 +38,8 @@ warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 
 import click  # noqa: E402
 
+from ops import backup as backup_ops  # noqa: E402
 from ops import billing as billing_ops  # noqa: E402
-from ops.backup import backup as backup_group  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
 from ops import jobs as jobs_ops  # noqa: E402
 from ops import privacy as privacy_ops  # noqa: E402
@@ -392,7 +392,7 @@ def privacy_publish_policy(config, version, material, summary):
     click.echo(f"policy {policy['version']} published ({kind})")
 
 
-cli.add_command(backup_group)  # darkroom-ops backup: ops/backup.py
+cli.add_command(backup_ops.backup)  # darkroom-ops backup: ops/backup.py
 
 
 def main() -> None:
