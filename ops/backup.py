@@ -9,7 +9,7 @@
                                               and object store, then replay erasures
 
 The work is in ``ops/backups/``; the settings (``BACKUP_*``) in
-deploy/config/ops.yaml; the runbook in docs/operations.md.
+deploy/config/backup.yaml; the runbook in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -22,14 +22,23 @@ import click
 
 from ops.backups import jobs
 from ops.errors import OpsError
+from services.common.config import config_path, load_config
+from services.common.secrets import ConfigurationRefused, refuse_insecure_config
 
 log = logging.getLogger(__name__)
 
 
-def _settings(config: dict) -> jobs.BackupSettings:
+def _settings(_ops_config: dict) -> jobs.BackupSettings:
+    """deploy/config/backup.yaml (``DARKROOM_CONFIG_DIR`` for another directory),
+    refused in production without a real ``BACKUP_ENCRYPTION_KEY``."""
+    path = config_path("backup")
     try:
+        config = load_config(path)
+        refuse_insecure_config(config, "darkroom-ops backup", path)
         return jobs.BackupSettings.from_config(config)
-    except jobs.BackupError as exc:
+    except FileNotFoundError:
+        raise OpsError(f"config file not found: {path}") from None
+    except (ConfigurationRefused, jobs.BackupError) as exc:
         raise OpsError(str(exc), exit_code=2) from None
 
 

@@ -66,7 +66,7 @@ def test_a_restored_stack_serves_the_same_data_and_erased_users_stay_erased(
     address, registered, token = verified_login(stack)
     uid = registered["user"]["id"]
     upload = upload_png(stack, token, (10, 200, 30))
-    output = generate(stack, token, "a restored lighthouse")["outputs"][0]["id"]
+    output = generate(stack, token, "a restored lighthouse")["outputs"][0]
     pay(stack, token)
     export = call_ok(stack, "POST", "/v1/privacy/requests", 202, token=token,
                      json={"type": "export"})
