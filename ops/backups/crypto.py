@@ -6,8 +6,9 @@ then chunks, each a 4-byte big-endian length and its ciphertext (tag
 included). Each file has its own key, HKDF-SHA256(operator key, salt), so
 the nonce can be the chunk's number (11 bytes) and a last-chunk flag (1
 byte): a reordered, cut or altered file fails to decrypt; it never yields
-garbage. The operator's key is ``BACKUP_ENCRYPTION_KEY``: 32 random bytes,
-base64 (``python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"``).
+garbage. The operator's key is ``BACKUP_ENCRYPTION_KEY``: 32 random bytes in
+base64 (``python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"``),
+or any random secret of 40 characters or more (``make up`` writes 48 hex digits).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"DRBACKUP1\n"
 CHUNK_BYTES = 1 << 20
+MIN_SECRET_CHARS = 40
 _LENGTH = struct.Struct(">I")
 
 
@@ -35,16 +37,22 @@ class BackupCryptoError(Exception):
 
 
 def parse_key(value: str | bytes | None) -> bytes:
-    """The operator's key from its base64 form; ValueError naming the variable."""
+    """The operator's key: 32 bytes in base64, or any secret of at least
+    :data:`MIN_SECRET_CHARS` characters (``make up`` writes 48 hex digits),
+    hashed to 32 bytes. ValueError naming the variable."""
     if not value:
         raise ValueError("BACKUP_ENCRYPTION_KEY is not set (32 random bytes, base64)")
+    text = value.decode() if isinstance(value, bytes) else str(value)
     try:
-        key = base64.b64decode(value, validate=True)
+        key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("BACKUP_ENCRYPTION_KEY is not valid base64") from None
-    if len(key) != 32:
-        raise ValueError(f"BACKUP_ENCRYPTION_KEY must be 32 bytes, not {len(key)}")
-    return key
+        key = b""
+    if len(key) == 32:
+        return key
+    if len(text) >= MIN_SECRET_CHARS:
+        return hashlib.sha256(b"darkroom-backup-secret" + text.encode()).digest()
+    raise ValueError("BACKUP_ENCRYPTION_KEY must be 32 random bytes in base64, "
+                     f"or a random secret of at least {MIN_SECRET_CHARS} characters")
 
 
 def fingerprint(key: bytes) -> bytes:

@@ -41,12 +41,12 @@ def ops(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def view(stack, token: str, images: list[str]) -> dict:
-    """What the API shows a user: account, balance, ledger, jobs, gallery,
-    privacy requests, and the bytes of each image."""
+def view(stack, token: str, images: list[str], request: str) -> dict:
+    """What the API shows a user: account, balance, ledger, orders, jobs,
+    gallery, a privacy request, and the bytes of each image."""
     shown = {path: call_ok(stack, "GET", path, token=token) for path in (
         "/v1/me", "/v1/billing/balance", "/v1/billing/ledger?limit=50", "/v1/generations",
-        "/v1/images", "/v1/privacy/requests", "/v1/billing/orders")}
+        "/v1/images", f"/v1/privacy/requests/{request}", "/v1/billing/orders")}
     for item in shown["/v1/images"]["items"]:
         item.pop("url", None)  # signed for one address and a while: not data
     for image in images:
@@ -75,7 +75,7 @@ def test_a_restored_stack_serves_the_same_data_and_erased_users_stay_erased(
     gone_address, gone, gone_token = verified_login(stack)
     gone_id = gone["user"]["id"]
     gone_upload = upload_png(stack, gone_token, (250, 250, 0))
-    before = view(stack, token, [upload, output])
+    before = view(stack, token, [upload, output], export["id"])
 
     backups = tmp_path / "backups"
     env = {**stack.env, "BACKUP_DIR": str(backups),
@@ -140,8 +140,8 @@ def test_a_restored_stack_serves_the_same_data_and_erased_users_stay_erased(
         again = Stack(f"http://127.0.0.1:{port}", mail, processes, objects, env=restored_env)
         login = again.call("POST", "/v1/auth/login", json={"email": address, "password": PASSWORD})
         assert login.status_code == 200, login.text
-        assert view(again, login.json()["token"], [upload, output]) == before
-        assert view(again, token, [upload, output]) == before  # the session was restored too
+        assert view(again, login.json()["token"], [upload, output], export["id"]) == before
+        assert view(again, token, [upload, output], export["id"]) == before  # the session was restored too
         refused = again.call("POST", "/v1/auth/login",
                              json={"email": gone_address, "password": PASSWORD})
         assert refused.status_code == 401

@@ -76,13 +76,19 @@ def test_not_a_backup_file():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("", "not set"), ("%%%", "not valid base64"),
-    (base64.b64encode(b"short").decode(), "must be 32 bytes"),
+    ("", "not set"), ("%%%", "at least 40 characters"),
+    (base64.b64encode(b"short").decode(), "32 random bytes"), ("ab" * 19, "at least 40"),
 ])
 def test_the_key_is_checked(value, message):
     with pytest.raises(ValueError, match=message):
         crypto.parse_key(value)
+
+
+def test_the_key_is_base64_or_a_long_secret():
     assert crypto.parse_key(base64.b64encode(KEY).decode()) == KEY
+    hexed = os.urandom(24).hex()  # what `make up` writes for a change-me value
+    assert len(crypto.parse_key(hexed)) == 32
+    assert crypto.parse_key(hexed) == crypto.parse_key(hexed) != crypto.parse_key(hexed[::-1])
 
 
 def names(start: datetime, days: int, per_day: int = 1) -> list[str]:
