@@ -4,6 +4,8 @@
                                               BACKUP_INTERVAL_SECONDS, for ever)
     darkroom-ops backup verify [SET] [--json] check the newest set (or SET)
     darkroom-ops backup list [--json]         the sets, and why each is kept
+    darkroom-ops backup check [--max-age S]   exit 1 unless the newest set is younger
+                                              than S (default: 2 x BACKUP_INTERVAL_SECONDS)
     darkroom-ops backup restore [SET] --yes [--erasure-log-db URL]...
                                               restore into the configured databases
                                               and object store, then replay erasures
@@ -111,6 +113,22 @@ def backup_list(config, as_json):
     for item in listed:
         click.echo(f"{item['set']}  {len(item['databases'])} databases  {item['objects']} objects  "
                    f"kept as {', '.join(item['kept_as']) or '-'}")
+
+
+@backup.command("check")
+@click.option("--max-age", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Default: twice BACKUP_INTERVAL_SECONDS.")
+@click.pass_obj
+def backup_check(config, max_age):
+    """Exit 1 unless the newest set is recent (the compose service's healthcheck)."""
+    settings = _settings(config)
+    limit = max_age or 2 * settings.interval_seconds
+    age = jobs.newest_age_seconds(settings)
+    if age is None:
+        raise OpsError(f"no backup set in {settings.root}")
+    if age > limit:
+        raise OpsError(f"the newest backup set is {age / 3600:.1f} h old (limit {limit / 3600:.1f} h)")
+    click.echo(f"the newest backup set is {age / 3600:.1f} h old")
 
 
 @backup.command("restore")

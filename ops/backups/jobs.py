@@ -264,6 +264,14 @@ def verify(settings: BackupSettings, name: str | None = None, progress: Progress
             "databases": databases, "objects": objects, "problems": problems}
 
 
+def newest_age_seconds(settings: BackupSettings, now: datetime | None = None) -> float | None:
+    """How old the newest complete set is; None without one."""
+    names = sets.complete_sets(settings.root)
+    if not names:
+        return None
+    return ((now or utcnow()) - sets.parse_name(names[-1])).total_seconds()
+
+
 def list_sets(settings: BackupSettings) -> list[dict]:
     """Every complete set, oldest first, with why the rotation keeps it."""
     names = sets.complete_sets(settings.root)

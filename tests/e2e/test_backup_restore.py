@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.db import normalise_url
 from tests.conftest import free_port, wait_for
 from tests.e2e.conftest import SERVICES
 from tests.e2e.stack import PASSWORD, Stack, verified_login
@@ -115,7 +116,7 @@ def test_a_restored_stack_serves_the_same_data_and_erased_users_stay_erased(
     assert "1 erased user(s) erased again" in restored.stdout
 
     # before any service runs: the erased user is gone again, the kept one is whole
-    urls = {s: restored_env[f"{s.upper()}_DATABASE_URL"] for s in SERVICES}
+    urls = {s: normalise_url(restored_env[f"{s.upper()}_DATABASE_URL"]) for s in SERVICES}
     assert query(urls["auth"], "SELECT count(*) FROM users WHERE id = :u", u=gone_id) == 0
     assert query(urls["auth"], "SELECT count(*) FROM users WHERE id = :u", u=uid) == 1
     assert query(urls["storage"], "SELECT count(*) FROM objects WHERE owner_id = :u "
