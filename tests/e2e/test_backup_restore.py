@@ -44,12 +44,17 @@ def ops(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 def view(stack, token: str, images: list[str], request: str) -> dict:
     """What the API shows a user: account, balance, ledger, orders, jobs,
-    gallery, a privacy request, and the bytes of each image."""
+    gallery, a privacy request (its export archive's bytes rather than the
+    signed URL), and the bytes of each image."""
     shown = {path: call_ok(stack, "GET", path, token=token) for path in (
         "/v1/me", "/v1/billing/balance", "/v1/billing/ledger?limit=50", "/v1/generations",
         "/v1/images", f"/v1/privacy/requests/{request}", "/v1/billing/orders")}
     for item in shown["/v1/images"]["items"]:
         item.pop("url", None)  # signed for one address and a while: not data
+    archive = shown[f"/v1/privacy/requests/{request}"].pop("download_url")
+    response = stack.http.get(archive, timeout=30)
+    assert response.status_code == 200, response.text
+    shown["archive"] = response.content
     for image in images:
         response = stack.call("GET", f"/v1/images/{image}/content", token=token)
         assert response.status_code == 200, response.text
