@@ -70,6 +70,11 @@ def backup_run(config, repeat):
             if not repeat:
                 raise OpsError(str(exc)) from None
             click.echo(f"error: backup failed: {exc}", err=True)
+        except Exception:  # a database or store down: try again at the next interval
+            if not repeat:
+                raise
+            log.exception("backup failed")
+            click.echo("error: backup failed (see the traceback above)", err=True)
         if not repeat:
             return
         time.sleep(max(0.0, settings.interval_seconds - (time.monotonic() - started)))

@@ -27,14 +27,17 @@ from services.common.ids import isoformat, pseudonym, trusted_id, utcnow
 log = logging.getLogger(__name__)
 
 
-def read_log(url: str) -> dict[str, str]:
-    """``{subject: erased_at}`` of the privacy database at ``url``; empty when
-    it has no erasure log yet (a fresh database)."""
+def read_log(url: str, required: bool = False) -> dict[str, str]:
+    """``{subject: erased_at}`` of the privacy database at ``url``. Empty when
+    it cannot be read (a fresh database, or gone), unless ``required``:
+    then the error propagates."""
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT subject, erased_at FROM erased_subjects")).all()
     except SQLAlchemyError as exc:
+        if required:
+            raise
         log.info("no erasure log at the privacy database: %s", type(exc).__name__)
         return {}
     finally:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from ops.backups import crypto, erasures, sets, sources
 from services.common.ids import isoformat, utcnow
 from services.common.version import darkroom_version
@@ -52,6 +55,10 @@ class BackupSettings:
 
 def _quiet(_line: str) -> None:
     pass
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @contextmanager
@@ -180,7 +187,12 @@ def run(settings: BackupSettings, progress: Progress = _quiet, now: datetime | N
                 raise BackupError(f"{service}: {exc}") from None
             finally:
                 plain.unlink(missing_ok=True)
-            entry.update(engine=kind, file=f"databases/{service}.enc", **sources.describe(url))
+            try:
+                described = sources.describe(url)
+            except SQLAlchemyError as exc:
+                raise BackupError(f"{service}: cannot read its migration heads: "
+                                  f"{type(exc).__name__}") from None
+            entry.update(engine=kind, file=f"databases/{service}.enc", **described)
             manifest["databases"][service] = entry
             progress(f"{service}: {kind} dump of {entry['plain_size']} bytes")
         manifest["objects"] = _backup_objects(settings, directory, sources.object_backend(), progress)
@@ -300,7 +312,12 @@ def erasure_log(settings: BackupSettings, directory: Path, live_urls: list[str])
             except (BackupError, crypto.BackupCryptoError, KeyError):
                 if name == directory.name:
                     raise
-    logs.extend(erasures.read_log(url) for url in live_urls)
+    for url in live_urls:
+        try:
+            logs.append(erasures.read_log(url, required=True))
+        except SQLAlchemyError as exc:
+            raise BackupError(f"cannot read the erasure log of {_safe(url)}: "
+                              f"{type(exc).__name__}") from None
     return erasures.merge(*logs)
 
 
@@ -318,7 +335,8 @@ def restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[s
         raise BackupError(f"{directory.name} has no dump of {', '.join(missing)}")
     configs = {service: sources.service_config(service) for service in sources.SERVICES}
     urls = {service: str(configs[service]["DATABASE_URL"]) for service in sources.SERVICES}
-    log = erasure_log(settings, directory, [*erasure_log_urls, urls["privacy"]])
+    log = erasures.merge(erasure_log(settings, directory, erasure_log_urls),
+                         erasures.read_log(urls["privacy"]))  # the one about to be replaced
     progress(f"erasure log: {len(log)} erased users known")
     with tempfile.TemporaryDirectory(prefix="darkroom-restore-") as tmp:
         for service in sources.SERVICES:

@@ -119,3 +119,10 @@ def test_production_refuses_a_placeholder_key(laptop, monkeypatch):
     result = run("run")
     assert result.exit_code == 2
     assert "BACKUP_ENCRYPTION_KEY" in result.output and "change-me" not in result.output
+
+
+def test_an_erasure_log_that_cannot_be_read_stops_the_restore(laptop):
+    assert run("run").exit_code == 0
+    result = run("restore", "--yes", "--erasure-log-db", f"sqlite:///{laptop / 'empty.db'}")
+    assert result.exit_code == 1
+    assert "cannot read the erasure log of sqlite:///" in result.output
