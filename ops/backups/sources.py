@@ -83,14 +83,22 @@ def dump(url: str, target: Path) -> None:
         _run(["pg_dump", "--format=custom", "--no-password", f"--file={target}",
               f"--dbname={conninfo}"], env=env)
         return
-    source = sqlite3.connect(f"file:{_sqlite_path(url)}?mode=ro", uri=True)
+    _sqlite_copy(_sqlite_path(url), target)
+
+
+def _sqlite_copy(source_path: Path, target: Path) -> None:
+    """SQLite's online backup API: a consistent copy while others write."""
+    try:
+        source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise DumpError(f"cannot open {source_path}: {exc}") from None
     try:
         copy = sqlite3.connect(target)
         with copy:
             source.backup(copy)
         copy.close()
     except sqlite3.Error as exc:
-        raise DumpError(f"cannot copy {url}: {exc}") from None
+        raise DumpError(f"cannot copy {source_path}: {exc}") from None
     finally:
         source.close()
 
@@ -131,14 +139,7 @@ def restore(kind: str, path: Path, url: str) -> None:
         return
     target = _sqlite_path(url)
     target.parent.mkdir(parents=True, exist_ok=True)
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        copy = sqlite3.connect(target)
-        with copy:
-            source.backup(copy)
-        copy.close()
-    finally:
-        source.close()
+    _sqlite_copy(path, target)
 
 
 def describe(url: str) -> dict:
