@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from services.common.engine import make_engine
-from services.common.ids import isoformat, pseudonym, trusted_id, utcnow
+from services.common.ids import isoformat, parse_uuid, pseudonym, trusted_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,12 @@ def read_log(url: str, required: bool = False) -> dict[str, str]:
     """``{subject: erased_at}`` of the privacy database at ``url``. Empty when
     it cannot be read (a fresh database, or gone), unless ``required``:
     then the error propagates."""
+    from services.privacy.models import ErasedSubject
+
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT subject, erased_at FROM erased_subjects")).all()
+        with engine.connect() as conn:  # the model's column type reads times as UTC
+            rows = conn.execute(select(ErasedSubject.subject, ErasedSubject.erased_at)).all()
     except SQLAlchemyError as exc:
         if required:
             raise
@@ -42,8 +44,7 @@ def read_log(url: str, required: bool = False) -> dict[str, str]:
         return {}
     finally:
         engine.dispose()
-    return {str(subject): isoformat(at) if isinstance(at, datetime) else str(at)
-            for subject, at in rows}
+    return {str(subject): isoformat(at) for subject, at in rows}
 
 
 def merge(*logs: dict[str, str]) -> dict[str, str]:
@@ -83,10 +84,25 @@ def _candidates(auth_url: str, privacy_url: str) -> set[str]:
         engine = make_engine(url)
         try:
             with engine.connect() as conn:
-                found.update(str(r[0]) for r in conn.execute(text(query)))
+                # SQLite keeps UUIDs as 32 hex digits: the canonical form, as hashed
+                found.update(str(parse_uuid(str(r[0]))) for r in conn.execute(text(query)))
         finally:
             engine.dispose()
     return found
+
+
+def _stop_restored_jobs(db: Session, user_id: str) -> None:
+    """No worker runs during a restore: a job restored as running is not
+    running, and generation's erase (which waits for running jobs) may
+    delete it. The caller commits."""
+    from sqlalchemy import update
+
+    from services.common.contracts.generation import JobState
+    from services.generation.models import Job
+
+    db.execute(update(Job).where(Job.user_id == trusted_id(user_id),
+                                 Job.status == JobState.RUNNING)
+               .values(status=JobState.FAILED).execution_options(synchronize_session=False))
 
 
 def replay(urls: dict[str, str], configs: dict[str, dict], backend, erasure_log: dict[str, str],
@@ -113,6 +129,8 @@ def replay(urls: dict[str, str], configs: dict[str, dict], backend, erasure_log:
         try:
             with Session(engine) as db:
                 for uid in erased:
+                    if service == "generation":
+                        _stop_restored_jobs(db, uid)
                     module.erase(db, settings, uid, now, True)
                 db.commit()
         finally:

@@ -126,3 +126,51 @@ def test_an_erasure_log_that_cannot_be_read_stops_the_restore(laptop):
     result = run("restore", "--yes", "--erasure-log-db", f"sqlite:///{laptop / 'empty.db'}")
     assert result.exit_code == 1
     assert "cannot read the erasure log of sqlite:///" in result.output
+
+
+def test_restore_erases_again_a_user_erased_after_the_set(laptop):
+    """Even with a job restored as running (no worker runs during a restore)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from services.auth.models import User
+    from services.common.config import config_path, load_config
+    from services.common.engine import make_engine
+    from services.common.ids import new_id, pseudonym, utcnow
+    from services.generation.models import Job
+    from services.privacy.models import ErasedSubject
+    from services.privacy.settings import PrivacySettings
+
+    now = utcnow()
+    gone, kept = new_id(), new_id()
+
+    def session(service):
+        return Session(make_engine(f"sqlite:///{laptop / service}.db"))
+
+    with session("auth") as db:
+        for uid in (gone, kept):
+            db.add(User(id=uid, email=f"{uid}@example.com", password_hash="x", plan="free",
+                        created_at=now, updated_at=now))
+        db.commit()
+    with session("generation") as db:
+        for uid, status in ((gone, "running"), (gone, "succeeded"), (kept, "running")):
+            db.add(Job(id=new_id(), user_id=uid, type="text-to-image", status=status,
+                       params={}, price=1, stage="render", created_at=now, updated_at=now))
+        db.commit()
+    assert run("run").exit_code == 0
+    # erased after the set: the live privacy database remembers the keyed hash
+    key = PrivacySettings.from_config(load_config(config_path("privacy"))).pseudonym_key
+    with session("privacy") as db:
+        db.add(ErasedSubject(subject=pseudonym(key, gone), erased_at=now))
+        db.commit()
+
+    restored = run("restore", "--yes")
+    assert restored.exit_code == 0, restored.output
+    assert "1 erased user(s) erased again" in restored.output
+    with session("auth") as db:
+        assert set(db.scalars(select(User.id))) == {kept}
+    with session("generation") as db:
+        assert db.scalar(select(func.count()).select_from(Job).where(Job.user_id == gone)) == 0
+        assert db.scalar(select(Job.status).where(Job.user_id == kept)) == "running"
+    with session("privacy") as db:  # the log survives the restore of an older privacy database
+        assert db.get(ErasedSubject, pseudonym(key, gone)) is not None
