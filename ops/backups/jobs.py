@@ -323,6 +323,14 @@ def erasure_log(settings: BackupSettings, directory: Path, live_urls: list[str])
 
 def restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[str],
             progress: Progress = _quiet) -> dict:
+    """:func:`_restore` under the backup directory's lock: no set is taken of
+    half-restored databases."""
+    with _locked(settings.root):
+        return _restore(settings, name, erasure_log_urls, progress)
+
+
+def _restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[str],
+             progress: Progress = _quiet) -> dict:
     """Restore a set (the newest by default) into the databases and the object
     store the services are configured with, then replay the erasure log.
     The erasure log is read first, from the sets, ``erasure_log_urls`` and the
