@@ -41,6 +41,7 @@ warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 
 import click  # noqa: E402
 
+from ops import backup as backup_ops  # noqa: E402
 from ops import billing as billing_ops  # noqa: E402
 from ops import breach as breach_ops  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
@@ -443,6 +444,7 @@ def privacy_publish_policy(config, version, material, summary):
 
 
 cli.add_command(breach_ops.breach)
+cli.add_command(backup_ops.backup)  # darkroom-ops backup: ops/backup.py
 
 
 def main() -> None:

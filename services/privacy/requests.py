@@ -327,16 +327,26 @@ def complete_erasure(db: Session, settings: PrivacySettings, request: PrivacyReq
                 tables[name] = tables.get(name, 0) + count
             mine.tables = tables
             mine.rows_deleted = (mine.rows_deleted or 0) + sum(late.values())
-    subject = pseudonym(settings.pseudonym_key, user_id)
+    forget_erased(db, settings.pseudonym_key, user_id, now, keep=request.id)
+    request.status, request.completed_at = "completed", now
+    log(db, request.id, "completed", now)
+
+
+def forget_erased(db: Session, pseudonym_key: bytes, user_id, now: datetime,
+                  keep: uuid.UUID | None = None) -> None:
+    """The privacy service's last step of an erasure (also replayed after a
+    restore, ops/backups/erasures.py): remember the user as a keyed hash,
+    cancel their other open requests, and remove the user id from every
+    request of theirs (``keep``: the erasure's own, completed by the caller).
+    The caller commits."""
+    subject = pseudonym(pseudonym_key, user_id)
     if db.get(ErasedSubject, subject) is None:
         db.add(ErasedSubject(subject=subject, erased_at=now))
     for other in db.scalars(select(PrivacyRequest).where(PrivacyRequest.user_id == user_id)):
-        if other.id != request.id and other.status in OPEN_STATUSES:
+        if other.id != keep and other.status in OPEN_STATUSES:
             other.status, other.cancelled_at = "cancelled", now
             log(db, other.id, "cancelled", now, detail="the account was erased")
         other.user_id, other.open_type, other.updated_at = None, None, now
-    request.status, request.completed_at = "completed", now
-    log(db, request.id, "completed", now)
 
 
 # ---------------------------------------------------------------- exports

@@ -76,9 +76,25 @@ def argv_of(name: str) -> list[str]:
     return list(service.get("entrypoint") or []) + list(service.get("command") or [])
 
 
+# `darkroom-ops backup` reads backup.yaml and every service's config file (the
+# databases and the object store are the services'); it needs only these of them.
+BACKUP_READS = {"AUTH_DATABASE_URL", "NOTIFICATIONS_DATABASE_URL", "STORAGE_DATABASE_URL",
+                "BILLING_DATABASE_URL", "GENERATION_DATABASE_URL", "PRIVACY_DATABASE_URL",
+                "STORAGE_BACKEND", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_BUCKET",
+                "S3_REGION", "S3_SECURE", "AUTH_SECRET_KEY", "BILLING_PSEUDONYM_KEY",
+                "PRIVACY_PSEUDONYM_KEY", "MAIL_SECRETS_KEY"}
+BACKED_UP = ("auth", "notifications", "storage", "billing", "generation", "privacy")
+# Long-running but no Procfile process and no metrics port: a loop with a command
+# healthcheck (`darkroom-ops backup check`).
+SCHEDULED = {"backup"}
+
+
 def files_read_by(name: str) -> list[Path]:
     """The files whose variables a compose service's process reads."""
     argv = argv_of(name)
+    if argv[:2] == ["darkroom-ops", "backup"]:
+        return [DEPLOY / "config" / "ops.yaml", DEPLOY / "config" / "backup.yaml",
+                *(DEPLOY / "config" / f"{s}.yaml" for s in BACKED_UP)]
     if argv[0] == "darkroom-ops":
         return [DEPLOY / "config" / "ops.yaml"]
     if argv[0] == "python":
@@ -96,6 +112,15 @@ def variables_in(path: Path) -> set[str]:
     names |= set(re.findall(r"environ\.get\(\s*['\"]([A-Z0-9_]+)", text))
     names |= set(re.findall(r"environ\[['\"]([A-Z0-9_]+)", text))
     return names
+
+
+def not_wired(name: str) -> set[str]:
+    """NOT_WIRED's variables of ``name``; for the backup service, every variable of the
+    services' config files it does not use."""
+    if name == "backup":
+        return set().union(*(variables_in(p) for p in files_read_by(name)
+                             if p.stem in BACKED_UP)) - BACKUP_READS
+    return set(NOT_WIRED.get(name, {}))
 
 
 def reads(name: str) -> set[str]:
@@ -152,7 +177,7 @@ def test_compose_file_matches_the_compose_specification():
 
 def test_every_procfile_process_runs_in_compose_with_the_same_command():
     processes = procfile()
-    darkroom = set(darkroom_services()) & set(long_running())
+    darkroom = set(darkroom_services()) & set(long_running()) - SCHEDULED
     assert sorted(processes) == sorted(darkroom)
     for name, argv in processes.items():
         assert SERVICES[name]["command"] == argv, name
@@ -201,7 +226,7 @@ def test_compose_passes_exactly_the_variables_a_process_reads(name):
     unread = sorted(given - read - MODE_VARIABLES
                     - (PROVIDER_KEYS if name == "generation" else set()))
     assert not unread, f"{name} sets variables no config reads: {unread}"
-    missing = sorted(read - given - set(NOT_WIRED.get(name, {})))
+    missing = sorted(read - given - not_wired(name))
     assert not missing, f"{name} reads variables compose neither sets nor passes: {missing}"
 
 
@@ -251,7 +276,7 @@ def test_every_config_variable_is_wired_or_deliberately_not():
         for var in variables_in(path):
             readers = [n for n in darkroom_services() if path in files_read_by(n)]
             for name in readers:
-                assert var in environment(name) or var in NOT_WIRED.get(name, {}), (name, var)
+                assert var in environment(name) or var in not_wired(name), (name, var)
 
 
 def test_the_bundled_providers_files_variables_reach_generation():
@@ -438,13 +463,18 @@ def test_long_running_services_restart_are_bounded_and_checked(name):
     assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
 
 
+def test_the_scheduled_services_check_their_own_work():
+    for name in SCHEDULED:
+        assert SERVICES[name]["healthcheck"]["test"][:3] == ["CMD", "darkroom-ops", name]
+
+
 def healthcheck_url(name: str) -> urllib.parse.SplitResult:
     test = SERVICES[name]["healthcheck"]["test"]
     (url,) = re.findall(r"http://[^'\"]+", " ".join(test))
     return urllib.parse.urlsplit(url)
 
 
-@pytest.mark.parametrize("name", sorted(set(darkroom_services()) & set(long_running())))
+@pytest.mark.parametrize("name", sorted(set(darkroom_services()) & set(long_running()) - SCHEDULED))
 def test_healthchecks_target_the_port_the_process_listens_on(name):
     url = healthcheck_url(name)
     argv = argv_of(name)
@@ -466,7 +496,8 @@ def test_healthchecks_target_the_port_the_process_listens_on(name):
 
 
 def test_healthcheck_ports_are_distinct_per_service():
-    ports = [healthcheck_url(n).port for n in darkroom_services() if n in long_running()]
+    ports = [healthcheck_url(n).port for n in darkroom_services()
+             if n in long_running() and n not in SCHEDULED]
     assert len(ports) == len(set(ports))
 
 
@@ -509,7 +540,10 @@ def test_dockerfile_is_multi_stage_non_root_without_build_tools_and_healthchecke
     final = stages[-1]
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    assert not any(re.search(r"apt-get install|build-essential|gcc", line) for line in final)
+    assert not any(re.search(r"build-essential|gcc", line) for line in final)
+    # the one package the runtime installs: the PostgreSQL client, for backups
+    installs = [line for line in final if "apt-get install" in line]
+    assert all("postgresql-client-16" in line for line in installs), installs
     assert any("build-essential" in line for line in stages[0])
     assert any(line.startswith("HEALTHCHECK ") for line in final)
 
@@ -595,7 +629,11 @@ def start_check(name: str, env: dict[str, str], monkeypatch) -> None:
     elif argv[0] == "darkroom-ops":
         from ops.config import load_ops_config
 
-        load_ops_config()
+        config = load_ops_config()
+        if argv[1] == "backup":
+            from ops.backup import _settings
+
+            _settings(config)
 
 
 CHECKED = [n for n in darkroom_services() if argv_of(n)[0] != "python"]
@@ -649,6 +687,8 @@ def test_every_process_refuses_the_example_env_naming_its_secrets(name, monkeypa
     expected = {var for var, value in environment(name).items()
                 if value is not None and any(ENV_REQUIRED.get(v, "").startswith("change-me")
                                              for v in interpolated(value))}
+    if name == "backup":  # darkroom-ops checks ops.yaml's and backup.yaml's, not the services'
+        expected &= {"AMQP_URI", "RABBIT_MANAGEMENT_URL"}  # backup.yaml: test_backup_sets.py
     assert expected
     from ops.errors import OpsError
 
