@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from ops import cli as cli_module
 from services.common.contracts.privacy import PART_SERVICES
 from services.common.migrations import SERVICES_DIR, upgrade
+from tests.sealed import plaintext
 
 
 @pytest.fixture
@@ -64,8 +65,9 @@ def test_run_verify_check_restore(laptop):
     assert refused.exit_code == 2 and "--yes" in refused.output
     restored = run("restore", "--yes")
     assert restored.exit_code == 0, restored.output
-    assert (laptop / "objects" / "objects" / "owner" / "one").read_bytes() \
-        == b"ada@example.com's picture"
+    restored_file = laptop / "objects" / "objects" / "owner" / "one"
+    assert plaintext(restored_file) == b"ada@example.com's picture"
+    assert b"ada@example.com" not in restored_file.read_bytes()  # sealed again, at rest
     with sqlite3.connect(laptop / "auth.db") as db:
         assert db.execute("SELECT address FROM marker").fetchall() == [("ada@example.com",)]
 
