@@ -11,6 +11,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from services.auth import keys, lockout, passwords, totp
 from services.auth.errors import (
+    account_disabled,
     RecordedFailure,
     invalid_credentials,
     invalid_totp,
@@ -74,6 +75,10 @@ def login(
         _fail(db, subjects, now, invalid_credentials())
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
+    if user.disabled_at is not None:
+        # told only after the right password: a guesser learns nothing
+        lockout.give_back(db, subjects)
+        raise RecordedFailure(account_disabled())
 
     if user.totp_enabled or user.is_admin:
         if not totp_code:
