@@ -11,8 +11,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from services.auth import keys, lockout, passwords, totp
 from services.auth.errors import (
-    account_disabled,
     RecordedFailure,
+    account_disabled,
     invalid_credentials,
     invalid_totp,
     totp_required,
