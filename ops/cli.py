@@ -122,10 +122,11 @@ def dlq_list(config):
     return [{"queue": q, "messages": n} for q, n in dlq_ops.list_dlqs(config)]
 
 
-def _dlq_show_lines(result: dict) -> list[str]:
-    letters, with_traceback = result["letters"], result["with_traceback"]
+def _dlq_show_lines(letters: list[dict]) -> list[str]:
+    params = click.get_current_context().params
+    with_traceback = params["with_traceback"]
     if not letters:
-        return [f"{result['queue']} is empty"]
+        return [f"{dlq_ops.resolve(params['queue'])} is empty"]
     lines = []
     for number, letter in enumerate(letters, 1):
         body = letter["body"] if isinstance(letter["body"], str) else json.dumps(letter["body"],
@@ -158,7 +159,7 @@ def dlq_show(config, queue, limit, with_traceback):
     if not with_traceback:
         for item in letters:
             item.pop("traceback")
-    return {"queue": dlq_ops.resolve(queue), "letters": letters, "with_traceback": with_traceback}
+    return letters
 
 
 def _replay_lines(result: dict) -> list[str]:
