@@ -305,7 +305,8 @@ class RevokeKeys(RpcSchema):
     """``auth.revoke_keys``: exactly one of a key's id, its prefix, or a user (all its keys)."""
 
     key_id = fields.UUID(load_default=None)
-    prefix = fields.String(load_default=None, validate=validate.Length(min=1, max=40))
+    prefix = fields.String(load_default=None, validate=validate.Length(min=1, max=200),
+                           metadata={"description": "drk_<prefix>, the prefix, or the whole key"})
     user = fields.String(load_default=None, validate=validate.Length(min=1, max=EMAIL_MAX),
                          metadata={"description": "a user's id or address"})
 
