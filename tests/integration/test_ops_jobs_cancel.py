@@ -15,16 +15,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from services.auth.models import User
 from tests.conftest import REPO, base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeAsyncTasks
-from tests.integration.test_generation_service import ready
+from tests.integration.test_generation_service import new_user, ready
 
 pytestmark = pytest.mark.integration
 
@@ -68,17 +65,6 @@ def stack(make_vhost, make_database, start_process, tasks, tmp_path_factory):
     with ready(amqp_uri, procs, ports, auth_db) as ready_stack:
         ready_stack.env = base_env(AMQP_URI=amqp_uri, OPS_RPC_TIMEOUT_SECONDS=15)
         yield ready_stack
-
-
-def new_user(stack) -> str:
-    user, now = uuid.uuid4(), datetime.now(UTC)
-    with stack.auth_db.begin() as conn:
-        conn.execute(User.__table__.insert().values(
-            id=user, email=f"u-{user.hex[:12]}@example.com", email_verified=True,
-            password_hash="!", plan="free", created_at=now, updated_at=now))
-    wait_for(lambda: stack.rpc.billing.get_balance(str(user))["available"] == 50, 20, 0.2,
-             "the signup grant")
-    return str(user)
 
 
 def status(stack, user: str, job_id: str, wanted: str) -> dict:
