@@ -189,7 +189,7 @@ def authenticate(
         credential = keys.find_active(db, api_key) if api_key_prefix(api_key) else None
         kind = "api_key"
     user = db.get(User, credential.user_id) if credential is not None else None
-    if user is None:
+    if user is None or user.disabled_at is not None:  # disabled: its credentials were revoked
         raise unauthenticated("the credential is not valid")
     if kind == "api_key":
         keys.ensure_usable(user)
