@@ -151,8 +151,10 @@ class PrivacyService(DarkroomService):
     def list_requests(self, user_id, query=None) -> dict:
         data = load_rpc(c.RequestQuery, query)
         rows, next_cursor = subject_requests.list_for_user(self.db, trusted_id(user_id), data)
-        items = [self._view(r, with_download=False) for r in rows]
-        return c.RequestPage().dump({"items": items, "next_cursor": next_cursor})
+        # each item is dumped by _view already: dumping the page again would
+        # dump its dates twice (a TypeError as soon as the list is not empty)
+        return {"items": [self._view(r, with_download=False) for r in rows],
+                "next_cursor": next_cursor}
 
     @rpc(expected_exceptions=DomainError)
     def get_request(self, user_id, request_id) -> dict:

@@ -163,6 +163,7 @@ def test_delete_is_the_privacy_services_erasure(stack):
     # the owner sees it as their own request: one erasure, not a second path
     mine = stack.rpc.privacy.get_request(user, request["id"])
     assert (mine["type"], mine["status"]) == ("erasure", "pending")
+    assert [r["id"] for r in stack.rpc.privacy.list_requests(user)["items"]] == [request["id"]]
     # the account is still there until the erasure runs
     assert as_json(ops(stack.env, "users", "show", user, "--json"))["email"] == email
 
