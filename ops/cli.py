@@ -56,7 +56,7 @@ from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError  # noqa: E402
-from ops.output import error, output, progress  # noqa: E402
+from ops.output import emit, error, output, progress  # noqa: E402
 from services.common.contracts.generation import JobState  # noqa: E402
 from services.common.errors import DomainError  # noqa: E402
 from services.common.version import darkroom_version  # noqa: E402
@@ -78,6 +78,11 @@ class OpsGroup(click.Group):
 
 
 pass_config = click.make_pass_decorator(dict)
+# The way commands printed before ops/output.py (``show(result, as_json, lines)``
+# with ``@json_option``): kept so that groups written against it still work;
+# new commands use ``@output``, which also prints errors as JSON.
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+show = emit
 
 
 def plural(n: int, word: str) -> str:
