@@ -3,11 +3,16 @@
     darkroom-ops --version
     darkroom-ops dlq list
     darkroom-ops dlq show <queue> [--limit N] [--json] [--traceback]
-    darkroom-ops dlq replay <queue> [--limit N]
+    darkroom-ops dlq replay (<queue> | --all) [--limit N] [--dry-run]
     darkroom-ops dlq purge <queue> --yes
     darkroom-ops dlq restamp (<queue> | --all)
+    darkroom-ops users list [--email TEXT] [--limit N] [--cursor C]
+    darkroom-ops users show <user>
+    darkroom-ops users disable|enable <user>
+    darkroom-ops users delete <user> --reason TEXT --yes
     darkroom-ops users grant-admin <email>
     darkroom-ops users revoke-admin <email>
+    darkroom-ops keys revoke (<key id or prefix> | --user <user>)
     darkroom-ops storage purge [--dry-run] [--batch-size N]
     darkroom-ops storage report [--json]
     darkroom-ops storage rekey [--storage-config PATH]
@@ -16,13 +21,17 @@
     darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]
     darkroom-ops jobs replay (JOB_ID... | --status failed --since 2h [--reason CODE])
                              [--dry-run] [--yes]
+    darkroom-ops jobs cancel JOB_ID... [--yes]
     darkroom-ops webhooks list [--job ID] [--user ID] [--status S] [--limit N] [--json]
     darkroom-ops webhooks redeliver DELIVERY_ID... [--json]
     darkroom-ops privacy report [--json]
     darkroom-ops privacy retry <request id>
     darkroom-ops privacy publish-policy --version V (--material | --minor) --summary TEXT
+    darkroom-ops doctor [--only NAME]
 
-Settings come from deploy/config/ops.yaml (``--config`` for another file) and
+Every command takes --json (ops/output.py): its result as JSON on stdout, an
+error as {"error": {...}}; progress bars draw on stderr. A <user> is an id or
+an email address. Settings come from deploy/config/ops.yaml (``--config`` for another file) and
 the environment (``AMQP_URI``, ``RABBIT_MANAGEMENT_URL``). Exit codes: 0 done,
 1 failed (the message says why), 2 bad usage.
 """
@@ -31,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import warnings
 
 # Operators need not see the libraries' deprecation notices on every command
@@ -45,13 +53,16 @@ from ops import backup as backup_ops  # noqa: E402
 from ops import billing as billing_ops  # noqa: E402
 from ops import breach as breach_ops  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
+from ops import doctor as doctor_ops  # noqa: E402
 from ops import jobs as jobs_ops  # noqa: E402
+from ops import keys as key_ops  # noqa: E402
 from ops import privacy as privacy_ops  # noqa: E402
 from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops import webhooks as webhook_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError, id_argument  # noqa: E402
+from ops.output import error, output, progress  # noqa: E402
 from services.common.contracts.generation import (  # noqa: E402
     WEBHOOK_DELIVERY_STATUSES,
     JobState,
@@ -61,30 +72,25 @@ from services.common.version import darkroom_version  # noqa: E402
 
 
 class OpsGroup(click.Group):
-    """Expected failures become a message and an exit code, never a traceback."""
+    """Expected failures become a message and an exit code, never a traceback
+    (and, with --json, a JSON error on stdout: ops/output.py)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except OpsError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            error(exc.message, "usage" if exc.exit_code == 2 else "error")
             ctx.exit(exc.exit_code)
         except DomainError as exc:
-            click.echo(f"error: {exc.message} ({exc.code})", err=True)
+            error(exc.message, exc.code)
             ctx.exit(1)
 
 
 pass_config = click.make_pass_decorator(dict)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def show(result, as_json: bool, lines) -> None:
-    """A command's ``result``: as JSON with ``--json``, else as ``lines(result)``."""
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
-    else:
-        for line in lines(result):
-            click.echo(line)
+def plural(n: int, word: str) -> str:
+    return f"{n} {word if n == 1 else word + 's'}"
 
 
 @click.group(cls=OpsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,8 +100,14 @@ def show(result, as_json: bool, lines) -> None:
               envvar="DARKROOM_OPS_CONFIG", help="Config file (default deploy/config/ops.yaml).")
 @click.pass_context
 def cli(ctx, config_file):
-    """Darkroom operations: dead letters, administrators, stored files, credits and jobs."""
-    ctx.obj = load_ops_config(config_file)
+    """Darkroom operations: dead letters, accounts, keys, stored files, credits,
+    jobs, privacy, and a health check of the deployment (doctor)."""
+    # doctor reads every config itself: a broken ops.yaml is one of its findings
+    ctx.obj = {} if ctx.invoked_subcommand == "doctor" else load_ops_config(config_file)
+    ctx.meta["darkroom_ops.config_file"] = config_file
+
+
+# ------------------------------------------------------------ dlq
 
 
 @cli.group(cls=OpsGroup)
@@ -103,132 +115,238 @@ def dlq():
     """Dead-letter queues (messages event handlers gave up on)."""
 
 
-@dlq.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_config
-def dlq_list(config, as_json):
-    """Every dlq.* queue of the vhost with its message count."""
-    queues = dlq_ops.list_dlqs(config)
-    if as_json:
-        click.echo(json.dumps([{"queue": q, "messages": n} for q, n in queues], indent=2))
-        return
+def _dlq_list_lines(queues: list[dict]) -> list[str]:
     if not queues:
-        click.echo("no dead-letter queues")
-        return
-    width = max(len(q) for q, _ in queues)
-    click.echo(f"{'QUEUE'.ljust(width)}  MESSAGES")
-    for queue, count in queues:
-        click.echo(f"{queue.ljust(width)}  {count}")
+        return ["no dead-letter queues"]
+    width = max(len(q["queue"]) for q in queues)
+    return [f"{'QUEUE'.ljust(width)}  MESSAGES",
+            *(f"{q['queue'].ljust(width)}  {q['messages']}" for q in queues)]
+
+
+@dlq.command("list")
+@output(_dlq_list_lines)
+@pass_config
+def dlq_list(config):
+    """Every dlq.* queue of the vhost with its message count."""
+    return [{"queue": q, "messages": n} for q, n in dlq_ops.list_dlqs(config)]
+
+
+def _dlq_show_lines(letters: list[dict]) -> list[str]:
+    params = click.get_current_context().params
+    with_traceback = params["with_traceback"]
+    if not letters:
+        return [f"{dlq_ops.resolve(params['queue'])} is empty"]
+    lines = []
+    for number, letter in enumerate(letters, 1):
+        body = letter["body"] if isinstance(letter["body"], str) else json.dumps(letter["body"],
+                                                                                default=str)
+        lines.append(f"#{number} {letter['event'] or '(unknown event)'}")
+        for label, key in (("error", "error"), ("attempts", "attempts"), ("replays", "replays"),
+                           ("dead-lettered at", "dead_lettered_at"), ("expires at", "expires_at"),
+                           ("original queue", "original_queue"),
+                           ("correlation id", "correlation_id"),
+                           ("content type", "content_type")):
+            value = letter[key]
+            lines.append(f"  {label + ':':<18}{'-' if value is None else value}")
+        lines.append(f"  {'body:':<18}{body}")
+        if with_traceback and letter.get("traceback"):
+            lines.append("  traceback:")
+            lines.append("    " + letter["traceback"].rstrip().replace("\n", "\n    "))
+        lines.append("")
+    return lines
 
 
 @dlq.command("show")
 @click.argument("queue")
 @click.option("--limit", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--traceback", "with_traceback", is_flag=True, help="Include the handler's traceback.")
+@output(_dlq_show_lines)
 @pass_config
-def dlq_show(config, queue, limit, as_json, with_traceback):
+def dlq_show(config, queue, limit, with_traceback):
     """Peek at dead letters without consuming them (QUEUE: dlq.<q> or <q>)."""
-    letters = dlq_ops.show(config, queue, limit)
-    if as_json:
-        items = [letter.to_dict() for letter in letters]
-        if not with_traceback:
-            for item in items:
-                item.pop("traceback")
-        click.echo(json.dumps(items, indent=2, default=str))
-        return
-    if not letters:
-        click.echo(f"{dlq_ops.resolve(queue)} is empty")
-        return
-    for number, letter in enumerate(letters, 1):
-        body = letter.body if isinstance(letter.body, str) else json.dumps(letter.body, default=str)
-        click.echo(f"#{number} {letter.event or '(unknown event)'}")
-        for label, value in (
-            ("error", letter.error),
-            ("attempts", letter.attempts),
-            ("replays", letter.replays),
-            ("dead-lettered at", letter.dead_lettered_at),
-            ("expires at", letter.expires_at),
-            ("original queue", letter.original_queue),
-            ("correlation id", letter.correlation_id),
-            ("content type", letter.content_type),
-            ("body", body),
-        ):
-            click.echo(f"  {label + ':':<18}{'-' if value is None else value}")
-        if with_traceback and letter.traceback:
-            click.echo("  traceback:")
-            click.echo("    " + letter.traceback.rstrip().replace("\n", "\n    "))
-        click.echo()
+    letters = [letter.to_dict() for letter in dlq_ops.show(config, queue, limit)]
+    if not with_traceback:
+        for item in letters:
+            item.pop("traceback")
+    return letters
+
+
+def _replay_lines(result: dict) -> list[str]:
+    if result["dry_run"]:
+        lines = [f"dry run: would replay {plural(result['messages'], 'message')} from "
+                 f"{plural(len(result['queues']), 'queue')}; nothing was moved"]
+        return lines + [f"  {q['queue']}  {q['messages']}" for q in result["queues"]]
+    if result["all"]:
+        return [*(f"replayed {plural(q['messages'], 'message')} from {q['queue']}"
+                  for q in result["queues"]),
+                f"replayed {plural(result['messages'], 'message')} in all"]
+    [only] = result["queues"]
+    return [f"replayed {plural(only['messages'], 'message')} from {only['queue']}"]
 
 
 @dlq.command("replay")
-@click.argument("queue")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (default: all).")
+@click.argument("queue", required=False)
+@click.option("--all", "every", is_flag=True, help="Every non-empty dlq.* queue of the vhost.")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="At most this many per queue (default: all).")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; move nothing.")
+@output(_replay_lines)
 @pass_config
-def dlq_replay(config, queue, limit):
+def dlq_replay(config, queue, every, limit, dry_run):
     """Send dead letters back to the queue that failed them, and only to it."""
-    replayed = dlq_ops.replay(config, queue, limit)
-    click.echo(f"replayed {replayed} message{'s' if replayed != 1 else ''} from {dlq_ops.resolve(queue)}")
+    if bool(queue) == every:
+        raise OpsError("name one queue or pass --all", exit_code=2)
+    if dry_run:
+        plan = dlq_ops.replay_plan(config, None if every else queue, limit)
+    elif every:
+        plan = dlq_ops.replay_plan(config, None, limit)
+        with progress(plan, "replaying") as bar:
+            plan = [{"queue": q["queue"], "messages": dlq_ops.replay(config, q["queue"], limit)}
+                    for q in bar]
+    else:
+        plan = [{"queue": dlq_ops.resolve(queue),
+                 "messages": dlq_ops.replay(config, queue, limit)}]
+    return {"dry_run": dry_run, "all": every, "queues": plan,
+            "messages": sum(q["messages"] for q in plan)}
 
 
 @dlq.command("restamp")
 @click.argument("queue", required=False)
 @click.option("--all", "every", is_flag=True, help="Every dlq.* queue of the vhost.")
+@output(lambda moved: [f"restamped {plural(q['messages'], 'message')} in {q['queue']}"
+                       for q in moved])
 @pass_config
 def dlq_restamp(config, queue, every):
     """Requeue dead letters older than the TTL policy so they expire (once, after upgrading)."""
     if bool(queue) == every:
         raise OpsError("name one queue or pass --all", exit_code=2)
     names = [name for name, _ in dlq_ops.list_dlqs(config)] if every else [queue]
-    for name in names:
-        moved = dlq_ops.restamp(config, name)
-        click.echo(f"restamped {moved} message{'s' if moved != 1 else ''} in {dlq_ops.resolve(name)}")
+    with progress(names, "restamping") as bar:
+        return [{"queue": dlq_ops.resolve(name), "messages": dlq_ops.restamp(config, name)}
+                for name in bar]
 
 
 @dlq.command("purge")
 @click.argument("queue")
 @click.option("--yes", is_flag=True, help="Really delete the messages.")
+@output(lambda r: [f"purged {plural(r['messages'], 'message')} from {r['queue']}"])
 @pass_config
 def dlq_purge(config, queue, yes):
     """Delete every message of a dead-letter queue (needs --yes)."""
     name = dlq_ops.resolve(queue)
     if not yes:
         raise OpsError(f"not purging {name} without --yes", exit_code=2)
-    purged = dlq_ops.purge(config, queue)
-    click.echo(f"purged {purged} message{'s' if purged != 1 else ''} from {name}")
+    return {"queue": name, "messages": dlq_ops.purge(config, queue)}
+
+
+# ------------------------------------------------------------ users and keys
 
 
 @cli.group(cls=OpsGroup)
 def users():
-    """Accounts (through the auth service)."""
+    """Accounts (through the auth service; deleting: the privacy service's erasure)."""
 
 
-def _set_admin(config, email: str, is_admin: bool):
-    answer = user_ops.set_admin(config, email, is_admin)
+def _admin_lines(answer: dict) -> list[str]:
     state = "now an administrator" if answer.get("is_admin") else "no longer an administrator"
-    click.echo(f"{email} is {state} (user {answer.get('user_id')})")
+    lines = [f"{answer['email']} is {state} (user {answer.get('user_id')})"]
     if answer.get("api_keys_revoked"):
-        click.echo(f"{answer['api_keys_revoked']} API key(s) revoked: administrators use a "
-                   "session and TOTP only")
+        lines.append(f"{answer['api_keys_revoked']} API key(s) revoked: administrators use a "
+                     "session and TOTP only")
     if answer.get("otpauth_uri"):
-        click.echo("Two-factor enrolment (scan or paste into an authenticator app):")
-        click.echo(answer["otpauth_uri"])
+        lines.append("Two-factor enrolment (scan or paste into an authenticator app):")
+        lines.append(answer["otpauth_uri"])
+    return lines
 
 
 @users.command("grant-admin")
 @click.argument("email")
+@output(_admin_lines)
 @pass_config
 def grant_admin(config, email):
     """Make a user an administrator."""
-    _set_admin(config, email, True)
+    return {"email": email, **user_ops.set_admin(config, email, True)}
 
 
 @users.command("revoke-admin")
 @click.argument("email")
+@output(_admin_lines)
 @pass_config
 def revoke_admin(config, email):
     """Take a user's administrator rights away."""
-    _set_admin(config, email, False)
+    return {"email": email, **user_ops.set_admin(config, email, False)}
+
+
+@users.command("list")
+@click.option("--email", metavar="TEXT", help="Only addresses containing TEXT.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100))
+@click.option("--cursor", metavar="C", help="The next page (printed after a full page).")
+@output(user_ops.list_lines)
+@pass_config
+def users_list(config, email, limit, cursor):
+    """Accounts, newest first, with their state and live credentials."""
+    return user_ops.list_users(config, email, limit, cursor)
+
+
+@users.command("show")
+@click.argument("user")
+@output(user_ops.show_lines)
+@pass_config
+def users_show(config, user):
+    """One account (by id or email): its state and live credentials."""
+    return user_ops.show(config, user)
+
+
+@users.command("disable")
+@click.argument("user")
+@output(user_ops.disabled_lines)
+@pass_config
+def users_disable(config, user):
+    """Stop an account signing in, and revoke its sessions and API keys now."""
+    return user_ops.set_disabled(config, user, True)
+
+
+@users.command("enable")
+@click.argument("user")
+@output(user_ops.disabled_lines)
+@pass_config
+def users_enable(config, user):
+    """Let a disabled account sign in again (its revoked keys stay revoked)."""
+    return user_ops.set_disabled(config, user, False)
+
+
+@users.command("delete")
+@click.argument("user")
+@click.option("--reason", required=True, help="Why (kept in the erasure request's log).")
+@click.option("--yes", is_flag=True, help="Really ask for the erasure.")
+@output(user_ops.delete_lines)
+@pass_config
+def users_delete(config, user, reason, yes):
+    """Erase an account: the privacy service's erasure, as if its owner asked
+    (grace period and mailed cancel link, then every service's part and a
+    certificate). Needs --yes."""
+    if not yes:
+        raise OpsError(f"not erasing {user} without --yes", exit_code=2)
+    return user_ops.delete(config, user, reason)
+
+
+@cli.group(cls=OpsGroup)
+def keys():
+    """API keys (through the auth service)."""
+
+
+@keys.command("revoke")
+@click.argument("key", required=False, metavar="[KEY_ID|PREFIX]")
+@click.option("--user", metavar="USER", help="Every live key of this account (id or email).")
+@output(key_ops.revoke_lines)
+@pass_config
+def keys_revoke(config, key, user):
+    """Revoke an API key (by id, by prefix such as drk_abcd1234, or pasted
+    whole), or every key of --user."""
+    return key_ops.revoke(config, key, user)
+
+
+# ------------------------------------------------------------ storage and billing
 
 
 @cli.group(cls=OpsGroup)
@@ -240,18 +358,21 @@ def storage():
 @click.option("--dry-run", is_flag=True, help="Count what is past retention; delete nothing.")
 @click.option("--batch-size", type=click.IntRange(1, 10000),
               help="Objects per batch (default: the service's STORAGE_PURGE_BATCH_SIZE).")
+@output(lambda result: [storage_ops.purge_summary(result)])
 @pass_config
 def storage_purge(config, dry_run, batch_size):
-    """Purge every object past its retention now (the service also does it every minute)."""
-    click.echo(storage_ops.purge_summary(storage_ops.purge(config, dry_run, batch_size)))
+    """Purge every object past its retention now (the service also does it every
+    minute), batch by batch with a progress bar."""
+    return storage_ops.purge(config, dry_run, batch_size,
+                             progress=lambda total: progress(label="purging", length=total))
 
 
 @storage.command("report")
-@json_option
+@output(storage_ops.report_lines)
 @pass_config
-def storage_report(config, as_json):
+def storage_report(config):
     """Objects and bytes by kind and by age, and what awaits the purge."""
-    show(storage_ops.report(config), as_json, storage_ops.report_lines)
+    return storage_ops.report(config)
 
 
 storage.add_command(storage_ops.rekey_command())
@@ -264,14 +385,14 @@ def billing():
 
 @billing.command("verify")
 @click.option("--user", "user", metavar="ID", help="Check one account (default: all).")
-@json_option
+@output(billing_ops.verify_lines, failed=lambda result: bool(result.get("problems")))
 @pass_config
-def billing_verify(config, user, as_json):
+def billing_verify(config, user):
     """Check the ledger: balances, holds, lots and the balance chain. Exit 1 on problems."""
-    result = billing_ops.verify(config, user)
-    show(result, as_json, billing_ops.verify_lines)
-    if result.get("problems"):
-        raise click.exceptions.Exit(1)
+    with progress(label="verifying the ledger", length=1) as bar:
+        result = billing_ops.verify(config, user)
+        bar.update(1)
+    return result
 
 
 @billing.command("adjust")
@@ -282,17 +403,22 @@ def billing_verify(config, user, as_json):
 @click.option("--idempotency-key", "key", metavar="K",
               help="Run again with the same key to retry without crediting twice "
                    "(default: a new key, printed).")
+@output(lambda r: [billing_ops.adjust_line(r["entry"], r["user"], r["idempotency_key"])])
 @pass_config
 def billing_adjust(config, user, credits, reason, key):
     """Credit or debit an account by hand (an `adjustment` ledger entry)."""
     key = key if key is not None else billing_ops.new_idempotency_key()
     entry = billing_ops.adjust(config, user, credits, reason, key)
-    click.echo(billing_ops.adjust_line(entry, user, key))
+    return {"entry": entry, "user": user, "idempotency_key": key}
+
+
+# ------------------------------------------------------------ jobs
 
 
 @cli.group(cls=OpsGroup)
 def jobs():
-    """Generation jobs (through the generation service): find failed work, run it again."""
+    """Generation jobs (through the generation service): find failed work, run it
+    again, cancel what has not started."""
 
 
 SINCE_HELP = "Changed since: an age (30m, 2h, 3d) or an ISO time (UTC without an offset)."
@@ -305,13 +431,30 @@ SINCE_HELP = "Changed since: an age (30m, 2h, 3d) or an ISO time (UTC without an
 @click.option("--reason", metavar="CODE", help="Only jobs that ended with this error code "
                                                 "(e.g. provider_unavailable).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
-@json_option
+@output(lambda found: jobs_ops.list_lines(found, click.get_current_context().params["limit"]))
 @pass_config
-def jobs_list(config, status, since, reason, limit, as_json):
+def jobs_list(config, status, since, reason, limit):
     """Jobs by state, age and error code, the longest unchanged first."""
     since_at = jobs_ops.parse_since(since) if since else None
-    found = jobs_ops.find(config, status, since_at, reason, limit)
-    show(found, as_json, lambda jobs: jobs_ops.list_lines(jobs, limit))
+    return jobs_ops.find(config, status, since_at, reason, limit)
+
+
+def _outcomes(result: dict, verb: str, done: str) -> list[str]:
+    """A replay's or a cancel's answer: a dry run's plan, or the jobs found
+    by filter and one summary of the outcomes."""
+    if result.get("found") == []:
+        return ["no failed jobs match"]
+    lines = jobs_ops.list_lines(result["found"], result.get("limit")) if result.get("found") else []
+    if result.get("dry_run"):
+        ids = result["job_ids"]
+        return lines + [f"dry run: would {verb} {plural(len(ids), 'job')}"
+                        + ("" if result.get("by_filter") else ": " + ", ".join(ids))]
+    outcomes = [jobs_ops.Outcome(**o) for o in result["outcomes"]]
+    return lines + jobs_ops.summary_lines(outcomes, done)
+
+
+def _some_failed(result: dict) -> bool:
+    return not all(o["done"] for o in result.get("outcomes") or [])
 
 
 @jobs.command("replay")
@@ -324,6 +467,7 @@ def jobs_list(config, status, since, reason, limit, as_json):
               help="At most this many jobs by filter.")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; replay nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@output(lambda result: _outcomes(result, "replay", "replayed"), failed=_some_failed)
 @pass_config
 def jobs_replay(config, job_ids, status, since, reason, limit, dry_run, yes):
     """Run failed jobs again (a new attempt each; credits are held again and charged once).
@@ -334,31 +478,45 @@ def jobs_replay(config, job_ids, status, since, reason, limit, dry_run, yes):
     if job_ids and by_filter:
         raise OpsError("give job ids or a filter (--status/--since/--reason), not both",
                        exit_code=2)
+    found = None
     if job_ids:
         ids = [jobs_ops.job_id(j) for j in dict.fromkeys(job_ids)]
     elif since:
         found = jobs_ops.find(config, "failed", jobs_ops.parse_since(since), reason, limit)
         if not found:
-            click.echo("no failed jobs match")
-            return
-        for line in jobs_ops.list_lines(found, limit):
-            click.echo(line)
+            return {"found": [], "outcomes": []}
         ids = [str(j["id"]) for j in found]
     else:
         raise OpsError("name the jobs to replay, or select failed ones with --since "
                        "(and --reason)", exit_code=2)
     if dry_run:
-        click.echo(f"dry run: would replay {jobs_ops.plural(len(ids), 'job')}"
-                   + ("" if by_filter else ": " + ", ".join(ids)))
-        return
+        return {"dry_run": True, "by_filter": by_filter, "job_ids": ids, "found": found,
+                "limit": limit}
     if not yes:
         click.confirm(f"Replay {jobs_ops.plural(len(ids), 'job')}?", abort=True, err=True)
-    with click.progressbar(ids, label="replaying", file=sys.stderr, show_pos=True) as bar:
+    with progress(ids, "replaying") as bar:
         outcomes = jobs_ops.replay(config, bar)
-    for line in jobs_ops.summary_lines(outcomes):
-        click.echo(line)
-    if not all(o.replayed for o in outcomes):
-        raise click.exceptions.Exit(1)
+    return {"found": found, "limit": limit, "outcomes": [vars(o) for o in outcomes]}
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", nargs=-1, required=True, metavar="JOB_ID...")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@output(lambda result: _outcomes(result, "cancel", "cancelled"), failed=_some_failed)
+@pass_config
+def jobs_cancel(config, job_ids, yes):
+    """Cancel jobs that have not started (any account's), through the
+    generation service's cancel rule: billing releases their holds. Exit 1
+    when any job could not be cancelled."""
+    ids = [jobs_ops.job_id(j) for j in dict.fromkeys(job_ids)]
+    if not yes:
+        click.confirm(f"Cancel {jobs_ops.plural(len(ids), 'job')}?", abort=True, err=True)
+    with progress(ids, "cancelling") as bar:
+        outcomes = jobs_ops.cancel(config, bar)
+    return {"outcomes": [vars(o) for o in outcomes]}
+
+
+# ------------------------------------------------------------ privacy
 
 
 @cli.group(cls=OpsGroup)
@@ -372,31 +530,26 @@ def webhooks():
 @click.option("--status", type=click.Choice(WEBHOOK_DELIVERY_STATUSES),
               help="Only deliveries in this state.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
-@json_option
+@output(lambda result: webhook_ops.list_lines(result["items"], result["limit"]))
 @pass_config
-def webhooks_list(config, job_id, user_id, status, limit, as_json):
+def webhooks_list(config, job_id, user_id, status, limit):
     """Webhook deliveries, newest first: event, state, attempts, the last answer."""
     job_id = jobs_ops.job_id(job_id) if job_id else None
     user_id = id_argument(user_id, "user id") if user_id else None
-    found = webhook_ops.find(config, job_id, user_id, status, limit)
-    show(found, as_json, lambda items: webhook_ops.list_lines(items, limit))
+    return {"items": webhook_ops.find(config, job_id, user_id, status, limit), "limit": limit}
 
 
 @webhooks.command("redeliver")
 @click.argument("delivery_ids", nargs=-1, required=True, metavar="DELIVERY_ID...")
-@json_option
+@output(webhook_ops.summary_lines, failed=lambda outcomes: not all(o["queued"] for o in outcomes))
 @pass_config
-def webhooks_redeliver(config, delivery_ids, as_json):
+def webhooks_redeliver(config, delivery_ids):
     """Send ended deliveries again (same body, same webhook-id) at the service's next tick.
 
     Exit 1 when any could not be queued (unknown, or still pending)."""
     ids = [webhook_ops.delivery_id(d) for d in dict.fromkeys(delivery_ids)]
-    with click.progressbar(ids, label="queueing", file=sys.stderr, show_pos=True) as bar:
-        outcomes = webhook_ops.redeliver(config, bar)
-    show(webhook_ops.as_json(outcomes) if as_json else outcomes, as_json,
-         webhook_ops.summary_lines)
-    if not all(o.queued for o in outcomes):
-        raise click.exceptions.Exit(1)
+    with progress(ids, "queueing") as bar:
+        return [vars(o) for o in webhook_ops.redeliver(config, bar)]
 
 
 @cli.group(cls=OpsGroup)
@@ -404,29 +557,34 @@ def privacy():
     """Privacy requests and policy versions (through the privacy service)."""
 
 
+def _privacy_failed(result: dict) -> bool:
+    return bool(result.get("failed_parts") or result.get("breaches_overdue")
+                or any(r.get("overdue") for r in result.get("open") or []))
+
+
 @privacy.command("report")
-@json_option
+@output(privacy_ops.report_lines, failed=_privacy_failed)
 @pass_config
-def privacy_report(config, as_json):
+def privacy_report(config):
     """Open requests by due date, overdue first, and the parts that failed.
     Exit 1 when a request is overdue, a part failed or a breach incident is
     still open 48 hours after detection."""
-    result = privacy_ops.report(config)
-    show(result, as_json, privacy_ops.report_lines)
-    if result.get("failed_parts") or result.get("breaches_overdue") or any(
-            r.get("overdue") for r in result.get("open") or []):
-        raise click.exceptions.Exit(1)
+    return privacy_ops.report(config)
+
+
+def _retry_lines(result: dict) -> list[str]:
+    asked = ", ".join(result.get("asked_again") or []) or "nobody (the archive is built again)"
+    return [f"request {result['request_id']}: asked again: {asked}"]
 
 
 @privacy.command("retry")
 @click.argument("request_id")
+@output(_retry_lines)
 @pass_config
 def privacy_retry(config, request_id):
     """Ask the services again for the parts of a request that did not answer
     (with a fresh budget), or build a failed export's archive again."""
-    result = privacy_ops.retry(config, request_id)
-    asked = ", ".join(result.get("asked_again") or []) or "nobody (the archive is built again)"
-    click.echo(f"request {result['request_id']}: asked again: {asked}")
+    return privacy_ops.retry(config, request_id)
 
 
 @privacy.command("publish-policy")
@@ -435,12 +593,28 @@ def privacy_retry(config, request_id):
               help="--material: every user must accept it again (/v1/me tells them); "
                    "--minor: no new acceptance needed.")
 @click.option("--summary", required=True, help="What changed, in a sentence or two.")
+@output(lambda policy: [f"policy {policy['version']} published "
+                        f"({'material: users must accept it' if policy.get('material') else 'minor'})"])
 @pass_config
 def privacy_publish_policy(config, version, material, summary):
     """Publish a new privacy policy version; it becomes the current one."""
-    policy = privacy_ops.publish_policy(config, version, material, summary)
-    kind = "material: users must accept it" if policy.get("material") else "minor"
-    click.echo(f"policy {policy['version']} published ({kind})")
+    return privacy_ops.publish_policy(config, version, material, summary)
+
+
+# ------------------------------------------------------------ doctor
+
+
+@cli.command("doctor", cls=click.Command)
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Only these checks' groups (config, rabbitmq, <service>...); repeatable.")
+@output(doctor_ops.lines, failed=doctor_ops.failed)
+@click.pass_context
+def doctor(ctx, only):
+    """Check the deployment: every service's configuration and settings,
+    RabbitMQ and its management API, each database and its migrations, the
+    object store, the mail server, secrets and keys. Says what is wrong and
+    how to fix it; exit 1 on any problem."""
+    return doctor_ops.run(ctx.meta.get("darkroom_ops.config_file"), only)
 
 
 cli.add_command(breach_ops.breach)

@@ -214,6 +214,21 @@ def replay(config: dict, queue: str, limit: int | None = None) -> int:
                       headers=lambda message: replay_headers(message.headers))
 
 
+def count(config: dict, queue: str) -> int:
+    """How many dead letters ``queue`` holds now (OpsError if there is no such queue)."""
+    with connect(config["AMQP_URI"]) as conn:
+        return message_count(conn, resolve(queue))
+
+
+def replay_plan(config: dict, queue: str | None, limit: int | None = None) -> list[dict]:
+    """What a replay would move: ``[{"queue", "messages"}]`` for ``queue``, or
+    for every non-empty ``dlq.*`` queue when it is None (``--all``)."""
+    found = ([(name, n) for name, n in list_dlqs(config) if n] if queue is None
+             else [(resolve(queue), count(config, queue))])
+    return [{"queue": name, "messages": min(n, limit) if limit is not None else n}
+            for name, n in found]
+
+
 def restamp(config: dict, queue: str) -> int:
     """Move every dead letter there now to the back of its own queue,
     unchanged (body, properties, headers; ``x-darkroom-restamped-at`` added),

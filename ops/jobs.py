@@ -71,7 +71,7 @@ def find(config: dict, status: str | None = None, since: datetime | None = None,
 @dataclass
 class Outcome:
     job_id: str
-    replayed: bool
+    done: bool  # replayed, or cancelled
     code: str | None = None  # why not
     message: str | None = None
     attempt: int | None = None  # the new attempt's number
@@ -79,12 +79,24 @@ class Outcome:
 
 def replay(config: dict, job_ids: Iterable[str]) -> list[Outcome]:
     """Replay each job (``job_ids`` may be a progress bar wrapping the ids)."""
+    return _each(config, job_ids, "replay_job", "the replay")
+
+
+def _each(config: dict, job_ids: Iterable[str], method: str, what: str) -> list[Outcome]:
+    """``generation.<method>(job_id)`` for each job, one outcome each."""
     with generation(config) as service:
         return [Outcome(jid, answer is not None, code, message,
                         attempt=answer.get("attempt") if answer else None)
                 for jid, answer, code, message in rpc.each(
-                    service.replay_job, job_ids,
-                    "no answer in time; the replay may still happen")]
+                    getattr(service, method), job_ids,
+                    f"no answer in time; {what} may still happen")]
+
+
+def cancel(config: dict, job_ids: Iterable[str]) -> list[Outcome]:
+    """Cancel each job that has not started, through the generation service's
+    cancel rule (billing releases its hold); a refusal (409
+    ``not_cancellable``, 404) or a timeout is recorded and the next one tried."""
+    return _each(config, job_ids, "cancel_job_as_operator", "the cancel")
 
 
 # ------------------------------------------------------------ printing
@@ -119,13 +131,13 @@ def list_lines(jobs: list[dict], limit: int | None = None) -> list[str]:
     return lines
 
 
-def summary_lines(outcomes: list[Outcome]) -> list[str]:
+def summary_lines(outcomes: list[Outcome], verb: str = "replayed") -> list[str]:
     """``replayed N of M jobs``, then one row per refused job with its reason."""
-    refused = [o for o in outcomes if not o.replayed]
+    refused = [o for o in outcomes if not o.done]
     done = len(outcomes) - len(refused)
-    head = f"replayed {done} of {plural(len(outcomes), 'job')}"
+    head = f"{verb} {done} of {plural(len(outcomes), 'job')}"
     if not refused:
         return [head]
     rows = [(o.job_id, o.code or "-", o.message or "") for o in refused]
-    return [f"{head}; {len(refused)} could not be replayed:",
+    return [f"{head}; {len(refused)} could not be {verb}:",
             *("  " + line for line in table(("JOB", "REASON", "MESSAGE"), rows))]

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ops import rpc
@@ -20,14 +21,30 @@ def _call(config: dict, method: str, *args: Any, timeout: float | None = None) -
     return rpc.call(config, "storage", method, *args, timeout=timeout)
 
 
-def purge(config: dict, dry_run: bool = False, batch_size: int | None = None) -> dict:
+def purge(config: dict, dry_run: bool = False, batch_size: int | None = None,
+          progress: Callable[[int], Any] | None = None) -> dict:
     """Purge what is past its retention now (or count it, with ``dry_run``):
-    ``{"dry_run", "batches", "objects", "bytes"}``."""
+    ``{"dry_run", "batches", "objects", "bytes"}``.
+
+    ``progress(total)``: a purge first counts what is due (a dry run), makes
+    ``bar = progress(total)`` and then purges one batch per call, calling
+    ``bar.update(objects)`` after each, until a call purges nothing."""
     payload: dict[str, Any] = {"dry_run": dry_run}
     if batch_size is not None:
         payload["batch_size"] = batch_size
     timeout = max(float(config.get("RPC_TIMEOUT_SECONDS") or 30), PURGE_TIMEOUT_SECONDS)
-    return _call(config, "purge_expired", payload, timeout=timeout)
+    if dry_run or progress is None:
+        return _call(config, "purge_expired", payload, timeout=timeout)
+    due = _call(config, "purge_expired", {**payload, "dry_run": True}, timeout=timeout)
+    totals = {"dry_run": False, "batches": 0, "objects": 0, "bytes": 0}
+    with progress(int(due.get("objects") or 0)) as bar:
+        while True:
+            done = _call(config, "purge_expired", {**payload, "max_batches": 1}, timeout=timeout)
+            for key in ("batches", "objects", "bytes"):
+                totals[key] += int(done.get(key) or 0)
+            bar.update(int(done.get("objects") or 0))
+            if not done.get("objects"):  # nothing was left
+                return totals
 
 
 def report(config: dict) -> dict:

@@ -71,18 +71,16 @@ def list_lines(items: list[dict], limit: int | None = None) -> list[str]:
     return lines
 
 
-def summary_lines(outcomes: list[Outcome]) -> list[str]:
-    """``queued N of M deliveries``, then one row per refused one with its reason."""
-    refused = [o for o in outcomes if not o.queued]
+def summary_lines(outcomes: list[dict]) -> list[str]:
+    """``queued N of M deliveries``, then one row per refused one with its reason
+    (``outcomes``: the :class:`Outcome` fields, as ``--json`` prints them)."""
+    refused = [o for o in outcomes if not o["queued"]]
     head = (f"queued {len(outcomes) - len(refused)} of "
             + plural(len(outcomes), "delivery", "deliveries")
             + " for redelivery")
     if not refused:
         return [head]
-    rows = [(o.delivery_id, o.code or "-", o.message or "") for o in refused]
+    rows = [(o["delivery_id"], o["code"] or "-", o["message"] or "") for o in refused]
     return [f"{head}; {len(refused)} could not be queued:",
             *("  " + line for line in table(("DELIVERY", "REASON", "MESSAGE"), rows))]
 
-
-def as_json(outcomes: list[Outcome]) -> list[dict]:
-    return [o.__dict__ for o in outcomes]

@@ -25,6 +25,11 @@ def weak_password(reason: str) -> DomainError:
     )
 
 
+def account_disabled() -> DomainError:
+    """An operator disabled the account (services/auth/operators.py)."""
+    return DomainError("account_disabled", "this account is disabled; ask the operators", 403)
+
+
 def email_taken() -> DomainError:
     return DomainError("email_taken", "an account with this email already exists", 409)
 

@@ -43,6 +43,8 @@ class User(IdMixin, Base):
         sa.Boolean, default=False, server_default=sa.false()
     )
     is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # set by an operator (services/auth/operators.py): no sign-in while set
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Base32 secret of the confirmed TOTP enrolment (None: TOTP off), one waiting
     # for its first code, and the last time step accepted (replay protection).
     totp_secret: Mapped[str | None] = mapped_column(sa.String(64))

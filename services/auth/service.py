@@ -20,6 +20,7 @@ from services.auth import (
     accounts,
     keys,
     lookup,
+    operators,
     reauth,
     retention,
     sessions,
@@ -343,6 +344,48 @@ class AuthService(PrivacyParticipant, DarkroomService):
                    "api_keys_revoked": changed["api_keys_revoked"]},
         )
         return c.AdminChanged().dump(changed)
+
+    # ------------------------------------------------------------ operators (darkroom-ops)
+
+    @rpc(expected_exceptions=DomainError)
+    def list_users(self, query=None) -> dict:
+        data = load_rpc(c.UserQuery, query)
+        rows, next_cursor = operators.list_users(self.db, data["email"], data["limit"],
+                                                 data["cursor"])
+        now = utcnow()
+        return c.OperatorUserPage().dump({"items": [operators.view(self.db, u, now) for u in rows],
+                                          "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def find_user(self, ref) -> dict:
+        """An account by id or address, with its state and live credentials."""
+        return c.OperatorUser().dump(operators.view(self.db, operators.find(self.db, ref), utcnow()))
+
+    @rpc(expected_exceptions=DomainError)
+    def disable_user(self, ref) -> dict:
+        return self._set_disabled(ref, True)
+
+    @rpc(expected_exceptions=DomainError)
+    def enable_user(self, ref) -> dict:
+        return self._set_disabled(ref, False)
+
+    def _set_disabled(self, ref, disabled: bool) -> dict:
+        changed = operators.set_disabled(self.db, operators.find(self.db, ref), disabled, utcnow())
+        self.db.commit()
+        log.warning("account %s", "disabled" if disabled else "enabled",
+                    extra={"user_id": str(changed["user_id"]),
+                           "sessions_revoked": changed["sessions_revoked"],
+                           "api_keys_revoked": changed["api_keys_revoked"]})
+        return c.UserDisabled().dump(changed)
+
+    @rpc(expected_exceptions=DomainError)
+    def revoke_keys(self, selector) -> dict:
+        """Revoke API keys by id, by prefix, or all of a user's (see operators.revoke_keys)."""
+        found = operators.revoke_keys(self.db, load_rpc(c.RevokeKeys, selector), utcnow())
+        self.db.commit()
+        log.warning("API keys revoked by an operator", extra={"key_ids": [str(k.id) for k in found]})
+        return c.KeysRevoked().dump({"items": [
+            {"id": k.id, "prefix": k.prefix, "name": k.name, "user_id": k.user_id} for k in found]})
 
     # ------------------------------------------------------------ retention
 

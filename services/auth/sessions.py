@@ -12,6 +12,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.auth import keys, lockout, passwords, totp
 from services.auth.errors import (
     RecordedFailure,
+    account_disabled,
     invalid_credentials,
     invalid_totp,
     totp_required,
@@ -74,6 +75,10 @@ def login(
         _fail(db, subjects, now, invalid_credentials())
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
+    if user.disabled_at is not None:
+        # told only after the right password: a guesser learns nothing
+        lockout.give_back(db, subjects)
+        raise RecordedFailure(account_disabled())
 
     if user.totp_enabled or user.is_admin:
         if not totp_code:
@@ -189,7 +194,7 @@ def authenticate(
         credential = keys.find_active(db, api_key) if api_key_prefix(api_key) else None
         kind = "api_key"
     user = db.get(User, credential.user_id) if credential is not None else None
-    if user is None:
+    if user is None or user.disabled_at is not None:  # disabled: its credentials were revoked
         raise unauthenticated("the credential is not valid")
     if kind == "api_key":
         keys.ensure_usable(user)

@@ -387,8 +387,19 @@ def requeue_expired_leases(db: Session, now: datetime) -> list[uuid.UUID]:
 
 def cancel(db: Session, settings: GenerationSettings, user_id: uuid.UUID, job_id, now: datetime,
            dispatch: Dispatch) -> Job:
-    """Cancel a job that has not started; billing releases its hold."""
-    job = get_job(db, user_id, job_id)
+    """The owner cancels a job that has not started; billing releases its hold."""
+    return _cancel(db, settings, get_job(db, user_id, job_id), now, dispatch)
+
+
+def cancel_any(db: Session, settings: GenerationSettings, job_id, now: datetime,
+               dispatch: Dispatch) -> Job:
+    """An operator cancels any account's job (``darkroom-ops jobs cancel``):
+    the same rule as :func:`cancel`, without the owner check."""
+    return _cancel(db, settings, any_job(db, job_id), now, dispatch)
+
+
+def _cancel(db: Session, settings: GenerationSettings, job: Job, now: datetime,
+            dispatch: Dispatch) -> Job:
     if not _move(db, job, (JobState.QUEUED, JobState.RESERVED), status=JobState.CANCELLED,
                  stage=STAGES[JobState.CANCELLED], finished_at=now, updated_at=now):
         raise conflict(f"the job is {job.status} and can no longer be cancelled",
@@ -398,13 +409,19 @@ def cancel(db: Session, settings: GenerationSettings, user_id: uuid.UUID, job_id
     return job
 
 
+def any_job(db: Session, job_id) -> Job:
+    """Any account's job by id (operators' commands); 404 ``not_found``."""
+    job = db.get(Job, client_id(job_id, "job"))
+    if job is None:
+        raise not_found("job")
+    return job
+
+
 def replay(db: Session, job_id, now: datetime, dispatch: Dispatch) -> Job:
     """Start a new attempt of a failed job: a new hold, the saga again. The
     earlier attempt's hold was released when it failed, so the job is charged
     once, by the attempt that succeeds."""
-    job = db.get(Job, client_id(job_id, "job"))
-    if job is None:
-        raise not_found("job")
+    job = any_job(db, job_id)
     if job.prompt_redacted:
         raise conflict("the job's prompt was redacted when it ended; it cannot run again",
                        code="not_replayable", reason="prompt_redacted")

@@ -249,6 +249,15 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempt})
         return c.OpsJobView().dump({**jobs.view(job), "user_id": job.user_id})
 
+    @rpc(expected_exceptions=DomainError)
+    def cancel_job_as_operator(self, job_id) -> dict:
+        """``darkroom-ops jobs cancel``: any account's job that has not
+        started (409 ``not_cancellable`` otherwise); billing releases its hold."""
+        job = jobs.cancel_any(self.db, self.settings, job_id, utcnow(), self.dispatch)
+        self.db.commit()
+        log.warning("job cancelled by an operator", extra={"job_id": str(job.id)})
+        return c.OpsJobView().dump({**jobs.view(job), "user_id": job.user_id})
+
     # ------------------------------------------------------------ the saga
 
     @event_handler("billing", "credits_reserved")

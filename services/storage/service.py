@@ -228,6 +228,7 @@ class StorageService(PrivacyParticipant, DarkroomService):
         result = retention.purge_expired(
             self.db, self.store.backend, self.settings, utcnow(), self.dispatch,
             batch_size=data["batch_size"], dry_run=data["dry_run"],
+            **({"max_batches": data["max_batches"]} if data["max_batches"] else {}),
         )
         log.info("purge requested", extra=result)
         return result

@@ -115,15 +115,32 @@ def test_show_prints_the_story_and_leaves_the_messages(setup):
     assert again[0]["body"]["key"] == peeked[0]
 
 
+def test_replay_all_dry_run_says_what_would_move_and_moves_nothing(setup):
+    result = ops(setup.env, "dlq", "replay", "--all", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"dry_run": True, "all": True, "messages": 3,
+                                         "queues": [{"queue": DLQ, "messages": 3}]}
+    text = ops(setup.env, "dlq", "replay", "--all", "--dry-run")
+    assert text.stdout.splitlines() == [
+        "dry run: would replay 3 messages from 1 queue; nothing was moved", f"  {DLQ}  3"]
+    assert dlq_count(setup) == 3
+    assert all(len(run_times(setup.state_dir, key)) == 3 for key in setup.keys)  # no rerun
+    neither = ops(setup.env, "dlq", "replay", "--json")
+    assert neither.returncode == 2
+    assert json.loads(neither.stdout) == {"error": {"code": "usage",
+                                                    "message": "name one queue or pass --all"}}
+
+
 def test_replay_sends_them_back_to_the_failed_consumer_only(setup):
     fixed, broken = setup.keys[:2], setup.keys[2]
     for key in fixed:
         (setup.state_dir / f"{key}.ok").touch()  # the bug is fixed for these two
     drain(setup.amqp_uri, "test-bystander")
 
-    result = ops(setup.env, "dlq", "replay", DLQ)
+    result = ops(setup.env, "dlq", "replay", "--all")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"replayed 3 messages from {DLQ}"
+    assert result.stdout.splitlines() == [f"replayed 3 messages from {DLQ}",
+                                          "replayed 3 messages in all"]
 
     wait_for(lambda: all(effects(setup, key) == 1 for key in fixed), 20, what="the replayed handlers")
     for key in fixed:

@@ -10,7 +10,14 @@ import unicodedata
 
 from marshmallow import fields, validate
 
-from services.common.contracts.base import EventSchema, RpcSchema, Sealed, page_of, register_event
+from services.common.contracts.base import (
+    EventSchema,
+    PageQuery,
+    RpcSchema,
+    Sealed,
+    page_of,
+    register_event,
+)
 
 EMAIL_MAX = 254
 PASSWORD_MIN = 10
@@ -261,3 +268,55 @@ class Reauthenticate(RpcSchema):
     user_id = fields.UUID(required=True)
     password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
     totp_code = fields.String(allow_none=True, load_default=None, validate=_code)
+
+
+# ---------------------------------------------------------------- operators (darkroom-ops)
+
+
+class UserQuery(PageQuery):
+    """``auth.list_users``: newest first, optionally the addresses containing ``email``."""
+
+    email = fields.String(load_default=None, validate=validate.Length(min=1, max=EMAIL_MAX))
+
+
+class OperatorUser(User):
+    """An account as operators see it: its state and live credentials."""
+
+    disabled_at = fields.AwareDateTime(allow_none=True, required=True)
+    updated_at = fields.AwareDateTime(required=True)
+    sessions_active = fields.Integer(required=True)
+    api_keys_active = fields.Integer(required=True)
+
+
+OperatorUserPage = page_of(OperatorUser, "OperatorUserPage")
+
+
+class UserDisabled(RpcSchema):
+    """``auth.disable_user`` / ``auth.enable_user``."""
+
+    user_id = fields.UUID(required=True)
+    email = fields.Email(required=True)
+    disabled = fields.Boolean(required=True)
+    sessions_revoked = fields.Integer(required=True)
+    api_keys_revoked = fields.Integer(required=True)
+
+
+class RevokeKeys(RpcSchema):
+    """``auth.revoke_keys``: exactly one of a key's id, its prefix, or a user (all its keys)."""
+
+    key_id = fields.UUID(load_default=None)
+    prefix = fields.String(load_default=None, validate=validate.Length(min=1, max=200),
+                           metadata={"description": "drk_<prefix>, the prefix, or the whole key"})
+    user = fields.String(load_default=None, validate=validate.Length(min=1, max=EMAIL_MAX),
+                         metadata={"description": "a user's id or address"})
+
+
+class RevokedKey(RpcSchema):
+    id = fields.UUID(required=True)
+    prefix = fields.String(required=True)
+    name = fields.String(required=True)
+    user_id = fields.UUID(required=True)
+
+
+class KeysRevoked(RpcSchema):
+    items = fields.List(fields.Nested(RevokedKey), required=True)

@@ -67,6 +67,10 @@ class OutputSlotRequest(RpcSchema):
 class PurgeRequest(RpcSchema):
     dry_run = fields.Boolean(load_default=False)
     batch_size = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=10000))
+    # at most this many batches in this call (darkroom-ops calls batch by batch
+    # to show its progress); None: until nothing expired is left
+    max_batches = fields.Integer(load_default=None, allow_none=True,
+                                 validate=validate.Range(min=1, max=10000))
 
 
 # ---------------------------------------------------------------- responses

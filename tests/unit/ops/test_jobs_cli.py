@@ -263,7 +263,7 @@ def test_the_rpc_goes_to_generation_with_the_configured_timeout(cluster):
     assert fake.queries == [{"limit": 100, "status": "failed", "since": "2026-03-01T00:00:00+00:00"}]
     assert seen["timeout"] == 7 and seen["correlation_id"].startswith("ops-")
     [outcome] = jobs_ops.replay(config, [JOBS[0]])
-    assert (outcome.replayed, outcome.attempt) == (True, 2)
+    assert (outcome.done, outcome.attempt) == (True, 2)
 
 
 @pytest.mark.parametrize("error, message", [

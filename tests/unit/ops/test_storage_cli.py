@@ -21,13 +21,29 @@ REPORT = {
 }
 
 
+def draining(objects: list[int], nbytes: int = 0):
+    """A storage service with batches of ``objects`` objects due: a dry run
+    counts them, each ``max_batches: 1`` call purges the next batch."""
+    left = list(objects)
+
+    def purge_expired(payload):
+        if payload["dry_run"]:
+            return {"dry_run": True, "batches": len(left), "objects": sum(left),
+                    "bytes": nbytes * len(left)}
+        assert payload["max_batches"] == 1
+        if not left:
+            return {"dry_run": False, "batches": 0, "objects": 0, "bytes": 0}
+        return {"dry_run": False, "batches": 1, "objects": left.pop(0), "bytes": nbytes}
+
+    return purge_expired
+
+
 @pytest.fixture
 def calls(monkeypatch) -> Calls:
     """Every storage RPC the commands make, answered from ``calls.answers``."""
     made = Calls()
     answers = {
-        "purge_expired": lambda payload: {"dry_run": payload["dry_run"], "batches": 3,
-                                          "objects": 1234, "bytes": 3_565_158},
+        "purge_expired": draining([500, 500, 234], 1_188_386),
         "report": lambda: REPORT,
     }
 
@@ -40,28 +56,31 @@ def calls(monkeypatch) -> Calls:
     return made
 
 
-def test_purge(run, calls):
+def test_purge_goes_batch_by_batch_with_a_progress_bar(run, calls):
     result = run("storage", "purge")
     assert result.exit_code == 0, result.output
-    assert result.output == "purged 1234 objects (3.4 MiB) in 3 batches\n"
-    (method, args, timeout, amqp_uri), = calls
-    assert (method, args, amqp_uri) == ("purge_expired", ({"dry_run": False},),
-                                        "amqp://guest:guest@127.0.0.1:5672/x")
-    assert timeout >= 600  # a purge may take long: more than the usual RPC timeout
+    assert result.stdout == "purged 1234 objects (3.4 MiB) in 3 batches\n"
+    assert "purging" in result.stderr  # the bar: on stderr, stdout stays clean
+    # a count first (the bar's length), then one batch per call until one purges nothing
+    assert [args for _, args, _, _ in calls] == [
+        ({"dry_run": True},), *[({"dry_run": False, "max_batches": 1},)] * 4]
+    assert {amqp_uri for *_, amqp_uri in calls} == {"amqp://guest:guest@127.0.0.1:5672/x"}
+    assert min(timeout for _, _, timeout, _ in calls) >= 600  # longer than the usual RPC timeout
+    assert json.loads(run("storage", "purge", "--json").stdout) == {
+        "dry_run": False, "batches": 0, "objects": 0, "bytes": 0}  # nothing left the second time
 
 
 def test_purge_dry_run_with_a_batch_size(run, calls):
     result = run("storage", "purge", "--dry-run", "--batch-size", "50")
     assert result.exit_code == 0, result.output
-    assert result.output == ("dry run: 1234 objects (3.4 MiB) past retention would be purged in "
+    assert result.stdout == ("dry run: 1234 objects (3.4 MiB) past retention would be purged in "
                              "3 batches; nothing was deleted\n")
     assert calls[0][1] == ({"dry_run": True, "batch_size": 50},)
 
 
 def test_purge_of_nothing(run, calls):
-    calls.answers["purge_expired"] = lambda payload: {"dry_run": False, "batches": 1, "objects": 1,
-                                                      "bytes": 0}
-    assert run("storage", "purge").output == "purged 1 object (0 B) in 1 batch\n"
+    calls.answers["purge_expired"] = draining([1])
+    assert run("storage", "purge").stdout == "purged 1 object (0 B) in 1 batch\n"
 
 
 @pytest.mark.parametrize("value", ["0", "10001", "-5", "many"])
