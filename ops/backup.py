@@ -16,7 +16,6 @@ deploy/config/backup.yaml; the runbook in docs/operations.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -24,6 +23,7 @@ import click
 
 from ops.backups import jobs
 from ops.errors import OpsError
+from ops.output import emit, output, wants_json
 from services.common.config import config_path, load_config
 from services.common.secrets import ConfigurationRefused, refuse_insecure_config
 
@@ -53,9 +53,15 @@ def backup():
     """Backups: every service's database and the object store, encrypted."""
 
 
+def _run_lines(manifest: dict) -> list[str]:
+    return [f"backup set {manifest['name']}: {len(manifest['databases'])} databases, "
+            f"{manifest['objects']['count']} objects"]
+
+
 @backup.command("run")
 @click.option("--repeat", is_flag=True,
               help="Keep running: a set every BACKUP_INTERVAL_SECONDS (the compose service).")
+@output(_run_lines)
 @click.pass_obj
 def backup_run(config, repeat):
     """Take a backup set now, then rotate the old ones."""
@@ -64,8 +70,9 @@ def backup_run(config, repeat):
         started = time.monotonic()
         try:
             manifest = jobs.run(settings, progress=_echo)
-            click.echo(f"backup set {manifest['name']}: {len(manifest['databases'])} databases, "
-                       f"{manifest['objects']['count']} objects")
+            if not repeat:
+                return manifest
+            emit(manifest, wants_json(), _run_lines)
         except jobs.BackupError as exc:
             if not repeat:
                 raise OpsError(str(exc)) from None
@@ -75,54 +82,53 @@ def backup_run(config, repeat):
                 raise
             log.exception("backup failed")
             click.echo("error: backup failed (see the traceback above)", err=True)
-        if not repeat:
-            return
         time.sleep(max(0.0, settings.interval_seconds - (time.monotonic() - started)))
+
+
+def _verify_lines(result: dict) -> list[str]:
+    lines = [f"{service}: restorable ({summary})"
+             for service, summary in result["databases"].items()]
+    lines.append(f"objects: {result['objects']} verified")
+    lines += [f"PROBLEM: {problem}" for problem in result["problems"]]
+    if result["problems"]:
+        lines.append(f"backup set {result['set']} has {len(result['problems'])} problem(s)")
+    else:
+        lines.append(f"backup set {result['set']} is complete and restorable")
+    return lines
 
 
 @backup.command("verify")
 @click.argument("set_name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output(_verify_lines, failed=lambda result: bool(result["problems"]))
 @click.pass_obj
-def backup_verify(config, set_name, as_json):
-    """Check a set (the newest by default): every database, every object."""
+def backup_verify(config, set_name):
+    """Check a set (the newest by default): every database, every object.
+    Exit 1 when it has a problem."""
     try:
-        result = jobs.verify(_settings(config), set_name, progress=_echo)
+        return jobs.verify(_settings(config), set_name, progress=_echo)
     except jobs.BackupError as exc:
         raise OpsError(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        for service, summary in result["databases"].items():
-            click.echo(f"{service}: restorable ({summary})")
-        click.echo(f"objects: {result['objects']} verified")
-        for problem in result["problems"]:
-            click.echo(f"PROBLEM: {problem}")
-    if result["problems"]:
-        raise OpsError(f"backup set {result['set']} has {len(result['problems'])} problem(s)")
-    if not as_json:
-        click.echo(f"backup set {result['set']} is complete and restorable")
+
+
+def _list_lines(listed: list[dict]) -> list[str]:
+    if not listed:
+        return ["no backup sets"]
+    return [f"{item['set']}  {len(item['databases'])} databases  {item['objects']} objects  "
+            f"kept as {', '.join(item['kept_as']) or '-'}" for item in listed]
 
 
 @backup.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output(_list_lines)
 @click.pass_obj
-def backup_list(config, as_json):
+def backup_list(config):
     """The backup sets, oldest first, and which rotation keeps each."""
-    listed = jobs.list_sets(_settings(config))
-    if as_json:
-        click.echo(json.dumps(listed, indent=2))
-        return
-    if not listed:
-        click.echo("no backup sets")
-    for item in listed:
-        click.echo(f"{item['set']}  {len(item['databases'])} databases  {item['objects']} objects  "
-                   f"kept as {', '.join(item['kept_as']) or '-'}")
+    return jobs.list_sets(_settings(config))
 
 
 @backup.command("check")
 @click.option("--max-age", type=click.FloatRange(min=1), metavar="SECONDS",
               help="Default: twice BACKUP_INTERVAL_SECONDS.")
+@output(lambda result: [f"the newest backup set is {result['age_hours']:.1f} h old"])
 @click.pass_obj
 def backup_check(config, max_age):
     """Exit 1 unless the newest set is recent (the compose service's healthcheck)."""
@@ -133,7 +139,7 @@ def backup_check(config, max_age):
         raise OpsError(f"no backup set in {settings.root}")
     if age > limit:
         raise OpsError(f"the newest backup set is {age / 3600:.1f} h old (limit {limit / 3600:.1f} h)")
-    click.echo(f"the newest backup set is {age / 3600:.1f} h old")
+    return {"age_hours": age / 3600, "limit_hours": limit / 3600}
 
 
 @backup.command("restore")
@@ -141,6 +147,9 @@ def backup_check(config, max_age):
 @click.option("--yes", is_flag=True, help="Really overwrite the configured databases and store.")
 @click.option("--erasure-log-db", "erasure_log_urls", multiple=True, metavar="URL",
               help="A privacy database whose erasure log to honour too (the old live one).")
+@output(lambda result: [
+    f"restored {result['set']}: {len(result['databases'])} databases, "
+    f"{result['objects']} objects; {result['erased_again']} erased user(s) erased again"])
 @click.pass_obj
 def backup_restore(config, set_name, yes, erasure_log_urls):
     """Restore a set (the newest by default) into the databases and object store
@@ -149,8 +158,6 @@ def backup_restore(config, set_name, yes, erasure_log_urls):
         raise OpsError("not restoring without --yes (it replaces the databases' contents)",
                        exit_code=2)
     try:
-        result = jobs.restore(_settings(config), set_name, list(erasure_log_urls), progress=_echo)
+        return jobs.restore(_settings(config), set_name, list(erasure_log_urls), progress=_echo)
     except jobs.BackupError as exc:
         raise OpsError(str(exc)) from None
-    click.echo(f"restored {result['set']}: {len(result['databases'])} databases, "
-               f"{result['objects']} objects; {result['erased_again']} erased user(s) erased again")

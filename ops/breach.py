@@ -17,7 +17,6 @@ interruption). ``report`` writes ``breach-<id>.json`` and ``breach-<id>.md``.
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import click
 from ops import rpc
 from ops.errors import OpsError, id_argument
 from ops.jobs import parse_since, table
+from ops.output import output, progress
 from services.common.contracts.privacy import BREACH_CATEGORIES
 
 pass_config = click.make_pass_decorator(dict)
@@ -152,14 +152,22 @@ def breach():
               help="When the breach was detected (ISO time, UTC without an offset; 'now').")
 @click.option("--categories", "categories", required=True, multiple=True, metavar="C[,C]",
               help=f"Data concerned: {', '.join(BREACH_CATEGORIES)}.")
+@output(lambda incident: [
+    f"incident {incident['id']} opened; report to the regulator by "
+    f"{_when(incident['deadline_at'])} UTC ({incident['hours_left']:g} h left)"])
 @pass_config
 def open_(config, summary, detected_at, categories):
     """Record an incident; its regulator clock (72 h) runs from the detection."""
-    incident = _call(config, "breach_open", {
+    return _call(config, "breach_open", {
         "summary": summary, "detected_at": _time(detected_at, "--detected-at"),
         "categories": _categories(categories)})
-    click.echo(f"incident {incident['id']} opened; report to the regulator by "
-               f"{_when(incident['deadline_at'])} UTC ({incident['hours_left']:g} h left)")
+
+
+def _affected_lines(result: dict) -> list[str]:
+    by_source = ", ".join(f"{k} {v}" for k, v in sorted(result["by_source"].items()))
+    return [f"found {result['found']} users ({by_source}); {result['added']} new",
+            f"incident {result['incident']['id']}: {result['affected']} affected users, "
+            f"{result['records']} records"]
 
 
 @breach.command("affected")
@@ -168,21 +176,20 @@ def open_(config, summary, detected_at, categories):
 @click.option("--to", "window_to", required=True, metavar="TIME", help="End of the window.")
 @click.option("--category", "categories", multiple=True,
               help="Only these of the incident's categories (default: all of them).")
+@output(_affected_lines)
 @pass_config
 def affected(config, incident, window_from, window_to, categories):
     """Compute and store the users the breach may have touched."""
-    result = _call(config, "breach_affected", incident_id(incident), {
+    return _call(config, "breach_affected", incident_id(incident), {
         "from": _time(window_from, "--from"), "to": _time(window_to, "--to"),
         "categories": _categories(categories)})
-    by_source = ", ".join(f"{k} {v}" for k, v in sorted(result["by_source"].items()))
-    click.echo(f"found {result['found']} users ({by_source}); {result['added']} new")
-    click.echo(f"incident {result['incident']['id']}: {result['affected']} affected users, "
-               f"{result['records']} records")
 
 
 @breach.command("notify")
 @click.argument("incident")
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1, 500))
+@output(lambda result: [f"{result['sent_now']} notices sent now, {result['skipped_now']} "
+                        f"skipped (account erased); {result['sent']} sent in all"])
 @pass_config
 def notify(config, incident, batch_size):
     """Mail every affected user the breach notice, once (safe to run again)."""
@@ -190,8 +197,7 @@ def notify(config, incident, batch_size):
     first = _call(config, "breach_notify", ident, batch_size)
     sent, skipped = first["sent_now"], first["skipped_now"]
     total = sent + skipped + first["pending"]
-    with click.progressbar(length=total, label="notifying", file=sys.stderr,
-                           show_pos=True) as bar:
+    with progress(label="notifying", length=total) as bar:
         bar.update(sent + skipped)
         result = first
         while result["pending"]:
@@ -202,8 +208,8 @@ def notify(config, incident, batch_size):
                                "is another `breach notify` running?")
             sent, skipped = sent + result["sent_now"], skipped + result["skipped_now"]
             bar.update(done)
-    click.echo(f"{sent} notices sent now, {skipped} skipped (account erased); "
-               f"{result['notices']['sent']} sent in all")
+    return {"incident_id": ident, "sent_now": sent, "skipped_now": skipped,
+            "sent": result["notices"]["sent"]}
 
 
 @breach.command("report")
@@ -215,23 +221,18 @@ def notify(config, incident, batch_size):
               help="A likely consequence (repeat; default: from the categories).")
 @click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Directory to write breach-<id>.json and .md into.")
+@output(lambda result: [f"wrote {path}" for path in result["files"]])
 @pass_config
 def report(config, incident, contact, measures, consequences, out):
     """Write the regulator report (JSON and Markdown); marks the incident reported."""
     result = _call(config, "breach_report", incident_id(incident), {
         "contact": contact, "measures": list(measures), "consequences": list(consequences)})
-    for path in write_report(result, Path(out)):
-        click.echo(f"wrote {path}")
+    return {"files": [str(path) for path in write_report(result, Path(out))]}
 
 
 @breach.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@output(list_lines)
 @pass_config
-def list_(config, as_json):
+def list_(config):
     """Each incident's state and regulator deadline, open ones first."""
-    items = _call(config, "breach_list")["items"]
-    if as_json:
-        click.echo(json.dumps(items, indent=2))
-    else:
-        for line in list_lines(items):
-            click.echo(line)
+    return _call(config, "breach_list")["items"]

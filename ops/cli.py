@@ -375,7 +375,34 @@ def storage_report(config):
     return storage_ops.report(config)
 
 
-storage.add_command(storage_ops.rekey_command())
+def _rekey_lines(result: dict) -> list[str]:
+    if result.get("backend") != "fs":
+        return ["nothing to re-key: the s3 backend's objects are encrypted by the store "
+                "(server-side encryption, STORAGE_S3_SSE)"]
+    return storage_ops.rekey_summary(result["counts"], result["key_id"], result["forgotten"])
+
+
+@storage.command("rekey")
+@click.option("--storage-config", type=click.Path(dir_okay=False),
+              help="The storage service's config (default: deploy/config/storage.yaml).")
+@output(_rekey_lines, failed=lambda result: bool(result.get("counts", {}).get("failed")))
+def storage_rekey(storage_config):
+    """Re-wrap every stored file's data key under the newest key of
+    STORAGE_ENCRYPTION_KEYS (and seal files from before encryption).
+    Resumable: run it again after an interruption. fs backend only; run it
+    where the storage service's files are. Exit 1 when a file failed."""
+    backend = storage_ops.storage_backend(storage_config)
+    if backend.name != "fs":
+        return {"backend": backend.name}
+    total = sum(1 for _ in backend.keys())
+    errors: list[str] = []
+    with progress(backend.keys(), "re-keying", length=total) as bar:
+        counts = storage_ops.rekey(backend, bar, lambda key, msg: errors.append(f"{key}: {msg}"))
+    for line in errors:
+        click.echo(f"failed: {line}", err=True)
+    forgotten = [] if counts["failed"] else backend.files.forget_old_keys()
+    return {"backend": "fs", "counts": counts, "key_id": backend.files.keys.current_id,
+            "forgotten": forgotten, "errors": errors}
 
 
 @cli.group(cls=OpsGroup)
@@ -530,13 +557,13 @@ def webhooks():
 @click.option("--status", type=click.Choice(WEBHOOK_DELIVERY_STATUSES),
               help="Only deliveries in this state.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
-@output(lambda result: webhook_ops.list_lines(result["items"], result["limit"]))
+@output(lambda items: webhook_ops.list_lines(items, click.get_current_context().params["limit"]))
 @pass_config
 def webhooks_list(config, job_id, user_id, status, limit):
     """Webhook deliveries, newest first: event, state, attempts, the last answer."""
     job_id = jobs_ops.job_id(job_id) if job_id else None
     user_id = id_argument(user_id, "user id") if user_id else None
-    return {"items": webhook_ops.find(config, job_id, user_id, status, limit), "limit": limit}
+    return webhook_ops.find(config, job_id, user_id, status, limit)
 
 
 @webhooks.command("redeliver")

@@ -175,38 +175,3 @@ def rekey_summary(counts: dict[str, int], current: str, forgotten: list[str]) ->
         lines.append(f"every file is sealed under {current}: the key(s) {', '.join(forgotten)} "
                      "may now be removed from STORAGE_ENCRYPTION_KEYS")
     return lines
-
-
-def rekey_command():
-    """``darkroom-ops storage rekey`` (a click command; ops/cli.py adds it to ``storage``)."""
-    import sys
-
-    import click
-
-    @click.command("rekey")
-    @click.option("--storage-config", type=click.Path(dir_okay=False),
-                  help="The storage service's config (default: deploy/config/storage.yaml).")
-    def storage_rekey(storage_config):
-        """Re-wrap every stored file's data key under the newest key of
-        STORAGE_ENCRYPTION_KEYS (and seal files from before encryption).
-        Resumable: run it again after an interruption. fs backend only; run it
-        where the storage service's files are."""
-        backend = storage_backend(storage_config)
-        if backend.name != "fs":
-            click.echo("nothing to re-key: the s3 backend's objects are encrypted by the store "
-                       "(server-side encryption, STORAGE_S3_SSE)")
-            return
-        total = sum(1 for _ in backend.keys())
-        errors: list[str] = []
-        with click.progressbar(backend.keys(), length=total, label="re-keying",
-                               file=sys.stderr, show_pos=True) as bar:
-            counts = rekey(backend, bar, lambda key, msg: errors.append(f"{key}: {msg}"))
-        for line in errors:
-            click.echo(f"failed: {line}", err=True)
-        forgotten = [] if counts["failed"] else backend.files.forget_old_keys()
-        for line in rekey_summary(counts, backend.files.keys.current_id, forgotten):
-            click.echo(line)
-        if counts["failed"]:
-            raise click.exceptions.Exit(1)
-
-    return storage_rekey
