@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, KEY_NAME_MAX
+from services.common.contracts.passkeys import PASSKEY_CREDENTIAL_ID_MAX
 from services.common.db import UtcDateTime
 from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
@@ -171,6 +172,43 @@ class AccountChange(IdMixin, Base):
     kind: Mapped[str] = mapped_column(sa.String(32))  # email_changed | profile_updated
     changes: Mapped[dict] = mapped_column(sa.JSON)  # {field: {"from": ..., "to": ...}}
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Passkey(IdMixin, Base):
+    """A WebAuthn credential (services/auth/passkeys.py): a passwordless sign-in
+    and a second factor. Only its public key is kept; ``sign_count`` is the
+    authenticator's counter at its last use (a counter that goes backwards
+    betrays a cloned authenticator)."""
+
+    __tablename__ = "passkeys"
+    __table_args__ = (sa.Index("ix_passkeys_user_id_created_at", "user_id", "created_at"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk())
+    # base64url of the credential id (at most 1023 bytes by WebAuthn)
+    credential_id: Mapped[str] = mapped_column(sa.String(PASSKEY_CREDENTIAL_ID_MAX), unique=True)
+    public_key: Mapped[bytes] = mapped_column(sa.LargeBinary)  # COSE_Key
+    sign_count: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    name: Mapped[str] = mapped_column(sa.String(KEY_NAME_MAX))
+    aaguid: Mapped[str] = mapped_column(sa.String(36))  # the authenticator's model
+    transports: Mapped[list] = mapped_column(sa.JSON)
+    backed_up: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class PasskeyChallenge(IdMixin, Base):
+    """A WebAuthn challenge handed out with registration or sign-in options,
+    as its SHA-256: used once (deleted as it is checked), valid for
+    ``AUTH_WEBAUTHN_CHALLENGE_TTL_SECONDS``. A registration's names its
+    account; a sign-in's none (the passkey names the account)."""
+
+    __tablename__ = "passkey_challenges"
+
+    challenge_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(sa.String(20))  # registration | authentication
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 # Events waiting to be published (services.common.outbox).

@@ -22,6 +22,8 @@ from services.auth.models import (
     ApiKey,
     EmailVerification,
     KnownNetwork,
+    Passkey,
+    PasskeyChallenge,
     PasswordReset,
     Throttle,
     User,
@@ -37,7 +39,8 @@ ABOUT = (
     "Your account: address, profile, plan, whether two-factor sign-in is on; the "
     "history of its address and profile changes (when, from what, to what); your "
     "sessions (when, which browser, which network: a /24 or /48, never a full address) "
-    "and API keys (name and prefix) until they are purged; verification codes and "
+    "and API keys (name and prefix) until they are purged; your passkeys (name, "
+    "authenticator model, when added and last used); verification codes and "
     "password resets still on record (when, for which address; never the code or token)."
 )
 WITHHELD = [
@@ -48,6 +51,9 @@ WITHHELD = [
     {"what": "the two-factor (TOTP) secret and the webhook signing secret",
      "why": "they are credentials: an archive that leaks must not give access to your account "
             "(the webhook secret is shown at GET /v1/me/webhook-secret)"},
+    {"what": "your passkeys' public keys and signature counters, and passkey challenges",
+     "why": "they only check your authenticator's signatures; challenges are single-use and "
+            "live for minutes"},
     {"what": "the networks you signed in from, beyond their count and dates",
      "why": "they are stored only as keyed hashes, used to notice sign-ins from new places"},
     {"what": "failed sign-in attempts",
@@ -57,7 +63,8 @@ WITHHELD = [
 CHILD_TABLES = (
     ("account_changes", AccountChange), ("sessions", UserSession), ("api_keys", ApiKey), ("email_verifications", EmailVerification),
     ("password_resets", PasswordReset), ("known_networks", KnownNetwork),
-    ("webhook_secrets", WebhookSecret),
+    ("webhook_secrets", WebhookSecret), ("passkeys", Passkey),
+    ("passkey_challenges", PasskeyChallenge),
 )
 
 
@@ -106,6 +113,12 @@ def export(db: Session, settings: AuthSettings, user_id) -> dict:
              "created_at": isoformat(k.created_at), "last_used_at": isoformat(k.last_used_at),
              "revoked_at": isoformat(k.revoked_at)}
             for k in rows(ApiKey, ApiKey.created_at)
+        ],
+        "passkeys": [
+            {"id": str(p.id), "name": p.name, "aaguid": p.aaguid, "transports": p.transports,
+             "backed_up": p.backed_up, "created_at": isoformat(p.created_at),
+             "last_used_at": isoformat(p.last_used_at)}
+            for p in rows(Passkey, Passkey.created_at)
         ],
         "email_verifications": [
             {"purpose": v.purpose, "email": v.email, "created_at": isoformat(v.created_at),
@@ -161,9 +174,10 @@ def retention_items(settings: AuthSettings) -> list[dict]:
     code_minutes = settings.verification_code_ttl.total_seconds() / 60
     reset_minutes = settings.password_reset_ttl.total_seconds() / 60
     window = settings.login_failure_window.total_seconds()
+    challenge_seconds = settings.webauthn.challenge_ttl.total_seconds()
     purge = "the auth service's purge, every 10 minutes"
     return [
-        {"data": "account (address, profile, password hash), API keys",
+        {"data": "account (address, profile, password hash), API keys, passkeys",
          "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
         {"data": "sessions", "kept": f"{days:g} days, less when revoked (signed out)",
@@ -174,6 +188,10 @@ def retention_items(settings: AuthSettings) -> list[dict]:
         {"data": "password reset tokens (hashed)",
          "kept": f"valid {reset_minutes:g} minutes; deleted a day after they expire",
          "days": round(reset_minutes / 1440 + 1, 6), "enforced_by": purge},
+        {"data": "passkey challenges (hashed)",
+         "kept": f"valid {challenge_seconds:g} seconds, deleted once used; the rest a day "
+                 "after they expire",
+         "days": round(challenge_seconds / 86400 + 1, 6), "enforced_by": purge},
         {"data": "failed sign-in attempts (keyed hashes of address and network)",
          "kept": f"{window:g} seconds", "days": round(window / 86400, 6), "enforced_by": purge},
     ]

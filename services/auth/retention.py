@@ -1,6 +1,7 @@
 """Retention of the auth database: what is dead is deleted, on a timer.
 
-Expired or revoked sessions, verification codes and reset tokens a day past
+Expired or revoked sessions, verification codes, reset tokens and passkey
+challenges a day past
 their end, and throttles (attempts counted against a login or an address)
 whose window and lock have both run out: such a row counts nothing any more. Accounts and API keys (revoked ones included, for the audit of who
 could call the API when) are kept until the account is erased.
@@ -13,7 +14,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, or_
 from sqlalchemy.orm import Session
 
-from services.auth.models import EmailVerification, PasswordReset, Throttle, UserSession
+from services.auth.models import (
+    EmailVerification,
+    PasskeyChallenge,
+    PasswordReset,
+    Throttle,
+    UserSession,
+)
 from services.auth.settings import AuthSettings
 
 GRACE = timedelta(days=1)
@@ -31,6 +38,8 @@ def purge_expired(db: Session, settings: AuthSettings, now: datetime) -> dict[st
             EmailVerification.expires_at < now - GRACE
         ),
         "password_resets": delete(PasswordReset).where(PasswordReset.expires_at < now - GRACE),
+        "passkey_challenges": delete(PasskeyChallenge).where(
+            PasskeyChallenge.expires_at < now - GRACE),
         "throttles": delete(Throttle).where(and_(
             Throttle.window_started_at < now - window,
             or_(Throttle.locked_until.is_(None), Throttle.locked_until < now),
