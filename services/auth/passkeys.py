@@ -28,6 +28,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from webauthn import (
     base64url_to_bytes,
     generate_authentication_options,
@@ -240,6 +241,9 @@ def login(db: Session, settings: AuthSettings, credential: dict, client_ip: str 
         .execution_options(synchronize_session=False)).rowcount
     if moved != 1:
         raise RecordedFailure(invalid_passkey(401, "verification"))
+    for name, value in (("sign_count", verified.new_sign_count), ("last_used_at", now),
+                        ("backed_up", verified.credential_backed_up)):
+        set_committed_value(passkey, name, value)
     return sessions.open_session(db, settings, user, client_ip, user_agent, now)
 
 
