@@ -60,6 +60,16 @@ def principal(user_id: str, credential_type: str, credential_id: str, verified: 
     }
 
 
+PASSKEY_ID = "01900000-0000-7000-8000-00000000c001"
+PASSKEY_CREDENTIAL = "cGFzc2tleS1jcmVkZW50aWFs"
+
+
+def passkey(name: str = "Laptop") -> dict:
+    return {"id": PASSKEY_ID, "name": name, "created_at": NOW, "last_used_at": None,
+            "aaguid": "00000000-0000-0000-0000-000000000000", "transports": ["internal"],
+            "backed_up": True}
+
+
 def api_key(key_id: str = KEY_ID, name: str = "default") -> dict:
     return {"id": key_id, "name": name, "prefix": "dr_live_ab", "created_at": NOW, "last_used_at": None}
 
@@ -184,6 +194,26 @@ class FakeAuth(FakeRpcService):
 
     def rpc_confirm_totp_enrollment(self, user_id, payload):
         return None
+
+    def rpc_list_passkeys(self, user_id, page=None):
+        return {"items": [passkey()], "next_cursor": None}
+
+    def rpc_passkey_registration_options(self, user_id):
+        return {"options": {"challenge": "Y2hhbGxlbmdl", "rp": {"id": "127.0.0.1"}}}
+
+    def rpc_register_passkey(self, user_id, payload):
+        return passkey(name=payload.get("name", "Passkey"))
+
+    def rpc_delete_passkey(self, user_id, passkey_id):
+        return None
+
+    def rpc_passkey_login_options(self):
+        return {"options": {"challenge": "Y2hhbGxlbmdl", "rpId": "127.0.0.1"}}
+
+    def rpc_passkey_login(self, payload, client_ip=None, user_agent=None):
+        if payload["credential"].get("id") != PASSKEY_CREDENTIAL:
+            raise DomainError("invalid_passkey", "the passkey could not be verified", 401)
+        return {"token": TOKEN, "expires_at": LATER, "user": user()}
 
     def rpc_get_webhook_secret(self, user_id):
         return self.webhook_secrets.setdefault(user_id, {"secret": f"whsec_{uuid.uuid4().hex}",
