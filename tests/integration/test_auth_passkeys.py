@@ -16,16 +16,14 @@ import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
-from services.common.db import make_engine
-from tests.conftest import base_env, free_port, wait_for
 from tests.integration.test_auth_service import (
     MAIL_SECRETS_KEY,
     PASSWORD,
-    EventTap,
     code_in,
     new_email,
     new_ip,
     refused,
+    running_auth,
 )
 from tests.webauthn_authenticator import SoftwareAuthenticator
 
@@ -36,22 +34,9 @@ APP = "https://app.darkroom.test"
 
 @pytest.fixture(scope="module")
 def auth(make_vhost, make_database, start_process):
-    amqp_uri, _ = make_vhost("auth")
-    db_url = make_database("auth")
-    port = free_port()
-    tap = EventTap(amqp_uri)
-    proc = start_process("auth", base_env(
-        AMQP_URI=amqp_uri, AUTH_DATABASE_URL=db_url, AUTH_METRICS_PORT=port,
-        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY, APP_BASE_URL=APP,
-        PUBLIC_BASE_URL="https://api.darkroom.test"))
-    proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
-    engine = make_engine(db_url)
-    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=20) as rpc:
-        wait_for(lambda: rpc.auth.ping(), 30, 0.2, "auth RPC")
-        yield SimpleNamespace(rpc=rpc.auth, tap=tap, engine=engine, amqp_uri=amqp_uri)
-    engine.dispose()
-    tap.close()
-    proc.stop()
+    with running_auth(make_vhost, make_database, start_process, MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
+                      APP_BASE_URL=APP, PUBLIC_BASE_URL="https://api.darkroom.test") as running:
+        yield running
 
 
 def verified_account(auth) -> SimpleNamespace:

@@ -19,6 +19,7 @@ import base64
 import itertools
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -94,26 +95,17 @@ class EventTap:
         self.connection.release()
 
 
-@pytest.fixture(scope="module")
-def auth(make_vhost, make_database, start_process):
+@contextmanager
+def running_auth(make_vhost, make_database, start_process, **env):
+    """The auth service through its entrypoint in a vhost and database of its
+    own, with ``env`` on top of the base: ``SimpleNamespace(rpc, tap, engine,
+    proc, amqp_uri)``."""
     amqp_uri, _ = make_vhost("auth")
     db_url = make_database("auth")
     port = free_port()
     tap = EventTap(amqp_uri)
-    proc = start_process(
-        "auth",
-        base_env(
-            AMQP_URI=amqp_uri,
-            AUTH_DATABASE_URL=db_url,
-            AUTH_METRICS_PORT=port,
-            AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=MAX_ACCOUNT_FAILURES,
-            AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS=MAX_ADDRESS_FAILURES,
-            AUTH_LOGIN_LOCKOUT_SECONDS=600,
-            AUTH_RESEND_MIN_INTERVAL_SECONDS=1,
-            AUTH_PASSWORD_RESET_MIN_INTERVAL_SECONDS=0,
-            MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
-        ),
-    )
+    proc = start_process("auth", base_env(AMQP_URI=amqp_uri, AUTH_DATABASE_URL=db_url,
+                                          AUTH_METRICS_PORT=port, **env))
     proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
     engine = make_engine(db_url)
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=20) as rpc:
@@ -123,6 +115,20 @@ def auth(make_vhost, make_database, start_process):
     engine.dispose()
     tap.close()
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def auth(make_vhost, make_database, start_process):
+    with running_auth(
+        make_vhost, make_database, start_process,
+        AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=MAX_ACCOUNT_FAILURES,
+        AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS=MAX_ADDRESS_FAILURES,
+        AUTH_LOGIN_LOCKOUT_SECONDS=600,
+        AUTH_RESEND_MIN_INTERVAL_SECONDS=1,
+        AUTH_PASSWORD_RESET_MIN_INTERVAL_SECONDS=0,
+        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
+    ) as running:
+        yield running
 
 
 def refused(call, *args, **kwargs) -> DomainError:
