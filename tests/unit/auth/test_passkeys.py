@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from services.auth import accounts, passkeys, retention, sessions
@@ -304,3 +307,26 @@ def test_expired_challenges_are_purged(db, settings, now, alice):
     assert retention.purge_expired(db, settings, now)["passkey_challenges"] == 0
     later = now + settings.webauthn.challenge_ttl + timedelta(days=1, seconds=1)
     assert retention.purge_expired(db, settings, later)["passkey_challenges"] == 1
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+    | st.sampled_from(["AA", "public-key", "webauthn.get", "!!", "platform"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=10)
+RESPONSE_KEYS = ("clientDataJSON", "attestationObject", "authenticatorData", "signature",
+                 "userHandle", "transports")
+
+
+@settings_(max_examples=150, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(credential=st.fixed_dictionaries(
+    {}, optional={"id": JSON, "rawId": JSON, "type": JSON, "authenticatorAttachment": JSON,
+                  "response": JSON | st.fixed_dictionaries(
+                      {}, optional={k: JSON for k in RESPONSE_KEYS})}))
+def test_any_answer_is_refused_with_a_code_never_a_crash(db, settings, now, alice, credential):
+    for call in (lambda: passkeys.login(db, settings, credential, None, None, now),
+                 lambda: passkeys.register(db, settings, alice, credential, "x", now)):
+        error = refusal(db, call)
+        assert error.code in ("invalid_passkey", "passkey_challenge_invalid"), error
