@@ -9,10 +9,16 @@ from flask.views import MethodView
 
 from gateway.api.accounts import auth_blp, client_info, me_blp
 from gateway.api.common import call, errors, for_caller
-from gateway.auth import authenticated
+from gateway.auth import authenticated, current_principal
 from services.common.contracts import PageQuery
 from services.common.contracts import auth as c
 from services.common.contracts import passkeys as pc
+
+
+def _session_id() -> str | None:
+    """The caller's session, which the auth service requires to add a passkey."""
+    principal = current_principal()
+    return principal.credential_id if principal.credential_type == "session" else None
 
 
 @me_blp.route("/passkeys")
@@ -30,8 +36,8 @@ class Passkeys(MethodView):
     @me_blp.arguments(pc.RegisterPasskey)
     def post(self, payload):
         """Add a passkey: the browser's answer to the options of POST /v1/me/passkeys/options
-        (verified accounts)"""
-        return for_caller(pc.Passkey, "auth.register_passkey", payload)
+        (verified accounts, signed in with a session: not with an API key)"""
+        return for_caller(pc.Passkey, "auth.register_passkey", payload, session_id=_session_id())
 
 
 @me_blp.route("/passkeys/options", methods=["POST"])
@@ -40,8 +46,10 @@ class Passkeys(MethodView):
 @authenticated
 def passkey_registration_options():
     """Options for navigator.credentials.create() (a discoverable passkey with user
-    verification); its challenge is good once, for AUTH_WEBAUTHN_CHALLENGE_TTL_SECONDS"""
-    return for_caller(pc.PasskeyOptions, "auth.passkey_registration_options")
+    verification), from a session (not an API key); its challenge is good once, for
+    AUTH_WEBAUTHN_CHALLENGE_TTL_SECONDS"""
+    return for_caller(pc.PasskeyOptions, "auth.passkey_registration_options",
+                      session_id=_session_id())
 
 
 @me_blp.route("/passkeys/<uuid:passkey_id>", methods=["DELETE"])

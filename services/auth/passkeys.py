@@ -133,10 +133,14 @@ def _parse(parser, credential: dict, status: int):
 # ---------------------------------------------------------------- registration
 
 
-def registration_options(db: Session, settings: AuthSettings, user: User, now: datetime) -> dict:
-    """Options for navigator.credentials.create() (verified accounts, 403
-    ``email_unverified`` before): a discoverable credential with user
-    verification, none of the account's passkeys again."""
+def registration_options(db: Session, settings: AuthSettings, user: User, session_id,
+                         now: datetime) -> dict:
+    """Options for navigator.credentials.create(): a discoverable credential
+    with user verification, none of the account's passkeys again. Only from a
+    live session of the account (403 ``session_required``: an API key must
+    not turn into a way to sign in) of a verified address (403
+    ``email_unverified``); 409 ``passkey_limit``."""
+    sessions.ensure_signed_in(db, user, session_id, now)
     ensure_verified(user)
     existing = db.scalars(select(Passkey).where(Passkey.user_id == user.id)).all()
     if len(existing) >= MAX_PER_ACCOUNT:
@@ -158,12 +162,14 @@ def _descriptor(passkey: Passkey) -> PublicKeyCredentialDescriptor:
     return PublicKeyCredentialDescriptor(id=base64url_to_bytes(passkey.credential_id))
 
 
-def register(db: Session, settings: AuthSettings, user: User, credential: dict, name: str,
-             now: datetime) -> Passkey:
+def register(db: Session, settings: AuthSettings, user: User, session_id, credential: dict,
+             name: str, now: datetime) -> Passkey:
     """Check the browser's answer to the options of :func:`registration_options`
-    and keep the passkey. 400 ``invalid_passkey`` (details.reason), 400
+    (from a live session of the account, 403 ``session_required``) and keep
+    the passkey. 400 ``invalid_passkey`` (details.reason), 400
     ``passkey_challenge_invalid``, 409 ``passkey_exists``; a refusal after the
     challenge was taken is a RecordedFailure."""
+    sessions.ensure_signed_in(db, user, session_id, now)
     ensure_verified(user)
     parsed, challenge = _parse(parse_registration_credential_json, credential, 400)
     _take_challenge(db, challenge, REGISTRATION, user, now)

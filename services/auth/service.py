@@ -358,21 +358,24 @@ class AuthService(PrivacyParticipant, DarkroomService):
                                       "next_cursor": next_cursor})
 
     @rpc(expected_exceptions=DomainError)
-    def passkey_registration_options(self, user_id) -> dict:
+    def passkey_registration_options(self, user_id, session_id=None) -> dict:
+        """``session_id``: the caller's session (a passkey is added from one, never
+        with an API key alone: 403 ``session_required``)."""
         user = lookup.get_user(self.db, user_id)
-        options = passkeys.registration_options(self.db, self.settings, user, utcnow())
+        options = passkeys.registration_options(self.db, self.settings, user, session_id,
+                                                utcnow())
         self.db.commit()
         return pc.PasskeyOptions().dump(options)
 
     @rpc(expected_exceptions=DomainError)
-    def register_passkey(self, user_id, payload) -> dict:
+    def register_passkey(self, user_id, payload, session_id=None) -> dict:
         data = load_rpc(pc.RegisterPasskey, payload)
 
         def register_once():
             user = lookup.get_user(self.db, user_id)
             with self._recording_failures():
-                passkey = passkeys.register(self.db, self.settings, user, data["credential"],
-                                            data["name"], utcnow())
+                passkey = passkeys.register(self.db, self.settings, user, session_id,
+                                            data["credential"], data["name"], utcnow())
             answer = pc.Passkey().dump(passkeys.view(passkey))
             self.db.commit()
             return answer

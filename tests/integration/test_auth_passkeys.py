@@ -40,19 +40,25 @@ def auth(make_vhost, make_database, start_process):
 
 
 def verified_account(auth) -> SimpleNamespace:
+    """A verified account signed in: ``session_id`` is its session's."""
     email = new_email("passkey")
-    user = auth.rpc.register({"email": email, "password": PASSWORD}, client_ip=new_ip())["user"]
+    ip = new_ip()
+    user = auth.rpc.register({"email": email, "password": PASSWORD}, client_ip=ip)["user"]
     code = code_in(auth.tap.one(email, "email_verification_requested"))
     auth.rpc.verify_email({"email": email, "code": code})
-    return SimpleNamespace(email=email, id=user["id"])
+    token = auth.rpc.login({"email": email, "password": PASSWORD}, client_ip=ip)["token"]
+    session_id = auth.rpc.authenticate({"token": token})["credential_id"]
+    auth.tap.drain()
+    auth.tap.seen.clear()
+    return SimpleNamespace(email=email, id=user["id"], session_id=session_id)
 
 
 def add_passkey(auth, account, fmt="none", name="Laptop") -> tuple[SoftwareAuthenticator, dict]:
     authenticator = SoftwareAuthenticator(APP)
-    options = auth.rpc.passkey_registration_options(account.id)["options"]
-    answer = authenticator.create(options, fmt=fmt)
-    return authenticator, auth.rpc.register_passkey(account.id, {"credential": answer,
-                                                                 "name": name})
+    options = auth.rpc.passkey_registration_options(account.id, session_id=account.session_id)
+    answer = authenticator.create(options["options"], fmt=fmt)
+    return authenticator, auth.rpc.register_passkey(
+        account.id, {"credential": answer, "name": name}, session_id=account.session_id)
 
 
 def assertion(auth, authenticator) -> dict:
@@ -67,11 +73,15 @@ def sign_count(auth, passkey_id) -> int:
 
 def test_a_passkey_is_added_listed_and_signs_in_without_a_password(auth):
     account = verified_account(auth)
-    options = auth.rpc.passkey_registration_options(account.id)["options"]
+    # with an API key alone (no session named), no passkey
+    assert refused(auth.rpc.passkey_registration_options, account.id).code == "session_required"
+    options = auth.rpc.passkey_registration_options(account.id,
+                                                    session_id=account.session_id)["options"]
     assert options["rp"] == {"id": "app.darkroom.test", "name": "Darkroom"}
     authenticator = SoftwareAuthenticator(APP)
     passkey = auth.rpc.register_passkey(account.id, {
-        "credential": authenticator.create(options, fmt="packed"), "name": "Phone"})
+        "credential": authenticator.create(options, fmt="packed"), "name": "Phone"},
+        session_id=account.session_id)
     assert (passkey["name"], passkey["transports"]) == ("Phone", ["internal", "hybrid"])
     listed = auth.rpc.list_passkeys(account.id)
     assert [p["id"] for p in listed["items"]] == [passkey["id"]]
@@ -141,9 +151,10 @@ def test_removing_is_for_the_owner_and_bad_input_is_a_clear_refusal(auth):
     _, passkey = add_passkey(auth, owner)
     error = refused(auth.rpc.delete_passkey, other.id, passkey["id"])
     assert (error.code, error.status) == ("not_found", 404)
-    assert refused(auth.rpc.register_passkey, owner.id, {"credential": "x"}).code == \
-        "invalid_request"
-    error = refused(auth.rpc.register_passkey, owner.id, {"credential": {"id": 5}})
+    assert refused(auth.rpc.register_passkey, owner.id, {"credential": "x"},
+                   session_id=owner.session_id).code == "invalid_request"
+    error = refused(auth.rpc.register_passkey, owner.id, {"credential": {"id": 5}},
+                    session_id=owner.session_id)
     assert (error.code, error.status) == ("invalid_passkey", 400)
     auth.rpc.delete_passkey(owner.id, passkey["id"])  # the password is still there
     assert auth.rpc.list_passkeys(owner.id)["items"] == []

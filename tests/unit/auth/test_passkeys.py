@@ -33,8 +33,10 @@ def settings():
 
 
 def make_user(db, settings, now, email="alice@example.com", verified=True):
+    """A new account, with ``sid``: a live session of it (a passkey is added from one)."""
     user = accounts.register(db, settings, email, PASSWORD, None, None, now).user
     user.email_verified = verified
+    user.sid = str(sessions.open_session(db, settings, user, None, None, now).session.id)
     db.commit()
     return user
 
@@ -58,8 +60,8 @@ def refusal(db, call) -> DomainError:
 
 def enrol(db, settings, user, now, authenticator=None, fmt="none", name="Laptop"):
     authenticator = authenticator or SoftwareAuthenticator(ORIGIN)
-    options = passkeys.registration_options(db, settings, user, now)["options"]
-    passkey = passkeys.register(db, settings, user, authenticator.create(options, fmt=fmt), name,
+    options = passkeys.registration_options(db, settings, user, user.sid, now)["options"]
+    passkey = passkeys.register(db, settings, user, user.sid, authenticator.create(options, fmt=fmt), name,
                                 now)
     db.commit()
     return authenticator, passkey
@@ -90,14 +92,14 @@ def test_the_relying_party_comes_from_app_base_url_unless_set(settings):
 
 
 def test_registration_options_ask_for_a_discoverable_verified_passkey(db, settings, now, alice):
-    options = passkeys.registration_options(db, settings, alice, now)["options"]
+    options = passkeys.registration_options(db, settings, alice, alice.sid, now)["options"]
     assert options["rp"] == {"id": "app.example.com", "name": "Darkroom"}
     assert options["user"]["name"] == "alice@example.com"
     assert options["authenticatorSelection"]["residentKey"] == "required"
     assert options["authenticatorSelection"]["userVerification"] == "required"
     assert options["timeout"] == 300_000 and options["excludeCredentials"] == []
     authenticator, _ = enrol(db, settings, alice, now)
-    again = passkeys.registration_options(db, settings, alice, now)["options"]
+    again = passkeys.registration_options(db, settings, alice, alice.sid, now)["options"]
     assert [c["id"] for c in again["excludeCredentials"]] == [authenticator.id]
 
 
@@ -132,7 +134,7 @@ def test_a_copy_whose_counter_goes_back_is_refused(db, settings, now, alice):
     sign_in(db, settings, authenticator, now)  # the owner's counter is at 2
     error = refusal(db, lambda: sign_in(db, settings, clone, now))  # the clone says 1
     assert (error.code, error.status) == ("passkey_clone_suspected", 401)
-    assert db.scalar(select(func.count()).select_from(UserSession)) == 2
+    assert db.scalar(select(func.count()).select_from(UserSession)) == 1 + 2  # make_user's
 
 
 def test_a_challenge_is_used_once(db, settings, now, alice):
@@ -155,10 +157,10 @@ def test_a_challenge_is_used_once(db, settings, now, alice):
 
 def test_an_expired_challenge_is_refused(db, settings, now, alice):
     authenticator = SoftwareAuthenticator(ORIGIN)
-    options = passkeys.registration_options(db, settings, alice, now)["options"]
+    options = passkeys.registration_options(db, settings, alice, alice.sid, now)["options"]
     db.commit()
     late = now + settings.webauthn.challenge_ttl + timedelta(seconds=1)
-    error = refusal(db, lambda: passkeys.register(db, settings, alice, authenticator.create(options),
+    error = refusal(db, lambda: passkeys.register(db, settings, alice, alice.sid, authenticator.create(options),
                                                   "Laptop", late))
     assert error.code == "passkey_challenge_invalid"
     assert db.scalar(select(func.count()).select_from(Passkey)) == 0
@@ -166,23 +168,23 @@ def test_an_expired_challenge_is_refused(db, settings, now, alice):
 
 def test_a_registration_challenge_serves_only_its_account(db, settings, now, alice):
     bob = make_user(db, settings, now, "bob@example.com")
-    options = passkeys.registration_options(db, settings, alice, now)["options"]
+    options = passkeys.registration_options(db, settings, alice, alice.sid, now)["options"]
     db.commit()
     answer = SoftwareAuthenticator(ORIGIN).create(options)
-    error = refusal(db, lambda: passkeys.register(db, settings, bob, answer, "x", now))
+    error = refusal(db, lambda: passkeys.register(db, settings, bob, bob.sid, answer, "x", now))
     assert error.code == "passkey_challenge_invalid"
-    assert passkeys.register(db, settings, alice, answer, "Laptop", now).user_id == alice.id
+    assert passkeys.register(db, settings, alice, alice.sid, answer, "Laptop", now).user_id == alice.id
 
 
 @pytest.mark.parametrize("case", ["origin", "rp_id", "no_user_verification"])
 def test_registration_from_elsewhere_or_without_verification_is_refused(db, settings, now, alice,
                                                                         case):
     authenticator = SoftwareAuthenticator(ORIGIN, user_verifying=case != "no_user_verification")
-    options = passkeys.registration_options(db, settings, alice, now)["options"]
+    options = passkeys.registration_options(db, settings, alice, alice.sid, now)["options"]
     db.commit()
     answer = authenticator.create(options, origin="https://evil.example" if case == "origin"
                                   else None, rp_id="evil.example" if case == "rp_id" else None)
-    error = refusal(db, lambda: passkeys.register(db, settings, alice, answer, "x", now))
+    error = refusal(db, lambda: passkeys.register(db, settings, alice, alice.sid, answer, "x", now))
     assert (error.code, error.status, error.details) == ("invalid_passkey", 400,
                                                          {"reason": "verification"})
     assert db.scalar(select(func.count()).select_from(Passkey)) == 0
@@ -216,7 +218,7 @@ def test_an_unknown_passkey_and_malformed_answers_are_refused(db, settings, now,
         error = refusal(db, lambda bad=bad: passkeys.login(db, settings, bad, None, None, now))
         assert (error.code, error.status, error.details) == ("invalid_passkey", 401,
                                                              {"reason": "malformed"})
-        error = refusal(db, lambda bad=bad: passkeys.register(db, settings, alice, bad, "x", now))
+        error = refusal(db, lambda bad=bad: passkeys.register(db, settings, alice, alice.sid, bad, "x", now))
         assert (error.code, error.status) == ("invalid_passkey", 400)
 
 
@@ -241,18 +243,34 @@ def test_a_disabled_account_cannot_sign_in_with_its_passkey(db, settings, now, a
     assert refusal(db, lambda: sign_in(db, settings, authenticator, now)).code == "account_disabled"
 
 
+def test_a_passkey_is_added_only_from_a_live_session_of_the_account(db, settings, now, alice):
+    bob = make_user(db, settings, now, "bob@example.com")
+    for session_id in (None, "not-an-id", bob.sid):
+        error = refusal(db, lambda s=session_id: passkeys.registration_options(db, settings, alice,
+                                                                               s, now))
+        assert (error.code, error.status) == ("session_required", 403)
+    options = passkeys.registration_options(db, settings, alice, alice.sid, now)["options"]
+    db.commit()
+    sessions.revoke(db, alice.sid, now, user=alice)
+    db.commit()
+    answer = SoftwareAuthenticator(ORIGIN).create(options)
+    error = refusal(db, lambda: passkeys.register(db, settings, alice, alice.sid, answer, "x", now))
+    assert error.code == "session_required"
+    assert db.scalar(select(func.count()).select_from(Passkey)) == 0
+
+
 def test_an_unverified_account_cannot_add_a_passkey(db, settings, now):
     carol = make_user(db, settings, now, "carol@example.com", verified=False)
-    assert refusal(db, lambda: passkeys.registration_options(db, settings, carol, now)).code == \
+    assert refusal(db, lambda: passkeys.registration_options(db, settings, carol, carol.sid, now)).code == \
         "email_unverified"
 
 
 def test_the_same_passkey_cannot_be_registered_twice(db, settings, now, alice):
     authenticator, _ = enrol(db, settings, alice, now)
     bob = make_user(db, settings, now, "bob@example.com")
-    options = passkeys.registration_options(db, settings, bob, now)["options"]
+    options = passkeys.registration_options(db, settings, bob, bob.sid, now)["options"]
     db.commit()
-    error = refusal(db, lambda: passkeys.register(db, settings, bob, authenticator.create(options),
+    error = refusal(db, lambda: passkeys.register(db, settings, bob, bob.sid, authenticator.create(options),
                                                   "stolen", now))
     assert (error.code, error.status) == ("passkey_exists", 409)
 
@@ -287,7 +305,7 @@ def test_the_last_way_to_sign_in_is_never_removed(db, settings, now, alice):
 def test_passkeys_are_exported_and_erased(db, settings, now, alice):
     authenticator, passkey = enrol(db, settings, alice, now)
     passkeys.authentication_options(db, settings, now)
-    passkeys.registration_options(db, settings, alice, now)
+    passkeys.registration_options(db, settings, alice, alice.sid, now)
     db.commit()
     exported = auth_privacy.export(db, settings, alice.id)["passkeys"]
     assert [(p["id"], p["name"], p["aaguid"]) for p in exported] == [
@@ -327,6 +345,6 @@ RESPONSE_KEYS = ("clientDataJSON", "attestationObject", "authenticatorData", "si
                       {}, optional={k: JSON for k in RESPONSE_KEYS})}))
 def test_any_answer_is_refused_with_a_code_never_a_crash(db, settings, now, alice, credential):
     for call in (lambda: passkeys.login(db, settings, credential, None, None, now),
-                 lambda: passkeys.register(db, settings, alice, credential, "x", now)):
+                 lambda: passkeys.register(db, settings, alice, alice.sid, credential, "x", now)):
         error = refusal(db, call)
         assert error.code in ("invalid_passkey", "passkey_challenge_invalid"), error

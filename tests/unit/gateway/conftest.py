@@ -198,10 +198,10 @@ class FakeAuth(FakeRpcService):
     def rpc_list_passkeys(self, user_id, page=None):
         return {"items": [passkey()], "next_cursor": None}
 
-    def rpc_passkey_registration_options(self, user_id):
+    def rpc_passkey_registration_options(self, user_id, session_id=None):
         return {"options": {"challenge": "Y2hhbGxlbmdl", "rp": {"id": "127.0.0.1"}}}
 
-    def rpc_register_passkey(self, user_id, payload):
+    def rpc_register_passkey(self, user_id, payload, session_id=None):
         return passkey(name=payload.get("name", "Passkey"))
 
     def rpc_delete_passkey(self, user_id, passkey_id):

@@ -4,7 +4,14 @@
 from __future__ import annotations
 
 from services.common.errors import DomainError
-from tests.unit.gateway.conftest import BEARER, PASSKEY_CREDENTIAL, PASSKEY_ID, USER_ID
+from tests.unit.gateway.conftest import (
+    APIKEY,
+    BEARER,
+    PASSKEY_CREDENTIAL,
+    PASSKEY_ID,
+    SESSION_ID,
+    USER_ID,
+)
 
 PASSKEY_FIELDS = {"id", "name", "created_at", "last_used_at", "aaguid", "transports", "backed_up"}
 
@@ -22,14 +29,23 @@ def test_registration_is_options_then_the_browsers_answer(client, auth):
     assert response.status_code == 200
     assert response.get_json() == {"options": {"challenge": "Y2hhbGxlbmdl",
                                                "rp": {"id": "127.0.0.1"}}}
-    assert auth.called("passkey_registration_options") == [((USER_ID,), {})]
+    assert auth.called("passkey_registration_options") == [((USER_ID,), {"session_id": SESSION_ID})]
     credential = {"id": "x", "rawId": "x", "type": "public-key", "response": {}}
     response = client.post("/v1/me/passkeys", json={"credential": credential, "name": "Phone"},
                            headers=BEARER)
     assert response.status_code == 201
     assert response.get_json()["name"] == "Phone"
     assert auth.called("register_passkey") == [
-        ((USER_ID, {"credential": credential, "name": "Phone"}), {})]
+        ((USER_ID, {"credential": credential, "name": "Phone"}), {"session_id": SESSION_ID})]
+
+
+def test_with_an_api_key_no_session_is_named_and_the_service_refuses(client, auth):
+    auth.fail_with["passkey_registration_options"] = DomainError(
+        "session_required", "sign in (a session, not an API key) to do this", 403)
+    response = client.post("/v1/me/passkeys/options", headers=APIKEY)
+    assert (response.status_code, response.get_json()["error"]["code"]) == (403,
+                                                                           "session_required")
+    assert auth.called("passkey_registration_options") == [((USER_ID,), {"session_id": None})]
 
 
 def test_registration_needs_a_credential_object(client, auth):
