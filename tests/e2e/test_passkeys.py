@@ -36,6 +36,10 @@ def test_a_passkey_signs_in_without_a_password_and_goes_with_the_account(stack):
     user_id = registered["user"]["id"]
     authenticator = SoftwareAuthenticator(stack.base_url)
 
+    # not with the account's API key: a key must not turn into a way to sign in
+    with_key = stack.call("POST", "/v1/me/passkeys/options", api_key=registered["api_key"]["key"])
+    assert (with_key.status_code, with_key.json()["error"]["code"]) == (403, "session_required")
+
     # add it: options, then the authenticator's answer
     options = ok(stack.call("POST", "/v1/me/passkeys/options", token=token))["options"]
     assert options["rp"]["id"] == "127.0.0.1" and options["user"]["name"] == address
