@@ -95,3 +95,14 @@ def test_passkey_login_answers_like_a_login(client, auth):
                            json={"credential": {**credential, "id": "other"}})
     assert response.status_code == 401
     assert response.get_json()["error"]["code"] == "invalid_passkey"
+
+
+def test_passkey_sign_in_shares_the_auth_rate_limit(make_app, auth):
+    client = make_app(RATELIMIT_ENABLED=True, RATELIMIT_AUTH="2 per minute").test_client()
+    assert client.post("/v1/auth/passkey/options").status_code == 200
+    assert client.post("/v1/auth/login", json={"email": "ada@example.com",
+                                               "password": "correct horse battery"}).status_code == 200
+    response = client.post("/v1/auth/passkey/options")
+    assert (response.status_code, response.get_json()["error"]["code"]) == (429, "rate_limited")
+    assert client.post("/v1/auth/passkey/login", json={"credential": {}}).status_code == 429
+    assert len(auth.called("passkey_login_options")) == 1
