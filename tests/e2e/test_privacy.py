@@ -180,7 +180,7 @@ def counts_before_erasure(stack, uid: str) -> dict[str, int]:
                              ("notifications", "marketing_preferences")),
         "auth": count("auth", "users", "id") + sum(count("auth", t) for t in (
             "sessions", "api_keys", "email_verifications", "password_resets", "known_networks",
-            "webhook_secrets")),
+            "webhook_secrets", "passkeys", "passkey_challenges")),
         "consent_changes": count("privacy", "consent_changes"),
         "access_logs": count("privacy", "access_logs"),
     }
