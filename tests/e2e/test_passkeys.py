@@ -1,7 +1,7 @@
 """Passkeys through the gateway, the whole stack as processes: a user adds a
 passkey made by the software authenticator (tests/webauthn_authenticator.py),
 signs in with it and nothing else, finds it in the export, removes it, and it
-signs in no more. The relying party is the stack's PUBLIC_BASE_URL."""
+signs in no more; the account's erasure takes the passkeys it has left. The relying party is the stack's PUBLIC_BASE_URL."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from tests.conftest import wait_for
-from tests.e2e.stack import verified_login
+from tests.e2e.stack import PASSWORD, verified_login
+from tests.e2e.test_privacy import certificate
 from tests.webauthn_authenticator import SoftwareAuthenticator
 
 pytestmark = pytest.mark.e2e
@@ -91,3 +92,16 @@ def test_a_passkey_signs_in_without_a_password_and_goes_with_the_account(stack):
     assert ok(stack.call("GET", "/v1/me/passkeys", token=token))["items"] == []
     gone = sign_in(stack, authenticator)
     assert (gone.status_code, gone.json()["error"]["code"]) == (401, "invalid_passkey")
+
+    # the erasure of the account takes its passkeys with it
+    phone = SoftwareAuthenticator(stack.base_url)
+    options = ok(stack.call("POST", "/v1/me/passkeys/options", token=token))["options"]
+    ok(stack.call("POST", "/v1/me/passkeys", token=token,
+                  json={"credential": phone.create(options)}), 201)
+    erasure = ok(stack.call("POST", "/v1/privacy/requests", token=token,
+                            json={"type": "erasure", "password": PASSWORD}), 202)
+    cert = certificate(stack, erasure["id"])
+    auth_part = next(p for p in cert["services"] if p["service"] == "auth")
+    assert auth_part["tables"]["passkeys"] == 1
+    gone = sign_in(stack, phone)
+    assert (gone.status_code, gone.json()["error"]["details"]) == (401, {"reason": "unknown"})
