@@ -244,6 +244,8 @@ class BillingSettings:
     # Where Stripe sends the customer back: pages under APP_BASE_URL (PUBLIC_BASE_URL).
     checkout_success_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/success"
     checkout_cancel_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/cancel"
+    # Where Stripe's customer portal sends the customer back.
+    portal_return_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/billing"
 
     def __post_init__(self):
         default = self.plans.get(self.default_plan)
@@ -324,4 +326,5 @@ class BillingSettings:
                                             d.subscription_grace_days)),
             checkout_success_url=f"{app_base_url(section)}/checkout/success",
             checkout_cancel_url=f"{app_base_url(section)}/checkout/cancel",
+            portal_return_url=f"{app_base_url(section)}/billing",
         )

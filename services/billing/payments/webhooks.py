@@ -1,13 +1,14 @@
 """Stripe webhooks: signature verification and event handling.
 
-Verification (Stripe's scheme): the ``Stripe-Signature`` header is
+Verification (Stripe's scheme, checked by the official SDK's
+``stripe.Webhook.construct_event``): the ``Stripe-Signature`` header is
 ``t=<unix time>,v1=<hex>[,v1=<hex>...]``; each ``v1`` may be
 HMAC-SHA256(secret, ``f"{t}.{raw body}"``). The body is accepted when any
 ``v1`` matches any configured secret (``STRIPE_WEBHOOK_SECRET``, a
-comma-separated list, so a secret can be rotated without downtime), compared
-in constant time, and ``t`` is within ``STRIPE_WEBHOOK_TOLERANCE_SECONDS``
-(300) of now, so a captured request cannot be replayed later. Anything else
-is 400 ``invalid_signature``, with nothing recorded.
+comma-separated list, so a secret can be rotated without downtime), and
+``t`` is within ``STRIPE_WEBHOOK_TOLERANCE_SECONDS`` (300) of now, so a
+captured request cannot be replayed later. Anything else is 400
+``invalid_signature``, with nothing recorded.
 
 Handling is idempotent on Stripe's event id (``webhook_events``): a
 redelivered event answers ``{"received": true, "duplicate": true}`` and
@@ -16,7 +17,9 @@ changes nothing. Handled types: ``checkout.session.completed`` and
 order), ``checkout.session.expired`` (a pending order fails),
 ``charge.refunded``, ``charge.dispute.created`` (the order's credits are
 frozen) and ``charge.dispute.closed`` (lost: taken back like a refund; won:
-unfrozen); other types are received and ignored.
+unfrozen); ``invoice.paid``, ``invoice.payment_failed`` and
+``customer.subscription.created/updated/deleted`` (renewing plans:
+:mod:`services.billing.subscriptions`); other types are received and ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from datetime import datetime
 import stripe
 from sqlalchemy.orm import Session
 
-from services.billing import orders
+from services.billing import orders, subscriptions
 from services.billing.models import Order, WebhookEvent
 from services.billing.settings import BillingSettings
 from services.common.contracts.billing import OrderStatus
@@ -152,6 +155,8 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
         if order_id is None:
             return "unknown_order"
         return orders.refund(db, settings, order_id, obj, now, dispatch)
+    if kind in SUBSCRIPTION_EVENTS:
+        return SUBSCRIPTION_EVENTS[kind](db, settings, obj, now, dispatch)
     if kind in DISPUTE_EVENTS:
         order_id = orders.find_disputed_order(db, obj)
         if order_id is None:
@@ -160,5 +165,10 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
     return "ignored"
 
 
+SUBSCRIPTION_EVENTS = {"invoice.paid": subscriptions.invoice_paid,
+                       "invoice.payment_failed": subscriptions.payment_failed,
+                       "customer.subscription.created": subscriptions.changed,
+                       "customer.subscription.updated": subscriptions.changed,
+                       "customer.subscription.deleted": subscriptions.changed}
 DISPUTE_EVENTS = {"charge.dispute.created": orders.dispute_opened,
                   "charge.dispute.closed": orders.dispute_closed}
