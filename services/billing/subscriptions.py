@@ -280,8 +280,7 @@ def payment_failed(db: Session, settings: BillingSettings, invoice: dict, now: d
     row.status = "past_due"
     if row.grace_until is None:
         row.grace_until = now + timedelta(days=settings.subscription_grace_days)
-    if account.plan == row.plan and (account.plan_expires_at is None
-                                     or account.plan_expires_at > row.grace_until):
+    if account.plan == row.plan:
         account.plan_expires_at, account.updated_at = row.grace_until, now
     log.warning("subscription renewal failed: grace period", extra={
         "subscription": sub_id, "grace_until": row.grace_until.isoformat()})

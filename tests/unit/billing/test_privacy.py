@@ -118,7 +118,7 @@ def test_the_erasure_is_counted_per_table(db, events):
     erased = billing_privacy.erase(db, settings, user, NOW)
     db.commit()
     assert erased.tables == {"lot_movements": 4, "ledger_entries": 5, "lots": 2, "holds": 2,
-                             "accounts": 1, "erasure_pending": 0}
+                             "accounts": 1, "erasure_pending": 0, "subscriptions": 0}
     assert erased.rows_pseudonymised == 2  # an order and its payment
     again = billing_privacy.erase(db, settings, user, NOW)
     assert set(again.tables.values()) == {0} and again.rows_pseudonymised == 0
