@@ -211,3 +211,32 @@ def test_erasure_exports_then_detaches_and_housekeeping_cancels_at_stripe(
     assert db.get(Subscription, sub_id) is None
     # a late invoice for the erased account grants nothing and reopens nothing
     assert billing_privacy.export(db, settings, user)["subscriptions"] == []
+
+
+def test_events_in_any_order_find_the_account_from_the_metadata(db, settings, events, client,
+                                                               stripe, user):
+    order, _ = orders.begin_checkout(db, settings, user, {"plan_id": "pro"}, None, NOW, events)
+    db.commit()
+    session = client.create_checkout_session(
+        order_id=str(order.id), name=order.description, amount=order.amount,
+        currency=order.currency, success_url="https://app.test/ok",
+        cancel_url="https://app.test/no",
+        subscription=subscriptions.checkout_terms(settings.plans["pro"], str(user),
+                                                  str(order.id)))
+    orders.attach_session(db, order.id, session.id, session.url)
+    db.commit()
+    completed, created, paid = stripe.complete_subscription(session.id, int(NOW.timestamp()))
+    assert [deliver(db, settings, events, e, NOW) for e in (paid, created, completed)] == \
+        ["granted", "active", "paid"]
+    assert account(db, user).available == 550 and account(db, user).plan == "pro"
+    row = subscriptions.require_live(db, user)
+    assert (row.order_id, row.customer_id) == (order.id, completed["data"]["object"]["customer"])
+
+
+def test_a_subscription_that_is_not_ours_changes_nothing(db, settings, events):
+    evt = {"id": "evt_foreign", "type": "invoice.paid", "data": {"object": {
+        "id": "in_foreign", "object": "invoice", "customer": "cus_x",
+        "parent": {"subscription_details": {"subscription": "sub_foreign", "metadata": {}}},
+        "lines": {"data": [{"period": {"start": 1, "end": 2}}]}}}}
+    assert deliver(db, settings, events, evt, NOW) == "unknown_subscription"
+    assert db.get(Subscription, "sub_foreign") is None
