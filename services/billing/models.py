@@ -223,6 +223,9 @@ class Subscription(Base):
     # A renewal failed: the plan stays until then, unless an invoice is paid.
     grace_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_invoice_id: Mapped[str | None] = mapped_column(sa.String(255))
+    # When Stripe made the newest subscription event applied: an older one,
+    # delivered late, changes nothing.
+    stripe_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

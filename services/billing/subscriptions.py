@@ -125,7 +125,8 @@ def checkout_terms(plan: Plan, user_id: str, order_id: str) -> dict:
 # ---------------------------------------------------------------- reading Stripe objects
 
 
-def _ts(value) -> datetime | None:
+def timestamp(value) -> datetime | None:
+    """A Stripe timestamp (unix seconds) as an aware datetime."""
     return datetime.fromtimestamp(int(value), UTC) if isinstance(value, int | float) else None
 
 
@@ -148,7 +149,7 @@ def _invoice_period_end(invoice: dict) -> datetime | None:
     ends = [(line.get("period") or {}).get("end")
             for line in ((invoice.get("lines") or {}).get("data") or [])]
     ends = [e for e in ends if isinstance(e, int | float)]
-    return _ts(max(ends)) if ends else _ts(invoice.get("period_end"))
+    return timestamp(max(ends)) if ends else timestamp(invoice.get("period_end"))
 
 
 def _subscription_period_end(sub: dict) -> datetime | None:
@@ -157,7 +158,7 @@ def _subscription_period_end(sub: dict) -> datetime | None:
     ends = [item.get("current_period_end")
             for item in ((sub.get("items") or {}).get("data") or [])]
     ends = [e for e in ends if isinstance(e, int | float)]
-    return _ts(max(ends)) if ends else _ts(sub.get("current_period_end"))
+    return timestamp(max(ends)) if ends else timestamp(sub.get("current_period_end"))
 
 
 # ---------------------------------------------------------------- rows
@@ -232,7 +233,7 @@ def started(db: Session, settings: BillingSettings, account: Account | None, ord
 
 
 def invoice_paid(db: Session, settings: BillingSettings, invoice: dict, now: datetime,
-                 dispatch: Dispatch) -> str:
+                 dispatch: Dispatch, at: datetime | None = None) -> str:
     sub_id, metadata = _invoice_subscription(invoice)
     invoice_id = _id(invoice.get("id"))
     if not sub_id or not invoice_id:
@@ -267,7 +268,7 @@ def invoice_paid(db: Session, settings: BillingSettings, invoice: dict, now: dat
 
 
 def payment_failed(db: Session, settings: BillingSettings, invoice: dict, now: datetime,
-                   dispatch: Dispatch) -> str:
+                   dispatch: Dispatch, at: datetime | None = None) -> str:
     sub_id, metadata = _invoice_subscription(invoice)
     if not sub_id:
         return "ignored"
@@ -288,9 +289,11 @@ def payment_failed(db: Session, settings: BillingSettings, invoice: dict, now: d
 
 
 def changed(db: Session, settings: BillingSettings, sub: dict, now: datetime,
-            dispatch: Dispatch) -> str:
-    """``customer.subscription.created/updated/deleted`` (or Stripe's answer
-    to a cancellation): track status, period end, cancel at period end."""
+            dispatch: Dispatch, at: datetime | None = None) -> str:
+    """``customer.subscription.created/updated/deleted`` made by Stripe at
+    ``at`` (or Stripe's answer to a cancellation, ``at`` now): track status,
+    period end, cancel at period end. An event older than the newest one
+    applied is ``stale`` (Stripe does not deliver events in order)."""
     sub_id = _id(sub.get("id"))
     if not sub_id:
         return "ignored"
@@ -298,6 +301,9 @@ def changed(db: Session, settings: BillingSettings, sub: dict, now: datetime,
                            _id(sub.get("customer")), now, dispatch)
     if row is None:
         return "unknown_subscription"
+    if at is not None and row.stripe_seen_at is not None and at < row.stripe_seen_at:
+        return "stale"
+    row.stripe_seen_at = at or row.stripe_seen_at
     status = str(sub.get("status") or row.status)
     row.status = status
     row.cancel_at_period_end = bool(sub.get("cancel_at_period_end"))

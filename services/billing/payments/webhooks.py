@@ -156,7 +156,8 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
             return "unknown_order"
         return orders.refund(db, settings, order_id, obj, now, dispatch)
     if kind in SUBSCRIPTION_EVENTS:
-        return SUBSCRIPTION_EVENTS[kind](db, settings, obj, now, dispatch)
+        return SUBSCRIPTION_EVENTS[kind](db, settings, obj, now, dispatch,
+                                         at=subscriptions.timestamp(event.get("created")))
     if kind in DISPUTE_EVENTS:
         order_id = orders.find_disputed_order(db, obj)
         if order_id is None:

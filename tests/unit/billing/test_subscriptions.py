@@ -4,6 +4,7 @@ dunning, cancel at period end, the portal, erasure)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -240,3 +241,18 @@ def test_a_subscription_that_is_not_ours_changes_nothing(db, settings, events):
         "lines": {"data": [{"period": {"start": 1, "end": 2}}]}}}}
     assert deliver(db, settings, events, evt, NOW) == "unknown_subscription"
     assert db.get(Subscription, "sub_foreign") is None
+
+
+def test_a_subscription_event_delivered_late_changes_nothing(db, settings, events, client,
+                                                            stripe, user):
+    sub_id, _ = subscribe(db, settings, events, client, stripe, user)
+    stripe.subscriptions[sub_id]["status"] = "active"
+    later = int(time.time()) + 60  # after the events of the subscription's start
+    older = {"id": "evt_old", "type": "customer.subscription.updated", "created": later,
+             "data": {"object": dict(stripe.subscriptions[sub_id], status="past_due")}}
+    newer = {"id": "evt_new", "type": "customer.subscription.updated", "created": later + 1,
+             "data": {"object": dict(stripe.subscriptions[sub_id], status="canceled")}}
+    assert deliver(db, settings, events, newer, NOW) == "ended"
+    assert deliver(db, settings, events, older, NOW) == "stale"
+    assert db.get(Subscription, sub_id, populate_existing=True).status == "canceled"
+    assert account(db, user).plan == "free"

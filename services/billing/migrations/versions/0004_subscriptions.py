@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("current_period_end", UtcDateTime(), nullable=True),
         sa.Column("grace_until", UtcDateTime(), nullable=True),
         sa.Column("last_invoice_id", sa.String(255), nullable=True),
+        sa.Column("stripe_seen_at", UtcDateTime(), nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         sa.Column("ended_at", UtcDateTime(), nullable=True),
