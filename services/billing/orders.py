@@ -215,7 +215,7 @@ def fulfil(db: Session, settings: BillingSettings, order_id: uuid.UUID, session:
                       credits=int(order.credits), now=now, expires_at=now + timedelta(days=days),
                       order_id=order.id, reason=order.description)
     elif session.get("mode") == "subscription":  # the credits come with invoice.paid
-        subscriptions.started(db, settings, account, order, session, now, dispatch)
+        subscriptions.started(db, settings, order, session, now, dispatch)
     else:  # a plan bought once, before plans renewed
         plans.activate_plan(db, settings, account, order, now, dispatch)
     order.status, order.paid_at, order.failure_reason = OrderStatus.PAID, now, None

@@ -220,8 +220,8 @@ def _end(settings: BillingSettings, account: Account | None, row: Subscription, 
 # ---------------------------------------------------------------- webhook events
 
 
-def started(db: Session, settings: BillingSettings, account: Account | None, order: Order,
-            session: dict, now: datetime, dispatch: Dispatch) -> None:
+def started(db: Session, settings: BillingSettings, order: Order, session: dict, now: datetime,
+            dispatch: Dispatch) -> None:
     """``checkout.session.completed`` in subscription mode: the row (the
     credits come with ``invoice.paid``)."""
     sub_id = _id(session.get("subscription"))
