@@ -302,7 +302,7 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         try:
             self.stripe.cancel_now(sub_id)
         except PaymentProviderError as exc:  # tried again at the next run
-            if "404" not in str(exc):  # unknown to Stripe: nothing left to cancel
+            if exc.status != 404:  # unknown to Stripe: nothing left to cancel
                 log.error("cancelling an erased account's subscription failed: %s", exc)
                 return 0
         return subscriptions.forget(self.db, sub_id)

@@ -28,7 +28,11 @@ API_VERSION = "2026-10-28.endive"
 
 
 class PaymentProviderError(Exception):
-    """Stripe could not be reached or refused the request."""
+    """Stripe could not be reached (``status`` None) or refused the request."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,8 @@ class StripeClient:
             raise PaymentProviderError(f"stripe unreachable: {type(exc).__name__}") from exc
         except stripe.StripeError as exc:
             message = str(getattr(exc, "user_message", None) or exc._message or "")[:200]
-            raise PaymentProviderError(
-                f"stripe answered {exc.http_status} to {what}: {message}") from exc
+            raise PaymentProviderError(f"stripe answered {exc.http_status} to {what}: {message}",
+                                       exc.http_status) from exc
 
     def create_checkout_session(self, *, order_id: str, name: str, amount: int, currency: str,
                                 success_url: str, cancel_url: str,

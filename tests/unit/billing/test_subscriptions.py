@@ -256,3 +256,28 @@ def test_a_subscription_event_delivered_late_changes_nothing(db, settings, event
     assert deliver(db, settings, events, older, NOW) == "stale"
     assert db.get(Subscription, sub_id, populate_existing=True).status == "canceled"
     assert account(db, user).plan == "free"
+
+
+def test_stripe_refusals_carry_their_status(client, stripe):
+    with pytest.raises(PaymentProviderError) as info:
+        client.cancel_at_period_end("sub_unknown")
+    assert info.value.status == 404
+    with pytest.raises(PaymentProviderError) as info:
+        client.cancel_now("sub_unknown")
+    assert info.value.status == 404
+    stripe.stop()
+    with pytest.raises(PaymentProviderError, match="unreachable") as info:
+        client.portal_url("cus_x", "https://app.test/billing")
+    assert info.value.status is None
+
+
+def test_an_erased_subscription_unknown_to_stripe_is_forgotten(db, settings, events, client,
+                                                              stripe, user):
+    sub_id, _ = subscribe(db, settings, events, client, stripe, user)
+    billing_privacy.erase(db, settings, user, NOW)
+    db.commit()
+    del stripe.subscriptions[sub_id]  # deleted in Stripe's dashboard meanwhile
+    service = worker_factory(BillingService, db=db, settings=settings, dispatch=events,
+                             stripe=client)
+    assert service._maintain("subscriptions", NOW) == 1
+    assert db.get(Subscription, sub_id) is None
