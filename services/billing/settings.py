@@ -55,6 +55,9 @@ class Plan:
     # Stripe's recurring price for the plan (price_...); None: Checkout
     # creates it inline from price_amount and currency, monthly.
     stripe_price: str | None = None
+    # A renewing plan's terms: its credits carry over from period to period
+    # (never expire) instead of expiring at the period's end.
+    credits_roll_over: bool = False
 
     @property
     def paid(self) -> bool:
@@ -150,6 +153,7 @@ def _plans(raw: Mapping[str, Any]) -> dict[str, Plan]:
             retention_days=int(item["retention_days"]),
             priority=int(item.get("priority") or 0),
             stripe_price=str(item["stripe_price"]) if item.get("stripe_price") else None,
+            credits_roll_over=flag(item.get("credits_roll_over", False)),
         )
     return plans
 

@@ -11,7 +11,8 @@ the account whatever order Stripe delivers them in (:func:`_upsert`).
   ``invoice:<id>:grant``: a replayed or re-sent invoice grants nothing).
   The lots of earlier periods that are past their expiry are expired first;
   the new grant expires at the period's end when
-  ``GRANTS_EXPIRE_AT_PERIOD_END`` (the plans' terms), else never. The plan is
+  ``GRANTS_EXPIRE_AT_PERIOD_END`` and the plan's terms do not say
+  ``credits_roll_over``, else never. The plan is
   in force until the period end plus ``SUBSCRIPTION_GRACE_DAYS`` (the
   renewal invoice is paid shortly after the period ends).
 - ``invoice.payment_failed`` (:func:`payment_failed`): dunning. The
@@ -260,7 +261,8 @@ def invoice_paid(db: Session, settings: BillingSettings, invoice: dict, now: dat
     ledger.expire_lots(db, account, now)  # the previous period's credits, per the plan's terms
     _, created = ledger.credit(
         db, account, kind="grant", key=f"invoice:{invoice_id}:grant", credits=plan.monthly_grant,
-        now=now, expires_at=plans.grant_expiry(settings, period_end),
+        now=now, expires_at=None if plan.credits_roll_over else plans.grant_expiry(
+            settings, period_end),
         reason=f"plan {plan.id} invoice {invoice_id}")
     log.info("subscription invoice paid", extra={"subscription": sub_id, "invoice": invoice_id,
                                                  "granted": created})

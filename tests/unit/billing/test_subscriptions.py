@@ -93,9 +93,9 @@ def test_a_plan_checkout_asks_stripe_for_a_monthly_subscription(db, settings, ev
 
 def test_a_configured_stripe_price_is_used(db, events, client, stripe, user):
     price = stripe.add_price(1500)
-    plans = dict(BillingSettings().plans)
-    plans["pro"] = BillingSettings().plans["pro"].__class__(
-        **{**BillingSettings().plans["pro"].__dict__, "stripe_price": price})
+    base = BillingSettings().plans["pro"]
+    plans = {**BillingSettings().plans,
+             "pro": base.__class__(**{**base.__dict__, "stripe_price": price})}
     settings = BillingSettings(plans=plans, stripe_webhook_secrets=(SECRET,))
     subscribe(db, settings, events, client, stripe, user)
     assert stripe.requests[0].form["line_items[0][price]"] == price
@@ -281,3 +281,15 @@ def test_an_erased_subscription_unknown_to_stripe_is_forgotten(db, settings, eve
                              stripe=client)
     assert service._maintain("subscriptions", NOW) == 1
     assert db.get(Subscription, sub_id) is None
+
+
+def test_a_plan_whose_terms_roll_credits_over_keeps_them(db, events, client, stripe, user):
+    base = BillingSettings().plans["pro"]
+    plans = {**BillingSettings().plans,
+             "pro": base.__class__(**{**base.__dict__, "credits_roll_over": True})}
+    settings = BillingSettings(plans=plans, stripe_webhook_secrets=(SECRET,))
+    sub_id, _ = subscribe(db, settings, events, client, stripe, user)
+    renewal = period_end(stripe, sub_id) + timedelta(hours=1)
+    for e in stripe.renew(sub_id):
+        deliver(db, settings, events, e, renewal)
+    assert account(db, user).available == 500 + 500  # the signup grant expired, not these
