@@ -23,7 +23,6 @@ from pathlib import Path
 import requests as http
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
-from prometheus_client import Gauge
 
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
@@ -32,6 +31,7 @@ from services.common.db import Database, locked
 from services.common.errors import DomainError, invalid_request, not_found
 from services.common.ids import client_id, isoformat, trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.metrics import BREACHES_OVERDUE
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 from services.privacy import access_logs, archive, breaches, calls, consent, own_data, schedule
@@ -49,12 +49,6 @@ RETENTION_WAIT_SECONDS = 3.0
 # told 503 and nothing is recorded, never 503 while the request goes ahead
 REAUTH_TIMEOUT_SECONDS = 5.0
 BREACH_METRIC_INTERVAL_SECONDS = 60
-
-BREACHES_OVERDUE = Gauge(
-    "darkroom_privacy_breaches_overdue",
-    "Breach incidents still open (not reported) 48 hours after detection; the regulator "
-    "deadline is 72 hours (docs/runbooks/breach.md)",
-)
 
 
 def _jsonable(value):
