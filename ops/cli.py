@@ -415,11 +415,10 @@ def billing():
 @output(billing_ops.verify_lines, failed=lambda result: bool(result.get("problems")))
 @pass_config
 def billing_verify(config, user):
-    """Check the ledger: balances, holds, lots and the balance chain. Exit 1 on problems."""
-    with progress(label="verifying the ledger", length=1) as bar:
-        result = billing_ops.verify(config, user)
-        bar.update(1)
-    return result
+    """Check the ledger: balances, holds, lots and the balance chain, a page of
+    accounts at a time with a progress bar. Exit 1 on problems."""
+    return billing_ops.verify(config, user, progress=lambda total: progress(
+        label="verifying the ledger", length=total))
 
 
 @billing.command("adjust")

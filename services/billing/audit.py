@@ -24,12 +24,18 @@ For every account (or one):
 
 ``problems`` lists each finding as ``{user_id, problem, expected, actual}``
 (``user_id`` also names the lot, entry or hold in ``problem`` when it helps).
+
+The checks run over a range of accounts (:class:`Accounts`: one user, or the
+user ids in ``(after, upto]``), every query bounded by it, so a large ledger
+is verified a page of accounts at a time (:func:`verify_page`) in bounded
+memory; :func:`verify_ledger` walks every page.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -38,18 +44,72 @@ from services.billing.ledger import held_from_lot
 from services.billing.models import Account, Hold, HoldStatus, LedgerEntry, Lot, LotMovement, Order
 
 MAX_PROBLEMS = 1000
+PAGE_ACCOUNTS = 1000  # a whole-ledger verification reads this many accounts at a time
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The accounts a verification covers: ``only`` one user, or the user ids
+    in ``(after, upto]`` (``None``: that end is open). Ids compare as UUIDs,
+    which order like their canonical text (``Order.user_ref``)."""
+
+    only: uuid.UUID | None = None
+    after: uuid.UUID | None = None
+    upto: uuid.UUID | None = None
+
+    def __call__(self, stmt, column, text: bool = False):
+        def value(user_id):
+            return str(user_id) if text else user_id
+
+        if self.only is not None:
+            return stmt.where(column == value(self.only))
+        if self.after is not None:
+            stmt = stmt.where(column > value(self.after))
+        if self.upto is not None:
+            stmt = stmt.where(column <= value(self.upto))
+        return stmt
 
 
 def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
+    """One account, or every account a page at a time: ``{accounts_checked, problems}``
+    (at most :data:`MAX_PROBLEMS` listed)."""
+    if user_id is not None:
+        return _verify(db, Accounts(only=user_id), MAX_PROBLEMS)
+    checked, problems, after = 0, [], None
+    while True:
+        page = verify_page(db, after, PAGE_ACCOUNTS, MAX_PROBLEMS - len(problems))
+        checked += page["accounts_checked"]
+        problems += page["problems"]
+        after = page["next_after"]
+        if after is None:  # (the session's identity map holds rows weakly: memory stays bounded)
+            return {"accounts_checked": checked, "problems": problems}
+
+
+def verify_page(db: Session, after: uuid.UUID | None, limit: int,
+                max_problems: int = MAX_PROBLEMS) -> dict:
+    """The next ``limit`` accounts after the user id ``after`` (from the first
+    when None): ``{accounts_checked, problems, next_after}``, ``next_after``
+    being the last account checked, or None when no account follows (the
+    last page also covers entries of users without an account beyond it)."""
+    following = select(Account.user_id).order_by(Account.user_id)
+    if after is not None:
+        following = following.where(Account.user_id > after)
+    upto = db.scalar(following.offset(limit - 1).limit(1))
+    result = _verify(db, Accounts(after=after, upto=upto), max_problems)
+    return {**result, "next_after": upto}
+
+
+def count_accounts(db: Session) -> int:
+    return int(db.scalar(select(func.count()).select_from(Account)) or 0)
+
+
+def _verify(db: Session, only: Accounts, max_problems: int) -> dict:
     problems: list[dict] = []
 
     def problem(user, name, expected, actual):
-        if len(problems) < MAX_PROBLEMS:
+        if len(problems) < max_problems:
             problems.append({"user_id": str(user), "problem": name,
                              "expected": expected, "actual": actual})
-
-    def only(stmt, column):
-        return stmt.where(column == user_id) if user_id is not None else stmt
 
     accounts = {a.user_id: a for a in db.scalars(only(select(Account), Account.user_id))}
     sums = {
@@ -87,8 +147,8 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
         problem(uid, "orphan_entries", 0, int(sums[uid].n))
 
     # Lots against their movements.
-    moved = (select(LotMovement.lot_id, func.sum(LotMovement.amount).label("total"))
-             .group_by(LotMovement.lot_id).subquery())
+    moved = only(select(LotMovement.lot_id, func.sum(LotMovement.amount).label("total")),
+                 LotMovement.user_id).group_by(LotMovement.lot_id).subquery()
     for lot, total in db.execute(only(
             select(Lot, func.coalesce(moved.c.total, 0)).outerjoin(moved, moved.c.lot_id == Lot.id),
             Lot.user_id)):
@@ -98,8 +158,8 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
             problem(lot.user_id, f"lot_out_of_bounds:{lot.id}", lot.credits, lot.remaining)
 
     # Entries against the movements they made.
-    by_entry = (select(LotMovement.entry_id, func.sum(LotMovement.amount).label("total"))
-                .group_by(LotMovement.entry_id).subquery())
+    by_entry = only(select(LotMovement.entry_id, func.sum(LotMovement.amount).label("total")),
+                    LotMovement.user_id).group_by(LotMovement.entry_id).subquery()
     for entry_id, uid, amount, total in db.execute(only(
             select(LedgerEntry.id, LedgerEntry.user_id, LedgerEntry.amount,
                    func.coalesce(by_entry.c.total, 0))
@@ -151,9 +211,7 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
     # Refunds waiting for held credits: never more than open holds still hold
     # of the order's lots, never more than the order's credits in all.
     waiting = select(Order).where(Order.credits_pending > 0, Order.pseudonymised_at.is_(None))
-    if user_id is not None:
-        waiting = waiting.where(Order.user_ref == str(user_id))
-    for order in db.scalars(waiting):
+    for order in db.scalars(only(waiting, Order.user_ref, text=True)):
         lots = db.scalars(select(Lot.id).where(Lot.order_id == order.id)).all()
         held = sum(held_from_lot(db, lot_id) for lot_id in lots)
         if order.credits_pending > held:

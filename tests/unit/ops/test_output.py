@@ -62,16 +62,21 @@ def test_an_error_with_json_is_json_on_stdout_and_text_on_stderr(run, monkeypatc
     assert plain.stdout == "" and "user not found" in plain.stderr
 
 
-def test_progress_goes_to_stderr_only():
+def test_progress_goes_to_stderr_only_and_is_quiet_with_json(monkeypatch):
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)  # as on a terminal
+
     @click.command()
     @output(lambda r: [str(r)])
     def command():
         with progress([1, 2, 3], "counting") as bar:
             return sum(bar)
 
+    result = CliRunner().invoke(command)
+    assert result.stdout == "6\n"
+    assert "counting" in result.stderr and "3/3" in result.stderr
     result = CliRunner().invoke(command, ["--json"])
     assert result.stdout == "6\n"
-    assert "counting" in result.stderr
+    assert result.stderr == ""
 
 
 USER = {"id": "7d7ab5a4-0000-4000-8000-000000000001", "email": "ada@example.com",
