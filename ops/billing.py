@@ -14,6 +14,7 @@ from typing import Any
 
 from ops import rpc
 from ops.errors import OpsError, id_argument
+from ops.output import silent
 
 # a page of accounts is checked in one RPC: give it longer than an ordinary one
 VERIFY_TIMEOUT_SECONDS = 600
@@ -47,7 +48,7 @@ def verify(config: dict, user: str | None = None,
     page_size = page_size or VERIFY_PAGE_ACCOUNTS
     page = _call(config, "verify_ledger", None, page_size, None, timeout=timeout)
     checked, problems = page["accounts_checked"], list(page["problems"])
-    bar_for = progress or (lambda total: _NoBar())
+    bar_for = progress or (lambda total: silent())
     with bar_for(int(page.get("accounts_total") or 0)) as bar:
         bar.update(page["accounts_checked"])
         while page.get("next_cursor"):
@@ -57,17 +58,6 @@ def verify(config: dict, user: str | None = None,
             problems += page["problems"]
             bar.update(page["accounts_checked"])
     return {"accounts_checked": checked, "problems": problems}
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n: int) -> None:
-        pass
 
 
 def new_idempotency_key() -> str:

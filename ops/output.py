@@ -13,6 +13,7 @@ terminal, and not at all with ``--json`` (a script wants the answer only).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -72,3 +73,14 @@ def progress(items: Iterable | None = None, label: str = "", length: int | None 
     drawn only on a terminal, and hidden with ``--json``."""
     return click.progressbar(items, length=length, label=label, file=sys.stderr, show_pos=True,
                              hidden=wants_json())
+
+
+class _Silent:
+    def update(self, n_steps: int, current_item: Any = None) -> None:
+        pass
+
+
+def silent(label: str = "", length: int = 0):
+    """A bar that draws nothing, for work that reports progress when no
+    command line is watching (the default of ``progress`` parameters)."""
+    return contextlib.nullcontext(_Silent())

@@ -35,8 +35,8 @@ from services.common.contracts import load_rpc
 from services.common.db import Database, claim_event
 from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
-from services.common.pagination import decode_after_cursor, encode_after_cursor
 from services.common.messaging import EventPublisher, event_handler
+from services.common.pagination import decode_after_cursor, encode_after_cursor
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig

@@ -11,7 +11,6 @@ import uuid
 import pytest
 from kombu import Connection, Exchange
 from sqlalchemy import text
-
 from sqlalchemy.orm import Session
 
 from ops import rpc
