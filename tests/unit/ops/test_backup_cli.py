@@ -199,6 +199,8 @@ def test_progress_bars_per_database_and_per_object_on_stderr_and_not_with_json(l
     assert "restoring databases" in restored.stderr and "restoring objects" in restored.stderr
     assert restored.stdout.endswith("0 erased user(s) erased again (the erasure log knows 0)\n")
 
+    (made,) = [p for p in (laptop / "backups").iterdir() if not p.name.startswith(".")]
+    made.rename(made.with_name("20200101T000000Z"))  # a set per second: this one is older
     for args in (("run",), ("verify",), ("restore", "--yes")):
         quiet = run(*args, "--json")
         assert quiet.exit_code == 0, quiet.output

@@ -174,7 +174,7 @@ def test_dlq_replay_all(run, monkeypatch):
         {"queue": "dlq.a", "messages": 2}, {"queue": "dlq.b", "messages": 1}])
     replayed = []
     monkeypatch.setattr(cli_module.dlq_ops, "replay",
-                        lambda config, queue, limit: replayed.append(queue) or 2)
+                        lambda config, queue, limit, bar: replayed.append(queue) or 2)
     dry = run("dlq", "replay", "--all", "--dry-run")
     assert dry.stdout.splitlines() == [
         "dry run: would replay 3 messages from 2 queues; nothing was moved",
