@@ -23,7 +23,7 @@ import click
 
 from ops.backups import jobs
 from ops.errors import OpsError
-from ops.output import emit, output, progress, wants_json
+from ops.output import bar, emit, output, wants_json
 from ops.storage import human_bytes
 from services.common.config import config_path, load_config
 from services.common.secrets import ConfigurationRefused, refuse_insecure_config
@@ -43,11 +43,6 @@ def _settings(_ops_config: dict) -> jobs.BackupSettings:
         raise OpsError(f"config file not found: {path}") from None
     except (ConfigurationRefused, jobs.BackupError) as exc:
         raise OpsError(str(exc), exit_code=2) from None
-
-
-def _bar(label: str, length: int):
-    """The per-database and per-object progress bars (stderr; none with --json)."""
-    return progress(label=label, length=length)
 
 
 @click.group()
@@ -74,7 +69,7 @@ def backup_run(config, repeat):
     while True:
         started = time.monotonic()
         try:
-            manifest = jobs.run(settings, progress=_bar)
+            manifest = jobs.run(settings, progress=bar)
             if not repeat:
                 return manifest
             emit(manifest, wants_json(), _run_lines)
@@ -110,7 +105,7 @@ def backup_verify(config, set_name):
     """Check a set (the newest by default): every database, every object.
     Exit 1 when it has a problem."""
     try:
-        return jobs.verify(_settings(config), set_name, progress=_bar)
+        return jobs.verify(_settings(config), set_name, progress=bar)
     except jobs.BackupError as exc:
         raise OpsError(str(exc)) from None
 
@@ -164,6 +159,6 @@ def backup_restore(config, set_name, yes, erasure_log_urls):
         raise OpsError("not restoring without --yes (it replaces the databases' contents)",
                        exit_code=2)
     try:
-        return jobs.restore(_settings(config), set_name, list(erasure_log_urls), progress=_bar)
+        return jobs.restore(_settings(config), set_name, list(erasure_log_urls), progress=bar)
     except jobs.BackupError as exc:
         raise OpsError(str(exc)) from None

@@ -62,7 +62,7 @@ from ops import users as user_ops  # noqa: E402
 from ops import webhooks as webhook_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError, id_argument  # noqa: E402
-from ops.output import error, output, progress  # noqa: E402
+from ops.output import bar, error, output, progress  # noqa: E402
 from services.common.contracts.generation import (  # noqa: E402
     WEBHOOK_DELIVERY_STATUSES,
     JobState,
@@ -636,7 +636,7 @@ def doctor(ctx, only):
     RabbitMQ and its management API, each database and its migrations, the
     object store, the mail server, secrets and keys. Says what is wrong and
     how to fix it; exit 1 on any problem."""
-    return doctor_ops.run(ctx.meta.get("darkroom_ops.config_file"), only)
+    return doctor_ops.run(ctx.meta.get("darkroom_ops.config_file"), only, progress=bar)
 
 
 cli.add_command(breach_ops.breach)

@@ -75,6 +75,13 @@ def progress(items: Iterable | None = None, label: str = "", length: int | None 
                              hidden=wants_json())
 
 
+def bar(label: str, length: int):
+    """:func:`progress` of ``length`` steps, in the shape work modules take as
+    their ``progress`` parameter: ``progress(label, steps)`` (ops/backups,
+    doctor)."""
+    return progress(label=label, length=length)
+
+
 class _Silent:
     def update(self, n_steps: int, current_item: Any = None) -> None:
         pass

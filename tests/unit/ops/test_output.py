@@ -197,7 +197,7 @@ def test_doctor_lines_name_the_fix_and_fail_on_a_failure(monkeypatch):
         "FAIL  auth: database — refused", "      fix: check AUTH_DATABASE_URL",
         "WARN  auth: secrets — MAIL_SECRETS_KEY", "      fix: set it",
         "ok    storage: object store — fs", "", "1 problem found, 1 warning"]
-    monkeypatch.setattr(cli_module.doctor_ops, "run", lambda config_file, only: result)
+    monkeypatch.setattr(cli_module.doctor_ops, "run", lambda config_file, only, progress: result)
     invoked = CliRunner().invoke(cli_module.cli, ["doctor", "--json"])
     assert invoked.exit_code == 1
     assert json.loads(invoked.stdout) == result
@@ -206,12 +206,25 @@ def test_doctor_lines_name_the_fix_and_fail_on_a_failure(monkeypatch):
 def test_doctor_runs_even_when_the_ops_config_is_broken(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli_module.doctor_ops, "run",
-                        lambda config_file, only: seen.update(file=config_file) or
+                        lambda config_file, only, progress: seen.update(file=config_file) or
                         {"ok": True, "production": False, "findings": []})
     missing = str(tmp_path / "nope.yaml")
     result = CliRunner().invoke(cli_module.cli, ["--config", missing, "doctor"])
     assert result.exit_code == 0, result.output
     assert seen == {"file": missing}
+
+
+def test_doctor_draws_a_bar_over_its_checks_and_none_with_json(tmp_path, monkeypatch):
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)  # as on a terminal
+    missing = ["--config", str(tmp_path / "nope.yaml")]
+    steps = len(doctor_ops.PROCESSES) + 2
+    result = CliRunner().invoke(cli_module.cli, [*missing, "doctor", "--only", "ops"])
+    assert result.exit_code == 1
+    assert "checking" in result.stderr and f"{steps}/{steps}" in result.stderr
+    assert result.stdout.startswith("FAIL  ops: config")
+    quiet = CliRunner().invoke(cli_module.cli, [*missing, "doctor", "--only", "ops", "--json"])
+    assert quiet.exit_code == 1 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["findings"][0]["check"] == "config"
 
 
 def test_a_failed_probe_is_a_finding_not_a_traceback():
