@@ -121,20 +121,28 @@ def test_pages_cover_every_account_once_and_read_only_their_rows(ledger):
     assert whole == {"accounts_checked": ACCOUNTS, "problems": []}
 
 
+def corrupt(engine, edits: list[tuple[str, uuid.UUID, int]], sign: int) -> None:
+    """Each ``(UPDATE ... :d ..., user, d)`` with ``:d`` = ``sign * d`` (-1 undoes it)."""
+    with Session(engine) as db:
+        for statement, user, delta in edits:
+            db.execute(text(statement), {"u": user, "d": sign * delta})
+        db.commit()
+
+
 def test_problems_anywhere_are_found_paged_and_whole(ledger):
     engine, users = ledger
     first, middle, last = users[0], users[ACCOUNTS // 2], users[-1]
     before = uuid.UUID(int=0)  # entries of users without an account, before and after every one
     beyond = uuid.UUID(int=2**128 - 1)
+    edits = [
+        ("UPDATE accounts SET available = available + :d WHERE user_id = :u", first, 5),
+        ("UPDATE ledger_entries SET balance_after = balance_after + :d "
+         "WHERE user_id = :u AND seq = 3", middle, 7),
+        ("UPDATE lots SET remaining = remaining + :d WHERE user_id = :u", last, -1),
+    ]
     with Session(engine) as db:
         write(db, {**consistent_ledger([before, beyond], debits=1), "accounts": []})
-        db.execute(text("UPDATE accounts SET available = available + 5 WHERE user_id = :u"),
-                   {"u": first})
-        db.execute(text("UPDATE ledger_entries SET balance_after = balance_after + 7 "
-                        "WHERE user_id = :u AND seq = 3"), {"u": middle})
-        db.execute(text("UPDATE lots SET remaining = remaining - 1 WHERE user_id = :u"),
-                   {"u": last})
-        db.commit()
+    corrupt(engine, edits, 1)
     try:
         expected = {(str(first), "available_mismatch"), (str(first), "available_vs_lots"),
                     (str(middle), "balance_after_chain"), (str(last), "lot_remaining_mismatch"),
@@ -152,14 +160,11 @@ def test_problems_anywhere_are_found_paged_and_whole(ledger):
             capped = audit.verify_page(db, None, ACCOUNTS, max_problems=1)
         assert len(capped["problems"]) == 1 and capped["next_after"] == last
     finally:
+        corrupt(engine, edits, -1)
         with Session(engine) as db:
             for user in (before, beyond):
                 for table in ("lot_movements", "ledger_entries", "lots"):
                     db.execute(text(f"DELETE FROM {table} WHERE user_id = :u"), {"u": user})
-            db.execute(text("UPDATE accounts SET available = available - 5 WHERE user_id = :u"),
-                       {"u": first})
-            db.execute(text("UPDATE ledger_entries SET balance_after = balance_after - 7 "
-                            "WHERE user_id = :u AND seq = 3"), {"u": middle})
-            db.execute(text("UPDATE lots SET remaining = remaining + 1 WHERE user_id = :u"),
-                       {"u": last})
             db.commit()
+        with Session(engine) as db:
+            assert audit.verify_ledger(db)["problems"] == []
