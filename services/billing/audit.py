@@ -28,7 +28,8 @@ For every account (or one):
 The checks run over a range of accounts (:class:`Accounts`: one user, or the
 user ids in ``(after, upto]``), every query bounded by it, so a large ledger
 is verified a page of accounts at a time (:func:`verify_page`) in bounded
-memory; :func:`verify_ledger` walks every page.
+memory; :func:`verify_ledger` walks every page; :func:`verify_step` is one
+page of a walk the caller drives (``darkroom-ops billing verify``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from services.billing.ledger import held_from_lot
 from services.billing.models import Account, Hold, HoldStatus, LedgerEntry, Lot, LotMovement, Order
+from services.common.pagination import decode_after_cursor, encode_after_cursor
 
 MAX_PROBLEMS = 1000
 PAGE_ACCOUNTS = 1000  # a whole-ledger verification reads this many accounts at a time
@@ -97,6 +99,23 @@ def verify_page(db: Session, after: uuid.UUID | None, limit: int,
     upto = db.scalar(following.offset(limit - 1).limit(1))
     result = _verify(db, Accounts(after=after, upto=upto), max_problems)
     return {**result, "next_after": upto}
+
+
+def verify_step(db: Session, limit: int, cursor: str | None) -> tuple[dict, int | None]:
+    """One page of a walk over every account (the ``verify_ledger`` RPC with a
+    ``limit``): the answer ``{accounts_checked, problems, accounts_total (first
+    page only), next_cursor (None after the last page)}`` and, on the last
+    page, how many problems the whole walk listed (else None). The cursor
+    carries that count from page to page, so the walk lists at most
+    :data:`MAX_PROBLEMS`; a cursor not made here is 400 ``invalid_request``."""
+    after, listed = decode_after_cursor(cursor) if cursor else (None, 0)
+    page = verify_page(db, after, limit, max(0, MAX_PROBLEMS - listed))
+    listed += len(page["problems"])
+    done = page["next_after"] is None
+    return {"accounts_checked": page["accounts_checked"], "problems": page["problems"],
+            "accounts_total": None if after else count_accounts(db),
+            "next_cursor": None if done else encode_after_cursor(page["next_after"], listed)
+            }, (listed if done else None)
 
 
 def count_accounts(db: Session) -> int:

@@ -36,7 +36,6 @@ from services.common.db import Database, claim_event
 from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
-from services.common.pagination import decode_after_cursor, encode_after_cursor
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
@@ -205,17 +204,9 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
             if query["user_id"] is None:  # the whole ledger: what the metrics report
                 self._ledger_verified(len(result["problems"]))
         else:
-            after, listed = (decode_after_cursor(query["cursor"]) if query["cursor"]
-                             else (None, 0))
-            page = audit.verify_page(self.db, after, query["limit"],
-                                     max(0, audit.MAX_PROBLEMS - listed))
-            listed += len(page["problems"])
-            result = {"accounts_checked": page["accounts_checked"], "problems": page["problems"],
-                      "accounts_total": None if after else audit.count_accounts(self.db),
-                      "next_cursor": (encode_after_cursor(page["next_after"], listed)
-                                      if page["next_after"] else None)}
-            if page["next_after"] is None:  # the walk is over
-                self._ledger_verified(listed)
+            result, walk_problems = audit.verify_step(self.db, query["limit"], query["cursor"])
+            if walk_problems is not None:  # the walk is over
+                self._ledger_verified(walk_problems)
         if result["problems"]:
             log.error("ledger verification found %d problem(s)", len(result["problems"]))
         return c.LedgerVerification().dump(result)

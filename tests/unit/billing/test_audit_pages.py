@@ -53,3 +53,25 @@ def test_pages_cover_every_account_and_find_problems_where_they_are(db, settings
     assert {(p["user_id"], p["problem"].split(":")[0]) for p in whole["problems"]} == \
         found[0] | found[1] | found[2]
     assert len(audit.verify_page(db, None, 7, max_problems=1)["problems"]) == 1
+
+
+def test_a_walk_of_steps_carries_its_problem_count_and_keeps_the_cap(db, settings, events,
+                                                                      monkeypatch):
+    users = sorted(uuid.uuid4() for _ in range(5))
+    for user_id in users:
+        plans.open_account(db, settings, user_id, NOW, events)
+    db.execute(update(Account).where(Account.user_id.in_(users[1:4])).values(held=1))
+    db.commit()
+    monkeypatch.setattr(audit, "MAX_PROBLEMS", 3)  # each broken account has two problems
+    answers, finished, cursor = [], [], None
+    while True:
+        answer, walk_problems = audit.verify_step(db, 2, cursor)
+        answers.append(answer)
+        finished.append(walk_problems)
+        cursor = answer["next_cursor"]
+        if cursor is None:
+            break
+    assert [a["accounts_checked"] for a in answers] == [2, 2, 1]
+    assert [a["accounts_total"] for a in answers] == [5, None, None]
+    assert finished == [None, None, 3]  # reported once, at the end: at most the cap
+    assert [len(a["problems"]) for a in answers] == [2, 1, 0]
