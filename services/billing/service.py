@@ -246,15 +246,30 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         return c.LedgerEntry().dump(ledger.view(entry))
 
     @rpc(expected_exceptions=DomainError)
-    def verify_ledger(self, user_id=None) -> dict:
-        user = load_rpc(c.OptionalUserRef, {"user_id": user_id})["user_id"]
-        result = audit.verify_ledger(self.db, user)
-        if user is None:  # the whole ledger: what the metrics report
-            metrics.LEDGER_PROBLEMS.set(len(result["problems"]))
-            metrics.LEDGER_VERIFIED_AT.set_to_current_time()
+    def verify_ledger(self, user_id=None, limit=None, cursor=None) -> dict:
+        """One account (``user_id``), every account, or with ``limit`` a page of
+        accounts in user id order: the answer's ``next_cursor`` asks for the
+        next one (None after the last), and carries how many problems the
+        earlier pages listed, so the whole walk lists at most
+        :data:`audit.MAX_PROBLEMS` and its last page records the metrics."""
+        query = load_rpc(c.LedgerVerifyQuery, {"user_id": user_id, "limit": limit,
+                                                "cursor": cursor})
+        if query["limit"] is None:
+            result = audit.verify_ledger(self.db, query["user_id"])
+            if query["user_id"] is None:  # the whole ledger: what the metrics report
+                self._ledger_verified(len(result["problems"]))
+        else:
+            result, walk_problems = audit.verify_step(self.db, query["limit"], query["cursor"])
+            if walk_problems is not None:  # the walk is over
+                self._ledger_verified(walk_problems)
         if result["problems"]:
             log.error("ledger verification found %d problem(s)", len(result["problems"]))
         return c.LedgerVerification().dump(result)
+
+    @staticmethod
+    def _ledger_verified(problems: int) -> None:
+        metrics.LEDGER_PROBLEMS.set(problems)
+        metrics.LEDGER_VERIFIED_AT.set_to_current_time()
 
     @rpc(expected_exceptions=DomainError)
     def run_maintenance(self, tasks=None) -> dict:

@@ -156,10 +156,6 @@ class UserRef(RpcSchema):
     user_id = fields.UUID(required=True)
 
 
-class OptionalUserRef(RpcSchema):
-    user_id = fields.UUID(load_default=None, allow_none=True)
-
-
 class LedgerQuery(PageQuery):
     """``GET /v1/billing/ledger?limit=&cursor=``"""
 
@@ -401,6 +397,27 @@ class LedgerProblem(RpcSchema):
     actual = fields.Raw(allow_none=True)
 
 
+class LedgerVerifyQuery(RpcSchema):
+    """``verify_ledger(user_id, limit, cursor)``: one account, every account at
+    once, or (``limit``) a page of accounts, the next one by ``cursor``."""
+
+    user_id = fields.UUID(load_default=None, allow_none=True)
+    limit = fields.Integer(load_default=None, allow_none=True,
+                           validate=validate.Range(min=1, max=10000))
+    cursor = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Length(min=1, max=200))
+
+    @validates_schema
+    def _one_way(self, data, **_):
+        if data.get("user_id") is not None and (data.get("limit") or data.get("cursor")):
+            raise ValidationError("One account, or pages of every account: not both.", "user_id")
+        if data.get("cursor") is not None and data.get("limit") is None:
+            raise ValidationError("A cursor goes with the limit of its pages.", "limit")
+
+
 class LedgerVerification(RpcSchema):
     accounts_checked = fields.Integer(required=True)
     problems = fields.List(fields.Nested(LedgerProblem), required=True)
+    # paged (``limit``) only: every account when the walk began (first page), the next page
+    accounts_total = fields.Integer(allow_none=True)
+    next_cursor = fields.String(allow_none=True)
