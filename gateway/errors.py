@@ -13,7 +13,7 @@ import logging
 import math
 import time
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, g, jsonify
 from marshmallow import Schema, fields
 from nameko.exceptions import RemoteError
 from werkzeug.exceptions import HTTPException
@@ -74,7 +74,14 @@ def _retry_after_header(details: dict, status: int) -> dict:
     return {}
 
 
+# Answers about a person nothing may be kept of, not even a log line or an
+# access-log fact (someone under the minimum age: services/auth/age.py).
+UNRECORDED_CODES = frozenset({"under_minimum_age"})
+
+
 def handle_domain_error(exc: DomainError):
+    if exc.code in UNRECORDED_CODES:
+        g.unrecorded = True  # gateway.middleware leaves the request out of its logs
     status = exc.status if isinstance(exc.status, int) and 400 <= exc.status <= 599 else 500
     details = exc.details if isinstance(exc.details, dict) else {}
     if status >= 500:

@@ -11,7 +11,6 @@ from datetime import timedelta
 from services.common.config import Section, app_base_url, public_base_url
 from services.common.sealed import Sealer
 
-
 AGE_CHECKS = ("birth_date", "attestation")
 _PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 

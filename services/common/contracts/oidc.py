@@ -1,0 +1,70 @@
+"""Sign-in with OpenID Connect providers (the auth service, services/auth/oidc.py):
+its RPC payloads and answers, which the gateway uses as its HTTP schemas too."""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from services.common.contracts.auth import AgeFields
+from services.common.contracts.base import RpcSchema
+
+URL_MAX = 2000
+PROVIDER_NAME = validate.Regexp(r"^[a-z][a-z0-9_]{0,31}$", error="not a provider name")
+
+
+class Provider(RpcSchema):
+    name = fields.String(required=True)
+
+
+class ProviderList(RpcSchema):
+    items = fields.List(fields.Nested(Provider), required=True)
+
+
+class Start(RpcSchema):
+    redirect_uri = fields.Url(required=True, validate=validate.Length(max=URL_MAX),
+                              require_tld=False, schemes={"http", "https"},
+                              metadata={"description": "where the app is sent back with a "
+                                                       "one-time code (on the allow-list)"})
+
+
+class Link(Start):
+    provider = fields.String(required=True, validate=PROVIDER_NAME)
+
+
+class Started(RpcSchema):
+    authorization_url = fields.String(required=True)
+
+
+class Callback(RpcSchema):
+    """What the provider sends the browser back with (OAuth 2.0 / OIDC)."""
+
+    state = fields.String(validate=validate.Length(max=200))
+    code = fields.String(validate=validate.Length(max=2000))
+    error = fields.String(validate=validate.Length(max=200))
+    error_description = fields.String(validate=validate.Length(max=2000))
+    error_uri = fields.String(validate=validate.Length(max=URL_MAX))
+    iss = fields.String(validate=validate.Length(max=URL_MAX))
+    scope = fields.String(validate=validate.Length(max=2000))
+    authuser = fields.String(validate=validate.Length(max=20))  # Google adds these two
+    prompt = fields.String(validate=validate.Length(max=200))
+    hd = fields.String(validate=validate.Length(max=255))
+
+
+class Redirect(RpcSchema):
+    location = fields.String(required=True)
+
+
+class Exchange(AgeFields):
+    code = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class Identity(RpcSchema):
+    id = fields.UUID(required=True)
+    provider = fields.String(required=True)
+    email = fields.String(allow_none=True, required=True)
+    email_verified = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+
+
+class IdentityList(RpcSchema):
+    items = fields.List(fields.Nested(Identity), required=True)
