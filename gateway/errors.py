@@ -18,7 +18,7 @@ from marshmallow import Schema, fields
 from nameko.exceptions import RemoteError
 from werkzeug.exceptions import HTTPException
 
-from services.common.errors import DomainError
+from services.common.errors import DomainError, unrecorded
 
 log = logging.getLogger("gateway.errors")
 
@@ -74,14 +74,9 @@ def _retry_after_header(details: dict, status: int) -> dict:
     return {}
 
 
-# Answers about a person nothing may be kept of, not even a log line or an
-# access-log fact (someone under the minimum age: services/auth/age.py).
-UNRECORDED_CODES = frozenset({"under_minimum_age"})
-
-
 def handle_domain_error(exc: DomainError):
-    if exc.code in UNRECORDED_CODES:
-        g.unrecorded = True  # gateway.middleware leaves the request out of its logs
+    if unrecorded(exc):  # nothing kept about the person: gateway.middleware logs nothing
+        g.unrecorded = True
     status = exc.status if isinstance(exc.status, int) and 400 <= exc.status <= 599 else 500
     details = exc.details if isinstance(exc.details, dict) else {}
     if status >= 500:

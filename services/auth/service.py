@@ -38,7 +38,7 @@ from services.common.contracts import auth as c
 from services.common.contracts import oidc as oc
 from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
-from services.common.errors import DomainError, invalid_request
+from services.common.errors import DomainError, invalid_request, unrecorded
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
@@ -72,7 +72,8 @@ class AuthService(PrivacyParticipant, DarkroomService):
             yield
         except RecordedFailure as failure:
             self.db.commit()
-            log.info("refused and recorded: %s", failure.error.code)
+            if not unrecorded(failure.error):  # an under-age refusal leaves no line
+                log.info("refused and recorded: %s", failure.error.code)
             raise failure.error from None
 
     # ------------------------------------------------------------ registration
