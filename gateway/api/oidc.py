@@ -71,7 +71,7 @@ class Identities(MethodView):
         return for_caller(oc.IdentityList, "auth.list_identities")
 
     @identities_blp.response(201, oc.Started)
-    @errors(400)
+    @errors(400, 404)
     @authenticated
     @identities_blp.arguments(oc.Link)
     def post(self, payload):

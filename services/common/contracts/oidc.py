@@ -3,7 +3,7 @@ its RPC payloads and answers, which the gateway uses as its HTTP schemas too."""
 
 from __future__ import annotations
 
-from marshmallow import fields, validate
+from marshmallow import EXCLUDE, fields, validate
 
 from services.common.contracts.auth import AgeFields
 from services.common.contracts.base import RpcSchema
@@ -36,18 +36,20 @@ class Started(RpcSchema):
 
 
 class Callback(RpcSchema):
-    """What the provider sends the browser back with (OAuth 2.0 / OIDC)."""
+    """What the provider sends the browser back with (OAuth 2.0 / OIDC); the
+    other parameters providers add (Google's ``scope``, ``authuser``,
+    ``prompt``; ``session_state``...) are left out."""
+
+    class Meta:
+        unknown = EXCLUDE
 
     state = fields.String(validate=validate.Length(max=200))
     code = fields.String(validate=validate.Length(max=2000))
     error = fields.String(validate=validate.Length(max=200))
     error_description = fields.String(validate=validate.Length(max=2000))
     error_uri = fields.String(validate=validate.Length(max=URL_MAX))
-    iss = fields.String(validate=validate.Length(max=URL_MAX))
-    scope = fields.String(validate=validate.Length(max=2000))
-    authuser = fields.String(validate=validate.Length(max=20))  # Google adds these two
-    prompt = fields.String(validate=validate.Length(max=200))
-    hd = fields.String(validate=validate.Length(max=255))
+    iss = fields.String(validate=validate.Length(max=URL_MAX),
+                        metadata={"description": "the issuer (RFC 9207), checked when given"})
 
 
 class Redirect(RpcSchema):
