@@ -183,20 +183,25 @@ outbox = outbox_table(Base.metadata)
 # ---------------------------------------------------------------- OpenID Connect (services/auth/oidc.py)
 
 
-class Identity(IdMixin, Base):
-    """An account at an OpenID provider linked to a Darkroom account: it signs
-    the account in. ``email``/``email_verified`` as the provider's ID token
-    said when it was linked."""
+class ProviderAccount:
+    """An account at an OpenID provider: its subject id, and the address and
+    ``email_verified`` its ID token gave."""
 
-    __tablename__ = "identities"
-    __table_args__ = (sa.UniqueConstraint("provider", "subject"),)
-
-    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
     provider: Mapped[str] = mapped_column(sa.String(32))
     subject: Mapped[str] = mapped_column(sa.String(255))
     email: Mapped[str | None] = mapped_column(sa.String(EMAIL_MAX))
     email_verified: Mapped[bool] = mapped_column(sa.Boolean, default=False,
                                                  server_default=sa.false())
+
+
+class Identity(IdMixin, ProviderAccount, Base):
+    """A provider account linked to a Darkroom account: it signs the account
+    in (as the provider's ID token described it when it was linked)."""
+
+    __tablename__ = "identities"
+    __table_args__ = (sa.UniqueConstraint("provider", "subject"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
@@ -218,7 +223,7 @@ class OidcFlow(IdMixin, Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
-class OidcCode(IdMixin, Base):
+class OidcCode(IdMixin, ProviderAccount, Base):
     """The one-time code handed to the app (as SHA-256), exchanged for a
     session: for an account (``user_id``), or for the account a new subject
     signs up (the provider's claims, until the exchange). Deleted on use, on
@@ -228,10 +233,5 @@ class OidcCode(IdMixin, Base):
 
     code_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, _user_fk(), index=True)
-    provider: Mapped[str] = mapped_column(sa.String(32))
-    subject: Mapped[str] = mapped_column(sa.String(255))
-    email: Mapped[str | None] = mapped_column(sa.String(EMAIL_MAX))
-    email_verified: Mapped[bool] = mapped_column(sa.Boolean, default=False,
-                                                 server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
