@@ -7,6 +7,7 @@ from marshmallow import EXCLUDE, fields, validate
 
 from services.common.contracts.auth import AgeFields
 from services.common.contracts.base import RpcSchema
+from services.common.contracts.generation import WEBHOOK_URL_PATTERN, _webhook_url
 
 URL_MAX = 2000
 PROVIDER_NAME = validate.Regexp(r"^[a-z][a-z0-9_]{0,31}$", error="not a provider name")
@@ -21,10 +22,12 @@ class ProviderList(RpcSchema):
 
 
 class Start(RpcSchema):
-    redirect_uri = fields.Url(required=True, validate=validate.Length(max=URL_MAX),
-                              require_tld=False, schemes={"http", "https"},
-                              metadata={"description": "where the app is sent back with a "
-                                                       "one-time code (on the allow-list)"})
+    # an absolute http(s) URL, checked as a job's webhook_url is
+    redirect_uri = fields.String(required=True,
+                                 validate=[validate.Length(max=URL_MAX), _webhook_url],
+                                 metadata={"pattern": WEBHOOK_URL_PATTERN,
+                                           "description": "where the app is sent back with a "
+                                                          "one-time code (on the allow-list)"})
 
 
 class Link(Start):
