@@ -47,7 +47,7 @@ from joserfc.jws import JWSRegistry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.auth import age, passwords, sessions
+from services.auth import age, passwords, sessions, verification
 from services.auth.errors import RecordedFailure, account_disabled, email_taken
 from services.auth.lookup import find_user_by_email
 from services.auth.models import Identity, OidcCode, OidcFlow, User
@@ -339,7 +339,13 @@ def app_url(redirect_uri: str, **params) -> str:
 @dataclass
 class Exchanged:
     login: sessions.LoginResult
-    registered: dict | None  # the auth.user_registered payload for a new account
+    # a new account's events: auth.user_registered, and a verification code
+    # when the provider did not say its address is verified
+    events: list[tuple[str, dict]]
+
+    @property
+    def new_account(self) -> bool:
+        return bool(self.events)
 
 
 def exchange(db: Session, settings: AuthSettings, code: str, birth_date: date | None,
@@ -356,7 +362,7 @@ def exchange(db: Session, settings: AuthSettings, code: str, birth_date: date | 
                     .with_for_update())
     if row is None or row.expires_at <= now:
         raise DomainError("oidc_invalid_code", "the sign-in code is not valid or has expired", 400)
-    registered = None
+    events: list[tuple[str, dict]] = []
     if row.user_id is not None:
         user = db.get(User, row.user_id)
     else:
@@ -367,7 +373,7 @@ def exchange(db: Session, settings: AuthSettings, code: str, birth_date: date | 
                 raise
             db.delete(row)
             raise RecordedFailure(error) from None
-        user, registered = _sign_up(db, settings, row, met, now)
+        user, events = _sign_up(db, settings, row, met, now)
     db.delete(row)
     db.flush()
     if user is None:
@@ -378,11 +384,11 @@ def exchange(db: Session, settings: AuthSettings, code: str, birth_date: date | 
         raise forbidden("administrators sign in with their password and TOTP code",
                         code="password_sign_in_required")
     return Exchanged(sessions.open_session(db, settings, user, client_ip, user_agent, now),
-                     registered)
+                     events)
 
 
 def _sign_up(db: Session, settings: AuthSettings, row: OidcCode, minimum_age_met: bool,
-             now: datetime) -> tuple[User, dict]:
+             now: datetime) -> tuple[User, list[tuple[str, dict]]]:
     if find_user_by_email(db, row.email) is not None:
         raise email_taken()
     user = User(id=new_id(), email=row.email, email_verified=row.email_verified,
@@ -393,7 +399,13 @@ def _sign_up(db: Session, settings: AuthSettings, row: OidcCode, minimum_age_met
     db.add(user)
     db.flush()
     _link(db, user.id, row.provider, Claims(row.subject, row.email, row.email_verified), now)
-    return user, {"user_id": str(user.id), "email": user.email, "display_name": None}
+    events = [("user_registered", {"user_id": str(user.id), "email": user.email,
+                                   "display_name": None})]
+    if not user.email_verified:  # as a registration's: a code to verify the address
+        code = verification.issue(db, settings, user, verification.REGISTRATION, user.email, now)
+        if code is not None:
+            events.append(("email_verification_requested", code))
+    return user, events
 
 
 # ---------------------------------------------------------------- the account's identities

@@ -254,9 +254,9 @@ class AuthService(PrivacyParticipant, DarkroomService):
             with self._recording_failures():
                 done = oidc.exchange(self.db, self.settings, data["code"], data.get("birth_date"),
                                      data.get("age_confirmed"), client_ip, user_agent, utcnow())
-            if done.registered is not None:
-                self.dispatch("user_registered", done.registered)
-            if done.login.suspicious_login is not None and done.registered is None:
+            for event_type, event in done.events:
+                self.dispatch(event_type, event)
+            if done.login.suspicious_login is not None and not done.new_account:
                 self.dispatch("suspicious_login", done.login.suspicious_login)
             self.db.commit()
             return done
@@ -265,7 +265,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
         result = done.login
         log.info("login", extra={"user_id": str(result.user.id),
                                  "session_id": str(result.session.id), "method": "oidc",
-                                 "new_account": done.registered is not None})
+                                 "new_account": done.new_account})
         return c.LoggedIn().dump(
             {"token": result.token, "expires_at": result.session.expires_at, "user": result.user})
 

@@ -105,21 +105,24 @@ def test_sign_up_then_sign_in_with_the_same_subject(db, conf, provider):
     code = sign_in(db, conf, provider, subject)
     first = exchange(db, conf, code)
     user = first.login.user
-    assert first.registered == {"user_id": str(user.id), "email": email, "display_name": None}
+    assert first.events == [("user_registered", {"user_id": str(user.id), "email": email,
+                                                 "display_name": None})]
     assert user.email == email and user.email_verified is True
     assert not passwords.has_password(user.password_hash)
     assert db.scalar(select(Identity)).subject == subject
     # the code is single-use
     assert error_of(exchange, db, conf, code).code == "oidc_invalid_code"
     again = exchange(db, conf, sign_in(db, conf, provider, subject))
-    assert again.login.user.id == user.id and again.registered is None
+    assert again.login.user.id == user.id and not again.new_account
     assert db.scalar(select(func.count()).select_from(User)) == 1
 
 
 def test_an_unverified_provider_address_makes_an_unverified_account(db, conf, provider):
     subject, _ = new_subject(provider, verified=False)
-    user = exchange(db, conf, sign_in(db, conf, provider, subject)).login.user
-    assert user.email_verified is False
+    done = exchange(db, conf, sign_in(db, conf, provider, subject))
+    assert done.login.user.email_verified is False
+    # a code to verify it is mailed, as after a registration
+    assert [kind for kind, _ in done.events] == ["user_registered", "email_verification_requested"]
 
 
 def verified_account(db, settings, email):
