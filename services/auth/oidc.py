@@ -295,6 +295,8 @@ def finish(db: Session, settings: AuthSettings, flow: Flow, claims: Claims, now:
                                                 Identity.subject == claims.subject))
     user_id = None
     if flow.user_id is not None:  # linking, asked by a signed-in account
+        if db.get(User, flow.user_id) is None:  # erased since it started
+            raise invalid_state()
         if identity is not None and identity.user_id != flow.user_id:
             raise identity_taken()
         if identity is None:
