@@ -280,3 +280,47 @@ def test_providers_come_from_the_environment():
         oidc_providers("corp", {k: v for k, v in env.items() if "SECRET" not in k})
     with pytest.raises(ValueError, match="not a valid provider name"):
         oidc_providers("bad-name", env)
+
+
+def test_discovery_and_keys_are_cached(db, conf, provider, monkeypatch):
+    fetched = []
+    real_get = oidc.requests.get
+
+    def counting_get(url, **kw):
+        fetched.append(url.removeprefix(provider.issuer))
+        return real_get(url, **kw)
+
+    monkeypatch.setattr(oidc.requests, "get", counting_get)
+    for _ in range(2):
+        subject, _ = new_subject(provider)
+        exchange(db, conf, sign_in(db, conf, provider, subject))
+    assert fetched == ["/.well-known/openid-configuration", "/jwks"]
+    oidc.forget_cache()
+    oidc.start(db, conf, "corp", APP, None, utcnow())
+    assert fetched[-1] == "/.well-known/openid-configuration"
+
+
+def test_the_redirect_allow_list_defaults_to_the_apps_base(settings):
+    from services.auth.settings import AuthSettings
+
+    base = {"MAIL_SECRETS_KEY": "k"}
+    public = AuthSettings.from_config({**base, "AUTH": {
+        "SECRET_KEY": "s", "PUBLIC_BASE_URL": "https://api.example.test"}})
+    assert public.oidc_redirect_bases == ("https://api.example.test",)
+    app = AuthSettings.from_config({**base, "AUTH": {
+        "SECRET_KEY": "s", "PUBLIC_BASE_URL": "https://api.example.test",
+        "APP_BASE_URL": "https://app.example.test/"}})
+    assert app.oidc_redirect_bases == ("https://app.example.test",)
+    listed = AuthSettings.from_config({**base, "AUTH": {
+        "SECRET_KEY": "s", "OIDC_REDIRECT_URIS": "https://a.test/x, http://localhost:3000"}})
+    assert listed.oidc_redirect_bases == ("https://a.test/x", "http://localhost:3000")
+    with pytest.raises(ValueError):
+        AuthSettings.from_config({**base, "AUTH": {"SECRET_KEY": "s",
+                                                   "OIDC_REDIRECT_URIS": "not a url"}})
+
+
+def test_a_link_for_an_account_erased_meanwhile_is_refused(db, conf, provider):
+    subject, _ = new_subject(provider)
+    error = error_of(sign_in, db, conf, provider, subject, user_id=uuid.uuid4())
+    assert error.code == "oidc_invalid_state"
+    assert db.scalar(select(func.count()).select_from(Identity)) == 0
