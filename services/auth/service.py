@@ -231,10 +231,17 @@ class AuthService(PrivacyParticipant, DarkroomService):
         with self._recording_failures():
             flow = oidc.take_flow(self.db, name, data.get("state"), utcnow())
         self.db.commit()  # one use, whatever happens next
-        try:
-            claims = oidc.fetch_claims(self.settings, flow, data)
+
+        def finish_once():
             code = oidc.finish(self.db, self.settings, flow, claims, utcnow())
             self.db.commit()
+            return code
+
+        try:
+            claims = oidc.fetch_claims(self.settings, flow, data)
+            # the same subject linked at the same moment by another sign-in:
+            # once more, and it is there to sign in with
+            code = first_wins(self.db, finish_once)
         except DomainError as error:
             self.db.rollback()
             log.info("OIDC sign-in refused", extra={"provider": flow.provider,
