@@ -59,6 +59,10 @@ from services.common.errors import DomainError, conflict, forbidden, invalid_req
 from services.common.ids import client_id, new_id
 
 CACHE_SECONDS = 3600
+# Signatures made with the provider's published (public) keys only: never
+# "none", nor a shared-secret HMAC, whatever its discovery document lists.
+SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                      "ES512", "EdDSA")
 LEEWAY_SECONDS = 60  # clock skew allowed on exp/iat
 
 
@@ -116,7 +120,7 @@ def _get_json(provider: OidcProvider, url: str, timeout: float, force: bool = Fa
 def metadata(provider: OidcProvider, timeout: float) -> dict:
     """The provider's discovery document (its ``issuer`` must be the one configured)."""
     document = _get_json(provider, provider.issuer + "/.well-known/openid-configuration", timeout)
-    if document.get("issuer", "").rstrip("/") != provider.issuer or not all(
+    if str(document.get("issuer") or "").rstrip("/") != provider.issuer or not all(
             isinstance(document.get(k), str) for k in
             ("authorization_endpoint", "token_endpoint", "jwks_uri")):
         raise provider_unavailable(provider.name)
@@ -224,8 +228,9 @@ def validate_id_token(found: OidcProvider, document: dict, id_token: str, nonce:
     """The ID token's claims once its signature (from the provider's JWKS),
     ``iss``, ``aud``, ``exp``, ``iat`` and ``nonce`` (and ``at_hash``, when
     given) check out; 400 ``oidc_invalid_token`` otherwise."""
-    registry = JWSRegistry(algorithms=document.get("id_token_signing_alg_values_supported")
-                           or ["RS256"])
+    listed = document.get("id_token_signing_alg_values_supported")
+    listed = listed if isinstance(listed, list) and listed else ["RS256"]
+    registry = JWSRegistry(algorithms=[a for a in SIGNING_ALGORITHMS if a in listed])
     try:
         try:
             keys = KeySet.import_key_set(_get_json(found, document["jwks_uri"], timeout))

@@ -324,3 +324,22 @@ def test_a_link_for_an_account_erased_meanwhile_is_refused(db, conf, provider):
     error = error_of(sign_in, db, conf, provider, subject, user_id=uuid.uuid4())
     assert error.code == "oidc_invalid_state"
     assert db.scalar(select(func.count()).select_from(Identity)) == 0
+
+
+def test_an_unsigned_id_token_is_refused_whatever_discovery_lists(db, conf, provider):
+    import base64
+    import json
+
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    found = conf.oidc_providers["corp"]
+    document = {**oidc.metadata(found, 5), "id_token_signing_alg_values_supported":
+                ["none", "HS256", "RS256"]}
+    now = int(utcnow().timestamp())
+    unsigned = ".".join([part({"alg": "none"}), part({
+        "iss": found.issuer, "aud": CLIENT_ID, "sub": "mallory", "nonce": "n",
+        "iat": now, "exp": now + 600}), ""])
+    with pytest.raises(DomainError) as info:
+        oidc.validate_id_token(found, document, unsigned, "n", None, 5)
+    assert info.value.code == "oidc_invalid_token"
