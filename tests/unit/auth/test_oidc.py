@@ -98,6 +98,11 @@ def test_the_authorization_url_carries_pkce_state_and_nonce(db, conf, provider):
     assert flow.state_hash != query["state"] and len(flow.state_hash) == 64
     assert flow.nonce == query["nonce"] and flow.code_verifier not in url
     assert flow.redirect_uri == APP
+    # S256: the challenge is the verifier's SHA-256 (RFC 7636), the verifier stays here
+    import base64
+    import hashlib
+    digest = hashlib.sha256(flow.code_verifier.encode()).digest()
+    assert query["code_challenge"] == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def test_sign_up_then_sign_in_with_the_same_subject(db, conf, provider):
