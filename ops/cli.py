@@ -10,6 +10,7 @@
     darkroom-ops users show <user>
     darkroom-ops users disable|enable <user>
     darkroom-ops users delete <user> --reason TEXT --yes
+    darkroom-ops users delete-minor <user> --yes
     darkroom-ops users grant-admin <email>
     darkroom-ops users revoke-admin <email>
     darkroom-ops keys revoke (<key id or prefix> | --user <user>)
@@ -324,6 +325,20 @@ def users_delete(config, user, reason, yes):
     if not yes:
         raise OpsError(f"not erasing {user} without --yes", exit_code=2)
     return user_ops.delete(config, user, reason)
+
+
+@users.command("delete-minor")
+@click.argument("user")
+@click.option("--yes", is_flag=True, help="Really erase the account now.")
+@output(user_ops.delete_minor_lines)
+@pass_config
+def users_delete_minor(config, user, yes):
+    """Erase at once an account a guardian reported as a minor's: the same
+    erasure (every service's part, certificate) with no grace period and no
+    cancel link. Needs --yes."""
+    if not yes:
+        raise OpsError(f"not erasing {user} without --yes", exit_code=2)
+    return user_ops.delete_minor(config, user)
 
 
 @cli.group(cls=OpsGroup)

@@ -143,6 +143,31 @@ def test_users_disable_and_delete(run, cluster):
                                     "request r1, pending")
 
 
+def test_users_delete_minor_erases_without_grace(run, cluster):
+    class Auth:
+        def find_user(self, ref):
+            return USER
+
+    class Privacy:
+        calls: list = []
+
+        def erase_as_operator(self, user_id, reason, immediate=False):
+            self.calls.append((user_id, reason, immediate))
+            return {"id": "r2", "type": "erasure", "status": "pending",
+                    "starts_at": "2026-12-04T10:00:00Z"}
+
+    privacy = Privacy()
+    cluster(auth=Auth(), privacy=privacy)
+    refused = run("users", "delete-minor", "ada@example.com")
+    assert refused.exit_code == 2 and privacy.calls == []
+    result = run("users", "delete-minor", "ada@example.com", "--yes")
+    assert result.exit_code == 0, result.output
+    assert privacy.calls == [(USER["id"], "reported by a guardian as under the minimum age "
+                                          "(no grace period)", True)]
+    assert result.stdout.startswith(f"erasure of ada@example.com (user {USER['id']}) started "
+                                    "at once, without a grace period: request r2, pending")
+
+
 @pytest.mark.parametrize("args, selector", [
     (["drk_abcd1234"], {"prefix": "drk_abcd1234"}),
     (["7d7ab5a4-0000-4000-8000-000000000009"], {"key_id": "7d7ab5a4-0000-4000-8000-000000000009"}),
