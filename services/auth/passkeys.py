@@ -26,7 +26,7 @@ import json
 import logging
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from webauthn import (
@@ -60,10 +60,11 @@ from services.auth.errors import (
     passkey_challenge_invalid,
     passkey_clone_suspected,
 )
-from services.auth.lookup import ensure_verified
+from services.auth.lookup import ensure_verified, other_ways_to_sign_in
 from services.auth.models import Passkey, PasskeyChallenge, User
 from services.auth.settings import AuthSettings
 from services.common.contracts.passkeys import PASSKEY_CREDENTIAL_ID_MAX
+from services.common.db import locked
 from services.common.errors import conflict, not_found
 from services.common.ids import client_id
 from services.common.pagination import paginate
@@ -278,19 +279,12 @@ def view(passkey: Passkey) -> dict:
 def remove(db: Session, user: User, passkey_id) -> None:
     """Delete one of ``user``'s passkeys (404 for anyone else's). 409
     ``last_sign_in_method`` when the account would be left with no way to sign in."""
+    locked(db, User, user.id)  # two removals at once cannot both take the last two
     passkey = db.get(Passkey, client_id(passkey_id, "passkey"))
     if passkey is None or passkey.user_id != user.id:
         raise not_found("passkey")
-    others = db.scalar(select(func.count()).select_from(Passkey).where(
-        Passkey.user_id == user.id, Passkey.id != passkey.id))
-    if not others and not has_password(user):
+    if not other_ways_to_sign_in(db, user, passkey=passkey):
         raise conflict("this passkey is the account's last way to sign in",
                        code="last_sign_in_method")
     db.delete(passkey)
     db.flush()
-
-
-def has_password(user: User) -> bool:
-    """Whether the account can sign in with a password (an account made
-    without one has no hash)."""
-    return bool(user.password_hash)

@@ -3,7 +3,8 @@
 Expired or revoked sessions, verification codes, reset tokens and passkey
 challenges a day past
 their end, and throttles (attempts counted against a login or an address)
-whose window and lock have both run out: such a row counts nothing any more. Accounts and API keys (revoked ones included, for the audit of who
+whose window and lock have both run out: such a row counts nothing any more;
+OpenID sign-in flows and one-time codes once expired (minutes). Accounts and API keys (revoked ones included, for the audit of who
 could call the API when) are kept until the account is erased.
 """
 
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from services.auth.models import (
     EmailVerification,
+    OidcCode,
+    OidcFlow,
     PasskeyChallenge,
     PasswordReset,
     Throttle,
@@ -38,6 +41,9 @@ def purge_expired(db: Session, settings: AuthSettings, now: datetime) -> dict[st
             EmailVerification.expires_at < now - GRACE
         ),
         "password_resets": delete(PasswordReset).where(PasswordReset.expires_at < now - GRACE),
+        # OpenID sign-ins never finished, and one-time codes never exchanged
+        "oidc_flows": delete(OidcFlow).where(OidcFlow.expires_at <= now),
+        "oidc_codes": delete(OidcCode).where(OidcCode.expires_at <= now),
         "passkey_challenges": delete(PasskeyChallenge).where(
             PasskeyChallenge.expires_at < now - GRACE),
         "throttles": delete(Throttle).where(and_(

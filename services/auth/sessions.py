@@ -100,8 +100,8 @@ def login(
 
 def open_session(db: Session, settings: AuthSettings, user: User, client_ip: str | None,
                  user_agent: str | None, now: datetime) -> LoginResult:
-    """A new session for ``user``, whose credentials were checked (a password
-    login, a passkey): remembers the network, and says when it is a new one."""
+    """A new session for ``user``, whose credentials were checked (a password,
+    an OpenID provider's ID token, a passkey), and the new network it came from, if any."""
     token = new_session_token()
     network = network_of(client_ip)
     session = UserSession(

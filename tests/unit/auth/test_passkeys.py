@@ -11,10 +11,10 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from services.auth import accounts, passkeys, retention, sessions
+from services.auth import accounts, oidc, passkeys, passwords, retention, sessions
 from services.auth import privacy as auth_privacy
 from services.auth.errors import RecordedFailure
-from services.auth.models import Passkey, PasskeyChallenge, UserSession
+from services.auth.models import Identity, Passkey, PasskeyChallenge, UserSession
 from services.auth.settings import AuthSettings
 from services.common.errors import DomainError
 from tests.webauthn_authenticator import SoftwareAuthenticator
@@ -292,7 +292,7 @@ def test_listing_and_removing_touch_only_the_callers_passkeys(db, settings, now,
 
 def test_the_last_way_to_sign_in_is_never_removed(db, settings, now, alice):
     _, only = enrol(db, settings, alice, now)
-    alice.password_hash = ""  # an account made without a password
+    alice.password_hash = passwords.NO_PASSWORD  # an account made at a provider
     db.commit()
     error = refusal(db, lambda: passkeys.remove(db, alice, only.id))
     assert (error.code, error.status) == ("last_sign_in_method", 409)
@@ -348,3 +348,16 @@ def test_any_answer_is_refused_with_a_code_never_a_crash(db, settings, now, alic
                  lambda: passkeys.register(db, settings, alice, alice.sid, credential, "x", now)):
         error = refusal(db, call)
         assert error.code in ("invalid_passkey", "passkey_challenge_invalid"), error
+
+
+def test_passkeys_and_linked_providers_count_for_each_other(db, settings, now, alice):
+    alice.password_hash = passwords.NO_PASSWORD
+    identity = Identity(user_id=alice.id, provider="google", subject="g-1",
+                        email=alice.email, email_verified=True, created_at=now)
+    db.add(identity)
+    db.commit()
+    _, passkey = enrol(db, settings, alice, now)
+    oidc.unlink(db, alice, identity.id)  # the passkey is left to sign in with
+    db.commit()
+    error = refusal(db, lambda: passkeys.remove(db, alice, passkey.id))
+    assert error.code == "last_sign_in_method"
