@@ -170,7 +170,7 @@ def run(label: str, env: dict) -> bool:
             for name, method, template, runs in MEASURED:
                 url = client.base + template.format(job=job)
                 sample = client.session.request(method, url, headers=client.headers,
-                                                data=body if method == "POST" else None,
+                                                json=JOB if method == "POST" else None,
                                                 timeout=30)
                 assert sample.status_code in (200, 202), sample.text
                 floor_url = f"{floor_base}/bytes/{len(sample.content)}"
