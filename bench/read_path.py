@@ -15,7 +15,9 @@ Load: wrk (Debian's package; ``make bench`` installs it as deploy/test-tools.sh
 installs its tools), SECONDS seconds per measurement after a short warm-up, at
 1 and 16 connections (the submit at 1); each measurement of the gateway right
 after the floor's, so both see the same machine. Printed: req/s, p50, p95, the
-ratios, and each service's resident set at rest.
+ratios, the CPU time each process spent per request (``/proc/<pid>/stat``: where
+the time went, whatever else loads the machine) and each process's resident set
+at rest.
 
 Targets: the three reads reach 1/3 of the floor's req/s at 16 connections and
 at most 3x its p50 at 1; the submit at most 5x the floor's p50 at 1; every
@@ -33,8 +35,6 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-
-import requests
 
 from bench.pipeline import JOB, stack, wait_done
 from bench.stack import processes
@@ -87,7 +87,8 @@ def wrk(url: str, connections: int, *, method: str = "GET", token: str | None = 
     line = next(x for x in out.splitlines() if x.startswith("READ_PATH "))
     count, micros, p50, p95, errors = (int(v) for v in line.split()[1:])
     assert errors == 0, f"{errors} of {count} requests to {url} failed:\n{out}"
-    return {"rps": count / (micros / 1e6), "p50": p50 / 1000, "p95": p95 / 1000}
+    return {"rps": count / (micros / 1e6), "p50": p50 / 1000, "p95": p95 / 1000,
+            "requests": count}
 
 
 def ensure_wrk() -> None:
@@ -129,6 +130,12 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -162,6 +169,9 @@ def run(label: str, env: dict) -> bool:
         try:
             floor.wait_ready(f"http://127.0.0.1:{floor_port}/bytes/2")
             floor_base = f"http://127.0.0.1:{floor_port}"
+            gateway = started["gateway"].proc.pid
+            pids = {name: started[name].proc.pid for name in SERVICES}
+            pids.update({f"gateway worker {n}": pid for n, pid in enumerate(children(gateway), 1)})
             body = json.dumps(JOB)
             print(f"{label}: {SECONDS} s per measurement (wrk); floor: bare Flask, same gunicorn "
                   f"settings, a JSON body of the same size")
@@ -179,7 +189,10 @@ def run(label: str, env: dict) -> bool:
                     wrk(floor_url, connections, seconds=1, **args)  # warm-up
                     wrk(url, connections, token=token, seconds=1, **args)
                     f = wrk(floor_url, connections, **args)
+                    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     m = wrk(url, connections, token=token, **args)
+                    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / m["requests"]
+                             for name, pid in pids.items()}
                     rps_ratio, p50_ratio = m["rps"] / f["rps"], m["p50"] / f["p50"]
                     ok = rps_ratio >= target if kind == "rps" else p50_ratio <= target
                     met &= ok
@@ -188,12 +201,12 @@ def run(label: str, env: dict) -> bool:
                           f"{m['p95']:7.1f}   {f['rps']:11.1f} {f['p50']:7.1f} {f['p95']:7.1f}   "
                           f"req/s {rps_ratio:.2f}, p50 {p50_ratio:.1f}x ({goal}: "
                           f"{'PASS' if ok else 'FAIL'})")
+                    # where the time went: CPU per request, whatever else loads the machine
+                    print(f"  {'':26s} {'':5s}  CPU ms per request: " + ", ".join(
+                        f"{name} {ms:.2f}" for name, ms in spent.items() if ms >= 0.05))
             # at rest: the load over, the outbox relays and access-log batches done
             time.sleep(5)
-            pids = {name: started[name].proc.pid for name in SERVICES}
-            gateway = started["gateway"].proc.pid
             pids["gateway (master)"] = gateway
-            pids.update({f"gateway worker {n}": pid for n, pid in enumerate(children(gateway), 1)})
             sizes = {name: rss_mb(pid) for name, pid in pids.items()}
             ok = max(sizes.values()) <= RSS_LIMIT_MB
             met &= ok
