@@ -188,7 +188,11 @@ def run(label: str, env: dict) -> bool:
                     args = dict(method=method, body=body if method == "POST" else None)
                     wrk(floor_url, connections, seconds=1, **args)  # warm-up
                     wrk(url, connections, token=token, seconds=1, **args)
+                    floor_workers = children(floor.proc.pid)
+                    floor_before = sum(cpu_seconds(pid) for pid in floor_workers)
                     f = wrk(floor_url, connections, **args)
+                    floor_cpu = ((sum(cpu_seconds(pid) for pid in floor_workers) - floor_before)
+                                 * 1000 / f["requests"])
                     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     m = wrk(url, connections, token=token, **args)
                     spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / m["requests"]
@@ -203,7 +207,8 @@ def run(label: str, env: dict) -> bool:
                           f"{'PASS' if ok else 'FAIL'})")
                     # where the time went: CPU per request, whatever else loads the machine
                     print(f"  {'':26s} {'':5s}  CPU ms per request: " + ", ".join(
-                        f"{name} {ms:.2f}" for name, ms in spent.items() if ms >= 0.05))
+                        f"{name} {ms:.2f}" for name, ms in spent.items() if ms >= 0.05)
+                        + f"; the floor's workers {floor_cpu:.2f}")
             # at rest: the load over, the outbox relays and access-log batches done
             time.sleep(5)
             pids["gateway (master)"] = gateway
