@@ -33,8 +33,11 @@ import subprocess
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+import requests
 
 from bench.pipeline import JOB, stack, wait_done
 from bench.stack import processes
@@ -86,9 +89,26 @@ def wrk(url: str, connections: int, *, method: str = "GET", token: str | None = 
             capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("READ_PATH "))
     count, micros, p50, p95, errors = (int(v) for v in line.split()[1:])
-    assert errors == 0, f"{errors} of {count} requests to {url} failed:\n{out}"
+    if errors:
+        raise SystemExit(f"{errors} of {count} requests to {url} failed:\n{out}"
+                         f"{sample_failures(url, connections, method, token, body)}")
     return {"rps": count / (micros / 1e6), "p50": p50 / 1000, "p95": p95 / 1000,
             "requests": count}
+
+
+def sample_failures(url: str, connections: int, method: str, token: str | None,
+                    body: str | None) -> str:
+    """What failing requests answered: the same load again, from Python, for a moment."""
+    headers = {"Content-Type": "application/json",
+               **({"Authorization": f"Bearer {token}"} if token else {})}
+
+    def one(_):
+        r = requests.request(method, url, headers=headers, data=body, timeout=30)
+        return None if r.status_code < 300 else f"{r.status_code} {r.text[:300]}"
+
+    with ThreadPoolExecutor(connections) as pool:
+        failures = [f for f in pool.map(one, range(connections * 4)) if f]
+    return "\n".join(sorted(set(failures))[:5])
 
 
 def ensure_wrk() -> None:
