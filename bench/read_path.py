@@ -137,6 +137,7 @@ def postgres_databases():
                make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
                for service, name in names.items()}
     finally:
+        engine.dispose()  # new connections: the server may have restarted meanwhile
         with engine.connect() as conn:
             for name in names.values():
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
