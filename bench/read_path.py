@@ -40,7 +40,7 @@ from pathlib import Path
 import requests
 
 from bench.pipeline import JOB, stack, wait_done
-from bench.stack import processes
+from bench.stack import children, processes
 from tests.conftest import Process, base_env
 from tests.fakes.providers import FakeOpenAIImages
 
@@ -157,13 +157,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
 def run(label: str, env: dict) -> bool:
     """The stack on ``env``'s databases and the floor, measured; True when
     every target was met."""
@@ -171,14 +164,8 @@ def run(label: str, env: dict) -> bool:
     with FakeOpenAIImages(api_key="sk-bench") as provider, processes() as (start, free_port), \
             tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        started: dict[str, Process] = {}
-
-        def recording_start(name, **extra):
-            proc, proc_env = start(name, **extra)
-            started[name] = proc
-            return proc, proc_env
-
-        client = stack(recording_start, free_port, provider.url, tmp, env=env)
+        started = start.by_name
+        client = stack(start, free_port, provider.url, tmp, env=env)
         token = client.headers["Authorization"].split()[1]
         job = client.session.post(f"{client.base}/v1/generations", json=JOB,
                                   headers=client.headers, timeout=30).json()["id"]
