@@ -3,9 +3,12 @@ service's RPC surface. Request bodies and responses use the auth contracts."""
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from flask import current_app, g, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
+from nameko.exceptions import RemoteError
 
 from gateway.api.common import Blueprint, call, errors, for_caller, present
 from gateway.auth import authenticated, current_principal
@@ -48,7 +51,14 @@ def _user_and_policy(user_id: str) -> tuple[dict, dict | None]:
     try:
         with current_app.extensions["darkroom"].rpc.get() as proxy:
             pending = proxy.privacy.policy_status.call_async(user_id)
-            user = proxy.auth.get_user(user_id)
+            try:
+                user = proxy.auth.get_user(user_id)
+            except Exception:
+                # collect privacy's reply all the same: a reply left unread
+                # would stay on this pooled proxy's reply queue
+                with suppress(DomainError, RemoteError):
+                    proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
+                raise
             return user, proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
     except DomainError as exc:
         if user is None or exc.status < 500:
