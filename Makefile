@@ -103,7 +103,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	@$(LOCAL_SERVICES) rabbitmq
+	@$(LOCAL_SERVICES) rabbitmq postgres
+	@-$(TEST_TOOLS) wrk
 	$(BIN)/python -m bench
 
 clean:

@@ -75,6 +75,17 @@ def api_key(key_id: str = KEY_ID, name: str = "default") -> dict:
     return {"id": key_id, "name": name, "prefix": "dr_live_ab", "created_at": NOW, "last_used_at": None}
 
 
+class Reply:
+    """What ``call_async`` returns: the call runs when its result is asked for
+    (so ``fail_with`` raises there, as a real reply's error does)."""
+
+    def __init__(self, call, args, kwargs):
+        self.call, self.args, self.kwargs = call, args, kwargs
+
+    def result(self):
+        return self.call(*self.args, **self.kwargs)
+
+
 class FakeRpcService:
     """A service's RPC surface in memory: RPC ``x`` is method ``rpc_x`` (with the
     real RPC's parameters: tests/unit/test_fakes.py checks them); every call is
@@ -99,6 +110,7 @@ class FakeRpcService:
                 raise self.fail_with[name]
             return impl(self, *args, **kwargs)
 
+        call.call_async = lambda *args, **kwargs: Reply(call, args, kwargs)
         return call
 
     def called(self, name: str) -> list[tuple[tuple, dict]]:
@@ -402,8 +414,13 @@ class FakePrivacy(FakeService):
         super().__init__("privacy")
         self.status = {"current": None, "accepted": None, "acceptance_required": False}
 
-    def policy_status(self, user_id):
-        return dict(self.status)
+    @property
+    def policy_status(self):
+        def call(user_id):
+            return dict(self.status)
+
+        call.call_async = lambda *args: Reply(call, args, {})
+        return call
 
 
 class FakePool:
@@ -415,11 +432,17 @@ class FakePool:
         self.services = {"auth": self.auth, "notifications": FakeService("notifications"),
                          "storage": self.storage, "privacy": FakePrivacy()}
         self.checkouts = 0
+        self.waits: list[float] = []
 
     @contextmanager
     def get(self, timeout=None, correlation=None):
         self.checkouts += 1
         yield self
+
+    def wait(self, reply, timeout):
+        """gateway.rpc's ``proxy.wait``: a call_async's result (``timeout`` recorded)."""
+        self.waits.append(timeout)
+        return reply.result()
 
     def __getattr__(self, name):
         try:
