@@ -16,6 +16,7 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import text
 
+from services.common import fieldcrypt
 from services.common.config import config_path, load_config
 from services.common.engine import make_engine, normalise_url
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in names:
         config = load_config(config_path(name))
+        fieldcrypt.configure_from(config)  # a migration may encrypt personal fields
         upgrade(SERVICES_DIR / name / "migrations", config["DATABASE_URL"])
         print(f"{name}: migrated")
     return 0
