@@ -275,8 +275,10 @@ def check_readable(connection: Connection, metadata: sa.MetaData) -> None:
                 try:
                     keys().decrypt(sample, column.type.purpose)
                 except TamperedField:
-                    raise KeyRingError(f"the key {key_id!r} in {ENV_VAR} is not the key of that "
-                                       f"id {table.name}.{column.name} was encrypted with") from None
+                    raise KeyRingError(
+                        f"the key {key_id!r} in {ENV_VAR} does not decrypt {table.name}."
+                        f"{column.name}: it is not the key of that id the values were "
+                        "encrypted with, or a stored value was altered") from None
 
 
 # ------------------------------------------------------------ conversion and rotation
