@@ -16,7 +16,7 @@
     darkroom-ops storage purge [--dry-run] [--batch-size N]
     darkroom-ops storage report [--json]
     darkroom-ops storage rekey [--storage-config PATH]
-    darkroom-ops fields status | rekey [--service NAME]... [--batch-size N]
+    darkroom-ops fields (status | rekey [--batch-size N]) [--service NAME]...
     darkroom-ops billing verify [--user ID] [--json]
     darkroom-ops billing adjust --user ID --credits N --reason TEXT [--idempotency-key K]
     darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]

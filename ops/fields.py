@@ -1,7 +1,8 @@
 """``darkroom-ops fields``: the personal fields encrypted in the databases
 (services/common/fieldcrypt.py).
 
-    darkroom-ops fields status [--json]       per service: rows not yet under the
+    darkroom-ops fields status [--service S]... [--json]
+                                              per service: rows not yet under the
                                               newest key of FIELD_ENCRYPTION_KEYS
     darkroom-ops fields rekey [--service S]... [--batch-size N] [--json]
                                               re-encrypt them under it (resumable)
@@ -125,16 +126,21 @@ def fields():
     """Personal fields encrypted in the databases: key status and rotation."""
 
 
+SERVICE_OPTION = click.option(
+    "--service", "names", multiple=True, metavar="NAME",
+    help="Only this service (repeatable; default: every one with encrypted fields).")
+
+
 @fields.command("status")
+@SERVICE_OPTION
 @output(_status_lines)
-def fields_status():
+def fields_status(names):
     """Rows, per service, not yet under the newest key of FIELD_ENCRYPTION_KEYS."""
-    return status(encrypted_services())
+    return status(_chosen(names))
 
 
 @fields.command("rekey")
-@click.option("--service", "names", multiple=True, metavar="NAME",
-              help="Only this service (repeatable; default: every one with encrypted fields).")
+@SERVICE_OPTION
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10000),
               help="Rows re-encrypted per transaction.")
 @output(_rekey_lines, failed=lambda result: any(row["stale_rows"] for row in result.values()))

@@ -7,6 +7,7 @@ written before encryption (and back)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from types import SimpleNamespace
@@ -120,12 +121,17 @@ def test_no_personal_field_in_clear_on_disk_refusals_and_rotation(stack, start_p
 
     # rotation: the new key first, rekey (the real CLI), then the old key removed
     rotating = env(stack, f"{K2},{K1}")
-    result = ops(rotating, "fields", "rekey")
+    services = ("--service", "auth", "--service", "notifications")  # the ones running here
+    status = ops(rotating, "fields", "status", *services, "--json")
+    assert status.returncode == 0, status.stderr
+    # the account, its code, its session and its profile change
+    assert json.loads(status.stdout)["auth"] == {"current_key": "k2", "stale_rows": 4}
+    result = ops(rotating, "fields", "rekey", *services)
     assert result.returncode == 0, result.stderr
     assert "auth: re-encrypted" in result.stdout and "notifications: re-encrypted" in result.stdout
     assert "older keys may now be removed" in result.stdout
     assert "re-encrypting" in result.stderr  # the progress bar
-    again = ops(rotating, "fields", "rekey", "--json")  # resumable: nothing left to do
+    again = ops(rotating, "fields", "rekey", *services, "--json")  # resumable: nothing left to do
     assert again.returncode == 0 and '"rewritten_rows": 0' in again.stdout, again.stdout
     assert b"fc1:k1:" not in sqlite_files(stack.auth_db) + pg_dump(stack.notifications_url)
 
