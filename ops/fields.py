@@ -17,6 +17,7 @@ docs/operations.md, "Encryption of personal fields".
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 
 import click
 
@@ -56,44 +57,42 @@ def _open(service: str):
     return make_engine(str(config["DATABASE_URL"]))
 
 
-def _check(engine, service: str, metadata) -> None:
+@contextmanager
+def _checked(service: str, metadata):
+    """The service's engine, once its keys are known to read its database."""
+    engine = _open(service)
     try:
         with engine.connect() as connection:
             fieldcrypt.check_readable(connection, metadata)
-    except KeyRingError as exc:
+        yield engine
+    except (KeyRingError, fieldcrypt.TamperedField) as exc:
         raise OpsError(f"{service}: {exc}") from None
+    finally:
+        engine.dispose()
+
+
+def _stale(engine, metadata) -> int:
+    with engine.connect() as connection:
+        return fieldcrypt.count_stale(connection, metadata)
 
 
 def status(services: dict) -> dict:
     result = {}
     for service, metadata in services.items():
-        engine = _open(service)
-        try:
-            _check(engine, service, metadata)
-            with engine.connect() as connection:
-                result[service] = {"current_key": fieldcrypt.keys().ring.current_id,
-                                   "stale_rows": fieldcrypt.count_stale(connection, metadata)}
-        finally:
-            engine.dispose()
+        with _checked(service, metadata) as engine:
+            result[service] = {"current_key": fieldcrypt.keys().ring.current_id,
+                               "stale_rows": _stale(engine, metadata)}
     return result
 
 
 def rekey(services: dict, batch_size: int) -> dict:
     result = {}
     for service, metadata in services.items():
-        engine = _open(service)
-        try:
-            _check(engine, service, metadata)
-            with engine.connect() as connection:
-                total = fieldcrypt.count_stale(connection, metadata)
-            with progress(label=f"{service}: re-encrypting", length=total) as bar:
+        with _checked(service, metadata) as engine:
+            with progress(label=f"{service}: re-encrypting", length=_stale(engine, metadata)) as bar:
                 done = fieldcrypt.rekey(engine, metadata, batch_size, progress=bar.update)
-            with engine.connect() as connection:
-                left = fieldcrypt.count_stale(connection, metadata)
             result[service] = {"current_key": fieldcrypt.keys().ring.current_id,
-                               "rewritten_rows": done, "stale_rows": left}
-        finally:
-            engine.dispose()
+                               "rewritten_rows": done, "stale_rows": _stale(engine, metadata)}
     return result
 
 

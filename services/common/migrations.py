@@ -12,6 +12,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import text
@@ -66,6 +67,35 @@ def run_env(target_metadata) -> None:
                     connection.commit()
     finally:
         engine.dispose()
+
+
+def encrypt_columns(table: str, columns: dict, key: tuple[str, ...] = ("id",)) -> None:
+    """In a migration: make ``columns`` (name → (purpose, type before)) of
+    ``table`` encrypted personal fields (services/common/fieldcrypt.py): text
+    columns, their rows encrypted with the process's keys."""
+    from alembic import op
+
+    with op.batch_alter_table(table) as batch:
+        for name, (_, before) in columns.items():
+            batch.alter_column(name, type_=sa.Text(), existing_type=before,
+                               postgresql_using=f"{name}::text")
+    fieldcrypt.convert_rows(op.get_bind(), table, list(key),
+                            {name: purpose for name, (purpose, _) in columns.items()},
+                            fieldcrypt.encrypt_value)
+
+
+def decrypt_columns(table: str, columns: dict, key: tuple[str, ...] = ("id",)) -> None:
+    """The downgrade of :func:`encrypt_columns`: plaintext in the types of before."""
+    from alembic import op
+
+    fieldcrypt.convert_rows(op.get_bind(), table, list(key),
+                            {name: purpose for name, (purpose, _) in columns.items()},
+                            fieldcrypt.decrypt_value)
+    with op.batch_alter_table(table) as batch:
+        for name, (_, before) in columns.items():
+            cast = "json" if isinstance(before, sa.JSON) else f"varchar({before.length})"
+            batch.alter_column(name, type_=before, existing_type=sa.Text(),
+                               postgresql_using=f"{name}::{cast}")
 
 
 def main(argv: list[str] | None = None) -> int:

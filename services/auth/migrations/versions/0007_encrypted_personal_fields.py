@@ -16,6 +16,7 @@ from alembic import op
 
 from services.common import fieldcrypt
 from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX
+from services.common.migrations import decrypt_columns, encrypt_columns
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -23,24 +24,16 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 LIVE = "used_at IS NULL AND superseded_at IS NULL"
-# table -> (primary key, {column: (purpose, type before)})
+# table -> {column: (purpose, type before)}
 FIELDS = {
-    "users": (["id"], {"email": ("users.email", sa.String(EMAIL_MAX)),
-                       "display_name": ("users.display_name", sa.String(DISPLAY_NAME_MAX)),
-                       "bio": ("users.bio", sa.String(BIO_MAX))}),
-    "email_verifications": (["id"], {"email": ("email_verifications.email",
-                                               sa.String(EMAIL_MAX))}),
-    "sessions": (["id"], {"user_agent": ("sessions.user_agent", sa.String(300)),
-                          "network": ("sessions.network", sa.String(64))}),
-    "account_changes": (["id"], {"changes": ("account_changes.changes", sa.JSON())}),
+    "users": {"email": ("users.email", sa.String(EMAIL_MAX)),
+              "display_name": ("users.display_name", sa.String(DISPLAY_NAME_MAX)),
+              "bio": ("users.bio", sa.String(BIO_MAX))},
+    "email_verifications": {"email": ("email_verifications.email", sa.String(EMAIL_MAX))},
+    "sessions": {"user_agent": ("sessions.user_agent", sa.String(300)),
+                 "network": ("sessions.network", sa.String(64))},
+    "account_changes": {"changes": ("account_changes.changes", sa.JSON())},
 }
-
-
-def _convert(transform) -> None:
-    for table, (key, columns) in FIELDS.items():
-        fieldcrypt.convert_rows(op.get_bind(), table, key,
-                                {name: purpose for name, (purpose, _) in columns.items()},
-                                transform)
 
 
 def _fill_email_index(table: str) -> None:
@@ -61,12 +54,8 @@ def upgrade() -> None:
             if table == "users":
                 batch.drop_constraint("uq_users_email", type_="unique")
         _fill_email_index(table)
-    for table, (_, columns) in FIELDS.items():
-        with op.batch_alter_table(table) as batch:
-            for name, (_, before) in columns.items():
-                batch.alter_column(name, type_=sa.Text(), existing_type=before,
-                                   postgresql_using=f"{name}::text")
-    _convert(fieldcrypt.encrypt_value)
+    for table, columns in FIELDS.items():
+        encrypt_columns(table, columns)
     with op.batch_alter_table("users") as batch:
         batch.alter_column("email_index", existing_type=sa.String(64), nullable=False)
         batch.create_unique_constraint("uq_users_email_index", ["email_index"])
@@ -83,13 +72,8 @@ def downgrade() -> None:
     op.drop_index("uq_email_verifications_live", table_name="email_verifications",
                   postgresql_where=sa.text(LIVE), sqlite_where=sa.text(LIVE))
     op.drop_index("ix_email_verifications_email_index", table_name="email_verifications")
-    _convert(fieldcrypt.decrypt_value)
-    for table, (_, columns) in FIELDS.items():
-        with op.batch_alter_table(table) as batch:
-            for name, (_, before) in columns.items():
-                using = "json" if isinstance(before, sa.JSON) else f"varchar({before.length})"
-                batch.alter_column(name, type_=before, existing_type=sa.Text(),
-                                   postgresql_using=f"{name}::{using}")
+    for table, columns in FIELDS.items():
+        decrypt_columns(table, columns)
     with op.batch_alter_table("users") as batch:
         batch.drop_constraint("uq_users_email_index", type_="unique")
         batch.drop_column("email_index")

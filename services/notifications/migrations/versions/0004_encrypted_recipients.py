@@ -12,28 +12,21 @@ Create Date: 2026-12-04
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 
-from services.common import fieldcrypt
 from services.common.contracts.auth import EMAIL_MAX
+from services.common.migrations import decrypt_columns, encrypt_columns
 
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PURPOSE = {"recipient": "notifications.recipient"}
+COLUMNS = {"recipient": ("notifications.recipient", sa.String(EMAIL_MAX))}
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("notifications") as batch:
-        batch.alter_column("recipient", type_=sa.Text(), existing_type=sa.String(EMAIL_MAX))
-    fieldcrypt.convert_rows(op.get_bind(), "notifications", ["id"], PURPOSE,
-                            fieldcrypt.encrypt_value)
+    encrypt_columns("notifications", COLUMNS)
 
 
 def downgrade() -> None:
-    fieldcrypt.convert_rows(op.get_bind(), "notifications", ["id"], PURPOSE,
-                            fieldcrypt.decrypt_value)
-    with op.batch_alter_table("notifications") as batch:
-        batch.alter_column("recipient", type_=sa.String(EMAIL_MAX), existing_type=sa.Text())
+    decrypt_columns("notifications", COLUMNS)
