@@ -173,3 +173,21 @@ def test_rekey_moves_every_row_to_the_newest_key_in_committed_batches(use_keys, 
     with Session(engine) as db:
         assert sorted(db.get(User, i).email for i in ids) == sorted(
             f"u{n}@example.com" for n in range(7))
+
+
+def test_the_encrypted_columns_are_the_personal_fields_docs_privacy_lists():
+    from ops.fields import encrypted_services
+
+    found = {service: {f"{table.name}.{column.name}"
+                       for table, columns in fieldcrypt.encrypted_columns(metadata)
+                       for column in columns}
+             for service, metadata in encrypted_services().items()}
+    assert found == {
+        "auth": {"users.email", "users.display_name", "users.bio", "email_verifications.email",
+                 "sessions.user_agent", "sessions.network", "account_changes.changes"},
+        "notifications": {"notifications.recipient"},
+        "privacy": {"access_logs.network"},
+    }
+    for metadata in encrypted_services().values():  # each purpose names its column
+        for table, columns in fieldcrypt.encrypted_columns(metadata):
+            assert all(c.type.purpose == f"{table.name}.{c.name}" for c in columns)
