@@ -246,34 +246,34 @@ def encrypted_columns(metadata: sa.MetaData) -> Iterator[tuple[sa.Table, list[sa
 # ------------------------------------------------------------ start-up check
 
 
-def check_readable(connection: Connection, metadata: sa.MetaData) -> None:
+def check_readable(connection: Connection, metadata: sa.MetaData, sample: int = 1000) -> None:
     """Refuse (:class:`KeyRingError`, naming the variable and the key id, never a
     key) a ring that cannot read the stored fields: a value under a key id the
     ring lacks, or a ring key that is not the key of that id the values were
-    encrypted with (one value per column and key id is tried)."""
+    encrypted with. Up to ``sample`` values per column are looked at (a start
+    must not scan a large table), one per key id is decrypted."""
     ring = keys().ring
     for table, columns in encrypted_columns(metadata):
         for column in columns:
             raw = sa.column(column.name, sa.Text)
-            source = sa.table(table.name, raw)
-            known = [raw.startswith(f"{PREFIX}:{key_id}:", autoescape=True) for key_id in ring.ids()]
-            stray = connection.scalar(sa.select(raw).select_from(source)
-                                      .where(raw.is_not(None), sa.not_(sa.or_(*known))).limit(1))
-            if stray is not None:
+            values = connection.scalars(sa.select(raw).select_from(sa.table(table.name, raw))
+                                        .where(raw.is_not(None)).limit(sample)).all()
+            tried: set[str] = set()
+            for value in values:
                 try:
-                    named = f"the key {key_id_of(stray)!r}"
+                    key_id = key_id_of(value)
                 except TamperedField:
-                    named = "no key (a value that is not encrypted)"
-                raise KeyRingError(f"{table.name}.{column.name} holds values under {named}, "
-                                   f"which {ENV_VAR} lacks (run `darkroom-ops fields rekey` "
-                                   "before removing a key)")
-            for key_id, condition in zip(ring.ids(), known, strict=True):
-                sample = connection.scalar(sa.select(raw).select_from(source)
-                                           .where(condition).limit(1))
-                if sample is None:
+                    raise KeyRingError(f"{table.name}.{column.name} holds a value that is not "
+                                       "encrypted (or not in the fc1 format)") from None
+                if key_id in tried:
                     continue
+                tried.add(key_id)
+                if key_id not in ring.ids():
+                    raise KeyRingError(f"{table.name}.{column.name} holds values under the key "
+                                       f"{key_id!r}, which {ENV_VAR} lacks (run `darkroom-ops "
+                                       "fields rekey` before removing a key)")
                 try:
-                    keys().decrypt(sample, column.type.purpose)
+                    keys().decrypt(value, column.type.purpose)
                 except TamperedField:
                     raise KeyRingError(
                         f"the key {key_id!r} in {ENV_VAR} does not decrypt {table.name}."
