@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from services.common.contracts.auth import KEY_NAME_MAX
 from services.common.db import UtcDateTime
-from services.common.fieldcrypt import Encrypted, EncryptedJSON, email_index
+from services.common.fieldcrypt import Encrypted, EncryptedJSON, email_index, email_index_of
 from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
@@ -38,7 +38,8 @@ class User(IdMixin, Base):
     # Encrypted (services/common/fieldcrypt.py); found by its blind index,
     # kept in step by _index_email.
     email: Mapped[str] = mapped_column(Encrypted("users.email"))
-    email_index: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    email_index: Mapped[str] = mapped_column(sa.String(64), unique=True,
+                                             default=email_index_of("email"))
     email_verified: Mapped[bool] = mapped_column(
         sa.Boolean, default=False, server_default=sa.false()
     )
@@ -115,7 +116,8 @@ class EmailVerification(IdMixin, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
     purpose: Mapped[str] = mapped_column(sa.String(20))
     email: Mapped[str] = mapped_column(Encrypted("email_verifications.email"))
-    email_index: Mapped[str] = mapped_column(sa.String(64), index=True)
+    email_index: Mapped[str] = mapped_column(sa.String(64), index=True,
+                                             default=email_index_of("email"))
     code_hmac: Mapped[str] = mapped_column(sa.String(64))
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

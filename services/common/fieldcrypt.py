@@ -186,6 +186,17 @@ def email_index(email: str) -> str:
     return keys().blind_index(normalise_email(email), "email")
 
 
+def email_index_of(column: str) -> Callable:
+    """A column default: the blind index of the address inserted in ``column``
+    (a Core insert as well as the ORM's; a change is the model's to follow)."""
+
+    def default(context) -> str | None:
+        value = context.get_current_parameters().get(column)
+        return None if value is None else email_index(value)
+
+    return default
+
+
 # ------------------------------------------------------------ column types
 
 

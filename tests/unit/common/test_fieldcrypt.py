@@ -191,3 +191,17 @@ def test_the_encrypted_columns_are_the_personal_fields_docs_privacy_lists():
     for metadata in encrypted_services().values():  # each purpose names its column
         for table, columns in fieldcrypt.encrypted_columns(metadata):
             assert all(c.type.purpose == f"{table.name}.{c.name}" for c in columns)
+
+
+def test_a_core_insert_gets_the_blind_index_too(use_keys, engine):
+    use_keys(K1)
+    from services.auth.lookup import find_user_by_email
+    from services.common.ids import utcnow
+
+    user_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(User.__table__.insert().values(
+            id=user_id, email="Core@Example.com", password_hash="x", plan="free",
+            created_at=utcnow(), updated_at=utcnow()))
+    with Session(engine) as db:
+        assert find_user_by_email(db, "core@example.com").id == user_id
