@@ -22,7 +22,8 @@ Encryption is randomised, so an encrypted column cannot be compared in SQL
 value gets a **blind index** beside it: HMAC-SHA256 under ``FIELD_INDEX_KEY``
 (a key of its own, not in the ring) of the purpose and the normalised value
 (:func:`email_index`), kept in a ``String(64)`` column with the index or
-unique constraint the plain column had. The model keeps the two in step
+unique constraint the plain column had, filled on insert by the column
+default :func:`email_index_of` and kept in step on change by the model
 (``sqlalchemy.orm.validates``, see services/auth/models.py).
 
 Rotation: put a new key first in the ring, run ``darkroom-ops fields rekey``
