@@ -341,6 +341,27 @@ class QuoteAnswer(RpcSchema):
     breakdown = fields.Nested(QuoteBreakdown, required=True)
 
 
+class Subscription(RpcSchema):
+    """The caller's plan renewing through Stripe (GET /v1/billing/subscription)."""
+
+    plan = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "Stripe's: incomplete, active, past_due (a renewal failed: the plan "
+                       "stays until grace_until), unpaid, canceled"})
+    cancel_at_period_end = fields.Boolean(required=True, metadata={
+        "description": "true: it ends at current_period_end and is not renewed"})
+    current_period_end = fields.AwareDateTime(required=True, allow_none=True)
+    grace_until = fields.AwareDateTime(required=True, allow_none=True, metadata={
+        "description": "after a failed renewal: the day the account drops to the free plan"})
+    created_at = fields.AwareDateTime(required=True)
+
+
+class PortalLink(RpcSchema):
+    url = fields.String(required=True, metadata={
+        "description": "Stripe's customer portal for the caller (payment method, invoices, "
+                       "cancellation); open it at once, it is short-lived"})
+
+
 class CheckoutCreated(RpcSchema):
     order_id = fields.UUID(required=True)
     checkout_url = fields.String(required=True)

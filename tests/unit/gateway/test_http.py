@@ -260,6 +260,8 @@ def test_openapi_document(client):
         "/v1/billing/plans": {"get"}, "/v1/billing/prices": {"get"},
         "/v1/billing/checkout": {"post"}, "/v1/billing/orders": {"get"},
         "/v1/billing/webhooks/stripe": {"post"},
+        "/v1/billing/subscription": {"get"}, "/v1/billing/subscription/cancel": {"post"},
+        "/v1/billing/portal": {"get"},
         "/v1/me/webhook-secret": {"get"}, "/v1/me/webhook-secret/rotate": {"post"},
         "/v1/templates": {"get"}, "/v1/models": {"get"}, "/v1/generations": {"get", "post"},
         "/v1/generations/{job_id}": {"get", "delete"}, "/v1/generations/{job_id}/events": {"get"},
