@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from services.auth.models import User, UserSession
 from services.common.errors import forbidden, not_found
+from services.common.fieldcrypt import email_index
 from services.common.ids import trusted_id
 
 
@@ -21,7 +22,7 @@ def get_user(db: Session, user_id) -> User:
 
 def find_user_by_email(db: Session, email: str) -> User | None:
     """``email`` must already be normalised (the request schemas do it)."""
-    return db.scalar(select(User).where(User.email == email))
+    return db.scalar(select(User).where(User.email_index == email_index(email)))
 
 
 def ensure_verified(user: User) -> None:
