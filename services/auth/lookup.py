@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from services.auth import passwords
 from services.auth.models import Identity, Passkey, User, UserSession
 from services.common.errors import forbidden, not_found
+from services.common.fieldcrypt import email_index
 from services.common.ids import trusted_id
 
 
@@ -22,7 +23,7 @@ def get_user(db: Session, user_id) -> User:
 
 def find_user_by_email(db: Session, email: str) -> User | None:
     """``email`` must already be normalised (the request schemas do it)."""
-    return db.scalar(select(User).where(User.email == email))
+    return db.scalar(select(User).where(User.email_index == email_index(email)))
 
 
 def other_ways_to_sign_in(db: Session, user: User, *, identity=None, passkey=None) -> int:

@@ -32,7 +32,7 @@ from services.auth import (
 )
 from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure, email_taken, invalid_credentials
-from services.auth.models import outbox
+from services.auth.models import Base, outbox
 from services.auth.settings import AuthSettings
 from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
@@ -61,7 +61,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
     name = "auth"
     privacy = privacy_data  # its part of privacy requests
 
-    db = Database(migrations=Path(__file__).parent / "migrations")
+    db = Database(migrations=Path(__file__).parent / "migrations", metadata=Base.metadata)
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(AuthSettings.from_config)  # a missing SECRET_KEY stops the start
 

@@ -369,8 +369,10 @@ def test_export_then_erasure_leave_no_trace(stack, bystander):
     # the schedule actually enforced, from every running service
     retention = call_ok(stack, "GET", "/v1/privacy/retention")
     assert retention["unavailable"] == []
-    assert {i["service"] for i in retention["items"]} == set(SERVICES)
+    assert {i["service"] for i in retention["items"]} == set(SERVICES) | {"backups"}
     kept = {(i["service"], i["data"]): i["days"] for i in retention["items"]}
+    assert [i["days"] for i in retention["items"] if i["service"] == "backups"] == [186]
+    assert any(i["data"].startswith("breach records") for i in retention["items"])
     assert kept[("privacy", "access logs (method, route, status, time, network /24 or /48)")] == 180
     assert kept[("auth", "sessions")] == 7 and kept[("storage", "export archives")] == 7
 

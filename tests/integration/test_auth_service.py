@@ -32,6 +32,7 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.fieldcrypt import email_index
 from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 
@@ -791,8 +792,8 @@ def test_parallel_requests_leave_one_live_code_per_account_and_address(auth):
     assert all(r is None for r in results), results
     with auth.engine.connect() as conn:
         live = conn.execute(text(
-            "SELECT count(*) FROM email_verifications WHERE user_id = :u AND email = :e"
+            "SELECT count(*) FROM email_verifications WHERE user_id = :u AND email_index = :e"
             " AND used_at IS NULL AND superseded_at IS NULL"),
-            {"u": uuid.UUID(account.user["id"]), "e": target}).scalar_one()
+            {"u": uuid.UUID(account.user["id"]), "e": email_index(target)}).scalar_one()
     assert live == 1
     assert len(auth.tap.about(target, "email_verification_requested")) == 1
