@@ -8,7 +8,7 @@ from contextlib import suppress
 from flask import current_app, g, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
-from nameko.exceptions import RemoteError
+from nameko.exceptions import RemoteError, UnknownService
 
 from gateway.api.common import Blueprint, call, errors, for_caller, present
 from gateway.auth import authenticated, current_principal
@@ -50,15 +50,21 @@ def _user_and_policy(user_id: str) -> tuple[dict, dict | None]:
     user = None
     try:
         with current_app.extensions["darkroom"].rpc.get() as proxy:
-            pending = proxy.privacy.policy_status.call_async(user_id)
+            try:
+                pending = proxy.privacy.policy_status.call_async(user_id)
+            except UnknownService:  # no privacy service runs: no policy status
+                pending = None
             try:
                 user = proxy.auth.get_user(user_id)
             except Exception:
                 # collect privacy's reply all the same: a reply left unread
                 # would stay on this pooled proxy's reply queue
-                with suppress(DomainError, RemoteError):
-                    proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
+                if pending is not None:
+                    with suppress(DomainError, RemoteError):
+                        proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
                 raise
+            if pending is None:
+                return user, None
             return user, proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
     except DomainError as exc:
         if user is None or exc.status < 500:
