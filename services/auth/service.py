@@ -13,7 +13,7 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from nameko.rpc import rpc
+from services.common.queues import rpc
 from nameko.timer import timer
 
 from services.auth import (

@@ -19,7 +19,8 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
+from services.common.queues import rpc
 from nameko.timer import timer
 
 from services.billing import (

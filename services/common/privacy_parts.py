@@ -51,7 +51,7 @@ from decimal import Decimal
 from types import ModuleType
 
 import requests
-from nameko.rpc import rpc
+from services.common.queues import rpc
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import PART_INLINE_MAX_BYTES

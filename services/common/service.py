@@ -10,7 +10,7 @@ the removal of its dead letters that name an erased user.
 from __future__ import annotations
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
+from services.common.queues import rpc
 
 from services.common.dead_letters import DeadLetters
 from services.common.metrics import StateMetrics

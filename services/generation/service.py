@@ -24,7 +24,8 @@ import logging
 import threading
 from pathlib import Path
 
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
+from services.common.queues import rpc
 from nameko.timer import timer
 
 from services.common import privacy_parts as parts

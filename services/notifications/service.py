@@ -20,7 +20,8 @@ import logging
 from pathlib import Path
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
+from services.common.queues import rpc
 
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as privacy_contracts

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import requests as http
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
+from services.common.queues import rpc
 from nameko.timer import timer
 
 from services.common import privacy_parts as parts

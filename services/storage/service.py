@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
+from services.common.queues import rpc
 from nameko.timer import timer
 from sqlalchemy.orm import Session
 
