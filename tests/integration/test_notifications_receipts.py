@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection, Exchange
-from nameko.rpc import rpc
 from sqlalchemy import text
 
 from services.common import contracts
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.queues import rpc
 from services.common.service import DarkroomService
 from tests.conftest import base_env, free_port, procfile_commands, wait_for
 from tests.integration.probe_service import queue_state, wait_consuming, write_config
