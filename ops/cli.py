@@ -251,7 +251,7 @@ def queues():
 
 def _migrate_lines(moved: list[dict]) -> list[str]:
     if not moved:
-        return ["every Darkroom queue is of that type already"]
+        return ["every Darkroom queue is declared so already"]
     return [f"{m['queue']}: {m['from']} -> {m['to']}"
             + (f" ({plural(m['messages'], 'message')})" if m.get("messages") is not None else "")
             for m in moved]
@@ -265,8 +265,8 @@ def _migrate_lines(moved: list[dict]) -> list[str]:
 @pass_config
 def queues_migrate(config, to, dry_run):
     """Move every Darkroom queue of the vhost to quorum (or back to classic),
-    with no message lost. Stop the services and the gateway first
-    (docs/runbooks/quorum-queues.md)."""
+    or to a new AMQP_DELIVERY_LIMIT, with no message lost. Stop the services
+    and the gateway first (docs/runbooks/quorum-queues.md)."""
     if dry_run:
         return [{"queue": q["queue"], "from": q["type"], "to": to, "messages": None}
                 for q in queue_ops.plan(config, to)]

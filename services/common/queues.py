@@ -18,8 +18,10 @@ migrate``): :func:`queue_arguments` reads them from the queue's name.
   ``at-least-once`` (with ``x-overflow: reject-publish``, which it needs), so
   a message is not dropped between the two queues when a node fails.
 
-Queues that are not durable stay classic, as they must: nameko's exclusive
-RPC reply queues and the auto-delete queues of broadcast handlers.
+Each client's own queues stay classic, as they must: nameko's RPC reply
+queues ``rpc.reply-…`` (they expire 5 minutes after their client is gone,
+which a quorum queue cannot be declared with on 3.10) and the auto-delete or
+exclusive queues of broadcast and singleton handlers.
 
 A queue's type cannot change in place: RabbitMQ refuses to declare an
 existing classic queue as quorum (``PRECONDITION_FAILED``).
@@ -121,8 +123,9 @@ def declare(queue: Queue, channel) -> None:
         wanted = (queue.queue_arguments or {}).get("x-queue-type", "classic")
         raise QueueTypeMismatch(
             f"RabbitMQ refused to declare queue {queue.name!r} as a {wanted} queue ({exc}): it "
-            f"exists with other arguments, and a queue's type cannot change in place. Set "
-            f"AMQP_QUEUE_TYPE back to what the queues are, or move them with "
+            f"exists with other arguments (another type or delivery limit), and a queue's "
+            f"arguments cannot change in place. Set AMQP_QUEUE_TYPE and AMQP_DELIVERY_LIMIT "
+            f"back to what the queues have, or move them with "
             f"`darkroom-ops queues migrate --to {wanted}` while Darkroom is stopped "
             f"(see {RUNBOOK})."
         ) from None
