@@ -28,6 +28,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import amqp
+from amqp.exceptions import NotFound
 
 from ops.errors import OpsError
 from ops.rabbit import connect, list_queues, queue_bindings, vhost_of
@@ -45,12 +46,17 @@ def plan(config: dict, to: str) -> list[dict]:
         raise OpsError(f"--to must be one of {', '.join(queues.QUEUE_TYPES)}", exit_code=2)
     settings = {**config, "AMQP_QUEUE_TYPE": to}
     found = list_queues(config["RABBIT_MANAGEMENT_URL"], vhost_of(config["AMQP_URI"]))
-    return [{"queue": q["name"], "type": q.get("type") or "classic",
+    # a holding queue left by an interrupted run: its queue is moved again
+    held = {q["name"][:-len(HOLDING_SUFFIX)] for q in found if q["name"].endswith(HOLDING_SUFFIX)}
+    todo = [{"queue": q["name"], "type": q.get("type") or "classic",
              "consumers": int(q.get("consumers") or 0)}
             for q in found
             if queues.is_darkroom_queue(q["name"]) and not q["name"].endswith(HOLDING_SUFFIX)
             and q.get("durable") and not q.get("auto_delete") and not q.get("exclusive")
-            and (q.get("arguments") or {}) != queues.queue_arguments(q["name"], settings)]
+            and ((q.get("arguments") or {}) != queues.queue_arguments(q["name"], settings)
+                 or q["name"] in held)]
+    missing = held - {q["name"] for q in found}
+    return todo + [{"queue": name, "type": "none", "consumers": 0} for name in sorted(missing)]
 
 
 def _move(channel, source: str, target: str) -> int:
@@ -105,14 +111,18 @@ def migrate_queue(config: dict, name: str, to: str) -> int:
     settings = {**config, "AMQP_QUEUE_TYPE": to}
     arguments = queues.queue_arguments(name, settings)
     holding = name + HOLDING_SUFFIX
-    bindings = queue_bindings(config["RABBIT_MANAGEMENT_URL"], vhost_of(config["AMQP_URI"]), name)
+    vhost = vhost_of(config["AMQP_URI"])
+    moved = 0
     with connect(config["AMQP_URI"]) as conn:
+        if _exists(conn, name):
+            bindings = queue_bindings(config["RABBIT_MANAGEMENT_URL"], vhost, name)
+        else:  # an interrupted run deleted it: the holding queue has its bindings
+            bindings = queue_bindings(config["RABBIT_MANAGEMENT_URL"], vhost, holding)
         with _channel(conn) as channel:
             channel.queue_declare(holding, durable=True, auto_delete=False,
                                   arguments={"x-queue-type": to})
             _bind(channel, holding, bindings)
-            moved = 0
-            while True:
+            while _exists(conn, name):
                 moved += _move(channel, name, holding)
                 _, count, consumers = channel.queue_declare(name, passive=True)
                 if consumers:
@@ -135,6 +145,20 @@ def migrate_queue(config: dict, name: str, to: str) -> int:
     return moved
 
 
+def _exists(conn, name: str) -> bool:
+    channel = conn.channel()
+    try:
+        channel.queue_declare(name, passive=True)
+        return True
+    except NotFound:
+        return False
+    finally:
+        try:
+            channel.close()
+        except Exception:  # closed by the broker's 404
+            pass
+
+
 def _consumers(conn, name: str) -> int:
     channel = conn.channel()
     try:
@@ -148,7 +172,8 @@ def migrate(config: dict, to: str) -> list[dict]:
     ``[{queue, from, to, messages}]``. Refuses while any has a consumer."""
     todo = plan(config, to)
     with connect(config["AMQP_URI"]) as conn:  # exact now (the management API's lag)
-        busy = [q["queue"] for q in todo if _consumers(conn, q["queue"])]
+        busy = [q["queue"] for q in todo
+                if _exists(conn, q["queue"]) and _consumers(conn, q["queue"])]
     if busy:
         raise OpsError(f"stop Darkroom's services and gateway first: {', '.join(busy)} "
                        f"{'has' if len(busy) == 1 else 'have'} consumers")

@@ -242,3 +242,30 @@ def test_migrate_moves_classic_queues_to_quorum_with_every_message(
                          20, what="the reply to the request that waited")
         assert reply.properties["correlation_id"] == "c-1"
         assert json.loads(reply.body) == {"result": {"service": "probe", "ok": True}, "error": None}
+
+
+def test_migrate_finishes_a_run_interrupted_after_the_delete(make_vhost, rabbit_server):
+    amqp_uri, vhost = make_vhost("interrupted")
+    mgmt = rabbit_server[1]
+    name = "evt-shop-paid--mail.on_paid"
+    exchange = Exchange("shop.events", type="topic", durable=True)
+    with Connection(amqp_uri) as conn:  # the queue is gone, its messages and bindings are held
+        channel = conn.default_channel
+        Queue(f"{name}.migrating", exchange=exchange, routing_key="paid", durable=True,
+              queue_arguments={"x-queue-type": "quorum"})(channel).declare()
+        producer = conn.Producer(channel)
+        for i in range(3):
+            producer.publish({"n": i}, exchange=exchange, routing_key="paid", delivery_mode=2)
+    env = base_env(AMQP_URI=amqp_uri, RABBIT_MANAGEMENT_URL=mgmt)
+    result = ops(env, "queues", "migrate", "--to", "quorum", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"queue": name, "from": "none", "to": "quorum",
+                                          "messages": 0}]
+    queues = queue_info(mgmt, vhost)
+    assert f"{name}.migrating" not in queues and queues[name]["type"] == "quorum"
+    assert queue_state(amqp_uri, name)[0] == 3
+    poke_like = Connection(amqp_uri)
+    with poke_like as conn:  # bound as before
+        conn.Producer(conn.default_channel).publish({"n": 3}, exchange=exchange,
+                                                   routing_key="paid", delivery_mode=2)
+    wait_for(lambda: queue_state(amqp_uri, name)[0] == 4, 10, what="the fourth message")
