@@ -269,3 +269,45 @@ def test_migrate_finishes_a_run_interrupted_after_the_delete(make_vhost, rabbit_
         conn.Producer(conn.default_channel).publish({"n": 3}, exchange=exchange,
                                                    routing_key="paid", delivery_mode=2)
     wait_for(lambda: queue_state(amqp_uri, name)[0] == 4, 10, what="the fourth message")
+
+
+def test_a_real_service_on_quorum_queues_answers_rpc_and_handles_events(
+        make_vhost, make_database, start_process, tmp_path, rabbit_server):
+    """notifications through its Procfile entrypoint, AMQP_QUEUE_TYPE=quorum,
+    a dead broker first in AMQP_URI: ping over RPC, a mail from an event."""
+    from tests.integration.probe_service import wait_consuming
+    from tests.integration.test_notifications import (
+        HANDLERS,
+        MAIL_SECRETS_KEY,
+        Mailbox,
+        new_address,
+        publish,
+        queue_of,
+        verification,
+    )
+
+    amqp_uri, vhost = make_vhost("quorum-real")
+    uri = failover_uri(amqp_uri)
+    port = free_port()
+    mail_dir = tmp_path / "mail"
+    mail_dir.mkdir()
+    proc = start_process("notifications", base_env(
+        AMQP_URI=uri, AMQP_QUEUE_TYPE="quorum", NOTIFICATIONS_METRICS_PORT=port,
+        NOTIFICATIONS_DATABASE_URL=make_database("quorum_notifications"),
+        MAIL_URL=f"file://{mail_dir}", MAIL_SECRETS_KEY=MAIL_SECRETS_KEY))
+    proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
+    for event_type in HANDLERS:
+        wait_consuming(amqp_uri, queue_of(event_type), proc)
+
+    queues = queue_info(rabbit_server[1], vhost)
+    for event_type in HANDLERS:
+        assert queues[queue_of(event_type)]["type"] == "quorum"
+        assert queues[dlq_name(queue_of(event_type))]["type"] == "quorum"
+    assert queues["rpc-notifications"]["type"] == "quorum"
+
+    with BoundedClusterRpcProxy({"AMQP_URI": uri}, timeout=20) as proxy:
+        assert proxy.notifications.ping() == {"service": "notifications", "ok": True}
+    address = new_address()
+    publish(uri, "email_verification_requested", verification(address, code="493817"))
+    [message] = Mailbox(mail_dir).wait(address)
+    assert "493817" in message.get_body(preferencelist=("plain",)).get_content()
