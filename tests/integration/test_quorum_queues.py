@@ -35,10 +35,10 @@ from tests.integration.probe_service import (
     start_probe,
     write_config,
 )
+from tests.integration.test_ops_dlq import ops
 
 pytestmark = pytest.mark.integration
 
-OPS = str(Path(sys.executable).parent / "darkroom-ops")
 DLQ = dlq_name(PROBE_QUEUE)
 DELIVERY_LIMIT = 2
 
@@ -48,11 +48,6 @@ def failover_uri(amqp_uri: str) -> str:
     parts = urllib.parse.urlsplit(amqp_uri)
     dead = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{free_port()}")
     return f"{urllib.parse.urlunsplit(dead)};{amqp_uri}"
-
-
-def ops(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([OPS, *args], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
 
 
 def queue_info(mgmt: str, vhost: str) -> dict[str, dict]:
