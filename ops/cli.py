@@ -6,6 +6,7 @@
     darkroom-ops dlq replay (<queue> | --all) [--limit N] [--dry-run]
     darkroom-ops dlq purge <queue> --yes
     darkroom-ops dlq restamp (<queue> | --all)
+    darkroom-ops queues migrate --to (quorum | classic) [--dry-run]
     darkroom-ops users list [--email TEXT] [--limit N] [--cursor C]
     darkroom-ops users show <user>
     darkroom-ops users disable|enable <user>
@@ -60,6 +61,7 @@ from ops import fields as field_ops  # noqa: E402
 from ops import jobs as jobs_ops  # noqa: E402
 from ops import keys as key_ops  # noqa: E402
 from ops import privacy as privacy_ops  # noqa: E402
+from ops import queues as queue_ops  # noqa: E402
 from ops import storage as storage_ops  # noqa: E402
 from ops import users as user_ops  # noqa: E402
 from ops import webhooks as webhook_ops  # noqa: E402
@@ -236,6 +238,38 @@ def dlq_purge(config, queue, yes):
     if not yes:
         raise OpsError(f"not purging {name} without --yes", exit_code=2)
     return {"queue": name, "messages": dlq_ops.purge(config, queue)}
+
+
+# ------------------------------------------------------------ queues
+
+
+@cli.group(cls=OpsGroup)
+def queues():
+    """Darkroom's durable queues (classic or quorum: AMQP_QUEUE_TYPE)."""
+
+
+def _migrate_lines(moved: list[dict]) -> list[str]:
+    if not moved:
+        return ["every Darkroom queue is declared so already"]
+    return [f"{m['queue']}: {m['from']} -> {m['to']}"
+            + (f" ({plural(m['messages'], 'message')})" if m.get("messages") is not None else "")
+            for m in moved]
+
+
+@queues.command("migrate")
+@click.option("--to", "to", required=True, type=click.Choice(["quorum", "classic"]),
+              help="The type to move the queues to.")
+@click.option("--dry-run", is_flag=True, help="Only list the queues that would move.")
+@output(_migrate_lines)
+@pass_config
+def queues_migrate(config, to, dry_run):
+    """Move every Darkroom queue of the vhost to quorum (or back to classic),
+    or to a new AMQP_DELIVERY_LIMIT, with no message lost. Stop the services
+    and the gateway first (docs/runbooks/quorum-queues.md)."""
+    if dry_run:
+        return [{"queue": q["queue"], "from": q["type"], "to": to, "messages": None}
+                for q in queue_ops.plan(config, to)]
+    return queue_ops.migrate(config, to)
 
 
 # ------------------------------------------------------------ users and keys

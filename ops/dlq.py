@@ -111,7 +111,10 @@ def describe(dlq: str, message, ttl_ms: int | None = None) -> DeadLetter:
     attempts = headers.get("x-darkroom-attempts")
     return DeadLetter(
         event=headers.get("x-darkroom-event"),
-        error=headers.get(ERROR_HEADER),
+        # RabbitMQ's own dead-lettering (a quorum queue's delivery limit) leaves its reason
+        error=headers.get(ERROR_HEADER) or (
+            f"dead-lettered by RabbitMQ: {headers['x-first-death-reason']}"
+            if headers.get("x-first-death-reason") else None),
         attempts=int(attempts) if attempts is not None else None,
         replays=int(headers.get(REPLAYS_HEADER) or 0),
         dead_lettered_at=headers.get("x-darkroom-dead-lettered-at"),

@@ -91,3 +91,29 @@ def queue_message_ttl(management_url: str, vhost: str, queue: str,
     ttl = ((info.get("effective_policy_definition") or {}).get("message-ttl")
            or (info.get("arguments") or {}).get("x-message-ttl"))
     return int(ttl) if isinstance(ttl, int | float) and ttl > 0 else None
+
+
+def _management_get(management_url: str, path: str, timeout: float = 10, **params):
+    url = f"{management_url.rstrip('/')}/api/{path}"
+    try:
+        response = requests.get(url, params=params or None, timeout=timeout)
+    except requests.RequestException as exc:
+        raise OpsError(f"cannot reach the RabbitMQ management API at {safe_url(management_url)}: {exc}") from None
+    if not response.ok:
+        raise OpsError(f"the RabbitMQ management API answered {response.status_code} for {path}: "
+                       f"{response.text[:200]}")
+    return response.json()
+
+
+def list_queues(management_url: str, vhost: str, timeout: float = 10) -> list[dict]:
+    """The queues of ``vhost``: name, type, durable, auto_delete, exclusive, consumers, arguments."""
+    quoted = urllib.parse.quote(vhost, safe="")
+    return _management_get(management_url, f"queues/{quoted}", timeout, columns=(
+        "name,type,durable,auto_delete,exclusive,consumers,arguments"))
+
+
+def queue_bindings(management_url: str, vhost: str, queue: str, timeout: float = 10) -> list[dict]:
+    """The bindings of ``queue`` from named exchanges: ``{source, routing_key, arguments}``."""
+    path = (f"queues/{urllib.parse.quote(vhost, safe='')}/"
+            f"{urllib.parse.quote(queue, safe='')}/bindings")
+    return [b for b in _management_get(management_url, path, timeout) if b.get("source")]

@@ -13,7 +13,6 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from nameko.rpc import rpc
 from nameko.timer import timer
 
 from services.auth import (
@@ -44,6 +43,7 @@ from services.common.errors import DomainError, conflict, invalid_request, unrec
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
+from services.common.queues import rpc
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 

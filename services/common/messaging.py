@@ -35,28 +35,24 @@ from functools import partial
 from typing import Any
 
 from kombu import Exchange, Queue
-from kombu.common import maybe_declare
 from marshmallow import ValidationError
 from nameko.amqp.publish import Publisher as AmqpPublisher
-from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.containers import ContainerBeingKilled
-from nameko.events import EventDispatcher, EventHandler
+from nameko.events import SERVICE_POOL, EventDispatcher, EventHandler
 from nameko.messaging import QueueConsumer
 from sqlalchemy import event as sa_event
 
-from services.common import contracts, outbox
+from services.common import contracts, outbox, queues
 from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
 from services.common.observability import EVENTS_DEAD_LETTERED, EVENTS_RETRIED
+from services.common.queues import DEAD_LETTER_EXCHANGE, DLQ_PREFIX, RETRY_PREFIX
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_DELAYS_MS = [1000, 10000, 60000]
 
-DEAD_LETTER_EXCHANGE = "darkroom.dead-letter"
-DLQ_PREFIX = "dlq."
-RETRY_PREFIX = "darkroom.retry."
 HEADER_PREFIX = "x-darkroom-"
 ATTEMPT_HEADER = "x-darkroom-attempt"
 REPLAYS_HEADER = "x-darkroom-replays"
@@ -82,24 +78,19 @@ def retry_exchange(delay_ms: int) -> Exchange:
     return Exchange(f"{RETRY_PREFIX}{delay_ms}ms", type="fanout", durable=True)
 
 
-def retry_queue(delay_ms: int) -> Queue:
+def retry_queue(delay_ms: int, config: dict | None = None) -> Queue:
     """Messages wait here ``delay_ms``, then RabbitMQ dead-letters them to the
-    default exchange under their original routing key: the failed queue."""
-    return Queue(
-        f"{RETRY_PREFIX}{delay_ms}ms",
-        exchange=retry_exchange(delay_ms),
-        durable=True,
-        queue_arguments={"x-message-ttl": int(delay_ms), "x-dead-letter-exchange": ""},
-    )
+    default exchange under their original routing key: the failed queue.
+    Classic or quorum as ``config`` says (:mod:`services.common.queues`)."""
+    name = f"{RETRY_PREFIX}{int(delay_ms)}ms"
+    return Queue(name, exchange=retry_exchange(delay_ms), durable=True,
+                 queue_arguments=queues.queue_arguments(name, config or {}))
 
 
-def dead_letter_queue(queue_name: str) -> Queue:
-    return Queue(
-        dlq_name(queue_name),
-        exchange=dead_letter_exchange(),
-        routing_key=queue_name,
-        durable=True,
-    )
+def dead_letter_queue(queue_name: str, config: dict | None = None) -> Queue:
+    name = dlq_name(queue_name)
+    return Queue(name, exchange=dead_letter_exchange(), routing_key=queue_name, durable=True,
+                 queue_arguments=queues.queue_arguments(name, config or {}) or None)
 
 
 def republish_headers(headers: dict | None) -> dict:
@@ -287,16 +278,21 @@ class ReliableEventHandler(EventHandler):
         self.event_name = f"{self.source_service}.{self.event_type}"
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
         self.publisher = AmqpPublisher(self.amqp_uri, use_confirms=True, mandatory=True)
-        declarations = [dead_letter_exchange(), dead_letter_queue(self.queue.name)]
+        durable = [dead_letter_queue(self.queue.name, config)]
+        exchanges = [dead_letter_exchange()]
         for delay in self.retry_delays:
-            declarations += [retry_exchange(delay), retry_queue(delay)]
-        with get_connection(self.amqp_uri) as connection:
-            channel = connection.channel()
-            try:
-                for entity in declarations:
-                    maybe_declare(entity, channel)
-            finally:
-                channel.close()
+            exchanges.append(retry_exchange(delay))
+            durable.append(retry_queue(delay, config))
+        if self.handler_type == SERVICE_POOL:
+            # a service pool's queue is durable and shared: classic or quorum
+            # as AMQP_QUEUE_TYPE says; broadcast/singleton queues stay classic
+            # (auto-delete or exclusive). The dead-letter queue comes first:
+            # a quorum queue's delivery limit dead-letters into it.
+            queues.apply(self.queue, config)
+            durable.append(self.queue)
+            exchanges.append(self.queue.exchange)
+        # QueueTypeMismatch here stops the service at start (docs/runbooks/quorum-queues.md)
+        queues.declare_all(self.amqp_uri, durable, exchanges)
 
     @property
     def max_attempts(self) -> int:

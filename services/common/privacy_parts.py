@@ -51,7 +51,6 @@ from decimal import Decimal
 from types import ModuleType
 
 import requests
-from nameko.rpc import rpc
 from sqlalchemy.orm import Session
 
 from services.common.contracts.privacy import PART_INLINE_MAX_BYTES
@@ -59,6 +58,7 @@ from services.common.db import locked
 from services.common.errors import DomainError
 from services.common.ids import isoformat, trusted_id, utcnow
 from services.common.messaging import event_handler
+from services.common.queues import rpc
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ the removal of its dead letters that name an erased user.
 from __future__ import annotations
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 
 from services.common.dead_letters import DeadLetters
 from services.common.metrics import StateMetrics
 from services.common.observability import Observability
+from services.common.queues import rpc
 from services.common.secrets import ProductionSecrets
 
 

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy.orm import Session
 
@@ -27,6 +26,7 @@ from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
+from services.common.queues import rpc
 from services.common.service import DarkroomService, FromConfig
 from services.storage import images, objects, retention
 from services.storage import privacy as privacy_data

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from marshmallow import fields
 from nameko.dependency_providers import Config
-from nameko.rpc import rpc
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 from services.common import contracts
@@ -33,6 +32,7 @@ from services.common.db import Database, claim_event, processed_events_table
 from services.common.errors import DomainError, NonRetryable
 from services.common.messaging import EventPublisher, event_handler
 from services.common.outbox import outbox_table
+from services.common.queues import rpc
 from services.common.service import DarkroomService
 
 

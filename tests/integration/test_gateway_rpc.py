@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from nameko.contextdata import ContextDataProvider
-from nameko.rpc import rpc
 
 from gateway.api.common import rpc as pooled
 from gateway.app import create_app
 from services.common.errors import DomainError
+from services.common.queues import rpc
 from services.common.service import DarkroomService
 from tests.conftest import base_env, wait_for
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection, Exchange
-from nameko.rpc import rpc
 from sqlalchemy import select, text
 
 from services.common import contracts
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.queues import rpc
 from services.common.service import DarkroomService
 from services.notifications.models import Notification
 from tests.conftest import base_env, free_port, procfile_commands, wait_for
