@@ -203,7 +203,7 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         data = load_rpc(c.PayPalWebhook, {"payload": payload, "headers": headers or {}})
         providers.require(self.settings, providers.PAYPAL)
         sent = paypal_orders.transmission(data["headers"])
-        event = paypal_orders.parse_event(data["payload"])
+        event = paypal_orders.parse_body(data["payload"])
         try:
             genuine = self.paypal.verify_webhook(sent, event, self.settings.paypal_webhook_id)
         except PaymentProviderError as exc:  # PayPal delivers again later
@@ -211,6 +211,7 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
             raise orders.provider_unavailable() from None
         if not genuine:
             raise webhooks.invalid_signature("mismatch")
+        paypal_orders.check_event(event)
 
         def work():
             result = paypal_orders.handle(self.db, self.settings, event, utcnow(), self.dispatch)

@@ -139,6 +139,9 @@ def test_webhooks_are_verified_with_paypal(billing):
     _, elsewhere = billing.paypal.webhook(evt, webhook_id="WH-ANOTHER-APP")
     assert refused(billing.rpc.handle_paypal_webhook, body, elsewhere).code == "invalid_signature"
     assert order_of(billing, user, answer["order_id"])["status"] == "pending"
+    not_an_event, genuine = billing.paypal.webhook({"not": "an event"})
+    error = refused(billing.rpc.handle_paypal_webhook, not_an_event, genuine)
+    assert (error.status, error.code) == (400, "invalid_request")
     billing.paypal.fail_next(503)  # PayPal cannot say: 503, and PayPal delivers again
     error = refused(billing.rpc.handle_paypal_webhook, body, headers)
     assert (error.status, error.code) == (503, "payment_provider_unavailable")

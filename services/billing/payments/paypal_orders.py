@@ -210,16 +210,29 @@ def transmission(headers: dict | None) -> dict:
     return found
 
 
-def parse_event(payload: str) -> dict:
+def parse_body(payload: str) -> dict:
+    """The delivery's JSON object (what PayPal is asked to verify); 400
+    ``invalid_request`` when it is not one."""
     try:
         event = json.loads(payload)
     except ValueError:
         raise invalid_request("the webhook body is not JSON") from None
-    if (not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]
-            or len(event["id"]) > 255 or not isinstance(event.get("event_type"), str)
-            or len(event["event_type"]) > 100 or not isinstance(event.get("resource"), dict)):
+    if not isinstance(event, dict):
         raise invalid_request("the webhook body is not a PayPal event")
     return event
+
+
+def check_event(event: dict) -> dict:
+    """A verified body that is not a PayPal event is 400 ``invalid_request``."""
+    if (not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 255
+            or not isinstance(event.get("event_type"), str) or len(event["event_type"]) > 100
+            or not isinstance(event.get("resource"), dict)):
+        raise invalid_request("the webhook body is not a PayPal event")
+    return event
+
+
+def parse_event(payload: str) -> dict:
+    return check_event(parse_body(payload))
 
 
 def handle(db: Session, settings: BillingSettings, event: dict, now: datetime,
