@@ -212,9 +212,11 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         if not genuine:
             raise webhooks.invalid_signature("mismatch")
         paypal_orders.check_event(event)
+        captured = paypal_orders.capture_approved(self.db, self.paypal, event)
 
         def work():
-            result = paypal_orders.handle(self.db, self.settings, event, utcnow(), self.dispatch)
+            result = paypal_orders.handle(self.db, self.settings, event, utcnow(), self.dispatch,
+                                          captured)
             self.db.commit()
             return result
 

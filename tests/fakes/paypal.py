@@ -416,6 +416,10 @@ class FakePayPal:
                        and hmac.compare_digest(expected, body["transmission_sig"]))
         return 200, {"verification_status": "SUCCESS" if genuine else "FAILURE"}
 
+    def order_approved(self, order_id: str) -> dict:
+        """``CHECKOUT.ORDER.APPROVED`` for an order of this fake (approve it first)."""
+        return event("CHECKOUT.ORDER.APPROVED", "checkout-order", dict(self.orders[order_id]))
+
     def capture_completed(self, order_id: str, **overrides) -> dict:
         """``PAYMENT.CAPTURE.COMPLETED`` for the capture of an order of this fake."""
         resource = dict(self.capture_of(order_id), status="COMPLETED", **overrides)

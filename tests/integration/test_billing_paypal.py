@@ -106,6 +106,17 @@ def test_a_paypal_checkout_is_captured_on_return_and_credited_once(billing):
     assert_clean(billing, user)
 
 
+def test_the_approval_webhook_pays_when_the_buyer_does_not_return(billing):
+    user = new_user(billing)
+    answer, paypal_order = buy(billing, user)
+    billing.paypal.approve(paypal_order["id"])
+    assert webhook(billing, billing.paypal.order_approved(paypal_order["id"]))["duplicate"] is False
+    assert order_of(billing, user, answer["order_id"])["status"] == "paid"
+    billing.tap.wait("order_paid", order_id=answer["order_id"])
+    assert billing.rpc.capture_order(user, answer["order_id"])["status"] == "paid"
+    assert billing.rpc.get_balance(user)["available"] == 150
+
+
 def test_a_capture_already_done_and_a_declined_one(billing):
     user = new_user(billing)
     answer, paypal_order = buy(billing, user)

@@ -19,7 +19,9 @@ turned into the few fields those read.
   leaves it pending until ``PAYMENT.CAPTURE.COMPLETED``.
 - **Webhooks** (:func:`handle`): verified by the service through PayPal's
   verify-webhook-signature API first; idempotent on the event id
-  (``webhook_events``, provider ``paypal``). ``PAYMENT.CAPTURE.COMPLETED``
+  (``webhook_events``, provider ``paypal``). ``CHECKOUT.ORDER.APPROVED``
+  captures the order then and there (:func:`capture_approved`: the buyer
+  may never come back to the app), ``PAYMENT.CAPTURE.COMPLETED``
   pays the order (once, whichever of the capture call and the event comes
   first), ``PAYMENT.CAPTURE.DENIED`` fails a pending one,
   ``PAYMENT.CAPTURE.REFUNDED`` refunds (PayPal's running total,
@@ -111,6 +113,36 @@ def _read_back(client: paypal.PayPalClient, order: Order) -> dict:
     except PaymentProviderError as exc:
         log.error("reading a captured order failed: %s", exc, extra={"order_id": str(order.id)})
         raise orders.provider_unavailable() from None
+
+
+def capture_approved(db: Session, client: paypal.PayPalClient, event: dict) -> dict | None:
+    """``CHECKOUT.ORDER.APPROVED``: capture the approved order now, outside
+    any transaction; the answer for :func:`handle`, or None when there is
+    nothing to capture (not ours, not pending). A capture PayPal refuses is
+    recorded as the event's outcome; only PayPal being away fails the
+    delivery (503, and PayPal delivers again)."""
+    if event.get("event_type") != "CHECKOUT.ORDER.APPROVED":
+        return None
+    resource = event.get("resource") or {}
+    units = [u for u in resource.get("purchase_units") or [] if isinstance(u, dict)]
+    order_id = parse_uuid(str((units[0] if units else {}).get("custom_id") or ""))
+    order = db.get(Order, order_id) if order_id else None
+    if order is None:
+        order = db.scalars(select(Order).where(
+            Order.provider_session_id == str(resource.get("id") or ""),
+            Order.provider == providers.PAYPAL)).first()
+    if order is None or order.provider != providers.PAYPAL or \
+            order.status != OrderStatus.PENDING or order.provider_session_id is None:
+        db.rollback()
+        return None
+    db.expunge(order)
+    db.rollback()  # no transaction open while PayPal answers
+    try:
+        return {"order_id": order.id, "answer": capture(client, order)}
+    except DomainError as exc:
+        if exc.status == 503:
+            raise
+        return {"order_id": order.id, "refused": exc.code}
 
 
 def apply_capture(db: Session, settings: BillingSettings, order_id: uuid.UUID,
@@ -236,12 +268,16 @@ def parse_event(payload: str) -> dict:
 
 
 def handle(db: Session, settings: BillingSettings, event: dict, now: datetime,
-           dispatch: Dispatch) -> dict:
+           dispatch: Dispatch, captured: dict | None = None) -> dict:
     """Apply one verified event in the current transaction (the caller
-    commits). Returns ``{"received", "duplicate"}``."""
+    commits); ``captured`` is :func:`capture_approved`'s answer. Returns
+    ``{"received", "duplicate"}``."""
     if db.get(WebhookEvent, event["id"]) is not None:
         return {"received": True, "duplicate": True}
-    outcome = apply(db, settings, event["event_type"], event["resource"], now, dispatch)
+    if event["event_type"] == "CHECKOUT.ORDER.APPROVED":
+        outcome = _approved(db, settings, captured, now, dispatch)
+    else:
+        outcome = apply(db, settings, event["event_type"], event["resource"], now, dispatch)
     db.add(WebhookEvent(id=event["id"], provider=providers.PAYPAL, type=event["event_type"],
                         outcome=outcome, received_at=now))
     log.info("paypal webhook", extra={"event_id": event["id"], "type": event["event_type"],
@@ -265,6 +301,15 @@ def apply(db: Session, settings: BillingSettings, kind: str, resource: dict, now
     if kind in ("CUSTOMER.DISPUTE.CREATED", "CUSTOMER.DISPUTE.RESOLVED"):
         return _dispute(db, settings, kind, resource, now, dispatch)
     return "ignored"
+
+
+def _approved(db: Session, settings: BillingSettings, captured: dict | None, now: datetime,
+              dispatch: Dispatch) -> str:
+    if captured is None:
+        return "ignored"
+    if "refused" in captured:
+        return f"capture_refused:{captured['refused']}"
+    return apply_capture(db, settings, captured["order_id"], captured["answer"], now, dispatch)
 
 
 def _order_of_capture(db: Session, capture: dict) -> uuid.UUID | None:

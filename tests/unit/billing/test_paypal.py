@@ -205,6 +205,47 @@ def test_the_webhook_pays_first_and_the_capture_finds_it_done(db, settings, even
     assert len(db.scalars(select(Lot).where(Lot.order_id == order.id)).all()) == 1
 
 
+def deliver_approved(db, settings, events, paypal, client, evt) -> dict:
+    """CHECKOUT.ORDER.APPROVED as the service takes it: verified, captured, applied."""
+    body, headers = paypal.webhook(evt)
+    event = paypal_orders.parse_event(body)
+    assert client.verify_webhook(paypal_orders.transmission(headers), event, paypal.webhook_id)
+    captured = paypal_orders.capture_approved(db, client, event)
+    result = paypal_orders.handle(db, settings, event, NOW, events, captured)
+    db.commit()
+    return result
+
+
+def test_the_approval_webhook_captures_when_the_buyer_never_comes_back(db, settings, events,
+                                                                       paypal, client, user):
+    order = checkout(db, settings, events, client, user)
+    paypal.approve(order.provider_session_id)
+    approved = paypal.order_approved(order.provider_session_id)
+    assert deliver_approved(db, settings, events, paypal, client, approved)["duplicate"] is False
+    assert db.get(WebhookEvent, approved["id"]).outcome == "paid"
+    assert paypal.requests[-1].headers["PayPal-Request-Id"] == f"capture:{order.id}"
+    assert (fresh(db, order).status, balance(db, user)) == ("paid", (150, 0))
+    # redelivered: nothing captured again; the app's capture on return finds it paid
+    captures = [r for r in paypal.requests if r.path.endswith("/capture")]
+    assert deliver_approved(db, settings, events, paypal, client, approved)["duplicate"] is True
+    again = dict(approved, id="WH-ANOTHER-DELIVERY")
+    deliver_approved(db, settings, events, paypal, client, again)
+    assert db.get(WebhookEvent, again["id"]).outcome == "ignored"
+    assert [r for r in paypal.requests if r.path.endswith("/capture")] == captures
+    assert captured(db, settings, events, client, fresh(db, order)) == "already_paid"
+    assert balance(db, user) == (150, 0) and len(events.of("order_paid")) == 1
+
+
+def test_a_declined_capture_at_approval_is_recorded(db, settings, events, paypal, client, user):
+    order = checkout(db, settings, events, client, user)
+    paypal.approve(order.provider_session_id)
+    paypal.decline(order.provider_session_id)
+    approved = paypal.order_approved(order.provider_session_id)
+    deliver_approved(db, settings, events, paypal, client, approved)
+    assert db.get(WebhookEvent, approved["id"]).outcome == "capture_refused:payment_declined"
+    assert fresh(db, order).status == "pending"
+
+
 def test_a_declined_instrument_leaves_the_order_to_pay_again(db, settings, events, paypal,
                                                              client, user):
     order = checkout(db, settings, events, client, user)
