@@ -75,6 +75,14 @@ class WebhookAnswer(Schema):
     received = fields.Boolean(required=True)
 
 
+def raw_body() -> str:
+    """A webhook's exact body as text (never parsed here: its signature covers these bytes)."""
+    try:
+        return request.get_data(cache=False).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
+
+
 def webhook_max_bytes() -> int:
     config = current_app.extensions["darkroom"].config
     return int(config.get("BILLING_WEBHOOK_MAX_BYTES") or DEFAULT_WEBHOOK_MAX_BYTES)
@@ -155,11 +163,7 @@ def prices():
 @capped_body(webhook_max_bytes)
 def stripe_webhook():
     """Stripe's events (signed; no credential): payments and refunds"""
-    body = request.get_data(cache=False)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
+    text = raw_body()
     call(None, "billing.handle_stripe_webhook", text, request.headers.get("Stripe-Signature"))
     return {"received": True}
 
@@ -172,11 +176,7 @@ def stripe_webhook():
 @capped_body(webhook_max_bytes)
 def paypal_webhook():
     """PayPal's events (verified with PayPal; no credential): payments, refunds, disputes"""
-    body = request.get_data(cache=False)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
+    text = raw_body()
     headers = {name: request.headers[name] for name in PAYPAL_HEADERS if name in request.headers}
     call(None, "billing.handle_paypal_webhook", text, headers)
     return {"received": True}

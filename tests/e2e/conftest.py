@@ -29,9 +29,9 @@ from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.fakes.paypal import FakePayPal
 from tests.fakes.providers import FakeAsyncTasks, FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
-from tests.fakes.paypal import FakePayPal
 from tests.fakes.stripe import FakeStripe
 
 STRIPE_WEBHOOK_SECRET = "whsec_e2e_test"
@@ -154,7 +154,7 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe,
         STRIPE_SECRET_KEY=fake_stripe.secret_key,
         STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
         BILLING_PAYMENT_PROVIDERS="stripe,paypal",
-        BILLING_PAYPAL_BASE_URL=fake_paypal.base_url,
+        BILLING_PAYPAL_BASE_URL=fake_paypal.url,
         BILLING_PAYPAL_CLIENT_ID=fake_paypal.client_id,
         BILLING_PAYPAL_CLIENT_SECRET=fake_paypal.client_secret,
         BILLING_PAYPAL_WEBHOOK_ID=fake_paypal.webhook_id,

@@ -2,7 +2,7 @@
 following PayPal's documented protocol (developer.paypal.com).
 
     with FakePayPal() as paypal:              # serves http://127.0.0.1:<port>
-        env["BILLING_PAYPAL_BASE_URL"] = paypal.base_url
+        env["BILLING_PAYPAL_BASE_URL"] = paypal.url
         env["BILLING_PAYPAL_CLIENT_ID"] = paypal.client_id
         env["BILLING_PAYPAL_CLIENT_SECRET"] = paypal.client_secret
         env["BILLING_PAYPAL_WEBHOOK_ID"] = paypal.webhook_id
@@ -44,8 +44,9 @@ Endpoints:
   (:meth:`webhook`) to that webhook id, with that signature, of that very
   event; ``FAILURE`` for anything else.
 
-``fail_next(status, times)`` makes the next requests fail; ``stop()`` takes
-the server down (connection refused). Every request is kept in ``requests``.
+The server is :class:`tests.fakes.providers.FakeHTTPServer`: every request
+is kept in ``requests``, ``fail_next(503, "drop", "hang"...)`` scripts the
+next calls (any endpoint), ``stop()`` takes the server down (connection refused).
 """
 
 from __future__ import annotations
@@ -55,29 +56,25 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import zlib
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
+
+from tests.fakes.providers import FakeHTTPServer, Recorded, Response
 
 CERT_URL = "https://api.sandbox.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-fake"
 
 
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: object
+def _answer(status: int, body: dict) -> Response:
+    return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
 
-@dataclass
-class _Failure:
-    status: int
-    times: int
+def _error(status: int, name: str, issue: str | None = None, description: str = "") -> tuple:
+    body = {"name": name, "message": description or name, "debug_id": _id(13).lower()}
+    if issue:
+        body["details"] = [{"issue": issue, "description": description or issue}]
+    return status, body
 
 
 def _now() -> str:
@@ -89,77 +86,24 @@ def _id(size: int = 17) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(size))
 
 
-def _error(status: int, name: str, issue: str | None = None, description: str = "") -> tuple:
-    body = {"name": name, "message": description or name, "debug_id": _id(13).lower()}
-    if issue:
-        body["details"] = [{"issue": issue, "description": description or issue}]
-    return status, body
-
-
-@dataclass
-class FakePayPal:
-    client_id: str = "fake-paypal-client-id"
-    client_secret: str = "fake-paypal-client-secret"
-    webhook_id: str = "WH-FAKE-0123456789"
-    host: str = "127.0.0.1"
-    port: int = 0
-    token_lifetime: int = 32400
-    requests: list[RecordedRequest] = field(default_factory=list)
-    orders: dict[str, dict] = field(default_factory=dict)
-    captures: dict[str, dict] = field(default_factory=dict)
-    refunds: list[dict] = field(default_factory=list)
-
-    def __post_init__(self):
-        self._lock = threading.Lock()
+class FakePayPal(FakeHTTPServer):
+    def __init__(self, client_id: str = "fake-paypal-client-id",
+                 client_secret: str = "fake-paypal-client-secret",
+                 webhook_id: str = "WH-FAKE-0123456789", token_lifetime: int = 32400):
+        super().__init__()
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.webhook_id = webhook_id
+        self.token_lifetime = token_lifetime
+        self.orders: dict[str, dict] = {}
+        self.captures: dict[str, dict] = {}
+        self.refunds: list[dict] = []
         self._tokens: set[str] = set()
         self._by_request_id: dict[tuple[str, str], tuple[int, dict]] = {}
         self._declined: set[str] = set()
         self._capture_status: dict[str, str] = {}
         self._deliveries: dict[str, tuple[str, str, dict]] = {}
         self._signing_key = secrets.token_bytes(32)
-        self._failure: _Failure | None = None
-        self._server: ThreadingHTTPServer | None = None
-
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> FakePayPal:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_POST(self):
-                fake._handle(self, "POST")
-
-            def do_GET(self):
-                fake._handle(self, "GET")
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakePayPal:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def fail_next(self, status: int = 500, times: int = 1) -> None:
-        with self._lock:
-            self._failure = _Failure(status, times)
 
     # ------------------------------------------------------------ the buyer
 
@@ -188,44 +132,32 @@ class FakePayPal:
 
     # ------------------------------------------------------------ HTTP
 
-    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length).decode() if length else ""
-        headers = {k: v for k, v in handler.headers.items()}
-        if handler.path == "/v1/oauth2/token":
-            body: object = dict(parse_qsl(raw))
+    def scripted(self, request: Recorded) -> bool:
+        return True  # fail_next() applies to any call
+
+    def error(self, status: int) -> Response:
+        return _answer(*_error(status, "INTERNAL_SERVER_ERROR"))
+
+    def route(self, request: Recorded) -> Response:
+        if request.path == "/v1/oauth2/token":
+            body: object = dict(parse_qsl(request.body.decode()))
         else:
             try:
-                body = json.loads(raw) if raw else None
+                body = json.loads(request.body) if request.body else None
             except ValueError:
-                body = raw
-        with self._lock:
-            self.requests.append(RecordedRequest(method, handler.path, headers, body))
-            failure = self._failure
-            if failure is not None:
-                failure.times -= 1
-                if failure.times <= 0:
-                    self._failure = None
-        if failure is not None:
-            status, answer = _error(failure.status, "INTERNAL_SERVER_ERROR")
-        else:
-            status, answer = self._route(method, handler.path, handler.headers, body)
-        data = json.dumps(answer).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+                body = None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return _answer(*self._route(request.method, request.path, headers, body))
 
     def _route(self, method: str, path: str, headers, body) -> tuple[int, dict]:
         if method == "POST" and path == "/v1/oauth2/token":
             return self._token(headers, body)
-        auth = headers.get("Authorization") or ""
+        auth = headers.get("authorization") or ""
         if not auth.startswith("Bearer ") or auth[len("Bearer "):] not in self._tokens:
             return 401, {"error": "invalid_token",
                          "error_description": "Token signature verification failed"}
         parts = path.strip("/").split("/")
-        request_id = headers.get("PayPal-Request-Id")
+        request_id = headers.get("paypal-request-id")
         if method == "POST" and path == "/v2/checkout/orders":
             return self._idempotent("create", request_id, lambda: self._create(body))
         if parts[:3] == ["v2", "checkout", "orders"] and len(parts) == 4 and method == "GET":
@@ -251,7 +183,7 @@ class FakePayPal:
 
     def _token(self, headers, form) -> tuple[int, dict]:
         expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
-        if headers.get("Authorization") != f"Basic {expected}" or \
+        if headers.get("authorization") != f"Basic {expected}" or \
                 (form or {}).get("grant_type") != "client_credentials":
             return 401, {"error": "invalid_client",
                          "error_description": "Client Authentication failed"}
@@ -282,11 +214,11 @@ class FakePayPal:
                                for unit in units],
             "create_time": _now(),
             "links": [
-                {"href": f"{self.base_url}/v2/checkout/orders/{order_id}", "rel": "self",
+                {"href": f"{self.url}/v2/checkout/orders/{order_id}", "rel": "self",
                  "method": "GET"},
                 {"href": approve, "rel": "payer-action" if context else "approve",
                  "method": "GET"},
-                {"href": f"{self.base_url}/v2/checkout/orders/{order_id}/capture",
+                {"href": f"{self.url}/v2/checkout/orders/{order_id}/capture",
                  "rel": "capture", "method": "POST"},
             ],
         }
@@ -322,11 +254,11 @@ class FakePayPal:
             "supplementary_data": {"related_ids": {"order_id": order_id}},
             "create_time": _now(), "update_time": _now(),
             "links": [
-                {"href": f"{self.base_url}/v2/payments/captures/{capture_id}", "rel": "self",
+                {"href": f"{self.url}/v2/payments/captures/{capture_id}", "rel": "self",
                  "method": "GET"},
-                {"href": f"{self.base_url}/v2/payments/captures/{capture_id}/refund",
+                {"href": f"{self.url}/v2/payments/captures/{capture_id}/refund",
                  "rel": "refund", "method": "POST"},
-                {"href": f"{self.base_url}/v2/checkout/orders/{order_id}", "rel": "up",
+                {"href": f"{self.url}/v2/checkout/orders/{order_id}", "rel": "up",
                  "method": "GET"},
             ],
         }
@@ -366,9 +298,9 @@ class FakePayPal:
                                          "total_refunded_amount": money(refunded + value)},
             "create_time": _now(), "update_time": _now(),
             "links": [
-                {"href": f"{self.base_url}/v2/payments/refunds/{refund_id}", "rel": "self",
+                {"href": f"{self.url}/v2/payments/refunds/{refund_id}", "rel": "self",
                  "method": "GET"},
-                {"href": f"{self.base_url}/v2/payments/captures/{capture_id}", "rel": "up",
+                {"href": f"{self.url}/v2/payments/captures/{capture_id}", "rel": "up",
                  "method": "GET"},
             ],
         }

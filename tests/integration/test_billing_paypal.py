@@ -33,7 +33,7 @@ def billing(make_vhost, make_database, start_process, tmp_path_factory):
     port = free_port()
     env = base_env(
         AMQP_URI=amqp_uri, BILLING_DATABASE_URL=db_url, BILLING_METRICS_PORT=port,
-        BILLING_PAYMENT_PROVIDERS="stripe,paypal", BILLING_PAYPAL_BASE_URL=paypal.base_url,
+        BILLING_PAYMENT_PROVIDERS="stripe,paypal", BILLING_PAYPAL_BASE_URL=paypal.url,
         BILLING_PAYPAL_CLIENT_ID=paypal.client_id,
         BILLING_PAYPAL_CLIENT_SECRET=paypal.client_secret,
         BILLING_PAYPAL_WEBHOOK_ID=paypal.webhook_id, BILLING_PAYPAL_TIMEOUT_SECONDS=3,
@@ -68,7 +68,7 @@ def webhook(billing, evt: dict) -> dict:
 
 def capture_elsewhere(billing, paypal_order_id: str) -> None:
     """A capture billing did not make (or whose answer it lost)."""
-    PayPalClient(billing.paypal.base_url, billing.paypal.client_id,
+    PayPalClient(billing.paypal.url, billing.paypal.client_id,
                  billing.paypal.client_secret, 5).capture(paypal_order_id, str(uuid.uuid4()))
 
 
@@ -169,7 +169,7 @@ def test_an_operator_refund_goes_through_paypal(billing):
     partly = billing.rpc.refund_order(answer["order_id"], 200)
     assert (partly["status"], partly["amount_refunded"]) == ("partially_refunded", 200)
     [sent] = [r for r in billing.paypal.requests if r.path.endswith("/refund")]
-    assert sent.body["amount"] == {"currency_code": "USD", "value": "2.00"}
+    assert sent.json()["amount"] == {"currency_code": "USD", "value": "2.00"}
     [refunded] = billing.tap.wait("order_refunded", order_id=answer["order_id"])
     assert (refunded["credits_reversed"], refunded["total_amount_refunded"]) == (40, 200)
     assert webhook(billing, billing.paypal.capture_refunded())["duplicate"] is False

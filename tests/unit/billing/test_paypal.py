@@ -33,14 +33,14 @@ def paypal():
 @pytest.fixture
 def settings(paypal):
     return BillingSettings(payment_providers=("stripe", "paypal"),
-                           paypal_base_url=paypal.base_url, paypal_client_id=paypal.client_id,
+                           paypal_base_url=paypal.url, paypal_client_id=paypal.client_id,
                            paypal_client_secret=paypal.client_secret,
                            paypal_webhook_id=paypal.webhook_id)
 
 
 @pytest.fixture
 def client(paypal):
-    return PayPalClient(paypal.base_url, paypal.client_id, paypal.client_secret, 5)
+    return PayPalClient(paypal.url, paypal.client_id, paypal.client_secret, 5)
 
 
 def checkout(db, settings, events, client, user, payload=None) -> Order:
@@ -95,15 +95,15 @@ def test_the_client_creates_an_order_with_a_request_id(paypal, client):
         order_id="0190-order", name="100 credits", amount=500, currency="usd",
         success_url="https://app.test/ok?from=paypal", cancel_url="https://app.test/cancel")
     token, create = paypal.requests
-    assert token.path == "/v1/oauth2/token" and token.body == {"grant_type": "client_credentials"}
+    assert token.path == "/v1/oauth2/token" and token.body == b"grant_type=client_credentials"
     assert token.headers["Authorization"].startswith("Basic ")
     assert create.headers["PayPal-Request-Id"] == "order:0190-order"
     assert create.headers["Authorization"].startswith("Bearer A21AA")
-    unit = create.body["purchase_units"][0]
-    assert create.body["intent"] == "CAPTURE"
+    unit = create.json()["purchase_units"][0]
+    assert create.json()["intent"] == "CAPTURE"
     assert (unit["custom_id"], unit["invoice_id"], unit["amount"]) == \
         ("0190-order", "0190-order", {"currency_code": "USD", "value": "5.00"})
-    context = create.body["payment_source"]["paypal"]["experience_context"]
+    context = create.json()["payment_source"]["paypal"]["experience_context"]
     assert context["return_url"] == "https://app.test/ok?from=paypal&order_id=0190-order"
     order = paypal.orders[session.id]
     assert order["status"] == "PAYER_ACTION_REQUIRED"
@@ -123,7 +123,7 @@ def test_the_client_reports_every_provider_failure(paypal, client):
                                          success_url="https://a/ok", cancel_url="https://a/no")
 
     with pytest.raises(PaymentProviderError, match="client credentials"):
-        create(PayPalClient(paypal.base_url, paypal.client_id, "wrong", 5))
+        create(PayPalClient(paypal.url, paypal.client_id, "wrong", 5))
     create(client)
     paypal.fail_next(500)
     with pytest.raises(PaymentProviderError, match="500") as info:
@@ -132,7 +132,7 @@ def test_the_client_reports_every_provider_failure(paypal, client):
     with pytest.raises(PayPalRefused) as info:
         client.capture("NO-SUCH-ORDER", request_id="capture:x")
     assert (info.value.status, info.value.issue) == (404, "INVALID_RESOURCE_ID")
-    base = paypal.base_url
+    base = paypal.url
     paypal.stop()
     with pytest.raises(PaymentProviderError, match="unreachable"):
         create(PayPalClient(base, paypal.client_id, paypal.client_secret, 2))
@@ -320,8 +320,8 @@ def test_webhook_verification_asks_paypal(paypal, client):
     assert client.verify_webhook(sent, event, paypal.webhook_id) is True
     request = paypal.requests[-1]
     assert request.path == "/v1/notifications/verify-webhook-signature"
-    assert request.body["webhook_event"] == event
-    assert request.body["transmission_id"] == headers["PAYPAL-TRANSMISSION-ID"]
+    assert request.json()["webhook_event"] == event
+    assert request.json()["transmission_id"] == headers["PAYPAL-TRANSMISSION-ID"]
     # a changed event, another webhook id, a forged signature: FAILURE
     assert client.verify_webhook(sent, dict(event, event_type="Y"), paypal.webhook_id) is False
     assert client.verify_webhook(sent, event, "WH-SOMEONE-ELSE") is False
@@ -362,7 +362,7 @@ def test_a_refund_goes_through_paypal_and_takes_the_credits_back(db, settings, e
     assert refund(db, settings, events, client, order, 250) == "partially_refunded"
     sent = paypal.requests[-1]
     assert sent.path == f"/v2/payments/captures/{order.payment_intent_id}/refund"
-    assert sent.body["amount"] == {"currency_code": "USD", "value": "2.50"}
+    assert sent.json()["amount"] == {"currency_code": "USD", "value": "2.50"}
     assert sent.headers["PayPal-Request-Id"] == f"refund:{order.id}:0:250"
     assert balance(db, user) == (100, 0)
     # PayPal's webhook of that same refund changes nothing more
