@@ -183,8 +183,6 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         user = self._user(user_id)
         ref = load_rpc(c.OrderRef, {"order_id": order_id})["order_id"]
         order = paypal_orders.order_to_capture(self.db, self.settings, user, ref)
-        self.db.expunge(order)
-        self.db.rollback()  # no transaction open while PayPal answers
         if order.status == c.OrderStatus.PENDING:
             answer = paypal_orders.capture(self.paypal, order)
 
@@ -201,17 +199,8 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
     @rpc(expected_exceptions=DomainError)
     def handle_paypal_webhook(self, payload, headers=None) -> dict:
         data = load_rpc(c.PayPalWebhook, {"payload": payload, "headers": headers or {}})
-        providers.require(self.settings, providers.PAYPAL)
-        sent = paypal_orders.transmission(data["headers"])
-        event = paypal_orders.parse_body(data["payload"])
-        try:
-            genuine = self.paypal.verify_webhook(sent, event, self.settings.paypal_webhook_id)
-        except PaymentProviderError as exc:  # PayPal delivers again later
-            log.error("paypal webhook verification failed: %s", exc)
-            raise orders.provider_unavailable() from None
-        if not genuine:
-            raise webhooks.invalid_signature("mismatch")
-        paypal_orders.check_event(event)
+        event = paypal_orders.verified_event(self.paypal, self.settings, data["payload"],
+                                             data["headers"])
         captured = paypal_orders.capture_approved(self.db, self.paypal, event)
 
         def work():
@@ -231,8 +220,6 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         data = load_rpc(c.RefundOrder, {"order_id": order_id, "amount": amount})
         order, amount = paypal_orders.refund_request(self.db, self.settings, data["order_id"],
                                                      data["amount"])
-        self.db.expunge(order)
-        self.db.rollback()  # no transaction open while PayPal answers
         refund = paypal_orders.send_refund(self.paypal, order, amount)
 
         def work():
@@ -244,7 +231,6 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         log.warning("order refunded through paypal", extra={"order_id": str(order.id),
                                                             "amount": amount})
         return c.Order().dump(orders.view(self.db.get(Order, order.id)))
-
 
     @rpc(expected_exceptions=DomainError)
     def adjust(self, user_id, amount, reason, idempotency_key) -> dict:

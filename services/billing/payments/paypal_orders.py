@@ -84,6 +84,14 @@ def order_to_capture(db: Session, settings: BillingSettings, user_id: uuid.UUID,
         raise conflict("only a PayPal order with a checkout is captured", code="not_capturable")
     if order.status == OrderStatus.FAILED:
         raise conflict("this order failed; start a new checkout", code="not_capturable")
+    return _detached(db, order)
+
+
+def _detached(db: Session, order: Order) -> Order:
+    """The order as read, its read transaction ended: nothing stays open
+    (or locked) while PayPal answers."""
+    db.expunge(order)
+    db.rollback()
     return order
 
 
@@ -135,8 +143,7 @@ def capture_approved(db: Session, client: paypal.PayPalClient, event: dict) -> d
             order.status != OrderStatus.PENDING or order.provider_session_id is None:
         db.rollback()
         return None
-    db.expunge(order)
-    db.rollback()  # no transaction open while PayPal answers
+    order = _detached(db, order)
     try:
         return {"order_id": order.id, "answer": capture(client, order)}
     except DomainError as exc:
@@ -195,7 +202,7 @@ def refund_request(db: Session, settings: BillingSettings, order_id: uuid.UUID,
     if amount > left:
         raise invalid_request(f"at most {left} can be refunded",
                               fields={"amount": [f"At most {left}."]})
-    return order, amount
+    return _detached(db, order), amount
 
 
 def send_refund(client: paypal.PayPalClient, order: Order, amount: int) -> dict:
@@ -232,6 +239,25 @@ def _refunded_total(refund: dict) -> tuple[int | None, str]:
 # ---------------------------------------------------------------- webhooks
 
 
+def verified_event(client: paypal.PayPalClient, settings: BillingSettings, payload: str,
+                   headers: dict) -> dict:
+    """The delivery's event, once PayPal's verify-webhook-signature API said
+    it is genuine and for ``PAYPAL_WEBHOOK_ID``: 400 ``invalid_signature``
+    otherwise, 503 when PayPal cannot say (PayPal delivers again), 400
+    ``invalid_request`` for a verified body that is not an event."""
+    providers.require(settings, providers.PAYPAL)
+    sent = transmission(headers)
+    event = parse_body(payload)
+    try:
+        genuine = client.verify_webhook(sent, event, settings.paypal_webhook_id)
+    except PaymentProviderError as exc:
+        log.error("paypal webhook verification failed: %s", exc)
+        raise orders.provider_unavailable() from None
+    if not genuine:
+        raise invalid_signature("mismatch")
+    return check_event(event)
+
+
 def transmission(headers: dict | None) -> dict:
     """The ``PAYPAL-*`` headers a delivery is verified with; 400
     ``invalid_signature`` (missing) without them."""
@@ -261,10 +287,6 @@ def check_event(event: dict) -> dict:
             or not isinstance(event.get("resource"), dict)):
         raise invalid_request("the webhook body is not a PayPal event")
     return event
-
-
-def parse_event(payload: str) -> dict:
-    return check_event(parse_body(payload))
 
 
 def handle(db: Session, settings: BillingSettings, event: dict, now: datetime,

@@ -68,8 +68,7 @@ def captured(db, settings, events, client, order) -> str:
 def deliver(db, settings, events, paypal, client, evt) -> dict:
     """A delivery as the service takes it: verified with PayPal, then applied."""
     body, headers = paypal.webhook(evt)
-    event = paypal_orders.parse_event(body)
-    assert client.verify_webhook(paypal_orders.transmission(headers), event, paypal.webhook_id)
+    event = paypal_orders.verified_event(client, settings, body, headers)
     result = paypal_orders.handle(db, settings, event, NOW, events)
     db.commit()
     return result
@@ -208,8 +207,7 @@ def test_the_webhook_pays_first_and_the_capture_finds_it_done(db, settings, even
 def deliver_approved(db, settings, events, paypal, client, evt) -> dict:
     """CHECKOUT.ORDER.APPROVED as the service takes it: verified, captured, applied."""
     body, headers = paypal.webhook(evt)
-    event = paypal_orders.parse_event(body)
-    assert client.verify_webhook(paypal_orders.transmission(headers), event, paypal.webhook_id)
+    event = paypal_orders.verified_event(client, settings, body, headers)
     captured = paypal_orders.capture_approved(db, client, event)
     result = paypal_orders.handle(db, settings, event, NOW, events, captured)
     db.commit()
@@ -329,12 +327,29 @@ def test_webhook_verification_asks_paypal(paypal, client):
     assert client.verify_webhook(forged, event, paypal.webhook_id) is False
 
 
+def test_a_delivery_is_refused_unless_paypal_verifies_it(settings, paypal, client):
+    body, headers = paypal.webhook({"id": "WH-2", "event_type": "X", "resource": {}})
+    assert paypal_orders.verified_event(client, settings, body, headers)["id"] == "WH-2"
+    error = refused(paypal_orders.verified_event, client, settings,
+                    body.replace("WH-2", "WH-3"), headers)
+    assert (error.status, error.code, error.details) == \
+        (400, "invalid_signature", {"reason": "mismatch"})
+    paypal.fail_next(503)
+    error = refused(paypal_orders.verified_event, client, settings, body, headers)
+    assert (error.status, error.code) == (503, "payment_provider_unavailable")
+    error = refused(paypal_orders.verified_event, client, BillingSettings(), body, headers)
+    assert (error.status, error.code) == (400, "payment_provider_not_enabled")
+    other, genuine = paypal.webhook({"not": "an event"})
+    error = refused(paypal_orders.verified_event, client, settings, other, genuine)
+    assert (error.status, error.code) == (400, "invalid_request")
+
+
 def test_a_delivery_without_its_headers_or_not_an_event_is_400():
     error = refused(paypal_orders.transmission, {"PAYPAL-TRANSMISSION-ID": "x"})
     assert (error.status, error.code, error.details) == \
         (400, "invalid_signature", {"reason": "missing"})
     for body in ("{oops", "[]", '{"id": "WH-1"}', '{"id": "WH-1", "event_type": "X"}'):
-        error = refused(paypal_orders.parse_event, body)
+        error = refused(lambda b: paypal_orders.check_event(paypal_orders.parse_body(b)), body)
         assert (error.status, error.code) == (400, "invalid_request")
 
 
