@@ -10,15 +10,17 @@ turned into the few fields those read.
 - **Capture** (:func:`capture`, then :func:`apply_capture`): once the buyer
   approved the order, the app calls ``POST /v1/billing/orders/{id}/capture``
   (the buyer's return to ``<base>/checkout/success?order_id=...&token=...``).
-  ``PayPal-Request-Id: capture:<order id>`` makes a retry the same capture;
+  Every network call happens outside any transaction (the reads before it
+  are detached). ``PayPal-Request-Id: capture:<order id>`` makes a retry the
+  same capture;
   ``ORDER_ALREADY_CAPTURED`` (captured by an earlier call whose answer was
   lost) reads the order back instead; ``INSTRUMENT_DECLINED`` is 402
   ``payment_declined`` with the approve link to choose another way to pay;
   ``ORDER_NOT_APPROVED`` is 409 ``order_not_approved``. A capture PayPal
   answers ``DECLINED`` or ``FAILED`` fails the order (402 too); ``PENDING``
   leaves it pending until ``PAYMENT.CAPTURE.COMPLETED``.
-- **Webhooks** (:func:`handle`): verified by the service through PayPal's
-  verify-webhook-signature API first; idempotent on the event id
+- **Webhooks** (:func:`verified_event`, then :func:`handle`): verified
+  first through PayPal's verify-webhook-signature API; idempotent on the event id
   (``webhook_events``, provider ``paypal``). ``CHECKOUT.ORDER.APPROVED``
   captures the order then and there (:func:`capture_approved`: the buyer
   may never come back to the app), ``PAYMENT.CAPTURE.COMPLETED``
@@ -29,7 +31,8 @@ turned into the few fields those read.
   ``CUSTOMER.DISPUTE.CREATED`` freezes the credits and
   ``CUSTOMER.DISPUTE.RESOLVED`` takes them back (buyer's favour) or
   unfreezes them; other types are received and ignored.
-- **Refunds** (:func:`refund_request`, then :func:`apply_refund`): an
+- **Refunds** (:func:`refund_request`, :func:`send_refund`, then
+  :func:`apply_refund`): an
   operator refunds a PayPal order through PayPal
   (``POST /v2/payments/captures/{id}/refund``).
 """
