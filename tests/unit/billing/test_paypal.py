@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from services.billing import orders
-from services.billing.models import Lot, Order, Payment, WebhookEvent
+from services.billing.models import Account, Lot, Order, Payment, WebhookEvent
 from services.billing.payments import paypal_orders
 from services.billing.payments.paypal import PayPalClient, PayPalRefused, to_minor, to_value
 from services.billing.payments.stripe import PaymentProviderError
@@ -399,6 +400,20 @@ def test_a_refund_made_at_paypal_arrives_by_webhook(db, settings, events, paypal
     client.refund(order.payment_intent_id, 500, "usd", str(order.id), request_id="dashboard-1")
     deliver(db, settings, events, paypal, client, paypal.capture_refunded())
     assert (fresh(db, order).status, balance(db, user)) == ("refunded", (50, 0))
+
+
+def test_a_plan_bought_through_paypal_is_one_period_and_a_full_refund_ends_it(
+        db, settings, events, paypal, client, user):
+    order = paid_order(db, settings, events, paypal, client, user,
+                       {"plan_id": "pro", "provider": "paypal"})
+    account = db.get(Account, user, populate_existing=True)
+    assert (account.plan, account.plan_expires_at) == ("pro", NOW + timedelta(days=30))
+    assert paypal.capture_of(order.provider_session_id)["amount"] == \
+        {"currency_code": "USD", "value": "15.00"}
+    assert refund(db, settings, events, client, order) == "refunded"
+    account = db.get(Account, user, populate_existing=True)
+    assert (account.plan, balance(db, user)) == ("free", (50, 0))
+    assert_clean(db)
 
 
 def test_only_paypal_orders_are_refunded_here(db, settings, events, user):
