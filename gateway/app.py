@@ -22,6 +22,7 @@ from gateway.api.accounts import auth_blp
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
 from gateway.api.common import SchemaExtras
 from gateway.api.health import init_internal_port
+from gateway.api.oidc import oidc_blp
 from gateway.auth import AuthCache
 from gateway.rpc import RpcPool
 from gateway.transfer import key_ring
@@ -173,7 +174,7 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     # request ids first: every later hook (rate limits included) can use them
     middleware.init_app(app, hsts=_bool(config["HSTS_ENABLED"]))
     config["RATELIMIT_ENABLED"] = _bool(config["RATELIMIT_ENABLED"])
-    limits.init_app(app, config, auth_blp)
+    limits.init_app(app, config, auth_blp, oidc_blp)
 
     api = Api(app, spec_kwargs={"extra_plugins": [SchemaExtras()]})
     api.spec.components.security_scheme(

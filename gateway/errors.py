@@ -13,12 +13,12 @@ import logging
 import math
 import time
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, g, jsonify
 from marshmallow import Schema, fields
 from nameko.exceptions import RemoteError
 from werkzeug.exceptions import HTTPException
 
-from services.common.errors import DomainError
+from services.common.errors import DomainError, unrecorded
 
 log = logging.getLogger("gateway.errors")
 
@@ -75,6 +75,8 @@ def _retry_after_header(details: dict, status: int) -> dict:
 
 
 def handle_domain_error(exc: DomainError):
+    if unrecorded(exc):  # nothing kept about the person: gateway.middleware logs nothing
+        g.unrecorded = True
     status = exc.status if isinstance(exc.status, int) and 400 <= exc.status <= 599 else 500
     details = exc.details if isinstance(exc.details, dict) else {}
     if status >= 500:

@@ -1,7 +1,7 @@
 """Rate limits (flask-limiter), keyed by the client address.
 
 ``RATELIMIT_DEFAULT`` applies to every route, the stricter ``RATELIMIT_AUTH``
-to /v1/auth/* (one budget shared by all of them, per address). Counters live
+to /v1/auth/* (one budget shared by all of them, OpenID sign-in's included, per address). Counters live
 in ``RATELIMIT_STORAGE_URI``: ``memory://`` (per process) or ``redis://``
 (shared by every worker and replica). A breach is a 429 ``rate_limited`` with
 ``Retry-After`` (see gateway.errors). Health endpoints are exempt.
@@ -20,7 +20,7 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def init_app(app: Flask, config: dict, auth_blueprint) -> Limiter:
+def init_app(app: Flask, config: dict, *auth_blueprints) -> Limiter:
     enabled = bool(config.get("RATELIMIT_ENABLED", True))
     app.config.update(
         RATELIMIT_ENABLED=enabled,
@@ -37,7 +37,9 @@ def init_app(app: Flask, config: dict, auth_blueprint) -> Limiter:
     )
     limiter = Limiter(key_func=client_address)
     auth_limit = str(config.get("RATELIMIT_AUTH") or "20 per minute")
-    limiter.shared_limit(auth_limit, scope="auth")(auth_blueprint)
+    shared = limiter.shared_limit(auth_limit, scope="auth")
+    for blueprint in auth_blueprints:
+        shared(blueprint)
     limiter.request_filter(lambda: request.path in EXEMPT_PATHS)
     limiter.init_app(app)
     app.extensions["darkroom_limiter"] = limiter

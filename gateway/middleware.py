@@ -74,6 +74,8 @@ def init_app(app: Flask, hsts: bool) -> None:
         route = route_template()
         metrics.observe(request.method, route, response.status_code, duration)
         principal = g.get("principal")
+        if g.get("unrecorded"):  # services.common.errors.UNRECORDED_CODES: counted, never logged
+            return response
         access_log.info(
             "request",
             extra={

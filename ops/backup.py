@@ -23,7 +23,8 @@ import click
 
 from ops.backups import jobs
 from ops.errors import OpsError
-from ops.output import emit, output, wants_json
+from ops.output import bar, emit, output, wants_json
+from ops.storage import human_bytes
 from services.common.config import config_path, load_config
 from services.common.secrets import ConfigurationRefused, refuse_insecure_config
 
@@ -44,18 +45,17 @@ def _settings(_ops_config: dict) -> jobs.BackupSettings:
         raise OpsError(str(exc), exit_code=2) from None
 
 
-def _echo(line: str) -> None:
-    click.echo(line, err=True)
-
-
 @click.group()
 def backup():
     """Backups: every service's database and the object store, encrypted."""
 
 
 def _run_lines(manifest: dict) -> list[str]:
+    objects = manifest["objects"]
     return [f"backup set {manifest['name']}: {len(manifest['databases'])} databases, "
-            f"{manifest['objects']['count']} objects"]
+            f"{objects['count']} objects ({human_bytes(objects['bytes'])}; "
+            f"{objects.get('unchanged', 0)} unchanged since the last set); "
+            f"{len(manifest['kept'])} kept, {len(manifest['deleted'])} rotated out"]
 
 
 @backup.command("run")
@@ -69,7 +69,7 @@ def backup_run(config, repeat):
     while True:
         started = time.monotonic()
         try:
-            manifest = jobs.run(settings, progress=_echo)
+            manifest = jobs.run(settings, progress=bar)
             if not repeat:
                 return manifest
             emit(manifest, wants_json(), _run_lines)
@@ -105,7 +105,7 @@ def backup_verify(config, set_name):
     """Check a set (the newest by default): every database, every object.
     Exit 1 when it has a problem."""
     try:
-        return jobs.verify(_settings(config), set_name, progress=_echo)
+        return jobs.verify(_settings(config), set_name, progress=bar)
     except jobs.BackupError as exc:
         raise OpsError(str(exc)) from None
 
@@ -149,7 +149,8 @@ def backup_check(config, max_age):
               help="A privacy database whose erasure log to honour too (the old live one).")
 @output(lambda result: [
     f"restored {result['set']}: {len(result['databases'])} databases, "
-    f"{result['objects']} objects; {result['erased_again']} erased user(s) erased again"])
+    f"{result['objects']} objects; {result['erased_again']} erased user(s) erased again "
+    f"(the erasure log knows {result['erasure_log']})"])
 @click.pass_obj
 def backup_restore(config, set_name, yes, erasure_log_urls):
     """Restore a set (the newest by default) into the databases and object store
@@ -158,6 +159,6 @@ def backup_restore(config, set_name, yes, erasure_log_urls):
         raise OpsError("not restoring without --yes (it replaces the databases' contents)",
                        exit_code=2)
     try:
-        return jobs.restore(_settings(config), set_name, list(erasure_log_urls), progress=_echo)
+        return jobs.restore(_settings(config), set_name, list(erasure_log_urls), progress=bar)
     except jobs.BackupError as exc:
         raise OpsError(str(exc)) from None

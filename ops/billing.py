@@ -10,13 +10,16 @@ twice. When the operator gives none, one is made up and printed.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ops import rpc
 from ops.errors import OpsError, id_argument
+from ops.output import silent
 
-# checking every account reads the whole ledger: give it longer than one RPC
+# a page of accounts is checked in one RPC: give it longer than an ordinary one
 VERIFY_TIMEOUT_SECONDS = 600
+VERIFY_PAGE_ACCOUNTS = 500
 
 
 def _call(config: dict, method: str, *args: Any, timeout: float | None = None,
@@ -30,10 +33,32 @@ def user_id(value: str) -> str:
     return id_argument(value, "user id")
 
 
-def verify(config: dict, user: str | None = None) -> dict:
-    """``{"accounts_checked", "problems": [{user_id, problem, expected, actual}]}``."""
+def verify(config: dict, user: str | None = None,
+           progress: Callable[[int], Any] | None = None,
+           page_size: int | None = None) -> dict:
+    """``{"accounts_checked", "problems": [{user_id, problem, expected, actual}]}``.
+
+    One account in one call; every account a page of ``page_size`` accounts
+    (default :data:`VERIFY_PAGE_ACCOUNTS`) per call: after the first page,
+    ``bar = progress(accounts in all)``, and ``bar.update(accounts)`` after
+    each page (the service lists at most its MAX_PROBLEMS problems over the
+    whole walk)."""
     timeout = max(float(config.get("RPC_TIMEOUT_SECONDS") or 30), VERIFY_TIMEOUT_SECONDS)
-    return _call(config, "verify_ledger", user_id(user) if user else None, timeout=timeout)
+    if user:
+        return _call(config, "verify_ledger", user_id(user), timeout=timeout)
+    page_size = page_size or VERIFY_PAGE_ACCOUNTS
+    page = _call(config, "verify_ledger", None, page_size, None, timeout=timeout)
+    checked, problems = page["accounts_checked"], list(page["problems"])
+    bar_for = progress or (lambda total: silent())
+    with bar_for(int(page.get("accounts_total") or 0)) as bar:
+        bar.update(page["accounts_checked"])
+        while page.get("next_cursor"):
+            page = _call(config, "verify_ledger", None, page_size, page["next_cursor"],
+                         timeout=timeout)
+            checked += page["accounts_checked"]
+            problems += page["problems"]
+            bar.update(page["accounts_checked"])
+    return {"accounts_checked": checked, "problems": problems}
 
 
 def new_idempotency_key() -> str:

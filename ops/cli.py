@@ -10,6 +10,7 @@
     darkroom-ops users show <user>
     darkroom-ops users disable|enable <user>
     darkroom-ops users delete <user> --reason TEXT --yes
+    darkroom-ops users delete-minor <user> --yes
     darkroom-ops users grant-admin <email>
     darkroom-ops users revoke-admin <email>
     darkroom-ops keys revoke (<key id or prefix> | --user <user>)
@@ -63,7 +64,7 @@ from ops import users as user_ops  # noqa: E402
 from ops import webhooks as webhook_ops  # noqa: E402
 from ops.config import load_ops_config  # noqa: E402
 from ops.errors import OpsError, id_argument  # noqa: E402
-from ops.output import error, output, progress  # noqa: E402
+from ops.output import bar, error, output, progress  # noqa: E402
 from services.common.contracts.generation import (  # noqa: E402
     WEBHOOK_DELIVERY_STATUSES,
     JobState,
@@ -197,16 +198,11 @@ def dlq_replay(config, queue, every, limit, dry_run):
     """Send dead letters back to the queue that failed them, and only to it."""
     if bool(queue) == every:
         raise OpsError("name one queue or pass --all", exit_code=2)
-    if dry_run:
-        plan = dlq_ops.replay_plan(config, None if every else queue, limit)
-    elif every:
-        plan = dlq_ops.replay_plan(config, None, limit)
-        with progress(plan, "replaying") as bar:
-            plan = [{"queue": q["queue"], "messages": dlq_ops.replay(config, q["queue"], limit)}
-                    for q in bar]
-    else:
-        plan = [{"queue": dlq_ops.resolve(queue),
-                 "messages": dlq_ops.replay(config, queue, limit)}]
+    plan = dlq_ops.replay_plan(config, None if every else queue, limit)
+    if not dry_run:
+        with progress(label="replaying", length=sum(q["messages"] for q in plan)) as bar:
+            plan = [{"queue": q["queue"],
+                     "messages": dlq_ops.replay(config, q["queue"], limit, bar)} for q in plan]
     return {"dry_run": dry_run, "all": every, "queues": plan,
             "messages": sum(q["messages"] for q in plan)}
 
@@ -221,10 +217,11 @@ def dlq_restamp(config, queue, every):
     """Requeue dead letters older than the TTL policy so they expire (once, after upgrading)."""
     if bool(queue) == every:
         raise OpsError("name one queue or pass --all", exit_code=2)
-    names = [name for name, _ in dlq_ops.list_dlqs(config)] if every else [queue]
-    with progress(names, "restamping") as bar:
-        return [{"queue": dlq_ops.resolve(name), "messages": dlq_ops.restamp(config, name)}
-                for name in bar]
+    counts = (dlq_ops.list_dlqs(config) if every
+              else [(dlq_ops.resolve(queue), dlq_ops.count(config, queue))])
+    with progress(label="restamping", length=sum(n for _, n in counts)) as bar:
+        return [{"queue": name, "messages": dlq_ops.restamp(config, name, bar)}
+                for name, _ in counts]
 
 
 @dlq.command("purge")
@@ -331,6 +328,20 @@ def users_delete(config, user, reason, yes):
     return user_ops.delete(config, user, reason)
 
 
+@users.command("delete-minor")
+@click.argument("user")
+@click.option("--yes", is_flag=True, help="Really erase the account now.")
+@output(user_ops.delete_minor_lines)
+@pass_config
+def users_delete_minor(config, user, yes):
+    """Erase at once an account a guardian reported as a minor's: the same
+    erasure (every service's part, certificate) with no grace period and no
+    cancel link. Needs --yes."""
+    if not yes:
+        raise OpsError(f"not erasing {user} without --yes", exit_code=2)
+    return user_ops.delete_minor(config, user)
+
+
 @cli.group(cls=OpsGroup)
 def keys():
     """API keys (through the auth service)."""
@@ -416,11 +427,10 @@ def billing():
 @output(billing_ops.verify_lines, failed=lambda result: bool(result.get("problems")))
 @pass_config
 def billing_verify(config, user):
-    """Check the ledger: balances, holds, lots and the balance chain. Exit 1 on problems."""
-    with progress(label="verifying the ledger", length=1) as bar:
-        result = billing_ops.verify(config, user)
-        bar.update(1)
-    return result
+    """Check the ledger: balances, holds, lots and the balance chain, a page of
+    accounts at a time with a progress bar. Exit 1 on problems."""
+    return billing_ops.verify(config, user, progress=lambda total: progress(
+        label="verifying the ledger", length=total))
 
 
 @billing.command("adjust")
@@ -653,7 +663,7 @@ def doctor(ctx, only):
     RabbitMQ and its management API, each database and its migrations, the
     object store, the mail server, secrets and keys. Says what is wrong and
     how to fix it; exit 1 on any problem."""
-    return doctor_ops.run(ctx.meta.get("darkroom_ops.config_file"), only)
+    return doctor_ops.run(ctx.meta.get("darkroom_ops.config_file"), only, progress=bar)
 
 
 cli.add_command(breach_ops.breach)

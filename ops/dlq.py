@@ -161,11 +161,13 @@ def show(config: dict, queue: str, limit: int = 10) -> list[DeadLetter]:
 
 
 def _republish(config: dict, dlq: str, limit: int | None, verb: str,
-               target: Callable[[Any], str], headers: Callable[[Any], dict]) -> int:
+               target: Callable[[Any], str], headers: Callable[[Any], dict],
+               bar: Any = None) -> int:
     """Take the dead letters there now (at most ``limit``), publish each again
     to the default exchange under ``target(message)`` with ``headers(message)``
     and its body and content type, and ack it only once the broker confirmed;
-    a failed publish puts it back and stops. Returns how many were moved."""
+    a failed publish puts it back and stops. Returns how many were moved;
+    ``bar.update(1)`` after each (a progress bar, ops/output.py)."""
     amqp_uri = config["AMQP_URI"]
     publisher = Publisher(amqp_uri, use_confirms=True, mandatory=True, retry=False)
     with connect(amqp_uri) as conn:
@@ -200,18 +202,21 @@ def _republish(config: dict, dlq: str, limit: int | None, verb: str,
                     ) from None
                 message.ack()
                 done += 1
+                if bar is not None:
+                    bar.update(1)
         finally:
             channel.close()
     return done
 
 
-def replay(config: dict, queue: str, limit: int | None = None) -> int:
+def replay(config: dict, queue: str, limit: int | None = None, bar: Any = None) -> int:
     """Replay up to ``limit`` dead letters (all that are there now if None) to
-    the queue that failed each; return how many were replayed."""
+    the queue that failed each; return how many were replayed (``bar``:
+    updated after each)."""
     dlq = resolve(queue)
     return _republish(config, dlq, limit, "replayed",
                       target=lambda message: original_queue(dlq, message.headers or {}),
-                      headers=lambda message: replay_headers(message.headers))
+                      headers=lambda message: replay_headers(message.headers), bar=bar)
 
 
 def count(config: dict, queue: str) -> int:
@@ -229,7 +234,7 @@ def replay_plan(config: dict, queue: str | None, limit: int | None = None) -> li
             for name, n in found]
 
 
-def restamp(config: dict, queue: str) -> int:
+def restamp(config: dict, queue: str, bar: Any = None) -> int:
     """Move every dead letter there now to the back of its own queue,
     unchanged (body, properties, headers; ``x-darkroom-restamped-at`` added),
     so that it gets the queue's TTL.
@@ -239,11 +244,11 @@ def restamp(config: dict, queue: str) -> int:
     expire, and (classic queues drop expired messages from the head only)
     hold up the expiry of every newer one behind them. Run once after the
     upgrade; each moved message then expires DEAD_LETTER_TTL_DAYS from now.
-    Returns how many were moved."""
+    Returns how many were moved (``bar``: updated after each)."""
     dlq = resolve(queue)
     return _republish(config, dlq, None, "moved", target=lambda message: dlq,
                       headers=lambda message: {**(message.headers or {}),
-                                               RESTAMPED_HEADER: isoformat(utcnow())})
+                                               RESTAMPED_HEADER: isoformat(utcnow())}, bar=bar)
 
 
 def purge(config: dict, queue: str) -> int:

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from ops.config import load_ops_config
 from ops.errors import OpsError
+from ops.output import silent
 from ops.rabbit import connect, safe_url
 from services.common.config import config_path, load_config
 from services.common.engine import make_engine
@@ -251,42 +252,55 @@ def check_mail(doc: Doctor, config: dict) -> None:
 # ------------------------------------------------------------ the run
 
 
-def run(ops_config_file: str | None = None, only: Iterable[str] = ()) -> dict:
+def run(ops_config_file: str | None = None, only: Iterable[str] = (),
+        progress: Callable[[str, int], Any] = silent) -> dict:
+    """Every check (or the ``only`` groups'); ``progress(label, steps)``: a
+    bar moved once the ops config, each process and the brokers are checked
+    (each check may wait up to TIMEOUT_SECONDS for what is down)."""
     doc = Doctor(only)
     brokers: dict[str, str] = {}
-    if doc.wanted("ops") or doc.wanted("rabbitmq"):
-        try:
-            ops_config = load_ops_config(ops_config_file)
-        except OpsError as exc:
-            doc.add("ops", "config", "fail", exc.message,
-                    "fix the file, or give another with --config / DARKROOM_OPS_CONFIG")
-        else:
-            doc.add("ops", "config", "ok")
-            brokers.setdefault(ops_config["AMQP_URI"], "ops")
-            if doc.wanted("rabbitmq"):
-                check_management(doc, ops_config["RABBIT_MANAGEMENT_URL"])
-    for name in PROCESSES:
-        if not (doc.wanted(name) or (doc.wanted("rabbitmq") and name in SERVICES)):
-            continue
-        config = check_config(doc, name) if doc.wanted(name) else _quiet_config(name)
-        if config is None:
-            continue
-        if name in SERVICES and config.get("AMQP_URI"):
-            brokers.setdefault(str(config["AMQP_URI"]), name)
-        if not doc.wanted(name):
-            continue
-        if name in SERVICES:
-            check_database(doc, name, config)
-        if name == "storage":
-            check_object_store(doc, config)
-        if name == "notifications":
-            check_mail(doc, config)
-    if doc.wanted("rabbitmq"):
-        for amqp_uri, named_by in brokers.items():
-            check_broker(doc, amqp_uri, named_by)
+    with progress("checking", len(PROCESSES) + 2) as bar:
+        if doc.wanted("ops") or doc.wanted("rabbitmq"):
+            try:
+                ops_config = load_ops_config(ops_config_file)
+            except OpsError as exc:
+                doc.add("ops", "config", "fail", exc.message,
+                        "fix the file, or give another with --config / DARKROOM_OPS_CONFIG")
+            else:
+                doc.add("ops", "config", "ok")
+                brokers.setdefault(ops_config["AMQP_URI"], "ops")
+                if doc.wanted("rabbitmq"):
+                    check_management(doc, ops_config["RABBIT_MANAGEMENT_URL"])
+        bar.update(1)
+        for name in PROCESSES:
+            _check_process(doc, name, brokers)
+            bar.update(1)
+        if doc.wanted("rabbitmq"):
+            for amqp_uri, named_by in brokers.items():
+                check_broker(doc, amqp_uri, named_by)
+        bar.update(1)
     findings = [asdict(f) for f in doc.findings]
     return {"ok": not any(f["status"] == "fail" for f in findings),
             "production": is_production(), "findings": findings}
+
+
+def _check_process(doc: Doctor, name: str, brokers: dict[str, str]) -> None:
+    """One process's config and what it connects to; its broker noted in ``brokers``."""
+    if not (doc.wanted(name) or (doc.wanted("rabbitmq") and name in SERVICES)):
+        return
+    config = check_config(doc, name) if doc.wanted(name) else _quiet_config(name)
+    if config is None:
+        return
+    if name in SERVICES and config.get("AMQP_URI"):
+        brokers.setdefault(str(config["AMQP_URI"]), name)
+    if not doc.wanted(name):
+        return
+    if name in SERVICES:
+        check_database(doc, name, config)
+    if name == "storage":
+        check_object_store(doc, config)
+    if name == "notifications":
+        check_mail(doc, config)
 
 
 def _quiet_config(name: str) -> dict | None:

@@ -7,12 +7,13 @@ on stdout, else as the lines ``lines(result)`` makes; ``failed(result)``
 true makes the exit code 1 after the output. An error (OpsError,
 DomainError) is printed to stderr, and with ``--json`` also as
 ``{"error": {"code", "message"}}`` on stdout, so a script reading stdout
-always gets JSON. Progress bars (:func:`progress`) draw on stderr: stdout
-stays clean for ``--json``.
+always gets JSON. Progress bars (:func:`progress`) draw on stderr, on a
+terminal, and not at all with ``--json`` (a script wants the answer only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -69,5 +70,24 @@ def output(lines: Callable[[Any], Iterable[str]],
 def progress(items: Iterable | None = None, label: str = "", length: int | None = None):
     """A click progress bar on stderr (a context manager; iterate it, or
     ``update(n)`` it when ``items`` is None and ``length`` given). It is
-    drawn only on a terminal."""
-    return click.progressbar(items, length=length, label=label, file=sys.stderr, show_pos=True)
+    drawn only on a terminal, and hidden with ``--json``."""
+    return click.progressbar(items, length=length, label=label, file=sys.stderr, show_pos=True,
+                             hidden=wants_json())
+
+
+def bar(label: str, length: int):
+    """:func:`progress` of ``length`` steps, in the shape work modules take as
+    their ``progress`` parameter: ``progress(label, steps)`` (ops/backups,
+    doctor)."""
+    return progress(label=label, length=length)
+
+
+class _Silent:
+    def update(self, n_steps: int, current_item: Any = None) -> None:
+        pass
+
+
+def silent(label: str = "", length: int = 0):
+    """A bar that draws nothing, for work that reports progress when no
+    command line is watching (the default of ``progress`` parameters)."""
+    return contextlib.nullcontext(_Silent())

@@ -50,6 +50,18 @@ def delete(config: dict, user: str, reason: str) -> dict:
     return {"user": account, "request": request}
 
 
+MINOR_REASON = "reported by a guardian as under the minimum age (no grace period)"
+
+
+def delete_minor(config: dict, user: str) -> dict:
+    """The privacy service's erasure of ``user`` at once (``immediate``): no
+    grace period, no cancel link. ``{"user": auth's view, "request": ...}``."""
+    account = show(config, user)
+    request = rpc.call(config, "privacy", "erase_as_operator", account["id"], MINOR_REASON,
+                       immediate=True)
+    return {"user": account, "request": request}
+
+
 # ------------------------------------------------------------ printing
 
 
@@ -98,6 +110,13 @@ def disabled_lines(answer: dict) -> list[str]:
     return [f"{answer['email']} is disabled (user {answer['user_id']}): "
             f"{answer['sessions_revoked']} session(s) and {answer['api_keys_revoked']} "
             "API key(s) revoked"]
+
+
+def delete_minor_lines(result: dict) -> list[str]:
+    request = result["request"]
+    return [f"erasure of {result['user']['email']} (user {result['user']['id']}) started at "
+            f"once, without a grace period: request {request['id']}, {request['status']}",
+            "follow it (and its certificate) with `darkroom-ops privacy report`"]
 
 
 def delete_lines(result: dict) -> list[str]:

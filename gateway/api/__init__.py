@@ -6,7 +6,8 @@ from gateway.api.files import files_blp
 from gateway.api.generation import generation_blp
 from gateway.api.health import health_blp
 from gateway.api.images import images_blp, public_blp
+from gateway.api.oidc import identities_blp, oidc_blp
 from gateway.api.privacy import privacy_blp
 
-BLUEPRINTS = (health_blp, auth_blp, me_blp, images_blp, public_blp, files_blp, billing_blp,
-              generation_blp, privacy_blp)
+BLUEPRINTS = (health_blp, auth_blp, oidc_blp, me_blp, identities_blp, images_blp, public_blp,
+              files_blp, billing_blp, generation_blp, privacy_blp)

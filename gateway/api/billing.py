@@ -138,6 +138,30 @@ def capture(order_id):
     return for_caller(c.Order, "billing.capture_order", str(order_id))
 
 
+@billing_blp.route("/subscription", methods=["GET"])
+@billing_blp.response(200, c.Subscription)
+@authenticated
+def subscription():
+    """The caller's plan subscription (the newest): status, period end, grace"""
+    return for_caller(c.Subscription, "billing.get_subscription")
+
+
+@billing_blp.route("/subscription/cancel", methods=["POST"])
+@billing_blp.response(200, c.Subscription)
+@authenticated
+def cancel_subscription():
+    """Cancel the caller's subscription at the end of the period already paid"""
+    return for_caller(c.Subscription, "billing.cancel_subscription")
+
+
+@billing_blp.route("/portal", methods=["GET"])
+@billing_blp.response(200, c.PortalLink)
+@authenticated
+def portal():
+    """A link to Stripe's customer portal: payment method, invoices, cancellation"""
+    return for_caller(c.PortalLink, "billing.portal_link")
+
+
 # ------------------------------------------------------------ public
 
 

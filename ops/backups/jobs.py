@@ -10,20 +10,25 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ops.backups import crypto, erasures, sets, sources
+from ops.output import silent
 from services.common.ids import isoformat, utcnow
 from services.common.version import darkroom_version
 from services.storage.settings import StorageSettings
 
-Progress = Callable[[str], None]
+# progress(label, steps) -> a context manager giving a bar, bar.update(n):
+# ops.output.progress draws one; ops.output.silent (the default) draws nothing
+Progress = Callable[[str, int], ContextManager[Any]]
 LOCK = ".lock"
 
 
@@ -51,10 +56,6 @@ class BackupSettings:
         if interval <= 0:
             raise BackupError("BACKUP_INTERVAL_SECONDS must be more than 0")
         return cls(Path(str(config.get("BACKUP_DIR") or "var/backups")), key, rotation, interval)
-
-
-def _quiet(_line: str) -> None:
-    pass
 
 
 def _safe(url: str) -> str:
@@ -136,32 +137,54 @@ def _backup_objects(settings: BackupSettings, directory: Path, backend, progress
     previous_dir, previous = _previous_objects(settings)
     (directory / "objects").mkdir()
     index, total, linked = [], 0, 0
-    for number, info in enumerate(backend.list("")):
-        when = isoformat(info.last_modified)
-        file = f"objects/{number:08d}.enc"
-        old = previous.get((info.key, info.size, when))
-        if old is not None and previous_dir is not None and (previous_dir / old["file"]).is_file():
-            try:
-                os.link(previous_dir / old["file"], directory / file)
-            except OSError:
-                shutil.copyfile(previous_dir / old["file"], directory / file)
-            sha, linked = old["sha256"], linked + 1
-        else:
-            with backend.open(info.key) as src, open(directory / file, "wb") as raw:
-                sealed = crypto.HashingWriter(raw)
-                crypto.encrypt(settings.key, src, sealed)
-            sha = sealed.hexdigest()
-        index.append({"key": info.key, "size": info.size, "last_modified": when,
-                      "file": file, "sha256": sha})
-        total += info.size
-        if (number + 1) % 500 == 0:
-            progress(f"objects: {number + 1} copied")
+    listed = list(backend.list(""))
+    with progress("copying objects", len(listed)) as bar:
+        for number, info in enumerate(listed):
+            when = isoformat(info.last_modified)
+            file = f"objects/{number:08d}.enc"
+            old = previous.get((info.key, info.size, when))
+            if old is not None and previous_dir is not None and (previous_dir / old["file"]).is_file():
+                try:
+                    os.link(previous_dir / old["file"], directory / file)
+                except OSError:
+                    shutil.copyfile(previous_dir / old["file"], directory / file)
+                sha, linked = old["sha256"], linked + 1
+            else:
+                with backend.open(info.key) as src, open(directory / file, "wb") as raw:
+                    sealed = crypto.HashingWriter(raw)
+                    crypto.encrypt(settings.key, src, sealed)
+                sha = sealed.hexdigest()
+            index.append({"key": info.key, "size": info.size, "last_modified": when,
+                          "file": file, "sha256": sha})
+            total += info.size
+            bar.update(1)
     entry = _seal_json(settings.key, index, directory, "objects.json.enc")
-    progress(f"objects: {len(index)} ({total} bytes; {linked} unchanged since the last set)")
-    return {"backend": backend.name, "count": len(index), "bytes": total, "index": entry}
+    return {"backend": backend.name, "count": len(index), "bytes": total, "unchanged": linked,
+            "index": entry}
 
 
-def run(settings: BackupSettings, progress: Progress = _quiet, now: datetime | None = None) -> dict:
+def _backup_database(settings: BackupSettings, directory: Path, service: str, url: str) -> dict:
+    """One service's database dumped, sealed into ``databases/<service>.enc``:
+    its manifest entry."""
+    kind = sources.engine_kind(url)
+    plain = directory / f"{service}.plain"
+    try:
+        sources.dump(url, plain)
+        entry = _seal_file(settings.key, plain, directory / "databases" / f"{service}.enc")
+    except sources.DumpError as exc:
+        raise BackupError(f"{service}: {exc}") from None
+    finally:
+        plain.unlink(missing_ok=True)
+    try:
+        described = sources.describe(url)
+    except SQLAlchemyError as exc:
+        raise BackupError(f"{service}: cannot read its migration heads: "
+                          f"{type(exc).__name__}") from None
+    entry.update(engine=kind, file=f"databases/{service}.enc", **described)
+    return entry
+
+
+def run(settings: BackupSettings, progress: Progress = silent, now: datetime | None = None) -> dict:
     """Take a backup set of every database and the object store, then rotate.
     Returns the manifest, with ``kept`` and ``deleted`` set names."""
     now = now or utcnow()
@@ -176,25 +199,11 @@ def run(settings: BackupSettings, progress: Progress = _quiet, now: datetime | N
                     "darkroom_version": darkroom_version(),
                     "key_fingerprint": crypto.fingerprint(settings.key).hex(), "databases": {}}
         urls = sources.database_urls()
-        for service in sources.SERVICES:
-            url = urls[service]
-            kind = sources.engine_kind(url)
-            plain = directory / f"{service}.plain"
-            try:
-                sources.dump(url, plain)
-                entry = _seal_file(settings.key, plain, directory / "databases" / f"{service}.enc")
-            except sources.DumpError as exc:
-                raise BackupError(f"{service}: {exc}") from None
-            finally:
-                plain.unlink(missing_ok=True)
-            try:
-                described = sources.describe(url)
-            except SQLAlchemyError as exc:
-                raise BackupError(f"{service}: cannot read its migration heads: "
-                                  f"{type(exc).__name__}") from None
-            entry.update(engine=kind, file=f"databases/{service}.enc", **described)
-            manifest["databases"][service] = entry
-            progress(f"{service}: {kind} dump of {entry['plain_size']} bytes")
+        with progress("dumping databases", len(sources.SERVICES)) as bar:
+            for service in sources.SERVICES:
+                manifest["databases"][service] = _backup_database(settings, directory, service,
+                                                                  urls[service])
+                bar.update(1)
         manifest["objects"] = _backup_objects(settings, directory, sources.object_backend(), progress)
         log = erasures.read_log(urls["privacy"])
         manifest["erasures"] = {**_seal_json(settings.key, log, directory, "erasures.json.enc"),
@@ -203,7 +212,6 @@ def run(settings: BackupSettings, progress: Progress = _quiet, now: datetime | N
         sets.write_manifest(directory, manifest)
         os.rename(directory, settings.root / name)
         kept, deleted = sets.rotate(settings.root, settings.rotation)
-    progress(f"backup set {name} written; {len(kept)} kept, {len(deleted)} rotated out")
     return {**manifest, "kept": kept, "deleted": deleted}
 
 
@@ -228,7 +236,23 @@ def _manifest(settings: BackupSettings, directory: Path) -> dict:
     return manifest
 
 
-def verify(settings: BackupSettings, name: str | None = None, progress: Progress = _quiet) -> dict:
+def _check_database(settings: BackupSettings, directory: Path, entry: dict | None,
+                    plain: Path) -> str:
+    """One dump of the set: checksummed, decrypted (to ``plain``, then
+    deleted) and restorable; its one-line summary (BackupError or DumpError)."""
+    if entry is None:
+        raise BackupError("no dump in the set")
+    try:
+        _check_sha(directory / entry["file"], entry)
+        _decrypt_to(settings.key, directory / entry["file"], plain)
+        if crypto.sha256_file(plain) != entry["plain_sha256"]:
+            raise BackupError("decrypted dump does not match its checksum")
+        return sources.check_dump(entry["engine"], plain)
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def verify(settings: BackupSettings, name: str | None = None, progress: Progress = silent) -> dict:
     """Check a set (the newest by default): every service's database present,
     its checksums right, decryptable and restorable (``pg_restore --list`` /
     SQLite's integrity check); every object present, checksummed and
@@ -237,38 +261,31 @@ def verify(settings: BackupSettings, name: str | None = None, progress: Progress
     manifest = _manifest(settings, directory)
     problems: list[str] = []
     databases: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="darkroom-verify-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="darkroom-verify-") as tmp,
+          progress("checking databases", len(sources.SERVICES)) as bar):
         for service in sources.SERVICES:
-            entry = manifest["databases"].get(service)
-            if entry is None:
-                problems.append(f"{service}: no dump in the set")
-                continue
-            plain = Path(tmp) / service
             try:
-                _check_sha(directory / entry["file"], entry)
-                _decrypt_to(settings.key, directory / entry["file"], plain)
-                if crypto.sha256_file(plain) != entry["plain_sha256"]:
-                    raise BackupError("decrypted dump does not match its checksum")
-                databases[service] = sources.check_dump(entry["engine"], plain)
-                progress(f"{service}: ok ({databases[service]})")
+                databases[service] = _check_database(settings, directory,
+                                                     manifest["databases"].get(service),
+                                                     Path(tmp) / service)
             except (BackupError, sources.DumpError) as exc:
                 problems.append(f"{service}: {exc}")
-            finally:
-                plain.unlink(missing_ok=True)
+            bar.update(1)
     objects = 0
     try:
         index = _open_json(settings.key, directory, manifest["objects"]["index"])
-        for item in index:
-            try:
-                _check_sha(directory / item["file"], item)
-                with open(directory / item["file"], "rb") as fh:
-                    size = crypto.decrypt(settings.key, fh, crypto.HashingWriter())
-                if size != item["size"]:
-                    raise BackupError(f"{item['file']}: {size} bytes, {item['size']} expected")
-                objects += 1
-            except (BackupError, crypto.BackupCryptoError) as exc:
-                problems.append(f"object {item['file']}: {exc}")
-        progress(f"objects: {objects} of {len(index)} ok")
+        with progress("checking objects", len(index)) as bar:
+            for item in index:
+                try:
+                    _check_sha(directory / item["file"], item)
+                    with open(directory / item["file"], "rb") as fh:
+                        size = crypto.decrypt(settings.key, fh, crypto.HashingWriter())
+                    if size != item["size"]:
+                        raise BackupError(f"{item['file']}: {size} bytes, {item['size']} expected")
+                    objects += 1
+                except (BackupError, crypto.BackupCryptoError) as exc:
+                    problems.append(f"object {item['file']}: {exc}")
+                bar.update(1)
         _open_json(settings.key, directory, manifest["erasures"])
     except (BackupError, crypto.BackupCryptoError, KeyError) as exc:
         problems.append(f"set: {exc}")
@@ -322,7 +339,7 @@ def erasure_log(settings: BackupSettings, directory: Path, live_urls: list[str])
 
 
 def restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[str],
-            progress: Progress = _quiet) -> dict:
+            progress: Progress = silent) -> dict:
     """:func:`_restore` under the backup directory's lock: no set is taken of
     half-restored databases."""
     with _locked(settings.root):
@@ -330,7 +347,7 @@ def restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[s
 
 
 def _restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[str],
-             progress: Progress = _quiet) -> dict:
+             progress: Progress = silent) -> dict:
     """Restore a set (the newest by default) into the databases and the object
     store the services are configured with, then replay the erasure log.
     The erasure log is read first, from the sets, ``erasure_log_urls`` and the
@@ -345,34 +362,32 @@ def _restore(settings: BackupSettings, name: str | None, erasure_log_urls: list[
     urls = {service: str(configs[service]["DATABASE_URL"]) for service in sources.SERVICES}
     log = erasures.merge(erasure_log(settings, directory, erasure_log_urls),
                          erasures.read_log(urls["privacy"]))  # the one about to be replaced
-    progress(f"erasure log: {len(log)} erased users known")
     with tempfile.TemporaryDirectory(prefix="darkroom-restore-") as tmp:
-        for service in sources.SERVICES:
-            entry = manifest["databases"][service]
-            plain = Path(tmp) / service
-            _check_sha(directory / entry["file"], entry)
-            _decrypt_to(settings.key, directory / entry["file"], plain)
-            try:
-                sources.restore(entry["engine"], plain, urls[service])
-            except sources.DumpError as exc:
-                raise BackupError(f"{service}: {exc}") from None
-            finally:
-                plain.unlink()
-            progress(f"{service}: restored")
+        with progress("restoring databases", len(sources.SERVICES)) as bar:
+            for service in sources.SERVICES:
+                entry = manifest["databases"][service]
+                plain = Path(tmp) / service
+                _check_sha(directory / entry["file"], entry)
+                _decrypt_to(settings.key, directory / entry["file"], plain)
+                try:
+                    sources.restore(entry["engine"], plain, urls[service])
+                except sources.DumpError as exc:
+                    raise BackupError(f"{service}: {exc}") from None
+                finally:
+                    plain.unlink()
+                bar.update(1)
         backend = sources.object_backend(configs["storage"])
         backend.ensure_ready(StorageSettings.from_config(configs["storage"]).safety_expiry_days())
         index = _open_json(settings.key, directory, manifest["objects"]["index"])
-        for number, item in enumerate(index, 1):
-            _check_sha(directory / item["file"], item)
-            plain = Path(tmp) / "object"
-            size = _decrypt_to(settings.key, directory / item["file"], plain)
-            with open(plain, "rb") as fh:
-                backend.put(item["key"], fh, size, "application/octet-stream")
-            plain.unlink()
-            if number % 500 == 0:
-                progress(f"objects: {number} of {len(index)} restored")
-        progress(f"objects: {len(index)} restored")
+        with progress("restoring objects", len(index)) as bar:
+            for item in index:
+                _check_sha(directory / item["file"], item)
+                plain = Path(tmp) / "object"
+                size = _decrypt_to(settings.key, directory / item["file"], plain)
+                with open(plain, "rb") as fh:
+                    backend.put(item["key"], fh, size, "application/octet-stream")
+                plain.unlink()
+                bar.update(1)
     erased = erasures.replay(urls, configs, backend, log)
-    progress(f"erasure log replayed: {len(erased)} erased user(s) erased again")
     return {"set": directory.name, "databases": sorted(urls), "objects": len(index),
             "erasure_log": len(log), "erased_again": len(erased)}

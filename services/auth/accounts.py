@@ -34,6 +34,7 @@ def register(
     display_name: str | None,
     client_ip: str | None,
     now: datetime,
+    minimum_age_met: bool = False,
 ) -> Registration:
     """Create an unverified account (no API key: keys come once the address is
     verified) and send a verification code. ``email`` is normalised. 400
@@ -43,7 +44,8 @@ def register(
     stand-in user that is never stored, and its owner a mail saying someone
     tried to sign up with it (at most one per ``RESEND_MIN_INTERVAL_SECONDS``):
     registering tells nobody which addresses have accounts. The password is
-    hashed either way, so the two take the same time."""
+    hashed either way, so the two take the same time. ``minimum_age_met``: the
+    age gate (services/auth/age.py) was passed; only that fact is kept."""
     passwords.check_policy(password, email)
     password_hash = passwords.hash_password(password)
     user = User(
@@ -55,6 +57,7 @@ def register(
         plan=settings.default_plan,
         processing_restricted=False,
         is_admin=False,
+        minimum_age_met_at=now if minimum_age_met else None,
         created_at=now,
         updated_at=now,
     )

@@ -50,6 +50,9 @@ class User(IdMixin, Base):
     totp_secret: Mapped[str | None] = mapped_column(sa.String(64))
     totp_pending_secret: Mapped[str | None] = mapped_column(sa.String(64))
     totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # The age gate (services/auth/age.py): when the account was found to meet
+    # AUTH_MINIMUM_AGE. Only that fact is kept, never the birth date.
+    minimum_age_met_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -175,3 +178,60 @@ class AccountChange(IdMixin, Base):
 
 # Events waiting to be published (services.common.outbox).
 outbox = outbox_table(Base.metadata)
+
+
+# ---------------------------------------------------------------- OpenID Connect (services/auth/oidc.py)
+
+
+class ProviderAccount:
+    """An account at an OpenID provider: its subject id, and the address and
+    ``email_verified`` its ID token gave."""
+
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    subject: Mapped[str] = mapped_column(sa.String(255))
+    email: Mapped[str | None] = mapped_column(sa.String(EMAIL_MAX))
+    email_verified: Mapped[bool] = mapped_column(sa.Boolean, default=False,
+                                                 server_default=sa.false())
+
+
+class Identity(IdMixin, ProviderAccount, Base):
+    """A provider account linked to a Darkroom account: it signs the account
+    in (as the provider's ID token described it when it was linked)."""
+
+    __tablename__ = "identities"
+    __table_args__ = (sa.UniqueConstraint("provider", "subject"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class OidcFlow(IdMixin, Base):
+    """A sign-in started at a provider, waiting for the browser to come back:
+    the state (as SHA-256), the nonce and PKCE verifier, where to send the app
+    afterwards, and the account that asked to link (None: a sign-in). Deleted
+    when the browser comes back (one use) or once expired."""
+
+    __tablename__ = "oidc_flows"
+
+    state_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    provider: Mapped[str] = mapped_column(sa.String(32))
+    nonce: Mapped[str] = mapped_column(sa.String(64))
+    code_verifier: Mapped[str] = mapped_column(sa.String(128))
+    redirect_uri: Mapped[str] = mapped_column(sa.String(2000))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class OidcCode(IdMixin, ProviderAccount, Base):
+    """The one-time code handed to the app (as SHA-256), exchanged for a
+    session: for an account (``user_id``), or for the account a new subject
+    signs up (the provider's claims, until the exchange). Deleted on use, on
+    an under-age answer, or once expired."""
+
+    __tablename__ = "oidc_codes"
+
+    code_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)

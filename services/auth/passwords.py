@@ -53,6 +53,15 @@ def check_policy(password: str, email: str) -> None:
         raise weak_password("is too common")
 
 
+# The password hash of an account made by signing in with an OpenID provider:
+# no password matches it (argon2 refuses it as a hash) until one is set by a reset.
+NO_PASSWORD = "!no-password"
+
+
+def has_password(password_hash: str) -> bool:
+    return password_hash != NO_PASSWORD
+
+
 def hash_password(password: str, hasher: PasswordHasher = HASHER) -> str:
     return offload(hasher.hash, password)
 

@@ -15,13 +15,16 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from services.auth import history
+from services.auth import history, passwords
 from services.auth.lockout import subjects_for
 from services.auth.models import (
     AccountChange,
     ApiKey,
     EmailVerification,
+    Identity,
     KnownNetwork,
+    OidcCode,
+    OidcFlow,
     PasswordReset,
     Throttle,
     User,
@@ -38,7 +41,9 @@ ABOUT = (
     "history of its address and profile changes (when, from what, to what); your "
     "sessions (when, which browser, which network: a /24 or /48, never a full address) "
     "and API keys (name and prefix) until they are purged; verification codes and "
-    "password resets still on record (when, for which address; never the code or token)."
+    "password resets still on record (when, for which address; never the code or token); "
+    "the accounts at sign-in providers (Google...) linked to it (provider, address, when); "
+    "whether it was found to meet the minimum age (never a birth date)."
 )
 WITHHELD = [
     {"what": "your password",
@@ -57,7 +62,8 @@ WITHHELD = [
 CHILD_TABLES = (
     ("account_changes", AccountChange), ("sessions", UserSession), ("api_keys", ApiKey), ("email_verifications", EmailVerification),
     ("password_resets", PasswordReset), ("known_networks", KnownNetwork),
-    ("webhook_secrets", WebhookSecret),
+    ("webhook_secrets", WebhookSecret), ("identities", Identity), ("oidc_flows", OidcFlow),
+    ("oidc_codes", OidcCode),
 )
 
 
@@ -92,6 +98,8 @@ def export(db: Session, settings: AuthSettings, user_id) -> dict:
             "avatar_image_id": str(user.avatar_image_id) if user.avatar_image_id else None,
             "plan": user.plan, "processing_restricted": user.processing_restricted,
             "is_admin": user.is_admin, "two_factor_enabled": user.totp_enabled,
+            "has_password": passwords.has_password(user.password_hash),
+            "minimum_age_met_at": isoformat(user.minimum_age_met_at),
             "created_at": isoformat(user.created_at), "updated_at": isoformat(user.updated_at),
         },
         "sessions": [
@@ -120,6 +128,11 @@ def export(db: Session, settings: AuthSettings, user_id) -> dict:
         "known_networks": {"count": len(networks),
                            "first_seen": [isoformat(n.first_seen_at) for n in networks]},
         "webhook_secret": {"created_at": isoformat(secret.created_at)} if secret else None,
+        "identities": [
+            {"id": str(i.id), "provider": i.provider, "subject": i.subject, "email": i.email,
+             "email_verified": i.email_verified, "created_at": isoformat(i.created_at)}
+            for i in rows(Identity, Identity.created_at)
+        ],
         "changes": history.export(db, uid),
     }
 
@@ -163,7 +176,8 @@ def retention_items(settings: AuthSettings) -> list[dict]:
     window = settings.login_failure_window.total_seconds()
     purge = "the auth service's purge, every 10 minutes"
     return [
-        {"data": "account (address, profile, password hash), API keys",
+        {"data": "account (address, profile, password hash), API keys, linked sign-in "
+                 "providers",
          "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
         {"data": "sessions", "kept": f"{days:g} days, less when revoked (signed out)",
@@ -174,6 +188,10 @@ def retention_items(settings: AuthSettings) -> list[dict]:
         {"data": "password reset tokens (hashed)",
          "kept": f"valid {reset_minutes:g} minutes; deleted a day after they expire",
          "days": round(reset_minutes / 1440 + 1, 6), "enforced_by": purge},
+        {"data": "sign-ins with an OpenID provider under way, and their one-time codes",
+         "kept": f"{settings.oidc_flow_ttl.total_seconds():g} seconds (a flow), "
+                 f"{settings.oidc_code_ttl.total_seconds():g} seconds (a code), less when used",
+         "days": round(settings.oidc_flow_ttl.total_seconds() / 86400, 6), "enforced_by": purge},
         {"data": "failed sign-in attempts (keyed hashes of address and network)",
          "kept": f"{window:g} seconds", "days": round(window / 86400, 6), "enforced_by": purge},
     ]

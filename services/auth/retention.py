@@ -2,7 +2,8 @@
 
 Expired or revoked sessions, verification codes and reset tokens a day past
 their end, and throttles (attempts counted against a login or an address)
-whose window and lock have both run out: such a row counts nothing any more. Accounts and API keys (revoked ones included, for the audit of who
+whose window and lock have both run out: such a row counts nothing any more;
+OpenID sign-in flows and one-time codes once expired (minutes). Accounts and API keys (revoked ones included, for the audit of who
 could call the API when) are kept until the account is erased.
 """
 
@@ -13,7 +14,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, or_
 from sqlalchemy.orm import Session
 
-from services.auth.models import EmailVerification, PasswordReset, Throttle, UserSession
+from services.auth.models import (
+    EmailVerification,
+    OidcCode,
+    OidcFlow,
+    PasswordReset,
+    Throttle,
+    UserSession,
+)
 from services.auth.settings import AuthSettings
 
 GRACE = timedelta(days=1)
@@ -31,6 +39,9 @@ def purge_expired(db: Session, settings: AuthSettings, now: datetime) -> dict[st
             EmailVerification.expires_at < now - GRACE
         ),
         "password_resets": delete(PasswordReset).where(PasswordReset.expires_at < now - GRACE),
+        # OpenID sign-ins never finished, and one-time codes never exchanged
+        "oidc_flows": delete(OidcFlow).where(OidcFlow.expires_at <= now),
+        "oidc_codes": delete(OidcCode).where(OidcCode.expires_at <= now),
         "throttles": delete(Throttle).where(and_(
             Throttle.window_started_at < now - window,
             or_(Throttle.locked_until.is_(None), Throttle.locked_until < now),

@@ -18,8 +18,10 @@ from nameko.timer import timer
 
 from services.auth import (
     accounts,
+    age,
     keys,
     lookup,
+    oidc,
     operators,
     reauth,
     retention,
@@ -33,9 +35,10 @@ from services.auth.models import outbox
 from services.auth.settings import AuthSettings
 from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
+from services.common.contracts import oidc as oc
 from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
-from services.common.errors import DomainError, invalid_request
+from services.common.errors import DomainError, invalid_request, unrecorded
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
@@ -69,7 +72,8 @@ class AuthService(PrivacyParticipant, DarkroomService):
             yield
         except RecordedFailure as failure:
             self.db.commit()
-            log.info("refused and recorded: %s", failure.error.code)
+            if not unrecorded(failure.error):  # an under-age refusal leaves no line
+                log.info("refused and recorded: %s", failure.error.code)
             raise failure.error from None
 
     # ------------------------------------------------------------ registration
@@ -80,10 +84,14 @@ class AuthService(PrivacyParticipant, DarkroomService):
         owner of one is told by mail); never an API key."""
         data = load_rpc(c.Register, payload)
         client_ip = _string_or_none(client_ip, "client_ip")
+        # The age gate first: under the minimum, nothing is written (nor logged here).
+        minimum_age_met = age.check(self.settings, data.get("birth_date"),
+                                    data.get("age_confirmed"), utcnow().date())
 
         def register_once():
             created = accounts.register(self.db, self.settings, data["email"], data["password"],
-                                        data.get("display_name"), client_ip, utcnow())
+                                        data.get("display_name"), client_ip, utcnow(),
+                                        minimum_age_met=minimum_age_met)
             for event_type, event in created.events:
                 self.dispatch(event_type, event)
             self.db.commit()
@@ -189,6 +197,98 @@ class AuthService(PrivacyParticipant, DarkroomService):
         user = lookup.get_user(self.db, user_id)
         sessions.revoke(self.db, session_id, utcnow(), user=user)
         self.db.commit()
+        return None
+
+    # ------------------------------------------------------------ OpenID Connect
+
+    @rpc(expected_exceptions=DomainError)
+    def oidc_providers(self) -> dict:
+        return oc.ProviderList().dump({"items": [{"name": name} for name in
+                                                 sorted(self.settings.oidc_providers)]})
+
+    @rpc(expected_exceptions=DomainError)
+    def oidc_start(self, name, payload) -> dict:
+        """The provider's authorization URL for a new sign-in flow."""
+        return self._oidc_start(name, payload, None)
+
+    @rpc(expected_exceptions=DomainError)
+    def oidc_start_link(self, user_id, name, payload) -> dict:
+        """The same, for the signed-in account ``user_id`` linking the provider."""
+        return self._oidc_start(name, payload, lookup.get_user(self.db, user_id).id)
+
+    def _oidc_start(self, name, payload, user_id) -> dict:
+        data = load_rpc(oc.Start, payload)
+        url = oidc.start(self.db, self.settings, name, data["redirect_uri"], user_id, utcnow())
+        self.db.commit()
+        return oc.Started().dump({"authorization_url": url})
+
+    @rpc(expected_exceptions=DomainError)
+    def oidc_callback(self, name, params) -> dict:
+        """Where to send the browser back: the app's redirect_uri with a
+        one-time ``code``, or with an ``error`` code. 400
+        ``oidc_invalid_state`` when the state names no flow (nowhere to go)."""
+        data = load_rpc(oc.Callback, params)
+        with self._recording_failures():
+            flow = oidc.take_flow(self.db, name, data.get("state"), utcnow())
+        self.db.commit()  # one use, whatever happens next
+
+        def finish_once():
+            code = oidc.finish(self.db, self.settings, flow, claims, utcnow())
+            self.db.commit()
+            return code
+
+        try:
+            claims = oidc.fetch_claims(self.settings, flow, data)
+            # the same subject linked at the same moment by another sign-in:
+            # once more, and it is there to sign in with
+            code = first_wins(self.db, finish_once)
+        except DomainError as error:
+            self.db.rollback()
+            log.info("OIDC sign-in refused", extra={"provider": flow.provider,
+                                                    "code": error.code})
+            return oc.Redirect().dump({"location": oidc.app_url(flow.redirect_uri,
+                                                                error=error.code)})
+        return oc.Redirect().dump({"location": oidc.app_url(flow.redirect_uri, code=code)})
+
+    @rpc(expected_exceptions=DomainError)
+    def oidc_exchange(self, payload, client_ip=None, user_agent=None) -> dict:
+        """A session for the app's one-time code, exactly like a login."""
+        data = load_rpc(oc.Exchange, payload)
+        client_ip = _string_or_none(client_ip, "client_ip")
+        user_agent = _string_or_none(user_agent, "user_agent")
+
+        def exchange_once():
+            with self._recording_failures():
+                done = oidc.exchange(self.db, self.settings, data["code"], data.get("birth_date"),
+                                     data.get("age_confirmed"), client_ip, user_agent, utcnow())
+            for event_type, event in done.events:
+                self.dispatch(event_type, event)
+            if done.login.suspicious_login is not None and not done.new_account:
+                self.dispatch("suspicious_login", done.login.suspicious_login)
+            self.db.commit()
+            return done
+
+        done = first_wins(self.db, exchange_once, email_taken())
+        result = done.login
+        log.info("login", extra={"user_id": str(result.user.id),
+                                 "session_id": str(result.session.id), "method": "oidc",
+                                 "new_account": done.new_account})
+        return c.LoggedIn().dump(
+            {"token": result.token, "expires_at": result.session.expires_at, "user": result.user})
+
+    @rpc(expected_exceptions=DomainError)
+    def list_identities(self, user_id) -> dict:
+        user = lookup.get_user(self.db, user_id)
+        return oc.IdentityList().dump({"items": [oidc.view(i) for i in
+                                                 oidc.list_identities(self.db, user)]})
+
+    @rpc(expected_exceptions=DomainError)
+    def unlink_identity(self, user_id, identity_id) -> None:
+        user = lookup.get_user(self.db, user_id)
+        identity = oidc.unlink(self.db, user, identity_id)
+        self.db.commit()
+        log.info("identity unlinked", extra={"user_id": str(user.id),
+                                             "identity_id": str(identity.id)})
         return None
 
     # ------------------------------------------------------------ password reset

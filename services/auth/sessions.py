@@ -95,6 +95,13 @@ def login(
             _fail(db, subjects, now, invalid_totp())
 
     lockout.succeeded(db, subjects)
+    return open_session(db, settings, user, client_ip, user_agent, now)
+
+
+def open_session(db: Session, settings: AuthSettings, user: User, client_ip: str | None,
+                 user_agent: str | None, now: datetime) -> LoginResult:
+    """A new session for ``user``, whose credentials were checked (a password,
+    an OpenID provider's ID token), and the new network it came from, if any."""
     token = new_session_token()
     network = network_of(client_ip)
     session = UserSession(

@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from services.common.config import Section
+from services.common.config import Section, app_base_url, public_base_url
 from services.common.sealed import Sealer
+
+AGE_CHECKS = ("birth_date", "attestation")
+_PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+@dataclass(frozen=True)
+class OidcProvider:
+    """One OpenID Connect provider (``AUTH_OIDC_<NAME>_*``)."""
+
+    name: str
+    issuer: str
+    client_id: str
+    client_secret: str
+    scopes: str = "openid email profile"
+
+
+def oidc_providers(names, environ: Mapping[str, str]) -> dict[str, OidcProvider]:
+    """The providers named in ``AUTH_OIDC_PROVIDERS`` (comma-separated, lower
+    case), each from ``AUTH_OIDC_<NAME>_ISSUER``, ``_CLIENT_ID``,
+    ``_CLIENT_SECRET`` and an optional ``_SCOPES`` in ``environ``. ValueError
+    at start for a bad name or a missing variable."""
+    providers = {}
+    for name in [n.strip().lower() for n in str(names or "").split(",") if n.strip()]:
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ValueError(f"AUTH_OIDC_PROVIDERS: {name!r} is not a valid provider name")
+        prefix = f"AUTH_OIDC_{name.upper()}_"
+        values = {key: str(environ.get(prefix + key) or "").strip()
+                  for key in ("ISSUER", "CLIENT_ID", "CLIENT_SECRET", "SCOPES")}
+        for key in ("ISSUER", "CLIENT_ID", "CLIENT_SECRET"):
+            if not values[key]:
+                raise ValueError(f"{prefix}{key} must be set (AUTH_OIDC_PROVIDERS names {name})")
+        scopes = values["SCOPES"] or OidcProvider.scopes
+        if "openid" not in scopes.split():
+            scopes = "openid " + scopes
+        providers[name] = OidcProvider(name, values["ISSUER"].rstrip("/"), values["CLIENT_ID"],
+                                       values["CLIENT_SECRET"], scopes)
+    return providers
 
 
 @dataclass(frozen=True)
@@ -29,6 +69,16 @@ class AuthSettings:
     login_lockout: timedelta = timedelta(seconds=900)
     totp_issuer: str = "Darkroom"
     default_plan: str = "free"
+    # Sign-in with OpenID Connect providers (services/auth/oidc.py).
+    oidc_providers: dict = field(default_factory=dict)  # name -> OidcProvider
+    public_base_url: str = "http://127.0.0.1:8000"  # the providers come back to the gateway
+    oidc_redirect_bases: tuple = ("http://127.0.0.1:8000",)  # where the app may be sent back
+    oidc_flow_ttl: timedelta = timedelta(minutes=10)
+    oidc_code_ttl: timedelta = timedelta(minutes=2)
+    oidc_timeout_seconds: float = 5.0
+    # The age gate (services/auth/age.py): 0 is off.
+    minimum_age: int = 0
+    age_check: str = "birth_date"
 
     @classmethod
     def from_config(cls, config: dict) -> AuthSettings:
@@ -63,4 +113,30 @@ class AuthSettings:
             login_lockout=duration("LOGIN_LOCKOUT_SECONDS", d.login_lockout, "seconds"),
             totp_issuer=str(get("TOTP_ISSUER", d.totp_issuer)),
             default_plan=str(get("DEFAULT_PLAN", d.default_plan)),
+            **cls._oidc_and_age(config, section, os.environ),
         )
+
+    @classmethod
+    def _oidc_and_age(cls, config: dict, section: Section, environ) -> dict:
+        d, get = cls, section.get
+        urls = config.get("AUTH", config)
+        bases = [b.strip() for b in str(get("OIDC_REDIRECT_URIS", "")).split(",") if b.strip()]
+        bases = bases or [app_base_url(urls)]
+        for base in bases:
+            app_base_url({"APP_BASE_URL": base})  # ValueError unless an absolute http(s) URL
+        minimum_age = int(get("MINIMUM_AGE", d.minimum_age))
+        if not 0 <= minimum_age <= 21:
+            raise ValueError("AUTH.MINIMUM_AGE must be 0 (off) to 21")
+        age_check = str(get("AGE_CHECK", d.age_check)).strip().lower()
+        if age_check not in AGE_CHECKS:
+            raise ValueError(f"AUTH.AGE_CHECK must be one of {', '.join(AGE_CHECKS)}")
+        return {
+            "oidc_providers": oidc_providers(get("OIDC_PROVIDERS", ""), environ),
+            "public_base_url": public_base_url(urls),
+            "oidc_redirect_bases": tuple(b.rstrip("/") for b in bases),
+            "oidc_flow_ttl": section.duration("OIDC_FLOW_TTL_SECONDS", d.oidc_flow_ttl, "seconds"),
+            "oidc_code_ttl": section.duration("OIDC_CODE_TTL_SECONDS", d.oidc_code_ttl, "seconds"),
+            "oidc_timeout_seconds": float(get("OIDC_TIMEOUT_SECONDS", d.oidc_timeout_seconds)),
+            "minimum_age": minimum_age,
+            "age_check": age_check,
+        }

@@ -24,32 +24,111 @@ For every account (or one):
 
 ``problems`` lists each finding as ``{user_id, problem, expected, actual}``
 (``user_id`` also names the lot, entry or hold in ``problem`` when it helps).
+
+The checks run over a range of accounts (:class:`Accounts`: one user, or the
+user ids in ``(after, upto]``), every query bounded by it, so a large ledger
+is verified a page of accounts at a time (:func:`verify_page`) in bounded
+memory; :func:`verify_ledger` walks every page; :func:`verify_step` is one
+page of a walk the caller drives (``darkroom-ops billing verify``).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.billing.ledger import held_from_lot
 from services.billing.models import Account, Hold, HoldStatus, LedgerEntry, Lot, LotMovement, Order
+from services.common.pagination import decode_after_cursor, encode_after_cursor
 
 MAX_PROBLEMS = 1000
+PAGE_ACCOUNTS = 1000  # a whole-ledger verification reads this many accounts at a time
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The accounts a verification covers: ``only`` one user, or the user ids
+    in ``(after, upto]`` (``None``: that end is open). Ids compare as UUIDs,
+    which order like their canonical text (``Order.user_ref``)."""
+
+    only: uuid.UUID | None = None
+    after: uuid.UUID | None = None
+    upto: uuid.UUID | None = None
+
+    def __call__(self, stmt, column, text: bool = False):
+        def value(user_id):
+            return str(user_id) if text else user_id
+
+        if self.only is not None:
+            return stmt.where(column == value(self.only))
+        if self.after is not None:
+            stmt = stmt.where(column > value(self.after))
+        if self.upto is not None:
+            stmt = stmt.where(column <= value(self.upto))
+        return stmt
 
 
 def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
+    """One account, or every account a page at a time: ``{accounts_checked, problems}``
+    (at most :data:`MAX_PROBLEMS` listed)."""
+    if user_id is not None:
+        return _verify(db, Accounts(only=user_id), MAX_PROBLEMS)
+    checked, problems, after = 0, [], None
+    while True:
+        page = verify_page(db, after, PAGE_ACCOUNTS, MAX_PROBLEMS - len(problems))
+        checked += page["accounts_checked"]
+        problems += page["problems"]
+        after = page["next_after"]
+        if after is None:  # (the session's identity map holds rows weakly: memory stays bounded)
+            return {"accounts_checked": checked, "problems": problems}
+
+
+def verify_page(db: Session, after: uuid.UUID | None, limit: int,
+                max_problems: int = MAX_PROBLEMS) -> dict:
+    """The next ``limit`` accounts after the user id ``after`` (from the first
+    when None): ``{accounts_checked, problems, next_after}``, ``next_after``
+    being the last account checked, or None when no account follows (the
+    last page also covers entries of users without an account beyond it)."""
+    following = select(Account.user_id).order_by(Account.user_id)
+    if after is not None:
+        following = following.where(Account.user_id > after)
+    upto = db.scalar(following.offset(limit - 1).limit(1))
+    result = _verify(db, Accounts(after=after, upto=upto), max_problems)
+    return {**result, "next_after": upto}
+
+
+def verify_step(db: Session, limit: int, cursor: str | None) -> tuple[dict, int | None]:
+    """One page of a walk over every account (the ``verify_ledger`` RPC with a
+    ``limit``): the answer ``{accounts_checked, problems, accounts_total (first
+    page only), next_cursor (None after the last page)}`` and, on the last
+    page, how many problems the whole walk listed (else None). The cursor
+    carries that count from page to page, so the walk lists at most
+    :data:`MAX_PROBLEMS`; a cursor not made here is 400 ``invalid_request``."""
+    after, listed = decode_after_cursor(cursor) if cursor else (None, 0)
+    page = verify_page(db, after, limit, max(0, MAX_PROBLEMS - listed))
+    listed += len(page["problems"])
+    done = page["next_after"] is None
+    return {"accounts_checked": page["accounts_checked"], "problems": page["problems"],
+            "accounts_total": None if after else count_accounts(db),
+            "next_cursor": None if done else encode_after_cursor(page["next_after"], listed)
+            }, (listed if done else None)
+
+
+def count_accounts(db: Session) -> int:
+    return int(db.scalar(select(func.count()).select_from(Account)) or 0)
+
+
+def _verify(db: Session, only: Accounts, max_problems: int) -> dict:
     problems: list[dict] = []
 
     def problem(user, name, expected, actual):
-        if len(problems) < MAX_PROBLEMS:
+        if len(problems) < max_problems:
             problems.append({"user_id": str(user), "problem": name,
                              "expected": expected, "actual": actual})
-
-    def only(stmt, column):
-        return stmt.where(column == user_id) if user_id is not None else stmt
 
     accounts = {a.user_id: a for a in db.scalars(only(select(Account), Account.user_id))}
     sums = {
@@ -87,8 +166,8 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
         problem(uid, "orphan_entries", 0, int(sums[uid].n))
 
     # Lots against their movements.
-    moved = (select(LotMovement.lot_id, func.sum(LotMovement.amount).label("total"))
-             .group_by(LotMovement.lot_id).subquery())
+    moved = only(select(LotMovement.lot_id, func.sum(LotMovement.amount).label("total")),
+                 LotMovement.user_id).group_by(LotMovement.lot_id).subquery()
     for lot, total in db.execute(only(
             select(Lot, func.coalesce(moved.c.total, 0)).outerjoin(moved, moved.c.lot_id == Lot.id),
             Lot.user_id)):
@@ -98,8 +177,8 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
             problem(lot.user_id, f"lot_out_of_bounds:{lot.id}", lot.credits, lot.remaining)
 
     # Entries against the movements they made.
-    by_entry = (select(LotMovement.entry_id, func.sum(LotMovement.amount).label("total"))
-                .group_by(LotMovement.entry_id).subquery())
+    by_entry = only(select(LotMovement.entry_id, func.sum(LotMovement.amount).label("total")),
+                    LotMovement.user_id).group_by(LotMovement.entry_id).subquery()
     for entry_id, uid, amount, total in db.execute(only(
             select(LedgerEntry.id, LedgerEntry.user_id, LedgerEntry.amount,
                    func.coalesce(by_entry.c.total, 0))
@@ -151,9 +230,7 @@ def verify_ledger(db: Session, user_id: uuid.UUID | None = None) -> dict:
     # Refunds waiting for held credits: never more than open holds still hold
     # of the order's lots, never more than the order's credits in all.
     waiting = select(Order).where(Order.credits_pending > 0, Order.pseudonymised_at.is_(None))
-    if user_id is not None:
-        waiting = waiting.where(Order.user_ref == str(user_id))
-    for order in db.scalars(waiting):
+    for order in db.scalars(only(waiting, Order.user_ref, text=True)):
         lots = db.scalars(select(Lot.id).where(Lot.order_id == order.id)).all()
         held = sum(held_from_lot(db, lot_id) for lot_id in lots)
         if order.credits_pending > held:

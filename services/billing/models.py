@@ -17,6 +17,9 @@
 - ``holds``: the credits reserved for one attempt of one job.
 - ``orders`` and ``payments``: purchases and the provider's payments; kept 5
   years, pseudonymised (``user_ref``) on erasure.
+- ``subscriptions``: a paid plan renewing through Stripe: its Stripe ids,
+  status, period end, cancel at period end, dunning grace; ``user_id`` is
+  NULL once the account is erased, until Stripe has cancelled it.
 - ``webhook_events``: Stripe events already handled (idempotency on their id).
 - ``erased_accounts``: keyed hashes of erased users, so a late event cannot
   reopen an account (and hand out a second signup grant).
@@ -199,6 +202,33 @@ class Payment(IdMixin, Base):
     refunded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     retain_until: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     pseudonymised_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Subscription(Base):
+    """A plan renewing through Stripe (services/billing/subscriptions.py)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)  # Stripe's sub_...
+    # NULL: the account was erased and the subscription awaits its cancellation at Stripe.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
+    customer_id: Mapped[str | None] = mapped_column(sa.String(255))
+    plan: Mapped[str] = mapped_column(sa.String(64))
+    order_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    # Stripe's status: incomplete, active, past_due, unpaid, canceled, ...
+    status: Mapped[str] = mapped_column(sa.String(32))
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False,
+                                                       server_default=sa.false())
+    current_period_end: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A renewal failed: the plan stays until then, unless an invoice is paid.
+    grace_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_invoice_id: Mapped[str | None] = mapped_column(sa.String(255))
+    # When Stripe made the newest subscription event applied: an older one,
+    # delivered late, changes nothing.
+    stripe_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class WebhookEvent(Base):

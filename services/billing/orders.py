@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.billing import ledger, plans, reversals
+from services.billing import ledger, plans, reversals, subscriptions
 from services.billing.models import Account, Order, Payment
 from services.billing.payments import providers
 from services.billing.settings import BillingSettings
@@ -119,6 +119,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
             raise conflict(f"the {plan.name} plan is not for sale")
         if plans.effective_plan(settings, account, now).id == plan.id:
             raise conflict(f"you are already on the {plan.name} plan")
+        subscriptions.refuse_second(db, user_id)
         order = Order(kind="plan", item_id=plan.id, description=f"{plan.name} plan",
                       credits=plan.monthly_grant, amount=plan.price_amount,
                       currency=plan.currency)
@@ -216,7 +217,9 @@ def fulfil(db: Session, settings: BillingSettings, order_id: uuid.UUID, session:
         ledger.credit(db, account, kind="purchase", key=f"order:{order.id}:purchase",
                       credits=int(order.credits), now=now, expires_at=now + timedelta(days=days),
                       order_id=order.id, reason=order.description)
-    else:
+    elif session.get("mode") == "subscription":  # the credits come with invoice.paid
+        subscriptions.started(db, settings, order, session, now, dispatch)
+    else:  # a plan bought once, before plans renewed
         plans.activate_plan(db, settings, account, order, now, dispatch)
     order.status, order.paid_at, order.failure_reason = OrderStatus.PAID, now, None
     order.provider_session_id = order.provider_session_id or session.get("id")

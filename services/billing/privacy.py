@@ -4,7 +4,9 @@ export and in an erasure, and the retention schedule it enforces.
 
 - :func:`export`: everything billing holds about the user.
 - :func:`erase`: deletes the account, its ledger, lots, lot movements and
-  holds; orders and payments are payment records the law makes us keep
+  holds; detaches its subscriptions from it (a live one is cancelled at
+  Stripe by the ``subscriptions`` maintenance task, then deleted; an ended
+  one at once); orders and payments are payment records the law makes us keep
   (``PAYMENT_RETENTION_YEARS``, 5) so they are pseudonymised instead: their
   ``user_ref`` becomes ``psn:`` + HMAC-SHA256(``PSEUDONYM_KEY``, user id)
   (:func:`services.common.ids.pseudonym`). Billing never stores an email or a
@@ -32,7 +34,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from services.billing import ledger, saga
+from services.billing import ledger, saga, subscriptions
 from services.billing.models import (
     Account,
     ErasedAccount,
@@ -43,6 +45,7 @@ from services.billing.models import (
     LotMovement,
     Order,
     Payment,
+    Subscription,
 )
 from services.billing.settings import BillingSettings
 from services.common.ids import isoformat, pseudonym, trusted_id
@@ -57,7 +60,7 @@ RETENTION_NOTE = (
 ABOUT = (
     "Your credits and payments: the account (plan, balance), every ledger entry (grants, "
     "purchases, holds and captures for generation jobs, releases, refunds, expiries, "
-    "adjustments), credit lots, holds, orders and payments."
+    "adjustments), credit lots, holds, orders, payments and plan subscriptions."
 )
 WITHHELD = [
     {"what": "card or bank details", "why": "never stored here: payments are made with Stripe"},
@@ -81,6 +84,11 @@ def retention_items(settings: BillingSettings) -> list[dict]:
             "kept": f"{plan.retention_days} days", "days": float(plan.retention_days),
             "enforced_by": "the storage service's purge, every minute (billing sends each "
                            "account's plan retention)"})
+    items.append({
+        "data": "plan subscriptions (Stripe subscription and customer ids, status, period)",
+        "kept": "until the account is erased; a live one is then cancelled at Stripe and deleted",
+        "days": None,
+        "enforced_by": "erasure (privacy request) and the billing service's housekeeping"})
     return items
 
 
@@ -115,6 +123,8 @@ def export(db: Session, settings: BillingSettings, user_id) -> dict:
                              .order_by(Order.created_at)).all()
     payments = db.scalars(select(Payment).where(Payment.user_ref == str(user_id))
                           .order_by(Payment.created_at)).all()
+    subs = db.scalars(select(Subscription).where(Subscription.user_id == user_id)
+                      .order_by(Subscription.created_at)).all()
     order_columns = [c for c in _columns(Order) if c not in ("request_hash",)]
     return {
         "user_id": str(user_id),
@@ -124,6 +134,7 @@ def export(db: Session, settings: BillingSettings, user_id) -> dict:
         "holds": [_row(h, _columns(Hold)) for h in holds],
         "orders": [_row(o, order_columns) for o in user_orders],
         "payments": [_row(p, _columns(Payment)) for p in payments],
+        "subscriptions": [_row(s, _columns(Subscription)) for s in subs],
         "retention": RETENTION_NOTE.format(years=settings.payment_retention_years),
     }
 
@@ -141,6 +152,7 @@ def erase(db: Session, settings: BillingSettings, user_id, now: datetime,
             delete(model).where(model.user_id == user_id)
             .execution_options(synchronize_session=False)
         ).rowcount
+    deleted["subscriptions"] = subscriptions.detach(db, user_id)
     ref, alias = str(user_id), pseudonym(settings.pseudonym_key.encode(), user_id)
     pseudonymised = 0
     for model in (Order, Payment):

@@ -22,7 +22,16 @@ from pathlib import Path
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 
-from services.billing import audit, ledger, orders, plans, pricing, retention, saga
+from services.billing import (
+    audit,
+    ledger,
+    orders,
+    plans,
+    pricing,
+    retention,
+    saga,
+    subscriptions,
+)
 from services.billing import privacy as privacy_data
 from services.billing.models import Order, outbox, processed_events
 from services.billing.payments import paypal_orders, providers, webhooks
@@ -47,7 +56,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 HOUSEKEEPING_INTERVAL_SECONDS = 60
 GRANT_INTERVAL_SECONDS = 3600
 RETENTION_INTERVAL_SECONDS = 86400
-MAINTENANCE_TASKS = ("holds", "plans", "lots", "orders", "grants", "payments")
+MAINTENANCE_TASKS = ("holds", "plans", "lots", "orders", "grants", "payments", "subscriptions")
 SWEEP_BATCH = 500  # accounts (or holds) a sweep takes per run; grants go on to the end
 MAX_GRANT_BATCHES = 1000
 
@@ -55,7 +64,7 @@ MAX_GRANT_BATCHES = 1000
 def stripe_client(config) -> StripeClient:
     settings = BillingSettings.from_config(config)
     return StripeClient(settings.stripe_api_base, settings.stripe_secret_key,
-                        settings.stripe_timeout_seconds)
+                        settings.stripe_timeout_seconds, settings.stripe_api_version)
 
 
 def paypal_client(config) -> PayPalClient:
@@ -148,12 +157,15 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
 
         order, needs_session = self._retrying(begin)
         if needs_session:
+            plan = self.settings.plans.get(order.item_id) if order.kind == "plan" else None
             try:
                 client = providers.client_for(order.provider, self.stripe, self.paypal)
                 session = client.create_checkout_session(
                     order_id=str(order.id), name=order.description, amount=int(order.amount),
                     currency=order.currency, success_url=self.settings.checkout_success_url,
                     cancel_url=self.settings.checkout_cancel_url,
+                    subscription=(subscriptions.checkout_terms(plan, str(user), str(order.id))
+                                  if plan is not None else None),
                 )
             except PaymentProviderError as exc:
                 orders.mark_failed(self.db, order.id, str(exc))
@@ -211,6 +223,49 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
 
         return c.WebhookReceived().dump(self._retrying(work))
 
+    # ------------------------------------------------------------ subscriptions
+
+    @rpc(expected_exceptions=DomainError)
+    def get_subscription(self, user_id) -> dict:
+        user = self._user(user_id)
+        return c.Subscription().dump(subscriptions.view(subscriptions.latest(self.db, user)))
+
+    @rpc(expected_exceptions=DomainError)
+    def cancel_subscription(self, user_id) -> dict:
+        """Cancel the caller's subscription at the end of its paid period
+        (asked of Stripe outside any transaction; Stripe's answer is applied
+        like its ``customer.subscription.updated``). Repeating it changes nothing."""
+        user = self._user(user_id)
+        row = subscriptions.require_live(self.db, user)
+        sub_id, done = row.id, row.cancel_at_period_end
+        self.db.rollback()
+        if not done:
+            try:
+                answer = self.stripe.cancel_at_period_end(sub_id)
+            except PaymentProviderError as exc:
+                log.error("cancelling a subscription failed: %s", exc)
+                raise orders.provider_unavailable() from None
+
+            def work():
+                subscriptions.changed(self.db, self.settings, answer, utcnow(), self.dispatch)
+                self.db.commit()
+
+            self._retrying(work)
+        return c.Subscription().dump(subscriptions.view(subscriptions.latest(self.db, user)))
+
+    @rpc(expected_exceptions=DomainError)
+    def portal_link(self, user_id) -> dict:
+        """A link to Stripe's customer portal for the caller's own customer."""
+        user = self._user(user_id)
+        customer = subscriptions.portal_customer(self.db, user)
+        self.db.rollback()
+        try:
+            url = self.stripe.portal_url(customer, self.settings.portal_return_url)
+        except PaymentProviderError as exc:
+            log.error("portal session failed: %s", exc)
+            raise orders.provider_unavailable() from None
+        return c.PortalLink().dump({"url": url})
+
     # ------------------------------------------------------------ operators
 
     @rpc(expected_exceptions=DomainError)
@@ -253,15 +308,30 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         return c.LedgerEntry().dump(ledger.view(entry))
 
     @rpc(expected_exceptions=DomainError)
-    def verify_ledger(self, user_id=None) -> dict:
-        user = load_rpc(c.OptionalUserRef, {"user_id": user_id})["user_id"]
-        result = audit.verify_ledger(self.db, user)
-        if user is None:  # the whole ledger: what the metrics report
-            metrics.LEDGER_PROBLEMS.set(len(result["problems"]))
-            metrics.LEDGER_VERIFIED_AT.set_to_current_time()
+    def verify_ledger(self, user_id=None, limit=None, cursor=None) -> dict:
+        """One account (``user_id``), every account, or with ``limit`` a page of
+        accounts in user id order: the answer's ``next_cursor`` asks for the
+        next one (None after the last), and carries how many problems the
+        earlier pages listed, so the whole walk lists at most
+        :data:`audit.MAX_PROBLEMS` and its last page records the metrics."""
+        query = load_rpc(c.LedgerVerifyQuery, {"user_id": user_id, "limit": limit,
+                                                "cursor": cursor})
+        if query["limit"] is None:
+            result = audit.verify_ledger(self.db, query["user_id"])
+            if query["user_id"] is None:  # the whole ledger: what the metrics report
+                self._ledger_verified(len(result["problems"]))
+        else:
+            result, walk_problems = audit.verify_step(self.db, query["limit"], query["cursor"])
+            if walk_problems is not None:  # the walk is over
+                self._ledger_verified(walk_problems)
         if result["problems"]:
             log.error("ledger verification found %d problem(s)", len(result["problems"]))
         return c.LedgerVerification().dump(result)
+
+    @staticmethod
+    def _ledger_verified(problems: int) -> None:
+        metrics.LEDGER_PROBLEMS.set(problems)
+        metrics.LEDGER_VERIFIED_AT.set_to_current_time()
 
     @rpc(expected_exceptions=DomainError)
     def run_maintenance(self, tasks=None) -> dict:
@@ -295,12 +365,24 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
                 if len(due) < SWEEP_BATCH:
                     break
             return granted
+        if task == "subscriptions":  # erased accounts' subscriptions, cancelled at Stripe
+            return self._per_account(subscriptions.to_cancel(db, SWEEP_BATCH),
+                                     self._cancel_erased)
         if task == "orders":
             result = orders.expire_pending(db, settings, now)
         else:
             result = retention.purge_payment_records(db, settings, now)
         db.commit()
         return result
+
+    def _cancel_erased(self, sub_id: str) -> int:
+        try:
+            self.stripe.cancel_now(sub_id)
+        except PaymentProviderError as exc:  # tried again at the next run
+            if exc.status != 404:  # unknown to Stripe: nothing left to cancel
+                log.error("cancelling an erased account's subscription failed: %s", exc)
+                return 0
+        return subscriptions.forget(self.db, sub_id)
 
     def _per_account(self, candidates: list, step) -> int:
         """``step(candidate)`` for each candidate, each in a transaction of its
@@ -366,8 +448,10 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
 
     @timer(interval=HOUSEKEEPING_INTERVAL_SECONDS)
     def housekeeping(self) -> None:
-        """Expired holds, ended plans, expired lots, orders that can no longer be paid."""
-        done = {task: self._maintain(task) for task in ("holds", "plans", "lots", "orders")}
+        """Expired holds, ended plans, expired lots, orders that can no longer be
+        paid, erased accounts' subscriptions to cancel at Stripe."""
+        done = {task: self._maintain(task)
+                for task in ("holds", "plans", "lots", "orders", "subscriptions")}
         if any(done.values()):
             log.info("billing housekeeping", extra=done)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from services.billing.payments.stripe import API_VERSION as STRIPE_API_VERSION
 from services.common.config import DEFAULT_PUBLIC_BASE_URL, Section, app_base_url, flag
 from services.common.contracts.billing import PAYMENT_PROVIDERS
 from services.common.contracts.generation import (
@@ -52,6 +53,12 @@ class Plan:
     monthly_grant: int
     retention_days: int
     priority: int
+    # Stripe's recurring price for the plan (price_...); None: Checkout
+    # creates it inline from price_amount and currency, monthly.
+    stripe_price: str | None = None
+    # A renewing plan's terms: its credits carry over from period to period
+    # (never expire) instead of expiring at the period's end.
+    credits_roll_over: bool = False
 
     @property
     def paid(self) -> bool:
@@ -146,6 +153,8 @@ def _plans(raw: Mapping[str, Any]) -> dict[str, Plan]:
             monthly_grant=int(item.get("monthly_grant") or 0),
             retention_days=int(item["retention_days"]),
             priority=int(item.get("priority") or 0),
+            stripe_price=str(item["stripe_price"]) if item.get("stripe_price") else None,
+            credits_roll_over=flag(item.get("credits_roll_over", False)),
         )
     return plans
 
@@ -234,6 +243,9 @@ class BillingSettings:
     stripe_webhook_secrets: tuple[str, ...] = ("whsec_dev_only",)
     stripe_webhook_tolerance_seconds: int = 300
     stripe_timeout_seconds: float = 10.0
+    stripe_api_version: str = STRIPE_API_VERSION
+    # A renewal payment failed: the plan is kept this long, then the free plan.
+    subscription_grace_days: int = 7
     # Where Stripe sends the customer back: pages under APP_BASE_URL (PUBLIC_BASE_URL).
     checkout_success_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/success"
     checkout_cancel_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/cancel"
@@ -244,6 +256,8 @@ class BillingSettings:
     paypal_client_secret: str = ""
     paypal_webhook_id: str = ""
     paypal_timeout_seconds: float = 10.0
+    # Where Stripe's customer portal sends the customer back.
+    portal_return_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/billing"
 
     def __post_init__(self):
         default = self.plans.get(self.default_plan)
@@ -274,6 +288,8 @@ class BillingSettings:
             check_job_defaults(rule)
         if not self.stripe_webhook_secrets:
             raise ValueError("BILLING.STRIPE_WEBHOOK_SECRET must be set")
+        if self.subscription_grace_days < 0:
+            raise ValueError("BILLING.SUBSCRIPTION_GRACE_DAYS must be 0 or more")
         if not self.pseudonym_key:
             raise ValueError("BILLING.PSEUDONYM_KEY must be set")
         unknown = set(self.payment_providers) - set(PAYMENT_PROVIDERS)
@@ -324,6 +340,9 @@ class BillingSettings:
                 get("STRIPE_WEBHOOK_TOLERANCE_SECONDS", d.stripe_webhook_tolerance_seconds)
             ),
             stripe_timeout_seconds=float(get("STRIPE_TIMEOUT_SECONDS", d.stripe_timeout_seconds)),
+            stripe_api_version=str(get("STRIPE_API_VERSION", d.stripe_api_version)),
+            subscription_grace_days=int(get("SUBSCRIPTION_GRACE_DAYS",
+                                            d.subscription_grace_days)),
             checkout_success_url=f"{app_base_url(section)}/checkout/success",
             checkout_cancel_url=f"{app_base_url(section)}/checkout/cancel",
             payment_providers=tuple(
@@ -334,4 +353,5 @@ class BillingSettings:
             paypal_client_secret=str(get("PAYPAL_CLIENT_SECRET", d.paypal_client_secret)),
             paypal_webhook_id=str(get("PAYPAL_WEBHOOK_ID", d.paypal_webhook_id)),
             paypal_timeout_seconds=float(get("PAYPAL_TIMEOUT_SECONDS", d.paypal_timeout_seconds)),
+            portal_return_url=f"{app_base_url(section)}/billing",
         )

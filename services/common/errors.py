@@ -38,6 +38,18 @@ class DomainError(Exception):
         return {"code": self.code, "message": self.message, "details": self.details}
 
 
+# Refusals about a person nothing may be kept of, not even a log line: someone
+# under the minimum age (services/auth/age.py). The gateway leaves such a
+# request out of its access log and facts (gateway/errors.py); every process's
+# log handler drops records carrying such an error (services/common/observability.py).
+UNRECORDED_CODES = frozenset({"under_minimum_age"})
+
+
+def unrecorded(exc: BaseException | None) -> bool:
+    """True for a DomainError whose code is in :data:`UNRECORDED_CODES`."""
+    return isinstance(exc, DomainError) and exc.code in UNRECORDED_CODES
+
+
 def invalid_request(message: str, **details) -> DomainError:
     return DomainError("invalid_request", message, 400, details)
 

@@ -69,6 +69,11 @@ LEDGER_VERIFIED_AT = Gauge(
     "darkroom_ledger_verification_timestamp_seconds",
     "When the last whole-ledger verification ran (Unix time)",
 )
+BREACHES_OVERDUE = Gauge(
+    "darkroom_privacy_breaches_overdue",
+    "Breach incidents still open (not reported) 48 hours after detection; the regulator "
+    "deadline is 72 hours (docs/runbooks/breach.md)",
+)
 
 # ------------------------------------------------------------------ state, read at each scrape
 

@@ -25,6 +25,8 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Histogram
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
+from services.common.errors import unrecorded
+
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
 )
@@ -44,11 +46,19 @@ EVENTS_DEAD_LETTERED = Counter(
 
 
 class CorrelationFilter(logging.Filter):
+    """Adds the service and correlation id to each record; drops a record that
+    carries a refusal nothing may be kept of (``errors.UNRECORDED_CODES``: nameko
+    logs an expected error with its traceback)."""
+
     def __init__(self, service: str = ""):
         super().__init__()
         self.service = service
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and unrecorded(record.exc_info[1]):
+            return False
+        if any(unrecorded(arg) for arg in (record.args if isinstance(record.args, tuple) else ())):
+            return False
         record.correlation_id = correlation_id.get()
         record.service = self.service
         return True

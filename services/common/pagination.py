@@ -4,7 +4,9 @@
 
 Rows are ordered by ``(created_at, id)`` descending; the cursor encodes the
 last row's pair, so pages stay stable while new rows arrive. Lists keyed on a
-sequence number (the billing ledger) use :func:`encode_seq_cursor`.
+sequence number (the billing ledger) use :func:`encode_seq_cursor`. A walk
+over ids in order that carries a count from page to page (the ledger
+verification's pages of accounts) uses :func:`encode_after_cursor`.
 
 A cursor comes back from the client, so it is decoded strictly: anything
 that is not exactly what :func:`encode_cursor` / :func:`encode_seq_cursor`
@@ -34,6 +36,7 @@ _BASE64URL = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CURSOR_LENGTH}}}")
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SEQ = re.compile(r"seq:(0|[1-9][0-9]{0,9})")
+_AFTER = re.compile(rf"after:({_UUID.pattern})\|(0|[1-9][0-9]{{0,9}})")
 
 
 def invalid_cursor() -> DomainError:
@@ -80,6 +83,20 @@ def decode_seq_cursor(cursor) -> int:
     if match is None or int(match.group(1)) > MAX_SEQ:
         raise invalid_cursor()
     return int(match.group(1))
+
+
+def encode_after_cursor(after: uuid.UUID, carried: int) -> str:
+    """The next page starts after the id ``after``; ``carried``: a count (0 or more)
+    the walk has gathered so far."""
+    return _pack(f"after:{after}|{carried}")
+
+
+def decode_after_cursor(cursor) -> tuple[uuid.UUID, int]:
+    """The ``(after, carried)`` pair of a cursor; 400 ``invalid_request`` otherwise."""
+    match = _AFTER.fullmatch(_unpack(cursor))
+    if match is None or int(match.group(2)) > MAX_SEQ:
+        raise invalid_cursor()
+    return uuid.UUID(match.group(1)), int(match.group(2))
 
 
 def paginate(db: Session, stmt: Select, created_col, id_col, limit: int,

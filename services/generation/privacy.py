@@ -92,6 +92,13 @@ def check_no_erasure_pending(db: Session, user_id) -> None:
                         "cancel the erasure to generate again", code="erasure_pending")
 
 
+def check_may_run(db: Session, user_id) -> None:
+    """What a new run on ``user_id``'s credits (a submit, an operator's replay)
+    needs from privacy: 403 ``processing_restricted`` or ``erasure_pending``."""
+    check_not_restricted(db, user_id)
+    check_no_erasure_pending(db, user_id)
+
+
 def apply_erasure_pending(db: Session, user_id, pending: bool, at: datetime) -> bool:
     """Record ``privacy.erasure_scheduled`` (True) or ``erasure_cancelled``
     (False) unless a newer one was; the caller commits."""

@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -35,7 +36,7 @@ from services.generation.templates.engine import Expansion, Template, TemplateEn
 
 log = logging.getLogger(__name__)
 
-PATH = "/v1/chat/completions"
+PATH = "/chat/completions"
 MAX_PROMPT = 2000
 MAX_SHOT_PROMPT = 1000
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
@@ -61,7 +62,10 @@ class PromptAssistant:
     def __init__(self, base_url: str, api_key: str | None = None, model: str = "gpt-4o-mini",
                  timeout_s: float = 15.0, temperature: float = 0.4,
                  session: requests.Session | None = None):
-        self.url = base_url.rstrip("/") + PATH
+        base = base_url.rstrip("/")
+        # OpenAI's SDKs take the base with its path (https://api.openai.com/v1,
+        # .../v1beta/openai); a bare host gets the usual /v1: never /v1/v1
+        self.url = base + ("/v1" if not urlsplit(base).path else "") + PATH
         self.api_key = api_key or None
         self.model = model
         self.timeout_s = float(timeout_s)

@@ -111,8 +111,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         user = trusted_id(user_id)
         if not dry_run:  # a quote spends nothing
             spending.require_verified(self.auth, user, self.settings.rpc_timeout_seconds)
-        privacy_data.check_not_restricted(self.db, user)  # 403 processing_restricted
-        privacy_data.check_no_erasure_pending(self.db, user)  # 403 erasure_pending
+        privacy_data.check_may_run(self.db, user)  # 403 processing_restricted, erasure_pending
         privacy_data.check_route_allowed(self.db, self.router, user, data["type"],
                                          data["model"] or None)  # 409
         if data["webhook_url"]:
@@ -243,7 +242,9 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
     @rpc(expected_exceptions=DomainError)
     def replay_job(self, job_id) -> dict:
         job = jobs.replay(self.db, job_id, utcnow(), self.dispatch)
-        # a new hold on the owner's credits; a refusal rolls the replay back
+        # a new hold on the owner's credits, refused as a submit would be; a
+        # refusal rolls the replay back
+        privacy_data.check_may_run(self.db, job.user_id)
         spending.require_verified(self.auth, job.user_id, self.settings.rpc_timeout_seconds)
         self.db.commit()
         log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempt})

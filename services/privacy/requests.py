@@ -129,10 +129,11 @@ def token_hash(token: str) -> str:
 
 
 def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_type: str,
-           now: datetime, dispatch: Dispatch) -> PrivacyRequest:
+           now: datetime, dispatch: Dispatch, grace: bool = True) -> PrivacyRequest:
     """A new request (the caller commits; a concurrent duplicate fails the
     flush or the commit on ``(user_id, open_type)``). An erasure waits for
-    its grace period (:func:`tick`); an export starts at once."""
+    its grace period (:func:`tick`), unless ``grace`` is False (an account
+    reported as a minor's: no grace, no cancel link); an export starts at once."""
     if request_type in RESTRICTION_TYPES:
         return _restriction(db, user_id, request_type == "restriction", now, dispatch)
     existing = open_request(db, user_id, request_type)
@@ -143,7 +144,9 @@ def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_t
         phase=0, created_at=now, due_at=now + settings.due, updated_at=now, assembly_attempts=0,
     )
     token = None
-    if request_type == "erasure":
+    if request_type == "erasure" and not grace:
+        request.starts_at = now
+    elif request_type == "erasure":
         token = secrets.token_urlsafe(32)
         request.starts_at = now + settings.erasure_grace
         request.cancel_token_hash = token_hash(token)
@@ -158,9 +161,22 @@ def create(db: Session, settings: PrivacySettings, user_id: uuid.UUID, request_t
         dispatch("erasure_scheduled", {"request_id": str(request.id), "user_id": str(user_id),
                                        "starts_at": request.starts_at.isoformat(),
                                        "sealed_cancel_token": settings.sealer.seal(token)})
-    else:
+    elif request_type != "erasure":  # an erasure without grace: the timer starts it now
         start(db, request, now, dispatch)
     db.flush()
+    return request
+
+
+def without_grace(db: Session, request_id, now: datetime) -> PrivacyRequest | None:
+    """An erasure still in its grace period, made to start now (its cancel
+    link stops working); None when it is past that (it goes on anyway)."""
+    request = db.scalar(select(PrivacyRequest).where(
+        PrivacyRequest.id == request_id, PrivacyRequest.type == "erasure",
+        PrivacyRequest.status == "pending", PrivacyRequest.revoked_at.is_(None),
+    ).with_for_update())
+    if request is None:
+        return None
+    request.starts_at, request.cancel_token_hash, request.updated_at = now, None, now
     return request
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import requests as http
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
-from prometheus_client import Gauge
 
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
@@ -32,6 +31,7 @@ from services.common.db import Database, locked
 from services.common.errors import DomainError, invalid_request, not_found
 from services.common.ids import client_id, isoformat, trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
+from services.common.metrics import BREACHES_OVERDUE
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 from services.privacy import access_logs, archive, breaches, calls, consent, own_data, schedule
@@ -49,12 +49,6 @@ RETENTION_WAIT_SECONDS = 3.0
 # told 503 and nothing is recorded, never 503 while the request goes ahead
 REAUTH_TIMEOUT_SECONDS = 5.0
 BREACH_METRIC_INTERVAL_SECONDS = 60
-
-BREACHES_OVERDUE = Gauge(
-    "darkroom_privacy_breaches_overdue",
-    "Breach incidents still open (not reported) 48 hours after detection; the regulator "
-    "deadline is 72 hours (docs/runbooks/breach.md)",
-)
 
 
 def _jsonable(value):
@@ -125,26 +119,39 @@ class PrivacyService(DarkroomService):
         return self._view(self._create(user, data["type"], now))
 
     @rpc(expected_exceptions=DomainError)
-    def erase_as_operator(self, user_id, reason) -> dict:
+    def erase_as_operator(self, user_id, reason, immediate=False) -> dict:
         """``darkroom-ops users delete``: the same erasure as the owner's
         (grace period, mailed cancel link, every service's part, certificate),
         asked by an operator, who named the account to auth first; no session
-        or password. ``reason`` goes to the request's log."""
+        or password. ``reason`` goes to the request's log. ``immediate``
+        (``users delete-minor``: a guardian reported a minor's account): no
+        grace period and no cancel link; an erasure already waiting out its
+        grace starts now instead."""
         if not isinstance(reason, str) or not reason.strip():
             raise invalid_request("say why the account is erased",
                                   fields={"reason": ["Missing data for required field."]})
+        if not isinstance(immediate, bool):
+            raise invalid_request("immediate must be a boolean",
+                                  fields={"immediate": ["Not a valid boolean."]})
         user = trusted_id(user_id)
         now = utcnow()
-        request = self._create(user, "erasure", now)
+        existing = subject_requests.open_request(self.db, user, "erasure") if immediate else None
+        hastened = subject_requests.without_grace(self.db, existing, now) if existing else None
+        if hastened is not None:
+            request = hastened
+        elif existing is not None:
+            request = self.db.get(PrivacyRequest, existing)  # already past its grace
+        else:
+            request = self._create(user, "erasure", now, grace=not immediate)
         subject_requests.log(self.db, request.id, "asked_by_operator", now,
                              detail=reason.strip())
         self.db.commit()
         return self._view(request)
 
-    def _create(self, user, request_type: str, now) -> PrivacyRequest:
+    def _create(self, user, request_type: str, now, grace: bool = True) -> PrivacyRequest:
         def create():
             request = subject_requests.create(self.db, self.settings, user, request_type, now,
-                                              self.dispatch)
+                                              self.dispatch, grace=grace)
             self.db.commit()
             return request
 

@@ -63,6 +63,15 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
     ("POST", "/v1/privacy/requests/{request_id}/cancel"): {
         (400, "invalid_token", None): "the token is mailed"},
     ("POST", "/v1/me/totp/confirm"): {(400, "invalid_totp", None): "the code comes from the app"},
+    ("GET", "/v1/auth/oidc/{name}/start"): {
+        (400, "redirect_uri_not_allowed", None): "the allow-list is the operator's"},
+    ("POST", "/v1/me/identities"): {
+        (400, "redirect_uri_not_allowed", None): "the allow-list is the operator's"},
+    ("GET", "/v1/auth/oidc/{name}/callback"): {
+        (400, "oidc_invalid_state", None): "the state is made by start and comes back through "
+                                           "the provider"},
+    ("POST", "/v1/auth/oidc/exchange"): {
+        (400, "oidc_invalid_code", None): "the code is handed to the app by the callback"},
     ("POST", "/v1/billing/webhooks/stripe"): {
         (400, "invalid_signature", None): "an HMAC of the body with Stripe's secret"},
     ("POST", "/v1/billing/webhooks/paypal"): {

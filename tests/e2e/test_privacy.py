@@ -399,6 +399,25 @@ def test_the_mailed_link_cancels_an_erasure_without_signing_in(stack):
                    token=token)["status"] == "cancelled"
 
 
+def test_a_minors_account_reported_by_a_guardian_is_erased_at_once(stack):
+    """`darkroom-ops users delete-minor`: no grace period (8 s here), no cancel
+    link; the same fan-out and certificate as an erasure."""
+    address, _, token = verified_login(stack)
+    asked_at = time.monotonic()
+    result = ops(stack, "users", "delete-minor", address, "--yes")
+    assert result.returncode == 0, result.stderr
+    request_id = result.stdout.split("request ", 1)[1].split(",", 1)[0]
+    # its credentials stop working well before a grace period would be over
+    wait_for(lambda: stack.call("GET", "/v1/me", token=token).status_code == 401, 7, 0.2,
+             "the session revoked")
+    assert time.monotonic() - asked_at < 8
+    cert = certificate(stack, request_id)
+    assert {p["service"] for p in cert["services"]} == set(SERVICES)
+    assert [m for m in stack.mails_to(address) if "will be erased" in str(m["Subject"])] == []
+    assert query(database_urls(stack)["auth"], "SELECT count(*) FROM users WHERE email = :e",
+                 e=address) == 0
+
+
 def test_a_service_down_during_erasure_delays_it_until_it_returns(stack, start_process):
     address, registered, token = verified_login(stack)
     config = {"AMQP_URI": stack.env["AMQP_URI"], "RPC_TIMEOUT_SECONDS": 30}

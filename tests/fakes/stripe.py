@@ -18,6 +18,20 @@ client_reference_id, metadata, payment_intent, payment_status, status}``.
 ``fail_next(status, times)`` makes the next requests fail with that status;
 ``stop()`` takes the server down (connection refused).
 
+Subscriptions (what the official ``stripe`` SDK sends, pinned to API
+version 2026-10-28): ``mode=subscription`` sessions take an inline
+``price_data[recurring][interval]`` or a ``price`` made with ``add_price``,
+and keep ``subscription_data[metadata]``; ``POST /v1/subscriptions/<id>``
+(``cancel_at_period_end``), ``DELETE /v1/subscriptions/<id>`` (cancel now)
+and ``POST /v1/billing_portal/sessions`` (``customer``, ``return_url``: an
+unknown customer is 400 ``resource_missing``). Stripe's side of time is
+driven by the test: ``complete_subscription`` (the customer paid: customer,
+subscription, first invoice), ``renew`` (the period ends: the renewal
+invoice paid or declined, or the subscription deleted when it was set to
+cancel at period end) and ``retry_payment`` return the events Stripe would
+send, shaped as that API version documents them (``invoice.parent.
+subscription_details``, ``subscription.items.data[].current_period_end``).
+
 Webhook helpers (module functions, also usable without a server):
 :func:`sign` makes a ``Stripe-Signature`` header, :func:`signed_body` a
 (body, header) pair, :func:`event` an event envelope;
@@ -27,6 +41,7 @@ the billing service acts on, from a session this fake created.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -66,6 +81,11 @@ class FakeStripe:
     def __post_init__(self):
         self._lock = threading.Lock()
         self._by_key: dict[str, dict] = {}
+        self.subscriptions: dict[str, dict] = {}
+        self.invoices: list[dict] = []
+        self.customers: set[str] = set()
+        self.prices: dict[str, dict] = {}
+        self.portal_sessions: list[dict] = []
         self._failure: _Failure | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -80,6 +100,9 @@ class FakeStripe:
                 pass
 
             def do_POST(self):
+                fake._handle(self)
+
+            def do_DELETE(self):
                 fake._handle(self)
 
             def do_GET(self):
@@ -135,7 +158,7 @@ class FakeStripe:
         form = dict(parse_qsl(raw, keep_blank_values=True))
         headers = {k: v for k, v in handler.headers.items()}
         with self._lock:
-            self.requests.append(RecordedRequest("POST", handler.path, headers, form))
+            self.requests.append(RecordedRequest(handler.command, handler.path, headers, form))
             failure = self._failure
             if failure is not None:
                 failure.times -= 1
@@ -151,15 +174,35 @@ class FakeStripe:
             handler._send(401, {"error": {"type": "invalid_request_error",
                                           "message": "Invalid API Key provided"}})
             return
-        if handler.path != "/v1/checkout/sessions":
+        if handler.path.startswith("/v1/subscriptions/"):
+            self._subscription_request(handler, form)
+            return
+        if handler.path == "/v1/billing_portal/sessions" and handler.command == "POST":
+            self._portal_session(handler, form)
+            return
+        if handler.path != "/v1/checkout/sessions" or handler.command != "POST":
             handler._send(404, {"error": {"type": "invalid_request_error",
                                           "message": "Unrecognized request URL"}})
             return
-        missing = [k for k in ("mode", "line_items[0][price_data][currency]",
-                               "line_items[0][price_data][unit_amount]",
-                               "line_items[0][price_data][product_data][name]",
-                               "line_items[0][quantity]", "success_url", "cancel_url")
+        if form.get("mode") == "subscription":
+            needed = (("line_items[0][price]",) if form.get("line_items[0][price]") else
+                      ("line_items[0][price_data][recurring][interval]",
+                       "line_items[0][price_data][currency]",
+                       "line_items[0][price_data][unit_amount]",
+                       "line_items[0][price_data][product_data][name]"))
+        elif form.get("mode") == "payment":
+            needed = ("line_items[0][price_data][currency]",
+                      "line_items[0][price_data][unit_amount]",
+                      "line_items[0][price_data][product_data][name]")
+        else:
+            needed = ("mode",)
+        missing = [k for k in (*needed, "line_items[0][quantity]", "success_url", "cancel_url")
                    if not form.get(k)]
+        if not missing and form.get("line_items[0][price]") not in (None, *self.prices):
+            handler._send(400, {"error": {"type": "invalid_request_error", "code":
+                                          "resource_missing", "param": "line_items[0][price]",
+                                          "message": "No such price"}})
+            return
         if missing:
             handler._send(400, {"error": {"type": "invalid_request_error",
                                           "message": f"Missing required param: {missing[0]}"}})
@@ -176,16 +219,22 @@ class FakeStripe:
 
     def _new_session(self, form: dict) -> dict:
         session_id = f"cs_test_{secrets.token_hex(12)}"
-        metadata = {k[len("metadata["):-1]: v for k, v in form.items() if k.startswith("metadata[")}
-        unit_amount = int(form["line_items[0][price_data][unit_amount]"])
+        metadata = _prefixed(form, "metadata")
         quantity = int(form["line_items[0][quantity]"])
+        price = self.prices.get(form.get("line_items[0][price]") or "")
+        if price is None:
+            price = {"unit_amount": int(form["line_items[0][price_data][unit_amount]"]),
+                     "currency": form["line_items[0][price_data][currency]"],
+                     "recurring": ({"interval": form["line_items[0][price_data][recurring]"
+                                                     "[interval]"]}
+                                   if form["mode"] == "subscription" else None)}
         return {
             "id": session_id,
             "object": "checkout.session",
             "url": f"https://checkout.stripe.test/c/pay/{session_id}",
             "mode": form["mode"],
-            "amount_total": unit_amount * quantity,
-            "currency": form["line_items[0][price_data][currency]"],
+            "amount_total": price["unit_amount"] * quantity,
+            "currency": price["currency"],
             "client_reference_id": form.get("client_reference_id"),
             "metadata": metadata,
             "payment_intent": None,
@@ -193,8 +242,143 @@ class FakeStripe:
             "status": "open",
             "success_url": form["success_url"],
             "cancel_url": form["cancel_url"],
-            "name": form["line_items[0][price_data][product_data][name]"],
+            "name": form.get("line_items[0][price_data][product_data][name]"),
+            "customer": None,
+            "subscription": None,
+            "_price": price,
+            "_subscription_metadata": _prefixed(form, "subscription_data[metadata]"),
         }
+
+    # ------------------------------------------------------------ subscriptions
+
+    def add_price(self, unit_amount: int, currency: str = "usd", interval: str = "month") -> str:
+        """A recurring Price (``price_...``), as made in Stripe's dashboard."""
+        price_id = f"price_test_{secrets.token_hex(8)}"
+        self.prices[price_id] = {"id": price_id, "object": "price", "unit_amount": unit_amount,
+                                 "currency": currency, "recurring": {"interval": interval}}
+        return price_id
+
+    def _subscription_request(self, handler, form: dict) -> None:
+        sub_id = handler.path.rsplit("/", 1)[-1]
+        with self._lock:
+            sub = self.subscriptions.get(sub_id)
+            if sub is not None and handler.command == "DELETE":
+                if sub["status"] == "canceled":
+                    handler._send(400, {"error": {
+                        "type": "invalid_request_error", "code": "resource_missing",
+                        "message": "This subscription has already been canceled"}})
+                    return
+                sub.update(status="canceled", canceled_at=int(time.time()))
+            elif sub is not None:
+                if "cancel_at_period_end" in form:
+                    flag = form["cancel_at_period_end"] == "true"
+                    sub.update(cancel_at_period_end=flag,
+                               cancel_at=_period_end(sub) if flag else None)
+        if sub is None:
+            handler._send(404, {"error": {"type": "invalid_request_error",
+                                          "code": "resource_missing",
+                                          "message": f"No such subscription: '{sub_id}'"}})
+            return
+        handler._send(200, sub)
+
+    def _portal_session(self, handler, form: dict) -> None:
+        if form.get("customer") not in self.customers:
+            handler._send(400, {"error": {"type": "invalid_request_error",
+                                          "code": "resource_missing", "param": "customer",
+                                          "message": f"No such customer: '{form.get('customer')}'"}})
+            return
+        portal_id = f"bps_test_{secrets.token_hex(12)}"
+        portal = {"id": portal_id, "object": "billing_portal.session",
+                  "customer": form["customer"], "return_url": form.get("return_url"),
+                  "url": f"https://billing.stripe.test/p/session/{portal_id}",
+                  "livemode": False, "created": int(time.time())}
+        self.portal_sessions.append(portal)
+        handler._send(200, portal)
+
+    def complete_subscription(self, session_id: str, period_start: int | None = None) -> list[dict]:
+        """The customer paid a ``mode=subscription`` session: Stripe makes the
+        customer, the subscription (with ``subscription_data[metadata]``) and
+        its first invoice, paid. The events Stripe sends, in its usual order."""
+        session = self.session(session_id)
+        start = int(time.time()) if period_start is None else period_start
+        customer = f"cus_test_{secrets.token_hex(8)}"
+        sub_id = f"sub_test_{secrets.token_hex(12)}"
+        price = {"id": f"price_test_{secrets.token_hex(8)}", "object": "price",
+                 **{k: v for k, v in session["_price"].items() if k != "id"}}
+        sub = {"id": sub_id, "object": "subscription", "customer": customer,
+               "status": "active", "cancel_at_period_end": False, "cancel_at": None,
+               "canceled_at": None, "metadata": dict(session["_subscription_metadata"]),
+               "created": start, "latest_invoice": None,
+               "items": {"object": "list", "data": [{
+                   "id": f"si_test_{secrets.token_hex(8)}", "object": "subscription_item",
+                   "price": price, "quantity": 1, "current_period_start": start,
+                   "current_period_end": _add_month(start)}]}}
+        with self._lock:
+            self.customers.add(customer)
+            self.subscriptions[sub_id] = sub
+            session.update(customer=customer, subscription=sub_id)
+        completed = self.checkout_completed(session_id, payment_intent=None)
+        invoice = self._invoice(sub, "subscription_create", paid=True)
+        return [completed, event("customer.subscription.created", _public(sub)),
+                event("invoice.paid", invoice)]
+
+    def renew(self, sub_id: str, paid: bool = True) -> list[dict]:
+        """The subscription's period ends: Stripe moves it to the next period
+        and charges the renewal invoice. Paid: ``invoice.paid`` (and the
+        subscription updated); declined: ``invoice.payment_failed`` and the
+        subscription ``past_due``. A subscription set to cancel at period
+        end is deleted instead (``customer.subscription.deleted``)."""
+        sub = self.subscriptions[sub_id]
+        item = sub["items"]["data"][0]
+        if sub["cancel_at_period_end"]:
+            sub.update(status="canceled", canceled_at=item["current_period_end"])
+            return [event("customer.subscription.deleted", _public(sub))]
+        item["current_period_start"] = item["current_period_end"]
+        item["current_period_end"] = _add_month(item["current_period_start"])
+        invoice = self._invoice(sub, "subscription_cycle", paid=paid)
+        sub["status"] = "active" if paid else "past_due"
+        kind = "invoice.paid" if paid else "invoice.payment_failed"
+        return [event(kind, invoice), event("customer.subscription.updated", _public(sub))]
+
+    def retry_payment(self, sub_id: str, paid: bool) -> list[dict]:
+        """Smart Retries tries the open renewal invoice again; after the last
+        failure Stripe cancels the subscription (``customer.subscription.deleted``)."""
+        sub = self.subscriptions[sub_id]
+        invoice = next(i for i in reversed(self.invoices) if i["_subscription"] == sub_id)
+        if paid:
+            invoice.update(status="paid", amount_paid=invoice["amount_due"],
+                           amount_remaining=0)
+            sub["status"] = "active"
+            return [event("invoice.paid", _public(invoice)),
+                    event("customer.subscription.updated", _public(sub))]
+        sub.update(status="canceled", canceled_at=int(time.time()))
+        return [event("invoice.payment_failed", _public(invoice)),
+                event("customer.subscription.deleted", _public(sub))]
+
+    def _invoice(self, sub: dict, reason: str, paid: bool) -> dict:
+        item = sub["items"]["data"][0]
+        amount = item["price"]["unit_amount"] * item["quantity"]
+        invoice = {
+            "id": f"in_test_{secrets.token_hex(12)}", "object": "invoice",
+            "customer": sub["customer"], "status": "paid" if paid else "open",
+            "billing_reason": reason, "currency": item["price"]["currency"],
+            "amount_due": amount, "amount_paid": amount if paid else 0,
+            "amount_remaining": 0 if paid else amount, "attempt_count": 1,
+            "period_start": item["current_period_start"], "period_end": item["current_period_start"],
+            "parent": {"type": "subscription_details", "quote_details": None,
+                       "subscription_details": {"subscription": sub["id"],
+                                                "metadata": dict(sub["metadata"])}},
+            "lines": {"object": "list", "has_more": False, "data": [{
+                "id": f"il_test_{secrets.token_hex(8)}", "object": "line_item",
+                "amount": amount, "currency": item["price"]["currency"],
+                "period": {"start": item["current_period_start"],
+                           "end": item["current_period_end"]}}]},
+            "_subscription": sub["id"],
+        }
+        with self._lock:
+            self.invoices.append(invoice)
+            sub["latest_invoice"] = invoice["id"]
+        return _public(invoice)
 
     # ------------------------------------------------------------ webhook events
 
@@ -228,11 +412,34 @@ class FakeStripe:
                               **overrides)
 
 
+def _prefixed(form: dict, prefix: str) -> dict:
+    """``{prefix}[key]`` form fields as a dict (Stripe's metadata encoding)."""
+    return {k[len(prefix) + 1:-1]: v for k, v in form.items()
+            if k.startswith(prefix + "[") and k.count("[") == prefix.count("[") + 1}
+
+
+def _public(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def _period_end(sub: dict) -> int:
+    return sub["items"]["data"][0]["current_period_end"]
+
+
+def _add_month(ts: int) -> int:
+    """A month later, as Stripe bills monthly (the same day of the next month)."""
+    start = dt.datetime.fromtimestamp(ts, dt.UTC)
+    year, month = start.year + start.month // 12, start.month % 12 + 1
+    day = min(start.day, [31, 29 if year % 4 == 0 else 28, 31, 30, 31, 30, 31, 31, 30, 31,
+                          30, 31][month - 1])
+    return int(start.replace(year=year, month=month, day=day).timestamp())
+
+
 def event(event_type: str, obj: dict, event_id: str | None = None) -> dict:
     return {
         "id": event_id or f"evt_test_{secrets.token_hex(12)}",
         "object": "event",
-        "api_version": "2024-06-20",
+        "api_version": "2026-10-28.endive",
         "created": int(time.time()),
         "type": event_type,
         "livemode": False,

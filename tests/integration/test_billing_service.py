@@ -496,7 +496,8 @@ def test_a_paid_plan_and_the_current_plan_conflict(billing):
     user = new_user(billing)
     answer = checkout(billing, user, {"plan_id": "pro"})
     session = billing.stripe.session_for_order(answer["order_id"])
-    webhook(billing, billing.stripe.checkout_completed(session["id"]))
+    for paid in billing.stripe.complete_subscription(session["id"]):  # a subscription
+        webhook(billing, paid)
     billing.tap.wait("plan_changed", user_id=user, plan="pro")
     balance = billing.rpc.get_balance(user)
     assert (balance["plan"], balance["available"]) == ("pro", 550)

@@ -27,12 +27,13 @@ import requests
 import standardwebhooks
 from nameko.standalone.rpc import ClusterRpcProxy
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from services.auth.models import User
 from services.common.db import make_engine
 from services.common.errors import DomainError
 from services.generation import webhooks
+from services.generation.models import ErasurePending
 from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import DripReceiver, FakeWebhookReceiver
 from tests.integration.probe_service import wait_consuming
@@ -55,7 +56,7 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
     amqp_uri, _ = make_vhost("generation")
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
     ports = {name: free_port() for name in ("auth", "billing", "storage", "generation")}
-    auth_db = make_database("gen_auth")
+    auth_db, generation_db = make_database("gen_auth"), make_database("gen_generation")
     auth = start_process("auth", base_env(
         **common, AUTH_DATABASE_URL=auth_db, AUTH_METRICS_PORT=ports["auth"]))
     billing = start_process("billing", base_env(
@@ -64,7 +65,7 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
     storage = start_process("storage", storage_env(
         common, make_database("gen_storage"), ports["storage"], s3_endpoint, "generation"))
     generation = start_process("generation", base_env(
-        **common, GENERATION_DATABASE_URL=make_database("gen_generation"),
+        **common, GENERATION_DATABASE_URL=generation_db,
         GENERATION_METRICS_PORT=ports["generation"],
         GENERATION_PROVIDERS_FILE=providers_file(
             tmp_path_factory.mktemp("providers"),
@@ -80,7 +81,10 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, dead_provider,
         GENERATION_WEBHOOK_ALLOW="127.0.0.1", GENERATION_WEBHOOK_TIMEOUT_SECONDS=10))
     procs = {"auth": auth, "billing": billing, "storage": storage, "generation": generation}
     with ready(amqp_uri, procs, ports, auth_db) as ready_stack:
-        yield SimpleNamespace(**vars(ready_stack), generation=generation, amqp_uri=amqp_uri)
+        engine = make_engine(generation_db)
+        yield SimpleNamespace(**vars(ready_stack), generation=generation, amqp_uri=amqp_uri,
+                              generation_db=engine)
+        engine.dispose()
 
 
 def storage_env(common: dict, database: str, port: int, s3_endpoint, bucket: str) -> dict:
@@ -126,6 +130,15 @@ def set_verified(stack, user: str, verified: bool) -> None:
     with stack.auth_db.begin() as conn:
         conn.execute(update(User).where(User.id == uuid.UUID(user))
                      .values(email_verified=verified))
+
+
+def set_erasure_pending(stack, user: str, pending: bool) -> None:
+    """What privacy's ``erasure_scheduled`` (``_cancelled``) leaves in
+    generation's database (services.common.privacy_parts.ErasurePendingMirror)."""
+    with stack.generation_db.begin() as conn:
+        conn.execute(delete(ErasurePending).where(ErasurePending.user_id == uuid.UUID(user)))
+        conn.execute(ErasurePending.__table__.insert().values(
+            user_id=uuid.UUID(user), pending=pending, changed_at=datetime.now(UTC)))
 
 
 def finished(stack, user: str, job_id: str, timeout: float = 60) -> dict:
@@ -299,6 +312,12 @@ def test_all_providers_failing_ends_failed_and_releases_the_hold(stack):
     assert (error.code, error.status) == ("email_unverified", 403)
     assert stack.rpc.generation.get_job(user, job["id"])["status"] == "failed"
     set_verified(stack, user, True)
+    # nor while an erasure of the account waits out its grace period
+    set_erasure_pending(stack, user, True)
+    error = refused(stack.rpc.generation.replay_job, job["id"])
+    assert (error.code, error.status) == ("erasure_pending", 403)
+    assert stack.rpc.generation.get_job(user, job["id"])["status"] == "failed"
+    set_erasure_pending(stack, user, False)
     # an operator replays it: a new attempt, held again; it fails again (same outage)
     replayed = stack.rpc.generation.replay_job(job["id"])
     assert (replayed["attempt"], replayed["status"]) == (2, "queued")

@@ -18,6 +18,7 @@ import requests
 from kombu import Connection
 from nameko.standalone.rpc import ClusterRpcProxy
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from services.billing.models import Account
@@ -153,6 +154,22 @@ def test_ledger_verification_result(stack):
     assert problems
     assert value(scrape(stack, "billing"),
                  "darkroom_ledger_verification_problems") == len(problems)
+
+    # A walk page by page (darkroom-ops billing verify) sets them at its last
+    # page, with the problems of every page: not before.
+    with Session(stack.engines["billing"]) as db:
+        db.execute(delete(Account).where(Account.available == 5, Account.entry_seq == 0))
+        db.add_all(Account(user_id=uuid.uuid4(), plan="free", available=0, held=0, entry_seq=0,
+                           created_at=now, updated_at=now) for _ in range(2))
+        db.commit()
+    page = stack.rpc.billing.verify_ledger(None, 1)
+    assert page["accounts_total"] >= 2 and page["next_cursor"]
+    while page["next_cursor"]:
+        assert value(scrape(stack, "billing"),
+                     "darkroom_ledger_verification_problems") == len(problems)
+        page = stack.rpc.billing.verify_ledger(None, 1, page["next_cursor"])
+        assert page["accounts_total"] is None
+    assert value(scrape(stack, "billing"), "darkroom_ledger_verification_problems") == 0
 
 
 def test_jobs_by_state_and_provider(stack):

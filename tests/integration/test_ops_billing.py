@@ -11,11 +11,15 @@ import uuid
 import pytest
 from kombu import Connection, Exchange
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from ops import rpc
 from services.common import contracts
 from services.common.db import make_engine
+from services.common.errors import DomainError
 from tests.conftest import base_env, free_port, wait_for
 from tests.integration.probe_service import wait_consuming
+from tests.integration.test_billing_audit_pages import consistent_ledger, write
 from tests.integration.test_ops_users import ops
 
 pytestmark = pytest.mark.integration
@@ -160,6 +164,39 @@ def test_verify_finds_a_ledger_corrupted_in_sql(billing, users):
                     "SELECT id FROM ledger_entries WHERE user_id = :u ORDER BY seq LIMIT 1)",
                     u=uuid.UUID(bob))
     assert ops(billing.env, "billing", "verify").returncode == 0
+
+
+def test_verify_walks_a_large_ledger_page_by_page(billing, users):
+    """1 200 more accounts: three pages of the CLI's 500; a problem on the last
+    page is found; the paged RPC refuses a cursor it did not make."""
+    extra = sorted(uuid.uuid4() for _ in range(1200))
+    with Session(billing.engine) as db:
+        write(db, consistent_ledger(extra, debits=3))
+    try:
+        result = ops(billing.env, "billing", "verify", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"accounts_checked": 1202, "problems": []}
+
+        last = max([*extra, *(uuid.UUID(u) for u in users)])
+        billing.sql("UPDATE accounts SET held = 3 WHERE user_id = :u", u=last)
+        result = ops(billing.env, "billing", "verify", "--json")
+        assert result.returncode == 1
+        found = json.loads(result.stdout)
+        assert found["accounts_checked"] == 1202
+        assert {(p["user_id"], p["problem"]) for p in found["problems"]} == \
+            {(str(last), "held_mismatch"), (str(last), "held_vs_open_holds")}
+        billing.sql("UPDATE accounts SET held = 0 WHERE user_id = :u", u=last)
+
+        config = {"AMQP_URI": billing.amqp_uri, "RPC_TIMEOUT_SECONDS": 20}
+        for args in ((users[0], 10), (None, None, "x"), (None, 10, "bm90IGEgY3Vyc29y"),
+                     (None, 0)):
+            with pytest.raises(DomainError) as refused:
+                rpc.call(config, "billing", "verify_ledger", *args)
+            assert refused.value.code == "invalid_request", args
+    finally:
+        for table in ("lot_movements", "ledger_entries", "lots", "accounts"):
+            billing.sql(f"DELETE FROM {table} WHERE user_id = ANY(:users)", users=extra)
+    assert json.loads(ops(billing.env, "billing", "verify", "--json").stdout)["accounts_checked"] == 2
 
 
 def test_no_billing_service_is_a_clear_error(make_vhost):

@@ -52,6 +52,11 @@ NOT_WIRED = {
 PROVIDER_KEYS = {"OPENAI_API_KEY", "ARK_API_KEY", "DASHSCOPE_API_KEY", "DEEPSEEK_API_KEY",
                  "OPENROUTER_API_KEY", "GEMINI_API_KEY", "REPLICATE_API_TOKEN", "FAL_KEY",
                  "VIDEO_API_KEY"}
+# An OpenID provider's settings auth reads from the environment by the name
+# AUTH_OIDC_PROVIDERS gives it (services/auth/settings.py), not from its config
+# file: compose passes Google's; they have no default.
+OIDC_PROVIDER_VARIABLES = {f"AUTH_OIDC_GOOGLE_{key}" for key in
+                           ("ISSUER", "CLIENT_ID", "CLIENT_SECRET", "SCOPES")}
 PROVIDER_FILES = sorted((DEPLOY / "providers").glob("*.yaml"))
 
 
@@ -224,7 +229,8 @@ def test_compose_passes_exactly_the_variables_a_process_reads(name):
     read = reads(name)
     given = set(environment(name))
     unread = sorted(given - read - MODE_VARIABLES
-                    - (PROVIDER_KEYS if name == "generation" else set()))
+                    - (PROVIDER_KEYS if name == "generation" else set())
+                    - (OIDC_PROVIDER_VARIABLES if name == "auth" else set()))
     assert not unread, f"{name} sets variables no config reads: {unread}"
     missing = sorted(read - given - not_wired(name))
     assert not missing, f"{name} reads variables compose neither sets nor passes: {missing}"
@@ -258,7 +264,7 @@ def test_commented_defaults_in_the_example_are_the_real_defaults():
     """`# NAME=value` documents the default: it must be what happens without it."""
     compose_defaults = compose_interpolations()
     for var, shown in ENV_EXAMPLE.items():
-        if var in ENV_REQUIRED or var in PROVIDER_KEYS:
+        if var in ENV_REQUIRED or var in PROVIDER_KEYS or var in OIDC_PROVIDER_VARIABLES:
             continue
         if compose_defaults.get(var) is not None:
             assert shown == compose_defaults[var], var

@@ -367,3 +367,26 @@ def test_postgres_max_connections_covers_the_budget_and_the_docs_state_it():
     scaling = (REPO / "docs" / "scaling.md").read_text()
     assert f"max_connections={max_connections}" in scaling
     assert f"**{connection_budget()}**" in scaling
+
+
+def test_a_record_carrying_an_unrecorded_refusal_is_dropped():
+    """Someone under the minimum age leaves no log line (nameko logs an expected
+    error with exc_info and the error among its arguments)."""
+    import logging
+
+    from services.common.errors import DomainError
+    from services.common.observability import CorrelationFilter
+
+    under = DomainError("under_minimum_age", "too young", 400)
+    other = DomainError("weak_password", "choose another", 400)
+    keep = CorrelationFilter("auth")
+
+    def record(exc, args):
+        return logging.LogRecord("nameko.containers", logging.WARNING, __file__, 1,
+                                 "(expected) error handling worker %s: %s", args,
+                                 (type(exc), exc, None))
+
+    assert keep.filter(record(under, ("<worker>", under))) is False
+    assert keep.filter(logging.LogRecord("x", logging.INFO, __file__, 1, "%s", (under,),
+                                         None)) is False
+    assert keep.filter(record(other, ("<worker>", other))) is True

@@ -163,9 +163,12 @@ class PayPalClient:
     # ------------------------------------------------------------ orders
 
     def create_checkout_session(self, *, order_id: str, name: str, amount: int, currency: str,
-                                success_url: str, cancel_url: str) -> CheckoutSession:
+                                success_url: str, cancel_url: str,
+                                subscription: dict | None = None) -> CheckoutSession:
         """A PayPal order for ``amount`` minor units (the same keywords as the
-        Stripe client's): its id, and the link the buyer approves it at."""
+        Stripe client's): its id, and the link the buyer approves it at.
+        ``subscription`` is ignored: a plan bought through PayPal is one
+        period, paid once, never renewed by PayPal."""
         body = {
             "intent": "CAPTURE",
             "purchase_units": [{

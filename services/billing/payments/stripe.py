@@ -1,9 +1,13 @@
-"""A minimal Stripe API client: Checkout Sessions, and nothing else.
+"""Stripe through its official SDK (``stripe``): Checkout Sessions (one-off
+payments and subscriptions), subscription cancellation, customer portal links.
 
-Plain ``requests`` (green under ``nameko run``), form-encoded like Stripe's
-API wants, with the secret key as a Bearer token, a timeout, and an
+One ``stripe.StripeClient`` per service, pinned to :data:`API_VERSION` (or
+``STRIPE_API_VERSION``), pointed at ``STRIPE_API_BASE`` (the fake in the
+tests), using ``requests`` (green under ``nameko run``) with a timeout and no
+retries of its own. Each Checkout Session is created with an
 ``Idempotency-Key`` of ``order:<id>``: asking twice for one order's session
 (a retry after a timeout) gets the same session from Stripe, never two.
+Every SDK error becomes :class:`PaymentProviderError`.
 """
 
 from __future__ import annotations
@@ -12,13 +16,23 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import requests
+import stripe
 
 log = logging.getLogger(__name__)
 
+#: The Stripe API version every request and every webhook endpoint is pinned
+#: to: the one the pinned SDK is written for (the shapes payments/ and
+#: subscriptions.py read: ``invoice.parent.subscription_details``,
+#: ``subscription.items.data[].current_period_end``).
+API_VERSION = "2026-10-28.endive"
+
 
 class PaymentProviderError(Exception):
-    """Stripe could not be reached or refused the request."""
+    """Stripe could not be reached (``status`` None) or refused the request."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -35,54 +49,78 @@ def with_query(url: str, **params) -> str:
 
 class StripeClient:
     def __init__(self, api_base: str, secret_key: str, timeout: float,
-                 session: requests.Session | None = None):
+                 api_version: str = API_VERSION):
         self.api_base = api_base.rstrip("/")
-        self.secret_key = secret_key
-        self.timeout = timeout
-        self.http = session or requests.Session()
+        self.client = stripe.StripeClient(
+            secret_key, stripe_version=api_version, base_addresses={"api": self.api_base},
+            max_network_retries=0, http_client=stripe.RequestsClient(timeout=timeout),
+        )
+
+    def _call(self, what: str, request):
+        try:
+            return request()
+        except stripe.APIConnectionError as exc:
+            raise PaymentProviderError(f"stripe unreachable: {type(exc).__name__}") from exc
+        except stripe.StripeError as exc:
+            message = str(getattr(exc, "user_message", None) or exc._message or "")[:200]
+            raise PaymentProviderError(f"stripe answered {exc.http_status} to {what}: {message}",
+                                       exc.http_status) from exc
 
     def create_checkout_session(self, *, order_id: str, name: str, amount: int, currency: str,
-                                success_url: str, cancel_url: str) -> CheckoutSession:
-        """A one-off payment of ``amount`` minor units for ``name``. The order
-        id travels as ``client_reference_id`` and in the metadata of the
-        session and of its payment intent (so refunds can name it too)."""
-        form = [
-            ("mode", "payment"),
-            ("line_items[0][price_data][currency]", currency),
-            ("line_items[0][price_data][unit_amount]", str(amount)),
-            ("line_items[0][price_data][product_data][name]", name),
-            ("line_items[0][quantity]", "1"),
-            ("success_url", with_query(success_url, order_id=order_id)),
-            ("cancel_url", with_query(cancel_url, order_id=order_id)),
-            ("client_reference_id", order_id),
-            ("metadata[order_id]", order_id),
-            ("payment_intent_data[metadata][order_id]", order_id),
-        ]
-        try:
-            response = self.http.post(
-                f"{self.api_base}/v1/checkout/sessions",
-                data=form,
-                headers={"Authorization": f"Bearer {self.secret_key}",
-                         "Idempotency-Key": f"order:{order_id}"},
-                timeout=self.timeout,
-            )
-        except requests.RequestException as exc:
-            raise PaymentProviderError(f"stripe unreachable: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise PaymentProviderError(f"stripe answered {response.status_code}: {_error(response)}")
-        try:
-            body = response.json()
-            session = CheckoutSession(id=str(body["id"]), url=str(body["url"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PaymentProviderError("stripe answered something that is not a session") from exc
-        if not session.id or not session.url:
+                                success_url: str, cancel_url: str,
+                                subscription: dict | None = None) -> CheckoutSession:
+        """A payment of ``amount`` minor units for ``name``: one-off, or with
+        ``subscription`` (``{"price": <Stripe price id or None>, "interval":
+        "month", "metadata": {...}}``) a subscription renewing each interval.
+        The order id travels as ``client_reference_id`` and in the metadata
+        of the session and of its payment intent or subscription (so
+        refunds, invoices and subscription events can name it too)."""
+        if subscription is None:
+            item = {"price_data": {"currency": currency, "unit_amount": amount,
+                                   "product_data": {"name": name}}, "quantity": 1}
+            extra = {"mode": "payment",
+                     "payment_intent_data": {"metadata": {"order_id": order_id}}}
+        else:
+            if subscription.get("price"):
+                item = {"price": subscription["price"], "quantity": 1}
+            else:
+                item = {"price_data": {"currency": currency, "unit_amount": amount,
+                                       "product_data": {"name": name},
+                                       "recurring": {"interval": subscription["interval"]}},
+                        "quantity": 1}
+            extra = {"mode": "subscription", "subscription_data": {
+                "metadata": {"order_id": order_id, **subscription.get("metadata", {})}}}
+        params = {
+            "line_items": [item],
+            "success_url": with_query(success_url, order_id=order_id),
+            "cancel_url": with_query(cancel_url, order_id=order_id),
+            "client_reference_id": order_id,
+            "metadata": {"order_id": order_id},
+            **extra,
+        }
+        session = self._call("a checkout session", lambda: self.client.v1.checkout.sessions.create(
+            params, options={"idempotency_key": f"order:{order_id}"}))
+        session_id, url = getattr(session, "id", None), getattr(session, "url", None)
+        if not session_id or not url:
             raise PaymentProviderError("stripe answered a session without id or url")
-        return session
+        return CheckoutSession(id=str(session_id), url=str(url))
 
+    def cancel_at_period_end(self, subscription_id: str, cancel: bool = True) -> dict:
+        """Ask Stripe to end the subscription when its paid period ends (or,
+        with ``cancel=False``, to keep renewing it). Returns the subscription."""
+        found = self._call("a subscription update", lambda: self.client.v1.subscriptions.update(
+            subscription_id, {"cancel_at_period_end": cancel}))
+        return found.to_dict()
 
-def _error(response: requests.Response) -> str:
-    try:
-        error = response.json().get("error") or {}
-        return str(error.get("message") or error.get("type") or "")[:200]
-    except (ValueError, AttributeError):
-        return response.text[:200]
+    def cancel_now(self, subscription_id: str) -> None:
+        """End the subscription at once (an erased account is never charged again)."""
+        self._call("a subscription cancellation",
+                   lambda: self.client.v1.subscriptions.cancel(subscription_id))
+
+    def portal_url(self, customer_id: str, return_url: str) -> str:
+        """A customer portal session's link (``POST /v1/billing_portal/sessions``)."""
+        portal = self._call("a portal session", lambda: self.client.v1.billing_portal.sessions
+                            .create({"customer": customer_id, "return_url": return_url}))
+        if not getattr(portal, "url", None):
+            raise PaymentProviderError("stripe answered a portal session without url")
+        return str(portal.url)

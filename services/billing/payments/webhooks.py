@@ -1,13 +1,14 @@
 """Stripe webhooks: signature verification and event handling.
 
-Verification (Stripe's scheme): the ``Stripe-Signature`` header is
+Verification (Stripe's scheme, checked by the official SDK's
+``stripe.Webhook.construct_event``): the ``Stripe-Signature`` header is
 ``t=<unix time>,v1=<hex>[,v1=<hex>...]``; each ``v1`` may be
 HMAC-SHA256(secret, ``f"{t}.{raw body}"``). The body is accepted when any
 ``v1`` matches any configured secret (``STRIPE_WEBHOOK_SECRET``, a
-comma-separated list, so a secret can be rotated without downtime), compared
-in constant time, and ``t`` is within ``STRIPE_WEBHOOK_TOLERANCE_SECONDS``
-(300) of now, so a captured request cannot be replayed later. Anything else
-is 400 ``invalid_signature``, with nothing recorded.
+comma-separated list, so a secret can be rotated without downtime), and
+``t`` is within ``STRIPE_WEBHOOK_TOLERANCE_SECONDS`` (300) of now, so a
+captured request cannot be replayed later. Anything else is 400
+``invalid_signature``, with nothing recorded.
 
 Handling is idempotent on Stripe's event id (``webhook_events``): a
 redelivered event answers ``{"received": true, "duplicate": true}`` and
@@ -16,22 +17,23 @@ changes nothing. Handled types: ``checkout.session.completed`` and
 order), ``checkout.session.expired`` (a pending order fails),
 ``charge.refunded``, ``charge.dispute.created`` (the order's credits are
 frozen) and ``charge.dispute.closed`` (lost: taken back like a refund; won:
-unfrozen); other types are received and ignored.
+unfrozen); ``invoice.paid``, ``invoice.payment_failed`` and
+``customer.subscription.created/updated/deleted`` (renewing plans:
+:mod:`services.billing.subscriptions`); other types are received and ignored.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+import stripe
 from sqlalchemy.orm import Session
 
-from services.billing import orders
+from services.billing import orders, subscriptions
 from services.billing.models import Order, WebhookEvent
 from services.billing.settings import BillingSettings
 from services.common.contracts.billing import OrderStatus
@@ -68,27 +70,29 @@ def parse_signature_header(header: str) -> tuple[int, list[str]]:
     return timestamp, signatures
 
 
-def sign(payload: str, secret: str, timestamp: int) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
-
-
 def verify_signature(payload: str, header: str | None, secrets: Sequence[str],
                      tolerance_seconds: int, now: float) -> int:
-    """Check ``header`` signs ``payload``; returns its timestamp or raises
-    400 ``invalid_signature`` (``details.reason``: missing, malformed, stale,
-    mismatch)."""
+    """Check ``header`` signs ``payload`` with one of ``secrets``
+    (``stripe.Webhook.construct_event``); returns its timestamp or raises 400
+    ``invalid_signature`` (``details.reason``: missing, malformed, stale,
+    mismatch). The age check is ours, against ``now`` and both ways (the
+    SDK's looks at the wall clock, and only at the past)."""
     if not header or not isinstance(header, str):
         raise invalid_signature("missing")
-    timestamp, signatures = parse_signature_header(header)
-    if abs(now - timestamp) > tolerance_seconds:
-        raise invalid_signature("stale")
+    timestamp, _ = parse_signature_header(header)
     matched = False
     for secret in secrets:
-        expected = sign(payload, secret, timestamp)
-        for candidate in signatures:  # no early exit: same work for every header
-            matched |= hmac.compare_digest(expected, candidate)
+        try:
+            stripe.Webhook.construct_event(payload, header, secret, tolerance=0)
+            matched = True
+        except stripe.SignatureVerificationError:
+            continue
+        except ValueError:  # signed, but not JSON
+            raise invalid_request("the webhook body is not JSON") from None
     if not matched:
         raise invalid_signature("mismatch")
+    if abs(now - timestamp) > tolerance_seconds:
+        raise invalid_signature("stale")
     return timestamp
 
 
@@ -151,6 +155,9 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
         if order_id is None:
             return "unknown_order"
         return orders.refund(db, settings, order_id, obj, now, dispatch)
+    if kind in SUBSCRIPTION_EVENTS:
+        return SUBSCRIPTION_EVENTS[kind](db, settings, obj, now, dispatch,
+                                         at=subscriptions.timestamp(event.get("created")))
     if kind in DISPUTE_EVENTS:
         order_id = orders.find_disputed_order(db, obj)
         if order_id is None:
@@ -159,5 +166,10 @@ def apply(db: Session, settings: BillingSettings, event: dict, now: datetime,
     return "ignored"
 
 
+SUBSCRIPTION_EVENTS = {"invoice.paid": subscriptions.invoice_paid,
+                       "invoice.payment_failed": subscriptions.payment_failed,
+                       "customer.subscription.created": subscriptions.changed,
+                       "customer.subscription.updated": subscriptions.changed,
+                       "customer.subscription.deleted": subscriptions.changed}
 DISPUTE_EVENTS = {"charge.dispute.created": orders.dispute_opened,
                   "charge.dispute.closed": orders.dispute_closed}

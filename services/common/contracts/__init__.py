@@ -13,6 +13,7 @@ from services.common.contracts import (  # noqa: F401
     auth,
     billing,
     generation,
+    oidc,
     privacy,
     storage,
 )

@@ -106,7 +106,16 @@ class SuspiciousLogin(AccountEvent):
 # ---------------------------------------------------------------- requests
 
 
-class Register(RpcSchema):
+class AgeFields(RpcSchema):
+    """The age gate's answers (AUTH_MINIMUM_AGE, docs/api.md): checked, never stored."""
+
+    birth_date = fields.Date(metadata={"description": "YYYY-MM-DD; needed when the operator "
+                                                      "sets a minimum age; never stored"})
+    age_confirmed = fields.Boolean(metadata={"description": "true: the person meets the minimum "
+                                                            "age (AUTH_AGE_CHECK=attestation)"})
+
+
+class Register(AgeFields):
     email = Email(required=True)
     password = Password(required=True)
     display_name = fields.String(validate=validate.Length(min=1, max=DISPLAY_NAME_MAX))

@@ -157,10 +157,6 @@ class UserRef(RpcSchema):
     user_id = fields.UUID(required=True)
 
 
-class OptionalUserRef(RpcSchema):
-    user_id = fields.UUID(load_default=None, allow_none=True)
-
-
 class LedgerQuery(PageQuery):
     """``GET /v1/billing/ledger?limit=&cursor=``"""
 
@@ -368,6 +364,27 @@ class QuoteAnswer(RpcSchema):
     breakdown = fields.Nested(QuoteBreakdown, required=True)
 
 
+class Subscription(RpcSchema):
+    """The caller's plan renewing through Stripe (GET /v1/billing/subscription)."""
+
+    plan = fields.String(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "Stripe's: incomplete, active, past_due (a renewal failed: the plan "
+                       "stays until grace_until), unpaid, canceled"})
+    cancel_at_period_end = fields.Boolean(required=True, metadata={
+        "description": "true: it ends at current_period_end and is not renewed"})
+    current_period_end = fields.AwareDateTime(required=True, allow_none=True)
+    grace_until = fields.AwareDateTime(required=True, allow_none=True, metadata={
+        "description": "after a failed renewal: the day the account drops to the free plan"})
+    created_at = fields.AwareDateTime(required=True)
+
+
+class PortalLink(RpcSchema):
+    url = fields.String(required=True, metadata={
+        "description": "Stripe's customer portal for the caller (payment method, invoices, "
+                       "cancellation); open it at once, it is short-lived"})
+
+
 class CheckoutCreated(RpcSchema):
     order_id = fields.UUID(required=True)
     checkout_url = fields.String(required=True)
@@ -409,6 +426,27 @@ class LedgerProblem(RpcSchema):
     actual = fields.Raw(allow_none=True)
 
 
+class LedgerVerifyQuery(RpcSchema):
+    """``verify_ledger(user_id, limit, cursor)``: one account, every account at
+    once, or (``limit``) a page of accounts, the next one by ``cursor``."""
+
+    user_id = fields.UUID(load_default=None, allow_none=True)
+    limit = fields.Integer(load_default=None, allow_none=True,
+                           validate=validate.Range(min=1, max=10000))
+    cursor = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Length(min=1, max=200))
+
+    @validates_schema
+    def _one_way(self, data, **_):
+        if data.get("user_id") is not None and (data.get("limit") or data.get("cursor")):
+            raise ValidationError("One account, or pages of every account: not both.", "user_id")
+        if data.get("cursor") is not None and data.get("limit") is None:
+            raise ValidationError("A cursor goes with the limit of its pages.", "limit")
+
+
 class LedgerVerification(RpcSchema):
     accounts_checked = fields.Integer(required=True)
     problems = fields.List(fields.Nested(LedgerProblem), required=True)
+    # paged (``limit``) only: every account when the walk began (first page), the next page
+    accounts_total = fields.Integer(allow_none=True)
+    next_cursor = fields.String(allow_none=True)

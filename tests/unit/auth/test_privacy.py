@@ -153,3 +153,35 @@ def test_the_export_holds_the_history_of_rectifications_and_erasure_removes_it(
     assert privacy_data.erase(db, settings, alice.user.id, now).tables["account_changes"] == 2
     db.commit()
     assert count(db, AccountChange) == 0
+
+
+def test_identities_and_the_age_fact_are_exported_and_erased(db, settings, now):
+    from datetime import timedelta
+
+    from services.auth.models import Identity, OidcCode, OidcFlow
+
+    created = accounts.register(db, settings, "bob@example.com", PASSWORD, None, IP, now,
+                                minimum_age_met=True)
+    uid = created.user.id
+    db.add_all([
+        Identity(user_id=uid, provider="google", subject="g-123", email="bob@example.com",
+                 email_verified=True, created_at=now),
+        OidcFlow(state_hash="h", provider="google", nonce="n", code_verifier="v",
+                 redirect_uri="http://app.test/", user_id=uid, created_at=now,
+                 expires_at=now + timedelta(minutes=5)),
+        OidcCode(code_hash="c", user_id=uid, provider="google", subject="g-123",
+                 email="bob@example.com", created_at=now, expires_at=now + timedelta(minutes=2)),
+    ])
+    db.commit()
+    exported = privacy_data.export(db, settings, uid)
+    assert exported["identities"] == [{
+        "id": exported["identities"][0]["id"], "provider": "google", "subject": "g-123",
+        "email": "bob@example.com", "email_verified": True,
+        "created_at": exported["identities"][0]["created_at"]}]
+    assert exported["account"]["minimum_age_met_at"] is not None
+    assert exported["account"]["has_password"] is True
+    erased = privacy_data.erase(db, settings, uid, now)
+    db.commit()
+    assert (erased.tables["identities"], erased.tables["oidc_flows"],
+            erased.tables["oidc_codes"]) == (1, 1, 1)
+    assert count(db, Identity) == count(db, OidcFlow) == count(db, OidcCode) == 0

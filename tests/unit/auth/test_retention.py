@@ -5,7 +5,15 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from services.auth import retention
-from services.auth.models import EmailVerification, PasswordReset, Throttle, User, UserSession
+from services.auth.models import (
+    EmailVerification,
+    OidcCode,
+    OidcFlow,
+    PasswordReset,
+    Throttle,
+    User,
+    UserSession,
+)
 from services.common.ids import new_id, utcnow
 
 
@@ -50,13 +58,25 @@ def test_purge_deletes_only_what_has_outlived_its_use(db, settings):
                  locked_until=now + timedelta(minutes=5)),
         Throttle(subject="still counting", attempts=1, window_started_at=now - window / 2),
     ])
+    # OpenID sign-ins: a flow and a one-time code past their expiry go, live ones stay
+    db.add_all([
+        OidcFlow(id=new_id(), state_hash="old", provider="corp", nonce="n", code_verifier="v",
+                 redirect_uri="http://app.test/", created_at=now,
+                 expires_at=now - timedelta(seconds=1)),
+        OidcFlow(id=new_id(), state_hash="live", provider="corp", nonce="n", code_verifier="v",
+                 redirect_uri="http://app.test/", created_at=now,
+                 expires_at=now + timedelta(minutes=5)),
+        OidcCode(id=new_id(), code_hash="old", provider="corp", subject="s", email="a@b.test",
+                 created_at=now, expires_at=now - timedelta(seconds=1)),
+    ])
     db.commit()
 
     deleted = retention.purge_expired(db, settings, now)
     db.commit()
 
     assert deleted == {"sessions": 2, "email_verifications": 1, "password_resets": 1,
-                       "throttles": 2}
+                       "oidc_flows": 1, "oidc_codes": 1, "throttles": 2}
+    assert db.scalars(select(OidcFlow.state_hash)).all() == ["live"]
     assert db.execute(select(UserSession.id)).scalars().all() == [live.id]
     assert count(db, EmailVerification) == count(db, PasswordReset) == 1
     assert sorted(db.scalars(select(Throttle.subject))) == ["still counting", "still locked"]

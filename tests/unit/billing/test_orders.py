@@ -312,6 +312,7 @@ def test_a_refund_for_an_unknown_payment_is_received(db, settings, events):
 @pytest.mark.parametrize("money_back", ["refund", "lost dispute"])
 def test_a_paid_plan_starts_and_all_its_money_back_ends_it(db, settings, events, stripe, user,
                                                           money_back):
+    """A plan bought once (a ``mode=payment`` session, as before plans renewed)."""
     order = checkout(db, settings, events, stripe, user, {"plan_id": "pro"})
     deliver(db, settings, events, stripe.checkout_completed(order.provider_session_id))
     account = db.get(Account, user, populate_existing=True)

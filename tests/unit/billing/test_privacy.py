@@ -118,7 +118,7 @@ def test_the_erasure_is_counted_per_table(db, events):
     erased = billing_privacy.erase(db, settings, user, NOW)
     db.commit()
     assert erased.tables == {"lot_movements": 4, "ledger_entries": 5, "lots": 2, "holds": 2,
-                             "accounts": 1, "erasure_pending": 0}
+                             "accounts": 1, "erasure_pending": 0, "subscriptions": 0}
     assert erased.rows_pseudonymised == 2  # an order and its payment
     again = billing_privacy.erase(db, settings, user, NOW)
     assert set(again.tables.values()) == {0} and again.rows_pseudonymised == 0
@@ -129,9 +129,10 @@ def test_the_schedule_lists_payment_records_and_each_plans_retention():
     settings = BillingSettings(payment_retention_years=10)
     items = billing_privacy.retention_items(settings)
     assert items[0]["data"] == "orders and payment records" and items[0]["days"] == 3650
-    plans = {i["data"]: i["days"] for i in items[2:]}
+    plans = {i["data"]: i["days"] for i in items[2:-1]}
     assert plans == {f"uploads and generated outputs of accounts on the {p.name} plan":
                      p.retention_days for p in settings.plans.values()}
+    assert items[-1]["data"].startswith("plan subscriptions") and items[-1]["days"] is None
 
 
 def hold_request(user, price=3) -> dict:

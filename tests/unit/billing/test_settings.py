@@ -34,6 +34,21 @@ def test_the_environment_overrides_values(monkeypatch):
     assert settings.signup_grant_expires_days is None
 
 
+def test_renewing_plans_are_configured_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BILLING_PLAN_STUDIO_STRIPE_PRICE", "price_studio_monthly")
+    monkeypatch.setenv("BILLING_SUBSCRIPTION_GRACE_DAYS", "10")
+    monkeypatch.setenv("BILLING_PLAN_PRO_CREDITS_ROLL_OVER", "true")
+    monkeypatch.setenv("STRIPE_API_VERSION", "2026-10-28.endive")
+    settings = BillingSettings.from_config(load_config(CONFIG_DIR / "billing.yaml"))
+    assert settings.plans["studio"].stripe_price == "price_studio_monthly"
+    assert settings.plans["pro"].stripe_price is None  # inline monthly price
+    assert settings.plans["pro"].credits_roll_over and not settings.plans["studio"].credits_roll_over
+    assert (settings.subscription_grace_days, settings.stripe_api_version) == \
+        (10, "2026-10-28.endive")
+    with pytest.raises(ValueError, match="SUBSCRIPTION_GRACE_DAYS"):
+        BillingSettings(subscription_grace_days=-1)
+
+
 def test_a_job_type_without_a_price_stops_the_service():
     prices = dict(BillingSettings().prices)
     del prices["image-to-video"]

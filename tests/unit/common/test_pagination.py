@@ -16,8 +16,10 @@ from services.common.db import UtcDateTime
 from services.common.errors import DomainError
 from services.common.ids import new_id
 from services.common.pagination import (
+    decode_after_cursor,
     decode_cursor,
     decode_seq_cursor,
+    encode_after_cursor,
     encode_cursor,
     encode_seq_cursor,
     paginate,
@@ -78,10 +80,30 @@ def test_a_crafted_sequence_cursor_is_invalid_request(cursor):
     assert_invalid(decode_seq_cursor, cursor)
 
 
+CRAFTED_AFTER = [
+    "", "!!!", pack("after:"), pack(f"after:{ROW_ID}"), pack(f"after:{ROW_ID}|"),
+    pack(f"after:{ROW_ID}|-1"), pack(f"after:{ROW_ID}|01"), pack(f"after:{ROW_ID}|1.5"),
+    pack(f"after:{ROW_ID}|{2**31}"), pack(f"after:{ROW_ID.upper()}|1"), pack(f"after:{ROW_ID}|1|2"),
+    pack(f"after:{{{ROW_ID}}}|1"), pack(f"AFTER:{ROW_ID}|1"), pack(f"{ROW_ID}|1"), pack("seq:1"),
+    pack(f"2020-01-01T00:00:00Z|{ROW_ID}"), pack(f"after:{ROW_ID}|1\x00"), "a" * 300,
+]
+
+
+@pytest.mark.parametrize("cursor", CRAFTED_AFTER)
+def test_a_crafted_after_cursor_is_invalid_request(cursor):
+    assert_invalid(decode_after_cursor, cursor)
+
+
+@given(st.uuids(), st.integers(min_value=0, max_value=2**31 - 1))
+def test_after_cursors_round_trip(after, carried):
+    assert decode_after_cursor(encode_after_cursor(after, carried)) == (after, carried)
+
+
 @pytest.mark.parametrize("value", [None, 12, 1.5, ["a"], {"a": 1}, b"YQ"])
 def test_a_cursor_that_is_not_a_string_is_invalid_request(value):
     assert_invalid(decode_cursor, value)
     assert_invalid(decode_seq_cursor, value)
+    assert_invalid(decode_after_cursor, value)
 
 
 @given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),

@@ -26,6 +26,7 @@ UNVERIFIED_ID = "01900000-0000-7000-8000-000000000002"
 SESSION_ID = "01900000-0000-7000-8000-00000000a001"
 KEY_ID = "01900000-0000-7000-8000-00000000b001"
 UNVERIFIED_SESSION_ID = "01900000-0000-7000-8000-00000000a002"
+IDENTITY_ID = "01900000-0000-7000-8000-00000000c001"
 
 TOKEN = "session-token-verified"
 API_KEY = "drk_verified_apikey-verified"
@@ -112,10 +113,45 @@ class FakeAuth(FakeRpcService):
         return {"service": "auth", "ok": True}
 
     def rpc_register(self, payload, client_ip=None, user_agent=None):
+        if str(payload.get("birth_date") or "2000-01-01") > "2015-01-01":  # the age gate
+            raise DomainError("under_minimum_age", "you must be at least 13 to sign up", 400,
+                              {"minimum_age": 13})
         return {
             "user": user(email=payload["email"], verified=False),
             "api_key": None,  # keys are made once the address is verified
         }
+
+    # OpenID Connect sign-in (services/auth/oidc.py)
+
+    def rpc_oidc_providers(self):
+        return {"items": [{"name": "google"}]}
+
+    def rpc_oidc_start(self, name, payload):
+        if name != "google":
+            raise DomainError("not_found", "sign-in provider not found", 404)
+        return {"authorization_url": "https://accounts.example.test/auth?state=s"}
+
+    def rpc_oidc_start_link(self, user_id, name, payload):
+        return self.rpc_oidc_start(name, payload)
+
+    def rpc_oidc_callback(self, name, params):
+        if params.get("state") != "s":
+            raise DomainError("oidc_invalid_state", "start again", 400)
+        return {"location": "https://app.example.test/done?code=one-time"}
+
+    def rpc_oidc_exchange(self, payload, client_ip=None, user_agent=None):
+        if payload["code"] != "one-time":
+            raise DomainError("oidc_invalid_code", "not valid", 400)
+        return {"token": TOKEN, "expires_at": LATER, "user": user()}
+
+    def rpc_list_identities(self, user_id):
+        return {"items": [{"id": IDENTITY_ID, "provider": "google", "email": "ada@example.com",
+                           "email_verified": True, "created_at": NOW}]}
+
+    def rpc_unlink_identity(self, user_id, identity_id):
+        if identity_id != IDENTITY_ID:
+            raise DomainError("not_found", "identity not found", 404)
+        return None
 
     def rpc_verify_email(self, payload):
         if payload["code"] != "123456":

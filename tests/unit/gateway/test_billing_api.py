@@ -62,6 +62,7 @@ class FakeBilling(FakeRpcService):
         self.orders: dict[str, list[dict]] = {}
         self.checkouts: dict[tuple[str, str], tuple[dict, dict]] = {}
         self.stripe_events: set[str] = set()
+        self.subscriptions: dict[str, dict] = {}
 
     def grant(self, user_id: str, amount: int, kind: str = "grant") -> dict:
         entries = self.entries.setdefault(user_id, [])
@@ -143,6 +144,22 @@ class FakeBilling(FakeRpcService):
         if idempotency_key is not None:
             self.checkouts[(user_id, idempotency_key)] = (payload, answer)
         return answer
+
+    def rpc_get_subscription(self, user_id):
+        if user_id not in self.subscriptions:
+            raise DomainError("not_found", "subscription not found", 404)
+        return self.subscriptions[user_id]
+
+    def rpc_cancel_subscription(self, user_id):
+        if user_id not in self.subscriptions:
+            raise DomainError("not_found", "subscription not found", 404)
+        self.subscriptions[user_id]["cancel_at_period_end"] = True
+        return self.subscriptions[user_id]
+
+    def rpc_portal_link(self, user_id):
+        if user_id not in self.subscriptions:
+            raise DomainError("not_found", "subscription not found", 404)
+        return {"url": "https://billing.stripe.test/p/session/x", "customer": "cus_internal"}
 
     def rpc_handle_stripe_webhook(self, payload, signature=None):
         if not isinstance(payload, str):
@@ -533,6 +550,8 @@ def test_openapi_documents_billing(client):
         "/v1/billing/checkout": {"post"}, "/v1/billing/orders": {"get"},
         "/v1/billing/webhooks/stripe": {"post"}, "/v1/billing/webhooks/paypal": {"post"},
         "/v1/billing/orders/{order_id}/capture": {"post"},
+        "/v1/billing/subscription": {"get"}, "/v1/billing/subscription/cancel": {"post"},
+        "/v1/billing/portal": {"get"},
     }
     secured = [[{"bearerAuth": []}, {"apiKeyAuth": []}]]
     for path in ("/v1/billing/balance", "/v1/billing/ledger", "/v1/billing/orders"):
@@ -555,3 +574,30 @@ def test_openapi_documents_billing(client):
         "$ref": "#/components/schemas/Checkout"}
     entry = doc["components"]["schemas"]["LedgerEntry"]["properties"]
     assert {"held_change", "balance_after", "expires_at"} <= set(entry)
+
+
+# ------------------------------------------------------------ subscriptions
+
+SUBSCRIPTION = {"plan": "pro", "status": "active", "cancel_at_period_end": False,
+                "current_period_end": "2026-02-10T00:00:00+00:00", "grace_until": None,
+                "created_at": "2026-01-10T00:00:00+00:00", "id": "sub_internal"}
+
+
+def test_the_subscription_endpoints_are_the_callers_own(client, billing):
+    billing.subscriptions[USER_ID] = dict(SUBSCRIPTION)
+    got = client.get("/v1/billing/subscription", headers=BEARER)
+    assert got.status_code == 200
+    assert set(got.get_json()) == set(SUBSCRIPTION) - {"id"}  # Stripe's ids stay inside
+    cancelled = client.post("/v1/billing/subscription/cancel", headers=APIKEY)
+    assert cancelled.status_code == 200 and cancelled.get_json()["cancel_at_period_end"] is True
+    portal = client.get("/v1/billing/portal", headers=BEARER)
+    assert portal.get_json() == {"url": "https://billing.stripe.test/p/session/x"}
+    calls = [args for method in ("get_subscription", "cancel_subscription", "portal_link")
+             for args, _ in billing.called(method)]
+    assert calls == [(USER_ID,)] * 3
+    for method, path in (("GET", "/v1/billing/subscription"),
+                         ("POST", "/v1/billing/subscription/cancel"),
+                         ("GET", "/v1/billing/portal")):
+        other = client.open(path, method=method, headers=UNVERIFIED)
+        assert (other.status_code, error_of(other)["code"]) == (404, "not_found")
+        assert client.open(path, method=method).status_code == 401

@@ -4,12 +4,12 @@ upload's transfer (gateway.transfer) to a real local HTTP server."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import os
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -67,11 +67,16 @@ class Sink:
         self.done.clear()
 
 
+# The server classes come by `from http.server import ...`, not as `http.server.X`:
+# once eventlet.wsgi is imported (the services' health endpoint, by tests collected
+# later), eventlet's inject() has left its green copy of the module as the `http`
+# package's `server` attribute, and a server built from that copy stalls in a
+# plain thread (requests hang, bodies are read late).
 @pytest.fixture(scope="module")
 def sink_server():
     sink = Sink()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_PUT(self):
             try:
                 length = int(self.headers.get("Content-Length", "-1"))
@@ -93,7 +98,7 @@ def sink_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

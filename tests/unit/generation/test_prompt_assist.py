@@ -184,6 +184,18 @@ def test_prompt_assist_is_off_unless_configured():
         "http://chat.example/v1/chat/completions", "small", 4.0)
 
 
+@pytest.mark.parametrize("base_url, url", [
+    ("https://api.openai.com/v1", "https://api.openai.com/v1/chat/completions"),
+    ("https://api.openai.com/v1/", "https://api.openai.com/v1/chat/completions"),
+    ("https://ark.example/api/v3", "https://ark.example/api/v3/chat/completions"),
+    ("http://ollama:11434", "http://ollama:11434/v1/chat/completions"),
+    ("https://generativelanguage.googleapis.com/v1beta/openai/",
+     "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"),
+])
+def test_a_base_url_with_its_version_path_is_not_versioned_twice(base_url, url):
+    assert PromptAssistant(base_url).url == url
+
+
 def test_prompt_assist_comes_from_the_providers_file(tmp_path):
     from services.generation.providers.config import ProviderConfigError
 

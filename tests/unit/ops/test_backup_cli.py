@@ -6,6 +6,7 @@ databases and objects back; a production start refuses a placeholder key."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sqlite3
 
@@ -176,3 +177,32 @@ def test_restore_erases_again_a_user_erased_after_the_set(laptop):
         assert db.scalar(select(Job.status).where(Job.user_id == kept)) == "running"
     with session("privacy") as db:  # the log survives the restore of an older privacy database
         assert db.get(ErasedSubject, pseudonym(key, gone)) is not None
+
+
+def test_progress_bars_per_database_and_per_object_on_stderr_and_not_with_json(laptop,
+                                                                                monkeypatch):
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)  # as on a terminal
+    (laptop / "objects" / "objects" / "owner" / "two").write_bytes(b"another picture")
+    steps = len(PART_SERVICES)
+    taken = run("run")
+    assert taken.exit_code == 0, taken.output
+    assert "dumping databases  [####" in taken.stderr and f"{steps}/{steps}" in taken.stderr
+    assert "copying objects" in taken.stderr and "2/2" in taken.stderr
+    assert "dumping" not in taken.stdout
+    assert "2 objects (40 B; 0 unchanged since the last set); 1 kept, 0 rotated out" in taken.stdout
+
+    verified = run("verify")
+    assert "checking databases" in verified.stderr and "checking objects" in verified.stderr
+    assert "2/2" in verified.stderr
+    restored = run("restore", "--yes")
+    assert restored.exit_code == 0, restored.output
+    assert "restoring databases" in restored.stderr and "restoring objects" in restored.stderr
+    assert restored.stdout.endswith("0 erased user(s) erased again (the erasure log knows 0)\n")
+
+    (made,) = [p for p in (laptop / "backups").iterdir() if not p.name.startswith(".")]
+    made.rename(made.with_name("20200101T000000Z"))  # a set per second: this one is older
+    for args in (("run",), ("verify",), ("restore", "--yes")):
+        quiet = run(*args, "--json")
+        assert quiet.exit_code == 0, quiet.output
+        assert quiet.stderr == "", args
+        json.loads(quiet.stdout)

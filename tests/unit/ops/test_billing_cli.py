@@ -21,11 +21,31 @@ PROBLEMS = [
 ]
 
 
+def ledger(accounts: int, problems: list[dict] | None = None):
+    """A fake ``billing.verify_ledger`` over ``accounts`` accounts, paged like
+    the service: ``problems`` are found on the first page; the cursor is the
+    number of accounts done."""
+
+    def verify_ledger(user_id, limit=None, cursor=None):
+        if user_id is not None:
+            return {"accounts_checked": 1, "problems": []}
+        if limit is None:
+            return {"accounts_checked": accounts, "problems": list(problems or [])}
+        start = int(cursor) if cursor else 0
+        end = min(start + limit, accounts)
+        return {"accounts_checked": end - start,
+                "problems": list(problems or []) if start == 0 else [],
+                "accounts_total": None if cursor else accounts,
+                "next_cursor": str(end) if end < accounts else None}
+
+    return verify_ledger
+
+
 @pytest.fixture
 def calls(monkeypatch) -> Calls:
     made = Calls()
     answers = {
-        "verify_ledger": lambda user_id: {"accounts_checked": 1 if user_id else 12, "problems": []},
+        "verify_ledger": ledger(12),
         "adjust": lambda user_id, amount, reason, key: {
             "id": "0190a0a0-0000-7000-8000-00000000e001", "kind": "adjustment", "amount": amount,
             "held_change": 0, "balance_after": 70 + amount, "job_id": None, "order_id": None,
@@ -52,19 +72,66 @@ def test_verify_a_consistent_ledger(run, calls):
     assert result.exit_code == 0, result.output
     assert result.stdout == "checked 12 accounts: the ledger is consistent\n"
     [(method, args, timeout)] = calls
-    assert (method, args) == ("verify_ledger", (None,))
+    assert (method, args) == ("verify_ledger", (None, billing_ops.VERIFY_PAGE_ACCOUNTS, None))
     assert timeout >= billing_ops.VERIFY_TIMEOUT_SECONDS
+
+
+def test_verify_goes_through_the_ledger_page_by_page(run, calls, monkeypatch):
+    monkeypatch.setattr(billing_ops, "VERIFY_PAGE_ACCOUNTS", 5)
+    calls.answers["verify_ledger"] = ledger(12, PROBLEMS)
+    result = run("billing", "verify", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"accounts_checked": 12, "problems": PROBLEMS}
+    assert [args for _, args, _ in calls] == [(None, 5, None), (None, 5, "5"), (None, 5, "10")]
+
+
+class Bar:
+    """What ``progress(total)`` makes: records its total and every update."""
+
+    def __init__(self, total):
+        self.total, self.updates, self.closed = total, [], False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+    def update(self, n):
+        self.updates.append(n)
+
+
+def test_verify_moves_the_bar_by_the_accounts_of_each_page(calls):
+    calls.answers["verify_ledger"] = ledger(12)
+    bars = []
+    result = billing_ops.verify({}, progress=lambda total: bars.append(Bar(total)) or bars[-1],
+                                page_size=5)
+    assert result == {"accounts_checked": 12, "problems": []}
+    [bar] = bars
+    assert (bar.total, bar.updates, bar.closed) == (12, [5, 5, 2], True)
+
+
+def test_verify_draws_its_bar_on_stderr_and_not_with_json(run, calls, monkeypatch):
+    monkeypatch.setattr(billing_ops, "VERIFY_PAGE_ACCOUNTS", 5)
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)
+    result = run("billing", "verify")
+    assert result.exit_code == 0
+    assert "verifying the ledger" in result.stderr and "12/12" in result.stderr
+    assert result.stdout == "checked 12 accounts: the ledger is consistent\n"
+    result = run("billing", "verify", "--json")
+    assert "verifying the ledger" not in result.stderr
+    assert json.loads(result.stdout) == {"accounts_checked": 12, "problems": []}
 
 
 def test_verify_one_user(run, calls):
     result = run("billing", "verify", "--user", ADA.upper())
     assert result.exit_code == 0
     assert result.stdout == "checked 1 account: the ledger is consistent\n"
-    assert calls[0][1] == (ADA,)
+    assert calls[0][1] == (ADA,)  # one account: one call, no pages
 
 
 def test_verify_problems_are_listed_and_exit_1(run, calls):
-    calls.answers["verify_ledger"] = lambda user_id: {"accounts_checked": 12, "problems": PROBLEMS}
+    calls.answers["verify_ledger"] = ledger(12, PROBLEMS)
     result = run("billing", "verify")
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
@@ -77,11 +144,11 @@ def test_verify_problems_are_listed_and_exit_1(run, calls):
 
 def test_verify_json_keeps_the_exit_code(run, calls):
     answer = {"accounts_checked": 12, "problems": PROBLEMS}
-    calls.answers["verify_ledger"] = lambda user_id: answer
+    calls.answers["verify_ledger"] = ledger(12, PROBLEMS)
     result = run("billing", "verify", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout) == answer
-    calls.answers["verify_ledger"] = lambda user_id: {"accounts_checked": 3, "problems": []}
+    calls.answers["verify_ledger"] = ledger(3)
     result = run("billing", "verify", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"accounts_checked": 3, "problems": []}
@@ -146,7 +213,7 @@ def test_a_refusal_of_billing_is_its_message_and_exit_1(run, calls):
 
 
 def test_no_billing_service_is_a_clear_error(run, calls):
-    def away(user_id):
+    def away(user_id, limit=None, cursor=None):
         raise OpsError("no billing service is running on amqp://guest:***@127.0.0.1:5672/x")
 
     calls.answers["verify_ledger"] = away
@@ -158,8 +225,8 @@ def test_no_billing_service_is_a_clear_error(run, calls):
 def test_the_rpc_goes_to_billing_with_the_configured_timeout(cluster):
     class Billing:
         @staticmethod
-        def verify_ledger(user_id):
-            return {"accounts_checked": 0, "problems": [], "user_id": user_id}
+        def verify_ledger(user_id, limit=None, cursor=None):
+            return {"accounts_checked": 0, "problems": [], "user_id": user_id, "limit": limit}
 
         @staticmethod
         def adjust(user_id, amount, reason, key):
@@ -170,7 +237,8 @@ def test_the_rpc_goes_to_billing_with_the_configured_timeout(cluster):
     assert billing_ops.adjust(config, ADA, 3, "why", "k") == \
         {"user_id": ADA, "amount": 3, "reason": "why", "key": "k"}
     assert seen["timeout"] == 7 and seen["correlation_id"].startswith("ops-")
-    assert billing_ops.verify(config)["user_id"] is None
+    assert billing_ops.verify(config, ADA) == \
+        {"accounts_checked": 0, "problems": [], "user_id": ADA, "limit": None}
     assert seen["timeout"] == billing_ops.VERIFY_TIMEOUT_SECONDS
 
 

@@ -71,14 +71,23 @@ def test_limit_must_be_positive(run):
     assert run("dlq", "replay", "q", "--limit", "-1").exit_code == 2
 
 
-def test_replay_reports_the_count(run, monkeypatch):
+def test_replay_reports_the_count_with_a_bar_over_the_messages(run, monkeypatch):
     calls = []
-    monkeypatch.setattr(cli_module.dlq_ops, "replay",
-                        lambda config, queue, limit: calls.append((queue, limit)) or 3)
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)  # as on a terminal
+    monkeypatch.setattr(cli_module.dlq_ops, "count", lambda config, queue: 7)
+
+    def replay(config, queue, limit, bar):
+        calls.append((queue, limit))
+        for _ in range(3):
+            bar.update(1)
+        return 3
+
+    monkeypatch.setattr(cli_module.dlq_ops, "replay", replay)
     result = run("dlq", "replay", "evt-q", "--limit", "5")
     assert result.exit_code == 0
-    assert result.output.strip() == "replayed 3 messages from dlq.evt-q"
-    assert calls == [("evt-q", 5)]
+    assert result.stdout.strip() == "replayed 3 messages from dlq.evt-q"
+    assert calls == [("dlq.evt-q", 5)]
+    assert "replaying" in result.stderr and "3/5" in result.stderr  # min(7 there, --limit 5)
 
 
 def test_purge_refuses_without_yes(run, monkeypatch):

@@ -62,16 +62,21 @@ def test_an_error_with_json_is_json_on_stdout_and_text_on_stderr(run, monkeypatc
     assert plain.stdout == "" and "user not found" in plain.stderr
 
 
-def test_progress_goes_to_stderr_only():
+def test_progress_goes_to_stderr_only_and_is_quiet_with_json(monkeypatch):
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)  # as on a terminal
+
     @click.command()
     @output(lambda r: [str(r)])
     def command():
         with progress([1, 2, 3], "counting") as bar:
             return sum(bar)
 
+    result = CliRunner().invoke(command)
+    assert result.stdout == "6\n"
+    assert "counting" in result.stderr and "3/3" in result.stderr
     result = CliRunner().invoke(command, ["--json"])
     assert result.stdout == "6\n"
-    assert "counting" in result.stderr
+    assert result.stderr == ""
 
 
 USER = {"id": "7d7ab5a4-0000-4000-8000-000000000001", "email": "ada@example.com",
@@ -138,6 +143,31 @@ def test_users_disable_and_delete(run, cluster):
                                     "request r1, pending")
 
 
+def test_users_delete_minor_erases_without_grace(run, cluster):
+    class Auth:
+        def find_user(self, ref):
+            return USER
+
+    class Privacy:
+        calls: list = []
+
+        def erase_as_operator(self, user_id, reason, immediate=False):
+            self.calls.append((user_id, reason, immediate))
+            return {"id": "r2", "type": "erasure", "status": "pending",
+                    "starts_at": "2026-12-04T10:00:00Z"}
+
+    privacy = Privacy()
+    cluster(auth=Auth(), privacy=privacy)
+    refused = run("users", "delete-minor", "ada@example.com")
+    assert refused.exit_code == 2 and privacy.calls == []
+    result = run("users", "delete-minor", "ada@example.com", "--yes")
+    assert result.exit_code == 0, result.output
+    assert privacy.calls == [(USER["id"], "reported by a guardian as under the minimum age "
+                                          "(no grace period)", True)]
+    assert result.stdout.startswith(f"erasure of ada@example.com (user {USER['id']}) started "
+                                    "at once, without a grace period: request r2, pending")
+
+
 @pytest.mark.parametrize("args, selector", [
     (["drk_abcd1234"], {"prefix": "drk_abcd1234"}),
     (["7d7ab5a4-0000-4000-8000-000000000009"], {"key_id": "7d7ab5a4-0000-4000-8000-000000000009"}),
@@ -169,7 +199,7 @@ def test_dlq_replay_all(run, monkeypatch):
         {"queue": "dlq.a", "messages": 2}, {"queue": "dlq.b", "messages": 1}])
     replayed = []
     monkeypatch.setattr(cli_module.dlq_ops, "replay",
-                        lambda config, queue, limit: replayed.append(queue) or 2)
+                        lambda config, queue, limit, bar: replayed.append(queue) or 2)
     dry = run("dlq", "replay", "--all", "--dry-run")
     assert dry.stdout.splitlines() == [
         "dry run: would replay 3 messages from 2 queues; nothing was moved",
@@ -192,7 +222,7 @@ def test_doctor_lines_name_the_fix_and_fail_on_a_failure(monkeypatch):
         "FAIL  auth: database — refused", "      fix: check AUTH_DATABASE_URL",
         "WARN  auth: secrets — MAIL_SECRETS_KEY", "      fix: set it",
         "ok    storage: object store — fs", "", "1 problem found, 1 warning"]
-    monkeypatch.setattr(cli_module.doctor_ops, "run", lambda config_file, only: result)
+    monkeypatch.setattr(cli_module.doctor_ops, "run", lambda config_file, only, progress: result)
     invoked = CliRunner().invoke(cli_module.cli, ["doctor", "--json"])
     assert invoked.exit_code == 1
     assert json.loads(invoked.stdout) == result
@@ -201,12 +231,25 @@ def test_doctor_lines_name_the_fix_and_fail_on_a_failure(monkeypatch):
 def test_doctor_runs_even_when_the_ops_config_is_broken(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli_module.doctor_ops, "run",
-                        lambda config_file, only: seen.update(file=config_file) or
+                        lambda config_file, only, progress: seen.update(file=config_file) or
                         {"ok": True, "production": False, "findings": []})
     missing = str(tmp_path / "nope.yaml")
     result = CliRunner().invoke(cli_module.cli, ["--config", missing, "doctor"])
     assert result.exit_code == 0, result.output
     assert seen == {"file": missing}
+
+
+def test_doctor_draws_a_bar_over_its_checks_and_none_with_json(tmp_path, monkeypatch):
+    monkeypatch.setattr("click._termui_impl.isatty", lambda f: True)  # as on a terminal
+    missing = ["--config", str(tmp_path / "nope.yaml")]
+    steps = len(doctor_ops.PROCESSES) + 2
+    result = CliRunner().invoke(cli_module.cli, [*missing, "doctor", "--only", "ops"])
+    assert result.exit_code == 1
+    assert "checking" in result.stderr and f"{steps}/{steps}" in result.stderr
+    assert result.stdout.startswith("FAIL  ops: config")
+    quiet = CliRunner().invoke(cli_module.cli, [*missing, "doctor", "--only", "ops", "--json"])
+    assert quiet.exit_code == 1 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["findings"][0]["check"] == "config"
 
 
 def test_a_failed_probe_is_a_finding_not_a_traceback():

@@ -90,6 +90,28 @@ def test_an_export_asks_every_service_at_once(db, settings, events, user):
     assert set(statuses(db, request.id).values()) == {"pending"}
 
 
+def test_an_erasure_without_grace_starts_now_with_no_cancel_link(db, settings, events, user):
+    """users delete-minor: the timer finds it due at once; nothing to cancel."""
+    request = subject_requests.create(db, settings, user, "erasure", NOW, events, grace=False)
+    db.commit()
+    assert request.starts_at == NOW and request.cancel_token_hash is None
+    assert events.of("erasure_scheduled") == [] and events.of("erasure_started") == []
+    assert subject_requests.grace_over(db, NOW) == [request.id]
+
+
+def test_an_erasure_in_its_grace_can_be_made_to_start_now(db, settings, events, user):
+    request = create(db, settings, events, user, "erasure")
+    assert subject_requests.grace_over(db, NOW) == []
+    hastened = subject_requests.without_grace(db, request.id, NOW)
+    db.commit()
+    assert hastened.starts_at == NOW and hastened.cancel_token_hash is None
+    assert subject_requests.grace_over(db, NOW) == [request.id]
+    claimed = subject_requests.claim_revocation(db, request.id, NOW)
+    subject_requests.credentials_revoked(db, claimed, NOW)
+    db.commit()
+    assert subject_requests.without_grace(db, request.id, NOW) is None  # past its grace
+
+
 def test_one_open_request_of_each_type_per_user(db, settings, events, user):
     first = create(db, settings, events, user)
     error = refused(subject_requests.create, db, settings, user, "export", NOW, events)
