@@ -3,7 +3,8 @@ Procfile's "billing" line) against RabbitMQ, PostgreSQL and the fake PayPal
 server (tests/fakes/paypal.py) on loopback, with Stripe and PayPal both
 enabled: a checkout through PayPal, the buyer's approval, the capture (and
 one already done, one declined), verified webhooks (and a forged one), an
-operator's refund through PayPal and a dispute."""
+operator's refund through PayPal, a dispute, and a plan bought through
+PayPal (one period, not a subscription)."""
 
 from __future__ import annotations
 
@@ -206,3 +207,24 @@ def test_bad_providers_and_order_ids_are_refused(billing):
     error = refused(billing.rpc.capture_order, user, "not-a-uuid")
     assert (error.status, error.code) == (400, "invalid_request")
     assert len(billing.paypal.orders) == count
+
+
+def test_a_plan_bought_through_paypal_is_one_period_not_a_subscription(billing):
+    """The service hands every client a plan's subscription terms; PayPal's
+    ignores them: one order for one period's price, paid once, no
+    subscription (and no Stripe call)."""
+    user = new_user(billing)
+    answer, paypal_order = buy(billing, user, {"plan_id": "pro", "provider": "paypal"})
+    [unit] = paypal_order["purchase_units"]
+    assert unit["amount"] == {"currency_code": "USD", "value": "15.00"}
+    assert "plan" not in paypal_order and "billing_cycles" not in paypal_order
+    billing.paypal.approve(paypal_order["id"])
+    paid = billing.rpc.capture_order(user, answer["order_id"])
+    assert (paid["kind"], paid["status"], paid["provider"]) == ("plan", "paid", "paypal")
+    balance = billing.rpc.get_balance(user)
+    assert (balance["plan"], balance["available"]) == ("pro", 550)
+    assert balance["plan_expires_at"] is not None
+    assert refused(billing.rpc.get_subscription, user).code == "not_found"
+    error = refused(billing.rpc.create_checkout, user, {"plan_id": "pro", "provider": "paypal"})
+    assert (error.status, error.code) == (409, "conflict")  # already on it
+    assert_clean(billing, user)

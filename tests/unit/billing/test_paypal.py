@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from services.billing import orders
+from services.billing import orders, subscriptions
 from services.billing.models import Account, Lot, Order, Payment, WebhookEvent
 from services.billing.payments import paypal_orders
 from services.billing.payments.paypal import PayPalClient, PayPalRefused, to_minor, to_value
@@ -50,10 +50,13 @@ def checkout(db, settings, events, client, user, payload=None) -> Order:
     order, needs = orders.begin_checkout(db, settings, user, payload, None, NOW, events)
     db.commit()
     assert needs and order.provider == "paypal"
+    plan = settings.plans.get(order.item_id) if order.kind == "plan" else None
     session = client.create_checkout_session(
         order_id=str(order.id), name=order.description, amount=order.amount,
         currency=order.currency, success_url="https://app.test/checkout/success",
-        cancel_url="https://app.test/checkout/cancel")
+        cancel_url="https://app.test/checkout/cancel",
+        subscription=(subscriptions.checkout_terms(plan, str(user), str(order.id))
+                      if plan is not None else None))  # ignored by PayPal's client
     order = orders.attach_session(db, order.id, session.id, session.url)
     db.commit()
     return order
