@@ -14,7 +14,7 @@ GATEWAY_PORT ?= 8000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv dev test test-unit test-integration test-e2e up down logs lint bench migrate clean
+.PHONY: help venv dev dev-keys test test-unit test-integration test-e2e up down logs lint bench migrate clean
 
 help:
 	@echo "make dev     run the whole stack locally as processes (starts RabbitMQ if installed and stopped)"
@@ -39,19 +39,32 @@ venv: $(STAMP)
 # GATEWAY_PORT=18000 make dev moves the API, and with it PUBLIC_BASE_URL (signed
 # file URLs, mail links, checkout return URLs) unless that is set too.
 # The fs backend's key ring is generated into var/storage-encryption-keys on the
-# first run (mode 600) and used from then on (STORAGE_ENCRYPTION_KEYS overrides it).
-dev: $(STAMP)
-	@$(LOCAL_SERVICES) rabbitmq
-	@mkdir -p var/mail var/objects
+# first run (mode 600) and used from then on (STORAGE_ENCRYPTION_KEYS overrides it);
+# so are the personal fields' key ring and blind-index key (var/field-encryption-keys,
+# var/field-index-key; FIELD_ENCRYPTION_KEYS and FIELD_INDEX_KEY override them).
+DEV_KEYS = STORAGE_ENCRYPTION_KEYS="$${STORAGE_ENCRYPTION_KEYS:-$$(cat var/storage-encryption-keys)}" \
+	  FIELD_ENCRYPTION_KEYS="$${FIELD_ENCRYPTION_KEYS:-$$(cat var/field-encryption-keys)}" \
+	  FIELD_INDEX_KEY="$${FIELD_INDEX_KEY:-$$(cat var/field-index-key)}"
+
+dev-keys:
+	@mkdir -p var
 	@test -s var/storage-encryption-keys || (umask 077; \
 	  printf 'dev-%s:%s\n' "$$(date +%Y%m%d)" "$$(head -c 32 /dev/urandom | base64)" \
 	  > var/storage-encryption-keys && echo "generated var/storage-encryption-keys")
-	GATEWAY_PORT=$(GATEWAY_PORT) PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) \
-	  STORAGE_ENCRYPTION_KEYS="$${STORAGE_ENCRYPTION_KEYS:-$$(cat var/storage-encryption-keys)}" \
+	@test -s var/field-encryption-keys || (umask 077; \
+	  printf 'dev-%s:%s\n' "$$(date +%Y%m%d)" "$$(head -c 32 /dev/urandom | base64)" \
+	  > var/field-encryption-keys && echo "generated var/field-encryption-keys")
+	@test -s var/field-index-key || (umask 077; head -c 32 /dev/urandom | base64 \
+	  > var/field-index-key && echo "generated var/field-index-key")
+
+dev: $(STAMP) dev-keys
+	@$(LOCAL_SERVICES) rabbitmq
+	@mkdir -p var/mail var/objects
+	GATEWAY_PORT=$(GATEWAY_PORT) PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) $(DEV_KEYS) \
 	  $(BIN)/honcho --procfile deploy/Procfile --app-root . start
 
-migrate: $(STAMP)
-	$(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
+migrate: $(STAMP) dev-keys
+	$(DEV_KEYS) $(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
 
 test: $(STAMP)
 	@$(LOCAL_SERVICES)
@@ -103,7 +116,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	@$(LOCAL_SERVICES) rabbitmq
+	@$(LOCAL_SERVICES) rabbitmq postgres
+	@-$(TEST_TOOLS) wrk
 	$(BIN)/python -m bench
 
 clean:

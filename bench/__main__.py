@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.gateway_auth", "bench.purge", "bench.pipeline", "bench.streaming"]
+BENCHMARKS = ["bench.gateway_auth", "bench.purge", "bench.pipeline", "bench.streaming",
+              "bench.read_path"]
 
 
 def main(argv: list[str]) -> int:

@@ -145,11 +145,12 @@ class Client:
 
 
 def stack(start, free_port, provider_url: str, tmp: Path, *, providers: dict | None = None,
-          routes: dict | None = None, warm_up: bool = True) -> Client:
+          routes: dict | None = None, warm_up: bool = True, env: dict | None = None) -> Client:
     """The whole stack as processes, an account with credits for every round,
     and every hop warmed up. ``providers``/``routes``: another providers file
     than the fake OpenAI images API at ``provider_url`` (then ``warm_up``
-    False skips the text-to-image warm-up jobs)."""
+    False skips the text-to-image warm-up jobs); ``env``: settings for every
+    process that win over these (other database URLs)."""
     gateway_port = free_port()
     mail_dir, objects = tmp / "mail", tmp / "objects"
     common = dict(
@@ -167,6 +168,7 @@ def stack(start, free_port, provider_url: str, tmp: Path, *, providers: dict | N
         GENERATION_MAX_ACTIVE_JOBS_PER_USER=JOBS + 10,
         GATEWAY_PORT=gateway_port, RATELIMIT_ENABLED="false",
     )
+    common.update(env or {})
     started = []
     for name in ("auth", "notifications", "storage", "billing", "generation", "privacy"):
         port = free_port()

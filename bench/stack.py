@@ -31,9 +31,18 @@ def vhost():
         requests.delete(f"{MGMT}/api/vhosts/{quoted}", timeout=30)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a gunicorn master's workers)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 @contextmanager
 def processes():
-    """Yields start(name, **env) -> (Process, env); stops everything at the end."""
+    """Yields start(name, **env) -> (Process, env); stops everything at the end.
+    ``start.by_name`` holds the last process started under each name."""
     started: list[Process] = []
     with tempfile.TemporaryDirectory() as tmp, vhost() as amqp_uri:
         def start(name: str, **extra) -> tuple[Process, dict]:
@@ -47,7 +56,10 @@ def processes():
             })
             proc = Process(name, env, Path(tmp)).start()
             started.append(proc)
+            start.by_name[name] = proc
             return proc, env
+
+        start.by_name = {}
 
         try:
             yield start, free_port

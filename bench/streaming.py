@@ -36,7 +36,7 @@ from pathlib import Path
 import requests
 
 from bench.pipeline import stack
-from bench.stack import processes
+from bench.stack import children, processes
 from services.storage.backends.fs import TEMP_PREFIX
 from tests.fakes.providers import FakeAsyncTasks, Streamed, padded_mp4, png_bytes
 
@@ -59,13 +59,6 @@ def status_kb(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 class Poller:
@@ -214,14 +207,8 @@ def main() -> None:
     with FakeAsyncTasks(api_key="sk-bench", polls_to_finish=1) as vendor, \
             processes() as (start, free_port), tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        started: dict[str, object] = {}
-
-        def recording_start(name, **env):
-            proc, env = start(name, **env)
-            started[name] = proc
-            return proc, env
-
-        client = stack(recording_start, free_port, vendor.url, tmp, warm_up=False, providers={
+        started = start.by_name
+        client = stack(start, free_port, vendor.url, tmp, warm_up=False, providers={
             "clips": {"type": "async_task", "base_url": vendor.url, "api_key": "sk-bench",
                       "poll_interval_s": 0.1, "max_download_bytes": 2 * SIZE_MB * MB},
         }, routes={"image-to-video": ["clips"]})

@@ -2,8 +2,11 @@
 # Installs the command-line checkers some tests run on our configuration files:
 #   promtool  (Debian package prometheus)  Prometheus config and alert rules
 #   caddy     (Debian package caddy)       the TLS profile's Caddyfile
+# and, when named, the benchmarks' load generator:
+#   wrk       (Debian package wrk)         bench/read_path.py (make bench)
 #
-#   deploy/test-tools.sh
+#   deploy/test-tools.sh            promtool and caddy
+#   deploy/test-tools.sh wrk        the tools named
 #
 # A tool already on PATH is left alone (a run where all is there takes no
 # time). A missing one is installed with apt-get when this runs as root (CI, a
@@ -11,9 +14,11 @@
 # is still missing: with CI=true the tests that need it fail instead of skipping.
 set -uo pipefail
 
-declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy)
+declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy [wrk]=wrk)
+tools=("$@")
+[ "${#tools[@]}" -eq 0 ] && tools=(promtool caddy)
 missing=()
-for tool in "${!PACKAGE[@]}"; do
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE[$tool]}")
 done
 [ "${#missing[@]}" -eq 0 ] && exit 0

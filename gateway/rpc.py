@@ -4,6 +4,11 @@ threads of a gunicorn (gthread) worker.
     with pool.get() as rpc:
         user = rpc.auth.get_user(user_id)
 
+    with pool.get() as rpc:  # two services at once: both requests in flight
+        pending = rpc.privacy.policy_status.call_async(user_id)
+        user = rpc.auth.get_user(user_id)
+        status = rpc.wait(pending, 2.0)  # its own, shorter wait
+
 - Checkout is exclusive: a proxy (its reply queue and connection) is used by
   one thread at a time; at most ``size`` proxies exist per process.
 - Each checkout puts the request's correlation id in the proxy's worker
@@ -97,6 +102,17 @@ class _ClusterProxy(ClusterProxy):
         if name not in self._proxies:
             self._proxies[name] = _ServiceProxy(self._worker_ctx, name, self._reply_listener)
         return self._proxies[name]
+
+    def wait(self, reply, timeout: float):
+        """The result of ``reply`` (from ``proxy.<service>.<method>.call_async``),
+        waiting at most ``timeout`` seconds for it rather than the checkout's
+        timeout: RpcTimeout after that (and the pool discards this proxy)."""
+        consumer = self._reply_listener.queue_consumer
+        saved, consumer.timeout = consumer.timeout, timeout
+        try:
+            return reply.result()
+        finally:
+            consumer.timeout = saved
 
 
 class _BoundedQueueConsumer(PollingQueueConsumer):

@@ -17,6 +17,7 @@
     darkroom-ops storage purge [--dry-run] [--batch-size N]
     darkroom-ops storage report [--json]
     darkroom-ops storage rekey [--storage-config PATH]
+    darkroom-ops fields (status | rekey [--batch-size N]) [--service NAME]...
     darkroom-ops billing verify [--user ID] [--json]
     darkroom-ops billing adjust --user ID --credits N --reason TEXT [--idempotency-key K]
     darkroom-ops billing refund ORDER [--amount N]
@@ -56,6 +57,7 @@ from ops import billing as billing_ops  # noqa: E402
 from ops import breach as breach_ops  # noqa: E402
 from ops import dlq as dlq_ops  # noqa: E402
 from ops import doctor as doctor_ops  # noqa: E402
+from ops import fields as field_ops  # noqa: E402
 from ops import jobs as jobs_ops  # noqa: E402
 from ops import keys as key_ops  # noqa: E402
 from ops import privacy as privacy_ops  # noqa: E402
@@ -668,6 +670,7 @@ def doctor(ctx, only):
 
 cli.add_command(breach_ops.breach)
 cli.add_command(backup_ops.backup)  # darkroom-ops backup: ops/backup.py
+cli.add_command(field_ops.fields)  # darkroom-ops fields: ops/fields.py
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """The API's blueprints, registered in this order by gateway.app.create_app."""
 
+from gateway.api import passkeys  # noqa: F401  (its routes join auth_blp and me_blp)
 from gateway.api.accounts import auth_blp, me_blp
 from gateway.api.billing import billing_blp
 from gateway.api.files import files_blp

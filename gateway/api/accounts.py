@@ -3,9 +3,12 @@ service's RPC surface. Request bodies and responses use the auth contracts."""
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from flask import current_app, g, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
+from nameko.exceptions import RemoteError, UnknownService
 
 from gateway.api.common import Blueprint, call, errors, for_caller, present
 from gateway.auth import authenticated, current_principal
@@ -39,16 +42,34 @@ class Me(c.User):
 POLICY_TIMEOUT_SECONDS = 2.0
 
 
-def _policy_status(user_id: str) -> dict | None:
-    """The account's policy status; None when privacy does not answer within
-    a short wait (the account page must not fail, or hang, for it)."""
+def _user_and_policy(user_id: str) -> tuple[dict, dict | None]:
+    """The account (auth) and its policy status (privacy), both requests in
+    flight at once over one pooled proxy. The policy status is None when
+    privacy does not answer within a short wait (the account page must not
+    fail, or hang, for it)."""
+    user = None
     try:
-        with current_app.extensions["darkroom"].rpc.get(timeout=POLICY_TIMEOUT_SECONDS) as proxy:
-            return proxy.privacy.policy_status(user_id)
+        with current_app.extensions["darkroom"].rpc.get() as proxy:
+            try:
+                pending = proxy.privacy.policy_status.call_async(user_id)
+            except UnknownService:  # no privacy service runs: no policy status
+                pending = None
+            try:
+                user = proxy.auth.get_user(user_id)
+            except Exception:
+                # collect privacy's reply all the same: a reply left unread
+                # would stay on this pooled proxy's reply queue
+                if pending is not None:
+                    with suppress(DomainError, RemoteError):
+                        proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
+                raise
+            if pending is None:
+                return user, None
+            return user, proxy.wait(pending, POLICY_TIMEOUT_SECONDS)
     except DomainError as exc:
-        if exc.status < 500:
+        if user is None or exc.status < 500:
             raise
-        return None
+        return user, None
 
 
 def client_info() -> dict:
@@ -142,9 +163,8 @@ class MeView(MethodView):
     @authenticated
     def get(self):
         """The caller's account, and whether a new privacy policy version awaits acceptance"""
-        user_id = current_principal().user_id
-        user = call(None, "auth.get_user", user_id)
-        return present(Me, {**user, "policy": _policy_status(user_id)})
+        user, policy = _user_and_policy(current_principal().user_id)
+        return present(Me, {**user, "policy": policy})
 
     @me_blp.response(200, c.User)
     @authenticated

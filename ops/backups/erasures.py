@@ -21,6 +21,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.common import fieldcrypt
 from services.common.engine import make_engine
 from services.common.ids import isoformat, parse_uuid, pseudonym, trusted_id, utcnow
 
@@ -125,6 +126,8 @@ def replay(urls: dict[str, str], configs: dict[str, dict], backend, erasure_log:
             break
         module = __import__(f"services.{service}.privacy", fromlist=["erase"])
         settings = _settings(service, configs[service], backend)
+        # its personal fields are read (auth: the address) with its own keys
+        fieldcrypt.configure_from(configs[service])
         engine = make_engine(urls[service])
         try:
             with Session(engine) as db:

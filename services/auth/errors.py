@@ -56,3 +56,25 @@ def totp_required() -> DomainError:
 
 def invalid_totp(status: int = 401) -> DomainError:
     return DomainError("invalid_totp", "the one-time code is not valid", status)
+
+
+# ---------------------------------------------------------------- passkeys
+
+
+def passkey_challenge_invalid() -> DomainError:
+    """The challenge in the browser's answer was not handed out, was used, or expired."""
+    return DomainError("passkey_challenge_invalid",
+                       "the passkey request has expired or was already used; start again", 400)
+
+
+def invalid_passkey(status: int = 400, reason: str | None = None) -> DomainError:
+    return DomainError("invalid_passkey", "the passkey could not be verified", status,
+                       {"reason": reason} if reason else None)
+
+
+def passkey_clone_suspected() -> DomainError:
+    """The authenticator's signature counter went backwards: two copies of one
+    passkey are in use, one of them not the owner's."""
+    return DomainError("passkey_clone_suspected",
+                       "this passkey looks copied (its counter went backwards); it is refused: "
+                       "sign in another way and remove it", 401)

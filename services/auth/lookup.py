@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.auth.models import User, UserSession
+from services.auth import passwords
+from services.auth.models import Identity, Passkey, User, UserSession
 from services.common.errors import forbidden, not_found
+from services.common.fieldcrypt import email_index
 from services.common.ids import trusted_id
 
 
@@ -21,7 +23,22 @@ def get_user(db: Session, user_id) -> User:
 
 def find_user_by_email(db: Session, email: str) -> User | None:
     """``email`` must already be normalised (the request schemas do it)."""
-    return db.scalar(select(User).where(User.email == email))
+    return db.scalar(select(User).where(User.email_index == email_index(email)))
+
+
+def other_ways_to_sign_in(db: Session, user: User, *, identity=None, passkey=None) -> int:
+    """How many ways to sign in ``user`` keeps besides the ``identity`` or
+    ``passkey`` about to be removed: its password, linked provider accounts,
+    passkeys. Zero: removing it would lock the account out for good."""
+
+    def count(model, leaving) -> int:
+        stmt = select(func.count()).select_from(model).where(model.user_id == user.id)
+        if leaving is not None:
+            stmt = stmt.where(model.id != leaving.id)
+        return db.scalar(stmt)
+
+    return (int(passwords.has_password(user.password_hash)) + count(Identity, identity)
+            + count(Passkey, passkey))
 
 
 def ensure_verified(user: User) -> None:

@@ -1,5 +1,9 @@
 """The auth service's tables.
 
+Personal fields (addresses, display names, bios, sessions' user agents and
+networks, the history of changes) are encrypted (services/common/fieldcrypt.py);
+addresses are found by their blind index (``email_index``).
+
 Secrets are never stored in a form that can be replayed: session tokens, API
 keys and password-reset tokens as SHA-256, verification codes and login
 networks as HMACs keyed with ``AUTH.SECRET_KEY``, passwords as argon2id. TOTP
@@ -13,10 +17,12 @@ import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, validates
 
-from services.common.contracts.auth import BIO_MAX, DISPLAY_NAME_MAX, EMAIL_MAX, KEY_NAME_MAX
+from services.common.contracts.auth import KEY_NAME_MAX
+from services.common.contracts.passkeys import PASSKEY_CREDENTIAL_ID_MAX
 from services.common.db import UtcDateTime
+from services.common.fieldcrypt import Encrypted, EncryptedJSON, email_index, email_index_of
 from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
@@ -30,13 +36,17 @@ def _user_fk() -> sa.ForeignKey:
 class User(IdMixin, Base):
     __tablename__ = "users"
 
-    email: Mapped[str] = mapped_column(sa.String(EMAIL_MAX), unique=True)
+    # Encrypted (services/common/fieldcrypt.py); found by its blind index,
+    # kept in step by _index_email.
+    email: Mapped[str] = mapped_column(Encrypted("users.email"))
+    email_index: Mapped[str] = mapped_column(sa.String(64), unique=True,
+                                             default=email_index_of("email"))
     email_verified: Mapped[bool] = mapped_column(
         sa.Boolean, default=False, server_default=sa.false()
     )
     password_hash: Mapped[str] = mapped_column(sa.String(255))
-    display_name: Mapped[str | None] = mapped_column(sa.String(DISPLAY_NAME_MAX))
-    bio: Mapped[str | None] = mapped_column(sa.String(BIO_MAX))
+    display_name: Mapped[str | None] = mapped_column(Encrypted("users.display_name"))
+    bio: Mapped[str | None] = mapped_column(Encrypted("users.bio"))
     avatar_image_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     plan: Mapped[str] = mapped_column(sa.String(32))
     processing_restricted: Mapped[bool] = mapped_column(
@@ -60,6 +70,11 @@ class User(IdMixin, Base):
     def totp_enabled(self) -> bool:
         return self.totp_secret is not None
 
+    @validates("email")
+    def _index_email(self, _key, value):
+        self.email_index = email_index(value)
+        return value
+
 
 class UserSession(IdMixin, Base):
     __tablename__ = "sessions"
@@ -71,9 +86,9 @@ class UserSession(IdMixin, Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
-    user_agent: Mapped[str | None] = mapped_column(sa.String(300))
+    user_agent: Mapped[str | None] = mapped_column(Encrypted("sessions.user_agent"))
     # The client's network (IPv4 /24, IPv6 /48), shown in the sessions list.
-    network: Mapped[str | None] = mapped_column(sa.String(64))
+    network: Mapped[str | None] = mapped_column(Encrypted("sessions.network"))
 
 
 class ApiKey(IdMixin, Base):
@@ -97,20 +112,27 @@ class EmailVerification(IdMixin, Base):
     # One live code per account and address: a second request made at the same
     # moment as the first cannot leave two codes to guess at.
     __table_args__ = (
-        sa.Index("uq_email_verifications_live", "user_id", "email", unique=True,
+        sa.Index("uq_email_verifications_live", "user_id", "email_index", unique=True,
               postgresql_where=sa.text("used_at IS NULL AND superseded_at IS NULL"),
               sqlite_where=sa.text("used_at IS NULL AND superseded_at IS NULL")),
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
     purpose: Mapped[str] = mapped_column(sa.String(20))
-    email: Mapped[str] = mapped_column(sa.String(EMAIL_MAX), index=True)
+    email: Mapped[str] = mapped_column(Encrypted("email_verifications.email"))
+    email_index: Mapped[str] = mapped_column(sa.String(64), index=True,
+                                             default=email_index_of("email"))
     code_hmac: Mapped[str] = mapped_column(sa.String(64))
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    @validates("email")
+    def _index_email(self, _key, value):
+        self.email_index = email_index(value)
+        return value
 
 
 class PasswordReset(IdMixin, Base):
@@ -172,8 +194,46 @@ class AccountChange(IdMixin, Base):
 
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk(), index=True)
     kind: Mapped[str] = mapped_column(sa.String(32))  # email_changed | profile_updated
-    changes: Mapped[dict] = mapped_column(sa.JSON)  # {field: {"from": ..., "to": ...}}
+    # {field: {"from": ..., "to": ...}}: addresses, names, bios, so encrypted
+    changes: Mapped[dict] = mapped_column(EncryptedJSON("account_changes.changes"))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Passkey(IdMixin, Base):
+    """A WebAuthn credential (services/auth/passkeys.py): a passwordless sign-in
+    and a second factor. Only its public key is kept; ``sign_count`` is the
+    authenticator's counter at its last use (a counter that goes backwards
+    betrays a cloned authenticator)."""
+
+    __tablename__ = "passkeys"
+    __table_args__ = (sa.Index("ix_passkeys_user_id_created_at", "user_id", "created_at"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, _user_fk())
+    # base64url of the credential id (at most 1023 bytes by WebAuthn)
+    credential_id: Mapped[str] = mapped_column(sa.String(PASSKEY_CREDENTIAL_ID_MAX), unique=True)
+    public_key: Mapped[bytes] = mapped_column(sa.LargeBinary)  # COSE_Key
+    sign_count: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    name: Mapped[str] = mapped_column(sa.String(KEY_NAME_MAX))
+    aaguid: Mapped[str] = mapped_column(sa.String(36))  # the authenticator's model
+    transports: Mapped[list] = mapped_column(sa.JSON)
+    backed_up: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class PasskeyChallenge(IdMixin, Base):
+    """A WebAuthn challenge handed out with registration or sign-in options,
+    as its SHA-256: used once (deleted as it is checked), valid for
+    ``AUTH_WEBAUTHN_CHALLENGE_TTL_SECONDS``. A registration's names its
+    account; a sign-in's none (the passkey names the account)."""
+
+    __tablename__ = "passkey_challenges"
+
+    challenge_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(sa.String(20))  # registration | authentication
+    user_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, _user_fk(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 # Events waiting to be published (services.common.outbox).
@@ -189,9 +249,12 @@ class ProviderAccount:
 
     provider: Mapped[str] = mapped_column(sa.String(32))
     subject: Mapped[str] = mapped_column(sa.String(255))
-    email: Mapped[str | None] = mapped_column(sa.String(EMAIL_MAX))
     email_verified: Mapped[bool] = mapped_column(sa.Boolean, default=False,
                                                  server_default=sa.false())
+
+    @declared_attr
+    def email(cls) -> Mapped[str | None]:  # a personal field, encrypted per table
+        return mapped_column(Encrypted(f"{cls.__tablename__}.email"), nullable=True)
 
 
 class Identity(IdMixin, ProviderAccount, Base):

@@ -44,12 +44,12 @@ from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.auth import age, passwords, sessions, verification
 from services.auth.errors import RecordedFailure, account_disabled, email_taken
-from services.auth.lookup import find_user_by_email
+from services.auth.lookup import find_user_by_email, other_ways_to_sign_in
 from services.auth.models import Identity, OidcCode, OidcFlow, User
 from services.auth.settings import AuthSettings, OidcProvider
 from services.auth.tokens import sha256_hex
@@ -425,15 +425,13 @@ def list_identities(db: Session, user: User) -> list[Identity]:
 
 def unlink(db: Session, user: User, identity_id) -> Identity:
     """Remove one of the account's identities; 404 for another's; 409
-    ``last_sign_in_method`` when the account has no password and this is its
-    only identity (it could never sign in again)."""
+    ``last_sign_in_method`` when the account has no password, no passkey and
+    this is its only identity (it could never sign in again)."""
     locked(db, User, user.id)  # two unlinks at once cannot both take the last two
     identity = db.get(Identity, client_id(identity_id, "identity"))
     if identity is None or identity.user_id != user.id:
         raise not_found("identity")
-    others = db.scalar(select(func.count()).select_from(Identity).where(
-        Identity.user_id == user.id, Identity.id != identity.id))
-    if not passwords.has_password(user.password_hash) and not others:
+    if not other_ways_to_sign_in(db, user, identity=identity):
         raise conflict("this is the account's only way to sign in: set a password first "
                        "(password reset)", code="last_sign_in_method")
     db.delete(identity)

@@ -25,6 +25,8 @@ from services.auth.models import (
     KnownNetwork,
     OidcCode,
     OidcFlow,
+    Passkey,
+    PasskeyChallenge,
     PasswordReset,
     Throttle,
     User,
@@ -40,7 +42,8 @@ ABOUT = (
     "Your account: address, profile, plan, whether two-factor sign-in is on; the "
     "history of its address and profile changes (when, from what, to what); your "
     "sessions (when, which browser, which network: a /24 or /48, never a full address) "
-    "and API keys (name and prefix) until they are purged; verification codes and "
+    "and API keys (name and prefix) until they are purged; your passkeys (name, "
+    "authenticator model, when added and last used); verification codes and "
     "password resets still on record (when, for which address; never the code or token); "
     "the accounts at sign-in providers (Google...) linked to it (provider, address, when); "
     "whether it was found to meet the minimum age (never a birth date)."
@@ -53,6 +56,9 @@ WITHHELD = [
     {"what": "the two-factor (TOTP) secret and the webhook signing secret",
      "why": "they are credentials: an archive that leaks must not give access to your account "
             "(the webhook secret is shown at GET /v1/me/webhook-secret)"},
+    {"what": "your passkeys' public keys and signature counters, and passkey challenges",
+     "why": "they only check your authenticator's signatures; challenges are single-use and "
+            "live for minutes"},
     {"what": "the networks you signed in from, beyond their count and dates",
      "why": "they are stored only as keyed hashes, used to notice sign-ins from new places"},
     {"what": "failed sign-in attempts",
@@ -64,6 +70,7 @@ CHILD_TABLES = (
     ("password_resets", PasswordReset), ("known_networks", KnownNetwork),
     ("webhook_secrets", WebhookSecret), ("identities", Identity), ("oidc_flows", OidcFlow),
     ("oidc_codes", OidcCode),
+    ("passkeys", Passkey), ("passkey_challenges", PasskeyChallenge),
 )
 
 
@@ -114,6 +121,12 @@ def export(db: Session, settings: AuthSettings, user_id) -> dict:
              "created_at": isoformat(k.created_at), "last_used_at": isoformat(k.last_used_at),
              "revoked_at": isoformat(k.revoked_at)}
             for k in rows(ApiKey, ApiKey.created_at)
+        ],
+        "passkeys": [
+            {"id": str(p.id), "name": p.name, "aaguid": p.aaguid, "transports": p.transports,
+             "backed_up": p.backed_up, "created_at": isoformat(p.created_at),
+             "last_used_at": isoformat(p.last_used_at)}
+            for p in rows(Passkey, Passkey.created_at)
         ],
         "email_verifications": [
             {"purpose": v.purpose, "email": v.email, "created_at": isoformat(v.created_at),
@@ -174,10 +187,11 @@ def retention_items(settings: AuthSettings) -> list[dict]:
     code_minutes = settings.verification_code_ttl.total_seconds() / 60
     reset_minutes = settings.password_reset_ttl.total_seconds() / 60
     window = settings.login_failure_window.total_seconds()
+    challenge_seconds = settings.webauthn.challenge_ttl.total_seconds()
     purge = "the auth service's purge, every 10 minutes"
     return [
-        {"data": "account (address, profile, password hash), API keys, linked sign-in "
-                 "providers",
+        {"data": "account (address, profile, password hash), API keys, passkeys, linked "
+                 "sign-in providers",
          "kept": "until the account is erased", "days": None,
          "enforced_by": "erasure (privacy request)"},
         {"data": "sessions", "kept": f"{days:g} days, less when revoked (signed out)",
@@ -192,6 +206,10 @@ def retention_items(settings: AuthSettings) -> list[dict]:
          "kept": f"{settings.oidc_flow_ttl.total_seconds():g} seconds (a flow), "
                  f"{settings.oidc_code_ttl.total_seconds():g} seconds (a code), less when used",
          "days": round(settings.oidc_flow_ttl.total_seconds() / 86400, 6), "enforced_by": purge},
+        {"data": "passkey challenges (hashed)",
+         "kept": f"valid {challenge_seconds:g} seconds, deleted once used; the rest a day "
+                 "after they expire",
+         "days": round(challenge_seconds / 86400 + 1, 6), "enforced_by": purge},
         {"data": "failed sign-in attempts (keyed hashes of address and network)",
          "kept": f"{window:g} seconds", "days": round(window / 86400, 6), "enforced_by": purge},
     ]

@@ -1,6 +1,7 @@
 """Retention of the auth database: what is dead is deleted, on a timer.
 
-Expired or revoked sessions, verification codes and reset tokens a day past
+Expired or revoked sessions, verification codes, reset tokens and passkey
+challenges a day past
 their end, and throttles (attempts counted against a login or an address)
 whose window and lock have both run out: such a row counts nothing any more;
 OpenID sign-in flows and one-time codes once expired (minutes). Accounts and API keys (revoked ones included, for the audit of who
@@ -18,6 +19,7 @@ from services.auth.models import (
     EmailVerification,
     OidcCode,
     OidcFlow,
+    PasskeyChallenge,
     PasswordReset,
     Throttle,
     UserSession,
@@ -42,6 +44,8 @@ def purge_expired(db: Session, settings: AuthSettings, now: datetime) -> dict[st
         # OpenID sign-ins never finished, and one-time codes never exchanged
         "oidc_flows": delete(OidcFlow).where(OidcFlow.expires_at <= now),
         "oidc_codes": delete(OidcCode).where(OidcCode.expires_at <= now),
+        "passkey_challenges": delete(PasskeyChallenge).where(
+            PasskeyChallenge.expires_at < now - GRACE),
         "throttles": delete(Throttle).where(and_(
             Throttle.window_started_at < now - window,
             or_(Throttle.locked_until.is_(None), Throttle.locked_until < now),

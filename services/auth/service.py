@@ -23,6 +23,7 @@ from services.auth import (
     lookup,
     oidc,
     operators,
+    passkeys,
     reauth,
     retention,
     sessions,
@@ -31,14 +32,15 @@ from services.auth import (
 )
 from services.auth import privacy as privacy_data
 from services.auth.errors import RecordedFailure, email_taken, invalid_credentials
-from services.auth.models import outbox
+from services.auth.models import Base, outbox
 from services.auth.settings import AuthSettings
 from services.common.contracts import PageQuery, load_rpc
 from services.common.contracts import auth as c
 from services.common.contracts import oidc as oc
+from services.common.contracts import passkeys as pc
 from services.common.contracts import privacy as privacy_contracts
 from services.common.db import Database
-from services.common.errors import DomainError, invalid_request, unrecorded
+from services.common.errors import DomainError, conflict, invalid_request, unrecorded
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
@@ -59,7 +61,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
     name = "auth"
     privacy = privacy_data  # its part of privacy requests
 
-    db = Database(migrations=Path(__file__).parent / "migrations")
+    db = Database(migrations=Path(__file__).parent / "migrations", metadata=Base.metadata)
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(AuthSettings.from_config)  # a missing SECRET_KEY stops the start
 
@@ -444,6 +446,82 @@ class AuthService(PrivacyParticipant, DarkroomService):
                    "api_keys_revoked": changed["api_keys_revoked"]},
         )
         return c.AdminChanged().dump(changed)
+
+    # ------------------------------------------------------------ passkeys (WebAuthn)
+
+    @rpc(expected_exceptions=DomainError)
+    def list_passkeys(self, user_id, page=None) -> dict:
+        query = load_rpc(PageQuery, page)
+        user = lookup.get_user(self.db, user_id)
+        rows, next_cursor = passkeys.list_for(self.db, user, query["limit"], query["cursor"])
+        return pc.PasskeyPage().dump({"items": [passkeys.view(p) for p in rows],
+                                      "next_cursor": next_cursor})
+
+    @rpc(expected_exceptions=DomainError)
+    def passkey_registration_options(self, user_id, session_id=None) -> dict:
+        """``session_id``: the caller's session (a passkey is added from one, never
+        with an API key alone: 403 ``session_required``)."""
+        user = lookup.get_user(self.db, user_id)
+        options = passkeys.registration_options(self.db, self.settings, user, session_id,
+                                                utcnow())
+        self.db.commit()
+        return pc.PasskeyOptions().dump(options)
+
+    @rpc(expected_exceptions=DomainError)
+    def register_passkey(self, user_id, payload, session_id=None) -> dict:
+        data = load_rpc(pc.RegisterPasskey, payload)
+
+        def register_once():
+            user = lookup.get_user(self.db, user_id)
+            with self._recording_failures():
+                passkey = passkeys.register(self.db, self.settings, user, session_id,
+                                            data["credential"], data["name"], utcnow())
+            answer = pc.Passkey().dump(passkeys.view(passkey))
+            self.db.commit()
+            return answer
+
+        # the same authenticator registered twice at once: one of them wins
+        answer = first_wins(self.db, register_once,
+                            conflict("this passkey is already registered", code="passkey_exists"))
+        log.info("passkey registered", extra={"user_id": str(user_id), "passkey_id": answer["id"]})
+        return answer
+
+    @rpc(expected_exceptions=DomainError)
+    def delete_passkey(self, user_id, passkey_id) -> None:
+        user = lookup.get_user(self.db, user_id)
+        passkeys.remove(self.db, user, passkey_id)
+        self.db.commit()
+        log.info("passkey removed", extra={"user_id": str(user.id), "passkey_id": str(passkey_id)})
+        return None
+
+    @rpc(expected_exceptions=DomainError)
+    def passkey_login_options(self) -> dict:
+        options = passkeys.authentication_options(self.db, self.settings, utcnow())
+        self.db.commit()
+        return pc.PasskeyOptions().dump(options)
+
+    @rpc(expected_exceptions=DomainError)
+    def passkey_login(self, payload, client_ip=None, user_agent=None) -> dict:
+        """A session for the passkey's account, answered exactly like a login."""
+        data = load_rpc(pc.PasskeyLogin, payload)
+        client_ip = _string_or_none(client_ip, "client_ip")
+        user_agent = _string_or_none(user_agent, "user_agent")
+
+        def login_once():
+            with self._recording_failures():
+                result = passkeys.login(self.db, self.settings, data["credential"], client_ip,
+                                        user_agent, utcnow())
+            if result.suspicious_login is not None:
+                self.dispatch("suspicious_login", result.suspicious_login)
+            self.db.commit()
+            return result
+
+        result = first_wins(self.db, login_once)
+        log.info("login", extra={"user_id": str(result.user.id),
+                                 "session_id": str(result.session.id), "method": "passkey",
+                                 "new_network": result.suspicious_login is not None})
+        return c.LoggedIn().dump(
+            {"token": result.token, "expires_at": result.session.expires_at, "user": result.user})
 
     # ------------------------------------------------------------ operators (darkroom-ops)
 

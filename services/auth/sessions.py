@@ -22,8 +22,8 @@ from services.auth.models import ApiKey, KnownNetwork, User, UserSession
 from services.auth.networks import network_digest
 from services.auth.settings import AuthSettings
 from services.auth.tokens import api_key_prefix, is_api_key, new_session_token, sha256_hex
-from services.common.errors import invalid_request, not_found, unauthenticated
-from services.common.ids import client_id, isoformat, trusted_id
+from services.common.errors import forbidden, invalid_request, not_found, unauthenticated
+from services.common.ids import client_id, isoformat, parse_uuid, trusted_id
 from services.common.networks import network_of
 from services.common.pagination import paginate
 
@@ -101,7 +101,7 @@ def login(
 def open_session(db: Session, settings: AuthSettings, user: User, client_ip: str | None,
                  user_agent: str | None, now: datetime) -> LoginResult:
     """A new session for ``user``, whose credentials were checked (a password,
-    an OpenID provider's ID token), and the new network it came from, if any."""
+    an OpenID provider's ID token, a passkey), and the new network it came from, if any."""
     token = new_session_token()
     network = network_of(client_ip)
     session = UserSession(
@@ -208,6 +208,18 @@ def authenticate(
     if credential.last_used_at is None or now - credential.last_used_at >= TOUCH_INTERVAL:
         credential.last_used_at = now
     return user, kind, credential
+
+
+def ensure_signed_in(db: Session, user: User, session_id, now: datetime) -> UserSession:
+    """The live session ``session_id`` of ``user``: what a change that hands
+    out a way to sign in (a passkey) is made with, never an API key alone.
+    403 ``session_required`` otherwise."""
+    parsed = parse_uuid(session_id)
+    session = db.get(UserSession, parsed) if parsed is not None else None
+    if session is None or session.user_id != user.id or session.revoked_at is not None \
+            or session.expires_at <= now:
+        raise forbidden("sign in (a session, not an API key) to do this", code="session_required")
+    return session
 
 
 def principal(user: User, kind: str, credential: UserSession | ApiKey) -> dict:

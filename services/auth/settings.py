@@ -7,8 +7,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlsplit
 
-from services.common.config import Section, app_base_url, public_base_url
+from services.common.config import (
+    DEFAULT_PUBLIC_BASE_URL,
+    Section,
+    app_base_url,
+    public_base_url,
+)
 from services.common.sealed import Sealer
 
 AGE_CHECKS = ("birth_date", "attestation")
@@ -49,6 +55,41 @@ def oidc_providers(names, environ: Mapping[str, str]) -> dict[str, OidcProvider]
     return providers
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class WebAuthnSettings:
+    """Passkeys (services/auth/passkeys.py): the relying party the browser
+    binds each passkey to, and the origins its pages run on. By default both
+    come from ``APP_BASE_URL`` (``PUBLIC_BASE_URL`` when unset): the RP id is
+    its host name, the one origin its scheme, host and port."""
+
+    rp_id: str = urlsplit(DEFAULT_PUBLIC_BASE_URL).hostname or "localhost"
+    rp_name: str = "Darkroom"
+    origins: tuple[str, ...] = (_origin(DEFAULT_PUBLIC_BASE_URL),)
+    challenge_ttl: timedelta = timedelta(seconds=300)
+
+    @classmethod
+    def from_section(cls, section: Section) -> WebAuthnSettings:
+        base = app_base_url(section.values)
+        origins = [o.strip().rstrip("/") for o in str(section.get("WEBAUTHN_ORIGINS", ""))
+                   .split(",") if o.strip()] or [_origin(base)]
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or \
+                    _origin(origin) != origin:
+                raise ValueError(f"AUTH.WEBAUTHN_ORIGINS: {origin!r} is not an origin "
+                                 "(scheme://host[:port])")
+        challenge_ttl = timedelta(seconds=section.positive(
+            "WEBAUTHN_CHALLENGE_TTL_SECONDS", cls.challenge_ttl.total_seconds(), float))
+        return cls(rp_id=str(section.get("WEBAUTHN_RP_ID", "") or urlsplit(base).hostname),
+                   rp_name=str(section.get("WEBAUTHN_RP_NAME", "") or cls.rp_name),
+                   origins=tuple(origins), challenge_ttl=challenge_ttl)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     secret_key: bytes
@@ -79,6 +120,8 @@ class AuthSettings:
     # The age gate (services/auth/age.py): 0 is off.
     minimum_age: int = 0
     age_check: str = "birth_date"
+    # Passkeys (services/auth/passkeys.py).
+    webauthn: WebAuthnSettings = field(default_factory=WebAuthnSettings)
 
     @classmethod
     def from_config(cls, config: dict) -> AuthSettings:
@@ -113,6 +156,7 @@ class AuthSettings:
             login_lockout=duration("LOGIN_LOCKOUT_SECONDS", d.login_lockout, "seconds"),
             totp_issuer=str(get("TOTP_ISSUER", d.totp_issuer)),
             default_plan=str(get("DEFAULT_PLAN", d.default_plan)),
+            webauthn=WebAuthnSettings.from_section(section),
             **cls._oidc_and_age(config, section, os.environ),
         )
 

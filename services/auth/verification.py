@@ -31,6 +31,7 @@ from services.auth.errors import RecordedFailure, code_expired, email_taken, inv
 from services.auth.models import EmailVerification, User
 from services.auth.settings import AuthSettings
 from services.auth.tokens import code_digest, digests_equal, new_verification_code
+from services.common.fieldcrypt import email_index
 from services.common.ids import isoformat, new_id
 from services.common.races import first_wins
 
@@ -100,7 +101,7 @@ def verify(db: Session, settings: AuthSettings, email: str, code: str, now: date
     updated first and stays locked until the commit: tries for one address are
     checked one after the other."""
     candidates = db.scalars(
-        _active(select(EmailVerification).where(EmailVerification.email == email))
+        _active(select(EmailVerification).where(EmailVerification.email_index == email_index(email)))
         .order_by(EmailVerification.created_at.desc())
     ).all()
     if not candidates:
@@ -132,7 +133,7 @@ def _complete(db: Session, verification: EmailVerification, now: datetime) -> Us
     verification.used_at = now
     if verification.purpose == EMAIL_CHANGE:
         taken = db.scalar(
-            select(User.id).where(User.email == verification.email, User.id != user.id)
+            select(User.id).where(User.email_index == verification.email_index, User.id != user.id)
         )
         if taken is not None:
             raise email_taken()
@@ -152,7 +153,7 @@ def resend(db: Session, settings: AuthSettings, email: str, now: datetime) -> li
     of other accounts moving to ``email`` are not touched (their owners ask
     again with ``POST /v1/me/email``), so a stranger cannot renew them, nor
     their attempts. Returns the event payloads to publish (often none)."""
-    user = db.scalar(select(User).where(User.email == email))
+    user = db.scalar(select(User).where(User.email_index == email_index(email)))
     if user is None or user.email_verified:
         return []
     if recently_sent(db, settings, user, REGISTRATION, email, now):
@@ -177,7 +178,7 @@ def recently_sent(
         .where(
             EmailVerification.user_id == user.id,
             EmailVerification.purpose == purpose,
-            EmailVerification.email == email,
+            EmailVerification.email_index == email_index(email),
         )
         .order_by(EmailVerification.created_at.desc())
         .limit(1)

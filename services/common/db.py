@@ -27,6 +27,7 @@ from sqlalchemy import Column, DateTime, String, Table, event, select, types
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common import fieldcrypt
 from services.common.engine import make_engine, normalise_url  # noqa: F401 (imported from here too)
 from services.common.ids import utcnow
 from services.common.migrations import upgrade
@@ -113,10 +114,16 @@ class Database(DependencyProvider):
 
     ``migrations`` is the service's alembic directory; config keys:
     ``DATABASE_URL`` (required) and ``DB_MIGRATE_ON_START`` (default true).
+    A service with encrypted personal fields passes its ``metadata`` and has
+    ``FIELD_ENCRYPTION_KEYS``/``FIELD_INDEX_KEY`` in its config: the keys are
+    configured before the migrations run, and the service refuses to start
+    when they cannot read what the database holds
+    (services/common/fieldcrypt.py).
     """
 
-    def __init__(self, migrations: str | Path | None = None):
+    def __init__(self, migrations: str | Path | None = None, metadata=None):
         self.migrations = str(migrations) if migrations else None
+        self.metadata = metadata
         self.engine: Engine | None = None
         self.sessionmaker: sessionmaker | None = None
         self.sessions: WeakKeyDictionary = WeakKeyDictionary()
@@ -124,9 +131,13 @@ class Database(DependencyProvider):
     def setup(self):
         config = self.container.config
         url = config["DATABASE_URL"]
+        fieldcrypt.configure_from(config)
         if self.migrations and config.get("DB_MIGRATE_ON_START", True):
             upgrade(self.migrations, url)
         self.engine = make_engine(url)
+        if self.metadata is not None:
+            with self.engine.connect() as connection:
+                fieldcrypt.check_readable(connection, self.metadata)
         self.sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
 
     def stop(self):

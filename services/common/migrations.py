@@ -12,10 +12,12 @@ import sys
 import zlib
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import text
 
+from services.common import fieldcrypt
 from services.common.config import config_path, load_config
 from services.common.engine import make_engine, normalise_url
 
@@ -67,6 +69,35 @@ def run_env(target_metadata) -> None:
         engine.dispose()
 
 
+def encrypt_columns(table: str, columns: dict, key: tuple[str, ...] = ("id",)) -> None:
+    """In a migration: make ``columns`` (name → (purpose, type before)) of
+    ``table`` encrypted personal fields (services/common/fieldcrypt.py): text
+    columns, their rows encrypted with the process's keys."""
+    from alembic import op
+
+    with op.batch_alter_table(table) as batch:
+        for name, (_, before) in columns.items():
+            batch.alter_column(name, type_=sa.Text(), existing_type=before,
+                               postgresql_using=f"{name}::text")
+    fieldcrypt.convert_rows(op.get_bind(), table, list(key),
+                            {name: purpose for name, (purpose, _) in columns.items()},
+                            fieldcrypt.encrypt_value)
+
+
+def decrypt_columns(table: str, columns: dict, key: tuple[str, ...] = ("id",)) -> None:
+    """The downgrade of :func:`encrypt_columns`: plaintext in the types of before."""
+    from alembic import op
+
+    fieldcrypt.convert_rows(op.get_bind(), table, list(key),
+                            {name: purpose for name, (purpose, _) in columns.items()},
+                            fieldcrypt.decrypt_value)
+    with op.batch_alter_table(table) as batch:
+        for name, (_, before) in columns.items():
+            cast = "json" if isinstance(before, sa.JSON) else f"varchar({before.length})"
+            batch.alter_column(name, type_=before, existing_type=sa.Text(),
+                               postgresql_using=f"{name}::{cast}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m services.common.migrations auth [notifications ...]``"""
     names = argv if argv is not None else sys.argv[1:]
@@ -75,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in names:
         config = load_config(config_path(name))
+        fieldcrypt.configure_from(config)  # a migration may encrypt personal fields
         upgrade(SERVICES_DIR / name / "migrations", config["DATABASE_URL"])
         print(f"{name}: migrated")
     return 0

@@ -18,8 +18,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.contracts.auth import EMAIL_MAX
 from services.common.db import UtcDateTime, processed_events_table
+from services.common.fieldcrypt import Encrypted
 from services.common.ids import utcnow
 from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
@@ -38,7 +38,8 @@ class Notification(IdMixin, Base):
 
     event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, unique=True)
     user_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
-    recipient: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
+    # the address mailed, encrypted (services/common/fieldcrypt.py)
+    recipient: Mapped[str] = mapped_column(Encrypted("notifications.recipient"))
     template: Mapped[str] = mapped_column(sa.String(64))
     subject: Mapped[str] = mapped_column(sa.String(SUBJECT_MAX))
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

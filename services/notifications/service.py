@@ -33,7 +33,7 @@ from services.common.service import DarkroomService, FromConfig
 from services.notifications import notify
 from services.notifications import privacy as privacy_data
 from services.notifications.mailer import MailerProvider
-from services.notifications.models import outbox
+from services.notifications.models import Base, outbox
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class NotificationsService(PrivacyParticipant, DarkroomService):
     name = "notifications"
     privacy = privacy_data  # its part of privacy requests
     config = Config()
-    db = Database(migrations=MIGRATIONS)
+    db = Database(migrations=MIGRATIONS, metadata=Base.metadata)
     dispatch = EventPublisher(outbox=outbox)
     mailer = MailerProvider()
     # Opens the codes and tokens auth's and privacy's events carry sealed (MAIL_SECRETS_KEY).

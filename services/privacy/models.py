@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import UtcDateTime
+from services.common.fieldcrypt import Encrypted
 from services.common.models import IdMixin, service_base
 from services.common.outbox import outbox_table
 
@@ -180,7 +181,8 @@ class AccessLog(Base):
     method: Mapped[str] = mapped_column(sa.String(10))
     route: Mapped[str] = mapped_column(sa.String(200))
     status: Mapped[int] = mapped_column(sa.Integer)
-    network: Mapped[str | None] = mapped_column(sa.String(64))
+    # the client's network (/24, /48), encrypted (services/common/fieldcrypt.py)
+    network: Mapped[str | None] = mapped_column(Encrypted("access_logs.network"))
 
 
 class ErasedSubject(Base):

@@ -37,6 +37,14 @@ def own_items(settings: PrivacySettings) -> list[dict]:
                  "is erased",
          "days": None,
          "enforced_by": "the notice and the erasure drop the user id (docs/runbooks/breach.md)"},
+        {"service": "backups",
+         "data": "backup sets: every service's database and the object store, encrypted",
+         "kept": f"{settings.backups.describe()}, then deleted by the next backup run "
+                 f"(at most about {settings.backups.longest_days()} days); a restore erases "
+                 "again every user erased since the set was taken",
+         "days": float(settings.backups.longest_days()),
+         "enforced_by": "darkroom-ops backup run (its rotation, BACKUP_KEEP_DAILY, "
+                        "BACKUP_KEEP_WEEKLY, BACKUP_KEEP_MONTHLY)"},
         {"service": "privacy", "data": "closed (erased) accounts",
          "kept": f"deleted everywhere {grace / 3600:g} hours after the erasure request "
                  f"(grace period, cancellable; no jobs, no spending meanwhile) plus "

@@ -36,7 +36,7 @@ from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 from services.privacy import access_logs, archive, breaches, calls, consent, own_data, schedule
 from services.privacy import requests as subject_requests
-from services.privacy.models import PrivacyRequest, outbox
+from services.privacy.models import Base, PrivacyRequest, outbox
 from services.privacy.settings import PrivacySettings
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _participants(cls):
 class PrivacyService(DarkroomService):
     name = "privacy"
 
-    db = Database(migrations=MIGRATIONS)
+    db = Database(migrations=MIGRATIONS, metadata=Base.metadata)
     state_metrics = staticmethod(subject_requests.state_metrics)  # gauges read at each scrape
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(PrivacySettings.from_config)

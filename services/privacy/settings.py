@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from services.common.backup_rotation import Rotation
 from services.common.sealed import Sealer
 
 
@@ -34,11 +35,13 @@ class PrivacySettings:
     access_log_retention_days: int = 180
     rpc_timeout_seconds: float = 30.0
     work_dir: str | None = None
+    # the backup job's rotation (BACKUP_KEEP_*), published in the retention schedule
+    backups: Rotation = Rotation()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PrivacySettings:
-        """Build from the whole service config (its ``PRIVACY`` section and
-        ``MAIL_SECRETS_KEY``)."""
+        """Build from the whole service config (its ``PRIVACY`` section,
+        ``MAIL_SECRETS_KEY`` and the backup rotation ``BACKUP_KEEP_*``)."""
         raw = dict(config.get("PRIVACY") or {})
         key = str(raw.get("PSEUDONYM_KEY") or "")
         if not key:
@@ -64,6 +67,7 @@ class PrivacySettings:
                                                  d.access_log_retention_days)),
             rpc_timeout_seconds=number("RPC_TIMEOUT_SECONDS", d.rpc_timeout_seconds),
             work_dir=str(raw.get("WORK_DIR") or "") or None,
+            backups=Rotation.from_config(config),
         )
         if settings.due <= timedelta(0) or settings.part_timeout <= timedelta(0):
             raise ValueError("PRIVACY.DUE_DAYS and PRIVACY.PART_TIMEOUT_SECONDS must be positive")

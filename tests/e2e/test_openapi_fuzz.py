@@ -72,6 +72,14 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
                                            "the provider"},
     ("POST", "/v1/auth/oidc/exchange"): {
         (400, "oidc_invalid_code", None): "the code is handed to the app by the callback"},
+    ("POST", "/v1/me/passkeys"): {
+        (400, "invalid_passkey", None): "the credential is an authenticator's signed answer",
+        (400, "passkey_challenge_invalid", None): "its challenge comes from "
+                                                  "POST /v1/me/passkeys/options, good once"},
+    ("POST", "/v1/auth/passkey/login"): {
+        (401, "invalid_passkey", None): "the credential is an authenticator's signed answer",
+        (400, "passkey_challenge_invalid", None): "its challenge comes from "
+                                                  "POST /v1/auth/passkey/options, good once"},
     ("POST", "/v1/billing/webhooks/stripe"): {
         (400, "invalid_signature", None): "an HMAC of the body with Stripe's secret"},
     ("POST", "/v1/billing/webhooks/paypal"): {
@@ -88,7 +96,7 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
         (422, "content_policy_violation", None): "the prompt meets the moderation policy",
         (400, "unknown_model", None): "the models are the operator's (GET /v1/models)"},
     **{("GET", path): {(400, "invalid_request", "cursor"): CURSOR} for path in (
-        "/v1/me/api-keys", "/v1/me/sessions", "/v1/images", "/v1/billing/ledger",
+        "/v1/me/api-keys", "/v1/me/sessions", "/v1/me/passkeys", "/v1/images", "/v1/billing/ledger",
         "/v1/billing/orders", "/v1/generations", "/v1/privacy/requests",
         "/v1/privacy/disclosures", "/v1/generations/{job_id}/webhook-deliveries")},
 }

@@ -34,6 +34,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from ops import privacy as privacy_ops
 from services.common.db import normalise_url
+from services.common.fieldcrypt import email_index
 from tests.conftest import wait_for
 from tests.e2e.stack import PASSWORD, body_text, post_stripe_event, token_from, verified_login
 from tests.sealed import plaintext
@@ -120,6 +121,13 @@ def database_urls(stack) -> dict[str, str]:
     return {s: normalise_url(stack.env[f"{s.upper()}_DATABASE_URL"]) for s in SERVICES}
 
 
+def accounts_with(stack, address: str) -> int:
+    """Accounts of ``address`` in auth's database, by its blind index (addresses
+    are encrypted)."""
+    return query(database_urls(stack)["auth"],
+                 "SELECT count(*) FROM users WHERE email_index = :e", e=email_index(address))
+
+
 def query(url: str, sql: str, **params):
     engine = create_engine(url)
     try:
@@ -180,7 +188,7 @@ def counts_before_erasure(stack, uid: str) -> dict[str, int]:
                              ("notifications", "marketing_preferences")),
         "auth": count("auth", "users", "id") + sum(count("auth", t) for t in (
             "sessions", "api_keys", "email_verifications", "password_resets", "known_networks",
-            "webhook_secrets")),
+            "webhook_secrets", "passkeys", "passkey_challenges")),
         "consent_changes": count("privacy", "consent_changes"),
         "access_logs": count("privacy", "access_logs"),
     }
@@ -369,8 +377,10 @@ def test_export_then_erasure_leave_no_trace(stack, bystander):
     # the schedule actually enforced, from every running service
     retention = call_ok(stack, "GET", "/v1/privacy/retention")
     assert retention["unavailable"] == []
-    assert {i["service"] for i in retention["items"]} == set(SERVICES)
+    assert {i["service"] for i in retention["items"]} == set(SERVICES) | {"backups"}
     kept = {(i["service"], i["data"]): i["days"] for i in retention["items"]}
+    assert [i["days"] for i in retention["items"] if i["service"] == "backups"] == [186]
+    assert any(i["data"].startswith("breach records") for i in retention["items"])
     assert kept[("privacy", "access logs (method, route, status, time, network /24 or /48)")] == 180
     assert kept[("auth", "sessions")] == 7 and kept[("storage", "export archives")] == 7
 
@@ -403,6 +413,7 @@ def test_a_minors_account_reported_by_a_guardian_is_erased_at_once(stack):
     """`darkroom-ops users delete-minor`: no grace period (8 s here), no cancel
     link; the same fan-out and certificate as an erasure."""
     address, _, token = verified_login(stack)
+    assert accounts_with(stack, address) == 1
     asked_at = time.monotonic()
     result = ops(stack, "users", "delete-minor", address, "--yes")
     assert result.returncode == 0, result.stderr
@@ -414,8 +425,7 @@ def test_a_minors_account_reported_by_a_guardian_is_erased_at_once(stack):
     cert = certificate(stack, request_id)
     assert {p["service"] for p in cert["services"]} == set(SERVICES)
     assert [m for m in stack.mails_to(address) if "will be erased" in str(m["Subject"])] == []
-    assert query(database_urls(stack)["auth"], "SELECT count(*) FROM users WHERE email = :e",
-                 e=address) == 0
+    assert accounts_with(stack, address) == 0
 
 
 def test_a_service_down_during_erasure_delays_it_until_it_returns(stack, start_process):

@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.fieldcrypt import email_index
 from tests.conftest import base_env, free_port, wait_for
 from tests.oidc_provider import OidcProvider, query_of, with_param
 
@@ -66,6 +67,9 @@ def refused(call, *args, **kwargs) -> DomainError:
 
 
 def count(auth, sql: str, **params) -> int:
+    """``:e`` is an address, compared as its blind index (``email_index``)."""
+    if "e" in params:
+        params["e"] = email_index(params["e"])
     with auth.engine.connect() as conn:
         return conn.execute(text(sql), params).scalar_one()
 
@@ -102,8 +106,8 @@ def test_sign_up_asks_the_age_then_signs_in(auth, providers):
     assert refused(auth.rpc.oidc_exchange, {"code": code}).code == "oidc_invalid_code"
     again = round_trip(auth, providers.corp, subject)["code"]
     assert auth.rpc.oidc_exchange({"code": again})["user"]["id"] == first["user"]["id"]
-    assert count(auth, "SELECT count(*) FROM users WHERE email = :e", e=email) == 1
-    assert count(auth, "SELECT count(*) FROM users WHERE email = :e AND "
+    assert count(auth, "SELECT count(*) FROM users WHERE email_index = :e", e=email) == 1
+    assert count(auth, "SELECT count(*) FROM users WHERE email_index = :e AND "
                        "minimum_age_met_at IS NOT NULL", e=email) == 1
     identities = auth.rpc.list_identities(first["user"]["id"])["items"]
     assert [(i["provider"], i["email"]) for i in identities] == [("corp", email)]
@@ -117,9 +121,10 @@ def test_under_the_minimum_age_nothing_is_kept(auth, providers):
     code = round_trip(auth, providers.corp, subject)["code"]
     error = refused(auth.rpc.oidc_exchange, {"code": code, "birth_date": "2020-02-02"})
     assert (error.code, error.status) == ("under_minimum_age", 400)
-    for table in ("users", "identities", "oidc_codes"):
-        column = "email"
-        assert count(auth, f"SELECT count(*) FROM {table} WHERE {column} = :e", e=email) == 0
+    # addresses are encrypted: the account by its blind index, the provider's by subject
+    assert count(auth, "SELECT count(*) FROM users WHERE email_index = :e", e=email) == 0
+    for table in ("identities", "oidc_codes"):
+        assert count(auth, f"SELECT count(*) FROM {table} WHERE subject = :s", s=subject) == 0
     assert refused(auth.rpc.oidc_exchange, {"code": code, "birth_date": "1990-01-01"}).code == \
         "oidc_invalid_code"
     # registering with a password: the same gate, nothing written either
@@ -127,12 +132,12 @@ def test_under_the_minimum_age_nothing_is_kept(auth, providers):
     error = refused(auth.rpc.register, {"email": kid, "password": PASSWORD,
                                         "birth_date": "2019-05-05"})
     assert error.code == "under_minimum_age"
-    assert count(auth, "SELECT count(*) FROM users WHERE email = :e", e=kid) == 0
+    assert count(auth, "SELECT count(*) FROM users WHERE email_index = :e", e=kid) == 0
     # nothing in the service's log either (nameko logs an expected error with its traceback)
     assert kid not in auth.proc.logs() and "under_minimum_age" not in auth.proc.logs()
     assert refused(auth.rpc.register, {"email": kid, "password": PASSWORD}).code == "age_required"
     auth.rpc.register({"email": kid, "password": PASSWORD, "birth_date": "2000-05-05"})
-    assert count(auth, "SELECT count(*) FROM users WHERE email = :e AND "
+    assert count(auth, "SELECT count(*) FROM users WHERE email_index = :e AND "
                        "minimum_age_met_at IS NOT NULL", e=kid) == 1
 
 
@@ -188,7 +193,7 @@ def test_an_expired_id_token_is_refused(auth, providers):
     subject, email = person(providers.stale)
     assert round_trip(auth, providers.stale, subject, name="stale") == \
         {"error": "oidc_invalid_token"}
-    assert count(auth, "SELECT count(*) FROM users WHERE email = :e", e=email) == 0
+    assert count(auth, "SELECT count(*) FROM users WHERE email_index = :e", e=email) == 0
 
 
 def test_an_issuer_that_does_not_answer(auth):

@@ -19,6 +19,7 @@ import base64
 import itertools
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -31,6 +32,7 @@ from sqlalchemy import text
 
 from services.common.db import make_engine
 from services.common.errors import DomainError
+from services.common.fieldcrypt import email_index
 from services.common.sealed import Sealer
 from tests.conftest import base_env, free_port, wait_for
 
@@ -94,26 +96,17 @@ class EventTap:
         self.connection.release()
 
 
-@pytest.fixture(scope="module")
-def auth(make_vhost, make_database, start_process):
+@contextmanager
+def running_auth(make_vhost, make_database, start_process, **env):
+    """The auth service through its entrypoint in a vhost and database of its
+    own, with ``env`` on top of the base: ``SimpleNamespace(rpc, tap, engine,
+    proc, amqp_uri)``."""
     amqp_uri, _ = make_vhost("auth")
     db_url = make_database("auth")
     port = free_port()
     tap = EventTap(amqp_uri)
-    proc = start_process(
-        "auth",
-        base_env(
-            AMQP_URI=amqp_uri,
-            AUTH_DATABASE_URL=db_url,
-            AUTH_METRICS_PORT=port,
-            AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=MAX_ACCOUNT_FAILURES,
-            AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS=MAX_ADDRESS_FAILURES,
-            AUTH_LOGIN_LOCKOUT_SECONDS=600,
-            AUTH_RESEND_MIN_INTERVAL_SECONDS=1,
-            AUTH_PASSWORD_RESET_MIN_INTERVAL_SECONDS=0,
-            MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
-        ),
-    )
+    proc = start_process("auth", base_env(AMQP_URI=amqp_uri, AUTH_DATABASE_URL=db_url,
+                                          AUTH_METRICS_PORT=port, **env))
     proc.wait_ready(f"http://127.0.0.1:{port}/readyz")
     engine = make_engine(db_url)
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=20) as rpc:
@@ -123,6 +116,20 @@ def auth(make_vhost, make_database, start_process):
     engine.dispose()
     tap.close()
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def auth(make_vhost, make_database, start_process):
+    with running_auth(
+        make_vhost, make_database, start_process,
+        AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT=MAX_ACCOUNT_FAILURES,
+        AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS=MAX_ADDRESS_FAILURES,
+        AUTH_LOGIN_LOCKOUT_SECONDS=600,
+        AUTH_RESEND_MIN_INTERVAL_SECONDS=1,
+        AUTH_PASSWORD_RESET_MIN_INTERVAL_SECONDS=0,
+        MAIL_SECRETS_KEY=MAIL_SECRETS_KEY,
+    ) as running:
+        yield running
 
 
 def refused(call, *args, **kwargs) -> DomainError:
@@ -785,8 +792,8 @@ def test_parallel_requests_leave_one_live_code_per_account_and_address(auth):
     assert all(r is None for r in results), results
     with auth.engine.connect() as conn:
         live = conn.execute(text(
-            "SELECT count(*) FROM email_verifications WHERE user_id = :u AND email = :e"
+            "SELECT count(*) FROM email_verifications WHERE user_id = :u AND email_index = :e"
             " AND used_at IS NULL AND superseded_at IS NULL"),
-            {"u": uuid.UUID(account.user["id"]), "e": target}).scalar_one()
+            {"u": uuid.UUID(account.user["id"]), "e": email_index(target)}).scalar_one()
     assert live == 1
     assert len(auth.tap.about(target, "email_verification_requested")) == 1

@@ -54,6 +54,11 @@ class GatewayEcho(DarkroomService):
     def crash(self):
         raise KeyError("internal detail")
 
+    @rpc
+    def slow(self, seconds, value):
+        time.sleep(seconds)  # green under nameko run: other workers go on
+        return value
+
 
 # ------------------------------------------------------------ fixtures
 
@@ -235,6 +240,31 @@ def test_proxies_are_reused_across_requests_and_threads(app, client):
         thread.join(30)
     assert results == [200] * 30
     assert 1 <= len(pool._idle) <= pool.size
+
+
+def test_calls_in_flight_at_once_over_one_proxy(app):
+    with app.app_context(), pooled() as proxy:
+        started = time.monotonic()
+        first = proxy.gwecho.slow.call_async(1.0, "a")
+        second = proxy.gwecho.slow.call_async(1.0, "b")
+        assert (second.result(), first.result()) == ("b", "a")
+        assert time.monotonic() - started < 1.8  # both ran at once, not one after the other
+
+
+def test_a_reply_waited_for_with_its_own_shorter_timeout(app):
+    pool = app.extensions["darkroom"].rpc
+    with app.app_context():
+        with pooled() as proxy:
+            assert proxy.wait(proxy.gwecho.slow.call_async(0.1, "quick"), 1.0) == "quick"
+            assert proxy.gwecho.slow(0.1, "then") == "then"  # the checkout's timeout is back
+        started = time.monotonic()
+        with pytest.raises(DomainError) as refused, pooled() as proxy:
+            proxy.wait(proxy.gwecho.slow.call_async(1.5, "late"), 0.3)
+        assert refused.value.code == "service_unavailable"
+        assert time.monotonic() - started < 1.2  # 0.3 s, not the pool's 2 s
+        assert proxy not in [idle.proxy for idle in pool._idle]  # discarded: its late reply
+        with pooled() as proxy:
+            assert proxy.gwecho.echo("after") == {"value": "after", "correlation_id": None}
 
 
 def test_readyz_when_the_service_answers(client):

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange
 from nameko.rpc import rpc
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from services.common import contracts
 from services.common.db import make_engine
 from services.common.errors import DomainError
 from services.common.service import DarkroomService
+from services.notifications.models import Notification
 from tests.conftest import base_env, free_port, procfile_commands, wait_for
 from tests.integration.probe_service import queue_state, wait_consuming, write_config
 from tests.integration.test_notifications import Mailbox, take_dead_letter
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.integration
 
 HANDLERS = ("order_paid", "order_refunded")
 ERASED_PREFIX = "00000000"
+
+NOTIFICATIONS = Notification.__table__
 
 
 def address_of(user_id: str) -> str:
@@ -103,8 +106,9 @@ class Stack:
 
     def records(self, event_id: str) -> list[dict]:
         with self.engine.connect() as conn:
-            rows = conn.execute(text("SELECT * FROM notifications WHERE event_id = :e"),
-                                {"e": uuid.UUID(str(event_id))})
+            # through the table's types: the recipient is stored encrypted
+            rows = conn.execute(select(NOTIFICATIONS).where(
+                NOTIFICATIONS.c.event_id == uuid.UUID(str(event_id))))
             return [dict(row._mapping) for row in rows]
 
 

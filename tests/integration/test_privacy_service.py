@@ -333,8 +333,11 @@ def _anonymous_logs(stack) -> int:
 def test_the_retention_schedule_names_the_services_that_did_not_answer(stack):
     retention = stack.rpc.privacy.get_retention()
     services = {item["service"] for item in retention["items"]}
-    assert services == {"privacy", "auth", "storage"}
+    assert services == {"privacy", "auth", "storage", "backups"}
     assert retention["unavailable"] == sorted(STAND_INS)
+    # the backup sets, from the backup job's rotation (the defaults here)
+    [backups] = [i for i in retention["items"] if i["service"] == "backups"]
+    assert backups["days"] == 186.0 and "7 days, 4 ISO weeks and 6 months" in backups["kept"]
     sessions = [i for i in retention["items"] if i["data"] == "sessions"]
     assert sessions[0]["days"] == 7
 

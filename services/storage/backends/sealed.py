@@ -33,25 +33,24 @@ Files written before encryption existed (no magic) are read as they are; the
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
-import re
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from services.common.keyring import KeyNotInRing, KeyRingError, new_key_entry
+from services.common.keyring import KeyRing as CommonKeyRing
+
+__all__ = ["KeyRing", "KeyRingError", "TamperedObject", "UnknownKey", "new_key_entry"]
+
 ENV_VAR = "STORAGE_ENCRYPTION_KEYS"
 MAGIC = b"DRKSEAL"
 VERSION = 1
 KEY_ID_SIZE = 32
-KEY_ID = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
-MASTER_KEY_BYTES = 32
 WRAP_NONCE_SIZE = 12
 TAG_SIZE = 16
 WRAPPED_KEY_SIZE = 32 + TAG_SIZE
@@ -63,10 +62,6 @@ CHUNK_SIZE = 64 * 1024
 MAX_CHUNKS = 2 ** 32
 
 
-class KeyRingError(ValueError):
-    """The key ring is missing or malformed (the message names the variable, never a key)."""
-
-
 class TamperedObject(OSError):
     """A sealed file failed authentication: altered, truncated, or not ours."""
 
@@ -76,63 +71,15 @@ class UnknownKey(TamperedObject):
 
 
 # ------------------------------------------------------------------ the key ring
+# (services/common/keyring.py: the one parser of every key ring)
 
 
-@dataclass(frozen=True)
-class KeyRing:
-    """Master keys by id; ``current`` (the first) wraps new data keys."""
-
-    keys: tuple[tuple[str, bytes], ...]
+class KeyRing(CommonKeyRing):
+    """The master keys of ``STORAGE_ENCRYPTION_KEYS``."""
 
     @classmethod
-    def parse(cls, value: str | Iterable[str] | None, variable: str = ENV_VAR) -> KeyRing:
-        """From ``id:base64key`` entries (a comma-separated string or a list)."""
-        if value is None:
-            entries: list[str] = []
-        elif isinstance(value, str):
-            entries = [e.strip() for e in value.split(",") if e.strip()]
-        else:
-            entries = [str(e).strip() for e in value if str(e).strip()]
-        if not entries:
-            raise KeyRingError(f"{variable} is empty: set it to id:base64key entries "
-                               "(32 random bytes each, the first wraps new files)")
-        keys: list[tuple[str, bytes]] = []
-        for number, entry in enumerate(entries, 1):
-            key_id, sep, encoded = entry.partition(":")
-            if not sep or not KEY_ID.fullmatch(key_id):
-                raise KeyRingError(f"{variable} entry {number} is not id:base64key "
-                                   "(an id of 1 to 32 letters, digits, '_', '-', '.')")
-            try:
-                key = base64.b64decode(encoded.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                raise KeyRingError(f"{variable} entry {number} ({key_id}): the key is not base64") from None
-            if len(key) != MASTER_KEY_BYTES:
-                raise KeyRingError(f"{variable} entry {number} ({key_id}): the key must be "
-                                   f"{MASTER_KEY_BYTES} bytes, not {len(key)}")
-            if any(key_id == known for known, _ in keys):
-                raise KeyRingError(f"{variable} lists the key id {key_id} twice")
-            keys.append((key_id, key))
-        return cls(tuple(keys))
-
-    @property
-    def current_id(self) -> str:
-        return self.keys[0][0]
-
-    def get(self, key_id: str) -> bytes:
-        for known, key in self.keys:
-            if known == key_id:
-                return key
-        raise UnknownKey(f"the master key {key_id!r} is not in {ENV_VAR}")
-
-    def ids(self) -> list[str]:
-        return [key_id for key_id, _ in self.keys]
-
-
-def new_key_entry(key_id: str) -> str:
-    """A fresh ``id:base64key`` entry (``make dev``, docs/operations.md)."""
-    if not KEY_ID.fullmatch(key_id):
-        raise KeyRingError(f"invalid key id {key_id!r}")
-    return f"{key_id}:{base64.b64encode(os.urandom(MASTER_KEY_BYTES)).decode()}"
+    def parse(cls, value, variable: str = ENV_VAR) -> KeyRing:
+        return super().parse(value, variable)
 
 
 # ------------------------------------------------------------------ the header
@@ -174,6 +121,8 @@ class Header:
         try:
             return AESGCM(ring.get(self.key_id)).decrypt(self.wrap_nonce, self.wrapped_key,
                                                          self._wrap_aad())
+        except KeyNotInRing as exc:
+            raise UnknownKey(str(exc)) from None
         except InvalidTag:
             raise TamperedObject("the sealed file's data key does not authenticate") from None
 

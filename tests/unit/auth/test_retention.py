@@ -75,7 +75,8 @@ def test_purge_deletes_only_what_has_outlived_its_use(db, settings):
     db.commit()
 
     assert deleted == {"sessions": 2, "email_verifications": 1, "password_resets": 1,
-                       "oidc_flows": 1, "oidc_codes": 1, "throttles": 2}
+                       "oidc_flows": 1, "oidc_codes": 1, "throttles": 2,
+                       "passkey_challenges": 0}
     assert db.scalars(select(OidcFlow.state_hash)).all() == ["live"]
     assert db.execute(select(UserSession.id)).scalars().all() == [live.id]
     assert count(db, EmailVerification) == count(db, PasswordReset) == 1

@@ -21,6 +21,7 @@ import pytest
 
 from services.common import secrets
 from services.common.config import CONFIG_DIR, load_config
+from services.common.keyring import new_key_entry
 from services.common.secrets import ConfigurationRefused, insecure_settings, refuse_insecure_config
 
 REPO = Path(__file__).resolve().parents[3]
@@ -256,6 +257,8 @@ def test_a_nameko_service_refuses_to_start_before_touching_its_database(tmp_path
     assert "ConfigurationRefused: auth refuses to start with DARKROOM_ENV=production" in output
     assert "AUTH_SECRET_KEY (AUTH.SECRET_KEY) still has a built-in development default" in output
     assert "MAIL_SECRETS_KEY still has a built-in development default" in output
+    assert "FIELD_ENCRYPTION_KEYS still has a built-in development default" in output
+    assert "FIELD_INDEX_KEY still has a built-in development default" in output
     assert "dev-only-insecure-auth-secret" not in output
     assert not database.exists()  # refused before the migrations ran
 
@@ -264,6 +267,7 @@ def test_a_nameko_service_with_real_secrets_gets_past_the_check(tmp_path):
     database = tmp_path / "auth.db"
     env = process_env(AUTH_DATABASE_URL=f"sqlite:///{database}", AUTH_METRICS_PORT="0",
                       AUTH_SECRET_KEY=STRONG, MAIL_SECRETS_KEY=STRONG,
+                      FIELD_ENCRYPTION_KEYS=new_key_entry("prod-1"), FIELD_INDEX_KEY=STRONG,
                       AMQP_URI=f"amqp://darkroom:{STRONG}@127.0.0.1:1/")  # no broker there
     proc = subprocess.Popen(procfile_argv("auth"), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

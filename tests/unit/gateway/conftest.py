@@ -61,8 +61,29 @@ def principal(user_id: str, credential_type: str, credential_id: str, verified: 
     }
 
 
+PASSKEY_ID = "01900000-0000-7000-8000-00000000c001"
+PASSKEY_CREDENTIAL = "cGFzc2tleS1jcmVkZW50aWFs"
+
+
+def passkey(name: str = "Laptop") -> dict:
+    return {"id": PASSKEY_ID, "name": name, "created_at": NOW, "last_used_at": None,
+            "aaguid": "00000000-0000-0000-0000-000000000000", "transports": ["internal"],
+            "backed_up": True}
+
+
 def api_key(key_id: str = KEY_ID, name: str = "default") -> dict:
     return {"id": key_id, "name": name, "prefix": "dr_live_ab", "created_at": NOW, "last_used_at": None}
+
+
+class Reply:
+    """What ``call_async`` returns: the call runs when its result is asked for
+    (so ``fail_with`` raises there, as a real reply's error does)."""
+
+    def __init__(self, call, args, kwargs):
+        self.call, self.args, self.kwargs = call, args, kwargs
+
+    def result(self):
+        return self.call(*self.args, **self.kwargs)
 
 
 class FakeRpcService:
@@ -89,6 +110,7 @@ class FakeRpcService:
                 raise self.fail_with[name]
             return impl(self, *args, **kwargs)
 
+        call.call_async = lambda *args, **kwargs: Reply(call, args, kwargs)
         return call
 
     def called(self, name: str) -> list[tuple[tuple, dict]]:
@@ -220,6 +242,26 @@ class FakeAuth(FakeRpcService):
 
     def rpc_confirm_totp_enrollment(self, user_id, payload):
         return None
+
+    def rpc_list_passkeys(self, user_id, page=None):
+        return {"items": [passkey()], "next_cursor": None}
+
+    def rpc_passkey_registration_options(self, user_id, session_id=None):
+        return {"options": {"challenge": "Y2hhbGxlbmdl", "rp": {"id": "127.0.0.1"}}}
+
+    def rpc_register_passkey(self, user_id, payload, session_id=None):
+        return passkey(name=payload.get("name", "Passkey"))
+
+    def rpc_delete_passkey(self, user_id, passkey_id):
+        return None
+
+    def rpc_passkey_login_options(self):
+        return {"options": {"challenge": "Y2hhbGxlbmdl", "rpId": "127.0.0.1"}}
+
+    def rpc_passkey_login(self, payload, client_ip=None, user_agent=None):
+        if payload["credential"].get("id") != PASSKEY_CREDENTIAL:
+            raise DomainError("invalid_passkey", "the passkey could not be verified", 401)
+        return {"token": TOKEN, "expires_at": LATER, "user": user()}
 
     def rpc_get_webhook_secret(self, user_id):
         return self.webhook_secrets.setdefault(user_id, {"secret": f"whsec_{uuid.uuid4().hex}",
@@ -372,8 +414,13 @@ class FakePrivacy(FakeService):
         super().__init__("privacy")
         self.status = {"current": None, "accepted": None, "acceptance_required": False}
 
-    def policy_status(self, user_id):
-        return dict(self.status)
+    @property
+    def policy_status(self):
+        def call(user_id):
+            return dict(self.status)
+
+        call.call_async = lambda *args: Reply(call, args, {})
+        return call
 
 
 class FakePool:
@@ -385,11 +432,17 @@ class FakePool:
         self.services = {"auth": self.auth, "notifications": FakeService("notifications"),
                          "storage": self.storage, "privacy": FakePrivacy()}
         self.checkouts = 0
+        self.waits: list[float] = []
 
     @contextmanager
     def get(self, timeout=None, correlation=None):
         self.checkouts += 1
         yield self
+
+    def wait(self, reply, timeout):
+        """gateway.rpc's ``proxy.wait``: a call_async's result (``timeout`` recorded)."""
+        self.waits.append(timeout)
+        return reply.result()
 
     def __getattr__(self, name):
         try:

@@ -146,6 +146,23 @@ def test_get_me(client, auth, headers):
     assert response.headers["Cache-Control"] == "no-store"
 
 
+def test_get_me_without_a_privacy_service_has_no_policy(client, pool, monkeypatch):
+    """A stack that runs no privacy service: the request to it is unroutable
+    (nameko's UnknownService at publish), and the account page still answers."""
+    from nameko.exceptions import UnknownService
+
+    def unroutable(*args):
+        raise UnknownService("privacy")
+
+    monkeypatch.setattr(type(pool.privacy), "policy_status",
+                        property(lambda self: type("Call", (), {"call_async": staticmethod(
+                            unroutable)})()))
+    response = client.get("/v1/me", headers=BEARER)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["policy"] is None and response.get_json()["id"] == USER_ID
+    assert pool.waits == []
+
+
 def test_get_me_drops_fields_the_contract_does_not_have(client, auth, monkeypatch):
     original = type(auth).rpc_get_user
     monkeypatch.setattr(type(auth), "rpc_get_user",

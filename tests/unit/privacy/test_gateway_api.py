@@ -207,20 +207,26 @@ def test_accepting_the_policy(client, privacy):
                        headers=BEARER).status_code == 400
 
 
-def test_me_tells_whether_a_policy_awaits_acceptance(client, pool, privacy, monkeypatch):
-    timeouts = []
-    checkout = pool.get
-
-    def get(timeout=None, correlation=None):
-        timeouts.append(timeout)
-        return checkout(timeout, correlation)
-
-    monkeypatch.setattr(pool, "get", get)
+def test_me_tells_whether_a_policy_awaits_acceptance(client, pool, privacy):
+    client.get("/v1/me", headers=BEARER)  # the credential resolved (and cached)
+    checkouts, pool.waits[:] = pool.checkouts, []
     body = client.get("/v1/me", headers=BEARER).get_json()
     assert body["policy"] == {"current": "v2", "accepted": "v1", "acceptance_required": True}
-    assert accounts.POLICY_TIMEOUT_SECONDS in timeouts  # a short wait: /v1/me never hangs on it
+    assert pool.checkouts == checkouts + 1  # auth and privacy asked at once, over one proxy
+    # a short wait: /v1/me never hangs on it
+    assert pool.waits == [accounts.POLICY_TIMEOUT_SECONDS]
     privacy.fail_with["policy_status"] = ServiceUnavailable()
     response = client.get("/v1/me", headers=BEARER)
     assert response.status_code == 200 and response.get_json()["policy"] is None
     privacy.fail_with["policy_status"] = DomainError("invalid_request", "bad", 400)
     assert client.get("/v1/me", headers=BEARER).status_code == 400
+
+
+def test_me_collects_the_policy_reply_when_auth_refuses(client, pool, privacy):
+    client.get("/v1/me", headers=BEARER)  # the credential resolved (and cached)
+    asked = len(privacy.called("policy_status"))
+    pool.auth.fail_with["get_user"] = DomainError("not_found", "user not found", 404)
+    response = client.get("/v1/me", headers=BEARER)
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+    # privacy's reply was read, not left on the pooled proxy
+    assert len(privacy.called("policy_status")) == asked + 1

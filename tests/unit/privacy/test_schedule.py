@@ -41,3 +41,22 @@ def test_every_service_is_asked_before_any_answer_is_awaited():
     assert {(i["service"], i["data"]) for i in items} == {
         ("auth", "auth data"), ("storage", "storage data"),
         ("notifications", "notifications data")}
+
+
+def test_backups_and_breach_records_are_published_with_the_backup_rotation():
+    settings = privacy_settings(PSEUDONYM_KEY="k")
+    items = {i["data"].split(" (")[0].split(":")[0]: i for i in schedule.own_items(settings)}
+    backups = items["backup sets"]
+    assert backups["service"] == "backups" and backups["days"] == 6 * 31.0
+    assert "7 days, 4 ISO weeks and 6 months" in backups["kept"]
+    assert "indefinitely" in items["breach records"]["kept"]
+
+
+def test_the_backup_entry_follows_the_backup_keep_settings():
+    from services.privacy.settings import PrivacySettings
+
+    config = {"PRIVACY": {"PSEUDONYM_KEY": "k"}, "MAIL_SECRETS_KEY": "m",
+              "BACKUP_KEEP_DAILY": "3", "BACKUP_KEEP_WEEKLY": "2", "BACKUP_KEEP_MONTHLY": "0"}
+    backups = next(i for i in schedule.own_items(PrivacySettings.from_config(config))
+                   if i["service"] == "backups")
+    assert backups["days"] == 14.0 and "3 days, 2 ISO weeks and 0 months" in backups["kept"]
