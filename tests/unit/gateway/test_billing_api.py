@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import time
 import uuid
 
@@ -14,6 +15,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES, PAYPAL_HEADERS
+from gateway.api.common import IDEMPOTENCY_KEY_DOC
 from gateway.rpc import ServiceUnavailable
 from services.common.errors import DomainError
 from tests.unit.gateway.conftest import (
@@ -358,6 +360,21 @@ def test_an_unusable_idempotency_key_is_400(client, billing, key):
     assert response.status_code == 400
     assert "Idempotency-Key" in error_of(response)["details"]["fields"]
     assert billing.calls == []
+
+
+@pytest.mark.parametrize("key, usable", [
+    ("", False), ("   ", False), ("k" * 201, False), ("tab\there", False),
+    ("order-1", True), (" padded key ", True), ("k" * 200, True),
+])
+def test_the_documented_idempotency_key_is_the_one_the_gateway_takes(client, billing, key,
+                                                                      usable):
+    """The OpenAPI schema of the header refuses what the gateway refuses (fuzzing relies on it)."""
+    schema = IDEMPOTENCY_KEY_DOC["schema"]
+    documented = (schema["minLength"] <= len(key) <= schema["maxLength"]
+                  and re.fullmatch(schema["pattern"], key) is not None)
+    response = client.post("/v1/billing/checkout", headers={**BEARER, "Idempotency-Key": key},
+                           json={"pack_id": "small"})
+    assert documented == usable == (response.status_code != 400)
 
 
 @pytest.mark.parametrize("payload, status, code", [
