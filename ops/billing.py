@@ -1,5 +1,6 @@
-"""The credit ledger for operators: ``billing.verify_ledger`` and
-``billing.adjust`` over nameko RPC, and how the CLI prints their answers.
+"""The credit ledger for operators: ``billing.verify_ledger``,
+``billing.adjust`` and ``billing.refund_order`` (a PayPal order refunded
+through PayPal) over nameko RPC, and how the CLI prints their answers.
 
 Credits are money: an adjustment always carries an idempotency key, so a
 command that timed out can be run again with the same key without crediting
@@ -77,7 +78,22 @@ def adjust(config: dict, user: str, credits: int, reason: str, idempotency_key: 
     return _call(config, "adjust", user_id(user), credits, reason, key)
 
 
+def refund(config: dict, order: str, amount: int | None) -> dict:
+    """Refund ``amount`` minor units of a PayPal order (all that is left by
+    default) through PayPal; returns the order."""
+    if amount is not None and amount <= 0:
+        raise OpsError("--amount must be positive (minor units)", exit_code=2)
+    return _call(config, "refund_order", id_argument(order, "order id"), amount)
+
+
 # ------------------------------------------------------------ printing
+
+
+def refund_line(order: dict) -> str:
+    return (f"order {order.get('id')}: {order.get('status')}, "
+            f"{order.get('amount_refunded')} of {order.get('amount')} "
+            f"{str(order.get('currency') or '').upper()} refunded")
+
 
 
 def plural(n: int, word: str) -> str:

@@ -21,6 +21,7 @@
     darkroom-ops fields (status | rekey [--batch-size N]) [--service NAME]...
     darkroom-ops billing verify [--user ID] [--json]
     darkroom-ops billing adjust --user ID --credits N --reason TEXT [--idempotency-key K]
+    darkroom-ops billing refund ORDER [--amount N]
     darkroom-ops jobs list [--status S] [--since 2h] [--reason CODE] [--limit N] [--json]
     darkroom-ops jobs replay (JOB_ID... | --status failed --since 2h [--reason CODE])
                              [--dry-run] [--yes]
@@ -483,6 +484,17 @@ def billing_adjust(config, user, credits, reason, key):
     key = key if key is not None else billing_ops.new_idempotency_key()
     entry = billing_ops.adjust(config, user, credits, reason, key)
     return {"entry": entry, "user": user, "idempotency_key": key}
+
+
+@billing.command("refund")
+@click.argument("order")
+@click.option("--amount", type=int, metavar="N",
+              help="Minor units to refund (default: all that is not refunded yet).")
+@output(lambda order: [billing_ops.refund_line(order)])
+@pass_config
+def billing_refund(config, order, amount):
+    """Refund a PayPal order through PayPal; its credits are taken back as for any refund."""
+    return billing_ops.refund(config, order, amount)
 
 
 # ------------------------------------------------------------ jobs

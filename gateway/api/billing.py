@@ -2,7 +2,8 @@
 
 The caller's balance, ledger and orders; the public plan and price lists; a
 checkout for a credit pack or a plan (verified email required, honours
-``Idempotency-Key``); and the Stripe webhook.
+``Idempotency-Key``), through Stripe or PayPal; the capture of an approved
+PayPal order; and the Stripe and PayPal webhooks.
 
 The webhook is not authenticated by a credential but by its signature, which
 covers the exact bytes Stripe sent: the gateway passes the raw body
@@ -10,7 +11,8 @@ covers the exact bytes Stripe sent: the gateway passes the raw body
 to ``billing.handle_stripe_webhook``, which verifies and applies it. A body
 over ``BILLING_WEBHOOK_MAX_BYTES`` is refused (413) before it is read: Stripe's
 events are a few KiB, and nothing unauthenticated gets to ship megabytes to
-the billing service.
+the billing service. PayPal's webhook goes the same way with its
+``PAYPAL-*`` transmission headers, which billing verifies through PayPal.
 """
 
 from __future__ import annotations
@@ -53,8 +55,32 @@ WEBHOOK_DOC = {
 }
 
 
+PAYPAL_HEADERS = ("PAYPAL-TRANSMISSION-ID", "PAYPAL-TRANSMISSION-TIME", "PAYPAL-TRANSMISSION-SIG",
+                  "PAYPAL-CERT-URL", "PAYPAL-AUTH-ALGO")
+
+PAYPAL_WEBHOOK_DOC = {
+    "parameters": [{"in": "header", "name": name, "required": True, "schema": {"type": "string"},
+                    "description": "as PayPal sent it (verified through PayPal's "
+                                   "verify-webhook-signature API)"}
+                   for name in PAYPAL_HEADERS],
+    "requestBody": {
+        "required": True,
+        "description": "a PayPal webhook event, exactly as PayPal sent it",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+}
+
+
 class WebhookAnswer(Schema):
     received = fields.Boolean(required=True)
+
+
+def raw_body() -> str:
+    """A webhook's exact body as text (never parsed here: its signature covers these bytes)."""
+    try:
+        return request.get_data(cache=False).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
 
 
 def webhook_max_bytes() -> int:
@@ -101,6 +127,15 @@ def checkout(payload):
     """Start paying for a credit pack or a plan: open checkout_url to pay"""
     return for_caller(c.CheckoutCreated, "billing.create_checkout", payload,
                       idempotency_key=idempotency_key())
+
+
+@billing_blp.route("/orders/<uuid:order_id>/capture", methods=["POST"])
+@billing_blp.response(200, c.Order)
+@errors(402, 404, 409)
+@authenticated
+def capture(order_id):
+    """Take the money of a PayPal order the buyer approved (on their return to the app)"""
+    return for_caller(c.Order, "billing.capture_order", str(order_id))
 
 
 @billing_blp.route("/subscription", methods=["GET"])
@@ -152,10 +187,20 @@ def prices():
 @capped_body(webhook_max_bytes)
 def stripe_webhook():
     """Stripe's events (signed; no credential): payments and refunds"""
-    body = request.get_data(cache=False)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DomainError("invalid_request", "the body is not UTF-8 JSON", 400) from None
+    text = raw_body()
     call(None, "billing.handle_stripe_webhook", text, request.headers.get("Stripe-Signature"))
+    return {"received": True}
+
+
+@billing_blp.route("/webhooks/paypal", methods=["POST"])
+@billing_blp.response(200, WebhookAnswer)
+@billing_blp.alt_response(413, description="the body is larger than BILLING_WEBHOOK_MAX_BYTES")
+@billing_blp.doc(**PAYPAL_WEBHOOK_DOC)
+@errors(400)
+@capped_body(webhook_max_bytes)
+def paypal_webhook():
+    """PayPal's events (verified with PayPal; no credential): payments, refunds, disputes"""
+    text = raw_body()
+    headers = {name: request.headers[name] for name in PAYPAL_HEADERS if name in request.headers}
+    call(None, "billing.handle_paypal_webhook", text, headers)
     return {"received": True}

@@ -25,7 +25,9 @@ from services.common.errors import DomainError, payload_too_large
 IDEMPOTENCY_KEY_MAX = 200
 IDEMPOTENCY_KEY_DOC = {
     "in": "header", "name": "Idempotency-Key", "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    # printable ASCII with at least one visible character (idempotency_key() refuses the rest)
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX,
+               "pattern": "^[ -~]*[!-~][ -~]*$"},
     "description": "a repeat with the same key and body returns the first answer; "
                    "with another body, 409 idempotency_key_reused",
 }

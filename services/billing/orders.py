@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from services.billing import ledger, plans, reversals, subscriptions
 from services.billing.models import Account, Order, Payment
+from services.billing.payments import providers
 from services.billing.settings import BillingSettings
 from services.common.contracts.billing import OrderStatus
 from services.common.db import locked
@@ -74,7 +75,7 @@ def view(order: Order) -> dict:
         "description": order.description, "credits": order.credits, "amount": order.amount,
         "currency": order.currency, "status": order.status, "created_at": order.created_at,
         "paid_at": order.paid_at, "amount_refunded": order.amount_refunded,
-        "dispute_status": order.dispute_status,
+        "dispute_status": order.dispute_status, "provider": order.provider,
     }
 
 
@@ -86,6 +87,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
                    dispatch: Dispatch) -> tuple[Order, bool]:
     """The order for this request, and whether it still needs a checkout
     session. New orders are ``pending``; the caller commits."""
+    provider = providers.chosen(settings, data)
     account = plans.open_account(db, settings, user_id, now, dispatch)
     if account is None:
         raise not_found("account")
@@ -122,6 +124,7 @@ def begin_checkout(db: Session, settings: BillingSettings, user_id: uuid.UUID, d
                       credits=plan.monthly_grant, amount=plan.price_amount,
                       currency=plan.currency)
     order.user_ref, order.status, order.created_at = user_ref, OrderStatus.PENDING, now
+    order.provider = provider
     order.idempotency_key, order.request_hash = idempotency_key, digest
     order.amount_refunded, order.credits_reversed = 0, 0
     db.add(order)

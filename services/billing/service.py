@@ -33,8 +33,9 @@ from services.billing import (
     subscriptions,
 )
 from services.billing import privacy as privacy_data
-from services.billing.models import outbox, processed_events
-from services.billing.payments import webhooks
+from services.billing.models import Order, outbox, processed_events
+from services.billing.payments import paypal_orders, providers, webhooks
+from services.billing.payments.paypal import PayPalClient
 from services.billing.payments.stripe import PaymentProviderError, StripeClient
 from services.billing.settings import BillingSettings
 from services.common import metrics, spending
@@ -67,6 +68,12 @@ def stripe_client(config) -> StripeClient:
                         settings.stripe_timeout_seconds, settings.stripe_api_version)
 
 
+def paypal_client(config) -> PayPalClient:
+    settings = BillingSettings.from_config(config)
+    return PayPalClient(settings.paypal_base_url, settings.paypal_client_id,
+                        settings.paypal_client_secret, settings.paypal_timeout_seconds)
+
+
 class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
     name = "billing"
     privacy = privacy_data  # its part of privacy requests
@@ -75,6 +82,7 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
     dispatch = EventPublisher(outbox=outbox)
     settings = FromConfig(BillingSettings.from_config)  # a bad plan or price list stops the start
     stripe = FromConfig(stripe_client)
+    paypal = FromConfig(paypal_client)
     storage = RpcProxy("storage")  # a big export part is stored there
     auth = RpcProxy("auth")  # whether an address is verified (services.common.spending)
 
@@ -152,7 +160,8 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         if needs_session:
             plan = self.settings.plans.get(order.item_id) if order.kind == "plan" else None
             try:
-                session = self.stripe.create_checkout_session(
+                client = providers.client_for(order.provider, self.stripe, self.paypal)
+                session = client.create_checkout_session(
                     order_id=str(order.id), name=order.description, amount=int(order.amount),
                     currency=order.currency, success_url=self.settings.checkout_success_url,
                     cancel_url=self.settings.checkout_cancel_url,
@@ -176,6 +185,40 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         def work():
             result = webhooks.handle(self.db, self.settings, data["payload"], data["signature"],
                                      utcnow(), self.dispatch)
+            self.db.commit()
+            return result
+
+        return c.WebhookReceived().dump(self._retrying(work))
+
+    @rpc(expected_exceptions=DomainError)
+    def capture_order(self, user_id, order_id) -> dict:
+        """The buyer approved a PayPal order: take the money (idempotent)."""
+        user = self._user(user_id)
+        ref = load_rpc(c.OrderRef, {"order_id": order_id})["order_id"]
+        order = paypal_orders.order_to_capture(self.db, self.settings, user, ref)
+        if order.status == c.OrderStatus.PENDING:
+            answer = paypal_orders.capture(self.paypal, order)
+
+            def work():
+                outcome = paypal_orders.apply_capture(self.db, self.settings, order.id, answer,
+                                                      utcnow(), self.dispatch)
+                self.db.commit()
+                return outcome
+
+            if self._retrying(work) == "declined":
+                raise paypal_orders.payment_declined(order)
+        return c.Order().dump(orders.view(self.db.get(Order, order.id)))
+
+    @rpc(expected_exceptions=DomainError)
+    def handle_paypal_webhook(self, payload, headers=None) -> dict:
+        data = load_rpc(c.PayPalWebhook, {"payload": payload, "headers": headers or {}})
+        event = paypal_orders.verified_event(self.paypal, self.settings, data["payload"],
+                                             data["headers"])
+        captured = paypal_orders.capture_approved(self.db, self.paypal, event)
+
+        def work():
+            result = paypal_orders.handle(self.db, self.settings, event, utcnow(), self.dispatch,
+                                          captured)
             self.db.commit()
             return result
 
@@ -225,6 +268,25 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         return c.PortalLink().dump({"url": url})
 
     # ------------------------------------------------------------ operators
+
+    @rpc(expected_exceptions=DomainError)
+    def refund_order(self, order_id, amount=None) -> dict:
+        """Refund (part of) a PayPal order through PayPal; the credits go back
+        as for any refund."""
+        data = load_rpc(c.RefundOrder, {"order_id": order_id, "amount": amount})
+        order, amount = paypal_orders.refund_request(self.db, self.settings, data["order_id"],
+                                                     data["amount"])
+        refund = paypal_orders.send_refund(self.paypal, order, amount)
+
+        def work():
+            paypal_orders.apply_refund(self.db, self.settings, order, amount, refund, utcnow(),
+                                       self.dispatch)
+            self.db.commit()
+
+        self._retrying(work)
+        log.warning("order refunded through paypal", extra={"order_id": str(order.id),
+                                                            "amount": amount})
+        return c.Order().dump(orders.view(self.db.get(Order, order.id)))
 
     @rpc(expected_exceptions=DomainError)
     def adjust(self, user_id, amount, reason, idempotency_key) -> dict:

@@ -21,6 +21,7 @@ from marshmallow import ValidationError
 
 from services.billing.payments.stripe import API_VERSION as STRIPE_API_VERSION
 from services.common.config import DEFAULT_PUBLIC_BASE_URL, Section, app_base_url, flag
+from services.common.contracts.billing import PAYMENT_PROVIDERS
 from services.common.contracts.generation import (
     DEFAULT_SIZE,
     DEFAULT_VIDEO_DURATION_S,
@@ -248,6 +249,13 @@ class BillingSettings:
     # Where Stripe sends the customer back: pages under APP_BASE_URL (PUBLIC_BASE_URL).
     checkout_success_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/success"
     checkout_cancel_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/checkout/cancel"
+    # Who takes the money (the first is the checkout's default): stripe, paypal or both.
+    payment_providers: tuple[str, ...] = ("stripe",)
+    paypal_base_url: str = "https://api-m.sandbox.paypal.com"
+    paypal_client_id: str = ""
+    paypal_client_secret: str = ""
+    paypal_webhook_id: str = ""
+    paypal_timeout_seconds: float = 10.0
     # Where Stripe's customer portal sends the customer back.
     portal_return_url: str = f"{DEFAULT_PUBLIC_BASE_URL}/billing"
 
@@ -284,6 +292,13 @@ class BillingSettings:
             raise ValueError("BILLING.SUBSCRIPTION_GRACE_DAYS must be 0 or more")
         if not self.pseudonym_key:
             raise ValueError("BILLING.PSEUDONYM_KEY must be set")
+        unknown = set(self.payment_providers) - set(PAYMENT_PROVIDERS)
+        if not self.payment_providers or unknown:
+            raise ValueError(f"BILLING.PAYMENT_PROVIDERS: one or more of {list(PAYMENT_PROVIDERS)}")
+        if "paypal" in self.payment_providers and not (
+                self.paypal_client_id and self.paypal_client_secret and self.paypal_webhook_id):
+            raise ValueError("BILLING.PAYPAL_CLIENT_ID, PAYPAL_CLIENT_SECRET and "
+                             "PAYPAL_WEBHOOK_ID must be set when PAYMENT_PROVIDERS has paypal")
 
     @property
     def free_plan(self) -> Plan:
@@ -330,5 +345,13 @@ class BillingSettings:
                                             d.subscription_grace_days)),
             checkout_success_url=f"{app_base_url(section)}/checkout/success",
             checkout_cancel_url=f"{app_base_url(section)}/checkout/cancel",
+            payment_providers=tuple(
+                p.strip().lower() for p in str(get("PAYMENT_PROVIDERS", "stripe")).split(",")
+                if p.strip()),
+            paypal_base_url=str(get("PAYPAL_BASE_URL", d.paypal_base_url)).rstrip("/"),
+            paypal_client_id=str(get("PAYPAL_CLIENT_ID", d.paypal_client_id)),
+            paypal_client_secret=str(get("PAYPAL_CLIENT_SECRET", d.paypal_client_secret)),
+            paypal_webhook_id=str(get("PAYPAL_WEBHOOK_ID", d.paypal_webhook_id)),
+            paypal_timeout_seconds=float(get("PAYPAL_TIMEOUT_SECONDS", d.paypal_timeout_seconds)),
             portal_return_url=f"{app_base_url(section)}/billing",
         )

@@ -1,7 +1,9 @@
 """The end-to-end stack: every Procfile process, started once per session.
 
 Billing talks to a fake Stripe (tests/fakes/stripe.py) on a local port; the
-tests sign webhooks with ``Stack.stripe_webhook_secret``. Generation's model
+tests sign webhooks with ``Stack.stripe_webhook_secret``. PayPal is enabled
+too, against the fake PayPal (tests/fakes/paypal.py, the ``fake_paypal``
+fixture), which makes and verifies its webhook deliveries. Generation's model
 providers are fakes on loopback too (tests/fakes/providers.py): an
 OpenAI-compatible images API first and the local renderer second for
 text-to-image, an async task API first for image-to-video; tests script their
@@ -27,6 +29,7 @@ from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.fal import FakeFal
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openrouter import FakeOpenRouter
+from tests.fakes.paypal import FakePayPal
 from tests.fakes.providers import FakeAsyncTasks, FakeOpenAIImages
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.stripe import FakeStripe
@@ -112,8 +115,14 @@ def fake_stripe():
 
 
 @pytest.fixture(scope="session")
-def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe, fake_images,
-          fake_video, vendors):
+def fake_paypal():
+    with FakePayPal() as paypal:
+        yield paypal
+
+
+@pytest.fixture(scope="session")
+def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe, fake_paypal,
+          fake_images, fake_video, vendors):
     mail_dir = tmp_path_factory.mktemp("mail")
     objects_dir = tmp_path_factory.mktemp("objects")
     port = free_port()
@@ -144,6 +153,11 @@ def stack(amqp_uri, make_database, start_process, tmp_path_factory, fake_stripe,
         STRIPE_API_BASE=fake_stripe.api_base,
         STRIPE_SECRET_KEY=fake_stripe.secret_key,
         STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        BILLING_PAYMENT_PROVIDERS="stripe,paypal",
+        BILLING_PAYPAL_BASE_URL=fake_paypal.url,
+        BILLING_PAYPAL_CLIENT_ID=fake_paypal.client_id,
+        BILLING_PAYPAL_CLIENT_SECRET=fake_paypal.client_secret,
+        BILLING_PAYPAL_WEBHOOK_ID=fake_paypal.webhook_id,
         GENERATION_DATABASE_URL=make_database("generation"),
         GENERATION_METRICS_PORT=free_port(),
         GENERATION_MAX_RUNNING_JOBS=1, GENERATION_LEASE_SECONDS=3,

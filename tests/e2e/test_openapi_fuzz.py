@@ -19,7 +19,7 @@ with the same checks, and those only sequences can make (``use_after_free``,
 
 **Refusals that no schema can express.** Some operations refuse a schema-valid
 request because of something only the server knows: a mailed code or token,
-a TOTP code, a Stripe signature, the deny-list of common passwords, a cursor
+a TOTP code, a Stripe or PayPal signature, the deny-list of common passwords, a cursor
 the server did not issue, the bytes of an upload that are not an image.
 ``REFUSALS`` lists them (status and error code, with the reason) per
 operation; for these and only these, ``positive_data_acceptance`` accepts
@@ -82,6 +82,9 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
                                                   "POST /v1/auth/passkey/options, good once"},
     ("POST", "/v1/billing/webhooks/stripe"): {
         (400, "invalid_signature", None): "an HMAC of the body with Stripe's secret"},
+    ("POST", "/v1/billing/webhooks/paypal"): {
+        (400, "invalid_signature", None): "PayPal's signature of the delivery, which PayPal "
+                                          "verifies"},
     ("POST", "/v1/uploads"): {
         (415, "unsupported_media_type", None): "the bytes are not a PNG, JPEG or WebP image",
         (400, "invalid_request", "file"): "the file is empty",

@@ -92,6 +92,7 @@ NOT_OURS = {
     "tests.unit.privacy.test_archive.FakeHttp": "requests",
     "tests.unit.common.test_spending.FakeAuth": "nameko's RpcProxy (get_user.call_async and its timing)",
     "tests.fakes.stripe.FakeStripe": "Stripe's HTTP API",
+    "tests.fakes.paypal.FakePayPal": "PayPal's REST API (Orders v2, refunds, webhook verification)",
     "tests.unit.client.conftest.FakeDarkroom": (
         "the gateway's HTTP API as the Python client sees it (its unit tests; "
         "tests/e2e/test_python_client.py runs it against the real stack)"),

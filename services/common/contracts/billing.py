@@ -32,6 +32,7 @@ from services.common.contracts.generation import (
 
 RELEASE_REASONS = ("failed", "cancelled", "expired")
 ORDER_KINDS = ("pack", "plan")
+PAYMENT_PROVIDERS = ("stripe", "paypal")
 
 
 class OrderStatus(StrEnum):
@@ -189,6 +190,10 @@ class Checkout(RpcSchema):
 
     pack_id = fields.String(validate=_id)
     plan_id = fields.String(validate=_id)
+    provider = fields.String(
+        validate=validate.OneOf(PAYMENT_PROVIDERS),
+        metadata={"description": "who takes the money, among those the operator enabled "
+                                 "(BILLING_PAYMENT_PROVIDERS); the first of them when absent"})
 
     @validates_schema
     def exactly_one(self, data, **kwargs):
@@ -224,6 +229,28 @@ class StripeWebhook(RpcSchema):
 
     payload = fields.String(required=True, validate=validate.Length(max=1_000_000))
     signature = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=4000))
+
+
+class OrderRef(RpcSchema):
+    order_id = fields.UUID(required=True)
+
+
+class RefundOrder(RpcSchema):
+    """An operator's refund through the payment provider: ``amount`` minor
+    units (all that is not refunded yet when absent)."""
+
+    order_id = fields.UUID(required=True)
+    amount = fields.Integer(load_default=None, allow_none=True,
+                            validate=validate.Range(min=1, max=100_000_000))
+
+
+class PayPalWebhook(RpcSchema):
+    """The raw body and PayPal's ``PAYPAL-*`` transmission headers."""
+
+    payload = fields.String(required=True, validate=validate.Length(max=1_000_000))
+    headers = fields.Dict(keys=fields.String(validate=validate.Length(max=100)),
+                          values=fields.String(validate=validate.Length(max=4000)),
+                          load_default=dict)
 
 
 # ---------------------------------------------------------------- responses
@@ -372,6 +399,8 @@ class Order(RpcSchema):
     amount = fields.Integer(required=True)
     currency = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+    provider = fields.String(validate=validate.OneOf(PAYMENT_PROVIDERS),
+                             metadata={"description": "who took (or takes) the money"})
     created_at = fields.AwareDateTime(required=True)
     paid_at = fields.AwareDateTime(allow_none=True)
     amount_refunded = fields.Integer(allow_none=True)

@@ -7,13 +7,15 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import time
 import uuid
 
 import pytest
 from openapi_spec_validator import validate
 
-from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
+from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES, PAYPAL_HEADERS
+from gateway.api.common import IDEMPOTENCY_KEY_DOC
 from gateway.rpc import ServiceUnavailable
 from services.common.errors import DomainError
 from tests.unit.gateway.conftest import (
@@ -176,6 +178,23 @@ class FakeBilling(FakeRpcService):
         duplicate = event["id"] in self.stripe_events
         self.stripe_events.add(event["id"])
         return {"received": True, "duplicate": duplicate}
+
+    def rpc_capture_order(self, user_id, order_id):
+        order = next((o for o in self.orders.get(user_id, []) if o["id"] == order_id), None)
+        if order is None:
+            raise DomainError("not_found", "order not found", 404)
+        if order["item_id"] == "declined":
+            raise DomainError("payment_declined", "PayPal declined the payment", 402,
+                              {"checkout_url": "https://www.sandbox.paypal.com/checkoutnow"})
+        order.update(status="paid", paid_at=NOW)
+        return order
+
+    def rpc_handle_paypal_webhook(self, payload, headers=None):
+        if not isinstance(payload, str):
+            raise AssertionError(f"the raw body must arrive as a str, not {type(payload)}")
+        if set(headers or {}) != set(PAYPAL_HEADERS):
+            raise DomainError("invalid_signature", "the webhook signature is not valid", 400)
+        return {"received": True, "duplicate": False}
 
 
 @pytest.fixture
@@ -343,6 +362,21 @@ def test_an_unusable_idempotency_key_is_400(client, billing, key):
     assert billing.calls == []
 
 
+@pytest.mark.parametrize("key, usable", [
+    ("", False), ("   ", False), ("k" * 201, False), ("tab\there", False),
+    ("order-1", True), (" padded key ", True), ("k" * 200, True),
+])
+def test_the_documented_idempotency_key_is_the_one_the_gateway_takes(client, billing, key,
+                                                                      usable):
+    """The OpenAPI schema of the header refuses what the gateway refuses (fuzzing relies on it)."""
+    schema = IDEMPOTENCY_KEY_DOC["schema"]
+    documented = (schema["minLength"] <= len(key) <= schema["maxLength"]
+                  and re.fullmatch(schema["pattern"], key) is not None)
+    response = client.post("/v1/billing/checkout", headers={**BEARER, "Idempotency-Key": key},
+                           json={"pack_id": "small"})
+    assert documented == usable == (response.status_code != 400)
+
+
 @pytest.mark.parametrize("payload, status, code", [
     ({"pack_id": "unknown"}, 404, "not_found"),
     ({"plan_id": "free"}, 409, "conflict"),
@@ -469,6 +503,56 @@ def test_a_credential_on_the_webhook_is_not_needed_nor_checked(client, billing, 
     assert auth.called("authenticate") == []
 
 
+# ------------------------------------------------------------ PayPal
+
+
+def test_capture_is_the_callers_order(client, billing):
+    order_id = client.post("/v1/billing/checkout", json={"pack_id": "starter",
+                                                         "provider": "paypal"},
+                           headers=BEARER).get_json()["order_id"]
+    assert billing.called("create_checkout")[0][0][1] == {"pack_id": "starter",
+                                                           "provider": "paypal"}
+    response = client.post(f"/v1/billing/orders/{order_id}/capture", headers=BEARER)
+    assert response.status_code == 200
+    assert (response.get_json()["id"], response.get_json()["status"]) == (order_id, "paid")
+    assert billing.called("capture_order")[-1][0] == (USER_ID, order_id)
+    assert client.post(f"/v1/billing/orders/{order_id}/capture").status_code == 401
+    other = client.post(f"/v1/billing/orders/{uuid.uuid4()}/capture", headers=BEARER)
+    assert (other.status_code, error_of(other)["code"]) == (404, "not_found")
+    assert client.post("/v1/billing/orders/not-a-uuid/capture", headers=BEARER).status_code == 404
+
+
+def test_a_declined_capture_is_402_with_the_link(client, billing):
+    order_id = client.post("/v1/billing/checkout", json={"plan_id": "declined"},
+                           headers=BEARER).get_json()["order_id"]
+    response = client.post(f"/v1/billing/orders/{order_id}/capture", headers=BEARER)
+    assert response.status_code == 402
+    assert error_of(response)["code"] == "payment_declined"
+    assert error_of(response)["details"]["checkout_url"].startswith("https://")
+
+
+def test_checkout_refuses_an_unknown_provider(client, billing):
+    response = client.post("/v1/billing/checkout", json={"pack_id": "starter",
+                                                         "provider": "bitcoin"}, headers=BEARER)
+    assert (response.status_code, error_of(response)["code"]) == (400, "invalid_request")
+    assert billing.called("create_checkout") == []
+
+
+def test_the_paypal_webhook_passes_the_raw_body_and_transmission_headers(client, billing, auth):
+    body = b'{"id": "WH-1", "event_type": "PAYMENT.CAPTURE.COMPLETED", "resource": {}}'
+    headers = {name: f"value of {name}" for name in PAYPAL_HEADERS}
+    response = client.post("/v1/billing/webhooks/paypal", data=body,
+                           headers={**headers, "X-Other": "not passed"},
+                           content_type="application/json")
+    assert response.status_code == 200 and response.get_json() == {"received": True}
+    [(args, _)] = billing.called("handle_paypal_webhook")
+    assert args == (body.decode(), headers)
+    assert auth.called("authenticate") == []
+    missing = client.post("/v1/billing/webhooks/paypal", data=body,
+                          content_type="application/json")
+    assert (missing.status_code, error_of(missing)["code"]) == (400, "invalid_signature")
+
+
 # ------------------------------------------------------------ the OpenAPI document
 
 
@@ -481,7 +565,8 @@ def test_openapi_documents_billing(client):
         "/v1/billing/balance": {"get"}, "/v1/billing/ledger": {"get"},
         "/v1/billing/plans": {"get"}, "/v1/billing/prices": {"get"},
         "/v1/billing/checkout": {"post"}, "/v1/billing/orders": {"get"},
-        "/v1/billing/webhooks/stripe": {"post"},
+        "/v1/billing/webhooks/stripe": {"post"}, "/v1/billing/webhooks/paypal": {"post"},
+        "/v1/billing/orders/{order_id}/capture": {"post"},
         "/v1/billing/subscription": {"get"}, "/v1/billing/subscription/cancel": {"post"},
         "/v1/billing/portal": {"get"},
     }
@@ -494,6 +579,12 @@ def test_openapi_documents_billing(client):
     webhook = doc["paths"]["/v1/billing/webhooks/stripe"]["post"]
     assert "security" not in webhook
     assert [p["name"] for p in webhook["parameters"]] == ["Stripe-Signature"]
+    paypal = doc["paths"]["/v1/billing/webhooks/paypal"]["post"]
+    assert "security" not in paypal
+    assert [p["name"] for p in paypal["parameters"]] == list(PAYPAL_HEADERS)
+    capture = doc["paths"]["/v1/billing/orders/{order_id}/capture"]["post"]
+    assert [capture.get("security")] == secured
+    assert {"200", "402", "404", "409"} <= set(capture["responses"])
     checkout = doc["paths"]["/v1/billing/checkout"]["post"]
     assert "Idempotency-Key" in [p["name"] for p in checkout["parameters"]]
     assert checkout["requestBody"]["content"]["application/json"]["schema"] == {

@@ -1,4 +1,4 @@
-"""`darkroom-ops billing verify|adjust`: arguments, RPC calls, output, exit
+"""`darkroom-ops billing verify|adjust|refund`: arguments, RPC calls, output, exit
 codes (the RPC replaced by a fake; tests/integration/test_ops_billing.py runs
 them against the real billing service)."""
 
@@ -50,6 +50,9 @@ def calls(monkeypatch) -> Calls:
             "id": "0190a0a0-0000-7000-8000-00000000e001", "kind": "adjustment", "amount": amount,
             "held_change": 0, "balance_after": 70 + amount, "job_id": None, "order_id": None,
             "created_at": "2026-01-02T03:04:05Z", "expires_at": None},
+        "refund_order": lambda order_id, amount: {
+            "id": order_id, "status": "partially_refunded" if amount else "refunded",
+            "amount": 500, "amount_refunded": amount or 500, "currency": "usd"},
     }
 
     def fake_call(config, method, *args, timeout=None, **kwargs):
@@ -237,3 +240,35 @@ def test_the_rpc_goes_to_billing_with_the_configured_timeout(cluster):
     assert billing_ops.verify(config, ADA) == \
         {"accounts_checked": 0, "problems": [], "user_id": ADA, "limit": None}
     assert seen["timeout"] == billing_ops.VERIFY_TIMEOUT_SECONDS
+
+
+# ------------------------------------------------------------ refund
+
+
+ORDER = "0190a0a0-0000-7000-8000-0000000000a1"
+
+
+def test_refund_part_of_an_order(run, calls):
+    result = run("billing", "refund", ORDER, "--amount", "200")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("refund_order", (ORDER, 200), None)]
+    assert result.stdout == f"order {ORDER}: partially_refunded, 200 of 500 USD refunded\n"
+    assert run("billing", "refund", ORDER).exit_code == 0
+    assert calls[1][1] == (ORDER, None)
+
+
+@pytest.mark.parametrize("args", [[], ["not-an-order"], [ORDER, "--amount", "0"],
+                                  [ORDER, "--amount", "lots"]])
+def test_refund_bad_usage_is_exit_2_and_no_rpc(run, calls, args):
+    assert run("billing", "refund", *args).exit_code == 2
+    assert calls == []
+
+
+def test_a_refused_refund_is_reported(run, calls):
+    def refuse(order_id, amount):
+        raise DomainError("not_refundable", "refund this order in its provider's dashboard", 409)
+
+    calls.answers["refund_order"] = refuse
+    result = run("billing", "refund", ORDER)
+    assert result.exit_code == 1
+    assert "error: refund this order in its provider's dashboard (not_refundable)" in result.stderr

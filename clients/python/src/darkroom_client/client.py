@@ -103,11 +103,20 @@ class Client:
         return self._iterate(self.ledger, page_size)
 
     def checkout(self, *, pack_id: str | None = None, plan_id: str | None = None,
+                 provider: str | None = None,
                  idempotency_key: str | None = None) -> dict[str, Any]:
-        """``{order_id, checkout_url}``: send the user to ``checkout_url``."""
-        body = {k: v for k, v in (("pack_id", pack_id), ("plan_id", plan_id)) if v}
+        """``{order_id, checkout_url}``: send the user to ``checkout_url``.
+        ``provider`` (``stripe`` or ``paypal``): who takes the money, among
+        those the server enables (its first by default)."""
+        body = {k: v for k, v in (("pack_id", pack_id), ("plan_id", plan_id),
+                                  ("provider", provider)) if v}
         return self._json("POST", "/v1/billing/checkout", json=body, headers={
             "Idempotency-Key": idempotency_key or str(uuid.uuid4())})
+
+    def capture(self, order_id: str) -> dict[str, Any]:
+        """Take the money of a PayPal order the buyer approved (when they come
+        back from PayPal): the order. Calling it again is harmless."""
+        return self._json("POST", f"/v1/billing/orders/{order_id}/capture")
 
     # ------------------------------------------------------------ jobs
 
