@@ -86,6 +86,18 @@ def _id(size: int = 17) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(size))
 
 
+VERIFY_PATH = "/v1/notifications/verify-webhook-signature"
+
+
+def _member_text(text: str, name: str) -> str:
+    """The JSON text of the member ``name`` of the object ``text``, as written."""
+    at = text.find(f'"{name}"')
+    start = text.index(":", at) + 1
+    start += len(text[start:]) - len(text[start:].lstrip())
+    _, end = json.JSONDecoder().raw_decode(text, start)
+    return text[start:end]
+
+
 class FakePayPal(FakeHTTPServer):
     def __init__(self, client_id: str = "fake-paypal-client-id",
                  client_secret: str = "fake-paypal-client-secret",
@@ -147,6 +159,8 @@ class FakePayPal(FakeHTTPServer):
             except ValueError:
                 body = None
         headers = {k.lower(): v for k, v in request.headers.items()}
+        if request.method == "POST" and request.path == VERIFY_PATH:
+            return _answer(*self._verify(body, request.body.decode(errors="replace")))
         return _answer(*self._route(request.method, request.path, headers, body))
 
     def _route(self, method: str, path: str, headers, body) -> tuple[int, dict]:
@@ -168,8 +182,6 @@ class FakePayPal(FakeHTTPServer):
             return self._idempotent("capture", request_id, lambda: self._capture(parts[3]))
         if parts[:3] == ["v2", "payments", "captures"] and parts[4:] == ["refund"]:
             return self._idempotent("refund", request_id, lambda: self._refund(parts[3], body))
-        if method == "POST" and path == "/v1/notifications/verify-webhook-signature":
-            return self._verify(body)
         return _error(404, "RESOURCE_NOT_FOUND", "INVALID_RESOURCE_ID")
 
     def _idempotent(self, kind: str, request_id: str | None, make) -> tuple[int, dict]:
@@ -331,7 +343,10 @@ class FakePayPal(FakeHTTPServer):
             "PAYPAL-AUTH-ALGO": "SHA256withRSA", "Content-Type": "application/json",
         }
 
-    def _verify(self, body) -> tuple[int, dict]:
+    def _verify(self, body, text: str) -> tuple[int, dict]:
+        """As PayPal: the signature is checked against the CRC32 of
+        ``webhook_event`` as sent (its JSON text in the request, ``text``), so
+        an event re-serialised differently from the delivery fails."""
         names = ("auth_algo", "cert_url", "transmission_id", "transmission_sig",
                  "transmission_time", "webhook_id", "webhook_event")
         if not isinstance(body, dict) or any(not body.get(name) for name in names):
@@ -340,7 +355,7 @@ class FakePayPal(FakeHTTPServer):
         genuine = False
         if delivery is not None:
             time, webhook_id, event = delivery
-            payload = json.dumps(body["webhook_event"], separators=(",", ":"))
+            payload = _member_text(text, "webhook_event")
             expected = self._signature(body["transmission_id"], body["transmission_time"],
                                        body["webhook_id"], payload)
             genuine = (time == body["transmission_time"] and webhook_id == body["webhook_id"]

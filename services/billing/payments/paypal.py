@@ -26,6 +26,7 @@ raises :class:`PaymentProviderError`.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -129,10 +130,11 @@ class PayPalClient:
             self._token = (token, time.monotonic() + max(0, lifetime - TOKEN_MARGIN_SECONDS))
             return token
 
-    def _call(self, method: str, path: str, body: dict | None = None,
+    def _call(self, method: str, path: str, body: dict | str | None = None,
               request_id: str | None = None) -> dict:
         """The JSON answer of a 2xx; :class:`PayPalRefused` for a 4xx naming
-        an issue; :class:`PaymentProviderError` for anything else."""
+        an issue; :class:`PaymentProviderError` for anything else. ``body``:
+        a mapping sent as JSON, or JSON text sent as it is."""
         for attempt in (0, 1):
             headers = {"Authorization": f"Bearer {self._access_token(renew=attempt > 0)}",
                        "Content-Type": "application/json", "Accept": "application/json",
@@ -140,8 +142,9 @@ class PayPalClient:
             if request_id:
                 headers["PayPal-Request-Id"] = request_id
             try:
-                response = self.http.request(method, f"{self.base_url}{path}", json=body,
-                                             headers=headers, timeout=self.timeout)
+                sent = {"data": body.encode()} if isinstance(body, str) else {"json": body}
+                response = self.http.request(method, f"{self.base_url}{path}", headers=headers,
+                                             timeout=self.timeout, **sent)
             except requests.RequestException as exc:
                 raise PaymentProviderError(f"paypal unreachable: {type(exc).__name__}") from exc
             if response.status_code != 401:
@@ -208,18 +211,21 @@ class PayPalClient:
 
     # ------------------------------------------------------------ webhooks
 
-    def verify_webhook(self, headers: dict, event: dict, webhook_id: str) -> bool:
+    def verify_webhook(self, headers: dict, raw_event: str, webhook_id: str) -> bool:
         """Whether PayPal says this delivery (its ``PAYPAL-*`` headers and
-        event) is genuine and meant for ``webhook_id``."""
-        body = {
+        body ``raw_event``, a JSON object) is genuine and meant for
+        ``webhook_id``. The body goes into ``webhook_event`` verbatim: the
+        signature covers the delivered bytes (their CRC32), which a parse and
+        re-serialisation could change."""
+        fields = json.dumps({
             "auth_algo": headers["PAYPAL-AUTH-ALGO"],
             "cert_url": headers["PAYPAL-CERT-URL"],
             "transmission_id": headers["PAYPAL-TRANSMISSION-ID"],
             "transmission_sig": headers["PAYPAL-TRANSMISSION-SIG"],
             "transmission_time": headers["PAYPAL-TRANSMISSION-TIME"],
             "webhook_id": webhook_id,
-            "webhook_event": event,
-        }
+        })
+        body = fields[:-1] + ', "webhook_event": ' + raw_event.strip() + "}"
         try:
             answer = self._call("POST", "/v1/notifications/verify-webhook-signature", body)
         except PayPalRefused as exc:

@@ -250,9 +250,9 @@ def verified_event(client: paypal.PayPalClient, settings: BillingSettings, paylo
     ``invalid_request`` for a verified body that is not an event."""
     providers.require(settings, providers.PAYPAL)
     sent = transmission(headers)
-    event = parse_body(payload)
+    event = parse_body(payload)  # 400, and PayPal is not asked, for what is not an object
     try:
-        genuine = client.verify_webhook(sent, event, settings.paypal_webhook_id)
+        genuine = client.verify_webhook(sent, payload, settings.paypal_webhook_id)
     except PaymentProviderError as exc:
         log.error("paypal webhook verification failed: %s", exc)
         raise orders.provider_unavailable() from None

@@ -319,16 +319,21 @@ def test_webhook_verification_asks_paypal(paypal, client):
     body, headers = paypal.webhook({"id": "WH-1", "event_type": "X", "resource": {}})
     sent = paypal_orders.transmission(headers)
     event = json.loads(body)
-    assert client.verify_webhook(sent, event, paypal.webhook_id) is True
+    assert client.verify_webhook(sent, body, paypal.webhook_id) is True
     request = paypal.requests[-1]
     assert request.path == "/v1/notifications/verify-webhook-signature"
     assert request.json()["webhook_event"] == event
     assert request.json()["transmission_id"] == headers["PAYPAL-TRANSMISSION-ID"]
-    # a changed event, another webhook id, a forged signature: FAILURE
-    assert client.verify_webhook(sent, dict(event, event_type="Y"), paypal.webhook_id) is False
-    assert client.verify_webhook(sent, event, "WH-SOMEONE-ELSE") is False
+    # the delivered bytes go to PayPal as they came, not re-serialised
+    assert request.body.decode().endswith('"webhook_event": ' + body + "}")
+    # the same event re-serialised (other spacing), a changed event, another
+    # webhook id, a forged signature: FAILURE
+    assert client.verify_webhook(sent, json.dumps(event, indent=1), paypal.webhook_id) is False
+    changed = json.dumps(dict(event, event_type="Y"))
+    assert client.verify_webhook(sent, changed, paypal.webhook_id) is False
+    assert client.verify_webhook(sent, body, "WH-SOMEONE-ELSE") is False
     forged = dict(sent, **{"PAYPAL-TRANSMISSION-SIG": "AAAA"})
-    assert client.verify_webhook(forged, event, paypal.webhook_id) is False
+    assert client.verify_webhook(forged, body, paypal.webhook_id) is False
 
 
 def test_a_delivery_is_refused_unless_paypal_verifies_it(settings, paypal, client):
