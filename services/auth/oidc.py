@@ -162,10 +162,26 @@ def check_redirect_uri(settings: AuthSettings, redirect_uri: str) -> str:
                       {"fields": {"redirect_uri": ["Not an allowed redirect URI."]}})
 
 
-def _client(settings: AuthSettings, found: OidcProvider) -> OAuth2Session:
+def _client(settings: AuthSettings, found: OidcProvider, document: dict) -> OAuth2Session:
+    """Authlib's client; the token endpoint authenticated as the provider's
+    discovery allows (``client_secret_basic``, the default, else ``_post``)."""
+    methods = document.get("token_endpoint_auth_methods_supported")
+    method = "client_secret_basic"
+    if isinstance(methods, list) and method not in methods and "client_secret_post" in methods:
+        method = "client_secret_post"
     return OAuth2Session(found.client_id, found.client_secret, scope=found.scopes,
                          redirect_uri=callback_url(settings, found.name),
-                         code_challenge_method="S256")
+                         code_challenge_method="S256", token_endpoint_auth_method=method)
+
+
+def issuers(found: OidcProvider) -> list[str]:
+    """The ``iss`` values an ID token of ``found`` may carry: its issuer (with
+    or without a trailing slash); Google documents ``accounts.google.com``
+    without the scheme as well."""
+    values = [found.issuer, found.issuer + "/"]
+    if found.issuer == "https://accounts.google.com":
+        values.append("accounts.google.com")
+    return values
 
 
 def start(db: Session, settings: AuthSettings, name: str, redirect_uri: str,
@@ -179,7 +195,7 @@ def start(db: Session, settings: AuthSettings, name: str, redirect_uri: str,
     document = metadata(found, settings.oidc_timeout_seconds)
     state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(64)
-    url, _ = _client(settings, found).create_authorization_url(
+    url, _ = _client(settings, found, document).create_authorization_url(
         document["authorization_endpoint"], state=state, nonce=nonce, code_verifier=verifier)
     db.add(OidcFlow(id=new_id(), state_hash=sha256_hex(state), provider=found.name, nonce=nonce,
                     code_verifier=verifier, redirect_uri=redirect_uri, user_id=user_id,
@@ -243,7 +259,7 @@ def validate_id_token(found: OidcProvider, document: dict, id_token: str, nonce:
         if access_token:
             params["access_token"] = access_token
         claims = CodeIDToken(token.claims, token.header,
-                             {"iss": {"essential": True, "values": [found.issuer, found.issuer + "/"]},
+                             {"iss": {"essential": True, "values": issuers(found)},
                               "aud": {"essential": True, "values": [found.client_id]},
                               "nonce": {"essential": True}},
                              params)
@@ -278,7 +294,7 @@ def fetch_claims(settings: AuthSettings, flow: Flow, params: dict) -> Claims:
     if params.get("iss") and params["iss"].rstrip("/") != found.issuer:  # RFC 9207
         raise invalid_id_token("the response comes from another issuer")
     try:
-        tokens = _client(settings, found).fetch_token(
+        tokens = _client(settings, found, document).fetch_token(
             document["token_endpoint"], code=params["code"], code_verifier=flow.code_verifier,
             timeout=settings.oidc_timeout_seconds)
     except requests.RequestException:

@@ -348,3 +348,23 @@ def test_an_unsigned_id_token_is_refused_whatever_discovery_lists(db, conf, prov
     with pytest.raises(DomainError) as info:
         oidc.validate_id_token(found, document, unsigned, "n", None, 5)
     assert info.value.code == "oidc_invalid_token"
+
+
+def test_google_tokens_may_name_the_issuer_without_its_scheme():
+    google = OidcProvider("google", "https://accounts.google.com", CLIENT_ID, CLIENT_SECRET)
+    assert oidc.issuers(google) == ["https://accounts.google.com", "https://accounts.google.com/",
+                                    "accounts.google.com"]
+    corp = OidcProvider("corp", "https://id.example.com", CLIENT_ID, CLIENT_SECRET)
+    assert "id.example.com" not in oidc.issuers(corp)
+
+
+@pytest.mark.parametrize("methods, expected", [
+    (None, "client_secret_basic"),
+    (["client_secret_basic", "client_secret_post"], "client_secret_basic"),
+    (["client_secret_post"], "client_secret_post"),
+    (["private_key_jwt"], "client_secret_basic"),
+])
+def test_the_token_endpoint_is_authenticated_as_discovery_allows(conf, methods, expected):
+    found = conf.oidc_providers["corp"]
+    document = {} if methods is None else {"token_endpoint_auth_methods_supported": methods}
+    assert oidc._client(conf, found, document).token_endpoint_auth_method == expected
