@@ -98,6 +98,26 @@ def decrypt_columns(table: str, columns: dict, key: tuple[str, ...] = ("id",)) -
                                postgresql_using=f"{name}::{cast}")
 
 
+OUTBOX_BODY = {"body": "outbox.body"}  # services/common/outbox.py
+
+
+def encrypt_outbox() -> None:
+    """In a migration: the bodies of events still in the service's outbox
+    encrypted, as :func:`services.common.outbox.outbox_table` now stores them."""
+    from alembic import op
+
+    fieldcrypt.convert_rows(op.get_bind(), "outbox", ["event_id"], OUTBOX_BODY,
+                            fieldcrypt.encrypt_value)
+
+
+def decrypt_outbox() -> None:
+    """The downgrade of :func:`encrypt_outbox`."""
+    from alembic import op
+
+    fieldcrypt.convert_rows(op.get_bind(), "outbox", ["event_id"], OUTBOX_BODY,
+                            fieldcrypt.decrypt_value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m services.common.migrations auth [notifications ...]``"""
     names = argv if argv is not None else sys.argv[1:]

@@ -12,7 +12,10 @@ Delivery is at least once; consumers are idempotent on ``event_id``.
 
 Rows are deleted as soon as they are published: events can carry secrets on
 their way to the mailer (a verification code, a reset token) that the
-service itself only stores hashed.
+service itself only stores hashed. Their bodies can carry an address or a name,
+so a body is stored encrypted like a personal field (``outbox.body``,
+services/common/fieldcrypt.py): a row's bytes left in a SQLite WAL or among
+PostgreSQL's dead tuples hold nothing readable.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy import Column, Connection, String, Table, Text, delete, insert, 
 from sqlalchemy.orm import Session
 
 from services.common.db import UtcDateTime
+from services.common.fieldcrypt import Encrypted
 from services.common.ids import utcnow
 
 
@@ -33,7 +37,7 @@ def outbox_table(metadata) -> Table:
         metadata,
         Column("event_id", String(36), primary_key=True),
         Column("routing_key", String(200), nullable=False),
-        Column("body", Text, nullable=False),
+        Column("body", Encrypted("outbox.body"), nullable=False),
         Column("headers", Text, nullable=False),
         Column("created_at", UtcDateTime(), nullable=False, index=True),
     )

@@ -100,10 +100,16 @@ def test_no_personal_field_in_clear_on_disk_refusals_and_rotation(stack, start_p
             "the verification mail's record")
     finally:
         records.dispose()
+    secrets = [email.encode(), NAME.encode(), BIO.encode(), b"Marker-Agent", b"203.0.113"]
+    # while auth runs: its WAL holds every frame written since the last
+    # checkpoint, the outbox rows of the events that carried the address too
+    running = sqlite_files(stack.auth_db)
+    assert stack.auth_db.with_name("auth.db-wal").exists()
+    for secret in secrets:
+        assert secret not in running, secret
     auth.stop()
     notifications.stop()
 
-    secrets = [email.encode(), NAME.encode(), BIO.encode(), b"Marker-Agent", b"203.0.113"]
     auth_file = sqlite_files(stack.auth_db)
     dump = pg_dump(stack.notifications_url)
     assert b"fc1:k1:" in auth_file and b"fc1:k1:" in dump

@@ -209,6 +209,8 @@ def test_generation_config_holds_no_provider_keys(production):
     (docs/providers.md); a missing one stops generation when it builds its router."""
     source = CONFIG_DIR / "generation.yaml"
     production.setenv("AMQP_URI", f"amqp://darkroom:{STRONG}@rabbitmq:5672/")
+    production.setenv("FIELD_ENCRYPTION_KEYS", new_key_entry("prod-1"))  # its outbox's bodies
+    production.setenv("FIELD_INDEX_KEY", STRONG)
     refuse_insecure_config(load_config(source), "generation", source)
     assert "api_key" not in source.read_text().lower()
 
