@@ -14,7 +14,7 @@ GATEWAY_PORT ?= 8000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv dev dev-keys test test-unit test-integration test-e2e up down logs lint bench migrate clean
+.PHONY: help venv console dev dev-keys test test-unit test-integration test-e2e test-console up down logs lint bench migrate clean
 
 help:
 	@echo "make dev     run the whole stack locally as processes (starts RabbitMQ if installed and stopped)"
@@ -35,6 +35,16 @@ $(STAMP): pyproject.toml requirements-dev.lock clients/python/pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The web console (console/, served by the gateway at /): exactly the locked npm
+# packages (package-lock.json), then the Vite build into console/dist (not committed).
+CONSOLE_SOURCES := $(shell find console/src -type f 2>/dev/null) console/index.html \
+	console/package.json console/package-lock.json console/tsconfig.json console/vite.config.ts
+console/dist/index.html: $(CONSOLE_SOURCES)
+	cd console && npm ci --no-audit --no-fund && npm run build
+	@touch $@
+
+console: console/dist/index.html
 
 # GATEWAY_PORT=18000 make dev moves the API, and with it PUBLIC_BASE_URL (signed
 # file URLs, mail links, checkout return URLs) unless that is set too.
@@ -57,7 +67,7 @@ dev-keys:
 	@test -s var/field-index-key || (umask 077; head -c 32 /dev/urandom | base64 \
 	  > var/field-index-key && echo "generated var/field-index-key")
 
-dev: $(STAMP) dev-keys
+dev: $(STAMP) dev-keys console/dist/index.html
 	@$(LOCAL_SERVICES) rabbitmq
 	@mkdir -p var/mail var/objects
 	GATEWAY_PORT=$(GATEWAY_PORT) PUBLIC_BASE_URL=$(PUBLIC_BASE_URL) $(DEV_KEYS) \
@@ -66,7 +76,7 @@ dev: $(STAMP) dev-keys
 migrate: $(STAMP) dev-keys
 	$(DEV_KEYS) $(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
 
-test: $(STAMP)
+test: $(STAMP) console/dist/index.html
 	@$(LOCAL_SERVICES)
 	@-$(TEST_TOOLS)
 	$(BIN)/pytest -q tests
@@ -83,6 +93,12 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	@$(LOCAL_SERVICES) rabbitmq postgres
 	$(BIN)/pytest -q tests/e2e
+
+# The console in Chromium (Debian's, installed by deploy/test-tools.sh) through the whole stack.
+test-console: $(STAMP) console/dist/index.html
+	@$(LOCAL_SERVICES) rabbitmq postgres
+	@-$(TEST_TOOLS) chromium
+	$(BIN)/pytest -q tests/console
 
 # Once: deploy/.env from the example, each change-me placeholder replaced by a fresh
 # random secret (192 bits, hex: safe inside URLs), each change-me-key-ring-NAME by
@@ -121,4 +137,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache console/dist console/node_modules

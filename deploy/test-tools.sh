@@ -2,10 +2,12 @@
 # Installs the command-line checkers some tests run on our configuration files:
 #   promtool  (Debian package prometheus)  Prometheus config and alert rules
 #   caddy     (Debian package caddy)       the TLS profile's Caddyfile
+#   chromium  (Debian package chromium)    the console's browser tests (tests/console,
+#                                          Playwright drives /usr/bin/chromium)
 # and, when named, the benchmarks' load generator:
 #   wrk       (Debian package wrk)         bench/read_path.py (make bench)
 #
-#   deploy/test-tools.sh            promtool and caddy
+#   deploy/test-tools.sh            promtool, caddy and chromium
 #   deploy/test-tools.sh wrk        the tools named
 #
 # A tool already on PATH is left alone (a run where all is there takes no
@@ -14,9 +16,9 @@
 # is still missing: with CI=true the tests that need it fail instead of skipping.
 set -uo pipefail
 
-declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy [wrk]=wrk)
+declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy [chromium]=chromium [wrk]=wrk)
 tools=("$@")
-[ "${#tools[@]}" -eq 0 ] && tools=(promtool caddy)
+[ "${#tools[@]}" -eq 0 ] && tools=(promtool caddy chromium)
 missing=()
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE[$tool]}")

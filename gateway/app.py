@@ -16,7 +16,7 @@ import flask_smorest
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import docs, errors, limits, middleware
+from gateway import console, docs, errors, limits, middleware
 from gateway.api import BLUEPRINTS
 from gateway.api.accounts import auth_blp
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
@@ -194,4 +194,5 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     api.name_operations()
     docs.init_app(app)
     errors.register_error_handlers(app)
+    console.init_app(app, config)  # last: / and the router's 404s for console addresses
     return app

@@ -27,6 +27,19 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 HSTS = "max-age=63072000; includeSubDomains"
+# The web console's pages and files (gateway/console.py): its own scripts and
+# styles only (no inline script, nothing from another origin), images and
+# videos from the gateway (the fs backend's /v1/files/ URLs) and ``media``,
+# the object store's public origin when files load from there.
+CONSOLE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:{media}; "
+                  "media-src 'self'{media}; connect-src 'self'; frame-ancestors 'none'; "
+                  "base-uri 'none'; form-action 'self'; object-src 'none'")
+
+
+def console_policy(media_origins: list[str]) -> str:
+    """The console's Content-Security-Policy, with the origins its images load from."""
+    media = "".join(f" {origin}" for origin in media_origins)
+    return CONSOLE_POLICY.format(media=media)
 NO_STORE_PREFIXES = ("/v1/auth/",)
 
 
