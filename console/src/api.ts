@@ -82,7 +82,11 @@ export async function api<T = any>(method: string, path: string, options: Reques
   }
   if (!response.ok) {
     const error = data && data.error;
-    if (response.status === 401 && token && options.auth !== false) setSessionToken(null);
+    // the session itself was refused (expired, revoked, the account gone); other
+    // 401s (a wrong password when re-authenticating, a TOTP code) keep it
+    if (response.status === 401 && token && options.auth !== false && (!error || error.code === "unauthenticated")) {
+      setSessionToken(null);
+    }
     if (error && typeof error.code === "string") {
       throw new ApiError(response.status, error.code, error.message || error.code, error.details || {});
     }

@@ -1,7 +1,7 @@
 // The privacy center: export (request and download), erasure with
 // re-authentication, its grace period and cancel; and the page the erasure
 // mail's cancel link opens.
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, Page } from "../api";
 import { useLocation } from "../router";
 import { refreshMe } from "../session";
@@ -37,6 +37,13 @@ export function PrivacyCenter({ totp }: { totp: boolean }) {
     requests.reload();
   });
   const items = requests.data?.items || [];
+  const open = items.some((r) => r.status === "pending" || r.status === "in_progress");
+  useEffect(() => {
+    if (!open) return;
+    // an open request changes on its own: an export is built, an erasure starts
+    const timer = setInterval(() => requests.reload(), 3000);
+    return () => clearInterval(timer);
+  }, [open]);
   const pendingErasure = items.find((r) => r.type === "erasure" && (r.status === "pending" || r.status === "in_progress"));
   return (
     <section>
