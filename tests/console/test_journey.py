@@ -79,6 +79,7 @@ def test_sign_up_generate_share_export_and_erase(stack, open_console, tmp_path):
     me = stack.call("GET", "/v1/me", token=token).json()
     assert (me["email"], me["policy"]["accepted"], me["policy"]["acceptance_required"]) == (
         address, version, False)
+    assert page.get_by_role("region", name="Privacy policy update").count() == 0
     eventually(lambda: stack.call("GET", "/v1/billing/balance", token=token).json()["available"] > 0,
                what="the signup grant")
 

@@ -3,7 +3,7 @@
 import { useState } from "preact/hooks";
 import { api, ApiError } from "../api";
 import { Link, navigate, useLocation } from "../router";
-import { signIn } from "../session";
+import { refreshMe, signIn } from "../session";
 import { ErrorMessage, Field, Notice, PageTitle, useAction, useLoad } from "../ui";
 
 export const PENDING_POLICY_KEY = "darkroom.policy-accepted";
@@ -166,6 +166,7 @@ export function Login() {
     if (pending) {
       sessionStorage.removeItem(PENDING_POLICY_KEY);
       await api("POST", "/v1/privacy/policy/accept", { body: { version: pending } }).catch(() => undefined);
+      await refreshMe(); // the profile now says the policy is accepted
     }
     const next = query.get("next");
     navigate(next && next.startsWith("/") && !next.startsWith("//") ? next : "/generate", { replace: true });

@@ -1,5 +1,6 @@
 // Credits: balance, packs to buy, the ledger and the orders; the pages the
 // payment provider sends the buyer back to.
+import { useEffect, useState } from "preact/hooks";
 import { api, Page } from "../api";
 import { Link, useLocation } from "../router";
 import { ErrorMessage, formatDate, Notice, PageTitle, useAction, useLoad } from "../ui";
@@ -99,16 +100,49 @@ export function Billing() {
 export function CheckoutSuccess() {
   const { query } = useLocation();
   const orderId = query.get("order_id");
-  // A PayPal order is captured when the buyer comes back; Stripe's pays by webhook.
-  const capture = useLoad(
-    () => (orderId ? api("POST", `/v1/billing/orders/${encodeURIComponent(orderId)}/capture`) : Promise.resolve(null)),
-    [orderId],
-  );
+  const [order, setOrder] = useState<Order | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  useEffect(() => {
+    if (!orderId) return;
+    let live = true;
+    let captured = false;
+    const check = async () => {
+      try {
+        const page = await api<Page<Order>>("GET", "/v1/billing/orders", { query: { limit: 20 } });
+        let found = page.items.find((o) => o.id === orderId) || null;
+        // a PayPal order is captured when the buyer comes back; Stripe's is paid by its webhook
+        if (found && found.provider === "paypal" && found.status === "pending" && !captured) {
+          captured = true;
+          found = await api<Order>("POST", `/v1/billing/orders/${encodeURIComponent(orderId)}/capture`);
+        }
+        if (!live) return;
+        setOrder(found);
+        if (!found || found.status === "pending") setTimeout(check, 2000);
+      } catch (e) {
+        if (live) setError(e);
+      }
+    };
+    check();
+    return () => {
+      live = false;
+    };
+  }, [orderId]);
   return (
     <section class="narrow">
       <PageTitle>Thank you</PageTitle>
-      <ErrorMessage error={capture.error} />
-      <Notice>Your payment was received. The credits are added as soon as the payment provider confirms it.</Notice>
+      <ErrorMessage error={error} />
+      {order && order.status === "paid" ? (
+        <Notice>
+          Payment received: <strong data-testid="order-credits">{order.credits}</strong> credits were added.
+        </Notice>
+      ) : (
+        !error && <Notice>Waiting for the payment provider to confirm the payment…</Notice>
+      )}
+      {order && order.status !== "paid" && order.status !== "pending" && (
+        <p>
+          The order is <strong>{order.status}</strong>.
+        </p>
+      )}
       <p>
         <Link href="/billing">See your credits and orders</Link>
       </p>
