@@ -136,7 +136,7 @@ class Console:
 
 
 @pytest.fixture
-def open_console(browser, stack):
+def open_console(browser, stack):  # noqa: F811  (the stack imported above)
     """``open_console(viewport=...)`` → a :class:`Console` in a fresh browser
     context (no cookies, no storage: a new visitor); checked when the test ends."""
     contexts, consoles = [], []

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.console.conftest import PHONE, eventually
 from tests.conftest import REPO
+from tests.console.conftest import PHONE, eventually
 from tests.e2e.stack import PASSWORD, body_text, code_from, new_email
 
 pytestmark = pytest.mark.e2e

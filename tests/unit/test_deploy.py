@@ -45,6 +45,7 @@ MODE_VARIABLES = {"DARKROOM_ENV"}
 # Variables a config file reads that compose deliberately does not pass, and why.
 NOT_WIRED = {
     "storage": {"STORAGE_FS_ROOT": "the fs backend's; compose runs the s3 backend"},
+    "gateway": {"S3_ENDPOINT": "the console's CSP names S3_PUBLIC_ENDPOINT, which compose sets"},
 }
 # The vendors' keys generation passes through for a providers file to name as ${NAME}
 # (docs/providers.md): no config reads them by name; one a file names but that is unset
