@@ -3,6 +3,7 @@ import type { ComponentChildren } from "preact";
 import { useState } from "preact/hooks";
 import { api } from "./api";
 import { Account } from "./pages/account";
+import { cookieChoice, CookiePanel } from "./pages/consents";
 import { ForgotPassword, Login, ResetPassword, SignUp, Verify } from "./pages/auth";
 import { Billing, CheckoutCancel, CheckoutSuccess } from "./pages/billing";
 import { Gallery, PublicImage } from "./pages/gallery";
@@ -161,7 +162,7 @@ function route(path: string, me: Me | null): ComponentChildren {
     "/gallery": () => <Gallery />,
     "/billing": () => <Billing />,
     "/checkout/success": () => <CheckoutSuccess />,
-    "/privacy": (me) => <PrivacyCenter totp={me.totp_enabled} />,
+    "/privacy": (me) => <PrivacyCenter me={me} />,
     "/account": (me) => <Account me={me} />,
   };
   if (signedIn[path]) return me ? signedIn[path](me) : <SignInFirst path={path} />;
@@ -171,6 +172,8 @@ function route(path: string, me: Me | null): ComponentChildren {
 export function App() {
   const { path } = useLocation();
   const { me, ready, error } = useSession();
+  // asked once per browser, until a choice is saved; reopened from the footer
+  const [cookies, setCookies] = useState(!cookieChoice().decided);
   return (
     <>
       <Header me={me} path={path} />
@@ -179,8 +182,12 @@ export function App() {
         <ErrorMessage error={error} />
         {ready ? <div key={path}>{route(path, me)}</div> : <Notice>Loading…</Notice>}
       </main>
+      {cookies && <CookiePanel onClose={() => setCookies(false)} />}
       <footer class="bottom">
-        <a href="/v1/docs">API documentation</a>
+        <button type="button" class="link" onClick={() => setCookies(true)}>
+          Cookie preferences
+        </button>{" "}
+        · <a href="/v1/docs">API documentation</a>
       </footer>
     </>
   );

@@ -37,6 +37,7 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 # What axe reports that fails a test.
 FAILING_IMPACTS = ("serious", "critical")
+COOKIE_KEY = "darkroom.cookie-preferences"  # console/src/pages/consents.tsx
 
 
 @pytest.fixture(scope="session")
@@ -137,12 +138,16 @@ class Console:
 
 @pytest.fixture
 def open_console(browser, stack):  # noqa: F811  (the stack imported above)
-    """``open_console(viewport=...)`` → a :class:`Console` in a fresh browser
-    context (no cookies, no storage: a new visitor); checked when the test ends."""
+    """``open_console(viewport=..., cookies_decided=True)`` → a :class:`Console`
+    in a fresh browser context (a new visitor who, unless ``cookies_decided`` is
+    false, has answered the cookie panel); checked when the test ends."""
     contexts, consoles = [], []
 
-    def open_(viewport: dict | None = None) -> Console:
+    def open_(viewport: dict | None = None, cookies_decided: bool = True) -> Console:
         context = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
+        if cookies_decided:  # the cookie panel answered once already (test_privacy_choices asks it)
+            context.add_init_script(f"localStorage.getItem('{COOKIE_KEY}') || "
+                                    f"localStorage.setItem('{COOKIE_KEY}', '{{}}')")
         contexts.append(context)
         console = Console(context, stack.base_url)
         consoles.append(console)

@@ -4,6 +4,15 @@ import { api } from "../api";
 import type { Me } from "../session";
 import { ErrorMessage, Field, formatDate, Notice, PageTitle, useAction, useLoad } from "../ui";
 
+interface Session {
+  id: string;
+  created_at: string;
+  last_used_at: string | null;
+  user_agent: string | null;
+  network: string | null;
+  current: boolean;
+}
+
 interface ApiKey {
   id: string;
   name: string;
@@ -26,6 +35,19 @@ export function Account({ me }: { me: Me }) {
     await api("DELETE", `/v1/me/api-keys/${id}`);
     keys.reload();
   });
+  const sessions = useLoad(() => api<{ items: Session[] }>("GET", "/v1/me/sessions"));
+  const endSession = useAction(async (id: string) => {
+    await api("DELETE", `/v1/me/sessions/${id}`);
+    sessions.reload();
+  });
+  const [newEmail, setNewEmail] = useState("");
+  const [emailPassword, setEmailPassword] = useState("");
+  const [emailSent, setEmailSent] = useState(false);
+  const changeEmail = useAction(async () => {
+    await api("POST", "/v1/me/email", { body: { new_email: newEmail, password: emailPassword } });
+    setEmailSent(true);
+    setEmailPassword("");
+  });
   return (
     <section>
       <PageTitle>Account</PageTitle>
@@ -43,6 +65,51 @@ export function Account({ me }: { me: Me }) {
           <dt>Two-factor sign-in</dt>
           <dd>{me.totp_enabled ? "on" : "off"}</dd>
         </dl>
+      </section>
+      <section class="panel" aria-labelledby="email-heading">
+        <h2 id="email-heading">Change your email</h2>
+        <form
+          onSubmit={(e) => {
+            e.preventDefault();
+            changeEmail.run();
+          }}
+        >
+          <Field label="New email" name="new_email" type="email" autoComplete="email" required value={newEmail} onValue={setNewEmail} />
+          <Field label="Current password" name="email_password" type="password" autoComplete="current-password" required value={emailPassword} onValue={setEmailPassword} />
+          <ErrorMessage error={changeEmail.error} />
+          {emailSent && (
+            <Notice>
+              A code went to the new address: confirm it on the <a href={`/verify?email=${encodeURIComponent(newEmail)}`}>verification page</a>.
+            </Notice>
+          )}
+          <button type="submit" class="secondary" disabled={changeEmail.busy}>
+            Send a code to the new address
+          </button>
+        </form>
+        <p>
+          To change your password, use the <a href="/forgot-password">reset link</a>: it signs you out everywhere.
+        </p>
+      </section>
+      <section class="panel" aria-labelledby="sessions-heading">
+        <h2 id="sessions-heading">Sessions</h2>
+        <ErrorMessage error={sessions.error || endSession.error} />
+        <ul class="list">
+          {(sessions.data?.items || []).map((x) => (
+            <li key={x.id} data-testid="session">
+              {x.user_agent || "unknown browser"} · {x.network || "unknown network"} · since {formatDate(x.created_at)}
+              {x.current ? (
+                <strong data-testid="current-session"> · this session</strong>
+              ) : (
+                <>
+                  {" "}
+                  <button type="button" class="danger small" onClick={() => endSession.run(x.id)}>
+                    Sign out this session
+                  </button>
+                </>
+              )}
+            </li>
+          ))}
+        </ul>
       </section>
       <section class="panel" aria-labelledby="keys-heading">
         <h2 id="keys-heading">API keys</h2>

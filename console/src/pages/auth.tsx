@@ -4,6 +4,7 @@ import { useState } from "preact/hooks";
 import { api, ApiError } from "../api";
 import { Link, navigate, useLocation } from "../router";
 import { refreshMe, signIn } from "../session";
+import { syncCookieChoice } from "./consents";
 import { ErrorMessage, Field, Notice, PageTitle, useAction, useLoad } from "../ui";
 
 export const PENDING_POLICY_KEY = "darkroom.policy-accepted";
@@ -168,6 +169,7 @@ export function Login() {
       await api("POST", "/v1/privacy/policy/accept", { body: { version: pending } }).catch(() => undefined);
       await refreshMe(); // the profile now says the policy is accepted
     }
+    await syncCookieChoice().catch(() => undefined); // the choice made before sign-in
     const next = query.get("next");
     navigate(next && next.startsWith("/") && !next.startsWith("//") ? next : "/generate", { replace: true });
   });

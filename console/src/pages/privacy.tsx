@@ -5,6 +5,8 @@ import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, Page } from "../api";
 import { useLocation } from "../router";
 import { refreshMe } from "../session";
+import type { Me } from "../session";
+import { ConsentsPanel, DisclosuresPanel, PolicyPanel } from "./consents";
 import { ErrorMessage, Field, formatDate, Notice, PageTitle, useAction, useLoad } from "../ui";
 
 interface PrivacyRequest {
@@ -20,7 +22,8 @@ interface PrivacyRequest {
   certificate_url: string | null;
 }
 
-export function PrivacyCenter({ totp }: { totp: boolean }) {
+export function PrivacyCenter({ me }: { me: Me }) {
+  const totp = me.totp_enabled;
   const requests = useLoad(() => api<Page<PrivacyRequest>>("GET", "/v1/privacy/requests", { query: { limit: 20 } }));
   const exportAction = useAction(async () => {
     await api("POST", "/v1/privacy/requests", { body: { type: "export" } });
@@ -71,6 +74,9 @@ export function PrivacyCenter({ totp }: { totp: boolean }) {
           ))}
         </ul>
       </section>
+      <ConsentsPanel />
+      <PolicyPanel me={me} />
+      <DisclosuresPanel />
       <section class="panel danger-zone" aria-labelledby="erasure-heading">
         <h2 id="erasure-heading">Delete your account</h2>
         {pendingErasure ? (
