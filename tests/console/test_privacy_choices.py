@@ -6,6 +6,7 @@ data went" after a job went to a vendor, and the Account page's API keys
 
 from __future__ import annotations
 
+import pyotp
 import pytest
 
 from tests.console.conftest import PHONE, eventually
@@ -94,3 +95,33 @@ def test_account_api_keys_shown_once_revoked_and_sessions(stack, open_console):
     # ending the other session signs it out
     page.get_by_role("button", name="Sign out this session").first.click()
     refused_within(stack, 30, token=token)
+
+
+def test_two_factor_sign_in_set_up_from_the_account_page(stack, open_console):
+    address, _, _ = verified_login(stack)
+    console = open_console()
+    page = console.page
+    console.sign_in(address, PASSWORD)
+    console.goto("/account")
+    console.heading("Account")
+    page.get_by_role("button", name="Set up two-factor sign-in").click()
+    secret = page.get_by_test_id("totp-secret").inner_text()
+    page.get_by_label("Code from the app").fill("000000" if pyotp.TOTP(secret).now() != "000000" else "111111")
+    page.get_by_role("button", name="Turn on").click()
+    assert "invalid_totp" in page.get_by_role("alert").inner_text()
+    used = pyotp.TOTP(secret).now()
+    page.get_by_label("Code from the app").fill(used)
+    page.get_by_role("button", name="Turn on").click()
+    page.get_by_test_id("totp-on").wait_for()
+    console.visit("account-totp", shot=False)
+    # signing in now asks for the code
+    fresh = open_console()
+    fresh.goto("/login")
+    fresh.page.get_by_label("Email").fill(address)
+    fresh.page.get_by_label("Password").fill(PASSWORD)
+    fresh.page.get_by_role("button", name="Sign in").click()
+    assert "totp_required" in fresh.page.get_by_role("alert").inner_text()
+    code = eventually(lambda: (c := pyotp.TOTP(secret).now()) != used and c, 40, "a fresh code")
+    fresh.page.get_by_label("Authenticator code").fill(code)
+    fresh.page.get_by_role("button", name="Sign in").click()
+    fresh.heading("Generate")

@@ -1,6 +1,7 @@
 // Account: the profile and the API keys (created and shown once, revoked).
 import { useState } from "preact/hooks";
 import { api } from "../api";
+import { refreshMe } from "../session";
 import type { Me } from "../session";
 import { ErrorMessage, Field, formatDate, Notice, PageTitle, useAction, useLoad } from "../ui";
 
@@ -35,6 +36,17 @@ export function Account({ me }: { me: Me }) {
     await api("DELETE", `/v1/me/api-keys/${id}`);
     keys.reload();
   });
+  const [enrolment, setEnrolment] = useState<{ secret: string; otpauth_uri: string } | null>(null);
+  const [totpCode, setTotpCode] = useState("");
+  const startTotp = useAction(async () => {
+    setEnrolment(await api<{ secret: string; otpauth_uri: string }>("POST", "/v1/me/totp"));
+  });
+  const confirmTotp = useAction(async () => {
+    await api("POST", "/v1/me/totp/confirm", { body: { code: totpCode.trim() } });
+    setEnrolment(null);
+    setTotpCode("");
+    await refreshMe();
+  });
   const sessions = useLoad(() => api<{ items: Session[] }>("GET", "/v1/me/sessions"));
   const endSession = useAction(async (id: string) => {
     await api("DELETE", `/v1/me/sessions/${id}`);
@@ -65,6 +77,39 @@ export function Account({ me }: { me: Me }) {
           <dt>Two-factor sign-in</dt>
           <dd>{me.totp_enabled ? "on" : "off"}</dd>
         </dl>
+      </section>
+      <section class="panel" aria-labelledby="totp-heading">
+        <h2 id="totp-heading">Two-factor sign-in</h2>
+        {me.totp_enabled ? (
+          <p data-testid="totp-on">On: signing in asks for a code from your authenticator app.</p>
+        ) : enrolment ? (
+          <form
+            onSubmit={(e) => {
+              e.preventDefault();
+              confirmTotp.run();
+            }}
+          >
+            <p>
+              Add this key to your authenticator app (or open <a href={enrolment.otpauth_uri}>the setup link</a> on this device), then enter the code it shows.
+            </p>
+            <p>
+              Key: <code data-testid="totp-secret">{enrolment.secret}</code>
+            </p>
+            <Field label="Code from the app" name="totp_confirm" inputMode="numeric" autoComplete="one-time-code" required value={totpCode} onValue={setTotpCode} />
+            <ErrorMessage error={confirmTotp.error} />
+            <button type="submit" disabled={confirmTotp.busy}>
+              Turn on
+            </button>
+          </form>
+        ) : (
+          <>
+            <p>Off. With it on, signing in and deleting your account ask for a code from an authenticator app.</p>
+            <ErrorMessage error={startTotp.error} />
+            <button type="button" class="secondary" disabled={startTotp.busy} onClick={() => startTotp.run()}>
+              Set up two-factor sign-in
+            </button>
+          </>
+        )}
       </section>
       <section class="panel" aria-labelledby="email-heading">
         <h2 id="email-heading">Change your email</h2>
