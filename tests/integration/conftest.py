@@ -15,3 +15,20 @@ def start_process(process_log_dir):
     start, stop_all = processes(process_log_dir)
     yield start
     stop_all()
+
+
+@pytest.fixture(scope="module")
+def private_postgres():
+    """A PostgreSQL server of the module's own (tests/private_postgres.py), for
+    tests that stop or restart it; the shared one is never restarted. Without
+    the server's binaries the test is skipped, and fails under CI=true."""
+    from tests.conftest import unavailable
+    from tests.private_postgres import PrivatePostgres, pg_bindir
+
+    bindir = pg_bindir()
+    if bindir is None or not (bindir / "initdb").exists():
+        unavailable("a PostgreSQL server to start (initdb, pg_ctl)",
+                    "not installed (deploy/test-tools.sh installs it)")
+    server = PrivatePostgres(bindir).start()
+    yield server
+    server.destroy()

@@ -1,0 +1,194 @@
+"""PostgreSQL restarting under a stream of jobs. Real generation, billing and
+storage processes (their Procfile commands) on databases in a private
+PostgreSQL server of this module's own (tests/private_postgres.py: the shared
+server is never restarted), storage on the tests' S3 endpoint, a fake
+OpenAI-compatible provider on loopback, auth faked as in the other stacks.
+
+While jobs are submitted one after another the server is restarted (a fast
+shutdown and start at once), then stopped for ``DOWN_SECONDS`` and started
+again. Afterwards:
+
+- every job the database holds (those whose submit answered and any whose
+  answer was lost) ends ``succeeded``;
+- each is charged exactly once (one capture in billing's ledger), no hold is
+  left open, and ``darkroom-ops billing verify`` is clean;
+- a submit made while the server is down is refused with 503
+  ``service_unavailable`` (``details.cause: database``, and the
+  ``details.retry_after`` the gateway sends as Retry-After), not a bare
+  internal error;
+- no service process died.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import create_engine, text
+
+from services.common.db import normalise_url
+from services.common.errors import DomainError
+from tests.conftest import base_env, free_port, providers_file, wait_for
+from tests.fakes.providers import FakeOpenAIImages
+from tests.integration.probe_service import start_fake_auth, wait_consuming
+from tests.integration.test_ops_users import ops
+
+pytestmark = pytest.mark.integration
+
+DOWN_SECONDS = 10
+USERS = 6
+SUBMIT_INTERVAL_SECONDS = 0.3
+
+
+@pytest.fixture(scope="module")
+def stack(make_vhost, private_postgres, start_process, s3_endpoint, tmp_path_factory):
+    amqp_uri, _ = make_vhost("postgres-restart")
+    provider = FakeOpenAIImages().start()
+    common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
+                  # a handler meeting the outage is retried through it (and more)
+                  EVENT_RETRY_DELAYS_MS="[1000, 5000, 15000]")
+    start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)
+    ports = {name: free_port() for name in ("billing", "storage", "generation")}
+    urls = {name: private_postgres.create_database(f"restart_{name}")
+            for name in ("billing", "storage", "generation")}
+    procs = {
+        "billing": start_process("billing", base_env(
+            **common, BILLING_DATABASE_URL=urls["billing"], BILLING_METRICS_PORT=ports["billing"])),
+        "storage": start_process("storage", base_env(
+            **common, STORAGE_DATABASE_URL=urls["storage"], STORAGE_METRICS_PORT=ports["storage"],
+            STORAGE_BACKEND="s3", S3_ENDPOINT=s3_endpoint.url,
+            S3_ACCESS_KEY=s3_endpoint.access_key, S3_SECRET_KEY=s3_endpoint.secret_key,
+            S3_BUCKET=s3_endpoint.bucket_name("pg-restart"), S3_REGION=s3_endpoint.region)),
+        "generation": start_process("generation", base_env(
+            **common, GENERATION_DATABASE_URL=urls["generation"],
+            GENERATION_METRICS_PORT=ports["generation"],
+            GENERATION_PROVIDERS_FILE=providers_file(
+                tmp_path_factory.mktemp("providers"),
+                {"openai": {"type": "openai_images", "base_url": provider.url,
+                            "timeout_s": 60}},
+                {"text-to-image": ["openai"]}, retry={"attempts": 1}),
+            GENERATION_INFRA_RETRY_SECONDS=90, GENERATION_RPC_TIMEOUT_SECONDS=5,
+            GENERATION_LEASE_SECONDS=9)),
+    }
+    for name, proc in procs.items():
+        proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
+    wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
+                   procs["generation"])
+    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested",
+                   procs["billing"])
+    engines = {name: create_engine(normalise_url(url), pool_pre_ping=True)
+               for name, url in urls.items()}
+    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
+        for service in ("billing", "storage", "generation"):
+            wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
+        yield SimpleNamespace(amqp_uri=amqp_uri, rpc=rpc, procs=procs, engines=engines,
+                              pg=private_postgres, provider=provider)
+    for engine in engines.values():
+        engine.dispose()
+    provider.stop()
+
+
+class Submitter(threading.Thread):
+    """Submits a job every ``SUBMIT_INTERVAL_SECONDS`` (round robin over the
+    users) on its own RPC proxy until stopped; keeps what each submit answered."""
+
+    def __init__(self, amqp_uri: str, users: list[str]):
+        super().__init__(daemon=True)
+        self.amqp_uri, self.users = amqp_uri, users
+        self.accepted: list[tuple[str, str]] = []
+        self.refused: list[DomainError] = []
+        self.failed: list[BaseException] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, timeout=30) as rpc:
+            n = 0
+            while not self.done.is_set():
+                user = self.users[n % len(self.users)]
+                n += 1
+                try:
+                    job = rpc.generation.submit(user, {"type": "text-to-image",
+                                                       "prompt": f"a lighthouse {n}",
+                                                       "size": "512x512"})
+                    self.accepted.append((user, job["id"]))
+                except DomainError as exc:
+                    self.refused.append(exc)
+                except Exception as exc:  # noqa: BLE001 - kept and asserted on
+                    self.failed.append(exc)
+                self.done.wait(SUBMIT_INTERVAL_SECONDS)
+
+    def wait_accepted(self, count: int, timeout: float) -> None:
+        wait_for(lambda: len(self.accepted) >= count, timeout, 0.2,
+                 f"{count} accepted submits (now {len(self.accepted)}, "
+                 f"refused {len(self.refused)}, failed {self.failed[-1:]})")
+
+
+def sql(stack, service: str, statement: str, **params):
+    with stack.engines[service].connect() as conn:
+        return conn.execute(text(statement), params).all()
+
+
+def test_jobs_survive_a_postgres_restart_and_a_stop(stack):
+    users = [str(uuid.uuid4()) for _ in range(USERS)]
+    for user in users:
+        assert stack.rpc.billing.get_balance(user)["available"] == 50
+    submitter = Submitter(stack.amqp_uri, users)
+    submitter.start()
+    try:
+        submitter.wait_accepted(8, 60)
+        stack.pg.restart()  # a fast restart: every open connection is cut
+        before_stop = len(submitter.accepted)
+        submitter.wait_accepted(before_stop + 8, 90)
+        stack.pg.stop()
+        refused_before = len(submitter.refused)
+        stopped = time.monotonic()
+        # a submit while the server is down is answered, and with 503
+        wait_for(lambda: len(submitter.refused) > refused_before, DOWN_SECONDS + 30, 0.2,
+                 "a submit refused while PostgreSQL is down")
+        time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - stopped)))
+        stack.pg.start()
+        after_start = len(submitter.accepted)
+        submitter.wait_accepted(after_start + 8, 90)
+    finally:
+        submitter.done.set()
+        submitter.join(60)
+
+    assert not submitter.failed, submitter.failed[:3]
+    assert submitter.refused, "no submit met the outage"
+    for exc in submitter.refused:
+        assert (exc.status, exc.code, exc.details["cause"]) == (
+            503, "service_unavailable", "database"), exc
+        assert exc.details["retry_after"] >= 1
+
+    ids = {job_id for _, job_id in submitter.accepted}
+
+    def all_finished():
+        rows = sql(stack, "generation", "SELECT id, status FROM jobs")
+        return all(status in ("succeeded", "failed") for _, status in rows) and rows
+
+    rows = wait_for(all_finished, 240, 1, "every job to finish")
+    statuses = {str(job_id): status for job_id, status in rows}
+    assert ids <= set(statuses), ids - set(statuses)
+    assert set(statuses.values()) == {"succeeded"}, {
+        s: sum(1 for v in statuses.values() if v == s) for s in set(statuses.values())}
+
+    def settled():
+        return not sql(stack, "billing", "SELECT id FROM holds WHERE status = 'open'")
+
+    wait_for(settled, 60, 0.5, "every hold to be captured")
+    captures = sql(stack, "billing", "SELECT job_id, count(*) FROM ledger_entries "
+                                     "WHERE kind = 'capture' GROUP BY job_id")
+    charged = {str(job_id): count for job_id, count in captures}
+    assert charged == {job_id: 1 for job_id in statuses}, charged
+    holds = sql(stack, "billing", "SELECT status, count(*) FROM holds GROUP BY status")
+    assert dict(holds) == {"captured": len(statuses)}, holds
+
+    verify = ops(base_env(AMQP_URI=stack.amqp_uri, OPS_RPC_TIMEOUT_SECONDS=30),
+                 "billing", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    for name, proc in stack.procs.items():
+        assert proc.alive(), f"{name} died:\n{proc.logs()[-3000:]}"
