@@ -12,6 +12,8 @@ again. Afterwards:
   answer was lost) ends ``succeeded``;
 - each is charged exactly once (one capture in billing's ledger), no hold is
   left open, and ``darkroom-ops billing verify`` is clean;
+- no event was dead-lettered: handlers that met the outage waited it out,
+  although their retry delays (``EVENT_RETRY_DELAYS_MS``) add up to far less;
 - a submit made while the server is down is refused with 503
   ``service_unavailable`` (``details.cause: database``, and the
   ``details.retry_after`` the gateway sends as Retry-After), not a bare
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 import uuid
 from types import SimpleNamespace
 
 import pytest
+import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import create_engine, text
 
@@ -45,12 +49,13 @@ SUBMIT_INTERVAL_SECONDS = 0.3
 
 
 @pytest.fixture(scope="module")
-def stack(make_vhost, private_postgres, start_process, s3_endpoint, tmp_path_factory):
-    amqp_uri, _ = make_vhost("postgres-restart")
+def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoint, tmp_path_factory):
+    amqp_uri, vhost = make_vhost("postgres-restart")
     provider = FakeOpenAIImages().start()
+    # retry delays far shorter than the outage: a handler that meets it must
+    # wait it out, not use up its attempts and be dead-lettered
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
-                  # a handler meeting the outage is retried through it (and more)
-                  EVENT_RETRY_DELAYS_MS="[1000, 5000, 15000]")
+                  EVENT_RETRY_DELAYS_MS="[300, 1000]")
     start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)
     ports = {name: free_port() for name in ("billing", "storage", "generation")}
     urls = {name: private_postgres.create_database(f"restart_{name}")
@@ -85,7 +90,7 @@ def stack(make_vhost, private_postgres, start_process, s3_endpoint, tmp_path_fac
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
         for service in ("billing", "storage", "generation"):
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
-        yield SimpleNamespace(amqp_uri=amqp_uri, rpc=rpc, procs=procs, engines=engines,
+        yield SimpleNamespace(amqp_uri=amqp_uri, vhost=vhost, mgmt=rabbit_server[1], rpc=rpc, procs=procs, engines=engines,
                               pg=private_postgres, provider=provider)
     for engine in engines.values():
         engine.dispose()
@@ -187,6 +192,10 @@ def test_jobs_survive_a_postgres_restart_and_a_stop(stack):
     holds = sql(stack, "billing", "SELECT status, count(*) FROM holds GROUP BY status")
     assert dict(holds) == {"captured": len(statuses)}, holds
 
+    queues = requests.get(f"{stack.mgmt}/api/queues/{urllib.parse.quote(stack.vhost, safe='')}",
+                          timeout=10).json()
+    dead = {q["name"]: q.get("messages", 0) for q in queues if q["name"].startswith("dlq.")}
+    assert dead and not any(dead.values()), dead
     verify = ops(base_env(AMQP_URI=stack.amqp_uri, OPS_RPC_TIMEOUT_SECONDS=30),
                  "billing", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
