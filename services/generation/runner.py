@@ -507,7 +507,8 @@ class Worker:
         return disclosures.Recorder(
             self.db.get_bind(), job.user_id, job.id, job.attempt,
             lambda name: self.router.region_of(name),
-            lambda name: disclosures.sends_data(self.router.providers.get(name)))
+            lambda name: disclosures.sends_data(self.router.providers.get(name)),
+            retry_seconds=self.settings.infra_retry_seconds)
 
     def succeed(self, job, token: str, spec: JobSpec, provider: str,
                 output_ids: list[str]) -> None:

@@ -9,7 +9,8 @@ shutdown and start at once), then stopped for ``DOWN_SECONDS`` and started
 again. Afterwards:
 
 - every job the database holds (those whose submit answered and any whose
-  answer was lost) ends ``succeeded``;
+  answer was lost) ends ``succeeded``, its provider called once and that
+  call in the disclosure log;
 - each is charged exactly once (one capture in billing's ledger), no hold is
   left open, and ``darkroom-ops billing verify`` is clean;
 - no event was dead-lettered: handlers that met the outage waited it out,
@@ -180,6 +181,11 @@ def test_jobs_survive_a_postgres_restart_and_a_stop(stack):
     assert ids <= set(statuses), ids - set(statuses)
     assert set(statuses.values()) == {"succeeded"}, {
         s: sum(1 for v in statuses.values() if v == s) for s in set(statuses.values())}
+
+    # the paid provider call was made once per job, and each is in the disclosure log
+    assert len(stack.provider.requests_to("/v1/images/generations", "POST")) == len(statuses)
+    disclosed = sql(stack, "generation", "SELECT job_id, count(*) FROM disclosures GROUP BY job_id")
+    assert {str(job_id): count for job_id, count in disclosed} == {j: 1 for j in statuses}
 
     def settled():
         return not sql(stack, "billing", "SELECT id FROM holds WHERE status = 'open'")
