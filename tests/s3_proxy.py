@@ -34,6 +34,7 @@ class S3Proxy:
         target = urlsplit(target_url)
         self.target_host, self.target_port = target.hostname, target.port or 80
         self.error_code: str | None = None  # None: pass requests on
+        self.failing_methods: frozenset[str] | None = None  # None: every method
         self.forwarded = 0
         self.refused = 0
         self._lock = threading.Lock()
@@ -44,8 +45,10 @@ class S3Proxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def fail(self, code: str = "SlowDown") -> None:
-        """From now on every request is answered 503 with ``code``."""
+    def fail(self, code: str = "SlowDown", methods: tuple[str, ...] | None = None) -> None:
+        """From now on every request (of ``methods``, when given) is answered
+        503 with ``code``."""
+        self.failing_methods = frozenset(methods) if methods else None
         self.error_code = code
 
     def recover(self) -> None:
@@ -80,6 +83,8 @@ class S3Proxy:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         code = self.error_code
+        if self.failing_methods is not None and handler.command not in self.failing_methods:
+            code = None
         if code is not None:
             with self._lock:
                 self.refused += 1

@@ -14,8 +14,12 @@ The proxy answers every request 503 ``SlowDown`` (S3's XML error body) for
 - an upload through the API during the outage answers 503
   ``service_unavailable`` with ``Retry-After``, not a 500; the same upload
   after the outage is stored;
+- an upload whose bytes reached the store but whose finish meets the outage
+  (the store refuses to read them back) answers 503 ``storage_unavailable``
+  with ``Retry-After``; the same upload afterwards is stored;
 - nothing is lost or half-written: the objects in the bucket are exactly the
-  committed rows, and no row is left pending.
+  committed rows, no row is left pending, and staged bytes belong to
+  unfinished upload slots only (the orphan sweep's).
 """
 
 from __future__ import annotations
@@ -169,13 +173,45 @@ def test_outputs_wait_out_an_s3_outage_and_uploads_get_503(stack):
     stored = upload(stack, users[0], png(2))  # the endpoint is back: the same upload works
     assert stored.status_code == 201, stored.text
 
-    # nothing lost, nothing half-written: the bucket holds exactly the committed objects
+    assert_consistent(stack)
+    assert not staged(stack)  # the refused upload never reached the store
+
+
+def test_an_upload_finished_during_an_outage_gets_503_and_nothing_half_written(stack):
+    """The bytes reach the store, then reading them back for the finish is
+    refused: 503 ``storage_unavailable`` with Retry-After, no object row;
+    the staged bytes wait for the orphan sweep, as any unfinished upload's."""
+    user = str(uuid.uuid4())
+    stack.proxy.fail("ServiceUnavailable", methods=("GET", "HEAD"))
+    try:
+        refused = upload(stack, user, png(3))
+    finally:
+        stack.proxy.recover()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "storage_unavailable"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert staged(stack), "the bytes did not reach the store before the finish"
+    stored = upload(stack, user, png(3))
+    assert stored.status_code == 201, stored.text
+    assert_consistent(stack)
+
+
+def staged(stack) -> set[str]:
+    return {obj.object_name for obj in stack.store.list_objects(
+        stack.bucket, prefix="staging/", recursive=True)}
+
+
+def assert_consistent(stack) -> None:
+    """Nothing lost, nothing half-written: the bucket's objects are exactly the
+    committed rows, and its staged uploads are those of unfinished slots."""
     with stack.storage_db.connect() as conn:
         rows = conn.execute(text("SELECT key, status FROM objects")).all()
+        unfinished = set(conn.execute(text(
+            "SELECT key FROM upload_slots WHERE finished_at IS NULL")).scalars())
     assert rows and {status for _, status in rows} == {"committed"}, rows
     keys = {obj.object_name for obj in stack.store.list_objects(stack.bucket, prefix="objects/",
                                                                 recursive=True)}
     assert keys == {key for key, _ in rows}
-    assert not list(stack.store.list_objects(stack.bucket, prefix="staging/", recursive=True))
+    assert staged(stack) <= unfinished
     for name, proc in stack.procs.items():
         assert proc.alive(), f"{name} died:\n{proc.logs()[-3000:]}"
