@@ -1,5 +1,5 @@
 """PostgreSQL restarting under a stream of jobs. Real generation, billing and
-storage processes (their Procfile commands) on databases in a private
+storage processes and the gateway (their Procfile commands) on databases in a private
 PostgreSQL server of this module's own (tests/private_postgres.py: the shared
 server is never restarted), storage on the tests' S3 endpoint, a fake
 OpenAI-compatible provider on loopback, auth faked as in the other stacks.
@@ -18,7 +18,8 @@ again. Afterwards:
 - a submit made while the server is down is refused with 503
   ``service_unavailable`` (``details.cause: database``, and the
   ``details.retry_after`` the gateway sends as Retry-After), not a bare
-  internal error;
+  internal error; a read through the gateway answers the same 503 with
+  Retry-After;
 - no service process died.
 """
 
@@ -39,7 +40,7 @@ from services.common.db import normalise_url
 from services.common.errors import DomainError
 from tests.conftest import base_env, free_port, providers_file, wait_for
 from tests.fakes.providers import FakeOpenAIImages
-from tests.integration.probe_service import start_fake_auth, wait_consuming
+from tests.integration.probe_service import FAKE_TOKEN_PREFIX, start_fake_auth, wait_consuming
 from tests.integration.test_ops_users import ops
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoin
     common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
                   EVENT_RETRY_DELAYS_MS="[300, 1000]")
     start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)
-    ports = {name: free_port() for name in ("billing", "storage", "generation")}
+    ports = {name: free_port() for name in ("billing", "storage", "generation", "gateway")}
     urls = {name: private_postgres.create_database(f"restart_{name}")
             for name in ("billing", "storage", "generation")}
     procs = {
@@ -82,6 +83,12 @@ def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoin
     }
     for name, proc in procs.items():
         proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
+    gateway = start_process("gateway", base_env(
+        AMQP_URI=amqp_uri, GATEWAY_PORT=ports["gateway"], GATEWAY_WORKERS=1,
+        GATEWAY_AUTH_CACHE_SECONDS=60, RATELIMIT_ENABLED="false"))
+    base = f"http://127.0.0.1:{ports['gateway']}"
+    gateway.wait_ready(f"{base}/healthz")
+    procs["gateway"] = gateway
     wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
                    procs["generation"])
     wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested",
@@ -91,7 +98,7 @@ def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoin
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
         for service in ("billing", "storage", "generation"):
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
-        yield SimpleNamespace(amqp_uri=amqp_uri, vhost=vhost, mgmt=rabbit_server[1], rpc=rpc, procs=procs, engines=engines,
+        yield SimpleNamespace(base=base, amqp_uri=amqp_uri, vhost=vhost, mgmt=rabbit_server[1], rpc=rpc, procs=procs, engines=engines,
                               pg=private_postgres, provider=provider)
     for engine in engines.values():
         engine.dispose()
@@ -133,6 +140,11 @@ class Submitter(threading.Thread):
                  f"refused {len(self.refused)}, failed {self.failed[-1:]})")
 
 
+def read_job(stack, user: str, job_id: str) -> requests.Response:
+    return requests.get(f"{stack.base}/v1/generations/{job_id}", timeout=60,
+                        headers={"Authorization": f"Bearer {FAKE_TOKEN_PREFIX}{user}"})
+
+
 def sql(stack, service: str, statement: str, **params):
     with stack.engines[service].connect() as conn:
         return conn.execute(text(statement), params).all()
@@ -149,12 +161,20 @@ def test_jobs_survive_a_postgres_restart_and_a_stop(stack):
         stack.pg.restart()  # a fast restart: every open connection is cut
         before_stop = len(submitter.accepted)
         submitter.wait_accepted(before_stop + 8, 90)
+        user, job_id = submitter.accepted[-1]
+        assert read_job(stack, user, job_id).status_code == 200  # its credential now cached
         stack.pg.stop()
         refused_before = len(submitter.refused)
         stopped = time.monotonic()
         # a submit while the server is down is answered, and with 503
         wait_for(lambda: len(submitter.refused) > refused_before, DOWN_SECONDS + 30, 0.2,
                  "a submit refused while PostgreSQL is down")
+        # so is a read through the API: 503 and when to come back, not a 500
+        read = read_job(stack, user, job_id)
+        assert read.status_code == 503, read.text
+        assert read.json()["error"]["code"] == "service_unavailable"
+        assert read.json()["error"]["details"]["cause"] == "database"
+        assert int(read.headers["Retry-After"]) >= 1
         time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - stopped)))
         stack.pg.start()
         after_start = len(submitter.accepted)
