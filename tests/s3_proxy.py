@@ -4,7 +4,7 @@ when it throttles (``SlowDown``) or cannot serve (``ServiceUnavailable``).
 
 Requests are passed on as they came (the Host header too: SigV4 signs it, and
 presigned URLs are signed for the proxy's address), responses come back whole
-with their length. ``requests`` counts what was forwarded and ``refused``
+with their length. ``forwarded`` counts what was passed on and ``refused``
 what was answered 503.
 """
 
@@ -34,6 +34,7 @@ class S3Proxy:
         target = urlsplit(target_url)
         self.target_host, self.target_port = target.hostname, target.port or 80
         self.error_code: str | None = None  # None: pass requests on
+        self.status = 503
         self.failing_methods: frozenset[str] | None = None  # None: every method
         self.forwarded = 0
         self.refused = 0
@@ -45,10 +46,12 @@ class S3Proxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def fail(self, code: str = "SlowDown", methods: tuple[str, ...] | None = None) -> None:
+    def fail(self, code: str = "SlowDown", methods: tuple[str, ...] | None = None,
+             status: int = 503) -> None:
         """From now on every request (of ``methods``, when given) is answered
-        503 with ``code``."""
+        ``status`` (503) with ``code``."""
         self.failing_methods = frozenset(methods) if methods else None
+        self.status = status
         self.error_code = code
 
     def recover(self) -> None:
@@ -89,7 +92,7 @@ class S3Proxy:
             with self._lock:
                 self.refused += 1
             payload = s3_error(code, urlsplit(handler.path).path)
-            handler.send_response(503)
+            handler.send_response(self.status)
             handler.send_header("Content-Type", "application/xml")
             handler.send_header("Content-Length", str(len(payload)))
             handler.end_headers()

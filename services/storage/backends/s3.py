@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from minio import Minio
 from minio.commonconfig import ENABLED, CopySource, Filter
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
 from minio.sse import Sse, SseKMS, SseS3
 from minio.sseconfig import Rule as SseRule
@@ -79,7 +79,8 @@ def _serving(what: str):
             log.warning("the object store could not %s: %s", what, exc.code)
             raise storage_unavailable(what) from None
         raise
-    except (Urllib3Error, OSError) as exc:  # MaxRetryError (5xx or no connection) and co.
+    except (ServerError, Urllib3Error, OSError) as exc:  # a 5xx; MaxRetryError (5xx or no
+        # connection after the pool's retries) and co.
         log.warning("the object store could not %s: %s", what, type(exc).__name__)
         raise storage_unavailable(what) from None
 
