@@ -9,7 +9,8 @@ As root, PostgreSQL refuses to run: the directory is given to the
 ``postgres`` OS user and every server command runs as that user
 (``runuser -u postgres --``). ``DARKROOM_TEST_PG_BINDIR`` names the directory
 of ``initdb``/``pg_ctl`` when it is not the newest ``/usr/lib/postgresql/*/bin``
-(deploy/test-tools.sh installs the server).
+(the ``postgresql`` package, which deploy/local-services.sh installs for the
+shared server, brings them).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def private_postgres():
     bindir = pg_bindir()
     if bindir is None or not (bindir / "initdb").exists():
         unavailable("a PostgreSQL server to start (initdb, pg_ctl)",
-                    "not installed (deploy/test-tools.sh installs it)")
+                    "not installed (apt-get install postgresql; deploy/local-services.sh does)")
     server = PrivatePostgres(bindir).start()
     yield server
     server.destroy()
