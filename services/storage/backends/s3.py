@@ -190,12 +190,14 @@ class S3Backend:
 
     def put(self, key: str, data: BinaryIO, length: int, content_type: str) -> None:
         check_key(key)
+        # a short source is the caller's error, not an outage: read before the store is asked
+        body = _read_exactly(data, length) if length <= self.part_size else None
         with _serving("store the object"):
-            self._put(key, data, length, content_type)
+            self._put(key, body, data, length, content_type)
 
-    def _put(self, key: str, data: BinaryIO, length: int, content_type: str) -> None:
-        if length <= self.part_size:
-            body = _read_exactly(data, length)
+    def _put(self, key: str, body: bytes | None, data: BinaryIO, length: int,
+             content_type: str) -> None:
+        if body is not None:
             if self.checksums:
                 checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
                 try:
