@@ -38,9 +38,10 @@ from sqlalchemy import create_engine, text
 
 from services.common.db import normalise_url
 from services.common.errors import DomainError
-from tests.conftest import base_env, free_port, providers_file, wait_for
+from tests.conftest import base_env, wait_for
 from tests.fakes.providers import FakeOpenAIImages
-from tests.integration.probe_service import FAKE_TOKEN_PREFIX, start_fake_auth, wait_consuming
+from tests.integration.job_stack import start_job_stack
+from tests.integration.probe_service import FAKE_TOKEN_PREFIX
 from tests.integration.test_ops_users import ops
 
 pytestmark = pytest.mark.integration
@@ -51,55 +52,30 @@ SUBMIT_INTERVAL_SECONDS = 0.3
 
 
 @pytest.fixture(scope="module")
-def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoint, tmp_path_factory):
+def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoint,
+          tmp_path_factory):
     amqp_uri, vhost = make_vhost("postgres-restart")
     provider = FakeOpenAIImages().start()
-    # retry delays far shorter than the outage: a handler that meets it must
-    # wait it out, not use up its attempts and be dead-lettered
-    common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
-                  EVENT_RETRY_DELAYS_MS="[300, 1000]")
-    start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)
-    ports = {name: free_port() for name in ("billing", "storage", "generation", "gateway")}
     urls = {name: private_postgres.create_database(f"restart_{name}")
             for name in ("billing", "storage", "generation")}
-    procs = {
-        "billing": start_process("billing", base_env(
-            **common, BILLING_DATABASE_URL=urls["billing"], BILLING_METRICS_PORT=ports["billing"])),
-        "storage": start_process("storage", base_env(
-            **common, STORAGE_DATABASE_URL=urls["storage"], STORAGE_METRICS_PORT=ports["storage"],
-            STORAGE_BACKEND="s3", S3_ENDPOINT=s3_endpoint.url,
-            S3_ACCESS_KEY=s3_endpoint.access_key, S3_SECRET_KEY=s3_endpoint.secret_key,
-            S3_BUCKET=s3_endpoint.bucket_name("pg-restart"), S3_REGION=s3_endpoint.region)),
-        "generation": start_process("generation", base_env(
-            **common, GENERATION_DATABASE_URL=urls["generation"],
-            GENERATION_METRICS_PORT=ports["generation"],
-            GENERATION_PROVIDERS_FILE=providers_file(
-                tmp_path_factory.mktemp("providers"),
-                {"openai": {"type": "openai_images", "base_url": provider.url,
-                            "timeout_s": 60}},
-                {"text-to-image": ["openai"]}, retry={"attempts": 1}),
-            GENERATION_INFRA_RETRY_SECONDS=90, GENERATION_RPC_TIMEOUT_SECONDS=5,
-            GENERATION_LEASE_SECONDS=9)),
-    }
-    for name, proc in procs.items():
-        proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
-    gateway = start_process("gateway", base_env(
-        AMQP_URI=amqp_uri, GATEWAY_PORT=ports["gateway"], GATEWAY_WORKERS=1,
-        GATEWAY_AUTH_CACHE_SECONDS=60, RATELIMIT_ENABLED="false"))
-    base = f"http://127.0.0.1:{ports['gateway']}"
-    gateway.wait_ready(f"{base}/healthz")
-    procs["gateway"] = gateway
-    wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
-                   procs["generation"])
-    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested",
-                   procs["billing"])
+    started = start_job_stack(
+        start_process, tmp_path_factory, amqp_uri, databases=urls, s3=s3_endpoint,
+        s3_url=s3_endpoint.url, bucket=s3_endpoint.bucket_name("pg-restart"),
+        provider_url=provider.url,
+        # retry delays far shorter than the outage: a handler that meets it
+        # must wait it out, not use up its attempts and be dead-lettered
+        services=dict(EVENT_RETRY_DELAYS_MS="[300, 1000]"),
+        generation=dict(GENERATION_INFRA_RETRY_SECONDS=90, GENERATION_RPC_TIMEOUT_SECONDS=5,
+                        GENERATION_LEASE_SECONDS=9),
+        gateway=dict(GATEWAY_AUTH_CACHE_SECONDS=60))
     engines = {name: create_engine(normalise_url(url), pool_pre_ping=True)
                for name, url in urls.items()}
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
         for service in ("billing", "storage", "generation"):
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
-        yield SimpleNamespace(base=base, amqp_uri=amqp_uri, vhost=vhost, mgmt=rabbit_server[1], rpc=rpc, procs=procs, engines=engines,
-                              pg=private_postgres, provider=provider)
+        yield SimpleNamespace(base=started.base, amqp_uri=amqp_uri, vhost=vhost,
+                              mgmt=rabbit_server[1], rpc=rpc, procs=started.procs,
+                              engines=engines, pg=private_postgres, provider=provider)
     for engine in engines.values():
         engine.dispose()
     provider.stop()

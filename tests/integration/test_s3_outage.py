@@ -38,9 +38,10 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 
 from services.common.db import normalise_url
-from tests.conftest import base_env, free_port, providers_file, wait_for
+from tests.conftest import wait_for
 from tests.fakes.providers import FakeOpenAIImages
-from tests.integration.probe_service import FAKE_TOKEN_PREFIX, start_fake_auth, wait_consuming
+from tests.integration.job_stack import start_job_stack
+from tests.integration.probe_service import FAKE_TOKEN_PREFIX
 from tests.s3_proxy import S3Proxy
 
 pytestmark = pytest.mark.integration
@@ -55,42 +56,15 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     proxy = S3Proxy(s3_endpoint.url).start()
     provider = FakeOpenAIImages(hang_s=120).start()
     bucket = s3_endpoint.bucket_name("s3-outage")
-    common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1)
-    start_fake_auth(start_process, tmp_path_factory.mktemp("fake-auth"), amqp_uri)
-    ports = {name: free_port() for name in ("billing", "storage", "generation", "gateway")}
     storage_db = make_database("s3out_storage")
-    procs = {
-        "billing": start_process("billing", base_env(
-            **common, BILLING_DATABASE_URL=make_database("s3out_billing"),
-            BILLING_METRICS_PORT=ports["billing"])),
-        "storage": start_process("storage", base_env(
-            **common, STORAGE_DATABASE_URL=storage_db, STORAGE_METRICS_PORT=ports["storage"],
-            STORAGE_BACKEND="s3", S3_ENDPOINT=proxy.url, S3_ACCESS_KEY=s3_endpoint.access_key,
-            S3_SECRET_KEY=s3_endpoint.secret_key, S3_BUCKET=bucket,
-            S3_REGION=s3_endpoint.region)),
-        "generation": start_process("generation", base_env(
-            **common, GENERATION_DATABASE_URL=make_database("s3out_generation"),
-            GENERATION_METRICS_PORT=ports["generation"],
-            GENERATION_PROVIDERS_FILE=providers_file(
-                tmp_path_factory.mktemp("providers"),
-                {"openai": {"type": "openai_images", "base_url": provider.url,
-                            "timeout_s": 180}},
-                {"text-to-image": ["openai"]}, retry={"attempts": 1}),
-            GENERATION_INFRA_RETRY_SECONDS=OUTAGE_SECONDS + 60,
-            GENERATION_RPC_TIMEOUT_SECONDS=20, GENERATION_LEASE_SECONDS=9)),
-    }
-    for name, proc in procs.items():
-        proc.wait_ready(f"http://127.0.0.1:{ports[name]}/readyz")
-    gateway = start_process("gateway", base_env(
-        AMQP_URI=amqp_uri, GATEWAY_PORT=ports["gateway"], GATEWAY_WORKERS=1,
-        GATEWAY_AUTH_CACHE_SECONDS=0, RATELIMIT_ENABLED="false"))
-    base = f"http://127.0.0.1:{ports['gateway']}"
-    gateway.wait_ready(f"{base}/healthz")
-    procs["gateway"] = gateway
-    wait_consuming(amqp_uri, "evt-billing-credits_reserved--generation.credits_reserved",
-                   procs["generation"])
-    wait_consuming(amqp_uri, "evt-generation-job_requested--billing.job_requested",
-                   procs["billing"])
+    started = start_job_stack(
+        start_process, tmp_path_factory, amqp_uri,
+        databases={"billing": make_database("s3out_billing"), "storage": storage_db,
+                   "generation": make_database("s3out_generation")},
+        s3=s3_endpoint, s3_url=proxy.url, bucket=bucket, provider_url=provider.url, services={},
+        generation=dict(GENERATION_INFRA_RETRY_SECONDS=OUTAGE_SECONDS + 60,
+                        GENERATION_RPC_TIMEOUT_SECONDS=20, GENERATION_LEASE_SECONDS=9),
+        gateway=dict(GATEWAY_AUTH_CACHE_SECONDS=0))
     store = Minio(s3_endpoint.endpoint, access_key=s3_endpoint.access_key,
                   secret_key=s3_endpoint.secret_key, secure=s3_endpoint.secure,
                   region=s3_endpoint.region)  # the store itself, behind the proxy
@@ -98,7 +72,8 @@ def stack(make_vhost, make_database, start_process, s3_endpoint, tmp_path_factor
     with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
         for service in ("billing", "storage", "generation", "auth"):
             wait_for(lambda s=service: getattr(rpc, s).ping(), 30, 0.2, f"{service} RPC")
-        yield SimpleNamespace(rpc=rpc, proxy=proxy, provider=provider, procs=procs, base=base,
+        yield SimpleNamespace(rpc=rpc, proxy=proxy, provider=provider, procs=started.procs,
+                              base=started.base,
                               store=store, bucket=bucket, storage_db=storage_engine)
     storage_engine.dispose()
     provider.stop()
