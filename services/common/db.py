@@ -212,9 +212,12 @@ def uncommitted_writes(session: Session) -> bool:
 
 # SQLAlchemy's names for "the database could not be reached or the connection
 # died" (pg8000's network errors arrive as InterfaceError; a pool with no free
-# connection as TimeoutError; SQLite's "database is locked" as OperationalError)
+# connection as TimeoutError)
 OUTAGE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
                  sa_exc.TimeoutError)
+# SQLite says OperationalError for mistakes too ("no such table"): of its
+# messages only these are "try again"
+SQLITE_TRANSIENT = ("database is locked", "unable to open database", "disk i/o error")
 
 
 # PostgreSQL's SQLSTATE classes and codes of the same: 08 connection
@@ -244,6 +247,8 @@ def is_outage(exc: BaseException | None) -> bool:
         code = sqlstate(exc)
         if code and (code[:2] in OUTAGE_SQLSTATE_CLASSES or code in OUTAGE_SQLSTATES):
             return True
+        if type(exc.orig).__module__ == "sqlite3":
+            return any(text in str(exc.orig).lower() for text in SQLITE_TRANSIENT)
     return isinstance(exc, OUTAGE_ERRORS)
 
 

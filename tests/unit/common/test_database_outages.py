@@ -6,6 +6,7 @@ tests/integration/test_postgres_restart.py."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from types import SimpleNamespace
 
@@ -29,7 +30,8 @@ def server_error(code: str, cls=sa_exc.ProgrammingError) -> sa_exc.DBAPIError:
 
 
 @pytest.mark.parametrize("exc", [
-    sa_exc.OperationalError("SELECT 1", {}, Exception("database is locked")),
+    sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+    sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")),
     sa_exc.InterfaceError("SELECT 1", {}, Exception("network error")),
     sa_exc.DisconnectionError("gone"),
     sa_exc.TimeoutError("QueuePool limit reached"),
@@ -50,6 +52,7 @@ def test_outages(exc):
 @pytest.mark.parametrize("exc", [
     server_error("42P01"),  # undefined table: a bug
     server_error("23505", sa_exc.IntegrityError),
+    sa_exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: jobs")),
     sa_exc.PendingRollbackError("rolled back"),
     ValueError("a bug"),
     DomainError("not_found", "no", 404),
