@@ -65,8 +65,10 @@ def stack(make_vhost, rabbit_server, private_postgres, start_process, s3_endpoin
         # retry delays far shorter than the outage: a handler that meets it
         # must wait it out, not use up its attempts and be dead-lettered
         services=dict(EVENT_RETRY_DELAYS_MS="[300, 1000]"),
+        # a lease longer than the stop, as in production (120 s): a running job's
+        # heartbeat cannot renew it while the server is down
         generation=dict(GENERATION_INFRA_RETRY_SECONDS=90, GENERATION_RPC_TIMEOUT_SECONDS=5,
-                        GENERATION_LEASE_SECONDS=9),
+                        GENERATION_LEASE_SECONDS=30),
         gateway=dict(GATEWAY_AUTH_CACHE_SECONDS=60))
     engines = {name: create_engine(normalise_url(url), pool_pre_ping=True)
                for name, url in urls.items()}
