@@ -41,6 +41,8 @@ from nameko import rpc as nameko_rpc
 from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 
+from services.common.db import outage_error
+
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_DELIVERY_LIMIT = 20
 RUNBOOK = "docs/runbooks/quorum-queues.md"
@@ -164,6 +166,15 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
 
 class Rpc(nameko_rpc.Rpc):
     rpc_consumer = RpcConsumer()
+
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        """A database outage answers 503 ``service_unavailable``
+        (:func:`services.common.db.outage_error`), not a RemoteError."""
+        if exc_info is not None:
+            replaced = outage_error(exc_info[1])
+            if replaced is not None:
+                exc_info = (type(replaced), replaced, exc_info[2])
+        return super().handle_result(message, worker_ctx, result, exc_info)
 
 
 rpc = Rpc.decorator

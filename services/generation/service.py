@@ -264,11 +264,17 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
 
     @event_handler("billing", "credits_reserved")
     def credits_reserved(self, event: dict) -> None:
-        if not claim_event(self.db, processed_events, event["event_id"],
-                           "generation.credits_reserved"):
-            return
-        runnable = jobs.credits_reserved(self.db, self.settings, event, utcnow(), self.dispatch)
-        self.db.commit()
+        """The job may run: run reserved jobs while there are free slots. An
+        event seen before still runs them: the delivery that claimed it may
+        have failed after its commit (the database going away as the run
+        began), and nothing else would start the job it made runnable."""
+        if claim_event(self.db, processed_events, event["event_id"],
+                       "generation.credits_reserved"):
+            runnable = jobs.credits_reserved(self.db, self.settings, event, utcnow(),
+                                             self.dispatch)
+            self.db.commit()
+        else:
+            runnable = True
         if runnable:
             self._run_next()
 
