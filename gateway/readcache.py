@@ -74,18 +74,21 @@ def _slot(user_id: str) -> int:
 
 class HostStamps:
     """Write stamps shared by one host's gunicorn workers: a shared-memory
-    array of counters, one slot per hash of a user id, made before the fork."""
+    array of counters, one slot per hash of a user id and one for everyone,
+    made before the fork."""
 
     def __init__(self, slots: int = SLOTS):
-        self._array = multiprocessing.Array("Q", slots)  # with a process-shared lock
+        self._array = multiprocessing.Array("Q", slots + 1)  # with a process-shared lock
+        self._everyone = slots
 
-    def read(self, user_id: str) -> int:
+    def read(self, user_id: str) -> tuple[int, int]:
         with self._array.get_lock():
-            return self._array[_slot(user_id)]
+            return self._array[_slot(user_id)], self._array[self._everyone]
 
-    def bump(self, user_id: str) -> None:
+    def bump(self, user_id: str | None) -> None:
+        """``None``: everyone (a write the gateway cannot tie to a user)."""
         with self._array.get_lock():
-            self._array[_slot(user_id)] += 1
+            self._array[self._everyone if user_id is None else _slot(user_id)] += 1
 
 
 _host_stamps: HostStamps | None = None
@@ -106,6 +109,7 @@ class RedisStamps:
     """Write stamps in Redis, shared by every gateway replica."""
 
     PREFIX = "darkroom:readcache:stamp:"
+    EVERYONE = PREFIX + "*"
 
     def __init__(self, url: str, client=None):
         if client is None:
@@ -114,11 +118,12 @@ class RedisStamps:
             client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.client = client
 
-    def read(self, user_id: str) -> int:
-        return int(self.client.get(self.PREFIX + str(user_id)) or 0)
+    def read(self, user_id: str) -> tuple[int, int]:
+        mine, everyone = self.client.mget([self.PREFIX + str(user_id), self.EVERYONE])
+        return int(mine or 0), int(everyone or 0)
 
-    def bump(self, user_id: str) -> None:
-        key = self.PREFIX + str(user_id)
+    def bump(self, user_id: str | None) -> None:
+        key = self.EVERYONE if user_id is None else self.PREFIX + str(user_id)
         with self.client.pipeline() as pipe:
             pipe.incr(key)
             pipe.expire(key, REDIS_STAMP_SECONDS)
@@ -183,16 +188,20 @@ class ReadCache:
             for key in [k for k in self._entries if k[1] == str(user_id)]:
                 del self._entries[key]
 
-    def wrote(self, user_id: str) -> None:
-        """``user_id`` changed something: every worker sharing the stamps
-        stops answering their reads from memory until it reads them again."""
+    def wrote(self, user_id: str | None) -> None:
+        """``user_id`` changed something (``None``: someone the gateway cannot
+        name): every worker sharing the stamps stops answering that user's
+        (everyone's) reads from the entries it holds."""
         if self.ttl <= 0:
             return
         try:
-            self.stamps.bump(str(user_id))
-        except Exception:  # noqa: BLE001 - the broker-side events and the bound remain
+            self.stamps.bump(None if user_id is None else str(user_id))
+        except Exception:  # noqa: BLE001 - the services' events and the bound remain
             log.warning("cannot bump the read cache's write stamp", exc_info=True)
-        self.invalidate(user_id)
+        if user_id is None:
+            self.clear()
+        else:
+            self.invalidate(user_id)
 
     # -------------------------------------------------------------- reads
 
@@ -301,13 +310,14 @@ class EventListener:
         from nameko.standalone.events import get_event_exchange
 
         name = f"gateway-readcache-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return Queue(name, bindings=[binding(get_event_exchange(source), routing_key="#")
+        return Queue(name, bindings=[binding(get_event_exchange(source, {}), routing_key="#")
                                      for source in self.sources],
                      exclusive=True, auto_delete=True, durable=False)
 
     def _run(self) -> None:
         from kombu import Connection
 
+        failures = 0
         while not self._stop.is_set():
             try:
                 with Connection(self.amqp_uri, heartbeat=HEARTBEAT_SECONDS,
@@ -320,6 +330,7 @@ class EventListener:
                             self.cache.clear()  # whatever was missed while away
                         self.connected = True
                         self.connections += 1
+                        failures = 0
                         log.info("read cache consuming events on %s", queue.name)
                         while not self._stop.is_set():
                             try:
@@ -327,8 +338,10 @@ class EventListener:
                             except TimeoutError:
                                 conn.heartbeat_check()
             except Exception as exc:  # noqa: BLE001 - any failure: serve nothing, reconnect
-                if self.connected:
-                    log.warning("read cache event consumer lost: %s", exc)
+                failures += 1
+                if self.connected or failures in (1, 10) or failures % 60 == 0:
+                    log.warning("read cache event consumer: %s (every read asks the services "
+                                "until it is back)", exc, exc_info=failures == 1)
             finally:
                 self.connected = False
                 if self.cache is not None:
@@ -386,25 +399,45 @@ def cached(kind: str, user_id: str, key: str | None, load: Callable[[], Any],
     return current_app.extensions["darkroom"].read_cache.fetch(kind, user_id, key, load, lifetime)
 
 
+# Requests without a credential that change nothing a read cache holds (any
+# other write without one, a payment provider's webhook say, bumps everyone's stamp).
+CHANGE_NO_READS = frozenset({
+    "/v1/auth/register", "/v1/auth/login", "/v1/auth/resend-verification",
+    "/v1/auth/password-reset", "/v1/auth/password-reset/confirm",  # credentials only
+    "/v1/auth/passkey/options", "/v1/auth/passkey/login",
+})
+
+
 def wrote(user_id: str) -> None:
-    """A write by (or for) ``user_id`` that did not carry their credential."""
-    from flask import current_app
+    """A write for ``user_id`` made without their credential (verify-email)."""
+    from flask import current_app, g
 
     current_app.extensions["darkroom"].read_cache.wrote(user_id)
+    g.read_cache_stamped = True
 
 
 def init_app(app) -> None:
     """Any request but GET/HEAD/OPTIONS by an authenticated caller bumps their
     write stamp when it ends: after its RPC returned, before the answer is sent
-    (Flask runs teardown before the server writes the response)."""
-    from flask import g, request
+    (Flask runs teardown before the server writes the response). One without
+    a credential bumps everyone's, unless it was refused (4xx), its view
+    stamped the user it wrote for, or it is one of :data:`CHANGE_NO_READS`."""
+    from flask import current_app, g, request
 
-    cache: ReadCache = app.extensions["darkroom"].read_cache
+    @app.after_request
+    def note_status(response):
+        g.read_cache_status = response.status_code
+        return response
 
     @app.teardown_request
     def stamp_write(exc=None):
-        if request.method in SAFE_METHODS:
+        cache: ReadCache = current_app.extensions["darkroom"].read_cache
+        if request.method in SAFE_METHODS or cache.ttl <= 0:
             return
         principal = g.get("principal")
         if principal is not None:
             cache.wrote(principal.user_id)
+        elif not g.get("read_cache_stamped") and request.url_rule is not None \
+                and request.url_rule.rule not in CHANGE_NO_READS \
+                and not 400 <= g.get("read_cache_status", 500) < 500:  # refused: nothing changed
+            cache.wrote(None)

@@ -239,3 +239,57 @@ def test_redis_stamps_shared_by_two_caches():
     b.fetch("me", user, None, load_b)
     a.wrote(user)  # another replica handled the write
     assert b.fetch("me", user, None, load_b) == "new"
+
+
+# ------------------------------------------------------------------ the views, through Flask
+
+
+@pytest.fixture
+def cached_app(make_app):
+    from tests.unit.gateway.conftest import BEARER
+
+    app = make_app()
+    stamps = HostStamps()
+    app.extensions["darkroom"].read_cache = ReadCache(15, stamps, listener=Listener())
+    return app, stamps, BEARER
+
+
+def test_me_is_read_once_then_again_after_the_owners_patch(cached_app, auth):
+    app, stamps, bearer = cached_app
+    client = app.test_client()
+    assert client.get("/v1/me", headers=bearer).status_code == 200
+    assert client.get("/v1/me", headers=bearer).status_code == 200
+    assert len(auth.called("get_user")) == 1
+    before = stamps.read(USER)
+
+    assert client.patch("/v1/me", json={"display_name": "Ada L."}, headers=bearer).status_code == 200
+    assert stamps.read(USER)[0] == before[0] + 1  # every worker of the host sees it
+    assert client.get("/v1/me", headers=bearer).status_code == 200
+    assert len(auth.called("get_user")) == 2  # asked again: the fake keeps no profile
+
+
+def test_a_refused_credential_stamps_nothing(cached_app):
+    app, stamps, _ = cached_app
+    before = stamps.read(USER)
+    response = app.test_client().patch("/v1/me", json={"display_name": "x"},
+                                       headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401
+    assert stamps.read(USER) == before
+
+
+def test_a_write_without_a_credential_stamps_everyone_unless_it_changes_no_reads(cached_app, pool):
+    from types import SimpleNamespace
+
+    app, stamps, _ = cached_app
+    pool.services["billing"] = SimpleNamespace(
+        handle_stripe_webhook=lambda body, signature: {"received": True})
+    client = app.test_client()
+    before = stamps.read(OTHER)[1]
+    client.post("/v1/auth/login", json={"email": "ada@example.com", "password": "x" * 12})
+    assert stamps.read(OTHER)[1] == before
+    refused = client.post("/v1/billing/webhooks/stripe", data=b"{" + b" " * 300_000 + b"}",
+                          headers={"Content-Type": "application/json", "Stripe-Signature": "x"})
+    assert refused.status_code == 413 and stamps.read(OTHER)[1] == before
+    client.post("/v1/billing/webhooks/stripe", data=b"{}",
+                headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=x"})
+    assert stamps.read(OTHER)[1] == before + 1
