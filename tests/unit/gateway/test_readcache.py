@@ -293,3 +293,14 @@ def test_a_write_without_a_credential_stamps_everyone_unless_it_changes_no_reads
     client.post("/v1/billing/webhooks/stripe", data=b"{}",
                 headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=x"})
     assert stamps.read(OTHER)[1] == before + 1
+
+
+def test_verify_email_stamps_the_verified_user_not_everyone(cached_app):
+    app, stamps, _ = cached_app
+    client = app.test_client()
+    mine, everyone = stamps.read(USER)
+    wrong = client.post("/v1/auth/verify-email", json={"email": "ada@example.com", "code": "000000"})
+    assert wrong.status_code == 400 and stamps.read(USER) == (mine, everyone)
+    ok = client.post("/v1/auth/verify-email", json={"email": "ada@example.com", "code": "123456"})
+    assert ok.status_code == 200
+    assert stamps.read(USER) == (mine + 1, everyone)
