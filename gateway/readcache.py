@@ -181,12 +181,13 @@ class ReadCache:
                 ENTRIES.set(0)
 
     def invalidate(self, user_id: str) -> None:
-        """An event about ``user_id`` (this process only)."""
+        """An event about ``user_id`` (this process only): its slot's counter
+        moves on, so the user's entries (and those of users sharing the slot)
+        are no longer served; they go when next read or pruned (no scan of
+        the whole cache per event)."""
         slot = _slot(user_id)
         with self._lock:
             self._local[slot] += 1
-            for key in [k for k in self._entries if k[1] == str(user_id)]:
-                del self._entries[key]
 
     def wrote(self, user_id: str | None) -> None:
         """``user_id`` changed something (``None``: someone the gateway cannot
