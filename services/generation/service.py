@@ -110,8 +110,23 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         if data["model"]:
             self._check_model(data["model"], data["type"])  # 400 unknown_model
         user = trusted_id(user_id)
-        if not dry_run:  # a quote spends nothing
-            spending.require_verified(self.auth, user, self.settings.rpc_timeout_seconds)
+        # a quote spends nothing; a job: auth is asked now and answers while the
+        # checks below run, and its answer is awaited before anything is written
+        # and before any other refusal (email_unverified first, as ever)
+        verified = None if dry_run else spending.VerifiedCheck(
+            self.auth, user, self.settings.rpc_timeout_seconds)
+        try:
+            return self._submit(user_id, user, data, idempotency_key, dry_run,
+                                verified or (lambda: None))
+        except DomainError:
+            if verified is not None:
+                verified()
+            raise
+        finally:
+            if verified is not None:
+                verified.close()
+
+    def _submit(self, user_id, user, data, idempotency_key, dry_run, verified) -> dict:
         privacy_data.check_may_run(self.db, user)  # 403 processing_restricted, erasure_pending
         privacy_data.check_route_allowed(self.db, self.router, user, data["type"],
                                          data["model"] or None)  # 409
@@ -123,6 +138,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
             if existing is not None:
+                verified()
                 return self._view(existing)
         expansion = self.prompts.expand(data)  # 400/404 template, 422 content policy
         if data["source_image_id"]:
@@ -130,6 +146,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         quote = self.quotes.quote(pricing(data, expansion), self.billing.quote)
         if dry_run:
             return c.PriceQuote().dump(quote)
+        verified()
         job, created = jobs.submit(self.db, self.settings, user, data, expansion, quote["price"],
                                    idempotency_key, digest, utcnow(), self.dispatch)
         self.db.commit()
