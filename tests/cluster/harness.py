@@ -217,9 +217,10 @@ class RabbitCluster:
                         1, f"{count} running nodes in the cluster")
 
     def queues(self) -> list[dict]:
-        """Every queue of the default vhost: name, type, leader, members, online."""
+        """Every queue of the default vhost: name, type, leader, members, online,
+        messages, consumers."""
         out = self.ask().ctl("list_queues", "name", "type", "leader", "members", "online",
-                             "messages", "--formatter", "json", "-q",
+                             "messages", "consumers", "--formatter", "json", "-q",
                              timeout=60).stdout
         return json.loads(out or "[]")
 

@@ -182,6 +182,13 @@ def stream(stack, start: float) -> list[Submit]:
     return threads, results
 
 
+def every_replica_consumes(cluster) -> bool:
+    """Each service's RPC queue and event queues have a consumer per replica."""
+    served = [q for q in cluster.queues() if q["type"] == "quorum"
+              and q["name"].startswith(("rpc-", "evt-"))]
+    return bool(served) and all(q["consumers"] == REPLICAS for q in served)
+
+
 def healed(cluster) -> bool:
     if len(cluster.running_nodes()) != 3:
         return False
@@ -195,6 +202,7 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
     assert {q["name"] for q in queues if q["type"] == "quorum"} >= {
         f"rpc-{name}" for name in SERVICES}
     assert all(len(q["online"]) == 3 for q in queues if q["type"] == "quorum")
+    assert every_replica_consumes(rabbit_cluster)
 
     start = time.monotonic()
     threads, results = stream(stack, start)
@@ -205,7 +213,11 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
     led = sum(1 for q in queues if q.get("leader") == victim.name)
     victim.kill()
     lost_at = time.monotonic() - start
-    time.sleep(max(0.0, start + OUTAGE_AT + OUTAGE_SECONDS - time.monotonic()))
+    # every replica consumes again from every queue of its service, on the other nodes
+    wait_for(lambda: every_replica_consumes(rabbit_cluster), OUTAGE_SECONDS - 5, 0.5,
+             "both replicas of every service to consume again while the node is down")
+    consuming_after = time.monotonic() - start - lost_at
+    time.sleep(max(0.0, start + lost_at + OUTAGE_SECONDS - time.monotonic()))
     victim.start()
     back_at = time.monotonic() - start
     victim.await_startup()
@@ -221,7 +233,8 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
     during = sorted(s.seconds for s in results if lost_at <= s.started <= back_at)
     every = sorted(s.seconds for s in results)
     print(f"\n[cluster] {len(results)} submits; node {victim.name} (leader of {led} queues) "
-          f"killed at {lost_at:.1f}s, started at {back_at:.1f}s, cluster healed "
+          f"killed at {lost_at:.1f}s, every replica consuming again {consuming_after:.1f}s "
+          f"later, node started at {back_at:.1f}s, cluster healed "
           f"{healed_after:.1f}s after its start; submit p50/max during the outage "
           f"{statistics.median(during):.3f}/{max(during):.3f}s ({len(during)} submits), "
           f"overall {statistics.median(every):.3f}/{max(every):.3f}s")
