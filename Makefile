@@ -3,7 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
-COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
+# CLUSTER=1 (make up/down/logs): RabbitMQ as three clustered nodes, two replicas of
+# every service (the override deploy/docker-compose.cluster.yml; docs/scaling.md).
+COMPOSE := docker compose -f deploy/docker-compose.yml \
+  $(if $(CLUSTER),-f deploy/docker-compose.cluster.yml) --env-file deploy/.env
 # Starts the local servers a target needs when they are installed but stopped
 # (never restarts one that runs), enables RabbitMQ's management plugin.
 LOCAL_SERVICES := deploy/local-services.sh
@@ -21,6 +24,7 @@ help:
 	@echo "make test    run unit, integration and end-to-end tests (starts RabbitMQ, PostgreSQL, Redis as needed)"
 	@echo "make test-cluster   a three-node RabbitMQ cluster (rabbitmq-server), a node lost under load"
 	@echo "make up/down start/stop the stack with docker compose (deploy/.env from deploy/.env.example)"
+	@echo "             CLUSTER=1: three clustered RabbitMQ nodes, two replicas of every service"
 	@echo "make lint    ruff;  make bench   benchmarks;  make migrate   apply database migrations"
 
 # The locked versions, each checked against its hash, then the project itself without
