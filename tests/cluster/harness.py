@@ -224,6 +224,12 @@ class RabbitCluster:
                              timeout=60).stdout
         return json.loads(out or "[]")
 
+    def connections(self) -> list[dict]:
+        """Every client connection to the cluster: peer port, node, channels."""
+        out = self.ask().ctl("list_connections", "peer_port", "node", "channels",
+                             "--formatter", "json", "-q", timeout=60).stdout
+        return json.loads(out or "[]")
+
     def leader_of_most(self) -> Node:
         """The node that leads the most quorum queues."""
         counts: dict[str, int] = {}

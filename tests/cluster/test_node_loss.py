@@ -204,6 +204,10 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
     assert all(len(q["online"]) == 3 for q in queues if q["type"] == "quorum")
     assert every_replica_consumes(rabbit_cluster)
 
+    connections = rabbit_cluster.connections()  # at rest, before the stream: for sizing
+    per_node = {n.name: sum(1 for c in connections if c["node"] == n.name)
+                for n in rabbit_cluster.nodes}
+
     start = time.monotonic()
     threads, results = stream(stack, start)
 
@@ -232,12 +236,17 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
     failed = [s for s in results if s.status != 202]
     during = sorted(s.seconds for s in results if lost_at <= s.started <= back_at)
     every = sorted(s.seconds for s in results)
-    print(f"\n[cluster] {len(results)} submits; node {victim.name} (leader of {led} queues) "
+    quorum = sum(1 for q in queues if q["type"] == "quorum")
+    print(f"\n[cluster] {len(results)} submits; node {victim.name} (leader of {led} of "
+          f"{quorum} quorum queues) "
           f"killed at {lost_at:.1f}s, every replica consuming again {consuming_after:.1f}s "
           f"later, node started at {back_at:.1f}s, cluster healed "
           f"{healed_after:.1f}s after its start; submit p50/max during the outage "
           f"{statistics.median(during):.3f}/{max(during):.3f}s ({len(during)} submits), "
           f"overall {statistics.median(every):.3f}/{max(every):.3f}s")
+    print(f"[cluster] at rest: {len(connections)} connections, "
+          f"{sum(c['channels'] for c in connections)} channels from "
+          f"{len(stack.processes)} processes; per node {sorted(per_node.values())}")
     assert len(results) == JOBS and not failed, failed[:5]
     assert len(during) >= JOBS * OUTAGE_SECONDS // STREAM_SECONDS // 2  # the stream went on
     job_ids = {s.job_id for s in results}
