@@ -13,12 +13,6 @@ from tests.cluster.harness import RabbitCluster, find_sbin
 from tests.conftest import unavailable
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/cluster/" in str(item.fspath).replace("\\", "/"):
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture(scope="module")
 def rabbit_cluster():
     """A fresh three-node cluster for the module, stopped and deleted after it."""

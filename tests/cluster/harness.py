@@ -225,10 +225,15 @@ class RabbitCluster:
         return json.loads(out or "[]")
 
     def connections(self) -> list[dict]:
-        """Every client connection to the cluster: peer port, node, channels."""
-        out = self.ask().ctl("list_connections", "peer_port", "node", "channels",
+        """Every client connection to the cluster: peer port, channels, and the
+        node it is on (from its Erlang pid, ``<name@host.N.N.N>``)."""
+        out = self.ask().ctl("list_connections", "peer_port", "pid", "channels",
                              "--formatter", "json", "-q", timeout=60).stdout
-        return json.loads(out or "[]")
+        rows = json.loads(out or "[]")
+        for row in rows:
+            name, _, host = str(row["pid"]).strip("<>").partition("@")
+            row["node"] = f"{name}@{host.split('.')[0]}"
+        return rows
 
     def leader_of_most(self) -> Node:
         """The node that leads the most quorum queues."""
