@@ -225,14 +225,14 @@ class RabbitCluster:
         return json.loads(out or "[]")
 
     def connections(self) -> list[dict]:
-        """Every client connection to the cluster: peer port, channels, and the
-        node it is on (from its Erlang pid, ``<name@host.N.N.N>``)."""
-        out = self.ask().ctl("list_connections", "peer_port", "pid", "channels",
+        """Every client connection to the cluster: its channels, and the node it
+        is on (by the node's AMQP port, each node's own here)."""
+        out = self.ask().ctl("list_connections", "port", "peer_port", "channels",
                              "--formatter", "json", "-q", timeout=60).stdout
         rows = json.loads(out or "[]")
+        by_port = {n.port: n.name for n in self.nodes}
         for row in rows:
-            name, _, host = str(row["pid"]).strip("<>").partition("@")
-            row["node"] = f"{name}@{host.split('.')[0]}"
+            row["node"] = by_port.get(row["port"])
         return rows
 
     def leader_of_most(self) -> Node:

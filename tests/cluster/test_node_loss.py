@@ -14,8 +14,14 @@ Every submit must be answered 202 on its first try (no client retry), every
 job must end ``succeeded`` with one output, and be held and captured exactly
 once in billing's ledger; ``darkroom-ops billing verify`` (the real CLI) is
 clean, and the cluster heals: three running nodes, every quorum queue with
-its three members online. The figures (submit p50/max during the outage,
-time to heal) are printed; docs/scaling.md quotes them.
+its three members online. While the node is down, both replicas of every
+service must consume from all their queues again (a service whose RPC reply
+queue was durable on the lost node could not, and stopped consuming). The
+gateway is connected to the lost node first, so it loses its connections too.
+Jobs' leases are 30 s (120 by default) so that one whose worker lost its way
+would be run again within the test. The figures (submit p50/max during the
+outage, time to heal, connections at rest) are printed; docs/scaling.md
+quotes them.
 """
 
 from __future__ import annotations
@@ -97,20 +103,19 @@ def stack(rabbit_cluster, make_database, s3_endpoint, tmp_path_factory, process_
                         "api_key": PROVIDER_KEY, "timeout_s": 30}},
             {"text-to-image": ["openai"]}),
     )
-    started = {}
-    ready = []
+    started, ready, engines = {}, [], {}
     order = 0
-    for name in SERVICES:
-        for replica in range(1, REPLICAS + 1):
-            metrics = free_port()
-            rotation = [(order + i) % 3 for i in range(3)]
-            order += 1
-            env = base_env(**common, AMQP_URI=rabbit_cluster.uri(rotation),
-                           **{f"{name.upper()}_METRICS_PORT": metrics})
-            proc = start(f"{name}-{replica}", env, command=procfile_commands()[name])
-            started[f"{name}-{replica}"] = proc
-            ready.append((proc, f"http://127.0.0.1:{metrics}/readyz"))
     try:
+        for name in SERVICES:  # all started at once, then waited for
+            for replica in range(1, REPLICAS + 1):
+                metrics = free_port()
+                rotation = [(order + i) % 3 for i in range(3)]  # connections spread
+                order += 1
+                env = base_env(**common, AMQP_URI=rabbit_cluster.uri(rotation),
+                               **{f"{name.upper()}_METRICS_PORT": metrics})
+                proc = start(f"{name}-{replica}", env, command=procfile_commands()[name])
+                started[f"{name}-{replica}"] = proc
+                ready.append((proc, f"http://127.0.0.1:{metrics}/readyz"))
         for proc, url in ready:
             proc.wait_ready(url, timeout=240)
         # the node to lose: the one leading the most queues once all are declared;
@@ -126,14 +131,14 @@ def stack(rabbit_cluster, make_database, s3_endpoint, tmp_path_factory, process_
         for _ in range(CLIENTS):
             _, registered, _ = verified_login(site)
             users.append((registered["user"]["id"], registered["api_key"]["key"]))
-        engines = {name: make_engine(url) for name, url in urls.items()}
+        engines.update({name: make_engine(url) for name, url in urls.items()})
         yield SimpleNamespace(site=site, users=users, engines=engines, provider=provider,
                               processes=started, victim=victim, ops_env=base_env(
                                   AMQP_URI=rabbit_cluster.uri([2, 1, 0]),
                                   OPS_RPC_TIMEOUT_SECONDS=30))
+    finally:
         for engine in engines.values():
             engine.dispose()
-    finally:
         stop_all()
         provider.stop()
 
