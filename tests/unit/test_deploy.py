@@ -217,11 +217,14 @@ def test_the_cluster_override_runs_three_peer_discovered_nodes_sharing_the_cooki
         assert "./rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro" in (
             cluster[node]["volumes"])
         assert merged["healthcheck"]["test"] == SERVICES["rabbitmq"]["healthcheck"]["test"]
-    data = [v for node in CLUSTER_NODES for v in ({**SERVICES.get(node, {}), **cluster[node]}
-                                                  .get("volumes", []) + SERVICES.get(node, {})
-                                                  .get("volumes", []))
-            if v.endswith(":/var/lib/rabbitmq")]
-    assert len(set(data)) == 3  # each node its own data volume
+    data = set()
+    for node in CLUSTER_NODES:
+        volumes = SERVICES.get(node, {}).get("volumes", []) + cluster[node]["volumes"]
+        data |= {v.split(":")[0] for v in volumes if v.endswith(":/var/lib/rabbitmq")}
+    assert len(data) == 3  # each node its own data volume, declared
+    assert data <= set(COMPOSE["volumes"]) | set(CLUSTER["volumes"])
+    # it amends the base file's services and adds the two nodes, nothing else
+    assert set(cluster) - set(SERVICES) == {"rabbitmq-2", "rabbitmq-3"}
     # the queues are declared once every node runs: each gets a member on each node
     assert set(cluster["rabbitmq-init"]["depends_on"]) == {"rabbitmq-2", "rabbitmq-3"}
     assert COMPOSE["x-queue-env"]["AMQP_QUEUE_TYPE"] == "${AMQP_QUEUE_TYPE:-quorum}"
