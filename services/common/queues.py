@@ -21,7 +21,16 @@ migrate``): :func:`queue_arguments` reads them from the queue's name.
 Each client's own queues stay classic, as they must: nameko's RPC reply
 queues ``rpc.reply-…`` (they expire 5 minutes after their client is gone,
 which a quorum queue cannot be declared with on 3.10) and the auto-delete or
-exclusive queues of broadcast and singleton handlers.
+exclusive queues of broadcast and singleton handlers. Reply queues are
+declared transient (``durable=False``; nameko declares them durable): on a
+cluster, a durable classic queue whose node is down cannot be declared again
+anywhere (``NOT_FOUND - home node … is down or inaccessible``) until that
+node returns, so a client that reconnects to another node could not consume
+its replies, and a service's whole consumer (its RPC and event queues share
+the connection) would stop with it. A transient queue is deleted with its
+node and declared afresh on the node the client reconnects to. Services use
+:class:`RpcProxy` (not nameko's) for that; the gateway's pool does the same
+(gateway/rpc.py, :func:`transient_reply_queue`).
 
 A queue's type cannot change in place: RabbitMQ refuses to declare an
 existing classic queue as quorum (``PRECONDITION_FAILED``).
@@ -179,3 +188,25 @@ class Rpc(nameko_rpc.Rpc):
 
 rpc = Rpc.decorator
 """``@rpc`` for every Darkroom service (nameko's, on :class:`RpcConsumer`)."""
+
+
+def transient_reply_queue(queue: Queue) -> Queue:
+    """A client's RPC reply queue, made transient in place (see above)."""
+    queue.durable = False
+    return queue
+
+
+class ReplyListener(nameko_rpc.ReplyListener):
+    """nameko's reply listener with a transient reply queue: after a node is
+    lost, the service's consumer declares it again on the node it reconnects to."""
+
+    def setup(self):
+        super().setup()  # registers with the queue consumer, which declares at start
+        transient_reply_queue(self.queue)
+
+
+class RpcProxy(nameko_rpc.RpcProxy):
+    """``RpcProxy("billing")`` for every Darkroom service: nameko's, replies
+    on a transient queue (:class:`ReplyListener`)."""
+
+    rpc_reply_listener = ReplyListener()

@@ -24,7 +24,6 @@ import logging
 import threading
 from pathlib import Path
 
-from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from services.common import privacy_parts as parts
@@ -39,7 +38,7 @@ from services.common.idempotency import request_hash
 from services.common.ids import trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
-from services.common.queues import rpc
+from services.common.queues import RpcProxy, rpc
 from services.common.service import DarkroomService, FromConfig
 from services.generation import deliveries, disclosures, jobs, runner, webhooks
 from services.generation import privacy as privacy_data

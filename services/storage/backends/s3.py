@@ -141,14 +141,18 @@ class S3Backend:
         (presigned uploads get it), then prove the store applies it: a probe
         object written with the encryption header must come back encrypted
         that way. :class:`EncryptionRefused` otherwise."""
+        import uuid
+
         rule = (SseRule.new_sse_kms_rule(self.kms_key_id) if self.sse_mode == "kms"
                 else SseRule.new_sse_s3_rule())
         algorithm = SSE_ALGORITHMS[self.sse_mode]
+        # a probe of its own: replicas starting together would delete each other's
+        probe = f"{PROBE_KEY}-{uuid.uuid4().hex}"
         try:
             self.client.set_bucket_encryption(self.bucket, SSEConfig(rule))
-            self.client.put_object(self.bucket, PROBE_KEY, io.BytesIO(b"probe"), 5,
+            self.client.put_object(self.bucket, probe, io.BytesIO(b"probe"), 5,
                                    content_type="text/plain", sse=self.sse)
-            stat = self.client.stat_object(self.bucket, PROBE_KEY)
+            stat = self.client.stat_object(self.bucket, probe)
         except S3Error as exc:
             raise EncryptionRefused(
                 f"the bucket {self.bucket!r} refuses server-side encryption {algorithm} "
@@ -164,7 +168,7 @@ class S3Backend:
             raise EncryptionRefused(
                 f"the bucket {self.bucket!r} encrypted the probe object with another KMS key "
                 "than STORAGE_S3_KMS_KEY_ID")
-        self.client.remove_object(self.bucket, PROBE_KEY)
+        self.client.remove_object(self.bucket, probe)
 
     def set_safety_expiry(self, days: int) -> None:
         """Expire every object ``days`` after creation (and abandoned multipart
