@@ -3,7 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
-COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
+# CLUSTER=1 (make up/down/logs): RabbitMQ as three clustered nodes, two replicas of
+# every service (the override deploy/docker-compose.cluster.yml; docs/scaling.md).
+COMPOSE := docker compose -f deploy/docker-compose.yml \
+  $(if $(CLUSTER),-f deploy/docker-compose.cluster.yml) --env-file deploy/.env
 # Starts the local servers a target needs when they are installed but stopped
 # (never restarts one that runs), enables RabbitMQ's management plugin.
 LOCAL_SERVICES := deploy/local-services.sh
@@ -14,12 +17,14 @@ GATEWAY_PORT ?= 8000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv console dev dev-keys test test-unit test-integration test-e2e test-console up down logs lint bench migrate clean
+.PHONY: help venv console dev dev-keys test test-unit test-integration test-e2e test-console test-cluster up down logs lint bench migrate clean
 
 help:
 	@echo "make dev     run the whole stack locally as processes (starts RabbitMQ if installed and stopped)"
 	@echo "make test    run unit, integration and end-to-end tests (starts RabbitMQ, PostgreSQL, Redis as needed)"
+	@echo "make test-cluster   a three-node RabbitMQ cluster (rabbitmq-server), a node lost under load"
 	@echo "make up/down start/stop the stack with docker compose (deploy/.env from deploy/.env.example)"
+	@echo "             CLUSTER=1: three clustered RabbitMQ nodes, two replicas of every service"
 	@echo "make lint    ruff;  make bench   benchmarks;  make migrate   apply database migrations"
 
 # The locked versions, each checked against its hash, then the project itself without
@@ -76,10 +81,11 @@ dev: $(STAMP) dev-keys console/dist/index.html
 migrate: $(STAMP) dev-keys
 	$(DEV_KEYS) $(BIN)/python -m services.common.migrations auth notifications storage billing generation privacy
 
+# tests/cluster is make test-cluster's, not collected here.
 test: $(STAMP) console/dist/index.html
 	@$(LOCAL_SERVICES)
 	@-$(TEST_TOOLS)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q tests --ignore=tests/cluster
 
 # The unit tests need no server.
 test-unit: $(STAMP)
@@ -99,6 +105,13 @@ test-console: $(STAMP) console/dist/index.html
 	@$(LOCAL_SERVICES) rabbitmq postgres
 	@-$(TEST_TOOLS) chromium
 	$(BIN)/pytest -q tests/console
+
+# Three RabbitMQ nodes of their own, clustered (tests/cluster/harness.py starts them from
+# rabbitmq-server: the system broker is left alone), the stack on them with two replicas of
+# every service, a node lost in the middle of a job stream; prints its figures (-s).
+test-cluster: $(STAMP)
+	@$(LOCAL_SERVICES) postgres
+	$(BIN)/pytest -q -s tests/cluster
 
 # Once: deploy/.env from the example, each change-me placeholder replaced by a fresh
 # random secret (192 bits, hex: safe inside URLs), each change-me-key-ring-NAME by

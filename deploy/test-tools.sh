@@ -2,12 +2,15 @@
 # Installs the command-line checkers some tests run on our configuration files:
 #   promtool  (Debian package prometheus)  Prometheus config and alert rules
 #   caddy     (Debian package caddy)       the TLS profile's Caddyfile
+#   initdb    (Debian package postgresql)  a private PostgreSQL server that
+#             tests/integration/test_postgres_restart.py restarts (the shared
+#             one may be elsewhere: DARKROOM_TEST_POSTGRES_URL)
 #   chromium  (Debian package chromium)    the console's browser tests (tests/console,
 #                                          Playwright drives /usr/bin/chromium)
 # and, when named, the benchmarks' load generator:
 #   wrk       (Debian package wrk)         bench/read_path.py (make bench)
 #
-#   deploy/test-tools.sh            promtool, caddy and chromium
+#   deploy/test-tools.sh            promtool, caddy, initdb and chromium
 #   deploy/test-tools.sh wrk        the tools named
 #
 # A tool already on PATH is left alone (a run where all is there takes no
@@ -16,12 +19,18 @@
 # is still missing: with CI=true the tests that need it fail instead of skipping.
 set -uo pipefail
 
-declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy [chromium]=chromium [wrk]=wrk)
+declare -A PACKAGE=([promtool]=prometheus [caddy]=caddy [wrk]=wrk [initdb]=postgresql
+                    [chromium]=chromium)
 tools=("$@")
-[ "${#tools[@]}" -eq 0 ] && tools=(promtool caddy chromium)
+[ "${#tools[@]}" -eq 0 ] && tools=(promtool caddy initdb chromium)
+# Debian keeps PostgreSQL's server programs off PATH, under /usr/lib/postgresql/<version>/bin
+have() {
+  command -v "$1" >/dev/null 2>&1 ||
+    { [ "$1" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
+}
 missing=()
 for tool in "${tools[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE[$tool]}")
+  have "$tool" || missing+=("${PACKAGE[$tool]}")
 done
 [ "${#missing[@]}" -eq 0 ] && exit 0
 

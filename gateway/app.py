@@ -8,7 +8,7 @@ process under gunicorn gthread workers: never monkey-patch it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -16,7 +16,7 @@ import flask_smorest
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from gateway import console, docs, errors, limits, middleware
+from gateway import console, docs, errors, limits, middleware, readcache
 from gateway.api import BLUEPRINTS
 from gateway.api.accounts import auth_blp
 from gateway.api.billing import DEFAULT_WEBHOOK_MAX_BYTES
@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "HSTS_ENABLED": True,
     "READY_SERVICES": [],
     "BILLING_WEBHOOK_MAX_BYTES": DEFAULT_WEBHOOK_MAX_BYTES,
+    "READ_CACHE_ENABLED": True,
 }
 
 
@@ -58,6 +59,7 @@ class GatewayState:
     config: dict[str, Any]
     rpc: Any  # RpcPool, or a fake with the same ``get()`` in unit tests
     auth_cache: AuthCache
+    read_cache: readcache.ReadCache = field(default_factory=lambda: readcache.ReadCache(0, None))
 
 
 class Api(flask_smorest.Api):
@@ -159,6 +161,7 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
     # outermost: the listener is told apart before any forwarded header is applied
     init_internal_port(app, int(config["INTERNAL_PORT"]) if config.get("INTERNAL_PORT") else None)
 
+    real_rpc = rpc is None
     if rpc is None:
         rpc = RpcPool(
             str(config["AMQP_URI"]),
@@ -169,7 +172,10 @@ def create_app(config: dict | None = None, rpc=None) -> Flask:
         config=config,
         rpc=rpc,
         auth_cache=AuthCache(float(config["AUTH_CACHE_SECONDS"])),
+        # off with a fake RPC pool (unit tests): its consumer needs the real broker
+        read_cache=readcache.from_config(config, enabled=real_rpc),
     )
+    readcache.init_app(app)
 
     # request ids first: every later hook (rate limits included) can use them
     middleware.init_app(app, hsts=_bool(config["HSTS_ENABLED"]))

@@ -27,6 +27,7 @@ threads of a gunicorn (gthread) worker.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ from nameko.standalone.rpc import (
 
 from services.common.errors import DomainError
 from services.common.observability import CORRELATION_KEY, correlation_id
+from services.common.queues import transient_reply_queue
 
 log = logging.getLogger("gateway.rpc")
 
@@ -116,12 +118,29 @@ class _ClusterProxy(ClusterProxy):
 
 
 class _BoundedQueueConsumer(PollingQueueConsumer):
-    """nameko's polling reply consumer, connecting with bounded retries."""
+    """nameko's polling reply consumer, connecting with bounded retries, its
+    reply queue transient (services.common.queues: on a cluster it is declared
+    afresh on another node when its own is lost)."""
+
+    def register_provider(self, provider):
+        transient_reply_queue(provider.queue)
+        super().register_provider(provider)
 
     def _setup_consumer(self):
         self.connection.connect_timeout = CONNECT_TIMEOUT_SECONDS
         self.connection.ensure_connection(timeout=CONNECT_TIMEOUT_SECONDS, **_CONNECT_RETRY)
         super()._setup_consumer()
+
+    def closed_by_peer(self) -> bool:
+        """The broker closed the reply connection (its node stopped or was lost):
+        the socket reads as ended. Peeks, never consumes a frame."""
+        try:
+            sock = self.connection.connection.sock
+            return sock is None or sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False  # open, nothing to read
+        except Exception:
+            return True
 
 
 class _ReplyListener(SingleThreadedReplyListener):
@@ -147,7 +166,8 @@ class BoundedClusterRpcProxy(ClusterRpcProxy):
 
     def healthy(self) -> bool:
         consumer = self.queue_consumer
-        return not consumer.stopped and bool(consumer.connection.connected)
+        return (not consumer.stopped and bool(consumer.connection.connected)
+                and not consumer.closed_by_peer())
 
 
 # ------------------------------------------------------------ the pool

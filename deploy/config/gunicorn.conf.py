@@ -30,7 +30,13 @@ control_socket_disable = True
 
 # Prometheus multiprocess mode: with PROMETHEUS_MULTIPROC_DIR set, every worker
 # writes its samples there and the gateway's /metrics adds them all up.
+# And the read cache's write stamps, shared by the workers.
 def on_starting(server):
+    # the read cache's write stamps: shared memory made here, in the master, so that
+    # every worker forked from it shares them (gateway/readcache.py)
+    from gateway.readcache import host_stamps
+
+    host_stamps()
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
         os.makedirs(path, exist_ok=True)

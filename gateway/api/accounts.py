@@ -12,6 +12,7 @@ from nameko.exceptions import RemoteError, UnknownService
 
 from gateway.api.common import Blueprint, call, errors, for_caller, present
 from gateway.auth import authenticated, current_principal
+from gateway.readcache import cached, wrote
 from services.common.contracts import PageQuery
 from services.common.contracts import auth as c
 from services.common.contracts.privacy import PolicyStatus
@@ -40,6 +41,7 @@ class Me(c.User):
 
 
 POLICY_TIMEOUT_SECONDS = 2.0
+READ_CACHE_SECONDS = float("inf")  # the read cache's own bound: a profile with a policy status
 
 
 def _user_and_policy(user_id: str) -> tuple[dict, dict | None]:
@@ -102,7 +104,9 @@ def register(payload):
 @auth_blp.response(200, c.VerifiedEmail)
 def verify_email(payload):
     """Confirm an address (after registering or changing email) with its code"""
-    return call(c.VerifiedEmail, "auth.verify_email", payload)
+    answer = call(c.VerifiedEmail, "auth.verify_email", payload)
+    wrote(str(answer["user"]["id"]))  # no credential: the write stamp is the verified user's
+    return answer
 
 
 @auth_blp.route("/resend-verification", methods=["POST"])
@@ -163,7 +167,9 @@ class MeView(MethodView):
     @authenticated
     def get(self):
         """The caller's account, and whether a new privacy policy version awaits acceptance"""
-        user, policy = _user_and_policy(current_principal().user_id)
+        user_id = current_principal().user_id
+        user, policy = cached("me", user_id, None, lambda: _user_and_policy(user_id),
+                              lambda answer: None if answer[1] is None else READ_CACHE_SECONDS)
         return present(Me, {**user, "policy": policy})
 
     @me_blp.response(200, c.User)

@@ -29,8 +29,10 @@ from gateway.api.common import (
     for_caller,
     given,
     idempotency_key,
+    present,
 )
-from gateway.auth import authenticated, require_verified
+from gateway.auth import authenticated, current_principal, require_verified
+from gateway.readcache import cached
 from services.common.contracts import billing as c
 from services.common.errors import DomainError
 
@@ -96,7 +98,9 @@ def webhook_max_bytes() -> int:
 @authenticated
 def balance():
     """Credits available and held, the plan and this period's grants and use"""
-    return for_caller(c.Balance, "billing.get_balance")
+    user_id = current_principal().user_id
+    return present(c.Balance, cached("balance", user_id, None,
+                                     lambda: call(None, "billing.get_balance", user_id)))
 
 
 @billing_blp.route("/ledger", methods=["GET"])

@@ -5,6 +5,7 @@ calls, shaping RPC results through the contract's response schemas, the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable
 from functools import wraps
@@ -295,7 +296,7 @@ def present(schema: type[Schema] | Schema, data: Any) -> Any:
     """Turn an RPC result (JSON types) into what ``schema`` dumps: keep the
     declared fields only, parse ISO datetimes. The contract schemas then dump
     it, so responses carry exactly the documented fields."""
-    instance = schema() if isinstance(schema, type) else schema
+    instance = _instance(schema) if isinstance(schema, type) else schema
     if not isinstance(data, dict):
         return data
     out = {}
@@ -304,6 +305,13 @@ def present(schema: type[Schema] | Schema, data: Any) -> Any:
         if key in data:
             out[name] = _present_value(field, data[key])
     return out
+
+
+@functools.cache
+def _instance(schema: type[Schema]) -> Schema:
+    """One instance per schema class: :func:`present` only reads its fields (an
+    instance per call deep-copies every declared field, a tenth of a cached read)."""
+    return schema()
 
 
 def _present_value(field: fields.Field, value: Any) -> Any:

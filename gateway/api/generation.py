@@ -57,6 +57,7 @@ from gateway.api.common import (
     rpc,
 )
 from gateway.auth import authenticated, current_principal, require_verified
+from gateway.readcache import cached, job_lifetime
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts import generation as c
 from services.common.errors import DomainError
@@ -293,7 +294,10 @@ class Generation(MethodView):
     @authenticated
     def get(self, job_id):
         """One of the caller's jobs"""
-        return for_caller(c.JobView, "generation.get_job", str(job_id))
+        user_id, job = current_principal().user_id, str(job_id)
+        return present(c.JobView, cached("job", user_id, job,
+                                         lambda: call(None, "generation.get_job", user_id, job),
+                                         job_lifetime))
 
     @generation_blp.response(202, c.JobView)
     @errors(409)

@@ -67,6 +67,11 @@ class AuthService(PrivacyParticipant, DarkroomService):
 
     # ------------------------------------------------------------ helpers
 
+    def _user_updated(self, user_id) -> None:
+        """``auth.user_updated``, in the transaction that changed what
+        ``get_user`` answers (the gateways' read caches listen for it)."""
+        self.dispatch("user_updated", {"user_id": str(user_id)})
+
     @contextmanager
     def _recording_failures(self):
         """Commit what a refusal recorded (attempts, failures), then refuse."""
@@ -115,6 +120,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
                 user = verification.verify(
                     self.db, self.settings, data["email"], data["code"], utcnow()
                 )
+                self._user_updated(user.id)
                 self.db.commit()
             return user
 
@@ -337,6 +343,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
     def update_profile(self, user_id, payload) -> dict:
         data = load_rpc(c.UpdateProfile, payload)
         user = accounts.update_profile(self.db, lookup.get_user(self.db, user_id), data, utcnow())
+        self._user_updated(user.id)
         self.db.commit()
         return c.User().dump(user)
 
@@ -426,6 +433,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
         data = load_rpc(c.TotpCode, payload)
         user = lookup.get_user(self.db, user_id)
         accounts.confirm_totp_enrollment(user, data["code"], utcnow())
+        self._user_updated(user.id)
         self.db.commit()
         log.info("TOTP enabled", extra={"user_id": str(user.id)})
         return None
@@ -439,6 +447,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
                 "is_admin must be a boolean", fields={"is_admin": ["Not a valid boolean."]}
             )
         changed = accounts.set_admin(self.db, self.settings, email, is_admin, utcnow())
+        self._user_updated(changed["user_id"])
         self.db.commit()
         log.warning(
             "admin %s", "granted" if is_admin else "withdrawn",
@@ -549,6 +558,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
 
     def _set_disabled(self, ref, disabled: bool) -> dict:
         changed = operators.set_disabled(self.db, operators.find(self.db, ref), disabled, utcnow())
+        self._user_updated(changed["user_id"])
         self.db.commit()
         log.warning("account %s", "disabled" if disabled else "enabled",
                     extra={"user_id": str(changed["user_id"]),
@@ -590,7 +600,8 @@ class AuthService(PrivacyParticipant, DarkroomService):
 
     @event_handler("privacy", "restriction_changed")
     def privacy_restriction_changed(self, event: dict) -> None:
-        privacy_data.set_restricted(self.db, event["user_id"], event["restricted"])
+        if privacy_data.set_restricted(self.db, event["user_id"], event["restricted"]):
+            self._user_updated(event["user_id"])
         self.db.commit()
 
     # ------------------------------------------------------------ re-authentication

@@ -19,7 +19,6 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from services.billing import (
@@ -47,7 +46,7 @@ from services.common.errors import DomainError, not_found
 from services.common.ids import utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
-from services.common.queues import rpc
+from services.common.queues import RpcProxy, rpc
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 

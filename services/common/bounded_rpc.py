@@ -41,17 +41,16 @@ class BoundedProxy:
         return call
 
     def call(self, method: str, *args: Any, **kwargs: Any):
-        import eventlet
+        return self.call_async(method, *args, **kwargs).result()
 
+    def call_async(self, method: str, *args: Any, **kwargs: Any) -> PendingCall:
+        """Publish the request now; :meth:`PendingCall.result` waits for the
+        reply (at most ``timeout`` from then), :meth:`PendingCall.forget`
+        gives it up."""
         # the request is published first (the publisher has its own bounded
         # retries; a timeout must not interrupt a frame half-written)
         reply = getattr(self.proxy, method).call_async(*args, **kwargs)
-        try:
-            with eventlet.Timeout(self.timeout, RpcTimeout(self.service, method, self.timeout)):
-                return reply.result()
-        except RpcTimeout:
-            self._forget(reply)
-            raise
+        return PendingCall(self, method, reply)
 
     def _forget(self, reply) -> None:
         """Drop the reply listener's entry for a reply nobody waits for any
@@ -62,3 +61,24 @@ class BoundedProxy:
             for correlation_id, event in list(pending.items()):
                 if event is getattr(reply, "reply_event", None):
                     pending.pop(correlation_id, None)
+
+
+class PendingCall:
+    """A request of :class:`BoundedProxy` in flight."""
+
+    def __init__(self, bounded: BoundedProxy, method: str, reply):
+        self.bounded, self.method, self.reply = bounded, method, reply
+
+    def result(self):
+        import eventlet
+
+        seconds = self.bounded.timeout
+        try:
+            with eventlet.Timeout(seconds, RpcTimeout(self.bounded.service, self.method, seconds)):
+                return self.reply.result()
+        except RpcTimeout:
+            self.forget()
+            raise
+
+    def forget(self) -> None:
+        self.bounded._forget(self.reply)

@@ -10,6 +10,14 @@
   caller (or acked the event) before the provider sees the result, so a commit
   there could fail after "done" was said.
 - Engines come from :mod:`services.common.engine` (pg8000 for PostgreSQL).
+- A worker that meets a database outage (the server restarting or down, a
+  connection cut, no connection to be had from the pool) fails; an RPC caller
+  gets 503 ``service_unavailable`` (``details.cause: database``) instead of a
+  bare internal error (:func:`outage_error`, applied by
+  :class:`services.common.queues.Rpc`), and an event handler's message is
+  retried through the retry queues (services/common/messaging.py). The pool
+  pings a connection before lending it (services/common/engine.py), so the
+  first worker after a restart does not get a dead one.
 - Each service owns its database and its alembic migrations
   (``services/<name>/migrations``); :class:`Database` applies them at start
   unless ``DB_MIGRATE_ON_START`` is false (``make migrate`` does it by hand).
@@ -24,11 +32,13 @@ from weakref import WeakKeyDictionary
 
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Column, DateTime, String, Table, event, select, types
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common import fieldcrypt
 from services.common.engine import make_engine, normalise_url  # noqa: F401 (imported from here too)
+from services.common.errors import DomainError, service_unavailable
 from services.common.ids import utcnow
 from services.common.migrations import upgrade
 
@@ -198,6 +208,56 @@ def uncommitted_writes(session: Session) -> bool:
     """True when the session holds changes not yet committed (pending objects,
     or ORM and Core statements flushed or executed since the last commit)."""
     return bool(session.new or session.dirty or session.deleted or session.info.get(_WROTE))
+
+
+# SQLAlchemy's names for "the database could not be reached or the connection
+# died" (pg8000's network errors arrive as InterfaceError; a pool with no free
+# connection as TimeoutError)
+OUTAGE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                 sa_exc.TimeoutError)
+# SQLite says OperationalError for mistakes too ("no such table"): of its
+# messages only these are "try again"
+SQLITE_TRANSIENT = ("database is locked", "unable to open database", "disk i/o error")
+
+
+# PostgreSQL's SQLSTATE classes and codes of the same: 08 connection
+# exceptions, 57 operator intervention (57P01 terminating connection due to
+# administrator command, 57P03 the database system is starting up or shutting
+# down), 53300 too many connections. pg8000 raises them as ProgrammingError.
+OUTAGE_SQLSTATE_CLASSES = ("08", "57")
+OUTAGE_SQLSTATES = ("53300",)
+
+
+def sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a PostgreSQL error wrapped by SQLAlchemy (pg8000 puts
+    the server's fields in a dict, ``C`` the code; psycopg has ``sqlstate``)."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code is None and orig is not None and orig.args and isinstance(orig.args[0], dict):
+        code = orig.args[0].get("C")
+    return str(code) if code else None
+
+
+def is_outage(exc: BaseException | None) -> bool:
+    """True when ``exc`` says the database is unreachable, restarting or the
+    connection died: a request to try again, not a bug."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        code = sqlstate(exc)
+        if code and (code[:2] in OUTAGE_SQLSTATE_CLASSES or code in OUTAGE_SQLSTATES):
+            return True
+        if type(exc.orig).__module__ == "sqlite3":
+            return any(text in str(exc.orig).lower() for text in SQLITE_TRANSIENT)
+    return isinstance(exc, OUTAGE_ERRORS)
+
+
+def outage_error(exc: BaseException | None) -> DomainError | None:
+    """The 503 an RPC caller gets for a database outage, or None for anything else."""
+    if not is_outage(exc):
+        return None
+    return service_unavailable("the database is unavailable, try again shortly",
+                               cause="database")
 
 
 def aware(dt: datetime | None) -> datetime | None:

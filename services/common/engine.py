@@ -2,7 +2,12 @@
 the per-dialect connection settings.
 
 - PostgreSQL URLs are driven by pg8000, a pure-Python driver: under eventlet its
-  sockets are green, so a slow query never stalls the hub.
+  sockets are green, so a slow query never stalls the hub. The pool pings a
+  connection before lending it (a server restart leaves dead ones behind), and
+  a connection attempt cut by a server going down is raised as the driver's
+  InterfaceError, like a refused one, so SQLAlchemy wraps it and
+  services/common/db.py ``is_outage`` knows it (pg8000 lets a reset socket's
+  bare OSError out of its handshake).
 - SQLite (the laptop default) runs in write-ahead-logging mode with a busy timeout.
 """
 
@@ -44,6 +49,7 @@ def make_engine(url: str, **kwargs) -> Engine:
     engine = create_engine(url, **kwargs)
     if engine.dialect.driver == "pg8000":
         event.listen(engine, "connect", _tcp_nodelay)
+        event.listen(engine, "do_connect", _connect_errors_as_dbapi)
     elif engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -74,3 +80,13 @@ def _tcp_nodelay(dbapi_connection, _record) -> None:
     sock = getattr(dbapi_connection, "_usock", None)
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _connect_errors_as_dbapi(dialect, _record, cargs, cparams):
+    """Connect; an OSError in pg8000's handshake (the server closing the
+    socket as it shuts down or starts) becomes pg8000's InterfaceError."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        raise dialect.loaded_dbapi.InterfaceError(
+            f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc

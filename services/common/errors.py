@@ -85,6 +85,18 @@ def rate_limited(message: str, retry_after: int, **details) -> DomainError:
     return DomainError("rate_limited", message, 429, {"retry_after": int(retry_after), **details})
 
 
+#: how long a caller is told to wait when our own infrastructure is down
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+
+
+def service_unavailable(message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS,
+                        **details) -> DomainError:
+    """503 ``service_unavailable``: try again after ``retry_after`` seconds (the
+    gateway sends it as ``Retry-After``); nothing was done."""
+    return DomainError("service_unavailable", message, 503,
+                       {"retry_after": int(retry_after), **details})
+
+
 class NonRetryable(Exception):
     """Raised by an event handler for a message that can never succeed.
 

@@ -14,6 +14,8 @@ failed message is instead
 1. republished to a delay queue ``darkroom.retry.<ms>`` (TTL, then dead-lettered
    by RabbitMQ back to the handler's own queue through the default exchange),
    once per configured delay (``EVENT_RETRY_DELAYS_MS``, default 1 s, 10 s, 60 s);
+   a failure on a database outage (services/common/db.py ``is_outage``) is
+   retried at the last delay for as long as the outage lasts, never given up;
 2. after the last attempt, or at once for a payload that fails its schema (or
    cannot even be decoded) or a :class:`~services.common.errors.NonRetryable`
    error, published to the dead letter queue ``dlq.<queue>`` with the error
@@ -44,6 +46,7 @@ from nameko.messaging import QueueConsumer
 from sqlalchemy import event as sa_event
 
 from services.common import contracts, outbox, queues
+from services.common.db import is_outage
 from services.common.errors import NonRetryable
 from services.common.ids import isoformat, utcnow
 from services.common.observability import EVENTS_DEAD_LETTERED, EVENTS_RETRIED
@@ -328,7 +331,10 @@ class ReliableEventHandler(EventHandler):
             return
         exc = exc_info[1]
         attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
-        if isinstance(exc, NonRetryable) or attempt >= self.max_attempts:
+        # the service's database down is not the message's fault: it waits at
+        # the longest delay for as long as the outage lasts, never dead-lettered for it
+        waits_out = is_outage(exc) and bool(self.retry_delays)
+        if isinstance(exc, NonRetryable) or (attempt >= self.max_attempts and not waits_out):
             self._give_up(message, exc, attempt, exc_info)
         else:
             self._retry(message, exc, attempt)
@@ -351,9 +357,9 @@ class ReliableEventHandler(EventHandler):
         return True
 
     def _retry(self, message, exc, attempt):
-        delay = self.retry_delays[attempt - 1]
+        delay = self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
         headers = republish_headers(message.headers)
-        headers[ATTEMPT_HEADER] = attempt + 1
+        headers[ATTEMPT_HEADER] = min(attempt + 1, self.max_attempts)
         headers[ERROR_HEADER] = _describe(exc)
         if self._publish_or_requeue(
             message, exchange=retry_exchange(delay), routing_key=self.queue.name, headers=headers

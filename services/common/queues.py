@@ -21,7 +21,16 @@ migrate``): :func:`queue_arguments` reads them from the queue's name.
 Each client's own queues stay classic, as they must: nameko's RPC reply
 queues ``rpc.reply-…`` (they expire 5 minutes after their client is gone,
 which a quorum queue cannot be declared with on 3.10) and the auto-delete or
-exclusive queues of broadcast and singleton handlers.
+exclusive queues of broadcast and singleton handlers. Reply queues are
+declared transient (``durable=False``; nameko declares them durable): on a
+cluster, a durable classic queue whose node is down cannot be declared again
+anywhere (``NOT_FOUND - home node … is down or inaccessible``) until that
+node returns, so a client that reconnects to another node could not consume
+its replies, and a service's whole consumer (its RPC and event queues share
+the connection) would stop with it. A transient queue is deleted with its
+node and declared afresh on the node the client reconnects to. Services use
+:class:`RpcProxy` (not nameko's) for that; the gateway's pool does the same
+(gateway/rpc.py, :func:`transient_reply_queue`).
 
 A queue's type cannot change in place: RabbitMQ refuses to declare an
 existing classic queue as quorum (``PRECONDITION_FAILED``).
@@ -40,6 +49,8 @@ from kombu import Queue
 from nameko import rpc as nameko_rpc
 from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
+
+from services.common.db import outage_error
 
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_DELIVERY_LIMIT = 20
@@ -165,6 +176,37 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
 class Rpc(nameko_rpc.Rpc):
     rpc_consumer = RpcConsumer()
 
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        """A database outage answers 503 ``service_unavailable``
+        (:func:`services.common.db.outage_error`), not a RemoteError."""
+        if exc_info is not None:
+            replaced = outage_error(exc_info[1])
+            if replaced is not None:
+                exc_info = (type(replaced), replaced, exc_info[2])
+        return super().handle_result(message, worker_ctx, result, exc_info)
+
 
 rpc = Rpc.decorator
 """``@rpc`` for every Darkroom service (nameko's, on :class:`RpcConsumer`)."""
+
+
+def transient_reply_queue(queue: Queue) -> Queue:
+    """A client's RPC reply queue, made transient in place (see above)."""
+    queue.durable = False
+    return queue
+
+
+class ReplyListener(nameko_rpc.ReplyListener):
+    """nameko's reply listener with a transient reply queue: after a node is
+    lost, the service's consumer declares it again on the node it reconnects to."""
+
+    def setup(self):
+        super().setup()  # registers with the queue consumer, which declares at start
+        transient_reply_queue(self.queue)
+
+
+class RpcProxy(nameko_rpc.RpcProxy):
+    """``RpcProxy("billing")`` for every Darkroom service: nameko's, replies
+    on a transient queue (:class:`ReplyListener`)."""
+
+    rpc_reply_listener = ReplyListener()

@@ -36,6 +36,7 @@ written is logged, never fails the job (the request already left).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -44,6 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.contracts.generation import DISCLOSURE_CATEGORIES, DISCLOSURE_OUTCOMES
+from services.common.db import is_outage
 from services.common.ids import isoformat, utcnow
 from services.common.pagination import paginate
 from services.generation.models import Disclosure
@@ -85,29 +87,47 @@ def outcome(code: str | None) -> tuple[str, str | None]:
 
 class Recorder:
     """The ``on_attempt`` hook of one job's run: a row per try of a provider
-    that sends data off the machine (``sends(name)``), in its own session."""
+    that sends data off the machine (``sends(name)``), in its own session.
+    A write that meets a database outage is tried again, with backoff, for up
+    to ``retry_seconds`` (the job's ``GENERATION_INFRA_RETRY_SECONDS``): the
+    request has left, so its record must not be lost to a restart."""
 
     def __init__(self, bind, user_id, job_id, attempt: int,
                  region_of: Callable[[str], str | None], sends: Callable[[str], bool],
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, retry_seconds: float = 0.0,
+                 sleep: Callable[[float], None] = time.sleep):
         self.bind, self.user_id, self.job_id, self.attempt = bind, user_id, job_id, attempt
         self.region_of, self.sends, self.clock = region_of, sends, clock
+        self.retry_seconds, self.sleep = retry_seconds, sleep
 
     def __call__(self, name: str, request: ProviderRequest, code: str | None) -> None:
         if not self.sends(name):
             return
         result, error_code = outcome(code)
-        try:
-            with Session(self.bind) as session:
-                session.add(Disclosure(
-                    user_id=uuid.UUID(str(self.user_id)), job_id=uuid.UUID(str(self.job_id)),
-                    attempt=self.attempt, provider=name, region=self.region_of(name),
-                    categories=categories(request), outcome=result, error_code=error_code,
-                    created_at=self.clock()))
-                session.commit()
-        except Exception as exc:  # the request already left: the job goes on
-            log.error("could not record a disclosure to %s: %s", name, type(exc).__name__,
-                      extra={"job_id": str(self.job_id)})
+        at = self.clock()
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 1.0
+        while True:
+            try:
+                with Session(self.bind) as session:
+                    session.add(Disclosure(
+                        user_id=uuid.UUID(str(self.user_id)), job_id=uuid.UUID(str(self.job_id)),
+                        attempt=self.attempt, provider=name, region=self.region_of(name),
+                        categories=categories(request), outcome=result, error_code=error_code,
+                        created_at=at))
+                    session.commit()
+                return
+            except Exception as exc:  # the request already left: the job goes on
+                left = deadline - time.monotonic()
+                if is_outage(exc) and left > 0:
+                    log.warning("disclosure to %s not recorded yet (the database is "
+                                "unavailable); retrying", name, extra={"job_id": str(self.job_id)})
+                    self.sleep(min(delay, left))
+                    delay = min(delay * 2, 10.0)
+                    continue
+                log.error("could not record a disclosure to %s: %s", name, type(exc).__name__,
+                          extra={"job_id": str(self.job_id)})
+                return
 
 
 def view(row: Disclosure) -> dict:

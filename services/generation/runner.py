@@ -15,12 +15,16 @@ without a word: another worker runs it), and finishes the job with what
 longer this worker's to deliver) or raised (``failed``).
 
 An outage of our own infrastructure in the middle of a job (storage or its
-object store restarting, an RPC without an answer, the broker reconnecting)
-does not fail the job at once: :class:`Steps` retries the failed step with
-backoff for up to ``GENERATION_INFRA_RETRY_SECONDS`` (the lease is kept alive
-meanwhile), then fails it with ``storage_unavailable``. The provider call is
-never repeated for it: it is paid, and the router already handles providers'
-failures.
+object store restarting, an RPC without an answer, the broker reconnecting,
+the database restarting) does not fail the job at once: :class:`Steps`
+retries the failed step with backoff for up to
+``GENERATION_INFRA_RETRY_SECONDS`` (the lease is kept alive meanwhile), then
+fails it with ``storage_unavailable``. The provider call is never repeated
+for it: it is paid, and the router already handles providers' failures. A
+progress write that meets a database outage is skipped (the next one catches
+up), and the job's final write (succeeded or failed) is retried through it
+within the same bound, so a job whose outputs are stored is not left
+``running`` for its lease to lapse and its provider to be called again.
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ from urllib3.util.retry import Retry
 
 from services.common.bounded_rpc import BoundedProxy, RpcTimeout
 from services.common.concurrency import Heartbeat
-from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, parse_size
+from services.common.contracts.generation import DEFAULT_N, DEFAULT_SIZE, JobState, parse_size
+from services.common.db import is_outage
 from services.common.errors import DomainError
 from services.common.ids import utcnow
 from services.common.messaging import Dispatch
 from services.generation import disclosures, error_text, jobs, privacy
+from services.generation.models import Job
 from services.generation.providers.base import (
     ProgressCallback,
     ProviderError,
@@ -118,6 +124,8 @@ def infrastructure_failure(exc: BaseException) -> str | None:
     Providers' failures never get here: the router handles them."""
     if isinstance(exc, RpcTimeout):
         return str(exc)
+    if is_outage(exc):  # this service's own database
+        return f"the database is unavailable ({type(exc).__name__})"
     if isinstance(exc, UnknownService):
         return f"{exc} (no instance is consuming)"
     if isinstance(exc, ReplyQueueExpiredWithPendingReplies | KombuOperationalError
@@ -186,7 +194,11 @@ class Steps:
                 wait = min(delay, left)
                 log.warning("job %s: cannot %s (%s); try %d, retrying in %.1fs", self.job_id,
                             what, error_text.clean(reason), tries, wait)
-                self.waiting("waiting_for_storage")
+                try:
+                    self.waiting("waiting_for_storage")
+                except Exception as exc:  # the stage is not recorded; the wait goes on
+                    if not is_outage(exc):
+                        raise
                 self.policy.sleep(wait)
                 delay = min(delay * 2, self.policy.max_delay)
 
@@ -376,10 +388,19 @@ class Lease:
         now = self.clock()
         if self.last_write is not None and now - self.last_write < PROGRESS_WRITE_INTERVAL_SECONDS:
             return
-        if not jobs.record_progress(self.db, self.settings, self.job_id, self.token, fraction,
-                                    stage, utcnow()):
+        try:
+            kept = jobs.record_progress(self.db, self.settings, self.job_id, self.token, fraction,
+                                        stage, utcnow())
+            self.db.commit()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self.db.rollback()  # progress is for watchers: skipped, the next write catches up
+            log.warning("job %s: progress not recorded (the database is unavailable)",
+                        self.job_id)
+            return
+        if not kept:
             raise LeaseLost(str(self.job_id))
-        self.db.commit()
         self.last_write = now
 
 
@@ -427,27 +448,67 @@ class Worker:
             log.warning("job %s: lease lost, another worker runs it", spec.id)
             return
         except JobFailure as failure:
-            self.fail(job, token, failure)
+            self.finish(spec, "record the failure",
+                        lambda failure=failure: self.fail(job, token, failure))
             return
         except Exception as exc:
             # a bug, or a failure nothing expects: the job fails now rather than
             # staying "running" until its lease lapses and a paid provider call
             # is made again; the log names the place, not the text (it may hold
             # a URL)
-            self.fail(job, token, JobFailure("internal_error",
-                                             "the job failed on an internal error"))
+            self.finish(spec, "record the failure", lambda: self.fail(
+                job, token, JobFailure("internal_error", "the job failed on an internal error")))
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             log.error("job %s: %s at %s:%s: %s", spec.id, type(exc).__name__,
                       Path(frame.filename).name, frame.lineno, error_text.clean(exc))
             return
-        self.succeed(job, token, spec, provider, output_ids)
+        tried = []
+
+        def succeed() -> None:
+            # a commit whose answer was lost in the outage may have happened
+            if tried and self.succeeded_already(job, output_ids):
+                return
+            tried.append(True)
+            self.succeed(job, token, spec, provider, output_ids)
+
+        self.finish(spec, "record the success", succeed)
+
+    def finish(self, spec: JobSpec, what: str, write: Callable[[], None]) -> None:
+        """The job's final write, retried through a database outage for up to
+        ``GENERATION_INFRA_RETRY_SECONDS``; past that the job stays ``running``
+        and the recovery timer requeues it when its lease lapses."""
+        steps = Steps(spec.id, OutagePolicy(retry_seconds=self.settings.infra_retry_seconds),
+                      lambda _stage: None)
+
+        def attempt() -> None:
+            try:
+                write()
+            except Exception:
+                try:
+                    self.db.rollback()
+                except Exception:  # the connection is gone already: nothing to undo
+                    log.debug("rollback after a failed write failed", exc_info=True)
+                raise
+
+        try:
+            steps.run(what, attempt)
+        except JobFailure as exc:
+            log.error("job %s: cannot %s: %s; its lease will lapse", spec.id, what, exc.message)
+
+    def succeeded_already(self, job, output_ids: list[str]) -> bool:
+        """Did an earlier try of the success write commit (its answer lost)?"""
+        row = self.db.get(Job, job.id, populate_existing=True)
+        return (row is not None and row.attempt == job.attempt
+                and row.status == JobState.SUCCEEDED
+                and [str(i) for i in row.output_ids or []] == [str(i) for i in output_ids])
 
     def disclosures(self, job) -> disclosures.Recorder:
         """The job's disclosure log: a row per request sent to a vendor."""
         return disclosures.Recorder(
             self.db.get_bind(), job.user_id, job.id, job.attempt,
             lambda name: self.router.region_of(name),
-            lambda name: disclosures.sends_data(self.router.providers.get(name)))
+            lambda name: disclosures.sends_data(self.router.providers.get(name)),
+            retry_seconds=self.settings.infra_retry_seconds)
 
     def succeed(self, job, token: str, spec: JobSpec, provider: str,
                 output_ids: list[str]) -> None:
@@ -470,7 +531,9 @@ class Worker:
 
     def fail(self, job, token: str, failure: JobFailure) -> None:
         """Fail the running job with ``failure`` (whose message is already
-        clean: it is what the user, the webhook and the log see)."""
+        clean: it is what the user, the webhook and the log see). Tried again
+        after an outage, a failure already recorded is left as it is (the
+        lease token is gone)."""
         self.db.rollback()
         jobs.fail(self.db, self.settings, job.id, token, failure.code, failure.message,
                   failure.provider, utcnow(), self.dispatch)

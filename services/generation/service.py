@@ -24,7 +24,6 @@ import logging
 import threading
 from pathlib import Path
 
-from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from services.common import privacy_parts as parts
@@ -39,7 +38,7 @@ from services.common.idempotency import request_hash
 from services.common.ids import trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
-from services.common.queues import rpc
+from services.common.queues import RpcProxy, rpc
 from services.common.service import DarkroomService, FromConfig
 from services.generation import deliveries, disclosures, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
@@ -110,8 +109,23 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         if data["model"]:
             self._check_model(data["model"], data["type"])  # 400 unknown_model
         user = trusted_id(user_id)
-        if not dry_run:  # a quote spends nothing
-            spending.require_verified(self.auth, user, self.settings.rpc_timeout_seconds)
+        # a quote spends nothing; a job: auth is asked now and answers while the
+        # checks below run, and its answer is awaited before anything is written
+        # and before any other refusal (email_unverified first, as ever)
+        verified = None if dry_run else spending.VerifiedCheck(
+            self.auth, user, self.settings.rpc_timeout_seconds)
+        try:
+            return self._submit(user_id, user, data, idempotency_key, dry_run,
+                                verified or (lambda: None))
+        except DomainError:
+            if verified is not None:
+                verified()
+            raise
+        finally:
+            if verified is not None:
+                verified.close()
+
+    def _submit(self, user_id, user, data, idempotency_key, dry_run, verified) -> dict:
         privacy_data.check_may_run(self.db, user)  # 403 processing_restricted, erasure_pending
         privacy_data.check_route_allowed(self.db, self.router, user, data["type"],
                                          data["model"] or None)  # 409
@@ -123,6 +137,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         if not dry_run:
             existing = jobs.find_idempotent(self.db, user, idempotency_key, digest)
             if existing is not None:
+                verified()
                 return self._view(existing)
         expansion = self.prompts.expand(data)  # 400/404 template, 422 content policy
         if data["source_image_id"]:
@@ -130,6 +145,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         quote = self.quotes.quote(pricing(data, expansion), self.billing.quote)
         if dry_run:
             return c.PriceQuote().dump(quote)
+        verified()
         job, created = jobs.submit(self.db, self.settings, user, data, expansion, quote["price"],
                                    idempotency_key, digest, utcnow(), self.dispatch)
         self.db.commit()
@@ -264,11 +280,17 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
 
     @event_handler("billing", "credits_reserved")
     def credits_reserved(self, event: dict) -> None:
-        if not claim_event(self.db, processed_events, event["event_id"],
-                           "generation.credits_reserved"):
-            return
-        runnable = jobs.credits_reserved(self.db, self.settings, event, utcnow(), self.dispatch)
-        self.db.commit()
+        """The job may run: run reserved jobs while there are free slots. An
+        event seen before still runs them: the delivery that claimed it may
+        have failed after its commit (the database going away as the run
+        began), and nothing else would start the job it made runnable."""
+        if claim_event(self.db, processed_events, event["event_id"],
+                       "generation.credits_reserved"):
+            runnable = jobs.credits_reserved(self.db, self.settings, event, utcnow(),
+                                             self.dispatch)
+            self.db.commit()
+        else:
+            runnable = True
         if runnable:
             self._run_next()
 

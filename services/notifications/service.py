@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 
 from services.common.contracts import load_rpc
 from services.common.contracts import privacy as privacy_contracts
@@ -28,7 +27,7 @@ from services.common.db import Database
 from services.common.errors import DomainError
 from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
-from services.common.queues import rpc
+from services.common.queues import RpcProxy, rpc
 from services.common.sealed import Sealer
 from services.common.service import DarkroomService, FromConfig
 from services.notifications import notify

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import requests as http
-from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from services.common import privacy_parts as parts
@@ -32,7 +31,7 @@ from services.common.errors import DomainError, invalid_request, not_found
 from services.common.ids import client_id, isoformat, trusted_id, utcnow
 from services.common.messaging import EventPublisher, event_handler
 from services.common.metrics import BREACHES_OVERDUE
-from services.common.queues import rpc
+from services.common.queues import RpcProxy, rpc
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
 from services.privacy import access_logs, archive, breaches, calls, consent, own_data, schedule

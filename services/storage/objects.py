@@ -38,7 +38,7 @@ from services.common.errors import DomainError, invalid_request, not_found, payl
 from services.common.ids import client_id, new_id, trusted_id
 from services.common.pagination import paginate
 from services.storage import images, retention
-from services.storage.backends.base import Backend
+from services.storage.backends.base import Backend, storage_unavailable
 from services.storage.backends.keys import (
     PUBLIC_ID,
     new_public_id,
@@ -63,10 +63,6 @@ def upload_missing() -> DomainError:
 def object_mismatch(object_id: uuid.UUID, reason: str) -> DomainError:
     return DomainError("object_mismatch", f"object {object_id} does not match its declaration: {reason}",
                        409, {"object_id": str(object_id), "reason": reason})
-
-
-def storage_unavailable(what: str) -> DomainError:
-    return DomainError("storage_unavailable", f"the object store could not {what}; try again", 503)
 
 
 # ---------------------------------------------------------------- ids and views

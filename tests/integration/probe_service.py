@@ -127,13 +127,16 @@ class ProbeService(DarkroomService):
 # FakeAuthService.get_user: the users of a test stack without auth are verified,
 # but for those whose id starts with this
 UNVERIFIED_PREFIX = "00000000-"
+# ``authenticate``: the bearer token of a user's session in the fake (``fake-<user id>``)
+FAKE_TOKEN_PREFIX = "fake-"
 
 
 class FakeAuthService(DarkroomService):
-    """Stands in for auth's ``set_admin`` RPC (same answer, same errors), and
+    """Stands in for auth's ``set_admin`` RPC (same answer, same errors),
     for ``get_user`` where services ask whether an address is verified
     (services.common.spending): every user is, except ids that start with
-    :data:`UNVERIFIED_PREFIX`."""
+    :data:`UNVERIFIED_PREFIX`; and for ``authenticate``, a gateway's question
+    (a bearer ``fake-<user id>`` is that user's session)."""
 
     name = "auth"
     admins: set[str] = set()
@@ -143,6 +146,18 @@ class FakeAuthService(DarkroomService):
         user_id = str(user_id)
         return {"id": user_id, "email": f"{user_id}@example.com",
                 "email_verified": not user_id.startswith(UNVERIFIED_PREFIX)}
+
+    @rpc(expected_exceptions=DomainError)
+    def authenticate(self, credential: dict) -> dict:
+        """The gateway's question: a bearer token ``fake-<user id>`` is that
+        user's session; anything else is refused as auth refuses it."""
+        token = str(credential.get("token") or "")
+        if not token.startswith(FAKE_TOKEN_PREFIX):
+            raise DomainError("unauthenticated", "invalid or expired credential", 401)
+        user_id = token[len(FAKE_TOKEN_PREFIX):]
+        return {"user_id": user_id, "email_verified": not user_id.startswith(UNVERIFIED_PREFIX),
+                "is_admin": False, "processing_restricted": False, "plan": "free",
+                "credential_type": "session", "credential_id": user_id}
 
     @rpc
     def set_admin(self, email: str, is_admin: bool) -> dict:

@@ -570,6 +570,31 @@ def test_profile_update(auth):
     assert refused(auth.rpc.get_user, "nope").code == "invalid_request"  # a trusted id: the caller's bug
 
 
+def user_updates(auth, user_id: str) -> int:
+    auth.tap.drain()
+    found = [body for kind, body in auth.tap.seen
+             if kind == "user_updated" and body.get("user_id") == user_id]
+    for body in found:
+        auth.tap.seen.remove(("user_updated", body))
+    return len(found)
+
+
+def test_a_change_to_what_get_user_answers_publishes_user_updated(auth):
+    """For the gateways' read caches (gateway/readcache.py): out before the RPC returns."""
+    account = register(auth)
+    user_id = account.user["id"]
+    auth.rpc.verify_email({"email": account.email, "code": account.code})
+    assert user_updates(auth, user_id) == 1
+    auth.rpc.update_profile(user_id, {"display_name": "Changed"})
+    assert user_updates(auth, user_id) == 1
+    refused(auth.rpc.update_profile, user_id, {"email": "x@example.com"})
+    assert user_updates(auth, user_id) == 0  # refused: nothing changed, nothing published
+    auth.rpc.set_admin(account.email, True)
+    assert user_updates(auth, user_id) == 1
+    auth.rpc.get_user(user_id)
+    assert user_updates(auth, user_id) == 0
+
+
 def test_email_change_flow(auth):
     account, other = verified(auth), register(auth)
     user_id = account.user["id"]

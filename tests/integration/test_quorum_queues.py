@@ -104,9 +104,10 @@ def test_every_durable_queue_is_quorum_and_reply_queues_are_not(stack):
         assert proxy.probe.ping() == {"service": "probe", "ok": True}  # over failover
         queues = queue_info(stack["mgmt"], stack["vhost"])
         replies = [row for name, row in queues.items() if name.startswith("rpc.reply-")]
-        # each client's own reply queue: classic, gone 5 minutes after its client
+        # each client's own reply queue: classic, gone 5 minutes after its client,
+        # transient (a durable one could not be declared again while its node is down)
         assert replies and all(row["type"] == "classic" and row["arguments"].get("x-expires")
-                               for row in replies)
+                               and row["durable"] is False for row in replies)
     for name in (PROBE_QUEUE, "rpc-probe", DLQ, "darkroom.retry.200ms", "darkroom.retry.400ms"):
         assert queues[name]["type"] == "quorum", name
     assert queues[PROBE_QUEUE]["arguments"]["x-delivery-limit"] == DELIVERY_LIMIT

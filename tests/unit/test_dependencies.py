@@ -33,7 +33,6 @@ USED_WITHOUT_AN_IMPORT = {
     "gunicorn": "serves the gateway: a command (deploy/Procfile, deploy/Dockerfile)",
     "pg8000": "the PostgreSQL driver SQLAlchemy loads by URL (services/common/db.py)",
     "limits": "flask-limiter's storage backends, chosen by RATELIMIT_STORAGE_URI",
-    "redis": "the shared rate-limit storage, redis:// in RATELIMIT_STORAGE_URI",
 }
 
 

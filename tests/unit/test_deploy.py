@@ -36,6 +36,9 @@ DEPLOY = REPO / "deploy"
 COMPOSE_TEXT = (DEPLOY / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
+# The cluster variant: an override of the base file (three RabbitMQ nodes, replicas)
+CLUSTER_TEXT = (DEPLOY / "docker-compose.cluster.yml").read_text()
+CLUSTER = yaml.safe_load(CLUSTER_TEXT)
 ENV_EXAMPLE_TEXT = (DEPLOY / ".env.example").read_text()
 ENV_EXAMPLE = secrets.env_file_entries(ENV_EXAMPLE_TEXT, include_commented=True)
 ENV_REQUIRED = secrets.env_file_entries(ENV_EXAMPLE_TEXT)  # the active lines
@@ -160,7 +163,8 @@ def interpolated(value) -> set[str]:
 def compose_interpolations() -> dict[str, str | None]:
     """Every ${VAR...} of the compose file → its `:-` default (None if it has none)."""
     found: dict[str, str | None] = {}
-    for var, op, rest in re.findall(r"\$\{([A-Z0-9_]+)(?:(:?[-?])([^}]*))?\}", COMPOSE_TEXT):
+    for var, op, rest in re.findall(r"\$\{([A-Z0-9_]+)(?:(:?[-?])([^}]*))?\}",
+                                    COMPOSE_TEXT + CLUSTER_TEXT):
         if op.endswith("-"):
             found[var] = rest
         else:
@@ -179,6 +183,80 @@ def bare_variables() -> set[str]:
 def test_compose_file_matches_the_compose_specification():
     schema = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
     jsonschema.Draft7Validator(schema).validate(COMPOSE)
+
+
+def test_the_cluster_override_matches_the_compose_specification():
+    schema = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(CLUSTER)
+
+
+CLUSTER_NODES = ("rabbitmq", "rabbitmq-2", "rabbitmq-3")
+
+
+def amqp_hosts(uri: str) -> list[str]:
+    """The hosts of a failover AMQP_URI (its credentials are ${...} interpolations)."""
+    return [re.fullmatch(r"amqp://.+@([a-z0-9-]+):5672/", part).group(1)
+            for part in uri.split(";")]
+
+
+def test_the_cluster_override_runs_three_peer_discovered_nodes_sharing_the_cookie():
+    cluster = CLUSTER["services"]
+    conf = (DEPLOY / "rabbitmq" / "cluster.conf").read_text()
+    assert "cluster_formation.peer_discovery_backend = classic_config" in conf
+    named = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = rabbit@(\S+)$", conf,
+                       re.M)
+    assert named == list(CLUSTER_NODES)
+    for node in CLUSTER_NODES:
+        merged = {**SERVICES.get(node, {}), **cluster[node]}
+        assert merged["image"] == SERVICES["rabbitmq"]["image"]  # one version everywhere
+        # the node name rabbit@<hostname> is what the others look for, and the
+        # compose service name is what resolves
+        assert merged["hostname"] == node
+        env = {**SERVICES.get(node, {}).get("environment", {}), **cluster[node]["environment"]}
+        assert env["RABBITMQ_ERLANG_COOKIE"] == (
+            "${RABBITMQ_ERLANG_COOKIE:?set RABBITMQ_ERLANG_COOKIE in deploy/.env}")
+        assert "./rabbitmq/cluster.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro" in (
+            cluster[node]["volumes"])
+        assert merged["healthcheck"]["test"] == SERVICES["rabbitmq"]["healthcheck"]["test"]
+    data = set()
+    for node in CLUSTER_NODES:
+        volumes = SERVICES.get(node, {}).get("volumes", []) + cluster[node]["volumes"]
+        data |= {v.split(":")[0] for v in volumes if v.endswith(":/var/lib/rabbitmq")}
+    assert len(data) == 3  # each node its own data volume, declared
+    assert data <= set(COMPOSE["volumes"]) | set(CLUSTER["volumes"])
+    # it amends the base file's services and adds the two nodes, nothing else
+    assert set(cluster) - set(SERVICES) == {"rabbitmq-2", "rabbitmq-3"}
+    # the queues are declared once every node runs: each gets a member on each node
+    assert set(cluster["rabbitmq-init"]["depends_on"]) == {"rabbitmq-2", "rabbitmq-3"}
+    assert COMPOSE["x-queue-env"]["AMQP_QUEUE_TYPE"] == "${AMQP_QUEUE_TYPE:-quorum}"
+
+
+def test_every_process_of_the_cluster_override_names_the_three_nodes():
+    cluster = CLUSTER["services"]
+    on_broker = [name for name, service in SERVICES.items()
+                 if "AMQP_URI" in (service.get("environment") or {})]
+    firsts = []
+    for name in on_broker:
+        uri = cluster[name]["environment"]["AMQP_URI"]
+        hosts = amqp_hosts(uri)
+        assert sorted(hosts) == sorted(CLUSTER_NODES), name
+        # the same credentials as the base file's single broker
+        assert uri.split(";")[0].replace(f"@{hosts[0]}:", "@rabbitmq:") == (
+            environment(name)["AMQP_URI"]), name
+        if name in procfile():
+            firsts.append(hosts[0])
+    # the services' connections spread: each node is some services' first
+    assert set(firsts) == set(CLUSTER_NODES)
+
+
+def test_the_cluster_override_runs_two_replicas_of_every_nameko_service():
+    cluster = CLUSTER["services"]
+    nameko = [name for name, argv in procfile().items() if argv[0] == "nameko"]
+    assert nameko
+    for name in nameko:
+        assert cluster[name]["deploy"] == {"replicas": 2}, name
+        assert "command" not in cluster[name]  # the base file's Procfile command
+    assert "replicas" not in cluster["gateway"].get("deploy", {})  # one published port
 
 
 def test_every_procfile_process_runs_in_compose_with_the_same_command():
@@ -255,7 +333,7 @@ def test_every_env_example_variable_is_used():
 
 
 def test_required_variables_are_active_lines_of_the_example():
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_TEXT))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE_TEXT + CLUSTER_TEXT))
     assert not sorted(required - set(ENV_REQUIRED)), sorted(required - set(ENV_REQUIRED))
     optional = set(ENV_REQUIRED) - required
     assert optional == {"DARKROOM_ENV"}, "active lines are the required settings"

@@ -170,6 +170,7 @@ def test_alerts_cover_what_operators_must_hear_about():
     wanted = {
         "DeadLetters": "darkroom_dead_letters",
         "PrivacyRequestOverdue": "darkroom_privacy_requests",
+        "BreachReportOverdue": "darkroom_privacy_breaches_overdue",
         "ProviderCircuitOpen": "darkroom_provider_circuit_open",
         "PurgeBehind": "darkroom_purge_backlog_seconds",
         "LedgerProblems": "darkroom_ledger_verification_problems",

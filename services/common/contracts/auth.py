@@ -103,6 +103,16 @@ class SuspiciousLogin(AccountEvent):
     login_at = fields.AwareDateTime(required=True)
 
 
+@register_event("auth.user_updated")
+class UserUpdated(EventSchema):
+    """What ``get_user`` answers for the account changed (profile, address,
+    verification, two-factor, restriction, administrator, disabled): the
+    gateways' read caches drop the account's entries. No address: nothing
+    mails on it."""
+
+    user_id = fields.UUID(required=True)
+
+
 # ---------------------------------------------------------------- requests
 
 

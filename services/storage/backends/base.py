@@ -11,6 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
+from services.common.errors import UNAVAILABLE_RETRY_AFTER_SECONDS, DomainError
+
+
+def storage_unavailable(what: str) -> DomainError:
+    """503 ``storage_unavailable``: the object store cannot serve now (down,
+    throttling, answering 5xx); the caller tries again after ``retry_after``
+    seconds (a job's storage steps do: services/generation/runner.py)."""
+    return DomainError("storage_unavailable", f"the object store could not {what}; try again",
+                       503, {"retry_after": UNAVAILABLE_RETRY_AFTER_SECONDS})
+
 
 @dataclass(frozen=True)
 class ObjectInfo:

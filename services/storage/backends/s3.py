@@ -19,6 +19,15 @@ also sets the same rule as the bucket's default encryption, which the store
 applies to those uploads. It then writes, checks and deletes a probe object:
 a store that refuses or ignores the encryption stops the service from
 starting (:class:`EncryptionRefused`).
+
+An outage of the store: minio-py's connection pool retries a request that
+fails to connect or is answered 500/502/503/504 a few times (about six
+seconds); when the store still does not serve, every operation but
+``ensure_ready`` raises 503 ``storage_unavailable`` (``details.retry_after``)
+instead of the client's exception, so the caller gets a clear answer (the
+gateway: 503 with Retry-After) and a job waits it out
+(services/generation/runner.py). ``SlowDown``, ``ServiceUnavailable``,
+``InternalError`` and ``RequestTimeout`` are S3's codes for "try again".
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import io
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -36,13 +46,14 @@ from urllib.parse import urlsplit
 from minio import Minio
 from minio.commonconfig import ENABLED, CopySource, Filter
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
 from minio.sse import Sse, SseKMS, SseS3
 from minio.sseconfig import Rule as SseRule
 from minio.sseconfig import SSEConfig
+from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .base import ObjectInfo
+from .base import ObjectInfo, storage_unavailable
 from .keys import check_key, check_prefix
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,23 @@ PROBE_KEY = "darkroom-probes/server-side-encryption"
 SSE_HEADER = "x-amz-server-side-encryption"
 SSE_KMS_KEY_HEADER = "x-amz-server-side-encryption-aws-kms-key-id"
 SSE_ALGORITHMS = {"s3": "AES256", "kms": "aws:kms"}
+RETRY_CODES = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+
+
+@contextmanager
+def _serving(what: str):
+    """503 ``storage_unavailable`` when the store is down or says "try again"."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code in RETRY_CODES:
+            log.warning("the object store could not %s: %s", what, exc.code)
+            raise storage_unavailable(what) from None
+        raise
+    except (ServerError, Urllib3Error, OSError) as exc:  # a 5xx; MaxRetryError (5xx or no
+        # connection after the pool's retries) and co.
+        log.warning("the object store could not %s: %s", what, type(exc).__name__)
+        raise storage_unavailable(what) from None
 
 
 class EncryptionRefused(RuntimeError):
@@ -113,14 +141,18 @@ class S3Backend:
         (presigned uploads get it), then prove the store applies it: a probe
         object written with the encryption header must come back encrypted
         that way. :class:`EncryptionRefused` otherwise."""
+        import uuid
+
         rule = (SseRule.new_sse_kms_rule(self.kms_key_id) if self.sse_mode == "kms"
                 else SseRule.new_sse_s3_rule())
         algorithm = SSE_ALGORITHMS[self.sse_mode]
+        # a probe of its own: replicas starting together would delete each other's
+        probe = f"{PROBE_KEY}-{uuid.uuid4().hex}"
         try:
             self.client.set_bucket_encryption(self.bucket, SSEConfig(rule))
-            self.client.put_object(self.bucket, PROBE_KEY, io.BytesIO(b"probe"), 5,
+            self.client.put_object(self.bucket, probe, io.BytesIO(b"probe"), 5,
                                    content_type="text/plain", sse=self.sse)
-            stat = self.client.stat_object(self.bucket, PROBE_KEY)
+            stat = self.client.stat_object(self.bucket, probe)
         except S3Error as exc:
             raise EncryptionRefused(
                 f"the bucket {self.bucket!r} refuses server-side encryption {algorithm} "
@@ -136,7 +168,7 @@ class S3Backend:
             raise EncryptionRefused(
                 f"the bucket {self.bucket!r} encrypted the probe object with another KMS key "
                 "than STORAGE_S3_KMS_KEY_ID")
-        self.client.remove_object(self.bucket, PROBE_KEY)
+        self.client.remove_object(self.bucket, probe)
 
     def set_safety_expiry(self, days: int) -> None:
         """Expire every object ``days`` after creation (and abandoned multipart
@@ -162,8 +194,14 @@ class S3Backend:
 
     def put(self, key: str, data: BinaryIO, length: int, content_type: str) -> None:
         check_key(key)
-        if length <= self.part_size:
-            body = _read_exactly(data, length)
+        # a short source is the caller's error, not an outage: read before the store is asked
+        body = _read_exactly(data, length) if length <= self.part_size else None
+        with _serving("store the object"):
+            self._put(key, body, data, length, content_type)
+
+    def _put(self, key: str, body: bytes | None, data: BinaryIO, length: int,
+             content_type: str) -> None:
+        if body is not None:
             if self.checksums:
                 checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
                 try:
@@ -190,8 +228,9 @@ class S3Backend:
     def copy(self, source: str, target: str) -> None:
         """A server-side copy (the content type goes with it); up to 5 GiB."""
         try:
-            self.client.copy_object(self.bucket, check_key(target),
-                                    CopySource(self.bucket, check_key(source)), sse=self.sse)
+            with _serving("copy the object"):
+                self.client.copy_object(self.bucket, check_key(target),
+                                        CopySource(self.bucket, check_key(source)), sse=self.sse)
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise KeyError(source) from None
@@ -199,7 +238,8 @@ class S3Backend:
 
     def open(self, key: str) -> BinaryIO:
         try:
-            response = self.client.get_object(self.bucket, check_key(key))
+            with _serving("read the object"):
+                response = self.client.get_object(self.bucket, check_key(key))
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise KeyError(key) from None
@@ -208,7 +248,8 @@ class S3Backend:
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            obj = self.client.stat_object(self.bucket, check_key(key))
+            with _serving("find the object"):
+                obj = self.client.stat_object(self.bucket, check_key(key))
         except S3Error as exc:
             if exc.code in _MISSING:
                 return None
@@ -220,16 +261,20 @@ class S3Backend:
         iterator = iter(keys)
         while chunk := [check_key(k) for k in itertools.islice(iterator, DELETE_CHUNK)]:
             # remove_objects is lazy: nothing is deleted until its errors are iterated
-            for error in self.client.remove_objects(self.bucket, [DeleteObject(k) for k in chunk]):
-                if error.code not in _MISSING:
-                    failed.append(error.name or "")
+            with _serving("delete objects"):
+                for error in self.client.remove_objects(self.bucket,
+                                                        [DeleteObject(k) for k in chunk]):
+                    if error.code not in _MISSING:
+                        failed.append(error.name or "")
         return failed
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
-        for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
-            if not obj.is_dir:
-                yield ObjectInfo(obj.object_name, int(obj.size or 0), obj.last_modified)
+        with _serving("list objects"):
+            for obj in self.client.list_objects(self.bucket, prefix=prefix or None,
+                                                recursive=True):
+                if not obj.is_dir:
+                    yield ObjectInfo(obj.object_name, int(obj.size or 0), obj.last_modified)
 
     def presigned_get(self, key: str, ttl_seconds: int, internal: bool = False,
                       content_type: str | None = None) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from amqp.exceptions import PreconditionFailed
 from kombu import Exchange, Queue
 from nameko.events import BROADCAST, SERVICE_POOL
+from nameko.rpc import RPC_REPLY_QUEUE_TTL
 from nameko.rpc import Rpc as NamekoRpc
 
 from services.common import queues
@@ -133,3 +136,24 @@ def test_only_service_pool_event_queues_become_quorum(monkeypatch, handler_type,
     assert (handler.queue.queue_arguments or {}).get("x-queue-type") == (
         "quorum" if quorum else None)
     assert all(isinstance(e, Exchange) for e in exchanges)
+
+
+def test_services_reply_on_a_transient_queue(monkeypatch):
+    """A reply queue must not be durable: on a cluster a durable classic queue whose
+    node is down cannot be declared again anywhere (NOT_FOUND home node down), and a
+    service reconnecting to another node would loop on it (tests/cluster)."""
+    container = _Container(QUORUM)
+    proxy = queues.RpcProxy("billing").bind(container, "billing")
+    listener = proxy.rpc_reply_listener
+    assert isinstance(listener, queues.ReplyListener)
+    monkeypatch.setattr(listener.queue_consumer, "register_provider", lambda provider: None)
+    listener.setup()
+    assert listener.queue.name.startswith("rpc.reply-notifications-")
+    assert listener.queue.durable is False
+    assert listener.queue.queue_arguments == {"x-expires": RPC_REPLY_QUEUE_TTL}  # classic
+
+
+@pytest.mark.parametrize("service", ["billing", "generation", "notifications", "privacy"])
+def test_every_service_calling_others_uses_that_proxy(service):
+    module = importlib.import_module(f"services.{service}.service")
+    assert module.RpcProxy is queues.RpcProxy

@@ -67,3 +67,37 @@ def test_no_answer_in_time_is_503():
         spending.require_verified(FakeAuth({"email_verified": True}, delay=1.0), USER,
                                   timeout=0.05)
     assert (caught.value.status, caught.value.code) == (503, "service_unavailable")
+
+
+def test_the_two_step_check_asks_at_once_and_answers_the_same_each_time():
+    auth = FakeAuth({"id": USER, "email_verified": False})
+    check = spending.VerifiedCheck(auth, USER)
+    assert auth.calls == [(USER,)]  # the question left before any waiting
+    for _ in range(2):
+        with pytest.raises(DomainError) as caught:
+            check()
+        assert caught.value.code == "email_unverified"
+    assert auth.calls == [(USER,)]
+    check.close()
+
+
+def test_the_two_step_check_of_a_verified_address_passes():
+    check = spending.VerifiedCheck(FakeAuth({"id": USER, "email_verified": True}), USER)
+    assert check() is None and check() is None
+
+
+def test_a_two_step_check_never_waited_for_is_forgotten():
+    forgotten = []
+
+    class Listener:
+        _reply_events: dict = {}
+
+    auth = FakeAuth({"email_verified": True})
+    auth.reply_listener = Listener()
+    check = spending.VerifiedCheck(auth, USER)
+    reply = check._pending.reply
+    reply.reply_event = object()
+    Listener._reply_events = {"cid": reply.reply_event}
+    check.close()
+    forgotten.append(Listener._reply_events)
+    assert forgotten == [{}]

@@ -3,11 +3,13 @@ tests/integration/test_gateway_rpc.py runs it against RabbitMQ)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
+from kombu import Queue
 from kombu.exceptions import OperationalError
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 
@@ -212,3 +214,38 @@ def test_close_stops_idle_proxies(pool, factory):
         pass
     pool.close()
     assert [made.stopped for made in factory.made] == [True, True]
+
+
+def test_a_reply_connection_the_broker_closed_is_seen_before_use():
+    """A pooled proxy whose broker went away (its node stopped or was lost) reads
+    as closed without a frame being consumed, so the pool starts a fresh one."""
+    from gateway.rpc import _BoundedQueueConsumer
+
+    ours, theirs = socket.socketpair()
+    consumer = _BoundedQueueConsumer()
+    consumer.connection = SimpleNamespace(connection=SimpleNamespace(sock=ours))
+    try:
+        assert consumer.closed_by_peer() is False  # open, nothing to read
+        theirs.sendall(b"x")
+        assert consumer.closed_by_peer() is False  # a frame waiting is not an end...
+        assert ours.recv(1) == b"x"  # ...and is still there to be read
+        theirs.close()
+        assert consumer.closed_by_peer() is True
+    finally:
+        ours.close()
+    consumer.connection = SimpleNamespace(connection=SimpleNamespace(sock=None))
+    assert consumer.closed_by_peer() is True
+
+
+def test_the_gateway_replies_on_a_transient_queue(monkeypatch):
+    from nameko.standalone.rpc import PollingQueueConsumer
+
+    from gateway.rpc import _BoundedQueueConsumer
+
+    registered = []
+    monkeypatch.setattr(PollingQueueConsumer, "register_provider",
+                        lambda self, provider: registered.append(provider.queue.durable))
+    provider = SimpleNamespace(queue=Queue("rpc.reply-standalone_rpc_proxy-x"))
+    assert provider.queue.durable is True  # kombu's default, nameko's choice
+    _BoundedQueueConsumer().register_provider(provider)
+    assert registered == [False]  # transient before it is declared

@@ -183,6 +183,27 @@ def test_a_job_failure_fails_the_job_and_releases_its_hold(service, events, db, 
     assert (failed["job_id"], failed["reason"]) == (job["id"], "provider_unavailable")
 
 
+def test_a_reservation_whose_run_met_an_outage_runs_on_redelivery(service, monkeypatch):
+    """The delivery that claimed the event committed, then failed as the run
+    began (the database went away): the same event delivered again runs the
+    job, although it was claimed."""
+    ran = []
+    monkeypatch.setattr(runner, "run", lambda spec, *args: (ran.append(spec.id), ("local", []))[1])
+    job = service.submit(str(uuid.uuid4()), {"type": "text-to-image", "prompt": "a fox"})
+    event = billing_event("credits_reserved", {
+        "job_id": job["id"], "user_id": str(uuid.uuid4()), "attempt": 1,
+        "hold_id": str(uuid.uuid4()), "amount": job["price"], "plan": "free", "priority": 0})
+    real_run_next = service._run_next
+    with monkeypatch.context() as patched:
+        patched.setattr(service, "_run_next", MagicMock(side_effect=OSError("database gone")))
+        with pytest.raises(OSError):
+            service.credits_reserved(event)
+    assert ran == []
+    assert service._run_next == real_run_next
+    service.credits_reserved(event)  # the retry of the same message
+    assert ran == [job["id"]]
+
+
 def test_insufficient_credits_reject_the_job(service, db):
     job = service.submit(str(uuid.uuid4()), {"type": "text-to-image", "prompt": "a fox"})
     service.credits_insufficient(billing_event("credits_insufficient", {
