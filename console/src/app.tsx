@@ -7,6 +7,7 @@ import { cookieChoice, CookiePanel } from "./pages/consents";
 import { ForgotPassword, Login, ResetPassword, SignUp, Verify } from "./pages/auth";
 import { Billing, CheckoutCancel, CheckoutSuccess } from "./pages/billing";
 import { Gallery, PublicImage } from "./pages/gallery";
+import { OidcCallback } from "./pages/oidc";
 import { Generate } from "./pages/generate";
 import { CancelErasure, PrivacyCenter } from "./pages/privacy";
 import { Link, match, navigate, useLocation } from "./router";
@@ -154,6 +155,8 @@ function route(path: string, me: Me | null): ComponentChildren {
       return <ResetPassword />;
     case "/checkout/cancel":
       return <CheckoutCancel />;
+    case "/oidc/callback":
+      return <OidcCallback />;
   }
   if ((params = match("/public/:id", path))) return <PublicImage key={params.id} publicId={params.id} />;
   if ((params = match("/privacy/requests/:id/cancel", path))) return <CancelErasure requestId={params.id} />;

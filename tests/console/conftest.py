@@ -137,19 +137,20 @@ class Console:
 
 
 @pytest.fixture
-def open_console(browser, stack):  # noqa: F811  (the stack imported above)
-    """``open_console(viewport=..., cookies_decided=True)`` → a :class:`Console`
-    in a fresh browser context (a new visitor who, unless ``cookies_decided`` is
-    false, has answered the cookie panel); checked when the test ends."""
+def console_at(browser):
+    """``console_at(base_url, viewport=..., cookies_decided=True)`` → a
+    :class:`Console` of the gateway at ``base_url`` in a fresh browser context (a
+    new visitor who, unless ``cookies_decided`` is false, has answered the
+    cookie panel); every one is checked when the test ends."""
     contexts, consoles = [], []
 
-    def open_(viewport: dict | None = None, cookies_decided: bool = True) -> Console:
+    def open_(base_url: str, viewport: dict | None = None, cookies_decided: bool = True) -> Console:
         context = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
         if cookies_decided:  # the cookie panel answered once already (test_privacy_choices asks it)
             context.add_init_script(f"localStorage.getItem('{COOKIE_KEY}') || "
                                     f"localStorage.setItem('{COOKIE_KEY}', '{{}}')")
         contexts.append(context)
-        console = Console(context, stack.base_url)
+        console = Console(context, base_url)
         consoles.append(console)
         return console
 
@@ -160,6 +161,15 @@ def open_console(browser, stack):  # noqa: F811  (the stack imported above)
     finally:
         for context in contexts:
             context.close()
+
+
+@pytest.fixture
+def open_console(console_at, stack):  # noqa: F811  (the stack imported above)
+    """``open_console(viewport=..., cookies_decided=True)``: :func:`console_at` on the e2e stack."""
+    def open_(viewport: dict | None = None, cookies_decided: bool = True) -> Console:
+        return console_at(stack.base_url, viewport, cookies_decided)
+
+    return open_
 
 
 def eventually(predicate, timeout: float = 60, what: str = "condition"):

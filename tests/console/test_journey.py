@@ -85,7 +85,7 @@ def test_sign_up_generate_share_export_and_erase(stack, open_console, tmp_path):
 
     # ---- generate: models listed, a dry-run price, live progress to the result
     models = page.get_by_label("Model")
-    assert "local" in models.inner_text()
+    eventually(lambda: "local" in models.inner_text(), 30, "the models from /v1/models")
     page.get_by_label("Prompt").fill("a red fox in the snow, drawn by the console")
     page.get_by_role("button", name="Show the price").click()
     assert int(page.get_by_test_id("price").inner_text()) > 0

@@ -5,6 +5,7 @@ import { api, ApiError } from "../api";
 import { Link, navigate, useLocation } from "../router";
 import { refreshMe, signIn } from "../session";
 import { syncCookieChoice } from "./consents";
+import { ProviderButtons } from "./oidc";
 import { ErrorMessage, Field, Notice, PageTitle, useAction, useLoad } from "../ui";
 
 export const PENDING_POLICY_KEY = "darkroom.policy-accepted";
@@ -194,6 +195,7 @@ export function Login() {
           {action.busy ? "Signing in…" : "Sign in"}
         </button>
       </form>
+      <ProviderButtons />
       <p>
         <Link href="/forgot-password">Forgot your password?</Link> · <Link href="/signup">Create an account</Link> ·{" "}
         <Link href="/verify">Enter a verification code</Link>
