@@ -3,19 +3,33 @@ import type { ComponentChildren, JSX } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError } from "./api";
 
+/** ``details.fields`` as ``[["inputs.theme", "Missing data…"], …]``: nested
+ * objects (a template's inputs, a list's items) become dotted names. */
+function flattenFields(fields: unknown, prefix = ""): [string, string][] {
+  if (Array.isArray(fields) && fields.every((m) => typeof m !== "object" || m === null)) {
+    return [[prefix || "request", fields.join(" ")]];
+  }
+  if (fields && typeof fields === "object") {
+    return Object.entries(fields as Record<string, unknown>).flatMap(([name, value]) =>
+      flattenFields(value, prefix ? `${prefix}.${name}` : name),
+    );
+  }
+  return [[prefix || "request", String(fields)]];
+}
+
 export function ErrorMessage({ error }: { error: unknown }) {
   if (!error) return null;
   const apiError =
     error instanceof ApiError ? error : new ApiError(0, "error", error instanceof Error ? error.message : String(error));
-  const fields = (apiError.details?.fields || null) as Record<string, string[] | string> | null;
+  const fields = apiError.details?.fields ? flattenFields(apiError.details.fields) : null;
   return (
     <div class="error" role="alert">
       <strong>{apiError.message}</strong> <code class="error-code">{apiError.code}</code>
       {fields && (
         <ul>
-          {Object.entries(fields).map(([name, messages]) => (
+          {fields.map(([name, message]) => (
             <li key={name}>
-              {name}: {Array.isArray(messages) ? messages.join(" ") : String(messages)}
+              {name}: {message}
             </li>
           ))}
         </ul>

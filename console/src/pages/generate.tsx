@@ -16,11 +16,30 @@ interface Model {
   prices: { job_type: string; price: number }[];
 }
 
+interface TemplateInput {
+  name: string;
+  type: "string" | "integer" | "number" | "enum" | "boolean";
+  required: boolean;
+  description?: string;
+  enum?: string[];
+  min?: number;
+  max?: number;
+  default?: unknown;
+}
+
 interface Template {
   id: string;
   name: string;
   job_type: string;
   description: string;
+  inputs: TemplateInput[];
+}
+
+function inputValue(input: TemplateInput, raw: string): unknown {
+  if (input.type === "integer") return parseInt(raw, 10);
+  if (input.type === "number") return parseFloat(raw);
+  if (input.type === "boolean") return raw === "true";
+  return raw;
 }
 
 export interface Job {
@@ -45,6 +64,7 @@ export function Generate() {
   const [model, setModel] = useState("");
   const [template, setTemplate] = useState("");
   const [prompt, setPrompt] = useState("");
+  const [inputs, setInputs] = useState<Record<string, string>>({});
   const [source, setSource] = useState<{ id: string; url: string } | null>(null);
   const [quote, setQuote] = useState<number | null>(null);
   const [job, setJob] = useState<Job | null>(null);
@@ -52,9 +72,15 @@ export function Generate() {
 
   const body = () => {
     const value: Record<string, unknown> = { type };
-    if (template) {
-      value.template = template;
-      value.inputs = { prompt };
+    const chosen = (templates.data?.items || []).find((t) => t.id === template && t.job_type === type);
+    if (chosen) {
+      value.template = chosen.id;
+      const given: Record<string, unknown> = {};
+      for (const input of chosen.inputs) {
+        const raw = inputs[input.name];
+        if (raw !== undefined && raw !== "") given[input.name] = inputValue(input, raw);
+      }
+      value.inputs = given;
     } else if (prompt) value.prompt = prompt;
     if (model) value.model = model;
     if (needsSource && source) value.source_image_id = source.id;
@@ -76,10 +102,11 @@ export function Generate() {
     setSource({ id: image.id, url: image.url });
   });
 
-  useEffect(() => setQuote(null), [type, model, template, prompt, source]);
+  useEffect(() => setQuote(null), [type, model, template, prompt, source, inputs]);
 
   const typeModels = (models.data?.items || []).filter((m) => m.job_types.includes(type));
   const typeTemplates = (templates.data?.items || []).filter((t) => t.job_type === type);
+  const chosenTemplate = typeTemplates.find((t) => t.id === template) || null;
 
   return (
     <section>
@@ -131,10 +158,51 @@ export function Generate() {
             </select>
           </div>
         )}
-        <div class="field">
-          <label for="field-prompt">Prompt</label>
-          <textarea id="field-prompt" name="prompt" rows={3} value={prompt} onInput={(e) => setPrompt((e.target as HTMLTextAreaElement).value)} />
-        </div>
+        {chosenTemplate ? (
+          <fieldset class="policy">
+            <legend>{chosenTemplate.name}</legend>
+            {chosenTemplate.description && <p class="hint">{chosenTemplate.description}</p>}
+            {chosenTemplate.inputs.map((input) => {
+              const id = `field-input-${input.name}`;
+              const value = inputs[input.name] ?? (input.default !== undefined && input.default !== null ? String(input.default) : "");
+              const set = (v: string) => setInputs({ ...inputs, [input.name]: v });
+              return (
+                <div class="field" key={input.name}>
+                  <label for={id}>
+                    {input.name}
+                    {input.required ? "" : " (optional)"}
+                  </label>
+                  {input.type === "enum" || input.type === "boolean" ? (
+                    <select id={id} value={value} onChange={(e) => set((e.target as HTMLSelectElement).value)}>
+                      {!input.required && <option value="">—</option>}
+                      {(input.type === "boolean" ? ["true", "false"] : input.enum || []).map((o) => (
+                        <option key={o} value={o}>
+                          {o}
+                        </option>
+                      ))}
+                    </select>
+                  ) : (
+                    <input
+                      id={id}
+                      type={input.type === "string" ? "text" : "number"}
+                      min={input.min}
+                      max={input.max}
+                      required={input.required}
+                      value={value}
+                      onInput={(e) => set((e.target as HTMLInputElement).value)}
+                    />
+                  )}
+                  {input.description && <p class="hint">{input.description}</p>}
+                </div>
+              );
+            })}
+          </fieldset>
+        ) : (
+          <div class="field">
+            <label for="field-prompt">Prompt</label>
+            <textarea id="field-prompt" name="prompt" rows={3} value={prompt} onInput={(e) => setPrompt((e.target as HTMLTextAreaElement).value)} />
+          </div>
+        )}
         {needsSource && (
           <div class="field">
             <label for="field-source">Source image (PNG, JPEG or WebP)</label>
