@@ -50,8 +50,6 @@ from nameko import rpc as nameko_rpc
 from nameko.amqp.publish import get_connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 
-from services.common.db import outage_error
-
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_DELIVERY_LIMIT = 20
 RUNBOOK = "docs/runbooks/quorum-queues.md"
@@ -180,6 +178,10 @@ class Rpc(nameko_rpc.Rpc):
         """A database outage answers 503 ``service_unavailable``
         (:func:`services.common.db.outage_error`), not a RemoteError."""
         if exc_info is not None:
+            # here, not at the top: the gateway imports this module for its reply
+            # queues and must not load SQLAlchemy and alembic (tests/unit/test_imports.py)
+            from services.common.db import outage_error
+
             replaced = outage_error(exc_info[1])
             if replaced is not None:
                 exc_info = (type(replaced), replaced, exc_info[2])

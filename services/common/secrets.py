@@ -43,7 +43,7 @@ PRODUCTION = "production"
 MODES = ("development", PRODUCTION)
 ENV_EXAMPLE = REPO_ROOT / "deploy" / ".env.example"
 
-SECRET_NAME = re.compile(r"(SECRETS?|PASSWORD|TOKEN|(^|_)KEYS?)$")
+SECRET_NAME = re.compile(r"(SECRETS?|PASSWORD|TOKEN|COOKIE|(^|_)KEYS?)$")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::([^}]*))?\}")
 WELL_KNOWN = frozenset({"guest", "minioadmin", "postgres", "password", "secret", "admin"})
 DEV_MARKERS = ("dev-only", "dev_only", "insecure")

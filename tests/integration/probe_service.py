@@ -148,10 +148,10 @@ class FakeAuthService(DarkroomService):
                 "email_verified": not user_id.startswith(UNVERIFIED_PREFIX)}
 
     @rpc(expected_exceptions=DomainError)
-    def authenticate(self, credential: dict) -> dict:
+    def authenticate(self, payload: dict) -> dict:
         """The gateway's question: a bearer token ``fake-<user id>`` is that
         user's session; anything else is refused as auth refuses it."""
-        token = str(credential.get("token") or "")
+        token = str(payload.get("token") or "")
         if not token.startswith(FAKE_TOKEN_PREFIX):
             raise DomainError("unauthenticated", "invalid or expired credential", 401)
         user_id = token[len(FAKE_TOKEN_PREFIX):]
