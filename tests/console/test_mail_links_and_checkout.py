@@ -102,3 +102,49 @@ def test_buy_a_pack_with_stripe_and_come_back(stack, open_console):
     console.goto("/checkout/cancel")
     console.heading("Checkout cancelled")
     console.visit("checkout-cancel", shot=False)
+
+
+def test_subscribe_to_a_plan_cancel_it_and_open_the_portal(stack, open_console):
+    address, _, token = verified_login(stack)
+    eventually(lambda: stack.call("GET", "/v1/billing/balance", token=token).json()["available"] > 0,
+               30, "the signup grant")
+    console = open_console()
+    page = console.page
+    console.allowed_origins += ["https://checkout.stripe.test", "https://billing.stripe.test"]
+
+    def stripe_checkout_page(route):
+        """The buyer subscribes on Stripe's page; Stripe's events, then back."""
+        session = next(s for s in stack.stripe.sessions if s["url"] == route.request.url)
+        assert session["mode"] == "subscription"
+        for event in stack.stripe.complete_subscription(session["id"]):
+            assert post_stripe_event(stack, event).status_code == 200
+        route.fulfill(status=303, headers={"Location": session["success_url"]})
+
+    portal = []
+
+    def stripe_portal(route):
+        portal.append(route.request.url)
+        route.fulfill(status=200, content_type="text/html",
+                      body="<!doctype html><html lang=en><title>Portal</title><h1>Stripe portal</h1></html>")
+
+    page.route("https://checkout.stripe.test/**", stripe_checkout_page)
+    page.route("https://billing.stripe.test/**", stripe_portal)
+    console.sign_in(address, PASSWORD)
+    console.goto("/billing")
+    console.heading("Credits")
+    page.get_by_role("button", name="Subscribe to Pro").click()
+    console.heading("Thank you")
+    page.get_by_test_id("order-credits").wait_for()
+    console.goto("/billing")
+    console.heading("Credits")
+    status = page.get_by_test_id("subscription")
+    status.wait_for()
+    assert "active" in status.inner_text() and "renews" in status.inner_text()
+    assert page.get_by_role("button", name="Subscribe to Pro").count() == 0
+    console.visit("billing-plan", shot=False)
+    page.get_by_role("button", name="Cancel at the end of the period").click()
+    eventually(lambda: "ends" in status.inner_text(), 30, "the plan set to end")
+    assert stack.call("GET", "/v1/billing/subscription", token=token).json()["cancel_at_period_end"]
+    page.get_by_role("button", name="Manage payment and invoices").click()
+    page.get_by_role("heading", name="Stripe portal").wait_for()
+    assert portal and portal[0].startswith("https://billing.stripe.test/p/session/")

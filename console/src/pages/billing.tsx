@@ -1,7 +1,7 @@
 // Credits: balance, packs to buy, the ledger and the orders; the pages the
 // payment provider sends the buyer back to.
 import { useEffect, useState } from "preact/hooks";
-import { api, Page } from "../api";
+import { api, ApiError, Page } from "../api";
 import { Link, useLocation } from "../router";
 import { ErrorMessage, formatDate, Notice, PageTitle, useAction, useLoad } from "../ui";
 
@@ -10,6 +10,22 @@ interface Pack {
   name: string;
   credits: number;
   price: { amount: number; currency: string };
+}
+
+interface Plan {
+  id: string;
+  name: string;
+  price: { amount: number; currency: string } | null;
+  monthly_grant: number;
+  retention_days: number;
+}
+
+interface Subscription {
+  plan: string;
+  status: string;
+  cancel_at_period_end: boolean;
+  current_period_end: string | null;
+  grace_until: string | null;
 }
 
 interface Order {
@@ -36,13 +52,29 @@ export function Billing() {
   const prices = useLoad(() => api<{ packs: Pack[] }>("GET", "/v1/billing/prices", { auth: false }));
   const orders = useLoad(() => api<Page<Order>>("GET", "/v1/billing/orders", { query: { limit: 10 } }));
   const ledger = useLoad(() => api<Page<{ id: string; kind: string; amount: number; balance_after: number; created_at: string }>>("GET", "/v1/billing/ledger", { query: { limit: 10 } }));
-  const buy = useAction(async (packId: string) => {
+  const plans = useLoad(() => api<{ items: Plan[] }>("GET", "/v1/billing/plans", { auth: false }));
+  const subscription = useLoad(() =>
+    api<Subscription>("GET", "/v1/billing/subscription").catch((e) => {
+      if (e instanceof ApiError && e.status === 404) return null; // never subscribed
+      throw e;
+    }),
+  );
+  const [provider, setProvider] = useState("stripe");
+  const buy = useAction(async (item: { pack_id: string } | { plan_id: string }) => {
     const answer = await api<{ checkout_url: string }>("POST", "/v1/billing/checkout", {
-      body: { pack_id: packId },
+      body: { ...item, provider },
       headers: { "Idempotency-Key": crypto.randomUUID() },
     });
     window.location.assign(answer.checkout_url);
   });
+  const cancelPlan = useAction(async () => {
+    subscription.setData(await api<Subscription>("POST", "/v1/billing/subscription/cancel"));
+  });
+  const portal = useAction(async () => {
+    window.location.assign((await api<{ url: string }>("GET", "/v1/billing/portal")).url);
+  });
+  const sub = subscription.data;
+  const live = sub && ["active", "past_due", "trialing"].includes(sub.status);
   return (
     <section>
       <PageTitle>Credits</PageTitle>
@@ -53,9 +85,57 @@ export function Billing() {
           {balance.data.held ? ` (${balance.data.held} held for running jobs)` : ""} · plan {balance.data.plan}
         </p>
       )}
+      <div class="field">
+        <label for="field-provider">Pay with</label>
+        <select id="field-provider" name="provider" value={provider} onChange={(e) => setProvider((e.target as HTMLSelectElement).value)}>
+          <option value="stripe">Card (Stripe)</option>
+          <option value="paypal">PayPal</option>
+        </select>
+      </div>
+      <ErrorMessage error={buy.error} />
+      <section class="panel" aria-labelledby="plan-heading">
+        <h2 id="plan-heading">Plan</h2>
+        <ErrorMessage error={plans.error || subscription.error || cancelPlan.error || portal.error} />
+        {sub && (
+          <p data-testid="subscription">
+            Subscription to <strong>{sub.plan}</strong>: {sub.status}
+            {sub.current_period_end && <> · {sub.cancel_at_period_end ? "ends" : "renews"} {formatDate(sub.current_period_end)}</>}
+            {sub.grace_until && <> · payment due by {formatDate(sub.grace_until)}</>}
+          </p>
+        )}
+        {live && (
+          <div class="actions">
+            {!sub!.cancel_at_period_end && (
+              <button type="button" class="secondary" disabled={cancelPlan.busy} onClick={() => cancelPlan.run()}>
+                Cancel at the end of the period
+              </button>
+            )}
+            <button type="button" class="secondary" disabled={portal.busy} onClick={() => portal.run()}>
+              Manage payment and invoices
+            </button>
+          </div>
+        )}
+        <ul class="grid">
+          {(plans.data?.items || []).map((plan) => (
+            <li class="card" key={plan.id}>
+              <p>
+                <strong>{plan.name}</strong>
+                {balance.data?.plan === plan.id && " (your plan)"}
+              </p>
+              <p>
+                {plan.price ? `${money(plan.price.amount, plan.price.currency)} a month` : "free"} · {plan.monthly_grant} credits a month · images kept {plan.retention_days} days
+              </p>
+              {plan.price && balance.data?.plan !== plan.id && !live && (
+                <button type="button" disabled={buy.busy} onClick={() => buy.run({ plan_id: plan.id })} aria-label={`Subscribe to ${plan.name}`}>
+                  Subscribe
+                </button>
+              )}
+            </li>
+          ))}
+        </ul>
+      </section>
       <section class="panel" aria-labelledby="packs-heading">
         <h2 id="packs-heading">Buy credits</h2>
-        <ErrorMessage error={buy.error} />
         <ul class="grid">
           {(prices.data?.packs || []).map((pack) => (
             <li class="card" key={pack.id}>
@@ -65,7 +145,7 @@ export function Billing() {
               <p>
                 {pack.credits} credits · {money(pack.price.amount, pack.price.currency)}
               </p>
-              <button type="button" disabled={buy.busy} onClick={() => buy.run(pack.id)} aria-label={`Buy ${pack.name}`}>
+              <button type="button" disabled={buy.busy} onClick={() => buy.run({ pack_id: pack.id })} aria-label={`Buy ${pack.name}`}>
                 Buy
               </button>
             </li>
