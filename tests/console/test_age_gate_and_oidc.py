@@ -98,6 +98,16 @@ def test_continue_with_the_provider_signs_a_new_person_in(gated, provider, conso
     token = page.evaluate("localStorage.getItem('darkroom.session')")
     me = requests.get(gated + "/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert me.json()["email"] == email
+    # the Account page lists the identity; the account's only way in stays
+    console.goto("/account")
+    console.heading("Account")
+    identity = page.get_by_test_id("identity")
+    identity.wait_for()
+    assert "corp" in identity.inner_text() and email in identity.inner_text()
+    page.get_by_role("button", name="Unlink corp").click()
+    page.get_by_role("alert").filter(has_text="last_sign_in_method").wait_for()
+    assert page.get_by_test_id("identity").count() == 1
+    console.visit("account-identities", shot=False)
     # the provider's refusal comes back as an error code the page explains
     console.goto("/oidc/callback?error=oidc_denied")
     page.get_by_role("alert").filter(has_text="oidc_denied").wait_for()

@@ -47,6 +47,18 @@ export function Account({ me }: { me: Me }) {
     setTotpCode("");
     await refreshMe();
   });
+  const identities = useLoad(() => api<{ items: { id: string; provider: string; email: string | null; created_at: string }[] }>("GET", "/v1/me/identities"));
+  const providers = useLoad(() => api<{ items: { name: string }[] }>("GET", "/v1/auth/oidc", { auth: false }));
+  const unlink = useAction(async (id: string) => {
+    await api("DELETE", `/v1/me/identities/${id}`);
+    identities.reload();
+  });
+  const link = useAction(async (provider: string) => {
+    const answer = await api<{ authorization_url: string }>("POST", "/v1/me/identities", {
+      body: { provider, redirect_uri: `${location.origin}/oidc/callback` },
+    });
+    window.location.assign(answer.authorization_url);
+  });
   const sessions = useLoad(() => api<{ items: Session[] }>("GET", "/v1/me/sessions"));
   const endSession = useAction(async (id: string) => {
     await api("DELETE", `/v1/me/sessions/${id}`);
@@ -134,6 +146,30 @@ export function Account({ me }: { me: Me }) {
         <p>
           To change your password, use the <a href="/forgot-password">reset link</a>: it signs you out everywhere.
         </p>
+      </section>
+      <section class="panel" aria-labelledby="identities-heading">
+        <h2 id="identities-heading">Linked sign-in providers</h2>
+        <ErrorMessage error={identities.error || unlink.error || link.error} />
+        {identities.data?.items.length === 0 && <p>None.</p>}
+        <ul class="list">
+          {(identities.data?.items || []).map((i) => (
+            <li key={i.id} data-testid="identity">
+              <strong>{i.provider}</strong> · {i.email || "no address"} · linked {formatDate(i.created_at)}{" "}
+              <button type="button" class="danger small" onClick={() => unlink.run(i.id)} aria-label={`Unlink ${i.provider}`}>
+                Unlink
+              </button>
+            </li>
+          ))}
+        </ul>
+        <div class="actions">
+          {(providers.data?.items || [])
+            .filter((p) => !(identities.data?.items || []).some((i) => i.provider === p.name))
+            .map((p) => (
+              <button type="button" class="secondary" key={p.name} disabled={link.busy} onClick={() => link.run(p.name)}>
+                Link {p.name === "google" ? "Google" : p.name}
+              </button>
+            ))}
+        </div>
       </section>
       <section class="panel" aria-labelledby="sessions-heading">
         <h2 id="sessions-heading">Sessions</h2>
