@@ -6,7 +6,7 @@ as Stripe would, then sends the browser back to the success URL)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -148,3 +148,37 @@ def test_subscribe_to_a_plan_cancel_it_and_open_the_portal(stack, open_console):
     page.get_by_role("button", name="Manage payment and invoices").click()
     page.get_by_role("heading", name="Stripe portal").wait_for()
     assert portal and portal[0].startswith("https://billing.stripe.test/p/session/")
+
+
+def test_buy_a_pack_with_paypal_the_return_page_captures_it(stack, fake_paypal, open_console):
+    address, _, token = verified_login(stack)
+    before = eventually(lambda: stack.call("GET", "/v1/billing/balance", token=token)
+                        .json()["available"], 30, "the signup grant")
+    pack = stack.call("GET", "/v1/billing/prices").json()["packs"][0]
+    console = open_console()
+    page = console.page
+    console.allowed_origins.append("https://www.sandbox.paypal.com")
+
+    def paypal_approve_page(route):
+        """The buyer approves at PayPal, which sends the browser to the return URL."""
+        order_id = parse_qs(urlsplit(route.request.url).query)["token"][0]
+        fake_paypal.approve(order_id)
+        context = fake_paypal.orders[order_id]["payment_source"]["paypal"]["experience_context"]
+        back = f"{context['return_url']}&token={order_id}&PayerID=BUYER123"
+        route.fulfill(status=302, headers={"Location": back})
+
+    page.route("https://www.sandbox.paypal.com/**", paypal_approve_page)
+    console.sign_in(address, PASSWORD)
+    console.goto("/billing")
+    console.heading("Credits")
+    page.get_by_label("Pay with").select_option("paypal")
+    page.get_by_role("button", name=f"Buy {pack['name']}").click()
+    console.heading("Thank you")
+    # the return page captured the approved order: paid, the credits there
+    credits = page.get_by_test_id("order-credits")
+    credits.wait_for()
+    assert int(credits.inner_text()) == pack["credits"]
+    assert stack.call("GET", "/v1/billing/balance", token=token).json()["available"] == \
+        before + pack["credits"]
+    [order] = [o for o in stack.call("GET", "/v1/billing/orders", token=token).json()["items"]]
+    assert (order["provider"], order["status"]) == ("paypal", "paid")
