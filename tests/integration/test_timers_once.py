@@ -1,0 +1,231 @@
+"""Every timer acts once across replicas (docs/scaling.md "Timers").
+
+Two replicas of a service, each started by its Procfile command, share one
+PostgreSQL database and a fresh vhost, their timers shortened through
+``TIMER_INTERVALS``. Due work is set up in the database (or over RPC); both
+replicas' timers fire many times over it; the effect is counted where it
+shows: one ``storage.objects_purged`` mention and one purge audit row per
+object, one publish per outbox row, one monthly grant per account, one
+``billing.credits_released`` per stale hold, one ``privacy`` erasure start
+per request, each expired auth row deleted once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from services.common import outbox, timers
+from services.common.db import make_engine
+from services.common.ids import utcnow
+from services.storage.models import outbox as storage_outbox
+from tests.conftest import base_env, free_port, procfile_commands, wait_for
+from tests.integration.test_billing_service import publish
+from tests.integration.test_storage_service import PUBLIC_BASE_URL, URL_SECRET, output, set_expiry
+
+pytestmark = pytest.mark.integration
+
+TICK = 0.3  # seconds between ticks of every timer under test
+SETTLE = 8 * TICK + 2  # after the work is done: time for a second act to show
+
+
+def intervals(*names: str) -> str:
+    return json.dumps({name: TICK for name in names})
+
+
+def start_replicas(start_process, service: str, env: dict, count: int = 2) -> list:
+    """``count`` processes of ``service``'s Procfile command, each with its own
+    metrics port; returns them once every one answers /readyz."""
+    started = []
+    for n in range(1, count + 1):
+        port = free_port()
+        proc = start_process(f"{service}-{n}", base_env(
+            **env, **{f"{service.upper()}_METRICS_PORT": port}),
+            command=procfile_commands()[service])
+        started.append((proc, port))
+    for proc, port in started:
+        proc.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
+    return [proc for proc, _ in started]
+
+
+class Tap:
+    """Every message published on ``<source>.events``, from before the work."""
+
+    def __init__(self, amqp_uri: str, source: str):
+        self.connection = Connection(amqp_uri)
+        exchange = Exchange(f"{source}.events", type="topic", durable=True)
+        self.queue = Queue(f"test-timers-{source}-{uuid.uuid4().hex[:8]}", exchange=exchange,
+                           routing_key="#", exclusive=True,
+                           auto_delete=True)(self.connection.channel())
+        exchange(self.queue.channel).declare()
+        self.queue.declare()
+        self.seen: list[tuple[str, dict]] = []
+
+    def of(self, routing_key: str) -> list[dict]:
+        while (message := self.queue.get(no_ack=True)) is not None:
+            self.seen.append((message.delivery_info["routing_key"], message.payload))
+        return [body for key, body in self.seen if key == routing_key]
+
+    def close(self):
+        self.connection.release()
+
+
+@contextmanager
+def rpc_of(amqp_uri: str, service: str):
+    with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60) as rpc:
+        proxy = getattr(rpc, service)
+        wait_for(lambda: proxy.ping(), 60, 0.2, f"{service} RPC")
+        yield proxy
+
+
+def datetime_ago(seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
+def sql(engine, statement: str, **params):
+    with engine.begin() as conn:
+        return conn.execute(text(statement), params)
+
+
+def both_ticked(procs, pattern: str) -> None:
+    """Each replica logged ``pattern`` (its timer ran there): the work was
+    there for both to take, not done by one replica alone by chance."""
+    for proc in procs:
+        wait_for(lambda proc=proc: re.search(pattern, proc.logs()), 60, 0.2,
+                 f"{pattern!r} in {proc.name}'s log")
+
+
+# ---------------------------------------------------------------- storage
+
+
+@pytest.fixture(scope="module")
+def storage(make_vhost, make_database, start_process, tmp_path_factory):
+    amqp_uri, _ = make_vhost("timers-storage")
+    db_url = make_database("timers_storage")
+    root = tmp_path_factory.mktemp("timers-objects")
+    tap = Tap(amqp_uri, "storage")
+    procs = start_replicas(start_process, "storage", dict(
+        AMQP_URI=amqp_uri, STORAGE_DATABASE_URL=db_url, STORAGE_BACKEND="fs",
+        STORAGE_FS_ROOT=str(root), STORAGE_PURGE_BATCH_SIZE=3, OUTBOX_RELAY_INTERVAL_SECONDS=1,
+        PUBLIC_BASE_URL=PUBLIC_BASE_URL, STORAGE_URL_SECRET=URL_SECRET,
+        TIMER_INTERVALS=intervals("storage.purge", "storage.orphan_sweep")))
+    engine = make_engine(db_url)
+    with rpc_of(amqp_uri, "storage") as rpc:
+        yield SimpleNamespace(kind="fs", root=root, rpc=rpc, tap=tap, engine=engine,
+                              procs=procs, amqp_uri=amqp_uri)
+    engine.dispose()
+    tap.close()
+
+
+def test_the_storage_purge_purges_each_object_once(storage):
+    owner = str(uuid.uuid4())
+    ids = [output(storage, owner)["id"] for _ in range(24)]
+    set_expiry(storage, ids, datetime_ago(3600))
+    purged = lambda: [i for e in storage.tap.of("objects_purged") for i in e["object_ids"]]  # noqa: E731
+    wait_for(lambda: set(ids) <= set(purged()), 90, 0.2, "every object purged")
+    time.sleep(SETTLE)
+    mentions = Counter(purged())
+    assert {i: mentions[i] for i in ids} == {i: 1 for i in ids}
+    events = storage.tap.of("objects_purged")
+    batches = sql(storage.engine, "SELECT count(*), sum(objects) FROM purge_batches "
+                  "WHERE reason = 'retention'").one()
+    assert tuple(batches) == (len(events), len(ids))  # one audit row per batch, each object in one
+    assert sql(storage.engine, "SELECT count(*) FROM objects WHERE id = ANY(:ids) "
+               "AND deleted_at IS NULL", ids=[uuid.UUID(i) for i in ids]).scalar() == 0
+
+
+def test_the_outbox_relays_publish_each_row_once(storage):
+    rows = [outbox.OutboxRow(str(uuid.uuid4()), "relay_probe",
+                             {"event_id": None, "n": n}, {}) for n in range(60)]
+    for row in rows:
+        row.body["event_id"] = row.event_id
+    with Session(storage.engine) as session:  # left behind, as by a replica killed after commit
+        for row in rows:
+            outbox.enqueue(session, storage_outbox, row)
+        session.commit()
+    ids = {row.event_id for row in rows}
+    seen = lambda: [e["event_id"] for e in storage.tap.of("relay_probe")]  # noqa: E731
+    wait_for(lambda: ids <= set(seen()), 60, 0.2, "every outbox row published")
+    wait_for(lambda: sql(storage.engine, "SELECT count(*) FROM outbox").scalar() == 0,
+             30, 0.2, "the outbox emptied")
+    time.sleep(SETTLE)
+    assert Counter(seen()) == Counter({i: 1 for i in ids})
+
+
+# ---------------------------------------------------------------- billing
+
+
+@pytest.fixture(scope="module")
+def billing(make_vhost, make_database, start_process, tmp_path_factory):
+    from tests.integration.probe_service import start_fake_auth
+
+    amqp_uri, _ = make_vhost("timers-billing")
+    start_fake_auth(start_process, tmp_path_factory.mktemp("timers-fake-auth"), amqp_uri)
+    db_url = make_database("timers_billing")
+    tap = Tap(amqp_uri, "billing")
+    procs = start_replicas(start_process, "billing", dict(
+        AMQP_URI=amqp_uri, BILLING_DATABASE_URL=db_url, OUTBOX_RELAY_INTERVAL_SECONDS=1,
+        BILLING_PSEUDONYM_KEY="timers-pseudonym-key",
+        TIMER_INTERVALS=intervals("billing.housekeeping", "billing.grants", "billing.retention")))
+    engine = make_engine(db_url)
+    with rpc_of(amqp_uri, "billing") as rpc:
+        yield SimpleNamespace(rpc=rpc, tap=tap, engine=engine, procs=procs, amqp_uri=amqp_uri)
+    engine.dispose()
+    tap.close()
+
+
+def test_monthly_grants_are_given_once_per_account(billing):
+    users = [str(uuid.uuid4()) for _ in range(20)]
+    for user in users:
+        billing.rpc.get_balance(user)  # opens the account: this month counts as granted
+    period = sql(billing.engine, "SELECT granted_period FROM accounts LIMIT 1").scalar()
+    granted = lambda: sql(billing.engine, "SELECT count(*) FROM accounts WHERE "  # noqa: E731
+                          "granted_period = :p AND user_id = ANY(:u)", p=period,
+                          u=[uuid.UUID(u) for u in users]).scalar()
+    with timers.held(billing.engine, "billing.grants") as mine:  # as a third replica would
+        assert mine
+        sql(billing.engine, "UPDATE accounts SET granted_period = '2000-01' "
+            "WHERE user_id = ANY(:u)", u=[uuid.UUID(u) for u in users])  # due now
+        time.sleep(SETTLE)
+        assert granted() == 0  # neither replica ran the task while the lock was held
+    wait_for(lambda: granted() == len(users), 60, 0.2, "every account granted")
+    time.sleep(SETTLE)
+    grants = dict(sql(billing.engine, "SELECT user_id, count(*) FROM ledger_entries "
+                      "WHERE idempotency_key LIKE 'grant:monthly:%' GROUP BY user_id").all())
+    assert grants == {uuid.UUID(u): 1 for u in users}
+    grant = sql(billing.engine, "SELECT min(amount), max(amount) FROM ledger_entries "
+                "WHERE idempotency_key LIKE 'grant:monthly:%'").one()
+    assert grant[0] == grant[1] > 0
+    for user in users:  # the balances say the same as the ledger: the signup grant and one more
+        assert billing.rpc.get_balance(user)["available"] == 50 + grant[0]
+
+
+def test_stale_holds_are_released_once(billing):
+    user = str(uuid.uuid4())
+    billing.rpc.get_balance(user)
+    jobs = [str(uuid.uuid4()) for _ in range(8)]
+    for job in jobs:
+        publish(billing.amqp_uri, "generation", "job_requested", {
+            "job_id": job, "user_id": user, "attempt": 1, "type": "text-to-image", "price": 2})
+    wait_for(lambda: {e["job_id"] for e in billing.tap.of("credits_reserved")} >= set(jobs),
+             60, 0.2, "every hold taken")
+    sql(billing.engine, "UPDATE holds SET created_at = created_at - interval '7 hours' "
+        "WHERE user_id = :u", u=uuid.UUID(user))
+    released = lambda: [e["job_id"] for e in billing.tap.of("credits_released")]  # noqa: E731
+    wait_for(lambda: set(jobs) <= set(released()), 60, 0.2, "every stale hold released")
+    time.sleep(SETTLE)
+    assert Counter(released()) == Counter({job: 1 for job in jobs})
+    assert sql(billing.engine, "SELECT count(*) FROM ledger_entries WHERE kind = 'release' "
+               "AND user_id = :u", u=uuid.UUID(user)).scalar() == len(jobs)
