@@ -13,7 +13,6 @@ per request, each expired auth row deleted once.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections import Counter
@@ -30,12 +29,17 @@ from sqlalchemy.orm import Session
 from services.common import outbox, timers
 from services.common.db import make_engine
 from services.common.ids import utcnow
+from services.privacy import requests as subject_requests
 from services.storage.models import outbox as storage_outbox
 from tests.conftest import base_env, free_port, procfile_commands, wait_for
 from tests.integration.test_billing_service import publish
+from tests.integration.test_privacy_races import SETTINGS as PRIVACY_SETTINGS
 from tests.integration.test_storage_service import PUBLIC_BASE_URL, URL_SECRET, output, set_expiry
+from tests.unit.events import Events
 
 pytestmark = pytest.mark.integration
+
+PRIVACY_SETTINGS_KEY = "integration-test-mail-secrets-key"  # PRIVACY_SETTINGS' sealer
 
 TICK = 0.3  # seconds between ticks of every timer under test
 SETTLE = 8 * TICK + 2  # after the work is done: time for a second act to show
@@ -99,12 +103,14 @@ def sql(engine, statement: str, **params):
         return conn.execute(text(statement), params)
 
 
-def both_ticked(procs, pattern: str) -> None:
-    """Each replica logged ``pattern`` (its timer ran there): the work was
-    there for both to take, not done by one replica alone by chance."""
+def logged(procs, message: str) -> list[dict]:
+    """The JSON log records saying ``message``, of every replica."""
+    records = []
     for proc in procs:
-        wait_for(lambda proc=proc: re.search(pattern, proc.logs()), 60, 0.2,
-                 f"{pattern!r} in {proc.name}'s log")
+        for line in proc.logs().splitlines():
+            if line.startswith("{") and f'"message": "{message}"' in line:
+                records.append(json.loads(line))
+    return records
 
 
 # ---------------------------------------------------------------- storage
@@ -205,6 +211,7 @@ def test_monthly_grants_are_given_once_per_account(billing):
     grants = dict(sql(billing.engine, "SELECT user_id, count(*) FROM ledger_entries "
                       "WHERE idempotency_key LIKE 'grant:monthly:%' GROUP BY user_id").all())
     assert grants == {uuid.UUID(u): 1 for u in users}
+    assert sum(r["accounts"] for r in logged(billing.procs, "monthly grants")) == len(users)
     grant = sql(billing.engine, "SELECT min(amount), max(amount) FROM ledger_entries "
                 "WHERE idempotency_key LIKE 'grant:monthly:%'").one()
     assert grant[0] == grant[1] > 0
@@ -229,3 +236,84 @@ def test_stale_holds_are_released_once(billing):
     assert Counter(released()) == Counter({job: 1 for job in jobs})
     assert sql(billing.engine, "SELECT count(*) FROM ledger_entries WHERE kind = 'release' "
                "AND user_id = :u", u=uuid.UUID(user)).scalar() == len(jobs)
+
+
+# ---------------------------------------------------------------- auth and privacy
+
+
+@pytest.fixture(scope="module")
+def identity(make_vhost, make_database, start_process):
+    """Two replicas of auth and two of privacy (whose timer asks auth to
+    revoke an erased account's credentials) on one vhost."""
+    amqp_uri, _ = make_vhost("timers-identity")
+    auth_db, privacy_db = make_database("timers_auth"), make_database("timers_privacy")
+    tap = Tap(amqp_uri, "privacy")
+    common = dict(AMQP_URI=amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
+                  MAIL_SECRETS_KEY=PRIVACY_SETTINGS_KEY)
+    auth = start_replicas(start_process, "auth", dict(
+        common, AUTH_DATABASE_URL=auth_db, TIMER_INTERVALS=intervals("auth.retention")))
+    privacy = start_replicas(start_process, "privacy", dict(
+        common, PRIVACY_DATABASE_URL=privacy_db, PRIVACY_ERASURE_SETTLE_SECONDS=0,
+        PRIVACY_RPC_TIMEOUT_SECONDS=10,
+        TIMER_INTERVALS=intervals("privacy.tick", "privacy.retention", "privacy.breach_gauge")))
+    engines = SimpleNamespace(auth=make_engine(auth_db), privacy=make_engine(privacy_db))
+    with rpc_of(amqp_uri, "privacy"):
+        yield SimpleNamespace(tap=tap, engines=engines, auth=auth, privacy=privacy)
+    engines.auth.dispose()
+    engines.privacy.dispose()
+    tap.close()
+
+
+def test_auth_retention_deletes_each_row_once(identity):
+    engine = identity.engines.auth
+    subjects = [uuid.uuid4().hex for _ in range(40)]
+    with timers.held(engine, "auth.retention") as mine:  # as a third replica would
+        assert mine
+        for subject in subjects:  # throttles whose window ended long ago
+            sql(engine, "INSERT INTO throttles (subject, attempts, window_started_at) "
+                "VALUES (:s, 3, :t)", s=subject, t=datetime_ago(30 * 86400))
+        time.sleep(SETTLE)
+        assert sql(engine, "SELECT count(*) FROM throttles").scalar() == len(subjects)
+    wait_for(lambda: sql(engine, "SELECT count(*) FROM throttles").scalar() == 0,
+             60, 0.2, "the throttles deleted")
+    time.sleep(SETTLE)
+    reported = logged(identity.auth, "retention purge")
+    assert sum(r["deleted"]["throttles"] for r in reported) == len(subjects)
+
+
+def test_privacy_revokes_and_starts_each_erasure_once(identity):
+    engine = identity.engines.privacy
+    ids = []
+    with Session(engine) as db:
+        for _ in range(10):
+            request = subject_requests.create(db, PRIVACY_SETTINGS, uuid.uuid4(), "erasure",
+                                              utcnow(), Events("privacy"))
+            ids.append(request.id)
+        db.commit()
+    sql(engine, "UPDATE privacy_requests SET starts_at = :t WHERE id = ANY(:ids)",
+        t=datetime_ago(60), ids=ids)  # the grace period is over
+    started = lambda: [e["request_id"] for e in identity.tap.of("erasure_requested")]  # noqa: E731
+    wait_for(lambda: {str(i) for i in ids} <= set(started()), 90, 0.2, "every erasure started")
+    time.sleep(SETTLE)
+    assert Counter(started()) == Counter({str(i): 1 for i in ids})
+    actions = Counter(tuple(r) for r in sql(
+        engine, "SELECT request_id, action FROM request_log WHERE request_id = ANY(:ids) "
+        "AND action IN ('credentials_revoked', 'started')", ids=ids).all())
+    assert actions == Counter({(i, a): 1 for i in ids for a in ("credentials_revoked", "started")})
+
+
+def test_privacy_retention_deletes_each_access_log_once(identity):
+    engine = identity.engines.privacy
+    old = datetime_ago(400 * 86400)
+    with timers.held(engine, "privacy.retention") as mine:
+        assert mine
+        sql(engine, "INSERT INTO access_logs (id, user_id, at, method, route, status) "
+            "SELECT gen_random_uuid(), NULL, :t, 'GET', '/v1/jobs', 200 "
+            "FROM generate_series(1, 300)", t=old)
+        time.sleep(SETTLE)
+        assert sql(engine, "SELECT count(*) FROM access_logs").scalar() == 300
+    wait_for(lambda: sql(engine, "SELECT count(*) FROM access_logs").scalar() == 0,
+             60, 0.2, "the access logs deleted")
+    time.sleep(SETTLE)
+    reported = logged(identity.privacy, "access logs past retention deleted")
+    assert sum(r["rows"] for r in reported) == 300
