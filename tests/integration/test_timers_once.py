@@ -29,9 +29,12 @@ from sqlalchemy.orm import Session
 from services.common import outbox, timers
 from services.common.db import make_engine
 from services.common.ids import utcnow
+from services.generation import deliveries, webhooks
+from services.generation.models import WebhookDelivery
 from services.privacy import requests as subject_requests
 from services.storage.models import outbox as storage_outbox
-from tests.conftest import base_env, free_port, procfile_commands, wait_for
+from tests.conftest import base_env, free_port, procfile_commands, providers_file, wait_for
+from tests.fakes.providers import FakeWebhookReceiver
 from tests.integration.test_billing_service import publish
 from tests.integration.test_privacy_races import SETTINGS as PRIVACY_SETTINGS
 from tests.integration.test_storage_service import PUBLIC_BASE_URL, URL_SECRET, output, set_expiry
@@ -257,8 +260,9 @@ def identity(make_vhost, make_database, start_process):
         PRIVACY_RPC_TIMEOUT_SECONDS=10,
         TIMER_INTERVALS=intervals("privacy.tick", "privacy.retention", "privacy.breach_gauge")))
     engines = SimpleNamespace(auth=make_engine(auth_db), privacy=make_engine(privacy_db))
-    with rpc_of(amqp_uri, "privacy"):
-        yield SimpleNamespace(tap=tap, engines=engines, auth=auth, privacy=privacy)
+    with rpc_of(amqp_uri, "privacy"), rpc_of(amqp_uri, "auth") as auth_rpc:
+        yield SimpleNamespace(tap=tap, engines=engines, auth=auth, privacy=privacy,
+                              amqp_uri=amqp_uri, auth_rpc=auth_rpc)
     engines.auth.dispose()
     engines.privacy.dispose()
     tap.close()
@@ -317,3 +321,51 @@ def test_privacy_retention_deletes_each_access_log_once(identity):
     time.sleep(SETTLE)
     reported = logged(identity.privacy, "access logs past retention deleted")
     assert sum(r["rows"] for r in reported) == 300
+
+
+# ---------------------------------------------------------------- generation
+
+
+@pytest.fixture(scope="module")
+def generation(identity, make_database, start_process, tmp_path_factory):
+    """Two replicas of generation beside ``identity``'s auth (which holds the
+    accounts' webhook secrets)."""
+    db_url = make_database("timers_generation")
+    procs = start_replicas(start_process, "generation", dict(
+        AMQP_URI=identity.amqp_uri, OUTBOX_RELAY_INTERVAL_SECONDS=1,
+        GENERATION_DATABASE_URL=db_url, GENERATION_WEBHOOK_ALLOW="127.0.0.1",
+        GENERATION_PROVIDERS_FILE=providers_file(tmp_path_factory.mktemp("timers-providers"),
+                                                 {"local": {"type": "local"}},
+                                                 {"text-to-image": ["local"]}),
+        TIMER_INTERVALS=intervals("generation.webhooks", "generation.recovery")))
+    engine = make_engine(db_url)
+    with rpc_of(identity.amqp_uri, "generation"):
+        yield SimpleNamespace(engine=engine, procs=procs)
+    engine.dispose()
+
+
+def test_each_webhook_delivery_is_posted_once(identity, generation):
+    user = identity.auth_rpc.register({"email": f"hooks-{uuid.uuid4().hex[:8]}@example.com",
+                                       "password": "correct horse battery staple"})["user"]["id"]
+    with FakeWebhookReceiver() as receiver:
+        url = f"{receiver.url}/hooks/once"
+        now = utcnow()
+        rows = [WebhookDelivery(id=uuid.uuid4(), job_id=uuid.uuid4(), user_id=uuid.UUID(user),
+                                attempt=1, job_status="succeeded", url=url,
+                                receiver=webhooks.receiver_of(url), body=json.dumps({"n": n}),
+                                status=deliveries.PENDING, tries=0, next_attempt_at=now,
+                                created_at=now) for n in range(30)]
+        ids = [row.id for row in rows]
+        with Session(generation.engine) as db:  # due now, as a finished job leaves them
+            db.add_all(rows)
+            db.commit()
+        wait_for(lambda: sql(generation.engine, "SELECT count(*) FROM webhook_deliveries WHERE "
+                             "id = ANY(:ids) AND status = 'delivered'", ids=ids).scalar() == 30,
+                 90, 0.2, "every delivery delivered")
+        time.sleep(SETTLE)
+        posts = Counter(r.headers[webhooks.ID_HEADER]
+                        for r in receiver.requests_to("/hooks/once", "POST"))
+    assert sorted(posts.values()) == [1] * 30 and len(posts) == 30
+    tries = sql(generation.engine, "SELECT tries FROM webhook_deliveries WHERE id = ANY(:ids)",
+                ids=ids).scalars().all()
+    assert tries == [1] * 30
