@@ -13,6 +13,7 @@ per request, each expired auth row deleted once.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -153,6 +154,27 @@ def test_the_storage_purge_purges_each_object_once(storage):
     assert tuple(batches) == (len(events), len(ids))  # one audit row per batch, each object in one
     assert sql(storage.engine, "SELECT count(*) FROM objects WHERE id = ANY(:ids) "
                "AND deleted_at IS NULL", ids=[uuid.UUID(i) for i in ids]).scalar() == 0
+
+
+def test_the_orphan_sweep_deletes_each_orphan_once(storage):
+    keys = [f"objects/{uuid.uuid4()}/{uuid.uuid4()}" for _ in range(5)]
+    two_days_ago = time.time() - 2 * 86400
+    with Session(storage.engine) as holder:  # a sweep in a third replica, mid-transaction
+        assert timers.try_xact_lock(holder, "storage.orphan_sweep")
+        for key in keys:  # bytes no row accounts for, older than the grace period
+            path = storage.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"left by a crash")
+            os.utime(path, (two_days_ago, two_days_ago))
+        assert storage.rpc.sweep_orphans() == {"objects": 0, "bytes": 0, "batch_id": None}
+        time.sleep(SETTLE)
+        assert all((storage.root / key).exists() for key in keys)
+    wait_for(lambda: not any((storage.root / key).exists() for key in keys), 60, 0.2,
+             "the orphans deleted")
+    time.sleep(SETTLE)
+    swept = sql(storage.engine, "SELECT count(*), sum(objects) FROM purge_batches "
+                "WHERE reason = 'orphan'").one()
+    assert tuple(swept) == (1, len(keys))  # one sweep deleted them, audited once
 
 
 def test_the_outbox_relays_publish_each_row_once(storage):
