@@ -85,37 +85,38 @@ def try_xact_lock(session: Session, name: str) -> bool:
 
 
 class ConfiguredTimer(Timer):
-    """nameko's timer, its interval read from config ``TIMER_INTERVALS[name]``."""
+    """nameko's timer, its interval read from config ``TIMER_INTERVALS[task]``."""
 
-    def __init__(self, name: str, interval: float, eager: bool = False, **kwargs):
-        self.name = name
+    def __init__(self, task: str, interval: float, eager: bool = False, **kwargs):
+        self.task = task
         super().__init__(interval, eager=eager, **kwargs)
 
     def setup(self):
         intervals = self.container.config.get("TIMER_INTERVALS") or {}
-        if self.name in intervals:
-            self.interval = float(intervals[self.name])
+        if self.task in intervals:
+            self.interval = float(intervals[self.task])
         super().setup()
 
 
-def timer(name: str, interval: float, eager: bool = False, once: bool = True):
+def timer(task: str, interval: float, eager: bool = False, once: bool = True):
     """``@timer("billing.grants", 3600, eager=True)`` on a method of a service
-    with a ``db`` session dependency: a nameko timer named ``name`` (its
+    with a ``db`` session dependency: a nameko timer for ``task`` (its
     interval configurable), whose ticks run in one replica at a time unless
-    ``once=False``."""
+    ``once=False``. A tick skipped because another replica holds the lock
+    returns None."""
 
     def decorate(method):
         if not once:
-            return ConfiguredTimer.decorator(name, interval, eager=eager)(method)
+            return ConfiguredTimer.decorator(task, interval, eager=eager)(method)
 
         @functools.wraps(method)
         def tick(self, *args, **kwargs):
-            with held(self.db.get_bind(), name) as mine:
+            with held(self.db.get_bind(), task) as mine:
                 if not mine:
-                    log.debug("%s runs in another replica; skipping this tick", name)
+                    log.debug("%s is running in another replica; this tick skips it", task)
                     return None
                 return method(self, *args, **kwargs)
 
-        return ConfiguredTimer.decorator(name, interval, eager=eager)(tick)
+        return ConfiguredTimer.decorator(task, interval, eager=eager)(tick)
 
     return decorate
