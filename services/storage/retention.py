@@ -301,10 +301,6 @@ def _orphaned_staging(db: Session, infos: list[ObjectInfo], now: datetime) -> li
     return [info for info in infos if info.key not in open_slots]
 
 
-def _take_sweep_lock(db: Session) -> bool:
-    return try_xact_lock(db, SWEEP_LOCK)
-
-
 def sweep_orphans(db: Session, backend: Backend, settings: StorageSettings,
                   now: datetime) -> SweepResult | None:
     """Delete bytes older than the grace period that no row accounts for,
@@ -315,7 +311,7 @@ def sweep_orphans(db: Session, backend: Backend, settings: StorageSettings,
     cutoff = now - timedelta(seconds=settings.orphan_grace_seconds)
     result = SweepResult()
     try:
-        if not _take_sweep_lock(db):
+        if not try_xact_lock(db, SWEEP_LOCK):
             db.rollback()
             return None
         # Outputs whose slot was issued more than the grace period ago and never

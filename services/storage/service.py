@@ -244,7 +244,8 @@ class StorageService(PrivacyParticipant, DarkroomService):
             log.info("retention purge", extra=result)
         return result
 
-    @timer("storage.orphan_sweep", ORPHAN_SWEEP_INTERVAL_SECONDS, once=False)
+    @timer("storage.orphan_sweep", ORPHAN_SWEEP_INTERVAL_SECONDS,
+           once=False)  # its transaction holds the lock (retention.sweep_orphans)
     def orphan_timer(self) -> None:
         self.sweep_orphans()
 
