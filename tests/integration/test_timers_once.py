@@ -5,9 +5,13 @@ PostgreSQL database and a fresh vhost, their timers shortened through
 ``TIMER_INTERVALS``. Due work is set up in the database (or over RPC); both
 replicas' timers fire many times over it; the effect is counted where it
 shows: one ``storage.objects_purged`` mention and one purge audit row per
-object, one publish per outbox row, one monthly grant per account, one
-``billing.credits_released`` per stale hold, one ``privacy`` erasure start
-per request, each expired auth row deleted once.
+object, one orphan sweep for a set of orphans, one publish per outbox row,
+one monthly grant per account, one ``billing.credits_released`` per stale
+hold, one revocation and one ``privacy.erasure_requested`` per erasure, one
+POST per webhook delivery at a loopback receiver, each expired auth row and
+access log deleted once. Where a task runs under its lock, the test also
+holds that lock itself for a while (as a third replica would) and sees
+neither replica act meanwhile.
 """
 
 from __future__ import annotations
