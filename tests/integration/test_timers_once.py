@@ -8,8 +8,8 @@ shows: one ``storage.objects_purged`` mention and one purge audit row per
 object, one orphan sweep for a set of orphans, one publish per outbox row,
 one monthly grant per account, one ``billing.credits_released`` per stale
 hold, one revocation and one ``privacy.erasure_requested`` per erasure, one
-POST per webhook delivery at a loopback receiver, each expired auth row and
-access log deleted once. Where a task runs under its lock, the test also
+POST per webhook delivery at a loopback receiver, each expired auth row,
+access log and payment record past retention deleted once. Where a task runs under its lock, the test also
 holds that lock itself for a while (as a third replica would) and sees
 neither replica act meanwhile.
 """
@@ -279,6 +279,22 @@ def test_stale_holds_are_released_once(billing):
     assert Counter(released()) == Counter({job: 1 for job in jobs})
     assert sql(billing.engine, "SELECT count(*) FROM ledger_entries WHERE kind = 'release' "
                "AND user_id = :u", u=uuid.UUID(user)).scalar() == len(jobs)
+
+
+def test_payment_records_past_retention_are_deleted_once(billing):
+    count = lambda: sql(billing.engine, "SELECT count(*) FROM payments").scalar()  # noqa: E731
+    with holding(billing.engine, "billing.retention"):  # as a third replica would
+        sql(billing.engine, "INSERT INTO payments (id, order_id, user_ref, provider, amount, "
+            "currency, status, created_at, paid_at, retain_until) SELECT gen_random_uuid(), "
+            "gen_random_uuid(), 'u-' || n, 'stripe', 500, 'usd', 'paid', :t, :t, :until "
+            "FROM generate_series(1, 25) AS n", t=datetime_ago(6 * 366 * 86400),
+            until=datetime_ago(86400))
+        time.sleep(SETTLE)
+        assert count() == 25
+    wait_for(lambda: count() == 0, 60, 0.2, "the payments past retention deleted")
+    time.sleep(SETTLE)
+    reported = logged(billing.procs, "payment records past retention deleted")
+    assert sum(r["payments"] for r in reported) == 25
 
 
 # ---------------------------------------------------------------- auth and privacy
