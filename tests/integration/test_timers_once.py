@@ -419,7 +419,4 @@ def test_each_webhook_delivery_is_posted_once(identity, generation):
         time.sleep(SETTLE)
         posts = Counter(r.headers[webhooks.ID_HEADER]
                         for r in receiver.requests_to("/hooks/once", "POST"))
-    assert sorted(posts.values()) == [1] * 30 and len(posts) == 30
-    tries = sql(generation.engine, "SELECT tries FROM webhook_deliveries WHERE id = ANY(:ids)",
-                ids=ids).scalars().all()
-    assert tries == [1] * 30
+    assert posts == Counter({str(i): 1 for i in ids})  # webhook-id is the delivery's id
