@@ -13,8 +13,6 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
-from nameko.timer import timer
-
 from services.auth import (
     accounts,
     age,
@@ -46,6 +44,7 @@ from services.common.privacy_parts import PrivacyParticipant
 from services.common.queues import rpc
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
+from services.common.timers import timer
 
 # Audit lines carry ids, never emails, passwords, codes or tokens.
 log = logging.getLogger(__name__)
@@ -577,7 +576,7 @@ class AuthService(PrivacyParticipant, DarkroomService):
 
     # ------------------------------------------------------------ retention
 
-    @timer(interval=600)
+    @timer("auth.retention", 600)
     def purge_expired(self) -> dict:
         """Delete dead sessions, codes, tokens and login failures (every 10 min)."""
         deleted = retention.purge_expired(self.db, self.settings, utcnow())

@@ -19,7 +19,6 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from nameko.timer import timer
 
 from services.billing import (
     audit,
@@ -49,6 +48,7 @@ from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipa
 from services.common.queues import RpcProxy, rpc
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
+from services.common.timers import timer
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
 
     # ------------------------------------------------------------ timers
 
-    @timer(interval=HOUSEKEEPING_INTERVAL_SECONDS)
+    @timer("billing.housekeeping", HOUSEKEEPING_INTERVAL_SECONDS)
     def housekeeping(self) -> None:
         """Expired holds, ended plans, expired lots, orders that can no longer be
         paid, erased accounts' subscriptions to cancel at Stripe."""
@@ -455,13 +455,13 @@ class BillingService(PrivacyParticipant, ErasurePendingMirror, DarkroomService):
         if any(done.values()):
             log.info("billing housekeeping", extra=done)
 
-    @timer(interval=GRANT_INTERVAL_SECONDS, eager=True)
+    @timer("billing.grants", GRANT_INTERVAL_SECONDS, eager=True)
     def monthly_grants(self) -> None:
         granted = self._maintain("grants")
         if granted:
             log.info("monthly grants", extra={"accounts": granted})
 
-    @timer(interval=RETENTION_INTERVAL_SECONDS, eager=True)
+    @timer("billing.retention", RETENTION_INTERVAL_SECONDS, eager=True)
     def payment_retention(self) -> None:
         purged = self._maintain("payments")
         if any(purged.values()):

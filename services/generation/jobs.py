@@ -375,14 +375,14 @@ def requeue_expired_leases(db: Session, now: datetime) -> list[uuid.UUID]:
                                                Job.lease_expires_at < now)))
     if not ids:
         return []
-    db.execute(
+    return list(db.scalars(  # only the jobs this transaction moved (not another replica's)
         update(Job)
         .where(Job.id.in_(ids), Job.status == JobState.RUNNING, Job.lease_expires_at < now)
         .values(status=JobState.RESERVED, lease_token=None, lease_expires_at=None, progress=0.0,
                 stage="requeued", updated_at=now)
+        .returning(Job.id)
         .execution_options(synchronize_session=False)
-    )
-    return ids
+    ))
 
 
 def cancel(db: Session, settings: GenerationSettings, user_id: uuid.UUID, job_id, now: datetime,

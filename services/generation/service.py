@@ -24,7 +24,6 @@ import logging
 import threading
 from pathlib import Path
 
-from nameko.timer import timer
 
 from services.common import privacy_parts as parts
 from services.common import spending
@@ -40,6 +39,7 @@ from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import ErasurePendingMirror, PrivacyParticipant
 from services.common.queues import RpcProxy, rpc
 from services.common.service import DarkroomService, FromConfig
+from services.common.timers import timer
 from services.generation import deliveries, disclosures, jobs, runner, webhooks
 from services.generation import privacy as privacy_data
 from services.generation.models import outbox, processed_events
@@ -316,7 +316,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
         """A job whose worker died is runnable again: run the most urgent one."""
         self._run_next()
 
-    @timer(interval=RECOVERY_INTERVAL_SECONDS)
+    @timer("generation.recovery", RECOVERY_INTERVAL_SECONDS)
     def recover(self) -> None:
         """Jobs whose lease ran out (their worker was killed) go back to the
         queue; jobs past their hold's expiry fail ``hold_expired``."""
@@ -331,7 +331,7 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
 
     # ------------------------------------------------------------ webhooks
 
-    @timer(interval=WEBHOOK_INTERVAL_SECONDS)
+    @timer("generation.webhooks", WEBHOOK_INTERVAL_SECONDS, once=False)  # rows leased
     def deliver_webhooks(self) -> None:
         """Hand the due webhook deliveries to the process's pool (as many as
         it has free slots, at most a few per receiver, none for a receiver

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import requests as http
-from nameko.timer import timer
 
 from services.common import privacy_parts as parts
 from services.common.contracts import load_rpc
@@ -34,6 +33,7 @@ from services.common.metrics import BREACHES_OVERDUE
 from services.common.queues import RpcProxy, rpc
 from services.common.races import first_wins
 from services.common.service import DarkroomService, FromConfig
+from services.common.timers import timer
 from services.privacy import access_logs, archive, breaches, calls, consent, own_data, schedule
 from services.privacy import requests as subject_requests
 from services.privacy.models import Base, PrivacyRequest, outbox
@@ -363,7 +363,8 @@ class PrivacyService(DarkroomService):
     def breach_list(self) -> dict:
         return {"items": breaches.list_incidents(self.db, utcnow())}
 
-    @timer(interval=BREACH_METRIC_INTERVAL_SECONDS, eager=True)
+    @timer("privacy.breach_gauge", BREACH_METRIC_INTERVAL_SECONDS, eager=True,
+           once=False)  # a gauge of each replica
     def count_overdue_breaches(self) -> int:
         """The ``darkroom_privacy_breaches_overdue`` gauge (an alert can fire on it)."""
         overdue = len(breaches.overdue(self.db, utcnow()))
@@ -497,7 +498,7 @@ class PrivacyService(DarkroomService):
 
         first_wins(self.db, store)
 
-    @timer(interval=PURGE_INTERVAL_SECONDS, eager=True)
+    @timer("privacy.retention", PURGE_INTERVAL_SECONDS, eager=True)
     def purge_access_logs(self) -> int:
         purged = 0
         while True:
@@ -544,7 +545,7 @@ class PrivacyService(DarkroomService):
         self.db.rollback()
         return revoked
 
-    @timer(interval=TICK_SECONDS)
+    @timer("privacy.tick", TICK_SECONDS)
     def tick(self) -> None:
         """Revoke the credentials of accounts whose erasure's grace is over,
         start erasures the settle time after that, ask again for late parts,

@@ -29,13 +29,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, insert, select, text, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.common import metrics
 from services.common.db import aware, locked
 from services.common.ids import new_id, parse_uuid
 from services.common.messaging import Dispatch
+from services.common.timers import try_xact_lock
 from services.storage.backends.base import Backend, ObjectInfo
 from services.storage.backends.keys import PUBLIC_PREFIX, stored_keys
 from services.storage.models import (
@@ -58,7 +59,7 @@ MAX_BATCHES_PER_TICK = 100
 MAX_BATCHES_PER_CALL = 1000
 # Listing and lookups of the orphan sweep go in chunks of this many keys.
 SWEEP_CHUNK = 1000
-SWEEP_LOCK_KEY = 0x5707A6E  # pg advisory lock: one orphan sweep at a time
+SWEEP_LOCK = "storage.orphan_sweep"  # one orphan sweep at a time (its timer or the RPC)
 
 AGE_BUCKETS = (("0-7", 7), ("7-30", 30), ("30+", None))
 
@@ -300,12 +301,6 @@ def _orphaned_staging(db: Session, infos: list[ObjectInfo], now: datetime) -> li
     return [info for info in infos if info.key not in open_slots]
 
 
-def _take_sweep_lock(db: Session) -> bool:
-    if db.get_bind().dialect.name != "postgresql":
-        return True
-    return bool(db.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SWEEP_LOCK_KEY}).scalar())
-
-
 def sweep_orphans(db: Session, backend: Backend, settings: StorageSettings,
                   now: datetime) -> SweepResult | None:
     """Delete bytes older than the grace period that no row accounts for,
@@ -316,7 +311,7 @@ def sweep_orphans(db: Session, backend: Backend, settings: StorageSettings,
     cutoff = now - timedelta(seconds=settings.orphan_grace_seconds)
     result = SweepResult()
     try:
-        if not _take_sweep_lock(db):
+        if not try_xact_lock(db, SWEEP_LOCK):
             db.rollback()
             return None
         # Outputs whose slot was issued more than the grace period ago and never

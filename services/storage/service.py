@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 from nameko.extensions import DependencyProvider
-from nameko.timer import timer
 from sqlalchemy.orm import Session
 
 from services.common import privacy_parts as parts
@@ -28,6 +27,7 @@ from services.common.messaging import EventPublisher, event_handler
 from services.common.privacy_parts import PrivacyParticipant
 from services.common.queues import rpc
 from services.common.service import DarkroomService, FromConfig
+from services.common.timers import timer
 from services.storage import images, objects, retention
 from services.storage import privacy as privacy_data
 from services.storage.backends import Backend, make_backend
@@ -233,7 +233,7 @@ class StorageService(PrivacyParticipant, DarkroomService):
         log.info("purge requested", extra=result)
         return result
 
-    @timer(interval=PURGE_INTERVAL_SECONDS)
+    @timer("storage.purge", PURGE_INTERVAL_SECONDS, once=False)  # rows claimed
     def purge_timer(self) -> dict:
         """Purge expired objects, batch after batch, up to a bound per tick."""
         result = retention.purge_expired(
@@ -244,7 +244,8 @@ class StorageService(PrivacyParticipant, DarkroomService):
             log.info("retention purge", extra=result)
         return result
 
-    @timer(interval=ORPHAN_SWEEP_INTERVAL_SECONDS)
+    @timer("storage.orphan_sweep", ORPHAN_SWEEP_INTERVAL_SECONDS,
+           once=False)  # its transaction holds the lock (retention.sweep_orphans)
     def orphan_timer(self) -> None:
         self.sweep_orphans()
 

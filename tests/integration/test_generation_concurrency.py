@@ -5,19 +5,21 @@ interleaving, no more jobs are active than the cap allows."""
 
 from __future__ import annotations
 
+import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
-from services.common.contracts.generation import ACTIVE
+from services.common.contracts.generation import ACTIVE, JobState
 from services.common.errors import DomainError
 from services.common.idempotency import request_hash
 from services.generation import jobs
 from services.generation.models import Job, SubmitLock
 from services.generation.settings import GenerationSettings
+from tests.conftest import wait_for
 from tests.integration.test_billing_concurrency import Events, run_together
 
 pytestmark = pytest.mark.integration
@@ -84,3 +86,43 @@ def test_parallel_submits_with_one_idempotency_key_make_one_job(factory):
     assert sorted(outcome for outcome, _ in results) == ["created"] + ["repeat"] * (THREADS - 1)
     assert len({job_id for _, job_id in results}) == 1
     assert active_jobs(factory, user) == 1
+
+
+def lock_waits(factory) -> int:
+    """Sessions of this database waiting for a lock (asked afresh each time:
+    a transaction sees one snapshot of pg_stat_activity)."""
+    with factory() as db:
+        return db.execute(text("SELECT count(*) FROM pg_stat_activity WHERE "
+                               "wait_event_type = 'Lock' AND datname = current_database()")
+                          ).scalar()
+
+
+def test_two_replicas_requeueing_at_once_each_report_only_the_jobs_they_moved(factory):
+    """Recovery publishes ``job_requeued`` for what its own transaction moved:
+    a second replica that read the same expired leases and then waited for
+    the first one's row locks moves nothing and reports nothing."""
+    user, events = uuid.uuid4(), Events()
+    made = [job_id for _, job_id in (submitter(factory, user, events)(i) for i in range(CAP))]
+    now = datetime.now(UTC)
+    with factory() as db:
+        db.execute(update(Job).where(Job.id.in_(made)).values(
+            status=JobState.RUNNING, lease_token="a worker killed",
+            lease_expires_at=now - timedelta(seconds=5)))
+        db.commit()
+    with factory() as first, factory() as second:
+        moved_first = jobs.requeue_expired_leases(first, now)  # rows locked until its commit
+        later: list = []
+        waiter = threading.Thread(target=lambda: later.append(
+            jobs.requeue_expired_leases(second, now)))
+        waiter.start()
+        try:
+            wait_for(lambda: lock_waits(factory) >= 1, 30, 0.05,
+                     "the second replica waiting for the first's row locks")
+        finally:
+            first.commit()
+            waiter.join(30)
+        second.commit()
+    assert sorted(moved_first) == sorted(made)
+    assert later == [[]]
+    with factory() as db:
+        assert {j.status for j in db.scalars(select(Job).where(Job.id.in_(made)))} == {"reserved"}
