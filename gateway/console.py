@@ -37,7 +37,7 @@ ASSET_MAX_AGE = 365 * 24 * 3600
 MISSING_BUILD = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Darkroom console not built</title></head>
 <body><h1>The console is not built</h1>
-<p>This gateway has no console build at <code>{dist}</code>. Build it with
+<p>This gateway has no console build (<code>console/dist</code>). Build it with
 <code>make console/dist/index.html</code> (or <code>npm ci &amp;&amp; npm run build</code>
 in <code>console/</code>); <code>make dev</code> and <code>make test</code> do it for you.</p>
 <p>The HTTP API works without it: <a href="/v1/docs">/v1/docs</a>.</p></body></html>
@@ -58,7 +58,7 @@ def _with_policy(response: Response) -> Response:
 def index() -> Response:
     dist = dist_dir()
     if not (dist / "index.html").is_file():
-        response = Response(MISSING_BUILD.format(dist=dist), status=503, mimetype="text/html")
+        response = Response(MISSING_BUILD, status=503, mimetype="text/html")
         response.headers["Retry-After"] = "60"
     else:
         response = send_from_directory(dist, "index.html", mimetype="text/html", max_age=0)
