@@ -19,7 +19,7 @@ HEAVY = {
     "boto3": set(), "botocore": set(),  # S3 through minio, in storage, when its backend is s3
     "minio": set(),
     "av": set(),  # PyAV: only when a video is checked
-    "stripe": {"billing"}, "httpx": {"billing"},
+    "stripe": set(), "httpx": set(),  # billing: at its first payment request or webhook
     "argon2": {"auth"}, "pyotp": {"auth"},
     # auth's sign-in with a provider and passkeys: imported at the first ceremony
     "authlib": set(), "joserfc": set(), "webauthn": set(), "cbor2": set(),
