@@ -129,8 +129,11 @@ def registration_options(db: Session, settings: AuthSettings, user: User, sessio
     not turn into a way to sign in) of a verified address (403
     ``email_unverified``); 409 ``passkey_limit``."""
     from webauthn import generate_registration_options
-    from webauthn.helpers.structs import (AuthenticatorSelectionCriteria, ResidentKeyRequirement,
-                                          UserVerificationRequirement)
+    from webauthn.helpers.structs import (
+        AuthenticatorSelectionCriteria,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
 
     sessions.ensure_signed_in(db, user, session_id, now)
     ensure_verified(user)
