@@ -12,6 +12,7 @@ module imports alembic only inside the functions that use it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -46,27 +47,31 @@ def upgrade(migrations: str | Path, url: str, revision: str = "head") -> None:
 # what the child needs of the service's config: the database and the keys a
 # migration encrypts personal fields with (services/common/fieldcrypt.py)
 CHILD_KEYS = ("DATABASE_URL", fieldcrypt.ENV_VAR, fieldcrypt.INDEX_ENV_VAR)
-CHILD_TIMEOUT_SECONDS = 600
+log = logging.getLogger(__name__)
 
 
 def upgrade_in_child(migrations: str | Path, config) -> None:
     """:func:`upgrade` in a fresh interpreter (``python -m
     services.common.migrations --child <migrations>``, the settings as JSON on
-    its stdin, never in its arguments or environment); raises with the
-    child's output when it fails."""
+    its stdin, never in its arguments or environment), waited for as long as
+    it takes; its output (alembic's "Running upgrade" lines) is logged, and
+    raised with when it fails."""
     settings = {key: config[key] for key in CHILD_KEYS if key in config}
     done = subprocess.run(
         [sys.executable, "-m", "services.common.migrations", "--child", str(migrations)],
         input=json.dumps(settings), capture_output=True, text=True,
-        timeout=CHILD_TIMEOUT_SECONDS, cwd=str(SERVICES_DIR.parent),
+        cwd=str(SERVICES_DIR.parent),
         env={**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(SERVICES_DIR.parent), os.environ.get("PYTHONPATH")]))})
     if done.returncode != 0:
         raise RuntimeError(f"migrations in {migrations} failed (exit {done.returncode}):\n"
                            f"{(done.stdout + done.stderr)[-4000:]}")
+    if done.stderr.strip():
+        log.info("migrations in %s:\n%s", migrations, done.stderr.strip()[-4000:])
 
 
 def _child(migrations: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     settings = json.loads(sys.stdin.read())
     fieldcrypt.configure_from(settings)
     upgrade(migrations, settings["DATABASE_URL"])
