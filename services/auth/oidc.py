@@ -38,12 +38,9 @@ from datetime import date, datetime
 from urllib.parse import urlencode, urlsplit
 
 import requests
-from authlib.integrations.requests_client import OAuth2Session
-from authlib.oidc.core import CodeIDToken
-from joserfc import jwt
-from joserfc.errors import InvalidKeyIdError, JoseError
-from joserfc.jwk import KeySet
-from joserfc.jws import JWSRegistry
+
+# authlib and joserfc are imported inside the functions of a sign-in: not
+# resident in an auth service that has run none (issue 15)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -162,9 +159,11 @@ def check_redirect_uri(settings: AuthSettings, redirect_uri: str) -> str:
                       {"fields": {"redirect_uri": ["Not an allowed redirect URI."]}})
 
 
-def _client(settings: AuthSettings, found: OidcProvider, document: dict) -> OAuth2Session:
+def _client(settings: AuthSettings, found: OidcProvider, document: dict):
     """Authlib's client; the token endpoint authenticated as the provider's
     discovery allows (``client_secret_basic``, the default, else ``_post``)."""
+    from authlib.integrations.requests_client import OAuth2Session
+
     methods = document.get("token_endpoint_auth_methods_supported")
     method = "client_secret_basic"
     if isinstance(methods, list) and method not in methods and "client_secret_post" in methods:
@@ -244,6 +243,12 @@ def validate_id_token(found: OidcProvider, document: dict, id_token: str, nonce:
     """The ID token's claims once its signature (from the provider's JWKS),
     ``iss``, ``aud``, ``exp``, ``iat`` and ``nonce`` (and ``at_hash``, when
     given) check out; 400 ``oidc_invalid_token`` otherwise."""
+    from authlib.oidc.core import CodeIDToken
+    from joserfc import jwt
+    from joserfc.errors import InvalidKeyIdError, JoseError
+    from joserfc.jwk import KeySet
+    from joserfc.jws import JWSRegistry
+
     listed = document.get("id_token_signing_alg_values_supported")
     listed = listed if isinstance(listed, list) and listed else ["RS256"]
     registry = JWSRegistry(algorithms=[a for a in SIGNING_ALGORITHMS if a in listed])

@@ -29,29 +29,9 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
-from webauthn import (
-    base64url_to_bytes,
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import (
-    bytes_to_base64url,
-    parse_authentication_credential_json,
-    parse_authenticator_data,
-    parse_client_data_json,
-    parse_registration_credential_json,
-)
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
+# webauthn (with pyOpenSSL) is imported inside the functions of a ceremony:
+# not resident in an auth service that has run none (issue 15)
 from services.auth import sessions
 from services.auth.errors import (
     RecordedFailure,
@@ -76,7 +56,10 @@ MAX_PER_ACCOUNT = 20
 # What the webauthn package's parsers raise on a malformed answer, besides its
 # own exceptions: bad base64 (ValueError), wrong JSON types (TypeError,
 # AttributeError), missing members (KeyError).
-_MALFORMED = (WebAuthnException, ValueError, TypeError, AttributeError, KeyError)
+def _malformed() -> tuple:
+    from webauthn.helpers.exceptions import WebAuthnException
+
+    return (WebAuthnException, ValueError, TypeError, AttributeError, KeyError)
 
 
 def user_handle(user: User) -> bytes:
@@ -112,6 +95,8 @@ def _take_challenge(db: Session, challenge: bytes, purpose: str, user: User | No
 
 
 def _options(options) -> dict:
+    from webauthn import options_to_json
+
     return {"options": json.loads(options_to_json(options))}
 
 
@@ -121,10 +106,12 @@ def _timeout_ms(settings: AuthSettings) -> int:
 
 def _parse(parser, credential: dict, status: int):
     """The browser's answer parsed, and the challenge its clientDataJSON names."""
+    from webauthn.helpers import parse_client_data_json
+
     try:
         parsed = parser(credential)
         client_data = parse_client_data_json(bytes(parsed.response.client_data_json))
-    except _MALFORMED:
+    except _malformed():
         raise invalid_passkey(status, "malformed") from None
     if len(parsed.id) > PASSKEY_CREDENTIAL_ID_MAX:
         raise invalid_passkey(status, "malformed")
@@ -141,6 +128,13 @@ def registration_options(db: Session, settings: AuthSettings, user: User, sessio
     live session of the account (403 ``session_required``: an API key must
     not turn into a way to sign in) of a verified address (403
     ``email_unverified``); 409 ``passkey_limit``."""
+    from webauthn import generate_registration_options
+    from webauthn.helpers.structs import (
+        AuthenticatorSelectionCriteria,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
+
     sessions.ensure_signed_in(db, user, session_id, now)
     ensure_verified(user)
     existing = db.scalars(select(Passkey).where(Passkey.user_id == user.id)).all()
@@ -159,7 +153,10 @@ def registration_options(db: Session, settings: AuthSettings, user: User, sessio
     return _options(options)
 
 
-def _descriptor(passkey: Passkey) -> PublicKeyCredentialDescriptor:
+def _descriptor(passkey: Passkey):
+    from webauthn import base64url_to_bytes
+    from webauthn.helpers.structs import PublicKeyCredentialDescriptor
+
     return PublicKeyCredentialDescriptor(id=base64url_to_bytes(passkey.credential_id))
 
 
@@ -170,6 +167,9 @@ def register(db: Session, settings: AuthSettings, user: User, session_id, creden
     the passkey. 400 ``invalid_passkey`` (details.reason), 400
     ``passkey_challenge_invalid``, 409 ``passkey_exists``; a refusal after the
     challenge was taken is a RecordedFailure."""
+    from webauthn import verify_registration_response
+    from webauthn.helpers import bytes_to_base64url, parse_registration_credential_json
+
     sessions.ensure_signed_in(db, user, session_id, now)
     ensure_verified(user)
     parsed, challenge = _parse(parse_registration_credential_json, credential, 400)
@@ -179,7 +179,7 @@ def register(db: Session, settings: AuthSettings, user: User, session_id, creden
         verified = verify_registration_response(
             credential=parsed, expected_challenge=challenge, expected_rp_id=rp.rp_id,
             expected_origin=list(rp.origins), require_user_verification=True)
-    except _MALFORMED as exc:
+    except _malformed() as exc:
         log.info("passkey registration refused: %s", exc, extra={"user_id": str(user.id)})
         raise RecordedFailure(invalid_passkey(400, "verification")) from None
     credential_id = bytes_to_base64url(verified.credential_id)
@@ -202,6 +202,9 @@ def register(db: Session, settings: AuthSettings, user: User, session_id, creden
 def authentication_options(db: Session, settings: AuthSettings, now: datetime) -> dict:
     """Options for navigator.credentials.get(): no account named (the
     authenticator offers its discoverable passkeys), user verification required."""
+    from webauthn import generate_authentication_options
+    from webauthn.helpers.structs import UserVerificationRequirement
+
     options = generate_authentication_options(
         rp_id=settings.webauthn.rp_id, timeout=_timeout_ms(settings),
         user_verification=UserVerificationRequirement.REQUIRED)
@@ -215,6 +218,9 @@ def login(db: Session, settings: AuthSettings, credential: dict, client_ip: str 
     session, as a password login does (no TOTP asked: see the module's doc).
     401 ``invalid_passkey``, 401 ``passkey_clone_suspected``, 403
     ``account_disabled``, 400 ``passkey_challenge_invalid``."""
+    from webauthn import verify_authentication_response
+    from webauthn.helpers import parse_authentication_credential_json
+
     parsed, challenge = _parse(parse_authentication_credential_json, credential, 401)
     _take_challenge(db, challenge, AUTHENTICATION, None, now)
     passkey = db.scalar(select(Passkey).where(Passkey.credential_id == parsed.id))
@@ -230,7 +236,7 @@ def login(db: Session, settings: AuthSettings, credential: dict, client_ip: str 
             credential=parsed, expected_challenge=challenge, expected_rp_id=rp.rp_id,
             expected_origin=list(rp.origins), credential_public_key=passkey.public_key,
             credential_current_sign_count=passkey.sign_count, require_user_verification=True)
-    except _MALFORMED as exc:
+    except _malformed() as exc:
         if _counter_went_back(parsed, passkey.sign_count):
             log.warning("passkey refused: its counter went backwards (a copy?)",
                         extra={"user_id": str(user.id), "passkey_id": str(passkey.id)})
@@ -255,9 +261,11 @@ def login(db: Session, settings: AuthSettings, credential: dict, client_ip: str 
 
 
 def _counter_went_back(parsed, stored: int) -> bool:
+    from webauthn.helpers import parse_authenticator_data
+
     try:
         count = parse_authenticator_data(bytes(parsed.response.authenticator_data)).sign_count
-    except _MALFORMED:
+    except _malformed():
         return False
     return (count > 0 or stored > 0) and count <= stored
 

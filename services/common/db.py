@@ -40,7 +40,7 @@ from services.common import fieldcrypt
 from services.common.engine import make_engine, normalise_url  # noqa: F401 (imported from here too)
 from services.common.errors import DomainError, service_unavailable
 from services.common.ids import utcnow
-from services.common.migrations import upgrade
+from services.common.migrations import upgrade_in_child
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Database(DependencyProvider):
         url = config["DATABASE_URL"]
         fieldcrypt.configure_from(config)
         if self.migrations and config.get("DB_MIGRATE_ON_START", True):
-            upgrade(self.migrations, url)
+            upgrade_in_child(self.migrations, config)  # alembic never loaded here
         self.engine = make_engine(url)
         if self.metadata is not None:
             with self.engine.connect() as connection:

@@ -2,19 +2,24 @@
 
 Each service keeps its migrations in ``services/<name>/migrations`` with an
 ``env.py`` that calls :func:`run_env` with its metadata. :func:`upgrade` applies
-them (at service start, or ``python -m services.common.migrations <service>``);
-on PostgreSQL an advisory lock lets several replicas start at once.
+them (``python -m services.common.migrations <service>``, the tests' helpers);
+on PostgreSQL an advisory lock lets several replicas start at once. A service
+starting migrates in a child process (:func:`upgrade_in_child`), so that
+alembic and its templates are never resident in the service (issue 15): this
+module imports alembic only inside the functions that use it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command, context
-from alembic.config import Config
 from sqlalchemy import text
 
 from services.common import fieldcrypt
@@ -24,7 +29,9 @@ from services.common.engine import make_engine, normalise_url
 SERVICES_DIR = Path(__file__).resolve().parents[1]
 
 
-def alembic_config(migrations: str | Path, url: str) -> Config:
+def alembic_config(migrations: str | Path, url: str):
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations))
     cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
@@ -32,11 +39,49 @@ def alembic_config(migrations: str | Path, url: str) -> Config:
 
 
 def upgrade(migrations: str | Path, url: str, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(migrations, url), revision)
+
+
+# what the child needs of the service's config: the database and the keys a
+# migration encrypts personal fields with (services/common/fieldcrypt.py)
+CHILD_KEYS = ("DATABASE_URL", fieldcrypt.ENV_VAR, fieldcrypt.INDEX_ENV_VAR)
+log = logging.getLogger(__name__)
+
+
+def upgrade_in_child(migrations: str | Path, config) -> None:
+    """:func:`upgrade` in a fresh interpreter (``python -m
+    services.common.migrations --child <migrations>``, the settings as JSON on
+    its stdin, never in its arguments or environment), waited for as long as
+    it takes; its output (alembic's "Running upgrade" lines) is logged, and
+    raised with when it fails."""
+    settings = {key: config[key] for key in CHILD_KEYS if key in config}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.common.migrations", "--child", str(migrations)],
+        input=json.dumps(settings), capture_output=True, text=True,
+        cwd=str(SERVICES_DIR.parent),
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(SERVICES_DIR.parent), os.environ.get("PYTHONPATH")]))})
+    if done.returncode != 0:
+        raise RuntimeError(f"migrations in {migrations} failed (exit {done.returncode}):\n"
+                           f"{(done.stdout + done.stderr)[-4000:]}")
+    if done.stderr.strip():
+        log.info("migrations in %s:\n%s", migrations, done.stderr.strip()[-4000:])
+
+
+def _child(migrations: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    settings = json.loads(sys.stdin.read())
+    fieldcrypt.configure_from(settings)
+    upgrade(migrations, settings["DATABASE_URL"])
+    return 0
 
 
 def run_env(target_metadata) -> None:
     """The body of every service's ``migrations/env.py``."""
+    from alembic import context
+
     cfg = context.config
     url = cfg.get_main_option("sqlalchemy.url")
     if context.is_offline_mode():
@@ -121,6 +166,8 @@ def decrypt_outbox() -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m services.common.migrations auth [notifications ...]``"""
     names = argv if argv is not None else sys.argv[1:]
+    if len(names) == 2 and names[0] == "--child":  # upgrade_in_child
+        return _child(names[1])
     if not names:
         print("usage: python -m services.common.migrations <service> [...]", file=sys.stderr)
         return 2

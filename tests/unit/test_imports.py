@@ -19,12 +19,15 @@ HEAVY = {
     "boto3": set(), "botocore": set(),  # S3 through minio, in storage, when its backend is s3
     "minio": set(),
     "av": set(),  # PyAV: only when a video is checked
-    "stripe": {"billing"}, "httpx": {"billing"},
-    "authlib": {"auth"}, "webauthn": {"auth"}, "argon2": {"auth"}, "pyotp": {"auth"},
+    "stripe": set(), "httpx": set(),  # billing: at its first payment request or webhook
+    "argon2": {"auth"}, "pyotp": {"auth"},
+    # auth's sign-in with a provider and passkeys: imported at the first ceremony
+    "authlib": set(), "joserfc": set(), "webauthn": set(), "cbor2": set(),
     "PIL": {"generation", "storage"},
     "jinja2": {"notifications", "gateway"},  # the gateway's: flask's templates
     "sqlalchemy": {"auth", "billing", "generation", "privacy", "storage", "notifications"},
-    "alembic": {"auth", "billing", "generation", "privacy", "storage", "notifications"},
+    # a service migrates in a child process (services/common/migrations.py)
+    "alembic": set(), "mako": set(),
 }
 ENTRYPOINTS = {
     "auth": "services.auth.service", "billing": "services.billing.service",

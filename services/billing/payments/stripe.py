@@ -7,7 +7,8 @@ tests), using ``requests`` (green under ``nameko run``) with a timeout and no
 retries of its own. Each Checkout Session is created with an
 ``Idempotency-Key`` of ``order:<id>``: asking twice for one order's session
 (a retry after a timeout) gets the same session from Stripe, never two.
-Every SDK error becomes :class:`PaymentProviderError`.
+Every SDK error becomes :class:`PaymentProviderError`. The SDK (with httpx,
+which it imports) is imported at the first request, not at start (issue 15).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import stripe
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,25 @@ class StripeClient:
     def __init__(self, api_base: str, secret_key: str, timeout: float,
                  api_version: str = API_VERSION):
         self.api_base = api_base.rstrip("/")
-        self.client = stripe.StripeClient(
-            secret_key, stripe_version=api_version, base_addresses={"api": self.api_base},
-            max_network_retries=0, http_client=stripe.RequestsClient(timeout=timeout),
-        )
+        self._sdk_settings = (secret_key, api_version, timeout)
+        self._client = None
+
+    @property
+    def client(self):
+        """The SDK's client, made at the first request."""
+        if self._client is None:
+            import stripe
+
+            secret_key, api_version, timeout = self._sdk_settings
+            self._client = stripe.StripeClient(
+                secret_key, stripe_version=api_version, base_addresses={"api": self.api_base},
+                max_network_retries=0, http_client=stripe.RequestsClient(timeout=timeout),
+            )
+        return self._client
 
     def _call(self, what: str, request):
+        import stripe
+
         try:
             return request()
         except stripe.APIConnectionError as exc:

@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-import stripe
 from sqlalchemy.orm import Session
 
 from services.billing import orders, subscriptions
@@ -77,6 +76,8 @@ def verify_signature(payload: str, header: str | None, secrets: Sequence[str],
     ``invalid_signature`` (``details.reason``: missing, malformed, stale,
     mismatch). The age check is ours, against ``now`` and both ways (the
     SDK's looks at the wall clock, and only at the past)."""
+    import stripe  # here, not at start (issue 15)
+
     if not header or not isinstance(header, str):
         raise invalid_signature("missing")
     timestamp, _ = parse_signature_header(header)

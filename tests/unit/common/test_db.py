@@ -129,3 +129,47 @@ def test_locked_reads_a_row_afresh_although_the_session_holds_it(tmp_path):
         # a check made after waiting for the lock must see what was committed meanwhile
         assert locked(mine, Row, 1).status == "claimed"
         assert locked(mine, Row, 2) is None
+
+
+KEYS = "k1:QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 bytes, base64
+
+
+def test_a_service_migrates_in_a_child_process_with_its_keys(tmp_path):
+    """Database's setup migrates through upgrade_in_child: the schema and the
+    alembic head are there afterwards (issue 15: alembic is never loaded in
+    the service); what is not JSON in the config is not sent."""
+    from services.common import fieldcrypt
+    from services.common.migrations import SERVICES_DIR, upgrade_in_child
+
+    url = f"sqlite:///{tmp_path}/auth.db"
+    upgrade_in_child(SERVICES_DIR / "auth" / "migrations",
+                     {"DATABASE_URL": url, fieldcrypt.ENV_VAR: KEYS,
+                      fieldcrypt.INDEX_ENV_VAR: "an-index-key-of-32-characters..", "UNRELATED": object()})
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            head = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            tables = {row[0] for row in connection.execute(
+                text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    finally:
+        engine.dispose()
+    assert head and "users" in tables
+
+
+def test_a_failed_child_migration_stops_the_start_with_its_output(tmp_path):
+    from services.common.migrations import upgrade_in_child
+
+    with pytest.raises(RuntimeError, match="migrations in .*missing failed") as raised:
+        upgrade_in_child(tmp_path / "missing", {"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
+    assert "missing" in str(raised.value).split("failed", 1)[1]  # the child's own error follows
+
+
+def test_the_child_migrates_with_the_field_keys_of_the_service(tmp_path):
+    """The keys reach the child (on its stdin): one it cannot use stops the start."""
+    from services.common import fieldcrypt
+    from services.common.migrations import SERVICES_DIR, upgrade_in_child
+
+    with pytest.raises(RuntimeError, match=fieldcrypt.INDEX_ENV_VAR):
+        upgrade_in_child(SERVICES_DIR / "auth" / "migrations",
+                         {"DATABASE_URL": f"sqlite:///{tmp_path}/auth.db",
+                          fieldcrypt.ENV_VAR: KEYS, fieldcrypt.INDEX_ENV_VAR: "short"})
