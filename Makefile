@@ -104,7 +104,7 @@ test-e2e: $(STAMP)
 test-console: $(STAMP) console/dist/index.html
 	@$(LOCAL_SERVICES) rabbitmq postgres
 	@-$(TEST_TOOLS) chromium
-	$(BIN)/pytest -q tests/console
+	$(BIN)/pytest -q tests/e2e/console
 
 # Three RabbitMQ nodes of their own, clustered (tests/cluster/harness.py starts them from
 # rabbitmq-server: the system broker is left alone), the stack on them with two replicas of

@@ -5,7 +5,7 @@
 #   initdb    (Debian package postgresql)  a private PostgreSQL server that
 #             tests/integration/test_postgres_restart.py restarts (the shared
 #             one may be elsewhere: DARKROOM_TEST_POSTGRES_URL)
-#   chromium  (Debian package chromium)    the console's browser tests (tests/console,
+#   chromium  (Debian package chromium)    the console's browser tests (tests/e2e/console,
 #                                          Playwright drives /usr/bin/chromium)
 # and, when named, the benchmarks' load generator:
 #   wrk       (Debian package wrk)         bench/read_path.py (make bench)

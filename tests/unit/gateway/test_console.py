@@ -1,7 +1,7 @@
 """The gateway's part of the web console (gateway/console.py): the build's
 files, index.html for console addresses and only for them, the console's CSP,
 and a clear 503 page without a build. The console itself is tested in a
-browser (tests/console)."""
+browser (tests/e2e/console)."""
 
 from __future__ import annotations
 

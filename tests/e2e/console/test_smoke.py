@@ -10,7 +10,7 @@ import re
 import pytest
 import requests
 
-from tests.console.conftest import PHONE
+from tests.e2e.console.conftest import PHONE
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyotp
 import pytest
 
-from tests.console.conftest import PHONE, eventually
+from tests.e2e.console.conftest import PHONE, eventually
 from tests.e2e.stack import PASSWORD, refused_within, verified_login
 
 pytestmark = pytest.mark.e2e

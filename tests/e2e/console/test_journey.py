@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
-from tests.console.conftest import PHONE, eventually
+from tests.e2e.console.conftest import PHONE, eventually
 from tests.e2e.stack import PASSWORD, body_text, code_from, new_email
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.console.conftest import eventually
+from tests.e2e.console.conftest import eventually
 from tests.e2e.stack import PASSWORD, post_stripe_event, token_from, verified_login
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.console.conftest import eventually
+from tests.e2e.console.conftest import eventually
 from tests.e2e.stack import PASSWORD, verified_login
 
 pytestmark = pytest.mark.e2e

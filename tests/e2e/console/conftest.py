@@ -1,6 +1,8 @@
 """The web console in a real browser: Debian's Chromium driven by Playwright,
 against the whole stack of tests/e2e (every Procfile process; the gateway
-serves the console build at /).
+serves the console build at /): the one session stack of tests/e2e/conftest.py,
+which this directory inherits (a second copy would share its broker vhost
+and take its mail).
 
 ``console_build`` runs the Makefile's rule for the build (``npm ci`` and
 ``npm run build`` when a source changed) or fails. Chromium is
@@ -21,14 +23,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, unavailable, wait_for
-from tests.e2e.conftest import (  # noqa: F401  (the e2e stack and the fakes it needs)
-    fake_images,
-    fake_paypal,
-    fake_stripe,
-    fake_video,
-    stack,
-    vendors,
-)
 
 CHROMIUM = Path(os.environ.get("DARKROOM_TEST_CHROMIUM", "/usr/bin/chromium"))
 AXE = REPO / "console" / "node_modules" / "axe-core" / "axe.min.js"
