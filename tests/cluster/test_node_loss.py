@@ -205,11 +205,19 @@ def stream(stack, start: float) -> tuple[list[threading.Thread], list[Submit]]:
     return threads, results
 
 
-def every_replica_consumes(cluster) -> bool:
-    """Each service's RPC queue and event queues have a consumer per replica."""
+def short_of_consumers(cluster) -> dict[str, int] | None:
+    """The RPC and event queues without a consumer per replica (queue -> its
+    consumers); None when there is no such queue yet."""
     served = [q for q in cluster.queues() if q["type"] == "quorum"
               and q["name"].startswith(("rpc-", "evt-"))]
-    return bool(served) and all(q["consumers"] == REPLICAS for q in served)
+    if not served:
+        return None
+    return {q["name"]: q["consumers"] for q in served if q["consumers"] != REPLICAS}
+
+
+def every_replica_consumes(cluster) -> bool:
+    """Each service's RPC queue and event queues have a consumer per replica."""
+    return short_of_consumers(cluster) == {}
 
 
 def healed(cluster) -> bool:
@@ -225,7 +233,14 @@ def test_a_node_lost_mid_stream_loses_nothing_and_the_cluster_heals(stack, rabbi
     assert {q["name"] for q in queues if q["type"] == "quorum"} >= {
         f"rpc-{name}" for name in SERVICES}
     assert all(len(q["online"]) == 3 for q in queues if q["type"] == "quorum")
-    assert every_replica_consumes(rabbit_cluster)
+    # a replica is ready once its consumers listen, but the cluster's consumer
+    # counts can lag its readiness by a moment
+    try:
+        wait_for(lambda: every_replica_consumes(rabbit_cluster), 60, 1,
+                 "every replica to consume before the stream")
+    except Exception:
+        raise AssertionError(
+            f"queues short of consumers: {short_of_consumers(rabbit_cluster)}") from None
 
     connections = rabbit_cluster.connections()  # at rest, before the stream: for sizing
     per_node = {n.name: sum(1 for c in connections if c["node"] == n.name)
