@@ -286,7 +286,8 @@ def test_export_then_erasure_leave_no_trace(stack, bystander):
     assert {o["id"] for o in parts["storage"]["data"]["objects"]} >= set(files)
     assert [p["order_id"] for p in parts["billing"]["data"]["payments"]] == [order_id]
     assert "pseudonymised" in parts["billing"]["data"]["retention"]
-    assert parts["privacy"]["data"]["consents"] == {"marketing_email": True, "analytics": False}
+    assert parts["privacy"]["data"]["consents"] == {"marketing_email": True, "analytics": False,
+                                                  "preferences": False}
     assert [a["version"] for a in parts["privacy"]["data"]["policy_acceptances"]] == [version]
     routes = {e["route"] for e in parts["privacy"]["data"]["access_log"]}
     assert {"/v1/uploads", "/v1/generations", "/v1/privacy/consents"} <= routes

@@ -1,7 +1,7 @@
 // The privacy center's choices and records: consents and refused processing
 // regions, the policy versions, "where my data went" (the disclosure log);
 // and the cookie preferences panel, remembered in this browser before sign-in
-// and stored per account (the consents' analytics) after.
+// and stored per account (the consents' preferences and analytics) after.
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, Page, sessionToken } from "../api";
 import { refreshMe } from "../session";
@@ -11,6 +11,7 @@ import { ErrorMessage, formatDate, Notice, useAction, useLoad } from "../ui";
 interface Consents {
   marketing_email: boolean;
   analytics: boolean;
+  preferences: boolean;
   refused_regions: string[];
   updated_at: string | null;
   history: { purpose: string; granted: boolean; source: string; policy_version: string | null; changed_at: string }[];
@@ -45,7 +46,9 @@ export function ConsentsPanel() {
       consents.reload(); // back to what is stored
       throw e;
     }
-    if ("analytics" in change) rememberCookieChoice({ ...cookieChoice(), analytics: Boolean(change.analytics) });
+    for (const category of COOKIE_CATEGORIES) {
+      if (category in change) rememberCookieChoice({ ...cookieChoice(), [category]: Boolean(change[category]) });
+    }
     setSaved(true);
   });
   const data = consents.data;
@@ -62,6 +65,10 @@ export function ConsentsPanel() {
           <label class="check">
             <input type="checkbox" name="analytics" checked={data.analytics} onChange={(e) => save.run({ analytics: (e.target as HTMLInputElement).checked })} />
             Usage analytics
+          </label>
+          <label class="check">
+            <input type="checkbox" name="preferences" checked={data.preferences} onChange={(e) => save.run({ preferences: (e.target as HTMLInputElement).checked })} />
+            Preference cookies (settings such as your last filters)
           </label>
           <form
             onSubmit={(e) => {
@@ -164,6 +171,9 @@ export function DisclosuresPanel() {
 // ---- cookie preferences
 
 const COOKIE_KEY = "darkroom.cookie-preferences";
+const COOKIE_CHOSEN_EVENT = "darkroom:cookie-choice";
+// the cookie panel's categories that are also the account's consents
+const COOKIE_CATEGORIES = ["preferences", "analytics"] as const;
 
 export interface CookieChoice {
   preferences: boolean;
@@ -187,21 +197,37 @@ function rememberCookieChoice(choice: CookieChoice) {
   localStorage.setItem(COOKIE_KEY, JSON.stringify({ preferences: choice.preferences, analytics: choice.analytics }));
 }
 
-/** After sign-in: the choice made in this browser before it becomes the account's. */
+/** After sign-in: the choice made in this browser before becomes the account's;
+ * with none made here, the account's stored choice (if it has one) is this
+ * browser's too, and the panel is not asked again. */
 export async function syncCookieChoice() {
+  if (!sessionToken()) return;
   const choice = cookieChoice();
-  if (!choice.decided || !sessionToken()) return;
   const consents = await api<Consents>("GET", "/v1/privacy/consents");
-  if (consents.analytics !== choice.analytics) await api("PUT", "/v1/privacy/consents", { body: { analytics: choice.analytics } });
+  if (choice.decided) {
+    const change: Partial<Record<(typeof COOKIE_CATEGORIES)[number], boolean>> = {};
+    for (const category of COOKIE_CATEGORIES) {
+      if (consents[category] !== choice[category]) change[category] = choice[category];
+    }
+    if (Object.keys(change).length) await api("PUT", "/v1/privacy/consents", { body: change });
+  } else if (consents.history.some((h) => (COOKIE_CATEGORIES as readonly string[]).includes(h.purpose))) {
+    rememberCookieChoice({ preferences: consents.preferences, analytics: consents.analytics, decided: true });
+    window.dispatchEvent(new Event(COOKIE_CHOSEN_EVENT));
+  }
 }
 
 export function CookiePanel({ onClose }: { onClose: () => void }) {
   const initial = cookieChoice();
   const [preferences, setPreferences] = useState(initial.preferences);
   const [analytics, setAnalytics] = useState(initial.analytics);
+  useEffect(() => {
+    // the account's stored choice, adopted at sign-in, answers the panel
+    window.addEventListener(COOKIE_CHOSEN_EVENT, onClose);
+    return () => window.removeEventListener(COOKIE_CHOSEN_EVENT, onClose);
+  }, [onClose]);
   const save = useAction(async (choice: { preferences: boolean; analytics: boolean }) => {
     rememberCookieChoice({ ...choice, decided: true });
-    if (sessionToken()) await api("PUT", "/v1/privacy/consents", { body: { analytics: choice.analytics } });
+    if (sessionToken()) await api("PUT", "/v1/privacy/consents", { body: choice });
     onClose();
   });
   return (

@@ -49,7 +49,8 @@ STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 OPEN_STATUSES = ("pending", "in_progress", "failed")
 # waiting: a later phase, not asked yet; pending: asked, no answer yet.
 PART_STATUSES = ("waiting", "pending", "completed", "failed")
-CONSENT_PURPOSES = ("marketing_email", "analytics")
+# preferences: the cookie policy's "Preferences" category (theme, language, prompt drafts)
+CONSENT_PURPOSES = ("marketing_email", "analytics", "preferences")
 # Regions a user refuses processing in (``refused_regions``): names as the
 # operator gives providers' ``region`` (cn, us, eu, on-premises, ...).
 REGION = validate.Regexp(r"^[a-z0-9][a-z0-9._-]{0,31}$",
@@ -265,6 +266,8 @@ class UpdateConsents(RpcSchema):
 
     marketing_email = fields.Boolean()
     analytics = fields.Boolean()
+    preferences = fields.Boolean(metadata={"description": "preference cookies (theme, language, "
+                                                          "prompt drafts)"})
     refused_regions = RefusedRegions()
 
     @validates_schema
@@ -375,6 +378,7 @@ class ConsentChange(RpcSchema):
 class Consents(RpcSchema):
     marketing_email = fields.Boolean(required=True)
     analytics = fields.Boolean(required=True)
+    preferences = fields.Boolean(required=True)
     refused_regions = RefusedRegions(required=True)
     refused_regions_changed_at = fields.AwareDateTime(allow_none=True)
     updated_at = fields.AwareDateTime(allow_none=True)

@@ -45,10 +45,30 @@ def test_cookie_choice_before_sign_in_consents_and_disclosures(stack, open_conso
     # the choice made before sign-in becomes the account's
     console.sign_in(address, PASSWORD)
     eventually(lambda: consents(stack, token)["analytics"] is True, 30, "analytics consent stored")
-    # and the panel, reopened from the footer, changes both
+    assert consents(stack, token)["preferences"] is False
+    # the panel, reopened from the footer, changes both categories with the account
+    page.get_by_role("button", name="Cookie preferences").click()
+    reopened = page.get_by_role("dialog", name="Cookie preferences")
+    reopened.get_by_label("Preferences", exact=False).check()
+    reopened.get_by_role("button", name="Save my choices").click()
+    eventually(lambda: consents(stack, token)["preferences"] is True, 30, "preferences stored")
     page.get_by_role("button", name="Cookie preferences").click()
     page.get_by_role("dialog", name="Cookie preferences").get_by_role("button", name="Necessary only").click()
-    eventually(lambda: consents(stack, token)["analytics"] is False, 30, "analytics withdrawn")
+    eventually(lambda: (consents(stack, token)["analytics"], consents(stack, token)["preferences"])
+               == (False, False), 30, "analytics and preferences withdrawn")
+    stack.call("PUT", "/v1/privacy/consents", token=token, json={"preferences": True})
+
+    # another browser that never answered the panel: signing in adopts the
+    # account's stored choice, and the panel is not asked again
+    fresh = open_console(cookies_decided=False)
+    fresh.goto("/")
+    fresh.page.get_by_role("dialog", name="Cookie preferences").wait_for()
+    fresh.sign_in(address, PASSWORD)
+    eventually(lambda: fresh.page.get_by_role("dialog", name="Cookie preferences").count() == 0,
+               30, "the panel answered by the account's choice")
+    assert fresh.page.evaluate(
+        "JSON.parse(localStorage.getItem('darkroom.cookie-preferences'))") == {
+        "preferences": True, "analytics": False}
 
     desktop = open_console()
     desktop.sign_in(address, PASSWORD)

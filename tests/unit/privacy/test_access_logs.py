@@ -68,7 +68,8 @@ def test_the_privacy_part_of_an_export_holds_consents_requests_and_logs(db, sett
     db.commit()
     data = own_data.export(db, user, 180)
     assert data["processing_restricted"] is True
-    assert data["consents"] == {"marketing_email": False, "analytics": False}
+    assert data["consents"] == {"marketing_email": False, "analytics": False,
+                                "preferences": False}
     assert data["access_log"] == [{"at": "2026-11-22T12:00:00Z", "method": "GET",
                                    "route": "/v1/images/<uuid:image_id>", "status": 200,
                                    "network": "203.0.113.0/24"}]

@@ -22,7 +22,7 @@ def publish(db, version, material=True, at=NOW):
 
 def test_consents_are_opt_in_and_every_change_is_kept(db, user):
     assert consent.view(db, user) == {"marketing_email": False, "analytics": False,
-                                      "refused_regions": [], "refused_regions_changed_at": None,
+                                      "preferences": False, "refused_regions": [], "refused_regions_changed_at": None,
                                       "updated_at": None, "history": []}
     publish(db, "v1")
     view, changed = consent.update(db, user, {"marketing_email": True}, "api", NOW)
@@ -91,3 +91,17 @@ def test_acceptance_is_required_until_the_latest_material_version_is_accepted(db
     assert consent.status(db, user)["acceptance_required"] is False
     assert [a.version for a in consent.acceptances(db, user)] == ["v1", "v2"]
     assert consent.status(db, uuid.uuid4())["acceptance_required"] is True
+
+
+def test_the_cookie_preferences_choice_is_a_consent_of_its_own(db, user):
+    """The cookie policy's "Preferences" category is kept with the account like
+    analytics: opt-in, each change recorded, independent of the others."""
+    publish(db, "v1")
+    view, changed = consent.update(db, user, {"preferences": True}, "api", NOW)
+    assert changed and (view["preferences"], view["analytics"]) == (True, False)
+    view, changed = consent.update(db, user, {"preferences": False, "analytics": True}, "api",
+                                   NOW + timedelta(minutes=1))
+    db.commit()
+    assert (view["preferences"], view["analytics"]) == (False, True)
+    assert [(h["purpose"], h["granted"]) for h in view["history"]][-1] == ("preferences", True)
+    assert consent.view(db, uuid.uuid4())["preferences"] is False  # someone else's

@@ -64,11 +64,12 @@ class FakePrivacy(FakeRpcService):
                 "completed_at": NOW, "services": [], "totals": {"rows_deleted": 3}}
 
     def rpc_get_consents(self, user_id):
-        return {"marketing_email": False, "analytics": False, "updated_at": None, "history": []}
+        return {"marketing_email": False, "analytics": False, "preferences": False,
+                "updated_at": None, "history": []}
 
     def rpc_update_consents(self, user_id, payload, source="api"):
         return {"marketing_email": payload.get("marketing_email", False), "analytics": False,
-                "updated_at": NOW, "history": [
+                "preferences": payload.get("preferences", False), "updated_at": NOW, "history": [
                     {"purpose": "marketing_email", "granted": True, "source": source,
                      "policy_version": "v2", "changed_at": NOW}]}
 
@@ -188,7 +189,11 @@ def test_consents_are_changed_with_source_api(client, privacy):
     assert response.get_json()["history"][0]["source"] == "api"
     assert privacy.called("update_consents") == [
         ((USER_ID, {"marketing_email": True}, "api"), {})]
-    for bad in ({}, {"marketing_email": "yes please"}, {"newsletter": True}):
+    response = client.put("/v1/privacy/consents", json={"preferences": True}, headers=BEARER)
+    assert response.status_code == 200 and response.get_json()["preferences"] is True
+    assert privacy.called("update_consents")[-1] == ((USER_ID, {"preferences": True}, "api"), {})
+    for bad in ({}, {"marketing_email": "yes please"}, {"newsletter": True},
+                {"preferences": "maybe"}):
         assert client.put("/v1/privacy/consents", json=bad, headers=BEARER).status_code == 400
 
 
