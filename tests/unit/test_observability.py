@@ -77,6 +77,7 @@ def defined_names() -> set[str]:
     gateway's; importing a module registers its metrics."""
     import gateway.access_log  # noqa: F401
     import gateway.metrics  # noqa: F401
+    import gateway.readcache  # noqa: F401
     import services.common.metrics  # noqa: F401
     import services.common.observability  # noqa: F401
 
