@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Producer
 from nameko.standalone.rpc import ClusterRpcProxy
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from services.auth.totp import code_at, time_step
+from services.common.engine import make_engine
 from services.common.errors import DomainError
 from services.common.messaging import dead_letter_exchange, dlq_name
 from services.privacy.models import PrivacyRequest
@@ -302,7 +302,7 @@ def test_privacy_requests_are_listed_overdue_first(stack, admin, user):
     """Two open requests put in the privacy database as a month would leave
     them: a failed export overdue since yesterday, and one due in ten days."""
     now = datetime.now(UTC)
-    engine = create_engine(stack.env["PRIVACY_DATABASE_URL"])
+    engine = make_engine(stack.env["PRIVACY_DATABASE_URL"])
     late, later = uuid.uuid4(), uuid.uuid4()
     try:
         with Session(engine) as db:
