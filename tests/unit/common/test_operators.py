@@ -9,29 +9,9 @@ import pytest
 from services.common import operators
 from services.common.dead_letters import OwnQueues
 from services.common.errors import DomainError, admin_required
-from tests.unit.common.test_spending import Reply
+from tests.unit.common.test_spending import FakeAuth
 
 ADMIN = "01900000-0000-7000-8000-000000000009"
-
-
-class FakeOperatorAuth:
-    """``RpcProxy("auth")``: ``require_operator.call_async`` as nameko's proxy has it."""
-
-    def __init__(self, answer, delay: float = 0.0):
-        self.calls: list[tuple] = []
-        self.answer, self.delay = answer, delay
-
-    @property
-    def require_operator(self):
-        auth = self
-
-        class Method:
-            @staticmethod
-            def call_async(*args):
-                auth.calls.append(args)
-                return Reply(auth.answer, auth.delay)
-
-        return Method
 
 
 def refusal(call, *args, **kwargs) -> tuple[int, str]:
@@ -41,15 +21,15 @@ def refusal(call, *args, **kwargs) -> tuple[int, str]:
 
 
 def test_an_operator_is_who_auth_says():
-    auth = FakeOperatorAuth({"user_id": ADMIN})
+    auth = FakeAuth({"user_id": ADMIN})
     assert operators.require_operator(auth, ADMIN) == ADMIN
     assert auth.calls == [(ADMIN,)]
 
 
 def test_auths_refusal_passes_through_and_silence_is_503():
-    assert refusal(operators.require_operator, FakeOperatorAuth(admin_required()), ADMIN) == (
+    assert refusal(operators.require_operator, FakeAuth(admin_required()), ADMIN) == (
         403, "admin_required")
-    assert refusal(operators.require_operator, FakeOperatorAuth({"user_id": ADMIN}, delay=1.0),
+    assert refusal(operators.require_operator, FakeAuth({"user_id": ADMIN}, delay=1.0),
                    ADMIN, timeout=0.05) == (503, "service_unavailable")
 
 
