@@ -90,7 +90,7 @@ NOT_OURS = {
     "tests.unit.gateway.test_rpc_pool.FakeStandalone": "nameko's ServiceRpcProxy",
     "tests.unit.privacy.test_parts.FakeHttp": "requests",
     "tests.unit.privacy.test_archive.FakeHttp": "requests",
-    "tests.unit.common.test_spending.FakeAuth": "nameko's RpcProxy (get_user.call_async and its timing)",
+    "tests.unit.common.test_spending.FakeAuth": "nameko's RpcProxy (call_async and its timing)",
     "tests.fakes.stripe.FakeStripe": "Stripe's HTTP API",
     "tests.fakes.paypal.FakePayPal": "PayPal's REST API (Orders v2, refunds, webhook verification)",
     "tests.unit.client.conftest.FakeDarkroom": (
@@ -149,8 +149,8 @@ def offered(cls: type) -> dict[str, list[tuple]]:
 
 def called_by_gateway(service: str) -> set[str]:
     """The RPCs gateway/ calls on ``service``: ``proxy.<service>.<rpc>(`` (or ``rpc.…``),
-    or ``call(...)``/``for_caller(...)`` naming ``"<service>.<rpc>"``."""
-    call = re.compile(rf"\b(?:proxy|rpc)\.{service}\.(\w+)\(|\b(?:call|for_caller)\("
+    or ``call(...)``/``for_caller(...)``/``as_operator(...)`` naming ``"<service>.<rpc>"``."""
+    call = re.compile(rf"\b(?:proxy|rpc)\.{service}\.(\w+)\(|\b(?:call|for_caller|as_operator)\("
                       rf"[^\"()]*\"{service}\.(\w+)\"")
     return {direct or named for path in (ROOT / "gateway").rglob("*.py")
             for direct, named in call.findall(path.read_text())}

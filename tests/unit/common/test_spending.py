@@ -24,14 +24,17 @@ class Reply:
 
 
 class FakeAuth:
-    """``RpcProxy("auth")``: ``get_user.call_async`` as nameko's proxy has it."""
+    """``RpcProxy("auth")``: ``<method>.call_async`` as nameko's proxy has it
+    (``get_user`` here, ``require_operator`` in test_operators.py), answering
+    ``answer`` after ``delay``."""
 
     def __init__(self, answer, delay: float = 0.0):
         self.calls: list[tuple] = []
         self.answer, self.delay = answer, delay
 
-    @property
-    def get_user(self):
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
         auth = self
 
         class Method:
