@@ -1,0 +1,213 @@
+"""The operators' pages in a real browser (issue 19), on the e2e stack and its
+real /v1/admin API: an administrator (granted with ``darkroom-ops users
+grant-admin``, signed in with the password and a TOTP code computed from the
+otpauth URI the grant printed) replays a job that failed at the fake video
+vendor and sees it succeed, the owner charged once; every operator page with
+axe and a screenshot (docs/console.md), one on a phone; a user disabled and
+enabled again after a confirmation, the API's refusal to disable oneself shown
+with its code; and a person who is not an administrator told so."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyotp
+import pytest
+
+from tests.conftest import wait_for
+from tests.e2e.console.conftest import PHONE, eventually
+from tests.e2e.stack import PASSWORD, refused_within, verified_login
+from tests.e2e.test_generation import (FINAL, SIGNUP_GRANT, finished, job, ledger_kinds, ops,
+                                       settled, submit, upload_png)
+
+pytestmark = pytest.mark.e2e
+
+
+class Admin:
+    """An administrator: the address, the TOTP secret and the codes already used
+    (auth refuses a code's step twice, so each sign-in waits for a fresh one)."""
+
+    def __init__(self, email: str, secret: str):
+        self.email, self.totp, self.used = email, pyotp.TOTP(secret), set()
+
+    def code(self) -> str:
+        code = eventually(lambda: (c := self.totp.now()) not in self.used and c, 40, "a fresh code")
+        self.used.add(code)
+        return code
+
+
+@pytest.fixture
+def admin(stack) -> Admin:
+    address, _, _ = verified_login(stack)
+    granted = ops(stack, "users", "grant-admin", address, "--json")
+    assert granted.returncode == 0, granted.stderr + granted.stdout
+    uri = json.loads(granted.stdout)["otpauth_uri"]  # enrolled by the grant, shown once
+    return Admin(address, pyotp.parse_uri(uri).secret)
+
+
+@pytest.fixture
+def owner(stack) -> dict:
+    address, registered, token = verified_login(stack)
+    wait_for(lambda: settled(stack, token)["available"] == SIGNUP_GRANT, 20, 0.2, "signup grant")
+    return {"email": address, "id": registered["user"]["id"], "token": token}
+
+
+def sign_in_with_totp(console, admin: Admin):
+    """The console's sign-in: the password, the API's ``totp_required``, the code."""
+    page = console.page
+    console.goto("/login")
+    page.get_by_label("Email").fill(admin.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    assert "totp_required" in page.get_by_role("alert").inner_text()
+    page.get_by_label("Authenticator code").fill(admin.code())
+    page.get_by_role("button", name="Sign in").click()
+    console.heading("Generate")
+
+
+def failed_job(stack, owner) -> dict:
+    """A job the fake video vendor fails (the model named: no failover)."""
+    stack.video.outcome = "failed"
+    try:
+        created = submit(stack, owner["token"], {
+            "type": "image-to-video", "source_image_id": upload_png(stack, owner["token"]),
+            "duration_s": 2, "model": "video"})
+        failed = finished(stack, owner["token"], created["id"])
+    finally:
+        stack.video.outcome = "succeeded"
+    assert failed["status"] == "failed" and failed["error"]["code"], failed
+    assert settled(stack, owner["token"])["available"] == SIGNUP_GRANT  # released
+    return failed
+
+
+def test_an_admin_replays_a_failed_job(stack, open_console, admin, owner):
+    failed = failed_job(stack, owner)
+    console = open_console()
+    page = console.page
+    sign_in_with_totp(console, admin)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Operators").click()
+    console.heading("Failed jobs")
+    item = page.locator(f"[data-testid=admin-job][data-job-id='{failed['id']}']")
+    error = item.get_by_test_id("job-error").inner_text()
+    assert failed["error"]["code"] in error and failed["error"]["message"] in error
+    assert owner["id"] in item.inner_text()  # whose job it is
+    console.visit("admin-jobs")
+
+    item.get_by_role("button", name=f"Replay job {failed['id']}").click()
+    item.get_by_role("status").filter(has_text="Replayed: attempt 2").wait_for()
+    # the owner's job runs again and succeeds, charged once
+    done = wait_for(lambda: (j := job(stack, owner["token"], failed["id"]))["attempt"] == 2
+                    and j["status"] in FINAL and j, 60, 0.2, "the replay")
+    assert done["status"] == "succeeded", done
+    assert settled(stack, owner["token"])["available"] == SIGNUP_GRANT - 10
+    kinds = ledger_kinds(stack, owner["token"])
+    assert (kinds.count("hold"), kinds.count("release"), kinds.count("capture")) == (2, 1, 1)
+    # and the operator sees it among the succeeded jobs, no longer failed
+    page.get_by_label("Status").select_option("succeeded")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**/admin/jobs?status=succeeded")
+    replayed = page.locator(f"[data-testid=admin-job][data-job-id='{failed['id']}']")
+    assert "attempt 2" in replayed.inner_text() and "succeeded" in replayed.inner_text()
+    assert replayed.get_by_role("button", name="Replay").count() == 0
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**/admin/jobs")
+    page.get_by_role("button", name="Refresh").click()
+    eventually(lambda: page.locator(f"[data-job-id='{failed['id']}']").count() == 0, 20,
+               "the job gone from the failed ones")
+
+
+def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_console, admin, owner):
+    # something on each page: an export asked (privacy), an incident long past its deadline
+    asked = stack.call("POST", "/v1/privacy/requests", token=owner["token"], json={"type": "export"})
+    assert asked.status_code == 202, asked.text
+    summary = f"e2e console incident {time.time_ns()}"
+    opened = ops(stack, "breach", "open", "--summary", summary, "--detected-at", "4d",
+                 "--categories", "account", "--json")
+    assert opened.returncode == 0, opened.stderr + opened.stdout
+    console = open_console()
+    page = console.page
+    sign_in_with_totp(console, admin)
+
+    console.goto("/admin/dead-letters")
+    console.heading("Dead letters")
+    page.get_by_role("list", name="Dead-letter queues").or_(page.locator(".empty")).first.wait_for()
+    assert page.get_by_test_id("unavailable").count() == 0  # every service answered
+    console.visit("admin-dead-letters")
+
+    console.goto("/admin/privacy-requests?status=all")
+    console.heading("Privacy requests")
+    mine = page.get_by_test_id("privacy-request").filter(has_text=asked.json()["id"])
+    assert "export" in mine.inner_text() and "due" in mine.inner_text()
+    console.visit("admin-privacy-requests")
+
+    console.goto("/admin/breaches")
+    console.heading("Breach incidents")
+    incident = page.get_by_test_id("breach").filter(has_text=summary)
+    assert "overdue" in incident.inner_text() and "report by" in incident.inner_text()
+    # overdue ones come first
+    flags = [("overdue" in t) for t in page.get_by_test_id("breach").all_inner_texts()]
+    assert flags == sorted(flags, reverse=True), flags
+    console.visit("admin-breaches")
+
+    # users: find the owner, disable (after a confirmation), the owner's session refused
+    console.goto("/admin/users")
+    console.heading("Users")
+    page.get_by_label("Email (part or whole)").fill(owner["email"].split("@")[0])
+    page.get_by_role("button", name="Find").click()
+    page.wait_for_url("**/admin/users?email=*")
+    user = page.locator(f"[data-testid=admin-user][data-email='{owner['email']}']")
+    user.get_by_role("button", name=f"Disable {owner['email']}").click()
+    assert page.get_by_test_id("admin-user").count() == 1  # found by part of the address
+    user.get_by_role("group", name=f"Confirm: disable {owner['email']}").wait_for()
+    console.visit("admin-users")
+    user.get_by_role("button", name="Yes, disable").click()
+    user.get_by_role("status").filter(has_text="Disabled:").wait_for()
+    assert "disabled" in user.inner_text()
+    refused_within(stack, 30, token=owner["token"])
+    user.get_by_role("button", name=f"Enable {owner['email']}").click()
+    user.get_by_role("button", name="Yes, enable").click()
+    user.get_by_role("status").filter(has_text="Enabled").wait_for()
+    again = stack.call("POST", "/v1/auth/login", json={"email": owner["email"], "password": PASSWORD})
+    assert again.status_code == 200, again.text
+    # the API's refusal shown with its code: an administrator cannot disable themselves
+    page.get_by_label("Email (part or whole)").fill(admin.email)
+    page.get_by_role("button", name="Find").click()
+    me = page.locator(f"[data-testid=admin-user][data-email='{admin.email}']")
+    me.get_by_role("button", name=f"Disable {admin.email}").click()
+    me.get_by_role("button", name="Yes, disable").click()
+    assert "cannot_disable_self" in me.get_by_role("alert").inner_text()
+
+    # a phone: the failed jobs page, the operators' menu by keyboard, no horizontal scroll
+    phone = open_console(viewport=PHONE)
+    sign_in_with_totp(phone, admin)
+    phone.goto("/admin/jobs")
+    phone.heading("Failed jobs")
+    phone.page.get_by_role("list", name="Jobs").or_(phone.page.locator(".empty")).first.wait_for()
+    assert phone.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    phone.page.get_by_role("link", name="Users").focus()
+    phone.page.keyboard.press("Enter")
+    phone.heading("Users")
+    phone.goto("/admin/jobs")
+    phone.heading("Failed jobs")
+    phone.visit("admin-jobs-phone")
+
+
+def test_someone_not_an_administrator_is_told_so(stack, open_console):
+    address, _, token = verified_login(stack)
+    refused = stack.call("GET", "/v1/admin/jobs", token=token)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "admin_required")
+    console = open_console()
+    page = console.page
+    console.sign_in(address, PASSWORD)
+    assert page.get_by_role("link", name="Operators").count() == 0
+    for path in ("/admin", "/admin/jobs", "/admin/users", "/admin/breaches"):
+        console.goto(path)
+        console.heading("Operators only")
+        assert address in page.get_by_test_id("operators-only").inner_text()
+    console.visit("admin-refused")
+    # signed out, the operators' pages ask to sign in first
+    anonymous = open_console()
+    anonymous.goto("/admin/dead-letters")
+    anonymous.heading("Sign in to continue")
