@@ -58,7 +58,9 @@ function JobItem({ initial }: { initial: AdminJob }) {
           <code class="error-code">{job.error.code}</code> {job.error.message}
         </p>
       )}
-      <p class="prompt">{job.prompt === null ? <em>prompt redacted</em> : job.prompt}</p>
+      <p class="prompt">
+        Prompt: {job.prompt === null ? <em>redacted</em> : job.prompt}
+      </p>
       <ErrorMessage error={replay.error || cancel.error} />
       {done && <Notice>{done}</Notice>}
       <div class="actions">
