@@ -28,7 +28,7 @@ from functools import wraps
 from flask import current_app, g, request
 from flask_smorest import Blueprint
 
-from services.common.errors import email_unverified, unauthenticated
+from services.common.errors import admin_required, email_unverified, unauthenticated
 
 MAX_CACHE_SECONDS = 30.0
 CREDENTIAL_MAX = 200
@@ -183,6 +183,22 @@ def require_verified(fn):
     def wrapper(*args, **kwargs):
         if not current_principal().email_verified:
             raise email_unverified()
+        return fn(*args, **kwargs)
+
+    return _with_security_doc(wrapper, **{"403": "FORBIDDEN"})
+
+
+def require_operator(fn):
+    """View decorator: like :func:`authenticated`, and the caller must be an
+    administrator signed in with a session (not an API key): 403
+    ``admin_required``. An early answer: every service's ``admin_*`` RPC checks
+    the actor again with auth (services/common/operators.py)."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        principal = current_principal()
+        if not principal.is_admin or principal.credential_type != "session":
+            raise admin_required()
         return fn(*args, **kwargs)
 
     return _with_security_doc(wrapper, **{"403": "FORBIDDEN"})

@@ -14,32 +14,24 @@ the rest of the outcome.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ops import rpc
 from ops.errors import OpsError, id_argument
-
-_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from services.common import ids
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """``30m``, ``2h``, ``3d`` (s, m, h, d, w) before ``now``, or an ISO-8601
     time (UTC when it has no offset); OpsError (exit 2) for anything else."""
-    now = now or datetime.now(UTC)
-    age = _AGE.match(value)
-    if age:
-        return now - timedelta(**{_UNITS[age.group(2)]: int(age.group(1))})
     try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return ids.parse_since(value, now)
+    except (ValueError, OverflowError):
         raise OpsError(f"--since takes an age (30m, 2h, 3d) or an ISO time, not {value!r}",
                        exit_code=2) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def job_id(value: str) -> str:

@@ -2,6 +2,7 @@
 
 from gateway.api import passkeys  # noqa: F401  (its routes join auth_blp and me_blp)
 from gateway.api.accounts import auth_blp, me_blp
+from gateway.api.admin import admin_blp
 from gateway.api.billing import billing_blp
 from gateway.api.files import files_blp
 from gateway.api.generation import generation_blp
@@ -11,4 +12,4 @@ from gateway.api.oidc import identities_blp, oidc_blp
 from gateway.api.privacy import privacy_blp
 
 BLUEPRINTS = (health_blp, auth_blp, oidc_blp, me_blp, identities_blp, images_blp, public_blp,
-              files_blp, billing_blp, generation_blp, privacy_blp)
+              files_blp, billing_blp, generation_blp, privacy_blp, admin_blp)

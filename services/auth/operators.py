@@ -7,6 +7,11 @@ the right password, so the refusal names no account to a guesser) and every
 session and API key it had is revoked when it is disabled; enabling it again
 gives back the sign-in, not the credentials. Erasing an account is not here:
 it is the privacy service's erasure (``darkroom-ops users delete``).
+
+Who is an operator of the HTTP API (``/v1/admin``, docs/api.md "Operators"):
+:func:`require_operator`, the one home of that rule; every service's
+``admin_*`` RPCs ask it through ``auth.require_operator``
+(services/common/operators.py) before they act.
 """
 
 from __future__ import annotations
@@ -21,11 +26,29 @@ from services.auth.lookup import find_user_by_email, get_user
 from services.auth.models import ApiKey, User, UserSession
 from services.auth.tokens import API_KEY_PREFIX, api_key_prefix
 from services.common.contracts.auth import normalise_email
-from services.common.errors import conflict, invalid_request, not_found
+from services.common.errors import admin_required, conflict, invalid_request, not_found
 from services.common.ids import parse_uuid
 from services.common.pagination import encode_cursor, paginate
 
 SCAN_PAGE = 200  # accounts decrypted at a time by an address filter
+
+
+def require_operator(db: Session, user_id) -> User:
+    """The account of ``user_id`` when it may operate: it exists, is enabled
+    and is an administrator; 403 ``admin_required`` otherwise (the same
+    answer for an unknown id: nothing is told about other accounts)."""
+    parsed = parse_uuid(user_id)
+    user = db.get(User, parsed) if parsed is not None else None
+    if user is None or not user.is_admin or user.disabled_at is not None:
+        raise admin_required()
+    return user
+
+
+def check_not_self(actor: User, user: User, disabled: bool) -> None:
+    """An operator does not disable their own account (409
+    ``cannot_disable_self``): it would lock them out mid-action."""
+    if disabled and actor.id == user.id:
+        raise conflict("you cannot disable your own account", code="cannot_disable_self")
 
 
 def find(db: Session, ref: str) -> User:

@@ -555,15 +555,51 @@ class AuthService(PrivacyParticipant, DarkroomService):
     def enable_user(self, ref) -> dict:
         return self._set_disabled(ref, False)
 
-    def _set_disabled(self, ref, disabled: bool) -> dict:
+    def _set_disabled(self, ref, disabled: bool, actor: str | None = None) -> dict:
         changed = operators.set_disabled(self.db, operators.find(self.db, ref), disabled, utcnow())
         self._user_updated(changed["user_id"])
         self.db.commit()
         log.warning("account %s", "disabled" if disabled else "enabled",
-                    extra={"user_id": str(changed["user_id"]),
+                    extra={"user_id": str(changed["user_id"]), "actor": actor,
                            "sessions_revoked": changed["sessions_revoked"],
                            "api_keys_revoked": changed["api_keys_revoked"]})
         return c.UserDisabled().dump(changed)
+
+    # ------------------------------------------------------------ operators (HTTP API)
+
+    @rpc(expected_exceptions=DomainError)
+    def require_operator(self, user_id) -> dict:
+        """Every service's ``admin_*`` RPCs ask this first
+        (services/common/operators.py): ``user_id`` may operate, else 403
+        ``admin_required``."""
+        return {"user_id": str(self._require_operator(user_id).id)}
+
+    def _require_operator(self, actor):
+        """Here, auth's own rule read in place (the other services ask it over RPC)."""
+        user = operators.require_operator(self.db, actor)
+        self.db.rollback()  # a read: end the transaction (the caller may write next)
+        return user
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_list_users(self, actor, query=None) -> dict:
+        """``GET /v1/admin/users``: :meth:`list_users` for an operator."""
+        self._require_operator(actor)
+        return self.list_users(query)
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_disable_user(self, actor, user_id) -> dict:
+        """``POST /v1/admin/users/{id}/disable``: never the operator's own account
+        (409 ``cannot_disable_self``)."""
+        return self._admin_set_disabled(actor, user_id, True)
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_enable_user(self, actor, user_id) -> dict:
+        return self._admin_set_disabled(actor, user_id, False)
+
+    def _admin_set_disabled(self, actor, user_id, disabled: bool) -> dict:
+        operator = self._require_operator(actor)
+        operators.check_not_self(operator, lookup.get_user(self.db, user_id), disabled)
+        return self._set_disabled(user_id, disabled, actor=str(operator.id))
 
     @rpc(expected_exceptions=DomainError)
     def revoke_keys(self, selector) -> dict:

@@ -70,6 +70,13 @@ def forbidden(message: str, code: str = "forbidden") -> DomainError:
     return DomainError(code, message, 403)
 
 
+def admin_required() -> DomainError:
+    """403: only an enabled administrator, signed in with a session, operates
+    (services/auth/operators.py ``require_operator``; docs/api.md "Operators")."""
+    return forbidden("this needs an administrator signed in with a session",
+                     code="admin_required")
+
+
 def payload_too_large(max_bytes: int, what: str = "file") -> DomainError:
     """413: ``what`` (the file, the body, an output) is larger than ``max_bytes``."""
     return DomainError("payload_too_large", f"the {what} is larger than {max_bytes} bytes", 413,

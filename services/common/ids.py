@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from services.common.errors import invalid_request, not_found
 
@@ -97,3 +98,19 @@ def client_id(value, what: str = "resource") -> uuid.UUID:
     if parsed is None:
         raise not_found(what)
     return parsed
+
+
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """``30m``, ``2h``, ``3d`` (s, m, h, d, w) before ``now``, or an ISO-8601
+    time (UTC when it has no offset); ValueError for anything else. The
+    operators' ``since`` (``darkroom-ops jobs list --since``, ``GET /v1/admin/jobs?since=``)."""
+    now = now or datetime.now(UTC)
+    age = _AGE.match(value)
+    if age:
+        return now - timedelta(**{_AGE_UNITS[age.group(2)]: int(age.group(1))})
+    when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -525,8 +525,9 @@ def queue_positions(db: Session, page: list[Job]) -> dict[uuid.UUID, int | None]
 
 
 def find_jobs(db: Session, status: str | None, since: datetime | None, reason: str | None,
-              limit: int) -> list[Job]:
-    """For operators: jobs by status, end time and error code, oldest first."""
+              limit: int, newest_first: bool = False) -> list[Job]:
+    """For operators: jobs by status, last change and error code, oldest
+    change first (newest first with ``newest_first``)."""
     stmt = select(Job)
     if status:
         stmt = stmt.where(Job.status == status)
@@ -534,7 +535,8 @@ def find_jobs(db: Session, status: str | None, since: datetime | None, reason: s
         stmt = stmt.where(Job.updated_at >= since)
     if reason:
         stmt = stmt.where(Job.error_code == reason)
-    return list(db.scalars(stmt.order_by(Job.updated_at, Job.id).limit(limit)))
+    order = (Job.updated_at.desc(), Job.id.desc()) if newest_first else (Job.updated_at, Job.id)
+    return list(db.scalars(stmt.order_by(*order).limit(limit)))
 
 
 def view(job: Job, position: int | None = None) -> dict:

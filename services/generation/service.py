@@ -235,7 +235,8 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
     @rpc(expected_exceptions=DomainError)
     def find_jobs(self, query=None) -> dict:
         data = load_rpc(c.FindJobs, query)
-        rows = jobs.find_jobs(self.db, data["status"], data["since"], data["reason"], data["limit"])
+        rows = jobs.find_jobs(self.db, data["status"], data["since"], data["reason"], data["limit"],
+                              newest_first=data["order"] == "newest")
         return {"items": c.OpsJobView(many=True).dump(
             [{**jobs.view(job), "user_id": job.user_id} for job in rows])}
 
@@ -258,23 +259,45 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
 
     @rpc(expected_exceptions=DomainError)
     def replay_job(self, job_id) -> dict:
+        return self._replay_job(job_id)
+
+    def _replay_job(self, job_id, actor: str | None = None) -> dict:
         job = jobs.replay(self.db, job_id, utcnow(), self.dispatch)
         # a new hold on the owner's credits, refused as a submit would be; a
         # refusal rolls the replay back
         privacy_data.check_may_run(self.db, job.user_id)
         spending.require_verified(self.auth, job.user_id, self.settings.rpc_timeout_seconds)
         self.db.commit()
-        log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempt})
+        log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempt,
+                                        "actor": actor})
         return c.OpsJobView().dump({**jobs.view(job), "user_id": job.user_id})
 
     @rpc(expected_exceptions=DomainError)
     def cancel_job_as_operator(self, job_id) -> dict:
         """``darkroom-ops jobs cancel``: any account's job that has not
         started (409 ``not_cancellable`` otherwise); billing releases its hold."""
+        return self._cancel_job(job_id)
+
+    def _cancel_job(self, job_id, actor: str | None = None) -> dict:
         job = jobs.cancel_any(self.db, self.settings, job_id, utcnow(), self.dispatch)
         self.db.commit()
-        log.warning("job cancelled by an operator", extra={"job_id": str(job.id)})
+        log.warning("job cancelled by an operator", extra={"job_id": str(job.id), "actor": actor})
         return c.OpsJobView().dump({**jobs.view(job), "user_id": job.user_id})
+
+    # the same for the HTTP API's operators (docs/api.md "Operators"): the actor checked first
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_find_jobs(self, actor, query=None) -> dict:
+        self._require_operator(actor)
+        return self.find_jobs(query)
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_replay_job(self, actor, job_id) -> dict:
+        return self._replay_job(job_id, actor=self._require_operator(actor))
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_cancel_job(self, actor, job_id) -> dict:
+        return self._cancel_job(job_id, actor=self._require_operator(actor))
 
     # ------------------------------------------------------------ the saga
 

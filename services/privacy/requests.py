@@ -694,6 +694,25 @@ def certificate(db: Session, request_id) -> dict:
             "services": services, "totals": dict(totals)}
 
 
+def by_urgency(rows, now: datetime) -> list[PrivacyRequest]:
+    """Overdue requests first, then by due date."""
+    return sorted(rows, key=lambda r: (not is_overdue(r, now), r.due_at))
+
+
+def for_operators(db: Session, now: datetime, open_only: bool = True,
+                  limit: int = 500) -> list[dict]:
+    """``GET /v1/admin/privacy-requests``: the open requests (every request
+    with ``open_only`` False), overdue ones first then by due date, with
+    whose they are."""
+    stmt = select(PrivacyRequest)
+    if open_only:
+        stmt = stmt.where(PrivacyRequest.status.in_(OPEN_STATUSES))
+    rows = db.scalars(stmt.order_by(PrivacyRequest.due_at).limit(limit)).all()
+    return [{"id": str(r.id), "user_id": r.user_id and str(r.user_id), "kind": r.type,
+             "status": r.status, "created_at": r.created_at, "due_at": r.due_at, "overdue": is_overdue(r, now),
+             "completed_at": r.completed_at} for r in by_urgency(rows, now)]
+
+
 def report(db: Session, settings: PrivacySettings, now: datetime, limit: int = 500) -> dict:
     """For ``darkroom-ops privacy report``: open requests, overdue ones
     first then by due date, with their unanswered parts; and every failed
@@ -701,7 +720,7 @@ def report(db: Session, settings: PrivacySettings, now: datetime, limit: int = 5
     rows = db.scalars(select(PrivacyRequest).where(PrivacyRequest.status.in_(OPEN_STATUSES))
                       .order_by(PrivacyRequest.due_at).limit(limit)).all()
     open_requests = []
-    for request in sorted(rows, key=lambda r: (not is_overdue(r, now), r.due_at)):
+    for request in by_urgency(rows, now):
         waiting = [p for p in parts_of(db, request.id) if p.status != "completed"]
         open_requests.append({
             "id": str(request.id), "type": request.type, "status": request.status,

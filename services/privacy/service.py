@@ -298,6 +298,23 @@ class PrivacyService(DarkroomService):
         return _jsonable({**subject_requests.report(self.db, self.settings, now),
                           "breaches_overdue": breaches.overdue(self.db, now)})
 
+    @rpc(expected_exceptions=DomainError)
+    def admin_list_requests(self, actor, query=None) -> dict:
+        """``GET /v1/admin/privacy-requests``: requests with their due dates,
+        overdue first."""
+        self._require_operator(actor)
+        data = load_rpc(c.OperatorRequestQuery, query)
+        found = subject_requests.for_operators(self.db, utcnow(), data["status"] == "open")
+        return c.OperatorRequests().dump({"items": found})
+
+    @rpc(expected_exceptions=DomainError)
+    def admin_breaches(self, actor) -> dict:
+        """``GET /v1/admin/breaches``: :meth:`breach_list` for an operator, the
+        regulator's deadline also as ``authority_deadline``."""
+        self._require_operator(actor)
+        return {"items": [{**incident, "authority_deadline": incident["deadline_at"]}
+                          for incident in self.breach_list()["items"]]}
+
     # ------------------------------------------------------------ breaches (operators)
 
     @rpc(expected_exceptions=DomainError)

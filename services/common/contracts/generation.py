@@ -310,6 +310,8 @@ class FindJobs(RpcSchema):
     since = fields.AwareDateTime(load_default=None)
     reason = fields.String(load_default=None, validate=validate.Length(max=100))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+    order = fields.String(load_default="oldest", validate=validate.OneOf(("oldest", "newest")),
+                          metadata={"description": "by last change: oldest or newest first"})
 
 
 # ---------------------------------------------------------------- answers

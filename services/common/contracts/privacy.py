@@ -456,3 +456,61 @@ class BreachReport(RpcSchema):
                            required=True, validate=validate.Length(min=1))
     consequences = fields.List(fields.String(validate=validate.Length(min=1, max=2000)),
                                load_default=list)
+
+
+class BreachView(RpcSchema):
+    """An incident as operators see it (services/privacy/breaches.py ``view``)."""
+
+    id = fields.UUID(required=True)
+    summary = fields.String(required=True)
+    categories = fields.List(fields.String(), required=True)
+    state = fields.String(required=True, metadata={"description": "open | reported"})
+    detected_at = fields.AwareDateTime(required=True)
+    opened_at = fields.AwareDateTime(required=True)
+    deadline_at = fields.AwareDateTime(required=True, metadata={
+        "description": "the regulator's deadline: detected_at + 72 hours"})
+    authority_deadline = fields.AwareDateTime(required=True, metadata={
+        "description": "the same deadline (the console's name for it)"})
+    hours_left = fields.Float(allow_none=True, metadata={
+        "description": "until the deadline, while open (negative once it passed)"})
+    overdue = fields.Boolean(required=True, metadata={
+        "description": "still open 48 hours after detection"})
+    affected = fields.Integer(required=True, metadata={"description": "people affected"})
+    records = fields.Integer(required=True)
+    affected_at = fields.AwareDateTime(allow_none=True)
+    notified_at = fields.AwareDateTime(allow_none=True)
+    reported_at = fields.AwareDateTime(allow_none=True)
+    notices = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
+                          metadata={"description": "notices by state"})
+
+
+class BreachList(RpcSchema):
+    items = fields.List(fields.Nested(BreachView), required=True)
+
+
+# ---------------------------------------------------------------- operators
+
+OPERATOR_REQUEST_FILTERS = ("open", "all")
+
+
+class OperatorRequestQuery(RpcSchema):
+    """``GET /v1/admin/privacy-requests?status=open|all``"""
+
+    status = fields.String(load_default="open", validate=validate.OneOf(OPERATOR_REQUEST_FILTERS),
+                           metadata={"description": "open (not completed or cancelled) or all"})
+
+
+class OperatorRequest(RpcSchema):
+    id = fields.UUID(required=True)
+    user_id = fields.UUID(allow_none=True, required=True, metadata={
+        "description": "null once the account is erased"})
+    kind = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    created_at = fields.AwareDateTime(required=True)
+    due_at = fields.AwareDateTime(required=True)
+    overdue = fields.Boolean(required=True)
+    completed_at = fields.AwareDateTime(allow_none=True, required=True)
+
+
+class OperatorRequests(RpcSchema):
+    items = fields.List(fields.Nested(OperatorRequest), required=True)
