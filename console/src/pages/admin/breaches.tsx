@@ -41,7 +41,7 @@ export function AdminBreaches({ path }: { path: string }) {
               <code>{i.id}</code> · {i.categories.join(", ")} · detected {formatDate(i.detected_at)}
               <br />
               <strong>report by {formatDate(i.authority_deadline || i.deadline_at)}</strong>
-              {typeof i.hours_left === "number" && ` (${i.hours_left} h left)`}
+              {typeof i.hours_left === "number" && (i.hours_left >= 0 ? ` (${i.hours_left} h left)` : ` (${-i.hours_left} h past)`)}
               {i.reported_at && ` · reported ${formatDate(i.reported_at)}`}
               {typeof i.affected === "number" && ` · ${i.affected} affected user(s)`}
               {i.notices && Object.keys(i.notices).length > 0 && ` · notices: ${Object.entries(i.notices).map(([k, v]) => `${v} ${k}`).join(", ")}`}

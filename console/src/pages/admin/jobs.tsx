@@ -18,7 +18,8 @@ export interface AdminJob {
   created_at: string;
   finished_at: string | null;
   error: { code: string; message: string } | null;
-  prompt: string | null;
+  prompt?: string | null;
+  prompt_redacted?: boolean;
 }
 
 const STATUSES = ["failed", "queued", "reserved", "running", "succeeded", "rejected", "cancelled"];
@@ -58,9 +59,13 @@ function JobItem({ initial }: { initial: AdminJob }) {
           <code class="error-code">{job.error.code}</code> {job.error.message}
         </p>
       )}
-      <p class="prompt">
-        Prompt: {job.prompt === null ? <em>redacted</em> : job.prompt}
-      </p>
+      {job.prompt_redacted ? (
+        <p class="prompt">
+          Prompt: <em>redacted</em>
+        </p>
+      ) : (
+        job.prompt && <p class="prompt">Prompt: {job.prompt}</p>
+      )}
       <ErrorMessage error={replay.error || cancel.error} />
       {done && <Notice>{done}</Notice>}
       <div class="actions">

@@ -7,7 +7,7 @@ import { AdminLayout, Empty, Flag } from "./common";
 
 interface PrivacyRequest {
   id: string;
-  user_id: string;
+  user_id: string | null;
   kind: string;
   status: string;
   created_at: string;
@@ -57,7 +57,14 @@ export function AdminPrivacyRequests({ path }: { path: string }) {
               {r.overdue && <Flag>overdue</Flag>}
             </div>
             <p class="meta">
-              user <code>{r.user_id}</code> · asked {formatDate(r.created_at)} · <strong>due {formatDate(r.due_at)}</strong>
+              {r.user_id ? (
+                <>
+                  user <code>{r.user_id}</code>
+                </>
+              ) : (
+                "account erased"
+              )}{" "}
+              · asked {formatDate(r.created_at)} · <strong>due {formatDate(r.due_at)}</strong>
               {r.completed_at && <> · completed {formatDate(r.completed_at)}</>}
             </p>
           </li>
