@@ -3,7 +3,8 @@ real /v1/admin API: an administrator (granted with ``darkroom-ops users
 grant-admin``, signed in with the password and a TOTP code computed from the
 otpauth URI the grant printed) replays a job that failed at the fake video
 vendor and sees it succeed, the owner charged once; every operator page with
-axe and a screenshot (docs/console.md), one on a phone; a user disabled and
+axe and a screenshot (docs/console.md), one on a phone; a dead letter peeked
+and replayed from the page (its handler fails it again); a user disabled and
 enabled again after a confirmation, the API's refusal to disable oneself shown
 with its code; and a person who is not an administrator told so."""
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pyotp
 import pytest
 
 from tests.conftest import wait_for
 from tests.e2e.console.conftest import PHONE, eventually
+from services.common.messaging import dlq_name
 from tests.e2e.stack import PASSWORD, refused_within, verified_login
+from tests.e2e.test_admin import NOTIFICATIONS_QUEUE, _dead_letter, _take
 from tests.e2e.test_generation import (FINAL, SIGNUP_GRANT, finished, job, ledger_kinds, ops,
                                        settled, submit, upload_png)
 
@@ -72,7 +76,7 @@ def failed_job(stack, owner) -> dict:
     try:
         created = submit(stack, owner["token"], {
             "type": "image-to-video", "source_image_id": upload_png(stack, owner["token"]),
-            "duration_s": 2, "model": "video"})
+            "prompt": "a slow pan over the bay", "duration_s": 2, "model": "video"})
         failed = finished(stack, owner["token"], created["id"])
     finally:
         stack.video.outcome = "succeeded"
@@ -92,6 +96,7 @@ def test_an_admin_replays_a_failed_job(stack, open_console, admin, owner):
     error = item.get_by_test_id("job-error").inner_text()
     assert failed["error"]["code"] in error and failed["error"]["message"] in error
     assert owner["id"] in item.inner_text()  # whose job it is
+    assert "Prompt: a slow pan over the bay" in item.inner_text()
     console.visit("admin-jobs")
 
     item.get_by_role("button", name=f"Replay job {failed['id']}").click()
@@ -130,11 +135,30 @@ def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_consol
     page = console.page
     sign_in_with_totp(console, admin)
 
-    console.goto("/admin/dead-letters")
-    console.heading("Dead letters")
-    page.get_by_role("list", name="Dead-letter queues").or_(page.locator(".empty")).first.wait_for()
-    assert page.get_by_test_id("unavailable").count() == 0  # every service answered
-    console.visit("admin-dead-letters")
+    # dead letters: one that notifications gave up on, peeked, replayed from the page
+    amqp_uri, marker = stack.env["AMQP_URI"], f"console-{uuid.uuid4().hex}"
+    _dead_letter(amqp_uri, marker)
+    try:
+        console.goto("/admin/dead-letters")
+        console.heading("Dead letters")
+        queue = page.get_by_test_id("dead-letter-queue").filter(has_text=dlq_name(NOTIFICATIONS_QUEUE))
+        letter = queue.get_by_test_id("dead-letter").filter(has_text=marker)
+        assert "privacy.consent_changed" in letter.inner_text()
+        assert "ValidationError: boom" in letter.inner_text() and "0 replay(s)" in letter.inner_text()
+        assert page.get_by_test_id("unavailable").count() == 0  # every service answered
+        console.visit("admin-dead-letters")
+        queue.get_by_role("button", name=f"Replay {dlq_name(NOTIFICATIONS_QUEUE)} of notifications").click()
+        assert "sent back to their queue" in queue.get_by_role("status").inner_text()
+        # its handler fails it again (the payload breaks the contract): back, its replay counted
+        def back_with_its_replay() -> bool:
+            page.get_by_role("button", name="Refresh").click()
+            page.wait_for_timeout(500)
+            shown = page.get_by_test_id("dead-letter").filter(has_text=marker).all_inner_texts()
+            return bool(shown) and "1 replay(s)" in shown[0]
+
+        eventually(back_with_its_replay, 30, "the replayed letter dead-lettered again")
+    finally:
+        assert _take(amqp_uri, marker) == 1
 
     console.goto("/admin/privacy-requests?status=all")
     console.heading("Privacy requests")
