@@ -203,19 +203,22 @@ def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_consol
     me.get_by_role("button", name="Yes, disable").click()
     assert "cannot_disable_self" in me.get_by_role("alert").inner_text()
 
-    # a phone: the failed jobs page, the operators' menu by keyboard, no horizontal scroll
+    # a phone: the operators' entry of the menu by keyboard, the privacy requests, no
+    # horizontal scroll
     phone = open_console(viewport=PHONE)
     sign_in_with_totp(phone, admin)
-    phone.goto("/admin/jobs")
-    phone.heading("Failed jobs")
-    phone.page.get_by_role("list", name="Jobs").or_(phone.page.locator(".empty")).first.wait_for()
-    assert phone.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
-    phone.page.get_by_role("link", name="Users").focus()
+    phone.page.get_by_role("button", name="Menu").focus()
     phone.page.keyboard.press("Enter")
-    phone.heading("Users")
-    phone.goto("/admin/jobs")
+    phone.page.get_by_role("link", name="Operators").focus()
+    phone.page.keyboard.press("Enter")
     phone.heading("Failed jobs")
-    phone.visit("admin-jobs-phone")
+    phone.page.get_by_role("link", name="Privacy requests").focus()
+    phone.page.keyboard.press("Enter")
+    phone.heading("Privacy requests")
+    phone.page.get_by_role("button", name="All").click()
+    phone.page.get_by_test_id("privacy-request").filter(has_text=asked.json()["id"]).wait_for()
+    assert phone.page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    phone.visit("admin-privacy-requests-phone")
 
 
 def test_someone_not_an_administrator_is_told_so(stack, open_console):
