@@ -2,8 +2,10 @@
 real /v1/admin API: an administrator (granted with ``darkroom-ops users
 grant-admin``, signed in with the password and a TOTP code computed from the
 otpauth URI the grant printed) replays a job that failed at the fake video
-vendor and sees it succeed, the owner charged once; every operator page with
-axe and a screenshot (docs/console.md), one on a phone; a dead letter peeked
+vendor and sees it succeed, the owner charged once; cancels a job waiting for
+the run slot, and is shown the API's refusal to cancel a running one; every
+operator page with axe and a screenshot (docs/console.md), one on a phone; a
+dead letter peeked
 and replayed from the page (its handler fails it again); a user disabled and
 enabled again after a confirmation, the API's refusal to disable oneself shown
 with its code; and a person who is not an administrator told so."""
@@ -121,6 +123,40 @@ def test_an_admin_replays_a_failed_job(stack, open_console, admin, owner):
     page.get_by_role("button", name="Refresh").click()
     eventually(lambda: page.locator(f"[data-job-id='{failed['id']}']").count() == 0, 20,
                "the job gone from the failed ones")
+
+
+def test_an_admin_cancels_a_waiting_job_and_is_refused_a_running_one(stack, open_console, admin,
+                                                                     owner):
+    console = open_console()
+    page = console.page
+    sign_in_with_totp(console, admin)
+    token = owner["token"]
+    body = {"type": "image-to-video", "source_image_id": upload_png(stack, token),
+            "duration_s": 2, "model": "video"}
+    stack.video.outcome = "never"  # the first job holds the only run slot until told
+    try:
+        first = submit(stack, token, body)
+        wait_for(lambda: job(stack, token, first["id"])["status"] == "running", 20, 0.1, "running")
+        second = submit(stack, token, body)
+        wait_for(lambda: job(stack, token, second["id"])["status"] == "reserved", 20, 0.1,
+                 "the second job waiting with its hold")
+        console.goto("/admin/jobs?status=reserved")
+        console.heading("Failed jobs")
+        waiting = page.locator(f"[data-testid=admin-job][data-job-id='{second['id']}']")
+        waiting.get_by_role("button", name=f"Cancel job {second['id']}").click()
+        assert "Cancelled: now cancelled" in waiting.get_by_role("status").inner_text()
+        assert job(stack, token, second["id"])["status"] == "cancelled"
+        # a job that has started cannot be: the API's refusal shown on the job
+        console.goto("/admin/jobs?status=running")
+        console.heading("Failed jobs")
+        running = page.locator(f"[data-testid=admin-job][data-job-id='{first['id']}']")
+        running.get_by_role("button", name=f"Cancel job {first['id']}").click()
+        assert "not_cancellable" in running.get_by_role("alert").inner_text()
+        console.visit("admin-jobs-refused", shot=False)
+    finally:
+        stack.video.outcome = "succeeded"
+    assert finished(stack, token, first["id"])["status"] == "succeeded"
+    assert settled(stack, token)["available"] == SIGNUP_GRANT - 10  # the second's hold released
 
 
 def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_console, admin, owner):
