@@ -5,10 +5,10 @@ otpauth URI the grant printed) replays a job that failed at the fake video
 vendor and sees it succeed, the owner charged once; cancels a job waiting for
 the run slot, and is shown the API's refusal to cancel a running one; every
 operator page with axe and a screenshot (docs/console.md), one on a phone; a
-dead letter peeked
-and replayed from the page (its handler fails it again); a user disabled and
-enabled again after a confirmation, the API's refusal to disable oneself shown
-with its code; and a person who is not an administrator told so."""
+dead letter peeked and replayed from the page (its handler fails it again); a
+user disabled and enabled again after a confirmation, the API's refusal to
+disable oneself shown with its code; and a person who is not an administrator
+told so."""
 
 from __future__ import annotations
 
