@@ -3,8 +3,8 @@ privacy requests, users and breach incidents, for the web console's operator
 pages, over the services' ``admin_*`` RPCs.
 
 Only an administrator signed in with a session gets past
-:func:`~gateway.auth.require_operator` (403 ``admin_required`` for anyone
-else, an API key included); each RPC takes the caller's user id (the actor)
+:func:`~gateway.auth.require_operator`, before the request is even parsed
+(403 ``admin_required`` for anyone else, an API key included); each RPC takes the caller's user id (the actor)
 first and the service checks it again with auth before it acts
 (services/common/operators.py). Nothing is decided here. Every answer is
 ``Cache-Control: no-store``.
@@ -46,9 +46,9 @@ def as_operator(schema, method: str, *args):
 
 
 @admin_blp.route("/jobs", methods=["GET"])
+@require_operator
 @admin_blp.arguments(c.JobQuery, location="query")
 @admin_blp.response(200, c.JobList)
-@require_operator
 def jobs(query):
     """Jobs by status (failed unless told), last change and error code, newest
     change first, with their error and owner"""
@@ -58,9 +58,9 @@ def jobs(query):
 
 
 @admin_blp.route("/jobs/<uuid:job_id>/replay", methods=["POST"])
+@require_operator
 @admin_blp.response(200, generation_contracts.OpsJobView)
 @errors(403, 409)
-@require_operator
 def replay_job(job_id):
     """Replay a failed job as a new attempt (billed again, released or captured like
     any other: a job that then succeeds is charged once); 409 not_replayable"""
@@ -68,9 +68,9 @@ def replay_job(job_id):
 
 
 @admin_blp.route("/jobs/<uuid:job_id>/cancel", methods=["POST"])
+@require_operator
 @admin_blp.response(200, generation_contracts.OpsJobView)
 @errors(403, 409)
-@require_operator
 def cancel_job(job_id):
     """Cancel any account's job that has not started (its hold released); 409
     not_cancellable"""
@@ -97,8 +97,8 @@ def _dead_letters_of(pool, service: str, actor: str, correlation: str | None):
 
 
 @admin_blp.route("/dead-letters", methods=["GET"])
-@admin_blp.response(200, c.DeadLetters)
 @require_operator
+@admin_blp.response(200, c.DeadLetters)
 def dead_letters():
     """Every service's non-empty dead-letter queues, each with up to 10 letters
     (peeked: they stay queued; no bodies); services that did not answer are named
@@ -114,9 +114,9 @@ def dead_letters():
 
 
 @admin_blp.route("/dead-letters/<string:service>/<string:queue>/replay", methods=["POST"])
+@require_operator
 @admin_blp.response(200, c.DeadLettersReplayed)
 @errors(403)
-@require_operator
 @admin_blp.arguments(c.ReplayDeadLetters, required=False)
 def replay_dead_letters(payload, service, queue):
     """Replay a service's dead-letter queue (dlq.<queue>) to the queue that failed
@@ -132,9 +132,9 @@ def replay_dead_letters(payload, service, queue):
 
 
 @admin_blp.route("/privacy-requests", methods=["GET"])
+@require_operator
 @admin_blp.arguments(privacy_contracts.OperatorRequestQuery, location="query")
 @admin_blp.response(200, privacy_contracts.OperatorRequests)
-@require_operator
 def privacy_requests(query):
     """Privacy requests with their due dates (open ones unless status=all), the
     overdue first, then by due date"""
@@ -142,8 +142,8 @@ def privacy_requests(query):
 
 
 @admin_blp.route("/breaches", methods=["GET"])
-@admin_blp.response(200, privacy_contracts.BreachList)
 @require_operator
+@admin_blp.response(200, privacy_contracts.BreachList)
 def breaches():
     """Breach incidents with the regulator's deadline (detection + 72 hours): open
     ones first, nearest deadline first"""
@@ -154,18 +154,18 @@ def breaches():
 
 
 @admin_blp.route("/users", methods=["GET"])
+@require_operator
 @admin_blp.arguments(auth_contracts.UserQuery, location="query")
 @admin_blp.response(200, auth_contracts.OperatorUserPage)
-@require_operator
 def users(query):
     """Accounts, newest first; email: only the addresses containing it"""
     return as_operator(auth_contracts.OperatorUserPage, "auth.admin_list_users", given(query))
 
 
 @admin_blp.route("/users/<uuid:user_id>/disable", methods=["POST"])
+@require_operator
 @admin_blp.response(200, auth_contracts.UserDisabled)
 @errors(403, 409)
-@require_operator
 def disable_user(user_id):
     """Disable an account: it cannot sign in, and every session and API key it has
     is revoked; 409 cannot_disable_self for the caller's own"""
@@ -173,9 +173,9 @@ def disable_user(user_id):
 
 
 @admin_blp.route("/users/<uuid:user_id>/enable", methods=["POST"])
+@require_operator
 @admin_blp.response(200, auth_contracts.UserDisabled)
 @errors(403)
-@require_operator
 def enable_user(user_id):
     """Enable a disabled account again (it signs in afresh: revoked credentials
     stay revoked)"""

@@ -95,6 +95,16 @@ REFUSALS: dict[tuple[str, str], dict[tuple[int, str, str | None], str]] = {
                                                  "the service may call (GENERATION_WEBHOOK_ALLOW)",
         (422, "content_policy_violation", None): "the prompt meets the moderation policy",
         (400, "unknown_model", None): "the models are the operator's (GET /v1/models)"},
+    # the fuzzing user is no administrator: the operators' API refuses it first
+    # (tests/e2e/test_admin.py drives it as an administrator)
+    **{operation: {(403, "admin_required", None): "only an administrator's session operates"}
+       for operation in (
+           ("GET", "/v1/admin/jobs"), ("POST", "/v1/admin/jobs/{job_id}/replay"),
+           ("POST", "/v1/admin/jobs/{job_id}/cancel"), ("GET", "/v1/admin/dead-letters"),
+           ("POST", "/v1/admin/dead-letters/{service}/{queue}/replay"),
+           ("GET", "/v1/admin/privacy-requests"), ("GET", "/v1/admin/users"),
+           ("POST", "/v1/admin/users/{user_id}/disable"),
+           ("POST", "/v1/admin/users/{user_id}/enable"), ("GET", "/v1/admin/breaches"))},
     **{("GET", path): {(400, "invalid_request", "cursor"): CURSOR} for path in (
         "/v1/me/api-keys", "/v1/me/sessions", "/v1/me/passkeys", "/v1/images", "/v1/billing/ledger",
         "/v1/billing/orders", "/v1/generations", "/v1/privacy/requests",

@@ -149,8 +149,8 @@ def offered(cls: type) -> dict[str, list[tuple]]:
 
 def called_by_gateway(service: str) -> set[str]:
     """The RPCs gateway/ calls on ``service``: ``proxy.<service>.<rpc>(`` (or ``rpc.…``),
-    or ``call(...)``/``for_caller(...)`` naming ``"<service>.<rpc>"``."""
-    call = re.compile(rf"\b(?:proxy|rpc)\.{service}\.(\w+)\(|\b(?:call|for_caller)\("
+    or ``call(...)``/``for_caller(...)``/``as_operator(...)`` naming ``"<service>.<rpc>"``."""
+    call = re.compile(rf"\b(?:proxy|rpc)\.{service}\.(\w+)\(|\b(?:call|for_caller|as_operator)\("
                       rf"[^\"()]*\"{service}\.(\w+)\"")
     return {direct or named for path in (ROOT / "gateway").rglob("*.py")
             for direct, named in call.findall(path.read_text())}

@@ -19,8 +19,12 @@ class Since(fields.String):
     """An age before now (``30m``, ``2h``, ``3d``; s, m, h, d, w) or an
     ISO-8601 time (UTC without an offset), loaded as an aware datetime."""
 
+    MAX = 64
+
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
+        if not 1 <= len(text) <= self.MAX:
+            raise ValidationError(f"Length must be between 1 and {self.MAX}.")
         try:
             return parse_since(text)
         except (ValueError, OverflowError):
@@ -33,8 +37,9 @@ class JobQuery(RpcSchema):
     status = fields.String(load_default="failed",
                            validate=validate.OneOf([state.value for state in JobState]),
                            metadata={"description": "the jobs' status (default failed)"})
-    since = Since(load_default=None, validate=validate.Length(min=1, max=64), metadata={
-        "description": "changed since: an age (30m, 2h, 3d) or an ISO-8601 time"})
+    since = Since(load_default=None, metadata={
+        "description": "changed since: an age (30m, 2h, 3d) or an ISO-8601 time",
+        "minLength": 1, "maxLength": Since.MAX})
     reason = fields.String(load_default=None, validate=validate.Length(min=1, max=100),
                            metadata={"description": "the error code (error.code)"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=JOBS_LIMIT_MAX))

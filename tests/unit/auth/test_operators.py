@@ -5,6 +5,8 @@ or user."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import select
 
@@ -90,3 +92,31 @@ def test_a_prefix_two_live_keys_share_is_ambiguous(db, now, alice):
         operators.revoke_keys(db, {"prefix": "drk_samesame"}, now)
     assert info.value.code == "ambiguous_prefix" and info.value.status == 409
     assert sorted(info.value.details["key_ids"]) == sorted(str(k["id"]) for k in made)
+
+
+# ------------------------------------------------------------ who may operate (the HTTP API)
+
+
+def test_only_an_enabled_administrator_may_operate(db, settings, now, alice):
+    def refused(user_id) -> tuple[int, str]:
+        error = error_of(operators.require_operator, db, user_id)
+        return error.status, error.code
+
+    # an unknown account, a malformed id, nothing: the same answer
+    for nobody in (str(uuid.uuid4()), "not-an-id", None, 7):
+        assert refused(nobody) == (403, "admin_required")
+    assert refused(str(alice.id)) == (403, "admin_required")  # not an administrator
+    accounts.set_admin(db, settings, "alice@example.com", True, now)
+    db.commit()
+    assert operators.require_operator(db, str(alice.id)) is alice
+    operators.set_disabled(db, alice, True, now)  # disabled: no longer
+    assert refused(str(alice.id)) == (403, "admin_required")
+
+
+def test_an_operator_does_not_disable_their_own_account(db, settings, now, alice):
+    bob = accounts.register(db, settings, "bob@example.org", PASSWORD, "Bob", IP, now).user
+    db.commit()
+    error = error_of(operators.check_not_self, alice, alice, True)
+    assert (error.status, error.code) == (409, "cannot_disable_self")
+    operators.check_not_self(alice, alice, False)  # enabling oneself: nothing to refuse
+    operators.check_not_self(alice, bob, True)

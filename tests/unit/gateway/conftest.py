@@ -14,7 +14,7 @@ import pytest
 from gateway.app import create_app
 from services.auth.tokens import is_api_key
 from services.common import signing
-from services.common.errors import DomainError
+from services.common.errors import DomainError, admin_required, not_found
 from services.common.observability import correlation_id
 from tests.sealed import plaintext
 
@@ -28,6 +28,9 @@ KEY_ID = "01900000-0000-7000-8000-00000000b001"
 UNVERIFIED_SESSION_ID = "01900000-0000-7000-8000-00000000a002"
 IDENTITY_ID = "01900000-0000-7000-8000-00000000c001"
 
+ADMIN_ID = "01900000-0000-7000-8000-000000000009"
+ADMIN_SESSION_ID = "01900000-0000-7000-8000-00000000a009"
+ADMIN_TOKEN = "session-token-admin"
 TOKEN = "session-token-verified"
 API_KEY = "drk_verified_apikey-verified"
 UNVERIFIED_TOKEN = "session-token-unverified"
@@ -124,6 +127,8 @@ class FakeAuth(FakeRpcService):
         super().__init__()
         self.credentials = {
             ("token", TOKEN): principal(USER_ID, "session", SESSION_ID),
+            ("token", ADMIN_TOKEN): {**principal(ADMIN_ID, "session", ADMIN_SESSION_ID),
+                                     "is_admin": True},
             ("api_key", API_KEY): principal(USER_ID, "api_key", KEY_ID),
             ("token", UNVERIFIED_TOKEN): principal(UNVERIFIED_ID, "session", UNVERIFIED_SESSION_ID, False),
         }
@@ -223,6 +228,30 @@ class FakeAuth(FakeRpcService):
 
     def rpc_revoke_api_key(self, user_id, key_id):
         return None
+
+    # the operators' RPCs: ADMIN_ID may operate (auth's rule), nobody else
+
+    def rpc_admin_list_users(self, actor, query=None):
+        self._operator(actor)
+        return {"items": [{**user(), "disabled_at": None, "updated_at": NOW,
+                           "sessions_active": 1, "api_keys_active": 0}], "next_cursor": None}
+
+    def rpc_admin_disable_user(self, actor, user_id):
+        self._operator(actor)
+        if user_id == actor:
+            raise DomainError("cannot_disable_self", "you cannot disable your own account", 409)
+        return {"user_id": user_id, "email": "ada@example.com", "disabled": True,
+                "sessions_revoked": 1, "api_keys_revoked": 0}
+
+    def rpc_admin_enable_user(self, actor, user_id):
+        self._operator(actor)
+        return {"user_id": user_id, "email": "ada@example.com", "disabled": False,
+                "sessions_revoked": 0, "api_keys_revoked": 0}
+
+    @staticmethod
+    def _operator(actor):
+        if actor != ADMIN_ID:
+            raise admin_required()
 
     def rpc_list_sessions(self, user_id, current_session_id=None, page=None):
         return {
@@ -395,9 +424,24 @@ class FakeStorage(FakeRpcService):
 
 
 class FakeService:
+    """Any service, with what every service has (services/common/service.py):
+    ``ping`` and its operators' dead letters (``dead_letters``: its non-empty
+    queues; ``operators``: the actors auth would let through)."""
+
     def __init__(self, name: str, healthy: bool = True):
         self.name = name
         self.healthy = healthy
+        self.dead = []
+        self.operators = {ADMIN_ID}
+        self.replayed: list[tuple[str, str, int | None]] = []
+
+    def _check(self, actor):
+        if not self.healthy:
+            from gateway.rpc import ServiceUnavailable
+
+            raise ServiceUnavailable()
+        if actor not in self.operators:
+            raise admin_required()
 
     def ping(self):
         if not self.healthy:
@@ -405,6 +449,17 @@ class FakeService:
 
             raise ServiceUnavailable()
         return {"service": self.name, "ok": True}
+
+    def admin_dead_letters(self, actor):
+        self._check(actor)
+        return {"service": self.name, "items": list(self.dead)}
+
+    def admin_replay_dead_letters(self, actor, queue, limit=None):
+        self._check(actor)
+        if queue not in [q["queue"] for q in self.dead]:
+            raise not_found("dead-letter queue")
+        self.replayed.append((actor, queue, limit))
+        return {"service": self.name, "queue": queue, "replayed": limit or 1}
 
 
 class FakePrivacy(FakeService):

@@ -15,8 +15,9 @@ from gateway.api import generation as generation_api
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts import load_rpc
 from services.common.contracts.generation import SubmitJob
-from services.common.errors import DomainError, rate_limited
+from services.common.errors import DomainError, admin_required, rate_limited
 from tests.unit.gateway.conftest import (
+    ADMIN_ID,
     APIKEY,
     BEARER,
     NOW,
@@ -180,6 +181,32 @@ class FakeGeneration(FakeRpcService):
                               {"status": job["status"]})
         job.update(status="cancelled", stage="cancelled", queue_position=None)
         return self._view(job)
+
+    # the operators' (tests/unit/gateway/test_admin_api.py): any account's jobs
+
+    def _operated(self, actor: str, job_id: str) -> dict:
+        if actor != ADMIN_ID:
+            raise admin_required()
+        if job_id not in self.jobs:
+            raise DomainError("not_found", "job not found", 404)
+        return self.jobs[job_id]
+
+    def rpc_admin_find_jobs(self, actor, query=None):
+        self._operated(actor, next(iter(self.jobs), ""))
+        return {"items": [{**self._view(j), "user_id": j["owner"]} for j in self.jobs.values()
+                          if j["status"] == (query or {}).get("status", j["status"])]}
+
+    def rpc_admin_replay_job(self, actor, job_id):
+        job = self._operated(actor, job_id)
+        if job["status"] != "failed":
+            raise DomainError("not_replayable", "only a failed job is replayed", 409)
+        job.update(status="queued", attempt=job["attempt"] + 1, error=None)
+        return {**self._view(job), "user_id": job["owner"]}
+
+    def rpc_admin_cancel_job(self, actor, job_id):
+        job = self._operated(actor, job_id)
+        job.update(status="cancelled")
+        return {**self._view(job), "user_id": job["owner"]}
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import pytest
 from gateway.api import accounts
 from gateway.app import create_app
 from gateway.rpc import ServiceUnavailable
-from services.common.errors import DomainError, not_found
+from services.common.errors import DomainError, admin_required, not_found
 from tests.unit.gateway.conftest import (
+    ADMIN_ID,
     API_KEY,
     BASE_CONFIG,
     BEARER,
@@ -81,6 +82,18 @@ class FakePrivacy(FakeRpcService):
 
     def rpc_policy_status(self, user_id):
         return dict(self.status)
+
+    def rpc_admin_list_requests(self, actor, query=None):
+        if actor != ADMIN_ID:
+            raise admin_required()
+        return {"items": [{"id": REQUEST_ID, "user_id": USER_ID, "kind": "export",
+                           "status": "failed", "created_at": NOW, "due_at": NOW,
+                           "overdue": True, "completed_at": None, "parts": "never shown"}]}
+
+    def rpc_admin_breaches(self, actor):
+        if actor != ADMIN_ID:
+            raise admin_required()
+        return {"items": []}
 
     def rpc_get_retention(self):
         return {"items": [{"service": "privacy", "data": "access logs", "kept": "180 days",

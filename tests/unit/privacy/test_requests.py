@@ -468,3 +468,24 @@ def test_overdue_requests_come_first_in_the_report(db, settings, events, user):
     assert [r["id"] for r in report["open"]] == [str(old.id), str(new.id)]
     assert [r["overdue"] for r in report["open"]] == [True, False]
     assert "user_id" not in json.dumps(report, default=str)
+
+
+def test_operators_see_requests_overdue_first_then_by_due_date(db, settings, events, user):
+    """``GET /v1/admin/privacy-requests``: the same urgency as the report, with
+    whose each request is; closed ones only when asked for."""
+    made = {}
+    for kind, age in (("export", 1), ("restriction", 40), ("erasure", 35)):
+        request = create(db, settings, events, user, kind, now=NOW - timedelta(days=age))
+        made[kind] = str(request.id)
+    done = db.get(PrivacyRequest, uuid.UUID(made["restriction"]))
+    done.status, done.open_type, done.completed_at = "completed", None, NOW
+    db.commit()
+    now = NOW
+    listed = subject_requests.for_operators(db, now)
+    assert [r["id"] for r in listed] == [made["erasure"], made["export"]]
+    assert [r["overdue"] for r in listed] == [True, False]
+    assert listed[0]["user_id"] == str(user) and listed[0]["kind"] == "erasure"
+    every = subject_requests.for_operators(db, now, open_only=False)
+    # the completed one is not overdue, whatever its due date: after the open overdue one
+    assert [r["id"] for r in every] == [made["erasure"], made["restriction"], made["export"]]
+    assert every[1]["completed_at"] == NOW
