@@ -217,9 +217,11 @@ def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_consol
     page.get_by_label("Email (part or whole)").fill(owner["email"].split("@")[0])
     page.get_by_role("button", name="Find").click()
     page.wait_for_url("**/admin/users?email=*")
+    found = page.get_by_test_id("admin-user")
+    eventually(lambda: found.count() == 1 and owner["email"] in found.inner_text(), 20,
+               "the owner alone, found by part of the address")
     user = page.locator(f"[data-testid=admin-user][data-email='{owner['email']}']")
     user.get_by_role("button", name=f"Disable {owner['email']}").click()
-    assert page.get_by_test_id("admin-user").count() == 1  # found by part of the address
     user.get_by_role("group", name=f"Confirm: disable {owner['email']}").wait_for()
     console.visit("admin-users")
     user.get_by_role("button", name="Yes, disable").click()

@@ -109,8 +109,10 @@ export function AdminUsers({ path, me }: { path: string; me: Me }) {
           e.preventDefault();
           setEarlier([]);
           setCursor("");
+          users.setData(null); // no stale answer shown as this search's
           const value = search.trim();
-          navigate(value ? `/admin/users?email=${encodeURIComponent(value)}` : "/admin/users", { replace: true });
+          if (value === email && !cursor) users.reload();
+          else navigate(value ? `/admin/users?email=${encodeURIComponent(value)}` : "/admin/users", { replace: true });
         }}
       >
         <Field label="Email (part or whole)" name="email" type="search" value={search} onValue={setSearch} />
