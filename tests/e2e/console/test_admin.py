@@ -221,12 +221,16 @@ def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_consol
     eventually(lambda: found.count() == 1 and owner["email"] in found.inner_text(), 20,
                "the owner alone, found by part of the address")
     user = page.locator(f"[data-testid=admin-user][data-email='{owner['email']}']")
-    user.get_by_role("button", name=f"Disable {owner['email']}").click()
+    focused = "() => document.activeElement.getAttribute('aria-label') || document.activeElement.textContent"
+    user.get_by_role("button", name=f"Disable {owner['email']}").focus()  # by keyboard
+    page.keyboard.press("Enter")
     user.get_by_role("group", name=f"Confirm: disable {owner['email']}").wait_for()
+    assert page.evaluate(focused) == "Yes, disable"  # the focus goes to the question
     console.visit("admin-users")
-    user.get_by_role("button", name="Yes, disable").click()
+    page.keyboard.press("Enter")
     user.get_by_role("status").filter(has_text="Disabled:").wait_for()
     assert "disabled" in user.inner_text()
+    assert page.evaluate(focused) == f"Enable {owner['email']}"  # and back after it
     refused_within(stack, 30, token=owner["token"])
     user.get_by_role("button", name=f"Enable {owner['email']}").click()
     user.get_by_role("button", name="Yes, enable").click()

@@ -1,6 +1,6 @@
 // Users: found by (part of) their address, disabled or enabled again after a
 // confirmation (disabling signs them out and revokes their API keys).
-import { useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { api, Page } from "../../api";
 import { navigate, useLocation } from "../../router";
 import type { Me } from "../../session";
@@ -33,6 +33,16 @@ interface Disabled {
 function UserItem({ initial, me }: { initial: OperatorUser; me: Me }) {
   const [user, setUser] = useState(initial);
   const [confirming, setConfirming] = useState(false);
+  // the keyboard's focus follows the question: to its first answer when it opens,
+  // back to the button that asked it when it closes
+  const toggle = useRef<HTMLButtonElement>(null);
+  const answer = useRef<HTMLButtonElement>(null);
+  const opened = useRef(false);
+  useEffect(() => {
+    if (confirming) answer.current?.focus();
+    else if (opened.current) toggle.current?.focus();
+    opened.current = opened.current || confirming;
+  }, [confirming]);
   const [done, setDone] = useState<string | null>(null);
   const disabled = user.disabled_at !== null;
   const change = useAction(async () => {
@@ -75,7 +85,7 @@ function UserItem({ initial, me }: { initial: OperatorUser; me: Me }) {
             {!disabled && user.id === me.id && " This is your own account."}
           </p>
           <div class="actions">
-            <button type="button" class={disabled ? "small" : "danger small"} disabled={change.busy} onClick={() => change.run()}>
+            <button ref={answer} type="button" class={disabled ? "small" : "danger small"} disabled={change.busy} onClick={() => change.run()}>
               Yes, {action.toLowerCase()}
             </button>
             <button type="button" class="secondary small" onClick={() => setConfirming(false)}>
@@ -84,7 +94,13 @@ function UserItem({ initial, me }: { initial: OperatorUser; me: Me }) {
           </div>
         </div>
       ) : (
-        <button type="button" class={disabled ? "secondary small" : "danger small"} onClick={() => setConfirming(true)} aria-label={`${action} ${user.email}`}>
+        <button
+          ref={toggle}
+          type="button"
+          class={disabled ? "secondary small" : "danger small"}
+          onClick={() => setConfirming(true)}
+          aria-label={`${action} ${user.email}`}
+        >
           {action}…
         </button>
       )}
