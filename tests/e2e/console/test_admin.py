@@ -101,8 +101,11 @@ def test_an_admin_replays_a_failed_job(stack, open_console, admin, owner):
     assert "Prompt: a slow pan over the bay" in item.inner_text()
     console.visit("admin-jobs")
 
-    item.get_by_role("button", name=f"Replay job {failed['id']}").click()
+    item.get_by_role("button", name=f"Replay job {failed['id']}").focus()  # by keyboard
+    page.keyboard.press("Enter")
     item.get_by_role("status").filter(has_text="Replayed: attempt 2").wait_for()
+    # the button is gone with the failed status: the focus is on the outcome
+    assert page.evaluate("() => document.activeElement.textContent").startswith("Replayed")
     # the owner's job runs again and succeeds, charged once
     done = wait_for(lambda: (j := job(stack, owner["token"], failed["id"]))["attempt"] == 2
                     and j["status"] in FINAL and j, 60, 0.2, "the replay")

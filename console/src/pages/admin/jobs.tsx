@@ -1,7 +1,7 @@
 // Failed jobs (or any status): each with its error, replayed or cancelled by
 // an operator (POST /v1/admin/jobs/{id}/replay|cancel), the answer or the
 // API's error shown on the job itself.
-import { useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { api } from "../../api";
 import { navigate, useLocation } from "../../router";
 import { ErrorMessage, formatDate, Notice, useAction, useLoad } from "../../ui";
@@ -41,6 +41,12 @@ function JobItem({ initial }: { initial: AdminJob }) {
     setDone(`Cancelled: now ${answer.status}.`);
   });
   const busy = replay.busy || cancel.busy;
+  // the button pressed may be gone with the job's new status: the keyboard's
+  // focus goes to the outcome instead of the page's start
+  const outcome = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    if (done || replay.error || cancel.error) outcome.current?.focus();
+  }, [done, replay.error, cancel.error]);
   return (
     <li data-testid="admin-job" data-job-id={job.id}>
       <div class="row">
@@ -66,8 +72,10 @@ function JobItem({ initial }: { initial: AdminJob }) {
       ) : (
         job.prompt && <p class="prompt">Prompt: {job.prompt}</p>
       )}
-      <ErrorMessage error={replay.error || cancel.error} />
-      {done && <Notice>{done}</Notice>}
+      <div ref={outcome} tabIndex={-1} class="outcome">
+        <ErrorMessage error={replay.error || cancel.error} />
+        {done && <Notice>{done}</Notice>}
+      </div>
       <div class="actions">
         {job.status === "failed" && (
           <button type="button" class="small" disabled={busy} onClick={() => replay.run()} aria-label={`Replay job ${job.id}`}>
