@@ -1,12 +1,9 @@
-"""Dead-letter queues: list, peek, replay, purge.
+"""Dead-letter queues: list, peek, replay, restamp, purge.
 
-A dead letter is a message :mod:`services.common.messaging` gave up on, in
-``dlq.<queue>`` with its story in ``x-darkroom-*`` headers. Replaying publishes
-it again to the default exchange with ``routing_key`` = the queue that failed,
-so only that consumer sees it again (not every subscriber of the event), with
-its body, content type and ``nameko.*`` headers, without the bookkeeping
-headers, and with ``x-darkroom-replays`` counted; the dead letter is acked only
-once the broker confirmed the publish.
+Any ``dlq.*`` queue of the vhost, found through the RabbitMQ management API;
+what a dead letter is and how a replay goes (to the queue that failed it,
+acked once the broker confirmed) is :mod:`services.common.dlq`, which the
+services' own operators' RPCs use too.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import urllib.parse
 from contextlib import contextmanager
 
 import requests
-from amqp.exceptions import NotFound
 from kombu import Connection
 
 from ops.errors import OpsError
+from services.common.dlq import size
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -49,16 +49,9 @@ def connect(amqp_uri: str):
 
 def message_count(conn: Connection, queue: str) -> int:
     """Ready messages in ``queue``; OpsError if there is no such queue."""
-    channel = conn.channel()
-    try:
-        _, count, _ = channel.queue_declare(queue=queue, passive=True)
-    except NotFound:
-        raise OpsError(f"no queue {queue!r} in vhost {conn.virtual_host!r}") from None
-    finally:
-        try:
-            channel.close()
-        except Exception:  # already closed by the broker's 404
-            pass
+    count = size(conn, queue)
+    if count is None:
+        raise OpsError(f"no queue {queue!r} in vhost {conn.virtual_host!r}")
     return count
 
 

@@ -24,22 +24,28 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Producer
 from nameko.standalone.rpc import ClusterRpcProxy
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from services.auth.totp import code_at, time_step
+from services.common.engine import make_engine
 from services.common.errors import DomainError
 from services.common.messaging import dead_letter_exchange, dlq_name
 from services.privacy.models import PrivacyRequest
 from tests.conftest import wait_for
 from tests.e2e.stack import PASSWORD, refused_within, verified_login
+from tests.e2e.test_generation import (
+    FINAL,
+    SIGNUP_GRANT,
+    balance,
+    failed_by_the_vendor,
+    job,
+    queued_behind_a_slow_one,
+)
 
 pytestmark = pytest.mark.e2e
 
 OPS = str(Path(sys.executable).parent / "darkroom-ops")
 REPO = Path(__file__).resolve().parents[2]
-SIGNUP_GRANT = 50
-FINAL = ("succeeded", "failed", "rejected", "cancelled")
 # a queue of the notifications service's own event handlers
 NOTIFICATIONS_QUEUE = "evt-privacy-consent_changed--notifications.consent_changed"
 
@@ -75,12 +81,6 @@ def user(stack):
             "api_key": registered["api_key"]["key"]}
 
 
-def balance(stack, token) -> dict:
-    response = stack.call("GET", "/v1/billing/balance", token=token)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def as_admin(stack, admin, method: str, path: str, expect: int = 200, **kw) -> dict:
     response = stack.call(method, "/v1/admin" + path, token=admin["token"], **kw)
     assert response.status_code == expect, response.text
@@ -88,34 +88,9 @@ def as_admin(stack, admin, method: str, path: str, expect: int = 200, **kw) -> d
     return response.json()
 
 
-def job(stack, token, job_id: str) -> dict:
-    response = stack.call("GET", f"/v1/generations/{job_id}", token=token)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def finished(stack, token, job_id: str, attempt: int = 1) -> dict:
     return wait_for(lambda: (j := job(stack, token, job_id))["attempt"] == attempt
                     and j["status"] in FINAL and j, 60, 0.2, f"job {job_id} to finish")
-
-
-def submit(stack, token, body: dict) -> dict:
-    response = stack.call("POST", "/v1/generations", token=token, json=body)
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
-def upload_png(stack, token) -> str:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (96, 64), (30, 120, 200)).save(buf, "PNG")
-    response = stack.call("POST", "/v1/uploads", token=token,
-                          files={"file": ("source.png", buf.getvalue(), "image/png")})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
 
 
 # ---------------------------------------------------------------- who may call
@@ -161,14 +136,7 @@ def test_the_services_check_the_actor_themselves(stack, user, admin):
 
 def test_a_failed_job_is_listed_replayed_and_charged_once(stack, user, admin):
     token = user["token"]
-    stack.video.outcome = "failed"
-    try:
-        created = submit(stack, token, {"type": "image-to-video", "source_image_id":
-                                        upload_png(stack, token), "duration_s": 2,
-                                        "model": "video"})
-        failed = finished(stack, token, created["id"])
-    finally:
-        stack.video.outcome = "succeeded"
+    created, failed = failed_by_the_vendor(stack, token)
     assert failed["status"] == "failed"
 
     listed = as_admin(stack, admin, "GET", "/jobs", params={"since": "10m"})["items"]
@@ -201,14 +169,7 @@ def test_a_failed_job_is_listed_replayed_and_charged_once(stack, user, admin):
 
 def test_an_operator_cancels_a_queued_job(stack, user, admin):
     token = user["token"]
-    stack.images.fail_next("hang", "hang")  # the first job holds the only run slot a while
-    first = submit(stack, token, {"type": "text-to-image", "prompt": "a slow one",
-                                  "size": "512x512"})
-    wait_for(lambda: job(stack, token, first["id"])["status"] == "running", 20, 0.1, "running")
-    second = submit(stack, token, {"type": "text-to-image", "prompt": "a queued one",
-                                   "size": "1024x1024"})
-    wait_for(lambda: job(stack, token, second["id"])["status"] == "reserved", 20, 0.1,
-             "the second job waiting with its hold")
+    first, second = queued_behind_a_slow_one(stack, token)
     cancelled = as_admin(stack, admin, "POST", f"/jobs/{second['id']}/cancel")
     assert (cancelled["status"], cancelled["user_id"]) == ("cancelled", user["id"])
     assert finished(stack, token, first["id"])["status"] == "succeeded"
@@ -302,7 +263,7 @@ def test_privacy_requests_are_listed_overdue_first(stack, admin, user):
     """Two open requests put in the privacy database as a month would leave
     them: a failed export overdue since yesterday, and one due in ten days."""
     now = datetime.now(UTC)
-    engine = create_engine(stack.env["PRIVACY_DATABASE_URL"])
+    engine = make_engine(stack.env["PRIVACY_DATABASE_URL"])
     late, later = uuid.uuid4(), uuid.uuid4()
     try:
         with Session(engine) as db:

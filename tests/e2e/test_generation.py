@@ -168,17 +168,37 @@ def test_image_to_video_through_the_async_task_provider(stack, user):
 # ---------------------------------------------------------------- failures
 
 
-def test_an_outage_fails_the_job_releases_its_credits_and_a_replay_charges_once(stack, user):
-    token = user["token"]
+def failed_by_the_vendor(stack, token) -> tuple[dict, dict]:
+    """A 2-second video (10 credits) the video vendor fails: ``(submitted, failed)``
+    (tests/e2e/test_admin.py replays one too)."""
     stack.video.outcome = "failed"
     try:
         # the model named: the route's other vendors would take over (test_vendors.py)
         created = submit(stack, token, {"type": "image-to-video", "source_image_id":
                                         upload_png(stack, token), "duration_s": 2,
                                         "model": "video"})
-        failed = finished(stack, token, created["id"])
+        return created, finished(stack, token, created["id"])
     finally:
         stack.video.outcome = "succeeded"
+
+
+def queued_behind_a_slow_one(stack, token) -> tuple[dict, dict]:
+    """A job running slowly in the only run slot (1 credit) and one (4 credits)
+    waiting with its hold: ``(running, waiting)``."""
+    stack.images.fail_next("hang", "hang")  # the first job holds the only run slot a while
+    first = submit(stack, token, {"type": "text-to-image", "prompt": "a slow one",
+                                  "size": "512x512"})
+    wait_for(lambda: job(stack, token, first["id"])["status"] == "running", 20, 0.1, "running")
+    second = submit(stack, token, {"type": "text-to-image", "prompt": "a queued one",
+                                   "size": "1024x1024"})
+    wait_for(lambda: job(stack, token, second["id"])["status"] == "reserved", 20, 0.1,
+             "the second job waiting with its hold")
+    return first, second
+
+
+def test_an_outage_fails_the_job_releases_its_credits_and_a_replay_charges_once(stack, user):
+    token = user["token"]
+    created, failed = failed_by_the_vendor(stack, token)
     assert failed["status"] == "failed" and failed["error"]["code"]
     assert settled(stack, token)["available"] == SIGNUP_GRANT
 
@@ -216,14 +236,7 @@ def test_moderation_refuses_before_any_hold(stack, user):
 
 def test_cancelling_a_queued_job_releases_its_hold(stack, user):
     token = user["token"]
-    stack.images.fail_next("hang", "hang")  # the first job holds the only run slot a while
-    first = submit(stack, token, {"type": "text-to-image", "prompt": "a slow one",
-                                  "size": "512x512"})
-    wait_for(lambda: job(stack, token, first["id"])["status"] == "running", 20, 0.1, "running")
-    second = submit(stack, token, {"type": "text-to-image", "prompt": "a queued one",
-                                   "size": "1024x1024"})
-    wait_for(lambda: job(stack, token, second["id"])["status"] == "reserved", 20, 0.1,
-             "the second job waiting with its hold")
+    first, second = queued_behind_a_slow_one(stack, token)
     assert balance(stack, token)["held"] == 1 + 4
     response = stack.call("DELETE", f"/v1/generations/{second['id']}", token=token)
     assert response.status_code == 202 and response.json()["status"] == "cancelled"

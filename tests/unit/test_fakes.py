@@ -91,6 +91,8 @@ NOT_OURS = {
     "tests.unit.privacy.test_parts.FakeHttp": "requests",
     "tests.unit.privacy.test_archive.FakeHttp": "requests",
     "tests.unit.common.test_spending.FakeAuth": "nameko's RpcProxy (get_user.call_async and its timing)",
+    "tests.unit.common.test_operators.FakeOperatorAuth": "nameko's RpcProxy "
+                                                         "(require_operator.call_async)",
     "tests.fakes.stripe.FakeStripe": "Stripe's HTTP API",
     "tests.fakes.paypal.FakePayPal": "PayPal's REST API (Orders v2, refunds, webhook verification)",
     "tests.unit.client.conftest.FakeDarkroom": (

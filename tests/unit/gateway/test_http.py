@@ -279,6 +279,12 @@ def test_openapi_document(client):
         "/v1/privacy/certificates/{request_id}": {"get"}, "/v1/privacy/consents": {"get", "put"},
         "/v1/privacy/policy": {"get"}, "/v1/privacy/policy/accept": {"post"},
         "/v1/privacy/retention": {"get"}, "/v1/privacy/disclosures": {"get"},
+        "/v1/admin/jobs": {"get"}, "/v1/admin/jobs/{job_id}/replay": {"post"},
+        "/v1/admin/jobs/{job_id}/cancel": {"post"}, "/v1/admin/dead-letters": {"get"},
+        "/v1/admin/dead-letters/{service}/{queue}/replay": {"post"},
+        "/v1/admin/privacy-requests": {"get"}, "/v1/admin/users": {"get"},
+        "/v1/admin/users/{user_id}/disable": {"post"},
+        "/v1/admin/users/{user_id}/enable": {"post"}, "/v1/admin/breaches": {"get"},
     }
     assert {path: set(ops) - {"parameters"} for path, ops in doc["paths"].items()} == expected
     schemes = doc["components"]["securitySchemes"]

@@ -362,3 +362,18 @@ def test_a_job_finishing_after_its_hold_expired_is_not_delivered(db, settings):
     assert_hold_expired(db, job.id, events)
     assert "job_succeeded" not in events.types()
     assert db.get(Job, job.id).output_ids == []
+
+
+def test_operators_find_jobs_by_last_change_either_way(db, settings):
+    events = Events()
+    made = [submit(db, settings, uuid.uuid4(), events, now=NOW + timedelta(minutes=i))
+            for i in range(3)]
+    for i, job in enumerate(made):
+        job.updated_at = NOW + timedelta(minutes=10 - i)  # the first changed last
+    db.commit()
+    oldest = jobs.find_jobs(db, None, None, None, 2)
+    newest = jobs.find_jobs(db, None, None, None, 2, newest_first=True)
+    assert [j.id for j in oldest] == [made[2].id, made[1].id]
+    assert [j.id for j in newest] == [made[0].id, made[1].id]  # the limit keeps the newest
+    since = jobs.find_jobs(db, None, NOW + timedelta(minutes=9), None, 5, newest_first=True)
+    assert since == [made[0], made[1]]
