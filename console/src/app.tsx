@@ -3,6 +3,7 @@ import type { ComponentChildren } from "preact";
 import { useState } from "preact/hooks";
 import { api } from "./api";
 import { Account } from "./pages/account";
+import { adminRoute, isAdminPath } from "./pages/admin";
 import { cookieChoice, CookiePanel } from "./pages/consents";
 import { ForgotPassword, Login, ResetPassword, SignUp, Verify } from "./pages/auth";
 import { Billing, CheckoutCancel, CheckoutSuccess } from "./pages/billing";
@@ -27,9 +28,12 @@ const SIGNED_OUT_NAV: [string, string][] = [
   ["/signup", "Create an account"],
 ];
 
+// shown to administrators only (the pages refuse anyone else: pages/admin)
+const ADMIN_NAV: [string, string] = ["/admin", "Operators"];
+
 function Header({ me, path }: { me: Me | null; path: string }) {
   const [open, setOpen] = useState(false);
-  const items = me ? SIGNED_IN_NAV : SIGNED_OUT_NAV;
+  const items = me ? (me.is_admin ? [...SIGNED_IN_NAV, ADMIN_NAV] : SIGNED_IN_NAV) : SIGNED_OUT_NAV;
   return (
     <header class="top">
       <a class="skip" href="#main">
@@ -169,6 +173,11 @@ function route(path: string, me: Me | null): ComponentChildren {
     "/account": (me) => <Account me={me} />,
   };
   if (signedIn[path]) return me ? signedIn[path](me) : <SignInFirst path={path} />;
+  if (isAdminPath(path)) {
+    if (!me) return <SignInFirst path={path} />;
+    const page = adminRoute(path, me);
+    if (page) return page;
+  }
   return <NotFound />;
 }
 
