@@ -2,6 +2,7 @@
 // providers, sessions and the API keys (created and shown once, revoked).
 import { useState } from "preact/hooks";
 import { api } from "../api";
+import { useLocation } from "../router";
 import { addPasskey, passkeysSupported } from "../passkeys";
 import { refreshMe } from "../session";
 import type { Me } from "../session";
@@ -33,6 +34,7 @@ interface ApiKey {
 }
 
 export function Account({ me }: { me: Me }) {
+  const { query } = useLocation();
   const keys = useLoad(() => api<{ items: ApiKey[] }>("GET", "/v1/me/api-keys"));
   const [name, setName] = useState("");
   const [created, setCreated] = useState<string | null>(null);
@@ -99,6 +101,7 @@ export function Account({ me }: { me: Me }) {
   return (
     <section>
       <PageTitle>Account</PageTitle>
+      {query.get("email_changed") && <Notice>Your address is changed: you sign in with {me.email} from now on.</Notice>}
       <section class="panel" aria-labelledby="profile-heading">
         <h2 id="profile-heading">Profile</h2>
         <dl>

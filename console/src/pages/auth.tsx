@@ -1,7 +1,7 @@
 // Sign-up (with the policy and, when the API asks for it, the age gate),
 // email verification, sign-in, and the password reset the mail links to.
 import { useState } from "preact/hooks";
-import { api, ApiError } from "../api";
+import { api, ApiError, sessionToken } from "../api";
 import { Link, navigate, useLocation } from "../router";
 import { passkeySignIn, passkeysSupported } from "../passkeys";
 import { refreshMe, signIn } from "../session";
@@ -116,6 +116,12 @@ export function Verify() {
   const [resent, setResent] = useState(false);
   const action = useAction(async () => {
     await api("POST", "/v1/auth/verify-email", { body: { email, code: code.trim() }, auth: false });
+    if (sessionToken()) {
+      // signed in: the code confirmed a change of address (POST /v1/me/email)
+      await refreshMe();
+      navigate("/account?email_changed=1", { replace: true });
+      return;
+    }
     navigate(`/login?email=${encodeURIComponent(email)}&verified=1`);
   });
   const resend = useAction(async () => {
