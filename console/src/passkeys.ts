@@ -49,68 +49,65 @@ function unsupported(): ApiError {
   return new ApiError(0, "passkey_unsupported", "This browser does not support passkeys.");
 }
 
+/** Asks the browser (``call``) for a credential; its refusal becomes an ApiError. */
+async function ask(call: () => Promise<Credential | null>): Promise<PublicKeyCredential> {
+  if (!passkeysSupported()) throw unsupported();
+  let credential: Credential | null;
+  try {
+    credential = await call();
+  } catch (error) {
+    throw browserError(error);
+  }
+  if (!credential) throw browserError(null);
+  return credential as PublicKeyCredential;
+}
+
+/** What both answers' JSON forms have, beside their ``response``. */
+function answer(credential: PublicKeyCredential, response: Record<string, unknown>): Record<string, unknown> {
+  return {
+    id: credential.id,
+    rawId: toBase64url(credential.rawId),
+    type: credential.type,
+    authenticatorAttachment: credential.authenticatorAttachment ?? undefined,
+    clientExtensionResults: credential.getClientExtensionResults(),
+    response,
+  };
+}
+
 /** navigator.credentials.create() with the options of POST /v1/me/passkeys/options,
  * answered as RegistrationResponseJSON. */
 export async function createPasskey(options: any): Promise<Record<string, unknown>> {
-  if (!passkeysSupported()) throw unsupported();
   const publicKey: PublicKeyCredentialCreationOptions = {
     ...options,
     challenge: fromBase64url(options.challenge),
     user: { ...options.user, id: fromBase64url(options.user.id) },
     excludeCredentials: descriptors(options.excludeCredentials),
   };
-  let credential: PublicKeyCredential;
-  try {
-    credential = (await navigator.credentials.create({ publicKey })) as PublicKeyCredential;
-  } catch (error) {
-    throw browserError(error);
-  }
-  if (!credential) throw browserError(null);
+  const credential = await ask(() => navigator.credentials.create({ publicKey }));
   const response = credential.response as AuthenticatorAttestationResponse;
-  return {
-    id: credential.id,
-    rawId: toBase64url(credential.rawId),
-    type: credential.type,
-    authenticatorAttachment: credential.authenticatorAttachment ?? undefined,
-    clientExtensionResults: credential.getClientExtensionResults(),
-    response: {
-      clientDataJSON: toBase64url(response.clientDataJSON),
-      attestationObject: toBase64url(response.attestationObject),
-      transports: typeof response.getTransports === "function" ? response.getTransports() : [],
-    },
-  };
+  return answer(credential, {
+    clientDataJSON: toBase64url(response.clientDataJSON),
+    attestationObject: toBase64url(response.attestationObject),
+    transports: typeof response.getTransports === "function" ? response.getTransports() : [],
+  });
 }
 
 /** navigator.credentials.get() with the options of POST /v1/auth/passkey/options,
  * answered as AuthenticationResponseJSON. */
 export async function getPasskey(options: any): Promise<Record<string, unknown>> {
-  if (!passkeysSupported()) throw unsupported();
   const publicKey: PublicKeyCredentialRequestOptions = {
     ...options,
     challenge: fromBase64url(options.challenge),
     allowCredentials: descriptors(options.allowCredentials),
   };
-  let credential: PublicKeyCredential;
-  try {
-    credential = (await navigator.credentials.get({ publicKey })) as PublicKeyCredential;
-  } catch (error) {
-    throw browserError(error);
-  }
-  if (!credential) throw browserError(null);
+  const credential = await ask(() => navigator.credentials.get({ publicKey }));
   const response = credential.response as AuthenticatorAssertionResponse;
-  return {
-    id: credential.id,
-    rawId: toBase64url(credential.rawId),
-    type: credential.type,
-    authenticatorAttachment: credential.authenticatorAttachment ?? undefined,
-    clientExtensionResults: credential.getClientExtensionResults(),
-    response: {
-      clientDataJSON: toBase64url(response.clientDataJSON),
-      authenticatorData: toBase64url(response.authenticatorData),
-      signature: toBase64url(response.signature),
-      userHandle: response.userHandle ? toBase64url(response.userHandle) : undefined,
-    },
-  };
+  return answer(credential, {
+    clientDataJSON: toBase64url(response.clientDataJSON),
+    authenticatorData: toBase64url(response.authenticatorData),
+    signature: toBase64url(response.signature),
+    userHandle: response.userHandle ? toBase64url(response.userHandle) : undefined,
+  });
 }
 
 /** Signs in with a passkey: options, the browser's answer, a session token. */

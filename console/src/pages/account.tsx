@@ -173,7 +173,7 @@ export function Account({ me }: { me: Me }) {
               createPasskey.run();
             }}
           >
-            <Field label="Passkey name (optional)" name="passkey_name" maxLength={100} hint="To tell your devices apart, e.g. “Laptop”." value={passkeyName} onValue={setPasskeyName} />
+            <Field label="Name of the passkey (optional)" name="passkey_name" maxLength={100} hint="To tell your devices apart, e.g. “Laptop”." value={passkeyName} onValue={setPasskeyName} />
             <ErrorMessage error={createPasskey.error} />
             {passkeyAdded && <Notice>Passkey added: you can sign in with it now.</Notice>}
             <button type="submit" class="secondary" disabled={createPasskey.busy}>

@@ -74,7 +74,7 @@ def test_a_passkey_added_on_the_account_page_signs_in_without_a_password(localho
     console.heading("Account")
     panel = page.get_by_role("region", name="Passkeys")
     panel.get_by_text("None yet.").wait_for()
-    panel.get_by_label("Passkey name (optional)").fill("Laptop")
+    panel.get_by_label("Name of the passkey (optional)").fill("Laptop")
     panel.get_by_role("button", name="Add a passkey").click()
     panel.get_by_role("status").filter(has_text="Passkey added").wait_for()
     listed = page.get_by_test_id("passkey")
