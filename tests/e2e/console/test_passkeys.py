@@ -1,6 +1,8 @@
 """Passkeys in the console, in Chromium: one is added on the Account page and
-signs the person in from the sign-in page with no password; removed, it signs
-in no more and the page shows the API's ``invalid_passkey``.
+signs the person in from the sign-in page with no password, and still does
+once the account is an administrator's (whose password alone now asks for a
+TOTP code: a passkey with user verification is two factors); removed, it
+signs in no more and the page shows the API's ``invalid_passkey``.
 
 The authenticator is Chromium's virtual one (the DevTools protocol's WebAuthn
 domain: a CTAP2 platform authenticator with resident keys and user
@@ -16,10 +18,13 @@ gateway) whose ``PUBLIC_BASE_URL`` is http://localhost:PORT: the RP id is
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from tests.conftest import base_env, free_port, processes
-from tests.e2e.stack import Stack, verified_login
+from tests.conftest import REPO, base_env, free_port, processes
+from tests.e2e.console.test_journey import OPS
+from tests.e2e.stack import PASSWORD, Stack, verified_login
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +74,7 @@ def test_a_passkey_added_on_the_account_page_signs_in_without_a_password(localho
     page = console.page
     cdp, authenticator = virtual_authenticator(console)
 
-    console.sign_in(address, "correct horse battery staple")
+    console.sign_in(address, PASSWORD)
     console.goto("/account")
     console.heading("Account")
     panel = page.get_by_role("region", name="Passkeys")
@@ -102,6 +107,23 @@ def test_a_passkey_added_on_the_account_page_signs_in_without_a_password(localho
     assert held[0]["signCount"] < cdp.send("WebAuthn.getCredentials", {
         "authenticatorId": authenticator})["credentials"][0]["signCount"]
 
+    # made an administrator (TOTP enrolled at once): the password alone is not
+    # enough any more, the passkey (user verification: two factors) still is
+    granted = subprocess.run([OPS, "users", "grant-admin", address], cwd=REPO,
+                             env={**stack.env, "OPS_RPC_TIMEOUT_SECONDS": "30"},
+                             capture_output=True, text=True, timeout=120)
+    assert granted.returncode == 0, granted.stderr
+    page.get_by_role("button", name="Sign out", exact=True).click()
+    console.heading("Sign in")
+    page.get_by_label("Email").fill(address)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.get_by_role("alert").filter(has_text="totp_required").wait_for()
+    page.get_by_role("button", name="Use a passkey").click()
+    console.heading("Generate")
+    admin_token = page.evaluate("localStorage.getItem('darkroom.session')")
+    assert stack.call("GET", "/v1/me", token=admin_token).json()["is_admin"] is True
+
     # removed on the Account page, it signs in no more: the API's refusal shown with its code
     console.goto("/account")
     console.heading("Account")
@@ -109,7 +131,7 @@ def test_a_passkey_added_on_the_account_page_signs_in_without_a_password(localho
     assert "last used" in listed.inner_text() and "last used —" not in listed.inner_text()
     page.get_by_role("button", name="Remove passkey Laptop").click()
     panel.get_by_text("None yet.").wait_for()
-    assert stack.call("GET", "/v1/me/passkeys", token=passkey_token).json()["items"] == []
+    assert stack.call("GET", "/v1/me/passkeys", token=admin_token).json()["items"] == []
     page.get_by_role("button", name="Sign out", exact=True).click()
     console.heading("Sign in")
     page.get_by_role("button", name="Use a passkey").click()
