@@ -1,6 +1,9 @@
-// Account: the profile and the API keys (created and shown once, revoked).
+// Account: the profile, two-factor sign-in, passkeys, the email address, linked
+// providers, sessions and the API keys (created and shown once, revoked).
 import { useState } from "preact/hooks";
 import { api } from "../api";
+import { useLocation } from "../router";
+import { addPasskey, passkeysSupported } from "../passkeys";
 import { refreshMe } from "../session";
 import type { Me } from "../session";
 import { ErrorMessage, Field, formatDate, Notice, PageTitle, useAction, useLoad } from "../ui";
@@ -14,6 +17,14 @@ interface Session {
   current: boolean;
 }
 
+interface Passkey {
+  id: string;
+  name: string;
+  created_at: string;
+  last_used_at: string | null;
+  backed_up: boolean;
+}
+
 interface ApiKey {
   id: string;
   name: string;
@@ -23,6 +34,7 @@ interface ApiKey {
 }
 
 export function Account({ me }: { me: Me }) {
+  const { query } = useLocation();
   const keys = useLoad(() => api<{ items: ApiKey[] }>("GET", "/v1/me/api-keys"));
   const [name, setName] = useState("");
   const [created, setCreated] = useState<string | null>(null);
@@ -59,6 +71,20 @@ export function Account({ me }: { me: Me }) {
     });
     window.location.assign(answer.authorization_url);
   });
+  const passkeys = useLoad(() => api<{ items: Passkey[] }>("GET", "/v1/me/passkeys"));
+  const [passkeyName, setPasskeyName] = useState("");
+  const [passkeyAdded, setPasskeyAdded] = useState(false);
+  const createPasskey = useAction(async () => {
+    setPasskeyAdded(false);
+    await addPasskey(passkeyName.trim());
+    setPasskeyName("");
+    setPasskeyAdded(true);
+    passkeys.reload();
+  });
+  const removePasskey = useAction(async (id: string) => {
+    await api("DELETE", `/v1/me/passkeys/${id}`);
+    passkeys.reload();
+  });
   const sessions = useLoad(() => api<{ items: Session[] }>("GET", "/v1/me/sessions"));
   const endSession = useAction(async (id: string) => {
     await api("DELETE", `/v1/me/sessions/${id}`);
@@ -75,6 +101,7 @@ export function Account({ me }: { me: Me }) {
   return (
     <section>
       <PageTitle>Account</PageTitle>
+      {query.get("email_changed") && <Notice>Your address is changed: you sign in with {me.email} from now on.</Notice>}
       <section class="panel" aria-labelledby="profile-heading">
         <h2 id="profile-heading">Profile</h2>
         <dl>
@@ -121,6 +148,40 @@ export function Account({ me }: { me: Me }) {
               Set up two-factor sign-in
             </button>
           </>
+        )}
+      </section>
+      <section class="panel" aria-labelledby="passkeys-heading">
+        <h2 id="passkeys-heading">Passkeys</h2>
+        <p>A passkey signs you in with this device's screen lock or a security key, without a password (and counts as the second step of two-factor sign-in).</p>
+        <ErrorMessage error={passkeys.error || removePasskey.error} />
+        {passkeys.data?.items.length === 0 && <p>None yet.</p>}
+        <ul class="list">
+          {(passkeys.data?.items || []).map((p) => (
+            <li key={p.id} data-testid="passkey">
+              <strong>{p.name}</strong> · added {formatDate(p.created_at)} · last used {formatDate(p.last_used_at)}
+              {p.backed_up ? " · synced" : ""}{" "}
+              <button type="button" class="danger small" onClick={() => removePasskey.run(p.id)} aria-label={`Remove passkey ${p.name}`}>
+                Remove
+              </button>
+            </li>
+          ))}
+        </ul>
+        {passkeysSupported() ? (
+          <form
+            onSubmit={(e) => {
+              e.preventDefault();
+              createPasskey.run();
+            }}
+          >
+            <Field label="Name of the passkey (optional)" name="passkey_name" maxLength={100} hint="To tell your devices apart, e.g. “Laptop”." value={passkeyName} onValue={setPasskeyName} />
+            <ErrorMessage error={createPasskey.error} />
+            {passkeyAdded && <Notice>Passkey added: you can sign in with it now.</Notice>}
+            <button type="submit" class="secondary" disabled={createPasskey.busy}>
+              {createPasskey.busy ? "Waiting for your device…" : "Add a passkey"}
+            </button>
+          </form>
+        ) : (
+          <p>This browser does not support passkeys.</p>
         )}
       </section>
       <section class="panel" aria-labelledby="email-heading">

@@ -1,8 +1,9 @@
 // Sign-up (with the policy and, when the API asks for it, the age gate),
 // email verification, sign-in, and the password reset the mail links to.
 import { useState } from "preact/hooks";
-import { api, ApiError } from "../api";
+import { api, ApiError, sessionToken } from "../api";
 import { Link, navigate, useLocation } from "../router";
+import { passkeySignIn, passkeysSupported } from "../passkeys";
 import { refreshMe, signIn } from "../session";
 import { syncCookieChoice } from "./consents";
 import { ProviderButtons } from "./oidc";
@@ -115,6 +116,12 @@ export function Verify() {
   const [resent, setResent] = useState(false);
   const action = useAction(async () => {
     await api("POST", "/v1/auth/verify-email", { body: { email, code: code.trim() }, auth: false });
+    if (sessionToken()) {
+      // signed in: the code confirmed a change of address (POST /v1/me/email)
+      await refreshMe();
+      navigate("/account?email_changed=1", { replace: true });
+      return;
+    }
     navigate(`/login?email=${encodeURIComponent(email)}&verified=1`);
   });
   const resend = useAction(async () => {
@@ -164,6 +171,14 @@ export function Login() {
       if (e instanceof ApiError && e.code === "totp_required") setNeedTotp(true);
       throw e;
     }
+    await signedIn();
+  });
+  // a passkey is a way in by itself (and an administrator's second factor)
+  const passkey = useAction(async () => {
+    await signIn(await passkeySignIn());
+    await signedIn();
+  });
+  const signedIn = async () => {
     const pending = sessionStorage.getItem(PENDING_POLICY_KEY);
     if (pending) {
       sessionStorage.removeItem(PENDING_POLICY_KEY);
@@ -173,7 +188,7 @@ export function Login() {
     await syncCookieChoice().catch(() => undefined); // the choice made before sign-in
     const next = query.get("next");
     navigate(next && next.startsWith("/") && !next.startsWith("//") ? next : "/generate", { replace: true });
-  });
+  };
   return (
     <section class="narrow">
       <PageTitle>Sign in</PageTitle>
@@ -195,6 +210,14 @@ export function Login() {
           {action.busy ? "Signing in…" : "Sign in"}
         </button>
       </form>
+      {passkeysSupported() && (
+        <div class="actions">
+          <button type="button" class="secondary" disabled={passkey.busy} onClick={() => passkey.run()}>
+            {passkey.busy ? "Waiting for your passkey…" : "Use a passkey"}
+          </button>
+        </div>
+      )}
+      <ErrorMessage error={passkey.error} />
       <ProviderButtons />
       <p>
         <Link href="/forgot-password">Forgot your password?</Link> · <Link href="/signup">Create an account</Link> ·{" "}

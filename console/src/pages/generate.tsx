@@ -8,6 +8,8 @@ import { ErrorMessage, Field, Notice, PageTitle, useAction, useLoad } from "../u
 
 const JOB_TYPES = ["text-to-image", "image-to-image", "image-to-video"];
 const ENDED = ["succeeded", "failed", "rejected", "cancelled"];
+// the API cancels a job until it starts running (409 not_cancellable after)
+const CANCELLABLE = ["queued", "reserved"];
 
 interface Model {
   name: string;
@@ -280,26 +282,28 @@ export function JobView({ initial }: { initial: Job }) {
     setJob(await api<Job>("DELETE", `/v1/generations/${encodeURIComponent(job.id)}`));
   });
   const percent = Math.round((job.progress || 0) * 100);
-  const ended = ENDED.includes(job.status);
   return (
     <section class="panel job" aria-labelledby="job-heading">
-      <h2 id="job-heading">Job {job.id.slice(0, 8)}</h2>
+      {/* ids are UUIDv7: their head is the time, the same for jobs made together */}
+      <h2 id="job-heading">Job …{job.id.slice(-8)}</h2>
       <p>
         Status: <strong data-testid="job-status">{job.status}</strong>
         {job.stage ? ` · ${job.stage}` : ""}
         {job.queue_position ? ` · position ${job.queue_position} in the queue` : ""}
         {job.price !== null && job.price !== undefined ? ` · ${job.price} credits` : ""}
+        {job.status === "running" ? <span data-testid="job-progress"> · {percent}% done</span> : ""}
       </p>
       <progress max={100} value={percent} aria-label="Progress">
         {percent}%
       </progress>
       {job.error && <ErrorMessage error={new ApiError(0, job.error.code, job.error.message)} />}
       <ErrorMessage error={streamError || cancel.error} />
-      {!ended && (
+      {CANCELLABLE.includes(job.status) && (
         <button type="button" class="secondary" disabled={cancel.busy} onClick={() => cancel.run()}>
           Cancel
         </button>
       )}
+      {job.status === "cancelled" && <Notice>Cancelled: nothing is charged, and the credits held for it are released.</Notice>}
       {job.status === "succeeded" && (
         <div class="results">
           {job.output_urls.map((output, i) => (
