@@ -10,7 +10,7 @@ import { Billing, CheckoutCancel, CheckoutSuccess } from "./pages/billing";
 import { Gallery, PublicImage } from "./pages/gallery";
 import { OidcCallback } from "./pages/oidc";
 import { Generate } from "./pages/generate";
-import { CancelErasure, PrivacyCenter } from "./pages/privacy";
+import { CancelErasure, PrivacyCenter, PrivacyRequestPage } from "./pages/privacy";
 import { Link, match, navigate, useLocation } from "./router";
 import { Me, refreshMe, signOut, useSession } from "./session";
 import { ErrorMessage, Notice, PageTitle, useAction } from "./ui";
@@ -164,6 +164,10 @@ function route(path: string, me: Me | null): ComponentChildren {
   }
   if ((params = match("/public/:id", path))) return <PublicImage key={params.id} publicId={params.id} />;
   if ((params = match("/privacy/requests/:id/cancel", path))) return <CancelErasure requestId={params.id} />;
+  if ((params = match("/privacy/requests/:id", path))) {
+    const requestId = params.id;
+    return me ? <PrivacyRequestPage key={requestId} requestId={requestId} /> : <SignInFirst path={path} />;
+  }
   const signedIn: Record<string, (me: Me) => ComponentChildren> = {
     "/generate": () => <Generate />,
     "/gallery": () => <Gallery />,

@@ -1,9 +1,10 @@
 // The privacy center: export (request and download), erasure with
-// re-authentication, its grace period and cancel; and the page the erasure
-// mail's cancel link opens.
+// re-authentication, its grace period and cancel; the page of one request
+// (the export-ready mail's link); and the page the erasure mail's cancel link
+// opens.
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, Page } from "../api";
-import { useLocation } from "../router";
+import { Link, useLocation } from "../router";
 import { refreshMe } from "../session";
 import type { Me } from "../session";
 import { ConsentsPanel, DisclosuresPanel, PolicyPanel } from "./consents";
@@ -139,6 +140,25 @@ function RequestRow({ request, onChange }: { request: PrivacyRequest; onChange: 
       </div>
       <ErrorMessage error={download.error || cancel.error} />
     </li>
+  );
+}
+
+/** One request of the signed-in person: the export-ready mail links here. */
+export function PrivacyRequestPage({ requestId }: { requestId: string }) {
+  const request = useLoad(() => api<PrivacyRequest>("GET", `/v1/privacy/requests/${encodeURIComponent(requestId)}`));
+  return (
+    <section class="narrow">
+      <PageTitle>Your privacy request</PageTitle>
+      <ErrorMessage error={request.error} />
+      {request.data && (
+        <ul class="list">
+          <RequestRow request={request.data} onChange={() => request.reload()} />
+        </ul>
+      )}
+      <p>
+        <Link href="/privacy">All your requests, in the privacy center</Link>
+      </p>
+    </section>
   );
 }
 

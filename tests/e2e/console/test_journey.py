@@ -159,6 +159,24 @@ def test_sign_up_generate_share_export_and_erase(stack, open_console, tmp_path):
     assert {"auth.json", "storage.json", "README.md"} <= set(names), names
     assert any(name.startswith("media/outputs/") for name in names), names
     console.visit("privacy")
+    # the export-ready mail's link opens that request's page, with the download
+    mail = eventually(lambda: next((m for m in stack.mails_to(address)
+                                    if "/privacy/requests/" in body_text(m)
+                                    and "/cancel?token=" not in body_text(m)), None), 60,
+                      "the export-ready mail")
+    link = next(word for word in body_text(mail).split() if "/privacy/requests/" in word)
+    assert link.startswith(stack.base_url + "/privacy/requests/")
+    console.goto(link[len(stack.base_url):])
+    console.heading("Your privacy request")
+    mailed_row = page.locator("li.request[data-request-type=export]")
+    assert mailed_row.get_attribute("data-request-status") == "completed"
+    with page.expect_download() as download:
+        mailed_row.get_by_role("button", name="Download the archive").click()
+    with zipfile.ZipFile(download.value.path()) as archive:
+        assert "auth.json" in archive.namelist()
+    console.visit("privacy-request", shot=False)
+    page.get_by_role("link", name="All your requests, in the privacy center").click()
+    console.heading("Privacy center")
 
     # ---- erasure: re-authentication, then cancelled from the mailed link
     page.get_by_label("Password").fill("not my password at all")
