@@ -224,12 +224,14 @@ def test_every_operator_page_and_a_user_disabled_then_enabled(stack, open_consol
     user.get_by_role("button", name=f"Disable {owner['email']}").focus()  # by keyboard
     page.keyboard.press("Enter")
     user.get_by_role("group", name=f"Confirm: disable {owner['email']}").wait_for()
-    assert page.evaluate(focused) == "Yes, disable"  # the focus goes to the question
+    # the focus goes to the question (moved once it has rendered)
+    eventually(lambda: page.evaluate(focused) == "Yes, disable", 10, "the focus on the question")
     console.visit("admin-users")
     page.keyboard.press("Enter")
     user.get_by_role("status").filter(has_text="Disabled:").wait_for()
     assert "disabled" in user.inner_text()
-    assert page.evaluate(focused) == f"Enable {owner['email']}"  # and back after it
+    eventually(lambda: page.evaluate(focused) == f"Enable {owner['email']}", 10,
+               "the focus back on the user's button")
     refused_within(stack, 30, token=owner["token"])
     user.get_by_role("button", name=f"Enable {owner['email']}").click()
     user.get_by_role("button", name="Yes, enable").click()
