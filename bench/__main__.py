@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench.gateway_auth", "bench.purge", "bench.pipeline", "bench.streaming",
-              "bench.read_path"]
+              "bench.read_path", "bench.submit_parts"]
 
 
 def main(argv: list[str]) -> int:

@@ -113,9 +113,14 @@ class EventPublisher(EventDispatcher):
     in the worker's database transaction; it returns the ``event_id``. Dispatch
     *before* ``self.db.commit()``: the event is published after that commit
     (inside ``commit()``, so an RPC that returns has its events out), never if
-    the transaction rolls back. Published rows are deleted in batches by a
-    sweeper (every ``SWEEP_INTERVAL_SECONDS``: one statement for all of them,
-    rather than a transaction per event). Rows left behind (broker down,
+    the transaction rolls back. The entrypoints named in ``after_reply``
+    (generation's ``submit``) publish theirs right after the RPC's reply
+    instead (nameko's ``worker_result``), so the caller does not wait for the
+    broker's confirm; their rows are committed before the reply all the same,
+    and the relay publishes them if the process dies in between. Published
+    rows are deleted in batches by a sweeper (every
+    ``SWEEP_INTERVAL_SECONDS``: one statement for all of them, rather than a
+    transaction per event). Rows left behind (broker down,
     process killed) are published by a relay every
     ``OUTBOX_RELAY_INTERVAL_SECONDS`` (default 5); a process killed between a
     publish and the sweep publishes those events again from the relay, and
@@ -125,9 +130,11 @@ class EventPublisher(EventDispatcher):
 
     SWEEP_INTERVAL_SECONDS = 0.5
 
-    def __init__(self, outbox, **kwargs):
+    def __init__(self, outbox, after_reply: tuple[str, ...] = (), **kwargs):
         super().__init__(**kwargs)
         self.outbox = outbox
+        self.after_reply = frozenset(after_reply)
+        self.deferred: dict = {}  # worker context -> rows committed, published after the reply
         self.relay_thread = None
         self.published: set[str] = set()  # published, not yet deleted
 
@@ -161,13 +168,18 @@ class EventPublisher(EventDispatcher):
         service = self.container.service_name
         pending: list[outbox.OutboxRow] = []
         listening = []
+        entrypoint = getattr(worker_ctx, "entrypoint", None)
+        after_reply = getattr(entrypoint, "method_name", None) in self.after_reply
 
         def on_commit(session):
             if session.in_nested_transaction():  # a savepoint released: not committed yet
                 return
             rows = pending[:]
             pending.clear()
-            self._flush(rows)
+            if after_reply:
+                self.deferred.setdefault(worker_ctx, []).extend(rows)
+            else:
+                self._flush(rows)
 
         def on_rollback(session):
             pending.clear()
@@ -187,6 +199,13 @@ class EventPublisher(EventDispatcher):
             return body["event_id"]
 
         return dispatch
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        """After the RPC's reply (nameko sends it before this hook)."""
+        self._flush(self.deferred.pop(worker_ctx, []))
+
+    def worker_teardown(self, worker_ctx):
+        self._flush(self.deferred.pop(worker_ctx, []))
 
     def _flush(self, rows: list[outbox.OutboxRow]) -> None:
         """Right after the commit that wrote them: publish, and leave the rows

@@ -32,8 +32,10 @@ Base = service_base()
 class Job(IdMixin, Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # a user's jobs, newest first (keyset pagination), and their active count
+        # a user's jobs, newest first (keyset pagination)
         sa.Index("ix_jobs_user_id_created_at_id", "user_id", "created_at", "id"),
+        # a user's active jobs (the queue cap's count at each submit): only those read
+        sa.Index("ix_jobs_user_id_status", "user_id", "status"),
         # the run queue: reserved jobs by priority, then age
         sa.Index("ix_jobs_status_priority_reserved_at", "status", "priority", "reserved_at"),
         # Idempotency-Key: one job per user and key

@@ -86,7 +86,8 @@ class GenerationService(PrivacyParticipant, ErasurePendingMirror, DarkroomServic
 
     db = Database(migrations=MIGRATIONS)
     state_metrics = staticmethod(jobs.state_metrics)  # gauges read at each scrape
-    dispatch = EventPublisher(outbox=outbox)
+    # a submit's job_requested leaves right after its reply (committed before it)
+    dispatch = EventPublisher(outbox=outbox, after_reply=("submit",))
     settings = FromConfig(GenerationSettings.from_config)
     run_slots = FromConfig(make_run_slots)
     router = FromConfig(make_router)

@@ -86,3 +86,42 @@ def test_a_released_savepoint_publishes_nothing_before_the_commit(publisher):
     assert sent == []
     session.commit()
     assert sent == ["e1", "e2"]
+
+
+def test_an_after_reply_entrypoint_publishes_after_its_reply_not_at_the_commit(monkeypatch):
+    """generation's submit: the row is committed with the job, and published
+    at ``worker_result`` (nameko calls it once the RPC's reply is sent); any
+    other entrypoint of the same publisher still publishes at the commit."""
+    metadata = MetaData()
+    table = outbox.outbox_table(metadata)
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    submit, other = _WorkerCtx(), _WorkerCtx()
+    submit.entrypoint = SimpleNamespace(method_name="submit")
+    other.entrypoint = SimpleNamespace(method_name="cancel_job")
+    sessions = {submit: Session(engine), other: Session(engine)}
+    publisher = EventPublisher(outbox=table, after_reply=("submit",))
+    publisher.container = SimpleNamespace(service_name="svc")
+    publisher.database = SimpleNamespace(sessions=sessions)
+    monkeypatch.setattr(publisher, "get_message_headers", lambda worker_ctx: {})
+    monkeypatch.setattr(messaging.contracts, "make_event",
+                        lambda name, data: {"event_id": data["id"], "name": name})
+    sent = []
+    monkeypatch.setattr(publisher, "_send", lambda rows: sent.extend(r.event_id for r in rows) or [])
+
+    publisher.get_dependency(submit)("job_requested", {"id": "e1"})
+    sessions[submit].commit()
+    with engine.connect() as conn:  # committed: the relay would publish it if the process died
+        assert [r.event_id for r in outbox.due(conn, table, timedelta(0),
+                                               now=utcnow() + timedelta(seconds=1))] == ["e1"]
+    assert sent == []
+    publisher.get_dependency(other)("job_cancelled", {"id": "e2"})
+    sessions[other].commit()
+    assert sent == ["e2"]
+    publisher.worker_result(submit)
+    assert sent == ["e2", "e1"]
+    publisher.worker_teardown(submit)  # nothing left to publish twice
+    assert sent == ["e2", "e1"] and publisher.deferred == {}
+    for session in sessions.values():
+        session.close()
+    engine.dispose()
