@@ -13,7 +13,8 @@ read path", docs/architecture.md):
 - **Events.** Each worker runs one consumer (:class:`EventListener`, a
   daemon thread) on an exclusive, auto-delete queue bound to every service's
   events exchange; any event naming a user (``user_id``) drops that user's
-  entries in this process. While the consumer is not connected nothing is
+  entries in this process, and an event that changes everyone's reads
+  (:data:`EVERYONE`: a new privacy policy version) empties it. While the consumer is not connected nothing is
   served from memory (every read is an RPC, as without the cache), and when
   it (re)connects the cache is emptied: an event missed while away cannot
   leave a stale entry.
@@ -273,6 +274,11 @@ def users_in(body: Any) -> list[str]:
     return users
 
 
+# events that change every user's cached reads, (exchange, routing key): the
+# whole cache goes (a new policy version changes everyone's /v1/me)
+EVERYONE = {("privacy.events", "policy_published")}
+
+
 class EventListener:
     """One consumer per process on an exclusive, auto-delete queue bound to
     every service's events exchange (every routing key): each event naming a
@@ -351,6 +357,10 @@ class EventListener:
 
     def _on_message(self, body, message) -> None:
         if self.cache is None:
+            return
+        info = getattr(message, "delivery_info", None) or {}
+        if (info.get("exchange"), info.get("routing_key")) in EVERYONE:
+            self.cache.clear()
             return
         for user_id in users_in(body):
             self.cache.invalidate(user_id)

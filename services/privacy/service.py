@@ -247,6 +247,8 @@ class PrivacyService(DarkroomService):
         def publish():
             policy = consent.publish(self.db, data, utcnow())
             answer = c.Policy().dump(consent.policy_view(self.db, policy))
+            self.dispatch("policy_published", {"version": policy.version,
+                                               "material": bool(policy.material)})
             self.db.commit()
             return answer
 

@@ -128,6 +128,16 @@ class RestrictionChanged(EventSchema):
     restricted = fields.Boolean(required=True)
 
 
+@register_event("privacy.policy_published")
+class PolicyPublished(EventSchema):
+    """A new privacy policy version: every account's policy status may change
+    (a material one asks everyone to accept it), so the gateway's read cache
+    drops every ``GET /v1/me`` it holds."""
+
+    version = fields.String(required=True)
+    material = fields.Boolean(required=True)
+
+
 @register_event("privacy.consent_changed")
 class ConsentChanged(EventSchema):
     """The user's consents after a change (notifications keeps marketing_email)."""

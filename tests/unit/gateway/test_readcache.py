@@ -212,6 +212,28 @@ def test_the_listener_clears_the_cache_on_events(monkeypatch):
     assert cache.fetch("me", USER, None, load) == 2
 
 
+def test_a_new_policy_version_empties_the_cache_for_everyone():
+    """privacy.policy_published names no user, yet changes every /v1/me (a
+    material version asks everyone to accept it)."""
+    from types import SimpleNamespace
+
+    listener = readcache.EventListener("amqp://unused")
+    cache = ReadCache(15, HostStamps(), listener=Listener())
+    listener.cache = cache
+    load, _ = loader(1, 2, 3, 4)
+    assert cache.fetch("me", USER, None, load) == 1
+    assert cache.fetch("me", OTHER, None, load) == 2
+    other_event = SimpleNamespace(delivery_info={"exchange": "billing.events",
+                                                 "routing_key": "policy_published"})
+    listener._on_message({"version": "v2", "material": True, "event_id": "e"}, other_event)
+    assert cache.fetch("me", USER, None, load) == 1  # not privacy's: kept
+    published = SimpleNamespace(delivery_info={"exchange": "privacy.events",
+                                               "routing_key": "policy_published"})
+    listener._on_message({"version": "v2", "material": True, "event_id": "e"}, published)
+    assert cache.fetch("me", USER, None, load) == 3
+    assert cache.fetch("me", OTHER, None, load) == 4
+
+
 def test_from_config_bound_is_the_credential_caches():
     cache = readcache.from_config({"AUTH_CACHE_SECONDS": 15, "AMQP_URI": "amqp://x",
                                    "RATELIMIT_STORAGE_URI": "memory://"})
