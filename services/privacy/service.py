@@ -247,7 +247,7 @@ class PrivacyService(DarkroomService):
         def publish():
             policy = consent.publish(self.db, data, utcnow())
             answer = c.Policy().dump(consent.policy_view(self.db, policy))
-            self.dispatch("policy_published", {"version": policy.version,
+            self.dispatch("policy_published", {"policy_version": policy.version,
                                                "material": bool(policy.material)})
             self.db.commit()
             return answer

@@ -63,6 +63,10 @@ EVENTS: dict[str, type[EventSchema]] = {}
 
 def register_event(name: str):
     def wrap(schema_cls: type[EventSchema]) -> type[EventSchema]:
+        for field in ("event_id", "occurred_at", "version"):  # the envelope's own
+            if schema_cls._declared_fields[field] is not EventSchema._declared_fields[field]:
+                raise TypeError(f"event {name}: {field!r} is the envelope's field; "
+                                "name the payload's field otherwise")
         EVENTS[name] = schema_cls
         schema_cls.EVENT_NAME = name
         return schema_cls

@@ -132,9 +132,9 @@ class RestrictionChanged(EventSchema):
 class PolicyPublished(EventSchema):
     """A new privacy policy version: every account's policy status may change
     (a material one asks everyone to accept it), so the gateway's read cache
-    drops every ``GET /v1/me`` it holds."""
+    drops every ``GET /v1/me`` it holds (``version`` is the envelope's)."""
 
-    version = fields.String(required=True)
+    policy_version = fields.String(required=True)
     material = fields.Boolean(required=True)
 
 

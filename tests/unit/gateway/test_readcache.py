@@ -225,11 +225,11 @@ def test_a_new_policy_version_empties_the_cache_for_everyone():
     assert cache.fetch("me", OTHER, None, load) == 2
     other_event = SimpleNamespace(delivery_info={"exchange": "billing.events",
                                                  "routing_key": "policy_published"})
-    listener._on_message({"version": "v2", "material": True, "event_id": "e"}, other_event)
+    listener._on_message({"policy_version": "v2", "material": True, "event_id": "e"}, other_event)
     assert cache.fetch("me", USER, None, load) == 1  # not privacy's: kept
     published = SimpleNamespace(delivery_info={"exchange": "privacy.events",
                                                "routing_key": "policy_published"})
-    listener._on_message({"version": "v2", "material": True, "event_id": "e"}, published)
+    listener._on_message({"policy_version": "v2", "material": True, "event_id": "e"}, published)
     assert cache.fetch("me", USER, None, load) == 3
     assert cache.fetch("me", OTHER, None, load) == 4
 
@@ -326,3 +326,4 @@ def test_verify_email_stamps_the_verified_user_not_everyone(cached_app):
     ok = client.post("/v1/auth/verify-email", json={"email": "ada@example.com", "code": "123456"})
     assert ok.status_code == 200
     assert stamps.read(USER) == (mine + 1, everyone)
+
