@@ -40,7 +40,7 @@ from pathlib import Path
 import requests
 
 from bench.pipeline import JOB, stack, wait_done
-from bench.stack import children, processes
+from bench.stack import children, cpu_seconds, processes, rss_mb, service_pids
 from tests.conftest import Process, base_env
 from tests.fakes.providers import FakeOpenAIImages
 
@@ -144,19 +144,6 @@ def postgres_databases():
         engine.dispose()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(label: str, env: dict) -> bool:
     """The stack on ``env``'s databases and the floor, measured; True when
     every target was met."""
@@ -178,8 +165,7 @@ def run(label: str, env: dict) -> bool:
             floor.wait_ready(f"http://127.0.0.1:{floor_port}/bytes/2")
             floor_base = f"http://127.0.0.1:{floor_port}"
             gateway = started["gateway"].proc.pid
-            pids = {name: started[name].proc.pid for name in SERVICES}
-            pids.update({f"gateway worker {n}": pid for n, pid in enumerate(children(gateway), 1)})
+            pids = service_pids(started)
             body = json.dumps(JOB)
             print(f"{label}: {SECONDS} s per measurement (wrk); floor: bare Flask, same gunicorn "
                   f"settings, a JSON body of the same size")

@@ -31,6 +31,29 @@ def vhost():
         requests.delete(f"{MGMT}/api/vhosts/{quoted}", timeout=30)
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids(by_name: dict) -> dict[str, int]:
+    """The stack's processes by name (a gunicorn master's workers each by
+    its own name): what the benchmarks account CPU and memory to."""
+    pids = {name: proc.proc.pid for name, proc in by_name.items() if name != "gateway"}
+    if "gateway" in by_name:
+        pids.update({f"gateway worker {n}": pid
+                     for n, pid in enumerate(children(by_name["gateway"].proc.pid), 1)})
+    return pids
+
+
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (a gunicorn master's workers)."""
     found = []
