@@ -48,7 +48,7 @@ import requests
 from kombu import Connection, Exchange, Queue
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from bench.stack import cpu_seconds, processes, service_pids
+from bench.stack import broker_pid, cpu_seconds, processes, rss_mb, service_pids
 from tests.conftest import providers_file
 from tests.e2e.stack import code_from
 from tests.fakes.providers import FakeOpenAIImages
@@ -58,6 +58,7 @@ CLIENTS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_CLIENTS", "8"))
 ROUNDS = int(os.environ.get("DARKROOM_BENCH_PIPELINE_ROUNDS", "3"))
 HOPS = 12
 P50_TARGET, RATE_TARGET = 1.5, 0.2
+REST_SECONDS = float(os.environ.get("DARKROOM_BENCH_REST_SECONDS", "5"))
 JOB = {"type": "text-to-image", "prompt": "a benchmark teapot", "size": "512x512"}
 OPEN = ("queued", "reserved", "running")  # a job in none of these has finished
 PASSWORD = "benchmark passphrase"
@@ -287,12 +288,16 @@ def main() -> None:
         floors = [floor(client.amqp_uri, JOBS, CLIENTS)]
         rounds = []
         pids = service_pids(start.by_name)
+        if broker_pid():  # the whole broker: the floor's chains are not running meanwhile
+            pids["rabbitmq"] = broker_pid()
         for _ in range(ROUNDS):  # each round between two floors: drift hits both alike
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             rounds.append(pipeline(client))
             rounds[-1]["cpu_ms"] = {name: (cpu_seconds(pid) - before[name]) * 1000 / JOBS
                                     for name, pid in pids.items()}
             floors.append(floor(client.amqp_uri, JOBS, CLIENTS))
+        time.sleep(REST_SECONDS)  # the load over: the outbox relays and batches done
+        resident = {name: rss_mb(pid) for name, pid in pids.items() if name != "rabbitmq"}
     print(f"{JOBS} text-to-image jobs through the gateway, {CLIENTS} client threads, a provider "
           f"that answers at once; floor: {JOBS} chains of {HOPS} AMQP hops, same broker; "
           f"{ROUNDS} rounds, each against the mean of the floors before and after it")
@@ -312,6 +317,8 @@ def main() -> None:
         cpu = measured["cpu_ms"]
         print(f"  CPU ms per job: {sum(cpu.values()):.1f} (" + ", ".join(
             f"{name} {ms:.1f}" for name, ms in cpu.items()) + ")")
+    print(f"resident {REST_SECONDS:g} s after the last round (MB): "
+          + ", ".join(f"{name} {mb:.0f}" for name, mb in resident.items()))
     p50, rate = statistics.median(p50_ratios), statistics.median(rate_ratios)
     print(f"median of {ROUNDS} rounds: p50 ratio pipeline/floor {p50:.2f} (target <= "
           f"{P50_TARGET}: {'PASS' if p50 <= P50_TARGET else 'FAIL'}); throughput ratio "

@@ -54,6 +54,19 @@ def service_pids(by_name: dict) -> dict[str, int]:
     return pids
 
 
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM, when the broker runs on this machine
+    (its CPU counts against every message the stack sends)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "beam.smp" \
+                    and b"rabbit" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (a gunicorn master's workers)."""
     found = []

@@ -63,6 +63,8 @@ def insufficient_credits(required: int, available: int) -> DomainError:
 
 # ---------------------------------------------------------------- accounts and entries
 
+ACCOUNT_LOCKS = "billing.account_locks"  # Session.info: (transaction, user ids locked in it)
+
 
 def lock_account(db: Session, user_id: uuid.UUID) -> Account | None:
     """The account row, locked until the transaction ends (None if there is none).
@@ -70,16 +72,33 @@ def lock_account(db: Session, user_id: uuid.UUID) -> Account | None:
     PostgreSQL: ``SELECT ... FOR UPDATE``. SQLite has no row locks: a no-op
     UPDATE first takes the database's write lock, so a second writer waits
     and then reads what the first committed.
+
+    Locked once per transaction: asked again in the same transaction (an
+    event handler's claim, then the saga's step) it answers with the row it
+    holds, without a statement; the next transaction locks again.
     """
+    user_id = uuid.UUID(str(user_id))
+    held = db.info.get(ACCOUNT_LOCKS)
+    if held is not None and held[0] is db.get_transaction() and user_id in held[1]:
+        account = db.get(Account, user_id)
+        if account is not None:
+            return account
     if db.get_bind().dialect.name == "sqlite":
         db.execute(
             update(Account).where(Account.user_id == user_id).values(plan=Account.plan)
             .execution_options(synchronize_session=False)
         )
-    return db.scalars(
+    account = db.scalars(
         select(Account).where(Account.user_id == user_id).with_for_update()
         .execution_options(populate_existing=True)
     ).first()
+    if account is not None:
+        transaction = db.get_transaction()
+        if held is None or held[0] is not transaction:
+            # the transaction object itself is kept: its id cannot be reused meanwhile
+            held = db.info[ACCOUNT_LOCKS] = (transaction, set())
+        held[1].add(user_id)
+    return account
 
 
 def find_entry(db: Session, key: str) -> LedgerEntry | None:

@@ -132,6 +132,7 @@ def open_account(db: Session, settings: BillingSettings, user_id: uuid.UUID, now
 def locked_account(db: Session, settings: BillingSettings, user_id: uuid.UUID, now: datetime,
                    dispatch: Dispatch) -> Account | None:
     """Open if need be, then lock: the start of every balance-changing operation."""
+    user_id = uuid.UUID(str(user_id))  # an event's id is a string: one identity for the session
     if open_account(db, settings, user_id, now, dispatch) is None:
         return None
     return ledger.lock_account(db, user_id)

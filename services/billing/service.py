@@ -19,7 +19,6 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-
 from services.billing import (
     audit,
     ledger,

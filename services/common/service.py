@@ -18,6 +18,7 @@ from nameko.extensions import DependencyProvider
 from services.common import operators
 from services.common.dead_letters import DeadLetters, OwnDeadLetters
 from services.common.errors import DomainError
+from services.common.memory import LargeAllocations
 from services.common.metrics import StateMetrics
 from services.common.observability import Observability
 from services.common.queues import RpcProxy, rpc
@@ -36,6 +37,7 @@ class DarkroomService:
     dead_letters = DeadLetters()
     own_dead_letters = OwnDeadLetters()  # the operators' view of them
     operator_auth = RpcProxy("auth")  # asks auth who may operate
+    large_allocations = LargeAllocations()  # freed large blocks leave the resident set
 
     @rpc
     def ping(self) -> dict:

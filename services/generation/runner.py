@@ -436,7 +436,12 @@ class Worker:
         log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
         storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
         outages = OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
+        # the read of the refused regions ends here: the session gives its
+        # connection back to the pool for the run (a provider call can take
+        # minutes, and every run slot would hold one)
+        self.db.commit()
         lease = Lease(self.db, self.settings, job.id, token)
+        lease.last_write = lease.clock()  # the claim has just written the lease and the stage
         try:
             with lease:
                 provider, output_ids = run(spec, self.router, storage, lease.progress,

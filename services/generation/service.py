@@ -24,7 +24,6 @@ import logging
 import threading
 from pathlib import Path
 
-
 from services.common import privacy_parts as parts
 from services.common import spending
 from services.common.bounded_rpc import BoundedProxy, RpcTimeout

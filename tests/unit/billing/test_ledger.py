@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from services.billing import audit, ledger, plans, saga
 from services.billing.models import Account, Hold, LedgerEntry, Lot, LotMovement
@@ -371,3 +371,28 @@ def test_audit_finds_a_hold_without_its_entry_and_an_orphan(db, busy):
     db.commit()
     found = problems(db)
     assert {"hold_without_entry", "held_vs_open_holds", "orphan_entries"} <= found
+
+
+def test_an_account_is_locked_once_per_transaction(db, user):
+    """A second lock in the same transaction (an event's claim, then the
+    saga's step) answers from the session; the next transaction locks again."""
+    statements = []
+    listen = lambda *args: statements.append(args[2])  # noqa: E731  (before_cursor_execute)
+    event.listen(db.get_bind(), "before_cursor_execute", listen)
+    try:
+        first = ledger.lock_account(db, str(user))
+        locked = len(statements)
+        assert locked >= 1 and first is not None
+        assert ledger.lock_account(db, user) is first
+        assert len(statements) == locked  # no statement: the lock is held
+        db.commit()
+        again = ledger.lock_account(db, user)
+        assert again is not None and len(statements) == 2 * locked  # a new transaction
+        db.rollback()
+        ledger.lock_account(db, user)
+        assert len(statements) == 3 * locked  # after a rollback too
+        db.rollback()
+        assert ledger.lock_account(db, uuid.uuid4()) is None  # no account: nothing held
+        assert ledger.lock_account(db, uuid.uuid4()) is None
+    finally:
+        event.remove(db.get_bind(), "before_cursor_execute", listen)

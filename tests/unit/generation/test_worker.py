@@ -116,20 +116,59 @@ def worker(db, events, storage=None) -> runner.Worker:
     return runner.Worker(db, SETTINGS, router=None, storage=storage, dispatch=events)
 
 
+class DeletingStorage:
+    def __init__(self):
+        self.deleted = []
+
+    def delete_object(self, user_id, object_id):
+        self.deleted.append(object_id)
+
+
 def test_a_lost_lease_leaves_the_job_to_the_worker_that_has_it(db, events, monkeypatch):
+    """Found at a progress write, or at the final write when the job ran
+    within the first progress interval: its outputs are not delivered."""
     job = leased_job(db, events)
+    output = str(uuid.uuid4())
 
     def run(spec, router, storage, progress, timeout, outages, on_attempt):
         steal(db, job)
         progress(0.5, "rendering")
-        return "local", [str(uuid.uuid4())]
+        return "local", [output]
 
     monkeypatch.setattr(runner, "run", run)
     events.clear()
-    worker(db, events).execute(job)
+    storage = DeletingStorage()
+    worker(db, events, storage).execute(job)
     row = reread(db, job)
     assert (row.status, row.lease_token) == ("running", "another worker")
     assert events.seen == []
+    assert storage.deleted == [output]
+
+
+def test_the_claim_is_the_first_progress_write(db, events, monkeypatch):
+    """A job's claim wrote its lease and stage: progress reported within the
+    next interval is not written again (one UPDATE and commit less per job),
+    and the run starts with no transaction open on the worker's session."""
+    job = leased_job(db, events)
+    writes = []
+    record = runner.jobs.record_progress
+    monkeypatch.setattr(runner.jobs, "record_progress",
+                        lambda *args: writes.append(args[4]) or record(*args))
+
+    in_transaction = []
+
+    def run(spec, router, storage, progress, timeout, outages, on_attempt):
+        in_transaction.append(db.in_transaction())
+        progress(0.02, "preparing")
+        progress(0.85, "uploading")
+        return "local", []
+
+    monkeypatch.setattr(runner, "run", run)
+    worker(db, events).execute(job)
+    assert writes == []
+    # while the job runs, the worker's session holds no connection of the pool
+    assert in_transaction == [False]
+    assert reread(db, job).status == "succeeded"
 
 
 def test_an_unexpected_error_fails_the_job_at_once_without_its_text(db, events, monkeypatch):
