@@ -436,10 +436,7 @@ class Worker:
         log.info("job started", extra={"job_id": spec.id, "attempt": job.attempt})
         storage = BoundedProxy(self.storage, self.settings.rpc_timeout_seconds, "storage")
         outages = OutagePolicy(retry_seconds=self.settings.infra_retry_seconds)
-        # the read of the refused regions ends here: the session gives its
-        # connection back to the pool for the run (a provider call can take
-        # minutes, and every run slot would hold one)
-        self.db.commit()
+        self.end_read()
         lease = Lease(self.db, self.settings, job.id, token)
         lease.last_write = lease.clock()  # the claim has just written the lease and the stage
         try:
@@ -477,6 +474,21 @@ class Worker:
             self.succeed(job, token, spec, provider, output_ids)
 
         self.finish(spec, "record the success", succeed)
+
+    def end_read(self) -> None:
+        """End the session's read (the refused regions) before the run: its
+        connection goes back to the pool instead of being held through a
+        provider call that can take minutes, by every run slot. Nothing was
+        written, so an outage here changes nothing: the run goes on."""
+        try:
+            self.db.commit()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            try:
+                self.db.rollback()
+            except Exception:  # the connection is gone already: nothing to undo
+                log.debug("rollback after a failed read's end failed", exc_info=True)
 
     def finish(self, spec: JobSpec, what: str, write: Callable[[], None]) -> None:
         """The job's final write, retried through a database outage for up to

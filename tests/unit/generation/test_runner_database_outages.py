@@ -25,14 +25,17 @@ def down() -> sa_exc.InterfaceError:
 
 
 class Db:
-    """A worker's session: counts rollbacks and commits; ``fail_commits``
-    commits raise an outage first."""
+    """A worker's session: counts rollbacks and commits; after ``ok_first``
+    commits, ``fail_commits`` commits raise an outage."""
 
-    def __init__(self, fail_commits: int = 0):
+    def __init__(self, fail_commits: int = 0, ok_first: int = 0):
         self.fail_commits, self.commits, self.rollbacks = fail_commits, 0, 0
+        self.ok_first = ok_first
 
     def commit(self):
-        if self.fail_commits:
+        if self.ok_first:
+            self.ok_first -= 1
+        elif self.fail_commits:
             self.fail_commits -= 1
             raise down()
         self.commits += 1
@@ -84,16 +87,15 @@ def test_a_bug_in_the_final_write_is_not_retried(clock):
     assert db.rollbacks == 1 and clock.sleeps == []
 
 
-def test_a_success_committed_before_its_answer_was_lost_is_not_written_again(monkeypatch, clock):
-    """jobs.succeed's commit went through but the connection died before it
-    answered: the retry finds the job succeeded with these outputs and stops
-    (writing again would find no lease and delete the delivered outputs)."""
-    db = Db(fail_commits=1)
+def execute(monkeypatch, db, **worker_patches) -> list:
+    """A worker on ``db`` runs a job whose run succeeds at once; returns the
+    success writes it made."""
     w = worker(db)
     succeeded = []
     monkeypatch.setattr(w, "succeed", lambda *args: (succeeded.append(args), db.commit()))
-    monkeypatch.setattr(w, "succeeded_already", lambda job, ids: True)
     monkeypatch.setattr(w, "disclosures", lambda job: None)
+    for name, value in worker_patches.items():
+        monkeypatch.setattr(w, name, value)
     job = SimpleNamespace(id=uuid.UUID(SPEC.id), user_id=uuid.UUID(SPEC.user_id), attempt=1,
                           lease_token="t")
     monkeypatch.setattr(runner, "run", lambda *args: ("openai", ["o1"]))
@@ -102,7 +104,23 @@ def test_a_success_committed_before_its_answer_was_lost_is_not_written_again(mon
     monkeypatch.setattr(runner.Lease, "__enter__", lambda self: self)
     monkeypatch.setattr(runner.Lease, "__exit__", lambda self, *exc: None)
     w.execute(job)
-    assert len(succeeded) == 1 and db.rollbacks == 1 and db.commits == 0
+    return succeeded
+
+
+def test_a_success_committed_before_its_answer_was_lost_is_not_written_again(monkeypatch, clock):
+    """jobs.succeed's commit went through but the connection died before it
+    answered: the retry finds the job succeeded with these outputs and stops
+    (writing again would find no lease and delete the delivered outputs)."""
+    db = Db(fail_commits=1, ok_first=1)  # the first: the read's end before the run
+    succeeded = execute(monkeypatch, db, succeeded_already=lambda job, ids: True)
+    assert len(succeeded) == 1 and db.rollbacks == 1 and db.commits == 1
+
+
+def test_an_outage_as_the_read_before_the_run_ends_does_not_stop_the_job(monkeypatch):
+    """Ending the read of the refused regions wrote nothing: the job runs."""
+    db = Db(fail_commits=1)
+    assert len(execute(monkeypatch, db)) == 1
+    assert (db.rollbacks, db.commits) == (1, 1)
 
 
 def test_a_progress_write_is_skipped_during_an_outage(monkeypatch):
