@@ -3,6 +3,7 @@ keeping the address itself (a /24 for IPv4, a /48 for IPv6)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 IPV4_PREFIX = 24
@@ -25,6 +26,7 @@ def parse_address(address: str | None) -> IPAddress | None:
     return ip
 
 
+@functools.lru_cache(maxsize=4096)  # every request of the gateway asks (access-log facts)
 def network_of(address: str | None) -> str | None:
     """``"203.0.113.7"`` → ``"203.0.113.0/24"``; an IPv6 address → its /48."""
     ip = parse_address(address)

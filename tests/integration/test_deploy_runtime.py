@@ -388,3 +388,62 @@ def test_a_service_consumes_nothing_until_it_has_migrated(make_vhost, make_datab
     engine.dispose()
     auth.wait_ready(ready, timeout=90)
     assert {"alembic_version", "users"} <= tables(url)
+
+
+# ---------------------------------------------------------------- the gateway's gunicorn
+
+
+def _listening_inodes(pid: int, port: int) -> set[str]:
+    """The inodes of the sockets ``pid`` holds that listen on ``port``."""
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+            listening.add(fields[9])
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in listening:
+            held.add(target[8:-1])
+    return held
+
+
+@pytest.mark.parametrize("reuse_port", ["true", "false"])
+def test_the_gateways_workers_each_listen_and_share_a_burst_of_connections(tmp_path, reuse_port):
+    """deploy/config/gunicorn.conf.py, 2 workers: with GATEWAY_REUSE_PORT (the
+    default) each worker has a listening socket of its own, so the kernel
+    spreads connections over both (16 keep-alive connections opened at once,
+    as wrk or a proxy's pool does, all on one worker: a chance of 2 in
+    65,536); without it they share one (and whichever worker wakes first may
+    take them all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import Process
+
+    port = free_port()
+    proc = Process("gunicorn-pids", base_env(GATEWAY_PORT=str(port), GATEWAY_WORKERS="2",
+                                             GATEWAY_REUSE_PORT=reuse_port),
+                   tmp_path, command="gunicorn --config deploy/config/gunicorn.conf.py "
+                                     "tests.fakes.pid_app:app").start()
+    try:
+        proc.wait_ready(f"http://127.0.0.1:{port}/")
+        workers = [int(pid) for task in Path(f"/proc/{proc.proc.pid}/task").iterdir()
+                   for pid in (task / "children").read_text().split()]
+        assert len(workers) == 2
+        sockets = [_listening_inodes(pid, port) for pid in workers]
+        assert all(len(s) == 1 for s in sockets), sockets
+        assert (sockets[0] != sockets[1]) is (reuse_port == "true")
+
+        def served(session):  # one connection, three requests: the worker that holds it
+            return {session.get(f"http://127.0.0.1:{port}/", timeout=10).text for _ in range(3)}
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(served, [requests.Session() for _ in range(16)]))
+        assert all(len(a) == 1 for a in answers), answers  # keep-alive: one worker each
+        if reuse_port == "true":
+            assert set().union(*answers) == {str(pid) for pid in workers}
+    finally:
+        proc.stop()

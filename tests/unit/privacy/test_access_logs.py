@@ -167,26 +167,39 @@ def test_an_erased_users_facts_in_a_mixed_batch_are_dropped_the_others_kept(
     assert access_logs.erased_users(db, settings.pseudonym_key, {user, other}) == {user}
 
 
+def race_between_check_and_insert(db, monkeypatch, entries):
+    """Another delivery commits ``entries`` right after this one's check
+    for existing ids (at its check for erased users), before its insert.
+    Returns the list of batch sizes the handler's store_all calls saw."""
+    real_store, real_erased = access_logs.store_all, access_logs.erased_users
+    calls: list[int] = []
+
+    def store(session, key, batch):
+        calls.append(len(batch))
+        return real_store(session, key, batch)
+
+    def erased(session, key, users):
+        if len(calls) == 1 and not raced:
+            raced.append(True)
+            with Session(db.get_bind()) as other:  # the other delivery wins the race
+                real_store(other, key, entries)
+                other.commit()
+        return real_erased(session, key, users)
+
+    raced: list[bool] = []
+    monkeypatch.setattr(access_logs, "store_all", store)
+    monkeypatch.setattr(access_logs, "erased_users", erased)
+    return calls
+
+
 def test_the_same_batch_delivered_twice_at_once_ends_as_one_row_per_fact(
         db, settings, handler, monkeypatch):
     """Another worker commits the same batch between this one's check for
-    existing ids and its commit: this commit fails on the row ids, and the
+    existing ids and its insert: the insert fails on the row ids, and the
     handler stores again, skipping what is there now."""
     facts = [fact(uuid.uuid4()) for _ in range(4)]
     event = batch_event(facts)
-    real = access_logs.store_all
-    calls = []
-
-    def racing(session, key, entries):
-        calls.append(len(entries))
-        added = real(session, key, entries)  # nothing there yet: all four added
-        if len(calls) == 1:
-            with Session(db.get_bind()) as other:  # the other delivery wins the race
-                real(other, key, event["entries"])
-                other.commit()
-        return added
-
-    monkeypatch.setattr(access_logs, "store_all", racing)
+    calls = race_between_check_and_insert(db, monkeypatch, event["entries"])
     handler.requests_logged(event)
     assert calls == [4, 4]
     assert set(rows(db)) == {f["id"] for f in facts}
@@ -196,19 +209,7 @@ def test_a_batch_that_overlaps_a_concurrent_one_keeps_its_other_facts(
         db, settings, handler, monkeypatch):
     facts = [fact(uuid.uuid4()) for _ in range(4)]
     event = batch_event(facts)
-    real = access_logs.store_all
-    calls = []
-
-    def racing(session, key, entries):
-        calls.append(1)
-        added = real(session, key, entries)
-        if len(calls) == 1:
-            with Session(db.get_bind()) as other:  # two of the four, committed meanwhile
-                real(other, key, event["entries"][:2])
-                other.commit()
-        return added
-
-    monkeypatch.setattr(access_logs, "store_all", racing)
+    calls = race_between_check_and_insert(db, monkeypatch, event["entries"][:2])  # two of the four
     handler.requests_logged(event)
-    assert len(calls) == 2
+    assert calls == [4, 4]
     assert set(rows(db)) == {f["id"] for f in facts}
