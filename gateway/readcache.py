@@ -208,17 +208,21 @@ class ReadCache:
     # -------------------------------------------------------------- reads
 
     def fetch(self, kind: str, user_id: str, key: str | None, load: Callable[[], Any],
-              lifetime: Callable[[Any], float | None] | None = None) -> Any:
+              lifetime: Callable[[Any], float | None] | None = None,
+              render: Callable[[Any], Any] = lambda value: value) -> Any:
+        """``render(load())``, from memory when this process has it and it is
+        still true. ``lifetime`` is asked of the loaded value; the entry keeps
+        the rendered one (a hit skips the rendering too)."""
         if not self.live():
             READS.labels(kind, "bypass").inc()
-            return load()
+            return render(load())
         user_id = str(user_id)
         try:
             stamp = self.stamps.read(user_id)
         except Exception:  # noqa: BLE001 - no stamp, no cache: ask the service
             log.warning("cannot read the read cache's write stamp", exc_info=True)
             READS.labels(kind, "bypass").inc()
-            return load()
+            return render(load())
         entry_key = (kind, user_id, key)
         slot = _slot(user_id)
         now = self.clock()
@@ -234,8 +238,9 @@ class ReadCache:
                 del self._entries[entry_key]
             self.misses += 1
         READS.labels(kind, "miss").inc()
-        value = load()
-        seconds = self.ttl if lifetime is None else lifetime(value)
+        loaded = load()
+        seconds = self.ttl if lifetime is None else lifetime(loaded)
+        value = render(loaded)
         if seconds is None or seconds <= 0:
             return value
         expires = now + min(self.ttl, float(seconds))  # counted from before the RPC
@@ -403,11 +408,13 @@ def job_lifetime(job: Any) -> float | None:
 
 
 def cached(kind: str, user_id: str, key: str | None, load: Callable[[], Any],
-           lifetime: Callable[[Any], float | None] | None = None) -> Any:
+           lifetime: Callable[[Any], float | None] | None = None,
+           render: Callable[[Any], Any] = lambda value: value) -> Any:
     """The request's read through this process's cache (:meth:`ReadCache.fetch`)."""
     from flask import current_app
 
-    return current_app.extensions["darkroom"].read_cache.fetch(kind, user_id, key, load, lifetime)
+    return current_app.extensions["darkroom"].read_cache.fetch(kind, user_id, key, load,
+                                                               lifetime, render)
 
 
 # Requests without a credential that change nothing a read cache holds (any

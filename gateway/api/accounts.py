@@ -10,9 +10,9 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 from nameko.exceptions import RemoteError, UnknownService
 
-from gateway.api.common import Blueprint, call, errors, for_caller, present
+from gateway.api.common import Blueprint, cached_answer, call, errors, for_caller
 from gateway.auth import authenticated, current_principal
-from gateway.readcache import cached, wrote
+from gateway.readcache import wrote
 from services.common.contracts import PageQuery
 from services.common.contracts import auth as c
 from services.common.contracts.privacy import PolicyStatus
@@ -168,9 +168,9 @@ class MeView(MethodView):
     def get(self):
         """The caller's account, and whether a new privacy policy version awaits acceptance"""
         user_id = current_principal().user_id
-        user, policy = cached("me", user_id, None, lambda: _user_and_policy(user_id),
-                              lambda answer: None if answer[1] is None else READ_CACHE_SECONDS)
-        return present(Me, {**user, "policy": policy})
+        return cached_answer(Me, "me", user_id, None, lambda: _user_and_policy(user_id),
+                             lambda answer: None if answer[1] is None else READ_CACHE_SECONDS,
+                             lambda answer: {**answer[0], "policy": answer[1]})
 
     @me_blp.response(200, c.User)
     @authenticated

@@ -23,16 +23,15 @@ from marshmallow import Schema, fields
 from gateway.api.common import (
     IDEMPOTENCY_KEY_DOC,
     Blueprint,
+    cached_answer,
     call,
     capped_body,
     errors,
     for_caller,
     given,
     idempotency_key,
-    present,
 )
 from gateway.auth import authenticated, current_principal, require_verified
-from gateway.readcache import cached
 from services.common.contracts import billing as c
 from services.common.errors import DomainError
 
@@ -99,8 +98,8 @@ def webhook_max_bytes() -> int:
 def balance():
     """Credits available and held, the plan and this period's grants and use"""
     user_id = current_principal().user_id
-    return present(c.Balance, cached("balance", user_id, None,
-                                     lambda: call(None, "billing.get_balance", user_id)))
+    return cached_answer(c.Balance, "balance", user_id, None,
+                         lambda: call(None, "billing.get_balance", user_id))
 
 
 @billing_blp.route("/ledger", methods=["GET"])

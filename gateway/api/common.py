@@ -14,13 +14,14 @@ from typing import Any
 
 import flask_smorest
 from apispec import BasePlugin
-from flask import current_app, request
+from flask import Response, current_app, request
 from marshmallow import Schema, fields
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.auth import current_principal
+from gateway.readcache import cached
 from services.common.errors import DomainError, payload_too_large
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -305,6 +306,26 @@ def present(schema: type[Schema] | Schema, data: Any) -> Any:
         if key in data:
             out[name] = _present_value(field, data[key])
     return out
+
+
+def cached_answer(schema: type[Schema], kind: str, user_id: str, key: str | None,
+                  load: Callable[[], Any], lifetime: Callable[[Any], float | None] | None = None,
+                  shape: Callable[[Any], Any] = lambda value: value) -> Response:
+    """A read through the read cache (gateway/readcache.py) answered with the
+    body ``schema`` documents, as the view's ``response`` decorator would
+    write it. The entry keeps that body, not the service's answer: a hit
+    skips :func:`present`, the schema's dump and the JSON encoding (a fifth
+    of a cached job view's CPU in a gateway worker). ``shape`` turns the
+    loaded value into what ``schema`` presents."""
+    body = cached(kind, user_id, key, load, lifetime,
+                  lambda value: rendered(schema, shape(value)))
+    return current_app.response_class(body, mimetype=current_app.json.mimetype)
+
+
+def rendered(schema: type[Schema], data: Any) -> bytes:
+    """The JSON body of ``data`` presented and dumped by ``schema`` (what
+    flask-smorest's ``response`` decorator sends for a view that returns it)."""
+    return current_app.json.response(_instance(schema).dump(present(schema, data))).get_data()
 
 
 @functools.cache

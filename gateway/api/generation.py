@@ -48,6 +48,7 @@ from marshmallow import Schema, fields, validate
 from gateway.api.common import (
     IDEMPOTENCY_KEY_DOC,
     Blueprint,
+    cached_answer,
     call,
     errors,
     for_caller,
@@ -57,7 +58,7 @@ from gateway.api.common import (
     rpc,
 )
 from gateway.auth import authenticated, current_principal, require_verified
-from gateway.readcache import cached, job_lifetime
+from gateway.readcache import job_lifetime
 from gateway.rpc import ServiceUnavailable
 from services.common.contracts import generation as c
 from services.common.errors import DomainError
@@ -295,9 +296,8 @@ class Generation(MethodView):
     def get(self, job_id):
         """One of the caller's jobs"""
         user_id, job = current_principal().user_id, str(job_id)
-        return present(c.JobView, cached("job", user_id, job,
-                                         lambda: call(None, "generation.get_job", user_id, job),
-                                         job_lifetime))
+        return cached_answer(c.JobView, "job", user_id, job,
+                             lambda: call(None, "generation.get_job", user_id, job), job_lifetime)
 
     @generation_blp.response(202, c.JobView)
     @errors(409)

@@ -63,6 +63,28 @@ def test_second_read_is_answered_from_memory_until_the_bound():
     assert len(calls) == 2
 
 
+def test_the_entry_keeps_the_rendered_value_and_lifetime_sees_the_loaded_one():
+    cache, clock = make(ttl=15)
+    load, calls = loader({"n": 1}, {"n": 2})
+    rendered, seen = [], []
+
+    def render(value):
+        rendered.append(value)
+        return f"n={value['n']}".encode()
+
+    def lifetime(value):
+        seen.append(value)
+        return 10
+
+    assert cache.fetch("me", USER, None, load, lifetime, render) == b"n=1"
+    assert cache.fetch("me", USER, None, load, lifetime, render) == b"n=1"  # a hit: not rendered
+    assert len(calls) == 1 and rendered == [{"n": 1}] and seen == [{"n": 1}]
+    clock.now += 10.1  # the value's own lifetime
+    assert cache.fetch("me", USER, None, load, lifetime, render) == b"n=2"
+    uncached, _ = make(connected=False)  # no consumer: loaded and rendered every time
+    assert uncached.fetch("me", USER, None, loader({"n": 3})[0], lifetime, render) == b"n=3"
+
+
 def test_nothing_is_kept_without_a_connected_consumer():
     cache, _ = make(connected=False)
     load, calls = loader(1, 2, 3)
@@ -288,6 +310,25 @@ def test_me_is_read_once_then_again_after_the_owners_patch(cached_app, auth):
     assert stamps.read(USER)[0] == before[0] + 1  # every worker of the host sees it
     assert client.get("/v1/me", headers=bearer).status_code == 200
     assert len(auth.called("get_user")) == 2  # asked again: the fake keeps no profile
+
+
+def test_a_hit_answers_the_body_of_the_miss_without_presenting_it_again(cached_app, monkeypatch):
+    from gateway.api import common
+
+    app, _, bearer = cached_app
+    client = app.test_client()
+    first = client.get("/v1/me", headers=bearer)
+    presented = []
+    real = common.present
+    monkeypatch.setattr(common, "present", lambda *a: presented.append(a) or real(*a))
+    second = client.get("/v1/me", headers=bearer)
+    assert second.status_code == first.status_code == 200
+    assert second.data == first.data and second.mimetype == "application/json"
+    assert second.get_json()["id"] == USER and "policy" in second.get_json()
+    assert presented == []
+    app.extensions["darkroom"].read_cache.listener.connected = False  # no cache: the same body
+    third = client.get("/v1/me", headers=bearer)
+    assert third.data == first.data and presented[0][0].__name__ == "Me"  # presented again
 
 
 def test_a_refused_credential_stamps_nothing(cached_app):
