@@ -53,7 +53,7 @@ log = logging.getLogger("gateway.access_log")
 
 EVENT = "gateway.requests_logged"
 ROUTING_KEY = "requests_logged"
-BATCH_MAX = _privacy_contracts.ACCESS_LOG_BATCH_MAX  # 100 facts per event at most
+BATCH_MAX = _privacy_contracts.ACCESS_LOG_BATCH_MAX  # 500 facts per event at most
 BATCH_WAIT_SECONDS = 0.5  # how long the first fact of an event waits for others
 DEFAULT_QUEUE_SIZE = 10_000
 PUBLISH_TRIES = 3

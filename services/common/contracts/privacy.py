@@ -61,8 +61,10 @@ PART_INLINE_MAX_BYTES = 1_000_000
 POLICY_VERSION = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
                                  error="1 to 32 letters, digits, '.', '_' or '-'")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# The most access-log facts one gateway.requests_logged event carries.
-ACCESS_LOG_BATCH_MAX = 100
+# The most access-log facts one gateway.requests_logged event carries (a gateway
+# worker under load fills one in half a second; each event costs a publish and a
+# privacy transaction, so fewer, larger ones cost less: docs/scaling.md).
+ACCESS_LOG_BATCH_MAX = 500
 
 
 # ---------------------------------------------------------------- events

@@ -60,10 +60,10 @@ def test_a_batch_that_does_not_fit_is_refused(entries, field):
     assert field in str(info.value.messages)
 
 
-def test_the_batch_cap_is_one_hundred():
-    assert access_log.BATCH_MAX == 100
-    full = [access_log.fact("GET", "/v1/me", 200, None, None) for _ in range(100)]
-    assert len(contracts.make_event(access_log.EVENT, {"entries": full})["entries"]) == 100
+def test_the_batch_cap_is_five_hundred():
+    assert access_log.BATCH_MAX == 500
+    full = [access_log.fact("GET", "/v1/me", 200, None, None) for _ in range(500)]
+    assert len(contracts.make_event(access_log.EVENT, {"entries": full})["entries"]) == 500
 
 
 class RecordingPublisher:
@@ -124,14 +124,14 @@ def test_a_burst_goes_out_in_batches_of_at_most_the_cap():
     publisher = access_log.AccessLogPublisher("amqp://unused", publisher=recorder)
     publisher.submit(access_log.fact("GET", "/v1/me", 200, None, None), "alone")
     assert recorder.entered.wait(5)  # the thread holds the first fact, stuck on the broker
-    burst = 250
+    burst = 2 * access_log.BATCH_MAX + 50
     facts = [access_log.fact("GET", f"/v1/r{i}", 200, None, None) for i in range(burst)]
     assert all(publisher.submit(f, f"req-{i}") for i, f in enumerate(facts))
     release.set()
     wait_until(lambda: len(recorder.entries()) == burst + 1)
     time.sleep(0.05)
     sizes = [len(body["entries"]) for body, _ in recorder.bodies]
-    assert sizes == [1, 100, 100, 50]
+    assert sizes == [1, access_log.BATCH_MAX, access_log.BATCH_MAX, 50]
     assert len(sizes) - 1 == math.ceil(burst / access_log.BATCH_MAX)
     assert [e["id"] for e in recorder.entries()[1:]] == [f["id"] for f in facts]  # in order, once
     # a batch of one keeps its request's correlation id; a batch of many has none

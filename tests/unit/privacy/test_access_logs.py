@@ -116,9 +116,11 @@ def handler(db, settings):
     return worker_factory(PrivacyService, db=db, settings=settings)
 
 
-def test_a_batch_is_stored_in_one_transaction_with_two_queries(db, settings, handler):
+def test_a_full_batch_is_stored_in_one_transaction_with_two_queries_and_one_insert(
+        db, settings, handler):
     users = [uuid.uuid4() for _ in range(3)]
-    facts = [fact(users[i % 3], status=200 + i) for i in range(30)] + [fact(None)]
+    facts = [fact(users[i % 3], status=200 + i % 300)
+             for i in range(gateway_access_log.BATCH_MAX - 1)] + [fact(None)]
     statements = Statements(db)
     commits = []
     sa_event.listen(db, "after_commit", lambda session: commits.append(1))
@@ -128,6 +130,7 @@ def test_a_batch_is_stored_in_one_transaction_with_two_queries(db, settings, han
         statements.close()
     assert len(commits) == 1
     assert statements.seen.count("SELECT") == 2  # the ids already kept, the erased users
+    assert statements.seen.count("INSERT") == 1  # every row in one statement
     stored = rows(db)
     assert set(stored) == {f["id"] for f in facts}
     kept = stored[facts[4]["id"]]
