@@ -19,7 +19,7 @@ timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
 # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
 # connections over them by address. On one shared socket a burst of keep-alive
 # connections (wrk's 16, a proxy's pool) could all land on the worker that woke first,
-# which then served them on one core while the other idled: a third of the bench's
+# which then served them on one core while the other idled: a quarter of the bench's
 # measurements at 16 connections (docs/scaling.md "The read path"). The catch: a second
 # gunicorn of the same user started on the same port shares it instead of failing.
 reuse_port = os.environ.get("GATEWAY_REUSE_PORT", "true").strip().lower() in ("1", "true", "yes", "on")

@@ -314,7 +314,7 @@ def cached_answer(schema: type[Schema], kind: str, user_id: str, key: str | None
     """A read through the read cache (gateway/readcache.py) answered with the
     body ``schema`` documents, as the view's ``response`` decorator would
     write it. The entry keeps that body, not the service's answer: a hit
-    skips :func:`present`, the schema's dump and the JSON encoding (a fifth
+    skips :func:`present`, the schema's dump and the JSON encoding (a quarter
     of a cached job view's CPU in a gateway worker). ``shape`` turns the
     loaded value into what ``schema`` presents."""
     body = cached(kind, user_id, key, load, lifetime,
