@@ -16,6 +16,9 @@ TEST_TOOLS := deploy/test-tools.sh
 GATEWAY_PORT ?= 8000
 PUBLIC_BASE_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The services resolve names with the C library in eventlet's thread pool, not
+# with eventlet's green DNS (services/common/resolver.py; deploy/Dockerfile too).
+export EVENTLET_NO_GREENDNS := yes
 
 .PHONY: help venv console dev dev-keys test test-unit test-integration test-e2e test-console test-cluster up down logs lint bench migrate clean
 

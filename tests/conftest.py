@@ -295,6 +295,7 @@ def base_env(**extra) -> dict[str, str]:
         "EVENT_RETRY_DELAYS_MS": "[200, 400]",
         "AUTH_SECRET_KEY": "test-secret",
         "HSTS_ENABLED": "true",
+        "EVENTLET_NO_GREENDNS": "yes",  # as deploy/Dockerfile and the Makefile set it
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from services.auth.models import Throttle
 from services.auth.settings import AuthSettings
 from services.auth.tokens import keyed_digest
+from services.common.db import insert_for
 from services.common.errors import rate_limited
 from services.common.networks import parse_address
 
@@ -86,14 +87,6 @@ def retry_after_seconds(locked_until: datetime, now: datetime) -> int:
     return max(1, math.ceil((locked_until - now).total_seconds()))
 
 
-def _insert(db: Session):
-    if db.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(Throttle)
-
-
 def take_attempt(db: Session, subjects: list[Subject], now: datetime) -> None:
     """Count one attempt against every subject before it is checked; 429
     ``rate_limited`` (with ``retry_after``) when one is locked or has no
@@ -118,7 +111,7 @@ def _take(db: Session, subject: Subject, now: datetime) -> datetime | None:
     first if need be); None when taken, else until when it is refused."""
     expired = Throttle.window_started_at <= now - subject.window
     for _ in range(3):
-        db.execute(_insert(db).values(subject=subject.key, attempts=0, window_started_at=now)
+        db.execute(insert_for(db, Throttle).values(subject=subject.key, attempts=0, window_started_at=now)
                    .on_conflict_do_nothing(index_elements=["subject"]))
         taken = db.execute(
             update(Throttle)

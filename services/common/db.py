@@ -99,6 +99,16 @@ def locked(session: Session, model, key):
     return session.get(model, key, with_for_update=True, populate_existing=True)
 
 
+def insert_for(session: Session, target):
+    """An ``INSERT`` into ``target`` in the dialect of the session's database
+    (PostgreSQL's or SQLite's), which has ``on_conflict_do_nothing``."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(target)
+
+
 def claim_event(session: Session, table: Table, event_id: str, consumer: str) -> bool:
     """Record that ``consumer`` handles ``event_id`` in the current transaction.
 

@@ -22,6 +22,7 @@ from services.common.memory import LargeAllocations
 from services.common.metrics import StateMetrics
 from services.common.observability import Observability
 from services.common.queues import RpcProxy, rpc
+from services.common.resolver import NameLookups
 from services.common.secrets import ProductionSecrets
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class DarkroomService:
     own_dead_letters = OwnDeadLetters()  # the operators' view of them
     operator_auth = RpcProxy("auth")  # asks auth who may operate
     large_allocations = LargeAllocations()  # freed large blocks leave the resident set
+    name_lookups = NameLookups()  # without green DNS, lookups in the thread pool
 
     @rpc
     def ping(self) -> dict:

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from services.common import metrics
 from services.common.contracts.generation import WEBHOOK_EVENT_OF_STATE
+from services.common.db import insert_for
 from services.common.errors import conflict, not_found
 from services.common.ids import client_id, utcnow
 from services.common.pagination import paginate
@@ -195,12 +196,7 @@ def note_receiver(db: Session, receiver: str | None, result: webhooks.Delivery, 
 
 
 def _insert_if_absent(db: Session, receiver: str, now: datetime) -> None:
-    dialect = db.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    db.execute(insert(WebhookReceiver).values(receiver=receiver, failures=0, updated_at=now)
+    db.execute(insert_for(db, WebhookReceiver).values(receiver=receiver, failures=0, updated_at=now)
                .on_conflict_do_nothing())
 
 

@@ -505,17 +505,11 @@ class PrivacyService(DarkroomService):
 
     @event_handler("gateway", "requests_logged")
     def requests_logged(self, event: dict) -> None:
-        """A batch of access-log facts, in one transaction. When the same
-        batch is delivered twice at once, the commit that loses the race fails
-        on the row ids: roll back and store again, which skips the facts now
-        there (should that fail too, the event is retried later)."""
-        key = self.settings.pseudonym_key
-
-        def store():
-            access_logs.store_all(self.db, key, event["entries"])
-            self.db.commit()
-
-        first_wins(self.db, store)
+        """A batch of access-log facts, in one transaction. The same batch
+        delivered again, or twice at once, adds nothing the second time: the
+        insert skips the ids already stored (services/privacy/access_logs.py)."""
+        access_logs.store_all(self.db, self.settings.pseudonym_key, event["entries"])
+        self.db.commit()
 
     @timer("privacy.retention", PURGE_INTERVAL_SECONDS, eager=True)
     def purge_access_logs(self) -> int:

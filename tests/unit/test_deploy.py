@@ -650,6 +650,22 @@ def test_dockerfile_copies_only_paths_that_exist_and_everything_compose_runs():
     assert "deploy/.env.example" in copied  # the production check compares against it
 
 
+def test_the_services_resolve_names_without_eventlets_green_dns_wherever_they_run():
+    """The image, `make dev` and the tests' processes set EVENTLET_NO_GREENDNS;
+    every service then sends its lookups to the thread pool
+    (services/common/resolver.py, tests/unit/common/test_resolver.py)."""
+    from services.common.resolver import NameLookups
+    from services.common.service import DarkroomService
+    from tests.conftest import base_env
+
+    runtime_env = " ".join(line for line in dockerfile_stages()[-1] if line.startswith("ENV "))
+    assert "EVENTLET_NO_GREENDNS=yes" in runtime_env.split()
+    assert re.search(r"^export EVENTLET_NO_GREENDNS := yes$", (REPO / "Makefile").read_text(),
+                     re.MULTILINE)
+    assert base_env()["EVENTLET_NO_GREENDNS"] == "yes"
+    assert isinstance(DarkroomService.name_lookups, NameLookups)
+
+
 def test_dockerfile_default_command_is_the_gateway_and_exists():
     (cmd,) = [line for line in dockerfile_stages()[-1] if line.startswith("CMD ")]
     argv = json.loads(cmd[len("CMD "):])
