@@ -430,9 +430,13 @@ def test_the_gateways_workers_each_listen_and_share_a_burst_of_connections(tmp_p
                                      "tests.fakes.pid_app:app").start()
     try:
         proc.wait_ready(f"http://127.0.0.1:{port}/")
-        workers = [int(pid) for task in Path(f"/proc/{proc.proc.pid}/task").iterdir()
-                   for pid in (task / "children").read_text().split()]
-        assert len(workers) == 2
+
+        def booted():  # the first worker may answer before the second is forked and listening
+            pids = [int(pid) for task in Path(f"/proc/{proc.proc.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+            return pids if len(pids) == 2 and all(_listening_inodes(p, port) for p in pids) else None
+
+        workers = wait_for(booted, 30, what="two workers listening")
         sockets = [_listening_inodes(pid, port) for pid in workers]
         assert all(len(s) == 1 for s in sockets), sockets
         assert (sockets[0] != sockets[1]) is (reuse_port == "true")
